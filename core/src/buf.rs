@@ -1,0 +1,526 @@
+//! Buffer ownership: the registered (fixed) buffer pool and provided-buffer-ring bookkeeping.
+//!
+//! A buffer the kernel may write into (or read from) must not be touched, reused or freed
+//! until the completion that ends the kernel's use has been harvested (PITFALLS.md #7), and for
+//! SEND_ZC not until the notification CQE (PITFALLS.md #4). This module makes that rule a
+//! matter of types:
+//!
+//! - A [`Lease`] is the application's right to use one buffer. It is neither `Copy` nor
+//!   `Clone`, and only a pool makes one.
+//! - Handing a buffer to the kernel *consumes* the lease ([`FixedPool::submit`]); the only way
+//!   to get it back is the matching completion ([`FixedPool::complete`] with the same
+//!   `user_data`), so "reuse before the CQE" cannot be written.
+//! - Every buffer is in exactly one [`BufState`] at any time; proptest checks that under random
+//!   sequences.
+//!
+//! The memory itself lives in `ringwork-sys`; this module owns only the bookkeeping.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::token::UserData;
+
+/// Index of a buffer within its pool or provided ring (the kernel's `bid` / `buf_index`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct BufId(pub u16);
+
+/// A provided-buffer group id (`bgid`), named in SQEs with IOSQE_BUFFER_SELECT.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BufGroup(pub u16);
+
+/// Who owns a buffer right now.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BufState {
+    /// In the pool's free list: nobody uses it.
+    Free,
+    /// The application holds a [`Lease`] on it.
+    App,
+    /// Named by the in-flight operation with this `user_data`; only its CQE returns it.
+    InFlight(UserData),
+    /// A SEND_ZC's result CQE has arrived but its notification has not: the kernel may still
+    /// read the buffer.
+    AwaitingNotif(UserData),
+    /// Published in a provided buffer ring: the kernel may pick it for any receive.
+    Kernel,
+    /// Recycled by the application, waiting to be published back to the provided ring.
+    Returning,
+}
+
+/// The application's exclusive right to use one buffer. Not `Copy`, not `Clone`.
+#[derive(PartialEq, Eq, Debug)]
+#[must_use = "a lease dropped without recycle() leaks its buffer"]
+pub struct Lease {
+    id: BufId,
+}
+
+impl Lease {
+    /// The buffer this lease is for.
+    #[inline]
+    pub fn id(&self) -> BufId {
+        self.id
+    }
+}
+
+/// Why a buffer operation was refused. Each one is a bug in the caller or the kernel, so the
+/// caller should report it rather than carry on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BufError {
+    /// The id is outside the pool.
+    OutOfRange(BufId),
+    /// A completion named a buffer that was not in flight for that `user_data`.
+    NotInFlight {
+        /// The buffer named.
+        id: BufId,
+        /// Its actual state.
+        state: BufState,
+    },
+    /// The kernel reported selecting a buffer that was not published to it.
+    NotKernelOwned {
+        /// The buffer named.
+        id: BufId,
+        /// Its actual state.
+        state: BufState,
+    },
+}
+
+impl fmt::Display for BufError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BufError::OutOfRange(id) => write!(f, "buffer id {} is outside the pool", id.0),
+            BufError::NotInFlight { id, state } => write!(
+                f,
+                "completion for buffer {} which is not in flight (state {state:?})",
+                id.0
+            ),
+            BufError::NotKernelOwned { id, state } => write!(
+                f,
+                "kernel selected buffer {} which was not published to it (state {state:?})",
+                id.0
+            ),
+        }
+    }
+}
+
+/// The registered-buffer pool (IORING_REGISTER_BUFFERS): which buffer indices are free, leased,
+/// or named by an in-flight READ_FIXED / WRITE_FIXED / SEND_ZC.
+#[derive(Debug, Clone)]
+pub struct FixedPool {
+    states: Vec<BufState>,
+    free: Vec<BufId>,
+}
+
+impl FixedPool {
+    /// A pool of `count` buffers, all free.
+    ///
+    /// # Panics
+    /// When `count` exceeds 65,536 (buffer indices are u16).
+    pub fn new(count: usize) -> Self {
+        assert!(count <= 1 << 16, "a fixed-buffer pool holds at most 65536 buffers");
+        Self {
+            states: alloc::vec![BufState::Free; count],
+            // Popped from the back: hand out low ids first.
+            free: (0..count as u32).rev().map(|i| BufId(i as u16)).collect(),
+        }
+    }
+
+    /// Number of buffers in the pool.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// True for an empty pool.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// Number of free buffers.
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// The state of buffer `id`.
+    pub fn state(&self, id: BufId) -> Option<BufState> {
+        self.states.get(id.0 as usize).copied()
+    }
+
+    /// Takes a free buffer, or `None` when all are in use.
+    pub fn acquire(&mut self) -> Option<Lease> {
+        let id = self.free.pop()?;
+        self.states[id.0 as usize] = BufState::App;
+        Some(Lease { id })
+    }
+
+    /// Hands the buffer to the kernel for the operation `ud`; the lease is gone until
+    /// [`FixedPool::complete`] returns it.
+    pub fn submit(&mut self, lease: Lease, ud: UserData) -> BufId {
+        let id = lease.id;
+        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        self.states[id.0 as usize] = BufState::InFlight(ud);
+        id
+    }
+
+    /// The CQE of operation `ud` on buffer `id` arrived: the lease comes back.
+    pub fn complete(&mut self, id: BufId, ud: UserData) -> Result<Lease, BufError> {
+        let state = self.state(id).ok_or(BufError::OutOfRange(id))?;
+        match state {
+            BufState::InFlight(owner) if owner == ud => {
+                self.states[id.0 as usize] = BufState::App;
+                Ok(Lease { id })
+            }
+            _ => Err(BufError::NotInFlight { id, state }),
+        }
+    }
+
+    /// A SEND_ZC result CQE (with IORING_CQE_F_MORE) arrived: the kernel keeps the buffer until
+    /// its notification, so no lease comes back yet.
+    pub fn complete_awaiting_notif(&mut self, id: BufId, ud: UserData) -> Result<(), BufError> {
+        let state = self.state(id).ok_or(BufError::OutOfRange(id))?;
+        match state {
+            BufState::InFlight(owner) if owner == ud => {
+                self.states[id.0 as usize] = BufState::AwaitingNotif(ud);
+                Ok(())
+            }
+            _ => Err(BufError::NotInFlight { id, state }),
+        }
+    }
+
+    /// The SEND_ZC notification CQE (IORING_CQE_F_NOTIF) for `ud` arrived: the lease comes back.
+    pub fn notified(&mut self, id: BufId, ud: UserData) -> Result<Lease, BufError> {
+        let state = self.state(id).ok_or(BufError::OutOfRange(id))?;
+        match state {
+            BufState::AwaitingNotif(owner) if owner == ud => {
+                self.states[id.0 as usize] = BufState::App;
+                Ok(Lease { id })
+            }
+            _ => Err(BufError::NotInFlight { id, state }),
+        }
+    }
+
+    /// Gives a buffer back to the free list.
+    pub fn release(&mut self, lease: Lease) {
+        let id = lease.id;
+        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        self.states[id.0 as usize] = BufState::Free;
+        self.free.push(id);
+    }
+}
+
+/// Bookkeeping for one provided buffer ring (IORING_REGISTER_PBUF_RING).
+///
+/// Buffers cycle `Kernel → App → Returning → Kernel`: the kernel picks one for a receive (the
+/// CQE names it), the application holds a lease while the bytes are used, recycles it, and
+/// the driver publishes recycled ids back into the ring's shared memory in a batch
+/// ([`ProvidedRing::take_returns`] followed by one store-release of the ring tail).
+///
+/// The replenish policy: when fewer than a quarter of the buffers are with the kernel,
+/// recycled buffers should be published now ([`ProvidedRing::needs_replenish`]); after an
+/// ENOBUFS, a receive is re-armed only once at least a quarter are back
+/// ([`ProvidedRing::can_rearm`]), so a starved ring is not hammered with receives that fail.
+#[derive(Debug, Clone)]
+pub struct ProvidedRing {
+    group: BufGroup,
+    states: Vec<BufState>,
+    returning: Vec<BufId>,
+    in_kernel: usize,
+    /// Free-running u16 ring tail, as the kernel reads it.
+    tail: u16,
+}
+
+impl ProvidedRing {
+    /// Bookkeeping for a ring of `entries` buffers in group `group`; every buffer starts out
+    /// `Returning`, so the first [`ProvidedRing::take_returns`] publishes them all.
+    ///
+    /// # Panics
+    /// When `entries` is zero, not a power of two, or above 32,768 (the kernel's limit).
+    pub fn new(group: BufGroup, entries: u16) -> Self {
+        assert!(
+            entries.is_power_of_two() && entries <= 1 << 15,
+            "provided buffer ring entries must be a power of two no larger than 32768"
+        );
+        Self {
+            group,
+            states: alloc::vec![BufState::Returning; entries as usize],
+            returning: (0..entries).map(BufId).collect(),
+            in_kernel: 0,
+            tail: 0,
+        }
+    }
+
+    /// The buffer group id.
+    pub fn group(&self) -> BufGroup {
+        self.group
+    }
+
+    /// Number of buffers.
+    pub fn entries(&self) -> u16 {
+        self.states.len() as u16
+    }
+
+    /// Ring mask (`entries - 1`).
+    pub fn mask(&self) -> u16 {
+        self.entries() - 1
+    }
+
+    /// Buffers the kernel can pick from now.
+    pub fn in_kernel(&self) -> usize {
+        self.in_kernel
+    }
+
+    /// Buffers recycled and waiting to be published.
+    pub fn returning(&self) -> usize {
+        self.returning.len()
+    }
+
+    /// The state of buffer `id`.
+    pub fn state(&self, id: BufId) -> Option<BufState> {
+        self.states.get(id.0 as usize).copied()
+    }
+
+    /// A quarter of the ring, rounded up: the replenish threshold.
+    pub fn replenish_threshold(&self) -> usize {
+        self.states.len().div_ceil(4)
+    }
+
+    /// True when recycled buffers are waiting and the kernel has fewer than a quarter.
+    pub fn needs_replenish(&self) -> bool {
+        !self.returning.is_empty() && self.in_kernel < self.replenish_threshold()
+    }
+
+    /// True when a receive that failed with ENOBUFS may be re-armed: at least a quarter of the
+    /// buffers are published (or every buffer is, for rings smaller than four).
+    pub fn can_rearm(&self) -> bool {
+        self.in_kernel >= self.replenish_threshold()
+    }
+
+    /// The kernel picked buffer `id` for a completion (IORING_CQE_F_BUFFER): the application
+    /// now holds it.
+    pub fn on_selected(&mut self, id: BufId) -> Result<Lease, BufError> {
+        let state = self.state(id).ok_or(BufError::OutOfRange(id))?;
+        if state != BufState::Kernel {
+            return Err(BufError::NotKernelOwned { id, state });
+        }
+        self.states[id.0 as usize] = BufState::App;
+        self.in_kernel -= 1;
+        Ok(Lease { id })
+    }
+
+    /// The application is done with the bytes: queue the buffer for publishing.
+    pub fn recycle(&mut self, lease: Lease) {
+        let id = lease.id;
+        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        self.states[id.0 as usize] = BufState::Returning;
+        self.returning.push(id);
+    }
+
+    /// Drains the recycled buffers for publishing: `publish(ring_index, id)` is called for each
+    /// (the driver writes the ring entry at `ring_index`), and the new tail is returned for the
+    /// driver to store with release ordering after all entries are written.
+    pub fn take_returns(&mut self, mut publish: impl FnMut(u16, BufId)) -> u16 {
+        let mask = self.mask();
+        for id in self.returning.drain(..) {
+            publish(self.tail & mask, id);
+            self.tail = self.tail.wrapping_add(1);
+            self.states[id.0 as usize] = BufState::Kernel;
+            self.in_kernel += 1;
+        }
+        self.tail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec::Vec;
+
+    #[test]
+    fn fixed_pool_lease_cycle() {
+        let mut pool = FixedPool::new(2);
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        assert!(pool.acquire().is_none(), "both leased");
+        let (ida, idb) = (a.id(), b.id());
+        assert_ne!(ida, idb);
+        let ud = UserData(7);
+        pool.submit(a, ud);
+        // Wrong user_data: the completion of some other op cannot free this buffer.
+        assert!(pool.complete(ida, UserData(8)).is_err());
+        let a = pool.complete(ida, ud).unwrap();
+        // A second completion for the same op is refused.
+        assert!(pool.complete(ida, ud).is_err());
+        pool.release(a);
+        pool.release(b);
+        assert_eq!(pool.available(), 2);
+        assert!(pool.complete(BufId(9), ud).is_err());
+        let _ = idb;
+    }
+
+    #[test]
+    fn send_zc_buffer_waits_for_notification() {
+        let mut pool = FixedPool::new(1);
+        let l = pool.acquire().unwrap();
+        let id = pool.submit(l, UserData(1));
+        pool.complete_awaiting_notif(id, UserData(1)).unwrap();
+        assert_eq!(pool.state(id), Some(BufState::AwaitingNotif(UserData(1))));
+        assert!(pool.acquire().is_none(), "buffer not free before the notification");
+        assert!(pool.complete(id, UserData(1)).is_err());
+        let l = pool.notified(id, UserData(1)).unwrap();
+        pool.release(l);
+        assert_eq!(pool.available(), 1);
+    }
+
+    #[test]
+    fn provided_ring_publishes_and_recycles() {
+        let mut ring = ProvidedRing::new(BufGroup(3), 4);
+        assert_eq!(ring.in_kernel(), 0);
+        let mut published = Vec::new();
+        let tail = ring.take_returns(|idx, id| published.push((idx, id)));
+        assert_eq!(tail, 4);
+        assert_eq!(published.len(), 4);
+        assert!(ring.can_rearm());
+        let l = ring.on_selected(BufId(2)).unwrap();
+        assert!(ring.on_selected(BufId(2)).is_err(), "selected twice");
+        ring.recycle(l);
+        let tail = ring.take_returns(|idx, id| {
+            assert_eq!(idx, 0, "wraps to ring index 0");
+            assert_eq!(id, BufId(2));
+        });
+        assert_eq!(tail, 5);
+    }
+
+    #[test]
+    fn replenish_threshold_is_a_quarter() {
+        let mut ring = ProvidedRing::new(BufGroup(0), 8);
+        ring.take_returns(|_, _| {});
+        let mut leases = Vec::new();
+        for i in 0..7 {
+            leases.push(ring.on_selected(BufId(i)).unwrap());
+        }
+        // One in the kernel, threshold two: ENOBUFS re-arm must wait.
+        assert!(!ring.can_rearm());
+        assert!(!ring.needs_replenish(), "nothing recycled yet");
+        ring.recycle(leases.pop().unwrap());
+        assert!(ring.needs_replenish());
+        ring.take_returns(|_, _| {});
+        assert!(ring.can_rearm());
+        for l in leases {
+            ring.recycle(l);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum PoolOp {
+        Acquire,
+        Submit(usize),
+        Complete(usize),
+        CompleteWrongUd(usize),
+        Release(usize),
+    }
+
+    fn pool_op() -> impl Strategy<Value = PoolOp> {
+        prop_oneof![
+            Just(PoolOp::Acquire),
+            (0usize..8).prop_map(PoolOp::Submit),
+            (0usize..8).prop_map(PoolOp::Complete),
+            (0usize..8).prop_map(PoolOp::CompleteWrongUd),
+            (0usize..8).prop_map(PoolOp::Release),
+        ]
+    }
+
+    proptest! {
+        /// Under any sequence of lease/submit/complete/release, every buffer is in exactly
+        /// one place: free list, an app lease, or in flight for exactly one user_data.
+        #[test]
+        fn fixed_pool_ownership(ops in proptest::collection::vec(pool_op(), 0..200)) {
+            let n = 4;
+            let mut pool = FixedPool::new(n);
+            let mut held: Vec<Lease> = Vec::new();
+            let mut inflight: Vec<(BufId, UserData)> = Vec::new();
+            let mut next_ud = 1u64;
+            for op in ops {
+                match op {
+                    PoolOp::Acquire => {
+                        let had = pool.available();
+                        match pool.acquire() {
+                            Some(l) => held.push(l),
+                            None => prop_assert_eq!(had, 0),
+                        }
+                    }
+                    PoolOp::Submit(i) if !held.is_empty() => {
+                        let l = held.swap_remove(i % held.len());
+                        let ud = UserData(next_ud);
+                        next_ud += 1;
+                        let id = pool.submit(l, ud);
+                        inflight.push((id, ud));
+                    }
+                    PoolOp::Complete(i) if !inflight.is_empty() => {
+                        let (id, ud) = inflight.swap_remove(i % inflight.len());
+                        held.push(pool.complete(id, ud).unwrap());
+                    }
+                    PoolOp::CompleteWrongUd(i) if !inflight.is_empty() => {
+                        let (id, _) = inflight[i % inflight.len()];
+                        prop_assert!(pool.complete(id, UserData(0)).is_err());
+                    }
+                    PoolOp::Release(i) if !held.is_empty() => {
+                        pool.release(held.swap_remove(i % held.len()));
+                    }
+                    _ => {}
+                }
+                let mut seen = [0u8; 4];
+                for l in &held {
+                    prop_assert_eq!(pool.state(l.id()), Some(BufState::App));
+                    seen[l.id().0 as usize] += 1;
+                }
+                for (id, ud) in &inflight {
+                    prop_assert_eq!(pool.state(*id), Some(BufState::InFlight(*ud)));
+                    seen[id.0 as usize] += 1;
+                }
+                for id in 0..n {
+                    if pool.state(BufId(id as u16)) == Some(BufState::Free) {
+                        seen[id] += 1;
+                    }
+                }
+                prop_assert_eq!(seen, [1u8; 4], "each buffer in exactly one place");
+                prop_assert_eq!(pool.available() + held.len() + inflight.len(), n);
+            }
+        }
+
+        /// The provided ring never hands the same buffer out twice, never loses one, and the
+        /// published ring indices run consecutively (mod entries) from the free-running tail.
+        #[test]
+        fn provided_ring_ownership(ops in proptest::collection::vec((0u8..3, 0usize..64), 0..300)) {
+            let mut ring = ProvidedRing::new(BufGroup(1), 8);
+            // The "kernel": ids published, in publish order, consumed FIFO like the real ring.
+            let mut kernel: std::collections::VecDeque<BufId> = Default::default();
+            let mut held: Vec<Lease> = Vec::new();
+            let mut expected_tail = 0u16;
+            let publish = |ring: &mut ProvidedRing, kernel: &mut std::collections::VecDeque<BufId>, expected_tail: &mut u16| {
+                let t = ring.take_returns(|idx, id| {
+                    assert_eq!(idx, *expected_tail & 7);
+                    *expected_tail = expected_tail.wrapping_add(1);
+                    kernel.push_back(id);
+                });
+                assert_eq!(t, *expected_tail);
+            };
+            publish(&mut ring, &mut kernel, &mut expected_tail);
+            for (op, i) in ops {
+                match op {
+                    0 => if let Some(id) = kernel.pop_front() {
+                        held.push(ring.on_selected(id).unwrap());
+                    } else {
+                        // The kernel would answer ENOBUFS; the ring agrees nothing is there.
+                        prop_assert_eq!(ring.in_kernel(), 0);
+                    },
+                    1 if !held.is_empty() => ring.recycle(held.swap_remove(i % held.len())),
+                    2 => publish(&mut ring, &mut kernel, &mut expected_tail),
+                    _ => {}
+                }
+                prop_assert_eq!(ring.in_kernel(), kernel.len());
+                prop_assert_eq!(ring.in_kernel() + held.len() + ring.returning(), 8);
+                for id in &kernel {
+                    prop_assert_eq!(ring.state(*id), Some(BufState::Kernel));
+                }
+            }
+        }
+    }
+}

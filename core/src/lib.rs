@@ -1,0 +1,26 @@
+//! ringwork-core: the pure logic of Ringwork.
+//!
+//! Everything here is sans-IO: no syscalls, no clock, no file descriptors, no allocation after construction
+//! (tables are sized once, up front).
+//! The kernel side (`ringwork-sys`) turns the operations described here into SQEs and feeds
+//! completions back in. Because nothing here touches the kernel, every module is driven
+//! directly by proptest, loom and the fuzzers.
+//!
+//! What this crate deliberately does not do: touch the memory behind SQEs, CQEs or buffers.
+//! It decides *which* slot, *which* buffer and *which* operation; `ringwork-sys` does the
+//! unsafe part.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod buf;
+pub mod conn;
+pub mod errno;
+pub mod file;
+pub mod http;
+pub mod ring;
+pub mod token;

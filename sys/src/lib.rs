@@ -1,0 +1,1 @@
+//! ringwork-sys (being written)
