@@ -1,1 +1,23 @@
-//! ringwork-sys (being written)
+//! ringwork-sys: everything in Ringwork that talks to the kernel, on `rustix`.
+//!
+//! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
+//!   overflow detection, and teardown.
+//! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
+//! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
+//!
+//! The queue index protocol and every ownership decision come from `ringwork-core`; this
+//! crate does the memory access and the syscalls, and nothing else. All of Ringwork's `unsafe`
+//! lives here, each block with a `// SAFETY:` comment naming its invariant.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod mmap;
+pub mod register;
+pub mod ring;
+pub mod sqe;
+
+pub use error::{kernel_release, Error, Result};
+pub use register::{FixedBuffers, Probe, ProvidedBuffers};
+pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll};
+pub use sqe::{Sqe, SqeFlags, Target};

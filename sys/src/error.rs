@@ -1,0 +1,106 @@
+//! The one error type of `ringwork-sys`: what was being attempted, and what the kernel said.
+
+use core::fmt;
+use std::string::String;
+
+use rustix::io::Errno;
+
+/// Everything that can go wrong talking to the kernel.
+#[derive(Debug)]
+pub enum Error {
+    /// A syscall failed.
+    Syscall {
+        /// What was being attempted, e.g. `"io_uring_setup"` or `"register provided buffer ring"`.
+        what: &'static str,
+        /// The kernel's answer.
+        errno: Errno,
+    },
+    /// This kernel lacks a feature we need and no fallback was possible.
+    Unsupported {
+        /// The C name of the feature, e.g. `"IORING_REGISTER_PBUF_RING"`.
+        feature: &'static str,
+        /// The first Linux version that has it.
+        since: &'static str,
+        /// This kernel's release string.
+        kernel: String,
+    },
+    /// The kernel dropped completions (the CQ overflow counter rose): the ring's state can no
+    /// longer be trusted. Never silent (PITFALLS.md #1).
+    CompletionsLost {
+        /// How many the kernel reports dropped so far.
+        dropped: u32,
+    },
+    /// The submission queue is full; harvest completions and submit before pushing more.
+    SubmissionQueueFull,
+    /// A configuration value was refused before reaching the kernel.
+    InvalidConfig(&'static str),
+}
+
+impl Error {
+    /// Wraps a failed syscall with what was being attempted.
+    pub fn syscall(what: &'static str) -> impl FnOnce(Errno) -> Error {
+        move |errno| Error::Syscall { what, errno }
+    }
+
+    /// The errno, when the error came from a syscall.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            Error::Syscall { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+
+    /// An "unsupported feature" error for this kernel.
+    pub fn unsupported(feature: &'static str, since: &'static str) -> Error {
+        Error::Unsupported {
+            feature,
+            since,
+            kernel: kernel_release(),
+        }
+    }
+}
+
+/// This kernel's release string (`uname -r`), for messages and benchmark reports.
+pub fn kernel_release() -> String {
+    rustix::system::uname()
+        .release()
+        .to_string_lossy()
+        .into_owned()
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Syscall { what, errno } => {
+                write!(f, "{what} failed: {errno}")?;
+                if *errno == Errno::NOSYS && what.starts_with("io_uring") {
+                    write!(f, " (io_uring is disabled or missing in this kernel)")?;
+                } else if *errno == Errno::PERM && what.starts_with("io_uring") {
+                    write!(f, " (io_uring may be restricted: see /proc/sys/kernel/io_uring_disabled)")?;
+                } else if *errno == Errno::NOMEM && what.starts_with("register") {
+                    write!(f, " (locked-memory limit? see `ulimit -l`)")?;
+                }
+                Ok(())
+            }
+            Error::Unsupported {
+                feature,
+                since,
+                kernel,
+            } => write!(
+                f,
+                "{feature} needs Linux {since}; this kernel is {kernel}"
+            ),
+            Error::CompletionsLost { dropped } => write!(
+                f,
+                "the kernel dropped {dropped} completions (CQ overflow without IORING_FEAT_NODROP backlog)"
+            ),
+            Error::SubmissionQueueFull => f.write_str("submission queue full"),
+            Error::InvalidConfig(why) => write!(f, "invalid ring configuration: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;

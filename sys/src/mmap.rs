@@ -1,0 +1,109 @@
+//! Owned memory mappings: the ring regions the kernel shares with us, and page-aligned
+//! anonymous memory for registered buffers and provided buffer rings.
+
+use core::ffi::c_void;
+use core::ptr::NonNull;
+
+use rustix::fd::AsFd;
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::error::{Error, Result};
+
+/// A mapping unmapped on drop.
+#[derive(Debug)]
+pub struct Mmap {
+    ptr: NonNull<c_void>,
+    len: usize,
+}
+
+// SAFETY: a Mmap is a plain region of memory with no thread affinity; access to its contents
+// is governed by whoever holds it (the ring protocol, or leases).
+unsafe impl Send for Mmap {}
+
+impl Mmap {
+    /// Maps `len` bytes of the io_uring instance `fd` at `offset` (IORING_OFF_*), shared and
+    /// pre-faulted.
+    pub fn ring_region(fd: impl AsFd, len: usize, offset: u64, what: &'static str) -> Result<Self> {
+        // SAFETY: a fresh mapping at an address the kernel picks (null hint) aliases nothing
+        // we own; the io_uring fd defines what is behind each offset.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                fd,
+                offset,
+            )
+        }
+        .map_err(Error::syscall(what))?;
+        Ok(Self {
+            ptr: NonNull::new(ptr).ok_or(Error::InvalidConfig("mmap returned null"))?,
+            len,
+        })
+    }
+
+    /// Maps `len` bytes of zeroed, page-aligned anonymous memory.
+    pub fn anonymous(len: usize, what: &'static str) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::InvalidConfig("zero-length mapping"));
+        }
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let ptr = unsafe {
+            rustix::mm::mmap_anonymous(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::PRIVATE | MapFlags::POPULATE,
+            )
+        }
+        .map_err(Error::syscall(what))?;
+        Ok(Self {
+            ptr: NonNull::new(ptr).ok_or(Error::InvalidConfig("mmap returned null"))?,
+            len,
+        })
+    }
+
+    /// Start of the mapping.
+    #[inline]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr().cast()
+    }
+
+    /// Length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never true: zero-length mappings are refused.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A pointer `offset` bytes into the mapping, cast to `T`.
+    ///
+    /// # Panics
+    /// When `offset + size_of::<T>()` is past the end: the kernel's offsets are trusted, but
+    /// not blindly.
+    #[inline]
+    pub fn at<T>(&self, offset: u32) -> *mut T {
+        let offset = offset as usize;
+        assert!(
+            offset + core::mem::size_of::<T>() <= self.len,
+            "ring offset {offset} outside the {} byte mapping",
+            self.len
+        );
+        // SAFETY: in bounds of the mapping, checked above.
+        unsafe { self.as_ptr().add(offset).cast() }
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping; everything that pointed into it (ring views, buffer
+        // slices) is borrowed from, or owned by, the value that owns this Mmap and is gone.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr(), self.len) };
+    }
+}

@@ -1,0 +1,410 @@
+//! Registration: fixed buffers, the registered file table, provided buffer rings, and the
+//! opcode probe. What is registered is owned by the [`Ring`] and unregistered (in reverse
+//! order of dependence) before the ring's mappings go away.
+//!
+//! # References
+//! io_uring_register(2); io_uring_register_buf_ring(3); liburing `src/register.c`.
+
+use core::ffi::c_void;
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use ringwork_core::buf::{BufGroup, BufId, FixedPool, Lease, ProvidedRing};
+use rustix::fd::{BorrowedFd, RawFd};
+use rustix::io::Errno;
+use rustix::io_uring::{
+    io_uring_buf, io_uring_buf_reg, io_uring_files_update, io_uring_probe, io_uring_probe_op,
+    io_uring_ptr, io_uring_register, io_uring_rsrc_register, iovec, IoringOp, IoringOpFlags,
+    IoringRegisterOp, IoringRsrcFlags,
+};
+
+use crate::error::{Error, Result};
+use crate::mmap::Mmap;
+use crate::ring::Ring;
+
+/// Incremental buffer consumption for provided buffer rings (`IOU_PBUF_RING_INC`, Linux 6.12),
+/// from `include/uapi/linux/io_uring.h`; rustix does not name it yet.
+pub const IOU_PBUF_RING_INC: u16 = 2;
+
+/// IORING_CQE_F_BUF_MORE (Linux 6.12, with IOU_PBUF_RING_INC): the buffer is not used up and
+/// will be reported again. From `include/uapi/linux/io_uring.h`; rustix does not name it yet.
+pub const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
+
+const PAGE: usize = 4096;
+
+/// What a ring has registered, in one place so that teardown order is written once.
+#[derive(Default)]
+pub(crate) struct Registered {
+    buf_rings: Vec<ProvidedBuffers>,
+    fixed: Option<FixedBuffers>,
+    files: Option<u32>,
+    probe: Option<Probe>,
+}
+
+impl Registered {
+    /// Unregisters everything: buffer rings first (they reference nothing else), then fixed
+    /// buffers, then the file table. The memory is freed when `self` drops afterwards.
+    ///
+    /// # Safety
+    /// `fd` is the ring everything was registered on.
+    pub(crate) unsafe fn teardown(&mut self, fd: BorrowedFd<'_>) {
+        for br in self.buf_rings.drain(..) {
+            let mut reg = io_uring_buf_reg::default();
+            reg.bgid = br.book.group().0;
+            // SAFETY: unregistering a group this ring registered; `reg` outlives the call.
+            let _ = unsafe {
+                io_uring_register(fd, IoringRegisterOp::UnregisterPbufRing, (&reg as *const io_uring_buf_reg).cast(), 1)
+            };
+            drop(br);
+        }
+        if self.fixed.take().is_some() {
+            // SAFETY: no argument; the buffers' memory is freed only after this returns.
+            let _ = unsafe { io_uring_register(fd, IoringRegisterOp::UnregisterBuffers, core::ptr::null(), 0) };
+        }
+        if self.files.take().is_some() {
+            // SAFETY: no argument.
+            let _ = unsafe { io_uring_register(fd, IoringRegisterOp::UnregisterFiles, core::ptr::null(), 0) };
+        }
+    }
+}
+
+/// Page-aligned memory registered as fixed buffers (IORING_REGISTER_BUFFERS, Linux 5.1),
+/// with core's [`FixedPool`] deciding who owns each buffer.
+pub struct FixedBuffers {
+    mem: Mmap,
+    buf_size: usize,
+    pool: FixedPool,
+}
+
+impl FixedBuffers {
+    /// `count` buffers of `buf_size` bytes each (rounded up to a page, so that every buffer is
+    /// page-aligned, which O_DIRECT needs).
+    pub fn new(count: u16, buf_size: usize) -> Result<Self> {
+        if count == 0 || buf_size == 0 {
+            return Err(Error::InvalidConfig("fixed buffers need a count and a size"));
+        }
+        let buf_size = buf_size.div_ceil(PAGE) * PAGE;
+        let mem = Mmap::anonymous(buf_size * count as usize, "allocate fixed buffers")?;
+        Ok(Self {
+            mem,
+            buf_size,
+            pool: FixedPool::new(count as usize),
+        })
+    }
+
+    /// Size of each buffer.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Ownership bookkeeping.
+    pub fn pool(&mut self) -> &mut FixedPool {
+        &mut self.pool
+    }
+
+    /// Ownership bookkeeping, read-only.
+    pub fn pool_ref(&self) -> &FixedPool {
+        &self.pool
+    }
+
+    /// Start of buffer `id`, for SQEs.
+    pub fn ptr(&self, id: BufId) -> *mut u8 {
+        assert!((id.0 as usize) < self.pool.len(), "buffer id out of range");
+        // SAFETY: in bounds of the mapping (checked above).
+        unsafe { self.mem.as_ptr().add(id.0 as usize * self.buf_size) }
+    }
+
+    /// The bytes of a buffer the application holds. Holding the lease proves the kernel is
+    /// done with it.
+    pub fn bytes(&self, lease: &Lease) -> &[u8] {
+        // SAFETY: the lease proves no operation names this buffer (core's FixedPool hands a
+        // lease out only when the buffer is not in flight), so the kernel does not write it.
+        unsafe { core::slice::from_raw_parts(self.ptr(lease.id()), self.buf_size) }
+    }
+
+    /// The bytes of a buffer the application holds, writable.
+    pub fn bytes_mut(&mut self, lease: &Lease) -> &mut [u8] {
+        // SAFETY: as for `bytes`; `&mut self` excludes other slices of this pool.
+        unsafe { core::slice::from_raw_parts_mut(self.ptr(lease.id()), self.buf_size) }
+    }
+
+    fn iovecs(&self) -> Vec<iovec> {
+        (0..self.pool.len())
+            .map(|i| iovec {
+                iov_base: self.ptr(BufId(i as u16)).cast(),
+                iov_len: self.buf_size,
+            })
+            .collect()
+    }
+}
+
+/// A provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the shared ring of
+/// buffer descriptors, the buffers' memory, and core's [`ProvidedRing`] bookkeeping.
+pub struct ProvidedBuffers {
+    ring_mem: Mmap,
+    data: Mmap,
+    buf_size: u32,
+    book: ProvidedRing,
+}
+
+impl ProvidedBuffers {
+    fn new(group: BufGroup, entries: u16, buf_size: u32) -> Result<Self> {
+        if buf_size == 0 {
+            return Err(Error::InvalidConfig("provided buffers need a size"));
+        }
+        if !entries.is_power_of_two() || entries > 1 << 15 {
+            return Err(Error::InvalidConfig(
+                "provided buffer ring entries must be a power of two up to 32768",
+            ));
+        }
+        let ring_len = (entries as usize * core::mem::size_of::<io_uring_buf>()).max(PAGE);
+        Ok(Self {
+            ring_mem: Mmap::anonymous(ring_len, "allocate provided buffer ring")?,
+            data: Mmap::anonymous(entries as usize * buf_size as usize, "allocate provided buffers")?,
+            buf_size,
+            book: ProvidedRing::new(group, entries),
+        })
+    }
+
+    /// The group id.
+    pub fn group(&self) -> BufGroup {
+        self.book.group()
+    }
+
+    /// Each buffer's size.
+    pub fn buf_size(&self) -> u32 {
+        self.buf_size
+    }
+
+    /// Ownership bookkeeping (replenish policy, counts).
+    pub fn book(&self) -> &ProvidedRing {
+        &self.book
+    }
+
+    /// The kernel filled buffer `id` (from a CQE's IORING_CQE_F_BUFFER): take the lease.
+    pub fn take(&mut self, id: BufId) -> Result<Lease, ringwork_core::buf::BufError> {
+        self.book.on_selected(id)
+    }
+
+    /// The first `len` bytes of a buffer the application holds.
+    pub fn bytes(&self, lease: &Lease, len: u32) -> &[u8] {
+        let len = len.min(self.buf_size) as usize;
+        // SAFETY: the lease proves the kernel handed this buffer to us (its CQE was harvested)
+        // and it has not been published back, so the kernel does not write it; in bounds.
+        unsafe {
+            core::slice::from_raw_parts(
+                self.data.as_ptr().add(lease.id().0 as usize * self.buf_size as usize),
+                len,
+            )
+        }
+    }
+
+    /// Start of buffer `id`, e.g. for a SEND SQE; valid while the lease is held.
+    pub fn ptr(&self, lease: &Lease) -> *const u8 {
+        // SAFETY: in bounds: the id came from this ring's bookkeeping.
+        unsafe { self.data.as_ptr().add(lease.id().0 as usize * self.buf_size as usize) }
+    }
+
+    /// Queues a buffer to go back to the kernel; [`ProvidedBuffers::publish`] makes it visible.
+    pub fn recycle(&mut self, lease: Lease) {
+        self.book.recycle(lease);
+    }
+
+    /// Writes every recycled buffer into the shared ring and publishes the new tail.
+    pub fn publish(&mut self) {
+        if self.book.returning() == 0 {
+            return;
+        }
+        let entries: *mut io_uring_buf = self.ring_mem.as_ptr().cast();
+        let data = self.data.as_ptr();
+        let size = self.buf_size;
+        let tail = self.book.take_returns(|index, id| {
+            // SAFETY: `index < entries` (masked by core); this entry is past the kernel's head
+            // (only `entries` buffers exist, so the kernel has consumed the slot's previous
+            // occupant), and the kernel reads it only after the tail store below. We write the
+            // fields, never the whole struct: in entry 0, `resv` is the shared tail.
+            unsafe {
+                let e = entries.add(index as usize);
+                (*e).addr = io_uring_ptr::new(data.add(id.0 as usize * size as usize).cast());
+                (*e).len = size;
+                (*e).bid = id.0;
+            }
+        });
+        // The tail is the u16 at byte 14 of the ring (it overlays bufs[0].resv).
+        // SAFETY: in bounds, 2-byte aligned, accessed atomically by the kernel.
+        let tail_ref: &AtomicU16 = unsafe { &*self.ring_mem.as_ptr().add(14).cast::<AtomicU16>() };
+        // Release: publishes the entry writes above; pairs with the kernel's acquire of the tail.
+        tail_ref.store(tail, Ordering::Release);
+    }
+}
+
+/// Which opcodes this kernel supports (IORING_REGISTER_PROBE, Linux 5.6).
+#[derive(Clone, Debug)]
+pub struct Probe {
+    supported: [bool; 256],
+    last_op: u8,
+}
+
+impl Probe {
+    /// True when the kernel knows opcode `op`.
+    pub fn supports(&self, op: IoringOp) -> bool {
+        self.supported[op as u8 as usize]
+    }
+
+    /// The highest opcode this kernel knows.
+    pub fn last_op(&self) -> u8 {
+        self.last_op
+    }
+
+    /// Ok when `op` is supported, else an error naming the feature and the first Linux that
+    /// has it.
+    pub fn require(&self, op: IoringOp, name: &'static str, since: &'static str) -> Result<()> {
+        if self.supports(op) {
+            Ok(())
+        } else {
+            Err(Error::unsupported(name, since))
+        }
+    }
+}
+
+impl Ring {
+    /// Probes (once) which opcodes the kernel supports.
+    pub fn probe(&mut self) -> Result<&Probe> {
+        if self.registered().probe.is_none() {
+            const OPS: usize = 256;
+            // u64 storage keeps the struct aligned.
+            let words = (core::mem::size_of::<io_uring_probe>()
+                + OPS * core::mem::size_of::<io_uring_probe_op>())
+            .div_ceil(8);
+            let mut storage = vec![0u64; words];
+            let ptr = storage.as_mut_ptr().cast::<c_void>();
+            // SAFETY: the kernel writes at most `OPS` entries after the header; storage is
+            // zeroed (as the kernel requires) and large enough.
+            unsafe { io_uring_register(self.fd(), IoringRegisterOp::RegisterProbe, ptr, OPS as u32) }
+                .map_err(|e| match e {
+                    Errno::INVAL => Error::unsupported("IORING_REGISTER_PROBE", "5.6"),
+                    errno => Error::Syscall { what: "register probe", errno },
+                })?;
+            // SAFETY: the kernel filled the header and `ops_len` entries of the storage.
+            let header = unsafe { &*ptr.cast::<io_uring_probe>() };
+            let ops_ptr = unsafe {
+                ptr.cast::<u8>()
+                    .add(core::mem::size_of::<io_uring_probe>())
+                    .cast::<io_uring_probe_op>()
+            };
+            let mut supported = [false; 256];
+            for i in 0..(header.ops_len as usize).min(OPS) {
+                // SAFETY: i < ops_len <= OPS entries written by the kernel.
+                let op = unsafe { &*ops_ptr.add(i) };
+                if op.flags.contains(IoringOpFlags::SUPPORTED) {
+                    supported[op.op as u8 as usize] = true;
+                }
+            }
+            let last_op = header.last_op as u8;
+            self.registered_mut().probe = Some(Probe { supported, last_op });
+        }
+        Ok(self.registered().probe.as_ref().expect("set above"))
+    }
+
+    /// Registers `buffers` as the ring's fixed buffers; READ_FIXED / WRITE_FIXED name them by
+    /// index. The ring owns them from now on ([`Ring::fixed_buffers`]).
+    pub fn register_buffers(&mut self, buffers: FixedBuffers) -> Result<()> {
+        if self.registered().fixed.is_some() {
+            return Err(Error::InvalidConfig("fixed buffers are already registered"));
+        }
+        let iov = buffers.iovecs();
+        // SAFETY: `iov` describes memory owned by `buffers`, which the ring keeps (and does
+        // not free) until after IORING_UNREGISTER_BUFFERS at teardown.
+        unsafe {
+            io_uring_register(self.fd(), IoringRegisterOp::RegisterBuffers, iov.as_ptr().cast(), iov.len() as u32)
+        }
+        .map_err(Error::syscall("register fixed buffers"))?;
+        self.registered_mut().fixed = Some(buffers);
+        Ok(())
+    }
+
+    /// The registered fixed buffers, if any.
+    pub fn fixed_buffers(&mut self) -> Option<&mut FixedBuffers> {
+        self.registered_mut().fixed.as_mut()
+    }
+
+    /// Registers a sparse file table of `slots` entries (IORING_REGISTER_FILES2 with
+    /// IORING_RSRC_REGISTER_SPARSE, Linux 5.19); fill it with [`Ring::update_files`] or
+    /// direct accept/open.
+    pub fn register_files_sparse(&mut self, slots: u32) -> Result<()> {
+        let mut reg = io_uring_rsrc_register::default();
+        reg.nr = slots;
+        reg.flags = IoringRsrcFlags::REGISTER_SPARSE;
+        // SAFETY: `reg` outlives the call; a sparse table needs no data array.
+        unsafe {
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterFiles2,
+                (&reg as *const io_uring_rsrc_register).cast(),
+                core::mem::size_of::<io_uring_rsrc_register>() as u32,
+            )
+        }
+        .map_err(|e| match e {
+            Errno::INVAL => Error::unsupported("IORING_RSRC_REGISTER_SPARSE", "5.19"),
+            errno => Error::Syscall { what: "register files", errno },
+        })?;
+        self.registered_mut().files = Some(slots);
+        Ok(())
+    }
+
+    /// Puts `fds` into the file table starting at `offset` (IORING_REGISTER_FILES_UPDATE,
+    /// Linux 5.5); `-1` empties a slot. The table takes its own reference: the caller may
+    /// close its fds afterwards.
+    pub fn update_files(&mut self, offset: u32, fds: &[RawFd]) -> Result<u32> {
+        let mut up = io_uring_files_update::default();
+        up.offset = offset;
+        up.fds = io_uring_ptr::new(fds.as_ptr().cast_mut().cast());
+        // SAFETY: `up` and `fds` outlive the call.
+        unsafe {
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterFilesUpdate,
+                (&up as *const io_uring_files_update).cast(),
+                fds.len() as u32,
+            )
+        }
+        .map_err(Error::syscall("update registered files"))
+    }
+
+    /// Registers a provided buffer ring of `entries` buffers of `buf_size` bytes as `group`,
+    /// and publishes every buffer to the kernel.
+    pub fn register_buf_ring(&mut self, group: BufGroup, entries: u16, buf_size: u32) -> Result<()> {
+        if self.buf_ring(group).is_some() {
+            return Err(Error::InvalidConfig("buffer group already registered"));
+        }
+        let mut br = ProvidedBuffers::new(group, entries, buf_size)?;
+        let mut reg = io_uring_buf_reg::default();
+        reg.ring_addr = io_uring_ptr::new(br.ring_mem.as_ptr().cast());
+        reg.ring_entries = u32::from(entries);
+        reg.bgid = group.0;
+        // SAFETY: the ring memory is page-aligned, large enough for `entries` descriptors, and
+        // owned by the Ring until after IORING_UNREGISTER_PBUF_RING at teardown.
+        unsafe {
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterPbufRing,
+                (&reg as *const io_uring_buf_reg).cast(),
+                1,
+            )
+        }
+        .map_err(|e| match e {
+            Errno::INVAL => Error::unsupported("IORING_REGISTER_PBUF_RING", "5.19"),
+            errno => Error::Syscall { what: "register provided buffer ring", errno },
+        })?;
+        br.publish();
+        self.registered_mut().buf_rings.push(br);
+        Ok(())
+    }
+
+    /// The provided buffer ring of `group`.
+    pub fn buf_ring(&mut self, group: BufGroup) -> Option<&mut ProvidedBuffers> {
+        self.registered_mut()
+            .buf_rings
+            .iter_mut()
+            .find(|b| b.group() == group)
+    }
+}

@@ -1,0 +1,627 @@
+//! The io_uring instance: setup, the shared-memory mappings, submission, completion.
+//!
+//! [`Ring`] owns the ring fd and its mappings and drives both queues through
+//! `ringwork_core::ring`'s index protocol over the kernel's `AtomicU32`s. It does not decide
+//! what to submit; servers do that through core's state machines and `crate::sqe`.
+//!
+//! # References
+//! - io_uring_setup(2), io_uring_enter(2), io_uring(7)
+//! - liburing's `src/setup.c` and `src/queue.c` for the mapping sizes and the SQPOLL
+//!   wake-up protocol.
+
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use ringwork_core::buf::BufId;
+use ringwork_core::errno::RawErrno;
+use ringwork_core::ring::{Consumer, Producer};
+use ringwork_core::token::UserData;
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+use rustix::io::Errno;
+use rustix::io_uring::{
+    io_uring_cqe, io_uring_enter, io_uring_enter_arg, io_uring_getevents_arg, io_uring_params,
+    io_uring_ptr, io_uring_sqe, io_uring_setup, IoringCqeFlags, IoringEnterFlags,
+    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IORING_CQE_BUFFER_SHIFT,
+    IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
+};
+
+use crate::error::{Error, Result};
+use crate::mmap::Mmap;
+use crate::register::Registered;
+use crate::sqe::Sqe;
+
+/// How to set a ring up. `RingParams::new(sq_entries)`, then setters, then [`RingParams::build`].
+#[derive(Clone, Debug)]
+pub struct RingParams {
+    sq_entries: u32,
+    cq_entries: Option<u32>,
+    sqpoll: Option<SqPoll>,
+    single_issuer: bool,
+    defer_taskrun: bool,
+    coop_taskrun: bool,
+}
+
+/// Kernel-side submission polling (IORING_SETUP_SQPOLL, Linux 5.1; unprivileged since 5.11).
+#[derive(Clone, Copy, Debug)]
+pub struct SqPoll {
+    /// Milliseconds the poller spins without work before it sleeps (`sq_thread_idle`).
+    pub idle_ms: u32,
+    /// CPU to pin the poller to (IORING_SETUP_SQ_AFF).
+    pub cpu: Option<u32>,
+}
+
+impl RingParams {
+    /// A ring with `sq_entries` submission slots (a power of two) and, unless
+    /// [`RingParams::cq_entries`] says otherwise, a completion queue twice that size.
+    pub fn new(sq_entries: u32) -> Self {
+        Self {
+            sq_entries,
+            cq_entries: None,
+            sqpoll: None,
+            single_issuer: false,
+            defer_taskrun: false,
+            coop_taskrun: false,
+        }
+    }
+
+    /// Completion-queue size (IORING_SETUP_CQSIZE, Linux 5.5); must be at least twice the SQ.
+    pub fn cq_entries(mut self, n: u32) -> Self {
+        self.cq_entries = Some(n);
+        self
+    }
+
+    /// Enables SQPOLL.
+    pub fn sqpoll(mut self, sqpoll: SqPoll) -> Self {
+        self.sqpoll = Some(sqpoll);
+        self
+    }
+
+    /// IORING_SETUP_SINGLE_ISSUER (Linux 6.0): only the creating thread submits.
+    pub fn single_issuer(mut self, on: bool) -> Self {
+        self.single_issuer = on;
+        self
+    }
+
+    /// IORING_SETUP_DEFER_TASKRUN (Linux 6.1; needs SINGLE_ISSUER): completion work runs only
+    /// when this thread enters the kernel to wait.
+    pub fn defer_taskrun(mut self, on: bool) -> Self {
+        self.defer_taskrun = on;
+        self
+    }
+
+    /// IORING_SETUP_COOP_TASKRUN (Linux 5.19): no IPI to interrupt us for task work.
+    pub fn coop_taskrun(mut self, on: bool) -> Self {
+        self.coop_taskrun = on;
+        self
+    }
+
+    /// Sets the ring up.
+    pub fn build(self) -> Result<Ring> {
+        Ring::new(self)
+    }
+}
+
+/// One completion, copied out of the CQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cqe {
+    /// The submitting SQE's `user_data`.
+    pub user_data: UserData,
+    /// A count, or `-errno`.
+    pub res: i32,
+    /// IORING_CQE_F_* flags.
+    pub flags: IoringCqeFlags,
+}
+
+impl Cqe {
+    /// The result as a count or a typed errno.
+    #[inline]
+    pub fn result(&self) -> core::result::Result<u32, RawErrno> {
+        RawErrno::from_res(self.res)
+    }
+
+    /// IORING_CQE_F_MORE: a multishot request is still armed (or, for SEND_ZC, a notification
+    /// follows).
+    #[inline]
+    pub fn more(&self) -> bool {
+        self.flags.contains(IoringCqeFlags::MORE)
+    }
+
+    /// IORING_CQE_F_NOTIF: this is a SEND_ZC notification; the buffer is ours again.
+    #[inline]
+    pub fn is_notification(&self) -> bool {
+        self.flags.contains(IoringCqeFlags::NOTIF)
+    }
+
+    /// The provided buffer the kernel picked (IORING_CQE_F_BUFFER), if any.
+    #[inline]
+    pub fn buffer_id(&self) -> Option<BufId> {
+        self.flags
+            .contains(IoringCqeFlags::BUFFER)
+            .then(|| BufId((self.flags.bits() >> IORING_CQE_BUFFER_SHIFT) as u16))
+    }
+}
+
+/// What the ring has done, for benchmarks and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingStats {
+    /// io_uring_enter calls made.
+    pub enters: u64,
+    /// SQEs handed to the kernel.
+    pub submitted: u64,
+    /// CQEs harvested.
+    pub completions: u64,
+    /// Times the kernel said its CQ backlog was in use (IORING_SQ_CQ_OVERFLOW) and we flushed it.
+    pub overflow_flushes: u64,
+    /// io_uring_enter calls refused with EBUSY/EAGAIN and retried after reaping.
+    pub busy_retries: u64,
+    /// SQPOLL wake-ups (IORING_ENTER_SQ_WAKEUP).
+    pub sqpoll_wakeups: u64,
+}
+
+/// An io_uring instance.
+///
+/// Field order matters for drop: registrations are undone (by `Registered`'s drop, through
+/// the still-open fd) before the mappings are unmapped and the fd is closed.
+pub struct Ring {
+    registered: Registered,
+    sq: Producer<'static, AtomicU32>,
+    cq: Consumer<'static, AtomicU32>,
+    sq_flags: &'static AtomicU32,
+    sq_dropped: &'static AtomicU32,
+    cq_overflow: &'static AtomicU32,
+    sqes: *mut io_uring_sqe,
+    cqes: *const io_uring_cqe,
+    /// CQEs moved out of the CQ while retrying an EBUSY submit; served before the CQ.
+    stash: VecDeque<Cqe>,
+    stats: RingStats,
+    dropped_seen: u32,
+    params: io_uring_params,
+    sqpoll: bool,
+    _sqe_map: Mmap,
+    _cq_map: Option<Mmap>,
+    _sq_map: Mmap,
+    fd: OwnedFd,
+}
+
+// SAFETY: the raw pointers and 'static views point into mappings owned by the Ring itself;
+// moving the Ring to another thread moves them all together. (Not Sync: one issuer.)
+unsafe impl Send for Ring {}
+
+impl Ring {
+    /// Sets up a ring as `params` say.
+    pub fn new(params: RingParams) -> Result<Self> {
+        let RingParams {
+            sq_entries,
+            cq_entries,
+            sqpoll,
+            single_issuer,
+            defer_taskrun,
+            coop_taskrun,
+        } = params;
+        if !sq_entries.is_power_of_two() {
+            return Err(Error::InvalidConfig("sq entries must be a power of two"));
+        }
+        let cq_entries = cq_entries.unwrap_or(sq_entries * 2);
+        if cq_entries < sq_entries * 2 || !cq_entries.is_power_of_two() {
+            return Err(Error::InvalidConfig(
+                "cq entries must be a power of two at least twice the sq entries",
+            ));
+        }
+        let mut p = io_uring_params::default();
+        p.flags = IoringSetupFlags::CQSIZE;
+        p.cq_entries = cq_entries;
+        if let Some(sp) = sqpoll {
+            p.flags |= IoringSetupFlags::SQPOLL;
+            p.sq_thread_idle = sp.idle_ms;
+            if let Some(cpu) = sp.cpu {
+                p.flags |= IoringSetupFlags::SQ_AFF;
+                p.sq_thread_cpu = cpu;
+            }
+        }
+        if single_issuer {
+            p.flags |= IoringSetupFlags::SINGLE_ISSUER;
+        }
+        if defer_taskrun {
+            p.flags |= IoringSetupFlags::DEFER_TASKRUN;
+        }
+        if coop_taskrun {
+            p.flags |= IoringSetupFlags::COOP_TASKRUN;
+        }
+        // SAFETY: ATTACH_WQ is never set, so wq_fd is not read.
+        let fd = unsafe { io_uring_setup(sq_entries, &mut p) }.map_err(|errno| match errno {
+            Errno::INVAL if defer_taskrun || single_issuer || coop_taskrun => Error::unsupported(
+                "IORING_SETUP_SINGLE_ISSUER/DEFER_TASKRUN/COOP_TASKRUN",
+                "6.1",
+            ),
+            errno => Error::Syscall {
+                what: "io_uring_setup",
+                errno,
+            },
+        })?;
+
+        let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
+        let cq_len = p.cq_off.cqes as usize
+            + p.cq_entries as usize * core::mem::size_of::<io_uring_cqe>();
+        let single = p.features.contains(IoringFeatureFlags::SINGLE_MMAP);
+        let (sq_map, cq_map) = if single {
+            let len = sq_len.max(cq_len);
+            (Mmap::ring_region(&fd, len, IORING_OFF_SQ_RING, "mmap rings")?, None)
+        } else {
+            (
+                Mmap::ring_region(&fd, sq_len, IORING_OFF_SQ_RING, "mmap SQ ring")?,
+                Some(Mmap::ring_region(&fd, cq_len, IORING_OFF_CQ_RING, "mmap CQ ring")?),
+            )
+        };
+        let sqe_map = Mmap::ring_region(
+            &fd,
+            p.sq_entries as usize * core::mem::size_of::<io_uring_sqe>(),
+            IORING_OFF_SQES,
+            "mmap SQE array",
+        )?;
+        let cq_region = cq_map.as_ref().unwrap_or(&sq_map);
+
+        // SAFETY (for every `&*` below): the offsets come from the kernel for these mappings,
+        // `Mmap::at` bounds-checks them, the fields are 4-byte aligned u32s the kernel
+        // accesses atomically, and the mappings live exactly as long as the Ring (they are
+        // fields of it, dropped after every view). The 'static lifetime never escapes the Ring.
+        let atomic = |m: &Mmap, off: u32| -> &'static AtomicU32 { unsafe { &*m.at::<AtomicU32>(off) } };
+        let sq_head = atomic(&sq_map, p.sq_off.head);
+        let sq_tail = atomic(&sq_map, p.sq_off.tail);
+        let sq_flags = atomic(&sq_map, p.sq_off.flags);
+        let sq_dropped = atomic(&sq_map, p.sq_off.dropped);
+        let cq_head = atomic(cq_region, p.cq_off.head);
+        let cq_tail = atomic(cq_region, p.cq_off.tail);
+        let cq_overflow = atomic(cq_region, p.cq_off.overflow);
+
+        // Identity indirection: SQE slot i is array entry i, written once here, so that
+        // submission only writes the SQE and the tail.
+        let array: *mut u32 = sq_map.at(p.sq_off.array);
+        for i in 0..p.sq_entries {
+            // SAFETY: `array` has sq_entries u32s (sq_len above covers them); nothing else
+            // writes it and the kernel reads it only for published entries.
+            unsafe { array.add(i as usize).write(i) };
+        }
+        let cqes: *const io_uring_cqe = cq_region.at(p.cq_off.cqes);
+
+        Ok(Self {
+            registered: Registered::default(),
+            sq: Producer::new(sq_head, sq_tail, p.sq_entries),
+            cq: Consumer::new(cq_head, cq_tail, p.cq_entries),
+            sq_flags,
+            sq_dropped,
+            cq_overflow,
+            sqes: sqe_map.as_ptr().cast(),
+            cqes,
+            stash: VecDeque::with_capacity(p.cq_entries as usize),
+            stats: RingStats::default(),
+            dropped_seen: 0,
+            params: p,
+            sqpoll: sqpoll.is_some(),
+            _sqe_map: sqe_map,
+            _cq_map: cq_map,
+            _sq_map: sq_map,
+            fd,
+        })
+    }
+
+    /// The ring fd.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// What the kernel reported it supports (IORING_FEAT_*).
+    pub fn features(&self) -> IoringFeatureFlags {
+        self.params.features
+    }
+
+    /// The setup flags in force.
+    pub fn setup_flags(&self) -> IoringSetupFlags {
+        self.params.flags
+    }
+
+    /// SQ size.
+    pub fn sq_entries(&self) -> u32 {
+        self.params.sq_entries
+    }
+
+    /// CQ size.
+    pub fn cq_entries(&self) -> u32 {
+        self.params.cq_entries
+    }
+
+    /// Counters since setup.
+    pub fn stats(&self) -> RingStats {
+        self.stats
+    }
+
+    pub(crate) fn registered_mut(&mut self) -> &mut Registered {
+        &mut self.registered
+    }
+
+    pub(crate) fn registered(&self) -> &Registered {
+        &self.registered
+    }
+
+    /// Free SQ slots.
+    pub fn sq_space(&mut self) -> u32 {
+        self.sq.free_slots()
+    }
+
+    /// Queues one SQE (not yet visible to the kernel until [`Ring::submit`]).
+    ///
+    /// # Safety
+    /// Every buffer, path, struct and descriptor the SQE points to must stay valid, and must
+    /// not be accessed in a way the operation forbids, until its CQE is harvested (for
+    /// SEND_ZC: until the notification CQE). A cancel does not end that: only the CQE does.
+    ///
+    /// # References
+    /// io_uring_enter(2), "Submission queue entry".
+    pub unsafe fn push(&mut self, sqe: &Sqe) -> Result<()> {
+        let slot = self.sq.reserve().ok_or(Error::SubmissionQueueFull)?;
+        // SAFETY: `slot < sq_entries` (the protocol masks it); the slot was reserved by the
+        // producer so the kernel does not read it until publish.
+        unsafe { self.sqes.add(slot as usize).write(*sqe.raw()) };
+        Ok(())
+    }
+
+    /// Like [`Ring::push`], but submits what is queued to make room when the SQ is full.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`].
+    pub unsafe fn push_or_submit(&mut self, sqe: &Sqe) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.push(sqe) } {
+            Err(Error::SubmissionQueueFull) => {
+                self.submit()?;
+                // SAFETY: forwarded from the caller.
+                unsafe { self.push(sqe) }
+            }
+            other => other,
+        }
+    }
+
+    /// Publishes queued SQEs and tells the kernel about them; returns how many it consumed.
+    pub fn submit(&mut self) -> Result<u32> {
+        self.submit_and_wait(0)
+    }
+
+    /// Publishes queued SQEs, submits them, and waits until at least `want` completions are
+    /// ready (or stashed). One io_uring_enter for both, unless SQPOLL makes the submit free.
+    pub fn submit_and_wait(&mut self, want: u32) -> Result<u32> {
+        self.enter_with(want, None)
+    }
+
+    /// As [`Ring::submit_and_wait`], but gives up waiting after `timeout`
+    /// (IORING_ENTER_EXT_ARG, Linux 5.11). A timeout is not an error.
+    pub fn submit_and_wait_timeout(&mut self, want: u32, timeout: Duration) -> Result<u32> {
+        if !self.features().contains(IoringFeatureFlags::EXT_ARG) {
+            return Err(Error::unsupported("IORING_FEAT_EXT_ARG", "5.11"));
+        }
+        self.enter_with(want, Some(timeout))
+    }
+
+    fn enter_with(&mut self, want: u32, timeout: Option<Duration>) -> Result<u32> {
+        self.sq.publish();
+        self.check_overflow()?;
+        let pending = self.sq_pending();
+        let mut flags = IoringEnterFlags::empty();
+        let mut to_submit = pending;
+        if self.sqpoll {
+            // The poller consumes the SQ itself; enter only to wake it or to wait.
+            to_submit = 0;
+            if pending > 0 && self.sqpoll_needs_wakeup() {
+                flags |= IoringEnterFlags::SQ_WAKEUP;
+                self.stats.sqpoll_wakeups += 1;
+            }
+        }
+        let want = if self.stash.is_empty() { want } else { 0 };
+        if want > 0 {
+            flags |= IoringEnterFlags::GETEVENTS;
+        }
+        if to_submit == 0 && flags.is_empty() {
+            self.stats.submitted += u64::from(pending);
+            return Ok(pending);
+        }
+        let n = self.enter(to_submit, want, flags, timeout)?;
+        self.stats.submitted += u64::from(if self.sqpoll { pending } else { n });
+        Ok(n)
+    }
+
+    /// SQEs published but not yet consumed by the kernel.
+    fn sq_pending(&mut self) -> u32 {
+        let free = self.sq.free_slots();
+        self.sq.entries() - free
+    }
+
+    fn sqpoll_needs_wakeup(&self) -> bool {
+        // A full fence between our tail store (publish) and this load of the flags: pairs with
+        // the kernel's barrier between setting NEED_WAKEUP and re-checking the tail before the
+        // poller sleeps. Without it the poller may sleep with our entries queued (PITFALLS #9).
+        fence(Ordering::SeqCst);
+        IoringSqFlags::from_bits_retain(self.sq_flags.load(Ordering::Relaxed))
+            .contains(IoringSqFlags::NEED_WAKEUP)
+    }
+
+    /// io_uring_enter, retrying EINTR, and EBUSY/EAGAIN by reaping into the stash first.
+    fn enter(
+        &mut self,
+        to_submit: u32,
+        min_complete: u32,
+        flags: IoringEnterFlags,
+        timeout: Option<Duration>,
+    ) -> Result<u32> {
+        let mut busy_rounds = 0u32;
+        loop {
+            self.stats.enters += 1;
+            let r = match timeout {
+                None => {
+                    // SAFETY: no EXT_ARG flag; every SQE was pushed under push()'s contract.
+                    unsafe { io_uring_enter(&self.fd, to_submit, min_complete, flags) }
+                }
+                Some(t) => {
+                    let ts = rustix::fs::Timespec {
+                        tv_sec: t.as_secs() as i64,
+                        tv_nsec: t.subsec_nanos() as _,
+                    };
+                    let mut arg = io_uring_getevents_arg::default();
+                    arg.ts = io_uring_ptr::new((&ts as *const rustix::fs::Timespec).cast_mut().cast());
+                    // SAFETY: EXT_ARG with a valid getevents_arg whose ts outlives the call and
+                    // no sigmask; SQEs were pushed under push()'s contract.
+                    unsafe {
+                        io_uring_enter_arg(
+                            &self.fd,
+                            to_submit,
+                            min_complete,
+                            flags | IoringEnterFlags::EXT_ARG,
+                            Some(&arg),
+                        )
+                    }
+                }
+            };
+            match r {
+                Ok(n) => return Ok(n),
+                Err(Errno::INTR) => continue,
+                Err(Errno::TIME) => return Ok(0),
+                Err(Errno::BUSY) | Err(Errno::AGAIN) => {
+                    // The CQ is backed up (or the overflow backlog is): move every ready CQE
+                    // out of the way, flush the backlog, and try again.
+                    self.stats.busy_retries += 1;
+                    busy_rounds += 1;
+                    let moved = self.stash_ready();
+                    if moved == 0 && busy_rounds > 1 {
+                        self.flush_overflow()?;
+                        self.stash_ready();
+                    }
+                    if busy_rounds > 1000 {
+                        return Err(Error::Syscall {
+                            what: "io_uring_enter (CQ backed up)",
+                            errno: Errno::BUSY,
+                        });
+                    }
+                }
+                Err(errno) => {
+                    return Err(Error::Syscall {
+                        what: "io_uring_enter",
+                        errno,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Moves every ready CQE into the stash; returns how many.
+    fn stash_ready(&mut self) -> u32 {
+        let mut n = 0;
+        while let Some(cqe) = self.pop_cq() {
+            self.stash.push_back(cqe);
+            n += 1;
+        }
+        self.cq.release();
+        n
+    }
+
+    /// Asks the kernel to move its overflow backlog into the CQ.
+    fn flush_overflow(&mut self) -> Result<()> {
+        self.stats.overflow_flushes += 1;
+        self.stats.enters += 1;
+        // SAFETY: no EXT_ARG; submits nothing.
+        match unsafe { io_uring_enter(&self.fd, 0, 0, IoringEnterFlags::GETEVENTS) } {
+            Ok(_) | Err(Errno::INTR) | Err(Errno::BUSY) | Err(Errno::AGAIN) => Ok(()),
+            Err(errno) => Err(Error::Syscall {
+                what: "io_uring_enter (flush CQ overflow)",
+                errno,
+            }),
+        }
+    }
+
+    /// True when the kernel holds completions in its overflow backlog (IORING_SQ_CQ_OVERFLOW).
+    pub fn cq_overflowed(&self) -> bool {
+        IoringSqFlags::from_bits_retain(self.sq_flags.load(Ordering::Acquire))
+            .contains(IoringSqFlags::CQ_OVERFLOW)
+    }
+
+    /// Completions the kernel dropped outright (the CQ ring's overflow counter), and invalid
+    /// SQEs it skipped (the SQ's dropped counter).
+    pub fn dropped(&self) -> (u32, u32) {
+        (
+            self.cq_overflow.load(Ordering::Acquire),
+            self.sq_dropped.load(Ordering::Acquire),
+        )
+    }
+
+    /// Errors once if the kernel dropped completions since the last check: never silent.
+    pub fn check_overflow(&mut self) -> Result<()> {
+        let dropped = self.cq_overflow.load(Ordering::Acquire);
+        if dropped != self.dropped_seen {
+            self.dropped_seen = dropped;
+            return Err(Error::CompletionsLost { dropped });
+        }
+        Ok(())
+    }
+
+    fn pop_cq(&mut self) -> Option<Cqe> {
+        let slot = self.cq.peek()?;
+        // SAFETY: `slot < cq_entries`; the Acquire load of the tail inside peek() makes the
+        // kernel's write of this entry visible; we copy it before advancing past it.
+        let raw = unsafe { &*self.cqes.add(slot as usize) };
+        let cqe = Cqe {
+            user_data: UserData(raw.user_data.u64_()),
+            res: raw.res,
+            flags: raw.flags,
+        };
+        self.cq.advance(1);
+        Some(cqe)
+    }
+
+    /// Completions ready now, stashed ones first. When the CQ is empty but the kernel reports
+    /// a backlog, flushes it first. Consumed entries are handed back to the kernel when the
+    /// iterator is dropped.
+    pub fn completions(&mut self) -> Completions<'_> {
+        if self.stash.is_empty() && self.cq.ready() == 0 && self.cq_overflowed() {
+            // Errors here surface on the next submit; the backlog stays in the kernel.
+            let _ = self.flush_overflow();
+        }
+        Completions { ring: self }
+    }
+
+    /// Completions ready to harvest without entering the kernel.
+    pub fn ready(&self) -> u32 {
+        self.stash.len() as u32 + self.cq.ready()
+    }
+}
+
+/// Iterator over ready completions; see [`Ring::completions`].
+pub struct Completions<'r> {
+    ring: &'r mut Ring,
+}
+
+impl Iterator for Completions<'_> {
+    type Item = Cqe;
+
+    fn next(&mut self) -> Option<Cqe> {
+        let cqe = match self.ring.stash.pop_front() {
+            Some(c) => Some(c),
+            None => self.ring.pop_cq(),
+        };
+        if cqe.is_some() {
+            self.ring.stats.completions += 1;
+        }
+        cqe
+    }
+}
+
+impl Drop for Completions<'_> {
+    fn drop(&mut self) {
+        self.ring.cq.release();
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let fd = self.fd.as_fd();
+        // SAFETY: every registration was made on this fd; the memory behind them is owned by
+        // `registered` and freed only after unregistering (inside teardown).
+        unsafe { self.registered.teardown(fd) };
+    }
+}

@@ -1,0 +1,378 @@
+//! Submission queue entry builders.
+//!
+//! Building an SQE is safe: it only fills a struct. Pushing it ([`crate::Ring::push`]) is
+//! where the contract lives (every pointer stays valid until the CQE). Each builder mirrors
+//! the liburing `io_uring_prep_*` function of the same name; the field layout follows
+//! `include/uapi/linux/io_uring.h`.
+//!
+//! # References
+//! io_uring_enter(2) ("IORING_OP_*"), liburing's `src/include/liburing.h`.
+
+use core::ffi::c_void;
+
+use ringwork_core::buf::BufGroup;
+use ringwork_core::token::UserData;
+use rustix::fd::RawFd;
+use rustix::io::ReadWriteFlags;
+use rustix::io_uring::{
+    io_uring_ptr, io_uring_sqe, io_uring_user_data, open_how, IoringAcceptFlags,
+    IoringAsyncCancelFlags, IoringOp, IoringRecvFlags, IoringSendFlags, IoringSqeFlags,
+    IoringTimeoutFlags, IORING_FILE_INDEX_ALLOC,
+};
+use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+
+pub use rustix::io_uring::IoringSqeFlags as SqeFlags;
+
+/// `struct __kernel_timespec`, as IORING_OP_TIMEOUT and LINK_TIMEOUT read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelTimespec {
+    /// Seconds.
+    pub tv_sec: i64,
+    /// Nanoseconds.
+    pub tv_nsec: i64,
+}
+
+impl KernelTimespec {
+    /// From a duration.
+    pub fn from_duration(d: core::time::Duration) -> Self {
+        Self {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        }
+    }
+}
+
+/// What an SQE's `fd` names: a descriptor number, or an index in the registered file table
+/// (IOSQE_FIXED_FILE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A plain file descriptor.
+    Fd(RawFd),
+    /// An index into the ring's registered file table.
+    Fixed(u32),
+}
+
+/// One SQE, ready to push.
+#[derive(Clone, Copy)]
+pub struct Sqe(io_uring_sqe);
+
+impl core::fmt::Debug for Sqe {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // SAFETY: every union here is plain old data of the same size; reading the u64 view
+        // of user_data and the u64 view of `off` is always defined.
+        let (ud, off) = unsafe { (self.0.user_data.u64_(), self.0.off_or_addr2.off) };
+        f.debug_struct("Sqe")
+            .field("opcode", &self.0.opcode)
+            .field("flags", &self.0.flags)
+            .field("fd", &self.0.fd)
+            .field("off", &off)
+            .field("user_data", &ud)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sqe {
+    fn new(op: IoringOp) -> Self {
+        let mut sqe = io_uring_sqe::default();
+        sqe.opcode = op;
+        Self(sqe)
+    }
+
+    /// liburing's `io_uring_prep_rw`: the common fd/addr/len/off layout.
+    fn rw(op: IoringOp, target: Target, addr: *mut c_void, len: u32, off: u64) -> Self {
+        let mut s = Self::new(op);
+        s.set_target(target);
+        s.0.addr_or_splice_off_in.addr = io_uring_ptr::new(addr);
+        s.0.len.len = len;
+        s.0.off_or_addr2.off = off;
+        s
+    }
+
+    fn set_target(&mut self, target: Target) {
+        match target {
+            Target::Fd(fd) => self.0.fd = fd,
+            Target::Fixed(index) => {
+                self.0.fd = index as RawFd;
+                self.0.flags |= IoringSqeFlags::FIXED_FILE;
+            }
+        }
+    }
+
+    /// The raw kernel struct.
+    pub fn raw(&self) -> &io_uring_sqe {
+        &self.0
+    }
+
+    /// Sets the `user_data` that comes back in the CQE.
+    #[must_use]
+    pub fn user_data(mut self, ud: UserData) -> Self {
+        self.0.user_data = io_uring_user_data::from_u64(ud.0);
+        self
+    }
+
+    /// Adds IOSQE_* flags (IO_LINK, IO_HARDLINK, IO_DRAIN, CQE_SKIP_SUCCESS, ASYNC, ...).
+    #[must_use]
+    pub fn flags(mut self, flags: IoringSqeFlags) -> Self {
+        self.0.flags |= flags;
+        self
+    }
+
+    /// IORING_OP_NOP.
+    pub fn nop() -> Self {
+        Self::new(IoringOp::Nop)
+    }
+
+    /// IORING_OP_READ at an explicit `offset` (never -1: PITFALLS #10).
+    pub fn read(target: Target, buf: *mut u8, len: u32, offset: u64) -> Self {
+        Self::rw(IoringOp::Read, target, buf.cast(), len, offset)
+    }
+
+    /// IORING_OP_WRITE at an explicit `offset`.
+    pub fn write(target: Target, buf: *const u8, len: u32, offset: u64) -> Self {
+        Self::rw(IoringOp::Write, target, buf.cast_mut().cast(), len, offset)
+    }
+
+    /// IORING_OP_READ_FIXED into registered buffer `buf_index`; `buf` must lie inside it.
+    pub fn read_fixed(target: Target, buf: *mut u8, len: u32, offset: u64, buf_index: u16) -> Self {
+        let mut s = Self::rw(IoringOp::ReadFixed, target, buf.cast(), len, offset);
+        s.0.buf.buf_index = buf_index;
+        s
+    }
+
+    /// IORING_OP_WRITE_FIXED from registered buffer `buf_index`; `buf` must lie inside it.
+    pub fn write_fixed(
+        target: Target,
+        buf: *const u8,
+        len: u32,
+        offset: u64,
+        buf_index: u16,
+    ) -> Self {
+        let mut s = Self::rw(IoringOp::WriteFixed, target, buf.cast_mut().cast(), len, offset);
+        s.0.buf.buf_index = buf_index;
+        s
+    }
+
+    /// IORING_OP_READ with IOSQE_BUFFER_SELECT: the kernel picks a buffer from `group`.
+    pub fn read_select(target: Target, group: BufGroup, len: u32, offset: u64) -> Self {
+        let mut s = Self::rw(IoringOp::Read, target, core::ptr::null_mut(), len, offset);
+        s.0.flags |= IoringSqeFlags::BUFFER_SELECT;
+        s.0.buf.buf_group = group.0;
+        s
+    }
+
+    /// IORING_OP_RECV into `buf`.
+    pub fn recv(target: Target, buf: *mut u8, len: u32) -> Self {
+        Self::rw(IoringOp::Recv, target, buf.cast(), len, 0)
+    }
+
+    /// IORING_OP_RECV with IOSQE_BUFFER_SELECT from provided-buffer `group` (Linux 5.7; ring
+    /// groups 5.19); `multishot` adds IORING_RECV_MULTISHOT (Linux 6.0): one SQE, a CQE per
+    /// receive, each with IORING_CQE_F_MORE while it stays armed.
+    pub fn recv_select(target: Target, group: BufGroup, multishot: bool) -> Self {
+        let mut s = Self::rw(IoringOp::Recv, target, core::ptr::null_mut(), 0, 0);
+        s.0.flags |= IoringSqeFlags::BUFFER_SELECT;
+        s.0.buf.buf_group = group.0;
+        if multishot {
+            s.0.ioprio.recv_flags = IoringRecvFlags::MULTISHOT;
+        }
+        s
+    }
+
+    /// Sets `MSG_*` flags on a recv.
+    #[must_use]
+    pub fn recv_flags(mut self, flags: RecvFlags) -> Self {
+        self.0.op_flags.recv_flags = flags;
+        self
+    }
+
+    /// IORING_OP_SEND of `len` bytes at `buf`.
+    pub fn send(target: Target, buf: *const u8, len: u32) -> Self {
+        Self::rw(IoringOp::Send, target, buf.cast_mut().cast(), len, 0)
+    }
+
+    /// Sets `MSG_*` flags on a send (e.g. MSG_NOSIGNAL, MSG_WAITALL).
+    #[must_use]
+    pub fn send_flags(mut self, flags: SendFlags) -> Self {
+        self.0.op_flags.send_flags = flags;
+        self
+    }
+
+    /// IORING_OP_SEND_ZC (Linux 6.0): two CQEs, the result (IORING_CQE_F_MORE) and later the
+    /// notification (IORING_CQE_F_NOTIF) after which the buffer is ours again.
+    /// `report_usage` adds IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): the notification's `res`
+    /// says whether the kernel copied after all. `fixed_buf` sends from a registered buffer.
+    pub fn send_zc(
+        target: Target,
+        buf: *const u8,
+        len: u32,
+        report_usage: bool,
+        fixed_buf: Option<u16>,
+    ) -> Self {
+        let mut s = Self::rw(IoringOp::SendZc, target, buf.cast_mut().cast(), len, 0);
+        let mut zc = IoringSendFlags::empty();
+        if report_usage {
+            zc |= IoringSendFlags::ZC_REPORT_USAGE;
+        }
+        if let Some(index) = fixed_buf {
+            zc |= IoringSendFlags::FIXED_BUF;
+            s.0.buf.buf_index = index;
+        }
+        s.0.ioprio.send_flags = zc;
+        s
+    }
+
+    /// IORING_OP_ACCEPT on listening socket `target`, without the peer address.
+    /// `multishot` adds IORING_ACCEPT_MULTISHOT (Linux 5.19); `direct` installs the new socket
+    /// in the registered file table (IORING_FILE_INDEX_ALLOC, Linux 5.19) and the CQE's `res`
+    /// is the table index instead of an fd.
+    pub fn accept(target: Target, flags: SocketFlags, multishot: bool, direct: bool) -> Self {
+        let mut s = Self::rw(IoringOp::Accept, target, core::ptr::null_mut(), 0, 0);
+        s.0.op_flags.accept_flags = flags;
+        if multishot {
+            s.0.ioprio.accept_flags = IoringAcceptFlags::MULTISHOT;
+        }
+        if direct {
+            s.0.splice_fd_in_or_file_index_or_addr_len.file_index = IORING_FILE_INDEX_ALLOC as u32;
+        }
+        s
+    }
+
+    /// IORING_OP_ASYNC_CANCEL of the request whose `user_data` is `ud` (Linux 5.5).
+    pub fn cancel(ud: UserData) -> Self {
+        let mut s = Self::rw(IoringOp::AsyncCancel, Target::Fd(-1), core::ptr::null_mut(), 0, 0);
+        s.0.addr_or_splice_off_in.user_data = io_uring_user_data::from_u64(ud.0);
+        s
+    }
+
+    /// IORING_OP_ASYNC_CANCEL of every request on `target`
+    /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19).
+    pub fn cancel_fd(target: Target) -> Self {
+        let mut s = Self::rw(IoringOp::AsyncCancel, Target::Fd(-1), core::ptr::null_mut(), 0, 0);
+        let mut flags = IoringAsyncCancelFlags::FD | IoringAsyncCancelFlags::ALL;
+        match target {
+            Target::Fd(fd) => s.0.fd = fd,
+            Target::Fixed(index) => {
+                // Here the fixed-ness is a cancel flag, not IOSQE_FIXED_FILE.
+                s.0.fd = index as RawFd;
+                flags |= IoringAsyncCancelFlags::FD_FIXED;
+            }
+        }
+        s.0.op_flags.cancel_flags = flags;
+        s
+    }
+
+    /// IORING_OP_CLOSE (Linux 5.6) of an fd, or of a registered-file slot (Linux 5.15).
+    pub fn close(target: Target) -> Self {
+        let mut s = Self::new(IoringOp::Close);
+        match target {
+            Target::Fd(fd) => s.0.fd = fd,
+            Target::Fixed(index) => {
+                s.0.fd = 0;
+                s.0.splice_fd_in_or_file_index_or_addr_len.file_index = index + 1;
+            }
+        }
+        s
+    }
+
+    /// IORING_OP_SHUTDOWN (Linux 5.11); `how` is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2).
+    pub fn shutdown(target: Target, how: u32) -> Self {
+        Self::rw(IoringOp::Shutdown, target, core::ptr::null_mut(), how, 0)
+    }
+
+    /// IORING_OP_TIMEOUT: completes after `ts`, or after `count` other completions.
+    pub fn timeout(ts: *const KernelTimespec, count: u32, flags: IoringTimeoutFlags) -> Self {
+        let mut s = Self::rw(IoringOp::Timeout, Target::Fd(-1), ts.cast_mut().cast(), 1, u64::from(count));
+        s.0.op_flags.timeout_flags = flags;
+        s
+    }
+
+    /// IORING_OP_LINK_TIMEOUT (Linux 5.5): cancels the previous SQE in its link chain if it
+    /// has not completed within `ts`.
+    pub fn link_timeout(ts: *const KernelTimespec, flags: IoringTimeoutFlags) -> Self {
+        let mut s = Self::rw(IoringOp::LinkTimeout, Target::Fd(-1), ts.cast_mut().cast(), 1, 0);
+        s.0.op_flags.timeout_flags = flags;
+        s
+    }
+
+    /// IORING_OP_OPENAT2 (Linux 5.6) of NUL-terminated `path` relative to `dir`. With
+    /// `fixed_slot`, the file goes into that registered-file slot instead of an fd (Linux 5.15).
+    pub fn openat2(dir: RawFd, path: *const u8, how: *const open_how, fixed_slot: Option<u32>) -> Self {
+        let mut s = Self::rw(
+            IoringOp::Openat2,
+            Target::Fd(dir),
+            path.cast_mut().cast(),
+            core::mem::size_of::<open_how>() as u32,
+            how as u64,
+        );
+        if let Some(slot) = fixed_slot {
+            s.0.splice_fd_in_or_file_index_or_addr_len.file_index = slot + 1;
+        }
+        s
+    }
+
+    /// IORING_OP_STATX (Linux 5.6) of `path` relative to `dir` (or of `dir` itself with an
+    /// empty path and AT_EMPTY_PATH) into `statx_buf`.
+    pub fn statx(
+        dir: RawFd,
+        path: *const u8,
+        flags: rustix::fs::AtFlags,
+        mask: rustix::fs::StatxFlags,
+        statx_buf: *mut rustix::fs::Statx,
+    ) -> Self {
+        let mut s = Self::rw(
+            IoringOp::Statx,
+            Target::Fd(dir),
+            path.cast_mut().cast(),
+            mask.bits(),
+            statx_buf as u64,
+        );
+        s.0.op_flags.statx_flags = flags;
+        s
+    }
+
+    /// Sets RWF_* flags on a read or write.
+    #[must_use]
+    pub fn rw_flags(mut self, flags: ReadWriteFlags) -> Self {
+        self.0.op_flags.rw_flags = flags;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqe_is_64_bytes() {
+        assert_eq!(core::mem::size_of::<io_uring_sqe>(), 64);
+    }
+
+    #[test]
+    fn fixed_target_sets_flag_and_index() {
+        let s = Sqe::read(Target::Fixed(7), core::ptr::null_mut(), 4096, 8192);
+        assert!(s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
+        assert_eq!(s.raw().fd, 7);
+        // SAFETY: plain-data unions.
+        unsafe {
+            assert_eq!(s.raw().off_or_addr2.off, 8192);
+            assert_eq!(s.raw().len.len, 4096);
+        }
+    }
+
+    #[test]
+    fn cancel_fd_fixed_uses_cancel_flag_not_sqe_flag() {
+        let s = Sqe::cancel_fd(Target::Fixed(3));
+        assert!(!s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
+        // SAFETY: plain-data union.
+        let flags = unsafe { s.raw().op_flags.cancel_flags };
+        assert!(flags.contains(IoringAsyncCancelFlags::FD_FIXED | IoringAsyncCancelFlags::ALL));
+    }
+
+    #[test]
+    fn close_fixed_is_index_plus_one() {
+        let s = Sqe::close(Target::Fixed(0));
+        // SAFETY: plain-data union.
+        assert_eq!(unsafe { s.raw().splice_fd_in_or_file_index_or_addr_len.file_index }, 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! ringwork-sys against this machine's real io_uring: no mocks.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use ringwork_core::buf::BufGroup;
+use ringwork_core::errno::RawErrno;
+use ringwork_core::token::UserData;
+use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
+use rustix::io_uring::IoringOp;
+
+/// A file with `len` bytes of a known pattern, removed on drop.
+struct TempFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl TempFile {
+    fn with_pattern(name: &str, len: usize) -> Self {
+        let path = std::env::temp_dir().join(format!("ringwork-{}-{name}", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(&pattern(len)).unwrap();
+        Self { path, file }
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (s, _) = l.accept().unwrap();
+    (c, s)
+}
+
+#[test]
+fn twenty_four_sqes_in_one_enter() {
+    let f = TempFile::with_pattern("batch", 16 * 4096);
+    let mut ring = RingParams::new(32).build().unwrap();
+    let mut bufs = vec![vec![0u8; 4096]; 16];
+    for i in 0..8u64 {
+        // SAFETY: NOPs reference no memory.
+        unsafe { ring.push(&Sqe::nop().user_data(UserData(1000 + i))).unwrap() };
+    }
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let sqe = Sqe::read(Target::Fd(f.file.as_raw_fd()), b.as_mut_ptr(), 4096, i as u64 * 4096)
+            .user_data(UserData(i as u64));
+        // SAFETY: `bufs` outlives the wait below, which harvests every CQE.
+        unsafe { ring.push(&sqe).unwrap() };
+    }
+    let before = ring.stats().enters;
+    let submitted = ring.submit_and_wait(24).unwrap();
+    assert_eq!(submitted, 24);
+    assert_eq!(ring.stats().enters - before, 1, "one io_uring_enter for all 24");
+    let mut seen: HashMap<u64, i32> = HashMap::new();
+    while seen.len() < 24 {
+        let got: Vec<_> = ring.completions().collect();
+        if got.is_empty() {
+            ring.submit_and_wait(1).unwrap();
+        }
+        for c in got {
+            assert!(seen.insert(c.user_data.0, c.res).is_none(), "duplicate CQE");
+        }
+    }
+    let want = pattern(16 * 4096);
+    for i in 0..16u64 {
+        assert_eq!(seen[&i], 4096);
+        assert_eq!(bufs[i as usize], want[i as usize * 4096..(i as usize + 1) * 4096]);
+    }
+    for i in 0..8u64 {
+        assert_eq!(seen[&(1000 + i)], 0);
+    }
+}
+
+#[test]
+fn read_fixed_write_fixed_round_trip() {
+    let f = TempFile::with_pattern("fixed", 3 * 4096 + 100);
+    let mut ring = RingParams::new(8).build().unwrap();
+    ring.register_buffers(FixedBuffers::new(4, 4096).unwrap()).unwrap();
+    let fd = Target::Fd(f.file.as_raw_fd());
+    let want = pattern(3 * 4096 + 100);
+
+    // Read the tail end (a short read: 100 bytes) into a fixed buffer.
+    let fixed = ring.fixed_buffers().unwrap();
+    let lease = fixed.pool().acquire().unwrap();
+    let ptr = fixed.ptr(lease.id());
+    let id = fixed.pool().submit(lease, UserData(1));
+    let sqe = Sqe::read_fixed(fd, ptr, 4096, 3 * 4096, id.0).user_data(UserData(1));
+    // SAFETY: the buffer is in flight in the pool until the CQE below gives the lease back.
+    unsafe { ring.push(&sqe).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let c = ring.completions().next().unwrap();
+    assert_eq!(c.result(), Ok(100));
+    let fixed = ring.fixed_buffers().unwrap();
+    let lease = fixed.pool().complete(id, c.user_data).unwrap();
+    assert_eq!(&fixed.bytes(&lease)[..100], &want[3 * 4096..]);
+
+    // Write a new pattern with WRITE_FIXED at offset 4096, read it back with plain pread.
+    for (i, b) in fixed.bytes_mut(&lease).iter_mut().enumerate() {
+        *b = (i % 13) as u8 ^ 0x5a;
+    }
+    let written = fixed.bytes(&lease).to_vec();
+    let id = fixed.pool().submit(lease, UserData(2));
+    let sqe = Sqe::write_fixed(fd, ptr, 4096, 4096, id.0).user_data(UserData(2));
+    // SAFETY: as above.
+    unsafe { ring.push(&sqe).unwrap() };
+    ring.submit_and_wait(1).unwrap();
+    let c = ring.completions().next().unwrap();
+    assert_eq!(c.result(), Ok(4096));
+    let fixed = ring.fixed_buffers().unwrap();
+    let lease = fixed.pool().complete(id, c.user_data).unwrap();
+    fixed.pool().release(lease);
+    let mut back = vec![0u8; 4096];
+    rustix::io::pread(&f.file, &mut back, 4096).unwrap();
+    assert_eq!(back, written, "byte-exact");
+}
+
+#[test]
+fn provided_buffer_ring_recv_enobufs_and_replenish() {
+    const GROUP: BufGroup = BufGroup(7);
+    const ENTRIES: u16 = 4;
+    const SIZE: u32 = 64;
+    let (mut client, server) = tcp_pair();
+    let mut ring = RingParams::new(8).build().unwrap();
+    ring.probe()
+        .unwrap()
+        .require(IoringOp::Recv, "IORING_OP_RECV", "5.6")
+        .unwrap();
+    ring.register_buf_ring(GROUP, ENTRIES, SIZE).unwrap();
+    let target = Target::Fd(server.as_raw_fd());
+
+    // 10 messages of 64 bytes, more than the 4 buffers can hold at once.
+    let payload: Vec<u8> = pattern(640);
+    let mut received = Vec::new();
+    let mut held = Vec::new();
+    let mut saw_enobufs = false;
+    let mut ids_seen = std::collections::HashSet::new();
+    let mut sent = 0;
+    let mut arm = |ring: &mut Ring| {
+        let sqe = Sqe::recv_select(target, GROUP, false).user_data(UserData(9));
+        // SAFETY: buffer selection: the kernel writes only into provided buffers, which the
+        // ring owns and which stay registered for its lifetime.
+        unsafe { ring.push(&sqe).unwrap() };
+    };
+    arm(&mut ring);
+    while received.len() < payload.len() {
+        if sent < payload.len() {
+            client.write_all(&payload[sent..sent + 64]).unwrap();
+            sent += 64;
+            // Let the bytes land in the socket so each recv takes one message.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        ring.submit_and_wait(1).unwrap();
+        let cqes: Vec<_> = ring.completions().collect();
+        for c in cqes {
+            assert_eq!(c.user_data, UserData(9));
+            match c.result() {
+                Ok(n) => {
+                    let id = c.buffer_id().expect("IORING_CQE_F_BUFFER set on a selected recv");
+                    ids_seen.insert(id);
+                    let br = ring.buf_ring(GROUP).unwrap();
+                    let lease = br.take(id).unwrap();
+                    received.extend_from_slice(br.bytes(&lease, n));
+                    // Hold buffers until the ring runs dry, to provoke ENOBUFS.
+                    held.push(lease);
+                    if saw_enobufs {
+                        let br = ring.buf_ring(GROUP).unwrap();
+                        for l in held.drain(..) {
+                            br.recycle(l);
+                        }
+                        br.publish();
+                    }
+                }
+                Err(RawErrno::NOBUFS) => {
+                    saw_enobufs = true;
+                    assert_eq!(held.len(), ENTRIES as usize, "ENOBUFS only once all are held");
+                    let br = ring.buf_ring(GROUP).unwrap();
+                    assert_eq!(br.book().in_kernel(), 0);
+                    for l in held.drain(..) {
+                        br.recycle(l);
+                    }
+                    assert!(br.book().needs_replenish());
+                    br.publish();
+                    assert!(br.book().can_rearm());
+                }
+                Err(e) => panic!("recv failed: {e}"),
+            }
+            arm(&mut ring);
+        }
+    }
+    assert!(saw_enobufs, "exhausting the ring must produce ENOBUFS");
+    assert_eq!(received, payload, "every byte intact and in order across ENOBUFS");
+    assert_eq!(ids_seen.len(), ENTRIES as usize, "all buffer ids used and recycled");
+}
+
+#[test]
+fn cq_overflow_is_flushed_not_lost() {
+    // A CQ of 4 entries, 64 NOPs submitted without reaping in between.
+    let mut ring = RingParams::new(2).cq_entries(4).build().unwrap();
+    let total = 64u64;
+    let mut next = 0u64;
+    let mut seen = std::collections::BTreeSet::new();
+    while next < total {
+        for _ in 0..2 {
+            if next < total {
+                // SAFETY: NOPs reference no memory.
+                unsafe { ring.push_or_submit(&Sqe::nop().user_data(UserData(next))).unwrap() };
+                next += 1;
+            }
+        }
+        ring.submit().unwrap();
+    }
+    assert!(
+        ring.cq_overflowed() || ring.stats().busy_retries > 0,
+        "64 completions into a 4-entry CQ must overflow into the kernel backlog"
+    );
+    // Harvest everything: the backlog must be flushed into the CQ.
+    for _ in 0..1000 {
+        let got: Vec<_> = ring.completions().collect();
+        for c in got {
+            assert_eq!(c.res, 0);
+            assert!(seen.insert(c.user_data.0), "duplicate completion {}", c.user_data.0);
+        }
+        if seen.len() as u64 == total {
+            break;
+        }
+    }
+    assert_eq!(seen.len() as u64, total, "every completion harvested");
+    assert_eq!(ring.dropped().0, 0, "none dropped (IORING_FEAT_NODROP)");
+    ring.check_overflow().unwrap();
+    assert!(!ring.cq_overflowed());
+}
+
+#[test]
+fn cancel_pending_recv_gives_ecanceled() {
+    let (_client, server) = tcp_pair();
+    let mut ring = RingParams::new(4).build().unwrap();
+    let mut buf = [0u8; 16];
+    let recv = Sqe::recv(Target::Fd(server.as_raw_fd()), buf.as_mut_ptr(), 16).user_data(UserData(1));
+    // SAFETY: `buf` outlives the loop below, which harvests the recv's CQE.
+    unsafe { ring.push(&recv).unwrap() };
+    ring.submit().unwrap();
+    // SAFETY: cancel references no memory.
+    unsafe { ring.push(&Sqe::cancel(UserData(1)).user_data(UserData(2))).unwrap() };
+    ring.submit_and_wait(2).unwrap();
+    let mut results = HashMap::new();
+    while results.len() < 2 {
+        for c in ring.completions() {
+            results.insert(c.user_data.0, c.result());
+        }
+        if results.len() < 2 {
+            ring.submit_and_wait(1).unwrap();
+        }
+    }
+    assert_eq!(results[&1], Err(RawErrno::CANCELED));
+    assert_eq!(results[&2], Ok(0), "the cancel found its target");
+}
+
+#[test]
+fn wait_with_timeout_returns() {
+    let mut ring = RingParams::new(4).build().unwrap();
+    let t = std::time::Instant::now();
+    ring.submit_and_wait_timeout(1, Duration::from_millis(20)).unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(15));
+    assert_eq!(ring.ready(), 0);
+}
+
+#[test]
+fn probe_knows_the_basics() {
+    let mut ring = RingParams::new(4).build().unwrap();
+    let probe = ring.probe().unwrap();
+    assert!(probe.supports(IoringOp::Nop));
+    assert!(probe.supports(IoringOp::ReadFixed));
+    assert!(probe.last_op() >= IoringOp::ReadFixed as u8);
+}
+
