@@ -582,8 +582,7 @@ impl EchoConn {
                     self.cancels_in_flight += 1;
                     self.recv_cancel_pending = true;
                 }
-                if self.state == State::Draining && self.queue.is_empty() && self.in_flight() == 0
-                {
+                if self.state == State::Draining && self.queue.is_empty() && self.in_flight() == 0 {
                     self.close(out);
                 }
             }
@@ -598,5 +597,738 @@ impl EchoConn {
         out.push(Op::Close);
         self.close_in_flight = true;
         self.set_state(State::CloseSent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::vec;
+    use std::vec::Vec;
+
+    const NOBUFS: RawErrno = RawErrno::NOBUFS;
+
+    /// Feeds `ev`, which must be legal, and returns its operations.
+    fn step(c: &mut EchoConn, ev: Event) -> Vec<Op> {
+        c.on_event(ev)
+            .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"))
+            .into_iter()
+            .collect()
+    }
+
+    fn recv(buf: u16, len: u32, more: bool) -> Event {
+        Event::Recv {
+            buf: BufId(buf),
+            len,
+            more,
+        }
+    }
+
+    fn send(buf: u16, offset: u32, len: u32) -> Op {
+        Op::Send {
+            buf: BufId(buf),
+            offset,
+            len,
+        }
+    }
+
+    fn sent(n: u32) -> Event {
+        Event::SendDone { res: Ok(n) }
+    }
+
+    /// Fixture: a connection opened with its recv armed.
+    fn open(max_queued: usize) -> EchoConn {
+        let mut c = EchoConn::new(Config { max_queued });
+        assert_eq!(step(&mut c, Event::Opened), [Op::ArmRecv]);
+        assert_eq!(c.state(), State::Open);
+        c
+    }
+
+    // ---- Idle -------------------------------------------------------------------------------
+
+    #[test]
+    fn idle_only_accepts_opened_or_shutdown() {
+        let mut c = EchoConn::new(Config::default());
+        assert_eq!(
+            c.on_event(sent(1)),
+            Err(ConnError::Unexpected {
+                state: State::Idle,
+                event: EventKind::SendDone
+            })
+        );
+        assert_eq!(step(&mut c, Event::Shutdown), [Op::Close]);
+        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(c.state(), State::Freed);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_queued")]
+    fn config_leaves_cancel_slack() {
+        let _ = EchoConn::new(Config {
+            max_queued: QUEUE_CAPACITY - CANCEL_SLACK + 1,
+        });
+    }
+
+    // ---- Open: rule 1, echo exactly once and in order -----------------------------------------
+
+    #[test]
+    fn echo_in_order_one_send_at_a_time() {
+        let mut c = open(8);
+        assert_eq!(step(&mut c, recv(1, 10, true)), [send(1, 0, 10)]);
+        // A second buffer queues behind the in-flight send (PITFALLS #6).
+        assert_eq!(step(&mut c, recv(2, 20, true)), []);
+        assert_eq!(c.queued_bytes(), 30);
+        assert_eq!(
+            step(&mut c, sent(10)),
+            [Op::Recycle(BufId(1)), send(2, 0, 20)]
+        );
+        assert_eq!(step(&mut c, sent(20)), [Op::Recycle(BufId(2))]);
+        assert_eq!((c.bytes_received(), c.bytes_sent()), (30, 30));
+        assert_eq!(c.in_flight(), 1, "only the recv");
+    }
+
+    #[test]
+    fn short_send_resubmits_exactly_the_rest() {
+        let mut c = open(8);
+        assert_eq!(step(&mut c, recv(4, 100, true)), [send(4, 0, 100)]);
+        assert_eq!(step(&mut c, sent(30)), [send(4, 30, 70)]);
+        assert_eq!(step(&mut c, sent(0)), [send(4, 30, 70)]);
+        assert_eq!(
+            step(
+                &mut c,
+                Event::SendDone {
+                    res: Err(RawErrno::AGAIN)
+                }
+            ),
+            [send(4, 30, 70)]
+        );
+        assert_eq!(
+            c.on_event(sent(71)),
+            Err(ConnError::SendOverrun { sent: 71, len: 70 })
+        );
+        assert_eq!(step(&mut c, sent(70)), [Op::Recycle(BufId(4))]);
+    }
+
+    // ---- Open: rule 2, multishot re-arm ------------------------------------------------------
+
+    #[test]
+    fn multishot_rearms_only_without_more() {
+        let mut c = open(8);
+        // Final CQE of the multishot (e.g. CQ overflow ended it): re-arm.
+        assert_eq!(
+            step(&mut c, recv(1, 5, false)),
+            [send(1, 0, 5), Op::ArmRecv]
+        );
+        // An error that still carries F_MORE: the recv is still armed, do nothing.
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: RawErrno::AGAIN,
+                    more: true
+                }
+            ),
+            []
+        );
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: RawErrno::INTR,
+                    more: false
+                }
+            ),
+            [Op::ArmRecv]
+        );
+        // A recv event with nothing armed is a driver bug, and leaves the buffer with it.
+        let mut idle = open(8);
+        step(
+            &mut idle,
+            Event::RecvErr {
+                errno: NOBUFS,
+                more: false,
+            },
+        );
+        assert!(matches!(
+            idle.on_event(recv(9, 1, true)),
+            Err(ConnError::Unexpected {
+                event: EventKind::Recv,
+                ..
+            })
+        ));
+    }
+
+    // ---- Open: rule 3, ENOBUFS -------------------------------------------------------------
+
+    #[test]
+    fn enobufs_waits_for_buffers_then_rearms() {
+        let mut c = open(8);
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: NOBUFS,
+                    more: false
+                }
+            ),
+            []
+        );
+        assert_eq!(c.state(), State::Open, "ENOBUFS is not fatal");
+        assert_eq!(c.in_flight(), 0);
+        assert_eq!(step(&mut c, Event::BuffersAvailable), [Op::ArmRecv]);
+        // With F_MORE the recv is still armed: no re-arm, and BuffersAvailable changes nothing.
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: NOBUFS,
+                    more: true
+                }
+            ),
+            []
+        );
+        assert_eq!(step(&mut c, Event::BuffersAvailable), []);
+        assert_eq!(c.in_flight(), 1);
+    }
+
+    // ---- Open: rule 4, backpressure ---------------------------------------------------------
+
+    #[test]
+    fn backpressure_cancels_and_resumes_at_half() {
+        let mut c = open(4);
+        step(&mut c, recv(0, 1, true));
+        step(&mut c, recv(1, 1, true));
+        step(&mut c, recv(2, 1, true));
+        assert_eq!(step(&mut c, recv(3, 1, true)), [Op::CancelRecv]);
+        // Data already posted before the cancel took effect is queued, not dropped.
+        assert_eq!(step(&mut c, recv(4, 1, true)), []);
+        assert_eq!(c.queued_buffers(), 5);
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: RawErrno::CANCELED,
+                    more: false
+                }
+            ),
+            []
+        );
+        assert_eq!(step(&mut c, Event::CancelDone), []);
+        assert_eq!(c.in_flight(), 1, "just the send");
+        step(&mut c, sent(1));
+        step(&mut c, sent(1));
+        // Three left: above half of four, still paused.
+        assert_eq!(
+            step(&mut c, sent(1)),
+            [Op::Recycle(BufId(2)), send(3, 0, 1), Op::ArmRecv]
+        );
+        assert_eq!(c.queued_buffers(), 2);
+    }
+
+    #[test]
+    fn no_rearm_while_a_cancel_is_in_flight() {
+        let mut c = open(2);
+        step(&mut c, recv(0, 1, true));
+        assert_eq!(step(&mut c, recv(1, 1, false)), []);
+        // The recv ended on its own; no cancel needed, and it re-arms on drain.
+        assert_eq!(
+            step(&mut c, sent(1)),
+            [Op::Recycle(BufId(0)), send(1, 0, 1), Op::ArmRecv]
+        );
+        let mut c = open(2);
+        step(&mut c, recv(0, 1, true));
+        assert_eq!(step(&mut c, recv(1, 1, true)), [Op::CancelRecv]);
+        step(
+            &mut c,
+            Event::RecvErr {
+                errno: RawErrno::CANCELED,
+                more: false,
+            },
+        );
+        step(&mut c, sent(1));
+        // Drained to half, but the cancel's own CQE is outstanding: wait for it.
+        assert_eq!(step(&mut c, sent(1)), [Op::Recycle(BufId(1))]);
+        assert_eq!(step(&mut c, Event::CancelDone), [Op::ArmRecv]);
+    }
+
+    #[test]
+    fn overflow_beyond_slack_fails_closed() {
+        let max = QUEUE_CAPACITY - CANCEL_SLACK;
+        let mut c = open(max);
+        for i in 0..QUEUE_CAPACITY as u16 {
+            step(&mut c, recv(i, 1, true));
+        }
+        let ops = step(&mut c, recv(99, 1, true));
+        assert_eq!(c.close_reason(), Some(CloseReason::QueueOverflow));
+        assert_eq!(ops[0], Op::Recycle(BufId(99)));
+        // Everything but the buffer the in-flight send names is recycled at once.
+        let recycled = ops.iter().filter(|o| matches!(o, Op::Recycle(_))).count();
+        assert_eq!(recycled, QUEUE_CAPACITY);
+        assert_eq!(ops.last(), Some(&Op::CancelAll));
+        assert_eq!(c.state(), State::Closing);
+    }
+
+    // ---- Draining: rule 5 (EOF) and rule 7 (Shutdown) ------------------------------------------
+
+    #[test]
+    fn eof_flushes_then_closes() {
+        let mut c = open(8);
+        step(&mut c, recv(1, 10, true));
+        step(&mut c, recv(2, 10, true));
+        assert_eq!(step(&mut c, Event::RecvEof { more: false }), []);
+        assert_eq!(c.state(), State::Draining);
+        assert_eq!(
+            step(&mut c, sent(10)),
+            [Op::Recycle(BufId(1)), send(2, 0, 10)]
+        );
+        assert_eq!(step(&mut c, sent(10)), [Op::Recycle(BufId(2)), Op::Close]);
+        assert_eq!(c.close_reason(), Some(CloseReason::PeerClosed));
+        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+    }
+
+    #[test]
+    fn shutdown_cancels_recv_flushes_then_closes() {
+        let mut c = open(8);
+        step(&mut c, recv(1, 10, true));
+        assert_eq!(step(&mut c, Event::Shutdown), [Op::CancelRecv]);
+        // Arrived before the cancel: echoed.
+        assert_eq!(step(&mut c, recv(2, 5, true)), []);
+        assert_eq!(
+            step(&mut c, sent(10)),
+            [Op::Recycle(BufId(1)), send(2, 0, 5)]
+        );
+        step(
+            &mut c,
+            Event::RecvErr {
+                errno: RawErrno::CANCELED,
+                more: false,
+            },
+        );
+        assert_eq!(step(&mut c, sent(5)), [Op::Recycle(BufId(2))]);
+        assert_eq!(step(&mut c, Event::CancelDone), [Op::Close]);
+        assert_eq!(c.close_reason(), Some(CloseReason::Shutdown));
+        assert_eq!(
+            step(&mut c, Event::Shutdown),
+            [],
+            "a second shutdown is harmless"
+        );
+        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+    }
+
+    // ---- Closing: rule 5 (errors) and rule 6 ---------------------------------------------------
+
+    #[test]
+    fn reset_drops_queue_cancels_then_closes() {
+        let mut c = open(8);
+        step(&mut c, recv(1, 10, true));
+        step(&mut c, recv(2, 10, true));
+        step(&mut c, recv(3, 10, true));
+        let ops = step(
+            &mut c,
+            Event::RecvErr {
+                errno: RawErrno::CONNRESET,
+                more: false,
+            },
+        );
+        // Buffer 1 is named by the in-flight send: the kernel may still read it (PITFALLS #7).
+        assert_eq!(
+            ops,
+            [Op::Recycle(BufId(2)), Op::Recycle(BufId(3)), Op::CancelAll]
+        );
+        assert_eq!(c.state(), State::Closing);
+        assert_eq!(c.in_flight(), 2, "send and cancel");
+        // The cancelled send reports ECANCELED: expected while closing.
+        assert_eq!(
+            step(
+                &mut c,
+                Event::SendDone {
+                    res: Err(RawErrno::CANCELED)
+                }
+            ),
+            [Op::Recycle(BufId(1))]
+        );
+        assert_eq!(step(&mut c, Event::CancelDone), [Op::Close]);
+        assert_eq!(c.in_flight(), 1);
+        assert!(matches!(
+            c.on_event(Event::CancelDone),
+            Err(ConnError::Unexpected { .. })
+        ));
+        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(
+            c.close_reason(),
+            Some(CloseReason::RecvError(RawErrno::CONNRESET))
+        );
+    }
+
+    #[test]
+    fn send_error_cancels_armed_recv_before_close() {
+        let mut c = open(8);
+        step(&mut c, recv(1, 10, true));
+        step(&mut c, recv(2, 10, true));
+        let ops = step(
+            &mut c,
+            Event::SendDone {
+                res: Err(RawErrno::PIPE),
+            },
+        );
+        assert_eq!(
+            ops,
+            [Op::Recycle(BufId(1)), Op::Recycle(BufId(2)), Op::CancelAll]
+        );
+        // Late data after the error is recycled, not echoed.
+        assert_eq!(step(&mut c, recv(3, 4, true)), [Op::Recycle(BufId(3))]);
+        assert_eq!(step(&mut c, Event::CancelDone), []);
+        assert_eq!(
+            step(
+                &mut c,
+                Event::RecvErr {
+                    errno: RawErrno::CANCELED,
+                    more: false
+                }
+            ),
+            [Op::Close]
+        );
+        // Nothing is in flight but the close; Free only after Closed.
+        assert!(c.on_event(Event::Opened).is_err());
+        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert!(c.on_event(Event::Closed).is_err(), "never Free twice");
+    }
+
+    #[test]
+    fn unsolicited_ecanceled_is_fatal() {
+        let mut c = open(8);
+        let ops = step(
+            &mut c,
+            Event::RecvErr {
+                errno: RawErrno::CANCELED,
+                more: false,
+            },
+        );
+        assert_eq!(ops, [Op::Close]);
+        assert!(c.close_reason().unwrap().is_fatal());
+    }
+
+    // ---- The simulated driver --------------------------------------------------------------
+
+    /// One thing the kernel (or peer, or server) may do next; skipped when impossible.
+    #[derive(Clone, Copy, Debug)]
+    enum Step {
+        /// Data arrives in a fresh buffer; `last` ends the multishot.
+        Data {
+            len: u32,
+            last: bool,
+        },
+        NoBufs {
+            more: bool,
+        },
+        BuffersAvailable,
+        /// The send completes with `quarters/4` of its bytes (0 means all).
+        SendComplete {
+            quarters: u32,
+        },
+        SendAgain,
+        SendFail,
+        SendCancelled,
+        CancelComplete,
+        RecvCancelled,
+        Eof,
+        Reset,
+        Shutdown,
+        Closed,
+    }
+
+    fn any_step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            12 => (1u32..100, proptest::bool::weighted(0.1))
+                .prop_map(|(len, last)| Step::Data { len, last }),
+            2 => any::<bool>().prop_map(|more| Step::NoBufs { more }),
+            2 => Just(Step::BuffersAvailable),
+            10 => (0u32..4).prop_map(|quarters| Step::SendComplete { quarters }),
+            1 => Just(Step::SendAgain),
+            1 => Just(Step::SendFail),
+            2 => Just(Step::SendCancelled),
+            4 => Just(Step::CancelComplete),
+            4 => Just(Step::RecvCancelled),
+            1 => Just(Step::Eof),
+            1 => Just(Step::Reset),
+            1 => Just(Step::Shutdown),
+            3 => Just(Step::Closed),
+        ]
+    }
+
+    /// Receives the kernel may still post after a recv cancel is issued, in this simulation
+    /// (below CANCEL_SLACK: the bound the module docs ask drivers to keep).
+    const LATE_RECVS: u32 = 4;
+
+    /// The kernel's view of one socket, checking every op the connection issues.
+    #[derive(Default)]
+    struct Sim {
+        /// Each buffer handed out: its first byte's position in the received stream, and length.
+        bufs: HashMap<BufId, (u64, u32)>,
+        recycled: HashMap<BufId, u32>,
+        next_buf: u16,
+        rx: u64,
+        tx: u64,
+        armed: bool,
+        recv_cancel: bool,
+        late_recvs: u32,
+        send: Option<(BufId, u32, u32)>,
+        send_cancel: bool,
+        cancels: u32,
+        close_pending: bool,
+        closes: u32,
+        frees: u32,
+        closed: bool,
+        peer_eof: bool,
+        shutdown: bool,
+        /// An ENOBUFS ended the recv and no BuffersAvailable has come since.
+        starved: bool,
+        injected_error: bool,
+    }
+
+    impl Sim {
+        fn deliver(&mut self, c: &mut EchoConn, ev: Event) {
+            let ops = c
+                .on_event(ev)
+                .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"));
+            for op in ops {
+                self.perform(c, op);
+            }
+            let model = u32::from(self.armed)
+                + u32::from(self.send.is_some())
+                + self.cancels
+                + u32::from(self.close_pending);
+            assert_eq!(c.in_flight(), model, "in-flight count after {ev:?}");
+        }
+
+        fn perform(&mut self, c: &EchoConn, op: Op) {
+            match op {
+                Op::ArmRecv => {
+                    assert!(!self.armed, "armed twice");
+                    assert!(!self.peer_eof && !self.shutdown, "re-armed while closing");
+                    assert!(!self.starved, "re-armed before buffers were available");
+                    self.armed = true;
+                    self.recv_cancel = false;
+                    self.late_recvs = 0;
+                }
+                Op::Send { buf, offset, len } => {
+                    assert!(self.send.is_none(), "two sends in flight");
+                    assert!(
+                        !self.recycled.contains_key(&buf),
+                        "send of a recycled buffer"
+                    );
+                    let (_, blen) = self.bufs[&buf];
+                    assert_eq!(offset + len, blen, "send is the rest of the chunk");
+                    assert!(len > 0);
+                    self.send = Some((buf, offset, len));
+                    self.send_cancel = false;
+                }
+                Op::Recycle(buf) => {
+                    assert!(self.bufs.contains_key(&buf), "recycled an unknown buffer");
+                    assert_ne!(self.send.map(|s| s.0), Some(buf), "recycled while sending");
+                    *self.recycled.entry(buf).or_default() += 1;
+                    assert_eq!(self.recycled[&buf], 1, "recycled twice");
+                }
+                Op::CancelRecv => {
+                    assert!(self.armed);
+                    self.cancels += 1;
+                    self.recv_cancel = true;
+                }
+                Op::CancelAll => {
+                    self.cancels += 1;
+                    self.recv_cancel |= self.armed;
+                    self.send_cancel = self.send.is_some();
+                }
+                Op::Close => {
+                    assert_eq!(self.closes, 0, "closed twice");
+                    assert!(!self.armed && self.send.is_none() && self.cancels == 0);
+                    self.closes += 1;
+                    self.close_pending = true;
+                }
+                Op::Free => {
+                    assert!(self.closed && !self.close_pending);
+                    assert_eq!(self.frees, 0, "freed twice");
+                    assert_eq!(c.state(), State::Freed);
+                    self.frees += 1;
+                }
+            }
+        }
+
+        fn recv_ends(&mut self, more: bool) {
+            if !more {
+                self.armed = false;
+                self.recv_cancel = false;
+            }
+        }
+
+        fn complete_send(&mut self, c: &mut EchoConn, res: Result<u32, RawErrno>) {
+            let (buf, offset, len) = self.send.take().unwrap();
+            if let Ok(n) = res {
+                assert!(n <= len);
+                let (start, _) = self.bufs[&buf];
+                assert_eq!(start + u64::from(offset), self.tx, "bytes out of order");
+                self.tx += u64::from(n);
+            }
+            self.deliver(c, Event::SendDone { res });
+        }
+
+        /// Plays `step` if the kernel could produce it now.
+        fn play(&mut self, c: &mut EchoConn, step: Step) {
+            match step {
+                Step::Data { len, last } => {
+                    let cancel_landed = self.recv_cancel && self.late_recvs >= LATE_RECVS;
+                    if !self.armed || self.peer_eof || cancel_landed {
+                        return;
+                    }
+                    if self.recv_cancel {
+                        self.late_recvs += 1;
+                    }
+                    let buf = BufId(self.next_buf);
+                    self.next_buf += 1;
+                    self.bufs.insert(buf, (self.rx, len));
+                    self.rx += u64::from(len);
+                    self.recv_ends(!last);
+                    self.deliver(
+                        c,
+                        Event::Recv {
+                            buf,
+                            len,
+                            more: !last,
+                        },
+                    );
+                }
+                Step::NoBufs { more } if self.armed => {
+                    self.recv_ends(more);
+                    self.starved |= !more;
+                    self.deliver(
+                        c,
+                        Event::RecvErr {
+                            errno: NOBUFS,
+                            more,
+                        },
+                    );
+                }
+                Step::BuffersAvailable => {
+                    self.starved = false;
+                    self.deliver(c, Event::BuffersAvailable);
+                }
+                Step::SendComplete { quarters } if self.send.is_some() => {
+                    let len = self.send.unwrap().2;
+                    let n = if quarters == 0 {
+                        len
+                    } else {
+                        len * quarters / 4
+                    };
+                    self.complete_send(c, Ok(n));
+                }
+                Step::SendAgain if self.send.is_some() => {
+                    self.complete_send(c, Err(RawErrno::AGAIN))
+                }
+                Step::SendFail if self.send.is_some() => {
+                    self.injected_error = true;
+                    self.complete_send(c, Err(RawErrno::PIPE));
+                }
+                Step::SendCancelled if self.send.is_some() && self.send_cancel => {
+                    self.complete_send(c, Err(RawErrno::CANCELED))
+                }
+                Step::CancelComplete if self.cancels > 0 => {
+                    self.cancels -= 1;
+                    self.deliver(c, Event::CancelDone);
+                }
+                Step::RecvCancelled if self.armed && self.recv_cancel => {
+                    self.recv_ends(false);
+                    let ev = Event::RecvErr {
+                        errno: RawErrno::CANCELED,
+                        more: false,
+                    };
+                    self.deliver(c, ev);
+                }
+                Step::Eof if self.armed => {
+                    self.peer_eof = true;
+                    self.recv_ends(false);
+                    self.deliver(c, Event::RecvEof { more: false });
+                }
+                Step::Reset if self.armed => {
+                    self.injected_error = true;
+                    self.recv_ends(false);
+                    let ev = Event::RecvErr {
+                        errno: RawErrno::CONNRESET,
+                        more: false,
+                    };
+                    self.deliver(c, ev);
+                }
+                Step::Shutdown => {
+                    self.shutdown = true;
+                    self.deliver(c, Event::Shutdown);
+                }
+                Step::Closed if self.close_pending => {
+                    self.close_pending = false;
+                    self.closed = true;
+                    self.deliver(c, Event::Closed);
+                }
+                _ => {}
+            }
+        }
+
+        /// Shuts down and delivers every outstanding completion until nothing is in flight.
+        fn quiesce(&mut self, c: &mut EchoConn) {
+            self.play(c, Step::Shutdown);
+            for _ in 0..10_000 {
+                let step = if self.send.is_some() {
+                    Step::SendComplete { quarters: 0 }
+                } else if self.armed && self.recv_cancel {
+                    Step::RecvCancelled
+                } else if self.cancels > 0 {
+                    Step::CancelComplete
+                } else if self.close_pending {
+                    Step::Closed
+                } else {
+                    return;
+                };
+                self.play(c, step);
+            }
+            panic!("no quiescence");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any kernel-possible script, then quiescence: bytes echoed exactly once and in order
+        /// (all of them unless an error was injected), one send at a time, every buffer
+        /// recycled exactly once, Close once with nothing in flight, Free exactly once.
+        #[test]
+        fn simulated_driver(
+            max_queued in 1..=QUEUE_CAPACITY - CANCEL_SLACK,
+            steps in proptest::collection::vec(any_step(), 0..300),
+        ) {
+            let mut c = EchoConn::new(Config { max_queued });
+            let mut sim = Sim::default();
+            sim.deliver(&mut c, Event::Opened);
+            for s in steps {
+                sim.play(&mut c, s);
+                prop_assert!(c.queued_buffers() <= QUEUE_CAPACITY);
+            }
+            sim.quiesce(&mut c);
+
+            prop_assert_eq!(c.state(), State::Freed);
+            prop_assert_eq!(sim.frees, 1);
+            prop_assert_eq!(sim.closes, 1);
+            prop_assert_eq!(c.in_flight(), 0);
+            for buf in sim.bufs.keys() {
+                prop_assert_eq!(sim.recycled.get(buf), Some(&1), "{:?} not recycled", buf);
+            }
+            prop_assert_eq!(c.bytes_sent(), sim.tx);
+            prop_assert_eq!(c.bytes_received(), sim.rx);
+            let reason = c.close_reason().unwrap();
+            if sim.injected_error {
+                prop_assert!(sim.tx <= sim.rx);
+            } else {
+                prop_assert!(!reason.is_fatal(), "{}", reason);
+                prop_assert_eq!(sim.tx, sim.rx, "everything echoed");
+            }
+        }
     }
 }
