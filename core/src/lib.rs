@@ -23,4 +23,5 @@ pub mod errno;
 pub mod file;
 pub mod http;
 pub mod ring;
+pub mod slab;
 pub mod token;
