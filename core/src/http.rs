@@ -1063,10 +1063,7 @@ pub fn error_response(
         head.allow = Some(ALLOW);
     }
     let head_len = head.write(out)?;
-    let mut w = Writer {
-        out,
-        len: head_len,
-    };
+    let mut w = Writer { out, len: head_len };
     if body_len > 0 {
         w.num(u64::from(status.code()))?;
         w.put(b" ")?;
@@ -1145,7 +1142,9 @@ mod tests {
     fn keep_alive_defaults() {
         let ka = |raw: &[u8]| serve(raw).unwrap().keep_alive;
         assert!(ka(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert!(!ka(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"));
+        assert!(!ka(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        ));
         assert!(!ka(
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, CLOSE\r\n\r\n"
         ));
@@ -1222,12 +1221,14 @@ mod tests {
 
     #[test]
     fn smuggling_cl_and_te() {
-        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             serve(raw),
             Err(HttpError::ContentLengthWithTransferEncoding)
         );
-        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n";
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n";
         assert_eq!(status_of(raw), 400);
     }
 
@@ -1338,7 +1339,11 @@ mod tests {
         assert_eq!(norm("/a%20b?x=/../y#..").unwrap(), "a b");
         assert_eq!(norm("/caf%C3%A9").unwrap(), "café");
         assert_eq!(norm("/a%2Fb").unwrap(), "a/b", "an encoded slash separates");
-        assert_eq!(norm("/a\\b").unwrap(), "a\\b", "backslash is a filename byte");
+        assert_eq!(
+            norm("/a\\b").unwrap(),
+            "a\\b",
+            "backslash is a filename byte"
+        );
         assert_eq!(norm("/...").unwrap(), "...", "three dots is a name");
         assert_eq!(norm("/.hidden/..x").unwrap(), ".hidden/..x");
         assert_eq!(norm("http://example.com/a/b").unwrap(), "a/b");
@@ -1401,7 +1406,7 @@ mod tests {
                 prop_assert!(!p.contains('\0'));
                 if !p.is_empty() {
                     for seg in p.split('/') {
-                        prop_assert!(seg != "" && seg != "." && seg != "..", "{:?} -> {:?}", target, p);
+                        prop_assert!(!seg.is_empty() && seg != "." && seg != "..", "{:?} -> {:?}", target, p);
                     }
                 }
             }
@@ -1423,7 +1428,10 @@ mod tests {
         assert_eq!(parse_range(b"bytes=-10", 100), p(90, 99));
         assert_eq!(parse_range(b"bytes=-1000", 100), p(0, 99));
         assert_eq!(parse_range(b"Bytes = 5-5", 100), p(5, 5));
-        assert_eq!(parse_range(b"bytes=0-99999999999999999999999", 100), p(0, 99));
+        assert_eq!(
+            parse_range(b"bytes=0-99999999999999999999999", 100),
+            p(0, 99)
+        );
     }
 
     #[test]
@@ -1434,7 +1442,10 @@ mod tests {
         assert_eq!(parse_range(b"bytes=-0", 100), Unsatisfiable);
         assert_eq!(parse_range(b"bytes=0-", 0), Unsatisfiable);
         assert_eq!(parse_range(b"bytes=-5", 0), Unsatisfiable);
-        assert_eq!(parse_range(b"bytes=99999999999999999999999-", 100), Unsatisfiable);
+        assert_eq!(
+            parse_range(b"bytes=99999999999999999999999-", 100),
+            Unsatisfiable
+        );
         assert_eq!(Status::RangeNotSatisfiable.code(), 416);
     }
 
@@ -1509,8 +1520,14 @@ mod tests {
             parse_http_date(b"Sunday, 06-Nov-94 08:49:37 GMT"),
             Some(784_111_777)
         );
-        assert_eq!(parse_http_date(b"Sun Nov  6 08:49:37 1994"), Some(784_111_777));
-        assert_eq!(parse_http_date(b"Tue Nov 14 22:13:20 2023"), Some(1_700_000_000));
+        assert_eq!(
+            parse_http_date(b"Sun Nov  6 08:49:37 1994"),
+            Some(784_111_777)
+        );
+        assert_eq!(
+            parse_http_date(b"Tue Nov 14 22:13:20 2023"),
+            Some(1_700_000_000)
+        );
     }
 
     #[test]
