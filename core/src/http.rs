@@ -887,7 +887,7 @@ pub struct ResponseHead<'a> {
     /// The status line's status.
     pub status: Status,
     /// `Content-Length`: the body length a GET gets (a HEAD response says the same and sends
-    /// nothing; a 304 says what a 200 would have had, or 0).
+    /// nothing). Not written for 304.
     pub content_length: u64,
     /// `Content-Type`, usually from [`content_type`].
     pub content_type: Option<&'a str>,
@@ -935,8 +935,12 @@ impl<'a> ResponseHead<'a> {
         w.put(self.status.reason().as_bytes())?;
         w.put(b"\r\nServer: ringwork\r\nDate: ")?;
         w.date(self.date)?;
-        w.put(b"\r\nContent-Length: ")?;
-        w.num(self.content_length)?;
+        // A 304 carries no Content-Length: RFC 9110 §8.6 allows one only if it equals the
+        // 200's, and leaving it out cannot be wrong (clients know a 304 has no body).
+        if !self.status.forbids_body() {
+            w.put(b"\r\nContent-Length: ")?;
+            w.num(self.content_length)?;
+        }
         if let Some(ct) = self.content_type {
             w.header(b"Content-Type", ct.as_bytes())?;
         }
@@ -1681,12 +1685,14 @@ mod tests {
 
         let w = error_response(Status::NotModified, true, 0, &mut out).unwrap();
         assert_eq!(w.head, w.total, "304 has no body");
+        let (_, hs, _) = parse_response(&out[..w.total]);
+        assert_eq!(header(&hs, "content-length"), None, "nor a Content-Length");
 
         for status in Status::ALL {
             let w = error_response(*status, false, 0, &mut out).unwrap();
             let (code, hs, _) = parse_response(&out[..w.total]);
             assert_eq!(code, status.code());
-            let cl: usize = header(&hs, "content-length").unwrap().parse().unwrap();
+            let cl: usize = header(&hs, "content-length").map_or(0, |v| v.parse().unwrap());
             assert_eq!(cl, w.total - w.head);
         }
         assert_eq!(
@@ -1757,7 +1763,8 @@ mod tests {
             prop_assert_eq!(code, status.code());
             prop_assert_eq!(len, n);
             let expected_cl = format!("{content_length}");
-            prop_assert_eq!(header(&hs, "content-length"), Some(expected_cl.as_str()));
+            let expected_cl = (!status.forbids_body()).then_some(expected_cl.as_str());
+            prop_assert_eq!(header(&hs, "content-length"), expected_cl);
             prop_assert_eq!(header(&hs, "connection"), Some(if keep_alive { "keep-alive" } else { "close" }));
             if let Some(lm) = last_modified {
                 prop_assert_eq!(parse_http_date(header(&hs, "last-modified").unwrap().as_bytes()), Some(lm));
