@@ -115,7 +115,10 @@ impl FixedPool {
     /// # Panics
     /// When `count` exceeds 65,536 (buffer indices are u16).
     pub fn new(count: usize) -> Self {
-        assert!(count <= 1 << 16, "a fixed-buffer pool holds at most 65536 buffers");
+        assert!(
+            count <= 1 << 16,
+            "a fixed-buffer pool holds at most 65536 buffers"
+        );
         Self {
             states: alloc::vec![BufState::Free; count],
             // Popped from the back: hand out low ids first.
@@ -362,7 +365,10 @@ mod tests {
         let id = pool.submit(l, UserData(1));
         pool.complete_awaiting_notif(id, UserData(1)).unwrap();
         assert_eq!(pool.state(id), Some(BufState::AwaitingNotif(UserData(1))));
-        assert!(pool.acquire().is_none(), "buffer not free before the notification");
+        assert!(
+            pool.acquire().is_none(),
+            "buffer not free before the notification"
+        );
         assert!(pool.complete(id, UserData(1)).is_err());
         let l = pool.notified(id, UserData(1)).unwrap();
         pool.release(l);
@@ -475,9 +481,9 @@ mod tests {
                     prop_assert_eq!(pool.state(*id), Some(BufState::InFlight(*ud)));
                     seen[id.0 as usize] += 1;
                 }
-                for id in 0..n {
+                for (id, count) in seen.iter_mut().enumerate() {
                     if pool.state(BufId(id as u16)) == Some(BufState::Free) {
-                        seen[id] += 1;
+                        *count += 1;
                     }
                 }
                 prop_assert_eq!(seen, [1u8; 4], "each buffer in exactly one place");

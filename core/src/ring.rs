@@ -112,8 +112,7 @@ impl<'a, A: AtomicIndex> Producer<'a, A> {
     /// ring is full. The caller writes the entry, then calls [`Producer::publish`].
     #[inline]
     pub fn reserve(&mut self) -> Option<u32> {
-        if occupied(self.cached_head, self.local_tail) == self.entries() && self.free_slots() == 0
-        {
+        if occupied(self.cached_head, self.local_tail) == self.entries() && self.free_slots() == 0 {
             return None;
         }
         let slot = self.local_tail & self.mask;
@@ -253,7 +252,11 @@ mod tests {
         let mut c = Consumer::new(&h, &t, 4);
         assert_eq!(c.ready(), 4);
         c.advance(1);
-        assert_eq!(p.reserve(), None, "consumed but not released is still occupied");
+        assert_eq!(
+            p.reserve(),
+            None,
+            "consumed but not released is still occupied"
+        );
         c.release();
         assert_eq!(p.reserve(), Some(0));
     }

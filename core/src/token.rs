@@ -283,10 +283,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        assert_eq!(
-            Token::decode(UserData(0)),
-            Err(TokenError::UnknownKind(0))
-        );
+        assert_eq!(Token::decode(UserData(0)), Err(TokenError::UnknownKind(0)));
         assert_eq!(
             Token::decode(UserData(0xff << 56)),
             Err(TokenError::UnknownKind(0xff))

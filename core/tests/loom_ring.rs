@@ -138,7 +138,9 @@ fn relaxed_head_release_is_caught() {
 /// assertion about values.
 fn assert_causality_violation(caught: std::thread::Result<()>, what: &str) {
     let payload = match caught {
-        Ok(()) => panic!("loom accepted a Relaxed {what}: the model cannot detect a missing Release"),
+        Ok(()) => {
+            panic!("loom accepted a Relaxed {what}: the model cannot detect a missing Release")
+        }
         Err(p) => p,
     };
     let message = payload

@@ -52,17 +52,31 @@ impl Registered {
             reg.bgid = br.book.group().0;
             // SAFETY: unregistering a group this ring registered; `reg` outlives the call.
             let _ = unsafe {
-                io_uring_register(fd, IoringRegisterOp::UnregisterPbufRing, (&reg as *const io_uring_buf_reg).cast(), 1)
+                io_uring_register(
+                    fd,
+                    IoringRegisterOp::UnregisterPbufRing,
+                    (&reg as *const io_uring_buf_reg).cast(),
+                    1,
+                )
             };
             drop(br);
         }
         if self.fixed.take().is_some() {
             // SAFETY: no argument; the buffers' memory is freed only after this returns.
-            let _ = unsafe { io_uring_register(fd, IoringRegisterOp::UnregisterBuffers, core::ptr::null(), 0) };
+            let _ = unsafe {
+                io_uring_register(
+                    fd,
+                    IoringRegisterOp::UnregisterBuffers,
+                    core::ptr::null(),
+                    0,
+                )
+            };
         }
         if self.files.take().is_some() {
             // SAFETY: no argument.
-            let _ = unsafe { io_uring_register(fd, IoringRegisterOp::UnregisterFiles, core::ptr::null(), 0) };
+            let _ = unsafe {
+                io_uring_register(fd, IoringRegisterOp::UnregisterFiles, core::ptr::null(), 0)
+            };
         }
     }
 }
@@ -80,7 +94,9 @@ impl FixedBuffers {
     /// page-aligned, which O_DIRECT needs).
     pub fn new(count: u16, buf_size: usize) -> Result<Self> {
         if count == 0 || buf_size == 0 {
-            return Err(Error::InvalidConfig("fixed buffers need a count and a size"));
+            return Err(Error::InvalidConfig(
+                "fixed buffers need a count and a size",
+            ));
         }
         let buf_size = buf_size.div_ceil(PAGE) * PAGE;
         let mem = Mmap::anonymous(buf_size * count as usize, "allocate fixed buffers")?;
@@ -159,7 +175,10 @@ impl ProvidedBuffers {
         let ring_len = (entries as usize * core::mem::size_of::<io_uring_buf>()).max(PAGE);
         Ok(Self {
             ring_mem: Mmap::anonymous(ring_len, "allocate provided buffer ring")?,
-            data: Mmap::anonymous(entries as usize * buf_size as usize, "allocate provided buffers")?,
+            data: Mmap::anonymous(
+                entries as usize * buf_size as usize,
+                "allocate provided buffers",
+            )?,
             buf_size,
             book: ProvidedRing::new(group, entries),
         })
@@ -192,7 +211,9 @@ impl ProvidedBuffers {
         // and it has not been published back, so the kernel does not write it; in bounds.
         unsafe {
             core::slice::from_raw_parts(
-                self.data.as_ptr().add(lease.id().0 as usize * self.buf_size as usize),
+                self.data
+                    .as_ptr()
+                    .add(lease.id().0 as usize * self.buf_size as usize),
                 len,
             )
         }
@@ -201,7 +222,11 @@ impl ProvidedBuffers {
     /// Start of buffer `id`, e.g. for a SEND SQE; valid while the lease is held.
     pub fn ptr(&self, lease: &Lease) -> *const u8 {
         // SAFETY: in bounds: the id came from this ring's bookkeeping.
-        unsafe { self.data.as_ptr().add(lease.id().0 as usize * self.buf_size as usize) }
+        unsafe {
+            self.data
+                .as_ptr()
+                .add(lease.id().0 as usize * self.buf_size as usize)
+        }
     }
 
     /// Queues a buffer to go back to the kernel; [`ProvidedBuffers::publish`] makes it visible.
@@ -279,13 +304,19 @@ impl Ring {
             let ptr = storage.as_mut_ptr().cast::<c_void>();
             // SAFETY: the kernel writes at most `OPS` entries after the header; storage is
             // zeroed (as the kernel requires) and large enough.
-            unsafe { io_uring_register(self.fd(), IoringRegisterOp::RegisterProbe, ptr, OPS as u32) }
-                .map_err(|e| match e {
-                    Errno::INVAL => Error::unsupported("IORING_REGISTER_PROBE", "5.6"),
-                    errno => Error::Syscall { what: "register probe", errno },
-                })?;
+            unsafe {
+                io_uring_register(self.fd(), IoringRegisterOp::RegisterProbe, ptr, OPS as u32)
+            }
+            .map_err(|e| match e {
+                Errno::INVAL => Error::unsupported("IORING_REGISTER_PROBE", "5.6"),
+                errno => Error::Syscall {
+                    what: "register probe",
+                    errno,
+                },
+            })?;
             // SAFETY: the kernel filled the header and `ops_len` entries of the storage.
             let header = unsafe { &*ptr.cast::<io_uring_probe>() };
+            // SAFETY: the op array starts right after the header, inside `storage`.
             let ops_ptr = unsafe {
                 ptr.cast::<u8>()
                     .add(core::mem::size_of::<io_uring_probe>())
@@ -315,7 +346,12 @@ impl Ring {
         // SAFETY: `iov` describes memory owned by `buffers`, which the ring keeps (and does
         // not free) until after IORING_UNREGISTER_BUFFERS at teardown.
         unsafe {
-            io_uring_register(self.fd(), IoringRegisterOp::RegisterBuffers, iov.as_ptr().cast(), iov.len() as u32)
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterBuffers,
+                iov.as_ptr().cast(),
+                iov.len() as u32,
+            )
         }
         .map_err(Error::syscall("register fixed buffers"))?;
         self.registered_mut().fixed = Some(buffers);
@@ -345,7 +381,10 @@ impl Ring {
         }
         .map_err(|e| match e {
             Errno::INVAL => Error::unsupported("IORING_RSRC_REGISTER_SPARSE", "5.19"),
-            errno => Error::Syscall { what: "register files", errno },
+            errno => Error::Syscall {
+                what: "register files",
+                errno,
+            },
         })?;
         self.registered_mut().files = Some(slots);
         Ok(())
@@ -372,7 +411,12 @@ impl Ring {
 
     /// Registers a provided buffer ring of `entries` buffers of `buf_size` bytes as `group`,
     /// and publishes every buffer to the kernel.
-    pub fn register_buf_ring(&mut self, group: BufGroup, entries: u16, buf_size: u32) -> Result<()> {
+    pub fn register_buf_ring(
+        &mut self,
+        group: BufGroup,
+        entries: u16,
+        buf_size: u32,
+    ) -> Result<()> {
         if self.buf_ring(group).is_some() {
             return Err(Error::InvalidConfig("buffer group already registered"));
         }
@@ -393,7 +437,10 @@ impl Ring {
         }
         .map_err(|e| match e {
             Errno::INVAL => Error::unsupported("IORING_REGISTER_PBUF_RING", "5.19"),
-            errno => Error::Syscall { what: "register provided buffer ring", errno },
+            errno => Error::Syscall {
+                what: "register provided buffer ring",
+                errno,
+            },
         })?;
         br.publish();
         self.registered_mut().buf_rings.push(br);

@@ -21,7 +21,7 @@ use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::io::Errno;
 use rustix::io_uring::{
     io_uring_cqe, io_uring_enter, io_uring_enter_arg, io_uring_getevents_arg, io_uring_params,
-    io_uring_ptr, io_uring_sqe, io_uring_setup, IoringCqeFlags, IoringEnterFlags,
+    io_uring_ptr, io_uring_setup, io_uring_sqe, IoringCqeFlags, IoringEnterFlags,
     IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IORING_CQE_BUFFER_SHIFT,
     IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
 };
@@ -241,16 +241,24 @@ impl Ring {
         })?;
 
         let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
-        let cq_len = p.cq_off.cqes as usize
-            + p.cq_entries as usize * core::mem::size_of::<io_uring_cqe>();
+        let cq_len =
+            p.cq_off.cqes as usize + p.cq_entries as usize * core::mem::size_of::<io_uring_cqe>();
         let single = p.features.contains(IoringFeatureFlags::SINGLE_MMAP);
         let (sq_map, cq_map) = if single {
             let len = sq_len.max(cq_len);
-            (Mmap::ring_region(&fd, len, IORING_OFF_SQ_RING, "mmap rings")?, None)
+            (
+                Mmap::ring_region(&fd, len, IORING_OFF_SQ_RING, "mmap rings")?,
+                None,
+            )
         } else {
             (
                 Mmap::ring_region(&fd, sq_len, IORING_OFF_SQ_RING, "mmap SQ ring")?,
-                Some(Mmap::ring_region(&fd, cq_len, IORING_OFF_CQ_RING, "mmap CQ ring")?),
+                Some(Mmap::ring_region(
+                    &fd,
+                    cq_len,
+                    IORING_OFF_CQ_RING,
+                    "mmap CQ ring",
+                )?),
             )
         };
         let sqe_map = Mmap::ring_region(
@@ -265,7 +273,10 @@ impl Ring {
         // `Mmap::at` bounds-checks them, the fields are 4-byte aligned u32s the kernel
         // accesses atomically, and the mappings live exactly as long as the Ring (they are
         // fields of it, dropped after every view). The 'static lifetime never escapes the Ring.
-        let atomic = |m: &Mmap, off: u32| -> &'static AtomicU32 { unsafe { &*m.at::<AtomicU32>(off) } };
+        let atomic = |m: &Mmap, off: u32| -> &'static AtomicU32 {
+            // SAFETY: see above: kernel-given, bounds-checked, aligned, outlived by the Ring.
+            unsafe { &*m.at::<AtomicU32>(off) }
+        };
         let sq_head = atomic(&sq_map, p.sq_off.head);
         let sq_tail = atomic(&sq_map, p.sq_off.tail);
         let sq_flags = atomic(&sq_map, p.sq_off.flags);
@@ -464,8 +475,12 @@ impl Ring {
                         tv_sec: t.as_secs() as i64,
                         tv_nsec: t.subsec_nanos() as _,
                     };
-                    let mut arg = io_uring_getevents_arg::default();
-                    arg.ts = io_uring_ptr::new((&ts as *const rustix::fs::Timespec).cast_mut().cast());
+                    let arg = io_uring_getevents_arg {
+                        ts: io_uring_ptr::new(
+                            (&ts as *const rustix::fs::Timespec).cast_mut().cast(),
+                        ),
+                        ..Default::default()
+                    };
                     // SAFETY: EXT_ARG with a valid getevents_arg whose ts outlives the call and
                     // no sigmask; SQEs were pushed under push()'s contract.
                     unsafe {

@@ -74,9 +74,10 @@ impl core::fmt::Debug for Sqe {
 
 impl Sqe {
     fn new(op: IoringOp) -> Self {
-        let mut sqe = io_uring_sqe::default();
-        sqe.opcode = op;
-        Self(sqe)
+        Self(io_uring_sqe {
+            opcode: op,
+            ..Default::default()
+        })
     }
 
     /// liburing's `io_uring_prep_rw`: the common fd/addr/len/off layout.
@@ -148,7 +149,13 @@ impl Sqe {
         offset: u64,
         buf_index: u16,
     ) -> Self {
-        let mut s = Self::rw(IoringOp::WriteFixed, target, buf.cast_mut().cast(), len, offset);
+        let mut s = Self::rw(
+            IoringOp::WriteFixed,
+            target,
+            buf.cast_mut().cast(),
+            len,
+            offset,
+        );
         s.0.buf.buf_index = buf_index;
         s
     }
@@ -240,7 +247,13 @@ impl Sqe {
 
     /// IORING_OP_ASYNC_CANCEL of the request whose `user_data` is `ud` (Linux 5.5).
     pub fn cancel(ud: UserData) -> Self {
-        let mut s = Self::rw(IoringOp::AsyncCancel, Target::Fd(-1), core::ptr::null_mut(), 0, 0);
+        let mut s = Self::rw(
+            IoringOp::AsyncCancel,
+            Target::Fd(-1),
+            core::ptr::null_mut(),
+            0,
+            0,
+        );
         s.0.addr_or_splice_off_in.user_data = io_uring_user_data::from_u64(ud.0);
         s
     }
@@ -248,7 +261,13 @@ impl Sqe {
     /// IORING_OP_ASYNC_CANCEL of every request on `target`
     /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19).
     pub fn cancel_fd(target: Target) -> Self {
-        let mut s = Self::rw(IoringOp::AsyncCancel, Target::Fd(-1), core::ptr::null_mut(), 0, 0);
+        let mut s = Self::rw(
+            IoringOp::AsyncCancel,
+            Target::Fd(-1),
+            core::ptr::null_mut(),
+            0,
+            0,
+        );
         let mut flags = IoringAsyncCancelFlags::FD | IoringAsyncCancelFlags::ALL;
         match target {
             Target::Fd(fd) => s.0.fd = fd,
@@ -282,7 +301,13 @@ impl Sqe {
 
     /// IORING_OP_TIMEOUT: completes after `ts`, or after `count` other completions.
     pub fn timeout(ts: *const KernelTimespec, count: u32, flags: IoringTimeoutFlags) -> Self {
-        let mut s = Self::rw(IoringOp::Timeout, Target::Fd(-1), ts.cast_mut().cast(), 1, u64::from(count));
+        let mut s = Self::rw(
+            IoringOp::Timeout,
+            Target::Fd(-1),
+            ts.cast_mut().cast(),
+            1,
+            u64::from(count),
+        );
         s.0.op_flags.timeout_flags = flags;
         s
     }
@@ -290,14 +315,25 @@ impl Sqe {
     /// IORING_OP_LINK_TIMEOUT (Linux 5.5): cancels the previous SQE in its link chain if it
     /// has not completed within `ts`.
     pub fn link_timeout(ts: *const KernelTimespec, flags: IoringTimeoutFlags) -> Self {
-        let mut s = Self::rw(IoringOp::LinkTimeout, Target::Fd(-1), ts.cast_mut().cast(), 1, 0);
+        let mut s = Self::rw(
+            IoringOp::LinkTimeout,
+            Target::Fd(-1),
+            ts.cast_mut().cast(),
+            1,
+            0,
+        );
         s.0.op_flags.timeout_flags = flags;
         s
     }
 
     /// IORING_OP_OPENAT2 (Linux 5.6) of NUL-terminated `path` relative to `dir`. With
     /// `fixed_slot`, the file goes into that registered-file slot instead of an fd (Linux 5.15).
-    pub fn openat2(dir: RawFd, path: *const u8, how: *const open_how, fixed_slot: Option<u32>) -> Self {
+    pub fn openat2(
+        dir: RawFd,
+        path: *const u8,
+        how: *const open_how,
+        fixed_slot: Option<u32>,
+    ) -> Self {
         let mut s = Self::rw(
             IoringOp::Openat2,
             Target::Fd(dir),
@@ -373,6 +409,7 @@ mod tests {
     fn close_fixed_is_index_plus_one() {
         let s = Sqe::close(Target::Fixed(0));
         // SAFETY: plain-data union.
-        assert_eq!(unsafe { s.raw().splice_fd_in_or_file_index_or_addr_len.file_index }, 1);
+        let index = unsafe { s.raw().splice_fd_in_or_file_index_or_addr_len.file_index };
+        assert_eq!(index, 1);
     }
 }

@@ -57,18 +57,30 @@ fn twenty_four_sqes_in_one_enter() {
     let mut bufs = vec![vec![0u8; 4096]; 16];
     for i in 0..8u64 {
         // SAFETY: NOPs reference no memory.
-        unsafe { ring.push(&Sqe::nop().user_data(UserData(1000 + i))).unwrap() };
+        unsafe {
+            ring.push(&Sqe::nop().user_data(UserData(1000 + i)))
+                .unwrap()
+        };
     }
     for (i, b) in bufs.iter_mut().enumerate() {
-        let sqe = Sqe::read(Target::Fd(f.file.as_raw_fd()), b.as_mut_ptr(), 4096, i as u64 * 4096)
-            .user_data(UserData(i as u64));
+        let sqe = Sqe::read(
+            Target::Fd(f.file.as_raw_fd()),
+            b.as_mut_ptr(),
+            4096,
+            i as u64 * 4096,
+        )
+        .user_data(UserData(i as u64));
         // SAFETY: `bufs` outlives the wait below, which harvests every CQE.
         unsafe { ring.push(&sqe).unwrap() };
     }
     let before = ring.stats().enters;
     let submitted = ring.submit_and_wait(24).unwrap();
     assert_eq!(submitted, 24);
-    assert_eq!(ring.stats().enters - before, 1, "one io_uring_enter for all 24");
+    assert_eq!(
+        ring.stats().enters - before,
+        1,
+        "one io_uring_enter for all 24"
+    );
     let mut seen: HashMap<u64, i32> = HashMap::new();
     while seen.len() < 24 {
         let got: Vec<_> = ring.completions().collect();
@@ -82,7 +94,10 @@ fn twenty_four_sqes_in_one_enter() {
     let want = pattern(16 * 4096);
     for i in 0..16u64 {
         assert_eq!(seen[&i], 4096);
-        assert_eq!(bufs[i as usize], want[i as usize * 4096..(i as usize + 1) * 4096]);
+        assert_eq!(
+            bufs[i as usize],
+            want[i as usize * 4096..(i as usize + 1) * 4096]
+        );
     }
     for i in 0..8u64 {
         assert_eq!(seen[&(1000 + i)], 0);
@@ -93,7 +108,8 @@ fn twenty_four_sqes_in_one_enter() {
 fn read_fixed_write_fixed_round_trip() {
     let f = TempFile::with_pattern("fixed", 3 * 4096 + 100);
     let mut ring = RingParams::new(8).build().unwrap();
-    ring.register_buffers(FixedBuffers::new(4, 4096).unwrap()).unwrap();
+    ring.register_buffers(FixedBuffers::new(4, 4096).unwrap())
+        .unwrap();
     let fd = Target::Fd(f.file.as_raw_fd());
     let want = pattern(3 * 4096 + 100);
 
@@ -153,7 +169,7 @@ fn provided_buffer_ring_recv_enobufs_and_replenish() {
     let mut saw_enobufs = false;
     let mut ids_seen = std::collections::HashSet::new();
     let mut sent = 0;
-    let mut arm = |ring: &mut Ring| {
+    let arm = |ring: &mut Ring| {
         let sqe = Sqe::recv_select(target, GROUP, false).user_data(UserData(9));
         // SAFETY: buffer selection: the kernel writes only into provided buffers, which the
         // ring owns and which stay registered for its lifetime.
@@ -173,7 +189,9 @@ fn provided_buffer_ring_recv_enobufs_and_replenish() {
             assert_eq!(c.user_data, UserData(9));
             match c.result() {
                 Ok(n) => {
-                    let id = c.buffer_id().expect("IORING_CQE_F_BUFFER set on a selected recv");
+                    let id = c
+                        .buffer_id()
+                        .expect("IORING_CQE_F_BUFFER set on a selected recv");
                     ids_seen.insert(id);
                     let br = ring.buf_ring(GROUP).unwrap();
                     let lease = br.take(id).unwrap();
@@ -190,7 +208,11 @@ fn provided_buffer_ring_recv_enobufs_and_replenish() {
                 }
                 Err(RawErrno::NOBUFS) => {
                     saw_enobufs = true;
-                    assert_eq!(held.len(), ENTRIES as usize, "ENOBUFS only once all are held");
+                    assert_eq!(
+                        held.len(),
+                        ENTRIES as usize,
+                        "ENOBUFS only once all are held"
+                    );
                     let br = ring.buf_ring(GROUP).unwrap();
                     assert_eq!(br.book().in_kernel(), 0);
                     for l in held.drain(..) {
@@ -206,8 +228,15 @@ fn provided_buffer_ring_recv_enobufs_and_replenish() {
         }
     }
     assert!(saw_enobufs, "exhausting the ring must produce ENOBUFS");
-    assert_eq!(received, payload, "every byte intact and in order across ENOBUFS");
-    assert_eq!(ids_seen.len(), ENTRIES as usize, "all buffer ids used and recycled");
+    assert_eq!(
+        received, payload,
+        "every byte intact and in order across ENOBUFS"
+    );
+    assert_eq!(
+        ids_seen.len(),
+        ENTRIES as usize,
+        "all buffer ids used and recycled"
+    );
 }
 
 #[test]
@@ -221,7 +250,10 @@ fn cq_overflow_is_flushed_not_lost() {
         for _ in 0..2 {
             if next < total {
                 // SAFETY: NOPs reference no memory.
-                unsafe { ring.push_or_submit(&Sqe::nop().user_data(UserData(next))).unwrap() };
+                unsafe {
+                    ring.push_or_submit(&Sqe::nop().user_data(UserData(next)))
+                        .unwrap()
+                };
                 next += 1;
             }
         }
@@ -236,7 +268,11 @@ fn cq_overflow_is_flushed_not_lost() {
         let got: Vec<_> = ring.completions().collect();
         for c in got {
             assert_eq!(c.res, 0);
-            assert!(seen.insert(c.user_data.0), "duplicate completion {}", c.user_data.0);
+            assert!(
+                seen.insert(c.user_data.0),
+                "duplicate completion {}",
+                c.user_data.0
+            );
         }
         if seen.len() as u64 == total {
             break;
@@ -253,12 +289,16 @@ fn cancel_pending_recv_gives_ecanceled() {
     let (_client, server) = tcp_pair();
     let mut ring = RingParams::new(4).build().unwrap();
     let mut buf = [0u8; 16];
-    let recv = Sqe::recv(Target::Fd(server.as_raw_fd()), buf.as_mut_ptr(), 16).user_data(UserData(1));
+    let recv =
+        Sqe::recv(Target::Fd(server.as_raw_fd()), buf.as_mut_ptr(), 16).user_data(UserData(1));
     // SAFETY: `buf` outlives the loop below, which harvests the recv's CQE.
     unsafe { ring.push(&recv).unwrap() };
     ring.submit().unwrap();
     // SAFETY: cancel references no memory.
-    unsafe { ring.push(&Sqe::cancel(UserData(1)).user_data(UserData(2))).unwrap() };
+    unsafe {
+        ring.push(&Sqe::cancel(UserData(1)).user_data(UserData(2)))
+            .unwrap()
+    };
     ring.submit_and_wait(2).unwrap();
     let mut results = HashMap::new();
     while results.len() < 2 {
@@ -277,7 +317,8 @@ fn cancel_pending_recv_gives_ecanceled() {
 fn wait_with_timeout_returns() {
     let mut ring = RingParams::new(4).build().unwrap();
     let t = std::time::Instant::now();
-    ring.submit_and_wait_timeout(1, Duration::from_millis(20)).unwrap();
+    ring.submit_and_wait_timeout(1, Duration::from_millis(20))
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(15));
     assert_eq!(ring.ready(), 0);
 }
@@ -290,4 +331,3 @@ fn probe_knows_the_basics() {
     assert!(probe.supports(IoringOp::ReadFixed));
     assert!(probe.last_op() >= IoringOp::ReadFixed as u8);
 }
-

@@ -9,7 +9,10 @@ fn count_fds() -> usize {
 }
 
 fn count_maps() -> usize {
-    std::fs::read_to_string("/proc/self/maps").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 #[test]
@@ -19,7 +22,8 @@ fn thousand_rings_leave_nothing_behind() {
     let (fds, maps) = (count_fds(), count_maps());
     for i in 0..1000u16 {
         let mut ring = RingParams::new(4).build().unwrap();
-        ring.register_buffers(FixedBuffers::new(2, 4096).unwrap()).unwrap();
+        ring.register_buffers(FixedBuffers::new(2, 4096).unwrap())
+            .unwrap();
         ring.register_buf_ring(BufGroup(i), 4, 256).unwrap();
         ring.register_files_sparse(8).unwrap();
         drop(ring);
@@ -27,5 +31,8 @@ fn thousand_rings_leave_nothing_behind() {
     assert_eq!(count_fds(), fds, "fds back to baseline");
     let after = count_maps();
     // The allocator may keep an arena mapping or two; rings would leave thousands.
-    assert!(after <= maps + 2, "mappings back to baseline: {maps} before, {after} after");
+    assert!(
+        after <= maps + 2,
+        "mappings back to baseline: {maps} before, {after} after"
+    );
 }
