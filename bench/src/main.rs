@@ -1,1 +1,187 @@
-fn main() {}
+//! ringwork-bench: Ringwork's benchmarks. Every figure in README names the command that made it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+mod fileread;
+mod stats;
+
+#[derive(Parser)]
+#[command(
+    name = "ringwork-bench",
+    version,
+    about = "Ringwork benchmarks: io_uring against the epoll/pread way of doing the same work"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Random reads from one file: io_uring engines against pread, optionally beside fio.
+    Fileread {
+        /// File to read (created, or extended with real data, when smaller than --size).
+        #[arg(long, default_value = "/tmp/ringwork-fileread.dat")]
+        file: PathBuf,
+        /// Bytes of the file to read from (suffixes k, M, G).
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        /// Bytes per read (suffixes k, M).
+        #[arg(long, default_value = "4k", value_parser = parse_size)]
+        bs: u64,
+        /// Reads in flight (threads, for pread-pool).
+        #[arg(long, default_value_t = 64)]
+        qd: u32,
+        /// Seconds per engine.
+        #[arg(long, default_value_t = 5)]
+        duration: u64,
+        /// Engines to run, comma-separated; default all.
+        #[arg(long, value_delimiter = ',')]
+        engine: Vec<fileread::Engine>,
+        /// Also run fio (ioengine=io_uring and psync) on the same file, when installed.
+        #[arg(long)]
+        fio: bool,
+        /// Drop the page cache before each engine (needs root): cold-cache figures.
+        #[arg(long)]
+        drop_caches: bool,
+        /// Read the whole file once first so that reads come from the page cache.
+        #[arg(long, conflicts_with = "drop_caches")]
+        warm: bool,
+        /// Write results as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// "4k" -> 4096, "256M" -> 268435456, "4G", plain numbers.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_lowercase() {
+                'k' => 1u64 << 10,
+                'm' => 1 << 20,
+                'g' => 1 << 30,
+                _ => return Err(format!("unknown size suffix in {s:?} (use k, M or G)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+fn drop_caches() -> Result<(), String> {
+    rustix::fs::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| format!("--drop-caches needs root: {e}"))
+}
+
+fn warm(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Fileread {
+            file,
+            size,
+            bs,
+            qd,
+            duration,
+            engine,
+            fio,
+            drop_caches: cold,
+            warm: warm_first,
+            json,
+        } => (|| -> Result<(), String> {
+            let cfg = fileread::Config {
+                path: file,
+                size,
+                bs: u32::try_from(bs).map_err(|_| "--bs too large")?,
+                qd,
+                duration: Duration::from_secs(duration),
+                seed: 0x5eed,
+            };
+            fileread::prepare_file(&cfg.path, cfg.size)
+                .map_err(|e| format!("prepare {}: {e}", cfg.path.display()))?;
+            let engines = if engine.is_empty() {
+                fileread::Engine::ALL.to_vec()
+            } else {
+                engine
+            };
+            println!("# ringwork-bench fileread on {}", stats::machine_line());
+            println!(
+                "# cache: {}",
+                if cold {
+                    "dropped before each engine (cold)"
+                } else if warm_first {
+                    "file read once first (warm)"
+                } else {
+                    "as found"
+                }
+            );
+            let mut results = Vec::new();
+            for e in engines {
+                if cold {
+                    drop_caches()?;
+                } else if warm_first {
+                    warm(&cfg.path)?;
+                }
+                let r = fileread::run(e, &cfg)?;
+                eprintln!("{}: {:.0} IOPS", e.name(), r.iops());
+                results.push(r);
+            }
+            let mut fio_results = Vec::new();
+            if fio {
+                for ioengine in ["io_uring", "psync"] {
+                    if cold {
+                        drop_caches()?;
+                    } else if warm_first {
+                        warm(&cfg.path)?;
+                    }
+                    match fileread::run_fio(&cfg, ioengine) {
+                        Ok(f) => fio_results.push(f),
+                        Err(e) => eprintln!("fio {ioengine}: {e}"),
+                    }
+                }
+            }
+            print!("{}", fileread::table(&cfg, &results, &fio_results));
+            if let Some(path) = json {
+                let body: Vec<String> = results.iter().map(|r| r.json(cfg.bs)).collect();
+                std::fs::write(&path, format!("[{}]\n", body.join(",")))
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Ok(())
+        })(),
+    };
+    if let Err(e) = result {
+        eprintln!("ringwork-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4k"), Ok(4096));
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("4x").is_err());
+        assert!(parse_size("k").is_err());
+    }
+}

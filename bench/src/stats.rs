@@ -1,0 +1,154 @@
+//! Measurement helpers shared by every benchmark: latency summaries from HDR histograms,
+//! process CPU time from /proc, and the machine facts every report starts with.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+/// A new latency histogram in nanoseconds, 1 ns to 60 s, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Percentiles of a latency histogram, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50_us: f64,
+    /// 95th percentile.
+    pub p95_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Maximum.
+    pub max_us: f64,
+    /// Number of samples.
+    pub count: u64,
+}
+
+impl Latency {
+    /// Summarises `h` (recorded in nanoseconds).
+    pub fn from_histogram(h: &Histogram<u64>) -> Self {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50_us: us(h.value_at_quantile(0.50)),
+            p95_us: us(h.value_at_quantile(0.95)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            count: h.len(),
+        }
+    }
+
+    /// JSON object text.
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"p50_us\":{:.1},\"p95_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"count\":{}}}",
+            self.p50_us, self.p95_us, self.p99_us, self.p999_us, self.max_us, self.count
+        )
+    }
+}
+
+/// CPU time (user + system) a process has used, from /proc/PID/stat, in clock ticks turned
+/// into a Duration. Resolution is one tick (10 ms at the usual 100 Hz): measure over seconds.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_ticks(&stat).map(ticks_to_duration)
+}
+
+/// CPU time of this process.
+pub fn self_cpu() -> Duration {
+    process_cpu(std::process::id()).unwrap_or_default()
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2) may
+/// contain spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    // After the name: field 3 (state) is index 0, so utime (14) is index 11, stime index 12.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// One line describing the machine: kernel, CPUs, and what the figures should be read with.
+pub fn machine_line() -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "kernel {}, {} CPUs",
+        ringwork_sys::kernel_release(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    if let Ok(cpu) = std::fs::read_to_string("/proc/cpuinfo") {
+        if let Some(model) = cpu.lines().find_map(|l| l.strip_prefix("model name")) {
+            let _ = write!(s, " ({})", model.trim_start_matches([' ', '\t', ':']));
+        }
+    }
+    s
+}
+
+/// Formats a count with thousands separators, for tables people read.
+pub fn thousands(n: f64) -> String {
+    let whole = n.round() as u64;
+    let digits = whole.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_skip_names_with_spaces_and_parens() {
+        let line = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 111 222 0 0 20 0 1 0 100 0";
+        assert_eq!(parse_cpu_ticks(line), Some(333));
+        assert_eq!(parse_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn own_cpu_time_is_readable() {
+        // Burn a little CPU so that at least the parse path sees a real line.
+        assert!(process_cpu(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn percentiles_from_known_samples() {
+        let mut h = latency_histogram();
+        for v in 1..=1000u64 {
+            h.record(v * 1000).unwrap();
+        }
+        let l = Latency::from_histogram(&h);
+        assert_eq!(l.count, 1000);
+        assert!((l.p50_us - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99_us - 990.0).abs() < 2.0, "{l:?}");
+        assert!((l.max_us - 1000.0).abs() < 1.0, "{l:?}");
+        assert!(l.json().contains("\"count\":1000"));
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.0), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(1234567.4), "1,234,567");
+    }
+}
