@@ -417,8 +417,8 @@ fn run_pread_pool(engine: Engine, cfg: &Config, threads: u32) -> Result<Outcome,
 /// fio's figures for the same workload, when fio is installed.
 #[derive(Clone, Debug)]
 pub struct FioOutcome {
-    /// fio's ioengine.
-    pub ioengine: &'static str,
+    /// Which fio run (see [`FIO_RUNS`]).
+    pub label: &'static str,
     /// Reads per second.
     pub iops: f64,
     /// Completion latency percentiles in microseconds (p50, p99).
@@ -427,28 +427,42 @@ pub struct FioOutcome {
     pub p99_us: f64,
 }
 
-/// Runs fio with `ioengine` on the same file, block size, depth and duration.
-pub fn run_fio(cfg: &Config, ioengine: &'static str) -> Result<FioOutcome, String> {
-    let (depth, jobs) = if ioengine == "psync" {
-        (1, 1)
-    } else {
-        (cfg.qd, 1)
-    };
+/// The fio runs that match our engines: (label, ioengine, extra arguments).
+pub const FIO_RUNS: [(&str, &str, &[&str]); 3] = [
+    ("io_uring", "io_uring", &["--direct=0"]),
+    (
+        "io_uring direct+fixedbufs+registerfiles",
+        "io_uring",
+        &["--direct=1", "--fixedbufs", "--registerfiles"],
+    ),
+    ("psync", "psync", &["--direct=0"]),
+];
+
+/// Runs fio (`label`, `ioengine`, `extra` from [`FIO_RUNS`]) on the same file, block size,
+/// depth and duration. fio's own cache invalidation is off: the caller decides warm or cold.
+pub fn run_fio(
+    cfg: &Config,
+    label: &'static str,
+    ioengine: &str,
+    extra: &[&str],
+) -> Result<FioOutcome, String> {
+    let depth = if ioengine == "psync" { 1 } else { cfg.qd };
+    // Engine options (--fixedbufs, ...) are only accepted after --ioengine.
     let out = std::process::Command::new("fio")
         .args([
+            "--invalidate=0",
             "--name=ringwork-compare",
             &format!("--filename={}", cfg.path.display()),
             "--rw=randread",
             &format!("--bs={}", cfg.bs),
             &format!("--size={}", cfg.size),
             &format!("--iodepth={depth}"),
-            &format!("--numjobs={jobs}"),
             &format!("--ioengine={ioengine}"),
-            "--direct=0",
             "--time_based",
             &format!("--runtime={}", cfg.duration.as_secs().max(1)),
             "--output-format=json",
         ])
+        .args(extra)
         .output()
         .map_err(|e| format!("fio: {e}"))?;
     if !out.status.success() {
@@ -474,7 +488,7 @@ pub fn run_fio(cfg: &Config, ioengine: &'static str) -> Result<FioOutcome, Strin
         .map(|i| &section[i..])
         .unwrap_or(section);
     Ok(FioOutcome {
-        ioengine,
+        label,
         iops,
         p50_us: num_after(clat, "\"50.000000\"").unwrap_or(0.0) / 1000.0,
         p99_us: num_after(clat, "\"99.000000\"").unwrap_or(0.0) / 1000.0,
@@ -526,7 +540,7 @@ pub fn table(cfg: &Config, results: &[Outcome], fio: &[FioOutcome]) -> String {
     for f in fio {
         s.push_str(&format!(
             "| fio {} | {} | {:.1} | {:.1} | {:.1} | - | - | {} |\n",
-            f.ioengine,
+            f.label,
             thousands(f.iops),
             f.iops * f64::from(cfg.bs) / 1e6,
             f.p50_us,

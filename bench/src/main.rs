@@ -41,7 +41,8 @@ enum Command {
         /// Engines to run, comma-separated; default all.
         #[arg(long, value_delimiter = ',')]
         engine: Vec<fileread::Engine>,
-        /// Also run fio (ioengine=io_uring and psync) on the same file, when installed.
+        /// Also run fio on the same file (io_uring buffered; io_uring O_DIRECT with fixed
+        /// buffers and registered files; psync), when installed.
         #[arg(long)]
         fio: bool,
         /// Drop the page cache before each engine (needs root): cold-cache figures.
@@ -144,15 +145,15 @@ fn main() {
             }
             let mut fio_results = Vec::new();
             if fio {
-                for ioengine in ["io_uring", "psync"] {
+                for (label, ioengine, extra) in fileread::FIO_RUNS {
                     if cold {
                         drop_caches()?;
                     } else if warm_first {
                         warm(&cfg.path)?;
                     }
-                    match fileread::run_fio(&cfg, ioengine) {
+                    match fileread::run_fio(&cfg, label, ioengine, extra) {
                         Ok(f) => fio_results.push(f),
-                        Err(e) => eprintln!("fio {ioengine}: {e}"),
+                        Err(e) => eprintln!("fio {label}: {e}"),
                     }
                 }
             }
