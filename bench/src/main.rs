@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod echo;
 mod fileread;
 mod stats;
 
@@ -21,6 +22,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Load an echo server: closed loop (--depth) or open loop (--rate), verified bytes,
+    /// HDR latency, server CPU per message.
+    Echo {
+        /// Server address.
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        addr: std::net::SocketAddr,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Closed loop: messages outstanding per connection.
+        #[arg(long, default_value_t = 1)]
+        depth: usize,
+        /// Open loop: total messages per second, spread evenly over connections; latency is
+        /// measured from each message's scheduled time.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Unmeasured seconds first.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// Generator threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// The server's pid, to report its CPU time per message.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Random reads from one file: io_uring engines against pread, optionally beside fio.
     Fileread {
         /// File to read (created, or extended with real data, when smaller than --size).
@@ -77,6 +113,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit: 10,000 connections need it.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+}
+
 fn drop_caches() -> Result<(), String> {
     rustix::fs::sync();
     std::fs::write("/proc/sys/vm/drop_caches", "3\n")
@@ -94,6 +138,49 @@ fn warm(path: &std::path::Path) -> Result<(), String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Echo {
+            addr,
+            conns,
+            size,
+            depth,
+            rate,
+            duration,
+            warmup,
+            threads,
+            server_pid,
+            json,
+        } => (|| -> Result<(), String> {
+            raise_nofile_limit();
+            let cfg = echo::Config {
+                addr,
+                conns,
+                size,
+                depth,
+                rate,
+                duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
+                threads,
+                server_pid,
+            };
+            println!("# ringwork-bench echo on {}", stats::machine_line());
+            println!(
+                "# {addr}: {conns} conns, {size} B, {}",
+                match rate {
+                    Some(r) => format!("open loop at {r} msgs/s"),
+                    None => format!("closed loop, depth {depth}"),
+                }
+            );
+            let out = echo::run(&cfg)?;
+            print!("{}", out.table());
+            if let Some(path) = json {
+                std::fs::write(&path, out.json() + "\n")
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            if out.errors > 0 {
+                return Err(format!("{} connection errors", out.errors));
+            }
+            Ok(())
+        })(),
         Command::Fileread {
             file,
             size,

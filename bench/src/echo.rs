@@ -1,0 +1,556 @@
+//! `ringwork-bench echo`: the load generator for echo servers.
+//!
+//! Closed loop (`--depth D`: every connection keeps D messages outstanding) measures peak
+//! throughput; open loop (`--rate R`: R messages/s spread evenly over all connections) measures
+//! latency at a fixed load, from each message's *scheduled* send time, so a server that stalls
+//! cannot hide it by slowing the generator down (no coordinated omission, as in wrk2).
+//!
+//! The generator is built to be cheap per message, because on a small machine it competes
+//! with the server for CPU: edge-triggered epoll, nonblocking sockets, reads and writes of up
+//! to 64 KiB at a time however many messages that covers. Every echoed byte is verified: each
+//! connection's stream is a fixed pseudo-random sequence (a window into one shared pattern),
+//! so checking is one `memcmp` per read.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rustix::event::epoll;
+use rustix::io::Errno;
+
+use crate::stats::{latency_histogram, process_cpu, self_cpu, thousands, Latency};
+
+/// Pattern period: a prime, so connections' windows do not line up with message sizes.
+const PERIOD: usize = 65_521;
+/// Largest single read or write.
+const CHUNK: usize = 64 * 1024;
+
+/// How to load the server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Server address.
+    pub addr: SocketAddr,
+    /// Connections in total.
+    pub conns: usize,
+    /// Message size in bytes.
+    pub size: usize,
+    /// Closed loop: messages outstanding per connection.
+    pub depth: usize,
+    /// Open loop: total messages per second (overrides `depth`).
+    pub rate: Option<f64>,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time before it.
+    pub warmup: Duration,
+    /// Generator threads.
+    pub threads: usize,
+    /// Server process whose CPU time is reported per message.
+    pub server_pid: Option<u32>,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Messages echoed and verified within the measured window.
+    pub msgs: u64,
+    /// Measured window.
+    pub elapsed: Duration,
+    /// Round-trip latency (open loop: from the scheduled send time).
+    pub latency: Latency,
+    /// Connection errors (reset, EOF, wrong bytes).
+    pub errors: u64,
+    /// Connections re-established after an error.
+    pub reconnects: u64,
+    /// Generator CPU during the window.
+    pub client_cpu: Duration,
+    /// Server CPU during the window, when its pid was given.
+    pub server_cpu: Option<Duration>,
+    /// Message size.
+    pub size: usize,
+}
+
+impl Outcome {
+    /// Messages per second.
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.msgs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Server CPU microseconds per message.
+    pub fn server_us_per_msg(&self) -> Option<f64> {
+        self.server_cpu
+            .map(|c| c.as_secs_f64() * 1e6 / self.msgs.max(1) as f64)
+    }
+
+    /// JSON object text.
+    pub fn json(&self) -> String {
+        format!(
+            "{{\"msgs\":{},\"secs\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"reconnects\":{},\"client_cpu_s\":{:.3},\"server_cpu_s\":{},\"server_us_per_msg\":{}}}",
+            self.msgs,
+            self.elapsed.as_secs_f64(),
+            self.msgs_per_sec(),
+            self.msgs_per_sec() * self.size as f64 / 1e6,
+            self.latency.json(),
+            self.errors,
+            self.reconnects,
+            self.client_cpu.as_secs_f64(),
+            self.server_cpu.map_or("null".into(), |c| format!("{:.3}", c.as_secs_f64())),
+            self.server_us_per_msg().map_or("null".into(), |c| format!("{c:.3}")),
+        )
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        format!(
+            "| msgs/s | MB/s | p50 µs | p95 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | client CPU s | errors | reconnects |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} | {} |\n",
+            thousands(self.msgs_per_sec()),
+            self.msgs_per_sec() * self.size as f64 / 1e6,
+            self.latency.p50_us,
+            self.latency.p95_us,
+            self.latency.p99_us,
+            self.latency.p999_us,
+            self.latency.max_us,
+            self.server_us_per_msg().map_or("-".into(), |v| format!("{v:.2}")),
+            self.client_cpu.as_secs_f64(),
+            self.errors,
+            self.reconnects,
+        )
+    }
+}
+
+fn pattern() -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..PERIOD + CHUNK)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+struct Conn {
+    sock: OwnedFd,
+    /// Where this connection's stream starts in the pattern.
+    phase: usize,
+    /// Stream bytes we want written (messages issued x size).
+    target: u64,
+    /// Stream bytes written.
+    sent: u64,
+    /// Stream bytes received and verified.
+    verified: u64,
+    /// Send (closed loop) or scheduled (open loop) time of each outstanding message.
+    started: VecDeque<Instant>,
+    broken: bool,
+}
+
+impl Conn {
+    /// Where stream bytes `pos..pos + len` of this connection sit in the pattern.
+    fn expected(&self, pos: u64, len: usize) -> std::ops::Range<usize> {
+        let start = (self.phase + (pos % PERIOD as u64) as usize) % PERIOD;
+        start..start + len
+    }
+
+    /// Writes as much of the wanted stream as the socket takes.
+    fn flush(&mut self, pat: &[u8]) -> Result<(), Errno> {
+        while self.sent < self.target {
+            let len = ((self.target - self.sent) as usize).min(CHUNK);
+            let range = self.expected(self.sent, len);
+            match rustix::net::send(&self.sock, &pat[range], rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) => self.sent += n as u64,
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn connect(addr: SocketAddr, index: usize, phase_seed: usize) -> std::io::Result<Conn> {
+    // Spread source addresses over 127.0.0.x when the target is loopback, so that 10,000+
+    // connections never run out of ephemeral ports (about 28,000 per source address).
+    let stream = match addr {
+        SocketAddr::V4(a) if a.ip().is_loopback() => {
+            let sock = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                None,
+            )?;
+            let src = std::net::Ipv4Addr::new(127, 0, 0, 1 + (index / 20_000) as u8);
+            rustix::net::bind(&sock, &SocketAddr::from((src, 0)))?;
+            rustix::net::connect(&sock, &addr)?;
+            TcpStream::from(sock)
+        }
+        _ => TcpStream::connect(addr)?,
+    };
+    stream.set_nodelay(true)?;
+    stream.set_nonblocking(true)?;
+    Ok(Conn {
+        sock: OwnedFd::from(stream),
+        phase: (phase_seed.wrapping_mul(7919)) % PERIOD,
+        target: 0,
+        sent: 0,
+        verified: 0,
+        started: VecDeque::new(),
+        broken: false,
+    })
+}
+
+struct ThreadResult {
+    msgs: u64,
+    hist: Histogram<u64>,
+    errors: u64,
+    reconnects: u64,
+}
+
+/// Runs the load; connections are spread over `cfg.threads` threads.
+pub fn run(cfg: &Config) -> Result<Outcome, String> {
+    if cfg.size == 0 {
+        return Err("--size must be at least 1".into());
+    }
+    let threads = cfg.threads.clamp(1, cfg.conns.max(1));
+    let pat = std::sync::Arc::new(pattern());
+    // Connect everything before the clock starts; threads wait for t_start.
+    let mut per_thread: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
+    for i in 0..cfg.conns {
+        let c =
+            connect(cfg.addr, i, i).map_err(|e| format!("connect #{i} to {}: {e}", cfg.addr))?;
+        per_thread[i % threads].push(c);
+    }
+    let t_start = Instant::now() + Duration::from_millis(20);
+    let warm_end = t_start + cfg.warmup;
+    let end = warm_end + cfg.duration;
+
+    let handles: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(t, conns)| {
+            let pat = pat.clone();
+            let cfg = cfg.clone();
+            let rate = cfg.rate.map(|r| r / threads as f64);
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || drive(conns, &pat, &cfg, rate, t_start, warm_end, end))
+                .expect("spawn load thread")
+        })
+        .collect();
+
+    // The measured window, for CPU accounting.
+    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
+    let client0 = self_cpu();
+    let server0 = cfg.server_pid.and_then(process_cpu);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let client_cpu = self_cpu().saturating_sub(client0);
+    let server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
+        (Some(b), Some(a)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+
+    let mut out = Outcome {
+        elapsed: cfg.duration,
+        client_cpu,
+        server_cpu,
+        size: cfg.size,
+        ..Default::default()
+    };
+    let mut hist = latency_histogram();
+    for h in handles {
+        let r = h.join().map_err(|_| "load thread panicked")??;
+        out.msgs += r.msgs;
+        out.errors += r.errors;
+        out.reconnects += r.reconnects;
+        hist.add(&r.hist).map_err(|e| e.to_string())?;
+    }
+    out.latency = Latency::from_histogram(&hist);
+    Ok(out)
+}
+
+fn drive(
+    mut conns: Vec<Conn>,
+    pat: &[u8],
+    cfg: &Config,
+    rate: Option<f64>,
+    t_start: Instant,
+    warm_end: Instant,
+    end: Instant,
+) -> Result<ThreadResult, String> {
+    let ep =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
+    let flags = epoll::EventFlags::IN
+        | epoll::EventFlags::OUT
+        | epoll::EventFlags::ET
+        | epoll::EventFlags::RDHUP;
+    for (i, c) in conns.iter().enumerate() {
+        epoll::add(&ep, &c.sock, epoll::EventData::new_u64(i as u64), flags)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+    }
+    let mut result = ThreadResult {
+        msgs: 0,
+        hist: latency_histogram(),
+        errors: 0,
+        reconnects: 0,
+    };
+    std::thread::sleep(t_start.saturating_duration_since(Instant::now()));
+    let size = cfg.size as u64;
+    let n = conns.len().max(1);
+    let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let mut scheduled = 0u64; // open loop: messages scheduled so far
+
+    // Closed loop: every connection starts with `depth` messages.
+    if interval.is_none() {
+        let now = Instant::now();
+        for c in conns.iter_mut() {
+            for _ in 0..cfg.depth.max(1) {
+                c.target += size;
+                c.started.push_back(now);
+            }
+            if c.flush(pat).is_err() {
+                c.broken = true;
+            }
+        }
+    }
+    let mut events = Vec::with_capacity(1024);
+    // Indices of connections that broke since the last reconnect pass.
+    let mut broken: Vec<usize> = Vec::new();
+    let mut buf = vec![0u8; CHUNK];
+    let drain_deadline = end + Duration::from_secs(2);
+    loop {
+        let now = Instant::now();
+        let issuing = now < end;
+        if !issuing
+            && (conns.iter().all(|c| c.started.is_empty() || c.broken) || now > drain_deadline)
+        {
+            break;
+        }
+        // Open loop: issue every message whose time has come, on its connection.
+        let mut timeout = Duration::from_millis(5);
+        if let (Some(iv), true) = (interval, issuing) {
+            loop {
+                let due = t_start + iv.mul_f64(scheduled as f64);
+                if due > now {
+                    timeout = due - now;
+                    break;
+                }
+                let i = scheduled as usize % n;
+                let c = &mut conns[i];
+                scheduled += 1;
+                if c.broken {
+                    continue;
+                }
+                c.target += size;
+                c.started.push_back(due);
+                if c.flush(pat).is_err() {
+                    c.broken = true;
+                    broken.push(i);
+                    result.errors += 1;
+                }
+            }
+        }
+        events.clear();
+        let ts = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
+        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(format!("epoll_wait: {e}")),
+        }
+        for ev in events.iter() {
+            // Copies out of the packed kernel struct: no references into it.
+            let (data, ev_flags) = (ev.data, ev.flags);
+            let i = data.u64() as usize;
+            let c = &mut conns[i];
+            if c.broken {
+                continue;
+            }
+            if ev_flags.contains(epoll::EventFlags::OUT) && c.flush(pat).is_err() {
+                c.broken = true;
+                broken.push(i);
+                result.errors += 1;
+                continue;
+            }
+            // Read until EAGAIN (edge-triggered), verifying and timing completed messages.
+            loop {
+                match rustix::io::read(&c.sock, &mut buf) {
+                    Ok(0) => {
+                        c.broken = true;
+                        broken.push(i);
+                        result.errors += 1;
+                        break;
+                    }
+                    Ok(got) => {
+                        let range = c.expected(c.verified, got);
+                        if buf[..got] != pat[range] {
+                            c.broken = true;
+                            broken.push(i);
+                            result.errors += 1;
+                            break;
+                        }
+                        let before = c.verified / size;
+                        c.verified += got as u64;
+                        let done = c.verified / size - before;
+                        let now = Instant::now();
+                        for _ in 0..done {
+                            let Some(t0) = c.started.pop_front() else {
+                                break;
+                            };
+                            if now >= warm_end && now < end {
+                                result.msgs += 1;
+                                let _ = result
+                                    .hist
+                                    .record(now.duration_since(t0).as_nanos().max(1) as u64);
+                            }
+                            // Closed loop: replace it, until the end.
+                            if interval.is_none() && now < end {
+                                c.target += size;
+                                c.started.push_back(now);
+                            }
+                        }
+                        if interval.is_none() && c.flush(pat).is_err() {
+                            c.broken = true;
+                            broken.push(i);
+                            result.errors += 1;
+                            break;
+                        }
+                    }
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => continue,
+                    Err(_) => {
+                        c.broken = true;
+                        broken.push(i);
+                        result.errors += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        // Connections that broke are re-established while the run is still issuing.
+        for i in broken.drain(..) {
+            if !issuing || !conns[i].broken {
+                continue;
+            }
+            let _ = epoll::delete(&ep, &conns[i].sock);
+            let Ok(c) = connect(cfg.addr, i, i + 1) else {
+                continue;
+            };
+            conns[i] = c;
+            result.reconnects += 1;
+            epoll::add(
+                &ep,
+                &conns[i].sock,
+                epoll::EventData::new_u64(i as u64),
+                flags,
+            )
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+            if interval.is_none() {
+                let now = Instant::now();
+                for _ in 0..cfg.depth.max(1) {
+                    conns[i].target += size;
+                    conns[i].started.push_back(now);
+                }
+                let _ = conns[i].flush(pat);
+            }
+        }
+    }
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A tiny blocking echo server on a thread, to check the generator's own accounting.
+    fn echo_server() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = s.read(&mut buf) {
+                        if n == 0 || s.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn closed_loop_counts_and_verifies() {
+        let cfg = Config {
+            addr: echo_server(),
+            conns: 4,
+            size: 100,
+            depth: 2,
+            rate: None,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            threads: 2,
+            server_pid: Some(std::process::id()),
+        };
+        let out = run(&cfg).unwrap();
+        assert!(out.msgs > 100, "{out:?}");
+        assert_eq!(out.errors, 0);
+        assert_eq!(out.latency.count, out.msgs);
+        assert!(out.server_cpu.is_some());
+        assert!(out.json().contains("\"errors\":0"));
+    }
+
+    #[test]
+    fn open_loop_holds_the_rate() {
+        let cfg = Config {
+            addr: echo_server(),
+            conns: 10,
+            size: 64,
+            depth: 1,
+            rate: Some(2000.0),
+            duration: Duration::from_millis(500),
+            warmup: Duration::from_millis(100),
+            threads: 1,
+            server_pid: None,
+        };
+        let out = run(&cfg).unwrap();
+        assert_eq!(out.errors, 0);
+        // 2,000/s for 0.5 s is 1,000 messages; allow for edges of the window.
+        assert!((800..=1200).contains(&out.msgs), "{} messages", out.msgs);
+    }
+
+    #[test]
+    fn corrupted_echo_is_an_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = l.accept() {
+                let mut buf = [0u8; 64];
+                if let Ok(n) = s.read(&mut buf) {
+                    buf[0] ^= 0xff;
+                    let _ = s.write_all(&buf[..n]);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let cfg = Config {
+            addr,
+            conns: 1,
+            size: 64,
+            depth: 1,
+            rate: None,
+            duration: Duration::from_millis(200),
+            warmup: Duration::ZERO,
+            threads: 1,
+            server_pid: None,
+        };
+        let out = run(&cfg).unwrap();
+        assert!(out.errors >= 1, "a flipped byte must be caught: {out:?}");
+    }
+}
