@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
 
-use crate::stats::{latency_histogram, process_cpu, self_cpu, thousands, Latency};
+use crate::stats::{latency_histogram, perf_syscalls, process_cpu, self_cpu, thousands, Latency};
 
 /// Pattern period: a prime, so connections' windows do not line up with message sizes.
 const PERIOD: usize = 65_521;
@@ -48,6 +48,8 @@ pub struct Config {
     pub threads: usize,
     /// Server process whose CPU time is reported per message.
     pub server_pid: Option<u32>,
+    /// Count the server's syscalls over the measured window with `perf stat`.
+    pub count_syscalls: bool,
 }
 
 /// What a run measured.
@@ -69,6 +71,8 @@ pub struct Outcome {
     pub server_cpu: Option<Duration>,
     /// Message size.
     pub size: usize,
+    /// Server (syscalls, io_uring_enter calls) during the window, when counted.
+    pub server_syscalls: Option<(u64, u64)>,
 }
 
 impl Outcome {
@@ -244,6 +248,10 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
     let client0 = self_cpu();
     let server0 = cfg.server_pid.and_then(process_cpu);
+    let perf = match (cfg.count_syscalls, cfg.server_pid) {
+        (true, Some(pid)) => perf_syscalls(pid, cfg.duration),
+        _ => None,
+    };
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let client_cpu = self_cpu().saturating_sub(client0);
     let server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
@@ -258,6 +266,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
         size: cfg.size,
         ..Default::default()
     };
+    out.server_syscalls = perf.and_then(|h| h.join().ok().flatten());
     let mut hist = latency_histogram();
     for h in handles {
         let r = h.join().map_err(|_| "load thread panicked")??;
@@ -497,6 +506,7 @@ mod tests {
             warmup: Duration::from_millis(50),
             threads: 2,
             server_pid: Some(std::process::id()),
+            count_syscalls: false,
         };
         let out = run(&cfg).unwrap();
         assert!(out.msgs > 100, "{out:?}");
@@ -518,6 +528,7 @@ mod tests {
             warmup: Duration::from_millis(100),
             threads: 1,
             server_pid: None,
+            count_syscalls: false,
         };
         let out = run(&cfg).unwrap();
         assert_eq!(out.errors, 0);
@@ -549,6 +560,7 @@ mod tests {
             warmup: Duration::ZERO,
             threads: 1,
             server_pid: None,
+            count_syscalls: false,
         };
         let out = run(&cfg).unwrap();
         assert!(out.errors >= 1, "a flipped byte must be caught: {out:?}");

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod echo;
 mod fileread;
 mod stats;
@@ -22,6 +23,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start ringwork-echo per backend and write BENCHMARKS.md with tables and SVG plots.
+    Compare {
+        /// A small matrix that finishes in under two minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Measured seconds per cell.
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Warm-up seconds per cell.
+        #[arg(long)]
+        warmup: Option<f64>,
+        /// Directory for BENCHMARKS.md and the SVG plots.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// The ringwork-echo binary (default: next to this one).
+        #[arg(long)]
+        server_bin: Option<PathBuf>,
+        /// Also run ringwork-echo with --sqpoll as a third backend.
+        #[arg(long)]
+        sqpoll: bool,
+        /// Another echo server you already run, as another column: NAME=HOST:PORT (repeatable).
+        #[arg(long, value_parser = compare::parse_external)]
+        external: Vec<compare::Backend>,
+    },
     /// Load an echo server: closed loop (--depth) or open loop (--rate), verified bytes,
     /// HDR latency, server CPU per message.
     Echo {
@@ -53,6 +78,9 @@ enum Command {
         /// The server's pid, to report its CPU time per message.
         #[arg(long)]
         server_pid: Option<u32>,
+        /// With --server-pid: count the server's syscalls over the window with perf stat.
+        #[arg(long)]
+        count_syscalls: bool,
         /// Write the result as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -138,6 +166,59 @@ fn warm(path: &std::path::Path) -> Result<(), String> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Compare {
+            quick,
+            duration,
+            warmup,
+            out,
+            server_bin,
+            sqpoll,
+            external,
+        } => (|| -> Result<(), String> {
+            raise_nofile_limit();
+            let server_bin = match server_bin {
+                Some(p) => p,
+                None => std::env::current_exe()
+                    .map_err(|e| e.to_string())?
+                    .with_file_name("ringwork-echo"),
+            };
+            if !server_bin.exists() {
+                return Err(format!(
+                    "{} not found: build it (cargo build --release -p ringwork-echo) or pass --server-bin",
+                    server_bin.display()
+                ));
+            }
+            let mut backends = compare::default_backends(sqpoll);
+            backends.extend(external);
+            let opts = compare::Options {
+                server_bin,
+                backends,
+                cells: compare::matrix(quick),
+                duration: Duration::from_secs_f64(duration.unwrap_or(if quick {
+                    2.0
+                } else {
+                    5.0
+                })),
+                warmup: Duration::from_secs_f64(warmup.unwrap_or(if quick { 0.5 } else { 1.0 })),
+                out_dir: out,
+                command_line: std::env::args()
+                    .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            };
+            let rows = compare::run(&opts)?;
+            let errors: u64 = rows.iter().map(|r| r.outcome.errors).sum();
+            println!(
+                "wrote {} ({} rows, {} errors)",
+                opts.out_dir.join("BENCHMARKS.md").display(),
+                rows.len(),
+                errors
+            );
+            if errors > 0 {
+                return Err(format!("{errors} connection errors during the comparison"));
+            }
+            Ok(())
+        })(),
         Command::Echo {
             addr,
             conns,
@@ -148,6 +229,7 @@ fn main() {
             warmup,
             threads,
             server_pid,
+            count_syscalls,
             json,
         } => (|| -> Result<(), String> {
             raise_nofile_limit();
@@ -161,6 +243,7 @@ fn main() {
                 warmup: Duration::from_secs_f64(warmup),
                 threads,
                 server_pid,
+                count_syscalls: server_pid.is_some() && count_syscalls,
             };
             println!("# ringwork-bench echo on {}", stats::machine_line());
             println!(

@@ -2,6 +2,7 @@
 //! process CPU time from /proc, and the machine facts every report starts with.
 
 use std::fmt::Write as _;
+use std::process::Command;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -111,6 +112,44 @@ pub fn thousands(n: f64) -> String {
         out.push(c);
     }
     out
+}
+
+/// `perf stat` of a process's syscalls over `window`, started now, in a thread that joins to
+/// (all syscalls, io_uring_enter calls). None when perf is not installed.
+pub fn perf_syscalls(
+    pid: u32,
+    window: Duration,
+) -> Option<std::thread::JoinHandle<Option<(u64, u64)>>> {
+    Command::new("perf").arg("--version").output().ok()?;
+    Some(std::thread::spawn(move || {
+        let out = Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                "raw_syscalls:sys_enter",
+                "-e",
+                "syscalls:sys_enter_io_uring_enter",
+                "-p",
+                &pid.to_string(),
+                "--",
+                "sleep",
+                &format!("{:.3}", window.as_secs_f64()),
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let count = |event: &str| {
+            text.lines()
+                .find(|l| l.contains(event))
+                .and_then(|l| l.split(',').next())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Some((
+            count("raw_syscalls:sys_enter")?,
+            count("sys_enter_io_uring_enter").unwrap_or(0),
+        ))
+    }))
 }
 
 #[cfg(test)]

@@ -1,0 +1,635 @@
+//! `ringwork-bench compare`: the io_uring-vs-epoll report.
+//!
+//! Starts `ringwork-echo` once per backend, pinned to its own CPU with the load generator on
+//! another (when there are at least two), runs the same matrix against each, counts the
+//! server's syscalls with `perf stat` where perf works, and writes `BENCHMARKS.md` plus SVG
+//! plots. Backends are run cell by cell in alternation (uring, epoll, uring, epoll, ...) so
+//! that a noisy neighbour hurts both alike.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::echo;
+use crate::stats::{machine_line, thousands};
+
+/// One server to measure.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// Column name.
+    pub name: String,
+    /// `ringwork-echo` arguments, or None for an external server.
+    pub args: Option<Vec<String>>,
+    /// Address of an external server.
+    pub external: Option<SocketAddr>,
+}
+
+/// One cell of the matrix.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cell {
+    /// Message size.
+    pub size: usize,
+    /// Connections.
+    pub conns: usize,
+    /// Open-loop rate, or closed loop at depth 1.
+    pub rate: Option<f64>,
+}
+
+/// The matrix, per the benchmark issue: 64 B, 512 B, 4 KiB x 50 and 500 connections closed
+/// loop, and 10,000 connections open loop at 20,000 msgs/s. `quick` keeps it under two minutes.
+pub fn matrix(quick: bool) -> Vec<Cell> {
+    if quick {
+        return vec![
+            Cell {
+                size: 64,
+                conns: 50,
+                rate: None,
+            },
+            Cell {
+                size: 512,
+                conns: 500,
+                rate: None,
+            },
+            Cell {
+                size: 64,
+                conns: 1000,
+                rate: Some(5000.0),
+            },
+        ];
+    }
+    let mut cells = Vec::new();
+    for size in [64, 512, 4096] {
+        for conns in [50, 500] {
+            cells.push(Cell {
+                size,
+                conns,
+                rate: None,
+            });
+        }
+    }
+    cells.push(Cell {
+        size: 64,
+        conns: 10_000,
+        rate: Some(20_000.0),
+    });
+    cells
+}
+
+/// A measured cell.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Which backend.
+    pub backend: String,
+    /// Which cell.
+    pub cell: Cell,
+    /// The generator's result, with the server's CPU and syscall counts.
+    pub outcome: echo::Outcome,
+}
+
+impl Row {
+    /// (syscalls, io_uring_enter calls) per message, when perf counted them.
+    fn per_msg(&self) -> (Option<f64>, Option<f64>) {
+        let msgs = self.outcome.msgs.max(1) as f64;
+        match self.outcome.server_syscalls {
+            Some((all, enters)) => (Some(all as f64 / msgs), Some(enters as f64 / msgs)),
+            None => (None, None),
+        }
+    }
+}
+
+/// Options of a comparison run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The ringwork-echo binary.
+    pub server_bin: PathBuf,
+    /// Backends to compare.
+    pub backends: Vec<Backend>,
+    /// Cells to run.
+    pub cells: Vec<Cell>,
+    /// Measured seconds per cell.
+    pub duration: Duration,
+    /// Warm-up seconds per cell.
+    pub warmup: Duration,
+    /// Where BENCHMARKS.md and the SVGs go.
+    pub out_dir: PathBuf,
+    /// The command line, quoted in the report.
+    pub command_line: String,
+}
+
+/// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
+pub fn default_backends(sqpoll: bool) -> Vec<Backend> {
+    let mut v = vec![
+        Backend {
+            name: "uring".into(),
+            args: Some(vec!["--backend".into(), "uring".into()]),
+            external: None,
+        },
+        Backend {
+            name: "epoll".into(),
+            args: Some(vec!["--backend".into(), "epoll".into()]),
+            external: None,
+        },
+    ];
+    if sqpoll {
+        v.insert(
+            1,
+            Backend {
+                name: "uring+sqpoll".into(),
+                args: Some(vec!["--backend".into(), "uring".into(), "--sqpoll".into()]),
+                external: None,
+            },
+        );
+    }
+    v
+}
+
+/// Parses `NAME=HOST:PORT`.
+pub fn parse_external(s: &str) -> Result<Backend, String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--external wants NAME=HOST:PORT, got {s:?}"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("--external {s:?}: bad address: {e}"))?;
+    Ok(Backend {
+        name: name.to_string(),
+        args: None,
+        external: Some(addr),
+    })
+}
+
+struct RunningServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Pins `pid` (0: this process) to `cpu`.
+fn pin(pid: u32, cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    let pid = rustix::process::Pid::from_raw(pid as i32);
+    let _ = rustix::thread::sched_setaffinity(pid, &set);
+}
+
+fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
+    let mut child = Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", bin.display()))?;
+    if cpus() >= 2 {
+        // The server's one worker thread on the last CPU, the generator elsewhere.
+        for task in std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            if let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() {
+                pin(tid, cpus() - 1);
+            }
+        }
+    }
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .ok_or("server exited before printing its address")?
+            .map_err(|e| e.to_string())?;
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e| format!("bad address in {line:?}: {e}"))?;
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    // Threads started after the listening line inherit the pinning of their creator.
+    Ok(RunningServer { child, addr })
+}
+
+/// Runs the comparison and writes the report; returns the rows.
+pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
+    if cpus() >= 2 {
+        pin(0, 0);
+    }
+    let mut servers = Vec::new();
+    for b in &opts.backends {
+        let s = match (&b.args, b.external) {
+            (Some(args), _) => Some(start_server(&opts.server_bin, args)?),
+            (None, Some(_)) => None,
+            (None, None) => return Err(format!("backend {} has neither args nor address", b.name)),
+        };
+        servers.push(s);
+    }
+    let mut rows = Vec::new();
+    for cell in &opts.cells {
+        for (b, s) in opts.backends.iter().zip(&servers) {
+            let addr = s
+                .as_ref()
+                .map(|s| s.addr)
+                .or(b.external)
+                .expect("checked above");
+            let pid = s.as_ref().map(|s| s.child.id());
+            let cfg = echo::Config {
+                addr,
+                conns: cell.conns,
+                size: cell.size,
+                depth: 1,
+                rate: cell.rate,
+                duration: opts.duration,
+                warmup: opts.warmup,
+                threads: 1,
+                server_pid: pid,
+                count_syscalls: true,
+            };
+            let outcome = echo::run(&cfg).map_err(|e| format!("{} {cell:?}: {e}", b.name))?;
+            eprintln!(
+                "{:>12} {:>5} B x {:>5} {}: {:>9} msgs/s p99 {:>7.0} µs errors {}",
+                b.name,
+                cell.size,
+                cell.conns,
+                cell.rate.map_or("closed".into(), |r| format!("open@{r}")),
+                thousands(outcome.msgs_per_sec()),
+                outcome.latency.p99_us,
+                outcome.errors
+            );
+            rows.push(Row {
+                backend: b.name.clone(),
+                cell: *cell,
+                outcome,
+            });
+        }
+    }
+    drop(servers);
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
+    let report = report(opts, &rows);
+    std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())?;
+    for (file, svg) in plots(opts, &rows) {
+        std::fs::write(opts.out_dir.join(file), svg).map_err(|e| e.to_string())?;
+    }
+    Ok(rows)
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The Markdown report.
+pub fn report(opts: &Options, rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Ringwork echo benchmark: io_uring against epoll\n");
+    let _ = writeln!(s, "Produced by `{}`.\n", opts.command_line);
+    let _ = writeln!(
+        s,
+        "Machine: {}. Server: one worker thread{}; load generator: `ringwork-bench echo`, one thread{}. \
+         {} s measured after {} s warm-up per cell; cells alternate between backends.\n",
+        machine_line(),
+        if cpus() >= 2 { ", pinned to the last CPU" } else { "" },
+        if cpus() >= 2 { ", pinned to CPU 0" } else { "" },
+        opts.duration.as_secs_f64(),
+        opts.warmup.as_secs_f64(),
+    );
+    let _ = writeln!(
+        s,
+        "Server CPU is user+system time from /proc/PID/stat over the measured window (10 ms ticks). \
+         Syscalls are counted by `perf stat -e raw_syscalls:sys_enter -e syscalls:sys_enter_io_uring_enter -p PID` \
+         over the same window (\"-\" where perf is unavailable).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| backend | size | conns | load | msgs/s | p50 µs | p95 µs | p99 µs | p99.9 µs | server CPU µs/msg | syscalls/msg | io_uring_enter/msg | errors |"
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in rows {
+        let o = &r.outcome;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |",
+            r.backend,
+            r.cell.size,
+            r.cell.conns,
+            r.cell.rate.map_or("closed, depth 1".into(), |v| format!(
+                "open, {} msgs/s",
+                thousands(v)
+            )),
+            thousands(o.msgs_per_sec()),
+            o.latency.p50_us,
+            o.latency.p95_us,
+            o.latency.p99_us,
+            o.latency.p999_us,
+            fmt_opt(o.server_us_per_msg(), 2),
+            fmt_opt(r.per_msg().0, 3),
+            fmt_opt(r.per_msg().1, 3),
+            o.errors
+        );
+    }
+    // Ratios, uring against epoll, per cell: the figures the targets are stated in.
+    let by = |name: &str, cell: &Cell| rows.iter().find(|r| r.backend == name && r.cell == *cell);
+    let mut ratio_lines = String::new();
+    for cell in &opts.cells {
+        if let (Some(u), Some(e)) = (by("uring", cell), by("epoll", cell)) {
+            let cpu = match (u.outcome.server_us_per_msg(), e.outcome.server_us_per_msg()) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                ratio_lines,
+                "| {} B x {} {} | {:.2}x | {} |",
+                cell.size,
+                cell.conns,
+                if cell.rate.is_some() {
+                    "open"
+                } else {
+                    "closed"
+                },
+                u.outcome.msgs_per_sec() / e.outcome.msgs_per_sec().max(1e-9),
+                cpu
+            );
+        }
+    }
+    if !ratio_lines.is_empty() {
+        let _ = writeln!(s, "\n## uring / epoll\n");
+        let _ = writeln!(
+            s,
+            "| cell | msgs/s ratio | server CPU per msg ratio (target ≤ 0.75x) |"
+        );
+        let _ = writeln!(s, "| --- | ---: | ---: |");
+        s.push_str(&ratio_lines);
+    }
+    let _ = writeln!(
+        s,
+        "\n![throughput](echo-throughput.svg) ![p99](echo-p99.svg)"
+    );
+    s
+}
+
+/// SVG line plots of throughput and p99 against connections, one line per backend
+/// (closed-loop 64 B cells).
+pub fn plots(opts: &Options, rows: &[Row]) -> Vec<(&'static str, String)> {
+    let size = 64;
+    let series = |f: &dyn Fn(&Row) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
+        opts.backends
+            .iter()
+            .map(|b| {
+                let pts = rows
+                    .iter()
+                    .filter(|r| r.backend == b.name && r.cell.size == size && r.cell.rate.is_none())
+                    .map(|r| (r.cell.conns as f64, f(r)))
+                    .collect();
+                (b.name.clone(), pts)
+            })
+            .collect()
+    };
+    vec![
+        (
+            "echo-throughput.svg",
+            svg_plot(
+                "64 B echo, closed loop: messages/s",
+                "connections",
+                "msgs/s",
+                &series(&|r| r.outcome.msgs_per_sec()),
+            ),
+        ),
+        (
+            "echo-p99.svg",
+            svg_plot(
+                "64 B echo, closed loop: p99 latency",
+                "connections",
+                "p99 µs",
+                &series(&|r| r.outcome.latency.p99_us),
+            ),
+        ),
+    ]
+}
+
+/// A minimal dependency-free SVG line chart with a log-scale x axis.
+pub fn svg_plot(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    const W: f64 = 560.0;
+    const H: f64 = 320.0;
+    const L: f64 = 70.0;
+    const R: f64 = 130.0;
+    const T: f64 = 40.0;
+    const B: f64 = 50.0;
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    let (xmin, xmax) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+    let ymax = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.1;
+    let (lx0, lx1) = (xmin.max(1.0).ln(), xmax.max(xmin + 1.0).ln());
+    let x = |v: f64| L + (v.max(1.0).ln() - lx0) / (lx1 - lx0).max(1e-9) * (W - L - R);
+    let y = |v: f64| H - B - v / ymax.max(1e-9) * (H - T - B);
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = write!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
+        W / 2.0,
+        esc(title)
+    );
+    let _ = write!(
+        s,
+        r#"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="black"/>"#,
+        H - B,
+        W - R,
+        H - B,
+        H - B
+    );
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let _ = write!(
+            s,
+            r##"<text x="{}" y="{}" text-anchor="end">{}</text><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#ddd"/>"##,
+            L - 6.0,
+            y(v) + 4.0,
+            thousands(v),
+            y(v),
+            W - R,
+            y(v)
+        );
+    }
+    let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.dedup();
+    for v in xs {
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+            x(v),
+            H - B + 18.0,
+            thousands(v)
+        );
+    }
+    let _ = write!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        (L + W - R) / 2.0,
+        H - 10.0,
+        esc(xlabel)
+    );
+    let _ = write!(
+        s,
+        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+        (T + H - B) / 2.0,
+        (T + H - B) / 2.0,
+        esc(ylabel)
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .collect();
+        let _ = write!(
+            s,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for p in points {
+            let _ = write!(
+                s,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                x(p.0),
+                y(p.1)
+            );
+        }
+        let ly = T + 10.0 + 18.0 * i as f64;
+        let _ = write!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
+            W - R + 10.0,
+            W - R + 30.0,
+            W - R + 35.0,
+            ly + 4.0,
+            esc(name)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(backend: &str, conns: usize, msgs: u64, cpu_ms: u64) -> Row {
+        Row {
+            backend: backend.into(),
+            cell: Cell {
+                size: 64,
+                conns,
+                rate: None,
+            },
+            outcome: echo::Outcome {
+                msgs,
+                elapsed: Duration::from_secs(1),
+                server_cpu: Some(Duration::from_millis(cpu_ms)),
+                size: 64,
+                server_syscalls: Some((msgs / 10, msgs / 20)),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn opts() -> Options {
+        Options {
+            server_bin: "ringwork-echo".into(),
+            backends: default_backends(false),
+            cells: vec![
+                Cell {
+                    size: 64,
+                    conns: 50,
+                    rate: None,
+                },
+                Cell {
+                    size: 64,
+                    conns: 500,
+                    rate: None,
+                },
+            ],
+            duration: Duration::from_secs(1),
+            warmup: Duration::ZERO,
+            out_dir: ".".into(),
+            command_line: "ringwork-bench compare".into(),
+        }
+    }
+
+    #[test]
+    fn report_has_every_row_and_the_ratios() {
+        let rows = vec![
+            row("uring", 50, 100_000, 500),
+            row("epoll", 50, 80_000, 800),
+            row("uring", 500, 90_000, 450),
+            row("epoll", 500, 70_000, 700),
+        ];
+        let r = report(&opts(), &rows);
+        assert_eq!(r.lines().filter(|l| l.starts_with("| uring |")).count(), 2);
+        assert_eq!(r.lines().filter(|l| l.starts_with("| epoll |")).count(), 2);
+        // uring: 500 ms / 100,000 msgs = 5 µs; epoll: 800 ms / 80,000 = 10 µs: ratio 0.50x.
+        assert!(r.contains("| 64 B x 50 closed | 1.25x | 0.50x |"), "{r}");
+        assert!(
+            r.contains("| 0.100 | 0.050 |"),
+            "syscalls and enters per message: {r}"
+        );
+    }
+
+    #[test]
+    fn svg_has_one_line_per_backend() {
+        let rows = vec![
+            row("uring", 50, 100_000, 500),
+            row("epoll", 50, 80_000, 800),
+            row("uring", 500, 90_000, 450),
+            row("epoll", 500, 70_000, 700),
+        ];
+        let plots = plots(&opts(), &rows);
+        assert_eq!(plots.len(), 2);
+        for (_, svg) in plots {
+            assert_eq!(svg.matches("<polyline").count(), 2);
+            assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        }
+    }
+
+    #[test]
+    fn external_parses() {
+        let b = parse_external("nginx=127.0.0.1:9000").unwrap();
+        assert_eq!(b.name, "nginx");
+        assert!(parse_external("nginx").is_err());
+        assert!(parse_external("x=notanaddr").is_err());
+    }
+}
