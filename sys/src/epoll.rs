@@ -8,6 +8,8 @@ use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
+use rustix::time::Timespec;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -49,11 +51,19 @@ impl Epoll {
         epoll::delete(&self.fd, fd).map_err(Error::syscall("epoll_ctl DEL"))
     }
 
-    /// Waits (forever) for events; returns them as `(key, flags)` pairs. EINTR gives none.
-    pub fn wait(&mut self) -> Result<impl Iterator<Item = (u64, EventFlags)> + '_> {
+    /// Waits for events (at most `timeout`, or forever); returns them as `(key, flags)` pairs.
+    /// EINTR and a timeout give none.
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<impl Iterator<Item = (u64, EventFlags)> + '_> {
         self.events.clear();
         self.waits += 1;
-        match epoll::wait(&self.fd, spare_capacity(&mut self.events), None) {
+        let ts = timeout.map(|d| Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        });
+        match epoll::wait(&self.fd, spare_capacity(&mut self.events), ts.as_ref()) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(errno) => {
                 return Err(Error::Syscall {
