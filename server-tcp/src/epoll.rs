@@ -68,6 +68,7 @@ pub fn run(
     listener: OwnedFd,
     wake: OwnedFd,
     shared: &Shared,
+    ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
     ep.add(&listener, LISTENER_KEY, Interest::IN | Interest::ET)?;
@@ -90,13 +91,14 @@ pub fn run(
         stats: WorkerStats::default(),
         queue: VecDeque::new(),
     };
-    let mut ready: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
+    let _ = ready.send(());
+    let mut events: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
     while !(w.stopping.is_some() && w.conns.is_empty()) {
         let timeout = w.stopping.map(|_| Duration::from_millis(100));
-        ready.clear();
-        ready.extend(w.ep.wait(timeout)?);
-        w.stats.completions += ready.len() as u64;
-        for &(key, flags) in &ready {
+        events.clear();
+        events.extend(w.ep.wait(timeout)?);
+        w.stats.completions += events.len() as u64;
+        for &(key, flags) in &events {
             match key {
                 LISTENER_KEY => w.accept_all()?,
                 WAKE_KEY => w.on_wake()?,

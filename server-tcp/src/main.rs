@@ -181,6 +181,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let shared = Arc::new(Shared::default());
     let mut wakers: Vec<OwnedFd> = Vec::new();
     let mut workers = Vec::new();
+    // Each worker reports once its ring (or epoll set) and buffers are set up, so that the
+    // `listening on` line means "serving" and the idle fd count and RSS are final.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     for (i, listener) in listeners.into_iter().enumerate() {
         // The ring reads the eventfd like any file, so it must block there (a nonblocking one
         // would complete with EAGAIN); the epoll worker reads it nonblocking.
@@ -193,12 +196,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         wakers.push(wake);
         let shared = Arc::clone(&shared);
         let backend = args.backend;
+        let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("echo-{i}"))
             .spawn(move || {
                 let res = match backend {
-                    Backend::Uring => uring::run(cfg, listener, worker_wake, &shared),
-                    Backend::Epoll => epoll::run(cfg, listener, worker_wake, &shared),
+                    Backend::Uring => uring::run(cfg, listener, worker_wake, &shared, ready),
+                    Backend::Epoll => epoll::run(cfg, listener, worker_wake, &shared, ready),
                 };
                 res.unwrap_or_else(|e| {
                     // A worker that cannot run leaves the process half-served: stop it all.
@@ -209,6 +213,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         workers.push(handle);
     }
 
+    drop(ready_tx);
+    for _ in 0..threads {
+        // A worker that failed exits the process; a closed channel means all have reported.
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
     let backend = match args.backend {
         Backend::Uring => "uring",
         Backend::Epoll => "epoll",

@@ -78,6 +78,7 @@ pub fn run(
     listener: OwnedFd,
     wake: OwnedFd,
     shared: &Shared,
+    ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let base = RingParams::new(cfg.sq_entries).cq_entries(cfg.sq_entries * 4);
     // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer wake-ups).
@@ -113,6 +114,8 @@ pub fn run(
     };
     w.arm_accept()?;
     w.arm_wake()?;
+    w.ring.submit()?;
+    let _ = ready.send(());
     w.run_loop()?;
     let rs = w.ring.stats();
     w.stats.enters = rs.enters;
