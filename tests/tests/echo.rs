@@ -150,6 +150,18 @@ fn integrity_500_clients_epoll() {
     integrity(BACKENDS[1]);
 }
 
+/// The single-shot accept path (what a kernel without multishot accept gets), forced.
+#[test]
+fn single_shot_accept_fallback_uring() {
+    raise_nofile_limit();
+    let server = start("uring", &["--threads", "1", "--accept-mode", "single"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 100, None, |i| 1 + i * 331);
+    assert_fds_return(&server, baseline, "after single-shot accepts");
+    let stats = terminate(server);
+    assert_eq!(stat(&stats, "conns"), 100, "{stats}");
+}
+
 fn misbehaving_clients(backend: &str) {
     raise_nofile_limit();
     let server = start(backend, &["--threads", "2"]);
