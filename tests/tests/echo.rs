@@ -441,3 +441,42 @@ fn sigterm_under_load_uring() {
 fn sigterm_under_load_epoll() {
     sigterm_under_load(BACKENDS[1]);
 }
+
+/// `--max-conns`: connections beyond the limit are closed at once; freed room is reused.
+#[test]
+fn max_conns_closes_the_excess() {
+    for backend in BACKENDS {
+        let server = start(backend, &["--threads", "1", "--max-conns", "2"]);
+        let baseline = server.fd_count();
+        let held: Vec<TcpStream> = (0..2)
+            .map(|i| {
+                let mut s = TcpStream::connect(server.addr).unwrap();
+                s.write_all(&[i; 10]).unwrap();
+                let mut back = [0u8; 10];
+                s.read_exact(&mut back).unwrap();
+                assert_eq!(back, [i; 10]);
+                s
+            })
+            .collect();
+        let mut excess = TcpStream::connect(server.addr).unwrap();
+        excess
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = excess.write_all(b"over the limit");
+        let mut buf = [0u8; 32];
+        match excess.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{backend}: the excess connection was served ({n} bytes)"),
+        }
+        drop(held);
+        drop(excess);
+        assert_fds_return(&server, baseline, "after the held connections closed");
+        let payload = random_bytes(9, 1000);
+        assert!(
+            exchange(server.addr, &payload, None) == payload,
+            "{backend}: no room after the held connections closed"
+        );
+        let stats = terminate(server);
+        assert!(stat(&stats, "rejected") >= 1, "{backend}: {stats}");
+    }
+}
