@@ -4,6 +4,10 @@
 //! and waits for SIGINT/SIGTERM on a signalfd; it then wakes every worker through its eventfd,
 //! joins them and prints one `stats:` line summed over threads. The protocol lives in
 //! `ringwork_core::conn`; the drivers in [`uring`] and [`epoll`] only perform its operations.
+//!
+//! The io_uring driver holds the only `unsafe` outside sys: pushing SQEs (whose buffers it
+//! keeps alive until their CQEs) and adopting accepted descriptors; each block says why.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

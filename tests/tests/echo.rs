@@ -265,7 +265,8 @@ fn ten_thousand(backend: &str) {
     let rss_idle = server.rss_kib();
     let per_conn = (rss_idle.saturating_sub(rss_before) * 1024) as f64 / CONNS as f64;
     println!(
-        "{backend}: RSS {rss_before} KiB idle, {rss_idle} KiB with {CONNS} connections: {per_conn:.0} bytes per connection"
+        "{backend}: RSS {rss_before} KiB idle, {rss_idle} KiB with {CONNS} connections: \
+         {per_conn:.0} bytes per connection (beyond the slots preallocated for --max-conns)"
     );
     drop(client.stdin.take()); // the client exits and closes everything
     assert!(client.wait().unwrap().success(), "client failed");
