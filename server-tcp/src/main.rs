@@ -1,1 +1,264 @@
-fn main() {}
+//! ringwork-echo: a TCP echo server, thread-per-core, on io_uring (or the epoll baseline).
+//!
+//! `main` parses flags, opens one SO_REUSEPORT listener per worker thread, starts the workers,
+//! and waits for SIGINT/SIGTERM on a signalfd; it then wakes every worker through its eventfd,
+//! joins them and prints one `stats:` line summed over threads. The protocol lives in
+//! `ringwork_core::conn`; the drivers in [`uring`] and [`epoll`] only perform its operations.
+//!
+//! The io_uring driver holds the only `unsafe` outside sys: pushing SQEs (whose buffers it
+//! keeps alive until their CQEs) and adopting accepted descriptors; each block says why.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use clap::{Parser, ValueEnum};
+use rustix::event::{eventfd, EventfdFlags};
+use rustix::fd::OwnedFd;
+
+mod epoll;
+mod uring;
+
+/// Which I/O model the workers use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// io_uring: multishot accept, multishot recv from a provided buffer ring, send.
+    Uring,
+    /// Edge-triggered epoll with nonblocking accept4/read/send (the benchmark baseline).
+    Epoll,
+}
+
+/// How the io_uring backend accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AcceptMode {
+    /// Multishot when the kernel has it (probed), single-shot otherwise.
+    Auto,
+    /// Always single-shot (the fallback path, forced for testing).
+    Single,
+}
+
+/// TCP echo server on io_uring, thread-per-core.
+#[derive(Parser, Debug)]
+#[command(name = "ringwork-echo", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port and prints it).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Worker threads, each with its own ring and SO_REUSEPORT listener [default: CPUs].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value_t = Backend::Uring)]
+    backend: Backend,
+    /// Receive buffers per thread (provided buffer ring / epoll pool); a power of two.
+    #[arg(long, default_value_t = 1024)]
+    buffers: u16,
+    /// Size of each receive buffer in bytes.
+    #[arg(long, default_value_t = 4096)]
+    buffer_size: u32,
+    /// Most connections open at once in this process; more are closed as soon as accepted.
+    #[arg(long, default_value_t = 20_000)]
+    max_conns: usize,
+    /// Submission queue entries per ring (the completion queue gets four times as many).
+    #[arg(long, default_value_t = 1024)]
+    sq_entries: u32,
+    /// io_uring accept mode (testing aid).
+    #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
+    accept_mode: AcceptMode,
+}
+
+/// What every worker needs, fixed at start.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerConfig {
+    buffers: u16,
+    buffer_size: u32,
+    max_conns: usize,
+    sq_entries: u32,
+    force_single_accept: bool,
+}
+
+/// State shared by all workers of the process.
+#[derive(Default)]
+pub struct Shared {
+    /// Set once a shutdown signal arrived (workers are also woken through their eventfd).
+    pub stopping: AtomicBool,
+    /// Connections open in the whole process, for `--max-conns`.
+    pub live: AtomicUsize,
+}
+
+impl Shared {
+    /// Reserves room for one more connection; false when the process is at `max`.
+    pub fn try_admit(&self, max: usize) -> bool {
+        self.live
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Releases a connection admitted by [`Shared::try_admit`].
+    pub fn release(&self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A worker's counters, summed into the final `stats:` line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WorkerStats {
+    /// Connections accepted and served.
+    pub conns: u64,
+    /// Connections closed at once because of `--max-conns` or shutdown.
+    pub rejected: u64,
+    /// Bytes echoed.
+    pub bytes: u64,
+    /// io_uring_enter calls (epoll: epoll_wait calls).
+    pub enters: u64,
+    /// SQEs submitted.
+    pub submitted: u64,
+    /// CQEs harvested (epoll: events).
+    pub completions: u64,
+    /// Completions for an earlier incarnation of a slot, ignored.
+    pub stale: u64,
+    /// Events the connection state machine refused (driver bugs; logged).
+    pub refused: u64,
+    /// Receives that found no buffer (ENOBUFS).
+    pub nobufs: u64,
+}
+
+impl std::ops::AddAssign for WorkerStats {
+    fn add_assign(&mut self, o: Self) {
+        self.conns += o.conns;
+        self.rejected += o.rejected;
+        self.bytes += o.bytes;
+        self.enters += o.enters;
+        self.submitted += o.submitted;
+        self.completions += o.completions;
+        self.stale += o.stale;
+        self.refused += o.refused;
+        self.nobufs += o.nobufs;
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringwork-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if !args.buffers.is_power_of_two() || args.buffers > 1 << 15 {
+        return Err("--buffers must be a power of two no larger than 32768".into());
+    }
+    if args.buffer_size == 0 {
+        return Err("--buffer-size must be at least 1".into());
+    }
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let signals = ringwork_sys::signal::ShutdownSignals::new()?;
+    raise_nofile_limit();
+
+    let nonblocking = args.backend == Backend::Epoll;
+    let first = ringwork_sys::net::reuseport_listener(args.listen, nonblocking)?;
+    let addr = ringwork_sys::net::local_addr(&first)?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(ringwork_sys::net::reuseport_listener(addr, nonblocking)?);
+    }
+
+    let cfg = WorkerConfig {
+        buffers: args.buffers,
+        buffer_size: args.buffer_size,
+        max_conns: args.max_conns,
+        sq_entries: args.sq_entries,
+        force_single_accept: args.accept_mode == AcceptMode::Single,
+    };
+    let shared = Arc::new(Shared::default());
+    let mut wakers: Vec<OwnedFd> = Vec::new();
+    let mut workers = Vec::new();
+    // Each worker reports once its ring (or epoll set) and buffers are set up, so that the
+    // `listening on` line means "serving" and the idle fd count and RSS are final.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        // The ring reads the eventfd like any file, so it must block there (a nonblocking one
+        // would complete with EAGAIN); the epoll worker reads it nonblocking.
+        let flags = match args.backend {
+            Backend::Uring => EventfdFlags::CLOEXEC,
+            Backend::Epoll => EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        };
+        let wake = eventfd(0, flags)?;
+        let worker_wake = wake.try_clone()?;
+        wakers.push(wake);
+        let shared = Arc::clone(&shared);
+        let backend = args.backend;
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("echo-{i}"))
+            .spawn(move || {
+                let res = match backend {
+                    Backend::Uring => uring::run(cfg, listener, worker_wake, &shared, ready),
+                    Backend::Epoll => epoll::run(cfg, listener, worker_wake, &shared, ready),
+                };
+                res.unwrap_or_else(|e| {
+                    // A worker that cannot run leaves the process half-served: stop it all.
+                    eprintln!("ringwork-echo: worker {i}: {e}");
+                    std::process::exit(1)
+                })
+            })?;
+        workers.push(handle);
+    }
+
+    drop(ready_tx);
+    for _ in 0..threads {
+        // A worker that failed exits the process; a closed channel means all have reported.
+        if ready_rx.recv().is_err() {
+            break;
+        }
+    }
+    let backend = match args.backend {
+        Backend::Uring => "uring",
+        Backend::Epoll => "epoll",
+    };
+    println!("ringwork-echo listening on {addr} (backend {backend}, {threads} threads)");
+
+    let signo = signals.wait()?;
+    eprintln!("ringwork-echo: signal {signo}: stopping");
+    shared.stopping.store(true, Ordering::Release);
+    for wake in &wakers {
+        rustix::io::write(wake, &1u64.to_ne_bytes())?;
+    }
+    let mut total = WorkerStats::default();
+    for handle in workers {
+        total += handle.join().map_err(|_| "a worker thread panicked")?;
+    }
+    println!(
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={}",
+        total.conns,
+        total.rejected,
+        total.bytes,
+        total.enters,
+        total.submitted,
+        total.completions,
+        total.stale,
+        total.refused,
+        total.nobufs
+    );
+    Ok(())
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit: each connection is a descriptor.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+}

@@ -2,6 +2,8 @@
 //!
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
 //!   overflow detection, and teardown.
+//! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
+//!   and the epoll baseline's event loop primitive.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
 //!
@@ -11,10 +13,13 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod epoll;
 pub mod error;
 pub mod mmap;
+pub mod net;
 pub mod register;
 pub mod ring;
+pub mod signal;
 pub mod sqe;
 
 pub use error::{kernel_release, Error, Result};

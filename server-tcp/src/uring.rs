@@ -1,0 +1,505 @@
+//! The io_uring echo driver: one ring per thread, everything through the ring.
+//!
+//! The loop: submit and wait for one completion, route each CQE by its token's kind (accept,
+//! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
+//! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
+//! buffers, repeat. No protocol decision is made here.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ringwork_core::buf::{BufGroup, BufId, Lease};
+use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
+use ringwork_core::errno::RawErrno;
+use ringwork_core::slab::Slab;
+use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
+use ringwork_sys::{Cqe, Ring, RingParams, Sqe, Target};
+use rustix::fd::OwnedFd;
+use rustix::io_uring::IoringOp;
+use rustix::net::{SendFlags, SocketFlags};
+
+use crate::{Shared, WorkerConfig, WorkerStats};
+
+const GROUP: BufGroup = BufGroup(0);
+/// Slot of the worker's own operations (accept, wake-up read): they are not connections.
+const WORKER_SLOT: Slot = Slot(u32::MAX);
+/// After a shutdown signal, how long connections may take to flush before their remaining
+/// operations are cancelled (a peer that never reads would otherwise hold the process).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+fn worker_token(kind: OpKind) -> UserData {
+    Token::new(kind, WORKER_SLOT, Generation::ZERO).encode()
+}
+
+struct Conn {
+    fd: RawFd,
+    machine: EchoConn,
+    /// Receive events held back, in order, while the machine's queue is full.
+    ///
+    /// The kernel fills provided buffers for a multishot recv in bursts (up to 32 per wake-up,
+    /// more under DEFER_TASKRUN) before we see any of them, so with a shared ring
+    /// `conn::CANCEL_SLACK` is regularly exceeded by a bulk sender and the machine would fail
+    /// closed with `QueueOverflow`. Parking keeps the bytes and their order; the buffers stay
+    /// the ring's (so the ring bounds the memory), and ENOBUFS then throttles the sender.
+    parked: VecDeque<Event>,
+}
+
+struct Worker<'a> {
+    ring: Ring,
+    conns: Slab<Conn>,
+    /// Leases of the provided buffers connections hold, by buffer id.
+    leases: Vec<Option<Lease>>,
+    /// Connections whose recv ended with ENOBUFS, to wake once buffers are back.
+    starved: Vec<Token>,
+    listener: OwnedFd,
+    wake: OwnedFd,
+    /// The eventfd read's target; the kernel writes it until the read completes.
+    wake_buf: Box<[u8; 8]>,
+    multishot_accept: bool,
+    accept_armed: bool,
+    /// Accept completions seen that succeeded (a multishot EINVAL before any means the kernel
+    /// refuses multishot: fall back).
+    accepted_any: bool,
+    /// Worker-owned ops in flight whose completions carry no state (closes of rejected
+    /// sockets, cancels of the accept, forced cancels at shutdown).
+    misc_in_flight: u64,
+    stopping: Option<Instant>,
+    forced: bool,
+    cfg: WorkerConfig,
+    shared: &'a Shared,
+    stats: WorkerStats,
+}
+
+/// Runs one worker until shutdown has closed every connection.
+pub fn run(
+    cfg: WorkerConfig,
+    listener: OwnedFd,
+    wake: OwnedFd,
+    shared: &Shared,
+    ready: std::sync::mpsc::Sender<()>,
+) -> ringwork_sys::Result<WorkerStats> {
+    let base = RingParams::new(cfg.sq_entries).cq_entries(cfg.sq_entries * 4);
+    // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer wake-ups).
+    let mut ring = match base.clone().single_issuer(true).defer_taskrun(true).build() {
+        Ok(r) => r,
+        Err(_) => base.build()?,
+    };
+    let probe = ring.probe()?;
+    probe.require(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5")?;
+    probe.require(IoringOp::Recv, "IORING_OP_RECV", "5.6")?;
+    probe.require(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5")?;
+    // Multishot accept has no opcode of its own; it arrived in 5.19 together with
+    // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
+    let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
+    ring.register_buf_ring(GROUP, cfg.buffers, cfg.buffer_size)?;
+    let mut w = Worker {
+        ring,
+        conns: Slab::new(cfg.max_conns),
+        leases: (0..cfg.buffers).map(|_| None).collect(),
+        starved: Vec::new(),
+        listener,
+        wake,
+        wake_buf: Box::new([0; 8]),
+        multishot_accept,
+        accept_armed: false,
+        accepted_any: false,
+        misc_in_flight: 0,
+        stopping: None,
+        forced: false,
+        cfg,
+        shared,
+        stats: WorkerStats::default(),
+    };
+    w.arm_accept()?;
+    w.arm_wake()?;
+    w.ring.submit()?;
+    let _ = ready.send(());
+    w.run_loop()?;
+    let rs = w.ring.stats();
+    w.stats.enters = rs.enters;
+    w.stats.submitted = rs.submitted;
+    w.stats.completions = rs.completions;
+    Ok(w.stats)
+}
+
+impl Worker<'_> {
+    fn push(&mut self, sqe: &Sqe) -> ringwork_sys::Result<()> {
+        // SAFETY: every SQE built in this module points only at memory the worker keeps alive
+        // until the CQE is harvested: provided buffers (leased in `leases` until Op::Recycle,
+        // which the state machine issues only after the send's completion) and `wake_buf`
+        // (boxed, dropped after the loop, which ends only once the read completed).
+        unsafe { self.ring.push_or_submit(sqe) }
+    }
+
+    fn arm_accept(&mut self) -> ringwork_sys::Result<()> {
+        let sqe = Sqe::accept(
+            Target::Fd(self.listener.as_raw_fd()),
+            SocketFlags::CLOEXEC,
+            self.multishot_accept,
+            false,
+        )
+        .user_data(worker_token(OpKind::Accept));
+        self.push(&sqe)?;
+        self.accept_armed = true;
+        Ok(())
+    }
+
+    fn arm_wake(&mut self) -> ringwork_sys::Result<()> {
+        let sqe = Sqe::read(
+            Target::Fd(self.wake.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+            0,
+        )
+        .user_data(worker_token(OpKind::Read));
+        self.push(&sqe)
+    }
+
+    fn done(&self) -> bool {
+        self.stopping.is_some()
+            && self.conns.is_empty()
+            && !self.accept_armed
+            && self.misc_in_flight == 0
+    }
+
+    fn run_loop(&mut self) -> ringwork_sys::Result<()> {
+        let mut cqes: Vec<Cqe> = Vec::with_capacity(self.ring.cq_entries() as usize);
+        while !self.done() {
+            match self.stopping {
+                None => {
+                    self.ring.submit_and_wait(1)?;
+                }
+                Some(since) => {
+                    self.ring
+                        .submit_and_wait_timeout(1, Duration::from_millis(100))?;
+                    if !self.forced && since.elapsed() > SHUTDOWN_GRACE {
+                        self.force_close_all()?;
+                    }
+                }
+            }
+            cqes.clear();
+            cqes.extend(self.ring.completions());
+            for cqe in &cqes {
+                self.on_cqe(cqe)?;
+            }
+            if let Some(br) = self.ring.buf_ring(GROUP) {
+                br.publish();
+            }
+            self.wake_starved()?;
+        }
+        Ok(())
+    }
+
+    fn on_cqe(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        let Ok(token) = Token::decode(cqe.user_data) else {
+            self.stats.stale += 1;
+            return Ok(());
+        };
+        if token.slot == WORKER_SLOT {
+            return match token.kind {
+                OpKind::Accept => self.on_accept(cqe),
+                OpKind::Read => self.on_wake(),
+                _ => {
+                    self.misc_in_flight -= 1;
+                    Ok(())
+                }
+            };
+        }
+        self.on_conn_cqe(token, cqe)
+    }
+
+    fn on_accept(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        if !cqe.more() {
+            self.accept_armed = false;
+        }
+        match cqe.result() {
+            Ok(fd) => {
+                self.accepted_any = true;
+                // SAFETY: a successful accept CQE's result is a new descriptor we now own.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+                self.admit(fd)?;
+            }
+            Err(RawErrno::INVAL) if self.multishot_accept && !self.accepted_any => {
+                // PITFALLS #8: the probe said yes but the kernel refuses multishot accept.
+                eprintln!("ringwork-echo: multishot accept refused; using single-shot accept");
+                self.multishot_accept = false;
+            }
+            Err(RawErrno::CANCELED) => {}
+            Err(e) => eprintln!("ringwork-echo: accept failed: {e}"),
+        }
+        // PITFALLS #2: only a CQE without F_MORE ends the multishot accept.
+        if !self.accept_armed && self.stopping.is_none() {
+            self.arm_accept()?;
+        }
+        Ok(())
+    }
+
+    fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
+        if self.stopping.is_some() || !self.shared.try_admit(self.cfg.max_conns) {
+            return self.reject(fd);
+        }
+        // Not fatal for the connection: Nagle only delays.
+        let _ = ringwork_sys::net::set_nodelay(&fd);
+        let raw = fd.as_raw_fd();
+        let conn = Conn {
+            fd: raw,
+            machine: EchoConn::new(Config::default()),
+            parked: VecDeque::new(),
+        };
+        let Some((slot, generation)) = self.conns.insert(conn) else {
+            self.shared.release();
+            return self.reject(fd);
+        };
+        // From here the descriptor is closed through the ring, by Op::Close.
+        std::mem::forget(fd);
+        self.stats.conns += 1;
+        self.deliver(Token::new(OpKind::Recv, slot, generation), Event::Opened)
+    }
+
+    fn reject(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
+        self.stats.rejected += 1;
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd);
+        self.misc_in_flight += 1;
+        self.push(&Sqe::close(Target::Fd(raw)).user_data(worker_token(OpKind::Close)))
+    }
+
+    /// The eventfd read completed: the process is stopping.
+    fn on_wake(&mut self) -> ringwork_sys::Result<()> {
+        if !self.shared.stopping.load(Ordering::Acquire) {
+            // Spurious: read again.
+            return self.arm_wake();
+        }
+        self.stopping = Some(Instant::now());
+        if self.accept_armed {
+            self.misc_in_flight += 1;
+            let sqe =
+                Sqe::cancel(worker_token(OpKind::Accept)).user_data(worker_token(OpKind::Cancel));
+            self.push(&sqe)?;
+        }
+        for i in 0..self.conns.capacity() as u32 {
+            let slot = Slot(i);
+            if self.conns.get(slot).is_some() {
+                let token = Token::new(OpKind::Recv, slot, self.conns.generation(slot));
+                self.deliver(token, Event::Shutdown)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The grace period is over: cancel everything still in flight on every connection, so
+    /// that sends to peers that do not read fail and the connections close.
+    fn force_close_all(&mut self) -> ringwork_sys::Result<()> {
+        self.forced = true;
+        for i in 0..self.conns.capacity() as u32 {
+            if let Some(conn) = self.conns.get(Slot(i)) {
+                let sqe =
+                    Sqe::cancel_fd(Target::Fd(conn.fd)).user_data(worker_token(OpKind::Cancel));
+                self.misc_in_flight += 1;
+                self.push(&sqe)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_conn_cqe(&mut self, token: Token, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        if self.conns.get_checked(&token).is_none() {
+            // A completion for an earlier incarnation of the slot (PITFALLS #5).
+            self.stats.stale += 1;
+            if let Some(id) = cqe.buffer_id() {
+                self.return_selected(id);
+            }
+            return Ok(());
+        }
+        let more = cqe.more();
+        let event = match token.kind {
+            OpKind::Recv => match cqe.result() {
+                Ok(0) => {
+                    if let Some(id) = cqe.buffer_id() {
+                        self.return_selected(id);
+                    }
+                    Event::RecvEof { more }
+                }
+                Ok(len) => {
+                    let Some(id) = cqe.buffer_id() else {
+                        eprintln!("ringwork-echo: recv completion without a buffer");
+                        self.stats.refused += 1;
+                        return Ok(());
+                    };
+                    let Some(br) = self.ring.buf_ring(GROUP) else {
+                        unreachable!("the group is registered before the loop starts")
+                    };
+                    match br.take(id) {
+                        Ok(lease) => self.leases[id.0 as usize] = Some(lease),
+                        Err(e) => {
+                            eprintln!("ringwork-echo: {e}");
+                            self.stats.refused += 1;
+                            return Ok(());
+                        }
+                    }
+                    Event::Recv { buf: id, len, more }
+                }
+                Err(errno) => {
+                    if errno == RawErrno::NOBUFS {
+                        self.stats.nobufs += 1;
+                        if !more {
+                            self.starved.push(token);
+                        }
+                    }
+                    Event::RecvErr { errno, more }
+                }
+            },
+            OpKind::Send => {
+                if let Ok(n) = cqe.result() {
+                    self.stats.bytes += u64::from(n);
+                }
+                Event::SendDone { res: cqe.result() }
+            }
+            OpKind::Cancel => Event::CancelDone,
+            OpKind::Close => Event::Closed,
+            _ => {
+                self.stats.stale += 1;
+                return Ok(());
+            }
+        };
+        if token.kind == OpKind::Recv {
+            let Some(conn) = self.conns.get_checked_mut(&token) else {
+                unreachable!("checked at the top")
+            };
+            if !conn.parked.is_empty() || conn.machine.queued_buffers() >= QUEUE_CAPACITY {
+                conn.parked.push_back(event);
+                return Ok(());
+            }
+        }
+        self.deliver(token, event)?;
+        self.unpark(token)
+    }
+
+    /// Delivers parked receive events while the machine has room for them.
+    fn unpark(&mut self, token: Token) -> ringwork_sys::Result<()> {
+        loop {
+            let Some(conn) = self.conns.get_checked_mut(&token) else {
+                return Ok(());
+            };
+            if conn.machine.queued_buffers() >= QUEUE_CAPACITY {
+                return Ok(());
+            }
+            let Some(event) = conn.parked.pop_front() else {
+                return Ok(());
+            };
+            self.deliver(token, event)?;
+        }
+    }
+
+    /// A buffer the kernel selected for a completion nobody will consume: back to the ring.
+    fn return_selected(&mut self, id: BufId) {
+        if let Some(br) = self.ring.buf_ring(GROUP) {
+            if let Ok(lease) = br.take(id) {
+                br.recycle(lease);
+            }
+        }
+    }
+
+    /// Feeds `event` to the connection `token` names and performs its operations.
+    fn deliver(&mut self, token: Token, event: Event) -> ringwork_sys::Result<()> {
+        let Some(conn) = self.conns.get_checked_mut(&token) else {
+            // Freed since (a starved connection that closed meanwhile): nothing to do.
+            return Ok(());
+        };
+        let fd = conn.fd;
+        let ops = match conn.machine.on_event(event) {
+            Ok(ops) => ops,
+            Err(e) => {
+                eprintln!("ringwork-echo: {e}");
+                self.stats.refused += 1;
+                if let Event::Recv { buf, .. } = event {
+                    self.recycle(buf);
+                }
+                return Ok(());
+            }
+        };
+        let (slot, generation) = (token.slot, token.generation);
+        let ud = |kind| Token::new(kind, slot, generation).encode();
+        for op in ops {
+            match op {
+                Op::ArmRecv => {
+                    let sqe =
+                        Sqe::recv_select(Target::Fd(fd), GROUP, true).user_data(ud(OpKind::Recv));
+                    self.push(&sqe)?;
+                }
+                Op::Send { buf, offset, len } => {
+                    let lease = self.leases[buf.0 as usize]
+                        .as_ref()
+                        .expect("the machine sends only buffers it was handed");
+                    let Some(br) = self.ring.buf_ring(GROUP) else {
+                        unreachable!("the group is registered before the loop starts")
+                    };
+                    let ptr = br.ptr(lease).wrapping_add(offset as usize);
+                    let sqe = Sqe::send(Target::Fd(fd), ptr, len)
+                        .send_flags(SendFlags::NOSIGNAL)
+                        .user_data(ud(OpKind::Send));
+                    self.push(&sqe)?;
+                }
+                Op::Recycle(buf) => self.recycle(buf),
+                Op::CancelRecv => {
+                    let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
+                    self.push(&sqe)?;
+                }
+                Op::CancelAll => {
+                    let sqe = Sqe::cancel_fd(Target::Fd(fd)).user_data(ud(OpKind::Cancel));
+                    self.push(&sqe)?;
+                }
+                Op::Close => {
+                    if let Some(reason) = conn_reason(&self.conns, slot) {
+                        if reason.is_fatal() && std::env::var_os("RINGWORK_DEBUG").is_some() {
+                            eprintln!("ringwork-echo: closing a connection: {reason}");
+                        }
+                    }
+                    let sqe = Sqe::close(Target::Fd(fd)).user_data(ud(OpKind::Close));
+                    self.push(&sqe)?;
+                }
+                Op::Free => {
+                    let conn = self.conns.remove(slot);
+                    debug_assert!(conn.is_some_and(|c| c.parked.is_empty()));
+                    self.shared.release();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recycle(&mut self, buf: BufId) {
+        let lease = self.leases[buf.0 as usize]
+            .take()
+            .expect("the machine recycles only buffers it holds");
+        if let Some(br) = self.ring.buf_ring(GROUP) {
+            br.recycle(lease);
+        }
+    }
+
+    /// Wakes connections whose recv ended with ENOBUFS once the ring has enough buffers
+    /// (PITFALLS #3).
+    fn wake_starved(&mut self) -> ringwork_sys::Result<()> {
+        if self.starved.is_empty() {
+            return Ok(());
+        }
+        let ready = self
+            .ring
+            .buf_ring(GROUP)
+            .is_some_and(|br| br.book().can_rearm());
+        if !ready {
+            return Ok(());
+        }
+        let starved = std::mem::take(&mut self.starved);
+        for token in starved {
+            self.deliver(token, Event::BuffersAvailable)?;
+        }
+        Ok(())
+    }
+}
+
+fn conn_reason(conns: &Slab<Conn>, slot: Slot) -> Option<ringwork_core::conn::CloseReason> {
+    conns.get(slot)?.machine.close_reason()
+}

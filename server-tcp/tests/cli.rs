@@ -1,0 +1,36 @@
+//! The command line: every flag is documented in `--help`. (Also makes `cargo test
+//! --workspace` build the binary for the end-to-end tests in `tests/`.)
+
+use std::process::Command;
+
+#[test]
+fn help_mentions_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringwork-echo"))
+        .arg("--help")
+        .output()
+        .expect("run ringwork-echo --help");
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--threads",
+        "--backend",
+        "--buffers",
+        "--buffer-size",
+        "--max-conns",
+        "--sq-entries",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    assert!(help.contains("uring") && help.contains("epoll"));
+}
+
+#[test]
+fn refuses_a_buffer_count_that_is_not_a_power_of_two() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringwork-echo"))
+        .args(["--listen", "127.0.0.1:0", "--buffers", "3"])
+        .output()
+        .expect("run ringwork-echo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+}

@@ -1,0 +1,483 @@
+//! ringwork-echo end to end: the real binary on loopback, port 0, each scenario on both
+//! backends. Loads are bounded (a few hundred clients, tens of MiB) to suit a small machine.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringwork_e2e::{raise_nofile_limit, random_bytes, Server};
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::process::Signal;
+use rustix::time::Timespec;
+
+const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+fn start(backend: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+    args.extend_from_slice(extra);
+    Server::start("ringwork-echo", &args)
+}
+
+/// Waits for the server's fd count to return to `baseline`, failing with the count it had.
+fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
+    let ok = server.wait_until(Duration::from_secs(15), |s| s.fd_count() == baseline);
+    assert!(
+        ok,
+        "{what}: server holds {} fds, baseline {baseline}",
+        server.fd_count()
+    );
+}
+
+/// Sends `payload` and reads the echo concurrently (one nonblocking socket, poll), then
+/// half-closes and reads to EOF. `rcvbuf` shrinks the client's receive buffer so that the
+/// server meets short sends.
+fn exchange(addr: SocketAddr, payload: &[u8], rcvbuf: Option<usize>) -> Vec<u8> {
+    let stream = connect(addr, rcvbuf);
+    stream.set_nonblocking(true).unwrap();
+    let mut got = Vec::with_capacity(payload.len());
+    let mut sent = 0;
+    let mut half_closed = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "exchange of {} bytes stuck",
+            payload.len()
+        );
+        if sent == payload.len() && !half_closed {
+            stream.shutdown(Shutdown::Write).unwrap();
+            half_closed = true;
+        }
+        let mut flags = PollFlags::IN;
+        if !half_closed {
+            flags |= PollFlags::OUT;
+        }
+        let mut fds = [PollFd::new(&stream, flags)];
+        let ts = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&ts)).unwrap();
+        let revents = fds[0].revents();
+        if !half_closed && revents.contains(PollFlags::OUT) {
+            match (&stream).write(&payload[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            match (&stream).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    assert!(half_closed, "server closed before all was sent");
+    got
+}
+
+fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
+    match rcvbuf {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(size) => {
+            // SO_RCVBUF must be set before connect to shape the advertised window.
+            let fd = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                None,
+            )
+            .unwrap();
+            rustix::net::sockopt::set_socket_recv_buffer_size(&fd, size).unwrap();
+            rustix::net::connect(&fd, &addr).unwrap();
+            TcpStream::from(fd)
+        }
+    }
+}
+
+/// Payload sizes: mostly small, some medium, a few of 1 MiB. About 20 MiB for 500 clients.
+fn size_for(i: usize) -> usize {
+    match i % 50 {
+        0 => 1 << 20,
+        1..=4 => 200_000 + i * 7,
+        _ => 1 + (i * 7919) % 12_000,
+    }
+}
+
+/// `clients` concurrent clients, each exchanging its payload; every echo is compared.
+fn run_clients(addr: SocketAddr, clients: usize, rcvbuf: Option<usize>, size: fn(usize) -> usize) {
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let payload = random_bytes(i as u64 + 1, size(i));
+                    let echoed = exchange(addr, &payload, rcvbuf);
+                    assert_eq!(echoed.len(), payload.len(), "client {i}: length");
+                    assert!(echoed == payload, "client {i}: bytes differ");
+                })
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client failed");
+    }
+}
+
+fn integrity(backend: &str) {
+    raise_nofile_limit();
+    let server = start(backend, &["--threads", "2"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    // Small client receive buffers: the server's sends come back short and are resubmitted.
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients");
+}
+
+#[test]
+fn integrity_500_clients_uring() {
+    integrity(BACKENDS[0]);
+}
+
+#[test]
+fn integrity_500_clients_epoll() {
+    integrity(BACKENDS[1]);
+}
+
+/// The single-shot accept path (what a kernel without multishot accept gets), forced.
+#[test]
+fn single_shot_accept_fallback_uring() {
+    raise_nofile_limit();
+    let server = start("uring", &["--threads", "1", "--accept-mode", "single"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 100, None, |i| 1 + i * 331);
+    assert_fds_return(&server, baseline, "after single-shot accepts");
+    let stats = terminate(server);
+    assert_eq!(stat(&stats, "conns"), 100, "{stats}");
+}
+
+fn misbehaving_clients(backend: &str) {
+    raise_nofile_limit();
+    let server = start(backend, &["--threads", "2"]);
+    let baseline = server.fd_count();
+    let addr = server.addr;
+
+    // Half-close: shutdown(Write) first, then read everything back.
+    for i in 0..5 {
+        let payload = random_bytes(100 + i, 50_000);
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&payload).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).unwrap();
+        assert!(back == payload, "half-close echo");
+    }
+
+    // Reset mid-transfer: SO_LINGER 0, then close with data in both directions.
+    for i in 0..10 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&random_bytes(200 + i, 300_000)).unwrap_or(());
+        let mut some = [0u8; 1000];
+        let _ = s.read(&mut some);
+        rustix::net::sockopt::set_socket_linger(&s, Some(Duration::ZERO)).unwrap();
+        drop(s);
+    }
+
+    // Never read: the server's sends back up; it must stop reading, not grow or die.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sluggards: Vec<_> = (0..4)
+        .map(|i| {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_write_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let chunk = random_bytes(300 + i, 64 * 1024);
+                let mut written = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match s.write(&chunk) {
+                        Ok(n) => written += n,
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+                written
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // Meanwhile a fresh client is served.
+    let payload = random_bytes(7, 100_000);
+    assert!(exchange(addr, &payload, None) == payload, "fresh client");
+
+    stop.store(true, Ordering::Relaxed);
+    for h in sluggards {
+        let written = h.join().unwrap();
+        assert!(written > 0);
+    }
+    assert_fds_return(&server, baseline, "after misbehaving clients");
+    let payload = random_bytes(8, 10_000);
+    assert!(
+        exchange(addr, &payload, None) == payload,
+        "fresh client after"
+    );
+}
+
+#[test]
+fn half_close_reset_and_never_read_uring() {
+    misbehaving_clients(BACKENDS[0]);
+}
+
+#[test]
+fn half_close_reset_and_never_read_epoll() {
+    misbehaving_clients(BACKENDS[1]);
+}
+
+fn ten_thousand(backend: &str) {
+    const CONNS: usize = 10_000;
+    raise_nofile_limit();
+    let server = start(backend, &["--threads", "2"]);
+    let baseline = server.fd_count();
+    let rss_before = server.rss_kib();
+    let mut client = Command::new(ringwork_e2e::binary("ringwork-e2e-client"))
+        .args([server.addr.to_string(), CONNS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start ringwork-e2e-client");
+    let mut out = client.stdout.take().unwrap();
+    let mut line = [0u8; 64];
+    let n = out.read(&mut line).unwrap();
+    let line = String::from_utf8_lossy(&line[..n]).into_owned();
+    assert!(line.starts_with("ready"), "client said {line:?}");
+    assert!(
+        server.wait_until(Duration::from_secs(10), |s| s.fd_count()
+            >= baseline + CONNS),
+        "server holds {} fds with {CONNS} clients (baseline {baseline})",
+        server.fd_count()
+    );
+    let rss_idle = server.rss_kib();
+    let per_conn = (rss_idle.saturating_sub(rss_before) * 1024) as f64 / CONNS as f64;
+    println!(
+        "{backend}: RSS {rss_before} KiB idle, {rss_idle} KiB with {CONNS} connections: \
+         {per_conn:.0} bytes per connection (beyond the slots preallocated for --max-conns)"
+    );
+    drop(client.stdin.take()); // the client exits and closes everything
+    assert!(client.wait().unwrap().success(), "client failed");
+    assert_fds_return(&server, baseline, "after 10K connections closed");
+}
+
+#[test]
+fn ten_thousand_connections_uring() {
+    ten_thousand(BACKENDS[0]);
+}
+
+#[test]
+fn ten_thousand_connections_epoll() {
+    ten_thousand(BACKENDS[1]);
+}
+
+/// Stops the server with SIGTERM; returns its `stats:` line after checking exit code 0.
+fn terminate(mut server: Server) -> String {
+    server.signal(Signal::TERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    std::thread::sleep(Duration::from_millis(50));
+    let lines = server.stdout_lines();
+    lines
+        .into_iter()
+        .find(|l| l.starts_with("stats:"))
+        .expect("a stats line")
+}
+
+fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
+}
+
+fn tiny_buffer_ring(backend: &str) {
+    raise_nofile_limit();
+    let server = start(
+        backend,
+        &["--threads", "1", "--buffers", "4", "--buffer-size", "4096"],
+    );
+    // Small client receive buffers hold the server's sends back, so buffers stay queued and
+    // the ring (or pool) runs dry.
+    run_clients(server.addr, 60, Some(4096), |i| 50_000 + i * 997);
+    let stats = terminate(server);
+    println!("{backend}: {stats}");
+    // The provided ring runs dry under the burst (multishot recv grabs buffers as data comes).
+    // The epoll pool only runs dry when sends stall, which loopback rarely makes happen.
+    if backend == "uring" {
+        assert!(
+            stat(&stats, "nobufs") > 0,
+            "the burst never ran the ring dry: {stats}"
+        );
+    }
+    assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+}
+
+#[test]
+fn tiny_buffer_ring_loses_nothing_uring() {
+    tiny_buffer_ring(BACKENDS[0]);
+}
+
+#[test]
+fn tiny_buffer_ring_loses_nothing_epoll() {
+    tiny_buffer_ring(BACKENDS[1]);
+}
+
+fn pattern(i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9)) as u8
+}
+
+fn sigterm_under_load(backend: &str) {
+    raise_nofile_limit();
+    let server = start(backend, &["--threads", "2"]);
+    let addr = server.addr;
+
+    // Finished clients: all their bytes are written before the signal; they read nothing
+    // until after it, so the echo is still on its way when the server is told to stop.
+    let finished: Vec<(TcpStream, Vec<u8>)> = (0..10)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            let payload = random_bytes(500 + i, 32 * 1024);
+            s.write_all(&payload).unwrap();
+            (s, payload)
+        })
+        .collect();
+
+    // Busy clients: write and read continuously through the signal.
+    let busy: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nonblocking(true).unwrap();
+                let (mut sent, mut got) = (0usize, 0usize);
+                let mut chunk = vec![0u8; 16 * 1024];
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut writing = true;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while Instant::now() < deadline {
+                    let flags = if writing {
+                        PollFlags::IN | PollFlags::OUT
+                    } else {
+                        PollFlags::IN
+                    };
+                    let mut fds = [PollFd::new(&s, flags)];
+                    let ts = Timespec {
+                        tv_sec: 1,
+                        tv_nsec: 0,
+                    };
+                    poll(&mut fds, Some(&ts)).unwrap();
+                    let revents = fds[0].revents();
+                    if writing && revents.contains(PollFlags::OUT) {
+                        for (k, b) in chunk.iter_mut().enumerate() {
+                            *b = pattern(sent + k);
+                        }
+                        match (&s).write(&chunk) {
+                            Ok(n) => sent += n,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(_) => writing = false,
+                        }
+                    }
+                    if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+                        match (&s).read(&mut buf) {
+                            Ok(0) => return (sent, got, true),
+                            Ok(n) => {
+                                for (k, &b) in buf[..n].iter().enumerate() {
+                                    assert_eq!(b, pattern(got + k), "busy echo at {}", got + k);
+                                }
+                                got += n;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            // A reset: the server closed with unread bytes in its socket.
+                            Err(_) => return (sent, got, false),
+                        }
+                    }
+                }
+                panic!("busy client never saw the server close");
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(Signal::TERM);
+
+    for (i, (mut s, payload)) in finished.into_iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut back = Vec::new();
+        s.read_to_end(&mut back)
+            .unwrap_or_else(|e| panic!("finished client {i}: {e}"));
+        assert!(
+            back == payload,
+            "finished client {i}: {} of {} bytes echoed",
+            back.len(),
+            payload.len()
+        );
+    }
+    for h in busy {
+        let (sent, got, _eof) = h.join().expect("busy client");
+        assert!(got <= sent, "echoed more than sent");
+        assert!(got > 0, "busy client got nothing echoed");
+    }
+    let stats = terminate(server);
+    println!("{backend}: {stats}");
+    assert!(stat(&stats, "conns") >= 18, "{stats}");
+}
+
+#[test]
+fn sigterm_under_load_uring() {
+    sigterm_under_load(BACKENDS[0]);
+}
+
+#[test]
+fn sigterm_under_load_epoll() {
+    sigterm_under_load(BACKENDS[1]);
+}
+
+/// `--max-conns`: connections beyond the limit are closed at once; freed room is reused.
+#[test]
+fn max_conns_closes_the_excess() {
+    for backend in BACKENDS {
+        let server = start(backend, &["--threads", "1", "--max-conns", "2"]);
+        let baseline = server.fd_count();
+        let held: Vec<TcpStream> = (0..2)
+            .map(|i| {
+                let mut s = TcpStream::connect(server.addr).unwrap();
+                s.write_all(&[i; 10]).unwrap();
+                let mut back = [0u8; 10];
+                s.read_exact(&mut back).unwrap();
+                assert_eq!(back, [i; 10]);
+                s
+            })
+            .collect();
+        let mut excess = TcpStream::connect(server.addr).unwrap();
+        excess
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = excess.write_all(b"over the limit");
+        let mut buf = [0u8; 32];
+        match excess.read(&mut buf) {
+            Ok(0) | Err(_) => {}
+            Ok(n) => panic!("{backend}: the excess connection was served ({n} bytes)"),
+        }
+        drop(held);
+        drop(excess);
+        assert_fds_return(&server, baseline, "after the held connections closed");
+        let payload = random_bytes(9, 1000);
+        assert!(
+            exchange(server.addr, &payload, None) == payload,
+            "{backend}: no room after the held connections closed"
+        );
+        let stats = terminate(server);
+        assert!(stat(&stats, "rejected") >= 1, "{backend}: {stats}");
+    }
+}
