@@ -176,7 +176,7 @@ impl Drop for RunningServer {
 }
 
 fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    crate::stats::cpu_count()
 }
 
 /// Pins `pid` (0: this process) to `cpu`.
@@ -195,17 +195,6 @@ fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| format!("start {}: {e}", bin.display()))?;
-    if cpus() >= 2 {
-        // The server's one worker thread on the last CPU, the generator elsewhere.
-        for task in std::fs::read_dir(format!("/proc/{}/task", child.id()))
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            if let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() {
-                pin(tid, cpus() - 1);
-            }
-        }
-    }
     let stdout = child.stdout.take().ok_or("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let addr = loop {
@@ -224,7 +213,18 @@ fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    // Threads started after the listening line inherit the pinning of their creator.
+    if cpus() >= 2 {
+        // Every server thread exists once it prints its address: pin them all to the last
+        // CPU (they inherited our CPU 0 pinning at spawn), the generator keeps CPU 0.
+        for task in std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .map_err(|e| e.to_string())?
+            .flatten()
+        {
+            if let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() {
+                pin(tid, cpus() - 1);
+            }
+        }
+    }
     Ok(RunningServer { child, addr })
 }
 

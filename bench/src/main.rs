@@ -164,6 +164,8 @@ fn warm(path: &std::path::Path) -> Result<(), String> {
 }
 
 fn main() {
+    // Read before any pinning narrows what this process sees.
+    stats::cpu_count();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compare {

@@ -83,6 +83,28 @@ pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPUs online, read from /sys (not the affinity mask, which the benchmarks narrow by pinning).
+pub fn cpu_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        // "0-1" or "0,2-5": count the CPUs in each range.
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .ok()
+            .and_then(|list| {
+                list.trim()
+                    .split(',')
+                    .map(|r| match r.split_once('-') {
+                        Some((a, b)) => {
+                            Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1)
+                        }
+                        None => r.parse::<usize>().ok().map(|_| 1),
+                    })
+                    .sum::<Option<usize>>()
+            })
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}
+
 /// One line describing the machine: kernel, CPUs, and what the figures should be read with.
 pub fn machine_line() -> String {
     let mut s = String::new();
@@ -90,7 +112,7 @@ pub fn machine_line() -> String {
         s,
         "kernel {}, {} CPUs",
         ringwork_sys::kernel_release(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        cpu_count()
     );
     if let Ok(cpu) = std::fs::read_to_string("/proc/cpuinfo") {
         if let Some(model) = cpu.lines().find_map(|l| l.strip_prefix("model name")) {
