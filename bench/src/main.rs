@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod echo;
 mod fileread;
+mod http;
 mod stats;
 
 #[derive(Parser)]
@@ -85,6 +86,30 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Load an HTTP/1.1 file server: keep-alive GETs in a closed loop, responses checked.
+    Http {
+        /// Base URL, e.g. http://127.0.0.1:8080/ (paths are appended).
+        #[arg(long, default_value = "http://127.0.0.1:8080/")]
+        url: String,
+        /// Paths to request in turn (default: the URL's own path).
+        #[arg(long, value_delimiter = ',')]
+        paths: Vec<String>,
+        /// Connections.
+        #[arg(long, default_value_t = 50)]
+        conns: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Unmeasured seconds first.
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+        /// The server's pid, to report its CPU time per request.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Random reads from one file: io_uring engines against pread, optionally beside fio.
     Fileread {
         /// File to read (created, or extended with real data, when smaller than --size).
@@ -119,6 +144,22 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+/// `http://HOST:PORT/path` -> (address, path). Only numeric loopback-style addresses: the
+/// benchmark never resolves names.
+fn parse_url(url: &str) -> Result<(std::net::SocketAddr, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url must start with http://, got {url:?}"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = host
+        .parse()
+        .map_err(|e| format!("--url host must be IP:PORT ({host:?}): {e}"))?;
+    Ok((addr, path.to_string()))
 }
 
 /// "4k" -> 4096, "256M" -> 268435456, "4G", plain numbers.
@@ -168,6 +209,43 @@ fn main() {
     stats::cpu_count();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Http {
+            url,
+            paths,
+            conns,
+            duration,
+            warmup,
+            server_pid,
+            json,
+        } => (|| -> Result<(), String> {
+            raise_nofile_limit();
+            let (addr, url_path) = parse_url(&url)?;
+            let paths = if paths.is_empty() {
+                vec![url_path]
+            } else {
+                paths
+            };
+            let cfg = http::Config {
+                addr,
+                paths,
+                conns,
+                duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
+                server_pid,
+            };
+            println!("# ringwork-bench http on {}", stats::machine_line());
+            println!("# {url}: {conns} conns, paths {:?}", cfg.paths);
+            let out = http::run(&cfg)?;
+            print!("{}", out.table());
+            if let Some(path) = json {
+                std::fs::write(&path, out.json() + "\n")
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            if out.errors > 0 {
+                return Err(format!("{} bad responses or connection errors", out.errors));
+            }
+            Ok(())
+        })(),
         Command::Compare {
             quick,
             duration,
@@ -347,6 +425,16 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let (a, p) = parse_url("http://127.0.0.1:8080/x/y.html").unwrap();
+        assert_eq!(a.port(), 8080);
+        assert_eq!(p, "/x/y.html");
+        assert_eq!(parse_url("http://127.0.0.1:80").unwrap().1, "/");
+        assert!(parse_url("https://127.0.0.1:1/").is_err());
+        assert!(parse_url("http://localhost:1/").is_err());
+    }
 
     #[test]
     fn sizes_parse() {
