@@ -117,6 +117,10 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// The command line, quoted in the report.
     pub command_line: String,
+    /// The ringwork-files binary: when set, the file-heavy and mixed workloads run too.
+    pub files_bin: Option<PathBuf>,
+    /// Smaller workloads.
+    pub quick: bool,
 }
 
 /// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
@@ -161,9 +165,18 @@ pub fn parse_external(s: &str) -> Result<Backend, String> {
     })
 }
 
-struct RunningServer {
+/// A server started by [`start_server`]; SIGTERM and wait on drop.
+pub(crate) struct RunningServer {
     child: Child,
-    addr: SocketAddr,
+    /// Where it listens.
+    pub(crate) addr: SocketAddr,
+}
+
+impl RunningServer {
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for RunningServer {
@@ -187,7 +200,9 @@ fn pin(pid: u32, cpu: usize) {
     let _ = rustix::thread::sched_setaffinity(pid, &set);
 }
 
-fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
+/// Starts a Ringwork server binary on an ephemeral loopback port with one thread, waits for
+/// its `listening on ADDR` line, and pins its threads to the last CPU.
+pub(crate) fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
     let mut child = Command::new(bin)
         .args(["--listen", "127.0.0.1:0", "--threads", "1"])
         .args(args)
@@ -207,6 +222,8 @@ fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
                 .split_whitespace()
                 .next()
                 .unwrap_or("")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
                 .parse()
                 .map_err(|e| format!("bad address in {line:?}: {e}"))?;
         }
@@ -283,7 +300,15 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     }
     drop(servers);
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
-    let report = report(opts, &rows);
+    let mut report = report(opts, &rows);
+    if let Some(files_bin) = &opts.files_bin {
+        report.push_str(&crate::workloads::file_heavy(opts.duration, opts.quick)?);
+        report.push_str(&crate::workloads::mixed(
+            files_bin,
+            opts.duration,
+            opts.warmup,
+        )?);
+    }
     std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())?;
     for (file, svg) in plots(opts, &rows) {
         std::fs::write(opts.out_dir.join(file), svg).map_err(|e| e.to_string())?;
@@ -587,6 +612,8 @@ mod tests {
             warmup: Duration::ZERO,
             out_dir: ".".into(),
             command_line: "ringwork-bench compare".into(),
+            files_bin: None,
+            quick: false,
         }
     }
 

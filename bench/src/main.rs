@@ -10,6 +10,7 @@ mod echo;
 mod fileread;
 mod http;
 mod stats;
+mod workloads;
 
 #[derive(Parser)]
 #[command(
@@ -47,6 +48,10 @@ enum Command {
         /// Another echo server you already run, as another column: NAME=HOST:PORT (repeatable).
         #[arg(long, value_parser = compare::parse_external)]
         external: Vec<compare::Backend>,
+        /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
+        /// ringwork-files, found next to this binary) workloads.
+        #[arg(long)]
+        files: bool,
     },
     /// Load an echo server: closed loop (--depth) or open loop (--rate), verified bytes,
     /// HDR latency, server CPU per message.
@@ -254,6 +259,7 @@ fn main() {
             server_bin,
             sqpoll,
             external,
+            files,
         } => (|| -> Result<(), String> {
             raise_nofile_limit();
             let server_bin = match server_bin {
@@ -268,6 +274,18 @@ fn main() {
                     server_bin.display()
                 ));
             }
+            let files_bin = if files {
+                let bin = server_bin.with_file_name("ringwork-files");
+                if !bin.exists() {
+                    return Err(format!(
+                        "--files needs {}: cargo build --release -p ringwork-files",
+                        bin.display()
+                    ));
+                }
+                Some(bin)
+            } else {
+                None
+            };
             let mut backends = compare::default_backends(sqpoll);
             backends.extend(external);
             let opts = compare::Options {
@@ -281,6 +299,8 @@ fn main() {
                 })),
                 warmup: Duration::from_secs_f64(warmup.unwrap_or(if quick { 0.5 } else { 1.0 })),
                 out_dir: out,
+                files_bin,
+                quick,
                 command_line: std::env::args()
                     .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
                     .collect::<Vec<_>>()
