@@ -20,7 +20,10 @@ use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
 
-use crate::stats::{latency_histogram, perf_syscalls, process_cpu, self_cpu, thousands, Latency};
+use crate::stats::{
+    cpu_us_per, latency_histogram, per_sec, perf_syscalls, process_cpu, self_cpu, thousands,
+    Latency,
+};
 
 /// Pattern period: a prime, so connections' windows do not line up with message sizes.
 const PERIOD: usize = 65_521;
@@ -78,13 +81,12 @@ pub struct Outcome {
 impl Outcome {
     /// Messages per second.
     pub fn msgs_per_sec(&self) -> f64 {
-        self.msgs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        per_sec(self.msgs, self.elapsed)
     }
 
     /// Server CPU microseconds per message.
     pub fn server_us_per_msg(&self) -> Option<f64> {
-        self.server_cpu
-            .map(|c| c.as_secs_f64() * 1e6 / self.msgs.max(1) as f64)
+        cpu_us_per(self.server_cpu, self.msgs)
     }
 
     /// JSON object text.

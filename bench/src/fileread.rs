@@ -274,10 +274,7 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
                  slot: usize|
      -> Result<(), String> {
         let ud = UserData(slot as u64);
-        let pool_owner = match plain.as_mut() {
-            Some(p) => p,
-            None => ring.fixed_buffers().expect("registered above"),
-        };
+        let pool_owner = read_buffers(ring, plain);
         let lease = pool_owner.pool().acquire().ok_or("buffer pool exhausted")?;
         let ptr = pool_owner.ptr(lease.id());
         let id = pool_owner.pool().submit(lease, ud);
@@ -314,10 +311,7 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         for c in cqes.drain(..) {
             let slot = c.user_data.0 as usize;
             let id = leases[slot].take().ok_or("completion for an idle slot")?;
-            let pool_owner = match plain.as_mut() {
-                Some(p) => p,
-                None => ring.fixed_buffers().expect("registered above"),
-            };
+            let pool_owner = read_buffers(&mut ring, &mut plain);
             let lease = pool_owner
                 .pool()
                 .complete(id, c.user_data)
@@ -358,6 +352,19 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         enters: ring.stats().enters - enters0,
         note,
     })
+}
+
+/// The read buffers: the ring's registered ones, or the plain (unregistered) set.
+fn read_buffers<'a>(
+    ring: &'a mut ringwork_sys::Ring,
+    plain: &'a mut Option<FixedBuffers>,
+) -> &'a mut FixedBuffers {
+    match plain.as_mut() {
+        Some(p) => p,
+        None => ring
+            .fixed_buffers()
+            .expect("registered before the first read"),
+    }
 }
 
 fn run_pread_pool(engine: Engine, cfg: &Config, threads: u32) -> Result<Outcome, String> {

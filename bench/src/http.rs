@@ -14,7 +14,9 @@ use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
 
-use crate::stats::{latency_histogram, process_cpu, self_cpu, thousands, Latency};
+use crate::stats::{
+    cpu_us_per, latency_histogram, per_sec, process_cpu, self_cpu, thousands, Latency,
+};
 
 /// How to load the server.
 #[derive(Clone, Debug)]
@@ -55,13 +57,17 @@ pub struct Outcome {
 impl Outcome {
     /// Requests per second.
     pub fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        per_sec(self.requests, self.elapsed)
+    }
+
+    /// Body megabytes per second.
+    pub fn mb_per_sec(&self) -> f64 {
+        per_sec(self.body_bytes, self.elapsed) / 1e6
     }
 
     /// Server CPU microseconds per request.
     pub fn server_us_per_req(&self) -> Option<f64> {
-        self.server_cpu
-            .map(|c| c.as_secs_f64() * 1e6 / self.requests.max(1) as f64)
+        cpu_us_per(self.server_cpu, self.requests)
     }
 
     /// JSON object text.
@@ -71,7 +77,7 @@ impl Outcome {
             self.requests,
             self.elapsed.as_secs_f64(),
             self.rps(),
-            self.body_bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6,
+            self.mb_per_sec(),
             self.latency.json(),
             self.errors,
             self.client_cpu.as_secs_f64(),
@@ -86,7 +92,7 @@ impl Outcome {
              | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
              | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
             thousands(self.rps()),
-            self.body_bytes as f64 / self.elapsed.as_secs_f64().max(1e-9) / 1e6,
+            self.mb_per_sec(),
             self.latency.p50_us,
             self.latency.p99_us,
             self.latency.p999_us,

@@ -55,6 +55,16 @@ impl Latency {
     }
 }
 
+/// `n` per second over `elapsed`.
+pub fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Microseconds of `cpu` per unit of work, when the CPU time is known.
+pub fn cpu_us_per(cpu: Option<Duration>, units: u64) -> Option<f64> {
+    cpu.map(|c| c.as_secs_f64() * 1e6 / units.max(1) as f64)
+}
+
 /// CPU time (user + system) a process has used, from /proc/PID/stat, in clock ticks turned
 /// into a Duration. Resolution is one tick (10 ms at the usual 100 Hz): measure over seconds.
 pub fn process_cpu(pid: u32) -> Option<Duration> {

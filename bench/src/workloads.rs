@@ -111,7 +111,7 @@ pub fn mixed(files_bin: &Path, duration: Duration, warmup: Duration) -> Result<S
             s,
             "| {b} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} |",
             thousands(o.rps()),
-            o.body_bytes as f64 / o.elapsed.as_secs_f64().max(1e-9) / 1e6,
+            o.mb_per_sec(),
             o.latency.p50_us,
             o.latency.p99_us,
             o.latency.p999_us,
