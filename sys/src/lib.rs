@@ -15,6 +15,7 @@ pub mod error;
 pub mod mmap;
 pub mod register;
 pub mod ring;
+pub mod signal;
 pub mod sqe;
 
 pub use error::{kernel_release, Error, Result};
