@@ -73,6 +73,7 @@ impl Server {
                 }
                 Err(_) => {
                     let _ = child.kill();
+                    let _ = child.wait();
                     panic!("{name} did not print `listening on ADDR` within 10 s");
                 }
             }
@@ -165,7 +166,7 @@ pub fn raise_nofile_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let mut lim = getrlimit(Resource::Nofile);
     lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim.clone());
+    let _ = setrlimit(Resource::Nofile, lim);
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
