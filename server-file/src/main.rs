@@ -187,11 +187,16 @@ fn run(args: Args) -> Result<(), String> {
     });
 
     println!(
-        "ringwork-files serving {}, listening on http://{addr}/ ({:?} backend, {} thread(s), kernel {})",
-        root_path.display(),
+        "{:?} backend, {} thread(s), {}-byte chunks, kernel {}",
         args.backend,
         args.threads,
+        args.chunk,
         ringwork_sys::kernel_release()
+    );
+    // The last line of startup, and exactly this shape: scripts and tests wait for it.
+    println!(
+        "ringwork-files serving {}, listening on http://{addr}/",
+        root_path.display()
     );
     let _ = std::io::stdout().flush();
 

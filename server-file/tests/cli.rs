@@ -6,7 +6,10 @@ const BIN: &str = env!("CARGO_BIN_EXE_ringwork-files");
 
 #[test]
 fn help_lists_every_flag() {
-    let out = Command::new(BIN).arg("--help").output().expect("run --help");
+    let out = Command::new(BIN)
+        .arg("--help")
+        .output()
+        .expect("run --help");
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -19,7 +22,10 @@ fn help_lists_every_flag() {
         "--idle-timeout-ms",
         "[ROOT]",
     ] {
-        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+        assert!(
+            help.contains(flag),
+            "--help does not mention {flag}:\n{help}"
+        );
     }
 }
 
@@ -31,7 +37,10 @@ fn missing_root_is_an_error_a_person_can_act_on() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot serve /nonexistent/ringwork-root"), "{err}");
+    assert!(
+        err.contains("cannot serve /nonexistent/ringwork-root"),
+        "{err}"
+    );
 }
 
 #[test]
