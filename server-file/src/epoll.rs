@@ -59,6 +59,10 @@ struct Conn {
     closed: bool,
 }
 
+/// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
+#[derive(Default)]
+struct DirectLog(bool, bool);
+
 fn raw(e: Errno) -> RawErrno {
     RawErrno(e.raw_os_error())
 }
@@ -87,7 +91,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         tv_nsec: i64::from(tick.subsec_nanos()),
     };
     let mut last_tick = shared.now().mono_ms;
-    let mut direct_refused = false;
+    let mut direct_log = DirectLog::default();
     while !ringwork_sys::signal::stop_requested() {
         events.clear();
         match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
@@ -97,7 +101,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         for ev in events.iter() {
             let k = ev.data.u64();
             if k == 0 {
-                accept_all(shared, &ep, &listener, &mut conns, &mut direct_refused);
+                accept_all(shared, &ep, &listener, &mut conns, &mut direct_log);
                 continue;
             }
             let slot = Slot((k & 0xffff_ffff) as u32 - 1);
@@ -120,7 +124,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                     do_send(shared, c, src);
                 }
             }
-            drive(shared, c, &mut direct_refused);
+            drive(shared, c, &mut direct_log);
             if c.closed {
                 conns.remove(slot);
             }
@@ -132,7 +136,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 let slot = Slot(i as u32);
                 if let Some(c) = conns.get_mut(slot) {
                     c.http.on_tick(now);
-                    drive(shared, c, &mut direct_refused);
+                    drive(shared, c, &mut direct_log);
                     if c.closed {
                         conns.remove(slot);
                     }
@@ -154,7 +158,7 @@ fn accept_all(
     ep: &OwnedFd,
     listener: &OwnedFd,
     conns: &mut Slab<Conn>,
-    direct_refused: &mut bool,
+    direct_log: &mut DirectLog,
 ) {
     loop {
         let sock = match rustix::net::accept_with(
@@ -189,7 +193,7 @@ fn accept_all(
             conns.remove(slot);
             continue;
         }
-        drive(shared, c, direct_refused);
+        drive(shared, c, direct_log);
         if c.closed {
             conns.remove(slot);
         }
@@ -222,7 +226,7 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
 }
 
 /// Performs every operation the connection has queued.
-fn drive(shared: &Shared, c: &mut Conn, direct_refused: &mut bool) {
+fn drive(shared: &Shared, c: &mut Conn, direct_log: &mut DirectLog) {
     while let Some(op) = c.http.poll_op() {
         match op {
             Op::Recv { max } => do_recv(shared, c, max),
@@ -245,6 +249,7 @@ fn drive(shared: &Shared, c: &mut Conn, direct_refused: &mut bool) {
                 c.http.on_stat(shared.now(), res.map(|s| file_info(&s)));
             }
             Op::Open { direct } => {
+                crate::note_direct(&mut direct_log.0, shared.cfg.direct, direct);
                 let (flags, resolve) = open_flags(direct);
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
@@ -252,8 +257,8 @@ fn drive(shared: &Shared, c: &mut Conn, direct_refused: &mut bool) {
                         rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve)
                             .map_err(raw)
                     });
-                if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !*direct_refused {
-                    *direct_refused = true;
+                if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !direct_log.1 {
+                    direct_log.1 = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
                 c.http.on_open(

@@ -111,6 +111,21 @@ fn open_flags(direct: bool) -> (OFlags, ResolveFlags) {
     (flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
 }
 
+/// Says once per thread whether `--direct` takes effect, so a person knows which path served.
+fn note_direct(said: &mut bool, requested: bool, direct: bool) {
+    if requested && !*said {
+        *said = true;
+        if direct {
+            println!("O_DIRECT in use (statx reports alignments that fit the chunk size)");
+        } else {
+            println!(
+                "O_DIRECT requested but not used: statx reports no usable O_DIRECT alignment \
+                 (STATX_DIOALIGN) for a file, or it does not divide the chunk size; serving buffered"
+            );
+        }
+    }
+}
+
 /// A listening socket with SO_REUSEPORT, so that each thread can bind its own.
 fn listener(addr: SocketAddr, nonblocking: bool) -> rustix::io::Result<OwnedFd> {
     let family = match addr {

@@ -61,6 +61,7 @@ struct Driver<'s> {
     fixed: bool,
     listener: OwnedFd,
     direct_refused: bool,
+    direct_noted: bool,
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
@@ -120,6 +121,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         fixed,
         listener,
         direct_refused: false,
+        direct_noted: false,
     };
     d.arm_accept()?;
     d.run_loop()
@@ -302,6 +304,7 @@ impl Driver<'_> {
                     )
                 }
                 Op::Open { direct } => {
+                    crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
                     let (flags, resolve) = open_flags(direct);
                     // A direct descriptor has no close-on-exec bit; the kernel refuses
                     // O_CLOEXEC with a file slot (EINVAL).

@@ -340,7 +340,32 @@ fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
                 });
             }
         });
+        // Every connection socket is closed once the clients are gone: only the listener is
+        // left. (Counting sockets, not all fds: pipes inherited from the test process are not
+        // the server's doing.)
+        let sockets = |s: &Server| {
+            fd_links(s)
+                .iter()
+                .filter(|l| l.starts_with("socket:"))
+                .count()
+        };
+        assert!(
+            s.wait_until(Duration::from_secs(5), |s| sockets(s) == 1),
+            "{backend}: fds still open: {:?}",
+            fd_links(&s)
+        );
     }
+}
+
+/// What the server's fds are, for failure messages.
+fn fd_links(s: &Server) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
