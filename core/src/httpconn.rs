@@ -818,6 +818,8 @@ mod tests {
         cut_ix: usize,
         closed: bool,
         file_open: bool,
+        dio: Option<Alignment>,
+        direct_open: bool,
     }
 
     impl Sim {
@@ -849,7 +851,7 @@ mod tests {
                                 kind: FileKind::Regular,
                                 size: self.file.len() as u64,
                                 mtime_secs: 1_000_000,
-                                dio: None,
+                                dio: self.dio,
                             }),
                             b"d\0" | b".\0" => Ok(FileInfo {
                                 kind: FileKind::Directory,
@@ -861,9 +863,10 @@ mod tests {
                         };
                         self.conn.on_stat(now, res);
                     }
-                    Op::Open { .. } => {
+                    Op::Open { direct } => {
                         assert!(!self.file_open, "the slot must be closed before reuse");
                         self.file_open = true;
+                        self.direct_open = direct;
                         self.conn.on_open(now, Ok(()));
                     }
                     Op::Read {
@@ -873,7 +876,22 @@ mod tests {
                         buf_pos,
                     } => {
                         assert!(self.file_open);
-                        let n = self.cut(len) as usize;
+                        if self.direct_open {
+                            let unit = u64::from(self.dio.unwrap().unit());
+                            assert_eq!(offset % unit, 0, "O_DIRECT offset alignment");
+                            assert_eq!(u64::from(len) % unit, 0, "O_DIRECT length alignment");
+                            assert_eq!(u64::from(buf_pos) % unit, 0, "O_DIRECT buffer alignment");
+                        }
+                        // Short reads stay aligned under O_DIRECT (the kernel stops at a block
+                        // boundary or end of file).
+                        let n = match self.direct_open {
+                            true => {
+                                let unit = self.dio.unwrap().unit();
+                                let n = self.cut(len);
+                                (n / unit).max(1) * unit
+                            }
+                            false => self.cut(len),
+                        } as usize;
                         let off = offset as usize;
                         let avail = self.file.len().saturating_sub(off).min(n);
                         let b = &mut self.bufs[usize::from(buf.0)];
@@ -937,8 +955,20 @@ mod tests {
     }
 
     fn sim(size: usize, chunk: u32, input: Vec<u8>, cuts: Vec<u32>) -> Sim {
+        sim_with(size, chunk, None, input, cuts)
+    }
+
+    /// With `dio`, statx reports that O_DIRECT alignment and the server asks for O_DIRECT.
+    fn sim_with(
+        size: usize,
+        chunk: u32,
+        dio: Option<Alignment>,
+        input: Vec<u8>,
+        cuts: Vec<u32>,
+    ) -> Sim {
         let cfg = Config {
             chunk,
+            direct: dio.is_some(),
             ..Config::default()
         };
         Sim {
@@ -951,6 +981,8 @@ mod tests {
             cut_ix: 0,
             closed: false,
             file_open: false,
+            dio,
+            direct_open: false,
         }
     }
 
@@ -980,6 +1012,7 @@ mod tests {
             chunk in 1u32..5000,
             reqs in proptest::collection::vec(req_strategy(), 1..6),
             cuts in proptest::collection::vec(1u32..9000, 1..8),
+            direct in any::<bool>(),
         ) {
             let mut input = Vec::new();
             for r in &reqs {
@@ -996,7 +1029,9 @@ mod tests {
                 }
                 input.extend_from_slice(b"\r\n");
             }
-            let mut s = sim(size, chunk, input, cuts);
+            let dio = direct.then_some(Alignment { mem: 512, offset: 512 });
+            let chunk = if direct { chunk.div_ceil(512) * 512 } else { chunk };
+            let mut s = sim_with(size, chunk, dio, input, cuts);
             s.run();
             // All input consumed; the connection waits for more (keep-alive), never closed.
             prop_assert!(!s.closed);

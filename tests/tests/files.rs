@@ -392,12 +392,17 @@ fn direct_serves_the_same_bytes_as_buffered() {
 #[test]
 fn a_stalled_half_header_is_dropped_while_others_are_served() {
     for backend in BACKENDS {
-        let s = start(backend, &["--header-timeout-ms", "300"]);
+        let s = start(
+            backend,
+            &["--header-timeout-ms", "300", "--idle-timeout-ms", "600"],
+        );
         let mut slow = TcpStream::connect(s.addr).unwrap();
         slow.write_all(b"GET /f1 HTTP/1.1\r\nHo").unwrap();
         let t = Instant::now();
-        let r = Client::connect(s.addr).get("/f4096", "");
+        let mut idle = Client::connect(s.addr);
+        let r = idle.get("/f4096", "");
         assert!(r.status == 200 && r.body == file("f4096"));
+        let served = Instant::now();
         slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut buf = [0u8; 64];
         let n = slow.read(&mut buf).unwrap_or(0);
@@ -405,7 +410,15 @@ fn a_stalled_half_header_is_dropped_while_others_are_served() {
         let took = t.elapsed();
         assert!(
             took >= Duration::from_millis(250) && took < Duration::from_secs(3),
-            "{backend}: dropped after {took:?}"
+            "{backend}: stalled head dropped after {took:?}"
+        );
+        // The served keep-alive connection stays open while idle, then is dropped too.
+        let n = idle.reader.get_mut().read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{backend}: the idle connection got bytes");
+        let idle_for = served.elapsed();
+        assert!(
+            idle_for >= Duration::from_millis(500) && idle_for < Duration::from_secs(3),
+            "{backend}: idle keep-alive dropped after {idle_for:?}"
         );
     }
 }
