@@ -1106,6 +1106,44 @@ mod tests {
         assert!(c.is_closed());
     }
 
+    fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
+        core::iter::from_fn(|| c.poll_op()).collect()
+    }
+
+    #[test]
+    fn a_failed_send_closes_only_after_the_read_in_flight_and_the_file_close() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        let info = FileInfo {
+            kind: FileKind::Regular,
+            size: 100_000,
+            mtime_secs: 0,
+            dio: None,
+        };
+        c.on_stat(now, Ok(info));
+        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        c.on_open(now, Ok(()));
+        let ops = drain_ops(&mut c);
+        assert!(matches!(
+            ops[..],
+            [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
+        ));
+        c.on_send(now, Err(RawErrno::PIPE));
+        assert_eq!(drain_ops(&mut c), [], "the read still owns buffer 0");
+        c.on_read(now, BufIx(0), Ok(4096));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert!(c.is_closed());
+    }
+
     #[test]
     fn if_modified_since_gives_304() {
         let input = b"GET /f HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n\r\n";
