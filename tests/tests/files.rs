@@ -15,11 +15,30 @@ const BACKENDS: [&str; 2] = ["uring", "epoll"];
 const SIZES: [usize; 6] = [0, 1, 4095, 4096, 4097, (1 << 20) + 3];
 const BIG: usize = 64 << 20;
 
+const ROOT_PREFIX: &str = "ringwork-files-e2e-";
+
+/// Removes the roots of earlier test processes that have exited (a static cannot clean up
+/// after itself at exit).
+fn remove_stale_roots() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(ROOT_PREFIX) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// The served root, built once per test process.
 fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("ringwork-files-e2e-{}", std::process::id()));
+        remove_stale_roots();
+        let dir = std::env::temp_dir().join(format!("{ROOT_PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("withindex")).unwrap();
         std::fs::create_dir_all(dir.join("noindex")).unwrap();
@@ -30,7 +49,6 @@ fn root() -> &'static Path {
             )
             .unwrap();
         }
-        std::fs::write(dir.join("big.bin"), random_bytes(99, BIG)).unwrap();
         std::fs::write(dir.join("withindex/index.html"), b"<p>index</p>\n").unwrap();
         std::fs::write(dir.join("page.html"), b"<p>page</p>\n").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
@@ -162,7 +180,9 @@ fn downloads_are_byte_exact_in_small_and_default_chunks() {
 
 #[test]
 fn a_64_mib_file_streams_byte_exact() {
-    let want = file("big.bin");
+    let want = random_bytes(99, BIG);
+    let path = root().join("big.bin");
+    std::fs::write(&path, &want).unwrap();
     for backend in BACKENDS {
         let s = start(backend, &[]);
         let t = Instant::now();
@@ -172,6 +192,7 @@ fn a_64_mib_file_streams_byte_exact() {
         assert!(r.body == want, "{backend}: 64 MiB body differs");
         println!("{backend}: 64 MiB in {took:?}");
     }
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
