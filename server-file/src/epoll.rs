@@ -251,6 +251,9 @@ fn drive(shared: &Shared, c: &mut Conn, direct_log: &mut DirectLog) {
             Op::Open { direct } => {
                 crate::note_direct(&mut direct_log.0, shared.cfg.direct, direct);
                 let (flags, resolve) = open_flags(direct);
+                // Nonblocking: should the path have become a FIFO since the stat, the open
+                // must not block this thread (pread ignores O_NONBLOCK on regular files).
+                let flags = flags | rustix::fs::OFlags::NONBLOCK;
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
                     .and_then(|path| {

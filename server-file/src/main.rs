@@ -223,9 +223,16 @@ fn run(args: Args) -> Result<(), String> {
             let backend = args.backend;
             std::thread::Builder::new()
                 .name(format!("files-{i}"))
-                .spawn(move || match backend {
-                    Backend::Uring => uring::run(&shared, l),
-                    Backend::Epoll => epoll::run(&shared, l),
+                .spawn(move || {
+                    let result = match backend {
+                        Backend::Uring => uring::run(&shared, l),
+                        Backend::Epoll => epoll::run(&shared, l),
+                    };
+                    if result.is_err() {
+                        // The others would serve on, and `main` would wait for them forever.
+                        ringwork_sys::signal::request_stop();
+                    }
+                    result
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))
         })

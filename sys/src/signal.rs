@@ -39,7 +39,13 @@ pub fn install_stop_handler() -> Result<()> {
     Ok(())
 }
 
-/// True once SIGINT or SIGTERM has arrived.
+/// Asks every loop that polls [`stop_requested`] to stop, as a signal would (for example when
+/// one worker thread of several has failed).
+pub fn request_stop() {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// True once SIGINT or SIGTERM has arrived, or [`request_stop`] was called.
 pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
