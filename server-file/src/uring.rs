@@ -100,7 +100,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         }
         Err(e) => {
             println!(
-                "registering {} KiB of fixed buffers failed ({e}; RLIMIT_MEMLOCK?): \
+                "registering {} KiB of fixed buffers failed ({e}): \
                  reading with IORING_OP_READ instead of READ_FIXED",
                 total / 1024
             );
