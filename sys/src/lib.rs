@@ -4,6 +4,7 @@
 //!   overflow detection, and teardown.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
+//! - [`signal`]: SIGINT / SIGTERM as a stop flag for the servers' loops.
 //!
 //! The queue index protocol and every ownership decision come from `ringwork-core`; this
 //! crate does the memory access and the syscalls, and nothing else. All of Ringwork's `unsafe`
