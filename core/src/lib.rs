@@ -22,6 +22,7 @@ pub mod conn;
 pub mod errno;
 pub mod file;
 pub mod http;
+pub mod httpconn;
 pub mod ring;
 pub mod slab;
 pub mod token;

@@ -1,1 +1,252 @@
-fn main() {}
+//! ringwork-files: an HTTP/1.1 static file server.
+//!
+//! Every protocol decision is `ringwork_core::httpconn::HttpConn`'s; this binary parses the
+//! command line, binds the listeners (one per thread, SO_REUSEPORT) and runs one of two
+//! drivers that perform the operations HttpConn describes: io_uring ([`uring`]) or epoll
+//! ([`epoll`]).
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+
+mod epoll;
+mod uring;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, ValueEnum};
+use ringwork_core::file::Alignment;
+use ringwork_core::http::Limits;
+use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
+use rustix::fd::OwnedFd;
+use rustix::fs::{FileType, OFlags, ResolveFlags, Statx};
+use rustix::net::{AddressFamily, SocketType};
+
+/// Serve a directory over HTTP/1.1 (GET, HEAD, single ranges, keep-alive).
+#[derive(Parser, Debug, Clone)]
+#[command(name = "ringwork-files", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Worker threads, each with its own listener (SO_REUSEPORT) and ring.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN).
+    #[arg(long)]
+    direct: bool,
+    /// I/O backend.
+    #[arg(long, value_enum, default_value_t = Backend::Uring)]
+    backend: Backend,
+    /// Bytes per file read (each connection holds two buffers of this size).
+    #[arg(long, default_value_t = 16384)]
+    chunk: u32,
+    /// Drop a connection whose request head is not complete after this many milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    header_timeout_ms: u64,
+    /// Drop an idle keep-alive connection after this many milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    idle_timeout_ms: u64,
+    /// Most connections per thread; more are accepted and closed at once.
+    #[arg(long, default_value_t = 256)]
+    max_conns: u32,
+    /// Directory to serve.
+    #[arg(default_value = ".")]
+    root: PathBuf,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// io_uring: openat2/statx/read_fixed/send through the ring.
+    Uring,
+    /// epoll (edge-triggered) with nonblocking syscalls.
+    Epoll,
+}
+
+/// What every worker thread shares.
+struct Shared {
+    root: OwnedFd,
+    cfg: Config,
+    max_conns: u32,
+    start: Instant,
+}
+
+impl Shared {
+    fn now(&self) -> Time {
+        Time {
+            mono_ms: self.start.elapsed().as_millis() as u64,
+            unix_secs: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }
+    }
+}
+
+/// The statx fields HttpConn needs.
+fn file_info(stx: &Statx) -> FileInfo {
+    let kind = match FileType::from_raw_mode(u32::from(stx.stx_mode)) {
+        FileType::RegularFile => FileKind::Regular,
+        FileType::Directory => FileKind::Directory,
+        _ => FileKind::Other,
+    };
+    let (mem, offset) = (stx.stx_dio_mem_align, stx.stx_dio_offset_align);
+    let dio = (mem != 0 && offset != 0 && mem.is_power_of_two() && offset.is_power_of_two())
+        .then_some(Alignment { mem, offset });
+    FileInfo {
+        kind,
+        size: stx.stx_size,
+        mtime_secs: u64::try_from(stx.stx_mtime.tv_sec).unwrap_or(0),
+        dio,
+    }
+}
+
+/// The open flags and resolve flags for serving a file: read-only, beneath the root.
+fn open_flags(direct: bool) -> (OFlags, ResolveFlags) {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    if direct {
+        flags |= OFlags::DIRECT;
+    }
+    (flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
+}
+
+/// Says once per thread whether `--direct` takes effect, so a person knows which path served.
+fn note_direct(said: &mut bool, requested: bool, direct: bool) {
+    if requested && !*said {
+        *said = true;
+        if direct {
+            println!("O_DIRECT in use (statx reports alignments that fit the chunk size)");
+        } else {
+            println!(
+                "O_DIRECT requested but not used: statx reports no usable O_DIRECT alignment \
+                 (STATX_DIOALIGN) for a file, or it does not divide the chunk size; serving buffered"
+            );
+        }
+    }
+}
+
+/// A listening socket with SO_REUSEPORT, so that each thread can bind its own.
+fn listener(addr: SocketAddr, nonblocking: bool) -> rustix::io::Result<OwnedFd> {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::INET,
+        SocketAddr::V6(_) => AddressFamily::INET6,
+    };
+    let flags = if nonblocking {
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK
+    } else {
+        rustix::net::SocketFlags::CLOEXEC
+    };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
+    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
+    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 1024)?;
+    Ok(fd)
+}
+
+fn bound_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+    let any = rustix::net::getsockname(fd).ok()?;
+    SocketAddr::try_from(any).ok()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringwork-files: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    if args.chunk == 0 || args.chunk > 1 << 24 {
+        return Err("--chunk must be between 1 and 16777216 bytes".into());
+    }
+    if args.threads == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    let root_path = std::fs::canonicalize(&args.root)
+        .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
+    let root = rustix::fs::open(
+        &root_path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
+    ringwork_sys::signal::install_stop_handler().map_err(|e| e.to_string())?;
+
+    let nonblocking = args.backend == Backend::Epoll;
+    let first = listener(args.listen, nonblocking)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = bound_addr(&first).unwrap_or(args.listen);
+    let mut listeners = vec![first];
+    for _ in 1..args.threads {
+        listeners.push(
+            listener(addr, nonblocking).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+        );
+    }
+    let shared = Arc::new(Shared {
+        root,
+        cfg: Config {
+            limits: Limits::default(),
+            chunk: args.chunk,
+            header_timeout_ms: args.header_timeout_ms,
+            idle_timeout_ms: args.idle_timeout_ms,
+            direct: args.direct,
+        },
+        max_conns: args.max_conns.max(1),
+        start: Instant::now(),
+    });
+
+    println!(
+        "{:?} backend, {} thread(s), {}-byte chunks, kernel {}",
+        args.backend,
+        args.threads,
+        args.chunk,
+        ringwork_sys::kernel_release()
+    );
+    // The last line of startup, and exactly this shape: scripts and tests wait for it.
+    println!(
+        "ringwork-files serving {}, listening on http://{addr}/",
+        root_path.display()
+    );
+    let _ = std::io::stdout().flush();
+
+    let workers: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let shared = Arc::clone(&shared);
+            let backend = args.backend;
+            std::thread::Builder::new()
+                .name(format!("files-{i}"))
+                .spawn(move || {
+                    let result = match backend {
+                        Backend::Uring => uring::run(&shared, l),
+                        Backend::Epoll => epoll::run(&shared, l),
+                    };
+                    if result.is_err() {
+                        // The others would serve on, and `main` would wait for them forever.
+                        ringwork_sys::signal::request_stop();
+                    }
+                    result
+                })
+                .map_err(|e| format!("cannot start a worker thread: {e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut failure = None;
+    for w in workers {
+        match w.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(e),
+            Err(_) => failure = Some("a worker thread panicked".into()),
+        }
+    }
+    match failure {
+        None => Ok(()),
+        Some(e) => Err(e),
+    }
+}

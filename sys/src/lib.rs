@@ -6,6 +6,7 @@
 //!   and the epoll baseline's event loop primitive.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
+//! - [`signal`]: SIGINT / SIGTERM as a stop flag for the servers' loops.
 //!
 //! The queue index protocol and every ownership decision come from `ringwork-core`; this
 //! crate does the memory access and the syscalls, and nothing else. All of Ringwork's `unsafe`

@@ -1,0 +1,1158 @@
+//! One HTTP/1.1 static-file connection as a sans-IO state machine.
+//!
+//! [`HttpConn`] takes what the driver observed (bytes received, a stat result, an open result,
+//! a read or send completion, the passing of time) and describes what to do next as [`Op`]s,
+//! polled with [`HttpConn::poll_op`]. The io_uring driver turns each op into an SQE and feeds
+//! the CQE back; the epoll driver performs it with a nonblocking syscall (or waits for
+//! readiness) and feeds the result back. Both run exactly these decisions.
+//!
+//! A request goes: receive the head → parse (pipelined bytes stay buffered) → [`Op::Stat`] the
+//! path → (a directory: stat `index.html` inside it) → [`Op::Open`] → send the head and stream
+//! the body through two buffers (read the next chunk while the current one is sent, with
+//! [`FileRead`] handling short reads and O_DIRECT alignment) → [`Op::CloseFile`] → next
+//! request or [`Op::Close`].
+//!
+//! The stat comes *before* the open: a FIFO or device is refused without ever being opened (an
+//! open of a FIFO blocks), and the driver stats by path because io_uring's STATX cannot name a
+//! registered file. The open (openat2 with `RESOLVE_BENEATH`) is what enforces the root: a
+//! path the stat resolved outside it (through a symlink) fails to open, and its size is never
+//! sent.
+//!
+//! Ownership rule the drivers rely on: [`Op::Close`] is emitted only when no operation of this
+//! connection is in flight, so the driver may free the connection (and its buffers and file
+//! slot) as soon as it has performed it.
+//!
+//! What it deliberately does not do: hold descriptors or buffers for file data (the driver
+//! owns the two chunk buffers, [`BufIx`] 0 and 1, each at least [`Config::chunk`] bytes), read
+//! a clock ([`Time`] comes in with every event), or log.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use arrayvec::ArrayVec;
+
+use crate::errno::RawErrno;
+use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
+use crate::http::{
+    content_type, error_response, is_directory_request, normalize_path, not_modified, parse_range,
+    parse_request, ContentRange, HttpError, Limits, Method, Parsed, RangeResult, ResponseHead,
+    Status,
+};
+
+/// Which of the connection's two chunk buffers.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct BufIx(pub u8);
+
+/// The current time, as the driver read it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Time {
+    /// Monotonic milliseconds (for timeouts).
+    pub mono_ms: u64,
+    /// Wall-clock Unix seconds (for the `Date` header).
+    pub unix_secs: u64,
+}
+
+/// Per-server settings.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Config {
+    /// Request head limits.
+    pub limits: Limits,
+    /// Bytes per file read; each chunk buffer holds at least this many.
+    pub chunk: u32,
+    /// A request head must be complete this long after its wait began.
+    pub header_timeout_ms: u64,
+    /// A keep-alive connection with nothing buffered, or a response making no progress, is
+    /// dropped after this long.
+    pub idle_timeout_ms: u64,
+    /// Open files with O_DIRECT when statx reports alignments that fit the chunk size.
+    pub direct: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            chunk: 64 * 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            direct: false,
+        }
+    }
+}
+
+/// What a stat said about a path.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum FileKind {
+    /// A regular file: servable.
+    Regular,
+    /// A directory: serve its `index.html`.
+    Directory,
+    /// A FIFO, socket, device: refused with 403.
+    Other,
+}
+
+/// The stat result a driver reports.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct FileInfo {
+    /// The file type.
+    pub kind: FileKind,
+    /// Length in bytes.
+    pub size: u64,
+    /// Modification time, Unix seconds.
+    pub mtime_secs: u64,
+    /// O_DIRECT alignment (`STATX_DIOALIGN`), `None` when the file system does not say or
+    /// does not support O_DIRECT for this file.
+    pub dio: Option<Alignment>,
+}
+
+/// Where the bytes of a send are.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum SendSrc {
+    /// `HttpConn::head_bytes()[start..start + len]`.
+    Head {
+        /// First byte.
+        start: u32,
+        /// Byte count.
+        len: u32,
+    },
+    /// Chunk buffer `buf`, bytes `start..start + len`.
+    Buf {
+        /// Which buffer.
+        buf: BufIx,
+        /// First byte.
+        start: u32,
+        /// Byte count.
+        len: u32,
+    },
+}
+
+/// An operation for the driver to perform; exactly one completion is fed back for each,
+/// except [`Op::Cancel`] (its effect shows as the cancelled op's completion) and
+/// [`Op::Close`] (the last op).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Op {
+    /// Receive at most `max` bytes from the socket; report with [`HttpConn::on_recv`].
+    Recv {
+        /// Most bytes the connection can take now.
+        max: u32,
+    },
+    /// Stat [`HttpConn::path`] relative to the root (following symlinks); report with
+    /// [`HttpConn::on_stat`].
+    Stat,
+    /// Open [`HttpConn::path`] read-only beneath the root (openat2 `RESOLVE_BENEATH |
+    /// RESOLVE_NO_MAGICLINKS`), with O_DIRECT when `direct`; report with [`HttpConn::on_open`].
+    Open {
+        /// Add O_DIRECT.
+        direct: bool,
+    },
+    /// Read `len` bytes at file `offset` into buffer `buf` at `buf_pos`; report with
+    /// [`HttpConn::on_read`].
+    Read {
+        /// Which buffer.
+        buf: BufIx,
+        /// Explicit file offset.
+        offset: u64,
+        /// Bytes to read.
+        len: u32,
+        /// Position in the buffer.
+        buf_pos: u32,
+    },
+    /// Send these bytes; report with [`HttpConn::on_send`].
+    Send(SendSrc),
+    /// Close the open file; report with [`HttpConn::on_file_closed`].
+    CloseFile,
+    /// Cancel the socket operation in flight (a receive or send); it completes with an error.
+    Cancel,
+    /// Shut down the sending side of the socket (the response is complete and the connection
+    /// will close): the client sees end of stream. No completion is reported.
+    Shutdown,
+    /// Close the connection. Nothing of it is in flight; nothing follows.
+    Close,
+}
+
+/// Where the request stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    /// Waiting for a complete request head; `since` is when the wait began.
+    Head { since: u64 },
+    /// A stat of the path is in flight; `index` once the path names `index.html` in a
+    /// directory.
+    Stat { index: bool },
+    /// The open is in flight.
+    Open { info: FileInfo, direct: bool },
+    /// Sending the response (head, then body chunks).
+    Respond,
+    /// The response is out; the file close is in flight.
+    CloseFile,
+    /// An error response went out with `Connection: close`: read and discard what the client
+    /// still sends (so that closing does not reset the connection before the client read the
+    /// response), until end of stream or the header timeout.
+    Drain { since: u64, drained: u32 },
+    /// Waiting for in-flight ops to finish, then close.
+    Closing,
+    /// [`Op::Close`] was emitted.
+    Closed,
+}
+
+/// What a chunk buffer holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum BufState {
+    Free,
+    Reading,
+    Full(Chunk),
+    Sending { chunk: Chunk, sent: u32 },
+}
+
+/// The request being answered.
+#[derive(Clone, Debug)]
+struct ReqInfo {
+    head_only: bool,
+    keep_alive: bool,
+    range: Option<ArrayVec<u8, 128>>,
+    if_modified_since: Option<ArrayVec<u8, 64>>,
+}
+
+/// Longest response head written (no header here is longer than a date or a number).
+const HEAD_CAP: usize = 512;
+/// Most bytes discarded after an error response before closing anyway.
+const DRAIN_LIMIT: u32 = 64 * 1024;
+
+/// One connection; see the module docs.
+#[derive(Debug)]
+pub struct HttpConn {
+    cfg: Config,
+    phase: Phase,
+    ops: ArrayVec<Op, 8>,
+    /// Received, not yet consumed bytes: `rbuf[..rlen]`.
+    rbuf: Vec<u8>,
+    rlen: usize,
+    /// The path to stat and open, NUL-terminated: `path[..path_len + 1]`.
+    path: Vec<u8>,
+    path_len: usize,
+    /// The response head (or whole error response): `head[..head_len]`, `head_sent` out.
+    head: Vec<u8>,
+    head_len: u32,
+    head_sent: u32,
+    req: Option<ReqInfo>,
+    file_open: bool,
+    read: Option<FileRead>,
+    bufs: [BufState; 2],
+    /// The buffer the next read goes into, and the one whose chunk is sent next.
+    read_ix: u8,
+    send_ix: u8,
+    recv_in_flight: bool,
+    send_in_flight: bool,
+    cancel_sent: bool,
+    /// An [`Op::CloseFile`] is queued or in flight.
+    file_closing: bool,
+    /// After the response: close instead of reading the next request.
+    close_after: bool,
+    /// Last time anything completed, for the no-progress timeout while responding.
+    last_progress: u64,
+    requests: u64,
+}
+
+impl HttpConn {
+    /// A new connection accepted at `now`; poll it for the first [`Op::Recv`].
+    pub fn new(cfg: Config, now: Time) -> Self {
+        let mut c = Self {
+            cfg,
+            phase: Phase::Head { since: now.mono_ms },
+            ops: ArrayVec::new(),
+            rbuf: vec![0; cfg.limits.max_head_bytes + 1],
+            rlen: 0,
+            path: vec![0; cfg.limits.max_target_len + "/index.html".len() + 1],
+            path_len: 0,
+            head: vec![0; HEAD_CAP],
+            head_len: 0,
+            head_sent: 0,
+            req: None,
+            file_open: false,
+            read: None,
+            bufs: [BufState::Free; 2],
+            read_ix: 0,
+            send_ix: 0,
+            recv_in_flight: false,
+            send_in_flight: false,
+            cancel_sent: false,
+            file_closing: false,
+            close_after: false,
+            last_progress: now.mono_ms,
+            requests: 0,
+        };
+        c.want_head(now);
+        c
+    }
+
+    /// The next operation to perform, if any. Poll until `None` after every event.
+    #[must_use]
+    pub fn poll_op(&mut self) -> Option<Op> {
+        if self.ops.is_empty() {
+            None
+        } else {
+            Some(self.ops.remove(0))
+        }
+    }
+
+    /// The path to stat or open, relative to the root, NUL-terminated (`.` for the root).
+    pub fn path(&self) -> &[u8] {
+        &self.path[..self.path_len + 1]
+    }
+
+    /// The response head bytes that [`SendSrc::Head`] refers to.
+    pub fn head_bytes(&self) -> &[u8] {
+        &self.head[..self.head_len as usize]
+    }
+
+    /// True once [`Op::Close`] has been emitted.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    fn push(&mut self, op: Op) {
+        // Capacity guard: at most a send, a read and one bookkeeping op are queued at once.
+        self.ops.push(op);
+    }
+
+    /// Bytes arrived (`Ok(&[])`: end of stream) or the receive failed.
+    pub fn on_recv(&mut self, now: Time, res: Result<&[u8], RawErrno>) {
+        self.recv_in_flight = false;
+        self.last_progress = now.mono_ms;
+        match (self.phase, res) {
+            (Phase::Head { .. }, Ok(bytes)) if !bytes.is_empty() => {
+                if self.rlen == 0 && self.requests > 0 {
+                    // The keep-alive wait is over; the head's own clock starts now.
+                    self.phase = Phase::Head { since: now.mono_ms };
+                }
+                let n = bytes.len().min(self.rbuf.len() - self.rlen);
+                self.rbuf[self.rlen..self.rlen + n].copy_from_slice(&bytes[..n]);
+                self.rlen += n;
+                self.want_head(now);
+            }
+            (Phase::Drain { since, drained }, Ok(bytes)) if !bytes.is_empty() => {
+                let drained = drained.saturating_add(bytes.len() as u32);
+                if drained > DRAIN_LIMIT {
+                    self.close();
+                } else {
+                    self.phase = Phase::Drain { since, drained };
+                    self.push_recv();
+                }
+            }
+            // End of stream, an error or a cancellation: nothing more will come.
+            _ => self.close(),
+        }
+    }
+
+    /// The stat of [`HttpConn::path`] completed.
+    pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
+        self.last_progress = now.mono_ms;
+        let Phase::Stat { index } = self.phase else {
+            // Guard: a stat is only issued in Phase::Stat; a stray one is a driver bug.
+            return self.close();
+        };
+        match res {
+            Ok(info) if info.kind == FileKind::Regular => {
+                let direct = self.cfg.direct
+                    && info
+                        .dio
+                        .is_some_and(|a| self.cfg.chunk % a.unit() == 0 && a.unit() <= 65536);
+                self.phase = Phase::Open { info, direct };
+                self.push(Op::Open { direct });
+            }
+            Ok(info) if info.kind == FileKind::Directory && !index => {
+                // A directory: its index.html, or nothing (no listings).
+                let mut len = self.path_len;
+                if len == 1 && self.path[0] == b'.' {
+                    len = 0;
+                } else {
+                    self.path[len] = b'/';
+                    len += 1;
+                }
+                self.path[len..len + 10].copy_from_slice(b"index.html");
+                self.path_len = len + 10;
+                self.path[self.path_len] = 0;
+                self.phase = Phase::Stat { index: true };
+                self.push(Op::Stat);
+            }
+            // A directory without index.html, a directory named index.html, a FIFO or device.
+            Ok(_) => self.error(now, Status::Forbidden),
+            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) if index => {
+                self.error(now, Status::Forbidden)
+            }
+            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) => {
+                self.error(now, Status::NotFound)
+            }
+            Err(_) => self.error(now, Status::Forbidden),
+        }
+    }
+
+    /// The open completed; `Err(INVAL)` on an O_DIRECT open makes it retry buffered.
+    pub fn on_open(&mut self, now: Time, res: Result<(), RawErrno>) {
+        self.last_progress = now.mono_ms;
+        let Phase::Open { info, direct } = self.phase else {
+            // Guard: an open is only issued in Phase::Open.
+            return self.close();
+        };
+        match res {
+            Ok(()) => {
+                self.file_open = true;
+                self.respond(now, info, direct);
+            }
+            Err(RawErrno::INVAL) if direct => {
+                // The file system refused O_DIRECT after all: same bytes, buffered.
+                self.phase = Phase::Open {
+                    info,
+                    direct: false,
+                };
+                self.push(Op::Open { direct: false });
+            }
+            Err(RawErrno::NOENT | RawErrno::NOTDIR) => self.error(now, Status::NotFound),
+            // EXDEV / ELOOP: resolution left the root (a symlink out of it); EACCES; others.
+            Err(_) => self.error(now, Status::Forbidden),
+        }
+    }
+
+    /// The read into `buf` completed.
+    pub fn on_read(&mut self, now: Time, buf: BufIx, res: Result<u32, RawErrno>) {
+        self.last_progress = now.mono_ms;
+        let b = usize::from(buf.0 & 1);
+        debug_assert_eq!(self.bufs[b], BufState::Reading);
+        let Some(read) = self.read.as_mut() else {
+            // Guard: reads are only issued while `read` is set; it is dropped only when none
+            // is in flight.
+            return self.close();
+        };
+        match read.on_read(res) {
+            ReadOutcome::Chunk(chunk) => {
+                self.bufs[b] = BufState::Full(chunk);
+                self.read_ix ^= 1;
+            }
+            // Same buffer, the remainder: `read_ix` still names it.
+            ReadOutcome::Resubmit => self.bufs[b] = BufState::Free,
+            ReadOutcome::Failed(_) => {
+                // The head is already out (or going): the only honest signal left is closing.
+                self.bufs[b] = BufState::Free;
+                return self.close();
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The send completed.
+    pub fn on_send(&mut self, now: Time, res: Result<u32, RawErrno>) {
+        self.send_in_flight = false;
+        self.last_progress = now.mono_ms;
+        let n = match res {
+            Ok(n) if n > 0 => n,
+            Err(RawErrno::AGAIN | RawErrno::INTR) => 0,
+            // Peer gone (EPIPE, ECONNRESET), cancelled, or a zero-byte send.
+            _ => return self.close(),
+        };
+        if self.head_sent < self.head_len {
+            self.head_sent += n.min(self.head_len - self.head_sent);
+        } else {
+            let s = usize::from(self.send_ix);
+            if let BufState::Sending { chunk, sent } = self.bufs[s] {
+                let sent = sent + n.min(chunk.len - sent);
+                if sent == chunk.len {
+                    self.bufs[s] = BufState::Free;
+                    self.send_ix ^= 1;
+                } else {
+                    self.bufs[s] = BufState::Sending { chunk, sent };
+                }
+            }
+        }
+        match self.phase {
+            Phase::Respond => self.pump(now),
+            Phase::Closing => self.close(),
+            _ => self.pump(now),
+        }
+    }
+
+    /// The file close completed.
+    pub fn on_file_closed(&mut self, now: Time) {
+        self.file_open = false;
+        self.file_closing = false;
+        match self.phase {
+            Phase::CloseFile => self.next_request(now),
+            _ => self.close(),
+        }
+    }
+
+    /// Time passed: drop the connection if a head, a keep-alive wait or a response has
+    /// taken too long. Call every so often (a tenth of the shortest timeout is plenty).
+    pub fn on_tick(&mut self, now: Time) {
+        let t = now.mono_ms;
+        let expired = match self.phase {
+            Phase::Head { since } => {
+                // A keep-alive wait with nothing received is idle; anything partial is a head.
+                let limit = if self.rlen == 0 && self.requests > 0 {
+                    self.cfg.idle_timeout_ms
+                } else {
+                    self.cfg.header_timeout_ms
+                };
+                t.saturating_sub(since) >= limit
+            }
+            Phase::Drain { since, .. } => t.saturating_sub(since) >= self.cfg.header_timeout_ms,
+            Phase::Respond => t.saturating_sub(self.last_progress) >= self.cfg.idle_timeout_ms,
+            _ => false,
+        };
+        if expired {
+            self.close();
+        }
+    }
+
+    fn push_recv(&mut self) {
+        if !self.recv_in_flight {
+            self.recv_in_flight = true;
+            let max = match self.phase {
+                Phase::Drain { .. } => self.rbuf.len(),
+                _ => self.rbuf.len() - self.rlen,
+            };
+            self.push(Op::Recv { max: max as u32 });
+        }
+    }
+
+    /// Parses what is buffered; starts a request, answers an error, or receives more.
+    fn want_head(&mut self, now: Time) {
+        let parsed = parse_request(&self.rbuf[..self.rlen], &self.cfg.limits);
+        let (request, head_len) = match parsed {
+            Ok(Parsed::Partial) => {
+                // The buffer is one byte larger than the limit, so a full buffer parsed as
+                // Partial is impossible (parse_request reports HeadTooLarge first).
+                return self.push_recv();
+            }
+            Ok(Parsed::Complete { request, head_len }) => (request, head_len),
+            Err(e) => return self.refuse(now, e, false),
+        };
+        let keep_alive = request.keep_alive;
+        let head_only = request.method == Method::Head;
+        let info = ReqInfo {
+            head_only,
+            keep_alive,
+            range: request.range.and_then(|r| ArrayVec::try_from(r).ok()),
+            if_modified_since: request
+                .if_modified_since
+                .and_then(|r| ArrayVec::try_from(r).ok()),
+        };
+        let checked = request.check_servable().and_then(|()| {
+            let target = request.target.as_bytes();
+            let cap = self.path.len() - "/index.html".len() - 1;
+            let p = normalize_path(target, &mut self.path[..cap])?;
+            Ok((p.len(), is_directory_request(target)))
+        });
+        // The head is consumed whatever the outcome; pipelined bytes move to the front.
+        self.rbuf.copy_within(head_len..self.rlen, 0);
+        self.rlen -= head_len;
+        self.req = Some(info);
+        match checked {
+            Ok((len, _dir)) => {
+                if len == 0 {
+                    self.path[0] = b'.';
+                    self.path_len = 1;
+                } else {
+                    self.path_len = len;
+                }
+                self.path[self.path_len] = 0;
+                self.phase = Phase::Stat { index: false };
+                self.push(Op::Stat);
+            }
+            Err(e) => self.refuse(now, e, head_only),
+        }
+    }
+
+    /// Answers a request error; the connection closes after it (its framing is suspect).
+    fn refuse(&mut self, now: Time, e: HttpError, head_only: bool) {
+        self.rlen = 0;
+        self.close_after = true;
+        self.req = Some(ReqInfo {
+            head_only,
+            keep_alive: false,
+            range: None,
+            if_modified_since: None,
+        });
+        self.error(now, e.status());
+    }
+
+    /// Sends a small error response for the current request.
+    fn error(&mut self, now: Time, status: Status) {
+        let (head_only, keep_alive) = self.req.as_ref().map_or((false, false), |r| {
+            (r.head_only, r.keep_alive && !self.close_after)
+        });
+        self.close_after |= !keep_alive;
+        let len = match error_response(status, keep_alive, now.unix_secs, &mut self.head) {
+            Ok(l) if head_only => l.head,
+            Ok(l) => l.total,
+            // HEAD_CAP holds any error response; should it not, closing is the fallback.
+            Err(_) => return self.close(),
+        };
+        self.start_head(len);
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    fn start_head(&mut self, len: usize) {
+        self.head_len = len as u32;
+        self.head_sent = 0;
+        self.bufs = [BufState::Free; 2];
+        self.read_ix = 0;
+        self.send_ix = 0;
+    }
+
+    /// The file is open: decide 200 / 206 / 304 / 416 and start sending.
+    fn respond(&mut self, now: Time, info: FileInfo, direct: bool) {
+        let req = self.req.clone().unwrap_or(ReqInfo {
+            head_only: true,
+            keep_alive: false,
+            range: None,
+            if_modified_since: None,
+        });
+        self.close_after |= !req.keep_alive;
+        let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
+        let mut head = ResponseHead::new(Status::Ok, now.unix_secs);
+        head.keep_alive = req.keep_alive;
+        head.content_type = Some(content_type(path_str));
+        head.last_modified = Some(info.mtime_secs);
+        head.accept_ranges = true;
+        let mut body: Option<(u64, u64)> = None;
+        if not_modified(req.if_modified_since.as_deref(), info.mtime_secs) {
+            head.status = Status::NotModified;
+        } else {
+            let range = req
+                .range
+                .as_deref()
+                .map_or(RangeResult::Full, |r| parse_range(r, info.size));
+            match range {
+                RangeResult::Full => {
+                    head.content_length = info.size;
+                    body = Some((0, info.size));
+                }
+                RangeResult::Partial {
+                    start,
+                    end_inclusive,
+                } => {
+                    head.status = Status::PartialContent;
+                    head.content_length = end_inclusive - start + 1;
+                    head.content_range = Some(ContentRange::Bytes {
+                        start,
+                        end_inclusive,
+                        complete_len: info.size,
+                    });
+                    body = Some((start, end_inclusive - start + 1));
+                }
+                RangeResult::Unsatisfiable => {
+                    head.status = Status::RangeNotSatisfiable;
+                    head.content_type = None;
+                    head.content_range = Some(ContentRange::Unsatisfied {
+                        complete_len: info.size,
+                    });
+                }
+            }
+        }
+        let len = match head.write(&mut self.head) {
+            Ok(len) => len,
+            Err(_) => return self.close(),
+        };
+        self.start_head(len);
+        self.read = match body {
+            Some((start, len)) if !req.head_only && len > 0 => {
+                let align = if direct { info.dio } else { None };
+                Some(FileRead::new(start, len, self.cfg.chunk, align))
+            }
+            _ => None,
+        };
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    /// Issues the next send and read, or finishes the response.
+    fn pump(&mut self, now: Time) {
+        if self.phase != Phase::Respond {
+            if self.phase == Phase::Closing {
+                self.close();
+            }
+            return;
+        }
+        let reading = self.bufs.contains(&BufState::Reading);
+        // Sends, strictly in order: the head, then chunks alternating between the buffers.
+        if !self.send_in_flight {
+            if self.head_sent < self.head_len {
+                self.send_in_flight = true;
+                self.push(Op::Send(SendSrc::Head {
+                    start: self.head_sent,
+                    len: self.head_len - self.head_sent,
+                }));
+            } else {
+                let s = usize::from(self.send_ix);
+                match self.bufs[s] {
+                    BufState::Full(chunk) => {
+                        self.bufs[s] = BufState::Sending { chunk, sent: 0 };
+                        self.send_in_flight = true;
+                        self.push(Op::Send(SendSrc::Buf {
+                            buf: BufIx(self.send_ix),
+                            start: chunk.buf_start,
+                            len: chunk.len,
+                        }));
+                    }
+                    BufState::Sending { chunk, sent } => {
+                        // A short send: exactly the remainder.
+                        self.send_in_flight = true;
+                        self.push(Op::Send(SendSrc::Buf {
+                            buf: BufIx(self.send_ix),
+                            start: chunk.buf_start + sent,
+                            len: chunk.len - sent,
+                        }));
+                    }
+                    BufState::Free | BufState::Reading => {}
+                }
+            }
+        }
+        // One read at a time, into the buffer after the last completed chunk, once it is free.
+        let r = usize::from(self.read_ix);
+        if !reading && self.bufs[r] == BufState::Free {
+            if let Some(req) = self.read.as_mut().and_then(FileRead::next_read) {
+                self.bufs[r] = BufState::Reading;
+                self.push(Op::Read {
+                    buf: BufIx(self.read_ix),
+                    offset: req.offset,
+                    len: req.len,
+                    buf_pos: req.buf_pos,
+                });
+            }
+        }
+        let body_done = match &self.read {
+            None => true,
+            Some(read) => read.done(),
+        };
+        let idle = !self.send_in_flight && !self.bufs.contains(&BufState::Reading);
+        if idle && body_done && self.head_sent == self.head_len && self.bufs == [BufState::Free; 2]
+        {
+            self.finish(now);
+        }
+    }
+
+    /// The response is out.
+    fn finish(&mut self, now: Time) {
+        self.requests += 1;
+        self.read = None;
+        if self.file_open {
+            self.phase = Phase::CloseFile;
+            self.file_closing = true;
+            self.push(Op::CloseFile);
+        } else {
+            self.next_request(now);
+        }
+    }
+
+    fn next_request(&mut self, now: Time) {
+        self.req = None;
+        if self.close_after {
+            if self.requests > 0 && self.rlen == 0 && !self.cancel_sent {
+                // Error responses and `Connection: close` alike: let the client read first.
+                self.phase = Phase::Drain {
+                    since: now.mono_ms,
+                    drained: 0,
+                };
+                self.push(Op::Shutdown);
+                self.push_recv();
+            } else {
+                self.close();
+            }
+            return;
+        }
+        self.phase = Phase::Head { since: now.mono_ms };
+        self.want_head(now);
+    }
+
+    /// Closes as soon as nothing is in flight: cancels the socket op, waits for reads.
+    fn close(&mut self) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closing;
+        let reading = self.bufs.contains(&BufState::Reading);
+        if self.recv_in_flight || self.send_in_flight {
+            if !self.cancel_sent {
+                self.cancel_sent = true;
+                self.push(Op::Cancel);
+            }
+            return;
+        }
+        if reading {
+            // File reads finish on their own; on_read calls back here.
+            return;
+        }
+        if self.file_open {
+            // on_file_closed calls back here.
+            if !self.file_closing {
+                self.file_closing = true;
+                self.push(Op::CloseFile);
+            }
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.push(Op::Close);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::String;
+    use alloc::vec::Vec;
+    use proptest::prelude::*;
+
+    /// A simulated driver: one file `f` of `size` bytes (byte i is `i % 251`), a directory
+    /// `d` without index, everything else missing. Reads and sends are cut short at random.
+    struct Sim {
+        conn: HttpConn,
+        file: Vec<u8>,
+        bufs: [Vec<u8>; 2],
+        out: Vec<u8>,
+        input: Vec<u8>,
+        cuts: Vec<u32>,
+        cut_ix: usize,
+        closed: bool,
+        file_open: bool,
+        dio: Option<Alignment>,
+        direct_open: bool,
+    }
+
+    impl Sim {
+        fn cut(&mut self, n: u32) -> u32 {
+            let c = self.cuts[self.cut_ix % self.cuts.len()];
+            self.cut_ix += 1;
+            n.min(c.max(1))
+        }
+
+        fn run(&mut self) {
+            let now = Time::default();
+            let mut steps = 0;
+            while let Some(op) = self.conn.poll_op() {
+                steps += 1;
+                assert!(steps < 1_000_000, "no progress");
+                match op {
+                    Op::Recv { .. } if self.input.is_empty() => {
+                        // Nothing more to receive: the receive stays pending.
+                    }
+                    Op::Recv { max } => {
+                        let n = self.cut(max).min(self.input.len() as u32) as usize;
+                        let bytes: Vec<u8> = self.input.drain(..n).collect();
+                        self.conn.on_recv(now, Ok(&bytes));
+                    }
+                    Op::Stat => {
+                        let p = self.conn.path().to_vec();
+                        let res = match &p[..] {
+                            b"f\0" => Ok(FileInfo {
+                                kind: FileKind::Regular,
+                                size: self.file.len() as u64,
+                                mtime_secs: 1_000_000,
+                                dio: self.dio,
+                            }),
+                            b"d\0" | b".\0" => Ok(FileInfo {
+                                kind: FileKind::Directory,
+                                size: 0,
+                                mtime_secs: 0,
+                                dio: None,
+                            }),
+                            _ => Err(RawErrno::NOENT),
+                        };
+                        self.conn.on_stat(now, res);
+                    }
+                    Op::Open { direct } => {
+                        assert!(!self.file_open, "the slot must be closed before reuse");
+                        self.file_open = true;
+                        self.direct_open = direct;
+                        self.conn.on_open(now, Ok(()));
+                    }
+                    Op::Read {
+                        buf,
+                        offset,
+                        len,
+                        buf_pos,
+                    } => {
+                        assert!(self.file_open);
+                        if self.direct_open {
+                            let unit = u64::from(self.dio.unwrap().unit());
+                            assert_eq!(offset % unit, 0, "O_DIRECT offset alignment");
+                            assert_eq!(u64::from(len) % unit, 0, "O_DIRECT length alignment");
+                            assert_eq!(u64::from(buf_pos) % unit, 0, "O_DIRECT buffer alignment");
+                        }
+                        // Short reads stay aligned under O_DIRECT (the kernel stops at a block
+                        // boundary or end of file).
+                        let n = match self.direct_open {
+                            true => {
+                                let unit = self.dio.unwrap().unit();
+                                let n = self.cut(len);
+                                (n / unit).max(1) * unit
+                            }
+                            false => self.cut(len),
+                        } as usize;
+                        let off = offset as usize;
+                        let avail = self.file.len().saturating_sub(off).min(n);
+                        let b = &mut self.bufs[usize::from(buf.0)];
+                        let pos = buf_pos as usize;
+                        b[pos..pos + avail].copy_from_slice(&self.file[off..off + avail]);
+                        self.conn.on_read(now, buf, Ok(avail as u32));
+                    }
+                    Op::Send(src) => {
+                        let bytes: Vec<u8> = match src {
+                            SendSrc::Head { start, len } => self.conn.head_bytes()
+                                [start as usize..(start + len) as usize]
+                                .to_vec(),
+                            SendSrc::Buf { buf, start, len } => self.bufs[usize::from(buf.0)]
+                                [start as usize..(start + len) as usize]
+                                .to_vec(),
+                        };
+                        let n = self.cut(bytes.len() as u32) as usize;
+                        self.out.extend_from_slice(&bytes[..n]);
+                        self.conn.on_send(now, Ok(n as u32));
+                    }
+                    Op::CloseFile => {
+                        assert!(self.file_open);
+                        self.file_open = false;
+                        self.conn.on_file_closed(now);
+                    }
+                    Op::Shutdown => {}
+                    Op::Cancel => panic!("nothing to cancel in this simulation"),
+                    Op::Close => {
+                        assert!(!self.file_open, "file left open at close");
+                        self.closed = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Splits the output into (status, body) pairs using Content-Length.
+    fn responses(mut out: &[u8], head_only: &[bool]) -> Vec<(u16, Vec<u8>)> {
+        let mut v = Vec::new();
+        while !out.is_empty() {
+            let end = out
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .expect("head end")
+                + 4;
+            let head = String::from_utf8(out[..end].to_vec()).unwrap();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Content-Length: "))
+                .map_or(0, |l| l.parse().unwrap());
+            let len = if head_only.get(v.len()).copied().unwrap_or(false) {
+                0
+            } else {
+                len
+            };
+            v.push((status, out[end..end + len].to_vec()));
+            out = &out[end + len..];
+        }
+        v
+    }
+
+    fn sim(size: usize, chunk: u32, input: Vec<u8>, cuts: Vec<u32>) -> Sim {
+        sim_with(size, chunk, None, input, cuts)
+    }
+
+    /// With `dio`, statx reports that O_DIRECT alignment and the server asks for O_DIRECT.
+    fn sim_with(
+        size: usize,
+        chunk: u32,
+        dio: Option<Alignment>,
+        input: Vec<u8>,
+        cuts: Vec<u32>,
+    ) -> Sim {
+        let cfg = Config {
+            chunk,
+            direct: dio.is_some(),
+            ..Config::default()
+        };
+        Sim {
+            conn: HttpConn::new(cfg, Time::default()),
+            file: (0..size).map(|i| (i % 251) as u8).collect(),
+            bufs: [vec![0; chunk as usize], vec![0; chunk as usize]],
+            out: Vec::new(),
+            input,
+            cuts,
+            cut_ix: 0,
+            closed: false,
+            file_open: false,
+            dio,
+            direct_open: false,
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Req {
+        Get,
+        Head,
+        Range(u64, u64),
+        Missing,
+        Dir,
+    }
+
+    fn req_strategy() -> impl Strategy<Value = Req> {
+        prop_oneof![
+            4 => Just(Req::Get),
+            1 => Just(Req::Head),
+            2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
+            1 => Just(Req::Missing),
+            1 => Just(Req::Dir),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn pipelined_requests_get_exact_bytes(
+            size in 0usize..20_000,
+            chunk in 1u32..5000,
+            reqs in proptest::collection::vec(req_strategy(), 1..6),
+            cuts in proptest::collection::vec(1u32..9000, 1..8),
+            direct in any::<bool>(),
+        ) {
+            let mut input = Vec::new();
+            for r in &reqs {
+                let line = match r {
+                    Req::Get | Req::Range(..) => "GET /f HTTP/1.1",
+                    Req::Head => "HEAD /f HTTP/1.1",
+                    Req::Missing => "GET /nope HTTP/1.1",
+                    Req::Dir => "GET /d/ HTTP/1.1",
+                };
+                input.extend_from_slice(line.as_bytes());
+                input.extend_from_slice(b"\r\nHost: x\r\n");
+                if let Req::Range(a, b) = r {
+                    input.extend_from_slice(alloc::format!("Range: bytes={a}-{b}\r\n").as_bytes());
+                }
+                input.extend_from_slice(b"\r\n");
+            }
+            let dio = direct.then_some(Alignment { mem: 512, offset: 512 });
+            let chunk = if direct { chunk.div_ceil(512) * 512 } else { chunk };
+            let mut s = sim_with(size, chunk, dio, input, cuts);
+            s.run();
+            // All input consumed; the connection waits for more (keep-alive), never closed.
+            prop_assert!(!s.closed);
+            prop_assert!(!s.file_open);
+            let head_only: Vec<bool> = reqs.iter().map(|r| matches!(r, Req::Head)).collect();
+            let got = responses(&s.out, &head_only);
+            prop_assert_eq!(got.len(), reqs.len());
+            for (r, (status, body)) in reqs.iter().zip(got) {
+                match r {
+                    Req::Get => {
+                        prop_assert_eq!(status, 200);
+                        prop_assert_eq!(&body[..], &s.file[..]);
+                    }
+                    Req::Head => prop_assert_eq!((status, body.len()), (200, 0)),
+                    Req::Range(a, b) => {
+                        if *a as usize >= size {
+                            prop_assert_eq!(status, 416);
+                        } else {
+                            prop_assert_eq!(status, 206);
+                            let end = (*b as usize).min(size - 1);
+                            prop_assert_eq!(&body[..], &s.file[*a as usize..=end]);
+                        }
+                    }
+                    Req::Missing => prop_assert_eq!(status, 404),
+                    Req::Dir => prop_assert_eq!(status, 403),
+                }
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics_and_closes_cleanly(
+            input in proptest::collection::vec(any::<u8>(), 0..3000),
+            cuts in proptest::collection::vec(1u32..500, 1..4),
+        ) {
+            let mut s = sim(100, 64, input, cuts);
+            s.run();
+            prop_assert!(!s.file_open);
+        }
+    }
+
+    #[test]
+    fn malformed_request_gets_400_then_close_after_eof() {
+        let mut s = sim(10, 64, b"GARBAGE\r\n\r\n".to_vec(), vec![1000]);
+        s.run();
+        assert!(s.out.starts_with(b"HTTP/1.1 400"));
+        assert!(!s.closed, "draining until the client closes");
+        s.conn.on_recv(Time::default(), Ok(&[]));
+        s.run();
+        assert!(s.closed);
+    }
+
+    #[test]
+    fn header_timeout_cancels_the_receive_then_closes() {
+        let cfg = Config {
+            header_timeout_ms: 100,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, Time::default());
+        assert!(matches!(c.poll_op(), Some(Op::Recv { .. })));
+        c.on_tick(Time {
+            mono_ms: 50,
+            unix_secs: 0,
+        });
+        assert_eq!(c.poll_op(), None);
+        c.on_tick(Time {
+            mono_ms: 100,
+            unix_secs: 0,
+        });
+        assert_eq!(c.poll_op(), Some(Op::Cancel));
+        c.on_recv(Time::default(), Err(RawErrno::CANCELED));
+        assert_eq!(c.poll_op(), Some(Op::Close));
+        assert!(c.is_closed());
+    }
+
+    fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
+        core::iter::from_fn(|| c.poll_op()).collect()
+    }
+
+    #[test]
+    fn a_failed_send_closes_only_after_the_read_in_flight_and_the_file_close() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        let info = FileInfo {
+            kind: FileKind::Regular,
+            size: 100_000,
+            mtime_secs: 0,
+            dio: None,
+        };
+        c.on_stat(now, Ok(info));
+        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        c.on_open(now, Ok(()));
+        let ops = drain_ops(&mut c);
+        assert!(matches!(
+            ops[..],
+            [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
+        ));
+        c.on_send(now, Err(RawErrno::PIPE));
+        assert_eq!(drain_ops(&mut c), [], "the read still owns buffer 0");
+        c.on_read(now, BufIx(0), Ok(4096));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn if_modified_since_gives_304() {
+        let input = b"GET /f HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![1000]);
+        s.run();
+        assert!(
+            s.out.starts_with(b"HTTP/1.1 304"),
+            "{:?}",
+            String::from_utf8_lossy(&s.out)
+        );
+    }
+}

@@ -1,0 +1,497 @@
+//! ringwork-files end to end: the real binary on port 0, both backends, a std-only HTTP/1.1
+//! client. Bodies are compared byte for byte with the files on disk.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use ringwork_e2e::{random_bytes, Server};
+
+const BACKENDS: [&str; 2] = ["uring", "epoll"];
+
+/// Sizes of the fixture files `f<size>`.
+const SIZES: [usize; 6] = [0, 1, 4095, 4096, 4097, (1 << 20) + 3];
+const BIG: usize = 64 << 20;
+
+const ROOT_PREFIX: &str = "ringwork-files-e2e-";
+
+/// Removes the roots of earlier test processes that have exited (a static cannot clean up
+/// after itself at exit).
+fn remove_stale_roots() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(ROOT_PREFIX) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// The served root, built once per test process.
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        remove_stale_roots();
+        let dir = std::env::temp_dir().join(format!("{ROOT_PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("withindex")).unwrap();
+        std::fs::create_dir_all(dir.join("noindex")).unwrap();
+        for (i, size) in SIZES.iter().enumerate() {
+            std::fs::write(
+                dir.join(format!("f{size}")),
+                random_bytes(i as u64 + 1, *size),
+            )
+            .unwrap();
+        }
+        std::fs::write(dir.join("withindex/index.html"), b"<p>index</p>\n").unwrap();
+        std::fs::write(dir.join("page.html"), b"<p>page</p>\n").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
+        std::os::unix::fs::symlink("f4096", dir.join("inside-link")).unwrap();
+        let root =
+            rustix::fs::open(&dir, rustix::fs::OFlags::RDONLY, rustix::fs::Mode::empty()).unwrap();
+        rustix::fs::mknodat(
+            &root,
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        dir
+    })
+}
+
+fn file(name: &str) -> Vec<u8> {
+    std::fs::read(root().join(name)).unwrap()
+}
+
+fn start(backend: &str, extra: &[&str]) -> Server {
+    let root = root().to_str().unwrap();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+    args.extend_from_slice(extra);
+    args.push(root);
+    Server::start("ringwork-files", &args)
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A keep-alive client connection.
+struct Client {
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Client {
+            reader: BufReader::new(s),
+        }
+    }
+
+    fn send(&mut self, raw: &[u8]) {
+        self.reader.get_mut().write_all(raw).unwrap();
+    }
+
+    /// Reads one response; `head_only` for HEAD requests (no body despite Content-Length).
+    fn read(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let status = head[9..12].parse().unwrap();
+        let mut r = Response {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if !head_only {
+            let len: usize = r.header("Content-Length").map_or(0, |v| v.parse().unwrap());
+            r.body = vec![0; len];
+            self.reader.read_exact(&mut r.body)?;
+        }
+        Ok(r)
+    }
+
+    fn get(&mut self, target: &str, extra: &str) -> Response {
+        self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
+        self.read(false).unwrap()
+    }
+}
+
+/// One request on a fresh connection.
+fn once(addr: SocketAddr, raw: &[u8]) -> Response {
+    let mut c = Client::connect(addr);
+    c.send(raw);
+    c.read(raw.starts_with(b"HEAD")).unwrap()
+}
+
+#[test]
+fn downloads_are_byte_exact_in_small_and_default_chunks() {
+    for backend in BACKENDS {
+        for chunk in ["1000", "16384"] {
+            let s = start(backend, &["--chunk", chunk]);
+            let mut c = Client::connect(s.addr);
+            for size in SIZES {
+                let name = format!("f{size}");
+                let r = c.get(&format!("/{name}"), "");
+                assert_eq!(r.status, 200, "{backend} chunk {chunk} {name}");
+                assert_eq!(r.header("Content-Length"), Some(size.to_string().as_str()));
+                assert!(
+                    r.body == file(&name),
+                    "{backend} chunk {chunk}: {name} differs"
+                );
+            }
+            let r = c.get("/inside-link", "");
+            assert!(
+                r.body == file("f4096"),
+                "a symlink inside the root is served"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_64_mib_file_streams_byte_exact() {
+    let want = random_bytes(99, BIG);
+    let path = root().join("big.bin");
+    std::fs::write(&path, &want).unwrap();
+    for backend in BACKENDS {
+        let s = start(backend, &[]);
+        let t = Instant::now();
+        let r = Client::connect(s.addr).get("/big.bin", "");
+        let took = t.elapsed();
+        assert_eq!(r.status, 200);
+        assert!(r.body == want, "{backend}: 64 MiB body differs");
+        println!("{backend}: 64 MiB in {took:?}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn ranges_at_the_edges() {
+    let f = file("f4097");
+    for backend in BACKENDS {
+        let s = start(backend, &["--chunk", "512"]);
+        let mut c = Client::connect(s.addr);
+        let r = c.get("/f4097", "Range: bytes=0-0\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &f[..1]));
+        assert_eq!(r.header("Content-Range"), Some("bytes 0-0/4097"));
+        let r = c.get("/f4097", "Range: bytes=4096-4096\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &f[4096..]));
+        let r = c.get("/f4097", "Range: bytes=-1\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &f[4096..]));
+        let r = c.get("/f4097", "Range: bytes=1000-\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &f[1000..]));
+        let r = c.get("/f4097", "Range: bytes=100-3000\r\n");
+        assert_eq!((r.status, &r.body[..]), (206, &f[100..=3000]));
+        let r = c.get("/f4097", "Range: bytes=4097-\r\n");
+        assert_eq!(r.status, 416);
+        assert_eq!(r.header("Content-Range"), Some("bytes */4097"));
+        let r = c.get("/f4097", "Range: bytes=-0\r\n");
+        assert_eq!(r.status, 416);
+        // Still usable after the 416s.
+        let r = c.get("/f4097", "");
+        assert!(r.status == 200 && r.body == f);
+    }
+}
+
+#[test]
+fn head_has_headers_and_no_body_and_if_modified_since_gives_304() {
+    for backend in BACKENDS {
+        let s = start(backend, &[]);
+        let mut c = Client::connect(s.addr);
+        c.send(b"HEAD /page.html HTTP/1.1\r\nHost: t\r\n\r\n");
+        let r = c.read(true).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("Content-Length"), Some("12"));
+        assert_eq!(r.header("Content-Type"), Some("text/html; charset=utf-8"));
+        let last_modified = r
+            .header("Last-Modified")
+            .expect("Last-Modified")
+            .to_string();
+        // The next response on the connection starts right after the head: no body was sent.
+        let r = c.get(
+            "/page.html",
+            &format!("If-Modified-Since: {last_modified}\r\n"),
+        );
+        assert_eq!(r.status, 304);
+        assert!(r.body.is_empty());
+        let r = c.get(
+            "/page.html",
+            "If-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n",
+        );
+        assert_eq!((r.status, &r.body[..]), (200, &b"<p>page</p>\n"[..]));
+        let r = c.get("/withindex/", "");
+        assert_eq!((r.status, &r.body[..]), (200, &b"<p>index</p>\n"[..]));
+        // Pipelined: three requests in one write, three responses in order.
+        c.send(b"GET /f1 HTTP/1.1\r\nHost: t\r\n\r\nGET /f0 HTTP/1.1\r\nHost: t\r\n\r\nGET /f4095 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert!(c.read(false).unwrap().body == file("f1"));
+        assert!(c.read(false).unwrap().body.is_empty());
+        assert!(c.read(false).unwrap().body == file("f4095"));
+    }
+}
+
+#[test]
+fn bad_input_gets_the_right_status() {
+    for backend in BACKENDS {
+        let s = start(backend, &[]);
+        let a = s.addr;
+        assert_eq!(once(a, b"GARBAGE\r\n\r\n").status, 400);
+        assert_eq!(once(a, b"GET /f1 HTTP/1.1\r\n\r\n").status, 400, "no Host");
+        assert_eq!(once(a, b"POST /f1 HTTP/1.1\r\nHost: t\r\n\r\n").status, 405);
+        let long = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(3000));
+        assert_eq!(once(a, long.as_bytes()).status, 414);
+        let huge = format!(
+            "GET /f1 HTTP/1.1\r\nHost: t\r\nX: {}\r\n\r\n",
+            "b".repeat(9000)
+        );
+        assert_eq!(once(a, huge.as_bytes()).status, 431);
+        assert_eq!(
+            once(a, b"GET /missing HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            404
+        );
+        assert_eq!(
+            once(a, b"GET /noindex/ HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            403
+        );
+        assert_eq!(
+            once(a, b"GET /fifo HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            403
+        );
+        assert_eq!(
+            once(a, b"GET /dev/null HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            404
+        );
+        // The server is still fine.
+        assert_eq!(once(a, b"GET /f1 HTTP/1.1\r\nHost: t\r\n\r\n").status, 200);
+    }
+}
+
+#[test]
+fn escape_attempts_never_serve_outside_files() {
+    let passwd = std::fs::read("/etc/passwd").unwrap_or_default();
+    for backend in BACKENDS {
+        let s = start(backend, &[]);
+        for target in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/..%2fetc/passwd",
+            "//etc/passwd",
+            "/passwd",
+            "/f1%00.html",
+            "/withindex/../../etc/passwd",
+        ] {
+            let r = once(
+                s.addr,
+                format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            );
+            assert!(
+                [400, 403, 404].contains(&r.status),
+                "{backend} {target}: {}",
+                r.status
+            );
+            assert!(
+                passwd.is_empty()
+                    || !r
+                        .body
+                        .windows(passwd.len().min(16))
+                        .any(|w| passwd.starts_with(w)),
+                "{backend} {target} leaked /etc/passwd"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
+    let names: Vec<String> = SIZES.iter().map(|s| format!("f{s}")).collect();
+    let want: Vec<Vec<u8>> = names.iter().map(|n| file(n)).collect();
+    for backend in BACKENDS {
+        // Two threads: two listeners on one port (SO_REUSEPORT), two rings or epolls.
+        let s = start(backend, &["--chunk", "4096", "--threads", "2"]);
+        let addr = s.addr;
+        std::thread::scope(|scope| {
+            for t in 0..20usize {
+                let (names, want) = (&names, &want);
+                scope.spawn(move || {
+                    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(addr)).collect();
+                    for round in 0..4usize {
+                        // Every connection has a request in flight before any response is read.
+                        let picks: Vec<usize> = (0..clients.len())
+                            .map(|i| (t * 7 + i * 3 + round * 5) % names.len())
+                            .collect();
+                        for (c, &p) in clients.iter_mut().zip(&picks) {
+                            c.send(
+                                format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", names[p]).as_bytes(),
+                            );
+                        }
+                        for (c, &p) in clients.iter_mut().zip(&picks) {
+                            let r = c.read(false).unwrap();
+                            assert_eq!(r.status, 200);
+                            assert!(r.body == want[p], "{backend}: wrong body for {}", names[p]);
+                        }
+                    }
+                });
+            }
+        });
+        // Every connection socket is closed once the clients are gone: only the two
+        // listeners are left. (Counting sockets, not all fds: pipes inherited from the test process are not
+        // the server's doing.)
+        let sockets = |s: &Server| {
+            fd_links(s)
+                .iter()
+                .filter(|l| l.starts_with("socket:"))
+                .count()
+        };
+        assert!(
+            s.wait_until(Duration::from_secs(5), |s| sockets(s) == 2),
+            "{backend}: fds still open: {:?}",
+            fd_links(&s)
+        );
+    }
+}
+
+/// What the server's fds are, for failure messages.
+fn fd_links(s: &Server) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn direct_serves_the_same_bytes_as_buffered() {
+    for backend in BACKENDS {
+        let s = start(backend, &["--direct", "--chunk", "8192"]);
+        let mut c = Client::connect(s.addr);
+        for name in ["f0", "f1", "f4095", "f4096", "f4097", "f1048579"] {
+            let r = c.get(&format!("/{name}"), "");
+            assert!(
+                r.status == 200 && r.body == file(name),
+                "{backend} --direct {name}"
+            );
+        }
+        let f = file("f1048579");
+        let r = c.get("/f1048579", "Range: bytes=5000-70000\r\n");
+        assert!(
+            r.status == 206 && r.body == f[5000..=70000],
+            "{backend} --direct range"
+        );
+    }
+}
+
+#[test]
+fn unregistrable_buffers_fall_back_to_plain_reads_with_the_same_bytes() {
+    // 512 connections x 2 buffers x 32 KiB = 32 MiB of fixed buffers: more than a default
+    // RLIMIT_MEMLOCK (8 MiB) lets io_uring pin, so registration fails and READ is used.
+    let s = start("uring", &["--max-conns", "512", "--chunk", "32768"]);
+    let mut c = Client::connect(s.addr);
+    for name in ["f4097", "f1048579"] {
+        let r = c.get(&format!("/{name}"), "");
+        assert!(r.status == 200 && r.body == file(name), "{name}");
+    }
+    // CAP_IPC_LOCK (bit 14; root has it) lifts the limit: then registration succeeds.
+    let cap_ipc_lock = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            let hex = st
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 14) != 0);
+    let memlock = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+    // The message comes from the worker thread; give the line forwarder a moment.
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = s.stdout_lines();
+    if !cap_ipc_lock && memlock.is_some_and(|l| l < 16 << 20) {
+        assert!(
+            lines.iter().any(|l| l.contains("instead of READ_FIXED")),
+            "no fallback message in {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_half_header_is_dropped_while_others_are_served() {
+    for backend in BACKENDS {
+        let s = start(
+            backend,
+            &["--header-timeout-ms", "300", "--idle-timeout-ms", "600"],
+        );
+        let mut slow = TcpStream::connect(s.addr).unwrap();
+        slow.write_all(b"GET /f1 HTTP/1.1\r\nHo").unwrap();
+        let t = Instant::now();
+        let mut idle = Client::connect(s.addr);
+        let r = idle.get("/f4096", "");
+        assert!(r.status == 200 && r.body == file("f4096"));
+        let served = Instant::now();
+        slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        let n = slow.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{backend}: the stalled connection got a response");
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(3),
+            "{backend}: stalled head dropped after {took:?}"
+        );
+        // The served keep-alive connection stays open while idle, then is dropped too.
+        let n = idle.reader.get_mut().read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{backend}: the idle connection got bytes");
+        let idle_for = served.elapsed();
+        assert!(
+            idle_for >= Duration::from_millis(500) && idle_for < Duration::from_secs(3),
+            "{backend}: idle keep-alive dropped after {idle_for:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_exit_cleanly() {
+    for (backend, sig) in [
+        ("uring", rustix::process::Signal::TERM),
+        ("epoll", rustix::process::Signal::INT),
+    ] {
+        let mut s = start(backend, &["--threads", "2"]);
+        let _idle = Client::connect(s.addr);
+        assert_eq!(
+            once(s.addr, b"GET /f1 HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            200
+        );
+        s.signal(sig);
+        assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0), "{backend}");
+    }
+}
