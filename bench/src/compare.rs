@@ -192,6 +192,23 @@ fn cpus() -> usize {
     crate::stats::cpu_count()
 }
 
+/// Pins the calling thread (and the load threads it starts) to CPU 0, when there are two or
+/// more CPUs; servers go on the last one.
+pub(crate) fn pin_generator() {
+    if cpus() >= 2 {
+        pin(0, 0);
+    }
+}
+
+/// Lets the calling thread (and threads it starts) run on every CPU again.
+pub(crate) fn unpin() {
+    let mut set = rustix::thread::CpuSet::new();
+    for cpu in 0..cpus() {
+        set.set(cpu);
+    }
+    let _ = rustix::thread::sched_setaffinity(None, &set);
+}
+
 /// Pins `pid` (0: this process) to `cpu`.
 fn pin(pid: u32, cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
@@ -247,9 +264,7 @@ pub(crate) fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer,
 
 /// Runs the comparison and writes the report; returns the rows.
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
-    if cpus() >= 2 {
-        pin(0, 0);
-    }
+    pin_generator();
     let mut servers = Vec::new();
     for b in &opts.backends {
         let s = match (&b.args, b.external) {

@@ -11,8 +11,10 @@ use crate::compare::start_server;
 use crate::stats::thousands;
 use crate::{fileread, http};
 
-/// File-heavy: 4 KiB random reads at QD 64 from a file read once first (page cache).
+/// File-heavy: 4 KiB random reads at QD 64 from a file read once first (page cache). No
+/// server here: the engines get every CPU (pread-pool's threads need them).
 pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
+    crate::compare::unpin();
     let cfg = fileread::Config {
         path: std::env::temp_dir().join("ringwork-compare-fileread.dat"),
         size: if quick { 32 << 20 } else { 256 << 20 },
@@ -33,7 +35,7 @@ pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
         results.push(fileread::run(engine, &cfg)?);
     }
     let mut s = String::from(
-        "\n## File-heavy: random reads (`ringwork-bench fileread`, warm page cache)\n\n",
+        "\n## File-heavy: random reads (`ringwork-bench fileread`, warm page cache, all CPUs)\n\n",
     );
     s.push_str(&fileread::table(&cfg, &results, &[]));
     Ok(s)
@@ -65,8 +67,9 @@ pub fn make_site(root: &Path) -> Result<(), String> {
 }
 
 /// Mixed: keep-alive GETs cycling through [`SITE`], 50 connections, ringwork-files uring vs
-/// epoll (one thread each, pinned like the echo server).
+/// epoll (one thread each, pinned like the echo server, the generator on CPU 0).
 pub fn mixed(files_bin: &Path, duration: Duration, warmup: Duration) -> Result<String, String> {
+    crate::compare::pin_generator();
     let root = std::env::temp_dir().join("ringwork-compare-www");
     make_site(&root)?;
     let root_arg = root.to_string_lossy().into_owned();
