@@ -58,6 +58,8 @@ struct Worker<'a> {
     /// The eventfd read's target; the kernel writes it until the read completes.
     wake_buf: Box<[u8; 8]>,
     multishot_accept: bool,
+    /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
+    batch: u32,
     accept_armed: bool,
     /// Accept completions seen that succeeded (a multishot EINVAL before any means the kernel
     /// refuses multishot: fall back).
@@ -81,10 +83,36 @@ pub fn run(
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let base = RingParams::new(cfg.sq_entries).cq_entries(cfg.sq_entries * 4);
-    // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer wake-ups).
-    let mut ring = match base.clone().single_issuer(true).defer_taskrun(true).build() {
-        Ok(r) => r,
-        Err(_) => base.build()?,
+    let mut ring = match cfg.sqpoll {
+        // The kernel refuses DEFER_TASKRUN with SQPOLL (completion work would have to wait
+        // for a thread that never submits); SQPOLL alone, and no fallback: a run that asked
+        // for SQPOLL and silently measured without it would be worse than an error.
+        Some(sp) => base.sqpoll(sp).build().map_err(|e| {
+            eprintln!(
+                "ringwork-echo: --sqpoll: io_uring_setup with IORING_SETUP_SQPOLL{} refused: {e} \
+                 (unprivileged SQPOLL needs Linux 5.11, CAP_SYS_NICE before; --sqpoll-cpu must \
+                 name an online CPU)",
+                if sp.cpu.is_some() { " | SQ_AFF" } else { "" }
+            );
+            e
+        })?,
+        // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer
+        // wake-ups).
+        None => match base.clone().single_issuer(true).defer_taskrun(true).build() {
+            Ok(r) => r,
+            Err(_) => base.build()?,
+        },
+    };
+    let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
+        eprintln!(
+            "ringwork-echo: --batch {}: this kernel ({}) lacks IORING_FEAT_MIN_TIMEOUT (Linux \
+             6.12); waiting for one completion at a time",
+            cfg.batch,
+            ringwork_sys::kernel_release()
+        );
+        1
+    } else {
+        cfg.batch
     };
     let probe = ring.probe()?;
     probe.require(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5")?;
@@ -103,6 +131,7 @@ pub fn run(
         wake,
         wake_buf: Box::new([0; 8]),
         multishot_accept,
+        batch,
         accept_armed: false,
         accepted_any: false,
         misc_in_flight: 0,
@@ -168,9 +197,7 @@ impl Worker<'_> {
         let mut cqes: Vec<Cqe> = Vec::with_capacity(self.ring.cq_entries() as usize);
         while !self.done() {
             match self.stopping {
-                None => {
-                    self.ring.submit_and_wait(1)?;
-                }
+                None => self.wait()?,
                 Some(since) => {
                     self.ring
                         .submit_and_wait_timeout(1, Duration::from_millis(100))?;
@@ -188,6 +215,21 @@ impl Worker<'_> {
                 br.publish();
             }
             self.wake_starved()?;
+        }
+        Ok(())
+    }
+
+    /// Submits what is queued and waits for work.
+    fn wait(&mut self) -> ringwork_sys::Result<()> {
+        if self.cfg.sqpoll.is_some() && self.ring.ready() > 0 {
+            // The poller posted completions while we handled the last batch: submitting is
+            // free (no enter unless the poller sleeps), so take them without a syscall.
+            self.ring.submit()?;
+        } else if self.batch > 1 {
+            self.ring
+                .submit_and_wait_min(self.batch, self.cfg.batch_wait, None)?;
+        } else {
+            self.ring.submit_and_wait(1)?;
         }
         Ok(())
     }
@@ -344,9 +386,6 @@ impl Worker<'_> {
                 Err(errno) => {
                     if errno == RawErrno::NOBUFS {
                         self.stats.nobufs += 1;
-                        if !more {
-                            self.starved.push(token);
-                        }
                     }
                     Event::RecvErr { errno, more }
                 }
@@ -409,6 +448,16 @@ impl Worker<'_> {
             return Ok(());
         };
         let fd = conn.fd;
+        if let Event::RecvErr {
+            errno: RawErrno::NOBUFS,
+            more: false,
+        } = event
+        {
+            // Registered here, when the machine sees the ENOBUFS, not when its CQE arrives:
+            // the event may have been parked behind earlier receives, and a BuffersAvailable
+            // delivered before it would be lost and leave the connection without a recv.
+            self.starved.push(token);
+        }
         let ops = match conn.machine.on_event(event) {
             Ok(ops) => ops,
             Err(e) => {

@@ -150,6 +150,35 @@ fn integrity_500_clients_epoll() {
     integrity(BACKENDS[1]);
 }
 
+/// SQPOLL (the kernel's poller submits; no DEFER_TASKRUN): the same integrity scenario on
+/// one thread, then a clean stop with every connection counted.
+#[test]
+fn integrity_500_clients_uring_sqpoll() {
+    raise_nofile_limit();
+    let server = start("uring", &["--threads", "1", "--sqpoll"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients (sqpoll)");
+    let stats = terminate(server);
+    assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+}
+
+/// Batched waits (`--batch`, min_wait): the integrity scenario, where the kernel has
+/// IORING_FEAT_MIN_TIMEOUT; elsewhere the server falls back to plain waits, also tested.
+#[test]
+fn integrity_500_clients_uring_batched() {
+    raise_nofile_limit();
+    let server = start(
+        "uring",
+        &["--threads", "2", "--batch", "16", "--batch-wait-us", "200"],
+    );
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients (batched)");
+}
+
 /// The single-shot accept path (what a kernel without multishot accept gets), forced.
 #[test]
 fn single_shot_accept_fallback_uring() {
