@@ -92,9 +92,8 @@ pub struct Row {
 impl Row {
     /// (syscalls, io_uring_enter calls) per message, when perf counted them.
     fn per_msg(&self) -> (Option<f64>, Option<f64>) {
-        let msgs = self.outcome.msgs.max(1) as f64;
-        match self.outcome.server_syscalls {
-            Some((all, enters)) => (Some(all as f64 / msgs), Some(enters as f64 / msgs)),
+        match self.outcome.server_syscalls_per_msg() {
+            Some((all, enters)) => (Some(all), Some(enters)),
             None => (None, None),
         }
     }

@@ -29,6 +29,10 @@ const WORKER_SLOT: Slot = Slot(u32::MAX);
 /// operations are cancelled (a peer that never reads would otherwise hold the process).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+/// Overall timeout of a batched wait: long, only there so that the kernel has one (see
+/// `Worker::wait`); a wait that times out just loops.
+const IDLE_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
+
 fn worker_token(kind: OpKind) -> UserData {
     Token::new(kind, WORKER_SLOT, Generation::ZERO).encode()
 }
@@ -226,8 +230,15 @@ impl Worker<'_> {
             // free (no enter unless the poller sleeps), so take them without a syscall.
             self.ring.submit()?;
         } else if self.batch > 1 {
-            self.ring
-                .submit_and_wait_min(self.batch, self.cfg.batch_wait, None)?;
+            // An overall timeout keeps the kernel asleep when min_wait passes with nothing
+            // ready (without one it returns to us at every min_wait, and Ring waits again):
+            // an idle or lightly loaded server then costs one timer tick per wait, not a
+            // return to user space and a second io_uring_enter.
+            self.ring.submit_and_wait_min(
+                self.batch,
+                self.cfg.batch_wait,
+                Some(IDLE_WAIT_TIMEOUT),
+            )?;
         } else {
             self.ring.submit_and_wait(1)?;
         }
