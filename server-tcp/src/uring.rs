@@ -64,6 +64,8 @@ struct Worker<'a> {
     multishot_accept: bool,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
+    /// Completions the last wait brought: whether the load is high enough to batch.
+    last_harvest: u32,
     accept_armed: bool,
     /// Accept completions seen that succeeded (a multishot EINVAL before any means the kernel
     /// refuses multishot: fall back).
@@ -136,6 +138,7 @@ pub fn run(
         wake_buf: Box::new([0; 8]),
         multishot_accept,
         batch,
+        last_harvest: 0,
         accept_armed: false,
         accepted_any: false,
         misc_in_flight: 0,
@@ -212,6 +215,7 @@ impl Worker<'_> {
             }
             cqes.clear();
             cqes.extend(self.ring.completions());
+            self.last_harvest = cqes.len() as u32;
             for cqe in &cqes {
                 self.on_cqe(cqe)?;
             }
@@ -229,7 +233,11 @@ impl Worker<'_> {
             // The poller posted completions while we handled the last batch: submitting is
             // free (no enter unless the poller sleeps), so take them without a syscall.
             self.ring.submit()?;
-        } else if self.batch > 1 {
+        } else if self.batch > 1 && self.last_harvest >= self.batch / 2 {
+            // Only under load: when the last wait brought half a batch or more, waiting a
+            // little for a full one costs nothing in latency and saves enters. At low load
+            // (a few completions per wait) the min-wait timer only adds work: measured at
+            // 1000 connections x 5000 msgs/s, batched waits there cost ~1.6x the CPU/msg.
             // An overall timeout keeps the kernel asleep when min_wait passes with nothing
             // ready (without one it returns to us at every min_wait, and Ring waits again):
             // an idle or lightly loaded server then costs one timer tick per wait, not a

@@ -164,19 +164,27 @@ fn integrity_500_clients_uring_sqpoll() {
     assert_eq!(stat(&stats, "conns"), 540, "{stats}");
 }
 
-/// Batched waits (`--batch`, min_wait): the integrity scenario, where the kernel has
-/// IORING_FEAT_MIN_TIMEOUT; elsewhere the server falls back to plain waits, also tested.
+/// Plain waits (`--batch 1`, what a kernel without IORING_FEAT_MIN_TIMEOUT gets; the
+/// default batches), and batches with a long min_wait: the integrity scenario on each.
 #[test]
-fn integrity_500_clients_uring_batched() {
+fn integrity_500_clients_uring_plain_and_long_batch_waits() {
     raise_nofile_limit();
-    let server = start(
-        "uring",
-        &["--threads", "2", "--batch", "16", "--batch-wait-us", "200"],
-    );
-    let baseline = server.fd_count();
-    run_clients(server.addr, 500, None, size_for);
-    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
-    assert_fds_return(&server, baseline, "after integrity clients (batched)");
+    for extra in [
+        ["--batch", "1", "--batch-wait-us", "50"],
+        ["--batch", "64", "--batch-wait-us", "500"],
+    ] {
+        let mut args = vec!["--threads", "2"];
+        args.extend_from_slice(&extra);
+        let server = start("uring", &args);
+        let baseline = server.fd_count();
+        run_clients(server.addr, 500, None, size_for);
+        run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+        assert_fds_return(
+            &server,
+            baseline,
+            &format!("after integrity clients {extra:?}"),
+        );
+    }
 }
 
 /// The single-shot accept path (what a kernel without multishot accept gets), forced.
