@@ -1,6 +1,7 @@
 //! The io_uring echo driver: one ring per thread, everything through the ring.
 //!
-//! The loop: submit and wait for one completion, route each CQE by its token's kind (accept,
+//! The loop: submit and wait (for one completion, or under load for up to `--batch` within
+//! `--batch-wait-us`; with SQPOLL not at all while completions are ready), route each CQE by its token's kind (accept,
 //! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
 //! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
 //! buffers, repeat. No protocol decision is made here.
