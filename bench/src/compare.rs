@@ -92,9 +92,8 @@ pub struct Row {
 impl Row {
     /// (syscalls, io_uring_enter calls) per message, when perf counted them.
     fn per_msg(&self) -> (Option<f64>, Option<f64>) {
-        let msgs = self.outcome.msgs.max(1) as f64;
-        match self.outcome.server_syscalls {
-            Some((all, enters)) => (Some(all as f64 / msgs), Some(enters as f64 / msgs)),
+        match self.outcome.server_syscalls_per_msg() {
+            Some((all, enters)) => (Some(all), Some(enters)),
             None => (None, None),
         }
     }
@@ -356,6 +355,16 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
          Syscalls are counted by `perf stat -e raw_syscalls:sys_enter -e syscalls:sys_enter_io_uring_enter -p PID` \
          over the same window (\"-\" where perf is unavailable).\n"
     );
+    if opts.backends.iter().any(|b| b.name == "uring+sqpoll") {
+        let _ = writeln!(
+            s,
+            "uring+sqpoll: the SQPOLL poller (`iou-sqp-TID`) is a thread of the server process, so \
+             its CPU time is in /proc/PID/stat and it is pinned with the server's other threads{}; \
+             it spins for its 10 ms idle time after each submission, which at low load costs \
+             about a whole CPU. Its io_uring_enter count is the worker's waits for completions.\n",
+            if cpus() >= 2 { " (it shares the last CPU with the worker)" } else { "" }
+        );
+    }
     let _ = writeln!(
         s,
         "| backend | size | conns | load | msgs/s | p50 µs | p95 µs | p99 µs | p99.9 µs | server CPU µs/msg | syscalls/msg | io_uring_enter/msg | errors |"

@@ -89,10 +89,18 @@ impl Outcome {
         cpu_us_per(self.server_cpu, self.msgs)
     }
 
+    /// Server (syscalls, io_uring_enter calls) per message, when they were counted.
+    pub fn server_syscalls_per_msg(&self) -> Option<(f64, f64)> {
+        let msgs = self.msgs.max(1) as f64;
+        self.server_syscalls
+            .map(|(all, enters)| (all as f64 / msgs, enters as f64 / msgs))
+    }
+
     /// JSON object text.
     pub fn json(&self) -> String {
+        let per_msg = self.server_syscalls_per_msg();
         format!(
-            "{{\"msgs\":{},\"secs\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"reconnects\":{},\"client_cpu_s\":{:.3},\"server_cpu_s\":{},\"server_us_per_msg\":{}}}",
+            "{{\"msgs\":{},\"secs\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"reconnects\":{},\"client_cpu_s\":{:.3},\"server_cpu_s\":{},\"server_us_per_msg\":{},\"server_syscalls_per_msg\":{},\"server_enters_per_msg\":{}}}",
             self.msgs,
             self.elapsed.as_secs_f64(),
             self.msgs_per_sec(),
@@ -103,15 +111,17 @@ impl Outcome {
             self.client_cpu.as_secs_f64(),
             self.server_cpu.map_or("null".into(), |c| format!("{:.3}", c.as_secs_f64())),
             self.server_us_per_msg().map_or("null".into(), |c| format!("{c:.3}")),
+            per_msg.map_or("null".into(), |p| format!("{:.4}", p.0)),
+            per_msg.map_or("null".into(), |p| format!("{:.4}", p.1)),
         )
     }
 
     /// The human table.
     pub fn table(&self) -> String {
         format!(
-            "| msgs/s | MB/s | p50 µs | p95 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | client CPU s | errors | reconnects |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
-             | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.2} | {} | {} |\n",
+            "| msgs/s | MB/s | p50 µs | p95 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | server syscalls/msg | server io_uring_enter/msg | client CPU s | errors | reconnects |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {:.2} | {} | {} |\n",
             thousands(self.msgs_per_sec()),
             self.msgs_per_sec() * self.size as f64 / 1e6,
             self.latency.p50_us,
@@ -120,6 +130,8 @@ impl Outcome {
             self.latency.p999_us,
             self.latency.max_us,
             self.server_us_per_msg().map_or("-".into(), |v| format!("{v:.2}")),
+            self.server_syscalls_per_msg().map_or("-".into(), |p| format!("{:.3}", p.0)),
+            self.server_syscalls_per_msg().map_or("-".into(), |p| format!("{:.3}", p.1)),
             self.client_cpu.as_secs_f64(),
             self.errors,
             self.reconnects,

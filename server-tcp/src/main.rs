@@ -64,10 +64,44 @@ struct Args {
     /// Submission queue entries per ring (the completion queue gets four times as many).
     #[arg(long, default_value_t = 1024)]
     sq_entries: u32,
+    /// io_uring (epoll ignores it): completions to wait for per io_uring_enter, up to `--batch-wait-us`; once
+    /// that has passed, any one completion ends the wait. 1 waits for one completion, as a
+    /// plain loop does. Used only while the load fills half a batch per wait. Needs
+    /// IORING_FEAT_MIN_TIMEOUT (Linux 6.12); without it the server says so and waits for one.
+    /// Defaults measured: see `DEFAULT_BATCH`.
+    #[arg(long, default_value_t = DEFAULT_BATCH)]
+    batch: u32,
+    /// io_uring: how long (µs) a wait may hold out for `--batch` completions.
+    #[arg(long, default_value_t = DEFAULT_BATCH_WAIT_US)]
+    batch_wait_us: u32,
+    /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
+    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
+    /// the kernel refuses SQPOLL the server exits with the reason: a benchmark asked for it.
+    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
+    sqpoll: Option<u32>,
+    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF). Without it the
+    /// poller may run on any CPU: the kernel thread ignores the process' affinity mask.
+    #[arg(long, value_name = "CPU", requires = "sqpoll")]
+    sqpoll_cpu: Option<u32>,
     /// io_uring accept mode (testing aid).
     #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
     accept_mode: AcceptMode,
 }
+
+/// `--batch` default. Measured on a 2-core VM, kernel 6.18, server pinned to CPU 1 and
+/// `ringwork-bench echo` to CPU 0, variants alternated, runs ±20% (shared machine):
+/// - 64 B x 50 conns closed loop: io_uring_enter/msg 0.21-0.49 with `--batch 1`, 0.09-0.11
+///   with 16/50 µs (32/100 µs: 0.03-0.05, but p99 up to +100 µs); server CPU/msg equal or
+///   ~1% lower (5.28-5.49 against 5.31-5.57 µs): 98% of it is the kernel's TCP path, so
+///   fewer enters save little CPU, but they meet the ≤ 0.1 enters/msg target.
+/// - 64 B x 1000 conns open loop at 5000 msgs/s: always-on min-wait cost ~1.6x the CPU/msg
+///   (21-30 against 11.5-15.5 µs) and did not save enters (few completions per wait), hence
+///   the server batches only after a wait that brought half a batch (`Worker::wait`); with
+///   that, 13.0-14.5 against 13.5 µs and the same p99.
+const DEFAULT_BATCH: u32 = 16;
+/// `--batch-wait-us` default: 50 µs, a fraction of loopback round trips under load (p50
+/// ~270 µs at 50 connections), so p99 does not move; 100 µs started to show in p99.
+const DEFAULT_BATCH_WAIT_US: u32 = 50;
 
 /// What every worker needs, fixed at start.
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +111,12 @@ pub struct WorkerConfig {
     max_conns: usize,
     sq_entries: u32,
     force_single_accept: bool,
+    /// Completions to wait for per enter (1: plain waits).
+    batch: u32,
+    /// How long a wait may hold out for `batch` completions.
+    batch_wait: std::time::Duration,
+    /// SQPOLL, when asked for.
+    sqpoll: Option<ringwork_sys::SqPoll>,
 }
 
 /// State shared by all workers of the process.
@@ -181,7 +221,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_conns: args.max_conns,
         sq_entries: args.sq_entries,
         force_single_accept: args.accept_mode == AcceptMode::Single,
+        batch: args.batch.max(1),
+        batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
+        sqpoll: args.sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
+            idle_ms,
+            cpu: args.sqpoll_cpu,
+        }),
     };
+    // --batch has a default and epoll ignores it (epoll_wait already returns every ready
+    // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
+    if args.backend == Backend::Epoll && args.sqpoll.is_some() {
+        return Err("--sqpoll applies to --backend uring only".into());
+    }
     let shared = Arc::new(Shared::default());
     let mut wakers: Vec<OwnedFd> = Vec::new();
     let mut workers = Vec::new();
@@ -224,9 +275,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
     }
-    let backend = match args.backend {
-        Backend::Uring => "uring",
-        Backend::Epoll => "epoll",
+    let backend = match (args.backend, args.sqpoll) {
+        (Backend::Uring, None) => "uring",
+        (Backend::Uring, Some(_)) => "uring+sqpoll",
+        (Backend::Epoll, _) => "epoll",
     };
     println!("ringwork-echo listening on {addr} (backend {backend}, {threads} threads)");
 

@@ -28,6 +28,12 @@ use rustix::io_uring::{
 
 use crate::error::{Error, Result};
 use crate::mmap::Mmap;
+
+/// IORING_FEAT_MIN_TIMEOUT (Linux 6.12): `io_uring_getevents_arg.min_wait_usec` is honoured.
+/// Value from include/uapi/linux/io_uring.h (`#define IORING_FEAT_MIN_TIMEOUT (1U << 15)`);
+/// rustix 1.1 has no constant for it.
+pub const IORING_FEAT_MIN_TIMEOUT: IoringFeatureFlags =
+    IoringFeatureFlags::from_bits_retain(1 << 15);
 use crate::register::Registered;
 use crate::sqe::Sqe;
 
@@ -412,7 +418,54 @@ impl Ring {
         self.enter_with(want, Some(timeout))
     }
 
+    /// True when the kernel honours a minimum wait ([`Ring::submit_and_wait_min`]).
+    pub fn has_min_timeout(&self) -> bool {
+        self.features().contains(IORING_FEAT_MIN_TIMEOUT)
+    }
+
+    /// Publishes and submits queued SQEs, then waits up to `min_wait` for `want` completions;
+    /// once `min_wait` has passed, returns as soon as at least one completion is ready, or
+    /// when `timeout` (counted from the call) expires. Without a `timeout` it waits for that
+    /// first completion however long it takes. As liburing's
+    /// `io_uring_submit_and_wait_min_timeout`: one io_uring_enter (IORING_ENTER_EXT_ARG with
+    /// `min_wait_usec`), two when the kernel's min-wait timer ends an idle wait early and no
+    /// `timeout` was given (the second is a plain wait for one completion).
+    ///
+    /// Needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12); refused with [`Error::Unsupported`] without.
+    /// A timeout is not an error.
+    pub fn submit_and_wait_min(
+        &mut self,
+        want: u32,
+        min_wait: Duration,
+        timeout: Option<Duration>,
+    ) -> Result<u32> {
+        if !self.has_min_timeout() {
+            return Err(Error::unsupported("IORING_FEAT_MIN_TIMEOUT", "6.12"));
+        }
+        // The kernel counts in whole microseconds and treats 0 as "no minimum".
+        let min_wait_usec = u32::try_from(min_wait.as_micros())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let n = self.enter_with_min(want, timeout, min_wait_usec)?;
+        if timeout.is_none() && want > 0 && self.ready() == 0 {
+            // With no overall timeout the kernel's min-wait timer ends the wait even when
+            // nothing completed (io_cqring_min_timer_wakeup: "no general timeout ... we are
+            // done"); our contract is to wait for the first completion, so wait for it.
+            self.enter_with(1, None)?;
+        }
+        Ok(n)
+    }
+
     fn enter_with(&mut self, want: u32, timeout: Option<Duration>) -> Result<u32> {
+        self.enter_with_min(want, timeout, 0)
+    }
+
+    fn enter_with_min(
+        &mut self,
+        want: u32,
+        timeout: Option<Duration>,
+        min_wait_usec: u32,
+    ) -> Result<u32> {
         self.sq.publish();
         self.check_overflow()?;
         let pending = self.sq_pending();
@@ -434,7 +487,7 @@ impl Ring {
             self.stats.submitted += u64::from(pending);
             return Ok(pending);
         }
-        let n = self.enter(to_submit, want, flags, timeout)?;
+        let n = self.enter(to_submit, want, flags, timeout, min_wait_usec)?;
         self.stats.submitted += u64::from(if self.sqpoll { pending } else { n });
         Ok(n)
     }
@@ -455,43 +508,45 @@ impl Ring {
     }
 
     /// io_uring_enter, retrying EINTR, and EBUSY/EAGAIN by reaping into the stash first.
+    /// `timeout` or a nonzero `min_wait_usec` (only set when the kernel has
+    /// IORING_FEAT_MIN_TIMEOUT) go through IORING_ENTER_EXT_ARG.
     fn enter(
         &mut self,
         to_submit: u32,
         min_complete: u32,
         flags: IoringEnterFlags,
         timeout: Option<Duration>,
+        min_wait_usec: u32,
     ) -> Result<u32> {
         let mut busy_rounds = 0u32;
         loop {
             self.stats.enters += 1;
-            let r = match timeout {
-                None => {
-                    // SAFETY: no EXT_ARG flag; every SQE was pushed under push()'s contract.
-                    unsafe { io_uring_enter(&self.fd, to_submit, min_complete, flags) }
-                }
-                Some(t) => {
-                    let ts = rustix::fs::Timespec {
-                        tv_sec: t.as_secs() as i64,
-                        tv_nsec: t.subsec_nanos() as _,
-                    };
-                    let arg = io_uring_getevents_arg {
-                        ts: io_uring_ptr::new(
-                            (&ts as *const rustix::fs::Timespec).cast_mut().cast(),
-                        ),
-                        ..Default::default()
-                    };
-                    // SAFETY: EXT_ARG with a valid getevents_arg whose ts outlives the call and
-                    // no sigmask; SQEs were pushed under push()'s contract.
-                    unsafe {
-                        io_uring_enter_arg(
-                            &self.fd,
-                            to_submit,
-                            min_complete,
-                            flags | IoringEnterFlags::EXT_ARG,
-                            Some(&arg),
-                        )
-                    }
+            let r = if timeout.is_none() && min_wait_usec == 0 {
+                // SAFETY: no EXT_ARG flag; every SQE was pushed under push()'s contract.
+                unsafe { io_uring_enter(&self.fd, to_submit, min_complete, flags) }
+            } else {
+                let ts = timeout.map(|t| rustix::fs::Timespec {
+                    tv_sec: t.as_secs() as i64,
+                    tv_nsec: t.subsec_nanos() as _,
+                });
+                let ts_ptr = ts.as_ref().map_or(core::ptr::null_mut(), |ts| {
+                    (ts as *const rustix::fs::Timespec).cast_mut().cast()
+                });
+                let arg = io_uring_getevents_arg {
+                    ts: io_uring_ptr::new(ts_ptr),
+                    min_wait_usec,
+                    ..Default::default()
+                };
+                // SAFETY: EXT_ARG with a valid getevents_arg whose ts (or null: no timeout)
+                // outlives the call and no sigmask; SQEs were pushed under push()'s contract.
+                unsafe {
+                    io_uring_enter_arg(
+                        &self.fd,
+                        to_submit,
+                        min_complete,
+                        flags | IoringEnterFlags::EXT_ARG,
+                        Some(&arg),
+                    )
                 }
             };
             match r {

@@ -331,3 +331,118 @@ fn probe_knows_the_basics() {
     assert!(probe.supports(IoringOp::ReadFixed));
     assert!(probe.last_op() >= IoringOp::ReadFixed as u8);
 }
+
+/// `submit_and_wait_min` on this kernel, or None (after saying why) where it lacks
+/// IORING_FEAT_MIN_TIMEOUT, in which case the call must be refused, not silently ignored.
+fn min_wait_ring(defer_taskrun: bool) -> Option<Ring> {
+    let mut ring = RingParams::new(8)
+        .single_issuer(defer_taskrun)
+        .defer_taskrun(defer_taskrun)
+        .build()
+        .unwrap();
+    if ring.has_min_timeout() {
+        return Some(ring);
+    }
+    let err = ring
+        .submit_and_wait_min(1, Duration::from_millis(1), None)
+        .unwrap_err();
+    assert!(
+        matches!(err, ringwork_sys::Error::Unsupported { .. }),
+        "{err}"
+    );
+    eprintln!("skipped: kernel lacks IORING_FEAT_MIN_TIMEOUT (Linux 6.12)");
+    None
+}
+
+/// Fewer completions than asked for: the call holds them for min_wait, then returns with
+/// what there is. One enter.
+fn min_wait_holds_then_returns(defer_taskrun: bool) {
+    let Some(mut ring) = min_wait_ring(defer_taskrun) else {
+        return;
+    };
+    // SAFETY: NOPs reference no memory.
+    unsafe { ring.push(&Sqe::nop().user_data(UserData(7))).unwrap() };
+    let before = ring.stats().enters;
+    let t = std::time::Instant::now();
+    ring.submit_and_wait_min(4, Duration::from_millis(40), Some(Duration::from_secs(5)))
+        .unwrap();
+    let waited = t.elapsed();
+    assert_eq!(ring.stats().enters - before, 1);
+    assert!(
+        waited >= Duration::from_millis(35),
+        "returned before min_wait with 1 of 4: {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited for the overall timeout: {waited:?}"
+    );
+    assert_eq!(ring.completions().count(), 1);
+
+    // want=1 with one completion ready (a NOP completes inline): no waiting at all.
+    // SAFETY: NOPs reference no memory.
+    unsafe { ring.push(&Sqe::nop().user_data(UserData(8))).unwrap() };
+    let t = std::time::Instant::now();
+    ring.submit_and_wait_min(1, Duration::from_millis(200), None)
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(ring.completions().count(), 1);
+}
+
+#[test]
+fn min_wait_holds_then_returns_plain() {
+    min_wait_holds_then_returns(false);
+}
+
+#[test]
+fn min_wait_holds_then_returns_defer_taskrun() {
+    min_wait_holds_then_returns(true);
+}
+
+/// Nothing ready when min_wait passes: the call keeps waiting, and returns at the first
+/// completion after it (not at min_wait, not at the timeout, not for all `want`).
+fn min_wait_then_first_completion(defer_taskrun: bool, timeout: Option<Duration>) {
+    let Some(mut ring) = min_wait_ring(defer_taskrun) else {
+        return;
+    };
+    let (mut client, server) = tcp_pair();
+    let mut buf = vec![0u8; 64];
+    let sqe =
+        Sqe::recv(Target::Fd(server.as_raw_fd()), buf.as_mut_ptr(), 64).user_data(UserData(1));
+    // SAFETY: `buf` and `server` outlive the wait below, which harvests the CQE.
+    unsafe { ring.push(&sqe).unwrap() };
+    let writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        client.write_all(b"hello").unwrap();
+        client
+    });
+    let t = std::time::Instant::now();
+    ring.submit_and_wait_min(8, Duration::from_millis(10), timeout)
+        .unwrap();
+    let waited = t.elapsed();
+    let _client = writer.join().unwrap();
+    assert!(
+        waited >= Duration::from_millis(140),
+        "returned with nothing ready: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    let cqes: Vec<_> = ring.completions().collect();
+    assert_eq!(cqes.len(), 1);
+    assert_eq!(cqes[0].result(), Ok(5));
+    assert_eq!(&buf[..5], b"hello");
+}
+
+#[test]
+fn min_wait_then_first_completion_plain() {
+    min_wait_then_first_completion(false, Some(Duration::from_secs(10)));
+    min_wait_then_first_completion(false, None);
+}
+
+#[test]
+fn min_wait_then_first_completion_defer_taskrun() {
+    min_wait_then_first_completion(true, Some(Duration::from_secs(10)));
+    min_wait_then_first_completion(true, None);
+}

@@ -150,6 +150,43 @@ fn integrity_500_clients_epoll() {
     integrity(BACKENDS[1]);
 }
 
+/// SQPOLL (the kernel's poller submits; no DEFER_TASKRUN): the same integrity scenario on
+/// one thread, then a clean stop with every connection counted.
+#[test]
+fn integrity_500_clients_uring_sqpoll() {
+    raise_nofile_limit();
+    let server = start("uring", &["--threads", "1", "--sqpoll"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients (sqpoll)");
+    let stats = terminate(server);
+    assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+}
+
+/// Plain waits (`--batch 1`, what a kernel without IORING_FEAT_MIN_TIMEOUT gets; the
+/// default batches), and batches with a long min_wait: the integrity scenario on each.
+#[test]
+fn integrity_500_clients_uring_plain_and_long_batch_waits() {
+    raise_nofile_limit();
+    for extra in [
+        ["--batch", "1", "--batch-wait-us", "50"],
+        ["--batch", "64", "--batch-wait-us", "500"],
+    ] {
+        let mut args = vec!["--threads", "2"];
+        args.extend_from_slice(&extra);
+        let server = start("uring", &args);
+        let baseline = server.fd_count();
+        run_clients(server.addr, 500, None, size_for);
+        run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+        assert_fds_return(
+            &server,
+            baseline,
+            &format!("after integrity clients {extra:?}"),
+        );
+    }
+}
+
 /// The single-shot accept path (what a kernel without multishot accept gets), forced.
 #[test]
 fn single_shot_accept_fallback_uring() {
