@@ -22,7 +22,7 @@ use rustix::io::Errno;
 use rustix::io_uring::{
     io_uring_cqe, io_uring_enter, io_uring_enter_arg, io_uring_getevents_arg, io_uring_params,
     io_uring_ptr, io_uring_setup, io_uring_sqe, IoringCqeFlags, IoringEnterFlags,
-    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IORING_CQE_BUFFER_SHIFT,
+    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IoringSqeFlags, IORING_CQE_BUFFER_SHIFT,
     IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
 };
 
@@ -396,6 +396,41 @@ impl Ring {
             }
             other => other,
         }
+    }
+
+    /// Queues `sqes` as one link chain: IOSQE_IO_LINK (or IOSQE_IO_HARDLINK with `hard`) on
+    /// every SQE but the last, all or none. A chain split by a submit between its SQEs would
+    /// end early (the kernel ends a chain at the end of each submission), so this refuses with
+    /// [`Error::SubmissionQueueFull`] before pushing anything when the SQ lacks room.
+    ///
+    /// A plain link breaks at the first failure (an error, or a short read or write): the
+    /// rest complete with `-ECANCELED`. A hard link runs the rest regardless.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain (a LINK_TIMEOUT's timespec included).
+    ///
+    /// # References
+    /// io_uring_enter(2), IOSQE_IO_LINK and IOSQE_IO_HARDLINK.
+    pub unsafe fn push_chain(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        if sqes.len() as u64 > u64::from(self.sq.free_slots()) {
+            return Err(Error::SubmissionQueueFull);
+        }
+        let link = if hard {
+            IoringSqeFlags::IO_HARDLINK
+        } else {
+            IoringSqeFlags::IO_LINK
+        };
+        for (i, sqe) in sqes.iter().enumerate() {
+            let sqe = if i + 1 < sqes.len() {
+                sqe.flags(link)
+            } else {
+                *sqe
+            };
+            // SAFETY: forwarded from the caller; room for every SQE was checked above, so
+            // this push cannot fail halfway through the chain.
+            unsafe { self.push(&sqe)? };
+        }
+        Ok(())
     }
 
     /// Publishes queued SQEs and tells the kernel about them; returns how many it consumed.
