@@ -11,14 +11,14 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringwork_core::buf::{BufGroup, BufId, Lease};
+use ringwork_core::buf::{BufGroup, BufId, Lease, ZcSlot, ZcTracker};
 use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::{Cqe, Ring, RingParams, Sqe, Target};
 use rustix::fd::OwnedFd;
-use rustix::io_uring::IoringOp;
+use rustix::io_uring::{IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::{SendFlags, SocketFlags};
 
 use crate::{Shared, WorkerConfig, WorkerStats};
@@ -76,6 +76,10 @@ struct Worker<'a> {
     misc_in_flight: u64,
     stopping: Option<Instant>,
     forced: bool,
+    /// With `--zerocopy`: the SEND_ZCs in flight and the recycles that wait for their
+    /// notifications (PITFALLS #4). The machine recycles a buffer after its last send's result;
+    /// the kernel may read it until the notification, so recycles go through this.
+    zc: Option<ZcTracker<Token>>,
     cfg: WorkerConfig,
     shared: &'a Shared,
     stats: WorkerStats,
@@ -128,6 +132,14 @@ pub fn run(
     // Multishot accept has no opcode of its own; it arrived in 5.19 together with
     // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
     let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
+    let zc = if cfg.zerocopy {
+        probe.require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")?;
+        // Two sends per buffer in flight (a short send and its remainder, each awaiting its
+        // notification) cover the common case; beyond that a send goes by copy.
+        Some(ZcTracker::new(cfg.buffers, u32::from(cfg.buffers) * 2))
+    } else {
+        None
+    };
     ring.register_buf_ring(GROUP, cfg.buffers, cfg.buffer_size)?;
     let mut w = Worker {
         ring,
@@ -145,6 +157,7 @@ pub fn run(
         misc_in_flight: 0,
         stopping: None,
         forced: false,
+        zc,
         cfg,
         shared,
         stats: WorkerStats::default(),
@@ -199,6 +212,8 @@ impl Worker<'_> {
             && self.conns.is_empty()
             && !self.accept_armed
             && self.misc_in_flight == 0
+            // Buffers a notification has yet to release belong to the kernel until then.
+            && !self.zc.as_ref().is_some_and(|zc| zc.in_flight() > 0)
     }
 
     fn run_loop(&mut self) -> ringwork_sys::Result<()> {
@@ -259,6 +274,9 @@ impl Worker<'_> {
             self.stats.stale += 1;
             return Ok(());
         };
+        if token.kind == OpKind::SendZc {
+            return self.on_send_zc(ZcSlot(token.slot.0), cqe);
+        }
         if token.slot == WORKER_SLOT {
             return match token.kind {
                 OpKind::Accept => self.on_accept(cqe),
@@ -296,6 +314,49 @@ impl Worker<'_> {
             self.arm_accept()?;
         }
         Ok(())
+    }
+
+    /// A SEND_ZC's result (to its connection as `SendDone`) or its notification (which may
+    /// release a deferred recycle). Its token names the tracker's slot, not the connection:
+    /// the notification can come after the connection is gone.
+    fn on_send_zc(&mut self, slot: ZcSlot, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        let Some(zc) = self.zc.as_mut() else {
+            self.stats.stale += 1;
+            return Ok(());
+        };
+        if cqe.is_notification() {
+            self.stats.zc_notifs += 1;
+            // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after all
+            // (always, on loopback).
+            if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                self.stats.zc_copied += 1;
+            }
+            match zc.on_notification(slot) {
+                Ok(Some(buf)) => self.recycle(buf),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("ringwork-echo: {e}");
+                    self.stats.refused += 1;
+                }
+            }
+            return Ok(());
+        }
+        let done = match zc.on_result(slot, cqe.more()) {
+            Ok(done) => done,
+            Err(e) => {
+                eprintln!("ringwork-echo: {e}");
+                self.stats.refused += 1;
+                return Ok(());
+            }
+        };
+        if let Some(buf) = done.recycle {
+            self.recycle(buf);
+        }
+        if let Ok(n) = cqe.result() {
+            self.stats.bytes += u64::from(n);
+        }
+        self.deliver(done.owner, Event::SendDone { res: cqe.result() })?;
+        self.unpark(done.owner)
     }
 
     fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
@@ -506,12 +567,30 @@ impl Worker<'_> {
                         unreachable!("the group is registered before the loop starts")
                     };
                     let ptr = br.ptr(lease).wrapping_add(offset as usize);
-                    let sqe = Sqe::send(Target::Fd(fd), ptr, len)
-                        .send_flags(SendFlags::NOSIGNAL)
-                        .user_data(ud(OpKind::Send));
-                    self.push(&sqe)?;
+                    let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
+                        Some(Ok(slot)) => slot,
+                        Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
+                        None => None,
+                    };
+                    let sqe = match zc_slot {
+                        Some(slot) => Sqe::send_zc(Target::Fd(fd), ptr, len, true, None).user_data(
+                            Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO).encode(),
+                        ),
+                        // Plain, or every tracker slot is in flight: send this one by copy.
+                        None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
+                    };
+                    self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
                 }
-                Op::Recycle(buf) => self.recycle(buf),
+                Op::Recycle(buf) => {
+                    // With SEND_ZC the kernel may still read the buffer: the tracker says
+                    // whether it goes back now or on its last notification.
+                    let now = self.zc.as_mut().map_or(Ok(true), |zc| zc.recycle(buf));
+                    match now {
+                        Ok(true) => self.recycle(buf),
+                        Ok(false) => {}
+                        Err(e) => unreachable!("buffer ids come from the ring: {e}"),
+                    }
+                }
                 Op::CancelRecv => {
                     let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
                     self.push(&sqe)?;
