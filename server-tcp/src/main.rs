@@ -39,6 +39,23 @@ enum AcceptMode {
     Single,
 }
 
+/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
+/// kernels where the feature misbehaves: PITFALLS #8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Feature {
+    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
+    MultishotAccept,
+    /// Multishot recv (Linux 6.0): single-shot recv from the buffer ring, re-armed after
+    /// each completion.
+    MultishotRecv,
+    /// SEND_ZC: plain sends even with `--zerocopy`.
+    SendZc,
+    /// SQPOLL: no kernel poller even with `--sqpoll`.
+    Sqpoll,
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    DeferTaskrun,
+}
+
 /// TCP echo server on io_uring, thread-per-core.
 #[derive(Parser, Debug)]
 #[command(name = "ringwork-echo", version)]
@@ -88,6 +105,15 @@ struct Args {
     /// on loopback the kernel copies anyway and plain sends measured faster (see README).
     #[arg(long)]
     zerocopy: bool,
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
+    /// feature wins over the flag that asks for it (`--zerocopy`, `--sqpoll`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "FEATURE[,FEATURE]"
+    )]
+    disable: Vec<Feature>,
     /// io_uring accept mode (testing aid).
     #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
     accept_mode: AcceptMode,
@@ -124,6 +150,10 @@ pub struct WorkerConfig {
     sqpoll: Option<ringwork_sys::SqPoll>,
     /// SEND_ZC instead of SEND.
     zerocopy: bool,
+    /// Multishot recv when the kernel has it (else single-shot, re-armed per completion).
+    multishot_recv: bool,
+    /// Try SINGLE_ISSUER | DEFER_TASKRUN (falls back to a plain ring when refused).
+    defer_taskrun: bool,
 }
 
 /// State shared by all workers of the process.
@@ -228,19 +258,28 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         listeners.push(ringwork_sys::net::reuseport_listener(addr, nonblocking)?);
     }
 
+    let disabled = |f| args.disable.contains(&f);
+    let sqpoll = if disabled(Feature::Sqpoll) {
+        None
+    } else {
+        args.sqpoll
+    };
     let cfg = WorkerConfig {
         buffers: args.buffers,
         buffer_size: args.buffer_size,
         max_conns: args.max_conns,
         sq_entries: args.sq_entries,
-        force_single_accept: args.accept_mode == AcceptMode::Single,
+        force_single_accept: args.accept_mode == AcceptMode::Single
+            || disabled(Feature::MultishotAccept),
         batch: args.batch.max(1),
         batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
-        sqpoll: args.sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
+        sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
             idle_ms,
             cpu: args.sqpoll_cpu,
         }),
-        zerocopy: args.zerocopy,
+        zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+        multishot_recv: !disabled(Feature::MultishotRecv),
+        defer_taskrun: !disabled(Feature::DeferTaskrun),
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
@@ -249,6 +288,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     if args.backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
+    }
+    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+        return Err("--disable applies to --backend uring only".into());
     }
     let shared = Arc::new(Shared::default());
     let mut wakers: Vec<OwnedFd> = Vec::new();
@@ -292,7 +334,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
     }
-    let backend = match (args.backend, args.sqpoll, args.zerocopy) {
+    let backend = match (args.backend, cfg.sqpoll, cfg.zerocopy) {
         (Backend::Uring, None, false) => "uring",
         (Backend::Uring, Some(_), false) => "uring+sqpoll",
         (Backend::Uring, None, true) => "uring+zerocopy",

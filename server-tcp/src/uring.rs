@@ -63,6 +63,9 @@ struct Worker<'a> {
     /// The eventfd read's target; the kernel writes it until the read completes.
     wake_buf: Box<[u8; 8]>,
     multishot_accept: bool,
+    /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
+    /// which the machine re-arms after each completion like an ended multishot.
+    multishot_recv: bool,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
@@ -109,10 +112,13 @@ pub fn run(
         })?,
         // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer
         // wake-ups).
-        None => match base.clone().single_issuer(true).defer_taskrun(true).build() {
-            Ok(r) => r,
-            Err(_) => base.build()?,
-        },
+        None if cfg.defer_taskrun => {
+            match base.clone().single_issuer(true).defer_taskrun(true).build() {
+                Ok(r) => r,
+                Err(_) => base.build()?,
+            }
+        }
+        None => base.build()?,
     };
     let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
         eprintln!(
@@ -132,6 +138,8 @@ pub fn run(
     // Multishot accept has no opcode of its own; it arrived in 5.19 together with
     // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
     let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
+    // Likewise multishot recv (6.0) has no opcode; SEND_ZC arrived in the same release.
+    let multishot_recv = cfg.multishot_recv && probe.supports(IoringOp::SendZc);
     let zc = if cfg.zerocopy {
         probe.require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")?;
         // Two sends per buffer in flight (a short send and its remainder, each awaiting its
@@ -150,6 +158,7 @@ pub fn run(
         wake,
         wake_buf: Box::new([0; 8]),
         multishot_accept,
+        multishot_recv,
         batch,
         last_harvest: 0,
         accept_armed: false,
@@ -555,8 +564,8 @@ impl Worker<'_> {
         for op in ops {
             match op {
                 Op::ArmRecv => {
-                    let sqe =
-                        Sqe::recv_select(Target::Fd(fd), GROUP, true).user_data(ud(OpKind::Recv));
+                    let sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv)
+                        .user_data(ud(OpKind::Recv));
                     self.push(&sqe)?;
                 }
                 Op::Send { buf, offset, len } => {
