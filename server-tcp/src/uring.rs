@@ -4,7 +4,9 @@
 //! `--batch-wait-us`; with SQPOLL not at all while completions are ready), route each CQE by its token's kind (accept,
 //! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
 //! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
-//! buffers, repeat. No protocol decision is made here.
+//! buffers, repeat. No protocol decision is made here. With `--zerocopy`, SEND_ZC results and
+//! notifications go through `ringwork_core::buf::ZcTracker`, which decides when a sent buffer
+//! may go back to the ring.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
