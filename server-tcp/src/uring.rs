@@ -85,6 +85,9 @@ struct Worker<'a> {
     /// notifications (PITFALLS #4). The machine recycles a buffer after its last send's result;
     /// the kernel may read it until the notification, so recycles go through this.
     zc: Option<ZcTracker<Token>>,
+    /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): notifications say whether the
+    /// kernel copied.
+    zc_report_usage: bool,
     cfg: WorkerConfig,
     shared: &'a Shared,
     stats: WorkerStats,
@@ -150,6 +153,15 @@ pub fn run(
     } else {
         None
     };
+    // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
+    let zc_report_usage = zc.is_some() && ring.send_zc_reports_usage()?;
+    if zc.is_some() && !zc_report_usage {
+        eprintln!(
+            "ringwork-echo: --zerocopy: this kernel ({}) lacks IORING_SEND_ZC_REPORT_USAGE \
+             (Linux 6.2); zc_copied will stay 0",
+            ringwork_sys::kernel_release()
+        );
+    }
     ring.register_buf_ring(GROUP, cfg.buffers, cfg.buffer_size)?;
     let mut w = Worker {
         ring,
@@ -169,6 +181,7 @@ pub fn run(
         stopping: None,
         forced: false,
         zc,
+        zc_report_usage,
         cfg,
         shared,
         stats: WorkerStats::default(),
@@ -584,9 +597,13 @@ impl Worker<'_> {
                         None => None,
                     };
                     let sqe = match zc_slot {
-                        Some(slot) => Sqe::send_zc(Target::Fd(fd), ptr, len, true, None).user_data(
-                            Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO).encode(),
-                        ),
+                        Some(slot) => {
+                            Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
+                                .user_data(
+                                    Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO)
+                                        .encode(),
+                                )
+                        }
                         // Plain, or every tracker slot is in flight: send this one by copy.
                         None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
                     };

@@ -453,6 +453,43 @@ impl Ring {
         self.enter_with(want, Some(timeout))
     }
 
+    /// True when SEND_ZC accepts IORING_SEND_ZC_REPORT_USAGE (Linux 6.2; SEND_ZC itself is
+    /// 6.0, and the opcode probe cannot tell the two apart). Asks the kernel: a SEND_ZC with the
+    /// flag to fd -1 fails in its preparation with EINVAL when the flag is unknown, and only
+    /// later, at issue, with EBADF when it is known. Submits what is queued; completions of
+    /// other requests met while waiting are kept for [`Ring::completions`].
+    pub fn send_zc_reports_usage(&mut self) -> Result<bool> {
+        const PROBE: UserData = UserData(u64::MAX);
+        let sqe = Sqe::send_zc(crate::sqe::Target::Fd(-1), core::ptr::null(), 0, true, None)
+            .user_data(PROBE);
+        // SAFETY: zero bytes from a null pointer to no descriptor: the SQE names no memory.
+        unsafe { self.push_or_submit(&sqe)? };
+        let mut others = Vec::new();
+        let mut res = None;
+        // A failure after preparation can still post a notification (the result then carries
+        // F_MORE): wait for it too, so that nothing of the probe reaches the caller.
+        let (mut more, mut notified) = (false, false);
+        while res.is_none() || (more && !notified) {
+            self.submit_and_wait(1)?;
+            for cqe in self.completions() {
+                if cqe.user_data != PROBE {
+                    others.push(cqe);
+                } else if cqe.is_notification() {
+                    notified = true;
+                } else {
+                    res = Some(cqe.res);
+                    more = cqe.more();
+                }
+            }
+        }
+        // Served before anything still in the CQ, in the order they were posted.
+        for cqe in others.into_iter().rev() {
+            self.stash.push_front(cqe);
+            self.stats.completions -= 1;
+        }
+        Ok(res != Some(-Errno::INVAL.raw_os_error()))
+    }
+
     /// True when the kernel honours a minimum wait ([`Ring::submit_and_wait_min`]).
     pub fn has_min_timeout(&self) -> bool {
         self.features().contains(IORING_FEAT_MIN_TIMEOUT)

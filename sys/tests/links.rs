@@ -233,3 +233,73 @@ fn drain_waits_for_everything_before_it() {
         assert_eq!(result_of(&cqes, ud), Ok(0), "{cqes:?}");
     }
 }
+
+/// SEND_ZC over loopback TCP: the result CQE (F_MORE) and then, with the same user_data, the
+/// notification (F_NOTIF); with REPORT_USAGE the notification says the kernel copied (loopback
+/// always does). The peer gets the bytes.
+#[test]
+fn send_zc_result_then_notification() {
+    let mut ring = RingParams::new(8).build().unwrap();
+    if !ring
+        .probe()
+        .unwrap()
+        .supports(rustix::io_uring::IoringOp::SendZc)
+    {
+        eprintln!("skipped: no IORING_OP_SEND_ZC (Linux 6.0) on this kernel");
+        return;
+    }
+    let report = ring.send_zc_reports_usage().unwrap();
+    let (mut client, server) = tcp_pair();
+    let payload: Vec<u8> = (0..1000u32).map(|i| (i * 31) as u8).collect();
+    let sqe = Sqe::send_zc(
+        Target::Fd(server.as_raw_fd()),
+        payload.as_ptr(),
+        1000,
+        report,
+        None,
+    )
+    .user_data(UserData(9));
+    // SAFETY: `payload` is not touched or dropped until both CQEs (the notification last)
+    // are reaped by `harvest`.
+    unsafe { ring.push(&sqe).unwrap() };
+    let cqes = harvest(&mut ring, 2);
+    assert!(cqes.iter().all(|c| c.user_data == UserData(9)), "{cqes:?}");
+    let result = cqes.iter().find(|c| !c.is_notification()).unwrap();
+    let notif = cqes.iter().find(|c| c.is_notification()).unwrap();
+    assert_eq!(result.res, 1000, "{cqes:?}");
+    assert!(
+        result.more(),
+        "the result promises a notification: {cqes:?}"
+    );
+    assert!(!notif.more(), "{cqes:?}");
+    if report {
+        assert_ne!(
+            notif.res & rustix::io_uring::IORING_NOTIF_USAGE_ZC_COPIED,
+            0,
+            "loopback copies: {cqes:?}"
+        );
+    }
+    let mut got = vec![0u8; 1000];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, payload);
+}
+
+/// The REPORT_USAGE probe leaves other completions for the caller, in order.
+#[test]
+fn report_usage_probe_keeps_other_completions() {
+    let mut ring = RingParams::new(8).build().unwrap();
+    for ud in 1..=3 {
+        // SAFETY: NOPs name no memory.
+        unsafe { ring.push(&Sqe::nop().user_data(UserData(ud))).unwrap() };
+    }
+    let reports = ring.send_zc_reports_usage().unwrap();
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy().into_owned();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    assert_eq!(reports, (major, minor) >= (6, 2), "kernel {release}");
+    let cqes = harvest(&mut ring, 3);
+    let uds: Vec<u64> = cqes.iter().map(|c| c.user_data.0).collect();
+    assert_eq!(uds, [1, 2, 3]);
+}
