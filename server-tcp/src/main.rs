@@ -39,6 +39,23 @@ enum AcceptMode {
     Single,
 }
 
+/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
+/// kernels where the feature misbehaves: PITFALLS #8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Feature {
+    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
+    MultishotAccept,
+    /// Multishot recv (Linux 6.0): single-shot recv from the buffer ring, re-armed after
+    /// each completion.
+    MultishotRecv,
+    /// SEND_ZC: plain sends even with `--zerocopy`.
+    SendZc,
+    /// SQPOLL: no kernel poller even with `--sqpoll`.
+    Sqpoll,
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    DeferTaskrun,
+}
+
 /// TCP echo server on io_uring, thread-per-core.
 #[derive(Parser, Debug)]
 #[command(name = "ringwork-echo", version)]
@@ -83,6 +100,20 @@ struct Args {
     /// poller may run on any CPU: the kernel thread ignores the process' affinity mask.
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     sqpoll_cpu: Option<u32>,
+    /// io_uring: send with IORING_OP_SEND_ZC (Linux 6.0) and IORING_SEND_ZC_REPORT_USAGE; a
+    /// received buffer goes back to the ring only after its notification. Off by default:
+    /// on loopback the kernel copies anyway and plain sends measured faster (see README).
+    #[arg(long)]
+    zerocopy: bool,
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
+    /// feature wins over the flag that asks for it (`--zerocopy`, `--sqpoll`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "FEATURE[,FEATURE]"
+    )]
+    disable: Vec<Feature>,
     /// io_uring accept mode (testing aid).
     #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
     accept_mode: AcceptMode,
@@ -117,6 +148,12 @@ pub struct WorkerConfig {
     batch_wait: std::time::Duration,
     /// SQPOLL, when asked for.
     sqpoll: Option<ringwork_sys::SqPoll>,
+    /// SEND_ZC instead of SEND.
+    zerocopy: bool,
+    /// Multishot recv when the kernel has it (else single-shot, re-armed per completion).
+    multishot_recv: bool,
+    /// Try SINGLE_ISSUER | DEFER_TASKRUN (falls back to a plain ring when refused).
+    defer_taskrun: bool,
 }
 
 /// State shared by all workers of the process.
@@ -165,6 +202,10 @@ pub struct WorkerStats {
     pub refused: u64,
     /// Receives that found no buffer (ENOBUFS).
     pub nobufs: u64,
+    /// SEND_ZC notifications harvested.
+    pub zc_notifs: u64,
+    /// SEND_ZC notifications saying the kernel copied anyway (IORING_NOTIF_USAGE_ZC_COPIED).
+    pub zc_copied: u64,
 }
 
 impl std::ops::AddAssign for WorkerStats {
@@ -178,6 +219,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.stale += o.stale;
         self.refused += o.refused;
         self.nobufs += o.nobufs;
+        self.zc_notifs += o.zc_notifs;
+        self.zc_copied += o.zc_copied;
     }
 }
 
@@ -215,23 +258,39 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         listeners.push(ringwork_sys::net::reuseport_listener(addr, nonblocking)?);
     }
 
+    let disabled = |f| args.disable.contains(&f);
+    let sqpoll = if disabled(Feature::Sqpoll) {
+        None
+    } else {
+        args.sqpoll
+    };
     let cfg = WorkerConfig {
         buffers: args.buffers,
         buffer_size: args.buffer_size,
         max_conns: args.max_conns,
         sq_entries: args.sq_entries,
-        force_single_accept: args.accept_mode == AcceptMode::Single,
+        force_single_accept: args.accept_mode == AcceptMode::Single
+            || disabled(Feature::MultishotAccept),
         batch: args.batch.max(1),
         batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
-        sqpoll: args.sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
+        sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
             idle_ms,
             cpu: args.sqpoll_cpu,
         }),
+        zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+        multishot_recv: !disabled(Feature::MultishotRecv),
+        defer_taskrun: !disabled(Feature::DeferTaskrun),
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
     if args.backend == Backend::Epoll && args.sqpoll.is_some() {
         return Err("--sqpoll applies to --backend uring only".into());
+    }
+    if args.backend == Backend::Epoll && args.zerocopy {
+        return Err("--zerocopy applies to --backend uring only".into());
+    }
+    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+        return Err("--disable applies to --backend uring only".into());
     }
     let shared = Arc::new(Shared::default());
     let mut wakers: Vec<OwnedFd> = Vec::new();
@@ -275,10 +334,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
     }
-    let backend = match (args.backend, args.sqpoll) {
-        (Backend::Uring, None) => "uring",
-        (Backend::Uring, Some(_)) => "uring+sqpoll",
-        (Backend::Epoll, _) => "epoll",
+    let backend = match (args.backend, cfg.sqpoll, cfg.zerocopy) {
+        (Backend::Uring, None, false) => "uring",
+        (Backend::Uring, Some(_), false) => "uring+sqpoll",
+        (Backend::Uring, None, true) => "uring+zerocopy",
+        (Backend::Uring, Some(_), true) => "uring+sqpoll+zerocopy",
+        (Backend::Epoll, _, _) => "epoll",
     };
     println!("ringwork-echo listening on {addr} (backend {backend}, {threads} threads)");
 
@@ -293,7 +354,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
     println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={}",
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} zc_copied={} zc_notifs={}",
         total.conns,
         total.rejected,
         total.bytes,
@@ -302,7 +363,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.completions,
         total.stale,
         total.refused,
-        total.nobufs
+        total.nobufs,
+        total.zc_copied,
+        total.zc_notifs
     );
     Ok(())
 }

@@ -4,21 +4,23 @@
 //! `--batch-wait-us`; with SQPOLL not at all while completions are ready), route each CQE by its token's kind (accept,
 //! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
 //! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
-//! buffers, repeat. No protocol decision is made here.
+//! buffers, repeat. No protocol decision is made here. With `--zerocopy`, SEND_ZC results and
+//! notifications go through `ringwork_core::buf::ZcTracker`, which decides when a sent buffer
+//! may go back to the ring.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringwork_core::buf::{BufGroup, BufId, Lease};
+use ringwork_core::buf::{BufGroup, BufId, Lease, ZcSlot, ZcTracker};
 use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::{Cqe, Ring, RingParams, Sqe, Target};
 use rustix::fd::OwnedFd;
-use rustix::io_uring::IoringOp;
+use rustix::io_uring::{IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::{SendFlags, SocketFlags};
 
 use crate::{Shared, WorkerConfig, WorkerStats};
@@ -63,6 +65,9 @@ struct Worker<'a> {
     /// The eventfd read's target; the kernel writes it until the read completes.
     wake_buf: Box<[u8; 8]>,
     multishot_accept: bool,
+    /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
+    /// which the machine re-arms after each completion like an ended multishot.
+    multishot_recv: bool,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
@@ -76,6 +81,13 @@ struct Worker<'a> {
     misc_in_flight: u64,
     stopping: Option<Instant>,
     forced: bool,
+    /// With `--zerocopy`: the SEND_ZCs in flight and the recycles that wait for their
+    /// notifications (PITFALLS #4). The machine recycles a buffer after its last send's result;
+    /// the kernel may read it until the notification, so recycles go through this.
+    zc: Option<ZcTracker<Token>>,
+    /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): notifications say whether the
+    /// kernel copied.
+    zc_report_usage: bool,
     cfg: WorkerConfig,
     shared: &'a Shared,
     stats: WorkerStats,
@@ -105,10 +117,13 @@ pub fn run(
         })?,
         // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer
         // wake-ups).
-        None => match base.clone().single_issuer(true).defer_taskrun(true).build() {
-            Ok(r) => r,
-            Err(_) => base.build()?,
-        },
+        None if cfg.defer_taskrun => {
+            match base.clone().single_issuer(true).defer_taskrun(true).build() {
+                Ok(r) => r,
+                Err(_) => base.build()?,
+            }
+        }
+        None => base.build()?,
     };
     let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
         eprintln!(
@@ -128,6 +143,25 @@ pub fn run(
     // Multishot accept has no opcode of its own; it arrived in 5.19 together with
     // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
     let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
+    // Likewise multishot recv (6.0) has no opcode; SEND_ZC arrived in the same release.
+    let multishot_recv = cfg.multishot_recv && probe.supports(IoringOp::SendZc);
+    let zc = if cfg.zerocopy {
+        probe.require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")?;
+        // Two sends per buffer in flight (a short send and its remainder, each awaiting its
+        // notification) cover the common case; beyond that a send goes by copy.
+        Some(ZcTracker::new(cfg.buffers, u32::from(cfg.buffers) * 2))
+    } else {
+        None
+    };
+    // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
+    let zc_report_usage = zc.is_some() && ring.send_zc_reports_usage()?;
+    if zc.is_some() && !zc_report_usage {
+        eprintln!(
+            "ringwork-echo: --zerocopy: this kernel ({}) lacks IORING_SEND_ZC_REPORT_USAGE \
+             (Linux 6.2); zc_copied will stay 0",
+            ringwork_sys::kernel_release()
+        );
+    }
     ring.register_buf_ring(GROUP, cfg.buffers, cfg.buffer_size)?;
     let mut w = Worker {
         ring,
@@ -138,6 +172,7 @@ pub fn run(
         wake,
         wake_buf: Box::new([0; 8]),
         multishot_accept,
+        multishot_recv,
         batch,
         last_harvest: 0,
         accept_armed: false,
@@ -145,6 +180,8 @@ pub fn run(
         misc_in_flight: 0,
         stopping: None,
         forced: false,
+        zc,
+        zc_report_usage,
         cfg,
         shared,
         stats: WorkerStats::default(),
@@ -199,6 +236,8 @@ impl Worker<'_> {
             && self.conns.is_empty()
             && !self.accept_armed
             && self.misc_in_flight == 0
+            // Buffers a notification has yet to release belong to the kernel until then.
+            && !self.zc.as_ref().is_some_and(|zc| zc.in_flight() > 0)
     }
 
     fn run_loop(&mut self) -> ringwork_sys::Result<()> {
@@ -259,6 +298,9 @@ impl Worker<'_> {
             self.stats.stale += 1;
             return Ok(());
         };
+        if token.kind == OpKind::SendZc {
+            return self.on_send_zc(ZcSlot(token.slot.0), cqe);
+        }
         if token.slot == WORKER_SLOT {
             return match token.kind {
                 OpKind::Accept => self.on_accept(cqe),
@@ -296,6 +338,49 @@ impl Worker<'_> {
             self.arm_accept()?;
         }
         Ok(())
+    }
+
+    /// A SEND_ZC's result (to its connection as `SendDone`) or its notification (which may
+    /// release a deferred recycle). Its token names the tracker's slot, not the connection:
+    /// the notification can come after the connection is gone.
+    fn on_send_zc(&mut self, slot: ZcSlot, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        let Some(zc) = self.zc.as_mut() else {
+            self.stats.stale += 1;
+            return Ok(());
+        };
+        if cqe.is_notification() {
+            self.stats.zc_notifs += 1;
+            // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after all
+            // (always, on loopback).
+            if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                self.stats.zc_copied += 1;
+            }
+            match zc.on_notification(slot) {
+                Ok(Some(buf)) => self.recycle(buf),
+                Ok(None) => {}
+                Err(e) => {
+                    eprintln!("ringwork-echo: {e}");
+                    self.stats.refused += 1;
+                }
+            }
+            return Ok(());
+        }
+        let done = match zc.on_result(slot, cqe.more()) {
+            Ok(done) => done,
+            Err(e) => {
+                eprintln!("ringwork-echo: {e}");
+                self.stats.refused += 1;
+                return Ok(());
+            }
+        };
+        if let Some(buf) = done.recycle {
+            self.recycle(buf);
+        }
+        if let Ok(n) = cqe.result() {
+            self.stats.bytes += u64::from(n);
+        }
+        self.deliver(done.owner, Event::SendDone { res: cqe.result() })?;
+        self.unpark(done.owner)
     }
 
     fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
@@ -494,8 +579,8 @@ impl Worker<'_> {
         for op in ops {
             match op {
                 Op::ArmRecv => {
-                    let sqe =
-                        Sqe::recv_select(Target::Fd(fd), GROUP, true).user_data(ud(OpKind::Recv));
+                    let sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv)
+                        .user_data(ud(OpKind::Recv));
                     self.push(&sqe)?;
                 }
                 Op::Send { buf, offset, len } => {
@@ -506,12 +591,34 @@ impl Worker<'_> {
                         unreachable!("the group is registered before the loop starts")
                     };
                     let ptr = br.ptr(lease).wrapping_add(offset as usize);
-                    let sqe = Sqe::send(Target::Fd(fd), ptr, len)
-                        .send_flags(SendFlags::NOSIGNAL)
-                        .user_data(ud(OpKind::Send));
-                    self.push(&sqe)?;
+                    let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
+                        Some(Ok(slot)) => slot,
+                        Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
+                        None => None,
+                    };
+                    let sqe = match zc_slot {
+                        Some(slot) => {
+                            Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
+                                .user_data(
+                                    Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO)
+                                        .encode(),
+                                )
+                        }
+                        // Plain, or every tracker slot is in flight: send this one by copy.
+                        None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
+                    };
+                    self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
                 }
-                Op::Recycle(buf) => self.recycle(buf),
+                Op::Recycle(buf) => {
+                    // With SEND_ZC the kernel may still read the buffer: the tracker says
+                    // whether it goes back now or on its last notification.
+                    let now = self.zc.as_mut().map_or(Ok(true), |zc| zc.recycle(buf));
+                    match now {
+                        Ok(true) => self.recycle(buf),
+                        Ok(false) => {}
+                        Err(e) => unreachable!("buffer ids come from the ring: {e}"),
+                    }
+                }
                 Op::CancelRecv => {
                     let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
                     self.push(&sqe)?;

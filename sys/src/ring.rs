@@ -22,7 +22,7 @@ use rustix::io::Errno;
 use rustix::io_uring::{
     io_uring_cqe, io_uring_enter, io_uring_enter_arg, io_uring_getevents_arg, io_uring_params,
     io_uring_ptr, io_uring_setup, io_uring_sqe, IoringCqeFlags, IoringEnterFlags,
-    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IORING_CQE_BUFFER_SHIFT,
+    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IoringSqeFlags, IORING_CQE_BUFFER_SHIFT,
     IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
 };
 
@@ -398,6 +398,41 @@ impl Ring {
         }
     }
 
+    /// Queues `sqes` as one link chain: IOSQE_IO_LINK (or IOSQE_IO_HARDLINK with `hard`) on
+    /// every SQE but the last, all or none. A chain split by a submit between its SQEs would
+    /// end early (the kernel ends a chain at the end of each submission), so this refuses with
+    /// [`Error::SubmissionQueueFull`] before pushing anything when the SQ lacks room.
+    ///
+    /// A plain link breaks at the first failure (an error, or a short read or write): the
+    /// rest complete with `-ECANCELED`. A hard link runs the rest regardless.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain (a LINK_TIMEOUT's timespec included).
+    ///
+    /// # References
+    /// io_uring_enter(2), IOSQE_IO_LINK and IOSQE_IO_HARDLINK.
+    pub unsafe fn push_chain(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        if sqes.len() as u64 > u64::from(self.sq.free_slots()) {
+            return Err(Error::SubmissionQueueFull);
+        }
+        let link = if hard {
+            IoringSqeFlags::IO_HARDLINK
+        } else {
+            IoringSqeFlags::IO_LINK
+        };
+        for (i, sqe) in sqes.iter().enumerate() {
+            let sqe = if i + 1 < sqes.len() {
+                sqe.flags(link)
+            } else {
+                *sqe
+            };
+            // SAFETY: forwarded from the caller; room for every SQE was checked above, so
+            // this push cannot fail halfway through the chain.
+            unsafe { self.push(&sqe)? };
+        }
+        Ok(())
+    }
+
     /// Publishes queued SQEs and tells the kernel about them; returns how many it consumed.
     pub fn submit(&mut self) -> Result<u32> {
         self.submit_and_wait(0)
@@ -416,6 +451,43 @@ impl Ring {
             return Err(Error::unsupported("IORING_FEAT_EXT_ARG", "5.11"));
         }
         self.enter_with(want, Some(timeout))
+    }
+
+    /// True when SEND_ZC accepts IORING_SEND_ZC_REPORT_USAGE (Linux 6.2; SEND_ZC itself is
+    /// 6.0, and the opcode probe cannot tell the two apart). Asks the kernel: a SEND_ZC with the
+    /// flag to fd -1 fails in its preparation with EINVAL when the flag is unknown, and only
+    /// later, at issue, with EBADF when it is known. Submits what is queued; completions of
+    /// other requests met while waiting are kept for [`Ring::completions`].
+    pub fn send_zc_reports_usage(&mut self) -> Result<bool> {
+        const PROBE: UserData = UserData(u64::MAX);
+        let sqe = Sqe::send_zc(crate::sqe::Target::Fd(-1), core::ptr::null(), 0, true, None)
+            .user_data(PROBE);
+        // SAFETY: zero bytes from a null pointer to no descriptor: the SQE names no memory.
+        unsafe { self.push_or_submit(&sqe)? };
+        let mut others = Vec::new();
+        let mut res = None;
+        // A failure after preparation can still post a notification (the result then carries
+        // F_MORE): wait for it too, so that nothing of the probe reaches the caller.
+        let (mut more, mut notified) = (false, false);
+        while res.is_none() || (more && !notified) {
+            self.submit_and_wait(1)?;
+            for cqe in self.completions() {
+                if cqe.user_data != PROBE {
+                    others.push(cqe);
+                } else if cqe.is_notification() {
+                    notified = true;
+                } else {
+                    res = Some(cqe.res);
+                    more = cqe.more();
+                }
+            }
+        }
+        // Served before anything still in the CQ, in the order they were posted.
+        for cqe in others.into_iter().rev() {
+            self.stash.push_front(cqe);
+            self.stats.completions -= 1;
+        }
+        Ok(res != Some(-Errno::INVAL.raw_os_error()))
     }
 
     /// True when the kernel honours a minimum wait ([`Ring::submit_and_wait_min`]).

@@ -164,6 +164,67 @@ fn integrity_500_clients_uring_sqpoll() {
     assert_eq!(stat(&stats, "conns"), 540, "{stats}");
 }
 
+/// `--zerocopy`: every send a SEND_ZC whose buffer goes back to the ring only after its
+/// notification. The integrity scenario (the short-send half makes sends of one buffer
+/// overlap their notifications), then a clean stop in which every notification was reaped
+/// (the worker waits for them) and loopback reported each one as copied.
+#[test]
+fn integrity_500_clients_uring_zerocopy() {
+    raise_nofile_limit();
+    let server = start("uring", &["--threads", "2", "--zerocopy"]);
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients (zerocopy)");
+    let stats = terminate(server);
+    println!("zerocopy: {stats}");
+    assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+    assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+    assert!(
+        stat(&stats, "zc_notifs") > 0,
+        "no SEND_ZC notifications: {stats}"
+    );
+    assert!(
+        stat(&stats, "zc_copied") <= stat(&stats, "zc_notifs"),
+        "{stats}"
+    );
+}
+
+/// Every optional io_uring feature disabled at once (what an old or buggy kernel gets):
+/// single-shot accept, single-shot recv re-armed per completion, plain sends although
+/// `--zerocopy` asks for SEND_ZC, no SQPOLL although `--sqpoll` asks for it, no
+/// DEFER_TASKRUN. The integrity scenario, then a clean stop.
+#[test]
+fn integrity_500_clients_uring_everything_disabled() {
+    raise_nofile_limit();
+    let server = start(
+        "uring",
+        &[
+            "--threads",
+            "2",
+            "--zerocopy",
+            "--sqpoll",
+            "--disable",
+            "multishot-accept,multishot-recv,send-zc,sqpoll,defer-taskrun",
+        ],
+    );
+    let baseline = server.fd_count();
+    run_clients(server.addr, 500, None, size_for);
+    run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+    assert_fds_return(&server, baseline, "after integrity clients (all disabled)");
+    let stats = terminate(server);
+    println!("everything disabled: {stats}");
+    assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+    assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+    assert_eq!(stat(&stats, "zc_notifs"), 0, "{stats}");
+    // Nothing multishot and no SEND_ZC notifications: exactly one CQE per SQE.
+    assert_eq!(
+        stat(&stats, "submitted"),
+        stat(&stats, "completions"),
+        "{stats}"
+    );
+}
+
 /// Plain waits (`--batch 1`, what a kernel without IORING_FEAT_MIN_TIMEOUT gets; the
 /// default batches), and batches with a long min_wait: the integrity scenario on each.
 #[test]
