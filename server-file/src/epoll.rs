@@ -4,6 +4,13 @@
 //! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close)
 //! runs synchronously and its completion is fed straight back. Timeouts come from
 //! `epoll_wait`'s timeout plus a tick over all connections.
+//!
+//! Fairness: a connection answers at most one request per turn of the loop. The receive for
+//! its next request is not performed inline but deferred to the run queue, which is served
+//! after the next (then non-blocking) `epoll_wait`, behind every other connection's events.
+//! Performing it inline let one keep-alive client whose next request was always already there
+//! keep the loop to itself for seconds while every other connection (and the listener) waited
+//! unread; the io_uring driver is fair by construction (one completion per CQE per turn).
 
 use std::ffi::CStr;
 use std::time::Duration;
@@ -52,7 +59,7 @@ struct Conn {
     file: Option<OwnedFd>,
     bufs: [AlignedBuf; 2],
     recv_buf: Vec<u8>,
-    /// A receive waiting for EPOLLIN (its `max`).
+    /// A receive waiting for EPOLLIN, or on the run queue when deferred (its `max`).
     pending_recv: Option<u32>,
     /// A send waiting for EPOLLOUT.
     pending_send: Option<SendSrc>,
@@ -66,6 +73,25 @@ struct DirectLog(bool, bool);
 fn raw(e: Errno) -> RawErrno {
     RawErrno(e.raw_os_error())
 }
+
+impl Conn {
+    fn new(shared: &Shared, sock: OwnedFd) -> Self {
+        let chunk = shared.cfg.chunk as usize;
+        Self {
+            http: HttpConn::new(shared.cfg, shared.now()),
+            sock,
+            file: None,
+            bufs: [AlignedBuf::new(chunk), AlignedBuf::new(chunk)],
+            recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
+            pending_recv: None,
+            pending_send: None,
+            closed: false,
+        }
+    }
+}
+
+/// Connections whose receive was deferred ([`drive`] said so): `(slot, generation)`.
+type RunQueue = Vec<(Slot, u32)>;
 
 fn key(slot: Slot, generation: u32) -> u64 {
     // 0 is the listener; connections are slot + 1 with their generation above.
@@ -90,18 +116,37 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         tv_sec: tick.as_secs() as i64,
         tv_nsec: i64::from(tick.subsec_nanos()),
     };
+    // With deferred receives queued, epoll_wait only collects what is ready and returns.
+    let no_wait = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     let mut last_tick = shared.now().mono_ms;
     let mut direct_log = DirectLog::default();
+    let mut run_queue = RunQueue::new();
+    let mut running = RunQueue::new();
     while !ringwork_sys::signal::stop_requested() {
         events.clear();
-        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
+        let timeout = if run_queue.is_empty() { &ts } else { &no_wait };
+        match epoll::wait(
+            &ep,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(timeout),
+        ) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(format!("epoll_wait: {e}")),
         }
         for ev in events.iter() {
             let k = ev.data.u64();
             if k == 0 {
-                accept_all(shared, &ep, &listener, &mut conns, &mut direct_log);
+                accept_all(
+                    shared,
+                    &ep,
+                    &listener,
+                    &mut conns,
+                    &mut run_queue,
+                    &mut direct_log,
+                );
                 continue;
             }
             let slot = Slot((k & 0xffff_ffff) as u32 - 1);
@@ -113,6 +158,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 continue;
             };
             let flags = ev.flags;
+            let turn_start = c.http.requests();
             let gone = flags.intersects(EventFlags::ERR | EventFlags::HUP);
             if flags.intersects(EventFlags::IN | EventFlags::RDHUP) || gone {
                 if let Some(max) = c.pending_recv.take() {
@@ -124,7 +170,32 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                     do_send(shared, c, src);
                 }
             }
-            drive(shared, c, &mut direct_log);
+            if drive(shared, c, turn_start, &mut direct_log) {
+                run_queue.push((slot, generation));
+            }
+            if c.closed {
+                conns.remove(slot);
+            }
+        }
+        // The deferred receives, each behind the events just handled. A connection that got an
+        // EPOLLIN meanwhile has already received (its pending_recv is gone); one that was
+        // closed and whose slot was reused fails the generation check.
+        std::mem::swap(&mut running, &mut run_queue);
+        for (slot, generation) in running.drain(..) {
+            if conns.generation(slot).get() != generation {
+                continue;
+            }
+            let Some(c) = conns.get_mut(slot) else {
+                continue;
+            };
+            let Some(max) = c.pending_recv.take() else {
+                continue;
+            };
+            let turn_start = c.http.requests();
+            do_recv(shared, c, max);
+            if drive(shared, c, turn_start, &mut direct_log) {
+                run_queue.push((slot, generation));
+            }
             if c.closed {
                 conns.remove(slot);
             }
@@ -134,9 +205,13 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             last_tick = now.mono_ms;
             for i in 0..conns.capacity() {
                 let slot = Slot(i as u32);
+                let generation = conns.generation(slot).get();
                 if let Some(c) = conns.get_mut(slot) {
+                    let turn_start = c.http.requests();
                     c.http.on_tick(now);
-                    drive(shared, c, &mut direct_log);
+                    if drive(shared, c, turn_start, &mut direct_log) {
+                        run_queue.push((slot, generation));
+                    }
                     if c.closed {
                         conns.remove(slot);
                     }
@@ -158,6 +233,7 @@ fn accept_all(
     ep: &OwnedFd,
     listener: &OwnedFd,
     conns: &mut Slab<Conn>,
+    run_queue: &mut RunQueue,
     direct_log: &mut DirectLog,
 ) {
     loop {
@@ -171,17 +247,7 @@ fn accept_all(
             Err(_) => return,
         };
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let chunk = shared.cfg.chunk as usize;
-        let conn = Conn {
-            http: HttpConn::new(shared.cfg, shared.now()),
-            sock,
-            file: None,
-            bufs: [AlignedBuf::new(chunk), AlignedBuf::new(chunk)],
-            recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
-            pending_recv: None,
-            pending_send: None,
-            closed: false,
-        };
+        let conn = Conn::new(shared, sock);
         // A full table drops the connection (closing its socket).
         let Some((slot, generation)) = conns.insert(conn) else {
             continue;
@@ -193,7 +259,9 @@ fn accept_all(
             conns.remove(slot);
             continue;
         }
-        drive(shared, c, direct_log);
+        if drive(shared, c, 0, direct_log) {
+            run_queue.push((slot, generation.get()));
+        }
         if c.closed {
             conns.remove(slot);
         }
@@ -225,10 +293,20 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
     }
 }
 
-/// Performs every operation the connection has queued.
-fn drive(shared: &Shared, c: &mut Conn, direct_log: &mut DirectLog) {
+/// Performs every operation the connection has queued, except a receive once a request has
+/// been answered since `turn_start` (the [`HttpConn::requests`] count when this turn began):
+/// that one is left in `pending_recv` and `true` is returned, meaning "put me on the run
+/// queue". It cannot wait for EPOLLIN: the next request may already be in the socket, its
+/// edge consumed while no receive was pending.
+#[must_use]
+fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut DirectLog) -> bool {
+    let mut deferred = false;
     while let Some(op) = c.http.poll_op() {
         match op {
+            Op::Recv { max } if c.http.requests() != turn_start => {
+                c.pending_recv = Some(max);
+                deferred = true;
+            }
             Op::Recv { max } => do_recv(shared, c, max),
             Op::Send(src) => do_send(shared, c, src),
             Op::Stat => {
@@ -295,6 +373,8 @@ fn drive(shared: &Shared, c: &mut Conn, direct_log: &mut DirectLog) {
             }
             Op::Cancel => {
                 let now = shared.now();
+                // A deferred receive is cancelled the same way; its run-queue entry then
+                // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
                     c.http.on_recv(now, Err(RawErrno::CANCELED));
                 }
@@ -307,5 +387,88 @@ fn drive(shared: &Shared, c: &mut Conn, direct_log: &mut DirectLog) {
             }
             Op::Close => c.closed = true,
         }
+    }
+    deferred && c.pending_recv.is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+
+    use ringwork_core::httpconn::Config;
+
+    /// A root holding `f` (10 bytes), served with 16 KiB chunks.
+    fn shared() -> (Shared, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "ringwork-files-epoll-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"0123456789").unwrap();
+        let root = rustix::fs::open(
+            &dir,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            Mode::empty(),
+        )
+        .unwrap();
+        let cfg = Config {
+            chunk: 16384,
+            ..Config::default()
+        };
+        let shared = Shared {
+            root,
+            cfg,
+            max_conns: 1,
+            start: Instant::now(),
+        };
+        (shared, dir)
+    }
+
+    /// The regression behind "49 of 50 connections unread for seconds": a client whose next
+    /// request is always already in the socket must not keep `drive` (and so the whole loop)
+    /// to itself. Each request here is too long for one receive to hold two, so every request
+    /// after the first needs a receive of its own: exactly one is answered per turn, and the
+    /// next receive is handed to the run queue instead of being performed inline.
+    #[test]
+    fn a_buffered_next_request_waits_for_the_next_turn() {
+        let (shared, dir) = shared();
+        let (server, mut client) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut c = Conn::new(&shared, OwnedFd::from(server));
+        let mut log = DirectLog::default();
+        let pad = "a".repeat(6000);
+        let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");
+        assert!(2 * req.len() > shared.cfg.limits.max_head_bytes + 1);
+        client.write_all(req.repeat(3).as_bytes()).unwrap();
+
+        // The accept-time turn: the first receive is inline, the second deferred.
+        assert!(drive(&shared, &mut c, 0, &mut log), "next receive deferred");
+        assert_eq!(c.http.requests(), 1, "one request per turn");
+        for n in 2..=3 {
+            // What the run queue does for this connection on the next turn.
+            let max = c.pending_recv.take().expect("deferred receive");
+            let turn_start = c.http.requests();
+            do_recv(&shared, &mut c, max);
+            assert!(drive(&shared, &mut c, turn_start, &mut log));
+            assert_eq!(c.http.requests(), n, "one request per turn");
+        }
+        // Nothing more buffered: the deferred receive meets EAGAIN and waits for EPOLLIN.
+        let max = c.pending_recv.take().expect("deferred receive");
+        do_recv(&shared, &mut c, max);
+        assert_eq!(c.pending_recv, Some(max));
+        let turn_start = c.http.requests();
+        assert!(!drive(&shared, &mut c, turn_start, &mut log));
+
+        drop(c);
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
+        assert_eq!(text.matches("0123456789").count(), 3, "{text}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
