@@ -391,11 +391,29 @@ impl Ring {
         match unsafe { self.push(sqe) } {
             Err(Error::SubmissionQueueFull) => {
                 self.submit()?;
+                if self.sqpoll {
+                    // The poller consumes the SQ in its own time: submit() only woke it.
+                    self.wait_for_sq_space()?;
+                }
                 // SAFETY: forwarded from the caller.
                 unsafe { self.push(sqe) }
             }
             other => other,
         }
+    }
+
+    /// SQPOLL: blocks until the poller has consumed at least one SQE
+    /// (IORING_ENTER_SQ_WAIT, Linux 5.10), waking it first when it sleeps.
+    fn wait_for_sq_space(&mut self) -> Result<()> {
+        while self.sq.free_slots() == 0 {
+            let mut flags = IoringEnterFlags::SQ_WAIT;
+            if self.sqpoll_needs_wakeup() {
+                flags |= IoringEnterFlags::SQ_WAKEUP;
+                self.stats.sqpoll_wakeups += 1;
+            }
+            self.enter(0, 0, flags, None, 0)?;
+        }
+        Ok(())
     }
 
     /// Queues `sqes` as one link chain: IOSQE_IO_LINK (or IOSQE_IO_HARDLINK with `hard`) on

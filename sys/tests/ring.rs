@@ -446,3 +446,43 @@ fn min_wait_then_first_completion_defer_taskrun() {
     min_wait_then_first_completion(true, Some(Duration::from_secs(10)));
     min_wait_then_first_completion(true, None);
 }
+
+/// With SQPOLL the kernel's poller consumes the SQ on its own schedule: pushing far more SQEs
+/// than the SQ holds must wait for room (IORING_ENTER_SQ_WAIT), never fail, and every
+/// completion must arrive.
+#[test]
+fn sqpoll_push_waits_for_sq_space() {
+    use ringwork_sys::SqPoll;
+    let mut ring = match RingParams::new(4)
+        .sqpoll(SqPoll {
+            idle_ms: 10,
+            cpu: None,
+        })
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => panic!("IORING_SETUP_SQPOLL refused on this kernel: {e}"),
+    };
+    let total = 256u64;
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..total {
+        // SAFETY: NOPs reference no memory.
+        unsafe {
+            ring.push_or_submit(&Sqe::nop().user_data(UserData(i)))
+                .unwrap()
+        };
+        // Harvest as we go so the CQ (8 entries) does not back up.
+        for c in ring.completions() {
+            assert!(seen.insert(c.user_data.0));
+        }
+    }
+    ring.submit().unwrap();
+    while (seen.len() as u64) < total {
+        ring.submit_and_wait(1).unwrap();
+        for c in ring.completions() {
+            assert_eq!(c.res, 0);
+            assert!(seen.insert(c.user_data.0), "duplicate completion");
+        }
+    }
+    assert_eq!(seen.len() as u64, total);
+}
