@@ -190,15 +190,19 @@ impl Conn {
 }
 
 fn connect(addr: SocketAddr, index: usize, phase_seed: usize) -> std::io::Result<Conn> {
-    // Spread source addresses over 127.0.0.x when the target is loopback, so that 10,000+
-    // connections never run out of ephemeral ports (about 28,000 per source address).
+    // Past 20,000 connections, spread source addresses over 127.0.0.x (about 28,000 ephemeral
+    // ports each). The first 20,000 do not bind: an explicit bind picks its port without
+    // knowing the destination, so TIME_WAIT sockets of earlier runs would block ports that
+    // connect() can still use towards a new server port. Bound sockets set SO_REUSEADDR for
+    // the same reason.
     let stream = match addr {
-        SocketAddr::V4(a) if a.ip().is_loopback() => {
+        SocketAddr::V4(a) if a.ip().is_loopback() && index >= 20_000 => {
             let sock = rustix::net::socket(
                 rustix::net::AddressFamily::INET,
                 rustix::net::SocketType::STREAM,
                 None,
             )?;
+            rustix::net::sockopt::set_socket_reuseaddr(&sock, true)?;
             let src = std::net::Ipv4Addr::new(127, 0, 0, 1 + (index / 20_000) as u8);
             rustix::net::bind(&sock, &SocketAddr::from((src, 0)))?;
             rustix::net::connect(&sock, &addr)?;
