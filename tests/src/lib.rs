@@ -98,6 +98,22 @@ impl Server {
             .unwrap_or(0)
     }
 
+    /// The fd count once it has held still for 300 ms (up to 10 s): the idle baseline after
+    /// earlier clients, whose closes the server may not have seen yet.
+    pub fn settled_fd_count(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut count = self.fd_count();
+        let mut since = Instant::now();
+        while Instant::now() < deadline && since.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.fd_count();
+            if now != count {
+                (count, since) = (now, Instant::now());
+            }
+        }
+        count
+    }
+
     /// Resident set size in KiB (VmRSS of /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
         let status =
