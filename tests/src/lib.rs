@@ -5,12 +5,18 @@
 //! Every server prints a line containing `listening on ADDR` on stdout once it accepts
 //! connections; [`Server::start`] waits for it.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::time::Timespec;
+
+/// The servers' I/O backends (`--backend`); most scenarios run on each.
+pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
 /// The path of a workspace binary, next to the test executable's `deps/` directory.
 ///
@@ -90,6 +96,22 @@ impl Server {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// The fd count once it has held still for 300 ms (up to 10 s): the idle baseline after
+    /// earlier clients, whose closes the server may not have seen yet.
+    pub fn settled_fd_count(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut count = self.fd_count();
+        let mut since = Instant::now();
+        while Instant::now() < deadline && since.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.fd_count();
+            if now != count {
+                (count, since) = (now, Instant::now());
+            }
+        }
+        count
     }
 
     /// Resident set size in KiB (VmRSS of /proc/PID/status).
@@ -181,4 +203,223 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
             (x >> 24) as u8
         })
         .collect()
+}
+
+/// Waits for the server's fd count to return to `baseline`, failing with the count it had.
+pub fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
+    let ok = server.wait_until(Duration::from_secs(15), |s| s.fd_count() == baseline);
+    assert!(
+        ok,
+        "{what}: server holds {} fds, baseline {baseline}",
+        server.fd_count()
+    );
+}
+
+/// Sends `payload` and reads the echo concurrently (one nonblocking socket, poll), then
+/// half-closes and reads to EOF. `rcvbuf` shrinks the client's receive buffer so that the
+/// server meets short sends.
+pub fn exchange(addr: SocketAddr, payload: &[u8], rcvbuf: Option<usize>) -> Vec<u8> {
+    let stream = connect(addr, rcvbuf);
+    stream.set_nonblocking(true).unwrap();
+    let mut got = Vec::with_capacity(payload.len());
+    let mut sent = 0;
+    let mut half_closed = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "exchange of {} bytes stuck",
+            payload.len()
+        );
+        if sent == payload.len() && !half_closed {
+            stream.shutdown(Shutdown::Write).unwrap();
+            half_closed = true;
+        }
+        let mut flags = PollFlags::IN;
+        if !half_closed {
+            flags |= PollFlags::OUT;
+        }
+        let mut fds = [PollFd::new(&stream, flags)];
+        let ts = Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&ts)).unwrap();
+        let revents = fds[0].revents();
+        if !half_closed && revents.contains(PollFlags::OUT) {
+            match (&stream).write(&payload[sent..]) {
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+            match (&stream).read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    assert!(half_closed, "server closed before all was sent");
+    got
+}
+
+/// Connects to `addr`; `rcvbuf` sets SO_RCVBUF before connecting.
+pub fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
+    match rcvbuf {
+        None => TcpStream::connect(addr).unwrap(),
+        Some(size) => {
+            // SO_RCVBUF must be set before connect to shape the advertised window.
+            let fd = rustix::net::socket(
+                rustix::net::AddressFamily::INET,
+                rustix::net::SocketType::STREAM,
+                None,
+            )
+            .unwrap();
+            rustix::net::sockopt::set_socket_recv_buffer_size(&fd, size).unwrap();
+            rustix::net::connect(&fd, &addr).unwrap();
+            TcpStream::from(fd)
+        }
+    }
+}
+
+/// `clients` concurrent clients, each exchanging its payload; every echo is compared.
+pub fn run_clients(
+    addr: SocketAddr,
+    clients: usize,
+    rcvbuf: Option<usize>,
+    size: fn(usize) -> usize,
+) {
+    let handles: Vec<_> = (0..clients)
+        .map(|i| {
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    let payload = random_bytes(i as u64 + 1, size(i));
+                    let echoed = exchange(addr, &payload, rcvbuf);
+                    assert_eq!(echoed.len(), payload.len(), "client {i}: length");
+                    assert!(echoed == payload, "client {i}: bytes differ");
+                })
+                .unwrap()
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("client failed");
+    }
+}
+
+/// Removes the directories `PREFIX<pid>` of earlier test processes that have exited (a static cannot clean up
+/// after itself at exit).
+fn remove_stale_dirs(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(pid) = name.strip_prefix(prefix) {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// A fresh directory `$TMPDIR/<prefix><pid>` for this test process, after removing those of
+/// earlier test processes that have exited.
+pub fn fresh_dir(prefix: &str) -> PathBuf {
+    remove_stale_dirs(prefix);
+    let dir = std::env::temp_dir().join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A std-only HTTP/1.1 client for ringwork-files.
+pub mod http {
+    use super::*;
+
+    #[derive(Debug)]
+    pub struct Response {
+        /// The status code.
+        pub status: u16,
+        /// Status line and headers, CRLFs included.
+        pub head: String,
+        /// The body (empty for HEAD).
+        pub body: Vec<u8>,
+    }
+
+    impl Response {
+        /// The value of header `name` (case-insensitive), trimmed.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+        }
+    }
+
+    /// A keep-alive client connection.
+    pub struct Client {
+        /// The connection, buffered for reading.
+        pub reader: BufReader<TcpStream>,
+    }
+
+    impl Client {
+        /// Connects, with a 20 s read timeout.
+        pub fn connect(addr: SocketAddr) -> Client {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            Client {
+                reader: BufReader::new(s),
+            }
+        }
+
+        /// Writes `raw` as is.
+        pub fn send(&mut self, raw: &[u8]) {
+            self.reader.get_mut().write_all(raw).unwrap();
+        }
+
+        /// Reads one response; `head_only` for HEAD requests (no body despite Content-Length).
+        pub fn read(&mut self, head_only: bool) -> std::io::Result<Response> {
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if self.reader.read_line(&mut line)? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                head.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let status = head[9..12].parse().unwrap();
+            let mut r = Response {
+                status,
+                head,
+                body: Vec::new(),
+            };
+            if !head_only {
+                let len: usize = r.header("Content-Length").map_or(0, |v| v.parse().unwrap());
+                r.body = vec![0; len];
+                self.reader.read_exact(&mut r.body)?;
+            }
+            Ok(r)
+        }
+
+        /// A GET of `target` with `extra` header lines (each ending in CRLF).
+        pub fn get(&mut self, target: &str, extra: &str) -> Response {
+            self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
+            self.read(false).unwrap()
+        }
+    }
+
+    /// One request on a fresh connection.
+    pub fn once(addr: SocketAddr, raw: &[u8]) -> Response {
+        let mut c = Client::connect(addr);
+        c.send(raw);
+        c.read(raw.starts_with(b"HEAD")).unwrap()
+    }
 }

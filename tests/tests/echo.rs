@@ -2,103 +2,23 @@
 //! backends. Loads are bounded (a few hundred clients, tens of MiB) to suit a small machine.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringwork_e2e::{raise_nofile_limit, random_bytes, Server};
+use ringwork_e2e::{
+    assert_fds_return, exchange, raise_nofile_limit, random_bytes, run_clients, Server, BACKENDS,
+};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
 use rustix::time::Timespec;
-
-const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
 fn start(backend: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
     args.extend_from_slice(extra);
     Server::start("ringwork-echo", &args)
-}
-
-/// Waits for the server's fd count to return to `baseline`, failing with the count it had.
-fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
-    let ok = server.wait_until(Duration::from_secs(15), |s| s.fd_count() == baseline);
-    assert!(
-        ok,
-        "{what}: server holds {} fds, baseline {baseline}",
-        server.fd_count()
-    );
-}
-
-/// Sends `payload` and reads the echo concurrently (one nonblocking socket, poll), then
-/// half-closes and reads to EOF. `rcvbuf` shrinks the client's receive buffer so that the
-/// server meets short sends.
-fn exchange(addr: SocketAddr, payload: &[u8], rcvbuf: Option<usize>) -> Vec<u8> {
-    let stream = connect(addr, rcvbuf);
-    stream.set_nonblocking(true).unwrap();
-    let mut got = Vec::with_capacity(payload.len());
-    let mut sent = 0;
-    let mut half_closed = false;
-    let mut buf = vec![0u8; 64 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "exchange of {} bytes stuck",
-            payload.len()
-        );
-        if sent == payload.len() && !half_closed {
-            stream.shutdown(Shutdown::Write).unwrap();
-            half_closed = true;
-        }
-        let mut flags = PollFlags::IN;
-        if !half_closed {
-            flags |= PollFlags::OUT;
-        }
-        let mut fds = [PollFd::new(&stream, flags)];
-        let ts = Timespec {
-            tv_sec: 1,
-            tv_nsec: 0,
-        };
-        poll(&mut fds, Some(&ts)).unwrap();
-        let revents = fds[0].revents();
-        if !half_closed && revents.contains(PollFlags::OUT) {
-            match (&stream).write(&payload[sent..]) {
-                Ok(n) => sent += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("write: {e}"),
-            }
-        }
-        if revents.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-            match (&stream).read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-    }
-    assert!(half_closed, "server closed before all was sent");
-    got
-}
-
-fn connect(addr: SocketAddr, rcvbuf: Option<usize>) -> TcpStream {
-    match rcvbuf {
-        None => TcpStream::connect(addr).unwrap(),
-        Some(size) => {
-            // SO_RCVBUF must be set before connect to shape the advertised window.
-            let fd = rustix::net::socket(
-                rustix::net::AddressFamily::INET,
-                rustix::net::SocketType::STREAM,
-                None,
-            )
-            .unwrap();
-            rustix::net::sockopt::set_socket_recv_buffer_size(&fd, size).unwrap();
-            rustix::net::connect(&fd, &addr).unwrap();
-            TcpStream::from(fd)
-        }
-    }
 }
 
 /// Payload sizes: mostly small, some medium, a few of 1 MiB. About 20 MiB for 500 clients.
@@ -107,26 +27,6 @@ fn size_for(i: usize) -> usize {
         0 => 1 << 20,
         1..=4 => 200_000 + i * 7,
         _ => 1 + (i * 7919) % 12_000,
-    }
-}
-
-/// `clients` concurrent clients, each exchanging its payload; every echo is compared.
-fn run_clients(addr: SocketAddr, clients: usize, rcvbuf: Option<usize>, size: fn(usize) -> usize) {
-    let handles: Vec<_> = (0..clients)
-        .map(|i| {
-            std::thread::Builder::new()
-                .stack_size(128 * 1024)
-                .spawn(move || {
-                    let payload = random_bytes(i as u64 + 1, size(i));
-                    let echoed = exchange(addr, &payload, rcvbuf);
-                    assert_eq!(echoed.len(), payload.len(), "client {i}: length");
-                    assert!(echoed == payload, "client {i}: bytes differ");
-                })
-                .unwrap()
-        })
-        .collect();
-    for h in handles {
-        h.join().expect("client failed");
     }
 }
 

@@ -1,45 +1,24 @@
 //! ringwork-files end to end: the real binary on port 0, both backends, a std-only HTTP/1.1
 //! client. Bodies are compared byte for byte with the files on disk.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ringwork_e2e::{random_bytes, Server};
-
-const BACKENDS: [&str; 2] = ["uring", "epoll"];
+use ringwork_e2e::http::{once, Client};
+use ringwork_e2e::{fresh_dir, random_bytes, Server, BACKENDS};
 
 /// Sizes of the fixture files `f<size>`.
 const SIZES: [usize; 6] = [0, 1, 4095, 4096, 4097, (1 << 20) + 3];
 const BIG: usize = 64 << 20;
 
-const ROOT_PREFIX: &str = "ringwork-files-e2e-";
-
-/// Removes the roots of earlier test processes that have exited (a static cannot clean up
-/// after itself at exit).
-fn remove_stale_roots() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name.strip_prefix(ROOT_PREFIX) {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-}
-
 /// The served root, built once per test process.
 fn root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        remove_stale_roots();
-        let dir = std::env::temp_dir().join(format!("{ROOT_PREFIX}{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = fresh_dir("ringwork-files-e2e-");
         std::fs::create_dir_all(dir.join("withindex")).unwrap();
         std::fs::create_dir_all(dir.join("noindex")).unwrap();
         for (i, size) in SIZES.iter().enumerate() {
@@ -77,80 +56,6 @@ fn start(backend: &str, extra: &[&str]) -> Server {
     args.extend_from_slice(extra);
     args.push(root);
     Server::start("ringwork-files", &args)
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-/// A keep-alive client connection.
-struct Client {
-    reader: BufReader<TcpStream>,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        Client {
-            reader: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, raw: &[u8]) {
-        self.reader.get_mut().write_all(raw).unwrap();
-    }
-
-    /// Reads one response; `head_only` for HEAD requests (no body despite Content-Length).
-    fn read(&mut self, head_only: bool) -> std::io::Result<Response> {
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            if self.reader.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            head.push_str(&line);
-            if line == "\r\n" {
-                break;
-            }
-        }
-        let status = head[9..12].parse().unwrap();
-        let mut r = Response {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        if !head_only {
-            let len: usize = r.header("Content-Length").map_or(0, |v| v.parse().unwrap());
-            r.body = vec![0; len];
-            self.reader.read_exact(&mut r.body)?;
-        }
-        Ok(r)
-    }
-
-    fn get(&mut self, target: &str, extra: &str) -> Response {
-        self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
-        self.read(false).unwrap()
-    }
-}
-
-/// One request on a fresh connection.
-fn once(addr: SocketAddr, raw: &[u8]) -> Response {
-    let mut c = Client::connect(addr);
-    c.send(raw);
-    c.read(raw.starts_with(b"HEAD")).unwrap()
 }
 
 #[test]

@@ -1,0 +1,472 @@
+//! Fault injection against the real binaries on loopback: connection churn with clean closes and
+//! resets (no fd or memory left behind), the smallest rings under a burst (PITFALLS #1: CQ
+//! pressure loses nothing), and a generated corpus of malformed HTTP requests (errors or clean
+//! closes, never a file from outside the root).
+//!
+//! Each test is bounded for a debug build on two cores. `RINGWORK_CHURN_CYCLES` (default 5,000)
+//! sets the churn length per backend; `bench/churn.sh` runs 100,000 by hand.
+
+use std::io::{BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use ringwork_e2e::http::{once, Client};
+use ringwork_e2e::{
+    assert_fds_return, fresh_dir, raise_nofile_limit, random_bytes, run_clients, Server, BACKENDS,
+};
+
+/// Client threads that share the churn cycles.
+const CHURN_THREADS: usize = 4;
+/// Cycles run before the RSS baseline is taken, so allocator warm-up does not count as growth.
+const WARM_UP_CYCLES: usize = 2_000;
+/// How much the server's RSS may grow across the churn.
+const RSS_GROWTH_LIMIT_KIB: u64 = 2048;
+
+fn churn_cycles() -> usize {
+    std::env::var("RINGWORK_CHURN_CYCLES")
+        .ok()
+        .map(|v| v.parse().expect("RINGWORK_CHURN_CYCLES: a number"))
+        .unwrap_or(5_000)
+}
+
+/// Closes `stream` with SO_LINGER 0: the kernel sends RST instead of FIN.
+fn reset(stream: TcpStream) {
+    rustix::net::sockopt::set_socket_linger(&stream, Some(Duration::ZERO)).unwrap();
+}
+
+/// Connects to `addr` from source address 127.x.y.z chosen by `i`. Churn from one source
+/// address wraps the ephemeral ports within a minute, and a SYN that meets the server's
+/// TIME_WAIT for the same four-tuple (it closed first) can be answered with a reset.
+fn connect_spread(addr: SocketAddr, i: usize) -> TcpStream {
+    use rustix::net::{bind, connect, socket, sockopt, AddressFamily, SocketType};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    sockopt::set_socket_reuseaddr(&fd, true).unwrap();
+    let source = std::net::Ipv4Addr::new(127, 1 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+    bind(&fd, &SocketAddr::from((source, 0))).unwrap();
+    connect(&fd, &addr).unwrap();
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Runs `cycle(i)` for `i` in `range`, split over [`CHURN_THREADS`] threads.
+fn churn(range: std::ops::Range<usize>, cycle: impl Fn(usize) + Sync) {
+    std::thread::scope(|scope| {
+        for t in 0..CHURN_THREADS {
+            let (range, cycle) = (range.clone(), &cycle);
+            scope.spawn(move || range.skip(t).step_by(CHURN_THREADS).for_each(cycle));
+        }
+    });
+}
+
+/// Warms `server` up, takes its fd and RSS baselines, runs `cycles` of `cycle`, and checks
+/// that the fds return to the baseline and RSS grew by less than [`RSS_GROWTH_LIMIT_KIB`].
+fn churn_leaves_nothing_behind(server: &Server, what: &str, cycle: impl Fn(usize) + Sync) {
+    let cycles = churn_cycles();
+    churn(0..WARM_UP_CYCLES, &cycle);
+    let fds = server.settled_fd_count();
+    let rss_before = server.rss_kib();
+    churn(WARM_UP_CYCLES..WARM_UP_CYCLES + cycles, &cycle);
+    assert_fds_return(server, fds, &format!("{what}: after {cycles} cycles"));
+    let rss_after = server.rss_kib();
+    println!("{what}: {cycles} cycles, RSS {rss_before} KiB -> {rss_after} KiB, {fds} fds");
+    assert!(
+        rss_after < rss_before + RSS_GROWTH_LIMIT_KIB,
+        "{what}: RSS grew from {rss_before} KiB to {rss_after} KiB over {cycles} cycles"
+    );
+}
+
+/// One echo connection; `i % 3` picks how it ends: half-close and read the echo to EOF, read
+/// the echo then reset, or reset with the echo still in flight.
+fn echo_cycle(addr: SocketAddr, i: usize) {
+    let mut s = connect_spread(addr, i);
+    let payload = random_bytes(i as u64 + 1, 1 + i * 7919 % 2000);
+    s.write_all(&payload).unwrap();
+    match i % 3 {
+        0 => {
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut got = Vec::with_capacity(payload.len());
+            s.read_to_end(&mut got).unwrap();
+            assert!(got == payload, "cycle {i}: echo differs");
+        }
+        1 => {
+            let mut got = vec![0; payload.len()];
+            s.read_exact(&mut got).unwrap();
+            assert!(got == payload, "cycle {i}: echo differs");
+            reset(s);
+        }
+        _ => reset(s),
+    }
+}
+
+#[test]
+fn echo_churn_returns_to_baseline() {
+    for backend in BACKENDS {
+        let server = Server::start(
+            "ringwork-echo",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--threads",
+                "2",
+            ],
+        );
+        let addr = server.addr;
+        churn_leaves_nothing_behind(&server, &format!("echo {backend}"), |i| echo_cycle(addr, i));
+    }
+}
+
+/// The file-server fixture: `secret.txt` beside the served `root/`, which holds `inside.txt`,
+/// `sub/x.txt` and a symlink `link` to the secret.
+struct FilesFixture {
+    root: PathBuf,
+    secret: Vec<u8>,
+}
+
+fn files_fixture() -> &'static FilesFixture {
+    static FIXTURE: OnceLock<FilesFixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = fresh_dir("ringwork-faults-e2e-");
+        let root = dir.join("root");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("inside.txt"), b"inside the root\n").unwrap();
+        std::fs::write(root.join("sub/x.txt"), b"x\n").unwrap();
+        let secret = format!("RINGWORK-SECRET-{}", std::process::id()).into_bytes();
+        std::fs::write(dir.join("secret.txt"), &secret).unwrap();
+        std::os::unix::fs::symlink("../secret.txt", root.join("link")).unwrap();
+        FilesFixture { root, secret }
+    })
+}
+
+fn start_files(backend: &str, extra: &[&str]) -> Server {
+    let root = files_fixture().root.to_str().unwrap();
+    let mut args = vec!["--listen", "127.0.0.1:0", "--backend", backend];
+    args.extend_from_slice(extra);
+    args.push(root);
+    Server::start("ringwork-files", &args)
+}
+
+fn inside(root: &Path) -> Vec<u8> {
+    std::fs::read(root.join("inside.txt")).unwrap()
+}
+
+#[test]
+fn files_churn_returns_to_baseline() {
+    let expected = inside(&files_fixture().root);
+    for backend in BACKENDS {
+        // Small chunks: each open connection holds two chunk buffers, and freed ones stay in
+        // the allocator, so with the default 64 KiB the RSS would follow the peak number of
+        // connections open at once (which a loaded machine raises) more than any leak.
+        let server = start_files(backend, &["--chunk", "4096"]);
+        let addr = server.addr;
+        churn_leaves_nothing_behind(&server, &format!("files {backend}"), |i| {
+            let mut c = Client {
+                reader: BufReader::new(connect_spread(addr, i)),
+            };
+            // `i % 3`: the client closes, resets, or asks the server to close first.
+            let extra = if i % 3 == 2 {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            let r = c.get("/inside.txt", extra);
+            assert_eq!((r.status, &r.body), (200, &expected), "cycle {i}");
+            match i % 3 {
+                1 => reset(c.reader.into_inner()),
+                2 => {
+                    let mut rest = Vec::new();
+                    c.reader.read_to_end(&mut rest).unwrap();
+                    assert!(rest.is_empty(), "cycle {i}: bytes after Connection: close");
+                }
+                _ => {}
+            }
+        });
+    }
+}
+
+#[test]
+fn smallest_rings_under_a_burst_echo_every_byte() {
+    raise_nofile_limit();
+    for backend in BACKENDS {
+        // One SQ entry (CQ of four) and two receive buffers: the CQ fills, multishot requests
+        // end and must be re-armed, and the buffer ring runs dry over and over.
+        let server = Server::start(
+            "ringwork-echo",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--threads",
+                "1",
+                "--sq-entries",
+                "1",
+                "--buffers",
+                "2",
+                "--batch",
+                "1",
+            ],
+        );
+        let baseline = server.settled_fd_count();
+        run_clients(server.addr, 200, None, |i| 1 + (i * 7919) % 100_000);
+        run_clients(server.addr, 200, None, |_| 16);
+        assert_fds_return(&server, baseline, &format!("{backend}: after the burst"));
+    }
+}
+
+/// One malformed-request case: the bytes, and whether a success status is acceptable (a
+/// well-formed request hidden among the variants, such as an absolute-form target inside the
+/// root).
+struct Case {
+    raw: Vec<u8>,
+    may_succeed: bool,
+}
+
+fn case(raw: impl Into<Vec<u8>>) -> Case {
+    Case {
+        raw: raw.into(),
+        may_succeed: false,
+    }
+}
+
+const VALID: &[u8] = b"GET /inside.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+
+fn malformed_corpus() -> Vec<Case> {
+    let mut cases = Vec::new();
+    // Every strict prefix of a valid request.
+    for n in 0..VALID.len() {
+        cases.push(case(&VALID[..n]));
+    }
+    for version in [
+        "HTTP/2.0",
+        "HTTP/1.2",
+        "HTTP/1.x",
+        "HTTP/1.",
+        "HTTP/",
+        "HTTP/11",
+        "http/1.1",
+        "HTTP/9.9",
+        "HTTP/0.9",
+        "HTTP/1.1x",
+        "HTTP/1.10",
+        "HTTP/1.1 junk",
+        "",
+    ] {
+        cases.push(case(format!(
+            "GET /inside.txt {version}\r\nHost: t\r\n\r\n"
+        )));
+    }
+    let header_lines: Vec<Vec<u8>> = vec![
+        b"NoColonHere".to_vec(),
+        b"Bad Name: x".to_vec(),
+        b": empty-name".to_vec(),
+        b"X:\0y".to_vec(),
+        b"X: a\rb".to_vec(),
+        b"X : space-before-colon".to_vec(),
+        b"X: a\r\n folded".to_vec(),
+        b"X: a\r\n\tfolded".to_vec(),
+        b"X: \xff\xfe\x01".to_vec(),
+        b"\x01X: y".to_vec(),
+        format!("X-Long: {}", "h".repeat(10_000)).into_bytes(),
+        format!("{}: y", "N".repeat(10_000)).into_bytes(),
+        (0..200)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect::<String>()
+            .trim_end()
+            .into(),
+        b"Content-Length: 5\r\nTransfer-Encoding: chunked".to_vec(),
+        b"Transfer-Encoding: chunked\r\nContent-Length: 0".to_vec(),
+        b"Transfer-Encoding: chunked".to_vec(),
+        b"Transfer-Encoding: identity".to_vec(),
+        b"Transfer-Encoding : chunked".to_vec(),
+        b"Transfer-Encoding: xchunked".to_vec(),
+        b"Transfer-Encoding:\tchunked".to_vec(),
+        b"Content-Length: 0\r\nContent-Length: 0".to_vec(),
+        b"Content-Length: 0\r\nContent-Length: 40".to_vec(),
+        b"Content-Length: 0, 0".to_vec(),
+        b"Content-Length: -1".to_vec(),
+        b"Content-Length: +0".to_vec(),
+        b"Content-Length: 0x10".to_vec(),
+        b"Content-Length: 1e3".to_vec(),
+        b"Content-Length: 99999999999999999999999".to_vec(),
+        b"Content-Length: 40".to_vec(),
+        b"Host: second".to_vec(),
+    ];
+    // A smuggled second request after the head, should the server skip a body it was told of.
+    let smuggled = "GET /../secret.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+    for line in &header_lines {
+        for method in ["GET", "HEAD"] {
+            let mut raw = format!("{method} /inside.txt HTTP/1.1\r\nHost: t\r\n").into_bytes();
+            raw.extend_from_slice(line);
+            raw.extend_from_slice(b"\r\n\r\n");
+            raw.extend_from_slice(smuggled.as_bytes());
+            cases.push(case(raw));
+        }
+    }
+    let mut targets: Vec<Vec<u8>> = [
+        "/../secret.txt",
+        "/../../secret.txt",
+        "/sub/../../secret.txt",
+        "/./../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/%2E%2E/secret.txt",
+        "/.%2e/secret.txt",
+        "/%2e./secret.txt",
+        "/..%2fsecret.txt",
+        "/..%2Fsecret.txt",
+        "/%2e%2e%2fsecret.txt",
+        "/sub/..%2f..%2fsecret.txt",
+        "/%252e%252e/secret.txt",
+        "/..\\secret.txt",
+        "/..%5csecret.txt",
+        "/link",
+        "/link/",
+        "/sub/../link",
+        "//../secret.txt",
+        "/inside.txt%00",
+        "/inside.txt%00.html",
+        "/%00",
+        "/%",
+        "/%zz",
+        "/%2",
+        "/%ff%fe",
+        "*",
+        "",
+        "../secret.txt",
+        "secret.txt",
+        "http://t/../secret.txt",
+        "http://t/%2e%2e/secret.txt",
+        "http://t/link",
+    ]
+    .iter()
+    .map(|t| t.as_bytes().to_vec())
+    .collect();
+    targets.extend([
+        b"/inside\x01.txt".to_vec(),
+        b"/inside.txt\0".to_vec(),
+        b"/\0/../secret.txt".to_vec(),
+        b"/\xff\xfe".to_vec(),
+        b"/\xc0\xae\xc0\xae/secret.txt".to_vec(),
+        b"/\x7f".to_vec(),
+        b"/in side.txt".to_vec(),
+        b"/inside.txt\r".to_vec(),
+        format!("/{}", "a".repeat(100_000)).into_bytes(),
+    ]);
+    for target in &targets {
+        for head in ["GET", "HEAD"] {
+            for tail in [" HTTP/1.1\r\nHost: t\r\n\r\n", " HTTP/1.0\r\n\r\n"] {
+                let mut raw = format!("{head} ").into_bytes();
+                raw.extend_from_slice(target);
+                raw.extend_from_slice(tail.as_bytes());
+                cases.push(case(raw));
+            }
+        }
+    }
+    // Absolute-form targets inside the root may be served.
+    for target in ["http://t/inside.txt", "http://other/inside.txt"] {
+        cases.push(Case {
+            raw: format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes(),
+            may_succeed: true,
+        });
+    }
+    for method in [
+        "G\0ET".to_string(),
+        "GE T".to_string(),
+        "get".to_string(),
+        "GET\t".to_string(),
+        "\x01GET".to_string(),
+        "M".repeat(100),
+        "M".repeat(1_000),
+        "M".repeat(20_000),
+    ] {
+        cases.push(case(format!(
+            "{method} /inside.txt HTTP/1.1\r\nHost: t\r\n\r\n"
+        )));
+    }
+    cases
+}
+
+/// Sends one case (half-closing afterwards unless `half_close` is false, which leaves it to the
+/// server's timeouts) and reads until the server closes. A reset counts as a close.
+fn send_case(addr: SocketAddr, raw: &[u8], half_close: bool) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The server may answer and close before it has read everything: writes may fail.
+    let _ = s.write_all(raw);
+    if half_close {
+        let _ = s.shutdown(Shutdown::Write);
+    }
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return out,
+            Err(e) => panic!(
+                "case {:?}: read: {e}",
+                String::from_utf8_lossy(&raw[..raw.len().min(80)])
+            ),
+        }
+    }
+}
+
+#[test]
+fn malformed_corpus_gets_errors_and_never_leaks() {
+    let fixture = files_fixture();
+    let corpus = malformed_corpus();
+    assert!(corpus.len() >= 250, "corpus has {} cases", corpus.len());
+    for backend in BACKENDS {
+        // Short timeouts: cases left open (truncated heads, keep-alive) end quickly.
+        let server = start_files(
+            backend,
+            &["--header-timeout-ms", "300", "--idle-timeout-ms", "300"],
+        );
+        // A worker sets up its epoll set or ring after the `listening on` line: one request
+        // first, so that the baseline counts it.
+        assert_eq!(once(server.addr, VALID).status, 200, "{backend}");
+        let baseline = server.settled_fd_count();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..16 {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(c) = corpus.get(i) else { break };
+                    let out = send_case(server.addr, &c.raw, i % 8 != 0);
+                    let what = format!(
+                        "{backend} case {i} {:?}",
+                        String::from_utf8_lossy(&c.raw[..c.raw.len().min(120)])
+                    );
+                    assert!(
+                        !out.windows(fixture.secret.len())
+                            .any(|w| w == fixture.secret),
+                        "{what}: leaked the secret outside the root"
+                    );
+                    if out.is_empty() {
+                        continue; // a clean close
+                    }
+                    let status: u16 = out
+                        .strip_prefix(b"HTTP/1.1 ")
+                        .and_then(|r| std::str::from_utf8(r.get(..3)?).ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or_else(|| panic!("{what}: not an HTTP response: {out:?}"));
+                    assert!(status >= 400 || c.may_succeed, "{what}: status {status}");
+                });
+            }
+        });
+        let r = once(server.addr, VALID);
+        assert_eq!(
+            (r.status, r.body),
+            (200, inside(&fixture.root)),
+            "{backend}"
+        );
+        assert_fds_return(&server, baseline, &format!("{backend}: after the corpus"));
+    }
+}
