@@ -3,7 +3,6 @@
 //! Every CQE of every chain is harvested and checked: a chain's cancelled tail still completes.
 
 use std::io::{Read, Seek, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use ringwork_core::token::UserData;
 use ringwork_sys::sqe::KernelTimespec;
 use ringwork_sys::{Cqe, Ring, RingParams, Sqe, SqeFlags, Target};
 use rustix::io_uring::IoringTimeoutFlags;
+
+mod common;
+use common::{tcp_pair, TempFile};
 
 /// Waits for and returns exactly `n` CQEs, in the order the kernel posted them.
 fn harvest(ring: &mut Ring, n: usize) -> Vec<Cqe> {
@@ -41,25 +43,6 @@ fn position_of(cqes: &[Cqe], ud: u64) -> usize {
     cqes.iter()
         .position(|c| c.user_data == UserData(ud))
         .unwrap_or_else(|| panic!("no CQE for user_data {ud}: {cqes:?}"))
-}
-
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (s, _) = l.accept().unwrap();
-    (c, s)
-}
-
-fn temp_file(name: &str) -> (std::path::PathBuf, std::fs::File) {
-    let path = std::env::temp_dir().join(format!("ringwork-{}-{name}", std::process::id()));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)
-        .unwrap();
-    (path, file)
 }
 
 /// (a) The head of a chain fails (READ on fd -1: EBADF): both linked NOPs behind it complete
@@ -117,7 +100,8 @@ fn chain_larger_than_free_slots_is_refused_whole() {
 #[test]
 fn short_read_breaks_the_link_and_the_remainder_succeeds() {
     let (read_end, write_end) = rustix::pipe::pipe().unwrap();
-    let (path, mut out) = temp_file("short-read-link");
+    let mut tmp = TempFile::with_pattern("short-read-link", 0);
+    let out = &mut tmp.file;
     let payload: Vec<u8> = (0..200u32).map(|i| (i * 13 + 7) as u8).collect();
     rustix::io::write(&write_end, &payload[..100]).unwrap();
 
@@ -156,7 +140,6 @@ fn short_read_breaks_the_link_and_the_remainder_succeeds() {
     out.rewind().unwrap();
     out.read_to_end(&mut written).unwrap();
     assert_eq!(written, payload);
-    let _ = std::fs::remove_file(path);
 }
 
 /// (c) The idle-timeout pattern: a recv on a socket with no data, linked to a LINK_TIMEOUT.

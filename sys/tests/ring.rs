@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -12,43 +11,8 @@ use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
 use rustix::io_uring::IoringOp;
 
-/// A file with `len` bytes of a known pattern, removed on drop.
-struct TempFile {
-    path: std::path::PathBuf,
-    file: std::fs::File,
-}
-
-impl TempFile {
-    fn with_pattern(name: &str, len: usize) -> Self {
-        let path = std::env::temp_dir().join(format!("ringwork-{}-{name}", std::process::id()));
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.write_all(&pattern(len)).unwrap();
-        Self { path, file }
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
-}
-
-fn tcp_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-    let (s, _) = l.accept().unwrap();
-    (c, s)
-}
+mod common;
+use common::{pattern, tcp_pair, TempFile};
 
 #[test]
 fn twenty_four_sqes_in_one_enter() {
