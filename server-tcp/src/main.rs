@@ -206,6 +206,12 @@ pub struct WorkerStats {
     pub zc_notifs: u64,
     /// SEND_ZC notifications saying the kernel copied anyway (IORING_NOTIF_USAGE_ZC_COPIED).
     pub zc_copied: u64,
+    /// Times the CQ was seen full with completions in the kernel's overflow backlog
+    /// (IORING_SQ_CQ_OVERFLOW), and io_uring_enter calls refused with EBUSY and retried after
+    /// reaping: proof that the CQ overflowed and nothing was lost for it (PITFALLS #1).
+    pub cq_overflows: u64,
+    /// See `cq_overflows`.
+    pub busy_retries: u64,
 }
 
 impl std::ops::AddAssign for WorkerStats {
@@ -221,6 +227,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.nobufs += o.nobufs;
         self.zc_notifs += o.zc_notifs;
         self.zc_copied += o.zc_copied;
+        self.cq_overflows += o.cq_overflows;
+        self.busy_retries += o.busy_retries;
     }
 }
 
@@ -354,7 +362,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
     println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} zc_copied={} zc_notifs={}",
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} zc_copied={} zc_notifs={}",
         total.conns,
         total.rejected,
         total.bytes,
@@ -364,6 +372,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.stale,
         total.refused,
         total.nobufs,
+        total.cq_overflows,
+        total.busy_retries,
         total.zc_copied,
         total.zc_notifs
     );

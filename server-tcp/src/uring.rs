@@ -195,6 +195,8 @@ pub fn run(
     w.stats.enters = rs.enters;
     w.stats.submitted = rs.submitted;
     w.stats.completions = rs.completions;
+    w.stats.cq_overflows = rs.overflow_seen;
+    w.stats.busy_retries = rs.busy_retries;
     Ok(w.stats)
 }
 

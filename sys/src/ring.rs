@@ -161,6 +161,9 @@ pub struct RingStats {
     pub overflow_flushes: u64,
     /// io_uring_enter calls refused with EBUSY/EAGAIN and retried after reaping.
     pub busy_retries: u64,
+    /// Times the kernel's CQ overflow backlog was seen in use (IORING_SQ_CQ_OVERFLOW set when
+    /// we looked, before entering or harvesting): the CQ really was full. PITFALLS #1.
+    pub overflow_seen: u64,
     /// SQPOLL wake-ups (IORING_ENTER_SQ_WAKEUP).
     pub sqpoll_wakeups: u64,
 }
@@ -558,6 +561,9 @@ impl Ring {
     ) -> Result<u32> {
         self.sq.publish();
         self.check_overflow()?;
+        if self.cq_overflowed() {
+            self.stats.overflow_seen += 1;
+        }
         let pending = self.sq_pending();
         let mut flags = IoringEnterFlags::empty();
         let mut to_submit = pending;
@@ -738,9 +744,12 @@ impl Ring {
     /// a backlog, flushes it first. Consumed entries are handed back to the kernel when the
     /// iterator is dropped.
     pub fn completions(&mut self) -> Completions<'_> {
-        if self.stash.is_empty() && self.cq.ready() == 0 && self.cq_overflowed() {
-            // Errors here surface on the next submit; the backlog stays in the kernel.
-            let _ = self.flush_overflow();
+        if self.cq_overflowed() {
+            self.stats.overflow_seen += 1;
+            if self.stash.is_empty() && self.cq.ready() == 0 {
+                // Errors here surface on the next submit; the backlog stays in the kernel.
+                let _ = self.flush_overflow();
+            }
         }
         Completions { ring: self }
     }

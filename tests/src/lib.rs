@@ -327,6 +327,27 @@ fn remove_stale_dirs(prefix: &str) {
     }
 }
 
+/// Stops a ringwork-echo server with SIGTERM; returns its `stats:` line after checking exit
+/// code 0.
+pub fn terminate(mut server: Server) -> String {
+    server.signal(rustix::process::Signal::TERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
+    std::thread::sleep(Duration::from_millis(50));
+    let lines = server.stdout_lines();
+    lines
+        .into_iter()
+        .find(|l| l.starts_with("stats:"))
+        .expect("a stats line")
+}
+
+/// The value of `key=N` in a `stats:` line.
+pub fn stat(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
+}
+
 /// A fresh directory `$TMPDIR/<prefix><pid>` for this test process, after removing those of
 /// earlier test processes that have exited.
 pub fn fresh_dir(prefix: &str) -> PathBuf {

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ringwork_e2e::{
-    assert_fds_return, exchange, raise_nofile_limit, random_bytes, run_clients, Server, BACKENDS,
+    assert_fds_return, exchange, raise_nofile_limit, random_bytes, run_clients, stat, terminate,
+    Server, BACKENDS,
 };
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::process::Signal;
@@ -279,25 +280,6 @@ fn ten_thousand_connections_uring() {
 #[test]
 fn ten_thousand_connections_epoll() {
     ten_thousand(BACKENDS[1]);
-}
-
-/// Stops the server with SIGTERM; returns its `stats:` line after checking exit code 0.
-fn terminate(mut server: Server) -> String {
-    server.signal(Signal::TERM);
-    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
-    std::thread::sleep(Duration::from_millis(50));
-    let lines = server.stdout_lines();
-    lines
-        .into_iter()
-        .find(|l| l.starts_with("stats:"))
-        .expect("a stats line")
-}
-
-fn stat(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
 }
 
 fn tiny_buffer_ring(backend: &str) {

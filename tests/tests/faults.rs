@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use ringwork_e2e::http::{once, Client};
 use ringwork_e2e::{
-    assert_fds_return, fresh_dir, raise_nofile_limit, random_bytes, run_clients, Server, BACKENDS,
+    assert_fds_return, fresh_dir, raise_nofile_limit, random_bytes, run_clients, stat, terminate,
+    Server, BACKENDS,
 };
 
 /// Client threads that share the churn cycles.
@@ -218,6 +219,16 @@ fn smallest_rings_under_a_burst_echo_every_byte() {
         run_clients(server.addr, 200, None, |i| 1 + (i * 7919) % 100_000);
         run_clients(server.addr, 200, None, |_| 16);
         assert_fds_return(&server, baseline, &format!("{backend}: after the burst"));
+        let stats = terminate(server);
+        if backend == "uring" {
+            // The point of the test: the 4-entry CQ really overflowed into the kernel's
+            // backlog (or refused submissions with EBUSY), and still every byte came back.
+            assert!(
+                stat(&stats, "cq_overflows") + stat(&stats, "busy_retries") > 0,
+                "the CQ never overflowed, so this test proved nothing: {stats}"
+            );
+            assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+        }
     }
 }
 
