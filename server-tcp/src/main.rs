@@ -54,6 +54,9 @@ enum Feature {
     Sqpoll,
     /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
     DeferTaskrun,
+    /// Provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the same receive buffers
+    /// handed back with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7) instead.
+    PbufRing,
 }
 
 /// TCP echo server on io_uring, thread-per-core.
@@ -154,6 +157,8 @@ pub struct WorkerConfig {
     multishot_recv: bool,
     /// Try SINGLE_ISSUER | DEFER_TASKRUN (falls back to a plain ring when refused).
     defer_taskrun: bool,
+    /// Try a provided buffer ring (falls back to PROVIDE_BUFFERS SQEs when refused).
+    pbuf_ring: bool,
 }
 
 /// State shared by all workers of the process.
@@ -212,6 +217,9 @@ pub struct WorkerStats {
     pub cq_overflows: u64,
     /// See `cq_overflows`.
     pub busy_retries: u64,
+    /// SQEs that complete silently on success (IOSQE_CQE_SKIP_SUCCESS: the PROVIDE_BUFFERS
+    /// SQEs of `--disable pbuf-ring`).
+    pub skip_success: u64,
 }
 
 impl std::ops::AddAssign for WorkerStats {
@@ -229,6 +237,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.zc_copied += o.zc_copied;
         self.cq_overflows += o.cq_overflows;
         self.busy_retries += o.busy_retries;
+        self.skip_success += o.skip_success;
     }
 }
 
@@ -288,6 +297,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         zerocopy: args.zerocopy && !disabled(Feature::SendZc),
         multishot_recv: !disabled(Feature::MultishotRecv),
         defer_taskrun: !disabled(Feature::DeferTaskrun),
+        pbuf_ring: !disabled(Feature::PbufRing),
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
@@ -362,7 +372,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
     println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} zc_copied={} zc_notifs={}",
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} zc_copied={} zc_notifs={}",
         total.conns,
         total.rejected,
         total.bytes,
@@ -374,6 +384,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.nobufs,
         total.cq_overflows,
         total.busy_retries,
+        total.skip_success,
         total.zc_copied,
         total.zc_notifs
     );

@@ -18,7 +18,7 @@ use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use ringwork_sys::{Cqe, Ring, RingParams, Sqe, Target};
+use ringwork_sys::{Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA};
 use rustix::fd::OwnedFd;
 use rustix::io_uring::{IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::{SendFlags, SocketFlags};
@@ -162,7 +162,24 @@ pub fn run(
             ringwork_sys::kernel_release()
         );
     }
-    ring.register_buf_ring(GROUP, cfg.buffers, cfg.buffer_size)?;
+    let mode = if cfg.pbuf_ring {
+        ProvideMode::Ring
+    } else {
+        ProvideMode::Sqe
+    };
+    match ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, mode) {
+        Err(e @ ringwork_sys::Error::Unsupported { .. }) if mode == ProvideMode::Ring => {
+            // PITFALLS #8: a kernel without buffer rings (before 5.19) still has the legacy
+            // way to provide the same buffers.
+            eprintln!(
+                "ringwork-echo: {e} (kernel {}): providing buffers with \
+                 IORING_OP_PROVIDE_BUFFERS SQEs instead",
+                ringwork_sys::kernel_release()
+            );
+            ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, ProvideMode::Sqe)?;
+        }
+        r => r?,
+    }
     let mut w = Worker {
         ring,
         conns: Slab::new(cfg.max_conns),
@@ -197,6 +214,7 @@ pub fn run(
     w.stats.completions = rs.completions;
     w.stats.cq_overflows = rs.overflow_seen;
     w.stats.busy_retries = rs.busy_retries;
+    w.stats.skip_success = rs.skip_success;
     Ok(w.stats)
 }
 
@@ -261,9 +279,7 @@ impl Worker<'_> {
             for cqe in &cqes {
                 self.on_cqe(cqe)?;
             }
-            if let Some(br) = self.ring.buf_ring(GROUP) {
-                br.publish();
-            }
+            self.ring.publish_buffers(GROUP)?;
             self.wake_starved()?;
         }
         Ok(())
@@ -296,6 +312,14 @@ impl Worker<'_> {
     }
 
     fn on_cqe(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
+        if cqe.user_data == PROVIDE_BUFFERS_USER_DATA {
+            // Only failures complete (CQE_SKIP_SUCCESS): buffers the bookkeeping counts as
+            // the kernel's never reached it, and receives would starve. Nothing to retry.
+            return Err(ringwork_sys::Error::Syscall {
+                what: "IORING_OP_PROVIDE_BUFFERS (returning receive buffers)",
+                errno: rustix::io::Errno::from_raw_os_error(-cqe.res),
+            });
+        }
         let Ok(token) = Token::decode(cqe.user_data) else {
             self.stats.stale += 1;
             return Ok(());

@@ -9,17 +9,19 @@ use core::ffi::c_void;
 use core::sync::atomic::{AtomicU16, Ordering};
 
 use ringwork_core::buf::{BufGroup, BufId, FixedPool, Lease, ProvidedRing};
+use ringwork_core::token::UserData;
 use rustix::fd::{BorrowedFd, RawFd};
 use rustix::io::Errno;
 use rustix::io_uring::{
     io_uring_buf, io_uring_buf_reg, io_uring_files_update, io_uring_probe, io_uring_probe_op,
     io_uring_ptr, io_uring_register, io_uring_rsrc_register, iovec, IoringOp, IoringOpFlags,
-    IoringRegisterOp, IoringRsrcFlags,
+    IoringRegisterOp, IoringRsrcFlags, IoringSqeFlags,
 };
 
 use crate::error::{Error, Result};
 use crate::mmap::Mmap;
 use crate::ring::Ring;
+use crate::sqe::Sqe;
 
 /// Incremental buffer consumption for provided buffer rings (`IOU_PBUF_RING_INC`, Linux 6.12),
 /// from `include/uapi/linux/io_uring.h`; rustix does not name it yet.
@@ -48,6 +50,11 @@ impl Registered {
     /// `fd` is the ring everything was registered on.
     pub(crate) unsafe fn teardown(&mut self, fd: BorrowedFd<'_>) {
         for br in self.buf_rings.drain(..) {
+            if br.ring_mem.is_none() {
+                // PROVIDE_BUFFERS groups have nothing to unregister: the kernel drops its
+                // list when the ring goes away, and the memory is freed after that.
+                continue;
+            }
             let mut reg = io_uring_buf_reg::default();
             reg.bgid = br.book.group().0;
             // SAFETY: unregistering a group this ring registered; `reg` outlives the call.
@@ -153,17 +160,35 @@ impl FixedBuffers {
     }
 }
 
-/// A provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the shared ring of
-/// buffer descriptors, the buffers' memory, and core's [`ProvidedRing`] bookkeeping.
+/// A group of provided buffers: the buffers' memory and core's [`ProvidedRing`] bookkeeping,
+/// handed to the kernel either through a provided buffer ring (IORING_REGISTER_PBUF_RING,
+/// Linux 5.19: a shared ring of descriptors, returned by a memory store) or, as the fallback,
+/// with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7: one SQE per run of returned buffers).
+/// Receives select from either the same way (IOSQE_BUFFER_SELECT, the id in the CQE).
 pub struct ProvidedBuffers {
-    ring_mem: Mmap,
+    /// The shared descriptor ring; `None` for the PROVIDE_BUFFERS fallback.
+    ring_mem: Option<Mmap>,
     data: Mmap,
     buf_size: u32,
     book: ProvidedRing,
 }
 
+/// How a group of provided buffers reaches the kernel; see [`ProvidedBuffers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProvideMode {
+    /// IORING_REGISTER_PBUF_RING (Linux 5.19).
+    Ring,
+    /// IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7).
+    Sqe,
+}
+
+/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits. They carry
+/// IOSQE_CQE_SKIP_SUCCESS, so only a failure produces a CQE with this value; a driver must
+/// treat one as fatal for the group (the buffers it named never reached the kernel).
+pub const PROVIDE_BUFFERS_USER_DATA: UserData = UserData(u64::MAX - 1);
+
 impl ProvidedBuffers {
-    fn new(group: BufGroup, entries: u16, buf_size: u32) -> Result<Self> {
+    fn new(group: BufGroup, entries: u16, buf_size: u32, mode: ProvideMode) -> Result<Self> {
         if buf_size == 0 {
             return Err(Error::InvalidConfig("provided buffers need a size"));
         }
@@ -173,8 +198,12 @@ impl ProvidedBuffers {
             ));
         }
         let ring_len = (entries as usize * core::mem::size_of::<io_uring_buf>()).max(PAGE);
+        let ring_mem = match mode {
+            ProvideMode::Ring => Some(Mmap::anonymous(ring_len, "allocate provided buffer ring")?),
+            ProvideMode::Sqe => None,
+        };
         Ok(Self {
-            ring_mem: Mmap::anonymous(ring_len, "allocate provided buffer ring")?,
+            ring_mem,
             data: Mmap::anonymous(
                 entries as usize * buf_size as usize,
                 "allocate provided buffers",
@@ -187,6 +216,15 @@ impl ProvidedBuffers {
     /// The group id.
     pub fn group(&self) -> BufGroup {
         self.book.group()
+    }
+
+    /// How the buffers reach the kernel.
+    pub fn mode(&self) -> ProvideMode {
+        if self.ring_mem.is_some() {
+            ProvideMode::Ring
+        } else {
+            ProvideMode::Sqe
+        }
     }
 
     /// Each buffer's size.
@@ -229,17 +267,14 @@ impl ProvidedBuffers {
         }
     }
 
-    /// Queues a buffer to go back to the kernel; [`ProvidedBuffers::publish`] makes it visible.
+    /// Queues a buffer to go back to the kernel; [`Ring::publish_buffers`] makes it visible.
     pub fn recycle(&mut self, lease: Lease) {
         self.book.recycle(lease);
     }
 
-    /// Writes every recycled buffer into the shared ring and publishes the new tail.
-    pub fn publish(&mut self) {
-        if self.book.returning() == 0 {
-            return;
-        }
-        let entries: *mut io_uring_buf = self.ring_mem.as_ptr().cast();
+    /// Ring mode: writes every recycled buffer into the shared ring and publishes the new tail.
+    fn publish_ring(&mut self, ring_mem: &Mmap) {
+        let entries: *mut io_uring_buf = ring_mem.as_ptr().cast();
         let data = self.data.as_ptr();
         let size = self.buf_size;
         let tail = self.book.take_returns(|index, id| {
@@ -256,7 +291,7 @@ impl ProvidedBuffers {
         });
         // The tail is the u16 at byte 14 of the ring (it overlays bufs[0].resv).
         // SAFETY: in bounds, 2-byte aligned, accessed atomically by the kernel.
-        let tail_ref: &AtomicU16 = unsafe { &*self.ring_mem.as_ptr().add(14).cast::<AtomicU16>() };
+        let tail_ref: &AtomicU16 = unsafe { &*ring_mem.as_ptr().add(14).cast::<AtomicU16>() };
         // Release: publishes the entry writes above; pairs with the kernel's acquire of the tail.
         tail_ref.store(tail, Ordering::Release);
     }
@@ -417,12 +452,32 @@ impl Ring {
         entries: u16,
         buf_size: u32,
     ) -> Result<()> {
+        self.add_provided_buffers(group, entries, buf_size, ProvideMode::Ring)
+    }
+
+    /// `entries` buffers of `buf_size` bytes as `group`, handed over as `mode` says; every
+    /// buffer goes to the kernel (ring mode at once, SQE mode with the next submit). Receives
+    /// select from the group the same way in both modes.
+    pub fn add_provided_buffers(
+        &mut self,
+        group: BufGroup,
+        entries: u16,
+        buf_size: u32,
+        mode: ProvideMode,
+    ) -> Result<()> {
         if self.buf_ring(group).is_some() {
             return Err(Error::InvalidConfig("buffer group already registered"));
         }
-        let mut br = ProvidedBuffers::new(group, entries, buf_size)?;
+        let br = ProvidedBuffers::new(group, entries, buf_size, mode)?;
+        let Some(ring_mem) = br.ring_mem.as_ref() else {
+            if !self.probe()?.supports(IoringOp::ProvideBuffers) {
+                return Err(Error::unsupported("IORING_OP_PROVIDE_BUFFERS", "5.7"));
+            }
+            self.registered_mut().buf_rings.push(br);
+            return self.publish_buffers(group);
+        };
         let mut reg = io_uring_buf_reg::default();
-        reg.ring_addr = io_uring_ptr::new(br.ring_mem.as_ptr().cast());
+        reg.ring_addr = io_uring_ptr::new(ring_mem.as_ptr().cast());
         reg.ring_entries = u32::from(entries);
         reg.bgid = group.0;
         // SAFETY: the ring memory is page-aligned, large enough for `entries` descriptors, and
@@ -442,8 +497,53 @@ impl Ring {
                 errno,
             },
         })?;
-        br.publish();
         self.registered_mut().buf_rings.push(br);
+        self.publish_buffers(group)
+    }
+
+    /// Hands every buffer recycled into `group` since the last call back to the kernel: ring
+    /// mode writes the descriptors and stores the tail; SQE mode queues one
+    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS; a
+    /// failure completes with [`PROVIDE_BUFFERS_USER_DATA`]), submitted with the next enter and
+    /// executed, in SQ order, before any receive queued after this call.
+    pub fn publish_buffers(&mut self, group: BufGroup) -> Result<()> {
+        let Some(br) = self.buf_ring(group) else {
+            return Err(Error::InvalidConfig("no such buffer group"));
+        };
+        if br.book.returning() == 0 {
+            return Ok(());
+        }
+        if let Some(ring_mem) = br.ring_mem.take() {
+            br.publish_ring(&ring_mem);
+            br.ring_mem = Some(ring_mem);
+            return Ok(());
+        }
+        let mut ids = Vec::with_capacity(br.book.returning());
+        br.book.take_returns(|_, id| ids.push(id.0));
+        ids.sort_unstable();
+        let (data, size) = (br.data.as_ptr(), br.buf_size);
+        let mut start = 0;
+        while start < ids.len() {
+            let mut end = start + 1;
+            while end < ids.len() && ids[end] == ids[end - 1] + 1 {
+                end += 1;
+            }
+            let first = ids[start];
+            let sqe = Sqe::provide_buffers(
+                data.wrapping_add(usize::from(first) * size as usize),
+                size,
+                (end - start) as u16,
+                group,
+                BufId(first),
+            )
+            .flags(IoringSqeFlags::CQE_SKIP_SUCCESS)
+            .user_data(PROVIDE_BUFFERS_USER_DATA);
+            // SAFETY: the buffers lie inside `data`, which the ring owns until after its fd is
+            // closed; the bookkeeping just moved them to Kernel, so nothing in user space
+            // reads or writes them until a CQE selects one again.
+            unsafe { self.push_or_submit(&sqe)? };
+            start = end;
+        }
         Ok(())
     }
 

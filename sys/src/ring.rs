@@ -164,6 +164,9 @@ pub struct RingStats {
     /// Times the kernel's CQ overflow backlog was seen in use (IORING_SQ_CQ_OVERFLOW set when
     /// we looked, before entering or harvesting): the CQ really was full. PITFALLS #1.
     pub overflow_seen: u64,
+    /// SQEs pushed with IOSQE_CQE_SKIP_SUCCESS (Linux 5.17), which complete silently when
+    /// they succeed: `submitted - skip_success` CQEs are owed, not `submitted`.
+    pub skip_success: u64,
     /// SQPOLL wake-ups (IORING_ENTER_SQ_WAKEUP).
     pub sqpoll_wakeups: u64,
 }
@@ -382,6 +385,9 @@ impl Ring {
         // SAFETY: `slot < sq_entries` (the protocol masks it); the slot was reserved by the
         // producer so the kernel does not read it until publish.
         unsafe { self.sqes.add(slot as usize).write(*sqe.raw()) };
+        if sqe.raw().flags.contains(IoringSqeFlags::CQE_SKIP_SUCCESS) {
+            self.stats.skip_success += 1;
+        }
         Ok(())
     }
 

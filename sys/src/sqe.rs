@@ -168,6 +168,29 @@ impl Sqe {
         s
     }
 
+    /// IORING_OP_PROVIDE_BUFFERS (Linux 5.7), liburing's `io_uring_prep_provide_buffers`:
+    /// hands `count` buffers of `len` bytes each, laid out back to back from `addr`, to buffer
+    /// `group` with ids `first_id`, `first_id + 1`, ... The legacy (pre-ring) way to provide
+    /// buffers: each batch costs an SQE, where a buffer ring (5.19) costs a memory store.
+    pub fn provide_buffers(
+        addr: *mut u8,
+        len: u32,
+        count: u16,
+        group: BufGroup,
+        first_id: ringwork_core::buf::BufId,
+    ) -> Self {
+        // The layout of io_uring_prep_rw with fd = count and off = the first id.
+        let mut s = Self::rw(
+            IoringOp::ProvideBuffers,
+            Target::Fd(RawFd::from(count)),
+            addr.cast(),
+            len,
+            u64::from(first_id.0),
+        );
+        s.0.buf.buf_group = group.0;
+        s
+    }
+
     /// IORING_OP_RECV into `buf`.
     pub fn recv(target: Target, buf: *mut u8, len: u32) -> Self {
         Self::rw(IoringOp::Recv, target, buf.cast(), len, 0)
