@@ -108,6 +108,11 @@ struct Args {
     /// on loopback the kernel copies anyway and plain sends measured faster (see README).
     #[arg(long)]
     zerocopy: bool,
+    /// io_uring: receive bundles (IORING_RECVSEND_BUNDLE, Linux 6.10): one receive completion
+    /// may fill several consecutive ring buffers. Off by default (see README's measurements).
+    /// Needs the buffer ring (not with `--disable pbuf-ring`).
+    #[arg(long)]
+    bundle: bool,
     /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
     /// feature wins over the flag that asks for it (`--zerocopy`, `--sqpoll`).
     #[arg(
@@ -159,6 +164,8 @@ pub struct WorkerConfig {
     defer_taskrun: bool,
     /// Try a provided buffer ring (falls back to PROVIDE_BUFFERS SQEs when refused).
     pbuf_ring: bool,
+    /// Receive bundles (IORING_RECVSEND_BUNDLE).
+    bundle: bool,
 }
 
 /// State shared by all workers of the process.
@@ -217,6 +224,8 @@ pub struct WorkerStats {
     pub cq_overflows: u64,
     /// See `cq_overflows`.
     pub busy_retries: u64,
+    /// Receive completions that filled more than one buffer (`--bundle`).
+    pub bundles: u64,
     /// SQEs that complete silently on success (IOSQE_CQE_SKIP_SUCCESS: the PROVIDE_BUFFERS
     /// SQEs of `--disable pbuf-ring`).
     pub skip_success: u64,
@@ -238,6 +247,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.cq_overflows += o.cq_overflows;
         self.busy_retries += o.busy_retries;
         self.skip_success += o.skip_success;
+        self.bundles += o.bundles;
     }
 }
 
@@ -298,11 +308,22 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         multishot_recv: !disabled(Feature::MultishotRecv),
         defer_taskrun: !disabled(Feature::DeferTaskrun),
         pbuf_ring: !disabled(Feature::PbufRing),
+        bundle: args.bundle,
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
     if args.backend == Backend::Epoll && args.sqpoll.is_some() {
         return Err("--sqpoll applies to --backend uring only".into());
+    }
+    if args.bundle && disabled(Feature::PbufRing) {
+        return Err(
+            "--bundle needs the provided buffer ring: drop `pbuf-ring` from --disable \
+                    (a bundle names only its first buffer; the ring's order says the rest)"
+                .into(),
+        );
+    }
+    if args.backend == Backend::Epoll && args.bundle {
+        return Err("--bundle applies to --backend uring only".into());
     }
     if args.backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
@@ -372,7 +393,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
     println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} zc_copied={} zc_notifs={}",
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} bundles={} zc_copied={} zc_notifs={}",
         total.conns,
         total.rejected,
         total.bytes,
@@ -385,6 +406,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.cq_overflows,
         total.busy_retries,
         total.skip_success,
+        total.bundles,
         total.zc_copied,
         total.zc_notifs
     );

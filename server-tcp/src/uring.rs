@@ -20,7 +20,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::{Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA};
 use rustix::fd::OwnedFd;
-use rustix::io_uring::{IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
+use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::{SendFlags, SocketFlags};
 
 use crate::{Shared, WorkerConfig, WorkerStats};
@@ -68,6 +68,10 @@ struct Worker<'a> {
     /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
     /// which the machine re-arms after each completion like an ended multishot.
     multishot_recv: bool,
+    /// Receive bundles: a recv completion may span several consecutive ring buffers.
+    bundle: bool,
+    /// Leases of the buffers of one bundle, reused.
+    bundle_leases: Vec<Lease>,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
@@ -167,7 +171,17 @@ pub fn run(
     } else {
         ProvideMode::Sqe
     };
-    match ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, mode) {
+    let bundle = cfg.bundle
+        && ring
+            .features()
+            .contains(IoringFeatureFlags::RECVSEND_BUNDLE);
+    if cfg.bundle && !bundle {
+        return Err(ringwork_sys::Error::unsupported(
+            "IORING_RECVSEND_BUNDLE (--bundle)",
+            "6.10",
+        ));
+    }
+    let mode = match ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, mode) {
         Err(e @ ringwork_sys::Error::Unsupported { .. }) if mode == ProvideMode::Ring => {
             // PITFALLS #8: a kernel without buffer rings (before 5.19) still has the legacy
             // way to provide the same buffers.
@@ -176,10 +190,17 @@ pub fn run(
                  IORING_OP_PROVIDE_BUFFERS SQEs instead",
                 ringwork_sys::kernel_release()
             );
+            if bundle {
+                // Bundles name only their first buffer; without a ring's order the rest are
+                // unknown.
+                return Err(e);
+            }
             ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, ProvideMode::Sqe)?;
+            ProvideMode::Sqe
         }
-        r => r?,
-    }
+        r => r.map(|()| mode)?,
+    };
+    debug_assert!(!bundle || mode == ProvideMode::Ring);
     let mut w = Worker {
         ring,
         conns: Slab::new(cfg.max_conns),
@@ -190,6 +211,8 @@ pub fn run(
         wake_buf: Box::new([0; 8]),
         multishot_accept,
         multishot_recv,
+        bundle,
+        bundle_leases: Vec::new(),
         batch,
         last_harvest: 0,
         accept_armed: false,
@@ -501,6 +524,9 @@ impl Worker<'_> {
                         self.stats.refused += 1;
                         return Ok(());
                     };
+                    if self.bundle {
+                        return self.on_recv_bundle(token, id, len, more);
+                    }
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
@@ -534,9 +560,63 @@ impl Worker<'_> {
                 return Ok(());
             }
         };
-        if token.kind == OpKind::Recv {
+        self.route(token, event)
+    }
+
+    /// A receive bundle of `len` bytes from buffer `first` on: one receive event per buffer,
+    /// in ring order, each full but the last; only the last can say the multishot ended.
+    fn on_recv_bundle(
+        &mut self,
+        token: Token,
+        first: BufId,
+        len: u32,
+        more: bool,
+    ) -> ringwork_sys::Result<()> {
+        let Some(br) = self.ring.buf_ring(GROUP) else {
+            unreachable!("the group is registered before the loop starts")
+        };
+        let size = br.buf_size();
+        let mut leases = std::mem::take(&mut self.bundle_leases);
+        if let Err(e) = br.take_bundle(first, len, |lease| leases.push(lease)) {
+            eprintln!("ringwork-echo: {e}");
+            self.stats.refused += 1;
+            self.bundle_leases = leases;
+            return Ok(());
+        }
+        let count = leases.len();
+        if count > 1 {
+            self.stats.bundles += 1;
+        }
+        let mut left = len;
+        for (i, lease) in leases.drain(..).enumerate() {
+            let id = lease.id();
+            self.leases[id.0 as usize] = Some(lease);
+            let this = left.min(size);
+            left -= this;
+            let more = more || i + 1 < count;
+            self.route(
+                token,
+                Event::Recv {
+                    buf: id,
+                    len: this,
+                    more,
+                },
+            )?;
+        }
+        self.bundle_leases = leases;
+        Ok(())
+    }
+
+    /// Delivers a connection's event, parking receives behind earlier parked ones or while
+    /// the machine's queue is full.
+    fn route(&mut self, token: Token, event: Event) -> ringwork_sys::Result<()> {
+        if let Event::Recv { .. } | Event::RecvEof { .. } | Event::RecvErr { .. } = event {
             let Some(conn) = self.conns.get_checked_mut(&token) else {
-                unreachable!("checked at the top")
+                // Freed by an earlier event of the same bundle: return the buffer.
+                if let Event::Recv { buf, .. } = event {
+                    self.recycle(buf);
+                }
+                return Ok(());
             };
             if !conn.parked.is_empty() || conn.machine.queued_buffers() >= QUEUE_CAPACITY {
                 conn.parked.push_back(event);
@@ -605,8 +685,11 @@ impl Worker<'_> {
         for op in ops {
             match op {
                 Op::ArmRecv => {
-                    let sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv)
-                        .user_data(ud(OpKind::Recv));
+                    let mut sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
+                    if self.bundle {
+                        sqe = sqe.recv_bundle();
+                    }
+                    let sqe = sqe.user_data(ud(OpKind::Recv));
                     self.push(&sqe)?;
                 }
                 Op::Send { buf, offset, len } => {

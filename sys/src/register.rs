@@ -242,6 +242,22 @@ impl ProvidedBuffers {
         self.book.on_selected(id)
     }
 
+    /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE) of `bytes` bytes starting
+    /// with buffer `first` (from the CQE): `take` gets the lease of every buffer it spans, in
+    /// order (each full but the last). Ring mode only: PROVIDE_BUFFERS groups do not say
+    /// which buffers follow `first`.
+    pub fn take_bundle(
+        &mut self,
+        first: BufId,
+        bytes: u32,
+        take: impl FnMut(Lease),
+    ) -> Result<(), ringwork_core::buf::BufError> {
+        debug_assert!(self.ring_mem.is_some(), "bundles need a buffer ring");
+        let count = bytes.div_ceil(self.buf_size).max(1);
+        let count = u16::try_from(count).unwrap_or(u16::MAX);
+        self.book.on_selected_bundle(first, count, take)
+    }
+
     /// The first `len` bytes of a buffer the application holds.
     pub fn bytes(&self, lease: &Lease, len: u32) -> &[u8] {
         let len = len.min(self.buf_size) as usize;

@@ -209,6 +209,18 @@ impl Sqe {
         s
     }
 
+    /// Makes a buffer-select recv a bundle (IORING_RECVSEND_BUNDLE, Linux 6.10, advertised by
+    /// IORING_FEAT_RECVSEND_BUNDLE): one receive fills as many consecutive ring buffers as the
+    /// data needs, and its CQE names the first and the byte count.
+    #[must_use]
+    pub fn recv_bundle(mut self) -> Self {
+        // SAFETY: reading a plain-integer bitflags field of the ioprio union, which
+        // recv_select set (or left zero).
+        let flags = unsafe { self.0.ioprio.recv_flags };
+        self.0.ioprio.recv_flags = flags | IoringRecvFlags::BUNDLE;
+        self
+    }
+
     /// Sets `MSG_*` flags on a recv.
     #[must_use]
     pub fn recv_flags(mut self, flags: RecvFlags) -> Self {

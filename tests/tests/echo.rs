@@ -91,6 +91,32 @@ fn integrity_500_clients_uring_zerocopy() {
     );
 }
 
+/// Receive bundles: completions that span several ring buffers are split back into buffers
+/// in ring order; every byte of every client must come back in order, also with the ring
+/// small enough to run dry (ENOBUFS) mid-bundle.
+#[test]
+fn integrity_500_clients_uring_bundles() {
+    raise_nofile_limit();
+    for buffers in ["1024", "16"] {
+        let server = start(
+            "uring",
+            &["--threads", "2", "--bundle", "--buffers", buffers],
+        );
+        let baseline = server.fd_count();
+        run_clients(server.addr, 500, None, size_for);
+        run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+        assert_fds_return(&server, baseline, "after integrity clients (bundles)");
+        let stats = terminate(server);
+        println!("bundles, {buffers} buffers: {stats}");
+        assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+        assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+        assert!(
+            stat(&stats, "bundles") > 0,
+            "no receive ever spanned two buffers, so bundles were not exercised: {stats}"
+        );
+    }
+}
+
 /// Every optional io_uring feature disabled at once (what an old or buggy kernel gets):
 /// single-shot accept, single-shot recv re-armed per completion, plain sends although
 /// `--zerocopy` asks for SEND_ZC, no SQPOLL although `--sqpoll` asks for it, no
