@@ -139,16 +139,25 @@ impl Outcome {
     }
 }
 
+/// The stream's bytes: `PERIOD` pseudo-random bytes, then `CHUNK` more repeating them, so that
+/// any window of up to `CHUNK` bytes is one slice (`Conn::expected`) and the byte at stream
+/// position p is the same whichever slice it is read through (the writer's split and the
+/// reader's differ once messages pile up).
 fn pattern() -> Vec<u8> {
     let mut x = 0x2545_F491_4F6C_DD1Du64;
-    (0..PERIOD + CHUNK)
+    let mut pat: Vec<u8> = (0..PERIOD)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 32) as u8
         })
-        .collect()
+        .collect();
+    // CHUNK exceeds PERIOD: extend byte by byte, each copying the one PERIOD before it.
+    for j in 0..CHUNK {
+        pat.push(pat[j]);
+    }
+    pat
 }
 
 struct Conn {
@@ -532,6 +541,40 @@ mod tests {
         assert_eq!(out.latency.count, out.msgs);
         assert!(out.server_cpu.is_some());
         assert!(out.json().contains("\"errors\":0"));
+    }
+
+    /// Pipelined large messages: writes and reads split the stream differently and cross the
+    /// pattern's period mid-read; no correct echo may be reported as an error (it once was:
+    /// the pattern was not periodic, so 8 KiB x 4 failed every connection).
+    #[test]
+    fn pipelined_large_messages_verify_across_the_period() {
+        let cfg = Config {
+            addr: echo_server(),
+            conns: 3,
+            size: 8192,
+            depth: 4,
+            rate: None,
+            duration: Duration::from_millis(300),
+            warmup: Duration::from_millis(50),
+            threads: 1,
+            server_pid: None,
+            count_syscalls: false,
+        };
+        let out = run(&cfg).unwrap();
+        // Past the period several times, so reads straddled it.
+        assert!(out.msgs * 8192 > 3 * PERIOD as u64, "{out:?}");
+        assert_eq!(out.errors, 0, "{out:?}");
+    }
+
+    #[test]
+    fn any_window_of_the_stream_reads_the_same_bytes() {
+        let pat = pattern();
+        for p in [0usize, PERIOD - 1, PERIOD - 100, 3 * PERIOD - 7] {
+            let at = |q: usize| pat[q % PERIOD];
+            let start = p % PERIOD;
+            let window = &pat[start..start + CHUNK];
+            assert!(window.iter().enumerate().all(|(k, b)| *b == at(p + k)));
+        }
     }
 
     #[test]
