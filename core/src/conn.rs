@@ -100,12 +100,17 @@ impl fmt::Display for State {
 pub enum Event {
     /// The socket was accepted: start receiving.
     Opened,
-    /// `len` bytes arrived in buffer `buf` (the connection now holds it until [`Op::Recycle`]).
-    /// `more` is IORING_CQE_F_MORE: the multishot recv is still armed.
+    /// `len` bytes arrived in buffer `buf` at `offset` (the connection now holds them until
+    /// [`Op::Recycle`]). `more` is IORING_CQE_F_MORE: the multishot recv is still armed.
+    /// `offset` is 0 but with incrementally consumed buffers (IOU_PBUF_RING_INC), where one
+    /// buffer holds several receives, possibly of several connections, one after another:
+    /// there each Recv is a slice, and each slice gets its own [`Op::Recycle`].
     Recv {
         /// The buffer holding the bytes.
         buf: BufId,
-        /// How many bytes, from offset 0.
+        /// Where in the buffer they start.
+        offset: u32,
+        /// How many bytes.
         len: u32,
         /// The recv is still armed.
         more: bool,
@@ -396,7 +401,15 @@ impl EchoConn {
             // Harmless everywhere: drivers may broadcast it.
             (_, Event::BuffersAvailable) => self.waiting_for_buffers = false,
 
-            (Open | Draining, Event::Recv { buf, len, more }) if self.recv_armed => {
+            (
+                Open | Draining,
+                Event::Recv {
+                    buf,
+                    offset,
+                    len,
+                    more,
+                },
+            ) if self.recv_armed => {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
                 if len == 0 {
@@ -409,15 +422,11 @@ impl EchoConn {
                 } else {
                     // Also while a backpressure or shutdown cancel is in flight: the bytes
                     // left the socket, so they are echoed.
-                    self.queue.push(Chunk {
-                        buf,
-                        offset: 0,
-                        len,
-                    });
+                    self.queue.push(Chunk { buf, offset, len });
                 }
             }
             // After a fatal error nothing more is echoed.
-            (Closing, Event::Recv { buf, len, more }) if self.recv_armed => {
+            (Closing, Event::Recv { buf, len, more, .. }) if self.recv_armed => {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
                 out.push(Op::Recycle(buf));
@@ -621,6 +630,7 @@ mod tests {
     fn recv(buf: u16, len: u32, more: bool) -> Event {
         Event::Recv {
             buf: BufId(buf),
+            offset: 0,
             len,
             more,
         }
@@ -1065,8 +1075,9 @@ mod tests {
     /// The kernel's view of one socket, checking every op the connection issues.
     #[derive(Default)]
     struct Sim {
-        /// Each buffer handed out: its first byte's position in the received stream, and length.
-        bufs: HashMap<BufId, (u64, u32)>,
+        /// Each buffer handed out: its first byte's position in the received stream, where in the
+        /// buffer that byte is, and length.
+        bufs: HashMap<BufId, (u64, u32, u32)>,
         recycled: HashMap<BufId, u32>,
         next_buf: u16,
         rx: u64,
@@ -1119,8 +1130,9 @@ mod tests {
                         !self.recycled.contains_key(&buf),
                         "send of a recycled buffer"
                     );
-                    let (_, blen) = self.bufs[&buf];
-                    assert_eq!(offset + len, blen, "send is the rest of the chunk");
+                    let (_, boff, blen) = self.bufs[&buf];
+                    assert!(offset >= boff, "send before the received bytes");
+                    assert_eq!(offset + len, boff + blen, "send is the rest of the chunk");
                     assert!(len > 0);
                     self.send = Some((buf, offset, len));
                     self.send_cancel = false;
@@ -1167,8 +1179,12 @@ mod tests {
             let (buf, offset, len) = self.send.take().unwrap();
             if let Ok(n) = res {
                 assert!(n <= len);
-                let (start, _) = self.bufs[&buf];
-                assert_eq!(start + u64::from(offset), self.tx, "bytes out of order");
+                let (start, boff, _) = self.bufs[&buf];
+                assert_eq!(
+                    start + u64::from(offset - boff),
+                    self.tx,
+                    "bytes out of order"
+                );
                 self.tx += u64::from(n);
             }
             self.deliver(c, Event::SendDone { res });
@@ -1187,13 +1203,16 @@ mod tests {
                     }
                     let buf = BufId(self.next_buf);
                     self.next_buf += 1;
-                    self.bufs.insert(buf, (self.rx, len));
+                    // Some slices start inside their buffer, as with incremental consumption.
+                    let offset = u32::from(buf.0 % 3) * 100;
+                    self.bufs.insert(buf, (self.rx, offset, len));
                     self.rx += u64::from(len);
                     self.recv_ends(!last);
                     self.deliver(
                         c,
                         Event::Recv {
                             buf,
+                            offset,
                             len,
                             more: !last,
                         },

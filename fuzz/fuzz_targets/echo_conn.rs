@@ -40,7 +40,7 @@ fuzz_target!(|input: (u8, Vec<Ev>)| {
             Ev::Recv { len, more } => {
                 let buf = BufId(next_buf);
                 next_buf = next_buf.wrapping_add(1);
-                Event::Recv { buf, len: u32::from(len).max(1), more }
+                Event::Recv { buf, offset: 0, len: u32::from(len).max(1), more }
             }
             Ev::RecvEof { more } => Event::RecvEof { more },
             Ev::RecvErr { errno, more } => Event::RecvErr { errno: RawErrno(i32::from(errno)), more },

@@ -296,6 +296,7 @@ impl Worker<'_> {
                 self.leases[usize::from(id.0)] = Some(lease);
                 Some(Event::Recv {
                     buf: id,
+                    offset: 0,
                     len: n as u32,
                     more: true,
                 })

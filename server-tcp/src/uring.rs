@@ -538,7 +538,12 @@ impl Worker<'_> {
                             return Ok(());
                         }
                     }
-                    Event::Recv { buf: id, len, more }
+                    Event::Recv {
+                        buf: id,
+                        offset: 0,
+                        len,
+                        more,
+                    }
                 }
                 Err(errno) => {
                     if errno == RawErrno::NOBUFS {
@@ -598,6 +603,7 @@ impl Worker<'_> {
                 token,
                 Event::Recv {
                     buf: id,
+                    offset: 0,
                     len: this,
                     more,
                 },
