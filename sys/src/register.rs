@@ -168,6 +168,8 @@ impl FixedBuffers {
 pub struct ProvidedBuffers {
     /// The shared descriptor ring; `None` for the PROVIDE_BUFFERS fallback.
     ring_mem: Option<Mmap>,
+    /// Registered with IOU_PBUF_RING_INC.
+    incremental: bool,
     data: Mmap,
     buf_size: u32,
     book: ProvidedRing,
@@ -178,6 +180,9 @@ pub struct ProvidedBuffers {
 pub enum ProvideMode {
     /// IORING_REGISTER_PBUF_RING (Linux 5.19).
     Ring,
+    /// A ring registered with IOU_PBUF_RING_INC (Linux 6.12): buffers are consumed
+    /// incrementally, several receives per buffer (see `ringwork_core::buf::IncTracker`).
+    RingIncremental,
     /// IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7).
     Sqe,
 }
@@ -199,11 +204,14 @@ impl ProvidedBuffers {
         }
         let ring_len = (entries as usize * core::mem::size_of::<io_uring_buf>()).max(PAGE);
         let ring_mem = match mode {
-            ProvideMode::Ring => Some(Mmap::anonymous(ring_len, "allocate provided buffer ring")?),
+            ProvideMode::Ring | ProvideMode::RingIncremental => {
+                Some(Mmap::anonymous(ring_len, "allocate provided buffer ring")?)
+            }
             ProvideMode::Sqe => None,
         };
         Ok(Self {
             ring_mem,
+            incremental: mode == ProvideMode::RingIncremental,
             data: Mmap::anonymous(
                 entries as usize * buf_size as usize,
                 "allocate provided buffers",
@@ -220,11 +228,25 @@ impl ProvidedBuffers {
 
     /// How the buffers reach the kernel.
     pub fn mode(&self) -> ProvideMode {
-        if self.ring_mem.is_some() {
-            ProvideMode::Ring
-        } else {
-            ProvideMode::Sqe
+        match (self.ring_mem.is_some(), self.incremental) {
+            (true, true) => ProvideMode::RingIncremental,
+            (true, false) => ProvideMode::Ring,
+            (false, _) => ProvideMode::Sqe,
         }
+    }
+
+    /// Start of buffer `id`. With incremental consumption the application holds slices of a
+    /// buffer, not a lease; the caller must only use bytes of slices it holds (or of a lease).
+    pub fn buf_ptr(&self, id: BufId) -> *const u8 {
+        debug_assert!(id.0 < self.book.entries());
+        self.data
+            .as_ptr()
+            .wrapping_add(usize::from(id.0) * self.buf_size as usize)
+    }
+
+    /// Ownership bookkeeping, for an [`ringwork_core::buf::IncTracker`] to update.
+    pub fn book_mut(&mut self) -> &mut ProvidedRing {
+        &mut self.book
     }
 
     /// Each buffer's size.
@@ -496,6 +518,9 @@ impl Ring {
         reg.ring_addr = io_uring_ptr::new(ring_mem.as_ptr().cast());
         reg.ring_entries = u32::from(entries);
         reg.bgid = group.0;
+        if mode == ProvideMode::RingIncremental {
+            reg.flags = IOU_PBUF_RING_INC;
+        }
         // SAFETY: the ring memory is page-aligned, large enough for `entries` descriptors, and
         // owned by the Ring until after IORING_UNREGISTER_PBUF_RING at teardown.
         unsafe {
@@ -507,6 +532,9 @@ impl Ring {
             )
         }
         .map_err(|e| match e {
+            Errno::INVAL if mode == ProvideMode::RingIncremental => {
+                Error::unsupported("IOU_PBUF_RING_INC (incremental buffer consumption)", "6.12")
+            }
             Errno::INVAL => Error::unsupported("IORING_REGISTER_PBUF_RING", "5.19"),
             errno => Error::Syscall {
                 what: "register provided buffer ring",

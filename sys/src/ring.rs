@@ -139,6 +139,13 @@ impl Cqe {
         self.flags.contains(IoringCqeFlags::NOTIF)
     }
 
+    /// IORING_CQE_F_BUF_MORE (Linux 6.12): with incremental buffer consumption, the kernel
+    /// has not finished with this completion's buffer.
+    #[inline]
+    pub fn buf_more(&self) -> bool {
+        self.flags.bits() & crate::register::IORING_CQE_F_BUF_MORE != 0
+    }
+
     /// The provided buffer the kernel picked (IORING_CQE_F_BUFFER), if any.
     #[inline]
     pub fn buffer_id(&self) -> Option<BufId> {
