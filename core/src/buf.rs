@@ -440,7 +440,9 @@ impl IncTracker {
         len: u32,
         buf_more: bool,
     ) -> Result<u32, IncError> {
-        let state = ring.state(id).ok_or(IncError::Buf(BufError::OutOfRange(id)))?;
+        let state = ring
+            .state(id)
+            .ok_or(IncError::Buf(BufError::OutOfRange(id)))?;
         if state != BufState::Kernel {
             return Err(IncError::Buf(BufError::NotKernelOwned { id, state }));
         }
@@ -995,14 +997,21 @@ mod tests {
         ring.take_returns(|_, _| {});
         let b = BufId(0);
         assert_eq!(inc.on_recv(&mut ring, b, 100, true), Ok(0));
-        assert_eq!(inc.on_recv(&mut ring, b, 0, true), Ok(100), "EOF consumes nothing");
+        assert_eq!(
+            inc.on_recv(&mut ring, b, 0, true),
+            Ok(100),
+            "EOF consumes nothing"
+        );
         assert_eq!(inc.on_recv(&mut ring, b, 50, true), Ok(100));
         assert_eq!(inc.release(b), Ok(None), "the kernel still fills it");
         assert_eq!(ring.state(b), Some(BufState::Kernel));
         assert_eq!(inc.on_recv(&mut ring, b, 10, false), Ok(150));
         assert_eq!(ring.state(b), Some(BufState::App));
         assert_eq!(inc.release(b), Ok(None), "one slice still out");
-        let lease = inc.release(b).unwrap().expect("last slice of a finished buffer");
+        let lease = inc
+            .release(b)
+            .unwrap()
+            .expect("last slice of a finished buffer");
         assert_eq!(lease.id(), b);
         assert_eq!(inc.release(b), Err(IncError::NothingHeld(b)));
         ring.recycle(lease);

@@ -113,6 +113,13 @@ struct Args {
     /// Needs the buffer ring (not with `--disable pbuf-ring`).
     #[arg(long)]
     bundle: bool,
+    /// io_uring: incremental buffer consumption (IOU_PBUF_RING_INC, Linux 6.12): each receive
+    /// takes only the bytes it needs from the head buffer, so one buffer holds many small
+    /// messages (of several connections) and goes back once the kernel has used it up and
+    /// every message in it was echoed. Not with `--bundle`, `--zerocopy` or
+    /// `--disable pbuf-ring`.
+    #[arg(long)]
+    incremental: bool,
     /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
     /// feature wins over the flag that asks for it (`--zerocopy`, `--sqpoll`).
     #[arg(
@@ -166,6 +173,8 @@ pub struct WorkerConfig {
     pbuf_ring: bool,
     /// Receive bundles (IORING_RECVSEND_BUNDLE).
     bundle: bool,
+    /// Incremental buffer consumption (IOU_PBUF_RING_INC).
+    incremental: bool,
 }
 
 /// State shared by all workers of the process.
@@ -226,6 +235,9 @@ pub struct WorkerStats {
     pub busy_retries: u64,
     /// Receive completions that filled more than one buffer (`--bundle`).
     pub bundles: u64,
+    /// Receive completions into a buffer the kernel has not used up (IORING_CQE_F_BUF_MORE,
+    /// `--incremental`).
+    pub buf_more: u64,
     /// SQEs that complete silently on success (IOSQE_CQE_SKIP_SUCCESS: the PROVIDE_BUFFERS
     /// SQEs of `--disable pbuf-ring`).
     pub skip_success: u64,
@@ -248,6 +260,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.busy_retries += o.busy_retries;
         self.skip_success += o.skip_success;
         self.bundles += o.bundles;
+        self.buf_more += o.buf_more;
     }
 }
 
@@ -309,6 +322,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         defer_taskrun: !disabled(Feature::DeferTaskrun),
         pbuf_ring: !disabled(Feature::PbufRing),
         bundle: args.bundle,
+        incremental: args.incremental,
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
@@ -322,8 +336,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
-    if args.backend == Backend::Epoll && args.bundle {
-        return Err("--bundle applies to --backend uring only".into());
+    if args.incremental && (args.bundle || args.zerocopy || disabled(Feature::PbufRing)) {
+        return Err(
+            "--incremental works alone: not with --bundle (bundles of partly used \
+                    buffers), --zerocopy (SEND_ZC notifications are tracked per whole buffer) \
+                    or --disable pbuf-ring (it is a buffer ring mode)"
+                .into(),
+        );
+    }
+    if args.backend == Backend::Epoll && (args.bundle || args.incremental) {
+        return Err("--bundle and --incremental apply to --backend uring only".into());
     }
     if args.backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
@@ -393,7 +415,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
     println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} bundles={} zc_copied={} zc_notifs={}",
+        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} bundles={} buf_more={} zc_copied={} zc_notifs={}",
         total.conns,
         total.rejected,
         total.bytes,
@@ -407,6 +429,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.busy_retries,
         total.skip_success,
         total.bundles,
+        total.buf_more,
         total.zc_copied,
         total.zc_notifs
     );

@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringwork_core::buf::{BufGroup, BufId, Lease, ZcSlot, ZcTracker};
+use ringwork_core::buf::{BufGroup, BufId, IncTracker, Lease, ZcSlot, ZcTracker};
 use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
@@ -72,6 +72,8 @@ struct Worker<'a> {
     bundle: bool,
     /// Leases of the buffers of one bundle, reused.
     bundle_leases: Vec<Lease>,
+    /// Incremental buffer consumption (`--incremental`): the slices connections hold.
+    inc: Option<IncTracker>,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
@@ -166,10 +168,10 @@ pub fn run(
             ringwork_sys::kernel_release()
         );
     }
-    let mode = if cfg.pbuf_ring {
-        ProvideMode::Ring
-    } else {
-        ProvideMode::Sqe
+    let mode = match (cfg.pbuf_ring, cfg.incremental) {
+        (true, true) => ProvideMode::RingIncremental,
+        (true, false) => ProvideMode::Ring,
+        (false, _) => ProvideMode::Sqe,
     };
     let bundle = cfg.bundle
         && ring
@@ -182,6 +184,8 @@ pub fn run(
         ));
     }
     let mode = match ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, mode) {
+        // Incremental consumption was asked for by name: no silent fallback (the error names
+        // IOU_PBUF_RING_INC and Linux 6.12).
         Err(e @ ringwork_sys::Error::Unsupported { .. }) if mode == ProvideMode::Ring => {
             // PITFALLS #8: a kernel without buffer rings (before 5.19) still has the legacy
             // way to provide the same buffers.
@@ -213,6 +217,7 @@ pub fn run(
         multishot_recv,
         bundle,
         bundle_leases: Vec::new(),
+        inc: (mode == ProvideMode::RingIncremental).then(|| IncTracker::new(cfg.buffers)),
         batch,
         last_harvest: 0,
         accept_armed: false,
@@ -504,18 +509,14 @@ impl Worker<'_> {
         if self.conns.get_checked(&token).is_none() {
             // A completion for an earlier incarnation of the slot (PITFALLS #5).
             self.stats.stale += 1;
-            if let Some(id) = cqe.buffer_id() {
-                self.return_selected(id);
-            }
+            self.return_selected(cqe);
             return Ok(());
         }
         let more = cqe.more();
         let event = match token.kind {
             OpKind::Recv => match cqe.result() {
                 Ok(0) => {
-                    if let Some(id) = cqe.buffer_id() {
-                        self.return_selected(id);
-                    }
+                    self.return_selected(cqe);
                     Event::RecvEof { more }
                 }
                 Ok(len) => {
@@ -530,19 +531,33 @@ impl Worker<'_> {
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
-                    match br.take(id) {
-                        Ok(lease) => self.leases[id.0 as usize] = Some(lease),
+                    // Incremental consumption: a slice of the buffer, where the kernel's
+                    // previous receives into it stopped; else the whole buffer, leased.
+                    if cqe.buf_more() {
+                        self.stats.buf_more += 1;
+                    }
+                    let offset = match self.inc.as_mut() {
+                        Some(inc) => inc
+                            .on_recv(br.book_mut(), id, len, cqe.buf_more())
+                            .map_err(|e| e.to_string()),
+                        None => br
+                            .take(id)
+                            .map(|lease| self.leases[id.0 as usize] = Some(lease))
+                            .map(|()| 0)
+                            .map_err(|e| e.to_string()),
+                    };
+                    match offset {
+                        Ok(offset) => Event::Recv {
+                            buf: id,
+                            offset,
+                            len,
+                            more,
+                        },
                         Err(e) => {
                             eprintln!("ringwork-echo: {e}");
                             self.stats.refused += 1;
                             return Ok(());
                         }
-                    }
-                    Event::Recv {
-                        buf: id,
-                        offset: 0,
-                        len,
-                        more,
                     }
                 }
                 Err(errno) => {
@@ -649,12 +664,32 @@ impl Worker<'_> {
         }
     }
 
-    /// A buffer the kernel selected for a completion nobody will consume: back to the ring.
-    fn return_selected(&mut self, id: BufId) {
-        if let Some(br) = self.ring.buf_ring(GROUP) {
-            if let Ok(lease) = br.take(id) {
+    /// The buffers the kernel filled for a completion nobody will consume (a stale one, or an
+    /// EOF that names a buffer): back to the ring, all of a bundle's, and with incremental
+    /// consumption the bytes accounted as a slice released at once.
+    fn return_selected(&mut self, cqe: &Cqe) {
+        let Some(id) = cqe.buffer_id() else {
+            return;
+        };
+        let len = cqe.result().unwrap_or(0);
+        let Some(br) = self.ring.buf_ring(GROUP) else {
+            return;
+        };
+        if let Some(inc) = self.inc.as_mut() {
+            if inc.on_recv(br.book_mut(), id, len, cqe.buf_more()).is_ok() && len > 0 {
+                if let Ok(Some(lease)) = inc.release(id) {
+                    br.recycle(lease);
+                }
+            }
+        } else if self.bundle && len > 0 {
+            let mut leases = std::mem::take(&mut self.bundle_leases);
+            let _ = br.take_bundle(id, len, |lease| leases.push(lease));
+            for lease in leases.drain(..) {
                 br.recycle(lease);
             }
+            self.bundle_leases = leases;
+        } else if let Ok(lease) = br.take(id) {
+            br.recycle(lease);
         }
     }
 
@@ -699,13 +734,16 @@ impl Worker<'_> {
                     self.push(&sqe)?;
                 }
                 Op::Send { buf, offset, len } => {
-                    let lease = self.leases[buf.0 as usize]
-                        .as_ref()
-                        .expect("the machine sends only buffers it was handed");
+                    // The machine sends only bytes it was handed: a leased buffer, or a slice
+                    // of one with incremental consumption.
+                    match &self.inc {
+                        Some(inc) => debug_assert!(inc.held(buf) > 0),
+                        None => debug_assert!(self.leases[buf.0 as usize].is_some()),
+                    }
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
-                    let ptr = br.ptr(lease).wrapping_add(offset as usize);
+                    let ptr = br.buf_ptr(buf).wrapping_add(offset as usize);
                     let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
                         Some(Ok(slot)) => slot,
                         Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
@@ -762,10 +800,24 @@ impl Worker<'_> {
     }
 
     fn recycle(&mut self, buf: BufId) {
-        let lease = self.leases[buf.0 as usize]
-            .take()
-            .expect("the machine recycles only buffers it holds");
-        if let Some(br) = self.ring.buf_ring(GROUP) {
+        let lease = match self.inc.as_mut() {
+            // One slice of it: the buffer goes back with its last slice, once the kernel
+            // has finished with it.
+            Some(inc) => match inc.release(buf) {
+                Ok(lease) => lease,
+                Err(e) => {
+                    eprintln!("ringwork-echo: {e}");
+                    self.stats.refused += 1;
+                    None
+                }
+            },
+            None => Some(
+                self.leases[buf.0 as usize]
+                    .take()
+                    .expect("the machine recycles only buffers it holds"),
+            ),
+        };
+        if let (Some(lease), Some(br)) = (lease, self.ring.buf_ring(GROUP)) {
             br.recycle(lease);
         }
     }

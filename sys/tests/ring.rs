@@ -271,7 +271,11 @@ fn incremental_buffer_ring_fills_a_buffer_piece_by_piece() {
             (first, 200, 56, false)
         ]
     );
-    assert_eq!(pieces[3], (second, 0, 144, true), "the rest, in the next buffer");
+    assert_eq!(
+        pieces[3],
+        (second, 0, 144, true),
+        "the rest, in the next buffer"
+    );
     // The first buffer comes back only with its last slice released.
     assert!(inc.release(first).unwrap().is_none());
     assert!(inc.release(first).unwrap().is_none());

@@ -117,6 +117,33 @@ fn integrity_500_clients_uring_bundles() {
     }
 }
 
+/// Incremental buffer consumption: many receives, of many connections, share one buffer at
+/// increasing offsets; every byte must come back in order, also with a ring of four buffers
+/// that runs dry.
+#[test]
+fn integrity_500_clients_uring_incremental_buffers() {
+    raise_nofile_limit();
+    for buffers in ["1024", "4"] {
+        let server = start(
+            "uring",
+            &["--threads", "2", "--incremental", "--buffers", buffers],
+        );
+        let baseline = server.fd_count();
+        run_clients(server.addr, 500, None, size_for);
+        run_clients(server.addr, 40, Some(4096), |i| 100_000 + i * 1013);
+        assert_fds_return(&server, baseline, "after integrity clients (incremental)");
+        let stats = terminate(server);
+        println!("incremental, {buffers} buffers: {stats}");
+        assert_eq!(stat(&stats, "conns"), 540, "{stats}");
+        assert_eq!(stat(&stats, "refused"), 0, "{stats}");
+        assert!(
+            stat(&stats, "buf_more") > 0,
+            "no buffer ever held two receives, so incremental consumption was not \
+             exercised: {stats}"
+        );
+    }
+}
+
 /// Every optional io_uring feature disabled at once (what an old or buggy kernel gets):
 /// single-shot accept, single-shot recv re-armed per completion, plain sends although
 /// `--zerocopy` asks for SEND_ZC, no SQPOLL although `--sqpoll` asks for it, no
