@@ -65,11 +65,34 @@ pub fn cpu_us_per(cpu: Option<Duration>, units: u64) -> Option<f64> {
     cpu.map(|c| c.as_secs_f64() * 1e6 / units.max(1) as f64)
 }
 
-/// CPU time (user + system) a process has used, from /proc/PID/stat, in clock ticks turned
-/// into a Duration. Resolution is one tick (10 ms at the usual 100 Hz): measure over seconds.
+/// CPU time a process has used: the sum of its threads' run time from
+/// /proc/PID/task/*/schedstat (nanoseconds, exact), or where that is missing (no
+/// CONFIG_SCHEDSTATS) user + system time from /proc/PID/stat in clock ticks.
+///
+/// Ticks are sampled (a thread is charged the whole 10 ms tick if it runs when the tick
+/// fires): on a loaded machine a server sharing its CPU with other work was charged nothing,
+/// or double, over a 4 s window. The run time is exact, but covers only the threads alive when
+/// it is read: measure servers whose threads (io-wq workers and SQPOLL pollers included) live
+/// through the window.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_cpu_ticks(&stat).map(ticks_to_duration)
+    run_time(pid).or_else(|| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        parse_cpu_ticks(&stat).map(ticks_to_duration)
+    })
+}
+
+/// Sum of the first field (time on CPU, ns) of every thread's schedstat.
+fn run_time(pid: u32) -> Option<Duration> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that exited since the listing: its time is gone either way.
+        let Ok(line) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        total += line.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(total))
 }
 
 /// CPU time of this process.
@@ -199,6 +222,32 @@ mod tests {
     fn own_cpu_time_is_readable() {
         // Burn a little CPU so that at least the parse path sees a real line.
         assert!(process_cpu(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn run_time_counts_busy_work_exactly() {
+        use rustix::time::{clock_gettime, ClockId};
+        let thread_cpu = || {
+            let t = clock_gettime(ClockId::ThreadCPUTime);
+            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+        };
+        let pid = std::process::id();
+        let before = run_time(pid).expect("schedstat on this kernel");
+        let (cpu0, wall0) = (thread_cpu(), std::time::Instant::now());
+        // Spin until this thread has had 20 ms on a CPU, however busy the machine is.
+        let mut x = 0u64;
+        while thread_cpu() - cpu0 < Duration::from_millis(20) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (spent, wall) = (run_time(pid).unwrap() - before, wall0.elapsed());
+        // The process ran at least this thread's 20 ms, and no more than every CPU for the
+        // whole time (plus a scheduler tick of slack).
+        assert!(spent >= Duration::from_millis(20), "{spent:?}");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        assert!(
+            spent <= wall * cpus + Duration::from_millis(10),
+            "{spent:?} in {wall:?}"
+        );
     }
 
     #[test]
