@@ -13,24 +13,34 @@ cd "$(dirname "$0")/.."
 a="$1"; b="$2"; size="${3:-64}"; conns="${4:-50}"; depth="${5:-1}"; rounds="${6:-3}"; secs="${7:-4}"
 cargo build --release -q -p ringwork-echo -p ringwork-bench
 bin=target/release
-port=17900
+log=$(mktemp)
+pid=
+# A server must not outlive the script (a stale one on a reused port would take connections).
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -f "$log"' EXIT
 run() {
     local flags="$1" label="$2"
-    port=$((port + 1))
+    # Port 0: the kernel picks a free port, the server prints it.
     # shellcheck disable=SC2086 # flags are words on purpose
-    taskset -c 1 "$bin/ringwork-echo" --listen "127.0.0.1:$port" --threads 1 $flags \
-        >/tmp/echo-ab.out 2>&1 &
-    local pid=$!
-    for _ in $(seq 50); do grep -q "listening on" /tmp/echo-ab.out && break; sleep 0.1; done
+    taskset -c 1 "$bin/ringwork-echo" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
+    pid=$!
+    local addr=
+    for _ in $(seq 50); do
+        addr=$(sed -n 's/^ringwork-echo listening on \([^ ]*\) .*/\1/p' "$log")
+        [ -n "$addr" ] && break
+        sleep 0.1
+    done
+    [ -n "$addr" ] || { echo "server did not start: $(cat "$log")" >&2; exit 1; }
     local out
-    out=$(taskset -c 0 "$bin/ringwork-bench" echo --addr "127.0.0.1:$port" --size "$size" \
-        --conns "$conns" --depth "$depth" --duration "$secs" --warmup 1 --server-pid "$pid" 2>&1)
+    out=$(taskset -c 0 "$bin/ringwork-bench" echo --addr "$addr" --size "$size" \
+        --conns "$conns" --depth "$depth" --duration "$secs" --warmup 1 --server-pid "$pid" 2>&1) \
+        || echo "ringwork-bench failed: $out" >&2
     local rss
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     kill -TERM "$pid"; wait "$pid" || true
+    pid=
     echo "== $label [$flags] size=$size conns=$conns depth=$depth rss_kib=$rss"
     echo "$out" | grep -E '^\| [0-9]' | head -1
-    grep "^stats:" /tmp/echo-ab.out || true
+    grep "^stats:" "$log" || true
 }
 echo "| msgs/s | MB/s | p50 µs | p95 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | server syscalls/msg | server io_uring_enter/msg | client CPU s | errors | reconnects |"
 for r in $(seq "$rounds"); do
