@@ -428,7 +428,8 @@ mod tests {
             addr: server(b"nope", "404 Not Found"),
             paths: vec!["/missing".into()],
             conns: 1,
-            duration: Duration::from_millis(100),
+            // Long enough for a first response on a loaded machine (100 ms once saw none).
+            duration: Duration::from_millis(1000),
             warmup: Duration::ZERO,
             server_pid: None,
         };
