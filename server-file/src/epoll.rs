@@ -432,6 +432,7 @@ mod tests {
             root,
             cfg,
             max_conns: 1,
+            uring: crate::UringConfig::default(),
             start: Instant::now(),
         };
         (shared, dir)

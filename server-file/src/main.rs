@@ -56,6 +56,19 @@ struct Args {
     /// Most connections per thread; more are accepted and closed at once.
     #[arg(long, default_value_t = 256)]
     max_conns: u32,
+    /// io_uring: submission queue entries per ring, a power of two up to 16384 (the
+    /// completion queue gets four times as many). Connections wait for room when a burst
+    /// fills it; nothing is lost.
+    #[arg(long, default_value_t = 1024)]
+    sq_entries: u32,
+    /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
+    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
+    /// the kernel refuses SQPOLL the server exits with the reason.
+    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
+    sqpoll: Option<u32>,
+    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    #[arg(long, value_name = "CPU", requires = "sqpoll")]
+    sqpoll_cpu: Option<u32>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -69,11 +82,32 @@ enum Backend {
     Epoll,
 }
 
+/// How the io_uring backend sets up its rings and which of its features it uses.
+#[derive(Clone, Copy, Debug)]
+struct UringConfig {
+    sq_entries: u32,
+    /// SQPOLL, when asked for (and not disabled).
+    sqpoll: Option<ringwork_sys::SqPoll>,
+    /// Try SINGLE_ISSUER | DEFER_TASKRUN (a plain ring when refused).
+    defer_taskrun: bool,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        Self {
+            sq_entries: 1024,
+            sqpoll: None,
+            defer_taskrun: true,
+        }
+    }
+}
+
 /// What every worker thread shares.
 struct Shared {
     root: OwnedFd,
     cfg: Config,
     max_conns: u32,
+    uring: UringConfig,
     start: Instant,
 }
 
@@ -172,6 +206,20 @@ fn run(args: Args) -> Result<(), String> {
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
+        return Err("--sq-entries must be a power of two from 1 to 16384".into());
+    }
+    if args.backend == Backend::Epoll && args.sqpoll.is_some() {
+        return Err("--sqpoll applies to --backend uring only".into());
+    }
+    let uring = UringConfig {
+        sq_entries: args.sq_entries,
+        sqpoll: args.sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
+            idle_ms,
+            cpu: args.sqpoll_cpu,
+        }),
+        defer_taskrun: true,
+    };
     let root_path = std::fs::canonicalize(&args.root)
         .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
     let root = rustix::fs::open(
@@ -202,6 +250,7 @@ fn run(args: Args) -> Result<(), String> {
             direct: args.direct,
         },
         max_conns: args.max_conns.max(1),
+        uring,
         start: Instant::now(),
     });
 

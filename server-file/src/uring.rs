@@ -67,10 +67,14 @@ struct Driver<'s> {
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let slots = shared.max_conns;
-    let mut ring = RingParams::new(256)
-        .cq_entries(4096)
-        .build()
+    let uc = shared.uring;
+    let (mut ring, refused) = RingParams::new(uc.sq_entries)
+        .cq_entries(uc.sq_entries * 4)
+        .build_server(uc.sqpoll, uc.defer_taskrun)
         .map_err(|e| format!("cannot set up io_uring: {e}"))?;
+    if let Some(e) = refused {
+        println!("IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a plain ring");
+    }
     {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [

@@ -106,6 +106,45 @@ impl RingParams {
     pub fn build(self) -> Result<Ring> {
         Ring::new(self)
     }
+
+    /// Sets up the ring of one thread-per-core server worker, the way both Ringwork servers
+    /// want it (on top of what `self` already says: sizes):
+    /// - with `sqpoll`: IORING_SETUP_SQPOLL alone (the kernel refuses DEFER_TASKRUN with
+    ///   SQPOLL: completion work would wait for a thread that never submits), and no fallback:
+    ///   a run that asked for SQPOLL and silently ran without it would mislead, so a refusal
+    ///   is [`Error::SqPollRefused`], naming the likely cause;
+    /// - else with `defer_taskrun`: IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+    ///   (Linux 6.1: completion work runs only when this thread waits, so no wake-ups in
+    ///   between), or a plain ring when the kernel refuses them; the refusal comes back
+    ///   beside the ring for the caller to log;
+    /// - else a plain ring.
+    ///
+    /// The ring's [`Ring::setup_flags`] say what was granted.
+    pub fn build_server(
+        self,
+        sqpoll: Option<SqPoll>,
+        defer_taskrun: bool,
+    ) -> Result<(Ring, Option<Error>)> {
+        if let Some(sp) = sqpoll {
+            return match self.sqpoll(sp).build() {
+                Ok(ring) => Ok((ring, None)),
+                Err(Error::Syscall { errno, .. }) => {
+                    Err(Error::SqPollRefused { errno, cpu: sp.cpu })
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if !defer_taskrun {
+            return Ok((self.build()?, None));
+        }
+        match self.clone().single_issuer(true).defer_taskrun(true).build() {
+            Ok(ring) => Ok((ring, None)),
+            Err(refused @ (Error::Unsupported { .. } | Error::Syscall { .. })) => {
+                Ok((self.build()?, Some(refused)))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// One completion, copied out of the CQ.
