@@ -69,6 +69,15 @@ struct Args {
     /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     sqpoll_cpu: Option<u32>,
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
+    /// feature wins over the flag that asks for it (`--sqpoll`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "FEATURE[,FEATURE]"
+    )]
+    disable: Vec<Feature>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -90,6 +99,7 @@ struct UringConfig {
     sqpoll: Option<ringwork_sys::SqPoll>,
     /// Try SINGLE_ISSUER | DEFER_TASKRUN (a plain ring when refused).
     defer_taskrun: bool,
+    features: Features,
 }
 
 impl Default for UringConfig {
@@ -98,6 +108,50 @@ impl Default for UringConfig {
             sq_entries: 1024,
             sqpoll: None,
             defer_taskrun: true,
+            features: Features::default(),
+        }
+    }
+}
+
+/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
+/// kernels where the feature misbehaves: PITFALLS #8). The names are ringwork-echo's where
+/// they apply.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Feature {
+    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
+    MultishotAccept,
+    /// Registered files: openat2 into a plain descriptor (O_CLOEXEC), reads and close by fd.
+    FixedFiles,
+    /// Registered buffers: IORING_OP_READ instead of READ_FIXED.
+    FixedBuffers,
+    /// SQPOLL: no kernel poller even with `--sqpoll`.
+    Sqpoll,
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    DeferTaskrun,
+    /// SEND_ZC: plain sends even with `--zerocopy`.
+    SendZc,
+    /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
+    #[value(hide = true)]
+    MultishotRecv,
+    /// ringwork-echo's; refused here (ringwork-files uses no provided buffer ring).
+    #[value(hide = true)]
+    PbufRing,
+}
+
+/// Which io_uring features the backend uses (each probed; `--disable` forces the fallback).
+#[derive(Clone, Copy, Debug)]
+struct Features {
+    multishot_accept: bool,
+    fixed_files: bool,
+    fixed_buffers: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            multishot_accept: true,
+            fixed_files: true,
+            fixed_buffers: true,
         }
     }
 }
@@ -212,13 +266,45 @@ fn run(args: Args) -> Result<(), String> {
     if args.backend == Backend::Epoll && args.sqpoll.is_some() {
         return Err("--sqpoll applies to --backend uring only".into());
     }
+    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+        return Err("--disable applies to --backend uring only".into());
+    }
+    for (feature, name, why) in [
+        (
+            Feature::MultishotRecv,
+            "multishot-recv",
+            "it receives request heads with single-shot IORING_OP_RECV",
+        ),
+        (
+            Feature::PbufRing,
+            "pbuf-ring",
+            "it receives into a per-connection buffer, not a provided buffer ring",
+        ),
+    ] {
+        if args.disable.contains(&feature) {
+            return Err(format!(
+                "--disable {name}: ringwork-files does not use {name} ({why}); \
+                 features it can disable: multishot-accept, fixed-files, fixed-buffers, \
+                 sqpoll, defer-taskrun, send-zc"
+            ));
+        }
+    }
+    let disabled = |f| args.disable.contains(&f);
     let uring = UringConfig {
         sq_entries: args.sq_entries,
-        sqpoll: args.sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
-            idle_ms,
-            cpu: args.sqpoll_cpu,
-        }),
-        defer_taskrun: true,
+        sqpoll: args
+            .sqpoll
+            .filter(|_| !disabled(Feature::Sqpoll))
+            .map(|idle_ms| ringwork_sys::SqPoll {
+                idle_ms,
+                cpu: args.sqpoll_cpu,
+            }),
+        defer_taskrun: !disabled(Feature::DeferTaskrun),
+        features: Features {
+            multishot_accept: !disabled(Feature::MultishotAccept),
+            fixed_files: !disabled(Feature::FixedFiles),
+            fixed_buffers: !disabled(Feature::FixedBuffers),
+        },
     };
     let root_path = std::fs::canonicalize(&args.root)
         .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;

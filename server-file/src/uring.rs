@@ -1,15 +1,20 @@
 //! The io_uring driver: turns HttpConn's operations into SQEs and its completions back into
 //! events.
 //!
-//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE.
+//! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
+//!   instead when asked (`RingParams::build_server`). One `io_uring:` line per worker says
+//!   which features are in use.
+//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE (single-shot,
+//!   re-armed per connection, without Linux 5.19 or with `--disable multishot-accept`).
 //! - Files: IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH
 //!   | RESOLVE_NO_MAGICLINKS) straight into registered-file slot N for connection slot N; reads
 //!   name `Target::Fixed(N)`, and the slot is closed with IORING_OP_CLOSE when the response is
 //!   done (HttpConn never opens before the previous close completed, so a slot never holds the
-//!   wrong file).
+//!   wrong file). With `--disable fixed-files`, or when the table cannot be registered,
+//!   openat2 returns a plain descriptor (O_CLOEXEC) that reads and the close name instead.
 //! - Reads: IORING_OP_READ_FIXED into registered buffers 2N and 2N+1. Should registering the
 //!   buffers fail (RLIMIT_MEMLOCK), the same memory is used with IORING_OP_READ and the reason
-//!   is logged.
+//!   is logged; `--disable fixed-buffers` forces that path.
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
 //!
@@ -19,7 +24,7 @@
 
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
-use rustix::io_uring::{open_how, IoringOp};
+use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags};
 use rustix::net::SendFlags;
 
 use ringwork_core::errno::RawErrno;
@@ -44,6 +49,8 @@ struct Conn {
     read_buf: BufIx,
     /// The open in flight asked for O_DIRECT.
     direct: bool,
+    /// Without registered files: the open file's descriptor (closed by IORING_OP_CLOSE).
+    file_fd: Option<i32>,
     /// SQEs submitted for this connection whose CQEs have not arrived.
     inflight: u32,
     /// HttpConn said Close.
@@ -59,6 +66,9 @@ struct Driver<'s> {
     /// The buffers when they could not be registered (kept alive here; plain reads).
     _unregistered: Option<FixedBuffers>,
     fixed: bool,
+    /// Files open into registered-file slot N for connection slot N (else plain fds).
+    fixed_files: bool,
+    multishot_accept: bool,
     listener: OwnedFd,
     direct_refused: bool,
     direct_noted: bool,
@@ -75,26 +85,74 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     if let Some(e) = refused {
         println!("IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a plain ring");
     }
-    {
+    let want = uc.features;
+    let (multishot_accept, fixed_files) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
+            (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
             (IoringOp::Openat2, "IORING_OP_OPENAT2", "5.6"),
             (IoringOp::Statx, "IORING_OP_STATX", "5.6"),
-            (IoringOp::ReadFixed, "IORING_OP_READ_FIXED", "5.1"),
+            (IoringOp::Read, "IORING_OP_READ", "5.6"),
             (IoringOp::Send, "IORING_OP_SEND", "5.6"),
             (IoringOp::Recv, "IORING_OP_RECV", "5.6"),
             (IoringOp::Close, "IORING_OP_CLOSE", "5.6"),
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
-    }
-    ring.register_files_sparse(slots)
-        .map_err(|e| format!("cannot register a file table of {slots} slots: {e}"))?;
+        // Multishot accept has no opcode of its own; it arrived in 5.19 together with
+        // IORING_OP_SOCKET, so that opcode's presence is the probe's answer (as in
+        // ringwork-echo).
+        let multishot_accept = want.multishot_accept && probe.supports(IoringOp::Socket);
+        if want.multishot_accept && !multishot_accept {
+            println!(
+                "{}: single-shot accept",
+                unsupported("multishot accept", "5.19")
+            );
+        }
+        (multishot_accept, want.fixed_files)
+    };
+    // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
+    // registration says which.
+    let fixed_files = fixed_files
+        && match ring.register_files_sparse(slots) {
+            Ok(()) => true,
+            Err(e) => {
+                println!(
+                    "registering a file table of {slots} slots failed ({e}): \
+                     opening into plain descriptors"
+                );
+                false
+            }
+        };
     let count = u16::try_from(slots * 2)
         .map_err(|_| "--max-conns is at most 32767 with the io_uring backend".to_string())?;
     let buffers = FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string())?;
     let total = buffers.buf_size() * usize::from(count);
-    let (fixed, unregistered, buf_ptrs) = match ring.register_buffers(buffers) {
+    let registered: Result<(), Option<FixedBuffers>> = if !want.fixed_buffers {
+        Err(Some(buffers))
+    } else if !ring
+        .probe()
+        .map_err(|e| e.to_string())?
+        .supports(IoringOp::ReadFixed)
+    {
+        println!(
+            "{}: reading with IORING_OP_READ",
+            unsupported("IORING_OP_READ_FIXED", "5.1")
+        );
+        Err(Some(buffers))
+    } else {
+        // The ring keeps the buffers only when the registration succeeds; on failure the
+        // same memory is made again below, unregistered.
+        ring.register_buffers(buffers).map_err(|e| {
+            println!(
+                "registering {} KiB of fixed buffers failed ({e}): \
+                 reading with IORING_OP_READ instead of READ_FIXED",
+                total / 1024
+            );
+            None
+        })
+    };
+    let (fixed, unregistered, buf_ptrs) = match registered {
         Ok(()) => {
             let fb = ring.fixed_buffers().expect("just registered");
             let ptrs = (0..count)
@@ -102,20 +160,30 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 .collect();
             (true, None, ptrs)
         }
-        Err(e) => {
-            println!(
-                "registering {} KiB of fixed buffers failed ({e}): \
-                 reading with IORING_OP_READ instead of READ_FIXED",
-                total / 1024
-            );
-            let fb =
-                FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string())?;
+        Err(kept) => {
+            let fb = match kept {
+                Some(fb) => fb,
+                None => FixedBuffers::new(count, shared.cfg.chunk as usize)
+                    .map_err(|e| e.to_string())?,
+            };
             let ptrs = (0..count)
                 .map(|i| fb.ptr(ringwork_core::buf::BufId(i)))
                 .collect();
             (false, Some(fb), ptrs)
         }
     };
+    let yes = |on: bool| if on { "on" } else { "off" };
+    let flags = ring.setup_flags();
+    println!(
+        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={}",
+        ring.sq_entries(),
+        ring.cq_entries(),
+        yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
+        yes(flags.contains(IoringSetupFlags::SQPOLL)),
+        yes(multishot_accept),
+        yes(fixed_files),
+        yes(fixed),
+    );
     let mut d = Driver {
         shared,
         ring,
@@ -123,6 +191,8 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         buf_ptrs,
         _unregistered: unregistered,
         fixed,
+        fixed_files,
+        multishot_accept,
         listener,
         direct_refused: false,
         direct_noted: false,
@@ -146,7 +216,7 @@ impl Driver<'_> {
         let sqe = Sqe::accept(
             Target::Fd(self.listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
-            true,
+            self.multishot_accept,
             false,
         )
         .user_data(ud);
@@ -225,13 +295,20 @@ impl Driver<'_> {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
+                if let (Ok(fd), false) = (res, self.fixed_files) {
+                    c.file_fd = Some(fd as i32);
+                }
                 c.http.on_open(now, res.map(|_| ()));
             }
             OpKind::Read => {
                 let buf = c.read_buf;
                 c.http.on_read(now, buf, res);
             }
-            OpKind::Close => c.http.on_file_closed(now),
+            OpKind::Close => {
+                // The descriptor is gone whatever the result (close(2) never leaves it open).
+                c.file_fd = None;
+                c.http.on_file_closed(now)
+            }
             // Cancel and shutdown results carry nothing HttpConn needs: the cancelled op's own
             // CQE reports the cancellation.
             _ => {}
@@ -250,6 +327,7 @@ impl Driver<'_> {
             how: Box::new(open_how::default()),
             read_buf: BufIx(0),
             direct: false,
+            file_fd: None,
             inflight: 0,
             closed: false,
         };
@@ -263,6 +341,7 @@ impl Driver<'_> {
     /// Turns the connection's queued operations into SQEs; frees it when it is done.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
         let fixed = self.fixed;
+        let fixed_files = self.fixed_files;
         let root = self.shared.root.as_raw_fd();
         loop {
             let generation = self.conns.generation(slot);
@@ -309,17 +388,20 @@ impl Driver<'_> {
                 }
                 Op::Open { direct } => {
                     crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
-                    let (flags, resolve) = open_flags(direct);
-                    // A direct descriptor has no close-on-exec bit; the kernel refuses
-                    // O_CLOEXEC with a file slot (EINVAL).
-                    let flags = flags - rustix::fs::OFlags::CLOEXEC;
+                    let (mut flags, resolve) = open_flags(direct);
+                    if fixed_files {
+                        // A direct descriptor has no close-on-exec bit; the kernel refuses
+                        // O_CLOEXEC with a file slot (EINVAL).
+                        flags -= rustix::fs::OFlags::CLOEXEC;
+                    }
                     c.direct = direct;
                     *c.how = open_how::default();
                     c.how.flags = u64::from(flags.bits());
                     c.how.resolve = resolve;
                     let how: *const open_how = &*c.how;
                     let path = c.http.path().as_ptr();
-                    (OpKind::Open, Sqe::openat2(root, path, how, Some(slot.0)))
+                    let file_slot = fixed_files.then_some(slot.0);
+                    (OpKind::Open, Sqe::openat2(root, path, how, file_slot))
                 }
                 Op::Read {
                     buf,
@@ -330,7 +412,7 @@ impl Driver<'_> {
                     c.read_buf = buf;
                     let index = slot.0 as usize * 2 + usize::from(buf.0);
                     let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
-                    let file = Target::Fixed(slot.0);
+                    let file = file_target(fixed_files, slot, c.file_fd);
                     let sqe = if fixed {
                         Sqe::read_fixed(file, ptr, len, offset, index as u16)
                     } else {
@@ -338,7 +420,10 @@ impl Driver<'_> {
                     };
                     (OpKind::Read, sqe)
                 }
-                Op::CloseFile => (OpKind::Close, Sqe::close(Target::Fixed(slot.0))),
+                Op::CloseFile => (
+                    OpKind::Close,
+                    Sqe::close(file_target(fixed_files, slot, c.file_fd)),
+                ),
                 Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
                 Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
                 Op::Close => {
@@ -351,6 +436,20 @@ impl Driver<'_> {
             self.push(&sqe.user_data(ud))?;
         }
     }
+}
+
+/// The open file of connection `slot`: its registered-file slot, or its descriptor.
+fn file_target(fixed_files: bool, slot: Slot, fd: Option<i32>) -> Target {
+    match (fixed_files, fd) {
+        (true, _) => Target::Fixed(slot.0),
+        // HttpConn reads and closes only after a successful open, which set the fd.
+        (false, fd) => Target::Fd(fd.expect("the open succeeded before any read or close")),
+    }
+}
+
+/// "FEATURE needs Linux X; this kernel is Y", the same words as sys's errors.
+fn unsupported(feature: &'static str, since: &'static str) -> String {
+    ringwork_sys::Error::unsupported(feature, since).to_string()
 }
 
 fn zeroed_statx() -> rustix::fs::Statx {

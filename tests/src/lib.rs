@@ -159,6 +159,23 @@ impl Server {
         }
     }
 
+    /// Waits up to `timeout` for a stdout line (after `listening on`) that `pick` accepts;
+    /// lines before it are consumed.
+    pub fn wait_for_line(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            if pick(&line) {
+                return Some(line);
+            }
+        }
+    }
+
     /// Lines the server printed on stdout after its `listening on` line, so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.lines.try_iter().collect()
