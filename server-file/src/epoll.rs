@@ -318,6 +318,9 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             }
             Op::Recv { max } => do_recv(shared, c, max),
             Op::Send(src) => do_send(shared, c, src),
+            // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
+            // --zerocopy with --backend epoll.
+            Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
             Op::Stat => {
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
@@ -434,6 +437,7 @@ mod tests {
             max_conns: 1,
             uring: crate::UringConfig::default(),
             start: Instant::now(),
+            stats: crate::Stats::default(),
         };
         (shared, dir)
     }

@@ -16,6 +16,13 @@
 //!   buffers fail (RLIMIT_MEMLOCK), the same memory is used with IORING_OP_READ and the reason
 //!   is logged; `--disable fixed-buffers` forces that path.
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
+//!   With `--zerocopy`, HttpConn sends file chunks as [`Op::SendZc`]: IORING_OP_SEND_ZC
+//!   straight from the registered chunk buffer (IORING_RECVSEND_FIXED_BUF with its index;
+//!   plain SEND_ZC when the buffers are not registered). Its token packs the connection slot
+//!   with the send's `ZcSlot`, its result and its notification go back to HttpConn (which
+//!   refills the buffer only after the notification), and the connection counts it in flight
+//!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
+//!   the `stats:` line.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
 //!
 //! A connection is freed only once HttpConn has said Close *and* every SQE submitted for it
@@ -24,11 +31,12 @@
 
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
-use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags};
+use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
+use ringwork_core::buf::ZcSlot;
 use ringwork_core::errno::RawErrno;
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
@@ -69,6 +77,8 @@ struct Driver<'s> {
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
     multishot_accept: bool,
+    /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
+    zc_report_usage: bool,
     listener: OwnedFd,
     direct_refused: bool,
     direct_noted: bool,
@@ -109,8 +119,24 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 unsupported("multishot accept", "5.19")
             );
         }
+        if shared.cfg.zerocopy {
+            probe
+                .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
+                .map_err(|e| e.to_string())?;
+        }
         (multishot_accept, want.fixed_files)
     };
+    // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
+    let zc_report_usage = shared.cfg.zerocopy
+        && ring
+            .send_zc_reports_usage()
+            .map_err(|e| format!("probing IORING_SEND_ZC_REPORT_USAGE: {e}"))?;
+    if shared.cfg.zerocopy && !zc_report_usage {
+        println!(
+            "--zerocopy: {}: zc_copied will stay 0",
+            unsupported("IORING_SEND_ZC_REPORT_USAGE", "6.2")
+        );
+    }
     // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
     // registration says which.
     let fixed_files = fixed_files
@@ -175,7 +201,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let yes = |on: bool| if on { "on" } else { "off" };
     let flags = ring.setup_flags();
     println!(
-        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={}",
+        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={}",
         ring.sq_entries(),
         ring.cq_entries(),
         yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
@@ -183,6 +209,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         yes(multishot_accept),
         yes(fixed_files),
         yes(fixed),
+        yes(shared.cfg.zerocopy),
     );
     let mut d = Driver {
         shared,
@@ -193,12 +220,19 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         fixed,
         fixed_files,
         multishot_accept,
+        zc_report_usage,
         listener,
         direct_refused: false,
         direct_noted: false,
     };
     d.arm_accept()?;
-    d.run_loop()
+    let result = d.run_loop();
+    let rs = d.ring.stats();
+    let st = &shared.stats;
+    crate::Stats::add(&st.enters, rs.enters);
+    crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
+    crate::Stats::add(&st.busy_retries, rs.busy_retries);
+    result
 }
 
 impl Driver<'_> {
@@ -207,7 +241,9 @@ impl Driver<'_> {
         // until the CQE: the connection's boxed recv buffer, statx struct and open_how, its
         // HttpConn's path and head buffers (heap, untouched by HttpConn while the op is in
         // flight), or the chunk buffers, owned by the ring or by `_unregistered` for the
-        // driver's life. A connection is freed only after all its CQEs (`inflight == 0`).
+        // driver's life. A connection is freed only after all its CQEs (`inflight == 0`,
+        // which counts a SEND_ZC until its notification), and HttpConn reads nothing into a
+        // chunk buffer whose SEND_ZC notifications are outstanding.
         unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
     }
 
@@ -274,13 +310,39 @@ impl Driver<'_> {
             return Ok(());
         }
         let now = self.shared.now();
+        // A SEND_ZC's token names the connection and the send (see `zc_token`).
+        let (token, zc_slot) = match token.kind {
+            OpKind::SendZc => (
+                Token {
+                    slot: Slot(token.slot.0 / ZC_SENDS),
+                    ..token
+                },
+                ZcSlot(token.slot.0 % ZC_SENDS),
+            ),
+            _ => (token, ZcSlot(0)),
+        };
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only at inflight == 0.
             return Ok(());
         };
-        c.inflight -= 1;
+        // A SEND_ZC is in flight until its notification, when its result promised one.
+        let notif_follows = token.kind == OpKind::SendZc && !cqe.is_notification() && cqe.more();
+        if !notif_follows {
+            c.inflight -= 1;
+        }
         let res = cqe.result();
         match token.kind {
+            OpKind::SendZc if cqe.is_notification() => {
+                let st = &self.shared.stats;
+                crate::Stats::add(&st.zc_notifs, 1);
+                // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
+                // all (always, on loopback).
+                if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                    crate::Stats::add(&st.zc_copied, 1);
+                }
+                c.http.on_send_notif(now, zc_slot);
+            }
+            OpKind::SendZc => c.http.on_send_zc(now, zc_slot, res, cqe.more()),
             OpKind::Recv => {
                 let bytes = res.map(|n| &c.recv_buf[..n as usize]);
                 c.http.on_recv(now, bytes);
@@ -357,6 +419,24 @@ impl Driver<'_> {
             };
             let sock = Target::Fd(c.sock.as_raw_fd());
             let (kind, sqe) = match op {
+                Op::SendZc {
+                    buf,
+                    start,
+                    len,
+                    slot: zc,
+                } => {
+                    let index = slot.0 as usize * 2 + usize::from(buf.0);
+                    let ptr = self.buf_ptrs[index].wrapping_add(start as usize);
+                    // Straight from the registered chunk buffer when there is one
+                    // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
+                    let fixed_buf = fixed.then_some(index as u16);
+                    let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
+                        .send_flags(SendFlags::NOSIGNAL);
+                    c.inflight += 1;
+                    let ud = zc_token(slot, generation, zc).encode();
+                    self.push(&sqe.user_data(ud))?;
+                    continue;
+                }
                 Op::Recv { max } => {
                     let len = (max as usize).min(c.recv_buf.len()) as u32;
                     (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
@@ -436,6 +516,14 @@ impl Driver<'_> {
             self.push(&sqe.user_data(ud))?;
         }
     }
+}
+
+/// A SEND_ZC's token: the connection slot and the send's [`ZcSlot`] packed into the token's
+/// slot (connection slots are below 32768 with this backend, so `slot * ZC_SENDS + zc` fits),
+/// so that its notification names exactly one send (PITFALLS #4).
+fn zc_token(slot: Slot, generation: Generation, zc: ZcSlot) -> Token {
+    debug_assert!(zc.0 < ZC_SENDS);
+    Token::new(OpKind::SendZc, Slot(slot.0 * ZC_SENDS + zc.0), generation)
 }
 
 /// The open file of connection `slot`: its registered-file slot, or its descriptor.

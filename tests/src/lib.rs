@@ -344,8 +344,8 @@ fn remove_stale_dirs(prefix: &str) {
     }
 }
 
-/// Stops a ringwork-echo server with SIGTERM; returns its `stats:` line after checking exit
-/// code 0.
+/// Stops a server (ringwork-echo or ringwork-files) with SIGTERM; returns its `stats:` line
+/// after checking exit code 0.
 pub fn terminate(mut server: Server) -> String {
     server.signal(rustix::process::Signal::TERM);
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::{once, Client};
-use ringwork_e2e::{fresh_dir, random_bytes, Server, BACKENDS};
+use ringwork_e2e::{fresh_dir, random_bytes, stat, terminate, Server, BACKENDS};
 
 /// Sizes of the fixture files `f<size>`.
 const SIZES: [usize; 6] = [0, 1, 4095, 4096, 4097, (1 << 20) + 3];
@@ -404,7 +404,34 @@ fn smallest_rings_under_a_burst_serve_every_byte() {
             once(addr, b"GET /f1 HTTP/1.1\r\nHost: t\r\n\r\n").status,
             200
         );
+        // And the burst really overflowed the 4-entry CQ (into the kernel's backlog, or
+        // refused enters retried after reaping): the path this test exists for was taken.
+        let line = terminate(s);
+        assert!(
+            stat(&line, "cq_overflows") + stat(&line, "busy_retries") > 0,
+            "{extra:?}: the CQ never overflowed: {line}"
+        );
     }
+}
+
+/// `--zerocopy`: file chunks by SEND_ZC from the registered buffers (and from plain memory
+/// with `--disable fixed-buffers`), byte-exact; every chunk's notification harvested, and
+/// the `stats:` line says how many the kernel copied anyway.
+#[test]
+fn zerocopy_downloads_are_byte_exact() {
+    scenario_downloads("uring", &["--zerocopy"]);
+    scenario_downloads("uring", &["--zerocopy", "--disable", "fixed-buffers"]);
+    scenario_ranges("uring", &["--zerocopy"]);
+    scenario_concurrency("uring", &["--zerocopy"]);
+    let s = start("uring", &["--zerocopy", "--chunk", "4096"]);
+    let r = Client::connect(s.addr).get("/f1048579", "");
+    assert!(r.status == 200 && r.body == file("f1048579"));
+    let line = terminate(s);
+    let (notifs, copied) = (stat(&line, "zc_notifs"), stat(&line, "zc_copied"));
+    // 257 chunks of 4 KiB, some sent in more than one SEND_ZC.
+    assert!(notifs >= 1_048_579 / 4096, "{line}");
+    assert!(copied <= notifs, "{line}");
+    println!("--zerocopy on loopback: {copied} of {notifs} notifications say the kernel copied");
 }
 
 /// The stall that epoll once had: closed-loop keep-alive clients, each sending its next
