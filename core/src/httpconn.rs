@@ -69,6 +69,11 @@ pub struct Config {
     /// Send file chunks with [`Op::SendZc`] (zero-copy: the buffer stays the kernel's until
     /// the send's notification). Response heads always go by [`Op::Send`].
     pub zerocopy: bool,
+    /// The driver can chain an open with the first read of the file it opens (the read
+    /// names the file by something known before the open completes: a registered-file slot,
+    /// io_uring's fixed-file assignment at issue time, Linux 5.18). Then the response is
+    /// planned at stat time and [`Op::Open`] says `link_next` when a read follows it.
+    pub link_open_read: bool,
 }
 
 impl Default for Config {
@@ -80,6 +85,7 @@ impl Default for Config {
             idle_timeout_ms: 60_000,
             direct: false,
             zerocopy: false,
+            link_open_read: false,
         }
     }
 }
@@ -148,6 +154,11 @@ pub enum Op {
     Open {
         /// Add O_DIRECT.
         direct: bool,
+        /// Submit this open and the next op polled (the file's first [`Op::Read`]) as one
+        /// IOSQE_IO_LINK chain: the read runs only once the open succeeded. When the open
+        /// fails, the read completes with ECANCELED: report both, in any order (only with
+        /// [`Config::link_open_read`]).
+        link_next: bool,
     },
     /// Read `len` bytes at file `offset` into buffer `buf` at `buf_pos`; report with
     /// [`HttpConn::on_read`].
@@ -198,8 +209,16 @@ enum Phase {
     /// A stat of the path is in flight; `index` once the path names `index.html` in a
     /// directory.
     Stat { index: bool },
-    /// The open is in flight.
-    Open { info: FileInfo, direct: bool },
+    /// The open is in flight. `planned`: the response head and body reader were made at stat
+    /// time, and the first read may be linked behind the open (and in flight).
+    Open {
+        info: FileInfo,
+        direct: bool,
+        planned: bool,
+    },
+    /// A planned open failed while its linked read was still to report (ECANCELED): `status`
+    /// goes out once it has.
+    OpenFailed { status: Status },
     /// Sending the response (head, then body chunks).
     Respond,
     /// The response is out; the file close is in flight.
@@ -395,8 +414,55 @@ impl HttpConn {
                     && info
                         .dio
                         .is_some_and(|a| self.cfg.chunk % a.unit() == 0 && a.unit() <= 65536);
-                self.phase = Phase::Open { info, direct };
-                self.push(Op::Open { direct });
+                if self.cfg.link_open_read && !direct {
+                    // Everything the response needs is known now: plan it, and let the
+                    // first read follow the open in one chain (no round trip between them).
+                    // O_DIRECT opens are not chained: their EINVAL retry would re-plan.
+                    if !self.plan_response(now, info, false) {
+                        return self.close();
+                    }
+                    self.phase = Phase::Open {
+                        info,
+                        direct,
+                        planned: true,
+                    };
+                    let r = usize::from(self.read_ix);
+                    // Only into a free buffer: one whose SEND_ZC notifications are still out
+                    // is read into later, by pump, once they are in.
+                    let next = match self.bufs[r] {
+                        BufState::Free => self.read.as_mut().and_then(FileRead::next_read),
+                        _ => None,
+                    };
+                    match next {
+                        Some(req) => {
+                            self.push(Op::Open {
+                                direct,
+                                link_next: true,
+                            });
+                            self.bufs[r] = BufState::Reading;
+                            self.push(Op::Read {
+                                buf: BufIx(self.read_ix),
+                                offset: req.offset,
+                                len: req.len,
+                                buf_pos: req.buf_pos,
+                            });
+                        }
+                        None => self.push(Op::Open {
+                            direct,
+                            link_next: false,
+                        }),
+                    }
+                } else {
+                    self.phase = Phase::Open {
+                        info,
+                        direct,
+                        planned: false,
+                    };
+                    self.push(Op::Open {
+                        direct,
+                        link_next: false,
+                    });
+                }
             }
             Ok(info) if info.kind == FileKind::Directory && !index => {
                 // A directory: its index.html, or nothing (no listings).
@@ -428,11 +494,27 @@ impl HttpConn {
     /// The open completed; `Err(INVAL)` on an O_DIRECT open makes it retry buffered.
     pub fn on_open(&mut self, now: Time, res: Result<(), RawErrno>) {
         self.last_progress = now.mono_ms;
-        let Phase::Open { info, direct } = self.phase else {
+        let Phase::Open {
+            info,
+            direct,
+            planned,
+        } = self.phase
+        else {
             // Guard: an open is only issued in Phase::Open.
             return self.close();
         };
         match res {
+            Ok(()) if planned => {
+                self.file_open = true;
+                if self.head_len == 0 {
+                    // The linked read reported a failure although its open succeeded (not
+                    // something the kernel does): the plan is gone; close, file included.
+                    return self.close();
+                }
+                // The head is ready and the first read in flight (or done): send.
+                self.phase = Phase::Respond;
+                self.pump(now);
+            }
             Ok(()) => {
                 self.file_open = true;
                 self.respond(now, info, direct);
@@ -442,12 +524,27 @@ impl HttpConn {
                 self.phase = Phase::Open {
                     info,
                     direct: false,
+                    planned: false,
                 };
-                self.push(Op::Open { direct: false });
+                self.push(Op::Open {
+                    direct: false,
+                    link_next: false,
+                });
             }
-            Err(RawErrno::NOENT | RawErrno::NOTDIR) => self.error(now, Status::NotFound),
-            // EXDEV / ELOOP: resolution left the root (a symlink out of it); EACCES; others.
-            Err(_) => self.error(now, Status::Forbidden),
+            Err(e) => {
+                let status = match e {
+                    RawErrno::NOENT | RawErrno::NOTDIR => Status::NotFound,
+                    // EXDEV / ELOOP: resolution left the root (a symlink out of it); EACCES.
+                    _ => Status::Forbidden,
+                };
+                if self.bufs.contains(&BufState::Reading) {
+                    // The linked read's ECANCELED is still to come: it owns its buffer.
+                    self.phase = Phase::OpenFailed { status };
+                } else {
+                    self.read = None;
+                    self.error(now, status);
+                }
+            }
         }
     }
 
@@ -456,6 +553,25 @@ impl HttpConn {
         self.last_progress = now.mono_ms;
         let b = usize::from(buf.0 & 1);
         debug_assert_eq!(self.bufs[b], BufState::Reading);
+        match (self.phase, res) {
+            // The open failed and this read, linked behind it, was cancelled: now the error
+            // response can go.
+            (Phase::OpenFailed { status }, _) => {
+                self.bufs[b] = BufState::Free;
+                self.read = None;
+                return self.error(now, status);
+            }
+            // The linked read reports before its open (the kernel does not promise the
+            // order): cancelled because the open failed, which on_open then reports. The
+            // plan is dropped (`head_len == 0` marks it).
+            (Phase::Open { planned: true, .. }, Err(_)) => {
+                self.bufs[b] = BufState::Free;
+                self.read = None;
+                self.head_len = 0;
+                return;
+            }
+            _ => {}
+        }
         let Some(read) = self.read.as_mut() else {
             // Guard: reads are only issued while `read` is set; it is dropped only when none
             // is in flight.
@@ -699,6 +815,17 @@ impl HttpConn {
 
     /// The file is open: decide 200 / 206 / 304 / 416 and start sending.
     fn respond(&mut self, now: Time, info: FileInfo, direct: bool) {
+        if !self.plan_response(now, info, direct) {
+            return self.close();
+        }
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    /// Decides 200 / 206 / 304 / 416 from the stat and the request: writes the head and sets
+    /// up the body reader. False when the head does not fit (close).
+    #[must_use]
+    fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
         let req = self.req.clone().unwrap_or(ReqInfo {
             head_only: true,
             keep_alive: false,
@@ -749,7 +876,7 @@ impl HttpConn {
         }
         let len = match head.write(&mut self.head) {
             Ok(len) => len,
-            Err(_) => return self.close(),
+            Err(_) => return false,
         };
         self.start_head(len);
         self.read = match body {
@@ -759,8 +886,7 @@ impl HttpConn {
             }
             _ => None,
         };
-        self.phase = Phase::Respond;
-        self.pump(now);
+        true
     }
 
     /// Issues the next send and read, or finishes the response.
@@ -920,7 +1046,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// A simulated driver: one file `f` of `size` bytes (byte i is `i % 251`), a directory
-    /// `d` without index, everything else missing. Reads and sends are cut short at random.
+    /// `d` without index, `x` that stats as a file but fails to open (a symlink out of the
+    /// root: EXDEV), everything else missing. Reads and sends are cut short at random.
+    /// Linked opens: the linked read runs after a successful open, and after a failed one
+    /// completes with ECANCELED, its CQE before or after the open's.
     struct Sim {
         conn: HttpConn,
         file: Vec<u8>,
@@ -998,7 +1127,7 @@ mod tests {
                     Op::Stat => {
                         let p = self.conn.path().to_vec();
                         let res = match &p[..] {
-                            b"f\0" => Ok(FileInfo {
+                            b"f\0" | b"x\0" => Ok(FileInfo {
                                 kind: FileKind::Regular,
                                 size: self.file.len() as u64,
                                 mtime_secs: 1_000_000,
@@ -1014,7 +1143,24 @@ mod tests {
                         };
                         self.conn.on_stat(now, res);
                     }
-                    Op::Open { direct } => {
+                    Op::Open { link_next, .. } if self.conn.path() == b"x\0" => {
+                        assert!(!self.file_open, "the slot must be closed before reuse");
+                        if !link_next {
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                            continue;
+                        }
+                        let Some(Op::Read { buf, .. }) = self.conn.poll_op() else {
+                            panic!("link_next without a read behind it");
+                        };
+                        if self.rand(2) == 0 {
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                            self.conn.on_read(now, buf, Err(RawErrno::CANCELED));
+                        } else {
+                            self.conn.on_read(now, buf, Err(RawErrno::CANCELED));
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                        }
+                    }
+                    Op::Open { direct, .. } => {
                         assert!(!self.file_open, "the slot must be closed before reuse");
                         self.file_open = true;
                         self.direct_open = direct;
@@ -1136,7 +1282,7 @@ mod tests {
     }
 
     fn sim(size: usize, chunk: u32, input: Vec<u8>, cuts: Vec<u32>) -> Sim {
-        sim_with(size, chunk, None, input, cuts, None)
+        sim_with(size, chunk, None, input, cuts, None, false)
     }
 
     /// With `dio`, statx reports that O_DIRECT alignment and the server asks for O_DIRECT.
@@ -1147,11 +1293,13 @@ mod tests {
         input: Vec<u8>,
         cuts: Vec<u32>,
         zerocopy_seed: Option<u64>,
+        links: bool,
     ) -> Sim {
         let cfg = Config {
             chunk,
             direct: dio.is_some(),
             zerocopy: zerocopy_seed.is_some(),
+            link_open_read: links,
             ..Config::default()
         };
         Sim {
@@ -1178,6 +1326,7 @@ mod tests {
         Range(u64, u64),
         Missing,
         Dir,
+        Escape,
     }
 
     fn req_strategy() -> impl Strategy<Value = Req> {
@@ -1187,6 +1336,7 @@ mod tests {
             2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
+            1 => Just(Req::Escape),
         ]
     }
 
@@ -1199,6 +1349,7 @@ mod tests {
             cuts in proptest::collection::vec(1u32..9000, 1..8),
             direct in any::<bool>(),
             zerocopy in proptest::option::of(any::<u64>()),
+            links in any::<bool>(),
         ) {
             let mut input = Vec::new();
             for r in &reqs {
@@ -1207,6 +1358,7 @@ mod tests {
                     Req::Head => "HEAD /f HTTP/1.1",
                     Req::Missing => "GET /nope HTTP/1.1",
                     Req::Dir => "GET /d/ HTTP/1.1",
+                    Req::Escape => "GET /x HTTP/1.1",
                 };
                 input.extend_from_slice(line.as_bytes());
                 input.extend_from_slice(b"\r\nHost: x\r\n");
@@ -1217,7 +1369,7 @@ mod tests {
             }
             let dio = direct.then_some(Alignment { mem: 512, offset: 512 });
             let chunk = if direct { chunk.div_ceil(512) * 512 } else { chunk };
-            let mut s = sim_with(size, chunk, dio, input, cuts, zerocopy);
+            let mut s = sim_with(size, chunk, dio, input, cuts, zerocopy, links);
             s.run();
             // All input consumed; the connection waits for more (keep-alive), never closed.
             prop_assert!(!s.closed);
@@ -1243,7 +1395,7 @@ mod tests {
                         }
                     }
                     Req::Missing => prop_assert_eq!(status, 404),
-                    Req::Dir => prop_assert_eq!(status, 403),
+                    Req::Dir | Req::Escape => prop_assert_eq!(status, 403),
                 }
             }
         }
@@ -1315,7 +1467,13 @@ mod tests {
             dio: None,
         };
         c.on_stat(now, Ok(info));
-        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Open {
+                direct: false,
+                link_next: false
+            }]
+        );
         c.on_open(now, Ok(()));
         let ops = drain_ops(&mut c);
         assert!(matches!(
@@ -1429,6 +1587,79 @@ mod tests {
         assert_eq!(drain_ops(&mut c), [], "the kernel may still read buffer 0");
         c.on_send_notif(now, slot);
         assert_eq!(drain_ops(&mut c), [Op::Close]);
+    }
+
+    /// A linked open → read chain: the read is queued right behind its open; when the open
+    /// fails its read's ECANCELED (before or after the open's CQE) releases the buffer, the
+    /// 403 goes out, and the connection serves its next request.
+    #[test]
+    fn a_broken_open_read_chain_answers_and_keeps_the_connection() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            link_open_read: true,
+            ..Config::default()
+        };
+        let info = FileInfo {
+            kind: FileKind::Regular,
+            size: 5000,
+            mtime_secs: 0,
+            dio: None,
+        };
+        for read_first in [false, true] {
+            let mut c = HttpConn::new(cfg, now);
+            drain_ops(&mut c);
+            c.on_recv(now, Ok(b"GET /out HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(drain_ops(&mut c), [Op::Stat]);
+            c.on_stat(now, Ok(info));
+            let ops = drain_ops(&mut c);
+            assert!(
+                matches!(
+                    ops[..],
+                    [
+                        Op::Open {
+                            link_next: true,
+                            ..
+                        },
+                        Op::Read {
+                            buf: BufIx(0),
+                            offset: 0,
+                            len: 4096,
+                            ..
+                        }
+                    ]
+                ),
+                "{ops:?}"
+            );
+            if read_first {
+                c.on_read(now, BufIx(0), Err(RawErrno::CANCELED));
+                assert_eq!(drain_ops(&mut c), []);
+                c.on_open(now, Err(RawErrno::XDEV));
+            } else {
+                c.on_open(now, Err(RawErrno::XDEV));
+                assert_eq!(drain_ops(&mut c), [], "the read still owns buffer 0");
+                c.on_read(now, BufIx(0), Err(RawErrno::CANCELED));
+            }
+            let ops = drain_ops(&mut c);
+            let [Op::Send(SendSrc::Head { start: 0, len })] = ops[..] else {
+                panic!("{ops:?}")
+            };
+            assert!(c.head_bytes().starts_with(b"HTTP/1.1 403"));
+            c.on_send(now, Ok(len));
+            // Keep-alive: the next request, linked again, served in full.
+            assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+            c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+            drain_ops(&mut c);
+            c.on_stat(now, Ok(info));
+            assert_eq!(drain_ops(&mut c).len(), 2);
+            c.on_open(now, Ok(()));
+            let ops = drain_ops(&mut c);
+            assert!(
+                matches!(ops[..], [Op::Send(SendSrc::Head { .. })]),
+                "{ops:?}"
+            );
+            assert!(c.head_bytes().starts_with(b"HTTP/1.1 200"));
+        }
     }
 
     #[test]

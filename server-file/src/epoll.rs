@@ -338,7 +338,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                     });
                 c.http.on_stat(shared.now(), res.map(|s| file_info(&s)));
             }
-            Op::Open { direct } => {
+            // `link_next` is never set: this backend's Config has no link_open_read.
+            Op::Open { direct, .. } => {
                 crate::note_direct(&mut direct_log.0, shared.cfg.direct, direct);
                 let (flags, resolve) = open_flags(direct);
                 // Nonblocking: should the path have become a FIFO since the stat, the open

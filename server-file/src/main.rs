@@ -137,6 +137,9 @@ enum Feature {
     DeferTaskrun,
     /// SEND_ZC: plain sends even with `--zerocopy`.
     SendZc,
+    /// Linked OPENAT2 → first READ chains (IOSQE_IO_LINK): the read is submitted after the
+    /// open's completion instead.
+    Links,
     /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
     #[value(hide = true)]
     MultishotRecv,
@@ -151,6 +154,7 @@ struct Features {
     multishot_accept: bool,
     fixed_files: bool,
     fixed_buffers: bool,
+    links: bool,
 }
 
 impl Default for Features {
@@ -159,6 +163,7 @@ impl Default for Features {
             multishot_accept: true,
             fixed_files: true,
             fixed_buffers: true,
+            links: true,
         }
     }
 }
@@ -186,6 +191,8 @@ struct Stats {
     cq_overflows: AtomicU64,
     /// io_uring_enter calls refused with EBUSY and retried after reaping.
     busy_retries: AtomicU64,
+    /// Reads linked behind an open that failed, completed with ECANCELED (broken chains).
+    link_cancels: AtomicU64,
 }
 
 impl Stats {
@@ -196,10 +203,11 @@ impl Stats {
     fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "stats: enters={} cq_overflows={} busy_retries={} zc_notifs={} zc_copied={}",
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} zc_notifs={} zc_copied={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
+            get(&self.link_cancels),
             get(&self.zc_notifs),
             get(&self.zc_copied)
         )
@@ -329,7 +337,7 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!(
                 "--disable {name}: ringwork-files does not use {name} ({why}); \
                  features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, send-zc"
+                 sqpoll, defer-taskrun, send-zc, links"
             ));
         }
     }
@@ -348,6 +356,7 @@ fn run(args: Args) -> Result<(), String> {
             multishot_accept: !disabled(Feature::MultishotAccept),
             fixed_files: !disabled(Feature::FixedFiles),
             fixed_buffers: !disabled(Feature::FixedBuffers),
+            links: !disabled(Feature::Links),
         },
     };
     let root_path = std::fs::canonicalize(&args.root)
@@ -379,6 +388,8 @@ fn run(args: Args) -> Result<(), String> {
             idle_timeout_ms: args.idle_timeout_ms,
             direct: args.direct,
             zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+            // The io_uring driver turns it on where it can chain (registered files).
+            link_open_read: false,
         },
         max_conns: args.max_conns.max(1),
         uring,

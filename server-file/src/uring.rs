@@ -79,6 +79,8 @@ struct Driver<'s> {
     multishot_accept: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
     zc_report_usage: bool,
+    /// HttpConn's settings for this ring (`link_open_read` where it can chain).
+    http_cfg: ringwork_core::httpconn::Config,
     listener: OwnedFd,
     direct_refused: bool,
     direct_noted: bool,
@@ -96,7 +98,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         println!("IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a plain ring");
     }
     let want = uc.features;
-    let (multishot_accept, fixed_files) = {
+    let (multishot_accept, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
             (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
@@ -124,7 +126,23 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
                 .map_err(|e| e.to_string())?;
         }
-        (multishot_accept, want.fixed_files)
+        // Linked open → read from the slot the open fills needs the read's fixed file looked
+        // up at issue, not at submission (Linux 5.18); 5.19's IORING_OP_SOCKET vouches.
+        let deferred_file_assignment = probe.supports(IoringOp::Socket);
+        if want.links && !deferred_file_assignment {
+            println!(
+                "{}: no linked open → read chains",
+                unsupported(
+                    "fixed-file assignment at issue time for linked requests",
+                    "5.18"
+                )
+            );
+        }
+        (
+            multishot_accept,
+            want.fixed_files,
+            want.links && deferred_file_assignment,
+        )
     };
     // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
     let zc_report_usage = shared.cfg.zerocopy
@@ -198,10 +216,16 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             (false, Some(fb), ptrs)
         }
     };
+    // A chain is two SQEs: a one-entry SQ cannot hold one.
+    let links = links && fixed_files && ring.sq_entries() >= 2;
+    let http_cfg = ringwork_core::httpconn::Config {
+        link_open_read: links,
+        ..shared.cfg
+    };
     let yes = |on: bool| if on { "on" } else { "off" };
     let flags = ring.setup_flags();
     println!(
-        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={}",
+        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={} links={}",
         ring.sq_entries(),
         ring.cq_entries(),
         yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
@@ -210,6 +234,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         yes(fixed_files),
         yes(fixed),
         yes(shared.cfg.zerocopy),
+        yes(links),
     );
     let mut d = Driver {
         shared,
@@ -221,6 +246,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         fixed_files,
         multishot_accept,
         zc_report_usage,
+        http_cfg,
         listener,
         direct_refused: false,
         direct_noted: false,
@@ -363,6 +389,9 @@ impl Driver<'_> {
                 c.http.on_open(now, res.map(|_| ()));
             }
             OpKind::Read => {
+                if res == Err(RawErrno::CANCELED) {
+                    crate::Stats::add(&self.shared.stats.link_cancels, 1);
+                }
                 let buf = c.read_buf;
                 c.http.on_read(now, buf, res);
             }
@@ -380,7 +409,7 @@ impl Driver<'_> {
 
     fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let cfg = self.shared.cfg;
+        let cfg = self.http_cfg;
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock,
@@ -400,13 +429,11 @@ impl Driver<'_> {
         }
     }
 
-    /// Turns the connection's queued operations into SQEs; frees it when it is done.
+    /// Turns the connection's queued operations into SQEs; frees it when it is done. An
+    /// [`Op::Open`] with `link_next` goes in one IOSQE_IO_LINK chain with the op after it
+    /// (its first read): HttpConn decides what is chained, this only submits it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
-        let fixed = self.fixed;
-        let fixed_files = self.fixed_files;
-        let root = self.shared.root.as_raw_fd();
         loop {
-            let generation = self.conns.generation(slot);
             let Some(c) = self.conns.get_mut(slot) else {
                 return Ok(());
             };
@@ -417,104 +444,133 @@ impl Driver<'_> {
                 }
                 return Ok(());
             };
-            let sock = Target::Fd(c.sock.as_raw_fd());
-            let (kind, sqe) = match op {
-                Op::SendZc {
-                    buf,
-                    start,
-                    len,
-                    slot: zc,
-                } => {
-                    let index = slot.0 as usize * 2 + usize::from(buf.0);
-                    let ptr = self.buf_ptrs[index].wrapping_add(start as usize);
-                    // Straight from the registered chunk buffer when there is one
-                    // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
-                    let fixed_buf = fixed.then_some(index as u16);
-                    let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
-                        .send_flags(SendFlags::NOSIGNAL);
-                    c.inflight += 1;
-                    let ud = zc_token(slot, generation, zc).encode();
-                    self.push(&sqe.user_data(ud))?;
-                    continue;
+            let link = matches!(
+                op,
+                Op::Open {
+                    link_next: true,
+                    ..
                 }
-                Op::Recv { max } => {
-                    let len = (max as usize).min(c.recv_buf.len()) as u32;
-                    (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
-                }
-                Op::Send(src) => {
-                    let (ptr, len) = match src {
-                        SendSrc::Head { start, len } => {
-                            (c.http.head_bytes()[start as usize..].as_ptr(), len)
-                        }
-                        SendSrc::Buf { buf, start, len } => {
-                            let base = self.buf_ptrs[slot.0 as usize * 2 + usize::from(buf.0)];
-                            (base.wrapping_add(start as usize).cast_const(), len)
-                        }
-                    };
-                    let sqe = Sqe::send(sock, ptr, len).send_flags(SendFlags::NOSIGNAL);
-                    (OpKind::Send, sqe)
-                }
-                Op::Stat => {
-                    let mask = StatxFlags::TYPE
-                        | StatxFlags::SIZE
-                        | StatxFlags::MTIME
-                        | StatxFlags::DIOALIGN;
-                    let stx: *mut rustix::fs::Statx = &mut *c.stx;
-                    let path = c.http.path().as_ptr();
-                    (
-                        OpKind::Statx,
-                        Sqe::statx(root, path, AtFlags::empty(), mask, stx),
-                    )
-                }
-                Op::Open { direct } => {
-                    crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
-                    let (mut flags, resolve) = open_flags(direct);
-                    if fixed_files {
-                        // A direct descriptor has no close-on-exec bit; the kernel refuses
-                        // O_CLOEXEC with a file slot (EINVAL).
-                        flags -= rustix::fs::OFlags::CLOEXEC;
-                    }
-                    c.direct = direct;
-                    *c.how = open_how::default();
-                    c.how.flags = u64::from(flags.bits());
-                    c.how.resolve = resolve;
-                    let how: *const open_how = &*c.how;
-                    let path = c.http.path().as_ptr();
-                    let file_slot = fixed_files.then_some(slot.0);
-                    (OpKind::Open, Sqe::openat2(root, path, how, file_slot))
-                }
-                Op::Read {
-                    buf,
-                    offset,
-                    len,
-                    buf_pos,
-                } => {
-                    c.read_buf = buf;
-                    let index = slot.0 as usize * 2 + usize::from(buf.0);
-                    let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
-                    let file = file_target(fixed_files, slot, c.file_fd);
-                    let sqe = if fixed {
-                        Sqe::read_fixed(file, ptr, len, offset, index as u16)
-                    } else {
-                        Sqe::read(file, ptr, len, offset)
-                    };
-                    (OpKind::Read, sqe)
-                }
-                Op::CloseFile => (
-                    OpKind::Close,
-                    Sqe::close(file_target(fixed_files, slot, c.file_fd)),
-                ),
-                Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
-                Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
-                Op::Close => {
-                    c.closed = true;
-                    continue;
-                }
+            );
+            let Some(first) = self.build_sqe(slot, op) else {
+                continue;
             };
-            c.inflight += 1;
-            let ud = Token::new(kind, slot, generation).encode();
-            self.push(&sqe.user_data(ud))?;
+            if !link {
+                self.push(&first)?;
+                continue;
+            }
+            // Guard: HttpConn queues the linked read right behind its open.
+            let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
+            let Some(second) = next.and_then(|op| self.build_sqe(slot, op)) else {
+                unreachable!("an open with link_next is followed by its read")
+            };
+            // SAFETY: as in `push`: the read's buffer is a chunk buffer that lives as long as
+            // the driver, and the open's path and open_how live in the connection, which is
+            // freed only after both CQEs (`inflight` counts each).
+            unsafe { self.ring.push_chain_or_submit(&[first, second], false) }
+                .map_err(|e| format!("io_uring submit: {e}"))?;
         }
+    }
+
+    /// The SQE (user_data set, counted in flight) for `op` of connection `slot`; `None` for
+    /// [`Op::Close`], which only marks the connection.
+    fn build_sqe(&mut self, slot: Slot, op: Op) -> Option<Sqe> {
+        let fixed = self.fixed;
+        let fixed_files = self.fixed_files;
+        let root = self.shared.root.as_raw_fd();
+        let generation = self.conns.generation(slot);
+        let c = self.conns.get_mut(slot)?;
+        let sock = Target::Fd(c.sock.as_raw_fd());
+        let (kind, sqe) = match op {
+            Op::SendZc {
+                buf,
+                start,
+                len,
+                slot: zc,
+            } => {
+                let index = slot.0 as usize * 2 + usize::from(buf.0);
+                let ptr = self.buf_ptrs[index].wrapping_add(start as usize);
+                // Straight from the registered chunk buffer when there is one
+                // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
+                let fixed_buf = fixed.then_some(index as u16);
+                let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
+                    .send_flags(SendFlags::NOSIGNAL);
+                c.inflight += 1;
+                return Some(sqe.user_data(zc_token(slot, generation, zc).encode()));
+            }
+            Op::Recv { max } => {
+                let len = (max as usize).min(c.recv_buf.len()) as u32;
+                (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
+            }
+            Op::Send(src) => {
+                let (ptr, len) = match src {
+                    SendSrc::Head { start, len } => {
+                        (c.http.head_bytes()[start as usize..].as_ptr(), len)
+                    }
+                    SendSrc::Buf { buf, start, len } => {
+                        let base = self.buf_ptrs[slot.0 as usize * 2 + usize::from(buf.0)];
+                        (base.wrapping_add(start as usize).cast_const(), len)
+                    }
+                };
+                let sqe = Sqe::send(sock, ptr, len).send_flags(SendFlags::NOSIGNAL);
+                (OpKind::Send, sqe)
+            }
+            Op::Stat => {
+                let mask =
+                    StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::DIOALIGN;
+                let stx: *mut rustix::fs::Statx = &mut *c.stx;
+                let path = c.http.path().as_ptr();
+                (
+                    OpKind::Statx,
+                    Sqe::statx(root, path, AtFlags::empty(), mask, stx),
+                )
+            }
+            Op::Open { direct, .. } => {
+                crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
+                let (mut flags, resolve) = open_flags(direct);
+                if fixed_files {
+                    // A direct descriptor has no close-on-exec bit; the kernel refuses
+                    // O_CLOEXEC with a file slot (EINVAL).
+                    flags -= rustix::fs::OFlags::CLOEXEC;
+                }
+                c.direct = direct;
+                *c.how = open_how::default();
+                c.how.flags = u64::from(flags.bits());
+                c.how.resolve = resolve;
+                let how: *const open_how = &*c.how;
+                let path = c.http.path().as_ptr();
+                let file_slot = fixed_files.then_some(slot.0);
+                (OpKind::Open, Sqe::openat2(root, path, how, file_slot))
+            }
+            Op::Read {
+                buf,
+                offset,
+                len,
+                buf_pos,
+            } => {
+                c.read_buf = buf;
+                let index = slot.0 as usize * 2 + usize::from(buf.0);
+                let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
+                let file = file_target(fixed_files, slot, c.file_fd);
+                let sqe = if fixed {
+                    Sqe::read_fixed(file, ptr, len, offset, index as u16)
+                } else {
+                    Sqe::read(file, ptr, len, offset)
+                };
+                (OpKind::Read, sqe)
+            }
+            Op::CloseFile => (
+                OpKind::Close,
+                Sqe::close(file_target(fixed_files, slot, c.file_fd)),
+            ),
+            Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
+            Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
+            Op::Close => {
+                c.closed = true;
+                return None;
+            }
+        };
+        c.inflight += 1;
+        Some(sqe.user_data(Token::new(kind, slot, generation).encode()))
     }
 }
 

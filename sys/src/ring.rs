@@ -435,7 +435,7 @@ impl Ring {
                 self.submit()?;
                 if self.sqpoll {
                     // The poller consumes the SQ in its own time: submit() only woke it.
-                    self.wait_for_sq_space()?;
+                    self.wait_for_sq_space(1)?;
                 }
                 // SAFETY: forwarded from the caller.
                 unsafe { self.push(sqe) }
@@ -444,10 +444,10 @@ impl Ring {
         }
     }
 
-    /// SQPOLL: blocks until the poller has consumed at least one SQE
-    /// (IORING_ENTER_SQ_WAIT, Linux 5.10), waking it first when it sleeps.
-    fn wait_for_sq_space(&mut self) -> Result<()> {
-        while self.sq.free_slots() == 0 {
+    /// SQPOLL: blocks until at least `slots` SQ entries are free (IORING_ENTER_SQ_WAIT, Linux
+    /// 5.10, returns once the poller consumed one or more), waking the poller when it sleeps.
+    fn wait_for_sq_space(&mut self, slots: u32) -> Result<()> {
+        while self.sq.free_slots() < slots {
             let mut flags = IoringEnterFlags::SQ_WAIT;
             if self.sqpoll_needs_wakeup() {
                 flags |= IoringEnterFlags::SQ_WAKEUP;
@@ -491,6 +491,30 @@ impl Ring {
             unsafe { self.push(&sqe)? };
         }
         Ok(())
+    }
+
+    /// Like [`Ring::push_chain`], but when the SQ lacks room for the whole chain, submits what
+    /// is queued (and with SQPOLL waits for the poller to make room) first, so the chain still
+    /// goes in one piece. A chain longer than the SQ can never fit: [`Error::InvalidConfig`].
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain.
+    pub unsafe fn push_chain_or_submit(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        if sqes.len() as u64 > u64::from(self.sq.entries()) {
+            return Err(Error::InvalidConfig("a link chain longer than the SQ"));
+        }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.push_chain(sqes, hard) } {
+            Err(Error::SubmissionQueueFull) => {
+                self.submit()?;
+                if self.sqpoll {
+                    self.wait_for_sq_space(sqes.len() as u32)?;
+                }
+                // SAFETY: forwarded from the caller.
+                unsafe { self.push_chain(sqes, hard) }
+            }
+            other => other,
+        }
     }
 
     /// Publishes queued SQEs and tells the kernel about them; returns how many it consumed.

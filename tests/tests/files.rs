@@ -318,7 +318,8 @@ fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
 }
 
 /// Every optional io_uring feature off at once.
-const DISABLE_ALL: &str = "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,send-zc";
+const DISABLE_ALL: &str =
+    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,send-zc,links";
 
 /// The fallbacks are as tested as the fast paths: the main scenarios again with every
 /// optional io_uring feature disabled (single-shot accept, plain file descriptors, plain
@@ -337,6 +338,7 @@ fn the_main_scenarios_pass_with_every_feature_disabled() {
         "multishot_accept",
         "fixed_files",
         "fixed_buffers",
+        "links",
     ] {
         assert!(line.contains(&format!("{feature}=off")), "{line}");
     }
@@ -642,4 +644,56 @@ fn sigterm_and_sigint_exit_cleanly() {
         s.signal(sig);
         assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0), "{backend}");
     }
+}
+
+/// Linked OPENAT2 → first READ chains (on by default): an open refused because a symlink
+/// leads outside the root breaks its chain, the linked read completes with ECANCELED (counted
+/// as `link_cancels`), the client still gets its 403, and the same keep-alive connection
+/// goes on serving byte-exact files. With `--disable links` the answers are the same and no
+/// read is ever cancelled.
+#[test]
+fn a_broken_open_read_chain_answers_403_and_the_connection_stays_usable() {
+    let outside = root()
+        .parent()
+        .unwrap()
+        .join(format!("ringwork-files-outside-{}", std::process::id()));
+    std::fs::write(&outside, b"must never be served").unwrap();
+    let link = root().join("outside-link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let f = file("f1048579");
+    for (extra, linked) in [
+        (&[][..], true),
+        (&["--zerocopy", "--chunk", "4096"][..], true),
+        (&["--disable", "links"][..], false),
+    ] {
+        let s = start("uring", extra);
+        let features = s
+            .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+            .expect("a features line");
+        let want = if linked { "links=on" } else { "links=off" };
+        assert!(features.contains(want), "{extra:?}: {features}");
+        let mut c = Client::connect(s.addr);
+        for _ in 0..3 {
+            let r = c.get("/outside-link", "");
+            assert_eq!(r.status, 403, "{extra:?}");
+            assert!(!r.body.windows(4).any(|w| w == b"must"), "{extra:?}");
+            let r = c.get("/f1048579", "Range: bytes=10-200000\r\n");
+            assert!(r.status == 206 && r.body == f[10..=200_000], "{extra:?}");
+            let r = c.get("/f1048579", "");
+            assert!(r.status == 200 && r.body == f, "{extra:?}");
+        }
+        let line = terminate(s);
+        let cancels = stat(&line, "link_cancels");
+        if linked {
+            assert_eq!(
+                cancels, 3,
+                "{extra:?}: one cancelled read per broken chain: {line}"
+            );
+        } else {
+            assert_eq!(cancels, 0, "{extra:?}: {line}");
+        }
+    }
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&outside).unwrap();
 }
