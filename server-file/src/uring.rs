@@ -12,6 +12,14 @@
 //!   done (HttpConn never opens before the previous close completed, so a slot never holds the
 //!   wrong file). With `--disable fixed-files`, or when the table cannot be registered,
 //!   openat2 returns a plain descriptor (O_CLOEXEC) that reads and the close name instead.
+//! - Links: with registered files HttpConn plans the response at stat time and queues the
+//!   open with `link_next`, then the file's first read; both go in as one IOSQE_IO_LINK chain
+//!   (`Ring::push_chain_or_submit`), so the read needs no round trip through this loop. The
+//!   read names slot N before the open has filled it: since Linux 5.18 a linked request's
+//!   fixed file is looked up at issue, not at submission (sys/tests/links.rs checks it).
+//!   A failed open (a symlink out of the root) cancels the read (-ECANCELED, counted as
+//!   `link_cancels`); HttpConn answers once both CQEs are in. `--disable links` submits the
+//!   read after the open's CQE instead.
 //! - Reads: IORING_OP_READ_FIXED into registered buffers 2N and 2N+1. Should registering the
 //!   buffers fail (RLIMIT_MEMLOCK), the same memory is used with IORING_OP_READ and the reason
 //!   is logged; `--disable fixed-buffers` forces that path.
