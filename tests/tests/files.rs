@@ -697,3 +697,38 @@ fn a_broken_open_read_chain_answers_403_and_the_connection_stays_usable() {
     std::fs::remove_file(&link).unwrap();
     std::fs::remove_file(&outside).unwrap();
 }
+
+/// `--sqpoll`: the kernel's poller submits; downloads and the concurrent clients byte-exact,
+/// and the features line says SQPOLL is on. A poller pinned to a CPU that does not exist is
+/// refused at start with the cause named, not silently dropped.
+#[test]
+fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
+    let s = start("uring", &["--sqpoll"]);
+    let line = s
+        .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+        .expect("a features line");
+    assert!(
+        line.contains("sqpoll=on") && line.contains("defer_taskrun=off"),
+        "{line}"
+    );
+    drop(s);
+    scenario_downloads("uring", &["--sqpoll=5"]);
+    scenario_concurrency("uring", &["--sqpoll"]);
+    let out = std::process::Command::new(ringwork_e2e::binary("ringwork-files"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sqpoll",
+            "--sqpoll-cpu",
+            "100000",
+        ])
+        .arg(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a poller on CPU 100000 was accepted");
+    assert!(
+        err.contains("IORING_SETUP_SQPOLL") && err.contains("CPU 100000"),
+        "{err}"
+    );
+}
