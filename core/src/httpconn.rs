@@ -30,6 +30,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 
+use crate::buf::{BufId, ZcSlot, ZcTracker};
 use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
@@ -65,6 +66,14 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Open files with O_DIRECT when statx reports alignments that fit the chunk size.
     pub direct: bool,
+    /// Send file chunks with [`Op::SendZc`] (zero-copy: the buffer stays the kernel's until
+    /// the send's notification). Response heads always go by [`Op::Send`].
+    pub zerocopy: bool,
+    /// The driver can chain an open with the first read of the file it opens (the read
+    /// names the file by something known before the open completes: a registered-file slot,
+    /// io_uring's fixed-file assignment at issue time, Linux 5.18). Then the response is
+    /// planned at stat time and [`Op::Open`] says `link_next` when a read follows it.
+    pub link_open_read: bool,
 }
 
 impl Default for Config {
@@ -75,6 +84,8 @@ impl Default for Config {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             direct: false,
+            zerocopy: false,
+            link_open_read: false,
         }
     }
 }
@@ -143,6 +154,11 @@ pub enum Op {
     Open {
         /// Add O_DIRECT.
         direct: bool,
+        /// Submit this open and the next op polled (the file's first [`Op::Read`]) as one
+        /// IOSQE_IO_LINK chain: the read runs only once the open succeeded. When the open
+        /// fails, the read completes with ECANCELED: report both, in any order (only with
+        /// [`Config::link_open_read`]).
+        link_next: bool,
     },
     /// Read `len` bytes at file `offset` into buffer `buf` at `buf_pos`; report with
     /// [`HttpConn::on_read`].
@@ -158,6 +174,22 @@ pub enum Op {
     },
     /// Send these bytes; report with [`HttpConn::on_send`].
     Send(SendSrc),
+    /// Zero-copy send (IORING_OP_SEND_ZC) of chunk buffer `buf`, bytes `start..start + len`
+    /// (only with [`Config::zerocopy`]). Report its result with [`HttpConn::on_send_zc`] and,
+    /// when that result said a notification follows, the notification with
+    /// [`HttpConn::on_send_notif`]: until then the kernel may still read the buffer, and the
+    /// connection neither reads into it nor emits [`Op::Close`]. `slot` names this send in
+    /// both reports (notifications of several sends may be outstanding, in any order).
+    SendZc {
+        /// Which buffer.
+        buf: BufIx,
+        /// First byte.
+        start: u32,
+        /// Byte count.
+        len: u32,
+        /// This send's identity, below [`ZC_SENDS`].
+        slot: ZcSlot,
+    },
     /// Close the open file; report with [`HttpConn::on_file_closed`].
     CloseFile,
     /// Cancel the socket operation in flight (a receive or send); it completes with an error.
@@ -177,8 +209,16 @@ enum Phase {
     /// A stat of the path is in flight; `index` once the path names `index.html` in a
     /// directory.
     Stat { index: bool },
-    /// The open is in flight.
-    Open { info: FileInfo, direct: bool },
+    /// The open is in flight. `planned`: the response head and body reader were made at stat
+    /// time, and the first read may be linked behind the open (and in flight).
+    Open {
+        info: FileInfo,
+        direct: bool,
+        planned: bool,
+    },
+    /// A planned open failed while its linked read was still to report (ECANCELED): `status`
+    /// goes out once it has.
+    OpenFailed { status: Status },
     /// Sending the response (head, then body chunks).
     Respond,
     /// The response is out; the file close is in flight.
@@ -199,7 +239,13 @@ enum BufState {
     Free,
     Reading,
     Full(Chunk),
-    Sending { chunk: Chunk, sent: u32 },
+    Sending {
+        chunk: Chunk,
+        sent: u32,
+    },
+    /// Sent in full by zero-copy sends whose notifications have not all arrived: the kernel
+    /// may still read it, so it is not free (PITFALLS #4).
+    Notif,
 }
 
 /// The request being answered.
@@ -210,6 +256,11 @@ struct ReqInfo {
     range: Option<ArrayVec<u8, 128>>,
     if_modified_since: Option<ArrayVec<u8, 64>>,
 }
+
+/// Most zero-copy sends a connection has unfinished (result or notification outstanding) at
+/// once; beyond that a chunk goes by copy ([`Op::Send`]). Sends are one at a time, and a
+/// buffer awaiting notifications is not refilled, so 8 is only exceeded by many short sends.
+pub const ZC_SENDS: u32 = 8;
 
 /// Longest response head written (no header here is longer than a date or a number).
 const HEAD_CAP: usize = 512;
@@ -236,6 +287,8 @@ pub struct HttpConn {
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
+    /// With [`Config::zerocopy`]: the SEND_ZCs not finished, and which buffer waits for them.
+    zc: Option<ZcTracker<()>>,
     /// The buffer the next read goes into, and the one whose chunk is sent next.
     read_ix: u8,
     send_ix: u8,
@@ -269,6 +322,7 @@ impl HttpConn {
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
+            zc: cfg.zerocopy.then(|| ZcTracker::new(2, ZC_SENDS)),
             read_ix: 0,
             send_ix: 0,
             recv_in_flight: false,
@@ -360,8 +414,55 @@ impl HttpConn {
                     && info
                         .dio
                         .is_some_and(|a| self.cfg.chunk % a.unit() == 0 && a.unit() <= 65536);
-                self.phase = Phase::Open { info, direct };
-                self.push(Op::Open { direct });
+                if self.cfg.link_open_read && !direct {
+                    // Everything the response needs is known now: plan it, and let the
+                    // first read follow the open in one chain (no round trip between them).
+                    // O_DIRECT opens are not chained: their EINVAL retry would re-plan.
+                    if !self.plan_response(now, info, false) {
+                        return self.close();
+                    }
+                    self.phase = Phase::Open {
+                        info,
+                        direct,
+                        planned: true,
+                    };
+                    let r = usize::from(self.read_ix);
+                    // Only into a free buffer: one whose SEND_ZC notifications are still out
+                    // is read into later, by pump, once they are in.
+                    let next = match self.bufs[r] {
+                        BufState::Free => self.read.as_mut().and_then(FileRead::next_read),
+                        _ => None,
+                    };
+                    match next {
+                        Some(req) => {
+                            self.push(Op::Open {
+                                direct,
+                                link_next: true,
+                            });
+                            self.bufs[r] = BufState::Reading;
+                            self.push(Op::Read {
+                                buf: BufIx(self.read_ix),
+                                offset: req.offset,
+                                len: req.len,
+                                buf_pos: req.buf_pos,
+                            });
+                        }
+                        None => self.push(Op::Open {
+                            direct,
+                            link_next: false,
+                        }),
+                    }
+                } else {
+                    self.phase = Phase::Open {
+                        info,
+                        direct,
+                        planned: false,
+                    };
+                    self.push(Op::Open {
+                        direct,
+                        link_next: false,
+                    });
+                }
             }
             Ok(info) if info.kind == FileKind::Directory && !index => {
                 // A directory: its index.html, or nothing (no listings).
@@ -393,11 +494,27 @@ impl HttpConn {
     /// The open completed; `Err(INVAL)` on an O_DIRECT open makes it retry buffered.
     pub fn on_open(&mut self, now: Time, res: Result<(), RawErrno>) {
         self.last_progress = now.mono_ms;
-        let Phase::Open { info, direct } = self.phase else {
+        let Phase::Open {
+            info,
+            direct,
+            planned,
+        } = self.phase
+        else {
             // Guard: an open is only issued in Phase::Open.
             return self.close();
         };
         match res {
+            Ok(()) if planned => {
+                self.file_open = true;
+                if self.head_len == 0 {
+                    // The linked read reported a failure although its open succeeded (not
+                    // something the kernel does): the plan is gone; close, file included.
+                    return self.close();
+                }
+                // The head is ready and the first read in flight (or done): send.
+                self.phase = Phase::Respond;
+                self.pump(now);
+            }
             Ok(()) => {
                 self.file_open = true;
                 self.respond(now, info, direct);
@@ -407,12 +524,27 @@ impl HttpConn {
                 self.phase = Phase::Open {
                     info,
                     direct: false,
+                    planned: false,
                 };
-                self.push(Op::Open { direct: false });
+                self.push(Op::Open {
+                    direct: false,
+                    link_next: false,
+                });
             }
-            Err(RawErrno::NOENT | RawErrno::NOTDIR) => self.error(now, Status::NotFound),
-            // EXDEV / ELOOP: resolution left the root (a symlink out of it); EACCES; others.
-            Err(_) => self.error(now, Status::Forbidden),
+            Err(e) => {
+                let status = match e {
+                    RawErrno::NOENT | RawErrno::NOTDIR => Status::NotFound,
+                    // EXDEV / ELOOP: resolution left the root (a symlink out of it); EACCES.
+                    _ => Status::Forbidden,
+                };
+                if self.bufs.contains(&BufState::Reading) {
+                    // The linked read's ECANCELED is still to come: it owns its buffer.
+                    self.phase = Phase::OpenFailed { status };
+                } else {
+                    self.read = None;
+                    self.error(now, status);
+                }
+            }
         }
     }
 
@@ -421,6 +553,25 @@ impl HttpConn {
         self.last_progress = now.mono_ms;
         let b = usize::from(buf.0 & 1);
         debug_assert_eq!(self.bufs[b], BufState::Reading);
+        match (self.phase, res) {
+            // The open failed and this read, linked behind it, was cancelled: now the error
+            // response can go.
+            (Phase::OpenFailed { status }, _) => {
+                self.bufs[b] = BufState::Free;
+                self.read = None;
+                return self.error(now, status);
+            }
+            // The linked read reports before its open (the kernel does not promise the
+            // order): cancelled because the open failed, which on_open then reports. The
+            // plan is dropped (`head_len == 0` marks it).
+            (Phase::Open { planned: true, .. }, Err(_)) => {
+                self.bufs[b] = BufState::Free;
+                self.read = None;
+                self.head_len = 0;
+                return;
+            }
+            _ => {}
+        }
         let Some(read) = self.read.as_mut() else {
             // Guard: reads are only issued while `read` is set; it is dropped only when none
             // is in flight.
@@ -459,7 +610,17 @@ impl HttpConn {
             if let BufState::Sending { chunk, sent } = self.bufs[s] {
                 let sent = sent + n.min(chunk.len - sent);
                 if sent == chunk.len {
-                    self.bufs[s] = BufState::Free;
+                    // Free now, or once the notifications of its zero-copy sends are in.
+                    let free = self
+                        .zc
+                        .as_mut()
+                        .map_or(Ok(true), |zc| zc.recycle(BufId(s as u16)));
+                    self.bufs[s] = match free {
+                        Ok(false) => BufState::Notif,
+                        // Ok(true), or Err: an index the tracker does not know was never
+                        // sent by zero copy.
+                        _ => BufState::Free,
+                    };
                     self.send_ix ^= 1;
                 } else {
                     self.bufs[s] = BufState::Sending { chunk, sent };
@@ -471,6 +632,49 @@ impl HttpConn {
             Phase::Closing => self.close(),
             _ => self.pump(now),
         }
+    }
+
+    /// The result CQE of the [`Op::SendZc`] named `slot` arrived; `more` is its
+    /// IORING_CQE_F_MORE (a notification follows). Then as [`HttpConn::on_send`].
+    pub fn on_send_zc(&mut self, now: Time, slot: ZcSlot, res: Result<u32, RawErrno>, more: bool) {
+        let Some(zc) = self.zc.as_mut() else {
+            // Guard: SendZc is only emitted with a tracker; a stray result is a driver bug.
+            return self.close();
+        };
+        match zc.on_result(slot, more) {
+            // A result that finishes the send cannot release a deferred buffer: the buffer
+            // being sent is not recycled before this very result is handled below.
+            Ok(r) => debug_assert!(r.recycle.is_none()),
+            Err(_) => return self.close(),
+        }
+        self.on_send(now, res);
+    }
+
+    /// The notification CQE (IORING_CQE_F_NOTIF) of the [`Op::SendZc`] named `slot` arrived:
+    /// the kernel is done with that send's bytes. May free its buffer for the next read, and
+    /// lets a closing connection finish.
+    pub fn on_send_notif(&mut self, now: Time, slot: ZcSlot) {
+        let Some(zc) = self.zc.as_mut() else {
+            return;
+        };
+        match zc.on_notification(slot) {
+            Ok(Some(buf)) => {
+                let b = usize::from(buf.0 & 1);
+                debug_assert_eq!(self.bufs[b], BufState::Notif);
+                self.bufs[b] = BufState::Free;
+            }
+            Ok(None) => {}
+            // A duplicate or unknown notification: a driver or kernel bug; the tracker is
+            // unchanged, and nothing here depends on it.
+            Err(_) => return,
+        }
+        // Reads may proceed into the freed buffer; a closing connection may be done.
+        self.pump(now);
+    }
+
+    /// Zero-copy sends whose result or notification is still to come.
+    pub fn zc_in_flight(&self) -> usize {
+        self.zc.as_ref().map_or(0, ZcTracker::in_flight)
     }
 
     /// The file close completed.
@@ -598,13 +802,30 @@ impl HttpConn {
     fn start_head(&mut self, len: usize) {
         self.head_len = len as u32;
         self.head_sent = 0;
-        self.bufs = [BufState::Free; 2];
-        self.read_ix = 0;
-        self.send_ix = 0;
+        // Buffers awaiting zero-copy notifications stay so; the body starts in a free one.
+        for b in &mut self.bufs {
+            if *b != BufState::Notif {
+                *b = BufState::Free;
+            }
+        }
+        let first = u8::from(self.bufs[0] == BufState::Notif && self.bufs[1] == BufState::Free);
+        self.read_ix = first;
+        self.send_ix = first;
     }
 
     /// The file is open: decide 200 / 206 / 304 / 416 and start sending.
     fn respond(&mut self, now: Time, info: FileInfo, direct: bool) {
+        if !self.plan_response(now, info, direct) {
+            return self.close();
+        }
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    /// Decides 200 / 206 / 304 / 416 from the stat and the request: writes the head and sets
+    /// up the body reader. False when the head does not fit (close).
+    #[must_use]
+    fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
         let req = self.req.clone().unwrap_or(ReqInfo {
             head_only: true,
             keep_alive: false,
@@ -655,7 +876,7 @@ impl HttpConn {
         }
         let len = match head.write(&mut self.head) {
             Ok(len) => len,
-            Err(_) => return self.close(),
+            Err(_) => return false,
         };
         self.start_head(len);
         self.read = match body {
@@ -665,8 +886,7 @@ impl HttpConn {
             }
             _ => None,
         };
-        self.phase = Phase::Respond;
-        self.pump(now);
+        true
     }
 
     /// Issues the next send and read, or finishes the response.
@@ -691,23 +911,13 @@ impl HttpConn {
                 match self.bufs[s] {
                     BufState::Full(chunk) => {
                         self.bufs[s] = BufState::Sending { chunk, sent: 0 };
-                        self.send_in_flight = true;
-                        self.push(Op::Send(SendSrc::Buf {
-                            buf: BufIx(self.send_ix),
-                            start: chunk.buf_start,
-                            len: chunk.len,
-                        }));
+                        self.send_chunk(chunk.buf_start, chunk.len);
                     }
                     BufState::Sending { chunk, sent } => {
                         // A short send: exactly the remainder.
-                        self.send_in_flight = true;
-                        self.push(Op::Send(SendSrc::Buf {
-                            buf: BufIx(self.send_ix),
-                            start: chunk.buf_start + sent,
-                            len: chunk.len - sent,
-                        }));
+                        self.send_chunk(chunk.buf_start + sent, chunk.len - sent);
                     }
-                    BufState::Free | BufState::Reading => {}
+                    BufState::Free | BufState::Reading | BufState::Notif => {}
                 }
             }
         }
@@ -729,10 +939,34 @@ impl HttpConn {
             Some(read) => read.done(),
         };
         let idle = !self.send_in_flight && !self.bufs.contains(&BufState::Reading);
-        if idle && body_done && self.head_sent == self.head_len && self.bufs == [BufState::Free; 2]
-        {
+        // Buffers awaiting notifications do not hold the response up: its bytes are out.
+        let drained = self
+            .bufs
+            .iter()
+            .all(|b| matches!(b, BufState::Free | BufState::Notif));
+        if idle && body_done && self.head_sent == self.head_len && drained {
             self.finish(now);
         }
+    }
+
+    /// Sends `len` bytes of the chunk buffer `send_ix` from `start`: by zero copy when
+    /// configured and a tracker slot is free, else by copy.
+    fn send_chunk(&mut self, start: u32, len: u32) {
+        self.send_in_flight = true;
+        let buf = BufIx(self.send_ix);
+        let slot = self
+            .zc
+            .as_mut()
+            .and_then(|zc| zc.submit((), BufId(u16::from(buf.0))).ok().flatten());
+        self.push(match slot {
+            Some(slot) => Op::SendZc {
+                buf,
+                start,
+                len,
+                slot,
+            },
+            None => Op::Send(SendSrc::Buf { buf, start, len }),
+        });
     }
 
     /// The response is out.
@@ -794,6 +1028,11 @@ impl HttpConn {
             }
             return;
         }
+        if self.zc_in_flight() > 0 {
+            // The kernel may still read a chunk buffer: on_send_notif (or the last result)
+            // calls back here.
+            return;
+        }
         self.phase = Phase::Closed;
         self.push(Op::Close);
     }
@@ -807,7 +1046,10 @@ mod tests {
     use proptest::prelude::*;
 
     /// A simulated driver: one file `f` of `size` bytes (byte i is `i % 251`), a directory
-    /// `d` without index, everything else missing. Reads and sends are cut short at random.
+    /// `d` without index, `x` that stats as a file but fails to open (a symlink out of the
+    /// root: EXDEV), everything else missing. Reads and sends are cut short at random.
+    /// Linked opens: the linked read runs after a successful open, and after a failed one
+    /// completes with ECANCELED, its CQE before or after the open's.
     struct Sim {
         conn: HttpConn,
         file: Vec<u8>,
@@ -820,9 +1062,34 @@ mod tests {
         file_open: bool,
         dio: Option<Alignment>,
         direct_open: bool,
+        /// Zero-copy sends whose notification is still to come: slot, buffer, and the bytes
+        /// the kernel may still read there (position and a snapshot to compare with).
+        zc_pending: Vec<(ZcSlot, usize, usize, Vec<u8>)>,
+        /// xorshift state choosing when notifications arrive and in which order.
+        rng: u64,
     }
 
     impl Sim {
+        fn rand(&mut self, n: usize) -> usize {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng % n as u64) as usize
+        }
+
+        /// One outstanding notification, picked at random (any order): the kernel is done
+        /// with the bytes, which must still be the ones it was given.
+        fn notify_one(&mut self) {
+            let k = self.rand(self.zc_pending.len());
+            let (slot, buf, pos, snapshot) = self.zc_pending.swap_remove(k);
+            assert_eq!(
+                &self.bufs[buf][pos..pos + snapshot.len()],
+                &snapshot[..],
+                "a buffer was reused before its SEND_ZC notification"
+            );
+            self.conn.on_send_notif(Time::default(), slot);
+        }
+
         fn cut(&mut self, n: u32) -> u32 {
             let c = self.cuts[self.cut_ix % self.cuts.len()];
             self.cut_ix += 1;
@@ -832,9 +1099,22 @@ mod tests {
         fn run(&mut self) {
             let now = Time::default();
             let mut steps = 0;
-            while let Some(op) = self.conn.poll_op() {
+            loop {
+                let op = match self.conn.poll_op() {
+                    Some(op) => op,
+                    // Nothing else to do: the notifications still owed come in.
+                    None if !self.zc_pending.is_empty() => {
+                        self.notify_one();
+                        continue;
+                    }
+                    None => break,
+                };
                 steps += 1;
                 assert!(steps < 1_000_000, "no progress");
+                // Notifications also come between other completions, late and out of order.
+                if !self.zc_pending.is_empty() && self.rand(3) == 0 {
+                    self.notify_one();
+                }
                 match op {
                     Op::Recv { .. } if self.input.is_empty() => {
                         // Nothing more to receive: the receive stays pending.
@@ -847,7 +1127,7 @@ mod tests {
                     Op::Stat => {
                         let p = self.conn.path().to_vec();
                         let res = match &p[..] {
-                            b"f\0" => Ok(FileInfo {
+                            b"f\0" | b"x\0" => Ok(FileInfo {
                                 kind: FileKind::Regular,
                                 size: self.file.len() as u64,
                                 mtime_secs: 1_000_000,
@@ -863,7 +1143,24 @@ mod tests {
                         };
                         self.conn.on_stat(now, res);
                     }
-                    Op::Open { direct } => {
+                    Op::Open { link_next, .. } if self.conn.path() == b"x\0" => {
+                        assert!(!self.file_open, "the slot must be closed before reuse");
+                        if !link_next {
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                            continue;
+                        }
+                        let Some(Op::Read { buf, .. }) = self.conn.poll_op() else {
+                            panic!("link_next without a read behind it");
+                        };
+                        if self.rand(2) == 0 {
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                            self.conn.on_read(now, buf, Err(RawErrno::CANCELED));
+                        } else {
+                            self.conn.on_read(now, buf, Err(RawErrno::CANCELED));
+                            self.conn.on_open(now, Err(RawErrno::XDEV));
+                        }
+                    }
+                    Op::Open { direct, .. } => {
                         assert!(!self.file_open, "the slot must be closed before reuse");
                         self.file_open = true;
                         self.direct_open = direct;
@@ -876,6 +1173,10 @@ mod tests {
                         buf_pos,
                     } => {
                         assert!(self.file_open);
+                        assert!(
+                            self.zc_pending.iter().all(|p| p.1 != usize::from(buf.0)),
+                            "a read into a buffer with a SEND_ZC notification outstanding"
+                        );
                         if self.direct_open {
                             let unit = u64::from(self.dio.unwrap().unit());
                             assert_eq!(offset % unit, 0, "O_DIRECT offset alignment");
@@ -912,6 +1213,28 @@ mod tests {
                         self.out.extend_from_slice(&bytes[..n]);
                         self.conn.on_send(now, Ok(n as u32));
                     }
+                    Op::SendZc {
+                        buf,
+                        start,
+                        len,
+                        slot,
+                    } => {
+                        let b = usize::from(buf.0);
+                        let (start, len) = (start as usize, len as usize);
+                        let n = self.cut(len as u32) as usize;
+                        let bytes = self.bufs[b][start..start + n].to_vec();
+                        self.out.extend_from_slice(&bytes);
+                        self.zc_pending.push((slot, b, start, bytes));
+                        if self.rand(4) == 0 {
+                            // The notification before the result (the kernel does not
+                            // promise their order).
+                            let last = self.zc_pending.len() - 1;
+                            self.zc_pending.swap(0, last);
+                            let (slot, ..) = self.zc_pending.remove(0);
+                            self.conn.on_send_notif(now, slot);
+                        }
+                        self.conn.on_send_zc(now, slot, Ok(n as u32), true);
+                    }
                     Op::CloseFile => {
                         assert!(self.file_open);
                         self.file_open = false;
@@ -921,6 +1244,10 @@ mod tests {
                     Op::Cancel => panic!("nothing to cancel in this simulation"),
                     Op::Close => {
                         assert!(!self.file_open, "file left open at close");
+                        assert!(
+                            self.zc_pending.is_empty(),
+                            "closed with SEND_ZC notifications outstanding"
+                        );
                         self.closed = true;
                     }
                 }
@@ -955,7 +1282,7 @@ mod tests {
     }
 
     fn sim(size: usize, chunk: u32, input: Vec<u8>, cuts: Vec<u32>) -> Sim {
-        sim_with(size, chunk, None, input, cuts)
+        sim_with(size, chunk, None, input, cuts, None, false)
     }
 
     /// With `dio`, statx reports that O_DIRECT alignment and the server asks for O_DIRECT.
@@ -965,10 +1292,14 @@ mod tests {
         dio: Option<Alignment>,
         input: Vec<u8>,
         cuts: Vec<u32>,
+        zerocopy_seed: Option<u64>,
+        links: bool,
     ) -> Sim {
         let cfg = Config {
             chunk,
             direct: dio.is_some(),
+            zerocopy: zerocopy_seed.is_some(),
+            link_open_read: links,
             ..Config::default()
         };
         Sim {
@@ -983,6 +1314,8 @@ mod tests {
             file_open: false,
             dio,
             direct_open: false,
+            zc_pending: Vec::new(),
+            rng: zerocopy_seed.unwrap_or(1) | 1,
         }
     }
 
@@ -993,6 +1326,7 @@ mod tests {
         Range(u64, u64),
         Missing,
         Dir,
+        Escape,
     }
 
     fn req_strategy() -> impl Strategy<Value = Req> {
@@ -1002,6 +1336,7 @@ mod tests {
             2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
+            1 => Just(Req::Escape),
         ]
     }
 
@@ -1013,6 +1348,8 @@ mod tests {
             reqs in proptest::collection::vec(req_strategy(), 1..6),
             cuts in proptest::collection::vec(1u32..9000, 1..8),
             direct in any::<bool>(),
+            zerocopy in proptest::option::of(any::<u64>()),
+            links in any::<bool>(),
         ) {
             let mut input = Vec::new();
             for r in &reqs {
@@ -1021,6 +1358,7 @@ mod tests {
                     Req::Head => "HEAD /f HTTP/1.1",
                     Req::Missing => "GET /nope HTTP/1.1",
                     Req::Dir => "GET /d/ HTTP/1.1",
+                    Req::Escape => "GET /x HTTP/1.1",
                 };
                 input.extend_from_slice(line.as_bytes());
                 input.extend_from_slice(b"\r\nHost: x\r\n");
@@ -1031,11 +1369,12 @@ mod tests {
             }
             let dio = direct.then_some(Alignment { mem: 512, offset: 512 });
             let chunk = if direct { chunk.div_ceil(512) * 512 } else { chunk };
-            let mut s = sim_with(size, chunk, dio, input, cuts);
+            let mut s = sim_with(size, chunk, dio, input, cuts, zerocopy, links);
             s.run();
             // All input consumed; the connection waits for more (keep-alive), never closed.
             prop_assert!(!s.closed);
             prop_assert!(!s.file_open);
+            prop_assert_eq!(s.conn.zc_in_flight(), 0);
             let head_only: Vec<bool> = reqs.iter().map(|r| matches!(r, Req::Head)).collect();
             let got = responses(&s.out, &head_only);
             prop_assert_eq!(got.len(), reqs.len());
@@ -1056,7 +1395,7 @@ mod tests {
                         }
                     }
                     Req::Missing => prop_assert_eq!(status, 404),
-                    Req::Dir => prop_assert_eq!(status, 403),
+                    Req::Dir | Req::Escape => prop_assert_eq!(status, 403),
                 }
             }
         }
@@ -1128,7 +1467,13 @@ mod tests {
             dio: None,
         };
         c.on_stat(now, Ok(info));
-        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Open {
+                direct: false,
+                link_next: false
+            }]
+        );
         c.on_open(now, Ok(()));
         let ops = drain_ops(&mut c);
         assert!(matches!(
@@ -1142,6 +1487,179 @@ mod tests {
         c.on_file_closed(now);
         assert_eq!(drain_ops(&mut c), [Op::Close]);
         assert!(c.is_closed());
+    }
+
+    /// A SEND_ZC chunk whose notification is late: the next read waits for it when it needs
+    /// that buffer, and a connection that fails meanwhile closes only after it.
+    #[test]
+    fn zero_copy_buffers_wait_for_their_notifications() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            zerocopy: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        drain_ops(&mut c);
+        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+        drain_ops(&mut c);
+        let info = FileInfo {
+            kind: FileKind::Regular,
+            size: 3 * 4096,
+            mtime_secs: 0,
+            dio: None,
+        };
+        c.on_stat(now, Ok(info));
+        drain_ops(&mut c);
+        c.on_open(now, Ok(()));
+        assert!(matches!(
+            drain_ops(&mut c)[..],
+            [
+                Op::Send(SendSrc::Head { .. }),
+                Op::Read { buf: BufIx(0), .. }
+            ]
+        ));
+        let head_len = c.head_bytes().len() as u32;
+        c.on_send(now, Ok(head_len));
+        c.on_read(now, BufIx(0), Ok(4096));
+        let ops = drain_ops(&mut c);
+        let slot0 = match ops[..] {
+            [Op::SendZc {
+                buf: BufIx(0),
+                start: 0,
+                len: 4096,
+                slot,
+            }, Op::Read { buf: BufIx(1), .. }] => slot,
+            _ => panic!("{ops:?}"),
+        };
+        // Buffer 0 is out but not notified; buffer 1 fills: its send goes, but the third
+        // chunk must not be read into buffer 0 yet.
+        c.on_send_zc(now, slot0, Ok(4096), true);
+        c.on_read(now, BufIx(1), Ok(4096));
+        let ops = drain_ops(&mut c);
+        let slot1 = match ops[..] {
+            [Op::SendZc {
+                buf: BufIx(1),
+                slot,
+                ..
+            }] => slot,
+            _ => panic!("{ops:?}"),
+        };
+        assert_eq!(c.zc_in_flight(), 2);
+        c.on_send_notif(now, slot0);
+        assert!(matches!(
+            drain_ops(&mut c)[..],
+            [Op::Read { buf: BufIx(0), .. }]
+        ));
+        // The peer goes away: the send fails (no notification promised), the read
+        // completes, the file closes, and Close still waits for buffer 1's notification.
+        c.on_send_zc(now, slot1, Err(RawErrno::PIPE), false);
+        assert_eq!(c.zc_in_flight(), 0);
+        c.on_read(now, BufIx(0), Ok(4096));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+
+        // And with a notification outstanding at the failure: Close waits for it.
+        let mut c = HttpConn::new(cfg, now);
+        drain_ops(&mut c);
+        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+        drain_ops(&mut c);
+        c.on_stat(now, Ok(info));
+        drain_ops(&mut c);
+        c.on_open(now, Ok(()));
+        drain_ops(&mut c);
+        c.on_send(now, Ok(head_len));
+        c.on_read(now, BufIx(0), Ok(4096));
+        let Some(Op::SendZc { slot, .. }) = c.poll_op() else {
+            panic!("no SendZc")
+        };
+        drain_ops(&mut c);
+        // Short: 100 bytes out, notification owed; the remainder fails.
+        c.on_send_zc(now, slot, Ok(100), true);
+        let Some(Op::SendZc { slot: rest, .. }) = c.poll_op() else {
+            panic!("no remainder")
+        };
+        c.on_send_zc(now, rest, Err(RawErrno::CONNRESET), false);
+        c.on_read(now, BufIx(1), Ok(4096));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [], "the kernel may still read buffer 0");
+        c.on_send_notif(now, slot);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+    }
+
+    /// A linked open → read chain: the read is queued right behind its open; when the open
+    /// fails its read's ECANCELED (before or after the open's CQE) releases the buffer, the
+    /// 403 goes out, and the connection serves its next request.
+    #[test]
+    fn a_broken_open_read_chain_answers_and_keeps_the_connection() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            link_open_read: true,
+            ..Config::default()
+        };
+        let info = FileInfo {
+            kind: FileKind::Regular,
+            size: 5000,
+            mtime_secs: 0,
+            dio: None,
+        };
+        for read_first in [false, true] {
+            let mut c = HttpConn::new(cfg, now);
+            drain_ops(&mut c);
+            c.on_recv(now, Ok(b"GET /out HTTP/1.1\r\nHost: x\r\n\r\n"));
+            assert_eq!(drain_ops(&mut c), [Op::Stat]);
+            c.on_stat(now, Ok(info));
+            let ops = drain_ops(&mut c);
+            assert!(
+                matches!(
+                    ops[..],
+                    [
+                        Op::Open {
+                            link_next: true,
+                            ..
+                        },
+                        Op::Read {
+                            buf: BufIx(0),
+                            offset: 0,
+                            len: 4096,
+                            ..
+                        }
+                    ]
+                ),
+                "{ops:?}"
+            );
+            if read_first {
+                c.on_read(now, BufIx(0), Err(RawErrno::CANCELED));
+                assert_eq!(drain_ops(&mut c), []);
+                c.on_open(now, Err(RawErrno::XDEV));
+            } else {
+                c.on_open(now, Err(RawErrno::XDEV));
+                assert_eq!(drain_ops(&mut c), [], "the read still owns buffer 0");
+                c.on_read(now, BufIx(0), Err(RawErrno::CANCELED));
+            }
+            let ops = drain_ops(&mut c);
+            let [Op::Send(SendSrc::Head { start: 0, len })] = ops[..] else {
+                panic!("{ops:?}")
+            };
+            assert!(c.head_bytes().starts_with(b"HTTP/1.1 403"));
+            c.on_send(now, Ok(len));
+            // Keep-alive: the next request, linked again, served in full.
+            assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+            c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
+            drain_ops(&mut c);
+            c.on_stat(now, Ok(info));
+            assert_eq!(drain_ops(&mut c).len(), 2);
+            c.on_open(now, Ok(()));
+            let ops = drain_ops(&mut c);
+            assert!(
+                matches!(ops[..], [Op::Send(SendSrc::Head { .. })]),
+                "{ops:?}"
+            );
+            assert!(c.head_bytes().starts_with(b"HTTP/1.1 200"));
+        }
     }
 
     #[test]

@@ -318,6 +318,9 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             }
             Op::Recv { max } => do_recv(shared, c, max),
             Op::Send(src) => do_send(shared, c, src),
+            // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
+            // --zerocopy with --backend epoll.
+            Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
             Op::Stat => {
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
@@ -335,7 +338,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                     });
                 c.http.on_stat(shared.now(), res.map(|s| file_info(&s)));
             }
-            Op::Open { direct } => {
+            // `link_next` is never set: this backend's Config has no link_open_read.
+            Op::Open { direct, .. } => {
                 crate::note_direct(&mut direct_log.0, shared.cfg.direct, direct);
                 let (flags, resolve) = open_flags(direct);
                 // Nonblocking: should the path have become a FIFO since the stat, the open
@@ -432,7 +436,9 @@ mod tests {
             root,
             cfg,
             max_conns: 1,
+            uring: crate::UringConfig::default(),
             start: Instant::now(),
+            stats: crate::Stats::default(),
         };
         (shared, dir)
     }

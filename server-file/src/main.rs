@@ -13,6 +13,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -56,6 +57,34 @@ struct Args {
     /// Most connections per thread; more are accepted and closed at once.
     #[arg(long, default_value_t = 256)]
     max_conns: u32,
+    /// io_uring: submission queue entries per ring, a power of two up to 16384 (the
+    /// completion queue gets four times as many). Connections wait for room when a burst
+    /// fills it; nothing is lost.
+    #[arg(long, default_value_t = 1024)]
+    sq_entries: u32,
+    /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
+    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
+    /// the kernel refuses SQPOLL the server exits with the reason.
+    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
+    sqpoll: Option<u32>,
+    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    #[arg(long, value_name = "CPU", requires = "sqpoll")]
+    sqpoll_cpu: Option<u32>,
+    /// io_uring: send file chunks with IORING_OP_SEND_ZC (Linux 6.0) straight from the
+    /// registered chunk buffer, with IORING_SEND_ZC_REPORT_USAGE (6.2); a buffer is refilled
+    /// only after its notification. The `stats:` line at shutdown says how often the kernel
+    /// copied anyway (always, on loopback).
+    #[arg(long)]
+    zerocopy: bool,
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
+    /// feature wins over the flag that asks for it (`--sqpoll`, `--zerocopy`).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "FEATURE[,FEATURE]"
+    )]
+    disable: Vec<Feature>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -69,12 +98,120 @@ enum Backend {
     Epoll,
 }
 
+/// How the io_uring backend sets up its rings and which of its features it uses.
+#[derive(Clone, Copy, Debug)]
+struct UringConfig {
+    sq_entries: u32,
+    /// SQPOLL, when asked for (and not disabled).
+    sqpoll: Option<ringwork_sys::SqPoll>,
+    /// Try SINGLE_ISSUER | DEFER_TASKRUN (a plain ring when refused).
+    defer_taskrun: bool,
+    features: Features,
+}
+
+impl Default for UringConfig {
+    fn default() -> Self {
+        Self {
+            sq_entries: 1024,
+            sqpoll: None,
+            defer_taskrun: true,
+            features: Features::default(),
+        }
+    }
+}
+
+/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
+/// kernels where the feature misbehaves: PITFALLS #8). The names are ringwork-echo's where
+/// they apply.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Feature {
+    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
+    MultishotAccept,
+    /// Registered files: openat2 into a plain descriptor (O_CLOEXEC), reads and close by fd.
+    FixedFiles,
+    /// Registered buffers: IORING_OP_READ instead of READ_FIXED.
+    FixedBuffers,
+    /// SQPOLL: no kernel poller even with `--sqpoll`.
+    Sqpoll,
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    DeferTaskrun,
+    /// SEND_ZC: plain sends even with `--zerocopy`.
+    SendZc,
+    /// Linked OPENAT2 → first READ chains (IOSQE_IO_LINK): the read is submitted after the
+    /// open's completion instead.
+    Links,
+    /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
+    #[value(hide = true)]
+    MultishotRecv,
+    /// ringwork-echo's; refused here (ringwork-files uses no provided buffer ring).
+    #[value(hide = true)]
+    PbufRing,
+}
+
+/// Which io_uring features the backend uses (each probed; `--disable` forces the fallback).
+#[derive(Clone, Copy, Debug)]
+struct Features {
+    multishot_accept: bool,
+    fixed_files: bool,
+    fixed_buffers: bool,
+    links: bool,
+}
+
+impl Default for Features {
+    fn default() -> Self {
+        Self {
+            multishot_accept: true,
+            fixed_files: true,
+            fixed_buffers: true,
+            links: true,
+        }
+    }
+}
+
 /// What every worker thread shares.
 struct Shared {
     root: OwnedFd,
     cfg: Config,
     max_conns: u32,
+    uring: UringConfig,
     start: Instant,
+    stats: Stats,
+}
+
+/// Counters the workers add to, printed as one `stats:` line at shutdown.
+#[derive(Default)]
+struct Stats {
+    /// SEND_ZC notifications harvested.
+    zc_notifs: AtomicU64,
+    /// Notifications saying the kernel copied anyway (IORING_NOTIF_USAGE_ZC_COPIED).
+    zc_copied: AtomicU64,
+    /// io_uring_enter calls.
+    enters: AtomicU64,
+    /// Times the CQ was seen overflowed into the kernel's backlog (IORING_SQ_CQ_OVERFLOW).
+    cq_overflows: AtomicU64,
+    /// io_uring_enter calls refused with EBUSY and retried after reaping.
+    busy_retries: AtomicU64,
+    /// Reads linked behind an open that failed, completed with ECANCELED (broken chains).
+    link_cancels: AtomicU64,
+}
+
+impl Stats {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn line(&self) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        format!(
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} zc_notifs={} zc_copied={}",
+            get(&self.enters),
+            get(&self.cq_overflows),
+            get(&self.busy_retries),
+            get(&self.link_cancels),
+            get(&self.zc_notifs),
+            get(&self.zc_copied)
+        )
+    }
 }
 
 impl Shared {
@@ -172,6 +309,56 @@ fn run(args: Args) -> Result<(), String> {
     if args.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
+        return Err("--sq-entries must be a power of two from 1 to 16384".into());
+    }
+    if args.backend == Backend::Epoll && args.sqpoll.is_some() {
+        return Err("--sqpoll applies to --backend uring only".into());
+    }
+    if args.backend == Backend::Epoll && args.zerocopy {
+        return Err("--zerocopy applies to --backend uring only".into());
+    }
+    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+        return Err("--disable applies to --backend uring only".into());
+    }
+    for (feature, name, why) in [
+        (
+            Feature::MultishotRecv,
+            "multishot-recv",
+            "it receives request heads with single-shot IORING_OP_RECV",
+        ),
+        (
+            Feature::PbufRing,
+            "pbuf-ring",
+            "it receives into a per-connection buffer, not a provided buffer ring",
+        ),
+    ] {
+        if args.disable.contains(&feature) {
+            return Err(format!(
+                "--disable {name}: ringwork-files does not use {name} ({why}); \
+                 features it can disable: multishot-accept, fixed-files, fixed-buffers, \
+                 sqpoll, defer-taskrun, send-zc, links"
+            ));
+        }
+    }
+    let disabled = |f| args.disable.contains(&f);
+    let uring = UringConfig {
+        sq_entries: args.sq_entries,
+        sqpoll: args
+            .sqpoll
+            .filter(|_| !disabled(Feature::Sqpoll))
+            .map(|idle_ms| ringwork_sys::SqPoll {
+                idle_ms,
+                cpu: args.sqpoll_cpu,
+            }),
+        defer_taskrun: !disabled(Feature::DeferTaskrun),
+        features: Features {
+            multishot_accept: !disabled(Feature::MultishotAccept),
+            fixed_files: !disabled(Feature::FixedFiles),
+            fixed_buffers: !disabled(Feature::FixedBuffers),
+            links: !disabled(Feature::Links),
+        },
+    };
     let root_path = std::fs::canonicalize(&args.root)
         .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
     let root = rustix::fs::open(
@@ -200,9 +387,14 @@ fn run(args: Args) -> Result<(), String> {
             header_timeout_ms: args.header_timeout_ms,
             idle_timeout_ms: args.idle_timeout_ms,
             direct: args.direct,
+            zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+            // The io_uring driver turns it on where it can chain (registered files).
+            link_open_read: false,
         },
         max_conns: args.max_conns.max(1),
+        uring,
         start: Instant::now(),
+        stats: Stats::default(),
     });
 
     println!(
@@ -249,6 +441,7 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => failure = Some("a worker thread panicked".into()),
         }
     }
+    println!("{}", shared.stats.line());
     match failure {
         None => Ok(()),
         Some(e) => Err(e),

@@ -1,16 +1,36 @@
 //! The io_uring driver: turns HttpConn's operations into SQEs and its completions back into
 //! events.
 //!
-//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE.
+//! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
+//!   instead when asked (`RingParams::build_server`). One `io_uring:` line per worker says
+//!   which features are in use.
+//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE (single-shot,
+//!   re-armed per connection, without Linux 5.19 or with `--disable multishot-accept`).
 //! - Files: IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH
 //!   | RESOLVE_NO_MAGICLINKS) straight into registered-file slot N for connection slot N; reads
 //!   name `Target::Fixed(N)`, and the slot is closed with IORING_OP_CLOSE when the response is
 //!   done (HttpConn never opens before the previous close completed, so a slot never holds the
-//!   wrong file).
+//!   wrong file). With `--disable fixed-files`, or when the table cannot be registered,
+//!   openat2 returns a plain descriptor (O_CLOEXEC) that reads and the close name instead.
+//! - Links: with registered files HttpConn plans the response at stat time and queues the
+//!   open with `link_next`, then the file's first read; both go in as one IOSQE_IO_LINK chain
+//!   (`Ring::push_chain_or_submit`), so the read needs no round trip through this loop. The
+//!   read names slot N before the open has filled it: since Linux 5.18 a linked request's
+//!   fixed file is looked up at issue, not at submission (sys/tests/links.rs checks it).
+//!   A failed open (a symlink out of the root) cancels the read (-ECANCELED, counted as
+//!   `link_cancels`); HttpConn answers once both CQEs are in. `--disable links` submits the
+//!   read after the open's CQE instead.
 //! - Reads: IORING_OP_READ_FIXED into registered buffers 2N and 2N+1. Should registering the
 //!   buffers fail (RLIMIT_MEMLOCK), the same memory is used with IORING_OP_READ and the reason
-//!   is logged.
+//!   is logged; `--disable fixed-buffers` forces that path.
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
+//!   With `--zerocopy`, HttpConn sends file chunks as [`Op::SendZc`]: IORING_OP_SEND_ZC
+//!   straight from the registered chunk buffer (IORING_RECVSEND_FIXED_BUF with its index;
+//!   plain SEND_ZC when the buffers are not registered). Its token packs the connection slot
+//!   with the send's `ZcSlot`, its result and its notification go back to HttpConn (which
+//!   refills the buffer only after the notification), and the connection counts it in flight
+//!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
+//!   the `stats:` line.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
 //!
 //! A connection is freed only once HttpConn has said Close *and* every SQE submitted for it
@@ -19,11 +39,12 @@
 
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
-use rustix::io_uring::{open_how, IoringOp};
+use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
+use ringwork_core::buf::ZcSlot;
 use ringwork_core::errno::RawErrno;
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
@@ -44,6 +65,8 @@ struct Conn {
     read_buf: BufIx,
     /// The open in flight asked for O_DIRECT.
     direct: bool,
+    /// Without registered files: the open file's descriptor (closed by IORING_OP_CLOSE).
+    file_fd: Option<i32>,
     /// SQEs submitted for this connection whose CQEs have not arrived.
     inflight: u32,
     /// HttpConn said Close.
@@ -59,6 +82,13 @@ struct Driver<'s> {
     /// The buffers when they could not be registered (kept alive here; plain reads).
     _unregistered: Option<FixedBuffers>,
     fixed: bool,
+    /// Files open into registered-file slot N for connection slot N (else plain fds).
+    fixed_files: bool,
+    multishot_accept: bool,
+    /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
+    zc_report_usage: bool,
+    /// HttpConn's settings for this ring (`link_open_read` where it can chain).
+    http_cfg: ringwork_core::httpconn::Config,
     listener: OwnedFd,
     direct_refused: bool,
     direct_noted: bool,
@@ -67,30 +97,114 @@ struct Driver<'s> {
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let slots = shared.max_conns;
-    let mut ring = RingParams::new(256)
-        .cq_entries(4096)
-        .build()
+    let uc = shared.uring;
+    let (mut ring, refused) = RingParams::new(uc.sq_entries)
+        .cq_entries(uc.sq_entries * 4)
+        .build_server(uc.sqpoll, uc.defer_taskrun)
         .map_err(|e| format!("cannot set up io_uring: {e}"))?;
-    {
+    if let Some(e) = refused {
+        println!("IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a plain ring");
+    }
+    let want = uc.features;
+    let (multishot_accept, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
+            (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
             (IoringOp::Openat2, "IORING_OP_OPENAT2", "5.6"),
             (IoringOp::Statx, "IORING_OP_STATX", "5.6"),
-            (IoringOp::ReadFixed, "IORING_OP_READ_FIXED", "5.1"),
+            (IoringOp::Read, "IORING_OP_READ", "5.6"),
             (IoringOp::Send, "IORING_OP_SEND", "5.6"),
             (IoringOp::Recv, "IORING_OP_RECV", "5.6"),
             (IoringOp::Close, "IORING_OP_CLOSE", "5.6"),
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
+        // Multishot accept has no opcode of its own; it arrived in 5.19 together with
+        // IORING_OP_SOCKET, so that opcode's presence is the probe's answer (as in
+        // ringwork-echo).
+        let multishot_accept = want.multishot_accept && probe.supports(IoringOp::Socket);
+        if want.multishot_accept && !multishot_accept {
+            println!(
+                "{}: single-shot accept",
+                unsupported("multishot accept", "5.19")
+            );
+        }
+        if shared.cfg.zerocopy {
+            probe
+                .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
+                .map_err(|e| e.to_string())?;
+        }
+        // Linked open → read from the slot the open fills needs the read's fixed file looked
+        // up at issue, not at submission (Linux 5.18); 5.19's IORING_OP_SOCKET vouches.
+        let deferred_file_assignment = probe.supports(IoringOp::Socket);
+        if want.links && !deferred_file_assignment {
+            println!(
+                "{}: no linked open → read chains",
+                unsupported(
+                    "fixed-file assignment at issue time for linked requests",
+                    "5.18"
+                )
+            );
+        }
+        (
+            multishot_accept,
+            want.fixed_files,
+            want.links && deferred_file_assignment,
+        )
+    };
+    // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
+    let zc_report_usage = shared.cfg.zerocopy
+        && ring
+            .send_zc_reports_usage()
+            .map_err(|e| format!("probing IORING_SEND_ZC_REPORT_USAGE: {e}"))?;
+    if shared.cfg.zerocopy && !zc_report_usage {
+        println!(
+            "--zerocopy: {}: zc_copied will stay 0",
+            unsupported("IORING_SEND_ZC_REPORT_USAGE", "6.2")
+        );
     }
-    ring.register_files_sparse(slots)
-        .map_err(|e| format!("cannot register a file table of {slots} slots: {e}"))?;
+    // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
+    // registration says which.
+    let fixed_files = fixed_files
+        && match ring.register_files_sparse(slots) {
+            Ok(()) => true,
+            Err(e) => {
+                println!(
+                    "registering a file table of {slots} slots failed ({e}): \
+                     opening into plain descriptors"
+                );
+                false
+            }
+        };
     let count = u16::try_from(slots * 2)
         .map_err(|_| "--max-conns is at most 32767 with the io_uring backend".to_string())?;
     let buffers = FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string())?;
     let total = buffers.buf_size() * usize::from(count);
-    let (fixed, unregistered, buf_ptrs) = match ring.register_buffers(buffers) {
+    let registered: Result<(), Option<FixedBuffers>> = if !want.fixed_buffers {
+        Err(Some(buffers))
+    } else if !ring
+        .probe()
+        .map_err(|e| e.to_string())?
+        .supports(IoringOp::ReadFixed)
+    {
+        println!(
+            "{}: reading with IORING_OP_READ",
+            unsupported("IORING_OP_READ_FIXED", "5.1")
+        );
+        Err(Some(buffers))
+    } else {
+        // The ring keeps the buffers only when the registration succeeds; on failure the
+        // same memory is made again below, unregistered.
+        ring.register_buffers(buffers).map_err(|e| {
+            println!(
+                "registering {} KiB of fixed buffers failed ({e}): \
+                 reading with IORING_OP_READ instead of READ_FIXED",
+                total / 1024
+            );
+            None
+        })
+    };
+    let (fixed, unregistered, buf_ptrs) = match registered {
         Ok(()) => {
             let fb = ring.fixed_buffers().expect("just registered");
             let ptrs = (0..count)
@@ -98,20 +212,38 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 .collect();
             (true, None, ptrs)
         }
-        Err(e) => {
-            println!(
-                "registering {} KiB of fixed buffers failed ({e}): \
-                 reading with IORING_OP_READ instead of READ_FIXED",
-                total / 1024
-            );
-            let fb =
-                FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string())?;
+        Err(kept) => {
+            let fb = match kept {
+                Some(fb) => fb,
+                None => FixedBuffers::new(count, shared.cfg.chunk as usize)
+                    .map_err(|e| e.to_string())?,
+            };
             let ptrs = (0..count)
                 .map(|i| fb.ptr(ringwork_core::buf::BufId(i)))
                 .collect();
             (false, Some(fb), ptrs)
         }
     };
+    // A chain is two SQEs: a one-entry SQ cannot hold one.
+    let links = links && fixed_files && ring.sq_entries() >= 2;
+    let http_cfg = ringwork_core::httpconn::Config {
+        link_open_read: links,
+        ..shared.cfg
+    };
+    let yes = |on: bool| if on { "on" } else { "off" };
+    let flags = ring.setup_flags();
+    println!(
+        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={} links={}",
+        ring.sq_entries(),
+        ring.cq_entries(),
+        yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
+        yes(flags.contains(IoringSetupFlags::SQPOLL)),
+        yes(multishot_accept),
+        yes(fixed_files),
+        yes(fixed),
+        yes(shared.cfg.zerocopy),
+        yes(links),
+    );
     let mut d = Driver {
         shared,
         ring,
@@ -119,12 +251,22 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         buf_ptrs,
         _unregistered: unregistered,
         fixed,
+        fixed_files,
+        multishot_accept,
+        zc_report_usage,
+        http_cfg,
         listener,
         direct_refused: false,
         direct_noted: false,
     };
     d.arm_accept()?;
-    d.run_loop()
+    let result = d.run_loop();
+    let rs = d.ring.stats();
+    let st = &shared.stats;
+    crate::Stats::add(&st.enters, rs.enters);
+    crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
+    crate::Stats::add(&st.busy_retries, rs.busy_retries);
+    result
 }
 
 impl Driver<'_> {
@@ -133,7 +275,9 @@ impl Driver<'_> {
         // until the CQE: the connection's boxed recv buffer, statx struct and open_how, its
         // HttpConn's path and head buffers (heap, untouched by HttpConn while the op is in
         // flight), or the chunk buffers, owned by the ring or by `_unregistered` for the
-        // driver's life. A connection is freed only after all its CQEs (`inflight == 0`).
+        // driver's life. A connection is freed only after all its CQEs (`inflight == 0`,
+        // which counts a SEND_ZC until its notification), and HttpConn reads nothing into a
+        // chunk buffer whose SEND_ZC notifications are outstanding.
         unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
     }
 
@@ -142,7 +286,7 @@ impl Driver<'_> {
         let sqe = Sqe::accept(
             Target::Fd(self.listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
-            true,
+            self.multishot_accept,
             false,
         )
         .user_data(ud);
@@ -200,13 +344,39 @@ impl Driver<'_> {
             return Ok(());
         }
         let now = self.shared.now();
+        // A SEND_ZC's token names the connection and the send (see `zc_token`).
+        let (token, zc_slot) = match token.kind {
+            OpKind::SendZc => (
+                Token {
+                    slot: Slot(token.slot.0 / ZC_SENDS),
+                    ..token
+                },
+                ZcSlot(token.slot.0 % ZC_SENDS),
+            ),
+            _ => (token, ZcSlot(0)),
+        };
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only at inflight == 0.
             return Ok(());
         };
-        c.inflight -= 1;
+        // A SEND_ZC is in flight until its notification, when its result promised one.
+        let notif_follows = token.kind == OpKind::SendZc && !cqe.is_notification() && cqe.more();
+        if !notif_follows {
+            c.inflight -= 1;
+        }
         let res = cqe.result();
         match token.kind {
+            OpKind::SendZc if cqe.is_notification() => {
+                let st = &self.shared.stats;
+                crate::Stats::add(&st.zc_notifs, 1);
+                // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
+                // all (always, on loopback).
+                if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                    crate::Stats::add(&st.zc_copied, 1);
+                }
+                c.http.on_send_notif(now, zc_slot);
+            }
+            OpKind::SendZc => c.http.on_send_zc(now, zc_slot, res, cqe.more()),
             OpKind::Recv => {
                 let bytes = res.map(|n| &c.recv_buf[..n as usize]);
                 c.http.on_recv(now, bytes);
@@ -221,13 +391,23 @@ impl Driver<'_> {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
+                if let (Ok(fd), false) = (res, self.fixed_files) {
+                    c.file_fd = Some(fd as i32);
+                }
                 c.http.on_open(now, res.map(|_| ()));
             }
             OpKind::Read => {
+                if res == Err(RawErrno::CANCELED) {
+                    crate::Stats::add(&self.shared.stats.link_cancels, 1);
+                }
                 let buf = c.read_buf;
                 c.http.on_read(now, buf, res);
             }
-            OpKind::Close => c.http.on_file_closed(now),
+            OpKind::Close => {
+                // The descriptor is gone whatever the result (close(2) never leaves it open).
+                c.file_fd = None;
+                c.http.on_file_closed(now)
+            }
             // Cancel and shutdown results carry nothing HttpConn needs: the cancelled op's own
             // CQE reports the cancellation.
             _ => {}
@@ -237,7 +417,7 @@ impl Driver<'_> {
 
     fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let cfg = self.shared.cfg;
+        let cfg = self.http_cfg;
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock,
@@ -246,6 +426,7 @@ impl Driver<'_> {
             how: Box::new(open_how::default()),
             read_buf: BufIx(0),
             direct: false,
+            file_fd: None,
             inflight: 0,
             closed: false,
         };
@@ -256,12 +437,11 @@ impl Driver<'_> {
         }
     }
 
-    /// Turns the connection's queued operations into SQEs; frees it when it is done.
+    /// Turns the connection's queued operations into SQEs; frees it when it is done. An
+    /// [`Op::Open`] with `link_next` goes in one IOSQE_IO_LINK chain with the op after it
+    /// (its first read): HttpConn decides what is chained, this only submits it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
-        let fixed = self.fixed;
-        let root = self.shared.root.as_raw_fd();
         loop {
-            let generation = self.conns.generation(slot);
             let Some(c) = self.conns.get_mut(slot) else {
                 return Ok(());
             };
@@ -272,81 +452,156 @@ impl Driver<'_> {
                 }
                 return Ok(());
             };
-            let sock = Target::Fd(c.sock.as_raw_fd());
-            let (kind, sqe) = match op {
-                Op::Recv { max } => {
-                    let len = (max as usize).min(c.recv_buf.len()) as u32;
-                    (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
+            let link = matches!(
+                op,
+                Op::Open {
+                    link_next: true,
+                    ..
                 }
-                Op::Send(src) => {
-                    let (ptr, len) = match src {
-                        SendSrc::Head { start, len } => {
-                            (c.http.head_bytes()[start as usize..].as_ptr(), len)
-                        }
-                        SendSrc::Buf { buf, start, len } => {
-                            let base = self.buf_ptrs[slot.0 as usize * 2 + usize::from(buf.0)];
-                            (base.wrapping_add(start as usize).cast_const(), len)
-                        }
-                    };
-                    let sqe = Sqe::send(sock, ptr, len).send_flags(SendFlags::NOSIGNAL);
-                    (OpKind::Send, sqe)
-                }
-                Op::Stat => {
-                    let mask = StatxFlags::TYPE
-                        | StatxFlags::SIZE
-                        | StatxFlags::MTIME
-                        | StatxFlags::DIOALIGN;
-                    let stx: *mut rustix::fs::Statx = &mut *c.stx;
-                    let path = c.http.path().as_ptr();
-                    (
-                        OpKind::Statx,
-                        Sqe::statx(root, path, AtFlags::empty(), mask, stx),
-                    )
-                }
-                Op::Open { direct } => {
-                    crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
-                    let (flags, resolve) = open_flags(direct);
-                    // A direct descriptor has no close-on-exec bit; the kernel refuses
-                    // O_CLOEXEC with a file slot (EINVAL).
-                    let flags = flags - rustix::fs::OFlags::CLOEXEC;
-                    c.direct = direct;
-                    *c.how = open_how::default();
-                    c.how.flags = u64::from(flags.bits());
-                    c.how.resolve = resolve;
-                    let how: *const open_how = &*c.how;
-                    let path = c.http.path().as_ptr();
-                    (OpKind::Open, Sqe::openat2(root, path, how, Some(slot.0)))
-                }
-                Op::Read {
-                    buf,
-                    offset,
-                    len,
-                    buf_pos,
-                } => {
-                    c.read_buf = buf;
-                    let index = slot.0 as usize * 2 + usize::from(buf.0);
-                    let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
-                    let file = Target::Fixed(slot.0);
-                    let sqe = if fixed {
-                        Sqe::read_fixed(file, ptr, len, offset, index as u16)
-                    } else {
-                        Sqe::read(file, ptr, len, offset)
-                    };
-                    (OpKind::Read, sqe)
-                }
-                Op::CloseFile => (OpKind::Close, Sqe::close(Target::Fixed(slot.0))),
-                Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
-                Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
-                Op::Close => {
-                    c.closed = true;
-                    continue;
-                }
+            );
+            let Some(first) = self.build_sqe(slot, op) else {
+                continue;
             };
-            c.inflight += 1;
-            let ud = Token::new(kind, slot, generation).encode();
-            self.push(&sqe.user_data(ud))?;
+            if !link {
+                self.push(&first)?;
+                continue;
+            }
+            // Guard: HttpConn queues the linked read right behind its open.
+            let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
+            let Some(second) = next.and_then(|op| self.build_sqe(slot, op)) else {
+                unreachable!("an open with link_next is followed by its read")
+            };
+            // SAFETY: as in `push`: the read's buffer is a chunk buffer that lives as long as
+            // the driver, and the open's path and open_how live in the connection, which is
+            // freed only after both CQEs (`inflight` counts each).
+            unsafe { self.ring.push_chain_or_submit(&[first, second], false) }
+                .map_err(|e| format!("io_uring submit: {e}"))?;
         }
     }
+
+    /// The SQE (user_data set, counted in flight) for `op` of connection `slot`; `None` for
+    /// [`Op::Close`], which only marks the connection.
+    fn build_sqe(&mut self, slot: Slot, op: Op) -> Option<Sqe> {
+        let fixed = self.fixed;
+        let fixed_files = self.fixed_files;
+        let root = self.shared.root.as_raw_fd();
+        let generation = self.conns.generation(slot);
+        let c = self.conns.get_mut(slot)?;
+        let sock = Target::Fd(c.sock.as_raw_fd());
+        let (kind, sqe) = match op {
+            Op::SendZc {
+                buf,
+                start,
+                len,
+                slot: zc,
+            } => {
+                let index = slot.0 as usize * 2 + usize::from(buf.0);
+                let ptr = self.buf_ptrs[index].wrapping_add(start as usize);
+                // Straight from the registered chunk buffer when there is one
+                // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
+                let fixed_buf = fixed.then_some(index as u16);
+                let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
+                    .send_flags(SendFlags::NOSIGNAL);
+                c.inflight += 1;
+                return Some(sqe.user_data(zc_token(slot, generation, zc).encode()));
+            }
+            Op::Recv { max } => {
+                let len = (max as usize).min(c.recv_buf.len()) as u32;
+                (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
+            }
+            Op::Send(src) => {
+                let (ptr, len) = match src {
+                    SendSrc::Head { start, len } => {
+                        (c.http.head_bytes()[start as usize..].as_ptr(), len)
+                    }
+                    SendSrc::Buf { buf, start, len } => {
+                        let base = self.buf_ptrs[slot.0 as usize * 2 + usize::from(buf.0)];
+                        (base.wrapping_add(start as usize).cast_const(), len)
+                    }
+                };
+                let sqe = Sqe::send(sock, ptr, len).send_flags(SendFlags::NOSIGNAL);
+                (OpKind::Send, sqe)
+            }
+            Op::Stat => {
+                let mask =
+                    StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::DIOALIGN;
+                let stx: *mut rustix::fs::Statx = &mut *c.stx;
+                let path = c.http.path().as_ptr();
+                (
+                    OpKind::Statx,
+                    Sqe::statx(root, path, AtFlags::empty(), mask, stx),
+                )
+            }
+            Op::Open { direct, .. } => {
+                crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
+                let (mut flags, resolve) = open_flags(direct);
+                if fixed_files {
+                    // A direct descriptor has no close-on-exec bit; the kernel refuses
+                    // O_CLOEXEC with a file slot (EINVAL).
+                    flags -= rustix::fs::OFlags::CLOEXEC;
+                }
+                c.direct = direct;
+                *c.how = open_how::default();
+                c.how.flags = u64::from(flags.bits());
+                c.how.resolve = resolve;
+                let how: *const open_how = &*c.how;
+                let path = c.http.path().as_ptr();
+                let file_slot = fixed_files.then_some(slot.0);
+                (OpKind::Open, Sqe::openat2(root, path, how, file_slot))
+            }
+            Op::Read {
+                buf,
+                offset,
+                len,
+                buf_pos,
+            } => {
+                c.read_buf = buf;
+                let index = slot.0 as usize * 2 + usize::from(buf.0);
+                let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
+                let file = file_target(fixed_files, slot, c.file_fd);
+                let sqe = if fixed {
+                    Sqe::read_fixed(file, ptr, len, offset, index as u16)
+                } else {
+                    Sqe::read(file, ptr, len, offset)
+                };
+                (OpKind::Read, sqe)
+            }
+            Op::CloseFile => (
+                OpKind::Close,
+                Sqe::close(file_target(fixed_files, slot, c.file_fd)),
+            ),
+            Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
+            Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
+            Op::Close => {
+                c.closed = true;
+                return None;
+            }
+        };
+        c.inflight += 1;
+        Some(sqe.user_data(Token::new(kind, slot, generation).encode()))
+    }
+}
+
+/// A SEND_ZC's token: the connection slot and the send's [`ZcSlot`] packed into the token's
+/// slot (connection slots are below 32768 with this backend, so `slot * ZC_SENDS + zc` fits),
+/// so that its notification names exactly one send (PITFALLS #4).
+fn zc_token(slot: Slot, generation: Generation, zc: ZcSlot) -> Token {
+    debug_assert!(zc.0 < ZC_SENDS);
+    Token::new(OpKind::SendZc, Slot(slot.0 * ZC_SENDS + zc.0), generation)
+}
+
+/// The open file of connection `slot`: its registered-file slot, or its descriptor.
+fn file_target(fixed_files: bool, slot: Slot, fd: Option<i32>) -> Target {
+    match (fixed_files, fd) {
+        (true, _) => Target::Fixed(slot.0),
+        // HttpConn reads and closes only after a successful open, which set the fd.
+        (false, fd) => Target::Fd(fd.expect("the open succeeded before any read or close")),
+    }
+}
+
+/// "FEATURE needs Linux X; this kernel is Y", the same words as sys's errors.
+fn unsupported(feature: &'static str, since: &'static str) -> String {
+    ringwork_sys::Error::unsupported(feature, since).to_string()
 }
 
 fn zeroed_statx() -> rustix::fs::Statx {

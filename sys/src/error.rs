@@ -34,6 +34,13 @@ pub enum Error {
     SubmissionQueueFull,
     /// A configuration value was refused before reaching the kernel.
     InvalidConfig(&'static str),
+    /// io_uring_setup refused IORING_SETUP_SQPOLL (with SQ_AFF when `cpu` is set).
+    SqPollRefused {
+        /// The kernel's answer.
+        errno: Errno,
+        /// The CPU the poller was to be pinned to.
+        cpu: Option<u32>,
+    },
 }
 
 impl Error {
@@ -96,6 +103,27 @@ impl fmt::Display for Error {
             ),
             Error::SubmissionQueueFull => f.write_str("submission queue full"),
             Error::InvalidConfig(why) => write!(f, "invalid ring configuration: {why}"),
+            Error::SqPollRefused { errno, cpu } => {
+                let aff = if cpu.is_some() { " | IORING_SETUP_SQ_AFF" } else { "" };
+                write!(f, "io_uring_setup with IORING_SETUP_SQPOLL{aff} refused: {errno} (")?;
+                match (*errno, cpu) {
+                    (Errno::PERM | Errno::ACCESS, _) => f.write_str(
+                        "not permitted: SQPOLL needs CAP_SYS_NICE before Linux 5.11, and \
+                         /proc/sys/kernel/io_uring_disabled may restrict io_uring",
+                    ),
+                    (Errno::INVAL, Some(cpu)) => write!(
+                        f,
+                        "CPU {cpu} is not online or not in this process' allowed CPUs"
+                    ),
+                    (Errno::NOMEM | Errno::AGAIN, _) => {
+                        f.write_str("the kernel could not start the poller thread: limits")
+                    }
+                    _ => f.write_str(
+                        "unprivileged SQPOLL needs Linux 5.11; an SQ_AFF CPU must be online",
+                    ),
+                }?;
+                f.write_str(")")
+            }
         }
     }
 }

@@ -106,6 +106,45 @@ impl RingParams {
     pub fn build(self) -> Result<Ring> {
         Ring::new(self)
     }
+
+    /// Sets up the ring of one thread-per-core server worker, the way both Ringwork servers
+    /// want it (on top of what `self` already says: sizes):
+    /// - with `sqpoll`: IORING_SETUP_SQPOLL alone (the kernel refuses DEFER_TASKRUN with
+    ///   SQPOLL: completion work would wait for a thread that never submits), and no fallback:
+    ///   a run that asked for SQPOLL and silently ran without it would mislead, so a refusal
+    ///   is [`Error::SqPollRefused`], naming the likely cause;
+    /// - else with `defer_taskrun`: IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+    ///   (Linux 6.1: completion work runs only when this thread waits, so no wake-ups in
+    ///   between), or a plain ring when the kernel refuses them; the refusal comes back
+    ///   beside the ring for the caller to log;
+    /// - else a plain ring.
+    ///
+    /// The ring's [`Ring::setup_flags`] say what was granted.
+    pub fn build_server(
+        self,
+        sqpoll: Option<SqPoll>,
+        defer_taskrun: bool,
+    ) -> Result<(Ring, Option<Error>)> {
+        if let Some(sp) = sqpoll {
+            return match self.sqpoll(sp).build() {
+                Ok(ring) => Ok((ring, None)),
+                Err(Error::Syscall { errno, .. }) => {
+                    Err(Error::SqPollRefused { errno, cpu: sp.cpu })
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if !defer_taskrun {
+            return Ok((self.build()?, None));
+        }
+        match self.clone().single_issuer(true).defer_taskrun(true).build() {
+            Ok(ring) => Ok((ring, None)),
+            Err(refused @ (Error::Unsupported { .. } | Error::Syscall { .. })) => {
+                Ok((self.build()?, Some(refused)))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// One completion, copied out of the CQ.
@@ -409,7 +448,7 @@ impl Ring {
                 self.submit()?;
                 if self.sqpoll {
                     // The poller consumes the SQ in its own time: submit() only woke it.
-                    self.wait_for_sq_space()?;
+                    self.wait_for_sq_space(1)?;
                 }
                 // SAFETY: forwarded from the caller.
                 unsafe { self.push(sqe) }
@@ -418,10 +457,10 @@ impl Ring {
         }
     }
 
-    /// SQPOLL: blocks until the poller has consumed at least one SQE
-    /// (IORING_ENTER_SQ_WAIT, Linux 5.10), waking it first when it sleeps.
-    fn wait_for_sq_space(&mut self) -> Result<()> {
-        while self.sq.free_slots() == 0 {
+    /// SQPOLL: blocks until at least `slots` SQ entries are free (IORING_ENTER_SQ_WAIT, Linux
+    /// 5.10, returns once the poller consumed one or more), waking the poller when it sleeps.
+    fn wait_for_sq_space(&mut self, slots: u32) -> Result<()> {
+        while self.sq.free_slots() < slots {
             let mut flags = IoringEnterFlags::SQ_WAIT;
             if self.sqpoll_needs_wakeup() {
                 flags |= IoringEnterFlags::SQ_WAKEUP;
@@ -465,6 +504,30 @@ impl Ring {
             unsafe { self.push(&sqe)? };
         }
         Ok(())
+    }
+
+    /// Like [`Ring::push_chain`], but when the SQ lacks room for the whole chain, submits what
+    /// is queued (and with SQPOLL waits for the poller to make room) first, so the chain still
+    /// goes in one piece. A chain longer than the SQ can never fit: [`Error::InvalidConfig`].
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain.
+    pub unsafe fn push_chain_or_submit(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        if sqes.len() as u64 > u64::from(self.sq.entries()) {
+            return Err(Error::InvalidConfig("a link chain longer than the SQ"));
+        }
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.push_chain(sqes, hard) } {
+            Err(Error::SubmissionQueueFull) => {
+                self.submit()?;
+                if self.sqpoll {
+                    self.wait_for_sq_space(sqes.len() as u32)?;
+                }
+                // SAFETY: forwarded from the caller.
+                unsafe { self.push_chain(sqes, hard) }
+            }
+            other => other,
+        }
     }
 
     /// Publishes queued SQEs and tells the kernel about them; returns how many it consumed.

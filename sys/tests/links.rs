@@ -286,3 +286,45 @@ fn report_usage_probe_keeps_other_completions() {
     let uds: Vec<u64> = cqes.iter().map(|c| c.user_data.0).collect();
     assert_eq!(uds, [1, 2, 3]);
 }
+
+/// OPENAT2 into registered-file slot 0, linked to a READ of slot 0: the read finds the file
+/// the open just installed, because since Linux 5.18 a linked request's fixed file is looked
+/// up when it is issued, not when it is submitted (before, it failed with EBADF). And when
+/// the open fails (no such file), the linked read completes with ECANCELED and reads nothing.
+#[test]
+fn open_into_a_fixed_slot_linked_to_a_read_from_it() {
+    use rustix::io_uring::open_how;
+    let tmp = TempFile::with_pattern("open-read-link", 300);
+    let dir = std::fs::File::open(tmp.path.parent().unwrap()).unwrap();
+    let name = std::ffi::CString::new(tmp.path.file_name().unwrap().as_encoded_bytes()).unwrap();
+    let missing = std::ffi::CString::new("ringwork-no-such-file-for-links").unwrap();
+    let mut ring = RingParams::new(8).build().unwrap();
+    ring.register_files_sparse(1).unwrap();
+    let mut how = open_how::default();
+    how.flags = u64::from(rustix::fs::OFlags::RDONLY.bits());
+    how.resolve = rustix::fs::ResolveFlags::BENEATH;
+    for (path, opened) in [(&name, true), (&missing, false), (&name, true)] {
+        let mut buf = vec![0u8; 300];
+        let chain = [
+            Sqe::openat2(dir.as_raw_fd(), path.as_ptr().cast(), &how, Some(0))
+                .user_data(UserData(1)),
+            Sqe::read(Target::Fixed(0), buf.as_mut_ptr(), 300, 0).user_data(UserData(2)),
+        ];
+        // SAFETY: `path`, `how` and `buf` outlive `harvest`, which reaps both CQEs.
+        unsafe { ring.push_chain(&chain, false).unwrap() };
+        let cqes = harvest(&mut ring, 2);
+        if opened {
+            assert_eq!(result_of(&cqes, 1), Ok(0), "{cqes:?}");
+            assert_eq!(result_of(&cqes, 2), Ok(300), "{cqes:?}");
+            assert_eq!(buf, common::pattern(300));
+            let close = Sqe::close(Target::Fixed(0)).user_data(UserData(3));
+            // SAFETY: names no memory.
+            unsafe { ring.push(&close).unwrap() };
+            assert_eq!(result_of(&harvest(&mut ring, 1), 3), Ok(0));
+        } else {
+            assert_eq!(result_of(&cqes, 1), Err(RawErrno::NOENT), "{cqes:?}");
+            assert_eq!(result_of(&cqes, 2), Err(RawErrno::CANCELED), "{cqes:?}");
+            assert!(buf.iter().all(|&b| b == 0), "a cancelled read wrote");
+        }
+    }
+}

@@ -532,3 +532,37 @@ fn sqpoll_push_waits_for_sq_space() {
     }
     assert_eq!(seen.len() as u64, total);
 }
+
+#[test]
+fn build_server_grants_defer_taskrun_and_names_a_refused_sqpoll() {
+    use rustix::io_uring::IoringSetupFlags;
+    let (ring, refused) = RingParams::new(8)
+        .cq_entries(32)
+        .build_server(None, true)
+        .unwrap();
+    // Linux 6.1+ (this machine runs 6.18): granted, nothing to log.
+    assert!(refused.is_none(), "{refused:?}");
+    let flags = ring.setup_flags();
+    assert!(flags.contains(IoringSetupFlags::SINGLE_ISSUER | IoringSetupFlags::DEFER_TASKRUN));
+    let (plain, _) = RingParams::new(8).build_server(None, false).unwrap();
+    assert!(!plain
+        .setup_flags()
+        .contains(IoringSetupFlags::DEFER_TASKRUN));
+    // A poller pinned to a CPU that does not exist: refused, and the message says why.
+    let sp = ringwork_sys::SqPoll {
+        idle_ms: 10,
+        cpu: Some(100_000),
+    };
+    let Err(err) = RingParams::new(8).build_server(Some(sp), true) else {
+        panic!("SQPOLL on CPU 100000 was granted");
+    };
+    assert!(
+        matches!(err, ringwork_sys::Error::SqPollRefused { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("SQPOLL") && msg.contains("CPU 100000"),
+        "{msg}"
+    );
+}

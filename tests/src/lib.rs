@@ -159,6 +159,23 @@ impl Server {
         }
     }
 
+    /// Waits up to `timeout` for a stdout line (after `listening on`) that `pick` accepts;
+    /// lines before it are consumed.
+    pub fn wait_for_line(
+        &self,
+        timeout: Duration,
+        mut pick: impl FnMut(&str) -> bool,
+    ) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).ok()?;
+            if pick(&line) {
+                return Some(line);
+            }
+        }
+    }
+
     /// Lines the server printed on stdout after its `listening on` line, so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.lines.try_iter().collect()
@@ -327,8 +344,8 @@ fn remove_stale_dirs(prefix: &str) {
     }
 }
 
-/// Stops a ringwork-echo server with SIGTERM; returns its `stats:` line after checking exit
-/// code 0.
+/// Stops a server (ringwork-echo or ringwork-files) with SIGTERM; returns its `stats:` line
+/// after checking exit code 0.
 pub fn terminate(mut server: Server) -> String {
     server.signal(rustix::process::Signal::TERM);
     assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::{once, Client};
-use ringwork_e2e::{fresh_dir, random_bytes, Server, BACKENDS};
+use ringwork_e2e::{fresh_dir, random_bytes, stat, terminate, Server, BACKENDS};
 
 /// Sizes of the fixture files `f<size>`.
 const SIZES: [usize; 6] = [0, 1, 4095, 4096, 4097, (1 << 20) + 3];
@@ -58,11 +58,12 @@ fn start(backend: &str, extra: &[&str]) -> Server {
     Server::start("ringwork-files", &args)
 }
 
-#[test]
-fn downloads_are_byte_exact_in_small_and_default_chunks() {
-    for backend in BACKENDS {
-        for chunk in ["1000", "65536"] {
-            let s = start(backend, &["--chunk", chunk]);
+/// Every fixture byte-exact over one keep-alive connection, in 1000-byte and default
+/// chunks, plus a symlink inside the root.
+fn scenario_downloads(backend: &str, extra: &[&str]) {
+    for chunk in ["1000", "65536"] {
+        let s = start(backend, &[extra, &["--chunk", chunk]].concat());
+        {
             let mut c = Client::connect(s.addr);
             for size in SIZES {
                 let name = format!("f{size}");
@@ -84,6 +85,13 @@ fn downloads_are_byte_exact_in_small_and_default_chunks() {
 }
 
 #[test]
+fn downloads_are_byte_exact_in_small_and_default_chunks() {
+    for backend in BACKENDS {
+        scenario_downloads(backend, &[]);
+    }
+}
+
+#[test]
 fn a_64_mib_file_streams_byte_exact() {
     let want = random_bytes(99, BIG);
     let path = root().join("big.bin");
@@ -100,11 +108,11 @@ fn a_64_mib_file_streams_byte_exact() {
     std::fs::remove_file(&path).unwrap();
 }
 
-#[test]
-fn ranges_at_the_edges() {
+/// Single ranges at the file's edges, 416s, and the connection still usable after them.
+fn scenario_ranges(backend: &str, extra: &[&str]) {
     let f = file("f4097");
-    for backend in BACKENDS {
-        let s = start(backend, &["--chunk", "512"]);
+    {
+        let s = start(backend, &[extra, &["--chunk", "512"]].concat());
         let mut c = Client::connect(s.addr);
         let r = c.get("/f4097", "Range: bytes=0-0\r\n");
         assert_eq!((r.status, &r.body[..]), (206, &f[..1]));
@@ -129,9 +137,16 @@ fn ranges_at_the_edges() {
 }
 
 #[test]
-fn head_has_headers_and_no_body_and_if_modified_since_gives_304() {
+fn ranges_at_the_edges() {
     for backend in BACKENDS {
-        let s = start(backend, &[]);
+        scenario_ranges(backend, &[]);
+    }
+}
+
+/// HEAD, 304 / 200 by If-Modified-Since, a directory index, three pipelined requests.
+fn scenario_head_and_304(backend: &str, extra: &[&str]) {
+    {
+        let s = start(backend, extra);
         let mut c = Client::connect(s.addr);
         c.send(b"HEAD /page.html HTTP/1.1\r\nHost: t\r\n\r\n");
         let r = c.read(true).unwrap();
@@ -161,6 +176,13 @@ fn head_has_headers_and_no_body_and_if_modified_since_gives_304() {
         assert!(c.read(false).unwrap().body == file("f1"));
         assert!(c.read(false).unwrap().body.is_empty());
         assert!(c.read(false).unwrap().body == file("f4095"));
+    }
+}
+
+#[test]
+fn head_has_headers_and_no_body_and_if_modified_since_gives_304() {
+    for backend in BACKENDS {
+        scenario_head_and_304(backend, &[]);
     }
 }
 
@@ -235,13 +257,17 @@ fn escape_attempts_never_serve_outside_files() {
     }
 }
 
-#[test]
-fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
+/// 200 keep-alive clients on 20 threads, every request in flight before any response is
+/// read, each checking it got the right file; then every connection socket closed.
+fn scenario_concurrency(backend: &str, extra: &[&str]) {
     let names: Vec<String> = SIZES.iter().map(|s| format!("f{s}")).collect();
     let want: Vec<Vec<u8>> = names.iter().map(|n| file(n)).collect();
-    for backend in BACKENDS {
+    {
         // Two threads: two listeners on one port (SO_REUSEPORT), two rings or epolls.
-        let s = start(backend, &["--chunk", "4096", "--threads", "2"]);
+        let s = start(
+            backend,
+            &[extra, &["--chunk", "4096", "--threads", "2"]].concat(),
+        );
         let addr = s.addr;
         std::thread::scope(|scope| {
             for t in 0..20usize {
@@ -282,6 +308,132 @@ fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
             fd_links(&s)
         );
     }
+}
+
+#[test]
+fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
+    for backend in BACKENDS {
+        scenario_concurrency(backend, &[]);
+    }
+}
+
+/// Every optional io_uring feature off at once.
+const DISABLE_ALL: &str =
+    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,send-zc,links";
+
+/// The fallbacks are as tested as the fast paths: the main scenarios again with every
+/// optional io_uring feature disabled (single-shot accept, plain file descriptors, plain
+/// READ, a plain ring), and `--sqpoll` asked for but disabled.
+#[test]
+fn the_main_scenarios_pass_with_every_feature_disabled() {
+    let all_off = ["--disable", DISABLE_ALL, "--sqpoll"];
+    // The worker's features line says that every one of them is really off.
+    let s = start("uring", &all_off);
+    let line = s
+        .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+        .expect("a features line");
+    for feature in [
+        "defer_taskrun",
+        "sqpoll",
+        "multishot_accept",
+        "fixed_files",
+        "fixed_buffers",
+        "links",
+    ] {
+        assert!(line.contains(&format!("{feature}=off")), "{line}");
+    }
+    drop(s);
+    scenario_downloads("uring", &all_off);
+    scenario_ranges("uring", &all_off);
+    scenario_head_and_304("uring", &all_off);
+    scenario_concurrency("uring", &all_off);
+}
+
+#[test]
+fn disabling_a_feature_ringwork_files_does_not_use_is_refused() {
+    for name in ["multishot-recv", "pbuf-ring"] {
+        let out = std::process::Command::new(ringwork_e2e::binary("ringwork-files"))
+            .args(["--listen", "127.0.0.1:0", "--disable", name])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--disable {name} accepted");
+        assert!(
+            err.contains("ringwork-files does not use") && err.contains(name),
+            "{err}"
+        );
+    }
+}
+
+/// The smallest rings under a burst: one SQ entry and four CQ entries, 150 clients at once,
+/// each with small and 1 MiB files: every response byte-exact (SQ-full waits and the CQ
+/// overflow backlog lose nothing), for every feature set.
+#[test]
+fn smallest_rings_under_a_burst_serve_every_byte() {
+    let names = ["f1", "f4097", "f1048579"];
+    let want: Vec<Vec<u8>> = names.iter().map(|n| file(n)).collect();
+    for extra in [
+        &["--sq-entries", "1"][..],
+        &["--sq-entries", "1", "--disable", DISABLE_ALL],
+    ] {
+        let s = start("uring", &[extra, &["--chunk", "16384"]].concat());
+        let addr = s.addr;
+        std::thread::scope(|scope| {
+            for t in 0..15usize {
+                let want = &want;
+                scope.spawn(move || {
+                    let mut clients: Vec<Client> = (0..10).map(|_| Client::connect(addr)).collect();
+                    for round in 0..2usize {
+                        let picks: Vec<usize> = (0..clients.len())
+                            .map(|i| (t + i + round) % names.len())
+                            .collect();
+                        for (c, &p) in clients.iter_mut().zip(&picks) {
+                            c.send(
+                                format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", names[p]).as_bytes(),
+                            );
+                        }
+                        for (c, &p) in clients.iter_mut().zip(&picks) {
+                            let r = c.read(false).unwrap();
+                            assert_eq!(r.status, 200, "{extra:?}");
+                            assert!(r.body == want[p], "{extra:?}: wrong body for {}", names[p]);
+                        }
+                    }
+                });
+            }
+        });
+        // Still serving after the burst.
+        assert_eq!(
+            once(addr, b"GET /f1 HTTP/1.1\r\nHost: t\r\n\r\n").status,
+            200
+        );
+        // And the burst really overflowed the 4-entry CQ (into the kernel's backlog, or
+        // refused enters retried after reaping): the path this test exists for was taken.
+        let line = terminate(s);
+        assert!(
+            stat(&line, "cq_overflows") + stat(&line, "busy_retries") > 0,
+            "{extra:?}: the CQ never overflowed: {line}"
+        );
+    }
+}
+
+/// `--zerocopy`: file chunks by SEND_ZC from the registered buffers (and from plain memory
+/// with `--disable fixed-buffers`), byte-exact; every chunk's notification harvested, and
+/// the `stats:` line says how many the kernel copied anyway.
+#[test]
+fn zerocopy_downloads_are_byte_exact() {
+    scenario_downloads("uring", &["--zerocopy"]);
+    scenario_downloads("uring", &["--zerocopy", "--disable", "fixed-buffers"]);
+    scenario_ranges("uring", &["--zerocopy"]);
+    scenario_concurrency("uring", &["--zerocopy"]);
+    let s = start("uring", &["--zerocopy", "--chunk", "4096"]);
+    let r = Client::connect(s.addr).get("/f1048579", "");
+    assert!(r.status == 200 && r.body == file("f1048579"));
+    let line = terminate(s);
+    let (notifs, copied) = (stat(&line, "zc_notifs"), stat(&line, "zc_copied"));
+    // 257 chunks of 4 KiB, some sent in more than one SEND_ZC.
+    assert!(notifs >= 1_048_579 / 4096, "{line}");
+    assert!(copied <= notifs, "{line}");
+    println!("--zerocopy on loopback: {copied} of {notifs} notifications say the kernel copied");
 }
 
 /// The stall that epoll once had: closed-loop keep-alive clients, each sending its next
@@ -492,4 +644,91 @@ fn sigterm_and_sigint_exit_cleanly() {
         s.signal(sig);
         assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0), "{backend}");
     }
+}
+
+/// Linked OPENAT2 → first READ chains (on by default): an open refused because a symlink
+/// leads outside the root breaks its chain, the linked read completes with ECANCELED (counted
+/// as `link_cancels`), the client still gets its 403, and the same keep-alive connection
+/// goes on serving byte-exact files. With `--disable links` the answers are the same and no
+/// read is ever cancelled.
+#[test]
+fn a_broken_open_read_chain_answers_403_and_the_connection_stays_usable() {
+    let outside = root()
+        .parent()
+        .unwrap()
+        .join(format!("ringwork-files-outside-{}", std::process::id()));
+    std::fs::write(&outside, b"must never be served").unwrap();
+    let link = root().join("outside-link");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let f = file("f1048579");
+    for (extra, linked) in [
+        (&[][..], true),
+        (&["--zerocopy", "--chunk", "4096"][..], true),
+        (&["--disable", "links"][..], false),
+    ] {
+        let s = start("uring", extra);
+        let features = s
+            .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+            .expect("a features line");
+        let want = if linked { "links=on" } else { "links=off" };
+        assert!(features.contains(want), "{extra:?}: {features}");
+        let mut c = Client::connect(s.addr);
+        for _ in 0..3 {
+            let r = c.get("/outside-link", "");
+            assert_eq!(r.status, 403, "{extra:?}");
+            assert!(!r.body.windows(4).any(|w| w == b"must"), "{extra:?}");
+            let r = c.get("/f1048579", "Range: bytes=10-200000\r\n");
+            assert!(r.status == 206 && r.body == f[10..=200_000], "{extra:?}");
+            let r = c.get("/f1048579", "");
+            assert!(r.status == 200 && r.body == f, "{extra:?}");
+        }
+        let line = terminate(s);
+        let cancels = stat(&line, "link_cancels");
+        if linked {
+            assert_eq!(
+                cancels, 3,
+                "{extra:?}: one cancelled read per broken chain: {line}"
+            );
+        } else {
+            assert_eq!(cancels, 0, "{extra:?}: {line}");
+        }
+    }
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&outside).unwrap();
+}
+
+/// `--sqpoll`: the kernel's poller submits; downloads and the concurrent clients byte-exact,
+/// and the features line says SQPOLL is on. A poller pinned to a CPU that does not exist is
+/// refused at start with the cause named, not silently dropped.
+#[test]
+fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
+    let s = start("uring", &["--sqpoll"]);
+    let line = s
+        .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+        .expect("a features line");
+    assert!(
+        line.contains("sqpoll=on") && line.contains("defer_taskrun=off"),
+        "{line}"
+    );
+    drop(s);
+    scenario_downloads("uring", &["--sqpoll=5"]);
+    scenario_concurrency("uring", &["--sqpoll"]);
+    let out = std::process::Command::new(ringwork_e2e::binary("ringwork-files"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--sqpoll",
+            "--sqpoll-cpu",
+            "100000",
+        ])
+        .arg(root())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a poller on CPU 100000 was accepted");
+    assert!(
+        err.contains("IORING_SETUP_SQPOLL") && err.contains("CPU 100000"),
+        "{err}"
+    );
 }
