@@ -107,30 +107,19 @@ pub fn run(
     shared: &Shared,
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
-    let base = RingParams::new(cfg.sq_entries).cq_entries(cfg.sq_entries * 4);
-    let mut ring = match cfg.sqpoll {
-        // The kernel refuses DEFER_TASKRUN with SQPOLL (completion work would have to wait
-        // for a thread that never submits); SQPOLL alone, and no fallback: a run that asked
-        // for SQPOLL and silently measured without it would be worse than an error.
-        Some(sp) => base.sqpoll(sp).build().map_err(|e| {
-            eprintln!(
-                "ringwork-echo: --sqpoll: io_uring_setup with IORING_SETUP_SQPOLL{} refused: {e} \
-                 (unprivileged SQPOLL needs Linux 5.11, CAP_SYS_NICE before; --sqpoll-cpu must \
-                 name an online CPU)",
-                if sp.cpu.is_some() { " | SQ_AFF" } else { "" }
-            );
-            e
-        })?,
-        // DEFER_TASKRUN: completion work runs only when we wait, in this thread (fewer
-        // wake-ups).
-        None if cfg.defer_taskrun => {
-            match base.clone().single_issuer(true).defer_taskrun(true).build() {
-                Ok(r) => r,
-                Err(_) => base.build()?,
-            }
-        }
-        None => base.build()?,
-    };
+    // SQPOLL alone when asked (no fallback: a run that asked for it and silently measured
+    // without it would mislead; the error names the likely cause), else SINGLE_ISSUER |
+    // DEFER_TASKRUN (completion work runs only when we wait, in this thread) with a plain ring
+    // as the fallback.
+    let (mut ring, refused) = RingParams::new(cfg.sq_entries)
+        .cq_entries(cfg.sq_entries * 4)
+        .build_server(cfg.sqpoll, cfg.defer_taskrun)?;
+    if let Some(e) = refused {
+        eprintln!(
+            "ringwork-echo: IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a \
+             plain ring"
+        );
+    }
     let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
         eprintln!(
             "ringwork-echo: --batch {}: this kernel ({}) lacks IORING_FEAT_MIN_TIMEOUT (Linux \
