@@ -725,10 +725,11 @@ impl Worker<'_> {
                 Op::Send { buf, offset, len } => {
                     // The machine sends only bytes it was handed: a leased buffer, or a slice
                     // of one with incremental consumption.
-                    match &self.inc {
-                        Some(inc) => debug_assert!(inc.held(buf) > 0),
-                        None => debug_assert!(self.leases[buf.0 as usize].is_some()),
-                    }
+                    let handed = match &self.inc {
+                        Some(inc) => inc.held(buf) > 0,
+                        None => self.leases[buf.0 as usize].is_some(),
+                    };
+                    assert!(handed, "the machine sends only buffers it was handed");
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
