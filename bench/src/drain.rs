@@ -613,4 +613,62 @@ mod tests {
         }
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// Why neither server uses IO_DRAIN: a drained request waits for *every* request before
+    /// it, and a server ring always has a multishot accept (and multishot recvs) armed. The
+    /// drained NOP never starts while the accept is armed, and neither does anything submitted
+    /// after it, a cancel of that very accept included: the ring is wedged. (Dropping the ring
+    /// at the end cancels everything.)
+    #[test]
+    fn a_drain_behind_an_armed_multishot_accept_never_starts() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut ring = RingParams::new(8).build().unwrap();
+        let accept = Sqe::accept(
+            Target::Fd(listener.as_raw_fd()),
+            rustix::net::SocketFlags::CLOEXEC,
+            true,
+            false,
+        )
+        .user_data(UserData(1));
+        // SAFETY: the accept names only the listener, which outlives the ring.
+        unsafe { ring.push(&accept).unwrap() };
+        ring.submit().unwrap();
+        let collect = |ring: &mut Ring, got: &mut Vec<ringwork_sys::Cqe>, for_ms: u64| {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(for_ms) {
+                ring.submit_and_wait_timeout(1, Duration::from_millis(50))
+                    .unwrap();
+                got.extend(ring.completions());
+            }
+        };
+        let _first = std::net::TcpStream::connect(addr).unwrap();
+        let mut got = Vec::new();
+        collect(&mut ring, &mut got, 100);
+        // The accept is live: it accepted and stays armed.
+        assert!(
+            got.iter()
+                .any(|c| c.user_data == UserData(1) && c.res >= 0 && c.more()),
+            "{got:?}"
+        );
+        let drained = Sqe::nop().flags(SqeFlags::IO_DRAIN).user_data(UserData(2));
+        let cancel = Sqe::cancel(UserData(1)).user_data(UserData(3));
+        for sqe in [drained, cancel] {
+            // SAFETY: NOP and cancel name no memory.
+            unsafe { ring.push(&sqe).unwrap() };
+        }
+        let _second = std::net::TcpStream::connect(addr).unwrap();
+        collect(&mut ring, &mut got, 300);
+        // The accept still works (it accepted the second connection) ...
+        assert!(
+            got.iter().filter(|c| c.user_data == UserData(1)).count() >= 2,
+            "{got:?}"
+        );
+        // ... but neither the drained NOP nor the cancel queued behind it has run.
+        assert!(
+            !got.iter()
+                .any(|c| c.user_data == UserData(2) || c.user_data == UserData(3)),
+            "{got:?}"
+        );
+    }
 }
