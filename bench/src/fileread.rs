@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, RingParams, Sqe, Target};
+use ringwork_sys::{FixedBuffers, RingParams, Sqe, SqeFlags, Target};
 
 use crate::stats::{latency_histogram, self_cpu, thousands, Latency};
 
@@ -78,6 +78,9 @@ pub struct Config {
     pub duration: Duration,
     /// Seed of the offset sequence.
     pub seed: u64,
+    /// io_uring engines: set IOSQE_IO_DRAIN on every Nth read (0: never). Reads need no
+    /// ordering; `ringwork-bench drain` uses this to price the flag alone.
+    pub drain_every: u32,
 }
 
 /// One engine's result.
@@ -265,13 +268,14 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
     let t0 = Instant::now();
     let end = t0 + cfg.duration;
 
+    let mut issued = 0u64;
     // Issues a read for slot `slot` (buffer `slot`), recording its start time.
-    let issue = |ring: &mut ringwork_sys::Ring,
-                 plain: &mut Option<FixedBuffers>,
-                 leases: &mut [Option<ringwork_core::buf::BufId>],
-                 started: &mut [Instant],
-                 offset: u64,
-                 slot: usize|
+    let mut issue = |ring: &mut ringwork_sys::Ring,
+                     plain: &mut Option<FixedBuffers>,
+                     leases: &mut [Option<ringwork_core::buf::BufId>],
+                     started: &mut [Instant],
+                     offset: u64,
+                     slot: usize|
      -> Result<(), String> {
         let ud = UserData(slot as u64);
         let pool_owner = read_buffers(ring, plain);
@@ -285,6 +289,12 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
             Sqe::read(target, ptr, cfg.bs, offset)
         }
         .user_data(ud);
+        issued += 1;
+        let sqe = if cfg.drain_every > 0 && issued % u64::from(cfg.drain_every) == 0 {
+            sqe.flags(SqeFlags::IO_DRAIN)
+        } else {
+            sqe
+        };
         started[slot] = Instant::now();
         // SAFETY: the buffer is in flight in its pool (leased to `ud`) until this read's CQE
         // returns the lease; the file outlives the ring loop.
@@ -583,6 +593,7 @@ mod tests {
             qd: 8,
             duration: Duration::from_millis(100),
             seed: 1,
+            drain_every: 0,
         };
         for engine in Engine::ALL {
             let r = run(engine, &cfg).unwrap_or_else(|e| panic!("{}: {e}", engine.name()));

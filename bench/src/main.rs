@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 mod compare;
+mod drain;
 mod echo;
 mod fileread;
 mod http;
@@ -112,6 +113,47 @@ enum Command {
         #[arg(long)]
         server_pid: Option<u32>,
         /// Write the result as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// What ordering costs: a write-ahead log's fdatasync barrier ordered with IO_DRAIN, an
+    /// IO_LINK chain or a user-space wait (and unordered, not durable), and IO_DRAIN alone on
+    /// random reads.
+    Drain {
+        /// The log file (preallocated with real data; put it on the file system to measure).
+        #[arg(long, default_value = "/tmp/ringwork-drain-wal.dat")]
+        file: PathBuf,
+        /// Bytes of log the writes cycle through (suffixes k, M, G).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        size: u64,
+        /// 4 KiB writes per batch (one fdatasync each).
+        #[arg(long, default_value_t = 16)]
+        batch: u32,
+        /// Batches in flight at once.
+        #[arg(long, default_value_t = 4)]
+        in_flight: u32,
+        /// File for the random-read variants (read once first: page cache).
+        #[arg(long, default_value = "/tmp/ringwork-drain-reads.dat")]
+        read_file: PathBuf,
+        /// Bytes of the read file (suffixes k, M, G).
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        read_size: u64,
+        /// Reads in flight.
+        #[arg(long, default_value_t = 64)]
+        qd: u32,
+        /// reads-drain: IOSQE_IO_DRAIN on every Nth read.
+        #[arg(long, default_value_t = 16)]
+        drain_every: u32,
+        /// Seconds per variant per round.
+        #[arg(long, default_value_t = 3.0)]
+        duration: f64,
+        /// Rounds; the variants alternate within each.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Variants to run, comma-separated; default all.
+        #[arg(long, value_delimiter = ',')]
+        variant: Vec<drain::Variant>,
+        /// Write results as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -364,6 +406,65 @@ fn main() {
             }
             Ok(())
         })(),
+        Command::Drain {
+            file,
+            size,
+            batch,
+            in_flight,
+            read_file,
+            read_size,
+            qd,
+            drain_every,
+            duration,
+            rounds,
+            variant,
+            json,
+        } => (|| -> Result<(), String> {
+            if batch == 0 || in_flight == 0 || qd == 0 || drain_every == 0 || rounds == 0 {
+                return Err(
+                    "--batch, --in-flight, --qd, --drain-every and --rounds must be at least 1"
+                        .into(),
+                );
+            }
+            if size < u64::from(drain::BLOCK) || read_size < u64::from(drain::BLOCK) {
+                return Err(format!(
+                    "--size and --read-size must be at least {} bytes",
+                    drain::BLOCK
+                ));
+            }
+            let cfg = drain::Config {
+                wal_path: file,
+                wal_size: size,
+                batch,
+                in_flight,
+                reads: fileread::Config {
+                    path: read_file,
+                    size: read_size,
+                    bs: drain::BLOCK,
+                    qd,
+                    duration: Duration::from_secs_f64(duration),
+                    seed: 0x5eed,
+                    drain_every: 0,
+                },
+                drain_every,
+                duration: Duration::from_secs_f64(duration),
+                rounds,
+            };
+            let variants = if variant.is_empty() {
+                drain::Variant::ALL.to_vec()
+            } else {
+                variant
+            };
+            println!("# ringwork-bench drain on {}", stats::machine_line());
+            let results = drain::run_all(&cfg, &variants)?;
+            print!("{}", drain::table(&cfg, &results));
+            if let Some(path) = json {
+                let body: Vec<String> = results.iter().map(|r| r.json()).collect();
+                std::fs::write(&path, format!("[{}]\n", body.join(",")))
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Ok(())
+        })(),
         Command::Fileread {
             file,
             size,
@@ -383,6 +484,7 @@ fn main() {
                 qd,
                 duration: Duration::from_secs(duration),
                 seed: 0x5eed,
+                drain_every: 0,
             };
             fileread::prepare_file(&cfg.path, cfg.size)
                 .map_err(|e| format!("prepare {}: {e}", cfg.path.display()))?;

@@ -22,6 +22,7 @@ pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
         qd: 64,
         duration,
         seed: 0x5eed,
+        drain_every: 0,
     };
     fileread::prepare_file(&cfg.path, cfg.size).map_err(|e| format!("prepare file: {e}"))?;
     let mut results = Vec::new();

@@ -12,7 +12,7 @@ fn help_lists_every_command() {
     let out = bench().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["compare", "echo", "fileread"] {
+    for cmd in ["compare", "drain", "echo", "fileread"] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
 }
@@ -64,4 +64,75 @@ fn fileread_runs_every_engine_on_a_small_file() {
     let json = std::fs::read_to_string(&json).unwrap();
     assert_eq!(json.matches("\"engine\"").count(), 5, "{json}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Every `drain` variant, briefly, on small files: a row each, and the JSON shows no ordering
+/// violation for the three ordered variants (the run itself fails if one occurs).
+#[test]
+fn drain_runs_every_variant_in_order() {
+    let dir = std::env::temp_dir().join(format!("ringwork-bench-drain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let out = bench()
+        .args([
+            "drain",
+            "--size",
+            "1M",
+            "--read-size",
+            "1M",
+            "--batch",
+            "4",
+            "--in-flight",
+            "2",
+            "--qd",
+            "4",
+            "--drain-every",
+            "2",
+            "--duration",
+            "0.3",
+            "--rounds",
+            "1",
+        ])
+        .arg("--file")
+        .arg(dir.join("wal"))
+        .arg("--read-file")
+        .arg(dir.join("reads"))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for v in ["drain", "link", "wait", "unordered", "reads", "reads-drain"] {
+        assert!(
+            table.contains(&format!("| {v} |")),
+            "missing {v} row: {table}"
+        );
+    }
+    assert!(table.contains("NO (incorrect)"), "{table}");
+    let json = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(json.matches("\"variant\"").count(), 6, "{json}");
+    for v in ["drain", "link", "wait"] {
+        let at = json.find(&format!("\"variant\":\"{v}\"")).unwrap();
+        let obj = &json[at..at + json[at..].find('}').unwrap()];
+        assert!(
+            !obj.contains("\"batches\":0,"),
+            "{v} completed no batch: {obj}"
+        );
+        let obj_end = &json[at..];
+        let violations = obj_end.split("\"violations\":").nth(1).unwrap();
+        assert!(violations.starts_with("0}"), "{v}: {obj_end}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn drain_refuses_zero_sizes() {
+    let out = bench().args(["drain", "--batch", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 }

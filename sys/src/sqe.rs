@@ -16,8 +16,8 @@ use rustix::fd::RawFd;
 use rustix::io::ReadWriteFlags;
 use rustix::io_uring::{
     io_uring_ptr, io_uring_sqe, io_uring_user_data, open_how, IoringAcceptFlags,
-    IoringAsyncCancelFlags, IoringOp, IoringRecvFlags, IoringSendFlags, IoringSqeFlags,
-    IoringTimeoutFlags, IORING_FILE_INDEX_ALLOC,
+    IoringAsyncCancelFlags, IoringFsyncFlags, IoringOp, IoringRecvFlags, IoringSendFlags,
+    IoringSqeFlags, IoringTimeoutFlags, IORING_FILE_INDEX_ALLOC,
 };
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
@@ -329,6 +329,23 @@ impl Sqe {
         s
     }
 
+    /// IORING_OP_FSYNC (Linux 5.1) of the whole file: fsync(2), or fdatasync(2) with
+    /// `datasync` (IORING_FSYNC_DATASYNC). Like liburing's `io_uring_prep_fsync`.
+    ///
+    /// The kernel does not order it after writes submitted before it: an fsync that must cover
+    /// them has to be linked after them (IOSQE_IO_LINK), drained (IOSQE_IO_DRAIN) or submitted
+    /// only once their CQEs are in.
+    ///
+    /// # References
+    /// io_uring_enter(2), "IORING_OP_FSYNC"; io_uring_prep_fsync(3); fsync(2).
+    pub fn fsync(target: Target, datasync: bool) -> Self {
+        let mut s = Self::rw(IoringOp::Fsync, target, core::ptr::null_mut(), 0, 0);
+        if datasync {
+            s.0.op_flags.fsync_flags = IoringFsyncFlags::DATASYNC;
+        }
+        s
+    }
+
     /// IORING_OP_SHUTDOWN (Linux 5.11); `how` is SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2).
     pub fn shutdown(target: Target, how: u32) -> Self {
         Self::rw(IoringOp::Shutdown, target, core::ptr::null_mut(), how, 0)
@@ -438,6 +455,19 @@ mod tests {
         // SAFETY: plain-data union.
         let flags = unsafe { s.raw().op_flags.cancel_flags };
         assert!(flags.contains(IoringAsyncCancelFlags::FD_FIXED | IoringAsyncCancelFlags::ALL));
+    }
+
+    #[test]
+    fn fsync_datasync_sets_the_fsync_flag() {
+        let s = Sqe::fsync(Target::Fd(5), true);
+        assert_eq!(s.raw().opcode, IoringOp::Fsync);
+        assert_eq!(s.raw().fd, 5);
+        // SAFETY: plain-data union.
+        let flags = unsafe { s.raw().op_flags.fsync_flags };
+        assert_eq!(flags, IoringFsyncFlags::DATASYNC);
+        // SAFETY: plain-data union.
+        let flags = unsafe { Sqe::fsync(Target::Fd(5), false).raw().op_flags.fsync_flags };
+        assert!(flags.is_empty());
     }
 
     #[test]
