@@ -104,8 +104,8 @@ struct UringConfig {
     sq_entries: u32,
     /// SQPOLL, when asked for (and not disabled).
     sqpoll: Option<ringwork_sys::SqPoll>,
-    /// Try SINGLE_ISSUER | DEFER_TASKRUN (a plain ring when refused).
-    defer_taskrun: bool,
+    /// How completion work reaches the worker (falling back while the kernel refuses).
+    task_run: ringwork_sys::TaskRun,
     features: Features,
 }
 
@@ -114,7 +114,7 @@ impl Default for UringConfig {
         Self {
             sq_entries: 1024,
             sqpoll: None,
-            defer_taskrun: true,
+            task_run: ringwork_sys::TaskRun::Defer,
             features: Features::default(),
         }
     }
@@ -133,8 +133,12 @@ enum Feature {
     FixedBuffers,
     /// SQPOLL: no kernel poller even with `--sqpoll`.
     Sqpoll,
-    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): COOP_TASKRUN instead (or a plain ring with
+    /// `coop-taskrun` disabled too).
     DeferTaskrun,
+    /// SINGLE_ISSUER | COOP_TASKRUN (Linux 5.19), the fallback from DEFER_TASKRUN: a plain
+    /// ring instead.
+    CoopTaskrun,
     /// SEND_ZC: plain sends even with `--zerocopy`.
     SendZc,
     /// Linked OPENAT2 → first READ chains (IOSQE_IO_LINK): the read is submitted after the
@@ -337,7 +341,7 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!(
                 "--disable {name}: ringwork-files does not use {name} ({why}); \
                  features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, send-zc, links"
+                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links"
             ));
         }
     }
@@ -351,7 +355,10 @@ fn run(args: Args) -> Result<(), String> {
                 idle_ms,
                 cpu: args.sqpoll_cpu,
             }),
-        defer_taskrun: !disabled(Feature::DeferTaskrun),
+        task_run: ringwork_sys::TaskRun::allowed(
+            !disabled(Feature::DeferTaskrun),
+            !disabled(Feature::CoopTaskrun),
+        ),
         features: Features {
             multishot_accept: !disabled(Feature::MultishotAccept),
             fixed_files: !disabled(Feature::FixedFiles),

@@ -100,10 +100,10 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let uc = shared.uring;
     let (mut ring, refused) = RingParams::new(uc.sq_entries)
         .cq_entries(uc.sq_entries * 4)
-        .build_server(uc.sqpoll, uc.defer_taskrun)
+        .build_server(uc.sqpoll, uc.task_run)
         .map_err(|e| format!("cannot set up io_uring: {e}"))?;
     if let Some(e) = refused {
-        println!("IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a plain ring");
+        println!("{e}: falling back (see the io_uring: line)");
     }
     let want = uc.features;
     let (multishot_accept, fixed_files, links) = {
@@ -233,10 +233,11 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let yes = |on: bool| if on { "on" } else { "off" };
     let flags = ring.setup_flags();
     println!(
-        "io_uring: sq={} cq={} defer_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={} links={}",
+        "io_uring: sq={} cq={} defer_taskrun={} coop_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={} links={}",
         ring.sq_entries(),
         ring.cq_entries(),
         yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
+        yes(flags.contains(IoringSetupFlags::COOP_TASKRUN)),
         yes(flags.contains(IoringSetupFlags::SQPOLL)),
         yes(multishot_accept),
         yes(fixed_files),

@@ -52,8 +52,12 @@ enum Feature {
     SendZc,
     /// SQPOLL: no kernel poller even with `--sqpoll`.
     Sqpoll,
-    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): a plain ring.
+    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): COOP_TASKRUN instead (or a plain ring with
+    /// `coop-taskrun` disabled too).
     DeferTaskrun,
+    /// SINGLE_ISSUER | COOP_TASKRUN (Linux 5.19), the fallback from DEFER_TASKRUN: a plain
+    /// ring instead.
+    CoopTaskrun,
     /// Provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the same receive buffers
     /// handed back with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7) instead.
     PbufRing,
@@ -167,8 +171,8 @@ pub struct WorkerConfig {
     zerocopy: bool,
     /// Multishot recv when the kernel has it (else single-shot, re-armed per completion).
     multishot_recv: bool,
-    /// Try SINGLE_ISSUER | DEFER_TASKRUN (falls back to a plain ring when refused).
-    defer_taskrun: bool,
+    /// How completion work reaches the worker (falling back while the kernel refuses).
+    task_run: ringwork_sys::TaskRun,
     /// Try a provided buffer ring (falls back to PROVIDE_BUFFERS SQEs when refused).
     pbuf_ring: bool,
     /// Receive bundles (IORING_RECVSEND_BUNDLE).
@@ -319,7 +323,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }),
         zerocopy: args.zerocopy && !disabled(Feature::SendZc),
         multishot_recv: !disabled(Feature::MultishotRecv),
-        defer_taskrun: !disabled(Feature::DeferTaskrun),
+        task_run: ringwork_sys::TaskRun::allowed(
+            !disabled(Feature::DeferTaskrun),
+            !disabled(Feature::CoopTaskrun),
+        ),
         pbuf_ring: !disabled(Feature::PbufRing),
         bundle: args.bundle,
         incremental: args.incremental,

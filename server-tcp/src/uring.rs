@@ -20,7 +20,9 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::{Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA};
 use rustix::fd::OwnedFd;
-use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
+use rustix::io_uring::{
+    IoringFeatureFlags, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED,
+};
 use rustix::net::{SendFlags, SocketFlags};
 
 use crate::{Shared, WorkerConfig, WorkerStats};
@@ -109,16 +111,19 @@ pub fn run(
 ) -> ringwork_sys::Result<WorkerStats> {
     // SQPOLL alone when asked (no fallback: a run that asked for it and silently measured
     // without it would mislead; the error names the likely cause), else SINGLE_ISSUER |
-    // DEFER_TASKRUN (completion work runs only when we wait, in this thread) with a plain ring
-    // as the fallback.
+    // DEFER_TASKRUN (completion work runs only when we wait, in this thread), falling back to
+    // COOP_TASKRUN, then a plain ring.
     let (mut ring, refused) = RingParams::new(cfg.sq_entries)
         .cq_entries(cfg.sq_entries * 4)
-        .build_server(cfg.sqpoll, cfg.defer_taskrun)?;
+        .build_server(cfg.sqpoll, cfg.task_run)?;
     if let Some(e) = refused {
-        eprintln!(
-            "ringwork-echo: IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN refused ({e}): using a \
-             plain ring"
-        );
+        let flags = ring.setup_flags();
+        let got = if flags.contains(IoringSetupFlags::COOP_TASKRUN) {
+            "COOP_TASKRUN"
+        } else {
+            "a plain ring"
+        };
+        eprintln!("ringwork-echo: {e}: using {got}");
     }
     let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
         eprintln!(

@@ -25,5 +25,5 @@ pub mod sqe;
 
 pub use error::{kernel_release, Error, Result};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
-pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll};
+pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll, TaskRun};
 pub use sqe::{Sqe, SqeFlags, Target};

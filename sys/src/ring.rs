@@ -113,17 +113,15 @@ impl RingParams {
     ///   SQPOLL: completion work would wait for a thread that never submits), and no fallback:
     ///   a run that asked for SQPOLL and silently ran without it would mislead, so a refusal
     ///   is [`Error::SqPollRefused`], naming the likely cause;
-    /// - else with `defer_taskrun`: IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
-    ///   (Linux 6.1: completion work runs only when this thread waits, so no wake-ups in
-    ///   between), or a plain ring when the kernel refuses them; the refusal comes back
-    ///   beside the ring for the caller to log;
-    /// - else a plain ring.
+    /// - else as `task_run` says, falling back along [`TaskRun::Defer`] → [`TaskRun::Coop`] →
+    ///   [`TaskRun::Plain`] while the kernel refuses; the first refusal comes back beside the
+    ///   ring for the caller to log.
     ///
     /// The ring's [`Ring::setup_flags`] say what was granted.
     pub fn build_server(
         self,
         sqpoll: Option<SqPoll>,
-        defer_taskrun: bool,
+        task_run: TaskRun,
     ) -> Result<(Ring, Option<Error>)> {
         if let Some(sp) = sqpoll {
             return match self.sqpoll(sp).build() {
@@ -134,15 +132,51 @@ impl RingParams {
                 Err(e) => Err(e),
             };
         }
-        if !defer_taskrun {
-            return Ok((self.build()?, None));
-        }
-        match self.clone().single_issuer(true).defer_taskrun(true).build() {
-            Ok(ring) => Ok((ring, None)),
-            Err(refused @ (Error::Unsupported { .. } | Error::Syscall { .. })) => {
-                Ok((self.build()?, Some(refused)))
+        let mut refused = None;
+        let mut want = task_run;
+        loop {
+            let params = match want {
+                TaskRun::Defer => self.clone().single_issuer(true).defer_taskrun(true),
+                TaskRun::Coop => self.clone().single_issuer(true).coop_taskrun(true),
+                TaskRun::Plain => return Ok((self.build()?, refused)),
+            };
+            match params.build() {
+                Ok(ring) => return Ok((ring, refused)),
+                Err(e @ (Error::Unsupported { .. } | Error::Syscall { .. })) => {
+                    refused.get_or_insert(e);
+                    want = match want {
+                        TaskRun::Defer => TaskRun::Coop,
+                        _ => TaskRun::Plain,
+                    };
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How completion work (task work) reaches a server worker's thread; see
+/// [`RingParams::build_server`]. All but `Plain` add IORING_SETUP_SINGLE_ISSUER (Linux 6.0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskRun {
+    /// IORING_SETUP_DEFER_TASKRUN (Linux 6.1): completion work waits until the thread enters
+    /// the kernel to wait for completions, and runs there in a batch: no interruptions.
+    Defer,
+    /// IORING_SETUP_COOP_TASKRUN (Linux 5.19): completion work is not forced onto the thread
+    /// with an interrupt while it runs in user space; it runs at its next kernel entry.
+    Coop,
+    /// Neither: the kernel signals the thread (task_work with TWA_SIGNAL) as work arrives.
+    Plain,
+}
+
+impl TaskRun {
+    /// The best mode a server may ask for, given which of the two a person turned off
+    /// (`--disable defer-taskrun`, `--disable coop-taskrun`).
+    pub fn allowed(defer: bool, coop: bool) -> Self {
+        match (defer, coop) {
+            (true, _) => TaskRun::Defer,
+            (false, true) => TaskRun::Coop,
+            (false, false) => TaskRun::Plain,
         }
     }
 }

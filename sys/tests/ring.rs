@@ -8,7 +8,7 @@ use std::time::Duration;
 use ringwork_core::buf::{BufGroup, IncTracker};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, ProvideMode, Ring, RingParams, Sqe, Target};
+use ringwork_sys::{FixedBuffers, ProvideMode, Ring, RingParams, Sqe, Target, TaskRun};
 use rustix::io_uring::IoringOp;
 
 mod common;
@@ -538,22 +538,33 @@ fn build_server_grants_defer_taskrun_and_names_a_refused_sqpoll() {
     use rustix::io_uring::IoringSetupFlags;
     let (ring, refused) = RingParams::new(8)
         .cq_entries(32)
-        .build_server(None, true)
+        .build_server(None, TaskRun::Defer)
         .unwrap();
     // Linux 6.1+ (this machine runs 6.18): granted, nothing to log.
     assert!(refused.is_none(), "{refused:?}");
     let flags = ring.setup_flags();
     assert!(flags.contains(IoringSetupFlags::SINGLE_ISSUER | IoringSetupFlags::DEFER_TASKRUN));
-    let (plain, _) = RingParams::new(8).build_server(None, false).unwrap();
-    assert!(!plain
-        .setup_flags()
-        .contains(IoringSetupFlags::DEFER_TASKRUN));
+    let (coop, refused) = RingParams::new(8)
+        .build_server(None, TaskRun::Coop)
+        .unwrap();
+    assert!(refused.is_none(), "COOP_TASKRUN is Linux 5.19: {refused:?}");
+    let flags = coop.setup_flags();
+    assert!(flags.contains(IoringSetupFlags::SINGLE_ISSUER | IoringSetupFlags::COOP_TASKRUN));
+    assert!(!flags.contains(IoringSetupFlags::DEFER_TASKRUN));
+    let (plain, _) = RingParams::new(8)
+        .build_server(None, TaskRun::Plain)
+        .unwrap();
+    assert!(!plain.setup_flags().intersects(
+        IoringSetupFlags::DEFER_TASKRUN
+            | IoringSetupFlags::COOP_TASKRUN
+            | IoringSetupFlags::SINGLE_ISSUER
+    ));
     // A poller pinned to a CPU that does not exist: refused, and the message says why.
     let sp = ringwork_sys::SqPoll {
         idle_ms: 10,
         cpu: Some(100_000),
     };
-    let Err(err) = RingParams::new(8).build_server(Some(sp), true) else {
+    let Err(err) = RingParams::new(8).build_server(Some(sp), TaskRun::Defer) else {
         panic!("SQPOLL on CPU 100000 was granted");
     };
     assert!(

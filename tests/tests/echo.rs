@@ -160,7 +160,7 @@ fn integrity_500_clients_uring_everything_disabled() {
             "--zerocopy",
             "--sqpoll",
             "--disable",
-            "multishot-accept,multishot-recv,send-zc,sqpoll,defer-taskrun,pbuf-ring",
+            "multishot-accept,multishot-recv,send-zc,sqpoll,defer-taskrun,coop-taskrun,pbuf-ring",
         ],
     );
     let baseline = server.fd_count();

@@ -319,7 +319,7 @@ fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
 
 /// Every optional io_uring feature off at once.
 const DISABLE_ALL: &str =
-    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,send-zc,links";
+    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,coop-taskrun,send-zc,links";
 
 /// The fallbacks are as tested as the fast paths: the main scenarios again with every
 /// optional io_uring feature disabled (single-shot accept, plain file descriptors, plain
@@ -334,6 +334,7 @@ fn the_main_scenarios_pass_with_every_feature_disabled() {
         .expect("a features line");
     for feature in [
         "defer_taskrun",
+        "coop_taskrun",
         "sqpoll",
         "multishot_accept",
         "fixed_files",
@@ -696,6 +697,29 @@ fn a_broken_open_read_chain_answers_403_and_the_connection_stays_usable() {
     }
     std::fs::remove_file(&link).unwrap();
     std::fs::remove_file(&outside).unwrap();
+}
+
+/// Without DEFER_TASKRUN the worker falls back to COOP_TASKRUN (Linux 5.19), and to a plain
+/// ring without that too; the features line says which it got, and downloads stay exact.
+#[test]
+fn task_run_modes_fall_back_in_order() {
+    for (disable, defer, coop) in [
+        ("links", "on", "off"),
+        ("defer-taskrun", "off", "on"),
+        ("defer-taskrun,coop-taskrun", "off", "off"),
+    ] {
+        let s = start("uring", &["--disable", disable]);
+        let line = s
+            .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+            .expect("a features line");
+        assert!(
+            line.contains(&format!("defer_taskrun={defer}"))
+                && line.contains(&format!("coop_taskrun={coop}")),
+            "--disable {disable}: {line}"
+        );
+        drop(s);
+        scenario_downloads("uring", &["--disable", disable]);
+    }
 }
 
 /// `--sqpoll`: the kernel's poller submits; downloads and the concurrent clients byte-exact,
