@@ -506,6 +506,29 @@ impl HttpConn {
         }
     }
 
+    /// The server is stopping (a graceful drain): a response in progress (or a request being
+    /// looked up) is finished and the connection then closes, as after `Connection: close`
+    /// (send side shut down, the client's end of stream awaited); a connection waiting for a
+    /// request head, idle keep-alive or partial, closes now. Responses not yet begun say
+    /// `Connection: close`. How long the drain may take is the driver's to bound, with
+    /// [`HttpConn::abort`].
+    pub fn on_shutdown(&mut self) {
+        match self.phase {
+            Phase::Head { .. } => self.close(),
+            Phase::Stat { .. } | Phase::Open { .. } | Phase::Respond | Phase::CloseFile => {
+                self.close_after = true;
+            }
+            Phase::Drain { .. } | Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    /// Drop the connection now, whatever it is doing (a drain's grace period is over): the
+    /// socket operation in flight is cancelled, reads in flight finish, the file is closed,
+    /// then [`Op::Close`].
+    pub fn abort(&mut self) {
+        self.close();
+    }
+
     fn push_recv(&mut self) {
         if !self.recv_in_flight {
             self.recv_in_flight = true;
@@ -614,7 +637,8 @@ impl HttpConn {
         self.close_after |= !req.keep_alive;
         let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
         let mut head = ResponseHead::new(Status::Ok, now.unix_secs);
-        head.keep_alive = req.keep_alive;
+        // `close_after` also covers a server drain that began while the file was looked up.
+        head.keep_alive = !self.close_after;
         head.content_type = Some(content_type(path_str));
         head.last_modified = Some(info.mtime_secs);
         head.accept_ranges = true;
@@ -1138,6 +1162,174 @@ mod tests {
         c.on_send(now, Err(RawErrno::PIPE));
         assert_eq!(drain_ops(&mut c), [], "the read still owns buffer 0");
         c.on_read(now, BufIx(0), Ok(4096));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert!(c.is_closed());
+    }
+
+    const GET_F: &[u8] = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn regular(size: u64) -> FileInfo {
+        FileInfo {
+            kind: FileKind::Regular,
+            size,
+            mtime_secs: 0,
+            dio: None,
+        }
+    }
+
+    /// Completes every queued read and send in full (file byte i is `i % 251`) until the
+    /// connection wants something else; returns the ops it stopped at and the bytes sent.
+    fn complete_io(c: &mut HttpConn, bufs: &mut [Vec<u8>; 2], out: &mut Vec<u8>) -> Vec<Op> {
+        let now = Time::default();
+        let mut rest = Vec::new();
+        let mut queue = drain_ops(c);
+        while !queue.is_empty() {
+            for op in core::mem::take(&mut queue) {
+                match op {
+                    Op::Read {
+                        buf,
+                        offset,
+                        len,
+                        buf_pos,
+                    } => {
+                        let b = &mut bufs[usize::from(buf.0)];
+                        for i in 0..len as usize {
+                            b[buf_pos as usize + i] = ((offset as usize + i) % 251) as u8;
+                        }
+                        c.on_read(now, buf, Ok(len));
+                    }
+                    Op::Send(SendSrc::Head { start, len }) => {
+                        out.extend_from_slice(
+                            &c.head_bytes()[start as usize..(start + len) as usize],
+                        );
+                        c.on_send(now, Ok(len));
+                    }
+                    Op::Send(SendSrc::Buf { buf, start, len }) => {
+                        out.extend_from_slice(
+                            &bufs[usize::from(buf.0)][start as usize..(start + len) as usize],
+                        );
+                        c.on_send(now, Ok(len));
+                    }
+                    Op::CloseFile => c.on_file_closed(now),
+                    other => rest.push(other),
+                }
+                queue.extend(drain_ops(c));
+            }
+        }
+        rest
+    }
+
+    #[test]
+    fn shutdown_mid_response_finishes_it_then_closes() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_stat(now, Ok(regular(100_000)));
+        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        c.on_open(now, Ok(()));
+        let first = drain_ops(&mut c);
+        assert!(matches!(
+            first[..],
+            [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
+        ));
+        // The server starts draining with the head and the first read in flight.
+        c.on_shutdown();
+        assert_eq!(drain_ops(&mut c), [], "nothing is cancelled");
+        for op in first {
+            c.ops.push(op);
+        }
+        let mut bufs = [vec![0; 4096], vec![0; 4096]];
+        let mut out = Vec::new();
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = &out[head_end..];
+        assert_eq!(body.len(), 100_000, "the whole body went out");
+        assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        // Then as after `Connection: close`: FIN, and wait for the client's end of stream.
+        assert!(
+            matches!(rest[..], [Op::Shutdown, Op::Recv { .. }]),
+            "{rest:?}"
+        );
+        c.on_recv(now, Ok(&[]));
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert_eq!(c.requests(), 1);
+    }
+
+    #[test]
+    fn shutdown_during_the_lookup_answers_with_connection_close() {
+        let now = Time::default();
+        let mut c = HttpConn::new(Config::default(), now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_shutdown();
+        c.on_stat(now, Ok(regular(10)));
+        assert_eq!(drain_ops(&mut c), [Op::Open { direct: false }]);
+        c.on_open(now, Ok(()));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+    }
+
+    #[test]
+    fn shutdown_while_waiting_for_a_head_closes_now() {
+        let now = Time::default();
+        // Idle (nothing received) and partial heads alike.
+        for partial in [&b""[..], b"GET /f HT"] {
+            let mut c = HttpConn::new(Config::default(), now);
+            let _ = drain_ops(&mut c);
+            if !partial.is_empty() {
+                c.on_recv(now, Ok(partial));
+                assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+            }
+            c.on_shutdown();
+            assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+            c.on_recv(now, Err(RawErrno::CANCELED));
+            assert_eq!(drain_ops(&mut c), [Op::Close]);
+            assert_eq!(c.requests(), 0);
+        }
+    }
+
+    #[test]
+    fn abort_cancels_a_stalled_send_then_closes_the_file_and_the_connection() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(GET_F));
+        let _ = drain_ops(&mut c);
+        c.on_stat(now, Ok(regular(100_000)));
+        let _ = drain_ops(&mut c);
+        c.on_open(now, Ok(()));
+        let _ = drain_ops(&mut c);
+        c.on_shutdown();
+        c.on_read(now, BufIx(0), Ok(4096));
+        // The second buffer's read is issued; the head send never completes (a client that
+        // does not read), and the grace runs out.
+        let ops = drain_ops(&mut c);
+        let [Op::Read { buf, len, .. }] = ops[..] else {
+            panic!("expected the second read: {ops:?}");
+        };
+        c.abort();
+        assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+        c.on_send(now, Err(RawErrno::CANCELED));
+        assert_eq!(
+            drain_ops(&mut c),
+            [],
+            "the read in flight still owns its buffer"
+        );
+        c.on_read(now, buf, Ok(len));
         assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
         c.on_file_closed(now);
         assert_eq!(drain_ops(&mut c), [Op::Close]);
