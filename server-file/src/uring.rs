@@ -13,9 +13,17 @@
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
 //!
+//! - Stopping (SIGINT/SIGTERM): a graceful drain. The multishot accept is cancelled and the
+//!   listener closed once it has ended (new connections are refused); every connection gets
+//!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
+//!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
+//!   worker returns once every connection is freed and the accept has ended.
+//!
 //! A connection is freed only once HttpConn has said Close *and* every SQE submitted for it
 //! has completed (cancel, shutdown and close CQEs included): until then its buffers, statx
 //! struct, open_how and path stay where the kernel was told they are.
+
+use std::time::Instant;
 
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
@@ -59,7 +67,13 @@ struct Driver<'s> {
     /// The buffers when they could not be registered (kept alive here; plain reads).
     _unregistered: Option<FixedBuffers>,
     fixed: bool,
-    listener: OwnedFd,
+    /// Closed once the accept has ended during a drain.
+    listener: Option<OwnedFd>,
+    /// The multishot accept has not posted its last CQE.
+    accept_armed: bool,
+    /// When the drain began (SIGINT/SIGTERM), and whether its grace ran out.
+    stopping: Option<Instant>,
+    aborted: bool,
     direct_refused: bool,
     direct_noted: bool,
 }
@@ -119,7 +133,10 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         buf_ptrs,
         _unregistered: unregistered,
         fixed,
-        listener,
+        listener: Some(listener),
+        accept_armed: false,
+        stopping: None,
+        aborted: false,
         direct_refused: false,
         direct_noted: false,
     };
@@ -138,22 +155,64 @@ impl Driver<'_> {
     }
 
     fn arm_accept(&mut self) -> Result<(), String> {
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
         let ud = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
         let sqe = Sqe::accept(
-            Target::Fd(self.listener.as_raw_fd()),
+            Target::Fd(listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
             true,
             false,
         )
         .user_data(ud);
+        self.accept_armed = true;
         self.push(&sqe)
+    }
+
+    /// SIGINT/SIGTERM arrived: cancel the accept, and let every connection finish its
+    /// response and close.
+    fn begin_drain(&mut self) -> Result<(), String> {
+        self.stopping = Some(Instant::now());
+        if self.accept_armed {
+            let accept = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
+            let ud = Token::new(OpKind::Cancel, ACCEPT_SLOT, Generation::ZERO).encode();
+            self.push(&Sqe::cancel(accept).user_data(ud))?;
+        }
+        self.each_open_conn(HttpConn::on_shutdown)
+    }
+
+    /// Calls `f` on every connection HttpConn has not closed, then performs what it queued.
+    fn each_open_conn(&mut self, mut f: impl FnMut(&mut HttpConn)) -> Result<(), String> {
+        for i in 0..self.conns.capacity() {
+            let slot = Slot(i as u32);
+            if let Some(c) = self.conns.get_mut(slot) {
+                if !c.closed {
+                    f(&mut c.http);
+                    self.drive(slot)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     fn run_loop(&mut self) -> Result<(), String> {
         let tick = tick_interval(self.shared);
         let mut last_tick = self.shared.now().mono_ms;
         let mut cqes = Vec::with_capacity(1024);
-        while !ringwork_sys::signal::stop_requested() {
+        loop {
+            if self.stopping.is_none() && ringwork_sys::signal::stop_requested() {
+                self.begin_drain()?;
+            }
+            if let Some(since) = self.stopping {
+                if self.conns.is_empty() && !self.accept_armed {
+                    return Ok(());
+                }
+                if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
+                    self.aborted = true;
+                    self.each_open_conn(HttpConn::abort)?;
+                }
+            }
             match self.ring.submit_and_wait_timeout(1, tick) {
                 Ok(_) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
@@ -168,18 +227,9 @@ impl Driver<'_> {
             let now = self.shared.now();
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
-                for i in 0..self.conns.capacity() {
-                    let slot = Slot(i as u32);
-                    if let Some(c) = self.conns.get_mut(slot) {
-                        if !c.closed {
-                            c.http.on_tick(now);
-                            self.drive(slot)?;
-                        }
-                    }
-                }
+                self.each_open_conn(|http| http.on_tick(now))?;
             }
         }
-        Ok(())
     }
 
     fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
@@ -191,12 +241,25 @@ impl Driver<'_> {
                 // SAFETY: a successful non-direct accept's `res` is a new descriptor that
                 // nothing else owns.
                 let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-                self.new_conn(sock)?;
+                if self.stopping.is_none() {
+                    self.new_conn(sock)?;
+                }
+                // Draining: accepted before the cancel took effect; dropping it closes it.
             }
             if !cqe.more() {
-                // Multishot accept ended (PITFALLS #2): re-arm.
-                self.arm_accept()?;
+                self.accept_armed = false;
+                if self.stopping.is_none() {
+                    // Multishot accept ended (PITFALLS #2): re-arm.
+                    self.arm_accept()?;
+                } else {
+                    // Nothing accepts any more: connections are refused from now on.
+                    self.listener = None;
+                }
             }
+            return Ok(());
+        }
+        if token.slot == ACCEPT_SLOT {
+            // The accept's cancel: the accept's own last CQE says what matters.
             return Ok(());
         }
         let now = self.shared.now();
