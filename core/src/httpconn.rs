@@ -844,6 +844,14 @@ mod tests {
         file_open: bool,
         dio: Option<Alignment>,
         direct_open: bool,
+        /// A receive is pending (nothing more to give it).
+        recv_pending: bool,
+        /// Call [`HttpConn::on_shutdown`] when this many ops have been polled.
+        shutdown_at: Option<usize>,
+        /// The send side was shut down.
+        fin: bool,
+        /// At the shutdown: requests answered, and whether one was under way.
+        at_shutdown: Option<(u64, bool)>,
     }
 
     impl Sim {
@@ -859,9 +867,19 @@ mod tests {
             while let Some(op) = self.conn.poll_op() {
                 steps += 1;
                 assert!(steps < 1_000_000, "no progress");
+                if self.shutdown_at == Some(steps) {
+                    // The server starts draining with `op` in flight.
+                    let busy = matches!(
+                        self.conn.phase,
+                        Phase::Stat { .. } | Phase::Open { .. } | Phase::Respond
+                    );
+                    self.at_shutdown = Some((self.conn.requests(), busy));
+                    self.conn.on_shutdown();
+                }
                 match op {
                     Op::Recv { .. } if self.input.is_empty() => {
                         // Nothing more to receive: the receive stays pending.
+                        self.recv_pending = true;
                     }
                     Op::Recv { max } => {
                         let n = self.cut(max).min(self.input.len() as u32) as usize;
@@ -941,8 +959,13 @@ mod tests {
                         self.file_open = false;
                         self.conn.on_file_closed(now);
                     }
-                    Op::Shutdown => {}
-                    Op::Cancel => panic!("nothing to cancel in this simulation"),
+                    Op::Shutdown => self.fin = true,
+                    Op::Cancel if self.recv_pending => {
+                        self.recv_pending = false;
+                        self.conn.on_recv(now, Err(RawErrno::CANCELED));
+                    }
+                    // The receive it meant completed first (the kernel says ENOENT).
+                    Op::Cancel => {}
                     Op::Close => {
                         assert!(!self.file_open, "file left open at close");
                         self.closed = true;
@@ -1007,6 +1030,10 @@ mod tests {
             file_open: false,
             dio,
             direct_open: false,
+            recv_pending: false,
+            shutdown_at: None,
+            fin: false,
+            at_shutdown: None,
         }
     }
 
@@ -1082,6 +1109,49 @@ mod tests {
                     Req::Missing => prop_assert_eq!(status, 404),
                     Req::Dir => prop_assert_eq!(status, 403),
                 }
+            }
+        }
+
+        /// A drain may begin at any point of a pipelined exchange: every response that went
+        /// out is complete and right, the one in progress is finished, nothing after it is
+        /// begun, and the connection closes (after the client's end of stream when the send
+        /// side was shut down) with its file closed.
+        #[test]
+        fn shutdown_at_any_point_finishes_the_response_in_progress(
+            size in 0usize..20_000,
+            chunk in 1u32..5000,
+            gets in 1usize..5,
+            cuts in proptest::collection::vec(1u32..9000, 1..8),
+            at in 1usize..300,
+        ) {
+            let input = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n".repeat(gets);
+            let mut s = sim(size, chunk, input, cuts);
+            s.shutdown_at = Some(at);
+            s.run();
+            if !s.conn.is_closed() && !s.fin {
+                // The point was never reached: the drain finds the connection waiting.
+                prop_assert!(s.recv_pending);
+                s.at_shutdown = Some((s.conn.requests(), false));
+                s.conn.on_shutdown();
+                s.run();
+            }
+            if s.fin {
+                // Shut down after a response, as after `Connection: close`: the client closes.
+                prop_assert!(s.recv_pending);
+                s.recv_pending = false;
+                s.conn.on_recv(Time::default(), Ok(&[]));
+                s.run();
+            }
+            prop_assert!(s.closed && s.conn.is_closed());
+            prop_assert!(!s.file_open);
+            let got = responses(&s.out, &[]);
+            // Exactly the responses done or under way when the drain began.
+            let (done, busy) = s.at_shutdown.unwrap();
+            prop_assert_eq!(got.len() as u64, done + u64::from(busy));
+            prop_assert_eq!(got.len() as u64, s.conn.requests());
+            for (status, body) in got {
+                prop_assert_eq!(status, 200);
+                prop_assert_eq!(&body[..], &s.file[..]);
             }
         }
 
