@@ -12,7 +12,6 @@
 //!   is logged.
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
-//!
 //! - Stopping (SIGINT/SIGTERM): a graceful drain. The multishot accept is cancelled and the
 //!   listener closed once it has ended (new connections are refused); every connection gets
 //!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
