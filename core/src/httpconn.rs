@@ -710,6 +710,33 @@ impl HttpConn {
         }
     }
 
+    /// The server is stopping (a graceful drain): a response in progress (or a request being
+    /// looked up) is finished and the connection then closes, as after `Connection: close`
+    /// (send side shut down, the client's end of stream awaited); a connection waiting for a
+    /// request head, idle keep-alive or partial, closes now. Responses not yet begun say
+    /// `Connection: close`. How long the drain may take is the driver's to bound, with
+    /// [`HttpConn::abort`].
+    pub fn on_shutdown(&mut self) {
+        match self.phase {
+            Phase::Head { .. } => self.close(),
+            Phase::Stat { .. }
+            | Phase::Open { .. }
+            | Phase::OpenFailed { .. }
+            | Phase::Respond
+            | Phase::CloseFile => {
+                self.close_after = true;
+            }
+            Phase::Drain { .. } | Phase::Closing | Phase::Closed => {}
+        }
+    }
+
+    /// Drop the connection now, whatever it is doing (a drain's grace period is over): the
+    /// socket operation in flight is cancelled, reads in flight finish, the file is closed,
+    /// then [`Op::Close`].
+    pub fn abort(&mut self) {
+        self.close();
+    }
+
     fn push_recv(&mut self) {
         if !self.recv_in_flight {
             self.recv_in_flight = true;
@@ -835,7 +862,8 @@ impl HttpConn {
         self.close_after |= !req.keep_alive;
         let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
         let mut head = ResponseHead::new(Status::Ok, now.unix_secs);
-        head.keep_alive = req.keep_alive;
+        // `close_after` also covers a server drain that began while the file was looked up.
+        head.keep_alive = !self.close_after;
         head.content_type = Some(content_type(path_str));
         head.last_modified = Some(info.mtime_secs);
         head.accept_ranges = true;
@@ -1067,6 +1095,14 @@ mod tests {
         zc_pending: Vec<(ZcSlot, usize, usize, Vec<u8>)>,
         /// xorshift state choosing when notifications arrive and in which order.
         rng: u64,
+        /// A receive is pending (nothing more to give it).
+        recv_pending: bool,
+        /// Call [`HttpConn::on_shutdown`] when this many ops have been polled.
+        shutdown_at: Option<usize>,
+        /// The send side was shut down.
+        fin: bool,
+        /// At the shutdown: requests answered, and whether one was under way.
+        at_shutdown: Option<(u64, bool)>,
     }
 
     impl Sim {
@@ -1115,9 +1151,22 @@ mod tests {
                 if !self.zc_pending.is_empty() && self.rand(3) == 0 {
                     self.notify_one();
                 }
+                if self.shutdown_at == Some(steps) {
+                    // The server starts draining with `op` in flight.
+                    let busy = matches!(
+                        self.conn.phase,
+                        Phase::Stat { .. }
+                            | Phase::Open { .. }
+                            | Phase::OpenFailed { .. }
+                            | Phase::Respond
+                    );
+                    self.at_shutdown = Some((self.conn.requests(), busy));
+                    self.conn.on_shutdown();
+                }
                 match op {
                     Op::Recv { .. } if self.input.is_empty() => {
                         // Nothing more to receive: the receive stays pending.
+                        self.recv_pending = true;
                     }
                     Op::Recv { max } => {
                         let n = self.cut(max).min(self.input.len() as u32) as usize;
@@ -1240,8 +1289,13 @@ mod tests {
                         self.file_open = false;
                         self.conn.on_file_closed(now);
                     }
-                    Op::Shutdown => {}
-                    Op::Cancel => panic!("nothing to cancel in this simulation"),
+                    Op::Shutdown => self.fin = true,
+                    Op::Cancel if self.recv_pending => {
+                        self.recv_pending = false;
+                        self.conn.on_recv(now, Err(RawErrno::CANCELED));
+                    }
+                    // The receive it meant completed first (the kernel says ENOENT).
+                    Op::Cancel => {}
                     Op::Close => {
                         assert!(!self.file_open, "file left open at close");
                         assert!(
@@ -1316,6 +1370,10 @@ mod tests {
             direct_open: false,
             zc_pending: Vec::new(),
             rng: zerocopy_seed.unwrap_or(1) | 1,
+            recv_pending: false,
+            shutdown_at: None,
+            fin: false,
+            at_shutdown: None,
         }
     }
 
@@ -1397,6 +1455,53 @@ mod tests {
                     Req::Missing => prop_assert_eq!(status, 404),
                     Req::Dir | Req::Escape => prop_assert_eq!(status, 403),
                 }
+            }
+        }
+
+        /// A drain may begin at any point of a pipelined exchange: every response that went
+        /// out is complete and right, the one in progress is finished, nothing after it is
+        /// begun, and the connection closes (after the client's end of stream when the send
+        /// side was shut down) with its file closed.
+        #[test]
+        fn shutdown_at_any_point_finishes_the_response_in_progress(
+            size in 0usize..20_000,
+            chunk in 1u32..5000,
+            gets in 1usize..5,
+            cuts in proptest::collection::vec(1u32..9000, 1..8),
+            at in 1usize..300,
+            zerocopy in proptest::option::of(any::<u64>()),
+            links in any::<bool>(),
+        ) {
+            // Also with zero-copy sends (Close must wait for their notifications) and linked
+            // open → read chains in flight when the drain begins.
+            let input = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n".repeat(gets);
+            let mut s = sim_with(size, chunk, None, input, cuts, zerocopy, links);
+            s.shutdown_at = Some(at);
+            s.run();
+            if !s.conn.is_closed() && !s.fin {
+                // The point was never reached: the drain finds the connection waiting.
+                prop_assert!(s.recv_pending);
+                s.at_shutdown = Some((s.conn.requests(), false));
+                s.conn.on_shutdown();
+                s.run();
+            }
+            if s.fin {
+                // Shut down after a response, as after `Connection: close`: the client closes.
+                prop_assert!(s.recv_pending);
+                s.recv_pending = false;
+                s.conn.on_recv(Time::default(), Ok(&[]));
+                s.run();
+            }
+            prop_assert!(s.closed && s.conn.is_closed());
+            prop_assert!(!s.file_open);
+            let got = responses(&s.out, &[]);
+            // Exactly the responses done or under way when the drain began.
+            let (done, busy) = s.at_shutdown.unwrap();
+            prop_assert_eq!(got.len() as u64, done + u64::from(busy));
+            prop_assert_eq!(got.len() as u64, s.conn.requests());
+            for (status, body) in got {
+                prop_assert_eq!(status, 200);
+                prop_assert_eq!(&body[..], &s.file[..]);
             }
         }
 
@@ -1660,6 +1765,186 @@ mod tests {
             );
             assert!(c.head_bytes().starts_with(b"HTTP/1.1 200"));
         }
+    }
+
+    const GET_F: &[u8] = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    fn regular(size: u64) -> FileInfo {
+        FileInfo {
+            kind: FileKind::Regular,
+            size,
+            mtime_secs: 0,
+            dio: None,
+        }
+    }
+
+    /// Completes every queued read and send in full (file byte i is `i % 251`) until the
+    /// connection wants something else; returns the ops it stopped at and the bytes sent.
+    fn complete_io(c: &mut HttpConn, bufs: &mut [Vec<u8>; 2], out: &mut Vec<u8>) -> Vec<Op> {
+        let now = Time::default();
+        let mut rest = Vec::new();
+        let mut queue = drain_ops(c);
+        while !queue.is_empty() {
+            for op in core::mem::take(&mut queue) {
+                match op {
+                    Op::Read {
+                        buf,
+                        offset,
+                        len,
+                        buf_pos,
+                    } => {
+                        let b = &mut bufs[usize::from(buf.0)];
+                        for i in 0..len as usize {
+                            b[buf_pos as usize + i] = ((offset as usize + i) % 251) as u8;
+                        }
+                        c.on_read(now, buf, Ok(len));
+                    }
+                    Op::Send(SendSrc::Head { start, len }) => {
+                        out.extend_from_slice(
+                            &c.head_bytes()[start as usize..(start + len) as usize],
+                        );
+                        c.on_send(now, Ok(len));
+                    }
+                    Op::Send(SendSrc::Buf { buf, start, len }) => {
+                        out.extend_from_slice(
+                            &bufs[usize::from(buf.0)][start as usize..(start + len) as usize],
+                        );
+                        c.on_send(now, Ok(len));
+                    }
+                    Op::CloseFile => c.on_file_closed(now),
+                    other => rest.push(other),
+                }
+                queue.extend(drain_ops(c));
+            }
+        }
+        rest
+    }
+
+    #[test]
+    fn shutdown_mid_response_finishes_it_then_closes() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_stat(now, Ok(regular(100_000)));
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Open {
+                direct: false,
+                link_next: false
+            }]
+        );
+        c.on_open(now, Ok(()));
+        let first = drain_ops(&mut c);
+        assert!(matches!(
+            first[..],
+            [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
+        ));
+        // The server starts draining with the head and the first read in flight.
+        c.on_shutdown();
+        assert_eq!(drain_ops(&mut c), [], "nothing is cancelled");
+        for op in first {
+            c.ops.push(op);
+        }
+        let mut bufs = [vec![0; 4096], vec![0; 4096]];
+        let mut out = Vec::new();
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        let head_end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let body = &out[head_end..];
+        assert_eq!(body.len(), 100_000, "the whole body went out");
+        assert!(body.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        // Then as after `Connection: close`: FIN, and wait for the client's end of stream.
+        assert!(
+            matches!(rest[..], [Op::Shutdown, Op::Recv { .. }]),
+            "{rest:?}"
+        );
+        c.on_recv(now, Ok(&[]));
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert_eq!(c.requests(), 1);
+    }
+
+    #[test]
+    fn shutdown_during_the_lookup_answers_with_connection_close() {
+        let now = Time::default();
+        let mut c = HttpConn::new(Config::default(), now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_shutdown();
+        c.on_stat(now, Ok(regular(10)));
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Open {
+                direct: false,
+                link_next: false
+            }]
+        );
+        c.on_open(now, Ok(()));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Connection: close\r\n"), "{head}");
+    }
+
+    #[test]
+    fn shutdown_while_waiting_for_a_head_closes_now() {
+        let now = Time::default();
+        // Idle (nothing received) and partial heads alike.
+        for partial in [&b""[..], b"GET /f HT"] {
+            let mut c = HttpConn::new(Config::default(), now);
+            let _ = drain_ops(&mut c);
+            if !partial.is_empty() {
+                c.on_recv(now, Ok(partial));
+                assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+            }
+            c.on_shutdown();
+            assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+            c.on_recv(now, Err(RawErrno::CANCELED));
+            assert_eq!(drain_ops(&mut c), [Op::Close]);
+            assert_eq!(c.requests(), 0);
+        }
+    }
+
+    #[test]
+    fn abort_cancels_a_stalled_send_then_closes_the_file_and_the_connection() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(GET_F));
+        let _ = drain_ops(&mut c);
+        c.on_stat(now, Ok(regular(100_000)));
+        let _ = drain_ops(&mut c);
+        c.on_open(now, Ok(()));
+        let _ = drain_ops(&mut c);
+        c.on_shutdown();
+        c.on_read(now, BufIx(0), Ok(4096));
+        // The second buffer's read is issued; the head send never completes (a client that
+        // does not read), and the grace runs out.
+        let ops = drain_ops(&mut c);
+        let [Op::Read { buf, len, .. }] = ops[..] else {
+            panic!("expected the second read: {ops:?}");
+        };
+        c.abort();
+        assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+        c.on_send(now, Err(RawErrno::CANCELED));
+        assert_eq!(
+            drain_ops(&mut c),
+            [],
+            "the read in flight still owns its buffer"
+        );
+        c.on_read(now, buf, Ok(len));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert!(c.is_closed());
     }
 
     #[test]

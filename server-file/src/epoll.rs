@@ -16,9 +16,14 @@
 //! request was served inline, let clients that reconnect at once keep the loop in accept for
 //! as long as they churned; the closes of the connections they left were not read, piled up
 //! past `--max-conns`, and new connections were reset (found by tests/tests/faults.rs).
+//!
+//! Stopping (SIGINT/SIGTERM) is the io_uring driver's graceful drain: the listener is closed
+//! (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those
+//! still open after `--shutdown-grace-ms` get [`HttpConn::abort`], and the worker returns once
+//! none is left.
 
 use std::ffi::CStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{HttpConn, Op, SendSrc};
@@ -105,11 +110,12 @@ fn key(slot: Slot, generation: u32) -> u64 {
 
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
+    let mut listener = Some(listener);
     let ep =
         epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
     epoll::add(
         &ep,
-        &listener,
+        listener.as_ref().expect("not yet closed"),
         EventData::new_u64(0),
         // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
         EventFlags::IN,
@@ -131,7 +137,33 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let mut direct_log = DirectLog::default();
     let mut run_queue = RunQueue::new();
     let mut running = RunQueue::new();
-    while !ringwork_sys::signal::stop_requested() {
+    // When the drain began, and whether its grace ran out.
+    let mut stopping: Option<Instant> = None;
+    let mut aborted = false;
+    loop {
+        if stopping.is_none() && ringwork_sys::signal::stop_requested() {
+            stopping = Some(Instant::now());
+            // Closing the listener refuses new connections (and removes it from the epoll set).
+            listener = None;
+            let q = &mut run_queue;
+            each_conn(
+                shared,
+                &mut conns,
+                q,
+                &mut direct_log,
+                HttpConn::on_shutdown,
+            );
+        }
+        if let Some(since) = stopping {
+            if conns.is_empty() {
+                return Ok(());
+            }
+            if !aborted && since.elapsed() >= shared.shutdown_grace {
+                aborted = true;
+                let q = &mut run_queue;
+                each_conn(shared, &mut conns, q, &mut direct_log, HttpConn::abort);
+            }
+        }
         events.clear();
         let timeout = if run_queue.is_empty() { &ts } else { &no_wait };
         match epoll::wait(
@@ -145,10 +177,13 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         for ev in events.iter() {
             let k = ev.data.u64();
             if k == 0 {
+                let Some(listener) = &listener else {
+                    continue;
+                };
                 accept_batch(
                     shared,
                     &ep,
-                    &listener,
+                    listener,
                     &mut conns,
                     &mut run_queue,
                     &mut direct_log,
@@ -209,23 +244,34 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         let now = shared.now();
         if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
             last_tick = now.mono_ms;
-            for i in 0..conns.capacity() {
-                let slot = Slot(i as u32);
-                let generation = conns.generation(slot).get();
-                if let Some(c) = conns.get_mut(slot) {
-                    let turn_start = c.http.requests();
-                    c.http.on_tick(now);
-                    if drive(shared, c, turn_start, &mut direct_log) {
-                        run_queue.push((slot, generation));
-                    }
-                    if c.closed {
-                        conns.remove(slot);
-                    }
-                }
+            let q = &mut run_queue;
+            each_conn(shared, &mut conns, q, &mut direct_log, |h| h.on_tick(now));
+        }
+    }
+}
+
+/// Calls `f` on every connection, performs what it queued, and frees those it closed.
+fn each_conn(
+    shared: &Shared,
+    conns: &mut Slab<Conn>,
+    run_queue: &mut RunQueue,
+    direct_log: &mut DirectLog,
+    mut f: impl FnMut(&mut HttpConn),
+) {
+    for i in 0..conns.capacity() {
+        let slot = Slot(i as u32);
+        let generation = conns.generation(slot).get();
+        if let Some(c) = conns.get_mut(slot) {
+            let turn_start = c.http.requests();
+            f(&mut c.http);
+            if drive(shared, c, turn_start, direct_log) {
+                run_queue.push((slot, generation));
+            }
+            if c.closed {
+                conns.remove(slot);
             }
         }
     }
-    Ok(())
 }
 
 /// A tenth of the shortest timeout, between 5 ms and 100 ms.
@@ -437,6 +483,7 @@ mod tests {
             cfg,
             max_conns: 1,
             uring: crate::UringConfig::default(),
+            shutdown_grace: Duration::from_secs(1),
             start: Instant::now(),
             stats: crate::Stats::default(),
         };

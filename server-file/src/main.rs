@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use ringwork_core::file::Alignment;
@@ -54,6 +54,10 @@ struct Args {
     /// Drop an idle keep-alive connection after this many milliseconds.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
+    /// On SIGINT/SIGTERM, how long responses in flight may take to finish (new connections are
+    /// refused at once); connections still open after this are closed, then the server exits.
+    #[arg(long, default_value_t = 5_000)]
+    shutdown_grace_ms: u64,
     /// Most connections per thread; more are accepted and closed at once.
     #[arg(long, default_value_t = 256)]
     max_conns: u32,
@@ -178,6 +182,8 @@ struct Shared {
     cfg: Config,
     max_conns: u32,
     uring: UringConfig,
+    /// The drain's grace period (`--shutdown-grace-ms`).
+    shutdown_grace: Duration,
     start: Instant,
     stats: Stats,
 }
@@ -400,6 +406,7 @@ fn run(args: Args) -> Result<(), String> {
         },
         max_conns: args.max_conns.max(1),
         uring,
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
         stats: Stats::default(),
     });

@@ -32,10 +32,17 @@
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
+//! - Stopping (SIGINT/SIGTERM): a graceful drain. The multishot accept is cancelled and the
+//!   listener closed once it has ended (new connections are refused); every connection gets
+//!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
+//!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
+//!   worker returns once every connection is freed and the accept has ended.
 //!
 //! A connection is freed only once HttpConn has said Close *and* every SQE submitted for it
 //! has completed (cancel, shutdown and close CQEs included): until then its buffers, statx
 //! struct, open_how and path stay where the kernel was told they are.
+
+use std::time::{Duration, Instant};
 
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
@@ -51,6 +58,10 @@ use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
 
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
+
+/// After a drain's grace period has run out and every connection was aborted, how long to
+/// wait for SEND_ZC notifications that peers who do not read may never let come.
+const ZC_ABANDON: Duration = Duration::from_secs(1);
 
 /// Where the accept SQE's token points; never a connection slot (the slab is smaller).
 const ACCEPT_SLOT: Slot = Slot(u32::MAX);
@@ -69,6 +80,9 @@ struct Conn {
     file_fd: Option<i32>,
     /// SQEs submitted for this connection whose CQEs have not arrived.
     inflight: u32,
+    /// SEND_ZC notifications still to come (their results arrived with F_MORE); counted in
+    /// `inflight` too.
+    notifs_owed: u32,
     /// HttpConn said Close.
     closed: bool,
 }
@@ -89,7 +103,13 @@ struct Driver<'s> {
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    listener: OwnedFd,
+    /// Closed once the accept has ended during a drain.
+    listener: Option<OwnedFd>,
+    /// The multishot accept has not posted its last CQE.
+    accept_armed: bool,
+    /// When the drain began (SIGINT/SIGTERM), and whether its grace ran out.
+    stopping: Option<Instant>,
+    aborted: bool,
     direct_refused: bool,
     direct_noted: bool,
 }
@@ -256,7 +276,10 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         multishot_accept,
         zc_report_usage,
         http_cfg,
-        listener,
+        listener: Some(listener),
+        accept_armed: false,
+        stopping: None,
+        aborted: false,
         direct_refused: false,
         direct_noted: false,
     };
@@ -283,22 +306,94 @@ impl Driver<'_> {
     }
 
     fn arm_accept(&mut self) -> Result<(), String> {
+        let Some(listener) = &self.listener else {
+            return Ok(());
+        };
         let ud = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
         let sqe = Sqe::accept(
-            Target::Fd(self.listener.as_raw_fd()),
+            Target::Fd(listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
             self.multishot_accept,
             false,
         )
         .user_data(ud);
+        self.accept_armed = true;
         self.push(&sqe)
+    }
+
+    /// SIGINT/SIGTERM arrived: cancel the accept, and let every connection finish its
+    /// response and close.
+    fn begin_drain(&mut self) -> Result<(), String> {
+        self.stopping = Some(Instant::now());
+        if self.accept_armed {
+            let accept = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
+            let ud = Token::new(OpKind::Cancel, ACCEPT_SLOT, Generation::ZERO).encode();
+            self.push(&Sqe::cancel(accept).user_data(ud))?;
+        }
+        self.each_open_conn(HttpConn::on_shutdown)
+    }
+
+    /// Calls `f` on every connection HttpConn has not closed, then performs what it queued.
+    fn each_open_conn(&mut self, mut f: impl FnMut(&mut HttpConn)) -> Result<(), String> {
+        for i in 0..self.conns.capacity() {
+            let slot = Slot(i as u32);
+            if let Some(c) = self.conns.get_mut(slot) {
+                if !c.closed {
+                    f(&mut c.http);
+                    self.drive(slot)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When every connection left waits only for SEND_ZC notifications, how many.
+    fn only_notifications_left(&self) -> Option<u32> {
+        let mut owed = 0;
+        for i in 0..self.conns.capacity() {
+            if let Some(c) = self.conns.get(Slot(i as u32)) {
+                if c.inflight != c.notifs_owed {
+                    return None;
+                }
+                owed += c.notifs_owed;
+            }
+        }
+        Some(owed)
     }
 
     fn run_loop(&mut self) -> Result<(), String> {
         let tick = tick_interval(self.shared);
         let mut last_tick = self.shared.now().mono_ms;
         let mut cqes = Vec::with_capacity(1024);
-        while !ringwork_sys::signal::stop_requested() {
+        loop {
+            if self.stopping.is_none() && ringwork_sys::signal::stop_requested() {
+                self.begin_drain()?;
+            }
+            if let Some(since) = self.stopping {
+                if self.conns.is_empty() && !self.accept_armed {
+                    return Ok(());
+                }
+                if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
+                    self.aborted = true;
+                    self.each_open_conn(HttpConn::abort)?;
+                }
+                if self.aborted && since.elapsed() >= self.shared.shutdown_grace + ZC_ABANDON {
+                    if let Some(owed) = self.only_notifications_left() {
+                        // A peer that does not read keeps our zero-copy data queued in its
+                        // socket, so those notifications never come while it stays open,
+                        // and HttpConn (rightly) will not close before they do. Nothing else
+                        // is in flight, and the kernel holds its own references to the pages
+                        // it may still read (registered buffers stay pinned until the last
+                        // notification; plain SEND_ZC pins them), so the process may end
+                        // without ever touching those buffers again.
+                        println!(
+                            "shutdown: {owed} SEND_ZC notification(s) still owed by peers \
+                             that do not read; exiting without them"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
             match self.ring.submit_and_wait_timeout(1, tick) {
                 Ok(_) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
@@ -313,18 +408,9 @@ impl Driver<'_> {
             let now = self.shared.now();
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
-                for i in 0..self.conns.capacity() {
-                    let slot = Slot(i as u32);
-                    if let Some(c) = self.conns.get_mut(slot) {
-                        if !c.closed {
-                            c.http.on_tick(now);
-                            self.drive(slot)?;
-                        }
-                    }
-                }
+                self.each_open_conn(|http| http.on_tick(now))?;
             }
         }
-        Ok(())
     }
 
     fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
@@ -336,12 +422,25 @@ impl Driver<'_> {
                 // SAFETY: a successful non-direct accept's `res` is a new descriptor that
                 // nothing else owns.
                 let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-                self.new_conn(sock)?;
+                if self.stopping.is_none() {
+                    self.new_conn(sock)?;
+                }
+                // Draining: accepted before the cancel took effect; dropping it closes it.
             }
             if !cqe.more() {
-                // Multishot accept ended (PITFALLS #2): re-arm.
-                self.arm_accept()?;
+                self.accept_armed = false;
+                if self.stopping.is_none() {
+                    // Multishot accept ended (PITFALLS #2): re-arm.
+                    self.arm_accept()?;
+                } else {
+                    // Nothing accepts any more: connections are refused from now on.
+                    self.listener = None;
+                }
             }
+            return Ok(());
+        }
+        if token.slot == ACCEPT_SLOT {
+            // The accept's cancel: the accept's own last CQE says what matters.
             return Ok(());
         }
         let now = self.shared.now();
@@ -362,8 +461,13 @@ impl Driver<'_> {
         };
         // A SEND_ZC is in flight until its notification, when its result promised one.
         let notif_follows = token.kind == OpKind::SendZc && !cqe.is_notification() && cqe.more();
-        if !notif_follows {
+        if notif_follows {
+            c.notifs_owed += 1;
+        } else {
             c.inflight -= 1;
+        }
+        if cqe.is_notification() {
+            c.notifs_owed -= 1;
         }
         let res = cqe.result();
         match token.kind {
@@ -429,6 +533,7 @@ impl Driver<'_> {
             direct: false,
             file_fd: None,
             inflight: 0,
+            notifs_owed: 0,
             closed: false,
         };
         // A full table: the connection is dropped (its socket closed) at once.
