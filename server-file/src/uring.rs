@@ -59,16 +59,14 @@ use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
 
-/// After a drain's grace period has run out and every connection was aborted, how long to
-/// wait for SEND_ZC notifications that peers who do not read may never let come.
-const ZC_ABANDON: Duration = Duration::from_secs(1);
-
 /// Where the accept SQE's token points; never a connection slot (the slab is smaller).
 const ACCEPT_SLOT: Slot = Slot(u32::MAX);
 
 struct Conn {
     http: HttpConn,
-    sock: OwnedFd,
+    /// The socket; taken (closed) early when HttpConn says Close while SEND_ZC notifications
+    /// are still owed, and otherwise closed when the connection is freed.
+    sock: Option<OwnedFd>,
     recv_buf: Box<[u8]>,
     stx: Box<rustix::fs::Statx>,
     how: Box<open_how>,
@@ -347,20 +345,6 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// When every connection left waits only for SEND_ZC notifications, how many.
-    fn only_notifications_left(&self) -> Option<u32> {
-        let mut owed = 0;
-        for i in 0..self.conns.capacity() {
-            if let Some(c) = self.conns.get(Slot(i as u32)) {
-                if c.inflight != c.notifs_owed {
-                    return None;
-                }
-                owed += c.notifs_owed;
-            }
-        }
-        Some(owed)
-    }
-
     fn run_loop(&mut self) -> Result<(), String> {
         let tick = tick_interval(self.shared);
         let mut last_tick = self.shared.now().mono_ms;
@@ -376,22 +360,6 @@ impl Driver<'_> {
                 if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
                     self.aborted = true;
                     self.each_open_conn(HttpConn::abort)?;
-                }
-                if self.aborted && since.elapsed() >= self.shared.shutdown_grace + ZC_ABANDON {
-                    if let Some(owed) = self.only_notifications_left() {
-                        // A peer that does not read keeps our zero-copy data queued in its
-                        // socket, so those notifications never come while it stays open,
-                        // and HttpConn (rightly) will not close before they do. Nothing else
-                        // is in flight, and the kernel holds its own references to the pages
-                        // it may still read (registered buffers stay pinned until the last
-                        // notification; plain SEND_ZC pins them), so the process may end
-                        // without ever touching those buffers again.
-                        println!(
-                            "shutdown: {owed} SEND_ZC notification(s) still owed by peers \
-                             that do not read; exiting without them"
-                        );
-                        return Ok(());
-                    }
                 }
             }
             match self.ring.submit_and_wait_timeout(1, tick) {
@@ -525,7 +493,7 @@ impl Driver<'_> {
         let cfg = self.http_cfg;
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
-            sock,
+            sock: Some(sock),
             recv_buf: vec![0; cfg.limits.max_head_bytes + 1].into_boxed_slice(),
             stx: Box::new(zeroed_statx()),
             how: Box::new(open_how::default()),
@@ -593,7 +561,8 @@ impl Driver<'_> {
         let root = self.shared.root.as_raw_fd();
         let generation = self.conns.generation(slot);
         let c = self.conns.get_mut(slot)?;
-        let sock = Target::Fd(c.sock.as_raw_fd());
+        // HttpConn emits nothing after Close, and only Close takes the socket.
+        let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
         let (kind, sqe) = match op {
             Op::SendZc {
                 buf,
@@ -680,6 +649,17 @@ impl Driver<'_> {
             Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
             Op::Close => {
                 c.closed = true;
+                if c.notifs_owed > 0 {
+                    // Bytes of ours still queued in the socket hold their notifications back
+                    // (a peer that does not read may never take them): close it abortively
+                    // (SO_LINGER 0: a reset) so the kernel drops them and the notifications
+                    // come. The chunk buffers stay untouched until they do: the slot is freed
+                    // only at `inflight == 0`, which counts them.
+                    if let Some(sock) = c.sock.take() {
+                        let _ =
+                            rustix::net::sockopt::set_socket_linger(&sock, Some(Duration::ZERO));
+                    }
+                }
                 return None;
             }
         };
