@@ -351,7 +351,9 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "Server CPU is user+system time from /proc/PID/stat over the measured window (10 ms ticks). \
+        "Server CPU is the run time of the server's threads over the measured window, from \
+         /proc/PID/task/*/schedstat (exact, in ns; sampled 10 ms ticks from /proc/PID/stat only \
+         where schedstats are missing). \
          Syscalls are counted by `perf stat -e raw_syscalls:sys_enter -e syscalls:sys_enter_io_uring_enter -p PID` \
          over the same window (\"-\" where perf is unavailable).\n"
     );
@@ -359,7 +361,7 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
         let _ = writeln!(
             s,
             "uring+sqpoll: the SQPOLL poller (`iou-sqp-TID`) is a thread of the server process, so \
-             its CPU time is in /proc/PID/stat and it is pinned with the server's other threads{}; \
+             its CPU time is counted with the worker's and it is pinned with the server's other threads{}; \
              it spins for its 10 ms idle time after each submission, which at low load costs \
              about a whole CPU. Its io_uring_enter count is the worker's waits for completions.\n",
             if cpus() >= 2 { " (it shares the last CPU with the worker)" } else { "" }
