@@ -311,15 +311,19 @@ impl ProvidedBuffers {
     }
 
     /// Ring mode: writes every recycled buffer into the shared ring and publishes the new tail.
-    fn publish_ring(&mut self, ring_mem: &Mmap) {
+    fn publish_ring(&mut self) {
+        let Some(ring_mem) = &self.ring_mem else {
+            return;
+        };
         let entries: *mut io_uring_buf = ring_mem.as_ptr().cast();
         let data = self.data.as_ptr();
         let size = self.buf_size;
         let tail = self.book.take_returns(|index, id| {
             // SAFETY: `index < entries` (masked by core); this entry is past the kernel's head
-            // (only `entries` buffers exist, so the kernel has consumed the slot's previous
-            // occupant), and the kernel reads it only after the tail store below. We write the
-            // fields, never the whole struct: in entry 0, `resv` is the shared tail.
+            // (only `entries` buffers exist, and only a buffer the kernel has finished with is
+            // recycled, incremental consumption included, so the kernel has consumed the slot's
+            // previous occupant), and the kernel reads it only after the tail store below. We
+            // write the fields, never the whole struct: in entry 0, `resv` is the shared tail.
             unsafe {
                 let e = entries.add(index as usize);
                 (*e).addr = io_uring_ptr::new(data.add(id.0 as usize * size as usize).cast());
@@ -557,9 +561,8 @@ impl Ring {
         if br.book.returning() == 0 {
             return Ok(());
         }
-        if let Some(ring_mem) = br.ring_mem.take() {
-            br.publish_ring(&ring_mem);
-            br.ring_mem = Some(ring_mem);
+        if br.ring_mem.is_some() {
+            br.publish_ring();
             return Ok(());
         }
         let mut ids = Vec::with_capacity(br.book.returning());
