@@ -1,4 +1,8 @@
 //! ringwork-bench: Ringwork's benchmarks. Every figure in README names the command that made it.
+//!
+//! Its `unsafe` (pushing SQEs in `fileread` and `drain`) is held to the same rule as sys: each
+//! block says which memory the SQE names and why it outlives the operation.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::path::PathBuf;
 use std::time::Duration;
