@@ -1563,6 +1563,25 @@ mod tests {
         core::iter::from_fn(|| c.poll_op()).collect()
     }
 
+    /// A fresh connection's `GET /f` of a regular file of `size` bytes, up to the open's
+    /// completion (no links, no O_DIRECT); returns the ops that follow the open.
+    fn open_response(c: &mut HttpConn, size: u64) -> Vec<Op> {
+        let now = Time::default();
+        assert!(matches!(drain_ops(c)[..], [Op::Recv { .. }]));
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(c), [Op::Stat]);
+        c.on_stat(now, Ok(regular(size)));
+        assert_eq!(
+            drain_ops(c),
+            [Op::Open {
+                direct: false,
+                link_next: false
+            }]
+        );
+        c.on_open(now, Ok(()));
+        drain_ops(c)
+    }
+
     #[test]
     fn a_failed_send_closes_only_after_the_read_in_flight_and_the_file_close() {
         let now = Time::default();
@@ -1571,25 +1590,7 @@ mod tests {
             ..Config::default()
         };
         let mut c = HttpConn::new(cfg, now);
-        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
-        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
-        assert_eq!(drain_ops(&mut c), [Op::Stat]);
-        let info = FileInfo {
-            kind: FileKind::Regular,
-            size: 100_000,
-            mtime_secs: 0,
-            dio: None,
-        };
-        c.on_stat(now, Ok(info));
-        assert_eq!(
-            drain_ops(&mut c),
-            [Op::Open {
-                direct: false,
-                link_next: false
-            }]
-        );
-        c.on_open(now, Ok(()));
-        let ops = drain_ops(&mut c);
+        let ops = open_response(&mut c, 100_000);
         assert!(matches!(
             ops[..],
             [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
@@ -1614,20 +1615,8 @@ mod tests {
             ..Config::default()
         };
         let mut c = HttpConn::new(cfg, now);
-        drain_ops(&mut c);
-        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
-        drain_ops(&mut c);
-        let info = FileInfo {
-            kind: FileKind::Regular,
-            size: 3 * 4096,
-            mtime_secs: 0,
-            dio: None,
-        };
-        c.on_stat(now, Ok(info));
-        drain_ops(&mut c);
-        c.on_open(now, Ok(()));
         assert!(matches!(
-            drain_ops(&mut c)[..],
+            open_response(&mut c, 3 * 4096)[..],
             [
                 Op::Send(SendSrc::Head { .. }),
                 Op::Read { buf: BufIx(0), .. }
@@ -1676,13 +1665,7 @@ mod tests {
 
         // And with a notification outstanding at the failure: Close comes without it.
         let mut c = HttpConn::new(cfg, now);
-        drain_ops(&mut c);
-        c.on_recv(now, Ok(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"));
-        drain_ops(&mut c);
-        c.on_stat(now, Ok(info));
-        drain_ops(&mut c);
-        c.on_open(now, Ok(()));
-        drain_ops(&mut c);
+        open_response(&mut c, 3 * 4096);
         c.on_send(now, Ok(head_len));
         c.on_read(now, BufIx(0), Ok(4096));
         let Some(Op::SendZc { slot, .. }) = c.poll_op() else {
@@ -1842,19 +1825,7 @@ mod tests {
             ..Config::default()
         };
         let mut c = HttpConn::new(cfg, now);
-        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
-        c.on_recv(now, Ok(GET_F));
-        assert_eq!(drain_ops(&mut c), [Op::Stat]);
-        c.on_stat(now, Ok(regular(100_000)));
-        assert_eq!(
-            drain_ops(&mut c),
-            [Op::Open {
-                direct: false,
-                link_next: false
-            }]
-        );
-        c.on_open(now, Ok(()));
-        let first = drain_ops(&mut c);
+        let first = open_response(&mut c, 100_000);
         assert!(matches!(
             first[..],
             [Op::Send(SendSrc::Head { .. }), Op::Read { .. }]
@@ -1931,13 +1902,7 @@ mod tests {
             ..Config::default()
         };
         let mut c = HttpConn::new(cfg, now);
-        let _ = drain_ops(&mut c);
-        c.on_recv(now, Ok(GET_F));
-        let _ = drain_ops(&mut c);
-        c.on_stat(now, Ok(regular(100_000)));
-        let _ = drain_ops(&mut c);
-        c.on_open(now, Ok(()));
-        let _ = drain_ops(&mut c);
+        let _ = open_response(&mut c, 100_000);
         c.on_shutdown();
         c.on_read(now, BufIx(0), Ok(4096));
         // The second buffer's read is issued; the head send never completes (a client that
