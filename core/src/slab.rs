@@ -27,11 +27,12 @@ impl<T> Slab<T> {
     /// A table of `capacity` slots, all vacant, at generation zero.
     ///
     /// # Panics
-    /// When `capacity` does not fit a [`Slot`] (u32).
+    /// When `capacity` exceeds `Slot::WORKER.0` (2^24 - 1): slots must fit a token's slot
+    /// field and stay clear of [`Slot::WORKER`].
     pub fn new(capacity: usize) -> Self {
         assert!(
-            u32::try_from(capacity).is_ok(),
-            "slab capacity must fit in a u32 slot index"
+            capacity <= Slot::WORKER.0 as usize,
+            "slab capacity must stay below Slot::WORKER (2^24 - 1 slots)"
         );
         let mut entries = Vec::with_capacity(capacity);
         entries.resize_with(capacity, || None);

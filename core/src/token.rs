@@ -1,22 +1,34 @@
-//! `user_data` tokens: which operation, on which slot, of which generation.
+//! `user_data` tokens: which operation, on which slot, of which generation, and which of the
+//! slot's operations of that kind.
 //!
-//! Every SQE carries a 64-bit `user_data` that comes back in its CQE. Ringwork packs three
-//! things into it:
+//! Every SQE carries a 64-bit `user_data` that comes back in its CQE. Ringwork packs four
+//! things into it, for every operation of both servers (connection ops, a connection's
+//! zero-copy sends, the worker's own accept and wake-up, and the keys of the epoll backends):
 //!
 //! ```text
-//!  63      56 55                    32 31                              0
-//! +----------+------------------------+--------------------------------+
-//! |  OpKind  |   generation (24 bit)  |          slot (32 bit)         |
-//! +----------+------------------------+--------------------------------+
+//!  63      56 55            40 39            24 23                        0
+//! +----------+----------------+----------------+---------------------------+
+//! |  OpKind  | generation (16)|    sub (16)    |         slot (24)         |
+//! +----------+----------------+----------------+---------------------------+
 //! ```
 //!
-//! The generation is what makes slot reuse safe: a slot's generation is bumped every time
-//! the slot is freed, so a CQE that was in flight when its connection died decodes to an old
-//! generation and [`Generations::is_current`] says so, instead of the completion landing on the
-//! connection that reused the slot (PITFALLS.md #5).
+//! - `slot` names the owner: a connection's index in its table, or [`Slot::WORKER`] for the
+//!   worker's own operations. Tables hold fewer than 2^24 - 1 slots, so that one never is a
+//!   connection's.
+//! - `generation` is what makes slot reuse safe: a slot's generation is bumped every time the
+//!   slot is freed, so a CQE that was in flight when its connection died decodes to an old
+//!   generation and [`Generations::is_current`] says so, instead of the completion landing on
+//!   the connection that reused the slot (a closed descriptor's number, and its slot, may be
+//!   reused while a completion for the old one is still queued). Sixteen bits: a slot is
+//!   freed only once nothing is in flight on it, so the generation is a second line of
+//!   defence, and a stale CQE would have to outlive 65,536 reuses of its slot to be taken for
+//!   current.
+//! - `sub` tells apart several operations of one kind and one owner whose completions must
+//!   each find their own bookkeeping: a SEND_ZC's tracker slot ([`crate::buf::ZcSlot`]), whose
+//!   notification may come after later sends of the same connection. Zero where unused.
 //!
-//! This module does not decide when a slot may be freed; `conn` does (only after every
-//! in-flight operation has completed).
+//! This module does not decide when a slot may be freed; the connection state machines do
+//! (only after every in-flight operation has completed).
 
 use alloc::{vec, vec::Vec};
 use core::fmt;
@@ -25,17 +37,27 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct UserData(pub u64);
 
-/// Index of a connection, request or other owner of in-flight operations.
+/// Index of a connection, request or other owner of in-flight operations; below 2^24.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct Slot(pub u32);
 
-/// A slot's generation, 24 bits wide, wrapping.
+impl Slot {
+    /// Number of bits a slot occupies in `user_data`.
+    pub const BITS: u32 = 24;
+
+    /// The owner of a worker's own operations (accept, wake-up read, epoll keys of the
+    /// listener): the largest slot, which no table hands out (they hold at most
+    /// `Slot::WORKER.0` slots, numbered from 0).
+    pub const WORKER: Slot = Slot((1 << Self::BITS) - 1);
+}
+
+/// A slot's generation, 16 bits wide, wrapping.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct Generation(u32);
 
 impl Generation {
     /// Number of bits a generation occupies in `user_data`.
-    pub const BITS: u32 = 24;
+    pub const BITS: u32 = 16;
     const MASK: u32 = (1 << Self::BITS) - 1;
 
     /// The first generation of a fresh slot.
@@ -47,13 +69,13 @@ impl Generation {
         Self(raw & Self::MASK)
     }
 
-    /// The raw 24-bit value.
+    /// The raw 16-bit value.
     #[inline]
     pub const fn get(self) -> u32 {
         self.0
     }
 
-    /// The next generation, wrapping at 2^24.
+    /// The next generation, wrapping at 2^16.
     #[inline]
     #[must_use]
     pub const fn next(self) -> Self {
@@ -132,50 +154,83 @@ impl fmt::Display for TokenError {
     }
 }
 
-/// A decoded `user_data`: operation kind, owning slot and the slot's generation at submit time.
+/// A decoded `user_data`: operation kind, owning slot, the slot's generation at submit time,
+/// and the sub-index (see the module docs for the layout).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Token {
     /// What the operation was.
     pub kind: OpKind,
-    /// Who owns it.
+    /// Who owns it (below 2^24).
     pub slot: Slot,
     /// The owner's generation when it was submitted.
     pub generation: Generation,
+    /// Which of the owner's operations of this kind (a SEND_ZC's tracker slot); 0 where a
+    /// kind has one at a time.
+    pub sub: u16,
 }
 
+const SLOT_MASK: u64 = (1 << Slot::BITS) - 1;
+const SUB_SHIFT: u32 = Slot::BITS;
+const GENERATION_SHIFT: u32 = SUB_SHIFT + 16;
+const KIND_SHIFT: u32 = 56;
+// The fields fill the 64 bits exactly, none overlapping.
+const _: () = assert!(GENERATION_SHIFT + Generation::BITS == KIND_SHIFT);
+
 impl Token {
-    /// A token for `kind` on `slot` at `generation`.
+    /// A token for `kind` on `slot` at `generation`, sub-index 0.
     #[inline]
     pub const fn new(kind: OpKind, slot: Slot, generation: Generation) -> Self {
         Self {
             kind,
             slot,
             generation,
+            sub: 0,
         }
     }
 
+    /// The same token with sub-index `sub`.
+    #[inline]
+    #[must_use]
+    pub const fn with_sub(self, sub: u16) -> Self {
+        Self { sub, ..self }
+    }
+
+    /// The same owner and generation, another kind (sub-index 0): the token of a sibling
+    /// operation, e.g. the cancel of a recv.
+    #[inline]
+    #[must_use]
+    pub const fn with_kind(self, kind: OpKind) -> Self {
+        Self::new(kind, self.slot, self.generation)
+    }
+
     /// Packs the token into `user_data`.
+    ///
+    /// A slot of 2^24 or more does not fit: its high bits are dropped (a caller bug; tables
+    /// are smaller, and debug builds assert it).
     #[inline]
     pub const fn encode(self) -> UserData {
+        debug_assert!((self.slot.0 as u64) <= SLOT_MASK, "slot beyond 24 bits");
         UserData(
-            ((self.kind as u64) << 56)
-                | ((self.generation.get() as u64) << 32)
-                | (self.slot.0 as u64),
+            ((self.kind as u64) << KIND_SHIFT)
+                | ((self.generation.get() as u64) << GENERATION_SHIFT)
+                | ((self.sub as u64) << SUB_SHIFT)
+                | (self.slot.0 as u64 & SLOT_MASK),
         )
     }
 
     /// Unpacks `user_data`; fails only when the kind byte is not one of ours.
     #[inline]
     pub const fn decode(ud: UserData) -> Result<Self, TokenError> {
-        let kind_byte = (ud.0 >> 56) as u8;
+        let kind_byte = (ud.0 >> KIND_SHIFT) as u8;
         let kind = match OpKind::from_u8(kind_byte) {
             Some(k) => k,
             None => return Err(TokenError::UnknownKind(kind_byte)),
         };
         Ok(Self {
             kind,
-            generation: Generation::new((ud.0 >> 32) as u32),
-            slot: Slot(ud.0 as u32),
+            generation: Generation::new((ud.0 >> GENERATION_SHIFT) as u32),
+            sub: (ud.0 >> SUB_SHIFT) as u16,
+            slot: Slot((ud.0 & SLOT_MASK) as u32),
         })
     }
 }
@@ -190,7 +245,15 @@ pub struct Generations {
 
 impl Generations {
     /// A table of `slots` slots, every one at generation zero.
+    ///
+    /// # Panics
+    /// When `slots` exceeds `Slot::WORKER.0`: slot numbers must fit the token's 24 bits and
+    /// stay clear of [`Slot::WORKER`].
     pub fn new(slots: usize) -> Self {
+        assert!(
+            slots <= Slot::WORKER.0 as usize,
+            "a slot table holds at most 2^24 - 1 slots"
+        );
         Self {
             current: vec![Generation::ZERO; slots],
         }
@@ -238,19 +301,35 @@ mod tests {
         proptest::sample::select(OpKind::ALL)
     }
 
+    fn any_slot() -> impl Strategy<Value = Slot> {
+        (0..=Slot::WORKER.0).prop_map(Slot)
+    }
+
     proptest! {
         #[test]
-        fn round_trip(kind in any_kind(), slot in any::<u32>(), generation in any::<u32>()) {
-            let t = Token::new(kind, Slot(slot), Generation::new(generation));
+        fn round_trip(
+            kind in any_kind(),
+            slot in any_slot(),
+            generation in any::<u32>(),
+            sub in any::<u16>(),
+        ) {
+            let t = Token::new(kind, slot, Generation::new(generation)).with_sub(sub);
             let back = Token::decode(t.encode()).unwrap();
             prop_assert_eq!(back, t);
-            prop_assert_eq!(back.generation.get(), generation & 0xff_ffff);
+            prop_assert_eq!(back.generation.get(), generation & 0xffff);
+            // Each field lands in its own bits: changing one changes nothing else.
+            let other = Token::decode(t.with_sub(sub ^ 1).encode()).unwrap();
+            prop_assert_eq!((other.kind, other.slot, other.generation), (kind, slot, t.generation));
+            prop_assert_eq!(t.with_kind(OpKind::Cancel).with_kind(kind), t.with_sub(0));
         }
 
         #[test]
         fn decode_never_panics_and_reencodes(raw in any::<u64>()) {
             match Token::decode(UserData(raw)) {
-                Ok(t) => prop_assert_eq!(t.encode(), UserData(raw)),
+                Ok(t) => {
+                    prop_assert!(t.slot.0 <= Slot::WORKER.0);
+                    prop_assert_eq!(t.encode(), UserData(raw));
+                }
                 Err(TokenError::UnknownKind(k)) => {
                     prop_assert_eq!(k, (raw >> 56) as u8);
                     prop_assert!(OpKind::from_u8(k).is_none());
@@ -259,26 +338,46 @@ mod tests {
         }
 
         /// A token survives any number of retirements of other slots, and is stale after
-        /// retiring its own slot (until the 24-bit generation wraps all the way round).
+        /// retiring its own slot (until the 16-bit generation wraps all the way round),
+        /// whatever its kind and sub-index; the worker's tokens are never a slot's.
         #[test]
-        fn stale_after_retire(slot in 0u32..4, others in proptest::collection::vec(0u32..4, 0..20)) {
+        fn stale_after_retire(
+            slot in 0u32..4,
+            kind in any_kind(),
+            sub in any::<u16>(),
+            others in proptest::collection::vec(0u32..4, 0..20),
+        ) {
             let mut gens = Generations::new(4);
-            let t = gens.token(OpKind::Recv, Slot(slot));
+            let t = gens.token(kind, Slot(slot)).with_sub(sub);
+            let decoded = Token::decode(t.encode()).unwrap();
             for o in others.iter().filter(|o| **o != slot) {
                 gens.retire(Slot(*o));
             }
-            prop_assert!(gens.is_current(&t));
+            prop_assert!(gens.is_current(&decoded));
             gens.retire(Slot(slot));
-            prop_assert!(!gens.is_current(&t));
+            prop_assert!(!gens.is_current(&decoded));
+            prop_assert!(!gens.is_current(&decoded.with_sub(0)));
             let fresh = gens.token(OpKind::Recv, Slot(slot));
             prop_assert!(gens.is_current(&fresh));
+            prop_assert!(gens.is_current(&fresh.with_kind(kind).with_sub(sub)));
+            let worker = Token::new(kind, Slot::WORKER, fresh.generation).with_sub(sub);
+            prop_assert!(!gens.is_current(&Token::decode(worker.encode()).unwrap()));
         }
     }
 
     #[test]
-    fn generation_wraps_at_24_bits() {
-        assert_eq!(Generation::new(0xff_ffff).next(), Generation::ZERO);
-        assert_eq!(Generation::new(0x1ff_ffff).get(), 0xff_ffff);
+    fn generation_wraps_at_16_bits() {
+        assert_eq!(Generation::new(0xffff).next(), Generation::ZERO);
+        assert_eq!(Generation::new(0x1_ffff).get(), 0xffff);
+        let mut gens = Generations::new(1);
+        let t = gens.token(OpKind::Send, Slot(0));
+        for _ in 0..1 << 16 {
+            gens.retire(Slot(0));
+        }
+        assert!(
+            gens.is_current(&t),
+            "a full wrap makes an old token look current"
+        );
     }
 
     #[test]
@@ -295,5 +394,11 @@ mod tests {
         let gens = Generations::new(2);
         let t = Token::new(OpKind::Send, Slot(7), Generation::ZERO);
         assert!(!gens.is_current(&t));
+    }
+
+    #[test]
+    #[should_panic(expected = "2^24 - 1")]
+    fn tables_stay_below_the_worker_slot() {
+        let _ = Generations::new(Slot::WORKER.0 as usize + 1);
     }
 }

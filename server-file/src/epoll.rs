@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{HttpConn, Op, SendSrc};
 use ringwork_core::slab::Slab;
-use ringwork_core::token::Slot;
+use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use rustix::event::epoll::{self, EventData, EventFlags};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, StatxFlags};
@@ -100,12 +100,15 @@ impl Conn {
     }
 }
 
-/// Connections whose receive was deferred ([`drive`] said so): `(slot, generation)`.
-type RunQueue = Vec<(Slot, u32)>;
+/// Connections whose receive was deferred ([`drive`] said so), by token.
+type RunQueue = Vec<Token>;
 
-fn key(slot: Slot, generation: u32) -> u64 {
-    // 0 is the listener; connections are slot + 1 with their generation above.
-    (u64::from(generation) << 32) | (u64::from(slot.0) + 1)
+/// The listener's epoll key: a token of the worker's slot, as the io_uring driver's accept
+/// carries. A connection's key is its token (kind `Recv`: readiness of its socket).
+const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+
+fn conn_token(slot: Slot, generation: Generation) -> Token {
+    Token::new(OpKind::Recv, slot, generation)
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
@@ -116,7 +119,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     epoll::add(
         &ep,
         listener.as_ref().expect("not yet closed"),
-        EventData::new_u64(0),
+        EventData::new_u64(LISTENER_KEY.0),
         // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
         EventFlags::IN,
     )
@@ -175,8 +178,8 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             Err(e) => return Err(format!("epoll_wait: {e}")),
         }
         for ev in events.iter() {
-            let k = ev.data.u64();
-            if k == 0 {
+            let key = UserData(ev.data.u64());
+            if key == LISTENER_KEY {
                 let Some(listener) = &listener else {
                     continue;
                 };
@@ -190,12 +193,11 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 );
                 continue;
             }
-            let slot = Slot((k & 0xffff_ffff) as u32 - 1);
-            let generation = (k >> 32) as u32;
-            if conns.generation(slot).get() != generation {
+            let Ok(token) = Token::decode(key) else {
                 continue;
-            }
-            let Some(c) = conns.get_mut(slot) else {
+            };
+            // A connection freed (and its slot perhaps reused) since the event was queued.
+            let Some(c) = conns.get_checked_mut(&token) else {
                 continue;
             };
             let flags = ev.flags;
@@ -212,21 +214,18 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 }
             }
             if drive(shared, c, turn_start, &mut direct_log) {
-                run_queue.push((slot, generation));
+                run_queue.push(token);
             }
             if c.closed {
-                conns.remove(slot);
+                conns.remove(token.slot);
             }
         }
         // The deferred receives, each behind the events just handled. A connection that got an
         // EPOLLIN meanwhile has already received (its pending_recv is gone); one that was
         // closed and whose slot was reused fails the generation check.
         std::mem::swap(&mut running, &mut run_queue);
-        for (slot, generation) in running.drain(..) {
-            if conns.generation(slot).get() != generation {
-                continue;
-            }
-            let Some(c) = conns.get_mut(slot) else {
+        for token in running.drain(..) {
+            let Some(c) = conns.get_checked_mut(&token) else {
                 continue;
             };
             let Some(max) = c.pending_recv.take() else {
@@ -235,10 +234,10 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             let turn_start = c.http.requests();
             do_recv(shared, c, max);
             if drive(shared, c, turn_start, &mut direct_log) {
-                run_queue.push((slot, generation));
+                run_queue.push(token);
             }
             if c.closed {
-                conns.remove(slot);
+                conns.remove(token.slot);
             }
         }
         let now = shared.now();
@@ -260,12 +259,12 @@ fn each_conn(
 ) {
     for i in 0..conns.capacity() {
         let slot = Slot(i as u32);
-        let generation = conns.generation(slot).get();
+        let token = conn_token(slot, conns.generation(slot));
         if let Some(c) = conns.get_mut(slot) {
             let turn_start = c.http.requests();
             f(&mut c.http);
             if drive(shared, c, turn_start, direct_log) {
-                run_queue.push((slot, generation));
+                run_queue.push(token);
             }
             if c.closed {
                 conns.remove(slot);
@@ -308,14 +307,15 @@ fn accept_batch(
             continue;
         };
         let c = conns.get_mut(slot).expect("just inserted");
-        let data = EventData::new_u64(key(slot, generation.get()));
+        let token = conn_token(slot, generation);
+        let data = EventData::new_u64(token.encode().0);
         let interest = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
         if epoll::add(ep, &c.sock, data, interest).is_err() {
             conns.remove(slot);
             continue;
         }
         if drive(shared, c, 0, direct_log) {
-            run_queue.push((slot, generation.get()));
+            run_queue.push(token);
         }
         if c.closed {
             conns.remove(slot);

@@ -26,8 +26,8 @@
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
 //!   With `--zerocopy`, HttpConn sends file chunks as [`Op::SendZc`]: IORING_OP_SEND_ZC
 //!   straight from the registered chunk buffer (IORING_RECVSEND_FIXED_BUF with its index;
-//!   plain SEND_ZC when the buffers are not registered). Its token packs the connection slot
-//!   with the send's `ZcSlot`, its result and its notification go back to HttpConn (which
+//!   plain SEND_ZC when the buffers are not registered). Its token names the connection and,
+//!   in its sub-index, the send's `ZcSlot`; its result and its notification go back to HttpConn (which
 //!   refills the buffer only after the notification), and the connection counts it in flight
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
@@ -58,9 +58,6 @@ use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
 
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
-
-/// Where the accept SQE's token points; never a connection slot (the slab is smaller).
-const ACCEPT_SLOT: Slot = Slot(u32::MAX);
 
 struct Conn {
     http: HttpConn,
@@ -307,7 +304,7 @@ impl Driver<'_> {
         let Some(listener) = &self.listener else {
             return Ok(());
         };
-        let ud = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
+        let ud = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
         let sqe = Sqe::accept(
             Target::Fd(listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
@@ -324,8 +321,8 @@ impl Driver<'_> {
     fn begin_drain(&mut self) -> Result<(), String> {
         self.stopping = Some(Instant::now());
         if self.accept_armed {
-            let accept = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
-            let ud = Token::new(OpKind::Cancel, ACCEPT_SLOT, Generation::ZERO).encode();
+            let accept = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+            let ud = Token::new(OpKind::Cancel, Slot::WORKER, Generation::ZERO).encode();
             self.push(&Sqe::cancel(accept).user_data(ud))?;
         }
         self.each_open_conn(HttpConn::on_shutdown)
@@ -407,22 +404,13 @@ impl Driver<'_> {
             }
             return Ok(());
         }
-        if token.slot == ACCEPT_SLOT {
+        if token.slot == Slot::WORKER {
             // The accept's cancel: the accept's own last CQE says what matters.
             return Ok(());
         }
         let now = self.shared.now();
-        // A SEND_ZC's token names the connection and the send (see `zc_token`).
-        let (token, zc_slot) = match token.kind {
-            OpKind::SendZc => (
-                Token {
-                    slot: Slot(token.slot.0 / ZC_SENDS),
-                    ..token
-                },
-                ZcSlot(token.slot.0 % ZC_SENDS),
-            ),
-            _ => (token, ZcSlot(0)),
-        };
+        // A SEND_ZC's token names the connection, and the send in `sub`.
+        let zc_slot = ZcSlot(u32::from(token.sub));
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only at inflight == 0.
             return Ok(());
@@ -578,7 +566,11 @@ impl Driver<'_> {
                 let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
                     .send_flags(SendFlags::NOSIGNAL);
                 c.inflight += 1;
-                return Some(sqe.user_data(zc_token(slot, generation, zc).encode()));
+                // `sub` names the send, so that its notification finds it (HttpConn's slots are
+                // below ZC_SENDS).
+                debug_assert!(zc.0 < ZC_SENDS);
+                let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
+                return Some(sqe.user_data(token.encode()));
             }
             Op::Recv { max } => {
                 let len = (max as usize).min(c.recv_buf.len()) as u32;
@@ -666,14 +658,6 @@ impl Driver<'_> {
         c.inflight += 1;
         Some(sqe.user_data(Token::new(kind, slot, generation).encode()))
     }
-}
-
-/// A SEND_ZC's token: the connection slot and the send's [`ZcSlot`] packed into the token's
-/// slot (connection slots are below 32768 with this backend, so `slot * ZC_SENDS + zc` fits),
-/// so that its notification names exactly one send (PITFALLS #4).
-fn zc_token(slot: Slot, generation: Generation, zc: ZcSlot) -> Token {
-    debug_assert!(zc.0 < ZC_SENDS);
-    Token::new(OpKind::SendZc, Slot(slot.0 * ZC_SENDS + zc.0), generation)
 }
 
 /// The open file of connection `slot`: its registered-file slot, or its descriptor.

@@ -16,7 +16,7 @@ use ringwork_core::buf::{BufId, FixedPool, Lease};
 use ringwork_core::conn::{Config, EchoConn, Event, Op};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
-use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::epoll::{Epoll, Interest};
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
@@ -26,8 +26,10 @@ use crate::{Shared, WorkerConfig, WorkerStats};
 
 /// Events per epoll_wait.
 const BATCH: usize = 256;
-const LISTENER_KEY: u64 = u64::MAX;
-const WAKE_KEY: u64 = u64::MAX - 1;
+/// The epoll keys of the worker's own descriptors: tokens of the worker's slot, as the
+/// io_uring driver's accept and wake-up read carry. A connection's key is its token.
+const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+const WAKE_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
 /// As in the io_uring driver: how long connections may flush after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -71,8 +73,8 @@ pub fn run(
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
-    ep.add(&listener, LISTENER_KEY, Interest::IN | Interest::ET)?;
-    ep.add(&wake, WAKE_KEY, Interest::IN | Interest::ET)?;
+    ep.add(&listener, LISTENER_KEY.0, Interest::IN | Interest::ET)?;
+    ep.add(&wake, WAKE_KEY.0, Interest::IN | Interest::ET)?;
     let buf_size = cfg.buffer_size as usize;
     let mut w = Worker {
         ep,
@@ -99,10 +101,10 @@ pub fn run(
         events.extend(w.ep.wait(timeout)?);
         w.stats.completions += events.len() as u64;
         for &(key, flags) in &events {
-            match key {
+            match UserData(key) {
                 LISTENER_KEY => w.accept_all()?,
                 WAKE_KEY => w.on_wake()?,
-                _ => w.on_conn_event(key, flags),
+                key => w.on_conn_event(key, flags),
             }
         }
         w.wake_starved();
@@ -216,8 +218,8 @@ impl Worker<'_> {
         }
     }
 
-    fn on_conn_event(&mut self, key: u64, flags: Interest) {
-        let Ok(token) = Token::decode(ringwork_core::token::UserData(key)) else {
+    fn on_conn_event(&mut self, key: UserData, flags: Interest) {
+        let Ok(token) = Token::decode(key) else {
             self.stats.stale += 1;
             return;
         };

@@ -28,8 +28,6 @@ use rustix::net::{SendFlags, SocketFlags};
 use crate::{Shared, WorkerConfig, WorkerStats};
 
 const GROUP: BufGroup = BufGroup(0);
-/// Slot of the worker's own operations (accept, wake-up read): they are not connections.
-const WORKER_SLOT: Slot = Slot(u32::MAX);
 /// After a shutdown signal, how long connections may take to flush before their remaining
 /// operations are cancelled (a peer that never reads would otherwise hold the process).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -38,8 +36,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// `Worker::wait`); a wait that times out just loops.
 const IDLE_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// The token of one of the worker's own operations (accept, wake-up read, closes of rejected
+/// sockets): they are not connections'.
 fn worker_token(kind: OpKind) -> UserData {
-    Token::new(kind, WORKER_SLOT, Generation::ZERO).encode()
+    Token::new(kind, Slot::WORKER, Generation::ZERO).encode()
 }
 
 struct Conn {
@@ -347,9 +347,11 @@ impl Worker<'_> {
             return Ok(());
         };
         if token.kind == OpKind::SendZc {
-            return self.on_send_zc(ZcSlot(token.slot.0), cqe);
+            // Before the connection lookup: a notification may come after its connection
+            // was freed (the tracker, not the connection, holds the buffer until then).
+            return self.on_send_zc(ZcSlot(u32::from(token.sub)), cqe);
         }
-        if token.slot == WORKER_SLOT {
+        if token.slot == Slot::WORKER {
             return match token.kind {
                 OpKind::Accept => self.on_accept(cqe),
                 OpKind::Read => self.on_wake(),
@@ -389,8 +391,9 @@ impl Worker<'_> {
     }
 
     /// A SEND_ZC's result (to its connection as `SendDone`) or its notification (which may
-    /// release a deferred recycle). Its token names the tracker's slot, not the connection:
-    /// the notification can come after the connection is gone.
+    /// release a deferred recycle). Its token names the connection and, in `sub`, the
+    /// tracker's slot, which is what both CQEs are matched by: the notification can come
+    /// after the connection is gone.
     fn on_send_zc(&mut self, slot: ZcSlot, cqe: &Cqe) -> ringwork_sys::Result<()> {
         let Some(zc) = self.zc.as_mut() else {
             self.stats.stale += 1;
@@ -746,11 +749,10 @@ impl Worker<'_> {
                     };
                     let sqe = match zc_slot {
                         Some(slot) => {
+                            // The tracker holds at most 2 x 32768 sends: its slots fit `sub`.
+                            let sub = u16::try_from(slot.0).expect("ZcTracker sized for u16");
                             Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
-                                .user_data(
-                                    Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO)
-                                        .encode(),
-                                )
+                                .user_data(token.with_kind(OpKind::SendZc).with_sub(sub).encode())
                         }
                         // Plain, or every tracker slot is in flight: send this one by copy.
                         None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
