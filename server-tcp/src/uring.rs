@@ -13,7 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ringwork_core::buf::{BufGroup, BufId, IncTracker, Lease, ZcSlot, ZcTracker};
+use ringwork_core::buf::{
+    BufGroup, BufId, RecvBuffers, RecvCompletion, RecvMode, RecvPiece, ZcSlot, ZcTracker,
+};
 use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
@@ -58,8 +60,11 @@ struct Conn {
 struct Worker<'a> {
     ring: Ring,
     conns: Slab<Conn>,
-    /// Leases of the provided buffers connections hold, by buffer id.
-    leases: Vec<Option<Lease>>,
+    /// The provided buffers connections hold: which pieces a completion filled, their
+    /// leases, and what goes back to the ring.
+    recv: RecvBuffers,
+    /// The pieces of the completion being routed, reused.
+    pieces: Vec<RecvPiece>,
     /// Connections whose recv ended with ENOBUFS, to wake once buffers are back.
     starved: Vec<Token>,
     listener: OwnedFd,
@@ -70,12 +75,6 @@ struct Worker<'a> {
     /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
     /// which the machine re-arms after each completion like an ended multishot.
     multishot_recv: bool,
-    /// Receive bundles: a recv completion may span several consecutive ring buffers.
-    bundle: bool,
-    /// Leases of the buffers of one bundle, reused.
-    bundle_leases: Vec<Lease>,
-    /// Incremental buffer consumption (`--incremental`): the slices connections hold.
-    inc: Option<IncTracker>,
     /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
@@ -202,16 +201,22 @@ pub fn run(
     let mut w = Worker {
         ring,
         conns: Slab::new(cfg.max_conns),
-        leases: (0..cfg.buffers).map(|_| None).collect(),
+        recv: RecvBuffers::new(
+            cfg.buffers,
+            cfg.buffer_size,
+            match (bundle, mode) {
+                (true, _) => RecvMode::Bundle,
+                (false, ProvideMode::RingIncremental) => RecvMode::Incremental,
+                (false, _) => RecvMode::Whole,
+            },
+        ),
+        pieces: Vec::with_capacity(usize::from(cfg.buffers)),
         starved: Vec::new(),
         listener,
         wake,
         wake_buf: Box::new([0; 8]),
         multishot_accept,
         multishot_recv,
-        bundle,
-        bundle_leases: Vec::new(),
-        inc: (mode == ProvideMode::RingIncremental).then(|| IncTracker::new(cfg.buffers)),
         batch,
         last_harvest: 0,
         accept_armed: false,
@@ -243,7 +248,7 @@ pub fn run(
 impl Worker<'_> {
     fn push(&mut self, sqe: &Sqe) -> ringwork_sys::Result<()> {
         // SAFETY: every SQE built in this module points only at memory the worker keeps alive
-        // until the CQE is harvested: provided buffers (leased in `leases` until Op::Recycle,
+        // until the CQE is harvested: provided buffers (leased in `recv` until Op::Recycle,
         // which the state machine issues only after the send's completion) and `wake_buf`
         // (boxed, dropped after the loop, which ends only once the read completed).
         unsafe { self.ring.push_or_submit(sqe) }
@@ -516,46 +521,16 @@ impl Worker<'_> {
                     self.return_selected(cqe);
                     Event::RecvEof { more }
                 }
-                Ok(len) => {
-                    let Some(id) = cqe.buffer_id() else {
+                Ok(_) => {
+                    let Some(c) = recv_completion(cqe) else {
                         eprintln!("ringwork-echo: recv completion without a buffer");
                         self.stats.refused += 1;
                         return Ok(());
                     };
-                    if self.bundle {
-                        return self.on_recv_bundle(token, id, len, more);
-                    }
-                    let Some(br) = self.ring.buf_ring(GROUP) else {
-                        unreachable!("the group is registered before the loop starts")
-                    };
-                    // Incremental consumption: a slice of the buffer, where the kernel's
-                    // previous receives into it stopped; else the whole buffer, leased.
-                    if cqe.buf_more() {
+                    if c.buf_more {
                         self.stats.buf_more += 1;
                     }
-                    let offset = match self.inc.as_mut() {
-                        Some(inc) => inc
-                            .on_recv(br.book_mut(), id, len, cqe.buf_more())
-                            .map_err(|e| e.to_string()),
-                        None => br
-                            .take(id)
-                            .map(|lease| self.leases[id.0 as usize] = Some(lease))
-                            .map(|()| 0)
-                            .map_err(|e| e.to_string()),
-                    };
-                    match offset {
-                        Ok(offset) => Event::Recv {
-                            buf: id,
-                            offset,
-                            len,
-                            more,
-                        },
-                        Err(e) => {
-                            eprintln!("ringwork-echo: {e}");
-                            self.stats.refused += 1;
-                            return Ok(());
-                        }
-                    }
+                    return self.on_recv(token, c);
                 }
                 Err(errno) => {
                     if errno == RawErrno::NOBUFS {
@@ -580,49 +555,35 @@ impl Worker<'_> {
         self.route(token, event)
     }
 
-    /// A receive bundle of `len` bytes from buffer `first` on: one receive event per buffer,
-    /// in ring order, each full but the last; only the last can say the multishot ended.
-    fn on_recv_bundle(
-        &mut self,
-        token: Token,
-        first: BufId,
-        len: u32,
-        more: bool,
-    ) -> ringwork_sys::Result<()> {
+    /// A receive completion of at least one byte: one receive event per buffer it filled
+    /// (a bundle spans several, each full but the last), in order.
+    fn on_recv(&mut self, token: Token, c: RecvCompletion) -> ringwork_sys::Result<()> {
         let Some(br) = self.ring.buf_ring(GROUP) else {
             unreachable!("the group is registered before the loop starts")
         };
-        let size = br.buf_size();
-        let mut leases = std::mem::take(&mut self.bundle_leases);
-        if let Err(e) = br.take_bundle(first, len, |lease| leases.push(lease)) {
-            eprintln!("ringwork-echo: {e}");
-            self.stats.refused += 1;
-            self.bundle_leases = leases;
-            return Ok(());
+        let mut pieces = std::mem::take(&mut self.pieces);
+        match self.recv.on_recv(br.book_mut(), c, |p| pieces.push(p)) {
+            Ok(count) if count > 1 => self.stats.bundles += 1,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("ringwork-echo: {e}");
+                self.stats.refused += 1;
+            }
         }
-        let count = leases.len();
-        if count > 1 {
-            self.stats.bundles += 1;
+        let mut result = Ok(());
+        for p in pieces.drain(..) {
+            let event = Event::Recv {
+                buf: p.buf,
+                offset: p.offset,
+                len: p.len,
+                more: p.more,
+            };
+            if result.is_ok() {
+                result = self.route(token, event);
+            }
         }
-        let mut left = len;
-        for (i, lease) in leases.drain(..).enumerate() {
-            let id = lease.id();
-            self.leases[id.0 as usize] = Some(lease);
-            let this = left.min(size);
-            left -= this;
-            let more = more || i + 1 < count;
-            self.route(
-                token,
-                Event::Recv {
-                    buf: id,
-                    offset: 0,
-                    len: this,
-                    more,
-                },
-            )?;
-        }
-        self.bundle_leases = leases;
-        Ok(())
+        self.pieces = pieces;
+        result
     }
 
     /// Delivers a connection's event, parking receives behind earlier parked ones or while
@@ -662,31 +623,14 @@ impl Worker<'_> {
     }
 
     /// The buffers the kernel filled for a completion nobody will consume (a stale one, or an
-    /// EOF that names a buffer): back to the ring, all of a bundle's, and with incremental
-    /// consumption the bytes accounted as a slice released at once.
+    /// EOF that names a buffer): back to the ring (`RecvBuffers` says which).
     fn return_selected(&mut self, cqe: &Cqe) {
-        let Some(id) = cqe.buffer_id() else {
+        let (Some(c), Some(br)) = (recv_completion(cqe), self.ring.buf_ring(GROUP)) else {
             return;
         };
-        let len = cqe.result().unwrap_or(0);
-        let Some(br) = self.ring.buf_ring(GROUP) else {
-            return;
-        };
-        if let Some(inc) = self.inc.as_mut() {
-            if inc.on_recv(br.book_mut(), id, len, cqe.buf_more()).is_ok() && len > 0 {
-                if let Ok(Some(lease)) = inc.release(id) {
-                    br.recycle(lease);
-                }
-            }
-        } else if self.bundle && len > 0 {
-            let mut leases = std::mem::take(&mut self.bundle_leases);
-            let _ = br.take_bundle(id, len, |lease| leases.push(lease));
-            for lease in leases.drain(..) {
-                br.recycle(lease);
-            }
-            self.bundle_leases = leases;
-        } else if let Ok(lease) = br.take(id) {
-            br.recycle(lease);
+        if let Err(e) = self.recv.return_unconsumed(br.book_mut(), c) {
+            eprintln!("ringwork-echo: {e}");
+            self.stats.refused += 1;
         }
     }
 
@@ -724,7 +668,7 @@ impl Worker<'_> {
             match op {
                 Op::ArmRecv => {
                     let mut sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
-                    if self.bundle {
+                    if self.recv.mode() == RecvMode::Bundle {
                         sqe = sqe.recv_bundle();
                     }
                     let sqe = sqe.user_data(ud(OpKind::Recv));
@@ -733,11 +677,10 @@ impl Worker<'_> {
                 Op::Send { buf, offset, len } => {
                     // The machine sends only bytes it was handed: a leased buffer, or a slice
                     // of one with incremental consumption.
-                    let handed = match &self.inc {
-                        Some(inc) => inc.held(buf) > 0,
-                        None => self.leases[buf.0 as usize].is_some(),
-                    };
-                    assert!(handed, "the machine sends only buffers it was handed");
+                    assert!(
+                        self.recv.holds(buf),
+                        "the machine sends only buffers it was handed"
+                    );
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
@@ -797,25 +740,14 @@ impl Worker<'_> {
     }
 
     fn recycle(&mut self, buf: BufId) {
-        let lease = match self.inc.as_mut() {
-            // One slice of it: the buffer goes back with its last slice, once the kernel
-            // has finished with it.
-            Some(inc) => match inc.release(buf) {
-                Ok(lease) => lease,
-                Err(e) => {
-                    eprintln!("ringwork-echo: {e}");
-                    self.stats.refused += 1;
-                    None
-                }
-            },
-            None => Some(
-                self.leases[buf.0 as usize]
-                    .take()
-                    .expect("the machine recycles only buffers it holds"),
-            ),
+        let Some(br) = self.ring.buf_ring(GROUP) else {
+            unreachable!("the group is registered before the loop starts")
         };
-        if let (Some(lease), Some(br)) = (lease, self.ring.buf_ring(GROUP)) {
-            br.recycle(lease);
+        // With incremental consumption one slice: the buffer goes back with its last slice,
+        // once the kernel has finished with it.
+        if let Err(e) = self.recv.recycle(br.book_mut(), buf) {
+            eprintln!("ringwork-echo: {e}");
+            self.stats.refused += 1;
         }
     }
 
@@ -842,4 +774,14 @@ impl Worker<'_> {
 
 fn conn_reason(conns: &Slab<Conn>, slot: Slot) -> Option<ringwork_core::conn::CloseReason> {
     conns.get(slot)?.machine.close_reason()
+}
+
+/// What a receive CQE says about the buffers it filled; None when it names none.
+fn recv_completion(cqe: &Cqe) -> Option<RecvCompletion> {
+    Some(RecvCompletion {
+        first: cqe.buffer_id()?,
+        bytes: cqe.result().unwrap_or(0),
+        more: cqe.more(),
+        buf_more: cqe.buf_more(),
+    })
 }
