@@ -1,73 +1,77 @@
 //! The echo connection state machine: receive → queue → send, sans-IO.
 //!
 //! One [`EchoConn`] per accepted socket. The driver feeds it [`Event`]s (completions and a few
-//! notices) and performs the [`Op`]s it returns, in order. The same machine serves both drivers:
+//! notices) with [`EchoConn::on_event`] and performs the [`Op`]s it then polls from
+//! [`EchoConn::poll_op`], in order, until `None`. The same machine serves both drivers:
 //!
 //! | op | io_uring driver | epoll driver |
 //! | --- | --- | --- |
 //! | [`Op::ArmRecv`] | multishot RECV with BUFFER_SELECT | register readable interest |
 //! | [`Op::Send`] | SEND of `buf[offset..offset + len]` | nonblocking write (wait for writable on EAGAIN) |
+//! | [`Op::AwaitBuffers`] | remember the connection in a [`Starved`] set | the same |
 //! | [`Op::CancelRecv`] | ASYNC_CANCEL by the recv's user_data | drop readable interest, then deliver `RecvErr { ECANCELED, more: false }` and `CancelDone` |
-//! | [`Op::CancelAll`] | ASYNC_CANCEL with FD \| ALL | as `CancelRecv`; a write in progress just finishes |
+//! | [`Op::CancelAll`] | ASYNC_CANCEL with FD \| ALL | as `CancelRecv`, and a write waiting for writable ends with `SendDone { ECANCELED }` |
 //! | [`Op::Close`] | CLOSE | close(2), then deliver `Closed` |
 //!
 //! What it guarantees (each is a test below): bytes are echoed exactly once and in order with
-//! at most one send in flight (PITFALLS.md #6); a multishot recv is re-armed only when its last
-//! event lacked IORING_CQE_F_MORE (#2); ENOBUFS never closes the connection (#3); the socket is
-//! closed only once nothing is in flight on it, after cancelling what was (#5); every buffer it
-//! is handed is recycled exactly once, and never while the kernel may still read it (#7).
+//! at most one send in flight (two sends in flight on one stream could go out in either
+//! order); a multishot recv is re-armed only when its last event lacked IORING_CQE_F_MORE (a
+//! multishot request ends with the first CQE without it, whatever its result); ENOBUFS never
+//! closes the connection, it waits for buffers ([`Op::AwaitBuffers`]); the socket is closed
+//! only once nothing is in flight on it, after cancelling what was (close(2) does not cancel
+//! io_uring requests, which keep the file alive); every buffer it is handed is recycled
+//! exactly once, and never while the kernel may still read it (ownership comes back only with
+//! the CQE); at the end of a shutdown's grace period [`Event::Abort`] cancels everything and
+//! closes, with either driver.
 //!
 //! What it deliberately does not do: own buffer memory or [`crate::buf::Lease`]s (it tracks
 //! [`BufId`]s, offsets and lengths; the driver holds the leases and recycles on
 //! [`Op::Recycle`]), build user_data (the driver does, with [`crate::token`]), or decide when a
-//! provided ring has enough buffers again (the driver says so with [`Event::BuffersAvailable`],
-//! typically from [`crate::buf::ProvidedRing::can_rearm`]).
+//! provided ring has enough buffers again ([`Starved`] does, from the ring's or pool's
+//! `can_rearm`, and the driver delivers [`Event::BuffersAvailable`]).
 //!
-//! # Backpressure and the bound on the queue
+//! # Backpressure, and why the queue never overflows
 //!
-//! When [`Config::max_queued`] buffers are queued the machine stops receiving and resumes once
-//! the queue has drained to half. Stopping a multishot recv is asynchronous: data the kernel
-//! posts before it processes the cancel still arrives and is queued, never dropped. The queue
-//! holds [`QUEUE_CAPACITY`] chunks and `max_queued` may be at most
-//! `QUEUE_CAPACITY - CANCEL_SLACK`, so at least [`CANCEL_SLACK`] buffers may arrive after the
-//! cancel. With epoll dropping interest is synchronous and the slack is never used. With
-//! io_uring each late completion carries one provided buffer, so a per-connection buffer group
-//! of at most `QUEUE_CAPACITY` buffers makes the bound hard (the kernel answers ENOBUFS
-//! instead); with a shared ring the slack is a margin, not a proof. If it is ever exceeded the
-//! connection fails closed with [`CloseReason::QueueOverflow`] rather than lose bytes silently.
+//! When [`Config::max_queued`] chunks are queued the machine stops receiving and resumes once
+//! the queue has drained to half. Stopping a multishot recv is asynchronous: the kernel keeps
+//! posting receives until it processes the cancel (in bursts of dozens of buffers for a bulk
+//! sender, more under DEFER_TASKRUN), and those bytes have left the socket, so they are queued,
+//! never dropped, and echoed in order. What bounds them is the buffer ring: every queued chunk
+//! holds (a slice of) a ring buffer until it is recycled. So the chunks of every connection of
+//! one ring live in one [`ChunkQueues`] table sized by the ring: with whole buffers (and
+//! bundles, and the epoll driver's pool) one entry per buffer, which no receive pattern can
+//! exceed, since a buffer is handed to one connection at a time. With incremental consumption
+//! (several slices per buffer) the size is the driver's margin, and a connection whose
+//! receive finds the table full fails closed with [`CloseReason::QueueOverflow`] rather than
+//! lose bytes. With epoll dropping interest is synchronous and nothing arrives late at all.
 
+use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 use core::fmt;
 
 use crate::buf::BufId;
 use crate::errno::RawErrno;
+use crate::token::{Slot, Token};
 
-/// Most chunks an [`EchoConn`] holds at once (queued for send, including the one being sent).
-pub const QUEUE_CAPACITY: usize = 16;
+/// [`Config::max_queued`]'s default.
+pub const DEFAULT_MAX_QUEUED: usize = 8;
 
-/// Chunks kept free beyond [`Config::max_queued`] for receives that land while a recv cancel is
-/// in flight.
-pub const CANCEL_SLACK: usize = 8;
-
-/// Most operations one event can produce: recycling a full queue plus the buffer just
-/// received, and a cancel or close.
-pub const MAX_ACTIONS: usize = QUEUE_CAPACITY + 4;
-
-/// The operations one event produced, to be performed in order.
-pub type Actions = ArrayVec<Op, MAX_ACTIONS>;
+/// Most operations queued for [`EchoConn::poll_op`] after one event (recycles of a dropped
+/// queue are not among them: they come straight from the queue).
+const MAX_PENDING_OPS: usize = 8;
 
 /// Connection limits, fixed at construction.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Config {
-    /// Backpressure: stop receiving when this many buffers are queued for sending; resume at
-    /// half. At least 1 and at most `QUEUE_CAPACITY - CANCEL_SLACK`.
+    /// Backpressure: stop receiving when this many chunks are queued for sending; resume at
+    /// half. At least 1.
     pub max_queued: usize,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            max_queued: QUEUE_CAPACITY - CANCEL_SLACK,
+            max_queued: DEFAULT_MAX_QUEUED,
         }
     }
 }
@@ -81,7 +85,8 @@ pub enum State {
     Open,
     /// Peer EOF or server shutdown: no more receiving; flushing the queue, then closing.
     Draining,
-    /// A fatal error: queued data dropped, in-flight ops cancelled; closes when none remain.
+    /// A fatal error or an abort: queued data dropped, in-flight ops cancelled; closes when
+    /// none remain.
     Closing,
     /// [`Op::Close`] issued; waiting for [`Event::Closed`].
     CloseSent,
@@ -104,7 +109,8 @@ pub enum Event {
     /// [`Op::Recycle`]). `more` is IORING_CQE_F_MORE: the multishot recv is still armed.
     /// `offset` is 0 but with incrementally consumed buffers (IOU_PBUF_RING_INC), where one
     /// buffer holds several receives, possibly of several connections, one after another:
-    /// there each Recv is a slice, and each slice gets its own [`Op::Recycle`].
+    /// there each Recv is a slice, and each slice gets its own [`Op::Recycle`]. Accepted
+    /// whatever the queue holds (see the module docs).
     Recv {
         /// The buffer holding the bytes.
         buf: BufId,
@@ -120,15 +126,16 @@ pub enum Event {
         /// The recv is still armed.
         more: bool,
     },
-    /// The recv failed. ENOBUFS is not fatal (PITFALLS.md #3), ECANCELED is expected after a
-    /// cancel, EAGAIN and EINTR are retried; anything else closes the connection.
+    /// The recv failed. ENOBUFS is not fatal (a provided ring may run dry with no data
+    /// pending), ECANCELED is expected after a cancel, EAGAIN and EINTR are retried; anything
+    /// else closes the connection.
     RecvErr {
         /// Why.
         errno: RawErrno,
         /// The recv is still armed.
         more: bool,
     },
-    /// After ENOBUFS: the buffer ring (or pool) has buffers again.
+    /// After [`Op::AwaitBuffers`]: the buffer ring (or pool) has buffers again.
     BuffersAvailable,
     /// The one in-flight [`Op::Send`] completed: bytes written (may be short) or an errno.
     SendDone {
@@ -142,6 +149,9 @@ pub enum Event {
     Closed,
     /// The server is stopping: stop receiving, flush what is queued, then close.
     Shutdown,
+    /// The shutdown's grace period is over (a peer that never reads would hold the process):
+    /// drop what is queued, cancel everything in flight ([`Op::CancelAll`]), then close.
+    Abort,
 }
 
 impl Event {
@@ -157,6 +167,7 @@ impl Event {
             Event::CancelDone => EventKind::CancelDone,
             Event::Closed => EventKind::Closed,
             Event::Shutdown => EventKind::Shutdown,
+            Event::Abort => EventKind::Abort,
         }
     }
 }
@@ -174,6 +185,7 @@ pub enum EventKind {
     CancelDone,
     Closed,
     Shutdown,
+    Abort,
 }
 
 /// An operation for the driver to perform.
@@ -194,6 +206,10 @@ pub enum Op {
     },
     /// The connection is done with this buffer (sent, or dropped on close): return it.
     Recycle(BufId),
+    /// The recv ended because the buffer ring (or pool) ran dry and the connection wants to
+    /// receive again: deliver [`Event::BuffersAvailable`] once enough buffers are back
+    /// ([`Starved`] decides when). Issued once per starvation.
+    AwaitBuffers,
     /// Cancel the armed multishot recv. Its completion is [`Event::CancelDone`]; the recv ends
     /// with an event whose `more` is false (usually ECANCELED).
     CancelRecv,
@@ -216,12 +232,15 @@ pub enum CloseReason {
     RecvError(RawErrno),
     /// A send failed with this errno; queued data was dropped.
     SendError(RawErrno),
-    /// More buffers arrived after a backpressure cancel than [`CANCEL_SLACK`] allows for.
+    /// A receive found the [`ChunkQueues`] table full (possible only with incrementally
+    /// consumed buffers, where its size is a margin); queued data was dropped.
     QueueOverflow,
+    /// The shutdown's grace period ran out ([`Event::Abort`]); queued data was dropped.
+    Aborted,
 }
 
 impl CloseReason {
-    /// True when data was dropped (everything but a clean EOF or shutdown).
+    /// True when data may have been dropped (everything but a clean EOF or shutdown).
     pub fn is_fatal(self) -> bool {
         !matches!(self, CloseReason::PeerClosed | CloseReason::Shutdown)
     }
@@ -234,10 +253,10 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("server shutdown"),
             CloseReason::RecvError(e) => write!(f, "recv failed: {e}"),
             CloseReason::SendError(e) => write!(f, "send failed: {e}"),
-            CloseReason::QueueOverflow => write!(
-                f,
-                "more than {CANCEL_SLACK} buffers arrived after the recv was cancelled"
-            ),
+            CloseReason::QueueOverflow => {
+                f.write_str("the receive queues of this buffer ring are full")
+            }
+            CloseReason::Aborted => f.write_str("shutdown grace period over"),
         }
     }
 }
@@ -284,14 +303,255 @@ struct Chunk {
     len: u32,
 }
 
-/// One echo connection. See the module docs.
+/// End of a list, or no node.
+const NIL: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    chunk: Chunk,
+    /// The next node of the same list (a connection's queue, or the free list).
+    next: u32,
+}
+
+/// One FIFO of chunks in a [`ChunkQueues`] table.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct ChunkList {
+    head: u32,
+    tail: u32,
+    len: u32,
+}
+
+impl ChunkList {
+    const EMPTY: Self = Self {
+        head: NIL,
+        tail: NIL,
+        len: 0,
+    };
+}
+
+/// The chunks that every [`EchoConn`] of one buffer ring holds, in one table allocated at
+/// construction: each connection's queue is a list threaded through it. Size it to what the
+/// ring can hand out: its number of buffers, when each receive holds a whole buffer (see the
+/// module docs). Every call on a connection must pass the table its chunks live in.
 #[derive(Clone, Debug)]
+pub struct ChunkQueues {
+    nodes: Vec<Node>,
+    free: ChunkList,
+}
+
+impl ChunkQueues {
+    /// A table of `capacity` chunks, all free.
+    ///
+    /// # Panics
+    /// When `capacity` does not fit below `u32::MAX`.
+    pub fn new(capacity: usize) -> Self {
+        assert!(capacity < NIL as usize, "chunk table too large");
+        let n = capacity as u32;
+        let unused = Chunk {
+            buf: BufId(0),
+            offset: 0,
+            len: 0,
+        };
+        Self {
+            nodes: (0..n)
+                .map(|i| Node {
+                    chunk: unused,
+                    next: if i + 1 < n { i + 1 } else { NIL },
+                })
+                .collect(),
+            free: if n == 0 {
+                ChunkList::EMPTY
+            } else {
+                ChunkList {
+                    head: 0,
+                    tail: n - 1,
+                    len: n,
+                }
+            },
+        }
+    }
+
+    /// Chunks the table holds at most.
+    pub fn capacity(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Chunks held by connections now.
+    pub fn in_use(&self) -> usize {
+        self.nodes.len() - self.free.len as usize
+    }
+
+    fn push_back(&mut self, list: &mut ChunkList, chunk: Chunk) -> bool {
+        let mut free = self.free;
+        let Some(i) = self.unlink_front(&mut free) else {
+            return false;
+        };
+        self.free = free;
+        self.nodes[i as usize].chunk = chunk;
+        self.append_node(list, i);
+        true
+    }
+
+    /// The index of `list`'s first node, unlinked from it (`list` updated).
+    fn unlink_front(&self, list: &mut ChunkList) -> Option<u32> {
+        let i = list.head;
+        if i == NIL {
+            return None;
+        }
+        list.head = self.nodes[i as usize].next;
+        list.len -= 1;
+        if list.head == NIL {
+            list.tail = NIL;
+        }
+        Some(i)
+    }
+
+    fn front(&self, list: &ChunkList) -> Option<Chunk> {
+        (list.head != NIL).then(|| self.nodes[list.head as usize].chunk)
+    }
+
+    fn front_mut(&mut self, list: &ChunkList) -> Option<&mut Chunk> {
+        (list.head != NIL).then(|| &mut self.nodes[list.head as usize].chunk)
+    }
+
+    fn pop_front(&mut self, list: &mut ChunkList) -> Option<Chunk> {
+        let i = self.unlink_front(list)?;
+        let chunk = self.nodes[i as usize].chunk;
+        let mut free = self.free;
+        self.append_node(&mut free, i);
+        self.free = free;
+        Some(chunk)
+    }
+
+    fn append_node(&mut self, list: &mut ChunkList, i: u32) {
+        self.nodes[i as usize].next = NIL;
+        if list.tail == NIL {
+            list.head = i;
+        } else {
+            self.nodes[list.tail as usize].next = i;
+        }
+        list.tail = i;
+        list.len += 1;
+    }
+
+    /// Moves every node of `list` but the first `keep` (0 or 1) to the end of `to`.
+    fn split_off_into(&mut self, list: &mut ChunkList, keep: bool, to: &mut ChunkList) {
+        let rest = if keep && list.head != NIL {
+            let head = list.head;
+            let rest = ChunkList {
+                head: self.nodes[head as usize].next,
+                tail: if list.len > 1 { list.tail } else { NIL },
+                len: list.len - 1,
+            };
+            self.nodes[head as usize].next = NIL;
+            *list = ChunkList {
+                head,
+                tail: head,
+                len: 1,
+            };
+            rest
+        } else {
+            core::mem::replace(list, ChunkList::EMPTY)
+        };
+        if rest.len == 0 {
+            return;
+        }
+        if to.tail == NIL {
+            to.head = rest.head;
+        } else {
+            self.nodes[to.tail as usize].next = rest.head;
+        }
+        to.tail = rest.tail;
+        to.len += rest.len;
+    }
+
+    fn iter<'a>(&'a self, list: &ChunkList) -> impl Iterator<Item = Chunk> + 'a {
+        let mut i = list.head;
+        core::iter::from_fn(move || {
+            if i == NIL {
+                return None;
+            }
+            let node = self.nodes[i as usize];
+            i = node.next;
+            Some(node.chunk)
+        })
+    }
+}
+
+/// The connections of one table waiting for a provided buffer ring (or pool) to refill after
+/// [`Op::AwaitBuffers`], each once, oldest first. Allocated at construction for a table of
+/// `slots` connections; a connection freed and reused while it waits leaves one entry, for
+/// its newest incarnation (the driver's generation check skips a stale one).
+#[derive(Clone, Debug)]
+pub struct Starved {
+    /// Per slot: the token of the incarnation that waits.
+    waiting: Vec<Option<Token>>,
+    /// Slots in the order they began waiting.
+    order: Vec<Slot>,
+}
+
+impl Starved {
+    /// For a table of `slots` connections.
+    pub fn new(slots: usize) -> Self {
+        Self {
+            waiting: alloc::vec![None; slots],
+            order: Vec::with_capacity(slots),
+        }
+    }
+
+    /// The connection `token` names performed [`Op::AwaitBuffers`].
+    ///
+    /// # Panics
+    /// When the token's slot is outside the table: a caller bug.
+    pub fn wait(&mut self, token: Token) {
+        let entry = &mut self.waiting[token.slot.0 as usize];
+        if entry.is_none() {
+            self.order.push(token.slot);
+        }
+        *entry = Some(token);
+    }
+
+    /// Connections waiting.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// `ready` is the ring's (or pool's) `can_rearm()`: when true, every waiting connection
+    /// is moved to `out` (cleared first), oldest first, to be delivered
+    /// [`Event::BuffersAvailable`]. Waking all at once follows liburing's proxy example: the
+    /// ring waits until enough buffers are back, then every starved receive is re-armed.
+    pub fn wake(&mut self, ready: bool, out: &mut Vec<Token>) {
+        out.clear();
+        if !ready {
+            return;
+        }
+        for slot in self.order.drain(..) {
+            if let Some(token) = self.waiting[slot.0 as usize].take() {
+                out.push(token);
+            }
+        }
+    }
+}
+
+/// One echo connection. See the module docs. Not `Clone`: its queue lives in a
+/// [`ChunkQueues`] table, which a copy would share.
+#[derive(Debug)]
 pub struct EchoConn {
     state: State,
     cfg: Config,
-    /// Chunks in arrival order; the head is the one being sent when `send_in_flight`.
-    /// At most 16 entries, so `remove(0)` is a 200-byte move: simpler than a ring and as fast.
-    queue: ArrayVec<Chunk, QUEUE_CAPACITY>,
+    /// Chunks in arrival order, in the ring's [`ChunkQueues`]; the head is the one being sent
+    /// when `send_in_flight`.
+    queue: ChunkList,
+    /// Chunks dropped by a failure or abort, recycled by [`EchoConn::poll_op`] before the
+    /// other operations.
+    dropping: ChunkList,
+    /// Operations for [`EchoConn::poll_op`], in order.
+    ops: ArrayVec<Op, MAX_PENDING_OPS>,
     /// A multishot recv is armed (its last event carried `more`).
     recv_armed: bool,
     /// A cancel targeting the armed recv has been issued; cleared when the recv ends.
@@ -313,16 +573,15 @@ impl EchoConn {
     /// A connection in [`State::Idle`].
     ///
     /// # Panics
-    /// When `cfg.max_queued` is 0 or above `QUEUE_CAPACITY - CANCEL_SLACK`: a caller bug.
+    /// When `cfg.max_queued` is 0: a caller bug.
     pub fn new(cfg: Config) -> Self {
-        assert!(
-            cfg.max_queued >= 1 && cfg.max_queued <= QUEUE_CAPACITY - CANCEL_SLACK,
-            "max_queued must be between 1 and QUEUE_CAPACITY - CANCEL_SLACK"
-        );
+        assert!(cfg.max_queued >= 1, "max_queued must be at least 1");
         Self {
             state: State::Idle,
             cfg,
-            queue: ArrayVec::new(),
+            queue: ChunkList::EMPTY,
+            dropping: ChunkList::EMPTY,
+            ops: ArrayVec::new(),
             recv_armed: false,
             recv_cancel_pending: false,
             waiting_for_buffers: false,
@@ -350,14 +609,14 @@ impl EchoConn {
             + u32::from(self.close_in_flight)
     }
 
-    /// Buffers held for sending (including the one being sent).
+    /// Chunks held for sending (including the one being sent).
     pub fn queued_buffers(&self) -> usize {
-        self.queue.len()
+        self.queue.len as usize
     }
 
     /// Unsent bytes held.
-    pub fn queued_bytes(&self) -> u64 {
-        self.queue.iter().map(|c| u64::from(c.len)).sum()
+    pub fn queued_bytes(&self, queues: &ChunkQueues) -> u64 {
+        queues.iter(&self.queue).map(|c| u64::from(c.len)).sum()
     }
 
     /// Bytes received so far.
@@ -388,16 +647,34 @@ impl EchoConn {
         self.state = new;
     }
 
-    /// Feeds one event; returns the operations to perform, in order.
+    /// The next operation to perform, if any: poll until `None` after every event, before
+    /// the next one. `queues` is the table the connection's chunks live in.
+    #[must_use]
+    pub fn poll_op(&mut self, queues: &mut ChunkQueues) -> Option<Op> {
+        if let Some(chunk) = queues.pop_front(&mut self.dropping) {
+            return Some(Op::Recycle(chunk.buf));
+        }
+        (!self.ops.is_empty()).then(|| self.ops.remove(0))
+    }
+
+    fn push(&mut self, op: Op) {
+        // Capacity: an event queues at most a recycle, a send, an AwaitBuffers or a recv
+        // arm or cancel, a CancelAll and a Close or Free, and the driver polls them all
+        // before the next event.
+        self.ops.push(op);
+    }
+
+    /// Feeds one event; then poll the operations it calls for with [`EchoConn::poll_op`].
+    /// `queues` is the table of the ring the connection receives from.
     ///
-    /// Call again with the next event; the machine never produces operations on its own.
-    pub fn on_event(&mut self, ev: Event) -> Result<Actions, ConnError> {
+    /// The machine never produces operations on its own.
+    pub fn on_event(&mut self, queues: &mut ChunkQueues, ev: Event) -> Result<(), ConnError> {
         use State::*;
-        let mut out = Actions::new();
         match (self.state, ev) {
             (Idle, Event::Opened) => self.set_state(Open),
             // Never opened: nothing is in flight, so draining closes at once.
             (Idle, Event::Shutdown) => self.drain(CloseReason::Shutdown),
+            (Idle, Event::Abort) => self.drain(CloseReason::Aborted),
             // Harmless everywhere: drivers may broadcast it.
             (_, Event::BuffersAvailable) => self.waiting_for_buffers = false,
 
@@ -414,22 +691,21 @@ impl EchoConn {
                 self.bytes_received += u64::from(len);
                 if len == 0 {
                     // Nothing to echo (a driver reports EOF as RecvEof).
-                    out.push(Op::Recycle(buf));
-                } else if self.queue.is_full() {
-                    // The cancel slack was exceeded: fail closed rather than drop bytes.
-                    out.push(Op::Recycle(buf));
-                    self.fail(CloseReason::QueueOverflow, &mut out);
-                } else {
-                    // Also while a backpressure or shutdown cancel is in flight: the bytes
-                    // left the socket, so they are echoed.
-                    self.queue.push(Chunk { buf, offset, len });
+                    self.push(Op::Recycle(buf));
+                } else if !queues.push_back(&mut self.queue, Chunk { buf, offset, len }) {
+                    // Only with a table smaller than the ring can deliver: fail closed
+                    // rather than drop bytes.
+                    self.push(Op::Recycle(buf));
+                    self.fail(queues, CloseReason::QueueOverflow);
                 }
+                // Queued also while a backpressure or shutdown cancel is in flight: the bytes
+                // left the socket, so they are echoed.
             }
             // After a fatal error nothing more is echoed.
             (Closing, Event::Recv { buf, len, more, .. }) if self.recv_armed => {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
-                out.push(Op::Recycle(buf));
+                self.push(Op::Recycle(buf));
             }
 
             (Open | Draining | Closing, Event::RecvEof { more }) if self.recv_armed => {
@@ -445,24 +721,30 @@ impl EchoConn {
                 let cancelled_by_us = self.recv_cancel_pending;
                 self.recv_event(more);
                 match errno {
-                    // PITFALLS #3: the ring ran dry. If the recv ended, wait for buffers.
+                    // The ring ran dry (not fatal). If the recv ended, wait for buffers; only
+                    // an open connection wants to receive again.
                     RawErrno::NOBUFS => {
-                        if !more {
+                        if !more && !self.waiting_for_buffers {
                             self.waiting_for_buffers = true;
+                            if self.state == Open {
+                                self.push(Op::AwaitBuffers);
+                            }
                         }
                     }
                     // Retryable; re-armed below if the recv ended.
                     RawErrno::AGAIN | RawErrno::INTR => {}
-                    // Our own cancel (backpressure, shutdown or close).
+                    // Our own cancel (backpressure, shutdown, close or abort).
                     RawErrno::CANCELED if cancelled_by_us => {}
                     // Already closing: one error is enough.
                     _ if self.state == Closing => {}
-                    other => self.fail(CloseReason::RecvError(other), &mut out),
+                    other => self.fail(queues, CloseReason::RecvError(other)),
                 }
             }
 
             (Open | Draining | Closing, Event::SendDone { res }) if self.send_in_flight => {
-                let head = self.queue[0];
+                let Some(head) = queues.front(&self.queue) else {
+                    unreachable!("a send in flight names the queue's head (reconcile)")
+                };
                 match res {
                     Ok(n) if n > head.len => {
                         return Err(ConnError::SendOverrun {
@@ -473,26 +755,24 @@ impl EchoConn {
                     Ok(n) => {
                         self.send_in_flight = false;
                         self.bytes_sent += u64::from(n);
-                        if self.state == Closing {
-                            // The kernel is done with the buffer; the rest is dropped.
-                            self.queue.remove(0);
-                            out.push(Op::Recycle(head.buf));
-                        } else if n == head.len {
-                            self.queue.remove(0);
-                            out.push(Op::Recycle(head.buf));
-                        } else {
-                            // Short send (PITFALLS #6): the reconcile step resubmits the rest.
-                            self.queue[0].offset += n;
-                            self.queue[0].len -= n;
+                        if self.state == Closing || n == head.len {
+                            // Sent, or (closing) the kernel is done with the buffer and the
+                            // rest is dropped.
+                            queues.pop_front(&mut self.queue);
+                            self.push(Op::Recycle(head.buf));
+                        } else if let Some(rest) = queues.front_mut(&self.queue) {
+                            // Short send (resubmit exactly the rest): the reconcile step does.
+                            rest.offset += n;
+                            rest.len -= n;
                         }
                     }
                     Err(e) => {
                         self.send_in_flight = false;
                         if self.state == Closing {
-                            self.queue.remove(0);
-                            out.push(Op::Recycle(head.buf));
+                            queues.pop_front(&mut self.queue);
+                            self.push(Op::Recycle(head.buf));
                         } else if !matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
-                            self.fail(CloseReason::SendError(e), &mut out);
+                            self.fail(queues, CloseReason::SendError(e));
                         }
                         // EAGAIN / EINTR: nothing was written; resubmitted below.
                     }
@@ -506,12 +786,19 @@ impl EchoConn {
             (CloseSent, Event::Closed) => {
                 self.close_in_flight = false;
                 self.set_state(Freed);
-                out.push(Op::Free);
+                debug_assert!(self.queue.len == 0 && self.dropping.len == 0);
+                self.push(Op::Free);
             }
 
             (Open, Event::Shutdown) => self.drain(CloseReason::Shutdown),
             // Already on the way out.
             (Draining | Closing | CloseSent | Freed, Event::Shutdown) => {}
+
+            // Forced: whatever is queued is dropped and whatever is in flight cancelled, also
+            // when a drain or an earlier failure already cancelled some of it.
+            (Open | Draining | Closing, Event::Abort) => self.abort(queues),
+            // The close is in flight: nothing else is.
+            (CloseSent, Event::Abort) => {}
 
             // A completion for nothing in flight, a second Opened, anything after Freed.
             (state, ev) => {
@@ -521,12 +808,13 @@ impl EchoConn {
                 })
             }
         }
-        self.reconcile(&mut out);
-        Ok(out)
+        self.reconcile(queues);
+        Ok(())
     }
 
-    /// Bookkeeping common to every receive event: without `more` the recv is gone (PITFALLS #2),
-    /// and so is any cancel's target.
+    /// Bookkeeping common to every receive event: without `more` the recv is gone (a
+    /// multishot request ends with its first CQE without F_MORE), and so is any cancel's
+    /// target.
     fn recv_event(&mut self, more: bool) {
         if !more {
             self.recv_armed = false;
@@ -540,19 +828,36 @@ impl EchoConn {
         self.set_state(State::Draining);
     }
 
-    /// A fatal error: drop queued data and cancel what is in flight (PITFALLS #5);
+    /// Drops the queue, except the head while a send names it: the kernel may still read it
+    /// (ownership comes back only with the CQE); it is recycled when the send completes.
+    fn drop_queue(&mut self, queues: &mut ChunkQueues) {
+        queues.split_off_into(&mut self.queue, self.send_in_flight, &mut self.dropping);
+    }
+
+    /// A fatal error: drop queued data and cancel what is in flight (close(2) would not);
     /// [`EchoConn::reconcile`] closes once nothing is.
-    fn fail(&mut self, reason: CloseReason, out: &mut Actions) {
+    fn fail(&mut self, queues: &mut ChunkQueues, reason: CloseReason) {
         self.reason = Some(reason);
         self.set_state(State::Closing);
-        // The head of the queue stays while a send names it: the kernel may still read it
-        // (PITFALLS #7); it is recycled when the send completes.
-        let keep = usize::from(self.send_in_flight);
-        for chunk in self.queue.drain(keep..) {
-            out.push(Op::Recycle(chunk.buf));
-        }
+        self.drop_queue(queues);
         if self.send_in_flight || (self.recv_armed && !self.recv_cancel_pending) {
-            out.push(Op::CancelAll);
+            self.push(Op::CancelAll);
+            self.cancels_in_flight += 1;
+            self.recv_cancel_pending |= self.recv_armed;
+        }
+    }
+
+    /// The grace period is over: as [`EchoConn::fail`], but the cancel goes out whenever a
+    /// recv or send is in flight, whether or not one was already asked for (the one before
+    /// may have been a recv-only cancel, or a peer that never reads holds the send).
+    fn abort(&mut self, queues: &mut ChunkQueues) {
+        if !self.reason.is_some_and(CloseReason::is_fatal) {
+            self.reason = Some(CloseReason::Aborted);
+        }
+        self.set_state(State::Closing);
+        self.drop_queue(queues);
+        if self.send_in_flight || self.recv_armed {
+            self.push(Op::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -560,13 +865,13 @@ impl EchoConn {
 
     /// Derives the operations the new state calls for: send the head, arm or cancel the recv,
     /// close when nothing is left in flight.
-    fn reconcile(&mut self, out: &mut Actions) {
+    fn reconcile(&mut self, queues: &ChunkQueues) {
         match self.state {
             State::Open | State::Draining => {
                 if !self.send_in_flight {
-                    if let Some(head) = self.queue.first() {
-                        // PITFALLS #6: one send at a time, exactly the unsent rest.
-                        out.push(Op::Send {
+                    if let Some(head) = queues.front(&self.queue) {
+                        // One send at a time, exactly the unsent rest.
+                        self.push(Op::Send {
                             buf: head.buf,
                             offset: head.offset,
                             len: head.len,
@@ -574,9 +879,10 @@ impl EchoConn {
                         self.send_in_flight = true;
                     }
                 }
-                if self.queue.len() >= self.cfg.max_queued {
+                let queued = self.queue.len as usize;
+                if queued >= self.cfg.max_queued {
                     self.backpressure = true;
-                } else if self.queue.len() <= self.cfg.max_queued / 2 {
+                } else if queued <= self.cfg.max_queued / 2 {
                     self.backpressure = false;
                 }
                 let wants_recv =
@@ -584,31 +890,34 @@ impl EchoConn {
                 // No re-arm while a cancel is in flight: it was submitted before the new recv
                 // and could hit it.
                 if wants_recv && !self.recv_armed && self.cancels_in_flight == 0 {
-                    out.push(Op::ArmRecv);
+                    self.push(Op::ArmRecv);
                     self.recv_armed = true;
                 } else if !wants_recv && self.recv_armed && !self.recv_cancel_pending {
-                    out.push(Op::CancelRecv);
+                    self.push(Op::CancelRecv);
                     self.cancels_in_flight += 1;
                     self.recv_cancel_pending = true;
                 }
-                if self.state == State::Draining && self.queue.is_empty() && self.in_flight() == 0 {
-                    self.close(out);
+                if self.state == State::Draining && self.queue.len == 0 && self.in_flight() == 0 {
+                    self.close();
                 }
             }
-            // PITFALLS #5: close only after every cancelled op has reported.
-            State::Closing if self.in_flight() == 0 => self.close(out),
+            // Close only after every cancelled op has reported (the socket must outlive
+            // them, or a reused descriptor number could receive their effects).
+            State::Closing if self.in_flight() == 0 => self.close(),
             _ => {}
         }
     }
 
-    fn close(&mut self, out: &mut Actions) {
-        debug_assert!(self.queue.is_empty(), "every buffer recycled before close");
-        out.push(Op::Close);
+    fn close(&mut self) {
+        debug_assert_eq!(
+            self.queue.len, 0,
+            "every chunk recycled or dropped before close"
+        );
+        self.push(Op::Close);
         self.close_in_flight = true;
         self.set_state(State::CloseSent);
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,12 +928,42 @@ mod tests {
 
     const NOBUFS: RawErrno = RawErrno::NOBUFS;
 
-    /// Feeds `ev`, which must be legal, and returns its operations.
-    fn step(c: &mut EchoConn, ev: Event) -> Vec<Op> {
-        c.on_event(ev)
-            .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"))
-            .into_iter()
-            .collect()
+    /// A connection and the chunk table of its ring (room for 64 chunks).
+    struct Fx {
+        c: EchoConn,
+        q: ChunkQueues,
+    }
+
+    impl core::ops::Deref for Fx {
+        type Target = EchoConn;
+        fn deref(&self) -> &EchoConn {
+            &self.c
+        }
+    }
+
+    impl Fx {
+        fn new(cfg: Config) -> Self {
+            Self::with_table(cfg, 64)
+        }
+
+        fn with_table(cfg: Config, chunks: usize) -> Self {
+            Self {
+                c: EchoConn::new(cfg),
+                q: ChunkQueues::new(chunks),
+            }
+        }
+
+        /// Feeds `ev`; its operations, polled to the end.
+        fn try_step(&mut self, ev: Event) -> Result<Vec<Op>, ConnError> {
+            self.c.on_event(&mut self.q, ev)?;
+            Ok(core::iter::from_fn(|| self.c.poll_op(&mut self.q)).collect())
+        }
+
+        /// Feeds `ev`, which must be legal, and returns its operations.
+        fn step(&mut self, ev: Event) -> Vec<Op> {
+            self.try_step(ev)
+                .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"))
+        }
     }
 
     fn recv(buf: u16, len: u32, more: bool) -> Event {
@@ -649,9 +988,9 @@ mod tests {
     }
 
     /// Fixture: a connection opened with its recv armed.
-    fn open(max_queued: usize) -> EchoConn {
-        let mut c = EchoConn::new(Config { max_queued });
-        assert_eq!(step(&mut c, Event::Opened), [Op::ArmRecv]);
+    fn open(max_queued: usize) -> Fx {
+        let mut c = Fx::new(Config { max_queued });
+        assert_eq!(c.step(Event::Opened), [Op::ArmRecv]);
         assert_eq!(c.state(), State::Open);
         c
     }
@@ -660,25 +999,23 @@ mod tests {
 
     #[test]
     fn idle_only_accepts_opened_or_shutdown() {
-        let mut c = EchoConn::new(Config::default());
+        let mut c = Fx::new(Config::default());
         assert_eq!(
-            c.on_event(sent(1)),
+            c.try_step(sent(1)),
             Err(ConnError::Unexpected {
                 state: State::Idle,
                 event: EventKind::SendDone
             })
         );
-        assert_eq!(step(&mut c, Event::Shutdown), [Op::Close]);
-        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(c.step(Event::Shutdown), [Op::Close]);
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
         assert_eq!(c.state(), State::Freed);
     }
 
     #[test]
     #[should_panic(expected = "max_queued")]
-    fn config_leaves_cancel_slack() {
-        let _ = EchoConn::new(Config {
-            max_queued: QUEUE_CAPACITY - CANCEL_SLACK + 1,
-        });
+    fn config_needs_a_queue() {
+        let _ = EchoConn::new(Config { max_queued: 0 });
     }
 
     // ---- Open: rule 1, echo exactly once and in order -----------------------------------------
@@ -686,15 +1023,12 @@ mod tests {
     #[test]
     fn echo_in_order_one_send_at_a_time() {
         let mut c = open(8);
-        assert_eq!(step(&mut c, recv(1, 10, true)), [send(1, 0, 10)]);
+        assert_eq!(c.step(recv(1, 10, true)), [send(1, 0, 10)]);
         // A second buffer queues behind the in-flight send (PITFALLS #6).
-        assert_eq!(step(&mut c, recv(2, 20, true)), []);
-        assert_eq!(c.queued_bytes(), 30);
-        assert_eq!(
-            step(&mut c, sent(10)),
-            [Op::Recycle(BufId(1)), send(2, 0, 20)]
-        );
-        assert_eq!(step(&mut c, sent(20)), [Op::Recycle(BufId(2))]);
+        assert_eq!(c.step(recv(2, 20, true)), []);
+        assert_eq!(c.queued_bytes(&c.q), 30);
+        assert_eq!(c.step(sent(10)), [Op::Recycle(BufId(1)), send(2, 0, 20)]);
+        assert_eq!(c.step(sent(20)), [Op::Recycle(BufId(2))]);
         assert_eq!((c.bytes_received(), c.bytes_sent()), (30, 30));
         assert_eq!(c.in_flight(), 1, "only the recv");
     }
@@ -702,23 +1036,20 @@ mod tests {
     #[test]
     fn short_send_resubmits_exactly_the_rest() {
         let mut c = open(8);
-        assert_eq!(step(&mut c, recv(4, 100, true)), [send(4, 0, 100)]);
-        assert_eq!(step(&mut c, sent(30)), [send(4, 30, 70)]);
-        assert_eq!(step(&mut c, sent(0)), [send(4, 30, 70)]);
+        assert_eq!(c.step(recv(4, 100, true)), [send(4, 0, 100)]);
+        assert_eq!(c.step(sent(30)), [send(4, 30, 70)]);
+        assert_eq!(c.step(sent(0)), [send(4, 30, 70)]);
         assert_eq!(
-            step(
-                &mut c,
-                Event::SendDone {
-                    res: Err(RawErrno::AGAIN)
-                }
-            ),
+            c.step(Event::SendDone {
+                res: Err(RawErrno::AGAIN)
+            }),
             [send(4, 30, 70)]
         );
         assert_eq!(
-            c.on_event(sent(71)),
+            c.try_step(sent(71)),
             Err(ConnError::SendOverrun { sent: 71, len: 70 })
         );
-        assert_eq!(step(&mut c, sent(70)), [Op::Recycle(BufId(4))]);
+        assert_eq!(c.step(sent(70)), [Op::Recycle(BufId(4))]);
     }
 
     // ---- Open: rule 2, multishot re-arm ------------------------------------------------------
@@ -727,42 +1058,30 @@ mod tests {
     fn multishot_rearms_only_without_more() {
         let mut c = open(8);
         // Final CQE of the multishot (e.g. CQ overflow ended it): re-arm.
-        assert_eq!(
-            step(&mut c, recv(1, 5, false)),
-            [send(1, 0, 5), Op::ArmRecv]
-        );
+        assert_eq!(c.step(recv(1, 5, false)), [send(1, 0, 5), Op::ArmRecv]);
         // An error that still carries F_MORE: the recv is still armed, do nothing.
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: RawErrno::AGAIN,
-                    more: true
-                }
-            ),
+            c.step(Event::RecvErr {
+                errno: RawErrno::AGAIN,
+                more: true
+            }),
             []
         );
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: RawErrno::INTR,
-                    more: false
-                }
-            ),
+            c.step(Event::RecvErr {
+                errno: RawErrno::INTR,
+                more: false
+            }),
             [Op::ArmRecv]
         );
         // A recv event with nothing armed is a driver bug, and leaves the buffer with it.
         let mut idle = open(8);
-        step(
-            &mut idle,
-            Event::RecvErr {
-                errno: NOBUFS,
-                more: false,
-            },
-        );
+        idle.step(Event::RecvErr {
+            errno: NOBUFS,
+            more: false,
+        });
         assert!(matches!(
-            idle.on_event(recv(9, 1, true)),
+            idle.try_step(recv(9, 1, true)),
             Err(ConnError::Unexpected {
                 event: EventKind::Recv,
                 ..
@@ -776,30 +1095,24 @@ mod tests {
     fn enobufs_waits_for_buffers_then_rearms() {
         let mut c = open(8);
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: NOBUFS,
-                    more: false
-                }
-            ),
-            []
+            c.step(Event::RecvErr {
+                errno: NOBUFS,
+                more: false
+            }),
+            [Op::AwaitBuffers]
         );
         assert_eq!(c.state(), State::Open, "ENOBUFS is not fatal");
         assert_eq!(c.in_flight(), 0);
-        assert_eq!(step(&mut c, Event::BuffersAvailable), [Op::ArmRecv]);
+        assert_eq!(c.step(Event::BuffersAvailable), [Op::ArmRecv]);
         // With F_MORE the recv is still armed: no re-arm, and BuffersAvailable changes nothing.
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: NOBUFS,
-                    more: true
-                }
-            ),
+            c.step(Event::RecvErr {
+                errno: NOBUFS,
+                more: true
+            }),
             []
         );
-        assert_eq!(step(&mut c, Event::BuffersAvailable), []);
+        assert_eq!(c.step(Event::BuffersAvailable), []);
         assert_eq!(c.in_flight(), 1);
     }
 
@@ -808,30 +1121,27 @@ mod tests {
     #[test]
     fn backpressure_cancels_and_resumes_at_half() {
         let mut c = open(4);
-        step(&mut c, recv(0, 1, true));
-        step(&mut c, recv(1, 1, true));
-        step(&mut c, recv(2, 1, true));
-        assert_eq!(step(&mut c, recv(3, 1, true)), [Op::CancelRecv]);
+        c.step(recv(0, 1, true));
+        c.step(recv(1, 1, true));
+        c.step(recv(2, 1, true));
+        assert_eq!(c.step(recv(3, 1, true)), [Op::CancelRecv]);
         // Data already posted before the cancel took effect is queued, not dropped.
-        assert_eq!(step(&mut c, recv(4, 1, true)), []);
+        assert_eq!(c.step(recv(4, 1, true)), []);
         assert_eq!(c.queued_buffers(), 5);
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: RawErrno::CANCELED,
-                    more: false
-                }
-            ),
+            c.step(Event::RecvErr {
+                errno: RawErrno::CANCELED,
+                more: false
+            }),
             []
         );
-        assert_eq!(step(&mut c, Event::CancelDone), []);
+        assert_eq!(c.step(Event::CancelDone), []);
         assert_eq!(c.in_flight(), 1, "just the send");
-        step(&mut c, sent(1));
-        step(&mut c, sent(1));
+        c.step(sent(1));
+        c.step(sent(1));
         // Three left: above half of four, still paused.
         assert_eq!(
-            step(&mut c, sent(1)),
+            c.step(sent(1)),
             [Op::Recycle(BufId(2)), send(3, 0, 1), Op::ArmRecv]
         );
         assert_eq!(c.queued_buffers(), 2);
@@ -840,44 +1150,81 @@ mod tests {
     #[test]
     fn no_rearm_while_a_cancel_is_in_flight() {
         let mut c = open(2);
-        step(&mut c, recv(0, 1, true));
-        assert_eq!(step(&mut c, recv(1, 1, false)), []);
+        c.step(recv(0, 1, true));
+        assert_eq!(c.step(recv(1, 1, false)), []);
         // The recv ended on its own; no cancel needed, and it re-arms on drain.
         assert_eq!(
-            step(&mut c, sent(1)),
+            c.step(sent(1)),
             [Op::Recycle(BufId(0)), send(1, 0, 1), Op::ArmRecv]
         );
         let mut c = open(2);
-        step(&mut c, recv(0, 1, true));
-        assert_eq!(step(&mut c, recv(1, 1, true)), [Op::CancelRecv]);
-        step(
-            &mut c,
-            Event::RecvErr {
-                errno: RawErrno::CANCELED,
-                more: false,
-            },
-        );
-        step(&mut c, sent(1));
+        c.step(recv(0, 1, true));
+        assert_eq!(c.step(recv(1, 1, true)), [Op::CancelRecv]);
+        c.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        c.step(sent(1));
         // Drained to half, but the cancel's own CQE is outstanding: wait for it.
-        assert_eq!(step(&mut c, sent(1)), [Op::Recycle(BufId(1))]);
-        assert_eq!(step(&mut c, Event::CancelDone), [Op::ArmRecv]);
+        assert_eq!(c.step(sent(1)), [Op::Recycle(BufId(1))]);
+        assert_eq!(c.step(Event::CancelDone), [Op::ArmRecv]);
     }
 
     #[test]
-    fn overflow_beyond_slack_fails_closed() {
-        let max = QUEUE_CAPACITY - CANCEL_SLACK;
-        let mut c = open(max);
-        for i in 0..QUEUE_CAPACITY as u16 {
-            step(&mut c, recv(i, 1, true));
+    fn late_receives_beyond_any_fixed_queue_are_kept_in_order() {
+        let mut c = open(2);
+        c.step(recv(0, 1, true));
+        assert_eq!(c.step(recv(1, 1, true)), [Op::CancelRecv]);
+        // The kernel posts a burst before it processes the cancel: all kept, none dropped.
+        for i in 2..42 {
+            assert_eq!(c.step(recv(i, 1, true)), []);
         }
-        let ops = step(&mut c, recv(99, 1, true));
+        assert_eq!(c.queued_buffers(), 42);
+        assert_eq!(c.q.in_use(), 42);
+        c.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        c.step(Event::CancelDone);
+        // Echoed in arrival order, one send at a time; receiving resumes at half of two.
+        for i in 0..41 {
+            let ops = c.step(sent(1));
+            assert_eq!(ops[..2], [Op::Recycle(BufId(i)), send(i + 1, 0, 1)]);
+            assert_eq!(ops.len(), if i == 40 { 3 } else { 2 }, "{ops:?}");
+        }
+        assert!(c.recv_armed());
+        assert_eq!(c.step(sent(1)), [Op::Recycle(BufId(41))]);
+        assert_eq!(c.q.in_use(), 0);
+    }
+
+    #[test]
+    fn a_full_table_fails_closed() {
+        let mut c = Fx::with_table(Config::default(), 3);
+        c.step(Event::Opened);
+        assert_eq!(c.step(recv(0, 1, true)), [send(0, 0, 1)]);
+        c.step(recv(1, 1, true));
+        c.step(recv(2, 1, true));
+        // Only a table smaller than what the ring can hand out fills.
+        let ops = c.step(recv(3, 1, true));
         assert_eq!(c.close_reason(), Some(CloseReason::QueueOverflow));
-        assert_eq!(ops[0], Op::Recycle(BufId(99)));
         // Everything but the buffer the in-flight send names is recycled at once.
-        let recycled = ops.iter().filter(|o| matches!(o, Op::Recycle(_))).count();
-        assert_eq!(recycled, QUEUE_CAPACITY);
-        assert_eq!(ops.last(), Some(&Op::CancelAll));
+        assert_eq!(
+            ops,
+            [
+                Op::Recycle(BufId(1)),
+                Op::Recycle(BufId(2)),
+                Op::Recycle(BufId(3)),
+                Op::CancelAll
+            ]
+        );
         assert_eq!(c.state(), State::Closing);
+        assert_eq!(
+            c.step(Event::SendDone {
+                res: Err(RawErrno::CANCELED)
+            }),
+            [Op::Recycle(BufId(0))]
+        );
+        assert_eq!(c.q.in_use(), 0);
     }
 
     // ---- Draining: rule 5 (EOF) and rule 7 (Shutdown) ------------------------------------------
@@ -885,46 +1232,33 @@ mod tests {
     #[test]
     fn eof_flushes_then_closes() {
         let mut c = open(8);
-        step(&mut c, recv(1, 10, true));
-        step(&mut c, recv(2, 10, true));
-        assert_eq!(step(&mut c, Event::RecvEof { more: false }), []);
+        c.step(recv(1, 10, true));
+        c.step(recv(2, 10, true));
+        assert_eq!(c.step(Event::RecvEof { more: false }), []);
         assert_eq!(c.state(), State::Draining);
-        assert_eq!(
-            step(&mut c, sent(10)),
-            [Op::Recycle(BufId(1)), send(2, 0, 10)]
-        );
-        assert_eq!(step(&mut c, sent(10)), [Op::Recycle(BufId(2)), Op::Close]);
+        assert_eq!(c.step(sent(10)), [Op::Recycle(BufId(1)), send(2, 0, 10)]);
+        assert_eq!(c.step(sent(10)), [Op::Recycle(BufId(2)), Op::Close]);
         assert_eq!(c.close_reason(), Some(CloseReason::PeerClosed));
-        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
     }
 
     #[test]
     fn shutdown_cancels_recv_flushes_then_closes() {
         let mut c = open(8);
-        step(&mut c, recv(1, 10, true));
-        assert_eq!(step(&mut c, Event::Shutdown), [Op::CancelRecv]);
+        c.step(recv(1, 10, true));
+        assert_eq!(c.step(Event::Shutdown), [Op::CancelRecv]);
         // Arrived before the cancel: echoed.
-        assert_eq!(step(&mut c, recv(2, 5, true)), []);
-        assert_eq!(
-            step(&mut c, sent(10)),
-            [Op::Recycle(BufId(1)), send(2, 0, 5)]
-        );
-        step(
-            &mut c,
-            Event::RecvErr {
-                errno: RawErrno::CANCELED,
-                more: false,
-            },
-        );
-        assert_eq!(step(&mut c, sent(5)), [Op::Recycle(BufId(2))]);
-        assert_eq!(step(&mut c, Event::CancelDone), [Op::Close]);
+        assert_eq!(c.step(recv(2, 5, true)), []);
+        assert_eq!(c.step(sent(10)), [Op::Recycle(BufId(1)), send(2, 0, 5)]);
+        c.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        assert_eq!(c.step(sent(5)), [Op::Recycle(BufId(2))]);
+        assert_eq!(c.step(Event::CancelDone), [Op::Close]);
         assert_eq!(c.close_reason(), Some(CloseReason::Shutdown));
-        assert_eq!(
-            step(&mut c, Event::Shutdown),
-            [],
-            "a second shutdown is harmless"
-        );
-        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(c.step(Event::Shutdown), [], "a second shutdown is harmless");
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
     }
 
     // ---- Closing: rule 5 (errors) and rule 6 ---------------------------------------------------
@@ -932,16 +1266,13 @@ mod tests {
     #[test]
     fn reset_drops_queue_cancels_then_closes() {
         let mut c = open(8);
-        step(&mut c, recv(1, 10, true));
-        step(&mut c, recv(2, 10, true));
-        step(&mut c, recv(3, 10, true));
-        let ops = step(
-            &mut c,
-            Event::RecvErr {
-                errno: RawErrno::CONNRESET,
-                more: false,
-            },
-        );
+        c.step(recv(1, 10, true));
+        c.step(recv(2, 10, true));
+        c.step(recv(3, 10, true));
+        let ops = c.step(Event::RecvErr {
+            errno: RawErrno::CONNRESET,
+            more: false,
+        });
         // Buffer 1 is named by the in-flight send: the kernel may still read it (PITFALLS #7).
         assert_eq!(
             ops,
@@ -951,21 +1282,18 @@ mod tests {
         assert_eq!(c.in_flight(), 2, "send and cancel");
         // The cancelled send reports ECANCELED: expected while closing.
         assert_eq!(
-            step(
-                &mut c,
-                Event::SendDone {
-                    res: Err(RawErrno::CANCELED)
-                }
-            ),
+            c.step(Event::SendDone {
+                res: Err(RawErrno::CANCELED)
+            }),
             [Op::Recycle(BufId(1))]
         );
-        assert_eq!(step(&mut c, Event::CancelDone), [Op::Close]);
+        assert_eq!(c.step(Event::CancelDone), [Op::Close]);
         assert_eq!(c.in_flight(), 1);
         assert!(matches!(
-            c.on_event(Event::CancelDone),
+            c.try_step(Event::CancelDone),
             Err(ConnError::Unexpected { .. })
         ));
-        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
         assert_eq!(
             c.close_reason(),
             Some(CloseReason::RecvError(RawErrno::CONNRESET))
@@ -975,49 +1303,117 @@ mod tests {
     #[test]
     fn send_error_cancels_armed_recv_before_close() {
         let mut c = open(8);
-        step(&mut c, recv(1, 10, true));
-        step(&mut c, recv(2, 10, true));
-        let ops = step(
-            &mut c,
-            Event::SendDone {
-                res: Err(RawErrno::PIPE),
-            },
-        );
+        c.step(recv(1, 10, true));
+        c.step(recv(2, 10, true));
+        let ops = c.step(Event::SendDone {
+            res: Err(RawErrno::PIPE),
+        });
         assert_eq!(
             ops,
             [Op::Recycle(BufId(1)), Op::Recycle(BufId(2)), Op::CancelAll]
         );
         // Late data after the error is recycled, not echoed.
-        assert_eq!(step(&mut c, recv(3, 4, true)), [Op::Recycle(BufId(3))]);
-        assert_eq!(step(&mut c, Event::CancelDone), []);
+        assert_eq!(c.step(recv(3, 4, true)), [Op::Recycle(BufId(3))]);
+        assert_eq!(c.step(Event::CancelDone), []);
         assert_eq!(
-            step(
-                &mut c,
-                Event::RecvErr {
-                    errno: RawErrno::CANCELED,
-                    more: false
-                }
-            ),
+            c.step(Event::RecvErr {
+                errno: RawErrno::CANCELED,
+                more: false
+            }),
             [Op::Close]
         );
         // Nothing is in flight but the close; Free only after Closed.
-        assert!(c.on_event(Event::Opened).is_err());
-        assert_eq!(step(&mut c, Event::Closed), [Op::Free]);
-        assert!(c.on_event(Event::Closed).is_err(), "never Free twice");
+        assert!(c.try_step(Event::Opened).is_err());
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
+        assert!(c.try_step(Event::Closed).is_err(), "never Free twice");
     }
 
     #[test]
     fn unsolicited_ecanceled_is_fatal() {
         let mut c = open(8);
-        let ops = step(
-            &mut c,
-            Event::RecvErr {
-                errno: RawErrno::CANCELED,
-                more: false,
-            },
-        );
+        let ops = c.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
         assert_eq!(ops, [Op::Close]);
         assert!(c.close_reason().unwrap().is_fatal());
+    }
+
+    // ---- Abort: the end of a shutdown's grace period -----------------------------------------
+
+    #[test]
+    fn abort_drops_the_queue_cancels_a_stalled_send_and_closes() {
+        let mut c = open(8);
+        c.step(recv(1, 10, true));
+        c.step(recv(2, 10, true));
+        c.step(recv(3, 10, true));
+        // The drain: the recv is cancelled, but the peer never reads, so the send stalls.
+        assert_eq!(c.step(Event::Shutdown), [Op::CancelRecv]);
+        c.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        assert_eq!(c.step(Event::CancelDone), []);
+        assert_eq!(c.state(), State::Draining);
+        let ops = c.step(Event::Abort);
+        assert_eq!(
+            ops,
+            [Op::Recycle(BufId(2)), Op::Recycle(BufId(3)), Op::CancelAll]
+        );
+        assert_eq!(c.close_reason(), Some(CloseReason::Aborted));
+        assert_eq!(
+            c.step(Event::SendDone {
+                res: Err(RawErrno::CANCELED)
+            }),
+            [Op::Recycle(BufId(1))]
+        );
+        assert_eq!(c.step(Event::CancelDone), [Op::Close]);
+        assert_eq!(c.step(Event::Abort), [], "the close is in flight");
+        assert_eq!(c.step(Event::Closed), [Op::Free]);
+        assert!(c.try_step(Event::Abort).is_err(), "nothing after Free");
+    }
+
+    #[test]
+    fn abort_cancels_again_what_an_earlier_cancel_may_not_cover() {
+        // A drain's recv-only cancel is pending, a send in flight: the abort cancels all.
+        let mut c = open(8);
+        c.step(recv(1, 10, true));
+        assert_eq!(c.step(Event::Shutdown), [Op::CancelRecv]);
+        assert_eq!(c.step(Event::Abort), [Op::CancelAll]);
+        assert_eq!(c.in_flight(), 4, "recv, send and two cancels");
+        // Never opened, or opened and idle: closes at once.
+        let mut idle = Fx::new(Config::default());
+        assert_eq!(idle.step(Event::Abort), [Op::Close]);
+        let mut starved = open(8);
+        starved.step(Event::RecvErr {
+            errno: NOBUFS,
+            more: false,
+        });
+        assert_eq!(starved.step(Event::Abort), [Op::Close]);
+        assert_eq!(starved.close_reason(), Some(CloseReason::Aborted));
+    }
+
+    // ---- Starved: who waits for buffers, and when they wake ------------------------------------
+
+    #[test]
+    fn starved_connections_wake_together_oldest_first_once_each() {
+        use crate::token::{Generation, OpKind};
+        let tok = |slot, g| Token::new(OpKind::Recv, Slot(slot), Generation::new(g));
+        let mut s = Starved::new(4);
+        let mut out = Vec::new();
+        s.wait(tok(2, 0));
+        s.wait(tok(0, 0));
+        s.wait(tok(2, 0));
+        // Slot 0 freed and reused while waiting: only its newest incarnation wakes.
+        s.wait(tok(0, 1));
+        assert_eq!(s.len(), 2);
+        s.wake(false, &mut out);
+        assert!(out.is_empty() && s.len() == 2, "not ready: nobody wakes");
+        s.wake(true, &mut out);
+        assert_eq!(out, [tok(2, 0), tok(0, 1)]);
+        assert!(s.is_empty());
+        s.wake(true, &mut out);
+        assert!(out.is_empty());
     }
 
     // ---- The simulated driver --------------------------------------------------------------
@@ -1046,12 +1442,13 @@ mod tests {
         Eof,
         Reset,
         Shutdown,
+        Abort,
         Closed,
     }
 
     fn any_step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            12 => (1u32..100, proptest::bool::weighted(0.1))
+            14 => (1u32..100, proptest::bool::weighted(0.1))
                 .prop_map(|(len, last)| Step::Data { len, last }),
             2 => any::<bool>().prop_map(|more| Step::NoBufs { more }),
             2 => Just(Step::BuffersAvailable),
@@ -1060,17 +1457,18 @@ mod tests {
             1 => Just(Step::SendFail),
             2 => Just(Step::SendCancelled),
             4 => Just(Step::CancelComplete),
-            4 => Just(Step::RecvCancelled),
+            3 => Just(Step::RecvCancelled),
             1 => Just(Step::Eof),
             1 => Just(Step::Reset),
             1 => Just(Step::Shutdown),
+            1 => Just(Step::Abort),
             3 => Just(Step::Closed),
         ]
     }
 
-    /// Receives the kernel may still post after a recv cancel is issued, in this simulation
-    /// (below CANCEL_SLACK: the bound the module docs ask drivers to keep).
-    const LATE_RECVS: u32 = 4;
+    /// Buffers in the simulated ring: at most this many are held by the connection, and the
+    /// chunk table is sized to it, as drivers size it (so it never fills).
+    const RING: usize = 24;
 
     /// The kernel's view of one socket, checking every op the connection issues.
     #[derive(Default)]
@@ -1084,7 +1482,6 @@ mod tests {
         tx: u64,
         armed: bool,
         recv_cancel: bool,
-        late_recvs: u32,
         send: Option<(BufId, u32, u32)>,
         send_cancel: bool,
         cancels: u32,
@@ -1094,15 +1491,22 @@ mod tests {
         closed: bool,
         peer_eof: bool,
         shutdown: bool,
+        aborted: bool,
         /// An ENOBUFS ended the recv and no BuffersAvailable has come since.
         starved: bool,
+        /// The connection said AwaitBuffers and no BuffersAvailable has come since.
+        awaiting: bool,
         injected_error: bool,
     }
 
     impl Sim {
-        fn deliver(&mut self, c: &mut EchoConn, ev: Event) {
+        fn held(&self) -> usize {
+            self.bufs.len() - self.recycled.len()
+        }
+
+        fn deliver(&mut self, c: &mut Fx, ev: Event) {
             let ops = c
-                .on_event(ev)
+                .try_step(ev)
                 .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"));
             for op in ops {
                 self.perform(c, op);
@@ -1112,17 +1516,37 @@ mod tests {
                 + self.cancels
                 + u32::from(self.close_pending);
             assert_eq!(c.in_flight(), model, "in-flight count after {ev:?}");
+            assert_eq!(
+                c.q.in_use(),
+                c.queued_buffers(),
+                "chunks leaked in the table"
+            );
+            // Liveness: an open connection that does not receive waits for something that
+            // will come.
+            if c.state() == State::Open && !self.armed {
+                assert!(
+                    self.awaiting || self.send.is_some() || self.cancels > 0,
+                    "stuck: not receiving, and waiting for nothing"
+                );
+            }
         }
 
-        fn perform(&mut self, c: &EchoConn, op: Op) {
+        fn perform(&mut self, c: &Fx, op: Op) {
             match op {
                 Op::ArmRecv => {
                     assert!(!self.armed, "armed twice");
-                    assert!(!self.peer_eof && !self.shutdown, "re-armed while closing");
+                    assert!(
+                        !self.peer_eof && !self.shutdown && !self.aborted,
+                        "re-armed while closing"
+                    );
                     assert!(!self.starved, "re-armed before buffers were available");
                     self.armed = true;
                     self.recv_cancel = false;
-                    self.late_recvs = 0;
+                }
+                Op::AwaitBuffers => {
+                    assert!(self.starved && !self.armed, "waits for buffers it has");
+                    assert!(!self.awaiting, "said AwaitBuffers twice");
+                    self.awaiting = true;
                 }
                 Op::Send { buf, offset, len } => {
                     assert!(self.send.is_none(), "two sends in flight");
@@ -1175,7 +1599,7 @@ mod tests {
             }
         }
 
-        fn complete_send(&mut self, c: &mut EchoConn, res: Result<u32, RawErrno>) {
+        fn complete_send(&mut self, c: &mut Fx, res: Result<u32, RawErrno>) {
             let (buf, offset, len) = self.send.take().unwrap();
             if let Ok(n) = res {
                 assert!(n <= len);
@@ -1191,15 +1615,13 @@ mod tests {
         }
 
         /// Plays `step` if the kernel could produce it now.
-        fn play(&mut self, c: &mut EchoConn, step: Step) {
+        fn play(&mut self, c: &mut Fx, step: Step) {
             match step {
                 Step::Data { len, last } => {
-                    let cancel_landed = self.recv_cancel && self.late_recvs >= LATE_RECVS;
-                    if !self.armed || self.peer_eof || cancel_landed {
+                    // Also after a cancel, until it lands (RecvCancelled): any number, as
+                    // long as the ring has buffers.
+                    if !self.armed || self.peer_eof || self.held() >= RING {
                         return;
-                    }
-                    if self.recv_cancel {
-                        self.late_recvs += 1;
                     }
                     let buf = BufId(self.next_buf);
                     self.next_buf += 1;
@@ -1231,6 +1653,7 @@ mod tests {
                 }
                 Step::BuffersAvailable => {
                     self.starved = false;
+                    self.awaiting = false;
                     self.deliver(c, Event::BuffersAvailable);
                 }
                 Step::SendComplete { quarters } if self.send.is_some() => {
@@ -1282,6 +1705,12 @@ mod tests {
                     self.shutdown = true;
                     self.deliver(c, Event::Shutdown);
                 }
+                Step::Abort if c.state() != State::Freed => {
+                    // Whatever is queued is dropped.
+                    self.aborted = true;
+                    self.injected_error = true;
+                    self.deliver(c, Event::Abort);
+                }
                 Step::Closed if self.close_pending => {
                     self.close_pending = false;
                     self.closed = true;
@@ -1292,12 +1721,21 @@ mod tests {
         }
 
         /// Shuts down and delivers every outstanding completion until nothing is in flight.
-        fn quiesce(&mut self, c: &mut EchoConn) {
+        fn quiesce(&mut self, c: &mut Fx, abort: bool) {
             self.play(c, Step::Shutdown);
+            if abort {
+                // The grace period runs out with a peer that reads nothing more: sends end
+                // only by being cancelled.
+                self.play(c, Step::Abort);
+            }
             for _ in 0..10_000 {
-                let step = if self.send.is_some() {
+                let step = if self.send.is_some() && self.aborted {
+                    assert!(self.send_cancel, "the abort left a send uncancelled");
+                    Step::SendCancelled
+                } else if self.send.is_some() {
                     Step::SendComplete { quarters: 0 }
-                } else if self.armed && self.recv_cancel {
+                } else if self.armed {
+                    assert!(self.recv_cancel, "the drain left the recv uncancelled");
                     Step::RecvCancelled
                 } else if self.cancels > 0 {
                     Step::CancelComplete
@@ -1315,22 +1753,27 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
-        /// Any kernel-possible script, then quiescence: bytes echoed exactly once and in order
-        /// (all of them unless an error was injected), one send at a time, every buffer
-        /// recycled exactly once, Close once with nothing in flight, Free exactly once.
+        /// Any kernel-possible script (receives keep landing after a cancel until it does,
+        /// as many as the ring has buffers), then a drain, with or without an abort at its
+        /// end: bytes echoed exactly once and in order (all of them unless an error or abort
+        /// was injected), one send at a time, every buffer recycled exactly once, the chunk
+        /// table never full when sized to the ring, AwaitBuffers whenever the recv starved
+        /// and is wanted again, never stuck, Close once with nothing in flight, Free exactly
+        /// once.
         #[test]
         fn simulated_driver(
-            max_queued in 1..=QUEUE_CAPACITY - CANCEL_SLACK,
+            max_queued in 1usize..12,
             steps in proptest::collection::vec(any_step(), 0..300),
+            abort_at_end in any::<bool>(),
         ) {
-            let mut c = EchoConn::new(Config { max_queued });
+            let mut c = Fx::with_table(Config { max_queued }, RING);
             let mut sim = Sim::default();
             sim.deliver(&mut c, Event::Opened);
             for s in steps {
                 sim.play(&mut c, s);
-                prop_assert!(c.queued_buffers() <= QUEUE_CAPACITY);
+                prop_assert!(c.queued_buffers() <= RING);
             }
-            sim.quiesce(&mut c);
+            sim.quiesce(&mut c, abort_at_end);
 
             prop_assert_eq!(c.state(), State::Freed);
             prop_assert_eq!(sim.frees, 1);
@@ -1341,7 +1784,9 @@ mod tests {
             }
             prop_assert_eq!(c.bytes_sent(), sim.tx);
             prop_assert_eq!(c.bytes_received(), sim.rx);
+            prop_assert_eq!(c.q.in_use(), 0);
             let reason = c.close_reason().unwrap();
+            prop_assert_ne!(reason, CloseReason::QueueOverflow, "a table sized to the ring filled");
             if sim.injected_error {
                 prop_assert!(sim.tx <= sim.rx);
             } else {

@@ -4,16 +4,20 @@
 //! The machine's operations map as its module docs say: ArmRecv sets readable interest (and
 //! reads at once: with edge triggering the edge may already have passed), Send writes now or
 //! when EPOLLOUT says so, a cancel takes effect at once and is reported as
-//! `RecvErr { ECANCELED, more: false }` then `CancelDone`, Close closes and reports `Closed`.
+//! `RecvErr { ECANCELED, more: false }` then `CancelDone` (CancelAll also ends a write waiting
+//! for EPOLLOUT with `SendDone { ECANCELED }`), Close closes and reports `Closed`.
 //! Receive buffers come from a per-thread pool of the same count and size as the io_uring
-//! provided ring, so memory per connection is bounded the same way.
+//! provided ring, so memory per connection is bounded the same way; a read that finds the
+//! pool empty is reported as ENOBUFS, and the connection waits in a `Starved` set until the
+//! pool can re-arm, as with the ring. At the end of a shutdown's grace period every
+//! connection gets `Event::Abort`, as with io_uring.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ringwork_core::buf::{BufId, FixedPool, Lease};
-use ringwork_core::conn::{Config, EchoConn, Event, Op};
+use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -52,7 +56,12 @@ struct Worker<'a> {
     memory: Vec<u8>,
     buf_size: usize,
     leases: Vec<Option<Lease>>,
-    starved: Vec<Token>,
+    /// The chunks every connection holds: one per pool buffer at most.
+    chunks: ChunkQueues,
+    /// Connections whose read found the pool empty, to wake once it can re-arm.
+    starved: Starved,
+    /// The connections being woken, reused.
+    woken: Vec<Token>,
     listener: Option<OwnedFd>,
     wake: OwnedFd,
     stopping: Option<Instant>,
@@ -83,7 +92,9 @@ pub fn run(
         memory: vec![0; usize::from(cfg.buffers) * buf_size],
         buf_size,
         leases: (0..cfg.buffers).map(|_| None).collect(),
-        starved: Vec::new(),
+        chunks: ChunkQueues::new(usize::from(cfg.buffers)),
+        starved: Starved::new(cfg.max_conns),
+        woken: Vec::with_capacity(cfg.max_conns),
         listener: Some(listener),
         wake,
         stopping: None,
@@ -200,21 +211,12 @@ impl Worker<'_> {
             .collect()
     }
 
-    /// Grace is over: fail the sends still waiting for a peer that does not read.
+    /// Grace is over: every connection aborts (its write waiting for a peer that does not
+    /// read is cancelled, and it closes).
     fn force_close_all(&mut self) {
         self.forced = true;
         for token in self.live_tokens() {
-            let Some(conn) = self.conns.get_checked_mut(&token) else {
-                continue;
-            };
-            if conn.pending_send.take().is_some() {
-                self.drive(
-                    token,
-                    Some(Event::SendDone {
-                        res: Err(RawErrno::CANCELED),
-                    }),
-                );
-            }
+            self.drive(token, Some(Event::Abort));
         }
     }
 
@@ -272,9 +274,9 @@ impl Worker<'_> {
     /// One read into a pool buffer; the event it produced, or None on EAGAIN.
     fn read_once(&mut self, token: Token) -> Option<Event> {
         let Some(lease) = self.pool.acquire() else {
-            // The pool is dry: like ENOBUFS from a provided ring (PITFALLS #3).
+            // The pool is dry: like ENOBUFS from a provided ring (the machine then says
+            // AwaitBuffers).
             self.stats.nobufs += 1;
-            self.starved.push(token);
             if let Some(conn) = self.conns.get_checked_mut(&token) {
                 conn.armed = false;
             }
@@ -352,57 +354,72 @@ impl Worker<'_> {
         let Some(conn) = self.conns.get_checked_mut(&token) else {
             return;
         };
-        let ops = match conn.machine.on_event(event) {
-            Ok(ops) => ops,
-            Err(e) => {
-                eprintln!("ringwork-echo: {e}");
-                self.stats.refused += 1;
-                if let Event::Recv { buf, .. } = event {
-                    self.recycle(buf);
-                }
-                return;
+        if let Err(e) = conn.machine.on_event(&mut self.chunks, event) {
+            eprintln!("ringwork-echo: {e}");
+            self.stats.refused += 1;
+            if let Event::Recv { buf, .. } = event {
+                self.recycle(buf);
             }
-        };
-        for op in ops {
-            match op {
-                Op::ArmRecv => {
+            return;
+        }
+        // Free removes the connection: it is the last operation.
+        while let Some(conn) = self.conns.get_checked_mut(&token) {
+            let Some(op) = conn.machine.poll_op(&mut self.chunks) else {
+                break;
+            };
+            self.perform(token, op, queue);
+        }
+    }
+
+    /// Performs one of a connection's operations; the events it produces at once go to
+    /// `queue`.
+    fn perform(&mut self, token: Token, op: Op, queue: &mut VecDeque<Event>) {
+        match op {
+            Op::ArmRecv => {
+                if let Some(conn) = self.conns.get_checked_mut(&token) {
+                    conn.armed = true;
+                }
+            }
+            Op::Send { buf, offset, len } => match self.try_send(token, buf, offset, len) {
+                Some(res) => queue.push_back(Event::SendDone { res }),
+                None => {
                     if let Some(conn) = self.conns.get_checked_mut(&token) {
-                        conn.armed = true;
+                        conn.pending_send = Some((buf, offset, len));
                     }
                 }
-                Op::Send { buf, offset, len } => match self.try_send(token, buf, offset, len) {
-                    Some(res) => queue.push_back(Event::SendDone { res }),
-                    None => {
-                        if let Some(conn) = self.conns.get_checked_mut(&token) {
-                            conn.pending_send = Some((buf, offset, len));
-                        }
+            },
+            Op::Recycle(buf) => self.recycle(buf),
+            Op::AwaitBuffers => self.starved.wait(token),
+            Op::CancelRecv | Op::CancelAll => {
+                if let Some(conn) = self.conns.get_checked_mut(&token) {
+                    // Dropping interest is synchronous: the "recv" ends now.
+                    if conn.armed {
+                        conn.armed = false;
+                        queue.push_back(Event::RecvErr {
+                            errno: RawErrno::CANCELED,
+                            more: false,
+                        });
                     }
-                },
-                Op::Recycle(buf) => self.recycle(buf),
-                Op::CancelRecv | Op::CancelAll => {
-                    if let Some(conn) = self.conns.get_checked_mut(&token) {
-                        // Dropping interest is synchronous: the "recv" ends now.
-                        if conn.armed {
-                            conn.armed = false;
-                            queue.push_back(Event::RecvErr {
-                                errno: RawErrno::CANCELED,
-                                more: false,
-                            });
-                        }
+                    // A write waiting for EPOLLOUT is abandoned (the kernel has none of
+                    // it); one that completed is already queued.
+                    if op == Op::CancelAll && conn.pending_send.take().is_some() {
+                        queue.push_back(Event::SendDone {
+                            res: Err(RawErrno::CANCELED),
+                        });
                     }
-                    queue.push_back(Event::CancelDone);
                 }
-                Op::Close => {
-                    if let Some(conn) = self.conns.get_checked_mut(&token) {
-                        // close(2) also removes it from the epoll set.
-                        drop(conn.fd.take());
-                    }
-                    queue.push_back(Event::Closed);
+                queue.push_back(Event::CancelDone);
+            }
+            Op::Close => {
+                if let Some(conn) = self.conns.get_checked_mut(&token) {
+                    // close(2) also removes it from the epoll set.
+                    drop(conn.fd.take());
                 }
-                Op::Free => {
-                    self.conns.remove(token.slot);
-                    self.shared.release();
-                }
+                queue.push_back(Event::Closed);
+            }
+            Op::Free => {
+                self.conns.remove(token.slot);
+                self.shared.release();
             }
         }
     }
@@ -414,13 +431,17 @@ impl Worker<'_> {
         self.pool.release(lease);
     }
 
-    /// Wakes connections that found the pool dry once a quarter of it is free again.
+    /// Wakes connections that found the pool dry once it can re-arm (`Starved` and
+    /// `FixedPool::can_rearm` decide: a quarter free).
     fn wake_starved(&mut self) {
-        if self.starved.is_empty() || self.pool.available() < self.pool.len().div_ceil(4) {
+        if self.starved.is_empty() {
             return;
         }
-        for token in std::mem::take(&mut self.starved) {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.starved.wake(self.pool.can_rearm(), &mut woken);
+        for token in woken.drain(..) {
             self.drive(token, Some(Event::BuffersAvailable));
         }
+        self.woken = woken;
     }
 }

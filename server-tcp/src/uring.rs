@@ -8,7 +8,6 @@
 //! notifications go through `ringwork_core::buf::ZcTracker`, which decides when a sent buffer
 //! may go back to the ring.
 
-use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use ringwork_core::buf::{
     BufGroup, BufId, RecvBuffers, RecvCompletion, RecvMode, RecvPiece, ZcSlot, ZcTracker,
 };
-use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
+use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved, DEFAULT_MAX_QUEUED};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -47,14 +46,6 @@ fn worker_token(kind: OpKind) -> UserData {
 struct Conn {
     fd: RawFd,
     machine: EchoConn,
-    /// Receive events held back, in order, while the machine's queue is full.
-    ///
-    /// The kernel fills provided buffers for a multishot recv in bursts (up to 32 per wake-up,
-    /// more under DEFER_TASKRUN) before we see any of them, so with a shared ring
-    /// `conn::CANCEL_SLACK` is regularly exceeded by a bulk sender and the machine would fail
-    /// closed with `QueueOverflow`. Parking keeps the bytes and their order; the buffers stay
-    /// the ring's (so the ring bounds the memory), and ENOBUFS then throttles the sender.
-    parked: VecDeque<Event>,
 }
 
 struct Worker<'a> {
@@ -65,8 +56,13 @@ struct Worker<'a> {
     recv: RecvBuffers,
     /// The pieces of the completion being routed, reused.
     pieces: Vec<RecvPiece>,
+    /// The chunks every connection holds (received, not yet echoed), sized to what the ring
+    /// can hand out.
+    chunks: ChunkQueues,
     /// Connections whose recv ended with ENOBUFS, to wake once buffers are back.
-    starved: Vec<Token>,
+    starved: Starved,
+    /// The connections being woken, reused.
+    woken: Vec<Token>,
     listener: OwnedFd,
     wake: OwnedFd,
     /// The eventfd read's target; the kernel writes it until the read completes.
@@ -84,7 +80,7 @@ struct Worker<'a> {
     /// refuses multishot: fall back).
     accepted_any: bool,
     /// Worker-owned ops in flight whose completions carry no state (closes of rejected
-    /// sockets, cancels of the accept, forced cancels at shutdown).
+    /// sockets, cancels of the accept).
     misc_in_flight: u64,
     stopping: Option<Instant>,
     forced: bool,
@@ -211,7 +207,9 @@ pub fn run(
             },
         ),
         pieces: Vec::with_capacity(usize::from(cfg.buffers)),
-        starved: Vec::new(),
+        chunks: ChunkQueues::new(chunk_table_size(&cfg, mode)),
+        starved: Starved::new(cfg.max_conns),
+        woken: Vec::with_capacity(cfg.max_conns),
         listener,
         wake,
         wake_buf: Box::new([0; 8]),
@@ -435,8 +433,7 @@ impl Worker<'_> {
         if let Ok(n) = cqe.result() {
             self.stats.bytes += u64::from(n);
         }
-        self.deliver(done.owner, Event::SendDone { res: cqe.result() })?;
-        self.unpark(done.owner)
+        self.deliver(done.owner, Event::SendDone { res: cqe.result() })
     }
 
     fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
@@ -449,7 +446,6 @@ impl Worker<'_> {
         let conn = Conn {
             fd: raw,
             machine: EchoConn::new(Config::default()),
-            parked: VecDeque::new(),
         };
         let Some((slot, generation)) = self.conns.insert(conn) else {
             self.shared.release();
@@ -492,16 +488,15 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// The grace period is over: cancel everything still in flight on every connection, so
-    /// that sends to peers that do not read fail and the connections close.
+    /// The grace period is over: every connection aborts (cancels everything still in flight,
+    /// so that sends to peers that do not read fail, and closes).
     fn force_close_all(&mut self) -> ringwork_sys::Result<()> {
         self.forced = true;
         for i in 0..self.conns.capacity() as u32 {
-            if let Some(conn) = self.conns.get(Slot(i)) {
-                let sqe =
-                    Sqe::cancel_fd(Target::Fd(conn.fd)).user_data(worker_token(OpKind::Cancel));
-                self.misc_in_flight += 1;
-                self.push(&sqe)?;
+            let slot = Slot(i);
+            if self.conns.get(slot).is_some() {
+                let token = Token::new(OpKind::Recv, slot, self.conns.generation(slot));
+                self.deliver(token, Event::Abort)?;
             }
         }
         Ok(())
@@ -552,7 +547,7 @@ impl Worker<'_> {
                 return Ok(());
             }
         };
-        self.route(token, event)
+        self.deliver(token, event)
     }
 
     /// A receive completion of at least one byte: one receive event per buffer it filled
@@ -579,47 +574,11 @@ impl Worker<'_> {
                 more: p.more,
             };
             if result.is_ok() {
-                result = self.route(token, event);
+                result = self.deliver(token, event);
             }
         }
         self.pieces = pieces;
         result
-    }
-
-    /// Delivers a connection's event, parking receives behind earlier parked ones or while
-    /// the machine's queue is full.
-    fn route(&mut self, token: Token, event: Event) -> ringwork_sys::Result<()> {
-        if let Event::Recv { .. } | Event::RecvEof { .. } | Event::RecvErr { .. } = event {
-            let Some(conn) = self.conns.get_checked_mut(&token) else {
-                // Freed by an earlier event of the same bundle: return the buffer.
-                if let Event::Recv { buf, .. } = event {
-                    self.recycle(buf);
-                }
-                return Ok(());
-            };
-            if !conn.parked.is_empty() || conn.machine.queued_buffers() >= QUEUE_CAPACITY {
-                conn.parked.push_back(event);
-                return Ok(());
-            }
-        }
-        self.deliver(token, event)?;
-        self.unpark(token)
-    }
-
-    /// Delivers parked receive events while the machine has room for them.
-    fn unpark(&mut self, token: Token) -> ringwork_sys::Result<()> {
-        loop {
-            let Some(conn) = self.conns.get_checked_mut(&token) else {
-                return Ok(());
-            };
-            if conn.machine.queued_buffers() >= QUEUE_CAPACITY {
-                return Ok(());
-            }
-            let Some(event) = conn.parked.pop_front() else {
-                return Ok(());
-            };
-            self.deliver(token, event)?;
-        }
     }
 
     /// The buffers the kernel filled for a completion nobody will consume (a stale one, or an
@@ -637,103 +596,104 @@ impl Worker<'_> {
     /// Feeds `event` to the connection `token` names and performs its operations.
     fn deliver(&mut self, token: Token, event: Event) -> ringwork_sys::Result<()> {
         let Some(conn) = self.conns.get_checked_mut(&token) else {
-            // Freed since (a starved connection that closed meanwhile): nothing to do.
+            // Freed since: by an earlier piece of the same bundle (its buffer goes back), or
+            // a starved connection that closed meanwhile.
+            if let Event::Recv { buf, .. } = event {
+                self.recycle(buf);
+            }
             return Ok(());
         };
         let fd = conn.fd;
-        if let Event::RecvErr {
-            errno: RawErrno::NOBUFS,
-            more: false,
-        } = event
-        {
-            // Registered here, when the machine sees the ENOBUFS, not when its CQE arrives:
-            // the event may have been parked behind earlier receives, and a BuffersAvailable
-            // delivered before it would be lost and leave the connection without a recv.
-            self.starved.push(token);
-        }
-        let ops = match conn.machine.on_event(event) {
-            Ok(ops) => ops,
-            Err(e) => {
-                eprintln!("ringwork-echo: {e}");
-                self.stats.refused += 1;
-                if let Event::Recv { buf, .. } = event {
-                    self.recycle(buf);
-                }
-                return Ok(());
+        if let Err(e) = conn.machine.on_event(&mut self.chunks, event) {
+            eprintln!("ringwork-echo: {e}");
+            self.stats.refused += 1;
+            if let Event::Recv { buf, .. } = event {
+                self.recycle(buf);
             }
-        };
+            return Ok(());
+        }
+        // Free removes the connection: it is the last operation.
+        while let Some(conn) = self.conns.get_checked_mut(&token) {
+            let Some(op) = conn.machine.poll_op(&mut self.chunks) else {
+                break;
+            };
+            self.perform(token, fd, op)?;
+        }
+        Ok(())
+    }
+
+    /// Turns one of a connection's operations into an SQE (or bookkeeping).
+    fn perform(&mut self, token: Token, fd: RawFd, op: Op) -> ringwork_sys::Result<()> {
         let (slot, generation) = (token.slot, token.generation);
         let ud = |kind| Token::new(kind, slot, generation).encode();
-        for op in ops {
-            match op {
-                Op::ArmRecv => {
-                    let mut sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
-                    if self.recv.mode() == RecvMode::Bundle {
-                        sqe = sqe.recv_bundle();
+        match op {
+            Op::ArmRecv => {
+                let mut sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
+                if self.recv.mode() == RecvMode::Bundle {
+                    sqe = sqe.recv_bundle();
+                }
+                let sqe = sqe.user_data(ud(OpKind::Recv));
+                self.push(&sqe)?;
+            }
+            Op::Send { buf, offset, len } => {
+                // The machine sends only bytes it was handed: a leased buffer, or a slice
+                // of one with incremental consumption.
+                assert!(
+                    self.recv.holds(buf),
+                    "the machine sends only buffers it was handed"
+                );
+                let Some(br) = self.ring.buf_ring(GROUP) else {
+                    unreachable!("the group is registered before the loop starts")
+                };
+                let ptr = br.buf_ptr(buf).wrapping_add(offset as usize);
+                let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
+                    Some(Ok(slot)) => slot,
+                    Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
+                    None => None,
+                };
+                let sqe = match zc_slot {
+                    Some(slot) => {
+                        // The tracker holds at most 2 x 32768 sends: its slots fit `sub`.
+                        let sub = u16::try_from(slot.0).expect("ZcTracker sized for u16");
+                        Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
+                            .user_data(token.with_kind(OpKind::SendZc).with_sub(sub).encode())
                     }
-                    let sqe = sqe.user_data(ud(OpKind::Recv));
-                    self.push(&sqe)?;
+                    // Plain, or every tracker slot is in flight: send this one by copy.
+                    None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
+                };
+                self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
+            }
+            Op::Recycle(buf) => {
+                // With SEND_ZC the kernel may still read the buffer: the tracker says
+                // whether it goes back now or on its last notification.
+                let now = self.zc.as_mut().map_or(Ok(true), |zc| zc.recycle(buf));
+                match now {
+                    Ok(true) => self.recycle(buf),
+                    Ok(false) => {}
+                    Err(e) => unreachable!("buffer ids come from the ring: {e}"),
                 }
-                Op::Send { buf, offset, len } => {
-                    // The machine sends only bytes it was handed: a leased buffer, or a slice
-                    // of one with incremental consumption.
-                    assert!(
-                        self.recv.holds(buf),
-                        "the machine sends only buffers it was handed"
-                    );
-                    let Some(br) = self.ring.buf_ring(GROUP) else {
-                        unreachable!("the group is registered before the loop starts")
-                    };
-                    let ptr = br.buf_ptr(buf).wrapping_add(offset as usize);
-                    let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
-                        Some(Ok(slot)) => slot,
-                        Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
-                        None => None,
-                    };
-                    let sqe = match zc_slot {
-                        Some(slot) => {
-                            // The tracker holds at most 2 x 32768 sends: its slots fit `sub`.
-                            let sub = u16::try_from(slot.0).expect("ZcTracker sized for u16");
-                            Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
-                                .user_data(token.with_kind(OpKind::SendZc).with_sub(sub).encode())
-                        }
-                        // Plain, or every tracker slot is in flight: send this one by copy.
-                        None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
-                    };
-                    self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
-                }
-                Op::Recycle(buf) => {
-                    // With SEND_ZC the kernel may still read the buffer: the tracker says
-                    // whether it goes back now or on its last notification.
-                    let now = self.zc.as_mut().map_or(Ok(true), |zc| zc.recycle(buf));
-                    match now {
-                        Ok(true) => self.recycle(buf),
-                        Ok(false) => {}
-                        Err(e) => unreachable!("buffer ids come from the ring: {e}"),
+            }
+            Op::AwaitBuffers => self.starved.wait(token),
+            Op::CancelRecv => {
+                let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
+                self.push(&sqe)?;
+            }
+            Op::CancelAll => {
+                let sqe = Sqe::cancel_fd(Target::Fd(fd)).user_data(ud(OpKind::Cancel));
+                self.push(&sqe)?;
+            }
+            Op::Close => {
+                if let Some(reason) = conn_reason(&self.conns, slot) {
+                    if reason.is_fatal() && std::env::var_os("RINGWORK_DEBUG").is_some() {
+                        eprintln!("ringwork-echo: closing a connection: {reason}");
                     }
                 }
-                Op::CancelRecv => {
-                    let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
-                    self.push(&sqe)?;
-                }
-                Op::CancelAll => {
-                    let sqe = Sqe::cancel_fd(Target::Fd(fd)).user_data(ud(OpKind::Cancel));
-                    self.push(&sqe)?;
-                }
-                Op::Close => {
-                    if let Some(reason) = conn_reason(&self.conns, slot) {
-                        if reason.is_fatal() && std::env::var_os("RINGWORK_DEBUG").is_some() {
-                            eprintln!("ringwork-echo: closing a connection: {reason}");
-                        }
-                    }
-                    let sqe = Sqe::close(Target::Fd(fd)).user_data(ud(OpKind::Close));
-                    self.push(&sqe)?;
-                }
-                Op::Free => {
-                    let conn = self.conns.remove(slot);
-                    debug_assert!(conn.is_some_and(|c| c.parked.is_empty()));
-                    self.shared.release();
-                }
+                let sqe = Sqe::close(Target::Fd(fd)).user_data(ud(OpKind::Close));
+                self.push(&sqe)?;
+            }
+            Op::Free => {
+                self.conns.remove(slot);
+                self.shared.release();
             }
         }
         Ok(())
@@ -751,8 +711,8 @@ impl Worker<'_> {
         }
     }
 
-    /// Wakes connections whose recv ended with ENOBUFS once the ring has enough buffers
-    /// (PITFALLS #3).
+    /// Wakes connections whose recv ended with ENOBUFS once the ring has enough buffers back
+    /// (`Starved` and `ProvidedRing::can_rearm` decide).
     fn wake_starved(&mut self) -> ringwork_sys::Result<()> {
         if self.starved.is_empty() {
             return Ok(());
@@ -761,14 +721,32 @@ impl Worker<'_> {
             .ring
             .buf_ring(GROUP)
             .is_some_and(|br| br.book().can_rearm());
-        if !ready {
-            return Ok(());
+        let mut woken = std::mem::take(&mut self.woken);
+        self.starved.wake(ready, &mut woken);
+        let mut result = Ok(());
+        for token in woken.drain(..) {
+            if result.is_ok() {
+                result = self.deliver(token, Event::BuffersAvailable);
+            }
         }
-        let starved = std::mem::take(&mut self.starved);
-        for token in starved {
-            self.deliver(token, Event::BuffersAvailable)?;
-        }
-        Ok(())
+        self.woken = woken;
+        result
+    }
+}
+
+/// How many chunks the connections of one worker may hold at once. With whole buffers (and
+/// bundles) each chunk holds a distinct ring buffer, so the ring's size bounds them exactly.
+/// Incremental consumption puts several slices in one buffer: there the table is a margin,
+/// room for every connection to queue twice its backpressure threshold on top of one chunk per
+/// buffer (a connection whose receive finds it full fails closed, `QueueOverflow`).
+fn chunk_table_size(cfg: &WorkerConfig, mode: ProvideMode) -> usize {
+    let buffers = usize::from(cfg.buffers);
+    match mode {
+        ProvideMode::RingIncremental => cfg
+            .max_conns
+            .saturating_mul(2 * DEFAULT_MAX_QUEUED)
+            .saturating_add(buffers),
+        ProvideMode::Ring | ProvideMode::Sqe => buffers,
     }
 }
 

@@ -485,6 +485,59 @@ fn sigterm_under_load_epoll() {
     sigterm_under_load(BACKENDS[1]);
 }
 
+/// A peer that sends and never reads holds its echo (the server's send to it stalls): at
+/// SIGTERM the drain cannot finish that connection, and once the grace period (3 s) is over it
+/// is aborted (everything in flight cancelled, then closed) and the server exits 0. The same
+/// `Event::Abort` on both backends: io_uring cancels the stalled send, epoll abandons the
+/// write that waits for EPOLLOUT.
+fn sigterm_with_a_peer_that_never_reads(backend: &str) {
+    let mut server = start(backend, &["--threads", "1"]);
+    let mut s = ringwork_e2e::connect(server.addr, Some(4096));
+    s.set_nonblocking(true).unwrap();
+    // Write until the echo has stalled and backpressure stops the server reading: then our
+    // writes block for good.
+    let chunk = vec![7u8; 64 * 1024];
+    let (mut written, mut blocked_since) = (0usize, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !blocked_since.is_some_and(|t: Instant| t.elapsed() >= Duration::from_millis(300)) {
+        assert!(Instant::now() < deadline, "{backend}: writes never blocked");
+        match s.write(&chunk) {
+            Ok(n) => {
+                written += n;
+                blocked_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                blocked_since.get_or_insert_with(Instant::now);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("{backend}: write: {e}"),
+        }
+    }
+    let t = Instant::now();
+    server.signal(Signal::TERM);
+    assert_eq!(
+        server.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "{backend}: after {written} bytes written and none read"
+    );
+    let took = t.elapsed();
+    println!("{backend}: exited {took:?} after SIGTERM with {written} bytes unread");
+    assert!(
+        took >= Duration::from_millis(2500),
+        "{backend}: exited after {took:?}: the stalled echo was dropped before the grace ran out"
+    );
+}
+
+#[test]
+fn sigterm_with_a_peer_that_never_reads_uring() {
+    sigterm_with_a_peer_that_never_reads(BACKENDS[0]);
+}
+
+#[test]
+fn sigterm_with_a_peer_that_never_reads_epoll() {
+    sigterm_with_a_peer_that_never_reads(BACKENDS[1]);
+}
+
 /// `--max-conns`: connections beyond the limit are closed at once; freed room is reused.
 #[test]
 fn max_conns_closes_the_excess() {
