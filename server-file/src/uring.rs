@@ -4,8 +4,10 @@
 //! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
 //!   instead when asked (`RingParams::build_server`). One `io_uring:` line per worker says
 //!   which features are in use.
-//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE (single-shot,
-//!   re-armed per connection, without Linux 5.19 or with `--disable multishot-accept`).
+//! - Accept: `ringwork_sys::Acceptor`, as in ringwork-echo: one multishot IORING_OP_ACCEPT,
+//!   re-armed whenever a CQE lacks F_MORE (single-shot, re-armed per connection, without Linux
+//!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
+//!   loop's wait never outlasts the pause) and says so on stderr, once per episode.
 //! - Files: IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH
 //!   | RESOLVE_NO_MAGICLINKS) straight into registered-file slot N for connection slot N; reads
 //!   name `Target::Fixed(N)`, and the slot is closed with IORING_OP_CLOSE when the response is
@@ -32,8 +34,8 @@
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
-//! - Stopping (SIGINT/SIGTERM): a graceful drain. The multishot accept is cancelled and the
-//!   listener closed once it has ended (new connections are refused); every connection gets
+//! - Stopping (SIGINT/SIGTERM): a graceful drain. The acceptor cancels its accept and closes
+//!   the listener once it has ended (new connections are refused); every connection gets
 //!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
 //!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
 //!   worker returns once every connection is freed and the accept has ended.
@@ -44,7 +46,7 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
 use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
@@ -54,7 +56,7 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
-use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
+use ringwork_sys::{Acceptor, FixedBuffers, Ring, RingParams, Sqe, Target};
 
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
@@ -96,15 +98,13 @@ struct Driver<'s> {
     fixed: bool,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
-    multishot_accept: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    /// Closed once the accept has ended during a drain.
-    listener: Option<OwnedFd>,
-    /// The multishot accept has not posted its last CQE.
-    accept_armed: bool,
+    /// The listener and its accept (tokens of kind Accept on `ACCEPT_SLOT`); it closes the
+    /// listener once its accept has ended during a drain.
+    acceptor: Acceptor,
     /// When the drain began (SIGINT/SIGTERM), and whether its grace ran out.
     stopping: Option<Instant>,
     aborted: bool,
@@ -124,7 +124,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         println!("{e}: falling back (see the io_uring: line)");
     }
     let want = uc.features;
-    let (multishot_accept, fixed_files, links) = {
+    let (acceptor, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
             (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
@@ -137,16 +137,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
-        // Multishot accept has no opcode of its own; it arrived in 5.19 together with
-        // IORING_OP_SOCKET, so that opcode's presence is the probe's answer (as in
-        // ringwork-echo).
-        let multishot_accept = want.multishot_accept && probe.supports(IoringOp::Socket);
-        if want.multishot_accept && !multishot_accept {
-            println!(
-                "{}: single-shot accept",
-                unsupported("multishot accept", "5.19")
-            );
-        }
+        let acceptor = Acceptor::new(listener, ACCEPT_SLOT, probe, want.multishot_accept);
         if shared.cfg.zerocopy {
             probe
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
@@ -165,7 +156,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             );
         }
         (
-            multishot_accept,
+            acceptor,
             want.fixed_files,
             want.links && deferred_file_assignment,
         )
@@ -257,7 +248,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
         yes(flags.contains(IoringSetupFlags::COOP_TASKRUN)),
         yes(flags.contains(IoringSetupFlags::SQPOLL)),
-        yes(multishot_accept),
+        yes(acceptor.multishot()),
         yes(fixed_files),
         yes(fixed),
         yes(shared.cfg.zerocopy),
@@ -271,17 +262,18 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         _unregistered: unregistered,
         fixed,
         fixed_files,
-        multishot_accept,
         zc_report_usage,
         http_cfg,
-        listener: Some(listener),
-        accept_armed: false,
+        acceptor,
         stopping: None,
         aborted: false,
         direct_refused: false,
         direct_noted: false,
     };
-    d.arm_accept()?;
+    d.acceptor
+        .start(&mut d.ring)
+        .map_err(|e| format!("io_uring submit: {e}"))?;
+    d.report_accept();
     let result = d.run_loop();
     let rs = d.ring.stats();
     let st = &shared.stats;
@@ -303,31 +295,21 @@ impl Driver<'_> {
         unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
     }
 
-    fn arm_accept(&mut self) -> Result<(), String> {
-        let Some(listener) = &self.listener else {
-            return Ok(());
-        };
-        let ud = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
-        let sqe = Sqe::accept(
-            Target::Fd(listener.as_raw_fd()),
-            rustix::net::SocketFlags::CLOEXEC,
-            self.multishot_accept,
-            false,
-        )
-        .user_data(ud);
-        self.accept_armed = true;
-        self.push(&sqe)
+    /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-files: {notice}");
+        }
     }
 
     /// SIGINT/SIGTERM arrived: cancel the accept, and let every connection finish its
     /// response and close.
     fn begin_drain(&mut self) -> Result<(), String> {
         self.stopping = Some(Instant::now());
-        if self.accept_armed {
-            let accept = Token::new(OpKind::Accept, ACCEPT_SLOT, Generation::ZERO).encode();
-            let ud = Token::new(OpKind::Cancel, ACCEPT_SLOT, Generation::ZERO).encode();
-            self.push(&Sqe::cancel(accept).user_data(ud))?;
-        }
+        self.acceptor
+            .stop(&mut self.ring)
+            .map_err(|e| format!("io_uring submit: {e}"))?;
+        self.report_accept();
         self.each_open_conn(HttpConn::on_shutdown)
     }
 
@@ -354,7 +336,7 @@ impl Driver<'_> {
                 self.begin_drain()?;
             }
             if let Some(since) = self.stopping {
-                if self.conns.is_empty() && !self.accept_armed {
+                if self.conns.is_empty() && self.acceptor.is_idle() {
                     return Ok(());
                 }
                 if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
@@ -362,7 +344,11 @@ impl Driver<'_> {
                     self.each_open_conn(HttpConn::abort)?;
                 }
             }
-            match self.ring.submit_and_wait_timeout(1, tick) {
+            // Never past the end of an accept pause.
+            let wait =
+                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick))
+                    .unwrap_or(tick);
+            match self.ring.submit_and_wait_timeout(1, wait) {
                 Ok(_) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::TIME) => {}
@@ -373,6 +359,10 @@ impl Driver<'_> {
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
+            self.acceptor
+                .poll(&mut self.ring, self.conns.len())
+                .map_err(|e| format!("io_uring submit: {e}"))?;
+            self.report_accept();
             let now = self.shared.now();
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
@@ -385,30 +375,19 @@ impl Driver<'_> {
         let Ok(token) = Token::decode(cqe.user_data) else {
             return Ok(());
         };
-        if token.kind == OpKind::Accept {
-            if let Ok(fd) = cqe.result() {
-                // SAFETY: a successful non-direct accept's `res` is a new descriptor that
-                // nothing else owns.
-                let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if self.acceptor.owns(&token) {
+            // The acceptor re-arms, backs off, or (draining) closes the listener itself.
+            let open = self.conns.len();
+            let sock = self
+                .acceptor
+                .on_cqe(&mut self.ring, &cqe, open)
+                .map_err(|e| format!("io_uring submit: {e}"))?;
+            if let Some(sock) = sock {
                 if self.stopping.is_none() {
                     self.new_conn(sock)?;
                 }
                 // Draining: accepted before the cancel took effect; dropping it closes it.
             }
-            if !cqe.more() {
-                self.accept_armed = false;
-                if self.stopping.is_none() {
-                    // Multishot accept ended (PITFALLS #2): re-arm.
-                    self.arm_accept()?;
-                } else {
-                    // Nothing accepts any more: connections are refused from now on.
-                    self.listener = None;
-                }
-            }
-            return Ok(());
-        }
-        if token.slot == ACCEPT_SLOT {
-            // The accept's cancel: the accept's own last CQE says what matters.
             return Ok(());
         }
         let now = self.shared.now();

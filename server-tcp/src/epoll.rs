@@ -6,7 +6,9 @@
 //! when EPOLLOUT says so, a cancel takes effect at once and is reported as
 //! `RecvErr { ECANCELED, more: false }` then `CancelDone`, Close closes and reports `Closed`.
 //! Receive buffers come from a per-thread pool of the same count and size as the io_uring
-//! provided ring, so memory per connection is bounded the same way.
+//! provided ring, so memory per connection is bounded the same way. Accepting (and backing off
+//! when it fails for lack of descriptors or memory) is `ringwork_sys::EpollAcceptor`'s, as in
+//! ringwork-files' epoll driver.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -18,9 +20,10 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::epoll::{Epoll, Interest};
+use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
-use rustix::net::{SendFlags, SocketFlags};
+use rustix::net::SendFlags;
 
 use crate::{Shared, WorkerConfig, WorkerStats};
 
@@ -51,7 +54,7 @@ struct Worker<'a> {
     buf_size: usize,
     leases: Vec<Option<Lease>>,
     starved: Vec<Token>,
-    listener: Option<OwnedFd>,
+    acceptor: EpollAcceptor,
     wake: OwnedFd,
     stopping: Option<Instant>,
     forced: bool,
@@ -71,7 +74,7 @@ pub fn run(
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
-    ep.add(&listener, LISTENER_KEY, Interest::IN | Interest::ET)?;
+    let acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY, Interest::IN | Interest::ET)?;
     ep.add(&wake, WAKE_KEY, Interest::IN | Interest::ET)?;
     let buf_size = cfg.buffer_size as usize;
     let mut w = Worker {
@@ -82,7 +85,7 @@ pub fn run(
         buf_size,
         leases: (0..cfg.buffers).map(|_| None).collect(),
         starved: Vec::new(),
-        listener: Some(listener),
+        acceptor,
         wake,
         stopping: None,
         forced: false,
@@ -95,6 +98,8 @@ pub fn run(
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
     while !(w.stopping.is_some() && w.conns.is_empty()) {
         let timeout = w.stopping.map(|_| Duration::from_millis(100));
+        // Backing off: the pause must end on time even when nothing happens.
+        let timeout = ringwork_sys::accept::timeout_until(w.acceptor.next_deadline(), timeout);
         events.clear();
         events.extend(w.ep.wait(timeout)?);
         w.stats.completions += events.len() as u64;
@@ -106,6 +111,8 @@ pub fn run(
             }
         }
         w.wake_starved();
+        w.acceptor.poll(&w.ep, w.conns.len())?;
+        w.report_accept();
         if let Some(since) = w.stopping {
             if !w.forced && since.elapsed() > SHUTDOWN_GRACE {
                 w.force_close_all();
@@ -121,22 +128,19 @@ fn errno(e: Errno) -> RawErrno {
 }
 
 impl Worker<'_> {
+    /// Accepts until none is waiting (edge-triggered), or until the acceptor pauses: then the
+    /// listener is out of the epoll set, and back (reporting what waits) when the pause ends.
     fn accept_all(&mut self) -> ringwork_sys::Result<()> {
-        loop {
-            let Some(listener) = &self.listener else {
-                return Ok(());
-            };
-            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(fd) => self.admit(fd)?,
-                Err(Errno::AGAIN) => return Ok(()),
-                Err(Errno::INTR | Errno::CONNABORTED) => continue,
-                Err(e) => {
-                    // EMFILE and the like: the connection waits in the backlog; the next
-                    // edge comes with the next connection.
-                    eprintln!("ringwork-echo: accept failed: {e}");
-                    return Ok(());
-                }
-            }
+        while let Some(fd) = self.acceptor.accept(&self.ep, self.conns.len())? {
+            self.admit(fd)?;
+        }
+        Ok(())
+    }
+
+    /// Prints what the acceptor has to say (back-off episodes) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-echo: {notice}");
         }
     }
 
@@ -181,9 +185,7 @@ impl Worker<'_> {
             return Ok(());
         }
         self.stopping = Some(Instant::now());
-        if let Some(listener) = self.listener.take() {
-            self.ep.delete(&listener)?;
-        }
+        self.acceptor.stop(&self.ep)?;
         for token in self.live_tokens() {
             self.drive(token, Some(Event::Shutdown));
         }

@@ -6,7 +6,8 @@
 //! `ringwork_core::conn`; the drivers in [`uring`] and [`epoll`] only perform its operations.
 //!
 //! The io_uring driver holds the only `unsafe` outside sys: pushing SQEs (whose buffers it
-//! keeps alive until their CQEs) and adopting accepted descriptors; each block says why.
+//! keeps alive until their CQEs); each block says why. Accepting, with the adoption of the
+//! descriptors the kernel hands over, is `ringwork_sys::accept`'s, shared with ringwork-files.
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::net::SocketAddr;

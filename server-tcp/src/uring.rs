@@ -1,15 +1,16 @@
 //! The io_uring echo driver: one ring per thread, everything through the ring.
 //!
 //! The loop: submit and wait (for one completion, or under load for up to `--batch` within
-//! `--batch-wait-us`; with SQPOLL not at all while completions are ready), route each CQE by its token's kind (accept,
-//! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
-//! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
-//! buffers, repeat. No protocol decision is made here. With `--zerocopy`, SEND_ZC results and
-//! notifications go through `ringwork_core::buf::ZcTracker`, which decides when a sent buffer
-//! may go back to the ring.
+//! `--batch-wait-us`; with SQPOLL not at all while completions are ready; never past the
+//! acceptor's deadline while it backs off), route each CQE by its token's kind (accept, for
+//! `ringwork_sys::Acceptor`; wake-up; or a connection's recv/send/cancel/close), feed
+//! connection completions to `ringwork_core::conn::EchoConn`, turn the operations it returns
+//! into SQEs, publish recycled buffers, repeat. No protocol decision is made here. With
+//! `--zerocopy`, SEND_ZC results and notifications go through `ringwork_core::buf::ZcTracker`,
+//! which decides when a sent buffer may go back to the ring.
 
 use std::collections::VecDeque;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -18,12 +19,14 @@ use ringwork_core::conn::{Config, EchoConn, Event, Op, QUEUE_CAPACITY};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use ringwork_sys::{Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA};
+use ringwork_sys::{
+    Acceptor, Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA,
+};
 use rustix::fd::OwnedFd;
 use rustix::io_uring::{
     IoringFeatureFlags, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED,
 };
-use rustix::net::{SendFlags, SocketFlags};
+use rustix::net::SendFlags;
 
 use crate::{Shared, WorkerConfig, WorkerStats};
 
@@ -62,11 +65,11 @@ struct Worker<'a> {
     leases: Vec<Option<Lease>>,
     /// Connections whose recv ended with ENOBUFS, to wake once buffers are back.
     starved: Vec<Token>,
-    listener: OwnedFd,
+    /// The listener and its accept (tokens of kind Accept on `WORKER_SLOT`).
+    acceptor: Acceptor,
     wake: OwnedFd,
     /// The eventfd read's target; the kernel writes it until the read completes.
     wake_buf: Box<[u8; 8]>,
-    multishot_accept: bool,
     /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
     /// which the machine re-arms after each completion like an ended multishot.
     multishot_recv: bool,
@@ -80,12 +83,8 @@ struct Worker<'a> {
     batch: u32,
     /// Completions the last wait brought: whether the load is high enough to batch.
     last_harvest: u32,
-    accept_armed: bool,
-    /// Accept completions seen that succeeded (a multishot EINVAL before any means the kernel
-    /// refuses multishot: fall back).
-    accepted_any: bool,
     /// Worker-owned ops in flight whose completions carry no state (closes of rejected
-    /// sockets, cancels of the accept, forced cancels at shutdown).
+    /// sockets, forced cancels at shutdown).
     misc_in_flight: u64,
     stopping: Option<Instant>,
     forced: bool,
@@ -140,9 +139,7 @@ pub fn run(
     probe.require(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5")?;
     probe.require(IoringOp::Recv, "IORING_OP_RECV", "5.6")?;
     probe.require(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5")?;
-    // Multishot accept has no opcode of its own; it arrived in 5.19 together with
-    // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
-    let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
+    let acceptor = Acceptor::new(listener, WORKER_SLOT, probe, !cfg.force_single_accept);
     // Likewise multishot recv (6.0) has no opcode; SEND_ZC arrived in the same release.
     let multishot_recv = cfg.multishot_recv && probe.supports(IoringOp::SendZc);
     let zc = if cfg.zerocopy {
@@ -204,18 +201,15 @@ pub fn run(
         conns: Slab::new(cfg.max_conns),
         leases: (0..cfg.buffers).map(|_| None).collect(),
         starved: Vec::new(),
-        listener,
+        acceptor,
         wake,
         wake_buf: Box::new([0; 8]),
-        multishot_accept,
         multishot_recv,
         bundle,
         bundle_leases: Vec::new(),
         inc: (mode == ProvideMode::RingIncremental).then(|| IncTracker::new(cfg.buffers)),
         batch,
         last_harvest: 0,
-        accept_armed: false,
-        accepted_any: false,
         misc_in_flight: 0,
         stopping: None,
         forced: false,
@@ -225,7 +219,8 @@ pub fn run(
         shared,
         stats: WorkerStats::default(),
     };
-    w.arm_accept()?;
+    w.acceptor.start(&mut w.ring)?;
+    w.report_accept();
     w.arm_wake()?;
     w.ring.submit()?;
     let _ = ready.send(());
@@ -249,17 +244,11 @@ impl Worker<'_> {
         unsafe { self.ring.push_or_submit(sqe) }
     }
 
-    fn arm_accept(&mut self) -> ringwork_sys::Result<()> {
-        let sqe = Sqe::accept(
-            Target::Fd(self.listener.as_raw_fd()),
-            SocketFlags::CLOEXEC,
-            self.multishot_accept,
-            false,
-        )
-        .user_data(worker_token(OpKind::Accept));
-        self.push(&sqe)?;
-        self.accept_armed = true;
-        Ok(())
+    /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-echo: {notice}");
+        }
     }
 
     fn arm_wake(&mut self) -> ringwork_sys::Result<()> {
@@ -276,7 +265,7 @@ impl Worker<'_> {
     fn done(&self) -> bool {
         self.stopping.is_some()
             && self.conns.is_empty()
-            && !self.accept_armed
+            && self.acceptor.is_idle()
             && self.misc_in_flight == 0
             // Buffers a notification has yet to release belong to the kernel until then.
             && !self.zc.as_ref().is_some_and(|zc| zc.in_flight() > 0)
@@ -303,12 +292,15 @@ impl Worker<'_> {
             }
             self.ring.publish_buffers(GROUP)?;
             self.wake_starved()?;
+            self.acceptor.poll(&mut self.ring, self.conns.len())?;
+            self.report_accept();
         }
         Ok(())
     }
 
-    /// Submits what is queued and waits for work.
+    /// Submits what is queued and waits for work, no longer than the acceptor's deadline.
     fn wait(&mut self) -> ringwork_sys::Result<()> {
+        let accept_deadline = self.acceptor.next_deadline();
         if self.cfg.sqpoll.is_some() && self.ring.ready() > 0 {
             // The poller posted completions while we handled the last batch: submitting is
             // free (no enter unless the poller sleeps), so take them without a syscall.
@@ -322,11 +314,13 @@ impl Worker<'_> {
             // ready (without one it returns to us at every min_wait, and Ring waits again):
             // an idle or lightly loaded server then costs one timer tick per wait, not a
             // return to user space and a second io_uring_enter.
-            self.ring.submit_and_wait_min(
-                self.batch,
-                self.cfg.batch_wait,
-                Some(IDLE_WAIT_TIMEOUT),
-            )?;
+            let timeout =
+                ringwork_sys::accept::timeout_until(accept_deadline, Some(IDLE_WAIT_TIMEOUT));
+            self.ring
+                .submit_and_wait_min(self.batch, self.cfg.batch_wait, timeout)?;
+        } else if let Some(timeout) = ringwork_sys::accept::timeout_until(accept_deadline, None) {
+            // Backing off: a pause must end on time even when nothing completes.
+            self.ring.submit_and_wait_timeout(1, timeout)?;
         } else {
             self.ring.submit_and_wait(1)?;
         }
@@ -362,30 +356,13 @@ impl Worker<'_> {
         self.on_conn_cqe(token, cqe)
     }
 
+    /// The acceptor re-arms (or backs off) itself; a connection it brings is admitted.
     fn on_accept(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
-        if !cqe.more() {
-            self.accept_armed = false;
+        let open = self.conns.len();
+        match self.acceptor.on_cqe(&mut self.ring, cqe, open)? {
+            Some(fd) => self.admit(fd),
+            None => Ok(()),
         }
-        match cqe.result() {
-            Ok(fd) => {
-                self.accepted_any = true;
-                // SAFETY: a successful accept CQE's result is a new descriptor we now own.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-                self.admit(fd)?;
-            }
-            Err(RawErrno::INVAL) if self.multishot_accept && !self.accepted_any => {
-                // PITFALLS #8: the probe said yes but the kernel refuses multishot accept.
-                eprintln!("ringwork-echo: multishot accept refused; using single-shot accept");
-                self.multishot_accept = false;
-            }
-            Err(RawErrno::CANCELED) => {}
-            Err(e) => eprintln!("ringwork-echo: accept failed: {e}"),
-        }
-        // PITFALLS #2: only a CQE without F_MORE ends the multishot accept.
-        if !self.accept_armed && self.stopping.is_none() {
-            self.arm_accept()?;
-        }
-        Ok(())
     }
 
     /// A SEND_ZC's result (to its connection as `SendDone`) or its notification (which may
@@ -468,12 +445,8 @@ impl Worker<'_> {
             return self.arm_wake();
         }
         self.stopping = Some(Instant::now());
-        if self.accept_armed {
-            self.misc_in_flight += 1;
-            let sqe =
-                Sqe::cancel(worker_token(OpKind::Accept)).user_data(worker_token(OpKind::Cancel));
-            self.push(&sqe)?;
-        }
+        self.acceptor.stop(&mut self.ring)?;
+        self.report_accept();
         for i in 0..self.conns.capacity() as u32 {
             let slot = Slot(i);
             if self.conns.get(slot).is_some() {
