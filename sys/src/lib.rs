@@ -18,12 +18,14 @@ pub mod epoll;
 pub mod error;
 pub mod mmap;
 pub mod net;
+pub mod op;
 pub mod register;
 pub mod ring;
 pub mod signal;
 pub mod sqe;
 
 pub use error::{kernel_release, Error, Result};
+pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
-pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll, TaskRun};
+pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun};
 pub use sqe::{Sqe, SqeFlags, Target};
