@@ -551,8 +551,13 @@ impl Ring {
         unsafe { self.push_or_submit_impl(sqe) }
     }
 
-    /// Queues `sqes` as one link chain; see [`Ring::push_chain_impl`]'s rules (all or none,
-    /// refused with [`Error::SubmissionQueueFull`] when the SQ lacks room for all of it).
+    /// Queues `sqes` as one link chain: IOSQE_IO_LINK (or IOSQE_IO_HARDLINK with `hard`) on
+    /// every SQE but the last, all or none. A chain split by a submit between its SQEs would
+    /// end early (the kernel ends a chain at the end of each submission), so this refuses with
+    /// [`Error::SubmissionQueueFull`] before pushing anything when the SQ lacks room.
+    ///
+    /// A plain link breaks at the first failure (an error, or a short read or write): the
+    /// rest complete with `-ECANCELED`. A hard link runs the rest regardless.
     ///
     /// # Safety
     /// As for [`Ring::push`], for every SQE of the chain (a LINK_TIMEOUT's timespec included).
@@ -562,8 +567,9 @@ impl Ring {
         unsafe { self.push_chain_impl(sqes, hard) }
     }
 
-    /// Like [`Ring::push_chain`], but makes room first by submitting; see
-    /// [`Ring::push_chain_or_submit_impl`].
+    /// Like [`Ring::push_chain`], but when the SQ lacks room for the whole chain, submits what
+    /// is queued (and with SQPOLL waits for the poller to make room) first, so the chain still
+    /// goes in one piece. A chain longer than the SQ can never fit: [`Error::InvalidConfig`].
     ///
     /// # Safety
     /// As for [`Ring::push`], for every SQE of the chain.
