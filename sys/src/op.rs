@@ -93,6 +93,10 @@ impl StatxTarget {
 pub struct OpenArgs {
     path: Vec<u8>,
     how: open_how,
+    /// The open went into a registered-file slot (its result is not a descriptor).
+    fixed_slot: bool,
+    /// The descriptor a successful open without a file slot returned, adopted by the ring.
+    opened: Option<OwnedFd>,
 }
 
 impl core::fmt::Debug for OpenArgs {
@@ -107,6 +111,11 @@ impl OpenArgs {
     /// Empty arguments.
     pub fn new() -> Box<Self> {
         Box::default()
+    }
+
+    /// The descriptor the open returned (when it succeeded into no file slot), once.
+    pub fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.opened.take()
     }
 }
 
@@ -317,6 +326,8 @@ impl SafeSqe {
     ) -> crate::Result<Self> {
         set_path(&mut args.path, path)?;
         args.how = how;
+        args.fixed_slot = fixed_slot.is_some();
+        args.opened = None;
         let sqe = Sqe::openat2(dir, args.path.as_ptr(), &args.how, fixed_slot);
         Ok(Self::with(sqe, OpMemory::Open(args)))
     }
@@ -426,12 +437,26 @@ impl OwnedOps {
 
     /// A CQE with an internal `user_data`: the caller's `user_data`, and when the operation
     /// has ended (`!more`), its memory moves to the done table.
-    pub(crate) fn on_cqe(&mut self, internal_ud: UserData, more: bool) -> Option<UserData> {
+    pub(crate) fn on_cqe(
+        &mut self,
+        internal_ud: UserData,
+        res: i32,
+        more: bool,
+    ) -> Option<UserData> {
         let index = self.lookup(internal_ud)?;
         if more {
             return self.entries[index as usize].as_ref().map(|e| e.user_data);
         }
-        let (ud, mem) = self.release(index)?;
+        let (ud, mut mem) = self.release(index)?;
+        if let OpMemory::Open(args) = &mut mem {
+            if !args.fixed_slot && res >= 0 {
+                // SAFETY: the CQE that ends an IORING_OP_OPENAT2 without a file slot carries,
+                // when it succeeded, a new descriptor that nothing else owns; this is the one
+                // place that sees it (the caller gets it from here, once).
+                args.opened =
+                    Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) });
+            }
+        }
         self.done.insert(ud.0, mem);
         Some(ud)
     }

@@ -983,7 +983,7 @@ impl Ring {
             // An operation whose memory the ring holds: give the caller its own user_data
             // back, and when the operation has ended, move its memory out of flight.
             let more = flags.contains(IoringCqeFlags::MORE);
-            match self.owned.on_cqe(user_data, more) {
+            match self.owned.on_cqe(user_data, res, more) {
                 Some(ud) => user_data = ud,
                 None => debug_assert!(false, "a CQE for unknown operation memory"),
             }

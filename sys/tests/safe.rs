@@ -181,28 +181,24 @@ fn statx_and_openat2_through_owned_arguments() {
         .user_data(UserData(2));
     ring.push_safe(open).unwrap();
     let c = wait_one(&mut ring);
-    let fd = c.result().expect("opened") as i32;
-    assert!(matches!(
-        ring.take_memory(UserData(2)),
-        Some(OpMemory::Open(_))
-    ));
+    assert!(c.result().is_ok(), "{c:?}");
+    let Some(OpMemory::Open(mut args)) = ring.take_memory(UserData(2)) else {
+        panic!("the open's arguments come back");
+    };
+    let file = args.take_fd().expect("the ring adopted the new descriptor");
+    assert!(args.take_fd().is_none(), "once");
+    assert_eq!(file.as_raw_fd(), c.result().unwrap() as i32);
     // Read it back through owned memory too.
-    let read = SafeSqe::read(Target::Fd(fd), vec![0; 8192], 8192, 0).user_data(UserData(3));
+    let read =
+        SafeSqe::read(Target::Fd(file.as_raw_fd()), vec![0; 8192], 8192, 0).user_data(UserData(3));
     ring.push_safe(read).unwrap();
     let c = wait_one(&mut ring);
     assert_eq!(c.result(), Ok(5000));
     let buf = ring.take_bytes(UserData(3)).unwrap();
     assert_eq!(&buf[..5000], &pattern(5000)[..]);
-    ring.push_safe(SafeSqe::close(unsafe_free_owned(fd)).user_data(UserData(4)))
+    ring.push_safe(SafeSqe::close(file).user_data(UserData(4)))
         .unwrap();
     assert_eq!(wait_one(&mut ring).result(), Ok(0));
-}
-
-/// The opened file's descriptor, owned (the test's one adoption of a raw CQE result).
-fn unsafe_free_owned(fd: i32) -> rustix::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: a successful openat2 CQE's result is a new descriptor nothing else owns.
-    unsafe { rustix::fd::OwnedFd::from_raw_fd(fd) }
 }
 
 #[test]
