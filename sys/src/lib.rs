@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod driver;
 pub mod epoll;
 pub mod error;
 pub mod mmap;
