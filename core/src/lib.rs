@@ -24,5 +24,6 @@ pub mod file;
 pub mod http;
 pub mod httpconn;
 pub mod ring;
+pub mod shutdown;
 pub mod slab;
 pub mod token;

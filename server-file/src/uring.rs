@@ -372,7 +372,7 @@ impl Driver<'_> {
     }
 
     fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
-        let Ok(token) = Token::decode(cqe.user_data) else {
+        let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
         };
         if self.acceptor.owns(&token) {
@@ -423,7 +423,7 @@ impl Driver<'_> {
                 crate::Stats::add(&st.zc_notifs, 1);
                 // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
                 // all (always, on loopback).
-                if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                     crate::Stats::add(&st.zc_copied, 1);
                 }
                 c.http.on_send_notif(now, zc_slot);

@@ -20,7 +20,8 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::{
-    Acceptor, Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA,
+    Acceptor, Cqe, ProvideMode, Ring, RingParams, SelectedBuf, Sqe, Target,
+    PROVIDE_BUFFERS_USER_DATA,
 };
 use rustix::fd::OwnedFd;
 use rustix::io_uring::{
@@ -287,7 +288,7 @@ impl Worker<'_> {
             cqes.clear();
             cqes.extend(self.ring.completions());
             self.last_harvest = cqes.len() as u32;
-            for cqe in &cqes {
+            for cqe in cqes.iter_mut() {
                 self.on_cqe(cqe)?;
             }
             self.ring.publish_buffers(GROUP)?;
@@ -327,16 +328,16 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn on_cqe(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
-        if cqe.user_data == PROVIDE_BUFFERS_USER_DATA {
+    fn on_cqe(&mut self, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
+        if cqe.user_data() == PROVIDE_BUFFERS_USER_DATA {
             // Only failures complete (CQE_SKIP_SUCCESS): buffers the bookkeeping counts as
             // the kernel's never reached it, and receives would starve. Nothing to retry.
             return Err(ringwork_sys::Error::Syscall {
                 what: "IORING_OP_PROVIDE_BUFFERS (returning receive buffers)",
-                errno: rustix::io::Errno::from_raw_os_error(-cqe.res),
+                errno: rustix::io::Errno::from_raw_os_error(-cqe.res()),
             });
         }
-        let Ok(token) = Token::decode(cqe.user_data) else {
+        let Ok(token) = Token::decode(cqe.user_data()) else {
             self.stats.stale += 1;
             return Ok(());
         };
@@ -377,7 +378,7 @@ impl Worker<'_> {
             self.stats.zc_notifs += 1;
             // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after all
             // (always, on loopback).
-            if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+            if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                 self.stats.zc_copied += 1;
             }
             match zc.on_notification(slot) {
@@ -472,7 +473,7 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn on_conn_cqe(&mut self, token: Token, cqe: &Cqe) -> ringwork_sys::Result<()> {
+    fn on_conn_cqe(&mut self, token: Token, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
         if self.conns.get_checked(&token).is_none() {
             // A completion for an earlier incarnation of the slot (PITFALLS #5).
             self.stats.stale += 1;
@@ -487,28 +488,30 @@ impl Worker<'_> {
                     Event::RecvEof { more }
                 }
                 Ok(len) => {
-                    let Some(id) = cqe.buffer_id() else {
+                    let buf_more = cqe.buf_more();
+                    let Some(selected) = cqe.take_buffer() else {
                         eprintln!("ringwork-echo: recv completion without a buffer");
                         self.stats.refused += 1;
                         return Ok(());
                     };
+                    let id = selected.id();
                     if self.bundle {
-                        return self.on_recv_bundle(token, id, len, more);
+                        return self.on_recv_bundle(token, selected, more);
                     }
                     let Some(br) = self.ring.buf_ring(GROUP) else {
                         unreachable!("the group is registered before the loop starts")
                     };
                     // Incremental consumption: a slice of the buffer, where the kernel's
                     // previous receives into it stopped; else the whole buffer, leased.
-                    if cqe.buf_more() {
+                    if buf_more {
                         self.stats.buf_more += 1;
                     }
                     let offset = match self.inc.as_mut() {
-                        Some(inc) => inc
-                            .on_recv(br.book_mut(), id, len, cqe.buf_more())
+                        Some(inc) => br
+                            .take_incremental(inc, selected)
                             .map_err(|e| e.to_string()),
                         None => br
-                            .take(id)
+                            .take(selected)
                             .map(|lease| self.leases[id.0 as usize] = Some(lease))
                             .map(|()| 0)
                             .map_err(|e| e.to_string()),
@@ -555,16 +558,16 @@ impl Worker<'_> {
     fn on_recv_bundle(
         &mut self,
         token: Token,
-        first: BufId,
-        len: u32,
+        selected: SelectedBuf,
         more: bool,
     ) -> ringwork_sys::Result<()> {
+        let len = selected.len();
         let Some(br) = self.ring.buf_ring(GROUP) else {
             unreachable!("the group is registered before the loop starts")
         };
         let size = br.buf_size();
         let mut leases = std::mem::take(&mut self.bundle_leases);
-        if let Err(e) = br.take_bundle(first, len, |lease| leases.push(lease)) {
+        if let Err(e) = br.take_bundle(selected, |lease| leases.push(lease)) {
             eprintln!("ringwork-echo: {e}");
             self.stats.refused += 1;
             self.bundle_leases = leases;
@@ -634,28 +637,28 @@ impl Worker<'_> {
     /// The buffers the kernel filled for a completion nobody will consume (a stale one, or an
     /// EOF that names a buffer): back to the ring, all of a bundle's, and with incremental
     /// consumption the bytes accounted as a slice released at once.
-    fn return_selected(&mut self, cqe: &Cqe) {
-        let Some(id) = cqe.buffer_id() else {
+    fn return_selected(&mut self, cqe: &mut Cqe) {
+        let Some(selected) = cqe.take_buffer() else {
             return;
         };
-        let len = cqe.result().unwrap_or(0);
+        let (id, len) = (selected.id(), selected.len());
         let Some(br) = self.ring.buf_ring(GROUP) else {
             return;
         };
         if let Some(inc) = self.inc.as_mut() {
-            if inc.on_recv(br.book_mut(), id, len, cqe.buf_more()).is_ok() && len > 0 {
+            if br.take_incremental(inc, selected).is_ok() && len > 0 {
                 if let Ok(Some(lease)) = inc.release(id) {
                     br.recycle(lease);
                 }
             }
         } else if self.bundle && len > 0 {
             let mut leases = std::mem::take(&mut self.bundle_leases);
-            let _ = br.take_bundle(id, len, |lease| leases.push(lease));
+            let _ = br.take_bundle(selected, |lease| leases.push(lease));
             for lease in leases.drain(..) {
                 br.recycle(lease);
             }
             self.bundle_leases = leases;
-        } else if let Ok(lease) = br.take(id) {
+        } else if let Ok(lease) = br.take(selected) {
             br.recycle(lease);
         }
     }
@@ -708,27 +711,33 @@ impl Worker<'_> {
                         None => self.leases[buf.0 as usize].is_some(),
                     };
                     assert!(handed, "the machine sends only buffers it was handed");
-                    let Some(br) = self.ring.buf_ring(GROUP) else {
-                        unreachable!("the group is registered before the loop starts")
-                    };
-                    let ptr = br.buf_ptr(buf).wrapping_add(offset as usize);
                     let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
                         Some(Ok(slot)) => slot,
                         Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
                         None => None,
                     };
+                    let target = Target::Fd(fd);
                     let sqe = match zc_slot {
-                        Some(slot) => {
-                            Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
-                                .user_data(
-                                    Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO)
-                                        .encode(),
-                                )
-                        }
+                        Some(slot) => self
+                            .ring
+                            .send_zc_provided(
+                                target,
+                                GROUP,
+                                buf,
+                                offset,
+                                len,
+                                self.zc_report_usage,
+                            )?
+                            .user_data(
+                                Token::new(OpKind::SendZc, Slot(slot.0), Generation::ZERO).encode(),
+                            ),
                         // Plain, or every tracker slot is in flight: send this one by copy.
-                        None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
+                        None => self
+                            .ring
+                            .send_provided(target, GROUP, buf, offset, len)?
+                            .user_data(ud(OpKind::Send)),
                     };
-                    self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
+                    self.ring.push_safe(sqe.send_flags(SendFlags::NOSIGNAL))?;
                 }
                 Op::Recycle(buf) => {
                     // With SEND_ZC the kernel may still read the buffer: the tracker says

@@ -41,9 +41,10 @@ use rustix::net::SocketFlags;
 
 use crate::epoll::{Epoll, Interest};
 use crate::error::Result;
+use crate::op::SafeSqe;
 use crate::register::Probe;
 use crate::ring::{Cqe, Ring};
-use crate::sqe::{Sqe, Target};
+use crate::sqe::Target;
 
 /// The first pause after an accept failed for lack of a resource.
 pub const FIRST_PAUSE: Duration = Duration::from_millis(100);
@@ -437,17 +438,15 @@ impl Acceptor {
         let Some(listener) = &self.listener else {
             return Ok(());
         };
-        let sqe = Sqe::accept(
+        // No peer address is asked for: the accept names no memory (safe submission).
+        let sqe = SafeSqe::accept(
             Target::Fd(listener.as_raw_fd()),
             SocketFlags::CLOEXEC,
             self.multishot,
             false,
         )
         .user_data(self.user_data(ACCEPT_REQUEST));
-        // SAFETY: the accept names no memory: no peer address is asked for (null addr and
-        // addrlen). The listener it names is a descriptor, not memory; the request holds its
-        // own reference to the file.
-        unsafe { ring.push_or_submit(&sqe)? };
+        ring.push_safe(sqe)?;
         self.armed = true;
         self.stats.armed += 1;
         Ok(())
@@ -457,10 +456,9 @@ impl Acceptor {
         if !self.armed || self.cancel_in_flight {
             return Ok(());
         }
-        let sqe =
-            Sqe::cancel(self.user_data(ACCEPT_REQUEST)).user_data(self.user_data(CANCEL_REQUEST));
-        // SAFETY: an ASYNC_CANCEL by user_data names no memory.
-        unsafe { ring.push_or_submit(&sqe)? };
+        let sqe = SafeSqe::cancel(self.user_data(ACCEPT_REQUEST))
+            .user_data(self.user_data(CANCEL_REQUEST));
+        ring.push_safe(sqe)?;
         self.cancel_in_flight = true;
         Ok(())
     }
@@ -475,7 +473,7 @@ impl Acceptor {
         cqe: &Cqe,
         open_conns: usize,
     ) -> Result<Option<OwnedFd>> {
-        let token = Token::decode(cqe.user_data);
+        let token = Token::decode(cqe.user_data());
         debug_assert!(token.is_ok_and(|t| self.owns(&t)), "not the acceptor's CQE");
         if token.is_ok_and(|t| t.generation == CANCEL_REQUEST) {
             // Whether it found the accept or not, the accept's own last CQE says it ended.
@@ -926,15 +924,12 @@ mod tests {
 
     /// A CQE of the acceptor's accept request, as the kernel posts it.
     fn accept_cqe(a: &Acceptor, res: i32, more: bool) -> Cqe {
-        Cqe {
-            user_data: a.user_data(ACCEPT_REQUEST),
-            res,
-            flags: if more {
-                IoringCqeFlags::MORE
-            } else {
-                IoringCqeFlags::empty()
-            },
-        }
+        let flags = if more {
+            IoringCqeFlags::MORE
+        } else {
+            IoringCqeFlags::empty()
+        };
+        Cqe::new(a.user_data(ACCEPT_REQUEST), res, flags)
     }
 
     /// SQEs queued and not yet submitted.
@@ -953,7 +948,7 @@ mod tests {
             assert!(!cqes.is_empty(), "no CQE within 5 s");
             for cqe in cqes {
                 seen += 1;
-                let token = Token::decode(cqe.user_data).unwrap();
+                let token = Token::decode(cqe.user_data()).unwrap();
                 assert!(a.owns(&token));
                 fds.extend(a.on_cqe(ring, &cqe, 0).unwrap());
             }

@@ -18,10 +18,12 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod driver;
 pub mod epoll;
 pub mod error;
 pub mod mmap;
 pub mod net;
+pub mod op;
 pub mod register;
 pub mod ring;
 pub mod signal;
@@ -29,6 +31,7 @@ pub mod sqe;
 
 pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
+pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
-pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll, TaskRun};
+pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun};
 pub use sqe::{Sqe, SqeFlags, Target};

@@ -8,7 +8,7 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU16, Ordering};
 
-use ringwork_core::buf::{BufGroup, BufId, FixedPool, Lease, ProvidedRing};
+use ringwork_core::buf::{BufGroup, BufId, FixedPool, IncTracker, Lease, ProvidedRing};
 use ringwork_core::token::UserData;
 use rustix::fd::{BorrowedFd, RawFd};
 use rustix::io::Errno;
@@ -20,7 +20,7 @@ use rustix::io_uring::{
 
 use crate::error::{Error, Result};
 use crate::mmap::Mmap;
-use crate::ring::Ring;
+use crate::ring::{Ring, SelectedBuf};
 use crate::sqe::Sqe;
 
 /// Incremental buffer consumption for provided buffer rings (`IOU_PBUF_RING_INC`, Linux 6.12),
@@ -38,6 +38,8 @@ const PAGE: usize = 4096;
 pub(crate) struct Registered {
     buf_rings: Vec<ProvidedBuffers>,
     fixed: Option<FixedBuffers>,
+    /// The fixed buffers are registered with the kernel (else adopted: plain reads use them).
+    fixed_registered: bool,
     files: Option<u32>,
     probe: Option<Probe>,
 }
@@ -68,7 +70,7 @@ impl Registered {
             };
             drop(br);
         }
-        if self.fixed.take().is_some() {
+        if self.fixed.take().is_some() && core::mem::take(&mut self.fixed_registered) {
             // SAFETY: no argument; the buffers' memory is freed only after this returns.
             let _ = unsafe {
                 io_uring_register(
@@ -119,33 +121,66 @@ impl FixedBuffers {
         self.buf_size
     }
 
-    /// Ownership bookkeeping.
-    pub fn pool(&mut self) -> &mut FixedPool {
-        &mut self.pool
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.pool.len()
     }
 
-    /// Ownership bookkeeping, read-only.
-    pub fn pool_ref(&self) -> &FixedPool {
+    /// True for no buffers (never: [`FixedBuffers::new`] refuses a count of zero).
+    pub fn is_empty(&self) -> bool {
+        self.pool.is_empty()
+    }
+
+    /// Ownership bookkeeping, read-only: which buffers are free or leased.
+    pub fn pool(&self) -> &FixedPool {
         &self.pool
     }
 
-    /// Start of buffer `id`, for SQEs.
+    /// Takes a free buffer, or `None` when all are leased.
+    pub fn acquire(&mut self) -> Option<Lease> {
+        self.pool.acquire()
+    }
+
+    /// Gives a buffer back to the free list.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
+    pub fn release(&mut self, lease: Lease) {
+        self.pool.release(lease);
+    }
+
+    /// True when `lease` is one of these buffers'.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        self.pool.owns(lease)
+    }
+
+    /// Start of buffer `id`: a raw address, usable only with [`Ring::push`]'s `unsafe`
+    /// contract. Safe code uses [`Ring::read_fixed`], [`Ring::send_fixed`] and the like.
     pub fn ptr(&self, id: BufId) -> *mut u8 {
         assert!((id.0 as usize) < self.pool.len(), "buffer id out of range");
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { self.mem.as_ptr().add(id.0 as usize * self.buf_size) }
     }
 
-    /// The bytes of a buffer the application holds. Holding the lease proves the kernel is
-    /// done with it.
+    /// The bytes of a buffer the application holds. The lease proves the kernel is not
+    /// writing it: a read into a fixed buffer takes the lease with it
+    /// ([`crate::Ring::read_fixed`]) until its completion.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes(&self, lease: &Lease) -> &[u8] {
-        // SAFETY: the lease proves no operation names this buffer (core's FixedPool hands a
-        // lease out only when the buffer is not in flight), so the kernel does not write it.
+        assert!(self.owns(lease), "a lease of another buffer pool");
+        // SAFETY: the lease is this pool's (checked), so its id is in bounds, and while the
+        // application holds it no operation writes the buffer (see above).
         unsafe { core::slice::from_raw_parts(self.ptr(lease.id()), self.buf_size) }
     }
 
     /// The bytes of a buffer the application holds, writable.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes_mut(&mut self, lease: &Lease) -> &mut [u8] {
+        assert!(self.owns(lease), "a lease of another buffer pool");
         // SAFETY: as for `bytes`; `&mut self` excludes other slices of this pool.
         unsafe { core::slice::from_raw_parts_mut(self.ptr(lease.id()), self.buf_size) }
     }
@@ -235,18 +270,12 @@ impl ProvidedBuffers {
         }
     }
 
-    /// Start of buffer `id`. With incremental consumption the application holds slices of a
-    /// buffer, not a lease; the caller must only use bytes of slices it holds (or of a lease).
-    pub fn buf_ptr(&self, id: BufId) -> *const u8 {
-        debug_assert!(id.0 < self.book.entries());
+    /// Start of buffer `id`, for SQEs built inside this crate.
+    pub(crate) fn buf_ptr(&self, id: BufId) -> *const u8 {
+        assert!(id.0 < self.book.entries(), "buffer id out of range");
         self.data
             .as_ptr()
             .wrapping_add(usize::from(id.0) * self.buf_size as usize)
-    }
-
-    /// Ownership bookkeeping, for an [`ringwork_core::buf::IncTracker`] to update.
-    pub fn book_mut(&mut self) -> &mut ProvidedRing {
-        &mut self.book
     }
 
     /// Each buffer's size.
@@ -254,55 +283,77 @@ impl ProvidedBuffers {
         self.buf_size
     }
 
-    /// Ownership bookkeeping (replenish policy, counts).
+    /// Ownership bookkeeping (replenish policy, counts), read-only: only completions change
+    /// which buffers the application holds.
     pub fn book(&self) -> &ProvidedRing {
         &self.book
     }
 
-    /// The kernel filled buffer `id` (from a CQE's IORING_CQE_F_BUFFER): take the lease.
-    pub fn take(&mut self, id: BufId) -> Result<Lease, ringwork_core::buf::BufError> {
-        self.book.on_selected(id)
+    /// The kernel filled the buffer `selected` names (taken from its CQE with
+    /// [`crate::Cqe::take_buffer`]): the application now holds its lease.
+    pub fn take(&mut self, selected: SelectedBuf) -> Result<Lease, ringwork_core::buf::BufError> {
+        self.book.on_selected(selected.id())
     }
 
-    /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE) of `bytes` bytes starting
-    /// with buffer `first` (from the CQE): `take` gets the lease of every buffer it spans, in
-    /// order (each full but the last). Ring mode only: PROVIDE_BUFFERS groups do not say
-    /// which buffers follow `first`.
+    /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE) of `selected.len()`
+    /// bytes starting with buffer `selected.id()`: `take` gets the lease of every buffer it
+    /// spans, in order (each full but the last). Ring mode only: PROVIDE_BUFFERS groups do
+    /// not say which buffers follow the first.
     pub fn take_bundle(
         &mut self,
-        first: BufId,
-        bytes: u32,
+        selected: SelectedBuf,
         take: impl FnMut(Lease),
     ) -> Result<(), ringwork_core::buf::BufError> {
         debug_assert!(self.ring_mem.is_some(), "bundles need a buffer ring");
-        let count = bytes.div_ceil(self.buf_size).max(1);
+        let count = selected.len().div_ceil(self.buf_size).max(1);
         let count = u16::try_from(count).unwrap_or(u16::MAX);
-        self.book.on_selected_bundle(first, count, take)
+        self.book.on_selected_bundle(selected.id(), count, take)
+    }
+
+    /// With incremental consumption (IOU_PBUF_RING_INC): the slice of the buffer `selected`
+    /// names that its completion filled; returns where in the buffer it starts (see
+    /// [`ringwork_core::buf::IncTracker::on_recv`]).
+    pub fn take_incremental(
+        &mut self,
+        inc: &mut IncTracker,
+        selected: SelectedBuf,
+    ) -> Result<u32, ringwork_core::buf::IncError> {
+        inc.on_recv(
+            &mut self.book,
+            selected.id(),
+            selected.len(),
+            selected.buf_more(),
+        )
+    }
+
+    /// With incremental consumption: the `len` bytes at `offset` of buffer `id` that a
+    /// completion filled, while their slice is held.
+    ///
+    /// # Panics
+    /// When no slice of the buffer is held, or the range is past what the kernel has filled.
+    pub fn slice(&self, inc: &IncTracker, id: BufId, offset: u32, len: u32) -> &[u8] {
+        assert!(inc.held(id) > 0, "no slice of this buffer is held");
+        assert!(
+            u64::from(offset) + u64::from(len) <= u64::from(inc.filled(id).min(self.buf_size)),
+            "a slice past what the kernel filled"
+        );
+        // SAFETY: in bounds (checked against what the kernel filled, at most the buffer); the
+        // kernel wrote these bytes before posting the completions that reported them, and it
+        // writes only past `filled` from now on, so nothing writes them while we read.
+        unsafe { core::slice::from_raw_parts(self.buf_ptr(id).add(offset as usize), len as usize) }
     }
 
     /// The first `len` bytes of a buffer the application holds.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes(&self, lease: &Lease, len: u32) -> &[u8] {
+        assert!(self.book.owns(lease), "a lease of another buffer ring");
         let len = len.min(self.buf_size) as usize;
-        // SAFETY: the lease proves the kernel handed this buffer to us (its CQE was harvested)
-        // and it has not been published back, so the kernel does not write it; in bounds.
-        unsafe {
-            core::slice::from_raw_parts(
-                self.data
-                    .as_ptr()
-                    .add(lease.id().0 as usize * self.buf_size as usize),
-                len,
-            )
-        }
-    }
-
-    /// Start of buffer `id`, e.g. for a SEND SQE; valid while the lease is held.
-    pub fn ptr(&self, lease: &Lease) -> *const u8 {
-        // SAFETY: in bounds: the id came from this ring's bookkeeping.
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(lease.id().0 as usize * self.buf_size as usize)
-        }
+        // SAFETY: the lease is this ring's (checked), so the id is in bounds; it proves the
+        // kernel handed this buffer to us (only a harvested CQE's buffer can be taken) and it
+        // has not been published back, so the kernel does not write it.
+        unsafe { core::slice::from_raw_parts(self.buf_ptr(lease.id()), len) }
     }
 
     /// Queues a buffer to go back to the kernel; [`Ring::publish_buffers`] makes it visible.
@@ -432,12 +483,29 @@ impl Ring {
         }
         .map_err(Error::syscall("register fixed buffers"))?;
         self.registered_mut().fixed = Some(buffers);
+        self.registered_mut().fixed_registered = true;
         Ok(())
     }
 
-    /// The registered fixed buffers, if any.
+    /// Keeps `buffers` without registering them, for when registration is refused
+    /// (RLIMIT_MEMLOCK) or turned off: [`Ring::read_fixed`] then reads into them with plain
+    /// IORING_OP_READ. The ring owns them from now on, as after [`Ring::register_buffers`].
+    pub fn adopt_buffers(&mut self, buffers: FixedBuffers) -> Result<()> {
+        if self.registered().fixed.is_some() {
+            return Err(Error::InvalidConfig("fixed buffers are already registered"));
+        }
+        self.registered_mut().fixed = Some(buffers);
+        Ok(())
+    }
+
+    /// The ring's fixed buffers (registered or adopted), if any.
     pub fn fixed_buffers(&mut self) -> Option<&mut FixedBuffers> {
         self.registered_mut().fixed.as_mut()
+    }
+
+    /// True when the ring's fixed buffers are registered with the kernel.
+    pub fn fixed_registered(&self) -> bool {
+        self.registered().fixed_registered
     }
 
     /// Registers a sparse file table of `slots` entries (IORING_REGISTER_FILES2 with
@@ -588,7 +656,7 @@ impl Ring {
             // SAFETY: the buffers lie inside `data`, which the ring owns until after its fd is
             // closed; the bookkeeping just moved them to Kernel, so nothing in user space
             // reads or writes them until a CQE selects one again.
-            unsafe { self.push_or_submit(&sqe)? };
+            unsafe { self.push_or_submit_impl(&sqe)? };
             start = end;
         }
         Ok(())

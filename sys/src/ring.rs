@@ -34,6 +34,7 @@ use crate::mmap::Mmap;
 /// rustix 1.1 has no constant for it.
 pub const IORING_FEAT_MIN_TIMEOUT: IoringFeatureFlags =
     IoringFeatureFlags::from_bits_retain(1 << 15);
+use crate::op::OwnedOps;
 use crate::register::Registered;
 use crate::sqe::Sqe;
 
@@ -182,17 +183,75 @@ impl TaskRun {
 }
 
 /// One completion, copied out of the CQ.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+///
+/// Only the ring makes one, and it is neither `Copy` nor `Clone`: the provided buffer a
+/// receive completion names can be taken once ([`Cqe::take_buffer`]), which is what lets
+/// [`crate::ProvidedBuffers::take`] hand out a lease safely.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Cqe {
-    /// The submitting SQE's `user_data`.
-    pub user_data: UserData,
-    /// A count, or `-errno`.
-    pub res: i32,
-    /// IORING_CQE_F_* flags.
-    pub flags: IoringCqeFlags,
+    user_data: UserData,
+    res: i32,
+    flags: IoringCqeFlags,
+}
+
+/// The provided buffer a completion filled, taken from its [`Cqe`] (once): what
+/// [`crate::ProvidedBuffers::take`] needs to hand out its lease.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SelectedBuf {
+    id: BufId,
+    len: u32,
+    buf_more: bool,
+}
+
+impl SelectedBuf {
+    /// The buffer the kernel picked.
+    pub fn id(&self) -> BufId {
+        self.id
+    }
+
+    /// Bytes the completion put there (for a bundle: across all its buffers).
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// True when the completion put no bytes there (an EOF that still named a buffer).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// IORING_CQE_F_BUF_MORE: with incremental consumption, the kernel keeps using it.
+    pub fn buf_more(&self) -> bool {
+        self.buf_more
+    }
 }
 
 impl Cqe {
+    pub(crate) fn new(user_data: UserData, res: i32, flags: IoringCqeFlags) -> Self {
+        Self {
+            user_data,
+            res,
+            flags,
+        }
+    }
+
+    /// The submitting SQE's `user_data`.
+    #[inline]
+    pub fn user_data(&self) -> UserData {
+        self.user_data
+    }
+
+    /// A count, or `-errno`.
+    #[inline]
+    pub fn res(&self) -> i32 {
+        self.res
+    }
+
+    /// IORING_CQE_F_* flags.
+    #[inline]
+    pub fn flags(&self) -> IoringCqeFlags {
+        self.flags
+    }
+
     /// The result as a count or a typed errno.
     #[inline]
     pub fn result(&self) -> core::result::Result<u32, RawErrno> {
@@ -219,12 +278,23 @@ impl Cqe {
         self.flags.bits() & crate::register::IORING_CQE_F_BUF_MORE != 0
     }
 
-    /// The provided buffer the kernel picked (IORING_CQE_F_BUFFER), if any.
+    /// The provided buffer the kernel picked (IORING_CQE_F_BUFFER), if any and not taken.
     #[inline]
     pub fn buffer_id(&self) -> Option<BufId> {
         self.flags
             .contains(IoringCqeFlags::BUFFER)
             .then(|| BufId((self.flags.bits() >> IORING_CQE_BUFFER_SHIFT) as u16))
+    }
+
+    /// Takes the provided buffer the kernel picked, once: a second call returns `None`.
+    pub fn take_buffer(&mut self) -> Option<SelectedBuf> {
+        let id = self.buffer_id()?;
+        self.flags.remove(IoringCqeFlags::BUFFER);
+        Some(SelectedBuf {
+            id,
+            len: self.result().unwrap_or(0),
+            buf_more: self.buf_more(),
+        })
     }
 }
 
@@ -256,6 +326,8 @@ pub struct RingStats {
 /// Field order matters for drop: registrations are undone (by `Registered`'s drop, through
 /// the still-open fd) before the mappings are unmapped and the fd is closed.
 pub struct Ring {
+    /// Memory that SQEs pushed with [`Ring::push_safe`] name, until their last CQE.
+    owned: OwnedOps,
     registered: Registered,
     sq: Producer<'static, AtomicU32>,
     cq: Consumer<'static, AtomicU32>,
@@ -388,6 +460,7 @@ impl Ring {
         let cqes: *const io_uring_cqe = cq_region.at(p.cq_off.cqes);
 
         Ok(Self {
+            owned: OwnedOps::default(),
             registered: Registered::default(),
             sq: Producer::new(sq_head, sq_tail, p.sq_entries),
             cq: Consumer::new(cq_head, cq_tail, p.cq_entries),
@@ -451,16 +524,74 @@ impl Ring {
         self.sq.free_slots()
     }
 
-    /// Queues one SQE (not yet visible to the kernel until [`Ring::submit`]).
+    /// Queues one SQE (not yet visible to the kernel until [`Ring::submit`]). Prefer
+    /// [`Ring::push_safe`], which needs no `unsafe`: this is for SQEs it has no builder for.
     ///
     /// # Safety
     /// Every buffer, path, struct and descriptor the SQE points to must stay valid, and must
     /// not be accessed in a way the operation forbids, until its CQE is harvested (for
     /// SEND_ZC: until the notification CQE). A cancel does not end that: only the CQE does.
+    /// `user_data` with bit 63 set is the ring's own and refused ([`Error::InvalidConfig`]).
     ///
     /// # References
     /// io_uring_enter(2), "Submission queue entry".
     pub unsafe fn push(&mut self, sqe: &Sqe) -> Result<()> {
+        check_user_data(sqe)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_impl(sqe) }
+    }
+
+    /// Like [`Ring::push`], but submits what is queued to make room when the SQ is full.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`].
+    pub unsafe fn push_or_submit(&mut self, sqe: &Sqe) -> Result<()> {
+        check_user_data(sqe)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_or_submit_impl(sqe) }
+    }
+
+    /// Queues `sqes` as one link chain: IOSQE_IO_LINK (or IOSQE_IO_HARDLINK with `hard`) on
+    /// every SQE but the last, all or none. A chain split by a submit between its SQEs would
+    /// end early (the kernel ends a chain at the end of each submission), so this refuses with
+    /// [`Error::SubmissionQueueFull`] before pushing anything when the SQ lacks room.
+    ///
+    /// A plain link breaks at the first failure (an error, or a short read or write): the
+    /// rest complete with `-ECANCELED`. A hard link runs the rest regardless.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain (a LINK_TIMEOUT's timespec included).
+    pub unsafe fn push_chain(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        sqes.iter().try_for_each(check_user_data)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_chain_impl(sqes, hard) }
+    }
+
+    /// Like [`Ring::push_chain`], but when the SQ lacks room for the whole chain, submits what
+    /// is queued (and with SQPOLL waits for the poller to make room) first, so the chain still
+    /// goes in one piece. A chain longer than the SQ can never fit: [`Error::InvalidConfig`].
+    ///
+    /// # Safety
+    /// As for [`Ring::push`], for every SQE of the chain.
+    pub unsafe fn push_chain_or_submit(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+        sqes.iter().try_for_each(check_user_data)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_chain_or_submit_impl(sqes, hard) }
+    }
+
+    pub(crate) fn owned_mut(&mut self) -> &mut OwnedOps {
+        &mut self.owned
+    }
+
+    pub(crate) fn owned_ref(&self) -> &OwnedOps {
+        &self.owned
+    }
+
+    /// [`Ring::push`] without the `user_data` check: the ring's own SQEs use reserved values.
+    ///
+    /// # Safety
+    /// As for [`Ring::push`].
+    pub(crate) unsafe fn push_impl(&mut self, sqe: &Sqe) -> Result<()> {
         let slot = self.sq.reserve().ok_or(Error::SubmissionQueueFull)?;
         // SAFETY: `slot < sq_entries` (the protocol masks it); the slot was reserved by the
         // producer so the kernel does not read it until publish.
@@ -471,13 +602,13 @@ impl Ring {
         Ok(())
     }
 
-    /// Like [`Ring::push`], but submits what is queued to make room when the SQ is full.
+    /// [`Ring::push_or_submit`] without the `user_data` check.
     ///
     /// # Safety
     /// As for [`Ring::push`].
-    pub unsafe fn push_or_submit(&mut self, sqe: &Sqe) -> Result<()> {
+    pub(crate) unsafe fn push_or_submit_impl(&mut self, sqe: &Sqe) -> Result<()> {
         // SAFETY: forwarded from the caller.
-        match unsafe { self.push(sqe) } {
+        match unsafe { self.push_impl(sqe) } {
             Err(Error::SubmissionQueueFull) => {
                 self.submit()?;
                 if self.sqpoll {
@@ -485,7 +616,7 @@ impl Ring {
                     self.wait_for_sq_space(1)?;
                 }
                 // SAFETY: forwarded from the caller.
-                unsafe { self.push(sqe) }
+                unsafe { self.push_impl(sqe) }
             }
             other => other,
         }
@@ -518,7 +649,7 @@ impl Ring {
     ///
     /// # References
     /// io_uring_enter(2), IOSQE_IO_LINK and IOSQE_IO_HARDLINK.
-    pub unsafe fn push_chain(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+    pub(crate) unsafe fn push_chain_impl(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
         if sqes.len() as u64 > u64::from(self.sq.free_slots()) {
             return Err(Error::SubmissionQueueFull);
         }
@@ -535,7 +666,7 @@ impl Ring {
             };
             // SAFETY: forwarded from the caller; room for every SQE was checked above, so
             // this push cannot fail halfway through the chain.
-            unsafe { self.push(&sqe)? };
+            unsafe { self.push_impl(&sqe)? };
         }
         Ok(())
     }
@@ -546,19 +677,23 @@ impl Ring {
     ///
     /// # Safety
     /// As for [`Ring::push`], for every SQE of the chain.
-    pub unsafe fn push_chain_or_submit(&mut self, sqes: &[Sqe], hard: bool) -> Result<()> {
+    pub(crate) unsafe fn push_chain_or_submit_impl(
+        &mut self,
+        sqes: &[Sqe],
+        hard: bool,
+    ) -> Result<()> {
         if sqes.len() as u64 > u64::from(self.sq.entries()) {
             return Err(Error::InvalidConfig("a link chain longer than the SQ"));
         }
         // SAFETY: forwarded from the caller.
-        match unsafe { self.push_chain(sqes, hard) } {
+        match unsafe { self.push_chain_impl(sqes, hard) } {
             Err(Error::SubmissionQueueFull) => {
                 self.submit()?;
                 if self.sqpoll {
                     self.wait_for_sq_space(sqes.len() as u32)?;
                 }
                 // SAFETY: forwarded from the caller.
-                unsafe { self.push_chain(sqes, hard) }
+                unsafe { self.push_chain_impl(sqes, hard) }
             }
             other => other,
         }
@@ -594,7 +729,7 @@ impl Ring {
         let sqe = Sqe::send_zc(crate::sqe::Target::Fd(-1), core::ptr::null(), 0, true, None)
             .user_data(PROBE);
         // SAFETY: zero bytes from a null pointer to no descriptor: the SQE names no memory.
-        unsafe { self.push_or_submit(&sqe)? };
+        unsafe { self.push_or_submit_impl(&sqe)? };
         let mut others = Vec::new();
         let mut res = None;
         // A failure after preparation can still post a notification (the result then carries
@@ -841,13 +976,19 @@ impl Ring {
         // SAFETY: `slot < cq_entries`; the Acquire load of the tail inside peek() makes the
         // kernel's write of this entry visible; we copy it before advancing past it.
         let raw = unsafe { &*self.cqes.add(slot as usize) };
-        let cqe = Cqe {
-            user_data: UserData(raw.user_data.u64_()),
-            res: raw.res,
-            flags: raw.flags,
-        };
+        let mut user_data = UserData(raw.user_data.u64_());
+        let (res, flags) = (raw.res, raw.flags);
         self.cq.advance(1);
-        Some(cqe)
+        if crate::op::is_internal(user_data) {
+            // An operation whose memory the ring holds: give the caller its own user_data
+            // back, and when the operation has ended, move its memory out of flight.
+            let more = flags.contains(IoringCqeFlags::MORE);
+            match self.owned.on_cqe(user_data, res, more) {
+                Some(ud) => user_data = ud,
+                None => debug_assert!(false, "a CQE for unknown operation memory"),
+            }
+        }
+        Some(Cqe::new(user_data, res, flags))
     }
 
     /// Completions ready now, stashed ones first. When the CQ is empty but the kernel reports
@@ -868,6 +1009,17 @@ impl Ring {
     pub fn ready(&self) -> u32 {
         self.stash.len() as u32 + self.cq.ready()
     }
+}
+
+/// Refuses `user_data` the ring keeps for itself (see [`crate::op`]).
+fn check_user_data(sqe: &Sqe) -> Result<()> {
+    let ud = UserData(sqe.raw().user_data.u64_());
+    if crate::op::is_internal(ud) {
+        return Err(Error::InvalidConfig(
+            "user_data with bit 63 set is reserved for the ring",
+        ));
+    }
+    Ok(())
 }
 
 /// Iterator over ready completions; see [`Ring::completions`].
@@ -898,6 +1050,9 @@ impl Drop for Completions<'_> {
 
 impl Drop for Ring {
     fn drop(&mut self) {
+        // Memory of operations whose last CQE has not come may still be read or written by
+        // the kernel: it is leaked, never freed.
+        self.owned.leak_in_flight();
         let fd = self.fd.as_fd();
         // SAFETY: every registration was made on this fd; the memory behind them is owned by
         // `registered` and freed only after unregistering (inside teardown).

@@ -293,6 +293,23 @@ impl Sqe {
         s
     }
 
+    /// Points a cancel (by `user_data`) at another request.
+    pub(crate) fn cancel_target(mut self, ud: UserData) -> Self {
+        debug_assert_eq!(self.0.opcode, IoringOp::AsyncCancel);
+        self.0.addr_or_splice_off_in.user_data = io_uring_user_data::from_u64(ud.0);
+        self
+    }
+
+    /// IORING_OP_POLL_ADD (Linux 5.1): one completion once `events` are ready on `target`
+    /// (the ready mask in `res`).
+    pub fn poll_add(target: Target, events: rustix::event::PollFlags) -> Self {
+        let mut s = Self::rw(IoringOp::PollAdd, target, core::ptr::null_mut(), 0, 0);
+        // Little-endian layout, as liburing's io_uring_prep_poll_add (it swaps halves only on
+        // big-endian machines).
+        s.0.op_flags.poll32_events = events.bits() as u32;
+        s
+    }
+
     /// IORING_OP_ASYNC_CANCEL of every request on `target`
     /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19).
     pub fn cancel_fd(target: Target) -> Self {
