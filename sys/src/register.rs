@@ -44,15 +44,20 @@ pub(crate) struct Registered {
 
 impl Registered {
     /// Unregisters everything: buffer rings first (they reference nothing else), then fixed
-    /// buffers, then the file table. The memory is freed when `self` drops afterwards.
+    /// buffers, then the file table. The memory is freed here and when `self` drops
+    /// afterwards.
     ///
     /// # Safety
-    /// `fd` is the ring everything was registered on.
+    /// `fd` is the ring everything was registered on, and no operation is in flight on it
+    /// (the ring quiesced): nothing the kernel still runs may name this memory.
     pub(crate) unsafe fn teardown(&mut self, fd: BorrowedFd<'_>) {
         for br in self.buf_rings.drain(..) {
             if br.ring_mem.is_none() {
-                // PROVIDE_BUFFERS groups have nothing to unregister: the kernel drops its
-                // list when the ring goes away, and the memory is freed after that.
+                // PROVIDE_BUFFERS groups have nothing to unregister, and the kernel's list
+                // still holds their addresses until the ring goes away. Freeing the memory
+                // now is sound only because the ring is idle (the caller's contract): the
+                // kernel writes a listed buffer only for a request that selects it, and
+                // none is left.
                 continue;
             }
             let mut reg = io_uring_buf_reg::default();
@@ -585,10 +590,12 @@ impl Ring {
             )
             .flags(IoringSqeFlags::CQE_SKIP_SUCCESS)
             .user_data(PROVIDE_BUFFERS_USER_DATA);
-            // SAFETY: the buffers lie inside `data`, which the ring owns until after its fd is
-            // closed; the bookkeeping just moved them to Kernel, so nothing in user space
-            // reads or writes them until a CQE selects one again.
+            // SAFETY: the buffers lie inside `data`, which the ring owns until it is idle
+            // after its last use (or forever, leaked, when it cannot prove that); the
+            // bookkeeping just moved them to Kernel, so nothing in user space reads or writes
+            // them until a CQE selects one again.
             unsafe { self.push_or_submit(&sqe)? };
+            self.note_provide_buffers_pushed();
             start = end;
         }
         Ok(())

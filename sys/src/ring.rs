@@ -11,9 +11,7 @@
 
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 use std::collections::VecDeque;
-use std::time::Duration;
-#[cfg(test)]
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ringwork_core::buf::BufId;
 use ringwork_core::errno::RawErrno;
@@ -24,8 +22,8 @@ use rustix::io::Errno;
 use rustix::io_uring::{
     io_uring_cqe, io_uring_enter, io_uring_enter_arg, io_uring_getevents_arg, io_uring_params,
     io_uring_ptr, io_uring_setup, io_uring_sqe, IoringCqeFlags, IoringEnterFlags,
-    IoringFeatureFlags, IoringSetupFlags, IoringSqFlags, IoringSqeFlags, IORING_CQE_BUFFER_SHIFT,
-    IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
+    IoringFeatureFlags, IoringOp, IoringSetupFlags, IoringSqFlags, IoringSqeFlags,
+    IORING_CQE_BUFFER_SHIFT, IORING_OFF_CQ_RING, IORING_OFF_SQES, IORING_OFF_SQ_RING,
 };
 
 use crate::error::{Error, Result};
@@ -36,8 +34,22 @@ use crate::mmap::Mmap;
 /// rustix 1.1 has no constant for it.
 pub const IORING_FEAT_MIN_TIMEOUT: IoringFeatureFlags =
     IoringFeatureFlags::from_bits_retain(1 << 15);
-use crate::register::Registered;
+use crate::register::{Registered, PROVIDE_BUFFERS_USER_DATA};
 use crate::sqe::Sqe;
+
+/// `user_data` of the IORING_OP_ASYNC_CANCEL that [`Ring::quiesce`] submits; its completion
+/// is the ring's own and never reaches the caller. Reserved, like
+/// [`PROVIDE_BUFFERS_USER_DATA`].
+pub const QUIESCE_CANCEL_USER_DATA: UserData = UserData(u64::MAX - 2);
+
+/// How long a dropped [`Ring`] waits for its operations to finish before it leaks their
+/// memory instead; see [`RingParams::teardown_timeout`].
+pub const DEFAULT_TEARDOWN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// While quiescing, how often a cancel is sent again when operations are still in flight:
+/// a link chain's later members, or work that was already running at the first cancel, only
+/// become cancellable later.
+const QUIESCE_CANCEL_EVERY: Duration = Duration::from_millis(50);
 
 /// How to set a ring up. `RingParams::new(sq_entries)`, then setters, then [`RingParams::build`].
 #[derive(Clone, Debug)]
@@ -48,6 +60,7 @@ pub struct RingParams {
     single_issuer: bool,
     defer_taskrun: bool,
     coop_taskrun: bool,
+    teardown_timeout: Duration,
 }
 
 /// Kernel-side submission polling (IORING_SETUP_SQPOLL, Linux 5.1; unprivileged since 5.11).
@@ -70,7 +83,15 @@ impl RingParams {
             single_issuer: false,
             defer_taskrun: false,
             coop_taskrun: false,
+            teardown_timeout: DEFAULT_TEARDOWN_TIMEOUT,
         }
+    }
+
+    /// How long dropping the ring may wait ([`Ring::quiesce`]) for its operations in flight
+    /// before it leaks the memory they may name; [`DEFAULT_TEARDOWN_TIMEOUT`] unless set.
+    pub fn teardown_timeout(mut self, timeout: Duration) -> Self {
+        self.teardown_timeout = timeout;
+        self
     }
 
     /// Completion-queue size (IORING_SETUP_CQSIZE, Linux 5.5); must be at least twice the SQ.
@@ -255,9 +276,36 @@ pub struct RingStats {
 
 /// An io_uring instance.
 ///
-/// Field order matters for drop: registrations are undone (by `Registered`'s drop, through
-/// the still-open fd) before the mappings are unmapped and the fd is closed.
+/// # Operations in flight, and dropping
+/// The ring counts the operations it has not seen finish ([`Ring::in_flight`]): one per
+/// pushed SQE, less one per harvested CQE without IORING_CQE_F_MORE. That one rule covers
+/// single-shot requests, multishot ones (only the last CQE lacks F_MORE), SEND_ZC (the result
+/// carries F_MORE when a notification follows), link chains (every member posts its CQE) and
+/// cancels (the cancel posts one, and so does its target). An SQE pushed with
+/// IOSQE_CQE_SKIP_SUCCESS stays counted, because a success posts nothing: a ring that used
+/// them can never prove itself idle. (The ring's own PROVIDE_BUFFERS SQEs with SKIP_SUCCESS
+/// are the exception: they complete at submission, so they are not counted, and idle only
+/// needs them submitted.) CQEs that no SQE of this ring asked for, such as
+/// IORING_OP_MSG_RING's from another ring, are not supported.
+///
+/// **A Ring dropped with operations in flight quiesces first or leaks what it cannot prove
+/// idle.** `Drop` runs [`Ring::quiesce`] for the ring's teardown timeout
+/// ([`RingParams::teardown_timeout`], [`DEFAULT_TEARDOWN_TIMEOUT`]): it cancels everything
+/// and reaps until nothing is in flight. Then, when idle, it unregisters and frees what it
+/// owns; when not (the timeout passed, completions were lost, or SKIP_SUCCESS SQEs made the
+/// count unprovable) it leaks every piece of memory an SQE may name (provided buffers and
+/// their rings, fixed buffers) rather than hand it back to the allocator while the kernel may
+/// still write it, prints one line saying so, and closes the fd. Memory the *caller* lent to
+/// SQEs is the caller's to keep alive, as [`Ring::push`] says; dropping the ring first
+/// (quiescing it) is how a caller ends that duty early. A ring set up with
+/// IORING_SETUP_SINGLE_ISSUER can only quiesce on the thread that created it: dropped on
+/// another with operations in flight, it leaks.
+///
+/// Field order matters for drop: registrations are undone (in `Drop`, through the still-open
+/// fd) before the mappings are unmapped and the fd is closed.
 pub struct Ring {
+    /// Memory that SQEs name and the ring owns; `Drop` frees it only once the ring is idle
+    /// (see `leak_owned_memory`).
     registered: Registered,
     sq: Producer<'static, AtomicU32>,
     cq: Consumer<'static, AtomicU32>,
@@ -270,6 +318,13 @@ pub struct Ring {
     stash: VecDeque<Cqe>,
     stats: RingStats,
     dropped_seen: u32,
+    /// Operations not yet seen finished; see the type's docs.
+    in_flight: u64,
+    /// [`QUIESCE_CANCEL_USER_DATA`] cancels whose CQEs have not come back yet.
+    quiesce_cancels_owed: u32,
+    /// IORING_ASYNC_CANCEL_ANY (Linux 5.19) is usable.
+    cancel_fd: bool,
+    teardown_timeout: Duration,
     /// Tests only: errnos the next io_uring_enter calls return instead of entering.
     #[cfg(test)]
     injected_enter_errors: Vec<Errno>,
@@ -295,6 +350,7 @@ impl Ring {
             single_issuer,
             defer_taskrun,
             coop_taskrun,
+            teardown_timeout,
         } = params;
         if !sq_entries.is_power_of_two() {
             return Err(Error::InvalidConfig("sq entries must be a power of two"));
@@ -392,7 +448,7 @@ impl Ring {
         }
         let cqes: *const io_uring_cqe = cq_region.at(p.cq_off.cqes);
 
-        Ok(Self {
+        let mut ring = Self {
             registered: Registered::default(),
             sq: Producer::new(sq_head, sq_tail, p.sq_entries),
             cq: Consumer::new(cq_head, cq_tail, p.cq_entries),
@@ -404,6 +460,10 @@ impl Ring {
             stash: VecDeque::with_capacity(p.cq_entries as usize),
             stats: RingStats::default(),
             dropped_seen: 0,
+            in_flight: 0,
+            quiesce_cancels_owed: 0,
+            cancel_fd: false,
+            teardown_timeout,
             #[cfg(test)]
             injected_enter_errors: Vec::new(),
             params: p,
@@ -412,7 +472,13 @@ impl Ring {
             _cq_map: cq_map,
             _sq_map: sq_map,
             fd,
-        })
+        };
+        // The cancel flags have no feature bit. They came in 5.19 together with
+        // IORING_OP_SOCKET: the opcode vouches. Without a probe (before 5.6) there is neither.
+        if let Ok(probe) = ring.probe() {
+            ring.cancel_fd = probe.supports(IoringOp::Socket);
+        }
+        Ok(ring)
     }
 
     /// The ring fd.
@@ -445,6 +511,20 @@ impl Ring {
         self.stats
     }
 
+    /// Operations pushed whose last CQE has not been harvested yet (see the type's docs for
+    /// the counting rule). A completion counts as harvested once the ring took it out of the
+    /// CQ, also into its stash, before [`Ring::completions`] hands it over.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+
+    /// Bookkeeping for one of the ring's own PROVIDE_BUFFERS SQEs, just pushed: with
+    /// SKIP_SUCCESS it completes at submission and posts nothing on success, so it is taken
+    /// out of the in-flight count (its failure CQE, if any, is then not counted either).
+    pub(crate) fn note_provide_buffers_pushed(&mut self) {
+        self.in_flight -= 1;
+    }
+
     pub(crate) fn registered_mut(&mut self) -> &mut Registered {
         &mut self.registered
     }
@@ -472,6 +552,7 @@ impl Ring {
         // SAFETY: `slot < sq_entries` (the protocol masks it); the slot was reserved by the
         // producer so the kernel does not read it until publish.
         unsafe { self.sqes.add(slot as usize).write(*sqe.raw()) };
+        self.in_flight += 1;
         if sqe.raw().flags.contains(IoringSqeFlags::CQE_SKIP_SUCCESS) {
             self.stats.skip_success += 1;
         }
@@ -886,18 +967,46 @@ impl Ring {
         Ok(())
     }
 
+    /// Takes the next CQE out of the CQ, with its bookkeeping ([`Ring::harvested`]); the
+    /// completions that are the ring's own are consumed here and never returned.
     fn pop_cq(&mut self) -> Option<Cqe> {
-        let slot = self.cq.peek()?;
-        // SAFETY: `slot < cq_entries`; the Acquire load of the tail inside peek() makes the
-        // kernel's write of this entry visible; we copy it before advancing past it.
-        let raw = unsafe { &*self.cqes.add(slot as usize) };
-        let cqe = Cqe {
-            user_data: UserData(raw.user_data.u64_()),
-            res: raw.res,
-            flags: raw.flags,
-        };
-        self.cq.advance(1);
-        Some(cqe)
+        loop {
+            let slot = self.cq.peek()?;
+            // SAFETY: `slot < cq_entries`; the Acquire load of the tail inside peek() makes the
+            // kernel's write of this entry visible; we copy it before advancing past it.
+            let raw = unsafe { &*self.cqes.add(slot as usize) };
+            let cqe = Cqe {
+                user_data: UserData(raw.user_data.u64_()),
+                res: raw.res,
+                flags: raw.flags,
+            };
+            self.cq.advance(1);
+            if self.harvested(&cqe) {
+                return Some(cqe);
+            }
+            self.stats.completions += 1;
+        }
+    }
+
+    /// The in-flight count for a CQE just taken from the CQ (the kernel is done with it
+    /// whether the caller sees it now or from the stash later); false for the ring's own
+    /// completions, which the caller never sees: quiesce's cancels.
+    fn harvested(&mut self, cqe: &Cqe) -> bool {
+        // A SKIP_SUCCESS PROVIDE_BUFFERS left the count when pushed: its failure CQE does not
+        // come off it again.
+        let counted = cqe.user_data != PROVIDE_BUFFERS_USER_DATA;
+        if counted && !cqe.more() {
+            debug_assert!(
+                self.in_flight > 0,
+                "a CQE no SQE of this ring asked for: {cqe:?}"
+            );
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if cqe.user_data == QUIESCE_CANCEL_USER_DATA {
+            self.quiesce_cancels_owed = self.quiesce_cancels_owed.saturating_sub(1);
+            return false;
+        }
+        true
     }
 
     /// Completions ready now, stashed ones first. When the CQ is empty but the kernel reports
@@ -914,7 +1023,8 @@ impl Ring {
         Completions { ring: self }
     }
 
-    /// Completions ready to harvest without entering the kernel.
+    /// Completions ready to harvest without entering the kernel (at most: some CQEs in the
+    /// CQ may be the ring's own, which [`Ring::completions`] consumes without yielding).
     pub fn ready(&self) -> u32 {
         self.stash.len() as u32 + self.cq.ready()
     }
@@ -963,12 +1073,111 @@ fn wait_left_after_stashing(
     }
 }
 
+impl Ring {
+    /// Cancels every operation in flight and reaps until none is, or until `timeout` has
+    /// passed; returns whether the ring is idle (nothing in flight, every SQE taken by the
+    /// kernel). SQEs pushed but not yet submitted are submitted first, and cancelled with the
+    /// rest.
+    ///
+    /// The cancel is IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_ANY (Linux 5.19), sent
+    /// again every 50 ms while operations remain: io-wq work that was already running when
+    /// the first came (it is only interrupted, and may finish normally), and the later members
+    /// of link chains, become cancellable only later. Without IORING_ASYNC_CANCEL_ANY (before
+    /// 5.19) nothing can be cancelled wholesale:
+    /// quiesce then only submits and waits, which ends only what finishes by itself (an armed
+    /// receive on a quiet socket does not). A bounded wait needs IORING_FEAT_EXT_ARG (5.11);
+    /// without it quiesce polls every millisecond.
+    ///
+    /// The completions reaped here stay for the caller: [`Ring::completions`] serves them
+    /// next, in order (the cancelled requests' `-ECANCELED`, SEND_ZC notifications, ...), so
+    /// that buffer leases and connection state stay right after an explicit quiesce. Only
+    /// the cancel's own completion ([`QUIESCE_CANCEL_USER_DATA`]) is the ring's.
+    ///
+    /// A ring that used IOSQE_CQE_SKIP_SUCCESS on its own SQEs can never prove itself idle
+    /// (see the type's docs): quiesce waits out `timeout` and returns false.
+    pub fn quiesce(&mut self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut next_cancel = Instant::now();
+        loop {
+            self.submit()?;
+            self.stash_ready();
+            if self.in_flight == 0 && self.sq_pending() == 0 {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            let Some(left) = deadline
+                .checked_duration_since(now)
+                .filter(|d| !d.is_zero())
+            else {
+                return Ok(false);
+            };
+            if self.in_flight > 0
+                && self.cancel_fd
+                && self.quiesce_cancels_owed == 0
+                && now >= next_cancel
+            {
+                let cancel = Sqe::cancel_any().user_data(QUIESCE_CANCEL_USER_DATA);
+                // SAFETY: a cancel names no memory.
+                unsafe { self.push_or_submit(&cancel)? };
+                self.quiesce_cancels_owed += 1;
+                next_cancel = now + QUIESCE_CANCEL_EVERY;
+                // Submitted at the top of the loop.
+                continue;
+            }
+            let slice = left.min(QUIESCE_CANCEL_EVERY);
+            if self.in_flight == 0 {
+                // Only the ring's own uncounted SQEs are left, still in the SQ: with SQPOLL the
+                // poller takes them in its own time.
+                if self.sqpoll {
+                    self.wait_for_sq_space(self.sq.entries())?;
+                } else {
+                    std::thread::sleep(slice.min(Duration::from_millis(1)));
+                }
+            } else if self.features().contains(IoringFeatureFlags::EXT_ARG) {
+                self.enter(0, 1, IoringEnterFlags::GETEVENTS, Some(slice), 0)?;
+            } else {
+                // No bounded wait before 5.11: look (running task work, flushing any
+                // backlog), then sleep a little.
+                self.enter(0, 0, IoringEnterFlags::GETEVENTS, None, 0)?;
+                std::thread::sleep(slice.min(Duration::from_millis(1)));
+            }
+        }
+    }
+
+    /// Gives up for good, without unmapping or unregistering, every piece of memory the ring
+    /// owns that an SQE may name, for a ring that could not prove itself idle: the kernel may
+    /// still read or write it after the fd is closed (closing cancels asynchronously, and
+    /// io-wq work already running runs on). Leaked, it can never become someone else's.
+    ///
+    /// Every ring-owned field that SQEs in flight may point into belongs here (taken out of
+    /// the Ring and forgotten, never dropped); fields added for ring-owned operation memory
+    /// plug in beside `registered`.
+    fn leak_owned_memory(&mut self) {
+        core::mem::forget(core::mem::take(&mut self.registered));
+    }
+}
+
 impl Drop for Ring {
     fn drop(&mut self) {
-        let fd = self.fd.as_fd();
-        // SAFETY: every registration was made on this fd; the memory behind them is owned by
-        // `registered` and freed only after unregistering (inside teardown).
-        unsafe { self.registered.teardown(fd) };
+        let idle = self.quiesce(self.teardown_timeout);
+        if let Ok(true) = idle {
+            let fd = self.fd.as_fd();
+            // SAFETY: every registration was made on this fd; the memory behind them is owned
+            // by `registered` and freed only after unregistering (inside teardown), and
+            // nothing is in flight that could still use it (quiesce said idle).
+            unsafe { self.registered.teardown(fd) };
+            return;
+        }
+        let why = match idle {
+            Err(e) => format!("quiescing failed: {e}"),
+            _ => format!("still there after {:?}", self.teardown_timeout),
+        };
+        eprintln!(
+            "ringwork-sys: a ring was dropped with {} operation(s) in flight ({why}); leaking \
+             its buffers rather than freeing memory the kernel may still use",
+            self.in_flight
+        );
+        self.leak_owned_memory();
     }
 }
 
@@ -1027,6 +1236,7 @@ mod tests {
         );
         assert_eq!(ring.stats().busy_retries, 1);
         assert_eq!(ring.completions().count(), 4);
+        assert_eq!(ring.in_flight(), 0);
     }
 
     /// As above with one of the wanted completions still to come: the retry waits for it.

@@ -316,6 +316,22 @@ impl Sqe {
         s
     }
 
+    /// IORING_OP_ASYNC_CANCEL of every request of the ring, whatever its `user_data` or file
+    /// (IORING_ASYNC_CANCEL_ANY, Linux 5.19; older kernels refuse it with EINVAL). Its CQE's
+    /// `res` is how many it found. Work io-wq is already running is only interrupted, and may
+    /// finish normally.
+    pub fn cancel_any() -> Self {
+        let mut s = Self::rw(
+            IoringOp::AsyncCancel,
+            Target::Fd(-1),
+            core::ptr::null_mut(),
+            0,
+            0,
+        );
+        s.0.op_flags.cancel_flags = IoringAsyncCancelFlags::ANY;
+        s
+    }
+
     /// IORING_OP_CLOSE (Linux 5.6) of an fd, or of a registered-file slot (Linux 5.15).
     pub fn close(target: Target) -> Self {
         let mut s = Self::new(IoringOp::Close);
@@ -455,6 +471,17 @@ mod tests {
         // SAFETY: plain-data union.
         let flags = unsafe { s.raw().op_flags.cancel_flags };
         assert!(flags.contains(IoringAsyncCancelFlags::FD_FIXED | IoringAsyncCancelFlags::ALL));
+    }
+
+    #[test]
+    fn cancel_any_matches_nothing_but_any() {
+        let s = Sqe::cancel_any();
+        assert_eq!(s.raw().opcode, IoringOp::AsyncCancel);
+        // SAFETY: plain-data union.
+        let flags = unsafe { s.raw().op_flags.cancel_flags };
+        // The kernel refuses ANY together with FD (EINVAL): ANY alone.
+        assert_eq!(flags, IoringAsyncCancelFlags::ANY);
+        assert!(!s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
     }
 
     #[test]
