@@ -26,6 +26,7 @@ pub mod sqe;
 pub use error::{kernel_release, Error, Result};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
 pub use ring::{
-    Completions, Cqe, Ring, RingParams, RingStats, SqPoll, TaskRun, QUIESCE_CANCEL_USER_DATA,
+    Completions, Cqe, LegacyFeatures, Ring, RingParams, RingStats, SqPoll, TaskRun,
+    QUIESCE_CANCEL_USER_DATA,
 };
 pub use sqe::{Sqe, SqeFlags, Target};

@@ -192,9 +192,11 @@ pub enum ProvideMode {
     Sqe,
 }
 
-/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits. They carry
-/// IOSQE_CQE_SKIP_SUCCESS, so only a failure produces a CQE with this value; a driver must
-/// treat one as fatal for the group (the buffers it named never reached the kernel).
+/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits; reserved.
+/// Only a failure reaches the caller with this value (they carry IOSQE_CQE_SKIP_SUCCESS
+/// where the kernel has it, Linux 5.17; before, the ring consumes their success CQEs
+/// itself: [`Ring::skips_provide_success`]); a driver must treat one as fatal for the group
+/// (the buffers it named never reached the kernel).
 pub const PROVIDE_BUFFERS_USER_DATA: UserData = UserData(u64::MAX - 1);
 
 impl ProvidedBuffers {
@@ -556,9 +558,10 @@ impl Ring {
 
     /// Hands every buffer recycled into `group` since the last call back to the kernel: ring
     /// mode writes the descriptors and stores the tail; SQE mode queues one
-    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS; a
-    /// failure completes with [`PROVIDE_BUFFERS_USER_DATA`]), submitted with the next enter and
-    /// executed, in SQ order, before any receive queued after this call.
+    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS where
+    /// the kernel has it; a failure completes with [`PROVIDE_BUFFERS_USER_DATA`], a success
+    /// never reaches the caller), submitted with the next enter and executed, in SQ order,
+    /// before any receive queued after this call.
     pub fn publish_buffers(&mut self, group: BufGroup) -> Result<()> {
         let Some(br) = self.buf_ring(group) else {
             return Err(Error::InvalidConfig("no such buffer group"));
@@ -581,15 +584,19 @@ impl Ring {
                 end += 1;
             }
             let first = ids[start];
-            let sqe = Sqe::provide_buffers(
+            let mut sqe = Sqe::provide_buffers(
                 data.wrapping_add(usize::from(first) * size as usize),
                 size,
                 (end - start) as u16,
                 group,
                 BufId(first),
             )
-            .flags(IoringSqeFlags::CQE_SKIP_SUCCESS)
             .user_data(PROVIDE_BUFFERS_USER_DATA);
+            // Before Linux 5.17 the flag fails the SQE (EINVAL): the ring then takes the
+            // success CQEs itself.
+            if self.skips_provide_success() {
+                sqe = sqe.flags(IoringSqeFlags::CQE_SKIP_SUCCESS);
+            }
             // SAFETY: the buffers lie inside `data`, which the ring owns until it is idle
             // after its last use (or forever, leaked, when it cannot prove that); the
             // bookkeeping just moved them to Kernel, so nothing in user space reads or writes

@@ -60,7 +60,22 @@ pub struct RingParams {
     single_issuer: bool,
     defer_taskrun: bool,
     coop_taskrun: bool,
+    legacy: LegacyFeatures,
     teardown_timeout: Duration,
+}
+
+/// Kernel features a ring leaves unused even where the kernel has them, so that the
+/// fallbacks written for older kernels run, and are tested, on this one. The default uses
+/// everything the kernel offers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LegacyFeatures {
+    /// Act as if IORING_FEAT_CQE_SKIP (Linux 5.17) were missing: the ring's
+    /// IORING_OP_PROVIDE_BUFFERS SQEs go without IOSQE_CQE_SKIP_SUCCESS, and the ring consumes
+    /// their success completions itself ([`Ring::skips_provide_success`]).
+    pub no_cqe_skip: bool,
+    /// Act as if IORING_ASYNC_CANCEL_FD / _ALL / _ANY (Linux 5.19) were missing:
+    /// [`Ring::can_cancel_fd`] says no, and [`Ring::quiesce`] cannot cancel, only wait.
+    pub no_cancel_fd: bool,
 }
 
 /// Kernel-side submission polling (IORING_SETUP_SQPOLL, Linux 5.1; unprivileged since 5.11).
@@ -83,8 +98,15 @@ impl RingParams {
             single_issuer: false,
             defer_taskrun: false,
             coop_taskrun: false,
+            legacy: LegacyFeatures::default(),
             teardown_timeout: DEFAULT_TEARDOWN_TIMEOUT,
         }
+    }
+
+    /// Kernel features to leave unused, to exercise the older kernels' paths on this one.
+    pub fn legacy_features(mut self, legacy: LegacyFeatures) -> Self {
+        self.legacy = legacy;
+        self
     }
 
     /// How long dropping the ring may wait ([`Ring::quiesce`]) for its operations in flight
@@ -320,10 +342,17 @@ pub struct Ring {
     dropped_seen: u32,
     /// Operations not yet seen finished; see the type's docs.
     in_flight: u64,
+    /// The ring's own PROVIDE_BUFFERS SQEs, sent without CQE_SKIP_SUCCESS (an older kernel,
+    /// or [`LegacyFeatures::no_cqe_skip`]), whose CQEs have not come back yet.
+    provide_cqes_owed: u64,
     /// [`QUIESCE_CANCEL_USER_DATA`] cancels whose CQEs have not come back yet.
     quiesce_cancels_owed: u32,
-    /// IORING_ASYNC_CANCEL_ANY (Linux 5.19) is usable.
+    /// IOSQE_CQE_SKIP_SUCCESS is usable for the ring's PROVIDE_BUFFERS SQEs.
+    provide_skips_success: bool,
+    /// IORING_ASYNC_CANCEL_FD / _ALL / _ANY (Linux 5.19) are usable.
     cancel_fd: bool,
+    /// IORING_ASYNC_CANCEL_FD_FIXED (Linux 6.0) is usable.
+    cancel_fd_fixed: bool,
     teardown_timeout: Duration,
     /// Tests only: errnos the next io_uring_enter calls return instead of entering.
     #[cfg(test)]
@@ -350,6 +379,7 @@ impl Ring {
             single_issuer,
             defer_taskrun,
             coop_taskrun,
+            legacy,
             teardown_timeout,
         } = params;
         if !sq_entries.is_power_of_two() {
@@ -461,8 +491,12 @@ impl Ring {
             stats: RingStats::default(),
             dropped_seen: 0,
             in_flight: 0,
+            provide_cqes_owed: 0,
             quiesce_cancels_owed: 0,
+            provide_skips_success: p.features.contains(IoringFeatureFlags::CQE_SKIP)
+                && !legacy.no_cqe_skip,
             cancel_fd: false,
+            cancel_fd_fixed: false,
             teardown_timeout,
             #[cfg(test)]
             injected_enter_errors: Vec::new(),
@@ -474,9 +508,15 @@ impl Ring {
             fd,
         };
         // The cancel flags have no feature bit. They came in 5.19 together with
-        // IORING_OP_SOCKET: the opcode vouches. Without a probe (before 5.6) there is neither.
+        // IORING_OP_SOCKET, and CANCEL_FD_FIXED in 6.0 together with IORING_OP_SEND_ZC: the
+        // opcodes vouch. Without a probe (before 5.6) there is neither.
         if let Ok(probe) = ring.probe() {
-            ring.cancel_fd = probe.supports(IoringOp::Socket);
+            let (fd, fixed) = (
+                probe.supports(IoringOp::Socket),
+                probe.supports(IoringOp::SendZc),
+            );
+            ring.cancel_fd = fd && !legacy.no_cancel_fd;
+            ring.cancel_fd_fixed = ring.cancel_fd && fixed;
         }
         Ok(ring)
     }
@@ -518,11 +558,39 @@ impl Ring {
         self.in_flight
     }
 
+    /// True when IORING_OP_ASYNC_CANCEL takes IORING_ASYNC_CANCEL_FD | _ALL (Linux 5.19), so
+    /// that [`Sqe::cancel_fd`] cancels every request on a plain descriptor. Without it that
+    /// SQE fails (EINVAL) and cancels nothing: cancel each request by its `user_data`
+    /// ([`Sqe::cancel`]) instead. A registered-file target needs more:
+    /// [`Ring::can_cancel_fd_fixed`].
+    pub fn can_cancel_fd(&self) -> bool {
+        self.cancel_fd
+    }
+
+    /// True when [`Sqe::cancel_fd`] also takes a registered-file target
+    /// (IORING_ASYNC_CANCEL_FD_FIXED, Linux 6.0).
+    pub fn can_cancel_fd_fixed(&self) -> bool {
+        self.cancel_fd_fixed
+    }
+
+    /// True when the ring's IORING_OP_PROVIDE_BUFFERS SQEs carry IOSQE_CQE_SKIP_SUCCESS
+    /// (IORING_FEAT_CQE_SKIP, Linux 5.17) and so complete silently. Without it their success
+    /// CQEs come back with [`PROVIDE_BUFFERS_USER_DATA`] and the ring consumes them itself;
+    /// either way, a caller sees that `user_data` only on failure.
+    pub fn skips_provide_success(&self) -> bool {
+        self.provide_skips_success
+    }
+
     /// Bookkeeping for one of the ring's own PROVIDE_BUFFERS SQEs, just pushed: with
     /// SKIP_SUCCESS it completes at submission and posts nothing on success, so it is taken
-    /// out of the in-flight count (its failure CQE, if any, is then not counted either).
+    /// out of the in-flight count (its failure CQE, if any, is then not counted either);
+    /// without, its CQE is owed and consumed by the ring on success.
     pub(crate) fn note_provide_buffers_pushed(&mut self) {
-        self.in_flight -= 1;
+        if self.provide_skips_success {
+            self.in_flight -= 1;
+        } else {
+            self.provide_cqes_owed += 1;
+        }
     }
 
     pub(crate) fn registered_mut(&mut self) -> &mut Registered {
@@ -781,9 +849,44 @@ impl Ring {
             self.stats.submitted += u64::from(pending);
             return Ok(pending);
         }
+        // Taken before entering: the CQEs of PROVIDE_BUFFERS SQEs submitted by this very call
+        // count toward `want` in the kernel too.
+        let provide_cqes_owed = self.provide_cqes_owed > 0;
+        let deadline = timeout.map(|t| Instant::now() + t);
         let n = self.enter(to_submit, want, flags, timeout, min_wait_usec)?;
         self.stats.submitted += u64::from(if self.sqpoll { pending } else { n });
+        if want > 0 && provide_cqes_owed {
+            // After a min-wait, one completion is what the caller waits for.
+            let want = if min_wait_usec > 0 { 1 } else { want };
+            self.wait_past_provide_cqes(want, deadline)?;
+        }
         Ok(n)
+    }
+
+    /// The kernel counts the CQEs of the ring's own PROVIDE_BUFFERS SQEs (sent without
+    /// SKIP_SUCCESS) toward a wait's `want`, but their successes never reach the caller: moves
+    /// what is ready into the stash, which consumes them, and waits on until `want` others
+    /// are there or `deadline` passes.
+    fn wait_past_provide_cqes(&mut self, want: u32, deadline: Option<Instant>) -> Result<()> {
+        loop {
+            self.stash_ready();
+            let have = self.stash.len() as u32;
+            if have >= want {
+                return Ok(());
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(()),
+                },
+            };
+            self.enter(0, want - have, IoringEnterFlags::GETEVENTS, timeout, 0)?;
+            if timeout.is_some() && self.cq.ready() == 0 {
+                // Timed out with nothing new.
+                return Ok(());
+            }
+        }
     }
 
     /// SQEs published but not yet consumed by the kernel.
@@ -990,17 +1093,25 @@ impl Ring {
 
     /// The in-flight count for a CQE just taken from the CQ (the kernel is done with it
     /// whether the caller sees it now or from the stash later); false for the ring's own
-    /// completions, which the caller never sees: quiesce's cancels.
+    /// completions, which the caller never sees: a PROVIDE_BUFFERS success sent without
+    /// SKIP_SUCCESS, and quiesce's cancels.
     fn harvested(&mut self, cqe: &Cqe) -> bool {
+        let own_provide = cqe.user_data == PROVIDE_BUFFERS_USER_DATA;
         // A SKIP_SUCCESS PROVIDE_BUFFERS left the count when pushed: its failure CQE does not
         // come off it again.
-        let counted = cqe.user_data != PROVIDE_BUFFERS_USER_DATA;
+        let counted = !(own_provide && self.provide_skips_success);
         if counted && !cqe.more() {
             debug_assert!(
                 self.in_flight > 0,
                 "a CQE no SQE of this ring asked for: {cqe:?}"
             );
             self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        if own_provide && !self.provide_skips_success {
+            self.provide_cqes_owed = self.provide_cqes_owed.saturating_sub(1);
+            // A failure still goes to the caller, as with SKIP_SUCCESS: the buffers it named
+            // never reached the kernel.
+            return cqe.res < 0;
         }
         if cqe.user_data == QUIESCE_CANCEL_USER_DATA {
             self.quiesce_cancels_owed = self.quiesce_cancels_owed.saturating_sub(1);
@@ -1083,7 +1194,7 @@ impl Ring {
     /// again every 50 ms while operations remain: io-wq work that was already running when
     /// the first came (it is only interrupted, and may finish normally), and the later members
     /// of link chains, become cancellable only later. Without IORING_ASYNC_CANCEL_ANY (before
-    /// 5.19) nothing can be cancelled wholesale:
+    /// 5.19, or with [`LegacyFeatures::no_cancel_fd`]) nothing can be cancelled wholesale:
     /// quiesce then only submits and waits, which ends only what finishes by itself (an armed
     /// receive on a quiet socket does not). A bounded wait needs IORING_FEAT_EXT_ARG (5.11);
     /// without it quiesce polls every millisecond.
@@ -1277,5 +1388,23 @@ mod tests {
         // Reported once; the ring still works.
         ring.submit_and_wait(1).unwrap();
         assert_eq!(ring.completions().count(), 1);
+    }
+
+    #[test]
+    fn legacy_features_turn_the_gated_paths_off() {
+        let ring = RingParams::new(4).build().unwrap();
+        assert!(
+            ring.skips_provide_success(),
+            "IORING_FEAT_CQE_SKIP is Linux 5.17"
+        );
+        assert!(ring.can_cancel_fd(), "IORING_ASYNC_CANCEL_FD is Linux 5.19");
+        let legacy = LegacyFeatures {
+            no_cqe_skip: true,
+            no_cancel_fd: true,
+        };
+        let ring = RingParams::new(4).legacy_features(legacy).build().unwrap();
+        assert!(!ring.skips_provide_success());
+        assert!(!ring.can_cancel_fd());
+        assert!(!ring.can_cancel_fd_fixed());
     }
 }

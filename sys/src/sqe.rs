@@ -294,7 +294,11 @@ impl Sqe {
     }
 
     /// IORING_OP_ASYNC_CANCEL of every request on `target`
-    /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19).
+    /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19; a [`Target::Fixed`]
+    /// adds IORING_ASYNC_CANCEL_FD_FIXED, Linux 6.0). Older kernels refuse the flags (EINVAL)
+    /// and cancel nothing: [`crate::Ring::can_cancel_fd`] and
+    /// [`crate::Ring::can_cancel_fd_fixed`] say whether this works, and where it does not,
+    /// cancel each request by its `user_data` ([`Sqe::cancel`]).
     pub fn cancel_fd(target: Target) -> Self {
         let mut s = Self::rw(
             IoringOp::AsyncCancel,
@@ -317,9 +321,9 @@ impl Sqe {
     }
 
     /// IORING_OP_ASYNC_CANCEL of every request of the ring, whatever its `user_data` or file
-    /// (IORING_ASYNC_CANCEL_ANY, Linux 5.19; older kernels refuse it with EINVAL). Its CQE's
-    /// `res` is how many it found. Work io-wq is already running is only interrupted, and may
-    /// finish normally.
+    /// (IORING_ASYNC_CANCEL_ANY, Linux 5.19; older kernels refuse it with EINVAL, see
+    /// [`crate::Ring::can_cancel_fd`]). Its CQE's `res` is how many it found. Work io-wq is
+    /// already running is only interrupted, and may finish normally.
     pub fn cancel_any() -> Self {
         let mut s = Self::rw(
             IoringOp::AsyncCancel,

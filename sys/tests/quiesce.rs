@@ -11,7 +11,8 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
 use ringwork_sys::sqe::KernelTimespec;
 use ringwork_sys::{
-    Cqe, ProvideMode, Ring, RingParams, Sqe, SqeFlags, Target, QUIESCE_CANCEL_USER_DATA,
+    Cqe, LegacyFeatures, ProvideMode, Ring, RingParams, Sqe, SqeFlags, Target,
+    PROVIDE_BUFFERS_USER_DATA, QUIESCE_CANCEL_USER_DATA,
 };
 use rustix::io_uring::IoringTimeoutFlags;
 
@@ -173,16 +174,60 @@ fn own_provide_buffers_sqes_never_count() {
     let mut ring = RingParams::new(8).build().unwrap();
     ring.add_provided_buffers(GROUP, 4, 64, ProvideMode::Sqe)
         .unwrap();
+    assert!(ring.skips_provide_success());
     assert_eq!(ring.in_flight(), 0, "completes at submission, silently");
     ring.submit().unwrap();
     assert_eq!(ring.in_flight(), 0);
     assert!(ring.quiesce(Duration::from_millis(100)).unwrap());
 }
 
+/// The PROVIDE_BUFFERS fallback without IOSQE_CQE_SKIP_SUCCESS (kernels before 5.17, forced
+/// here): the success CQE is the ring's, and a wait for one completion waits for a real one
+/// instead of returning on it.
+#[test]
+fn provide_buffers_without_skip_success_are_consumed_by_the_ring() {
+    let legacy = LegacyFeatures {
+        no_cqe_skip: true,
+        ..Default::default()
+    };
+    let mut ring = RingParams::new(8).legacy_features(legacy).build().unwrap();
+    assert!(!ring.skips_provide_success());
+    ring.add_provided_buffers(GROUP, 4, 64, ProvideMode::Sqe)
+        .unwrap();
+    assert_eq!(ring.stats().skip_success, 0, "no SKIP_SUCCESS flag sent");
+    assert_eq!(ring.in_flight(), 1, "its CQE is owed");
+    let ts = KernelTimespec::from_duration(Duration::from_millis(30));
+    // SAFETY: `ts` outlives the wait below, which reaps the timeout's CQE.
+    unsafe {
+        ring.push(&Sqe::timeout(&ts, 0, IoringTimeoutFlags::empty()).user_data(UserData(7)))
+            .unwrap()
+    };
+    let t = Instant::now();
+    ring.submit_and_wait(1).unwrap();
+    let cqes: Vec<_> = ring.completions().collect();
+    assert!(
+        t.elapsed() >= Duration::from_millis(20),
+        "returned on the PROVIDE_BUFFERS completion after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(cqes.len(), 1, "{cqes:?}");
+    assert_eq!(cqes[0].user_data, UserData(7));
+    assert_eq!(cqes[0].result(), Err(RawErrno::TIME));
+    assert!(cqes
+        .iter()
+        .all(|c| c.user_data != PROVIDE_BUFFERS_USER_DATA));
+    assert_eq!(ring.in_flight(), 0);
+    assert_eq!(ring.stats().completions, 2, "both CQEs harvested");
+}
+
 #[test]
 fn quiesce_cancels_an_armed_recv_and_keeps_its_completion() {
     let (_client, server) = tcp_pair();
     let mut ring = RingParams::new(8).build().unwrap();
+    assert!(
+        ring.can_cancel_fd(),
+        "IORING_ASYNC_CANCEL_ANY is Linux 5.19"
+    );
     ring.add_provided_buffers(GROUP, 4, 64, ProvideMode::Ring)
         .unwrap();
     let recv = Sqe::recv_select(Target::Fd(server.as_raw_fd()), GROUP, true).user_data(UserData(1));
@@ -272,4 +317,59 @@ fn quiesce_cannot_prove_a_skip_success_ring_idle() {
     assert!(t.elapsed() >= Duration::from_millis(100));
     assert_eq!(ring.in_flight(), 1);
     assert_eq!(ring.completions().count(), 0);
+}
+
+/// Without IORING_ASYNC_CANCEL_ANY (before 5.19, forced here) quiesce can only wait: an armed
+/// recv on a quiet socket keeps the ring busy, and a drop would leak.
+#[test]
+fn without_cancel_any_quiesce_only_waits() {
+    let (mut client, server) = tcp_pair();
+    let legacy = LegacyFeatures {
+        no_cancel_fd: true,
+        ..Default::default()
+    };
+    let mut ring = RingParams::new(8).legacy_features(legacy).build().unwrap();
+    assert!(!ring.can_cancel_fd());
+    assert!(!ring.can_cancel_fd_fixed());
+    let mut buf = [0u8; 16];
+    let recv =
+        Sqe::recv(Target::Fd(server.as_raw_fd()), buf.as_mut_ptr(), 16).user_data(UserData(1));
+    // SAFETY: `buf` outlives the harvest below, which reaps the recv's CQE.
+    unsafe { ring.push(&recv).unwrap() };
+    assert!(!ring.quiesce(Duration::from_millis(100)).unwrap());
+    assert_eq!(ring.in_flight(), 1);
+    // What finishes by itself still ends it.
+    client.write_all(b"hello").unwrap();
+    assert!(ring.quiesce(Duration::from_secs(2)).unwrap());
+    let cqes: Vec<_> = ring.completions().collect();
+    assert_eq!(cqes.len(), 1);
+    assert_eq!(cqes[0].result(), Ok(5));
+}
+
+/// Where the ring says cancel-by-fd works, one SQE ends every request on the socket.
+#[test]
+fn cancel_by_fd_where_supported() {
+    let (_client, server) = tcp_pair();
+    let mut ring = RingParams::new(8).build().unwrap();
+    assert!(ring.can_cancel_fd());
+    assert!(
+        ring.can_cancel_fd_fixed(),
+        "IORING_ASYNC_CANCEL_FD_FIXED is Linux 6.0"
+    );
+    let mut bufs = [[0u8; 16]; 2];
+    for (i, b) in bufs.iter_mut().enumerate() {
+        let recv = Sqe::recv(Target::Fd(server.as_raw_fd()), b.as_mut_ptr(), 16)
+            .user_data(UserData(i as u64));
+        // SAFETY: `bufs` outlives the harvest below, which reaps both recvs.
+        unsafe { ring.push(&recv).unwrap() };
+    }
+    // SAFETY: a cancel names no memory.
+    unsafe {
+        ring.push(&Sqe::cancel_fd(Target::Fd(server.as_raw_fd())).user_data(UserData(9)))
+            .unwrap()
+    };
+    let cqes = harvest(&mut ring, 3);
+    let cancel = cqes.iter().find(|c| c.user_data == UserData(9)).unwrap();
+    assert_eq!(cancel.result(), Ok(2), "both recvs found: {cqes:?}");
+    assert_eq!(ring.in_flight(), 0);
 }
