@@ -624,6 +624,14 @@ impl Driver<'_> {
                 OpKind::Close,
                 Sqe::close(file_target(fixed_files, slot, c.file_fd)),
             ),
+            // Before Linux 5.19 no cancel takes a descriptor: cancel the receive (what an
+            // idle keep-alive connection waits in) by its user_data.
+            // TODO(integrator): a send in flight is then not cancelled; HttpConn would have
+            // to say which socket operation is in flight for the driver to name it.
+            Op::Cancel if !self.ring.can_cancel_fd() => (
+                OpKind::Cancel,
+                Sqe::cancel(Token::new(OpKind::Recv, slot, generation).encode()),
+            ),
             Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
             Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
             Op::Close => {

@@ -330,7 +330,8 @@ impl Worker<'_> {
 
     fn on_cqe(&mut self, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
         if cqe.user_data() == PROVIDE_BUFFERS_USER_DATA {
-            // Only failures complete (CQE_SKIP_SUCCESS): buffers the bookkeeping counts as
+            // Only failures reach us (the ring's SQEs skip success CQEs, or the ring consumes
+            // them where the kernel cannot skip them): buffers the bookkeeping counts as
             // the kernel's never reached it, and receives would starve. Nothing to retry.
             return Err(ringwork_sys::Error::Syscall {
                 what: "IORING_OP_PROVIDE_BUFFERS (returning receive buffers)",
@@ -463,14 +464,36 @@ impl Worker<'_> {
     fn force_close_all(&mut self) -> ringwork_sys::Result<()> {
         self.forced = true;
         for i in 0..self.conns.capacity() as u32 {
-            if let Some(conn) = self.conns.get(Slot(i)) {
-                let sqe =
-                    Sqe::cancel_fd(Target::Fd(conn.fd)).user_data(worker_token(OpKind::Cancel));
+            let slot = Slot(i);
+            if let Some(fd) = self.conns.get(slot).map(|conn| conn.fd) {
+                let generation = self.conns.generation(slot);
                 self.misc_in_flight += 1;
-                self.push(&sqe)?;
+                self.cancel_conn_ops(fd, slot, generation, worker_token(OpKind::Cancel))?;
             }
         }
         Ok(())
+    }
+
+    /// Cancels everything in flight on connection `slot`'s socket `fd`; the cancel with
+    /// user_data `done` is the one whose completion reports it. Without
+    /// IORING_ASYNC_CANCEL_FD (before Linux 5.19) the recv and the send (the machine keeps at
+    /// most one of each; SEND_ZC, by its own tokens, needs 6.0 and so never meets this path)
+    /// are cancelled by their user_data instead, the send's cancel completing as worker
+    /// business.
+    fn cancel_conn_ops(
+        &mut self,
+        fd: RawFd,
+        slot: Slot,
+        generation: Generation,
+        done: UserData,
+    ) -> ringwork_sys::Result<()> {
+        if self.ring.can_cancel_fd() {
+            return self.push(&Sqe::cancel_fd(Target::Fd(fd)).user_data(done));
+        }
+        let ud = |kind| Token::new(kind, slot, generation).encode();
+        self.push(&Sqe::cancel(ud(OpKind::Recv)).user_data(done))?;
+        self.misc_in_flight += 1;
+        self.push(&Sqe::cancel(ud(OpKind::Send)).user_data(worker_token(OpKind::Cancel)))
     }
 
     fn on_conn_cqe(&mut self, token: Token, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
@@ -754,8 +777,7 @@ impl Worker<'_> {
                     self.push(&sqe)?;
                 }
                 Op::CancelAll => {
-                    let sqe = Sqe::cancel_fd(Target::Fd(fd)).user_data(ud(OpKind::Cancel));
-                    self.push(&sqe)?;
+                    self.cancel_conn_ops(fd, slot, generation, ud(OpKind::Cancel))?;
                 }
                 Op::Close => {
                     if let Some(reason) = conn_reason(&self.conns, slot) {

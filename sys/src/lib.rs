@@ -33,5 +33,8 @@ pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
 pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
-pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun};
+pub use ring::{
+    Completions, Cqe, LegacyFeatures, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun,
+    QUIESCE_CANCEL_USER_DATA,
+};
 pub use sqe::{Sqe, SqeFlags, Target};

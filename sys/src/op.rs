@@ -389,7 +389,7 @@ impl OwnedOps {
             None => {
                 let i = u32::try_from(self.entries.len())
                     .ok()
-                    .filter(|&i| i < u32::MAX - 1)
+                    .filter(|&i| i < u32::MAX - 3)
                     .ok_or(crate::Error::InvalidConfig("too many operations in flight"))?;
                 self.entries.push(None);
                 self.generations.push(0);
@@ -479,9 +479,11 @@ fn internal(index: u32, generation: u32) -> UserData {
     UserData(OWNED_TAG | (u64::from(generation) << 32) | u64::from(index))
 }
 
-/// Whether a CQE's `user_data` is one of the table's (not one of the ring's own constants).
+/// Whether a CQE's `user_data` is one of the table's, not one of the ring's own constants
+/// (`u64::MAX` and the two below it: the SEND_ZC usage probe, PROVIDE_BUFFERS, quiesce's
+/// cancels), which table indices stay clear of.
 pub(crate) fn is_internal(ud: UserData) -> bool {
-    ud.0 & OWNED_TAG != 0 && ud.0 < u64::MAX - 1
+    ud.0 & OWNED_TAG != 0 && ud.0 < u64::MAX - 2
 }
 
 impl crate::Ring {

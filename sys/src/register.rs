@@ -46,15 +46,20 @@ pub(crate) struct Registered {
 
 impl Registered {
     /// Unregisters everything: buffer rings first (they reference nothing else), then fixed
-    /// buffers, then the file table. The memory is freed when `self` drops afterwards.
+    /// buffers, then the file table. The memory is freed here and when `self` drops
+    /// afterwards.
     ///
     /// # Safety
-    /// `fd` is the ring everything was registered on.
+    /// `fd` is the ring everything was registered on, and no operation is in flight on it
+    /// (the ring quiesced): nothing the kernel still runs may name this memory.
     pub(crate) unsafe fn teardown(&mut self, fd: BorrowedFd<'_>) {
         for br in self.buf_rings.drain(..) {
             if br.ring_mem.is_none() {
-                // PROVIDE_BUFFERS groups have nothing to unregister: the kernel drops its
-                // list when the ring goes away, and the memory is freed after that.
+                // PROVIDE_BUFFERS groups have nothing to unregister, and the kernel's list
+                // still holds their addresses until the ring goes away. Freeing the memory
+                // now is sound only because the ring is idle (the caller's contract): the
+                // kernel writes a listed buffer only for a request that selects it, and
+                // none is left.
                 continue;
             }
             let mut reg = io_uring_buf_reg::default();
@@ -222,9 +227,11 @@ pub enum ProvideMode {
     Sqe,
 }
 
-/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits. They carry
-/// IOSQE_CQE_SKIP_SUCCESS, so only a failure produces a CQE with this value; a driver must
-/// treat one as fatal for the group (the buffers it named never reached the kernel).
+/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits; reserved.
+/// Only a failure reaches the caller with this value (they carry IOSQE_CQE_SKIP_SUCCESS
+/// where the kernel has it, Linux 5.17; before, the ring consumes their success CQEs
+/// itself: [`Ring::skips_provide_success`]); a driver must treat one as fatal for the group
+/// (the buffers it named never reached the kernel).
 pub const PROVIDE_BUFFERS_USER_DATA: UserData = UserData(u64::MAX - 1);
 
 impl ProvidedBuffers {
@@ -270,8 +277,9 @@ impl ProvidedBuffers {
         }
     }
 
-    /// Start of buffer `id`, for SQEs built inside this crate.
-    pub(crate) fn buf_ptr(&self, id: BufId) -> *const u8 {
+    /// Start of buffer `id`: a raw address, usable only under [`Ring::push`]'s `unsafe`
+    /// contract (or to inspect the mapping). Safe code sends with [`Ring::send_provided`].
+    pub fn buf_ptr(&self, id: BufId) -> *const u8 {
         assert!(id.0 < self.book.entries(), "buffer id out of range");
         self.data
             .as_ptr()
@@ -619,9 +627,10 @@ impl Ring {
 
     /// Hands every buffer recycled into `group` since the last call back to the kernel: ring
     /// mode writes the descriptors and stores the tail; SQE mode queues one
-    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS; a
-    /// failure completes with [`PROVIDE_BUFFERS_USER_DATA`]), submitted with the next enter and
-    /// executed, in SQ order, before any receive queued after this call.
+    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS where
+    /// the kernel has it; a failure completes with [`PROVIDE_BUFFERS_USER_DATA`], a success
+    /// never reaches the caller), submitted with the next enter and executed, in SQ order,
+    /// before any receive queued after this call.
     pub fn publish_buffers(&mut self, group: BufGroup) -> Result<()> {
         let Some(br) = self.buf_ring(group) else {
             return Err(Error::InvalidConfig("no such buffer group"));
@@ -644,19 +653,25 @@ impl Ring {
                 end += 1;
             }
             let first = ids[start];
-            let sqe = Sqe::provide_buffers(
+            let mut sqe = Sqe::provide_buffers(
                 data.wrapping_add(usize::from(first) * size as usize),
                 size,
                 (end - start) as u16,
                 group,
                 BufId(first),
             )
-            .flags(IoringSqeFlags::CQE_SKIP_SUCCESS)
             .user_data(PROVIDE_BUFFERS_USER_DATA);
-            // SAFETY: the buffers lie inside `data`, which the ring owns until after its fd is
-            // closed; the bookkeeping just moved them to Kernel, so nothing in user space
-            // reads or writes them until a CQE selects one again.
+            // Before Linux 5.17 the flag fails the SQE (EINVAL): the ring then takes the
+            // success CQEs itself.
+            if self.skips_provide_success() {
+                sqe = sqe.flags(IoringSqeFlags::CQE_SKIP_SUCCESS);
+            }
+            // SAFETY: the buffers lie inside `data`, which the ring owns until it is idle
+            // after its last use (or forever, leaked, when it cannot prove that); the
+            // bookkeeping just moved them to Kernel, so nothing in user space reads or writes
+            // them until a CQE selects one again.
             unsafe { self.push_or_submit_impl(&sqe)? };
+            self.note_provide_buffers_pushed();
             start = end;
         }
         Ok(())

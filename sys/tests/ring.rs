@@ -8,7 +8,9 @@ use std::time::Duration;
 use ringwork_core::buf::{BufGroup, IncTracker};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, ProvideMode, Ring, RingParams, Sqe, Target, TaskRun};
+use ringwork_sys::{
+    FixedBuffers, LegacyFeatures, ProvideMode, Ring, RingParams, Sqe, Target, TaskRun,
+};
 use rustix::io_uring::IoringOp;
 
 mod common;
@@ -133,14 +135,39 @@ fn provide_buffers_sqes_recv_enobufs_and_replenish() {
     provided_buffers_recv_enobufs_and_replenish(ProvideMode::Sqe);
 }
 
+/// The PROVIDE_BUFFERS path as a kernel before 5.17 runs it: no IOSQE_CQE_SKIP_SUCCESS, the
+/// ring consumes the success CQEs, and the receives see nothing of them.
+#[test]
+fn provide_buffers_sqes_without_skip_success_recv_enobufs_and_replenish() {
+    let legacy = LegacyFeatures {
+        no_cqe_skip: true,
+        ..Default::default()
+    };
+    let mut ring = provided_buffers_recv_enobufs_and_replenish_on(
+        RingParams::new(8).legacy_features(legacy),
+        ProvideMode::Sqe,
+    );
+    assert_eq!(ring.stats().skip_success, 0, "{:?}", ring.stats());
+    // Left: the last recv, queued after the socket closed (EBADF once submitted), and
+    // perhaps a PROVIDE_BUFFERS not yet submitted, whose CQE is the ring's own.
+    assert!(ring.quiesce(Duration::from_secs(2)).unwrap());
+    let rest: Vec<_> = ring.completions().collect();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].user_data(), UserData(9));
+}
+
 /// Recv with buffer selection through ENOBUFS and back, with the buffers handed over by a
 /// buffer ring or by IORING_OP_PROVIDE_BUFFERS SQEs: the same bytes, the same ids.
 fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
+    provided_buffers_recv_enobufs_and_replenish_on(RingParams::new(8), mode);
+}
+
+fn provided_buffers_recv_enobufs_and_replenish_on(params: RingParams, mode: ProvideMode) -> Ring {
     const GROUP: BufGroup = BufGroup(7);
     const ENTRIES: u16 = 4;
     const SIZE: u32 = 64;
     let (mut client, server) = tcp_pair();
-    let mut ring = RingParams::new(8).build().unwrap();
+    let mut ring = params.build().unwrap();
     ring.probe()
         .unwrap()
         .require(IoringOp::Recv, "IORING_OP_RECV", "5.6")
@@ -174,7 +201,8 @@ fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
         ring.submit_and_wait(1).unwrap();
         let cqes: Vec<_> = ring.completions().collect();
         for mut c in cqes {
-            // PROVIDE_BUFFERS succeeds silently (CQE_SKIP_SUCCESS): only the recv completes.
+            // PROVIDE_BUFFERS succeeds silently (CQE_SKIP_SUCCESS, or consumed by the ring
+            // without it): only the recv completes.
             assert_eq!(c.user_data(), UserData(9), "{c:?}");
             match c.result() {
                 Ok(n) => {
@@ -226,6 +254,7 @@ fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
         ENTRIES as usize,
         "all buffer ids used and recycled"
     );
+    ring
 }
 
 /// Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12) on the real kernel: receives fill
