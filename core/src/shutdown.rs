@@ -8,6 +8,17 @@
 //! no connection left and nothing of the kernel's still in flight.
 //!
 //! Time comes in as milliseconds on a monotonic clock; this module reads no clock.
+//!
+//! ```
+//! use ringwork_core::shutdown::{Drain, DrainAction};
+//!
+//! let mut drain = Drain::new(3_000); // a 3 s grace period
+//! assert_eq!(drain.on_stop(1_000), Some(DrainAction::BeginDrain)); // SIGTERM at t = 1 s
+//! assert_eq!(drain.on_tick(2_000), None); // connections are finishing
+//! assert_eq!(drain.deadline_ms(), Some(4_000)); // wake up by then
+//! assert_eq!(drain.on_tick(4_000), Some(DrainAction::Abort)); // cut what is left
+//! assert!(drain.finished(0, false, false));
+//! ```
 
 /// Where a worker is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,6 +3,41 @@
 //! harvest), and the stop notice that starts the one shutdown path
 //! (`ringwork_core::shutdown::Drain`). The acceptor is [`crate::accept`].
 //!
+//! The skeleton of a worker loop on these pieces:
+//!
+//! ```
+//! use std::time::Duration;
+//! use ringwork_core::token::UserData;
+//! use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, Waiter};
+//! use ringwork_sys::TaskRun;
+//!
+//! let (mut ring, note) = driver::server_ring(ServerRingConfig {
+//!     sq_entries: 64,
+//!     sqpoll: None,
+//!     task_run: TaskRun::Defer,
+//! })?;
+//! if let Some(note) = note {
+//!     eprintln!("{note}"); // e.g. DEFER_TASKRUN refused: using COOP_TASKRUN
+//! }
+//! println!("{}", FeatureLine::new(&ring).with("multishot_accept", true));
+//! let (stop, mut notices) = driver::stop_notices(1)?;
+//! let notice = notices.pop().expect("one per worker");
+//! const STOP: UserData = UserData(1);
+//! notice.arm(&mut ring, STOP)?;
+//! stop.notify(); // what main does on SIGTERM
+//! let mut waiter = Waiter::new(&ring, 16, Duration::from_micros(50));
+//! let mut cqes = Vec::new();
+//! loop {
+//!     waiter.wait(&mut ring, Some(Duration::from_secs(1)))?;
+//!     waiter.harvest(&mut ring, &mut cqes);
+//!     // ... feed each CQE to its state machine, push what it asks for ...
+//!     if cqes.iter().any(|c| c.user_data() == STOP) && notice.given() {
+//!         break; // begin the drain (ringwork_core::shutdown::Drain)
+//!     }
+//! }
+//! # Ok::<(), ringwork_sys::Error>(())
+//! ```
+//!
 //! What this module does not do: decide protocol. A server's backend maps its state
 //! machine's operations to SQEs and completions back to events; everything else it needs
 //! from the kernel side is here or in [`crate::Ring`].

@@ -21,6 +21,27 @@
 //! ([`crate::Error::UserDataInUse`]). [`SafeSqe::cancel`] of such a `user_data` is
 //! translated to the internal one when pushed.
 //!
+//! ```
+//! use std::io::Write;
+//! use std::os::fd::AsRawFd;
+//! use ringwork_core::token::UserData;
+//! use ringwork_sys::{RingParams, SafeSqe, Target};
+//!
+//! let (mut peer, sock) = std::os::unix::net::UnixStream::pair()?;
+//! let mut ring = RingParams::new(8).build()?;
+//! // The buffer goes to the ring with the recv ...
+//! let recv = SafeSqe::recv(Target::Fd(sock.as_raw_fd()), vec![0; 64], 64);
+//! ring.push_safe(recv.user_data(UserData(7)))?;
+//! peer.write_all(b"ping")?;
+//! ring.submit_and_wait(1)?;
+//! let cqe = ring.completions().next().expect("the recv completed");
+//! assert_eq!(cqe.user_data(), UserData(7)); // the caller's user_data, not the ring's
+//! // ... and comes back with its completion.
+//! let buf = ring.take_bytes(UserData(7)).expect("returned with the CQE");
+//! assert_eq!(&buf[..cqe.result()? as usize], b"ping");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! What this module does not do: decide anything. Which operations to submit and when a
 //! buffer may be reused are core's decisions; this only makes the submission sound.
 

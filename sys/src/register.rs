@@ -205,6 +205,33 @@ impl FixedBuffers {
 /// Linux 5.19: a shared ring of descriptors, returned by a memory store) or, as the fallback,
 /// with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7: one SQE per run of returned buffers).
 /// Receives select from either the same way (IOSQE_BUFFER_SELECT, the id in the CQE).
+///
+/// A receive into a buffer ring, the lease of the buffer it filled, and the buffer's way back:
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::fd::AsRawFd;
+/// use ringwork_core::buf::BufGroup;
+/// use ringwork_core::token::UserData;
+/// use ringwork_sys::{RingParams, SafeSqe, Target};
+///
+/// const GROUP: BufGroup = BufGroup(0);
+/// let (mut peer, sock) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = RingParams::new(8).build()?;
+/// ring.register_buf_ring(GROUP, 4, 1024)?; // 4 buffers of 1 KiB, all the kernel's
+/// let recv = SafeSqe::recv_select(Target::Fd(sock.as_raw_fd()), GROUP, false);
+/// ring.push_safe(recv.user_data(UserData(1)))?;
+/// peer.write_all(b"hello")?;
+/// ring.submit_and_wait(1)?;
+/// let mut cqe = ring.completions().next().expect("the recv completed");
+/// let selected = cqe.take_buffer().expect("the kernel picked a buffer");
+/// let group = ring.buf_ring(GROUP).expect("registered above");
+/// let lease = group.take(selected)?; // the buffer is ours until recycled
+/// assert_eq!(group.bytes(&lease, 5), b"hello");
+/// group.recycle(lease);
+/// ring.publish_buffers(GROUP)?; // back in the kernel's ring
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct ProvidedBuffers {
     /// The shared descriptor ring; `None` for the PROVIDE_BUFFERS fallback.
     ring_mem: Option<Mmap>,

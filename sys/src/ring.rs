@@ -368,6 +368,19 @@ pub struct RingStats {
 
 /// An io_uring instance.
 ///
+/// ```
+/// use ringwork_core::token::UserData;
+/// use ringwork_sys::{RingParams, SafeSqe};
+///
+/// let mut ring = RingParams::new(8).build()?;
+/// ring.push_safe(SafeSqe::nop().user_data(UserData(42)))?;
+/// ring.submit_and_wait(1)?;
+/// let cqe = ring.completions().next().expect("the nop completed");
+/// assert_eq!((cqe.user_data(), cqe.result()), (UserData(42), Ok(0)));
+/// assert_eq!(ring.in_flight(), 0);
+/// # Ok::<(), ringwork_sys::Error>(())
+/// ```
+///
 /// # Operations in flight, and dropping
 /// The ring counts the operations it has not seen finish ([`Ring::in_flight`]): one per
 /// pushed SQE, less one per harvested CQE without IORING_CQE_F_MORE. That one rule covers
