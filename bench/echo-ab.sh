@@ -7,6 +7,8 @@
 #
 # Usage: bench/echo-ab.sh "FLAGS_A" "FLAGS_B" [SIZE] [CONNS] [DEPTH] [ROUNDS] [SECONDS]
 #   e.g. bench/echo-ab.sh "" "--bundle" 4096 50 8 3 4
+# ECHO_A / ECHO_B name other server binaries for A and B (default: this tree's release build),
+# e.g. ECHO_A=/tmp/before/ringwork-echo bench/echo-ab.sh "" "" 64 50 1 3 4 for a before/after.
 # Release build; loopback only; each run bounded by SECONDS (+1 s warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,10 +20,10 @@ pid=
 # A server must not outlive the script (a stale one on a reused port would take connections).
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -f "$log"' EXIT
 run() {
-    local flags="$1" label="$2"
+    local flags="$1" label="$2" server="$3"
     # Port 0: the kernel picks a free port, the server prints it.
     # shellcheck disable=SC2086 # flags are words on purpose
-    taskset -c 1 "$bin/ringwork-echo" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
+    taskset -c 1 "$server" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
     pid=$!
     local addr=
     for _ in $(seq 50); do
@@ -44,6 +46,6 @@ run() {
 }
 echo "| msgs/s | MB/s | p50 µs | p95 µs | p99 µs | p99.9 µs | max µs | server CPU µs/msg | server syscalls/msg | server io_uring_enter/msg | client CPU s | errors | reconnects |"
 for r in $(seq "$rounds"); do
-    run "$a" "A$r"
-    run "$b" "B$r"
+    run "$a" "A$r" "${ECHO_A:-$bin/ringwork-echo}"
+    run "$b" "B$r" "${ECHO_B:-$bin/ringwork-echo}"
 done

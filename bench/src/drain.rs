@@ -40,8 +40,9 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use ringwork_core::buf::Lease;
 use ringwork_core::token::UserData;
-use ringwork_sys::{Ring, RingParams, Sqe, SqeFlags, Target};
+use ringwork_sys::{FixedBuffers, Ring, RingParams, SafeSqe, SqeFlags, Target};
 
 use crate::fileread;
 use crate::stats::{latency_histogram, per_sec, self_cpu, thousands, Latency};
@@ -260,15 +261,18 @@ struct Wal<'a> {
     variant: Variant,
     cfg: &'a Config,
     file: &'a File,
-    block: &'a [u8],
+    /// The block every write writes: one buffer the ring owns (adopted, unregistered, so the
+    /// writes are plain IORING_OP_WRITE).
+    block: Lease,
     blocks: u64,
     next_seq: u64,
     slots: Vec<Batch>,
 }
 
 impl Wal<'_> {
-    fn fsync_sqe(&self, slot: usize) -> Sqe {
-        Sqe::fsync(Target::Fd(self.file.as_raw_fd()), true).user_data(token(slot, self.cfg.batch))
+    fn fsync_sqe(&self, slot: usize) -> SafeSqe {
+        SafeSqe::fsync(Target::Fd(self.file.as_raw_fd()), true)
+            .user_data(token(slot, self.cfg.batch))
     }
 
     /// Submits a new batch in `slot`: its writes and, unless the variant waits, its fsync.
@@ -282,10 +286,11 @@ impl Wal<'_> {
         };
         let k = self.cfg.batch;
         let fd = Target::Fd(self.file.as_raw_fd());
-        let mut sqes: Vec<Sqe> = (0..k)
+        let mut sqes: Vec<SafeSqe> = (0..k)
             .map(|i| {
                 let offset = ((seq * u64::from(k) + u64::from(i)) % self.blocks) * u64::from(BLOCK);
-                Sqe::write(fd, self.block.as_ptr(), BLOCK, offset).user_data(token(slot, i))
+                ring.write_fixed(fd, &self.block, 0, BLOCK, offset)
+                    .user_data(token(slot, i))
             })
             .collect();
         match self.variant {
@@ -296,21 +301,10 @@ impl Wal<'_> {
         }
         self.slots[slot].fsync_submitted = self.variant != Variant::Wait;
         if self.variant == Variant::Link {
-            // SAFETY: every write reads `block` and names `file`, both of which outlive the
-            // ring loop (run_wal reaps every CQE before returning).
-            match unsafe { ring.push_chain(&sqes, false) } {
-                Err(ringwork_sys::Error::SubmissionQueueFull) => {
-                    ring.submit().map_err(|e| e.to_string())?;
-                    // SAFETY: as above.
-                    unsafe { ring.push_chain(&sqes, false) }
-                }
-                other => other,
-            }
-            .map_err(|e| e.to_string())
+            ring.push_safe_chain(sqes, false).map_err(|e| e.to_string())
         } else {
-            for sqe in &sqes {
-                // SAFETY: as for the chain above.
-                unsafe { ring.push_or_submit(sqe) }.map_err(|e| e.to_string())?;
+            for sqe in sqes {
+                ring.push_safe(sqe).map_err(|e| e.to_string())?;
             }
             Ok(())
         }
@@ -324,14 +318,20 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
         .map_err(|e| format!("open {}: {e}", cfg.wal_path.display()))?;
     let k = cfg.batch.max(1);
     let in_flight = cfg.in_flight.max(1) as usize;
-    let block: Vec<u8> = (0..BLOCK).map(|i| (i % 251) as u8 | 1).collect();
     let sq = (in_flight as u32 * (k + 1)).next_power_of_two();
     let mut ring = RingParams::new(sq).build().map_err(|e| e.to_string())?;
+    ring.adopt_buffers(FixedBuffers::new(1, BLOCK as usize).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let buffers = ring.fixed_buffers().expect("just adopted");
+    let block = buffers.acquire().expect("one buffer, free");
+    for (i, b) in buffers.bytes_mut(&block).iter_mut().enumerate() {
+        *b = (i % 251) as u8 | 1;
+    }
     let mut wal = Wal {
         variant,
         cfg,
         file: &file,
-        block: &block,
+        block,
         blocks: (cfg.wal_size / u64::from(BLOCK)).max(1),
         next_seq: 0,
         slots: vec![Batch::default(); in_flight],
@@ -353,7 +353,7 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
         ring.submit_and_wait(1).map_err(|e| e.to_string())?;
         cqes.extend(ring.completions());
         for c in cqes.drain(..) {
-            let (slot, index) = untoken(c.user_data);
+            let (slot, index) = untoken(c.user_data());
             let b = wal
                 .slots
                 .get_mut(slot)
@@ -378,9 +378,8 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
                 }
                 if variant == Variant::Wait && b.writes_done == k {
                     b.fsync_submitted = true;
-                    let sqe = wal.fsync_sqe(slot);
-                    // SAFETY: an fsync names only the file, which outlives the loop.
-                    unsafe { ring.push_or_submit(&sqe) }.map_err(|e| e.to_string())?;
+                    ring.push_safe(wal.fsync_sqe(slot))
+                        .map_err(|e| e.to_string())?;
                     continue;
                 }
             } else {
@@ -624,15 +623,14 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let mut ring = RingParams::new(8).build().unwrap();
-        let accept = Sqe::accept(
+        let accept = SafeSqe::accept(
             Target::Fd(listener.as_raw_fd()),
             rustix::net::SocketFlags::CLOEXEC,
             true,
             false,
         )
         .user_data(UserData(1));
-        // SAFETY: the accept names only the listener, which outlives the ring.
-        unsafe { ring.push(&accept).unwrap() };
+        ring.push_safe(accept).unwrap();
         ring.submit().unwrap();
         let collect = |ring: &mut Ring, got: &mut Vec<ringwork_sys::Cqe>, for_ms: u64| {
             let t = Instant::now();
@@ -648,26 +646,27 @@ mod tests {
         // The accept is live: it accepted and stays armed.
         assert!(
             got.iter()
-                .any(|c| c.user_data == UserData(1) && c.res >= 0 && c.more()),
+                .any(|c| c.user_data() == UserData(1) && c.res() >= 0 && c.more()),
             "{got:?}"
         );
-        let drained = Sqe::nop().flags(SqeFlags::IO_DRAIN).user_data(UserData(2));
-        let cancel = Sqe::cancel(UserData(1)).user_data(UserData(3));
+        let drained = SafeSqe::nop()
+            .flags(SqeFlags::IO_DRAIN)
+            .user_data(UserData(2));
+        let cancel = SafeSqe::cancel(UserData(1)).user_data(UserData(3));
         for sqe in [drained, cancel] {
-            // SAFETY: NOP and cancel name no memory.
-            unsafe { ring.push(&sqe).unwrap() };
+            ring.push_safe(sqe).unwrap();
         }
         let _second = std::net::TcpStream::connect(addr).unwrap();
         collect(&mut ring, &mut got, 300);
         // The accept still works (it accepted the second connection) ...
         assert!(
-            got.iter().filter(|c| c.user_data == UserData(1)).count() >= 2,
+            got.iter().filter(|c| c.user_data() == UserData(1)).count() >= 2,
             "{got:?}"
         );
         // ... but neither the drained NOP nor the cancel queued behind it has run.
         assert!(
             !got.iter()
-                .any(|c| c.user_data == UserData(2) || c.user_data == UserData(3)),
+                .any(|c| c.user_data() == UserData(2) || c.user_data() == UserData(3)),
             "{got:?}"
         );
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, RingParams, Sqe, SqeFlags, Target};
+use ringwork_sys::{FixedBuffers, RingParams, SqeFlags, Target};
 
 use crate::stats::{latency_histogram, self_cpu, thousands, Latency};
 
@@ -245,9 +245,8 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let buffers = FixedBuffers::new(qd as u16, cfg.bs as usize).map_err(|e| e.to_string())?;
-    // Plain reads use the same page-aligned memory, just unregistered, so the only
-    // difference between the engines is what the kernel is told.
-    let mut plain = None;
+    // Plain reads use the same page-aligned memory, just unregistered (adopted by the ring),
+    // so the only difference between the engines is what the kernel is told.
     let target = if fixed {
         ring.register_files_sparse(1).map_err(|e| e.to_string())?;
         ring.update_files(0, &[file.as_raw_fd()])
@@ -255,40 +254,33 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         ring.register_buffers(buffers).map_err(|e| e.to_string())?;
         Target::Fixed(0)
     } else {
-        plain = Some(buffers);
+        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
         Target::Fd(file.as_raw_fd())
     };
 
     let mut offsets = Offsets::new(cfg.seed, cfg.size, cfg.bs);
     let mut hist = latency_histogram();
     let mut started = vec![Instant::now(); qd as usize];
-    let mut leases: Vec<Option<ringwork_core::buf::BufId>> = vec![None; qd as usize];
     let cpu0 = self_cpu();
     let enters0 = ring.stats().enters;
     let t0 = Instant::now();
     let end = t0 + cfg.duration;
 
     let mut issued = 0u64;
-    // Issues a read for slot `slot` (buffer `slot`), recording its start time.
+    // Issues a read for slot `slot` into a leased buffer (the lease travels with the read and
+    // comes back with its CQE), recording its start time.
     let mut issue = |ring: &mut ringwork_sys::Ring,
-                     plain: &mut Option<FixedBuffers>,
-                     leases: &mut [Option<ringwork_core::buf::BufId>],
                      started: &mut [Instant],
                      offset: u64,
                      slot: usize|
      -> Result<(), String> {
-        let ud = UserData(slot as u64);
-        let pool_owner = read_buffers(ring, plain);
-        let lease = pool_owner.pool().acquire().ok_or("buffer pool exhausted")?;
-        let ptr = pool_owner.ptr(lease.id());
-        let id = pool_owner.pool().submit(lease, ud);
-        leases[slot] = Some(id);
-        let sqe = if fixed {
-            Sqe::read_fixed(target, ptr, cfg.bs, offset, id.0)
-        } else {
-            Sqe::read(target, ptr, cfg.bs, offset)
-        }
-        .user_data(ud);
+        let lease = ring
+            .fixed_buffers()
+            .and_then(|b| b.acquire())
+            .ok_or("buffer pool exhausted")?;
+        let sqe = ring
+            .read_fixed(target, lease, 0, cfg.bs, offset)
+            .user_data(UserData(slot as u64));
         issued += 1;
         let sqe = if cfg.drain_every > 0 && issued % u64::from(cfg.drain_every) == 0 {
             sqe.flags(SqeFlags::IO_DRAIN)
@@ -296,20 +288,11 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
             sqe
         };
         started[slot] = Instant::now();
-        // SAFETY: the buffer is in flight in its pool (leased to `ud`) until this read's CQE
-        // returns the lease; the file outlives the ring loop.
-        unsafe { ring.push_or_submit(&sqe) }.map_err(|e| e.to_string())
+        ring.push_safe(sqe).map_err(|e| e.to_string())
     };
 
     for slot in 0..qd as usize {
-        issue(
-            &mut ring,
-            &mut plain,
-            &mut leases,
-            &mut started,
-            offsets.next(),
-            slot,
-        )?;
+        issue(&mut ring, &mut started, offsets.next(), slot)?;
     }
     let mut in_flight = qd;
     let mut ops = 0u64;
@@ -319,14 +302,13 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         cqes.extend(ring.completions());
         let now = Instant::now();
         for c in cqes.drain(..) {
-            let slot = c.user_data.0 as usize;
-            let id = leases[slot].take().ok_or("completion for an idle slot")?;
-            let pool_owner = read_buffers(&mut ring, &mut plain);
-            let lease = pool_owner
-                .pool()
-                .complete(id, c.user_data)
-                .map_err(|e| e.to_string())?;
-            pool_owner.pool().release(lease);
+            let slot = c.user_data().0 as usize;
+            let lease = ring
+                .take_lease(c.user_data())
+                .ok_or("completion for an idle slot")?;
+            ring.fixed_buffers()
+                .expect("set up before the first read")
+                .release(lease);
             match c.result() {
                 Ok(n) if n == cfg.bs => {}
                 Ok(n) => {
@@ -339,14 +321,7 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
             let _ = hist.record(now.duration_since(started[slot]).as_nanos() as u64);
             ops += 1;
             if now < end {
-                issue(
-                    &mut ring,
-                    &mut plain,
-                    &mut leases,
-                    &mut started,
-                    offsets.next(),
-                    slot,
-                )?;
+                issue(&mut ring, &mut started, offsets.next(), slot)?;
             } else {
                 in_flight -= 1;
             }
@@ -362,19 +337,6 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         enters: ring.stats().enters - enters0,
         note,
     })
-}
-
-/// The read buffers: the ring's registered ones, or the plain (unregistered) set.
-fn read_buffers<'a>(
-    ring: &'a mut ringwork_sys::Ring,
-    plain: &'a mut Option<FixedBuffers>,
-) -> &'a mut FixedBuffers {
-    match plain.as_mut() {
-        Some(p) => p,
-        None => ring
-            .fixed_buffers()
-            .expect("registered before the first read"),
-    }
 }
 
 fn run_pread_pool(engine: Engine, cfg: &Config, threads: u32) -> Result<Outcome, String> {

@@ -1,8 +1,8 @@
 //! ringwork-bench: Ringwork's benchmarks. Every figure in README names the command that made it.
 //!
-//! Its `unsafe` (pushing SQEs in `fileread` and `drain`) is held to the same rule as sys: each
-//! block says which memory the SQE names and why it outlives the operation.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! It has no `unsafe`: its io_uring engines submit through ringwork-sys's safe submission
+//! (memory the ring owns until each operation's last completion).
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;

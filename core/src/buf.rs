@@ -17,6 +17,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use crate::token::UserData;
 
@@ -46,11 +47,27 @@ pub enum BufState {
     Returning,
 }
 
-/// The application's exclusive right to use one buffer. Not `Copy`, not `Clone`.
+/// Which pool (a [`FixedPool`] or a [`ProvidedRing`]) issued a [`Lease`]: unique per pool
+/// made in this process, so a lease from one pool is refused by every other.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PoolId(u32);
+
+impl PoolId {
+    fn fresh() -> Self {
+        // Relaxed: only uniqueness matters, not ordering with other memory.
+        static NEXT: AtomicU32 = AtomicU32::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The application's exclusive right to use one buffer of one pool. Not `Copy`, not `Clone`,
+/// and tied to the pool that issued it: every pool method that takes a lease back checks
+/// that it is its own (a foreign lease is a bug and panics, before any state changes).
 #[derive(PartialEq, Eq, Debug)]
 #[must_use = "a lease dropped without recycle() leaks its buffer"]
 pub struct Lease {
     id: BufId,
+    pool: PoolId,
 }
 
 impl Lease {
@@ -58,6 +75,12 @@ impl Lease {
     #[inline]
     pub fn id(&self) -> BufId {
         self.id
+    }
+
+    /// The pool that issued it.
+    #[inline]
+    pub fn pool(&self) -> PoolId {
+        self.pool
     }
 }
 
@@ -103,8 +126,11 @@ impl fmt::Display for BufError {
 
 /// The registered-buffer pool (IORING_REGISTER_BUFFERS): which buffer indices are free, leased,
 /// or named by an in-flight READ_FIXED / WRITE_FIXED / SEND_ZC.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: a copy would issue leases the original accepts.
+#[derive(Debug)]
 pub struct FixedPool {
+    id: PoolId,
     states: Vec<BufState>,
     free: Vec<BufId>,
 }
@@ -120,6 +146,7 @@ impl FixedPool {
             "a fixed-buffer pool holds at most 65536 buffers"
         );
         Self {
+            id: PoolId::fresh(),
             states: alloc::vec![BufState::Free; count],
             // Popped from the back: hand out low ids first.
             free: (0..count as u32).rev().map(|i| BufId(i as u16)).collect(),
@@ -129,6 +156,20 @@ impl FixedPool {
     /// Number of buffers in the pool.
     pub fn len(&self) -> usize {
         self.states.len()
+    }
+
+    /// This pool's identity, which its leases carry.
+    pub fn id(&self) -> PoolId {
+        self.id
+    }
+
+    /// True when `lease` was issued by this pool.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        lease.pool == self.id
+    }
+
+    fn check(&self, lease: &Lease) {
+        assert!(self.owns(lease), "a lease of another buffer pool");
     }
 
     /// True for an empty pool.
@@ -150,14 +191,15 @@ impl FixedPool {
     pub fn acquire(&mut self) -> Option<Lease> {
         let id = self.free.pop()?;
         self.states[id.0 as usize] = BufState::App;
-        Some(Lease { id })
+        Some(Lease { id, pool: self.id })
     }
 
     /// Hands the buffer to the kernel for the operation `ud`; the lease is gone until
     /// [`FixedPool::complete`] returns it.
     pub fn submit(&mut self, lease: Lease, ud: UserData) -> BufId {
+        self.check(&lease);
         let id = lease.id;
-        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        assert_eq!(self.states[id.0 as usize], BufState::App);
         self.states[id.0 as usize] = BufState::InFlight(ud);
         id
     }
@@ -168,7 +210,7 @@ impl FixedPool {
         match state {
             BufState::InFlight(owner) if owner == ud => {
                 self.states[id.0 as usize] = BufState::App;
-                Ok(Lease { id })
+                Ok(Lease { id, pool: self.id })
             }
             _ => Err(BufError::NotInFlight { id, state }),
         }
@@ -193,7 +235,7 @@ impl FixedPool {
         match state {
             BufState::AwaitingNotif(owner) if owner == ud => {
                 self.states[id.0 as usize] = BufState::App;
-                Ok(Lease { id })
+                Ok(Lease { id, pool: self.id })
             }
             _ => Err(BufError::NotInFlight { id, state }),
         }
@@ -208,8 +250,9 @@ impl FixedPool {
 
     /// Gives a buffer back to the free list.
     pub fn release(&mut self, lease: Lease) {
+        self.check(&lease);
         let id = lease.id;
-        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        assert_eq!(self.states[id.0 as usize], BufState::App);
         self.states[id.0 as usize] = BufState::Free;
         self.free.push(id);
     }
@@ -232,8 +275,11 @@ fn rearm_threshold(buffers: usize) -> usize {
 /// recycled buffers should be published now ([`ProvidedRing::needs_replenish`]); after an
 /// ENOBUFS, a receive is re-armed only once at least a quarter are back
 /// ([`ProvidedRing::can_rearm`]), so a starved ring is not hammered with receives that fail.
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: a copy would issue leases the original accepts.
+#[derive(Debug)]
 pub struct ProvidedRing {
+    id: PoolId,
     group: BufGroup,
     states: Vec<BufState>,
     returning: Vec<BufId>,
@@ -259,6 +305,7 @@ impl ProvidedRing {
             "provided buffer ring entries must be a power of two no larger than 32768"
         );
         Self {
+            id: PoolId::fresh(),
             group,
             states: alloc::vec![BufState::Returning; entries as usize],
             returning: (0..entries).map(BufId).collect(),
@@ -272,6 +319,16 @@ impl ProvidedRing {
     /// The buffer group id.
     pub fn group(&self) -> BufGroup {
         self.group
+    }
+
+    /// This ring's identity, which its leases carry.
+    pub fn id(&self) -> PoolId {
+        self.id
+    }
+
+    /// True when `lease` was issued by this ring.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        lease.pool == self.id
     }
 
     /// Number of buffers.
@@ -324,7 +381,7 @@ impl ProvidedRing {
         }
         self.states[id.0 as usize] = BufState::App;
         self.in_kernel -= 1;
-        Ok(Lease { id })
+        Ok(Lease { id, pool: self.id })
     }
 
     /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE, Linux 6.10) of `count`
@@ -357,15 +414,20 @@ impl ProvidedRing {
         for id in ids {
             self.states[id.0 as usize] = BufState::App;
             self.in_kernel -= 1;
-            take(Lease { id });
+            take(Lease { id, pool: self.id });
         }
         Ok(())
     }
 
     /// The application is done with the bytes: queue the buffer for publishing.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's, or its buffer is not the application's (it would be
+    /// published twice).
     pub fn recycle(&mut self, lease: Lease) {
+        assert!(self.owns(&lease), "a lease of another buffer ring");
         let id = lease.id;
-        debug_assert_eq!(self.states[id.0 as usize], BufState::App);
+        assert_eq!(self.states[id.0 as usize], BufState::App);
         self.states[id.0 as usize] = BufState::Returning;
         self.returning.push(id);
     }
@@ -494,6 +556,12 @@ impl IncTracker {
     /// Slices of buffer `id` handed out and not released.
     pub fn held(&self, id: BufId) -> u32 {
         self.bufs.get(id.0 as usize).map_or(0, |b| b.held)
+    }
+
+    /// Bytes of buffer `id` the kernel has filled so far in this round of use: where its next
+    /// receive into it lands.
+    pub fn filled(&self, id: BufId) -> u32 {
+        self.bufs.get(id.0 as usize).map_or(0, |b| b.next)
     }
 }
 
@@ -957,6 +1025,41 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::vec::Vec;
+
+    // A lease is tied to the pool that issued it: another pool refuses it before any state
+    // changes, so a foreign lease can never publish a buffer twice or free one in flight.
+    #[test]
+    #[should_panic(expected = "a lease of another buffer ring")]
+    fn provided_ring_refuses_a_foreign_lease() {
+        let mut a = ProvidedRing::new(BufGroup(0), 4);
+        let mut b = ProvidedRing::new(BufGroup(0), 4);
+        a.take_returns(|_, _| {});
+        b.take_returns(|_, _| {});
+        let lease = a.on_selected(BufId(1)).unwrap();
+        // Same group, same id, and b's buffer 1 is the kernel's: recycling would publish it
+        // a second time.
+        b.recycle(lease);
+    }
+
+    #[test]
+    #[should_panic(expected = "a lease of another buffer pool")]
+    fn fixed_pool_refuses_a_foreign_lease() {
+        let mut a = FixedPool::new(2);
+        let mut b = FixedPool::new(2);
+        let lease = a.acquire().unwrap();
+        let _in_flight = b.acquire().unwrap();
+        b.release(lease);
+    }
+
+    #[test]
+    fn leases_name_their_pool() {
+        let mut a = FixedPool::new(1);
+        let b = FixedPool::new(1);
+        let lease = a.acquire().unwrap();
+        assert!(a.owns(&lease) && !b.owns(&lease));
+        assert_ne!(a.id(), b.id());
+        a.release(lease);
+    }
 
     #[test]
     fn fixed_pool_lease_cycle() {

@@ -24,5 +24,17 @@ pub mod file;
 pub mod http;
 pub mod httpconn;
 pub mod ring;
+pub mod shutdown;
 pub mod slab;
 pub mod token;
+
+// Every error type is a `core::error::Error`, so callers can use `?` into `Box<dyn Error>`.
+impl core::error::Error for buf::BufError {}
+impl core::error::Error for buf::IncError {}
+impl core::error::Error for buf::ZcError {}
+impl core::error::Error for conn::ConnError {}
+impl core::error::Error for errno::RawErrno {}
+impl core::error::Error for file::FileError {}
+impl core::error::Error for http::HttpError {}
+impl core::error::Error for http::HeadTooSmall {}
+impl core::error::Error for token::TokenError {}

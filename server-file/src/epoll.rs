@@ -16,9 +16,13 @@
 //! request was served inline, let clients that reconnect at once keep the loop in accept for
 //! as long as they churned; the closes of the connections they left were not read, piled up
 //! past `--max-conns`, and new connections were reset (found by tests/tests/faults.rs).
+//! Accepting is `ringwork_sys::EpollAcceptor`'s, as in ringwork-echo's epoll driver: out of
+//! descriptors or memory it takes the listener out of the epoll set for a pause (level
+//! triggering would otherwise wake every wait for the connections still queued) and says so on
+//! stderr, once per episode.
 //!
-//! Stopping (SIGINT/SIGTERM) is the io_uring driver's graceful drain: the listener is closed
-//! (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those
+//! Stopping (SIGINT/SIGTERM) is the io_uring driver's graceful drain: the acceptor closes the
+//! listener (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those
 //! still open after `--shutdown-grace-ms` get [`HttpConn::abort`], and the worker returns once
 //! none is left.
 
@@ -29,11 +33,12 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{HttpConn, Op, SendSrc};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use rustix::event::epoll::{self, EventData, EventFlags};
+use ringwork_sys::epoll::{Epoll, Interest};
+use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode, StatxFlags};
 use rustix::io::Errno;
-use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+use rustix::net::{RecvFlags, SendFlags};
 
 use crate::{file_info, open_flags, Shared};
 
@@ -111,31 +116,22 @@ fn conn_token(slot: Slot, generation: Generation) -> Token {
     Token::new(OpKind::Recv, slot, generation)
 }
 
+/// Prints what the acceptor has to say (back-off episodes) on stderr.
+fn report_accept(acceptor: &mut EpollAcceptor) {
+    for notice in acceptor.notices() {
+        eprintln!("ringwork-files: {notice}");
+    }
+}
+
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
-    let mut listener = Some(listener);
-    let ep =
-        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
-    epoll::add(
-        &ep,
-        listener.as_ref().expect("not yet closed"),
-        EventData::new_u64(LISTENER_KEY.0),
-        // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
-        EventFlags::IN,
-    )
-    .map_err(|e| format!("epoll_ctl(listener): {e}"))?;
+    let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
+    // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
+    let mut acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN)
+        .map_err(|e| e.to_string())?;
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
-    let mut events = Vec::with_capacity(256);
+    let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
-    let ts = rustix::time::Timespec {
-        tv_sec: tick.as_secs() as i64,
-        tv_nsec: i64::from(tick.subsec_nanos()),
-    };
-    // With deferred receives queued, epoll_wait only collects what is ready and returns.
-    let no_wait = rustix::time::Timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
     let mut last_tick = shared.now().mono_ms;
     let mut direct_log = DirectLog::default();
     let mut run_queue = RunQueue::new();
@@ -146,8 +142,9 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     loop {
         if stopping.is_none() && ringwork_sys::signal::stop_requested() {
             stopping = Some(Instant::now());
-            // Closing the listener refuses new connections (and removes it from the epoll set).
-            listener = None;
+            // Closing the listener refuses new connections.
+            acceptor.stop(&ep).map_err(|e| e.to_string())?;
+            report_accept(&mut acceptor);
             let q = &mut run_queue;
             each_conn(
                 shared,
@@ -167,48 +164,42 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 each_conn(shared, &mut conns, q, &mut direct_log, HttpConn::abort);
             }
         }
+        // With deferred receives queued, epoll_wait only collects what is ready and returns;
+        // never does it wait past the end of an accept pause.
+        let timeout = if run_queue.is_empty() {
+            ringwork_sys::accept::timeout_until(acceptor.next_deadline(), Some(tick))
+        } else {
+            Some(Duration::ZERO)
+        };
         events.clear();
-        let timeout = if run_queue.is_empty() { &ts } else { &no_wait };
-        match epoll::wait(
-            &ep,
-            rustix::buffer::spare_capacity(&mut events),
-            Some(timeout),
-        ) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err(format!("epoll_wait: {e}")),
-        }
-        for ev in events.iter() {
-            let key = UserData(ev.data.u64());
-            if key == LISTENER_KEY {
-                let Some(listener) = &listener else {
-                    continue;
-                };
+        events.extend(ep.wait(timeout).map_err(|e| e.to_string())?);
+        for &(k, flags) in &events {
+            if k == LISTENER_KEY.0 {
                 accept_batch(
                     shared,
                     &ep,
-                    listener,
+                    &mut acceptor,
                     &mut conns,
                     &mut run_queue,
                     &mut direct_log,
-                );
+                )?;
                 continue;
             }
-            let Ok(token) = Token::decode(key) else {
+            let Ok(token) = Token::decode(UserData(k)) else {
                 continue;
             };
             // A connection freed (and its slot perhaps reused) since the event was queued.
             let Some(c) = conns.get_checked_mut(&token) else {
                 continue;
             };
-            let flags = ev.flags;
             let turn_start = c.http.requests();
-            let gone = flags.intersects(EventFlags::ERR | EventFlags::HUP);
-            if flags.intersects(EventFlags::IN | EventFlags::RDHUP) || gone {
+            let gone = flags.intersects(Interest::ERR | Interest::HUP);
+            if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
                 if let Some(max) = c.pending_recv.take() {
                     do_recv(shared, c, max);
                 }
             }
-            if flags.contains(EventFlags::OUT) || gone {
+            if flags.contains(Interest::OUT) || gone {
                 if let Some(src) = c.pending_send.take() {
                     do_send(shared, c, src);
                 }
@@ -246,6 +237,8 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut direct_log, |h| h.on_tick(now));
         }
+        acceptor.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
+        report_accept(&mut acceptor);
     }
 }
 
@@ -284,21 +277,19 @@ const ACCEPT_BATCH: usize = 32;
 
 fn accept_batch(
     shared: &Shared,
-    ep: &OwnedFd,
-    listener: &OwnedFd,
+    ep: &Epoll,
+    acceptor: &mut EpollAcceptor,
     conns: &mut Slab<Conn>,
     run_queue: &mut RunQueue,
     direct_log: &mut DirectLog,
-) {
+) -> Result<(), String> {
     for _ in 0..ACCEPT_BATCH {
-        let sock = match rustix::net::accept_with(
-            listener,
-            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
-        ) {
-            Ok(s) => s,
-            Err(Errno::AGAIN) => return,
-            // ECONNABORTED, EMFILE...: try again at the next edge.
-            Err(_) => return,
+        // None: nothing waits, or the acceptor paused (out of descriptors or memory).
+        let Some(sock) = acceptor
+            .accept(ep, conns.len())
+            .map_err(|e| e.to_string())?
+        else {
+            return Ok(());
         };
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
         let conn = Conn::new(shared, sock);
@@ -308,9 +299,8 @@ fn accept_batch(
         };
         let c = conns.get_mut(slot).expect("just inserted");
         let token = conn_token(slot, generation);
-        let data = EventData::new_u64(token.encode().0);
-        let interest = EventFlags::IN | EventFlags::OUT | EventFlags::RDHUP | EventFlags::ET;
-        if epoll::add(ep, &c.sock, data, interest).is_err() {
+        let interest = Interest::IN | Interest::OUT | Interest::RDHUP | Interest::ET;
+        if ep.add(&c.sock, token.encode().0, interest).is_err() {
             conns.remove(slot);
             continue;
         }
@@ -321,6 +311,7 @@ fn accept_batch(
             conns.remove(slot);
         }
     }
+    Ok(())
 }
 
 fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {

@@ -23,7 +23,6 @@ use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx};
-use rustix::net::{AddressFamily, SocketType};
 
 /// Serve a directory over HTTP/1.1 (GET, HEAD, single ranges, keep-alive).
 #[derive(Parser, Debug, Clone)]
@@ -277,30 +276,6 @@ fn note_direct(said: &mut bool, requested: bool, direct: bool) {
     }
 }
 
-/// A listening socket with SO_REUSEPORT, so that each thread can bind its own.
-fn listener(addr: SocketAddr, nonblocking: bool) -> rustix::io::Result<OwnedFd> {
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::INET,
-        SocketAddr::V6(_) => AddressFamily::INET6,
-    };
-    let flags = if nonblocking {
-        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK
-    } else {
-        rustix::net::SocketFlags::CLOEXEC
-    };
-    let fd = rustix::net::socket_with(family, SocketType::STREAM, flags, None)?;
-    rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-    rustix::net::sockopt::set_socket_reuseport(&fd, true)?;
-    rustix::net::bind(&fd, &addr)?;
-    rustix::net::listen(&fd, 1024)?;
-    Ok(fd)
-}
-
-fn bound_addr(fd: &OwnedFd) -> Option<SocketAddr> {
-    let any = rustix::net::getsockname(fd).ok()?;
-    SocketAddr::try_from(any).ok()
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -382,15 +357,17 @@ fn run(args: Args) -> Result<(), String> {
     .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
     ringwork_sys::signal::install_stop_handler().map_err(|e| e.to_string())?;
 
+    // One SO_REUSEPORT listener per thread, as ringwork-echo makes them.
     let nonblocking = args.backend == Backend::Epoll;
-    let first = listener(args.listen, nonblocking)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let addr = bound_addr(&first).unwrap_or(args.listen);
+    let listen = |addr| {
+        ringwork_sys::net::reuseport_listener(addr, nonblocking)
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))
+    };
+    let first = listen(args.listen)?;
+    let addr = ringwork_sys::net::local_addr(&first).map_err(|e| e.to_string())?;
     let mut listeners = vec![first];
     for _ in 1..args.threads {
-        listeners.push(
-            listener(addr, nonblocking).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
-        );
+        listeners.push(listen(addr)?);
     }
     let shared = Arc::new(Shared {
         root,

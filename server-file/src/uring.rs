@@ -4,8 +4,10 @@
 //! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
 //!   instead when asked (`RingParams::build_server`). One `io_uring:` line per worker says
 //!   which features are in use.
-//! - Accept: one multishot IORING_OP_ACCEPT, re-armed whenever a CQE lacks F_MORE (single-shot,
-//!   re-armed per connection, without Linux 5.19 or with `--disable multishot-accept`).
+//! - Accept: `ringwork_sys::Acceptor`, as in ringwork-echo: one multishot IORING_OP_ACCEPT,
+//!   re-armed whenever a CQE lacks F_MORE (single-shot, re-armed per connection, without Linux
+//!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
+//!   loop's wait never outlasts the pause) and says so on stderr, once per episode.
 //! - Files: IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH
 //!   | RESOLVE_NO_MAGICLINKS) straight into registered-file slot N for connection slot N; reads
 //!   name `Target::Fixed(N)`, and the slot is closed with IORING_OP_CLOSE when the response is
@@ -32,8 +34,8 @@
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
 //! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
-//! - Stopping (SIGINT/SIGTERM): a graceful drain. The multishot accept is cancelled and the
-//!   listener closed once it has ended (new connections are refused); every connection gets
+//! - Stopping (SIGINT/SIGTERM): a graceful drain. The acceptor cancels its accept and closes
+//!   the listener once it has ended (new connections are refused); every connection gets
 //!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
 //!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
 //!   worker returns once every connection is freed and the accept has ended.
@@ -44,7 +46,7 @@
 
 use std::time::{Duration, Instant};
 
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
 use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
@@ -53,8 +55,8 @@ use ringwork_core::buf::ZcSlot;
 use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
 use ringwork_core::slab::Slab;
-use ringwork_core::token::{Generation, OpKind, Slot, Token};
-use ringwork_sys::{FixedBuffers, Ring, RingParams, Sqe, Target};
+use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_sys::{Acceptor, FixedBuffers, Ring, RingParams, Sqe, Target};
 
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
@@ -93,15 +95,13 @@ struct Driver<'s> {
     fixed: bool,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
-    multishot_accept: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    /// Closed once the accept has ended during a drain.
-    listener: Option<OwnedFd>,
-    /// The multishot accept has not posted its last CQE.
-    accept_armed: bool,
+    /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`); it closes the
+    /// listener once its accept has ended during a drain.
+    acceptor: Acceptor,
     /// When the drain began (SIGINT/SIGTERM), and whether its grace ran out.
     stopping: Option<Instant>,
     aborted: bool,
@@ -121,7 +121,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         println!("{e}: falling back (see the io_uring: line)");
     }
     let want = uc.features;
-    let (multishot_accept, fixed_files, links) = {
+    let (acceptor, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
             (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
@@ -134,16 +134,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
-        // Multishot accept has no opcode of its own; it arrived in 5.19 together with
-        // IORING_OP_SOCKET, so that opcode's presence is the probe's answer (as in
-        // ringwork-echo).
-        let multishot_accept = want.multishot_accept && probe.supports(IoringOp::Socket);
-        if want.multishot_accept && !multishot_accept {
-            println!(
-                "{}: single-shot accept",
-                unsupported("multishot accept", "5.19")
-            );
-        }
+        let acceptor = Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept);
         if shared.cfg.zerocopy {
             probe
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
@@ -162,7 +153,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             );
         }
         (
-            multishot_accept,
+            acceptor,
             want.fixed_files,
             want.links && deferred_file_assignment,
         )
@@ -254,7 +245,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
         yes(flags.contains(IoringSetupFlags::COOP_TASKRUN)),
         yes(flags.contains(IoringSetupFlags::SQPOLL)),
-        yes(multishot_accept),
+        yes(acceptor.multishot()),
         yes(fixed_files),
         yes(fixed),
         yes(shared.cfg.zerocopy),
@@ -268,17 +259,18 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         _unregistered: unregistered,
         fixed,
         fixed_files,
-        multishot_accept,
         zc_report_usage,
         http_cfg,
-        listener: Some(listener),
-        accept_armed: false,
+        acceptor,
         stopping: None,
         aborted: false,
         direct_refused: false,
         direct_noted: false,
     };
-    d.arm_accept()?;
+    d.acceptor
+        .start(&mut d.ring)
+        .map_err(|e| format!("io_uring submit: {e}"))?;
+    d.report_accept();
     let result = d.run_loop();
     let rs = d.ring.stats();
     let st = &shared.stats;
@@ -300,31 +292,21 @@ impl Driver<'_> {
         unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
     }
 
-    fn arm_accept(&mut self) -> Result<(), String> {
-        let Some(listener) = &self.listener else {
-            return Ok(());
-        };
-        let ud = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
-        let sqe = Sqe::accept(
-            Target::Fd(listener.as_raw_fd()),
-            rustix::net::SocketFlags::CLOEXEC,
-            self.multishot_accept,
-            false,
-        )
-        .user_data(ud);
-        self.accept_armed = true;
-        self.push(&sqe)
+    /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-files: {notice}");
+        }
     }
 
     /// SIGINT/SIGTERM arrived: cancel the accept, and let every connection finish its
     /// response and close.
     fn begin_drain(&mut self) -> Result<(), String> {
         self.stopping = Some(Instant::now());
-        if self.accept_armed {
-            let accept = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
-            let ud = Token::new(OpKind::Cancel, Slot::WORKER, Generation::ZERO).encode();
-            self.push(&Sqe::cancel(accept).user_data(ud))?;
-        }
+        self.acceptor
+            .stop(&mut self.ring)
+            .map_err(|e| format!("io_uring submit: {e}"))?;
+        self.report_accept();
         self.each_open_conn(HttpConn::on_shutdown)
     }
 
@@ -351,7 +333,7 @@ impl Driver<'_> {
                 self.begin_drain()?;
             }
             if let Some(since) = self.stopping {
-                if self.conns.is_empty() && !self.accept_armed {
+                if self.conns.is_empty() && self.acceptor.is_idle() {
                     return Ok(());
                 }
                 if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
@@ -359,7 +341,11 @@ impl Driver<'_> {
                     self.each_open_conn(HttpConn::abort)?;
                 }
             }
-            match self.ring.submit_and_wait_timeout(1, tick) {
+            // Never past the end of an accept pause.
+            let wait =
+                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick))
+                    .unwrap_or(tick);
+            match self.ring.submit_and_wait_timeout(1, wait) {
                 Ok(_) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::TIME) => {}
@@ -370,6 +356,10 @@ impl Driver<'_> {
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
+            self.acceptor
+                .poll(&mut self.ring, self.conns.len())
+                .map_err(|e| format!("io_uring submit: {e}"))?;
+            self.report_accept();
             let now = self.shared.now();
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
@@ -379,33 +369,22 @@ impl Driver<'_> {
     }
 
     fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
-        let Ok(token) = Token::decode(cqe.user_data) else {
+        let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
         };
-        if token.kind == OpKind::Accept {
-            if let Ok(fd) = cqe.result() {
-                // SAFETY: a successful non-direct accept's `res` is a new descriptor that
-                // nothing else owns.
-                let sock = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        if self.acceptor.owns(&token) {
+            // The acceptor re-arms, backs off, or (draining) closes the listener itself.
+            let open = self.conns.len();
+            let sock = self
+                .acceptor
+                .on_cqe(&mut self.ring, &cqe, open)
+                .map_err(|e| format!("io_uring submit: {e}"))?;
+            if let Some(sock) = sock {
                 if self.stopping.is_none() {
                     self.new_conn(sock)?;
                 }
                 // Draining: accepted before the cancel took effect; dropping it closes it.
             }
-            if !cqe.more() {
-                self.accept_armed = false;
-                if self.stopping.is_none() {
-                    // Multishot accept ended (PITFALLS #2): re-arm.
-                    self.arm_accept()?;
-                } else {
-                    // Nothing accepts any more: connections are refused from now on.
-                    self.listener = None;
-                }
-            }
-            return Ok(());
-        }
-        if token.slot == Slot::WORKER {
-            // The accept's cancel: the accept's own last CQE says what matters.
             return Ok(());
         }
         let now = self.shared.now();
@@ -432,7 +411,7 @@ impl Driver<'_> {
                 crate::Stats::add(&st.zc_notifs, 1);
                 // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
                 // all (always, on loopback).
-                if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                     crate::Stats::add(&st.zc_copied, 1);
                 }
                 c.http.on_send_notif(now, zc_slot);
@@ -636,6 +615,14 @@ impl Driver<'_> {
             Op::CloseFile => (
                 OpKind::Close,
                 Sqe::close(file_target(fixed_files, slot, c.file_fd)),
+            ),
+            // Before Linux 5.19 no cancel takes a descriptor: cancel the receive (what an
+            // idle keep-alive connection waits in) by its user_data.
+            // TODO(integrator): a send in flight is then not cancelled; HttpConn would have
+            // to say which socket operation is in flight for the driver to name it.
+            Op::Cancel if !self.ring.can_cancel_fd() => (
+                OpKind::Cancel,
+                Sqe::cancel(Token::new(OpKind::Recv, slot, generation).encode()),
             ),
             Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
             Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),

@@ -10,21 +10,25 @@
 //! provided ring, so memory per connection is bounded the same way; a read that finds the
 //! pool empty is reported as ENOBUFS, and the connection waits in a `Starved` set until the
 //! pool can re-arm, as with the ring. At the end of a shutdown's grace period every
-//! connection gets `Event::Abort`, as with io_uring.
+//! connection gets `Event::Abort`, as with io_uring. Accepting (and backing off
+//! when it fails for lack of descriptors or memory) is `ringwork_sys::EpollAcceptor`'s, as in
+//! ringwork-files' epoll driver.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ringwork_core::buf::{BufId, FixedPool, Lease};
 use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::errno::RawErrno;
+use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
+use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
+use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::io::Errno;
-use rustix::net::{SendFlags, SocketFlags};
+use rustix::net::SendFlags;
 
 use crate::{Shared, WorkerConfig, WorkerStats};
 
@@ -34,8 +38,6 @@ const BATCH: usize = 256;
 /// io_uring driver's accept and wake-up read carry. A connection's key is its token.
 const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
 const WAKE_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
-/// As in the io_uring driver: how long connections may flush after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 struct Conn {
     /// None once closed (Op::Close).
@@ -62,10 +64,12 @@ struct Worker<'a> {
     starved: Starved,
     /// The connections being woken, reused.
     woken: Vec<Token>,
-    listener: Option<OwnedFd>,
-    wake: OwnedFd,
-    stopping: Option<Instant>,
-    forced: bool,
+    acceptor: EpollAcceptor,
+    /// The main thread's word that the process is stopping.
+    stop: StopNotice,
+    drain: Drain,
+    /// The worker's clock: `Drain` counts milliseconds from here.
+    epoch: Instant,
     cfg: WorkerConfig,
     shared: &'a Shared,
     stats: WorkerStats,
@@ -77,13 +81,13 @@ struct Worker<'a> {
 pub fn run(
     cfg: WorkerConfig,
     listener: OwnedFd,
-    wake: OwnedFd,
+    stop: StopNotice,
     shared: &Shared,
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
-    ep.add(&listener, LISTENER_KEY.0, Interest::IN | Interest::ET)?;
-    ep.add(&wake, WAKE_KEY.0, Interest::IN | Interest::ET)?;
+    let acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN | Interest::ET)?;
+    ep.add(&stop, WAKE_KEY.0, Interest::IN | Interest::ET)?;
     let buf_size = cfg.buffer_size as usize;
     let mut w = Worker {
         ep,
@@ -95,10 +99,10 @@ pub fn run(
         chunks: ChunkQueues::new(usize::from(cfg.buffers)),
         starved: Starved::new(cfg.max_conns),
         woken: Vec::with_capacity(cfg.max_conns),
-        listener: Some(listener),
-        wake,
-        stopping: None,
-        forced: false,
+        acceptor,
+        stop,
+        drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
+        epoch: Instant::now(),
         cfg,
         shared,
         stats: WorkerStats::default(),
@@ -106,8 +110,10 @@ pub fn run(
     };
     let _ = ready.send(());
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
-    while !(w.stopping.is_some() && w.conns.is_empty()) {
-        let timeout = w.stopping.map(|_| Duration::from_millis(100));
+    while !w.drain.finished(w.conns.len(), false, false) {
+        let timeout = w.drain.stopping().then_some(Duration::from_millis(100));
+        // Backing off: the pause must end on time even when nothing happens.
+        let timeout = ringwork_sys::accept::timeout_until(w.acceptor.next_deadline(), timeout);
         events.clear();
         events.extend(w.ep.wait(timeout)?);
         w.stats.completions += events.len() as u64;
@@ -119,10 +125,11 @@ pub fn run(
             }
         }
         w.wake_starved();
-        if let Some(since) = w.stopping {
-            if !w.forced && since.elapsed() > SHUTDOWN_GRACE {
-                w.force_close_all();
-            }
+        w.acceptor.poll(&w.ep, w.conns.len())?;
+        w.report_accept();
+        let now_ms = w.epoch.elapsed().as_millis() as u64;
+        if w.drain.on_tick(now_ms) == Some(DrainAction::Abort) {
+            w.force_close_all();
         }
     }
     w.stats.enters = w.ep.waits();
@@ -134,27 +141,24 @@ fn errno(e: Errno) -> RawErrno {
 }
 
 impl Worker<'_> {
+    /// Accepts until none is waiting (edge-triggered), or until the acceptor pauses: then the
+    /// listener is out of the epoll set, and back (reporting what waits) when the pause ends.
     fn accept_all(&mut self) -> ringwork_sys::Result<()> {
-        loop {
-            let Some(listener) = &self.listener else {
-                return Ok(());
-            };
-            match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
-                Ok(fd) => self.admit(fd)?,
-                Err(Errno::AGAIN) => return Ok(()),
-                Err(Errno::INTR | Errno::CONNABORTED) => continue,
-                Err(e) => {
-                    // EMFILE and the like: the connection waits in the backlog; the next
-                    // edge comes with the next connection.
-                    eprintln!("ringwork-echo: accept failed: {e}");
-                    return Ok(());
-                }
-            }
+        while let Some(fd) = self.acceptor.accept(&self.ep, self.conns.len())? {
+            self.admit(fd)?;
+        }
+        Ok(())
+    }
+
+    /// Prints what the acceptor has to say (back-off episodes) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-echo: {notice}");
         }
     }
 
     fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
-        if self.stopping.is_some() || !self.shared.try_admit(self.cfg.max_conns) {
+        if self.drain.stopping() || !self.shared.try_admit(self.cfg.max_conns) {
             self.stats.rejected += 1;
             return Ok(()); // dropped: closed
         }
@@ -188,15 +192,11 @@ impl Worker<'_> {
     }
 
     fn on_wake(&mut self) -> ringwork_sys::Result<()> {
-        let mut word = [0u8; 8];
-        let _ = rustix::io::read(&self.wake, &mut word);
-        if !self.shared.stopping.load(Ordering::Acquire) || self.stopping.is_some() {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        if !self.stop.given() || self.drain.on_stop(now_ms) != Some(DrainAction::BeginDrain) {
             return Ok(());
         }
-        self.stopping = Some(Instant::now());
-        if let Some(listener) = self.listener.take() {
-            self.ep.delete(&listener)?;
-        }
+        self.acceptor.stop(&self.ep)?;
         for token in self.live_tokens() {
             self.drive(token, Some(Event::Shutdown));
         }
@@ -214,7 +214,6 @@ impl Worker<'_> {
     /// Grace is over: every connection aborts (its write waiting for a peer that does not
     /// read is cancelled, and it closes).
     fn force_close_all(&mut self) {
-        self.forced = true;
         for token in self.live_tokens() {
             self.drive(token, Some(Event::Abort));
         }

@@ -1,22 +1,22 @@
 //! ringwork-echo: a TCP echo server, thread-per-core, on io_uring (or the epoll baseline).
 //!
 //! `main` parses flags, opens one SO_REUSEPORT listener per worker thread, starts the workers,
-//! and waits for SIGINT/SIGTERM on a signalfd; it then wakes every worker through its eventfd,
-//! joins them and prints one `stats:` line summed over threads. The protocol lives in
-//! `ringwork_core::conn`; the drivers in [`uring`] and [`epoll`] only perform its operations.
+//! and waits for SIGINT/SIGTERM on a signalfd; it then gives every worker the stop notice
+//! (`ringwork_sys::driver::stop_notices`), joins them and prints one `stats:` line summed over
+//! threads. The protocol lives in `ringwork_core::conn`; the drivers in [`uring`] and
+//! [`epoll`] only perform its operations, and stop through `ringwork_core::shutdown::Drain`.
 //!
-//! The io_uring driver holds the only `unsafe` outside sys: pushing SQEs (whose buffers it
-//! keeps alive until their CQEs) and adopting accepted descriptors; each block says why.
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+//! No `unsafe` here: SQEs go through ringwork-sys's safe submission, and accepting (with the
+//! adoption of the descriptors the kernel hands over) is `ringwork_sys::accept`'s, shared with
+//! ringwork-files.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
-use rustix::event::{eventfd, EventfdFlags};
-use rustix::fd::OwnedFd;
 
 mod epoll;
 mod uring;
@@ -98,6 +98,10 @@ struct Args {
     /// io_uring: how long (µs) a wait may hold out for `--batch` completions.
     #[arg(long, default_value_t = DEFAULT_BATCH_WAIT_US)]
     batch_wait_us: u32,
+    /// On SIGINT/SIGTERM: stop accepting, let connections send back what they received, and
+    /// close whatever is still open after this many milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    shutdown_grace_ms: u64,
     /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
     /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
     /// the kernel refuses SQPOLL the server exits with the reason: a benchmark asked for it.
@@ -165,6 +169,7 @@ pub struct WorkerConfig {
     batch: u32,
     /// How long a wait may hold out for `batch` completions.
     batch_wait: std::time::Duration,
+    shutdown_grace: std::time::Duration,
     /// SQPOLL, when asked for.
     sqpoll: Option<ringwork_sys::SqPoll>,
     /// SEND_ZC instead of SEND.
@@ -184,8 +189,6 @@ pub struct WorkerConfig {
 /// State shared by all workers of the process.
 #[derive(Default)]
 pub struct Shared {
-    /// Set once a shutdown signal arrived (workers are also woken through their eventfd).
-    pub stopping: AtomicBool,
     /// Connections open in the whole process, for `--max-conns`.
     pub live: AtomicUsize,
 }
@@ -317,6 +320,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             || disabled(Feature::MultishotAccept),
         batch: args.batch.max(1),
         batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
+        shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
         sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
             idle_ms,
             cpu: args.sqpoll_cpu,
@@ -361,21 +365,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--disable applies to --backend uring only".into());
     }
     let shared = Arc::new(Shared::default());
-    let mut wakers: Vec<OwnedFd> = Vec::new();
+    let (stop, notices) = ringwork_sys::driver::stop_notices(threads)?;
     let mut workers = Vec::new();
     // Each worker reports once its ring (or epoll set) and buffers are set up, so that the
     // `listening on` line means "serving" and the idle fd count and RSS are final.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    for (i, listener) in listeners.into_iter().enumerate() {
-        // The ring reads the eventfd like any file, so it must block there (a nonblocking one
-        // would complete with EAGAIN); the epoll worker reads it nonblocking.
-        let flags = match args.backend {
-            Backend::Uring => EventfdFlags::CLOEXEC,
-            Backend::Epoll => EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
-        };
-        let wake = eventfd(0, flags)?;
-        let worker_wake = wake.try_clone()?;
-        wakers.push(wake);
+    for (i, (listener, notice)) in listeners.into_iter().zip(notices).enumerate() {
         let shared = Arc::clone(&shared);
         let backend = args.backend;
         let ready = ready_tx.clone();
@@ -383,8 +378,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .name(format!("echo-{i}"))
             .spawn(move || {
                 let res = match backend {
-                    Backend::Uring => uring::run(cfg, listener, worker_wake, &shared, ready),
-                    Backend::Epoll => epoll::run(cfg, listener, worker_wake, &shared, ready),
+                    Backend::Uring => uring::run(cfg, listener, notice, &shared, ready),
+                    Backend::Epoll => epoll::run(cfg, listener, notice, &shared, ready),
                 };
                 res.unwrap_or_else(|e| {
                     // A worker that cannot run leaves the process half-served: stop it all.
@@ -413,10 +408,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let signo = signals.wait()?;
     eprintln!("ringwork-echo: signal {signo}: stopping");
-    shared.stopping.store(true, Ordering::Release);
-    for wake in &wakers {
-        rustix::io::write(wake, &1u64.to_ne_bytes())?;
-    }
+    stop.notify();
     let mut total = WorkerStats::default();
     for handle in workers {
         total += handle.join().map_err(|_| "a worker thread panicked")?;

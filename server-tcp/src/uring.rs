@@ -1,49 +1,50 @@
 //! The io_uring echo driver: one ring per thread, everything through the ring.
 //!
-//! The loop: submit and wait (for one completion, or under load for up to `--batch` within
-//! `--batch-wait-us`; with SQPOLL not at all while completions are ready), route each CQE by its token's kind (accept,
-//! wake-up, or a connection's recv/send/cancel/close), feed connection completions to
+//! The loop (`ringwork_sys::driver::Waiter`): submit and wait (for one completion, or under
+//! load for up to `--batch` within `--batch-wait-us`; with SQPOLL not at all while completions
+//! are ready), route each CQE by its token (the acceptor's, the stop notice's, or a
+//! connection's recv/send/cancel/close), feed connection completions to
 //! `ringwork_core::conn::EchoConn`, turn the operations it returns into SQEs, publish recycled
-//! buffers, repeat. No protocol decision is made here. With `--zerocopy`, SEND_ZC results and
-//! notifications go through `ringwork_core::buf::ZcTracker`, which decides when a sent buffer
-//! may go back to the ring.
+//! buffers, repeat. No protocol decision is made here, and no `unsafe`: every SQE goes
+//! through safe submission (`ringwork_sys::SafeSqe`) and names only the ring's own buffers.
+//! With `--zerocopy`, SEND_ZC results and notifications go through
+//! `ringwork_core::buf::ZcTracker`, which decides when a sent buffer may go back to the ring.
+//! Stopping is `ringwork_core::shutdown::Drain`: on the stop notice the acceptor stops and
+//! every connection drains; after the grace period every connection aborts.
 
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::sync::atomic::Ordering;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ringwork_core::buf::{
-    BufGroup, BufId, RecvBuffers, RecvCompletion, RecvMode, RecvPiece, ZcSlot, ZcTracker,
-};
+use ringwork_core::buf::{BufGroup, BufId, RecvBuffers, RecvMode, RecvPiece, ZcSlot, ZcTracker};
 use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved, DEFAULT_MAX_QUEUED};
 use ringwork_core::errno::RawErrno;
+use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use ringwork_sys::{Cqe, ProvideMode, Ring, RingParams, Sqe, Target, PROVIDE_BUFFERS_USER_DATA};
-use rustix::fd::OwnedFd;
-use rustix::io_uring::{
-    IoringFeatureFlags, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED,
+use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
+use ringwork_sys::{
+    Acceptor, Cqe, ProvideMode, Ring, SafeSqe, SelectedBuf, Target, PROVIDE_BUFFERS_USER_DATA,
 };
-use rustix::net::{SendFlags, SocketFlags};
+use rustix::fd::OwnedFd;
+use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
+use rustix::net::SendFlags;
 
 use crate::{Shared, WorkerConfig, WorkerStats};
 
 const GROUP: BufGroup = BufGroup(0);
-/// After a shutdown signal, how long connections may take to flush before their remaining
-/// operations are cancelled (a peer that never reads would otherwise hold the process).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How often a draining worker looks at the clock.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
 
-/// Overall timeout of a batched wait: long, only there so that the kernel has one (see
-/// `Worker::wait`); a wait that times out just loops.
-const IDLE_WAIT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The token of one of the worker's own operations (accept, wake-up read, closes of rejected
-/// sockets): they are not connections'.
+/// The token of one of the worker's own operations (the stop notice's poll, closes of
+/// rejected sockets, cancels of a connection's send): they are not connections'.
 fn worker_token(kind: OpKind) -> UserData {
     Token::new(kind, Slot::WORKER, Generation::ZERO).encode()
 }
 
 struct Conn {
+    /// The socket; given to the ring's close by Op::Close.
+    sock: Option<OwnedFd>,
+    /// Its number, for the SQEs that name it until the close.
     fd: RawFd,
     machine: EchoConn,
 }
@@ -63,27 +64,22 @@ struct Worker<'a> {
     starved: Starved,
     /// The connections being woken, reused.
     woken: Vec<Token>,
-    listener: OwnedFd,
-    wake: OwnedFd,
-    /// The eventfd read's target; the kernel writes it until the read completes.
-    wake_buf: Box<[u8; 8]>,
-    multishot_accept: bool,
+    /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`).
+    acceptor: Acceptor,
+    /// The main thread's word that the process is stopping.
+    stop: StopNotice,
     /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
     /// which the machine re-arms after each completion like an ended multishot.
     multishot_recv: bool,
-    /// Completions to wait for per enter (1 when the kernel cannot bound the wait).
-    batch: u32,
-    /// Completions the last wait brought: whether the load is high enough to batch.
-    last_harvest: u32,
-    accept_armed: bool,
-    /// Accept completions seen that succeeded (a multishot EINVAL before any means the kernel
-    /// refuses multishot: fall back).
-    accepted_any: bool,
+    waiter: Waiter,
     /// Worker-owned ops in flight whose completions carry no state (closes of rejected
-    /// sockets, cancels of the accept).
+    /// sockets, cancels of a send where the kernel cannot cancel by descriptor).
     misc_in_flight: u64,
-    stopping: Option<Instant>,
-    forced: bool,
+    /// The stop notice's poll is armed.
+    stop_armed: bool,
+    drain: Drain,
+    /// The worker's clock: `Drain` counts milliseconds from here.
+    epoch: Instant,
     /// With `--zerocopy`: the SEND_ZCs in flight and the recycles that wait for their
     /// notifications (PITFALLS #4). The machine recycles a buffer after its last send's result;
     /// the kernel may read it until the notification, so recycles go through this.
@@ -100,45 +96,33 @@ struct Worker<'a> {
 pub fn run(
     cfg: WorkerConfig,
     listener: OwnedFd,
-    wake: OwnedFd,
+    stop: StopNotice,
     shared: &Shared,
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
-    // SQPOLL alone when asked (no fallback: a run that asked for it and silently measured
-    // without it would mislead; the error names the likely cause), else SINGLE_ISSUER |
-    // DEFER_TASKRUN (completion work runs only when we wait, in this thread), falling back to
-    // COOP_TASKRUN, then a plain ring.
-    let (mut ring, refused) = RingParams::new(cfg.sq_entries)
-        .cq_entries(cfg.sq_entries * 4)
-        .build_server(cfg.sqpoll, cfg.task_run)?;
-    if let Some(e) = refused {
-        let flags = ring.setup_flags();
-        let got = if flags.contains(IoringSetupFlags::COOP_TASKRUN) {
-            "COOP_TASKRUN"
-        } else {
-            "a plain ring"
-        };
-        eprintln!("ringwork-echo: {e}: using {got}");
+    let (mut ring, note) = driver::server_ring(ServerRingConfig {
+        sq_entries: cfg.sq_entries,
+        sqpoll: cfg.sqpoll,
+        task_run: cfg.task_run,
+    })?;
+    if let Some(note) = note {
+        eprintln!("ringwork-echo: {note}");
     }
-    let batch = if cfg.batch > 1 && !ring.has_min_timeout() {
+    let waiter = Waiter::new(&ring, cfg.batch, cfg.batch_wait);
+    if cfg.batch > 1 && waiter.batch() == 1 {
         eprintln!(
-            "ringwork-echo: --batch {}: this kernel ({}) lacks IORING_FEAT_MIN_TIMEOUT (Linux \
-             6.12); waiting for one completion at a time",
+            "ringwork-echo: --batch {}: {}; waiting for one completion at a time",
             cfg.batch,
-            ringwork_sys::kernel_release()
+            ringwork_sys::Error::unsupported("IORING_FEAT_MIN_TIMEOUT", "6.12")
         );
-        1
-    } else {
-        cfg.batch
-    };
+    }
     let probe = ring.probe()?;
     probe.require(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5")?;
     probe.require(IoringOp::Recv, "IORING_OP_RECV", "5.6")?;
     probe.require(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5")?;
-    // Multishot accept has no opcode of its own; it arrived in 5.19 together with
-    // IORING_OP_SOCKET, so that opcode's presence is the probe's answer.
-    let multishot_accept = !cfg.force_single_accept && probe.supports(IoringOp::Socket);
-    // Likewise multishot recv (6.0) has no opcode; SEND_ZC arrived in the same release.
+    probe.require(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1")?;
+    let acceptor = Acceptor::new(listener, Slot::WORKER, probe, !cfg.force_single_accept);
+    // Multishot recv (6.0) has no opcode of its own; SEND_ZC arrived in the same release.
     let multishot_recv = cfg.multishot_recv && probe.supports(IoringOp::SendZc);
     let zc = if cfg.zerocopy {
         probe.require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")?;
@@ -152,9 +136,8 @@ pub fn run(
     let zc_report_usage = zc.is_some() && ring.send_zc_reports_usage()?;
     if zc.is_some() && !zc_report_usage {
         eprintln!(
-            "ringwork-echo: --zerocopy: this kernel ({}) lacks IORING_SEND_ZC_REPORT_USAGE \
-             (Linux 6.2); zc_copied will stay 0",
-            ringwork_sys::kernel_release()
+            "ringwork-echo: --zerocopy: {}; zc_copied will stay 0",
+            ringwork_sys::Error::unsupported("IORING_SEND_ZC_REPORT_USAGE", "6.2")
         );
     }
     let mode = match (cfg.pbuf_ring, cfg.incremental) {
@@ -176,12 +159,11 @@ pub fn run(
         // Incremental consumption was asked for by name: no silent fallback (the error names
         // IOU_PBUF_RING_INC and Linux 6.12).
         Err(e @ ringwork_sys::Error::Unsupported { .. }) if mode == ProvideMode::Ring => {
-            // PITFALLS #8: a kernel without buffer rings (before 5.19) still has the legacy
-            // way to provide the same buffers.
+            // A kernel without buffer rings (before 5.19) still has the legacy way to provide
+            // the same buffers (PITFALLS.md, "Kernels differ, and have bugs in the edges").
             eprintln!(
-                "ringwork-echo: {e} (kernel {}): providing buffers with \
-                 IORING_OP_PROVIDE_BUFFERS SQEs instead",
-                ringwork_sys::kernel_release()
+                "ringwork-echo: {e}: providing buffers with IORING_OP_PROVIDE_BUFFERS SQEs \
+                 instead"
             );
             if bundle {
                 // Bundles name only their first buffer; without a ring's order the rest are
@@ -194,6 +176,17 @@ pub fn run(
         r => r.map(|()| mode)?,
     };
     debug_assert!(!bundle || mode == ProvideMode::Ring);
+    println!(
+        "{}",
+        FeatureLine::new(&ring)
+            .with("multishot_accept", acceptor.multishot())
+            .with("multishot_recv", multishot_recv)
+            .with("pbuf_ring", mode != ProvideMode::Sqe)
+            .with("incremental", mode == ProvideMode::RingIncremental)
+            .with("bundle", bundle)
+            .with("zerocopy", zc.is_some())
+            .with("batch", waiter.batch() > 1)
+    );
     let mut w = Worker {
         ring,
         conns: Slab::new(cfg.max_conns),
@@ -210,26 +203,24 @@ pub fn run(
         chunks: ChunkQueues::new(chunk_table_size(&cfg, mode)),
         starved: Starved::new(cfg.max_conns),
         woken: Vec::with_capacity(cfg.max_conns),
-        listener,
-        wake,
-        wake_buf: Box::new([0; 8]),
-        multishot_accept,
+        acceptor,
+        stop,
         multishot_recv,
-        batch,
-        last_harvest: 0,
-        accept_armed: false,
-        accepted_any: false,
+        waiter,
         misc_in_flight: 0,
-        stopping: None,
-        forced: false,
+        stop_armed: false,
+        drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
+        epoch: Instant::now(),
         zc,
         zc_report_usage,
         cfg,
         shared,
         stats: WorkerStats::default(),
     };
-    w.arm_accept()?;
-    w.arm_wake()?;
+    w.acceptor.start(&mut w.ring)?;
+    w.report_accept();
+    w.stop.arm(&mut w.ring, worker_token(OpKind::Read))?;
+    w.stop_armed = true;
     w.ring.submit()?;
     let _ = ready.send(());
     w.run_loop()?;
@@ -244,111 +235,73 @@ pub fn run(
 }
 
 impl Worker<'_> {
-    fn push(&mut self, sqe: &Sqe) -> ringwork_sys::Result<()> {
-        // SAFETY: every SQE built in this module points only at memory the worker keeps alive
-        // until the CQE is harvested: provided buffers (leased in `recv` until Op::Recycle,
-        // which the state machine issues only after the send's completion) and `wake_buf`
-        // (boxed, dropped after the loop, which ends only once the read completed).
-        unsafe { self.ring.push_or_submit(sqe) }
+    /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
+    fn report_accept(&mut self) {
+        for notice in self.acceptor.notices() {
+            eprintln!("ringwork-echo: {notice}");
+        }
     }
 
-    fn arm_accept(&mut self) -> ringwork_sys::Result<()> {
-        let sqe = Sqe::accept(
-            Target::Fd(self.listener.as_raw_fd()),
-            SocketFlags::CLOEXEC,
-            self.multishot_accept,
-            false,
-        )
-        .user_data(worker_token(OpKind::Accept));
-        self.push(&sqe)?;
-        self.accept_armed = true;
-        Ok(())
-    }
-
-    fn arm_wake(&mut self) -> ringwork_sys::Result<()> {
-        let sqe = Sqe::read(
-            Target::Fd(self.wake.as_raw_fd()),
-            self.wake_buf.as_mut_ptr(),
-            8,
-            0,
-        )
-        .user_data(worker_token(OpKind::Read));
-        self.push(&sqe)
+    /// Milliseconds since the worker started, for `Drain`.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     fn done(&self) -> bool {
-        self.stopping.is_some()
-            && self.conns.is_empty()
-            && !self.accept_armed
-            && self.misc_in_flight == 0
-            // Buffers a notification has yet to release belong to the kernel until then.
-            && !self.zc.as_ref().is_some_and(|zc| zc.in_flight() > 0)
+        self.drain.finished(
+            self.conns.len(),
+            !self.acceptor.is_idle(),
+            self.misc_in_flight > 0
+                || self.stop_armed
+                // Buffers a notification has yet to release belong to the kernel until then.
+                || self.zc.as_ref().is_some_and(|zc| zc.in_flight() > 0),
+        )
     }
 
     fn run_loop(&mut self) -> ringwork_sys::Result<()> {
         let mut cqes: Vec<Cqe> = Vec::with_capacity(self.ring.cq_entries() as usize);
         while !self.done() {
-            match self.stopping {
-                None => self.wait()?,
-                Some(since) => {
-                    self.ring
-                        .submit_and_wait_timeout(1, Duration::from_millis(100))?;
-                    if !self.forced && since.elapsed() > SHUTDOWN_GRACE {
-                        self.force_close_all()?;
-                    }
-                }
-            }
-            cqes.clear();
-            cqes.extend(self.ring.completions());
-            self.last_harvest = cqes.len() as u32;
-            for cqe in &cqes {
+            // The wait ends in time for an accept pause's end, and for the drain's clock.
+            let drain_tick = self.drain.stopping().then_some(DRAIN_TICK);
+            let timeout =
+                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), drain_tick);
+            self.waiter.wait(&mut self.ring, timeout)?;
+            self.waiter.harvest(&mut self.ring, &mut cqes);
+            for cqe in cqes.iter_mut() {
                 self.on_cqe(cqe)?;
             }
             self.ring.publish_buffers(GROUP)?;
             self.wake_starved()?;
+            self.acceptor.poll(&mut self.ring, self.conns.len())?;
+            self.report_accept();
+            if self.drain.on_tick(self.now_ms()) == Some(DrainAction::Abort) {
+                self.each_conn(Event::Abort)?;
+            }
         }
         Ok(())
     }
 
-    /// Submits what is queued and waits for work.
-    fn wait(&mut self) -> ringwork_sys::Result<()> {
-        if self.cfg.sqpoll.is_some() && self.ring.ready() > 0 {
-            // The poller posted completions while we handled the last batch: submitting is
-            // free (no enter unless the poller sleeps), so take them without a syscall.
-            self.ring.submit()?;
-        } else if self.batch > 1 && self.last_harvest >= self.batch / 2 {
-            // Only under load: when the last wait brought half a batch or more, waiting a
-            // little for a full one costs nothing in latency and saves enters. At low load
-            // (a few completions per wait) the min-wait timer only adds work: measured at
-            // 1000 connections x 5000 msgs/s, batched waits there cost ~1.6x the CPU/msg.
-            // An overall timeout keeps the kernel asleep when min_wait passes with nothing
-            // ready (without one it returns to us at every min_wait, and Ring waits again):
-            // an idle or lightly loaded server then costs one timer tick per wait, not a
-            // return to user space and a second io_uring_enter.
-            self.ring.submit_and_wait_min(
-                self.batch,
-                self.cfg.batch_wait,
-                Some(IDLE_WAIT_TIMEOUT),
-            )?;
-        } else {
-            self.ring.submit_and_wait(1)?;
-        }
-        Ok(())
-    }
-
-    fn on_cqe(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
-        if cqe.user_data == PROVIDE_BUFFERS_USER_DATA {
-            // Only failures complete (CQE_SKIP_SUCCESS): buffers the bookkeeping counts as
+    fn on_cqe(&mut self, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
+        if cqe.user_data() == PROVIDE_BUFFERS_USER_DATA {
+            // Only failures reach us (the ring's SQEs skip success CQEs, or the ring consumes
+            // them where the kernel cannot skip them): buffers the bookkeeping counts as
             // the kernel's never reached it, and receives would starve. Nothing to retry.
             return Err(ringwork_sys::Error::Syscall {
                 what: "IORING_OP_PROVIDE_BUFFERS (returning receive buffers)",
-                errno: rustix::io::Errno::from_raw_os_error(-cqe.res),
+                errno: rustix::io::Errno::from_raw_os_error(-cqe.res()),
             });
         }
-        let Ok(token) = Token::decode(cqe.user_data) else {
+        let Ok(token) = Token::decode(cqe.user_data()) else {
             self.stats.stale += 1;
             return Ok(());
         };
+        if self.acceptor.owns(&token) {
+            let open = self.conns.len();
+            return match self.acceptor.on_cqe(&mut self.ring, cqe, open)? {
+                Some(fd) => self.admit(fd),
+                None => Ok(()),
+            };
+        }
         if token.kind == OpKind::SendZc {
             // Before the connection lookup: a notification may come after its connection
             // was freed (the tracker, not the connection, holds the buffer until then).
@@ -356,8 +309,7 @@ impl Worker<'_> {
         }
         if token.slot == Slot::WORKER {
             return match token.kind {
-                OpKind::Accept => self.on_accept(cqe),
-                OpKind::Read => self.on_wake(),
+                OpKind::Read => self.on_stop_notice(),
                 _ => {
                     self.misc_in_flight -= 1;
                     Ok(())
@@ -365,32 +317,6 @@ impl Worker<'_> {
             };
         }
         self.on_conn_cqe(token, cqe)
-    }
-
-    fn on_accept(&mut self, cqe: &Cqe) -> ringwork_sys::Result<()> {
-        if !cqe.more() {
-            self.accept_armed = false;
-        }
-        match cqe.result() {
-            Ok(fd) => {
-                self.accepted_any = true;
-                // SAFETY: a successful accept CQE's result is a new descriptor we now own.
-                let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-                self.admit(fd)?;
-            }
-            Err(RawErrno::INVAL) if self.multishot_accept && !self.accepted_any => {
-                // PITFALLS #8: the probe said yes but the kernel refuses multishot accept.
-                eprintln!("ringwork-echo: multishot accept refused; using single-shot accept");
-                self.multishot_accept = false;
-            }
-            Err(RawErrno::CANCELED) => {}
-            Err(e) => eprintln!("ringwork-echo: accept failed: {e}"),
-        }
-        // PITFALLS #2: only a CQE without F_MORE ends the multishot accept.
-        if !self.accept_armed && self.stopping.is_none() {
-            self.arm_accept()?;
-        }
-        Ok(())
     }
 
     /// A SEND_ZC's result (to its connection as `SendDone`) or its notification (which may
@@ -406,7 +332,7 @@ impl Worker<'_> {
             self.stats.zc_notifs += 1;
             // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after all
             // (always, on loopback).
-            if cqe.res & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+            if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                 self.stats.zc_copied += 1;
             }
             match zc.on_notification(slot) {
@@ -436,75 +362,91 @@ impl Worker<'_> {
         self.deliver(done.owner, Event::SendDone { res: cqe.result() })
     }
 
-    fn admit(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
-        if self.stopping.is_some() || !self.shared.try_admit(self.cfg.max_conns) {
-            return self.reject(fd);
+    fn admit(&mut self, sock: OwnedFd) -> ringwork_sys::Result<()> {
+        if self.drain.stopping() || !self.shared.try_admit(self.cfg.max_conns) {
+            return self.reject(sock);
         }
         // Not fatal for the connection: Nagle only delays.
-        let _ = ringwork_sys::net::set_nodelay(&fd);
-        let raw = fd.as_raw_fd();
+        let _ = ringwork_sys::net::set_nodelay(&sock);
         let conn = Conn {
-            fd: raw,
+            fd: sock.as_raw_fd(),
+            sock: Some(sock),
             machine: EchoConn::new(Config::default()),
         };
         let Some((slot, generation)) = self.conns.insert(conn) else {
             self.shared.release();
-            return self.reject(fd);
+            // A full table: the connection is dropped, and its socket closed, at once.
+            return Ok(());
         };
-        // From here the descriptor is closed through the ring, by Op::Close.
-        std::mem::forget(fd);
         self.stats.conns += 1;
         self.deliver(Token::new(OpKind::Recv, slot, generation), Event::Opened)
     }
 
-    fn reject(&mut self, fd: OwnedFd) -> ringwork_sys::Result<()> {
+    fn reject(&mut self, sock: OwnedFd) -> ringwork_sys::Result<()> {
         self.stats.rejected += 1;
-        let raw = fd.as_raw_fd();
-        std::mem::forget(fd);
         self.misc_in_flight += 1;
-        self.push(&Sqe::close(Target::Fd(raw)).user_data(worker_token(OpKind::Close)))
+        self.ring
+            .push_safe(SafeSqe::close(sock).user_data(worker_token(OpKind::Close)))
     }
 
-    /// The eventfd read completed: the process is stopping.
-    fn on_wake(&mut self) -> ringwork_sys::Result<()> {
-        if !self.shared.stopping.load(Ordering::Acquire) {
-            // Spurious: read again.
-            return self.arm_wake();
+    /// The stop notice's poll completed: stop accepting and drain, if the notice was given.
+    fn on_stop_notice(&mut self) -> ringwork_sys::Result<()> {
+        self.stop_armed = false;
+        if !self.stop.given() {
+            // Spurious: poll again.
+            self.stop.arm(&mut self.ring, worker_token(OpKind::Read))?;
+            self.stop_armed = true;
+            return Ok(());
         }
-        self.stopping = Some(Instant::now());
-        if self.accept_armed {
-            self.misc_in_flight += 1;
-            let sqe =
-                Sqe::cancel(worker_token(OpKind::Accept)).user_data(worker_token(OpKind::Cancel));
-            self.push(&sqe)?;
+        if self.drain.on_stop(self.now_ms()) == Some(DrainAction::BeginDrain) {
+            self.acceptor.stop(&mut self.ring)?;
+            self.report_accept();
+            self.each_conn(Event::Shutdown)?;
         }
+        Ok(())
+    }
+
+    /// Delivers `event` to every open connection.
+    fn each_conn(&mut self, event: Event) -> ringwork_sys::Result<()> {
         for i in 0..self.conns.capacity() as u32 {
             let slot = Slot(i);
             if self.conns.get(slot).is_some() {
                 let token = Token::new(OpKind::Recv, slot, self.conns.generation(slot));
-                self.deliver(token, Event::Shutdown)?;
+                self.deliver(token, event)?;
             }
         }
         Ok(())
     }
 
-    /// The grace period is over: every connection aborts (cancels everything still in flight,
-    /// so that sends to peers that do not read fail, and closes).
-    fn force_close_all(&mut self) -> ringwork_sys::Result<()> {
-        self.forced = true;
-        for i in 0..self.conns.capacity() as u32 {
-            let slot = Slot(i);
-            if self.conns.get(slot).is_some() {
-                let token = Token::new(OpKind::Recv, slot, self.conns.generation(slot));
-                self.deliver(token, Event::Abort)?;
-            }
+    /// Cancels everything in flight on connection `slot`'s socket `fd`; the cancel with
+    /// user_data `done` is the one whose completion reports it. Without
+    /// IORING_ASYNC_CANCEL_FD (before Linux 5.19) the recv and the send (the machine keeps at
+    /// most one of each; SEND_ZC, by its own tokens, needs 6.0 and so never meets this path)
+    /// are cancelled by their user_data instead, the send's cancel completing as worker
+    /// business.
+    fn cancel_conn_ops(
+        &mut self,
+        fd: RawFd,
+        token: Token,
+        done: UserData,
+    ) -> ringwork_sys::Result<()> {
+        if self.ring.can_cancel_fd() {
+            return self
+                .ring
+                .push_safe(SafeSqe::cancel_fd(Target::Fd(fd)).user_data(done));
         }
-        Ok(())
+        let ud = |kind| token.with_kind(kind).encode();
+        self.ring
+            .push_safe(SafeSqe::cancel(ud(OpKind::Recv)).user_data(done))?;
+        self.misc_in_flight += 1;
+        self.ring
+            .push_safe(SafeSqe::cancel(ud(OpKind::Send)).user_data(worker_token(OpKind::Cancel)))
     }
 
-    fn on_conn_cqe(&mut self, token: Token, cqe: &Cqe) -> ringwork_sys::Result<()> {
+    fn on_conn_cqe(&mut self, token: Token, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
         if self.conns.get_checked(&token).is_none() {
-            // A completion for an earlier incarnation of the slot (PITFALLS #5).
+            // A completion for an earlier incarnation of the slot (PITFALLS.md, "close() does
+            // not cancel in-flight requests").
             self.stats.stale += 1;
             self.return_selected(cqe);
             return Ok(());
@@ -517,15 +459,15 @@ impl Worker<'_> {
                     Event::RecvEof { more }
                 }
                 Ok(_) => {
-                    let Some(c) = recv_completion(cqe) else {
+                    if cqe.buf_more() {
+                        self.stats.buf_more += 1;
+                    }
+                    let Some(selected) = cqe.take_buffer() else {
                         eprintln!("ringwork-echo: recv completion without a buffer");
                         self.stats.refused += 1;
                         return Ok(());
                     };
-                    if c.buf_more {
-                        self.stats.buf_more += 1;
-                    }
-                    return self.on_recv(token, c);
+                    return self.on_recv(token, selected, more);
                 }
                 Err(errno) => {
                     if errno == RawErrno::NOBUFS {
@@ -552,12 +494,17 @@ impl Worker<'_> {
 
     /// A receive completion of at least one byte: one receive event per buffer it filled
     /// (a bundle spans several, each full but the last), in order.
-    fn on_recv(&mut self, token: Token, c: RecvCompletion) -> ringwork_sys::Result<()> {
+    fn on_recv(
+        &mut self,
+        token: Token,
+        selected: SelectedBuf,
+        more: bool,
+    ) -> ringwork_sys::Result<()> {
         let Some(br) = self.ring.buf_ring(GROUP) else {
             unreachable!("the group is registered before the loop starts")
         };
         let mut pieces = std::mem::take(&mut self.pieces);
-        match self.recv.on_recv(br.book_mut(), c, |p| pieces.push(p)) {
+        match br.take_recv(&mut self.recv, selected, more, |p| pieces.push(p)) {
             Ok(count) if count > 1 => self.stats.bundles += 1,
             Ok(_) => {}
             Err(e) => {
@@ -583,11 +530,12 @@ impl Worker<'_> {
 
     /// The buffers the kernel filled for a completion nobody will consume (a stale one, or an
     /// EOF that names a buffer): back to the ring (`RecvBuffers` says which).
-    fn return_selected(&mut self, cqe: &Cqe) {
-        let (Some(c), Some(br)) = (recv_completion(cqe), self.ring.buf_ring(GROUP)) else {
+    fn return_selected(&mut self, cqe: &mut Cqe) {
+        let more = cqe.more();
+        let (Some(selected), Some(br)) = (cqe.take_buffer(), self.ring.buf_ring(GROUP)) else {
             return;
         };
-        if let Err(e) = self.recv.return_unconsumed(br.book_mut(), c) {
+        if let Err(e) = br.return_recv(&mut self.recv, selected, more) {
             eprintln!("ringwork-echo: {e}");
             self.stats.refused += 1;
         }
@@ -624,16 +572,15 @@ impl Worker<'_> {
 
     /// Turns one of a connection's operations into an SQE (or bookkeeping).
     fn perform(&mut self, token: Token, fd: RawFd, op: Op) -> ringwork_sys::Result<()> {
-        let (slot, generation) = (token.slot, token.generation);
-        let ud = |kind| Token::new(kind, slot, generation).encode();
+        let slot = token.slot;
+        let ud = |kind| token.with_kind(kind).encode();
         match op {
             Op::ArmRecv => {
-                let mut sqe = Sqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
+                let mut sqe = SafeSqe::recv_select(Target::Fd(fd), GROUP, self.multishot_recv);
                 if self.recv.mode() == RecvMode::Bundle {
                     sqe = sqe.recv_bundle();
                 }
-                let sqe = sqe.user_data(ud(OpKind::Recv));
-                self.push(&sqe)?;
+                self.ring.push_safe(sqe.user_data(ud(OpKind::Recv)))?;
             }
             Op::Send { buf, offset, len } => {
                 // The machine sends only bytes it was handed: a leased buffer, or a slice
@@ -642,26 +589,34 @@ impl Worker<'_> {
                     self.recv.holds(buf),
                     "the machine sends only buffers it was handed"
                 );
-                let Some(br) = self.ring.buf_ring(GROUP) else {
-                    unreachable!("the group is registered before the loop starts")
-                };
-                let ptr = br.buf_ptr(buf).wrapping_add(offset as usize);
                 let zc_slot = match self.zc.as_mut().map(|zc| zc.submit(token, buf)) {
                     Some(Ok(slot)) => slot,
                     Some(Err(e)) => unreachable!("buffer ids come from the ring: {e}"),
                     None => None,
                 };
+                let target = Target::Fd(fd);
                 let sqe = match zc_slot {
                     Some(slot) => {
                         // The tracker holds at most 2 x 32768 sends: its slots fit `sub`.
                         let sub = u16::try_from(slot.0).expect("ZcTracker sized for u16");
-                        Sqe::send_zc(Target::Fd(fd), ptr, len, self.zc_report_usage, None)
+                        self.ring
+                            .send_zc_provided(
+                                target,
+                                GROUP,
+                                buf,
+                                offset,
+                                len,
+                                self.zc_report_usage,
+                            )?
                             .user_data(token.with_kind(OpKind::SendZc).with_sub(sub).encode())
                     }
                     // Plain, or every tracker slot is in flight: send this one by copy.
-                    None => Sqe::send(Target::Fd(fd), ptr, len).user_data(ud(OpKind::Send)),
+                    None => self
+                        .ring
+                        .send_provided(target, GROUP, buf, offset, len)?
+                        .user_data(ud(OpKind::Send)),
                 };
-                self.push(&sqe.send_flags(SendFlags::NOSIGNAL))?;
+                self.ring.push_safe(sqe.send_flags(SendFlags::NOSIGNAL))?;
             }
             Op::Recycle(buf) => {
                 // With SEND_ZC the kernel may still read the buffer: the tracker says
@@ -675,21 +630,23 @@ impl Worker<'_> {
             }
             Op::AwaitBuffers => self.starved.wait(token),
             Op::CancelRecv => {
-                let sqe = Sqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
-                self.push(&sqe)?;
+                let sqe = SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
+                self.ring.push_safe(sqe)?;
             }
-            Op::CancelAll => {
-                let sqe = Sqe::cancel_fd(Target::Fd(fd)).user_data(ud(OpKind::Cancel));
-                self.push(&sqe)?;
-            }
+            Op::CancelAll => self.cancel_conn_ops(fd, token, ud(OpKind::Cancel))?,
             Op::Close => {
                 if let Some(reason) = conn_reason(&self.conns, slot) {
                     if reason.is_fatal() && std::env::var_os("RINGWORK_DEBUG").is_some() {
                         eprintln!("ringwork-echo: closing a connection: {reason}");
                     }
                 }
-                let sqe = Sqe::close(Target::Fd(fd)).user_data(ud(OpKind::Close));
-                self.push(&sqe)?;
+                let sock = self
+                    .conns
+                    .get_mut(slot)
+                    .and_then(|c| c.sock.take())
+                    .expect("the machine closes a connection once");
+                self.ring
+                    .push_safe(SafeSqe::close(sock).user_data(ud(OpKind::Close)))?;
             }
             Op::Free => {
                 self.conns.remove(slot);
@@ -705,7 +662,7 @@ impl Worker<'_> {
         };
         // With incremental consumption one slice: the buffer goes back with its last slice,
         // once the kernel has finished with it.
-        if let Err(e) = self.recv.recycle(br.book_mut(), buf) {
+        if let Err(e) = br.recycle_recv(&mut self.recv, buf) {
             eprintln!("ringwork-echo: {e}");
             self.stats.refused += 1;
         }
@@ -752,14 +709,4 @@ fn chunk_table_size(cfg: &WorkerConfig, mode: ProvideMode) -> usize {
 
 fn conn_reason(conns: &Slab<Conn>, slot: Slot) -> Option<ringwork_core::conn::CloseReason> {
     conns.get(slot)?.machine.close_reason()
-}
-
-/// What a receive CQE says about the buffers it filled; None when it names none.
-fn recv_completion(cqe: &Cqe) -> Option<RecvCompletion> {
-    Some(RecvCompletion {
-        first: cqe.buffer_id()?,
-        bytes: cqe.result().unwrap_or(0),
-        more: cqe.more(),
-        buf_more: cqe.buf_more(),
-    })
 }

@@ -1,8 +1,10 @@
 //! The epoll baseline's event loop primitive: an epoll instance with a reusable, batched event
 //! buffer. Edge-triggered registration is the caller's choice of flags.
 //!
-//! What it deliberately does not do: read, write or accept; the epoll drivers call rustix's
+//! What it deliberately does not do: read or write; the epoll drivers call rustix's
 //! nonblocking socket functions themselves, so the comparison with io_uring is of I/O models.
+//! Accepting, with its back-off, is [`crate::accept::EpollAcceptor`]'s (accept4(2) on a
+//! listener registered here).
 
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};

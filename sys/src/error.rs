@@ -32,6 +32,9 @@ pub enum Error {
     },
     /// The submission queue is full; harvest completions and submit before pushing more.
     SubmissionQueueFull,
+    /// An operation with memory was pushed under a `user_data` that another one, still in
+    /// flight, already has: its completion could not be told apart.
+    UserDataInUse(ringwork_core::token::UserData),
     /// A configuration value was refused before reaching the kernel.
     InvalidConfig(&'static str),
     /// io_uring_setup refused IORING_SETUP_SQPOLL (with SQ_AFF when `cpu` is set).
@@ -103,6 +106,11 @@ impl fmt::Display for Error {
             ),
             Error::SubmissionQueueFull => f.write_str("submission queue full"),
             Error::InvalidConfig(why) => write!(f, "invalid ring configuration: {why}"),
+            Error::UserDataInUse(ud) => write!(
+                f,
+                "user_data {:#x} already names an operation with memory in flight",
+                ud.0
+            ),
             Error::SqPollRefused { errno, cpu } => {
                 let aff = if cpu.is_some() { " | IORING_SETUP_SQ_AFF" } else { "" };
                 write!(f, "io_uring_setup with IORING_SETUP_SQPOLL{aff} refused: {errno} (")?;

@@ -4,6 +4,9 @@
 //!   overflow detection, and teardown.
 //! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
 //!   and the epoll baseline's event loop primitive.
+//! - [`accept`]: accepting for both servers, through the ring ([`Acceptor`]: multishot with
+//!   its fallbacks) or epoll ([`EpollAcceptor`]), with one back-off when accepting fails for
+//!   lack of descriptors or memory.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
 //! - [`signal`]: SIGINT / SIGTERM as a stop flag for the servers' loops.
@@ -14,16 +17,24 @@
 #![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+pub mod accept;
+pub mod driver;
 pub mod epoll;
 pub mod error;
 pub mod mmap;
 pub mod net;
+pub mod op;
 pub mod register;
 pub mod ring;
 pub mod signal;
 pub mod sqe;
 
+pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
+pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
-pub use ring::{Completions, Cqe, Ring, RingParams, RingStats, SqPoll, TaskRun};
+pub use ring::{
+    Completions, Cqe, LegacyFeatures, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun,
+    QUIESCE_CANCEL_USER_DATA,
+};
 pub use sqe::{Sqe, SqeFlags, Target};

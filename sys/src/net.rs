@@ -1,8 +1,8 @@
 //! Socket setup shared by the servers: SO_REUSEPORT listeners (one per thread), per-connection
-//! options, and addresses.
+//! options, and addresses. [`reuseport_listener`] is the one way both binaries make a listener.
 //!
-//! What it deliberately does not do: accept, read or write. The io_uring drivers do that
-//! through the ring; the epoll baseline calls rustix directly.
+//! What it deliberately does not do: accept, read or write. Accepting is [`crate::accept`]'s
+//! (through the ring, or epoll); the drivers read and write.
 
 use std::net::SocketAddr;
 

@@ -8,7 +8,10 @@
 use core::ffi::c_void;
 use core::sync::atomic::{AtomicU16, Ordering};
 
-use ringwork_core::buf::{BufGroup, BufId, FixedPool, Lease, ProvidedRing};
+use ringwork_core::buf::{
+    BufGroup, BufId, FixedPool, IncTracker, Lease, ProvidedRing, RecvBuffers, RecvCompletion,
+    RecvError, RecvPiece,
+};
 use ringwork_core::token::UserData;
 use rustix::fd::{BorrowedFd, RawFd};
 use rustix::io::Errno;
@@ -20,7 +23,7 @@ use rustix::io_uring::{
 
 use crate::error::{Error, Result};
 use crate::mmap::Mmap;
-use crate::ring::Ring;
+use crate::ring::{Ring, SelectedBuf};
 use crate::sqe::Sqe;
 
 /// Incremental buffer consumption for provided buffer rings (`IOU_PBUF_RING_INC`, Linux 6.12),
@@ -38,21 +41,28 @@ const PAGE: usize = 4096;
 pub(crate) struct Registered {
     buf_rings: Vec<ProvidedBuffers>,
     fixed: Option<FixedBuffers>,
+    /// The fixed buffers are registered with the kernel (else adopted: plain reads use them).
+    fixed_registered: bool,
     files: Option<u32>,
     probe: Option<Probe>,
 }
 
 impl Registered {
     /// Unregisters everything: buffer rings first (they reference nothing else), then fixed
-    /// buffers, then the file table. The memory is freed when `self` drops afterwards.
+    /// buffers, then the file table. The memory is freed here and when `self` drops
+    /// afterwards.
     ///
     /// # Safety
-    /// `fd` is the ring everything was registered on.
+    /// `fd` is the ring everything was registered on, and no operation is in flight on it
+    /// (the ring quiesced): nothing the kernel still runs may name this memory.
     pub(crate) unsafe fn teardown(&mut self, fd: BorrowedFd<'_>) {
         for br in self.buf_rings.drain(..) {
             if br.ring_mem.is_none() {
-                // PROVIDE_BUFFERS groups have nothing to unregister: the kernel drops its
-                // list when the ring goes away, and the memory is freed after that.
+                // PROVIDE_BUFFERS groups have nothing to unregister, and the kernel's list
+                // still holds their addresses until the ring goes away. Freeing the memory
+                // now is sound only because the ring is idle (the caller's contract): the
+                // kernel writes a listed buffer only for a request that selects it, and
+                // none is left.
                 continue;
             }
             let mut reg = io_uring_buf_reg::default();
@@ -68,7 +78,7 @@ impl Registered {
             };
             drop(br);
         }
-        if self.fixed.take().is_some() {
+        if self.fixed.take().is_some() && core::mem::take(&mut self.fixed_registered) {
             // SAFETY: no argument; the buffers' memory is freed only after this returns.
             let _ = unsafe {
                 io_uring_register(
@@ -119,33 +129,66 @@ impl FixedBuffers {
         self.buf_size
     }
 
-    /// Ownership bookkeeping.
-    pub fn pool(&mut self) -> &mut FixedPool {
-        &mut self.pool
+    /// Number of buffers.
+    pub fn len(&self) -> usize {
+        self.pool.len()
     }
 
-    /// Ownership bookkeeping, read-only.
-    pub fn pool_ref(&self) -> &FixedPool {
+    /// True for no buffers (never: [`FixedBuffers::new`] refuses a count of zero).
+    pub fn is_empty(&self) -> bool {
+        self.pool.is_empty()
+    }
+
+    /// Ownership bookkeeping, read-only: which buffers are free or leased.
+    pub fn pool(&self) -> &FixedPool {
         &self.pool
     }
 
-    /// Start of buffer `id`, for SQEs.
+    /// Takes a free buffer, or `None` when all are leased.
+    pub fn acquire(&mut self) -> Option<Lease> {
+        self.pool.acquire()
+    }
+
+    /// Gives a buffer back to the free list.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
+    pub fn release(&mut self, lease: Lease) {
+        self.pool.release(lease);
+    }
+
+    /// True when `lease` is one of these buffers'.
+    pub fn owns(&self, lease: &Lease) -> bool {
+        self.pool.owns(lease)
+    }
+
+    /// Start of buffer `id`: a raw address, usable only with [`Ring::push`]'s `unsafe`
+    /// contract. Safe code uses [`Ring::read_fixed`], [`Ring::send_fixed`] and the like.
     pub fn ptr(&self, id: BufId) -> *mut u8 {
         assert!((id.0 as usize) < self.pool.len(), "buffer id out of range");
         // SAFETY: in bounds of the mapping (checked above).
         unsafe { self.mem.as_ptr().add(id.0 as usize * self.buf_size) }
     }
 
-    /// The bytes of a buffer the application holds. Holding the lease proves the kernel is
-    /// done with it.
+    /// The bytes of a buffer the application holds. The lease proves the kernel is not
+    /// writing it: a read into a fixed buffer takes the lease with it
+    /// ([`crate::Ring::read_fixed`]) until its completion.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes(&self, lease: &Lease) -> &[u8] {
-        // SAFETY: the lease proves no operation names this buffer (core's FixedPool hands a
-        // lease out only when the buffer is not in flight), so the kernel does not write it.
+        assert!(self.owns(lease), "a lease of another buffer pool");
+        // SAFETY: the lease is this pool's (checked), so its id is in bounds, and while the
+        // application holds it no operation writes the buffer (see above).
         unsafe { core::slice::from_raw_parts(self.ptr(lease.id()), self.buf_size) }
     }
 
     /// The bytes of a buffer the application holds, writable.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes_mut(&mut self, lease: &Lease) -> &mut [u8] {
+        assert!(self.owns(lease), "a lease of another buffer pool");
         // SAFETY: as for `bytes`; `&mut self` excludes other slices of this pool.
         unsafe { core::slice::from_raw_parts_mut(self.ptr(lease.id()), self.buf_size) }
     }
@@ -165,6 +208,33 @@ impl FixedBuffers {
 /// Linux 5.19: a shared ring of descriptors, returned by a memory store) or, as the fallback,
 /// with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7: one SQE per run of returned buffers).
 /// Receives select from either the same way (IOSQE_BUFFER_SELECT, the id in the CQE).
+///
+/// A receive into a buffer ring, the lease of the buffer it filled, and the buffer's way back:
+///
+/// ```
+/// use std::io::Write;
+/// use std::os::fd::AsRawFd;
+/// use ringwork_core::buf::BufGroup;
+/// use ringwork_core::token::UserData;
+/// use ringwork_sys::{RingParams, SafeSqe, Target};
+///
+/// const GROUP: BufGroup = BufGroup(0);
+/// let (mut peer, sock) = std::os::unix::net::UnixStream::pair()?;
+/// let mut ring = RingParams::new(8).build()?;
+/// ring.register_buf_ring(GROUP, 4, 1024)?; // 4 buffers of 1 KiB, all the kernel's
+/// let recv = SafeSqe::recv_select(Target::Fd(sock.as_raw_fd()), GROUP, false);
+/// ring.push_safe(recv.user_data(UserData(1)))?;
+/// peer.write_all(b"hello")?;
+/// ring.submit_and_wait(1)?;
+/// let mut cqe = ring.completions().next().expect("the recv completed");
+/// let selected = cqe.take_buffer().expect("the kernel picked a buffer");
+/// let group = ring.buf_ring(GROUP).expect("registered above");
+/// let lease = group.take(selected)?; // the buffer is ours until recycled
+/// assert_eq!(group.bytes(&lease, 5), b"hello");
+/// group.recycle(lease);
+/// ring.publish_buffers(GROUP)?; // back in the kernel's ring
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct ProvidedBuffers {
     /// The shared descriptor ring; `None` for the PROVIDE_BUFFERS fallback.
     ring_mem: Option<Mmap>,
@@ -187,9 +257,11 @@ pub enum ProvideMode {
     Sqe,
 }
 
-/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits. They carry
-/// IOSQE_CQE_SKIP_SUCCESS, so only a failure produces a CQE with this value; a driver must
-/// treat one as fatal for the group (the buffers it named never reached the kernel).
+/// `user_data` of the PROVIDE_BUFFERS SQEs that [`Ring::publish_buffers`] submits; reserved.
+/// Only a failure reaches the caller with this value (they carry IOSQE_CQE_SKIP_SUCCESS
+/// where the kernel has it, Linux 5.17; before, the ring consumes their success CQEs
+/// itself: [`Ring::skips_provide_success`]); a driver must treat one as fatal for the group
+/// (the buffers it named never reached the kernel).
 pub const PROVIDE_BUFFERS_USER_DATA: UserData = UserData(u64::MAX - 1);
 
 impl ProvidedBuffers {
@@ -235,18 +307,13 @@ impl ProvidedBuffers {
         }
     }
 
-    /// Start of buffer `id`. With incremental consumption the application holds slices of a
-    /// buffer, not a lease; the caller must only use bytes of slices it holds (or of a lease).
+    /// Start of buffer `id`: a raw address, usable only under [`Ring::push`]'s `unsafe`
+    /// contract (or to inspect the mapping). Safe code sends with [`Ring::send_provided`].
     pub fn buf_ptr(&self, id: BufId) -> *const u8 {
-        debug_assert!(id.0 < self.book.entries());
+        assert!(id.0 < self.book.entries(), "buffer id out of range");
         self.data
             .as_ptr()
             .wrapping_add(usize::from(id.0) * self.buf_size as usize)
-    }
-
-    /// Ownership bookkeeping, for an [`ringwork_core::buf::IncTracker`] to update.
-    pub fn book_mut(&mut self) -> &mut ProvidedRing {
-        &mut self.book
     }
 
     /// Each buffer's size.
@@ -254,55 +321,108 @@ impl ProvidedBuffers {
         self.buf_size
     }
 
-    /// Ownership bookkeeping (replenish policy, counts).
+    /// Ownership bookkeeping (replenish policy, counts), read-only: only completions change
+    /// which buffers the application holds.
     pub fn book(&self) -> &ProvidedRing {
         &self.book
     }
 
-    /// The kernel filled buffer `id` (from a CQE's IORING_CQE_F_BUFFER): take the lease.
-    pub fn take(&mut self, id: BufId) -> Result<Lease, ringwork_core::buf::BufError> {
-        self.book.on_selected(id)
+    /// The kernel filled the buffer `selected` names (taken from its CQE with
+    /// [`crate::Cqe::take_buffer`]): the application now holds its lease.
+    pub fn take(&mut self, selected: SelectedBuf) -> Result<Lease, ringwork_core::buf::BufError> {
+        self.book.on_selected(selected.id())
     }
 
-    /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE) of `bytes` bytes starting
-    /// with buffer `first` (from the CQE): `take` gets the lease of every buffer it spans, in
-    /// order (each full but the last). Ring mode only: PROVIDE_BUFFERS groups do not say
-    /// which buffers follow `first`.
+    /// The kernel filled a receive bundle (IORING_RECVSEND_BUNDLE) of `selected.len()`
+    /// bytes starting with buffer `selected.id()`: `take` gets the lease of every buffer it
+    /// spans, in order (each full but the last). Ring mode only: PROVIDE_BUFFERS groups do
+    /// not say which buffers follow the first.
     pub fn take_bundle(
         &mut self,
-        first: BufId,
-        bytes: u32,
+        selected: SelectedBuf,
         take: impl FnMut(Lease),
     ) -> Result<(), ringwork_core::buf::BufError> {
         debug_assert!(self.ring_mem.is_some(), "bundles need a buffer ring");
-        let count = bytes.div_ceil(self.buf_size).max(1);
+        let count = selected.len().div_ceil(self.buf_size).max(1);
         let count = u16::try_from(count).unwrap_or(u16::MAX);
-        self.book.on_selected_bundle(first, count, take)
+        self.book.on_selected_bundle(selected.id(), count, take)
+    }
+
+    /// With incremental consumption (IOU_PBUF_RING_INC): the slice of the buffer `selected`
+    /// names that its completion filled; returns where in the buffer it starts (see
+    /// [`ringwork_core::buf::IncTracker::on_recv`]).
+    pub fn take_incremental(
+        &mut self,
+        inc: &mut IncTracker,
+        selected: SelectedBuf,
+    ) -> Result<u32, ringwork_core::buf::IncError> {
+        inc.on_recv(
+            &mut self.book,
+            selected.id(),
+            selected.len(),
+            selected.buf_more(),
+        )
+    }
+
+    /// With incremental consumption: the `len` bytes at `offset` of buffer `id` that a
+    /// completion filled, while their slice is held.
+    ///
+    /// # Panics
+    /// When no slice of the buffer is held, or the range is past what the kernel has filled.
+    pub fn slice(&self, inc: &IncTracker, id: BufId, offset: u32, len: u32) -> &[u8] {
+        assert!(inc.held(id) > 0, "no slice of this buffer is held");
+        assert!(
+            u64::from(offset) + u64::from(len) <= u64::from(inc.filled(id).min(self.buf_size)),
+            "a slice past what the kernel filled"
+        );
+        // SAFETY: in bounds (checked against what the kernel filled, at most the buffer); the
+        // kernel wrote these bytes before posting the completions that reported them, and it
+        // writes only past `filled` from now on, so nothing writes them while we read.
+        unsafe { core::slice::from_raw_parts(self.buf_ptr(id).add(offset as usize), len as usize) }
+    }
+
+    /// A receive completion's buffers, taken into `recv` (which holds their leases, or with
+    /// incremental consumption their slices): `piece` gets one receive piece per buffer, in
+    /// order (a bundle spans several). `more` is the CQE's IORING_CQE_F_MORE. Returns how many
+    /// buffers the completion filled. See [`RecvBuffers::on_recv`].
+    pub fn take_recv(
+        &mut self,
+        recv: &mut RecvBuffers,
+        selected: SelectedBuf,
+        more: bool,
+        piece: impl FnMut(RecvPiece),
+    ) -> Result<u16, RecvError> {
+        recv.on_recv(&mut self.book, recv_completion(selected, more), piece)
+    }
+
+    /// The buffers of a completion nobody will consume (stale, or an EOF that names one):
+    /// straight back to the ring. See [`RecvBuffers::return_unconsumed`].
+    pub fn return_recv(
+        &mut self,
+        recv: &mut RecvBuffers,
+        selected: SelectedBuf,
+        more: bool,
+    ) -> Result<(), RecvError> {
+        recv.return_unconsumed(&mut self.book, recv_completion(selected, more))
+    }
+
+    /// The application is done with the piece of buffer `buf` it holds through `recv`: the
+    /// buffer goes back to the ring (with incremental consumption, with its last slice).
+    pub fn recycle_recv(&mut self, recv: &mut RecvBuffers, buf: BufId) -> Result<(), RecvError> {
+        recv.recycle(&mut self.book, buf)
     }
 
     /// The first `len` bytes of a buffer the application holds.
+    ///
+    /// # Panics
+    /// When `lease` is another pool's.
     pub fn bytes(&self, lease: &Lease, len: u32) -> &[u8] {
+        assert!(self.book.owns(lease), "a lease of another buffer ring");
         let len = len.min(self.buf_size) as usize;
-        // SAFETY: the lease proves the kernel handed this buffer to us (its CQE was harvested)
-        // and it has not been published back, so the kernel does not write it; in bounds.
-        unsafe {
-            core::slice::from_raw_parts(
-                self.data
-                    .as_ptr()
-                    .add(lease.id().0 as usize * self.buf_size as usize),
-                len,
-            )
-        }
-    }
-
-    /// Start of buffer `id`, e.g. for a SEND SQE; valid while the lease is held.
-    pub fn ptr(&self, lease: &Lease) -> *const u8 {
-        // SAFETY: in bounds: the id came from this ring's bookkeeping.
-        unsafe {
-            self.data
-                .as_ptr()
-                .add(lease.id().0 as usize * self.buf_size as usize)
-        }
+        // SAFETY: the lease is this ring's (checked), so the id is in bounds; it proves the
+        // kernel handed this buffer to us (only a harvested CQE's buffer can be taken) and it
+        // has not been published back, so the kernel does not write it.
+        unsafe { core::slice::from_raw_parts(self.buf_ptr(lease.id()), len) }
     }
 
     /// Queues a buffer to go back to the kernel; [`Ring::publish_buffers`] makes it visible.
@@ -336,6 +456,16 @@ impl ProvidedBuffers {
         let tail_ref: &AtomicU16 = unsafe { &*ring_mem.as_ptr().add(14).cast::<AtomicU16>() };
         // Release: publishes the entry writes above; pairs with the kernel's acquire of the tail.
         tail_ref.store(tail, Ordering::Release);
+    }
+}
+
+/// Core's view of a receive completion, from the buffer taken out of its CQE.
+fn recv_completion(selected: SelectedBuf, more: bool) -> RecvCompletion {
+    RecvCompletion {
+        first: selected.id(),
+        bytes: selected.len(),
+        more,
+        buf_more: selected.buf_more(),
     }
 }
 
@@ -432,12 +562,29 @@ impl Ring {
         }
         .map_err(Error::syscall("register fixed buffers"))?;
         self.registered_mut().fixed = Some(buffers);
+        self.registered_mut().fixed_registered = true;
         Ok(())
     }
 
-    /// The registered fixed buffers, if any.
+    /// Keeps `buffers` without registering them, for when registration is refused
+    /// (RLIMIT_MEMLOCK) or turned off: [`Ring::read_fixed`] then reads into them with plain
+    /// IORING_OP_READ. The ring owns them from now on, as after [`Ring::register_buffers`].
+    pub fn adopt_buffers(&mut self, buffers: FixedBuffers) -> Result<()> {
+        if self.registered().fixed.is_some() {
+            return Err(Error::InvalidConfig("fixed buffers are already registered"));
+        }
+        self.registered_mut().fixed = Some(buffers);
+        Ok(())
+    }
+
+    /// The ring's fixed buffers (registered or adopted), if any.
     pub fn fixed_buffers(&mut self) -> Option<&mut FixedBuffers> {
         self.registered_mut().fixed.as_mut()
+    }
+
+    /// True when the ring's fixed buffers are registered with the kernel.
+    pub fn fixed_registered(&self) -> bool {
+        self.registered().fixed_registered
     }
 
     /// Registers a sparse file table of `slots` entries (IORING_REGISTER_FILES2 with
@@ -551,9 +698,10 @@ impl Ring {
 
     /// Hands every buffer recycled into `group` since the last call back to the kernel: ring
     /// mode writes the descriptors and stores the tail; SQE mode queues one
-    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS; a
-    /// failure completes with [`PROVIDE_BUFFERS_USER_DATA`]), submitted with the next enter and
-    /// executed, in SQ order, before any receive queued after this call.
+    /// IORING_OP_PROVIDE_BUFFERS SQE per run of consecutive ids (with CQE_SKIP_SUCCESS where
+    /// the kernel has it; a failure completes with [`PROVIDE_BUFFERS_USER_DATA`], a success
+    /// never reaches the caller), submitted with the next enter and executed, in SQ order,
+    /// before any receive queued after this call.
     pub fn publish_buffers(&mut self, group: BufGroup) -> Result<()> {
         let Some(br) = self.buf_ring(group) else {
             return Err(Error::InvalidConfig("no such buffer group"));
@@ -576,19 +724,25 @@ impl Ring {
                 end += 1;
             }
             let first = ids[start];
-            let sqe = Sqe::provide_buffers(
+            let mut sqe = Sqe::provide_buffers(
                 data.wrapping_add(usize::from(first) * size as usize),
                 size,
                 (end - start) as u16,
                 group,
                 BufId(first),
             )
-            .flags(IoringSqeFlags::CQE_SKIP_SUCCESS)
             .user_data(PROVIDE_BUFFERS_USER_DATA);
-            // SAFETY: the buffers lie inside `data`, which the ring owns until after its fd is
-            // closed; the bookkeeping just moved them to Kernel, so nothing in user space
-            // reads or writes them until a CQE selects one again.
-            unsafe { self.push_or_submit(&sqe)? };
+            // Before Linux 5.17 the flag fails the SQE (EINVAL): the ring then takes the
+            // success CQEs itself.
+            if self.skips_provide_success() {
+                sqe = sqe.flags(IoringSqeFlags::CQE_SKIP_SUCCESS);
+            }
+            // SAFETY: the buffers lie inside `data`, which the ring owns until it is idle
+            // after its last use (or forever, leaked, when it cannot prove that); the
+            // bookkeeping just moved them to Kernel, so nothing in user space reads or writes
+            // them until a CQE selects one again.
+            unsafe { self.push_or_submit_impl(&sqe)? };
+            self.note_provide_buffers_pushed();
             start = end;
         }
         Ok(())

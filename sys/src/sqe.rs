@@ -293,8 +293,29 @@ impl Sqe {
         s
     }
 
+    /// Points a cancel (by `user_data`) at another request.
+    pub(crate) fn cancel_target(mut self, ud: UserData) -> Self {
+        debug_assert_eq!(self.0.opcode, IoringOp::AsyncCancel);
+        self.0.addr_or_splice_off_in.user_data = io_uring_user_data::from_u64(ud.0);
+        self
+    }
+
+    /// IORING_OP_POLL_ADD (Linux 5.1): one completion once `events` are ready on `target`
+    /// (the ready mask in `res`).
+    pub fn poll_add(target: Target, events: rustix::event::PollFlags) -> Self {
+        let mut s = Self::rw(IoringOp::PollAdd, target, core::ptr::null_mut(), 0, 0);
+        // Little-endian layout, as liburing's io_uring_prep_poll_add (it swaps halves only on
+        // big-endian machines).
+        s.0.op_flags.poll32_events = events.bits() as u32;
+        s
+    }
+
     /// IORING_OP_ASYNC_CANCEL of every request on `target`
-    /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19).
+    /// (IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL, Linux 5.19; a [`Target::Fixed`]
+    /// adds IORING_ASYNC_CANCEL_FD_FIXED, Linux 6.0). Older kernels refuse the flags (EINVAL)
+    /// and cancel nothing: [`crate::Ring::can_cancel_fd`] and
+    /// [`crate::Ring::can_cancel_fd_fixed`] say whether this works, and where it does not,
+    /// cancel each request by its `user_data` ([`Sqe::cancel`]).
     pub fn cancel_fd(target: Target) -> Self {
         let mut s = Self::rw(
             IoringOp::AsyncCancel,
@@ -313,6 +334,22 @@ impl Sqe {
             }
         }
         s.0.op_flags.cancel_flags = flags;
+        s
+    }
+
+    /// IORING_OP_ASYNC_CANCEL of every request of the ring, whatever its `user_data` or file
+    /// (IORING_ASYNC_CANCEL_ANY, Linux 5.19; older kernels refuse it with EINVAL, see
+    /// [`crate::Ring::can_cancel_fd`]). Its CQE's `res` is how many it found. Work io-wq is
+    /// already running is only interrupted, and may finish normally.
+    pub fn cancel_any() -> Self {
+        let mut s = Self::rw(
+            IoringOp::AsyncCancel,
+            Target::Fd(-1),
+            core::ptr::null_mut(),
+            0,
+            0,
+        );
+        s.0.op_flags.cancel_flags = IoringAsyncCancelFlags::ANY;
         s
     }
 
@@ -455,6 +492,17 @@ mod tests {
         // SAFETY: plain-data union.
         let flags = unsafe { s.raw().op_flags.cancel_flags };
         assert!(flags.contains(IoringAsyncCancelFlags::FD_FIXED | IoringAsyncCancelFlags::ALL));
+    }
+
+    #[test]
+    fn cancel_any_matches_nothing_but_any() {
+        let s = Sqe::cancel_any();
+        assert_eq!(s.raw().opcode, IoringOp::AsyncCancel);
+        // SAFETY: plain-data union.
+        let flags = unsafe { s.raw().op_flags.cancel_flags };
+        // The kernel refuses ANY together with FD (EINVAL): ANY alone.
+        assert_eq!(flags, IoringAsyncCancelFlags::ANY);
+        assert!(!s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
     }
 
     #[test]

@@ -34,14 +34,14 @@ fn harvest(ring: &mut Ring, n: usize) -> Vec<Cqe> {
 
 fn result_of(cqes: &[Cqe], ud: u64) -> Result<u32, RawErrno> {
     cqes.iter()
-        .find(|c| c.user_data == UserData(ud))
+        .find(|c| c.user_data() == UserData(ud))
         .unwrap_or_else(|| panic!("no CQE for user_data {ud}: {cqes:?}"))
         .result()
 }
 
 fn position_of(cqes: &[Cqe], ud: u64) -> usize {
     cqes.iter()
-        .position(|c| c.user_data == UserData(ud))
+        .position(|c| c.user_data() == UserData(ud))
         .unwrap_or_else(|| panic!("no CQE for user_data {ud}: {cqes:?}"))
 }
 
@@ -246,10 +246,13 @@ fn send_zc_result_then_notification() {
     // are reaped by `harvest`.
     unsafe { ring.push(&sqe).unwrap() };
     let cqes = harvest(&mut ring, 2);
-    assert!(cqes.iter().all(|c| c.user_data == UserData(9)), "{cqes:?}");
+    assert!(
+        cqes.iter().all(|c| c.user_data() == UserData(9)),
+        "{cqes:?}"
+    );
     let result = cqes.iter().find(|c| !c.is_notification()).unwrap();
     let notif = cqes.iter().find(|c| c.is_notification()).unwrap();
-    assert_eq!(result.res, 1000, "{cqes:?}");
+    assert_eq!(result.res(), 1000, "{cqes:?}");
     assert!(
         result.more(),
         "the result promises a notification: {cqes:?}"
@@ -257,7 +260,7 @@ fn send_zc_result_then_notification() {
     assert!(!notif.more(), "{cqes:?}");
     if report {
         assert_ne!(
-            notif.res & rustix::io_uring::IORING_NOTIF_USAGE_ZC_COPIED,
+            notif.res() & rustix::io_uring::IORING_NOTIF_USAGE_ZC_COPIED,
             0,
             "loopback copies: {cqes:?}"
         );
@@ -283,7 +286,7 @@ fn report_usage_probe_keeps_other_completions() {
     let minor: u32 = parts.next().unwrap().parse().unwrap();
     assert_eq!(reports, (major, minor) >= (6, 2), "kernel {release}");
     let cqes = harvest(&mut ring, 3);
-    let uds: Vec<u64> = cqes.iter().map(|c| c.user_data.0).collect();
+    let uds: Vec<u64> = cqes.iter().map(|c| c.user_data().0).collect();
     assert_eq!(uds, [1, 2, 3]);
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use ringwork_core::buf::{BufGroup, IncTracker};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, ProvideMode, Ring, RingParams, Sqe, Target, TaskRun};
+use ringwork_sys::{
+    FixedBuffers, LegacyFeatures, ProvideMode, Ring, RingParams, Sqe, Target, TaskRun,
+};
 use rustix::io_uring::IoringOp;
 
 mod common;
@@ -52,7 +54,10 @@ fn twenty_four_sqes_in_one_enter() {
             ring.submit_and_wait(1).unwrap();
         }
         for c in got {
-            assert!(seen.insert(c.user_data.0, c.res).is_none(), "duplicate CQE");
+            assert!(
+                seen.insert(c.user_data().0, c.res()).is_none(),
+                "duplicate CQE"
+            );
         }
     }
     let want = pattern(16 * 4096);
@@ -78,18 +83,28 @@ fn read_fixed_write_fixed_round_trip() {
     let want = pattern(3 * 4096 + 100);
 
     // Read the tail end (a short read: 100 bytes) into a fixed buffer.
-    let fixed = ring.fixed_buffers().unwrap();
-    let lease = fixed.pool().acquire().unwrap();
-    let ptr = fixed.ptr(lease.id());
-    let id = fixed.pool().submit(lease, UserData(1));
-    let sqe = Sqe::read_fixed(fd, ptr, 4096, 3 * 4096, id.0).user_data(UserData(1));
-    // SAFETY: the buffer is in flight in the pool until the CQE below gives the lease back.
-    unsafe { ring.push(&sqe).unwrap() };
+    // The lease travels with the read (safe submission) and comes back with its CQE.
+    let lease = ring.fixed_buffers().unwrap().acquire().unwrap();
+    let id = lease.id();
+    let sqe = ring
+        .read_fixed(fd, lease, 0, 4096, 3 * 4096)
+        .user_data(UserData(1));
+    ring.push_safe(sqe).unwrap();
+    assert_eq!(ring.owned_in_flight(), 1);
     ring.submit_and_wait(1).unwrap();
     let c = ring.completions().next().unwrap();
     assert_eq!(c.result(), Ok(100));
+    assert_eq!(
+        c.user_data(),
+        UserData(1),
+        "the caller's user_data comes back"
+    );
+    assert_eq!(ring.owned_in_flight(), 0);
+    let lease = ring
+        .take_lease(UserData(1))
+        .expect("the lease comes back with the CQE");
     let fixed = ring.fixed_buffers().unwrap();
-    let lease = fixed.pool().complete(id, c.user_data).unwrap();
+    let ptr = fixed.bytes_mut(&lease).as_mut_ptr();
     assert_eq!(&fixed.bytes(&lease)[..100], &want[3 * 4096..]);
 
     // Write a new pattern with WRITE_FIXED at offset 4096, read it back with plain pread.
@@ -97,16 +112,14 @@ fn read_fixed_write_fixed_round_trip() {
         *b = (i % 13) as u8 ^ 0x5a;
     }
     let written = fixed.bytes(&lease).to_vec();
-    let id = fixed.pool().submit(lease, UserData(2));
     let sqe = Sqe::write_fixed(fd, ptr, 4096, 4096, id.0).user_data(UserData(2));
-    // SAFETY: as above.
+    // SAFETY: the lease (held here, untouched until the CQE) keeps the buffer ours; the ring
+    // owns its memory.
     unsafe { ring.push(&sqe).unwrap() };
     ring.submit_and_wait(1).unwrap();
     let c = ring.completions().next().unwrap();
     assert_eq!(c.result(), Ok(4096));
-    let fixed = ring.fixed_buffers().unwrap();
-    let lease = fixed.pool().complete(id, c.user_data).unwrap();
-    fixed.pool().release(lease);
+    ring.fixed_buffers().unwrap().release(lease);
     let mut back = vec![0u8; 4096];
     rustix::io::pread(&f.file, &mut back, 4096).unwrap();
     assert_eq!(back, written, "byte-exact");
@@ -122,14 +135,39 @@ fn provide_buffers_sqes_recv_enobufs_and_replenish() {
     provided_buffers_recv_enobufs_and_replenish(ProvideMode::Sqe);
 }
 
+/// The PROVIDE_BUFFERS path as a kernel before 5.17 runs it: no IOSQE_CQE_SKIP_SUCCESS, the
+/// ring consumes the success CQEs, and the receives see nothing of them.
+#[test]
+fn provide_buffers_sqes_without_skip_success_recv_enobufs_and_replenish() {
+    let legacy = LegacyFeatures {
+        no_cqe_skip: true,
+        ..Default::default()
+    };
+    let mut ring = provided_buffers_recv_enobufs_and_replenish_on(
+        RingParams::new(8).legacy_features(legacy),
+        ProvideMode::Sqe,
+    );
+    assert_eq!(ring.stats().skip_success, 0, "{:?}", ring.stats());
+    // Left: the last recv, queued after the socket closed (EBADF once submitted), and
+    // perhaps a PROVIDE_BUFFERS not yet submitted, whose CQE is the ring's own.
+    assert!(ring.quiesce(Duration::from_secs(2)).unwrap());
+    let rest: Vec<_> = ring.completions().collect();
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].user_data(), UserData(9));
+}
+
 /// Recv with buffer selection through ENOBUFS and back, with the buffers handed over by a
 /// buffer ring or by IORING_OP_PROVIDE_BUFFERS SQEs: the same bytes, the same ids.
 fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
+    provided_buffers_recv_enobufs_and_replenish_on(RingParams::new(8), mode);
+}
+
+fn provided_buffers_recv_enobufs_and_replenish_on(params: RingParams, mode: ProvideMode) -> Ring {
     const GROUP: BufGroup = BufGroup(7);
     const ENTRIES: u16 = 4;
     const SIZE: u32 = 64;
     let (mut client, server) = tcp_pair();
-    let mut ring = RingParams::new(8).build().unwrap();
+    let mut ring = params.build().unwrap();
     ring.probe()
         .unwrap()
         .require(IoringOp::Recv, "IORING_OP_RECV", "5.6")
@@ -162,17 +200,18 @@ fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
         }
         ring.submit_and_wait(1).unwrap();
         let cqes: Vec<_> = ring.completions().collect();
-        for c in cqes {
-            // PROVIDE_BUFFERS succeeds silently (CQE_SKIP_SUCCESS): only the recv completes.
-            assert_eq!(c.user_data, UserData(9), "{c:?}");
+        for mut c in cqes {
+            // PROVIDE_BUFFERS succeeds silently (CQE_SKIP_SUCCESS, or consumed by the ring
+            // without it): only the recv completes.
+            assert_eq!(c.user_data(), UserData(9), "{c:?}");
             match c.result() {
                 Ok(n) => {
-                    let id = c
-                        .buffer_id()
+                    let sel = c
+                        .take_buffer()
                         .expect("IORING_CQE_F_BUFFER set on a selected recv");
-                    ids_seen.insert(id);
+                    ids_seen.insert(sel.id());
                     let br = ring.buf_ring(GROUP).unwrap();
-                    let lease = br.take(id).unwrap();
+                    let lease = br.take(sel).unwrap();
                     received.extend_from_slice(br.bytes(&lease, n));
                     // Hold buffers until the ring runs dry, to provoke ENOBUFS.
                     held.push(lease);
@@ -215,6 +254,7 @@ fn provided_buffers_recv_enobufs_and_replenish(mode: ProvideMode) {
         ENTRIES as usize,
         "all buffer ids used and recycled"
     );
+    ring
 }
 
 /// Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12) on the real kernel: receives fill
@@ -245,17 +285,13 @@ fn incremental_buffer_ring_fills_a_buffer_piece_by_piece() {
         // ring owns for its lifetime.
         unsafe { ring.push(&sqe).unwrap() };
         ring.submit_and_wait(1).unwrap();
-        let c = ring.completions().next().unwrap();
+        let mut c = ring.completions().next().unwrap();
         let len = c.result().unwrap();
-        let id = c.buffer_id().unwrap();
+        let sel = c.take_buffer().unwrap();
+        let id = sel.id();
         let br = ring.buf_ring(GROUP).unwrap();
-        let offset = inc.on_recv(br.book_mut(), id, len, c.buf_more()).unwrap();
-        // SAFETY: the kernel wrote these `len` bytes at `offset` before posting the CQE we
-        // harvested, and writes nothing more there: the next piece starts after them.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(br.buf_ptr(id).add(offset as usize), len as usize)
-        };
-        received.extend_from_slice(bytes);
+        let offset = br.take_incremental(&mut inc, sel).unwrap();
+        received.extend_from_slice(br.slice(&inc, id, offset, len));
         pieces.push((id, offset, len, c.buf_more()));
     }
     assert_eq!(received, payload, "every piece where the kernel put it");
@@ -313,11 +349,11 @@ fn cq_overflow_is_flushed_not_lost() {
     for _ in 0..1000 {
         let got: Vec<_> = ring.completions().collect();
         for c in got {
-            assert_eq!(c.res, 0);
+            assert_eq!(c.res(), 0);
             assert!(
-                seen.insert(c.user_data.0),
+                seen.insert(c.user_data().0),
                 "duplicate completion {}",
-                c.user_data.0
+                c.user_data().0
             );
         }
         if seen.len() as u64 == total {
@@ -349,7 +385,7 @@ fn cancel_pending_recv_gives_ecanceled() {
     let mut results = HashMap::new();
     while results.len() < 2 {
         for c in ring.completions() {
-            results.insert(c.user_data.0, c.result());
+            results.insert(c.user_data().0, c.result());
         }
         if results.len() < 2 {
             ring.submit_and_wait(1).unwrap();
@@ -519,15 +555,15 @@ fn sqpoll_push_waits_for_sq_space() {
         };
         // Harvest as we go so the CQ (8 entries) does not back up.
         for c in ring.completions() {
-            assert!(seen.insert(c.user_data.0));
+            assert!(seen.insert(c.user_data().0));
         }
     }
     ring.submit().unwrap();
     while (seen.len() as u64) < total {
         ring.submit_and_wait(1).unwrap();
         for c in ring.completions() {
-            assert_eq!(c.res, 0);
-            assert!(seen.insert(c.user_data.0), "duplicate completion");
+            assert_eq!(c.res(), 0);
+            assert!(seen.insert(c.user_data().0), "duplicate completion");
         }
     }
     assert_eq!(seen.len() as u64, total);

@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: locate the binaries that
-//! `cargo test --workspace` built, start them on an ephemeral loopback port, read the address
-//! they print, count their open fds, and stop them.
+//! `cargo test --workspace` built, start them on an ephemeral loopback port (optionally under a
+//! low RLIMIT_NOFILE, with stderr captured), read the address they print, count their open fds
+//! and CPU time, and stop them.
 //!
 //! Every server prints a line containing `listening on ADDR` on stdout once it accepts
 //! connections; [`Server::start`] waits for it.
@@ -8,8 +9,8 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags};
@@ -44,18 +45,60 @@ pub struct Server {
     /// Where it listens.
     pub addr: SocketAddr,
     lines: mpsc::Receiver<String>,
+    /// What it wrote on stderr, when [`Server::start_with_nofile`] captured it.
+    stderr: Option<Arc<Mutex<StderrLog>>>,
+}
+
+/// A server's stderr as captured by [`Server::start_with_nofile`]: every line is counted, the
+/// first [`StderrLog::KEPT`] are kept (a server that floods stderr must not flood the test).
+#[derive(Clone, Debug, Default)]
+pub struct StderrLog {
+    /// The first lines, in order.
+    pub lines: Vec<String>,
+    /// How many lines it wrote in all.
+    pub total: usize,
+}
+
+impl StderrLog {
+    /// Lines kept.
+    pub const KEPT: usize = 200;
 }
 
 impl Server {
     /// Starts binary `name` with `args` and waits (up to 10 s) for its `listening on` line.
     pub fn start(name: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(binary(name))
+        Self::launch(name, args, None)
+    }
+
+    /// As [`Server::start`], but under RLIMIT_NOFILE `nofile` (soft and hard, set before the
+    /// server runs, through the `ringwork-e2e-nofile` launcher), with its stderr captured for
+    /// [`Server::stderr`].
+    pub fn start_with_nofile(name: &str, args: &[&str], nofile: u64) -> Server {
+        Self::launch(name, args, Some(nofile))
+    }
+
+    fn launch(name: &str, args: &[&str], nofile: Option<u64>) -> Server {
+        let mut command = match nofile {
+            None => Command::new(binary(name)),
+            Some(limit) => {
+                let mut c = Command::new(binary("ringwork-e2e-nofile"));
+                c.arg(limit.to_string()).arg(binary(name));
+                c
+            }
+        };
+        let stderr = if nofile.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        };
+        let mut child = command
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().map(collect_stderr);
         let (tx, lines) = mpsc::channel();
         forward_lines(stdout, tx);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -74,7 +117,12 @@ impl Server {
                         let addr = addr_text.parse().unwrap_or_else(|e| {
                             panic!("{name} printed a bad address {line:?}: {e}")
                         });
-                        return Server { child, addr, lines };
+                        return Server {
+                            child,
+                            addr,
+                            lines,
+                            stderr,
+                        };
                     }
                 }
                 Err(_) => {
@@ -84,6 +132,34 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// What the server wrote on stderr so far.
+    ///
+    /// # Panics
+    /// When it was not started with [`Server::start_with_nofile`] (stderr not captured).
+    pub fn stderr(&self) -> StderrLog {
+        let log = self.stderr.as_ref().expect("stderr captured");
+        log.lock().expect("stderr log").clone()
+    }
+
+    /// CPU time the server has used, user and system (utime + stime of /proc/PID/stat).
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        // Fields 14 and 15 of the line are the 12th and 13th after the name.
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+            .sum();
+        let per_second = rustix::param::clock_ticks_per_second().max(1);
+        Duration::from_secs_f64(ticks as f64 / per_second as f64)
     }
 
     /// The process id.
@@ -191,6 +267,24 @@ fn forward_lines(stdout: ChildStdout, tx: mpsc::Sender<String>) {
             }
         }
     });
+}
+
+/// Reads `stderr` to its end on a thread of its own (a server that floods it must not block on
+/// a full pipe), counting every line and keeping the first [`StderrLog::KEPT`].
+fn collect_stderr(stderr: ChildStderr) -> Arc<Mutex<StderrLog>> {
+    let log = Arc::new(Mutex::new(StderrLog::default()));
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().expect("stderr log");
+            log.total += 1;
+            if log.lines.len() < StderrLog::KEPT {
+                log.lines.push(line);
+            }
+        }
+    });
+    log
 }
 
 impl Drop for Server {

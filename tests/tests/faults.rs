@@ -887,3 +887,256 @@ fn sigterm_drains_downloads_in_flight_and_exits_0() {
         }
     }
 }
+
+/// RLIMIT_NOFILE of the servers in the descriptor-exhaustion tests: room for their own
+/// descriptors and a few dozen connections.
+const NOFILE_LIMIT: u64 = 64;
+/// Clients in the descriptor-exhaustion tests: well over what the limit leaves room for.
+const EXHAUSTION_CLIENTS: usize = 100;
+/// How long the server's CPU is measured while it cannot accept.
+const EXHAUSTION_WINDOW: Duration = Duration::from_secs(2);
+/// Most CPU the server may use over that window, in cores: a quarter of one (re-arming a failed
+/// accept at once cost a whole core).
+const EXHAUSTION_CPU_LIMIT: f64 = 0.25;
+/// Most lines the server may write on stderr over the whole episode: one when it begins, one
+/// when it ends, and some slack (re-arming at once wrote one per failed accept, hundreds of
+/// thousands a second).
+const EXHAUSTION_LOG_LINES: usize = 4;
+
+/// Reads from every client until `within` has passed (or, with `all`, until every client has
+/// been answered); which clients `answered` says got a whole answer.
+fn answers(
+    clients: &[TcpStream],
+    answered: fn(&[u8]) -> bool,
+    within: Duration,
+    all: bool,
+) -> Vec<bool> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut got = vec![Vec::new(); clients.len()];
+    let mut done = vec![false; clients.len()];
+    // Closed or reset before its answer: never answered, and no longer polled.
+    let mut gone = vec![false; clients.len()];
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline && !(all && done.iter().all(|d| *d)) {
+        let waiting: Vec<usize> = (0..clients.len())
+            .filter(|&i| !done[i] && !gone[i])
+            .collect();
+        let mut fds: Vec<PollFd> = waiting
+            .iter()
+            .map(|&i| PollFd::new(&clients[i], PollFlags::IN))
+            .collect();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: left.min(Duration::from_millis(50)).as_nanos() as i64,
+        };
+        poll(&mut fds, Some(&ts)).unwrap();
+        let ready: Vec<usize> = waiting
+            .iter()
+            .zip(&fds)
+            .filter(|(_, f)| !f.revents().is_empty())
+            .map(|(&i, _)| i)
+            .collect();
+        for i in ready {
+            match (&clients[i]).read(&mut buf) {
+                Ok(0) => gone[i] = true,
+                Ok(n) => {
+                    got[i].extend_from_slice(&buf[..n]);
+                    done[i] = answered(&got[i]);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => gone[i] = true,
+            }
+        }
+    }
+    done
+}
+
+/// Connects `count` clients (nonblocking once connected) and has each send `request`.
+fn clients_asking(addr: SocketAddr, count: usize, request: &[u8]) -> Vec<TcpStream> {
+    (0..count)
+        .map(|i| {
+            let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect #{i}: {e}"));
+            c.write_all(request).unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect()
+}
+
+/// A server out of descriptors (RLIMIT_NOFILE far below its clients) backs off instead of
+/// retrying accept at once: it stays cheap (CPU, stderr) while the connections it holds are
+/// served and the rest wait in the listen backlog; once connections close it accepts the
+/// waiting ones (no new connection needed to wake it) and says that the episode ended.
+fn accept_backs_off_when_out_of_fds(
+    what: &str,
+    name: &str,
+    args: &[&str],
+    request: &[u8],
+    answered: fn(&[u8]) -> bool,
+) {
+    raise_nofile_limit();
+    let server = Server::start_with_nofile(name, args, NOFILE_LIMIT);
+    let baseline = server.fd_count();
+    assert!(
+        baseline + 10 < NOFILE_LIMIT as usize,
+        "{what}: {baseline} fds at start leave no room under {NOFILE_LIMIT}"
+    );
+    // Every client connects (the kernel completes handshakes into the listen backlog) and asks
+    // once: those the server could accept are answered, the others wait.
+    let mut clients = clients_asking(server.addr, EXHAUSTION_CLIENTS, request);
+    assert!(
+        server.wait_until(Duration::from_secs(10), |s| s.fd_count()
+            >= NOFILE_LIMIT as usize),
+        "{what}: the server never ran out of fds ({} of {NOFILE_LIMIT})",
+        server.fd_count()
+    );
+    let cpu_before = server.cpu_time();
+    let t = Instant::now();
+    let served = answers(&clients, answered, EXHAUSTION_WINDOW, false);
+    let cpu = server.cpu_time() - cpu_before;
+    let wall = t.elapsed();
+    let n_served = served.iter().filter(|s| **s).count();
+    let log = server.stderr();
+    println!(
+        "{what}: {n_served} of {EXHAUSTION_CLIENTS} clients served at {NOFILE_LIMIT} fds, \
+         CPU {cpu:?} over {wall:?}, {} stderr lines: {:?}",
+        log.total,
+        &log.lines[..log.lines.len().min(5)]
+    );
+    assert!(
+        cpu.as_secs_f64() < EXHAUSTION_CPU_LIMIT * wall.as_secs_f64(),
+        "{what}: used {cpu:?} of CPU in {wall:?} while out of fds"
+    );
+    assert!(
+        n_served > 0 && n_served < EXHAUSTION_CLIENTS,
+        "{what}: {n_served} of {EXHAUSTION_CLIENTS} clients served while out of fds"
+    );
+    assert!(
+        log.total <= EXHAUSTION_LOG_LINES,
+        "{what}: {} lines on stderr while out of fds: {:?}",
+        log.total,
+        &log.lines[..log.lines.len().min(10)]
+    );
+    assert!(
+        log.lines.iter().any(|l| l.contains("EMFILE")),
+        "{what}: nothing on stderr names EMFILE: {:?}",
+        log.lines
+    );
+
+    // The served clients leave; the waiting ones get in, with nothing new knocking.
+    let mut waiting = Vec::new();
+    for (c, served) in clients.drain(..).zip(&served) {
+        if !served {
+            waiting.push(c);
+        }
+    }
+    let later = answers(&waiting, answered, Duration::from_secs(10), true);
+    let n_later = later.iter().filter(|s| **s).count();
+    assert_eq!(
+        n_later,
+        waiting.len(),
+        "{what}: {n_later} of the {} waiting clients served once others left",
+        waiting.len()
+    );
+    drop(waiting);
+    let fresh = clients_asking(server.addr, 1, request);
+    assert_eq!(
+        answers(&fresh, answered, Duration::from_secs(5), true),
+        [true],
+        "{what}: a new client after the episode"
+    );
+    // The end of the episode is said once, after a quiet while.
+    assert!(
+        server.wait_until(Duration::from_secs(5), |s| s
+            .stderr()
+            .lines
+            .iter()
+            .filter(|l| l.contains("EMFILE"))
+            .count()
+            >= 2),
+        "{what}: the end of the episode was not reported: {:?}",
+        server.stderr().lines
+    );
+    let log = server.stderr();
+    assert!(
+        log.total <= EXHAUSTION_LOG_LINES,
+        "{what}: {} lines on stderr over the episode: {:?}",
+        log.total,
+        log.lines
+    );
+    println!("{what}: {:?}", log.lines);
+}
+
+/// An echo of the request, byte for byte.
+const ECHO_REQUEST: &[u8] = b"are you there?\n";
+
+fn echoed(got: &[u8]) -> bool {
+    got == ECHO_REQUEST
+}
+
+#[test]
+fn echo_backs_off_accept_when_out_of_fds() {
+    for backend in BACKENDS {
+        accept_backs_off_when_out_of_fds(
+            &format!("echo {backend}"),
+            "ringwork-echo",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--threads",
+                "1",
+                "--backend",
+                backend,
+            ],
+            ECHO_REQUEST,
+            echoed,
+        );
+    }
+}
+
+/// A keep-alive GET of a small file.
+const FILES_REQUEST: &[u8] = b"GET /inside.txt HTTP/1.1\r\nHost: t\r\n\r\n";
+
+/// A whole HTTP response: its head and as many body bytes as Content-Length says (any status:
+/// out of fds, an epoll server's open of the file fails, and that is an answer too).
+fn http_answered(got: &[u8]) -> bool {
+    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&got[..end]);
+    let body: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    head.starts_with("HTTP/1.1 ") && got.len() >= end + 4 + body
+}
+
+#[test]
+fn files_backs_off_accept_when_out_of_fds() {
+    let root = files_fixture().root.to_str().unwrap();
+    for backend in BACKENDS {
+        accept_backs_off_when_out_of_fds(
+            &format!("files {backend}"),
+            "ringwork-files",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--backend",
+                backend,
+                "--max-conns",
+                "128",
+                "--chunk",
+                "4096",
+                root,
+            ],
+            FILES_REQUEST,
+            http_answered,
+        );
+    }
+}
