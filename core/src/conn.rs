@@ -1416,6 +1416,43 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    proptest! {
+        /// Against a model (a list of tokens, one per slot, the newest incarnation, in the
+        /// order slots began waiting): a wake when ready hands out exactly that list and
+        /// empties the set; when not ready it changes nothing; the set never grows past its
+        /// slots, however often a slot is reused while it waits.
+        #[test]
+        fn starved_matches_a_model(
+            ops in proptest::collection::vec((0u32..6, 0u32..4, any::<bool>()), 0..200),
+        ) {
+            use crate::token::{Generation, OpKind};
+            let mut s = Starved::new(6);
+            let mut model: Vec<Token> = Vec::new();
+            let mut out = Vec::new();
+            for (slot, generation, wake) in ops {
+                if wake {
+                    let ready = generation % 2 == 0;
+                    s.wake(ready, &mut out);
+                    if ready {
+                        prop_assert_eq!(&out, &model);
+                        model.clear();
+                    } else {
+                        prop_assert!(out.is_empty());
+                    }
+                } else {
+                    let t = Token::new(OpKind::Recv, Slot(slot), Generation::new(generation));
+                    s.wait(t);
+                    match model.iter_mut().find(|m| m.slot == t.slot) {
+                        Some(m) => *m = t,
+                        None => model.push(t),
+                    }
+                }
+                prop_assert_eq!(s.len(), model.len());
+                prop_assert!(s.len() <= 6);
+            }
+        }
+    }
+
     // ---- The simulated driver --------------------------------------------------------------
 
     /// One thing the kernel (or peer, or server) may do next; skipped when impossible.

@@ -10,7 +10,7 @@
 //! path → (a directory: stat `index.html` inside it) → [`Op::Open`] → send the head and stream
 //! the body through two buffers (read the next chunk while the current one is sent, with
 //! [`FileRead`] handling short reads and O_DIRECT alignment) → [`Op::CloseFile`] → next
-//! request or [`Op::Close`].
+//! request or [`Op::Close`] → [`Op::Free`].
 //!
 //! The stat comes *before* the open: a FIFO or device is refused without ever being opened (an
 //! open of a FIFO blocks), and the driver stats by path because io_uring's STATX cannot name a
@@ -18,13 +18,16 @@
 //! path the stat resolved outside it (through a symlink) fails to open, and its size is never
 //! sent.
 //!
-//! Ownership rule the drivers rely on: [`Op::Close`] is emitted only when no operation of this
-//! connection is in flight, so the driver may free the connection (and its buffers and file
-//! slot) as soon as it has performed it; with one exception: SEND_ZC notifications may still
-//! be owed ([`HttpConn::zc_in_flight`]). Then the kernel may still read the chunk buffers,
-//! which the driver must keep until the notifications arrive (and report them), while it
-//! closes the socket at once (abortively): bytes still queued there hold the notifications
-//! back, and a peer that does not read would otherwise hold the connection forever.
+//! Ownership: the connection counts its own operations in flight ([`HttpConn::in_flight`]):
+//! every op it emits reports exactly one completion (cancel and shutdown requests included,
+//! with [`HttpConn::on_cancel_done`] and [`HttpConn::on_shutdown_done`]), and a zero-copy send
+//! also its notification when its result promised one, in either order. [`Op::Close`] comes
+//! once nothing is in flight on the socket but SEND_ZC notifications, and says whether to
+//! reset it: with notifications owed the kernel may still read the chunk buffers, and bytes
+//! of ours still queued in the socket hold those notifications back (a peer that does not
+//! read would hold the connection forever), so the socket is closed abortively and the
+//! kernel drops them. [`Op::Free`] comes once nothing at all is in flight: only then may the
+//! driver free the connection, its buffers and its file slot. So no driver counts anything.
 //!
 //! What it deliberately does not do: hold descriptors or buffers for file data (the driver
 //! owns the two chunk buffers, [`BufIx`] 0 and 1, each at least [`Config::chunk`] bytes), read
@@ -140,9 +143,8 @@ pub enum SendSrc {
     },
 }
 
-/// An operation for the driver to perform; exactly one completion is fed back for each,
-/// except [`Op::Cancel`] (its effect shows as the cancelled op's completion) and
-/// [`Op::Close`] (the last op).
+/// An operation for the driver to perform; exactly one completion is fed back for each
+/// (a [`Op::SendZc`] also reports its notification), except [`Op::Close`] and [`Op::Free`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum Op {
     /// Receive at most `max` bytes from the socket; report with [`HttpConn::on_recv`].
@@ -196,13 +198,25 @@ pub enum Op {
     },
     /// Close the open file; report with [`HttpConn::on_file_closed`].
     CloseFile,
-    /// Cancel the socket operation in flight (a receive or send); it completes with an error.
+    /// Cancel the socket operation in flight (a receive or send, by descriptor); it
+    /// completes with an error. Report the cancel request's own completion, whatever its
+    /// result, with [`HttpConn::on_cancel_done`].
     Cancel,
     /// Shut down the sending side of the socket (the response is complete and the connection
-    /// will close): the client sees end of stream. No completion is reported.
+    /// will close): the client sees end of stream. Report its completion, whatever its
+    /// result, with [`HttpConn::on_shutdown_done`].
     Shutdown,
-    /// Close the connection. Nothing of it is in flight; nothing follows.
-    Close,
+    /// Close the socket now: nothing is in flight on it but SEND_ZC notifications. With
+    /// `reset`, some are owed: close it abortively (SO_LINGER 0), so that the kernel drops
+    /// the bytes still queued, which hold the notifications back, and keep the chunk buffers
+    /// (the kernel may still read them) until [`Op::Free`]. No completion is reported.
+    Close {
+        /// SEND_ZC notifications are owed: reset instead of a graceful close.
+        reset: bool,
+    },
+    /// Nothing of the connection is in flight any more: free it (its buffers, its file slot,
+    /// the memory its SQEs named). The last op; nothing follows.
+    Free,
 }
 
 /// Where the request stands.
@@ -233,8 +247,10 @@ enum Phase {
     Drain { since: u64, drained: u32 },
     /// Waiting for in-flight ops to finish, then close.
     Closing,
-    /// [`Op::Close`] was emitted.
+    /// [`Op::Close`] was emitted; SEND_ZC notifications may still be owed.
     Closed,
+    /// [`Op::Free`] was emitted. Terminal.
+    Freed,
 }
 
 /// What a chunk buffer holds.
@@ -299,6 +315,9 @@ pub struct HttpConn {
     recv_in_flight: bool,
     send_in_flight: bool,
     cancel_sent: bool,
+    /// Ops emitted whose completion has not been reported, SEND_ZCs aside (the tracker
+    /// counts those until result and notification are both in).
+    pending: u32,
     /// An [`Op::CloseFile`] is queued or in flight.
     file_closing: bool,
     /// After the response: close instead of reading the next request.
@@ -332,6 +351,7 @@ impl HttpConn {
             recv_in_flight: false,
             send_in_flight: false,
             cancel_sent: false,
+            pending: 0,
             file_closing: false,
             close_after: false,
             last_progress: now.mono_ms,
@@ -361,9 +381,20 @@ impl HttpConn {
         &self.head[..self.head_len as usize]
     }
 
-    /// True once [`Op::Close`] has been emitted.
+    /// True once [`Op::Close`] has been emitted (and perhaps [`Op::Free`]).
     pub fn is_closed(&self) -> bool {
-        self.phase == Phase::Closed
+        matches!(self.phase, Phase::Closed | Phase::Freed)
+    }
+
+    /// True once [`Op::Free`] has been emitted: nothing of the connection is in flight.
+    pub fn is_freed(&self) -> bool {
+        self.phase == Phase::Freed
+    }
+
+    /// Operations emitted whose completions have not all been reported: each op counts one,
+    /// a SEND_ZC until its result and (when promised) its notification are both in.
+    pub fn in_flight(&self) -> u32 {
+        self.pending + self.zc_in_flight() as u32
     }
 
     /// Requests answered so far.
@@ -372,12 +403,23 @@ impl HttpConn {
     }
 
     fn push(&mut self, op: Op) {
+        // Every op reports one completion but these (a SEND_ZC's are the tracker's).
+        if !matches!(op, Op::SendZc { .. } | Op::Close { .. } | Op::Free) {
+            self.pending += 1;
+        }
         // Capacity guard: at most a send, a read and one bookkeeping op are queued at once.
         self.ops.push(op);
     }
 
+    /// One reported completion of a counted op. A stray report (a driver bug) must not make
+    /// the connection look idle while something is in flight, nor underflow.
+    fn completed(&mut self) {
+        self.pending = self.pending.saturating_sub(1);
+    }
+
     /// Bytes arrived (`Ok(&[])`: end of stream) or the receive failed.
     pub fn on_recv(&mut self, now: Time, res: Result<&[u8], RawErrno>) {
+        self.completed();
         self.recv_in_flight = false;
         self.last_progress = now.mono_ms;
         match (self.phase, res) {
@@ -407,6 +449,7 @@ impl HttpConn {
 
     /// The stat of [`HttpConn::path`] completed.
     pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
+        self.completed();
         self.last_progress = now.mono_ms;
         let Phase::Stat { index } = self.phase else {
             // Guard: a stat is only issued in Phase::Stat; a stray one is a driver bug.
@@ -497,6 +540,7 @@ impl HttpConn {
 
     /// The open completed; `Err(INVAL)` on an O_DIRECT open makes it retry buffered.
     pub fn on_open(&mut self, now: Time, res: Result<(), RawErrno>) {
+        self.completed();
         self.last_progress = now.mono_ms;
         let Phase::Open {
             info,
@@ -504,7 +548,9 @@ impl HttpConn {
             planned,
         } = self.phase
         else {
-            // Guard: an open is only issued in Phase::Open.
+            // Aborted while the open was in flight (or a stray report): a file it opened
+            // must still be closed.
+            self.file_open |= res.is_ok();
             return self.close();
         };
         match res {
@@ -554,6 +600,7 @@ impl HttpConn {
 
     /// The read into `buf` completed.
     pub fn on_read(&mut self, now: Time, buf: BufIx, res: Result<u32, RawErrno>) {
+        self.completed();
         self.last_progress = now.mono_ms;
         let b = usize::from(buf.0 & 1);
         debug_assert_eq!(self.bufs[b], BufState::Reading);
@@ -599,6 +646,12 @@ impl HttpConn {
 
     /// The send completed.
     pub fn on_send(&mut self, now: Time, res: Result<u32, RawErrno>) {
+        self.completed();
+        self.send_done(now, res);
+    }
+
+    /// A send's result, by copy or zero copy.
+    fn send_done(&mut self, now: Time, res: Result<u32, RawErrno>) {
         self.send_in_flight = false;
         self.last_progress = now.mono_ms;
         let n = match res {
@@ -651,7 +704,7 @@ impl HttpConn {
             Ok(r) => debug_assert!(r.recycle.is_none()),
             Err(_) => return self.close(),
         }
-        self.on_send(now, res);
+        self.send_done(now, res);
     }
 
     /// The notification CQE (IORING_CQE_F_NOTIF) of the [`Op::SendZc`] named `slot` arrived:
@@ -672,8 +725,30 @@ impl HttpConn {
             // unchanged, and nothing here depends on it.
             Err(_) => return,
         }
+        if self.phase == Phase::Closed {
+            // The socket is closed; the last notification frees the connection.
+            return self.free_when_idle();
+        }
         // Reads may proceed into the freed buffer; a closing connection may be done.
         self.pump(now);
+    }
+
+    /// The completion of an [`Op::Cancel`] request (whatever its result: the cancelled op
+    /// reports on its own).
+    pub fn on_cancel_done(&mut self, _now: Time) {
+        self.completed();
+        if self.phase == Phase::Closing {
+            self.close();
+        }
+    }
+
+    /// The completion of an [`Op::Shutdown`] (whatever its result: a peer that reset the
+    /// connection shows in the receive).
+    pub fn on_shutdown_done(&mut self, _now: Time) {
+        self.completed();
+        if self.phase == Phase::Closing {
+            self.close();
+        }
     }
 
     /// Zero-copy sends whose result or notification is still to come.
@@ -683,6 +758,7 @@ impl HttpConn {
 
     /// The file close completed.
     pub fn on_file_closed(&mut self, now: Time) {
+        self.completed();
         self.file_open = false;
         self.file_closing = false;
         match self.phase {
@@ -730,7 +806,7 @@ impl HttpConn {
             | Phase::CloseFile => {
                 self.close_after = true;
             }
-            Phase::Drain { .. } | Phase::Closing | Phase::Closed => {}
+            Phase::Drain { .. } | Phase::Closing | Phase::Closed | Phase::Freed => {}
         }
     }
 
@@ -1034,9 +1110,11 @@ impl HttpConn {
         self.want_head(now);
     }
 
-    /// Closes as soon as nothing is in flight: cancels the socket op, waits for reads.
+    /// Closes as soon as nothing is in flight: cancels the socket op, waits for reads, closes
+    /// the file, waits for the cancel's and a shutdown's own completions; frees once the
+    /// notifications are in too.
     fn close(&mut self) {
-        if self.phase == Phase::Closed {
+        if self.is_closed() {
             return;
         }
         self.phase = Phase::Closing;
@@ -1060,10 +1138,27 @@ impl HttpConn {
             }
             return;
         }
-        // SEND_ZC notifications may still be owed: the driver keeps the buffers for them (see
-        // the module docs); no send result is (`send_in_flight` above).
+        if self.pending > 0 {
+            // A stat or open looking the path up, a cancel or shutdown request: each
+            // completion calls back here. The socket must outlive requests that name it (a
+            // cancel by descriptor would hit a reused number).
+            return;
+        }
+        // SEND_ZC notifications may still be owed (no send result: `send_in_flight` above);
+        // see the module docs.
         self.phase = Phase::Closed;
-        self.push(Op::Close);
+        self.push(Op::Close {
+            reset: self.zc_in_flight() > 0,
+        });
+        self.free_when_idle();
+    }
+
+    /// After [`Op::Close`]: [`Op::Free`] once no notification is owed.
+    fn free_when_idle(&mut self) {
+        if self.phase == Phase::Closed && self.in_flight() == 0 {
+            self.phase = Phase::Freed;
+            self.push(Op::Free);
+        }
     }
 }
 
@@ -1078,7 +1173,9 @@ mod tests {
     /// `d` without index, `x` that stats as a file but fails to open (a symlink out of the
     /// root: EXDEV), everything else missing. Reads and sends are cut short at random.
     /// Linked opens: the linked read runs after a successful open, and after a failed one
-    /// completes with ECANCELED, its CQE before or after the open's.
+    /// completes with ECANCELED, its CQE before or after the open's. Cancel and shutdown
+    /// requests complete late, at random, like SEND_ZC notifications; whenever nothing is
+    /// queued the connection's in-flight count must match what the simulation owes it.
     struct Sim {
         conn: HttpConn,
         file: Vec<u8>,
@@ -1098,6 +1195,10 @@ mod tests {
         rng: u64,
         /// A receive is pending (nothing more to give it).
         recv_pending: bool,
+        /// Cancel and shutdown requests whose own completions are still to come.
+        deferred: Vec<Deferred>,
+        /// [`Op::Free`] was performed.
+        freed: bool,
         /// Call [`HttpConn::on_shutdown`] when this many ops have been polled.
         shutdown_at: Option<usize>,
         /// The send side was shut down.
@@ -1106,7 +1207,22 @@ mod tests {
         at_shutdown: Option<(u64, bool)>,
     }
 
+    #[derive(Clone, Copy, Debug)]
+    enum Deferred {
+        Cancel,
+        Shutdown,
+    }
+
     impl Sim {
+        /// One late cancel or shutdown completion, picked at random.
+        fn complete_deferred(&mut self) {
+            let k = self.rand(self.deferred.len());
+            match self.deferred.swap_remove(k) {
+                Deferred::Cancel => self.conn.on_cancel_done(Time::default()),
+                Deferred::Shutdown => self.conn.on_shutdown_done(Time::default()),
+            }
+        }
+
         fn rand(&mut self, n: usize) -> usize {
             self.rng ^= self.rng << 13;
             self.rng ^= self.rng >> 7;
@@ -1139,22 +1255,37 @@ mod tests {
             loop {
                 let op = match self.conn.poll_op() {
                     Some(op) => {
-                        assert!(!self.closed, "{op:?} after Close");
+                        assert!(!self.freed, "{op:?} after Free");
+                        assert!(!self.closed || op == Op::Free, "{op:?} after Close");
                         op
                     }
-                    // Nothing else to do: the notifications still owed come in (also after
-                    // Close: the driver keeps the buffers for them).
-                    None if !self.zc_pending.is_empty() => {
-                        self.notify_one();
+                    None => {
+                        let owed = u32::from(self.recv_pending)
+                            + (self.zc_pending.len() + self.deferred.len()) as u32;
+                        assert_eq!(self.conn.in_flight(), owed, "in-flight count");
+                        // Nothing else to do: what is still owed comes in (notifications
+                        // also after Close: the driver keeps the buffers for them).
+                        if !self.zc_pending.is_empty() {
+                            self.notify_one();
+                        } else if !self.deferred.is_empty() {
+                            self.complete_deferred();
+                        } else {
+                            break;
+                        }
                         continue;
                     }
-                    None => break,
                 };
                 steps += 1;
                 assert!(steps < 1_000_000, "no progress");
-                // Notifications also come between other completions, late and out of order.
-                if !self.zc_pending.is_empty() && self.rand(3) == 0 {
+                // Notifications (and cancel and shutdown completions) also come between other
+                // completions, late and out of order; not between Close's emission and its
+                // performance, which a driver does at once.
+                let closing = matches!(op, Op::Close { .. } | Op::Free);
+                if !closing && !self.zc_pending.is_empty() && self.rand(3) == 0 {
                     self.notify_one();
+                }
+                if !closing && !self.deferred.is_empty() && self.rand(3) == 0 {
+                    self.complete_deferred();
                 }
                 if self.shutdown_at == Some(steps) {
                     // The server starts draining with `op` in flight.
@@ -1294,15 +1425,31 @@ mod tests {
                         self.file_open = false;
                         self.conn.on_file_closed(now);
                     }
-                    Op::Shutdown => self.fin = true,
+                    Op::Shutdown => {
+                        self.fin = true;
+                        self.deferred.push(Deferred::Shutdown);
+                    }
                     Op::Cancel if self.recv_pending => {
                         self.recv_pending = false;
-                        self.conn.on_recv(now, Err(RawErrno::CANCELED));
+                        // The cancel's own completion before or after the receive's.
+                        if self.rand(2) == 0 {
+                            self.conn.on_cancel_done(now);
+                            self.conn.on_recv(now, Err(RawErrno::CANCELED));
+                        } else {
+                            self.conn.on_recv(now, Err(RawErrno::CANCELED));
+                            self.deferred.push(Deferred::Cancel);
+                        }
                     }
                     // The receive it meant completed first (the kernel says ENOENT).
-                    Op::Cancel => {}
-                    Op::Close => {
+                    Op::Cancel => self.deferred.push(Deferred::Cancel),
+                    Op::Close { reset } => {
                         assert!(!self.file_open, "file left open at close");
+                        assert!(!self.recv_pending, "closed with a receive in flight");
+                        assert!(
+                            self.deferred.is_empty(),
+                            "closed with a cancel or shutdown in flight: {:?}",
+                            self.deferred
+                        );
                         // Notifications may still be owed (the driver keeps the buffers and
                         // resets the socket), but no send result.
                         assert_eq!(
@@ -1310,7 +1457,14 @@ mod tests {
                             self.zc_pending.len(),
                             "closed with a SEND_ZC result outstanding"
                         );
+                        assert_eq!(reset, !self.zc_pending.is_empty(), "reset iff owed");
                         self.closed = true;
+                    }
+                    Op::Free => {
+                        assert!(self.closed, "freed before Close");
+                        assert!(self.zc_pending.is_empty(), "freed with notifications owed");
+                        assert_eq!(self.conn.in_flight(), 0);
+                        self.freed = true;
                     }
                 }
             }
@@ -1379,6 +1533,8 @@ mod tests {
             zc_pending: Vec::new(),
             rng: zerocopy_seed.unwrap_or(1) | 1,
             recv_pending: false,
+            deferred: Vec::new(),
+            freed: false,
             shutdown_at: None,
             fin: false,
             at_shutdown: None,
@@ -1441,6 +1597,7 @@ mod tests {
             prop_assert!(!s.closed);
             prop_assert!(!s.file_open);
             prop_assert_eq!(s.conn.zc_in_flight(), 0);
+            prop_assert_eq!(s.conn.in_flight(), 1, "just the receive");
             let head_only: Vec<bool> = reqs.iter().map(|r| matches!(r, Req::Head)).collect();
             let got = responses(&s.out, &head_only);
             prop_assert_eq!(got.len(), reqs.len());
@@ -1502,6 +1659,7 @@ mod tests {
                 s.run();
             }
             prop_assert!(s.closed && s.conn.is_closed());
+            prop_assert!(s.freed && s.conn.is_freed(), "closed but never freed");
             prop_assert!(!s.file_open);
             let got = responses(&s.out, &[]);
             // Exactly the responses done or under way when the drain began.
@@ -1531,6 +1689,8 @@ mod tests {
         s.run();
         assert!(s.out.starts_with(b"HTTP/1.1 400"));
         assert!(!s.closed, "draining until the client closes");
+        assert!(s.recv_pending);
+        s.recv_pending = false;
         s.conn.on_recv(Time::default(), Ok(&[]));
         s.run();
         assert!(s.closed);
@@ -1555,8 +1715,15 @@ mod tests {
         });
         assert_eq!(c.poll_op(), Some(Op::Cancel));
         c.on_recv(Time::default(), Err(RawErrno::CANCELED));
-        assert_eq!(c.poll_op(), Some(Op::Close));
-        assert!(c.is_closed());
+        assert_eq!(
+            c.poll_op(),
+            None,
+            "the cancel's own completion is still to come"
+        );
+        c.on_cancel_done(Time::default());
+        assert_eq!(c.poll_op(), Some(Op::Close { reset: false }));
+        assert_eq!(c.poll_op(), Some(Op::Free));
+        assert!(c.is_freed());
     }
 
     fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
@@ -1600,8 +1767,8 @@ mod tests {
         c.on_read(now, BufIx(0), Ok(4096));
         assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
         c.on_file_closed(now);
-        assert_eq!(drain_ops(&mut c), [Op::Close]);
-        assert!(c.is_closed());
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+        assert!(c.is_freed());
     }
 
     /// A SEND_ZC chunk whose notification is late: the next read waits for it when it needs
@@ -1661,7 +1828,7 @@ mod tests {
         c.on_read(now, BufIx(0), Ok(4096));
         assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
         c.on_file_closed(now);
-        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
 
         // And with a notification outstanding at the failure: Close comes without it.
         let mut c = HttpConn::new(cfg, now);
@@ -1683,12 +1850,135 @@ mod tests {
         c.on_file_closed(now);
         // Close comes with the notification still owed: the driver resets the socket (so
         // that the kernel drops the queued bytes and the notification comes) and keeps the
-        // buffer, which the kernel may still read, until then.
-        assert_eq!(drain_ops(&mut c), [Op::Close]);
-        assert_eq!(c.zc_in_flight(), 1);
+        // buffer, which the kernel may still read, until Free.
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: true }]);
+        assert_eq!((c.zc_in_flight(), c.in_flight()), (1, 1));
+        assert!(c.is_closed() && !c.is_freed());
         c.on_send_notif(now, slot);
         assert_eq!(c.zc_in_flight(), 0);
-        assert_eq!(drain_ops(&mut c), [], "nothing after Close");
+        assert_eq!(drain_ops(&mut c), [Op::Free]);
+        assert_eq!(drain_ops(&mut c), [], "nothing after Free");
+    }
+
+    /// The kernel does not order a SEND_ZC's notification after its result. Notification
+    /// first: the send still counts in flight until its result, and a connection that closes
+    /// meanwhile is freed exactly when the last of the two is in, whichever it is.
+    #[test]
+    fn a_notification_before_its_result_is_counted_once() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            zerocopy: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        open_response(&mut c, 4096);
+        let head_len = c.head_bytes().len() as u32;
+        c.on_send(now, Ok(head_len));
+        c.on_read(now, BufIx(0), Ok(4096));
+        let ops = drain_ops(&mut c);
+        let [Op::SendZc { slot, .. }] = ops[..] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(c.in_flight(), 1);
+        c.on_send_notif(now, slot);
+        assert_eq!(c.in_flight(), 1, "the result is still to come");
+        assert_eq!(drain_ops(&mut c), []);
+        c.on_send_zc(now, slot, Ok(4096), true);
+        assert_eq!(c.zc_in_flight(), 0);
+        // The response is done: the file closes and the next request is awaited.
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+        assert_eq!(c.in_flight(), 1, "just the receive");
+
+        // Closing with both CQEs of a send outstanding: the notification comes first, the
+        // failed result last (no Close before it: a result is a socket completion), then
+        // Close and Free at once.
+        let mut c = HttpConn::new(cfg, now);
+        open_response(&mut c, 2 * 4096);
+        c.on_send(now, Ok(head_len));
+        c.on_read(now, BufIx(0), Ok(4096));
+        let Some(Op::SendZc { slot, .. }) = c.poll_op() else {
+            panic!("no SendZc")
+        };
+        drain_ops(&mut c);
+        c.abort();
+        assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+        c.on_cancel_done(now);
+        c.on_read(now, BufIx(1), Ok(4096));
+        c.on_send_notif(now, slot);
+        assert_eq!(drain_ops(&mut c), [], "the send's result is still to come");
+        assert_eq!(c.in_flight(), 1);
+        c.on_send_zc(now, slot, Err(RawErrno::CANCELED), false);
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+        assert_eq!(c.in_flight(), 0);
+    }
+
+    /// A cancel or shutdown request names the socket: the socket is closed only once its
+    /// completion is in (a cancel by descriptor on a closed, reused number would hit another
+    /// connection), and the connection freed then.
+    #[test]
+    fn close_waits_for_the_cancel_and_shutdown_completions() {
+        let now = Time::default();
+        let mut c = HttpConn::new(Config::default(), now);
+        drain_ops(&mut c);
+        c.abort();
+        assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+        // The cancel's completion before the receive's.
+        c.on_cancel_done(now);
+        assert_eq!(drain_ops(&mut c), []);
+        c.on_recv(now, Err(RawErrno::CANCELED));
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+
+        // A 404 with `Connection: close`: the send side is shut down and the client's end
+        // of stream awaited; it comes before the shutdown's own completion.
+        let mut c = HttpConn::new(Config::default(), now);
+        drain_ops(&mut c);
+        c.on_recv(
+            now,
+            Ok(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_stat(now, Err(RawErrno::NOENT));
+        let ops = drain_ops(&mut c);
+        let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
+            panic!("{ops:?}")
+        };
+        c.on_send(now, Ok(len));
+        assert!(matches!(
+            drain_ops(&mut c)[..],
+            [Op::Shutdown, Op::Recv { .. }]
+        ));
+        c.on_recv(now, Ok(&[]));
+        assert_eq!(drain_ops(&mut c), [], "the shutdown is still in flight");
+        assert_eq!(c.in_flight(), 1);
+        c.on_shutdown_done(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+        // Stray reports change nothing and never underflow.
+        c.on_cancel_done(now);
+        assert_eq!((c.in_flight(), drain_ops(&mut c)), (0, vec![]));
+    }
+
+    /// Aborted while the open is in flight: a file it opened is closed before the
+    /// connection is freed (before, its descriptor was left open).
+    #[test]
+    fn an_abort_during_the_open_closes_the_file_it_opens() {
+        let now = Time::default();
+        let mut c = HttpConn::new(Config::default(), now);
+        drain_ops(&mut c);
+        c.on_recv(now, Ok(GET_F));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_stat(now, Ok(regular(10)));
+        drain_ops(&mut c);
+        c.abort();
+        assert_eq!(drain_ops(&mut c), [], "the open is in flight");
+        c.on_open(now, Ok(()));
+        assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
+        c.on_file_closed(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
     }
 
     /// A linked open → read chain: the read is queued right behind its open; when the open
@@ -1848,8 +2138,9 @@ mod tests {
             matches!(rest[..], [Op::Shutdown, Op::Recv { .. }]),
             "{rest:?}"
         );
+        c.on_shutdown_done(now);
         c.on_recv(now, Ok(&[]));
-        assert_eq!(drain_ops(&mut c), [Op::Close]);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
         assert_eq!(c.requests(), 1);
     }
 
@@ -1889,7 +2180,8 @@ mod tests {
             c.on_shutdown();
             assert_eq!(drain_ops(&mut c), [Op::Cancel]);
             c.on_recv(now, Err(RawErrno::CANCELED));
-            assert_eq!(drain_ops(&mut c), [Op::Close]);
+            c.on_cancel_done(now);
+            assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
             assert_eq!(c.requests(), 0);
         }
     }
@@ -1922,8 +2214,14 @@ mod tests {
         c.on_read(now, buf, Ok(len));
         assert_eq!(drain_ops(&mut c), [Op::CloseFile]);
         c.on_file_closed(now);
-        assert_eq!(drain_ops(&mut c), [Op::Close]);
-        assert!(c.is_closed());
+        assert_eq!(
+            drain_ops(&mut c),
+            [],
+            "the cancel's completion is still to come"
+        );
+        c.on_cancel_done(now);
+        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+        assert!(c.is_freed());
     }
 
     #[test]

@@ -27,12 +27,12 @@ impl<T> Slab<T> {
     /// A table of `capacity` slots, all vacant, at generation zero.
     ///
     /// # Panics
-    /// When `capacity` exceeds `Slot::WORKER.0` (2^24 - 1): slots must fit a token's slot
+    /// When `capacity` exceeds [`Slot::MAX_TABLE`] (2^24 - 1): slots must fit a token's slot
     /// field and stay clear of [`Slot::WORKER`].
     pub fn new(capacity: usize) -> Self {
         assert!(
-            capacity <= Slot::WORKER.0 as usize,
-            "slab capacity must stay below Slot::WORKER (2^24 - 1 slots)"
+            capacity <= Slot::MAX_TABLE as usize,
+            "slab capacity must fit a token's slot field (2^24 - 1 slots)"
         );
         let mut entries = Vec::with_capacity(capacity);
         entries.resize_with(capacity, || None);

@@ -12,9 +12,9 @@
 //! +----------+----------------+----------------+---------------------------+
 //! ```
 //!
-//! - `slot` names the owner: a connection's index in its table, or [`Slot::WORKER`] for the
-//!   worker's own operations. Tables hold fewer than 2^24 - 1 slots, so that one never is a
-//!   connection's.
+//! - `slot` names the owner: a connection's index in its table (below [`Slot::MAX_TABLE`]),
+//!   or [`Slot::WORKER`] (`Slot(u32::MAX)`, stored as the all-ones field) for the worker's
+//!   own operations, which no table hands out.
 //! - `generation` is what makes slot reuse safe: a slot's generation is bumped every time the
 //!   slot is freed, so a CQE that was in flight when its connection died decodes to an old
 //!   generation and [`Generations::is_current`] says so, instead of the completion landing on
@@ -37,7 +37,8 @@ use core::fmt;
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct UserData(pub u64);
 
-/// Index of a connection, request or other owner of in-flight operations; below 2^24.
+/// Index of a connection, request or other owner of in-flight operations: below
+/// [`Slot::MAX_TABLE`], or [`Slot::WORKER`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
 pub struct Slot(pub u32);
 
@@ -45,10 +46,14 @@ impl Slot {
     /// Number of bits a slot occupies in `user_data`.
     pub const BITS: u32 = 24;
 
+    /// Most slots a table may hold (numbered from 0): every one fits the slot field, and the
+    /// all-ones value stays [`Slot::WORKER`]'s.
+    pub const MAX_TABLE: u32 = (1 << Self::BITS) - 1;
+
     /// The owner of a worker's own operations (accept, wake-up read, epoll keys of the
-    /// listener): the largest slot, which no table hands out (they hold at most
-    /// `Slot::WORKER.0` slots, numbered from 0).
-    pub const WORKER: Slot = Slot((1 << Self::BITS) - 1);
+    /// listener), which no table hands out. It is `u32::MAX` (what "not a connection" always
+    /// was here) and is stored as the all-ones slot field.
+    pub const WORKER: Slot = Slot(u32::MAX);
 }
 
 /// A slot's generation, 16 bits wide, wrapping.
@@ -205,11 +210,14 @@ impl Token {
 
     /// Packs the token into `user_data`.
     ///
-    /// A slot of 2^24 or more does not fit: its high bits are dropped (a caller bug; tables
-    /// are smaller, and debug builds assert it).
+    /// A slot neither below [`Slot::MAX_TABLE`] nor [`Slot::WORKER`] does not fit: its high
+    /// bits are dropped (a caller bug; tables are smaller, and debug builds assert it).
     #[inline]
     pub const fn encode(self) -> UserData {
-        debug_assert!((self.slot.0 as u64) <= SLOT_MASK, "slot beyond 24 bits");
+        debug_assert!(
+            self.slot.0 < Slot::MAX_TABLE || self.slot.0 == Slot::WORKER.0,
+            "slot beyond the token's 24 bits"
+        );
         UserData(
             ((self.kind as u64) << KIND_SHIFT)
                 | ((self.generation.get() as u64) << GENERATION_SHIFT)
@@ -230,7 +238,10 @@ impl Token {
             kind,
             generation: Generation::new((ud.0 >> GENERATION_SHIFT) as u32),
             sub: (ud.0 >> SUB_SHIFT) as u16,
-            slot: Slot((ud.0 & SLOT_MASK) as u32),
+            slot: match (ud.0 & SLOT_MASK) as u32 {
+                Slot::MAX_TABLE => Slot::WORKER,
+                slot => Slot(slot),
+            },
         })
     }
 }
@@ -247,11 +258,11 @@ impl Generations {
     /// A table of `slots` slots, every one at generation zero.
     ///
     /// # Panics
-    /// When `slots` exceeds `Slot::WORKER.0`: slot numbers must fit the token's 24 bits and
-    /// stay clear of [`Slot::WORKER`].
+    /// When `slots` exceeds [`Slot::MAX_TABLE`]: slot numbers must fit the token's 24 bits
+    /// and stay clear of [`Slot::WORKER`].
     pub fn new(slots: usize) -> Self {
         assert!(
-            slots <= Slot::WORKER.0 as usize,
+            slots <= Slot::MAX_TABLE as usize,
             "a slot table holds at most 2^24 - 1 slots"
         );
         Self {
@@ -302,7 +313,10 @@ mod tests {
     }
 
     fn any_slot() -> impl Strategy<Value = Slot> {
-        (0..=Slot::WORKER.0).prop_map(Slot)
+        prop_oneof![
+            9 => (0..Slot::MAX_TABLE).prop_map(Slot),
+            1 => Just(Slot::WORKER),
+        ]
     }
 
     proptest! {
@@ -327,7 +341,7 @@ mod tests {
         fn decode_never_panics_and_reencodes(raw in any::<u64>()) {
             match Token::decode(UserData(raw)) {
                 Ok(t) => {
-                    prop_assert!(t.slot.0 <= Slot::WORKER.0);
+                    prop_assert!(t.slot.0 < Slot::MAX_TABLE || t.slot == Slot::WORKER);
                     prop_assert_eq!(t.encode(), UserData(raw));
                 }
                 Err(TokenError::UnknownKind(k)) => {
@@ -399,6 +413,6 @@ mod tests {
     #[test]
     #[should_panic(expected = "2^24 - 1")]
     fn tables_stay_below_the_worker_slot() {
-        let _ = Generations::new(Slot::WORKER.0 as usize + 1);
+        let _ = Generations::new(Slot::MAX_TABLE as usize + 1);
     }
 }

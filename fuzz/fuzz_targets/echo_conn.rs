@@ -47,13 +47,25 @@ fuzz_target!(|input: (u8, u8, Vec<Ev>)| {
             Ev::Recv { len, more } => {
                 // An empty ring answers ENOBUFS instead.
                 let Some(&buf) = free.last() else { continue };
-                Event::Recv { buf, offset: 0, len: u32::from(len).max(1), more }
+                Event::Recv {
+                    buf,
+                    offset: 0,
+                    len: u32::from(len).max(1),
+                    more,
+                }
             }
             Ev::RecvEof { more } => Event::RecvEof { more },
-            Ev::RecvErr { errno, more } => Event::RecvErr { errno: RawErrno(i32::from(errno)), more },
+            Ev::RecvErr { errno, more } => Event::RecvErr {
+                errno: RawErrno(i32::from(errno)),
+                more,
+            },
             Ev::BuffersAvailable => Event::BuffersAvailable,
             Ev::SendDone { ok, n, errno } => Event::SendDone {
-                res: if ok { Ok(n % 70_000) } else { Err(RawErrno(i32::from(errno))) },
+                res: if ok {
+                    Ok(n % 70_000)
+                } else {
+                    Err(RawErrno(i32::from(errno)))
+                },
             },
             Ev::CancelDone => Event::CancelDone,
             Ev::Closed => Event::Closed,
@@ -79,7 +91,10 @@ fuzz_target!(|input: (u8, u8, Vec<Ev>)| {
                     assert!(held.contains(&buf), "send of a buffer not held");
                 }
                 Op::Recycle(b) => {
-                    assert!(held.remove(&b), "buffer {b:?} recycled twice or never received");
+                    assert!(
+                        held.remove(&b),
+                        "buffer {b:?} recycled twice or never received"
+                    );
                     free.push(b);
                 }
                 Op::AwaitBuffers => assert!(!conn.recv_armed(), "waits for buffers while armed"),
@@ -97,7 +112,15 @@ fuzz_target!(|input: (u8, u8, Vec<Ev>)| {
                 Op::ArmRecv | Op::CancelRecv | Op::CancelAll => {}
             }
         }
-        assert_eq!(queues.in_use(), conn.queued_buffers(), "chunks lost in the table");
-        assert_ne!(conn.close_reason(), Some(CloseReason::QueueOverflow), "a ring-sized table filled");
+        assert_eq!(
+            queues.in_use(),
+            conn.queued_buffers(),
+            "chunks lost in the table"
+        );
+        assert_ne!(
+            conn.close_reason(),
+            Some(CloseReason::QueueOverflow),
+            "a ring-sized table filled"
+        );
     }
 });

@@ -1,8 +1,9 @@
 //! The epoll driver: performs HttpConn's operations with nonblocking syscalls.
 //!
 //! Sockets are edge-triggered (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET): a receive or send
-//! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close)
-//! runs synchronously and its completion is fed straight back. Timeouts come from
+//! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close,
+//! and the cancel and shutdown requests) runs synchronously and its completion is fed straight
+//! back. A connection is removed (its socket closed) on HttpConn's `Op::Free`. Timeouts come from
 //! `epoll_wait`'s timeout plus a tick over all connections.
 //!
 //! Fairness: a connection answers at most one request per turn of the loop. The receive for
@@ -78,7 +79,8 @@ struct Conn {
     pending_recv: Option<u32>,
     /// A send waiting for EPOLLOUT.
     pending_send: Option<SendSrc>,
-    closed: bool,
+    /// HttpConn said Free: remove the connection (which closes the socket).
+    freed: bool,
 }
 
 /// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
@@ -100,7 +102,7 @@ impl Conn {
             recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
             pending_recv: None,
             pending_send: None,
-            closed: false,
+            freed: false,
         }
     }
 }
@@ -207,7 +209,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             if drive(shared, c, turn_start, &mut direct_log) {
                 run_queue.push(token);
             }
-            if c.closed {
+            if c.freed {
                 conns.remove(token.slot);
             }
         }
@@ -227,7 +229,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             if drive(shared, c, turn_start, &mut direct_log) {
                 run_queue.push(token);
             }
-            if c.closed {
+            if c.freed {
                 conns.remove(token.slot);
             }
         }
@@ -259,7 +261,7 @@ fn each_conn(
             if drive(shared, c, turn_start, direct_log) {
                 run_queue.push(token);
             }
-            if c.closed {
+            if c.freed {
                 conns.remove(slot);
             }
         }
@@ -307,7 +309,7 @@ fn accept_batch(
         if drive(shared, c, 0, direct_log) {
             run_queue.push(token);
         }
-        if c.closed {
+        if c.freed {
             conns.remove(slot);
         }
     }
@@ -431,11 +433,17 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                 if c.pending_send.take().is_some() {
                     c.http.on_send(now, Err(RawErrno::CANCELED));
                 }
+                // Synchronous, so the request itself is done too.
+                c.http.on_cancel_done(now);
             }
             Op::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
+                c.http.on_shutdown_done(shared.now());
             }
-            Op::Close => c.closed = true,
+            // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
+            // connection then closes the socket.
+            Op::Close { reset } => debug_assert!(!reset, "SEND_ZC with the epoll backend"),
+            Op::Free => c.freed = true,
         }
     }
     deferred && c.pending_recv.is_some()

@@ -40,9 +40,11 @@
 //!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
 //!   worker returns once every connection is freed and the accept has ended.
 //!
-//! A connection is freed only once HttpConn has said Close *and* every SQE submitted for it
-//! has completed (cancel, shutdown and close CQEs included): until then its buffers, statx
-//! struct, open_how and path stay where the kernel was told they are.
+//! Every completion goes back to HttpConn (cancel and shutdown CQEs included), which counts its
+//! own operations in flight: its `Op::Close { reset }` closes the socket (abortively when
+//! SEND_ZC notifications are still owed), and a connection is freed only on its `Op::Free`,
+//! once nothing of it is in flight. Until then its buffers, statx struct, open_how and path
+//! stay where the kernel was told they are. No count is kept here.
 
 use std::time::{Duration, Instant};
 
@@ -63,8 +65,7 @@ use crate::{file_info, open_flags, Shared};
 
 struct Conn {
     http: HttpConn,
-    /// The socket; taken (closed) early when HttpConn says Close while SEND_ZC notifications
-    /// are still owed, and otherwise closed when the connection is freed.
+    /// The socket, until HttpConn says Close.
     sock: Option<OwnedFd>,
     recv_buf: Box<[u8]>,
     stx: Box<rustix::fs::Statx>,
@@ -75,13 +76,6 @@ struct Conn {
     direct: bool,
     /// Without registered files: the open file's descriptor (closed by IORING_OP_CLOSE).
     file_fd: Option<i32>,
-    /// SQEs submitted for this connection whose CQEs have not arrived.
-    inflight: u32,
-    /// SEND_ZC notifications still to come (their results arrived with F_MORE); counted in
-    /// `inflight` too.
-    notifs_owed: u32,
-    /// HttpConn said Close.
-    closed: bool,
 }
 
 struct Driver<'s> {
@@ -286,9 +280,9 @@ impl Driver<'_> {
         // until the CQE: the connection's boxed recv buffer, statx struct and open_how, its
         // HttpConn's path and head buffers (heap, untouched by HttpConn while the op is in
         // flight), or the chunk buffers, owned by the ring or by `_unregistered` for the
-        // driver's life. A connection is freed only after all its CQEs (`inflight == 0`,
-        // which counts a SEND_ZC until its notification), and HttpConn reads nothing into a
-        // chunk buffer whose SEND_ZC notifications are outstanding.
+        // driver's life. A connection is freed only on HttpConn's Op::Free, which comes after
+        // every completion of its ops (a SEND_ZC's notification included), and HttpConn reads
+        // nothing into a chunk buffer whose SEND_ZC notifications are outstanding.
         unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
     }
 
@@ -315,7 +309,7 @@ impl Driver<'_> {
         for i in 0..self.conns.capacity() {
             let slot = Slot(i as u32);
             if let Some(c) = self.conns.get_mut(slot) {
-                if !c.closed {
+                if !c.http.is_closed() {
                     f(&mut c.http);
                     self.drive(slot)?;
                 }
@@ -391,19 +385,9 @@ impl Driver<'_> {
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
         let Some(c) = self.conns.get_checked_mut(&token) else {
-            // Stale: cannot happen while slots are freed only at inflight == 0.
+            // Stale: cannot happen while slots are freed only on HttpConn's Free.
             return Ok(());
         };
-        // A SEND_ZC is in flight until its notification, when its result promised one.
-        let notif_follows = token.kind == OpKind::SendZc && !cqe.is_notification() && cqe.more();
-        if notif_follows {
-            c.notifs_owed += 1;
-        } else {
-            c.inflight -= 1;
-        }
-        if cqe.is_notification() {
-            c.notifs_owed -= 1;
-        }
         let res = cqe.result();
         match token.kind {
             OpKind::SendZc if cqe.is_notification() => {
@@ -448,8 +432,10 @@ impl Driver<'_> {
                 c.file_fd = None;
                 c.http.on_file_closed(now)
             }
-            // Cancel and shutdown results carry nothing HttpConn needs: the cancelled op's own
-            // CQE reports the cancellation.
+            // Whatever their results (the cancelled op reports on its own): HttpConn closes
+            // the socket only once these requests that name it are done.
+            OpKind::Cancel => c.http.on_cancel_done(now),
+            OpKind::Shutdown => c.http.on_shutdown_done(now),
             _ => {}
         }
         self.drive(token.slot)
@@ -467,9 +453,6 @@ impl Driver<'_> {
             read_buf: BufIx(0),
             direct: false,
             file_fd: None,
-            inflight: 0,
-            notifs_owed: 0,
-            closed: false,
         };
         // A full table: the connection is dropped (its socket closed) at once.
         match self.conns.insert(conn) {
@@ -478,7 +461,7 @@ impl Driver<'_> {
         }
     }
 
-    /// Turns the connection's queued operations into SQEs; frees it when it is done. An
+    /// Turns the connection's queued operations into SQEs; frees it when HttpConn says. An
     /// [`Op::Open`] with `link_next` goes in one IOSQE_IO_LINK chain with the op after it
     /// (its first read): HttpConn decides what is chained, this only submits it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
@@ -487,12 +470,14 @@ impl Driver<'_> {
                 return Ok(());
             };
             let Some(op) = c.http.poll_op() else {
-                if c.closed && c.inflight == 0 {
-                    // Dropping the socket closes it; the file slot was closed by HttpConn.
-                    self.conns.remove(slot);
-                }
                 return Ok(());
             };
+            if op == Op::Free {
+                // Nothing of it is in flight: its memory may go (the socket was closed by
+                // Op::Close, the file slot by Op::CloseFile).
+                self.conns.remove(slot);
+                return Ok(());
+            }
             let link = matches!(
                 op,
                 Op::Open {
@@ -520,8 +505,8 @@ impl Driver<'_> {
         }
     }
 
-    /// The SQE (user_data set, counted in flight) for `op` of connection `slot`; `None` for
-    /// [`Op::Close`], which only marks the connection.
+    /// The SQE (user_data set) for `op` of connection `slot`; `None` for [`Op::Close`], which
+    /// closes the socket here and now.
     fn build_sqe(&mut self, slot: Slot, op: Op) -> Option<Sqe> {
         let fixed = self.fixed;
         let fixed_files = self.fixed_files;
@@ -544,7 +529,6 @@ impl Driver<'_> {
                 let fixed_buf = fixed.then_some(index as u16);
                 let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
                     .send_flags(SendFlags::NOSIGNAL);
-                c.inflight += 1;
                 // `sub` names the send, so that its notification finds it (HttpConn's slots are
                 // below ZC_SENDS).
                 debug_assert!(zc.0 < ZC_SENDS);
@@ -626,23 +610,23 @@ impl Driver<'_> {
             ),
             Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
             Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
-            Op::Close => {
-                c.closed = true;
-                if c.notifs_owed > 0 {
-                    // Bytes of ours still queued in the socket hold their notifications back
-                    // (a peer that does not read may never take them): close it abortively
-                    // (SO_LINGER 0: a reset) so the kernel drops them and the notifications
-                    // come. The chunk buffers stay untouched until they do: the slot is freed
-                    // only at `inflight == 0`, which counts them.
-                    if let Some(sock) = c.sock.take() {
+            Op::Close { reset } => {
+                // Nothing names the socket any more (HttpConn waited for its cancel and
+                // shutdown CQEs): dropping it closes it. With `reset`, SEND_ZC notifications
+                // are owed and bytes of ours still queued hold them back (a peer that does
+                // not read may never take them): SO_LINGER 0 makes the close a reset, so the
+                // kernel drops them and the notifications come. The chunk buffers stay
+                // untouched until Op::Free.
+                if let Some(sock) = c.sock.take() {
+                    if reset {
                         let _ =
                             rustix::net::sockopt::set_socket_linger(&sock, Some(Duration::ZERO));
                     }
                 }
                 return None;
             }
+            Op::Free => unreachable!("drive frees the connection itself"),
         };
-        c.inflight += 1;
         Some(sqe.user_data(Token::new(kind, slot, generation).encode()))
     }
 }
@@ -665,4 +649,121 @@ fn zeroed_statx() -> rustix::fs::Statx {
     // SAFETY: `struct statx` is integers and padding only; all-zero is a valid value (it is
     // what the kernel's own `memset` before filling it produces).
     unsafe { core::mem::zeroed() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    use ringwork_sys::Cqe;
+    use rustix::io_uring::IoringCqeFlags;
+
+    const CHUNK: u32 = 4096;
+
+    fn shared() -> Shared {
+        let root = rustix::fs::open(
+            std::env::temp_dir(),
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        Shared {
+            root,
+            cfg: ringwork_core::httpconn::Config {
+                chunk: CHUNK,
+                zerocopy: true,
+                ..ringwork_core::httpconn::Config::default()
+            },
+            max_conns: 1,
+            uring: crate::UringConfig::default(),
+            shutdown_grace: Duration::from_secs(1),
+            start: Instant::now(),
+            stats: crate::Stats::default(),
+        }
+    }
+
+    /// A driver on a real ring whose SQEs are never submitted: the test plays the kernel by
+    /// feeding completions to `on_cqe` itself, in orders the kernel may choose.
+    fn driver(shared: &Shared) -> Driver<'_> {
+        let ring = RingParams::new(256).build().unwrap();
+        let buffers = FixedBuffers::new(2, CHUNK as usize).unwrap();
+        let buf_ptrs = (0..2)
+            .map(|i| buffers.ptr(ringwork_core::buf::BufId(i)))
+            .collect();
+        Driver {
+            shared,
+            ring,
+            conns: Slab::new(1),
+            buf_ptrs,
+            _unregistered: Some(buffers),
+            fixed: false,
+            fixed_files: true,
+            multishot_accept: false,
+            zc_report_usage: false,
+            http_cfg: shared.cfg,
+            listener: None,
+            accept_armed: false,
+            stopping: None,
+            aborted: false,
+            direct_refused: false,
+            direct_noted: false,
+        }
+    }
+
+    fn cqe(kind: OpKind, sub: u16, res: i32, flags: IoringCqeFlags) -> Cqe {
+        Cqe {
+            user_data: Token::new(kind, Slot(0), Generation::ZERO)
+                .with_sub(sub)
+                .encode(),
+            res,
+            flags,
+        }
+    }
+
+    fn done(kind: OpKind, res: i32) -> Cqe {
+        cqe(kind, 0, res, IoringCqeFlags::empty())
+    }
+
+    /// SEND_ZC's notification may come before its result (the kernel promises no order, and
+    /// core's ZcTracker accepts both). The driver counted notifications owed by hand:
+    /// `notifs_owed -= 1` on a notification that came first underflowed. Now HttpConn counts
+    /// its own operations, and the connection is freed exactly when its last completion is in.
+    #[test]
+    fn a_send_zc_notification_before_its_result_frees_the_connection_once_all_are_in() {
+        let shared = shared();
+        let mut d = driver(&shared);
+        let (sock, _peer) = UnixStream::pair().unwrap();
+        d.new_conn(OwnedFd::from(sock)).unwrap();
+        // The request, received; `Connection: close` makes the connection end after it.
+        let req = b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        d.conns.get_mut(Slot(0)).unwrap().recv_buf[..req.len()].copy_from_slice(req);
+        d.on_cqe(done(OpKind::Recv, req.len() as i32)).unwrap();
+        // A regular file of one chunk.
+        {
+            let stx = &mut d.conns.get_mut(Slot(0)).unwrap().stx;
+            stx.stx_mode = 0o100644;
+            stx.stx_size = u64::from(CHUNK);
+        }
+        d.on_cqe(done(OpKind::Statx, 0)).unwrap();
+        d.on_cqe(done(OpKind::Open, 0)).unwrap();
+        let head = d.conns.get(Slot(0)).unwrap().http.head_bytes().len();
+        d.on_cqe(done(OpKind::Send, head as i32)).unwrap();
+        d.on_cqe(done(OpKind::Read, CHUNK as i32)).unwrap();
+        // The chunk goes by SEND_ZC in the tracker's first slot; its notification first.
+        d.on_cqe(cqe(OpKind::SendZc, 0, 0, IoringCqeFlags::NOTIF))
+            .unwrap();
+        d.on_cqe(cqe(OpKind::SendZc, 0, CHUNK as i32, IoringCqeFlags::MORE))
+            .unwrap();
+        // The response is out: the file closes, the send side shuts down, and the client's
+        // end of stream is awaited.
+        d.on_cqe(done(OpKind::Close, 0)).unwrap();
+        d.on_cqe(done(OpKind::Recv, 0)).unwrap();
+        assert!(
+            d.conns.get(Slot(0)).is_some(),
+            "freed with the shutdown's completion still to come"
+        );
+        d.on_cqe(done(OpKind::Shutdown, 0)).unwrap();
+        assert!(d.conns.is_empty(), "not freed after its last completion");
+    }
 }
