@@ -28,12 +28,14 @@
 //! none is left.
 
 use std::ffi::CStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{HttpConn, Op, SendSrc};
+use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
+use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
 use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
@@ -114,6 +116,9 @@ type RunQueue = Vec<Token>;
 /// carries. A connection's key is its token (kind `Recv`: readiness of its socket).
 const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
 
+/// The stop notice's epoll key.
+const STOP_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
+
 fn conn_token(slot: Slot, generation: Generation) -> Token {
     Token::new(OpKind::Recv, slot, generation)
 }
@@ -126,8 +131,11 @@ fn report_accept(acceptor: &mut EpollAcceptor) {
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
+pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
     let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
+    // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
+    ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
+        .map_err(|e| e.to_string())?;
     // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
     let mut acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN)
         .map_err(|e| e.to_string())?;
@@ -138,12 +146,10 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     let mut direct_log = DirectLog::default();
     let mut run_queue = RunQueue::new();
     let mut running = RunQueue::new();
-    // When the drain began, and whether its grace ran out.
-    let mut stopping: Option<Instant> = None;
-    let mut aborted = false;
+    let mut drain = Drain::new(shared.shutdown_grace.as_millis() as u64);
     loop {
-        if stopping.is_none() && ringwork_sys::signal::stop_requested() {
-            stopping = Some(Instant::now());
+        let now_ms = shared.now().mono_ms;
+        if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
             // Closing the listener refuses new connections.
             acceptor.stop(&ep).map_err(|e| e.to_string())?;
             report_accept(&mut acceptor);
@@ -156,15 +162,12 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
                 HttpConn::on_shutdown,
             );
         }
-        if let Some(since) = stopping {
-            if conns.is_empty() {
-                return Ok(());
-            }
-            if !aborted && since.elapsed() >= shared.shutdown_grace {
-                aborted = true;
-                let q = &mut run_queue;
-                each_conn(shared, &mut conns, q, &mut direct_log, HttpConn::abort);
-            }
+        if drain.finished(conns.len(), false, false) {
+            return Ok(());
+        }
+        if drain.on_tick(now_ms) == Some(DrainAction::Abort) {
+            let q = &mut run_queue;
+            each_conn(shared, &mut conns, q, &mut direct_log, HttpConn::abort);
         }
         // With deferred receives queued, epoll_wait only collects what is ready and returns;
         // never does it wait past the end of an accept pause.
@@ -176,6 +179,9 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         events.clear();
         events.extend(ep.wait(timeout).map_err(|e| e.to_string())?);
         for &(k, flags) in &events {
+            if k == STOP_KEY.0 {
+                continue;
+            }
             if k == LISTENER_KEY.0 {
                 accept_batch(
                     shared,

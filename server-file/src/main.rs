@@ -4,7 +4,7 @@
 //! command line, binds the listeners (one per thread, SO_REUSEPORT) and runs one of two
 //! drivers that perform the operations HttpConn describes: io_uring ([`uring`]) or epoll
 //! ([`epoll`]).
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+#![forbid(unsafe_code)]
 
 mod epoll;
 mod uring;
@@ -355,7 +355,8 @@ fn run(args: Args) -> Result<(), String> {
         rustix::fs::Mode::empty(),
     )
     .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
-    ringwork_sys::signal::install_stop_handler().map_err(|e| e.to_string())?;
+    // Before any thread starts, so that every thread inherits the blocked mask.
+    let signals = ringwork_sys::signal::ShutdownSignals::new().map_err(|e| e.to_string())?;
 
     // One SO_REUSEPORT listener per thread, as ringwork-echo makes them.
     let nonblocking = args.backend == Backend::Epoll;
@@ -402,28 +403,46 @@ fn run(args: Args) -> Result<(), String> {
     );
     let _ = std::io::stdout().flush();
 
+    let (stop, notices) =
+        ringwork_sys::driver::stop_notices(listeners.len()).map_err(|e| e.to_string())?;
+    let stop = Arc::new(stop);
     let workers: Vec<_> = listeners
         .into_iter()
+        .zip(notices)
         .enumerate()
-        .map(|(i, l)| {
+        .map(|(i, (l, notice))| {
             let shared = Arc::clone(&shared);
+            let stop = Arc::clone(&stop);
             let backend = args.backend;
             std::thread::Builder::new()
                 .name(format!("files-{i}"))
                 .spawn(move || {
                     let result = match backend {
-                        Backend::Uring => uring::run(&shared, l),
-                        Backend::Epoll => epoll::run(&shared, l),
+                        Backend::Uring => uring::run(&shared, l, notice),
+                        Backend::Epoll => epoll::run(&shared, l, notice),
                     };
                     if result.is_err() {
                         // The others would serve on, and `main` would wait for them forever.
-                        ringwork_sys::signal::request_stop();
+                        stop.notify();
                     }
                     result
                 })
                 .map_err(|e| format!("cannot start a worker thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
+    // SIGINT/SIGTERM (blocked in every thread) arrive through the signalfd: one thread waits
+    // there and relays them as the stop notice. It ends with the process.
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("files-signals".into())
+            .spawn(move || {
+                if signals.wait().is_ok() {
+                    stop.notify();
+                }
+            })
+            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
+    }
     let mut failure = None;
     for w in workers {
         match w.join() {

@@ -2,8 +2,13 @@
 //! events.
 //!
 //! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
-//!   instead when asked (`RingParams::build_server`). One `io_uring:` line per worker says
-//!   which features are in use.
+//!   instead when asked (`ringwork_sys::driver::server_ring`). One `io_uring:` line per
+//!   worker (`driver::FeatureLine`) says which features are in use.
+//! - Memory: every SQE goes through safe submission (`ringwork_sys::SafeSqe`). The memory an
+//!   operation names travels with it and comes back with its completion: the head receive
+//!   buffer, the statx target, the openat2 arguments, the response head being sent, and a
+//!   chunk buffer's lease while a read fills it. Chunk buffers are the ring's (registered, or
+//!   adopted unregistered); sends from them name the ring's memory. No `unsafe` here.
 //! - Accept: `ringwork_sys::Acceptor`, as in ringwork-echo: one multishot IORING_OP_ACCEPT,
 //!   re-armed whenever a CQE lacks F_MORE (single-shot, re-armed per connection, without Linux
 //!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
@@ -16,15 +21,16 @@
 //!   openat2 returns a plain descriptor (O_CLOEXEC) that reads and the close name instead.
 //! - Links: with registered files HttpConn plans the response at stat time and queues the
 //!   open with `link_next`, then the file's first read; both go in as one IOSQE_IO_LINK chain
-//!   (`Ring::push_chain_or_submit`), so the read needs no round trip through this loop. The
+//!   (`Ring::push_safe_chain`), so the read needs no round trip through this loop. The
 //!   read names slot N before the open has filled it: since Linux 5.18 a linked request's
 //!   fixed file is looked up at issue, not at submission (sys/tests/links.rs checks it).
 //!   A failed open (a symlink out of the root) cancels the read (-ECANCELED, counted as
 //!   `link_cancels`); HttpConn answers once both CQEs are in. `--disable links` submits the
 //!   read after the open's CQE instead.
-//! - Reads: IORING_OP_READ_FIXED into registered buffers 2N and 2N+1. Should registering the
-//!   buffers fail (RLIMIT_MEMLOCK), the same memory is used with IORING_OP_READ and the reason
-//!   is logged; `--disable fixed-buffers` forces that path.
+//! - Reads: IORING_OP_READ_FIXED into the connection's two registered chunk buffers (leased
+//!   from the ring's pool when the connection opens). Should registering the buffers fail
+//!   (RLIMIT_MEMLOCK), the same memory is adopted by the ring and read with IORING_OP_READ, and
+//!   the reason is logged; `--disable fixed-buffers` forces that path.
 //! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
 //!   With `--zerocopy`, HttpConn sends file chunks as [`Op::SendZc`]: IORING_OP_SEND_ZC
 //!   straight from the registered chunk buffer (IORING_RECVSEND_FIXED_BUF with its index;
@@ -33,8 +39,10 @@
 //!   refills the buffer only after the notification), and the connection counts it in flight
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
-//! - Time: `io_uring_enter` with a timeout (EXT_ARG) wakes the loop for HttpConn's ticks.
-//! - Stopping (SIGINT/SIGTERM): a graceful drain. The acceptor cancels its accept and closes
+//! - Time: `driver::Waiter` waits with a timeout (EXT_ARG) that wakes the loop for HttpConn's
+//!   ticks.
+//! - Stopping (SIGINT/SIGTERM, relayed by the main thread as the stop notice, polled on the
+//!   ring): `ringwork_core::shutdown::Drain`, a graceful drain. The acceptor cancels its accept and closes
 //!   the listener once it has ended (new connections are refused); every connection gets
 //!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
 //!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
@@ -46,19 +54,23 @@
 //! once nothing of it is in flight. Until then its buffers, statx struct, open_how and path
 //! stay where the kernel was told they are. No count is kept here.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, StatxFlags};
-use rustix::io_uring::{open_how, IoringOp, IoringSetupFlags, IORING_NOTIF_USAGE_ZC_COPIED};
+use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
-use ringwork_core::buf::ZcSlot;
+use ringwork_core::buf::{Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
+use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
-use ringwork_sys::{Acceptor, FixedBuffers, Ring, RingParams, Sqe, Target};
+use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
+use ringwork_sys::{
+    Acceptor, FixedBuffers, OpMemory, OpenArgs, Ring, SafeSqe, StatxTarget, Target,
+};
 
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
@@ -67,26 +79,29 @@ struct Conn {
     http: HttpConn,
     /// The socket, until HttpConn says Close.
     sock: Option<OwnedFd>,
-    recv_buf: Box<[u8]>,
-    stx: Box<rustix::fs::Statx>,
-    how: Box<open_how>,
+    /// The head receive buffer; with the ring while a receive is in flight.
+    recv_buf: Option<Vec<u8>>,
+    /// Where a response head is copied to be sent; with the ring while its send is in flight.
+    head_buf: Option<Vec<u8>>,
+    /// The statx target; with the ring while a stat is in flight.
+    stat: Option<Box<StatxTarget>>,
+    /// The openat2 arguments; with the ring while an open is in flight.
+    open: Option<Box<OpenArgs>>,
+    /// The connection's two chunk buffers (HttpConn's `BufIx` 0 and 1); a lease is with the
+    /// ring while a read fills its buffer.
+    chunks: [Option<Lease>; 2],
     /// The buffer the read in flight writes (HttpConn keeps at most one read in flight).
     read_buf: BufIx,
     /// The open in flight asked for O_DIRECT.
     direct: bool,
-    /// Without registered files: the open file's descriptor (closed by IORING_OP_CLOSE).
-    file_fd: Option<i32>,
+    /// Without registered files: the open file (closed through the ring by Op::CloseFile).
+    file: Option<OwnedFd>,
 }
 
 struct Driver<'s> {
     shared: &'s Shared,
     ring: Ring,
     conns: Slab<Conn>,
-    /// Start of each chunk buffer (2 per connection slot), registered or not.
-    buf_ptrs: Vec<*mut u8>,
-    /// The buffers when they could not be registered (kept alive here; plain reads).
-    _unregistered: Option<FixedBuffers>,
-    fixed: bool,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
@@ -96,23 +111,28 @@ struct Driver<'s> {
     /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`); it closes the
     /// listener once its accept has ended during a drain.
     acceptor: Acceptor,
-    /// When the drain began (SIGINT/SIGTERM), and whether its grace ran out.
-    stopping: Option<Instant>,
-    aborted: bool,
+    /// The main thread's word that the process is stopping.
+    stop: StopNotice,
+    /// The stop notice's poll is armed.
+    stop_armed: bool,
+    drain: Drain,
+    waiter: Waiter,
     direct_refused: bool,
     direct_noted: bool,
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
+pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
     let slots = shared.max_conns;
     let uc = shared.uring;
-    let (mut ring, refused) = RingParams::new(uc.sq_entries)
-        .cq_entries(uc.sq_entries * 4)
-        .build_server(uc.sqpoll, uc.task_run)
-        .map_err(|e| format!("cannot set up io_uring: {e}"))?;
-    if let Some(e) = refused {
-        println!("{e}: falling back (see the io_uring: line)");
+    let (mut ring, note) = driver::server_ring(ServerRingConfig {
+        sq_entries: uc.sq_entries,
+        sqpoll: uc.sqpoll,
+        task_run: uc.task_run,
+    })
+    .map_err(|e| format!("cannot set up io_uring: {e}"))?;
+    if let Some(note) = note {
+        println!("{note}");
     }
     let want = uc.features;
     let (acceptor, fixed_files, links) = {
@@ -125,6 +145,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             (IoringOp::Send, "IORING_OP_SEND", "5.6"),
             (IoringOp::Recv, "IORING_OP_RECV", "5.6"),
             (IoringOp::Close, "IORING_OP_CLOSE", "5.6"),
+            (IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1"),
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
@@ -178,10 +199,15 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         };
     let count = u16::try_from(slots * 2)
         .map_err(|_| "--max-conns is at most 32767 with the io_uring backend".to_string())?;
-    let buffers = FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string())?;
+    let new_buffers =
+        || FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string());
+    let buffers = new_buffers()?;
     let total = buffers.buf_size() * usize::from(count);
-    let registered: Result<(), Option<FixedBuffers>> = if !want.fixed_buffers {
-        Err(Some(buffers))
+    // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
+    // registered memory) or adopted unregistered (plain READ into the same kind of memory).
+    let fixed = if !want.fixed_buffers {
+        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+        false
     } else if !ring
         .probe()
         .map_err(|e| e.to_string())?
@@ -191,37 +217,23 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
             "{}: reading with IORING_OP_READ",
             unsupported("IORING_OP_READ_FIXED", "5.1")
         );
-        Err(Some(buffers))
+        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+        false
     } else {
-        // The ring keeps the buffers only when the registration succeeds; on failure the
-        // same memory is made again below, unregistered.
-        ring.register_buffers(buffers).map_err(|e| {
-            println!(
-                "registering {} KiB of fixed buffers failed ({e}): \
-                 reading with IORING_OP_READ instead of READ_FIXED",
-                total / 1024
-            );
-            None
-        })
-    };
-    let (fixed, unregistered, buf_ptrs) = match registered {
-        Ok(()) => {
-            let fb = ring.fixed_buffers().expect("just registered");
-            let ptrs = (0..count)
-                .map(|i| fb.ptr(ringwork_core::buf::BufId(i)))
-                .collect();
-            (true, None, ptrs)
-        }
-        Err(kept) => {
-            let fb = match kept {
-                Some(fb) => fb,
-                None => FixedBuffers::new(count, shared.cfg.chunk as usize)
-                    .map_err(|e| e.to_string())?,
-            };
-            let ptrs = (0..count)
-                .map(|i| fb.ptr(ringwork_core::buf::BufId(i)))
-                .collect();
-            (false, Some(fb), ptrs)
+        match ring.register_buffers(buffers) {
+            Ok(()) => true,
+            Err(e) => {
+                // The ring keeps the buffers only when the registration succeeds: the same
+                // memory is made again, unregistered.
+                println!(
+                    "registering {} KiB of fixed buffers failed ({e}): \
+                     reading with IORING_OP_READ instead of READ_FIXED",
+                    total / 1024
+                );
+                ring.adopt_buffers(new_buffers()?)
+                    .map_err(|e| e.to_string())?;
+                false
+            }
         }
     };
     // A chain is two SQEs: a one-entry SQ cannot hold one.
@@ -230,34 +242,28 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         link_open_read: links,
         ..shared.cfg
     };
-    let yes = |on: bool| if on { "on" } else { "off" };
-    let flags = ring.setup_flags();
     println!(
-        "io_uring: sq={} cq={} defer_taskrun={} coop_taskrun={} sqpoll={} multishot_accept={} fixed_files={} fixed_buffers={} zerocopy={} links={}",
-        ring.sq_entries(),
-        ring.cq_entries(),
-        yes(flags.contains(IoringSetupFlags::DEFER_TASKRUN)),
-        yes(flags.contains(IoringSetupFlags::COOP_TASKRUN)),
-        yes(flags.contains(IoringSetupFlags::SQPOLL)),
-        yes(acceptor.multishot()),
-        yes(fixed_files),
-        yes(fixed),
-        yes(shared.cfg.zerocopy),
-        yes(links),
+        "{}",
+        FeatureLine::new(&ring)
+            .with("multishot_accept", acceptor.multishot())
+            .with("fixed_files", fixed_files)
+            .with("fixed_buffers", fixed)
+            .with("zerocopy", shared.cfg.zerocopy)
+            .with("links", links)
     );
+    let waiter = Waiter::new(&ring, 1, Duration::ZERO);
     let mut d = Driver {
         shared,
         ring,
         conns: Slab::new(slots as usize),
-        buf_ptrs,
-        _unregistered: unregistered,
-        fixed,
         fixed_files,
         zc_report_usage,
         http_cfg,
         acceptor,
-        stopping: None,
-        aborted: false,
+        stop,
+        stop_armed: false,
+        drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
+        waiter,
         direct_refused: false,
         direct_noted: false,
     };
@@ -265,6 +271,7 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
         .start(&mut d.ring)
         .map_err(|e| format!("io_uring submit: {e}"))?;
     d.report_accept();
+    d.arm_stop()?;
     let result = d.run_loop();
     let rs = d.ring.stats();
     let st = &shared.stats;
@@ -274,16 +281,26 @@ pub fn run(shared: &Shared, listener: OwnedFd) -> Result<(), String> {
     result
 }
 
+/// The stop notice poll's token: the worker's, not a connection's.
+const STOP_TOKEN: Token = Token::new(
+    OpKind::Read,
+    Slot::WORKER,
+    ringwork_core::token::Generation::ZERO,
+);
+
 impl Driver<'_> {
-    fn push(&mut self, sqe: &Sqe) -> Result<(), String> {
-        // SAFETY: every pointer in SQEs built by this driver points into memory that lives
-        // until the CQE: the connection's boxed recv buffer, statx struct and open_how, its
-        // HttpConn's path and head buffers (heap, untouched by HttpConn while the op is in
-        // flight), or the chunk buffers, owned by the ring or by `_unregistered` for the
-        // driver's life. A connection is freed only on HttpConn's Op::Free, which comes after
-        // every completion of its ops (a SEND_ZC's notification included), and HttpConn reads
-        // nothing into a chunk buffer whose SEND_ZC notifications are outstanding.
-        unsafe { self.ring.push_or_submit(sqe) }.map_err(|e| format!("io_uring submit: {e}"))
+    fn push(&mut self, sqe: SafeSqe) -> Result<(), String> {
+        self.ring
+            .push_safe(sqe)
+            .map_err(|e| format!("io_uring submit: {e}"))
+    }
+
+    fn arm_stop(&mut self) -> Result<(), String> {
+        self.stop
+            .arm(&mut self.ring, STOP_TOKEN.encode())
+            .map_err(|e| format!("io_uring submit: {e}"))?;
+        self.stop_armed = true;
+        Ok(())
     }
 
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
@@ -293,15 +310,22 @@ impl Driver<'_> {
         }
     }
 
-    /// SIGINT/SIGTERM arrived: cancel the accept, and let every connection finish its
-    /// response and close.
-    fn begin_drain(&mut self) -> Result<(), String> {
-        self.stopping = Some(Instant::now());
-        self.acceptor
-            .stop(&mut self.ring)
-            .map_err(|e| format!("io_uring submit: {e}"))?;
-        self.report_accept();
-        self.each_open_conn(HttpConn::on_shutdown)
+    /// The stop notice's poll completed: if the notice was given, cancel the accept, and let
+    /// every connection finish its response and close.
+    fn on_stop_notice(&mut self) -> Result<(), String> {
+        self.stop_armed = false;
+        if !self.stop.given() {
+            // Spurious: poll again.
+            return self.arm_stop();
+        }
+        if self.drain.on_stop(self.shared.now().mono_ms) == Some(DrainAction::BeginDrain) {
+            self.acceptor
+                .stop(&mut self.ring)
+                .map_err(|e| format!("io_uring submit: {e}"))?;
+            self.report_accept();
+            self.each_open_conn(HttpConn::on_shutdown)?;
+        }
+        Ok(())
     }
 
     /// Calls `f` on every connection HttpConn has not closed, then performs what it queued.
@@ -322,31 +346,21 @@ impl Driver<'_> {
         let tick = tick_interval(self.shared);
         let mut last_tick = self.shared.now().mono_ms;
         let mut cqes = Vec::with_capacity(1024);
-        loop {
-            if self.stopping.is_none() && ringwork_sys::signal::stop_requested() {
-                self.begin_drain()?;
-            }
-            if let Some(since) = self.stopping {
-                if self.conns.is_empty() && self.acceptor.is_idle() {
-                    return Ok(());
-                }
-                if !self.aborted && since.elapsed() >= self.shared.shutdown_grace {
-                    self.aborted = true;
-                    self.each_open_conn(HttpConn::abort)?;
-                }
-            }
+        // The stop notice's poll stays armed until the notice: it is no connection's, and
+        // the ring drops (cancelling it) when the loop ends.
+        while !self
+            .drain
+            .finished(self.conns.len(), !self.acceptor.is_idle(), false)
+        {
             // Never past the end of an accept pause.
             let wait =
-                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick))
-                    .unwrap_or(tick);
-            match self.ring.submit_and_wait_timeout(1, wait) {
-                Ok(_) => {}
+                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick));
+            match self.waiter.wait(&mut self.ring, wait) {
+                Ok(()) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
-                Err(e) if e.errno() == Some(rustix::io::Errno::TIME) => {}
                 Err(e) => return Err(format!("io_uring_enter: {e}")),
             }
-            cqes.clear();
-            cqes.extend(self.ring.completions());
+            self.waiter.harvest(&mut self.ring, &mut cqes);
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
@@ -355,11 +369,15 @@ impl Driver<'_> {
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             self.report_accept();
             let now = self.shared.now();
+            if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
+                self.each_open_conn(HttpConn::abort)?;
+            }
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
                 self.each_open_conn(|http| http.on_tick(now))?;
             }
         }
+        Ok(())
     }
 
     fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
@@ -374,23 +392,29 @@ impl Driver<'_> {
                 .on_cqe(&mut self.ring, &cqe, open)
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             if let Some(sock) = sock {
-                if self.stopping.is_none() {
+                if !self.drain.stopping() {
                     self.new_conn(sock)?;
                 }
                 // Draining: accepted before the cancel took effect; dropping it closes it.
             }
             return Ok(());
         }
+        if token == STOP_TOKEN {
+            return self.on_stop_notice();
+        }
         let now = self.shared.now();
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
+        let ud = cqe.user_data();
+        // The memory the operation named comes back with its last completion.
+        let mem = (!cqe.more()).then(|| self.ring.take_memory(ud)).flatten();
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only on HttpConn's Free.
             return Ok(());
         };
         let res = cqe.result();
-        match token.kind {
-            OpKind::SendZc if cqe.is_notification() => {
+        match (token.kind, mem) {
+            (OpKind::SendZc, _) if cqe.is_notification() => {
                 let st = &self.shared.stats;
                 crate::Stats::add(&st.zc_notifs, 1);
                 // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
@@ -400,43 +424,53 @@ impl Driver<'_> {
                 }
                 c.http.on_send_notif(now, zc_slot);
             }
-            OpKind::SendZc => c.http.on_send_zc(now, zc_slot, res, cqe.more()),
-            OpKind::Recv => {
-                let bytes = res.map(|n| &c.recv_buf[..n as usize]);
+            (OpKind::SendZc, _) => c.http.on_send_zc(now, zc_slot, res, cqe.more()),
+            (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
+                let bytes = res.map(|n| &buf[..n as usize]);
                 c.http.on_recv(now, bytes);
+                c.recv_buf = Some(buf);
             }
-            OpKind::Send => c.http.on_send(now, res),
-            OpKind::Statx => {
-                let info = res.map(|_| file_info(&c.stx));
+            (OpKind::Send, mem) => {
+                if let Some(OpMemory::Bytes(buf)) = mem {
+                    c.head_buf = Some(buf);
+                }
+                c.http.on_send(now, res);
+            }
+            (OpKind::Statx, Some(OpMemory::Statx(target))) => {
+                let info = res.map(|_| file_info(target.statx()));
+                c.stat = Some(target);
                 c.http.on_stat(now, info);
             }
-            OpKind::Open => {
+            (OpKind::Open, Some(OpMemory::Open(mut args))) => {
                 if c.direct && res == Err(RawErrno::INVAL) && !self.direct_refused {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
-                if let (Ok(fd), false) = (res, self.fixed_files) {
-                    c.file_fd = Some(fd as i32);
+                if !self.fixed_files {
+                    c.file = args.take_fd();
                 }
+                c.open = Some(args);
                 c.http.on_open(now, res.map(|_| ()));
             }
-            OpKind::Read => {
+            (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
                 if res == Err(RawErrno::CANCELED) {
                     crate::Stats::add(&self.shared.stats.link_cancels, 1);
                 }
                 let buf = c.read_buf;
+                c.chunks[usize::from(buf.0)] = Some(lease);
                 c.http.on_read(now, buf, res);
             }
-            OpKind::Close => {
-                // The descriptor is gone whatever the result (close(2) never leaves it open).
-                c.file_fd = None;
-                c.http.on_file_closed(now)
-            }
+            // The descriptor is gone whatever the result (close(2) never leaves it open).
+            (OpKind::Close, _) => c.http.on_file_closed(now),
             // Whatever their results (the cancelled op reports on its own): HttpConn closes
             // the socket only once these requests that name it are done.
-            OpKind::Cancel => c.http.on_cancel_done(now),
-            OpKind::Shutdown => c.http.on_shutdown_done(now),
-            _ => {}
+            (OpKind::Cancel, _) => c.http.on_cancel_done(now),
+            (OpKind::Shutdown, _) => c.http.on_shutdown_done(now),
+            (kind, mem) => {
+                return Err(format!(
+                    "a {kind:?} completion came back with {mem:?}: memory went astray"
+                ))
+            }
         }
         self.drive(token.slot)
     }
@@ -444,20 +478,45 @@ impl Driver<'_> {
     fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
         let cfg = self.http_cfg;
+        // Two chunk buffers per connection slot: a connection admitted always finds its two.
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("the chunk buffers are set up before the loop");
+        let (Some(a), Some(b)) = (buffers.acquire(), buffers.acquire()) else {
+            unreachable!("two chunk buffers per connection slot");
+        };
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock: Some(sock),
-            recv_buf: vec![0; cfg.limits.max_head_bytes + 1].into_boxed_slice(),
-            stx: Box::new(zeroed_statx()),
-            how: Box::new(open_how::default()),
+            recv_buf: Some(vec![0; cfg.limits.max_head_bytes + 1]),
+            head_buf: None,
+            stat: Some(StatxTarget::new()),
+            open: Some(OpenArgs::new()),
+            chunks: [Some(a), Some(b)],
             read_buf: BufIx(0),
             direct: false,
-            file_fd: None,
+            file: None,
         };
         // A full table: the connection is dropped (its socket closed) at once.
         match self.conns.insert(conn) {
             Some((slot, _)) => self.drive(slot),
-            None => Ok(()),
+            None => unreachable!("the pool and the table have one entry per connection slot"),
+        }
+    }
+
+    /// Frees connection `slot` (HttpConn said Free: nothing of it is in flight), giving its
+    /// chunk buffers back to the pool.
+    fn free(&mut self, slot: Slot) {
+        let Some(c) = self.conns.remove(slot) else {
+            return;
+        };
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("the chunk buffers are set up before the loop");
+        for lease in c.chunks.into_iter().flatten() {
+            buffers.release(lease);
         }
     }
 
@@ -475,7 +534,7 @@ impl Driver<'_> {
             if op == Op::Free {
                 // Nothing of it is in flight: its memory may go (the socket was closed by
                 // Op::Close, the file slot by Op::CloseFile).
-                self.conns.remove(slot);
+                self.free(slot);
                 return Ok(());
             }
             let link = matches!(
@@ -485,34 +544,36 @@ impl Driver<'_> {
                     ..
                 }
             );
-            let Some(first) = self.build_sqe(slot, op) else {
+            let Some(first) = self.build_sqe(slot, op)? else {
                 continue;
             };
             if !link {
-                self.push(&first)?;
+                self.push(first)?;
                 continue;
             }
             // Guard: HttpConn queues the linked read right behind its open.
             let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
-            let Some(second) = next.and_then(|op| self.build_sqe(slot, op)) else {
+            let Some(second) = (match next {
+                Some(op) => self.build_sqe(slot, op)?,
+                None => None,
+            }) else {
                 unreachable!("an open with link_next is followed by its read")
             };
-            // SAFETY: as in `push`: the read's buffer is a chunk buffer that lives as long as
-            // the driver, and the open's path and open_how live in the connection, which is
-            // freed only after both CQEs (`inflight` counts each).
-            unsafe { self.ring.push_chain_or_submit(&[first, second], false) }
+            self.ring
+                .push_safe_chain(vec![first, second], false)
                 .map_err(|e| format!("io_uring submit: {e}"))?;
         }
     }
 
     /// The SQE (user_data set) for `op` of connection `slot`; `None` for [`Op::Close`], which
     /// closes the socket here and now.
-    fn build_sqe(&mut self, slot: Slot, op: Op) -> Option<Sqe> {
-        let fixed = self.fixed;
+    fn build_sqe(&mut self, slot: Slot, op: Op) -> Result<Option<SafeSqe>, String> {
         let fixed_files = self.fixed_files;
         let root = self.shared.root.as_raw_fd();
         let generation = self.conns.generation(slot);
-        let c = self.conns.get_mut(slot)?;
+        let Some(c) = self.conns.get_mut(slot) else {
+            return Ok(None);
+        };
         // HttpConn emits nothing after Close, and only Close takes the socket.
         let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
         let (kind, sqe) = match op {
@@ -522,45 +583,51 @@ impl Driver<'_> {
                 len,
                 slot: zc,
             } => {
-                let index = slot.0 as usize * 2 + usize::from(buf.0);
-                let ptr = self.buf_ptrs[index].wrapping_add(start as usize);
                 // Straight from the registered chunk buffer when there is one
                 // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
-                let fixed_buf = fixed.then_some(index as u16);
-                let sqe = Sqe::send_zc(sock, ptr, len, self.zc_report_usage, fixed_buf)
+                let lease = chunk(c, buf)?;
+                let sqe = self
+                    .ring
+                    .send_zc_fixed(sock, lease, start, len, self.zc_report_usage)
                     .send_flags(SendFlags::NOSIGNAL);
                 // `sub` names the send, so that its notification finds it (HttpConn's slots are
                 // below ZC_SENDS).
                 debug_assert!(zc.0 < ZC_SENDS);
                 let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
-                return Some(sqe.user_data(token.encode()));
+                return Ok(Some(sqe.user_data(token.encode())));
             }
             Op::Recv { max } => {
-                let len = (max as usize).min(c.recv_buf.len()) as u32;
-                (OpKind::Recv, Sqe::recv(sock, c.recv_buf.as_mut_ptr(), len))
+                let buf = c
+                    .recv_buf
+                    .take()
+                    .unwrap_or_else(|| vec![0; self.http_cfg.limits.max_head_bytes + 1]);
+                (OpKind::Recv, SafeSqe::recv(sock, buf, max as usize))
             }
-            Op::Send(src) => {
-                let (ptr, len) = match src {
-                    SendSrc::Head { start, len } => {
-                        (c.http.head_bytes()[start as usize..].as_ptr(), len)
-                    }
-                    SendSrc::Buf { buf, start, len } => {
-                        let base = self.buf_ptrs[slot.0 as usize * 2 + usize::from(buf.0)];
-                        (base.wrapping_add(start as usize).cast_const(), len)
-                    }
-                };
-                let sqe = Sqe::send(sock, ptr, len).send_flags(SendFlags::NOSIGNAL);
+            Op::Send(SendSrc::Head { start, len }) => {
+                // The head is copied out of HttpConn, into memory that goes with the send.
+                let mut buf = c.head_buf.take().unwrap_or_default();
+                buf.clear();
+                let start = start as usize;
+                buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
+                let len = buf.len();
+                let sqe = SafeSqe::send(sock, buf, 0..len).send_flags(SendFlags::NOSIGNAL);
+                (OpKind::Send, sqe)
+            }
+            Op::Send(SendSrc::Buf { buf, start, len }) => {
+                let lease = chunk(c, buf)?;
+                let sqe = self
+                    .ring
+                    .send_fixed(sock, lease, start, len)
+                    .send_flags(SendFlags::NOSIGNAL);
                 (OpKind::Send, sqe)
             }
             Op::Stat => {
                 let mask =
                     StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::DIOALIGN;
-                let stx: *mut rustix::fs::Statx = &mut *c.stx;
-                let path = c.http.path().as_ptr();
-                (
-                    OpKind::Statx,
-                    Sqe::statx(root, path, AtFlags::empty(), mask, stx),
-                )
+                let target = c.stat.take().unwrap_or_else(StatxTarget::new);
+                let sqe = SafeSqe::statx(root, c.http.path(), AtFlags::empty(), mask, target)
+                    .map_err(|e| e.to_string())?;
+                (OpKind::Statx, sqe)
             }
             Op::Open { direct, .. } => {
                 crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
@@ -571,13 +638,14 @@ impl Driver<'_> {
                     flags -= rustix::fs::OFlags::CLOEXEC;
                 }
                 c.direct = direct;
-                *c.how = open_how::default();
-                c.how.flags = u64::from(flags.bits());
-                c.how.resolve = resolve;
-                let how: *const open_how = &*c.how;
-                let path = c.http.path().as_ptr();
+                let mut how = open_how::default();
+                how.flags = u64::from(flags.bits());
+                how.resolve = resolve;
+                let args = c.open.take().unwrap_or_else(OpenArgs::new);
                 let file_slot = fixed_files.then_some(slot.0);
-                (OpKind::Open, Sqe::openat2(root, path, how, file_slot))
+                let sqe = SafeSqe::openat2(root, c.http.path(), how, file_slot, args)
+                    .map_err(|e| e.to_string())?;
+                (OpKind::Open, sqe)
             }
             Op::Read {
                 buf,
@@ -586,30 +654,32 @@ impl Driver<'_> {
                 buf_pos,
             } => {
                 c.read_buf = buf;
-                let index = slot.0 as usize * 2 + usize::from(buf.0);
-                let ptr = self.buf_ptrs[index].wrapping_add(buf_pos as usize);
-                let file = file_target(fixed_files, slot, c.file_fd);
-                let sqe = if fixed {
-                    Sqe::read_fixed(file, ptr, len, offset, index as u16)
-                } else {
-                    Sqe::read(file, ptr, len, offset)
-                };
-                (OpKind::Read, sqe)
+                let lease = c.chunks[usize::from(buf.0)]
+                    .take()
+                    .ok_or("HttpConn read into a buffer a read is filling")?;
+                let file = file_target(fixed_files, slot, c.file.as_ref());
+                (
+                    OpKind::Read,
+                    self.ring.read_fixed(file, lease, buf_pos, len, offset),
+                )
             }
-            Op::CloseFile => (
-                OpKind::Close,
-                Sqe::close(file_target(fixed_files, slot, c.file_fd)),
-            ),
+            Op::CloseFile => {
+                let sqe = if fixed_files {
+                    SafeSqe::close_fixed(slot.0)
+                } else {
+                    // HttpConn closes only after a successful open, which gave the fd.
+                    SafeSqe::close(c.file.take().ok_or("a file close with no file open")?)
+                };
+                (OpKind::Close, sqe)
+            }
             // Before Linux 5.19 no cancel takes a descriptor: cancel the receive (what an
-            // idle keep-alive connection waits in) by its user_data.
-            // TODO(integrator): a send in flight is then not cancelled; HttpConn would have
-            // to say which socket operation is in flight for the driver to name it.
+            // idle keep-alive connection waits in) and the send by their user_data.
             Op::Cancel if !self.ring.can_cancel_fd() => (
                 OpKind::Cancel,
-                Sqe::cancel(Token::new(OpKind::Recv, slot, generation).encode()),
+                SafeSqe::cancel(Token::new(OpKind::Recv, slot, generation).encode()),
             ),
-            Op::Cancel => (OpKind::Cancel, Sqe::cancel_fd(sock)),
-            Op::Shutdown => (OpKind::Shutdown, Sqe::shutdown(sock, 1)),
+            Op::Cancel => (OpKind::Cancel, SafeSqe::cancel_fd(sock)),
+            Op::Shutdown => (OpKind::Shutdown, SafeSqe::shutdown(sock, 1)),
             Op::Close { reset } => {
                 // Nothing names the socket any more (HttpConn waited for its cancel and
                 // shutdown CQEs): dropping it closes it. With `reset`, SEND_ZC notifications
@@ -623,147 +693,37 @@ impl Driver<'_> {
                             rustix::net::sockopt::set_socket_linger(&sock, Some(Duration::ZERO));
                     }
                 }
-                return None;
+                return Ok(None);
             }
             Op::Free => unreachable!("drive frees the connection itself"),
         };
-        Some(sqe.user_data(Token::new(kind, slot, generation).encode()))
+        Ok(Some(
+            sqe.user_data(Token::new(kind, slot, generation).encode()),
+        ))
     }
 }
 
+/// The lease of chunk buffer `buf`, which a send names (HttpConn never sends from a buffer a
+/// read is filling).
+fn chunk(c: &Conn, buf: BufIx) -> Result<&Lease, String> {
+    c.chunks[usize::from(buf.0)]
+        .as_ref()
+        .ok_or_else(|| "HttpConn sent from a buffer a read is filling".to_string())
+}
+
 /// The open file of connection `slot`: its registered-file slot, or its descriptor.
-fn file_target(fixed_files: bool, slot: Slot, fd: Option<i32>) -> Target {
-    match (fixed_files, fd) {
+fn file_target(fixed_files: bool, slot: Slot, file: Option<&OwnedFd>) -> Target {
+    match (fixed_files, file) {
         (true, _) => Target::Fixed(slot.0),
-        // HttpConn reads and closes only after a successful open, which set the fd.
-        (false, fd) => Target::Fd(fd.expect("the open succeeded before any read or close")),
+        // HttpConn reads and closes only after a successful open, which gave the fd.
+        (false, file) => Target::Fd(
+            file.expect("the open succeeded before any read or close")
+                .as_raw_fd(),
+        ),
     }
 }
 
 /// "FEATURE needs Linux X; this kernel is Y", the same words as sys's errors.
 fn unsupported(feature: &'static str, since: &'static str) -> String {
     ringwork_sys::Error::unsupported(feature, since).to_string()
-}
-
-fn zeroed_statx() -> rustix::fs::Statx {
-    // SAFETY: `struct statx` is integers and padding only; all-zero is a valid value (it is
-    // what the kernel's own `memset` before filling it produces).
-    unsafe { core::mem::zeroed() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::net::UnixStream;
-
-    use ringwork_sys::Cqe;
-    use rustix::io_uring::IoringCqeFlags;
-
-    const CHUNK: u32 = 4096;
-
-    fn shared() -> Shared {
-        let root = rustix::fs::open(
-            std::env::temp_dir(),
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY,
-            rustix::fs::Mode::empty(),
-        )
-        .unwrap();
-        Shared {
-            root,
-            cfg: ringwork_core::httpconn::Config {
-                chunk: CHUNK,
-                zerocopy: true,
-                ..ringwork_core::httpconn::Config::default()
-            },
-            max_conns: 1,
-            uring: crate::UringConfig::default(),
-            shutdown_grace: Duration::from_secs(1),
-            start: Instant::now(),
-            stats: crate::Stats::default(),
-        }
-    }
-
-    /// A driver on a real ring whose SQEs are never submitted: the test plays the kernel by
-    /// feeding completions to `on_cqe` itself, in orders the kernel may choose.
-    fn driver(shared: &Shared) -> Driver<'_> {
-        let ring = RingParams::new(256).build().unwrap();
-        let buffers = FixedBuffers::new(2, CHUNK as usize).unwrap();
-        let buf_ptrs = (0..2)
-            .map(|i| buffers.ptr(ringwork_core::buf::BufId(i)))
-            .collect();
-        Driver {
-            shared,
-            ring,
-            conns: Slab::new(1),
-            buf_ptrs,
-            _unregistered: Some(buffers),
-            fixed: false,
-            fixed_files: true,
-            multishot_accept: false,
-            zc_report_usage: false,
-            http_cfg: shared.cfg,
-            listener: None,
-            accept_armed: false,
-            stopping: None,
-            aborted: false,
-            direct_refused: false,
-            direct_noted: false,
-        }
-    }
-
-    fn cqe(kind: OpKind, sub: u16, res: i32, flags: IoringCqeFlags) -> Cqe {
-        Cqe {
-            user_data: Token::new(kind, Slot(0), Generation::ZERO)
-                .with_sub(sub)
-                .encode(),
-            res,
-            flags,
-        }
-    }
-
-    fn done(kind: OpKind, res: i32) -> Cqe {
-        cqe(kind, 0, res, IoringCqeFlags::empty())
-    }
-
-    /// SEND_ZC's notification may come before its result (the kernel promises no order, and
-    /// core's ZcTracker accepts both). The driver counted notifications owed by hand:
-    /// `notifs_owed -= 1` on a notification that came first underflowed. Now HttpConn counts
-    /// its own operations, and the connection is freed exactly when its last completion is in.
-    #[test]
-    fn a_send_zc_notification_before_its_result_frees_the_connection_once_all_are_in() {
-        let shared = shared();
-        let mut d = driver(&shared);
-        let (sock, _peer) = UnixStream::pair().unwrap();
-        d.new_conn(OwnedFd::from(sock)).unwrap();
-        // The request, received; `Connection: close` makes the connection end after it.
-        let req = b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        d.conns.get_mut(Slot(0)).unwrap().recv_buf[..req.len()].copy_from_slice(req);
-        d.on_cqe(done(OpKind::Recv, req.len() as i32)).unwrap();
-        // A regular file of one chunk.
-        {
-            let stx = &mut d.conns.get_mut(Slot(0)).unwrap().stx;
-            stx.stx_mode = 0o100644;
-            stx.stx_size = u64::from(CHUNK);
-        }
-        d.on_cqe(done(OpKind::Statx, 0)).unwrap();
-        d.on_cqe(done(OpKind::Open, 0)).unwrap();
-        let head = d.conns.get(Slot(0)).unwrap().http.head_bytes().len();
-        d.on_cqe(done(OpKind::Send, head as i32)).unwrap();
-        d.on_cqe(done(OpKind::Read, CHUNK as i32)).unwrap();
-        // The chunk goes by SEND_ZC in the tracker's first slot; its notification first.
-        d.on_cqe(cqe(OpKind::SendZc, 0, 0, IoringCqeFlags::NOTIF))
-            .unwrap();
-        d.on_cqe(cqe(OpKind::SendZc, 0, CHUNK as i32, IoringCqeFlags::MORE))
-            .unwrap();
-        // The response is out: the file closes, the send side shuts down, and the client's
-        // end of stream is awaited.
-        d.on_cqe(done(OpKind::Close, 0)).unwrap();
-        d.on_cqe(done(OpKind::Recv, 0)).unwrap();
-        assert!(
-            d.conns.get(Slot(0)).is_some(),
-            "freed with the shutdown's completion still to come"
-        );
-        d.on_cqe(done(OpKind::Shutdown, 0)).unwrap();
-        assert!(d.conns.is_empty(), "not freed after its last completion");
-    }
 }

@@ -9,7 +9,10 @@
 //!   lack of descriptors or memory.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
-//! - [`signal`]: SIGINT / SIGTERM as a stop flag for the servers' loops.
+//! - [`driver`]: what every server worker repeats besides accepting: ring setup with its features
+//!   line, the batched wait, the stop notice.
+//! - [`op`]: safe submission: SQEs that name no memory, or memory the ring owns until their
+//!   last completion.
 //!
 //! The queue index protocol and every ownership decision come from `ringwork-core`; this
 //! crate does the memory access and the syscalls, and nothing else. All of Ringwork's `unsafe`

@@ -1,18 +1,13 @@
-//! Shutdown signals, two ways, for two kinds of loop:
+//! Shutdown signals: [`ShutdownSignals`] blocks SIGINT and SIGTERM and receives them through
+//! a signalfd, an ordinary readable descriptor. Both servers' main threads wait on it and
+//! relay the stop to their workers with [`crate::driver::stop_notices`]; nothing runs in a
+//! signal handler.
 //!
-//! - [`ShutdownSignals`]: SIGINT and SIGTERM blocked and received through a signalfd, an
-//!   ordinary readable descriptor (ringwork-echo's main thread waits on it and wakes its
-//!   workers through eventfds read by their rings).
-//! - [`install_stop_handler`] / [`stop_requested`]: a handler that only sets an atomic flag,
-//!   installed without SA_RESTART, so a thread blocked in `io_uring_enter` or `epoll_wait`
-//!   returns EINTR and sees the flag (ringwork-files' loops poll it on every wake-up).
-//!
-//! rustix has neither signalfd nor sigaction, so this module uses libc.
+//! rustix has no signalfd, so this module uses libc.
 //!
 //! # References
 //! signalfd(2), sigaction(2), pthread_sigmask(3).
 
-use core::sync::atomic::{AtomicBool, Ordering};
 use std::mem::MaybeUninit;
 
 use rustix::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -87,46 +82,4 @@ impl AsFd for ShutdownSignals {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    // Relaxed: the flag carries no data; loops poll it.
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Installs the handler for SIGINT and SIGTERM.
-pub fn install_stop_handler() -> Result<()> {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: an all-zero sigaction is a valid "no flags, empty mask" value; the handler
-        // is an `extern "C" fn(c_int)` that only touches an atomic, which is
-        // async-signal-safe; `sigaction` reads `act` during the call only.
-        let rc = unsafe {
-            let mut act: libc::sigaction = core::mem::zeroed();
-            act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, core::ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(Error::Syscall {
-                what: "install a SIGINT/SIGTERM handler",
-                errno: rustix::io::Errno::from_raw_os_error(
-                    std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Asks every loop that polls [`stop_requested`] to stop, as a signal would (for example when
-/// one worker thread of several has failed).
-pub fn request_stop() {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// True once SIGINT or SIGTERM has arrived, or [`request_stop`] was called.
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::Relaxed)
 }
