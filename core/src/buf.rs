@@ -1,8 +1,10 @@
 //! Buffer ownership: the registered (fixed) buffer pool and provided-buffer-ring bookkeeping.
 //!
 //! A buffer the kernel may write into (or read from) must not be touched, reused or freed
-//! until the completion that ends the kernel's use has been harvested (PITFALLS.md #7), and for
-//! SEND_ZC not until the notification CQE (PITFALLS.md #4). This module makes that rule a
+//! until the completion that ends the kernel's use has been harvested (PITFALLS.md, "A buffer is
+//! the kernel's until its CQE"), and for
+//! SEND_ZC not until the notification CQE (PITFALLS.md, "SEND_ZC gives two CQEs, and the buffer is
+//! the kernel's until the second"). This module makes that rule a
 //! matter of types:
 //!
 //! - A [`Lease`] is the application's right to use one buffer. It is neither `Copy` nor
@@ -883,7 +885,8 @@ pub struct ZcResult<T> {
 /// SEND_ZC bookkeeping for buffers that a connection returns by "recycle" (provided-buffer
 /// rings), where [`FixedPool`]'s `AwaitingNotif` state does not apply: the connection state
 /// machine recycles a buffer after its last send's *result*, but with SEND_ZC the kernel may
-/// read the buffer until that send's *notification* (PITFALLS.md #4). The driver asks
+/// read the buffer until that send's *notification* (PITFALLS.md, "SEND_ZC gives two CQEs, and the
+/// buffer is the kernel's until the second"). The driver asks
 /// [`ZcTracker::recycle`] instead of recycling, and recycles only what the tracker hands back,
 /// now or from a later [`ZcTracker::on_notification`].
 ///
@@ -1703,7 +1706,8 @@ mod tests {
                 Ok(())
             }
             // The connection sends from a buffer only while no send of it awaits its result
-            // (one send in flight per connection, PITFALLS #6), and recycles only then.
+            // (one send in flight per connection, PITFALLS.md, "Short sends happen; overlapping
+            // sends reorder"), and recycles only then.
             let result_pending = |sends: &[ModelSend], b: usize| {
                 sends.iter().any(|s| s.buf == b && !s.result_seen)
             };

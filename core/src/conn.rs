@@ -1024,7 +1024,8 @@ mod tests {
     fn echo_in_order_one_send_at_a_time() {
         let mut c = open(8);
         assert_eq!(c.step(recv(1, 10, true)), [send(1, 0, 10)]);
-        // A second buffer queues behind the in-flight send (PITFALLS #6).
+        // A second buffer queues behind the in-flight send (PITFALLS.md, "Short sends happen;
+        // overlapping sends reorder").
         assert_eq!(c.step(recv(2, 20, true)), []);
         assert_eq!(c.queued_bytes(&c.q), 30);
         assert_eq!(c.step(sent(10)), [Op::Recycle(BufId(1)), send(2, 0, 20)]);
@@ -1273,7 +1274,8 @@ mod tests {
             errno: RawErrno::CONNRESET,
             more: false,
         });
-        // Buffer 1 is named by the in-flight send: the kernel may still read it (PITFALLS #7).
+        // Buffer 1 is named by the in-flight send: the kernel may still read it (PITFALLS.md, "A
+        // buffer is the kernel's until its CQE").
         assert_eq!(
             ops,
             [Op::Recycle(BufId(2)), Op::Recycle(BufId(3)), Op::CancelAll]

@@ -2,7 +2,8 @@
 //!
 //! A [`FileRead`] walks `len` bytes starting at `start` in chunks of at most `chunk` bytes,
 //! each chunk read into one caller-owned buffer of [`FileRead::buffer_len`] bytes. It
-//! describes reads ([`ReadReq`]: always an explicit offset, never -1, PITFALLS.md #10), takes
+//! describes reads ([`ReadReq`]: always an explicit offset, never -1, PITFALLS.md, "A read at
+//! offset -1 moves the file position"), takes
 //! their results ([`FileRead::on_read`]) and says which slice of the buffer holds the wanted
 //! bytes once a chunk is complete ([`Chunk`]). Short reads are resubmitted for exactly the
 //! remainder, EAGAIN and EINTR retry the same read, and a read that returns 0 (or makes no

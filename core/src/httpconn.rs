@@ -264,7 +264,8 @@ enum BufState {
         sent: u32,
     },
     /// Sent in full by zero-copy sends whose notifications have not all arrived: the kernel
-    /// may still read it, so it is not free (PITFALLS #4).
+    /// may still read it, so it is not free (PITFALLS.md, "SEND_ZC gives two CQEs, and the buffer
+    /// is the kernel's until the second").
     Notif,
 }
 

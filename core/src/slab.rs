@@ -5,7 +5,7 @@
 //! table and a free list whose capacity is already reserved, so nothing allocates afterwards.
 //! Removing a slot retires its generation ([`Generations::retire`]): a [`Token`] issued before
 //! the removal no longer resolves through [`Slab::get_checked`], even after the slot is reused
-//! (PITFALLS.md #5).
+//! (PITFALLS.md, "close() does not cancel in-flight requests").
 //!
 //! What it deliberately does not do: decide when a slot may be removed (for connections, only
 //! after [`crate::conn::Op::Free`]), or grow.

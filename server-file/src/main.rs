@@ -124,7 +124,8 @@ impl Default for UringConfig {
 }
 
 /// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
-/// kernels where the feature misbehaves: PITFALLS #8). The names are ringwork-echo's where
+/// kernels where the feature misbehaves: PITFALLS.md, "Kernels differ, and have bugs in the
+/// edges"). The names are ringwork-echo's where
 /// they apply.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Feature {

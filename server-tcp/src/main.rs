@@ -40,7 +40,8 @@ enum AcceptMode {
 }
 
 /// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
-/// kernels where the feature misbehaves: PITFALLS #8).
+/// kernels where the feature misbehaves: PITFALLS.md, "Kernels differ, and have bugs in the
+/// edges").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Feature {
     /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
@@ -236,7 +237,8 @@ pub struct WorkerStats {
     pub zc_copied: u64,
     /// Times the CQ was seen full with completions in the kernel's overflow backlog
     /// (IORING_SQ_CQ_OVERFLOW), and io_uring_enter calls refused with EBUSY and retried after
-    /// reaping: proof that the CQ overflowed and nothing was lost for it (PITFALLS #1).
+    /// reaping: proof that the CQ overflowed and nothing was lost for it (PITFALLS.md, "CQ overflow
+    /// is silent unless checked").
     pub cq_overflows: u64,
     /// See `cq_overflows`.
     pub busy_retries: u64,

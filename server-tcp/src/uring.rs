@@ -81,7 +81,8 @@ struct Worker<'a> {
     /// The worker's clock: `Drain` counts milliseconds from here.
     epoch: Instant,
     /// With `--zerocopy`: the SEND_ZCs in flight and the recycles that wait for their
-    /// notifications (PITFALLS #4). The machine recycles a buffer after its last send's result;
+    /// notifications (PITFALLS.md, "SEND_ZC gives two CQEs, and the buffer is the kernel's until
+    /// the second"). The machine recycles a buffer after its last send's result;
     /// the kernel may read it until the notification, so recycles go through this.
     zc: Option<ZcTracker<Token>>,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): notifications say whether the

@@ -25,7 +25,7 @@ pub enum Error {
         kernel: String,
     },
     /// The kernel dropped completions (the CQ overflow counter rose): the ring's state can no
-    /// longer be trusted. Never silent (PITFALLS.md #1).
+    /// longer be trusted. Never silent (PITFALLS.md, "CQ overflow is silent unless checked").
     CompletionsLost {
         /// How many the kernel reports dropped so far.
         dropped: u32,

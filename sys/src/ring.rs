@@ -357,7 +357,8 @@ pub struct RingStats {
     /// io_uring_enter calls refused with EBUSY/EAGAIN and retried after reaping.
     pub busy_retries: u64,
     /// Times the kernel's CQ overflow backlog was seen in use (IORING_SQ_CQ_OVERFLOW set when
-    /// we looked, before entering or harvesting): the CQ really was full. PITFALLS #1.
+    /// we looked, before entering or harvesting): the CQ really was full. PITFALLS.md, "CQ overflow
+    /// is silent unless checked".
     pub overflow_seen: u64,
     /// SQEs pushed with IOSQE_CQE_SKIP_SUCCESS (Linux 5.17), which complete silently when
     /// they succeed: `submitted - skip_success` CQEs are owed, not `submitted`.
@@ -1045,7 +1046,8 @@ impl Ring {
     fn sqpoll_needs_wakeup(&self) -> bool {
         // A full fence between our tail store (publish) and this load of the flags: pairs with
         // the kernel's barrier between setting NEED_WAKEUP and re-checking the tail before the
-        // poller sleeps. Without it the poller may sleep with our entries queued (PITFALLS #9).
+        // poller sleeps. Without it the poller may sleep with our entries queued (PITFALLS.md,
+        // "SQPOLL wake-up needs a full fence").
         fence(Ordering::SeqCst);
         IoringSqFlags::from_bits_retain(self.sq_flags.load(Ordering::Relaxed))
             .contains(IoringSqFlags::NEED_WAKEUP)

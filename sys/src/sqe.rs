@@ -124,7 +124,8 @@ impl Sqe {
         Self::new(IoringOp::Nop)
     }
 
-    /// IORING_OP_READ at an explicit `offset` (never -1: PITFALLS #10).
+    /// IORING_OP_READ at an explicit `offset` (never -1: PITFALLS.md, "A read at offset -1 moves
+    /// the file position").
     pub fn read(target: Target, buf: *mut u8, len: u32, offset: u64) -> Self {
         Self::rw(IoringOp::Read, target, buf.cast(), len, offset)
     }

@@ -1,5 +1,6 @@
 //! Fault injection against the real binaries on loopback: connection churn with clean closes and
-//! resets (no fd or memory left behind), the smallest rings under a burst (PITFALLS #1: CQ
+//! resets (no fd or memory left behind), the smallest rings under a burst (PITFALLS.md, "CQ
+//! overflow is silent unless checked": CQ
 //! pressure loses nothing), a generated corpus of malformed HTTP requests (errors or clean
 //! closes, never a file from outside the root), and ringwork-files under misbehaving clients:
 //! resets and half-closes in the middle of a 64 MiB response, clients that never read,
