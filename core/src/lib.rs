@@ -38,3 +38,4 @@ impl core::error::Error for file::FileError {}
 impl core::error::Error for http::HttpError {}
 impl core::error::Error for http::HeadTooSmall {}
 impl core::error::Error for token::TokenError {}
+impl core::error::Error for buf::RecvError {}

@@ -36,3 +36,53 @@ fn read_file_names_what_went_wrong() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("read-file: "));
 }
+
+/// The echo example serves several clients at once, byte for byte, and frees what they held:
+/// after the clients leave, new ones are served just the same.
+#[test]
+fn echo_echoes_every_byte_to_concurrent_clients() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+        .arg("127.0.0.1:0")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("echo listening on ")
+        .unwrap()
+        .to_string();
+    for round in 0..2u8 {
+        let clients: Vec<_> = (0..8u8)
+            .map(|i| {
+                let addr = addr.clone();
+                std::thread::spawn(move || {
+                    let mut s = TcpStream::connect(&addr).unwrap();
+                    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                        .unwrap();
+                    // More than the ring's buffers hold at once: buffers must come back.
+                    let payload: Vec<u8> = (0..300_000u32).map(|j| (j as u8) ^ i ^ round).collect();
+                    let writer = {
+                        let mut s = s.try_clone().unwrap();
+                        let payload = payload.clone();
+                        std::thread::spawn(move || s.write_all(&payload).unwrap())
+                    };
+                    let mut back = vec![0; payload.len()];
+                    s.read_exact(&mut back).unwrap();
+                    writer.join().unwrap();
+                    assert!(back == payload, "client {i}: echoed bytes differ");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().unwrap();
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+}
