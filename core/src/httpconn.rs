@@ -392,6 +392,15 @@ impl HttpConn {
         self.phase == Phase::Freed
     }
 
+    /// True when chunk buffer `buf` holds nothing of this connection's: no read fills it, no
+    /// send (or SEND_ZC notification) still names it, and no bytes in it wait to be sent. A
+    /// driver may then give its memory to another connection until the next [`Op::Read`] into
+    /// it; this connection reads into a buffer before it sends from it, so it never names a
+    /// free buffer's old bytes.
+    pub fn buf_free(&self, buf: BufIx) -> bool {
+        self.bufs[usize::from(buf.0)] == BufState::Free
+    }
+
     /// Operations emitted whose completions have not all been reported: each op counts one,
     /// a SEND_ZC until its result and (when promised) its notification are both in.
     pub fn in_flight(&self) -> u32 {
@@ -1774,6 +1783,49 @@ mod tests {
 
     /// A SEND_ZC chunk whose notification is late: the next read waits for it when it needs
     /// that buffer; a connection that fails meanwhile says Close with it still owed.
+    /// A chunk buffer is free exactly when nothing of the connection's is in it: not while a
+    /// read fills it or its bytes wait or go out, and again once they are sent.
+    #[test]
+    fn a_chunk_buffer_is_free_only_between_uses() {
+        let now = Time::default();
+        let mut c = HttpConn::new(
+            Config {
+                chunk: 4096,
+                ..Config::default()
+            },
+            now,
+        );
+        assert!(
+            c.buf_free(BufIx(0)) && c.buf_free(BufIx(1)),
+            "idle: both free"
+        );
+        let ops = open_response(&mut c, 4096);
+        assert!(
+            matches!(
+                ops[..],
+                [
+                    Op::Send(SendSrc::Head { .. }),
+                    Op::Read { buf: BufIx(0), .. }
+                ]
+            ),
+            "{ops:?}"
+        );
+        assert!(!c.buf_free(BufIx(0)), "a read fills it");
+        assert!(c.buf_free(BufIx(1)), "a one-chunk file needs one buffer");
+        let head_len = c.head_bytes().len() as u32;
+        c.on_send(now, Ok(head_len));
+        c.on_read(now, BufIx(0), Ok(4096));
+        let ops = drain_ops(&mut c);
+        assert!(
+            matches!(ops[..], [Op::Send(SendSrc::Buf { buf: BufIx(0), .. }), ..]),
+            "{ops:?}"
+        );
+        assert!(!c.buf_free(BufIx(0)), "its bytes go out");
+        c.on_send(now, Ok(4096));
+        let _ = drain_ops(&mut c);
+        assert!(c.buf_free(BufIx(0)), "sent: free again");
+    }
+
     #[test]
     fn zero_copy_buffers_wait_for_their_notifications() {
         let now = Time::default();

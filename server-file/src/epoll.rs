@@ -31,7 +31,7 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
-use ringwork_core::httpconn::{HttpConn, Op, SendSrc};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -75,7 +75,9 @@ struct Conn {
     http: HttpConn,
     sock: OwnedFd,
     file: Option<OwnedFd>,
-    bufs: [AlignedBuf; 2],
+    /// The chunk buffers, made when a read needs one and dropped when HttpConn no longer
+    /// uses it: an idle connection holds none.
+    bufs: [Option<AlignedBuf>; 2],
     recv_buf: Vec<u8>,
     /// A receive waiting for EPOLLIN, or on the run queue when deferred (its `max`).
     pending_recv: Option<u32>,
@@ -95,12 +97,11 @@ fn raw(e: Errno) -> RawErrno {
 
 impl Conn {
     fn new(shared: &Shared, sock: OwnedFd) -> Self {
-        let chunk = shared.cfg.chunk as usize;
         Self {
             http: HttpConn::new(shared.cfg, shared.now()),
             sock,
             file: None,
-            bufs: [AlignedBuf::new(chunk), AlignedBuf::new(chunk)],
+            bufs: [None, None],
             recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
             pending_recv: None,
             pending_send: None,
@@ -137,8 +138,11 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
     // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
+    // At capacity the acceptor stops watching the listener; the listen backlog holds new
+    // connections until one closes.
     let mut acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())?
+        .with_capacity(shared.max_conns as usize);
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
@@ -337,7 +341,11 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
             &c.http.head_bytes()[start as usize..(start + len) as usize]
         }
         SendSrc::Buf { buf, start, len } => {
-            &c.bufs[usize::from(buf.0)].bytes()[start as usize..(start + len) as usize]
+            // HttpConn sends only from a buffer it read into.
+            let b = c.bufs[usize::from(buf.0)]
+                .as_ref()
+                .expect("a send from a buffer a read filled");
+            &b.bytes()[start as usize..(start + len) as usize]
         }
     };
     match rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL) {
@@ -413,10 +421,11 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                 len,
                 buf_pos,
             } => {
+                let chunk = shared.cfg.chunk as usize;
                 let res = match &c.file {
                     Some(file) => {
-                        let b = &mut c.bufs[usize::from(buf.0)].bytes_mut()
-                            [buf_pos as usize..(buf_pos + len) as usize];
+                        let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
+                        let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
                         rustix::io::pread(file, b, offset)
                             .map(|n| n as u32)
                             .map_err(raw)
@@ -452,7 +461,41 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             Op::Free => c.freed = true,
         }
     }
+    // Buffers HttpConn no longer uses go, so that an idle connection holds none.
+    for b in 0..2u8 {
+        if c.http.buf_free(BufIx(b)) {
+            if let Some(buf) = c.bufs[usize::from(b)].take() {
+                return_buf(buf);
+            }
+        }
+    }
     deferred && c.pending_recv.is_some()
+}
+
+/// Chunk buffers no connection uses, kept for the next (this worker's thread only): making
+/// and zeroing 64 KiB per response would cost more than the response.
+const SPARE_BUFS: usize = 256;
+
+thread_local! {
+    static SPARE: std::cell::RefCell<Vec<AlignedBuf>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A chunk buffer of `len` bytes: a spare one, or a new one.
+fn spare_buf(len: usize) -> AlignedBuf {
+    SPARE
+        .with(|s| s.borrow_mut().pop())
+        .filter(|b| b.len == len)
+        .unwrap_or_else(|| AlignedBuf::new(len))
+}
+
+/// Keeps `buf` for the next connection that needs one (up to `SPARE_BUFS`).
+fn return_buf(buf: AlignedBuf) {
+    SPARE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARE_BUFS {
+            s.push(buf);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -487,6 +530,7 @@ mod tests {
             root,
             cfg,
             max_conns: 1,
+            chunk_buffers: 2,
             uring: crate::UringConfig::default(),
             shutdown_grace: Duration::from_secs(1),
             start: Instant::now(),

@@ -31,22 +31,24 @@ struct Args {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Worker threads, each with its own listener (SO_REUSEPORT) and ring.
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
+    /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
+    /// CPU).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN).
     #[arg(long)]
     direct: bool,
     /// I/O backend.
     #[arg(long, value_enum, default_value_t = Backend::Uring)]
     backend: Backend,
-    /// Bytes per file read. Each connection holds two buffers of this size: 128 KiB per
-    /// connection at the default. With io_uring, --max-conns × 2 × this is registered per
-    /// thread up front (32 MiB at the defaults; beyond RLIMIT_MEMLOCK the driver falls back
-    /// to plain reads). 64 KiB measured 1.6x the requests/s of 16 KiB on both backends with
-    /// 4 KiB-1 MiB files; 128 and 256 KiB were no better.
+    /// Bytes per file read: the size of each chunk buffer. A response streams through at most
+    /// two; a connection holds them only while it sends a file.
     #[arg(long, default_value_t = 65536)]
     chunk: u32,
+    /// io_uring: memory for chunk buffers per thread, in MiB, registered up front (plain reads
+    /// when RLIMIT_MEMLOCK refuses it). When every buffer is in use, reads wait their turn.
+    #[arg(long, default_value_t = 32)]
+    buffer_memory: u32,
     /// Drop a connection whose request head is not complete after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     header_timeout_ms: u64,
@@ -57,9 +59,11 @@ struct Args {
     /// refused at once); connections still open after this are closed, then the server exits.
     #[arg(long, default_value_t = 5_000)]
     shutdown_grace_ms: u64,
-    /// Most connections per thread; more are accepted and closed at once.
-    #[arg(long, default_value_t = 256)]
-    max_conns: u32,
+    /// Most connections per thread; at that many the server stops accepting until one closes
+    /// (the listen backlog holds new ones). Default: what RLIMIT_NOFILE allows, shared among
+    /// the threads.
+    #[arg(long)]
+    max_conns: Option<u32>,
     /// io_uring: submission queue entries per ring, a power of two up to 16384 (the
     /// completion queue gets four times as many). Connections wait for room when a burst
     /// fills it; nothing is lost.
@@ -181,6 +185,8 @@ struct Shared {
     root: OwnedFd,
     cfg: Config,
     max_conns: u32,
+    /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
+    chunk_buffers: u16,
     uring: UringConfig,
     /// The drain's grace period (`--shutdown-grace-ms`).
     shutdown_grace: Duration,
@@ -203,6 +209,8 @@ struct Stats {
     busy_retries: AtomicU64,
     /// Reads linked behind an open that failed, completed with ECANCELED (broken chains).
     link_cancels: AtomicU64,
+    /// io_uring: reads that waited for a chunk buffer from the pool.
+    chunk_waits: AtomicU64,
 }
 
 impl Stats {
@@ -213,11 +221,12 @@ impl Stats {
     fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} zc_notifs={} zc_copied={}",
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} zc_notifs={} zc_copied={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
             get(&self.link_cancels),
+            get(&self.chunk_waits),
             get(&self.zc_notifs),
             get(&self.zc_copied)
         )
@@ -225,6 +234,11 @@ impl Stats {
 }
 
 impl Shared {
+    /// Chunk buffers in each io_uring worker's pool.
+    fn chunk_buffers(&self) -> u16 {
+        self.chunk_buffers
+    }
+
     fn now(&self) -> Time {
         Time {
             mono_ms: self.start.elapsed().as_millis() as u64,
@@ -292,9 +306,26 @@ fn run(args: Args) -> Result<(), String> {
     if args.chunk == 0 || args.chunk > 1 << 24 {
         return Err("--chunk must be between 1 and 16777216 bytes".into());
     }
-    if args.threads == 0 {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 {
         return Err("--threads must be at least 1".into());
     }
+    if args.buffer_memory == 0 {
+        return Err("--buffer-memory must be at least 1 MiB".into());
+    }
+    // Each connection is a descriptor (two while it sends a file without registered files).
+    let nofile = raise_nofile_limit();
+    let max_conns = match args.max_conns {
+        Some(n) => n.max(1),
+        None => default_max_conns(nofile, threads),
+    };
+    // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
+    // registered-buffer index holds.
+    let chunk_bytes = u64::from(args.chunk).div_ceil(4096) * 4096;
+    let chunk_buffers = (u64::from(args.buffer_memory) * 1024 * 1024 / chunk_bytes)
+        .clamp(2, u64::from(u16::MAX)) as u16;
     if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
         return Err("--sq-entries must be a power of two from 1 to 16384".into());
     }
@@ -368,7 +399,7 @@ fn run(args: Args) -> Result<(), String> {
     let first = listen(args.listen)?;
     let addr = ringwork_sys::net::local_addr(&first).map_err(|e| e.to_string())?;
     let mut listeners = vec![first];
-    for _ in 1..args.threads {
+    for _ in 1..threads {
         listeners.push(listen(addr)?);
     }
     let shared = Arc::new(Shared {
@@ -383,7 +414,8 @@ fn run(args: Args) -> Result<(), String> {
             // The io_uring driver turns it on where it can chain (registered files).
             link_open_read: false,
         },
-        max_conns: args.max_conns.max(1),
+        max_conns,
+        chunk_buffers,
         uring,
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
@@ -393,7 +425,7 @@ fn run(args: Args) -> Result<(), String> {
     println!(
         "{:?} backend, {} thread(s), {}-byte chunks, kernel {}",
         args.backend,
-        args.threads,
+        threads,
         args.chunk,
         ringwork_sys::kernel_release()
     );
@@ -457,4 +489,21 @@ fn run(args: Args) -> Result<(), String> {
         None => Ok(()),
         Some(e) => Err(e),
     }
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit in force.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    lim.current = lim.maximum;
+    let _ = setrlimit(Resource::Nofile, lim);
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+/// Connections per thread the descriptor limit allows, keeping some for the server itself
+/// (listeners, rings, the root, stdio) and at most what a connection table holds.
+fn default_max_conns(nofile: u64, threads: usize) -> u32 {
+    const RESERVED: u64 = 64;
+    let per_thread = nofile.saturating_sub(RESERVED + 8 * threads as u64) / threads as u64;
+    per_thread.clamp(1, 1 << 20) as u32
 }

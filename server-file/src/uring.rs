@@ -54,6 +54,7 @@
 //! once nothing of it is in flight. Until then its buffers, statx struct, open_how and path
 //! stay where the kernel was told they are. No count is kept here.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rustix::fd::{AsRawFd, OwnedFd};
@@ -87,8 +88,9 @@ struct Conn {
     stat: Option<Box<StatxTarget>>,
     /// The openat2 arguments; with the ring while an open is in flight.
     open: Option<Box<OpenArgs>>,
-    /// The connection's two chunk buffers (HttpConn's `BufIx` 0 and 1); a lease is with the
-    /// ring while a read fills its buffer.
+    /// The connection's chunk buffers (HttpConn's `BufIx` 0 and 1), leased from the worker's
+    /// pool for as long as HttpConn uses them; a lease is with the ring while a read fills
+    /// its buffer.
     chunks: [Option<Lease>; 2],
     /// The buffer the read in flight writes (HttpConn keeps at most one read in flight).
     read_buf: BufIx,
@@ -117,6 +119,9 @@ struct Driver<'s> {
     stop_armed: bool,
     drain: Drain,
     waiter: Waiter,
+    /// Reads waiting for a chunk buffer, first come first served (the pool was empty): a
+    /// read alone, or an open with the read linked to it.
+    waiting: VecDeque<(Token, Op, Option<Op>)>,
     direct_refused: bool,
     direct_noted: bool,
 }
@@ -149,7 +154,9 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         ] {
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
-        let acceptor = Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept);
+        // At capacity the acceptor stops, and the listen backlog holds new connections.
+        let acceptor = Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
+            .with_capacity(slots as usize);
         if shared.cfg.zerocopy {
             probe
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
@@ -197,8 +204,9 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
                 false
             }
         };
-    let count = u16::try_from(slots * 2)
-        .map_err(|_| "--max-conns is at most 32767 with the io_uring backend".to_string())?;
+    // One shared pool of chunk buffers per thread, sized by the memory budget: a connection
+    // holds one only while a read fills it or its bytes go out.
+    let count = shared.chunk_buffers();
     let new_buffers =
         || FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string());
     let buffers = new_buffers()?;
@@ -264,6 +272,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
         waiter,
+        waiting: VecDeque::new(),
         direct_refused: false,
         direct_noted: false,
     };
@@ -478,14 +487,6 @@ impl Driver<'_> {
     fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
         let cfg = self.http_cfg;
-        // Two chunk buffers per connection slot: a connection admitted always finds its two.
-        let buffers = self
-            .ring
-            .fixed_buffers()
-            .expect("the chunk buffers are set up before the loop");
-        let (Some(a), Some(b)) = (buffers.acquire(), buffers.acquire()) else {
-            unreachable!("two chunk buffers per connection slot");
-        };
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock: Some(sock),
@@ -493,15 +494,16 @@ impl Driver<'_> {
             head_buf: None,
             stat: Some(StatxTarget::new()),
             open: Some(OpenArgs::new()),
-            chunks: [Some(a), Some(b)],
+            chunks: [None, None],
             read_buf: BufIx(0),
             direct: false,
             file: None,
         };
-        // A full table: the connection is dropped (its socket closed) at once.
+        // A full table (an accept the acceptor's capacity cancel did not stop in time): the
+        // connection is dropped (its socket closed) at once.
         match self.conns.insert(conn) {
             Some((slot, _)) => self.drive(slot),
-            None => unreachable!("the pool and the table have one entry per connection slot"),
+            None => Ok(()),
         }
     }
 
@@ -520,49 +522,125 @@ impl Driver<'_> {
         }
     }
 
+    /// Gives the chunk buffers connection `slot` holds and HttpConn no longer uses back to
+    /// the pool.
+    fn release_idle_chunks(&mut self, slot: Slot) {
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
+        for b in 0..2u8 {
+            if c.chunks[usize::from(b)].is_some() && c.http.buf_free(BufIx(b)) {
+                let lease = c.chunks[usize::from(b)].take().expect("checked above");
+                self.ring
+                    .fixed_buffers()
+                    .expect("the chunk buffers are set up before the loop")
+                    .release(lease);
+            }
+        }
+    }
+
+    /// Makes sure connection `slot` holds the chunk buffer a read names, from the pool; false
+    /// when the pool is empty (the read must wait its turn).
+    fn lease_for(&mut self, slot: Slot, op: &Op) -> bool {
+        let Op::Read { buf, .. } = *op else {
+            return true;
+        };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return true;
+        };
+        if c.chunks[usize::from(buf.0)].is_some() {
+            return true;
+        }
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("the chunk buffers are set up before the loop");
+        match buffers.acquire() {
+            Some(lease) => {
+                c.chunks[usize::from(buf.0)] = Some(lease);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Submits the reads that waited for a chunk buffer, in order, while the pool has one.
+    fn serve_waiting(&mut self) -> Result<(), String> {
+        while let Some(&(token, first, second)) = self.waiting.front() {
+            if self.conns.get_checked(&token).is_none() {
+                // Freed since: cannot happen while HttpConn counts the read in flight.
+                self.waiting.pop_front();
+                continue;
+            }
+            if !self.lease_for(token.slot, &second.unwrap_or(first)) {
+                return Ok(());
+            }
+            self.waiting.pop_front();
+            crate::Stats::add(&self.shared.stats.chunk_waits, 1);
+            self.submit(token.slot, first, second)?;
+        }
+        Ok(())
+    }
+
+    /// Submits one op, or an open with its linked read as one chain.
+    fn submit(&mut self, slot: Slot, first: Op, second: Option<Op>) -> Result<(), String> {
+        let Some(first) = self.build_sqe(slot, first)? else {
+            return Ok(());
+        };
+        match second {
+            None => self.push(first),
+            Some(op) => {
+                let Some(second) = self.build_sqe(slot, op)? else {
+                    unreachable!("an open with link_next is followed by its read")
+                };
+                self.ring
+                    .push_safe_chain(vec![first, second], false)
+                    .map_err(|e| format!("io_uring submit: {e}"))
+            }
+        }
+    }
+
     /// Turns the connection's queued operations into SQEs; frees it when HttpConn says. An
     /// [`Op::Open`] with `link_next` goes in one IOSQE_IO_LINK chain with the op after it
-    /// (its first read): HttpConn decides what is chained, this only submits it.
+    /// (its first read): HttpConn decides what is chained, this only submits it. A read waits
+    /// its turn (after the reads already waiting) when the pool has no chunk buffer for it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
-        loop {
-            let Some(c) = self.conns.get_mut(slot) else {
-                return Ok(());
-            };
-            let Some(op) = c.http.poll_op() else {
-                return Ok(());
-            };
+        while let Some(op) = self.conns.get_mut(slot).and_then(|c| c.http.poll_op()) {
             if op == Op::Free {
                 // Nothing of it is in flight: its memory may go (the socket was closed by
                 // Op::Close, the file slot by Op::CloseFile).
                 self.free(slot);
-                return Ok(());
+                break;
             }
-            let link = matches!(
+            let second = if matches!(
                 op,
                 Op::Open {
                     link_next: true,
                     ..
                 }
-            );
-            let Some(first) = self.build_sqe(slot, op)? else {
-                continue;
+            ) {
+                // Guard: HttpConn queues the linked read right behind its open.
+                let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
+                assert!(
+                    next.is_some(),
+                    "an open with link_next is followed by its read"
+                );
+                next
+            } else {
+                None
             };
-            if !link {
-                self.push(first)?;
+            let read = second.unwrap_or(op);
+            if matches!(read, Op::Read { .. })
+                && (!self.waiting.is_empty() || !self.lease_for(slot, &read))
+            {
+                let token = Token::new(OpKind::Read, slot, self.conns.generation(slot));
+                self.waiting.push_back((token, op, second));
                 continue;
             }
-            // Guard: HttpConn queues the linked read right behind its open.
-            let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
-            let Some(second) = (match next {
-                Some(op) => self.build_sqe(slot, op)?,
-                None => None,
-            }) else {
-                unreachable!("an open with link_next is followed by its read")
-            };
-            self.ring
-                .push_safe_chain(vec![first, second], false)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
+            self.submit(slot, op, second)?;
         }
+        self.release_idle_chunks(slot);
+        self.serve_waiting()
     }
 
     /// The SQE (user_data set) for `op` of connection `slot`; `None` for [`Op::Close`], which

@@ -373,6 +373,11 @@ pub struct Acceptor {
     stopped: bool,
     backoff: Backoff,
     stats: AcceptStats,
+    /// The most connections the server holds ([`Acceptor::with_capacity`]).
+    capacity: Option<usize>,
+    /// At capacity: not accepting until a connection closes (the listen backlog holds new
+    /// ones meanwhile).
+    full: bool,
 }
 
 impl Acceptor {
@@ -398,7 +403,24 @@ impl Acceptor {
             stopped: false,
             backoff,
             stats: AcceptStats::default(),
+            capacity: None,
+            full: false,
         }
+    }
+
+    /// Stops accepting while `max` connections are open, instead of accepting connections
+    /// only to close them: the kernel's listen backlog holds new ones until
+    /// [`Acceptor::poll`] sees one close. (A multishot accept is cancelled at capacity; the
+    /// few connections it may still bring before the cancel lands are the caller's to refuse.)
+    #[must_use]
+    pub fn with_capacity(mut self, max: usize) -> Self {
+        self.capacity = Some(max.max(1));
+        self
+    }
+
+    /// At capacity: not accepting until a connection closes.
+    pub fn is_full(&self) -> bool {
+        self.full
     }
 
     /// Multishot accept is in use (it can turn off once: [`AcceptNotice::MultishotRefused`]).
@@ -493,6 +515,10 @@ impl Acceptor {
                 accepted = Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
                 self.accepted_any = true;
                 self.stats.accepted += 1;
+                // With this one, the server is at capacity: stop until one closes.
+                if self.capacity.is_some_and(|max| open_conns + 1 >= max) {
+                    self.full = true;
+                }
                 if self.backoff.in_episode() {
                     self.backoff.on_success(Instant::now());
                 }
@@ -517,9 +543,9 @@ impl Acceptor {
         }
         if self.stopped {
             self.close_if_done();
-        } else if self.backoff.is_paused() {
+        } else if self.backoff.is_paused() || self.full {
             // A failure that left a multishot armed: the kernel would go on failing; stop it
-            // until the pause ends.
+            // until the pause ends. At capacity likewise, until a connection closes.
             self.cancel(ring)?;
         } else if !self.armed {
             self.arm(ring)?;
@@ -531,10 +557,19 @@ impl Acceptor {
     /// that a closed connection ended early) by re-arming, and reports an episode that is over.
     /// Reads the clock only while there is a deadline.
     pub fn poll(&mut self, ring: &mut Ring, open_conns: usize) -> Result<()> {
-        if self.stopped || self.backoff.deadline().is_none() {
+        if self.stopped {
             return Ok(());
         }
-        if self.backoff.poll(Instant::now(), open_conns) && !self.armed {
+        if self.full && self.capacity.is_some_and(|max| open_conns < max) {
+            self.full = false;
+            if !self.armed && !self.backoff.is_paused() {
+                self.arm(ring)?;
+            }
+        }
+        if self.backoff.deadline().is_none() {
+            return Ok(());
+        }
+        if self.backoff.poll(Instant::now(), open_conns) && !self.armed && !self.full {
             self.arm(ring)?;
         }
         Ok(())
@@ -595,6 +630,10 @@ pub struct EpollAcceptor {
     /// The listener is in the epoll set.
     watched: bool,
     backoff: Backoff,
+    /// The most connections the server holds ([`EpollAcceptor::with_capacity`]).
+    capacity: Option<usize>,
+    /// At capacity: the listener is out of the set until a connection closes.
+    full: bool,
 }
 
 impl EpollAcceptor {
@@ -608,7 +647,18 @@ impl EpollAcceptor {
             interest,
             watched: true,
             backoff: Backoff::new(),
+            capacity: None,
+            full: false,
         })
+    }
+
+    /// Stops accepting while `max` connections are open (the listener leaves the set; the
+    /// kernel's listen backlog holds new connections until [`EpollAcceptor::poll`] sees one
+    /// close).
+    #[must_use]
+    pub fn with_capacity(mut self, max: usize) -> Self {
+        self.capacity = Some(max.max(1));
+        self
     }
 
     /// Accepts one connection (SOCK_NONBLOCK | SOCK_CLOEXEC), with `open_conns` connections
@@ -620,6 +670,12 @@ impl EpollAcceptor {
             let Some(listener) = self.listener.as_ref().filter(|_| self.watched) else {
                 return Ok(None);
             };
+            if self.capacity.is_some_and(|max| open_conns >= max) {
+                ep.delete(listener)?;
+                self.watched = false;
+                self.full = true;
+                return Ok(None);
+            }
             match rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
                 Ok(fd) => {
                     if self.backoff.in_episode() {
@@ -643,10 +699,15 @@ impl EpollAcceptor {
     /// (or that a closed connection ended early) by watching the listener again, and reports
     /// an episode that is over. Reads the clock only while there is a deadline.
     pub fn poll(&mut self, ep: &Epoll, open_conns: usize) -> Result<()> {
-        if self.backoff.deadline().is_none() {
-            return Ok(());
+        let mut rewatch = false;
+        if self.full && self.capacity.is_some_and(|max| open_conns < max) {
+            self.full = false;
+            rewatch = self.backoff.deadline().is_none();
         }
-        if self.backoff.poll(Instant::now(), open_conns) {
+        if self.backoff.deadline().is_some() && self.backoff.poll(Instant::now(), open_conns) {
+            rewatch = !self.full;
+        }
+        if rewatch && !self.watched {
             if let Some(listener) = &self.listener {
                 ep.add(listener, self.key, self.interest)?;
                 self.watched = true;

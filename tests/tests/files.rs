@@ -756,3 +756,84 @@ fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
         "{err}"
     );
 }
+
+/// A chunk-buffer pool far smaller than the downloads in flight: every download is
+/// byte-exact, none is refused, and reads waited their turn (the `chunk_waits` counter). An
+/// idle connection holds no chunk buffer, so the pool bounds the memory, not the connections.
+#[test]
+fn a_tiny_buffer_pool_serves_many_concurrent_downloads_byte_exact() {
+    let name = format!("f{}", (1 << 20) + 3);
+    let want = file(&name);
+    // 1 MiB of 64 KiB chunk buffers: 16, for 64 concurrent 1 MiB downloads.
+    let s = start(
+        "uring",
+        &["--threads", "1", "--buffer-memory", "1", "--chunk", "65536"],
+    );
+    let addr = s.addr;
+    std::thread::scope(|scope| {
+        for t in 0..64 {
+            let (name, want) = (&name, &want);
+            scope.spawn(move || {
+                let mut c = Client::connect(addr);
+                for round in 0..2 {
+                    let r = c.get(&format!("/{name}"), "");
+                    assert_eq!(r.status, 200, "client {t} round {round}");
+                    assert!(r.body == *want, "client {t} round {round}: body differs");
+                }
+            });
+        }
+    });
+    let out = terminate(s);
+    let waits: u64 = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("chunk_waits="))
+        .expect("a stats line with chunk_waits")
+        .parse()
+        .unwrap();
+    assert!(
+        waits > 0,
+        "64 downloads through 16 buffers never waited: {out}"
+    );
+}
+
+/// At `--max-conns` the server stops accepting instead of accepting and closing: the next
+/// client waits in the listen backlog and is served as soon as a connection closes.
+#[test]
+fn at_capacity_new_connections_wait_in_the_backlog_not_closed() {
+    for backend in BACKENDS {
+        let s = start(backend, &["--threads", "1", "--max-conns", "3"]);
+        let mut held: Vec<Client> = (0..3)
+            .map(|_| {
+                let mut c = Client::connect(s.addr);
+                // A response proves the connection was accepted and holds its slot.
+                assert_eq!(c.get("/f1", "").status, 200, "{backend}");
+                c
+            })
+            .collect();
+        let mut waiting = TcpStream::connect(s.addr).unwrap();
+        waiting
+            .write_all(b"GET /f4096 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        waiting
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match waiting.read(&mut byte) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            other => panic!("{backend}: a connection over capacity got {other:?}, not a wait"),
+        }
+        // One closes: the waiting client is accepted and served.
+        drop(held.pop());
+        waiting
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut client = Client {
+            reader: BufReader::new(waiting),
+        };
+        let r = client.read(false).unwrap();
+        assert_eq!(r.status, 200, "{backend}");
+        assert!(r.body == file("f4096"), "{backend}: body differs");
+        drop(held);
+    }
+}
