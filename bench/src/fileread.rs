@@ -32,7 +32,9 @@ use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, RingParams, SqeFlags, Target};
 
-use crate::stats::{latency_histogram, median_index, self_cpu, thousands, Latency, Spread};
+use crate::stats::{
+    latency_histogram, median_index, self_cpu, spread_cell, thousands, Latency, Spread,
+};
 
 /// Which way to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -732,11 +734,11 @@ pub fn rounds_table(cfg: &Config, r: &Rounds) -> String {
         };
         let m = &runs[mid];
         s.push_str(&format!(
-            "| {} | {} | {} | ±{:.0}% | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
             engine_label(m),
             cache_label(cfg, r.cache, m),
             thousands(sp.median),
-            sp.range_pct() / 2.0,
+            spread_cell(&sp, runs.len()),
             per_round(&iops),
             sp.median * f64::from(cfg.bs) / 1e6,
             m.latency.p50_us,
@@ -758,9 +760,9 @@ pub fn rounds_table(cfg: &Config, r: &Rounds) -> String {
             r.cache.name()
         };
         s.push_str(&format!(
-            "| fio {label} | {cache} | {} | ±{:.0}% | {} | {:.1} | {:.1} | {:.1} | - | - | {} |\n",
+            "| fio {label} | {cache} | {} | {} | {} | {:.1} | {:.1} | {:.1} | - | - | {} |\n",
             thousands(sp.median),
-            sp.range_pct() / 2.0,
+            spread_cell(&sp, runs.len()),
             per_round(&iops),
             sp.median * f64::from(cfg.bs) / 1e6,
             m.p50_us,

@@ -14,6 +14,7 @@ mod drain;
 mod echo;
 mod fileread;
 mod http;
+mod nginx;
 mod stats;
 mod workloads;
 
@@ -54,7 +55,8 @@ enum Command {
         #[arg(long, value_parser = compare::parse_external)]
         external: Vec<compare::Backend>,
         /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
-        /// ringwork-files, found next to this binary) workloads.
+        /// ringwork-files, found next to this binary) workloads, and ringwork-files against
+        /// nginx (when `nginx` is on PATH).
         #[arg(long)]
         files: bool,
     },

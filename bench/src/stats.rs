@@ -198,6 +198,15 @@ impl Spread {
     }
 }
 
+/// "±N%", half the range around the median; "-" for a single run.
+pub fn spread_cell(s: &Spread, runs: usize) -> String {
+    if runs < 2 {
+        "-".into()
+    } else {
+        format!("±{:.0}%", s.range_pct() / 2.0)
+    }
+}
+
 /// The index of the median run of `values` (the lower middle one for an even count), so that
 /// a report can show that run's other figures beside the median.
 pub fn median_index(values: &[f64]) -> Option<usize> {
@@ -334,6 +343,8 @@ mod tests {
         );
         assert_eq!(median_index(&[5.0]), Some(0));
         assert_eq!(median_index(&[]), None);
+        assert_eq!(spread_cell(&s, 3), "±50%");
+        assert_eq!(spread_cell(&s, 1), "-");
     }
 
     #[test]
