@@ -18,8 +18,8 @@
 //! [`run_rounds`] alternates the engines in rounds, rotating their order, and the table gives
 //! each engine's median over the rounds with the spread; the page cache is put in the same
 //! state before every run (dropped: cold, or the file read once: warm), and each figure says
-//! which. A cold run warms the cache itself as it goes: the table says how much of the file
-//! the run's own reads had brought in by its end.
+//! which. A cold run warms the cache itself as it goes (its reads, and the kernel's readahead
+//! around them): the table gives a lower bound on how much of the file was cached by its end.
 
 use std::fs::File;
 use std::io::Write;
@@ -676,7 +676,8 @@ fn per_enter(r: &Outcome) -> String {
 }
 
 /// What the cache column says for `engine`'s median run: O_DIRECT reads bypass the cache;
-/// a cold buffered run also says how warm its own reads had made the cache by its end.
+/// a cold buffered run also says how warm its own reads had made the cache by its end (at
+/// least: readahead brings in more than the blocks read).
 fn cache_label(cfg: &Config, cache: Cache, r: &Outcome) -> String {
     if r.engine == Engine::UringDirect && r.note.is_empty() {
         return "O_DIRECT (no page cache)".into();
@@ -684,7 +685,7 @@ fn cache_label(cfg: &Config, cache: Cache, r: &Outcome) -> String {
     match cache {
         Cache::Warm => "warm".into(),
         Cache::Cold => format!(
-            "cold, ~{:.0}% cached by the end",
+            "cold, ≥{:.0}% cached by the end",
             cached_fraction(r.ops, cfg.size / u64::from(cfg.bs)) * 100.0
         ),
     }
@@ -878,7 +879,7 @@ mod tests {
         let t = rounds_table(&cfg, &r);
         assert!(
             t.contains(
-                "| pread | cold, ~1% cached by the end | 2,000 | ±50% | 1,000 / 3,000 / 2,000 |"
+                "| pread | cold, ≥1% cached by the end | 2,000 | ±50% | 1,000 / 3,000 / 2,000 |"
             ),
             "{t}"
         );

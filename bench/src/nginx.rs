@@ -396,6 +396,7 @@ pub fn versus(
     quick: bool,
 ) -> Result<(String, u64), String> {
     crate::compare::pin_generator();
+    let load_before = load_average();
     let (cells, rounds, idle_conns) = plan(quick);
     let path_var = std::env::var("PATH").unwrap_or_default();
     let tmp = TempDir::new("vs-nginx")?;
@@ -531,6 +532,7 @@ pub fn versus(
             duration,
             warmup,
             nginx: nginx_note,
+            load: (load_before, load_average()),
         },
         &measured,
         &rss,
@@ -546,6 +548,18 @@ struct SectionInput<'a> {
     warmup: Duration,
     /// nginx's version and the config it ran with, or why it did not run (Markdown).
     nginx: Result<(String, String), String>,
+    /// The 1-minute load average before and after the section.
+    load: (Option<f64>, Option<f64>),
+}
+
+/// The 1-minute load average: how much other work shared the CPUs.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Median requests/s and server CPU per request over a cell's runs, and its median run.
@@ -590,6 +604,16 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
         input.rounds,
         if input.rounds == 1 { "" } else { "s" },
     );
+    if let (Some(a), Some(b)) = input.load {
+        let _ = writeln!(
+            s,
+            "Load average (1 min) {a:.2} before these runs and {b:.2} after, on {} CPUs: \
+             work beyond these runs shares the CPUs, pinned or not; read the figures with their \
+             spreads. \"generator CPU\" is the load generator's share of its CPU over the \
+             median run: near 100% the generator, not the server, set the pace.\n",
+            cpu_count()
+        );
+    }
     let _ = writeln!(
         s,
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend uring \
@@ -610,11 +634,11 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
     }
     let _ = writeln!(
         s,
-        "| server | cell | requests/s | spread | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors | conns held |"
+        "| server | cell | requests/s | spread | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | generator CPU | errors | conns held |"
     );
     let _ = writeln!(
         s,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for cell in input.cells {
         for m in measured.iter().filter(|m| m.cell == *cell) {
@@ -623,7 +647,7 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {:.0}% | {} | {} |",
                 m.server,
                 cell.label(),
                 thousands(rps.median),
@@ -633,6 +657,7 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
                 mid.latency.p99_us,
                 mid.latency.p999_us,
                 cpu.map_or("-".into(), |v| format!("{v:.1}")),
+                mid.client_cpu.as_secs_f64() / mid.elapsed.as_secs_f64().max(1e-9) * 100.0,
                 m.runs.iter().map(|o| o.errors).sum::<u64>(),
                 m.runs.iter().map(|o| o.conns_held).min().unwrap_or(0),
             );
@@ -843,6 +868,7 @@ mod tests {
             duration: Duration::from_secs(1),
             warmup: Duration::ZERO,
             nginx: Ok(("nginx/1.22.1".into(), conf.clone())),
+            load: (Some(1.5), Some(2.0)),
         };
         let s = section(&input, &measured, &rss);
         // Medians: 50,000 against 90,000 requests/s; 10 µs against 5 µs per request.

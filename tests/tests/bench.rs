@@ -112,12 +112,13 @@ fn compare_quick_files_measures_ringwork_files_against_nginx() {
         let rows = rows(server);
         assert_eq!(rows.len(), 2, "two quick cells for {server}: {section}");
         for r in rows {
-            // | server | cell | requests/s | spread | MB/s | p50 | p99 | p99.9 | CPU | errors | held |
+            // | server | cell | requests/s | spread | MB/s | p50 | p99 | p99.9 | CPU |
+            // generator CPU | errors | held |
             let rps: f64 = r[3].replace(',', "").parse().unwrap();
             assert!(rps > 0.0, "no requests: {r:?}");
-            assert_eq!(r[10], "0", "errors: {r:?}");
+            assert_eq!(r[11], "0", "errors: {r:?}");
             let conns = r[2].rsplit(' ').next().unwrap();
-            assert_eq!(r[11], conns, "every connection held: {r:?}");
+            assert_eq!(r[12], conns, "every connection held: {r:?}");
         }
     }
     let memory = section
