@@ -46,7 +46,7 @@ run() {
     echo "$out" | grep -E '^\| [0-9]' | head -1
     grep "^stats:" "$log" || true
 }
-echo "| requests/s | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors |"
+echo "| requests/s | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors | connect errors | conns held |"
 for r in $(seq "$rounds"); do
     run "$a" "A$r" "${FILES_A:-$bin/ringwork-files}"
     run "$b" "B$r" "${FILES_B:-$bin/ringwork-files}"

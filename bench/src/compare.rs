@@ -208,8 +208,8 @@ pub(crate) fn unpin() {
     let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
-/// Pins `pid` (0: this process) to `cpu`.
-fn pin(pid: u32, cpu: usize) {
+/// Pins thread `pid` (0: the calling thread) to `cpu`.
+pub(crate) fn pin(pid: u32, cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     let pid = rustix::process::Pid::from_raw(pid as i32);
@@ -315,6 +315,7 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     drop(servers);
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
     let mut report = report(opts, &rows);
+    let mut file_errors = 0;
     if let Some(files_bin) = &opts.files_bin {
         report.push_str(&crate::workloads::file_heavy(opts.duration, opts.quick)?);
         report.push_str(&crate::workloads::mixed(
@@ -322,10 +323,20 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             opts.duration,
             opts.warmup,
         )?);
+        let (text, errors) =
+            crate::nginx::versus(files_bin, opts.duration, opts.warmup, opts.quick)?;
+        report.push_str(&text);
+        file_errors = errors;
     }
     std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())?;
     for (file, svg) in plots(opts, &rows) {
         std::fs::write(opts.out_dir.join(file), svg).map_err(|e| e.to_string())?;
+    }
+    if file_errors > 0 {
+        return Err(format!(
+            "{file_errors} failed connects or bad responses against ringwork-files or nginx \
+             (the report was written)"
+        ));
     }
     Ok(rows)
 }

@@ -10,8 +10,16 @@
 //!   without io_uring.
 //!
 //! Every engine reads the same random block offsets (a seeded xorshift), and every read is
-//! checked for a full `bs` result. Whether the data came from the page cache depends on the
-//! file size against free memory: `--drop-caches` starts cold, and the report says which.
+//! checked for a full `bs` result.
+//!
+//! Run one after another, engines measure the machine as much as themselves: the page cache
+//! fills under them and a shared disk drifts (a cold `uring-direct` once read 51,810 IOPS, then
+//! fio's equivalent 69,898, and `pread-pool`, later on the same "cold" file, 172,687). So
+//! [`run_rounds`] alternates the engines in rounds, rotating their order, and the table gives
+//! each engine's median over the rounds with the spread; the page cache is put in the same
+//! state before every run (dropped: cold, or the file read once: warm), and each figure says
+//! which. A cold run warms the cache itself as it goes (its reads, and the kernel's readahead
+//! around them): the table gives a lower bound on how much of the file was cached by its end.
 
 use std::fs::File;
 use std::io::Write;
@@ -24,7 +32,9 @@ use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, RingParams, SqeFlags, Target};
 
-use crate::stats::{latency_histogram, self_cpu, thousands, Latency};
+use crate::stats::{
+    latency_histogram, median_index, self_cpu, spread_cell, thousands, Latency, Spread,
+};
 
 /// Which way to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -128,6 +138,136 @@ impl Outcome {
             self.note.replace('"', "'")
         )
     }
+}
+
+/// The page cache's state at the start of every run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cache {
+    /// Dropped before every run (`echo 3 > /proc/sys/vm/drop_caches`, root only).
+    Cold,
+    /// The whole file read once before every run.
+    Warm,
+}
+
+impl Cache {
+    /// The word the tables use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cache::Cold => "cold",
+            Cache::Warm => "warm",
+        }
+    }
+
+    /// Puts the cache in this state for `path`.
+    pub fn prepare(self, path: &std::path::Path) -> Result<(), String> {
+        match self {
+            Cache::Cold => drop_caches(),
+            Cache::Warm => warm(path),
+        }
+    }
+}
+
+/// Writes dirty pages back and drops the page cache (needs root).
+pub fn drop_caches() -> Result<(), String> {
+    rustix::fs::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
+        .map_err(|e| format!("dropping the page cache (cold runs) needs root: {e}"))
+}
+
+/// Reads the whole file once, so that its pages are in the page cache.
+pub fn warm(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| format!("warm {}: {e}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+    Ok(())
+}
+
+/// Every run of [`run_rounds`].
+#[derive(Clone, Debug)]
+pub struct Rounds {
+    /// The cache state each run started from.
+    pub cache: Cache,
+    /// Rounds run.
+    pub rounds: u32,
+    /// Per engine, in the order asked for, its run in each round.
+    pub engines: Vec<(Engine, Vec<Outcome>)>,
+    /// Per fio run (see [`FIO_RUNS`]), its run in each round where fio succeeded.
+    pub fio: Vec<(&'static str, Vec<FioOutcome>)>,
+}
+
+/// The order of `n` engines in round `round` (0-based): rotated by one each round, so that no
+/// engine always runs first after the cache is prepared, or last when the disk has drifted.
+pub fn round_order(n: usize, round: usize) -> Vec<usize> {
+    (0..n).map(|k| (k + round) % n.max(1)).collect()
+}
+
+/// Runs `engines` (and fio's equivalents when `fio`) for `rounds` rounds, alternating them
+/// within each round, with the page cache put in state `cache` before every run. Progress goes
+/// to stderr.
+pub fn run_rounds(
+    cfg: &Config,
+    engines: &[Engine],
+    fio: bool,
+    cache: Cache,
+    rounds: u32,
+) -> Result<Rounds, String> {
+    // One list of every run to alternate: ours, then fio's (when asked for and installed).
+    let fio_runs: &[(&'static str, &str, &[&str])] = if fio && fio_installed() {
+        &FIO_RUNS
+    } else {
+        if fio {
+            eprintln!("fio not found on PATH: its rows are left out (apt-get install -y fio)");
+        }
+        &[]
+    };
+    let mut out = Rounds {
+        cache,
+        rounds,
+        engines: engines.iter().map(|&e| (e, Vec::new())).collect(),
+        fio: fio_runs.iter().map(|r| (r.0, Vec::new())).collect(),
+    };
+    let n = engines.len() + fio_runs.len();
+    for round in 0..rounds.max(1) as usize {
+        for k in round_order(n, round) {
+            cache.prepare(&cfg.path)?;
+            if k < engines.len() {
+                let e = engines[k];
+                let r = run(e, cfg)?;
+                eprintln!(
+                    "round {}: {} {:.0} IOPS ({})",
+                    round + 1,
+                    e.name(),
+                    r.iops(),
+                    cache.name()
+                );
+                out.engines[k].1.push(r);
+            } else {
+                let (label, ioengine, extra) = fio_runs[k - engines.len()];
+                match run_fio(cfg, label, ioengine, extra) {
+                    Ok(f) => {
+                        eprintln!("round {}: fio {label} {:.0} IOPS", round + 1, f.iops);
+                        out.fio[k - engines.len()].1.push(f);
+                    }
+                    Err(e) => eprintln!("round {}: fio {label}: {e}", round + 1),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn fio_installed() -> bool {
+    std::process::Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// How much of a `blocks`-block file `reads` uniformly random reads have brought into the
+/// page cache (1 - e^(-reads/blocks)): how warm a cold run was by its end.
+pub fn cached_fraction(reads: u64, blocks: u64) -> f64 {
+    1.0 - (-(reads as f64) / blocks.max(1) as f64).exp()
 }
 
 /// Seeded xorshift64*: the offset sequence, identical for every engine.
@@ -474,7 +614,7 @@ pub fn run_fio(
     })
 }
 
-/// The human table.
+/// The human table of single runs (one per engine, as `compare --files` runs them).
 pub fn table(cfg: &Config, results: &[Outcome], fio: &[FioOutcome]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -493,27 +633,16 @@ pub fn table(cfg: &Config, results: &[Outcome], fio: &[FioOutcome]) -> String {
         .find(|r| r.engine == Engine::Pread)
         .map(|r| r.iops());
     for r in results {
-        let per_enter = if r.enters > 0 {
-            format!("{:.1}", r.ops as f64 / r.enters as f64)
-        } else {
-            "-".into()
-        };
-        let ratio = base.map_or("-".into(), |b| format!("{:.2}x", r.iops() / b));
         s.push_str(&format!(
-            "| {}{} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
-            r.engine.name(),
-            if r.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", r.note)
-            },
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
+            engine_label(r),
             thousands(r.iops()),
             r.iops() * f64::from(cfg.bs) / 1e6,
             r.latency.p50_us,
             r.latency.p99_us,
             r.cpu_us_per_op(),
-            per_enter,
-            ratio
+            per_enter(r),
+            base.map_or("-".into(), |b| format!("{:.2}x", r.iops() / b))
         ));
     }
     for f in fio {
@@ -530,6 +659,147 @@ pub fn table(cfg: &Config, results: &[Outcome], fio: &[FioOutcome]) -> String {
     s
 }
 
+fn engine_label(r: &Outcome) -> String {
+    if r.note.is_empty() {
+        r.engine.name().to_string()
+    } else {
+        format!("{} ({})", r.engine.name(), r.note)
+    }
+}
+
+fn per_enter(r: &Outcome) -> String {
+    if r.enters > 0 {
+        format!("{:.1}", r.ops as f64 / r.enters as f64)
+    } else {
+        "-".into()
+    }
+}
+
+/// What the cache column says for `engine`'s median run: O_DIRECT reads bypass the cache;
+/// a cold buffered run also says how warm its own reads had made the cache by its end (at
+/// least: readahead brings in more than the blocks read).
+fn cache_label(cfg: &Config, cache: Cache, r: &Outcome) -> String {
+    if r.engine == Engine::UringDirect && r.note.is_empty() {
+        return "O_DIRECT (no page cache)".into();
+    }
+    match cache {
+        Cache::Warm => "warm".into(),
+        Cache::Cold => format!(
+            "cold, ≥{:.0}% cached by the end",
+            cached_fraction(r.ops, cfg.size / u64::from(cfg.bs)) * 100.0
+        ),
+    }
+}
+
+/// The human table of [`run_rounds`]: per engine, the median IOPS over the rounds, the spread,
+/// every round's figure, and the median run's latency and CPU.
+pub fn rounds_table(cfg: &Config, r: &Rounds) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "random {} B reads, {} MiB file on {}, qd {}, {} s per run; {} round{}, engines alternating \
+         within each round (order rotated each round); page cache {} before every run\n\n",
+        cfg.bs,
+        cfg.size >> 20,
+        crate::drain::fs_name(&cfg.path),
+        cfg.qd,
+        cfg.duration.as_secs(),
+        r.rounds,
+        if r.rounds == 1 { "" } else { "s" },
+        match r.cache {
+            Cache::Cold => "dropped (cold)",
+            Cache::Warm => "filled by reading the file once (warm)",
+        },
+    ));
+    s.push_str(
+        "| engine | cache | IOPS (median) | spread | IOPS per round | MB/s | p50 µs | p99 µs | CPU µs/read | reads/enter | vs pread |\n",
+    );
+    s.push_str("| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    let iops_of = |runs: &[Outcome]| runs.iter().map(Outcome::iops).collect::<Vec<_>>();
+    let base = r
+        .engines
+        .iter()
+        .find(|(e, _)| *e == Engine::Pread)
+        .and_then(|(_, runs)| Spread::of(&iops_of(runs)))
+        .map(|sp| sp.median);
+    let ratio = |v: f64| base.map_or("-".into(), |b| format!("{:.2}x", v / b));
+    let per_round = |v: &[f64]| {
+        v.iter()
+            .map(|x| thousands(*x))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for (_, runs) in &r.engines {
+        let iops = iops_of(runs);
+        let (Some(sp), Some(mid)) = (Spread::of(&iops), median_index(&iops)) else {
+            continue;
+        };
+        let m = &runs[mid];
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} | {} | {} |\n",
+            engine_label(m),
+            cache_label(cfg, r.cache, m),
+            thousands(sp.median),
+            spread_cell(&sp, runs.len()),
+            per_round(&iops),
+            sp.median * f64::from(cfg.bs) / 1e6,
+            m.latency.p50_us,
+            m.latency.p99_us,
+            m.cpu_us_per_op(),
+            per_enter(m),
+            ratio(sp.median),
+        ));
+    }
+    for (label, runs) in &r.fio {
+        let iops: Vec<f64> = runs.iter().map(|f| f.iops).collect();
+        let (Some(sp), Some(mid)) = (Spread::of(&iops), median_index(&iops)) else {
+            continue;
+        };
+        let m = &runs[mid];
+        let cache = if label.contains("direct") {
+            "O_DIRECT (no page cache)"
+        } else {
+            r.cache.name()
+        };
+        s.push_str(&format!(
+            "| fio {label} | {cache} | {} | {} | {} | {:.1} | {:.1} | {:.1} | - | - | {} |\n",
+            thousands(sp.median),
+            spread_cell(&sp, runs.len()),
+            per_round(&iops),
+            sp.median * f64::from(cfg.bs) / 1e6,
+            m.p50_us,
+            m.p99_us,
+            ratio(sp.median),
+        ));
+    }
+    s.push_str(
+        "\nspread: half the range of the rounds around the median ((max - min) / 2 / median); \
+         latency and CPU are the median run's.\n",
+    );
+    s
+}
+
+/// JSON text of [`run_rounds`]' results: per engine, the median IOPS and every run.
+pub fn rounds_json(cfg: &Config, r: &Rounds) -> String {
+    let body: Vec<String> = r
+        .engines
+        .iter()
+        .map(|(e, runs)| {
+            let iops: Vec<f64> = runs.iter().map(Outcome::iops).collect();
+            let sp = Spread::of(&iops);
+            format!(
+                "{{\"engine\":\"{}\",\"cache\":\"{}\",\"median_iops\":{:.0},\"min_iops\":{:.0},\"max_iops\":{:.0},\"runs\":[{}]}}",
+                e.name(),
+                r.cache.name(),
+                sp.map_or(0.0, |s| s.median),
+                sp.map_or(0.0, |s| s.min),
+                sp.map_or(0.0, |s| s.max),
+                runs.iter().map(|o| o.json(cfg.bs)).collect::<Vec<_>>().join(",")
+            )
+        })
+        .collect();
+    format!("[{}]\n", body.join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -542,6 +812,91 @@ mod tests {
             assert_eq!(off % 4096, 0);
             assert!(off + 4096 <= 1 << 20);
         }
+    }
+
+    #[test]
+    fn rounds_rotate_the_order() {
+        assert_eq!(round_order(3, 0), [0, 1, 2]);
+        assert_eq!(round_order(3, 1), [1, 2, 0]);
+        assert_eq!(round_order(3, 2), [2, 0, 1]);
+        assert_eq!(round_order(3, 3), [0, 1, 2]);
+        assert!(round_order(0, 5).is_empty());
+    }
+
+    #[test]
+    fn cold_runs_warm_up_as_they_read() {
+        assert_eq!(cached_fraction(0, 1000), 0.0);
+        assert!((cached_fraction(1000, 1000) - 0.632).abs() < 0.001);
+        assert!(cached_fraction(5000, 1000) > 0.99);
+    }
+
+    fn outcome(engine: Engine, iops: u64) -> Outcome {
+        Outcome {
+            engine,
+            ops: iops,
+            elapsed: Duration::from_secs(1),
+            latency: Latency::default(),
+            cpu: Duration::from_millis(100),
+            enters: 0,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn rounds_table_gives_medians_spreads_and_cache_states() {
+        let cfg = Config {
+            path: "/tmp".into(),
+            size: 1 << 30,
+            bs: 4096,
+            qd: 64,
+            duration: Duration::from_secs(1),
+            seed: 1,
+            drain_every: 0,
+        };
+        let r = Rounds {
+            cache: Cache::Cold,
+            rounds: 3,
+            engines: vec![
+                (
+                    Engine::Pread,
+                    vec![
+                        outcome(Engine::Pread, 1000),
+                        outcome(Engine::Pread, 3000),
+                        outcome(Engine::Pread, 2000),
+                    ],
+                ),
+                (
+                    Engine::UringDirect,
+                    vec![
+                        outcome(Engine::UringDirect, 9000),
+                        outcome(Engine::UringDirect, 10_000),
+                        outcome(Engine::UringDirect, 11_000),
+                    ],
+                ),
+            ],
+            fio: vec![],
+        };
+        let t = rounds_table(&cfg, &r);
+        assert!(
+            t.contains(
+                "| pread | cold, ≥1% cached by the end | 2,000 | ±50% | 1,000 / 3,000 / 2,000 |"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("| uring-direct | O_DIRECT (no page cache) | 10,000 | ±10% |"),
+            "{t}"
+        );
+        assert!(t.contains("| 5.00x |"), "{t}");
+        assert!(
+            t.contains("3 rounds") && t.contains("dropped (cold)"),
+            "{t}"
+        );
+        let j = rounds_json(&cfg, &r);
+        assert!(
+            j.contains("\"engine\":\"pread\",\"cache\":\"cold\",\"median_iops\":2000"),
+            "{j}"
+        );
     }
 
     #[test]

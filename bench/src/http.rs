@@ -4,19 +4,45 @@
 //! Content-Length body bytes), and sends the next, cycling through the given paths. Every
 //! response must be `200` or `206` and its body length must match Content-Length and, per path,
 //! the first length seen; anything else counts as an error and the connection is re-made.
-//! Built like the echo generator: edge-triggered epoll, nonblocking sockets, 64 KiB reads.
+//!
+//! One thread holds every connection (10,000 and more): nonblocking sockets on edge-triggered
+//! epoll, one shared read buffer, requests formatted once per path. Connections are opened
+//! nonblocking, at most [`CONNECT_BATCH`] at a time (a burst of thousands of SYNs overflows a
+//! server's listen backlog, and a dropped SYN costs a one-second retransmit), and each binds its
+//! source address first: a loopback target is reached from 127.0.0.1, then from further
+//! addresses in 127.0.0.0/8 when one address's ephemeral ports would run short. A connect that
+//! fails counts as an error and is retried after a pause, never in a tight loop. Connecting is
+//! not measured: the warm-up starts once every connection's first connect has come up or
+//! failed (or [`CONNECT_PHASE_LIMIT`] has passed), and the run ends at a fixed time whatever
+//! the server does.
 
-use std::net::{SocketAddr, TcpStream};
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::stats::{
     cpu_us_per, latency_histogram, per_sec, process_cpu, self_cpu, thousands, Latency,
 };
+
+/// Connects in flight at once.
+pub const CONNECT_BATCH: usize = 256;
+
+/// How long a connection waits after a failure before it connects again: a refusing server
+/// slows the generator down instead of making it spin.
+const RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// The longest the generator waits for every connection to come up before it starts the clock
+/// anyway (connections still missing then are counted as errors when the run ends).
+pub const CONNECT_PHASE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Descriptors the process needs besides its connections (epoll, stdio, files, a margin).
+const SPARE_FDS: u64 = 64;
 
 /// How to load the server.
 #[derive(Clone, Debug)]
@@ -46,8 +72,12 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// Request-to-last-byte latency.
     pub latency: Latency,
-    /// Bad statuses, wrong lengths, resets.
+    /// Bad statuses, wrong lengths, resets, failed connects.
     pub errors: u64,
+    /// Of `errors`, connects that failed or had not completed when the run ended.
+    pub connect_errors: u64,
+    /// The fewest connections that were up at any moment of the measured window.
+    pub conns_held: usize,
     /// Generator CPU during the window.
     pub client_cpu: Duration,
     /// Server CPU during the window, when its pid was given.
@@ -73,13 +103,15 @@ impl Outcome {
     /// JSON object text.
     pub fn json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{}}}",
+            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"connect_errors\":{},\"conns_held\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{}}}",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.rps(),
             self.mb_per_sec(),
             self.latency.json(),
             self.errors,
+            self.connect_errors,
+            self.conns_held,
             self.client_cpu.as_secs_f64(),
             self.server_us_per_req().map_or("null".into(), |v| format!("{v:.3}")),
         )
@@ -88,9 +120,9 @@ impl Outcome {
     /// The human table.
     pub fn table(&self) -> String {
         format!(
-            "| requests/s | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
-             | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} |\n",
+            "| requests/s | MB/s | p50 µs | p99 µs | p99.9 µs | server CPU µs/req | errors | connect errors | conns held |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {:.1} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} |\n",
             thousands(self.rps()),
             self.mb_per_sec(),
             self.latency.p50_us,
@@ -98,18 +130,11 @@ impl Outcome {
             self.latency.p999_us,
             self.server_us_per_req()
                 .map_or("-".into(), |v| format!("{v:.1}")),
-            self.errors
+            self.errors,
+            self.connect_errors,
+            self.conns_held,
         )
     }
-}
-
-/// Where a response stands.
-#[derive(Debug, Default)]
-struct Response {
-    head: Vec<u8>,
-    /// Body bytes still to come, once the head is parsed.
-    body_left: Option<u64>,
-    body_len: u64,
 }
 
 /// Parses a complete response head: (status, content length).
@@ -133,222 +158,651 @@ pub fn parse_head(head: &[u8]) -> Option<(u16, u64)> {
     Some((status, len.unwrap_or(0)))
 }
 
-struct Conn {
-    sock: OwnedFd,
-    next_path: usize,
-    path: usize,
-    started: Instant,
-    resp: Response,
-    /// Unsent request bytes.
-    out: Vec<u8>,
+/// The longest response head accepted.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Where a response stands.
+#[derive(Debug, Default)]
+struct Response {
+    /// Head bytes so far, while the head is split over reads.
+    head: Vec<u8>,
+    /// Body bytes still to come, once the head is parsed.
+    body_left: Option<u64>,
+    body_len: u64,
 }
 
-fn connect(addr: SocketAddr) -> std::io::Result<OwnedFd> {
-    let s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    s.set_nonblocking(true)?;
-    Ok(OwnedFd::from(s))
+/// What a read did to a response.
+#[derive(Debug, PartialEq)]
+enum Feed {
+    /// More bytes are due.
+    More,
+    /// The response ended exactly at the end of the bytes fed.
+    Complete,
+    /// Not a good response: bad head, status other than 200/206, or bytes past its body.
+    Bad,
 }
 
-impl Conn {
-    fn request(&mut self, cfg: &Config, now: Instant) {
-        self.path = self.next_path;
-        self.next_path = (self.next_path + 1) % cfg.paths.len();
-        self.out = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringwork-bench\r\n\r\n",
-            cfg.paths[self.path], cfg.addr
-        )
-        .into_bytes();
-        self.started = now;
-        self.resp = Response::default();
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+}
+
+impl Response {
+    /// Takes the next bytes of the connection's stream. Closed loop at depth 1: nothing may
+    /// follow the body.
+    fn feed(&mut self, mut data: &[u8]) -> Feed {
+        if self.body_left.is_none() {
+            // The head is searched in place when it arrives whole (the usual case), so that
+            // body bytes read with it are not copied.
+            let parsed = if self.head.is_empty() {
+                match head_end(data) {
+                    Some(end) => {
+                        let p = parse_head(&data[..end]);
+                        data = &data[end..];
+                        p
+                    }
+                    None => {
+                        self.head.extend_from_slice(data);
+                        return self.head_pending();
+                    }
+                }
+            } else {
+                let from = self.head.len().saturating_sub(3);
+                self.head.extend_from_slice(data);
+                match head_end(&self.head[from..]) {
+                    Some(end) => {
+                        let end = from + end;
+                        let body_here = self.head.len() - end;
+                        data = &data[data.len() - body_here..];
+                        parse_head(&self.head[..end])
+                    }
+                    None => return self.head_pending(),
+                }
+            };
+            match parsed {
+                Some((200 | 206, len)) => {
+                    self.body_left = Some(len);
+                    self.body_len = len;
+                }
+                _ => return Feed::Bad,
+            }
+        }
+        let left = self.body_left.unwrap_or(0);
+        let Some(rest) = left.checked_sub(data.len() as u64) else {
+            return Feed::Bad;
+        };
+        self.body_left = Some(rest);
+        if rest == 0 {
+            Feed::Complete
+        } else {
+            Feed::More
+        }
     }
 
-    fn flush(&mut self) -> Result<(), Errno> {
-        while !self.out.is_empty() {
-            match rustix::net::send(&self.sock, &self.out, rustix::net::SendFlags::NOSIGNAL) {
-                Ok(n) => {
-                    self.out.drain(..n);
+    fn head_pending(&self) -> Feed {
+        if self.head.len() > MAX_HEAD {
+            Feed::Bad
+        } else {
+            Feed::More
+        }
+    }
+}
+
+/// The ephemeral port range from `ip_local_port_range` ("32768\t60999").
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (lo, hi) = (it.next()?.ok()?, it.next()?.ok()?);
+    (hi >= lo && lo > 0).then_some((lo, hi))
+}
+
+/// Usable ports per source address in `range`: 70% of it, leaving room for sockets in
+/// TIME_WAIT and other users of the machine.
+pub fn ports_per_source((lo, hi): (u16, u16)) -> usize {
+    ((usize::from(hi - lo) + 1) * 7 / 10).max(1)
+}
+
+/// Source addresses needed for `conns` connections at `per_source` ports each.
+pub fn source_count(conns: usize, per_source: usize) -> usize {
+    conns.div_ceil(per_source.max(1)).max(1)
+}
+
+/// The `k`th client source address in 127.0.0.0/8: 127.0.0.1, 127.0.0.2, ..., skipping
+/// addresses ending in .0 and .255.
+pub fn source_addr(k: usize) -> Ipv4Addr {
+    let k = k % (254 * 65536);
+    let low = (k % 254) as u8 + 1;
+    let mid = (k / 254) % 256;
+    let high = k / (254 * 256);
+    Ipv4Addr::new(127, high as u8, mid as u8, low)
+}
+
+/// The port after `port` in `lo..=hi`, wrapping.
+pub fn next_port(port: u16, (lo, hi): (u16, u16)) -> u16 {
+    if port >= hi || port < lo {
+        lo
+    } else {
+        port + 1
+    }
+}
+
+/// Where connections to one target bind: source addresses, each with a cursor walking the
+/// ephemeral port range. Ports are chosen here because bind() with port 0 searches the range
+/// for a free port under the kernel's locks: with 10,000 sockets bound it cost 0.7 ms a call
+/// (7.5 s for 10,000 connects) and stalled the connect phase past servers' header timeouts.
+struct Binder {
+    range: (u16, u16),
+    /// Per source address, the last port tried.
+    cursors: Vec<(Ipv4Addr, u16)>,
+}
+
+/// Ports tried per connect before the connect counts as failed (EADDRINUSE: the port is
+/// bound by another socket of this machine).
+const BIND_TRIES: usize = 64;
+
+impl Binder {
+    /// Binding for `conns` connections to `target`; None (let connect pick) for targets
+    /// outside 127.0.0.0/8.
+    fn new(target: SocketAddr, conns: usize) -> Option<Self> {
+        let SocketAddr::V4(a) = target else {
+            return None;
+        };
+        if !a.ip().is_loopback() {
+            return None;
+        }
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| parse_port_range(&r))
+            .unwrap_or((32768, 60999));
+        let span = usize::from(range.1 - range.0) + 1;
+        // Start each run somewhere else in the range: the last run's ports may still be in
+        // TIME_WAIT (reusable on loopback, but a fresh port needs no check at all).
+        let seed = std::process::id() as usize ^ (self_cpu().subsec_nanos() as usize);
+        let cursors = (0..source_count(conns, ports_per_source(range)))
+            .map(|k| {
+                let start = range.0 + ((seed.wrapping_mul(7919) + k * 4099) % span) as u16;
+                (source_addr(k), start)
+            })
+            .collect();
+        Some(Self { range, cursors })
+    }
+
+    /// Binds `sock` for connection `i`: its source address, the next free port there.
+    fn bind(&mut self, sock: &OwnedFd, i: usize) -> Result<(), Errno> {
+        let n = self.cursors.len();
+        let (src, cursor) = &mut self.cursors[i % n];
+        let mut last = Errno::ADDRINUSE;
+        for _ in 0..BIND_TRIES {
+            *cursor = next_port(*cursor, self.range);
+            match rustix::net::bind(sock, &SocketAddr::from((*src, *cursor))) {
+                Ok(()) => return Ok(()),
+                Err(e @ Errno::ADDRINUSE) => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Fails early, with the limit named, when RLIMIT_NOFILE cannot hold `conns` sockets.
+fn check_fd_limit(conns: usize) -> Result<(), String> {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let need = conns as u64 + SPARE_FDS;
+    match lim.current {
+        Some(cur) if cur < need => Err(format!(
+            "{conns} connections need RLIMIT_NOFILE of at least {need}; the soft limit is {cur} \
+             (hard {}): raise the hard limit (ulimit -Hn, or LimitNOFILE=)",
+            lim.maximum.map_or("unlimited".into(), |m| m.to_string())
+        )),
+        _ => Ok(()),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum State {
+    /// In the connect queue (not yet connected, or waiting after a failure).
+    Queued,
+    /// Nonblocking connect in progress.
+    Connecting,
+    /// A request is out.
+    Busy,
+    /// Up, with no request out: connected while the others still connect, or answered once
+    /// ([`hold_idle`]).
+    Idle,
+}
+
+struct Conn {
+    sock: Option<OwnedFd>,
+    state: State,
+    next_path: usize,
+    path: usize,
+    /// Bytes of the current request sent.
+    sent: usize,
+    started: Instant,
+    resp: Response,
+    /// Its first connect has succeeded or failed.
+    tried: bool,
+}
+
+/// The measured window, once it is set.
+struct Window {
+    start: Instant,
+    end: Instant,
+    opened: bool,
+}
+
+struct Generator<'a> {
+    cfg: &'a Config,
+    ep: OwnedFd,
+    conns: Vec<Conn>,
+    /// The request for each path, formatted once.
+    requests: Vec<Vec<u8>>,
+    /// Per path, the body length of its first response.
+    lengths: Vec<Option<u64>>,
+    /// Connections to (re)connect, each with the earliest time to do it.
+    queue: VecDeque<(Instant, usize)>,
+    binder: Option<Binder>,
+    connecting: usize,
+    connected: usize,
+    idle: usize,
+    /// Connections whose first connect has succeeded or failed.
+    tried: usize,
+    /// Stop after one response per connection.
+    one_shot: bool,
+    /// The connect phase is over: connections send requests as soon as they are up.
+    started: bool,
+    window: Option<Window>,
+    hist: Histogram<u64>,
+    out: Outcome,
+    buf: Vec<u8>,
+}
+
+const EVENTS: epoll::EventFlags = epoll::EventFlags::IN
+    .union(epoll::EventFlags::OUT)
+    .union(epoll::EventFlags::ET);
+
+impl<'a> Generator<'a> {
+    fn new(cfg: &'a Config, one_shot: bool) -> Result<Self, String> {
+        if cfg.paths.is_empty() {
+            return Err("no paths to request".into());
+        }
+        if cfg.conns == 0 {
+            return Err("--conns must be at least 1".into());
+        }
+        check_fd_limit(cfg.conns)?;
+        let now = Instant::now();
+        Ok(Self {
+            cfg,
+            ep: epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll: {e}"))?,
+            conns: (0..cfg.conns)
+                .map(|i| Conn {
+                    sock: None,
+                    state: State::Queued,
+                    next_path: i % cfg.paths.len(),
+                    path: 0,
+                    sent: 0,
+                    started: now,
+                    resp: Response::default(),
+                    tried: false,
+                })
+                .collect(),
+            requests: cfg
+                .paths
+                .iter()
+                .map(|p| {
+                    format!(
+                        "GET {p} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ringwork-bench\r\n\r\n",
+                        cfg.addr
+                    )
+                    .into_bytes()
+                })
+                .collect(),
+            lengths: vec![None; cfg.paths.len()],
+            queue: (0..cfg.conns).map(|i| (now, i)).collect(),
+            binder: Binder::new(cfg.addr, cfg.conns),
+            connecting: 0,
+            connected: 0,
+            idle: 0,
+            tried: 0,
+            one_shot,
+            started: false,
+            window: None,
+            hist: latency_histogram(),
+            out: Outcome::default(),
+            buf: vec![0u8; 128 * 1024],
+        })
+    }
+
+    /// Starts queued connects whose time has come, up to [`CONNECT_BATCH`] in flight.
+    fn start_connects(&mut self, now: Instant) -> Result<(), String> {
+        while self.connecting < CONNECT_BATCH {
+            match self.queue.front() {
+                Some(&(at, i)) if at <= now => {
+                    self.queue.pop_front();
+                    self.open(i, now)?;
                 }
-                Err(Errno::AGAIN) => return Ok(()),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// A nonblocking socket bound to connection `i`'s source address, connecting.
+    fn socket(&mut self, i: usize) -> Result<OwnedFd, Errno> {
+        let family = match self.cfg.addr {
+            SocketAddr::V4(_) => AddressFamily::INET,
+            SocketAddr::V6(_) => AddressFamily::INET6,
+        };
+        let sock = rustix::net::socket_with(
+            family,
+            SocketType::STREAM,
+            SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+            None,
+        )?;
+        rustix::net::sockopt::set_tcp_nodelay(&sock, true)?;
+        if let Some(binder) = &mut self.binder {
+            // A port in TIME_WAIT from an earlier connection may be bound again only with
+            // SO_REUSEADDR (connect then checks the four-tuple, which loopback may reuse).
+            rustix::net::sockopt::set_socket_reuseaddr(&sock, true)?;
+            binder.bind(&sock, i)?;
+        }
+        match rustix::net::connect(&sock, &self.cfg.addr) {
+            Ok(()) | Err(Errno::INPROGRESS) => Ok(sock),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(&mut self, i: usize, now: Instant) -> Result<(), String> {
+        match self.socket(i) {
+            Ok(sock) => {
+                // Readiness that is already there is reported at once: a connect that
+                // completed immediately still gets its OUT event.
+                epoll::add(&self.ep, &sock, epoll::EventData::new_u64(i as u64), EVENTS)
+                    .map_err(|e| format!("epoll_ctl: {e}"))?;
+                let c = &mut self.conns[i];
+                c.sock = Some(sock);
+                c.state = State::Connecting;
+                self.connecting += 1;
+            }
+            Err(_) => {
+                self.conns[i].state = State::Connecting;
+                self.connecting += 1;
+                self.fail(i, now);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes connection `i` after a failure and queues it to connect again.
+    fn fail(&mut self, i: usize, now: Instant) {
+        let c = &self.conns[i];
+        match c.state {
+            State::Connecting => {
+                self.connecting -= 1;
+                self.out.connect_errors += 1;
+                self.mark_tried(i);
+            }
+            State::Busy => self.connected -= 1,
+            State::Idle => {
+                self.connected -= 1;
+                self.idle -= 1;
+            }
+            State::Queued => return,
+        }
+        let c = &mut self.conns[i];
+        // Closing the socket takes it out of the epoll set.
+        c.sock = None;
+        c.state = State::Queued;
+        self.out.errors += 1;
+        self.queue.push_back((now + RETRY_DELAY, i));
+    }
+
+    fn mark_tried(&mut self, i: usize) {
+        if !self.conns[i].tried {
+            self.conns[i].tried = true;
+            self.tried += 1;
+        }
+    }
+
+    /// Sends connection `i`'s next request.
+    fn request(&mut self, i: usize, now: Instant) -> Result<(), Errno> {
+        let c = &mut self.conns[i];
+        c.path = c.next_path;
+        c.next_path = (c.next_path + 1) % self.requests.len();
+        c.sent = 0;
+        c.started = now;
+        c.resp = Response::default();
+        c.state = State::Busy;
+        self.flush(i)
+    }
+
+    /// Sends what is left of connection `i`'s request, as far as the socket takes it.
+    fn flush(&mut self, i: usize) -> Result<(), Errno> {
+        let c = &mut self.conns[i];
+        let Some(sock) = &c.sock else { return Ok(()) };
+        let req = &self.requests[c.path];
+        while c.state == State::Busy && c.sent < req.len() {
+            match rustix::net::send(sock, &req[c.sent..], rustix::net::SendFlags::NOSIGNAL) {
+                Ok(n) => c.sent += n,
+                Err(Errno::AGAIN) => break,
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e),
             }
         }
         Ok(())
     }
-}
 
-/// Runs the load on one thread (HTTP responses are large enough that one generator thread
-/// keeps a file server busy on this class of machine).
-pub fn run(cfg: &Config) -> Result<Outcome, String> {
-    if cfg.paths.is_empty() {
-        return Err("no paths to request".into());
-    }
-    let ep = epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| e.to_string())?;
-    let flags = epoll::EventFlags::IN | epoll::EventFlags::OUT | epoll::EventFlags::ET;
-    let mut conns = Vec::with_capacity(cfg.conns);
-    let now = Instant::now();
-    for i in 0..cfg.conns {
-        let sock = connect(cfg.addr).map_err(|e| format!("connect to {}: {e}", cfg.addr))?;
-        epoll::add(&ep, &sock, epoll::EventData::new_u64(i as u64), flags)
-            .map_err(|e| e.to_string())?;
-        let mut c = Conn {
-            sock,
-            next_path: i % cfg.paths.len(),
-            path: 0,
-            started: now,
-            resp: Response::default(),
-            out: Vec::new(),
-        };
-        c.request(cfg, now);
-        conns.push(c);
-    }
-    let mut lengths: Vec<Option<u64>> = vec![None; cfg.paths.len()];
-    let t0 = Instant::now();
-    let warm_end = t0 + cfg.warmup;
-    let end = warm_end + cfg.duration;
-    let mut hist: Histogram<u64> = latency_histogram();
-    let mut out = Outcome {
-        elapsed: cfg.duration,
-        ..Default::default()
-    };
-    let (mut client0, mut server0, mut window_started) = (Duration::ZERO, None, false);
-    for c in conns.iter_mut() {
-        let _ = c.flush();
-    }
-    let mut events = Vec::with_capacity(512);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut broken = Vec::new();
-    loop {
+    fn on_event(&mut self, i: usize, flags: epoll::EventFlags) {
         let now = Instant::now();
-        if !window_started && now >= warm_end {
-            window_started = true;
-            client0 = self_cpu();
-            server0 = cfg.server_pid.and_then(process_cpu);
+        match self.conns[i].state {
+            // A stale event for a socket closed earlier in this batch.
+            State::Queued => {}
+            State::Connecting => {
+                let Some(sock) = &self.conns[i].sock else {
+                    return;
+                };
+                let failed = epoll::EventFlags::ERR | epoll::EventFlags::HUP;
+                if !flags.intersects(failed | epoll::EventFlags::OUT) {
+                    // Not a connect's outcome (SO_ERROR would read 0 while it is pending).
+                    return;
+                }
+                let outcome = if flags.intersects(failed) {
+                    Err(Errno::CONNREFUSED)
+                } else {
+                    rustix::net::sockopt::socket_error(sock).unwrap_or(Err(Errno::NOTCONN))
+                };
+                match outcome {
+                    Ok(()) => {
+                        self.connecting -= 1;
+                        self.connected += 1;
+                        self.mark_tried(i);
+                        if !self.started {
+                            // Requests wait for the others: a server busy answering the
+                            // first connections may accept the rest slowly, and the connect
+                            // phase would drag on and overflow its backlog.
+                            self.conns[i].state = State::Idle;
+                            self.idle += 1;
+                            return;
+                        }
+                        if self.request(i, now).is_err() {
+                            self.fail(i, now);
+                            return;
+                        }
+                        self.read(i);
+                    }
+                    Err(_) => self.fail(i, now),
+                }
+            }
+            State::Busy | State::Idle => {
+                if self.flush(i).is_err() {
+                    self.fail(i, now);
+                    return;
+                }
+                self.read(i);
+            }
         }
-        if now >= end {
-            break;
+    }
+
+    /// Reads connection `i` until the socket is drained (edge-triggered), completing
+    /// responses and sending the next requests.
+    fn read(&mut self, i: usize) {
+        loop {
+            let Some(sock) = &self.conns[i].sock else {
+                return;
+            };
+            let n = match rustix::io::read(sock, &mut self.buf) {
+                Ok(0) => return self.fail(i, Instant::now()),
+                Ok(n) => n,
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => continue,
+                Err(_) => return self.fail(i, Instant::now()),
+            };
+            let c = &mut self.conns[i];
+            if c.state != State::Busy {
+                // Bytes nobody asked for.
+                return self.fail(i, Instant::now());
+            }
+            match c.resp.feed(&self.buf[..n]) {
+                Feed::More => {}
+                Feed::Bad => return self.fail(i, Instant::now()),
+                Feed::Complete => {
+                    let now = Instant::now();
+                    let len = c.resp.body_len;
+                    let expected = *self.lengths[c.path].get_or_insert(len);
+                    if expected != len {
+                        return self.fail(i, now);
+                    }
+                    if let Some(w) = &self.window {
+                        if now >= w.start && now < w.end {
+                            self.out.requests += 1;
+                            self.out.body_bytes += len;
+                            let _ = self
+                                .hist
+                                .record(now.duration_since(c.started).as_nanos().max(1) as u64);
+                        }
+                    }
+                    if self.one_shot {
+                        c.state = State::Idle;
+                        self.idle += 1;
+                    } else if self.request(i, now).is_err() {
+                        return self.fail(i, now);
+                    }
+                }
+            }
         }
+    }
+
+    /// Ends the connect phase: every connection that is up sends its first request.
+    fn begin(&mut self) {
+        self.started = true;
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            if self.conns[i].state == State::Idle {
+                self.idle -= 1;
+                if self.request(i, now).is_err() {
+                    // Counted as up and busy, so that `fail` takes it down once.
+                    self.fail(i, now);
+                }
+            }
+        }
+    }
+
+    /// One round of the event loop: start due connects, wait up to 5 ms, handle events.
+    fn turn(&mut self, events: &mut Vec<epoll::Event>) -> Result<(), String> {
+        self.start_connects(Instant::now())?;
         events.clear();
         let ts = rustix::time::Timespec {
             tv_sec: 0,
             tv_nsec: 5_000_000,
         };
-        match epoll::wait(&ep, rustix::buffer::spare_capacity(&mut events), Some(&ts)) {
+        match epoll::wait(&self.ep, rustix::buffer::spare_capacity(events), Some(&ts)) {
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(format!("epoll_wait: {e}")),
         }
         for ev in events.iter() {
-            let data = ev.data;
-            let i = data.u64() as usize;
-            let c = &mut conns[i];
-            if c.flush().is_err() {
-                broken.push(i);
-                continue;
-            }
-            'read: loop {
-                match rustix::io::read(&c.sock, &mut buf) {
-                    Ok(0) => {
-                        broken.push(i);
-                        break;
-                    }
-                    Ok(n) => {
-                        let mut data = &buf[..n];
-                        while !data.is_empty() {
-                            match c.resp.body_left {
-                                None => {
-                                    c.resp.head.extend_from_slice(data);
-                                    data = &[];
-                                    let Some(pos) =
-                                        c.resp.head.windows(4).position(|w| w == b"\r\n\r\n")
-                                    else {
-                                        if c.resp.head.len() > 16 * 1024 {
-                                            broken.push(i);
-                                            break 'read;
-                                        }
-                                        continue;
-                                    };
-                                    let Some((status, len)) = parse_head(&c.resp.head[..pos + 4])
-                                    else {
-                                        broken.push(i);
-                                        break 'read;
-                                    };
-                                    if status != 200 && status != 206 {
-                                        broken.push(i);
-                                        break 'read;
-                                    }
-                                    let extra = c.resp.head.split_off(pos + 4);
-                                    c.resp.body_left = Some(len);
-                                    c.resp.body_len = len;
-                                    // Re-feed what followed the head as body.
-                                    let left = len.min(extra.len() as u64);
-                                    if extra.len() as u64 > len {
-                                        // Bytes past the body: the server sent more than it said.
-                                        broken.push(i);
-                                        break 'read;
-                                    }
-                                    c.resp.body_left = Some(len - left);
-                                }
-                                Some(left) => {
-                                    let take = (data.len() as u64).min(left);
-                                    if data.len() as u64 > left {
-                                        broken.push(i);
-                                        break 'read;
-                                    }
-                                    data = &data[take as usize..];
-                                    c.resp.body_left = Some(left - take);
-                                }
-                            }
-                            if c.resp.body_left == Some(0) {
-                                let now = Instant::now();
-                                let expected = lengths[c.path].get_or_insert(c.resp.body_len);
-                                if *expected != c.resp.body_len {
-                                    broken.push(i);
-                                    break 'read;
-                                }
-                                if now >= warm_end && now < end {
-                                    out.requests += 1;
-                                    out.body_bytes += c.resp.body_len;
-                                    let _ = hist.record(
-                                        now.duration_since(c.started).as_nanos().max(1) as u64,
-                                    );
-                                }
-                                c.request(cfg, now);
-                                if c.flush().is_err() {
-                                    broken.push(i);
-                                    break 'read;
-                                }
-                            }
-                        }
-                    }
-                    Err(Errno::AGAIN) => break,
-                    Err(Errno::INTR) => continue,
-                    Err(_) => {
-                        broken.push(i);
-                        break;
-                    }
-                }
-            }
+            self.on_event(ev.data.u64() as usize, ev.flags);
         }
-        for i in broken.drain(..) {
-            out.errors += 1;
-            let _ = epoll::delete(&ep, &conns[i].sock);
-            let sock = connect(cfg.addr).map_err(|e| format!("reconnect: {e}"))?;
-            epoll::add(&ep, &sock, epoll::EventData::new_u64(i as u64), flags)
-                .map_err(|e| e.to_string())?;
-            conns[i].sock = sock;
-            let now = Instant::now();
-            conns[i].request(cfg, now);
-            let _ = conns[i].flush();
-        }
+        Ok(())
     }
+
+    /// Connects still pending when the run ends never came up: errors too.
+    fn count_missing(&mut self) {
+        self.out.errors += self.connecting as u64;
+        self.out.connect_errors += self.connecting as u64;
+    }
+}
+
+/// Runs the load on one thread (HTTP responses are large enough that one generator thread
+/// keeps a file server busy on this class of machine).
+pub fn run(cfg: &Config) -> Result<Outcome, String> {
+    let mut g = Generator::new(cfg, false)?;
+    let mut events = Vec::with_capacity(1024);
+    let connect_deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    let (mut client0, mut server0) = (Duration::ZERO, None);
+    g.out.conns_held = cfg.conns;
+    loop {
+        let now = Instant::now();
+        // Every first connect has come up or failed (failed ones retry in the background and
+        // count as errors), or the connect phase ran out of time.
+        if g.window.is_none() && (g.tried == cfg.conns || now >= connect_deadline) {
+            g.begin();
+            let start = now + cfg.warmup;
+            g.window = Some(Window {
+                start,
+                end: start + cfg.duration,
+                opened: false,
+            });
+        }
+        if let Some(w) = &mut g.window {
+            if now >= w.end {
+                break;
+            }
+            if !w.opened && now >= w.start {
+                w.opened = true;
+                client0 = self_cpu();
+                server0 = cfg.server_pid.and_then(process_cpu);
+            }
+        }
+        if g.window.as_ref().is_some_and(|w| w.opened) {
+            g.out.conns_held = g.out.conns_held.min(g.connected);
+        }
+        g.turn(&mut events)?;
+    }
+    g.count_missing();
+    let mut out = std::mem::take(&mut g.out);
+    out.elapsed = cfg.duration;
     out.client_cpu = self_cpu().saturating_sub(client0);
     out.server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
         (Some(b), Some(a)) => Some(b.saturating_sub(a)),
         _ => None,
     };
-    out.latency = Latency::from_histogram(&hist);
+    out.latency = Latency::from_histogram(&g.hist);
     Ok(out)
+}
+
+/// Opens `cfg.conns` keep-alive connections, completes one request on each (so the server
+/// has set each one up), and calls `hold` while all of them are open and idle; they close
+/// after it returns. Returns what `hold` returned and the errors met on the way (failed
+/// connects and bad responses, each retried; connections not idle after
+/// [`CONNECT_PHASE_LIMIT`] count too). `cfg.duration` and `cfg.warmup` are not used.
+pub fn hold_idle<T>(cfg: &Config, hold: impl FnOnce() -> T) -> Result<(T, u64), String> {
+    let mut g = Generator::new(cfg, true)?;
+    let mut events = Vec::with_capacity(1024);
+    let deadline = Instant::now() + CONNECT_PHASE_LIMIT;
+    while Instant::now() < deadline {
+        if !g.started && g.tried == cfg.conns {
+            g.begin();
+        }
+        if g.started && g.idle == cfg.conns {
+            break;
+        }
+        g.turn(&mut events)?;
+    }
+    let answered = if g.started { g.idle } else { 0 };
+    let missing = (cfg.conns - answered) as u64;
+    let value = hold();
+    Ok((value, g.out.errors + missing))
 }
 
 #[cfg(test)]
@@ -367,6 +821,120 @@ mod tests {
             Some((404, 3))
         );
         assert_eq!(parse_head(b"garbage\r\n\r\n"), None);
+    }
+
+    const OK5: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+    #[test]
+    fn responses_complete_however_the_reads_split_them() {
+        for cut1 in 0..OK5.len() {
+            for cut2 in cut1..OK5.len() {
+                let mut r = Response::default();
+                let parts = [&OK5[..cut1], &OK5[cut1..cut2], &OK5[cut2..]];
+                let feeds: Vec<Feed> = parts.iter().map(|p| r.feed(p)).collect();
+                assert_eq!(feeds[2], Feed::Complete, "cuts {cut1} {cut2}: {feeds:?}");
+                assert!(feeds[..2].iter().all(|f| *f == Feed::More), "{feeds:?}");
+                assert_eq!(r.body_len, 5);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_responses_are_refused() {
+        let mut r = Response::default();
+        assert_eq!(
+            r.feed(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+            Feed::Bad
+        );
+        let mut r = Response::default();
+        let mut extra = OK5.to_vec();
+        extra.push(b'!');
+        assert_eq!(r.feed(&extra), Feed::Bad, "a byte past the body");
+        let mut r = Response::default();
+        assert_eq!(
+            r.feed(&[b'x'; MAX_HEAD + 1]),
+            Feed::Bad,
+            "a head without end"
+        );
+    }
+
+    #[test]
+    fn port_ranges_parse() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range("junk"), None);
+        assert_eq!(ports_per_source((32768, 60999)), 19_762);
+        assert_eq!(ports_per_source((1024, 1024)), 1);
+    }
+
+    #[test]
+    fn ports_walk_the_range_and_wrap() {
+        assert_eq!(next_port(100, (100, 102)), 101);
+        assert_eq!(next_port(102, (100, 102)), 100);
+        assert_eq!(next_port(7, (100, 102)), 100, "a cursor outside the range");
+        let mut p = 100;
+        let seen: std::collections::HashSet<u16> = (0..6)
+            .map(|_| {
+                p = next_port(p, (100, 102));
+                p
+            })
+            .collect();
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[test]
+    fn sources_spread_over_127_slash_8_only_when_ports_run_short() {
+        assert_eq!(source_count(100, 19_762), 1);
+        assert_eq!(source_count(10_000, 19_762), 1);
+        assert_eq!(source_count(19_763, 19_762), 2);
+        assert_eq!(source_count(50_000, 19_762), 3);
+        assert_eq!(source_count(0, 19_762), 1);
+        assert_eq!(source_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(1), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(253), Ipv4Addr::new(127, 0, 0, 254));
+        assert_eq!(source_addr(254), Ipv4Addr::new(127, 0, 1, 1));
+        assert_eq!(source_addr(254 * 256), Ipv4Addr::new(127, 1, 0, 1));
+        for k in 0..100_000 {
+            let a = source_addr(k);
+            assert!(a.is_loopback());
+            assert!(a.octets()[3] != 0 && a.octets()[3] != 255, "{a}");
+        }
+        // Nothing bound for targets off loopback.
+        assert!(Binder::new("10.0.0.1:80".parse().unwrap(), 10).is_none());
+        assert_eq!(
+            Binder::new("127.0.0.1:80".parse().unwrap(), 10)
+                .unwrap()
+                .cursors
+                .len(),
+            1
+        );
+        assert_eq!(
+            Binder::new("127.0.0.1:80".parse().unwrap(), 45_000)
+                .unwrap()
+                .cursors
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>(),
+            [1, 2, 3].map(|d| Ipv4Addr::new(127, 0, 0, d)),
+            "with the default 28,232-port range"
+        );
+    }
+
+    #[test]
+    fn binds_skip_ports_in_use() {
+        // Two ports, one of them taken: every bind lands on the other.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let mut b = Binder {
+            range: (port, port + 1),
+            cursors: vec![(Ipv4Addr::LOCALHOST, port + 1)],
+        };
+        let sock = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+        match b.bind(&sock, 0) {
+            Ok(()) => assert_eq!(b.cursors[0].1, port + 1),
+            // port + 1 happened to be taken by someone else too.
+            Err(e) => assert_eq!(e, Errno::ADDRINUSE),
+        }
     }
 
     /// A tiny keep-alive server answering every request with the same body.
@@ -417,9 +985,10 @@ mod tests {
         };
         let out = run(&cfg).unwrap();
         assert_eq!(out.errors, 0);
+        assert_eq!(out.conns_held, 4);
         assert!(out.requests > 50, "{out:?}");
         assert_eq!(out.body_bytes, out.requests * 5000);
-        assert!(out.table().contains("| 0 |"));
+        assert!(out.table().contains("| 0 | 0 | 4 |"), "{}", out.table());
     }
 
     #[test]
@@ -435,6 +1004,58 @@ mod tests {
         };
         let out = run(&cfg).unwrap();
         assert!(out.errors > 0);
+        assert_eq!(out.connect_errors, 0);
         assert_eq!(out.requests, 0);
+    }
+
+    #[test]
+    fn refused_connects_count_as_errors_without_spinning() {
+        // A port nobody listens on: every connect is refused.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let cfg = Config {
+            addr,
+            paths: vec!["/".into()],
+            conns: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            server_pid: None,
+        };
+        let t0 = Instant::now();
+        let out = run(&cfg).unwrap();
+        // The clock starts once both first connects have failed, not after the phase limit.
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+        assert!(out.connect_errors > 0, "{out:?}");
+        assert_eq!(out.errors, out.connect_errors);
+        assert_eq!(out.requests, 0);
+        assert_eq!(out.conns_held, 0);
+        // Retries wait RETRY_DELAY: each connection retries about 50 times a second, not
+        // thousands of times.
+        let bound = 2 * t0.elapsed().as_millis() as u64 / RETRY_DELAY.as_millis() as u64 + 4;
+        assert!(out.connect_errors <= bound, "{out:?}");
+    }
+
+    #[test]
+    fn idle_connections_are_held_while_asked() {
+        let addr = server(b"abc", "200 OK");
+        let cfg = Config {
+            addr,
+            paths: vec!["/x".into()],
+            conns: 300,
+            duration: Duration::ZERO,
+            warmup: Duration::ZERO,
+            server_pid: None,
+        };
+        let me = std::process::id();
+        let fds = || std::fs::read_dir(format!("/proc/{me}/fd")).unwrap().count();
+        let before = fds();
+        let (during, errors) = hold_idle(&cfg, fds).unwrap();
+        assert_eq!(errors, 0);
+        assert!(
+            during >= before + 300,
+            "{before} fds before, {during} while held"
+        );
     }
 }

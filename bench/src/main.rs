@@ -14,6 +14,7 @@ mod drain;
 mod echo;
 mod fileread;
 mod http;
+mod nginx;
 mod stats;
 mod workloads;
 
@@ -54,7 +55,8 @@ enum Command {
         #[arg(long, value_parser = compare::parse_external)]
         external: Vec<compare::Backend>,
         /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
-        /// ringwork-files, found next to this binary) workloads.
+        /// ringwork-files, found next to this binary) workloads, and ringwork-files against
+        /// nginx (when `nginx` is on PATH).
         #[arg(long)]
         files: bool,
     },
@@ -161,7 +163,8 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
-    /// Random reads from one file: io_uring engines against pread, optionally beside fio.
+    /// Random reads from one file: io_uring engines against pread, optionally beside fio,
+    /// alternated in rounds; medians and spreads per engine.
     Fileread {
         /// File to read (created, or extended with real data, when smaller than --size).
         #[arg(long, default_value = "/tmp/ringwork-fileread.dat")]
@@ -175,9 +178,13 @@ enum Command {
         /// Reads in flight (threads, for pread-pool).
         #[arg(long, default_value_t = 64)]
         qd: u32,
-        /// Seconds per engine.
+        /// Seconds per engine per round.
         #[arg(long, default_value_t = 5)]
         duration: u64,
+        /// Rounds; the engines (and fio's runs) alternate within each, and the table gives
+        /// each one's median and spread.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Engines to run, comma-separated; default all.
         #[arg(long, value_delimiter = ',')]
         engine: Vec<fileread::Engine>,
@@ -185,10 +192,11 @@ enum Command {
         /// buffers and registered files; psync), when installed.
         #[arg(long)]
         fio: bool,
-        /// Drop the page cache before each engine (needs root): cold-cache figures.
+        /// Drop the page cache before every run (needs root): cold-cache figures.
         #[arg(long)]
         drop_caches: bool,
-        /// Read the whole file once first so that reads come from the page cache.
+        /// Read the whole file once before every run so that reads come from the page cache
+        /// (the default without --drop-caches).
         #[arg(long, conflicts_with = "drop_caches")]
         warm: bool,
         /// Write results as JSON here too.
@@ -241,18 +249,9 @@ fn raise_nofile_limit() {
     let _ = setrlimit(Resource::Nofile, lim);
 }
 
-fn drop_caches() -> Result<(), String> {
-    rustix::fs::sync();
-    std::fs::write("/proc/sys/vm/drop_caches", "3\n")
-        .map_err(|e| format!("--drop-caches needs root: {e}"))
-}
-
+/// Reads the whole file once (page cache); `drain` uses it.
 fn warm(path: &std::path::Path) -> Result<(), String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-    Ok(())
+    fileread::warm(path)
 }
 
 fn main() {
@@ -475,12 +474,16 @@ fn main() {
             bs,
             qd,
             duration,
+            rounds,
             engine,
             fio,
             drop_caches: cold,
-            warm: warm_first,
+            warm: _,
             json,
         } => (|| -> Result<(), String> {
+            if rounds == 0 {
+                return Err("--rounds must be at least 1".into());
+            }
             let cfg = fileread::Config {
                 path: file,
                 size,
@@ -497,46 +500,16 @@ fn main() {
             } else {
                 engine
             };
+            let cache = if cold {
+                fileread::Cache::Cold
+            } else {
+                fileread::Cache::Warm
+            };
             println!("# ringwork-bench fileread on {}", stats::machine_line());
-            println!(
-                "# cache: {}",
-                if cold {
-                    "dropped before each engine (cold)"
-                } else if warm_first {
-                    "file read once first (warm)"
-                } else {
-                    "as found"
-                }
-            );
-            let mut results = Vec::new();
-            for e in engines {
-                if cold {
-                    drop_caches()?;
-                } else if warm_first {
-                    warm(&cfg.path)?;
-                }
-                let r = fileread::run(e, &cfg)?;
-                eprintln!("{}: {:.0} IOPS", e.name(), r.iops());
-                results.push(r);
-            }
-            let mut fio_results = Vec::new();
-            if fio {
-                for (label, ioengine, extra) in fileread::FIO_RUNS {
-                    if cold {
-                        drop_caches()?;
-                    } else if warm_first {
-                        warm(&cfg.path)?;
-                    }
-                    match fileread::run_fio(&cfg, label, ioengine, extra) {
-                        Ok(f) => fio_results.push(f),
-                        Err(e) => eprintln!("fio {label}: {e}"),
-                    }
-                }
-            }
-            print!("{}", fileread::table(&cfg, &results, &fio_results));
+            let results = fileread::run_rounds(&cfg, &engines, fio, cache, rounds)?;
+            print!("{}", fileread::rounds_table(&cfg, &results));
             if let Some(path) = json {
-                let body: Vec<String> = results.iter().map(|r| r.json(cfg.bs)).collect();
-                std::fs::write(&path, format!("[{}]\n", body.join(",")))
+                std::fs::write(&path, fileread::rounds_json(&cfg, &results))
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
             }
             Ok(())

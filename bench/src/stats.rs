@@ -163,6 +163,58 @@ pub fn machine_line() -> String {
     s
 }
 
+/// The median of repeated measurements and how far they spread.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    /// The middle value (the mean of the two middle ones for an even count).
+    pub median: f64,
+    /// The smallest.
+    pub min: f64,
+    /// The largest.
+    pub max: f64,
+}
+
+impl Spread {
+    /// Of `values`; None when there are none.
+    pub fn of(values: &[f64]) -> Option<Self> {
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = match n {
+            0 => return None,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        };
+        Some(Self {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+
+    /// (max - min) / median, in percent: how much the runs disagreed.
+    pub fn range_pct(&self) -> f64 {
+        (self.max - self.min) / self.median.abs().max(1e-12) * 100.0
+    }
+}
+
+/// "±N%", half the range around the median; "-" for a single run.
+pub fn spread_cell(s: &Spread, runs: usize) -> String {
+    if runs < 2 {
+        "-".into()
+    } else {
+        format!("±{:.0}%", s.range_pct() / 2.0)
+    }
+}
+
+/// The index of the median run of `values` (the lower middle one for an even count), so that
+/// a report can show that run's other figures beside the median.
+pub fn median_index(values: &[f64]) -> Option<usize> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    idx.get(values.len().saturating_sub(1) / 2).copied()
+}
+
 /// Formats a count with thousands separators, for tables people read.
 pub fn thousands(n: f64) -> String {
     let whole = n.round() as u64;
@@ -273,6 +325,26 @@ mod tests {
         assert!((l.p99_us - 990.0).abs() < 2.0, "{l:?}");
         assert!((l.max_us - 1000.0).abs() < 1.0, "{l:?}");
         assert!(l.json().contains("\"count\":1000"));
+    }
+
+    #[test]
+    fn medians_and_spreads() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert!((s.range_pct() - 100.0).abs() < 1e-9);
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
+        assert_eq!(Spread::of(&[7.0]).unwrap().range_pct(), 0.0);
+        assert_eq!(Spread::of(&[]), None);
+        assert_eq!(median_index(&[30.0, 10.0, 20.0]), Some(2));
+        assert_eq!(
+            median_index(&[40.0, 10.0, 20.0, 30.0]),
+            Some(2),
+            "lower middle"
+        );
+        assert_eq!(median_index(&[5.0]), Some(0));
+        assert_eq!(median_index(&[]), None);
+        assert_eq!(spread_cell(&s, 3), "±50%");
+        assert_eq!(spread_cell(&s, 1), "-");
     }
 
     #[test]

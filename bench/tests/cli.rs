@@ -39,6 +39,8 @@ fn fileread_runs_every_engine_on_a_small_file() {
             "4",
             "--duration",
             "1",
+            "--rounds",
+            "2",
             "--warm",
         ])
         .arg("--file")
@@ -54,15 +56,18 @@ fn fileread_runs_every_engine_on_a_small_file() {
     );
     let table = String::from_utf8_lossy(&out.stdout);
     for engine in [
-        "| uring |",
-        "| uring-fixed |",
-        "| pread |",
-        "| pread-pool |",
+        "| uring | warm |",
+        "| uring-fixed | warm |",
+        "| pread | warm |",
+        "| pread-pool | warm |",
     ] {
         assert!(table.contains(engine), "missing {engine} row: {table}");
     }
+    assert!(table.contains("2 rounds"), "{table}");
     let json = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(json.matches("\"engine\"").count(), 5, "{json}");
+    // A median per engine, and each engine's two runs.
+    assert_eq!(json.matches("\"median_iops\"").count(), 5, "{json}");
+    assert_eq!(json.matches("\"engine\"").count(), 5 + 5 * 2, "{json}");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -135,4 +140,14 @@ fn drain_refuses_zero_sizes() {
     let out = bench().args(["drain", "--batch", "0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+}
+
+#[test]
+fn fileread_refuses_zero_rounds() {
+    let out = bench()
+        .args(["fileread", "--rounds", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds must be at least 1"));
 }
