@@ -358,10 +358,10 @@ fn make_files(root: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// `--max-conns` for ringwork-files serving `conns` connections: its default (256) or the
-/// connections with room for reconnects.
+/// `--max-conns` for ringwork-files serving `conns` connections: the connections, with room
+/// for reconnects (at capacity it stops accepting, which a cell would see as slow connects).
 pub fn files_max_conns(conns: usize) -> usize {
-    (conns + conns / 16 + 16).max(256)
+    conns + conns / 16 + 16
 }
 
 /// What the report says when there is no nginx.
@@ -617,7 +617,7 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
     let _ = writeln!(
         s,
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend uring \
-         --max-conns N`, N = the cell's connections + 1/16 + 16 (at least its default, 256).\n"
+         --max-conns N`, N = the cell's connections + 1/16 + 16.\n"
     );
     match &input.nginx {
         Ok((version, conf)) => {
@@ -813,7 +813,7 @@ mod tests {
         );
         assert_eq!((rounds, idle), (3, 10_000));
         assert!(plan(true).0.iter().all(|c| c.conns <= 50));
-        assert_eq!(files_max_conns(100), 256);
+        assert_eq!(files_max_conns(100), 122);
         assert_eq!(files_max_conns(10_000), 10_641);
     }
 
