@@ -4,8 +4,9 @@
 //! [`crate::Ring::push`] is `unsafe` because an [`Sqe`] is a bag of raw pointers: nothing
 //! stops its memory from being freed or reused while the kernel still reads or writes it.
 //! A [`SafeSqe`] closes that hole by construction. Each constructor either names no memory
-//! at all (nop, accept, cancel, close, shutdown, poll, fsync, receives into provided buffers),
-//! or takes the memory by value ([`OpMemory`]): a `Vec<u8>` to receive into or send from,
+//! at all (nop, accept, cancel, close, shutdown, poll, fsync, splice, tee, receives into
+//! provided buffers), or takes the memory by value ([`OpMemory`]): a `Vec<u8>` to receive
+//! into or send from,
 //! a [`StatxTarget`], an [`OpenArgs`], a timeout's timespec, a fixed-buffer [`Lease`]. The
 //! ring keeps it from [`crate::Ring::push_safe`] until the CQE that ends the operation (the
 //! first one without IORING_CQE_F_MORE: for SEND_ZC, its notification), then hands it back
@@ -33,6 +34,7 @@ use rustix::fd::{IntoRawFd, OwnedFd, RawFd};
 use rustix::fs::{AtFlags, Statx, StatxFlags};
 use rustix::io_uring::{open_how, IoringTimeoutFlags};
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+use rustix::pipe::SpliceFlags;
 
 use crate::sqe::{KernelTimespec, Sqe, SqeFlags, Target};
 
@@ -275,6 +277,26 @@ impl SafeSqe {
         let bytes = &buf[range];
         let sqe = Sqe::send(target, bytes.as_ptr(), len_u32(bytes.len()));
         Self::with(sqe, OpMemory::Bytes(buf))
+    }
+
+    /// IORING_OP_SPLICE (Linux 5.7) of up to `len` bytes from `fd_in` to `fd_out`; see
+    /// [`Sqe::splice`] for the offsets and the fixed ends. It names descriptors only, no user
+    /// memory.
+    pub fn splice(
+        fd_in: Target,
+        off_in: Option<u64>,
+        fd_out: Target,
+        off_out: Option<u64>,
+        len: u32,
+        flags: SpliceFlags,
+    ) -> Self {
+        Self::bare(Sqe::splice(fd_in, off_in, fd_out, off_out, len, flags))
+    }
+
+    /// IORING_OP_TEE (Linux 5.8) of up to `len` bytes from pipe `fd_in` to pipe `fd_out`;
+    /// see [`Sqe::tee`]. No user memory.
+    pub fn tee(fd_in: Target, fd_out: Target, len: u32, flags: SpliceFlags) -> Self {
+        Self::bare(Sqe::tee(fd_in, fd_out, len, flags))
     }
 
     /// IORING_OP_READ of up to `len` bytes (at most `buf.len()`) at file `offset` into `buf`.
