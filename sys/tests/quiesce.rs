@@ -121,7 +121,11 @@ fn send_zc_counts_until_its_notification() {
         std::io::Read::read_exact(&mut client, &mut sink).unwrap();
         cqes.extend(harvest(&mut ring, 1));
     }
-    assert_eq!(cqes.len(), 1, "the notification, after the result: {cqes:?}");
+    assert_eq!(
+        cqes.len(),
+        1,
+        "the notification, after the result: {cqes:?}"
+    );
     assert!(cqes[0].is_notification(), "{cqes:?}");
     assert_eq!(ring.in_flight(), 0);
 }
