@@ -32,6 +32,7 @@ pub mod sqe;
 
 pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
+pub use mmap::FileMap;
 pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{
     FixedBuffers, IowqWorkers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA,
