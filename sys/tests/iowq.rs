@@ -2,7 +2,8 @@
 //! are set and read back, and with many operations blocked in io-wq at once the number of
 //! the submitting thread's `iou-wrk-TID` threads stays at the cap, where without one it
 //! grows with the blocked operations. Both classes: unbounded work (splices from an empty
-//! pipe) and bounded work (opens of a FIFO that has no writer yet, forced into io-wq).
+//! pipe) and bounded work (opens of a FIFO that has no writer yet, forced into io-wq); and
+//! an io-wq affinity keeps the workers on its CPUs.
 //!
 //! Each phase runs on its own thread: io-wq belongs to the submitting thread, names its
 //! workers after it, and goes away with it, so the counts of one phase see no other's.
@@ -209,4 +210,66 @@ fn a_cap_holds_the_worker_threads_where_without_one_they_grow() {
         uncapped > cap.bounded as usize,
         "bounded without a cap: only {uncapped} workers for {BLOCKED} blocked opens"
     );
+}
+
+/// The CPUs a thread may run on, as /proc/self/task/TID/status lists them ("0-1", "1").
+fn cpus_allowed(task: &std::path::Path) -> String {
+    std::fs::read_to_string(task.join("status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn an_affinity_keeps_the_workers_on_its_cpus() {
+    on_own_thread(|| {
+        let allowed = rustix::thread::sched_getaffinity(None).unwrap();
+        let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+            .rev()
+            .find(|&c| allowed.is_set(c))
+            .unwrap();
+        let mut ring = RingParams::new(8).build().unwrap();
+        assert!(matches!(
+            ring.register_iowq_affinity(&[]),
+            Err(ringwork_sys::Error::InvalidConfig(_))
+        ));
+        ring.register_iowq_affinity(&[cpu]).unwrap();
+        let (pr, pw) = pipe().unwrap();
+        let null = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        for i in 0..4 {
+            let sqe = SafeSqe::splice(
+                Target::Fd(pr.as_raw_fd()),
+                None,
+                Target::Fd(null.as_raw_fd()),
+                None,
+                4096,
+                SpliceFlags::empty(),
+            )
+            .user_data(UserData(i));
+            ring.push_safe(sqe).unwrap();
+        }
+        ring.submit().unwrap();
+        assert_eq!(most_workers(Duration::from_secs(10), 4), 4);
+        let mut name = format!("iou-wrk-{}", rustix::thread::gettid().as_raw_nonzero());
+        name.truncate(15);
+        let mut checked = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap().path();
+            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                assert_eq!(cpus_allowed(&task), cpu.to_string(), "{}", task.display());
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 4);
+        drop(pw);
+        wait_cqes(&mut ring, 4);
+        0
+    });
 }
