@@ -15,6 +15,7 @@ mod echo;
 mod fileread;
 mod http;
 mod nginx;
+mod sendpath;
 mod stats;
 mod workloads;
 
@@ -199,6 +200,47 @@ enum Command {
         /// (the default without --drop-caches).
         #[arg(long, conflicts_with = "drop_caches")]
         warm: bool,
+        /// Write results as JSON here too.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Large-file send paths from one pinned io_uring loop over loopback connections:
+    /// READ_FIXED + SEND, linked SPLICE file → pipe → socket, SEND from an mmap, SEND_ZC;
+    /// bytes/s and server CPU per byte.
+    Sendpath {
+        /// File sizes (suffixes k, M, G), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64k,1M,16M,64M", value_parser = parse_size)]
+        sizes: Vec<u64>,
+        /// Loopback connections.
+        #[arg(long, default_value_t = 8)]
+        conns: usize,
+        /// Bytes per read, splice or send (ringwork-files' default chunk).
+        #[arg(long, default_value = "64k", value_parser = parse_size)]
+        chunk: u64,
+        /// Measured seconds per run.
+        #[arg(long, default_value_t = 1.0)]
+        duration: f64,
+        /// Unmeasured seconds first, per run.
+        #[arg(long, default_value_t = 0.25)]
+        warmup: f64,
+        /// Rounds; the variants alternate within each.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Variants to run, comma-separated; default all.
+        #[arg(long, value_delimiter = ',')]
+        variant: Vec<sendpath::Variant>,
+        /// Directory for the served files.
+        #[arg(long, default_value = "/tmp")]
+        dir: PathBuf,
+        /// CPU of the server loop (default: the first this process may use).
+        #[arg(long)]
+        server_cpu: Option<usize>,
+        /// CPU of the reader (default: the second this process may use).
+        #[arg(long)]
+        client_cpu: Option<usize>,
+        /// Let io-wq workers run on any CPU, not only the server's.
+        #[arg(long)]
+        iowq_anywhere: bool,
         /// Write results as JSON here too.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -510,6 +552,59 @@ fn main() {
             print!("{}", fileread::rounds_table(&cfg, &results));
             if let Some(path) = json {
                 std::fs::write(&path, fileread::rounds_json(&cfg, &results))
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+            }
+            Ok(())
+        })(),
+        Command::Sendpath {
+            sizes,
+            conns,
+            chunk,
+            duration,
+            warmup,
+            rounds,
+            variant,
+            dir,
+            server_cpu,
+            client_cpu,
+            iowq_anywhere,
+            json,
+        } => (|| -> Result<(), String> {
+            if conns == 0 || rounds == 0 || chunk == 0 {
+                return Err("--conns, --rounds and --chunk must be at least 1".into());
+            }
+            let (default_server, default_client) = sendpath::Config::default_cpus();
+            let cfg = sendpath::Config {
+                dir,
+                sizes,
+                conns,
+                chunk: u32::try_from(chunk).map_err(|_| "--chunk too large")?,
+                duration: Duration::from_secs_f64(duration),
+                warmup: Duration::from_secs_f64(warmup),
+                rounds,
+                server_cpu: server_cpu.unwrap_or(default_server),
+                client_cpu: client_cpu.unwrap_or(default_client),
+                iowq_anywhere,
+            };
+            let variants = if variant.is_empty() {
+                sendpath::Variant::ALL.to_vec()
+            } else {
+                variant
+            };
+            println!("# ringwork-bench sendpath on {}", stats::machine_line());
+            // Other work on the machine moves these figures: say how busy it was.
+            let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+            let load_before = load();
+            let results = sendpath::run_all(&cfg, &variants)?;
+            println!(
+                "# load average before: {}; after: {}",
+                load_before.trim(),
+                load().trim()
+            );
+            print!("{}", sendpath::table(&cfg, &results));
+            if let Some(path) = json {
+                let body: Vec<String> = results.iter().map(|r| r.json()).collect();
+                std::fs::write(&path, format!("[{}]\n", body.join(",")))
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
             }
             Ok(())

@@ -94,7 +94,7 @@ fn run_time(pid: u32) -> Option<Duration> {
 }
 
 /// The first field of a thread's `schedstat`: its time on a CPU (sum_exec_runtime), in ns.
-fn task_run_time(task_dir: &std::path::Path) -> Option<Duration> {
+pub(crate) fn task_run_time(task_dir: &std::path::Path) -> Option<Duration> {
     let line = std::fs::read_to_string(task_dir.join("schedstat")).ok()?;
     let ns = line.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))

@@ -151,3 +151,58 @@ fn fileread_refuses_zero_rounds() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds must be at least 1"));
 }
+
+/// Every `sendpath` variant, briefly, on two small files (one not a multiple of the chunk):
+/// a median row each per size, and one JSON object per run. Each run itself fails when the
+/// reader finds a wrong byte or a count that differs from what the server sent.
+#[test]
+fn sendpath_runs_every_variant_on_small_files() {
+    let dir = std::env::temp_dir().join(format!("ringwork-bench-sendpath-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let out = bench()
+        .args([
+            "sendpath",
+            "--sizes",
+            "64k,100001",
+            "--conns",
+            "2",
+            "--duration",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--rounds",
+            "1",
+        ])
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    for size in ["64 KiB", "100001 B"] {
+        for v in ["read-send", "splice", "mmap-send", "send-zc"] {
+            assert!(
+                table.contains(&format!("| {size} | {v} |")),
+                "missing {size} {v} row: {table}"
+            );
+        }
+    }
+    let json = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(json.matches("\"variant\"").count(), 8, "{json}");
+    assert!(!json.contains("\"bytes\":0,"), "a run sent nothing: {json}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn sendpath_refuses_zero_connections() {
+    let out = bench().args(["sendpath", "--conns", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+}

@@ -8,7 +8,8 @@
 //!   its fallbacks) or epoll ([`EpollAcceptor`]), with one back-off when accepting fails for
 //!   lack of descriptors or memory.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
-//! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe.
+//! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe,
+//!   io-wq limits.
 //! - [`driver`]: what every server worker repeats besides accepting: ring setup with its features
 //!   line, the batched wait, the stop notice.
 //! - [`op`]: safe submission: SQEs that name no memory, or memory the ring owns until their
@@ -34,8 +35,11 @@ pub mod sqe;
 
 pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
+pub use mmap::FileMap;
 pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
-pub use register::{FixedBuffers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA};
+pub use register::{
+    FixedBuffers, IowqWorkers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA,
+};
 pub use ring::{
     Completions, Cqe, LegacyFeatures, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun,
     QUIESCE_CANCEL_USER_DATA,

@@ -1,5 +1,6 @@
-//! Owned memory mappings: the ring regions the kernel shares with us, and page-aligned
-//! anonymous memory for registered buffers and provided buffer rings.
+//! Owned memory mappings: the ring regions the kernel shares with us, page-aligned
+//! anonymous memory for registered buffers and provided buffer rings, and read-only file
+//! mappings that sends copy from ([`FileMap`]).
 
 use core::ffi::c_void;
 use core::ptr::NonNull;
@@ -97,6 +98,80 @@ impl Mmap {
         );
         // SAFETY: in bounds of the mapping, checked above.
         unsafe { self.as_ptr().add(offset).cast() }
+    }
+}
+
+/// A read-only, shared mapping of a file's first `len` bytes (PROT_READ, MAP_SHARED): the
+/// page cache itself, in this process' address space, so that a send copies the file's
+/// bytes into the socket straight from it, with no read into a buffer first. Sent with
+/// [`crate::SafeSqe::send_mapped`], which keeps the mapping alive (an `Arc` clone in the
+/// operation's memory) until the send's last completion: it is unmapped when the last
+/// holder drops, never under a send.
+///
+/// It deliberately offers no `&[u8]` view: another process may change or truncate the file
+/// under a shared mapping (a Rust reference to bytes that change is undefined behaviour, and
+/// a page past a truncated end raises SIGBUS in user space). The kernel's own copy from a
+/// mapping handles both (a truncated page fails the send with EFAULT or makes it short).
+#[derive(Debug)]
+pub struct FileMap {
+    map: Mmap,
+}
+
+// SAFETY: nothing in user space reads or writes through the mapping (no view is offered);
+// the kernel reads it only for sends, which take their own `Arc` reference. Sharing the
+// handle between threads shares nothing else.
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// Maps the first `len` bytes of `file` (opened for reading), pre-faulted
+    /// (MAP_POPULATE: a send then finds every page in the page tables, and the pages of a
+    /// cached file cost no fault).
+    pub fn new(file: impl AsFd, len: usize) -> Result<Self> {
+        if len == 0 {
+            return Err(Error::InvalidConfig("zero-length file mapping"));
+        }
+        // SAFETY: a fresh mapping at an address the kernel picks (null hint) aliases nothing
+        // we own; it is read-only, and no Rust reference into it is ever made (see above).
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                core::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED | MapFlags::POPULATE,
+                file,
+                0,
+            )
+        }
+        .map_err(Error::syscall("map file"))?;
+        Ok(Self {
+            map: Mmap {
+                ptr: NonNull::new(ptr).ok_or(Error::InvalidConfig("mmap returned null"))?,
+                len,
+            },
+        })
+    }
+
+    /// Bytes mapped.
+    pub fn len(&self) -> usize {
+        self.map.len
+    }
+
+    /// Never true: zero-length mappings are refused.
+    pub fn is_empty(&self) -> bool {
+        self.map.len == 0
+    }
+
+    /// Start of `range` in the mapping, for an SQE to read from.
+    ///
+    /// # Panics
+    /// When `range` is not inside the mapping.
+    pub(crate) fn range_ptr(&self, range: &core::ops::Range<usize>) -> *const u8 {
+        assert!(
+            range.start <= range.end && range.end <= self.map.len,
+            "range {range:?} outside the {} byte file mapping",
+            self.map.len
+        );
+        self.map.as_ptr().wrapping_add(range.start)
     }
 }
 

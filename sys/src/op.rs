@@ -4,9 +4,11 @@
 //! [`crate::Ring::push`] is `unsafe` because an [`Sqe`] is a bag of raw pointers: nothing
 //! stops its memory from being freed or reused while the kernel still reads or writes it.
 //! A [`SafeSqe`] closes that hole by construction. Each constructor either names no memory
-//! at all (nop, accept, cancel, close, shutdown, poll, fsync, receives into provided buffers),
-//! or takes the memory by value ([`OpMemory`]): a `Vec<u8>` to receive into or send from,
-//! a [`StatxTarget`], an [`OpenArgs`], a timeout's timespec, a fixed-buffer [`Lease`]. The
+//! at all (nop, accept, cancel, close, shutdown, poll, fsync, splice, tee, receives into
+//! provided buffers), or takes the memory by value ([`OpMemory`]): a `Vec<u8>` to receive
+//! into or send from,
+//! a [`StatxTarget`], an [`OpenArgs`], a timeout's timespec, a fixed-buffer [`Lease`], a
+//! reference to a [`FileMap`] sent from. The
 //! ring keeps it from [`crate::Ring::push_safe`] until the CQE that ends the operation (the
 //! first one without IORING_CQE_F_MORE: for SEND_ZC, its notification), then hands it back
 //! through [`crate::Ring::take_memory`]. Sends from provided or fixed buffers name memory
@@ -46,6 +48,7 @@
 //! buffer may be reused are core's decisions; this only makes the submission sound.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ringwork_core::buf::{BufGroup, Lease};
 use ringwork_core::token::UserData;
@@ -54,7 +57,9 @@ use rustix::fd::{IntoRawFd, OwnedFd, RawFd};
 use rustix::fs::{AtFlags, Statx, StatxFlags};
 use rustix::io_uring::{open_how, IoringTimeoutFlags};
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+use rustix::pipe::SpliceFlags;
 
+use crate::mmap::FileMap;
 use crate::sqe::{KernelTimespec, Sqe, SqeFlags, Target};
 
 /// Bit 63 of `user_data`: the SQE's memory is in the ring's table (see the module docs).
@@ -74,6 +79,8 @@ pub enum OpMemory {
     /// A registered (fixed) buffer read into; its memory is the ring's, the lease says whose
     /// turn it is. It comes back with the read's completion.
     Fixed(Lease),
+    /// A file mapping sent from: this reference keeps it mapped until the send has ended.
+    Mapped(Arc<FileMap>),
 }
 
 /// The target of an IORING_OP_STATX: the NUL-terminated path and the `struct statx` the
@@ -296,6 +303,38 @@ impl SafeSqe {
         let bytes = &buf[range];
         let sqe = Sqe::send(target, bytes.as_ptr(), len_u32(bytes.len()));
         Self::with(sqe, OpMemory::Bytes(buf))
+    }
+
+    /// IORING_OP_SEND of `map[range]`: the bytes go from the file's mapping (its page cache)
+    /// into the socket in one copy. The operation holds a clone of `map` until its last
+    /// completion; [`crate::Ring::take_memory`] hands it back ([`OpMemory::Mapped`]) to drop.
+    ///
+    /// # Panics
+    /// When `range` is out of the mapping's bounds.
+    pub fn send_mapped(target: Target, map: &Arc<FileMap>, range: core::ops::Range<usize>) -> Self {
+        let ptr = map.range_ptr(&range);
+        let sqe = Sqe::send(target, ptr, len_u32(range.len()));
+        Self::with(sqe, OpMemory::Mapped(Arc::clone(map)))
+    }
+
+    /// IORING_OP_SPLICE (Linux 5.7) of up to `len` bytes from `fd_in` to `fd_out`; see
+    /// [`Sqe::splice`] for the offsets and the fixed ends. It names descriptors only, no user
+    /// memory.
+    pub fn splice(
+        fd_in: Target,
+        off_in: Option<u64>,
+        fd_out: Target,
+        off_out: Option<u64>,
+        len: u32,
+        flags: SpliceFlags,
+    ) -> Self {
+        Self::bare(Sqe::splice(fd_in, off_in, fd_out, off_out, len, flags))
+    }
+
+    /// IORING_OP_TEE (Linux 5.8) of up to `len` bytes from pipe `fd_in` to pipe `fd_out`;
+    /// see [`Sqe::tee`]. No user memory.
+    pub fn tee(fd_in: Target, fd_out: Target, len: u32, flags: SpliceFlags) -> Self {
+        Self::bare(Sqe::tee(fd_in, fd_out, len, flags))
     }
 
     /// IORING_OP_READ of up to `len` bytes (at most `buf.len()`) at file `offset` into `buf`.

@@ -1,5 +1,5 @@
-//! Registration: fixed buffers, the registered file table, provided buffer rings, and the
-//! opcode probe. What is registered is owned by the [`Ring`] and unregistered (in reverse
+//! Registration: fixed buffers, the registered file table, provided buffer rings, the
+//! opcode probe, and io-wq's limits (how many worker threads, on which CPUs). What is registered is owned by the [`Ring`] and unregistered (in reverse
 //! order of dependence) before the ring's mappings go away.
 //!
 //! # References
@@ -495,6 +495,115 @@ impl Probe {
         } else {
             Err(Error::unsupported(name, since))
         }
+    }
+}
+
+/// io-wq's worker limits (IORING_REGISTER_IOWQ_MAX_WORKERS), per submitting thread.
+///
+/// io-wq, the kernel's thread pool behind a ring, runs what cannot complete without
+/// blocking: buffered reads of uncached data, opens, statx, every splice. It sorts work into
+/// two classes, each with its own limit: *bounded* work completes in bounded time (I/O on a
+/// regular file or block device, and work naming no file), limited by default to the
+/// smaller of the SQ size and 4 × the CPUs online; *unbounded* work may wait forever (on a
+/// socket, pipe or terminal: a splice into a pipe or socket), limited only by RLIMIT_NPROC.
+/// Each worker is a thread of this process named `iou-wrk-TID`, after the submitting thread.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IowqWorkers {
+    /// Most workers for bounded work.
+    pub bounded: u32,
+    /// Most workers for unbounded work.
+    pub unbounded: u32,
+}
+
+impl Ring {
+    /// Caps io-wq at `bounded` workers for bounded work and `unbounded` for unbounded work
+    /// (see [`IowqWorkers`]); 0 leaves that limit as it is, so `(0, 0)` only reads them.
+    /// Returns the limits as they were before (all zero when the calling thread has no
+    /// io-wq yet). The kernel clamps each to RLIMIT_NPROC.
+    ///
+    /// The limits apply to the calling thread's io-wq, to that of every thread that has
+    /// submitted on this ring, and (remembered by the ring) to threads that submit later;
+    /// with SQPOLL, to the poller's. Workers beyond a new cap are not stopped, only no new
+    /// ones are started: work beyond the cap waits in io-wq's queue. So a cap keeps a storm
+    /// of blocking operations from becoming a storm of threads: the server slows down
+    /// instead of exhausting RLIMIT_NPROC.
+    ///
+    /// IORING_REGISTER_IOWQ_MAX_WORKERS needs Linux 5.15.
+    ///
+    /// # References
+    /// io_uring_register(2), "IORING_REGISTER_IOWQ_MAX_WORKERS";
+    /// io_uring_register_iowq_max_workers(3).
+    pub fn register_iowq_max_workers(
+        &mut self,
+        bounded: u32,
+        unbounded: u32,
+    ) -> Result<IowqWorkers> {
+        // The kernel refuses values above INT_MAX with EINVAL, which would read as "not
+        // supported" below: refuse them here instead.
+        if bounded > i32::MAX as u32 || unbounded > i32::MAX as u32 {
+            return Err(Error::InvalidConfig("io-wq worker limits above i32::MAX"));
+        }
+        let mut counts = [bounded, unbounded];
+        // SAFETY: the kernel reads and then writes exactly two u32s (nr_args must be 2) at
+        // `counts`, which outlives the call.
+        unsafe {
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterIowqMaxWorkers,
+                counts.as_mut_ptr().cast::<c_void>(),
+                2,
+            )
+        }
+        .map_err(|e| match e {
+            Errno::INVAL => Error::unsupported("IORING_REGISTER_IOWQ_MAX_WORKERS", "5.15"),
+            errno => Error::Syscall {
+                what: "register io-wq max workers",
+                errno,
+            },
+        })?;
+        Ok(IowqWorkers {
+            bounded: counts[0],
+            unbounded: counts[1],
+        })
+    }
+
+    /// Runs the calling thread's io-wq workers (or, with SQPOLL, the poller's) on `cpus` only
+    /// (IORING_REGISTER_IOWQ_AFF, Linux 5.14). Without it they run anywhere in the
+    /// process' cpuset, whatever the submitting thread's own affinity: a thread pinned to one
+    /// CPU may find its blocking work done on another.
+    ///
+    /// # Errors
+    /// An empty `cpus`; and EINVAL when the thread has no io-wq yet, when a CPU is not in
+    /// the process' cpuset, or on kernels before 5.14 (which the kernel does not tell apart).
+    ///
+    /// # References
+    /// io_uring_register(2), "IORING_REGISTER_IOWQ_AFF"; io_uring_register_iowq_aff(3).
+    pub fn register_iowq_affinity(&mut self, cpus: &[usize]) -> Result<()> {
+        let Some(&highest) = cpus.iter().max() else {
+            return Err(Error::InvalidConfig("an io-wq affinity with no CPU"));
+        };
+        // A cpu_set_t-style bitmap in whole u64s: bit `cpu % 64` of word `cpu / 64`, which
+        // is the kernel's cpumask layout (an array of unsigned longs) on 64-bit machines.
+        let mut mask = vec![0u64; highest / 64 + 1];
+        for &cpu in cpus {
+            mask[cpu / 64] |= 1 << (cpu % 64);
+        }
+        let len = u32::try_from(mask.len() * 8)
+            .map_err(|_| Error::InvalidConfig("an io-wq affinity CPU out of range"))?;
+        // SAFETY: the kernel reads at most `len` bytes at `mask`, which outlives the call.
+        unsafe {
+            io_uring_register(
+                self.fd(),
+                IoringRegisterOp::RegisterIowqAff,
+                mask.as_ptr().cast::<c_void>(),
+                len,
+            )
+        }
+        .map_err(Error::syscall(
+            "register io-wq affinity (IORING_REGISTER_IOWQ_AFF: Linux 5.14, CPUs in this \
+             process' cpuset, after the thread's first submission)",
+        ))?;
+        Ok(())
     }
 }
 

@@ -20,6 +20,7 @@ use rustix::io_uring::{
     IoringSqeFlags, IoringTimeoutFlags, IORING_FILE_INDEX_ALLOC,
 };
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+use rustix::pipe::SpliceFlags;
 
 pub use rustix::io_uring::IoringSqeFlags as SqeFlags;
 
@@ -457,6 +458,73 @@ impl Sqe {
         s
     }
 
+    /// IORING_OP_SPLICE (Linux 5.7), liburing's `io_uring_prep_splice`: splice(2) of up to
+    /// `len` bytes from `fd_in` to `fd_out`, one of which must be a pipe. An offset is
+    /// `Some` for a file end (explicit, like every file offset here: a `None` on a file
+    /// would use and move the file position, racing any other user of it) and must be `None`
+    /// for a pipe or socket end (the kernel refuses an offset on a pipe with ESPIPE).
+    ///
+    /// `fd_out` is the SQE's file (a [`Target::Fixed`] sets IOSQE_FIXED_FILE); a fixed
+    /// `fd_in` sets SPLICE_F_FD_IN_FIXED, also Linux 5.7. The kernel always runs a splice in
+    /// io-wq (it cannot splice without blocking), as unbounded work when `fd_out` is not a
+    /// regular file: [`crate::Ring::register_iowq_max_workers`] caps those threads.
+    ///
+    /// The result is the number of bytes moved. Anything short of `len` fails an
+    /// IOSQE_IO_LINK chain (the next SQE completes with ECANCELED).
+    ///
+    /// # References
+    /// io_uring_enter(2), "IORING_OP_SPLICE"; io_uring_prep_splice(3); splice(2).
+    pub fn splice(
+        fd_in: Target,
+        off_in: Option<u64>,
+        fd_out: Target,
+        off_out: Option<u64>,
+        len: u32,
+        flags: SpliceFlags,
+    ) -> Self {
+        // The kernel reads an offset of -1 as "none".
+        const NO_OFFSET: u64 = u64::MAX;
+        let mut s = Self::rw(
+            IoringOp::Splice,
+            fd_out,
+            core::ptr::null_mut(),
+            len,
+            off_out.unwrap_or(NO_OFFSET),
+        );
+        s.0.addr_or_splice_off_in.splice_off_in = off_in.unwrap_or(NO_OFFSET);
+        s.set_splice_in(fd_in, flags);
+        s
+    }
+
+    /// IORING_OP_TEE (Linux 5.8), liburing's `io_uring_prep_tee`: tee(2) of up to `len`
+    /// bytes from pipe `fd_in` to pipe `fd_out`, without consuming them from `fd_in`.
+    /// Fixed targets as in [`Sqe::splice`]; like a splice it runs in io-wq, and a short
+    /// result fails a link chain.
+    ///
+    /// # References
+    /// io_uring_enter(2), "IORING_OP_TEE"; io_uring_prep_tee(3); tee(2).
+    pub fn tee(fd_in: Target, fd_out: Target, len: u32, flags: SpliceFlags) -> Self {
+        // Both offsets stay 0: the kernel refuses a tee with either set (EINVAL).
+        let mut s = Self::rw(IoringOp::Tee, fd_out, core::ptr::null_mut(), len, 0);
+        s.set_splice_in(fd_in, flags);
+        s
+    }
+
+    /// The input end of a splice or tee: `splice_fd_in`, and SPLICE_F_FD_IN_FIXED for a
+    /// registered file (IOSQE_FIXED_FILE only speaks for `fd`, the output end).
+    fn set_splice_in(&mut self, fd_in: Target, flags: SpliceFlags) {
+        let (fd, fixed) = match fd_in {
+            Target::Fd(fd) => (fd, false),
+            Target::Fixed(index) => (index as RawFd, true),
+        };
+        let mut bits = rustix::io_uring::SpliceFlags::from_bits_retain(flags.bits());
+        if fixed {
+            bits |= rustix::io_uring::SpliceFlags::FD_IN_FIXED;
+        }
+        self.0.splice_fd_in_or_file_index_or_addr_len.splice_fd_in = fd;
+        self.0.op_flags.splice_flags = bits;
+    }
+
     /// Sets RWF_* flags on a read or write.
     #[must_use]
     pub fn rw_flags(mut self, flags: ReadWriteFlags) -> Self {
@@ -517,6 +585,75 @@ mod tests {
         // SAFETY: plain-data union.
         let flags = unsafe { Sqe::fsync(Target::Fd(5), false).raw().op_flags.fsync_flags };
         assert!(flags.is_empty());
+    }
+
+    #[test]
+    fn splice_follows_liburing_layout() {
+        let s = Sqe::splice(
+            Target::Fd(3),
+            Some(4096),
+            Target::Fd(9),
+            None,
+            65536,
+            SpliceFlags::MORE,
+        );
+        assert_eq!(s.raw().opcode, IoringOp::Splice);
+        // fd is the output end; the input end travels in splice_fd_in.
+        assert_eq!(s.raw().fd, 9);
+        assert!(!s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
+        // SAFETY: plain-data unions.
+        unsafe {
+            assert_eq!(
+                s.raw().splice_fd_in_or_file_index_or_addr_len.splice_fd_in,
+                3
+            );
+            assert_eq!(s.raw().addr_or_splice_off_in.splice_off_in, 4096);
+            assert_eq!(s.raw().off_or_addr2.off, u64::MAX, "no offset is -1");
+            assert_eq!(s.raw().len.len, 65536);
+            assert_eq!(
+                s.raw().op_flags.splice_flags.bits(),
+                SpliceFlags::MORE.bits()
+            );
+        }
+    }
+
+    #[test]
+    fn splice_fixed_ends_use_their_own_flags() {
+        let s = Sqe::splice(
+            Target::Fixed(2),
+            Some(0),
+            Target::Fixed(5),
+            None,
+            1,
+            SpliceFlags::empty(),
+        );
+        assert_eq!(s.raw().fd, 5);
+        assert!(s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
+        // SAFETY: plain-data unions.
+        unsafe {
+            assert_eq!(
+                s.raw().splice_fd_in_or_file_index_or_addr_len.splice_fd_in,
+                2
+            );
+            assert_eq!(
+                s.raw().op_flags.splice_flags,
+                rustix::io_uring::SpliceFlags::FD_IN_FIXED
+            );
+        }
+        // Only the input end fixed: no IOSQE_FIXED_FILE.
+        let s = Sqe::tee(Target::Fixed(1), Target::Fd(7), 10, SpliceFlags::empty());
+        assert_eq!(s.raw().opcode, IoringOp::Tee);
+        assert!(!s.raw().flags.contains(IoringSqeFlags::FIXED_FILE));
+        // SAFETY: plain-data unions.
+        unsafe {
+            assert_eq!(s.raw().off_or_addr2.off, 0);
+            assert_eq!(s.raw().addr_or_splice_off_in.splice_off_in, 0);
+            assert!(s
+                .raw()
+                .op_flags
+                .splice_flags
+                .contains(rustix::io_uring::SpliceFlags::FD_IN_FIXED));
+        }
     }
 
     #[test]

@@ -47,3 +47,24 @@ pub fn tcp_pair() -> (TcpStream, TcpStream) {
     let (s, _) = l.accept().unwrap();
     (c, s)
 }
+
+/// Submits and waits until `n` completions have arrived; returns them in arrival order.
+pub fn wait_cqes(ring: &mut ringwork_sys::Ring, n: usize) -> Vec<ringwork_sys::Cqe> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.extend(ring.completions());
+        if got.len() < n {
+            ring.submit_and_wait(1).unwrap();
+        }
+    }
+    got
+}
+
+/// Reads `stream` to its end on a new thread: the bytes the peer sent before closing.
+pub fn read_to_end_thread(mut stream: TcpStream) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut all).unwrap();
+        all
+    })
+}
