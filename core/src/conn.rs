@@ -540,6 +540,28 @@ impl Starved {
 
 /// One echo connection. See the module docs. Not `Clone`: its queue lives in a
 /// [`ChunkQueues`] table, which a copy would share.
+///
+/// A driver feeds it what the kernel reported and performs what it asks for:
+///
+/// ```
+/// use ringwork_core::buf::BufId;
+/// use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op};
+///
+/// let mut queues = ChunkQueues::new(16); // shared by every connection of a worker
+/// let mut conn = EchoConn::new(Config::default());
+/// let mut ops = |conn: &mut EchoConn, q: &mut ChunkQueues| {
+///     std::iter::from_fn(|| conn.poll_op(q)).collect::<Vec<_>>()
+/// };
+/// conn.on_event(&mut queues, Event::Opened)?;
+/// assert_eq!(ops(&mut conn, &mut queues), [Op::ArmRecv]);
+/// // 5 bytes arrived in provided buffer 3, the multishot receive still armed:
+/// conn.on_event(&mut queues, Event::Recv { buf: BufId(3), offset: 0, len: 5, more: true })?;
+/// assert_eq!(ops(&mut conn, &mut queues), [Op::Send { buf: BufId(3), offset: 0, len: 5 }]);
+/// // Sent in full: the buffer goes back to the ring.
+/// conn.on_event(&mut queues, Event::SendDone { res: Ok(5) })?;
+/// assert_eq!(ops(&mut conn, &mut queues), [Op::Recycle(BufId(3))]);
+/// # Ok::<(), ringwork_core::conn::ConnError>(())
+/// ```
 #[derive(Debug)]
 pub struct EchoConn {
     state: State,

@@ -289,6 +289,27 @@ const HEAD_CAP: usize = 512;
 const DRAIN_LIMIT: u32 = 64 * 1024;
 
 /// One connection; see the module docs.
+///
+/// A request from receive to the first read, the driver playing the kernel:
+///
+/// ```
+/// use ringwork_core::httpconn::{BufIx, Config, FileInfo, FileKind, HttpConn, Op, Time};
+///
+/// let now = Time::default();
+/// let mut conn = HttpConn::new(Config::default(), now);
+/// let mut ops = |c: &mut HttpConn| std::iter::from_fn(|| c.poll_op()).collect::<Vec<_>>();
+/// assert!(matches!(ops(&mut conn)[..], [Op::Recv { .. }]));
+/// conn.on_recv(now, Ok(b"GET /hello.txt HTTP/1.1\r\nHost: x\r\n\r\n"));
+/// assert_eq!(ops(&mut conn), [Op::Stat]);
+/// assert_eq!(conn.path(), b"hello.txt\0"); // relative to the root, confined to it
+/// let info = FileInfo { kind: FileKind::Regular, size: 12, mtime_secs: 0, dio: None };
+/// conn.on_stat(now, Ok(info));
+/// assert!(matches!(ops(&mut conn)[..], [Op::Open { .. }]));
+/// conn.on_open(now, Ok(()));
+/// // The head goes out while the first chunk is read into buffer 0.
+/// let ops = ops(&mut conn);
+/// assert!(ops.iter().any(|op| matches!(op, Op::Read { buf: BufIx(0), .. })), "{ops:?}");
+/// ```
 #[derive(Debug)]
 pub struct HttpConn {
     cfg: Config,

@@ -103,7 +103,9 @@ struct Conn {
 struct Driver<'s> {
     shared: &'s Shared,
     ring: Ring,
-    conns: Slab<Conn>,
+    /// Boxed: the table is sized for `--max-conns` up front, and an empty slot should cost
+    /// a pointer, not a connection.
+    conns: Slab<Box<Conn>>,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
@@ -501,7 +503,7 @@ impl Driver<'_> {
         };
         // A full table (an accept the acceptor's capacity cancel did not stop in time): the
         // connection is dropped (its socket closed) at once.
-        match self.conns.insert(conn) {
+        match self.conns.insert(Box::new(conn)) {
             Some((slot, _)) => self.drive(slot),
             None => Ok(()),
         }
