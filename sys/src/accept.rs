@@ -373,11 +373,8 @@ pub struct Acceptor {
     stopped: bool,
     backoff: Backoff,
     stats: AcceptStats,
-    /// The most connections the server holds ([`Acceptor::with_capacity`]).
-    capacity: Option<usize>,
-    /// At capacity: not accepting until a connection closes (the listen backlog holds new
-    /// ones meanwhile).
-    full: bool,
+    /// At capacity, not accepting until a connection closes ([`Acceptor::with_capacity`]).
+    capacity: Capacity,
 }
 
 impl Acceptor {
@@ -403,8 +400,7 @@ impl Acceptor {
             stopped: false,
             backoff,
             stats: AcceptStats::default(),
-            capacity: None,
-            full: false,
+            capacity: Capacity::default(),
         }
     }
 
@@ -414,13 +410,13 @@ impl Acceptor {
     /// few connections it may still bring before the cancel lands are the caller's to refuse.)
     #[must_use]
     pub fn with_capacity(mut self, max: usize) -> Self {
-        self.capacity = Some(max.max(1));
+        self.capacity = Capacity::of(max);
         self
     }
 
     /// At capacity: not accepting until a connection closes.
     pub fn is_full(&self) -> bool {
-        self.full
+        self.capacity.full
     }
 
     /// Multishot accept is in use (it can turn off once: [`AcceptNotice::MultishotRefused`]).
@@ -515,10 +511,8 @@ impl Acceptor {
                 accepted = Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
                 self.accepted_any = true;
                 self.stats.accepted += 1;
-                // With this one, the server is at capacity: stop until one closes.
-                if self.capacity.is_some_and(|max| open_conns + 1 >= max) {
-                    self.full = true;
-                }
+                // With this one, the server may be at capacity: then stop until one closes.
+                self.capacity.check(open_conns + 1);
                 if self.backoff.in_episode() {
                     self.backoff.on_success(Instant::now());
                 }
@@ -543,7 +537,7 @@ impl Acceptor {
         }
         if self.stopped {
             self.close_if_done();
-        } else if self.backoff.is_paused() || self.full {
+        } else if self.backoff.is_paused() || self.capacity.full {
             // A failure that left a multishot armed: the kernel would go on failing; stop it
             // until the pause ends. At capacity likewise, until a connection closes.
             self.cancel(ring)?;
@@ -560,16 +554,14 @@ impl Acceptor {
         if self.stopped {
             return Ok(());
         }
-        if self.full && self.capacity.is_some_and(|max| open_conns < max) {
-            self.full = false;
-            if !self.armed && !self.backoff.is_paused() {
-                self.arm(ring)?;
-            }
+        // `resume` first: it clears the full state whether or not an accept is armed now.
+        if self.capacity.resume(open_conns) && !self.armed && !self.backoff.is_paused() {
+            self.arm(ring)?;
         }
         if self.backoff.deadline().is_none() {
             return Ok(());
         }
-        if self.backoff.poll(Instant::now(), open_conns) && !self.armed && !self.full {
+        if self.backoff.poll(Instant::now(), open_conns) && !self.armed && !self.capacity.full {
             self.arm(ring)?;
         }
         Ok(())
@@ -630,10 +622,9 @@ pub struct EpollAcceptor {
     /// The listener is in the epoll set.
     watched: bool,
     backoff: Backoff,
-    /// The most connections the server holds ([`EpollAcceptor::with_capacity`]).
-    capacity: Option<usize>,
-    /// At capacity: the listener is out of the set until a connection closes.
-    full: bool,
+    /// At capacity, the listener out of the set until a connection closes
+    /// ([`EpollAcceptor::with_capacity`]).
+    capacity: Capacity,
 }
 
 impl EpollAcceptor {
@@ -647,8 +638,7 @@ impl EpollAcceptor {
             interest,
             watched: true,
             backoff: Backoff::new(),
-            capacity: None,
-            full: false,
+            capacity: Capacity::default(),
         })
     }
 
@@ -657,7 +647,7 @@ impl EpollAcceptor {
     /// close).
     #[must_use]
     pub fn with_capacity(mut self, max: usize) -> Self {
-        self.capacity = Some(max.max(1));
+        self.capacity = Capacity::of(max);
         self
     }
 
@@ -670,10 +660,9 @@ impl EpollAcceptor {
             let Some(listener) = self.listener.as_ref().filter(|_| self.watched) else {
                 return Ok(None);
             };
-            if self.capacity.is_some_and(|max| open_conns >= max) {
+            if self.capacity.check(open_conns) {
                 ep.delete(listener)?;
                 self.watched = false;
-                self.full = true;
                 return Ok(None);
             }
             match rustix::net::accept_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC) {
@@ -700,12 +689,11 @@ impl EpollAcceptor {
     /// an episode that is over. Reads the clock only while there is a deadline.
     pub fn poll(&mut self, ep: &Epoll, open_conns: usize) -> Result<()> {
         let mut rewatch = false;
-        if self.full && self.capacity.is_some_and(|max| open_conns < max) {
-            self.full = false;
+        if self.capacity.resume(open_conns) {
             rewatch = self.backoff.deadline().is_none();
         }
         if self.backoff.deadline().is_some() && self.backoff.poll(Instant::now(), open_conns) {
-            rewatch = !self.full;
+            rewatch = !self.capacity.full;
         }
         if rewatch && !self.watched {
             if let Some(listener) = &self.listener {
@@ -746,6 +734,40 @@ impl EpollAcceptor {
     }
 }
 
+/// The most connections a server holds, and whether it holds that many now (both acceptors
+/// stop at capacity instead of accepting connections only to close them).
+#[derive(Clone, Copy, Debug, Default)]
+struct Capacity {
+    max: Option<usize>,
+    full: bool,
+}
+
+impl Capacity {
+    fn of(max: usize) -> Self {
+        Self {
+            max: Some(max.max(1)),
+            full: false,
+        }
+    }
+
+    /// With `open` connections: at capacity (now or already)?
+    fn check(&mut self, open: usize) -> bool {
+        if self.max.is_some_and(|max| open >= max) {
+            self.full = true;
+        }
+        self.full
+    }
+
+    /// With `open` connections: true when it was at capacity and no longer is.
+    fn resume(&mut self, open: usize) -> bool {
+        let resumed = self.full && self.max.is_some_and(|max| open < max);
+        if resumed {
+            self.full = false;
+        }
+        resumed
+    }
+}
+
 /// The earlier of two optional deadlines.
 pub fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -767,6 +789,19 @@ pub fn timeout_until(deadline: Option<Instant>, timeout: Option<Duration>) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capacity_stops_at_the_limit_and_resumes_below_it() {
+        let mut c = Capacity::of(3);
+        assert!(!c.check(2));
+        assert!(c.check(3), "at the limit");
+        assert!(!c.resume(3), "still at it");
+        assert!(c.check(2), "stays full until resumed");
+        assert!(c.resume(2), "one closed");
+        assert!(!c.full);
+        let mut none = Capacity::default();
+        assert!(!none.check(usize::MAX), "no limit");
+    }
     use crate::net::{local_addr, reuseport_listener};
     use crate::ring::RingParams;
     use rustix::io_uring::IoringCqeFlags;
