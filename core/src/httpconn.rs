@@ -81,7 +81,17 @@ pub struct Config {
     /// io_uring's fixed-file assignment at issue time, Linux 5.18). Then the response is
     /// planned at stat time and [`Op::Open`] says `link_next` when a read follows it.
     pub link_open_read: bool,
+    /// The driver can send the response head and the first body bytes in one send
+    /// ([`SendSrc::HeadAndBuf`]): its chunk buffers have [`HEAD_ROOM`] bytes in front of each
+    /// chunk, where it copies the head just before sending. Responses with a body then go
+    /// out in one send instead of two (not with zero-copy sends or O_DIRECT reads).
+    pub head_with_body: bool,
 }
+
+/// Bytes in front of every chunk read, when [`Config::head_with_body`] is on, where the head
+/// goes: chunk buffers must hold `chunk + HEAD_ROOM` bytes. A page, so that reads stay
+/// aligned; more than any head this module writes.
+pub const HEAD_ROOM: u32 = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +103,7 @@ impl Default for Config {
             direct: false,
             zerocopy: false,
             link_open_read: false,
+            head_with_body: false,
         }
     }
 }
@@ -139,6 +150,18 @@ pub enum SendSrc {
         /// First byte.
         start: u32,
         /// Byte count.
+        len: u32,
+    },
+    /// The whole response head ([`HttpConn::head_bytes`]) and then chunk buffer `buf`'s bytes
+    /// `start..start + len`, in one send ([`Config::head_with_body`]): the driver copies the
+    /// head into the buffer right before `start` (there are [`HEAD_ROOM`] bytes free there)
+    /// and sends from `start - head length`.
+    HeadAndBuf {
+        /// Which buffer.
+        buf: BufIx,
+        /// First body byte in the buffer.
+        start: u32,
+        /// Body bytes.
         len: u32,
     },
 }
@@ -329,6 +352,11 @@ pub struct HttpConn {
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
+    /// Where this response's chunks start in their buffers: [`HEAD_ROOM`] when the head goes
+    /// out with the first chunk, else 0.
+    head_room: u32,
+    /// The send in flight is a [`SendSrc::HeadAndBuf`].
+    combined_in_flight: bool,
     /// With [`Config::zerocopy`]: the SEND_ZCs not finished, and which buffer waits for them.
     zc: Option<ZcTracker<()>>,
     /// The buffer the next read goes into, and the one whose chunk is sent next.
@@ -367,6 +395,8 @@ impl HttpConn {
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
+            head_room: 0,
+            combined_in_flight: false,
             zc: cfg.zerocopy.then(|| ZcTracker::new(2, ZC_SENDS)),
             read_ix: 0,
             send_ix: 0,
@@ -522,7 +552,7 @@ impl HttpConn {
                                 buf: BufIx(self.read_ix),
                                 offset: req.offset,
                                 len: req.len,
-                                buf_pos: req.buf_pos,
+                                buf_pos: req.buf_pos + self.head_room,
                             });
                         }
                         None => self.push(Op::Open {
@@ -660,7 +690,8 @@ impl HttpConn {
             return self.close();
         };
         match read.on_read(res) {
-            ReadOutcome::Chunk(chunk) => {
+            ReadOutcome::Chunk(mut chunk) => {
+                chunk.buf_start += self.head_room;
                 self.bufs[b] = BufState::Full(chunk);
                 self.read_ix ^= 1;
             }
@@ -691,9 +722,22 @@ impl HttpConn {
             // Peer gone (EPIPE, ECONNRESET), cancelled, or a zero-byte send.
             _ => return self.close(),
         };
-        if self.head_sent < self.head_len {
+        let mut n = n;
+        if self.combined_in_flight {
+            // Head first, then the chunk: what is left of either goes by the plain sends.
+            self.combined_in_flight = false;
+            let head = n.min(self.head_len - self.head_sent);
+            self.head_sent += head;
+            n -= head;
+            if self.head_sent < self.head_len {
+                // The chunk stays `Sending` with nothing of it sent; the head's rest first.
+                debug_assert_eq!(n, 0);
+            }
+        } else if self.head_sent < self.head_len {
             self.head_sent += n.min(self.head_len - self.head_sent);
-        } else {
+            n = 0;
+        }
+        if n > 0 {
             let s = usize::from(self.send_ix);
             if let BufState::Sending { chunk, sent } = self.bufs[s] {
                 let sent = sent + n.min(chunk.len - sent);
@@ -940,6 +984,9 @@ impl HttpConn {
     fn start_head(&mut self, len: usize) {
         self.head_len = len as u32;
         self.head_sent = 0;
+        // Alone, unless plan_response finds a body to send it with.
+        self.head_room = 0;
+        self.combined_in_flight = false;
         // Buffers awaiting zero-copy notifications stay so; the body starts in a free one.
         for b in &mut self.bufs {
             if *b != BufState::Notif {
@@ -1025,6 +1072,17 @@ impl HttpConn {
             }
             _ => None,
         };
+        // The head waits for the first chunk and goes out with it, where the driver can.
+        self.head_room = if self.cfg.head_with_body
+            && !self.cfg.zerocopy
+            && !direct
+            && self.read.is_some()
+            && self.head_len <= HEAD_ROOM
+        {
+            HEAD_ROOM
+        } else {
+            0
+        };
         true
     }
 
@@ -1039,7 +1097,20 @@ impl HttpConn {
         let reading = self.bufs.contains(&BufState::Reading);
         // Sends, strictly in order: the head, then chunks alternating between the buffers.
         if !self.send_in_flight {
-            if self.head_sent < self.head_len {
+            if self.head_sent == 0 && self.head_room > 0 {
+                // The head goes with the first chunk, once it is read.
+                let s = usize::from(self.send_ix);
+                if let BufState::Full(chunk) = self.bufs[s] {
+                    self.bufs[s] = BufState::Sending { chunk, sent: 0 };
+                    self.send_in_flight = true;
+                    self.combined_in_flight = true;
+                    self.push(Op::Send(SendSrc::HeadAndBuf {
+                        buf: BufIx(self.send_ix),
+                        start: chunk.buf_start,
+                        len: chunk.len,
+                    }));
+                }
+            } else if self.head_sent < self.head_len {
                 self.send_in_flight = true;
                 self.push(Op::Send(SendSrc::Head {
                     start: self.head_sent,
@@ -1069,7 +1140,7 @@ impl HttpConn {
                     buf: BufIx(self.read_ix),
                     offset: req.offset,
                     len: req.len,
-                    buf_pos: req.buf_pos,
+                    buf_pos: req.buf_pos + self.head_room,
                 });
             }
         }
@@ -1424,6 +1495,14 @@ mod tests {
                             SendSrc::Buf { buf, start, len } => self.bufs[usize::from(buf.0)]
                                 [start as usize..(start + len) as usize]
                                 .to_vec(),
+                            SendSrc::HeadAndBuf { buf, start, len } => {
+                                // As a driver does: the head into the room before the chunk.
+                                let head = self.conn.head_bytes().to_vec();
+                                let b = &mut self.bufs[usize::from(buf.0)];
+                                let from = start as usize - head.len();
+                                b[from..start as usize].copy_from_slice(&head);
+                                b[from..(start + len) as usize].to_vec()
+                            }
                         };
                         let n = self.cut(bytes.len() as u32) as usize;
                         self.out.extend_from_slice(&bytes[..n]);
@@ -1547,12 +1626,16 @@ mod tests {
             direct: dio.is_some(),
             zerocopy: zerocopy_seed.is_some(),
             link_open_read: links,
+            // Half the cases (by the file size proptest picked) send head and first chunk at
+            // once, as the servers do; the other half send the head alone.
+            head_with_body: size % 2 == 1,
             ..Config::default()
         };
+        let buf_len = (chunk + HEAD_ROOM) as usize;
         Sim {
             conn: HttpConn::new(cfg, Time::default()),
             file: (0..size).map(|i| (i % 251) as u8).collect(),
-            bufs: [vec![0; chunk as usize], vec![0; chunk as usize]],
+            bufs: [vec![0; buf_len], vec![0; buf_len]],
             out: Vec::new(),
             input,
             cuts,
@@ -1804,6 +1887,64 @@ mod tests {
 
     /// A SEND_ZC chunk whose notification is late: the next read waits for it when it needs
     /// that buffer; a connection that fails meanwhile says Close with it still owed.
+    /// With `head_with_body` the head waits for the first chunk and both go in one send;
+    /// a short send of it goes on with the head's rest, then the chunk's.
+    #[test]
+    fn the_head_goes_out_with_the_first_chunk() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            head_with_body: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let ops = open_response(&mut c, 3000);
+        assert!(
+            matches!(
+                ops[..],
+                [Op::Read {
+                    buf: BufIx(0),
+                    buf_pos: HEAD_ROOM,
+                    ..
+                }]
+            ),
+            "no head alone, the chunk read behind the room: {ops:?}"
+        );
+        c.on_read(now, BufIx(0), Ok(3000));
+        let ops = drain_ops(&mut c);
+        assert_eq!(
+            ops,
+            [Op::Send(SendSrc::HeadAndBuf {
+                buf: BufIx(0),
+                start: HEAD_ROOM,
+                len: 3000
+            })]
+        );
+        let head_len = c.head_bytes().len() as u32;
+        // Short: part of the head only.
+        c.on_send(now, Ok(head_len - 5));
+        let ops = drain_ops(&mut c);
+        assert_eq!(
+            ops,
+            [Op::Send(SendSrc::Head {
+                start: head_len - 5,
+                len: 5
+            })]
+        );
+        c.on_send(now, Ok(5));
+        let ops = drain_ops(&mut c);
+        assert_eq!(
+            ops,
+            [Op::Send(SendSrc::Buf {
+                buf: BufIx(0),
+                start: HEAD_ROOM,
+                len: 3000
+            })]
+        );
+        c.on_send(now, Ok(3000));
+        assert!(matches!(drain_ops(&mut c)[..], [Op::CloseFile, ..]));
+    }
+
     /// A chunk buffer is free exactly when nothing of the connection's is in it: not while a
     /// read fills it or its bytes wait or go out, and again once they are sent.
     #[test]

@@ -125,6 +125,13 @@ impl Model {
                             );
                             len
                         }
+                        SendSrc::HeadAndBuf { buf, len, .. } => {
+                            assert!(
+                                !self.reading[usize::from(buf.0)],
+                                "send of a buffer being read"
+                            );
+                            len
+                        }
                     };
                     self.flights.push(Flight::Send { len });
                 }

@@ -31,7 +31,7 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -336,6 +336,16 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
 }
 
 fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
+    if let SendSrc::HeadAndBuf { buf, start, .. } = src {
+        // The head goes into the room in front of the chunk: one send for both (again, and
+        // the same, when a send that met EAGAIN is retried).
+        let head = c.http.head_bytes();
+        let b = c.bufs[usize::from(buf.0)]
+            .as_mut()
+            .expect("a send from a buffer a read filled");
+        let from = start as usize - head.len();
+        b.bytes_mut()[from..start as usize].copy_from_slice(head);
+    }
     let bytes = match src {
         SendSrc::Head { start, len } => {
             &c.http.head_bytes()[start as usize..(start + len) as usize]
@@ -346,6 +356,13 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
                 .as_ref()
                 .expect("a send from a buffer a read filled");
             &b.bytes()[start as usize..(start + len) as usize]
+        }
+        SendSrc::HeadAndBuf { buf, start, len } => {
+            let b = c.bufs[usize::from(buf.0)]
+                .as_ref()
+                .expect("a send from a buffer a read filled");
+            let from = start as usize - c.http.head_bytes().len();
+            &b.bytes()[from..(start + len) as usize]
         }
     };
     match rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL) {
@@ -421,7 +438,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                 len,
                 buf_pos,
             } => {
-                let chunk = shared.cfg.chunk as usize;
+                // Room in front of each chunk for the response head (`head_with_body`).
+                let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
                 let res = match &c.file {
                     Some(file) => {
                         let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));

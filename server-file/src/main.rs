@@ -323,7 +323,10 @@ fn run(args: Args) -> Result<(), String> {
     };
     // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
     // registered-buffer index holds.
-    let chunk_bytes = u64::from(args.chunk).div_ceil(4096) * 4096;
+    // Each buffer also has room for the response head in front of its chunk.
+    let chunk_bytes = (u64::from(args.chunk) + u64::from(ringwork_core::httpconn::HEAD_ROOM))
+        .div_ceil(4096)
+        * 4096;
     let chunk_buffers = (u64::from(args.buffer_memory) * 1024 * 1024 / chunk_bytes)
         .clamp(2, u64::from(u16::MAX)) as u16;
     if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
@@ -413,6 +416,8 @@ fn run(args: Args) -> Result<(), String> {
             zerocopy: args.zerocopy && !disabled(Feature::SendZc),
             // The io_uring driver turns it on where it can chain (registered files).
             link_open_read: false,
+            // Both drivers send the head and the first chunk at once.
+            head_with_body: true,
         },
         max_conns,
         chunk_buffers,

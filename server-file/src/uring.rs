@@ -64,7 +64,7 @@ use rustix::net::SendFlags;
 
 use ringwork_core::buf::{Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, ZC_SENDS};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
@@ -210,7 +210,8 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     // holds one only while a read fills it or its bytes go out.
     let count = shared.chunk_buffers();
     let new_buffers =
-        || FixedBuffers::new(count, shared.cfg.chunk as usize).map_err(|e| e.to_string());
+        // Room in front of each chunk for the response head (HttpConn's head_with_body).
+        || FixedBuffers::new(count, (shared.cfg.chunk + HEAD_ROOM) as usize).map_err(|e| e.to_string());
     let buffers = new_buffers()?;
     let total = buffers.buf_size() * usize::from(count);
     // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
@@ -691,6 +692,26 @@ impl Driver<'_> {
                 buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
                 let len = buf.len();
                 let sqe = SafeSqe::send(sock, buf, 0..len).send_flags(SendFlags::NOSIGNAL);
+                (OpKind::Send, sqe)
+            }
+            Op::Send(SendSrc::HeadAndBuf { buf, start, len }) => {
+                // The head goes into the room in front of the chunk: one send for both. The
+                // lease proves no operation names the buffer while it is written.
+                let lease = chunk(c, buf)?;
+                let head = c.http.head_bytes();
+                let head_len = head.len() as u32;
+                let from = start
+                    .checked_sub(head_len)
+                    .ok_or("a head longer than the room in front of its chunk")?;
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .expect("the chunk buffers are set up before the loop");
+                buffers.bytes_mut(lease)[from as usize..start as usize].copy_from_slice(head);
+                let sqe = self
+                    .ring
+                    .send_fixed(sock, lease, from, head_len + len)
+                    .send_flags(SendFlags::NOSIGNAL);
                 (OpKind::Send, sqe)
             }
             Op::Send(SendSrc::Buf { buf, start, len }) => {
