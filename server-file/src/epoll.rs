@@ -336,16 +336,6 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
 }
 
 fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
-    if let SendSrc::HeadAndBuf { buf, start, .. } = src {
-        // The head goes into the room in front of the chunk: one send for both (again, and
-        // the same, when a send that met EAGAIN is retried).
-        let head = c.http.head_bytes();
-        let b = c.bufs[usize::from(buf.0)]
-            .as_mut()
-            .expect("a send from a buffer a read filled");
-        let from = start as usize - head.len();
-        b.bytes_mut()[from..start as usize].copy_from_slice(head);
-    }
     let bytes = match src {
         SendSrc::Head { start, len } => {
             &c.http.head_bytes()[start as usize..(start + len) as usize]
@@ -358,10 +348,14 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
             &b.bytes()[start as usize..(start + len) as usize]
         }
         SendSrc::HeadAndBuf { buf, start, len } => {
+            // The head goes into the room in front of the chunk: one send for both (again, and
+            // the same, when a send that met EAGAIN is retried).
+            let head = c.http.head_bytes();
             let b = c.bufs[usize::from(buf.0)]
-                .as_ref()
+                .as_mut()
                 .expect("a send from a buffer a read filled");
-            let from = start as usize - c.http.head_bytes().len();
+            let from = start as usize - head.len();
+            b.bytes_mut()[from..start as usize].copy_from_slice(head);
             &b.bytes()[from..(start + len) as usize]
         }
     };

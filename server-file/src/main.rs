@@ -234,11 +234,6 @@ impl Stats {
 }
 
 impl Shared {
-    /// Chunk buffers in each io_uring worker's pool.
-    fn chunk_buffers(&self) -> u16 {
-        self.chunk_buffers
-    }
-
     fn now(&self) -> Time {
         Time {
             mono_ms: self.start.elapsed().as_millis() as u64,

@@ -208,7 +208,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         };
     // One shared pool of chunk buffers per thread, sized by the memory budget: a connection
     // holds one only while a read fills it or its bytes go out.
-    let count = shared.chunk_buffers();
+    let count = shared.chunk_buffers;
     let new_buffers =
         // Room in front of each chunk for the response head (HttpConn's head_with_body).
         || FixedBuffers::new(count, (shared.cfg.chunk + HEAD_ROOM) as usize).map_err(|e| e.to_string());
