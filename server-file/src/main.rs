@@ -19,10 +19,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use ringwork_core::file::Alignment;
+use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use rustix::fd::OwnedFd;
-use rustix::fs::{FileType, OFlags, ResolveFlags, Statx};
+use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
 /// Serve a directory over HTTP/1.1 (GET, HEAD, single ranges, keep-alive).
 #[derive(Parser, Debug, Clone)]
@@ -49,6 +50,20 @@ struct Args {
     /// when RLIMIT_MEMLOCK refuses it). When every buffer is in use, reads wait their turn.
     #[arg(long, default_value_t = 32)]
     buffer_memory: u32,
+    /// Open files each thread keeps open (with their stat) for the requests that follow,
+    /// least recently used first out; 0 turns the cache off (every request stats, opens and
+    /// closes its file).
+    #[arg(long, default_value_t = 1000, value_name = "FILES")]
+    open_file_cache: u32,
+    /// How long a cached file is served without looking at its path again, in milliseconds:
+    /// a file replaced, deleted or turned into a symlink is seen once this has passed (a
+    /// rewrite in place at once). nginx's `open_file_cache_valid`.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    open_file_cache_valid_ms: u64,
+    /// Memory per thread, in MiB, for the bytes of cached files that fit in one chunk: such
+    /// a file is then sent from memory, with no read. 0 keeps none.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    file_cache_memory: u32,
     /// Drop a connection whose request head is not complete after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     header_timeout_ms: u64,
@@ -188,6 +203,8 @@ struct Shared {
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
     chunk_buffers: u16,
     uring: UringConfig,
+    /// Each worker's open-file cache.
+    cache: CacheConfig,
     /// The drain's grace period (`--shutdown-grace-ms`).
     shutdown_grace: Duration,
     start: Instant,
@@ -211,6 +228,18 @@ struct Stats {
     link_cancels: AtomicU64,
     /// io_uring: reads that waited for a chunk buffer from the pool.
     chunk_waits: AtomicU64,
+    /// Requests whose file came from the open-file cache without a stat.
+    cache_hits: AtomicU64,
+    /// Stats that found a cached file unchanged.
+    cache_revalidated: AtomicU64,
+    /// Files opened into the cache.
+    cache_opened: AtomicU64,
+    /// Cached files dropped because their path changed or vanished.
+    cache_invalidated: AtomicU64,
+    /// Cached files closed to make room.
+    cache_evicted: AtomicU64,
+    /// Reads answered from a cached file's bytes in memory.
+    body_hits: AtomicU64,
 }
 
 impl Stats {
@@ -221,15 +250,31 @@ impl Stats {
     fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} zc_notifs={} zc_copied={}",
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} zc_notifs={} zc_copied={} \
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} body_hits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
             get(&self.link_cancels),
             get(&self.chunk_waits),
             get(&self.zc_notifs),
-            get(&self.zc_copied)
+            get(&self.zc_copied),
+            get(&self.cache_hits),
+            get(&self.cache_revalidated),
+            get(&self.cache_opened),
+            get(&self.cache_invalidated),
+            get(&self.cache_evicted),
+            get(&self.body_hits),
         )
+    }
+
+    /// Adds what a worker's open-file cache counted.
+    fn add_cache(&self, c: ringwork_core::filecache::CacheStats) {
+        Self::add(&self.cache_hits, c.hits);
+        Self::add(&self.cache_revalidated, c.revalidated);
+        Self::add(&self.cache_opened, c.opened);
+        Self::add(&self.cache_invalidated, c.invalidated);
+        Self::add(&self.cache_evicted, c.evicted);
     }
 }
 
@@ -259,6 +304,25 @@ fn file_info(stx: &Statx) -> FileInfo {
         size: stx.stx_size,
         mtime_secs: u64::try_from(stx.stx_mtime.tv_sec).unwrap_or(0),
         dio,
+    }
+}
+
+/// What both drivers ask statx for: what HttpConn needs, and the inode for the cache.
+const STATX_MASK: StatxFlags = StatxFlags::TYPE
+    .union(StatxFlags::SIZE)
+    .union(StatxFlags::MTIME)
+    .union(StatxFlags::INO)
+    .union(StatxFlags::DIOALIGN);
+
+/// What identifies the file a statx describes, and its version, for the open-file cache.
+fn file_id(stx: &Statx) -> FileId {
+    let t = stx.stx_mtime;
+    FileId {
+        dev: u64::from(stx.stx_dev_major) << 32 | u64::from(stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mtime_ns: (t.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(t.tv_nsec)),
     }
 }
 
@@ -312,9 +376,15 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Each connection is a descriptor (two while it sends a file without registered files).
     let nofile = raise_nofile_limit();
+    // Token sub-indexes name cache entries (16 bits).
+    let cache_entries = args.open_file_cache.min(u32::from(u16::MAX));
     let max_conns = match args.max_conns {
         Some(n) => n.max(1),
-        None => default_max_conns(nofile, threads),
+        // Without registered files each cached file is a descriptor too.
+        None => default_max_conns(
+            nofile.saturating_sub(u64::from(cache_entries) * threads as u64),
+            threads,
+        ),
     };
     // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
     // registered-buffer index holds.
@@ -417,6 +487,14 @@ fn run(args: Args) -> Result<(), String> {
         max_conns,
         chunk_buffers,
         uring,
+        cache: CacheConfig {
+            entries: cache_entries,
+            valid_ms: args.open_file_cache_valid_ms,
+            body_budget: args.file_cache_memory as usize * 1024 * 1024,
+            // A kept body is sent the way a first chunk is: it must fit in one.
+            body_max: args.chunk,
+            max_path: Limits::default().max_target_len + "/index.html".len(),
+        },
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
         stats: Stats::default(),

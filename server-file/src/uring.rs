@@ -58,23 +58,24 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rustix::fd::{AsRawFd, OwnedFd};
-use rustix::fs::{AtFlags, StatxFlags};
+use rustix::fs::AtFlags;
 use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
 use ringwork_core::buf::{Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
+use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
-use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::{
     Acceptor, FixedBuffers, OpMemory, OpenArgs, Ring, SafeSqe, StatxTarget, Target,
 };
 
 use crate::epoll::tick_interval;
-use crate::{file_info, open_flags, Shared};
+use crate::{file_id, file_info, open_flags, Shared};
 
 struct Conn {
     http: HttpConn,
@@ -98,6 +99,14 @@ struct Conn {
     direct: bool,
     /// Without registered files: the open file (closed through the ring by Op::CloseFile).
     file: Option<OwnedFd>,
+    /// The open-file cache entry this request's file is in (a reference held from the stat
+    /// until Op::CloseFile), instead of the connection's own file slot or `file`.
+    cached: Option<EntryIx>,
+    /// `cached` was reserved for this request's open, which has not completed yet.
+    cache_opening: bool,
+    /// The read in flight: its file offset and where in the buffer it writes (to offer a
+    /// small file's bytes to the cache).
+    read_at: (u64, u32),
 }
 
 struct Driver<'s> {
@@ -126,6 +135,11 @@ struct Driver<'s> {
     waiting: VecDeque<(Token, Op, Option<Op>)>,
     direct_refused: bool,
     direct_noted: bool,
+    /// Open files shared by the requests for the same path: entry N in registered-file slot
+    /// `cache_base + N` (else in `cache_fds[N]`).
+    cache: FileCache,
+    cache_base: u32,
+    cache_fds: Vec<Option<OwnedFd>>,
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
@@ -195,13 +209,16 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     }
     // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
     // registration says which.
+    // Connection N's file in slot N; the open-file cache's entries after them.
+    let cache_entries = shared.cache.entries;
     let fixed_files = fixed_files
-        && match ring.register_files_sparse(slots) {
+        && match ring.register_files_sparse(slots + cache_entries) {
             Ok(()) => true,
             Err(e) => {
                 println!(
-                    "registering a file table of {slots} slots failed ({e}): \
-                     opening into plain descriptors"
+                    "registering a file table of {} slots failed ({e}): \
+                     opening into plain descriptors",
+                    slots + cache_entries
                 );
                 false
             }
@@ -278,6 +295,9 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         waiting: VecDeque::new(),
         direct_refused: false,
         direct_noted: false,
+        cache: FileCache::new(shared.cache),
+        cache_base: slots,
+        cache_fds: (0..cache_entries).map(|_| None).collect(),
     };
     d.acceptor
         .start(&mut d.ring)
@@ -290,6 +310,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     crate::Stats::add(&st.enters, rs.enters);
     crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
     crate::Stats::add(&st.busy_retries, rs.busy_retries);
+    st.add_cache(d.cache.stats());
     result
 }
 
@@ -414,6 +435,11 @@ impl Driver<'_> {
         if token == STOP_TOKEN {
             return self.on_stop_notice();
         }
+        if token.slot == Slot::WORKER && token.kind == OpKind::Close {
+            // A cached file's slot closed (whatever the result: the slot is empty now).
+            self.cache.on_closed(EntryIx(u32::from(token.sub)));
+            return Ok(());
+        }
         let now = self.shared.now();
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
@@ -450,7 +476,21 @@ impl Driver<'_> {
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
                 let info = res.map(|_| file_info(target.statx()));
+                let id = file_id(target.statx());
                 c.stat = Some(target);
+                // The cache learns what the path names now: the same file (a hit), a new
+                // one (opened into an entry), or nothing it keeps.
+                if c.cached.is_none() {
+                    let seen = info.map(|i| (i, id)).map_err(|_| ());
+                    match self.cache.on_stat(c.http.path(), seen, now.mono_ms) {
+                        StatOutcome::Hit(ix) => c.cached = Some(ix),
+                        StatOutcome::Open(ix) => {
+                            c.cached = Some(ix);
+                            c.cache_opening = true;
+                        }
+                        StatOutcome::Uncached => {}
+                    }
+                }
                 c.http.on_stat(now, info);
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
@@ -458,8 +498,21 @@ impl Driver<'_> {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
-                if !self.fixed_files {
-                    c.file = args.take_fd();
+                match c.cached {
+                    Some(ix) if c.cache_opening => {
+                        c.cache_opening = false;
+                        self.cache.on_open(ix, res.is_ok());
+                        if res.is_ok() {
+                            if !self.fixed_files {
+                                self.cache_fds[ix.0 as usize] = args.take_fd();
+                            }
+                        } else {
+                            // The entry is free again, and this request's reference gone.
+                            c.cached = None;
+                        }
+                    }
+                    _ if !self.fixed_files => c.file = args.take_fd(),
+                    _ => {}
                 }
                 c.open = Some(args);
                 c.http.on_open(now, res.map(|_| ()));
@@ -469,6 +522,17 @@ impl Driver<'_> {
                     crate::Stats::add(&self.shared.stats.link_cancels, 1);
                 }
                 let buf = c.read_buf;
+                // A small cached file read whole: its bytes are kept, for the hits to come.
+                if let (Some(ix), (0, pos), Ok(n)) = (c.cached, c.read_at, res) {
+                    if self.cache.wants_body(ix) {
+                        let buffers = self
+                            .ring
+                            .fixed_buffers()
+                            .expect("the chunk buffers are set up before the loop");
+                        let bytes = &buffers.bytes(&lease)[pos as usize..(pos + n) as usize];
+                        self.cache.offer_body(ix, bytes);
+                    }
+                }
                 c.chunks[usize::from(buf.0)] = Some(lease);
                 c.http.on_read(now, buf, res);
             }
@@ -501,6 +565,9 @@ impl Driver<'_> {
             read_buf: BufIx(0),
             direct: false,
             file: None,
+            cached: None,
+            cache_opening: false,
+            read_at: (0, 0),
         };
         // A full table (an accept the acceptor's capacity cancel did not stop in time): the
         // connection is dropped (its socket closed) at once.
@@ -516,6 +583,14 @@ impl Driver<'_> {
         let Some(c) = self.conns.remove(slot) else {
             return;
         };
+        // A cache reference the response did not close (it ended before its open): an entry
+        // reserved for an open never submitted is free again, a hit is let go.
+        match (c.cached, c.cache_opening) {
+            (Some(ix), true) => self.cache.on_open(ix, false),
+            (Some(ix), false) => self.cache.release(ix),
+            (None, _) => {}
+        }
+        self.close_evicted();
         let buffers = self
             .ring
             .fixed_buffers()
@@ -567,6 +642,97 @@ impl Driver<'_> {
         }
     }
 
+    /// Closes the files of the cache entries no request holds any more (dropped or evicted);
+    /// each entry is reusable once its close completes.
+    fn close_evicted(&mut self) {
+        while let Some(ix) = self.cache.poll_close() {
+            if self.fixed_files {
+                let token =
+                    Token::new(OpKind::Close, Slot::WORKER, Generation::ZERO).with_sub(ix.0 as u16);
+                let sqe = SafeSqe::close_fixed(self.cache_base + ix.0).user_data(token.encode());
+                // A full SQ is submitted to make room; should even that fail, the slot stays
+                // taken (the entry is never reused) rather than misnamed.
+                if self.ring.push_safe(sqe).is_err() {
+                    continue;
+                }
+            } else {
+                // close(2) of a regular file: at once.
+                self.cache_fds[ix.0 as usize] = None;
+                self.cache.on_closed(ix);
+            }
+        }
+    }
+
+    /// Performs `op` from the open-file cache when it can, with no system call: a stat of a
+    /// fresh cached path, the open of a cached file, a read of a small file's kept bytes
+    /// (when a chunk buffer is free at once), the close of a cached file. False: submit it.
+    fn from_cache(&mut self, slot: Slot, op: Op) -> bool {
+        let now = self.shared.now();
+        let Some(c) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        match op {
+            Op::Stat => {
+                if let Some(ix) = c.cached.take() {
+                    // Guard: a request's reference ends at its CloseFile, before the next stat.
+                    debug_assert!(false, "a stat while holding a cache entry");
+                    self.cache.release(ix);
+                }
+                let Some((ix, info)) = self.cache.hit(c.http.path(), now.mono_ms) else {
+                    return false;
+                };
+                c.cached = Some(ix);
+                c.cache_opening = false;
+                c.http.on_stat(now, Ok(info));
+                true
+            }
+            Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
+                // The file is open in its entry already. A linked first read, queued next,
+                // is submitted (or answered) on its own.
+                c.http.on_open(now, Ok(()));
+                true
+            }
+            Op::Read {
+                buf,
+                offset,
+                len,
+                buf_pos,
+            } => {
+                let cache = &self.cache;
+                let Some(ix) = c.cached.filter(|&ix| cache.body(ix).is_some()) else {
+                    return false;
+                };
+                if !self.waiting.is_empty() || !self.lease_for(slot, &op) {
+                    return false;
+                }
+                let body = self.cache.body(ix).expect("checked above");
+                let c = self.conns.get_mut(slot).expect("checked above");
+                let lease = c.chunks[usize::from(buf.0)]
+                    .as_ref()
+                    .expect("lease_for leased it");
+                let from = (offset as usize).min(body.len());
+                let to = (from + len as usize).min(body.len());
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .expect("the chunk buffers are set up before the loop");
+                buffers.bytes_mut(lease)[buf_pos as usize..buf_pos as usize + (to - from)]
+                    .copy_from_slice(&body[from..to]);
+                crate::Stats::add(&self.shared.stats.body_hits, 1);
+                c.http.on_read(now, buf, Ok((to - from) as u32));
+                true
+            }
+            Op::CloseFile if c.cached.is_some() => {
+                let ix = c.cached.take().expect("checked above");
+                self.cache.release(ix);
+                c.http.on_file_closed(now);
+                self.close_evicted();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Submits the reads that waited for a chunk buffer, in order, while the pool has one.
     fn serve_waiting(&mut self) -> Result<(), String> {
         while let Some(&(token, first, second)) = self.waiting.front() {
@@ -614,6 +780,9 @@ impl Driver<'_> {
                 // Op::Close, the file slot by Op::CloseFile).
                 self.free(slot);
                 break;
+            }
+            if self.from_cache(slot, op) {
+                continue;
             }
             let second = if matches!(
                 op,
@@ -723,8 +892,7 @@ impl Driver<'_> {
                 (OpKind::Send, sqe)
             }
             Op::Stat => {
-                let mask =
-                    StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::DIOALIGN;
+                let mask = crate::STATX_MASK;
                 let target = c.stat.take().unwrap_or_else(StatxTarget::new);
                 let sqe = SafeSqe::statx(root, c.http.path(), AtFlags::empty(), mask, target)
                     .map_err(|e| e.to_string())?;
@@ -743,7 +911,11 @@ impl Driver<'_> {
                 how.flags = u64::from(flags.bits());
                 how.resolve = resolve;
                 let args = c.open.take().unwrap_or_else(OpenArgs::new);
-                let file_slot = fixed_files.then_some(slot.0);
+                // Into the cache entry reserved for it, or the connection's own slot.
+                let file_slot = match c.cached {
+                    Some(ix) if c.cache_opening => fixed_files.then_some(self.cache_base + ix.0),
+                    _ => fixed_files.then_some(slot.0),
+                };
                 let sqe = SafeSqe::openat2(root, c.http.path(), how, file_slot, args)
                     .map_err(|e| e.to_string())?;
                 (OpKind::Open, sqe)
@@ -755,10 +927,20 @@ impl Driver<'_> {
                 buf_pos,
             } => {
                 c.read_buf = buf;
+                c.read_at = (offset, buf_pos);
                 let lease = c.chunks[usize::from(buf.0)]
                     .take()
                     .ok_or("HttpConn read into a buffer a read is filling")?;
-                let file = file_target(fixed_files, slot, c.file.as_ref());
+                let file = match c.cached {
+                    Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
+                    Some(ix) => Target::Fd(
+                        self.cache_fds[ix.0 as usize]
+                            .as_ref()
+                            .ok_or("a read of a cache entry with no file")?
+                            .as_raw_fd(),
+                    ),
+                    None => file_target(fixed_files, slot, c.file.as_ref()),
+                };
                 (
                     OpKind::Read,
                     self.ring.read_fixed(file, lease, buf_pos, len, offset),
