@@ -349,7 +349,8 @@ pub struct HttpConn {
     head: Vec<u8>,
     head_len: u32,
     head_sent: u32,
-    req: Option<ReqInfo>,
+    /// The request being answered (boxed: a connection waiting idle holds none).
+    req: Option<alloc::boxed::Box<ReqInfo>>,
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
@@ -983,8 +984,12 @@ impl HttpConn {
                 return Some(src.len());
             }
         };
-        if self.path.is_empty() {
-            self.path = vec![0; self.cfg.limits.max_target_len + "/index.html".len() + 1];
+        // Room for the decoded path (never longer than the target), `/index.html` and a NUL:
+        // sized to this target, so that a connection's memory follows what it asks for.
+        let need =
+            request.target.len().min(self.cfg.limits.max_target_len) + "/index.html".len() + 1;
+        if self.path.len() < need {
+            self.path = vec![0; need];
         }
         let keep_alive = request.keep_alive;
         let head_only = request.method == Method::Head;
@@ -1003,7 +1008,7 @@ impl HttpConn {
             Ok((p.len(), is_directory_request(target)))
         });
         // The head is consumed whatever the outcome (the caller moves the rest).
-        self.req = Some(info);
+        self.req = Some(alloc::boxed::Box::new(info));
         match checked {
             Ok((len, _dir)) => {
                 if len == 0 {
@@ -1028,12 +1033,12 @@ impl HttpConn {
     fn refuse(&mut self, now: Time, e: HttpError, head_only: bool) {
         // What is kept is dropped by the caller (start_request says it used it all).
         self.close_after = true;
-        self.req = Some(ReqInfo {
+        self.req = Some(alloc::boxed::Box::new(ReqInfo {
             head_only,
             keep_alive: false,
             range: None,
             if_modified_since: None,
-        });
+        }));
         self.error(now, e.status());
     }
 
@@ -1091,7 +1096,7 @@ impl HttpConn {
     /// up the body reader. False when the head does not fit (close).
     #[must_use]
     fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
-        let req = self.req.clone().unwrap_or(ReqInfo {
+        let req = self.req.as_deref().cloned().unwrap_or(ReqInfo {
             head_only: true,
             keep_alive: false,
             range: None,
@@ -2427,13 +2432,21 @@ mod tests {
             }
         }
         let rest = complete_io(&mut c, &mut bufs, &mut out);
-        assert!(matches!(rest[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1), "{rest:?}");
+        assert!(
+            matches!(rest[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1),
+            "{rest:?}"
+        );
         assert_eq!(c.heap_bytes(), 0, "idle after the response");
         // Half a head is kept; the rest completes it, with the next request pipelined behind.
         c.on_recv(now, Ok(b"GET /f HT"));
-        assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1 - 9));
+        assert!(
+            matches!(drain_ops(&mut c)[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1 - 9)
+        );
         assert!(c.heap_bytes() > cfg.limits.max_head_bytes);
-        c.on_recv(now, Ok(b"TP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n"));
+        c.on_recv(
+            now,
+            Ok(b"TP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
         assert_eq!(drain_ops(&mut c), [Op::Stat]);
         assert_eq!(c.path(), b"f\0");
         c.on_stat(now, Err(RawErrno::NOENT));
@@ -2444,7 +2457,12 @@ mod tests {
         let rest = complete_io(&mut c, &mut bufs, &mut out);
         assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
         assert_eq!(c.heap_bytes(), 0, "idle again");
-        assert_eq!(String::from_utf8_lossy(&out).matches("HTTP/1.1 404").count(), 2);
+        assert_eq!(
+            String::from_utf8_lossy(&out)
+                .matches("HTTP/1.1 404")
+                .count(),
+            2
+        );
     }
 
     #[test]

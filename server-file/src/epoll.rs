@@ -79,7 +79,6 @@ struct Conn {
     /// The chunk buffers, made when a read needs one and dropped when HttpConn no longer
     /// uses it: an idle connection holds none.
     bufs: [Option<AlignedBuf>; 2],
-    recv_buf: Vec<u8>,
     /// A receive waiting for EPOLLIN, or on the run queue when deferred (its `max`).
     pending_recv: Option<u32>,
     /// A send waiting for EPOLLOUT.
@@ -134,7 +133,6 @@ impl Conn {
             sock,
             file: None,
             bufs: [None, None],
-            recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
             pending_recv: None,
             pending_send: None,
             freed: false,
@@ -355,13 +353,25 @@ fn accept_batch(
     Ok(())
 }
 
+thread_local! {
+    /// The worker's receive buffer: a receive is synchronous here, and HttpConn keeps what it
+    /// needs of the bytes, so no connection needs one of its own.
+    static RECV: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
-    let max = (max as usize).min(c.recv_buf.len());
-    match rustix::net::recv(&c.sock, &mut c.recv_buf[..max], RecvFlags::empty()) {
-        Ok((n, _)) => c.http.on_recv(shared.now(), Ok(&c.recv_buf[..n])),
-        Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-        Err(e) => c.http.on_recv(shared.now(), Err(raw(e))),
-    }
+    RECV.with(|b| {
+        let mut buf = b.borrow_mut();
+        if buf.is_empty() {
+            buf.resize(shared.cfg.limits.max_head_bytes + 1, 0);
+        }
+        let max = (max as usize).min(buf.len());
+        match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
+            Ok((n, _)) => c.http.on_recv(shared.now(), Ok(&buf[..n])),
+            Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
+            Err(e) => c.http.on_recv(shared.now(), Err(raw(e))),
+        }
+    });
 }
 
 fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {

@@ -170,8 +170,8 @@ enum Feature {
     /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
     #[value(hide = true)]
     MultishotRecv,
-    /// ringwork-echo's; refused here (ringwork-files uses no provided buffer ring).
-    #[value(hide = true)]
+    /// Provided buffer ring for request heads (Linux 5.19): each connection receives into a
+    /// buffer of its own, which it holds while it waits for its next request.
     PbufRing,
 }
 
@@ -182,6 +182,7 @@ struct Features {
     fixed_files: bool,
     fixed_buffers: bool,
     links: bool,
+    pbuf_ring: bool,
 }
 
 impl Default for Features {
@@ -191,6 +192,7 @@ impl Default for Features {
             fixed_files: true,
             fixed_buffers: true,
             links: true,
+            pbuf_ring: true,
         }
     }
 }
@@ -228,6 +230,8 @@ struct Stats {
     link_cancels: AtomicU64,
     /// io_uring: reads that waited for a chunk buffer from the pool.
     chunk_waits: AtomicU64,
+    /// io_uring: head receives that found the provided buffer ring empty and waited.
+    head_waits: AtomicU64,
     /// Requests whose file came from the open-file cache without a stat.
     cache_hits: AtomicU64,
     /// Stats that found a cached file unchanged.
@@ -250,13 +254,14 @@ impl Stats {
     fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} zc_notifs={} zc_copied={} \
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
              cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} body_hits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
             get(&self.link_cancels),
             get(&self.chunk_waits),
+            get(&self.head_waits),
             get(&self.zc_notifs),
             get(&self.zc_copied),
             get(&self.cache_hits),
@@ -406,23 +411,16 @@ fn run(args: Args) -> Result<(), String> {
     if args.backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
-    for (feature, name, why) in [
-        (
-            Feature::MultishotRecv,
-            "multishot-recv",
-            "it receives request heads with single-shot IORING_OP_RECV",
-        ),
-        (
-            Feature::PbufRing,
-            "pbuf-ring",
-            "it receives into a per-connection buffer, not a provided buffer ring",
-        ),
-    ] {
+    for (feature, name, why) in [(
+        Feature::MultishotRecv,
+        "multishot-recv",
+        "it receives request heads with single-shot IORING_OP_RECV",
+    )] {
         if args.disable.contains(&feature) {
             return Err(format!(
                 "--disable {name}: ringwork-files does not use {name} ({why}); \
                  features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links"
+                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring"
             ));
         }
     }
@@ -445,6 +443,7 @@ fn run(args: Args) -> Result<(), String> {
             fixed_files: !disabled(Feature::FixedFiles),
             fixed_buffers: !disabled(Feature::FixedBuffers),
             links: !disabled(Feature::Links),
+            pbuf_ring: !disabled(Feature::PbufRing),
         },
     };
     let root_path = std::fs::canonicalize(&args.root)

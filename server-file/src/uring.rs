@@ -62,7 +62,7 @@ use rustix::fs::AtFlags;
 use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
-use ringwork_core::buf::{Lease, ZcSlot};
+use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
@@ -71,7 +71,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::{
-    Acceptor, FixedBuffers, OpMemory, OpenArgs, Ring, SafeSqe, StatxTarget, Target,
+    Acceptor, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget, Target,
 };
 
 use crate::epoll::tick_interval;
@@ -81,14 +81,11 @@ struct Conn {
     http: HttpConn,
     /// The socket, until HttpConn says Close.
     sock: Option<OwnedFd>,
-    /// The head receive buffer; with the ring while a receive is in flight.
+    /// Without a head buffer ring: the head receive buffer, with the ring while a receive is
+    /// in flight (made for the first receive).
     recv_buf: Option<Vec<u8>>,
-    /// Where a response head is copied to be sent; with the ring while its send is in flight.
-    head_buf: Option<Vec<u8>>,
-    /// The statx target; with the ring while a stat is in flight.
-    stat: Option<Box<StatxTarget>>,
-    /// The openat2 arguments; with the ring while an open is in flight.
-    open: Option<Box<OpenArgs>>,
+    /// The receive HttpConn asked for (its `max`), for a resubmission after ENOBUFS.
+    recv_max: u32,
     /// The connection's chunk buffers (HttpConn's `BufIx` 0 and 1), leased from the worker's
     /// pool for as long as HttpConn uses them; a lease is with the ring while a read fills
     /// its buffer.
@@ -140,7 +137,42 @@ struct Driver<'s> {
     cache: FileCache,
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
+    /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
+    /// (else into a buffer per connection).
+    head_ring: bool,
+    /// Receives that found the head ring empty (ENOBUFS), to resubmit once buffers are back.
+    recv_starved: Vec<Token>,
+    /// Memory the connections' operations borrow for a while (statx targets, openat2
+    /// arguments, response heads), kept for the next request instead of per connection.
+    spare: Spares,
 }
+
+/// Operation memory no connection holds, for the next that needs it.
+#[derive(Default)]
+struct Spares {
+    stat: Vec<Box<StatxTarget>>,
+    open: Vec<Box<OpenArgs>>,
+    head: Vec<Vec<u8>>,
+}
+
+/// Most of each kind of operation memory kept spare.
+const SPARES: usize = 256;
+
+fn keep<T>(list: &mut Vec<T>, item: T) {
+    if list.len() < SPARES {
+        list.push(item);
+    }
+}
+
+/// Most io-wq workers per ring, of each kind (bounded: file I/O; unbounded: the rest).
+const IOWQ_WORKERS: u32 = 16;
+
+/// The provided buffer ring request heads are received into.
+const HEAD_GROUP: BufGroup = BufGroup(0);
+/// Its buffers: enough for a burst of receives completing in one batch; a head longer than
+/// one buffer takes several receives.
+const HEAD_BUFFERS: u16 = 1024;
+const HEAD_BUFFER_SIZE: u32 = 2048;
 
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
@@ -264,6 +296,28 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             }
         }
     };
+    // Request heads into a provided buffer ring (Linux 5.19), so that a connection waiting
+    // for its next request holds no buffer; else into a buffer of its own.
+    let head_ring = want.pbuf_ring
+        && match ring.add_provided_buffers(
+            HEAD_GROUP,
+            HEAD_BUFFERS,
+            HEAD_BUFFER_SIZE,
+            ProvideMode::Ring,
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("{e}: receiving request heads into a buffer per connection");
+                false
+            }
+        };
+    // Opens, stats and cold reads that block run on io-wq threads: capped, so that a burst
+    // of them (10,000 connections missing the cache at once) queues instead of starting a
+    // thread each. Before Linux 5.15 the kernel's own limits stand.
+    let iowq = ring.register_iowq_max_workers(IOWQ_WORKERS, IOWQ_WORKERS);
+    if let Err(e) = &iowq {
+        println!("{e}: io-wq workers not capped");
+    }
     // A chain is two SQEs: a one-entry SQ cannot hold one.
     let links = links && fixed_files && ring.sq_entries() >= 2;
     let http_cfg = ringwork_core::httpconn::Config {
@@ -276,6 +330,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             .with("multishot_accept", acceptor.multishot())
             .with("fixed_files", fixed_files)
             .with("fixed_buffers", fixed)
+            .with("pbuf_ring", head_ring)
             .with("zerocopy", shared.cfg.zerocopy)
             .with("links", links)
     );
@@ -298,6 +353,9 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         cache: FileCache::new(shared.cache),
         cache_base: slots,
         cache_fds: (0..cache_entries).map(|_| None).collect(),
+        head_ring,
+        recv_starved: Vec::new(),
+        spare: Spares::default(),
     };
     d.acceptor
         .start(&mut d.ring)
@@ -397,6 +455,7 @@ impl Driver<'_> {
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
+            self.replenish_heads()?;
             self.acceptor
                 .poll(&mut self.ring, self.conns.len())
                 .map_err(|e| format!("io_uring submit: {e}"))?;
@@ -413,9 +472,43 @@ impl Driver<'_> {
         Ok(())
     }
 
-    fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
+    /// Hands the head buffers taken since the last call back to the kernel, then resubmits
+    /// the receives that found none.
+    fn replenish_heads(&mut self) -> Result<(), String> {
+        if !self.head_ring {
+            return Ok(());
+        }
+        self.ring
+            .publish_buffers(HEAD_GROUP)
+            .map_err(|e| format!("publishing head buffers: {e}"))?;
+        for token in std::mem::take(&mut self.recv_starved) {
+            let Some(c) = self.conns.get_checked_mut(&token) else {
+                continue;
+            };
+            let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+            let sqe = SafeSqe::recv_select(sock, HEAD_GROUP, false)
+                .select_len(c.recv_max)
+                .user_data(token.encode());
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
+    fn on_cqe(&mut self, mut cqe: ringwork_sys::Cqe) -> Result<(), String> {
         let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
+        };
+        // A head buffer the kernel picked goes back to the ring whatever becomes of it.
+        let head = cqe.take_buffer().map(|sel| {
+            self.ring
+                .buf_ring(HEAD_GROUP)
+                .expect("only head receives select buffers")
+                .take(sel)
+        });
+        let head = match head {
+            Some(Ok(lease)) => Some(lease),
+            Some(Err(e)) => return Err(format!("a head buffer went astray: {e}")),
+            None => None,
         };
         if self.acceptor.owns(&token) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
@@ -448,6 +541,12 @@ impl Driver<'_> {
         let mem = (!cqe.more()).then(|| self.ring.take_memory(ud)).flatten();
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only on HttpConn's Free.
+            if let Some(lease) = head {
+                self.ring
+                    .buf_ring(HEAD_GROUP)
+                    .expect("checked above")
+                    .recycle(lease);
+            }
             return Ok(());
         };
         let res = cqe.result();
@@ -468,16 +567,35 @@ impl Driver<'_> {
                 c.http.on_recv(now, bytes);
                 c.recv_buf = Some(buf);
             }
+            // The head ring was empty: the receive waits for buffers (HttpConn still counts
+            // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
+            (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
+                crate::Stats::add(&self.shared.stats.head_waits, 1);
+                self.recv_starved.push(token);
+                return Ok(());
+            }
+            (OpKind::Recv, None) => {
+                let br = self.ring.buf_ring(HEAD_GROUP);
+                match (head, br) {
+                    (Some(lease), Some(br)) => {
+                        let bytes = res.map(|n| br.bytes(&lease, n));
+                        c.http.on_recv(now, bytes);
+                        br.recycle(lease);
+                    }
+                    // End of stream or an error: no buffer was picked.
+                    _ => c.http.on_recv(now, res.map(|_| &[][..])),
+                }
+            }
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
-                    c.head_buf = Some(buf);
+                    keep(&mut self.spare.head, buf);
                 }
                 c.http.on_send(now, res);
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
                 let info = res.map(|_| file_info(target.statx()));
                 let id = file_id(target.statx());
-                c.stat = Some(target);
+                keep(&mut self.spare.stat, target);
                 // The cache learns what the path names now: the same file (a hit), a new
                 // one (opened into an entry), or nothing it keeps.
                 if c.cached.is_none() {
@@ -514,7 +632,7 @@ impl Driver<'_> {
                     _ if !self.fixed_files => c.file = args.take_fd(),
                     _ => {}
                 }
-                c.open = Some(args);
+                keep(&mut self.spare.open, args);
                 c.http.on_open(now, res.map(|_| ()));
             }
             (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
@@ -557,10 +675,8 @@ impl Driver<'_> {
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock: Some(sock),
-            recv_buf: Some(vec![0; cfg.limits.max_head_bytes + 1]),
-            head_buf: None,
-            stat: Some(StatxTarget::new()),
-            open: Some(OpenArgs::new()),
+            recv_buf: None,
+            recv_max: 0,
             chunks: [None, None],
             read_buf: BufIx(0),
             direct: false,
@@ -846,6 +962,13 @@ impl Driver<'_> {
                 let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
                 return Ok(Some(sqe.user_data(token.encode())));
             }
+            Op::Recv { max } if self.head_ring => {
+                c.recv_max = max;
+                (
+                    OpKind::Recv,
+                    SafeSqe::recv_select(sock, HEAD_GROUP, false).select_len(max),
+                )
+            }
             Op::Recv { max } => {
                 let buf = c
                     .recv_buf
@@ -855,7 +978,7 @@ impl Driver<'_> {
             }
             Op::Send(SendSrc::Head { start, len }) => {
                 // The head is copied out of HttpConn, into memory that goes with the send.
-                let mut buf = c.head_buf.take().unwrap_or_default();
+                let mut buf = self.spare.head.pop().unwrap_or_default();
                 buf.clear();
                 let start = start as usize;
                 buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
@@ -893,7 +1016,7 @@ impl Driver<'_> {
             }
             Op::Stat => {
                 let mask = crate::STATX_MASK;
-                let target = c.stat.take().unwrap_or_else(StatxTarget::new);
+                let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
                 let sqe = SafeSqe::statx(root, c.http.path(), AtFlags::empty(), mask, target)
                     .map_err(|e| e.to_string())?;
                 (OpKind::Statx, sqe)
@@ -910,7 +1033,7 @@ impl Driver<'_> {
                 let mut how = open_how::default();
                 how.flags = u64::from(flags.bits());
                 how.resolve = resolve;
-                let args = c.open.take().unwrap_or_else(OpenArgs::new);
+                let args = self.spare.open.pop().unwrap_or_else(OpenArgs::new);
                 // Into the cache entry reserved for it, or the connection's own slot.
                 let file_slot = match c.cached {
                     Some(ix) if c.cache_opening => fixed_files.then_some(self.cache_base + ix.0),
