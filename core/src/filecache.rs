@@ -495,6 +495,24 @@ impl FileCache {
         }
     }
 
+    /// Drops every entry no request holds (their files to be closed, by
+    /// [`FileCache::poll_close`]): for a driver out of descriptors, whose cached files then
+    /// make room for connections. Returns how many.
+    pub fn evict_unused(&mut self) -> usize {
+        let mut n = 0;
+        let mut cur = self.tail;
+        while cur != NIL {
+            let prev = self.entries[cur as usize].prev;
+            if self.entries[cur as usize].refs == 0 {
+                self.kill(cur);
+                n += 1;
+            }
+            cur = prev;
+        }
+        self.stats.evicted += n as u64;
+        n
+    }
+
     /// An entry whose file the driver must close now; report [`FileCache::on_closed`].
     pub fn poll_close(&mut self) -> Option<EntryIx> {
         self.closes.pop().map(EntryIx)
@@ -654,6 +672,24 @@ mod tests {
             StatOutcome::Open(ix) if ix == b
         ));
         assert!(c.hit(b"a", 4).is_some(), "the recently used entry stays");
+    }
+
+    #[test]
+    fn evict_unused_drops_every_entry_no_request_holds() {
+        let mut c = FileCache::new(cfg(4));
+        let a = open(&mut c, b"a", 1, 0);
+        let b = open(&mut c, b"b", 2, 0);
+        let d = open(&mut c, b"d", 3, 0);
+        c.release(a);
+        c.release(d);
+        assert_eq!(c.evict_unused(), 2);
+        let mut closed = [c.poll_close(), c.poll_close(), c.poll_close()];
+        closed.sort();
+        assert_eq!(closed, [None, Some(a), Some(d)]);
+        assert!(c.hit(b"b", 1).is_some(), "the entry in use stays");
+        assert_eq!(c.hit(b"a", 1), None);
+        c.release(b);
+        c.release(b);
     }
 
     #[test]

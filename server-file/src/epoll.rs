@@ -278,6 +278,11 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         }
         acceptor.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
         report_accept(&mut acceptor);
+        // Out of descriptors (accept paused): the cached files no request uses give theirs
+        // to the connections waiting.
+        if acceptor.next_deadline().is_some() && local.cache.evict_unused() > 0 {
+            local.close_evicted();
+        }
     }
 }
 

@@ -381,15 +381,24 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Each connection is a descriptor (two while it sends a file without registered files).
     let nofile = raise_nofile_limit();
-    // Token sub-indexes name cache entries (16 bits).
-    let cache_entries = args.open_file_cache.min(u32::from(u16::MAX));
+    // Token sub-indexes name cache entries (16 bits). Cached files held as descriptors
+    // (epoll, or io_uring without registered files) take at most a quarter of what
+    // RLIMIT_NOFILE allows, the rest is for connections (and out of descriptors, the cache
+    // gives up the files no request uses).
+    let cache_fds = args.backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
+    let mut cache_entries = args.open_file_cache.min(u32::from(u16::MAX));
+    if cache_fds {
+        cache_entries =
+            cache_entries.min((nofile / 4 / threads as u64).min(u64::from(u16::MAX)) as u32);
+    }
+    let held = if cache_fds {
+        u64::from(cache_entries) * threads as u64
+    } else {
+        0
+    };
     let max_conns = match args.max_conns {
         Some(n) => n.max(1),
-        // Without registered files each cached file is a descriptor too.
-        None => default_max_conns(
-            nofile.saturating_sub(u64::from(cache_entries) * threads as u64),
-            threads,
-        ),
+        None => default_max_conns(nofile.saturating_sub(held), threads),
     };
     // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
     // registered-buffer index holds.

@@ -460,6 +460,14 @@ impl Driver<'_> {
                 .poll(&mut self.ring, self.conns.len())
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             self.report_accept();
+            // Out of descriptors (accept paused): cached files held as descriptors (without
+            // registered files) that no request uses give theirs to the connections waiting.
+            if !self.fixed_files
+                && self.acceptor.next_deadline().is_some()
+                && self.cache.evict_unused() > 0
+            {
+                self.close_evicted();
+            }
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
                 self.each_open_conn(HttpConn::abort)?;

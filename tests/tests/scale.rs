@@ -11,7 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::Client;
-use ringwork_e2e::{fresh_dir, raise_nofile_limit, random_bytes, Server, BACKENDS};
+use ringwork_e2e::{
+    assert_fds_return, fresh_dir, raise_nofile_limit, random_bytes, Server, BACKENDS,
+};
 
 /// Files `f0`..`f49` of assorted sizes up to 20 KB.
 const FILES: usize = 50;
@@ -76,7 +78,7 @@ fn ten_thousand_keep_alive_clients_download_byte_exact() {
         let line = first_line(&mut c);
         assert_eq!(line.trim(), format!("ok {CONNS}"), "{backend}: client said");
         assert!(c.wait().unwrap().success(), "{backend}: client failed");
-        fds_return(&server, baseline, backend, FILES, "after 10K clients");
+        assert_fds_return(&server, baseline, &format!("{backend}: after 10K clients"));
     }
 }
 
@@ -127,7 +129,7 @@ fn two_thousand_slowloris_connections_do_not_lock_out_a_normal_client() {
             attack.wait().unwrap().success(),
             "{backend}: attacker failed"
         );
-        fds_return(&server, baseline, backend, 1, "after the attack");
+        assert_fds_return(&server, baseline, &format!("{backend}: after the attack"));
     }
 }
 
@@ -217,24 +219,4 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-/// Waits for the server's descriptors to return to `baseline`, plus, with the epoll backend,
-/// the open-file cache's descriptors for the `files` files served (one per file and thread at
-/// most: they stay open by design; the io_uring backend keeps them in registered slots).
-fn fds_return(server: &Server, baseline: usize, backend: &str, files: usize, what: &str) {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let cached = if backend == "epoll" {
-        files * threads
-    } else {
-        0
-    };
-    let ok = server.wait_until(Duration::from_secs(15), |s| {
-        s.fd_count() <= baseline + cached
-    });
-    assert!(
-        ok,
-        "{backend}: {what}: server holds {} fds, baseline {baseline} + {cached} cached",
-        server.fd_count()
-    );
 }
