@@ -15,6 +15,7 @@ mod echo;
 mod fileread;
 mod http;
 mod nginx;
+mod peers;
 mod sendpath;
 mod stats;
 mod workloads;
@@ -52,9 +53,17 @@ enum Command {
         /// Also run ringwork-echo with --sqpoll as a third backend.
         #[arg(long)]
         sqpoll: bool,
-        /// Another echo server you already run, as another column: NAME=HOST:PORT (repeatable).
+        /// Another echo server as another column, in the same alternation (repeatable):
+        /// NAME=COMMAND starts `sh -c 'exec COMMAND'` with {port} replaced by a free loopback
+        /// port and pins it like ringwork-echo; NAME=HOST:PORT measures one already running
+        /// (not pinned, no CPU figures).
         #[arg(long, value_parser = compare::parse_external)]
         external: Vec<compare::Backend>,
+        /// Also build (cargo, release) and measure the echo servers in bench/peers: tokio
+        /// (current-thread) and monoio (io_uring). Peers that cannot be built or started are
+        /// left out, and the report says why.
+        #[arg(long)]
+        peers: bool,
         /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
         /// ringwork-files, found next to this binary) workloads, and ringwork-files against
         /// nginx (when `nginx` is on PATH).
@@ -346,6 +355,7 @@ fn main() {
             server_bin,
             sqpoll,
             external,
+            peers,
             files,
         } => (|| -> Result<(), String> {
             raise_nofile_limit();
@@ -374,6 +384,13 @@ fn main() {
                 None
             };
             let mut backends = compare::default_backends(sqpoll);
+            let peers_note = if peers {
+                let peers = peers::prepare(&peers::source_dir());
+                backends.extend(peers.backends);
+                Some(peers.note)
+            } else {
+                None
+            };
             backends.extend(external);
             let opts = compare::Options {
                 server_bin,
@@ -388,6 +405,7 @@ fn main() {
                 out_dir: out,
                 files_bin,
                 quick,
+                peers_note,
                 command_line: std::env::args()
                     .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
                     .collect::<Vec<_>>()
