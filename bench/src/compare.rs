@@ -228,11 +228,16 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        // One that exited (at start) is reaped already: its pid may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        // A server started from someone else's command line may ignore SIGTERM.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // A server started from someone else's command line may ignore SIGTERM; Ringwork's
+        // own drain within their grace periods (5 s at most by default).
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
