@@ -29,14 +29,15 @@ use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringwork-files", version)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on (port 0 picks a free port and prints it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
     /// CPU).
     #[arg(long)]
     threads: Option<usize>,
-    /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN).
+    /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN); off by
+    /// default (reads go through the page cache).
     #[arg(long)]
     direct: bool,
     /// I/O backend.
@@ -85,21 +86,24 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     sq_entries: u32,
     /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
-    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
-    /// the kernel refuses SQPOLL the server exits with the reason.
+    /// ms before the poller sleeps (`--sqpoll` alone: 10 ms; off by default). Without
+    /// DEFER_TASKRUN (the kernel refuses the pair). When the kernel refuses SQPOLL the server
+    /// exits with the reason.
     #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
     sqpoll: Option<u32>,
-    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    /// io_uring, with `--sqpoll`: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    /// Default: none, and the poller may run on any CPU.
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     sqpoll_cpu: Option<u32>,
     /// io_uring: send file chunks with IORING_OP_SEND_ZC (Linux 6.0) straight from the
     /// registered chunk buffer, with IORING_SEND_ZC_REPORT_USAGE (6.2); a buffer is refilled
-    /// only after its notification. The `stats:` line at shutdown says how often the kernel
-    /// copied anyway (always, on loopback).
+    /// only after its notification. Off by default. The `stats:` line at shutdown says how
+    /// often the kernel copied anyway (always, on loopback).
     #[arg(long)]
     zerocopy: bool,
-    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
-    /// feature wins over the flag that asks for it (`--sqpoll`, `--zerocopy`).
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated; default: none,
+    /// every feature the kernel has is used). A disabled feature wins over the flag that asks
+    /// for it (`--sqpoll`, `--zerocopy`).
     #[arg(
         long,
         value_enum,
