@@ -149,8 +149,10 @@ struct Driver<'s> {
     spare: Spares,
 }
 
-/// Operation memory no connection holds, for the next that needs it.
+/// Operation memory no connection holds, for the next that needs it (boxed as the
+/// operations take it).
 #[derive(Default)]
+#[allow(clippy::vec_box)]
 struct Spares {
     stat: Vec<Box<StatxTarget>>,
     open: Vec<Box<OpenArgs>>,
@@ -825,7 +827,7 @@ impl Driver<'_> {
     /// Performs `op` from the open-file cache when it can, with no system call: a stat of a
     /// fresh cached path, the open of a cached file, a read of a small file's kept bytes
     /// (when a chunk buffer is free at once), the close of a cached file. False: submit it.
-    fn from_cache(&mut self, slot: Slot, op: Op) -> bool {
+    fn answer_from_cache(&mut self, slot: Slot, op: Op) -> bool {
         let now = self.shared.now();
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
@@ -940,7 +942,7 @@ impl Driver<'_> {
                 self.free(slot);
                 break;
             }
-            if self.from_cache(slot, op) {
+            if self.answer_from_cache(slot, op) {
                 continue;
             }
             let second = if matches!(
@@ -1076,7 +1078,7 @@ impl Driver<'_> {
                 let mut how = open_how::default();
                 how.flags = u64::from(flags.bits());
                 how.resolve = resolve;
-                let args = self.spare.open.pop().unwrap_or_else(OpenArgs::new);
+                let args = self.spare.open.pop().unwrap_or_default();
                 // Into the cache entry reserved for it, or the connection's own slot.
                 let file_slot = match c.cached {
                     Some(ix) if c.cache_opening => fixed_files.then_some(self.cache_base + ix.0),

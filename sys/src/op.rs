@@ -282,7 +282,6 @@ impl SafeSqe {
     }
 
     /// Caps a buffer-select recv at `len` bytes; see [`Sqe::select_len`].
-    #[must_use]
     pub fn select_len(mut self, len: u32) -> Self {
         debug_assert!(self.mem.is_none());
         self.sqe = self.sqe.select_len(len);
