@@ -7,7 +7,8 @@
 //! readiness) and feeds the result back. Both run exactly these decisions.
 //!
 //! A request goes: receive the head → parse (pipelined bytes stay buffered) → [`Op::Stat`] the
-//! path → (a directory: stat `index.html` inside it) → [`Op::Open`] → send the head and stream
+//! path → (a directory: stat `index.html` inside it when the target ends with `/`, else a 301
+//! to the slashed target) → [`Op::Open`] → send the head and stream
 //! the body through two buffers (read the next chunk while the current one is sent, with
 //! [`FileRead`] handling short reads and O_DIRECT alignment) → [`Op::CloseFile`] → next
 //! request or [`Op::Close`] → [`Op::Free`].
@@ -42,8 +43,8 @@ use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
     content_type, error_response, is_directory_request, normalize_path, not_modified, parse_range,
-    parse_request, ContentRange, HttpError, Limits, Method, Parsed, RangeResult, ResponseHead,
-    Status,
+    parse_request, redirect_response, slash_redirect_location, ContentRange, HttpError, Limits,
+    Method, Parsed, RangeResult, ResponseHead, Status,
 };
 
 /// Which of the connection's two chunk buffers.
@@ -297,6 +298,9 @@ enum BufState {
 struct ReqInfo {
     head_only: bool,
     keep_alive: bool,
+    /// The target's path ends with `/`: a directory found there serves its index; without
+    /// the slash it is redirected to the slashed path.
+    slash: bool,
     range: Option<ArrayVec<u8, 128>>,
     if_modified_since: Option<ArrayVec<u8, 64>>,
 }
@@ -349,6 +353,9 @@ pub struct HttpConn {
     head_len: u32,
     head_sent: u32,
     req: Option<ReqInfo>,
+    /// The current request's target as received (still percent-encoded): the path the
+    /// trailing-slash redirect is made from.
+    target: Vec<u8>,
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
@@ -392,6 +399,7 @@ impl HttpConn {
             head_len: 0,
             head_sent: 0,
             req: None,
+            target: Vec::with_capacity(cfg.limits.max_target_len),
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
@@ -571,6 +579,15 @@ impl HttpConn {
                         link_next: false,
                     });
                 }
+            }
+            Ok(info)
+                if info.kind == FileKind::Directory
+                    && !index
+                    && !self.req.as_ref().is_some_and(|r| r.slash) =>
+            {
+                // `/sub` is a directory: relative links in its index resolve against `/sub/`,
+                // so send the client there first (as every static server does).
+                self.redirect(now)
             }
             Ok(info) if info.kind == FileKind::Directory && !index => {
                 // A directory: its index.html, or nothing (no listings).
@@ -920,6 +937,7 @@ impl HttpConn {
         let info = ReqInfo {
             head_only,
             keep_alive,
+            slash: is_directory_request(request.target.as_bytes()),
             range: request.range.and_then(|r| ArrayVec::try_from(r).ok()),
             if_modified_since: request
                 .if_modified_since
@@ -928,15 +946,16 @@ impl HttpConn {
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();
             let cap = self.path.len() - "/index.html".len() - 1;
-            let p = normalize_path(target, &mut self.path[..cap])?;
-            Ok((p.len(), is_directory_request(target)))
+            Ok(normalize_path(target, &mut self.path[..cap])?.len())
         });
+        self.target.clear();
+        self.target.extend_from_slice(request.target.as_bytes());
         // The head is consumed whatever the outcome; pipelined bytes move to the front.
         self.rbuf.copy_within(head_len..self.rlen, 0);
         self.rlen -= head_len;
         self.req = Some(info);
         match checked {
-            Ok((len, _dir)) => {
+            Ok(len) => {
                 if len == 0 {
                     self.path[0] = b'.';
                     self.path_len = 1;
@@ -958,6 +977,7 @@ impl HttpConn {
         self.req = Some(ReqInfo {
             head_only,
             keep_alive: false,
+            slash: false,
             range: None,
             if_modified_since: None,
         });
@@ -974,6 +994,33 @@ impl HttpConn {
             Ok(l) if head_only => l.head,
             Ok(l) => l.total,
             // HEAD_CAP holds any error response; should it not, closing is the fallback.
+            Err(_) => return self.close(),
+        };
+        self.start_head(len);
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    /// Answers a directory requested without its trailing slash with a 301 to the slashed
+    /// target (the request's own bytes, made a safe header value by
+    /// [`slash_redirect_location`]); the connection stays open as after any response.
+    fn redirect(&mut self, now: Time) {
+        let (head_only, keep_alive) = self.req.as_ref().map_or((false, false), |r| {
+            (r.head_only, r.keep_alive && !self.close_after)
+        });
+        self.close_after |= !keep_alive;
+        // Rare, so the room for a long Location is made when needed.
+        let mut location = vec![0; 3 * self.target.len() + 2];
+        let Some(location) = slash_redirect_location(&self.target, &mut location) else {
+            // The target parsed as a path before, so this cannot fail; close if it does.
+            return self.close();
+        };
+        if self.head.len() < HEAD_CAP + location.len() {
+            self.head.resize(HEAD_CAP + location.len(), 0);
+        }
+        let len = match redirect_response(location, keep_alive, now.unix_secs, &mut self.head) {
+            Ok(l) if head_only => l.head,
+            Ok(l) => l.total,
             Err(_) => return self.close(),
         };
         self.start_head(len);
@@ -1014,6 +1061,7 @@ impl HttpConn {
         let req = self.req.clone().unwrap_or(ReqInfo {
             head_only: true,
             keep_alive: false,
+            slash: false,
             range: None,
             if_modified_since: None,
         });
@@ -1662,6 +1710,7 @@ mod tests {
         Range(u64, u64),
         Missing,
         Dir,
+        DirNoSlash,
         Escape,
     }
 
@@ -1672,6 +1721,7 @@ mod tests {
             2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
+            1 => Just(Req::DirNoSlash),
             1 => Just(Req::Escape),
         ]
     }
@@ -1694,6 +1744,7 @@ mod tests {
                     Req::Head => "HEAD /f HTTP/1.1",
                     Req::Missing => "GET /nope HTTP/1.1",
                     Req::Dir => "GET /d/ HTTP/1.1",
+                    Req::DirNoSlash => "GET /d?q=1 HTTP/1.1",
                     Req::Escape => "GET /x HTTP/1.1",
                 };
                 input.extend_from_slice(line.as_bytes());
@@ -1732,6 +1783,10 @@ mod tests {
                         }
                     }
                     Req::Missing => prop_assert_eq!(status, 404),
+                    Req::DirNoSlash => {
+                        prop_assert_eq!(status, 301);
+                        prop_assert_eq!(&body[..], b"301 Moved Permanently\n");
+                    }
                     Req::Dir | Req::Escape => prop_assert_eq!(status, 403),
                 }
             }
@@ -2449,5 +2504,54 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&s.out)
         );
+    }
+
+    fn head_of(out: &[u8]) -> String {
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        String::from_utf8(out[..end].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_directory_without_its_slash_is_redirected_with_the_query() {
+        let input = b"GET /d?q=%41&r HTTP/1.1\r\nHost: x\r\n\r\nHEAD /d HTTP/1.1\r\nHost: x\r\n\r\nGET /d/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![1000]);
+        s.run();
+        assert!(!s.closed, "a redirect keeps the connection");
+        let got = responses(&s.out, &[false, true, false]);
+        assert_eq!(
+            got.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [301, 301, 403],
+            "with the slash: the index, or 403 without one"
+        );
+        let head = head_of(&s.out);
+        assert!(head.contains("\r\nLocation: /d/?q=%41&r\r\n"), "{head}");
+        assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
+    }
+
+    #[test]
+    fn a_long_redirect_target_is_encoded_whole() {
+        // Every byte of a long non-ASCII name becomes three in the Location, beyond the
+        // usual head capacity.
+        let name = "\u{e9}".repeat(400);
+        let input = alloc::format!("GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut c = HttpConn::new(Config::default(), Time::default());
+        let _ = drain_ops(&mut c);
+        c.on_recv(Time::default(), Ok(input.as_bytes()));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        let dir = FileInfo {
+            kind: FileKind::Directory,
+            size: 0,
+            mtime_secs: 0,
+            dio: None,
+        };
+        c.on_stat(Time::default(), Ok(dir));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        let want = alloc::format!("\r\nLocation: /{}/\r\n", "%C3%A9".repeat(400));
+        assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
+        assert!(head.contains(&want), "{head}");
     }
 }

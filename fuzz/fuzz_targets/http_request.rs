@@ -1,10 +1,14 @@
 //! Arbitrary bytes as an HTTP request head: parsing never panics, a complete request's head
 //! length lies within the input, every error maps to a 4xx/5xx status, and a response head
-//! for whatever status results can be written.
+//! for whatever status results can be written. The trailing-slash redirect's Location for a
+//! parsed target is visible ASCII (no CR/LF can reach the head) and stays on this server.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringwork_core::http::{error_response, normalize_path, parse_request, Limits, Parsed};
+use ringwork_core::http::{
+    error_response, is_directory_request, normalize_path, parse_request, redirect_response,
+    slash_redirect_location, Limits, Parsed,
+};
 
 fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
@@ -18,6 +22,15 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(p) = normalize_path(request.target.as_bytes(), &mut path) {
                 assert!(!p.starts_with('/'));
                 assert!(!p.split('/').any(|seg| seg == ".."));
+            }
+            let target = request.target.as_bytes();
+            let mut location = [0u8; 3 * 2048 + 2];
+            if let Some(loc) = slash_redirect_location(target, &mut location) {
+                assert!(loc.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'));
+                assert!(loc.starts_with('/') && !loc.starts_with("//"));
+                assert!(is_directory_request(loc.as_bytes()));
+                let mut head = [0u8; 8192];
+                redirect_response(loc, true, 0, &mut head).expect("a redirect fits 8 KiB");
             }
             let _ = request.check_servable();
         }

@@ -837,3 +837,35 @@ fn at_capacity_new_connections_wait_in_the_backlog_not_closed() {
         drop(held);
     }
 }
+
+/// A directory without its trailing slash: 301 to the slashed target (query kept, the
+/// client's encoding kept, CR/LF never reaching a header); with the slash: its index, or 403.
+fn scenario_directory_redirects(backend: &str) {
+    let s = start(backend, &[]);
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/withindex?x=1&y=%41", "");
+    assert_eq!(r.status, 301, "{backend}: {}", r.head);
+    assert_eq!(r.header("Location"), Some("/withindex/?x=1&y=%41"));
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+    let r = c.get(r.header("Location").unwrap(), "");
+    assert_eq!((r.status, &r.body[..]), (200, &b"<p>index</p>\n"[..]));
+    let r = c.get("/noindex", "");
+    assert_eq!((r.status, r.header("Location")), (301, Some("/noindex/")));
+    assert_eq!(c.get("/noindex/", "").status, 403, "no listings");
+    // HEAD answers as GET, without the body.
+    c.send(b"HEAD /withindex HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read(true).unwrap();
+    assert_eq!((r.status, r.header("Location")), (301, Some("/withindex/")));
+    // `//host` must not become a scheme-relative redirect off this server.
+    let r = c.get("//withindex", "");
+    assert_eq!(r.header("Location"), Some("/withindex/"));
+    // Still usable after all of them.
+    assert!(c.get("/f4095", "").body == file("f4095"));
+}
+
+#[test]
+fn a_directory_without_its_slash_is_redirected_to_it() {
+    for backend in BACKENDS {
+        scenario_directory_redirects(backend);
+    }
+}

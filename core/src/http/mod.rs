@@ -9,10 +9,12 @@
 //! - [`Request::check_servable`] applies the static server's policy: only GET and HEAD (405),
 //!   and no request bodies (400).
 //! - [`normalize_path`] turns a request target into a relative path that cannot climb out of
-//!   the served root, [`parse_range`] reads a single `Range: bytes=` spec, [`parse_http_date`]
+//!   the served root (and [`slash_redirect_location`] the safe `Location` of a directory
+//!   requested without its slash), [`parse_range`] reads a single `Range: bytes=` spec, [`parse_http_date`]
 //!   and [`format_http_date`] convert HTTP-dates without libc, and [`content_type`] maps file
 //!   extensions to media types.
-//! - [`ResponseHead::write`] and [`error_response`] write responses into a caller's buffer.
+//! - [`ResponseHead::write`], [`error_response`] and [`redirect_response`] write responses into
+//!   a caller's buffer.
 //!
 //! What it deliberately does not do: read the clock (the current time is an argument), touch
 //! files (the server opens them with openat2 `RESOLVE_BENEATH`, which is the real guard against
@@ -30,11 +32,12 @@ mod response;
 
 pub use date::{format_http_date, not_modified, parse_http_date, MAX_HTTP_DATE};
 pub use mime::content_type;
-pub use path::{is_directory_request, normalize_path};
+pub use path::{is_directory_request, normalize_path, slash_redirect_location};
 pub use range::{parse_range, RangeResult};
 pub use request::{parse_request, HttpError, Limits, Method, Parsed, Request, MAX_HEADERS};
 pub use response::{
-    error_response, ContentRange, ErrorResponseLen, HeadTooSmall, ResponseHead, Status, ALLOW,
+    error_response, redirect_response, ContentRange, ErrorResponseLen, HeadTooSmall, ResponseHead,
+    Status, ALLOW,
 };
 
 /// Strips optional whitespace (SP and HTAB) from both ends.

@@ -115,6 +115,59 @@ pub fn is_directory_request(target: &[u8]) -> bool {
     path_part(target).is_some_and(|p| p.last() == Some(&b'/'))
 }
 
+/// The `Location` of the 301 that adds the trailing slash to a directory requested without
+/// one: the target's own path (an absolute-form `http://host` prefix dropped), `/`, then its
+/// query; the fragment is dropped. Bytes go out as the client sent them (its percent-encoding
+/// is kept, not re-encoded from the normalised path) except bytes outside visible ASCII and
+/// `\`, which are percent-encoded: so no CR, LF or space can reach the header, whatever let
+/// the target through. A leading run of slashes becomes one, so that `//host/dir` cannot turn
+/// into a scheme-relative redirect to another host (`\` is encoded for the same reason:
+/// browsers read `/\host` as `//host`).
+///
+/// `None` when the target is not a path or `out` is too small; three bytes per target byte
+/// and two more always suffice.
+pub fn slash_redirect_location<'o>(target: &[u8], out: &'o mut [u8]) -> Option<&'o str> {
+    let path = path_part(target)?;
+    // path_part found the path inside `target`; the query starts right after it.
+    let path_start = path.as_ptr() as usize - target.as_ptr() as usize;
+    let after = &target[path_start + path.len()..];
+    let query = match after.first() {
+        Some(b'?') => {
+            let end = after.iter().position(|b| *b == b'#').unwrap_or(after.len());
+            &after[..end]
+        }
+        _ => &[][..],
+    };
+    let mut path = path;
+    while let [b'/', rest @ ..] = path {
+        path = rest;
+    }
+    let mut len = 0;
+    let mut put = |b: u8| -> Option<()> {
+        *out.get_mut(len)? = b;
+        len += 1;
+        Some(())
+    };
+    put(b'/')?;
+    // The root, or a path that has its slash already, gets none added.
+    let slash: &[u8] = match path.last() {
+        None | Some(b'/') => b"",
+        Some(_) => b"/",
+    };
+    for &b in path.iter().chain(slash).chain(query) {
+        if b <= b' ' || b >= 0x7f || b == b'\\' {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            put(b'%')?;
+            put(HEX[usize::from(b >> 4)])?;
+            put(HEX[usize::from(b & 15)])?;
+        } else {
+            put(b)?;
+        }
+    }
+    // Only visible ASCII was written.
+    core::str::from_utf8(&out[..len]).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +260,62 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    fn location(target: &[u8]) -> Option<String> {
+        let mut out = [0u8; 256];
+        slash_redirect_location(target, &mut out).map(String::from)
+    }
+
+    #[test]
+    fn slash_redirects_keep_the_query_and_the_encoding() {
+        assert_eq!(location(b"/sub").as_deref(), Some("/sub/"));
+        assert_eq!(location(b"/a/b?x=1&y").as_deref(), Some("/a/b/?x=1&y"));
+        assert_eq!(location(b"/a%20b?q#frag").as_deref(), Some("/a%20b/?q"));
+        assert_eq!(location(b"/a#f?g").as_deref(), Some("/a/"));
+        assert_eq!(location(b"http://h.example/d?q").as_deref(), Some("/d/?q"));
+        assert_eq!(location(b"/caf\xc3\xa9").as_deref(), Some("/caf%C3%A9/"));
+        assert_eq!(location(b"/d/."), Some(String::from("/d/./")));
+        assert_eq!(location(b"*"), None);
+        assert_eq!(location(b"d"), None);
+        let mut small = [0u8; 5];
+        assert_eq!(slash_redirect_location(b"/abcd", &mut small), None);
+        assert_eq!(slash_redirect_location(b"/abc", &mut small), Some("/abc/"));
+    }
+
+    #[test]
+    fn slash_redirects_stay_on_this_host() {
+        assert_eq!(
+            location(b"//evil.example").as_deref(),
+            Some("/evil.example/")
+        );
+        assert_eq!(
+            location(b"///evil.example/x").as_deref(),
+            Some("/evil.example/x/")
+        );
+        assert_eq!(
+            location(b"/\\evil.example").as_deref(),
+            Some("/%5Cevil.example/")
+        );
+        assert_eq!(
+            location(b"/a\r\nSet-Cookie: x").as_deref(),
+            Some("/a%0D%0ASet-Cookie:%20x/")
+        );
+    }
+
+    proptest! {
+        /// Whatever the target, the Location is visible ASCII starting with exactly one `/`,
+        /// and it names a directory (so following it cannot redirect again).
+        #[test]
+        fn slash_redirects_are_safe_header_values(target in proptest::collection::vec(any::<u8>(), 0..60)) {
+            let mut t = std::vec![b'/'];
+            t.extend_from_slice(&target);
+            let mut out = [0u8; 200];
+            let loc = slash_redirect_location(&t, &mut out).expect("3n+2 bytes suffice");
+            prop_assert!(loc.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'), "{:?}", loc);
+            prop_assert!(loc.starts_with('/') && !loc.starts_with("//"), "{:?}", loc);
+            prop_assert!(is_directory_request(loc.as_bytes()), "{:?}", loc);
         }
     }
 }

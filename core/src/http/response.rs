@@ -310,6 +310,35 @@ pub fn error_response(
     now: u64,
     out: &mut [u8],
 ) -> Result<ErrorResponseLen, HeadTooSmall> {
+    small_response(status, None, keep_alive, now, out)
+}
+
+/// Writes a complete 301 to `location` (from [`slash_redirect_location`], which makes it a
+/// safe header value) with a plain-text body, as [`error_response`] does.
+///
+/// [`slash_redirect_location`]: super::slash_redirect_location
+pub fn redirect_response(
+    location: &str,
+    keep_alive: bool,
+    now: u64,
+    out: &mut [u8],
+) -> Result<ErrorResponseLen, HeadTooSmall> {
+    small_response(
+        Status::MovedPermanently,
+        Some(location),
+        keep_alive,
+        now,
+        out,
+    )
+}
+
+fn small_response(
+    status: Status,
+    location: Option<&str>,
+    keep_alive: bool,
+    now: u64,
+    out: &mut [u8],
+) -> Result<ErrorResponseLen, HeadTooSmall> {
     let reason = status.reason().as_bytes();
     let body_len = if status.forbids_body() {
         0
@@ -320,6 +349,7 @@ pub fn error_response(
     head.content_length = body_len as u64;
     head.content_type = (body_len > 0).then_some("text/plain; charset=utf-8");
     head.keep_alive = keep_alive;
+    head.location = location;
     if status == Status::MethodNotAllowed {
         head.allow = Some(ALLOW);
     }
@@ -494,5 +524,16 @@ mod tests {
             }
         }
 
+    }
+
+    #[test]
+    fn redirect_responses() {
+        let mut out = [0u8; 512];
+        let w = redirect_response("/sub/?q=1", true, 0, &mut out).unwrap();
+        let (code, hs, head) = parse_response(&out[..w.total]);
+        assert_eq!((code, head), (301, w.head));
+        assert_eq!(header(&hs, "location"), Some("/sub/?q=1"));
+        assert_eq!(header(&hs, "connection"), Some("keep-alive"));
+        assert_eq!(&out[w.head..w.total], b"301 Moved Permanently\n");
     }
 }
