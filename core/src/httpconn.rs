@@ -42,9 +42,9 @@ use crate::buf::{BufId, ZcSlot, ZcTracker};
 use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
-    content_type, error_response, is_directory_request, normalize_path, not_modified, parse_range,
-    parse_request, redirect_response, slash_redirect_location, ContentRange, HttpError, Limits,
-    Method, Parsed, RangeResult, ResponseHead, Status,
+    client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
+    normalize_path, parse_range, parse_request, redirect_response, slash_redirect_location,
+    ContentRange, ETag, HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
 };
 
 /// Which of the connection's two chunk buffers.
@@ -294,7 +294,7 @@ enum BufState {
 }
 
 /// The request being answered.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct ReqInfo {
     head_only: bool,
     keep_alive: bool,
@@ -303,6 +303,10 @@ struct ReqInfo {
     slash: bool,
     range: Option<ArrayVec<u8, 128>>,
     if_modified_since: Option<ArrayVec<u8, 64>>,
+    /// Longer than this is kept as an empty list, which matches nothing: the full response.
+    if_none_match: Option<ArrayVec<u8, 256>>,
+    /// Longer than this is kept empty, which never holds: the whole file.
+    if_range: Option<ArrayVec<u8, 64>>,
 }
 
 /// Most zero-copy sends a connection has unfinished (result or notification outstanding) at
@@ -942,6 +946,12 @@ impl HttpConn {
             if_modified_since: request
                 .if_modified_since
                 .and_then(|r| ArrayVec::try_from(r).ok()),
+            if_none_match: request
+                .if_none_match
+                .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
+            if_range: request
+                .if_range
+                .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();
@@ -976,10 +986,7 @@ impl HttpConn {
         self.close_after = true;
         self.req = Some(ReqInfo {
             head_only,
-            keep_alive: false,
-            slash: false,
-            range: None,
-            if_modified_since: None,
+            ..ReqInfo::default()
         });
         self.error(now, e.status());
     }
@@ -1060,10 +1067,7 @@ impl HttpConn {
     fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
         let req = self.req.clone().unwrap_or(ReqInfo {
             head_only: true,
-            keep_alive: false,
-            slash: false,
-            range: None,
-            if_modified_since: None,
+            ..ReqInfo::default()
         });
         self.close_after |= !req.keep_alive;
         let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
@@ -1073,14 +1077,26 @@ impl HttpConn {
         head.content_type = Some(content_type(path_str));
         head.last_modified = Some(info.mtime_secs);
         head.accept_ranges = true;
+        let etag = ETag::new(info.mtime_secs, info.size);
+        head.etag = Some(etag.as_str());
         let mut body: Option<(u64, u64)> = None;
-        if not_modified(req.if_modified_since.as_deref(), info.mtime_secs) {
+        let fresh = client_is_fresh(
+            req.if_none_match.as_deref(),
+            req.if_modified_since.as_deref(),
+            &etag,
+            info.mtime_secs,
+        );
+        if fresh {
             head.status = Status::NotModified;
         } else {
-            let range = req
-                .range
-                .as_deref()
-                .map_or(RangeResult::Full, |r| parse_range(r, info.size));
+            // An If-Range that does not hold: the file may have changed, send all of it.
+            let range = match (req.range.as_deref(), req.if_range.as_deref()) {
+                (Some(r), None) => parse_range(r, info.size),
+                (Some(r), Some(v)) if if_range_holds(v, &etag, info.mtime_secs) => {
+                    parse_range(r, info.size)
+                }
+                _ => RangeResult::Full,
+            };
             match range {
                 RangeResult::Full => {
                     head.content_length = info.size;
@@ -1102,6 +1118,7 @@ impl HttpConn {
                 RangeResult::Unsatisfiable => {
                     head.status = Status::RangeNotSatisfiable;
                     head.content_type = None;
+                    head.etag = None;
                     head.content_range = Some(ContentRange::Unsatisfied {
                         complete_len: info.size,
                     });
@@ -1708,6 +1725,11 @@ mod tests {
         Get,
         Head,
         Range(u64, u64),
+        /// A range behind an If-Range with the file's ETag (true) or another.
+        IfRange(u64, u64, bool),
+        /// If-None-Match with the file's ETag (true: 304) or another (200), beside an
+        /// If-Modified-Since that alone would say 304.
+        IfNoneMatch(bool),
         Missing,
         Dir,
         DirNoSlash,
@@ -1719,6 +1741,9 @@ mod tests {
             4 => Just(Req::Get),
             1 => Just(Req::Head),
             2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
+            1 => (0u64..20_000, 0u64..20_000, any::<bool>())
+                .prop_map(|(a, b, m)| Req::IfRange(a.min(b), a.max(b), m)),
+            1 => any::<bool>().prop_map(Req::IfNoneMatch),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
             1 => Just(Req::DirNoSlash),
@@ -1740,7 +1765,9 @@ mod tests {
             let mut input = Vec::new();
             for r in &reqs {
                 let line = match r {
-                    Req::Get | Req::Range(..) => "GET /f HTTP/1.1",
+                    Req::Get | Req::Range(..) | Req::IfRange(..) | Req::IfNoneMatch(_) => {
+                        "GET /f HTTP/1.1"
+                    }
                     Req::Head => "HEAD /f HTTP/1.1",
                     Req::Missing => "GET /nope HTTP/1.1",
                     Req::Dir => "GET /d/ HTTP/1.1",
@@ -1749,8 +1776,28 @@ mod tests {
                 };
                 input.extend_from_slice(line.as_bytes());
                 input.extend_from_slice(b"\r\nHost: x\r\n");
-                if let Req::Range(a, b) = r {
-                    input.extend_from_slice(alloc::format!("Range: bytes={a}-{b}\r\n").as_bytes());
+                // The simulated file's mtime is 1_000_000 (0xf4240).
+                let etag = alloc::format!("\"f4240-{size:x}\"");
+                match r {
+                    Req::Range(a, b) => {
+                        input.extend_from_slice(alloc::format!("Range: bytes={a}-{b}\r\n").as_bytes());
+                    }
+                    Req::IfRange(a, b, m) => {
+                        let v = if *m { etag.as_str() } else { "\"f4240-0x\"" };
+                        input.extend_from_slice(
+                            alloc::format!("Range: bytes={a}-{b}\r\nIf-Range: {v}\r\n").as_bytes(),
+                        );
+                    }
+                    Req::IfNoneMatch(m) => {
+                        let v = if *m { alloc::format!("\"x\", W/{etag}") } else { String::from("\"x\"") };
+                        input.extend_from_slice(
+                            alloc::format!(
+                                "If-None-Match: {v}\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    _ => {}
                 }
                 input.extend_from_slice(b"\r\n");
             }
@@ -1773,7 +1820,12 @@ mod tests {
                         prop_assert_eq!(&body[..], &s.file[..]);
                     }
                     Req::Head => prop_assert_eq!((status, body.len()), (200, 0)),
-                    Req::Range(a, b) => {
+                    Req::IfRange(_, _, false) | Req::IfNoneMatch(false) => {
+                        prop_assert_eq!(status, 200);
+                        prop_assert_eq!(&body[..], &s.file[..]);
+                    }
+                    Req::IfNoneMatch(true) => prop_assert_eq!((status, body.len()), (304, 0)),
+                    Req::Range(a, b) | Req::IfRange(a, b, true) => {
                         if *a as usize >= size {
                             prop_assert_eq!(status, 416);
                         } else {
@@ -2553,5 +2605,30 @@ mod tests {
         let want = alloc::format!("\r\nLocation: /{}/\r\n", "%C3%A9".repeat(400));
         assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
         assert!(head.contains(&want), "{head}");
+    }
+
+    #[test]
+    fn etags_are_sent_and_answer_conditional_requests() {
+        // The simulated file: mtime 1_000_000 (0xf4240), 10 bytes.
+        let input = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"f4240-b\"\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: \"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: W/\"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: Mon, 12 Jan 1970 13:46:40 GMT\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: Mon, 12 Jan 1970 13:46:41 GMT\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![1000]);
+        s.run();
+        let got = responses(&s.out, &[]);
+        let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+        assert_eq!(statuses, [200, 304, 200, 206, 200, 206, 200]);
+        assert_eq!(got[3].1, s.file[2..4]);
+        assert_eq!(got[4].1, s.file);
+        let text = String::from_utf8_lossy(&s.out);
+        assert_eq!(
+            text.matches("\r\nETag: \"f4240-a\"\r\n").count(),
+            7,
+            "on every 200, 206 and 304: {text}"
+        );
     }
 }

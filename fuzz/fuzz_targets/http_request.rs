@@ -2,12 +2,15 @@
 //! length lies within the input, every error maps to a 4xx/5xx status, and a response head
 //! for whatever status results can be written. The trailing-slash redirect's Location for a
 //! parsed target is visible ASCII (no CR/LF can reach the head) and stays on this server.
+//! If-None-Match and If-Range values are evaluated against an ETag: an If-Range only holds
+//! for exactly that tag or the matching date.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ringwork_core::http::{
-    error_response, is_directory_request, normalize_path, parse_request, redirect_response,
-    slash_redirect_location, Limits, Parsed,
+    error_response, if_none_match_matches, if_range_holds, is_directory_request, normalize_path,
+    parse_http_date, parse_request, redirect_response, slash_redirect_location, ETag, Limits,
+    Parsed,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +34,17 @@ fuzz_target!(|data: &[u8]| {
                 assert!(is_directory_request(loc.as_bytes()));
                 let mut head = [0u8; 8192];
                 redirect_response(loc, true, 0, &mut head).expect("a redirect fits 8 KiB");
+            }
+            let mtime = data.len() as u64 * 7919;
+            let etag = ETag::new(mtime, data.len() as u64);
+            if let Some(v) = request.if_none_match {
+                let _ = if_none_match_matches(v, &etag);
+            }
+            if let Some(v) = request.if_range {
+                if if_range_holds(v, &etag, mtime) {
+                    let v = v.trim_ascii();
+                    assert!(v == etag.as_str().as_bytes() || parse_http_date(v) == Some(mtime));
+                }
             }
             let _ = request.check_servable();
         }

@@ -869,3 +869,77 @@ fn a_directory_without_its_slash_is_redirected_to_it() {
         scenario_directory_redirects(backend);
     }
 }
+
+/// ETags (nginx's `"<mtime hex>-<size hex>"`) on 200, 206 and 304; If-None-Match gives 304
+/// and outranks If-Modified-Since; If-Range serves the range only for the current validator.
+fn scenario_etags(backend: &str) {
+    let f = file("f4097");
+    let meta = std::fs::metadata(root().join("f4097")).unwrap();
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let etag = format!("\"{mtime:x}-{:x}\"", meta.len());
+    let s = start(backend, &[]);
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/f4097", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ETag"), Some(etag.as_str()), "{backend}");
+    let last_modified = r.header("Last-Modified").unwrap().to_string();
+    let r = c.get("/f4097", &format!("If-None-Match: \"other\", W/{etag}\r\n"));
+    assert_eq!(
+        (r.status, r.body.len()),
+        (304, 0),
+        "{backend}: weak comparison"
+    );
+    assert_eq!(r.header("ETag"), Some(etag.as_str()));
+    let r = c.get("/f4097", "If-None-Match: *\r\n");
+    assert_eq!(r.status, 304);
+    // A tag that differs outvotes a date that alone would give 304.
+    let r = c.get(
+        "/f4097",
+        &format!("If-None-Match: \"other\"\r\nIf-Modified-Since: {last_modified}\r\n"),
+    );
+    assert!(r.status == 200 && r.body == f, "{backend}: {}", r.head);
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: {etag}\r\n"),
+    );
+    assert_eq!((r.status, &r.body[..]), (206, &f[1..3]), "{backend}");
+    assert_eq!(r.header("ETag"), Some(etag.as_str()));
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: W/{etag}\r\n"),
+    );
+    assert!(
+        r.status == 200 && r.body == f,
+        "{backend}: a weak If-Range never holds"
+    );
+    let r = c.get("/f4097", "Range: bytes=1-2\r\nIf-Range: \"other\"\r\n");
+    assert!(
+        r.status == 200 && r.body == f,
+        "{backend}: changed, so all of it"
+    );
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: {last_modified}\r\n"),
+    );
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (206, &f[1..3]),
+        "{backend}: by date"
+    );
+    // HEAD answers as GET.
+    c.send(format!("HEAD /f4097 HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes());
+    assert_eq!(c.read(true).unwrap().status, 304);
+    assert!(c.get("/f4097", "").body == f, "still usable");
+}
+
+#[test]
+fn etags_answer_if_none_match_and_if_range() {
+    for backend in BACKENDS {
+        scenario_etags(backend);
+    }
+}

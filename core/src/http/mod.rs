@@ -13,16 +13,20 @@
 //!   requested without its slash), [`parse_range`] reads a single `Range: bytes=` spec, [`parse_http_date`]
 //!   and [`format_http_date`] convert HTTP-dates without libc, and [`content_type`] maps file
 //!   extensions to media types.
+//! - [`ETag`] gives a file nginx's validator; [`client_is_fresh`] decides a 304 from
+//!   `If-None-Match` and `If-Modified-Since` (the tag first, RFC 9110 §13.2.2), and
+//!   [`if_range_holds`] whether a `Range` behind an `If-Range` is served.
 //! - [`ResponseHead::write`], [`error_response`] and [`redirect_response`] write responses into
 //!   a caller's buffer.
 //!
 //! What it deliberately does not do: read the clock (the current time is an argument), touch
 //! files (the server opens them with openat2 `RESOLVE_BENEATH`, which is the real guard against
 //! escapes; the `..` check here is defence in depth), allocate, decode request bodies (a static
-//! server has no use for them), or implement conditional requests beyond If-Modified-Since
-//! (no ETag, no If-Range) or multi-range responses (RFC 9110 lets a server ignore those and
-//! send the whole representation).
+//! server has no use for them), evaluate `If-Match` or `If-Unmodified-Since` (they make
+//! state-changing requests conditional; GET and HEAD change nothing), or send multi-range
+//! responses (RFC 9110 lets a server ignore those and send the whole representation).
 
+mod conditional;
 mod date;
 mod mime;
 mod path;
@@ -30,6 +34,7 @@ mod range;
 mod request;
 mod response;
 
+pub use conditional::{client_is_fresh, if_none_match_matches, if_range_holds, ETag};
 pub use date::{format_http_date, not_modified, parse_http_date, MAX_HTTP_DATE};
 pub use mime::content_type;
 pub use path::{is_directory_request, normalize_path, slash_redirect_location};

@@ -150,6 +150,13 @@ pub struct Request<'a> {
     pub range: Option<&'a [u8]>,
     /// The raw `If-Modified-Since` value (the first one); see [`not_modified`](super::not_modified).
     pub if_modified_since: Option<&'a [u8]>,
+    /// The raw `If-None-Match` value; see [`client_is_fresh`](super::client_is_fresh). When
+    /// the header is repeated this is `Some(b"")`, which matches nothing: the lines form one
+    /// list, and answering the full response is right whatever they hold.
+    pub if_none_match: Option<&'a [u8]>,
+    /// The raw `If-Range` value; see [`if_range_holds`](super::if_range_holds). `Some(b"")`
+    /// when repeated, which never holds (the whole file is sent).
+    pub if_range: Option<&'a [u8]>,
     /// True when a body follows the head (nonzero Content-Length or any Transfer-Encoding).
     /// The body has not been consumed: a server that answers such a request must close.
     pub has_body: bool,
@@ -231,6 +238,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     let mut range: Option<&[u8]> = None;
     let mut ranges = 0u32;
     let mut if_modified_since: Option<&[u8]> = None;
+    let mut if_none_match: Option<&[u8]> = None;
+    let mut if_range: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -258,6 +267,18 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             range = Some(trim_ows(h.value));
         } else if name.eq_ignore_ascii_case(b"if-modified-since") && if_modified_since.is_none() {
             if_modified_since = Some(trim_ows(h.value));
+        } else if name.eq_ignore_ascii_case(b"if-none-match") {
+            if_none_match = Some(if if_none_match.is_some() {
+                b""
+            } else {
+                trim_ows(h.value)
+            });
+        } else if name.eq_ignore_ascii_case(b"if-range") {
+            if_range = Some(if if_range.is_some() {
+                b""
+            } else {
+                trim_ows(h.value)
+            });
         }
     }
     if transfer_encoding && content_length.is_some() {
@@ -282,6 +303,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             keep_alive,
             range,
             if_modified_since,
+            if_none_match,
+            if_range,
             has_body,
         },
         head_len,
@@ -535,6 +558,27 @@ mod tests {
         assert_eq!(status_of(b"GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505);
         assert_eq!(status_of(b"GET / HTTP/1.2\r\nHost: x\r\n\r\n"), 505);
         assert_eq!(status_of(b"GET / HTTP/0.9\r\n\r\n"), 505);
+    }
+
+    #[test]
+    fn validators_are_kept_and_repeats_match_nothing() {
+        let r = serve(
+            b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match:  W/\"a\", \"b\" \r\nIf-Range: \"c\"\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.if_none_match, Some(&b"W/\"a\", \"b\""[..]));
+        assert_eq!(r.if_range, Some(&b"\"c\""[..]));
+        let r = serve(
+            b"GET / HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"a\"\r\nif-none-match: *\r\n\
+              If-Range: \"c\"\r\nIF-RANGE: \"c\"\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.if_none_match, r.if_range),
+            (Some(&b""[..]), Some(&b""[..]))
+        );
+        let r = serve(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!((r.if_none_match, r.if_range), (None, None));
     }
 
     #[test]

@@ -150,6 +150,8 @@ pub struct ResponseHead<'a> {
     pub content_type: Option<&'a str>,
     /// `Last-Modified`, in Unix seconds.
     pub last_modified: Option<u64>,
+    /// `ETag`, quotes included (from [`ETag::as_str`](super::ETag::as_str)).
+    pub etag: Option<&'a str>,
     /// `Content-Range`, for 206 and 416.
     pub content_range: Option<ContentRange>,
     /// `Accept-Ranges: bytes`, for file responses.
@@ -173,6 +175,7 @@ impl<'a> ResponseHead<'a> {
             content_length: 0,
             content_type: None,
             last_modified: None,
+            etag: None,
             content_range: None,
             accept_ranges: false,
             location: None,
@@ -204,6 +207,9 @@ impl<'a> ResponseHead<'a> {
         if let Some(lm) = self.last_modified {
             w.put(b"\r\nLast-Modified: ")?;
             w.date(lm)?;
+        }
+        if let Some(etag) = self.etag {
+            w.header(b"ETag", etag.as_bytes())?;
         }
         if self.accept_ranges {
             w.header(b"Accept-Ranges", b"bytes")?;
@@ -408,6 +414,7 @@ mod tests {
         head.content_length = 10;
         head.content_type = Some(content_type("a.txt"));
         head.last_modified = Some(0);
+        head.etag = Some("\"0-64\"");
         head.content_range = Some(ContentRange::Bytes {
             start: 0,
             end_inclusive: 9,
@@ -422,6 +429,7 @@ mod tests {
         assert_eq!(header(&hs, "content-range"), Some("bytes 0-9/100"));
         assert_eq!(header(&hs, "content-length"), Some("10"));
         assert_eq!(header(&hs, "accept-ranges"), Some("bytes"));
+        assert_eq!(header(&hs, "etag"), Some("\"0-64\""));
         assert_eq!(header(&hs, "connection"), Some("keep-alive"));
         assert_eq!(header(&hs, "server"), Some("ringwork"));
         assert_eq!(header(&hs, "date"), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
