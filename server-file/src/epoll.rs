@@ -113,9 +113,16 @@ impl Conn {
 /// Connections whose receive was deferred ([`drive`] said so), by token.
 type RunQueue = Vec<Token>;
 
-/// The listener's epoll key: a token of the worker's slot, as the io_uring driver's accept
-/// carries. A connection's key is its token (kind `Recv`: readiness of its socket).
-const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+/// Listener `index`'s epoll key: a token of the worker's slot with the index in `sub`, as the
+/// io_uring driver's accepts carry. A connection's key is its token (kind `Recv`: readiness
+/// of its socket).
+fn listener_key(index: u16) -> UserData {
+    Token {
+        sub: index,
+        ..Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO)
+    }
+    .encode()
+}
 
 /// The stop notice's epoll key.
 const STOP_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
@@ -124,25 +131,34 @@ fn conn_token(slot: Slot, generation: Generation) -> Token {
     Token::new(OpKind::Recv, slot, generation)
 }
 
-/// Prints what the acceptor has to say (back-off episodes) on stderr.
-fn report_accept(acceptor: &mut EpollAcceptor) {
-    for notice in acceptor.notices() {
+/// Prints what the acceptors have to say (back-off episodes) on stderr.
+fn report_accept(acceptors: &mut [EpollAcceptor]) {
+    for notice in acceptors.iter_mut().flat_map(EpollAcceptor::notices) {
         eprintln!("ringwork-files: {notice}");
     }
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
     let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
     // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
     // At capacity the acceptor stops watching the listener; the listen backlog holds new
-    // connections until one closes.
-    let mut acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN)
-        .map_err(|e| e.to_string())?
-        .with_capacity(shared.max_conns as usize);
+    // connections until one closes. One acceptor per listener (`main` keeps their number
+    // within a u16).
+    let mut acceptors = listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            Ok(
+                EpollAcceptor::new(&ep, listener, listener_key(index).0, Interest::IN)
+                    .map_err(|e| e.to_string())?
+                    .with_capacity(shared.max_conns as usize),
+            )
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
@@ -155,8 +171,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         let now_ms = shared.now().mono_ms;
         if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
             // Closing the listener refuses new connections.
-            acceptor.stop(&ep).map_err(|e| e.to_string())?;
-            report_accept(&mut acceptor);
+            for a in &mut acceptors {
+                a.stop(&ep).map_err(|e| e.to_string())?;
+            }
+            report_accept(&mut acceptors);
             let q = &mut run_queue;
             each_conn(
                 shared,
@@ -176,7 +194,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         // With deferred receives queued, epoll_wait only collects what is ready and returns;
         // never does it wait past the end of an accept pause.
         let timeout = if run_queue.is_empty() {
-            ringwork_sys::accept::timeout_until(acceptor.next_deadline(), Some(tick))
+            let deadline = acceptors.iter().fold(None, |d, a| {
+                ringwork_sys::accept::earliest(d, a.next_deadline())
+            });
+            ringwork_sys::accept::timeout_until(deadline, Some(tick))
         } else {
             Some(Duration::ZERO)
         };
@@ -186,11 +207,15 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             if k == STOP_KEY.0 {
                 continue;
             }
-            if k == LISTENER_KEY.0 {
+            let listener = Token::decode(UserData(k))
+                .ok()
+                .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
+                .and_then(|t| acceptors.get_mut(usize::from(t.sub)));
+            if let Some(acceptor) = listener {
                 accept_batch(
                     shared,
                     &ep,
-                    &mut acceptor,
+                    acceptor,
                     &mut conns,
                     &mut run_queue,
                     &mut direct_log,
@@ -249,8 +274,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut direct_log, |h| h.on_tick(now));
         }
-        acceptor.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
-        report_accept(&mut acceptor);
+        for a in &mut acceptors {
+            a.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
+        }
+        report_accept(&mut acceptors);
     }
 }
 

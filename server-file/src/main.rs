@@ -28,9 +28,11 @@ use rustix::fs::{FileType, OFlags, ResolveFlags, Statx};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringwork-files", version)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port).
+    /// Address to listen on (port 0 picks a free port); give it again for more addresses
+    /// (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread accepts
+    /// on every address.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
     /// CPU).
     #[arg(long)]
@@ -286,6 +288,10 @@ fn note_direct(said: &mut bool, requested: bool, direct: bool) {
     }
 }
 
+/// Most `--listen` addresses: each is a listener per thread, and a worker's acceptors are
+/// numbered with a u16 in their tokens.
+const MAX_LISTEN: usize = 64;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -388,18 +394,13 @@ fn run(args: Args) -> Result<(), String> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = ringwork_sys::signal::ShutdownSignals::new().map_err(|e| e.to_string())?;
 
-    // One SO_REUSEPORT listener per thread, as ringwork-echo makes them.
-    let nonblocking = args.backend == Backend::Epoll;
-    let listen = |addr| {
-        ringwork_sys::net::reuseport_listener(addr, nonblocking)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
-    };
-    let first = listen(args.listen)?;
-    let addr = ringwork_sys::net::local_addr(&first).map_err(|e| e.to_string())?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(listen(addr)?);
+    // One SO_REUSEPORT listener per thread and address, as ringwork-echo makes them.
+    if args.listen.len() > MAX_LISTEN {
+        return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
+    let nonblocking = args.backend == Backend::Epoll;
+    let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
+        .map_err(|e| e.to_string())?;
     let shared = Arc::new(Shared {
         root,
         cfg: Config {
@@ -429,17 +430,24 @@ fn run(args: Args) -> Result<(), String> {
         args.chunk,
         ringwork_sys::kernel_release()
     );
-    // The last line of startup, and exactly this shape: scripts and tests wait for it.
+    // The last line of startup, and exactly this shape: scripts and tests wait for it (one
+    // `http://ADDR/` per address, space-separated).
+    let urls: Vec<String> = listeners
+        .bound
+        .iter()
+        .map(|a| format!("http://{a}/"))
+        .collect();
     println!(
-        "ringwork-files serving {}, listening on http://{addr}/",
-        root_path.display()
+        "ringwork-files serving {}, listening on {}",
+        root_path.display(),
+        urls.join(" ")
     );
     let _ = std::io::stdout().flush();
 
-    let (stop, notices) =
-        ringwork_sys::driver::stop_notices(listeners.len()).map_err(|e| e.to_string())?;
+    let (stop, notices) = ringwork_sys::driver::stop_notices(threads).map_err(|e| e.to_string())?;
     let stop = Arc::new(stop);
     let workers: Vec<_> = listeners
+        .per_thread
         .into_iter()
         .zip(notices)
         .enumerate()

@@ -112,9 +112,10 @@ struct Driver<'s> {
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`); it closes the
+    /// One per listener (`--listen` may be given more than once), with its accept (tokens of
+    /// kind Accept on `Slot::WORKER`, the listener's index in `sub`); each closes its
     /// listener once its accept has ended during a drain.
-    acceptor: Acceptor,
+    acceptors: Vec<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     /// The stop notice's poll is armed.
@@ -129,7 +130,7 @@ struct Driver<'s> {
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
     let slots = shared.max_conns;
     let uc = shared.uring;
     let (mut ring, note) = driver::server_ring(ServerRingConfig {
@@ -142,7 +143,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         println!("{note}");
     }
     let want = uc.features;
-    let (acceptor, fixed_files, links) = {
+    let (acceptors, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
             (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
@@ -157,8 +158,16 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
         // At capacity the acceptor stops, and the listen backlog holds new connections.
-        let acceptor = Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
-            .with_capacity(slots as usize);
+        // One per listener; `main` keeps their number within a u16.
+        let acceptors: Vec<Acceptor> = listeners
+            .into_iter()
+            .zip(0u16..)
+            .map(|(listener, index)| {
+                Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
+                    .with_listener_index(index)
+                    .with_capacity(slots as usize)
+            })
+            .collect();
         if shared.cfg.zerocopy {
             probe
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
@@ -177,7 +186,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             );
         }
         (
-            acceptor,
+            acceptors,
             want.fixed_files,
             want.links && deferred_file_assignment,
         )
@@ -256,7 +265,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     println!(
         "{}",
         FeatureLine::new(&ring)
-            .with("multishot_accept", acceptor.multishot())
+            .with(
+                "multishot_accept",
+                acceptors.iter().all(Acceptor::multishot)
+            )
             .with("fixed_files", fixed_files)
             .with("fixed_buffers", fixed)
             .with("zerocopy", shared.cfg.zerocopy)
@@ -270,7 +282,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         fixed_files,
         zc_report_usage,
         http_cfg,
-        acceptor,
+        acceptors,
         stop,
         stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
@@ -279,9 +291,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         direct_refused: false,
         direct_noted: false,
     };
-    d.acceptor
-        .start(&mut d.ring)
-        .map_err(|e| format!("io_uring submit: {e}"))?;
+    for a in &mut d.acceptors {
+        a.start(&mut d.ring)
+            .map_err(|e| format!("io_uring submit: {e}"))?;
+    }
     d.report_accept();
     d.arm_stop()?;
     let result = d.run_loop();
@@ -317,7 +330,7 @@ impl Driver<'_> {
 
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
     fn report_accept(&mut self) {
-        for notice in self.acceptor.notices() {
+        for notice in self.acceptors.iter_mut().flat_map(Acceptor::notices) {
             eprintln!("ringwork-files: {notice}");
         }
     }
@@ -331,9 +344,10 @@ impl Driver<'_> {
             return self.arm_stop();
         }
         if self.drain.on_stop(self.shared.now().mono_ms) == Some(DrainAction::BeginDrain) {
-            self.acceptor
-                .stop(&mut self.ring)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
+            for a in &mut self.acceptors {
+                a.stop(&mut self.ring)
+                    .map_err(|e| format!("io_uring submit: {e}"))?;
+            }
             self.report_accept();
             self.each_open_conn(HttpConn::on_shutdown)?;
         }
@@ -360,13 +374,16 @@ impl Driver<'_> {
         let mut cqes = Vec::with_capacity(1024);
         // The stop notice's poll stays armed until the notice: it is no connection's, and
         // the ring drops (cancelling it) when the loop ends.
-        while !self
-            .drain
-            .finished(self.conns.len(), !self.acceptor.is_idle(), false)
-        {
+        while !self.drain.finished(
+            self.conns.len(),
+            !self.acceptors.iter().all(Acceptor::is_idle),
+            false,
+        ) {
             // Never past the end of an accept pause.
-            let wait =
-                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick));
+            let deadline = self.acceptors.iter().fold(None, |d, a| {
+                ringwork_sys::accept::earliest(d, a.next_deadline())
+            });
+            let wait = ringwork_sys::accept::timeout_until(deadline, Some(tick));
             match self.waiter.wait(&mut self.ring, wait) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
@@ -376,9 +393,10 @@ impl Driver<'_> {
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
-            self.acceptor
-                .poll(&mut self.ring, self.conns.len())
-                .map_err(|e| format!("io_uring submit: {e}"))?;
+            for a in &mut self.acceptors {
+                a.poll(&mut self.ring, self.conns.len())
+                    .map_err(|e| format!("io_uring submit: {e}"))?;
+            }
             self.report_accept();
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
@@ -396,11 +414,10 @@ impl Driver<'_> {
         let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
         };
-        if self.acceptor.owns(&token) {
+        if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
             let open = self.conns.len();
-            let sock = self
-                .acceptor
+            let sock = acceptor
                 .on_cqe(&mut self.ring, &cqe, open)
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             if let Some(sock) = sock {

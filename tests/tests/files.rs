@@ -943,3 +943,62 @@ fn etags_answer_if_none_match_and_if_range() {
         scenario_etags(backend);
     }
 }
+
+/// `--listen` twice: 127.0.0.1 and [::1] at once, every thread holding a listener on each,
+/// on both backends. Without IPv6 loopback the test fails and says so.
+#[test]
+fn listens_on_ipv4_and_ipv6_at_once() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        panic!("IPv6 loopback [::1] is unavailable here ({e}): this test needs it");
+    }
+    let f = file("f4097");
+    for backend in BACKENDS {
+        let root = root().to_str().unwrap();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--threads",
+            "2",
+            "--backend",
+            backend,
+            root,
+        ];
+        let s = Server::start("ringwork-files", &args);
+        assert_eq!(s.addrs.len(), 2, "{backend}: one URL per address");
+        assert!(
+            s.addrs[0].is_ipv4() && s.addrs[1].is_ipv6(),
+            "{:?}",
+            s.addrs
+        );
+        for addr in &s.addrs {
+            assert_eq!(
+                s.listeners_on(*addr),
+                2,
+                "{backend}: one per thread on {addr}"
+            );
+        }
+        // Enough connections on each that both threads' listeners take some.
+        let mut clients: Vec<Client> = (0..16).map(|i| Client::connect(s.addrs[i % 2])).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.get("/f4097", "");
+            assert!(
+                r.status == 200 && r.body == f,
+                "{backend} via {}",
+                s.addrs[i % 2]
+            );
+            let peer = c.reader.get_ref().peer_addr().unwrap();
+            assert_eq!(peer, s.addrs[i % 2]);
+        }
+        terminate(s);
+    }
+    // The same address twice is refused, naming it.
+    let out = std::process::Command::new(ringwork_e2e::binary("ringwork-files"))
+        .args(["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1", "."])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1 is given twice"), "{err}");
+}
