@@ -43,8 +43,9 @@ use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
     client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
-    normalize_path, parse_range, parse_request, redirect_response, slash_redirect_location,
-    ContentRange, ETag, HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
+    normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
+    slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, HttpError, Limits, Method,
+    Parsed, RangeResult, ResponseHead, Status,
 };
 
 /// Which of the connection's two chunk buffers.
@@ -87,6 +88,12 @@ pub struct Config {
     /// chunk, where it copies the head just before sending. Responses with a body then go
     /// out in one send instead of two (not with zero-copy sends or O_DIRECT reads).
     pub head_with_body: bool,
+    /// Serve precompressed siblings (nginx's `gzip_static` / `brotli_static`): for a request
+    /// whose `Accept-Encoding` takes brotli or gzip, stat `FILE.br` / `FILE.gz` first (best
+    /// coding first) and serve the first that is a regular file, with `Content-Encoding` and
+    /// FILE's `Content-Type`; else FILE. Every file answer then says `Vary: Accept-Encoding`.
+    /// A sibling that does not exist costs a stat per coding the client takes.
+    pub precompressed: bool,
 }
 
 /// Bytes in front of every chunk read, when [`Config::head_with_body`] is on, where the head
@@ -105,6 +112,7 @@ impl Default for Config {
             zerocopy: false,
             link_open_read: false,
             head_with_body: false,
+            precompressed: false,
         }
     }
 }
@@ -249,8 +257,9 @@ enum Phase {
     /// Waiting for a complete request head; `since` is when the wait began.
     Head { since: u64 },
     /// A stat of the path is in flight; `index` once the path names `index.html` in a
-    /// directory.
-    Stat { index: bool },
+    /// directory; `sibling: Some(i)` while it is the precompressed sibling of the request's
+    /// `i`th coding (its suffix appended to the path).
+    Stat { index: bool, sibling: Option<u8> },
     /// The open is in flight. `planned`: the response head and body reader were made at stat
     /// time, and the first read may be linked behind the open (and in flight).
     Open {
@@ -307,6 +316,11 @@ struct ReqInfo {
     if_none_match: Option<ArrayVec<u8, 256>>,
     /// Longer than this is kept empty, which never holds: the whole file.
     if_range: Option<ArrayVec<u8, 64>>,
+    /// The precompressed codings the client takes, best first (none without
+    /// [`Config::precompressed`]).
+    codings: Codings,
+    /// The coding of the sibling being served, whose suffix ends the path.
+    coding: Option<ContentCoding>,
 }
 
 /// Most zero-copy sends a connection has unfinished (result or notification outstanding) at
@@ -316,6 +330,10 @@ pub const ZC_SENDS: u32 = 8;
 
 /// Longest response head written (no header here is longer than a date or a number).
 const HEAD_CAP: usize = 512;
+/// Path bytes beyond the normalised target: `/index.html`, a sibling's suffix, the NUL.
+const PATH_ROOM: usize = "/index.html".len() + ".br".len() + 1;
+const _: () = assert!(".br".len() == ContentCoding::Br.suffix().len());
+const _: () = assert!(".gz".len() == ContentCoding::Gzip.suffix().len());
 /// Most bytes discarded after an error response before closing anyway.
 const DRAIN_LIMIT: u32 = 64 * 1024;
 
@@ -397,7 +415,7 @@ impl HttpConn {
             ops: ArrayVec::new(),
             rbuf: vec![0; cfg.limits.max_head_bytes + 1],
             rlen: 0,
-            path: vec![0; cfg.limits.max_target_len + "/index.html".len() + 1],
+            path: vec![0; cfg.limits.max_target_len + PATH_ROOM],
             path_len: 0,
             head: vec![0; HEAD_CAP],
             head_len: 0,
@@ -524,10 +542,31 @@ impl HttpConn {
     pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
         self.completed();
         self.last_progress = now.mono_ms;
-        let Phase::Stat { index } = self.phase else {
+        let Phase::Stat { index, sibling } = self.phase else {
             // Guard: a stat is only issued in Phase::Stat; a stray one is a driver bug.
             return self.close();
         };
+        if let Some(i) = sibling {
+            let coding = self
+                .req
+                .as_ref()
+                .and_then(|r| r.codings.get(usize::from(i)));
+            match (res, coding) {
+                (Ok(info), Some(c)) if info.kind == FileKind::Regular => {
+                    // The sibling is served: the path keeps its suffix for the open.
+                    if let Some(r) = self.req.as_mut() {
+                        r.coding = Some(c);
+                    }
+                }
+                (_, coding) => {
+                    // No such sibling (or not a regular file, or not to be read): the next
+                    // coding's, then the file itself.
+                    self.path_len -= coding.map_or(0, |c| c.suffix().len());
+                    self.path[self.path_len] = 0;
+                    return self.stat_path(index, usize::from(i) + 1);
+                }
+            }
+        }
         match res {
             Ok(info) if info.kind == FileKind::Regular => {
                 let direct = self.cfg.direct
@@ -605,8 +644,7 @@ impl HttpConn {
                 self.path[len..len + 10].copy_from_slice(b"index.html");
                 self.path_len = len + 10;
                 self.path[self.path_len] = 0;
-                self.phase = Phase::Stat { index: true };
-                self.push(Op::Stat);
+                self.stat_path(true, 0);
             }
             // A directory without index.html, a directory named index.html, a FIFO or device.
             Ok(_) => self.error(now, Status::Forbidden),
@@ -952,10 +990,15 @@ impl HttpConn {
             if_range: request
                 .if_range
                 .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
+            codings: match request.accept_encoding {
+                Some(v) if self.cfg.precompressed => preferred_codings(v),
+                _ => Codings::default(),
+            },
+            coding: None,
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();
-            let cap = self.path.len() - "/index.html".len() - 1;
+            let cap = self.path.len() - PATH_ROOM;
             Ok(normalize_path(target, &mut self.path[..cap])?.len())
         });
         self.target.clear();
@@ -973,11 +1016,32 @@ impl HttpConn {
                     self.path_len = len;
                 }
                 self.path[self.path_len] = 0;
-                self.phase = Phase::Stat { index: false };
-                self.push(Op::Stat);
+                self.stat_path(false, 0);
             }
             Err(e) => self.refuse(now, e, head_only),
         }
+    }
+
+    /// Stats the path, or first its precompressed sibling for the request's `coding`th
+    /// coding (appending the suffix), if the client takes that many. A target with a trailing
+    /// slash names a directory: no sibling until the path is its `index.html`.
+    fn stat_path(&mut self, index: bool, coding: usize) {
+        let slash = self.req.as_ref().is_some_and(|r| r.slash);
+        let next = self
+            .req
+            .as_ref()
+            .and_then(|r| r.codings.get(coding))
+            .filter(|_| index || !slash);
+        let sibling = next.map(|c| {
+            let suffix = c.suffix().as_bytes();
+            // PATH_ROOM keeps room for `/index.html`, a suffix and the NUL.
+            self.path[self.path_len..self.path_len + suffix.len()].copy_from_slice(suffix);
+            self.path_len += suffix.len();
+            self.path[self.path_len] = 0;
+            coding as u8
+        });
+        self.phase = Phase::Stat { index, sibling };
+        self.push(Op::Stat);
     }
 
     /// Answers a request error; the connection closes after it (its framing is suspect).
@@ -1070,13 +1134,17 @@ impl HttpConn {
             ..ReqInfo::default()
         });
         self.close_after |= !req.keep_alive;
-        let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
+        // A sibling's type is its file's: the path without the coding's suffix.
+        let name_len = self.path_len - req.coding.map_or(0, |c| c.suffix().len());
+        let path_str = core::str::from_utf8(&self.path[..name_len]).unwrap_or("");
         let mut head = ResponseHead::new(Status::Ok, now.unix_secs);
         // `close_after` also covers a server drain that began while the file was looked up.
         head.keep_alive = !self.close_after;
         head.content_type = Some(content_type(path_str));
         head.last_modified = Some(info.mtime_secs);
         head.accept_ranges = true;
+        head.content_encoding = req.coding.map(ContentCoding::name);
+        head.vary_accept_encoding = self.cfg.precompressed;
         let etag = ETag::new(info.mtime_secs, info.size);
         head.etag = Some(etag.as_str());
         let mut body: Option<(u64, u64)> = None;
@@ -1119,6 +1187,7 @@ impl HttpConn {
                     head.status = Status::RangeNotSatisfiable;
                     head.content_type = None;
                     head.etag = None;
+                    head.content_encoding = None;
                     head.content_range = Some(ContentRange::Unsatisfied {
                         complete_len: info.size,
                     });
@@ -1479,7 +1548,7 @@ mod tests {
                     Op::Stat => {
                         let p = self.conn.path().to_vec();
                         let res = match &p[..] {
-                            b"f\0" | b"x\0" => Ok(FileInfo {
+                            b"f\0" | b"x\0" | b"f.gz\0" => Ok(FileInfo {
                                 kind: FileKind::Regular,
                                 size: self.file.len() as u64,
                                 mtime_secs: 1_000_000,
@@ -1694,6 +1763,7 @@ mod tests {
             // Half the cases (by the file size proptest picked) send head and first chunk at
             // once, as the servers do; the other half send the head alone.
             head_with_body: size % 2 == 1,
+            precompressed: true,
             ..Config::default()
         };
         let buf_len = (chunk + HEAD_ROOM) as usize;
@@ -1730,6 +1800,9 @@ mod tests {
         /// If-None-Match with the file's ETag (true: 304) or another (200), beside an
         /// If-Modified-Since that alone would say 304.
         IfNoneMatch(bool),
+        /// Accept-Encoding taking gzip (`f.gz` exists: served) or only brotli (`f.br` does
+        /// not: `f` served); the simulated sibling holds the same bytes.
+        Encoded(bool),
         Missing,
         Dir,
         DirNoSlash,
@@ -1744,6 +1817,7 @@ mod tests {
             1 => (0u64..20_000, 0u64..20_000, any::<bool>())
                 .prop_map(|(a, b, m)| Req::IfRange(a.min(b), a.max(b), m)),
             1 => any::<bool>().prop_map(Req::IfNoneMatch),
+            1 => any::<bool>().prop_map(Req::Encoded),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
             1 => Just(Req::DirNoSlash),
@@ -1765,7 +1839,11 @@ mod tests {
             let mut input = Vec::new();
             for r in &reqs {
                 let line = match r {
-                    Req::Get | Req::Range(..) | Req::IfRange(..) | Req::IfNoneMatch(_) => {
+                    Req::Get
+                    | Req::Range(..)
+                    | Req::IfRange(..)
+                    | Req::IfNoneMatch(_)
+                    | Req::Encoded(_) => {
                         "GET /f HTTP/1.1"
                     }
                     Req::Head => "HEAD /f HTTP/1.1",
@@ -1787,6 +1865,10 @@ mod tests {
                         input.extend_from_slice(
                             alloc::format!("Range: bytes={a}-{b}\r\nIf-Range: {v}\r\n").as_bytes(),
                         );
+                    }
+                    Req::Encoded(gzip) => {
+                        let v = if *gzip { "br;q=0, gzip" } else { "br, gzip;q=0" };
+                        input.extend_from_slice(alloc::format!("Accept-Encoding: {v}\r\n").as_bytes());
                     }
                     Req::IfNoneMatch(m) => {
                         let v = if *m { alloc::format!("\"x\", W/{etag}") } else { String::from("\"x\"") };
@@ -1820,7 +1902,7 @@ mod tests {
                         prop_assert_eq!(&body[..], &s.file[..]);
                     }
                     Req::Head => prop_assert_eq!((status, body.len()), (200, 0)),
-                    Req::IfRange(_, _, false) | Req::IfNoneMatch(false) => {
+                    Req::IfRange(_, _, false) | Req::IfNoneMatch(false) | Req::Encoded(_) => {
                         prop_assert_eq!(status, 200);
                         prop_assert_eq!(&body[..], &s.file[..]);
                     }
@@ -2629,6 +2711,117 @@ mod tests {
             text.matches("\r\nETag: \"f4240-a\"\r\n").count(),
             7,
             "on every 200, 206 and 304: {text}"
+        );
+    }
+
+    /// Drives one request until the stats are done; `siblings` say which paths stat as
+    /// regular files of 10 bytes (others: ENOENT). Returns the paths statted and the head.
+    fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
+        let now = Time::default();
+        let cfg = Config {
+            precompressed: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(input));
+        let mut statted = Vec::new();
+        loop {
+            let ops = drain_ops(&mut c);
+            match ops[..] {
+                [Op::Stat] => {
+                    let p = c.path().to_vec();
+                    let found = siblings.contains(&&p[..p.len() - 1]);
+                    statted.push(p[..p.len() - 1].to_vec());
+                    c.on_stat(
+                        now,
+                        if found {
+                            Ok(regular(10))
+                        } else {
+                            Err(RawErrno::NOENT)
+                        },
+                    );
+                }
+                [Op::Open { .. }] => {
+                    c.on_open(now, Ok(()));
+                    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                    return (statted, head);
+                }
+                _ => {
+                    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                    return (statted, head);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn precompressed_siblings_are_tried_best_first() {
+        let req = b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br;q=0.5, gzip\r\n\r\n";
+        let (statted, head) = lookup(req, &[b"a.txt", b"a.txt.br"]);
+        assert_eq!(statted, [&b"a.txt.gz"[..], b"a.txt.br"], "gzip weighs more");
+        assert!(head.contains("\r\nContent-Encoding: br\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nVary: Accept-Encoding\r\n"), "{head}");
+        // No sibling: the file itself, still with Vary.
+        let (statted, head) = lookup(req, &[b"a.txt"]);
+        assert_eq!(statted, [&b"a.txt.gz"[..], b"a.txt.br", b"a.txt"]);
+        assert!(!head.contains("Content-Encoding"), "{head}");
+        assert!(head.contains("\r\nVary: Accept-Encoding\r\n"), "{head}");
+        // q=0 refuses, and no header means no sibling.
+        let refused =
+            b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0, br;q=0\r\n\r\n";
+        let (statted, head) = lookup(refused, &[b"a.txt", b"a.txt.gz", b"a.txt.br"]);
+        assert_eq!(statted, [&b"a.txt"[..]]);
+        assert!(!head.contains("Content-Encoding"), "{head}");
+        let (statted, _) = lookup(
+            b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+            &[b"a.txt", b"a.txt.gz"],
+        );
+        assert_eq!(statted, [&b"a.txt"[..]]);
+    }
+
+    #[test]
+    fn a_directory_index_has_siblings_too() {
+        let dir = FileInfo {
+            kind: FileKind::Directory,
+            size: 0,
+            mtime_secs: 0,
+            dio: None,
+        };
+        let now = Time::default();
+        let cfg = Config {
+            precompressed: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(
+            now,
+            Ok(b"GET /d/ HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"),
+        );
+        assert_eq!(
+            (drain_ops(&mut c), c.path()),
+            (vec![Op::Stat], &b"d\0"[..]),
+            "the directory itself first"
+        );
+        c.on_stat(now, Ok(dir));
+        assert_eq!(
+            (drain_ops(&mut c), c.path()),
+            (vec![Op::Stat], &b"d/index.html.gz\0"[..])
+        );
+        c.on_stat(now, Ok(regular(5)));
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Open { .. }]));
+        assert_eq!(c.path(), b"d/index.html.gz\0");
+        c.on_open(now, Ok(()));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        assert!(head.contains("\r\nContent-Encoding: gzip\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+            "{head}"
         );
     }
 }

@@ -3,14 +3,15 @@
 //! for whatever status results can be written. The trailing-slash redirect's Location for a
 //! parsed target is visible ASCII (no CR/LF can reach the head) and stays on this server.
 //! If-None-Match and If-Range values are evaluated against an ETag: an If-Range only holds
-//! for exactly that tag or the matching date.
+//! for exactly that tag or the matching date. Accept-Encoding values are read into codings
+//! (never one twice).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use ringwork_core::http::{
     error_response, if_none_match_matches, if_range_holds, is_directory_request, normalize_path,
-    parse_http_date, parse_request, redirect_response, slash_redirect_location, ETag, Limits,
-    Parsed,
+    parse_http_date, parse_request, preferred_codings, redirect_response, slash_redirect_location,
+    ETag, Limits, Parsed,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -46,12 +47,17 @@ fuzz_target!(|data: &[u8]| {
                     assert!(v == etag.as_str().as_bytes() || parse_http_date(v) == Some(mtime));
                 }
             }
+            if let Some(v) = request.accept_encoding {
+                let c = preferred_codings(v);
+                assert!(c.get(0).is_none() || c.get(0) != c.get(1));
+            }
             let _ = request.check_servable();
         }
         Err(e) => {
             let status = e.status();
             assert!(status.code() >= 400, "{e:?} maps to {}", status.code());
-            let len = error_response(status, false, 0, &mut out).expect("error response fits 1 KiB");
+            let len =
+                error_response(status, false, 0, &mut out).expect("error response fits 1 KiB");
             assert!(len.head <= len.total && len.total <= out.len());
         }
     }

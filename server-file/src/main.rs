@@ -94,6 +94,11 @@ struct Args {
         value_name = "FEATURE[,FEATURE]"
     )]
     disable: Vec<Feature>,
+    /// Serve precompressed siblings: `FILE.br` or `FILE.gz` beside FILE, when the request's
+    /// Accept-Encoding takes that coding (nginx's gzip_static / brotli_static); every file
+    /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    precompressed: bool,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -414,6 +419,7 @@ fn run(args: Args) -> Result<(), String> {
             link_open_read: false,
             // Both drivers send the head and the first chunk at once.
             head_with_body: true,
+            precompressed: args.precompressed,
         },
         max_conns,
         chunk_buffers,

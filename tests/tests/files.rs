@@ -1002,3 +1002,129 @@ fn listens_on_ipv4_and_ipv6_at_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("127.0.0.1:1 is given twice"), "{err}");
 }
+
+/// Precompressed siblings: `Accept-Encoding` (q-values honoured) picks `comp.txt.br` or
+/// `comp.txt.gz` over `comp.txt`, with Content-Encoding, the plain file's Content-Type, and
+/// `Vary: Accept-Encoding` on every answer; ranges count the encoded bytes; HEAD answers as
+/// GET; `--precompressed false` never serves a sibling.
+fn scenario_precompressed(backend: &str) {
+    let dir = fresh_dir("ringwork-files-precompressed-");
+    let plain = random_bytes(71, 3000);
+    let gz = random_bytes(72, 1200);
+    let br = random_bytes(73, 900);
+    std::fs::write(dir.join("comp.txt"), &plain).unwrap();
+    std::fs::write(dir.join("comp.txt.gz"), &gz).unwrap();
+    std::fs::write(dir.join("comp.txt.br"), &br).unwrap();
+    std::fs::write(dir.join("only-gz.js"), b"plain").unwrap();
+    std::fs::write(dir.join("only-gz.js.gz"), b"gzipped").unwrap();
+    std::fs::create_dir(dir.join("sibling-dir.txt.gz")).unwrap();
+    std::fs::write(dir.join("sibling-dir.txt"), b"plain").unwrap();
+    let root = dir.to_str().unwrap();
+    let s = Server::start(
+        "ringwork-files",
+        &["--listen", "127.0.0.1:0", "--backend", backend, root],
+    );
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/comp.txt", "Accept-Encoding: gzip, deflate, br\r\n");
+    assert_eq!(
+        r.header("Content-Encoding"),
+        Some("br"),
+        "{backend}: {}",
+        r.head
+    );
+    assert!(r.body == br);
+    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.header("Vary"), Some("Accept-Encoding"));
+    let etag_br = r.header("ETag").unwrap().to_string();
+    let r = c.get("/comp.txt", "Accept-Encoding: br;q=0.4, gzip;q=0.9\r\n");
+    assert_eq!(
+        r.header("Content-Encoding"),
+        Some("gzip"),
+        "{backend}: {}",
+        r.head
+    );
+    assert!(r.body == gz);
+    assert_ne!(
+        r.header("ETag"),
+        Some(etag_br.as_str()),
+        "each encoding its own ETag"
+    );
+    let r = c.get("/comp.txt", "Accept-Encoding: gzip;q=0, br;q=0\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == plain,
+        "{backend}: q=0"
+    );
+    assert_eq!(
+        r.header("Vary"),
+        Some("Accept-Encoding"),
+        "Vary on the plain answer too"
+    );
+    let r = c.get("/comp.txt", "");
+    assert!(r.header("Content-Encoding").is_none() && r.body == plain);
+    let r = c.get(
+        "/comp.txt",
+        "Accept-Encoding: gzip\r\nRange: bytes=10-19\r\n",
+    );
+    assert_eq!(
+        (r.status, r.header("Content-Encoding")),
+        (206, Some("gzip"))
+    );
+    assert_eq!(
+        r.header("Content-Range"),
+        Some("bytes 10-19/1200"),
+        "encoded bytes"
+    );
+    assert_eq!(&r.body[..], &gz[10..20]);
+    let r = c.get(
+        "/comp.txt",
+        &format!("Accept-Encoding: br\r\nIf-None-Match: {etag_br}\r\n"),
+    );
+    assert_eq!((r.status, r.header("Vary")), (304, Some("Accept-Encoding")));
+    c.send(b"HEAD /comp.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n");
+    let r = c.read(true).unwrap();
+    assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+    assert_eq!(r.header("Content-Length"), Some("1200"));
+    let r = c.get("/only-gz.js", "Accept-Encoding: br, gzip\r\n");
+    assert_eq!(
+        (r.header("Content-Encoding"), &r.body[..]),
+        (Some("gzip"), &b"gzipped"[..])
+    );
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let r = c.get("/sibling-dir.txt", "Accept-Encoding: gzip\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == b"plain",
+        "a directory is no sibling"
+    );
+    drop(c);
+    drop(s);
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--precompressed",
+            "false",
+            root,
+        ],
+    );
+    let r = Client::connect(s.addr).get("/comp.txt", "Accept-Encoding: br, gzip\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == plain,
+        "{backend}: off"
+    );
+    assert_eq!(r.header("Vary"), None);
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn precompressed_siblings_are_served_when_accepted() {
+    for backend in BACKENDS {
+        scenario_precompressed(backend);
+    }
+}

@@ -16,6 +16,8 @@
 //! - [`ETag`] gives a file nginx's validator; [`client_is_fresh`] decides a 304 from
 //!   `If-None-Match` and `If-Modified-Since` (the tag first, RFC 9110 §13.2.2), and
 //!   [`if_range_holds`] whether a `Range` behind an `If-Range` is served.
+//! - [`preferred_codings`] reads `Accept-Encoding` into the precompressed [`ContentCoding`]s
+//!   (`FILE.br`, `FILE.gz`) the client takes, best first.
 //! - [`ResponseHead::write`], [`error_response`] and [`redirect_response`] write responses into
 //!   a caller's buffer.
 //!
@@ -28,6 +30,7 @@
 
 mod conditional;
 mod date;
+mod encoding;
 mod mime;
 mod path;
 mod range;
@@ -36,6 +39,7 @@ mod response;
 
 pub use conditional::{client_is_fresh, if_none_match_matches, if_range_holds, ETag};
 pub use date::{format_http_date, not_modified, parse_http_date, MAX_HTTP_DATE};
+pub use encoding::{preferred_codings, Codings, ContentCoding};
 pub use mime::content_type;
 pub use path::{is_directory_request, normalize_path, slash_redirect_location};
 pub use range::{parse_range, RangeResult};

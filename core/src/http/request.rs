@@ -157,6 +157,10 @@ pub struct Request<'a> {
     /// The raw `If-Range` value; see [`if_range_holds`](super::if_range_holds). `Some(b"")`
     /// when repeated, which never holds (the whole file is sent).
     pub if_range: Option<&'a [u8]>,
+    /// The raw `Accept-Encoding` value; see
+    /// [`preferred_codings`](super::preferred_codings). `Some(b"")` when repeated, which
+    /// accepts no coding (the plain file is sent).
+    pub accept_encoding: Option<&'a [u8]>,
     /// True when a body follows the head (nonzero Content-Length or any Transfer-Encoding).
     /// The body has not been consumed: a server that answers such a request must close.
     pub has_body: bool,
@@ -240,6 +244,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     let mut if_modified_since: Option<&[u8]> = None;
     let mut if_none_match: Option<&[u8]> = None;
     let mut if_range: Option<&[u8]> = None;
+    let mut accept_encoding: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -279,6 +284,12 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             } else {
                 trim_ows(h.value)
             });
+        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
+            accept_encoding = Some(if accept_encoding.is_some() {
+                b""
+            } else {
+                trim_ows(h.value)
+            });
         }
     }
     if transfer_encoding && content_length.is_some() {
@@ -305,6 +316,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             if_modified_since,
             if_none_match,
             if_range,
+            accept_encoding,
             has_body,
         },
         head_len,
@@ -579,6 +591,14 @@ mod tests {
         );
         let r = serve(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!((r.if_none_match, r.if_range), (None, None));
+        assert_eq!(r.accept_encoding, None);
+        let r = serve(b"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding:  gzip, br \r\n\r\n").unwrap();
+        assert_eq!(r.accept_encoding, Some(&b"gzip, br"[..]));
+        let r = serve(
+            b"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nAccept-Encoding: br\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.accept_encoding, Some(&b""[..]));
     }
 
     #[test]

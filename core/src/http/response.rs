@@ -152,6 +152,11 @@ pub struct ResponseHead<'a> {
     pub last_modified: Option<u64>,
     /// `ETag`, quotes included (from [`ETag::as_str`](super::ETag::as_str)).
     pub etag: Option<&'a str>,
+    /// `Content-Encoding`, for a precompressed sibling (from
+    /// [`ContentCoding::name`](super::ContentCoding::name)).
+    pub content_encoding: Option<&'a str>,
+    /// `Vary: Accept-Encoding`: the answer depends on the request's `Accept-Encoding`.
+    pub vary_accept_encoding: bool,
     /// `Content-Range`, for 206 and 416.
     pub content_range: Option<ContentRange>,
     /// `Accept-Ranges: bytes`, for file responses.
@@ -176,6 +181,8 @@ impl<'a> ResponseHead<'a> {
             content_type: None,
             last_modified: None,
             etag: None,
+            content_encoding: None,
+            vary_accept_encoding: false,
             content_range: None,
             accept_ranges: false,
             location: None,
@@ -210,6 +217,12 @@ impl<'a> ResponseHead<'a> {
         }
         if let Some(etag) = self.etag {
             w.header(b"ETag", etag.as_bytes())?;
+        }
+        if let Some(coding) = self.content_encoding {
+            w.header(b"Content-Encoding", coding.as_bytes())?;
+        }
+        if self.vary_accept_encoding {
+            w.header(b"Vary", b"Accept-Encoding")?;
         }
         if self.accept_ranges {
             w.header(b"Accept-Ranges", b"bytes")?;
@@ -415,6 +428,8 @@ mod tests {
         head.content_type = Some(content_type("a.txt"));
         head.last_modified = Some(0);
         head.etag = Some("\"0-64\"");
+        head.content_encoding = Some("br");
+        head.vary_accept_encoding = true;
         head.content_range = Some(ContentRange::Bytes {
             start: 0,
             end_inclusive: 9,
@@ -430,6 +445,8 @@ mod tests {
         assert_eq!(header(&hs, "content-length"), Some("10"));
         assert_eq!(header(&hs, "accept-ranges"), Some("bytes"));
         assert_eq!(header(&hs, "etag"), Some("\"0-64\""));
+        assert_eq!(header(&hs, "content-encoding"), Some("br"));
+        assert_eq!(header(&hs, "vary"), Some("Accept-Encoding"));
         assert_eq!(header(&hs, "connection"), Some("keep-alive"));
         assert_eq!(header(&hs, "server"), Some("ringwork"));
         assert_eq!(header(&hs, "date"), Some("Sun, 06 Nov 1994 08:49:37 GMT"));
