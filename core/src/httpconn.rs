@@ -44,9 +44,30 @@ use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
     client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
     normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
-    slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, HttpError, Limits, Method,
-    Parsed, RangeResult, ResponseHead, Status,
+    slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, ErrorResponseLen,
+    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
 };
+
+/// One answered request, as an access log sees it: what nginx's combined format prints
+/// but the client's address and the time, which are the driver's. From
+/// [`HttpConn::drain_log`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogEntry<'a> {
+    /// The method as sent; empty when the request head did not parse (a 400 or 431).
+    pub method: &'a [u8],
+    /// The request target as sent; empty when the head did not parse.
+    pub target: &'a [u8],
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    /// The status answered.
+    pub status: u16,
+    /// Body bytes sent (nginx's `$body_bytes_sent`): none for HEAD, 304 and 416.
+    pub body_bytes: u64,
+    /// The `Referer` value, if one was sent.
+    pub referer: Option<&'a [u8]>,
+    /// The `User-Agent` value, if one was sent.
+    pub user_agent: Option<&'a [u8]>,
+}
 
 /// Which of the connection's two chunk buffers.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -94,6 +115,9 @@ pub struct Config {
     /// FILE's `Content-Type`; else FILE. Every file answer then says `Vary: Accept-Encoding`.
     /// A sibling that does not exist costs a stat per coding the client takes.
     pub precompressed: bool,
+    /// Keep what an access log needs of every answered request, for
+    /// [`HttpConn::drain_log`].
+    pub access_log: bool,
 }
 
 /// Bytes in front of every chunk read, when [`Config::head_with_body`] is on, where the head
@@ -113,6 +137,7 @@ impl Default for Config {
             link_open_read: false,
             head_with_body: false,
             precompressed: false,
+            access_log: false,
         }
     }
 }
@@ -323,6 +348,57 @@ struct ReqInfo {
     coding: Option<ContentCoding>,
 }
 
+/// The fixed part of a log entry: status (u16), body bytes (u64), version, flags; then four
+/// fields, each a u16 length (little-endian) and its bytes: method, target, referer, user
+/// agent. Flags: bit 0 a referer was sent, bit 1 a user agent.
+const LOG_FIXED: usize = 12;
+
+/// Starts an entry at the end of `log` for `request` (`None`: a head that did not parse);
+/// status and body length are filled in when the response is done.
+fn log_begin(log: &mut Vec<u8>, request: Option<&crate::http::Request<'_>>) {
+    let field = |log: &mut Vec<u8>, v: &[u8]| {
+        // A head is at most Limits::max_head_bytes; longer than u16 is cut, not refused.
+        let n = v.len().min(usize::from(u16::MAX));
+        log.extend_from_slice(&(n as u16).to_le_bytes());
+        log.extend_from_slice(&v[..n]);
+    };
+    let version = request.map_or(1, |r| r.version_minor);
+    let referer = request.and_then(|r| r.referer);
+    let user_agent = request.and_then(|r| r.user_agent);
+    let flags = u8::from(referer.is_some()) | u8::from(user_agent.is_some()) << 1;
+    log.extend_from_slice(&[0; 10]);
+    log.extend_from_slice(&[version, flags]);
+    field(log, request.map_or(&b""[..], |r| r.method_name.as_bytes()));
+    field(log, request.map_or(&b""[..], |r| r.target.as_bytes()));
+    field(log, referer.unwrap_or_default());
+    field(log, user_agent.unwrap_or_default());
+}
+
+/// The entry at the start of `log`, and its encoded length (see [`LOG_FIXED`]).
+fn log_entry(log: &[u8]) -> (LogEntry<'_>, usize) {
+    let mut at = LOG_FIXED;
+    let mut field = || {
+        let n = usize::from(u16::from_le_bytes([log[at], log[at + 1]]));
+        let v = &log[at + 2..at + 2 + n];
+        at += 2 + n;
+        v
+    };
+    let (method, target, referer, user_agent) = (field(), field(), field(), field());
+    let flags = log[11];
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&log[2..10]);
+    let entry = LogEntry {
+        method,
+        target,
+        version_minor: log[10],
+        status: u16::from_le_bytes([log[0], log[1]]),
+        body_bytes: u64::from_le_bytes(bytes),
+        referer: (flags & 1 != 0).then_some(referer),
+        user_agent: (flags & 2 != 0).then_some(user_agent),
+    };
+    (entry, at)
+}
+
 /// Most zero-copy sends a connection has unfinished (result or notification outstanding) at
 /// once; beyond that a chunk goes by copy ([`Op::Send`]). Sends are one at a time, and a
 /// buffer awaiting notifications is not refilled, so 8 is only exceeded by many short sends.
@@ -378,6 +454,13 @@ pub struct HttpConn {
     /// The current request's target as received (still percent-encoded): the path the
     /// trailing-slash redirect is made from.
     target: Vec<u8>,
+    /// With [`Config::access_log`]: the answered requests not yet drained, then the one being
+    /// answered (from `log_open`), encoded by [`log_begin`].
+    log: Vec<u8>,
+    log_open: Option<usize>,
+    /// The status and body length of the response being sent, for the log.
+    log_status: u16,
+    log_body: u64,
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
@@ -422,6 +505,10 @@ impl HttpConn {
             head_sent: 0,
             req: None,
             target: Vec::with_capacity(cfg.limits.max_target_len),
+            log: Vec::new(),
+            log_open: None,
+            log_status: 0,
+            log_body: 0,
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
@@ -491,6 +578,25 @@ impl HttpConn {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests
+    }
+
+    /// With [`Config::access_log`]: calls `f` with every request answered since the last
+    /// call, in order, and forgets them. A request is logged once its response is fully
+    /// sent; one whose response was cut short (the client left, a drain's abort) is not.
+    /// Call after handling each event (nothing is lost by calling later, but entries pile
+    /// up in memory until then).
+    pub fn drain_log(&mut self, mut f: impl FnMut(&LogEntry<'_>)) {
+        let done = self.log_open.unwrap_or(self.log.len());
+        let mut at = 0;
+        while at < done {
+            let (entry, len) = log_entry(&self.log[at..done]);
+            f(&entry);
+            at += len;
+        }
+        // The entry being answered moves to the front.
+        self.log.copy_within(done.., 0);
+        self.log.truncate(self.log.len() - done);
+        self.log_open = self.log_open.map(|_| 0);
     }
 
     fn push(&mut self, op: Op) {
@@ -974,6 +1080,15 @@ impl HttpConn {
             Ok(Parsed::Complete { request, head_len }) => (request, head_len),
             Err(e) => return self.refuse(now, e, false),
         };
+        if self.cfg.access_log {
+            if let Some(start) = self.log_open.take() {
+                // Guard: an entry is closed by finish or dropped by close before the next
+                // head; should one be left open, it is dropped here.
+                self.log.truncate(start);
+            }
+            self.log_open = Some(self.log.len());
+            log_begin(&mut self.log, Some(&request));
+        }
         let keep_alive = request.keep_alive;
         let head_only = request.method == Method::Head;
         let info = ReqInfo {
@@ -1046,6 +1161,11 @@ impl HttpConn {
 
     /// Answers a request error; the connection closes after it (its framing is suspect).
     fn refuse(&mut self, now: Time, e: HttpError, head_only: bool) {
+        if self.cfg.access_log && self.log_open.is_none() {
+            // The head did not parse: an entry without a request line.
+            self.log_open = Some(self.log.len());
+            log_begin(&mut self.log, None);
+        }
         self.rlen = 0;
         self.close_after = true;
         self.req = Some(ReqInfo {
@@ -1062,14 +1182,22 @@ impl HttpConn {
         });
         self.close_after |= !keep_alive;
         let len = match error_response(status, keep_alive, now.unix_secs, &mut self.head) {
-            Ok(l) if head_only => l.head,
-            Ok(l) => l.total,
+            Ok(l) => self.small_response(status, l, head_only),
             // HEAD_CAP holds any error response; should it not, closing is the fallback.
             Err(_) => return self.close(),
         };
         self.start_head(len);
         self.phase = Phase::Respond;
         self.pump(now);
+    }
+
+    /// What of a small response written whole into the head buffer goes out (no body for
+    /// HEAD), noted for the log.
+    fn small_response(&mut self, status: Status, l: ErrorResponseLen, head_only: bool) -> usize {
+        let len = if head_only { l.head } else { l.total };
+        self.log_status = status.code();
+        self.log_body = (len - l.head) as u64;
+        len
     }
 
     /// Answers a directory requested without its trailing slash with a 301 to the slashed
@@ -1090,8 +1218,7 @@ impl HttpConn {
             self.head.resize(HEAD_CAP + location.len(), 0);
         }
         let len = match redirect_response(location, keep_alive, now.unix_secs, &mut self.head) {
-            Ok(l) if head_only => l.head,
-            Ok(l) => l.total,
+            Ok(l) => self.small_response(Status::MovedPermanently, l, head_only),
             Err(_) => return self.close(),
         };
         self.start_head(len);
@@ -1197,6 +1324,11 @@ impl HttpConn {
         let len = match head.write(&mut self.head) {
             Ok(len) => len,
             Err(_) => return false,
+        };
+        self.log_status = head.status.code();
+        self.log_body = match body {
+            Some((_, len)) if !req.head_only => len,
+            _ => 0,
         };
         self.start_head(len);
         self.read = match body {
@@ -1316,6 +1448,11 @@ impl HttpConn {
     /// The response is out.
     fn finish(&mut self, now: Time) {
         self.requests += 1;
+        if let Some(start) = self.log_open.take() {
+            // The entry is complete: its status and body length go in the fixed part.
+            self.log[start..start + 2].copy_from_slice(&self.log_status.to_le_bytes());
+            self.log[start + 2..start + 10].copy_from_slice(&self.log_body.to_le_bytes());
+        }
         self.read = None;
         if self.file_open {
             self.phase = Phase::CloseFile;
@@ -1352,6 +1489,10 @@ impl HttpConn {
     fn close(&mut self) {
         if self.is_closed() {
             return;
+        }
+        if let Some(start) = self.log_open.take() {
+            // A response that never finished (the client left, an abort) is not logged.
+            self.log.truncate(start);
         }
         self.phase = Phase::Closing;
         let reading = self.bufs.contains(&BufState::Reading);
@@ -1764,6 +1905,7 @@ mod tests {
             // once, as the servers do; the other half send the head alone.
             head_with_body: size % 2 == 1,
             precompressed: true,
+            access_log: true,
             ..Config::default()
         };
         let buf_len = (chunk + HEAD_ROOM) as usize;
@@ -1895,6 +2037,14 @@ mod tests {
             let head_only: Vec<bool> = reqs.iter().map(|r| matches!(r, Req::Head)).collect();
             let got = responses(&s.out, &head_only);
             prop_assert_eq!(got.len(), reqs.len());
+            // The log has every request, in order, with what was answered.
+            let mut logged = Vec::new();
+            s.conn.drain_log(|e| logged.push((e.status, e.body_bytes, e.method.to_vec())));
+            prop_assert_eq!(logged.len(), reqs.len());
+            for ((status, body), (lstatus, lbytes, method)) in got.iter().zip(&logged) {
+                prop_assert_eq!((*status, body.len() as u64), (*lstatus, *lbytes));
+                prop_assert!(method == b"GET" || method == b"HEAD");
+            }
             for (r, (status, body)) in reqs.iter().zip(got) {
                 match r {
                     Req::Get => {
@@ -2823,5 +2973,69 @@ mod tests {
             head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
             "{head}"
         );
+    }
+
+    #[test]
+    fn the_log_has_each_answered_request() {
+        let input =
+            b"GET /f?q HTTP/1.1\r\nHost: x\r\nReferer: http://r/\r\nUser-Agent: t/1\r\n\r\n\
+            HEAD /f HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+            DELETE /f HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![7]);
+        s.run();
+        let mut got = Vec::new();
+        s.conn.drain_log(|e| {
+            got.push((
+                String::from_utf8(e.method.to_vec()).unwrap(),
+                String::from_utf8(e.target.to_vec()).unwrap(),
+                e.version_minor,
+                e.status,
+                e.body_bytes,
+                e.referer.map(<[u8]>::to_vec),
+                e.user_agent.map(<[u8]>::to_vec),
+            ))
+        });
+        let s405 = "405 Method Not Allowed\n".len() as u64;
+        assert_eq!(
+            got,
+            [
+                (
+                    "GET".into(),
+                    "/f?q".into(),
+                    1,
+                    200,
+                    10,
+                    Some(b"http://r/".to_vec()),
+                    Some(b"t/1".to_vec())
+                ),
+                ("HEAD".into(), "/f".into(), 0, 200, 0, None, None),
+                ("DELETE".into(), "/f".into(), 1, 405, s405, None, None),
+            ]
+        );
+        let mut again = 0;
+        s.conn.drain_log(|_| again += 1);
+        assert_eq!(again, 0, "drained once");
+    }
+
+    #[test]
+    fn a_head_that_does_not_parse_is_logged_and_a_cut_response_is_not() {
+        let mut s = sim(10, 64, b"GARBAGE\r\n\r\n".to_vec(), vec![100]);
+        s.run();
+        let mut got = Vec::new();
+        s.conn
+            .drain_log(|e| got.push((e.method.len(), e.target.len(), e.status)));
+        assert_eq!(got, [(0, 0, 400)]);
+        // The client goes away before the response is out: nothing is logged.
+        let now = Time::default();
+        let cfg = Config {
+            access_log: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = open_response(&mut c, 100_000);
+        c.abort();
+        let mut n = 0;
+        c.drain_log(|_| n += 1);
+        assert_eq!(n, 0);
     }
 }

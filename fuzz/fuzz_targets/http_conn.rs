@@ -38,6 +38,7 @@ struct Input {
     links: bool,
     close_after: bool,
     precompressed: bool,
+    access_log: bool,
     /// Per request: Accept-Encoding, If-None-Match, If-Range with a Range (bits 0, 1, 2).
     headers: u8,
     requests: u8,
@@ -298,6 +299,7 @@ fuzz_target!(|input: Input| {
         header_timeout_ms: 1_000,
         idle_timeout_ms: 2_000,
         precompressed: input.precompressed,
+        access_log: input.access_log,
         ..Config::default()
     };
     let mut wire = Vec::new();
@@ -335,6 +337,7 @@ fuzz_target!(|input: Input| {
         notifs: [0; 2],
     };
     let mut link = None;
+    let mut answered_logged = 0u64;
     m.drain(&mut link);
     for step in input.steps.into_iter().take(2000) {
         match step {
@@ -350,6 +353,14 @@ fuzz_target!(|input: Input| {
             Step::Complete { .. } => {}
         }
         m.drain(&mut link);
+        // Logged only once answered, never more often than answered.
+        let mut logged = 0;
+        m.conn.drain_log(|e| {
+            assert!((200..600).contains(&e.status), "{e:?}");
+            logged += 1;
+        });
+        answered_logged += logged;
+        assert!(answered_logged <= m.conn.requests());
     }
     // The grace runs out: everything owed comes in, oldest first; the connection must end.
     m.conn.abort();

@@ -83,6 +83,29 @@ pub fn format_http_date(unix_secs: u64, out: &mut [u8; 29]) {
     out[25..29].copy_from_slice(b" GMT");
 }
 
+/// Writes `unix_secs` as the common log format's time (`10/Oct/2000:13:55:36 +0000`, what
+/// nginx's `$time_local` shows), always in UTC: core knows no time zones. Times after
+/// [`MAX_HTTP_DATE`] are written as that.
+pub fn format_log_date(unix_secs: u64, out: &mut [u8; 26]) {
+    let t = unix_secs.min(MAX_HTTP_DATE);
+    let (year, month, day) = civil_from_days(t / 86_400);
+    let secs = t % 86_400;
+    let two = |v: u64| [b'0' + (v / 10) as u8, b'0' + (v % 10) as u8];
+    out[0..2].copy_from_slice(&two(u64::from(day)));
+    out[2] = b'/';
+    out[3..6].copy_from_slice(MONTH_NAMES[month as usize - 1]);
+    out[6] = b'/';
+    out[7..9].copy_from_slice(&two(year / 100));
+    out[9..11].copy_from_slice(&two(year % 100));
+    out[11] = b':';
+    out[12..14].copy_from_slice(&two(secs / 3600));
+    out[14] = b':';
+    out[15..17].copy_from_slice(&two(secs / 60 % 60));
+    out[17] = b':';
+    out[18..20].copy_from_slice(&two(secs % 60));
+    out[20..26].copy_from_slice(b" +0000");
+}
+
 /// Parses an HTTP-date (RFC 9110 §5.6.7) into Unix seconds: IMF-fixdate
 /// (`Sun, 06 Nov 1994 08:49:37 GMT`), and the obsolete RFC 850 (`Sunday, 06-Nov-94 08:49:37
 /// GMT`) and asctime (`Sun Nov  6 08:49:37 1994`) forms that recipients must still accept.
@@ -218,6 +241,17 @@ mod tests {
         let mut out = [0u8; 29];
         format_http_date(u64::MAX, &mut out);
         assert_eq!(&out, b"Fri, 31 Dec 9999 23:59:59 GMT", "clamped");
+    }
+
+    #[test]
+    fn log_dates() {
+        let mut out = [0u8; 26];
+        format_log_date(971_185_336, &mut out);
+        assert_eq!(&out, b"10/Oct/2000:13:42:16 +0000");
+        format_log_date(0, &mut out);
+        assert_eq!(&out, b"01/Jan/1970:00:00:00 +0000");
+        format_log_date(u64::MAX, &mut out);
+        assert_eq!(&out, b"31/Dec/9999:23:59:59 +0000");
     }
 
     #[test]

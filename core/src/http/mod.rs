@@ -38,7 +38,7 @@ mod request;
 mod response;
 
 pub use conditional::{client_is_fresh, if_none_match_matches, if_range_holds, ETag};
-pub use date::{format_http_date, not_modified, parse_http_date, MAX_HTTP_DATE};
+pub use date::{format_http_date, format_log_date, not_modified, parse_http_date, MAX_HTTP_DATE};
 pub use encoding::{preferred_codings, Codings, ContentCoding};
 pub use mime::content_type;
 pub use path::{is_directory_request, normalize_path, slash_redirect_location};

@@ -138,6 +138,8 @@ pub enum Method {
 pub struct Request<'a> {
     /// The method.
     pub method: Method,
+    /// The method as sent (for an access log: what a 405 was for).
+    pub method_name: &'a str,
     /// The raw request target, still percent-encoded; see [`normalize_path`](super::normalize_path).
     pub target: &'a str,
     /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -161,6 +163,10 @@ pub struct Request<'a> {
     /// [`preferred_codings`](super::preferred_codings). `Some(b"")` when repeated, which
     /// accepts no coding (the plain file is sent).
     pub accept_encoding: Option<&'a [u8]>,
+    /// The raw `Referer` value (the first one), for an access log.
+    pub referer: Option<&'a [u8]>,
+    /// The raw `User-Agent` value (the first one), for an access log.
+    pub user_agent: Option<&'a [u8]>,
     /// True when a body follows the head (nonzero Content-Length or any Transfer-Encoding).
     /// The body has not been consumed: a server that answers such a request must close.
     pub has_body: bool,
@@ -228,6 +234,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     if target.len() > limits.max_target_len {
         return Err(HttpError::TargetTooLong);
     }
+    let method_name = method;
     let method = match method {
         "GET" => Method::Get,
         "HEAD" => Method::Head,
@@ -245,6 +252,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     let mut if_none_match: Option<&[u8]> = None;
     let mut if_range: Option<&[u8]> = None;
     let mut accept_encoding: Option<&[u8]> = None;
+    let mut referer: Option<&[u8]> = None;
+    let mut user_agent: Option<&[u8]> = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -284,6 +293,10 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             } else {
                 trim_ows(h.value)
             });
+        } else if name.eq_ignore_ascii_case(b"referer") {
+            referer = referer.or(Some(trim_ows(h.value)));
+        } else if name.eq_ignore_ascii_case(b"user-agent") {
+            user_agent = user_agent.or(Some(trim_ows(h.value)));
         } else if name.eq_ignore_ascii_case(b"accept-encoding") {
             accept_encoding = Some(if accept_encoding.is_some() {
                 b""
@@ -309,6 +322,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
     Ok(Parsed::Complete {
         request: Request {
             method,
+            method_name,
             target,
             version_minor,
             keep_alive,
@@ -317,6 +331,8 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             if_none_match,
             if_range,
             accept_encoding,
+            referer,
+            user_agent,
             has_body,
         },
         head_len,
@@ -599,6 +615,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.accept_encoding, Some(&b""[..]));
+        let r = serve(b"DELETE /x HTTP/1.1\r\nHost: x\r\nReferer: http://a/\r\nUser-Agent: curl/8 \r\nUser-Agent: other\r\n\r\n");
+        assert_eq!(r, Err(HttpError::MethodNotAllowed));
+        let Ok(Parsed::Complete { request, .. }) = parse_request(
+            b"DELETE /x HTTP/1.1\r\nHost: x\r\nReferer: http://a/\r\nUser-Agent: curl/8 \r\nUser-Agent: other\r\n\r\n",
+            &limits(),
+        ) else {
+            panic!("parses")
+        };
+        assert_eq!(request.method_name, "DELETE");
+        assert_eq!(request.referer, Some(&b"http://a/"[..]));
+        assert_eq!(request.user_agent, Some(&b"curl/8"[..]), "the first");
     }
 
     #[test]
