@@ -85,6 +85,8 @@ struct Conn {
     pending_send: Option<SendSrc>,
     /// HttpConn said Free: remove the connection (which closes the socket).
     freed: bool,
+    /// The client's address, for the access log (looked up only when there is one).
+    peer: Option<std::net::IpAddr>,
 }
 
 /// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
@@ -106,6 +108,7 @@ impl Conn {
             pending_recv: None,
             pending_send: None,
             freed: false,
+            peer: None,
         }
     }
 }
@@ -185,6 +188,9 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             );
         }
         if drain.finished(conns.len(), false, false) {
+            if let Some(sink) = &shared.access_log {
+                crate::accesslog::flush_thread(sink);
+            }
             return Ok(());
         }
         if drain.on_tick(now_ms) == Some(DrainAction::Abort) {
@@ -278,6 +284,10 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             a.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
         }
         report_accept(&mut acceptors);
+        if let Some(sink) = &shared.access_log {
+            // This turn's lines, in one write.
+            crate::accesslog::flush_thread(sink);
+        }
     }
 }
 
@@ -331,7 +341,10 @@ fn accept_batch(
             return Ok(());
         };
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let conn = Conn::new(shared, sock);
+        let mut conn = Conn::new(shared, sock);
+        if shared.access_log.is_some() {
+            conn.peer = crate::accesslog::peer_ip(&conn.sock);
+        }
         // A full table drops the connection (closing its socket).
         let Some((slot, generation)) = conns.insert(conn) else {
             continue;
@@ -508,6 +521,10 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             }
         }
     }
+    if let Some(sink) = &shared.access_log {
+        // What this turn answered, before a Free removes the connection.
+        crate::accesslog::collect_in_thread(sink, c.peer, &mut c.http);
+    }
     deferred && c.pending_recv.is_some()
 }
 
@@ -567,6 +584,7 @@ mod tests {
         };
         let shared = Shared {
             root,
+            access_log: None,
             cfg,
             max_conns: 1,
             chunk_buffers: 2,

@@ -6,6 +6,7 @@
 //! ([`epoll`]).
 #![forbid(unsafe_code)]
 
+mod accesslog;
 mod epoll;
 mod uring;
 
@@ -99,6 +100,10 @@ struct Args {
     /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     precompressed: bool,
+    /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
+    /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
+    #[arg(long, value_name = "PATH|-|off", default_value = "off")]
+    access_log: accesslog::Destination,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -190,6 +195,8 @@ impl Default for Features {
 /// What every worker thread shares.
 struct Shared {
     root: OwnedFd,
+    /// `--access-log`, unless off.
+    access_log: Option<accesslog::Sink>,
     cfg: Config,
     max_conns: u32,
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
@@ -406,6 +413,7 @@ fn run(args: Args) -> Result<(), String> {
     let nonblocking = args.backend == Backend::Epoll;
     let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
         .map_err(|e| e.to_string())?;
+    let access_log = accesslog::Sink::open(&args.access_log)?;
     let shared = Arc::new(Shared {
         root,
         cfg: Config {
@@ -420,7 +428,9 @@ fn run(args: Args) -> Result<(), String> {
             // Both drivers send the head and the first chunk at once.
             head_with_body: true,
             precompressed: args.precompressed,
+            access_log: access_log.is_some(),
         },
+        access_log,
         max_conns,
         chunk_buffers,
         uring,
@@ -498,7 +508,11 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => failure = Some("a worker thread panicked".into()),
         }
     }
-    println!("{}", shared.stats.line());
+    let log_dropped = shared
+        .access_log
+        .as_ref()
+        .map_or(0, accesslog::Sink::dropped);
+    println!("{} log_dropped={log_dropped}", shared.stats.line());
     match failure {
         None => Ok(()),
         Some(e) => Err(e),

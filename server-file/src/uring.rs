@@ -73,6 +73,7 @@ use ringwork_sys::{
     Acceptor, FixedBuffers, OpMemory, OpenArgs, Ring, SafeSqe, StatxTarget, Target,
 };
 
+use crate::accesslog::RingLog;
 use crate::epoll::tick_interval;
 use crate::{file_info, open_flags, Shared};
 
@@ -98,6 +99,8 @@ struct Conn {
     direct: bool,
     /// Without registered files: the open file (closed through the ring by Op::CloseFile).
     file: Option<OwnedFd>,
+    /// The client's address, for the access log (looked up only when there is one).
+    peer: Option<std::net::IpAddr>,
 }
 
 struct Driver<'s> {
@@ -127,6 +130,8 @@ struct Driver<'s> {
     waiting: VecDeque<(Token, Op, Option<Op>)>,
     direct_refused: bool,
     direct_noted: bool,
+    /// With `--access-log`: this worker's batch and its write through the ring.
+    log: Option<RingLog>,
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
@@ -290,6 +295,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         waiting: VecDeque::new(),
         direct_refused: false,
         direct_noted: false,
+        log: shared.access_log.as_ref().map(|_| RingLog::default()),
     };
     for a in &mut d.acceptors {
         a.start(&mut d.ring)
@@ -298,6 +304,11 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     d.report_accept();
     d.arm_stop()?;
     let result = d.run_loop();
+    if let (Some(log), Some(sink)) = (&mut d.log, &shared.access_log) {
+        // Lines formatted after the last write was submitted (none, normally: the loop
+        // ends only once the last write's CQE is in).
+        log.batch.write_now(sink);
+    }
     let rs = d.ring.stats();
     let st = &shared.stats;
     crate::Stats::add(&st.enters, rs.enters);
@@ -377,7 +388,8 @@ impl Driver<'_> {
         while !self.drain.finished(
             self.conns.len(),
             !self.acceptors.iter().all(Acceptor::is_idle),
-            false,
+            // The log write's buffer is the ring's until its CQE.
+            self.log.as_ref().is_some_and(RingLog::busy),
         ) {
             // Never past the end of an accept pause.
             let deadline = self.acceptors.iter().fold(None, |d, a| {
@@ -398,6 +410,10 @@ impl Driver<'_> {
                     .map_err(|e| format!("io_uring submit: {e}"))?;
             }
             self.report_accept();
+            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
+                // This turn's lines, in one write through the ring.
+                log.flush(sink, &mut self.ring)?;
+            }
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
                 self.each_open_conn(HttpConn::abort)?;
@@ -430,6 +446,12 @@ impl Driver<'_> {
         }
         if token == STOP_TOKEN {
             return self.on_stop_notice();
+        }
+        if RingLog::owns(&token) {
+            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
+                log.on_cqe(sink, &mut self.ring, &cqe)?;
+            }
+            return Ok(());
         }
         let now = self.shared.now();
         // A SEND_ZC's token names the connection, and the send in `sub`.
@@ -518,12 +540,29 @@ impl Driver<'_> {
             read_buf: BufIx(0),
             direct: false,
             file: None,
+            peer: None,
         };
+        let peer = match (&self.log, &conn.sock) {
+            (Some(_), Some(sock)) => crate::accesslog::peer_ip(sock),
+            _ => None,
+        };
+        let conn = Conn { peer, ..conn };
         // A full table (an accept the acceptor's capacity cancel did not stop in time): the
         // connection is dropped (its socket closed) at once.
         match self.conns.insert(Box::new(conn)) {
             Some((slot, _)) => self.drive(slot),
             None => Ok(()),
+        }
+    }
+
+    /// The lines of what connection `slot` answered since the last call, into the batch.
+    fn collect_log(&mut self, slot: Slot) {
+        if let (Some(log), Some(sink), Some(c)) = (
+            &mut self.log,
+            &self.shared.access_log,
+            self.conns.get_mut(slot),
+        ) {
+            crate::accesslog::collect(sink, &mut log.batch, c.peer, &mut c.http);
         }
     }
 
@@ -625,6 +664,7 @@ impl Driver<'_> {
     /// (its first read): HttpConn decides what is chained, this only submits it. A read waits
     /// its turn (after the reads already waiting) when the pool has no chunk buffer for it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
+        self.collect_log(slot);
         while let Some(op) = self.conns.get_mut(slot).and_then(|c| c.http.poll_op()) {
             if op == Op::Free {
                 // Nothing of it is in flight: its memory may go (the socket was closed by

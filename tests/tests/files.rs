@@ -1128,3 +1128,132 @@ fn precompressed_siblings_are_served_when_accepted() {
         scenario_precompressed(backend);
     }
 }
+
+/// `--access-log PATH`: one combined-format line per answered request, in order, on both
+/// backends, every line written by the time the server exits; `-` writes them to stdout.
+fn scenario_access_log(backend: &str) {
+    let dir = fresh_dir("ringwork-files-log-");
+    let log = dir.join("access.log");
+    let root = root().to_str().unwrap();
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--access-log",
+            log.to_str().unwrap(),
+            root,
+        ],
+    );
+    let mut c = Client::connect(s.addr);
+    let r = c.get(
+        "/f4095?x=1",
+        "Referer: http://ref.example/\r\nUser-Agent: e2e \"agent\"\r\n",
+    );
+    assert_eq!(r.status, 200);
+    c.send(b"HEAD /page.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.read(true).unwrap();
+    assert_eq!(c.get("/nope", "").status, 404);
+    assert_eq!(c.get("/f4097", "Range: bytes=0-9\r\n").status, 206);
+    assert_eq!(c.get("/withindex", "").status, 301);
+    drop(c);
+    assert_eq!(once(s.addr, b"GARBAGE\r\n\r\n").status, 400);
+    terminate(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let want = [
+        r#""GET /f4095?x=1 HTTP/1.1" 200 4095 "http://ref.example/" "e2e \x22agent\x22""#,
+        r#""HEAD /page.html HTTP/1.1" 200 0 "-" "-""#,
+        r#""GET /nope HTTP/1.1" 404 14 "-" "-""#,
+        r#""GET /f4097 HTTP/1.1" 206 10 "-" "-""#,
+        r#""GET /withindex HTTP/1.1" 301 22 "-" "-""#,
+        r#""-" 400 16 "-" "-""#,
+    ];
+    assert_eq!(lines.len(), want.len(), "{backend}: {text}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{backend}: {line}");
+        assert!(line.contains(" +0000] "), "{backend}: {line}");
+        assert!(
+            line.ends_with(want),
+            "{backend}: {line:?} should end {want:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "[::1]:0",
+            "--backend",
+            backend,
+            "--access-log",
+            "-",
+            root,
+        ],
+    );
+    assert_eq!(Client::connect(s.addr).get("/f1", "").status, 200);
+    let ok = s.wait_until(Duration::from_secs(5), |s| {
+        s.stdout_lines().iter().any(|l| {
+            l.starts_with("::1 - - [") && l.ends_with(r#""GET /f1 HTTP/1.1" 200 1 "-" "-""#)
+        })
+    });
+    assert!(ok, "{backend}: no log line on stdout");
+}
+
+#[test]
+fn the_access_log_has_a_line_per_answered_request() {
+    for backend in BACKENDS {
+        scenario_access_log(backend);
+    }
+}
+
+/// A log that cannot be written (/dev/full: every write fails with ENOSPC) is reported once
+/// on stderr, and serving goes on.
+#[test]
+fn an_unwritable_access_log_is_reported_once_and_serving_goes_on() {
+    let f = file("f4097");
+    for backend in BACKENDS {
+        let root = root().to_str().unwrap();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--access-log",
+            "/dev/full",
+            root,
+        ];
+        let s = Server::start_with_nofile("ringwork-files", &args, 4096);
+        let mut c = Client::connect(s.addr);
+        for _ in 0..20 {
+            let r = c.get("/f4097", "");
+            assert!(r.status == 200 && r.body == f, "{backend}");
+            // Separate turns of the loop, so that there are several writes to fail.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(c);
+        let reported = |s: &Server| {
+            s.stderr()
+                .lines
+                .into_iter()
+                .filter(|l| l.contains("access log"))
+                .collect::<Vec<String>>()
+        };
+        assert!(
+            s.wait_until(Duration::from_secs(5), |s| !reported(s).is_empty()),
+            "{backend}: the failure was not reported"
+        );
+        let errors = reported(&s);
+        assert_eq!(errors.len(), 1, "{backend}: once: {errors:?}");
+        assert!(
+            errors[0].contains("No space left on device"),
+            "{}",
+            errors[0]
+        );
+        let stats = terminate(s);
+        assert!(stat(&stats, "log_dropped") >= 20, "{backend}: {stats}");
+    }
+}
