@@ -7,9 +7,10 @@
 //!
 //! written in batches off the request path. HttpConn keeps what a line needs
 //! (`HttpConn::drain_log`); a worker formats the lines of every event into its [`Batch`],
-//! and once per turn of its loop hands the batch to the kernel: through the ring as one
-//! IORING_OP_WRITE ([`RingLog`], the io_uring backend), or with one write(2) (the epoll
-//! backend, [`Batch::write_now`]). Every thread writes its own batches to the one
+//! and at the end of a turn of its loop, once the batch holds [`FLUSH_BYTES`] or its first
+//! line is [`FLUSH_AFTER`] old (as nginx's `buffer=` and `flush=`), hands it to the kernel:
+//! through the ring as one IORING_OP_WRITE ([`RingLog`], the io_uring backend), or with one
+//! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is left. Every thread writes its own batches to the one
 //! descriptor, opened O_APPEND, so each batch lands whole at the end of the file.
 //!
 //! Times are UTC (`+0000`): the server reads no time zone. Values from the client
@@ -28,6 +29,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ringwork_core::http::format_log_date;
 use ringwork_core::httpconn::{HttpConn, LogEntry};
@@ -63,6 +65,13 @@ impl std::str::FromStr for Destination {
 /// Most bytes a worker's batch holds while its last write is still in flight; lines beyond
 /// are dropped (and counted), so that a log slower than the server cannot eat its memory.
 pub const MAX_BATCH: usize = 4 << 20;
+
+/// A batch this large is written at the end of the loop's turn.
+pub const FLUSH_BYTES: usize = 64 << 10;
+
+/// A batch whose first line is this old is written at the end of the loop's turn (which
+/// comes at least every tick: a tenth of the shortest timeout, at most 100 ms).
+pub const FLUSH_AFTER: Duration = Duration::from_millis(100);
 
 /// The log every worker writes to: the descriptor, and what went wrong with it.
 #[derive(Debug)]
@@ -137,8 +146,12 @@ impl Sink {
 pub struct Batch {
     buf: Vec<u8>,
     lines: u64,
+    /// When the first line went in.
+    since: Option<Instant>,
     /// The last second formatted, and how it looked.
     date: Option<(u64, [u8; 26])>,
+    /// The last client address formatted, and how it looked.
+    peer: Option<(IpAddr, Vec<u8>)>,
 }
 
 impl Batch {
@@ -158,13 +171,31 @@ impl Batch {
                 text
             }
         };
-        format_line(&mut self.buf, peer, &date, e);
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+        match peer {
+            Some(ip) => {
+                if self.peer.as_ref().is_none_or(|(last, _)| *last != ip) {
+                    self.peer = Some((ip, ip.to_string().into_bytes()));
+                }
+                let text = self.peer.as_ref().map_or(&b"-"[..], |(_, t)| &t[..]);
+                self.buf.extend_from_slice(text);
+            }
+            None => self.buf.push(b'-'),
+        }
+        format_line(&mut self.buf, &date, e);
         self.lines += 1;
     }
 
     /// Nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
+    }
+
+    /// Time to write: [`FLUSH_BYTES`] are waiting, or the first line is [`FLUSH_AFTER`] old.
+    pub fn due(&self) -> bool {
+        self.buf.len() >= FLUSH_BYTES || self.since.is_some_and(|t| t.elapsed() >= FLUSH_AFTER)
     }
 
     /// The epoll backend's flush: one blocking write(2) of the whole batch (a short write is
@@ -187,6 +218,7 @@ impl Batch {
         }
         self.buf.clear();
         self.lines = 0;
+        self.since = None;
     }
 }
 
@@ -215,11 +247,11 @@ pub fn collect_in_thread(sink: &Sink, peer: Option<IpAddr>, http: &mut HttpConn)
     THREAD_BATCH.with_borrow_mut(|batch| collect(sink, batch, peer, http));
 }
 
-/// The epoll backend, once per turn of the loop: writes this thread's batch
-/// ([`Batch::write_now`]).
-pub fn flush_thread(sink: &Sink) {
+/// The epoll backend, at the end of each turn of the loop: writes this thread's batch
+/// ([`Batch::write_now`]) when it is [`Batch::due`], or with `now` whatever it holds.
+pub fn flush_thread(sink: &Sink, now: bool) {
     THREAD_BATCH.with_borrow_mut(|batch| {
-        if !batch.is_empty() {
+        if !batch.is_empty() && (now || batch.due()) {
             batch.write_now(sink);
         }
     });
@@ -231,16 +263,8 @@ pub fn peer_ip(sock: impl AsFd) -> Option<IpAddr> {
     std::net::SocketAddr::try_from(addr).ok().map(|a| a.ip())
 }
 
-/// One combined-format line, newline included.
-fn format_line(out: &mut Vec<u8>, peer: Option<IpAddr>, date: &[u8; 26], e: &LogEntry<'_>) {
-    use std::io::Write;
-    match peer {
-        // `write!` into a Vec cannot fail.
-        Some(ip) => {
-            let _ = write!(out, "{ip}");
-        }
-        None => out.push(b'-'),
-    }
+/// One combined-format line after the client's address, newline included.
+fn format_line(out: &mut Vec<u8>, date: &[u8; 26], e: &LogEntry<'_>) {
     out.extend_from_slice(b" - - [");
     out.extend_from_slice(date);
     out.extend_from_slice(b"] \"");
@@ -256,11 +280,29 @@ fn format_line(out: &mut Vec<u8>, peer: Option<IpAddr>, date: &[u8; 26], e: &Log
             b" HTTP/1.1"
         });
     }
-    let _ = write!(out, "\" {} {} \"", e.status, e.body_bytes);
+    out.extend_from_slice(b"\" ");
+    decimal(out, u64::from(e.status));
+    out.push(b' ');
+    decimal(out, e.body_bytes);
+    out.extend_from_slice(b" \"");
     quoted_or_dash(out, e.referer);
     out.extend_from_slice(b"\" \"");
     quoted_or_dash(out, e.user_agent);
     out.extend_from_slice(b"\"\n");
+}
+
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -314,12 +356,14 @@ impl RingLog {
         *token == WRITE_TOKEN
     }
 
-    /// Once per turn of the loop: submits the batch as one write, unless one is in flight
+    /// At the end of each turn of the loop: submits the batch as one write when it is
+    /// [`Batch::due`] (any batch with `now`: a stopping worker), unless a write is in flight
     /// (the batch then waits for its CQE).
-    pub fn flush(&mut self, sink: &Sink, ring: &mut Ring) -> Result<(), String> {
-        if self.in_flight.is_some() || self.batch.is_empty() {
+    pub fn flush(&mut self, sink: &Sink, ring: &mut Ring, now: bool) -> Result<(), String> {
+        if self.in_flight.is_some() || self.batch.is_empty() || !(now || self.batch.due()) {
             return Ok(());
         }
+        self.batch.since = None;
         let spare = std::mem::take(&mut self.spare);
         let buf = std::mem::replace(&mut self.batch.buf, spare);
         let lines = std::mem::take(&mut self.batch.lines);
@@ -389,12 +433,32 @@ mod tests {
         }
     }
 
+    fn sink() -> Sink {
+        Sink {
+            fd: rustix::io::dup(std::io::stderr()).unwrap(),
+            reported: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
     fn line(peer: Option<IpAddr>, e: &LogEntry<'_>) -> String {
-        let mut out = Vec::new();
-        let mut date = [0u8; 26];
-        format_log_date(1_796_193_000, &mut date);
-        format_line(&mut out, peer, &date, e);
-        String::from_utf8(out).unwrap()
+        let mut b = Batch::default();
+        b.push(&sink(), peer, 1_796_193_000, e);
+        String::from_utf8(b.buf).unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_due_by_size_or_age() {
+        let mut b = Batch::default();
+        assert!(!b.due());
+        b.push(&sink(), None, 0, &entry(b"GET", b"/"));
+        assert!(!b.due(), "one fresh line");
+        std::thread::sleep(FLUSH_AFTER);
+        assert!(b.due(), "old enough");
+        let mut b = Batch::default();
+        let long = vec![b'a'; FLUSH_BYTES];
+        b.push(&sink(), None, 0, &entry(b"GET", &long));
+        assert!(b.due(), "large enough");
     }
 
     #[test]
@@ -451,11 +515,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_drops_and_counts() {
-        let sink = Sink {
-            fd: rustix::io::dup(std::io::stderr()).unwrap(),
-            reported: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-        };
+        let sink = sink();
         let mut b = Batch::default();
         let e = entry(b"GET", b"/");
         while b.buf.len() < MAX_BATCH {

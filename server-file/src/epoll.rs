@@ -189,7 +189,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         }
         if drain.finished(conns.len(), false, false) {
             if let Some(sink) = &shared.access_log {
-                crate::accesslog::flush_thread(sink);
+                crate::accesslog::flush_thread(sink, true);
             }
             return Ok(());
         }
@@ -285,8 +285,8 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         }
         report_accept(&mut acceptors);
         if let Some(sink) = &shared.access_log {
-            // This turn's lines, in one write.
-            crate::accesslog::flush_thread(sink);
+            // The lines so far, in one write, when due.
+            crate::accesslog::flush_thread(sink, false);
         }
     }
 }

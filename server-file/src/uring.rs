@@ -411,8 +411,9 @@ impl Driver<'_> {
             }
             self.report_accept();
             if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
-                // This turn's lines, in one write through the ring.
-                log.flush(sink, &mut self.ring)?;
+                // The lines so far, in one write through the ring, when due; all of them
+                // once stopping (the loop then ends after the write's CQE).
+                log.flush(sink, &mut self.ring, self.drain.stopping())?;
             }
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
