@@ -176,7 +176,7 @@ impl Batch {
         }
         match peer {
             Some(ip) => {
-                if self.peer.as_ref().is_none_or(|(last, _)| *last != ip) {
+                if !matches!(&self.peer, Some((last, _)) if *last == ip) {
                     self.peer = Some((ip, ip.to_string().into_bytes()));
                 }
                 let text = self.peer.as_ref().map_or(&b"-"[..], |(_, t)| &t[..]);
