@@ -128,13 +128,17 @@ pub fn is_directory_request(target: &[u8]) -> bool {
 /// and two more always suffice.
 pub fn slash_redirect_location<'o>(target: &[u8], out: &'o mut [u8]) -> Option<&'o str> {
     let path = path_part(target)?;
-    // path_part found the path inside `target`; the query starts right after it.
-    let path_start = path.as_ptr() as usize - target.as_ptr() as usize;
-    let after = &target[path_start + path.len()..];
-    let query = match after.first() {
+    // The query: from a `?` that comes before any `#`, up to the `#` (the path ends where
+    // path_part cut it, but may not lie in `target`: an absolute-form target without a path
+    // means `/`).
+    let end = target
+        .iter()
+        .position(|b| *b == b'?' || *b == b'#')
+        .unwrap_or(target.len());
+    let query = match target.get(end) {
         Some(b'?') => {
-            let end = after.iter().position(|b| *b == b'#').unwrap_or(after.len());
-            &after[..end]
+            let rest = &target[end..];
+            &rest[..rest.iter().position(|b| *b == b'#').unwrap_or(rest.len())]
         }
         _ => &[][..],
     };
@@ -275,6 +279,10 @@ mod tests {
         assert_eq!(location(b"/a%20b?q#frag").as_deref(), Some("/a%20b/?q"));
         assert_eq!(location(b"/a#f?g").as_deref(), Some("/a/"));
         assert_eq!(location(b"http://h.example/d?q").as_deref(), Some("/d/?q"));
+        // Absolute-form without a path is the root (found by fuzzing: the path is then no
+        // slice of the target).
+        assert_eq!(location(b"http://h.example").as_deref(), Some("/"));
+        assert_eq!(location(b"HTTP://h?q#f").as_deref(), Some("/?q"));
         assert_eq!(location(b"/caf\xc3\xa9").as_deref(), Some("/caf%C3%A9/"));
         assert_eq!(location(b"/d/."), Some(String::from("/d/./")));
         assert_eq!(location(b"*"), None);
@@ -308,8 +316,16 @@ mod tests {
         /// Whatever the target, the Location is visible ASCII starting with exactly one `/`,
         /// and it names a directory (so following it cannot redirect again).
         #[test]
-        fn slash_redirects_are_safe_header_values(target in proptest::collection::vec(any::<u8>(), 0..60)) {
-            let mut t = std::vec![b'/'];
+        fn slash_redirects_are_safe_header_values(
+            target in proptest::collection::vec(any::<u8>(), 0..60),
+            absolute in any::<bool>(),
+            slash in any::<bool>(),
+        ) {
+            // Origin-form, or absolute-form with or without a path.
+            let mut t = if absolute { b"http://h".to_vec() } else { std::vec::Vec::new() };
+            if !absolute || slash {
+                t.push(b'/');
+            }
             t.extend_from_slice(&target);
             let mut out = [0u8; 200];
             let loc = slash_redirect_location(&t, &mut out).expect("3n+2 bytes suffice");
