@@ -426,6 +426,9 @@ fn malformed_corpus() -> Vec<Case> {
         b"Accept-Encoding: *;q=0".to_vec(),
         format!("Accept-Encoding: {}", "gzip;q=1, ".repeat(2000)).into_bytes(),
         b"Accept-Encoding: \xff\xfe".to_vec(),
+        b"User-Agent: \"quoted\" \\ \xff\x7f".to_vec(),
+        b"Referer: \t\"\r\nUser-Agent: a\"b".to_vec(),
+        format!("User-Agent: {}", "u".repeat(7000)).into_bytes(),
     ];
     for line in &header_values {
         for method in ["GET", "HEAD"] {
@@ -496,10 +499,24 @@ fn malformed_corpus_gets_errors_and_never_leaks() {
     let corpus = malformed_corpus();
     assert!(corpus.len() >= 250, "corpus has {} cases", corpus.len());
     for backend in BACKENDS {
-        // Short timeouts: cases left open (truncated heads, keep-alive) end quickly.
+        // Short timeouts: cases left open (truncated heads, keep-alive) end quickly. With an
+        // access log, so that what the cases send also goes through its escaping.
+        let log = fixture
+            .root
+            .parent()
+            .unwrap()
+            .join(format!("access-{backend}.log"));
+        let _ = std::fs::remove_file(&log);
         let server = start_files(
             backend,
-            &["--header-timeout-ms", "300", "--idle-timeout-ms", "300"],
+            &[
+                "--header-timeout-ms",
+                "300",
+                "--idle-timeout-ms",
+                "300",
+                "--access-log",
+                log.to_str().unwrap(),
+            ],
         );
         // A worker sets up its epoll set or ring after the `listening on` line: one request
         // first, so that the baseline counts it.
@@ -555,6 +572,31 @@ fn malformed_corpus_gets_errors_and_never_leaks() {
             "{backend}"
         );
         assert_fds_return(&server, baseline, &format!("{backend}: after the corpus"));
+        terminate(server);
+        // One well-formed line per answered request, whatever the cases sent.
+        let text = std::fs::read(&log).unwrap();
+        let lines: Vec<&[u8]> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert!(
+            lines.len() >= corpus.len() / 2,
+            "{backend}: {} lines",
+            lines.len()
+        );
+        for line in lines {
+            let shown = String::from_utf8_lossy(line);
+            assert!(
+                line.iter().all(|b| (0x20..=0x7e).contains(b)),
+                "{backend}: a raw byte in the log: {shown}"
+            );
+            assert!(
+                shown.starts_with("127.0.0.1 - - [") && shown.ends_with('"'),
+                "{backend}: {shown}"
+            );
+            // Request line, referer and agent: exactly six unescaped quotes.
+            assert_eq!(shown.matches('"').count(), 6, "{backend}: {shown}");
+        }
     }
 }
 
