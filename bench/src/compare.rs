@@ -5,13 +5,18 @@
 //! server's syscalls with `perf stat` where perf works, and writes `BENCHMARKS.md` plus SVG
 //! plots. Backends are run cell by cell in alternation (uring, epoll, uring, epoll, ...) so
 //! that a noisy neighbour hurts both alike.
+//!
+//! Other servers join the same alternation as more backends: the peers of `--peers`
+//! ([`crate::peers`]), and `--external` servers, either started from a command line (pinned
+//! and measured like ringwork-echo) or already running at an address (not pinned, no CPU
+//! figures).
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::echo;
 use crate::stats::{machine_line, thousands};
@@ -21,11 +26,28 @@ use crate::stats::{machine_line, thousands};
 pub struct Backend {
     /// Column name.
     pub name: String,
-    /// `ringwork-echo` arguments, or None for an external server.
-    pub args: Option<Vec<String>>,
-    /// Address of an external server.
-    pub external: Option<SocketAddr>,
+    /// How it is started.
+    pub server: Server,
 }
+
+/// How a backend's server comes to be.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Server {
+    /// `ringwork-echo` (the `--server-bin`) with these arguments.
+    Echo(Vec<String>),
+    /// A command line, run as `sh -c 'exec COMMAND'` after every `{port}` in it is replaced
+    /// by a free loopback port that the server is to listen on (127.0.0.1).
+    Command(String),
+    /// One of `--peers` ([`crate::peers`]): a command line like [`Server::Command`], which the
+    /// report describes in the peers' paragraph instead of quoting it (it names the binary's
+    /// path on this machine).
+    Peer(String),
+    /// A server already running at this address: not started, not pinned, no CPU figures.
+    Address(SocketAddr),
+}
+
+/// What a command line's `{port}` is replaced with.
+pub const PORT_PLACEHOLDER: &str = "{port}";
 
 /// One cell of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -120,6 +142,9 @@ pub struct Options {
     pub files_bin: Option<PathBuf>,
     /// Smaller workloads.
     pub quick: bool,
+    /// What the report says about `--peers` (which were measured, which could not be built
+    /// or started, and why), when it was given.
+    pub peers_note: Option<String>,
 }
 
 /// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
@@ -127,13 +152,11 @@ pub fn default_backends(sqpoll: bool) -> Vec<Backend> {
     let mut v = vec![
         Backend {
             name: "uring".into(),
-            args: Some(vec!["--backend".into(), "uring".into()]),
-            external: None,
+            server: Server::Echo(vec!["--backend".into(), "uring".into()]),
         },
         Backend {
             name: "epoll".into(),
-            args: Some(vec!["--backend".into(), "epoll".into()]),
-            external: None,
+            server: Server::Echo(vec!["--backend".into(), "epoll".into()]),
         },
     ];
     if sqpoll {
@@ -141,27 +164,52 @@ pub fn default_backends(sqpoll: bool) -> Vec<Backend> {
             1,
             Backend {
                 name: "uring+sqpoll".into(),
-                args: Some(vec!["--backend".into(), "uring".into(), "--sqpoll".into()]),
-                external: None,
+                server: Server::Echo(vec!["--backend".into(), "uring".into(), "--sqpoll".into()]),
             },
         );
     }
     v
 }
 
-/// Parses `NAME=HOST:PORT`.
+/// The names of ringwork-echo's own backends, which every other server is compared with.
+fn is_ringwork(name: &str) -> bool {
+    matches!(name, "uring" | "epoll" | "uring+sqpoll")
+}
+
+/// Parses `NAME=HOST:PORT` (a running server) or `NAME=COMMAND` (a command line with
+/// `{port}` where the port goes).
 pub fn parse_external(s: &str) -> Result<Backend, String> {
-    let (name, addr) = s
+    let (name, rest) = s
         .split_once('=')
-        .ok_or_else(|| format!("--external wants NAME=HOST:PORT, got {s:?}"))?;
-    let addr = addr
-        .parse()
-        .map_err(|e| format!("--external {s:?}: bad address: {e}"))?;
+        .ok_or_else(|| format!("--external wants NAME=HOST:PORT or NAME=COMMAND, got {s:?}"))?;
+    if name.is_empty() || name.contains('|') {
+        return Err(format!(
+            "--external {s:?}: the name must be non-empty, without '|'"
+        ));
+    }
+    if is_ringwork(name) {
+        return Err(format!(
+            "--external {s:?}: {name} is the name of one of ringwork-echo's own backends"
+        ));
+    }
+    let server = match rest.parse() {
+        Ok(addr) => Server::Address(addr),
+        Err(_) if rest.contains(PORT_PLACEHOLDER) => Server::Command(rest.to_string()),
+        Err(e) => {
+            return Err(format!(
+                "--external {s:?}: neither an address ({e}) nor a command with {PORT_PLACEHOLDER}"
+            ))
+        }
+    };
     Ok(Backend {
         name: name.to_string(),
-        args: None,
-        external: Some(addr),
+        server,
     })
+}
+
+/// `s` in single quotes for `sh`, so that a path with spaces stays one word.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// A server started by [`start_server`]; SIGTERM and wait on drop.
@@ -180,15 +228,53 @@ impl RunningServer {
 
 impl Drop for RunningServer {
     fn drop(&mut self) {
+        // One that exited (at start) is reaped already: its pid may be another process's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
+        // A server started from someone else's command line may ignore SIGTERM; Ringwork's
+        // own drain within their grace periods (5 s at most by default).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
 fn cpus() -> usize {
     crate::stats::cpu_count()
+}
+
+/// The CPU servers run on: the last one, when there are two or more (the generator has CPU 0).
+pub(crate) fn server_cpu() -> Option<usize> {
+    (cpus() >= 2).then(|| cpus() - 1)
+}
+
+/// A free loopback port (bound, read, released: the server binds it a moment later).
+pub(crate) fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("pick a port: {e}"))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("pick a port: {e}"))
+}
+
+/// Pins every thread of `pid` to `cpu`.
+pub(crate) fn pin_process(pid: u32, cpu: usize) {
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
+                pin(tid, cpu);
+            }
+        }
+    }
 }
 
 /// Pins the calling thread (and the load threads it starts) to CPU 0, when there are two or
@@ -261,27 +347,79 @@ pub(crate) fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer,
     Ok(RunningServer { child, addr })
 }
 
+/// Starts `command` (see [`Server::Command`]) on the server CPU, and waits until it accepts
+/// connections on its port. Its threads start on the server CPU (the affinity is inherited at
+/// fork), so any it starts later are pinned too.
+pub(crate) fn start_command(command: &str) -> Result<RunningServer, String> {
+    let port = free_port()?;
+    let line = command.replace(PORT_PLACEHOLDER, &port.to_string());
+    let cpu = server_cpu();
+    if let Some(cpu) = cpu {
+        pin(0, cpu);
+    }
+    // `exec`: the process measured (its pid, its threads' CPU time, its syscalls) is the
+    // server itself, not a shell waiting for it.
+    let spawned = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {line}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn();
+    if cpu.is_some() {
+        pin(0, 0);
+    }
+    let child = spawned.map_err(|e| format!("start `{line}`: {e}"))?;
+    let mut server = RunningServer {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            return Err(format!("`{line}` exited at start ({status})"));
+        }
+        if TcpStream::connect(server.addr).is_ok() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "`{line}` did not accept connections on {} within 10 s",
+                server.addr
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(cpu) = cpu {
+        pin_process(server.pid(), cpu);
+    }
+    Ok(server)
+}
+
 /// Runs the comparison and writes the report; returns the rows.
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     pin_generator();
     let mut servers = Vec::new();
     for b in &opts.backends {
-        let s = match (&b.args, b.external) {
-            (Some(args), _) => Some(start_server(&opts.server_bin, args)?),
-            (None, Some(_)) => None,
-            (None, None) => return Err(format!("backend {} has neither args nor address", b.name)),
+        let s = match &b.server {
+            Server::Echo(args) => Some(start_server(&opts.server_bin, args)?),
+            Server::Command(command) | Server::Peer(command) => {
+                Some(start_command(command).map_err(|e| format!("{}: {e}", b.name))?)
+            }
+            Server::Address(_) => None,
         };
         servers.push(s);
     }
     let mut rows = Vec::new();
     for cell in &opts.cells {
         for (b, s) in opts.backends.iter().zip(&servers) {
-            let addr = s
-                .as_ref()
-                .map(|s| s.addr)
-                .or(b.external)
-                .expect("checked above");
-            let pid = s.as_ref().map(|s| s.child.id());
+            let addr = match (&b.server, s) {
+                (Server::Address(addr), _) => *addr,
+                (_, Some(s)) => s.addr,
+                // Every other server was started above.
+                (_, None) => unreachable!("backend {} has no server", b.name),
+            };
+            let pid = s.as_ref().map(RunningServer::pid);
             let cfg = echo::Config {
                 addr,
                 conns: cell.conns,
@@ -378,6 +516,34 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
             if cpus() >= 2 { " (it shares the last CPU with the worker)" } else { "" }
         );
     }
+    if let Some(note) = &opts.peers_note {
+        let _ = writeln!(s, "{}\n", note.trim_end());
+    }
+    for b in &opts.backends {
+        match &b.server {
+            Server::Command(command) => {
+                let _ = writeln!(
+                    s,
+                    "{}: started as `{command}`{}.\n",
+                    b.name,
+                    if cpus() >= 2 {
+                        ", pinned to the last CPU like ringwork-echo"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            Server::Address(addr) => {
+                let _ = writeln!(
+                    s,
+                    "{}: already running at {addr}, not started here: not pinned, no CPU or \
+                     syscall figures.\n",
+                    b.name
+                );
+            }
+            Server::Echo(_) | Server::Peer(_) => {}
+        }
+    }
     let _ = writeln!(
         s,
         "| backend | size | conns | load | msgs/s | p50 µs | p95 µs | p99 µs | p99.9 µs | server CPU µs/msg | syscalls/msg | io_uring_enter/msg | errors |"
@@ -439,11 +605,61 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
         let _ = writeln!(s, "| --- | ---: | ---: |");
         s.push_str(&ratio_lines);
     }
+    s.push_str(&others_table(opts, rows));
     let _ = writeln!(
         s,
         "\n![throughput](echo-throughput.svg) ![p99](echo-p99.svg)"
     );
     s
+}
+
+/// ringwork-echo's io_uring backend against every server that is not ringwork-echo, per cell:
+/// messages/s and server CPU per message, as ratios (uring / the other); empty when there are
+/// none.
+fn others_table(opts: &Options, rows: &[Row]) -> String {
+    let others: Vec<&Backend> = opts
+        .backends
+        .iter()
+        .filter(|b| !is_ringwork(&b.name))
+        .collect();
+    let by = |name: &str, cell: &Cell| rows.iter().find(|r| r.backend == name && r.cell == *cell);
+    let mut s = String::new();
+    for cell in &opts.cells {
+        let Some(u) = by("uring", cell) else { continue };
+        for other in &others {
+            let Some(o) = by(&other.name, cell) else {
+                continue;
+            };
+            let cpu = match (u.outcome.server_us_per_msg(), o.outcome.server_us_per_msg()) {
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                _ => "-".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} B x {} {} | {} | {:.2}x | {} |",
+                cell.size,
+                cell.conns,
+                if cell.rate.is_some() {
+                    "open"
+                } else {
+                    "closed"
+                },
+                other.name,
+                u.outcome.msgs_per_sec() / o.outcome.msgs_per_sec().max(1e-9),
+                cpu
+            );
+        }
+    }
+    if s.is_empty() {
+        return s;
+    }
+    format!(
+        "\n## uring / other servers\n\n\
+         ringwork-echo's io_uring backend against each other server in the same cells (above 1x: \
+         uring moves more messages; below 1x: uring spends less CPU per message).\n\n\
+         | cell | against | msgs/s ratio | server CPU per msg ratio |\n\
+         | --- | --- | ---: | ---: |\n{s}"
+    )
 }
 
 /// SVG line plots of throughput and p99 against connections, one line per backend
@@ -498,7 +714,9 @@ pub fn svg_plot(
     const R: f64 = 130.0;
     const T: f64 = 40.0;
     const B: f64 = 50.0;
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+    ];
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
     let (xmin, xmax) = pts
         .iter()
@@ -651,6 +869,7 @@ mod tests {
             command_line: "ringwork-bench compare".into(),
             files_bin: None,
             quick: false,
+            peers_note: None,
         }
     }
 
@@ -693,7 +912,62 @@ mod tests {
     fn external_parses() {
         let b = parse_external("nginx=127.0.0.1:9000").unwrap();
         assert_eq!(b.name, "nginx");
+        assert_eq!(b.server, Server::Address("127.0.0.1:9000".parse().unwrap()));
+        let b = parse_external("c=./epoll-echo -p {port} -v").unwrap();
+        assert_eq!(
+            b.server,
+            Server::Command("./epoll-echo -p {port} -v".into())
+        );
+        // The first '=' ends the name; a command may hold more.
+        let b = parse_external("c=./srv --listen=127.0.0.1:{port}").unwrap();
+        assert_eq!(
+            (b.name.as_str(), b.server),
+            (
+                "c",
+                Server::Command("./srv --listen=127.0.0.1:{port}".into())
+            )
+        );
         assert!(parse_external("nginx").is_err());
-        assert!(parse_external("x=notanaddr").is_err());
+        assert!(
+            parse_external("x=notanaddr").is_err(),
+            "neither an address nor {{port}}"
+        );
+        assert!(parse_external("=127.0.0.1:1").is_err());
+        assert!(
+            parse_external("uring=127.0.0.1:1").is_err(),
+            "ringwork-echo's own name"
+        );
+    }
+
+    #[test]
+    fn shell_quoting_keeps_one_word() {
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("it's $HOME")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "it's $HOME");
+    }
+
+    #[test]
+    fn others_are_compared_with_uring() {
+        let mut o = opts();
+        o.backends
+            .push(parse_external("tokio=true {port}").unwrap());
+        let rows = vec![
+            row("uring", 50, 100_000, 500),
+            row("epoll", 50, 80_000, 800),
+            row("tokio", 50, 50_000, 1000),
+        ];
+        let r = report(&o, &rows);
+        assert!(r.contains("## uring / other servers"), "{r}");
+        // uring 5 µs/msg, tokio 20 µs/msg.
+        assert!(
+            r.contains("| 64 B x 50 closed | tokio | 2.00x | 0.25x |"),
+            "{r}"
+        );
+        assert!(r.contains("tokio: started as `true {port}`"), "{r}");
+        assert!(!report(&opts(), &rows[..2]).contains("other servers"));
     }
 }

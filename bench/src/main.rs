@@ -15,6 +15,7 @@ mod echo;
 mod fileread;
 mod http;
 mod nginx;
+mod peers;
 mod sendpath;
 mod stats;
 mod workloads;
@@ -34,27 +35,36 @@ struct Cli {
 enum Command {
     /// Start ringwork-echo per backend and write BENCHMARKS.md with tables and SVG plots.
     Compare {
-        /// A small matrix that finishes in under two minutes.
+        /// A small matrix (three echo cells; with --files, smaller file workloads) that
+        /// finishes in under two minutes.
         #[arg(long)]
         quick: bool,
-        /// Measured seconds per cell.
+        /// Measured seconds per cell [default: 5; 2 with --quick].
         #[arg(long)]
         duration: Option<f64>,
-        /// Warm-up seconds per cell.
+        /// Unmeasured warm-up seconds per cell [default: 1; 0.5 with --quick].
         #[arg(long)]
         warmup: Option<f64>,
         /// Directory for BENCHMARKS.md and the SVG plots.
         #[arg(long, default_value = ".")]
         out: PathBuf,
-        /// The ringwork-echo binary (default: next to this one).
+        /// The ringwork-echo binary [default: the one next to this binary].
         #[arg(long)]
         server_bin: Option<PathBuf>,
         /// Also run ringwork-echo with --sqpoll as a third backend.
         #[arg(long)]
         sqpoll: bool,
-        /// Another echo server you already run, as another column: NAME=HOST:PORT (repeatable).
+        /// Another echo server as another column, in the same alternation (repeatable):
+        /// NAME=COMMAND starts `sh -c 'exec COMMAND'` with {port} replaced by a free loopback
+        /// port and pins it like ringwork-echo; NAME=HOST:PORT measures one already running
+        /// (not pinned, no CPU figures). Default: none.
         #[arg(long, value_parser = compare::parse_external)]
         external: Vec<compare::Backend>,
+        /// Also build (cargo, release) and measure the echo servers in bench/peers: tokio
+        /// (current-thread) and monoio (io_uring). Peers that cannot be built or started are
+        /// left out, and the report says why.
+        #[arg(long)]
+        peers: bool,
         /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
         /// ringwork-files, found next to this binary) workloads, and ringwork-files against
         /// nginx (when `nginx` is on PATH).
@@ -77,7 +87,7 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         depth: usize,
         /// Open loop: total messages per second, spread evenly over connections; latency is
-        /// measured from each message's scheduled time.
+        /// measured from each message's scheduled time (default: closed loop).
         #[arg(long)]
         rate: Option<f64>,
         /// Measured seconds.
@@ -89,13 +99,15 @@ enum Command {
         /// Generator threads.
         #[arg(long, default_value_t = 1)]
         threads: usize,
-        /// The server's pid, to report its CPU time per message.
+        /// The server's pid, to report its CPU time per message (default: none, no server
+        /// figures).
         #[arg(long)]
         server_pid: Option<u32>,
-        /// With --server-pid: count the server's syscalls over the window with perf stat.
+        /// With --server-pid: count the server's syscalls over the window with perf stat
+        /// (off by default).
         #[arg(long)]
         count_syscalls: bool,
-        /// Write the result as JSON here too.
+        /// Write the result as JSON here too (default: the table only).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -104,7 +116,7 @@ enum Command {
         /// Base URL, e.g. http://127.0.0.1:8080/ (paths are appended).
         #[arg(long, default_value = "http://127.0.0.1:8080/")]
         url: String,
-        /// Paths to request in turn (default: the URL's own path).
+        /// Paths to request in turn, comma-separated [default: the URL's own path].
         #[arg(long, value_delimiter = ',')]
         paths: Vec<String>,
         /// Connections.
@@ -116,10 +128,10 @@ enum Command {
         /// Unmeasured seconds first.
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
-        /// The server's pid, to report its CPU time per request.
+        /// The server's pid, to report its CPU time per request (default: none).
         #[arg(long)]
         server_pid: Option<u32>,
-        /// Write the result as JSON here too.
+        /// Write the result as JSON here too (default: the table only).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -157,10 +169,10 @@ enum Command {
         /// Rounds; the variants alternate within each.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// Variants to run, comma-separated; default all.
+        /// Variants to run, comma-separated [default: all].
         #[arg(long, value_delimiter = ',')]
         variant: Vec<drain::Variant>,
-        /// Write results as JSON here too.
+        /// Write results as JSON here too (default: the table only).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -186,7 +198,7 @@ enum Command {
         /// each one's median and spread.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// Engines to run, comma-separated; default all.
+        /// Engines to run, comma-separated [default: all].
         #[arg(long, value_delimiter = ',')]
         engine: Vec<fileread::Engine>,
         /// Also run fio on the same file (io_uring buffered; io_uring O_DIRECT with fixed
@@ -200,7 +212,7 @@ enum Command {
         /// (the default without --drop-caches).
         #[arg(long, conflicts_with = "drop_caches")]
         warm: bool,
-        /// Write results as JSON here too.
+        /// Write results as JSON here too (default: the table only).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -226,22 +238,22 @@ enum Command {
         /// Rounds; the variants alternate within each.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// Variants to run, comma-separated; default all.
+        /// Variants to run, comma-separated [default: all].
         #[arg(long, value_delimiter = ',')]
         variant: Vec<sendpath::Variant>,
         /// Directory for the served files.
         #[arg(long, default_value = "/tmp")]
         dir: PathBuf,
-        /// CPU of the server loop (default: the first this process may use).
+        /// CPU of the server loop [default: the first this process may use].
         #[arg(long)]
         server_cpu: Option<usize>,
-        /// CPU of the reader (default: the second this process may use).
+        /// CPU of the reader [default: the second this process may use].
         #[arg(long)]
         client_cpu: Option<usize>,
         /// Let io-wq workers run on any CPU, not only the server's.
         #[arg(long)]
         iowq_anywhere: bool,
-        /// Write results as JSON here too.
+        /// Write results as JSON here too (default: the table only).
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -346,6 +358,7 @@ fn main() {
             server_bin,
             sqpoll,
             external,
+            peers,
             files,
         } => (|| -> Result<(), String> {
             raise_nofile_limit();
@@ -374,6 +387,13 @@ fn main() {
                 None
             };
             let mut backends = compare::default_backends(sqpoll);
+            let peers_note = if peers {
+                let peers = peers::prepare(&peers::source_dir());
+                backends.extend(peers.backends);
+                Some(peers.note)
+            } else {
+                None
+            };
             backends.extend(external);
             let opts = compare::Options {
                 server_bin,
@@ -388,6 +408,7 @@ fn main() {
                 out_dir: out,
                 files_bin,
                 quick,
+                peers_note,
                 command_line: std::env::args()
                     .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
                     .collect::<Vec<_>>()

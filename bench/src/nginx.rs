@@ -11,12 +11,12 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::compare::{pin, start_server, RunningServer};
+use crate::compare::{free_port, pin, pin_process, server_cpu, start_server, RunningServer};
 use crate::http;
 use crate::stats::{cpu_count, median_index, spread_cell, thousands, Spread};
 
@@ -155,22 +155,6 @@ fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Pins every thread of `pid` to `cpu`.
-fn pin_process(pid: u32, cpu: usize) {
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
-                pin(tid, cpu);
-            }
-        }
-    }
-}
-
-/// The CPU servers run on: the last one, when there are two or more (the generator has CPU 0).
-fn server_cpu() -> Option<usize> {
-    (cpu_count() >= 2).then(|| cpu_count() - 1)
-}
-
 /// `nginx -v`'s answer, e.g. "nginx/1.22.1".
 fn nginx_version(bin: &Path) -> String {
     Command::new(bin)
@@ -187,14 +171,6 @@ struct Nginx {
     master: Child,
     worker: u32,
     addr: SocketAddr,
-}
-
-/// A free loopback port (bound, read, released: nginx binds it a moment later).
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("pick a port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("pick a port: {e}"))
 }
 
 impl Nginx {

@@ -440,7 +440,8 @@ pub struct HttpConn {
     cfg: Config,
     phase: Phase,
     ops: ArrayVec<Op, 8>,
-    /// Received, not yet consumed bytes: `rbuf[..rlen]`.
+    /// Received, not yet consumed bytes: `rbuf[..rlen]`. Empty (unallocated) while nothing
+    /// is kept: a head received whole is parsed where the driver received it.
     rbuf: Vec<u8>,
     rlen: usize,
     /// The path to stat and open, NUL-terminated: `path[..path_len + 1]`.
@@ -450,9 +451,11 @@ pub struct HttpConn {
     head: Vec<u8>,
     head_len: u32,
     head_sent: u32,
-    req: Option<ReqInfo>,
+    /// The request being answered (boxed: a connection waiting idle holds none).
+    req: Option<alloc::boxed::Box<ReqInfo>>,
     /// The current request's target as received (still percent-encoded): the path the
-    /// trailing-slash redirect is made from.
+    /// trailing-slash redirect is made from. Freed, like `path`, while the connection waits
+    /// idle.
     target: Vec<u8>,
     /// With [`Config::access_log`]: the answered requests not yet drained, then the one being
     /// answered (from `log_open`), encoded by [`log_begin`].
@@ -496,15 +499,16 @@ impl HttpConn {
             cfg,
             phase: Phase::Head { since: now.mono_ms },
             ops: ArrayVec::new(),
-            rbuf: vec![0; cfg.limits.max_head_bytes + 1],
+            // Allocated when a request needs them, freed when the connection waits idle.
+            rbuf: Vec::new(),
             rlen: 0,
-            path: vec![0; cfg.limits.max_target_len + PATH_ROOM],
+            path: Vec::new(),
             path_len: 0,
-            head: vec![0; HEAD_CAP],
+            head: Vec::new(),
             head_len: 0,
             head_sent: 0,
             req: None,
-            target: Vec::with_capacity(cfg.limits.max_target_len),
+            target: Vec::new(),
             log: Vec::new(),
             log_open: None,
             log_status: 0,
@@ -540,9 +544,25 @@ impl HttpConn {
         }
     }
 
-    /// The path to stat or open, relative to the root, NUL-terminated (`.` for the root).
+    /// The path to stat or open, relative to the root, NUL-terminated (`.` for the root);
+    /// empty when no request is being answered.
     pub fn path(&self) -> &[u8] {
-        &self.path[..self.path_len + 1]
+        self.path.get(..self.path_len + 1).unwrap_or(&[])
+    }
+
+    /// Bytes of memory the connection holds beyond its own size (buffers allocated while a
+    /// request is received or answered; none while it waits idle).
+    pub fn heap_bytes(&self) -> usize {
+        self.rbuf.capacity()
+            + self.path.capacity()
+            + self.head.capacity()
+            + self.target.capacity()
+            + self.log.capacity()
+    }
+
+    /// The receive buffer's size: one byte more than the longest head.
+    fn rcap(&self) -> usize {
+        self.cfg.limits.max_head_bytes + 1
     }
 
     /// The response head bytes that [`SendSrc::Head`] refers to.
@@ -625,10 +645,26 @@ impl HttpConn {
                     // The keep-alive wait is over; the head's own clock starts now.
                     self.phase = Phase::Head { since: now.mono_ms };
                 }
-                let n = bytes.len().min(self.rbuf.len() - self.rlen);
-                self.rbuf[self.rlen..self.rlen + n].copy_from_slice(&bytes[..n]);
-                self.rlen += n;
-                self.want_head(now);
+                // A receive never asks for more than the room left (`Op::Recv`'s max).
+                let bytes = &bytes[..bytes.len().min(self.rcap() - self.rlen)];
+                if self.rlen == 0 {
+                    // Nothing kept: parse in place, keep only what is left over (a partial
+                    // head, or the start of a pipelined request).
+                    let used = self.start_request(now, bytes);
+                    let rest = match used {
+                        Some(n) => bytes.get(n..).unwrap_or(&[]),
+                        None => bytes,
+                    };
+                    if !rest.is_empty() {
+                        self.keep(rest);
+                    }
+                    if used.is_none() {
+                        self.push_recv();
+                    }
+                } else {
+                    self.keep(bytes);
+                    self.want_head(now);
+                }
             }
             (Phase::Drain { since, drained }, Ok(bytes)) if !bytes.is_empty() => {
                 let drained = drained.saturating_add(bytes.len() as u32);
@@ -1061,24 +1097,63 @@ impl HttpConn {
         if !self.recv_in_flight {
             self.recv_in_flight = true;
             let max = match self.phase {
-                Phase::Drain { .. } => self.rbuf.len(),
-                _ => self.rbuf.len() - self.rlen,
+                Phase::Drain { .. } => self.rcap(),
+                _ => self.rcap() - self.rlen,
             };
             self.push(Op::Recv { max: max as u32 });
         }
     }
 
-    /// Parses what is buffered; starts a request, answers an error, or receives more.
+    /// Appends received bytes to what is kept (allocating the buffer when nothing was).
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.rbuf.is_empty() {
+            self.rbuf = vec![0; self.rcap()];
+        }
+        self.rbuf[self.rlen..self.rlen + bytes.len()].copy_from_slice(bytes);
+        self.rlen += bytes.len();
+    }
+
+    /// Parses what is kept; starts a request, answers an error, or receives more (and, with
+    /// nothing kept, gives the request buffers back: an idle connection holds none).
     fn want_head(&mut self, now: Time) {
-        let parsed = parse_request(&self.rbuf[..self.rlen], &self.cfg.limits);
-        let (request, head_len) = match parsed {
-            Ok(Parsed::Partial) => {
-                // The buffer is one byte larger than the limit, so a full buffer parsed as
-                // Partial is impossible (parse_request reports HeadTooLarge first).
-                return self.push_recv();
+        let kept = core::mem::take(&mut self.rbuf);
+        let used = self.start_request(now, &kept[..self.rlen]);
+        self.rbuf = kept;
+        match used {
+            Some(n) if n < self.rlen => {
+                // Pipelined bytes move to the front.
+                self.rbuf.copy_within(n..self.rlen, 0);
+                self.rlen -= n;
             }
+            Some(_) => self.rlen = 0,
+            None => {
+                if self.rlen == 0 {
+                    self.rbuf = Vec::new();
+                    self.path = Vec::new();
+                    self.head = Vec::new();
+                    self.target = Vec::new();
+                    self.path_len = 0;
+                    self.head_len = 0;
+                }
+                self.push_recv();
+            }
+        }
+    }
+
+    /// Parses a request head at the start of `src` and starts answering it. `None`: no
+    /// complete head yet (nothing done). `Some(n)`: the request's first `n` bytes were its
+    /// head (all of `src` after an error: the connection closes after answering it).
+    fn start_request(&mut self, now: Time, src: &[u8]) -> Option<usize> {
+        let parsed = parse_request(src, &self.cfg.limits);
+        let (request, head_len) = match parsed {
+            // The buffer is one byte larger than the limit, so a full buffer parsed as
+            // Partial is impossible (parse_request reports HeadTooLarge first).
+            Ok(Parsed::Partial) => return None,
             Ok(Parsed::Complete { request, head_len }) => (request, head_len),
-            Err(e) => return self.refuse(now, e, false),
+            Err(e) => {
+                self.refuse(now, e, false);
+                return Some(src.len());
+            }
         };
         if self.cfg.access_log {
             if let Some(start) = self.log_open.take() {
@@ -1088,6 +1163,13 @@ impl HttpConn {
             }
             self.log_open = Some(self.log.len());
             log_begin(&mut self.log, Some(&request));
+        }
+        // Room for the decoded path (never longer than the target), `/index.html`, a
+        // sibling's suffix and a NUL (PATH_ROOM): sized to this target, so that a
+        // connection's memory follows what it asks for.
+        let need = request.target.len().min(self.cfg.limits.max_target_len) + PATH_ROOM;
+        if self.path.len() < need {
+            self.path = vec![0; need];
         }
         let keep_alive = request.keep_alive;
         let head_only = request.method == Method::Head;
@@ -1118,10 +1200,8 @@ impl HttpConn {
         });
         self.target.clear();
         self.target.extend_from_slice(request.target.as_bytes());
-        // The head is consumed whatever the outcome; pipelined bytes move to the front.
-        self.rbuf.copy_within(head_len..self.rlen, 0);
-        self.rlen -= head_len;
-        self.req = Some(info);
+        // The head is consumed whatever the outcome (the caller moves the rest).
+        self.req = Some(alloc::boxed::Box::new(info));
         match checked {
             Ok(len) => {
                 if len == 0 {
@@ -1133,8 +1213,12 @@ impl HttpConn {
                 self.path[self.path_len] = 0;
                 self.stat_path(false, 0);
             }
-            Err(e) => self.refuse(now, e, head_only),
+            Err(e) => {
+                self.refuse(now, e, head_only);
+                return Some(src.len());
+            }
         }
+        Some(head_len)
     }
 
     /// Stats the path, or first its precompressed sibling for the request's `coding`th
@@ -1166,12 +1250,12 @@ impl HttpConn {
             self.log_open = Some(self.log.len());
             log_begin(&mut self.log, None);
         }
-        self.rlen = 0;
+        // What is kept is dropped by the caller (start_request says it used it all).
         self.close_after = true;
-        self.req = Some(ReqInfo {
+        self.req = Some(alloc::boxed::Box::new(ReqInfo {
             head_only,
             ..ReqInfo::default()
-        });
+        }));
         self.error(now, e.status());
     }
 
@@ -1181,6 +1265,7 @@ impl HttpConn {
             (r.head_only, r.keep_alive && !self.close_after)
         });
         self.close_after |= !keep_alive;
+        self.alloc_head();
         let len = match error_response(status, keep_alive, now.unix_secs, &mut self.head) {
             Ok(l) => self.small_response(status, l, head_only),
             // HEAD_CAP holds any error response; should it not, closing is the fallback.
@@ -1208,6 +1293,7 @@ impl HttpConn {
             (r.head_only, r.keep_alive && !self.close_after)
         });
         self.close_after |= !keep_alive;
+        self.alloc_head();
         // Rare, so the room for a long Location is made when needed.
         let mut location = vec![0; 3 * self.target.len() + 2];
         let Some(location) = slash_redirect_location(&self.target, &mut location) else {
@@ -1224,6 +1310,12 @@ impl HttpConn {
         self.start_head(len);
         self.phase = Phase::Respond;
         self.pump(now);
+    }
+
+    fn alloc_head(&mut self) {
+        if self.head.is_empty() {
+            self.head = vec![0; HEAD_CAP];
+        }
     }
 
     fn start_head(&mut self, len: usize) {
@@ -1256,7 +1348,7 @@ impl HttpConn {
     /// up the body reader. False when the head does not fit (close).
     #[must_use]
     fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
-        let req = self.req.clone().unwrap_or(ReqInfo {
+        let req = self.req.as_deref().cloned().unwrap_or(ReqInfo {
             head_only: true,
             ..ReqInfo::default()
         });
@@ -1321,6 +1413,7 @@ impl HttpConn {
                 }
             }
         }
+        self.alloc_head();
         let len = match head.write(&mut self.head) {
             Ok(len) => len,
             Err(_) => return false,
@@ -2659,6 +2752,63 @@ mod tests {
             }
         }
         rest
+    }
+
+    /// An idle keep-alive connection holds no buffer: the head it received whole was parsed
+    /// where the driver received it, and the request's path and head go when it is answered.
+    /// A partial head is kept (and a pipelined one parsed from what is kept).
+    #[test]
+    fn an_idle_connection_holds_no_buffers() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 4096,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        assert_eq!(c.heap_bytes(), 0, "a new connection");
+        let mut bufs = [vec![0u8; 4096], vec![0u8; 4096]];
+        let mut out = Vec::new();
+        let ops = open_response(&mut c, 100);
+        assert!(c.heap_bytes() > 0, "answering: path and head");
+        for op in ops {
+            if let Op::Send(SendSrc::Head { len, .. }) = op {
+                c.on_send(now, Ok(len));
+            } else if let Op::Read { buf, len, .. } = op {
+                c.on_read(now, buf, Ok(len));
+            }
+        }
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        assert!(
+            matches!(rest[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1),
+            "{rest:?}"
+        );
+        assert_eq!(c.heap_bytes(), 0, "idle after the response");
+        // Half a head is kept; the rest completes it, with the next request pipelined behind.
+        c.on_recv(now, Ok(b"GET /f HT"));
+        assert!(
+            matches!(drain_ops(&mut c)[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1 - 9)
+        );
+        assert!(c.heap_bytes() > cfg.limits.max_head_bytes);
+        c.on_recv(
+            now,
+            Ok(b"TP/1.1\r\nHost: x\r\n\r\nGET /g HTTP/1.1\r\nHost: x\r\n\r\n"),
+        );
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        assert_eq!(c.path(), b"f\0");
+        c.on_stat(now, Err(RawErrno::NOENT));
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        assert_eq!(rest, [Op::Stat], "the pipelined request, without a receive");
+        assert_eq!(c.path(), b"g\0");
+        c.on_stat(now, Err(RawErrno::NOENT));
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
+        assert_eq!(c.heap_bytes(), 0, "idle again");
+        assert_eq!(
+            String::from_utf8_lossy(&out)
+                .matches("HTTP/1.1 404")
+                .count(),
+            2
+        );
     }
 
     #[test]

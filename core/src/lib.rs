@@ -21,6 +21,7 @@ pub mod buf;
 pub mod conn;
 pub mod errno;
 pub mod file;
+pub mod filecache;
 pub mod http;
 pub mod httpconn;
 pub mod ring;

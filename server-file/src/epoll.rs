@@ -31,6 +31,7 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
+use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
@@ -39,11 +40,11 @@ use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
 use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
-use rustix::fs::{AtFlags, Mode, StatxFlags};
+use rustix::fs::{AtFlags, Mode};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
-use crate::{file_info, open_flags, Shared};
+use crate::{file_id, file_info, open_flags, Shared};
 
 /// Page alignment for O_DIRECT buffers.
 const ALIGN: usize = 4096;
@@ -78,7 +79,6 @@ struct Conn {
     /// The chunk buffers, made when a read needs one and dropped when HttpConn no longer
     /// uses it: an idle connection holds none.
     bufs: [Option<AlignedBuf>; 2],
-    recv_buf: Vec<u8>,
     /// A receive waiting for EPOLLIN, or on the run queue when deferred (its `max`).
     pending_recv: Option<u32>,
     /// A send waiting for EPOLLOUT.
@@ -87,11 +87,42 @@ struct Conn {
     freed: bool,
     /// The client's address, for the access log (looked up only when there is one).
     peer: Option<std::net::IpAddr>,
+    /// The open-file cache entry this request's file is in (a reference held from the stat
+    /// until Op::CloseFile), instead of `file`.
+    cached: Option<EntryIx>,
+    /// `cached` was reserved for this request's open, not performed yet.
+    cache_opening: bool,
 }
 
 /// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
 #[derive(Default)]
 struct DirectLog(bool, bool);
+
+/// What a worker keeps beside its connections.
+struct Local {
+    direct: DirectLog,
+    /// Open files shared by the requests for the same path: entry N's in `cache_fds[N]`.
+    cache: FileCache,
+    cache_fds: Vec<Option<OwnedFd>>,
+}
+
+impl Local {
+    fn new(shared: &Shared) -> Self {
+        Self {
+            direct: DirectLog::default(),
+            cache: FileCache::new(shared.cache),
+            cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
+        }
+    }
+
+    /// Closes the files of the cache entries no request holds any more.
+    fn close_evicted(&mut self) {
+        while let Some(ix) = self.cache.poll_close() {
+            self.cache_fds[ix.0 as usize] = None;
+            self.cache.on_closed(ix);
+        }
+    }
+}
 
 fn raw(e: Errno) -> RawErrno {
     RawErrno(e.raw_os_error())
@@ -104,11 +135,12 @@ impl Conn {
             sock,
             file: None,
             bufs: [None, None],
-            recv_buf: vec![0; shared.cfg.limits.max_head_bytes + 1],
             pending_recv: None,
             pending_send: None,
             freed: false,
             peer: None,
+            cached: None,
+            cache_opening: false,
         }
     }
 }
@@ -166,7 +198,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
     let mut last_tick = shared.now().mono_ms;
-    let mut direct_log = DirectLog::default();
+    let mut local = Local::new(shared);
     let mut run_queue = RunQueue::new();
     let mut running = RunQueue::new();
     let mut drain = Drain::new(shared.shutdown_grace.as_millis() as u64);
@@ -179,23 +211,18 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             }
             report_accept(&mut acceptors);
             let q = &mut run_queue;
-            each_conn(
-                shared,
-                &mut conns,
-                q,
-                &mut direct_log,
-                HttpConn::on_shutdown,
-            );
+            each_conn(shared, &mut conns, q, &mut local, HttpConn::on_shutdown);
         }
         if drain.finished(conns.len(), false, false) {
             if let Some(sink) = &shared.access_log {
                 crate::accesslog::flush_thread(sink, true);
             }
+            shared.stats.add_cache(local.cache.stats());
             return Ok(());
         }
         if drain.on_tick(now_ms) == Some(DrainAction::Abort) {
             let q = &mut run_queue;
-            each_conn(shared, &mut conns, q, &mut direct_log, HttpConn::abort);
+            each_conn(shared, &mut conns, q, &mut local, HttpConn::abort);
         }
         // With deferred receives queued, epoll_wait only collects what is ready and returns;
         // never does it wait past the end of an accept pause.
@@ -224,7 +251,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
                     acceptor,
                     &mut conns,
                     &mut run_queue,
-                    &mut direct_log,
+                    &mut local,
                 )?;
                 continue;
             }
@@ -247,7 +274,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
                     do_send(shared, c, src);
                 }
             }
-            if drive(shared, c, turn_start, &mut direct_log) {
+            if drive(shared, c, turn_start, &mut local) {
                 run_queue.push(token);
             }
             if c.freed {
@@ -267,7 +294,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             };
             let turn_start = c.http.requests();
             do_recv(shared, c, max);
-            if drive(shared, c, turn_start, &mut direct_log) {
+            if drive(shared, c, turn_start, &mut local) {
                 run_queue.push(token);
             }
             if c.freed {
@@ -278,7 +305,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
             last_tick = now.mono_ms;
             let q = &mut run_queue;
-            each_conn(shared, &mut conns, q, &mut direct_log, |h| h.on_tick(now));
+            each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
         }
         for a in &mut acceptors {
             a.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
@@ -288,6 +315,12 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             // The lines so far, in one write, when due.
             crate::accesslog::flush_thread(sink, false);
         }
+        // Out of descriptors (accept paused): the cached files no request uses give theirs
+        // to the connections waiting.
+        let paused = acceptors.iter().any(|a| a.next_deadline().is_some());
+        if paused && local.cache.evict_unused() > 0 {
+            local.close_evicted();
+        }
     }
 }
 
@@ -296,7 +329,7 @@ fn each_conn(
     shared: &Shared,
     conns: &mut Slab<Conn>,
     run_queue: &mut RunQueue,
-    direct_log: &mut DirectLog,
+    w: &mut Local,
     mut f: impl FnMut(&mut HttpConn),
 ) {
     for i in 0..conns.capacity() {
@@ -305,7 +338,7 @@ fn each_conn(
         if let Some(c) = conns.get_mut(slot) {
             let turn_start = c.http.requests();
             f(&mut c.http);
-            if drive(shared, c, turn_start, direct_log) {
+            if drive(shared, c, turn_start, w) {
                 run_queue.push(token);
             }
             if c.freed {
@@ -330,7 +363,7 @@ fn accept_batch(
     acceptor: &mut EpollAcceptor,
     conns: &mut Slab<Conn>,
     run_queue: &mut RunQueue,
-    direct_log: &mut DirectLog,
+    w: &mut Local,
 ) -> Result<(), String> {
     for _ in 0..ACCEPT_BATCH {
         // None: nothing waits, or the acceptor paused (out of descriptors or memory).
@@ -356,7 +389,7 @@ fn accept_batch(
             conns.remove(slot);
             continue;
         }
-        if drive(shared, c, 0, direct_log) {
+        if drive(shared, c, 0, w) {
             run_queue.push(token);
         }
         if c.freed {
@@ -366,13 +399,25 @@ fn accept_batch(
     Ok(())
 }
 
+thread_local! {
+    /// The worker's receive buffer: a receive is synchronous here, and HttpConn keeps what it
+    /// needs of the bytes, so no connection needs one of its own.
+    static RECV: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
-    let max = (max as usize).min(c.recv_buf.len());
-    match rustix::net::recv(&c.sock, &mut c.recv_buf[..max], RecvFlags::empty()) {
-        Ok((n, _)) => c.http.on_recv(shared.now(), Ok(&c.recv_buf[..n])),
-        Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-        Err(e) => c.http.on_recv(shared.now(), Err(raw(e))),
-    }
+    RECV.with(|b| {
+        let mut buf = b.borrow_mut();
+        if buf.is_empty() {
+            buf.resize(shared.cfg.limits.max_head_bytes + 1, 0);
+        }
+        let max = (max as usize).min(buf.len());
+        match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
+            Ok((n, _)) => c.http.on_recv(shared.now(), Ok(&buf[..n])),
+            Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
+            Err(e) => c.http.on_recv(shared.now(), Err(raw(e))),
+        }
+    });
 }
 
 fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
@@ -412,7 +457,7 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
 /// queue". It cannot wait for EPOLLIN: the next request may already be in the socket, its
 /// edge consumed while no receive was pending.
 #[must_use]
-fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut DirectLog) -> bool {
+fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool {
     let mut deferred = false;
     while let Some(op) = c.http.poll_op() {
         match op {
@@ -426,25 +471,45 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             // --zerocopy with --backend epoll.
             Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
             Op::Stat => {
+                if let Some(ix) = c.cached.take() {
+                    // Guard: a request's reference ends at its CloseFile, before the next stat.
+                    debug_assert!(false, "a stat while holding a cache entry");
+                    w.cache.release(ix);
+                }
+                let now = shared.now();
+                if let Some((ix, info)) = w.cache.hit(c.http.path(), now.mono_ms) {
+                    c.cached = Some(ix);
+                    c.cache_opening = false;
+                    c.http.on_stat(now, Ok(info));
+                    continue;
+                }
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
                     .and_then(|path| {
-                        rustix::fs::statx(
-                            &shared.root,
-                            path,
-                            AtFlags::empty(),
-                            StatxFlags::TYPE
-                                | StatxFlags::SIZE
-                                | StatxFlags::MTIME
-                                | StatxFlags::DIOALIGN,
-                        )
-                        .map_err(raw)
+                        rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK)
+                            .map_err(raw)
                     });
-                c.http.on_stat(shared.now(), res.map(|s| file_info(&s)));
+                let seen = res
+                    .as_ref()
+                    .map(|s| (file_info(s), file_id(s)))
+                    .map_err(|_| ());
+                match w.cache.on_stat(c.http.path(), seen, now.mono_ms) {
+                    StatOutcome::Hit(ix) => c.cached = Some(ix),
+                    StatOutcome::Open(ix) => {
+                        c.cached = Some(ix);
+                        c.cache_opening = true;
+                    }
+                    StatOutcome::Uncached => {}
+                }
+                c.http.on_stat(now, res.map(|s| file_info(&s)));
             }
             // `link_next` is never set: this backend's Config has no link_open_read.
+            // Open in its cache entry already.
+            Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
+                c.http.on_open(shared.now(), Ok(()));
+            }
             Op::Open { direct, .. } => {
-                crate::note_direct(&mut direct_log.0, shared.cfg.direct, direct);
+                crate::note_direct(&mut w.direct.0, shared.cfg.direct, direct);
                 let (flags, resolve) = open_flags(direct);
                 // Nonblocking: should the path have become a FIFO since the stat, the open
                 // must not block this thread (pread ignores O_NONBLOCK on regular files).
@@ -455,16 +520,27 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
                         rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve)
                             .map_err(raw)
                     });
-                if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !direct_log.1 {
-                    direct_log.1 = true;
+                if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !w.direct.1 {
+                    w.direct.1 = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
-                c.http.on_open(
-                    shared.now(),
-                    res.map(|fd| {
-                        c.file = Some(fd);
-                    }),
-                );
+                let ok = res.is_ok();
+                let fd = res.map(|fd| {
+                    match c.cached {
+                        // Into the entry reserved for it.
+                        Some(ix) if c.cache_opening => w.cache_fds[ix.0 as usize] = Some(fd),
+                        _ => c.file = Some(fd),
+                    }
+                });
+                if let Some(ix) = c.cached.filter(|_| c.cache_opening) {
+                    c.cache_opening = false;
+                    w.cache.on_open(ix, ok);
+                    if !ok {
+                        // The entry is free again, and this request's reference gone.
+                        c.cached = None;
+                    }
+                }
+                c.http.on_open(shared.now(), fd);
             }
             Op::Read {
                 buf,
@@ -474,20 +550,45 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             } => {
                 // Room in front of each chunk for the response head (`head_with_body`).
                 let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
-                let res = match &c.file {
-                    Some(file) => {
-                        let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
-                        let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
-                        rustix::io::pread(file, b, offset)
-                            .map(|n| n as u32)
-                            .map_err(raw)
+                let body = c.cached.and_then(|ix| w.cache.body(ix));
+                let file = match c.cached {
+                    Some(ix) => w.cache_fds[ix.0 as usize].as_ref(),
+                    None => c.file.as_ref(),
+                };
+                let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
+                let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
+                let res = match (body, file) {
+                    // A small cached file's bytes: no read.
+                    (Some(body), _) => {
+                        let from = (offset as usize).min(body.len());
+                        let to = (from + len as usize).min(body.len());
+                        b[..to - from].copy_from_slice(&body[from..to]);
+                        crate::Stats::add(&shared.stats.body_hits, 1);
+                        Ok((to - from) as u32)
                     }
-                    None => Err(RawErrno::BADF),
+                    (None, Some(file)) => {
+                        let res = rustix::io::pread(file, &mut *b, offset)
+                            .map(|n| n as u32)
+                            .map_err(raw);
+                        // A small cached file read whole: its bytes are kept for the hits
+                        // to come.
+                        if let (Some(ix), 0, Ok(n)) = (c.cached, offset, res) {
+                            w.cache.offer_body(ix, &b[..n as usize]);
+                        }
+                        res
+                    }
+                    (None, None) => Err(RawErrno::BADF),
                 };
                 c.http.on_read(shared.now(), buf, res);
             }
             Op::CloseFile => {
-                c.file = None;
+                match c.cached.take() {
+                    Some(ix) => {
+                        w.cache.release(ix);
+                        w.close_evicted();
+                    }
+                    None => c.file = None,
+                }
                 c.http.on_file_closed(shared.now());
             }
             Op::Cancel => {
@@ -510,7 +611,16 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, direct_log: &mut Direct
             // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
             // connection then closes the socket.
             Op::Close { reset } => debug_assert!(!reset, "SEND_ZC with the epoll backend"),
-            Op::Free => c.freed = true,
+            Op::Free => {
+                // A cache reference the response did not close (it ended before its open).
+                match (c.cached.take(), c.cache_opening) {
+                    (Some(ix), true) => w.cache.on_open(ix, false),
+                    (Some(ix), false) => w.cache.release(ix),
+                    (None, _) => {}
+                }
+                w.close_evicted();
+                c.freed = true;
+            }
         }
     }
     // Buffers HttpConn no longer uses go, so that an idle connection holds none.
@@ -589,6 +699,13 @@ mod tests {
             max_conns: 1,
             chunk_buffers: 2,
             uring: crate::UringConfig::default(),
+            cache: ringwork_core::filecache::CacheConfig {
+                entries: 4,
+                valid_ms: 1000,
+                body_budget: 1 << 20,
+                body_max: 16384,
+                max_path: 64,
+            },
             shutdown_grace: Duration::from_secs(1),
             start: Instant::now(),
             stats: crate::Stats::default(),
@@ -607,7 +724,7 @@ mod tests {
         let (server, mut client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
         let mut c = Conn::new(&shared, OwnedFd::from(server));
-        let mut log = DirectLog::default();
+        let mut log = Local::new(&shared);
         let pad = "a".repeat(6000);
         let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");
         assert!(2 * req.len() > shared.cfg.limits.max_head_bytes + 1);

@@ -20,25 +20,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, ValueEnum};
 use ringwork_core::file::Alignment;
+use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use rustix::fd::OwnedFd;
-use rustix::fs::{FileType, OFlags, ResolveFlags, Statx};
+use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
 /// Serve a directory over HTTP/1.1 (GET, HEAD, single ranges, keep-alive).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringwork-files", version)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port); give it again for more addresses
-    /// (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread accepts
-    /// on every address.
+    /// Address to listen on (port 0 picks a free port and prints it); give it again for more
+    /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
+    /// accepts on every address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: Vec<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
     /// CPU).
     #[arg(long)]
     threads: Option<usize>,
-    /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN).
+    /// Open files with O_DIRECT where the file system allows it (STATX_DIOALIGN); off by
+    /// default (reads go through the page cache).
     #[arg(long)]
     direct: bool,
     /// I/O backend.
@@ -52,6 +54,20 @@ struct Args {
     /// when RLIMIT_MEMLOCK refuses it). When every buffer is in use, reads wait their turn.
     #[arg(long, default_value_t = 32)]
     buffer_memory: u32,
+    /// Open files each thread keeps open (with their stat) for the requests that follow,
+    /// least recently used first out; 0 turns the cache off (every request stats, opens and
+    /// closes its file).
+    #[arg(long, default_value_t = 1000, value_name = "FILES")]
+    open_file_cache: u32,
+    /// How long a cached file is served without looking at its path again, in milliseconds:
+    /// a file replaced, deleted or turned into a symlink is seen once this has passed (a
+    /// rewrite in place at once). nginx's `open_file_cache_valid`.
+    #[arg(long, default_value_t = 1000, value_name = "MS")]
+    open_file_cache_valid_ms: u64,
+    /// Memory per thread, in MiB, for the bytes of cached files that fit in one chunk: such
+    /// a file is then sent from memory, with no read. 0 keeps none.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    file_cache_memory: u32,
     /// Drop a connection whose request head is not complete after this many milliseconds.
     #[arg(long, default_value_t = 10_000)]
     header_timeout_ms: u64,
@@ -73,21 +89,24 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     sq_entries: u32,
     /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
-    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
-    /// the kernel refuses SQPOLL the server exits with the reason.
+    /// ms before the poller sleeps (`--sqpoll` alone: 10 ms; off by default). Without
+    /// DEFER_TASKRUN (the kernel refuses the pair). When the kernel refuses SQPOLL the server
+    /// exits with the reason.
     #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
     sqpoll: Option<u32>,
-    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    /// io_uring, with `--sqpoll`: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    /// Default: none, and the poller may run on any CPU.
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     sqpoll_cpu: Option<u32>,
     /// io_uring: send file chunks with IORING_OP_SEND_ZC (Linux 6.0) straight from the
     /// registered chunk buffer, with IORING_SEND_ZC_REPORT_USAGE (6.2); a buffer is refilled
-    /// only after its notification. The `stats:` line at shutdown says how often the kernel
-    /// copied anyway (always, on loopback).
+    /// only after its notification. Off by default. The `stats:` line at shutdown says how
+    /// often the kernel copied anyway (always, on loopback).
     #[arg(long)]
     zerocopy: bool,
-    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
-    /// feature wins over the flag that asks for it (`--sqpoll`, `--zerocopy`).
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated; default: none,
+    /// every feature the kernel has is used). A disabled feature wins over the flag that asks
+    /// for it (`--sqpoll`, `--zerocopy`).
     #[arg(
         long,
         value_enum,
@@ -167,8 +186,8 @@ enum Feature {
     /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
     #[value(hide = true)]
     MultishotRecv,
-    /// ringwork-echo's; refused here (ringwork-files uses no provided buffer ring).
-    #[value(hide = true)]
+    /// Provided buffer ring for request heads (Linux 5.19): each connection receives into a
+    /// buffer of its own, which it holds while it waits for its next request.
     PbufRing,
 }
 
@@ -179,6 +198,7 @@ struct Features {
     fixed_files: bool,
     fixed_buffers: bool,
     links: bool,
+    pbuf_ring: bool,
 }
 
 impl Default for Features {
@@ -188,6 +208,7 @@ impl Default for Features {
             fixed_files: true,
             fixed_buffers: true,
             links: true,
+            pbuf_ring: true,
         }
     }
 }
@@ -202,6 +223,8 @@ struct Shared {
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
     chunk_buffers: u16,
     uring: UringConfig,
+    /// Each worker's open-file cache.
+    cache: CacheConfig,
     /// The drain's grace period (`--shutdown-grace-ms`).
     shutdown_grace: Duration,
     start: Instant,
@@ -225,6 +248,20 @@ struct Stats {
     link_cancels: AtomicU64,
     /// io_uring: reads that waited for a chunk buffer from the pool.
     chunk_waits: AtomicU64,
+    /// io_uring: head receives that found the provided buffer ring empty and waited.
+    head_waits: AtomicU64,
+    /// Requests whose file came from the open-file cache without a stat.
+    cache_hits: AtomicU64,
+    /// Stats that found a cached file unchanged.
+    cache_revalidated: AtomicU64,
+    /// Files opened into the cache.
+    cache_opened: AtomicU64,
+    /// Cached files dropped because their path changed or vanished.
+    cache_invalidated: AtomicU64,
+    /// Cached files closed to make room.
+    cache_evicted: AtomicU64,
+    /// Reads answered from a cached file's bytes in memory.
+    body_hits: AtomicU64,
 }
 
 impl Stats {
@@ -235,15 +272,32 @@ impl Stats {
     fn line(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
-            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} zc_notifs={} zc_copied={}",
+            "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} body_hits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
             get(&self.link_cancels),
             get(&self.chunk_waits),
+            get(&self.head_waits),
             get(&self.zc_notifs),
-            get(&self.zc_copied)
+            get(&self.zc_copied),
+            get(&self.cache_hits),
+            get(&self.cache_revalidated),
+            get(&self.cache_opened),
+            get(&self.cache_invalidated),
+            get(&self.cache_evicted),
+            get(&self.body_hits),
         )
+    }
+
+    /// Adds what a worker's open-file cache counted.
+    fn add_cache(&self, c: ringwork_core::filecache::CacheStats) {
+        Self::add(&self.cache_hits, c.hits);
+        Self::add(&self.cache_revalidated, c.revalidated);
+        Self::add(&self.cache_opened, c.opened);
+        Self::add(&self.cache_invalidated, c.invalidated);
+        Self::add(&self.cache_evicted, c.evicted);
     }
 }
 
@@ -273,6 +327,25 @@ fn file_info(stx: &Statx) -> FileInfo {
         size: stx.stx_size,
         mtime_secs: u64::try_from(stx.stx_mtime.tv_sec).unwrap_or(0),
         dio,
+    }
+}
+
+/// What both drivers ask statx for: what HttpConn needs, and the inode for the cache.
+const STATX_MASK: StatxFlags = StatxFlags::TYPE
+    .union(StatxFlags::SIZE)
+    .union(StatxFlags::MTIME)
+    .union(StatxFlags::INO)
+    .union(StatxFlags::DIOALIGN);
+
+/// What identifies the file a statx describes, and its version, for the open-file cache.
+fn file_id(stx: &Statx) -> FileId {
+    let t = stx.stx_mtime;
+    FileId {
+        dev: u64::from(stx.stx_dev_major) << 32 | u64::from(stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        mtime_ns: (t.tv_sec as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(t.tv_nsec)),
     }
 }
 
@@ -330,9 +403,24 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Each connection is a descriptor (two while it sends a file without registered files).
     let nofile = raise_nofile_limit();
+    // Token sub-indexes name cache entries (16 bits). Cached files held as descriptors
+    // (epoll, or io_uring without registered files) take at most a quarter of what
+    // RLIMIT_NOFILE allows, the rest is for connections (and out of descriptors, the cache
+    // gives up the files no request uses).
+    let cache_fds = args.backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
+    let mut cache_entries = args.open_file_cache.min(u32::from(u16::MAX));
+    if cache_fds {
+        cache_entries =
+            cache_entries.min((nofile / 4 / threads as u64).min(u64::from(u16::MAX)) as u32);
+    }
+    let held = if cache_fds {
+        u64::from(cache_entries) * threads as u64
+    } else {
+        0
+    };
     let max_conns = match args.max_conns {
         Some(n) => n.max(1),
-        None => default_max_conns(nofile, threads),
+        None => default_max_conns(nofile.saturating_sub(held), threads),
     };
     // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
     // registered-buffer index holds.
@@ -354,23 +442,16 @@ fn run(args: Args) -> Result<(), String> {
     if args.backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
-    for (feature, name, why) in [
-        (
-            Feature::MultishotRecv,
-            "multishot-recv",
-            "it receives request heads with single-shot IORING_OP_RECV",
-        ),
-        (
-            Feature::PbufRing,
-            "pbuf-ring",
-            "it receives into a per-connection buffer, not a provided buffer ring",
-        ),
-    ] {
+    for (feature, name, why) in [(
+        Feature::MultishotRecv,
+        "multishot-recv",
+        "it receives request heads with single-shot IORING_OP_RECV",
+    )] {
         if args.disable.contains(&feature) {
             return Err(format!(
                 "--disable {name}: ringwork-files does not use {name} ({why}); \
                  features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links"
+                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring"
             ));
         }
     }
@@ -393,6 +474,7 @@ fn run(args: Args) -> Result<(), String> {
             fixed_files: !disabled(Feature::FixedFiles),
             fixed_buffers: !disabled(Feature::FixedBuffers),
             links: !disabled(Feature::Links),
+            pbuf_ring: !disabled(Feature::PbufRing),
         },
     };
     let root_path = std::fs::canonicalize(&args.root)
@@ -434,6 +516,14 @@ fn run(args: Args) -> Result<(), String> {
         max_conns,
         chunk_buffers,
         uring,
+        cache: CacheConfig {
+            entries: cache_entries,
+            valid_ms: args.open_file_cache_valid_ms,
+            body_budget: args.file_cache_memory as usize * 1024 * 1024,
+            // A kept body is sent the way a first chunk is: it must fit in one.
+            body_max: args.chunk,
+            max_path: Limits::default().max_target_len + "/index.html".len(),
+        },
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
         stats: Stats::default(),

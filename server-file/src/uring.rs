@@ -58,37 +58,35 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use rustix::fd::{AsRawFd, OwnedFd};
-use rustix::fs::{AtFlags, StatxFlags};
+use rustix::fs::AtFlags;
 use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
-use ringwork_core::buf::{Lease, ZcSlot};
+use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
+use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
-use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::{
-    Acceptor, FixedBuffers, OpMemory, OpenArgs, Ring, SafeSqe, StatxTarget, Target,
+    Acceptor, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget, Target,
 };
 
 use crate::accesslog::RingLog;
 use crate::epoll::tick_interval;
-use crate::{file_info, open_flags, Shared};
+use crate::{file_id, file_info, open_flags, Shared};
 
 struct Conn {
     http: HttpConn,
     /// The socket, until HttpConn says Close.
     sock: Option<OwnedFd>,
-    /// The head receive buffer; with the ring while a receive is in flight.
+    /// Without a head buffer ring: the head receive buffer, with the ring while a receive is
+    /// in flight (made for the first receive).
     recv_buf: Option<Vec<u8>>,
-    /// Where a response head is copied to be sent; with the ring while its send is in flight.
-    head_buf: Option<Vec<u8>>,
-    /// The statx target; with the ring while a stat is in flight.
-    stat: Option<Box<StatxTarget>>,
-    /// The openat2 arguments; with the ring while an open is in flight.
-    open: Option<Box<OpenArgs>>,
+    /// The receive HttpConn asked for (its `max`), for a resubmission after ENOBUFS.
+    recv_max: u32,
     /// The connection's chunk buffers (HttpConn's `BufIx` 0 and 1), leased from the worker's
     /// pool for as long as HttpConn uses them; a lease is with the ring while a read fills
     /// its buffer.
@@ -101,6 +99,14 @@ struct Conn {
     file: Option<OwnedFd>,
     /// The client's address, for the access log (looked up only when there is one).
     peer: Option<std::net::IpAddr>,
+    /// The open-file cache entry this request's file is in (a reference held from the stat
+    /// until Op::CloseFile), instead of the connection's own file slot or `file`.
+    cached: Option<EntryIx>,
+    /// `cached` was reserved for this request's open, which has not completed yet.
+    cache_opening: bool,
+    /// The read in flight: its file offset and where in the buffer it writes (to offer a
+    /// small file's bytes to the cache).
+    read_at: (u64, u32),
 }
 
 struct Driver<'s> {
@@ -132,7 +138,47 @@ struct Driver<'s> {
     direct_noted: bool,
     /// With `--access-log`: this worker's batch and its write through the ring.
     log: Option<RingLog>,
+    /// Open files shared by the requests for the same path: entry N in registered-file slot
+    /// `cache_base + N` (else in `cache_fds[N]`).
+    cache: FileCache,
+    cache_base: u32,
+    cache_fds: Vec<Option<OwnedFd>>,
+    /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
+    /// (else into a buffer per connection).
+    head_ring: bool,
+    /// Receives that found the head ring empty (ENOBUFS), to resubmit once buffers are back.
+    recv_starved: Vec<Token>,
+    /// Memory the connections' operations borrow for a while (statx targets, openat2
+    /// arguments, response heads), kept for the next request instead of per connection.
+    spare: Spares,
 }
+
+/// Operation memory no connection holds, for the next that needs it.
+#[derive(Default)]
+struct Spares {
+    stat: Vec<Box<StatxTarget>>,
+    open: Vec<Box<OpenArgs>>,
+    head: Vec<Vec<u8>>,
+}
+
+/// Most of each kind of operation memory kept spare.
+const SPARES: usize = 256;
+
+fn keep<T>(list: &mut Vec<T>, item: T) {
+    if list.len() < SPARES {
+        list.push(item);
+    }
+}
+
+/// Most io-wq workers per ring, of each kind (bounded: file I/O; unbounded: the rest).
+const IOWQ_WORKERS: u32 = 16;
+
+/// The provided buffer ring request heads are received into.
+const HEAD_GROUP: BufGroup = BufGroup(0);
+/// Its buffers: enough for a burst of receives completing in one batch; a head longer than
+/// one buffer takes several receives.
+const HEAD_BUFFERS: u16 = 1024;
+const HEAD_BUFFER_SIZE: u32 = 2048;
 
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
@@ -209,13 +255,16 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     }
     // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
     // registration says which.
+    // Connection N's file in slot N; the open-file cache's entries after them.
+    let cache_entries = shared.cache.entries;
     let fixed_files = fixed_files
-        && match ring.register_files_sparse(slots) {
+        && match ring.register_files_sparse(slots + cache_entries) {
             Ok(()) => true,
             Err(e) => {
                 println!(
-                    "registering a file table of {slots} slots failed ({e}): \
-                     opening into plain descriptors"
+                    "registering a file table of {} slots failed ({e}): \
+                     opening into plain descriptors",
+                    slots + cache_entries
                 );
                 false
             }
@@ -261,6 +310,28 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             }
         }
     };
+    // Request heads into a provided buffer ring (Linux 5.19), so that a connection waiting
+    // for its next request holds no buffer; else into a buffer of its own.
+    let head_ring = want.pbuf_ring
+        && match ring.add_provided_buffers(
+            HEAD_GROUP,
+            HEAD_BUFFERS,
+            HEAD_BUFFER_SIZE,
+            ProvideMode::Ring,
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                println!("{e}: receiving request heads into a buffer per connection");
+                false
+            }
+        };
+    // Opens, stats and cold reads that block run on io-wq threads: capped, so that a burst
+    // of them (10,000 connections missing the cache at once) queues instead of starting a
+    // thread each. Before Linux 5.15 the kernel's own limits stand.
+    let iowq = ring.register_iowq_max_workers(IOWQ_WORKERS, IOWQ_WORKERS);
+    if let Err(e) = &iowq {
+        println!("{e}: io-wq workers not capped");
+    }
     // A chain is two SQEs: a one-entry SQ cannot hold one.
     let links = links && fixed_files && ring.sq_entries() >= 2;
     let http_cfg = ringwork_core::httpconn::Config {
@@ -276,6 +347,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             )
             .with("fixed_files", fixed_files)
             .with("fixed_buffers", fixed)
+            .with("pbuf_ring", head_ring)
             .with("zerocopy", shared.cfg.zerocopy)
             .with("links", links)
     );
@@ -296,6 +368,12 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         direct_refused: false,
         direct_noted: false,
         log: shared.access_log.as_ref().map(|_| RingLog::default()),
+        cache: FileCache::new(shared.cache),
+        cache_base: slots,
+        cache_fds: (0..cache_entries).map(|_| None).collect(),
+        head_ring,
+        recv_starved: Vec::new(),
+        spare: Spares::default(),
     };
     for a in &mut d.acceptors {
         a.start(&mut d.ring)
@@ -314,6 +392,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     crate::Stats::add(&st.enters, rs.enters);
     crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
     crate::Stats::add(&st.busy_retries, rs.busy_retries);
+    st.add_cache(d.cache.stats());
     result
 }
 
@@ -405,6 +484,7 @@ impl Driver<'_> {
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
+            self.replenish_heads()?;
             for a in &mut self.acceptors {
                 a.poll(&mut self.ring, self.conns.len())
                     .map_err(|e| format!("io_uring submit: {e}"))?;
@@ -414,6 +494,14 @@ impl Driver<'_> {
                 // The lines so far, in one write through the ring, when due; all of them
                 // once stopping (the loop then ends after the write's CQE).
                 log.flush(sink, &mut self.ring, self.drain.stopping())?;
+            }
+            // Out of descriptors (accept paused): cached files held as descriptors (without
+            // registered files) that no request uses give theirs to the connections waiting.
+            if !self.fixed_files
+                && self.acceptors.iter().any(|a| a.next_deadline().is_some())
+                && self.cache.evict_unused() > 0
+            {
+                self.close_evicted();
             }
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
@@ -427,9 +515,43 @@ impl Driver<'_> {
         Ok(())
     }
 
-    fn on_cqe(&mut self, cqe: ringwork_sys::Cqe) -> Result<(), String> {
+    /// Hands the head buffers taken since the last call back to the kernel, then resubmits
+    /// the receives that found none.
+    fn replenish_heads(&mut self) -> Result<(), String> {
+        if !self.head_ring {
+            return Ok(());
+        }
+        self.ring
+            .publish_buffers(HEAD_GROUP)
+            .map_err(|e| format!("publishing head buffers: {e}"))?;
+        for token in std::mem::take(&mut self.recv_starved) {
+            let Some(c) = self.conns.get_checked_mut(&token) else {
+                continue;
+            };
+            let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+            let sqe = SafeSqe::recv_select(sock, HEAD_GROUP, false)
+                .select_len(c.recv_max)
+                .user_data(token.encode());
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
+    fn on_cqe(&mut self, mut cqe: ringwork_sys::Cqe) -> Result<(), String> {
         let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
+        };
+        // A head buffer the kernel picked goes back to the ring whatever becomes of it.
+        let head = cqe.take_buffer().map(|sel| {
+            self.ring
+                .buf_ring(HEAD_GROUP)
+                .expect("only head receives select buffers")
+                .take(sel)
+        });
+        let head = match head {
+            Some(Ok(lease)) => Some(lease),
+            Some(Err(e)) => return Err(format!("a head buffer went astray: {e}")),
+            None => None,
         };
         if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
@@ -454,6 +576,11 @@ impl Driver<'_> {
             }
             return Ok(());
         }
+        if token.slot == Slot::WORKER && token.kind == OpKind::Close {
+            // A cached file's slot closed (whatever the result: the slot is empty now).
+            self.cache.on_closed(EntryIx(u32::from(token.sub)));
+            return Ok(());
+        }
         let now = self.shared.now();
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
@@ -462,6 +589,12 @@ impl Driver<'_> {
         let mem = (!cqe.more()).then(|| self.ring.take_memory(ud)).flatten();
         let Some(c) = self.conns.get_checked_mut(&token) else {
             // Stale: cannot happen while slots are freed only on HttpConn's Free.
+            if let Some(lease) = head {
+                self.ring
+                    .buf_ring(HEAD_GROUP)
+                    .expect("checked above")
+                    .recycle(lease);
+            }
             return Ok(());
         };
         let res = cqe.result();
@@ -482,15 +615,48 @@ impl Driver<'_> {
                 c.http.on_recv(now, bytes);
                 c.recv_buf = Some(buf);
             }
+            // The head ring was empty: the receive waits for buffers (HttpConn still counts
+            // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
+            (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
+                crate::Stats::add(&self.shared.stats.head_waits, 1);
+                self.recv_starved.push(token);
+                return Ok(());
+            }
+            (OpKind::Recv, None) => {
+                let br = self.ring.buf_ring(HEAD_GROUP);
+                match (head, br) {
+                    (Some(lease), Some(br)) => {
+                        let bytes = res.map(|n| br.bytes(&lease, n));
+                        c.http.on_recv(now, bytes);
+                        br.recycle(lease);
+                    }
+                    // End of stream or an error: no buffer was picked.
+                    _ => c.http.on_recv(now, res.map(|_| &[][..])),
+                }
+            }
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
-                    c.head_buf = Some(buf);
+                    keep(&mut self.spare.head, buf);
                 }
                 c.http.on_send(now, res);
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
                 let info = res.map(|_| file_info(target.statx()));
-                c.stat = Some(target);
+                let id = file_id(target.statx());
+                keep(&mut self.spare.stat, target);
+                // The cache learns what the path names now: the same file (a hit), a new
+                // one (opened into an entry), or nothing it keeps.
+                if c.cached.is_none() {
+                    let seen = info.map(|i| (i, id)).map_err(|_| ());
+                    match self.cache.on_stat(c.http.path(), seen, now.mono_ms) {
+                        StatOutcome::Hit(ix) => c.cached = Some(ix),
+                        StatOutcome::Open(ix) => {
+                            c.cached = Some(ix);
+                            c.cache_opening = true;
+                        }
+                        StatOutcome::Uncached => {}
+                    }
+                }
                 c.http.on_stat(now, info);
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
@@ -498,10 +664,23 @@ impl Driver<'_> {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
-                if !self.fixed_files {
-                    c.file = args.take_fd();
+                match c.cached {
+                    Some(ix) if c.cache_opening => {
+                        c.cache_opening = false;
+                        self.cache.on_open(ix, res.is_ok());
+                        if res.is_ok() {
+                            if !self.fixed_files {
+                                self.cache_fds[ix.0 as usize] = args.take_fd();
+                            }
+                        } else {
+                            // The entry is free again, and this request's reference gone.
+                            c.cached = None;
+                        }
+                    }
+                    _ if !self.fixed_files => c.file = args.take_fd(),
+                    _ => {}
                 }
-                c.open = Some(args);
+                keep(&mut self.spare.open, args);
                 c.http.on_open(now, res.map(|_| ()));
             }
             (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
@@ -509,6 +688,17 @@ impl Driver<'_> {
                     crate::Stats::add(&self.shared.stats.link_cancels, 1);
                 }
                 let buf = c.read_buf;
+                // A small cached file read whole: its bytes are kept, for the hits to come.
+                if let (Some(ix), (0, pos), Ok(n)) = (c.cached, c.read_at, res) {
+                    if self.cache.wants_body(ix) {
+                        let buffers = self
+                            .ring
+                            .fixed_buffers()
+                            .expect("the chunk buffers are set up before the loop");
+                        let bytes = &buffers.bytes(&lease)[pos as usize..(pos + n) as usize];
+                        self.cache.offer_body(ix, bytes);
+                    }
+                }
                 c.chunks[usize::from(buf.0)] = Some(lease);
                 c.http.on_read(now, buf, res);
             }
@@ -533,15 +723,16 @@ impl Driver<'_> {
         let conn = Conn {
             http: HttpConn::new(cfg, self.shared.now()),
             sock: Some(sock),
-            recv_buf: Some(vec![0; cfg.limits.max_head_bytes + 1]),
-            head_buf: None,
-            stat: Some(StatxTarget::new()),
-            open: Some(OpenArgs::new()),
+            recv_buf: None,
+            recv_max: 0,
             chunks: [None, None],
             read_buf: BufIx(0),
             direct: false,
             file: None,
             peer: None,
+            cached: None,
+            cache_opening: false,
+            read_at: (0, 0),
         };
         let peer = match (&self.log, &conn.sock) {
             (Some(_), Some(sock)) => crate::accesslog::peer_ip(sock),
@@ -573,6 +764,14 @@ impl Driver<'_> {
         let Some(c) = self.conns.remove(slot) else {
             return;
         };
+        // A cache reference the response did not close (it ended before its open): an entry
+        // reserved for an open never submitted is free again, a hit is let go.
+        match (c.cached, c.cache_opening) {
+            (Some(ix), true) => self.cache.on_open(ix, false),
+            (Some(ix), false) => self.cache.release(ix),
+            (None, _) => {}
+        }
+        self.close_evicted();
         let buffers = self
             .ring
             .fixed_buffers()
@@ -624,6 +823,97 @@ impl Driver<'_> {
         }
     }
 
+    /// Closes the files of the cache entries no request holds any more (dropped or evicted);
+    /// each entry is reusable once its close completes.
+    fn close_evicted(&mut self) {
+        while let Some(ix) = self.cache.poll_close() {
+            if self.fixed_files {
+                let token =
+                    Token::new(OpKind::Close, Slot::WORKER, Generation::ZERO).with_sub(ix.0 as u16);
+                let sqe = SafeSqe::close_fixed(self.cache_base + ix.0).user_data(token.encode());
+                // A full SQ is submitted to make room; should even that fail, the slot stays
+                // taken (the entry is never reused) rather than misnamed.
+                if self.ring.push_safe(sqe).is_err() {
+                    continue;
+                }
+            } else {
+                // close(2) of a regular file: at once.
+                self.cache_fds[ix.0 as usize] = None;
+                self.cache.on_closed(ix);
+            }
+        }
+    }
+
+    /// Performs `op` from the open-file cache when it can, with no system call: a stat of a
+    /// fresh cached path, the open of a cached file, a read of a small file's kept bytes
+    /// (when a chunk buffer is free at once), the close of a cached file. False: submit it.
+    fn from_cache(&mut self, slot: Slot, op: Op) -> bool {
+        let now = self.shared.now();
+        let Some(c) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        match op {
+            Op::Stat => {
+                if let Some(ix) = c.cached.take() {
+                    // Guard: a request's reference ends at its CloseFile, before the next stat.
+                    debug_assert!(false, "a stat while holding a cache entry");
+                    self.cache.release(ix);
+                }
+                let Some((ix, info)) = self.cache.hit(c.http.path(), now.mono_ms) else {
+                    return false;
+                };
+                c.cached = Some(ix);
+                c.cache_opening = false;
+                c.http.on_stat(now, Ok(info));
+                true
+            }
+            Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
+                // The file is open in its entry already. A linked first read, queued next,
+                // is submitted (or answered) on its own.
+                c.http.on_open(now, Ok(()));
+                true
+            }
+            Op::Read {
+                buf,
+                offset,
+                len,
+                buf_pos,
+            } => {
+                let cache = &self.cache;
+                let Some(ix) = c.cached.filter(|&ix| cache.body(ix).is_some()) else {
+                    return false;
+                };
+                if !self.waiting.is_empty() || !self.lease_for(slot, &op) {
+                    return false;
+                }
+                let body = self.cache.body(ix).expect("checked above");
+                let c = self.conns.get_mut(slot).expect("checked above");
+                let lease = c.chunks[usize::from(buf.0)]
+                    .as_ref()
+                    .expect("lease_for leased it");
+                let from = (offset as usize).min(body.len());
+                let to = (from + len as usize).min(body.len());
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .expect("the chunk buffers are set up before the loop");
+                buffers.bytes_mut(lease)[buf_pos as usize..buf_pos as usize + (to - from)]
+                    .copy_from_slice(&body[from..to]);
+                crate::Stats::add(&self.shared.stats.body_hits, 1);
+                c.http.on_read(now, buf, Ok((to - from) as u32));
+                true
+            }
+            Op::CloseFile if c.cached.is_some() => {
+                let ix = c.cached.take().expect("checked above");
+                self.cache.release(ix);
+                c.http.on_file_closed(now);
+                self.close_evicted();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Submits the reads that waited for a chunk buffer, in order, while the pool has one.
     fn serve_waiting(&mut self) -> Result<(), String> {
         while let Some(&(token, first, second)) = self.waiting.front() {
@@ -672,6 +962,9 @@ impl Driver<'_> {
                 // Op::Close, the file slot by Op::CloseFile).
                 self.free(slot);
                 break;
+            }
+            if self.from_cache(slot, op) {
+                continue;
             }
             let second = if matches!(
                 op,
@@ -735,6 +1028,13 @@ impl Driver<'_> {
                 let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
                 return Ok(Some(sqe.user_data(token.encode())));
             }
+            Op::Recv { max } if self.head_ring => {
+                c.recv_max = max;
+                (
+                    OpKind::Recv,
+                    SafeSqe::recv_select(sock, HEAD_GROUP, false).select_len(max),
+                )
+            }
             Op::Recv { max } => {
                 let buf = c
                     .recv_buf
@@ -744,7 +1044,7 @@ impl Driver<'_> {
             }
             Op::Send(SendSrc::Head { start, len }) => {
                 // The head is copied out of HttpConn, into memory that goes with the send.
-                let mut buf = c.head_buf.take().unwrap_or_default();
+                let mut buf = self.spare.head.pop().unwrap_or_default();
                 buf.clear();
                 let start = start as usize;
                 buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
@@ -781,9 +1081,8 @@ impl Driver<'_> {
                 (OpKind::Send, sqe)
             }
             Op::Stat => {
-                let mask =
-                    StatxFlags::TYPE | StatxFlags::SIZE | StatxFlags::MTIME | StatxFlags::DIOALIGN;
-                let target = c.stat.take().unwrap_or_else(StatxTarget::new);
+                let mask = crate::STATX_MASK;
+                let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
                 let sqe = SafeSqe::statx(root, c.http.path(), AtFlags::empty(), mask, target)
                     .map_err(|e| e.to_string())?;
                 (OpKind::Statx, sqe)
@@ -800,8 +1099,12 @@ impl Driver<'_> {
                 let mut how = open_how::default();
                 how.flags = u64::from(flags.bits());
                 how.resolve = resolve;
-                let args = c.open.take().unwrap_or_else(OpenArgs::new);
-                let file_slot = fixed_files.then_some(slot.0);
+                let args = self.spare.open.pop().unwrap_or_else(OpenArgs::new);
+                // Into the cache entry reserved for it, or the connection's own slot.
+                let file_slot = match c.cached {
+                    Some(ix) if c.cache_opening => fixed_files.then_some(self.cache_base + ix.0),
+                    _ => fixed_files.then_some(slot.0),
+                };
                 let sqe = SafeSqe::openat2(root, c.http.path(), how, file_slot, args)
                     .map_err(|e| e.to_string())?;
                 (OpKind::Open, sqe)
@@ -813,10 +1116,20 @@ impl Driver<'_> {
                 buf_pos,
             } => {
                 c.read_buf = buf;
+                c.read_at = (offset, buf_pos);
                 let lease = c.chunks[usize::from(buf.0)]
                     .take()
                     .ok_or("HttpConn read into a buffer a read is filling")?;
-                let file = file_target(fixed_files, slot, c.file.as_ref());
+                let file = match c.cached {
+                    Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
+                    Some(ix) => Target::Fd(
+                        self.cache_fds[ix.0 as usize]
+                            .as_ref()
+                            .ok_or("a read of a cache entry with no file")?
+                            .as_raw_fd(),
+                    ),
+                    None => file_target(fixed_files, slot, c.file.as_ref()),
+                };
                 (
                     OpKind::Read,
                     self.ring.read_fixed(file, lease, buf_pos, len, offset),

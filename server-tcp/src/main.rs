@@ -91,14 +91,15 @@ struct Args {
     /// Submission queue entries per ring (the completion queue gets four times as many).
     #[arg(long, default_value_t = 1024)]
     sq_entries: u32,
-    /// io_uring (epoll ignores it): completions to wait for per io_uring_enter, up to `--batch-wait-us`; once
-    /// that has passed, any one completion ends the wait. 1 waits for one completion, as a
-    /// plain loop does. Used only while the load fills half a batch per wait. Needs
-    /// IORING_FEAT_MIN_TIMEOUT (Linux 6.12); without it the server says so and waits for one.
-    /// Defaults measured: see `DEFAULT_BATCH`.
+    /// io_uring (epoll ignores it): completions to wait for per io_uring_enter, for at most
+    /// `--batch-wait-us`; once that has passed, any one completion ends the wait. 1 waits for
+    /// one completion, as a plain loop does. Used only while the load fills half a batch per
+    /// wait. Needs IORING_FEAT_MIN_TIMEOUT (Linux 6.12); without it the server says so and
+    /// waits for one. Why this default: docs/PERFORMANCE.md, "Batched waits".
     #[arg(long, default_value_t = DEFAULT_BATCH)]
     batch: u32,
-    /// io_uring: how long (µs) a wait may hold out for `--batch` completions.
+    /// io_uring: how long (µs) a wait may hold out for `--batch` completions before any one
+    /// completion ends it.
     #[arg(long, default_value_t = DEFAULT_BATCH_WAIT_US)]
     batch_wait_us: u32,
     /// On SIGINT/SIGTERM: stop accepting, let connections send back what they received, and
@@ -106,33 +107,36 @@ struct Args {
     #[arg(long, default_value_t = 3000)]
     shutdown_grace_ms: u64,
     /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
-    /// ms before the poller sleeps. Without DEFER_TASKRUN (the kernel refuses the pair). When
-    /// the kernel refuses SQPOLL the server exits with the reason: a benchmark asked for it.
+    /// ms before the poller sleeps (`--sqpoll` alone: 10 ms; off by default). Without
+    /// DEFER_TASKRUN (the kernel refuses the pair). When the kernel refuses SQPOLL the server
+    /// exits with the reason: a benchmark asked for it.
     #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
     sqpoll: Option<u32>,
-    /// io_uring: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF). Without it the
-    /// poller may run on any CPU: the kernel thread ignores the process' affinity mask.
+    /// io_uring, with `--sqpoll`: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
+    /// Default: none, and the poller may run on any CPU (the kernel thread ignores the
+    /// process' affinity mask).
     #[arg(long, value_name = "CPU", requires = "sqpoll")]
     sqpoll_cpu: Option<u32>,
     /// io_uring: send with IORING_OP_SEND_ZC (Linux 6.0) and IORING_SEND_ZC_REPORT_USAGE; a
-    /// received buffer goes back to the ring only after its notification. Off by default:
-    /// on loopback the kernel copies anyway and plain sends measured faster (see README).
+    /// received buffer goes back to the ring only after its notification. Off by default (on
+    /// loopback the kernel copies anyway; figures in docs/PERFORMANCE.md).
     #[arg(long)]
     zerocopy: bool,
     /// io_uring: receive bundles (IORING_RECVSEND_BUNDLE, Linux 6.10): one receive completion
-    /// may fill several consecutive ring buffers. Off by default (see README's measurements).
-    /// Needs the buffer ring (not with `--disable pbuf-ring`).
+    /// may fill several consecutive ring buffers. Off by default (figures in
+    /// docs/PERFORMANCE.md). Needs the buffer ring (not with `--disable pbuf-ring`).
     #[arg(long)]
     bundle: bool,
     /// io_uring: incremental buffer consumption (IOU_PBUF_RING_INC, Linux 6.12): each receive
     /// takes only the bytes it needs from the head buffer, so one buffer holds many small
     /// messages (of several connections) and goes back once the kernel has used it up and
-    /// every message in it was echoed. Not with `--bundle`, `--zerocopy` or
+    /// every message in it was echoed. Off by default. Not with `--bundle`, `--zerocopy` or
     /// `--disable pbuf-ring`.
     #[arg(long)]
     incremental: bool,
-    /// io_uring: turn features off, forcing their fallbacks (comma-separated). A disabled
-    /// feature wins over the flag that asks for it (`--zerocopy`, `--sqpoll`).
+    /// io_uring: turn features off, forcing their fallbacks (comma-separated; default: none,
+    /// every feature the kernel has is used). A disabled feature wins over the flag that asks
+    /// for it (`--zerocopy`, `--sqpoll`).
     #[arg(
         long,
         value_enum,
@@ -145,19 +149,10 @@ struct Args {
     accept_mode: AcceptMode,
 }
 
-/// `--batch` default. Measured on a 2-core VM, kernel 6.18, server pinned to CPU 1 and
-/// `ringwork-bench echo` to CPU 0, variants alternated, runs ±20% (shared machine):
-/// - 64 B x 50 conns closed loop: io_uring_enter/msg 0.21-0.49 with `--batch 1`, 0.09-0.11
-///   with 16/50 µs (32/100 µs: 0.03-0.05, but p99 up to +100 µs); server CPU/msg equal or
-///   ~1% lower (5.28-5.49 against 5.31-5.57 µs): 98% of it is the kernel's TCP path, so
-///   fewer enters save little CPU, but they meet the ≤ 0.1 enters/msg target.
-/// - 64 B x 1000 conns open loop at 5000 msgs/s: always-on min-wait cost ~1.6x the CPU/msg
-///   (21-30 against 11.5-15.5 µs) and did not save enters (few completions per wait), hence
-///   the server batches only after a wait that brought half a batch (`Worker::wait`); with
-///   that, 13.0-14.5 against 13.5 µs and the same p99.
+/// `--batch` default; the measurements behind it: docs/PERFORMANCE.md, "Batched waits".
 const DEFAULT_BATCH: u32 = 16;
-/// `--batch-wait-us` default: 50 µs, a fraction of loopback round trips under load (p50
-/// ~270 µs at 50 connections), so p99 does not move; 100 µs started to show in p99.
+/// `--batch-wait-us` default: a fraction of a loopback round trip under load, so that p99
+/// does not move (docs/PERFORMANCE.md, "Batched waits").
 const DEFAULT_BATCH_WAIT_US: u32 = 50;
 
 /// What every worker needs, fixed at start.

@@ -44,8 +44,20 @@ impl Mmap {
         })
     }
 
-    /// Maps `len` bytes of zeroed, page-aligned anonymous memory.
+    /// Maps `len` bytes of zeroed, page-aligned anonymous memory, every page made now
+    /// (MAP_POPULATE).
     pub fn anonymous(len: usize, what: &'static str) -> Result<Self> {
+        Self::anonymous_with(len, what, MapFlags::POPULATE)
+    }
+
+    /// As [`Mmap::anonymous`], but a page is made when first touched (by us, or by the kernel
+    /// writing into it or pinning it, as IORING_REGISTER_BUFFERS does): memory a pool may
+    /// never use costs nothing resident.
+    pub fn anonymous_lazy(len: usize, what: &'static str) -> Result<Self> {
+        Self::anonymous_with(len, what, MapFlags::empty())
+    }
+
+    fn anonymous_with(len: usize, what: &'static str, extra: MapFlags) -> Result<Self> {
         if len == 0 {
             return Err(Error::InvalidConfig("zero-length mapping"));
         }
@@ -55,7 +67,7 @@ impl Mmap {
                 core::ptr::null_mut(),
                 len,
                 ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::PRIVATE | MapFlags::POPULATE,
+                MapFlags::PRIVATE | extra,
             )
         }
         .map_err(Error::syscall(what))?;

@@ -281,6 +281,14 @@ impl SafeSqe {
         Self::bare(Sqe::recv_select(target, group, multishot))
     }
 
+    /// Caps a buffer-select recv at `len` bytes; see [`Sqe::select_len`].
+    #[must_use]
+    pub fn select_len(mut self, len: u32) -> Self {
+        debug_assert!(self.mem.is_none());
+        self.sqe = self.sqe.select_len(len);
+        self
+    }
+
     /// Makes a buffer-select recv a bundle; see [`Sqe::recv_bundle`].
     pub fn recv_bundle(mut self) -> Self {
         debug_assert!(self.mem.is_none());

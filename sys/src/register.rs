@@ -116,7 +116,9 @@ impl FixedBuffers {
             ));
         }
         let buf_size = buf_size.div_ceil(PAGE) * PAGE;
-        let mem = Mmap::anonymous(buf_size * count as usize, "allocate fixed buffers")?;
+        // Registration pins (and so makes) every page; adopted unregistered, a buffer's pages
+        // are made when first used.
+        let mem = Mmap::anonymous_lazy(buf_size * count as usize, "allocate fixed buffers")?;
         Ok(Self {
             mem,
             buf_size,
@@ -284,7 +286,8 @@ impl ProvidedBuffers {
         Ok(Self {
             ring_mem,
             incremental: mode == ProvideMode::RingIncremental,
-            data: Mmap::anonymous(
+            // The kernel makes a page when it first receives into it.
+            data: Mmap::anonymous_lazy(
                 entries as usize * buf_size as usize,
                 "allocate provided buffers",
             )?,

@@ -211,6 +211,14 @@ impl Sqe {
         s
     }
 
+    /// Caps a buffer-select recv at `len` bytes (0, the default: the selected buffer's size).
+    /// The kernel receives at most the smaller of the two.
+    #[must_use]
+    pub fn select_len(mut self, len: u32) -> Self {
+        self.0.len.len = len;
+        self
+    }
+
     /// Makes a buffer-select recv a bundle (IORING_RECVSEND_BUNDLE, Linux 6.10, advertised by
     /// IORING_FEAT_RECVSEND_BUNDLE): one receive fills as many consecutive ring buffers as the
     /// data needs, and its CQE names the first and the byte count.

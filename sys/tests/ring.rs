@@ -613,3 +613,35 @@ fn build_server_grants_defer_taskrun_and_names_a_refused_sqpoll() {
         "{msg}"
     );
 }
+
+/// A buffer-select receive capped with `select_len` takes no more than the cap, though the
+/// buffer and the socket hold more: the rest waits for the next receive.
+#[test]
+fn a_capped_buffer_select_recv_takes_only_the_cap() {
+    const GROUP: BufGroup = BufGroup(3);
+    let (mut client, server) = tcp_pair();
+    let mut ring = RingParams::new(8).build().unwrap();
+    ring.add_provided_buffers(GROUP, 2, 256, ProvideMode::Ring)
+        .unwrap();
+    let payload = pattern(100);
+    client.write_all(&payload).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let target = Target::Fd(server.as_raw_fd());
+    let mut got = Vec::new();
+    for (cap, want) in [(10u32, 10usize), (0, 90)] {
+        let sqe = ringwork_sys::SafeSqe::recv_select(target, GROUP, false)
+            .select_len(cap)
+            .user_data(UserData(5));
+        ring.push_safe(sqe).unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let mut c = ring.completions().next().expect("a completion");
+        assert_eq!(c.result(), Ok(want as u32), "cap {cap}");
+        let sel = c.take_buffer().expect("a selected buffer");
+        let br = ring.buf_ring(GROUP).unwrap();
+        let lease = br.take(sel).unwrap();
+        got.extend_from_slice(br.bytes(&lease, want as u32));
+        br.recycle(lease);
+        ring.publish_buffers(GROUP).unwrap();
+    }
+    assert_eq!(got, payload);
+}

@@ -170,11 +170,30 @@ impl Server {
         self.child.id()
     }
 
-    /// Open fds of the server process (entries of /proc/PID/fd).
+    /// Open fds of the server process (entries of /proc/PID/fd), but the files it holds open
+    /// under the temporary directory (the tests' served roots), which ringwork-files'
+    /// open-file cache keeps open by design: [`Server::cached_file_fds`] counts those.
     pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        self.fds().filter(|p| !Self::is_served_file(p)).count()
+    }
+
+    /// Descriptors of files under the temporary directory (ringwork-files' open-file cache,
+    /// without registered files, holds up to `--open-file-cache` per thread).
+    pub fn cached_file_fds(&self) -> usize {
+        self.fds().filter(|p| Self::is_served_file(p)).count()
+    }
+
+    fn fds(&self) -> impl Iterator<Item = PathBuf> {
+        let dir = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| std::fs::read_link(e.path()).unwrap_or_default())
+    }
+
+    fn is_served_file(target: &Path) -> bool {
+        target.starts_with(std::env::temp_dir()) && target.is_file()
     }
 
     /// How many listening sockets the server holds on `addr`'s port (its fds matched with
@@ -352,6 +371,11 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Most descriptors of served files a test server may hold once its clients are gone: what
+/// ringwork-files' open-file cache keeps for the few files a test serves, far below what a
+/// descriptor leaked per request would leave.
+pub const MAX_CACHED_FILE_FDS: usize = 64;
+
 /// Waits for the server's fd count to return to `baseline`, failing with the count it had.
 pub fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
     let ok = server.wait_until(Duration::from_secs(15), |s| s.fd_count() == baseline);
@@ -359,6 +383,12 @@ pub fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
         ok,
         "{what}: server holds {} fds, baseline {baseline}",
         server.fd_count()
+    );
+    // Cached files are bounded: a descriptor leaked per request would pile up past this.
+    let cached = server.cached_file_fds();
+    assert!(
+        cached <= MAX_CACHED_FILE_FDS,
+        "{what}: server holds {cached} descriptors of served files"
     );
 }
 

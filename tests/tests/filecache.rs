@@ -1,0 +1,202 @@
+//! ringwork-files' open-file cache end to end: files changed under a running server are seen
+//! once the validity period has passed, a path swapped for a symlink out of the root is never
+//! served, and a cache far smaller than the set of files serves every file byte for byte under
+//! churn. Both backends, and the io_uring backend with descriptors instead of registered files.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ringwork_e2e::http::Client;
+use ringwork_e2e::{fresh_dir, random_bytes, stat, terminate, Server};
+
+/// Validity period the tests run with: long enough that a request right after another is a
+/// hit, short enough to wait out.
+const VALID_MS: u64 = 300;
+
+/// Every way the io_uring and epoll drivers hold cached files.
+const VARIANTS: [(&str, &[&str]); 3] = [
+    ("uring", &[]),
+    ("uring", &["--disable", "fixed-files"]),
+    ("epoll", &[]),
+];
+
+fn start(root: &Path, backend: &str, extra: &[&str]) -> Server {
+    let valid = VALID_MS.to_string();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--backend",
+        backend,
+        "--open-file-cache-valid-ms",
+        &valid,
+    ];
+    args.extend_from_slice(extra);
+    args.push(root.to_str().unwrap());
+    Server::start("ringwork-files", &args)
+}
+
+fn past_the_period() {
+    std::thread::sleep(Duration::from_millis(VALID_MS + 150));
+}
+
+/// The body of a 200 answer for `path`, with its Content-Length checked against it.
+fn get_ok(c: &mut Client, path: &str, what: &str) -> Vec<u8> {
+    let r = c.get(path, "");
+    assert_eq!(r.status, 200, "{what}");
+    assert_eq!(
+        r.header("Content-Length"),
+        Some(r.body.len().to_string().as_str()),
+        "{what}: Content-Length"
+    );
+    r.body
+}
+
+#[test]
+fn changed_files_are_seen_once_the_validity_period_passes_and_never_escape() {
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    for (backend, extra) in VARIANTS {
+        let what = format!("{backend} {extra:?}");
+        let dir = fresh_dir(&format!("ringwork-filecache-{backend}-{}-", extra.len()));
+        let a = dir.join("a.bin");
+        let v1 = random_bytes(1, 1000);
+        std::fs::write(&a, &v1).unwrap();
+        // Bigger than one chunk: the other read path (no body kept).
+        let big = dir.join("big.bin");
+        let b1 = random_bytes(7, 200_000);
+        std::fs::write(&big, &b1).unwrap();
+
+        let s = start(&dir, backend, extra);
+        let mut c = Client::connect(s.addr);
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), v1, "{what}: first");
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), v1, "{what}: a hit");
+        assert_eq!(get_ok(&mut c, "/big.bin", &what), b1, "{what}: big");
+        assert_eq!(get_ok(&mut c, "/big.bin", &what), b1, "{what}: big, a hit");
+
+        // Rewritten in place (same inode, another size).
+        let v2 = random_bytes(2, 1500);
+        std::fs::write(&a, &v2).unwrap();
+        let b2 = random_bytes(8, 150_000);
+        std::fs::write(&big, &b2).unwrap();
+        past_the_period();
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), v2, "{what}: rewritten");
+        assert_eq!(
+            get_ok(&mut c, "/big.bin", &what),
+            b2,
+            "{what}: big rewritten"
+        );
+
+        // Replaced by rename: within the period the old file may still be served, whole.
+        let v3 = random_bytes(3, 700);
+        let tmp = dir.join("a.tmp");
+        std::fs::write(&tmp, &v3).unwrap();
+        std::fs::rename(&tmp, &a).unwrap();
+        let early = get_ok(&mut c, "/a.bin", &what);
+        assert!(
+            early == v2 || early == v3,
+            "{what}: the old or the new file"
+        );
+        past_the_period();
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), v3, "{what}: renamed over");
+
+        // Deleted.
+        std::fs::remove_file(&a).unwrap();
+        past_the_period();
+        assert_eq!(c.get("/a.bin", "").status, 404, "{what}: deleted");
+
+        // Back, cached, then swapped for a symlink out of the root.
+        let v4 = random_bytes(4, 900);
+        std::fs::write(&a, &v4).unwrap();
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), v4, "{what}: back");
+        std::os::unix::fs::symlink("/etc/passwd", &tmp).unwrap();
+        std::fs::rename(&tmp, &a).unwrap();
+        let early = c.get("/a.bin", "");
+        assert!(
+            early.status == 200 && early.body == v4,
+            "{what}: within the period the file opened before (status {})",
+            early.status
+        );
+        past_the_period();
+        for _ in 0..3 {
+            let r = c.get("/a.bin", "");
+            assert_eq!(r.status, 403, "{what}: a symlink out of the root");
+            assert!(r.body != passwd && !r.body.starts_with(b"root:"), "{what}");
+        }
+        // A symlink inside the root is served.
+        std::fs::remove_file(&a).unwrap();
+        std::os::unix::fs::symlink("big.bin", &a).unwrap();
+        past_the_period();
+        assert_eq!(get_ok(&mut c, "/a.bin", &what), b2, "{what}: inside link");
+        drop(c);
+
+        let line = terminate(s);
+        assert!(stat(&line, "cache_hits") >= 3, "{what}: {line}");
+        assert!(stat(&line, "cache_revalidated") >= 1, "{what}: {line}");
+        assert!(stat(&line, "cache_invalidated") >= 3, "{what}: {line}");
+        assert!(stat(&line, "body_hits") >= 1, "{what}: {line}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[test]
+fn a_small_cache_under_churn_serves_every_file_byte_exact() {
+    const FILES: usize = 60;
+    for (backend, extra) in VARIANTS {
+        let what = format!("{backend} {extra:?}");
+        let dir = fresh_dir(&format!("ringwork-filechurn-{backend}-{}-", extra.len()));
+        let files: Vec<Vec<u8>> = (0..FILES)
+            .map(|i| random_bytes(100 + i as u64, [0, 1, 100, 4096, 5000, 70_000][i % 6]))
+            .collect();
+        for (i, f) in files.iter().enumerate() {
+            std::fs::write(dir.join(format!("f{i}")), f).unwrap();
+        }
+        let s = start(
+            &dir,
+            backend,
+            &[
+                extra,
+                &[
+                    "--open-file-cache",
+                    "8",
+                    "--chunk",
+                    "4096",
+                    "--file-cache-memory",
+                    "1",
+                ],
+            ]
+            .concat(),
+        );
+        let baseline = s.settled_fd_count();
+        let addr = s.addr;
+        let clients: Vec<_> = (0..8)
+            .map(|k| {
+                let files = files.clone();
+                let what = what.clone();
+                std::thread::spawn(move || {
+                    let mut c = Client::connect(addr);
+                    // Each client walks the files in its own order, some repeatedly.
+                    for n in 0..240usize {
+                        let i = (n * (2 * k + 1) + k * 7 + (n / 17) * 3) % FILES;
+                        let r = c.get(&format!("/f{i}"), "");
+                        assert_eq!(r.status, 200, "{what}: f{i}");
+                        assert!(r.body == files[i], "{what}: f{i} differs");
+                    }
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("client failed");
+        }
+        // The cache holds at most its 8 files (descriptors, without registered files).
+        let held = s.settled_fd_count();
+        assert!(
+            held <= baseline + 8,
+            "{what}: {held} fds, baseline {baseline}"
+        );
+        let line = terminate(s);
+        assert!(stat(&line, "cache_evicted") > 0, "{what}: {line}");
+        assert!(stat(&line, "cache_hits") > 0, "{what}: {line}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
