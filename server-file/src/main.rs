@@ -50,8 +50,9 @@ struct Args {
     /// two; a connection holds them only while it sends a file.
     #[arg(long, default_value_t = 65536)]
     chunk: u32,
-    /// io_uring: memory for chunk buffers per thread, in MiB, registered up front (plain reads
-    /// when RLIMIT_MEMLOCK refuses it). When every buffer is in use, reads wait their turn.
+    /// io_uring: memory for chunk buffers per thread, in MiB, resident as it is used
+    /// (registered up front with --direct or --zerocopy; plain reads when RLIMIT_MEMLOCK
+    /// refuses it). When every buffer is in use, reads wait their turn.
     #[arg(long, default_value_t = 32)]
     buffer_memory: u32,
     /// Open files each thread keeps open (with their stat) for the requests that follow,
@@ -168,7 +169,8 @@ enum Feature {
     MultishotAccept,
     /// Registered files: openat2 into a plain descriptor (O_CLOEXEC), reads and close by fd.
     FixedFiles,
-    /// Registered buffers: IORING_OP_READ instead of READ_FIXED.
+    /// Registered buffers (used with --direct or --zerocopy): IORING_OP_READ instead of
+    /// READ_FIXED, SEND_ZC without IORING_RECVSEND_FIXED_BUF.
     FixedBuffers,
     /// SQPOLL: no kernel poller even with `--sqpoll`.
     Sqpoll,
@@ -403,21 +405,16 @@ fn run(args: Args) -> Result<(), String> {
     }
     // Each connection is a descriptor (two while it sends a file without registered files).
     let nofile = raise_nofile_limit();
-    // Token sub-indexes name cache entries (16 bits). Cached files held as descriptors
-    // (epoll, or io_uring without registered files) take at most a quarter of what
-    // RLIMIT_NOFILE allows, the rest is for connections (and out of descriptors, the cache
-    // gives up the files no request uses).
+    // Token sub-indexes name cache entries (16 bits); cached files take at most a quarter of
+    // what RLIMIT_NOFILE allows. They count against it either way: as descriptors (epoll, or
+    // io_uring without registered files: every thread's), or as slots of each ring's
+    // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
+    // connections' slots. Out of descriptors, the cache gives up the files no request uses.
     let cache_fds = args.backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
-    let mut cache_entries = args.open_file_cache.min(u32::from(u16::MAX));
-    if cache_fds {
-        cache_entries =
-            cache_entries.min((nofile / 4 / threads as u64).min(u64::from(u16::MAX)) as u32);
-    }
-    let held = if cache_fds {
-        u64::from(cache_entries) * threads as u64
-    } else {
-        0
-    };
+    let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
+        (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX)) as u32,
+    );
+    let held = u64::from(cache_entries) * if cache_fds { threads as u64 } else { 1 };
     let max_conns = match args.max_conns {
         Some(n) => n.max(1),
         None => default_max_conns(nofile.saturating_sub(held), threads),

@@ -148,6 +148,8 @@ struct Driver<'s> {
     head_ring: bool,
     /// Receives that found the head ring empty (ENOBUFS), to resubmit once buffers are back.
     recv_starved: Vec<Token>,
+    /// Most chunk buffers in use at once since the last trim.
+    chunk_peak: usize,
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
@@ -169,6 +171,11 @@ fn keep<T>(list: &mut Vec<T>, item: T) {
         list.push(item);
     }
 }
+
+/// How often unused chunk buffers give their pages back, and how many free ones stay
+/// resident beyond those used since the last time.
+const TRIM_INTERVAL_MS: u64 = 1000;
+const TRIM_SPARE: usize = 4;
 
 /// Most io-wq workers per ring, of each kind (bounded: file I/O; unbounded: the rest).
 const IOWQ_WORKERS: u32 = 16;
@@ -279,7 +286,11 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let total = buffers.buf_size() * usize::from(count);
     // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
     // registered memory) or adopted unregistered (plain READ into the same kind of memory).
-    let fixed = if !want.fixed_buffers {
+    // Registration pins the whole budget resident up front; it pays only where the kernel
+    // would otherwise pin pages per operation (O_DIRECT reads, SEND_ZC). Buffered reads and
+    // copying sends cost the same either way (bench/files-ab.sh, docs/PERFORMANCE.md), so
+    // without those the buffers stay unregistered and a page is resident once used.
+    let fixed = if !want.fixed_buffers || !(shared.cfg.direct || shared.cfg.zerocopy) {
         ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
         false
     } else if !ring
@@ -373,6 +384,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         cache_fds: (0..cache_entries).map(|_| None).collect(),
         head_ring,
         recv_starved: Vec::new(),
+        chunk_peak: 0,
         spare: Spares::default(),
     };
     for a in &mut d.acceptors {
@@ -461,6 +473,7 @@ impl Driver<'_> {
     fn run_loop(&mut self) -> Result<(), String> {
         let tick = tick_interval(self.shared);
         let mut last_tick = self.shared.now().mono_ms;
+        let mut last_trim = last_tick;
         let mut cqes = Vec::with_capacity(1024);
         // The stop notice's poll stays armed until the notice: it is no connection's, and
         // the ring drops (cancelling it) when the loop ends.
@@ -510,6 +523,10 @@ impl Driver<'_> {
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
                 self.each_open_conn(|http| http.on_tick(now))?;
+            }
+            if now.mono_ms.saturating_sub(last_trim) >= TRIM_INTERVAL_MS {
+                last_trim = now.mono_ms;
+                self.trim_chunks()?;
             }
         }
         Ok(())
@@ -817,10 +834,28 @@ impl Driver<'_> {
         match buffers.acquire() {
             Some(lease) => {
                 c.chunks[usize::from(buf.0)] = Some(lease);
+                let in_use = buffers.len() - buffers.pool().available();
+                self.chunk_peak = self.chunk_peak.max(in_use);
                 true
             }
             None => false,
         }
+    }
+
+    /// Gives the pages of the chunk buffers not needed since the last trim back to the system
+    /// (unregistered buffers only): a burst's memory does not stay resident once it is over.
+    /// The buffers that were in use at the peak and are free now stay, with a few spare.
+    fn trim_chunks(&mut self) -> Result<(), String> {
+        let Some(buffers) = self.ring.fixed_buffers() else {
+            return Ok(());
+        };
+        let in_use = buffers.len() - buffers.pool().available();
+        let keep = self.chunk_peak.saturating_sub(in_use) + TRIM_SPARE;
+        self.chunk_peak = in_use;
+        self.ring
+            .trim_fixed_buffers(keep)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Closes the files of the cache entries no request holds any more (dropped or evicted);

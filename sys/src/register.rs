@@ -699,6 +699,33 @@ impl Ring {
         self.registered().fixed_registered
     }
 
+    /// Gives the pages of the adopted (unregistered) fixed buffers that are free, but the
+    /// `keep` most recently freed, back to the system (MADV_DONTNEED): they are made again,
+    /// zeroed, when next used. Registered buffers are pinned by the kernel and left alone.
+    /// Returns how many buffers were trimmed.
+    pub fn trim_fixed_buffers(&mut self, keep: usize) -> Result<usize> {
+        if self.fixed_registered() {
+            return Ok(0);
+        }
+        let Some(bufs) = self.fixed_buffers() else {
+            return Ok(0);
+        };
+        let size = bufs.buf_size;
+        let mut n = 0;
+        for id in bufs.pool.idle(keep) {
+            // SAFETY: buffer `id` is free: no lease of it exists, so no SQE names it and no
+            // slice of it is borrowed (reads and sends take the lease, `bytes` borrows through
+            // one); the range lies inside the private anonymous mapping (`ptr` checks the id).
+            // Its contents are meaningless until the next read fills it, so zero pages do.
+            unsafe {
+                rustix::mm::madvise(bufs.ptr(id).cast(), size, rustix::mm::Advice::LinuxDontNeed)
+            }
+            .map_err(Error::syscall("madvise(MADV_DONTNEED) fixed buffers"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Registers a sparse file table of `slots` entries (IORING_REGISTER_FILES2 with
     /// IORING_RSRC_REGISTER_SPARSE, Linux 5.19); fill it with [`Ring::update_files`] or
     /// direct accept/open.

@@ -374,7 +374,7 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// Most descriptors of served files a test server may hold once its clients are gone: what
 /// ringwork-files' open-file cache keeps for the few files a test serves, far below what a
 /// descriptor leaked per request would leave.
-pub const MAX_CACHED_FILE_FDS: usize = 64;
+pub const MAX_CACHED_FILE_FDS: usize = 256;
 
 /// Waits for the server's fd count to return to `baseline`, failing with the count it had.
 pub fn assert_fds_return(server: &Server, baseline: usize, what: &str) {

@@ -69,6 +69,16 @@ fn ten_thousand_keep_alive_clients_download_byte_exact() {
     raise_nofile_limit();
     for backend in BACKENDS {
         let server = start(backend, &[]);
+        if backend == "uring" {
+            // At the defaults (RLIMIT_NOFILE raised as a deployment would), each ring's file
+            // table (connections and cache) fits, and heads go to the buffer ring.
+            let line = server
+                .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+                .expect("a features line");
+            for feature in ["fixed_files=on", "pbuf_ring=on", "links=on"] {
+                assert!(line.contains(feature), "{feature}: {line}");
+            }
+        }
         let baseline = server.settled_fd_count();
         let root = root().to_str().unwrap();
         let mut c = client(
@@ -141,7 +151,7 @@ fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
     const DOWNLOADS: usize = 500;
     const SIZE: usize = 16 << 20;
     raise_nofile_limit();
-    let dir = fresh_dir("ringwork-scale-big-");
+    let dir = fresh_dir("ringwork-bigfile-");
     let want = Arc::new(random_bytes(77, SIZE));
     std::fs::write(dir.join("big.bin"), &*want).unwrap();
     let server = Server::start(

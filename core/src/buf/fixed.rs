@@ -129,6 +129,13 @@ impl FixedPool {
         self.free.len() >= rearm_threshold(self.states.len())
     }
 
+    /// The free buffers but the `keep` most recently freed, least recently freed first: the
+    /// ones a LIFO pool will hand out last (what a driver may give back to the system).
+    pub fn idle(&self, keep: usize) -> impl Iterator<Item = BufId> + '_ {
+        let n = self.free.len().saturating_sub(keep);
+        self.free[..n].iter().copied()
+    }
+
     /// Gives a buffer back to the free list.
     pub fn release(&mut self, lease: Lease) {
         self.check(&lease);
@@ -143,6 +150,27 @@ impl FixedPool {
 mod tests {
     use super::*;
     use crate::token::UserData;
+
+    #[test]
+    fn idle_buffers_are_the_least_recently_freed() {
+        let mut p = FixedPool::new(4);
+        let a = p.acquire().unwrap();
+        let b = p.acquire().unwrap();
+        let (ia, ib) = (a.id(), b.id());
+        p.release(b);
+        p.release(a);
+        // Free, bottom to top: the two never used, then b, then a (next out).
+        let idle: Vec<BufId> = p.idle(1).collect();
+        assert_eq!(idle.len(), 3);
+        assert_eq!(idle[2], ib);
+        assert!(!idle.contains(&ia));
+        assert_eq!(p.idle(4).count(), 0);
+        assert_eq!(
+            p.acquire().unwrap().id(),
+            ia,
+            "LIFO: the most recently freed first"
+        );
+    }
     use proptest::prelude::*;
     use std::vec::Vec;
 
