@@ -10,8 +10,9 @@
 //! and at the end of a turn of its loop, once the batch holds [`FLUSH_BYTES`] or its first
 //! line is [`FLUSH_AFTER`] old (as nginx's `buffer=` and `flush=`), hands it to the kernel:
 //! through the ring as one IORING_OP_WRITE ([`RingLog`], the io_uring backend), or with one
-//! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is left. Every thread writes its own batches to the one
-//! descriptor, opened O_APPEND, so each batch lands whole at the end of the file.
+//! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is
+//! left. Every thread writes its own batches to the one descriptor, opened O_APPEND, so each
+//! batch lands whole at the end of the file.
 //!
 //! Times are UTC (`+0000`): the server reads no time zone. Values from the client
 //! (the request line, Referer, User-Agent) are escaped as nginx does: `"`, `\` and bytes
@@ -25,7 +26,6 @@
 //! What it deliberately does not do: rotate (reopen on a signal), log requests whose
 //! response was cut short, or resolve names.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -235,26 +235,6 @@ fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-thread_local! {
-    /// The epoll backend's batch: one per worker thread, written once per turn of its loop.
-    static THREAD_BATCH: RefCell<Batch> = RefCell::default();
-}
-
-/// The epoll backend: [`collect`] into this thread's batch.
-pub fn collect_in_thread(sink: &Sink, peer: Option<IpAddr>, http: &mut HttpConn) {
-    THREAD_BATCH.with_borrow_mut(|batch| collect(sink, batch, peer, http));
-}
-
-/// The epoll backend, at the end of each turn of the loop: writes this thread's batch
-/// ([`Batch::write_now`]) when it is [`Batch::due`], or with `now` whatever it holds.
-pub fn flush_thread(sink: &Sink, now: bool) {
-    THREAD_BATCH.with_borrow_mut(|batch| {
-        if !batch.is_empty() && (now || batch.due()) {
-            batch.write_now(sink);
-        }
-    });
 }
 
 /// The peer's address of an accepted socket, for its log lines.

@@ -104,6 +104,8 @@ struct Local {
     /// Open files shared by the requests for the same path: entry N's in `cache_fds[N]`.
     cache: FileCache,
     cache_fds: Vec<Option<OwnedFd>>,
+    /// With `--access-log`: the lines not yet written.
+    log: crate::accesslog::Batch,
 }
 
 impl Local {
@@ -112,6 +114,7 @@ impl Local {
             direct: DirectLog::default(),
             cache: FileCache::new(shared.cache),
             cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
+            log: crate::accesslog::Batch::default(),
         }
     }
 
@@ -215,7 +218,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         }
         if drain.finished(conns.len(), false, false) {
             if let Some(sink) = &shared.access_log {
-                crate::accesslog::flush_thread(sink, true);
+                local.log.write_now(sink);
             }
             shared.stats.add_cache(local.cache.stats());
             return Ok(());
@@ -313,7 +316,9 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         report_accept(&mut acceptors);
         if let Some(sink) = &shared.access_log {
             // The lines so far, in one write, when due.
-            crate::accesslog::flush_thread(sink, false);
+            if local.log.due() {
+                local.log.write_now(sink);
+            }
         }
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
@@ -633,7 +638,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
     }
     if let Some(sink) = &shared.access_log {
         // What this turn answered, before a Free removes the connection.
-        crate::accesslog::collect_in_thread(sink, c.peer, &mut c.http);
+        crate::accesslog::collect(sink, &mut w.log, c.peer, &mut c.http);
     }
     deferred && c.pending_recv.is_some()
 }
