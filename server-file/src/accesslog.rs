@@ -10,8 +10,9 @@
 //! and at the end of a turn of its loop, once the batch holds [`FLUSH_BYTES`] or its first
 //! line is [`FLUSH_AFTER`] old (as nginx's `buffer=` and `flush=`), hands it to the kernel:
 //! through the ring as one IORING_OP_WRITE ([`RingLog`], the io_uring backend), or with one
-//! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is left. Every thread writes its own batches to the one
-//! descriptor, opened O_APPEND, so each batch lands whole at the end of the file.
+//! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is
+//! left. Every thread writes its own batches to the one descriptor, opened O_APPEND, so each
+//! batch lands whole at the end of the file.
 //!
 //! Times are UTC (`+0000`): the server reads no time zone. Values from the client
 //! (the request line, Referer, User-Agent) are escaped as nginx does: `"`, `\` and bytes
