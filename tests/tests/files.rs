@@ -1133,6 +1133,8 @@ fn precompressed_siblings_are_served_when_accepted() {
 
 /// `--access-log PATH`: one combined-format line per answered request, in order, on both
 /// backends, every line written by the time the server exits; `-` writes them to stdout.
+/// One thread: each worker writes its own batches, so lines of different threads may
+/// interleave out of order.
 fn scenario_access_log(backend: &str) {
     let dir = fresh_dir("ringwork-files-log-");
     let log = dir.join("access.log");
@@ -1144,6 +1146,8 @@ fn scenario_access_log(backend: &str) {
             "127.0.0.1:0",
             "--backend",
             backend,
+            "--threads",
+            "1",
             "--access-log",
             log.to_str().unwrap(),
             root,
