@@ -12,7 +12,8 @@
 //! through the ring as one IORING_OP_WRITE ([`RingLog`], the io_uring backend), or with one
 //! write(2) (the epoll backend, [`Batch::write_now`]). A stopping server writes what is
 //! left. Every thread writes its own batches to the one descriptor, opened O_APPEND, so each
-//! batch lands whole at the end of the file.
+//! batch lands whole at the end of the file; lines of one thread are in order, lines of two
+//! threads may interleave out of order (by up to a batch).
 //!
 //! Times are UTC (`+0000`): the server reads no time zone. Values from the client
 //! (the request line, Referer, User-Agent) are escaped as nginx does: `"`, `\` and bytes
