@@ -7,7 +7,8 @@
 //! readiness) and feeds the result back. Both run exactly these decisions.
 //!
 //! A request goes: receive the head → parse (pipelined bytes stay buffered) → [`Op::Stat`] the
-//! path → (a directory: stat `index.html` inside it) → [`Op::Open`] → send the head and stream
+//! path → (a directory: stat `index.html` inside it when the target ends with `/`, else a 301
+//! to the slashed target) → [`Op::Open`] → send the head and stream
 //! the body through two buffers (read the next chunk while the current one is sent, with
 //! [`FileRead`] handling short reads and O_DIRECT alignment) → [`Op::CloseFile`] → next
 //! request or [`Op::Close`] → [`Op::Free`].
@@ -41,10 +42,32 @@ use crate::buf::{BufId, ZcSlot, ZcTracker};
 use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
 use crate::http::{
-    content_type, error_response, is_directory_request, normalize_path, not_modified, parse_range,
-    parse_request, ContentRange, HttpError, Limits, Method, Parsed, RangeResult, ResponseHead,
-    Status,
+    client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
+    normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
+    slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, ErrorResponseLen,
+    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
 };
+
+/// One answered request, as an access log sees it: what nginx's combined format prints
+/// but the client's address and the time, which are the driver's. From
+/// [`HttpConn::drain_log`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LogEntry<'a> {
+    /// The method as sent; empty when the request head did not parse (a 400 or 431).
+    pub method: &'a [u8],
+    /// The request target as sent; empty when the head did not parse.
+    pub target: &'a [u8],
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version_minor: u8,
+    /// The status answered.
+    pub status: u16,
+    /// Body bytes sent (nginx's `$body_bytes_sent`): none for HEAD, 304 and 416.
+    pub body_bytes: u64,
+    /// The `Referer` value, if one was sent.
+    pub referer: Option<&'a [u8]>,
+    /// The `User-Agent` value, if one was sent.
+    pub user_agent: Option<&'a [u8]>,
+}
 
 /// Which of the connection's two chunk buffers.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -86,6 +109,15 @@ pub struct Config {
     /// chunk, where it copies the head just before sending. Responses with a body then go
     /// out in one send instead of two (not with zero-copy sends or O_DIRECT reads).
     pub head_with_body: bool,
+    /// Serve precompressed siblings (nginx's `gzip_static` / `brotli_static`): for a request
+    /// whose `Accept-Encoding` takes brotli or gzip, stat `FILE.br` / `FILE.gz` first (best
+    /// coding first) and serve the first that is a regular file, with `Content-Encoding` and
+    /// FILE's `Content-Type`; else FILE. Every file answer then says `Vary: Accept-Encoding`.
+    /// A sibling that does not exist costs a stat per coding the client takes.
+    pub precompressed: bool,
+    /// Keep what an access log needs of every answered request, for
+    /// [`HttpConn::drain_log`].
+    pub access_log: bool,
 }
 
 /// Bytes in front of every chunk read, when [`Config::head_with_body`] is on, where the head
@@ -104,6 +136,8 @@ impl Default for Config {
             zerocopy: false,
             link_open_read: false,
             head_with_body: false,
+            precompressed: false,
+            access_log: false,
         }
     }
 }
@@ -248,8 +282,9 @@ enum Phase {
     /// Waiting for a complete request head; `since` is when the wait began.
     Head { since: u64 },
     /// A stat of the path is in flight; `index` once the path names `index.html` in a
-    /// directory.
-    Stat { index: bool },
+    /// directory; `sibling: Some(i)` while it is the precompressed sibling of the request's
+    /// `i`th coding (its suffix appended to the path).
+    Stat { index: bool, sibling: Option<u8> },
     /// The open is in flight. `planned`: the response head and body reader were made at stat
     /// time, and the first read may be linked behind the open (and in flight).
     Open {
@@ -293,12 +328,75 @@ enum BufState {
 }
 
 /// The request being answered.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct ReqInfo {
     head_only: bool,
     keep_alive: bool,
+    /// The target's path ends with `/`: a directory found there serves its index; without
+    /// the slash it is redirected to the slashed path.
+    slash: bool,
     range: Option<ArrayVec<u8, 128>>,
     if_modified_since: Option<ArrayVec<u8, 64>>,
+    /// Longer than this is kept as an empty list, which matches nothing: the full response.
+    if_none_match: Option<ArrayVec<u8, 256>>,
+    /// Longer than this is kept empty, which never holds: the whole file.
+    if_range: Option<ArrayVec<u8, 64>>,
+    /// The precompressed codings the client takes, best first (none without
+    /// [`Config::precompressed`]).
+    codings: Codings,
+    /// The coding of the sibling being served, whose suffix ends the path.
+    coding: Option<ContentCoding>,
+}
+
+/// The fixed part of a log entry: status (u16), body bytes (u64), version, flags; then four
+/// fields, each a u16 length (little-endian) and its bytes: method, target, referer, user
+/// agent. Flags: bit 0 a referer was sent, bit 1 a user agent.
+const LOG_FIXED: usize = 12;
+
+/// Starts an entry at the end of `log` for `request` (`None`: a head that did not parse);
+/// status and body length are filled in when the response is done.
+fn log_begin(log: &mut Vec<u8>, request: Option<&crate::http::Request<'_>>) {
+    let field = |log: &mut Vec<u8>, v: &[u8]| {
+        // A head is at most Limits::max_head_bytes; longer than u16 is cut, not refused.
+        let n = v.len().min(usize::from(u16::MAX));
+        log.extend_from_slice(&(n as u16).to_le_bytes());
+        log.extend_from_slice(&v[..n]);
+    };
+    let version = request.map_or(1, |r| r.version_minor);
+    let referer = request.and_then(|r| r.referer);
+    let user_agent = request.and_then(|r| r.user_agent);
+    let flags = u8::from(referer.is_some()) | u8::from(user_agent.is_some()) << 1;
+    log.extend_from_slice(&[0; 10]);
+    log.extend_from_slice(&[version, flags]);
+    field(log, request.map_or(&b""[..], |r| r.method_name.as_bytes()));
+    field(log, request.map_or(&b""[..], |r| r.target.as_bytes()));
+    field(log, referer.unwrap_or_default());
+    field(log, user_agent.unwrap_or_default());
+}
+
+/// The entry at the start of `log`, and its encoded length (see [`LOG_FIXED`]).
+fn log_entry(log: &[u8]) -> (LogEntry<'_>, usize) {
+    let mut at = LOG_FIXED;
+    let mut field = || {
+        let n = usize::from(u16::from_le_bytes([log[at], log[at + 1]]));
+        let v = &log[at + 2..at + 2 + n];
+        at += 2 + n;
+        v
+    };
+    let (method, target, referer, user_agent) = (field(), field(), field(), field());
+    let flags = log[11];
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&log[2..10]);
+    let entry = LogEntry {
+        method,
+        target,
+        version_minor: log[10],
+        status: u16::from_le_bytes([log[0], log[1]]),
+        body_bytes: u64::from_le_bytes(bytes),
+        referer: (flags & 1 != 0).then_some(referer),
+        user_agent: (flags & 2 != 0).then_some(user_agent),
+    };
+    (entry, at)
 }
 
 /// Most zero-copy sends a connection has unfinished (result or notification outstanding) at
@@ -308,6 +406,10 @@ pub const ZC_SENDS: u32 = 8;
 
 /// Longest response head written (no header here is longer than a date or a number).
 const HEAD_CAP: usize = 512;
+/// Path bytes beyond the normalised target: `/index.html`, a sibling's suffix, the NUL.
+const PATH_ROOM: usize = "/index.html".len() + ".br".len() + 1;
+const _: () = assert!(".br".len() == ContentCoding::Br.suffix().len());
+const _: () = assert!(".gz".len() == ContentCoding::Gzip.suffix().len());
 /// Most bytes discarded after an error response before closing anyway.
 const DRAIN_LIMIT: u32 = 64 * 1024;
 
@@ -351,6 +453,17 @@ pub struct HttpConn {
     head_sent: u32,
     /// The request being answered (boxed: a connection waiting idle holds none).
     req: Option<alloc::boxed::Box<ReqInfo>>,
+    /// The current request's target as received (still percent-encoded): the path the
+    /// trailing-slash redirect is made from. Freed, like `path`, while the connection waits
+    /// idle.
+    target: Vec<u8>,
+    /// With [`Config::access_log`]: the answered requests not yet drained, then the one being
+    /// answered (from `log_open`), encoded by [`log_begin`].
+    log: Vec<u8>,
+    log_open: Option<usize>,
+    /// The status and body length of the response being sent, for the log.
+    log_status: u16,
+    log_body: u64,
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
@@ -395,6 +508,11 @@ impl HttpConn {
             head_len: 0,
             head_sent: 0,
             req: None,
+            target: Vec::new(),
+            log: Vec::new(),
+            log_open: None,
+            log_status: 0,
+            log_body: 0,
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
@@ -435,7 +553,11 @@ impl HttpConn {
     /// Bytes of memory the connection holds beyond its own size (buffers allocated while a
     /// request is received or answered; none while it waits idle).
     pub fn heap_bytes(&self) -> usize {
-        self.rbuf.capacity() + self.path.capacity() + self.head.capacity()
+        self.rbuf.capacity()
+            + self.path.capacity()
+            + self.head.capacity()
+            + self.target.capacity()
+            + self.log.capacity()
     }
 
     /// The receive buffer's size: one byte more than the longest head.
@@ -476,6 +598,25 @@ impl HttpConn {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests
+    }
+
+    /// With [`Config::access_log`]: calls `f` with every request answered since the last
+    /// call, in order, and forgets them. A request is logged once its response is fully
+    /// sent; one whose response was cut short (the client left, a drain's abort) is not.
+    /// Call after handling each event (nothing is lost by calling later, but entries pile
+    /// up in memory until then).
+    pub fn drain_log(&mut self, mut f: impl FnMut(&LogEntry<'_>)) {
+        let done = self.log_open.unwrap_or(self.log.len());
+        let mut at = 0;
+        while at < done {
+            let (entry, len) = log_entry(&self.log[at..done]);
+            f(&entry);
+            at += len;
+        }
+        // The entry being answered moves to the front.
+        self.log.copy_within(done.., 0);
+        self.log.truncate(self.log.len() - done);
+        self.log_open = self.log_open.map(|_| 0);
     }
 
     fn push(&mut self, op: Op) {
@@ -543,10 +684,31 @@ impl HttpConn {
     pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
         self.completed();
         self.last_progress = now.mono_ms;
-        let Phase::Stat { index } = self.phase else {
+        let Phase::Stat { index, sibling } = self.phase else {
             // Guard: a stat is only issued in Phase::Stat; a stray one is a driver bug.
             return self.close();
         };
+        if let Some(i) = sibling {
+            let coding = self
+                .req
+                .as_ref()
+                .and_then(|r| r.codings.get(usize::from(i)));
+            match (res, coding) {
+                (Ok(info), Some(c)) if info.kind == FileKind::Regular => {
+                    // The sibling is served: the path keeps its suffix for the open.
+                    if let Some(r) = self.req.as_mut() {
+                        r.coding = Some(c);
+                    }
+                }
+                (_, coding) => {
+                    // No such sibling (or not a regular file, or not to be read): the next
+                    // coding's, then the file itself.
+                    self.path_len -= coding.map_or(0, |c| c.suffix().len());
+                    self.path[self.path_len] = 0;
+                    return self.stat_path(index, usize::from(i) + 1);
+                }
+            }
+        }
         match res {
             Ok(info) if info.kind == FileKind::Regular => {
                 let direct = self.cfg.direct
@@ -603,6 +765,15 @@ impl HttpConn {
                     });
                 }
             }
+            Ok(info)
+                if info.kind == FileKind::Directory
+                    && !index
+                    && !self.req.as_ref().is_some_and(|r| r.slash) =>
+            {
+                // `/sub` is a directory: relative links in its index resolve against `/sub/`,
+                // so send the client there first (as every static server does).
+                self.redirect(now)
+            }
             Ok(info) if info.kind == FileKind::Directory && !index => {
                 // A directory: its index.html, or nothing (no listings).
                 let mut len = self.path_len;
@@ -615,8 +786,7 @@ impl HttpConn {
                 self.path[len..len + 10].copy_from_slice(b"index.html");
                 self.path_len = len + 10;
                 self.path[self.path_len] = 0;
-                self.phase = Phase::Stat { index: true };
-                self.push(Op::Stat);
+                self.stat_path(true, 0);
             }
             // A directory without index.html, a directory named index.html, a FIFO or device.
             Ok(_) => self.error(now, Status::Forbidden),
@@ -961,6 +1131,7 @@ impl HttpConn {
                     self.rbuf = Vec::new();
                     self.path = Vec::new();
                     self.head = Vec::new();
+                    self.target = Vec::new();
                     self.path_len = 0;
                     self.head_len = 0;
                 }
@@ -984,10 +1155,19 @@ impl HttpConn {
                 return Some(src.len());
             }
         };
-        // Room for the decoded path (never longer than the target), `/index.html` and a NUL:
-        // sized to this target, so that a connection's memory follows what it asks for.
-        let need =
-            request.target.len().min(self.cfg.limits.max_target_len) + "/index.html".len() + 1;
+        if self.cfg.access_log {
+            if let Some(start) = self.log_open.take() {
+                // Guard: an entry is closed by finish or dropped by close before the next
+                // head; should one be left open, it is dropped here.
+                self.log.truncate(start);
+            }
+            self.log_open = Some(self.log.len());
+            log_begin(&mut self.log, Some(&request));
+        }
+        // Room for the decoded path (never longer than the target), `/index.html`, a
+        // sibling's suffix and a NUL (PATH_ROOM): sized to this target, so that a
+        // connection's memory follows what it asks for.
+        let need = request.target.len().min(self.cfg.limits.max_target_len) + PATH_ROOM;
         if self.path.len() < need {
             self.path = vec![0; need];
         }
@@ -996,21 +1176,34 @@ impl HttpConn {
         let info = ReqInfo {
             head_only,
             keep_alive,
+            slash: is_directory_request(request.target.as_bytes()),
             range: request.range.and_then(|r| ArrayVec::try_from(r).ok()),
             if_modified_since: request
                 .if_modified_since
                 .and_then(|r| ArrayVec::try_from(r).ok()),
+            if_none_match: request
+                .if_none_match
+                .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
+            if_range: request
+                .if_range
+                .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
+            codings: match request.accept_encoding {
+                Some(v) if self.cfg.precompressed => preferred_codings(v),
+                _ => Codings::default(),
+            },
+            coding: None,
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();
-            let cap = self.path.len() - "/index.html".len() - 1;
-            let p = normalize_path(target, &mut self.path[..cap])?;
-            Ok((p.len(), is_directory_request(target)))
+            let cap = self.path.len() - PATH_ROOM;
+            Ok(normalize_path(target, &mut self.path[..cap])?.len())
         });
+        self.target.clear();
+        self.target.extend_from_slice(request.target.as_bytes());
         // The head is consumed whatever the outcome (the caller moves the rest).
         self.req = Some(alloc::boxed::Box::new(info));
         match checked {
-            Ok((len, _dir)) => {
+            Ok(len) => {
                 if len == 0 {
                     self.path[0] = b'.';
                     self.path_len = 1;
@@ -1018,8 +1211,7 @@ impl HttpConn {
                     self.path_len = len;
                 }
                 self.path[self.path_len] = 0;
-                self.phase = Phase::Stat { index: false };
-                self.push(Op::Stat);
+                self.stat_path(false, 0);
             }
             Err(e) => {
                 self.refuse(now, e, head_only);
@@ -1029,15 +1221,40 @@ impl HttpConn {
         Some(head_len)
     }
 
+    /// Stats the path, or first its precompressed sibling for the request's `coding`th
+    /// coding (appending the suffix), if the client takes that many. A target with a trailing
+    /// slash names a directory: no sibling until the path is its `index.html`.
+    fn stat_path(&mut self, index: bool, coding: usize) {
+        let slash = self.req.as_ref().is_some_and(|r| r.slash);
+        let next = self
+            .req
+            .as_ref()
+            .and_then(|r| r.codings.get(coding))
+            .filter(|_| index || !slash);
+        let sibling = next.map(|c| {
+            let suffix = c.suffix().as_bytes();
+            // PATH_ROOM keeps room for `/index.html`, a suffix and the NUL.
+            self.path[self.path_len..self.path_len + suffix.len()].copy_from_slice(suffix);
+            self.path_len += suffix.len();
+            self.path[self.path_len] = 0;
+            coding as u8
+        });
+        self.phase = Phase::Stat { index, sibling };
+        self.push(Op::Stat);
+    }
+
     /// Answers a request error; the connection closes after it (its framing is suspect).
     fn refuse(&mut self, now: Time, e: HttpError, head_only: bool) {
+        if self.cfg.access_log && self.log_open.is_none() {
+            // The head did not parse: an entry without a request line.
+            self.log_open = Some(self.log.len());
+            log_begin(&mut self.log, None);
+        }
         // What is kept is dropped by the caller (start_request says it used it all).
         self.close_after = true;
         self.req = Some(alloc::boxed::Box::new(ReqInfo {
             head_only,
-            keep_alive: false,
-            range: None,
-            if_modified_since: None,
+            ..ReqInfo::default()
         }));
         self.error(now, e.status());
     }
@@ -1050,9 +1267,44 @@ impl HttpConn {
         self.close_after |= !keep_alive;
         self.alloc_head();
         let len = match error_response(status, keep_alive, now.unix_secs, &mut self.head) {
-            Ok(l) if head_only => l.head,
-            Ok(l) => l.total,
+            Ok(l) => self.small_response(status, l, head_only),
             // HEAD_CAP holds any error response; should it not, closing is the fallback.
+            Err(_) => return self.close(),
+        };
+        self.start_head(len);
+        self.phase = Phase::Respond;
+        self.pump(now);
+    }
+
+    /// What of a small response written whole into the head buffer goes out (no body for
+    /// HEAD), noted for the log.
+    fn small_response(&mut self, status: Status, l: ErrorResponseLen, head_only: bool) -> usize {
+        let len = if head_only { l.head } else { l.total };
+        self.log_status = status.code();
+        self.log_body = (len - l.head) as u64;
+        len
+    }
+
+    /// Answers a directory requested without its trailing slash with a 301 to the slashed
+    /// target (the request's own bytes, made a safe header value by
+    /// [`slash_redirect_location`]); the connection stays open as after any response.
+    fn redirect(&mut self, now: Time) {
+        let (head_only, keep_alive) = self.req.as_ref().map_or((false, false), |r| {
+            (r.head_only, r.keep_alive && !self.close_after)
+        });
+        self.close_after |= !keep_alive;
+        self.alloc_head();
+        // Rare, so the room for a long Location is made when needed.
+        let mut location = vec![0; 3 * self.target.len() + 2];
+        let Some(location) = slash_redirect_location(&self.target, &mut location) else {
+            // The target parsed as a path before, so this cannot fail; close if it does.
+            return self.close();
+        };
+        if self.head.len() < HEAD_CAP + location.len() {
+            self.head.resize(HEAD_CAP + location.len(), 0);
+        }
+        let len = match redirect_response(location, keep_alive, now.unix_secs, &mut self.head) {
+            Ok(l) => self.small_response(Status::MovedPermanently, l, head_only),
             Err(_) => return self.close(),
         };
         self.start_head(len);
@@ -1098,26 +1350,40 @@ impl HttpConn {
     fn plan_response(&mut self, now: Time, info: FileInfo, direct: bool) -> bool {
         let req = self.req.as_deref().cloned().unwrap_or(ReqInfo {
             head_only: true,
-            keep_alive: false,
-            range: None,
-            if_modified_since: None,
+            ..ReqInfo::default()
         });
         self.close_after |= !req.keep_alive;
-        let path_str = core::str::from_utf8(&self.path[..self.path_len]).unwrap_or("");
+        // A sibling's type is its file's: the path without the coding's suffix.
+        let name_len = self.path_len - req.coding.map_or(0, |c| c.suffix().len());
+        let path_str = core::str::from_utf8(&self.path[..name_len]).unwrap_or("");
         let mut head = ResponseHead::new(Status::Ok, now.unix_secs);
         // `close_after` also covers a server drain that began while the file was looked up.
         head.keep_alive = !self.close_after;
         head.content_type = Some(content_type(path_str));
         head.last_modified = Some(info.mtime_secs);
         head.accept_ranges = true;
+        head.content_encoding = req.coding.map(ContentCoding::name);
+        head.vary_accept_encoding = self.cfg.precompressed;
+        let etag = ETag::new(info.mtime_secs, info.size);
+        head.etag = Some(etag.as_str());
         let mut body: Option<(u64, u64)> = None;
-        if not_modified(req.if_modified_since.as_deref(), info.mtime_secs) {
+        let fresh = client_is_fresh(
+            req.if_none_match.as_deref(),
+            req.if_modified_since.as_deref(),
+            &etag,
+            info.mtime_secs,
+        );
+        if fresh {
             head.status = Status::NotModified;
         } else {
-            let range = req
-                .range
-                .as_deref()
-                .map_or(RangeResult::Full, |r| parse_range(r, info.size));
+            // An If-Range that does not hold: the file may have changed, send all of it.
+            let range = match (req.range.as_deref(), req.if_range.as_deref()) {
+                (Some(r), None) => parse_range(r, info.size),
+                (Some(r), Some(v)) if if_range_holds(v, &etag, info.mtime_secs) => {
+                    parse_range(r, info.size)
+                }
+                _ => RangeResult::Full,
+            };
             match range {
                 RangeResult::Full => {
                     head.content_length = info.size;
@@ -1139,6 +1405,8 @@ impl HttpConn {
                 RangeResult::Unsatisfiable => {
                     head.status = Status::RangeNotSatisfiable;
                     head.content_type = None;
+                    head.etag = None;
+                    head.content_encoding = None;
                     head.content_range = Some(ContentRange::Unsatisfied {
                         complete_len: info.size,
                     });
@@ -1149,6 +1417,11 @@ impl HttpConn {
         let len = match head.write(&mut self.head) {
             Ok(len) => len,
             Err(_) => return false,
+        };
+        self.log_status = head.status.code();
+        self.log_body = match body {
+            Some((_, len)) if !req.head_only => len,
+            _ => 0,
         };
         self.start_head(len);
         self.read = match body {
@@ -1268,6 +1541,11 @@ impl HttpConn {
     /// The response is out.
     fn finish(&mut self, now: Time) {
         self.requests += 1;
+        if let Some(start) = self.log_open.take() {
+            // The entry is complete: its status and body length go in the fixed part.
+            self.log[start..start + 2].copy_from_slice(&self.log_status.to_le_bytes());
+            self.log[start + 2..start + 10].copy_from_slice(&self.log_body.to_le_bytes());
+        }
         self.read = None;
         if self.file_open {
             self.phase = Phase::CloseFile;
@@ -1304,6 +1582,10 @@ impl HttpConn {
     fn close(&mut self) {
         if self.is_closed() {
             return;
+        }
+        if let Some(start) = self.log_open.take() {
+            // A response that never finished (the client left, an abort) is not logged.
+            self.log.truncate(start);
         }
         self.phase = Phase::Closing;
         let reading = self.bufs.contains(&BufState::Reading);
@@ -1500,7 +1782,7 @@ mod tests {
                     Op::Stat => {
                         let p = self.conn.path().to_vec();
                         let res = match &p[..] {
-                            b"f\0" | b"x\0" => Ok(FileInfo {
+                            b"f\0" | b"x\0" | b"f.gz\0" => Ok(FileInfo {
                                 kind: FileKind::Regular,
                                 size: self.file.len() as u64,
                                 mtime_secs: 1_000_000,
@@ -1715,6 +1997,8 @@ mod tests {
             // Half the cases (by the file size proptest picked) send head and first chunk at
             // once, as the servers do; the other half send the head alone.
             head_with_body: size % 2 == 1,
+            precompressed: true,
+            access_log: true,
             ..Config::default()
         };
         let buf_len = (chunk + HEAD_ROOM) as usize;
@@ -1746,8 +2030,17 @@ mod tests {
         Get,
         Head,
         Range(u64, u64),
+        /// A range behind an If-Range with the file's ETag (true) or another.
+        IfRange(u64, u64, bool),
+        /// If-None-Match with the file's ETag (true: 304) or another (200), beside an
+        /// If-Modified-Since that alone would say 304.
+        IfNoneMatch(bool),
+        /// Accept-Encoding taking gzip (`f.gz` exists: served) or only brotli (`f.br` does
+        /// not: `f` served); the simulated sibling holds the same bytes.
+        Encoded(bool),
         Missing,
         Dir,
+        DirNoSlash,
         Escape,
     }
 
@@ -1756,8 +2049,13 @@ mod tests {
             4 => Just(Req::Get),
             1 => Just(Req::Head),
             2 => (0u64..20_000, 0u64..20_000).prop_map(|(a, b)| Req::Range(a.min(b), a.max(b))),
+            1 => (0u64..20_000, 0u64..20_000, any::<bool>())
+                .prop_map(|(a, b, m)| Req::IfRange(a.min(b), a.max(b), m)),
+            1 => any::<bool>().prop_map(Req::IfNoneMatch),
+            1 => any::<bool>().prop_map(Req::Encoded),
             1 => Just(Req::Missing),
             1 => Just(Req::Dir),
+            1 => Just(Req::DirNoSlash),
             1 => Just(Req::Escape),
         ]
     }
@@ -1776,16 +2074,47 @@ mod tests {
             let mut input = Vec::new();
             for r in &reqs {
                 let line = match r {
-                    Req::Get | Req::Range(..) => "GET /f HTTP/1.1",
+                    Req::Get
+                    | Req::Range(..)
+                    | Req::IfRange(..)
+                    | Req::IfNoneMatch(_)
+                    | Req::Encoded(_) => {
+                        "GET /f HTTP/1.1"
+                    }
                     Req::Head => "HEAD /f HTTP/1.1",
                     Req::Missing => "GET /nope HTTP/1.1",
                     Req::Dir => "GET /d/ HTTP/1.1",
+                    Req::DirNoSlash => "GET /d?q=1 HTTP/1.1",
                     Req::Escape => "GET /x HTTP/1.1",
                 };
                 input.extend_from_slice(line.as_bytes());
                 input.extend_from_slice(b"\r\nHost: x\r\n");
-                if let Req::Range(a, b) = r {
-                    input.extend_from_slice(alloc::format!("Range: bytes={a}-{b}\r\n").as_bytes());
+                // The simulated file's mtime is 1_000_000 (0xf4240).
+                let etag = alloc::format!("\"f4240-{size:x}\"");
+                match r {
+                    Req::Range(a, b) => {
+                        input.extend_from_slice(alloc::format!("Range: bytes={a}-{b}\r\n").as_bytes());
+                    }
+                    Req::IfRange(a, b, m) => {
+                        let v = if *m { etag.as_str() } else { "\"f4240-0x\"" };
+                        input.extend_from_slice(
+                            alloc::format!("Range: bytes={a}-{b}\r\nIf-Range: {v}\r\n").as_bytes(),
+                        );
+                    }
+                    Req::Encoded(gzip) => {
+                        let v = if *gzip { "br;q=0, gzip" } else { "br, gzip;q=0" };
+                        input.extend_from_slice(alloc::format!("Accept-Encoding: {v}\r\n").as_bytes());
+                    }
+                    Req::IfNoneMatch(m) => {
+                        let v = if *m { alloc::format!("\"x\", W/{etag}") } else { String::from("\"x\"") };
+                        input.extend_from_slice(
+                            alloc::format!(
+                                "If-None-Match: {v}\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n"
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    _ => {}
                 }
                 input.extend_from_slice(b"\r\n");
             }
@@ -1801,6 +2130,14 @@ mod tests {
             let head_only: Vec<bool> = reqs.iter().map(|r| matches!(r, Req::Head)).collect();
             let got = responses(&s.out, &head_only);
             prop_assert_eq!(got.len(), reqs.len());
+            // The log has every request, in order, with what was answered.
+            let mut logged = Vec::new();
+            s.conn.drain_log(|e| logged.push((e.status, e.body_bytes, e.method.to_vec())));
+            prop_assert_eq!(logged.len(), reqs.len());
+            for ((status, body), (lstatus, lbytes, method)) in got.iter().zip(&logged) {
+                prop_assert_eq!((*status, body.len() as u64), (*lstatus, *lbytes));
+                prop_assert!(method == b"GET" || method == b"HEAD");
+            }
             for (r, (status, body)) in reqs.iter().zip(got) {
                 match r {
                     Req::Get => {
@@ -1808,7 +2145,12 @@ mod tests {
                         prop_assert_eq!(&body[..], &s.file[..]);
                     }
                     Req::Head => prop_assert_eq!((status, body.len()), (200, 0)),
-                    Req::Range(a, b) => {
+                    Req::IfRange(_, _, false) | Req::IfNoneMatch(false) | Req::Encoded(_) => {
+                        prop_assert_eq!(status, 200);
+                        prop_assert_eq!(&body[..], &s.file[..]);
+                    }
+                    Req::IfNoneMatch(true) => prop_assert_eq!((status, body.len()), (304, 0)),
+                    Req::Range(a, b) | Req::IfRange(a, b, true) => {
                         if *a as usize >= size {
                             prop_assert_eq!(status, 416);
                         } else {
@@ -1818,6 +2160,10 @@ mod tests {
                         }
                     }
                     Req::Missing => prop_assert_eq!(status, 404),
+                    Req::DirNoSlash => {
+                        prop_assert_eq!(status, 301);
+                        prop_assert_eq!(&body[..], b"301 Moved Permanently\n");
+                    }
                     Req::Dir | Req::Escape => prop_assert_eq!(status, 403),
                 }
             }
@@ -2592,5 +2938,254 @@ mod tests {
             "{:?}",
             String::from_utf8_lossy(&s.out)
         );
+    }
+
+    fn head_of(out: &[u8]) -> String {
+        let end = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        String::from_utf8(out[..end].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_directory_without_its_slash_is_redirected_with_the_query() {
+        let input = b"GET /d?q=%41&r HTTP/1.1\r\nHost: x\r\n\r\nHEAD /d HTTP/1.1\r\nHost: x\r\n\r\nGET /d/ HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![1000]);
+        s.run();
+        assert!(!s.closed, "a redirect keeps the connection");
+        let got = responses(&s.out, &[false, true, false]);
+        assert_eq!(
+            got.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [301, 301, 403],
+            "with the slash: the index, or 403 without one"
+        );
+        let head = head_of(&s.out);
+        assert!(head.contains("\r\nLocation: /d/?q=%41&r\r\n"), "{head}");
+        assert!(head.contains("\r\nConnection: keep-alive\r\n"), "{head}");
+    }
+
+    #[test]
+    fn a_long_redirect_target_is_encoded_whole() {
+        // Every byte of a long non-ASCII name becomes three in the Location, beyond the
+        // usual head capacity.
+        let name = "\u{e9}".repeat(400);
+        let input = alloc::format!("GET /{name} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut c = HttpConn::new(Config::default(), Time::default());
+        let _ = drain_ops(&mut c);
+        c.on_recv(Time::default(), Ok(input.as_bytes()));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        let dir = FileInfo {
+            kind: FileKind::Directory,
+            size: 0,
+            mtime_secs: 0,
+            dio: None,
+        };
+        c.on_stat(Time::default(), Ok(dir));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        let want = alloc::format!("\r\nLocation: /{}/\r\n", "%C3%A9".repeat(400));
+        assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
+        assert!(head.contains(&want), "{head}");
+    }
+
+    #[test]
+    fn etags_are_sent_and_answer_conditional_requests() {
+        // The simulated file: mtime 1_000_000 (0xf4240), 10 bytes.
+        let input = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nIf-None-Match: \"f4240-b\"\r\nIf-Modified-Since: Sat, 01 Jan 2000 00:00:00 GMT\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: \"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: W/\"f4240-a\"\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: Mon, 12 Jan 1970 13:46:40 GMT\r\n\r\n\
+            GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=2-3\r\nIf-Range: Mon, 12 Jan 1970 13:46:41 GMT\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![1000]);
+        s.run();
+        let got = responses(&s.out, &[]);
+        let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+        assert_eq!(statuses, [200, 304, 200, 206, 200, 206, 200]);
+        assert_eq!(got[3].1, s.file[2..4]);
+        assert_eq!(got[4].1, s.file);
+        let text = String::from_utf8_lossy(&s.out);
+        assert_eq!(
+            text.matches("\r\nETag: \"f4240-a\"\r\n").count(),
+            7,
+            "on every 200, 206 and 304: {text}"
+        );
+    }
+
+    /// Drives one request until the stats are done; `siblings` say which paths stat as
+    /// regular files of 10 bytes (others: ENOENT). Returns the paths statted and the head.
+    fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
+        let now = Time::default();
+        let cfg = Config {
+            precompressed: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(now, Ok(input));
+        let mut statted = Vec::new();
+        loop {
+            let ops = drain_ops(&mut c);
+            match ops[..] {
+                [Op::Stat] => {
+                    let p = c.path().to_vec();
+                    let found = siblings.contains(&&p[..p.len() - 1]);
+                    statted.push(p[..p.len() - 1].to_vec());
+                    c.on_stat(
+                        now,
+                        if found {
+                            Ok(regular(10))
+                        } else {
+                            Err(RawErrno::NOENT)
+                        },
+                    );
+                }
+                [Op::Open { .. }] => {
+                    c.on_open(now, Ok(()));
+                    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                    return (statted, head);
+                }
+                _ => {
+                    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                    return (statted, head);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn precompressed_siblings_are_tried_best_first() {
+        let req = b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: br;q=0.5, gzip\r\n\r\n";
+        let (statted, head) = lookup(req, &[b"a.txt", b"a.txt.br"]);
+        assert_eq!(statted, [&b"a.txt.gz"[..], b"a.txt.br"], "gzip weighs more");
+        assert!(head.contains("\r\nContent-Encoding: br\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: text/plain; charset=utf-8\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nVary: Accept-Encoding\r\n"), "{head}");
+        // No sibling: the file itself, still with Vary.
+        let (statted, head) = lookup(req, &[b"a.txt"]);
+        assert_eq!(statted, [&b"a.txt.gz"[..], b"a.txt.br", b"a.txt"]);
+        assert!(!head.contains("Content-Encoding"), "{head}");
+        assert!(head.contains("\r\nVary: Accept-Encoding\r\n"), "{head}");
+        // q=0 refuses, and no header means no sibling.
+        let refused =
+            b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip;q=0, br;q=0\r\n\r\n";
+        let (statted, head) = lookup(refused, &[b"a.txt", b"a.txt.gz", b"a.txt.br"]);
+        assert_eq!(statted, [&b"a.txt"[..]]);
+        assert!(!head.contains("Content-Encoding"), "{head}");
+        let (statted, _) = lookup(
+            b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+            &[b"a.txt", b"a.txt.gz"],
+        );
+        assert_eq!(statted, [&b"a.txt"[..]]);
+    }
+
+    #[test]
+    fn a_directory_index_has_siblings_too() {
+        let dir = FileInfo {
+            kind: FileKind::Directory,
+            size: 0,
+            mtime_secs: 0,
+            dio: None,
+        };
+        let now = Time::default();
+        let cfg = Config {
+            precompressed: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = drain_ops(&mut c);
+        c.on_recv(
+            now,
+            Ok(b"GET /d/ HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n"),
+        );
+        assert_eq!(
+            (drain_ops(&mut c), c.path()),
+            (vec![Op::Stat], &b"d\0"[..]),
+            "the directory itself first"
+        );
+        c.on_stat(now, Ok(dir));
+        assert_eq!(
+            (drain_ops(&mut c), c.path()),
+            (vec![Op::Stat], &b"d/index.html.gz\0"[..])
+        );
+        c.on_stat(now, Ok(regular(5)));
+        assert!(matches!(drain_ops(&mut c)[..], [Op::Open { .. }]));
+        assert_eq!(c.path(), b"d/index.html.gz\0");
+        c.on_open(now, Ok(()));
+        let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+        assert!(head.contains("\r\nContent-Encoding: gzip\r\n"), "{head}");
+        assert!(
+            head.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+            "{head}"
+        );
+    }
+
+    #[test]
+    fn the_log_has_each_answered_request() {
+        let input =
+            b"GET /f?q HTTP/1.1\r\nHost: x\r\nReferer: http://r/\r\nUser-Agent: t/1\r\n\r\n\
+            HEAD /f HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+            DELETE /f HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = sim(10, 64, input.to_vec(), vec![7]);
+        s.run();
+        let mut got = Vec::new();
+        s.conn.drain_log(|e| {
+            got.push((
+                String::from_utf8(e.method.to_vec()).unwrap(),
+                String::from_utf8(e.target.to_vec()).unwrap(),
+                e.version_minor,
+                e.status,
+                e.body_bytes,
+                e.referer.map(<[u8]>::to_vec),
+                e.user_agent.map(<[u8]>::to_vec),
+            ))
+        });
+        let s405 = "405 Method Not Allowed\n".len() as u64;
+        assert_eq!(
+            got,
+            [
+                (
+                    "GET".into(),
+                    "/f?q".into(),
+                    1,
+                    200,
+                    10,
+                    Some(b"http://r/".to_vec()),
+                    Some(b"t/1".to_vec())
+                ),
+                ("HEAD".into(), "/f".into(), 0, 200, 0, None, None),
+                ("DELETE".into(), "/f".into(), 1, 405, s405, None, None),
+            ]
+        );
+        let mut again = 0;
+        s.conn.drain_log(|_| again += 1);
+        assert_eq!(again, 0, "drained once");
+    }
+
+    #[test]
+    fn a_head_that_does_not_parse_is_logged_and_a_cut_response_is_not() {
+        let mut s = sim(10, 64, b"GARBAGE\r\n\r\n".to_vec(), vec![100]);
+        s.run();
+        let mut got = Vec::new();
+        s.conn
+            .drain_log(|e| got.push((e.method.len(), e.target.len(), e.status)));
+        assert_eq!(got, [(0, 0, 400)]);
+        // The client goes away before the response is out: nothing is logged.
+        let now = Time::default();
+        let cfg = Config {
+            access_log: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let _ = open_response(&mut c, 100_000);
+        c.abort();
+        let mut n = 0;
+        c.drain_log(|_| n += 1);
+        assert_eq!(n, 0);
     }
 }

@@ -6,7 +6,9 @@
 //! notifications is in flight, with `reset` exactly when some are owed; `Free` only when
 //! nothing at all is, once, and nothing after it; no read into a buffer the kernel may still
 //! read for a SEND_ZC, and no send of one being read into. At the end an abort, then every
-//! completion still owed, must lead to `Free`.
+//! completion still owed, must lead to `Free`. Requests may carry Accept-Encoding (a
+//! precompressed `f.gz` exists), If-None-Match and If-Range, so the sibling stats and the
+//! conditional answers are among the paths taken.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -35,6 +37,10 @@ struct Input {
     zerocopy: bool,
     links: bool,
     close_after: bool,
+    precompressed: bool,
+    access_log: bool,
+    /// Per request: Accept-Encoding, If-None-Match, If-Range with a Range (bits 0, 1, 2).
+    headers: u8,
     requests: u8,
     size: u16,
     steps: Vec<Step>,
@@ -96,7 +102,7 @@ impl Model {
                 Op::Stat => self.flights.push(Flight::Stat),
                 Op::Open { link_next, .. } => {
                     // A linked chain fails as a whole: its read learns the open's fate.
-                    let fails = link_next.then(|| self.conn.path() != b"f\0");
+                    let fails = link_next.then(|| !matches!(self.conn.path(), b"f\0" | b"f.gz\0"));
                     *pending_link = fails;
                     self.flights.push(Flight::Open { fails });
                 }
@@ -222,7 +228,7 @@ impl Model {
             }
             Flight::Stat => {
                 let res = match self.conn.path() {
-                    b"f\0" | b"x\0" if ok => Ok(FileInfo {
+                    b"f\0" | b"x\0" | b"f.gz\0" if ok => Ok(FileInfo {
                         kind: FileKind::Regular,
                         size: self.size,
                         mtime_secs: 1,
@@ -292,6 +298,8 @@ fuzz_target!(|input: Input| {
         link_open_read: input.links,
         header_timeout_ms: 1_000,
         idle_timeout_ms: 2_000,
+        precompressed: input.precompressed,
+        access_log: input.access_log,
         ..Config::default()
     };
     let mut wire = Vec::new();
@@ -302,8 +310,19 @@ fuzz_target!(|input: Input| {
         } else {
             ""
         };
+        let h = input.headers.rotate_left(u32::from(i));
+        let mut extra = String::new();
+        if h & 1 != 0 {
+            extra.push_str("Accept-Encoding: br, gzip;q=0.5\r\n");
+        }
+        if h & 2 != 0 {
+            extra.push_str("If-None-Match: \"1-0\", W/\"x\"\r\n");
+        }
+        if h & 4 != 0 {
+            extra.push_str("Range: bytes=1-100\r\nIf-Range: \"1-64\"\r\n");
+        }
         wire.extend_from_slice(
-            format!("GET {target} HTTP/1.1\r\nHost: h\r\n{conn}\r\n").as_bytes(),
+            format!("GET {target} HTTP/1.1\r\nHost: h\r\n{conn}{extra}\r\n").as_bytes(),
         );
     }
     let mut m = Model {
@@ -318,6 +337,7 @@ fuzz_target!(|input: Input| {
         notifs: [0; 2],
     };
     let mut link = None;
+    let mut answered_logged = 0u64;
     m.drain(&mut link);
     for step in input.steps.into_iter().take(2000) {
         match step {
@@ -333,6 +353,14 @@ fuzz_target!(|input: Input| {
             Step::Complete { .. } => {}
         }
         m.drain(&mut link);
+        // Logged only once answered, never more often than answered.
+        let mut logged = 0;
+        m.conn.drain_log(|e| {
+            assert!((200..600).contains(&e.status), "{e:?}");
+            logged += 1;
+        });
+        answered_logged += logged;
+        assert!(answered_logged <= m.conn.requests());
     }
     // The grace runs out: everything owed comes in, oldest first; the connection must end.
     m.conn.abort();

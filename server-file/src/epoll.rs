@@ -85,6 +85,8 @@ struct Conn {
     pending_send: Option<SendSrc>,
     /// HttpConn said Free: remove the connection (which closes the socket).
     freed: bool,
+    /// The client's address, for the access log (looked up only when there is one).
+    peer: Option<std::net::IpAddr>,
     /// The open-file cache entry this request's file is in (a reference held from the stat
     /// until Op::CloseFile), instead of `file`.
     cached: Option<EntryIx>,
@@ -102,6 +104,8 @@ struct Local {
     /// Open files shared by the requests for the same path: entry N's in `cache_fds[N]`.
     cache: FileCache,
     cache_fds: Vec<Option<OwnedFd>>,
+    /// With `--access-log`: the lines not yet written.
+    log: crate::accesslog::Batch,
 }
 
 impl Local {
@@ -110,6 +114,7 @@ impl Local {
             direct: DirectLog::default(),
             cache: FileCache::new(shared.cache),
             cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
+            log: crate::accesslog::Batch::default(),
         }
     }
 
@@ -136,6 +141,7 @@ impl Conn {
             pending_recv: None,
             pending_send: None,
             freed: false,
+            peer: None,
             cached: None,
             cache_opening: false,
         }
@@ -145,9 +151,16 @@ impl Conn {
 /// Connections whose receive was deferred ([`drive`] said so), by token.
 type RunQueue = Vec<Token>;
 
-/// The listener's epoll key: a token of the worker's slot, as the io_uring driver's accept
-/// carries. A connection's key is its token (kind `Recv`: readiness of its socket).
-const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+/// Listener `index`'s epoll key: a token of the worker's slot with the index in `sub`, as the
+/// io_uring driver's accepts carry. A connection's key is its token (kind `Recv`: readiness
+/// of its socket).
+fn listener_key(index: u16) -> UserData {
+    Token {
+        sub: index,
+        ..Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO)
+    }
+    .encode()
+}
 
 /// The stop notice's epoll key.
 const STOP_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
@@ -156,25 +169,34 @@ fn conn_token(slot: Slot, generation: Generation) -> Token {
     Token::new(OpKind::Recv, slot, generation)
 }
 
-/// Prints what the acceptor has to say (back-off episodes) on stderr.
-fn report_accept(acceptor: &mut EpollAcceptor) {
-    for notice in acceptor.notices() {
+/// Prints what the acceptors have to say (back-off episodes) on stderr.
+fn report_accept(acceptors: &mut [EpollAcceptor]) {
+    for notice in acceptors.iter_mut().flat_map(EpollAcceptor::notices) {
         eprintln!("ringwork-files: {notice}");
     }
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
     let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
     // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
     // At capacity the acceptor stops watching the listener; the listen backlog holds new
-    // connections until one closes.
-    let mut acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN)
-        .map_err(|e| e.to_string())?
-        .with_capacity(shared.max_conns as usize);
+    // connections until one closes. One acceptor per listener (`main` keeps their number
+    // within a u16).
+    let mut acceptors = listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            Ok(
+                EpollAcceptor::new(&ep, listener, listener_key(index).0, Interest::IN)
+                    .map_err(|e| e.to_string())?
+                    .with_capacity(shared.max_conns as usize),
+            )
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
@@ -187,12 +209,17 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         let now_ms = shared.now().mono_ms;
         if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
             // Closing the listener refuses new connections.
-            acceptor.stop(&ep).map_err(|e| e.to_string())?;
-            report_accept(&mut acceptor);
+            for a in &mut acceptors {
+                a.stop(&ep).map_err(|e| e.to_string())?;
+            }
+            report_accept(&mut acceptors);
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, HttpConn::on_shutdown);
         }
         if drain.finished(conns.len(), false, false) {
+            if let Some(sink) = &shared.access_log {
+                local.log.write_now(sink);
+            }
             shared.stats.add_cache(local.cache.stats());
             return Ok(());
         }
@@ -203,7 +230,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         // With deferred receives queued, epoll_wait only collects what is ready and returns;
         // never does it wait past the end of an accept pause.
         let timeout = if run_queue.is_empty() {
-            ringwork_sys::accept::timeout_until(acceptor.next_deadline(), Some(tick))
+            let deadline = acceptors.iter().fold(None, |d, a| {
+                ringwork_sys::accept::earliest(d, a.next_deadline())
+            });
+            ringwork_sys::accept::timeout_until(deadline, Some(tick))
         } else {
             Some(Duration::ZERO)
         };
@@ -213,11 +243,15 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             if k == STOP_KEY.0 {
                 continue;
             }
-            if k == LISTENER_KEY.0 {
+            let listener = Token::decode(UserData(k))
+                .ok()
+                .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
+                .and_then(|t| acceptors.get_mut(usize::from(t.sub)));
+            if let Some(acceptor) = listener {
                 accept_batch(
                     shared,
                     &ep,
-                    &mut acceptor,
+                    acceptor,
                     &mut conns,
                     &mut run_queue,
                     &mut local,
@@ -276,11 +310,20 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
         }
-        acceptor.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
-        report_accept(&mut acceptor);
+        for a in &mut acceptors {
+            a.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
+        }
+        report_accept(&mut acceptors);
+        if let Some(sink) = &shared.access_log {
+            // The lines so far, in one write, when due.
+            if local.log.due() {
+                local.log.write_now(sink);
+            }
+        }
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
-        if acceptor.next_deadline().is_some() && local.cache.evict_unused() > 0 {
+        let paused = acceptors.iter().any(|a| a.next_deadline().is_some());
+        if paused && local.cache.evict_unused() > 0 {
             local.close_evicted();
         }
     }
@@ -336,7 +379,10 @@ fn accept_batch(
             return Ok(());
         };
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let conn = Conn::new(shared, sock);
+        let mut conn = Conn::new(shared, sock);
+        if shared.access_log.is_some() {
+            conn.peer = crate::accesslog::peer_ip(&conn.sock);
+        }
         // A full table drops the connection (closing its socket).
         let Some((slot, generation)) = conns.insert(conn) else {
             continue;
@@ -590,6 +636,10 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             }
         }
     }
+    if let Some(sink) = &shared.access_log {
+        // What this turn answered, before a Free removes the connection.
+        crate::accesslog::collect(sink, &mut w.log, c.peer, &mut c.http);
+    }
     deferred && c.pending_recv.is_some()
 }
 
@@ -649,6 +699,7 @@ mod tests {
         };
         let shared = Shared {
             root,
+            access_log: None,
             cfg,
             max_conns: 1,
             chunk_buffers: 2,

@@ -6,6 +6,7 @@
 //! ([`epoll`]).
 #![forbid(unsafe_code)]
 
+mod accesslog;
 mod epoll;
 mod uring;
 
@@ -29,9 +30,11 @@ use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 #[derive(Parser, Debug, Clone)]
 #[command(name = "ringwork-files", version)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port and prints it).
+    /// Address to listen on (port 0 picks a free port and prints it); give it again for more
+    /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
+    /// accepts on every address.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
     /// CPU).
     #[arg(long)]
@@ -112,6 +115,15 @@ struct Args {
         value_name = "FEATURE[,FEATURE]"
     )]
     disable: Vec<Feature>,
+    /// Serve precompressed siblings: `FILE.br` or `FILE.gz` beside FILE, when the request's
+    /// Accept-Encoding takes that coding (nginx's gzip_static / brotli_static); every file
+    /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    precompressed: bool,
+    /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
+    /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
+    #[arg(long, value_name = "PATH|-|off", default_value = "off")]
+    access_log: accesslog::Destination,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -206,6 +218,8 @@ impl Default for Features {
 /// What every worker thread shares.
 struct Shared {
     root: OwnedFd,
+    /// `--access-log`, unless off.
+    access_log: Option<accesslog::Sink>,
     cfg: Config,
     max_conns: u32,
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
@@ -361,6 +375,10 @@ fn note_direct(said: &mut bool, requested: bool, direct: bool) {
     }
 }
 
+/// Most `--listen` addresses: each is a listener per thread, and a worker's acceptors are
+/// numbered with a u16 in their tokens.
+const MAX_LISTEN: usize = 64;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -467,18 +485,14 @@ fn run(args: Args) -> Result<(), String> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = ringwork_sys::signal::ShutdownSignals::new().map_err(|e| e.to_string())?;
 
-    // One SO_REUSEPORT listener per thread, as ringwork-echo makes them.
-    let nonblocking = args.backend == Backend::Epoll;
-    let listen = |addr| {
-        ringwork_sys::net::reuseport_listener(addr, nonblocking)
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))
-    };
-    let first = listen(args.listen)?;
-    let addr = ringwork_sys::net::local_addr(&first).map_err(|e| e.to_string())?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(listen(addr)?);
+    // One SO_REUSEPORT listener per thread and address, as ringwork-echo makes them.
+    if args.listen.len() > MAX_LISTEN {
+        return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
+    let nonblocking = args.backend == Backend::Epoll;
+    let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
+        .map_err(|e| e.to_string())?;
+    let access_log = accesslog::Sink::open(&args.access_log)?;
     let shared = Arc::new(Shared {
         root,
         cfg: Config {
@@ -492,7 +506,10 @@ fn run(args: Args) -> Result<(), String> {
             link_open_read: false,
             // Both drivers send the head and the first chunk at once.
             head_with_body: true,
+            precompressed: args.precompressed,
+            access_log: access_log.is_some(),
         },
+        access_log,
         max_conns,
         chunk_buffers,
         uring,
@@ -516,17 +533,24 @@ fn run(args: Args) -> Result<(), String> {
         args.chunk,
         ringwork_sys::kernel_release()
     );
-    // The last line of startup, and exactly this shape: scripts and tests wait for it.
+    // The last line of startup, and exactly this shape: scripts and tests wait for it (one
+    // `http://ADDR/` per address, space-separated).
+    let urls: Vec<String> = listeners
+        .bound
+        .iter()
+        .map(|a| format!("http://{a}/"))
+        .collect();
     println!(
-        "ringwork-files serving {}, listening on http://{addr}/",
-        root_path.display()
+        "ringwork-files serving {}, listening on {}",
+        root_path.display(),
+        urls.join(" ")
     );
     let _ = std::io::stdout().flush();
 
-    let (stop, notices) =
-        ringwork_sys::driver::stop_notices(listeners.len()).map_err(|e| e.to_string())?;
+    let (stop, notices) = ringwork_sys::driver::stop_notices(threads).map_err(|e| e.to_string())?;
     let stop = Arc::new(stop);
     let workers: Vec<_> = listeners
+        .per_thread
         .into_iter()
         .zip(notices)
         .enumerate()
@@ -571,7 +595,11 @@ fn run(args: Args) -> Result<(), String> {
             Err(_) => failure = Some("a worker thread panicked".into()),
         }
     }
-    println!("{}", shared.stats.line());
+    let log_dropped = shared
+        .access_log
+        .as_ref()
+        .map_or(0, accesslog::Sink::dropped);
+    println!("{} log_dropped={log_dropped}", shared.stats.line());
     match failure {
         None => Ok(()),
         Some(e) => Err(e),

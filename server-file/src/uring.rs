@@ -74,6 +74,7 @@ use ringwork_sys::{
     Acceptor, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget, Target,
 };
 
+use crate::accesslog::RingLog;
 use crate::epoll::tick_interval;
 use crate::{file_id, file_info, open_flags, Shared};
 
@@ -96,6 +97,8 @@ struct Conn {
     direct: bool,
     /// Without registered files: the open file (closed through the ring by Op::CloseFile).
     file: Option<OwnedFd>,
+    /// The client's address, for the access log (looked up only when there is one).
+    peer: Option<std::net::IpAddr>,
     /// The open-file cache entry this request's file is in (a reference held from the stat
     /// until Op::CloseFile), instead of the connection's own file slot or `file`.
     cached: Option<EntryIx>,
@@ -118,9 +121,10 @@ struct Driver<'s> {
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`); it closes the
+    /// One per listener (`--listen` may be given more than once), with its accept (tokens of
+    /// kind Accept on `Slot::WORKER`, the listener's index in `sub`); each closes its
     /// listener once its accept has ended during a drain.
-    acceptor: Acceptor,
+    acceptors: Vec<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     /// The stop notice's poll is armed.
@@ -132,6 +136,8 @@ struct Driver<'s> {
     waiting: VecDeque<(Token, Op, Option<Op>)>,
     direct_refused: bool,
     direct_noted: bool,
+    /// With `--access-log`: this worker's batch and its write through the ring.
+    log: Option<RingLog>,
     /// Open files shared by the requests for the same path: entry N in registered-file slot
     /// `cache_base + N` (else in `cache_fds[N]`).
     cache: FileCache,
@@ -184,7 +190,7 @@ const HEAD_BUFFERS: u16 = 1024;
 const HEAD_BUFFER_SIZE: u32 = 2048;
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
     let slots = shared.max_conns;
     let uc = shared.uring;
     let (mut ring, note) = driver::server_ring(ServerRingConfig {
@@ -197,7 +203,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         println!("{note}");
     }
     let want = uc.features;
-    let (acceptor, fixed_files, links) = {
+    let (acceptors, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
         for (op, name, since) in [
             (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
@@ -212,8 +218,16 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             probe.require(op, name, since).map_err(|e| e.to_string())?;
         }
         // At capacity the acceptor stops, and the listen backlog holds new connections.
-        let acceptor = Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
-            .with_capacity(slots as usize);
+        // One per listener; `main` keeps their number within a u16.
+        let acceptors: Vec<Acceptor> = listeners
+            .into_iter()
+            .zip(0u16..)
+            .map(|(listener, index)| {
+                Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
+                    .with_listener_index(index)
+                    .with_capacity(slots as usize)
+            })
+            .collect();
         if shared.cfg.zerocopy {
             probe
                 .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
@@ -232,7 +246,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
             );
         }
         (
-            acceptor,
+            acceptors,
             want.fixed_files,
             want.links && deferred_file_assignment,
         )
@@ -340,7 +354,10 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
     println!(
         "{}",
         FeatureLine::new(&ring)
-            .with("multishot_accept", acceptor.multishot())
+            .with(
+                "multishot_accept",
+                acceptors.iter().all(Acceptor::multishot)
+            )
             .with("fixed_files", fixed_files)
             .with("fixed_buffers", fixed)
             .with("pbuf_ring", head_ring)
@@ -355,7 +372,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         fixed_files,
         zc_report_usage,
         http_cfg,
-        acceptor,
+        acceptors,
         stop,
         stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
@@ -363,6 +380,7 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         waiting: VecDeque::new(),
         direct_refused: false,
         direct_noted: false,
+        log: shared.access_log.as_ref().map(|_| RingLog::default()),
         cache: FileCache::new(shared.cache),
         cache_base: slots,
         cache_fds: (0..cache_entries).map(|_| None).collect(),
@@ -371,12 +389,18 @@ pub fn run(shared: &Shared, listener: OwnedFd, stop: StopNotice) -> Result<(), S
         chunk_peak: 0,
         spare: Spares::default(),
     };
-    d.acceptor
-        .start(&mut d.ring)
-        .map_err(|e| format!("io_uring submit: {e}"))?;
+    for a in &mut d.acceptors {
+        a.start(&mut d.ring)
+            .map_err(|e| format!("io_uring submit: {e}"))?;
+    }
     d.report_accept();
     d.arm_stop()?;
     let result = d.run_loop();
+    if let (Some(log), Some(sink)) = (&mut d.log, &shared.access_log) {
+        // Lines formatted after the last write was submitted (none, normally: the loop
+        // ends only once the last write's CQE is in).
+        log.batch.write_now(sink);
+    }
     let rs = d.ring.stats();
     let st = &shared.stats;
     crate::Stats::add(&st.enters, rs.enters);
@@ -410,7 +434,7 @@ impl Driver<'_> {
 
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
     fn report_accept(&mut self) {
-        for notice in self.acceptor.notices() {
+        for notice in self.acceptors.iter_mut().flat_map(Acceptor::notices) {
             eprintln!("ringwork-files: {notice}");
         }
     }
@@ -424,9 +448,10 @@ impl Driver<'_> {
             return self.arm_stop();
         }
         if self.drain.on_stop(self.shared.now().mono_ms) == Some(DrainAction::BeginDrain) {
-            self.acceptor
-                .stop(&mut self.ring)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
+            for a in &mut self.acceptors {
+                a.stop(&mut self.ring)
+                    .map_err(|e| format!("io_uring submit: {e}"))?;
+            }
             self.report_accept();
             self.each_open_conn(HttpConn::on_shutdown)?;
         }
@@ -454,13 +479,17 @@ impl Driver<'_> {
         let mut cqes = Vec::with_capacity(1024);
         // The stop notice's poll stays armed until the notice: it is no connection's, and
         // the ring drops (cancelling it) when the loop ends.
-        while !self
-            .drain
-            .finished(self.conns.len(), !self.acceptor.is_idle(), false)
-        {
+        while !self.drain.finished(
+            self.conns.len(),
+            !self.acceptors.iter().all(Acceptor::is_idle),
+            // The log write's buffer is the ring's until its CQE.
+            self.log.as_ref().is_some_and(RingLog::busy),
+        ) {
             // Never past the end of an accept pause.
-            let wait =
-                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), Some(tick));
+            let deadline = self.acceptors.iter().fold(None, |d, a| {
+                ringwork_sys::accept::earliest(d, a.next_deadline())
+            });
+            let wait = ringwork_sys::accept::timeout_until(deadline, Some(tick));
             match self.waiter.wait(&mut self.ring, wait) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
@@ -471,14 +500,20 @@ impl Driver<'_> {
                 self.on_cqe(cqe)?;
             }
             self.replenish_heads()?;
-            self.acceptor
-                .poll(&mut self.ring, self.conns.len())
-                .map_err(|e| format!("io_uring submit: {e}"))?;
+            for a in &mut self.acceptors {
+                a.poll(&mut self.ring, self.conns.len())
+                    .map_err(|e| format!("io_uring submit: {e}"))?;
+            }
             self.report_accept();
+            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
+                // The lines so far, in one write through the ring, when due; all of them
+                // once stopping (the loop then ends after the write's CQE).
+                log.flush(sink, &mut self.ring, self.drain.stopping())?;
+            }
             // Out of descriptors (accept paused): cached files held as descriptors (without
             // registered files) that no request uses give theirs to the connections waiting.
             if !self.fixed_files
-                && self.acceptor.next_deadline().is_some()
+                && self.acceptors.iter().any(|a| a.next_deadline().is_some())
                 && self.cache.evict_unused() > 0
             {
                 self.close_evicted();
@@ -537,11 +572,10 @@ impl Driver<'_> {
             Some(Err(e)) => return Err(format!("a head buffer went astray: {e}")),
             None => None,
         };
-        if self.acceptor.owns(&token) {
+        if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
             let open = self.conns.len();
-            let sock = self
-                .acceptor
+            let sock = acceptor
                 .on_cqe(&mut self.ring, &cqe, open)
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             if let Some(sock) = sock {
@@ -554,6 +588,12 @@ impl Driver<'_> {
         }
         if token == STOP_TOKEN {
             return self.on_stop_notice();
+        }
+        if RingLog::owns(&token) {
+            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
+                log.on_cqe(sink, &mut self.ring, &cqe)?;
+            }
+            return Ok(());
         }
         if token.slot == Slot::WORKER && token.kind == OpKind::Close {
             // A cached file's slot closed (whatever the result: the slot is empty now).
@@ -708,15 +748,32 @@ impl Driver<'_> {
             read_buf: BufIx(0),
             direct: false,
             file: None,
+            peer: None,
             cached: None,
             cache_opening: false,
             read_at: (0, 0),
         };
+        let peer = match (&self.log, &conn.sock) {
+            (Some(_), Some(sock)) => crate::accesslog::peer_ip(sock),
+            _ => None,
+        };
+        let conn = Conn { peer, ..conn };
         // A full table (an accept the acceptor's capacity cancel did not stop in time): the
         // connection is dropped (its socket closed) at once.
         match self.conns.insert(Box::new(conn)) {
             Some((slot, _)) => self.drive(slot),
             None => Ok(()),
+        }
+    }
+
+    /// The lines of what connection `slot` answered since the last call, into the batch.
+    fn collect_log(&mut self, slot: Slot) {
+        if let (Some(log), Some(sink), Some(c)) = (
+            &mut self.log,
+            &self.shared.access_log,
+            self.conns.get_mut(slot),
+        ) {
+            crate::accesslog::collect(sink, &mut log.batch, c.peer, &mut c.http);
         }
     }
 
@@ -935,6 +992,7 @@ impl Driver<'_> {
     /// (its first read): HttpConn decides what is chained, this only submits it. A read waits
     /// its turn (after the reads already waiting) when the pool has no chunk buffer for it.
     fn drive(&mut self, slot: Slot) -> Result<(), String> {
+        self.collect_log(slot);
         while let Some(op) = self.conns.get_mut(slot).and_then(|c| c.http.poll_op()) {
             if op == Op::Free {
                 // Nothing of it is in flight: its memory may go (the socket was closed by

@@ -35,8 +35,15 @@ use crate::{Shared, WorkerConfig, WorkerStats};
 /// Events per epoll_wait.
 const BATCH: usize = 256;
 /// The epoll keys of the worker's own descriptors: tokens of the worker's slot, as the
-/// io_uring driver's accept and wake-up read carry. A connection's key is its token.
-const LISTENER_KEY: UserData = Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO).encode();
+/// io_uring driver's accepts and wake-up read carry (a listener's with its index in `sub`).
+/// A connection's key is its token.
+fn listener_key(index: u16) -> UserData {
+    Token {
+        sub: index,
+        ..Token::new(OpKind::Accept, Slot::WORKER, Generation::ZERO)
+    }
+    .encode()
+}
 const WAKE_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
 
 struct Conn {
@@ -64,7 +71,8 @@ struct Worker<'a> {
     starved: Starved,
     /// The connections being woken, reused.
     woken: Vec<Token>,
-    acceptor: EpollAcceptor,
+    /// One per listener (`--listen` may be given more than once).
+    acceptors: Vec<EpollAcceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     drain: Drain,
@@ -80,13 +88,25 @@ struct Worker<'a> {
 /// Runs one worker until shutdown has closed every connection.
 pub fn run(
     cfg: WorkerConfig,
-    listener: OwnedFd,
+    listeners: Vec<OwnedFd>,
     stop: StopNotice,
     shared: &Shared,
     ready: std::sync::mpsc::Sender<()>,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
-    let acceptor = EpollAcceptor::new(&ep, listener, LISTENER_KEY.0, Interest::IN | Interest::ET)?;
+    // One per listener; `main` keeps their number within a u16.
+    let acceptors = listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            EpollAcceptor::new(
+                &ep,
+                listener,
+                listener_key(index).0,
+                Interest::IN | Interest::ET,
+            )
+        })
+        .collect::<ringwork_sys::Result<Vec<_>>>()?;
     ep.add(&stop, WAKE_KEY.0, Interest::IN | Interest::ET)?;
     let buf_size = cfg.buffer_size as usize;
     let mut w = Worker {
@@ -99,7 +119,7 @@ pub fn run(
         chunks: ChunkQueues::new(usize::from(cfg.buffers)),
         starved: Starved::new(cfg.max_conns),
         woken: Vec::with_capacity(cfg.max_conns),
-        acceptor,
+        acceptors,
         stop,
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
         epoch: Instant::now(),
@@ -113,19 +133,29 @@ pub fn run(
     while !w.drain.finished(w.conns.len(), false, false) {
         let timeout = w.drain.stopping().then_some(Duration::from_millis(100));
         // Backing off: the pause must end on time even when nothing happens.
-        let timeout = ringwork_sys::accept::timeout_until(w.acceptor.next_deadline(), timeout);
+        let deadline = w.acceptors.iter().fold(None, |d, a| {
+            ringwork_sys::accept::earliest(d, a.next_deadline())
+        });
+        let timeout = ringwork_sys::accept::timeout_until(deadline, timeout);
         events.clear();
         events.extend(w.ep.wait(timeout)?);
         w.stats.completions += events.len() as u64;
         for &(key, flags) in &events {
-            match UserData(key) {
-                LISTENER_KEY => w.accept_all()?,
-                WAKE_KEY => w.on_wake()?,
-                key => w.on_conn_event(key, flags),
+            let listener = Token::decode(UserData(key))
+                .ok()
+                .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
+                .map(|t| usize::from(t.sub))
+                .filter(|&i| i < w.acceptors.len());
+            match (listener, UserData(key)) {
+                (Some(i), _) => w.accept_all(i)?,
+                (None, WAKE_KEY) => w.on_wake()?,
+                (None, key) => w.on_conn_event(key, flags),
             }
         }
         w.wake_starved();
-        w.acceptor.poll(&w.ep, w.conns.len())?;
+        for a in &mut w.acceptors {
+            a.poll(&w.ep, w.conns.len())?;
+        }
         w.report_accept();
         let now_ms = w.epoch.elapsed().as_millis() as u64;
         if w.drain.on_tick(now_ms) == Some(DrainAction::Abort) {
@@ -143,8 +173,8 @@ fn errno(e: Errno) -> RawErrno {
 impl Worker<'_> {
     /// Accepts until none is waiting (edge-triggered), or until the acceptor pauses: then the
     /// listener is out of the epoll set, and back (reporting what waits) when the pause ends.
-    fn accept_all(&mut self) -> ringwork_sys::Result<()> {
-        while let Some(fd) = self.acceptor.accept(&self.ep, self.conns.len())? {
+    fn accept_all(&mut self, listener: usize) -> ringwork_sys::Result<()> {
+        while let Some(fd) = self.acceptors[listener].accept(&self.ep, self.conns.len())? {
             self.admit(fd)?;
         }
         Ok(())
@@ -152,7 +182,7 @@ impl Worker<'_> {
 
     /// Prints what the acceptor has to say (back-off episodes) on stderr.
     fn report_accept(&mut self) {
-        for notice in self.acceptor.notices() {
+        for notice in self.acceptors.iter_mut().flat_map(EpollAcceptor::notices) {
             eprintln!("ringwork-echo: {notice}");
         }
     }
@@ -196,7 +226,9 @@ impl Worker<'_> {
         if !self.stop.given() || self.drain.on_stop(now_ms) != Some(DrainAction::BeginDrain) {
             return Ok(());
         }
-        self.acceptor.stop(&self.ep)?;
+        for a in &mut self.acceptors {
+            a.stop(&self.ep)?;
+        }
         for token in self.live_tokens() {
             self.drive(token, Some(Event::Shutdown));
         }

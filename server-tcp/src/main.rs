@@ -68,9 +68,11 @@ enum Feature {
 #[derive(Parser, Debug)]
 #[command(name = "ringwork-echo", version)]
 struct Args {
-    /// Address to listen on (port 0 picks a free port and prints it).
+    /// Address to listen on (port 0 picks a free port and prints it); give it again for more
+    /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
+    /// accepts on every address.
     #[arg(long, default_value = "127.0.0.1:7878")]
-    listen: SocketAddr,
+    listen: Vec<SocketAddr>,
     /// Worker threads, each with its own ring and SO_REUSEPORT listener [default: CPUs].
     #[arg(long)]
     threads: Option<usize>,
@@ -294,13 +296,14 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let signals = ringwork_sys::signal::ShutdownSignals::new()?;
     raise_nofile_limit();
 
-    let nonblocking = args.backend == Backend::Epoll;
-    let first = ringwork_sys::net::reuseport_listener(args.listen, nonblocking)?;
-    let addr = ringwork_sys::net::local_addr(&first)?;
-    let mut listeners = vec![first];
-    for _ in 1..threads {
-        listeners.push(ringwork_sys::net::reuseport_listener(addr, nonblocking)?);
+    // Each address is a listener per thread; a worker numbers its acceptors with a u16.
+    const MAX_LISTEN: usize = 64;
+    if args.listen.len() > MAX_LISTEN {
+        return Err(format!("--listen may be given at most {MAX_LISTEN} times").into());
     }
+    let nonblocking = args.backend == Backend::Epoll;
+    let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)?;
+    let addrs: Vec<String> = listeners.bound.iter().map(|a| a.to_string()).collect();
 
     let disabled = |f| args.disable.contains(&f);
     let sqpoll = if disabled(Feature::Sqpoll) {
@@ -367,7 +370,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Each worker reports once its ring (or epoll set) and buffers are set up, so that the
     // `listening on` line means "serving" and the idle fd count and RSS are final.
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    for (i, (listener, notice)) in listeners.into_iter().zip(notices).enumerate() {
+    for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
         let shared = Arc::clone(&shared);
         let backend = args.backend;
         let ready = ready_tx.clone();
@@ -401,7 +404,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (Backend::Uring, Some(_), true) => "uring+sqpoll+zerocopy",
         (Backend::Epoll, _, _) => "epoll",
     };
-    println!("ringwork-echo listening on {addr} (backend {backend}, {threads} threads)");
+    // Scripts and tests read the addresses (space-separated) from this line.
+    println!(
+        "ringwork-echo listening on {} (backend {backend}, {threads} threads)",
+        addrs.join(" ")
+    );
 
     let signo = signals.wait()?;
     eprintln!("ringwork-echo: signal {signo}: stopping");

@@ -64,8 +64,9 @@ struct Worker<'a> {
     starved: Starved,
     /// The connections being woken, reused.
     woken: Vec<Token>,
-    /// The listener and its accept (tokens of kind Accept on `Slot::WORKER`).
-    acceptor: Acceptor,
+    /// One per listener (`--listen` may be given more than once), with its accept (tokens
+    /// of kind Accept on `Slot::WORKER`, the listener's index in `sub`).
+    acceptors: Vec<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     /// Multishot recv (probed, unless `--disable multishot-recv`); else single-shot recvs,
@@ -96,7 +97,7 @@ struct Worker<'a> {
 /// Runs one worker until shutdown has closed every connection.
 pub fn run(
     cfg: WorkerConfig,
-    listener: OwnedFd,
+    listeners: Vec<OwnedFd>,
     stop: StopNotice,
     shared: &Shared,
     ready: std::sync::mpsc::Sender<()>,
@@ -122,7 +123,15 @@ pub fn run(
     probe.require(IoringOp::Recv, "IORING_OP_RECV", "5.6")?;
     probe.require(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5")?;
     probe.require(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1")?;
-    let acceptor = Acceptor::new(listener, Slot::WORKER, probe, !cfg.force_single_accept);
+    // One per listener; `main` keeps their number within a u16.
+    let acceptors: Vec<Acceptor> = listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            Acceptor::new(listener, Slot::WORKER, probe, !cfg.force_single_accept)
+                .with_listener_index(index)
+        })
+        .collect();
     // Multishot recv (6.0) has no opcode of its own; SEND_ZC arrived in the same release.
     let multishot_recv = cfg.multishot_recv && probe.supports(IoringOp::SendZc);
     let zc = if cfg.zerocopy {
@@ -180,7 +189,10 @@ pub fn run(
     println!(
         "{}",
         FeatureLine::new(&ring)
-            .with("multishot_accept", acceptor.multishot())
+            .with(
+                "multishot_accept",
+                acceptors.iter().all(Acceptor::multishot)
+            )
             .with("multishot_recv", multishot_recv)
             .with("pbuf_ring", mode != ProvideMode::Sqe)
             .with("incremental", mode == ProvideMode::RingIncremental)
@@ -204,7 +216,7 @@ pub fn run(
         chunks: ChunkQueues::new(chunk_table_size(&cfg, mode)),
         starved: Starved::new(cfg.max_conns),
         woken: Vec::with_capacity(cfg.max_conns),
-        acceptor,
+        acceptors,
         stop,
         multishot_recv,
         waiter,
@@ -218,7 +230,9 @@ pub fn run(
         shared,
         stats: WorkerStats::default(),
     };
-    w.acceptor.start(&mut w.ring)?;
+    for a in &mut w.acceptors {
+        a.start(&mut w.ring)?;
+    }
     w.report_accept();
     w.stop.arm(&mut w.ring, worker_token(OpKind::Read))?;
     w.stop_armed = true;
@@ -238,7 +252,7 @@ pub fn run(
 impl Worker<'_> {
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
     fn report_accept(&mut self) {
-        for notice in self.acceptor.notices() {
+        for notice in self.acceptors.iter_mut().flat_map(Acceptor::notices) {
             eprintln!("ringwork-echo: {notice}");
         }
     }
@@ -251,7 +265,7 @@ impl Worker<'_> {
     fn done(&self) -> bool {
         self.drain.finished(
             self.conns.len(),
-            !self.acceptor.is_idle(),
+            !self.acceptors.iter().all(Acceptor::is_idle),
             self.misc_in_flight > 0
                 || self.stop_armed
                 // Buffers a notification has yet to release belong to the kernel until then.
@@ -264,8 +278,10 @@ impl Worker<'_> {
         while !self.done() {
             // The wait ends in time for an accept pause's end, and for the drain's clock.
             let drain_tick = self.drain.stopping().then_some(DRAIN_TICK);
-            let timeout =
-                ringwork_sys::accept::timeout_until(self.acceptor.next_deadline(), drain_tick);
+            let deadline = self.acceptors.iter().fold(None, |d, a| {
+                ringwork_sys::accept::earliest(d, a.next_deadline())
+            });
+            let timeout = ringwork_sys::accept::timeout_until(deadline, drain_tick);
             self.waiter.wait(&mut self.ring, timeout)?;
             self.waiter.harvest(&mut self.ring, &mut cqes);
             for cqe in cqes.iter_mut() {
@@ -273,7 +289,9 @@ impl Worker<'_> {
             }
             self.ring.publish_buffers(GROUP)?;
             self.wake_starved()?;
-            self.acceptor.poll(&mut self.ring, self.conns.len())?;
+            for a in &mut self.acceptors {
+                a.poll(&mut self.ring, self.conns.len())?;
+            }
             self.report_accept();
             if self.drain.on_tick(self.now_ms()) == Some(DrainAction::Abort) {
                 self.each_conn(Event::Abort)?;
@@ -296,9 +314,9 @@ impl Worker<'_> {
             self.stats.stale += 1;
             return Ok(());
         };
-        if self.acceptor.owns(&token) {
+        if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
             let open = self.conns.len();
-            return match self.acceptor.on_cqe(&mut self.ring, cqe, open)? {
+            return match acceptor.on_cqe(&mut self.ring, cqe, open)? {
                 Some(fd) => self.admit(fd),
                 None => Ok(()),
             };
@@ -400,7 +418,9 @@ impl Worker<'_> {
             return Ok(());
         }
         if self.drain.on_stop(self.now_ms()) == Some(DrainAction::BeginDrain) {
-            self.acceptor.stop(&mut self.ring)?;
+            for a in &mut self.acceptors {
+                a.stop(&mut self.ring)?;
+            }
             self.report_accept();
             self.each_conn(Event::Shutdown)?;
         }

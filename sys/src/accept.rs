@@ -354,8 +354,10 @@ pub struct AcceptStats {
 /// The accept of an io_uring server: owns the listener, keeps one IORING_OP_ACCEPT armed on it
 /// (multishot where the kernel has it, else single-shot), and backs off on failures.
 ///
-/// Its CQEs carry `Token { kind: OpKind::Accept, slot }`, the slot given at construction (the
-/// worker's own, never a connection's); [`Acceptor::owns`] says whether a token is one of them.
+/// Its CQEs carry `Token { kind: OpKind::Accept, slot, sub }`, the slot given at construction
+/// (the worker's own, never a connection's) and the listener's number among the worker's
+/// ([`Acceptor::with_listener_index`], 0 by default): a worker with several listeners has one
+/// acceptor each. [`Acceptor::owns`] says whether a token is one of its.
 /// The driver hands each such CQE to [`Acceptor::on_cqe`], calls [`Acceptor::poll`] on every
 /// turn of its loop, waits no longer than [`Acceptor::next_deadline`], and prints
 /// [`Acceptor::notices`].
@@ -364,6 +366,8 @@ pub struct Acceptor {
     /// Closed once the acceptor has stopped and its requests have ended.
     listener: Option<OwnedFd>,
     slot: Slot,
+    /// The listener's number among the worker's: tokens carry it in `sub`.
+    index: u16,
     multishot: bool,
     accepted_any: bool,
     /// The accept request has not posted its last CQE (one without F_MORE).
@@ -393,6 +397,7 @@ impl Acceptor {
         Self {
             listener: Some(listener),
             slot,
+            index: 0,
             multishot: multishot && supported,
             accepted_any: false,
             armed: false,
@@ -411,6 +416,14 @@ impl Acceptor {
     #[must_use]
     pub fn with_capacity(mut self, max: usize) -> Self {
         self.capacity = Capacity::of(max);
+        self
+    }
+
+    /// The listener's number among the worker's, carried in the `sub` of its tokens, so that
+    /// acceptors of several listeners on one ring (and slot) own their own CQEs.
+    #[must_use]
+    pub fn with_listener_index(mut self, index: u16) -> Self {
+        self.index = index;
         self
     }
 
@@ -435,12 +448,16 @@ impl Acceptor {
     }
 
     fn user_data(&self, request: Generation) -> UserData {
-        Token::new(OpKind::Accept, self.slot, request).encode()
+        Token {
+            sub: self.index,
+            ..Token::new(OpKind::Accept, self.slot, request)
+        }
+        .encode()
     }
 
     /// Whether a CQE with this token is the acceptor's (its accept or the accept's cancel).
     pub fn owns(&self, token: &Token) -> bool {
-        token.kind == OpKind::Accept && token.slot == self.slot
+        token.kind == OpKind::Accept && token.slot == self.slot && token.sub == self.index
     }
 
     /// Queues the first accept (the caller submits).
@@ -557,6 +574,10 @@ impl Acceptor {
         // `resume` first: it clears the full state whether or not an accept is armed now.
         if self.capacity.resume(open_conns) && !self.armed && !self.backoff.is_paused() {
             self.arm(ring)?;
+        }
+        // Connections another acceptor of the worker brought may have filled it: stop too.
+        if !self.capacity.full && self.capacity.check(open_conns) {
+            self.cancel(ring)?;
         }
         if self.backoff.deadline().is_none() {
             return Ok(());
@@ -1077,6 +1098,57 @@ mod tests {
         assert!(a.listener().is_none(), "listener closed once idle");
         assert!(TcpStream::connect(addr).is_err(), "still listening");
         assert!(a.notices().next().is_none());
+    }
+
+    /// Two listeners on one ring, one acceptor each: each owns exactly its own CQEs, and a
+    /// connection another acceptor brought in stops both at capacity.
+    #[test]
+    fn acceptors_of_two_listeners_share_a_ring() {
+        let mut ring = ring();
+        let probe = ring.probe().unwrap();
+        let v4 = reuseport_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let v6 = reuseport_listener("[::1]:0".parse().unwrap(), false).unwrap();
+        let addrs = [local_addr(&v4).unwrap(), local_addr(&v6).unwrap()];
+        let mut acceptors = [
+            Acceptor::new(v4, Slot::WORKER, probe, true).with_capacity(2),
+            Acceptor::new(v6, Slot::WORKER, probe, true)
+                .with_listener_index(1)
+                .with_capacity(2),
+        ];
+        for a in &mut acceptors {
+            a.start(&mut ring).unwrap();
+        }
+        let _clients: Vec<_> = addrs
+            .iter()
+            .map(|a| TcpStream::connect(a).unwrap())
+            .collect();
+        let mut got = [Vec::new(), Vec::new()];
+        let mut open = 0;
+        while open < 2 {
+            ring.submit_and_wait_timeout(1, Duration::from_secs(5))
+                .unwrap();
+            let cqes: Vec<Cqe> = ring.completions().collect();
+            assert!(!cqes.is_empty(), "no CQE within 5 s");
+            for cqe in cqes {
+                let token = Token::decode(cqe.user_data()).unwrap();
+                let owners: Vec<usize> = (0..2).filter(|&i| acceptors[i].owns(&token)).collect();
+                assert_eq!(owners.len(), 1, "{token:?} owned by {owners:?}");
+                let i = owners[0];
+                if let Some(fd) = acceptors[i].on_cqe(&mut ring, &cqe, open).unwrap() {
+                    got[i].push(local_addr(&fd).unwrap());
+                    open += 1;
+                }
+            }
+        }
+        assert_eq!(
+            got,
+            [[addrs[0]], [addrs[1]]],
+            "each listener's connection its own"
+        );
+        for a in &mut acceptors {
+            a.poll(&mut ring, open).unwrap();
+            assert!(a.is_full(), "the other's connection counts too");
+        }
     }
 
     #[test]

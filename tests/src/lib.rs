@@ -42,8 +42,11 @@ pub fn binary(name: &str) -> PathBuf {
 /// A running server process, killed (SIGKILL) on drop if still running.
 pub struct Server {
     child: Child,
-    /// Where it listens.
+    /// Where it listens (the first of [`Server::addrs`]).
     pub addr: SocketAddr,
+    /// Every address its `listening on` line names, in order (`--listen` given more than
+    /// once).
+    pub addrs: Vec<SocketAddr>,
     lines: mpsc::Receiver<String>,
     /// What it wrote on stderr, when [`Server::start_with_nofile`] captured it.
     stderr: Option<Arc<Mutex<StderrLog>>>,
@@ -107,19 +110,19 @@ impl Server {
             match lines.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(rest) = line.split("listening on ").nth(1) {
-                        let addr_text = rest
-                            .trim()
-                            .trim_start_matches("http://")
-                            .trim_end_matches('/')
+                        // `ADDR (…)` or `http://ADDR/ http://ADDR/ …`: the addresses lead.
+                        let addrs: Vec<SocketAddr> = rest
                             .split_whitespace()
-                            .next()
-                            .unwrap_or("");
-                        let addr = addr_text.parse().unwrap_or_else(|e| {
-                            panic!("{name} printed a bad address {line:?}: {e}")
-                        });
+                            .map(|w| w.trim_start_matches("http://").trim_end_matches('/'))
+                            .map_while(|w| w.parse().ok())
+                            .collect();
+                        let Some(&addr) = addrs.first() else {
+                            panic!("{name} printed no address: {line:?}");
+                        };
                         return Server {
                             child,
                             addr,
+                            addrs,
                             lines,
                             stderr,
                         };
@@ -191,6 +194,39 @@ impl Server {
 
     fn is_served_file(target: &Path) -> bool {
         target.starts_with(std::env::temp_dir()) && target.is_file()
+    }
+
+    /// How many listening sockets the server holds on `addr`'s port (its fds matched with
+    /// /proc/net/tcp and tcp6 by inode). Only the port is compared: descriptors the process
+    /// inherited from the test process cannot be on a port the server chose itself.
+    pub fn listeners_on(&self, addr: SocketAddr) -> usize {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                    .filter_map(|l| {
+                        let l = l.display().to_string();
+                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let port = format!(":{:04X}", addr.port());
+        let mut n = 0;
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                // local_address, state (0A: LISTEN), inode.
+                if f.len() > 9
+                    && f[1].ends_with(&port)
+                    && f[3] == "0A"
+                    && inodes.iter().any(|i| i == f[9])
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     /// The fd count once it has held still for 300 ms (up to 10 s): the idle baseline after

@@ -576,3 +576,46 @@ fn max_conns_closes_the_excess() {
         assert!(stat(&stats, "rejected") >= 1, "{backend}: {stats}");
     }
 }
+
+/// `--listen` twice: 127.0.0.1 and [::1] at once, every thread holding a listener on each,
+/// echoing byte for byte on both, on both backends. Without IPv6 loopback the test fails and
+/// says so.
+#[test]
+fn listens_on_ipv4_and_ipv6_at_once() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        panic!("IPv6 loopback [::1] is unavailable here ({e}): this test needs it");
+    }
+    for backend in BACKENDS {
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--threads",
+            "2",
+            "--backend",
+            backend,
+        ];
+        let server = Server::start("ringwork-echo", &args);
+        assert_eq!(server.addrs.len(), 2, "{backend}: both addresses printed");
+        assert!(server.addrs[0].is_ipv4() && server.addrs[1].is_ipv6());
+        for addr in &server.addrs {
+            assert_eq!(
+                server.listeners_on(*addr),
+                2,
+                "{backend}: one per thread on {addr}"
+            );
+        }
+        for addr in &server.addrs {
+            for i in 0..8 {
+                let payload = random_bytes(i, 10_000 + i as usize);
+                assert!(
+                    exchange(*addr, &payload, None) == payload,
+                    "{backend} via {addr}"
+                );
+            }
+        }
+        let stats = terminate(server);
+        assert_eq!(stat(&stats, "conns"), 16, "{backend}: {stats}");
+    }
+}

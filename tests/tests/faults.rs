@@ -404,6 +404,67 @@ fn malformed_corpus() -> Vec<Case> {
             "{method} /inside.txt HTTP/1.1\r\nHost: t\r\n\r\n"
         )));
     }
+    // The conditional and content-negotiation headers with broken values: ignored (a 200 or
+    // 206 may come back) or refused, never a crash, a leak or a header of the client's making.
+    let header_values: Vec<Vec<u8>> = vec![
+        b"If-None-Match: \"unterminated".to_vec(),
+        b"If-None-Match: W/".to_vec(),
+        b"If-None-Match: ,,,".to_vec(),
+        b"If-None-Match: *, \"x\"".to_vec(),
+        b"If-None-Match: \"a\"\"b\"".to_vec(),
+        format!("If-None-Match: {}", "\"e\", ".repeat(2000)).into_bytes(),
+        b"If-None-Match: \"x\"\r\nIf-None-Match: *".to_vec(),
+        b"If-Range: \"unterminated\r\nRange: bytes=0-1".to_vec(),
+        b"If-Range: W/\"weak\"\r\nRange: bytes=0-1".to_vec(),
+        b"If-Range: Sun, 31 Nov 1994 08:49:37 GMT\r\nRange: bytes=0-1".to_vec(),
+        b"If-Range: 0\r\nRange: bytes=0-1".to_vec(),
+        b"If-Range: x\r\nIf-Range: y\r\nRange: bytes=0-1".to_vec(),
+        b"Accept-Encoding: gzip;q=".to_vec(),
+        b"Accept-Encoding: gzip;q=2".to_vec(),
+        b"Accept-Encoding: br;q=0.0000001, gzip;q=-1".to_vec(),
+        b"Accept-Encoding: ;;;,,,".to_vec(),
+        b"Accept-Encoding: *;q=0".to_vec(),
+        format!("Accept-Encoding: {}", "gzip;q=1, ".repeat(2000)).into_bytes(),
+        b"Accept-Encoding: \xff\xfe".to_vec(),
+        b"User-Agent: \"quoted\" \\ \xff\x7f".to_vec(),
+        b"Referer: \t\"\r\nUser-Agent: a\"b".to_vec(),
+        format!("User-Agent: {}", "u".repeat(7000)).into_bytes(),
+    ];
+    for line in &header_values {
+        for method in ["GET", "HEAD"] {
+            let mut raw = format!("{method} /inside.txt HTTP/1.1\r\nHost: t\r\n").into_bytes();
+            raw.extend_from_slice(line);
+            raw.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+            cases.push(Case {
+                raw,
+                may_succeed: true,
+            });
+        }
+    }
+    // Directories without their slash are redirected (301): whatever the target carries, the
+    // Location stays on this server and no CR/LF gets into the head.
+    for target in [
+        &b"/sub"[..],
+        b"//sub",
+        b"///sub?x",
+        b"/sub?a%0d%0aInjected:%20x",
+        b"/sub?\\x",
+        b"/sub#x\r\nInjected: x",
+        b"/sub\r\nInjected: x",
+        b"http://t/sub?q",
+        b"/%73ub",
+        b"/sub%2F.",
+    ] {
+        for method in ["GET", "HEAD"] {
+            let mut raw = format!("{method} ").into_bytes();
+            raw.extend_from_slice(target);
+            raw.extend_from_slice(b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            cases.push(Case {
+                raw,
+                may_succeed: true,
+            });
+        }
+    }
     cases
 }
 
@@ -438,10 +499,24 @@ fn malformed_corpus_gets_errors_and_never_leaks() {
     let corpus = malformed_corpus();
     assert!(corpus.len() >= 250, "corpus has {} cases", corpus.len());
     for backend in BACKENDS {
-        // Short timeouts: cases left open (truncated heads, keep-alive) end quickly.
+        // Short timeouts: cases left open (truncated heads, keep-alive) end quickly. With an
+        // access log, so that what the cases send also goes through its escaping.
+        let log = fixture
+            .root
+            .parent()
+            .unwrap()
+            .join(format!("access-{backend}.log"));
+        let _ = std::fs::remove_file(&log);
         let server = start_files(
             backend,
-            &["--header-timeout-ms", "300", "--idle-timeout-ms", "300"],
+            &[
+                "--header-timeout-ms",
+                "300",
+                "--idle-timeout-ms",
+                "300",
+                "--access-log",
+                log.to_str().unwrap(),
+            ],
         );
         // A worker sets up its epoll set or ring after the `listening on` line: one request
         // first, so that the baseline counts it.
@@ -472,6 +547,21 @@ fn malformed_corpus_gets_errors_and_never_leaks() {
                         .and_then(|s| s.parse().ok())
                         .unwrap_or_else(|| panic!("{what}: not an HTTP response: {out:?}"));
                     assert!(status >= 400 || c.may_succeed, "{what}: status {status}");
+                    let head_end = out
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(out.len(), |p| p + 4);
+                    let head = String::from_utf8_lossy(&out[..head_end]);
+                    assert!(
+                        !head.to_ascii_lowercase().contains("\ninjected"),
+                        "{what}: a header of the client's making: {head}"
+                    );
+                    if let Some(loc) = head.lines().find_map(|l| l.strip_prefix("Location: ")) {
+                        assert!(
+                            loc.starts_with('/') && !loc.starts_with("//") && !loc.contains('\\'),
+                            "{what}: a redirect off this server: {loc}"
+                        );
+                    }
                 });
             }
         });
@@ -482,6 +572,31 @@ fn malformed_corpus_gets_errors_and_never_leaks() {
             "{backend}"
         );
         assert_fds_return(&server, baseline, &format!("{backend}: after the corpus"));
+        terminate(server);
+        // One well-formed line per answered request, whatever the cases sent.
+        let text = std::fs::read(&log).unwrap();
+        let lines: Vec<&[u8]> = text
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert!(
+            lines.len() >= corpus.len() / 2,
+            "{backend}: {} lines",
+            lines.len()
+        );
+        for line in lines {
+            let shown = String::from_utf8_lossy(line);
+            assert!(
+                line.iter().all(|b| (0x20..=0x7e).contains(b)),
+                "{backend}: a raw byte in the log: {shown}"
+            );
+            assert!(
+                shown.starts_with("127.0.0.1 - - [") && shown.ends_with('"'),
+                "{backend}: {shown}"
+            );
+            // Request line, referer and agent: exactly six unescaped quotes.
+            assert_eq!(shown.matches('"').count(), 6, "{backend}: {shown}");
+        }
     }
 }
 

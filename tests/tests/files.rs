@@ -838,3 +838,427 @@ fn at_capacity_new_connections_wait_in_the_backlog_not_closed() {
         drop(held);
     }
 }
+
+/// A directory without its trailing slash: 301 to the slashed target (query kept, the
+/// client's encoding kept, CR/LF never reaching a header); with the slash: its index, or 403.
+fn scenario_directory_redirects(backend: &str) {
+    let s = start(backend, &[]);
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/withindex?x=1&y=%41", "");
+    assert_eq!(r.status, 301, "{backend}: {}", r.head);
+    assert_eq!(r.header("Location"), Some("/withindex/?x=1&y=%41"));
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+    let r = c.get(r.header("Location").unwrap(), "");
+    assert_eq!((r.status, &r.body[..]), (200, &b"<p>index</p>\n"[..]));
+    let r = c.get("/noindex", "");
+    assert_eq!((r.status, r.header("Location")), (301, Some("/noindex/")));
+    assert_eq!(c.get("/noindex/", "").status, 403, "no listings");
+    // HEAD answers as GET, without the body.
+    c.send(b"HEAD /withindex HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.read(true).unwrap();
+    assert_eq!((r.status, r.header("Location")), (301, Some("/withindex/")));
+    // `//host` must not become a scheme-relative redirect off this server.
+    let r = c.get("//withindex", "");
+    assert_eq!(r.header("Location"), Some("/withindex/"));
+    // Still usable after all of them.
+    assert!(c.get("/f4095", "").body == file("f4095"));
+}
+
+#[test]
+fn a_directory_without_its_slash_is_redirected_to_it() {
+    for backend in BACKENDS {
+        scenario_directory_redirects(backend);
+    }
+}
+
+/// ETags (nginx's `"<mtime hex>-<size hex>"`) on 200, 206 and 304; If-None-Match gives 304
+/// and outranks If-Modified-Since; If-Range serves the range only for the current validator.
+fn scenario_etags(backend: &str) {
+    let f = file("f4097");
+    let meta = std::fs::metadata(root().join("f4097")).unwrap();
+    let mtime = meta
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let etag = format!("\"{mtime:x}-{:x}\"", meta.len());
+    let s = start(backend, &[]);
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/f4097", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("ETag"), Some(etag.as_str()), "{backend}");
+    let last_modified = r.header("Last-Modified").unwrap().to_string();
+    let r = c.get("/f4097", &format!("If-None-Match: \"other\", W/{etag}\r\n"));
+    assert_eq!(
+        (r.status, r.body.len()),
+        (304, 0),
+        "{backend}: weak comparison"
+    );
+    assert_eq!(r.header("ETag"), Some(etag.as_str()));
+    let r = c.get("/f4097", "If-None-Match: *\r\n");
+    assert_eq!(r.status, 304);
+    // A tag that differs outvotes a date that alone would give 304.
+    let r = c.get(
+        "/f4097",
+        &format!("If-None-Match: \"other\"\r\nIf-Modified-Since: {last_modified}\r\n"),
+    );
+    assert!(r.status == 200 && r.body == f, "{backend}: {}", r.head);
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: {etag}\r\n"),
+    );
+    assert_eq!((r.status, &r.body[..]), (206, &f[1..3]), "{backend}");
+    assert_eq!(r.header("ETag"), Some(etag.as_str()));
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: W/{etag}\r\n"),
+    );
+    assert!(
+        r.status == 200 && r.body == f,
+        "{backend}: a weak If-Range never holds"
+    );
+    let r = c.get("/f4097", "Range: bytes=1-2\r\nIf-Range: \"other\"\r\n");
+    assert!(
+        r.status == 200 && r.body == f,
+        "{backend}: changed, so all of it"
+    );
+    let r = c.get(
+        "/f4097",
+        &format!("Range: bytes=1-2\r\nIf-Range: {last_modified}\r\n"),
+    );
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (206, &f[1..3]),
+        "{backend}: by date"
+    );
+    // HEAD answers as GET.
+    c.send(format!("HEAD /f4097 HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes());
+    assert_eq!(c.read(true).unwrap().status, 304);
+    assert!(c.get("/f4097", "").body == f, "still usable");
+}
+
+#[test]
+fn etags_answer_if_none_match_and_if_range() {
+    for backend in BACKENDS {
+        scenario_etags(backend);
+    }
+}
+
+/// `--listen` twice: 127.0.0.1 and [::1] at once, every thread holding a listener on each,
+/// on both backends. Without IPv6 loopback the test fails and says so.
+#[test]
+fn listens_on_ipv4_and_ipv6_at_once() {
+    if let Err(e) = std::net::TcpListener::bind("[::1]:0") {
+        panic!("IPv6 loopback [::1] is unavailable here ({e}): this test needs it");
+    }
+    let f = file("f4097");
+    for backend in BACKENDS {
+        let root = root().to_str().unwrap();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "[::1]:0",
+            "--threads",
+            "2",
+            "--backend",
+            backend,
+            root,
+        ];
+        let s = Server::start("ringwork-files", &args);
+        assert_eq!(s.addrs.len(), 2, "{backend}: one URL per address");
+        assert!(
+            s.addrs[0].is_ipv4() && s.addrs[1].is_ipv6(),
+            "{:?}",
+            s.addrs
+        );
+        for addr in &s.addrs {
+            assert_eq!(
+                s.listeners_on(*addr),
+                2,
+                "{backend}: one per thread on {addr}"
+            );
+        }
+        // Enough connections on each that both threads' listeners take some.
+        let mut clients: Vec<Client> = (0..16).map(|i| Client::connect(s.addrs[i % 2])).collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            let r = c.get("/f4097", "");
+            assert!(
+                r.status == 200 && r.body == f,
+                "{backend} via {}",
+                s.addrs[i % 2]
+            );
+            let peer = c.reader.get_ref().peer_addr().unwrap();
+            assert_eq!(peer, s.addrs[i % 2]);
+        }
+        terminate(s);
+    }
+    // The same address twice is refused, naming it.
+    let out = std::process::Command::new(ringwork_e2e::binary("ringwork-files"))
+        .args(["--listen", "127.0.0.1:1", "--listen", "127.0.0.1:1", "."])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1:1 is given twice"), "{err}");
+}
+
+/// Precompressed siblings: `Accept-Encoding` (q-values honoured) picks `comp.txt.br` or
+/// `comp.txt.gz` over `comp.txt`, with Content-Encoding, the plain file's Content-Type, and
+/// `Vary: Accept-Encoding` on every answer; ranges count the encoded bytes; HEAD answers as
+/// GET; `--precompressed false` never serves a sibling.
+fn scenario_precompressed(backend: &str) {
+    let dir = fresh_dir("ringwork-files-precompressed-");
+    let plain = random_bytes(71, 3000);
+    let gz = random_bytes(72, 1200);
+    let br = random_bytes(73, 900);
+    std::fs::write(dir.join("comp.txt"), &plain).unwrap();
+    std::fs::write(dir.join("comp.txt.gz"), &gz).unwrap();
+    std::fs::write(dir.join("comp.txt.br"), &br).unwrap();
+    std::fs::write(dir.join("only-gz.js"), b"plain").unwrap();
+    std::fs::write(dir.join("only-gz.js.gz"), b"gzipped").unwrap();
+    std::fs::create_dir(dir.join("sibling-dir.txt.gz")).unwrap();
+    std::fs::write(dir.join("sibling-dir.txt"), b"plain").unwrap();
+    let root = dir.to_str().unwrap();
+    let s = Server::start(
+        "ringwork-files",
+        &["--listen", "127.0.0.1:0", "--backend", backend, root],
+    );
+    let mut c = Client::connect(s.addr);
+    let r = c.get("/comp.txt", "Accept-Encoding: gzip, deflate, br\r\n");
+    assert_eq!(
+        r.header("Content-Encoding"),
+        Some("br"),
+        "{backend}: {}",
+        r.head
+    );
+    assert!(r.body == br);
+    assert_eq!(r.header("Content-Type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(r.header("Vary"), Some("Accept-Encoding"));
+    let etag_br = r.header("ETag").unwrap().to_string();
+    let r = c.get("/comp.txt", "Accept-Encoding: br;q=0.4, gzip;q=0.9\r\n");
+    assert_eq!(
+        r.header("Content-Encoding"),
+        Some("gzip"),
+        "{backend}: {}",
+        r.head
+    );
+    assert!(r.body == gz);
+    assert_ne!(
+        r.header("ETag"),
+        Some(etag_br.as_str()),
+        "each encoding its own ETag"
+    );
+    let r = c.get("/comp.txt", "Accept-Encoding: gzip;q=0, br;q=0\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == plain,
+        "{backend}: q=0"
+    );
+    assert_eq!(
+        r.header("Vary"),
+        Some("Accept-Encoding"),
+        "Vary on the plain answer too"
+    );
+    let r = c.get("/comp.txt", "");
+    assert!(r.header("Content-Encoding").is_none() && r.body == plain);
+    let r = c.get(
+        "/comp.txt",
+        "Accept-Encoding: gzip\r\nRange: bytes=10-19\r\n",
+    );
+    assert_eq!(
+        (r.status, r.header("Content-Encoding")),
+        (206, Some("gzip"))
+    );
+    assert_eq!(
+        r.header("Content-Range"),
+        Some("bytes 10-19/1200"),
+        "encoded bytes"
+    );
+    assert_eq!(&r.body[..], &gz[10..20]);
+    let r = c.get(
+        "/comp.txt",
+        &format!("Accept-Encoding: br\r\nIf-None-Match: {etag_br}\r\n"),
+    );
+    assert_eq!((r.status, r.header("Vary")), (304, Some("Accept-Encoding")));
+    c.send(b"HEAD /comp.txt HTTP/1.1\r\nHost: t\r\nAccept-Encoding: gzip\r\n\r\n");
+    let r = c.read(true).unwrap();
+    assert_eq!(r.header("Content-Encoding"), Some("gzip"));
+    assert_eq!(r.header("Content-Length"), Some("1200"));
+    let r = c.get("/only-gz.js", "Accept-Encoding: br, gzip\r\n");
+    assert_eq!(
+        (r.header("Content-Encoding"), &r.body[..]),
+        (Some("gzip"), &b"gzipped"[..])
+    );
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let r = c.get("/sibling-dir.txt", "Accept-Encoding: gzip\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == b"plain",
+        "a directory is no sibling"
+    );
+    drop(c);
+    drop(s);
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--precompressed",
+            "false",
+            root,
+        ],
+    );
+    let r = Client::connect(s.addr).get("/comp.txt", "Accept-Encoding: br, gzip\r\n");
+    assert!(
+        r.header("Content-Encoding").is_none() && r.body == plain,
+        "{backend}: off"
+    );
+    assert_eq!(r.header("Vary"), None);
+    drop(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn precompressed_siblings_are_served_when_accepted() {
+    for backend in BACKENDS {
+        scenario_precompressed(backend);
+    }
+}
+
+/// `--access-log PATH`: one combined-format line per answered request, in order, on both
+/// backends, every line written by the time the server exits; `-` writes them to stdout.
+/// One thread: each worker writes its own batches, so lines of different threads may
+/// interleave out of order.
+fn scenario_access_log(backend: &str) {
+    let dir = fresh_dir("ringwork-files-log-");
+    let log = dir.join("access.log");
+    let root = root().to_str().unwrap();
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--threads",
+            "1",
+            "--access-log",
+            log.to_str().unwrap(),
+            root,
+        ],
+    );
+    let mut c = Client::connect(s.addr);
+    let r = c.get(
+        "/f4095?x=1",
+        "Referer: http://ref.example/\r\nUser-Agent: e2e \"agent\"\r\n",
+    );
+    assert_eq!(r.status, 200);
+    c.send(b"HEAD /page.html HTTP/1.1\r\nHost: t\r\n\r\n");
+    c.read(true).unwrap();
+    assert_eq!(c.get("/nope", "").status, 404);
+    assert_eq!(c.get("/f4097", "Range: bytes=0-9\r\n").status, 206);
+    assert_eq!(c.get("/withindex", "").status, 301);
+    drop(c);
+    assert_eq!(once(s.addr, b"GARBAGE\r\n\r\n").status, 400);
+    terminate(s);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let want = [
+        r#""GET /f4095?x=1 HTTP/1.1" 200 4095 "http://ref.example/" "e2e \x22agent\x22""#,
+        r#""HEAD /page.html HTTP/1.1" 200 0 "-" "-""#,
+        r#""GET /nope HTTP/1.1" 404 14 "-" "-""#,
+        r#""GET /f4097 HTTP/1.1" 206 10 "-" "-""#,
+        r#""GET /withindex HTTP/1.1" 301 22 "-" "-""#,
+        r#""-" 400 16 "-" "-""#,
+    ];
+    assert_eq!(lines.len(), want.len(), "{backend}: {text}");
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with("127.0.0.1 - - ["), "{backend}: {line}");
+        assert!(line.contains(" +0000] "), "{backend}: {line}");
+        assert!(
+            line.ends_with(want),
+            "{backend}: {line:?} should end {want:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "[::1]:0",
+            "--backend",
+            backend,
+            "--access-log",
+            "-",
+            root,
+        ],
+    );
+    assert_eq!(Client::connect(s.addr).get("/f1", "").status, 200);
+    let ok = s.wait_until(Duration::from_secs(5), |s| {
+        s.stdout_lines().iter().any(|l| {
+            l.starts_with("::1 - - [") && l.ends_with(r#""GET /f1 HTTP/1.1" 200 1 "-" "-""#)
+        })
+    });
+    assert!(ok, "{backend}: no log line on stdout");
+}
+
+#[test]
+fn the_access_log_has_a_line_per_answered_request() {
+    for backend in BACKENDS {
+        scenario_access_log(backend);
+    }
+}
+
+/// A log that cannot be written (/dev/full: every write fails with ENOSPC) is reported once
+/// on stderr, and serving goes on.
+#[test]
+fn an_unwritable_access_log_is_reported_once_and_serving_goes_on() {
+    let f = file("f4097");
+    for backend in BACKENDS {
+        let root = root().to_str().unwrap();
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            "--access-log",
+            "/dev/full",
+            root,
+        ];
+        let s = Server::start_with_nofile("ringwork-files", &args, 4096);
+        let mut c = Client::connect(s.addr);
+        for _ in 0..20 {
+            let r = c.get("/f4097", "");
+            assert!(r.status == 200 && r.body == f, "{backend}");
+            // Separate turns of the loop, so that there are several writes to fail.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(c);
+        let reported = |s: &Server| {
+            s.stderr()
+                .lines
+                .into_iter()
+                .filter(|l| l.contains("access log"))
+                .collect::<Vec<String>>()
+        };
+        assert!(
+            s.wait_until(Duration::from_secs(5), |s| !reported(s).is_empty()),
+            "{backend}: the failure was not reported"
+        );
+        let errors = reported(&s);
+        assert_eq!(errors.len(), 1, "{backend}: once: {errors:?}");
+        assert!(
+            errors[0].contains("No space left on device"),
+            "{}",
+            errors[0]
+        );
+        let stats = terminate(s);
+        assert!(stat(&stats, "log_dropped") >= 20, "{backend}: {stats}");
+    }
+}
