@@ -32,8 +32,12 @@
 //! that has become a symlink out of it stats as another file, so its entry is dropped and the
 //! new open fails. This is nginx's `open_file_cache` with `open_file_cache_valid`.
 //!
-//! What it deliberately does not do: cache failures (a missing file is stat'ed every time, as
-//! nginx's `open_file_cache_errors off`), or directories.
+//! A path that names nothing (ENOENT, ENOTDIR) is remembered too, for the validity period,
+//! in an entry of its own with no file ([`FileCache::absent`]): a precompressed sibling that
+//! does not exist (`FILE.br`, `FILE.gz`, probed for every request that accepts them) costs no
+//! stat either. A file created there is seen once the period has passed, as a deletion is.
+//! That is nginx's `open_file_cache_errors on`, for this one error. Other failures (EACCES,
+//! ELOOP, ...) and directories are not cached.
 //!
 //! Memory: everything is allocated in [`FileCache::new`] but the bodies, which are allocated
 //! when offered and freed with their entry, within the budget.
@@ -42,6 +46,7 @@ use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use crate::errno::RawErrno;
 use crate::httpconn::{FileInfo, FileKind};
 
 /// An entry of the cache: the driver's file slot or descriptor number `0..capacity`.
@@ -100,6 +105,8 @@ pub struct CacheStats {
     pub invalidated: u64,
     /// Unreferenced entries closed to make room.
     pub evicted: u64,
+    /// Stats answered "no such file" from a remembered absence.
+    pub absent_hits: u64,
     /// Hits whose body was in memory (set by the driver's [`FileCache::body`] use).
     pub body_bytes: usize,
 }
@@ -116,6 +123,8 @@ enum State {
     Dead,
     /// Its close was handed to the driver.
     Closing,
+    /// In the index, with no file: the path named nothing when last checked.
+    Absent,
 }
 
 const NIL: u32 = u32::MAX;
@@ -235,7 +244,10 @@ impl FileCache {
 
     /// Entries whose file is open or being opened or closed (what the driver holds).
     pub fn held(&self) -> usize {
-        self.entries.len() - self.free.len()
+        self.entries
+            .iter()
+            .filter(|e| !matches!(e.state, State::Free | State::Absent))
+            .count()
     }
 
     /// `path` without its NUL, if it is one the cache takes.
@@ -342,10 +354,19 @@ impl FileCache {
     /// Takes entry `ix` out of the index: its file is closed once nothing holds it.
     fn kill(&mut self, ix: u32) {
         let state = self.entries[ix as usize].state;
-        debug_assert!(matches!(state, State::Live | State::Opening));
+        debug_assert!(matches!(
+            state,
+            State::Live | State::Opening | State::Absent
+        ));
         self.unindex(ix);
-        if state == State::Live {
+        if matches!(state, State::Live | State::Absent) {
             self.lru_unlink(ix);
+        }
+        if state == State::Absent {
+            // No file to close: free at once.
+            self.entries[ix as usize].state = State::Free;
+            self.free.push(ix);
+            return;
         }
         self.drop_body(ix);
         let e = &mut self.entries[ix as usize];
@@ -374,12 +395,31 @@ impl FileCache {
         Some((EntryIx(ix), info))
     }
 
+    /// True when `path` named nothing when checked within the validity period: answer its
+    /// stat with ENOENT, no system call.
+    pub fn absent(&mut self, path: &[u8], now_ms: u64) -> bool {
+        let Some(key) = self.key(path) else {
+            return false;
+        };
+        let (_, Some(ix)) = self.find(key, fnv1a(key)) else {
+            return false;
+        };
+        let e = &self.entries[ix as usize];
+        if e.state != State::Absent || now_ms.saturating_sub(e.checked_ms) >= self.cfg.valid_ms {
+            return false;
+        }
+        self.lru_unlink(ix);
+        self.lru_push_front(ix);
+        self.stats.absent_hits += 1;
+        true
+    }
+
     /// The stat of `path` (what the driver's statx said: the file's stat and identity, or
-    /// that it failed).
+    /// the error).
     pub fn on_stat(
         &mut self,
         path: &[u8],
-        res: Result<(FileInfo, FileId), ()>,
+        res: Result<(FileInfo, FileId), RawErrno>,
         now_ms: u64,
     ) -> StatOutcome {
         let Some(key) = self.key(path) else {
@@ -389,13 +429,21 @@ impl FileCache {
         let (_, existing) = self.find(key, hash);
         let (info, id) = match res {
             Ok((info, id)) if info.kind == FileKind::Regular => (info, id),
-            // Gone, or no longer a regular file: whatever is cached for it goes.
-            _ => {
+            // Gone, or no longer a regular file: whatever is cached for it goes; a path that
+            // names nothing is remembered as such.
+            other => {
                 if let Some(ix) = existing {
-                    if self.entries[ix as usize].state == State::Live {
-                        self.stats.invalidated += 1;
-                        self.kill(ix);
+                    match self.entries[ix as usize].state {
+                        State::Live => {
+                            self.stats.invalidated += 1;
+                            self.kill(ix);
+                        }
+                        State::Absent => self.kill(ix),
+                        _ => {}
                     }
+                }
+                if matches!(other, Err(RawErrno::NOENT | RawErrno::NOTDIR)) {
+                    self.remember_absent(key, hash, now_ms);
                 }
                 return StatOutcome::Uncached;
             }
@@ -421,6 +469,8 @@ impl FileCache {
                     self.stats.revalidated += 1;
                     return StatOutcome::Hit(EntryIx(ix));
                 }
+                // Created where nothing was: the absence goes, the file is opened below.
+                State::Absent => self.kill(ix),
                 // Replaced (rename, symlink): the entry goes, the new file is opened below.
                 _ => {
                     self.stats.invalidated += 1;
@@ -458,6 +508,26 @@ impl FileCache {
         e.checked_ms = now_ms;
         e.refs = 1;
         StatOutcome::Open(EntryIx(ix))
+    }
+
+    /// Records that `key` names nothing, in a free entry (an absence never evicts a file).
+    fn remember_absent(&mut self, key: &[u8], hash: u64, now_ms: u64) {
+        // Still in the index (another request's open of it is in flight): nothing to add.
+        let (slot, None) = self.find(key, hash) else {
+            return;
+        };
+        let Some(ix) = self.free.pop() else {
+            return;
+        };
+        self.table[slot] = ix + 1;
+        let e = &mut self.entries[ix as usize];
+        e.state = State::Absent;
+        e.path.clear();
+        e.path.extend_from_slice(key);
+        e.hash = hash;
+        e.checked_ms = now_ms;
+        e.refs = 0;
+        self.lru_push_front(ix);
     }
 
     /// The open into entry `ix` (from [`StatOutcome::Open`]) completed. On failure the entry
@@ -503,7 +573,8 @@ impl FileCache {
         let mut cur = self.tail;
         while cur != NIL {
             let prev = self.entries[cur as usize].prev;
-            if self.entries[cur as usize].refs == 0 {
+            let e = &self.entries[cur as usize];
+            if e.refs == 0 && e.state == State::Live {
                 self.kill(cur);
                 n += 1;
             }
@@ -643,12 +714,38 @@ mod tests {
         let mut c = FileCache::new(cfg(4));
         let ix = open(&mut c, b"a", 7, 0);
         c.release(ix);
-        assert_eq!(c.on_stat(b"a", Err(()), 1500), StatOutcome::Uncached);
+        assert_eq!(
+            c.on_stat(b"a", Err(RawErrno::NOENT), 1500),
+            StatOutcome::Uncached
+        );
         assert_eq!(c.poll_close(), Some(ix));
         assert_eq!(c.hit(b"a", 1501), None);
         assert!(c.is_empty());
         c.on_closed(ix);
         assert_eq!(c.held(), 0);
+    }
+
+    #[test]
+    fn a_missing_path_is_remembered_until_the_period_passes_or_it_appears() {
+        let mut c = FileCache::new(cfg(2));
+        assert!(!c.absent(b"a.gz", 0));
+        assert_eq!(
+            c.on_stat(b"a.gz", Err(RawErrno::NOENT), 0),
+            StatOutcome::Uncached
+        );
+        assert!(c.absent(b"a.gz", 999));
+        assert!(!c.absent(b"a.gz", 1000), "checked again after the period");
+        assert_eq!(c.held(), 0, "an absence holds no file");
+        // Created: the absence gives way to the file.
+        let ix = open(&mut c, b"a.gz", 9, 1000);
+        assert!(!c.absent(b"a.gz", 1001));
+        c.release(ix);
+        assert!(c.hit(b"a.gz", 1001).is_some());
+        c.release(ix);
+        // Other errors are not remembered.
+        c.on_stat(b"b", Err(RawErrno::ACCES), 1001);
+        assert!(!c.absent(b"b", 1002));
+        assert_eq!(c.stats().absent_hits, 1);
     }
 
     #[test]
@@ -811,9 +908,15 @@ mod tests {
                             requests.push(ix);
                             continue;
                         }
+                        if c.absent(&path, now) {
+                            // Remembered as missing: only within the period of a change.
+                            let (ino, changed) = world.get(&p).copied().unwrap_or((0, 0));
+                            prop_assert!(ino == 0 || now < changed + 1000, "absent, but {ino}");
+                            continue;
+                        }
                         let res = match world.get(&p) {
                             Some(&(ino, _)) if ino != 0 => Ok((info(ino), id(ino))),
-                            _ => Err(()),
+                            _ => Err(RawErrno::NOENT),
                         };
                         match c.on_stat(&path, res, now) {
                             StatOutcome::Hit(ix) => {

@@ -488,6 +488,11 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                     c.http.on_stat(now, Ok(info));
                     continue;
                 }
+                // A path that named nothing a moment ago (a precompressed sibling, mostly).
+                if w.cache.absent(c.http.path(), now.mono_ms) {
+                    c.http.on_stat(now, Err(RawErrno::NOENT));
+                    continue;
+                }
                 let res = CStr::from_bytes_with_nul(c.http.path())
                     .map_err(|_| RawErrno::INVAL)
                     .and_then(|path| {
@@ -497,7 +502,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                 let seen = res
                     .as_ref()
                     .map(|s| (file_info(s), file_id(s)))
-                    .map_err(|_| ());
+                    .map_err(|e| *e);
                 match w.cache.on_stat(c.http.path(), seen, now.mono_ms) {
                     StatOutcome::Hit(ix) => c.cached = Some(ix),
                     StatOutcome::Open(ix) => {

@@ -61,8 +61,9 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "FILES")]
     open_file_cache: u32,
     /// How long a cached file is served without looking at its path again, in milliseconds:
-    /// a file replaced, deleted or turned into a symlink is seen once this has passed (a
-    /// rewrite in place at once). nginx's `open_file_cache_valid`.
+    /// a file replaced, deleted or turned into a symlink, or created where a request found
+    /// none, is seen once this has passed (a rewrite in place at once). nginx's
+    /// `open_file_cache_valid`.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     open_file_cache_valid_ms: u64,
     /// Memory per thread, in MiB, for the bytes of cached files that fit in one chunk: such
@@ -262,6 +263,8 @@ struct Stats {
     cache_invalidated: AtomicU64,
     /// Cached files closed to make room.
     cache_evicted: AtomicU64,
+    /// Stats answered from a remembered absence (a missing precompressed sibling, mostly).
+    cache_absent: AtomicU64,
     /// Reads answered from a cached file's bytes in memory.
     body_hits: AtomicU64,
 }
@@ -275,7 +278,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} body_hits={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -289,6 +292,7 @@ impl Stats {
             get(&self.cache_opened),
             get(&self.cache_invalidated),
             get(&self.cache_evicted),
+            get(&self.cache_absent),
             get(&self.body_hits),
         )
     }
@@ -300,6 +304,7 @@ impl Stats {
         Self::add(&self.cache_opened, c.opened);
         Self::add(&self.cache_invalidated, c.invalidated);
         Self::add(&self.cache_evicted, c.evicted);
+        Self::add(&self.cache_absent, c.absent_hits);
     }
 }
 

@@ -666,7 +666,7 @@ impl Driver<'_> {
                 // The cache learns what the path names now: the same file (a hit), a new
                 // one (opened into an entry), or nothing it keeps.
                 if c.cached.is_none() {
-                    let seen = info.map(|i| (i, id)).map_err(|_| ());
+                    let seen = info.map(|i| (i, id));
                     match self.cache.on_stat(c.http.path(), seen, now.mono_ms) {
                         StatOutcome::Hit(ix) => c.cached = Some(ix),
                         StatOutcome::Open(ix) => {
@@ -896,13 +896,18 @@ impl Driver<'_> {
                     debug_assert!(false, "a stat while holding a cache entry");
                     self.cache.release(ix);
                 }
-                let Some((ix, info)) = self.cache.hit(c.http.path(), now.mono_ms) else {
-                    return false;
-                };
-                c.cached = Some(ix);
-                c.cache_opening = false;
-                c.http.on_stat(now, Ok(info));
-                true
+                if let Some((ix, info)) = self.cache.hit(c.http.path(), now.mono_ms) {
+                    c.cached = Some(ix);
+                    c.cache_opening = false;
+                    c.http.on_stat(now, Ok(info));
+                    return true;
+                }
+                // A path that named nothing a moment ago (a precompressed sibling, mostly).
+                if self.cache.absent(c.http.path(), now.mono_ms) {
+                    c.http.on_stat(now, Err(RawErrno::NOENT));
+                    return true;
+                }
+                false
             }
             Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
                 // The file is open in its entry already. A linked first read, queued next,

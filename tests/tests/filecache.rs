@@ -105,9 +105,11 @@ fn changed_files_are_seen_once_the_validity_period_passes_and_never_escape() {
         past_the_period();
         assert_eq!(c.get("/a.bin", "").status, 404, "{what}: deleted");
 
-        // Back, cached, then swapped for a symlink out of the root.
+        // Back (its absence is remembered for the period), cached, then swapped for a
+        // symlink out of the root.
         let v4 = random_bytes(4, 900);
         std::fs::write(&a, &v4).unwrap();
+        past_the_period();
         assert_eq!(get_ok(&mut c, "/a.bin", &what), v4, "{what}: back");
         std::os::unix::fs::symlink("/etc/passwd", &tmp).unwrap();
         std::fs::rename(&tmp, &a).unwrap();
@@ -197,6 +199,44 @@ fn a_small_cache_under_churn_serves_every_file_byte_exact() {
         let line = terminate(s);
         assert!(stat(&line, "cache_evicted") > 0, "{what}: {line}");
         assert!(stat(&line, "cache_hits") > 0, "{what}: {line}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A precompressed sibling that does not exist is remembered as missing (no stat per
+/// request), and once one is created it is served after the validity period.
+#[test]
+fn a_missing_sibling_is_remembered_and_a_new_one_seen_after_the_period() {
+    const GZIP: &str = "Accept-Encoding: gzip\r\n";
+    for (backend, extra) in VARIANTS {
+        let what = format!("{backend} {extra:?}");
+        let dir = fresh_dir(&format!("ringwork-filesibling-{backend}-{}-", extra.len()));
+        let plain = random_bytes(11, 3000);
+        std::fs::write(dir.join("t.txt"), &plain).unwrap();
+        let s = start(&dir, backend, extra);
+        let mut c = Client::connect(s.addr);
+        for _ in 0..5 {
+            let r = c.get("/t.txt", GZIP);
+            assert_eq!(
+                (r.status, r.header("Content-Encoding")),
+                (200, None),
+                "{what}"
+            );
+            assert!(r.body == plain, "{what}");
+        }
+        let gz = random_bytes(12, 700);
+        std::fs::write(dir.join("t.txt.gz"), &gz).unwrap();
+        past_the_period();
+        let r = c.get("/t.txt", GZIP);
+        assert_eq!(
+            r.header("Content-Encoding"),
+            Some("gzip"),
+            "{what}: the new sibling"
+        );
+        assert!(r.body == gz, "{what}");
+        drop(c);
+        let line = terminate(s);
+        assert!(stat(&line, "cache_absent") >= 3, "{what}: {line}");
         let _ = std::fs::remove_dir_all(dir);
     }
 }
