@@ -150,6 +150,8 @@ struct Driver<'s> {
     recv_starved: Vec<Token>,
     /// Most chunk buffers in use at once since the last trim.
     chunk_peak: usize,
+    /// The time, read once per batch of completions.
+    now: ringwork_core::httpconn::Time,
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
@@ -387,6 +389,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         head_ring,
         recv_starved: Vec::new(),
         chunk_peak: 0,
+        now: shared.now(),
         spare: Spares::default(),
     };
     for a in &mut d.acceptors {
@@ -496,6 +499,8 @@ impl Driver<'_> {
                 Err(e) => return Err(format!("io_uring_enter: {e}")),
             }
             self.waiter.harvest(&mut self.ring, &mut cqes);
+            // One clock reading per batch: timeouts are in milliseconds, dates in seconds.
+            self.now = self.shared.now();
             for cqe in cqes.drain(..) {
                 self.on_cqe(cqe)?;
             }
@@ -600,7 +605,7 @@ impl Driver<'_> {
             self.cache.on_closed(EntryIx(u32::from(token.sub)));
             return Ok(());
         }
-        let now = self.shared.now();
+        let now = self.now;
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
         let ud = cqe.user_data();
@@ -885,7 +890,7 @@ impl Driver<'_> {
     /// fresh cached path, the open of a cached file, a read of a small file's kept bytes
     /// (when a chunk buffer is free at once), the close of a cached file. False: submit it.
     fn answer_from_cache(&mut self, slot: Slot, op: Op) -> bool {
-        let now = self.shared.now();
+        let now = self.now;
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
