@@ -50,10 +50,11 @@ struct Args {
     /// two; a connection holds them only while it sends a file.
     #[arg(long, default_value_t = 65536)]
     chunk: u32,
-    /// io_uring: memory for chunk buffers per thread, in MiB, resident as it is used
-    /// (registered up front with --direct or --zerocopy; plain reads when RLIMIT_MEMLOCK
-    /// refuses it). When every buffer is in use, reads wait their turn.
-    #[arg(long, default_value_t = 32)]
+    /// io_uring: memory for chunk buffers per thread, in MiB: a ceiling, resident only as
+    /// used and given back a second after a burst (registered up front with --direct or
+    /// --zerocopy; plain reads when RLIMIT_MEMLOCK refuses it). When every buffer is in use,
+    /// reads wait their turn.
+    #[arg(long, default_value_t = 128)]
     buffer_memory: u32,
     /// Open files each thread keeps open (with their stat) for the requests that follow,
     /// least recently used first out; 0 turns the cache off (every request stats, opens and

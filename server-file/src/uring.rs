@@ -152,6 +152,8 @@ struct Driver<'s> {
     chunk_peak: usize,
     /// The time, read once per batch of completions.
     now: ringwork_core::httpconn::Time,
+    /// `serve_waiting` is running (a drive it calls must not reenter it).
+    serving_waiting: bool,
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
@@ -390,6 +392,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         recv_starved: Vec::new(),
         chunk_peak: 0,
         now: shared.now(),
+        serving_waiting: false,
         spare: Spares::default(),
     };
     for a in &mut d.acceptors {
@@ -920,35 +923,15 @@ impl Driver<'_> {
                 c.http.on_open(now, Ok(()));
                 true
             }
-            Op::Read {
-                buf,
-                offset,
-                len,
-                buf_pos,
-            } => {
+            Op::Read { .. } => {
                 let cache = &self.cache;
-                let Some(ix) = c.cached.filter(|&ix| cache.body(ix).is_some()) else {
+                if c.cached.filter(|&ix| cache.body(ix).is_some()).is_none() {
                     return false;
-                };
+                }
                 if !self.waiting.is_empty() || !self.lease_for(slot, &op) {
                     return false;
                 }
-                let body = self.cache.body(ix).expect("checked above");
-                let c = self.conns.get_mut(slot).expect("checked above");
-                let lease = c.chunks[usize::from(buf.0)]
-                    .as_ref()
-                    .expect("lease_for leased it");
-                let from = (offset as usize).min(body.len());
-                let to = (from + len as usize).min(body.len());
-                let buffers = self
-                    .ring
-                    .fixed_buffers()
-                    .expect("the chunk buffers are set up before the loop");
-                buffers.bytes_mut(lease)[buf_pos as usize..buf_pos as usize + (to - from)]
-                    .copy_from_slice(&body[from..to]);
-                crate::Stats::add(&self.shared.stats.body_hits, 1);
-                c.http.on_read(now, buf, Ok((to - from) as u32));
-                true
+                self.read_from_body(slot, op)
             }
             Op::CloseFile if c.cached.is_some() => {
                 let ix = c.cached.take().expect("checked above");
@@ -962,7 +945,53 @@ impl Driver<'_> {
     }
 
     /// Submits the reads that waited for a chunk buffer, in order, while the pool has one.
+    /// A read of connection `slot`'s cached file answered from its kept bytes, into the
+    /// chunk buffer the connection holds (leased already): false when the file's bytes are not
+    /// kept.
+    fn read_from_body(&mut self, slot: Slot, op: Op) -> bool {
+        let Op::Read {
+            buf,
+            offset,
+            len,
+            buf_pos,
+        } = op
+        else {
+            return false;
+        };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        let Some(body) = c.cached.and_then(|ix| self.cache.body(ix)) else {
+            return false;
+        };
+        let Some(lease) = c.chunks[usize::from(buf.0)].as_ref() else {
+            return false;
+        };
+        let from = (offset as usize).min(body.len());
+        let to = (from + len as usize).min(body.len());
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("the chunk buffers are set up before the loop");
+        buffers.bytes_mut(lease)[buf_pos as usize..buf_pos as usize + (to - from)]
+            .copy_from_slice(&body[from..to]);
+        crate::Stats::add(&self.shared.stats.body_hits, 1);
+        c.http.on_read(self.now, buf, Ok((to - from) as u32));
+        true
+    }
+
     fn serve_waiting(&mut self) -> Result<(), String> {
+        // Reentered from the drive of a connection answered here: the loop below goes on.
+        if self.serving_waiting {
+            return Ok(());
+        }
+        self.serving_waiting = true;
+        let res = self.serve_waiting_inner();
+        self.serving_waiting = false;
+        res
+    }
+
+    fn serve_waiting_inner(&mut self) -> Result<(), String> {
         while let Some(&(token, first, second)) = self.waiting.front() {
             if self.conns.get_checked(&token).is_none() {
                 // Freed since: cannot happen while HttpConn counts the read in flight.
@@ -974,6 +1003,12 @@ impl Driver<'_> {
             }
             self.waiting.pop_front();
             crate::Stats::add(&self.shared.stats.chunk_waits, 1);
+            // A small cached file's bytes at once (no read and no round trip through the
+            // loop), and the connection goes on (its send).
+            if second.is_none() && self.read_from_body(token.slot, first) {
+                self.drive(token.slot)?;
+                continue;
+            }
             self.submit(token.slot, first, second)?;
         }
         Ok(())
