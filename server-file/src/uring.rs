@@ -5,20 +5,26 @@
 //!   instead when asked (`ringwork_sys::driver::server_ring`). One `io_uring:` line per
 //!   worker (`driver::FeatureLine`) says which features are in use.
 //! - Memory: every SQE goes through safe submission (`ringwork_sys::SafeSqe`). The memory an
-//!   operation names travels with it and comes back with its completion: the head receive
-//!   buffer, the statx target, the openat2 arguments, the response head being sent, and a
-//!   chunk buffer's lease while a read fills it. Chunk buffers are the ring's (registered, or
-//!   adopted unregistered); sends from them name the ring's memory. No `unsafe` here.
+//!   operation names travels with it and comes back with its completion: the statx target,
+//!   the openat2 arguments, the response head being sent (kept per worker for the next
+//!   request, not per connection), and a chunk buffer's lease while a read fills it. Chunk
+//!   buffers and head buffers are the ring's; sends from them name the ring's memory. No
+//!   `unsafe` here.
 //! - Accept: `ringwork_sys::Acceptor`, as in ringwork-echo: one multishot IORING_OP_ACCEPT,
 //!   re-armed whenever a CQE lacks F_MORE (single-shot, re-armed per connection, without Linux
 //!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
 //!   loop's wait never outlasts the pause) and says so on stderr, once per episode.
-//! - Files: IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH
-//!   | RESOLVE_NO_MAGICLINKS) straight into registered-file slot N for connection slot N; reads
-//!   name `Target::Fixed(N)`, and the slot is closed with IORING_OP_CLOSE when the response is
-//!   done (HttpConn never opens before the previous close completed, so a slot never holds the
-//!   wrong file). With `--disable fixed-files`, or when the table cannot be registered,
-//!   openat2 returns a plain descriptor (O_CLOEXEC) that reads and the close name instead.
+//! - Files: the open-file cache (`ringwork_core::filecache`) first: a fresh entry answers
+//!   HttpConn's stat, open and close at once, and a small file's reads from its kept bytes;
+//!   a path found missing within the period answers ENOENT. Otherwise IORING_OP_STATX by path
+//!   relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+//!   straight into the cache entry's registered-file slot (after the connections' slots), or,
+//!   uncached, into slot N for connection slot N, closed with IORING_OP_CLOSE when the response
+//!   is done (HttpConn never opens before the previous close completed, so a slot never holds
+//!   the wrong file). A cache entry's slot is closed (a worker-slot CLOSE) once the entry is
+//!   dropped and no request uses it, and reused only after that CQE. With `--disable
+//!   fixed-files`, or when the table cannot be registered, openat2 returns a plain descriptor
+//!   (O_CLOEXEC) instead.
 //! - Links: with registered files HttpConn plans the response at stat time and queues the
 //!   open with `link_next`, then the file's first read; both go in as one IOSQE_IO_LINK chain
 //!   (`Ring::push_safe_chain`), so the read needs no round trip through this loop. The
@@ -27,11 +33,15 @@
 //!   A failed open (a symlink out of the root) cancels the read (-ECANCELED, counted as
 //!   `link_cancels`); HttpConn answers once both CQEs are in. `--disable links` submits the
 //!   read after the open's CQE instead.
-//! - Reads: IORING_OP_READ_FIXED into the connection's two registered chunk buffers (leased
-//!   from the ring's pool when the connection opens). Should registering the buffers fail
-//!   (RLIMIT_MEMLOCK), the same memory is adopted by the ring and read with IORING_OP_READ, and
-//!   the reason is logged; `--disable fixed-buffers` forces that path.
-//! - Sockets: plain fds, IORING_OP_RECV into a per-connection head buffer, IORING_OP_SEND.
+//! - Reads: into chunk buffers leased from the worker's pool (`--buffer-memory`) only while
+//!   a read fills one or its bytes go out; an empty pool makes reads wait in order. The pool
+//!   is adopted unregistered (IORING_OP_READ; pages resident as used, trimmed every second),
+//!   or with `--direct` / `--zerocopy` registered (IORING_OP_READ_FIXED); should that fail
+//!   (RLIMIT_MEMLOCK) it is adopted, and the reason logged.
+//! - Sockets: plain fds. Request heads: IORING_OP_RECV with buffer selection from the
+//!   worker's provided buffer ring, capped at HttpConn's room (`select_len`); ENOBUFS waits
+//!   for buffers and resubmits. Without buffer rings (Linux 5.19) or with `--disable
+//!   pbuf-ring`, a buffer per connection. Responses: IORING_OP_SEND.
 //!   With `--zerocopy`, HttpConn sends file chunks as [`Op::SendZc`]: IORING_OP_SEND_ZC
 //!   straight from the registered chunk buffer (IORING_RECVSEND_FIXED_BUF with its index;
 //!   plain SEND_ZC when the buffers are not registered). Its token names the connection and,
@@ -40,7 +50,8 @@
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
 //! - Time: `driver::Waiter` waits with a timeout (EXT_ARG) that wakes the loop for HttpConn's
-//!   ticks.
+//!   ticks; the clock is read once per batch of completions.
+//! - io-wq: at most `IOWQ_WORKERS` workers of each kind per ring.
 //! - Stopping (SIGINT/SIGTERM, relayed by the main thread as the stop notice, polled on the
 //!   ring): `ringwork_core::shutdown::Drain`, a graceful drain. The acceptor cancels its accept and closes
 //!   the listener once it has ended (new connections are refused); every connection gets
