@@ -497,17 +497,32 @@ impl FileCache {
             return StatOutcome::Uncached;
         };
         let (slot, _) = self.find(key, hash);
+        let e = self.occupy(slot, ix, key, hash, State::Opening, now_ms);
+        e.info = info;
+        e.id = id;
+        e.refs = 1;
+        StatOutcome::Open(EntryIx(ix))
+    }
+
+    /// Puts free entry `ix` in the index for `key` (at table position `slot`), in `state`.
+    fn occupy(
+        &mut self,
+        slot: usize,
+        ix: u32,
+        key: &[u8],
+        hash: u64,
+        state: State,
+        now_ms: u64,
+    ) -> &mut Entry {
         self.table[slot] = ix + 1;
         let e = &mut self.entries[ix as usize];
-        e.state = State::Opening;
+        e.state = state;
         e.path.clear();
         e.path.extend_from_slice(key);
         e.hash = hash;
-        e.info = info;
-        e.id = id;
         e.checked_ms = now_ms;
-        e.refs = 1;
-        StatOutcome::Open(EntryIx(ix))
+        e.refs = 0;
+        e
     }
 
     /// Records that `key` names nothing, in a free entry (an absence never evicts a file).
@@ -519,14 +534,7 @@ impl FileCache {
         let Some(ix) = self.free.pop() else {
             return;
         };
-        self.table[slot] = ix + 1;
-        let e = &mut self.entries[ix as usize];
-        e.state = State::Absent;
-        e.path.clear();
-        e.path.extend_from_slice(key);
-        e.hash = hash;
-        e.checked_ms = now_ms;
-        e.refs = 0;
+        self.occupy(slot, ix, key, hash, State::Absent, now_ms);
         self.lru_push_front(ix);
     }
 
