@@ -137,6 +137,9 @@ struct Entry {
     info: FileInfo,
     id: FileId,
     checked_ms: u64,
+    /// A stat of the path, past the validity period, is in flight: other requests are served
+    /// from the entry meanwhile instead of each stat'ing it too.
+    checking: bool,
     refs: u32,
     /// The LRU list of Live entries: `prev` is more recently used.
     prev: u32,
@@ -200,6 +203,7 @@ impl FileCache {
                     info: blank,
                     id: FileId::default(),
                     checked_ms: 0,
+                    checking: false,
                     refs: 0,
                     prev: NIL,
                     next: NIL,
@@ -377,18 +381,27 @@ impl FileCache {
         }
     }
 
-    /// A live entry for `path` checked within the validity period: a reference for the
-    /// request and the file's stat. `None`: stat the path and report [`FileCache::on_stat`].
+    /// A live entry for `path` checked within the validity period, or whose check after it
+    /// is already in flight: a reference for the request and the file's stat. `None`: stat
+    /// the path and report [`FileCache::on_stat`] (the first request past the period does;
+    /// the others are served from the entry until that check is in).
     pub fn hit(&mut self, path: &[u8], now_ms: u64) -> Option<(EntryIx, FileInfo)> {
         let key = self.key(path)?;
         let (_, ix) = self.find(key, fnv1a(key));
         let ix = ix?;
-        let e = &self.entries[ix as usize];
-        if e.state != State::Live || now_ms.saturating_sub(e.checked_ms) >= self.cfg.valid_ms {
+        let e = &mut self.entries[ix as usize];
+        if e.state != State::Live {
+            return None;
+        }
+        let age = now_ms.saturating_sub(e.checked_ms);
+        // A check never reported (it cannot be, but a driver bug must not serve a file
+        // forever) stops counting after another period.
+        if age >= self.cfg.valid_ms && (!e.checking || age >= self.cfg.valid_ms.saturating_mul(2)) {
+            e.checking = true;
             return None;
         }
         let info = e.info;
-        self.entries[ix as usize].refs += 1;
+        e.refs += 1;
         self.lru_unlink(ix);
         self.lru_push_front(ix);
         self.stats.hits += 1;
@@ -427,6 +440,9 @@ impl FileCache {
         };
         let hash = fnv1a(key);
         let (_, existing) = self.find(key, hash);
+        if let Some(ix) = existing {
+            self.entries[ix as usize].checking = false;
+        }
         let (info, id) = match res {
             Ok((info, id)) if info.kind == FileKind::Regular => (info, id),
             // Gone, or no longer a regular file: whatever is cached for it goes; a path that
@@ -521,6 +537,7 @@ impl FileCache {
         e.path.extend_from_slice(key);
         e.hash = hash;
         e.checked_ms = now_ms;
+        e.checking = false;
         e.refs = 0;
         e
     }
@@ -696,6 +713,51 @@ mod tests {
         c.release(ix);
         assert!(c.hit(b"a\0", 1999).is_some());
         assert_eq!(c.stats().revalidated, 1);
+    }
+
+    #[test]
+    fn past_the_period_one_request_stats_and_the_others_are_served_meanwhile() {
+        let mut c = FileCache::new(cfg(4));
+        let ix = open(&mut c, b"a", 7, 0);
+        c.release(ix);
+        assert_eq!(c.hit(b"a", 1000), None, "the first past the period stats");
+        assert_eq!(
+            c.hit(b"a", 1001),
+            Some((ix, info(10))),
+            "the next while it is out"
+        );
+        c.release(ix);
+        // Replaced: the check says so, and from then on the entry is gone.
+        assert!(matches!(
+            c.on_stat(b"a", Ok((info(10), id(8))), 1002),
+            StatOutcome::Open(_)
+        ));
+        assert_eq!(c.hit(b"a", 1003), None);
+        // A check that never reports stops holding others off after another period.
+        let mut c = FileCache::new(cfg(4));
+        let ix = open(&mut c, b"c", 7, 0);
+        c.release(ix);
+        assert_eq!(c.hit(b"c", 1000), None);
+        assert!(c.hit(b"c", 1999).is_some());
+        c.release(ix);
+        assert_eq!(c.hit(b"c", 2000), None);
+        // An unchanged file's check starts a new period.
+        let mut c = FileCache::new(cfg(4));
+        let ix = open(&mut c, b"b", 7, 0);
+        c.release(ix);
+        assert_eq!(c.hit(b"b", 1000), None);
+        assert_eq!(
+            c.on_stat(b"b", Ok((info(10), id(7))), 1000),
+            StatOutcome::Hit(ix)
+        );
+        c.release(ix);
+        assert!(c.hit(b"b", 1999).is_some());
+        c.release(ix);
+        assert_eq!(
+            c.hit(b"b", 2000),
+            None,
+            "the next period's first stats again"
+        );
     }
 
     #[test]
