@@ -54,7 +54,7 @@ struct Args {
     /// used and given back a second after a burst (registered up front with --direct or
     /// --zerocopy; plain reads when RLIMIT_MEMLOCK refuses it). When every buffer is in use,
     /// reads wait their turn.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     buffer_memory: u32,
     /// Open files each thread keeps open (with their stat) for the requests that follow,
     /// least recently used first out; 0 turns the cache off (every request stats, opens and

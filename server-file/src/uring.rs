@@ -836,6 +836,18 @@ impl Driver<'_> {
         }
     }
 
+    /// Whether read `op` of connection `slot` may go now: the connection already holds the
+    /// buffer it names (it takes nothing from the pool, so it jumps no queue: queued, it would
+    /// hold that buffer idle while everyone ahead waits for one), or no read waits and the
+    /// pool has a buffer for it (leased here).
+    fn may_read_now(&mut self, slot: Slot, op: &Op) -> bool {
+        let holds = match (*op, self.conns.get(slot)) {
+            (Op::Read { buf, .. }, Some(c)) => c.chunks[usize::from(buf.0)].is_some(),
+            _ => false,
+        };
+        holds || (self.waiting.is_empty() && self.lease_for(slot, op))
+    }
+
     /// Makes sure connection `slot` holds the chunk buffer a read names, from the pool; false
     /// when the pool is empty (the read must wait its turn).
     fn lease_for(&mut self, slot: Slot, op: &Op) -> bool {
@@ -939,7 +951,7 @@ impl Driver<'_> {
                 if c.cached.filter(|&ix| cache.body(ix).is_some()).is_none() {
                     return false;
                 }
-                if !self.waiting.is_empty() || !self.lease_for(slot, &op) {
+                if !self.may_read_now(slot, &op) {
                     return false;
                 }
                 self.read_from_body(slot, op)
@@ -1077,9 +1089,7 @@ impl Driver<'_> {
                 None
             };
             let read = second.unwrap_or(op);
-            if matches!(read, Op::Read { .. })
-                && (!self.waiting.is_empty() || !self.lease_for(slot, &read))
-            {
+            if matches!(read, Op::Read { .. }) && !self.may_read_now(slot, &read) {
                 let token = Token::new(OpKind::Read, slot, self.conns.generation(slot));
                 self.waiting.push_back((token, op, second));
                 continue;
