@@ -209,6 +209,33 @@ impl FileRead {
         self.end - self.start - self.delivered
     }
 
+    /// The wanted bytes not yet read, as `(file offset, length)`, for a caller that sends
+    /// them straight from the file instead of reading them ([`FileRead::skip`] then counts
+    /// them): `None` while a read is in flight or part of a chunk is in, when done, after a
+    /// failure, and for O_DIRECT reads (whose chunks stay aligned).
+    pub fn unread(&self) -> Option<(u64, u64)> {
+        if self.state != State::Ready || self.filled != 0 || self.unit != 1 {
+            return None;
+        }
+        let at = self.start.max(self.chunk_start);
+        Some((at, self.end - at))
+    }
+
+    /// Counts the next `n` wanted bytes (at [`FileRead::unread`]'s offset) as delivered
+    /// without a read; the next read, if any, starts after them.
+    ///
+    /// # Panics
+    /// When [`FileRead::unread`] is `None` or `n` is more than it says: caller bugs.
+    pub fn skip(&mut self, n: u64) {
+        let (at, left) = self.unread().expect("skip with no unread bytes to skip");
+        assert!(n <= left, "skip past the end of the wanted bytes");
+        self.chunk_start = at + n;
+        self.delivered += n;
+        if self.chunk_start == self.end {
+            self.state = State::Done;
+        }
+    }
+
     /// The current chunk's wanted bytes, as buffer positions `lo..hi`.
     fn wanted(&self) -> (u32, u32) {
         let lo = self.start.max(self.chunk_start) - self.chunk_start;
@@ -302,6 +329,42 @@ impl FileRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skipped_bytes_count_as_delivered_and_reads_go_on_after_them() {
+        let mut r = FileRead::new(100, 5000, 1000, None);
+        assert_eq!(r.unread(), Some((100, 5000)));
+        let req = r.next_read().unwrap();
+        assert_eq!((req.offset, req.len), (100, 1000));
+        assert_eq!(
+            r.unread(),
+            None,
+            "nothing to skip while a read is in flight"
+        );
+        assert!(matches!(r.on_read(Ok(1000)), ReadOutcome::Chunk(_)));
+        r.skip(2500);
+        assert_eq!((r.delivered(), r.unread()), (3500, Some((3600, 1500))));
+        let req = r.next_read().unwrap();
+        assert_eq!((req.offset, req.len, req.buf_pos), (3600, 1000, 0));
+        assert!(matches!(r.on_read(Ok(1000)), ReadOutcome::Chunk(c) if c.file_offset == 3600));
+        r.skip(500);
+        assert!(r.done());
+        assert_eq!(r.unread(), None);
+        let direct = FileRead::new(
+            0,
+            5000,
+            1024,
+            Some(Alignment {
+                mem: 512,
+                offset: 512,
+            }),
+        );
+        assert_eq!(
+            direct.unread(),
+            None,
+            "O_DIRECT chunks stay aligned: no skipping"
+        );
+    }
     use proptest::prelude::*;
     use std::{vec, vec::Vec};
 

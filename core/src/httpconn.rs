@@ -118,7 +118,17 @@ pub struct Config {
     /// Keep what an access log needs of every answered request, for
     /// [`HttpConn::drain_log`].
     pub access_log: bool,
+    /// The driver can send file bytes straight from the open file ([`SendSrc::File`]:
+    /// sendfile(2), or a send from a mapping of the file), with no read into a chunk buffer.
+    /// The body after the first chunk (which goes with the head) then goes that way, in
+    /// sends of up to [`FILE_SEND_MAX`] bytes; a driver that cannot send a range from the
+    /// file now says so with [`HttpConn::on_file_send_declined`], and the next chunk (or the
+    /// rest of the response) goes through a buffer. Not with zero-copy sends or O_DIRECT.
+    pub file_send: bool,
 }
+
+/// Most bytes one [`SendSrc::File`] names (the socket takes what fits; the rest goes next).
+pub const FILE_SEND_MAX: u32 = 1 << 20;
 
 /// Bytes in front of every chunk read, when [`Config::head_with_body`] is on, where the head
 /// goes: chunk buffers must hold `chunk + HEAD_ROOM` bytes. A page, so that reads stay
@@ -138,6 +148,7 @@ impl Default for Config {
             head_with_body: false,
             precompressed: false,
             access_log: false,
+            file_send: false,
         }
     }
 }
@@ -196,6 +207,15 @@ pub enum SendSrc {
         /// First body byte in the buffer.
         start: u32,
         /// Body bytes.
+        len: u32,
+    },
+    /// Bytes `offset..offset + len` of the open file, sent straight from it
+    /// ([`Config::file_send`]). A driver that cannot (no mapping of the file yet, its pages
+    /// not in memory) reports [`HttpConn::on_file_send_declined`] instead of a result.
+    File {
+        /// File offset of the first byte.
+        offset: u64,
+        /// Byte count, at most [`FILE_SEND_MAX`].
         len: u32,
     },
 }
@@ -472,6 +492,12 @@ pub struct HttpConn {
     head_room: u32,
     /// The send in flight is a [`SendSrc::HeadAndBuf`].
     combined_in_flight: bool,
+    /// This response's body after its first chunk goes by [`SendSrc::File`]; `file_cold`:
+    /// the driver declined one, so the next chunk goes through a buffer first;
+    /// `file_in_flight`: the send in flight is one.
+    file_send: bool,
+    file_cold: bool,
+    file_in_flight: bool,
     /// With [`Config::zerocopy`]: the SEND_ZCs not finished, and which buffer waits for them.
     zc: Option<ZcTracker<()>>,
     /// The buffer the next read goes into, and the one whose chunk is sent next.
@@ -518,6 +544,9 @@ impl HttpConn {
             bufs: [BufState::Free; 2],
             head_room: 0,
             combined_in_flight: false,
+            file_send: false,
+            file_cold: false,
+            file_in_flight: false,
             zc: cfg.zerocopy.then(|| ZcTracker::new(2, ZC_SENDS)),
             read_ix: 0,
             send_ix: 0,
@@ -892,6 +921,8 @@ impl HttpConn {
         };
         match read.on_read(res) {
             ReadOutcome::Chunk(mut chunk) => {
+                // The chunk a declined file send asked for is in: the file again after it.
+                self.file_cold = false;
                 chunk.buf_start += self.head_room;
                 self.bufs[b] = BufState::Full(chunk);
                 self.read_ix ^= 1;
@@ -913,6 +944,25 @@ impl HttpConn {
         self.send_done(now, res);
     }
 
+    /// The driver did not perform the [`SendSrc::File`] send it was given (that is its
+    /// completion): the next chunk goes through a buffer and the file is tried again after it
+    /// (`again`: the pages were not in memory, say), or, without `again`, the rest of the
+    /// response does (the file cannot be sent from).
+    pub fn on_file_send_declined(&mut self, now: Time, again: bool) {
+        self.completed();
+        self.send_in_flight = false;
+        self.file_in_flight = false;
+        if again {
+            self.file_cold = true;
+        } else {
+            self.file_send = false;
+        }
+        match self.phase {
+            Phase::Closing => self.close(),
+            _ => self.pump(now),
+        }
+    }
+
     /// A send's result, by copy or zero copy.
     fn send_done(&mut self, now: Time, res: Result<u32, RawErrno>) {
         self.send_in_flight = false;
@@ -924,7 +974,15 @@ impl HttpConn {
             _ => return self.close(),
         };
         let mut n = n;
-        if self.combined_in_flight {
+        if self.file_in_flight {
+            self.file_in_flight = false;
+            if let Some(read) = self.read.as_mut() {
+                // Never more than asked: the kernel sends at most the range named.
+                let left = read.unread().map_or(0, |(_, left)| left);
+                read.skip(u64::from(n).min(left));
+            }
+            n = 0;
+        } else if self.combined_in_flight {
             // Head first, then the chunk: what is left of either goes by the plain sends.
             self.combined_in_flight = false;
             let head = n.min(self.head_len - self.head_sent);
@@ -1448,6 +1506,8 @@ impl HttpConn {
         } else {
             0
         };
+        self.file_send = self.cfg.file_send && !self.cfg.zerocopy && !direct && self.read.is_some();
+        self.file_cold = false;
         true
     }
 
@@ -1492,13 +1552,31 @@ impl HttpConn {
                         // A short send: exactly the remainder.
                         self.send_chunk(chunk.buf_start + sent, chunk.len - sent);
                     }
+                    // Every chunk read is out: the rest from the file itself, when it can.
+                    BufState::Free if self.file_send && !self.file_cold && !reading => {
+                        let r = self.read.as_ref().and_then(FileRead::unread);
+                        let other_free = self.bufs[s ^ 1] == BufState::Free;
+                        if let (Some((offset, left)), true) = (r, other_free) {
+                            self.send_in_flight = true;
+                            self.file_in_flight = true;
+                            self.push(Op::Send(SendSrc::File {
+                                offset,
+                                len: left.min(u64::from(FILE_SEND_MAX)) as u32,
+                            }));
+                        }
+                    }
                     BufState::Free | BufState::Reading | BufState::Notif => {}
                 }
             }
         }
         // One read at a time, into the buffer after the last completed chunk, once it is free.
+        // Sending from the file, only the first chunk (it goes with the head) and one after
+        // each declined file send are read.
         let r = usize::from(self.read_ix);
-        if !reading && self.bufs[r] == BufState::Free {
+        let read_wanted = !self.file_send
+            || self.file_cold
+            || self.read.as_ref().is_some_and(|r| r.delivered() == 0);
+        if read_wanted && !reading && self.bufs[r] == BufState::Free && !self.file_in_flight {
             if let Some(req) = self.read.as_mut().and_then(FileRead::next_read) {
                 self.bufs[r] = BufState::Reading;
                 self.push(Op::Read {
@@ -1553,6 +1631,7 @@ impl HttpConn {
             self.log[start + 2..start + 10].copy_from_slice(&self.log_body.to_le_bytes());
         }
         self.read = None;
+        self.file_send = false;
         if self.file_open {
             self.phase = Phase::CloseFile;
             self.file_closing = true;
@@ -1877,6 +1956,25 @@ mod tests {
                                 b[from..start as usize].copy_from_slice(&head);
                                 b[from..(start + len) as usize].to_vec()
                             }
+                            SendSrc::File { offset, len } => {
+                                assert!(self.file_open, "a file send with no file open");
+                                assert!(len > 0 && len <= FILE_SEND_MAX, "file send of {len}");
+                                // Sometimes the driver cannot: no mapping yet, pages on disk.
+                                match self.rand(8) {
+                                    0 => {
+                                        self.conn.on_file_send_declined(now, true);
+                                        continue;
+                                    }
+                                    1 if self.rand(4) == 0 => {
+                                        self.conn.on_file_send_declined(now, false);
+                                        continue;
+                                    }
+                                    _ => {}
+                                }
+                                let off = offset as usize;
+                                let end = (off + len as usize).min(self.file.len());
+                                self.file[off.min(end)..end].to_vec()
+                            }
                         };
                         let n = self.cut(bytes.len() as u32) as usize;
                         self.out.extend_from_slice(&bytes[..n]);
@@ -2005,6 +2103,8 @@ mod tests {
             head_with_body: size % 2 == 1,
             precompressed: true,
             access_log: true,
+            // Two cases in three send the body after the first chunk from the file.
+            file_send: size % 3 != 0,
             ..Config::default()
         };
         let buf_len = (chunk + HEAD_ROOM) as usize;
@@ -2385,6 +2485,128 @@ mod tests {
 
     /// A chunk buffer is free exactly when nothing of the connection's is in it: not while a
     /// read fills it or its bytes wait or go out, and again once they are sent.
+    #[test]
+    fn the_body_after_the_first_chunk_goes_from_the_file() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 1000,
+            head_with_body: true,
+            file_send: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        // The first chunk is read: it goes out with the head.
+        let ops = open_response(&mut c, 5000);
+        let [Op::Read {
+            buf,
+            offset: 0,
+            len: 1000,
+            ..
+        }] = ops[..]
+        else {
+            panic!("{ops:?}")
+        };
+        c.on_read(now, buf, Ok(1000));
+        let ops = drain_ops(&mut c);
+        assert!(
+            matches!(ops[..], [Op::Send(SendSrc::HeadAndBuf { len: 1000, .. })]),
+            "{ops:?}"
+        );
+        let head = c.head_bytes().len() as u32;
+        c.on_send(now, Ok(head + 1000));
+        // The rest from the file, no read; a short send goes on where it stopped.
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Send(SendSrc::File {
+                offset: 1000,
+                len: 4000
+            })]
+        );
+        c.on_send(now, Ok(1500));
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Send(SendSrc::File {
+                offset: 2500,
+                len: 2500
+            })]
+        );
+        // Declined (the pages are not in memory): one chunk through a buffer, then the file.
+        c.on_file_send_declined(now, true);
+        let ops = drain_ops(&mut c);
+        let [Op::Read {
+            buf,
+            offset: 2500,
+            len: 1000,
+            ..
+        }] = ops[..]
+        else {
+            panic!("{ops:?}")
+        };
+        c.on_read(now, buf, Ok(1000));
+        let ops = drain_ops(&mut c);
+        assert!(
+            matches!(ops[..], [Op::Send(SendSrc::Buf { len: 1000, .. })]),
+            "{ops:?}"
+        );
+        c.on_send(now, Ok(1000));
+        assert_eq!(
+            drain_ops(&mut c),
+            [Op::Send(SendSrc::File {
+                offset: 3500,
+                len: 1500
+            })]
+        );
+        // Declined for good: the rest through buffers, two reads in turn.
+        c.on_file_send_declined(now, false);
+        let ops = drain_ops(&mut c);
+        assert!(
+            matches!(
+                ops[..],
+                [Op::Read {
+                    offset: 3500,
+                    len: 1000,
+                    ..
+                }]
+            ),
+            "{ops:?}"
+        );
+        let mut bufs = [
+            vec![0; 1000 + HEAD_ROOM as usize],
+            vec![0; 1000 + HEAD_ROOM as usize],
+        ];
+        let Op::Read { buf, .. } = ops[0] else {
+            unreachable!()
+        };
+        c.on_read(now, buf, Ok(1000));
+        let mut out = Vec::new();
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        assert_eq!(out.len(), 1500, "the last 1,500 bytes through buffers");
+        assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
+        assert_eq!(c.requests(), 1);
+    }
+
+    #[test]
+    fn no_file_sends_with_zero_copy_or_o_direct() {
+        let now = Time::default();
+        let cfg = Config {
+            chunk: 1000,
+            file_send: true,
+            zerocopy: true,
+            ..Config::default()
+        };
+        let mut c = HttpConn::new(cfg, now);
+        let ops = open_response(&mut c, 3000);
+        let mut bufs = [vec![0; 1000], vec![0; 1000]];
+        let mut out = Vec::new();
+        c.ops.extend(ops);
+        let rest = complete_io(&mut c, &mut bufs, &mut out);
+        assert!(
+            rest.iter()
+                .all(|op| !matches!(op, Op::Send(SendSrc::File { .. }))),
+            "{rest:?}"
+        );
+    }
+
     #[test]
     fn a_chunk_buffer_is_free_only_between_uses() {
         let now = Time::default();

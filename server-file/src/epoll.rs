@@ -274,7 +274,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             }
             if flags.contains(Interest::OUT) || gone {
                 if let Some(src) = c.pending_send.take() {
-                    do_send(shared, c, src);
+                    do_send(shared, c, src, &local.cache_fds);
                 }
             }
             if drive(shared, c, turn_start, &mut local) {
@@ -425,7 +425,29 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
     });
 }
 
-fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
+/// Performs a send of connection `c`'s response (the file of a cached entry is in
+/// `cache_fds`).
+fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, cache_fds: &[Option<OwnedFd>]) {
+    if let SendSrc::File { offset, len } = src {
+        // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN, and
+        // the send waits for the next EPOLLOUT edge like any other.
+        let file = match c.cached {
+            Some(ix) => cache_fds[ix.0 as usize].as_ref(),
+            None => c.file.as_ref(),
+        };
+        let Some(file) = file else {
+            // Guard: HttpConn sends from the file only while it is open.
+            return c.http.on_file_send_declined(shared.now(), false);
+        };
+        let mut at = offset;
+        let res = rustix::fs::sendfile(&c.sock, file, Some(&mut at), len as usize);
+        crate::Stats::add(&shared.stats.file_sends, 1);
+        return match res {
+            Ok(n) => c.http.on_send(shared.now(), Ok(n as u32)),
+            Err(Errno::AGAIN) => c.pending_send = Some(src),
+            Err(e) => c.http.on_send(shared.now(), Err(raw(e))),
+        };
+    }
     let bytes = match src {
         SendSrc::Head { start, len } => {
             &c.http.head_bytes()[start as usize..(start + len) as usize]
@@ -448,6 +470,7 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc) {
             b.bytes_mut()[from..start as usize].copy_from_slice(head);
             &b.bytes()[from..(start + len) as usize]
         }
+        SendSrc::File { .. } => unreachable!("sent above"),
     };
     match rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL) {
         Ok(n) => c.http.on_send(shared.now(), Ok(n as u32)),
@@ -471,7 +494,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                 deferred = true;
             }
             Op::Recv { max } => do_recv(shared, c, max),
-            Op::Send(src) => do_send(shared, c, src),
+            Op::Send(src) => do_send(shared, c, src, &w.cache_fds),
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
             Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),

@@ -122,6 +122,12 @@ struct Args {
     /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     precompressed: bool,
+    /// With `--backend epoll`: send file bodies after their first chunk with sendfile(2),
+    /// straight from the page cache, instead of pread into a chunk buffer and send (nginx's
+    /// `sendfile`). Not with `--direct`. The io_uring backend always reads into chunk
+    /// buffers. `false`: never.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    sendfile: bool,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
     #[arg(long, value_name = "PATH|-|off", default_value = "off")]
@@ -268,6 +274,8 @@ struct Stats {
     cache_absent: AtomicU64,
     /// Reads answered from a cached file's bytes in memory.
     body_hits: AtomicU64,
+    /// Body sends straight from the file (`--sendfile`), EAGAIN retries included.
+    file_sends: AtomicU64,
 }
 
 impl Stats {
@@ -279,7 +287,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={} file_sends={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -295,6 +303,7 @@ impl Stats {
             get(&self.cache_evicted),
             get(&self.cache_absent),
             get(&self.body_hits),
+            get(&self.file_sends),
         )
     }
 
@@ -514,6 +523,7 @@ fn run(args: Args) -> Result<(), String> {
             head_with_body: true,
             precompressed: args.precompressed,
             access_log: access_log.is_some(),
+            file_send: args.backend == Backend::Epoll && args.sendfile && !args.direct,
         },
         access_log,
         max_conns,

@@ -1183,6 +1183,12 @@ impl Driver<'_> {
                     .send_flags(SendFlags::NOSIGNAL);
                 (OpKind::Send, sqe)
             }
+            // Guard: this backend's Config has no file_send; should one come, the response
+            // goes on through chunk buffers.
+            Op::Send(SendSrc::File { .. }) => {
+                c.http.on_file_send_declined(self.now, false);
+                return Ok(None);
+            }
             Op::Stat => {
                 let mask = crate::STATX_MASK;
                 let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
