@@ -39,6 +39,8 @@ struct Input {
     close_after: bool,
     precompressed: bool,
     access_log: bool,
+    /// Bodies after their first chunk go straight from the file (`Config::file_send`).
+    file_send: bool,
     /// Per request: Accept-Encoding, If-None-Match, If-Range with a Range (bits 0, 1, 2).
     headers: u8,
     requests: u8,
@@ -135,6 +137,13 @@ impl Model {
                             assert!(
                                 !self.reading[usize::from(buf.0)],
                                 "send of a buffer being read"
+                            );
+                            len
+                        }
+                        SendSrc::File { len, .. } => {
+                            assert!(
+                                !self.reading.iter().any(|r| *r),
+                                "a file send while a read is in flight"
                             );
                             len
                         }
@@ -300,6 +309,7 @@ fuzz_target!(|input: Input| {
         idle_timeout_ms: 2_000,
         precompressed: input.precompressed,
         access_log: input.access_log,
+        file_send: input.file_send,
         ..Config::default()
     };
     let mut wire = Vec::new();
