@@ -957,10 +957,8 @@ impl HttpConn {
         } else {
             self.file_send = false;
         }
-        match self.phase {
-            Phase::Closing => self.close(),
-            _ => self.pump(now),
-        }
+        // Closing, pump finishes the close.
+        self.pump(now);
     }
 
     /// A send's result, by copy or zero copy.
