@@ -200,6 +200,18 @@ impl Server {
     /// /proc/net/tcp and tcp6 by inode). Only the port is compared: descriptors the process
     /// inherited from the test process cannot be on a port the server chose itself.
     pub fn listeners_on(&self, addr: SocketAddr) -> usize {
+        self.sockets_on(addr.port(), |state| state == "0A")
+    }
+
+    /// How many accepted connections on its own port the server still holds a descriptor
+    /// for (any TCP state but LISTEN).
+    pub fn connections_held(&self) -> usize {
+        self.sockets_on(self.addr.port(), |state| state != "0A")
+    }
+
+    /// The server's TCP sockets with local port `port` whose state (the hex code of
+    /// /proc/net/tcp) passes `state`.
+    fn sockets_on(&self, port: u16, state: impl Fn(&str) -> bool) -> usize {
         let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| {
                 d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
@@ -210,16 +222,16 @@ impl Server {
                     .collect()
             })
             .unwrap_or_default();
-        let port = format!(":{:04X}", addr.port());
+        let port = format!(":{port:04X}");
         let mut n = 0;
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             let text = std::fs::read_to_string(table).unwrap_or_default();
             for line in text.lines().skip(1) {
                 let f: Vec<&str> = line.split_whitespace().collect();
-                // local_address, state (0A: LISTEN), inode.
+                // local_address, state, inode.
                 if f.len() > 9
                     && f[1].ends_with(&port)
-                    && f[3] == "0A"
+                    && state(f[3])
                     && inodes.iter().any(|i| i == f[9])
                 {
                     n += 1;
@@ -229,9 +241,18 @@ impl Server {
         n
     }
 
-    /// The fd count once it has held still for 300 ms (up to 10 s): the idle baseline after
-    /// earlier clients, whose closes the server may not have seen yet.
+    /// The idle baseline after earlier clients, whose closes the server may not have seen
+    /// yet: waits (up to 15 s, else panics) until the server holds no connection on its port,
+    /// then returns the fd count once it has held still for 300 ms (up to 10 s more). Waiting
+    /// for the connections first keeps a server that a loaded machine left a few closes behind
+    /// from setting a baseline above its idle count.
     pub fn settled_fd_count(&self) -> usize {
+        let idle = self.wait_until(Duration::from_secs(15), |s| s.connections_held() == 0);
+        assert!(
+            idle,
+            "the server still holds {} connections 15 s after its clients closed them",
+            self.connections_held()
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut count = self.fd_count();
         let mut since = Instant::now();
@@ -379,11 +400,15 @@ pub const MAX_CACHED_FILE_FDS: usize = 256;
 /// Waits for the server's fd count to return to `baseline`, failing with the count it had.
 pub fn assert_fds_return(server: &Server, baseline: usize, what: &str) {
     let ok = server.wait_until(Duration::from_secs(15), |s| s.fd_count() == baseline);
-    assert!(
-        ok,
-        "{what}: server holds {} fds, baseline {baseline}",
-        server.fd_count()
-    );
+    if !ok {
+        let mut held: Vec<String> = server.fds().map(|p| p.display().to_string()).collect();
+        held.sort();
+        panic!(
+            "{what}: server holds {} fds besides served files, baseline {baseline}; all: {}",
+            server.fd_count(),
+            held.join(" ")
+        );
+    }
     // Cached files are bounded: a descriptor leaked per request would pile up past this.
     let cached = server.cached_file_fds();
     assert!(
