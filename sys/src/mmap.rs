@@ -139,6 +139,18 @@ impl FileMap {
     /// (MAP_POPULATE: a send then finds every page in the page tables, and the pages of a
     /// cached file cost no fault).
     pub fn new(file: impl AsFd, len: usize) -> Result<Self> {
+        Self::map(file, len, MapFlags::POPULATE)
+    }
+
+    /// Maps the first `len` bytes of `file` without faulting anything in: cheap whatever the
+    /// file's size, and it reads nothing from disk. A send faults the pages it copies in
+    /// (the kernel maps a few around each fault); [`FileMap::resident`] says beforehand how
+    /// much of a range is in the page cache, for a sender that must not wait on the disk.
+    pub fn lazy(file: impl AsFd, len: usize) -> Result<Self> {
+        Self::map(file, len, MapFlags::empty())
+    }
+
+    fn map(file: impl AsFd, len: usize, extra: MapFlags) -> Result<Self> {
         if len == 0 {
             return Err(Error::InvalidConfig("zero-length file mapping"));
         }
@@ -149,7 +161,7 @@ impl FileMap {
                 core::ptr::null_mut(),
                 len,
                 ProtFlags::READ,
-                MapFlags::SHARED | MapFlags::POPULATE,
+                MapFlags::SHARED | extra,
                 file,
                 0,
             )
@@ -171,6 +183,50 @@ impl FileMap {
     /// Never true: zero-length mappings are refused.
     pub fn is_empty(&self) -> bool {
         self.map.len == 0
+    }
+
+    /// How many bytes of `range` (clamped to the mapping), from its start, are in the page
+    /// cache now (mincore(2) of the pages under them): a send of that prefix copies from
+    /// memory and waits on no disk read. A page may be reclaimed just after, so this is
+    /// advice, not a promise. 0 when mincore fails.
+    pub fn resident(&self, range: core::ops::Range<usize>) -> usize {
+        let end = range.end.min(self.map.len);
+        if range.start >= end {
+            return 0;
+        }
+        let page = rustix::param::page_size();
+        let base = self.map.as_ptr() as usize;
+        // mincore wants a page-aligned start; the mapping itself is page-aligned.
+        let first = range.start / page * page;
+        // Pages checked per call: enough for one FILE_SEND_MAX send.
+        const BATCH: usize = 512;
+        let mut vec = [0u8; BATCH];
+        let mut at = first;
+        while at < end {
+            let pages = (end - at).div_ceil(page).min(BATCH);
+            // SAFETY: `[base + at, base + at + pages * page)` lies in our mapping (the last
+            // page may extend past `len` but not past the mapping's last page, which the
+            // kernel rounds up to); `vec` has room for one byte per page; mincore only writes
+            // `vec`.
+            let rc = unsafe {
+                libc::mincore(
+                    (base + at) as *mut libc::c_void,
+                    pages * page,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if rc != 0 {
+                break;
+            }
+            match vec[..pages].iter().position(|v| v & 1 == 0) {
+                Some(i) => {
+                    at += i * page;
+                    break;
+                }
+                None => at += pages * page,
+            }
+        }
+        at.min(end).saturating_sub(range.start)
     }
 
     /// Start of `range` in the mapping, for an SQE to read from.

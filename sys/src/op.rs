@@ -82,6 +82,10 @@ pub enum OpMemory {
     Fixed(Lease),
     /// A file mapping sent from: this reference keeps it mapped until the send has ended.
     Mapped(Arc<FileMap>),
+    /// An IORING_OP_FIXED_FD_INSTALL's result: the plain descriptor it installed, adopted
+    /// by the ring when the CQE comes (`None` before, or when the install failed), so that
+    /// it is closed even if nobody takes it.
+    Installed(Option<OwnedFd>),
 }
 
 /// The target of an IORING_OP_STATX: the NUL-terminated path and the `struct statx` the
@@ -257,6 +261,14 @@ impl SafeSqe {
     /// IORING_OP_CLOSE of registered-file slot `index` (Linux 5.15).
     pub fn close_fixed(index: u32) -> Self {
         Self::bare(Sqe::close(Target::Fixed(index)))
+    }
+
+    /// IORING_OP_FIXED_FD_INSTALL (Linux 6.8) of registered-file slot `index`: the file in
+    /// the slot gets a plain descriptor as well (close-on-exec), for what the ring cannot do
+    /// with a slot (mmap, fstat). The descriptor comes back as [`OpMemory::Installed`] from
+    /// [`crate::Ring::take_memory`]; the slot stays as it was.
+    pub fn fixed_fd_install(index: u32) -> Self {
+        Self::with(Sqe::fixed_fd_install(index), OpMemory::Installed(None))
     }
 
     /// IORING_OP_SHUTDOWN (Linux 5.11); see [`Sqe::shutdown`].
@@ -549,6 +561,14 @@ impl OwnedOps {
                 // place that sees it (the caller gets it from here, once).
                 args.opened =
                     Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) });
+            }
+        }
+        if let OpMemory::Installed(fd @ None) = &mut mem {
+            if res >= 0 {
+                // SAFETY: a successful IORING_OP_FIXED_FD_INSTALL's result is the new
+                // descriptor it installed in this process' table, owned by nothing else; its
+                // CQE ends the operation and is seen here once.
+                *fd = Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(res) });
             }
         }
         self.done.insert(ud.0, mem);

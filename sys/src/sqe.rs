@@ -376,6 +376,20 @@ impl Sqe {
         s
     }
 
+    /// IORING_OP_FIXED_FD_INSTALL (Linux 6.8) of registered-file slot `index`: a plain
+    /// descriptor for the slot's file, close-on-exec (`install_fd_flags` 0; the only other
+    /// flag, IORING_FIXED_FD_NO_CLOEXEC, is not wanted), the result in `res`. The slot is the
+    /// SQE's file, so IOSQE_FIXED_FILE is required. Like liburing's
+    /// `io_uring_prep_fixed_fd_install(sqe, index, 0)`.
+    ///
+    /// # References
+    /// io_uring_prep_fixed_fd_install(3).
+    pub fn fixed_fd_install(index: u32) -> Self {
+        let mut s = Self::new(IoringOp::FixedFdInstall);
+        s.set_target(Target::Fixed(index));
+        s
+    }
+
     /// IORING_OP_FSYNC (Linux 5.1) of the whole file: fsync(2), or fdatasync(2) with
     /// `datasync` (IORING_FSYNC_DATASYNC). Like liburing's `io_uring_prep_fsync`.
     ///
