@@ -624,6 +624,15 @@ impl FileCache {
         }
     }
 
+    /// The identity (device, inode, mtime at the last check) of the file entry `ix` holds
+    /// open: `None` unless the entry holds one (open in the index, or out of it and still
+    /// referenced). For a driver that reaches the file another way (a mapping, a second
+    /// descriptor) and checks it is the same file.
+    pub fn file_id(&self, ix: EntryIx) -> Option<FileId> {
+        let e = self.entries.get(ix.0 as usize)?;
+        matches!(e.state, State::Live | State::Dead).then_some(e.id)
+    }
+
     /// The bytes of entry `ix`'s file, when kept.
     pub fn body(&self, ix: EntryIx) -> Option<&[u8]> {
         self.entries[ix.0 as usize].body.as_deref()
@@ -694,6 +703,26 @@ mod tests {
             }
             other => panic!("expected an open, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn file_id_names_the_open_file_while_the_entry_holds_it() {
+        let mut c = FileCache::new(cfg(4));
+        let StatOutcome::Open(ix) = c.on_stat(b"a", Ok((info(10), id(7))), 0) else {
+            panic!("a miss opens");
+        };
+        assert_eq!(c.file_id(ix), None, "not open yet");
+        c.on_open(ix, true);
+        assert_eq!(c.file_id(ix), Some(id(7)));
+        // Replaced on disk: out of the index, still held by the request.
+        let _ = c.on_stat(b"a", Ok((info(10), id(8))), 2000);
+        assert_eq!(c.file_id(ix), Some(id(7)), "dead but referenced");
+        c.release(ix);
+        assert_eq!(c.poll_close(), Some(ix));
+        assert_eq!(c.file_id(ix), None, "closing");
+        c.on_closed(ix);
+        assert_eq!(c.file_id(ix), None, "free");
+        assert_eq!(c.file_id(EntryIx(99)), None, "out of range");
     }
 
     #[test]
