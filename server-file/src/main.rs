@@ -122,10 +122,12 @@ struct Args {
     /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     precompressed: bool,
-    /// With `--backend epoll`: send file bodies after their first chunk with sendfile(2),
-    /// straight from the page cache, instead of pread into a chunk buffer and send (nginx's
-    /// `sendfile`). Not with `--direct`. The io_uring backend always reads into chunk
-    /// buffers. `false`: never.
+    /// Send file bodies after their first chunk straight from the page cache, instead of
+    /// reading them into a chunk buffer and sending that (nginx's `sendfile`): sendfile(2)
+    /// on the epoll backend; on io_uring, a send from a mapping of the cached file, of the
+    /// pages already in memory (the others are read as before), so uncached responses
+    /// (`--open-file-cache 0`) go through chunk buffers there. Not with `--direct` or
+    /// `--zerocopy`. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     sendfile: bool,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
@@ -276,6 +278,9 @@ struct Stats {
     body_hits: AtomicU64,
     /// Body sends straight from the file (`--sendfile`), EAGAIN retries included.
     file_sends: AtomicU64,
+    /// io_uring: sends from the file declined because its next page was not in memory
+    /// (that chunk was read instead).
+    file_cold: AtomicU64,
 }
 
 impl Stats {
@@ -287,7 +292,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={} file_sends={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={} file_sends={} file_cold={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -304,6 +309,7 @@ impl Stats {
             get(&self.cache_absent),
             get(&self.body_hits),
             get(&self.file_sends),
+            get(&self.file_cold),
         )
     }
 
@@ -523,7 +529,8 @@ fn run(args: Args) -> Result<(), String> {
             head_with_body: true,
             precompressed: args.precompressed,
             access_log: access_log.is_some(),
-            file_send: args.backend == Backend::Epoll && args.sendfile && !args.direct,
+            // The io_uring driver keeps it where it can map cached files.
+            file_send: args.sendfile && !args.direct,
         },
         access_log,
         max_conns,

@@ -49,6 +49,21 @@
 //!   refills the buffer only after the notification), and the connection counts it in flight
 //!   until the notification. Notifications with IORING_NOTIF_USAGE_ZC_COPIED are counted for
 //!   the `stats:` line.
+//! - Bodies past the first chunk (`--sendfile`, on by default; not with `--direct` or
+//!   `--zerocopy`): HttpConn's [`SendSrc::File`] goes out as one IORING_OP_SEND straight from
+//!   a shared mapping of the cached file (`ringwork_sys::FileMap`), the page cache copied
+//!   into the socket once, with no read into a chunk buffer. The mapping is made the first
+//!   time a cached entry's file is sent from and kept with the entry until its close; it
+//!   faults nothing in (no MAP_POPULATE), and each send names only the prefix of its range
+//!   that mincore(2) says is in the page cache, so that no send waits on the disk in this
+//!   thread: a range that starts with a page out of memory is declined (`file_cold`) and that
+//!   chunk goes by READ (on io-wq, which pulls it in) instead. With registered files the
+//!   entry's slot gets a plain descriptor for the mmap through IORING_OP_FIXED_FD_INSTALL
+//!   (Linux 6.8; without it, bodies go through chunk buffers and the features line says
+//!   `file_send=off`), checked against the entry's device and inode by fstat and closed once
+//!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
+//!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
+//!   short under it fails the send (EFAULT) and closes that connection.
 //! - Time: `driver::Waiter` waits with a timeout (EXT_ARG) that wakes the loop for HttpConn's
 //!   ticks; the clock is read once per batch of completions.
 //! - io-wq: at most `IOWQ_WORKERS` workers of each kind per ring.
@@ -81,8 +96,11 @@ use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
+use std::sync::Arc;
+
 use ringwork_sys::{
-    Acceptor, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget, Target,
+    Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
+    Target,
 };
 
 use crate::accesslog::RingLog;
@@ -154,6 +172,10 @@ struct Driver<'s> {
     cache: FileCache,
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
+    /// HttpConn sends bodies from the file ([`SendSrc::File`]): from `maps`.
+    file_send: bool,
+    /// Per cache entry: the mapping its file is sent from, made on the first send.
+    maps: Vec<EntryMap>,
     /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
     /// (else into a buffer per connection).
     head_ring: bool,
@@ -168,6 +190,19 @@ struct Driver<'s> {
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
+}
+
+/// A cache entry's file mapping, for [`SendSrc::File`].
+#[derive(Debug, Default)]
+enum EntryMap {
+    /// Not made yet (or dropped with the entry's file, or stale).
+    #[default]
+    None,
+    /// The IORING_OP_FIXED_FD_INSTALL for the mmap is in flight.
+    Installing,
+    Ready(Arc<FileMap>),
+    /// It could not be made: this entry's bodies go through chunk buffers.
+    Failed,
 }
 
 /// Operation memory no connection holds, for the next that needs it (boxed as the
@@ -362,8 +397,25 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     }
     // A chain is two SQEs: a one-entry SQ cannot hold one.
     let links = links && fixed_files && ring.sq_entries() >= 2;
+    // Sends from a mapping of the cached file: the mmap needs a descriptor, which a
+    // registered slot gives through IORING_OP_FIXED_FD_INSTALL (Linux 6.8).
+    let mut file_send = shared.cfg.file_send && cache_entries > 0;
+    if file_send
+        && fixed_files
+        && !ring
+            .probe()
+            .map_err(|e| e.to_string())?
+            .supports(IoringOp::FixedFdInstall)
+    {
+        println!(
+            "{}: file bodies go through chunk buffers",
+            unsupported("IORING_OP_FIXED_FD_INSTALL", "6.8")
+        );
+        file_send = false;
+    }
     let http_cfg = ringwork_core::httpconn::Config {
         link_open_read: links,
+        file_send,
         ..shared.cfg
     };
     println!(
@@ -378,6 +430,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
             .with("pbuf_ring", head_ring)
             .with("zerocopy", shared.cfg.zerocopy)
             .with("links", links)
+            .with("file_send", file_send)
     );
     let waiter = Waiter::new(&ring, 1, Duration::ZERO);
     let mut d = Driver {
@@ -399,6 +452,8 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         cache: FileCache::new(shared.cache),
         cache_base: slots,
         cache_fds: (0..cache_entries).map(|_| None).collect(),
+        file_send,
+        maps: (0..cache_entries).map(|_| EntryMap::None).collect(),
         head_ring,
         recv_starved: Vec::new(),
         chunk_peak: 0,
@@ -612,6 +667,15 @@ impl Driver<'_> {
             if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
                 log.on_cqe(sink, &mut self.ring, &cqe)?;
             }
+            return Ok(());
+        }
+        if token.slot == Slot::WORKER && token.kind == OpKind::Open {
+            // A cache entry's file got a descriptor, for its mapping.
+            let fd = match self.ring.take_memory(cqe.user_data()) {
+                Some(OpMemory::Installed(fd)) => fd,
+                _ => None,
+            };
+            self.on_installed(EntryIx(u32::from(token.sub)), fd);
             return Ok(());
         }
         if token.slot == Slot::WORKER && token.kind == OpKind::Close {
@@ -895,6 +959,8 @@ impl Driver<'_> {
     /// each entry is reusable once its close completes.
     fn close_evicted(&mut self) {
         while let Some(ix) = self.cache.poll_close() {
+            // Sends in flight hold their own reference; it is unmapped after the last.
+            self.maps[ix.0 as usize] = EntryMap::None;
             if self.fixed_files {
                 let token =
                     Token::new(OpKind::Close, Slot::WORKER, Generation::ZERO).with_sub(ix.0 as u16);
@@ -910,6 +976,21 @@ impl Driver<'_> {
                 self.cache.on_closed(ix);
             }
         }
+    }
+
+    /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`fd`: its result).
+    /// The mapping is made if the entry still waits for it; the descriptor is closed either
+    /// way (the mapping holds the file).
+    fn on_installed(&mut self, ix: EntryIx, fd: Option<OwnedFd>) {
+        let map = &mut self.maps[ix.0 as usize];
+        if !matches!(map, EntryMap::Installing) {
+            // The entry was closed meanwhile.
+            return;
+        }
+        *map = match fd {
+            Some(fd) => map_entry(&fd, self.cache.file_id(ix)),
+            None => EntryMap::Failed,
+        };
     }
 
     /// Performs `op` from the open-file cache when it can, with no system call: a stat of a
@@ -1183,11 +1264,65 @@ impl Driver<'_> {
                     .send_flags(SendFlags::NOSIGNAL);
                 (OpKind::Send, sqe)
             }
-            // Guard: this backend's Config has no file_send; should one come, the response
-            // goes on through chunk buffers.
-            Op::Send(SendSrc::File { .. }) => {
-                c.http.on_file_send_declined(self.now, false);
-                return Ok(None);
+            Op::Send(SendSrc::File { offset, len }) => {
+                let start = offset as usize;
+                let end = start + len as usize;
+                // Only a cached file is mapped; anything else goes through chunk buffers.
+                let ix = match c.cached {
+                    Some(ix) if self.file_send && !c.cache_opening => ix,
+                    _ => {
+                        c.http.on_file_send_declined(self.now, false);
+                        return Ok(None);
+                    }
+                };
+                let map = &mut self.maps[ix.0 as usize];
+                if let EntryMap::Ready(m) = map {
+                    // The file grew since it was mapped (rewritten in place): map it again.
+                    if end > m.len() {
+                        *map = EntryMap::None;
+                    }
+                }
+                if matches!(map, EntryMap::None) {
+                    *map = match &self.cache_fds[ix.0 as usize] {
+                        // A plain descriptor: map it now.
+                        Some(fd) => map_entry(fd, self.cache.file_id(ix)),
+                        None if fixed_files => {
+                            let token = Token::new(OpKind::Open, Slot::WORKER, Generation::ZERO)
+                                .with_sub(ix.0 as u16);
+                            let sqe = SafeSqe::fixed_fd_install(self.cache_base + ix.0)
+                                .user_data(token.encode());
+                            match self.ring.push_safe(sqe) {
+                                Ok(_) => EntryMap::Installing,
+                                Err(_) => EntryMap::None,
+                            }
+                        }
+                        None => EntryMap::Failed,
+                    };
+                }
+                let m = match map {
+                    EntryMap::Ready(m) if end <= m.len() => Arc::clone(m),
+                    // The next chunk goes by a read meanwhile, and the file is tried again.
+                    EntryMap::Installing | EntryMap::None => {
+                        c.http.on_file_send_declined(self.now, true);
+                        return Ok(None);
+                    }
+                    EntryMap::Ready(_) | EntryMap::Failed => {
+                        c.http.on_file_send_declined(self.now, false);
+                        return Ok(None);
+                    }
+                };
+                // Only what is in memory: a fault on a page out of it would read the disk
+                // in this thread. A range that starts out of memory goes by a read (io-wq).
+                let n = m.resident(start..end);
+                if n == 0 {
+                    crate::Stats::add(&self.shared.stats.file_cold, 1);
+                    c.http.on_file_send_declined(self.now, true);
+                    return Ok(None);
+                }
+                crate::Stats::add(&self.shared.stats.file_sends, 1);
+                let sqe = SafeSqe::send_mapped(sock, &m, start..start + n)
+                    .send_flags(SendFlags::NOSIGNAL);
+                (OpKind::Send, sqe)
             }
             Op::Stat => {
                 let mask = crate::STATX_MASK;
@@ -1281,6 +1416,24 @@ impl Driver<'_> {
         Ok(Some(
             sqe.user_data(Token::new(kind, slot, generation).encode()),
         ))
+    }
+}
+
+/// A lazy mapping of the whole of `fd`, when it is the file the cache entry holds (`id`:
+/// same device and inode) and not empty.
+fn map_entry(fd: &OwnedFd, id: Option<ringwork_core::filecache::FileId>) -> EntryMap {
+    let Ok(stx) = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, crate::STATX_MASK) else {
+        return EntryMap::Failed;
+    };
+    let seen = crate::file_id(&stx);
+    match id {
+        Some(id) if (id.dev, id.ino) == (seen.dev, seen.ino) && stx.stx_size > 0 => {
+            match FileMap::lazy(fd, stx.stx_size as usize) {
+                Ok(m) => EntryMap::Ready(Arc::new(m)),
+                Err(_) => EntryMap::Failed,
+            }
+        }
+        _ => EntryMap::Failed,
     }
 }
 

@@ -266,15 +266,9 @@ impl Server {
         count
     }
 
-    /// Resident set size in KiB (VmRSS of /proc/PID/status).
+    /// Private resident memory in KiB ([`private_rss_kib`]).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        private_rss_kib(self.pid())
     }
 
     /// Waits up to `timeout` for `check` to hold, polling every 20 ms.
@@ -645,4 +639,19 @@ pub mod http {
         c.send(raw);
         c.read(raw.starts_with(b"HEAD")).unwrap()
     }
+}
+
+/// Private resident memory of process `pid` in KiB: RssAnon of /proc/PID/status (heap,
+/// stacks, anonymous mappings such as chunk buffers). Not VmRSS: that also counts the
+/// page-cache pages of files the process maps (ringwork-files sends large cached files from
+/// a mapping), which are the page cache's, shared, and reclaimable, not the process' growth.
+pub fn private_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("RssAnon:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

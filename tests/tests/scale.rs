@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::Client;
 use ringwork_e2e::{
-    assert_fds_return, fresh_dir, raise_nofile_limit, random_bytes, Server, BACKENDS,
+    assert_fds_return, fresh_dir, private_rss_kib, raise_nofile_limit, random_bytes, Server,
+    BACKENDS,
 };
 
 /// Files `f0`..`f49` of assorted sizes up to 20 KB.
@@ -175,7 +176,7 @@ fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
         let (done, peak) = (&done, &peak);
         let watch = scope.spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(private_rss_kib(pid), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
@@ -217,16 +218,4 @@ fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
     // 8 GiB in flight.
     assert!(grew < 32 * 1024, "the server grew by {grew} KiB");
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// VmRSS of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

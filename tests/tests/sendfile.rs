@@ -1,7 +1,10 @@
-//! ringwork-files' epoll backend sends bodies after their first chunk with sendfile(2)
-//! (`--sendfile`, on by default): whole files and ranges come out byte for byte, cached or
-//! not, and a file cut short under a download ends that response with a closed connection,
-//! never a hang, while the server goes on serving.
+//! ringwork-files sends bodies after their first chunk straight from the page cache
+//! (`--sendfile`, on by default): with sendfile(2) on the epoll backend, and on io_uring
+//! with sends from a mapping of the cached file, of the pages in memory only. Whole files
+//! and ranges come out byte for byte, cached or not; a file whose pages left memory under a
+//! download is read for those chunks instead (`file_cold`); and a file cut short under a
+//! download ends that response with a closed connection, never a hang, while the server
+//! goes on serving.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -10,14 +13,14 @@ use std::time::{Duration, Instant};
 use ringwork_e2e::http::Client;
 use ringwork_e2e::{connect, fresh_dir, random_bytes, stat, terminate, Server};
 
-fn start(root: &Path, extra: &[&str]) -> Server {
+fn start(root: &Path, backend: &str, extra: &[&str]) -> Server {
     let mut args = vec![
         "--listen",
         "127.0.0.1:0",
         "--threads",
         "1",
         "--backend",
-        "epoll",
+        backend,
     ];
     args.extend_from_slice(extra);
     args.push(root.to_str().unwrap());
@@ -36,14 +39,34 @@ fn files_and_ranges_are_byte_exact_by_sendfile_and_without_it() {
     for (i, f) in files.iter().enumerate() {
         std::fs::write(dir.join(format!("f{i}")), f).unwrap();
     }
-    let variants: [(&[&str], bool); 3] = [
-        (&[], true),
-        (&["--open-file-cache", "0"], true),
-        (&["--sendfile", "false"], false),
+    // Which send from the file: epoll's sendfile needs a descriptor only; io_uring maps
+    // cached files only (through a descriptor installed from the registered slot, or the
+    // plain one with `--disable fixed-files`).
+    let variants: [(&str, &[&str], bool); 7] = [
+        ("epoll", &[], true),
+        ("epoll", &["--open-file-cache", "0"], true),
+        ("epoll", &["--sendfile", "false"], false),
+        ("uring", &[], true),
+        ("uring", &["--disable", "fixed-files"], true),
+        ("uring", &["--open-file-cache", "0"], false),
+        ("uring", &["--sendfile", "false"], false),
     ];
-    for (extra, sendfile) in variants {
-        let what = format!("epoll {extra:?}");
-        let s = start(&dir, extra);
+    for (backend, extra, sendfile) in variants {
+        let what = format!("{backend} {extra:?}");
+        let s = start(&dir, backend, extra);
+        if backend == "uring" {
+            let line = s
+                .wait_for_line(Duration::from_secs(5), |l| l.starts_with("io_uring:"))
+                .expect("a features line");
+            assert!(
+                line.contains(if sendfile {
+                    "file_send=on"
+                } else {
+                    "file_send=off"
+                }),
+                "{what}: {line}"
+            );
+        }
         let mut c = Client::connect(s.addr);
         for _ in 0..2 {
             for (i, f) in files.iter().enumerate() {
@@ -82,9 +105,15 @@ fn a_file_cut_short_under_a_download_closes_that_response_and_nothing_else() {
     let path = dir.join("big.bin");
     std::fs::write(&path, random_bytes(3, len)).unwrap();
     std::fs::write(dir.join("small.txt"), b"still here\n").unwrap();
-    for extra in [&[][..], &["--open-file-cache", "0"][..]] {
-        let what = format!("epoll {extra:?}");
-        let s = start(&dir, extra);
+    let variants: [(&str, &[&str]); 4] = [
+        ("epoll", &[]),
+        ("epoll", &["--open-file-cache", "0"]),
+        ("uring", &[]),
+        ("uring", &["--disable", "fixed-files"]),
+    ];
+    for (backend, extra) in variants {
+        let what = format!("{backend} {extra:?}");
+        let s = start(&dir, backend, extra);
         // A slow reader: the server is mid-body when the file shrinks.
         let mut sock = connect(s.addr, Some(16 * 1024));
         sock.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -129,6 +158,60 @@ fn a_file_cut_short_under_a_download_closes_that_response_and_nothing_else() {
         drop(c);
         terminate(s);
         std::fs::write(&path, random_bytes(3, len)).unwrap();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// io_uring sends from the mapping only what is in the page cache: a download whose file's
+/// second half is dropped from memory under it reads that part (at least one send declined,
+/// `file_cold`) and still arrives byte for byte; a warm file is sent from the mapping whole.
+#[test]
+fn pages_out_of_memory_are_read_not_faulted_in_by_a_send() {
+    let dir = fresh_dir("ringwork-sendfile-cold-");
+    let len = 32 << 20;
+    let path = dir.join("big.bin");
+    let want = random_bytes(11, len);
+    std::fs::write(&path, &want).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    file.sync_all().unwrap();
+    for extra in [&[][..], &["--disable", "fixed-files"][..]] {
+        let what = format!("uring {extra:?}");
+        let s = start(&dir, "uring", extra);
+        // A slow reader: the server is a few MiB in when the second half leaves memory.
+        let mut sock = connect(s.addr, Some(16 * 1024));
+        sock.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::with_capacity(len + 1024);
+        let mut buf = vec![0u8; 64 * 1024];
+        while got.len() < 512 * 1024 {
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0, "{what}: early end of stream");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // Clean pages that no process maps are dropped (the server has faulted in only
+        // the pages it has sent).
+        rustix::fs::fadvise(&file, 16 << 20, None, rustix::fs::Advice::DontNeed).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        sock.read_to_end(&mut got).unwrap();
+        let body_at = got
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a response head")
+            + 4;
+        assert!(
+            got[body_at..] == want[..],
+            "{what}: {} body bytes, not byte-exact",
+            got.len() - body_at
+        );
+        // Again, warm now: the pages the first download read are in memory and mapped.
+        let mut c = Client::connect(s.addr);
+        let r = c.get("/big.bin", "");
+        assert!(r.body == want, "{what}: warm download not byte-exact");
+        drop(c);
+        let line = terminate(s);
+        assert!(stat(&line, "file_sends") > 0, "{what}: {line}");
+        assert!(stat(&line, "file_cold") > 0, "{what}: {line}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }
