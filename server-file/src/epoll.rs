@@ -205,6 +205,10 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let mut run_queue = RunQueue::new();
     let mut running = RunQueue::new();
     let mut drain = Drain::new(shared.shutdown_grace.as_millis() as u64);
+    // Accept only once every worker is set up (see `StartGate`).
+    if shared.start_gate.arrive().is_err() {
+        return Ok(());
+    }
     loop {
         let now_ms = shared.now().mono_ms;
         if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
@@ -726,6 +730,7 @@ mod tests {
             ..Config::default()
         };
         let shared = Shared {
+            start_gate: ringwork_sys::driver::StartGate::new(1),
             root,
             access_log: None,
             cfg,

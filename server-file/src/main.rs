@@ -227,6 +227,8 @@ impl Default for Features {
 
 /// What every worker thread shares.
 struct Shared {
+    /// No worker accepts before every worker is set up.
+    start_gate: ringwork_sys::driver::StartGate,
     root: OwnedFd,
     /// `--access-log`, unless off.
     access_log: Option<accesslog::Sink>,
@@ -515,6 +517,7 @@ fn run(args: Args) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let shared = Arc::new(Shared {
+        start_gate: ringwork_sys::driver::StartGate::new(threads),
         root,
         cfg: Config {
             limits: Limits::default(),
@@ -556,19 +559,6 @@ fn run(args: Args) -> Result<(), String> {
         args.chunk,
         ringwork_sys::kernel_release()
     );
-    // The last line of startup, and exactly this shape: scripts and tests wait for it (one
-    // `http://ADDR/` per address, space-separated).
-    let urls: Vec<String> = listeners
-        .bound
-        .iter()
-        .map(|a| format!("http://{a}/"))
-        .collect();
-    println!(
-        "ringwork-files serving {}, listening on {}",
-        root_path.display(),
-        urls.join(" ")
-    );
-    let _ = std::io::stdout().flush();
 
     let (stop, notices) = ringwork_sys::driver::stop_notices(threads).map_err(|e| e.to_string())?;
     let stop = Arc::new(stop);
@@ -584,6 +574,9 @@ fn run(args: Args) -> Result<(), String> {
             std::thread::Builder::new()
                 .name(format!("files-{i}"))
                 .spawn(move || {
+                    // However the worker ends (an error, a panic), the others do not wait
+                    // for it at the start gate (once open, this changes nothing).
+                    let _gate = shared.start_gate.exit_guard();
                     let result = match backend {
                         Backend::Uring => uring::run(&shared, l, notice),
                         Backend::Epoll => epoll::run(&shared, l, notice),
@@ -597,6 +590,22 @@ fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot start a worker thread: {e}"))
         })
         .collect::<Result<_, _>>()?;
+    // Every worker set up (or one failed, and says why when joined).
+    if shared.start_gate.wait_open() {
+        // The last line of startup, and exactly this shape: scripts and tests wait for it (one
+        // `http://ADDR/` per address, space-separated).
+        let urls: Vec<String> = listeners
+            .bound
+            .iter()
+            .map(|a| format!("http://{a}/"))
+            .collect();
+        println!(
+            "ringwork-files serving {}, listening on {}",
+            root_path.display(),
+            urls.join(" ")
+        );
+        let _ = std::io::stdout().flush();
+    }
     // SIGINT/SIGTERM (blocked in every thread) arrive through the signalfd: one thread waits
     // there and relays them as the stop notice. It ends with the process.
     {

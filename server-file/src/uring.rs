@@ -461,6 +461,11 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         serving_waiting: false,
         spare: Spares::default(),
     };
+    // Accept only once every worker has its ring: connections accepted here must not take
+    // the descriptors another worker's io_uring_setup needs.
+    if shared.start_gate.arrive().is_err() {
+        return Ok(());
+    }
     for a in &mut d.acceptors {
         a.start(&mut d.ring)
             .map_err(|e| format!("io_uring submit: {e}"))?;

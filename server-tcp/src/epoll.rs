@@ -91,7 +91,7 @@ pub fn run(
     listeners: Vec<OwnedFd>,
     stop: StopNotice,
     shared: &Shared,
-    ready: std::sync::mpsc::Sender<()>,
+    gate: &ringwork_sys::driver::StartGate,
 ) -> ringwork_sys::Result<WorkerStats> {
     let ep = Epoll::new(BATCH)?;
     // One per listener; `main` keeps their number within a u16.
@@ -128,7 +128,10 @@ pub fn run(
         stats: WorkerStats::default(),
         queue: VecDeque::new(),
     };
-    let _ = ready.send(());
+    // Accept only once every worker is set up (see `StartGate`).
+    if gate.arrive().is_err() {
+        return Ok(w.stats);
+    }
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
     while !w.drain.finished(w.conns.len(), false, false) {
         let timeout = w.drain.stopping().then_some(Duration::from_millis(100));

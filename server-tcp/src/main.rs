@@ -367,19 +367,21 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let shared = Arc::new(Shared::default());
     let (stop, notices) = ringwork_sys::driver::stop_notices(threads)?;
     let mut workers = Vec::new();
-    // Each worker reports once its ring (or epoll set) and buffers are set up, so that the
-    // `listening on` line means "serving" and the idle fd count and RSS are final.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    // No worker accepts before every worker's ring (or epoll set) and buffers are set up,
+    // and the `listening on` line waits for them too, so that it means "serving" and the idle
+    // fd count and RSS are final.
+    let gate = Arc::new(ringwork_sys::driver::StartGate::new(threads));
     for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
         let shared = Arc::clone(&shared);
         let backend = args.backend;
-        let ready = ready_tx.clone();
+        let gate = Arc::clone(&gate);
         let handle = std::thread::Builder::new()
             .name(format!("echo-{i}"))
             .spawn(move || {
+                let _gate = gate.exit_guard();
                 let res = match backend {
-                    Backend::Uring => uring::run(cfg, listener, notice, &shared, ready),
-                    Backend::Epoll => epoll::run(cfg, listener, notice, &shared, ready),
+                    Backend::Uring => uring::run(cfg, listener, notice, &shared, &gate),
+                    Backend::Epoll => epoll::run(cfg, listener, notice, &shared, &gate),
                 };
                 res.unwrap_or_else(|e| {
                     // A worker that cannot run leaves the process half-served: stop it all.
@@ -390,12 +392,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         workers.push(handle);
     }
 
-    drop(ready_tx);
-    for _ in 0..threads {
-        // A worker that failed exits the process; a closed channel means all have reported.
-        if ready_rx.recv().is_err() {
-            break;
+    // A worker that failed exits the process (and fails the gate on its way).
+    if !gate.wait_open() {
+        for handle in workers {
+            let _ = handle.join();
         }
+        return Err("a worker could not start".into());
     }
     let backend = match (args.backend, cfg.sqpoll, cfg.zerocopy) {
         (Backend::Uring, None, false) => "uring",

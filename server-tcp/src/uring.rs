@@ -100,7 +100,7 @@ pub fn run(
     listeners: Vec<OwnedFd>,
     stop: StopNotice,
     shared: &Shared,
-    ready: std::sync::mpsc::Sender<()>,
+    gate: &ringwork_sys::driver::StartGate,
 ) -> ringwork_sys::Result<WorkerStats> {
     let (mut ring, note) = driver::server_ring(ServerRingConfig {
         sq_entries: cfg.sq_entries,
@@ -230,6 +230,10 @@ pub fn run(
         shared,
         stats: WorkerStats::default(),
     };
+    // Accept only once every worker has its ring (see `StartGate`).
+    if gate.arrive().is_err() {
+        return Ok(w.stats);
+    }
     for a in &mut w.acceptors {
         a.start(&mut w.ring)?;
     }
@@ -237,7 +241,6 @@ pub fn run(
     w.stop.arm(&mut w.ring, worker_token(OpKind::Read))?;
     w.stop_armed = true;
     w.ring.submit()?;
-    let _ = ready.send(());
     w.run_loop()?;
     let rs = w.ring.stats();
     w.stats.enters = rs.enters;

@@ -314,3 +314,168 @@ mod tests {
         assert!(notice.given());
     }
 }
+
+/// Holds every worker back from accepting until all have set up (ring or epoll set,
+/// registrations, buffers), so that one worker's connections cannot use up the descriptors
+/// (RLIMIT_NOFILE is the process') another still needs for its ring: before this gate a
+/// worker that came up first could accept to the limit and the next one's io_uring_setup
+/// failed with EMFILE, taking the server down. The main thread waits on it too, so that its
+/// `listening on` line means every worker is serving.
+#[derive(Debug)]
+pub struct StartGate {
+    workers: usize,
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    arrived: usize,
+    failed: bool,
+}
+
+/// See [`StartGate::exit_guard`].
+#[derive(Debug)]
+pub struct GateExitGuard<'a>(&'a StartGate);
+
+impl Drop for GateExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fail();
+    }
+}
+
+/// Another worker failed to set up: this one should return without serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateClosed;
+
+impl StartGate {
+    /// A gate for `workers` workers.
+    pub fn new(workers: usize) -> Self {
+        Self {
+            workers,
+            state: std::sync::Mutex::new(GateState::default()),
+            changed: std::sync::Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state is two plain fields updated whole: a panic elsewhere cannot leave it
+        // half-written, so a poisoned lock is still good.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This worker is set up: waits until every worker is (then it may accept), or until
+    /// one has failed ([`GateClosed`]).
+    pub fn arrive(&self) -> core::result::Result<(), GateClosed> {
+        let mut s = self.lock();
+        s.arrived += 1;
+        self.changed.notify_all();
+        loop {
+            if s.failed {
+                return Err(GateClosed);
+            }
+            if s.arrived >= self.workers {
+                return Ok(());
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// This worker could not set up (or stopped before [`StartGate::arrive`]): the others'
+    /// waits end with [`GateClosed`]. Harmless once the gate is open.
+    pub fn fail(&self) {
+        let mut s = self.lock();
+        if s.arrived < self.workers {
+            s.failed = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// A guard for a worker thread that calls [`StartGate::fail`] when dropped, however the
+    /// worker ends (an error in its set-up, a panic): the others never wait for a worker
+    /// that is gone. Once the gate is open, dropping it changes nothing.
+    pub fn exit_guard(&self) -> GateExitGuard<'_> {
+        GateExitGuard(self)
+    }
+
+    /// For the main thread: waits until every worker has arrived (true) or one has failed
+    /// (false).
+    pub fn wait_open(&self) -> bool {
+        let mut s = self.lock();
+        loop {
+            if s.failed {
+                return false;
+            }
+            if s.arrived >= self.workers {
+                return true;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_opens_when_every_worker_has_arrived() {
+        let gate = Arc::new(StartGate::new(3));
+        let opened = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (gate, opened) = (Arc::clone(&gate), Arc::clone(&opened));
+                std::thread::spawn(move || {
+                    assert_eq!(gate.arrive(), Ok(()));
+                    opened.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(opened.load(Ordering::SeqCst), 0, "two of three: still shut");
+        let last = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || gate.arrive())
+        };
+        assert!(gate.wait_open());
+        assert_eq!(last.join().unwrap(), Ok(()));
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(opened.load(Ordering::SeqCst), 2);
+        gate.fail();
+        assert!(
+            gate.wait_open(),
+            "a failure after the gate opened changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_failed_worker_releases_the_others_and_main() {
+        let gate = Arc::new(StartGate::new(3));
+        let waiting = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || gate.arrive())
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        gate.fail();
+        assert_eq!(waiting.join().unwrap(), Err(GateClosed));
+        assert!(!gate.wait_open());
+        assert_eq!(gate.arrive(), Err(GateClosed), "a late arrival too");
+    }
+
+    #[test]
+    fn a_worker_that_panics_before_arriving_releases_the_others() {
+        let gate = Arc::new(StartGate::new(2));
+        let dying = {
+            let gate = Arc::clone(&gate);
+            std::thread::spawn(move || {
+                let _guard = gate.exit_guard();
+                panic!("set-up failed");
+            })
+        };
+        assert!(dying.join().is_err());
+        assert_eq!(gate.arrive(), Err(GateClosed));
+        assert!(!gate.wait_open());
+    }
+}

@@ -48,6 +48,9 @@ pub struct Server {
     /// once).
     pub addrs: Vec<SocketAddr>,
     lines: mpsc::Receiver<String>,
+    /// Lines printed before `listening on` (a worker's `io_uring:` features line, which the
+    /// workers print while setting up), not yet taken by [`Server::wait_for_line`].
+    early: Mutex<std::collections::VecDeque<String>>,
     /// What it wrote on stderr, when [`Server::start_with_nofile`] captured it.
     stderr: Option<Arc<Mutex<StderrLog>>>,
 }
@@ -105,11 +108,16 @@ impl Server {
         let (tx, lines) = mpsc::channel();
         forward_lines(stdout, tx);
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut early = std::collections::VecDeque::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(rest) = line.split("listening on ").nth(1) {
+                    let Some(rest) = line.split("listening on ").nth(1) else {
+                        early.push_back(line);
+                        continue;
+                    };
+                    {
                         // `ADDR (…)` or `http://ADDR/ http://ADDR/ …`: the addresses lead.
                         let addrs: Vec<SocketAddr> = rest
                             .split_whitespace()
@@ -124,6 +132,7 @@ impl Server {
                             addr,
                             addrs,
                             lines,
+                            early: Mutex::new(early),
                             stderr,
                         };
                     }
@@ -207,6 +216,39 @@ impl Server {
     /// for (any TCP state but LISTEN).
     pub fn connections_held(&self) -> usize {
         self.sockets_on(self.addr.port(), |state| state != "0A")
+    }
+
+    /// Where the server side of the connection from `client` (the client's own address)
+    /// stands: still in a listen backlog (no descriptor yet: inode 0), accepted and held by
+    /// the server, or neither (closed, or held by another process).
+    pub fn connection_state(&self, client: SocketAddr) -> &'static str {
+        let inodes: Vec<String> = self
+            .fds()
+            .filter_map(|l| {
+                let l = l.display().to_string();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        let (local, remote) = (
+            format!(":{:04X}", self.addr.port()),
+            format!(":{:04X}", client.port()),
+        );
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            for line in text.lines().skip(1) {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                if f.len() > 9 && f[1].ends_with(&local) && f[2].ends_with(&remote) {
+                    return if f[9] == "0" {
+                        "in a listen backlog, not accepted"
+                    } else if inodes.iter().any(|i| i == f[9]) {
+                        "accepted, held by the server"
+                    } else {
+                        "held by no descriptor of the server"
+                    };
+                }
+            }
+        }
+        "no server-side socket"
     }
 
     /// The server's TCP sockets with local port `port` whose state (the hex code of
@@ -305,13 +347,21 @@ impl Server {
         }
     }
 
-    /// Waits up to `timeout` for a stdout line (after `listening on`) that `pick` accepts;
-    /// lines before it are consumed.
+    /// Waits up to `timeout` for a stdout line that `pick` accepts, the lines printed before
+    /// `listening on` first; lines before it are consumed.
     pub fn wait_for_line(
         &self,
         timeout: Duration,
         mut pick: impl FnMut(&str) -> bool,
     ) -> Option<String> {
+        {
+            let mut early = self.early.lock().unwrap();
+            while let Some(line) = early.pop_front() {
+                if pick(&line) {
+                    return Some(line);
+                }
+            }
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -322,9 +372,12 @@ impl Server {
         }
     }
 
-    /// Lines the server printed on stdout after its `listening on` line, so far.
+    /// Lines the server printed on stdout so far, not taken yet (those before its
+    /// `listening on` line first).
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.lines.try_iter().collect()
+        let mut lines: Vec<String> = self.early.lock().unwrap().drain(..).collect();
+        lines.extend(self.lines.try_iter());
+        lines
     }
 }
 
