@@ -1265,14 +1265,8 @@ fn echo_backs_off_accept_when_out_of_fds() {
         accept_backs_off_when_out_of_fds(
             &format!("echo {backend}"),
             "ringwork-echo",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--threads",
-                "1",
-                "--backend",
-                backend,
-            ],
+            // The default number of workers (one per CPU).
+            &["--listen", "127.0.0.1:0", "--backend", backend],
             ECHO_REQUEST,
             echoed,
         );
