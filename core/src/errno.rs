@@ -41,6 +41,8 @@ impl RawErrno {
     pub const ISDIR: Self = Self(21);
     /// `EINVAL`: invalid argument.
     pub const INVAL: Self = Self(22);
+    /// `ENFILE`: too many open files in the system.
+    pub const NFILE: Self = Self(23);
     /// `EMFILE`: too many open files.
     pub const MFILE: Self = Self(24);
     /// `EPIPE`: broken pipe.
@@ -94,6 +96,7 @@ impl RawErrno {
             Self::NOTDIR => "ENOTDIR",
             Self::ISDIR => "EISDIR",
             Self::INVAL => "EINVAL",
+            Self::NFILE => "ENFILE",
             Self::MFILE => "EMFILE",
             Self::PIPE => "EPIPE",
             Self::NAMETOOLONG => "ENAMETOOLONG",

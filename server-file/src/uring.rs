@@ -680,7 +680,7 @@ impl Driver<'_> {
                 Some(OpMemory::Installed(fd)) => fd,
                 _ => None,
             };
-            self.on_installed(EntryIx(u32::from(token.sub)), fd);
+            self.on_installed(EntryIx(u32::from(token.sub)), cqe.result(), fd);
             return Ok(());
         }
         if token.slot == Slot::WORKER && token.kind == OpKind::Close {
@@ -983,18 +983,20 @@ impl Driver<'_> {
         }
     }
 
-    /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`fd`: its result).
-    /// The mapping is made if the entry still waits for it; the descriptor is closed either
-    /// way (the mapping holds the file).
-    fn on_installed(&mut self, ix: EntryIx, fd: Option<OwnedFd>) {
+    /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`res`, and `fd`, the
+    /// descriptor it installed). The mapping is made if the entry still waits for it; the
+    /// descriptor is closed either way (the mapping holds the file). Out of descriptors, the
+    /// next send from the file tries again; any other failure is for the entry's life.
+    fn on_installed(&mut self, ix: EntryIx, res: Result<u32, RawErrno>, fd: Option<OwnedFd>) {
         let map = &mut self.maps[ix.0 as usize];
         if !matches!(map, EntryMap::Installing) {
             // The entry was closed meanwhile.
             return;
         }
-        *map = match fd {
-            Some(fd) => map_entry(&fd, self.cache.file_id(ix)),
-            None => EntryMap::Failed,
+        *map = match (fd, res) {
+            (Some(fd), _) => map_entry(&fd, self.cache.file_id(ix)),
+            (None, Err(RawErrno::MFILE | RawErrno::NFILE)) => EntryMap::None,
+            (None, _) => EntryMap::Failed,
         };
     }
 
