@@ -243,3 +243,65 @@ fn a_missing_sibling_is_remembered_and_a_new_one_seen_after_the_period() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// A large cached file is sent from the file after its first chunk (on io_uring from a
+/// mapping kept with the cache entry): rewritten in place at the same size it is seen at once
+/// (the same open file, and the mapping shows the page cache); grown in place, the next check
+/// after the period serves the new size whole (the mapping, shorter than the file, is made
+/// again); shrunk in place, the short file; replaced by rename, the new file. Every body is
+/// checked byte for byte.
+#[test]
+fn a_large_cached_file_changed_under_its_mapping_is_served_as_it_is_now() {
+    for (backend, extra) in VARIANTS {
+        let what = format!("{backend} {extra:?}");
+        let dir = fresh_dir(&format!("ringwork-filemap-{backend}-{}-", extra.len()));
+        let path = dir.join("big.bin");
+        let s = start(&dir, backend, extra);
+        let mut c = Client::connect(s.addr);
+        let v1 = random_bytes(1, 2 << 20);
+        std::fs::write(&path, &v1).unwrap();
+        assert!(get_ok(&mut c, "/big.bin", &what) == v1, "{what}: v1");
+        // The same size, other bytes, written into the same inode: seen at once.
+        let v2 = random_bytes(2, 2 << 20);
+        rewrite_in_place(&path, &v2);
+        assert!(
+            get_ok(&mut c, "/big.bin", &what) == v2,
+            "{what}: v2, rewritten"
+        );
+        // Grown past what was mapped.
+        let v3 = random_bytes(3, 3 << 20);
+        rewrite_in_place(&path, &v3);
+        past_the_period();
+        assert!(get_ok(&mut c, "/big.bin", &what) == v3, "{what}: v3, grown");
+        // Shrunk below it.
+        let v4 = random_bytes(4, (1 << 20) + 3);
+        rewrite_in_place(&path, &v4);
+        past_the_period();
+        assert!(
+            get_ok(&mut c, "/big.bin", &what) == v4,
+            "{what}: v4, shrunk"
+        );
+        // Replaced by rename: another inode.
+        let v5 = random_bytes(5, (5 << 20) / 2);
+        let tmp = dir.join("big.tmp");
+        std::fs::write(&tmp, &v5).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        past_the_period();
+        assert!(
+            get_ok(&mut c, "/big.bin", &what) == v5,
+            "{what}: v5, renamed over"
+        );
+        drop(c);
+        let line = terminate(s);
+        assert!(stat(&line, "file_sends") > 0, "{what}: {line}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Writes `bytes` over the file at `path` in place (same inode), truncating it to their length.
+fn rewrite_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(bytes).unwrap();
+    f.set_len(bytes.len() as u64).unwrap();
+}
