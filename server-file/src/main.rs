@@ -532,8 +532,11 @@ fn run(args: Args) -> Result<(), String> {
             head_with_body: true,
             precompressed: args.precompressed,
             access_log: access_log.is_some(),
-            // The io_uring driver keeps it where it can map cached files.
-            file_send: args.sendfile && !args.direct,
+            // Not with O_DIRECT or SEND_ZC (HttpConn would ignore it; the features line says
+            // what is in use). The io_uring driver keeps it where it can map cached files.
+            file_send: args.sendfile
+                && !args.direct
+                && !(args.zerocopy && !disabled(Feature::SendZc)),
         },
         access_log,
         max_conns,
