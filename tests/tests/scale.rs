@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::Client;
 use ringwork_e2e::{
-    assert_fds_return, fresh_dir, private_rss_kib, raise_nofile_limit, random_bytes, Server,
-    BACKENDS,
+    assert_fds_return, fresh_dir, private_rss_kib, raise_nofile_limit, random_bytes, stat,
+    terminate, Server, BACKENDS,
 };
 
 /// Files `f0`..`f49` of assorted sizes up to 20 KB.
@@ -146,27 +146,36 @@ fn two_thousand_slowloris_connections_do_not_lock_out_a_normal_client() {
 
 /// 500 concurrent downloads of a 16 MiB file through a 1 MiB chunk budget (15 buffers): every
 /// download byte-exact, none refused (reads wait their turn for a buffer), and the server's
-/// memory stays bounded while they run.
+/// memory stays bounded while they run. At the defaults only each response's first chunk
+/// goes through a buffer (the rest is sent from the file's mapping); with `--sendfile false`
+/// every chunk does, and the reads queue for the pool (`chunk_waits`).
 #[test]
 fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
-    const DOWNLOADS: usize = 500;
     const SIZE: usize = 16 << 20;
     raise_nofile_limit();
     let dir = fresh_dir("ringwork-bigfile-");
     let want = Arc::new(random_bytes(77, SIZE));
     std::fs::write(dir.join("big.bin"), &*want).unwrap();
-    let server = Server::start(
-        "ringwork-files",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--threads",
-            "1",
-            "--buffer-memory",
-            "1",
-            dir.to_str().unwrap(),
-        ],
-    );
+    for extra in [&[][..], &["--sendfile", "false"][..]] {
+        tiny_budget_downloads(&dir, &want, extra);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn tiny_budget_downloads(dir: &std::path::Path, want: &Arc<Vec<u8>>, extra: &[&str]) {
+    const DOWNLOADS: usize = 500;
+    const SIZE: usize = 16 << 20;
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--threads",
+        "1",
+        "--buffer-memory",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let server = Server::start("ringwork-files", &args);
     let rss_before = server.rss_kib();
     let addr = server.addr;
     let done = AtomicBool::new(false);
@@ -182,7 +191,7 @@ fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
         });
         let downloads: Vec<_> = (0..DOWNLOADS)
             .map(|i| {
-                let want = Arc::clone(&want);
+                let want = Arc::clone(want);
                 std::thread::Builder::new()
                     .stack_size(256 * 1024)
                     .spawn_scoped(scope, move || {
@@ -212,10 +221,16 @@ fn a_tiny_buffer_budget_serves_500_concurrent_16_mib_downloads() {
     });
     let grew = peak.load(Ordering::Relaxed).saturating_sub(rss_before);
     println!(
-        "{DOWNLOADS} x 16 MiB through 1 MiB of buffers: RSS {rss_before} KiB, peak +{grew} KiB"
+        "{extra:?}: {DOWNLOADS} x 16 MiB through 1 MiB of buffers: RSS {rss_before} KiB, peak +{grew} KiB"
     );
     // 500 connections' state and their receive of one head each: a few MiB, never the
     // 8 GiB in flight.
-    assert!(grew < 32 * 1024, "the server grew by {grew} KiB");
-    let _ = std::fs::remove_dir_all(dir);
+    assert!(grew < 32 * 1024, "{extra:?}: the server grew by {grew} KiB");
+    let line = terminate(server);
+    let (sends, waits) = (stat(&line, "file_sends"), stat(&line, "chunk_waits"));
+    if extra.is_empty() {
+        assert!(sends > 0, "{extra:?}: {line}");
+    } else {
+        assert!(sends == 0 && waits > 0, "{extra:?}: {line}");
+    }
 }
