@@ -516,6 +516,7 @@ fn run(args: Args) -> Result<(), String> {
     let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
         .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
+    let zerocopy = args.zerocopy && !disabled(Feature::SendZc);
     let shared = Arc::new(Shared {
         start_gate: ringwork_sys::driver::StartGate::new(threads),
         root,
@@ -525,7 +526,7 @@ fn run(args: Args) -> Result<(), String> {
             header_timeout_ms: args.header_timeout_ms,
             idle_timeout_ms: args.idle_timeout_ms,
             direct: args.direct,
-            zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+            zerocopy,
             // The io_uring driver turns it on where it can chain (registered files).
             link_open_read: false,
             // Both drivers send the head and the first chunk at once.
@@ -534,9 +535,7 @@ fn run(args: Args) -> Result<(), String> {
             access_log: access_log.is_some(),
             // Not with O_DIRECT or SEND_ZC (HttpConn would ignore it; the features line says
             // what is in use). The io_uring driver keeps it where it can map cached files.
-            file_send: args.sendfile
-                && !args.direct
-                && !(args.zerocopy && !disabled(Feature::SendZc)),
+            file_send: args.sendfile && !args.direct && !zerocopy,
         },
         access_log,
         max_conns,
