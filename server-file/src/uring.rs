@@ -60,7 +60,7 @@
 //!   chunk goes by READ (on io-wq, which pulls it in) instead. With registered files the
 //!   entry's slot gets a plain descriptor for the mmap through IORING_OP_FIXED_FD_INSTALL
 //!   (Linux 6.8; without it, bodies go through chunk buffers and the features line says
-//!   `file_send=off`), checked against the entry's device and inode by fstat and closed once
+//!   `file_send=off`), checked against the entry's device and inode by statx and closed once
 //!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
 //!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
 //!   short under it fails the send (EFAULT) and closes that connection.
@@ -81,6 +81,7 @@
 //! stay where the kernel was told they are. No count is kept here.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fd::{AsRawFd, OwnedFd};
@@ -96,8 +97,6 @@ use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
-use std::sync::Arc;
-
 use ringwork_sys::{
     Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
     Target,
@@ -172,8 +171,6 @@ struct Driver<'s> {
     cache: FileCache,
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
-    /// HttpConn sends bodies from the file ([`SendSrc::File`]): from `maps`.
-    file_send: bool,
     /// Per cache entry: the mapping its file is sent from, made on the first send.
     maps: Vec<EntryMap>,
     /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
@@ -452,7 +449,6 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         cache: FileCache::new(shared.cache),
         cache_base: slots,
         cache_fds: (0..cache_entries).map(|_| None).collect(),
-        file_send,
         maps: (0..cache_entries).map(|_| EntryMap::None).collect(),
         head_ring,
         recv_starved: Vec::new(),
@@ -1276,7 +1272,7 @@ impl Driver<'_> {
                 let end = start + len as usize;
                 // Only a cached file is mapped; anything else goes through chunk buffers.
                 let ix = match c.cached {
-                    Some(ix) if self.file_send && !c.cache_opening => ix,
+                    Some(ix) if self.http_cfg.file_send && !c.cache_opening => ix,
                     _ => {
                         c.http.on_file_send_declined(self.now, false);
                         return Ok(None);
