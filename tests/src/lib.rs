@@ -222,65 +222,44 @@ impl Server {
     /// stands: still in a listen backlog (no descriptor yet: inode 0), accepted and held by
     /// the server, or neither (closed, or held by another process).
     pub fn connection_state(&self, client: SocketAddr) -> &'static str {
-        let inodes: Vec<String> = self
-            .fds()
-            .filter_map(|l| {
-                let l = l.display().to_string();
-                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-            })
-            .collect();
+        let inodes = self.socket_inodes();
         let (local, remote) = (
             format!(":{:04X}", self.addr.port()),
             format!(":{:04X}", client.port()),
         );
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let text = std::fs::read_to_string(table).unwrap_or_default();
-            for line in text.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                if f.len() > 9 && f[1].ends_with(&local) && f[2].ends_with(&remote) {
-                    return if f[9] == "0" {
-                        "in a listen backlog, not accepted"
-                    } else if inodes.iter().any(|i| i == f[9]) {
-                        "accepted, held by the server"
-                    } else {
-                        "held by no descriptor of the server"
-                    };
-                }
+        for f in tcp_rows() {
+            if f[1].ends_with(&local) && f[2].ends_with(&remote) {
+                return if f[9] == "0" {
+                    "in a listen backlog, not accepted"
+                } else if inodes.contains(&f[9]) {
+                    "accepted, held by the server"
+                } else {
+                    "held by no descriptor of the server"
+                };
             }
         }
         "no server-side socket"
     }
 
+    /// The inodes of the server's sockets (its fds' `socket:[INODE]` links).
+    fn socket_inodes(&self) -> Vec<String> {
+        self.fds()
+            .filter_map(|l| {
+                let l = l.display().to_string();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect()
+    }
+
     /// The server's TCP sockets with local port `port` whose state (the hex code of
     /// /proc/net/tcp) passes `state`.
     fn sockets_on(&self, port: u16, state: impl Fn(&str) -> bool) -> usize {
-        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
-            .map(|d| {
-                d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                    .filter_map(|l| {
-                        let l = l.display().to_string();
-                        Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let inodes = self.socket_inodes();
         let port = format!(":{port:04X}");
-        let mut n = 0;
-        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            let text = std::fs::read_to_string(table).unwrap_or_default();
-            for line in text.lines().skip(1) {
-                let f: Vec<&str> = line.split_whitespace().collect();
-                // local_address, state, inode.
-                if f.len() > 9
-                    && f[1].ends_with(&port)
-                    && state(f[3])
-                    && inodes.iter().any(|i| i == f[9])
-                {
-                    n += 1;
-                }
-            }
-        }
-        n
+        // local_address, state, inode.
+        tcp_rows()
+            .filter(|f| f[1].ends_with(&port) && state(&f[3]) && inodes.contains(&f[9]))
+            .count()
     }
 
     /// The idle baseline after earlier clients, whose closes the server may not have seen
@@ -707,4 +686,19 @@ pub fn private_rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// The rows of /proc/net/tcp and tcp6 (header skipped), split into fields; rows too short to
+/// hold an inode (field 9) are left out.
+fn tcp_rows() -> impl Iterator<Item = Vec<String>> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .into_iter()
+        .flat_map(|table| {
+            let text = std::fs::read_to_string(table).unwrap_or_default();
+            text.lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        })
+        .filter(|f| f.len() > 9)
 }
