@@ -23,6 +23,7 @@ use ringwork_core::file::Alignment;
 use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
+use ringwork_sys::backend::{Backend, BackendRequest};
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
@@ -44,8 +45,8 @@ struct Args {
     #[arg(long)]
     direct: bool,
     /// I/O backend.
-    #[arg(long, value_enum, default_value_t = Backend::Uring)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Bytes per file read: the size of each chunk buffer. A response streams through at most
     /// two; a connection holds them only while it sends a file.
     #[arg(long, default_value_t = 65536)]
@@ -140,8 +141,10 @@ struct Args {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
-    /// io_uring: openat2/statx/read_fixed/send through the ring.
+enum BackendArg {
+    /// io_uring where this process may use it, else epoll (one line on stderr says why).
+    Auto,
+    /// io_uring, or exit naming why not: openat2/statx/read/send through the ring.
     Uring,
     /// epoll (edge-triggered) with nonblocking syscalls.
     Epoll,
@@ -426,6 +429,7 @@ fn run(args: Args) -> Result<(), String> {
     if args.buffer_memory == 0 {
         return Err("--buffer-memory must be at least 1 MiB".into());
     }
+    let backend = choose_backend(&args)?;
     // Each connection is a descriptor (two while it sends a file without registered files).
     let nofile = raise_nofile_limit();
     // Token sub-indexes name cache entries (16 bits); cached files take at most a quarter of
@@ -433,7 +437,7 @@ fn run(args: Args) -> Result<(), String> {
     // io_uring without registered files: every thread's), or as slots of each ring's
     // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
     // connections' slots. Out of descriptors, the cache gives up the files no request uses.
-    let cache_fds = args.backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
+    let cache_fds = backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
     let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
         (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX)) as u32,
     );
@@ -453,13 +457,13 @@ fn run(args: Args) -> Result<(), String> {
     if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
         return Err("--sq-entries must be a power of two from 1 to 16384".into());
     }
-    if args.backend == Backend::Epoll && args.sqpoll.is_some() {
+    if backend == Backend::Epoll && args.sqpoll.is_some() {
         return Err("--sqpoll applies to --backend uring only".into());
     }
-    if args.backend == Backend::Epoll && args.zerocopy {
+    if backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
     }
-    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+    if backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
     for (feature, name, why) in [(
@@ -512,7 +516,7 @@ fn run(args: Args) -> Result<(), String> {
     if args.listen.len() > MAX_LISTEN {
         return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
-    let nonblocking = args.backend == Backend::Epoll;
+    let nonblocking = backend == Backend::Epoll;
     let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
         .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
@@ -555,8 +559,8 @@ fn run(args: Args) -> Result<(), String> {
     });
 
     println!(
-        "{:?} backend, {} thread(s), {}-byte chunks, kernel {}",
-        args.backend,
+        "{} backend, {} thread(s), {}-byte chunks, kernel {}",
+        backend.name(),
         threads,
         args.chunk,
         ringwork_sys::kernel_release()
@@ -572,7 +576,6 @@ fn run(args: Args) -> Result<(), String> {
         .map(|(i, (l, notice))| {
             let shared = Arc::clone(&shared);
             let stop = Arc::clone(&stop);
-            let backend = args.backend;
             std::thread::Builder::new()
                 .name(format!("files-{i}"))
                 .spawn(move || {
@@ -593,7 +596,8 @@ fn run(args: Args) -> Result<(), String> {
         })
         .collect::<Result<_, _>>()?;
     // Every worker set up (or one failed, and says why when joined).
-    if shared.start_gate.wait_open() {
+    let serving = shared.start_gate.wait_open();
+    if serving {
         // The last line of startup, and exactly this shape: scripts and tests wait for it (one
         // `http://ADDR/` per address, space-separated).
         let urls: Vec<String> = listeners
@@ -633,11 +637,39 @@ fn run(args: Args) -> Result<(), String> {
         .access_log
         .as_ref()
         .map_or(0, accesslog::Sink::dropped);
-    println!("{} log_dropped={log_dropped}", shared.stats.line());
+    // Counters of a server that never served would only hide the error below them.
+    if serving {
+        println!("{} log_dropped={log_dropped}", shared.stats.line());
+    }
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
     }
+}
+
+/// The backend `--backend` asks for, io_uring probed (with what the io_uring backend cannot
+/// do without) unless epoll was named; on `auto`, the fallback is printed with its reason. A
+/// flag only io_uring has is an error on epoll, named or fallen back to.
+fn choose_backend(args: &Args) -> Result<Backend, String> {
+    let request = match args.backend {
+        BackendArg::Auto => BackendRequest::Auto,
+        BackendArg::Uring => BackendRequest::Uring,
+        BackendArg::Epoll => BackendRequest::Epoll,
+    };
+    let chosen =
+        ringwork_sys::backend::choose(request, &uring::REQUIRED).map_err(|e| e.to_string())?;
+    if let Some(note) = chosen.note() {
+        let uring_only = [
+            ("--sqpoll", args.sqpoll.is_some()),
+            ("--zerocopy", args.zerocopy),
+            ("--disable", !args.disable.is_empty()),
+        ];
+        if let Some((flag, _)) = uring_only.iter().find(|(_, given)| *given) {
+            return Err(format!("{flag} needs io_uring: {note}"));
+        }
+        eprintln!("ringwork-files: {note}");
+    }
+    Ok(chosen.backend)
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit in force.

@@ -96,6 +96,7 @@ use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS}
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
+use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::{
     Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
@@ -236,6 +237,19 @@ const HEAD_GROUP: BufGroup = BufGroup(0);
 const HEAD_BUFFERS: u16 = 1024;
 const HEAD_BUFFER_SIZE: u32 = 2048;
 
+/// What this backend cannot run without; where the kernel lacks one, `--backend auto` runs
+/// on epoll.
+pub const REQUIRED: [RequiredOp; 8] = [
+    RequiredOp::new(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
+    RequiredOp::new(IoringOp::Openat2, "IORING_OP_OPENAT2", "5.6"),
+    RequiredOp::new(IoringOp::Statx, "IORING_OP_STATX", "5.6"),
+    RequiredOp::new(IoringOp::Read, "IORING_OP_READ", "5.6"),
+    RequiredOp::new(IoringOp::Send, "IORING_OP_SEND", "5.6"),
+    RequiredOp::new(IoringOp::Recv, "IORING_OP_RECV", "5.6"),
+    RequiredOp::new(IoringOp::Close, "IORING_OP_CLOSE", "5.6"),
+    RequiredOp::new(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1"),
+];
+
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
     let slots = shared.max_conns;
@@ -252,17 +266,10 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let want = uc.features;
     let (acceptors, fixed_files, links) = {
         let probe = ring.probe().map_err(|e| e.to_string())?;
-        for (op, name, since) in [
-            (IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
-            (IoringOp::Openat2, "IORING_OP_OPENAT2", "5.6"),
-            (IoringOp::Statx, "IORING_OP_STATX", "5.6"),
-            (IoringOp::Read, "IORING_OP_READ", "5.6"),
-            (IoringOp::Send, "IORING_OP_SEND", "5.6"),
-            (IoringOp::Recv, "IORING_OP_RECV", "5.6"),
-            (IoringOp::Close, "IORING_OP_CLOSE", "5.6"),
-            (IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1"),
-        ] {
-            probe.require(op, name, since).map_err(|e| e.to_string())?;
+        for r in REQUIRED {
+            probe
+                .require(r.op, r.name, r.since)
+                .map_err(|e| e.to_string())?;
         }
         // At capacity the acceptor stops, and the listen backlog holds new connections.
         // One per listener; `main` keeps their number within a u16.

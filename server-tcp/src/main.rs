@@ -17,14 +17,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use ringwork_sys::backend::{Backend, BackendRequest};
 
 mod epoll;
 mod uring;
 
 /// Which I/O model the workers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// io_uring: multishot accept, multishot recv from a provided buffer ring, send.
+enum BackendArg {
+    /// io_uring where this process may use it, else epoll (one line on stderr says why).
+    Auto,
+    /// io_uring, or exit naming why not: multishot accept, multishot recv from a provided
+    /// buffer ring, send.
     Uring,
     /// Edge-triggered epoll with nonblocking accept4/read/send (the benchmark baseline).
     Epoll,
@@ -77,8 +81,8 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// I/O backend.
-    #[arg(long, value_enum, default_value_t = Backend::Uring)]
-    backend: Backend,
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
     /// Receive buffers per thread (provided buffer ring / epoll pool); a power of two.
     #[arg(long, default_value_t = 1024)]
     buffers: u16,
@@ -301,7 +305,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.listen.len() > MAX_LISTEN {
         return Err(format!("--listen may be given at most {MAX_LISTEN} times").into());
     }
-    let nonblocking = args.backend == Backend::Epoll;
+    let backend = choose_backend(&args)?;
+    let nonblocking = backend == Backend::Epoll;
     let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)?;
     let addrs: Vec<String> = listeners.bound.iter().map(|a| a.to_string()).collect();
 
@@ -337,7 +342,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
-    if args.backend == Backend::Epoll && args.sqpoll.is_some() {
+    if backend == Backend::Epoll && args.sqpoll.is_some() {
         return Err("--sqpoll applies to --backend uring only".into());
     }
     if args.bundle && disabled(Feature::PbufRing) {
@@ -355,13 +360,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 .into(),
         );
     }
-    if args.backend == Backend::Epoll && (args.bundle || args.incremental) {
+    if backend == Backend::Epoll && (args.bundle || args.incremental) {
         return Err("--bundle and --incremental apply to --backend uring only".into());
     }
-    if args.backend == Backend::Epoll && args.zerocopy {
+    if backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
     }
-    if args.backend == Backend::Epoll && !args.disable.is_empty() {
+    if backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
     let shared = Arc::new(Shared::default());
@@ -373,7 +378,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let gate = Arc::new(ringwork_sys::driver::StartGate::new(threads));
     for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
         let shared = Arc::clone(&shared);
-        let backend = args.backend;
         let gate = Arc::clone(&gate);
         let handle = std::thread::Builder::new()
             .name(format!("echo-{i}"))
@@ -399,7 +403,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Err("a worker could not start".into());
     }
-    let backend = match (args.backend, cfg.sqpoll, cfg.zerocopy) {
+    let backend = match (backend, cfg.sqpoll, cfg.zerocopy) {
         (Backend::Uring, None, false) => "uring",
         (Backend::Uring, Some(_), false) => "uring+sqpoll",
         (Backend::Uring, None, true) => "uring+zerocopy",
@@ -439,6 +443,32 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         total.zc_notifs
     );
     Ok(())
+}
+
+/// The backend `--backend` asks for, io_uring probed (with what the io_uring backend cannot
+/// do without) unless epoll was named; on `auto`, the fallback is printed with its reason. A
+/// flag only io_uring has is an error on epoll, named or fallen back to.
+fn choose_backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error>> {
+    let request = match args.backend {
+        BackendArg::Auto => BackendRequest::Auto,
+        BackendArg::Uring => BackendRequest::Uring,
+        BackendArg::Epoll => BackendRequest::Epoll,
+    };
+    let chosen = ringwork_sys::backend::choose(request, &uring::REQUIRED)?;
+    if let Some(note) = chosen.note() {
+        let uring_only = [
+            ("--sqpoll", args.sqpoll.is_some()),
+            ("--zerocopy", args.zerocopy),
+            ("--bundle", args.bundle),
+            ("--incremental", args.incremental),
+            ("--disable", !args.disable.is_empty()),
+        ];
+        if let Some((flag, _)) = uring_only.iter().find(|(_, given)| *given) {
+            return Err(format!("{flag} needs io_uring: {note}").into());
+        }
+        eprintln!("ringwork-echo: {note}");
+    }
+    Ok(chosen.backend)
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit: each connection is a descriptor.

@@ -21,6 +21,7 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
+use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::{
     Acceptor, Cqe, ProvideMode, Ring, SafeSqe, SelectedBuf, Target, PROVIDE_BUFFERS_USER_DATA,
@@ -30,6 +31,15 @@ use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIE
 use rustix::net::SendFlags;
 
 use crate::{Shared, WorkerConfig, WorkerStats};
+
+/// What this backend cannot run without; where the kernel lacks one, `--backend auto` runs
+/// on epoll.
+pub const REQUIRED: [RequiredOp; 4] = [
+    RequiredOp::new(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
+    RequiredOp::new(IoringOp::Recv, "IORING_OP_RECV", "5.6"),
+    RequiredOp::new(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5"),
+    RequiredOp::new(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1"),
+];
 
 const GROUP: BufGroup = BufGroup(0);
 /// How often a draining worker looks at the clock.
@@ -119,10 +129,9 @@ pub fn run(
         );
     }
     let probe = ring.probe()?;
-    probe.require(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5")?;
-    probe.require(IoringOp::Recv, "IORING_OP_RECV", "5.6")?;
-    probe.require(IoringOp::AsyncCancel, "IORING_OP_ASYNC_CANCEL", "5.5")?;
-    probe.require(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1")?;
+    for r in REQUIRED {
+        probe.require(r.op, r.name, r.since)?;
+    }
     // One per listener; `main` keeps their number within a u16.
     let acceptors: Vec<Acceptor> = listeners
         .into_iter()

@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod backend;
 pub mod driver;
 pub mod epoll;
 pub mod error;
