@@ -158,6 +158,8 @@ struct UringConfig {
     sqpoll: Option<ringwork_sys::SqPoll>,
     /// How completion work reaches the worker (falling back while the kernel refuses).
     task_run: ringwork_sys::TaskRun,
+    /// Kernel features left unused so that their fallbacks run (`--disable cancel-fd`).
+    legacy: ringwork_sys::LegacyFeatures,
     features: Features,
 }
 
@@ -167,6 +169,7 @@ impl Default for UringConfig {
             sq_entries: 1024,
             sqpoll: None,
             task_run: ringwork_sys::TaskRun::Defer,
+            legacy: ringwork_sys::LegacyFeatures::default(),
             features: Features::default(),
         }
     }
@@ -204,6 +207,9 @@ enum Feature {
     /// Provided buffer ring for request heads (Linux 5.19): each connection receives into a
     /// buffer of its own, which it holds while it waits for its next request.
     PbufRing,
+    /// Cancel by descriptor (IORING_ASYNC_CANCEL_FD, Linux 5.19): a closing connection's
+    /// receive and send are ended by shutdown(2) instead, as on older kernels.
+    CancelFd,
 }
 
 /// Which io_uring features the backend uses (each probed; `--disable` forces the fallback).
@@ -475,7 +481,7 @@ fn run(args: Args) -> Result<(), String> {
             return Err(format!(
                 "--disable {name}: ringwork-files does not use {name} ({why}); \
                  features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring"
+                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring, cancel-fd"
             ));
         }
     }
@@ -493,6 +499,10 @@ fn run(args: Args) -> Result<(), String> {
             !disabled(Feature::DeferTaskrun),
             !disabled(Feature::CoopTaskrun),
         ),
+        legacy: ringwork_sys::LegacyFeatures {
+            no_cancel_fd: disabled(Feature::CancelFd),
+            ..Default::default()
+        },
         features: Features {
             multishot_accept: !disabled(Feature::MultishotAccept),
             fixed_files: !disabled(Feature::FixedFiles),

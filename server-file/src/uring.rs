@@ -84,7 +84,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::AtFlags;
 use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
@@ -258,6 +258,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         sq_entries: uc.sq_entries,
         sqpoll: uc.sqpoll,
         task_run: uc.task_run,
+        legacy: uc.legacy,
     })
     .map_err(|e| format!("cannot set up io_uring: {e}"))?;
     if let Some(note) = note {
@@ -1398,13 +1399,13 @@ impl Driver<'_> {
                 };
                 (OpKind::Close, sqe)
             }
-            // Before Linux 5.19 no cancel takes a descriptor: cancel the receive (what an
-            // idle keep-alive connection waits in) and the send by their user_data.
-            Op::Cancel if !self.ring.can_cancel_fd() => (
-                OpKind::Cancel,
-                SafeSqe::cancel(Token::new(OpKind::Recv, slot, generation).encode()),
-            ),
-            Op::Cancel => (OpKind::Cancel, SafeSqe::cancel_fd(sock)),
+            Op::Cancel => {
+                let sock = c.sock.as_ref().ok_or("a cancel after the close")?;
+                (
+                    OpKind::Cancel,
+                    driver::cancel_socket_ops(&self.ring, sock.as_fd()),
+                )
+            }
             Op::Shutdown => (OpKind::Shutdown, SafeSqe::shutdown(sock, 1)),
             Op::Close { reset } => {
                 // Nothing names the socket any more (HttpConn waited for its cancel and

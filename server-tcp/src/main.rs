@@ -66,6 +66,9 @@ enum Feature {
     /// Provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the same receive buffers
     /// handed back with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7) instead.
     PbufRing,
+    /// Cancel by descriptor (IORING_ASYNC_CANCEL_FD, Linux 5.19): a closing connection's
+    /// receive and send are ended by shutdown(2) instead, as on older kernels.
+    CancelFd,
 }
 
 /// TCP echo server on io_uring, thread-per-core.
@@ -180,6 +183,8 @@ pub struct WorkerConfig {
     multishot_recv: bool,
     /// How completion work reaches the worker (falling back while the kernel refuses).
     task_run: ringwork_sys::TaskRun,
+    /// Kernel features left unused so that their fallbacks run (`--disable cancel-fd`).
+    legacy: ringwork_sys::LegacyFeatures,
     /// Try a provided buffer ring (falls back to PROVIDE_BUFFERS SQEs when refused).
     pbuf_ring: bool,
     /// Receive bundles (IORING_RECVSEND_BUNDLE).
@@ -336,6 +341,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             !disabled(Feature::DeferTaskrun),
             !disabled(Feature::CoopTaskrun),
         ),
+        legacy: ringwork_sys::LegacyFeatures {
+            no_cancel_fd: disabled(Feature::CancelFd),
+            ..Default::default()
+        },
         pbuf_ring: !disabled(Feature::PbufRing),
         bundle: args.bundle,
         incremental: args.incremental,

@@ -12,7 +12,7 @@
 //! Stopping is `ringwork_core::shutdown::Drain`: on the stop notice the acceptor stops and
 //! every connection drains; after the grace period every connection aborts.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use ringwork_core::buf::{BufGroup, BufId, RecvBuffers, RecvMode, RecvPiece, ZcSlot, ZcTracker};
@@ -84,7 +84,7 @@ struct Worker<'a> {
     multishot_recv: bool,
     waiter: Waiter,
     /// Worker-owned ops in flight whose completions carry no state (closes of rejected
-    /// sockets, cancels of a send where the kernel cannot cancel by descriptor).
+    /// sockets).
     misc_in_flight: u64,
     /// The stop notice's poll is armed.
     stop_armed: bool,
@@ -116,6 +116,7 @@ pub fn run(
         sq_entries: cfg.sq_entries,
         sqpoll: cfg.sqpoll,
         task_run: cfg.task_run,
+        legacy: cfg.legacy,
     })?;
     if let Some(note) = note {
         eprintln!("ringwork-echo: {note}");
@@ -451,31 +452,6 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Cancels everything in flight on connection `slot`'s socket `fd`; the cancel with
-    /// user_data `done` is the one whose completion reports it. Without
-    /// IORING_ASYNC_CANCEL_FD (before Linux 5.19) the recv and the send (the machine keeps at
-    /// most one of each; SEND_ZC, by its own tokens, needs 6.0 and so never meets this path)
-    /// are cancelled by their user_data instead, the send's cancel completing as worker
-    /// business.
-    fn cancel_conn_ops(
-        &mut self,
-        fd: RawFd,
-        token: Token,
-        done: UserData,
-    ) -> ringwork_sys::Result<()> {
-        if self.ring.can_cancel_fd() {
-            return self
-                .ring
-                .push_safe(SafeSqe::cancel_fd(Target::Fd(fd)).user_data(done));
-        }
-        let ud = |kind| token.with_kind(kind).encode();
-        self.ring
-            .push_safe(SafeSqe::cancel(ud(OpKind::Recv)).user_data(done))?;
-        self.misc_in_flight += 1;
-        self.ring
-            .push_safe(SafeSqe::cancel(ud(OpKind::Send)).user_data(worker_token(OpKind::Cancel)))
-    }
-
     fn on_conn_cqe(&mut self, token: Token, cqe: &mut Cqe) -> ringwork_sys::Result<()> {
         if self.conns.get_checked(&token).is_none() {
             // A completion for an earlier incarnation of the slot (PITFALLS.md, "close() does
@@ -666,7 +642,12 @@ impl Worker<'_> {
                 let sqe = SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel));
                 self.ring.push_safe(sqe)?;
             }
-            Op::CancelAll => self.cancel_conn_ops(fd, token, ud(OpKind::Cancel))?,
+            Op::CancelAll => {
+                let sock = self.conns.get(slot).and_then(|c| c.sock.as_ref());
+                let sock = sock.expect("the machine cancels before it closes");
+                let sqe = driver::cancel_socket_ops(&self.ring, sock.as_fd());
+                self.ring.push_safe(sqe.user_data(ud(OpKind::Cancel)))?;
+            }
             Op::Close => {
                 if let Some(reason) = conn_reason(&self.conns, slot) {
                     if reason.is_fatal() && std::env::var_os("RINGWORK_DEBUG").is_some() {

@@ -15,6 +15,7 @@
 //!     sq_entries: 64,
 //!     sqpoll: None,
 //!     task_run: TaskRun::Defer,
+//!     legacy: Default::default(),
 //! })?;
 //! if let Some(note) = note {
 //!     eprintln!("{note}"); // e.g. DEFER_TASKRUN refused: using COOP_TASKRUN
@@ -54,7 +55,7 @@ use rustix::io_uring::IoringSetupFlags;
 
 use crate::error::Result;
 use crate::op::SafeSqe;
-use crate::ring::{Cqe, Ring, RingParams, SqPoll, TaskRun};
+use crate::ring::{Cqe, LegacyFeatures, Ring, RingParams, SqPoll, TaskRun};
 use crate::sqe::Target;
 
 /// How a server worker's ring is set up.
@@ -68,6 +69,8 @@ pub struct ServerRingConfig {
     pub sqpoll: Option<SqPoll>,
     /// The best task-run mode allowed ([`TaskRun::allowed`]).
     pub task_run: TaskRun,
+    /// Kernel features left unused so that their fallbacks run (a server's `--disable`).
+    pub legacy: LegacyFeatures,
 }
 
 /// Sets a server worker's ring up ([`RingParams::build_server`]); the second value, when
@@ -76,6 +79,7 @@ pub struct ServerRingConfig {
 pub fn server_ring(cfg: ServerRingConfig) -> Result<(Ring, Option<String>)> {
     let (ring, refused) = RingParams::new(cfg.sq_entries)
         .cq_entries(cfg.sq_entries * 4)
+        .legacy_features(cfg.legacy)
         .build_server(cfg.sqpoll, cfg.task_run)?;
     let note = refused.map(|e| {
         let got = if ring.setup_flags().contains(IoringSetupFlags::COOP_TASKRUN) {
@@ -96,7 +100,7 @@ pub struct FeatureLine {
 
 impl FeatureLine {
     /// Starts with what the ring itself says: `sq`, `cq`, `defer_taskrun`, `coop_taskrun`,
-    /// `sqpoll`.
+    /// `sqpoll`, `cancel_fd` (cancel by descriptor, else shutdown: [`cancel_socket_ops`]).
     pub fn new(ring: &Ring) -> Self {
         let flags = ring.setup_flags();
         let mut line = format!(
@@ -117,6 +121,7 @@ impl FeatureLine {
                 flags.contains(IoringSetupFlags::COOP_TASKRUN),
             ),
             ("sqpoll", flags.contains(IoringSetupFlags::SQPOLL)),
+            ("cancel_fd", ring.can_cancel_fd()),
         ] {
             let _ = write!(line, " {name}={}", on_off(on));
         }
@@ -144,6 +149,28 @@ fn on_off(on: bool) -> &'static str {
     } else {
         "off"
     }
+}
+
+/// The SQE that ends every operation in flight on socket `sock`, for a connection that is
+/// closing: its completion, under whatever `user_data` the caller gives it, comes once the
+/// kernel has been asked, and the operations it ended complete on their own (the caller waits
+/// for them before the close, as cancel-then-close requires).
+///
+/// Linux 5.19 and later: one IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_FD | _ALL (they
+/// complete with ECANCELED). Before 5.19 no cancel takes a descriptor, and a cancel by
+/// `user_data` finds only the operations whose exact `user_data` the caller can name (a
+/// SEND_ZC's carries its tracker slot; a send it forgets stays stuck on a peer that never
+/// reads). There shutdown(2) with SHUT_RDWR ends every receive and send waiting on the socket
+/// (a receive completes with 0, a send with EPIPE, as if the peer had gone), and the SQE is a
+/// NOP. [`LegacyFeatures::no_cancel_fd`] forces that path on newer kernels, for tests.
+pub fn cancel_socket_ops(ring: &Ring, sock: BorrowedFd<'_>) -> SafeSqe {
+    if ring.can_cancel_fd() {
+        return SafeSqe::cancel_fd(Target::Fd(sock.as_raw_fd()));
+    }
+    // ENOTCONN: never connected, or already shut down both ways; nothing waits on it then
+    // that a shutdown would wake.
+    let _ = rustix::net::shutdown(sock, rustix::net::Shutdown::Both);
+    SafeSqe::nop()
 }
 
 /// How long a wait may last when nothing else bounds it: only there so that the kernel has a
@@ -292,8 +319,48 @@ mod tests {
         assert_eq!(
             line,
             "io_uring: sq=8 cq=16 defer_taskrun=off coop_taskrun=off sqpoll=off \
-             multishot_accept=on zerocopy=off"
+             cancel_fd=on multishot_accept=on zerocopy=off"
         );
+    }
+
+    /// A receive waiting on a socket whose peer says nothing ends when the connection
+    /// cancels everything: by descriptor (ECANCELED) where the kernel can, by shutdown (EOF)
+    /// where it cannot; the cancel's own completion comes either way.
+    #[test]
+    fn cancel_socket_ops_ends_a_waiting_receive_with_and_without_cancel_by_fd() {
+        for no_cancel_fd in [false, true] {
+            let mut ring = RingParams::new(8)
+                .legacy_features(LegacyFeatures {
+                    no_cancel_fd,
+                    ..Default::default()
+                })
+                .build()
+                .unwrap();
+            let (_peer, sock) = std::os::unix::net::UnixStream::pair().unwrap();
+            let (recv, cancel) = (UserData(1), UserData(2));
+            ring.push_safe(
+                SafeSqe::recv(Target::Fd(sock.as_raw_fd()), vec![0; 16], 16).user_data(recv),
+            )
+            .unwrap();
+            ring.submit().unwrap();
+            let sqe = cancel_socket_ops(&ring, sock.as_fd());
+            ring.push_safe(sqe.user_data(cancel)).unwrap();
+            let mut results = Vec::new();
+            while results.len() < 2 {
+                ring.submit_and_wait_timeout(1, Duration::from_secs(5))
+                    .unwrap();
+                results.extend(ring.completions().map(|c| (c.user_data(), c.res())));
+                assert!(results.len() <= 2);
+            }
+            let recv_res = results
+                .iter()
+                .find(|(ud, _)| *ud == recv)
+                .expect("recv ended");
+            let want = if no_cancel_fd { 0 } else { -libc::ECANCELED };
+            assert_eq!(recv_res.1, want, "no_cancel_fd={no_cancel_fd}: {results:?}");
+            assert!(results.iter().any(|(ud, _)| *ud == cancel), "{results:?}");
+            let _ = ring.take_bytes(recv);
+        }
     }
 
     #[test]

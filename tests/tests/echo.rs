@@ -160,7 +160,7 @@ fn integrity_500_clients_uring_everything_disabled() {
             "--zerocopy",
             "--sqpoll",
             "--disable",
-            "multishot-accept,multishot-recv,send-zc,sqpoll,defer-taskrun,coop-taskrun,pbuf-ring",
+            "multishot-accept,multishot-recv,send-zc,sqpoll,defer-taskrun,coop-taskrun,pbuf-ring,cancel-fd",
         ],
     );
     let baseline = server.fd_count();
@@ -490,8 +490,10 @@ fn sigterm_under_load_epoll() {
 /// is aborted (everything in flight cancelled, then closed) and the server exits 0. The same
 /// `Event::Abort` on both backends: io_uring cancels the stalled send, epoll abandons the
 /// write that waits for EPOLLOUT.
-fn sigterm_with_a_peer_that_never_reads(backend: &str) {
-    let mut server = start(backend, &["--threads", "1"]);
+fn sigterm_with_a_peer_that_never_reads(backend: &str, extra: &[&str]) {
+    let mut args = vec!["--threads", "1"];
+    args.extend_from_slice(extra);
+    let mut server = start(backend, &args);
     let mut s = ringwork_e2e::connect(server.addr, Some(4096));
     s.set_nonblocking(true).unwrap();
     // Write until the echo has stalled and backpressure stops the server reading: then our
@@ -530,12 +532,18 @@ fn sigterm_with_a_peer_that_never_reads(backend: &str) {
 
 #[test]
 fn sigterm_with_a_peer_that_never_reads_uring() {
-    sigterm_with_a_peer_that_never_reads(BACKENDS[0]);
+    sigterm_with_a_peer_that_never_reads(BACKENDS[0], &[]);
+}
+
+/// As before Linux 5.19, where no cancel takes a descriptor: the stalled send still ends.
+#[test]
+fn sigterm_with_a_peer_that_never_reads_uring_without_cancel_by_fd() {
+    sigterm_with_a_peer_that_never_reads(BACKENDS[0], &["--disable", "cancel-fd"]);
 }
 
 #[test]
 fn sigterm_with_a_peer_that_never_reads_epoll() {
-    sigterm_with_a_peer_that_never_reads(BACKENDS[1]);
+    sigterm_with_a_peer_that_never_reads(BACKENDS[1], &[]);
 }
 
 /// `--max-conns`: connections beyond the limit are closed at once; freed room is reused.

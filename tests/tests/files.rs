@@ -319,7 +319,7 @@ fn two_hundred_concurrent_keep_alive_clients_get_the_right_files() {
 
 /// Every optional io_uring feature off at once.
 const DISABLE_ALL: &str =
-    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,coop-taskrun,send-zc,links,pbuf-ring";
+    "multishot-accept,fixed-files,fixed-buffers,sqpoll,defer-taskrun,coop-taskrun,send-zc,links,pbuf-ring,cancel-fd";
 
 /// The fallbacks are as tested as the fast paths: the main scenarios again with every
 /// optional io_uring feature disabled (single-shot accept, plain file descriptors, plain
@@ -341,6 +341,7 @@ fn the_main_scenarios_pass_with_every_feature_disabled() {
         "fixed_buffers",
         "links",
         "pbuf_ring",
+        "cancel_fd",
     ] {
         assert!(line.contains(&format!("{feature}=off")), "{line}");
     }

@@ -12,13 +12,13 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use ringwork_core::buf::{BufGroup, RecvBuffers, RecvMode};
 use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
-use ringwork_sys::{Acceptor, Cqe, RingParams, SafeSqe, Target};
+use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
 use rustix::net::SendFlags;
 
 const GROUP: BufGroup = BufGroup(0);
@@ -129,7 +129,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     Op::CancelRecv => {
                         SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel))
                     }
-                    Op::CancelAll => SafeSqe::cancel_fd(target).user_data(ud(OpKind::Cancel)),
+                    Op::CancelAll => {
+                        let sock = conn.sock.as_ref().expect("cancelled before the close");
+                        driver::cancel_socket_ops(&ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
+                    }
                     Op::Close => {
                         let sock = conn.sock.take().expect("closed once");
                         SafeSqe::close(sock).user_data(ud(OpKind::Close))
