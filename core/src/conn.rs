@@ -538,6 +538,42 @@ impl Starved {
     }
 }
 
+/// A connection's state machine as a worker loop drives it: events in ([`Event`]), operations
+/// out ([`Op`]), chunks of received bytes held in the worker's [`ChunkQueues`]. [`EchoConn`]
+/// is one; `ringwork_sys::worker` runs any of them on io_uring or epoll, performing the
+/// operations and feeding back their completions, and frees the connection at [`Op::Free`].
+///
+/// The contract the loop relies on: after each [`StreamMachine::on_event`], it polls
+/// [`StreamMachine::poll_op`] until `None` before the next event; [`Op::Free`] is the last
+/// operation and comes only once nothing of the connection is in flight.
+pub trait StreamMachine {
+    /// Feeds one event. An error is a driver bug the machine refuses to act on (an event
+    /// that cannot happen in its state); the loop logs it and carries on.
+    fn on_event(&mut self, queues: &mut ChunkQueues, event: Event) -> Result<(), ConnError>;
+
+    /// The next operation to perform, if any.
+    fn poll_op(&mut self, queues: &mut ChunkQueues) -> Option<Op>;
+
+    /// Why the connection is closing, once it is (for a debug log line).
+    fn close_reason(&self) -> Option<CloseReason> {
+        None
+    }
+}
+
+impl StreamMachine for EchoConn {
+    fn on_event(&mut self, queues: &mut ChunkQueues, event: Event) -> Result<(), ConnError> {
+        EchoConn::on_event(self, queues, event)
+    }
+
+    fn poll_op(&mut self, queues: &mut ChunkQueues) -> Option<Op> {
+        EchoConn::poll_op(self, queues)
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        EchoConn::close_reason(self)
+    }
+}
+
 /// One echo connection. See the module docs. Not `Clone`: its queue lives in a
 /// [`ChunkQueues`] table, which a copy would share.
 ///

@@ -33,6 +33,7 @@ pub mod register;
 pub mod ring;
 pub mod signal;
 pub mod sqe;
+pub mod worker;
 
 pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
