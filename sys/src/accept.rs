@@ -411,7 +411,7 @@ impl EpollAcceptor {
     pub fn poll(&mut self, ep: &Epoll, open_conns: usize, now_ms: u64) -> Result<()> {
         let mut rewatch = false;
         if self.capacity.resume(open_conns) {
-            rewatch = self.backoff.deadline_ms().is_none();
+            rewatch = !self.backoff.is_paused();
         }
         if self.backoff.poll(now_ms, open_conns) {
             rewatch = !self.capacity.is_full();
@@ -811,5 +811,44 @@ mod tests {
             .map(|(key, _)| key)
             .collect();
         assert_eq!(keys, [9]);
+    }
+
+    /// At capacity during an episode's quiet while (accepting worked again, the episode not
+    /// yet told over): a close brings the listener back, without waiting for the episode.
+    #[test]
+    fn epoll_capacity_resumes_during_a_quiet_while() {
+        let ep = Epoll::new(4).unwrap();
+        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = local_addr(&listener).unwrap();
+        let mut a = EpollAcceptor::new(&ep, listener, 9, Interest::IN)
+            .unwrap()
+            .with_capacity(1);
+        // An episode that recovered: paused, resumed, then a success.
+        a.backoff.on_failure(RawErrno::MFILE, T0, 0);
+        a.poll(&ep, 0, T0 + FIRST_PAUSE_MS).unwrap();
+        let _first = TcpStream::connect(addr).unwrap();
+        let held = a.accept(&ep, 0, T0 + FIRST_PAUSE_MS).unwrap();
+        assert!(held.is_some(), "the first connection");
+        assert!(
+            a.next_deadline_ms().is_some(),
+            "the quiet while is under way"
+        );
+        let _second = TcpStream::connect(addr).unwrap();
+        let now = T0 + FIRST_PAUSE_MS + 1;
+        assert!(
+            a.accept(&ep, 1, now).unwrap().is_none(),
+            "accepted past capacity"
+        );
+        assert!(!a.watched && a.capacity.is_full());
+        drop(held);
+        a.poll(&ep, 0, now + 1).unwrap();
+        assert!(
+            a.watched,
+            "a close during the quiet while left the listener out"
+        );
+        assert!(
+            a.accept(&ep, 0, now + 1).unwrap().is_some(),
+            "the second connection"
+        );
     }
 }
