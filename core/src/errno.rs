@@ -59,8 +59,25 @@ impl RawErrno {
     pub const NOTCONN: Self = Self(107);
     /// `ETIME`: timer expired (IORING_OP_TIMEOUT).
     pub const TIME: Self = Self(62);
+    /// `ENONET`: machine is not on the network.
+    pub const NONET: Self = Self(64);
+    /// `EPROTO`: protocol error.
+    pub const PROTO: Self = Self(71);
+    /// `ENOPROTOOPT`: protocol not available.
+    pub const NOPROTOOPT: Self = Self(92);
+    /// `ENETDOWN`: network is down.
+    pub const NETDOWN: Self = Self(100);
+    /// `ENETUNREACH`: network is unreachable.
+    pub const NETUNREACH: Self = Self(101);
+    /// `ECONNABORTED`: software caused connection abort (a queued connection the peer gave
+    /// up on).
+    pub const CONNABORTED: Self = Self(103);
     /// `ETIMEDOUT`: connection timed out.
     pub const TIMEDOUT: Self = Self(110);
+    /// `EHOSTDOWN`: host is down.
+    pub const HOSTDOWN: Self = Self(112);
+    /// `EHOSTUNREACH`: no route to host.
+    pub const HOSTUNREACH: Self = Self(113);
     /// `EALREADY`: cancel target already running.
     pub const ALREADY: Self = Self(114);
     /// `ECANCELED`: operation canceled.
@@ -105,7 +122,15 @@ impl RawErrno {
             Self::CONNRESET => "ECONNRESET",
             Self::NOTCONN => "ENOTCONN",
             Self::TIME => "ETIME",
+            Self::NONET => "ENONET",
+            Self::PROTO => "EPROTO",
+            Self::NOPROTOOPT => "ENOPROTOOPT",
+            Self::NETDOWN => "ENETDOWN",
+            Self::NETUNREACH => "ENETUNREACH",
+            Self::CONNABORTED => "ECONNABORTED",
             Self::TIMEDOUT => "ETIMEDOUT",
+            Self::HOSTDOWN => "EHOSTDOWN",
+            Self::HOSTUNREACH => "EHOSTUNREACH",
             Self::ALREADY => "EALREADY",
             Self::CANCELED => "ECANCELED",
             Self::OPNOTSUPP => "EOPNOTSUPP",

@@ -17,6 +17,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod accept;
 pub mod buf;
 pub mod conn;
 pub mod errno;

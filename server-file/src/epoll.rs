@@ -200,7 +200,9 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
-    let mut last_tick = shared.now().mono_ms;
+    // The worker's clock, read once per turn of the loop (after the wait).
+    let mut now = shared.now();
+    let mut last_tick = now.mono_ms;
     let mut local = Local::new(shared);
     let mut run_queue = RunQueue::new();
     let mut running = RunQueue::new();
@@ -210,11 +212,11 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         return Ok(());
     }
     loop {
-        let now_ms = shared.now().mono_ms;
+        let now_ms = now.mono_ms;
         if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
             // Closing the listener refuses new connections.
             for a in &mut acceptors {
-                a.stop(&ep).map_err(|e| e.to_string())?;
+                a.stop(&ep, now_ms).map_err(|e| e.to_string())?;
             }
             report_accept(&mut acceptors);
             let q = &mut run_queue;
@@ -235,14 +237,15 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         // never does it wait past the end of an accept pause.
         let timeout = if run_queue.is_empty() {
             let deadline = acceptors.iter().fold(None, |d, a| {
-                ringwork_sys::accept::earliest(d, a.next_deadline())
+                ringwork_core::accept::earliest(d, a.next_deadline_ms())
             });
-            ringwork_sys::accept::timeout_until(deadline, Some(tick))
+            ringwork_core::accept::timeout_until(deadline, now_ms, Some(tick))
         } else {
             Some(Duration::ZERO)
         };
         events.clear();
         events.extend(ep.wait(timeout).map_err(|e| e.to_string())?);
+        now = shared.now();
         for &(k, flags) in &events {
             if k == STOP_KEY.0 {
                 continue;
@@ -259,6 +262,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
                     &mut conns,
                     &mut run_queue,
                     &mut local,
+                    now.mono_ms,
                 )?;
                 continue;
             }
@@ -308,14 +312,14 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
                 conns.remove(token.slot);
             }
         }
-        let now = shared.now();
         if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
             last_tick = now.mono_ms;
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
         }
         for a in &mut acceptors {
-            a.poll(&ep, conns.len()).map_err(|e| e.to_string())?;
+            a.poll(&ep, conns.len(), now.mono_ms)
+                .map_err(|e| e.to_string())?;
         }
         report_accept(&mut acceptors);
         if let Some(sink) = &shared.access_log {
@@ -326,7 +330,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
         }
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
-        let paused = acceptors.iter().any(|a| a.next_deadline().is_some());
+        let paused = acceptors.iter().any(|a| a.next_deadline_ms().is_some());
         if paused && local.cache.evict_unused() > 0 {
             local.close_evicted();
         }
@@ -373,11 +377,12 @@ fn accept_batch(
     conns: &mut Slab<Conn>,
     run_queue: &mut RunQueue,
     w: &mut Local,
+    now_ms: u64,
 ) -> Result<(), String> {
     for _ in 0..ACCEPT_BATCH {
         // None: nothing waits, or the acceptor paused (out of descriptors or memory).
         let Some(sock) = acceptor
-            .accept(ep, conns.len())
+            .accept(ep, conns.len(), now_ms)
             .map_err(|e| e.to_string())?
         else {
             return Ok(());

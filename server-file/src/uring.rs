@@ -528,9 +528,9 @@ impl Driver<'_> {
             // Spurious: poll again.
             return self.arm_stop();
         }
-        if self.drain.on_stop(self.shared.now().mono_ms) == Some(DrainAction::BeginDrain) {
+        if self.drain.on_stop(self.now.mono_ms) == Some(DrainAction::BeginDrain) {
             for a in &mut self.acceptors {
-                a.stop(&mut self.ring)
+                a.stop(&mut self.ring, self.now.mono_ms)
                     .map_err(|e| format!("io_uring submit: {e}"))?;
             }
             self.report_accept();
@@ -568,9 +568,9 @@ impl Driver<'_> {
         ) {
             // Never past the end of an accept pause.
             let deadline = self.acceptors.iter().fold(None, |d, a| {
-                ringwork_sys::accept::earliest(d, a.next_deadline())
+                ringwork_core::accept::earliest(d, a.next_deadline_ms())
             });
-            let wait = ringwork_sys::accept::timeout_until(deadline, Some(tick));
+            let wait = ringwork_core::accept::timeout_until(deadline, self.now.mono_ms, Some(tick));
             match self.waiter.wait(&mut self.ring, wait) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
@@ -584,7 +584,7 @@ impl Driver<'_> {
             }
             self.replenish_heads()?;
             for a in &mut self.acceptors {
-                a.poll(&mut self.ring, self.conns.len())
+                a.poll(&mut self.ring, self.conns.len(), self.now.mono_ms)
                     .map_err(|e| format!("io_uring submit: {e}"))?;
             }
             self.report_accept();
@@ -596,7 +596,10 @@ impl Driver<'_> {
             // Out of descriptors (accept paused): cached files held as descriptors (without
             // registered files) that no request uses give theirs to the connections waiting.
             if !self.fixed_files
-                && self.acceptors.iter().any(|a| a.next_deadline().is_some())
+                && self
+                    .acceptors
+                    .iter()
+                    .any(|a| a.next_deadline_ms().is_some())
                 && self.cache.evict_unused() > 0
             {
                 self.close_evicted();
@@ -659,7 +662,7 @@ impl Driver<'_> {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
             let open = self.conns.len();
             let sock = acceptor
-                .on_cqe(&mut self.ring, &cqe, open)
+                .on_cqe(&mut self.ring, &cqe, open, self.now.mono_ms)
                 .map_err(|e| format!("io_uring submit: {e}"))?;
             if let Some(sock) = sock {
                 if !self.drain.stopping() {

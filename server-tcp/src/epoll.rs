@@ -76,7 +76,7 @@ struct Worker<'a> {
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     drain: Drain,
-    /// The worker's clock: `Drain` counts milliseconds from here.
+    /// The worker's clock: `Drain` and the acceptors count milliseconds from here.
     epoch: Instant,
     cfg: WorkerConfig,
     shared: &'a Shared,
@@ -133,15 +133,18 @@ pub fn run(
         return Ok(w.stats);
     }
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(BATCH);
+    // Read once per turn of the loop, after the wait.
+    let mut now_ms = 0;
     while !w.drain.finished(w.conns.len(), false, false) {
         let timeout = w.drain.stopping().then_some(Duration::from_millis(100));
         // Backing off: the pause must end on time even when nothing happens.
         let deadline = w.acceptors.iter().fold(None, |d, a| {
-            ringwork_sys::accept::earliest(d, a.next_deadline())
+            ringwork_core::accept::earliest(d, a.next_deadline_ms())
         });
-        let timeout = ringwork_sys::accept::timeout_until(deadline, timeout);
+        let timeout = ringwork_core::accept::timeout_until(deadline, now_ms, timeout);
         events.clear();
         events.extend(w.ep.wait(timeout)?);
+        now_ms = w.epoch.elapsed().as_millis() as u64;
         w.stats.completions += events.len() as u64;
         for &(key, flags) in &events {
             let listener = Token::decode(UserData(key))
@@ -150,17 +153,16 @@ pub fn run(
                 .map(|t| usize::from(t.sub))
                 .filter(|&i| i < w.acceptors.len());
             match (listener, UserData(key)) {
-                (Some(i), _) => w.accept_all(i)?,
-                (None, WAKE_KEY) => w.on_wake()?,
+                (Some(i), _) => w.accept_all(i, now_ms)?,
+                (None, WAKE_KEY) => w.on_wake(now_ms)?,
                 (None, key) => w.on_conn_event(key, flags),
             }
         }
         w.wake_starved();
         for a in &mut w.acceptors {
-            a.poll(&w.ep, w.conns.len())?;
+            a.poll(&w.ep, w.conns.len(), now_ms)?;
         }
         w.report_accept();
-        let now_ms = w.epoch.elapsed().as_millis() as u64;
         if w.drain.on_tick(now_ms) == Some(DrainAction::Abort) {
             w.force_close_all();
         }
@@ -176,8 +178,8 @@ fn errno(e: Errno) -> RawErrno {
 impl Worker<'_> {
     /// Accepts until none is waiting (edge-triggered), or until the acceptor pauses: then the
     /// listener is out of the epoll set, and back (reporting what waits) when the pause ends.
-    fn accept_all(&mut self, listener: usize) -> ringwork_sys::Result<()> {
-        while let Some(fd) = self.acceptors[listener].accept(&self.ep, self.conns.len())? {
+    fn accept_all(&mut self, listener: usize, now_ms: u64) -> ringwork_sys::Result<()> {
+        while let Some(fd) = self.acceptors[listener].accept(&self.ep, self.conns.len(), now_ms)? {
             self.admit(fd)?;
         }
         Ok(())
@@ -224,13 +226,12 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn on_wake(&mut self) -> ringwork_sys::Result<()> {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
+    fn on_wake(&mut self, now_ms: u64) -> ringwork_sys::Result<()> {
         if !self.stop.given() || self.drain.on_stop(now_ms) != Some(DrainAction::BeginDrain) {
             return Ok(());
         }
         for a in &mut self.acceptors {
-            a.stop(&self.ep)?;
+            a.stop(&self.ep, now_ms)?;
         }
         for token in self.live_tokens() {
             self.drive(token, Some(Event::Shutdown));

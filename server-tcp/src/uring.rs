@@ -89,8 +89,10 @@ struct Worker<'a> {
     /// The stop notice's poll is armed.
     stop_armed: bool,
     drain: Drain,
-    /// The worker's clock: `Drain` counts milliseconds from here.
+    /// The worker's clock: `Drain` and the acceptors count milliseconds from here.
     epoch: Instant,
+    /// Milliseconds since `epoch`, read once per turn of the loop (after the wait).
+    now_ms: u64,
     /// With `--zerocopy`: the SEND_ZCs in flight and the recycles that wait for their
     /// notifications (PITFALLS.md, "SEND_ZC gives two CQEs, and the buffer is the kernel's until
     /// the second"). The machine recycles a buffer after its last send's result;
@@ -234,6 +236,7 @@ pub fn run(
         stop_armed: false,
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
         epoch: Instant::now(),
+        now_ms: 0,
         zc,
         zc_report_usage,
         cfg,
@@ -270,11 +273,6 @@ impl Worker<'_> {
         }
     }
 
-    /// Milliseconds since the worker started, for `Drain`.
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     fn done(&self) -> bool {
         self.drain.finished(
             self.conns.len(),
@@ -292,10 +290,11 @@ impl Worker<'_> {
             // The wait ends in time for an accept pause's end, and for the drain's clock.
             let drain_tick = self.drain.stopping().then_some(DRAIN_TICK);
             let deadline = self.acceptors.iter().fold(None, |d, a| {
-                ringwork_sys::accept::earliest(d, a.next_deadline())
+                ringwork_core::accept::earliest(d, a.next_deadline_ms())
             });
-            let timeout = ringwork_sys::accept::timeout_until(deadline, drain_tick);
+            let timeout = ringwork_core::accept::timeout_until(deadline, self.now_ms, drain_tick);
             self.waiter.wait(&mut self.ring, timeout)?;
+            self.now_ms = self.epoch.elapsed().as_millis() as u64;
             self.waiter.harvest(&mut self.ring, &mut cqes);
             for cqe in cqes.iter_mut() {
                 self.on_cqe(cqe)?;
@@ -303,10 +302,10 @@ impl Worker<'_> {
             self.ring.publish_buffers(GROUP)?;
             self.wake_starved()?;
             for a in &mut self.acceptors {
-                a.poll(&mut self.ring, self.conns.len())?;
+                a.poll(&mut self.ring, self.conns.len(), self.now_ms)?;
             }
             self.report_accept();
-            if self.drain.on_tick(self.now_ms()) == Some(DrainAction::Abort) {
+            if self.drain.on_tick(self.now_ms) == Some(DrainAction::Abort) {
                 self.each_conn(Event::Abort)?;
             }
         }
@@ -329,7 +328,7 @@ impl Worker<'_> {
         };
         if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
             let open = self.conns.len();
-            return match acceptor.on_cqe(&mut self.ring, cqe, open)? {
+            return match acceptor.on_cqe(&mut self.ring, cqe, open, self.now_ms)? {
                 Some(fd) => self.admit(fd),
                 None => Ok(()),
             };
@@ -430,9 +429,9 @@ impl Worker<'_> {
             self.stop_armed = true;
             return Ok(());
         }
-        if self.drain.on_stop(self.now_ms()) == Some(DrainAction::BeginDrain) {
+        if self.drain.on_stop(self.now_ms) == Some(DrainAction::BeginDrain) {
             for a in &mut self.acceptors {
-                a.stop(&mut self.ring)?;
+                a.stop(&mut self.ring, self.now_ms)?;
             }
             self.report_accept();
             self.each_conn(Event::Shutdown)?;

@@ -5,8 +5,9 @@
 //! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
 //!   and the epoll baseline's event loop primitive.
 //! - [`accept`]: accepting for both servers, through the ring ([`Acceptor`]: multishot with
-//!   its fallbacks) or epoll ([`EpollAcceptor`]), with one back-off when accepting fails for
-//!   lack of descriptors or memory.
+//!   its fallbacks) or epoll ([`EpollAcceptor`]), following core's accept policy
+//!   (`ringwork_core::accept`: the back-off when accepting fails for lack of descriptors or
+//!   memory, the stop at capacity).
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe,
 //!   io-wq limits.

@@ -13,7 +13,9 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
+use ringwork_core::accept::timeout_until;
 use ringwork_core::buf::{BufGroup, RecvBuffers, RecvMode};
 use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::slab::Slab;
@@ -52,12 +54,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut conns: Slab<Conn> = Slab::new(MAX_CONNS);
     acceptor.start(&mut ring)?;
     let (mut cqes, mut events, mut woken) = (Vec::new(), Vec::new(), Vec::new());
+    // The acceptor reads no clock: the loop reads one, once per turn, and hands it the time.
+    let epoch = Instant::now();
+    let mut now_ms = 0;
     loop {
-        let timeout = ringwork_sys::accept::timeout_until(acceptor.next_deadline(), None);
-        match timeout {
+        // Wake in time to end an accept pause (none is due most of the time).
+        match timeout_until(acceptor.next_deadline_ms(), now_ms, None) {
             Some(t) => ring.submit_and_wait_timeout(1, t)?,
             None => ring.submit_and_wait(1)?,
         };
+        now_ms = epoch.elapsed().as_millis() as u64;
         cqes.clear();
         cqes.extend(ring.completions());
         for cqe in cqes.iter_mut() {
@@ -65,7 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 continue;
             };
             if acceptor.owns(&token) {
-                if let Some(sock) = acceptor.on_cqe(&mut ring, cqe, conns.len())? {
+                if let Some(sock) = acceptor.on_cqe(&mut ring, cqe, conns.len(), now_ms)? {
                     let fd = sock.as_raw_fd();
                     let machine = EchoConn::new(Config::default());
                     if let Some((slot, generation)) = conns.insert(Conn {
@@ -145,7 +151,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 ring.push_safe(sqe)?;
             }
         }
-        acceptor.poll(&mut ring, conns.len())?;
+        acceptor.poll(&mut ring, conns.len(), now_ms)?;
         for notice in acceptor.notices() {
             eprintln!("echo: {notice}");
         }

@@ -12,8 +12,9 @@
 //! read that finds the pool empty is reported as ENOBUFS, as with the ring.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ringwork_core::accept::earliest;
 use ringwork_core::buf::{BufId, FixedPool, Lease};
 use ringwork_core::conn::{Event, Op};
 use ringwork_core::errno::RawErrno;
@@ -202,6 +203,7 @@ impl Backend for EpollBackend {
         &mut self,
         _live: &dyn Fn(&Token) -> bool,
         open: usize,
+        now_ms: u64,
         out: &mut Vec<Happening>,
         stats: &mut StreamStats,
     ) -> Result<()> {
@@ -216,7 +218,7 @@ impl Backend for EpollBackend {
                 // pauses: then the listener is out of the epoll set, and back (reporting
                 // what waits) when the pause ends.
                 (Some(i), _) => {
-                    while let Some(fd) = self.acceptors[i].accept(&self.ep, open)? {
+                    while let Some(fd) = self.acceptors[i].accept(&self.ep, open, now_ms)? {
                         out.push(Happening::Accepted(fd));
                     }
                 }
@@ -354,22 +356,22 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
-    fn poll_accept(&mut self, open: usize) -> Result<()> {
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
         for a in &mut self.acceptors {
-            a.poll(&self.ep, open)?;
+            a.poll(&self.ep, open, now_ms)?;
         }
         Ok(())
     }
 
-    fn accept_deadline(&self) -> Option<Instant> {
+    fn accept_deadline_ms(&self) -> Option<u64> {
         self.acceptors
             .iter()
-            .fold(None, |d, a| crate::accept::earliest(d, a.next_deadline()))
+            .fold(None, |d, a| earliest(d, a.next_deadline_ms()))
     }
 
-    fn stop_accepting(&mut self) -> Result<()> {
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
         for a in &mut self.acceptors {
-            a.stop(&self.ep)?;
+            a.stop(&self.ep, now_ms)?;
         }
         Ok(())
     }

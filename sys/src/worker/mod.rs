@@ -24,6 +24,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ringwork_core::accept::timeout_until;
 use ringwork_core::buf::BufId;
 use ringwork_core::conn::{ChunkQueues, Event, Op, Starved, StreamMachine};
 use ringwork_core::shutdown::{Drain, DrainAction};
@@ -272,6 +273,7 @@ pub trait Backend {
         &mut self,
         live: &dyn Fn(&Token) -> bool,
         open: usize,
+        now_ms: u64,
         out: &mut Vec<Happening>,
         stats: &mut StreamStats,
     ) -> Result<()>;
@@ -324,13 +326,13 @@ pub trait Backend {
     fn end_of_batch(&mut self) -> Result<()>;
 
     /// Resumes accepting after a pause, or at capacity once below it.
-    fn poll_accept(&mut self, open: usize) -> Result<()>;
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()>;
 
-    /// When the accept side next needs the loop awake (a pause's end).
-    fn accept_deadline(&self) -> Option<Instant>;
+    /// When the accept side next needs the loop awake (a pause's end), on the loop's clock.
+    fn accept_deadline_ms(&self) -> Option<u64>;
 
     /// Stops accepting (the drain).
-    fn stop_accepting(&mut self) -> Result<()>;
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<()>;
 
     /// Prints what the acceptors have to say (back-off episodes, fallbacks).
     fn report(&mut self, name: &str);
@@ -375,6 +377,7 @@ pub fn run<B: Backend, M: StreamMachine>(
         events: VecDeque::new(),
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
         epoch: Instant::now(),
+        now_ms: 0,
         stats: StreamStats::default(),
         name: cfg.name,
         max_conns: cfg.max_conns,
@@ -392,12 +395,15 @@ pub fn run<B: Backend, M: StreamMachine>(
         .finished(w.conns.len(), backend.accepting(), backend.busy())
     {
         let drain_tick = w.drain.stopping().then_some(DRAIN_TICK);
-        let timeout = crate::accept::timeout_until(backend.accept_deadline(), drain_tick);
+        let timeout = timeout_until(backend.accept_deadline_ms(), w.now_ms, drain_tick);
         backend.wait(timeout, &mut w.stats)?;
+        // The clock, once a turn: what follows sees the time the wait ended.
+        w.now_ms = w.epoch.elapsed().as_millis() as u64;
         let conns = &w.conns;
         backend.harvest(
             &|t| conns.get_checked(t).is_some(),
             w.conns.len(),
+            w.now_ms,
             &mut happenings,
             &mut w.stats,
         )?;
@@ -406,9 +412,9 @@ pub fn run<B: Backend, M: StreamMachine>(
         }
         backend.end_of_batch()?;
         w.wake_starved(&mut backend)?;
-        backend.poll_accept(w.conns.len())?;
+        backend.poll_accept(w.conns.len(), w.now_ms)?;
         backend.report(w.name);
-        if w.drain.on_tick(w.now_ms()) == Some(DrainAction::Abort) {
+        if w.drain.on_tick(w.now_ms) == Some(DrainAction::Abort) {
             w.each_conn(&mut backend, Event::Abort)?;
         }
     }
@@ -443,8 +449,10 @@ struct Worker<'a, M, C> {
     /// Events a connection's operations produced at once, fed back in order.
     events: VecDeque<Event>,
     drain: Drain,
-    /// The worker's clock: the drain counts milliseconds from here.
+    /// The worker's clock: the drain and the acceptors count milliseconds from here.
     epoch: Instant,
+    /// Milliseconds since `epoch` when the last wait ended.
+    now_ms: u64,
     stats: StreamStats,
     name: &'static str,
     max_conns: usize,
@@ -452,10 +460,6 @@ struct Worker<'a, M, C> {
 }
 
 impl<M: StreamMachine, C> Worker<'_, M, C> {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     fn on_happening<B: Backend<ConnIo = C>>(
         &mut self,
         backend: &mut B,
@@ -465,8 +469,8 @@ impl<M: StreamMachine, C> Worker<'_, M, C> {
         match happening {
             Happening::Accepted(sock) => self.admit(backend, sock, new_machine),
             Happening::Stop => {
-                if self.drain.on_stop(self.now_ms()) == Some(DrainAction::BeginDrain) {
-                    backend.stop_accepting()?;
+                if self.drain.on_stop(self.now_ms) == Some(DrainAction::BeginDrain) {
+                    backend.stop_accepting(self.now_ms)?;
                     backend.report(self.name);
                     self.each_conn(backend, Event::Shutdown)?;
                 }

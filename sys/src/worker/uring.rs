@@ -14,8 +14,9 @@
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use ringwork_core::accept::earliest;
 use ringwork_core::buf::{BufGroup, BufId, RecvBuffers, RecvMode, RecvPiece, ZcSlot, ZcTracker};
 use ringwork_core::conn::{Event, Op};
 use ringwork_core::errno::RawErrno;
@@ -437,6 +438,7 @@ impl Backend for UringBackend {
         &mut self,
         live: &dyn Fn(&Token) -> bool,
         open: usize,
+        now_ms: u64,
         out: &mut Vec<Happening>,
         stats: &mut StreamStats,
     ) -> Result<()> {
@@ -444,7 +446,7 @@ impl Backend for UringBackend {
         self.waiter.harvest(&mut self.ring, &mut cqes);
         let mut result = Ok(());
         for cqe in cqes.iter_mut() {
-            result = self.on_cqe(cqe, live, open, out, stats);
+            result = self.on_cqe(cqe, live, open, now_ms, out, stats);
             if result.is_err() {
                 break;
             }
@@ -530,22 +532,22 @@ impl Backend for UringBackend {
         self.ring.publish_buffers(GROUP)
     }
 
-    fn poll_accept(&mut self, open: usize) -> Result<()> {
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
         for a in &mut self.acceptors {
-            a.poll(&mut self.ring, open)?;
+            a.poll(&mut self.ring, open, now_ms)?;
         }
         Ok(())
     }
 
-    fn accept_deadline(&self) -> Option<Instant> {
+    fn accept_deadline_ms(&self) -> Option<u64> {
         self.acceptors
             .iter()
-            .fold(None, |d, a| crate::accept::earliest(d, a.next_deadline()))
+            .fold(None, |d, a| earliest(d, a.next_deadline_ms()))
     }
 
-    fn stop_accepting(&mut self) -> Result<()> {
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
         for a in &mut self.acceptors {
-            a.stop(&mut self.ring)?;
+            a.stop(&mut self.ring, now_ms)?;
         }
         Ok(())
     }
@@ -584,6 +586,7 @@ impl UringBackend {
         cqe: &mut Cqe,
         live: &dyn Fn(&Token) -> bool,
         open: usize,
+        now_ms: u64,
         out: &mut Vec<Happening>,
         stats: &mut StreamStats,
     ) -> Result<()> {
@@ -601,7 +604,7 @@ impl UringBackend {
             return Ok(());
         };
         if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
-            if let Some(sock) = acceptor.on_cqe(&mut self.ring, cqe, open)? {
+            if let Some(sock) = acceptor.on_cqe(&mut self.ring, cqe, open, now_ms)? {
                 out.push(Happening::Accepted(sock));
             }
             return Ok(());
