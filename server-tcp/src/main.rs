@@ -3,24 +3,22 @@
 //! `main` parses flags, opens one SO_REUSEPORT listener per worker thread, starts the workers,
 //! and waits for SIGINT/SIGTERM on a signalfd; it then gives every worker the stop notice
 //! (`ringwork_sys::driver::stop_notices`), joins them and prints one `stats:` line summed over
-//! threads. The protocol lives in `ringwork_core::conn`; the drivers in [`uring`] and
-//! [`epoll`] only perform its operations, and stop through `ringwork_core::shutdown::Drain`.
+//! threads. The protocol is `ringwork_core::conn::EchoConn`; each worker is
+//! `ringwork_sys::worker`'s loop on the io_uring or epoll backend (`--backend`), which performs
+//! the machine's operations, accepts, and drains on the stop notice. What is left here is
+//! flags, their checks, and the threads.
 //!
-//! No `unsafe` here: SQEs go through ringwork-sys's safe submission, and accepting (with the
-//! adoption of the descriptors the kernel hands over) is `ringwork_sys::accept`'s, shared with
-//! ringwork-files.
+//! No `unsafe` here, and no loop: a protocol of your own runs the same way.
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
+use ringwork_core::conn::{Config, EchoConn};
 use ringwork_sys::backend::{Backend, BackendRequest};
-
-mod epoll;
-mod uring;
+use ringwork_sys::worker::{self, Admission, StreamConfig, StreamStats, UringOptions, WorkerIo};
 
 /// Which I/O model the workers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -162,123 +160,6 @@ const DEFAULT_BATCH: u32 = 16;
 /// does not move (docs/PERFORMANCE.md, "Batched waits").
 const DEFAULT_BATCH_WAIT_US: u32 = 50;
 
-/// What every worker needs, fixed at start.
-#[derive(Clone, Copy, Debug)]
-pub struct WorkerConfig {
-    buffers: u16,
-    buffer_size: u32,
-    max_conns: usize,
-    sq_entries: u32,
-    force_single_accept: bool,
-    /// Completions to wait for per enter (1: plain waits).
-    batch: u32,
-    /// How long a wait may hold out for `batch` completions.
-    batch_wait: std::time::Duration,
-    shutdown_grace: std::time::Duration,
-    /// SQPOLL, when asked for.
-    sqpoll: Option<ringwork_sys::SqPoll>,
-    /// SEND_ZC instead of SEND.
-    zerocopy: bool,
-    /// Multishot recv when the kernel has it (else single-shot, re-armed per completion).
-    multishot_recv: bool,
-    /// How completion work reaches the worker (falling back while the kernel refuses).
-    task_run: ringwork_sys::TaskRun,
-    /// Kernel features left unused so that their fallbacks run (`--disable cancel-fd`).
-    legacy: ringwork_sys::LegacyFeatures,
-    /// Try a provided buffer ring (falls back to PROVIDE_BUFFERS SQEs when refused).
-    pbuf_ring: bool,
-    /// Receive bundles (IORING_RECVSEND_BUNDLE).
-    bundle: bool,
-    /// Incremental buffer consumption (IOU_PBUF_RING_INC).
-    incremental: bool,
-}
-
-/// State shared by all workers of the process.
-#[derive(Default)]
-pub struct Shared {
-    /// Connections open in the whole process, for `--max-conns`.
-    pub live: AtomicUsize,
-}
-
-impl Shared {
-    /// Reserves room for one more connection; false when the process is at `max`.
-    pub fn try_admit(&self, max: usize) -> bool {
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Releases a connection admitted by [`Shared::try_admit`].
-    pub fn release(&self) {
-        self.live.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A worker's counters, summed into the final `stats:` line.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WorkerStats {
-    /// Connections accepted and served.
-    pub conns: u64,
-    /// Connections closed at once because of `--max-conns` or shutdown.
-    pub rejected: u64,
-    /// Bytes echoed.
-    pub bytes: u64,
-    /// io_uring_enter calls (epoll: epoll_wait calls).
-    pub enters: u64,
-    /// SQEs submitted.
-    pub submitted: u64,
-    /// CQEs harvested (epoll: events).
-    pub completions: u64,
-    /// Completions for an earlier incarnation of a slot, ignored.
-    pub stale: u64,
-    /// Events the connection state machine refused (driver bugs; logged).
-    pub refused: u64,
-    /// Receives that found no buffer (ENOBUFS).
-    pub nobufs: u64,
-    /// SEND_ZC notifications harvested.
-    pub zc_notifs: u64,
-    /// SEND_ZC notifications saying the kernel copied anyway (IORING_NOTIF_USAGE_ZC_COPIED).
-    pub zc_copied: u64,
-    /// Times the CQ was seen full with completions in the kernel's overflow backlog
-    /// (IORING_SQ_CQ_OVERFLOW), and io_uring_enter calls refused with EBUSY and retried after
-    /// reaping: proof that the CQ overflowed and nothing was lost for it (PITFALLS.md, "CQ overflow
-    /// is silent unless checked").
-    pub cq_overflows: u64,
-    /// See `cq_overflows`.
-    pub busy_retries: u64,
-    /// Receive completions that filled more than one buffer (`--bundle`).
-    pub bundles: u64,
-    /// Receive completions into a buffer the kernel has not used up (IORING_CQE_F_BUF_MORE,
-    /// `--incremental`).
-    pub buf_more: u64,
-    /// SQEs that complete silently on success (IOSQE_CQE_SKIP_SUCCESS: the PROVIDE_BUFFERS
-    /// SQEs of `--disable pbuf-ring`).
-    pub skip_success: u64,
-}
-
-impl std::ops::AddAssign for WorkerStats {
-    fn add_assign(&mut self, o: Self) {
-        self.conns += o.conns;
-        self.rejected += o.rejected;
-        self.bytes += o.bytes;
-        self.enters += o.enters;
-        self.submitted += o.submitted;
-        self.completions += o.completions;
-        self.stale += o.stale;
-        self.refused += o.refused;
-        self.nobufs += o.nobufs;
-        self.zc_notifs += o.zc_notifs;
-        self.zc_copied += o.zc_copied;
-        self.cq_overflows += o.cq_overflows;
-        self.busy_retries += o.busy_retries;
-        self.skip_success += o.skip_success;
-        self.bundles += o.bundles;
-        self.buf_more += o.buf_more;
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
@@ -321,33 +202,36 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         args.sqpoll
     };
-    let cfg = WorkerConfig {
+    let cfg = StreamConfig {
+        name: "ringwork-echo",
         buffers: args.buffers,
         buffer_size: args.buffer_size,
         max_conns: args.max_conns,
-        sq_entries: args.sq_entries,
-        force_single_accept: args.accept_mode == AcceptMode::Single
-            || disabled(Feature::MultishotAccept),
-        batch: args.batch.max(1),
-        batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
         shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
-        sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
-            idle_ms,
-            cpu: args.sqpoll_cpu,
-        }),
-        zerocopy: args.zerocopy && !disabled(Feature::SendZc),
-        multishot_recv: !disabled(Feature::MultishotRecv),
-        task_run: ringwork_sys::TaskRun::allowed(
-            !disabled(Feature::DeferTaskrun),
-            !disabled(Feature::CoopTaskrun),
-        ),
-        legacy: ringwork_sys::LegacyFeatures {
-            no_cancel_fd: disabled(Feature::CancelFd),
-            ..Default::default()
+        uring: UringOptions {
+            sq_entries: args.sq_entries,
+            single_accept: args.accept_mode == AcceptMode::Single
+                || disabled(Feature::MultishotAccept),
+            batch: args.batch.max(1),
+            batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
+            sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
+                idle_ms,
+                cpu: args.sqpoll_cpu,
+            }),
+            zerocopy: args.zerocopy && !disabled(Feature::SendZc),
+            multishot_recv: !disabled(Feature::MultishotRecv),
+            task_run: ringwork_sys::TaskRun::allowed(
+                !disabled(Feature::DeferTaskrun),
+                !disabled(Feature::CoopTaskrun),
+            ),
+            legacy: ringwork_sys::LegacyFeatures {
+                no_cancel_fd: disabled(Feature::CancelFd),
+                ..Default::default()
+            },
+            pbuf_ring: !disabled(Feature::PbufRing),
+            bundle: args.bundle,
+            incremental: args.incremental,
         },
-        pbuf_ring: !disabled(Feature::PbufRing),
-        bundle: args.bundle,
-        incremental: args.incremental,
     };
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
@@ -378,7 +262,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
-    let shared = Arc::new(Shared::default());
+    let admission = Arc::new(Admission::default());
     let (stop, notices) = ringwork_sys::driver::stop_notices(threads)?;
     let mut workers = Vec::new();
     // No worker accepts before every worker's ring (or epoll set) and buffers are set up,
@@ -386,17 +270,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // fd count and RSS are final.
     let gate = Arc::new(ringwork_sys::driver::StartGate::new(threads));
     for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
-        let shared = Arc::clone(&shared);
+        let admission = Arc::clone(&admission);
         let gate = Arc::clone(&gate);
         let handle = std::thread::Builder::new()
             .name(format!("echo-{i}"))
             .spawn(move || {
                 let _gate = gate.exit_guard();
-                let res = match backend {
-                    Backend::Uring => uring::run(cfg, listener, notice, &shared, &gate),
-                    Backend::Epoll => epoll::run(cfg, listener, notice, &shared, &gate),
+                let io = WorkerIo {
+                    admission: &admission,
+                    gate: &gate,
                 };
-                res.unwrap_or_else(|e| {
+                let echo = || EchoConn::new(Config::default());
+                worker::run_on(backend, &cfg, listener, notice, io, echo).unwrap_or_else(|e| {
                     // A worker that cannot run leaves the process half-served: stop it all.
                     eprintln!("ringwork-echo: worker {i}: {e}");
                     std::process::exit(1)
@@ -412,7 +297,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         return Err("a worker could not start".into());
     }
-    let backend = match (backend, cfg.sqpoll, cfg.zerocopy) {
+    let backend = match (backend, cfg.uring.sqpoll, cfg.uring.zerocopy) {
         (Backend::Uring, None, false) => "uring",
         (Backend::Uring, Some(_), false) => "uring+sqpoll",
         (Backend::Uring, None, true) => "uring+zerocopy",
@@ -428,29 +313,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let signo = signals.wait()?;
     eprintln!("ringwork-echo: signal {signo}: stopping");
     stop.notify();
-    let mut total = WorkerStats::default();
+    let mut total = StreamStats::default();
     for handle in workers {
         total += handle.join().map_err(|_| "a worker thread panicked")?;
     }
-    println!(
-        "stats: conns={} rejected={} bytes={} enters={} submitted={} completions={} stale={} refused={} nobufs={} cq_overflows={} busy_retries={} skip_success={} bundles={} buf_more={} zc_copied={} zc_notifs={}",
-        total.conns,
-        total.rejected,
-        total.bytes,
-        total.enters,
-        total.submitted,
-        total.completions,
-        total.stale,
-        total.refused,
-        total.nobufs,
-        total.cq_overflows,
-        total.busy_retries,
-        total.skip_success,
-        total.bundles,
-        total.buf_more,
-        total.zc_copied,
-        total.zc_notifs
-    );
+    println!("stats: {total}");
     Ok(())
 }
 
@@ -463,7 +330,7 @@ fn choose_backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error>> {
         BackendArg::Uring => BackendRequest::Uring,
         BackendArg::Epoll => BackendRequest::Epoll,
     };
-    let chosen = ringwork_sys::backend::choose(request, &uring::REQUIRED)?;
+    let chosen = ringwork_sys::backend::choose(request, &worker::uring::REQUIRED)?;
     if let Some(note) = chosen.note() {
         let uring_only = [
             ("--sqpoll", args.sqpoll.is_some()),
