@@ -13,12 +13,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use ringwork_core::conn::{Config, EchoConn};
 use ringwork_sys::backend::{Backend, BackendRequest};
-use ringwork_sys::worker::{self, Admission, StreamConfig, StreamStats, UringOptions, WorkerIo};
+use ringwork_sys::worker::{self, Serve, StreamConfig, UringOptions};
 
 /// Which I/O model the workers use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -182,19 +181,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    // Before any thread starts, so that every thread inherits the blocked mask.
-    let signals = ringwork_sys::signal::ShutdownSignals::new()?;
-    raise_nofile_limit();
-
     // Each address is a listener per thread; a worker numbers its acceptors with a u16.
     const MAX_LISTEN: usize = 64;
     if args.listen.len() > MAX_LISTEN {
         return Err(format!("--listen may be given at most {MAX_LISTEN} times").into());
     }
     let backend = choose_backend(&args)?;
-    let nonblocking = backend == Backend::Epoll;
-    let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)?;
-    let addrs: Vec<String> = listeners.bound.iter().map(|a| a.to_string()).collect();
 
     let disabled = |f| args.disable.contains(&f);
     let sqpoll = if disabled(Feature::Sqpoll) {
@@ -262,61 +254,31 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
-    let admission = Arc::new(Admission::default());
-    let (stop, notices) = ringwork_sys::driver::stop_notices(threads)?;
-    let mut workers = Vec::new();
-    // No worker accepts before every worker's ring (or epoll set) and buffers are set up,
-    // and the `listening on` line waits for them too, so that it means "serving" and the idle
-    // fd count and RSS are final.
-    let gate = Arc::new(ringwork_sys::driver::StartGate::new(threads));
-    for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
-        let admission = Arc::clone(&admission);
-        let gate = Arc::clone(&gate);
-        let handle = std::thread::Builder::new()
-            .name(format!("echo-{i}"))
-            .spawn(move || {
-                let _gate = gate.exit_guard();
-                let io = WorkerIo {
-                    admission: &admission,
-                    gate: &gate,
-                };
-                let echo = || EchoConn::new(Config::default());
-                worker::run_on(backend, &cfg, listener, notice, io, echo).unwrap_or_else(|e| {
-                    // A worker that cannot run leaves the process half-served: stop it all.
-                    eprintln!("ringwork-echo: worker {i}: {e}");
-                    std::process::exit(1)
-                })
-            })?;
-        workers.push(handle);
-    }
-
-    // A worker that failed exits the process (and fails the gate on its way).
-    if !gate.wait_open() {
-        for handle in workers {
-            let _ = handle.join();
-        }
-        return Err("a worker could not start".into());
-    }
-    let backend = match (backend, cfg.uring.sqpoll, cfg.uring.zerocopy) {
+    let label = match (backend, cfg.uring.sqpoll, cfg.uring.zerocopy) {
         (Backend::Uring, None, false) => "uring",
         (Backend::Uring, Some(_), false) => "uring+sqpoll",
         (Backend::Uring, None, true) => "uring+zerocopy",
         (Backend::Uring, Some(_), true) => "uring+sqpoll+zerocopy",
         (Backend::Epoll, _, _) => "epoll",
     };
-    // Scripts and tests read the addresses (space-separated) from this line.
-    println!(
-        "ringwork-echo listening on {} (backend {backend}, {threads} threads)",
-        addrs.join(" ")
-    );
-
-    let signo = signals.wait()?;
-    eprintln!("ringwork-echo: signal {signo}: stopping");
-    stop.notify();
-    let mut total = StreamStats::default();
-    for handle in workers {
-        total += handle.join().map_err(|_| "a worker thread panicked")?;
-    }
+    let server = Serve {
+        listen: &args.listen,
+        threads,
+        backend,
+        cfg,
+    };
+    let total = server.run(
+        || EchoConn::new(Config::default()),
+        // Once every worker is set up: the line means "serving", and the idle fd count and
+        // RSS are final. Scripts and tests read the addresses (space-separated) from it.
+        |bound| {
+            let addrs: Vec<String> = bound.iter().map(ToString::to_string).collect();
+            println!(
+                "ringwork-echo listening on {} (backend {label}, {threads} threads)",
+                addrs.join(" ")
+            );
+        },
+    )?;
     println!("stats: {total}");
     Ok(())
 }
@@ -345,12 +307,4 @@ fn choose_backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error>> {
         eprintln!("ringwork-echo: {note}");
     }
     Ok(chosen.backend)
-}
-
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit: each connection is a descriptor.
-fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim);
 }

@@ -1,198 +1,41 @@
-//! A minimal io_uring echo server on the public ringwork-sys and ringwork-core API, no `unsafe`.
+//! An echo server in a few lines: core's `EchoConn` as the protocol, ringwork-sys' worker
+//! loop for everything else, on io_uring or, where io_uring is refused, epoll.
 //!
-//! `cargo run -p ringwork-examples --bin echo -- 127.0.0.1:7879`, then `nc 127.0.0.1 7879`.
+//! `cargo run -p ringwork-examples --bin echo -- 127.0.0.1:7879`, then `nc 127.0.0.1 7879`;
+//! Ctrl-C drains and prints the counters.
 //!
-//! What it shows, in the order a server needs it: a ring, the shared acceptor (multishot
-//! accept, re-armed when it ends, backing off when descriptors run out), receives into a
-//! provided buffer ring (no buffer per connection), and `EchoConn`, core's echo state machine,
-//! deciding everything else: when to re-arm a receive, what to send, when a buffer goes back,
-//! when a connection may be freed. The loop only maps its operations to safe SQEs and
-//! completions back to events. ringwork-echo is this plus zero-copy sends, bundles,
-//! incremental buffers, batching, SQPOLL, several threads and a graceful shutdown.
+//! A protocol is a `StreamMachine` (events in, operations out); the loop accepts (backing
+//! off when descriptors run out), receives into provided buffers, performs the machine's
+//! sends and cancels, frees connections, and drains on SIGINT/SIGTERM. `echo-ring` shows the
+//! layer below: the ring, safe submission and a buffer ring, driven by hand.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::time::Instant;
-
-use ringwork_core::accept::timeout_until;
-use ringwork_core::buf::{BufGroup, RecvBuffers, RecvMode};
-use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
-use ringwork_core::slab::Slab;
-use ringwork_core::token::{OpKind, Slot, Token};
-use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
-use rustix::net::SendFlags;
-
-const GROUP: BufGroup = BufGroup(0);
-const BUFFERS: u16 = 256;
-const BUFFER_SIZE: u32 = 4096;
-const MAX_CONNS: usize = 1024;
-
-struct Conn {
-    sock: Option<OwnedFd>,
-    fd: RawFd,
-    machine: EchoConn,
-}
+use ringwork_core::conn::{Config, EchoConn};
+use ringwork_sys::backend::{self, BackendRequest};
+use ringwork_sys::worker::{uring::REQUIRED, Serve, StreamConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr: SocketAddr = std::env::args()
-        .nth(1)
-        .as_deref()
-        .unwrap_or("127.0.0.1:7879")
-        .parse()?;
-    let listener = ringwork_sys::net::reuseport_listener(addr, false)?;
-    println!(
-        "echo listening on {}",
-        ringwork_sys::net::local_addr(&listener)?
-    );
-    let mut ring = RingParams::new(256).build()?;
-    let mut acceptor = Acceptor::new(listener, Slot::WORKER, ring.probe()?, true);
-    ring.register_buf_ring(GROUP, BUFFERS, BUFFER_SIZE)?;
-    let mut recv = RecvBuffers::new(BUFFERS, BUFFER_SIZE, RecvMode::Whole);
-    let mut queues = ChunkQueues::new(usize::from(BUFFERS));
-    let mut starved = Starved::new(MAX_CONNS);
-    let mut conns: Slab<Conn> = Slab::new(MAX_CONNS);
-    acceptor.start(&mut ring)?;
-    let (mut cqes, mut events, mut woken) = (Vec::new(), Vec::new(), Vec::new());
-    // The acceptor reads no clock: the loop reads one, once per turn, and hands it the time.
-    let epoch = Instant::now();
-    let mut now_ms = 0;
-    loop {
-        // Wake in time to end an accept pause (none is due most of the time).
-        match timeout_until(acceptor.next_deadline_ms(), now_ms, None) {
-            Some(t) => ring.submit_and_wait_timeout(1, t)?,
-            None => ring.submit_and_wait(1)?,
-        };
-        now_ms = epoch.elapsed().as_millis() as u64;
-        cqes.clear();
-        cqes.extend(ring.completions());
-        for cqe in cqes.iter_mut() {
-            let Ok(token) = Token::decode(cqe.user_data()) else {
-                continue;
-            };
-            if acceptor.owns(&token) {
-                if let Some(sock) = acceptor.on_cqe(&mut ring, cqe, conns.len(), now_ms)? {
-                    let fd = sock.as_raw_fd();
-                    let machine = EchoConn::new(Config::default());
-                    if let Some((slot, generation)) = conns.insert(Conn {
-                        sock: Some(sock),
-                        fd,
-                        machine,
-                    }) {
-                        events.push((Token::new(OpKind::Recv, slot, generation), Event::Opened));
-                    } // else: the table is full, and dropping the socket closed it.
-                }
-                continue;
-            }
-            if conns.get_checked(&token).is_none() {
-                // A late completion of a freed connection: its buffer goes straight back.
-                if let (Some(selected), Some(br)) = (cqe.take_buffer(), ring.buf_ring(GROUP)) {
-                    br.return_recv(&mut recv, selected, cqe.more())?;
-                }
-                continue;
-            }
-            completion_events(&mut ring, &mut recv, cqe, token, &mut events)?;
-        }
-        // Buffers back, and connections that waited for them woken.
-        ring.publish_buffers(GROUP)?;
-        let can_rearm = ring.buf_ring(GROUP).is_some_and(|br| br.book().can_rearm());
-        starved.wake(can_rearm, &mut woken);
-        events.extend(woken.drain(..).map(|t| (t, Event::BuffersAvailable)));
-        for (token, event) in events.drain(..) {
-            let Some(conn) = conns.get_checked_mut(&token) else {
-                // Freed since: a buffer it was handed goes back.
-                if let Event::Recv { buf, .. } = event {
-                    let br = ring.buf_ring(GROUP).expect("registered above");
-                    br.recycle_recv(&mut recv, buf)?;
-                }
-                continue;
-            };
-            if conn.machine.on_event(&mut queues, event).is_err() {
-                continue; // an event the machine refuses is a bug it reports; carry on
-            }
-            while let Some(conn) = conns.get_checked_mut(&token) {
-                let Some(op) = conn.machine.poll_op(&mut queues) else {
-                    break;
-                };
-                let (target, ud) = (Target::Fd(conn.fd), |kind| token.with_kind(kind).encode());
-                let sqe = match op {
-                    Op::ArmRecv => {
-                        SafeSqe::recv_select(target, GROUP, true).user_data(ud(OpKind::Recv))
-                    }
-                    Op::Send { buf, offset, len } => ring
-                        .send_provided(target, GROUP, buf, offset, len)?
-                        .send_flags(SendFlags::NOSIGNAL)
-                        .user_data(ud(OpKind::Send)),
-                    Op::Recycle(buf) => {
-                        let br = ring.buf_ring(GROUP).expect("registered above");
-                        br.recycle_recv(&mut recv, buf)?;
-                        continue;
-                    }
-                    Op::AwaitBuffers => {
-                        starved.wait(token);
-                        continue;
-                    }
-                    Op::CancelRecv => {
-                        SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel))
-                    }
-                    Op::CancelAll => {
-                        let sock = conn.sock.as_ref().expect("cancelled before the close");
-                        driver::cancel_socket_ops(&ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
-                    }
-                    Op::Close => {
-                        let sock = conn.sock.take().expect("closed once");
-                        SafeSqe::close(sock).user_data(ud(OpKind::Close))
-                    }
-                    Op::Free => {
-                        conns.remove(token.slot);
-                        continue;
-                    }
-                };
-                ring.push_safe(sqe)?;
-            }
-        }
-        acceptor.poll(&mut ring, conns.len(), now_ms)?;
-        for notice in acceptor.notices() {
-            eprintln!("echo: {notice}");
-        }
+    let addr = std::env::args().nth(1);
+    let listen = [addr.as_deref().unwrap_or("127.0.0.1:7879").parse()?];
+    let chosen = backend::choose(BackendRequest::Auto, &REQUIRED)?;
+    if let Some(note) = chosen.note() {
+        eprintln!("echo: {note}");
     }
-}
-
-/// The events one connection completion brings (a receive may bring none: a stale buffer).
-fn completion_events(
-    ring: &mut ringwork_sys::Ring,
-    recv: &mut RecvBuffers,
-    cqe: &mut Cqe,
-    token: Token,
-    events: &mut Vec<(Token, Event)>,
-) -> ringwork_sys::Result<()> {
-    let more = cqe.more();
-    let event = match (token.kind, cqe.result()) {
-        (OpKind::Recv, Ok(n)) if n > 0 => {
-            let (Some(selected), Some(br)) = (cqe.take_buffer(), ring.buf_ring(GROUP)) else {
-                return Ok(());
-            };
-            let _ = br.take_recv(recv, selected, more, |p| {
-                let (buf, offset, len, more) = (p.buf, p.offset, p.len, p.more);
-                events.push((
-                    token,
-                    Event::Recv {
-                        buf,
-                        offset,
-                        len,
-                        more,
-                    },
-                ));
-            });
-            return Ok(());
-        }
-        (OpKind::Recv, Ok(_)) => Event::RecvEof { more },
-        (OpKind::Recv, Err(errno)) => Event::RecvErr { errno, more },
-        (OpKind::Send, res) => Event::SendDone { res },
-        (OpKind::Cancel, _) => Event::CancelDone,
-        (OpKind::Close, _) => Event::Closed,
-        _ => return Ok(()),
+    let server = Serve {
+        listen: &listen,
+        threads: 1,
+        backend: chosen.backend,
+        cfg: StreamConfig {
+            name: "echo",
+            buffers: 256,
+            max_conns: 1024,
+            ..StreamConfig::default()
+        },
     };
-    events.push((token, event));
+    let stats = server.run(
+        || EchoConn::new(Config::default()),
+        |bound| println!("echo listening on {}", bound[0]),
+    )?;
+    println!("stats: {stats}");
     Ok(())
 }

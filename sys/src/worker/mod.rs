@@ -17,7 +17,10 @@
 //! The loop reads the clock once per turn and passes the time in; nothing in core reads one.
 
 pub mod epoll;
+mod serve;
 pub mod uring;
+
+pub use serve::{Serve, ServeError};
 
 use std::collections::VecDeque;
 use std::fmt;
