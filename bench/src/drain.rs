@@ -210,7 +210,7 @@ pub fn run(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
     if variant.is_wal() {
         return run_wal(variant, round, cfg);
     }
-    crate::warm(&cfg.reads.path)?;
+    crate::fileread::warm(&cfg.reads.path)?;
     let reads = fileread::Config {
         duration: cfg.duration,
         drain_every: if variant == Variant::ReadsDrain {

@@ -20,9 +20,10 @@ use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
 
+use ringwork_harness::proc::cpu_time;
+
 use crate::stats::{
-    cpu_us_per, latency_histogram, per_sec, perf_syscalls, process_cpu, self_cpu, thousands,
-    Latency,
+    cpu_us_per, latency_histogram, per_sec, perf_syscalls, self_cpu, thousands, Latency,
 };
 
 /// Pattern period: a prime, so connections' windows do not line up with message sizes.
@@ -274,14 +275,14 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     // The measured window, for CPU accounting.
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
     let client0 = self_cpu();
-    let server0 = cfg.server_pid.and_then(process_cpu);
+    let server0 = cfg.server_pid.and_then(cpu_time);
     let perf = match (cfg.count_syscalls, cfg.server_pid) {
         (true, Some(pid)) => perf_syscalls(pid, cfg.duration),
         _ => None,
     };
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let client_cpu = self_cpu().saturating_sub(client0);
-    let server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
+    let server_cpu = match (cfg.server_pid.and_then(cpu_time), server0) {
         (Some(b), Some(a)) => Some(b.saturating_sub(a)),
         _ => None,
     };

@@ -26,9 +26,9 @@ use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
-use crate::stats::{
-    cpu_us_per, latency_histogram, per_sec, process_cpu, self_cpu, thousands, Latency,
-};
+use ringwork_harness::proc::cpu_time;
+
+use crate::stats::{cpu_us_per, latency_histogram, per_sec, self_cpu, thousands, Latency};
 
 /// Connects in flight at once.
 pub const CONNECT_BATCH: usize = 256;
@@ -761,7 +761,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
             if !w.opened && now >= w.start {
                 w.opened = true;
                 client0 = self_cpu();
-                server0 = cfg.server_pid.and_then(process_cpu);
+                server0 = cfg.server_pid.and_then(cpu_time);
             }
         }
         if g.window.as_ref().is_some_and(|w| w.opened) {
@@ -773,7 +773,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     let mut out = std::mem::take(&mut g.out);
     out.elapsed = cfg.duration;
     out.client_cpu = self_cpu().saturating_sub(client0);
-    out.server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
+    out.server_cpu = match (cfg.server_pid.and_then(cpu_time), server0) {
         (Some(b), Some(a)) => Some(b.saturating_sub(a)),
         _ => None,
     };
@@ -1049,7 +1049,7 @@ mod tests {
             server_pid: None,
         };
         let me = std::process::id();
-        let fds = || std::fs::read_dir(format!("/proc/{me}/fd")).unwrap().count();
+        let fds = || ringwork_harness::proc::fd_targets(me).len();
         let before = fds();
         let (during, errors) = hold_idle(&cfg, fds).unwrap();
         assert_eq!(errors, 0);

@@ -295,22 +295,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
-/// Raises RLIMIT_NOFILE's soft limit to the hard limit: 10,000 connections need it.
-fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim);
-}
-
-/// Reads the whole file once (page cache); `drain` uses it.
-fn warm(path: &std::path::Path) -> Result<(), String> {
-    fileread::warm(path)
-}
-
 fn main() {
     // Read before any pinning narrows what this process sees.
-    stats::cpu_count();
+    ringwork_harness::pin::online_cpus();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Http {
@@ -322,7 +309,7 @@ fn main() {
             server_pid,
             json,
         } => (|| -> Result<(), String> {
-            raise_nofile_limit();
+            ringwork_harness::raise_nofile_limit();
             let (addr, url_path) = parse_url(&url)?;
             let paths = if paths.is_empty() {
                 vec![url_path]
@@ -361,7 +348,7 @@ fn main() {
             peers,
             files,
         } => (|| -> Result<(), String> {
-            raise_nofile_limit();
+            ringwork_harness::raise_nofile_limit();
             let server_bin = match server_bin {
                 Some(p) => p,
                 None => std::env::current_exe()
@@ -440,7 +427,7 @@ fn main() {
             count_syscalls,
             json,
         } => (|| -> Result<(), String> {
-            raise_nofile_limit();
+            ringwork_harness::raise_nofile_limit();
             let cfg = echo::Config {
                 addr,
                 conns,

@@ -54,7 +54,10 @@ use rustix::net::SendFlags;
 use rustix::pipe::SpliceFlags;
 
 use crate::drain::median;
-use crate::stats::{self_cpu, task_run_time, thousands};
+use ringwork_harness::pin::{allowed_cpus, pin_thread};
+use ringwork_harness::proc::task_run_time;
+
+use crate::stats::{self_cpu, thousands};
 
 /// One way to send the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,21 +149,6 @@ impl Config {
     fn file_path(&self, size: u64) -> PathBuf {
         self.dir.join(format!("ringwork-sendpath-{size}.dat"))
     }
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&c| set.is_set(c))
-            .collect(),
-        Err(_) => vec![0],
-    }
-}
-
-fn pin_this_thread(cpu: usize) -> Result<(), String> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set).map_err(|e| format!("pin to CPU {cpu}: {e}"))
 }
 
 /// One run of one variant on one file size.
@@ -268,7 +256,7 @@ pub fn run_all(cfg: &Config, variants: &[Variant]) -> Result<Vec<Outcome>, Strin
     for round in 1..=cfg.rounds.max(1) {
         for (size, path, content) in &files {
             for &v in variants {
-                crate::warm(path)?;
+                crate::fileread::warm(path)?;
                 let r = run_one(cfg, v, *size, path, content, round)
                     .map_err(|e| format!("{} on {size} bytes: {e}", v.name()))?;
                 eprintln!(
@@ -312,7 +300,7 @@ fn reader(
     cpu: usize,
     tid: std::sync::mpsc::Sender<i32>,
 ) -> Result<ReaderOutcome, String> {
-    pin_this_thread(cpu)?;
+    pin_thread(0, cpu)?;
     let _ = tid.send(rustix::thread::gettid().as_raw_nonzero().get());
     for s in &socks {
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -533,7 +521,7 @@ fn serve(
     socks: Vec<TcpStream>,
     reader_tid: i32,
 ) -> Result<(Outcome, u64), String> {
-    pin_this_thread(cfg.server_cpu)?;
+    pin_thread(0, cfg.server_cpu)?;
     let my_tid = rustix::thread::gettid().as_raw_nonzero().get();
     let main_tid = std::process::id() as i32;
     let mut server = Server::new(cfg, variant, size, path, socks)?;
