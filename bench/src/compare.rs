@@ -721,6 +721,112 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// `ringwork-bench compare`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A small matrix (three echo cells; with --files, smaller file workloads) that
+    /// finishes in under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Measured seconds per cell [default: 5; 2 with --quick].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Unmeasured warm-up seconds per cell [default: 1; 0.5 with --quick].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Directory for BENCHMARKS.md and the SVG plots.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// The ringwork-echo binary [default: the one next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Also run ringwork-echo with --sqpoll as a third backend.
+    #[arg(long)]
+    sqpoll: bool,
+    /// Another echo server as another column, in the same alternation (repeatable):
+    /// NAME=COMMAND starts `sh -c 'exec COMMAND'` with {port} replaced by a free loopback
+    /// port and pins it like ringwork-echo; NAME=HOST:PORT measures one already running
+    /// (not pinned, no CPU figures). Default: none.
+    #[arg(long, value_parser = parse_external)]
+    external: Vec<Backend>,
+    /// Also build (cargo, release) and measure the echo servers in bench/peers: tokio
+    /// (current-thread) and monoio (io_uring). Peers that cannot be built or started are
+    /// left out, and the report says why.
+    #[arg(long)]
+    peers: bool,
+    /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
+    /// ringwork-files, found next to this binary) workloads, and ringwork-files against
+    /// nginx (when `nginx` is on PATH).
+    #[arg(long)]
+    files: bool,
+}
+
+/// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
+pub fn run_command(args: Args) -> Result<(), String> {
+    ringwork_harness::raise_nofile_limit();
+    let server_bin = match args.server_bin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("ringwork-echo"),
+    };
+    if !server_bin.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release -p ringwork-echo) or pass --server-bin",
+            server_bin.display()
+        ));
+    }
+    let files_bin = if args.files {
+        let bin = server_bin.with_file_name("ringwork-files");
+        if !bin.exists() {
+            return Err(format!(
+                "--files needs {}: cargo build --release -p ringwork-files",
+                bin.display()
+            ));
+        }
+        Some(bin)
+    } else {
+        None
+    };
+    let mut backends = default_backends(args.sqpoll);
+    let peers_note = if args.peers {
+        let peers = crate::peers::prepare(&crate::peers::source_dir());
+        backends.extend(peers.backends);
+        Some(peers.note)
+    } else {
+        None
+    };
+    backends.extend(args.external);
+    let quick = args.quick;
+    let opts = Options {
+        server_bin,
+        backends,
+        cells: matrix(quick),
+        duration: Duration::from_secs_f64(args.duration.unwrap_or(if quick { 2.0 } else { 5.0 })),
+        warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 1.0 })),
+        out_dir: args.out,
+        files_bin,
+        quick,
+        peers_note,
+        command_line: std::env::args()
+            .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let rows = run(&opts)?;
+    let errors: u64 = rows.iter().map(|r| r.outcome.errors).sum();
+    println!(
+        "wrote {} ({} rows, {} errors)",
+        opts.out_dir.join("BENCHMARKS.md").display(),
+        rows.len(),
+        errors
+    );
+    if errors > 0 {
+        return Err(format!("{errors} connection errors during the comparison"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

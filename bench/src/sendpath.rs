@@ -57,7 +57,7 @@ use crate::drain::median;
 use ringwork_harness::pin::{allowed_cpus, pin_thread};
 use ringwork_harness::proc::task_run_time;
 
-use crate::stats::{self_cpu, thousands};
+use crate::stats::{machine_line, self_cpu, thousands};
 
 /// One way to send the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -961,6 +961,89 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
         );
     }
     s
+}
+
+/// `ringwork-bench sendpath`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// File sizes (suffixes k, M, G), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64k,1M,16M,64M", value_parser = crate::parse_size)]
+    sizes: Vec<u64>,
+    /// Loopback connections.
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    /// Bytes per read, splice or send (ringwork-files' default chunk).
+    #[arg(long, default_value = "64k", value_parser = crate::parse_size)]
+    chunk: u64,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 1.0)]
+    duration: f64,
+    /// Unmeasured seconds first, per run.
+    #[arg(long, default_value_t = 0.25)]
+    warmup: f64,
+    /// Rounds; the variants alternate within each.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variant: Vec<Variant>,
+    /// Directory for the served files.
+    #[arg(long, default_value = "/tmp")]
+    dir: PathBuf,
+    /// CPU of the server loop [default: the first this process may use].
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    /// CPU of the reader [default: the second this process may use].
+    #[arg(long)]
+    client_cpu: Option<usize>,
+    /// Let io-wq workers run on any CPU, not only the server's.
+    #[arg(long)]
+    iowq_anywhere: bool,
+    /// Write results as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench sendpath`: every variant asked for on every size, in rounds, the table on
+/// stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    if args.conns == 0 || args.rounds == 0 || args.chunk == 0 {
+        return Err("--conns, --rounds and --chunk must be at least 1".into());
+    }
+    let (default_server, default_client) = Config::default_cpus();
+    let cfg = Config {
+        dir: args.dir,
+        sizes: args.sizes,
+        conns: args.conns,
+        chunk: u32::try_from(args.chunk).map_err(|_| "--chunk too large")?,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        rounds: args.rounds,
+        server_cpu: args.server_cpu.unwrap_or(default_server),
+        client_cpu: args.client_cpu.unwrap_or(default_client),
+        iowq_anywhere: args.iowq_anywhere,
+    };
+    let variants = if args.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        args.variant
+    };
+    println!("# ringwork-bench sendpath on {}", machine_line());
+    // Other work on the machine moves these figures: say how busy it was.
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
+    let results = run_all(&cfg, &variants)?;
+    println!(
+        "# load average before: {}; after: {}",
+        load_before.trim(),
+        load().trim()
+    );
+    print!("{}", table(&cfg, &results));
+    if let Some(path) = args.json {
+        let body: Vec<String> = results.iter().map(Outcome::json).collect();
+        crate::write_json(&path, &format!("[{}]", body.join(",")))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
