@@ -1051,8 +1051,12 @@ mod tests {
     use super::*;
 
     fn small(variant: Variant) -> Outcome {
-        let dir =
-            std::env::temp_dir().join(format!("ringwork-sendpath-test-{}", std::process::id()));
+        // A directory per variant: the tests run in parallel, and each removes its own.
+        let dir = std::env::temp_dir().join(format!(
+            "ringwork-sendpath-test-{}-{}",
+            std::process::id(),
+            variant.name()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let (server_cpu, client_cpu) = Config::default_cpus();
         let cfg = Config {
