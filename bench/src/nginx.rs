@@ -320,6 +320,23 @@ struct Measured {
     runs: Vec<http::Outcome>,
 }
 
+impl Measured {
+    /// Adds `out` to the runs of `server` on `cell` in `measured`.
+    fn record(measured: &mut Vec<Measured>, server: &'static str, cell: Cell, out: http::Outcome) {
+        match measured
+            .iter_mut()
+            .find(|m| m.server == server && m.cell == cell)
+        {
+            Some(m) => m.runs.push(out),
+            None => measured.push(Measured {
+                server,
+                cell,
+                runs: vec![out],
+            }),
+        }
+    }
+}
+
 /// What one server's idle-connection memory came to.
 struct Rss {
     server: &'static str,
@@ -339,21 +356,10 @@ pub fn versus(
     crate::compare::pin_generator();
     let load_before = load_average();
     let (cells, rounds, idle_conns) = plan(quick);
-    let path_var = std::env::var("PATH").unwrap_or_default();
     let tmp = TempDir::new("vs-nginx")?;
     let root = tmp.www();
     make_files(&root)?;
-    // Without nginx, or with one that cannot start here (say, unprivileged, so that it cannot
-    // write its compiled-in temporary paths), ringwork-files is measured alone.
-    let nginx_bin = match find_on_path("nginx", &path_var) {
-        None => Err(NOT_FOUND.to_string()),
-        Some(bin) => match Nginx::start(&bin, &root, &tmp.0) {
-            Ok(_) => Ok(bin),
-            Err(e) => Err(format!(
-                "**nginx did not start**, so ringwork-files is measured alone: {e}\n"
-            )),
-        },
-    };
+    let nginx_bin = usable_nginx(&root, &tmp.0);
     if let Err(why) = &nginx_bin {
         eprintln!("{}", why.trim());
     }
@@ -404,17 +410,7 @@ pub fn versus(
                     out.errors
                 );
                 drop(server);
-                match measured
-                    .iter_mut()
-                    .find(|m| m.server == name && m.cell == *cell)
-                {
-                    Some(m) => m.runs.push(out),
-                    None => measured.push(Measured {
-                        server: name,
-                        cell: *cell,
-                        runs: vec![out],
-                    }),
-                }
+                Measured::record(&mut measured, name, *cell, out);
             }
         }
     }
@@ -423,37 +419,7 @@ pub fn versus(
     for &name in &servers {
         let (server, conf) = start(name, idle_conns)?;
         conf_used = conf_used.or(conf);
-        // A moment for the worker to settle after start (nginx's master forks it).
-        std::thread::sleep(Duration::from_millis(200));
-        let at_start = rss_kib(server.worker()).unwrap_or(0);
-        let cfg = http::Config {
-            addr: server.addr(),
-            paths: vec![format!("/{}", FILES[0].0)],
-            conns: idle_conns,
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-            server_pid: None,
-        };
-        let ((idle, master), errors) = http::hold_idle(&cfg, || {
-            // Let the server finish with the last responses before reading its memory.
-            std::thread::sleep(Duration::from_millis(300));
-            (
-                rss_kib(server.worker()).unwrap_or(0),
-                server.master().and_then(rss_kib),
-            )
-        })
-        .map_err(|e| format!("{name} idle connections: {e}"))?;
-        eprintln!(
-            "{name:>14}: RSS {at_start} KiB at start, {idle} KiB with {idle_conns} idle connections, errors {errors}"
-        );
-        rss.push(Rss {
-            server: name,
-            at_start_kib: at_start,
-            idle_kib: idle,
-            master_kib: master,
-            errors,
-        });
-        drop(server);
+        rss.push(idle_rss(name, &server, idle_conns)?);
     }
     let nginx_note = match (&nginx_bin, conf_used) {
         (Ok(bin), Some(conf)) => Ok((nginx_version(bin), conf)),
@@ -491,6 +457,54 @@ struct SectionInput<'a> {
     nginx: Result<(String, String), String>,
     /// The 1-minute load average before and after the section.
     load: (Option<f64>, Option<f64>),
+}
+
+/// The nginx on PATH, when it starts here. Without one, or with one that cannot start here
+/// (say, unprivileged, so that it cannot write its compiled-in temporary paths),
+/// ringwork-files is measured alone, and the error is what the report says instead.
+fn usable_nginx(root: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let bin = find_on_path("nginx", &path_var).ok_or_else(|| NOT_FOUND.to_string())?;
+    match Nginx::start(&bin, root, dir) {
+        Ok(_) => Ok(bin),
+        Err(e) => Err(format!(
+            "**nginx did not start**, so ringwork-files is measured alone: {e}\n"
+        )),
+    }
+}
+
+/// The serving process's memory at start and with `idle_conns` idle keep-alive connections.
+fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rss, String> {
+    // A moment for the worker to settle after start (nginx's master forks it).
+    std::thread::sleep(Duration::from_millis(200));
+    let at_start = rss_kib(server.worker()).unwrap_or(0);
+    let cfg = http::Config {
+        addr: server.addr(),
+        paths: vec![format!("/{}", FILES[0].0)],
+        conns: idle_conns,
+        duration: Duration::ZERO,
+        warmup: Duration::ZERO,
+        server_pid: None,
+    };
+    let ((idle, master), errors) = http::hold_idle(&cfg, || {
+        // Let the server finish with the last responses before reading its memory.
+        std::thread::sleep(Duration::from_millis(300));
+        (
+            rss_kib(server.worker()).unwrap_or(0),
+            server.master().and_then(rss_kib),
+        )
+    })
+    .map_err(|e| format!("{name} idle connections: {e}"))?;
+    eprintln!(
+        "{name:>14}: RSS {at_start} KiB at start, {idle} KiB with {idle_conns} idle connections, errors {errors}"
+    );
+    Ok(Rss {
+        server: name,
+        at_start_kib: at_start,
+        idle_kib: idle,
+        master_kib: master,
+        errors,
+    })
 }
 
 /// The 1-minute load average: how much other work shared the CPUs.
