@@ -631,8 +631,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
     let results = run_all(&cfg, &variants)?;
     print!("{}", table(&cfg, &results));
     if let Some(path) = args.json {
-        let body: Vec<String> = results.iter().map(Outcome::json).collect();
-        crate::write_json(&path, &format!("[{}]", body.join(",")))?;
+        crate::write_json(&path, &crate::json_array(results.iter().map(Outcome::json)))?;
     }
     Ok(())
 }

@@ -97,6 +97,11 @@ fn write_json(path: &Path, json: &str) -> Result<(), String> {
     std::fs::write(path, format!("{json}\n")).map_err(|e| format!("write {}: {e}", path.display()))
 }
 
+/// `[a,b,...]` of JSON texts.
+fn json_array(items: impl IntoIterator<Item = String>) -> String {
+    format!("[{}]", items.into_iter().collect::<Vec<_>>().join(","))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
