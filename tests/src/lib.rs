@@ -92,7 +92,7 @@ impl Server {
         Server { process }
     }
 
-    /// CPU time the server has used, user and system.
+    /// CPU time the server's threads have used ([`proc::cpu_time`]).
     pub fn cpu_time(&self) -> Duration {
         proc::cpu_time(self.pid()).unwrap_or_default()
     }
