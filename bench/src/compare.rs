@@ -12,11 +12,14 @@
 //! figures).
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use ringwork_harness::pin;
+use ringwork_harness::server::free_port;
+pub(crate) use ringwork_harness::Server as RunningServer;
 
 use crate::echo;
 use crate::stats::{machine_line, thousands};
@@ -212,139 +215,55 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// A server started by [`start_server`]; SIGTERM and wait on drop.
-pub(crate) struct RunningServer {
-    child: Child,
-    /// Where it listens.
-    pub(crate) addr: SocketAddr,
-}
-
-impl RunningServer {
-    /// Its process id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        // One that exited (at start) is reaped already: its pid may be another process's now.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
-        // A server started from someone else's command line may ignore SIGTERM; Ringwork's
-        // own drain within their grace periods (5 s at most by default).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn cpus() -> usize {
-    crate::stats::cpu_count()
-}
+/// How long a server the benchmark is done with gets to exit after SIGTERM: Ringwork's own
+/// drain within their grace periods (5 s at most by default); one started from someone else's
+/// command line may ignore SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The CPU servers run on: the last one, when there are two or more (the generator has CPU 0).
 pub(crate) fn server_cpu() -> Option<usize> {
-    (cpus() >= 2).then(|| cpus() - 1)
-}
-
-/// A free loopback port (bound, read, released: the server binds it a moment later).
-pub(crate) fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("pick a port: {e}"))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| format!("pick a port: {e}"))
-}
-
-/// Pins every thread of `pid` to `cpu`.
-pub(crate) fn pin_process(pid: u32, cpu: usize) {
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) {
-                pin(tid, cpu);
-            }
-        }
-    }
+    let cpus = pin::online_cpus();
+    (cpus >= 2).then(|| cpus - 1)
 }
 
 /// Pins the calling thread (and the load threads it starts) to CPU 0, when there are two or
 /// more CPUs; servers go on the last one.
 pub(crate) fn pin_generator() {
-    if cpus() >= 2 {
-        pin(0, 0);
+    if server_cpu().is_some() {
+        let _ = pin::pin_thread(0, 0);
     }
 }
 
-/// Lets the calling thread (and threads it starts) run on every CPU again.
-pub(crate) fn unpin() {
-    let mut set = rustix::thread::CpuSet::new();
-    for cpu in 0..cpus() {
-        set.set(cpu);
-    }
-    let _ = rustix::thread::sched_setaffinity(None, &set);
-}
-
-/// Pins thread `pid` (0: the calling thread) to `cpu`.
-pub(crate) fn pin(pid: u32, cpu: usize) {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    let pid = rustix::process::Pid::from_raw(pid as i32);
-    let _ = rustix::thread::sched_setaffinity(pid, &set);
+/// Runs `spawn` on the server CPU, then moves the calling thread back to the generator's: a
+/// child inherits its parent thread's affinity at fork, so every thread the server ever
+/// starts (a master's workers, io-wq workers) begins on the server CPU.
+pub(crate) fn spawn_on_server_cpu<T>(spawn: impl FnOnce() -> T) -> T {
+    let Some(cpu) = server_cpu() else {
+        return spawn();
+    };
+    let _ = pin::pin_thread(0, cpu);
+    let spawned = spawn();
+    let _ = pin::pin_thread(0, 0);
+    spawned
 }
 
 /// Starts a Ringwork server binary on an ephemeral loopback port with one thread, waits for
-/// its `listening on ADDR` line, and pins its threads to the last CPU.
+/// its `listening on ADDR` line, and pins its threads to the server CPU.
 pub(crate) fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer, String> {
-    let mut child = Command::new(bin)
-        .args(["--listen", "127.0.0.1:0", "--threads", "1"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("start {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .ok_or("server exited before printing its address")?
-            .map_err(|e| e.to_string())?;
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("http://")
-                .trim_end_matches('/')
-                .parse()
-                .map_err(|e| format!("bad address in {line:?}: {e}"))?;
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    if cpus() >= 2 {
-        // Every server thread exists once it prints its address: pin them all to the last
-        // CPU (they inherited our CPU 0 pinning at spawn), the generator keeps CPU 0.
-        for task in std::fs::read_dir(format!("/proc/{}/task", child.id()))
-            .map_err(|e| e.to_string())?
-            .flatten()
-        {
-            if let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() {
-                pin(tid, cpus() - 1);
-            }
-        }
+    let server = RunningServer::start(
+        Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--threads", "1"])
+            .args(args)
+            .stderr(Stdio::inherit()),
+    )
+    .map_err(|e| format!("{} {e}", bin.display()))?
+    .terminate_when_dropped(STOP_GRACE);
+    // Every server thread exists once it prints its address: pin them all (they inherited
+    // the generator's CPU 0 at spawn).
+    if let Some(cpu) = server_cpu() {
+        pin::pin_process(server.pid(), cpu);
     }
-    Ok(RunningServer { child, addr })
+    Ok(server)
 }
 
 /// Starts `command` (see [`Server::Command`]) on the server CPU, and waits until it accepts
@@ -353,45 +272,23 @@ pub(crate) fn start_server(bin: &Path, args: &[String]) -> Result<RunningServer,
 pub(crate) fn start_command(command: &str) -> Result<RunningServer, String> {
     let port = free_port()?;
     let line = command.replace(PORT_PLACEHOLDER, &port.to_string());
-    let cpu = server_cpu();
-    if let Some(cpu) = cpu {
-        pin(0, cpu);
-    }
     // `exec`: the process measured (its pid, its threads' CPU time, its syscalls) is the
     // server itself, not a shell waiting for it.
-    let spawned = Command::new("sh")
-        .arg("-c")
-        .arg(format!("exec {line}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn();
-    if cpu.is_some() {
-        pin(0, 0);
-    }
-    let child = spawned.map_err(|e| format!("start `{line}`: {e}"))?;
-    let mut server = RunningServer {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            return Err(format!("`{line}` exited at start ({status})"));
-        }
-        if TcpStream::connect(server.addr).is_ok() {
-            break;
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "`{line}` did not accept connections on {} within 10 s",
-                server.addr
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if let Some(cpu) = cpu {
-        pin_process(server.pid(), cpu);
+    let server = spawn_on_server_cpu(|| {
+        RunningServer::start_at(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("exec {line}"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit()),
+            SocketAddr::from(([127, 0, 0, 1], port)),
+        )
+    })
+    .map_err(|e| format!("`{line}` {e}"))?
+    .terminate_when_dropped(STOP_GRACE);
+    if let Some(cpu) = server_cpu() {
+        pin::pin_process(server.pid(), cpu);
     }
     Ok(server)
 }
@@ -493,8 +390,8 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
         "Machine: {}. Server: one worker thread{}; load generator: `ringwork-bench echo`, one thread{}. \
          {} s measured after {} s warm-up per cell; cells alternate between backends.\n",
         machine_line(),
-        if cpus() >= 2 { ", pinned to the last CPU" } else { "" },
-        if cpus() >= 2 { ", pinned to CPU 0" } else { "" },
+        if server_cpu().is_some() { ", pinned to the last CPU" } else { "" },
+        if server_cpu().is_some() { ", pinned to CPU 0" } else { "" },
         opts.duration.as_secs_f64(),
         opts.warmup.as_secs_f64(),
     );
@@ -513,7 +410,7 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
              its CPU time is counted with the worker's and it is pinned with the server's other threads{}; \
              it spins for its 10 ms idle time after each submission, which at low load costs \
              about a whole CPU. Its io_uring_enter count is the worker's waits for completions.\n",
-            if cpus() >= 2 { " (it shares the last CPU with the worker)" } else { "" }
+            if server_cpu().is_some() { " (it shares the last CPU with the worker)" } else { "" }
         );
     }
     if let Some(note) = &opts.peers_note {
@@ -526,7 +423,7 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
                     s,
                     "{}: started as `{command}`{}.\n",
                     b.name,
-                    if cpus() >= 2 {
+                    if server_cpu().is_some() {
                         ", pinned to the last CPU like ringwork-echo"
                     } else {
                         ""
@@ -822,6 +719,112 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// `ringwork-bench compare`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A small matrix (three echo cells; with --files, smaller file workloads) that
+    /// finishes in under two minutes.
+    #[arg(long)]
+    quick: bool,
+    /// Measured seconds per cell [default: 5; 2 with --quick].
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Unmeasured warm-up seconds per cell [default: 1; 0.5 with --quick].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Directory for BENCHMARKS.md and the SVG plots.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// The ringwork-echo binary [default: the one next to this binary].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Also run ringwork-echo with --sqpoll as a third backend.
+    #[arg(long)]
+    sqpoll: bool,
+    /// Another echo server as another column, in the same alternation (repeatable):
+    /// NAME=COMMAND starts `sh -c 'exec COMMAND'` with {port} replaced by a free loopback
+    /// port and pins it like ringwork-echo; NAME=HOST:PORT measures one already running
+    /// (not pinned, no CPU figures). Default: none.
+    #[arg(long, value_parser = parse_external)]
+    external: Vec<Backend>,
+    /// Also build (cargo, release) and measure the echo servers in bench/peers: tokio
+    /// (current-thread) and monoio (io_uring). Peers that cannot be built or started are
+    /// left out, and the report says why.
+    #[arg(long)]
+    peers: bool,
+    /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
+    /// ringwork-files, found next to this binary) workloads, and ringwork-files against
+    /// nginx (when `nginx` is on PATH).
+    #[arg(long)]
+    files: bool,
+}
+
+/// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
+pub fn run_command(args: Args) -> Result<(), String> {
+    ringwork_harness::raise_nofile_limit();
+    let server_bin = match args.server_bin {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("ringwork-echo"),
+    };
+    if !server_bin.exists() {
+        return Err(format!(
+            "{} not found: build it (cargo build --release -p ringwork-echo) or pass --server-bin",
+            server_bin.display()
+        ));
+    }
+    let files_bin = if args.files {
+        let bin = server_bin.with_file_name("ringwork-files");
+        if !bin.exists() {
+            return Err(format!(
+                "--files needs {}: cargo build --release -p ringwork-files",
+                bin.display()
+            ));
+        }
+        Some(bin)
+    } else {
+        None
+    };
+    let mut backends = default_backends(args.sqpoll);
+    let peers_note = if args.peers {
+        let peers = crate::peers::prepare(&crate::peers::source_dir());
+        backends.extend(peers.backends);
+        Some(peers.note)
+    } else {
+        None
+    };
+    backends.extend(args.external);
+    let quick = args.quick;
+    let opts = Options {
+        server_bin,
+        backends,
+        cells: matrix(quick),
+        duration: Duration::from_secs_f64(args.duration.unwrap_or(if quick { 2.0 } else { 5.0 })),
+        warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 1.0 })),
+        out_dir: args.out,
+        files_bin,
+        quick,
+        peers_note,
+        command_line: std::env::args()
+            .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    let rows = run(&opts)?;
+    let errors: u64 = rows.iter().map(|r| r.outcome.errors).sum();
+    println!(
+        "wrote {} ({} rows, {} errors)",
+        opts.out_dir.join("BENCHMARKS.md").display(),
+        rows.len(),
+        errors
+    );
+    if errors > 0 {
+        return Err(format!("{errors} connection errors during the comparison"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

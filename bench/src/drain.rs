@@ -45,7 +45,7 @@ use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, Ring, RingParams, SafeSqe, SqeFlags, Target};
 
 use crate::fileread;
-use crate::stats::{latency_histogram, per_sec, self_cpu, thousands, Latency};
+use crate::stats::{latency_histogram, machine_line, per_sec, self_cpu, thousands, Latency};
 
 /// One way to run the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -210,7 +210,7 @@ pub fn run(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
     if variant.is_wal() {
         return run_wal(variant, round, cfg);
     }
-    crate::warm(&cfg.reads.path)?;
+    crate::fileread::warm(&cfg.reads.path)?;
     let reads = fileread::Config {
         duration: cfg.duration,
         drain_every: if variant == Variant::ReadsDrain {
@@ -541,6 +541,99 @@ fn durable(v: Variant) -> &'static str {
         Variant::Reads | Variant::ReadsDrain => "-",
         _ => "yes",
     }
+}
+
+/// `ringwork-bench drain`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The log file (preallocated with real data; put it on the file system to measure).
+    #[arg(long, default_value = "/tmp/ringwork-drain-wal.dat")]
+    file: PathBuf,
+    /// Bytes of log the writes cycle through (suffixes k, M, G).
+    #[arg(long, default_value = "64M", value_parser = crate::parse_size)]
+    size: u64,
+    /// 4 KiB writes per batch (one fdatasync each).
+    #[arg(long, default_value_t = 16)]
+    batch: u32,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 4)]
+    in_flight: u32,
+    /// File for the random-read variants (read once first: page cache).
+    #[arg(long, default_value = "/tmp/ringwork-drain-reads.dat")]
+    read_file: PathBuf,
+    /// Bytes of the read file (suffixes k, M, G).
+    #[arg(long, default_value = "64M", value_parser = crate::parse_size)]
+    read_size: u64,
+    /// Reads in flight.
+    #[arg(long, default_value_t = 64)]
+    qd: u32,
+    /// reads-drain: IOSQE_IO_DRAIN on every Nth read.
+    #[arg(long, default_value_t = 16)]
+    drain_every: u32,
+    /// Seconds per variant per round.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Rounds; the variants alternate within each.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variant: Vec<Variant>,
+    /// Write results as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench drain`: every variant asked for, in rounds, the table on stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    if [
+        args.batch,
+        args.in_flight,
+        args.qd,
+        args.drain_every,
+        args.rounds,
+    ]
+    .contains(&0)
+    {
+        return Err(
+            "--batch, --in-flight, --qd, --drain-every and --rounds must be at least 1".into(),
+        );
+    }
+    if args.size < u64::from(BLOCK) || args.read_size < u64::from(BLOCK) {
+        return Err(format!(
+            "--size and --read-size must be at least {BLOCK} bytes"
+        ));
+    }
+    let cfg = Config {
+        wal_path: args.file,
+        wal_size: args.size,
+        batch: args.batch,
+        in_flight: args.in_flight,
+        reads: fileread::Config {
+            path: args.read_file,
+            size: args.read_size,
+            bs: BLOCK,
+            qd: args.qd,
+            duration: Duration::from_secs_f64(args.duration),
+            seed: 0x5eed,
+            drain_every: 0,
+        },
+        drain_every: args.drain_every,
+        duration: Duration::from_secs_f64(args.duration),
+        rounds: args.rounds,
+    };
+    let variants = if args.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        args.variant
+    };
+    println!("# ringwork-bench drain on {}", machine_line());
+    let results = run_all(&cfg, &variants)?;
+    print!("{}", table(&cfg, &results));
+    if let Some(path) = args.json {
+        crate::write_json(&path, &crate::json_array(results.iter().map(Outcome::json)))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

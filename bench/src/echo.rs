@@ -14,14 +14,17 @@
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use rustix::event::epoll;
 use rustix::io::Errno;
 
+use ringwork_harness::proc::cpu_time;
+
 use crate::stats::{
-    cpu_us_per, latency_histogram, per_sec, perf_syscalls, process_cpu, self_cpu, thousands,
+    cpu_us_per, latency_histogram, machine_line, per_sec, perf_syscalls, self_cpu, thousands,
     Latency,
 };
 
@@ -274,14 +277,14 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     // The measured window, for CPU accounting.
     std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
     let client0 = self_cpu();
-    let server0 = cfg.server_pid.and_then(process_cpu);
+    let server0 = cfg.server_pid.and_then(cpu_time);
     let perf = match (cfg.count_syscalls, cfg.server_pid) {
         (true, Some(pid)) => perf_syscalls(pid, cfg.duration),
         _ => None,
     };
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     let client_cpu = self_cpu().saturating_sub(client0);
-    let server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
+    let server_cpu = match (cfg.server_pid.and_then(cpu_time), server0) {
         (Some(b), Some(a)) => Some(b.saturating_sub(a)),
         _ => None,
     };
@@ -494,6 +497,84 @@ fn drive(
         }
     }
     Ok(result)
+}
+
+/// `ringwork-bench echo`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    addr: SocketAddr,
+    /// Connections.
+    #[arg(long, default_value_t = 50)]
+    conns: usize,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Closed loop: messages outstanding per connection.
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Open loop: total messages per second, spread evenly over connections; latency is
+    /// measured from each message's scheduled time (default: closed loop).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// The server's pid, to report its CPU time per message (default: none, no server
+    /// figures).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// With --server-pid: count the server's syscalls over the window with perf stat
+    /// (off by default).
+    #[arg(long)]
+    count_syscalls: bool,
+    /// Write the result as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench echo`: one run against a running server, its table on stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    ringwork_harness::raise_nofile_limit();
+    let cfg = Config {
+        addr: args.addr,
+        conns: args.conns,
+        size: args.size,
+        depth: args.depth,
+        rate: args.rate,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        threads: args.threads,
+        server_pid: args.server_pid,
+        count_syscalls: args.server_pid.is_some() && args.count_syscalls,
+    };
+    println!("# ringwork-bench echo on {}", machine_line());
+    println!(
+        "# {}: {} conns, {} B, {}",
+        cfg.addr,
+        cfg.conns,
+        cfg.size,
+        match cfg.rate {
+            Some(r) => format!("open loop at {r} msgs/s"),
+            None => format!("closed loop, depth {}", cfg.depth),
+        }
+    );
+    let out = run(&cfg)?;
+    print!("{}", out.table());
+    if let Some(path) = args.json {
+        crate::write_json(&path, &out.json())?;
+    }
+    if out.errors > 0 {
+        return Err(format!("{} connection errors", out.errors));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

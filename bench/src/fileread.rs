@@ -24,6 +24,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,7 +34,8 @@ use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, RingParams, SqeFlags, Target};
 
 use crate::stats::{
-    latency_histogram, median_index, self_cpu, spread_cell, thousands, Latency, Spread,
+    latency_histogram, machine_line, median_index, self_cpu, spread_cell, thousands, Latency,
+    Spread,
 };
 
 /// Which way to read.
@@ -798,6 +800,84 @@ pub fn rounds_json(cfg: &Config, r: &Rounds) -> String {
         })
         .collect();
     format!("[{}]\n", body.join(","))
+}
+
+/// `ringwork-bench fileread`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// File to read (created, or extended with real data, when smaller than --size).
+    #[arg(long, default_value = "/tmp/ringwork-fileread.dat")]
+    file: PathBuf,
+    /// Bytes of the file to read from (suffixes k, M, G).
+    #[arg(long, default_value = "256M", value_parser = crate::parse_size)]
+    size: u64,
+    /// Bytes per read (suffixes k, M).
+    #[arg(long, default_value = "4k", value_parser = crate::parse_size)]
+    bs: u64,
+    /// Reads in flight (threads, for pread-pool).
+    #[arg(long, default_value_t = 64)]
+    qd: u32,
+    /// Seconds per engine per round.
+    #[arg(long, default_value_t = 5)]
+    duration: u64,
+    /// Rounds; the engines (and fio's runs) alternate within each, and the table gives
+    /// each one's median and spread.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Engines to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    engine: Vec<Engine>,
+    /// Also run fio on the same file (io_uring buffered; io_uring O_DIRECT with fixed
+    /// buffers and registered files; psync), when installed.
+    #[arg(long)]
+    fio: bool,
+    /// Drop the page cache before every run (needs root): cold-cache figures.
+    #[arg(long)]
+    drop_caches: bool,
+    /// Read the whole file once before every run so that reads come from the page cache
+    /// (the default without --drop-caches).
+    #[arg(long, conflicts_with = "drop_caches")]
+    warm: bool,
+    /// Write results as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench fileread`: every engine asked for, in rounds, the table on stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    if args.rounds == 0 {
+        return Err("--rounds must be at least 1".into());
+    }
+    let cfg = Config {
+        path: args.file,
+        size: args.size,
+        bs: u32::try_from(args.bs).map_err(|_| "--bs too large")?,
+        qd: args.qd,
+        duration: Duration::from_secs(args.duration),
+        seed: 0x5eed,
+        drain_every: 0,
+    };
+    prepare_file(&cfg.path, cfg.size)
+        .map_err(|e| format!("prepare {}: {e}", cfg.path.display()))?;
+    let engines = if args.engine.is_empty() {
+        Engine::ALL.to_vec()
+    } else {
+        args.engine
+    };
+    // clap refuses --warm beside --drop-caches; warm is the default either way.
+    let cache = if args.drop_caches && !args.warm {
+        Cache::Cold
+    } else {
+        Cache::Warm
+    };
+    println!("# ringwork-bench fileread on {}", machine_line());
+    let results = run_rounds(&cfg, &engines, args.fio, cache, args.rounds)?;
+    print!("{}", rounds_table(&cfg, &results));
+    if let Some(path) = args.json {
+        std::fs::write(&path, rounds_json(&cfg, &results))
+            .map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -26,8 +27,10 @@ use rustix::event::epoll;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use ringwork_harness::proc::cpu_time;
+
 use crate::stats::{
-    cpu_us_per, latency_histogram, per_sec, process_cpu, self_cpu, thousands, Latency,
+    cpu_us_per, latency_histogram, machine_line, per_sec, self_cpu, thousands, Latency,
 };
 
 /// Connects in flight at once.
@@ -761,7 +764,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
             if !w.opened && now >= w.start {
                 w.opened = true;
                 client0 = self_cpu();
-                server0 = cfg.server_pid.and_then(process_cpu);
+                server0 = cfg.server_pid.and_then(cpu_time);
             }
         }
         if g.window.as_ref().is_some_and(|w| w.opened) {
@@ -773,7 +776,7 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     let mut out = std::mem::take(&mut g.out);
     out.elapsed = cfg.duration;
     out.client_cpu = self_cpu().saturating_sub(client0);
-    out.server_cpu = match (cfg.server_pid.and_then(process_cpu), server0) {
+    out.server_cpu = match (cfg.server_pid.and_then(cpu_time), server0) {
         (Some(b), Some(a)) => Some(b.saturating_sub(a)),
         _ => None,
     };
@@ -805,10 +808,92 @@ pub fn hold_idle<T>(cfg: &Config, hold: impl FnOnce() -> T) -> Result<(T, u64), 
     Ok((value, g.out.errors + missing))
 }
 
+/// `ringwork-bench http`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Base URL, e.g. http://127.0.0.1:8080/ (paths are appended).
+    #[arg(long, default_value = "http://127.0.0.1:8080/")]
+    url: String,
+    /// Paths to request in turn, comma-separated [default: the URL's own path].
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Connections.
+    #[arg(long, default_value_t = 50)]
+    conns: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Unmeasured seconds first.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// The server's pid, to report its CPU time per request (default: none).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Write the result as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench http`: one run against a running server, its table on stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    ringwork_harness::raise_nofile_limit();
+    let (addr, url_path) = parse_url(&args.url)?;
+    let paths = if args.paths.is_empty() {
+        vec![url_path]
+    } else {
+        args.paths
+    };
+    let cfg = Config {
+        addr,
+        paths,
+        conns: args.conns,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        server_pid: args.server_pid,
+    };
+    println!("# ringwork-bench http on {}", machine_line());
+    println!("# {}: {} conns, paths {:?}", args.url, cfg.conns, cfg.paths);
+    let out = run(&cfg)?;
+    print!("{}", out.table());
+    if let Some(path) = args.json {
+        crate::write_json(&path, &out.json())?;
+    }
+    if out.errors > 0 {
+        return Err(format!("{} bad responses or connection errors", out.errors));
+    }
+    Ok(())
+}
+
+/// `http://HOST:PORT/path` -> (address, path). Only numeric loopback-style addresses: the
+/// benchmark never resolves names.
+fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("--url must start with http://, got {url:?}"))?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = host
+        .parse()
+        .map_err(|e| format!("--url host must be IP:PORT ({host:?}): {e}"))?;
+    Ok((addr, path.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn urls_parse() {
+        let (a, p) = parse_url("http://127.0.0.1:8080/x/y.html").unwrap();
+        assert_eq!(a.port(), 8080);
+        assert_eq!(p, "/x/y.html");
+        assert_eq!(parse_url("http://127.0.0.1:80").unwrap().1, "/");
+        assert!(parse_url("https://127.0.0.1:1/").is_err());
+        assert!(parse_url("http://localhost:1/").is_err());
+    }
 
     #[test]
     fn heads_parse() {
@@ -1049,7 +1134,7 @@ mod tests {
             server_pid: None,
         };
         let me = std::process::id();
-        let fds = || std::fs::read_dir(format!("/proc/{me}/fd")).unwrap().count();
+        let fds = || ringwork_harness::proc::fd_targets(me).len();
         let before = fds();
         let (during, errors) = hold_idle(&cfg, fds).unwrap();
         assert_eq!(errors, 0);

@@ -11,14 +11,18 @@
 
 use std::fmt::Write as _;
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::compare::{free_port, pin, pin_process, server_cpu, start_server, RunningServer};
+use ringwork_harness::pin::{self, online_cpus};
+use ringwork_harness::proc::rss_kib;
+use ringwork_harness::server::{free_port, START_TIMEOUT};
+
+use crate::compare::{server_cpu, spawn_on_server_cpu, start_server, RunningServer};
 use crate::http;
-use crate::stats::{cpu_count, median_index, spread_cell, thousands, Spread};
+use crate::stats::{median_index, spread_cell, thousands, Spread};
 
 /// The files served: (name, size).
 pub const FILES: [(&str, usize); 2] = [("small.bin", 4096), ("large.bin", 1 << 20)];
@@ -123,22 +127,6 @@ pub fn parse_ppid(stat: &str) -> Option<u32> {
         .ok()
 }
 
-/// VmRSS of a /proc/PID/status text, in KiB.
-pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Resident memory of `pid`, in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    parse_vm_rss_kib(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
-}
-
 /// Processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -168,14 +156,16 @@ fn nginx_version(bin: &Path) -> String {
 
 /// An nginx master and its one worker, stopped (SIGTERM, then SIGKILL) on drop.
 struct Nginx {
-    master: Child,
+    master: RunningServer,
     worker: u32,
-    addr: SocketAddr,
 }
 
 impl Nginx {
+    /// How long nginx's fast shutdown (the master stops its worker, then exits) may take.
+    const STOP_GRACE: Duration = Duration::from_secs(5);
+
     /// Writes the config into `dir` and starts nginx serving `root`, pinned like the server
-    /// under test; waits until its worker exists and it accepts connections.
+    /// under test; waits until it accepts connections and its worker exists.
     fn start(bin: &Path, root: &Path, dir: &Path) -> Result<(Nginx, String), String> {
         let port = free_port()?;
         let conf_text = config(port, root, dir);
@@ -183,79 +173,54 @@ impl Nginx {
         std::fs::write(&conf, &conf_text).map_err(|e| format!("write {}: {e}", conf.display()))?;
         let errlog = dir.join("error.log");
         let stderr = std::fs::File::create(dir.join("stderr.log")).map_err(|e| e.to_string())?;
-        // The child inherits this thread's affinity at fork: its master and the worker it forks
-        // start on the server CPU (the generator thread moves back to CPU 0 right after).
-        let cpu = server_cpu();
-        if let Some(cpu) = cpu {
-            pin(0, cpu);
-        }
-        let spawned = Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(&errlog)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn();
-        if cpu.is_some() {
-            pin(0, 0);
-        }
-        let master = spawned.map_err(|e| format!("start {}: {e}", bin.display()))?;
-        let mut n = Nginx {
-            master,
-            worker: 0,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = n.master.try_wait() {
-                let log = std::fs::read_to_string(&errlog).unwrap_or_default()
-                    + &std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                return Err(format!("nginx exited at start ({status}): {}", log.trim()));
-            }
-            if n.worker == 0 {
-                n.worker = children_of(n.master.id()).first().copied().unwrap_or(0);
-            }
-            if n.worker != 0 && TcpStream::connect(n.addr).is_ok() {
-                break;
+        let master = spawn_on_server_cpu(|| {
+            RunningServer::start_at(
+                Command::new(bin)
+                    .arg("-c")
+                    .arg(&conf)
+                    .arg("-e")
+                    .arg(&errlog)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr),
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        })
+        .map_err(|e| {
+            let log = std::fs::read_to_string(&errlog).unwrap_or_default()
+                + &std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            format!("nginx {e} (see {}): {}", errlog.display(), log.trim())
+        })?
+        .terminate_when_dropped(Self::STOP_GRACE);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let worker = loop {
+            if let Some(&worker) = children_of(master.pid()).first() {
+                break worker;
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "nginx did not serve {} within 10 s (see {})",
-                    n.addr,
-                    errlog.display()
+                    "nginx started no worker within {} s",
+                    START_TIMEOUT.as_secs()
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
+        };
+        if let Some(cpu) = server_cpu() {
+            pin::pin_process(master.pid(), cpu);
+            pin::pin_process(worker, cpu);
         }
-        if let Some(cpu) = cpu {
-            pin_process(n.master.id(), cpu);
-            pin_process(n.worker, cpu);
-        }
-        Ok((n, conf_text))
+        Ok((Nginx { master, worker }, conf_text))
     }
 }
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let signal = |pid: u32, sig| {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, sig);
+        if !self.master.stop(Self::STOP_GRACE) {
+            // The master is gone; its worker would serve on as an orphan.
+            if let Some(pid) = rustix::process::Pid::from_raw(self.worker as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
-        };
-        // SIGTERM: nginx's fast shutdown (the master stops its worker, then exits).
-        signal(self.master.id(), rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.master.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        signal(self.worker, rustix::process::Signal::KILL);
-        let _ = self.master.kill();
-        let _ = self.master.wait();
     }
 }
 
@@ -269,7 +234,7 @@ impl Server {
     fn addr(&self) -> SocketAddr {
         match self {
             Server::Files(s) => s.addr,
-            Server::Nginx(n) => n.addr,
+            Server::Nginx(n) => n.master.addr,
         }
     }
 
@@ -285,7 +250,7 @@ impl Server {
     fn master(&self) -> Option<u32> {
         match self {
             Server::Files(_) => None,
-            Server::Nginx(n) => Some(n.master.id()),
+            Server::Nginx(n) => Some(n.master.pid()),
         }
     }
 }
@@ -355,6 +320,23 @@ struct Measured {
     runs: Vec<http::Outcome>,
 }
 
+impl Measured {
+    /// Adds `out` to the runs of `server` on `cell` in `measured`.
+    fn record(measured: &mut Vec<Measured>, server: &'static str, cell: Cell, out: http::Outcome) {
+        match measured
+            .iter_mut()
+            .find(|m| m.server == server && m.cell == cell)
+        {
+            Some(m) => m.runs.push(out),
+            None => measured.push(Measured {
+                server,
+                cell,
+                runs: vec![out],
+            }),
+        }
+    }
+}
+
 /// What one server's idle-connection memory came to.
 struct Rss {
     server: &'static str,
@@ -374,21 +356,10 @@ pub fn versus(
     crate::compare::pin_generator();
     let load_before = load_average();
     let (cells, rounds, idle_conns) = plan(quick);
-    let path_var = std::env::var("PATH").unwrap_or_default();
     let tmp = TempDir::new("vs-nginx")?;
     let root = tmp.www();
     make_files(&root)?;
-    // Without nginx, or with one that cannot start here (say, unprivileged, so that it cannot
-    // write its compiled-in temporary paths), ringwork-files is measured alone.
-    let nginx_bin = match find_on_path("nginx", &path_var) {
-        None => Err(NOT_FOUND.to_string()),
-        Some(bin) => match Nginx::start(&bin, &root, &tmp.0) {
-            Ok(_) => Ok(bin),
-            Err(e) => Err(format!(
-                "**nginx did not start**, so ringwork-files is measured alone: {e}\n"
-            )),
-        },
-    };
+    let nginx_bin = usable_nginx(&root, &tmp.0);
     if let Err(why) = &nginx_bin {
         eprintln!("{}", why.trim());
     }
@@ -439,17 +410,7 @@ pub fn versus(
                     out.errors
                 );
                 drop(server);
-                match measured
-                    .iter_mut()
-                    .find(|m| m.server == name && m.cell == *cell)
-                {
-                    Some(m) => m.runs.push(out),
-                    None => measured.push(Measured {
-                        server: name,
-                        cell: *cell,
-                        runs: vec![out],
-                    }),
-                }
+                Measured::record(&mut measured, name, *cell, out);
             }
         }
     }
@@ -458,37 +419,7 @@ pub fn versus(
     for &name in &servers {
         let (server, conf) = start(name, idle_conns)?;
         conf_used = conf_used.or(conf);
-        // A moment for the worker to settle after start (nginx's master forks it).
-        std::thread::sleep(Duration::from_millis(200));
-        let at_start = rss_kib(server.worker()).unwrap_or(0);
-        let cfg = http::Config {
-            addr: server.addr(),
-            paths: vec![format!("/{}", FILES[0].0)],
-            conns: idle_conns,
-            duration: Duration::ZERO,
-            warmup: Duration::ZERO,
-            server_pid: None,
-        };
-        let ((idle, master), errors) = http::hold_idle(&cfg, || {
-            // Let the server finish with the last responses before reading its memory.
-            std::thread::sleep(Duration::from_millis(300));
-            (
-                rss_kib(server.worker()).unwrap_or(0),
-                server.master().and_then(rss_kib),
-            )
-        })
-        .map_err(|e| format!("{name} idle connections: {e}"))?;
-        eprintln!(
-            "{name:>14}: RSS {at_start} KiB at start, {idle} KiB with {idle_conns} idle connections, errors {errors}"
-        );
-        rss.push(Rss {
-            server: name,
-            at_start_kib: at_start,
-            idle_kib: idle,
-            master_kib: master,
-            errors,
-        });
-        drop(server);
+        rss.push(idle_rss(name, &server, idle_conns)?);
     }
     let nginx_note = match (&nginx_bin, conf_used) {
         (Ok(bin), Some(conf)) => Ok((nginx_version(bin), conf)),
@@ -526,6 +457,54 @@ struct SectionInput<'a> {
     nginx: Result<(String, String), String>,
     /// The 1-minute load average before and after the section.
     load: (Option<f64>, Option<f64>),
+}
+
+/// The nginx on PATH, when it starts here. Without one, or with one that cannot start here
+/// (say, unprivileged, so that it cannot write its compiled-in temporary paths),
+/// ringwork-files is measured alone, and the error is what the report says instead.
+fn usable_nginx(root: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let path_var = std::env::var("PATH").unwrap_or_default();
+    let bin = find_on_path("nginx", &path_var).ok_or_else(|| NOT_FOUND.to_string())?;
+    match Nginx::start(&bin, root, dir) {
+        Ok(_) => Ok(bin),
+        Err(e) => Err(format!(
+            "**nginx did not start**, so ringwork-files is measured alone: {e}\n"
+        )),
+    }
+}
+
+/// The serving process's memory at start and with `idle_conns` idle keep-alive connections.
+fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rss, String> {
+    // A moment for the worker to settle after start (nginx's master forks it).
+    std::thread::sleep(Duration::from_millis(200));
+    let at_start = rss_kib(server.worker()).unwrap_or(0);
+    let cfg = http::Config {
+        addr: server.addr(),
+        paths: vec![format!("/{}", FILES[0].0)],
+        conns: idle_conns,
+        duration: Duration::ZERO,
+        warmup: Duration::ZERO,
+        server_pid: None,
+    };
+    let ((idle, master), errors) = http::hold_idle(&cfg, || {
+        // Let the server finish with the last responses before reading its memory.
+        std::thread::sleep(Duration::from_millis(300));
+        (
+            rss_kib(server.worker()).unwrap_or(0),
+            server.master().and_then(rss_kib),
+        )
+    })
+    .map_err(|e| format!("{name} idle connections: {e}"))?;
+    eprintln!(
+        "{name:>14}: RSS {at_start} KiB at start, {idle} KiB with {idle_conns} idle connections, errors {errors}"
+    );
+    Ok(Rss {
+        server: name,
+        at_start_kib: at_start,
+        idle_kib: idle,
+        master_kib: master,
+        errors,
+    })
 }
 
 /// The 1-minute load average: how much other work shared the CPUs.
@@ -587,7 +566,7 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
              work beyond these runs shares the CPUs, pinned or not; read the figures with their \
              spreads. \"generator CPU\" is the load generator's share of its CPU over the \
              median run: near 100% the generator, not the server, set the pace.\n",
-            cpu_count()
+            online_cpus()
         );
     }
     let _ = writeln!(
@@ -739,22 +718,18 @@ mod tests {
     }
 
     #[test]
-    fn parent_pids_and_rss_parse() {
+    fn parent_pids_parse() {
         assert_eq!(
             parse_ppid("4242 (nginx: worker (x)) S 4241 4241 4241 0 -1"),
             Some(4241)
         );
         assert_eq!(parse_ppid("garbage"), None);
-        let status = "Name:\tnginx\nVmPeak:\t  20000 kB\nVmRSS:\t    5120 kB\nThreads:\t1\n";
-        assert_eq!(parse_vm_rss_kib(status), Some(5120));
-        assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
         // This process: a real line, with a parent.
         let me = std::fs::read_to_string("/proc/self/stat").unwrap();
         assert_eq!(
             parse_ppid(&me),
             Some(rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get() as u32))
         );
-        assert!(rss_kib(std::process::id()).unwrap() > 0);
     }
 
     #[test]

@@ -54,7 +54,10 @@ use rustix::net::SendFlags;
 use rustix::pipe::SpliceFlags;
 
 use crate::drain::median;
-use crate::stats::{self_cpu, task_run_time, thousands};
+use ringwork_harness::pin::{allowed_cpus, pin_thread};
+use ringwork_harness::proc::task_run_time;
+
+use crate::stats::{machine_line, self_cpu, thousands};
 
 /// One way to send the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,21 +149,6 @@ impl Config {
     fn file_path(&self, size: u64) -> PathBuf {
         self.dir.join(format!("ringwork-sendpath-{size}.dat"))
     }
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    match rustix::thread::sched_getaffinity(None) {
-        Ok(set) => (0..rustix::thread::CpuSet::MAX_CPU)
-            .filter(|&c| set.is_set(c))
-            .collect(),
-        Err(_) => vec![0],
-    }
-}
-
-fn pin_this_thread(cpu: usize) -> Result<(), String> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set).map_err(|e| format!("pin to CPU {cpu}: {e}"))
 }
 
 /// One run of one variant on one file size.
@@ -268,7 +256,7 @@ pub fn run_all(cfg: &Config, variants: &[Variant]) -> Result<Vec<Outcome>, Strin
     for round in 1..=cfg.rounds.max(1) {
         for (size, path, content) in &files {
             for &v in variants {
-                crate::warm(path)?;
+                crate::fileread::warm(path)?;
                 let r = run_one(cfg, v, *size, path, content, round)
                     .map_err(|e| format!("{} on {size} bytes: {e}", v.name()))?;
                 eprintln!(
@@ -312,7 +300,7 @@ fn reader(
     cpu: usize,
     tid: std::sync::mpsc::Sender<i32>,
 ) -> Result<ReaderOutcome, String> {
-    pin_this_thread(cpu)?;
+    pin_thread(0, cpu)?;
     let _ = tid.send(rustix::thread::gettid().as_raw_nonzero().get());
     for s in &socks {
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -533,7 +521,7 @@ fn serve(
     socks: Vec<TcpStream>,
     reader_tid: i32,
 ) -> Result<(Outcome, u64), String> {
-    pin_this_thread(cfg.server_cpu)?;
+    pin_thread(0, cfg.server_cpu)?;
     let my_tid = rustix::thread::gettid().as_raw_nonzero().get();
     let main_tid = std::process::id() as i32;
     let mut server = Server::new(cfg, variant, size, path, socks)?;
@@ -975,13 +963,99 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
     s
 }
 
+/// `ringwork-bench sendpath`'s options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// File sizes (suffixes k, M, G), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "64k,1M,16M,64M", value_parser = crate::parse_size)]
+    sizes: Vec<u64>,
+    /// Loopback connections.
+    #[arg(long, default_value_t = 8)]
+    conns: usize,
+    /// Bytes per read, splice or send (ringwork-files' default chunk).
+    #[arg(long, default_value = "64k", value_parser = crate::parse_size)]
+    chunk: u64,
+    /// Measured seconds per run.
+    #[arg(long, default_value_t = 1.0)]
+    duration: f64,
+    /// Unmeasured seconds first, per run.
+    #[arg(long, default_value_t = 0.25)]
+    warmup: f64,
+    /// Rounds; the variants alternate within each.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+    /// Variants to run, comma-separated [default: all].
+    #[arg(long, value_delimiter = ',')]
+    variant: Vec<Variant>,
+    /// Directory for the served files.
+    #[arg(long, default_value = "/tmp")]
+    dir: PathBuf,
+    /// CPU of the server loop [default: the first this process may use].
+    #[arg(long)]
+    server_cpu: Option<usize>,
+    /// CPU of the reader [default: the second this process may use].
+    #[arg(long)]
+    client_cpu: Option<usize>,
+    /// Let io-wq workers run on any CPU, not only the server's.
+    #[arg(long)]
+    iowq_anywhere: bool,
+    /// Write results as JSON here too (default: the table only).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `ringwork-bench sendpath`: every variant asked for on every size, in rounds, the table on
+/// stdout.
+pub fn run_command(args: Args) -> Result<(), String> {
+    if args.conns == 0 || args.rounds == 0 || args.chunk == 0 {
+        return Err("--conns, --rounds and --chunk must be at least 1".into());
+    }
+    let (default_server, default_client) = Config::default_cpus();
+    let cfg = Config {
+        dir: args.dir,
+        sizes: args.sizes,
+        conns: args.conns,
+        chunk: u32::try_from(args.chunk).map_err(|_| "--chunk too large")?,
+        duration: Duration::from_secs_f64(args.duration),
+        warmup: Duration::from_secs_f64(args.warmup),
+        rounds: args.rounds,
+        server_cpu: args.server_cpu.unwrap_or(default_server),
+        client_cpu: args.client_cpu.unwrap_or(default_client),
+        iowq_anywhere: args.iowq_anywhere,
+    };
+    let variants = if args.variant.is_empty() {
+        Variant::ALL.to_vec()
+    } else {
+        args.variant
+    };
+    println!("# ringwork-bench sendpath on {}", machine_line());
+    // Other work on the machine moves these figures: say how busy it was.
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_before = load();
+    let results = run_all(&cfg, &variants)?;
+    println!(
+        "# load average before: {}; after: {}",
+        load_before.trim(),
+        load().trim()
+    );
+    print!("{}", table(&cfg, &results));
+    if let Some(path) = args.json {
+        crate::write_json(&path, &crate::json_array(results.iter().map(Outcome::json)))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn small(variant: Variant) -> Outcome {
-        let dir =
-            std::env::temp_dir().join(format!("ringwork-sendpath-test-{}", std::process::id()));
+        // A directory per variant: the tests run in parallel, and each removes its own.
+        let dir = std::env::temp_dir().join(format!(
+            "ringwork-sendpath-test-{}-{}",
+            std::process::id(),
+            variant.name()
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         let (server_cpu, client_cpu) = Config::default_cpus();
         let cfg = Config {

@@ -1,5 +1,6 @@
 //! Measurement helpers shared by every benchmark: latency summaries from HDR histograms,
-//! process CPU time from /proc, and the machine facts every report starts with.
+//! this process's CPU time, and the machine facts every report starts with. Another
+//! process's CPU time is ringwork-harness's ([`ringwork_harness::proc::cpu_time`]).
 
 use std::fmt::Write as _;
 use std::process::Command;
@@ -65,85 +66,12 @@ pub fn cpu_us_per(cpu: Option<Duration>, units: u64) -> Option<f64> {
     cpu.map(|c| c.as_secs_f64() * 1e6 / units.max(1) as f64)
 }
 
-/// CPU time a process has used: the sum of its threads' run time from
-/// /proc/PID/task/*/schedstat (nanoseconds, exact), or where that is missing (no
-/// CONFIG_SCHEDSTATS) user + system time from /proc/PID/stat in clock ticks.
-///
-/// Ticks are sampled (a thread is charged the whole 10 ms tick if it runs when the tick
-/// fires): on a loaded machine a server sharing its CPU with other work was charged nothing,
-/// or double, over a 4 s window. The run time is exact, but covers only the threads alive when
-/// it is read: measure servers whose threads (io-wq workers and SQPOLL pollers included) live
-/// through the window.
-pub fn process_cpu(pid: u32) -> Option<Duration> {
-    run_time(pid).or_else(|| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        parse_cpu_ticks(&stat).map(ticks_to_duration)
-    })
-}
-
-/// Sum of every live thread's time on a CPU.
-fn run_time(pid: u32) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        // A thread that exited since the listing: its time is gone either way.
-        if let Some(t) = task_run_time(&task.ok()?.path()) {
-            total += t;
-        }
-    }
-    Some(total)
-}
-
-/// The first field of a thread's `schedstat`: its time on a CPU (sum_exec_runtime), in ns.
-pub(crate) fn task_run_time(task_dir: &std::path::Path) -> Option<Duration> {
-    let line = std::fs::read_to_string(task_dir.join("schedstat")).ok()?;
-    let ns = line.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
-}
-
 /// CPU time of this process.
 pub fn self_cpu() -> Duration {
     // CLOCK_PROCESS_CPUTIME_ID: exact, and it keeps the time of threads that have exited
     // (the generator's load threads are joined before it is read).
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
-fn ticks_to_duration(ticks: u64) -> Duration {
-    let hz = rustix::param::clock_ticks_per_second().max(1);
-    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz)
-}
-
-/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command name (field 2) may
-/// contain spaces and parentheses, so fields are counted after its last `)`.
-pub fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after.split_whitespace();
-    // After the name: field 3 (state) is index 0, so utime (14) is index 11, stime index 12.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// CPUs online, read from /sys (not the affinity mask, which the benchmarks narrow by pinning).
-pub fn cpu_count() -> usize {
-    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *COUNT.get_or_init(|| {
-        // "0-1" or "0,2-5": count the CPUs in each range.
-        std::fs::read_to_string("/sys/devices/system/cpu/online")
-            .ok()
-            .and_then(|list| {
-                list.trim()
-                    .split(',')
-                    .map(|r| match r.split_once('-') {
-                        Some((a, b)) => {
-                            Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1)
-                        }
-                        None => r.parse::<usize>().ok().map(|_| 1),
-                    })
-                    .sum::<Option<usize>>()
-            })
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    })
 }
 
 /// One line describing the machine: kernel, CPUs, and what the figures should be read with.
@@ -153,7 +81,7 @@ pub fn machine_line() -> String {
         s,
         "kernel {}, {} CPUs",
         ringwork_sys::kernel_release(),
-        cpu_count()
+        ringwork_harness::pin::online_cpus()
     );
     if let Ok(cpu) = std::fs::read_to_string("/proc/cpuinfo") {
         if let Some(model) = cpu.lines().find_map(|l| l.strip_prefix("model name")) {
@@ -270,48 +198,6 @@ pub fn perf_syscalls(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_ticks_skip_names_with_spaces_and_parens() {
-        let line = "1234 (my (odd) name) S 1 2 3 4 5 6 7 8 9 10 111 222 0 0 20 0 1 0 100 0";
-        assert_eq!(parse_cpu_ticks(line), Some(333));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
-    }
-
-    #[test]
-    fn own_cpu_time_is_readable() {
-        // Burn a little CPU so that at least the parse path sees a real line.
-        assert!(process_cpu(std::process::id()).is_some());
-    }
-
-    #[test]
-    fn run_time_is_the_threads_exact_cpu_time() {
-        use rustix::time::{clock_gettime, ClockId};
-        let thread_cpu = || {
-            let t = clock_gettime(ClockId::ThreadCPUTime);
-            Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-        };
-        let me = std::path::PathBuf::from(format!(
-            "/proc/self/task/{}",
-            rustix::thread::gettid().as_raw_nonzero()
-        ));
-        let before = task_run_time(&me).expect("schedstat on this kernel");
-        let cpu0 = thread_cpu();
-        // Spin until this thread has had 20 ms on a CPU, however busy the machine is.
-        let mut x = 0u64;
-        while thread_cpu() - cpu0 < Duration::from_millis(20) {
-            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
-        }
-        let by_clock = thread_cpu() - cpu0;
-        let by_schedstat = task_run_time(&me).unwrap() - before;
-        // Both read the same counter (sum_exec_runtime): equal to well under a tick.
-        let diff = by_clock.abs_diff(by_schedstat);
-        assert!(
-            diff < Duration::from_millis(2),
-            "{by_clock:?} vs {by_schedstat:?}"
-        );
-        assert!(run_time(std::process::id()).unwrap() >= by_schedstat);
-    }
 
     #[test]
     fn percentiles_from_known_samples() {

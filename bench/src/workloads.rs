@@ -14,7 +14,7 @@ use crate::{fileread, http};
 /// File-heavy: 4 KiB random reads at QD 64 from a file read once first (page cache). No
 /// server here: the engines get every CPU (pread-pool's threads need them).
 pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
-    crate::compare::unpin();
+    ringwork_harness::pin::unpin_thread();
     let cfg = fileread::Config {
         path: std::env::temp_dir().join("ringwork-compare-fileread.dat"),
         size: if quick { 32 << 20 } else { 256 << 20 },
@@ -32,7 +32,7 @@ pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
         fileread::Engine::Pread,
         fileread::Engine::PreadPool,
     ] {
-        warm(&cfg.path)?;
+        fileread::warm(&cfg.path)?;
         results.push(fileread::run(engine, &cfg)?);
     }
     let mut s = String::from(
@@ -40,14 +40,6 @@ pub fn file_heavy(duration: Duration, quick: bool) -> Result<String, String> {
     );
     s.push_str(&fileread::table(&cfg, &results, &[]));
     Ok(s)
-}
-
-fn warm(path: &Path) -> Result<(), String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut buf = vec![0u8; 1 << 20];
-    while f.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
-    Ok(())
 }
 
 /// The files ringwork-files serves in the mixed workload: (name, size).

@@ -1,18 +1,18 @@
 //! Shared helpers for the end-to-end tests in `tests/tests/`: locate the binaries that
 //! `cargo test --workspace` built, start them on an ephemeral loopback port (optionally under a
-//! low RLIMIT_NOFILE, with stderr captured), read the address they print, count their open fds
-//! and CPU time, and stop them.
+//! low RLIMIT_NOFILE, with stderr captured), count their open fds and sockets, and stop them.
 //!
-//! Every server prints a line containing `listening on ADDR` on stdout once it accepts
-//! connections; [`Server::start`] waits for it.
+//! Starting, reading lines, stopping and /proc readings are ringwork-harness's, shared with
+//! ringwork-bench; this library adds what only tests want (a served file's descriptor is not a
+//! leak, a socket's state by /proc/net/tcp) and turns the harness's errors into panics.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+pub use ringwork_harness::{proc, raise_nofile_limit};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::time::Timespec;
 
@@ -39,35 +39,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A running server process, killed (SIGKILL) on drop if still running.
+/// A running server ([`ringwork_harness::Server`], which it derefs to: `addr`, `addrs`,
+/// `pid`, `signal`, `wait_exit`, `wait_for_line`, `stdout_lines`, `stderr`), killed (SIGKILL)
+/// on drop if still running, with what the tests ask of its descriptors and sockets.
 pub struct Server {
-    child: Child,
-    /// Where it listens (the first of [`Server::addrs`]).
-    pub addr: SocketAddr,
-    /// Every address its `listening on` line names, in order (`--listen` given more than
-    /// once).
-    pub addrs: Vec<SocketAddr>,
-    lines: mpsc::Receiver<String>,
-    /// Lines printed before `listening on` (a worker's `io_uring:` features line, which the
-    /// workers print while setting up), not yet taken by [`Server::wait_for_line`].
-    early: Mutex<std::collections::VecDeque<String>>,
-    /// What it wrote on stderr, when [`Server::start_with_nofile`] captured it.
-    stderr: Option<Arc<Mutex<StderrLog>>>,
+    process: ringwork_harness::Server,
 }
 
-/// A server's stderr as captured by [`Server::start_with_nofile`]: every line is counted, the
-/// first [`StderrLog::KEPT`] are kept (a server that floods stderr must not flood the test).
-#[derive(Clone, Debug, Default)]
-pub struct StderrLog {
-    /// The first lines, in order.
-    pub lines: Vec<String>,
-    /// How many lines it wrote in all.
-    pub total: usize,
+impl std::ops::Deref for Server {
+    type Target = ringwork_harness::Server;
+
+    fn deref(&self) -> &Self::Target {
+        &self.process
+    }
 }
 
-impl StderrLog {
-    /// Lines kept.
-    pub const KEPT: usize = 200;
+impl std::ops::DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.process
+    }
 }
 
 impl Server {
@@ -78,7 +68,7 @@ impl Server {
 
     /// As [`Server::start`], but under RLIMIT_NOFILE `nofile` (soft and hard, set before the
     /// server runs, through the `ringwork-e2e-nofile` launcher), with its stderr captured for
-    /// [`Server::stderr`].
+    /// `stderr()`.
     pub fn start_with_nofile(name: &str, args: &[&str], nofile: u64) -> Server {
         Self::launch(name, args, Some(nofile))
     }
@@ -97,86 +87,14 @@ impl Server {
         } else {
             Stdio::inherit()
         };
-        let mut child = command
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = child.stderr.take().map(collect_stderr);
-        let (tx, lines) = mpsc::channel();
-        forward_lines(stdout, tx);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut early = std::collections::VecDeque::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => {
-                    let Some(rest) = line.split("listening on ").nth(1) else {
-                        early.push_back(line);
-                        continue;
-                    };
-                    {
-                        // `ADDR (…)` or `http://ADDR/ http://ADDR/ …`: the addresses lead.
-                        let addrs: Vec<SocketAddr> = rest
-                            .split_whitespace()
-                            .map(|w| w.trim_start_matches("http://").trim_end_matches('/'))
-                            .map_while(|w| w.parse().ok())
-                            .collect();
-                        let Some(&addr) = addrs.first() else {
-                            panic!("{name} printed no address: {line:?}");
-                        };
-                        return Server {
-                            child,
-                            addr,
-                            addrs,
-                            lines,
-                            early: Mutex::new(early),
-                            stderr,
-                        };
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("{name} did not print `listening on ADDR` within 10 s");
-                }
-            }
-        }
+        let process = ringwork_harness::Server::start(command.args(args).stderr(stderr))
+            .unwrap_or_else(|e| panic!("{name} {e}"));
+        Server { process }
     }
 
-    /// What the server wrote on stderr so far.
-    ///
-    /// # Panics
-    /// When it was not started with [`Server::start_with_nofile`] (stderr not captured).
-    pub fn stderr(&self) -> StderrLog {
-        let log = self.stderr.as_ref().expect("stderr captured");
-        log.lock().expect("stderr log").clone()
-    }
-
-    /// CPU time the server has used, user and system (utime + stime of /proc/PID/stat).
+    /// CPU time the server's threads have used ([`proc::cpu_time`]).
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        // Fields 14 and 15 of the line are the 12th and 13th after the name.
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
-            .sum();
-        let per_second = rustix::param::clock_ticks_per_second().max(1);
-        Duration::from_secs_f64(ticks as f64 / per_second as f64)
-    }
-
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+        proc::cpu_time(self.pid()).unwrap_or_default()
     }
 
     /// Open fds of the server process (entries of /proc/PID/fd), but the files it holds open
@@ -193,12 +111,7 @@ impl Server {
     }
 
     fn fds(&self) -> impl Iterator<Item = PathBuf> {
-        let dir = format!("/proc/{}/fd", self.pid());
-        std::fs::read_dir(dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| std::fs::read_link(e.path()).unwrap_or_default())
+        proc::fd_targets(self.pid()).into_iter()
     }
 
     fn is_served_file(target: &Path) -> bool {
@@ -287,9 +200,9 @@ impl Server {
         count
     }
 
-    /// Private resident memory in KiB ([`private_rss_kib`]).
+    /// Private resident memory in KiB ([`proc::private_rss_kib`]).
     pub fn rss_kib(&self) -> u64 {
-        private_rss_kib(self.pid())
+        proc::private_rss_kib(self.pid()).unwrap_or(0)
     }
 
     /// Waits up to `timeout` for `check` to hold, polling every 20 ms.
@@ -303,106 +216,6 @@ impl Server {
         }
         check(self)
     }
-
-    /// Sends `signal` (e.g. `rustix::process::Signal::TERM`) to the server.
-    pub fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(self.pid() as i32).expect("pid");
-        rustix::process::kill_process(pid, signal).expect("kill");
-    }
-
-    /// Waits up to `timeout` for the process to exit; returns its exit code (None: killed by a
-    /// signal). Panics if it does not exit in time.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits up to `timeout` for a stdout line that `pick` accepts, the lines printed before
-    /// `listening on` first; lines before it are consumed.
-    pub fn wait_for_line(
-        &self,
-        timeout: Duration,
-        mut pick: impl FnMut(&str) -> bool,
-    ) -> Option<String> {
-        {
-            let mut early = self.early.lock().unwrap();
-            while let Some(line) = early.pop_front() {
-                if pick(&line) {
-                    return Some(line);
-                }
-            }
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).ok()?;
-            if pick(&line) {
-                return Some(line);
-            }
-        }
-    }
-
-    /// Lines the server printed on stdout so far, not taken yet (those before its
-    /// `listening on` line first).
-    pub fn stdout_lines(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.early.lock().unwrap().drain(..).collect();
-        lines.extend(self.lines.try_iter());
-        lines
-    }
-}
-
-fn forward_lines(stdout: ChildStdout, tx: mpsc::Sender<String>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-/// Reads `stderr` to its end on a thread of its own (a server that floods it must not block on
-/// a full pipe), counting every line and keeping the first [`StderrLog::KEPT`].
-fn collect_stderr(stderr: ChildStderr) -> Arc<Mutex<StderrLog>> {
-    let log = Arc::new(Mutex::new(StderrLog::default()));
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let mut log = sink.lock().expect("stderr log");
-            log.total += 1;
-            if log.lines.len() < StderrLog::KEPT {
-                log.lines.push(line);
-            }
-        }
-    });
-    log
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Raises this process's RLIMIT_NOFILE soft limit to the hard limit; returns the new soft limit.
-pub fn raise_nofile_limit() -> u64 {
-    use rustix::process::{getrlimit, setrlimit, Resource};
-    let mut lim = getrlimit(Resource::Nofile);
-    lim.current = lim.maximum;
-    let _ = setrlimit(Resource::Nofile, lim);
-    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so failures reproduce from the seed.
@@ -558,22 +371,15 @@ fn remove_stale_dirs(prefix: &str) {
 /// Stops a server (ringwork-echo or ringwork-files) with SIGTERM; returns its `stats:` line
 /// after checking exit code 0.
 pub fn terminate(mut server: Server) -> String {
-    server.signal(rustix::process::Signal::TERM);
-    assert_eq!(server.wait_exit(Duration::from_secs(15)), Some(0));
-    std::thread::sleep(Duration::from_millis(50));
-    let lines = server.stdout_lines();
-    lines
-        .into_iter()
-        .find(|l| l.starts_with("stats:"))
-        .expect("a stats line")
+    server
+        .process
+        .terminate(Duration::from_secs(15))
+        .unwrap_or_else(|e| panic!("the server {e}"))
 }
 
 /// The value of `key=N` in a `stats:` line.
 pub fn stat(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("{key} missing in {line:?}"))
+    ringwork_harness::server::stat(line, key).unwrap_or_else(|| panic!("{key} missing in {line:?}"))
 }
 
 /// A fresh directory `$TMPDIR/<prefix><pid>` for this test process, after removing those of
@@ -671,21 +477,6 @@ pub mod http {
         c.send(raw);
         c.read(raw.starts_with(b"HEAD")).unwrap()
     }
-}
-
-/// Private resident memory of process `pid` in KiB: RssAnon of /proc/PID/status (heap,
-/// stacks, anonymous mappings such as chunk buffers). Not VmRSS: that also counts the
-/// page-cache pages of files the process maps (ringwork-files sends large cached files from
-/// a mapping), which are the page cache's, shared, and reclaimable, not the process' growth.
-pub fn private_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("RssAnon:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The rows of /proc/net/tcp and tcp6 (header skipped), split into fields; rows too short to

@@ -519,7 +519,7 @@ fn sigterm_with_a_peer_that_never_reads(backend: &str, extra: &[&str]) {
     server.signal(Signal::TERM);
     assert_eq!(
         server.wait_exit(Duration::from_secs(15)),
-        Some(0),
+        Ok(Some(0)),
         "{backend}: after {written} bytes written and none read"
     );
     let took = t.elapsed();

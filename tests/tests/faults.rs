@@ -970,7 +970,7 @@ fn sigterm_drains_downloads_in_flight_and_exits_0() {
         }
         assert_eq!(
             server.wait_exit(Duration::from_secs(15)),
-            Some(0),
+            Ok(Some(0)),
             "{backend}"
         );
         let exited = t.elapsed();

@@ -533,13 +533,10 @@ fn closed_loop_keep_alive_clients_progress_beside_a_greedy_pipeliner() {
 
 /// What the server's fds are, for failure messages.
 fn fd_links(s: &Server) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{}/fd", s.pid()))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .map(|p| p.display().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
+    ringwork_e2e::proc::fd_targets(s.pid())
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 #[test]
@@ -645,7 +642,11 @@ fn sigterm_and_sigint_exit_cleanly() {
             200
         );
         s.signal(sig);
-        assert_eq!(s.wait_exit(Duration::from_secs(5)), Some(0), "{backend}");
+        assert_eq!(
+            s.wait_exit(Duration::from_secs(5)),
+            Ok(Some(0)),
+            "{backend}"
+        );
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use ringwork_e2e::http::Client;
 use ringwork_e2e::{
-    assert_fds_return, fresh_dir, private_rss_kib, raise_nofile_limit, random_bytes, stat,
-    terminate, Server, BACKENDS,
+    assert_fds_return, fresh_dir, proc, raise_nofile_limit, random_bytes, stat, terminate, Server,
+    BACKENDS,
 };
 
 /// Files `f0`..`f49` of assorted sizes up to 20 KB.
@@ -185,7 +185,7 @@ fn tiny_budget_downloads(dir: &std::path::Path, want: &Arc<Vec<u8>>, extra: &[&s
         let (done, peak) = (&done, &peak);
         let watch = scope.spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(private_rss_kib(pid), Ordering::Relaxed);
+                peak.fetch_max(proc::private_rss_kib(pid).unwrap_or(0), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(50));
             }
         });
