@@ -36,8 +36,8 @@ use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
+use ringwork_sys::worker::WorkerStart;
 use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode};
@@ -177,7 +177,13 @@ fn report_accept(acceptors: &mut [EpollAcceptor]) {
 }
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
+    let WorkerStart {
+        listeners,
+        stop,
+        gate,
+        ..
+    } = start;
     let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
@@ -208,7 +214,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     let mut running = RunQueue::new();
     let mut drain = Drain::new(shared.shutdown_grace.as_millis() as u64);
     // Accept only once every worker is set up (see `StartGate`).
-    if shared.start_gate.arrive().is_err() {
+    if gate.arrive().is_err() {
         return Ok(());
     }
     loop {
@@ -735,7 +741,6 @@ mod tests {
             ..Config::default()
         };
         let shared = Shared {
-            start_gate: ringwork_sys::driver::StartGate::new(1),
             root,
             access_log: None,
             cfg,

@@ -24,6 +24,7 @@ use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use ringwork_sys::backend::{Backend, BackendRequest};
+use ringwork_sys::worker::Crew;
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
@@ -236,8 +237,6 @@ impl Default for Features {
 
 /// What every worker thread shares.
 struct Shared {
-    /// No worker accepts before every worker is set up.
-    start_gate: ringwork_sys::driver::StartGate,
     root: OwnedFd,
     /// `--access-log`, unless off.
     access_log: Option<accesslog::Sink>,
@@ -532,7 +531,6 @@ fn run(args: Args) -> Result<(), String> {
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let zerocopy = args.zerocopy && !disabled(Feature::SendZc);
     let shared = Arc::new(Shared {
-        start_gate: ringwork_sys::driver::StartGate::new(threads),
         root,
         cfg: Config {
             limits: Limits::default(),
@@ -576,37 +574,16 @@ fn run(args: Args) -> Result<(), String> {
         ringwork_sys::kernel_release()
     );
 
-    let (stop, notices) = ringwork_sys::driver::stop_notices(threads).map_err(|e| e.to_string())?;
-    let stop = Arc::new(stop);
-    let workers: Vec<_> = listeners
-        .per_thread
-        .into_iter()
-        .zip(notices)
-        .enumerate()
-        .map(|(i, (l, notice))| {
-            let shared = Arc::clone(&shared);
-            let stop = Arc::clone(&stop);
-            std::thread::Builder::new()
-                .name(format!("files-{i}"))
-                .spawn(move || {
-                    // However the worker ends (an error, a panic), the others do not wait
-                    // for it at the start gate (once open, this changes nothing).
-                    let _gate = shared.start_gate.exit_guard();
-                    let result = match backend {
-                        Backend::Uring => uring::run(&shared, l, notice),
-                        Backend::Epoll => epoll::run(&shared, l, notice),
-                    };
-                    if result.is_err() {
-                        // The others would serve on, and `main` would wait for them forever.
-                        stop.notify();
-                    }
-                    result
-                })
-                .map_err(|e| format!("cannot start a worker thread: {e}"))
+    let crew = {
+        let shared = Arc::clone(&shared);
+        Crew::start("files", listeners.per_thread, move |start| match backend {
+            Backend::Uring => uring::run(&shared, start),
+            Backend::Epoll => epoll::run(&shared, start),
         })
-        .collect::<Result<_, _>>()?;
+        .map_err(|e| e.to_string())?
+    };
     // Every worker set up (or one failed, and says why when joined).
-    let serving = shared.start_gate.wait_open();
+    let serving = crew.wait_open();
     if serving {
         // The last line of startup, and exactly this shape: scripts and tests wait for it (one
         // `http://ADDR/` per address, space-separated).
@@ -622,22 +599,11 @@ fn run(args: Args) -> Result<(), String> {
         );
         let _ = std::io::stdout().flush();
     }
-    // SIGINT/SIGTERM (blocked in every thread) arrive through the signalfd: one thread waits
-    // there and relays them as the stop notice. It ends with the process.
-    {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("files-signals".into())
-            .spawn(move || {
-                if signals.wait().is_ok() {
-                    stop.notify();
-                }
-            })
-            .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    }
+    crew.stop_on(signals, "ringwork-files")
+        .map_err(|e| e.to_string())?;
     let mut failure = None;
-    for w in workers {
-        match w.join() {
+    for w in crew.join() {
+        match w {
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(e),
             Err(_) => failure = Some("a worker thread panicked".into()),

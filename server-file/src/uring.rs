@@ -98,6 +98,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
+use ringwork_sys::worker::WorkerStart;
 use ringwork_sys::{
     Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
     Target,
@@ -251,7 +252,13 @@ pub const REQUIRED: [RequiredOp; 8] = [
 ];
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result<(), String> {
+pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
+    let WorkerStart {
+        listeners,
+        stop,
+        gate,
+        ..
+    } = start;
     let slots = shared.max_conns;
     let uc = shared.uring;
     let (mut ring, note) = driver::server_ring(ServerRingConfig {
@@ -467,7 +474,7 @@ pub fn run(shared: &Shared, listeners: Vec<OwnedFd>, stop: StopNotice) -> Result
     };
     // Accept only once every worker has its ring: connections accepted here must not take
     // the descriptors another worker's io_uring_setup needs.
-    if shared.start_gate.arrive().is_err() {
+    if gate.arrive().is_err() {
         return Ok(());
     }
     for a in &mut d.acceptors {

@@ -20,7 +20,7 @@ pub mod epoll;
 mod serve;
 pub mod uring;
 
-pub use serve::{Serve, ServeError};
+pub use serve::{Crew, Serve, ServeError, WorkerStart};
 
 use std::collections::VecDeque;
 use std::fmt;

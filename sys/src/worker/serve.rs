@@ -2,13 +2,15 @@
 //! drain, the summed counters.
 
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use ringwork_core::conn::StreamMachine;
 
 use super::{run_on, Admission, StreamConfig, StreamStats, WorkerIo};
 use crate::backend::Backend;
-use crate::driver::{stop_notices, StartGate};
+use crate::driver::{stop_notices, StartGate, StopNotice, StopSender};
 use crate::error::Error;
 use crate::signal::ShutdownSignals;
 
@@ -94,52 +96,31 @@ impl Serve<'_> {
         let nonblocking = self.backend == Backend::Epoll;
         let listeners = crate::net::reuseport_listeners(self.listen, threads, nonblocking)
             .map_err(ServeError::Listen)?;
-        let (stop, notices) = stop_notices(threads)?;
-        let stop = Arc::new(stop);
+        let (cfg, backend) = (self.cfg, self.backend);
         let admission = Arc::new(Admission::default());
+        let crew = Crew::start(name, listeners.per_thread, move |start| {
+            let io = WorkerIo {
+                admission: &admission,
+                gate: start.gate,
+            };
+            run_on(
+                backend,
+                &cfg,
+                start.listeners,
+                start.stop,
+                io,
+                new_machine.clone(),
+            )
+        })?;
         // No worker accepts before every one is set up, and `listening` waits for them all.
-        let gate = Arc::new(StartGate::new(threads));
-        let mut workers = Vec::with_capacity(threads);
-        for (i, (listener, notice)) in listeners.per_thread.into_iter().zip(notices).enumerate() {
-            let (admission, gate, stop) =
-                (Arc::clone(&admission), Arc::clone(&gate), Arc::clone(&stop));
-            let (cfg, backend, new_machine) = (self.cfg, self.backend, new_machine.clone());
-            let worker = std::thread::Builder::new()
-                .name(format!("{}-{i}", cfg.name))
-                .spawn(move || {
-                    let _gate = gate.exit_guard();
-                    let io = WorkerIo {
-                        admission: &admission,
-                        gate: &gate,
-                    };
-                    let result = run_on(backend, &cfg, listener, notice, io, new_machine);
-                    if result.is_err() {
-                        // The others would serve on, and `run` would wait for them forever.
-                        stop.notify();
-                    }
-                    result
-                })
-                .map_err(ServeError::Thread)?;
-            workers.push(worker);
-        }
-        if gate.wait_open() {
+        if crew.wait_open() {
             listening(&listeners.bound);
         }
-        // SIGINT/SIGTERM (blocked in every thread) arrive through the signalfd: one thread
-        // waits there and relays them as the stop notice. It ends with the process.
-        std::thread::Builder::new()
-            .name(format!("{name}-signals"))
-            .spawn(move || {
-                if let Ok(signo) = signals.wait() {
-                    eprintln!("{name}: signal {signo}: stopping");
-                    stop.notify();
-                }
-            })
-            .map_err(ServeError::Thread)?;
+        crew.stop_on(signals, name)?;
         let mut total = StreamStats::default();
         let mut failure = None;
-        for worker in workers {
-            match worker.join() {
+        for worker in crew.join() {
+            match worker {
                 Ok(Ok(stats)) => total += stats,
                 Ok(Err(e)) => failure = Some(ServeError::Sys(e)),
                 Err(_) => failure = Some(ServeError::Panicked),
@@ -149,6 +130,100 @@ impl Serve<'_> {
             Some(e) => Err(e),
             None => Ok(total),
         }
+    }
+}
+
+/// What a worker thread of a [`Crew`] starts with.
+pub struct WorkerStart<'a> {
+    /// The worker's number, from 0.
+    pub index: usize,
+    /// Its listeners, one per address.
+    pub listeners: Vec<OwnedFd>,
+    /// Its side of the stop notice.
+    pub stop: StopNotice,
+    /// Where it meets the others after set-up, before its first accept.
+    pub gate: &'a StartGate,
+}
+
+/// Worker threads that meet at a start gate and stop on one notice: a server's threads,
+/// whatever each runs. A worker that fails (or panics) releases the others from the gate
+/// and gives the stop notice, so that the process drains instead of serving half its
+/// threads, or waiting for one that is gone.
+pub struct Crew<T> {
+    workers: Vec<JoinHandle<T>>,
+    stop: Arc<StopSender>,
+    gate: Arc<StartGate>,
+}
+
+impl<R: Send + 'static, E: Send + 'static> Crew<Result<R, E>> {
+    /// One thread per entry of `per_thread` (its listeners), named `NAME-i`, each running
+    /// `work`.
+    pub fn start(
+        name: &str,
+        per_thread: Vec<Vec<OwnedFd>>,
+        work: impl Fn(WorkerStart<'_>) -> Result<R, E> + Clone + Send + 'static,
+    ) -> Result<Self, ServeError> {
+        let (stop, notices) = stop_notices(per_thread.len())?;
+        let stop = Arc::new(stop);
+        let gate = Arc::new(StartGate::new(per_thread.len()));
+        let mut workers = Vec::with_capacity(per_thread.len());
+        for (index, (listeners, notice)) in per_thread.into_iter().zip(notices).enumerate() {
+            let (stop, gate, work) = (Arc::clone(&stop), Arc::clone(&gate), work.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("{name}-{index}"))
+                .spawn(move || {
+                    // However the worker ends (an error, a panic), the others do not wait for
+                    // it at the gate (once open, this changes nothing).
+                    let _gate = gate.exit_guard();
+                    let result = work(WorkerStart {
+                        index,
+                        listeners,
+                        stop: notice,
+                        gate: &gate,
+                    });
+                    if result.is_err() {
+                        // The others would serve on, and the join would wait forever.
+                        stop.notify();
+                    }
+                    result
+                })
+                .map_err(ServeError::Thread)?;
+            workers.push(worker);
+        }
+        Ok(Self {
+            workers,
+            stop,
+            gate,
+        })
+    }
+}
+
+impl<T> Crew<T> {
+    /// Waits until every worker is set up (true), or one has failed (false).
+    pub fn wait_open(&self) -> bool {
+        self.gate.wait_open()
+    }
+
+    /// Relays SIGINT/SIGTERM (blocked in every thread since `signals` was made) as the stop
+    /// notice, from a thread of its own that ends with the process; says so on stderr
+    /// behind `name`.
+    pub fn stop_on(&self, signals: ShutdownSignals, name: &'static str) -> Result<(), ServeError> {
+        let stop = Arc::clone(&self.stop);
+        std::thread::Builder::new()
+            .name(format!("{name}-signals"))
+            .spawn(move || {
+                if let Ok(signo) = signals.wait() {
+                    eprintln!("{name}: signal {signo}: stopping");
+                    stop.notify();
+                }
+            })
+            .map(drop)
+            .map_err(ServeError::Thread)
+    }
+
+    /// Waits for every worker to end; their results in order (`Err`: it panicked).
+    pub fn join(self) -> Vec<std::thread::Result<T>> {
+        self.workers.into_iter().map(JoinHandle::join).collect()
     }
 }
 
