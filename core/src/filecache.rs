@@ -661,6 +661,133 @@ impl FileCache {
     }
 }
 
+/// A request's hold on the cache, from its stat to its `CloseFile`: the entry whose file it
+/// uses, and whether its open is the one that fills that entry. A driver keeps one per
+/// connection and goes through the methods below, which are the one order both backends
+/// call the cache in: [`FileCache::stat_from_cache`] (or a stat, then
+/// [`FileCache::stat_done`]), [`CacheRef::is_open`] (or an open, then
+/// [`FileCache::open_done`]), reads ([`FileCache::kept_body`], [`FileCache::read_done`]),
+/// [`FileCache::close_file`], and [`FileCache::forget`] when the connection is freed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheRef {
+    entry: Option<EntryIx>,
+    /// `entry` was reserved for this request's open, which has not completed.
+    opening: bool,
+}
+
+impl CacheRef {
+    /// The entry whose file the request uses (open, or being opened).
+    pub fn entry(&self) -> Option<EntryIx> {
+        self.entry
+    }
+
+    /// The entry the request's open must put its file in.
+    pub fn opening(&self) -> Option<EntryIx> {
+        self.entry.filter(|_| self.opening)
+    }
+
+    /// The entry's file is open already: the request's open is answered at once.
+    pub fn is_open(&self) -> bool {
+        self.entry.is_some() && !self.opening
+    }
+}
+
+impl FileCache {
+    /// A stat the cache answers with no system call: a fresh entry (the request now holds
+    /// it) or a path known to name nothing. `None`: stat the path, then
+    /// [`FileCache::stat_done`].
+    pub fn stat_from_cache(
+        &mut self,
+        r: &mut CacheRef,
+        path: &[u8],
+        now_ms: u64,
+    ) -> Option<Result<FileInfo, RawErrno>> {
+        if let Some(ix) = r.entry.take() {
+            // Guard: a request's hold ends at its CloseFile, before the next stat.
+            debug_assert!(false, "a stat while holding a cache entry");
+            self.release(ix);
+        }
+        r.opening = false;
+        if let Some((ix, info)) = self.hit(path, now_ms) {
+            r.entry = Some(ix);
+            return Some(Ok(info));
+        }
+        // A path that named nothing a moment ago (a precompressed sibling, mostly).
+        self.absent(path, now_ms).then_some(Err(RawErrno::NOENT))
+    }
+
+    /// What the stat of `path` found: the request holds the entry of the same file (a
+    /// hit), or one reserved for its open, or none (not cached).
+    pub fn stat_done(
+        &mut self,
+        r: &mut CacheRef,
+        path: &[u8],
+        seen: Result<(FileInfo, FileId), RawErrno>,
+        now_ms: u64,
+    ) {
+        if r.entry.is_some() {
+            return;
+        }
+        match self.on_stat(path, seen, now_ms) {
+            StatOutcome::Hit(ix) => r.entry = Some(ix),
+            StatOutcome::Open(ix) => {
+                r.entry = Some(ix);
+                r.opening = true;
+            }
+            StatOutcome::Uncached => {}
+        }
+    }
+
+    /// The request's open completed (`ok`). `Some(ix)`: the file belongs to entry `ix` (the
+    /// driver keeps it there; on failure the entry is free again and the request holds
+    /// none); `None`: the file is the request's own, closed at its `CloseFile`.
+    pub fn open_done(&mut self, r: &mut CacheRef, ok: bool) -> Option<EntryIx> {
+        let ix = r.opening()?;
+        r.opening = false;
+        self.on_open(ix, ok);
+        if !ok {
+            r.entry = None;
+        }
+        Some(ix)
+    }
+
+    /// The kept bytes of the request's file, where a read needs none.
+    pub fn kept_body(&self, r: &CacheRef) -> Option<&[u8]> {
+        self.body(r.entry.filter(|_| !r.opening)?)
+    }
+
+    /// A read of the request's file from `offset` gave `bytes`: a small file read whole
+    /// from its start is kept, for the hits to come.
+    pub fn read_done(&mut self, r: &CacheRef, offset: u64, bytes: &[u8]) {
+        if let (Some(ix), 0) = (r.entry, offset) {
+            self.offer_body(ix, bytes);
+        }
+    }
+
+    /// The request closes its file: true when it was the cache's (the hold ends, and the
+    /// file stays open for the next request), false when it is the request's own to close.
+    pub fn close_file(&mut self, r: &mut CacheRef) -> bool {
+        let Some(ix) = r.entry.take() else {
+            return false;
+        };
+        r.opening = false;
+        self.release(ix);
+        true
+    }
+
+    /// The connection is freed with the hold its response did not close (it ended before
+    /// its open or its close): an entry reserved for an open never made is free again, a
+    /// hit is let go.
+    pub fn forget(&mut self, r: &mut CacheRef) {
+        match (r.entry.take(), r.opening) {
+            (Some(ix), true) => self.on_open(ix, false),
+            (Some(ix), false) => self.release(ix),
+            (None, _) => {}
+        }
+        r.opening = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,6 +830,76 @@ mod tests {
             }
             other => panic!("expected an open, got {other:?}"),
         }
+    }
+
+    /// A request's way through the cache, as both drivers take it: a miss stats and opens
+    /// into an entry, its read keeps the bytes, the next request is answered with no stat,
+    /// no open and no read, and each close ends the hold.
+    #[test]
+    fn a_cache_ref_takes_a_request_from_miss_to_hit() {
+        let mut c = FileCache::new(cfg(4));
+        let mut first = CacheRef::default();
+        assert_eq!(c.stat_from_cache(&mut first, b"a", 0), None, "a miss stats");
+        c.stat_done(&mut first, b"a", Ok((info(10), id(7))), 0);
+        let ix = first.opening().expect("reserved for the open");
+        assert!(!first.is_open());
+        assert_eq!(
+            c.open_done(&mut first, true),
+            Some(ix),
+            "its file goes into the entry"
+        );
+        assert!(first.is_open());
+        assert_eq!(c.kept_body(&first), None, "not read yet");
+        c.read_done(&first, 0, b"0123456789");
+        assert!(c.close_file(&mut first), "the cache's file: not closed");
+        assert_eq!(first, CacheRef::default());
+
+        let mut next = CacheRef::default();
+        assert_eq!(c.stat_from_cache(&mut next, b"a", 10), Some(Ok(info(10))));
+        assert!(next.is_open(), "answered without an open");
+        assert_eq!(c.kept_body(&next), Some(&b"0123456789"[..]));
+        // Freed before its close: the hold goes, so the entry may be evicted.
+        c.forget(&mut next);
+        assert_eq!(c.evict_unused(), 1, "no request holds it");
+    }
+
+    #[test]
+    fn a_failed_open_frees_its_entry_and_the_request_holds_none() {
+        let mut c = FileCache::new(cfg(4));
+        let mut r = CacheRef::default();
+        c.stat_done(&mut r, b"a", Ok((info(10), id(7))), 0);
+        let ix = r.opening().expect("reserved");
+        assert_eq!(c.open_done(&mut r, false), Some(ix));
+        assert_eq!(r.entry(), None);
+        assert!(!c.close_file(&mut r), "nothing of the cache's to close");
+        // An entry reserved for an open that never completed is free again on forget too.
+        let mut gone = CacheRef::default();
+        c.stat_done(&mut gone, b"b", Ok((info(10), id(8))), 0);
+        assert!(gone.opening().is_some());
+        c.forget(&mut gone);
+        assert_eq!(c.held(), 0);
+        assert_eq!(
+            c.stat_from_cache(&mut gone, b"b", 1),
+            None,
+            "never opened: a miss"
+        );
+    }
+
+    #[test]
+    fn a_path_found_missing_is_answered_enoent_until_the_period_passes() {
+        let mut c = FileCache::new(cfg(4));
+        let mut r = CacheRef::default();
+        c.stat_done(&mut r, b"x.gz", Err(RawErrno::NOENT), 0);
+        assert_eq!(r, CacheRef::default(), "nothing to hold");
+        assert_eq!(
+            c.stat_from_cache(&mut r, b"x.gz", 500),
+            Some(Err(RawErrno::NOENT))
+        );
+        assert_eq!(
+            c.stat_from_cache(&mut r, b"x.gz", 1000),
+            None,
+            "looked at again"
+        );
     }
 
     #[test]

@@ -31,7 +31,7 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
-use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
+use ringwork_core::filecache::{CacheRef, FileCache};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
@@ -87,11 +87,9 @@ struct Conn {
     freed: bool,
     /// The client's address, for the access log (looked up only when there is one).
     peer: Option<std::net::IpAddr>,
-    /// The open-file cache entry this request's file is in (a reference held from the stat
-    /// until Op::CloseFile), instead of `file`.
-    cached: Option<EntryIx>,
-    /// `cached` was reserved for this request's open, not performed yet.
-    cache_opening: bool,
+    /// The open-file cache entry this request's file is in (held from the stat until
+    /// Op::CloseFile), instead of `file`.
+    cache: CacheRef,
 }
 
 /// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
@@ -142,8 +140,7 @@ impl Conn {
             pending_send: None,
             freed: false,
             peer: None,
-            cached: None,
-            cache_opening: false,
+            cache: CacheRef::default(),
         }
     }
 }
@@ -446,7 +443,7 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, cache_fds: &[Option<Owne
     if let SendSrc::File { offset, len } = src {
         // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN, and
         // the send waits for the next EPOLLOUT edge like any other.
-        let file = match c.cached {
+        let file = match c.cache.entry() {
             Some(ix) => cache_fds[ix.0 as usize].as_ref(),
             None => c.file.as_ref(),
         };
@@ -514,21 +511,12 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             // --zerocopy with --backend epoll.
             Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
             Op::Stat => {
-                if let Some(ix) = c.cached.take() {
-                    // Guard: a request's reference ends at its CloseFile, before the next stat.
-                    debug_assert!(false, "a stat while holding a cache entry");
-                    w.cache.release(ix);
-                }
                 let now = shared.now();
-                if let Some((ix, info)) = w.cache.hit(c.http.path(), now.mono_ms) {
-                    c.cached = Some(ix);
-                    c.cache_opening = false;
-                    c.http.on_stat(now, Ok(info));
-                    continue;
-                }
-                // A path that named nothing a moment ago (a precompressed sibling, mostly).
-                if w.cache.absent(c.http.path(), now.mono_ms) {
-                    c.http.on_stat(now, Err(RawErrno::NOENT));
+                if let Some(answer) =
+                    w.cache
+                        .stat_from_cache(&mut c.cache, c.http.path(), now.mono_ms)
+                {
+                    c.http.on_stat(now, answer);
                     continue;
                 }
                 let res = CStr::from_bytes_with_nul(c.http.path())
@@ -541,19 +529,13 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                     .as_ref()
                     .map(|s| (file_info(s), file_id(s)))
                     .map_err(|e| *e);
-                match w.cache.on_stat(c.http.path(), seen, now.mono_ms) {
-                    StatOutcome::Hit(ix) => c.cached = Some(ix),
-                    StatOutcome::Open(ix) => {
-                        c.cached = Some(ix);
-                        c.cache_opening = true;
-                    }
-                    StatOutcome::Uncached => {}
-                }
+                w.cache
+                    .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
                 c.http.on_stat(now, res.map(|s| file_info(&s)));
             }
             // `link_next` is never set: this backend's Config has no link_open_read.
             // Open in its cache entry already.
-            Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
+            Op::Open { .. } if c.cache.is_open() => {
                 c.http.on_open(shared.now(), Ok(()));
             }
             Op::Open { direct, .. } => {
@@ -573,21 +555,12 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
                 let ok = res.is_ok();
-                let fd = res.map(|fd| {
-                    match c.cached {
-                        // Into the entry reserved for it.
-                        Some(ix) if c.cache_opening => w.cache_fds[ix.0 as usize] = Some(fd),
-                        _ => c.file = Some(fd),
-                    }
+                let fd = res.map(|fd| match c.cache.opening() {
+                    // Into the entry reserved for it.
+                    Some(ix) => w.cache_fds[ix.0 as usize] = Some(fd),
+                    None => c.file = Some(fd),
                 });
-                if let Some(ix) = c.cached.filter(|_| c.cache_opening) {
-                    c.cache_opening = false;
-                    w.cache.on_open(ix, ok);
-                    if !ok {
-                        // The entry is free again, and this request's reference gone.
-                        c.cached = None;
-                    }
-                }
+                w.cache.open_done(&mut c.cache, ok);
                 c.http.on_open(shared.now(), fd);
             }
             Op::Read {
@@ -598,8 +571,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             } => {
                 // Room in front of each chunk for the response head (`head_with_body`).
                 let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
-                let body = c.cached.and_then(|ix| w.cache.body(ix));
-                let file = match c.cached {
+                let body = w.cache.kept_body(&c.cache);
+                let file = match c.cache.entry() {
                     Some(ix) => w.cache_fds[ix.0 as usize].as_ref(),
                     None => c.file.as_ref(),
                 };
@@ -618,10 +591,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                         let res = rustix::io::pread(file, &mut *b, offset)
                             .map(|n| n as u32)
                             .map_err(raw);
-                        // A small cached file read whole: its bytes are kept for the hits
-                        // to come.
-                        if let (Some(ix), 0, Ok(n)) = (c.cached, offset, res) {
-                            w.cache.offer_body(ix, &b[..n as usize]);
+                        if let Ok(n) = res {
+                            w.cache.read_done(&c.cache, offset, &b[..n as usize]);
                         }
                         res
                     }
@@ -630,12 +601,10 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                 c.http.on_read(shared.now(), buf, res);
             }
             Op::CloseFile => {
-                match c.cached.take() {
-                    Some(ix) => {
-                        w.cache.release(ix);
-                        w.close_evicted();
-                    }
-                    None => c.file = None,
+                if w.cache.close_file(&mut c.cache) {
+                    w.close_evicted();
+                } else {
+                    c.file = None;
                 }
                 c.http.on_file_closed(shared.now());
             }
@@ -660,12 +629,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             // connection then closes the socket.
             Op::Close { reset } => debug_assert!(!reset, "SEND_ZC with the epoll backend"),
             Op::Free => {
-                // A cache reference the response did not close (it ended before its open).
-                match (c.cached.take(), c.cache_opening) {
-                    (Some(ix), true) => w.cache.on_open(ix, false),
-                    (Some(ix), false) => w.cache.release(ix),
-                    (None, _) => {}
-                }
+                w.cache.forget(&mut c.cache);
                 w.close_evicted();
                 c.freed = true;
             }

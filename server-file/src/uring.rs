@@ -91,7 +91,7 @@ use rustix::net::SendFlags;
 
 use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
-use ringwork_core::filecache::{EntryIx, FileCache, StatOutcome};
+use ringwork_core::filecache::{CacheRef, EntryIx, FileCache};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
@@ -131,9 +131,7 @@ struct Conn {
     peer: Option<std::net::IpAddr>,
     /// The open-file cache entry this request's file is in (a reference held from the stat
     /// until Op::CloseFile), instead of the connection's own file slot or `file`.
-    cached: Option<EntryIx>,
-    /// `cached` was reserved for this request's open, which has not completed yet.
-    cache_opening: bool,
+    cache: CacheRef,
     /// The read in flight: its file offset and where in the buffer it writes (to offer a
     /// small file's bytes to the cache).
     read_at: (u64, u32),
@@ -767,17 +765,9 @@ impl Driver<'_> {
                 keep(&mut self.spare.stat, target);
                 // The cache learns what the path names now: the same file (a hit), a new
                 // one (opened into an entry), or nothing it keeps.
-                if c.cached.is_none() {
-                    let seen = info.map(|i| (i, id));
-                    match self.cache.on_stat(c.http.path(), seen, now.mono_ms) {
-                        StatOutcome::Hit(ix) => c.cached = Some(ix),
-                        StatOutcome::Open(ix) => {
-                            c.cached = Some(ix);
-                            c.cache_opening = true;
-                        }
-                        StatOutcome::Uncached => {}
-                    }
-                }
+                let seen = info.map(|i| (i, id));
+                self.cache
+                    .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
                 c.http.on_stat(now, info);
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
@@ -785,20 +775,10 @@ impl Driver<'_> {
                     self.direct_refused = true;
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
-                match c.cached {
-                    Some(ix) if c.cache_opening => {
-                        c.cache_opening = false;
-                        self.cache.on_open(ix, res.is_ok());
-                        if res.is_ok() {
-                            if !self.fixed_files {
-                                self.cache_fds[ix.0 as usize] = args.take_fd();
-                            }
-                        } else {
-                            // The entry is free again, and this request's reference gone.
-                            c.cached = None;
-                        }
-                    }
-                    _ if !self.fixed_files => c.file = args.take_fd(),
+                // Registered files are in their slot already; descriptors are kept.
+                match self.cache.open_done(&mut c.cache, res.is_ok()) {
+                    Some(ix) if !self.fixed_files => self.cache_fds[ix.0 as usize] = args.take_fd(),
+                    None if !self.fixed_files => c.file = args.take_fd(),
                     _ => {}
                 }
                 keep(&mut self.spare.open, args);
@@ -810,7 +790,7 @@ impl Driver<'_> {
                 }
                 let buf = c.read_buf;
                 // A small cached file read whole: its bytes are kept, for the hits to come.
-                if let (Some(ix), (0, pos), Ok(n)) = (c.cached, c.read_at, res) {
+                if let (Some(ix), (0, pos), Ok(n)) = (c.cache.entry(), c.read_at, res) {
                     if self.cache.wants_body(ix) {
                         let buffers = self
                             .ring
@@ -851,8 +831,7 @@ impl Driver<'_> {
             direct: false,
             file: None,
             peer: None,
-            cached: None,
-            cache_opening: false,
+            cache: CacheRef::default(),
             read_at: (0, 0),
         };
         let peer = match (&self.log, &conn.sock) {
@@ -882,16 +861,10 @@ impl Driver<'_> {
     /// Frees connection `slot` (HttpConn said Free: nothing of it is in flight), giving its
     /// chunk buffers back to the pool.
     fn free(&mut self, slot: Slot) {
-        let Some(c) = self.conns.remove(slot) else {
+        let Some(mut c) = self.conns.remove(slot) else {
             return;
         };
-        // A cache reference the response did not close (it ended before its open): an entry
-        // reserved for an open never submitted is free again, a hit is let go.
-        match (c.cached, c.cache_opening) {
-            (Some(ix), true) => self.cache.on_open(ix, false),
-            (Some(ix), false) => self.cache.release(ix),
-            (None, _) => {}
-        }
+        self.cache.forget(&mut c.cache);
         self.close_evicted();
         let buffers = self
             .ring
@@ -1024,33 +997,22 @@ impl Driver<'_> {
         };
         match op {
             Op::Stat => {
-                if let Some(ix) = c.cached.take() {
-                    // Guard: a request's reference ends at its CloseFile, before the next stat.
-                    debug_assert!(false, "a stat while holding a cache entry");
-                    self.cache.release(ix);
-                }
-                if let Some((ix, info)) = self.cache.hit(c.http.path(), now.mono_ms) {
-                    c.cached = Some(ix);
-                    c.cache_opening = false;
-                    c.http.on_stat(now, Ok(info));
-                    return true;
-                }
-                // A path that named nothing a moment ago (a precompressed sibling, mostly).
-                if self.cache.absent(c.http.path(), now.mono_ms) {
-                    c.http.on_stat(now, Err(RawErrno::NOENT));
-                    return true;
-                }
-                false
+                let path = c.http.path();
+                let Some(answer) = self.cache.stat_from_cache(&mut c.cache, path, now.mono_ms)
+                else {
+                    return false;
+                };
+                c.http.on_stat(now, answer);
+                true
             }
-            Op::Open { .. } if c.cached.is_some() && !c.cache_opening => {
+            Op::Open { .. } if c.cache.is_open() => {
                 // The file is open in its entry already. A linked first read, queued next,
                 // is submitted (or answered) on its own.
                 c.http.on_open(now, Ok(()));
                 true
             }
             Op::Read { .. } => {
-                let cache = &self.cache;
-                if c.cached.filter(|&ix| cache.body(ix).is_some()).is_none() {
+                if self.cache.kept_body(&c.cache).is_none() {
                     return false;
                 }
                 if !self.may_read_now(slot, &op) {
@@ -1058,9 +1020,11 @@ impl Driver<'_> {
                 }
                 self.read_from_body(slot, op)
             }
-            Op::CloseFile if c.cached.is_some() => {
-                let ix = c.cached.take().expect("checked above");
-                self.cache.release(ix);
+            Op::CloseFile => {
+                // Not the cache's file: the request's own, closed by the ring.
+                if !self.cache.close_file(&mut c.cache) {
+                    return false;
+                }
                 c.http.on_file_closed(now);
                 self.close_evicted();
                 true
@@ -1086,7 +1050,7 @@ impl Driver<'_> {
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
-        let Some(body) = c.cached.and_then(|ix| self.cache.body(ix)) else {
+        let Some(body) = self.cache.kept_body(&c.cache) else {
             return false;
         };
         let Some(lease) = c.chunks[usize::from(buf.0)].as_ref() else {
@@ -1289,8 +1253,8 @@ impl Driver<'_> {
                 let start = offset as usize;
                 let end = start + len as usize;
                 // Only a cached file is mapped; anything else goes through chunk buffers.
-                let ix = match c.cached {
-                    Some(ix) if self.http_cfg.file_send && !c.cache_opening => ix,
+                let ix = match c.cache.entry() {
+                    Some(ix) if self.http_cfg.file_send && c.cache.is_open() => ix,
                     _ => {
                         c.http.on_file_send_declined(self.now, false);
                         return Ok(None);
@@ -1366,9 +1330,9 @@ impl Driver<'_> {
                 how.resolve = resolve;
                 let args = self.spare.open.pop().unwrap_or_default();
                 // Into the cache entry reserved for it, or the connection's own slot.
-                let file_slot = match c.cached {
-                    Some(ix) if c.cache_opening => fixed_files.then_some(self.cache_base + ix.0),
-                    _ => fixed_files.then_some(slot.0),
+                let file_slot = match c.cache.opening() {
+                    Some(ix) => fixed_files.then_some(self.cache_base + ix.0),
+                    None => fixed_files.then_some(slot.0),
                 };
                 let sqe = SafeSqe::openat2(root, c.http.path(), how, file_slot, args)
                     .map_err(|e| e.to_string())?;
@@ -1385,7 +1349,7 @@ impl Driver<'_> {
                 let lease = c.chunks[usize::from(buf.0)]
                     .take()
                     .ok_or("HttpConn read into a buffer a read is filling")?;
-                let file = match c.cached {
+                let file = match c.cache.entry() {
                     Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
                     Some(ix) => Target::Fd(
                         self.cache_fds[ix.0 as usize]
