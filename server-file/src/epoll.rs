@@ -185,21 +185,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
-    // Level-triggered: a turn that stops at ACCEPT_BATCH is woken again for the rest.
-    // At capacity the acceptor stops watching the listener; the listen backlog holds new
-    // connections until one closes. One acceptor per listener (`main` keeps their number
-    // within a u16).
-    let mut acceptors = listeners
-        .into_iter()
-        .zip(0u16..)
-        .map(|(listener, index)| {
-            Ok(
-                EpollAcceptor::new(&ep, listener, listener_key(index).0, Interest::IN)
-                    .map_err(|e| e.to_string())?
-                    .with_capacity(shared.max_conns as usize),
-            )
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let mut acceptors = acceptors(shared, &ep, listeners)?;
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
@@ -269,52 +255,13 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
                 )?;
                 continue;
             }
-            let Ok(token) = Token::decode(UserData(k)) else {
-                continue;
-            };
-            // A connection freed (and its slot perhaps reused) since the event was queued.
-            let Some(c) = conns.get_checked_mut(&token) else {
-                continue;
-            };
-            let turn_start = c.http.requests();
-            let gone = flags.intersects(Interest::ERR | Interest::HUP);
-            if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
-                if let Some(max) = c.pending_recv.take() {
-                    do_recv(shared, c, max);
-                }
-            }
-            if flags.contains(Interest::OUT) || gone {
-                if let Some(src) = c.pending_send.take() {
-                    do_send(shared, c, src, &local.cache_fds);
-                }
-            }
-            if drive(shared, c, turn_start, &mut local) {
-                run_queue.push(token);
-            }
-            if c.freed {
-                conns.remove(token.slot);
+            if let Ok(token) = Token::decode(UserData(k)) {
+                on_ready(shared, &mut conns, token, flags, &mut local, &mut run_queue);
             }
         }
-        // The deferred receives, each behind the events just handled. A connection that got an
-        // EPOLLIN meanwhile has already received (its pending_recv is gone); one that was
-        // closed and whose slot was reused fails the generation check.
+        // The deferred receives, each behind the events just handled.
         std::mem::swap(&mut running, &mut run_queue);
-        for token in running.drain(..) {
-            let Some(c) = conns.get_checked_mut(&token) else {
-                continue;
-            };
-            let Some(max) = c.pending_recv.take() else {
-                continue;
-            };
-            let turn_start = c.http.requests();
-            do_recv(shared, c, max);
-            if drive(shared, c, turn_start, &mut local) {
-                run_queue.push(token);
-            }
-            if c.freed {
-                conns.remove(token.slot);
-            }
-        }
+        run_deferred(shared, &mut conns, &mut running, &mut run_queue, &mut local);
         if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
             last_tick = now.mono_ms;
             let q = &mut run_queue;
@@ -338,6 +285,175 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             local.close_evicted();
         }
     }
+}
+
+/// One acceptor per listener (`main` keeps their number within a u16), level-triggered: a
+/// turn that stops at ACCEPT_BATCH is woken again for the rest. At capacity an acceptor stops
+/// watching its listener; the listen backlog holds new connections until one closes.
+fn acceptors(
+    shared: &Shared,
+    ep: &Epoll,
+    listeners: Vec<OwnedFd>,
+) -> Result<Vec<EpollAcceptor>, String> {
+    listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            Ok(
+                EpollAcceptor::new(ep, listener, listener_key(index).0, Interest::IN)
+                    .map_err(|e| e.to_string())?
+                    .with_capacity(shared.max_conns as usize),
+            )
+        })
+        .collect()
+}
+
+/// Connection `token`'s socket is ready (`flags`): the receive or send that waited for it
+/// goes, then whatever HttpConn asks next.
+fn on_ready(
+    shared: &Shared,
+    conns: &mut Slab<Conn>,
+    token: Token,
+    flags: Interest,
+    local: &mut Local,
+    run_queue: &mut RunQueue,
+) {
+    // A connection freed (and its slot perhaps reused) since the event was queued.
+    let Some(c) = conns.get_checked_mut(&token) else {
+        return;
+    };
+    let turn_start = c.http.requests();
+    let gone = flags.intersects(Interest::ERR | Interest::HUP);
+    if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
+        if let Some(max) = c.pending_recv.take() {
+            do_recv(shared, c, max);
+        }
+    }
+    if flags.contains(Interest::OUT) || gone {
+        if let Some(src) = c.pending_send.take() {
+            do_send(shared, c, src, &local.cache_fds);
+        }
+    }
+    if drive(shared, c, turn_start, local) {
+        run_queue.push(token);
+    }
+    if c.freed {
+        conns.remove(token.slot);
+    }
+}
+
+/// The receives deferred to the run queue (`running`, taken from it this turn). A connection
+/// that got an EPOLLIN meanwhile has already received (its pending_recv is gone); one that was
+/// closed and whose slot was reused fails the generation check.
+fn run_deferred(
+    shared: &Shared,
+    conns: &mut Slab<Conn>,
+    running: &mut RunQueue,
+    run_queue: &mut RunQueue,
+    local: &mut Local,
+) {
+    for token in running.drain(..) {
+        let Some(c) = conns.get_checked_mut(&token) else {
+            continue;
+        };
+        let Some(max) = c.pending_recv.take() else {
+            continue;
+        };
+        let turn_start = c.http.requests();
+        do_recv(shared, c, max);
+        if drive(shared, c, turn_start, local) {
+            run_queue.push(token);
+        }
+        if c.freed {
+            conns.remove(token.slot);
+        }
+    }
+}
+
+/// HttpConn's stat of its path: answered by the open-file cache, or statx(2) beneath the root.
+fn do_stat(shared: &Shared, c: &mut Conn, w: &mut Local) {
+    let now = shared.now();
+    if let Some(answer) = w
+        .cache
+        .stat_from_cache(&mut c.cache, c.http.path(), now.mono_ms)
+    {
+        c.http.on_stat(now, answer);
+        return;
+    }
+    let res = CStr::from_bytes_with_nul(c.http.path())
+        .map_err(|_| RawErrno::INVAL)
+        .and_then(|path| {
+            rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK).map_err(raw)
+        });
+    let seen = res
+        .as_ref()
+        .map(|s| (file_info(s), file_id(s)))
+        .map_err(|e| *e);
+    w.cache
+        .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
+    c.http.on_stat(now, res.map(|s| file_info(&s)));
+}
+
+/// HttpConn's open of its path beneath the root (openat2 with RESOLVE_BENEATH), into the cache
+/// entry its stat reserved or the connection's own descriptor.
+fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
+    crate::note_direct(&mut w.direct.0, shared.cfg.direct, direct);
+    let (flags, resolve) = open_flags(direct);
+    // Nonblocking: should the path have become a FIFO since the stat, the open
+    // must not block this thread (pread ignores O_NONBLOCK on regular files).
+    let flags = flags | rustix::fs::OFlags::NONBLOCK;
+    let res = CStr::from_bytes_with_nul(c.http.path())
+        .map_err(|_| RawErrno::INVAL)
+        .and_then(|path| {
+            rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve).map_err(raw)
+        });
+    if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !w.direct.1 {
+        w.direct.1 = true;
+        println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
+    }
+    let ok = res.is_ok();
+    let fd = res.map(|fd| match c.cache.opening() {
+        // Into the entry reserved for it.
+        Some(ix) => w.cache_fds[ix.0 as usize] = Some(fd),
+        None => c.file = Some(fd),
+    });
+    w.cache.open_done(&mut c.cache, ok);
+    c.http.on_open(shared.now(), fd);
+}
+
+/// HttpConn's read of a chunk: from the cached file's kept bytes, or pread(2).
+fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, at: (BufIx, u64, u32, u32)) {
+    let (buf, offset, len, buf_pos) = at;
+    // Room in front of each chunk for the response head (`head_with_body`).
+    let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
+    let body = w.cache.kept_body(&c.cache);
+    let file = match c.cache.entry() {
+        Some(ix) => w.cache_fds[ix.0 as usize].as_ref(),
+        None => c.file.as_ref(),
+    };
+    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
+    let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
+    let res = match (body, file) {
+        // A small cached file's bytes: no read.
+        (Some(body), _) => {
+            let from = (offset as usize).min(body.len());
+            let to = (from + len as usize).min(body.len());
+            b[..to - from].copy_from_slice(&body[from..to]);
+            crate::Stats::add(&shared.stats.body_hits, 1);
+            Ok((to - from) as u32)
+        }
+        (None, Some(file)) => {
+            let res = rustix::io::pread(file, &mut *b, offset)
+                .map(|n| n as u32)
+                .map_err(raw);
+            if let Ok(n) = res {
+                w.cache.read_done(&c.cache, offset, &b[..n as usize]);
+            }
+            res
+        }
+        (None, None) => Err(RawErrno::BADF),
+    };
+    c.http.on_read(shared.now(), buf, res);
 }
 
 /// Calls `f` on every connection, performs what it queued, and frees those it closed.
@@ -510,96 +626,19 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
             Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
-            Op::Stat => {
-                let now = shared.now();
-                if let Some(answer) =
-                    w.cache
-                        .stat_from_cache(&mut c.cache, c.http.path(), now.mono_ms)
-                {
-                    c.http.on_stat(now, answer);
-                    continue;
-                }
-                let res = CStr::from_bytes_with_nul(c.http.path())
-                    .map_err(|_| RawErrno::INVAL)
-                    .and_then(|path| {
-                        rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK)
-                            .map_err(raw)
-                    });
-                let seen = res
-                    .as_ref()
-                    .map(|s| (file_info(s), file_id(s)))
-                    .map_err(|e| *e);
-                w.cache
-                    .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
-                c.http.on_stat(now, res.map(|s| file_info(&s)));
-            }
+            Op::Stat => do_stat(shared, c, w),
             // `link_next` is never set: this backend's Config has no link_open_read.
             // Open in its cache entry already.
             Op::Open { .. } if c.cache.is_open() => {
                 c.http.on_open(shared.now(), Ok(()));
             }
-            Op::Open { direct, .. } => {
-                crate::note_direct(&mut w.direct.0, shared.cfg.direct, direct);
-                let (flags, resolve) = open_flags(direct);
-                // Nonblocking: should the path have become a FIFO since the stat, the open
-                // must not block this thread (pread ignores O_NONBLOCK on regular files).
-                let flags = flags | rustix::fs::OFlags::NONBLOCK;
-                let res = CStr::from_bytes_with_nul(c.http.path())
-                    .map_err(|_| RawErrno::INVAL)
-                    .and_then(|path| {
-                        rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve)
-                            .map_err(raw)
-                    });
-                if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !w.direct.1 {
-                    w.direct.1 = true;
-                    println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
-                }
-                let ok = res.is_ok();
-                let fd = res.map(|fd| match c.cache.opening() {
-                    // Into the entry reserved for it.
-                    Some(ix) => w.cache_fds[ix.0 as usize] = Some(fd),
-                    None => c.file = Some(fd),
-                });
-                w.cache.open_done(&mut c.cache, ok);
-                c.http.on_open(shared.now(), fd);
-            }
+            Op::Open { direct, .. } => do_open(shared, c, w, direct),
             Op::Read {
                 buf,
                 offset,
                 len,
                 buf_pos,
-            } => {
-                // Room in front of each chunk for the response head (`head_with_body`).
-                let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
-                let body = w.cache.kept_body(&c.cache);
-                let file = match c.cache.entry() {
-                    Some(ix) => w.cache_fds[ix.0 as usize].as_ref(),
-                    None => c.file.as_ref(),
-                };
-                let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
-                let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
-                let res = match (body, file) {
-                    // A small cached file's bytes: no read.
-                    (Some(body), _) => {
-                        let from = (offset as usize).min(body.len());
-                        let to = (from + len as usize).min(body.len());
-                        b[..to - from].copy_from_slice(&body[from..to]);
-                        crate::Stats::add(&shared.stats.body_hits, 1);
-                        Ok((to - from) as u32)
-                    }
-                    (None, Some(file)) => {
-                        let res = rustix::io::pread(file, &mut *b, offset)
-                            .map(|n| n as u32)
-                            .map_err(raw);
-                        if let Ok(n) = res {
-                            w.cache.read_done(&c.cache, offset, &b[..n as usize]);
-                        }
-                        res
-                    }
-                    (None, None) => Err(RawErrno::BADF),
-                };
-                c.http.on_read(shared.now(), buf, res);
-            }
+            } => do_read(shared, c, w, (buf, offset, len, buf_pos)),
             Op::CloseFile => {
                 if w.cache.close_file(&mut c.cache) {
                     w.close_evicted();

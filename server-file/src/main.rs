@@ -435,81 +435,8 @@ fn run(args: Args) -> Result<(), String> {
         return Err("--buffer-memory must be at least 1 MiB".into());
     }
     let backend = choose_backend(&args)?;
-    // Each connection is a descriptor (two while it sends a file without registered files).
-    let nofile = raise_nofile_limit();
-    // Token sub-indexes name cache entries (16 bits); cached files take at most a quarter of
-    // what RLIMIT_NOFILE allows. They count against it either way: as descriptors (epoll, or
-    // io_uring without registered files: every thread's), or as slots of each ring's
-    // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
-    // connections' slots. Out of descriptors, the cache gives up the files no request uses.
-    let cache_fds = backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
-    let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
-        (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX)) as u32,
-    );
-    let held = u64::from(cache_entries) * if cache_fds { threads as u64 } else { 1 };
-    let max_conns = match args.max_conns {
-        Some(n) => n.max(1),
-        None => default_max_conns(nofile.saturating_sub(held), threads),
-    };
-    // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
-    // registered-buffer index holds.
-    // Each buffer also has room for the response head in front of its chunk.
-    let chunk_bytes = (u64::from(args.chunk) + u64::from(ringwork_core::httpconn::HEAD_ROOM))
-        .div_ceil(4096)
-        * 4096;
-    let chunk_buffers = (u64::from(args.buffer_memory) * 1024 * 1024 / chunk_bytes)
-        .clamp(2, u64::from(u16::MAX)) as u16;
-    if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
-        return Err("--sq-entries must be a power of two from 1 to 16384".into());
-    }
-    if backend == Backend::Epoll && args.sqpoll.is_some() {
-        return Err("--sqpoll applies to --backend uring only".into());
-    }
-    if backend == Backend::Epoll && args.zerocopy {
-        return Err("--zerocopy applies to --backend uring only".into());
-    }
-    if backend == Backend::Epoll && !args.disable.is_empty() {
-        return Err("--disable applies to --backend uring only".into());
-    }
-    for (feature, name, why) in [(
-        Feature::MultishotRecv,
-        "multishot-recv",
-        "it receives request heads with single-shot IORING_OP_RECV",
-    )] {
-        if args.disable.contains(&feature) {
-            return Err(format!(
-                "--disable {name}: ringwork-files does not use {name} ({why}); \
-                 features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring, cancel-fd"
-            ));
-        }
-    }
-    let disabled = |f| args.disable.contains(&f);
-    let uring = UringConfig {
-        sq_entries: args.sq_entries,
-        sqpoll: args
-            .sqpoll
-            .filter(|_| !disabled(Feature::Sqpoll))
-            .map(|idle_ms| ringwork_sys::SqPoll {
-                idle_ms,
-                cpu: args.sqpoll_cpu,
-            }),
-        task_run: ringwork_sys::TaskRun::allowed(
-            !disabled(Feature::DeferTaskrun),
-            !disabled(Feature::CoopTaskrun),
-        ),
-        legacy: ringwork_sys::LegacyFeatures {
-            no_cancel_fd: disabled(Feature::CancelFd),
-            ..Default::default()
-        },
-        features: Features {
-            multishot_accept: !disabled(Feature::MultishotAccept),
-            fixed_files: !disabled(Feature::FixedFiles),
-            fixed_buffers: !disabled(Feature::FixedBuffers),
-            links: !disabled(Feature::Links),
-            pbuf_ring: !disabled(Feature::PbufRing),
-        },
-    };
+    let sizing = Sizing::of(&args, backend, threads);
+    check_flags(&args, backend)?;
     let root_path = std::fs::canonicalize(&args.root)
         .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
     let root = rustix::fs::open(
@@ -529,32 +456,15 @@ fn run(args: Args) -> Result<(), String> {
     let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
         .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
-    let zerocopy = args.zerocopy && !disabled(Feature::SendZc);
     let shared = Arc::new(Shared {
         root,
-        cfg: Config {
-            limits: Limits::default(),
-            chunk: args.chunk,
-            header_timeout_ms: args.header_timeout_ms,
-            idle_timeout_ms: args.idle_timeout_ms,
-            direct: args.direct,
-            zerocopy,
-            // The io_uring driver turns it on where it can chain (registered files).
-            link_open_read: false,
-            // Both drivers send the head and the first chunk at once.
-            head_with_body: true,
-            precompressed: args.precompressed,
-            access_log: access_log.is_some(),
-            // Not with O_DIRECT or SEND_ZC (HttpConn would ignore it; the features line says
-            // what is in use). The io_uring driver keeps it where it can map cached files.
-            file_send: args.sendfile && !args.direct && !zerocopy,
-        },
+        cfg: http_config(&args, access_log.is_some()),
         access_log,
-        max_conns,
-        chunk_buffers,
-        uring,
+        max_conns: sizing.max_conns,
+        chunk_buffers: sizing.chunk_buffers,
+        uring: uring_config(&args),
         cache: CacheConfig {
-            entries: cache_entries,
+            entries: sizing.cache_entries,
             valid_ms: args.open_file_cache_valid_ms,
             body_budget: args.file_cache_memory as usize * 1024 * 1024,
             // A kept body is sent the way a first chunk is: it must fit in one.
@@ -620,6 +530,132 @@ fn run(args: Args) -> Result<(), String> {
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// How many connections, cached files and chunk buffers a worker may have, from the flags
+/// and what RLIMIT_NOFILE allows.
+struct Sizing {
+    cache_entries: u32,
+    max_conns: u32,
+    chunk_buffers: u16,
+}
+
+impl Sizing {
+    fn of(args: &Args, backend: Backend, threads: usize) -> Self {
+        // Each connection is a descriptor (two while it sends a file without registered files).
+        let nofile = raise_nofile_limit();
+        // Token sub-indexes name cache entries (16 bits); cached files take at most a quarter of
+        // what RLIMIT_NOFILE allows. They count against it either way: as descriptors (epoll, or
+        // io_uring without registered files: every thread's), or as slots of each ring's
+        // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
+        // connections' slots. Out of descriptors, the cache gives up the files no request uses.
+        let cache_fds = backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
+        let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
+            (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX))
+                as u32,
+        );
+        let held = u64::from(cache_entries) * if cache_fds { threads as u64 } else { 1 };
+        let max_conns = match args.max_conns {
+            Some(n) => n.max(1),
+            None => default_max_conns(nofile.saturating_sub(held), threads),
+        };
+        // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
+        // registered-buffer index holds.
+        // Each buffer also has room for the response head in front of its chunk.
+        let chunk_bytes = (u64::from(args.chunk) + u64::from(ringwork_core::httpconn::HEAD_ROOM))
+            .div_ceil(4096)
+            * 4096;
+        let chunk_buffers = (u64::from(args.buffer_memory) * 1024 * 1024 / chunk_bytes)
+            .clamp(2, u64::from(u16::MAX)) as u16;
+        Self {
+            cache_entries,
+            max_conns,
+            chunk_buffers,
+        }
+    }
+}
+
+/// Flags that cannot go together, or not on `backend`.
+fn check_flags(args: &Args, backend: Backend) -> Result<(), String> {
+    if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
+        return Err("--sq-entries must be a power of two from 1 to 16384".into());
+    }
+    if backend == Backend::Epoll && args.sqpoll.is_some() {
+        return Err("--sqpoll applies to --backend uring only".into());
+    }
+    if backend == Backend::Epoll && args.zerocopy {
+        return Err("--zerocopy applies to --backend uring only".into());
+    }
+    if backend == Backend::Epoll && !args.disable.is_empty() {
+        return Err("--disable applies to --backend uring only".into());
+    }
+    for (feature, name, why) in [(
+        Feature::MultishotRecv,
+        "multishot-recv",
+        "it receives request heads with single-shot IORING_OP_RECV",
+    )] {
+        if args.disable.contains(&feature) {
+            return Err(format!(
+                "--disable {name}: ringwork-files does not use {name} ({why}); \
+                 features it can disable: multishot-accept, fixed-files, fixed-buffers, \
+                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring, cancel-fd"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How the io_uring backend sets up its rings (a disabled feature wins over the flag that
+/// asks for it).
+fn uring_config(args: &Args) -> UringConfig {
+    let disabled = |f| args.disable.contains(&f);
+    UringConfig {
+        sq_entries: args.sq_entries,
+        sqpoll: args
+            .sqpoll
+            .filter(|_| !disabled(Feature::Sqpoll))
+            .map(|idle_ms| ringwork_sys::SqPoll {
+                idle_ms,
+                cpu: args.sqpoll_cpu,
+            }),
+        task_run: ringwork_sys::TaskRun::allowed(
+            !disabled(Feature::DeferTaskrun),
+            !disabled(Feature::CoopTaskrun),
+        ),
+        legacy: ringwork_sys::LegacyFeatures {
+            no_cancel_fd: disabled(Feature::CancelFd),
+            ..Default::default()
+        },
+        features: Features {
+            multishot_accept: !disabled(Feature::MultishotAccept),
+            fixed_files: !disabled(Feature::FixedFiles),
+            fixed_buffers: !disabled(Feature::FixedBuffers),
+            links: !disabled(Feature::Links),
+            pbuf_ring: !disabled(Feature::PbufRing),
+        },
+    }
+}
+
+/// What every connection's HttpConn runs with.
+fn http_config(args: &Args, access_log: bool) -> Config {
+    let zerocopy = args.zerocopy && !args.disable.contains(&Feature::SendZc);
+    Config {
+        limits: Limits::default(),
+        chunk: args.chunk,
+        header_timeout_ms: args.header_timeout_ms,
+        idle_timeout_ms: args.idle_timeout_ms,
+        direct: args.direct,
+        zerocopy,
+        // The io_uring driver turns it on where it can chain (registered files).
+        link_open_read: false,
+        // Both drivers send the head and the first chunk at once.
+        head_with_body: true,
+        precompressed: args.precompressed,
+        access_log,
+        // Not with O_DIRECT or SEND_ZC (HttpConn would ignore it; the features line says
+        // what is in use). The io_uring driver keeps it where it can map cached files.
+        file_send: args.sendfile && !args.direct && !zerocopy,
     }
 }
 

@@ -270,47 +270,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         println!("{note}");
     }
     let want = uc.features;
-    let (acceptors, fixed_files, links) = {
-        let probe = ring.probe().map_err(|e| e.to_string())?;
-        for r in REQUIRED {
-            probe
-                .require(r.op, r.name, r.since)
-                .map_err(|e| e.to_string())?;
-        }
-        // At capacity the acceptor stops, and the listen backlog holds new connections.
-        // One per listener; `main` keeps their number within a u16.
-        let acceptors: Vec<Acceptor> = listeners
-            .into_iter()
-            .zip(0u16..)
-            .map(|(listener, index)| {
-                Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
-                    .with_listener_index(index)
-                    .with_capacity(slots as usize)
-            })
-            .collect();
-        if shared.cfg.zerocopy {
-            probe
-                .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
-                .map_err(|e| e.to_string())?;
-        }
-        // Linked open → read from the slot the open fills needs the read's fixed file looked
-        // up at issue, not at submission (Linux 5.18); 5.19's IORING_OP_SOCKET vouches.
-        let deferred_file_assignment = probe.supports(IoringOp::Socket);
-        if want.links && !deferred_file_assignment {
-            println!(
-                "{}: no linked open → read chains",
-                unsupported(
-                    "fixed-file assignment at issue time for linked requests",
-                    "5.18"
-                )
-            );
-        }
-        (
-            acceptors,
-            want.fixed_files,
-            want.links && deferred_file_assignment,
-        )
-    };
+    let (acceptors, links) = acceptors_and_links(&mut ring, shared, listeners)?;
+    let fixed_files = want.fixed_files;
     // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
     let zc_report_usage = shared.cfg.zerocopy
         && ring
@@ -338,66 +299,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
                 false
             }
         };
-    // One shared pool of chunk buffers per thread, sized by the memory budget: a connection
-    // holds one only while a read fills it or its bytes go out.
-    let count = shared.chunk_buffers;
-    let new_buffers =
-        // Room in front of each chunk for the response head (HttpConn's head_with_body).
-        || FixedBuffers::new(count, (shared.cfg.chunk + HEAD_ROOM) as usize).map_err(|e| e.to_string());
-    let buffers = new_buffers()?;
-    let total = buffers.buf_size() * usize::from(count);
-    // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
-    // registered memory) or adopted unregistered (plain READ into the same kind of memory).
-    // Registration pins the whole budget resident up front; it pays only where the kernel
-    // would otherwise pin pages per operation (O_DIRECT reads, SEND_ZC). Buffered reads and
-    // copying sends cost the same either way (bench/files-ab.sh, docs/PERFORMANCE.md), so
-    // without those the buffers stay unregistered and a page is resident once used.
-    let fixed = if !want.fixed_buffers || !(shared.cfg.direct || shared.cfg.zerocopy) {
-        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
-        false
-    } else if !ring
-        .probe()
-        .map_err(|e| e.to_string())?
-        .supports(IoringOp::ReadFixed)
-    {
-        println!(
-            "{}: reading with IORING_OP_READ",
-            unsupported("IORING_OP_READ_FIXED", "5.1")
-        );
-        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
-        false
-    } else {
-        match ring.register_buffers(buffers) {
-            Ok(()) => true,
-            Err(e) => {
-                // The ring keeps the buffers only when the registration succeeds: the same
-                // memory is made again, unregistered.
-                println!(
-                    "registering {} KiB of fixed buffers failed ({e}): \
-                     reading with IORING_OP_READ instead of READ_FIXED",
-                    total / 1024
-                );
-                ring.adopt_buffers(new_buffers()?)
-                    .map_err(|e| e.to_string())?;
-                false
-            }
-        }
-    };
-    // Request heads into a provided buffer ring (Linux 5.19), so that a connection waiting
-    // for its next request holds no buffer; else into a buffer of its own.
-    let head_ring = want.pbuf_ring
-        && match ring.add_provided_buffers(
-            HEAD_GROUP,
-            HEAD_BUFFERS,
-            HEAD_BUFFER_SIZE,
-            ProvideMode::Ring,
-        ) {
-            Ok(()) => true,
-            Err(e) => {
-                println!("{e}: receiving request heads into a buffer per connection");
-                false
-            }
-        };
+    let fixed = chunk_buffers(&mut ring, shared)?;
+    let head_ring = want.pbuf_ring && head_ring(&mut ring);
     // Opens, stats and cold reads that block run on io-wq threads: capped, so that a burst
     // of them (10,000 connections missing the cache at once) queues instead of starting a
     // thread each. Before Linux 5.15 the kernel's own limits stand.
@@ -1401,6 +1304,119 @@ impl Driver<'_> {
         Ok(Some(
             sqe.user_data(Token::new(kind, slot, generation).encode()),
         ))
+    }
+}
+
+/// The acceptors (one per listener; `main` keeps their number within a u16), after checking
+/// the operations this backend needs; and whether open → read chains can be linked.
+fn acceptors_and_links(
+    ring: &mut Ring,
+    shared: &Shared,
+    listeners: Vec<OwnedFd>,
+) -> Result<(Vec<Acceptor>, bool), String> {
+    let want = shared.uring.features;
+    let slots = shared.max_conns;
+    let probe = ring.probe().map_err(|e| e.to_string())?;
+    for r in REQUIRED {
+        probe
+            .require(r.op, r.name, r.since)
+            .map_err(|e| e.to_string())?;
+    }
+    // At capacity the acceptor stops, and the listen backlog holds new connections.
+    // One per listener; `main` keeps their number within a u16.
+    let acceptors: Vec<Acceptor> = listeners
+        .into_iter()
+        .zip(0u16..)
+        .map(|(listener, index)| {
+            Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
+                .with_listener_index(index)
+                .with_capacity(slots as usize)
+        })
+        .collect();
+    if shared.cfg.zerocopy {
+        probe
+            .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
+            .map_err(|e| e.to_string())?;
+    }
+    // Linked open → read from the slot the open fills needs the read's fixed file looked
+    // up at issue, not at submission (Linux 5.18); 5.19's IORING_OP_SOCKET vouches.
+    let deferred_file_assignment = probe.supports(IoringOp::Socket);
+    if want.links && !deferred_file_assignment {
+        println!(
+            "{}: no linked open → read chains",
+            unsupported(
+                "fixed-file assignment at issue time for linked requests",
+                "5.18"
+            )
+        );
+    }
+    Ok((acceptors, want.links && deferred_file_assignment))
+}
+
+/// One shared pool of chunk buffers per thread, sized by the memory budget: a connection
+/// holds one only while a read fills it or its bytes go out. True when it is registered.
+fn chunk_buffers(ring: &mut Ring, shared: &Shared) -> Result<bool, String> {
+    let want = shared.uring.features;
+    let count = shared.chunk_buffers;
+    let new_buffers =
+        // Room in front of each chunk for the response head (HttpConn's head_with_body).
+        || FixedBuffers::new(count, (shared.cfg.chunk + HEAD_ROOM) as usize).map_err(|e| e.to_string());
+    let buffers = new_buffers()?;
+    let total = buffers.buf_size() * usize::from(count);
+    // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
+    // registered memory) or adopted unregistered (plain READ into the same kind of memory).
+    // Registration pins the whole budget resident up front; it pays only where the kernel
+    // would otherwise pin pages per operation (O_DIRECT reads, SEND_ZC). Buffered reads and
+    // copying sends cost the same either way (bench/files-ab.sh, docs/PERFORMANCE.md), so
+    // without those the buffers stay unregistered and a page is resident once used.
+    let fixed = if !want.fixed_buffers || !(shared.cfg.direct || shared.cfg.zerocopy) {
+        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+        false
+    } else if !ring
+        .probe()
+        .map_err(|e| e.to_string())?
+        .supports(IoringOp::ReadFixed)
+    {
+        println!(
+            "{}: reading with IORING_OP_READ",
+            unsupported("IORING_OP_READ_FIXED", "5.1")
+        );
+        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+        false
+    } else {
+        match ring.register_buffers(buffers) {
+            Ok(()) => true,
+            Err(e) => {
+                // The ring keeps the buffers only when the registration succeeds: the same
+                // memory is made again, unregistered.
+                println!(
+                    "registering {} KiB of fixed buffers failed ({e}): \
+                     reading with IORING_OP_READ instead of READ_FIXED",
+                    total / 1024
+                );
+                ring.adopt_buffers(new_buffers()?)
+                    .map_err(|e| e.to_string())?;
+                false
+            }
+        }
+    };
+    Ok(fixed)
+}
+
+/// Request heads into a provided buffer ring (Linux 5.19), so that a connection waiting for
+/// its next request holds no buffer; false: into a buffer of its own.
+fn head_ring(ring: &mut Ring) -> bool {
+    match ring.add_provided_buffers(
+        HEAD_GROUP,
+        HEAD_BUFFERS,
+        HEAD_BUFFER_SIZE,
+        ProvideMode::Ring,
+    ) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("{e}: receiving request heads into a buffer per connection");
+            false
+        }
     }
 }
 

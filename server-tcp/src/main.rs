@@ -188,13 +188,47 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let backend = choose_backend(&args)?;
 
+    check_combinations(&args, backend)?;
+    let cfg = stream_config(&args);
+    let label = match (backend, cfg.uring.sqpoll, cfg.uring.zerocopy) {
+        (Backend::Uring, None, false) => "uring",
+        (Backend::Uring, Some(_), false) => "uring+sqpoll",
+        (Backend::Uring, None, true) => "uring+zerocopy",
+        (Backend::Uring, Some(_), true) => "uring+sqpoll+zerocopy",
+        (Backend::Epoll, _, _) => "epoll",
+    };
+    let server = Serve {
+        listen: &args.listen,
+        threads,
+        backend,
+        cfg,
+    };
+    let total = server.run(
+        || EchoConn::new(Config::default()),
+        // Once every worker is set up: the line means "serving", and the idle fd count and
+        // RSS are final. Scripts and tests read the addresses (space-separated) from it.
+        |bound| {
+            let addrs: Vec<String> = bound.iter().map(ToString::to_string).collect();
+            println!(
+                "ringwork-echo listening on {} (backend {label}, {threads} threads)",
+                addrs.join(" ")
+            );
+        },
+    )?;
+    println!("stats: {total}");
+    Ok(())
+}
+
+/// What each worker runs with, from the flags (a disabled feature wins over the flag that
+/// asks for it).
+fn stream_config(args: &Args) -> StreamConfig {
     let disabled = |f| args.disable.contains(&f);
     let sqpoll = if disabled(Feature::Sqpoll) {
         None
     } else {
         args.sqpoll
     };
-    let cfg = StreamConfig {
+    StreamConfig {
         name: "ringwork-echo",
         buffers: args.buffers,
         buffer_size: args.buffer_size,
@@ -224,7 +258,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             bundle: args.bundle,
             incremental: args.incremental,
         },
-    };
+    }
+}
+
+/// Flags that cannot go together, or not on `backend`.
+fn check_combinations(args: &Args, backend: Backend) -> Result<(), String> {
+    let disabled = |f| args.disable.contains(&f);
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
     // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
     if backend == Backend::Epoll && args.sqpoll.is_some() {
@@ -254,32 +293,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if backend == Backend::Epoll && !args.disable.is_empty() {
         return Err("--disable applies to --backend uring only".into());
     }
-    let label = match (backend, cfg.uring.sqpoll, cfg.uring.zerocopy) {
-        (Backend::Uring, None, false) => "uring",
-        (Backend::Uring, Some(_), false) => "uring+sqpoll",
-        (Backend::Uring, None, true) => "uring+zerocopy",
-        (Backend::Uring, Some(_), true) => "uring+sqpoll+zerocopy",
-        (Backend::Epoll, _, _) => "epoll",
-    };
-    let server = Serve {
-        listen: &args.listen,
-        threads,
-        backend,
-        cfg,
-    };
-    let total = server.run(
-        || EchoConn::new(Config::default()),
-        // Once every worker is set up: the line means "serving", and the idle fd count and
-        // RSS are final. Scripts and tests read the addresses (space-separated) from it.
-        |bound| {
-            let addrs: Vec<String> = bound.iter().map(ToString::to_string).collect();
-            println!(
-                "ringwork-echo listening on {} (backend {label}, {threads} threads)",
-                addrs.join(" ")
-            );
-        },
-    )?;
-    println!("stats: {total}");
     Ok(())
 }
 
