@@ -598,6 +598,20 @@ pub fn plots(opts: &Options, rows: &[Row]) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// SVG canvas size.
+const PLOT_WIDTH: f64 = 560.0;
+const PLOT_HEIGHT: f64 = 320.0;
+/// Space around the plot area: the y labels on the left, the legend on the right, the title
+/// above, the x labels below.
+const PAD_LEFT: f64 = 70.0;
+const PAD_RIGHT: f64 = 130.0;
+const PAD_TOP: f64 = 40.0;
+const PAD_BOTTOM: f64 = 50.0;
+/// Line colours, reused in order past the seventh series.
+const COLORS: [&str; 7] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+];
+
 /// A minimal dependency-free SVG line chart with a log-scale x axis.
 pub fn svg_plot(
     title: &str,
@@ -605,87 +619,130 @@ pub fn svg_plot(
     ylabel: &str,
     series: &[(String, Vec<(f64, f64)>)],
 ) -> String {
-    const W: f64 = 560.0;
-    const H: f64 = 320.0;
-    const L: f64 = 70.0;
-    const R: f64 = 130.0;
-    const T: f64 = 40.0;
-    const B: f64 = 50.0;
-    let colors = [
-        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
-    ];
     let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
-    let (xmin, xmax) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
-    let ymax = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.1;
-    let (lx0, lx1) = (xmin.max(1.0).ln(), xmax.max(xmin + 1.0).ln());
-    let x = |v: f64| L + (v.max(1.0).ln() - lx0) / (lx1 - lx0).max(1e-9) * (W - L - R);
-    let y = |v: f64| H - B - v / ymax.max(1e-9) * (H - T - B);
+    let scale = Scale::fit(&pts);
     let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = write!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
-        W / 2.0,
-        esc(title)
-    );
-    let _ = write!(
-        s,
-        r#"<line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{L}" y1="{T}" x2="{L}" y2="{}" stroke="black"/>"#,
-        H - B,
-        W - R,
-        H - B,
-        H - B
-    );
-    for i in 0..=4 {
-        let v = ymax * f64::from(i) / 4.0;
+    scale.write_frame(&mut s, title, xlabel, ylabel, &pts);
+    for (i, (name, points)) in series.iter().enumerate() {
+        scale.write_series(&mut s, i, name, points);
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// Data to SVG coordinates: x on a log scale between the smallest and largest x, y linear
+/// from 0 to 10% above the largest y.
+struct Scale {
+    lx0: f64,
+    lx1: f64,
+    ymax: f64,
+}
+
+impl Scale {
+    fn fit(pts: &[(f64, f64)]) -> Self {
+        let (xmin, xmax) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let ymax = pts.iter().fold(0.0f64, |a, p| a.max(p.1)) * 1.1;
+        let (lx0, lx1) = (xmin.max(1.0).ln(), xmax.max(xmin + 1.0).ln());
+        Self { lx0, lx1, ymax }
+    }
+
+    fn x(&self, v: f64) -> f64 {
+        PAD_LEFT
+            + (v.max(1.0).ln() - self.lx0) / (self.lx1 - self.lx0).max(1e-9)
+                * (PLOT_WIDTH - PAD_LEFT - PAD_RIGHT)
+    }
+
+    fn y(&self, v: f64) -> f64 {
+        PLOT_HEIGHT - PAD_BOTTOM - v / self.ymax.max(1e-9) * (PLOT_HEIGHT - PAD_TOP - PAD_BOTTOM)
+    }
+
+    /// The opening tag, background, title, axes, y grid with labels, a label under every x
+    /// that has a point, and the axis titles.
+    fn write_frame(
+        &self,
+        s: &mut String,
+        title: &str,
+        xlabel: &str,
+        ylabel: &str,
+        pts: &[(f64, f64)],
+    ) {
+        let (w, h, l, r, t, b) = (
+            PLOT_WIDTH,
+            PLOT_HEIGHT,
+            PAD_LEFT,
+            PAD_RIGHT,
+            PAD_TOP,
+            PAD_BOTTOM,
+        );
         let _ = write!(
             s,
-            r##"<text x="{}" y="{}" text-anchor="end">{}</text><line x1="{L}" y1="{}" x2="{}" y2="{}" stroke="#ddd"/>"##,
-            L - 6.0,
-            y(v) + 4.0,
-            thousands(v),
-            y(v),
-            W - R,
-            y(v)
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
         );
-    }
-    let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
-    xs.sort_by(|a, b| a.total_cmp(b));
-    xs.dedup();
-    for v in xs {
+        let _ = write!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="22" text-anchor="middle" font-size="14">{}</text>"#,
+            w / 2.0,
+            esc(title)
+        );
+        let _ = write!(
+            s,
+            r#"<line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{l}" y1="{t}" x2="{l}" y2="{}" stroke="black"/>"#,
+            h - b,
+            w - r,
+            h - b,
+            h - b
+        );
+        for i in 0..=4 {
+            let v = self.ymax * f64::from(i) / 4.0;
+            let _ = write!(
+                s,
+                r##"<text x="{}" y="{}" text-anchor="end">{}</text><line x1="{l}" y1="{}" x2="{}" y2="{}" stroke="#ddd"/>"##,
+                l - 6.0,
+                self.y(v) + 4.0,
+                thousands(v),
+                self.y(v),
+                w - r,
+                self.y(v)
+            );
+        }
+        let mut xs: Vec<f64> = pts.iter().map(|p| p.0).collect();
+        xs.sort_by(|a, b| a.total_cmp(b));
+        xs.dedup();
+        for v in xs {
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+                self.x(v),
+                h - b + 18.0,
+                thousands(v)
+            );
+        }
         let _ = write!(
             s,
             r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            x(v),
-            H - B + 18.0,
-            thousands(v)
+            (l + w - r) / 2.0,
+            h - 10.0,
+            esc(xlabel)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
+            (t + h - b) / 2.0,
+            (t + h - b) / 2.0,
+            esc(ylabel)
         );
     }
-    let _ = write!(
-        s,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        (L + W - R) / 2.0,
-        H - 10.0,
-        esc(xlabel)
-    );
-    let _ = write!(
-        s,
-        r#"<text x="16" y="{}" text-anchor="middle" transform="rotate(-90 16 {})">{}</text>"#,
-        (T + H - B) / 2.0,
-        (T + H - B) / 2.0,
-        esc(ylabel)
-    );
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
+
+    /// Series number `i`: its line, a dot on every point, and its legend entry.
+    fn write_series(&self, s: &mut String, i: usize, name: &str, points: &[(f64, f64)]) {
+        let (w, r, t) = (PLOT_WIDTH, PAD_RIGHT, PAD_TOP);
+        let color = COLORS[i % COLORS.len()];
         let path: Vec<String> = points
             .iter()
-            .map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1)))
+            .map(|p| format!("{:.1},{:.1}", self.x(p.0), self.y(p.1)))
             .collect();
         let _ = write!(
             s,
@@ -696,23 +753,21 @@ pub fn svg_plot(
             let _ = write!(
                 s,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
-                x(p.0),
-                y(p.1)
+                self.x(p.0),
+                self.y(p.1)
             );
         }
-        let ly = T + 10.0 + 18.0 * i as f64;
+        let ly = t + 10.0 + 18.0 * i as f64;
         let _ = write!(
             s,
             r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{}" y="{}">{}</text>"#,
-            W - R + 10.0,
-            W - R + 30.0,
-            W - R + 35.0,
+            w - r + 10.0,
+            w - r + 30.0,
+            w - r + 35.0,
             ly + 4.0,
             esc(name)
         );
     }
-    s.push_str("</svg>\n");
-    s
 }
 
 fn esc(s: &str) -> String {

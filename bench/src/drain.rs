@@ -41,6 +41,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ringwork_core::buf::Lease;
+use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, Ring, RingParams, SafeSqe, SqeFlags, Target};
 
@@ -311,14 +312,70 @@ impl Wal<'_> {
     }
 }
 
-fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&cfg.wal_path)
-        .map_err(|e| format!("open {}: {e}", cfg.wal_path.display()))?;
-    let k = cfg.batch.max(1);
-    let in_flight = cfg.in_flight.max(1) as usize;
-    let sq = (in_flight as u32 * (k + 1)).next_power_of_two();
+impl Batch {
+    /// One of the batch's writes completed with `res`. Fails on a short or failed write, and
+    /// for `drain` on a write that completed before the previous batch's fsync
+    /// (`fsynced_through` is the highest batch whose fsync has completed).
+    fn record_write(
+        &mut self,
+        variant: Variant,
+        res: Result<u32, RawErrno>,
+        fsynced_through: Option<u64>,
+    ) -> Result<(), String> {
+        match res {
+            Ok(n) if n == BLOCK => {}
+            Ok(n) => return Err(format!("short write of {n} bytes to the log")),
+            Err(e) => return Err(format!("{}: log write failed: {e}", variant.name())),
+        }
+        self.writes_done += 1;
+        if self.fsync_done {
+            self.violated = true;
+        }
+        if variant == Variant::Drain && self.seq > 0 && fsynced_through < Some(self.seq - 1) {
+            return Err(format!(
+                "drain: a write of batch {} completed before the fsync of batch {}",
+                self.seq,
+                self.seq - 1
+            ));
+        }
+        Ok(())
+    }
+
+    /// The batch's fsync completed with `res`, before or after its `writes` writes.
+    fn record_fsync(
+        &mut self,
+        variant: Variant,
+        res: Result<u32, RawErrno>,
+        writes: u32,
+    ) -> Result<(), String> {
+        res.map_err(|e| format!("{}: fdatasync failed: {e}", variant.name()))?;
+        if !self.fsync_submitted {
+            return Err("fsync completion before its submission".into());
+        }
+        self.fsync_done = true;
+        if self.writes_done < writes {
+            self.violated = true;
+        }
+        Ok(())
+    }
+
+    /// A finished batch whose fsync overtook a write: an error where the variant promises
+    /// order, to be counted where it does not.
+    fn tolerate_violation(&self, variant: Variant) -> Result<(), String> {
+        if variant.ordered() {
+            return Err(format!(
+                "{}: the fsync of batch {} completed before one of its writes",
+                variant.name(),
+                self.seq
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A ring of `sq` entries owning one `BLOCK`-byte buffer of non-zero data, the block every
+/// log write sends.
+fn ring_with_block(sq: u32) -> Result<(Ring, Lease), String> {
     let mut ring = RingParams::new(sq).build().map_err(|e| e.to_string())?;
     ring.adopt_buffers(FixedBuffers::new(1, BLOCK as usize).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -327,6 +384,18 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
     for (i, b) in buffers.bytes_mut(&block).iter_mut().enumerate() {
         *b = (i % 251) as u8 | 1;
     }
+    Ok((ring, block))
+}
+
+fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&cfg.wal_path)
+        .map_err(|e| format!("open {}: {e}", cfg.wal_path.display()))?;
+    let k = cfg.batch.max(1);
+    let in_flight = cfg.in_flight.max(1) as usize;
+    let sq = (in_flight as u32 * (k + 1)).next_power_of_two();
+    let (mut ring, block) = ring_with_block(sq)?;
     let mut wal = Wal {
         variant,
         cfg,
@@ -359,23 +428,8 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
                 .get_mut(slot)
                 .ok_or("completion for an unknown slot")?;
             if index < k {
-                match c.result() {
-                    Ok(n) if n == BLOCK => {}
-                    Ok(n) => return Err(format!("short write of {n} bytes to the log")),
-                    Err(e) => return Err(format!("{}: log write failed: {e}", variant.name())),
-                }
-                b.writes_done += 1;
+                b.record_write(variant, c.result(), fsynced_through)?;
                 ops += 1;
-                if b.fsync_done {
-                    b.violated = true;
-                }
-                if variant == Variant::Drain && b.seq > 0 && fsynced_through < Some(b.seq - 1) {
-                    return Err(format!(
-                        "drain: a write of batch {} completed before the fsync of batch {}",
-                        b.seq,
-                        b.seq - 1
-                    ));
-                }
                 if variant == Variant::Wait && b.writes_done == k {
                     b.fsync_submitted = true;
                     ring.push_safe(wal.fsync_sqe(slot))
@@ -383,15 +437,7 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
                     continue;
                 }
             } else {
-                c.result()
-                    .map_err(|e| format!("{}: fdatasync failed: {e}", variant.name()))?;
-                if !b.fsync_submitted {
-                    return Err("fsync completion before its submission".into());
-                }
-                b.fsync_done = true;
-                if b.writes_done < k {
-                    b.violated = true;
-                }
+                b.record_fsync(variant, c.result(), k)?;
                 if variant == Variant::Drain {
                     fsynced_through = Some(b.seq);
                 }
@@ -399,13 +445,7 @@ fn run_wal(variant: Variant, round: u32, cfg: &Config) -> Result<Outcome, String
             if b.fsync_done && b.writes_done == k {
                 let b = *b;
                 if b.violated {
-                    if variant.ordered() {
-                        return Err(format!(
-                            "{}: the fsync of batch {} completed before one of its writes",
-                            variant.name(),
-                            b.seq
-                        ));
-                    }
+                    b.tolerate_violation(variant)?;
                     violations += 1;
                 }
                 let started = b.started.ok_or("batch without a start time")?;

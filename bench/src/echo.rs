@@ -309,6 +309,47 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     Ok(out)
 }
 
+/// What every connection of a load thread sends and how its echoes are counted; fixed for
+/// the whole run.
+struct Plan<'a> {
+    pat: &'a [u8],
+    /// Message size in bytes.
+    size: u64,
+    /// Closed loop: each echoed message is replaced at once (no `--rate`).
+    closed_loop: bool,
+    /// Messages echoed in `warm_end..end` are counted and timed.
+    warm_end: Instant,
+    end: Instant,
+}
+
+/// Readiness a load connection is watched for: edge-triggered, so each event is read (or
+/// written) until EAGAIN.
+const WATCH: epoll::EventFlags = epoll::EventFlags::IN
+    .union(epoll::EventFlags::OUT)
+    .union(epoll::EventFlags::ET)
+    .union(epoll::EventFlags::RDHUP);
+
+impl Conn {
+    /// Issues `count` messages at once, started `now` (closed loop: the window of `--depth`).
+    fn issue_window(&mut self, count: usize, size: u64, now: Instant) {
+        for _ in 0..count {
+            self.target += size;
+            self.started.push_back(now);
+        }
+    }
+}
+
+/// An epoll instance watching every connection, its index as the event's data.
+fn watch_all(conns: &[Conn]) -> Result<OwnedFd, String> {
+    let ep =
+        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
+    for (i, c) in conns.iter().enumerate() {
+        epoll::add(&ep, &c.sock, epoll::EventData::new_u64(i as u64), WATCH)
+            .map_err(|e| format!("epoll_ctl: {e}"))?;
+    }
+    Ok(ep)
+}
+
 fn drive(
     mut conns: Vec<Conn>,
     pat: &[u8],
@@ -318,16 +359,7 @@ fn drive(
     warm_end: Instant,
     end: Instant,
 ) -> Result<ThreadResult, String> {
-    let ep =
-        epoll::create(epoll::CreateFlags::CLOEXEC).map_err(|e| format!("epoll_create: {e}"))?;
-    let flags = epoll::EventFlags::IN
-        | epoll::EventFlags::OUT
-        | epoll::EventFlags::ET
-        | epoll::EventFlags::RDHUP;
-    for (i, c) in conns.iter().enumerate() {
-        epoll::add(&ep, &c.sock, epoll::EventData::new_u64(i as u64), flags)
-            .map_err(|e| format!("epoll_ctl: {e}"))?;
-    }
+    let ep = watch_all(&conns)?;
     let mut result = ThreadResult {
         msgs: 0,
         hist: latency_histogram(),
@@ -335,19 +367,22 @@ fn drive(
         reconnects: 0,
     };
     std::thread::sleep(t_start.saturating_duration_since(Instant::now()));
-    let size = cfg.size as u64;
     let n = conns.len().max(1);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let plan = Plan {
+        pat,
+        size: cfg.size as u64,
+        closed_loop: interval.is_none(),
+        warm_end,
+        end,
+    };
     let mut scheduled = 0u64; // open loop: messages scheduled so far
 
     // Closed loop: every connection starts with `depth` messages.
-    if interval.is_none() {
+    if plan.closed_loop {
         let now = Instant::now();
         for c in conns.iter_mut() {
-            for _ in 0..cfg.depth.max(1) {
-                c.target += size;
-                c.started.push_back(now);
-            }
+            c.issue_window(cfg.depth.max(1), plan.size, now);
             if c.flush(pat).is_err() {
                 c.broken = true;
             }
@@ -381,7 +416,7 @@ fn drive(
                 if c.broken {
                     continue;
                 }
-                c.target += size;
+                c.target += plan.size;
                 c.started.push_back(due);
                 if c.flush(pat).is_err() {
                     c.broken = true;
@@ -407,96 +442,98 @@ fn drive(
             if c.broken {
                 continue;
             }
-            if ev_flags.contains(epoll::EventFlags::OUT) && c.flush(pat).is_err() {
+            if !serve_ready(c, ev_flags, &mut buf, &plan, &mut result) {
                 c.broken = true;
                 broken.push(i);
                 result.errors += 1;
-                continue;
-            }
-            // Read until EAGAIN (edge-triggered), verifying and timing completed messages.
-            loop {
-                match rustix::io::read(&c.sock, &mut buf) {
-                    Ok(0) => {
-                        c.broken = true;
-                        broken.push(i);
-                        result.errors += 1;
-                        break;
-                    }
-                    Ok(got) => {
-                        let range = c.expected(c.verified, got);
-                        if buf[..got] != pat[range] {
-                            c.broken = true;
-                            broken.push(i);
-                            result.errors += 1;
-                            break;
-                        }
-                        let before = c.verified / size;
-                        c.verified += got as u64;
-                        let done = c.verified / size - before;
-                        let now = Instant::now();
-                        for _ in 0..done {
-                            let Some(t0) = c.started.pop_front() else {
-                                break;
-                            };
-                            if now >= warm_end && now < end {
-                                result.msgs += 1;
-                                let _ = result
-                                    .hist
-                                    .record(now.duration_since(t0).as_nanos().max(1) as u64);
-                            }
-                            // Closed loop: replace it, until the end.
-                            if interval.is_none() && now < end {
-                                c.target += size;
-                                c.started.push_back(now);
-                            }
-                        }
-                        if interval.is_none() && c.flush(pat).is_err() {
-                            c.broken = true;
-                            broken.push(i);
-                            result.errors += 1;
-                            break;
-                        }
-                    }
-                    Err(Errno::AGAIN) => break,
-                    Err(Errno::INTR) => continue,
-                    Err(_) => {
-                        c.broken = true;
-                        broken.push(i);
-                        result.errors += 1;
-                        break;
-                    }
-                }
             }
         }
         // Connections that broke are re-established while the run is still issuing.
         for i in broken.drain(..) {
-            if !issuing || !conns[i].broken {
-                continue;
-            }
-            let _ = epoll::delete(&ep, &conns[i].sock);
-            let Ok(c) = connect(cfg.addr, i, i + 1) else {
-                continue;
-            };
-            conns[i] = c;
-            result.reconnects += 1;
-            epoll::add(
-                &ep,
-                &conns[i].sock,
-                epoll::EventData::new_u64(i as u64),
-                flags,
-            )
-            .map_err(|e| format!("epoll_ctl: {e}"))?;
-            if interval.is_none() {
-                let now = Instant::now();
-                for _ in 0..cfg.depth.max(1) {
-                    conns[i].target += size;
-                    conns[i].started.push_back(now);
-                }
-                let _ = conns[i].flush(pat);
+            if issuing && conns[i].broken && reconnect(&ep, &mut conns[i], i, cfg, &plan)? {
+                result.reconnects += 1;
             }
         }
     }
     Ok(result)
+}
+
+/// Handles one readiness event of a healthy connection: writes what it owes if writable,
+/// then reads until EAGAIN, verifying the echo and timing each completed message (and in a
+/// closed loop replacing it). False when the connection broke: EOF, a wrong byte, an error.
+#[inline]
+fn serve_ready(
+    c: &mut Conn,
+    ev_flags: epoll::EventFlags,
+    buf: &mut [u8],
+    plan: &Plan<'_>,
+    result: &mut ThreadResult,
+) -> bool {
+    if ev_flags.contains(epoll::EventFlags::OUT) && c.flush(plan.pat).is_err() {
+        return false;
+    }
+    let size = plan.size;
+    loop {
+        match rustix::io::read(&c.sock, &mut *buf) {
+            Ok(0) => return false,
+            Ok(got) => {
+                let range = c.expected(c.verified, got);
+                if buf[..got] != plan.pat[range] {
+                    return false;
+                }
+                let before = c.verified / size;
+                c.verified += got as u64;
+                let done = c.verified / size - before;
+                let now = Instant::now();
+                for _ in 0..done {
+                    let Some(t0) = c.started.pop_front() else {
+                        break;
+                    };
+                    if now >= plan.warm_end && now < plan.end {
+                        result.msgs += 1;
+                        let _ = result
+                            .hist
+                            .record(now.duration_since(t0).as_nanos().max(1) as u64);
+                    }
+                    // Closed loop: replace it, until the end.
+                    if plan.closed_loop && now < plan.end {
+                        c.target += size;
+                        c.started.push_back(now);
+                    }
+                }
+                if plan.closed_loop && c.flush(plan.pat).is_err() {
+                    return false;
+                }
+            }
+            Err(Errno::AGAIN) => return true,
+            Err(Errno::INTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Replaces broken connection `i` (in `slot`) with a new one watched by `ep`, and in a
+/// closed loop issues its window. False when the connect failed: the connection stays
+/// broken for the rest of the run.
+fn reconnect(
+    ep: &OwnedFd,
+    slot: &mut Conn,
+    i: usize,
+    cfg: &Config,
+    plan: &Plan<'_>,
+) -> Result<bool, String> {
+    let _ = epoll::delete(ep, &slot.sock);
+    let Ok(c) = connect(cfg.addr, i, i + 1) else {
+        return Ok(false);
+    };
+    *slot = c;
+    epoll::add(ep, &slot.sock, epoll::EventData::new_u64(i as u64), WATCH)
+        .map_err(|e| format!("epoll_ctl: {e}"))?;
+    if plan.closed_loop {
+        slot.issue_window(cfg.depth.max(1), plan.size, Instant::now());
+        let _ = slot.flush(plan.pat);
+    }
+    Ok(true)
 }
 
 /// `ringwork-bench echo`'s options.

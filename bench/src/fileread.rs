@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
-use ringwork_sys::{FixedBuffers, RingParams, SqeFlags, Target};
+use ringwork_sys::{FixedBuffers, Ring, RingParams, SqeFlags, Target};
 
 use crate::stats::{
     latency_histogram, machine_line, median_index, self_cpu, spread_cell, thousands, Latency,
@@ -344,43 +344,46 @@ fn open(cfg: &Config, direct: bool) -> std::io::Result<File> {
     o.open(&cfg.path)
 }
 
-fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
-    let mut note = String::new();
-    let (file, direct) = if engine == Engine::UringDirect {
-        match open(cfg, true) {
-            Ok(f) => {
-                let st = rustix::fs::statx(
-                    &f,
-                    "",
-                    rustix::fs::AtFlags::EMPTY_PATH,
-                    rustix::fs::StatxFlags::DIOALIGN,
-                )
-                .map_err(|e| format!("statx: {e}"))?;
-                let align = st.stx_dio_offset_align.max(st.stx_dio_mem_align);
-                if align == 0 {
-                    note = "filesystem reports no O_DIRECT support; buffered instead".into();
-                    (open(cfg, false).map_err(|e| e.to_string())?, false)
-                } else if cfg.bs % align != 0 {
-                    return Err(format!(
-                        "--bs {} is not a multiple of the O_DIRECT alignment {align}",
-                        cfg.bs
-                    ));
-                } else {
-                    (f, true)
-                }
-            }
-            Err(e) => {
-                note = format!("O_DIRECT refused ({e}); buffered instead");
-                (open(cfg, false).map_err(|e| e.to_string())?, false)
+/// Opens the file for an io_uring engine: with O_DIRECT for `UringDirect` where the
+/// filesystem allows it, buffered otherwise. The note says why a direct run fell back.
+fn open_for_uring(engine: Engine, cfg: &Config) -> Result<(File, String), String> {
+    if engine != Engine::UringDirect {
+        let file = open(cfg, false).map_err(|e| format!("open {}: {e}", cfg.path.display()))?;
+        return Ok((file, String::new()));
+    }
+    match open(cfg, true) {
+        Ok(f) => {
+            let st = rustix::fs::statx(
+                &f,
+                "",
+                rustix::fs::AtFlags::EMPTY_PATH,
+                rustix::fs::StatxFlags::DIOALIGN,
+            )
+            .map_err(|e| format!("statx: {e}"))?;
+            let align = st.stx_dio_offset_align.max(st.stx_dio_mem_align);
+            if align == 0 {
+                let note = "filesystem reports no O_DIRECT support; buffered instead".into();
+                Ok((open(cfg, false).map_err(|e| e.to_string())?, note))
+            } else if cfg.bs % align != 0 {
+                Err(format!(
+                    "--bs {} is not a multiple of the O_DIRECT alignment {align}",
+                    cfg.bs
+                ))
+            } else {
+                Ok((f, String::new()))
             }
         }
-    } else {
-        (
-            open(cfg, false).map_err(|e| format!("open {}: {e}", cfg.path.display()))?,
-            false,
-        )
-    };
-    let _ = direct;
+        Err(e) => {
+            let note = format!("O_DIRECT refused ({e}); buffered instead");
+            Ok((open(cfg, false).map_err(|e| e.to_string())?, note))
+        }
+    }
+}
+
+/// A ring of `cfg.qd` entries with a pool of `cfg.qd` page-aligned `cfg.bs`-byte buffers,
+/// and the target its reads name: for `Uring` the plain fd and unregistered buffers, for the
+/// others a registered file and registered buffers.
+fn uring_for(engine: Engine, cfg: &Config, file: &File) -> Result<(Ring, Target), String> {
     let fixed = engine != Engine::Uring;
     let qd = cfg.qd.max(1);
     let mut ring = RingParams::new(qd.next_power_of_two())
@@ -399,6 +402,13 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
         ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
         Target::Fd(file.as_raw_fd())
     };
+    Ok((ring, target))
+}
+
+fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
+    let (file, note) = open_for_uring(engine, cfg)?;
+    let qd = cfg.qd.max(1);
+    let (mut ring, target) = uring_for(engine, cfg, &file)?;
 
     let mut offsets = Offsets::new(cfg.seed, cfg.size, cfg.bs);
     let mut hist = latency_histogram();
@@ -411,7 +421,7 @@ fn run_uring(engine: Engine, cfg: &Config) -> Result<Outcome, String> {
     let mut issued = 0u64;
     // Issues a read for slot `slot` into a leased buffer (the lease travels with the read and
     // comes back with its CQE), recording its start time.
-    let mut issue = |ring: &mut ringwork_sys::Ring,
+    let mut issue = |ring: &mut Ring,
                      started: &mut [Instant],
                      offset: u64,
                      slot: usize|

@@ -746,18 +746,9 @@ impl EchoConn {
                 },
             ) if self.recv_armed => {
                 self.recv_event(more);
-                self.bytes_received += u64::from(len);
-                if len == 0 {
-                    // Nothing to echo (a driver reports EOF as RecvEof).
-                    self.push(Op::Recycle(buf));
-                } else if !queues.push_back(&mut self.queue, Chunk { buf, offset, len }) {
-                    // Only with a table smaller than the ring can deliver: fail closed
-                    // rather than drop bytes.
-                    self.push(Op::Recycle(buf));
-                    self.fail(queues, CloseReason::QueueOverflow);
-                }
                 // Queued also while a backpressure or shutdown cancel is in flight: the bytes
                 // left the socket, so they are echoed.
+                self.queue_received(queues, Chunk { buf, offset, len });
             }
             // After a fatal error nothing more is echoed.
             (Closing, Event::Recv { buf, len, more, .. }) if self.recv_armed => {
@@ -776,65 +767,11 @@ impl EchoConn {
             }
 
             (Open | Draining | Closing, Event::RecvErr { errno, more }) if self.recv_armed => {
-                let cancelled_by_us = self.recv_cancel_pending;
-                self.recv_event(more);
-                match errno {
-                    // The ring ran dry (not fatal). If the recv ended, wait for buffers; only
-                    // an open connection wants to receive again.
-                    RawErrno::NOBUFS => {
-                        if !more && !self.waiting_for_buffers {
-                            self.waiting_for_buffers = true;
-                            if self.state == Open {
-                                self.push(Op::AwaitBuffers);
-                            }
-                        }
-                    }
-                    // Retryable; re-armed below if the recv ended.
-                    RawErrno::AGAIN | RawErrno::INTR => {}
-                    // Our own cancel (backpressure, shutdown, close or abort).
-                    RawErrno::CANCELED if cancelled_by_us => {}
-                    // Already closing: one error is enough.
-                    _ if self.state == Closing => {}
-                    other => self.fail(queues, CloseReason::RecvError(other)),
-                }
+                self.recv_failed(queues, errno, more);
             }
 
             (Open | Draining | Closing, Event::SendDone { res }) if self.send_in_flight => {
-                let Some(head) = queues.front(&self.queue) else {
-                    unreachable!("a send in flight names the queue's head (reconcile)")
-                };
-                match res {
-                    Ok(n) if n > head.len => {
-                        return Err(ConnError::SendOverrun {
-                            sent: n,
-                            len: head.len,
-                        })
-                    }
-                    Ok(n) => {
-                        self.send_in_flight = false;
-                        self.bytes_sent += u64::from(n);
-                        if self.state == Closing || n == head.len {
-                            // Sent, or (closing) the kernel is done with the buffer and the
-                            // rest is dropped.
-                            queues.pop_front(&mut self.queue);
-                            self.push(Op::Recycle(head.buf));
-                        } else if let Some(rest) = queues.front_mut(&self.queue) {
-                            // Short send (resubmit exactly the rest): the reconcile step does.
-                            rest.offset += n;
-                            rest.len -= n;
-                        }
-                    }
-                    Err(e) => {
-                        self.send_in_flight = false;
-                        if self.state == Closing {
-                            queues.pop_front(&mut self.queue);
-                            self.push(Op::Recycle(head.buf));
-                        } else if !matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
-                            self.fail(queues, CloseReason::SendError(e));
-                        }
-                        // EAGAIN / EINTR: nothing was written; resubmitted below.
-                    }
-                }
+                self.send_done(queues, res)?;
             }
 
             (Open | Draining | Closing, Event::CancelDone) if self.cancels_in_flight > 0 => {
@@ -867,6 +804,94 @@ impl EchoConn {
             }
         }
         self.reconcile(queues);
+        Ok(())
+    }
+
+    /// An armed recv delivered `chunk` to an open or draining connection: queue it for
+    /// echoing.
+    fn queue_received(&mut self, queues: &mut ChunkQueues, chunk: Chunk) {
+        self.bytes_received += u64::from(chunk.len);
+        if chunk.len == 0 {
+            // Nothing to echo (a driver reports EOF as RecvEof).
+            self.push(Op::Recycle(chunk.buf));
+        } else if !queues.push_back(&mut self.queue, chunk) {
+            // Only with a table smaller than the ring can deliver: fail closed rather than
+            // drop bytes.
+            self.push(Op::Recycle(chunk.buf));
+            self.fail(queues, CloseReason::QueueOverflow);
+        }
+    }
+
+    /// The armed recv reported `errno`: wait for buffers, retry, or fail, by errno.
+    fn recv_failed(&mut self, queues: &mut ChunkQueues, errno: RawErrno, more: bool) {
+        // Read before `recv_event` clears it: was this errno our own cancel's?
+        let cancelled_by_us = self.recv_cancel_pending;
+        self.recv_event(more);
+        match errno {
+            // The ring ran dry (not fatal). If the recv ended, wait for buffers; only an open
+            // connection wants to receive again.
+            RawErrno::NOBUFS => {
+                if !more && !self.waiting_for_buffers {
+                    self.waiting_for_buffers = true;
+                    if self.state == State::Open {
+                        self.push(Op::AwaitBuffers);
+                    }
+                }
+            }
+            // Retryable; re-armed by the reconcile step if the recv ended.
+            RawErrno::AGAIN | RawErrno::INTR => {}
+            // Our own cancel (backpressure, shutdown, close or abort).
+            RawErrno::CANCELED if cancelled_by_us => {}
+            // Already closing: one error is enough.
+            _ if self.state == State::Closing => {}
+            other => self.fail(queues, CloseReason::RecvError(other)),
+        }
+    }
+
+    /// The one send in flight (of the queue's head) completed with `res`: recycle the head
+    /// when it is done with, shorten it after a short send, or fail. Called only while
+    /// `send_in_flight`.
+    fn send_done(
+        &mut self,
+        queues: &mut ChunkQueues,
+        res: Result<u32, RawErrno>,
+    ) -> Result<(), ConnError> {
+        let Some(head) = queues.front(&self.queue) else {
+            // Guard: `send_in_flight` (checked by the caller's arm).
+            unreachable!("a send in flight names the queue's head (reconcile)")
+        };
+        match res {
+            Ok(n) if n > head.len => {
+                return Err(ConnError::SendOverrun {
+                    sent: n,
+                    len: head.len,
+                })
+            }
+            Ok(n) => {
+                self.send_in_flight = false;
+                self.bytes_sent += u64::from(n);
+                if self.state == State::Closing || n == head.len {
+                    // Sent, or (closing) the kernel is done with the buffer and the rest is
+                    // dropped.
+                    queues.pop_front(&mut self.queue);
+                    self.push(Op::Recycle(head.buf));
+                } else if let Some(rest) = queues.front_mut(&self.queue) {
+                    // Short send (resubmit exactly the rest): the reconcile step does.
+                    rest.offset += n;
+                    rest.len -= n;
+                }
+            }
+            Err(e) => {
+                self.send_in_flight = false;
+                if self.state == State::Closing {
+                    queues.pop_front(&mut self.queue);
+                    self.push(Op::Recycle(head.buf));
+                } else if !matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
+                    self.fail(queues, CloseReason::SendError(e));
+                }
+                // EAGAIN / EINTR: nothing was written; the reconcile step resubmits.
+            }
+        }
         Ok(())
     }
 

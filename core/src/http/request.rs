@@ -241,84 +241,23 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
         _ => Method::Other,
     };
 
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
-    let mut hosts = 0u32;
-    let mut conn_close = false;
-    let mut conn_keep_alive = false;
-    let mut range: Option<&[u8]> = None;
-    let mut ranges = 0u32;
-    let mut if_modified_since: Option<&[u8]> = None;
-    let mut if_none_match: Option<&[u8]> = None;
-    let mut if_range: Option<&[u8]> = None;
-    let mut accept_encoding: Option<&[u8]> = None;
-    let mut referer: Option<&[u8]> = None;
-    let mut user_agent: Option<&[u8]> = None;
-    for h in req.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            if content_length.is_some() {
-                // Even identical repeats are refused: RFC 9112 §6.3 allows collapsing them,
-                // but a front proxy that picked the other copy is how smuggling starts.
-                return Err(HttpError::BadContentLength);
-            }
-            content_length = Some(parse_decimal(h.value).ok_or(HttpError::BadContentLength)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in h.value.split(|b| *b == b',') {
-                let token = trim_ows(token);
-                if token.eq_ignore_ascii_case(b"close") {
-                    conn_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    conn_keep_alive = true;
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"range") {
-            ranges += 1;
-            range = Some(trim_ows(h.value));
-        } else if name.eq_ignore_ascii_case(b"if-modified-since") && if_modified_since.is_none() {
-            if_modified_since = Some(trim_ows(h.value));
-        } else if name.eq_ignore_ascii_case(b"if-none-match") {
-            if_none_match = Some(if if_none_match.is_some() {
-                b""
-            } else {
-                trim_ows(h.value)
-            });
-        } else if name.eq_ignore_ascii_case(b"if-range") {
-            if_range = Some(if if_range.is_some() {
-                b""
-            } else {
-                trim_ows(h.value)
-            });
-        } else if name.eq_ignore_ascii_case(b"referer") {
-            referer = referer.or(Some(trim_ows(h.value)));
-        } else if name.eq_ignore_ascii_case(b"user-agent") {
-            user_agent = user_agent.or(Some(trim_ows(h.value)));
-        } else if name.eq_ignore_ascii_case(b"accept-encoding") {
-            accept_encoding = Some(if accept_encoding.is_some() {
-                b""
-            } else {
-                trim_ows(h.value)
-            });
-        }
-    }
-    if transfer_encoding && content_length.is_some() {
+    let fields = HeaderFields::scan(req.headers)?;
+    if fields.transfer_encoding && fields.content_length.is_some() {
         return Err(HttpError::ContentLengthWithTransferEncoding);
     }
-    if version_minor == 1 && hosts != 1 {
+    if version_minor == 1 && fields.hosts != 1 {
         return Err(HttpError::BadHost);
     }
-    if ranges > 1 {
-        range = None;
-    }
-    let keep_alive = match version_minor {
-        1 => !conn_close,
-        _ => conn_keep_alive && !conn_close,
+    let range = if fields.ranges > 1 {
+        None
+    } else {
+        fields.range
     };
-    let has_body = transfer_encoding || content_length.is_some_and(|n| n > 0);
+    let keep_alive = match version_minor {
+        1 => !fields.conn_close,
+        _ => fields.conn_keep_alive && !fields.conn_close,
+    };
+    let has_body = fields.transfer_encoding || fields.content_length.is_some_and(|n| n > 0);
     Ok(Parsed::Complete {
         request: Request {
             method,
@@ -327,16 +266,101 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, H
             version_minor,
             keep_alive,
             range,
-            if_modified_since,
-            if_none_match,
-            if_range,
-            accept_encoding,
-            referer,
-            user_agent,
+            if_modified_since: fields.if_modified_since,
+            if_none_match: fields.if_none_match,
+            if_range: fields.if_range,
+            accept_encoding: fields.accept_encoding,
+            referer: fields.referer,
+            user_agent: fields.user_agent,
             has_body,
         },
         head_len,
     })
+}
+
+/// What [`parse_request`] takes from the header lines, before the checks that depend on the
+/// version. Values are trimmed of optional whitespace; a repeated `If-None-Match`, `If-Range`
+/// or `Accept-Encoding` becomes `Some(b"")` (see [`Request`]'s fields for why), and only the
+/// first `If-Modified-Since`, `Referer` and `User-Agent` count.
+#[derive(Default)]
+struct HeaderFields<'a> {
+    content_length: Option<u64>,
+    transfer_encoding: bool,
+    /// `Host` lines seen: HTTP/1.1 requires exactly one.
+    hosts: u32,
+    conn_close: bool,
+    conn_keep_alive: bool,
+    /// The last `Range`; ignored when `ranges` is over 1.
+    range: Option<&'a [u8]>,
+    ranges: u32,
+    if_modified_since: Option<&'a [u8]>,
+    if_none_match: Option<&'a [u8]>,
+    if_range: Option<&'a [u8]>,
+    accept_encoding: Option<&'a [u8]>,
+    referer: Option<&'a [u8]>,
+    user_agent: Option<&'a [u8]>,
+}
+
+impl<'a> HeaderFields<'a> {
+    /// Reads every header line; fails only on a bad or repeated `Content-Length`.
+    fn scan(headers: &[httparse::Header<'a>]) -> Result<Self, HttpError> {
+        let mut f = Self::default();
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                if f.content_length.is_some() {
+                    // Even identical repeats are refused: RFC 9112 §6.3 allows collapsing
+                    // them, but a front proxy that picked the other copy is how smuggling
+                    // starts.
+                    return Err(HttpError::BadContentLength);
+                }
+                f.content_length = Some(parse_decimal(h.value).ok_or(HttpError::BadContentLength)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                f.transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case(b"host") {
+                f.hosts += 1;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                for token in h.value.split(|b| *b == b',') {
+                    let token = trim_ows(token);
+                    if token.eq_ignore_ascii_case(b"close") {
+                        f.conn_close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        f.conn_keep_alive = true;
+                    }
+                }
+            } else if name.eq_ignore_ascii_case(b"range") {
+                f.ranges += 1;
+                f.range = Some(trim_ows(h.value));
+            } else if name.eq_ignore_ascii_case(b"if-modified-since")
+                && f.if_modified_since.is_none()
+            {
+                f.if_modified_since = Some(trim_ows(h.value));
+            } else if name.eq_ignore_ascii_case(b"if-none-match") {
+                f.if_none_match = Some(if f.if_none_match.is_some() {
+                    b""
+                } else {
+                    trim_ows(h.value)
+                });
+            } else if name.eq_ignore_ascii_case(b"if-range") {
+                f.if_range = Some(if f.if_range.is_some() {
+                    b""
+                } else {
+                    trim_ows(h.value)
+                });
+            } else if name.eq_ignore_ascii_case(b"referer") {
+                f.referer = f.referer.or(Some(trim_ows(h.value)));
+            } else if name.eq_ignore_ascii_case(b"user-agent") {
+                f.user_agent = f.user_agent.or(Some(trim_ows(h.value)));
+            } else if name.eq_ignore_ascii_case(b"accept-encoding") {
+                f.accept_encoding = Some(if f.accept_encoding.is_some() {
+                    b""
+                } else {
+                    trim_ows(h.value)
+                });
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// A decimal number with no sign, spaces or separators, at most 19 digits (fits in u64).

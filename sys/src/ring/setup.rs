@@ -3,6 +3,7 @@
 
 use core::sync::atomic::AtomicU32;
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use ringwork_core::ring::{Consumer, Producer};
@@ -201,45 +202,17 @@ impl TaskRun {
 impl Ring {
     /// Sets up a ring as `params` say.
     pub fn new(params: RingParams) -> Result<Self> {
+        let mut p = params.setup_params()?;
         let RingParams {
             sq_entries,
-            cq_entries,
             sqpoll,
             single_issuer,
             defer_taskrun,
             coop_taskrun,
             legacy,
             teardown_timeout,
+            ..
         } = params;
-        if !sq_entries.is_power_of_two() {
-            return Err(Error::InvalidConfig("sq entries must be a power of two"));
-        }
-        let cq_entries = cq_entries.unwrap_or(sq_entries * 2);
-        if cq_entries < sq_entries * 2 || !cq_entries.is_power_of_two() {
-            return Err(Error::InvalidConfig(
-                "cq entries must be a power of two at least twice the sq entries",
-            ));
-        }
-        let mut p = io_uring_params::default();
-        p.flags = IoringSetupFlags::CQSIZE;
-        p.cq_entries = cq_entries;
-        if let Some(sp) = sqpoll {
-            p.flags |= IoringSetupFlags::SQPOLL;
-            p.sq_thread_idle = sp.idle_ms;
-            if let Some(cpu) = sp.cpu {
-                p.flags |= IoringSetupFlags::SQ_AFF;
-                p.sq_thread_cpu = cpu;
-            }
-        }
-        if single_issuer {
-            p.flags |= IoringSetupFlags::SINGLE_ISSUER;
-        }
-        if defer_taskrun {
-            p.flags |= IoringSetupFlags::DEFER_TASKRUN;
-        }
-        if coop_taskrun {
-            p.flags |= IoringSetupFlags::COOP_TASKRUN;
-        }
         // SAFETY: ATTACH_WQ is never set, so wq_fd is not read.
         let fd = unsafe { io_uring_setup(sq_entries, &mut p) }.map_err(|errno| match errno {
             Errno::INVAL if defer_taskrun || single_issuer || coop_taskrun => Error::unsupported(
@@ -252,33 +225,11 @@ impl Ring {
             },
         })?;
 
-        let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
-        let cq_len =
-            p.cq_off.cqes as usize + p.cq_entries as usize * core::mem::size_of::<io_uring_cqe>();
-        let single = p.features.contains(IoringFeatureFlags::SINGLE_MMAP);
-        let (sq_map, cq_map) = if single {
-            let len = sq_len.max(cq_len);
-            (
-                Mmap::ring_region(&fd, len, IORING_OFF_SQ_RING, "mmap rings")?,
-                None,
-            )
-        } else {
-            (
-                Mmap::ring_region(&fd, sq_len, IORING_OFF_SQ_RING, "mmap SQ ring")?,
-                Some(Mmap::ring_region(
-                    &fd,
-                    cq_len,
-                    IORING_OFF_CQ_RING,
-                    "mmap CQ ring",
-                )?),
-            )
-        };
-        let sqe_map = Mmap::ring_region(
-            &fd,
-            p.sq_entries as usize * core::mem::size_of::<io_uring_sqe>(),
-            IORING_OFF_SQES,
-            "mmap SQE array",
-        )?;
+        let RingMaps {
+            sq: sq_map,
+            cq: cq_map,
+            sqes: sqe_map,
+        } = RingMaps::new(&fd, &p)?;
         let cq_region = cq_map.as_ref().unwrap_or(&sq_map);
 
         // SAFETY (for every `&*` below): the offsets come from the kernel for these mappings,
@@ -337,17 +288,102 @@ impl Ring {
             _sq_map: sq_map,
             fd,
         };
-        // The cancel flags have no feature bit. They came in 5.19 together with
-        // IORING_OP_SOCKET, and CANCEL_FD_FIXED in 6.0 together with IORING_OP_SEND_ZC: the
-        // opcodes vouch. Without a probe (before 5.6) there is neither.
-        if let Ok(probe) = ring.probe() {
+        ring.detect_cancel_flags(legacy);
+        Ok(ring)
+    }
+
+    /// Sets `cancel_fd` and `cancel_fd_fixed` from the probe. The cancel flags have no
+    /// feature bit. They came in 5.19 together with IORING_OP_SOCKET, and CANCEL_FD_FIXED in
+    /// 6.0 together with IORING_OP_SEND_ZC: the opcodes vouch. Without a probe (before 5.6)
+    /// there is neither.
+    fn detect_cancel_flags(&mut self, legacy: LegacyFeatures) {
+        if let Ok(probe) = self.probe() {
             let (fd, fixed) = (
                 probe.supports(IoringOp::Socket),
                 probe.supports(IoringOp::SendZc),
             );
-            ring.cancel_fd = fd && !legacy.no_cancel_fd;
-            ring.cancel_fd_fixed = ring.cancel_fd && fixed;
+            self.cancel_fd = fd && !legacy.no_cancel_fd;
+            self.cancel_fd_fixed = self.cancel_fd && fixed;
         }
-        Ok(ring)
+    }
+}
+
+impl RingParams {
+    /// Checks the sizes and turns the settings into io_uring_setup's parameters.
+    fn setup_params(&self) -> Result<io_uring_params> {
+        let sq_entries = self.sq_entries;
+        if !sq_entries.is_power_of_two() {
+            return Err(Error::InvalidConfig("sq entries must be a power of two"));
+        }
+        let cq_entries = self.cq_entries.unwrap_or(sq_entries * 2);
+        if cq_entries < sq_entries * 2 || !cq_entries.is_power_of_two() {
+            return Err(Error::InvalidConfig(
+                "cq entries must be a power of two at least twice the sq entries",
+            ));
+        }
+        let mut p = io_uring_params::default();
+        p.flags = IoringSetupFlags::CQSIZE;
+        p.cq_entries = cq_entries;
+        if let Some(sp) = self.sqpoll {
+            p.flags |= IoringSetupFlags::SQPOLL;
+            p.sq_thread_idle = sp.idle_ms;
+            if let Some(cpu) = sp.cpu {
+                p.flags |= IoringSetupFlags::SQ_AFF;
+                p.sq_thread_cpu = cpu;
+            }
+        }
+        if self.single_issuer {
+            p.flags |= IoringSetupFlags::SINGLE_ISSUER;
+        }
+        if self.defer_taskrun {
+            p.flags |= IoringSetupFlags::DEFER_TASKRUN;
+        }
+        if self.coop_taskrun {
+            p.flags |= IoringSetupFlags::COOP_TASKRUN;
+        }
+        Ok(p)
+    }
+}
+
+/// The three regions a ring's fd offers for mmap. With IORING_FEAT_SINGLE_MMAP (Linux 5.4)
+/// the SQ and CQ rings share one mapping and `cq` is `None`.
+struct RingMaps {
+    sq: Mmap,
+    cq: Option<Mmap>,
+    sqes: Mmap,
+}
+
+impl RingMaps {
+    /// Maps the regions of the ring `fd`, sized from the offsets and entry counts the kernel
+    /// filled into `p`.
+    fn new(fd: &OwnedFd, p: &io_uring_params) -> Result<Self> {
+        let sq_len = p.sq_off.array as usize + p.sq_entries as usize * 4;
+        let cq_len =
+            p.cq_off.cqes as usize + p.cq_entries as usize * core::mem::size_of::<io_uring_cqe>();
+        let single = p.features.contains(IoringFeatureFlags::SINGLE_MMAP);
+        let (sq, cq) = if single {
+            let len = sq_len.max(cq_len);
+            (
+                Mmap::ring_region(fd, len, IORING_OFF_SQ_RING, "mmap rings")?,
+                None,
+            )
+        } else {
+            (
+                Mmap::ring_region(fd, sq_len, IORING_OFF_SQ_RING, "mmap SQ ring")?,
+                Some(Mmap::ring_region(
+                    fd,
+                    cq_len,
+                    IORING_OFF_CQ_RING,
+                    "mmap CQ ring",
+                )?),
+            )
+        };
+        let sqes = Mmap::ring_region(
+            fd,
+            p.sq_entries as usize * core::mem::size_of::<io_uring_sqe>(),
+            IORING_OFF_SQES,
+            "mmap SQE array",
+        )?;
+        Ok(Self { sq, cq, sqes })
     }
 }
