@@ -709,6 +709,64 @@ impl HttpConn {
         }
     }
 
+    /// The path names a regular file: open it, and where the driver chains an open to its
+    /// first read, plan the response now and queue that read behind the open.
+    fn open_regular(&mut self, now: Time, info: FileInfo) {
+        let direct = self.cfg.direct
+            && info
+                .dio
+                .is_some_and(|a| self.cfg.chunk % a.unit() == 0 && a.unit() <= 65536);
+        if self.cfg.link_open_read && !direct {
+            // Everything the response needs is known now: plan it, and let the
+            // first read follow the open in one chain (no round trip between them).
+            // O_DIRECT opens are not chained: their EINVAL retry would re-plan.
+            if !self.plan_response(now, info, false) {
+                return self.close();
+            }
+            self.phase = Phase::Open {
+                info,
+                direct,
+                planned: true,
+            };
+            let r = usize::from(self.read_ix);
+            // Only into a free buffer: one whose SEND_ZC notifications are still out
+            // is read into later, by pump, once they are in.
+            let next = match self.bufs[r] {
+                BufState::Free => self.read.as_mut().and_then(FileRead::next_read),
+                _ => None,
+            };
+            match next {
+                Some(req) => {
+                    self.push(Op::Open {
+                        direct,
+                        link_next: true,
+                    });
+                    self.bufs[r] = BufState::Reading;
+                    self.push(Op::Read {
+                        buf: BufIx(self.read_ix),
+                        offset: req.offset,
+                        len: req.len,
+                        buf_pos: req.buf_pos + self.head_room,
+                    });
+                }
+                None => self.push(Op::Open {
+                    direct,
+                    link_next: false,
+                }),
+            }
+        } else {
+            self.phase = Phase::Open {
+                info,
+                direct,
+                planned: false,
+            };
+            self.push(Op::Open {
+                direct,
+                link_next: false,
+            });
+        }
+    }
+
     /// The stat of [`HttpConn::path`] completed.
     pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
         self.completed();
@@ -739,61 +797,7 @@ impl HttpConn {
             }
         }
         match res {
-            Ok(info) if info.kind == FileKind::Regular => {
-                let direct = self.cfg.direct
-                    && info
-                        .dio
-                        .is_some_and(|a| self.cfg.chunk % a.unit() == 0 && a.unit() <= 65536);
-                if self.cfg.link_open_read && !direct {
-                    // Everything the response needs is known now: plan it, and let the
-                    // first read follow the open in one chain (no round trip between them).
-                    // O_DIRECT opens are not chained: their EINVAL retry would re-plan.
-                    if !self.plan_response(now, info, false) {
-                        return self.close();
-                    }
-                    self.phase = Phase::Open {
-                        info,
-                        direct,
-                        planned: true,
-                    };
-                    let r = usize::from(self.read_ix);
-                    // Only into a free buffer: one whose SEND_ZC notifications are still out
-                    // is read into later, by pump, once they are in.
-                    let next = match self.bufs[r] {
-                        BufState::Free => self.read.as_mut().and_then(FileRead::next_read),
-                        _ => None,
-                    };
-                    match next {
-                        Some(req) => {
-                            self.push(Op::Open {
-                                direct,
-                                link_next: true,
-                            });
-                            self.bufs[r] = BufState::Reading;
-                            self.push(Op::Read {
-                                buf: BufIx(self.read_ix),
-                                offset: req.offset,
-                                len: req.len,
-                                buf_pos: req.buf_pos + self.head_room,
-                            });
-                        }
-                        None => self.push(Op::Open {
-                            direct,
-                            link_next: false,
-                        }),
-                    }
-                } else {
-                    self.phase = Phase::Open {
-                        info,
-                        direct,
-                        planned: false,
-                    };
-                    self.push(Op::Open {
-                        direct,
-                        link_next: false,
-                    });
-                }
-            }
+            Ok(info) if info.kind == FileKind::Regular => self.open_regular(now, info),
             Ok(info)
                 if info.kind == FileKind::Directory
                     && !index

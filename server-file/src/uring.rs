@@ -272,33 +272,9 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     let want = uc.features;
     let (acceptors, links) = acceptors_and_links(&mut ring, shared, listeners)?;
     let fixed_files = want.fixed_files;
-    // On 6.0 and 6.1 the flag would fail every send with EINVAL: send without it there.
-    let zc_report_usage = shared.cfg.zerocopy
-        && ring
-            .send_zc_reports_usage()
-            .map_err(|e| format!("probing IORING_SEND_ZC_REPORT_USAGE: {e}"))?;
-    if shared.cfg.zerocopy && !zc_report_usage {
-        println!(
-            "--zerocopy: {}: zc_copied will stay 0",
-            unsupported("IORING_SEND_ZC_REPORT_USAGE", "6.2")
-        );
-    }
-    // Opening straight into a file slot is Linux 5.15, sparse tables 5.19: a refused
-    // registration says which.
-    // Connection N's file in slot N; the open-file cache's entries after them.
+    let zc_report_usage = shared.cfg.zerocopy && zc_reports_usage(&mut ring)?;
     let cache_entries = shared.cache.entries;
-    let fixed_files = fixed_files
-        && match ring.register_files_sparse(slots + cache_entries) {
-            Ok(()) => true,
-            Err(e) => {
-                println!(
-                    "registering a file table of {} slots failed ({e}): \
-                     opening into plain descriptors",
-                    slots + cache_entries
-                );
-                false
-            }
-        };
+    let fixed_files = fixed_files && file_table(&mut ring, slots + cache_entries);
     let fixed = chunk_buffers(&mut ring, shared)?;
     let head_ring = want.pbuf_ring && head_ring(&mut ring);
     // Opens, stats and cold reads that block run on io-wq threads: capped, so that a burst
@@ -310,22 +286,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     }
     // A chain is two SQEs: a one-entry SQ cannot hold one.
     let links = links && fixed_files && ring.sq_entries() >= 2;
-    // Sends from a mapping of the cached file: the mmap needs a descriptor, which a
-    // registered slot gives through IORING_OP_FIXED_FD_INSTALL (Linux 6.8).
-    let mut file_send = shared.cfg.file_send && cache_entries > 0;
-    if file_send
-        && fixed_files
-        && !ring
-            .probe()
-            .map_err(|e| e.to_string())?
-            .supports(IoringOp::FixedFdInstall)
-    {
-        println!(
-            "{}: file bodies go through chunk buffers",
-            unsupported("IORING_OP_FIXED_FD_INSTALL", "6.8")
-        );
-        file_send = false;
-    }
+    let file_send =
+        shared.cfg.file_send && cache_entries > 0 && (!fixed_files || can_install_fds(&mut ring)?);
     let http_cfg = ringwork_core::httpconn::Config {
         link_open_read: links,
         file_send,
@@ -385,18 +347,53 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     d.report_accept();
     d.arm_stop()?;
     let result = d.run_loop();
-    if let (Some(log), Some(sink)) = (&mut d.log, &shared.access_log) {
-        // Lines formatted after the last write was submitted (none, normally: the loop
-        // ends only once the last write's CQE is in).
-        log.batch.write_now(sink);
-    }
-    let rs = d.ring.stats();
-    let st = &shared.stats;
-    crate::Stats::add(&st.enters, rs.enters);
-    crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
-    crate::Stats::add(&st.busy_retries, rs.busy_retries);
-    st.add_cache(d.cache.stats());
+    d.finish();
     result
+}
+
+/// Sends from a mapping of a cached file need a descriptor for the mmap, which a registered
+/// slot gives through IORING_OP_FIXED_FD_INSTALL (Linux 6.8); without it, bodies go through
+/// chunk buffers.
+fn can_install_fds(ring: &mut Ring) -> Result<bool, String> {
+    let can = ring
+        .probe()
+        .map_err(|e| e.to_string())?
+        .supports(IoringOp::FixedFdInstall);
+    if !can {
+        println!(
+            "{}: file bodies go through chunk buffers",
+            unsupported("IORING_OP_FIXED_FD_INSTALL", "6.8")
+        );
+    }
+    Ok(can)
+}
+
+/// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): on 6.0 and 6.1 the flag would fail
+/// every send with EINVAL, so sends go without it there.
+fn zc_reports_usage(ring: &mut Ring) -> Result<bool, String> {
+    let reports = ring
+        .send_zc_reports_usage()
+        .map_err(|e| format!("probing IORING_SEND_ZC_REPORT_USAGE: {e}"))?;
+    if !reports {
+        println!(
+            "--zerocopy: {}: zc_copied will stay 0",
+            unsupported("IORING_SEND_ZC_REPORT_USAGE", "6.2")
+        );
+    }
+    Ok(reports)
+}
+
+/// Registers a sparse file table of `slots` (connection N's file in slot N, the open-file
+/// cache's entries after them); false: files are opened into plain descriptors. Opening
+/// straight into a file slot is Linux 5.15, sparse tables 5.19: a refusal says which.
+fn file_table(ring: &mut Ring, slots: u32) -> bool {
+    match ring.register_files_sparse(slots) {
+        Ok(()) => true,
+        Err(e) => {
+            println!("registering a file table of {slots} slots failed ({e}): opening into plain descriptors");
+            false
+        }
+    }
 }
 
 /// The stop notice poll's token: the worker's, not a connection's.
@@ -407,6 +404,22 @@ const STOP_TOKEN: Token = Token::new(
 );
 
 impl Driver<'_> {
+    /// After the loop: the access log's last lines, and the ring's and the cache's counters.
+    fn finish(&mut self) {
+        let shared = self.shared;
+        if let (Some(log), Some(sink)) = (&mut self.log, &shared.access_log) {
+            // Lines formatted after the last write was submitted (none, normally: the loop
+            // ends only once the last write's CQE is in).
+            log.batch.write_now(sink);
+        }
+        let rs = self.ring.stats();
+        let st = &shared.stats;
+        crate::Stats::add(&st.enters, rs.enters);
+        crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
+        crate::Stats::add(&st.busy_retries, rs.busy_retries);
+        st.add_cache(self.cache.stats());
+    }
+
     fn push(&mut self, sqe: SafeSqe) -> Result<(), String> {
         self.ring
             .push_safe(sqe)
@@ -603,6 +616,17 @@ impl Driver<'_> {
             self.cache.on_closed(EntryIx(u32::from(token.sub)));
             return Ok(());
         }
+        self.on_conn_cqe(token, &cqe, head)
+    }
+
+    /// A completion of one of connection `token`'s operations (`head`: the request-head
+    /// buffer a receive filled), back to its HttpConn with the memory it named.
+    fn on_conn_cqe(
+        &mut self,
+        token: Token,
+        cqe: &ringwork_sys::Cqe,
+        head: Option<Lease>,
+    ) -> Result<(), String> {
         let now = self.now;
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(token.sub));
@@ -693,15 +717,11 @@ impl Driver<'_> {
                 }
                 let buf = c.read_buf;
                 // A small cached file read whole: its bytes are kept, for the hits to come.
-                if let (Some(ix), (0, pos), Ok(n)) = (c.cache.entry(), c.read_at, res) {
-                    if self.cache.wants_body(ix) {
-                        let buffers = self
-                            .ring
-                            .fixed_buffers()
-                            .expect("the chunk buffers are set up before the loop");
-                        let bytes = &buffers.bytes(&lease)[pos as usize..(pos + n) as usize];
-                        self.cache.offer_body(ix, bytes);
-                    }
+                if let (Some(buffers), (0, pos), Ok(n)) =
+                    (self.ring.fixed_buffers(), c.read_at, res)
+                {
+                    let bytes = &buffers.bytes(&lease)[pos as usize..(pos + n) as usize];
+                    self.cache.read_done(&c.cache, 0, bytes);
                 }
                 c.chunks[usize::from(buf.0)] = Some(lease);
                 c.http.on_read(now, buf, res);
@@ -1069,6 +1089,155 @@ impl Driver<'_> {
         self.serve_waiting()
     }
 
+    /// A send of `range` of cache entry `ix`'s file straight from its mapping, made (or its
+    /// descriptor installed) on the way; or why not: `Err(true)`, this chunk goes by a read
+    /// and the file is tried again for the next; `Err(false)`, the rest of the body goes by
+    /// reads.
+    fn send_from_map(
+        &mut self,
+        ix: EntryIx,
+        sock: Target,
+        range: std::ops::Range<usize>,
+    ) -> Result<SafeSqe, bool> {
+        let (start, end) = (range.start, range.end);
+        let map = &mut self.maps[ix.0 as usize];
+        if let EntryMap::Ready(m) = map {
+            // The file grew since it was mapped (rewritten in place): map it again.
+            if end > m.len() {
+                *map = EntryMap::None;
+            }
+        }
+        if matches!(map, EntryMap::None) {
+            *map = match &self.cache_fds[ix.0 as usize] {
+                // A plain descriptor: map it now.
+                Some(fd) => map_entry(fd, self.cache.file_id(ix)),
+                None if self.fixed_files => {
+                    let token = Token::new(OpKind::Open, Slot::WORKER, Generation::ZERO)
+                        .with_sub(ix.0 as u16);
+                    let sqe =
+                        SafeSqe::fixed_fd_install(self.cache_base + ix.0).user_data(token.encode());
+                    match self.ring.push_safe(sqe) {
+                        Ok(_) => EntryMap::Installing,
+                        Err(_) => EntryMap::None,
+                    }
+                }
+                None => EntryMap::Failed,
+            };
+        }
+        let m = match map {
+            EntryMap::Ready(m) if end <= m.len() => Arc::clone(m),
+            // The next chunk goes by a read meanwhile, and the file is tried again.
+            EntryMap::Installing | EntryMap::None => return Err(true),
+            EntryMap::Ready(_) | EntryMap::Failed => return Err(false),
+        };
+        // Only what is in memory: a fault on a page out of it would read the disk in this
+        // thread. A range that starts out of memory goes by a read (io-wq).
+        let n = m.resident(start..end);
+        if n == 0 {
+            crate::Stats::add(&self.shared.stats.file_cold, 1);
+            return Err(true);
+        }
+        crate::Stats::add(&self.shared.stats.file_sends, 1);
+        Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
+    }
+
+    /// The OPENAT2 of connection `slot`'s path beneath the root, into the cache entry its
+    /// stat reserved, the connection's own file slot, or a plain descriptor.
+    fn open_sqe(&mut self, slot: Slot, direct: bool) -> Result<SafeSqe, String> {
+        let (fixed_files, root) = (self.fixed_files, self.shared.root.as_raw_fd());
+        crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
+        let c = self
+            .conns
+            .get_mut(slot)
+            .ok_or("an open for a freed connection")?;
+        let (mut flags, resolve) = open_flags(direct);
+        if fixed_files {
+            // A direct descriptor has no close-on-exec bit; the kernel refuses
+            // O_CLOEXEC with a file slot (EINVAL).
+            flags -= rustix::fs::OFlags::CLOEXEC;
+        }
+        c.direct = direct;
+        let mut how = open_how::default();
+        how.flags = u64::from(flags.bits());
+        how.resolve = resolve;
+        let args = self.spare.open.pop().unwrap_or_default();
+        // Into the cache entry reserved for it, or the connection's own slot.
+        let file_slot = match c.cache.opening() {
+            Some(ix) => fixed_files.then_some(self.cache_base + ix.0),
+            None => fixed_files.then_some(slot.0),
+        };
+        SafeSqe::openat2(root, c.http.path(), how, file_slot, args).map_err(|e| e.to_string())
+    }
+
+    /// The READ of a chunk of connection `slot`'s file into the chunk buffer HttpConn names.
+    fn read_sqe(&mut self, slot: Slot, at: (BufIx, u64, u32, u32)) -> Result<SafeSqe, String> {
+        let (buf, offset, len, buf_pos) = at;
+        let fixed_files = self.fixed_files;
+        let c = self
+            .conns
+            .get_mut(slot)
+            .ok_or("a read for a freed connection")?;
+        c.read_buf = buf;
+        c.read_buf = buf;
+        c.read_at = (offset, buf_pos);
+        let lease = c.chunks[usize::from(buf.0)]
+            .take()
+            .ok_or("HttpConn read into a buffer a read is filling")?;
+        let file = match c.cache.entry() {
+            Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
+            Some(ix) => Target::Fd(
+                self.cache_fds[ix.0 as usize]
+                    .as_ref()
+                    .ok_or("a read of a cache entry with no file")?
+                    .as_raw_fd(),
+            ),
+            None => file_target(fixed_files, slot, c.file.as_ref()),
+        };
+        Ok(self.ring.read_fixed(file, lease, buf_pos, len, offset))
+    }
+
+    /// The SEND of a response head (copied into memory that goes with the send), of a head
+    /// in front of its first chunk (one send for both), or of a chunk.
+    fn send_sqe(&mut self, slot: Slot, sock: Target, src: SendSrc) -> Result<SafeSqe, String> {
+        let c = self
+            .conns
+            .get_mut(slot)
+            .ok_or("a send for a freed connection")?;
+        let sqe = match src {
+            SendSrc::Head { start, len } => {
+                // The head is copied out of HttpConn, into memory that goes with the send.
+                let mut buf = self.spare.head.pop().unwrap_or_default();
+                buf.clear();
+                let start = start as usize;
+                buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
+                let len = buf.len();
+                SafeSqe::send(sock, buf, 0..len)
+            }
+            SendSrc::HeadAndBuf { buf, start, len } => {
+                // The head goes into the room in front of the chunk. The lease proves no
+                // operation names the buffer while it is written.
+                let lease = chunk(c, buf)?;
+                let head = c.http.head_bytes();
+                let head_len = head.len() as u32;
+                let from = start
+                    .checked_sub(head_len)
+                    .ok_or("a head longer than the room in front of its chunk")?;
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .expect("the chunk buffers are set up before the loop");
+                buffers.bytes_mut(lease)[from as usize..start as usize].copy_from_slice(head);
+                self.ring.send_fixed(sock, lease, from, head_len + len)
+            }
+            SendSrc::Buf { buf, start, len } => {
+                let lease = chunk(c, buf)?;
+                self.ring.send_fixed(sock, lease, start, len)
+            }
+            SendSrc::File { .. } => unreachable!("build_sqe sends files from their mapping"),
+        };
+        Ok(sqe.send_flags(SendFlags::NOSIGNAL))
+    }
+
     /// The SQE (user_data set) for `op` of connection `slot`; `None` for [`Op::Close`], which
     /// closes the socket here and now.
     fn build_sqe(&mut self, slot: Slot, op: Op) -> Result<Option<SafeSqe>, String> {
@@ -1087,13 +1256,10 @@ impl Driver<'_> {
                 len,
                 slot: zc,
             } => {
-                // Straight from the registered chunk buffer when there is one
-                // (IORING_RECVSEND_FIXED_BUF: no page pinning per send).
-                let lease = chunk(c, buf)?;
-                let sqe = self
-                    .ring
-                    .send_zc_fixed(sock, lease, start, len, self.zc_report_usage)
-                    .send_flags(SendFlags::NOSIGNAL);
+                // Straight from the chunk buffer, registered where it is.
+                let (lease, usage) = (chunk(c, buf)?, self.zc_report_usage);
+                let sqe = self.ring.send_zc_fixed(sock, lease, start, len, usage);
+                let sqe = sqe.send_flags(SendFlags::NOSIGNAL);
                 // `sub` names the send, so that its notification finds it (HttpConn's slots are
                 // below ZC_SENDS).
                 debug_assert!(zc.0 < ZC_SENDS);
@@ -1114,103 +1280,23 @@ impl Driver<'_> {
                     .unwrap_or_else(|| vec![0; self.http_cfg.limits.max_head_bytes + 1]);
                 (OpKind::Recv, SafeSqe::recv(sock, buf, max as usize))
             }
-            Op::Send(SendSrc::Head { start, len }) => {
-                // The head is copied out of HttpConn, into memory that goes with the send.
-                let mut buf = self.spare.head.pop().unwrap_or_default();
-                buf.clear();
-                let start = start as usize;
-                buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
-                let len = buf.len();
-                let sqe = SafeSqe::send(sock, buf, 0..len).send_flags(SendFlags::NOSIGNAL);
-                (OpKind::Send, sqe)
-            }
-            Op::Send(SendSrc::HeadAndBuf { buf, start, len }) => {
-                // The head goes into the room in front of the chunk: one send for both. The
-                // lease proves no operation names the buffer while it is written.
-                let lease = chunk(c, buf)?;
-                let head = c.http.head_bytes();
-                let head_len = head.len() as u32;
-                let from = start
-                    .checked_sub(head_len)
-                    .ok_or("a head longer than the room in front of its chunk")?;
-                let buffers = self
-                    .ring
-                    .fixed_buffers()
-                    .expect("the chunk buffers are set up before the loop");
-                buffers.bytes_mut(lease)[from as usize..start as usize].copy_from_slice(head);
-                let sqe = self
-                    .ring
-                    .send_fixed(sock, lease, from, head_len + len)
-                    .send_flags(SendFlags::NOSIGNAL);
-                (OpKind::Send, sqe)
-            }
-            Op::Send(SendSrc::Buf { buf, start, len }) => {
-                let lease = chunk(c, buf)?;
-                let sqe = self
-                    .ring
-                    .send_fixed(sock, lease, start, len)
-                    .send_flags(SendFlags::NOSIGNAL);
-                (OpKind::Send, sqe)
-            }
+            Op::Send(
+                src @ (SendSrc::Head { .. } | SendSrc::HeadAndBuf { .. } | SendSrc::Buf { .. }),
+            ) => (OpKind::Send, self.send_sqe(slot, sock, src)?),
             Op::Send(SendSrc::File { offset, len }) => {
-                let start = offset as usize;
-                let end = start + len as usize;
                 // Only a cached file is mapped; anything else goes through chunk buffers.
-                let ix = match c.cache.entry() {
-                    Some(ix) if self.http_cfg.file_send && c.cache.is_open() => ix,
-                    _ => {
-                        c.http.on_file_send_declined(self.now, false);
-                        return Ok(None);
-                    }
-                };
-                let map = &mut self.maps[ix.0 as usize];
-                if let EntryMap::Ready(m) = map {
-                    // The file grew since it was mapped (rewritten in place): map it again.
-                    if end > m.len() {
-                        *map = EntryMap::None;
-                    }
-                }
-                if matches!(map, EntryMap::None) {
-                    *map = match &self.cache_fds[ix.0 as usize] {
-                        // A plain descriptor: map it now.
-                        Some(fd) => map_entry(fd, self.cache.file_id(ix)),
-                        None if fixed_files => {
-                            let token = Token::new(OpKind::Open, Slot::WORKER, Generation::ZERO)
-                                .with_sub(ix.0 as u16);
-                            let sqe = SafeSqe::fixed_fd_install(self.cache_base + ix.0)
-                                .user_data(token.encode());
-                            match self.ring.push_safe(sqe) {
-                                Ok(_) => EntryMap::Installing,
-                                Err(_) => EntryMap::None,
-                            }
+                let ix = c.cache.entry();
+                let ix = ix.filter(|_| self.http_cfg.file_send && c.cache.is_open());
+                let range = offset as usize..offset as usize + len as usize;
+                match ix.map_or(Err(false), |ix| self.send_from_map(ix, sock, range)) {
+                    Ok(sqe) => (OpKind::Send, sqe),
+                    Err(retry) => {
+                        if let Some(c) = self.conns.get_mut(slot) {
+                            c.http.on_file_send_declined(self.now, retry);
                         }
-                        None => EntryMap::Failed,
-                    };
-                }
-                let m = match map {
-                    EntryMap::Ready(m) if end <= m.len() => Arc::clone(m),
-                    // The next chunk goes by a read meanwhile, and the file is tried again.
-                    EntryMap::Installing | EntryMap::None => {
-                        c.http.on_file_send_declined(self.now, true);
                         return Ok(None);
                     }
-                    EntryMap::Ready(_) | EntryMap::Failed => {
-                        c.http.on_file_send_declined(self.now, false);
-                        return Ok(None);
-                    }
-                };
-                // Only what is in memory: a fault on a page out of it would read the disk
-                // in this thread. A range that starts out of memory goes by a read (io-wq).
-                let n = m.resident(start..end);
-                if n == 0 {
-                    crate::Stats::add(&self.shared.stats.file_cold, 1);
-                    c.http.on_file_send_declined(self.now, true);
-                    return Ok(None);
                 }
-                crate::Stats::add(&self.shared.stats.file_sends, 1);
-                let sqe = SafeSqe::send_mapped(sock, &m, start..start + n)
-                    .send_flags(SendFlags::NOSIGNAL);
-                (OpKind::Send, sqe)
             }
             Op::Stat => {
                 let mask = crate::STATX_MASK;
@@ -1219,54 +1305,16 @@ impl Driver<'_> {
                     .map_err(|e| e.to_string())?;
                 (OpKind::Statx, sqe)
             }
-            Op::Open { direct, .. } => {
-                crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
-                let (mut flags, resolve) = open_flags(direct);
-                if fixed_files {
-                    // A direct descriptor has no close-on-exec bit; the kernel refuses
-                    // O_CLOEXEC with a file slot (EINVAL).
-                    flags -= rustix::fs::OFlags::CLOEXEC;
-                }
-                c.direct = direct;
-                let mut how = open_how::default();
-                how.flags = u64::from(flags.bits());
-                how.resolve = resolve;
-                let args = self.spare.open.pop().unwrap_or_default();
-                // Into the cache entry reserved for it, or the connection's own slot.
-                let file_slot = match c.cache.opening() {
-                    Some(ix) => fixed_files.then_some(self.cache_base + ix.0),
-                    None => fixed_files.then_some(slot.0),
-                };
-                let sqe = SafeSqe::openat2(root, c.http.path(), how, file_slot, args)
-                    .map_err(|e| e.to_string())?;
-                (OpKind::Open, sqe)
-            }
+            Op::Open { direct, .. } => (OpKind::Open, self.open_sqe(slot, direct)?),
             Op::Read {
                 buf,
                 offset,
                 len,
                 buf_pos,
-            } => {
-                c.read_buf = buf;
-                c.read_at = (offset, buf_pos);
-                let lease = c.chunks[usize::from(buf.0)]
-                    .take()
-                    .ok_or("HttpConn read into a buffer a read is filling")?;
-                let file = match c.cache.entry() {
-                    Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
-                    Some(ix) => Target::Fd(
-                        self.cache_fds[ix.0 as usize]
-                            .as_ref()
-                            .ok_or("a read of a cache entry with no file")?
-                            .as_raw_fd(),
-                    ),
-                    None => file_target(fixed_files, slot, c.file.as_ref()),
-                };
-                (
-                    OpKind::Read,
-                    self.ring.read_fixed(file, lease, buf_pos, len, offset),
-                )
-            }
+            } => (
+                OpKind::Read,
+                self.read_sqe(slot, (buf, offset, len, buf_pos))?,
+            ),
             Op::CloseFile => {
                 let sqe = if fixed_files {
                     SafeSqe::close_fixed(slot.0)

@@ -1,5 +1,10 @@
 //! ringwork-sys: everything in Ringwork that talks to the kernel, on `rustix`.
 //!
+//! - [`worker`]: the worker loop, once for every stream protocol, on io_uring or epoll
+//!   ([`worker::Serve`] runs a whole server; the repository's `examples/src/bin/echo.rs` is
+//!   one in 40 lines, `echo-ring.rs` the same server driven by hand on the ring).
+//! - [`backend`]: which backend to run on: io_uring where the kernel lets this process use it,
+//!   epoll where it does not, with the reason.
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
 //!   overflow detection, and teardown.
 //! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
@@ -11,8 +16,8 @@
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe,
 //!   io-wq limits.
-//! - [`driver`]: what every server worker repeats besides accepting: ring setup with its features
-//!   line, the batched wait, the stop notice.
+//! - [`driver`]: the pieces under the loops: ring setup with its features line, the batched
+//!   wait, the stop notice, cancelling everything on a socket.
 //! - [`op`]: safe submission: SQEs that name no memory, or memory the ring owns until their
 //!   last completion.
 //!

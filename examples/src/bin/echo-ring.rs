@@ -118,41 +118,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let Some(op) = conn.machine.poll_op(&mut queues) else {
                     break;
                 };
-                let (target, ud) = (Target::Fd(conn.fd), |kind| token.with_kind(kind).encode());
-                let sqe = match op {
-                    Op::ArmRecv => {
-                        SafeSqe::recv_select(target, GROUP, true).user_data(ud(OpKind::Recv))
-                    }
-                    Op::Send { buf, offset, len } => ring
-                        .send_provided(target, GROUP, buf, offset, len)?
-                        .send_flags(SendFlags::NOSIGNAL)
-                        .user_data(ud(OpKind::Send)),
-                    Op::Recycle(buf) => {
-                        let br = ring.buf_ring(GROUP).expect("registered above");
-                        br.recycle_recv(&mut recv, buf)?;
-                        continue;
-                    }
-                    Op::AwaitBuffers => {
-                        starved.wait(token);
-                        continue;
-                    }
-                    Op::CancelRecv => {
-                        SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel))
-                    }
-                    Op::CancelAll => {
-                        let sock = conn.sock.as_ref().expect("cancelled before the close");
-                        driver::cancel_socket_ops(&ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
-                    }
-                    Op::Close => {
-                        let sock = conn.sock.take().expect("closed once");
-                        SafeSqe::close(sock).user_data(ud(OpKind::Close))
-                    }
-                    Op::Free => {
-                        conns.remove(token.slot);
-                        continue;
-                    }
-                };
-                ring.push_safe(sqe)?;
+                if let Some(sqe) = sqe_for(&mut ring, &mut recv, &mut starved, token, conn, op)? {
+                    ring.push_safe(sqe)?;
+                } else if op == Op::Free {
+                    conns.remove(token.slot);
+                }
             }
         }
         acceptor.poll(&mut ring, conns.len(), now_ms)?;
@@ -160,6 +130,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("echo: {notice}");
         }
     }
+}
+
+/// The SQE for one of connection `token`'s operations; `None` for those done here (a
+/// buffer back to the ring, a wait for buffers) and for `Free`, which the caller does.
+fn sqe_for(
+    ring: &mut ringwork_sys::Ring,
+    recv: &mut RecvBuffers,
+    starved: &mut Starved,
+    token: Token,
+    conn: &mut Conn,
+    op: Op,
+) -> Result<Option<SafeSqe>, Box<dyn std::error::Error>> {
+    let (target, ud) = (Target::Fd(conn.fd), |kind| token.with_kind(kind).encode());
+    let sqe = match op {
+        Op::ArmRecv => SafeSqe::recv_select(target, GROUP, true).user_data(ud(OpKind::Recv)),
+        Op::Send { buf, offset, len } => ring
+            .send_provided(target, GROUP, buf, offset, len)?
+            .send_flags(SendFlags::NOSIGNAL)
+            .user_data(ud(OpKind::Send)),
+        Op::Recycle(buf) => {
+            let br = ring.buf_ring(GROUP).expect("registered in main");
+            br.recycle_recv(recv, buf)?;
+            return Ok(None);
+        }
+        Op::AwaitBuffers => {
+            starved.wait(token);
+            return Ok(None);
+        }
+        Op::CancelRecv => SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel)),
+        Op::CancelAll => {
+            let sock = conn.sock.as_ref().expect("cancelled before the close");
+            driver::cancel_socket_ops(ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
+        }
+        Op::Close => {
+            let sock = conn.sock.take().expect("closed once");
+            SafeSqe::close(sock).user_data(ud(OpKind::Close))
+        }
+        Op::Free => return Ok(None),
+    };
+    Ok(Some(sqe))
 }
 
 /// The events one connection completion brings (a receive may bring none: a stale buffer).
