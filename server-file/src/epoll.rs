@@ -36,6 +36,7 @@ use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
+use ringwork_sys::accept::Acceptors;
 use ringwork_sys::epoll::{Epoll, Interest};
 use ringwork_sys::worker::WorkerStart;
 use ringwork_sys::EpollAcceptor;
@@ -166,13 +167,6 @@ fn conn_token(slot: Slot, generation: Generation) -> Token {
     Token::new(OpKind::Recv, slot, generation)
 }
 
-/// Prints what the acceptors have to say (back-off episodes) on stderr.
-fn report_accept(acceptors: &mut [EpollAcceptor]) {
-    for notice in acceptors.iter_mut().flat_map(EpollAcceptor::notices) {
-        eprintln!("ringwork-files: {notice}");
-    }
-}
-
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     let WorkerStart {
@@ -204,10 +198,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         let now_ms = now.mono_ms;
         if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
             // Closing the listener refuses new connections.
-            for a in &mut acceptors {
-                a.stop(&ep, now_ms).map_err(|e| e.to_string())?;
-            }
-            report_accept(&mut acceptors);
+            acceptors.stop(&mut ep, now_ms).map_err(|e| e.to_string())?;
+            acceptors.report("ringwork-files");
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, HttpConn::on_shutdown);
         }
@@ -225,10 +217,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         // With deferred receives queued, epoll_wait only collects what is ready and returns;
         // never does it wait past the end of an accept pause.
         let timeout = if run_queue.is_empty() {
-            let deadline = acceptors.iter().fold(None, |d, a| {
-                ringwork_core::accept::earliest(d, a.next_deadline_ms())
-            });
-            ringwork_core::accept::timeout_until(deadline, now_ms, Some(tick))
+            ringwork_core::accept::timeout_until(acceptors.deadline_ms(), now_ms, Some(tick))
         } else {
             Some(Duration::ZERO)
         };
@@ -242,7 +231,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             let listener = Token::decode(UserData(k))
                 .ok()
                 .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
-                .and_then(|t| acceptors.get_mut(usize::from(t.sub)));
+                .and_then(|t| acceptors.0.get_mut(usize::from(t.sub)));
             if let Some(acceptor) = listener {
                 accept_batch(
                     shared,
@@ -267,11 +256,10 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
         }
-        for a in &mut acceptors {
-            a.poll(&ep, conns.len(), now.mono_ms)
-                .map_err(|e| e.to_string())?;
-        }
-        report_accept(&mut acceptors);
+        acceptors
+            .poll(&mut ep, conns.len(), now.mono_ms)
+            .map_err(|e| e.to_string())?;
+        acceptors.report("ringwork-files");
         if let Some(sink) = &shared.access_log {
             // The lines so far, in one write, when due.
             if local.log.due() {
@@ -280,7 +268,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         }
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
-        let paused = acceptors.iter().any(|a| a.next_deadline_ms().is_some());
+        let paused = acceptors.deadline_ms().is_some();
         if paused && local.cache.evict_unused() > 0 {
             local.close_evicted();
         }
@@ -294,7 +282,7 @@ fn acceptors(
     shared: &Shared,
     ep: &Epoll,
     listeners: Vec<OwnedFd>,
-) -> Result<Vec<EpollAcceptor>, String> {
+) -> Result<Acceptors<EpollAcceptor>, String> {
     listeners
         .into_iter()
         .zip(0u16..)
@@ -305,7 +293,8 @@ fn acceptors(
                     .with_capacity(shared.max_conns as usize),
             )
         })
-        .collect()
+        .collect::<Result<_, String>>()
+        .map(Acceptors)
 }
 
 /// Connection `token`'s socket is ready (`flags`): the receive or send that waited for it

@@ -96,6 +96,7 @@ use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS}
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
+use ringwork_sys::accept::Acceptors;
 use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::worker::WorkerStart;
@@ -152,7 +153,7 @@ struct Driver<'s> {
     /// One per listener (`--listen` may be given more than once), with its accept (tokens of
     /// kind Accept on `Slot::WORKER`, the listener's index in `sub`); each closes its
     /// listener once its accept has ended during a drain.
-    acceptors: Vec<Acceptor>,
+    acceptors: Acceptors<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     /// The stop notice's poll is armed.
@@ -315,7 +316,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         fixed_files,
         zc_report_usage,
         http_cfg,
-        acceptors,
+        acceptors: Acceptors(acceptors),
         stop,
         stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
@@ -340,7 +341,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     if gate.arrive().is_err() {
         return Ok(());
     }
-    for a in &mut d.acceptors {
+    for a in &mut d.acceptors.0 {
         a.start(&mut d.ring)
             .map_err(|e| format!("io_uring submit: {e}"))?;
     }
@@ -436,9 +437,7 @@ impl Driver<'_> {
 
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
     fn report_accept(&mut self) {
-        for notice in self.acceptors.iter_mut().flat_map(Acceptor::notices) {
-            eprintln!("ringwork-files: {notice}");
-        }
+        self.acceptors.report("ringwork-files");
     }
 
     /// The stop notice's poll completed: if the notice was given, cancel the accept, and let
@@ -450,10 +449,9 @@ impl Driver<'_> {
             return self.arm_stop();
         }
         if self.drain.on_stop(self.now.mono_ms) == Some(DrainAction::BeginDrain) {
-            for a in &mut self.acceptors {
-                a.stop(&mut self.ring, self.now.mono_ms)
-                    .map_err(|e| format!("io_uring submit: {e}"))?;
-            }
+            self.acceptors
+                .stop(&mut self.ring, self.now.mono_ms)
+                .map_err(|e| format!("io_uring submit: {e}"))?;
             self.report_accept();
             self.each_open_conn(HttpConn::on_shutdown)?;
         }
@@ -483,14 +481,12 @@ impl Driver<'_> {
         // the ring drops (cancelling it) when the loop ends.
         while !self.drain.finished(
             self.conns.len(),
-            !self.acceptors.iter().all(Acceptor::is_idle),
+            !self.acceptors.0.iter().all(Acceptor::is_idle),
             // The log write's buffer is the ring's until its CQE.
             self.log.as_ref().is_some_and(RingLog::busy),
         ) {
             // Never past the end of an accept pause.
-            let deadline = self.acceptors.iter().fold(None, |d, a| {
-                ringwork_core::accept::earliest(d, a.next_deadline_ms())
-            });
+            let deadline = self.acceptors.deadline_ms();
             let wait = ringwork_core::accept::timeout_until(deadline, self.now.mono_ms, Some(tick));
             match self.waiter.wait(&mut self.ring, wait) {
                 Ok(()) => {}
@@ -504,10 +500,9 @@ impl Driver<'_> {
                 self.on_cqe(cqe)?;
             }
             self.replenish_heads()?;
-            for a in &mut self.acceptors {
-                a.poll(&mut self.ring, self.conns.len(), self.now.mono_ms)
-                    .map_err(|e| format!("io_uring submit: {e}"))?;
-            }
+            self.acceptors
+                .poll(&mut self.ring, self.conns.len(), self.now.mono_ms)
+                .map_err(|e| format!("io_uring submit: {e}"))?;
             self.report_accept();
             if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
                 // The lines so far, in one write through the ring, when due; all of them
@@ -517,10 +512,7 @@ impl Driver<'_> {
             // Out of descriptors (accept paused): cached files held as descriptors (without
             // registered files) that no request uses give theirs to the connections waiting.
             if !self.fixed_files
-                && self
-                    .acceptors
-                    .iter()
-                    .any(|a| a.next_deadline_ms().is_some())
+                && self.acceptors.deadline_ms().is_some()
                 && self.cache.evict_unused() > 0
             {
                 self.close_evicted();
@@ -579,7 +571,7 @@ impl Driver<'_> {
             Some(Err(e)) => return Err(format!("a head buffer went astray: {e}")),
             None => None,
         };
-        if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
+        if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
             let open = self.conns.len();
             let sock = acceptor

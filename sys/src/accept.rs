@@ -455,6 +455,88 @@ impl EpollAcceptor {
     }
 }
 
+/// One acceptor as a worker drives all of its acceptors together ([`Acceptors`]), whatever
+/// it accepts through.
+pub trait AcceptSide {
+    /// What accepting goes through: the ring, or the epoll set.
+    type Via;
+    /// [`Acceptor::poll`], [`EpollAcceptor::poll`].
+    fn poll_at(&mut self, via: &mut Self::Via, open_conns: usize, now_ms: u64) -> Result<()>;
+    /// [`Acceptor::stop`], [`EpollAcceptor::stop`].
+    fn stop_at(&mut self, via: &mut Self::Via, now_ms: u64) -> Result<()>;
+    /// When the loop must wake for the next poll at the latest.
+    fn deadline_ms(&self) -> Option<u64>;
+    /// The notices since the last call.
+    fn take_notices(&mut self) -> Vec<AcceptNotice>;
+}
+
+impl AcceptSide for Acceptor {
+    type Via = Ring;
+    fn poll_at(&mut self, ring: &mut Ring, open_conns: usize, now_ms: u64) -> Result<()> {
+        self.poll(ring, open_conns, now_ms)
+    }
+    fn stop_at(&mut self, ring: &mut Ring, now_ms: u64) -> Result<()> {
+        self.stop(ring, now_ms)
+    }
+    fn deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
+    }
+    fn take_notices(&mut self) -> Vec<AcceptNotice> {
+        self.notices().collect()
+    }
+}
+
+impl AcceptSide for EpollAcceptor {
+    type Via = Epoll;
+    fn poll_at(&mut self, ep: &mut Epoll, open_conns: usize, now_ms: u64) -> Result<()> {
+        self.poll(ep, open_conns, now_ms)
+    }
+    fn stop_at(&mut self, ep: &mut Epoll, now_ms: u64) -> Result<()> {
+        self.stop(ep, now_ms)
+    }
+    fn deadline_ms(&self) -> Option<u64> {
+        self.next_deadline_ms()
+    }
+    fn take_notices(&mut self) -> Vec<AcceptNotice> {
+        self.notices().collect()
+    }
+}
+
+/// A worker's acceptors, one per listener, polled, stopped and reported together.
+#[derive(Debug)]
+pub struct Acceptors<A>(pub Vec<A>);
+
+impl<A: AcceptSide> Acceptors<A> {
+    /// Every acceptor's [`AcceptSide::poll_at`], once a turn.
+    pub fn poll(&mut self, via: &mut A::Via, open_conns: usize, now_ms: u64) -> Result<()> {
+        self.0
+            .iter_mut()
+            .try_for_each(|a| a.poll_at(via, open_conns, now_ms))
+    }
+
+    /// Stops every acceptor (the drain).
+    pub fn stop(&mut self, via: &mut A::Via, now_ms: u64) -> Result<()> {
+        self.0.iter_mut().try_for_each(|a| a.stop_at(via, now_ms))
+    }
+
+    /// The earliest time the loop must wake for [`Acceptors::poll`].
+    pub fn deadline_ms(&self) -> Option<u64> {
+        self.0.iter().fold(None, |d, a| {
+            ringwork_core::accept::earliest(d, a.deadline_ms())
+        })
+    }
+
+    /// Prints what the acceptors have to say (back-off episodes, fallbacks) on stderr,
+    /// behind `name`.
+    pub fn report(&mut self, name: &str) {
+        for a in &mut self.0 {
+            for notice in a.take_notices() {
+                eprintln!("{name}: {notice}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

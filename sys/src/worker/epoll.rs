@@ -14,7 +14,6 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use ringwork_core::accept::earliest;
 use ringwork_core::buf::{BufId, FixedPool, Lease};
 use ringwork_core::conn::{Event, Op};
 use ringwork_core::errno::RawErrno;
@@ -24,7 +23,7 @@ use rustix::io::Errno;
 use rustix::net::SendFlags;
 
 use super::{Backend, Happening, Readiness, StreamConfig, StreamStats};
-use crate::accept::EpollAcceptor;
+use crate::accept::{Acceptors, EpollAcceptor};
 use crate::driver::StopNotice;
 use crate::epoll::{Epoll, Interest};
 use crate::error::Result;
@@ -66,7 +65,7 @@ pub struct EpollBackend {
     memory: Vec<u8>,
     buf_size: usize,
     leases: Vec<Option<Lease>>,
-    acceptors: Vec<EpollAcceptor>,
+    acceptors: Acceptors<EpollAcceptor>,
     stop: StopNotice,
     events: Vec<(u64, Interest)>,
 }
@@ -95,7 +94,7 @@ impl EpollBackend {
             memory: vec![0; usize::from(cfg.buffers) * buf_size],
             buf_size,
             leases: (0..cfg.buffers).map(|_| None).collect(),
-            acceptors,
+            acceptors: Acceptors(acceptors),
             stop,
             events: Vec::with_capacity(BATCH),
         })
@@ -212,13 +211,13 @@ impl Backend for EpollBackend {
                 .ok()
                 .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
                 .map(|t| usize::from(t.sub))
-                .filter(|&i| i < self.acceptors.len());
+                .filter(|&i| i < self.acceptors.0.len());
             match (listener, UserData(key)) {
                 // Accepts until none is waiting (edge-triggered), or until the acceptor
                 // pauses: then the listener is out of the epoll set, and back (reporting
                 // what waits) when the pause ends.
                 (Some(i), _) => {
-                    while let Some(fd) = self.acceptors[i].accept(&self.ep, open, now_ms)? {
+                    while let Some(fd) = self.acceptors.0[i].accept(&self.ep, open, now_ms)? {
                         out.push(Happening::Accepted(fd));
                     }
                 }
@@ -357,29 +356,19 @@ impl Backend for EpollBackend {
     }
 
     fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
-        for a in &mut self.acceptors {
-            a.poll(&self.ep, open, now_ms)?;
-        }
-        Ok(())
+        self.acceptors.poll(&mut self.ep, open, now_ms)
     }
 
     fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors
-            .iter()
-            .fold(None, |d, a| earliest(d, a.next_deadline_ms()))
+        self.acceptors.deadline_ms()
     }
 
     fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
-        for a in &mut self.acceptors {
-            a.stop(&self.ep, now_ms)?;
-        }
-        Ok(())
+        self.acceptors.stop(&mut self.ep, now_ms)
     }
 
     fn report(&mut self, name: &str) {
-        for notice in self.acceptors.iter_mut().flat_map(EpollAcceptor::notices) {
-            eprintln!("{name}: {notice}");
-        }
+        self.acceptors.report(name);
     }
 
     fn accepting(&self) -> bool {

@@ -16,7 +16,6 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use ringwork_core::accept::earliest;
 use ringwork_core::buf::{BufGroup, BufId, RecvBuffers, RecvMode, RecvPiece, ZcSlot, ZcTracker};
 use ringwork_core::conn::{Event, Op};
 use ringwork_core::errno::RawErrno;
@@ -25,7 +24,7 @@ use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIE
 use rustix::net::SendFlags;
 
 use super::{Backend, Happening, StreamConfig, StreamStats};
-use crate::accept::Acceptor;
+use crate::accept::{Acceptor, Acceptors};
 use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use crate::error::{Error, Result};
@@ -67,7 +66,7 @@ pub struct UringBackend {
     /// The pieces of the completion being routed, reused.
     pieces: Vec<RecvPiece>,
     cqes: Vec<Cqe>,
-    acceptors: Vec<Acceptor>,
+    acceptors: Acceptors<Acceptor>,
     stop: StopNotice,
     /// Multishot recv, or single-shot recvs the machine re-arms after each completion.
     multishot_recv: bool,
@@ -174,7 +173,7 @@ impl UringBackend {
             ring,
             recv: RecvBuffers::new(cfg.buffers, cfg.buffer_size, recv_mode),
             pieces: Vec::with_capacity(usize::from(cfg.buffers)),
-            acceptors,
+            acceptors: Acceptors(acceptors),
             stop,
             multishot_recv,
             waiter,
@@ -421,7 +420,7 @@ impl Backend for UringBackend {
     type ConnIo = UringConn;
 
     fn start(&mut self) -> Result<()> {
-        for a in &mut self.acceptors {
+        for a in &mut self.acceptors.0 {
             a.start(&mut self.ring)?;
         }
         self.stop.arm(&mut self.ring, worker_token(OpKind::Read))?;
@@ -533,33 +532,23 @@ impl Backend for UringBackend {
     }
 
     fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
-        for a in &mut self.acceptors {
-            a.poll(&mut self.ring, open, now_ms)?;
-        }
-        Ok(())
+        self.acceptors.poll(&mut self.ring, open, now_ms)
     }
 
     fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors
-            .iter()
-            .fold(None, |d, a| earliest(d, a.next_deadline_ms()))
+        self.acceptors.deadline_ms()
     }
 
     fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
-        for a in &mut self.acceptors {
-            a.stop(&mut self.ring, now_ms)?;
-        }
-        Ok(())
+        self.acceptors.stop(&mut self.ring, now_ms)
     }
 
     fn report(&mut self, name: &str) {
-        for notice in self.acceptors.iter_mut().flat_map(Acceptor::notices) {
-            eprintln!("{name}: {notice}");
-        }
+        self.acceptors.report(name);
     }
 
     fn accepting(&self) -> bool {
-        !self.acceptors.iter().all(Acceptor::is_idle)
+        !self.acceptors.0.iter().all(Acceptor::is_idle)
     }
 
     fn busy(&self) -> bool {
@@ -603,7 +592,7 @@ impl UringBackend {
             stats.stale += 1;
             return Ok(());
         };
-        if let Some(acceptor) = self.acceptors.iter_mut().find(|a| a.owns(&token)) {
+        if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
             if let Some(sock) = acceptor.on_cqe(&mut self.ring, cqe, open, now_ms)? {
                 out.push(Happening::Accepted(sock));
             }
