@@ -169,17 +169,12 @@ fn conn_token(slot: Slot, generation: Generation) -> Token {
 
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
-    let WorkerStart {
-        listeners,
-        stop,
-        gate,
-        ..
-    } = start;
+    let (stop, gate) = (start.stop, start.gate);
     let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
     ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
-    let mut acceptors = acceptors(shared, &ep, listeners)?;
+    let mut acceptors = acceptors(shared, &ep, start.listeners)?;
     let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
     let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
     let tick = tick_interval(shared);
