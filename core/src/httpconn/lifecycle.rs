@@ -1,0 +1,190 @@
+//! The connection around its requests: the next request or the close, timeouts, shutdown
+//! and abort, and the cancel, shutdown and close that end it before it is freed.
+
+use super::*;
+
+impl HttpConn {
+    /// The completion of an [`Op::Cancel`] request (whatever its result: the cancelled op
+    /// reports on its own).
+    pub fn on_cancel_done(&mut self, _now: Time) {
+        self.completed();
+        if self.phase == Phase::Closing {
+            self.close();
+        }
+    }
+
+    /// The completion of an [`Op::Shutdown`] (whatever its result: a peer that reset the
+    /// connection shows in the receive).
+    pub fn on_shutdown_done(&mut self, _now: Time) {
+        self.completed();
+        if self.phase == Phase::Closing {
+            self.close();
+        }
+    }
+
+    /// The file close completed.
+    pub fn on_file_closed(&mut self, now: Time) {
+        self.completed();
+        self.file_open = false;
+        self.file_closing = false;
+        match self.phase {
+            Phase::CloseFile => self.next_request(now),
+            _ => self.close(),
+        }
+    }
+
+    /// Time passed: drop the connection if a head, a keep-alive wait or a response has
+    /// taken too long. Call every so often (a tenth of the shortest timeout is plenty).
+    pub fn on_tick(&mut self, now: Time) {
+        let t = now.mono_ms;
+        let expired = match self.phase {
+            Phase::Head { since } => {
+                // A keep-alive wait with nothing received is idle; anything partial is a head.
+                let limit = if self.rlen == 0 && self.requests > 0 {
+                    self.cfg.idle_timeout_ms
+                } else {
+                    self.cfg.header_timeout_ms
+                };
+                t.saturating_sub(since) >= limit
+            }
+            Phase::Drain { since, .. } => t.saturating_sub(since) >= self.cfg.header_timeout_ms,
+            Phase::Respond => t.saturating_sub(self.last_progress) >= self.cfg.idle_timeout_ms,
+            _ => false,
+        };
+        if expired {
+            self.close();
+        }
+    }
+
+    /// The server is stopping (a graceful drain): a response in progress (or a request being
+    /// looked up) is finished and the connection then closes, as after `Connection: close`
+    /// (send side shut down, the client's end of stream awaited); a connection waiting for a
+    /// request head, idle keep-alive or partial, closes now. Responses not yet begun say
+    /// `Connection: close`. How long the drain may take is the driver's to bound, with
+    /// [`HttpConn::abort`].
+    pub fn on_shutdown(&mut self) {
+        match self.phase {
+            Phase::Head { .. } => self.close(),
+            Phase::Stat { .. }
+            | Phase::Open { .. }
+            | Phase::OpenFailed { .. }
+            | Phase::Respond
+            | Phase::CloseFile => {
+                self.close_after = true;
+            }
+            Phase::Drain { .. } | Phase::Closing | Phase::Closed | Phase::Freed => {}
+        }
+    }
+
+    /// Drop the connection now, whatever it is doing (a drain's grace period is over): the
+    /// socket operation in flight is cancelled, reads in flight finish, the file is closed,
+    /// then [`Op::Close`].
+    pub fn abort(&mut self) {
+        self.close();
+    }
+
+    pub(super) fn push_recv(&mut self) {
+        if !self.recv_in_flight {
+            self.recv_in_flight = true;
+            let max = match self.phase {
+                Phase::Drain { .. } => self.rcap(),
+                _ => self.rcap() - self.rlen,
+            };
+            self.push(Op::Recv { max: max as u32 });
+        }
+    }
+
+    /// The response is out.
+    pub(super) fn finish(&mut self, now: Time) {
+        self.requests += 1;
+        if let Some(start) = self.log_open.take() {
+            // The entry is complete: its status and body length go in the fixed part.
+            self.log[start..start + 2].copy_from_slice(&self.log_status.to_le_bytes());
+            self.log[start + 2..start + 10].copy_from_slice(&self.log_body.to_le_bytes());
+        }
+        self.read = None;
+        self.file_send = false;
+        if self.file_open {
+            self.phase = Phase::CloseFile;
+            self.file_closing = true;
+            self.push(Op::CloseFile);
+        } else {
+            self.next_request(now);
+        }
+    }
+
+    pub(super) fn next_request(&mut self, now: Time) {
+        self.req = None;
+        if self.close_after {
+            if self.requests > 0 && self.rlen == 0 && !self.cancel_sent {
+                // Error responses and `Connection: close` alike: let the client read first.
+                self.phase = Phase::Drain {
+                    since: now.mono_ms,
+                    drained: 0,
+                };
+                self.push(Op::Shutdown);
+                self.push_recv();
+            } else {
+                self.close();
+            }
+            return;
+        }
+        self.phase = Phase::Head { since: now.mono_ms };
+        self.want_head(now);
+    }
+
+    /// Closes as soon as nothing is in flight: cancels the socket op, waits for reads, closes
+    /// the file, waits for the cancel's and a shutdown's own completions; frees once the
+    /// notifications are in too.
+    pub(super) fn close(&mut self) {
+        if self.is_closed() {
+            return;
+        }
+        if let Some(start) = self.log_open.take() {
+            // A response that never finished (the client left, an abort) is not logged.
+            self.log.truncate(start);
+        }
+        self.phase = Phase::Closing;
+        let reading = self.bufs.contains(&BufState::Reading);
+        if self.recv_in_flight || self.send_in_flight {
+            if !self.cancel_sent {
+                self.cancel_sent = true;
+                self.push(Op::Cancel);
+            }
+            return;
+        }
+        if reading {
+            // File reads finish on their own; on_read calls back here.
+            return;
+        }
+        if self.file_open {
+            // on_file_closed calls back here.
+            if !self.file_closing {
+                self.file_closing = true;
+                self.push(Op::CloseFile);
+            }
+            return;
+        }
+        if self.pending > 0 {
+            // A stat or open looking the path up, a cancel or shutdown request: each
+            // completion calls back here. The socket must outlive requests that name it (a
+            // cancel by descriptor would hit a reused number).
+            return;
+        }
+        // SEND_ZC notifications may still be owed (no send result: `send_in_flight` above);
+        // see the module docs.
+        self.phase = Phase::Closed;
+        self.push(Op::Close {
+            reset: self.zc_in_flight() > 0,
+        });
+        self.free_when_idle();
+    }
+
+    /// After [`Op::Close`]: [`Op::Free`] once no notification is owed.
+    pub(super) fn free_when_idle(&mut self) {
+        if self.phase == Phase::Closed && self.in_flight() == 0 {
+            self.phase = Phase::Freed;
+            self.push(Op::Free);
+        }
+    }
+}
