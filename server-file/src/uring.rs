@@ -96,7 +96,7 @@ use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS}
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
-use ringwork_sys::accept::Acceptors;
+use ringwork_sys::accept::{AcceptMode, Acceptors};
 use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use ringwork_sys::worker::WorkerStart;
@@ -1364,11 +1364,16 @@ fn acceptors_and_links(
     }
     // At capacity the acceptor stops, and the listen backlog holds new connections.
     // One per listener; `main` keeps their number within a u16.
+    let mode = if want.multishot_accept {
+        AcceptMode::Multishot
+    } else {
+        AcceptMode::Single
+    };
     let acceptors: Vec<Acceptor> = listeners
         .into_iter()
         .zip(0u16..)
         .map(|(listener, index)| {
-            Acceptor::new(listener, Slot::WORKER, probe, want.multishot_accept)
+            Acceptor::new(listener, Slot::WORKER, probe, mode)
                 .with_listener_index(index)
                 .with_capacity(slots as usize)
         })

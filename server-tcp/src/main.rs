@@ -236,8 +236,12 @@ fn stream_config(args: &Args) -> StreamConfig {
         shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
         uring: UringOptions {
             sq_entries: args.sq_entries,
-            single_accept: args.accept_mode == AcceptMode::Single
-                || disabled(Feature::MultishotAccept),
+            accept: if args.accept_mode == AcceptMode::Single || disabled(Feature::MultishotAccept)
+            {
+                ringwork_sys::accept::AcceptMode::Single
+            } else {
+                ringwork_sys::accept::AcceptMode::Multishot
+            },
             batch: args.batch.max(1),
             batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
             sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {

@@ -82,12 +82,23 @@ pub struct Acceptor {
     capacity: Capacity,
 }
 
+/// How an [`Acceptor`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// One IORING_OP_ACCEPT with IORING_ACCEPT_MULTISHOT (Linux 5.19) where the kernel has
+    /// it, re-armed whenever a completion ends it; single-shot otherwise.
+    Multishot,
+    /// One single-shot accept per connection, re-armed after each (the fallback, forced).
+    Single,
+}
+
 impl Acceptor {
-    /// An acceptor of `listener` whose tokens name `slot`. Multishot accept when `multishot` is
-    /// asked for and `probe` says the kernel has it: it has no opcode of its own and arrived
-    /// in 5.19 together with IORING_OP_SOCKET, so that opcode's presence is the answer. Nothing
-    /// is submitted until [`Acceptor::start`].
-    pub fn new(listener: OwnedFd, slot: Slot, probe: &Probe, multishot: bool) -> Self {
+    /// An acceptor of `listener` whose tokens name `slot`. [`AcceptMode::Multishot`] is used
+    /// where `probe` says the kernel has it: it has no opcode of its own and arrived in 5.19
+    /// together with IORING_OP_SOCKET, so that opcode's presence is the answer. Nothing is
+    /// submitted until [`Acceptor::start`].
+    pub fn new(listener: OwnedFd, slot: Slot, probe: &Probe, mode: AcceptMode) -> Self {
+        let multishot = mode == AcceptMode::Multishot;
         let supported = probe.supports(IoringOp::Socket);
         let mut backoff = Backoff::new();
         if multishot && !supported {
@@ -579,14 +590,11 @@ mod tests {
         RingParams::new(8).build().unwrap()
     }
 
-    fn acceptor(ring: &mut Ring, multishot: bool) -> (Acceptor, std::net::SocketAddr) {
+    fn acceptor(ring: &mut Ring, mode: AcceptMode) -> (Acceptor, std::net::SocketAddr) {
         let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = local_addr(&listener).unwrap();
         let probe = ring.probe().unwrap();
-        (
-            Acceptor::new(listener, Slot(u32::MAX), probe, multishot),
-            addr,
-        )
+        (Acceptor::new(listener, Slot(u32::MAX), probe, mode), addr)
     }
 
     /// A CQE of the acceptor's accept request, as the kernel posts it.
@@ -629,7 +637,7 @@ mod tests {
     #[test]
     fn multishot_accepts_many_and_stop_cancels_and_closes_the_listener() {
         let mut ring = ring();
-        let (mut a, addr) = acceptor(&mut ring, true);
+        let (mut a, addr) = acceptor(&mut ring, AcceptMode::Multishot);
         assert!(a.multishot(), "this kernel has multishot accept");
         a.start(&mut ring).unwrap();
         let clients: Vec<_> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -663,8 +671,8 @@ mod tests {
         let v6 = reuseport_listener("[::1]:0".parse().unwrap(), false).unwrap();
         let addrs = [local_addr(&v4).unwrap(), local_addr(&v6).unwrap()];
         let mut acceptors = [
-            Acceptor::new(v4, Slot::WORKER, probe, true).with_capacity(2),
-            Acceptor::new(v6, Slot::WORKER, probe, true)
+            Acceptor::new(v4, Slot::WORKER, probe, AcceptMode::Multishot).with_capacity(2),
+            Acceptor::new(v6, Slot::WORKER, probe, AcceptMode::Multishot)
                 .with_listener_index(1)
                 .with_capacity(2),
         ];
@@ -707,7 +715,7 @@ mod tests {
     #[test]
     fn single_shot_is_re_armed_per_connection() {
         let mut ring = ring();
-        let (mut a, addr) = acceptor(&mut ring, false);
+        let (mut a, addr) = acceptor(&mut ring, AcceptMode::Single);
         assert!(!a.multishot());
         a.start(&mut ring).unwrap();
         let _clients: Vec<_> = (0..2).map(|_| TcpStream::connect(addr).unwrap()).collect();
@@ -723,7 +731,7 @@ mod tests {
     #[test]
     fn emfile_pauses_instead_of_re_arming_and_the_deadline_re_arms() {
         let mut ring = ring();
-        let (mut a, _addr) = acceptor(&mut ring, true);
+        let (mut a, _addr) = acceptor(&mut ring, AcceptMode::Multishot);
         a.start(&mut ring).unwrap();
         assert_eq!(queued(&mut ring), 1);
         let failed = accept_cqe(&a, -Errno::MFILE.raw_os_error(), false);
@@ -747,7 +755,7 @@ mod tests {
     #[test]
     fn a_closed_connection_re_arms_during_a_pause() {
         let mut ring = ring();
-        let (mut a, _addr) = acceptor(&mut ring, true);
+        let (mut a, _addr) = acceptor(&mut ring, AcceptMode::Multishot);
         a.start(&mut ring).unwrap();
         let failed = accept_cqe(&a, -Errno::NFILE.raw_os_error(), false);
         a.on_cqe(&mut ring, &failed, 7, T0).unwrap();
@@ -762,7 +770,7 @@ mod tests {
     #[test]
     fn an_error_with_more_is_not_re_armed() {
         let mut ring = ring();
-        let (mut a, _addr) = acceptor(&mut ring, true);
+        let (mut a, _addr) = acceptor(&mut ring, AcceptMode::Multishot);
         a.start(&mut ring).unwrap();
         let aborted = accept_cqe(&a, -Errno::CONNABORTED.raw_os_error(), true);
         a.on_cqe(&mut ring, &aborted, 0, T0).unwrap();
@@ -788,7 +796,7 @@ mod tests {
     #[test]
     fn einval_before_any_success_falls_back_to_single_shot() {
         let mut ring = ring();
-        let (mut a, _addr) = acceptor(&mut ring, true);
+        let (mut a, _addr) = acceptor(&mut ring, AcceptMode::Multishot);
         a.start(&mut ring).unwrap();
         let refused = accept_cqe(&a, -Errno::INVAL.raw_os_error(), false);
         a.on_cqe(&mut ring, &refused, 0, T0).unwrap();
@@ -820,7 +828,7 @@ mod tests {
     fn a_kernel_failure_pauses_the_ring_accept() {
         let mut ring = ring();
         let probe = ring.probe().unwrap();
-        let mut a = Acceptor::new(not_listening(false), Slot(7), probe, false);
+        let mut a = Acceptor::new(not_listening(false), Slot(7), probe, AcceptMode::Single);
         a.start(&mut ring).unwrap();
         assert!(harvest(&mut ring, &mut a, 1).is_empty());
         assert!(a.is_idle(), "re-armed at once after a persistent failure");

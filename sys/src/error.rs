@@ -37,6 +37,13 @@ pub enum Error {
     UserDataInUse(ringwork_core::token::UserData),
     /// A configuration value was refused before reaching the kernel.
     InvalidConfig(&'static str),
+    /// Receive-buffer bookkeeping refused what it was told (a buffer given back twice, a
+    /// completion naming a buffer never handed out): a bug in the caller, or the kernel's.
+    Recv(ringwork_core::buf::RecvError),
+    /// SEND_ZC bookkeeping refused what it was told (a notification for no send in flight).
+    ZeroCopy(ringwork_core::buf::ZcError),
+    /// A buffer pool refused what it was told (a lease from another pool, or returned twice).
+    Pool(ringwork_core::buf::BufError),
     /// io_uring_setup refused IORING_SETUP_SQPOLL (with SQ_AFF when `cpu` is set).
     SqPollRefused {
         /// The kernel's answer.
@@ -111,6 +118,9 @@ impl fmt::Display for Error {
                 "user_data {:#x} already names an operation with memory in flight",
                 ud.0
             ),
+            Error::Recv(e) => write!(f, "receive buffers: {e}"),
+            Error::ZeroCopy(e) => write!(f, "SEND_ZC buffers: {e}"),
+            Error::Pool(e) => write!(f, "buffer pool: {e}"),
             Error::SqPollRefused { errno, cpu } => {
                 let aff = if cpu.is_some() { " | IORING_SETUP_SQ_AFF" } else { "" };
                 write!(f, "io_uring_setup with IORING_SETUP_SQPOLL{aff} refused: {errno} (")?;
@@ -137,6 +147,24 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<ringwork_core::buf::RecvError> for Error {
+    fn from(e: ringwork_core::buf::RecvError) -> Self {
+        Error::Recv(e)
+    }
+}
+
+impl From<ringwork_core::buf::ZcError> for Error {
+    fn from(e: ringwork_core::buf::ZcError) -> Self {
+        Error::ZeroCopy(e)
+    }
+}
+
+impl From<ringwork_core::buf::BufError> for Error {
+    fn from(e: ringwork_core::buf::BufError) -> Self {
+        Error::Pool(e)
+    }
+}
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = core::result::Result<T, E>;

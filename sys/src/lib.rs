@@ -41,7 +41,7 @@ pub mod signal;
 pub mod sqe;
 pub mod worker;
 
-pub use accept::{AcceptNotice, Acceptor, EpollAcceptor};
+pub use accept::{AcceptMode, AcceptNotice, Acceptor, EpollAcceptor};
 pub use error::{kernel_release, Error, Result};
 pub use mmap::FileMap;
 pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};

@@ -24,6 +24,7 @@ use ringwork_core::buf::{BufGroup, RecvBuffers, RecvMode};
 use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_sys::accept::AcceptMode;
 use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
 use rustix::net::SendFlags;
 
@@ -50,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ringwork_sys::net::local_addr(&listener)?
     );
     let mut ring = RingParams::new(256).build()?;
-    let mut acceptor = Acceptor::new(listener, Slot::WORKER, ring.probe()?, true);
+    let mut acceptor = Acceptor::new(listener, Slot::WORKER, ring.probe()?, AcceptMode::Multishot);
     ring.register_buf_ring(GROUP, BUFFERS, BUFFER_SIZE)?;
     let mut recv = RecvBuffers::new(BUFFERS, BUFFER_SIZE, RecvMode::Whole);
     let mut queues = ChunkQueues::new(usize::from(BUFFERS));
@@ -141,7 +142,7 @@ fn sqe_for(
     token: Token,
     conn: &mut Conn,
     op: Op,
-) -> Result<Option<SafeSqe>, Box<dyn std::error::Error>> {
+) -> ringwork_sys::Result<Option<SafeSqe>> {
     let (target, ud) = (Target::Fd(conn.fd), |kind| token.with_kind(kind).encode());
     let sqe = match op {
         Op::ArmRecv => SafeSqe::recv_select(target, GROUP, true).user_data(ud(OpKind::Recv)),
@@ -186,7 +187,7 @@ fn completion_events(
             let (Some(selected), Some(br)) = (cqe.take_buffer(), ring.buf_ring(GROUP)) else {
                 return Ok(());
             };
-            let _ = br.take_recv(recv, selected, more, |p| {
+            br.take_recv(recv, selected, more, |p| {
                 let (buf, offset, len, more) = (p.buf, p.offset, p.len, p.more);
                 events.push((
                     token,
@@ -197,7 +198,7 @@ fn completion_events(
                         more,
                     },
                 ));
-            });
+            })?;
             return Ok(());
         }
         (OpKind::Recv, Ok(_)) => Event::RecvEof { more },

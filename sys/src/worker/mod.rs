@@ -35,6 +35,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use rustix::fd::OwnedFd;
 
+use crate::accept::AcceptMode;
 use crate::backend::Backend as BackendKind;
 use crate::driver::{StartGate, StopNotice};
 use crate::error::Result;
@@ -82,8 +83,8 @@ impl Default for StreamConfig {
 pub struct UringOptions {
     /// Submission queue entries (the completion queue gets four times as many).
     pub sq_entries: u32,
-    /// Single-shot accepts even where multishot accept (Linux 5.19) is there.
-    pub single_accept: bool,
+    /// How the acceptors accept (multishot where the kernel has it, unless told otherwise).
+    pub accept: AcceptMode,
     /// Completions to wait for per io_uring_enter (1: plain waits), for at most
     /// `batch_wait` ([`crate::driver::Waiter`]).
     pub batch: u32,
@@ -111,7 +112,7 @@ impl Default for UringOptions {
     fn default() -> Self {
         Self {
             sq_entries: 1024,
-            single_accept: false,
+            accept: AcceptMode::Multishot,
             batch: 16,
             batch_wait: Duration::from_micros(50),
             sqpoll: None,

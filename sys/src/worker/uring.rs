@@ -112,12 +112,12 @@ impl UringBackend {
             probe.require(r.op, r.name, r.since)?;
         }
         // One per listener; the server keeps their number within a u16.
+        let mode = opts.accept;
         let acceptors: Vec<Acceptor> = listeners
             .into_iter()
             .zip(0u16..)
             .map(|(listener, index)| {
-                Acceptor::new(listener, Slot::WORKER, probe, !opts.single_accept)
-                    .with_listener_index(index)
+                Acceptor::new(listener, Slot::WORKER, probe, mode).with_listener_index(index)
             })
             .collect();
         // Multishot recv (6.0) has no opcode of its own; SEND_ZC arrived in the same release.
