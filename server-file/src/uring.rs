@@ -183,8 +183,6 @@ struct Driver<'s> {
     chunk_peak: usize,
     /// The time, read once per batch of completions.
     now: ringwork_core::httpconn::Time,
-    /// `serve_waiting` is running (a drive it calls must not reenter it).
-    serving_waiting: bool,
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
@@ -333,7 +331,6 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         recv_starved: Vec::new(),
         chunk_peak: 0,
         now: shared.now(),
-        serving_waiting: false,
         spare: Spares::default(),
     };
     // Accept only once every worker has its ring: connections accepted here must not take
@@ -525,6 +522,7 @@ impl Driver<'_> {
                 last_tick = now.mono_ms;
                 self.each_open_conn(|http| http.on_tick(now))?;
             }
+            self.serve_waiting()?;
             if now.mono_ms.saturating_sub(last_trim) >= TRIM_INTERVAL_MS {
                 last_trim = now.mono_ms;
                 self.trim_chunks()?;
@@ -948,7 +946,6 @@ impl Driver<'_> {
         }
     }
 
-    /// Submits the reads that waited for a chunk buffer, in order, while the pool has one.
     /// A read of connection `slot`'s cached file answered from its kept bytes, into the
     /// chunk buffer the connection holds (leased already): false when the file's bytes are not
     /// kept.
@@ -984,18 +981,9 @@ impl Driver<'_> {
         true
     }
 
+    /// The reads that waited for a chunk buffer, in their order, while the pool has one for
+    /// the next: once a turn of the loop, after everything that gives buffers back.
     fn serve_waiting(&mut self) -> Result<(), String> {
-        // Reentered from the drive of a connection answered here: the loop below goes on.
-        if self.serving_waiting {
-            return Ok(());
-        }
-        self.serving_waiting = true;
-        let res = self.serve_waiting_inner();
-        self.serving_waiting = false;
-        res
-    }
-
-    fn serve_waiting_inner(&mut self) -> Result<(), String> {
         while let Some(&(token, first, second)) = self.waiting.front() {
             if self.conns.get_checked(&token).is_none() {
                 // Freed since: cannot happen while HttpConn counts the read in flight.
@@ -1078,7 +1066,7 @@ impl Driver<'_> {
             self.submit(slot, op, second)?;
         }
         self.release_idle_chunks(slot);
-        self.serve_waiting()
+        Ok(())
     }
 
     /// A send of `range` of cache entry `ix`'s file straight from its mapping, made (or its
