@@ -981,9 +981,49 @@ impl Driver<'_> {
         true
     }
 
+    /// The reads queued for connections that are closing complete now, cancelled: they never
+    /// reached the kernel, and waiting for a buffer would wait for the other closing
+    /// connections in the queue, each holding its buffers until its own read completes.
+    fn cancel_waiting_of_closing(&mut self) -> Result<(), String> {
+        let conns = &self.conns;
+        let closing = |token: &Token| {
+            conns
+                .get_checked(token)
+                .is_some_and(|c| c.http.is_closing())
+        };
+        if !self.waiting.iter().any(|(token, ..)| closing(token)) {
+            return Ok(());
+        }
+        let (cancelled, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|(token, ..)| closing(token));
+        self.waiting = kept;
+        let now = self.now;
+        for (token, first, second) in cancelled {
+            let Some(c) = self.conns.get_checked_mut(&token) else {
+                continue;
+            };
+            for op in [Some(first), second].into_iter().flatten() {
+                match op {
+                    // An open linked to the read, queued with it: its cache entry, reserved
+                    // for it, is free again.
+                    Op::Open { .. } => {
+                        self.cache.open_done(&mut c.cache, false);
+                        c.http.on_open(now, Err(RawErrno::CANCELED));
+                    }
+                    Op::Read { buf, .. } => c.http.on_read(now, buf, Err(RawErrno::CANCELED)),
+                    _ => {}
+                }
+            }
+            self.drive(token.slot)?;
+        }
+        Ok(())
+    }
+
     /// The reads that waited for a chunk buffer, in their order, while the pool has one for
     /// the next: once a turn of the loop, after everything that gives buffers back.
     fn serve_waiting(&mut self) -> Result<(), String> {
+        self.cancel_waiting_of_closing()?;
         while let Some(&(token, first, second)) = self.waiting.front() {
             if self.conns.get_checked(&token).is_none() {
                 // Freed since: cannot happen while HttpConn counts the read in flight.

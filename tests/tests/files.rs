@@ -760,6 +760,59 @@ fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
     );
 }
 
+/// Clients that leave in the middle of their downloads while reads wait for a chunk buffer:
+/// a read queued for a closing connection never reached the kernel, and must not wait for a
+/// buffer that the other closing connections hold until their own queued reads complete (a
+/// cycle that kept the server from ever freeing them, or exiting on SIGTERM).
+#[test]
+fn clients_leaving_while_their_reads_wait_for_buffers_are_freed() {
+    let name = format!("f{}", (1 << 20) + 3);
+    // 1 MiB of 64 KiB chunk buffers, every chunk through them (no sends from the file).
+    let mut s = start(
+        "uring",
+        &[
+            "--threads",
+            "1",
+            "--buffer-memory",
+            "1",
+            "--chunk",
+            "65536",
+            "--sendfile",
+            "false",
+            "--shutdown-grace-ms",
+            "1000",
+        ],
+    );
+    let addr = s.addr;
+    let request = format!("GET /{name} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let clients: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.write_all(request.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    // Some of every response is under way: the head and a first chunk.
+    for c in &clients {
+        let mut first = [0u8; 1];
+        (&*c).read_exact(&mut first).unwrap();
+    }
+    for c in &clients {
+        rustix::net::sockopt::set_socket_linger(c, Some(Duration::ZERO)).unwrap();
+    }
+    drop(clients);
+    assert!(
+        s.wait_until(Duration::from_secs(10), |s| s.connections_held() == 0),
+        "connections whose clients left are still held"
+    );
+    s.signal(rustix::process::Signal::TERM);
+    assert_eq!(
+        s.wait_exit(Duration::from_secs(10)),
+        Ok(Some(0)),
+        "no exit after SIGTERM"
+    );
+}
+
 /// A chunk-buffer pool far smaller than the downloads in flight: every download is
 /// byte-exact, none is refused, and reads waited their turn (the `chunk_waits` counter). An
 /// idle connection holds no chunk buffer, so the pool bounds the memory, not the connections.

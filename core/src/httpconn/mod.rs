@@ -604,6 +604,12 @@ impl HttpConn {
         &self.head[..self.head_len as usize]
     }
 
+    /// True once the connection is closing: it waits for what it has in flight, and then
+    /// closes (a read that has not reached the kernel yet may be reported cancelled).
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing | Phase::Closed | Phase::Freed)
+    }
+
     /// True once [`Op::Close`] has been emitted (and perhaps [`Op::Free`]).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed | Phase::Freed)
