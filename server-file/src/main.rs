@@ -24,6 +24,7 @@ use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use ringwork_sys::backend::{Backend, BackendRequest};
+use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
@@ -452,9 +453,12 @@ fn run(args: Args) -> Result<(), String> {
     if args.listen.len() > MAX_LISTEN {
         return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
-    let nonblocking = backend == Backend::Epoll;
-    let listeners = ringwork_sys::net::reuseport_listeners(&args.listen, threads, nonblocking)
-        .map_err(|e| e.to_string())?;
+    let listeners = ringwork_sys::net::reuseport_listeners(
+        &args.listen,
+        threads,
+        SocketMode::for_backend(backend),
+    )
+    .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let shared = Arc::new(Shared {
         root,

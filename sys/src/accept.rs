@@ -353,7 +353,7 @@ pub struct EpollAcceptor {
 }
 
 impl EpollAcceptor {
-    /// Registers `listener` (which must be nonblocking: `net::reuseport_listener(addr, true)`)
+    /// Registers `listener` (which must be nonblocking: `net::reuseport_listener(addr, SocketMode::Nonblocking)`)
     /// in `ep` with `interest`, tagged `key`.
     pub fn new(ep: &Epoll, listener: OwnedFd, key: u64, interest: Interest) -> Result<Self> {
         ep.add(&listener, key, interest)?;
@@ -551,7 +551,7 @@ impl<A: AcceptSide> Acceptors<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::{local_addr, reuseport_listener};
+    use crate::net::{local_addr, reuseport_listener, SocketMode};
     use crate::ring::RingParams;
     use ringwork_core::accept::FIRST_PAUSE_MS;
     use rustix::io_uring::IoringCqeFlags;
@@ -591,7 +591,8 @@ mod tests {
     }
 
     fn acceptor(ring: &mut Ring, mode: AcceptMode) -> (Acceptor, std::net::SocketAddr) {
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        let listener =
+            reuseport_listener("127.0.0.1:0".parse().unwrap(), SocketMode::Blocking).unwrap();
         let addr = local_addr(&listener).unwrap();
         let probe = ring.probe().unwrap();
         (Acceptor::new(listener, Slot(u32::MAX), probe, mode), addr)
@@ -667,8 +668,8 @@ mod tests {
     fn acceptors_of_two_listeners_share_a_ring() {
         let mut ring = ring();
         let probe = ring.probe().unwrap();
-        let v4 = reuseport_listener("127.0.0.1:0".parse().unwrap(), false).unwrap();
-        let v6 = reuseport_listener("[::1]:0".parse().unwrap(), false).unwrap();
+        let v4 = reuseport_listener("127.0.0.1:0".parse().unwrap(), SocketMode::Blocking).unwrap();
+        let v6 = reuseport_listener("[::1]:0".parse().unwrap(), SocketMode::Blocking).unwrap();
         let addrs = [local_addr(&v4).unwrap(), local_addr(&v6).unwrap()];
         let mut acceptors = [
             Acceptor::new(v4, Slot::WORKER, probe, AcceptMode::Multishot).with_capacity(2),
@@ -849,7 +850,8 @@ mod tests {
     #[test]
     fn epoll_accepts_until_none_is_waiting() {
         let ep = Epoll::new(4).unwrap();
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let listener =
+            reuseport_listener("127.0.0.1:0".parse().unwrap(), SocketMode::Nonblocking).unwrap();
         let addr = local_addr(&listener).unwrap();
         let mut a = EpollAcceptor::new(&ep, listener, 9, Interest::IN).unwrap();
         let _c = TcpStream::connect(addr).unwrap();
@@ -908,7 +910,8 @@ mod tests {
     #[test]
     fn epoll_capacity_resumes_during_a_quiet_while() {
         let ep = Epoll::new(4).unwrap();
-        let listener = reuseport_listener("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let listener =
+            reuseport_listener("127.0.0.1:0".parse().unwrap(), SocketMode::Nonblocking).unwrap();
         let addr = local_addr(&listener).unwrap();
         let mut a = EpollAcceptor::new(&ep, listener, 9, Interest::IN)
             .unwrap()

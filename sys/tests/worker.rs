@@ -10,6 +10,7 @@ use std::time::Duration;
 use ringwork_core::conn::{Config, EchoConn};
 use ringwork_sys::backend::Backend;
 use ringwork_sys::driver::{stop_notices, StartGate};
+use ringwork_sys::net::{listener, SocketMode};
 use ringwork_sys::worker::{run_on, Admission, StreamConfig, StreamStats, WorkerIo};
 
 const CLIENTS: usize = 8;
@@ -43,9 +44,12 @@ fn resetting_client(addr: SocketAddr) {
 }
 
 fn serve_then_stop(backend: Backend) -> StreamStats {
-    let nonblocking = backend == Backend::Epoll;
-    let listener =
-        ringwork_sys::net::reuseport_listener("127.0.0.1:0".parse().unwrap(), nonblocking).unwrap();
+    // A plain listener: one worker accepts on it.
+    let listener = listener(
+        "127.0.0.1:0".parse().unwrap(),
+        SocketMode::for_backend(backend),
+    )
+    .expect("a loopback listener");
     let addr = ringwork_sys::net::local_addr(&listener).unwrap();
     let (stop, mut notices) = stop_notices(1).unwrap();
     let notice = notices.pop().expect("one notice per worker");

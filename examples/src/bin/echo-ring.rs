@@ -25,6 +25,7 @@ use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::accept::AcceptMode;
+use ringwork_sys::net::SocketMode;
 use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
 use rustix::net::SendFlags;
 
@@ -45,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_deref()
         .unwrap_or("127.0.0.1:7879")
         .parse()?;
-    let listener = ringwork_sys::net::reuseport_listener(addr, false)?;
+    let listener = ringwork_sys::net::listener(addr, SocketMode::Blocking)?;
     println!(
         "echo listening on {}",
         ringwork_sys::net::local_addr(&listener)?

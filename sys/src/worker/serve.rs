@@ -12,6 +12,7 @@ use super::{run_on, Admission, StreamConfig, StreamStats, WorkerIo};
 use crate::backend::Backend;
 use crate::driver::{stop_notices, StartGate, StopNotice, StopSender};
 use crate::error::Error;
+use crate::net::SocketMode;
 use crate::signal::ShutdownSignals;
 
 /// What [`Serve::run`] failed at.
@@ -93,8 +94,8 @@ impl Serve<'_> {
         // Before any thread starts, so that every thread inherits the blocked mask.
         let signals = ShutdownSignals::new()?;
         raise_nofile_limit();
-        let nonblocking = self.backend == Backend::Epoll;
-        let listeners = crate::net::reuseport_listeners(self.listen, threads, nonblocking)
+        let mode = SocketMode::for_backend(self.backend);
+        let listeners = crate::net::reuseport_listeners(self.listen, threads, mode)
             .map_err(ServeError::Listen)?;
         let (cfg, backend) = (self.cfg, self.backend);
         let admission = Arc::new(Admission::default());
