@@ -77,6 +77,10 @@ pub struct CacheConfig {
     pub body_max: u32,
     /// Longest path (bytes, without its NUL) that is cached.
     pub max_path: usize,
+    /// An entry no request has used for this long is dropped and its file closed
+    /// ([`FileCache::expire_inactive`]), so that a deleted file's space comes back; 0: never.
+    /// nginx's `open_file_cache inactive=` (60 s there too).
+    pub inactive_ms: u64,
 }
 
 /// What [`FileCache::on_stat`] decided.
@@ -107,6 +111,8 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Stats answered "no such file" from a remembered absence.
     pub absent_hits: u64,
+    /// Entries dropped for being unused for the inactive period.
+    pub expired: u64,
     /// Hits whose body was in memory (set by the driver's [`FileCache::body`] use).
     pub body_bytes: usize,
 }
@@ -137,6 +143,9 @@ struct Entry {
     info: FileInfo,
     id: FileId,
     checked_ms: u64,
+    /// When a request last used the entry (set with its place at the front of the LRU list,
+    /// which is in this order).
+    used_ms: u64,
     /// A stat of the path, past the validity period, is in flight: other requests are served
     /// from the entry meanwhile instead of each stat'ing it too.
     checking: bool,
@@ -203,6 +212,7 @@ impl FileCache {
                     info: blank,
                     id: FileId::default(),
                     checked_ms: 0,
+                    used_ms: 0,
                     checking: false,
                     refs: 0,
                     prev: NIL,
@@ -334,12 +344,14 @@ impl FileCache {
         e.next = NIL;
     }
 
-    fn lru_push_front(&mut self, ix: u32) {
+    /// Makes `ix` the most recently used entry, used at `now_ms`.
+    fn lru_push_front(&mut self, ix: u32, now_ms: u64) {
         let old = self.head;
         {
             let e = &mut self.entries[ix as usize];
             e.prev = NIL;
             e.next = old;
+            e.used_ms = now_ms;
         }
         if old == NIL {
             self.tail = ix;
@@ -403,7 +415,7 @@ impl FileCache {
         let info = e.info;
         e.refs += 1;
         self.lru_unlink(ix);
-        self.lru_push_front(ix);
+        self.lru_push_front(ix, now_ms);
         self.stats.hits += 1;
         Some((EntryIx(ix), info))
     }
@@ -422,7 +434,7 @@ impl FileCache {
             return false;
         }
         self.lru_unlink(ix);
-        self.lru_push_front(ix);
+        self.lru_push_front(ix, now_ms);
         self.stats.absent_hits += 1;
         true
     }
@@ -481,7 +493,7 @@ impl FileCache {
                         self.drop_body(ix);
                     }
                     self.lru_unlink(ix);
-                    self.lru_push_front(ix);
+                    self.lru_push_front(ix, now_ms);
                     self.stats.revalidated += 1;
                     return StatOutcome::Hit(EntryIx(ix));
                 }
@@ -552,7 +564,7 @@ impl FileCache {
             return;
         };
         self.occupy(slot, ix, key, hash, State::Absent, now_ms);
-        self.lru_push_front(ix);
+        self.lru_push_front(ix, now_ms);
     }
 
     /// The open into entry `ix` (from [`StatOutcome::Open`]) completed. On failure the entry
@@ -565,7 +577,9 @@ impl FileCache {
             (State::Opening, true) => {
                 e.state = State::Live;
                 self.stats.opened += 1;
-                self.lru_push_front(i);
+                // Used since its stat (the open takes no clock reading of its own).
+                let since = e.checked_ms;
+                self.lru_push_front(i, since);
             }
             (State::Opening, false) => {
                 self.unindex(i);
@@ -606,6 +620,34 @@ impl FileCache {
             cur = prev;
         }
         self.stats.evicted += n as u64;
+        n
+    }
+
+    /// Drops the entries no request has used for [`CacheConfig::inactive_ms`] (their files
+    /// to be closed, by [`FileCache::poll_close`]; entries a request holds stay), so that a
+    /// deleted or replaced file that nobody asks for again gives its space back. Call on the
+    /// driver's tick; returns how many.
+    pub fn expire_inactive(&mut self, now_ms: u64) -> usize {
+        let inactive = self.cfg.inactive_ms;
+        if inactive == 0 {
+            return 0;
+        }
+        let mut n = 0;
+        let mut cur = self.tail;
+        while cur != NIL {
+            let e = &self.entries[cur as usize];
+            // The list is in order of use: the rest were used more recently.
+            if now_ms.saturating_sub(e.used_ms) < inactive {
+                break;
+            }
+            let prev = e.prev;
+            if e.refs == 0 {
+                self.kill(cur);
+                n += 1;
+            }
+            cur = prev;
+        }
+        self.stats.expired += n as u64;
         n
     }
 
@@ -818,6 +860,7 @@ mod tests {
             body_budget: 10_000,
             body_max: 4096,
             max_path: 64,
+            inactive_ms: 0,
         }
     }
 
@@ -830,6 +873,38 @@ mod tests {
             }
             other => panic!("expected an open, got {other:?}"),
         }
+    }
+
+    /// Entries no request used for the inactive period are dropped and their files closed;
+    /// one a request holds, and one used since, stay; a remembered absence goes too.
+    #[test]
+    fn entries_unused_for_the_inactive_period_are_closed() {
+        let mut c = FileCache::new(CacheConfig {
+            inactive_ms: 60_000,
+            ..cfg(4)
+        });
+        let old = open(&mut c, b"old", 1, 0);
+        c.release(old);
+        let held = open(&mut c, b"held", 2, 0);
+        let _ = c.on_stat(b"gone", Err(RawErrno::NOENT), 0);
+        let recent = open(&mut c, b"recent", 3, 50_000);
+        c.release(recent);
+        assert_eq!(c.expire_inactive(59_999), 0, "not yet");
+        assert_eq!(
+            c.expire_inactive(60_000),
+            2,
+            "old and the absence, not held"
+        );
+        assert_eq!(c.poll_close(), Some(old));
+        assert_eq!(c.poll_close(), None, "an absence has no file to close");
+        c.on_closed(old);
+        assert_eq!(c.file_id(recent), Some(id(3)), "used since: kept open");
+        c.release(held);
+        assert_eq!(c.expire_inactive(60_001), 1, "held until released");
+        assert_eq!(c.poll_close(), Some(held));
+        assert_eq!(c.stats().expired, 3);
+        let never = FileCache::new(cfg(4)).expire_inactive(u64::MAX);
+        assert_eq!(never, 0, "inactive_ms 0: never");
     }
 
     /// A request's way through the cache, as both drivers take it: a miss stats and opens

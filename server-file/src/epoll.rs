@@ -250,6 +250,9 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             last_tick = now.mono_ms;
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
+            if local.cache.expire_inactive(now.mono_ms) > 0 {
+                local.close_evicted();
+            }
         }
         acceptors
             .poll(&mut ep, conns.len(), now.mono_ms)
@@ -740,6 +743,7 @@ mod tests {
                 body_budget: 1 << 20,
                 body_max: 16384,
                 max_path: 64,
+                inactive_ms: 0,
             },
             shutdown_grace: Duration::from_secs(1),
             start: Instant::now(),

@@ -70,6 +70,11 @@ struct Args {
     /// `open_file_cache_valid`.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     open_file_cache_valid_ms: u64,
+    /// A cached file no request has used for this many milliseconds is closed, so that a
+    /// deleted file's space comes back even if nobody asks for it again; 0: kept until evicted.
+    /// nginx's `open_file_cache inactive=`.
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    open_file_cache_inactive_ms: u64,
     /// Memory per thread, in MiB, for the bytes of cached files that fit in one chunk: such
     /// a file is then sent from memory, with no read. 0 keeps none.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
@@ -285,6 +290,8 @@ struct Stats {
     cache_evicted: AtomicU64,
     /// Stats answered from a remembered absence (a missing precompressed sibling, mostly).
     cache_absent: AtomicU64,
+    /// Cached files closed for being unused for `--open-file-cache-inactive-ms`.
+    cache_expired: AtomicU64,
     /// Reads answered from a cached file's bytes in memory.
     body_hits: AtomicU64,
     /// Body sends straight from the file (`--sendfile`), EAGAIN retries included.
@@ -303,7 +310,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} body_hits={} file_sends={} file_cold={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -318,6 +325,7 @@ impl Stats {
             get(&self.cache_invalidated),
             get(&self.cache_evicted),
             get(&self.cache_absent),
+            get(&self.cache_expired),
             get(&self.body_hits),
             get(&self.file_sends),
             get(&self.file_cold),
@@ -332,6 +340,7 @@ impl Stats {
         Self::add(&self.cache_invalidated, c.invalidated);
         Self::add(&self.cache_evicted, c.evicted);
         Self::add(&self.cache_absent, c.absent_hits);
+        Self::add(&self.cache_expired, c.expired);
     }
 }
 
@@ -470,6 +479,7 @@ fn run(args: Args) -> Result<(), String> {
         cache: CacheConfig {
             entries: sizing.cache_entries,
             valid_ms: args.open_file_cache_valid_ms,
+            inactive_ms: args.open_file_cache_inactive_ms,
             body_budget: args.file_cache_memory as usize * 1024 * 1024,
             // A kept body is sent the way a first chunk is: it must fit in one.
             body_max: args.chunk,

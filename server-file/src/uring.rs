@@ -521,6 +521,9 @@ impl Driver<'_> {
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
                 self.each_open_conn(|http| http.on_tick(now))?;
+                if self.cache.expire_inactive(now.mono_ms) > 0 {
+                    self.close_evicted();
+                }
             }
             self.serve_waiting()?;
             if now.mono_ms.saturating_sub(last_trim) >= TRIM_INTERVAL_MS {

@@ -1,13 +1,14 @@
 //! ringwork-files' open-file cache end to end: files changed under a running server are seen
 //! once the validity period has passed, a path swapped for a symlink out of the root is never
 //! served, and a cache far smaller than the set of files serves every file byte for byte under
-//! churn. Both backends, and the io_uring backend with descriptors instead of registered files.
+//! churn, and a deleted file nobody asks for again is closed after the inactive period. Both
+//! backends, and the io_uring backend with descriptors instead of registered files.
 
 use std::path::Path;
 use std::time::Duration;
 
 use ringwork_e2e::http::Client;
-use ringwork_e2e::{fresh_dir, random_bytes, stat, terminate, Server};
+use ringwork_e2e::{fresh_dir, proc, random_bytes, stat, terminate, Server};
 
 /// Validity period the tests run with: long enough that a request right after another is a
 /// hit, short enough to wait out.
@@ -138,6 +139,59 @@ fn changed_files_are_seen_once_the_validity_period_passes_and_never_escape() {
         assert!(stat(&line, "cache_invalidated") >= 3, "{what}: {line}");
         assert!(stat(&line, "body_hits") >= 1, "{what}: {line}");
         let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Whether the server still holds `name` open: a descriptor (epoll, or io_uring without
+/// registered files), or a mapping (the io_uring backend sends cached bodies from one; a
+/// registered file slot itself shows nowhere in /proc).
+fn holds_file(s: &Server, name: &str) -> bool {
+    let by_fd = proc::fd_targets(s.pid())
+        .iter()
+        .any(|t| t.to_string_lossy().contains(name));
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", s.pid())).unwrap_or_default();
+    by_fd || maps.contains(name)
+}
+
+/// A cached file deleted and never asked for again is closed once no request has used it for
+/// `--open-file-cache-inactive-ms`, while other files are served: its space comes back
+/// (nginx's `open_file_cache inactive=`). Before, it stayed open until its path was asked
+/// for again.
+#[test]
+fn a_deleted_file_nobody_asks_for_is_closed_after_the_inactive_period() {
+    for (backend, extra) in VARIANTS {
+        let what = format!("{backend} {extra:?}");
+        let root = fresh_dir("ringwork-inactive-");
+        // Larger than a chunk: the io_uring backend maps it to send its body.
+        let doomed = random_bytes(7, 200 * 1024);
+        std::fs::write(root.join("doomed.bin"), &doomed).unwrap();
+        std::fs::write(root.join("other.txt"), b"still here\n").unwrap();
+        let mut args = vec!["--open-file-cache-inactive-ms", "400"];
+        args.extend_from_slice(extra);
+        let s = start(&root, backend, &args);
+        let mut c = Client::connect(s.addr);
+        assert!(
+            get_ok(&mut c, "/doomed.bin", &what) == doomed,
+            "{what}: body"
+        );
+        std::fs::remove_file(root.join("doomed.bin")).unwrap();
+        assert!(
+            holds_file(&s, "doomed.bin"),
+            "{what}: the cache holds it open"
+        );
+        let mut released = false;
+        for _ in 0..50 {
+            get_ok(&mut c, "/other.txt", &what);
+            if !holds_file(&s, "doomed.bin") {
+                released = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(released, "{what}: the deleted file is still held after 5 s");
+        let line = terminate(s);
+        assert!(stat(&line, "cache_expired") >= 1, "{what}: {line}");
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 
