@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
 use ringwork_core::filecache::{CacheRef, FileCache};
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM};
+use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -99,6 +99,9 @@ struct DirectLog(bool, bool);
 
 /// What a worker keeps beside its connections.
 struct Local {
+    /// The worker's clock, read once a turn of the loop (after the wait): every event of the
+    /// turn happened "now".
+    now: Time,
     direct: DirectLog,
     /// Open files shared by the requests for the same path: entry N's in `cache_fds[N]`.
     cache: FileCache,
@@ -110,6 +113,7 @@ struct Local {
 impl Local {
     fn new(shared: &Shared) -> Self {
         Self {
+            now: shared.now(),
             direct: DirectLog::default(),
             cache: FileCache::new(shared.cache),
             cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
@@ -131,9 +135,9 @@ fn raw(e: Errno) -> RawErrno {
 }
 
 impl Conn {
-    fn new(shared: &Shared, sock: OwnedFd) -> Self {
+    fn new(shared: &Shared, sock: OwnedFd, now: Time) -> Self {
         Self {
-            http: HttpConn::new(shared.cfg, shared.now()),
+            http: HttpConn::new(shared.cfg, now),
             sock,
             file: None,
             bufs: [None, None],
@@ -219,6 +223,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         events.clear();
         events.extend(ep.wait(timeout).map_err(|e| e.to_string())?);
         now = shared.now();
+        local.now = now;
         for &(k, flags) in &events {
             if k == STOP_KEY.0 {
                 continue;
@@ -313,12 +318,12 @@ fn on_ready(
     let gone = flags.intersects(Interest::ERR | Interest::HUP);
     if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
         if let Some(max) = c.pending_recv.take() {
-            do_recv(shared, c, max);
+            do_recv(shared, c, max, local.now);
         }
     }
     if flags.contains(Interest::OUT) || gone {
         if let Some(src) = c.pending_send.take() {
-            do_send(shared, c, src, &local.cache_fds);
+            do_send(shared, c, src, local);
         }
     }
     if drive(shared, c, turn_start, local) {
@@ -347,7 +352,7 @@ fn run_deferred(
             continue;
         };
         let turn_start = c.http.requests();
-        do_recv(shared, c, max);
+        do_recv(shared, c, max, local.now);
         if drive(shared, c, turn_start, local) {
             run_queue.push(token);
         }
@@ -359,7 +364,7 @@ fn run_deferred(
 
 /// HttpConn's stat of its path: answered by the open-file cache, or statx(2) beneath the root.
 fn do_stat(shared: &Shared, c: &mut Conn, w: &mut Local) {
-    let now = shared.now();
+    let now = w.now;
     if let Some(answer) = w
         .cache
         .stat_from_cache(&mut c.cache, c.http.path(), now.mono_ms)
@@ -405,7 +410,7 @@ fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
         None => c.file = Some(fd),
     });
     w.cache.open_done(&mut c.cache, ok);
-    c.http.on_open(shared.now(), fd);
+    c.http.on_open(w.now, fd);
 }
 
 /// HttpConn's read of a chunk: from the cached file's kept bytes, or pread(2).
@@ -440,7 +445,7 @@ fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, at: (BufIx, u64, u32, u
         }
         (None, None) => Err(RawErrno::BADF),
     };
-    c.http.on_read(shared.now(), buf, res);
+    c.http.on_read(w.now, buf, res);
 }
 
 /// Calls `f` on every connection, performs what it queued, and frees those it closed.
@@ -494,7 +499,7 @@ fn accept_batch(
             return Ok(());
         };
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let mut conn = Conn::new(shared, sock);
+        let mut conn = Conn::new(shared, sock, w.now);
         if shared.access_log.is_some() {
             conn.peer = crate::accesslog::peer_ip(&conn.sock);
         }
@@ -525,7 +530,7 @@ thread_local! {
     static RECV: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
+fn do_recv(shared: &Shared, c: &mut Conn, max: u32, now: Time) {
     RECV.with(|b| {
         let mut buf = b.borrow_mut();
         if buf.is_empty() {
@@ -533,16 +538,17 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32) {
         }
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
-            Ok((n, _)) => c.http.on_recv(shared.now(), Ok(&buf[..n])),
+            Ok((n, _)) => c.http.on_recv(now, Ok(&buf[..n])),
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-            Err(e) => c.http.on_recv(shared.now(), Err(raw(e))),
+            Err(e) => c.http.on_recv(now, Err(raw(e))),
         }
     });
 }
 
 /// Performs a send of connection `c`'s response (the file of a cached entry is in
 /// `cache_fds`).
-fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, cache_fds: &[Option<OwnedFd>]) {
+fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, w: &Local) {
+    let (now, cache_fds) = (w.now, &w.cache_fds);
     if let SendSrc::File { offset, len } = src {
         // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN, and
         // the send waits for the next EPOLLOUT edge like any other.
@@ -552,15 +558,15 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, cache_fds: &[Option<Owne
         };
         let Some(file) = file else {
             // Guard: HttpConn sends from the file only while it is open.
-            return c.http.on_file_send_declined(shared.now(), false);
+            return c.http.on_file_send_declined(now, false);
         };
         let mut at = offset;
         let res = rustix::fs::sendfile(&c.sock, file, Some(&mut at), len as usize);
         crate::Stats::add(&shared.stats.file_sends, 1);
         return match res {
-            Ok(n) => c.http.on_send(shared.now(), Ok(n as u32)),
+            Ok(n) => c.http.on_send(now, Ok(n as u32)),
             Err(Errno::AGAIN) => c.pending_send = Some(src),
-            Err(e) => c.http.on_send(shared.now(), Err(raw(e))),
+            Err(e) => c.http.on_send(now, Err(raw(e))),
         };
     }
     let bytes = match src {
@@ -588,9 +594,9 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, cache_fds: &[Option<Owne
         SendSrc::File { .. } => unreachable!("sent above"),
     };
     match rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL) {
-        Ok(n) => c.http.on_send(shared.now(), Ok(n as u32)),
+        Ok(n) => c.http.on_send(now, Ok(n as u32)),
         Err(Errno::AGAIN) => c.pending_send = Some(src),
-        Err(e) => c.http.on_send(shared.now(), Err(raw(e))),
+        Err(e) => c.http.on_send(now, Err(raw(e))),
     }
 }
 
@@ -608,8 +614,8 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                 c.pending_recv = Some(max);
                 deferred = true;
             }
-            Op::Recv { max } => do_recv(shared, c, max),
-            Op::Send(src) => do_send(shared, c, src, &w.cache_fds),
+            Op::Recv { max } => do_recv(shared, c, max, w.now),
+            Op::Send(src) => do_send(shared, c, src, w),
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
             Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
@@ -617,7 +623,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             // `link_next` is never set: this backend's Config has no link_open_read.
             // Open in its cache entry already.
             Op::Open { .. } if c.cache.is_open() => {
-                c.http.on_open(shared.now(), Ok(()));
+                c.http.on_open(w.now, Ok(()));
             }
             Op::Open { direct, .. } => do_open(shared, c, w, direct),
             Op::Read {
@@ -632,10 +638,10 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
                 } else {
                     c.file = None;
                 }
-                c.http.on_file_closed(shared.now());
+                c.http.on_file_closed(w.now);
             }
             Op::Cancel => {
-                let now = shared.now();
+                let now = w.now;
                 // A deferred receive is cancelled the same way; its run-queue entry then
                 // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
@@ -649,7 +655,7 @@ fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool 
             }
             Op::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
-                c.http.on_shutdown_done(shared.now());
+                c.http.on_shutdown_done(w.now);
             }
             // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
             // connection then closes the socket.
@@ -762,7 +768,7 @@ mod tests {
         let (shared, dir) = shared();
         let (server, mut client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
-        let mut c = Conn::new(&shared, OwnedFd::from(server));
+        let mut c = Conn::new(&shared, OwnedFd::from(server), shared.now());
         let mut log = Local::new(&shared);
         let pad = "a".repeat(6000);
         let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");
@@ -776,13 +782,13 @@ mod tests {
             // What the run queue does for this connection on the next turn.
             let max = c.pending_recv.take().expect("deferred receive");
             let turn_start = c.http.requests();
-            do_recv(&shared, &mut c, max);
+            do_recv(&shared, &mut c, max, log.now);
             assert!(drive(&shared, &mut c, turn_start, &mut log));
             assert_eq!(c.http.requests(), n, "one request per turn");
         }
         // Nothing more buffered: the deferred receive meets EAGAIN and waits for EPOLLIN.
         let max = c.pending_recv.take().expect("deferred receive");
-        do_recv(&shared, &mut c, max);
+        do_recv(&shared, &mut c, max, log.now);
         assert_eq!(c.pending_recv, Some(max));
         let turn_start = c.http.requests();
         assert!(!drive(&shared, &mut c, turn_start, &mut log));
