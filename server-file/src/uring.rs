@@ -543,10 +543,18 @@ impl Driver<'_> {
         self.ring
             .publish_buffers(HEAD_GROUP)
             .map_err(|e| format!("publishing head buffers: {e}"))?;
+        let now = self.now;
         for token in std::mem::take(&mut self.recv_starved) {
             let Some(c) = self.conns.get_checked_mut(&token) else {
                 continue;
             };
+            if c.http.is_closing() {
+                // It never reached the kernel: resubmitted after the connection's cancel, it
+                // would wait for a client that may never write again.
+                c.http.on_recv(now, Err(RawErrno::CANCELED));
+                self.drive(token.slot)?;
+                continue;
+            }
             let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
             let sqe = SafeSqe::recv_select(sock, HEAD_GROUP, false)
                 .select_len(c.recv_max)
