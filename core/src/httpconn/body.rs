@@ -273,13 +273,7 @@ impl HttpConn {
             || self.read.as_ref().is_some_and(|r| r.delivered() == 0);
         if read_wanted && !reading && self.bufs[r] == BufState::Free && !self.file_in_flight {
             if let Some(req) = self.read.as_mut().and_then(FileRead::next_read) {
-                self.bufs[r] = BufState::Reading;
-                self.push(Op::Read {
-                    buf: BufIx(self.read_ix),
-                    offset: req.offset,
-                    len: req.len,
-                    buf_pos: req.buf_pos + self.head_room,
-                });
+                self.push_read(req);
             }
         }
         let body_done = match &self.read {
@@ -314,6 +308,17 @@ impl HttpConn {
                 slot,
             },
             None => Op::Send(SendSrc::Buf { buf, start, len }),
+        });
+    }
+
+    /// Queues `req`, the file's next read, into the read buffer (now filling).
+    pub(super) fn push_read(&mut self, req: ReadReq) {
+        self.bufs[usize::from(self.read_ix)] = BufState::Reading;
+        self.push(Op::Read {
+            buf: BufIx(self.read_ix),
+            offset: req.offset,
+            len: req.len,
+            buf_pos: req.buf_pos + self.head_room,
         });
     }
 }

@@ -82,13 +82,7 @@ impl HttpConn {
                         direct,
                         link_next: true,
                     });
-                    self.bufs[r] = BufState::Reading;
-                    self.push(Op::Read {
-                        buf: BufIx(self.read_ix),
-                        offset: req.offset,
-                        len: req.len,
-                        buf_pos: req.buf_pos + self.head_room,
-                    });
+                    self.push_read(req);
                 }
                 None => self.push(Op::Open {
                     direct,

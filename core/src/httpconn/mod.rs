@@ -40,7 +40,7 @@ use arrayvec::ArrayVec;
 
 use crate::buf::{BufId, ZcSlot, ZcTracker};
 use crate::errno::RawErrno;
-use crate::file::{Alignment, Chunk, FileRead, ReadOutcome};
+use crate::file::{Alignment, Chunk, FileRead, ReadOutcome, ReadReq};
 use crate::http::{
     client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
     normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
