@@ -572,7 +572,17 @@ impl Sizing {
         let held = u64::from(cache_entries) * if cache_fds { threads as u64 } else { 1 };
         let max_conns = match args.max_conns {
             Some(n) => n.max(1),
-            None => default_max_conns(nofile.saturating_sub(held), threads),
+            None => {
+                let n = default_max_conns(nofile.saturating_sub(held), threads);
+                if n < LOW_MAX_CONNS {
+                    eprintln!(
+                        "ringwork-files: RLIMIT_NOFILE is {nofile}: at most {n} connections per \
+                         thread ({threads} threads); raise the limit (ulimit -n, systemd's \
+                         LimitNOFILE=) or set --max-conns"
+                    );
+                }
+                n
+            }
         };
         // Chunk buffers are page-rounded (O_DIRECT alignment); at least two, at most what a
         // registered-buffer index holds.
@@ -707,10 +717,33 @@ fn raise_nofile_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
 }
 
+/// Below this many connections per thread the default `--max-conns` is worth a warning: a few
+/// idle keep-alive clients would hold the server.
+const LOW_MAX_CONNS: u32 = 256;
+
 /// Connections per thread the descriptor limit allows, keeping some for the server itself
-/// (listeners, rings, the root, stdio) and at most what a connection table holds.
+/// (stdio, the root, the access log, and per thread its listeners, ring or epoll set, stop
+/// notice) and at most what a connection table holds. Under a small limit the reserve shrinks
+/// to a quarter of it rather than leaving the connections next to nothing.
 fn default_max_conns(nofile: u64, threads: usize) -> u32 {
-    const RESERVED: u64 = 64;
-    let per_thread = nofile.saturating_sub(RESERVED + 8 * threads as u64) / threads as u64;
+    let reserved = (16 + 8 * threads as u64).min(nofile / 4);
+    let per_thread = nofile.saturating_sub(reserved) / threads as u64;
     per_thread.clamp(1, 1 << 20) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small descriptor limit still leaves most of itself to connections; a large one keeps
+    /// the full reserve; the default never reaches 0.
+    #[test]
+    fn the_default_connection_limit_follows_the_descriptor_limit() {
+        // 64 descriptors, 16 of them for cached files, two threads: 18 connections each, where
+        // a fixed reserve of 64 left one.
+        assert_eq!(default_max_conns(48, 2), 18);
+        assert_eq!(default_max_conns(20_000 - 1_000, 2), (19_000 - 32) / 2);
+        assert_eq!(default_max_conns(0, 4), 1);
+        assert!(default_max_conns(48, 2) < LOW_MAX_CONNS, "this one warns");
+    }
 }

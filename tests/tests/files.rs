@@ -760,6 +760,36 @@ fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
     );
 }
 
+/// Under a small RLIMIT_NOFILE the default `--max-conns` still leaves room for a dozen
+/// connections (a fixed reserve made it one per thread: two idle keep-alive clients held
+/// everyone else off for the idle timeout), and the server says what the limit allows.
+#[test]
+fn a_small_descriptor_limit_still_serves_a_dozen_keep_alive_clients() {
+    let root = root().to_str().unwrap();
+    let args = ["--listen", "127.0.0.1:0", "--threads", "2", root];
+    let s = Server::start_with_nofile("ringwork-files", &args, 64);
+    let want = file("page.html");
+    let idle: Vec<Client> = (0..13)
+        .map(|i| {
+            let mut c = Client::connect(s.addr);
+            c.reader
+                .get_mut()
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let r = c.get("/page.html", "");
+            assert_eq!(r.status, 200, "client {i} of 13, the others idle");
+            assert_eq!(r.body, want, "client {i}");
+            c
+        })
+        .collect();
+    let warned = s.stderr().lines;
+    assert!(
+        warned.iter().any(|l| l.contains("RLIMIT_NOFILE is 64")),
+        "{warned:?}"
+    );
+    drop(idle);
+}
+
 /// Clients that leave in the middle of their downloads while reads wait for a chunk buffer:
 /// a read queued for a closing connection never reached the kernel, and must not wait for a
 /// buffer that the other closing connections hold until their own queued reads complete (a
