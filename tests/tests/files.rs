@@ -760,6 +760,30 @@ fn sqpoll_serves_byte_exact_and_a_refused_sqpoll_names_the_cause() {
     );
 }
 
+/// A file asked for as a directory (`/file/`, `/file/.`) is not found, as nginx answers; a
+/// directory asked for with a dot segment is its index.
+#[test]
+fn a_file_asked_for_as_a_directory_is_not_found() {
+    for backend in BACKENDS {
+        let s = start(backend, &[]);
+        for (target, status) in [
+            ("/f4096/", 404),
+            ("/f4096/.", 404),
+            ("/f4096/%2e", 404),
+            ("/f4096", 200),
+            ("/withindex/.", 200),
+        ] {
+            let raw = format!("GET {target} HTTP/1.1\r\nHost: t\r\n\r\n");
+            let r = once(s.addr, raw.as_bytes());
+            assert_eq!(r.status, status, "{backend}: {target}");
+        }
+        assert_eq!(
+            once(s.addr, b"GET /withindex/. HTTP/1.1\r\nHost: t\r\n\r\n").body,
+            file("withindex/index.html")
+        );
+    }
+}
+
 /// Under a small RLIMIT_NOFILE the default `--max-conns` still leaves room for a dozen
 /// connections (a fixed reserve made it one per thread: two idle keep-alive clients held
 /// everyone else off for the idle timeout), and the server says what the limit allows.

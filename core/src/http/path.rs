@@ -109,10 +109,15 @@ pub fn normalize_path<'o>(target: &[u8], out: &'o mut [u8]) -> Result<&'o str, H
 }
 
 /// True when the target names a directory explicitly: its path ends with `/` (the root `/`
-/// included). A target like `/docs` may still turn out to be a directory when opened; the
-/// server then decides between a redirect to `/docs/` and a 404.
+/// included), or with a `.` segment (`/docs/.`, `%2e` too), which [`normalize_path`] drops
+/// but which still says "this directory". A target like `/docs` may still turn out to be a
+/// directory when opened; the server then decides between a redirect to `/docs/` and a 404.
+/// A regular file asked for as a directory (`/file.txt/`) is not found, as nginx answers.
 pub fn is_directory_request(target: &[u8]) -> bool {
-    path_part(target).is_some_and(|p| p.last() == Some(&b'/'))
+    path_part(target).is_some_and(|p| {
+        let last = p.rsplit(|&b| b == b'/').next().unwrap_or(p);
+        last.is_empty() || last == b"." || last.eq_ignore_ascii_case(b"%2e")
+    })
 }
 
 /// The `Location` of the 301 that adds the trailing slash to a directory requested without
@@ -247,6 +252,13 @@ mod tests {
         assert!(!is_directory_request(b"/docs"));
         assert!(!is_directory_request(b"/docs?a/"));
         assert!(is_directory_request(b"http://h"));
+        assert!(
+            is_directory_request(b"/f.txt/."),
+            "a dot segment names the directory"
+        );
+        assert!(is_directory_request(b"/d/%2E?q"));
+        assert!(!is_directory_request(b"/a.b"));
+        assert!(!is_directory_request(b"/d/.hidden"));
     }
 
     proptest! {

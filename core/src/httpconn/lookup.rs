@@ -131,13 +131,14 @@ impl HttpConn {
                 }
             }
         }
+        let slash = self.req.as_ref().is_some_and(|r| r.slash);
         match res {
+            // A file asked for as a directory (`/file.txt/`): not found, as nginx answers.
+            Ok(info) if info.kind == FileKind::Regular && slash && !index => {
+                self.error(now, Status::NotFound)
+            }
             Ok(info) if info.kind == FileKind::Regular => self.open_regular(now, info),
-            Ok(info)
-                if info.kind == FileKind::Directory
-                    && !index
-                    && !self.req.as_ref().is_some_and(|r| r.slash) =>
-            {
+            Ok(info) if info.kind == FileKind::Directory && !index && !slash => {
                 // `/sub` is a directory: relative links in its index resolve against `/sub/`,
                 // so send the client there first (as every static server does).
                 self.redirect(now)
