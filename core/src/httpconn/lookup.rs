@@ -291,9 +291,7 @@ impl HttpConn {
             if_modified_since: request
                 .if_modified_since
                 .and_then(|r| ArrayVec::try_from(r).ok()),
-            if_none_match: request
-                .if_none_match
-                .map(|v| ArrayVec::try_from(v).unwrap_or_default()),
+            if_none_match: request.if_none_match.map(KeptBytes::new),
             if_range: request
                 .if_range
                 .map(|v| ArrayVec::try_from(v).unwrap_or_default()),

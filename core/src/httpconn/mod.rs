@@ -352,6 +352,31 @@ enum BufState {
     Notif,
 }
 
+/// Bytes of the request kept for its answer: inline up to `N`, on the heap beyond, so that a
+/// long value is never cut short and read as something else.
+#[derive(Clone, Debug)]
+enum KeptBytes<const N: usize> {
+    Inline(ArrayVec<u8, N>),
+    Heap(Vec<u8>),
+}
+
+impl<const N: usize> KeptBytes<N> {
+    fn new(bytes: &[u8]) -> Self {
+        ArrayVec::try_from(bytes).map_or_else(|_| Self::Heap(bytes.to_vec()), Self::Inline)
+    }
+}
+
+impl<const N: usize> core::ops::Deref for KeptBytes<N> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Inline(b) => b,
+            Self::Heap(b) => b,
+        }
+    }
+}
+
 /// The request being answered.
 #[derive(Clone, Debug, Default)]
 struct ReqInfo {
@@ -362,8 +387,8 @@ struct ReqInfo {
     slash: bool,
     range: Option<ArrayVec<u8, 128>>,
     if_modified_since: Option<ArrayVec<u8, 64>>,
-    /// Longer than this is kept as an empty list, which matches nothing: the full response.
-    if_none_match: Option<ArrayVec<u8, 256>>,
+    /// Kept whole however long (a client revalidating many variants sends a long list).
+    if_none_match: Option<KeptBytes<256>>,
     /// Longer than this is kept empty, which never holds: the whole file.
     if_range: Option<ArrayVec<u8, 64>>,
     /// The precompressed codings the client takes, best first (none without

@@ -1520,6 +1520,23 @@ fn etags_are_sent_and_answer_conditional_requests() {
     );
 }
 
+/// An If-None-Match list longer than the bytes kept inline, with the current tag last, is
+/// still 304 (it was cut to an empty list, which matches nothing: 200).
+#[test]
+fn a_long_if_none_match_list_with_the_tag_answers_304() {
+    let mut list = String::new();
+    for i in 0..100 {
+        list.push_str(&alloc::format!("\"old-{i}\", "));
+    }
+    list.push_str("\"f4240-a\"");
+    assert!(list.len() > 256);
+    let input = alloc::format!("GET /f HTTP/1.1\r\nHost: x\r\nIf-None-Match: {list}\r\n\r\n");
+    let mut s = sim(10, 64, input.into_bytes(), vec![1000]);
+    s.run();
+    let statuses: Vec<u16> = responses(&s.out, &[]).iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [304]);
+}
+
 /// Drives one request until the stats are done; `siblings` say which paths stat as
 /// regular files of 10 bytes (others: ENOENT). Returns the paths statted and the head.
 fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
