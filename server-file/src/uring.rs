@@ -270,6 +270,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     }
     let want = uc.features;
     let (acceptors, links) = acceptors_and_links(&mut ring, shared, listeners)?;
+    let acceptors = Acceptors(acceptors);
     let fixed_files = want.fixed_files;
     let zc_report_usage = shared.cfg.zerocopy && zc_reports_usage(&mut ring)?;
     let cache_entries = shared.cache.entries;
@@ -295,10 +296,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
     println!(
         "{}",
         FeatureLine::new(&ring)
-            .with(
-                "multishot_accept",
-                acceptors.iter().all(Acceptor::multishot)
-            )
+            .with("multishot_accept", acceptors.multishot())
             .with("fixed_files", fixed_files)
             .with("fixed_buffers", fixed)
             .with("pbuf_ring", head_ring)
@@ -314,7 +312,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         fixed_files,
         zc_report_usage,
         http_cfg,
-        acceptors: Acceptors(acceptors),
+        acceptors,
         stop,
         stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),

@@ -517,6 +517,13 @@ impl AcceptSide for EpollAcceptor {
 #[derive(Debug)]
 pub struct Acceptors<A>(pub Vec<A>);
 
+impl Acceptors<Acceptor> {
+    /// Every acceptor accepts with multishot (for the features line).
+    pub fn multishot(&self) -> bool {
+        self.0.iter().all(Acceptor::multishot)
+    }
+}
+
 impl<A: AcceptSide> Acceptors<A> {
     /// Every acceptor's [`AcceptSide::poll_at`], once a turn.
     pub fn poll(&mut self, via: &mut A::Via, open_conns: usize, now_ms: u64) -> Result<()> {

@@ -113,13 +113,14 @@ impl UringBackend {
         }
         // One per listener; the server keeps their number within a u16.
         let mode = opts.accept;
-        let acceptors: Vec<Acceptor> = listeners
+        let acceptors = listeners
             .into_iter()
             .zip(0u16..)
             .map(|(listener, index)| {
                 Acceptor::new(listener, Slot::WORKER, probe, mode).with_listener_index(index)
             })
             .collect();
+        let acceptors = Acceptors(acceptors);
         // Multishot recv (6.0) has no opcode of its own; SEND_ZC arrived in the same release.
         let multishot_recv = opts.multishot_recv && probe.supports(IoringOp::SendZc);
         let zc = if opts.zerocopy {
@@ -152,10 +153,7 @@ impl UringBackend {
         println!(
             "{}",
             FeatureLine::new(&ring)
-                .with(
-                    "multishot_accept",
-                    acceptors.iter().all(Acceptor::multishot)
-                )
+                .with("multishot_accept", acceptors.multishot())
                 .with("multishot_recv", multishot_recv)
                 .with("pbuf_ring", mode != ProvideMode::Sqe)
                 .with("incremental", mode == ProvideMode::RingIncremental)
@@ -173,7 +171,7 @@ impl UringBackend {
             ring,
             recv: RecvBuffers::new(cfg.buffers, cfg.buffer_size, recv_mode),
             pieces: Vec::with_capacity(usize::from(cfg.buffers)),
-            acceptors: Acceptors(acceptors),
+            acceptors,
             stop,
             multishot_recv,
             waiter,
