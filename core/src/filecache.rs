@@ -264,6 +264,12 @@ impl FileCache {
             .count()
     }
 
+    /// References requests hold, all entries together.
+    #[cfg(test)]
+    pub(crate) fn references(&self) -> u64 {
+        self.entries.iter().map(|e| u64::from(e.refs)).sum()
+    }
+
     /// `path` without its NUL, if it is one the cache takes.
     fn key<'p>(&self, path: &'p [u8]) -> Option<&'p [u8]> {
         let path = path.strip_suffix(b"\0").unwrap_or(path);

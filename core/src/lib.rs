@@ -23,6 +23,7 @@ pub mod conn;
 pub mod errno;
 pub mod file;
 pub mod filecache;
+pub mod filesvc;
 pub mod http;
 pub mod httpconn;
 pub mod ring;

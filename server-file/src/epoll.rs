@@ -31,8 +31,10 @@ use std::ffi::CStr;
 use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
-use ringwork_core::filecache::{CacheRef, FileCache};
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, Time, HEAD_ROOM};
+use ringwork_core::filesvc::{
+    FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
+};
+use ringwork_core::httpconn::{BufIx, HttpConn, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
@@ -74,7 +76,8 @@ impl AlignedBuf {
 }
 
 struct Conn {
-    http: HttpConn,
+    /// HttpConn, with its hold on the open-file cache.
+    fc: FileConn,
     sock: OwnedFd,
     file: Option<OwnedFd>,
     /// The chunk buffers, made when a read needs one and dropped when HttpConn no longer
@@ -82,15 +85,12 @@ struct Conn {
     bufs: [Option<AlignedBuf>; 2],
     /// A receive waiting for EPOLLIN, or on the run queue when deferred (its `max`).
     pending_recv: Option<u32>,
-    /// A send waiting for EPOLLOUT.
-    pending_send: Option<SendSrc>,
+    /// A send waiting for EPOLLOUT (a `FileOp::Send` or `FileOp::SendFile`).
+    pending_send: Option<FileOp>,
     /// HttpConn said Free: remove the connection (which closes the socket).
     freed: bool,
     /// The client's address, for the access log (looked up only when there is one).
     peer: Option<std::net::IpAddr>,
-    /// The open-file cache entry this request's file is in (held from the stat until
-    /// Op::CloseFile), instead of `file`.
-    cache: CacheRef,
 }
 
 /// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
@@ -103,8 +103,9 @@ struct Local {
     /// turn happened "now".
     now: Time,
     direct: DirectLog,
-    /// Open files shared by the requests for the same path: entry N's in `cache_fds[N]`.
-    cache: FileCache,
+    /// The open-file cache: what is decided about files, in core. Entry N's file is in
+    /// `cache_fds[N]`.
+    svc: FileService,
     cache_fds: Vec<Option<OwnedFd>>,
     /// With `--access-log`: the lines not yet written.
     log: crate::accesslog::Batch,
@@ -115,17 +116,29 @@ impl Local {
         Self {
             now: shared.now(),
             direct: DirectLog::default(),
-            cache: FileCache::new(shared.cache),
+            svc: FileService::new(ServiceConfig {
+                cache: shared.cache,
+                // Made as reads need them (no pool to wait for).
+                chunks: usize::MAX,
+                file_send: if shared.cfg.file_send {
+                    FileSend::Descriptor
+                } else {
+                    FileSend::Off
+                },
+            }),
             cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
             log: crate::accesslog::Batch::default(),
         }
     }
 
-    /// Closes the files of the cache entries no request holds any more.
-    fn close_evicted(&mut self) {
-        while let Some(ix) = self.cache.poll_close() {
-            self.cache_fds[ix.0 as usize] = None;
-            self.cache.on_closed(ix);
+    /// Closes the files of the cache entries no request holds any more (close(2) of a
+    /// regular file: at once). Nothing is mapped here: sendfile(2) needs no mapping.
+    fn worker_ops(&mut self) {
+        while let Some(op) = self.svc.poll_worker_op() {
+            if let WorkerOp::CloseEntry(ix) = op {
+                self.cache_fds[ix.0 as usize] = None;
+                self.svc.on_entry_closed(ix);
+            }
         }
     }
 }
@@ -137,7 +150,7 @@ fn raw(e: Errno) -> RawErrno {
 impl Conn {
     fn new(shared: &Shared, sock: OwnedFd, now: Time) -> Self {
         Self {
-            http: HttpConn::new(shared.cfg, now),
+            fc: FileConn::new(HttpConn::new(shared.cfg, now)),
             sock,
             file: None,
             bufs: [None, None],
@@ -145,7 +158,6 @@ impl Conn {
             pending_send: None,
             freed: false,
             peer: None,
-            cache: CacheRef::default(),
         }
     }
 }
@@ -206,7 +218,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             if let Some(sink) = &shared.access_log {
                 local.log.write_now(sink);
             }
-            shared.stats.add_cache(local.cache.stats());
+            shared.stats.add_service(&local.svc);
             return Ok(());
         }
         if drain.on_tick(now_ms) == Some(DrainAction::Abort) {
@@ -255,9 +267,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             last_tick = now.mono_ms;
             let q = &mut run_queue;
             each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
-            if local.cache.expire_inactive(now.mono_ms) > 0 {
-                local.close_evicted();
-            }
+            local.svc.expire(now.mono_ms);
+            local.worker_ops();
         }
         acceptors
             .poll(&mut ep, conns.len(), now.mono_ms)
@@ -272,8 +283,8 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
         let paused = acceptors.deadline_ms().is_some();
-        if paused && local.cache.evict_unused() > 0 {
-            local.close_evicted();
+        if paused && local.svc.evict_unused() > 0 {
+            local.worker_ops();
         }
     }
 }
@@ -314,7 +325,7 @@ fn on_ready(
     let Some(c) = conns.get_checked_mut(&token) else {
         return;
     };
-    let turn_start = c.http.requests();
+    let turn_start = c.fc.http().requests();
     let gone = flags.intersects(Interest::ERR | Interest::HUP);
     if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
         if let Some(max) = c.pending_recv.take() {
@@ -322,11 +333,11 @@ fn on_ready(
         }
     }
     if flags.contains(Interest::OUT) || gone {
-        if let Some(src) = c.pending_send.take() {
-            do_send(shared, c, src, local);
+        if let Some(op) = c.pending_send.take() {
+            do_send(shared, c, op, local);
         }
     }
-    if drive(shared, c, turn_start, local) {
+    if drive(shared, c, token, turn_start, local) {
         run_queue.push(token);
     }
     if c.freed {
@@ -351,9 +362,9 @@ fn run_deferred(
         let Some(max) = c.pending_recv.take() else {
             continue;
         };
-        let turn_start = c.http.requests();
+        let turn_start = c.fc.http().requests();
         do_recv(shared, c, max, local.now);
-        if drive(shared, c, turn_start, local) {
+        if drive(shared, c, token, turn_start, local) {
             run_queue.push(token);
         }
         if c.freed {
@@ -362,39 +373,26 @@ fn run_deferred(
     }
 }
 
-/// HttpConn's stat of its path: answered by the open-file cache, or statx(2) beneath the root.
+/// A stat of the connection's path beneath the root: statx(2).
 fn do_stat(shared: &Shared, c: &mut Conn, w: &mut Local) {
-    let now = w.now;
-    if let Some(answer) = w
-        .cache
-        .stat_from_cache(&mut c.cache, c.http.path(), now.mono_ms)
-    {
-        c.http.on_stat(now, answer);
-        return;
-    }
-    let res = CStr::from_bytes_with_nul(c.http.path())
+    let res = CStr::from_bytes_with_nul(c.fc.http().path())
         .map_err(|_| RawErrno::INVAL)
         .and_then(|path| {
             rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK).map_err(raw)
         });
-    let seen = res
-        .as_ref()
-        .map(|s| (file_info(s), file_id(s)))
-        .map_err(|e| *e);
-    w.cache
-        .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
-    c.http.on_stat(now, res.map(|s| file_info(&s)));
+    let seen = res.map(|s| (file_info(&s), file_id(&s)));
+    w.svc.on_stat(&mut c.fc, w.now, seen);
 }
 
-/// HttpConn's open of its path beneath the root (openat2 with RESOLVE_BENEATH), into the cache
-/// entry its stat reserved or the connection's own descriptor.
+/// An open of the connection's path beneath the root (openat2 with RESOLVE_BENEATH), into
+/// the cache entry its stat reserved or the connection's own descriptor.
 fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
     crate::note_direct(&mut w.direct.0, shared.cfg.direct, direct);
     let (flags, resolve) = open_flags(direct);
     // Nonblocking: should the path have become a FIFO since the stat, the open
     // must not block this thread (pread ignores O_NONBLOCK on regular files).
     let flags = flags | rustix::fs::OFlags::NONBLOCK;
-    let res = CStr::from_bytes_with_nul(c.http.path())
+    let res = CStr::from_bytes_with_nul(c.fc.http().path())
         .map_err(|_| RawErrno::INVAL)
         .and_then(|path| {
             rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve).map_err(raw)
@@ -403,49 +401,55 @@ fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
         w.direct.1 = true;
         println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
     }
-    let ok = res.is_ok();
-    let fd = res.map(|fd| match c.cache.opening() {
-        // Into the entry reserved for it.
-        Some(ix) => w.cache_fds[ix.0 as usize] = Some(fd),
-        None => c.file = Some(fd),
-    });
-    w.cache.open_done(&mut c.cache, ok);
-    c.http.on_open(w.now, fd);
+    let (fd, res) = match res {
+        Ok(fd) => (Some(fd), Ok(())),
+        Err(e) => (None, Err(e)),
+    };
+    match w.svc.on_open(&mut c.fc, w.now, res) {
+        FileRef::Entry(ix) => w.cache_fds[ix.0 as usize] = fd,
+        FileRef::Own => c.file = fd,
+    }
 }
 
-/// HttpConn's read of a chunk: from the cached file's kept bytes, or pread(2).
-fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, at: (BufIx, u64, u32, u32)) {
-    let (buf, offset, len, buf_pos) = at;
-    // Room in front of each chunk for the response head (`head_with_body`).
-    let chunk = (shared.cfg.chunk + HEAD_ROOM) as usize;
-    let body = w.cache.kept_body(&c.cache);
-    let file = match c.cache.entry() {
-        Some(ix) => w.cache_fds[ix.0 as usize].as_ref(),
-        None => c.file.as_ref(),
+/// A spare chunk buffer of the right size (room in front of each chunk for the response
+/// head: `head_with_body`).
+fn new_chunk(shared: &Shared) -> AlignedBuf {
+    spare_buf((shared.cfg.chunk + HEAD_ROOM) as usize)
+}
+
+/// A read of a chunk of the connection's file: pread(2).
+fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, op: FileOp) {
+    let FileOp::Read {
+        buf,
+        offset,
+        len,
+        buf_pos,
+        file,
+        ..
+    } = op
+    else {
+        return;
     };
-    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| spare_buf(chunk));
-    let b = &mut b.bytes_mut()[buf_pos as usize..(buf_pos + len) as usize];
-    let res = match (body, file) {
-        // A small cached file's bytes: no read.
-        (Some(body), _) => {
-            let from = (offset as usize).min(body.len());
-            let to = (from + len as usize).min(body.len());
-            b[..to - from].copy_from_slice(&body[from..to]);
-            crate::Stats::add(&shared.stats.body_hits, 1);
-            Ok((to - from) as u32)
-        }
-        (None, Some(file)) => {
-            let res = rustix::io::pread(file, &mut *b, offset)
-                .map(|n| n as u32)
-                .map_err(raw);
-            if let Ok(n) = res {
-                w.cache.read_done(&c.cache, offset, &b[..n as usize]);
-            }
-            res
-        }
-        (None, None) => Err(RawErrno::BADF),
+    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(shared));
+    let fd = match file {
+        FileRef::Entry(ix) => w.cache_fds[ix.0 as usize].as_ref(),
+        FileRef::Own => c.file.as_ref(),
     };
-    c.http.on_read(w.now, buf, res);
+    let at = buf_pos as usize..(buf_pos + len) as usize;
+    let res = match fd {
+        Some(fd) => rustix::io::pread(fd, &mut b.bytes_mut()[at], offset)
+            .map(|n| n as u32)
+            .map_err(raw),
+        None => Err(RawErrno::BADF),
+    };
+    w.svc.on_read(&mut c.fc, w.now, buf, res, b.bytes());
+}
+
+/// A read answered from the cached file's kept bytes.
+fn read_kept(shared: &Shared, c: &mut Conn, w: &mut Local, buf: BufIx, at: std::ops::Range<u32>) {
+    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(shared));
+    let dst = &mut b.bytes_mut()[at.start as usize..at.end as usize];
+    w.svc.read_kept(&mut c.fc, w.now, buf, dst);
 }
 
 /// Calls `f` on every connection, performs what it queued, and frees those it closed.
@@ -460,9 +464,9 @@ fn each_conn(
         let slot = Slot(i as u32);
         let token = conn_token(slot, conns.generation(slot));
         if let Some(c) = conns.get_mut(slot) {
-            let turn_start = c.http.requests();
-            f(&mut c.http);
-            if drive(shared, c, turn_start, w) {
+            let turn_start = c.fc.http().requests();
+            f(c.fc.http_mut());
+            if drive(shared, c, token, turn_start, w) {
                 run_queue.push(token);
             }
             if c.freed {
@@ -514,7 +518,7 @@ fn accept_batch(
             conns.remove(slot);
             continue;
         }
-        if drive(shared, c, 0, w) {
+        if drive(shared, c, token, 0, w) {
             run_queue.push(token);
         }
         if c.freed {
@@ -538,65 +542,76 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32, now: Time) {
         }
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
-            Ok((n, _)) => c.http.on_recv(now, Ok(&buf[..n])),
+            Ok((n, _)) => c.fc.http_mut().on_recv(now, Ok(&buf[..n])),
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-            Err(e) => c.http.on_recv(now, Err(raw(e))),
+            Err(e) => c.fc.http_mut().on_recv(now, Err(raw(e))),
         }
     });
 }
 
-/// Performs a send of connection `c`'s response (the file of a cached entry is in
-/// `cache_fds`).
-fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, w: &Local) {
-    let (now, cache_fds) = (w.now, &w.cache_fds);
-    if let SendSrc::File { offset, len } = src {
-        // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN, and
-        // the send waits for the next EPOLLOUT edge like any other.
-        let file = match c.cache.entry() {
-            Some(ix) => cache_fds[ix.0 as usize].as_ref(),
-            None => c.file.as_ref(),
-        };
-        let Some(file) = file else {
-            // Guard: HttpConn sends from the file only while it is open.
-            return c.http.on_file_send_declined(now, false);
-        };
-        let mut at = offset;
-        let res = rustix::fs::sendfile(&c.sock, file, Some(&mut at), len as usize);
-        crate::Stats::add(&shared.stats.file_sends, 1);
-        return match res {
-            Ok(n) => c.http.on_send(now, Ok(n as u32)),
-            Err(Errno::AGAIN) => c.pending_send = Some(src),
-            Err(e) => c.http.on_send(now, Err(raw(e))),
-        };
+/// Performs a send of connection `c`'s response: `op` is a [`FileOp::Send`] or a
+/// [`FileOp::SendFile`] (the file of a cached entry is in `cache_fds`).
+fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
+    let now = w.now;
+    let res = match op {
+        FileOp::SendFile { file, offset, len } => {
+            // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN,
+            // and the send waits for the next EPOLLOUT edge like any other.
+            let fd = match file {
+                FileRef::Entry(ix) => w.cache_fds[ix.0 as usize].as_ref(),
+                FileRef::Own => c.file.as_ref(),
+            };
+            let Some(fd) = fd else {
+                // Guard: HttpConn sends from the file only while it is open.
+                return c.fc.http_mut().on_file_send_declined(now, false);
+            };
+            crate::Stats::add(&shared.stats.file_sends, 1);
+            rustix::fs::sendfile(&c.sock, fd, Some(&mut { offset }), len as usize)
+        }
+        FileOp::Send(src) => {
+            let bytes = send_bytes(&c.fc, &mut c.bufs, src);
+            rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL)
+        }
+        _ => return,
+    };
+    match res {
+        Ok(n) => c.fc.http_mut().on_send(now, Ok(n as u32)),
+        Err(Errno::AGAIN) => c.pending_send = Some(op),
+        Err(e) => c.fc.http_mut().on_send(now, Err(raw(e))),
     }
-    let bytes = match src {
+}
+
+/// Chunk buffer `buf`, which a send names (HttpConn sends only from a buffer it read into).
+fn filled(bufs: &mut [Option<AlignedBuf>; 2], buf: BufIx) -> &mut AlignedBuf {
+    bufs[usize::from(buf.0)]
+        .as_mut()
+        .expect("a send from a buffer a read filled")
+}
+
+/// The bytes of a send from the head (`fc`'s) or a chunk buffer (of `bufs`).
+fn send_bytes<'a>(
+    fc: &'a FileConn,
+    bufs: &'a mut [Option<AlignedBuf>; 2],
+    src: SendSrc,
+) -> &'a [u8] {
+    match src {
         SendSrc::Head { start, len } => {
-            &c.http.head_bytes()[start as usize..(start + len) as usize]
+            &fc.http().head_bytes()[start as usize..(start + len) as usize]
         }
         SendSrc::Buf { buf, start, len } => {
-            // HttpConn sends only from a buffer it read into.
-            let b = c.bufs[usize::from(buf.0)]
-                .as_ref()
-                .expect("a send from a buffer a read filled");
-            &b.bytes()[start as usize..(start + len) as usize]
+            &filled(bufs, buf).bytes()[start as usize..(start + len) as usize]
         }
         SendSrc::HeadAndBuf { buf, start, len } => {
-            // The head goes into the room in front of the chunk: one send for both (again, and
-            // the same, when a send that met EAGAIN is retried).
-            let head = c.http.head_bytes();
-            let b = c.bufs[usize::from(buf.0)]
-                .as_mut()
-                .expect("a send from a buffer a read filled");
+            // The head goes into the room in front of the chunk: one send for both (again,
+            // and the same, when a send that met EAGAIN is retried).
+            let head = fc.http().head_bytes();
+            let b = filled(bufs, buf);
             let from = start as usize - head.len();
             b.bytes_mut()[from..start as usize].copy_from_slice(head);
             &b.bytes()[from..(start + len) as usize]
         }
-        SendSrc::File { .. } => unreachable!("sent above"),
-    };
-    match rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL) {
-        Ok(n) => c.http.on_send(now, Ok(n as u32)),
-        Err(Errno::AGAIN) => c.pending_send = Some(src),
-        Err(e) => c.http.on_send(now, Err(raw(e))),
+        // Guard: the file service turns these into FileOp::SendFile.
+        SendSrc::File { .. } => &[],
     }
 }
 
@@ -606,78 +621,70 @@ fn do_send(shared: &Shared, c: &mut Conn, src: SendSrc, w: &Local) {
 /// queue". It cannot wait for EPOLLIN: the next request may already be in the socket, its
 /// edge consumed while no receive was pending.
 #[must_use]
-fn drive(shared: &Shared, c: &mut Conn, turn_start: u64, w: &mut Local) -> bool {
+fn drive(shared: &Shared, c: &mut Conn, token: Token, turn_start: u64, w: &mut Local) -> bool {
     let mut deferred = false;
-    while let Some(op) = c.http.poll_op() {
+    while let Some(op) = w.svc.next(&mut c.fc, token, w.now) {
+        let now = w.now;
         match op {
-            Op::Recv { max } if c.http.requests() != turn_start => {
+            FileOp::Recv { max } if c.fc.http().requests() != turn_start => {
                 c.pending_recv = Some(max);
                 deferred = true;
             }
-            Op::Recv { max } => do_recv(shared, c, max, w.now),
-            Op::Send(src) => do_send(shared, c, src, w),
+            FileOp::Recv { max } => do_recv(shared, c, max, now),
+            FileOp::Send(_) | FileOp::SendFile { .. } => do_send(shared, c, op, w),
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
-            Op::SendZc { .. } => unreachable!("SEND_ZC with the epoll backend"),
-            Op::Stat => do_stat(shared, c, w),
+            FileOp::SendZc(_) => unreachable!("SEND_ZC with the epoll backend"),
+            FileOp::Stat => do_stat(shared, c, w),
             // `link_next` is never set: this backend's Config has no link_open_read.
-            // Open in its cache entry already.
-            Op::Open { .. } if c.cache.is_open() => {
-                c.http.on_open(w.now, Ok(()));
+            FileOp::Open { direct, .. } => do_open(shared, c, w, direct),
+            FileOp::Read { .. } => do_read(shared, c, w, op),
+            FileOp::ReadKept {
+                buf, buf_pos, len, ..
+            } => read_kept(shared, c, w, buf, buf_pos..buf_pos + len),
+            FileOp::CloseFile => {
+                c.file = None;
+                c.fc.http_mut().on_file_closed(now);
             }
-            Op::Open { direct, .. } => do_open(shared, c, w, direct),
-            Op::Read {
-                buf,
-                offset,
-                len,
-                buf_pos,
-            } => do_read(shared, c, w, (buf, offset, len, buf_pos)),
-            Op::CloseFile => {
-                if w.cache.close_file(&mut c.cache) {
-                    w.close_evicted();
-                } else {
-                    c.file = None;
-                }
-                c.http.on_file_closed(w.now);
-            }
-            Op::Cancel => {
-                let now = w.now;
+            FileOp::Cancel => {
+                let http = c.fc.http_mut();
                 // A deferred receive is cancelled the same way; its run-queue entry then
                 // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
-                    c.http.on_recv(now, Err(RawErrno::CANCELED));
+                    http.on_recv(now, Err(RawErrno::CANCELED));
                 }
                 if c.pending_send.take().is_some() {
-                    c.http.on_send(now, Err(RawErrno::CANCELED));
+                    http.on_send(now, Err(RawErrno::CANCELED));
                 }
                 // Synchronous, so the request itself is done too.
-                c.http.on_cancel_done(now);
+                http.on_cancel_done(now);
             }
-            Op::Shutdown => {
+            FileOp::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
-                c.http.on_shutdown_done(w.now);
+                c.fc.http_mut().on_shutdown_done(now);
             }
             // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
             // connection then closes the socket.
-            Op::Close { reset } => debug_assert!(!reset, "SEND_ZC with the epoll backend"),
-            Op::Free => {
-                w.cache.forget(&mut c.cache);
-                w.close_evicted();
+            FileOp::Close { reset } => debug_assert!(!reset, "SEND_ZC with the epoll backend"),
+            // Buffers HttpConn no longer uses go, so that an idle connection holds none.
+            FileOp::Release(buf) => {
+                if let Some(b) = c.bufs[usize::from(buf.0)].take() {
+                    return_buf(b);
+                }
+            }
+            FileOp::Free => {
+                c.bufs
+                    .iter_mut()
+                    .filter_map(Option::take)
+                    .for_each(return_buf);
                 c.freed = true;
             }
         }
     }
-    // Buffers HttpConn no longer uses go, so that an idle connection holds none.
-    for b in 0..2u8 {
-        if c.http.buf_free(BufIx(b)) {
-            if let Some(buf) = c.bufs[usize::from(b)].take() {
-                return_buf(buf);
-            }
-        }
-    }
+    w.worker_ops();
     if let Some(sink) = &shared.access_log {
         // What this turn answered, before a Free removes the connection.
-        crate::accesslog::collect(sink, &mut w.log, c.peer, &mut c.http);
+        crate::accesslog::collect(sink, &mut w.log, c.peer, c.fc.http_mut());
     }
     deferred && c.pending_recv.is_some()
 }
@@ -776,22 +783,43 @@ mod tests {
         client.write_all(req.repeat(3).as_bytes()).unwrap();
 
         // The accept-time turn: the first receive is inline, the second deferred.
-        assert!(drive(&shared, &mut c, 0, &mut log), "next receive deferred");
-        assert_eq!(c.http.requests(), 1, "one request per turn");
+        assert!(
+            drive(
+                &shared,
+                &mut c,
+                conn_token(Slot(0), Generation::ZERO),
+                0,
+                &mut log
+            ),
+            "next receive deferred"
+        );
+        assert_eq!(c.fc.http().requests(), 1, "one request per turn");
         for n in 2..=3 {
             // What the run queue does for this connection on the next turn.
             let max = c.pending_recv.take().expect("deferred receive");
-            let turn_start = c.http.requests();
+            let turn_start = c.fc.http().requests();
             do_recv(&shared, &mut c, max, log.now);
-            assert!(drive(&shared, &mut c, turn_start, &mut log));
-            assert_eq!(c.http.requests(), n, "one request per turn");
+            assert!(drive(
+                &shared,
+                &mut c,
+                conn_token(Slot(0), Generation::ZERO),
+                turn_start,
+                &mut log
+            ));
+            assert_eq!(c.fc.http().requests(), n, "one request per turn");
         }
         // Nothing more buffered: the deferred receive meets EAGAIN and waits for EPOLLIN.
         let max = c.pending_recv.take().expect("deferred receive");
         do_recv(&shared, &mut c, max, log.now);
         assert_eq!(c.pending_recv, Some(max));
-        let turn_start = c.http.requests();
-        assert!(!drive(&shared, &mut c, turn_start, &mut log));
+        let turn_start = c.fc.http().requests();
+        assert!(!drive(
+            &shared,
+            &mut c,
+            conn_token(Slot(0), Generation::ZERO),
+            turn_start,
+            &mut log
+        ));
 
         drop(c);
         let mut out = Vec::new();

@@ -332,8 +332,9 @@ impl Stats {
         )
     }
 
-    /// Adds what a worker's open-file cache counted.
-    fn add_cache(&self, c: ringwork_core::filecache::CacheStats) {
+    /// Adds what a worker's file service and its open-file cache counted.
+    fn add_service(&self, svc: &ringwork_core::filesvc::FileService) {
+        let (c, s) = (svc.cache_stats(), svc.stats());
         Self::add(&self.cache_hits, c.hits);
         Self::add(&self.cache_revalidated, c.revalidated);
         Self::add(&self.cache_opened, c.opened);
@@ -341,6 +342,9 @@ impl Stats {
         Self::add(&self.cache_evicted, c.evicted);
         Self::add(&self.cache_absent, c.absent_hits);
         Self::add(&self.cache_expired, c.expired);
+        Self::add(&self.body_hits, s.body_hits);
+        Self::add(&self.chunk_waits, s.chunk_waits);
+        Self::add(&self.head_waits, s.head_waits);
     }
 }
 

@@ -14,11 +14,12 @@
 //!   re-armed whenever a CQE lacks F_MORE (single-shot, re-armed per connection, without Linux
 //!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
 //!   loop's wait never outlasts the pause) and says so on stderr, once per episode.
-//! - Files: the open-file cache (`ringwork_core::filecache`) first: a fresh entry answers
-//!   HttpConn's stat, open and close at once, and a small file's reads from its kept bytes;
-//!   a path found missing within the period answers ENOENT. Otherwise IORING_OP_STATX by path
-//!   relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-//!   straight into the cache entry's registered-file slot (after the connections' slots), or,
+//! - Files: what is decided about them is `ringwork_core::filesvc::FileService`'s, which the
+//!   driver asks for each connection's next operation instead of HttpConn: its open-file
+//!   cache answers a fresh entry's stat, open and close at once, and a small file's reads
+//!   from its kept bytes; a path found missing within the period answers ENOENT. Otherwise
+//!   IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH |
+//!   RESOLVE_NO_MAGICLINKS) straight into the cache entry's registered-file slot (after the connections' slots), or,
 //!   uncached, into slot N for connection slot N, closed with IORING_OP_CLOSE when the response
 //!   is done (HttpConn never opens before the previous close completed, so a slot never holds
 //!   the wrong file). A cache entry's slot is closed (a worker-slot CLOSE) once the entry is
@@ -34,7 +35,8 @@
 //!   `link_cancels`); HttpConn answers once both CQEs are in. `--disable links` submits the
 //!   read after the open's CQE instead.
 //! - Reads: into chunk buffers leased from the worker's pool (`--buffer-memory`) only while
-//!   a read fills one or its bytes go out; an empty pool makes reads wait in order. The pool
+//!   a read fills one or its bytes go out; an empty pool makes reads wait in order (the file
+//!   service counts the buffers and keeps the queue). The pool
 //!   is adopted unregistered (IORING_OP_READ; pages resident as used, trimmed every second),
 //!   or with `--direct` / `--zerocopy` registered (IORING_OP_READ_FIXED); should that fail
 //!   (RLIMIT_MEMLOCK) it is adopted, and the reason logged.
@@ -52,8 +54,9 @@
 //! - Bodies past the first chunk (`--sendfile`, on by default; not with `--direct` or
 //!   `--zerocopy`): HttpConn's [`SendSrc::File`] goes out as one IORING_OP_SEND straight from
 //!   a shared mapping of the cached file (`ringwork_sys::FileMap`), the page cache copied
-//!   into the socket once, with no read into a chunk buffer. The mapping is made the first
-//!   time a cached entry's file is sent from and kept with the entry until its close; it
+//!   into the socket once, with no read into a chunk buffer. The mapping is asked for
+//!   (`WorkerOp::Map`) the first time a cached entry's file is to be sent from (that chunk
+//!   goes by READ meanwhile) and kept with the entry until its close; it
 //!   faults nothing in (no MAP_POPULATE), and each send names only the prefix of its range
 //!   that mincore(2) says is in the page cache, so that no send waits on the disk in this
 //!   thread: a range that starts with a page out of memory is declined (`file_cold`) and that
@@ -80,7 +83,6 @@
 //! once nothing of it is in flight. Until then its buffers, statx struct, open_how and path
 //! stay where the kernel was told they are. No count is kept here.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +93,10 @@ use rustix::net::SendFlags;
 
 use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
-use ringwork_core::filecache::{CacheRef, EntryIx, FileCache};
+use ringwork_core::filecache::EntryIx;
+use ringwork_core::filesvc::{
+    FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
+};
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
@@ -110,32 +115,27 @@ use crate::epoll::tick_interval;
 use crate::{file_id, file_info, open_flags, Shared};
 
 struct Conn {
-    http: HttpConn,
+    /// HttpConn, with its hold on the open-file cache and its chunk buffers as the file
+    /// service counts them.
+    fc: FileConn,
     /// The socket, until HttpConn says Close.
     sock: Option<OwnedFd>,
     /// Without a head buffer ring: the head receive buffer, with the ring while a receive is
     /// in flight (made for the first receive).
     recv_buf: Option<Vec<u8>>,
-    /// The receive HttpConn asked for (its `max`), for a resubmission after ENOBUFS.
-    recv_max: u32,
     /// The connection's chunk buffers (HttpConn's `BufIx` 0 and 1), leased from the worker's
-    /// pool for as long as HttpConn uses them; a lease is with the ring while a read fills
-    /// its buffer.
+    /// pool when the file service says; a lease is with the ring while a read fills its
+    /// buffer.
     chunks: [Option<Lease>; 2],
     /// The buffer the read in flight writes (HttpConn keeps at most one read in flight).
     read_buf: BufIx,
     /// The open in flight asked for O_DIRECT.
     direct: bool,
-    /// Without registered files: the open file (closed through the ring by Op::CloseFile).
+    /// Without registered files: the connection's own open file (closed through the ring by
+    /// Op::CloseFile).
     file: Option<OwnedFd>,
     /// The client's address, for the access log (looked up only when there is one).
     peer: Option<std::net::IpAddr>,
-    /// The open-file cache entry this request's file is in (a reference held from the stat
-    /// until Op::CloseFile), instead of the connection's own file slot or `file`.
-    cache: CacheRef,
-    /// The read in flight: its file offset and where in the buffer it writes (to offer a
-    /// small file's bytes to the cache).
-    read_at: (u64, u32),
 }
 
 struct Driver<'s> {
@@ -156,49 +156,30 @@ struct Driver<'s> {
     acceptors: Acceptors<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
-    /// The stop notice's poll is armed.
-    stop_armed: bool,
     drain: Drain,
     waiter: Waiter,
-    /// Reads waiting for a chunk buffer, first come first served (the pool was empty): a
-    /// read alone, or an open with the read linked to it.
-    waiting: VecDeque<(Token, Op, Option<Op>)>,
     direct_refused: bool,
     direct_noted: bool,
     /// With `--access-log`: this worker's batch and its write through the ring.
     log: Option<RingLog>,
-    /// Open files shared by the requests for the same path: entry N in registered-file slot
-    /// `cache_base + N` (else in `cache_fds[N]`).
-    cache: FileCache,
+    /// The open-file cache, the chunk-buffer queue and the entries' mappings: what is
+    /// decided about files, in core.
+    svc: FileService,
+    /// Cache entry N's file: in registered-file slot `cache_base + N` (else in
+    /// `cache_fds[N]`), and its mapping once made.
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
-    /// Per cache entry: the mapping its file is sent from, made on the first send.
-    maps: Vec<EntryMap>,
+    maps: Vec<Option<Arc<FileMap>>>,
     /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
     /// (else into a buffer per connection).
     head_ring: bool,
-    /// Receives that found the head ring empty (ENOBUFS), to resubmit once buffers are back.
-    recv_starved: Vec<Token>,
-    /// Most chunk buffers in use at once since the last trim.
-    chunk_peak: usize,
     /// The time, read once per batch of completions.
     now: ringwork_core::httpconn::Time,
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
-}
-
-/// A cache entry's file mapping, for [`SendSrc::File`].
-#[derive(Debug, Default)]
-enum EntryMap {
-    /// Not made yet (or dropped with the entry's file, or stale).
-    #[default]
-    None,
-    /// The IORING_OP_FIXED_FD_INSTALL for the mmap is in flight.
-    Installing,
-    Ready(Arc<FileMap>),
-    /// It could not be made: this entry's bodies go through chunk buffers.
-    Failed,
+    /// Tokens being woken, reused.
+    woken: Vec<Token>,
 }
 
 /// Operation memory no connection holds, for the next that needs it (boxed as the
@@ -305,6 +286,15 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             .with("file_send", file_send)
     );
     let waiter = Waiter::new(&ring, 1, Duration::ZERO);
+    let svc = FileService::new(ServiceConfig {
+        cache: shared.cache,
+        chunks: usize::from(shared.chunk_buffers),
+        file_send: if file_send {
+            FileSend::Mapped
+        } else {
+            FileSend::Off
+        },
+    });
     let mut d = Driver {
         shared,
         ring,
@@ -314,22 +304,19 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         http_cfg,
         acceptors,
         stop,
-        stop_armed: false,
         drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
         waiter,
-        waiting: VecDeque::new(),
         direct_refused: false,
         direct_noted: false,
         log: shared.access_log.as_ref().map(|_| RingLog::default()),
-        cache: FileCache::new(shared.cache),
+        svc,
         cache_base: slots,
         cache_fds: (0..cache_entries).map(|_| None).collect(),
-        maps: (0..cache_entries).map(|_| EntryMap::None).collect(),
+        maps: (0..cache_entries).map(|_| None).collect(),
         head_ring,
-        recv_starved: Vec::new(),
-        chunk_peak: 0,
         now: shared.now(),
         spare: Spares::default(),
+        woken: Vec::new(),
     };
     // Accept only once every worker has its ring: connections accepted here must not take
     // the descriptors another worker's io_uring_setup needs.
@@ -400,7 +387,8 @@ const STOP_TOKEN: Token = Token::new(
 );
 
 impl Driver<'_> {
-    /// After the loop: the access log's last lines, and the ring's and the cache's counters.
+    /// After the loop: the access log's last lines, and the ring's and the file service's
+    /// counters.
     fn finish(&mut self) {
         let shared = self.shared;
         if let (Some(log), Some(sink)) = (&mut self.log, &shared.access_log) {
@@ -413,7 +401,7 @@ impl Driver<'_> {
         crate::Stats::add(&st.enters, rs.enters);
         crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
         crate::Stats::add(&st.busy_retries, rs.busy_retries);
-        st.add_cache(self.cache.stats());
+        st.add_service(&self.svc);
     }
 
     fn push(&mut self, sqe: SafeSqe) -> Result<(), String> {
@@ -425,9 +413,7 @@ impl Driver<'_> {
     fn arm_stop(&mut self) -> Result<(), String> {
         self.stop
             .arm(&mut self.ring, STOP_TOKEN.encode())
-            .map_err(|e| format!("io_uring submit: {e}"))?;
-        self.stop_armed = true;
-        Ok(())
+            .map_err(|e| format!("io_uring submit: {e}"))
     }
 
     /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
@@ -438,7 +424,6 @@ impl Driver<'_> {
     /// The stop notice's poll completed: if the notice was given, cancel the accept, and let
     /// every connection finish its response and close.
     fn on_stop_notice(&mut self) -> Result<(), String> {
-        self.stop_armed = false;
         if !self.stop.given() {
             // Spurious: poll again.
             return self.arm_stop();
@@ -458,8 +443,8 @@ impl Driver<'_> {
         for i in 0..self.conns.capacity() {
             let slot = Slot(i as u32);
             if let Some(c) = self.conns.get_mut(slot) {
-                if !c.http.is_closed() {
-                    f(&mut c.http);
+                if !c.fc.http().is_closed() {
+                    f(c.fc.http_mut());
                     self.drive(slot)?;
                 }
             }
@@ -506,11 +491,8 @@ impl Driver<'_> {
             }
             // Out of descriptors (accept paused): cached files held as descriptors (without
             // registered files) that no request uses give theirs to the connections waiting.
-            if !self.fixed_files
-                && self.acceptors.deadline_ms().is_some()
-                && self.cache.evict_unused() > 0
-            {
-                self.close_evicted();
+            if !self.fixed_files && self.acceptors.deadline_ms().is_some() {
+                self.svc.evict_unused();
             }
             let now = self.shared.now();
             if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
@@ -519,10 +501,9 @@ impl Driver<'_> {
             if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
                 last_tick = now.mono_ms;
                 self.each_open_conn(|http| http.on_tick(now))?;
-                if self.cache.expire_inactive(now.mono_ms) > 0 {
-                    self.close_evicted();
-                }
+                self.svc.expire(now.mono_ms);
             }
+            self.worker_ops();
             self.serve_waiting()?;
             if now.mono_ms.saturating_sub(last_trim) >= TRIM_INTERVAL_MS {
                 last_trim = now.mono_ms;
@@ -532,8 +513,9 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Hands the head buffers taken since the last call back to the kernel, then resubmits
-    /// the receives that found none.
+    /// Hands the head buffers taken since the last call back to the kernel, then drives the
+    /// connections whose receive found none (the file service resubmits it, or completes it
+    /// cancelled for a connection that is closing).
     fn replenish_heads(&mut self) -> Result<(), String> {
         if !self.head_ring {
             return Ok(());
@@ -541,23 +523,32 @@ impl Driver<'_> {
         self.ring
             .publish_buffers(HEAD_GROUP)
             .map_err(|e| format!("publishing head buffers: {e}"))?;
-        let now = self.now;
-        for token in std::mem::take(&mut self.recv_starved) {
-            let Some(c) = self.conns.get_checked_mut(&token) else {
-                continue;
-            };
-            if c.http.is_closing() {
-                // It never reached the kernel: resubmitted after the connection's cancel, it
-                // would wait for a client that may never write again.
-                c.http.on_recv(now, Err(RawErrno::CANCELED));
+        let mut woken = std::mem::take(&mut self.woken);
+        self.svc.take_starved(&mut woken);
+        let result = self.wake_all(&mut woken);
+        self.woken = woken;
+        result
+    }
+
+    /// Lets the parked operation of each connection in `tokens` go, and drives it.
+    fn wake_all(&mut self, tokens: &mut Vec<Token>) -> Result<(), String> {
+        for token in tokens.drain(..) {
+            if let Some(c) = self.conns.get_checked_mut(&token) {
+                self.svc.wake(&mut c.fc);
                 self.drive(token.slot)?;
-                continue;
             }
-            let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
-            let sqe = SafeSqe::recv_select(sock, HEAD_GROUP, false)
-                .select_len(c.recv_max)
-                .user_data(token.encode());
-            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
+    /// The reads that waited for a chunk buffer, in their order, while the pool has one for
+    /// the next: once a turn of the loop, after everything that gives buffers back.
+    fn serve_waiting(&mut self) -> Result<(), String> {
+        while let Some(token) = self.svc.next_waiting() {
+            if let Some(c) = self.conns.get_checked_mut(&token) {
+                self.svc.wake(&mut c.fc);
+                self.drive(token.slot)?;
+            }
         }
         Ok(())
     }
@@ -612,7 +603,7 @@ impl Driver<'_> {
         }
         if token.slot == Slot::WORKER && token.kind == OpKind::Close {
             // A cached file's slot closed (whatever the result: the slot is empty now).
-            self.cache.on_closed(EntryIx(u32::from(token.sub)));
+            self.svc.on_entry_closed(EntryIx(u32::from(token.sub)));
             return Ok(());
         }
         self.on_conn_cqe(token, &cqe, head)
@@ -643,6 +634,7 @@ impl Driver<'_> {
             return Ok(());
         };
         let res = cqe.result();
+        let http = c.fc.http_mut();
         match (token.kind, mem) {
             (OpKind::SendZc, _) if cqe.is_notification() => {
                 let st = &self.shared.stats;
@@ -652,49 +644,37 @@ impl Driver<'_> {
                 if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                     crate::Stats::add(&st.zc_copied, 1);
                 }
-                c.http.on_send_notif(now, zc_slot);
+                http.on_send_notif(now, zc_slot);
             }
-            (OpKind::SendZc, _) => c.http.on_send_zc(now, zc_slot, res, cqe.more()),
+            (OpKind::SendZc, _) => http.on_send_zc(now, zc_slot, res, cqe.more()),
             (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
-                let bytes = res.map(|n| &buf[..n as usize]);
-                c.http.on_recv(now, bytes);
+                http.on_recv(now, res.map(|n| &buf[..n as usize]));
                 c.recv_buf = Some(buf);
             }
             // The head ring was empty: the receive waits for buffers (HttpConn still counts
             // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
             (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
-                crate::Stats::add(&self.shared.stats.head_waits, 1);
-                self.recv_starved.push(token);
+                self.svc.on_recv_nobufs(&mut c.fc, token);
                 return Ok(());
             }
-            (OpKind::Recv, None) => {
-                let br = self.ring.buf_ring(HEAD_GROUP);
-                match (head, br) {
-                    (Some(lease), Some(br)) => {
-                        let bytes = res.map(|n| br.bytes(&lease, n));
-                        c.http.on_recv(now, bytes);
-                        br.recycle(lease);
-                    }
-                    // End of stream or an error: no buffer was picked.
-                    _ => c.http.on_recv(now, res.map(|_| &[][..])),
+            (OpKind::Recv, None) => match (head, self.ring.buf_ring(HEAD_GROUP)) {
+                (Some(lease), Some(br)) => {
+                    http.on_recv(now, res.map(|n| br.bytes(&lease, n)));
+                    br.recycle(lease);
                 }
-            }
+                // End of stream or an error: no buffer was picked.
+                _ => http.on_recv(now, res.map(|_| &[][..])),
+            },
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
                     keep(&mut self.spare.head, buf);
                 }
-                c.http.on_send(now, res);
+                http.on_send(now, res);
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
-                let info = res.map(|_| file_info(target.statx()));
-                let id = file_id(target.statx());
+                let seen = res.map(|_| (file_info(target.statx()), file_id(target.statx())));
                 keep(&mut self.spare.stat, target);
-                // The cache learns what the path names now: the same file (a hit), a new
-                // one (opened into an entry), or nothing it keeps.
-                let seen = info.map(|i| (i, id));
-                self.cache
-                    .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
-                c.http.on_stat(now, info);
+                self.svc.on_stat(&mut c.fc, now, seen);
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
                 if c.direct && res == Err(RawErrno::INVAL) && !self.direct_refused {
@@ -702,35 +682,28 @@ impl Driver<'_> {
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
                 // Registered files are in their slot already; descriptors are kept.
-                match self.cache.open_done(&mut c.cache, res.is_ok()) {
-                    Some(ix) if !self.fixed_files => self.cache_fds[ix.0 as usize] = args.take_fd(),
-                    None if !self.fixed_files => c.file = args.take_fd(),
-                    _ => {}
+                match self.svc.on_open(&mut c.fc, now, res.map(|_| ())) {
+                    _ if self.fixed_files => {}
+                    FileRef::Entry(ix) => self.cache_fds[ix.0 as usize] = args.take_fd(),
+                    FileRef::Own => c.file = args.take_fd(),
                 }
                 keep(&mut self.spare.open, args);
-                c.http.on_open(now, res.map(|_| ()));
             }
             (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
                 if res == Err(RawErrno::CANCELED) {
                     crate::Stats::add(&self.shared.stats.link_cancels, 1);
                 }
-                let buf = c.read_buf;
-                // A small cached file read whole: its bytes are kept, for the hits to come.
-                if let (Some(buffers), (0, pos), Ok(n)) =
-                    (self.ring.fixed_buffers(), c.read_at, res)
-                {
-                    let bytes = &buffers.bytes(&lease)[pos as usize..(pos + n) as usize];
-                    self.cache.read_done(&c.cache, 0, bytes);
-                }
-                c.chunks[usize::from(buf.0)] = Some(lease);
-                c.http.on_read(now, buf, res);
+                let buffers = self.ring.fixed_buffers().ok_or("no chunk buffers")?;
+                self.svc
+                    .on_read(&mut c.fc, now, c.read_buf, res, buffers.bytes(&lease));
+                c.chunks[usize::from(c.read_buf.0)] = Some(lease);
             }
             // The descriptor is gone whatever the result (close(2) never leaves it open).
-            (OpKind::Close, _) => c.http.on_file_closed(now),
+            (OpKind::Close, _) => http.on_file_closed(now),
             // Whatever their results (the cancelled op reports on its own): HttpConn closes
             // the socket only once these requests that name it are done.
-            (OpKind::Cancel, _) => c.http.on_cancel_done(now),
-            (OpKind::Shutdown, _) => c.http.on_shutdown_done(now),
+            (OpKind::Cancel, _) => http.on_cancel_done(now),
+            (OpKind::Shutdown, _) => http.on_shutdown_done(now),
             (kind, mem) => {
                 return Err(format!(
                     "a {kind:?} completion came back with {mem:?}: memory went astray"
@@ -742,25 +715,20 @@ impl Driver<'_> {
 
     fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
         let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let cfg = self.http_cfg;
+        let peer = self
+            .log
+            .as_ref()
+            .and_then(|_| crate::accesslog::peer_ip(&sock));
         let conn = Conn {
-            http: HttpConn::new(cfg, self.shared.now()),
+            fc: FileConn::new(HttpConn::new(self.http_cfg, self.shared.now())),
             sock: Some(sock),
             recv_buf: None,
-            recv_max: 0,
             chunks: [None, None],
             read_buf: BufIx(0),
             direct: false,
             file: None,
-            peer: None,
-            cache: CacheRef::default(),
-            read_at: (0, 0),
+            peer,
         };
-        let peer = match (&self.log, &conn.sock) {
-            (Some(_), Some(sock)) => crate::accesslog::peer_ip(sock),
-            _ => None,
-        };
-        let conn = Conn { peer, ..conn };
         // A full table (an accept the acceptor's capacity cancel did not stop in time): the
         // connection is dropped (its socket closed) at once.
         match self.conns.insert(Box::new(conn)) {
@@ -776,80 +744,7 @@ impl Driver<'_> {
             &self.shared.access_log,
             self.conns.get_mut(slot),
         ) {
-            crate::accesslog::collect(sink, &mut log.batch, c.peer, &mut c.http);
-        }
-    }
-
-    /// Frees connection `slot` (HttpConn said Free: nothing of it is in flight), giving its
-    /// chunk buffers back to the pool.
-    fn free(&mut self, slot: Slot) {
-        let Some(mut c) = self.conns.remove(slot) else {
-            return;
-        };
-        self.cache.forget(&mut c.cache);
-        self.close_evicted();
-        let buffers = self
-            .ring
-            .fixed_buffers()
-            .expect("the chunk buffers are set up before the loop");
-        for lease in c.chunks.into_iter().flatten() {
-            buffers.release(lease);
-        }
-    }
-
-    /// Gives the chunk buffers connection `slot` holds and HttpConn no longer uses back to
-    /// the pool.
-    fn release_idle_chunks(&mut self, slot: Slot) {
-        let Some(c) = self.conns.get_mut(slot) else {
-            return;
-        };
-        for b in 0..2u8 {
-            if c.chunks[usize::from(b)].is_some() && c.http.buf_free(BufIx(b)) {
-                let lease = c.chunks[usize::from(b)].take().expect("checked above");
-                self.ring
-                    .fixed_buffers()
-                    .expect("the chunk buffers are set up before the loop")
-                    .release(lease);
-            }
-        }
-    }
-
-    /// Whether read `op` of connection `slot` may go now: the connection already holds the
-    /// buffer it names (it takes nothing from the pool, so it jumps no queue: queued, it would
-    /// hold that buffer idle while everyone ahead waits for one), or no read waits and the
-    /// pool has a buffer for it (leased here).
-    fn may_read_now(&mut self, slot: Slot, op: &Op) -> bool {
-        let holds = match (*op, self.conns.get(slot)) {
-            (Op::Read { buf, .. }, Some(c)) => c.chunks[usize::from(buf.0)].is_some(),
-            _ => false,
-        };
-        holds || (self.waiting.is_empty() && self.lease_for(slot, op))
-    }
-
-    /// Makes sure connection `slot` holds the chunk buffer a read names, from the pool; false
-    /// when the pool is empty (the read must wait its turn).
-    fn lease_for(&mut self, slot: Slot, op: &Op) -> bool {
-        let Op::Read { buf, .. } = *op else {
-            return true;
-        };
-        let Some(c) = self.conns.get_mut(slot) else {
-            return true;
-        };
-        if c.chunks[usize::from(buf.0)].is_some() {
-            return true;
-        }
-        let buffers = self
-            .ring
-            .fixed_buffers()
-            .expect("the chunk buffers are set up before the loop");
-        match buffers.acquire() {
-            Some(lease) => {
-                c.chunks[usize::from(buf.0)] = Some(lease);
-                let in_use = buffers.len() - buffers.pool().available();
-                self.chunk_peak = self.chunk_peak.max(in_use);
-                true
-            }
-            None => false,
+            crate::accesslog::collect(sink, &mut log.batch, c.peer, c.fc.http_mut());
         }
     }
 
@@ -857,271 +752,205 @@ impl Driver<'_> {
     /// (unregistered buffers only): a burst's memory does not stay resident once it is over.
     /// The buffers that were in use at the peak and are free now stay, with a few spare.
     fn trim_chunks(&mut self) -> Result<(), String> {
-        let Some(buffers) = self.ring.fixed_buffers() else {
-            return Ok(());
-        };
-        let in_use = buffers.len() - buffers.pool().available();
-        let keep = self.chunk_peak.saturating_sub(in_use) + TRIM_SPARE;
-        self.chunk_peak = in_use;
+        let in_use = self.svc.chunks_in_use();
+        let keep = self.svc.take_peak().saturating_sub(in_use) + TRIM_SPARE;
         self.ring
             .trim_fixed_buffers(keep)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
 
-    /// Closes the files of the cache entries no request holds any more (dropped or evicted);
-    /// each entry is reusable once its close completes.
-    fn close_evicted(&mut self) {
-        while let Some(ix) = self.cache.poll_close() {
-            // Sends in flight hold their own reference; it is unmapped after the last.
-            self.maps[ix.0 as usize] = EntryMap::None;
-            if self.fixed_files {
-                let token =
-                    Token::new(OpKind::Close, Slot::WORKER, Generation::ZERO).with_sub(ix.0 as u16);
-                let sqe = SafeSqe::close_fixed(self.cache_base + ix.0).user_data(token.encode());
-                // A full SQ is submitted to make room; should even that fail, the slot stays
-                // taken (the entry is never reused) rather than misnamed.
-                if self.ring.push_safe(sqe).is_err() {
-                    continue;
+    /// Performs the file service's worker-wide work: closes the files of the cache entries
+    /// no request holds any more (each entry is reusable once its close completes), makes
+    /// the mappings sends from a cached file wait for.
+    fn worker_ops(&mut self) {
+        while let Some(op) = self.svc.poll_worker_op() {
+            match op {
+                WorkerOp::CloseEntry(ix) => {
+                    // Sends in flight hold their own reference; it is unmapped after the last.
+                    self.maps[ix.0 as usize] = None;
+                    if !self.fixed_files {
+                        // close(2) of a regular file: at once.
+                        self.cache_fds[ix.0 as usize] = None;
+                        self.svc.on_entry_closed(ix);
+                        continue;
+                    }
+                    let token = Token::new(OpKind::Close, Slot::WORKER, Generation::ZERO)
+                        .with_sub(ix.0 as u16);
+                    let sqe =
+                        SafeSqe::close_fixed(self.cache_base + ix.0).user_data(token.encode());
+                    // A full SQ is submitted to make room; should even that fail, the slot
+                    // stays taken (the entry is never reused) rather than misnamed.
+                    let _ = self.ring.push_safe(sqe);
                 }
-            } else {
-                // close(2) of a regular file: at once.
-                self.cache_fds[ix.0 as usize] = None;
-                self.cache.on_closed(ix);
+                WorkerOp::Map(ix) => self.map(ix),
+            }
+        }
+    }
+
+    /// Maps entry `ix`'s file: a plain descriptor at once; a registered slot once
+    /// IORING_OP_FIXED_FD_INSTALL has given it a descriptor ([`Driver::on_installed`]).
+    fn map(&mut self, ix: EntryIx) {
+        if let Some(fd) = &self.cache_fds[ix.0 as usize] {
+            let map = map_entry(fd, self.svc.file_id(ix));
+            self.mapped(ix, map);
+            return;
+        }
+        let token = Token::new(OpKind::Open, Slot::WORKER, Generation::ZERO).with_sub(ix.0 as u16);
+        let sqe = SafeSqe::fixed_fd_install(self.cache_base + ix.0).user_data(token.encode());
+        if self.ring.push_safe(sqe).is_err() {
+            self.svc.on_mapped(ix, Mapped::Retry);
+        }
+    }
+
+    /// What became of entry `ix`'s mapping, to the file service.
+    fn mapped(&mut self, ix: EntryIx, map: Result<Arc<FileMap>, Mapped>) {
+        match map {
+            Ok(m) if self.svc.on_mapped(ix, Mapped::Ready) => self.maps[ix.0 as usize] = Some(m),
+            Ok(_) => {}
+            Err(outcome) => {
+                self.svc.on_mapped(ix, outcome);
             }
         }
     }
 
     /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`res`, and `fd`, the
-    /// descriptor it installed). The mapping is made if the entry still waits for it; the
-    /// descriptor is closed either way (the mapping holds the file). Out of descriptors, the
-    /// next send from the file tries again; any other failure is for the entry's life.
+    /// descriptor it installed). The descriptor is closed once mapped (the mapping holds the
+    /// file). Out of descriptors, the next send from the file tries again.
     fn on_installed(&mut self, ix: EntryIx, res: Result<u32, RawErrno>, fd: Option<OwnedFd>) {
-        let map = &mut self.maps[ix.0 as usize];
-        if !matches!(map, EntryMap::Installing) {
-            // The entry was closed meanwhile.
-            return;
-        }
-        *map = match (fd, res) {
-            (Some(fd), _) => map_entry(&fd, self.cache.file_id(ix)),
-            (None, Err(RawErrno::MFILE | RawErrno::NFILE)) => EntryMap::None,
-            (None, _) => EntryMap::Failed,
+        let map = match (fd, res) {
+            (Some(fd), _) => map_entry(&fd, self.svc.file_id(ix)),
+            (None, Err(RawErrno::MFILE | RawErrno::NFILE)) => Err(Mapped::Retry),
+            (None, _) => Err(Mapped::Failed),
         };
+        self.mapped(ix, map);
     }
 
-    /// Performs `op` from the open-file cache when it can, with no system call: a stat of a
-    /// fresh cached path, the open of a cached file, a read of a small file's kept bytes
-    /// (when a chunk buffer is free at once), the close of a cached file. False: submit it.
-    fn answer_from_cache(&mut self, slot: Slot, op: Op) -> bool {
-        let now = self.now;
-        let Some(c) = self.conns.get_mut(slot) else {
-            return false;
+    /// Submits an open with its linked read as one chain.
+    fn submit_chain(&mut self, slot: Slot, open: FileOp, read: FileOp) -> Result<(), String> {
+        let first = self.build_sqe(slot, open)?;
+        let second = self.build_sqe(slot, read)?;
+        let (Some(first), Some(second)) = (first, second) else {
+            return Err("an open's linked read was not a read".into());
         };
-        match op {
-            Op::Stat => {
-                let path = c.http.path();
-                let Some(answer) = self.cache.stat_from_cache(&mut c.cache, path, now.mono_ms)
-                else {
-                    return false;
-                };
-                c.http.on_stat(now, answer);
-                true
-            }
-            Op::Open { .. } if c.cache.is_open() => {
-                // The file is open in its entry already. A linked first read, queued next,
-                // is submitted (or answered) on its own.
-                c.http.on_open(now, Ok(()));
-                true
-            }
-            Op::Read { .. } => {
-                if self.cache.kept_body(&c.cache).is_none() {
-                    return false;
-                }
-                if !self.may_read_now(slot, &op) {
-                    return false;
-                }
-                self.read_from_body(slot, op)
-            }
-            Op::CloseFile => {
-                // Not the cache's file: the request's own, closed by the ring.
-                if !self.cache.close_file(&mut c.cache) {
-                    return false;
-                }
-                c.http.on_file_closed(now);
-                self.close_evicted();
-                true
-            }
-            _ => false,
-        }
+        self.ring
+            .push_safe_chain(vec![first, second], false)
+            .map_err(|e| format!("io_uring submit: {e}"))
     }
 
-    /// A read of connection `slot`'s cached file answered from its kept bytes, into the
-    /// chunk buffer the connection holds (leased already): false when the file's bytes are not
-    /// kept.
-    fn read_from_body(&mut self, slot: Slot, op: Op) -> bool {
-        let Op::Read {
-            buf,
-            offset,
-            len,
-            buf_pos,
-        } = op
-        else {
-            return false;
-        };
-        let Some(c) = self.conns.get_mut(slot) else {
-            return false;
-        };
-        let Some(body) = self.cache.kept_body(&c.cache) else {
-            return false;
-        };
-        let Some(lease) = c.chunks[usize::from(buf.0)].as_ref() else {
-            return false;
-        };
-        let from = (offset as usize).min(body.len());
-        let to = (from + len as usize).min(body.len());
+    /// Performs what the file service hands out for connection `slot`: SQEs, a chain for an
+    /// open with its linked read (the service decides what is chained; this only submits
+    /// it), chunk buffers leased and given back, kept bytes copied; frees it at the end.
+    fn drive(&mut self, slot: Slot) -> Result<(), String> {
+        self.collect_log(slot);
+        let token = Token::new(OpKind::Read, slot, self.conns.generation(slot));
+        while let Some(c) = self.conns.get_mut(slot) {
+            let Some(op) = self.svc.next(&mut c.fc, token, self.now) else {
+                break;
+            };
+            match op {
+                FileOp::Free => {
+                    self.free(slot);
+                    break;
+                }
+                FileOp::Release(buf) => {
+                    if let Some(lease) = c.chunks[usize::from(buf.0)].take() {
+                        self.buffers().release(lease);
+                    }
+                }
+                FileOp::ReadKept {
+                    buf,
+                    buf_pos,
+                    len,
+                    lease,
+                } => {
+                    self.lease(slot, buf, lease)?;
+                    self.read_kept(slot, buf, buf_pos..buf_pos + len)?;
+                }
+                FileOp::Open {
+                    link_next: true, ..
+                } => {
+                    let Some(read) = self.svc.next(&mut c.fc, token, self.now) else {
+                        return Err("an open with link_next and no read".into());
+                    };
+                    if let FileOp::Read { buf, lease, .. } = read {
+                        self.lease(slot, buf, lease)?;
+                    }
+                    self.submit_chain(slot, op, read)?;
+                }
+                op => {
+                    if let FileOp::Read { buf, lease, .. } = op {
+                        self.lease(slot, buf, lease)?;
+                    }
+                    if let Some(sqe) = self.build_sqe(slot, op)? {
+                        self.push(sqe)?;
+                    }
+                }
+            }
+        }
+        self.worker_ops();
+        Ok(())
+    }
+
+    fn buffers(&mut self) -> &mut FixedBuffers {
+        self.ring
+            .fixed_buffers()
+            .expect("the chunk buffers are set up before the loop")
+    }
+
+    /// Takes a chunk buffer from the pool for connection `slot`'s buffer `buf` when `lease`
+    /// (the file service counted one free).
+    fn lease(&mut self, slot: Slot, buf: BufIx, lease: bool) -> Result<(), String> {
+        if !lease {
+            return Ok(());
+        }
+        let lease = self
+            .buffers()
+            .acquire()
+            .ok_or("the chunk pool is empty where the file service counted one free")?;
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.chunks[usize::from(buf.0)] = Some(lease);
+        }
+        Ok(())
+    }
+
+    /// Copies the kept bytes of connection `slot`'s cached file into its chunk buffer `buf`
+    /// at `at`, and reports the read.
+    fn read_kept(
+        &mut self,
+        slot: Slot,
+        buf: BufIx,
+        at: std::ops::Range<u32>,
+    ) -> Result<(), String> {
         let buffers = self
             .ring
             .fixed_buffers()
             .expect("the chunk buffers are set up before the loop");
-        buffers.bytes_mut(lease)[buf_pos as usize..buf_pos as usize + (to - from)]
-            .copy_from_slice(&body[from..to]);
-        crate::Stats::add(&self.shared.stats.body_hits, 1);
-        c.http.on_read(self.now, buf, Ok((to - from) as u32));
-        true
+        let c = self
+            .conns
+            .get_mut(slot)
+            .ok_or("a read for a freed connection")?;
+        let lease = chunk(c, buf)?;
+        let dst = &mut buffers.bytes_mut(lease)[at.start as usize..at.end as usize];
+        self.svc.read_kept(&mut c.fc, self.now, buf, dst);
+        Ok(())
     }
 
-    /// The reads queued for connections that are closing complete now, cancelled: they never
-    /// reached the kernel, and waiting for a buffer would wait for the other closing
-    /// connections in the queue, each holding its buffers until its own read completes.
-    fn cancel_waiting_of_closing(&mut self) -> Result<(), String> {
-        let conns = &self.conns;
-        let closing = |token: &Token| {
-            conns
-                .get_checked(token)
-                .is_some_and(|c| c.http.is_closing())
+    /// Frees connection `slot` (HttpConn said Free: nothing of it is in flight), giving its
+    /// chunk buffers back to the pool.
+    fn free(&mut self, slot: Slot) {
+        let Some(c) = self.conns.remove(slot) else {
+            return;
         };
-        if !self.waiting.iter().any(|(token, ..)| closing(token)) {
-            return Ok(());
-        }
-        let (cancelled, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|(token, ..)| closing(token));
-        self.waiting = kept;
-        let now = self.now;
-        for (token, first, second) in cancelled {
-            let Some(c) = self.conns.get_checked_mut(&token) else {
-                continue;
-            };
-            for op in [Some(first), second].into_iter().flatten() {
-                match op {
-                    // An open linked to the read, queued with it: its cache entry, reserved
-                    // for it, is free again.
-                    Op::Open { .. } => {
-                        self.cache.open_done(&mut c.cache, false);
-                        c.http.on_open(now, Err(RawErrno::CANCELED));
-                    }
-                    Op::Read { buf, .. } => c.http.on_read(now, buf, Err(RawErrno::CANCELED)),
-                    _ => {}
-                }
-            }
-            self.drive(token.slot)?;
-        }
-        Ok(())
-    }
-
-    /// The reads that waited for a chunk buffer, in their order, while the pool has one for
-    /// the next: once a turn of the loop, after everything that gives buffers back.
-    fn serve_waiting(&mut self) -> Result<(), String> {
-        self.cancel_waiting_of_closing()?;
-        while let Some(&(token, first, second)) = self.waiting.front() {
-            if self.conns.get_checked(&token).is_none() {
-                // Freed since: cannot happen while HttpConn counts the read in flight.
-                self.waiting.pop_front();
-                continue;
-            }
-            if !self.lease_for(token.slot, &second.unwrap_or(first)) {
-                return Ok(());
-            }
-            self.waiting.pop_front();
-            crate::Stats::add(&self.shared.stats.chunk_waits, 1);
-            // A small cached file's bytes at once (no read and no round trip through the
-            // loop), and the connection goes on (its send).
-            if second.is_none() && self.read_from_body(token.slot, first) {
-                self.drive(token.slot)?;
-                continue;
-            }
-            self.submit(token.slot, first, second)?;
-        }
-        Ok(())
-    }
-
-    /// Submits one op, or an open with its linked read as one chain.
-    fn submit(&mut self, slot: Slot, first: Op, second: Option<Op>) -> Result<(), String> {
-        let Some(first) = self.build_sqe(slot, first)? else {
-            return Ok(());
-        };
-        match second {
-            None => self.push(first),
-            Some(op) => {
-                let Some(second) = self.build_sqe(slot, op)? else {
-                    unreachable!("an open with link_next is followed by its read")
-                };
-                self.ring
-                    .push_safe_chain(vec![first, second], false)
-                    .map_err(|e| format!("io_uring submit: {e}"))
-            }
+        let buffers = self.buffers();
+        for lease in c.chunks.into_iter().flatten() {
+            buffers.release(lease);
         }
     }
 
-    /// Turns the connection's queued operations into SQEs; frees it when HttpConn says. An
-    /// [`Op::Open`] with `link_next` goes in one IOSQE_IO_LINK chain with the op after it
-    /// (its first read): HttpConn decides what is chained, this only submits it. A read waits
-    /// its turn (after the reads already waiting) when the pool has no chunk buffer for it.
-    fn drive(&mut self, slot: Slot) -> Result<(), String> {
-        self.collect_log(slot);
-        while let Some(op) = self.conns.get_mut(slot).and_then(|c| c.http.poll_op()) {
-            if op == Op::Free {
-                // Nothing of it is in flight: its memory may go (the socket was closed by
-                // Op::Close, the file slot by Op::CloseFile).
-                self.free(slot);
-                break;
-            }
-            if self.answer_from_cache(slot, op) {
-                continue;
-            }
-            let second = if matches!(
-                op,
-                Op::Open {
-                    link_next: true,
-                    ..
-                }
-            ) {
-                // Guard: HttpConn queues the linked read right behind its open.
-                let next = self.conns.get_mut(slot).and_then(|c| c.http.poll_op());
-                assert!(
-                    next.is_some(),
-                    "an open with link_next is followed by its read"
-                );
-                next
-            } else {
-                None
-            };
-            let read = second.unwrap_or(op);
-            if matches!(read, Op::Read { .. }) && !self.may_read_now(slot, &read) {
-                let token = Token::new(OpKind::Read, slot, self.conns.generation(slot));
-                self.waiting.push_back((token, op, second));
-                continue;
-            }
-            self.submit(slot, op, second)?;
-        }
-        self.release_idle_chunks(slot);
-        Ok(())
-    }
-
-    /// A send of `range` of cache entry `ix`'s file straight from its mapping, made (or its
-    /// descriptor installed) on the way; or why not: `Err(true)`, this chunk goes by a read
-    /// and the file is tried again for the next; `Err(false)`, the rest of the body goes by
-    /// reads.
+    /// A send of `range` of cache entry `ix`'s file straight from its mapping; or why not:
+    /// `Err(true)`, this chunk goes by a read and the file is tried again for the next;
+    /// `Err(false)`, the rest of the body goes by reads.
     fn send_from_map(
         &mut self,
         ix: EntryIx,
@@ -1130,34 +959,15 @@ impl Driver<'_> {
     ) -> Result<SafeSqe, bool> {
         let (start, end) = (range.start, range.end);
         let map = &mut self.maps[ix.0 as usize];
-        if let EntryMap::Ready(m) = map {
-            // The file grew since it was mapped (rewritten in place): map it again.
-            if end > m.len() {
-                *map = EntryMap::None;
-            }
-        }
-        if matches!(map, EntryMap::None) {
-            *map = match &self.cache_fds[ix.0 as usize] {
-                // A plain descriptor: map it now.
-                Some(fd) => map_entry(fd, self.cache.file_id(ix)),
-                None if self.fixed_files => {
-                    let token = Token::new(OpKind::Open, Slot::WORKER, Generation::ZERO)
-                        .with_sub(ix.0 as u16);
-                    let sqe =
-                        SafeSqe::fixed_fd_install(self.cache_base + ix.0).user_data(token.encode());
-                    match self.ring.push_safe(sqe) {
-                        Ok(_) => EntryMap::Installing,
-                        Err(_) => EntryMap::None,
-                    }
-                }
-                None => EntryMap::Failed,
-            };
-        }
         let m = match map {
-            EntryMap::Ready(m) if end <= m.len() => Arc::clone(m),
-            // The next chunk goes by a read meanwhile, and the file is tried again.
-            EntryMap::Installing | EntryMap::None => return Err(true),
-            EntryMap::Ready(_) | EntryMap::Failed => return Err(false),
+            Some(m) if end <= m.len() => Arc::clone(m),
+            // The file grew since it was mapped (rewritten in place): map it again.
+            Some(_) => {
+                *map = None;
+                self.svc.remap(ix);
+                return Err(true);
+            }
+            None => return Err(false),
         };
         // Only what is in memory: a fault on a page out of it would read the disk in this
         // thread. A range that starts out of memory goes by a read (io-wq).
@@ -1170,9 +980,9 @@ impl Driver<'_> {
         Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
     }
 
-    /// The OPENAT2 of connection `slot`'s path beneath the root, into the cache entry its
-    /// stat reserved, the connection's own file slot, or a plain descriptor.
-    fn open_sqe(&mut self, slot: Slot, direct: bool) -> Result<SafeSqe, String> {
+    /// The OPENAT2 of connection `slot`'s path beneath the root, `into` the cache entry its
+    /// stat reserved or the connection's own file slot (or a plain descriptor).
+    fn open_sqe(&mut self, slot: Slot, direct: bool, into: FileRef) -> Result<SafeSqe, String> {
         let (fixed_files, root) = (self.fixed_files, self.shared.root.as_raw_fd());
         crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
         let c = self
@@ -1190,38 +1000,49 @@ impl Driver<'_> {
         how.flags = u64::from(flags.bits());
         how.resolve = resolve;
         let args = self.spare.open.pop().unwrap_or_default();
-        // Into the cache entry reserved for it, or the connection's own slot.
-        let file_slot = match c.cache.opening() {
-            Some(ix) => fixed_files.then_some(self.cache_base + ix.0),
-            None => fixed_files.then_some(slot.0),
+        let file_slot = match into {
+            FileRef::Entry(ix) => self.cache_base + ix.0,
+            FileRef::Own => slot.0,
         };
-        SafeSqe::openat2(root, c.http.path(), how, file_slot, args).map_err(|e| e.to_string())
+        let file_slot = fixed_files.then_some(file_slot);
+        SafeSqe::openat2(root, c.fc.http().path(), how, file_slot, args).map_err(|e| e.to_string())
+    }
+
+    /// Where connection `slot`'s `file` is: a registered-file slot or a descriptor.
+    fn file_target(&self, slot: Slot, file: FileRef) -> Result<Target, String> {
+        let fd = match (self.fixed_files, file) {
+            (true, FileRef::Entry(ix)) => return Ok(Target::Fixed(self.cache_base + ix.0)),
+            (true, FileRef::Own) => return Ok(Target::Fixed(slot.0)),
+            (false, FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize].as_ref(),
+            (false, FileRef::Own) => self.conns.get(slot).and_then(|c| c.file.as_ref()),
+        };
+        // HttpConn reads only after a successful open, which gave the fd.
+        fd.map(|fd| Target::Fd(fd.as_raw_fd()))
+            .ok_or_else(|| "a read of a file that is not open".to_string())
     }
 
     /// The READ of a chunk of connection `slot`'s file into the chunk buffer HttpConn names.
-    fn read_sqe(&mut self, slot: Slot, at: (BufIx, u64, u32, u32)) -> Result<SafeSqe, String> {
-        let (buf, offset, len, buf_pos) = at;
-        let fixed_files = self.fixed_files;
+    fn read_sqe(&mut self, slot: Slot, op: FileOp) -> Result<SafeSqe, String> {
+        let FileOp::Read {
+            buf,
+            offset,
+            len,
+            buf_pos,
+            file,
+            ..
+        } = op
+        else {
+            return Err("not a read".into());
+        };
+        let file = self.file_target(slot, file)?;
         let c = self
             .conns
             .get_mut(slot)
             .ok_or("a read for a freed connection")?;
         c.read_buf = buf;
-        c.read_buf = buf;
-        c.read_at = (offset, buf_pos);
         let lease = c.chunks[usize::from(buf.0)]
             .take()
             .ok_or("HttpConn read into a buffer a read is filling")?;
-        let file = match c.cache.entry() {
-            Some(ix) if fixed_files => Target::Fixed(self.cache_base + ix.0),
-            Some(ix) => Target::Fd(
-                self.cache_fds[ix.0 as usize]
-                    .as_ref()
-                    .ok_or("a read of a cache entry with no file")?
-                    .as_raw_fd(),
-            ),
-            None => file_target(fixed_files, slot, c.file.as_ref()),
-        };
         Ok(self.ring.read_fixed(file, lease, buf_pos, len, offset))
     }
 
@@ -1238,7 +1059,7 @@ impl Driver<'_> {
                 let mut buf = self.spare.head.pop().unwrap_or_default();
                 buf.clear();
                 let start = start as usize;
-                buf.extend_from_slice(&c.http.head_bytes()[start..start + len as usize]);
+                buf.extend_from_slice(&c.fc.http().head_bytes()[start..start + len as usize]);
                 let len = buf.len();
                 SafeSqe::send(sock, buf, 0..len)
             }
@@ -1246,7 +1067,7 @@ impl Driver<'_> {
                 // The head goes into the room in front of the chunk. The lease proves no
                 // operation names the buffer while it is written.
                 let lease = chunk(c, buf)?;
-                let head = c.http.head_bytes();
+                let head = c.fc.http().head_bytes();
                 let head_len = head.len() as u32;
                 let from = start
                     .checked_sub(head_len)
@@ -1262,14 +1083,14 @@ impl Driver<'_> {
                 let lease = chunk(c, buf)?;
                 self.ring.send_fixed(sock, lease, start, len)
             }
-            SendSrc::File { .. } => unreachable!("build_sqe sends files from their mapping"),
+            SendSrc::File { .. } => return Err("the file service sends files itself".into()),
         };
         Ok(sqe.send_flags(SendFlags::NOSIGNAL))
     }
 
-    /// The SQE (user_data set) for `op` of connection `slot`; `None` for [`Op::Close`], which
-    /// closes the socket here and now.
-    fn build_sqe(&mut self, slot: Slot, op: Op) -> Result<Option<SafeSqe>, String> {
+    /// The SQE (user_data set) for `op` of connection `slot`; `None` for an op performed
+    /// here and now (a close of the socket, a send from a file declined).
+    fn build_sqe(&mut self, slot: Slot, op: FileOp) -> Result<Option<SafeSqe>, String> {
         let fixed_files = self.fixed_files;
         let root = self.shared.root.as_raw_fd();
         let generation = self.conns.generation(slot);
@@ -1279,12 +1100,12 @@ impl Driver<'_> {
         // HttpConn emits nothing after Close, and only Close takes the socket.
         let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
         let (kind, sqe) = match op {
-            Op::SendZc {
+            FileOp::SendZc(Op::SendZc {
                 buf,
                 start,
                 len,
                 slot: zc,
-            } => {
+            }) => {
                 // Straight from the chunk buffer, registered where it is.
                 let (lease, usage) = (chunk(c, buf)?, self.zc_report_usage);
                 let sqe = self.ring.send_zc_fixed(sock, lease, start, len, usage);
@@ -1295,56 +1116,44 @@ impl Driver<'_> {
                 let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
                 return Ok(Some(sqe.user_data(token.encode())));
             }
-            Op::Recv { max } if self.head_ring => {
-                c.recv_max = max;
-                (
-                    OpKind::Recv,
-                    SafeSqe::recv_select(sock, HEAD_GROUP, false).select_len(max),
-                )
-            }
-            Op::Recv { max } => {
+            FileOp::Recv { max } if self.head_ring => (
+                OpKind::Recv,
+                SafeSqe::recv_select(sock, HEAD_GROUP, false).select_len(max),
+            ),
+            FileOp::Recv { max } => {
                 let buf = c
                     .recv_buf
                     .take()
                     .unwrap_or_else(|| vec![0; self.http_cfg.limits.max_head_bytes + 1]);
                 (OpKind::Recv, SafeSqe::recv(sock, buf, max as usize))
             }
-            Op::Send(
-                src @ (SendSrc::Head { .. } | SendSrc::HeadAndBuf { .. } | SendSrc::Buf { .. }),
-            ) => (OpKind::Send, self.send_sqe(slot, sock, src)?),
-            Op::Send(SendSrc::File { offset, len }) => {
-                // Only a cached file is mapped; anything else goes through chunk buffers.
-                let ix = c.cache.entry();
-                let ix = ix.filter(|_| self.http_cfg.file_send && c.cache.is_open());
+            FileOp::Send(src) => (OpKind::Send, self.send_sqe(slot, sock, src)?),
+            FileOp::SendFile {
+                file: FileRef::Entry(ix),
+                offset,
+                len,
+            } => {
                 let range = offset as usize..offset as usize + len as usize;
-                match ix.map_or(Err(false), |ix| self.send_from_map(ix, sock, range)) {
+                match self.send_from_map(ix, sock, range) {
                     Ok(sqe) => (OpKind::Send, sqe),
-                    Err(retry) => {
+                    Err(again) => {
                         if let Some(c) = self.conns.get_mut(slot) {
-                            c.http.on_file_send_declined(self.now, retry);
+                            c.fc.http_mut().on_file_send_declined(self.now, again);
                         }
                         return Ok(None);
                     }
                 }
             }
-            Op::Stat => {
+            FileOp::Stat => {
                 let mask = crate::STATX_MASK;
                 let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
-                let sqe = SafeSqe::statx(root, c.http.path(), AtFlags::empty(), mask, target)
+                let sqe = SafeSqe::statx(root, c.fc.http().path(), AtFlags::empty(), mask, target)
                     .map_err(|e| e.to_string())?;
                 (OpKind::Statx, sqe)
             }
-            Op::Open { direct, .. } => (OpKind::Open, self.open_sqe(slot, direct)?),
-            Op::Read {
-                buf,
-                offset,
-                len,
-                buf_pos,
-            } => (
-                OpKind::Read,
-                self.read_sqe(slot, (buf, offset, len, buf_pos))?,
-            ),
-            Op::CloseFile => {
+            FileOp::Open { direct, into, .. } => (OpKind::Open, self.open_sqe(slot, direct, into)?),
+            op @ FileOp::Read { .. } => (OpKind::Read, self.read_sqe(slot, op)?),
+            FileOp::CloseFile => {
                 let sqe = if fixed_files {
                     SafeSqe::close_fixed(slot.0)
                 } else {
@@ -1353,15 +1162,15 @@ impl Driver<'_> {
                 };
                 (OpKind::Close, sqe)
             }
-            Op::Cancel => {
+            FileOp::Cancel => {
                 let sock = c.sock.as_ref().ok_or("a cancel after the close")?;
                 (
                     OpKind::Cancel,
                     driver::cancel_socket_ops(&self.ring, sock.as_fd()),
                 )
             }
-            Op::Shutdown => (OpKind::Shutdown, SafeSqe::shutdown(sock, 1)),
-            Op::Close { reset } => {
+            FileOp::Shutdown => (OpKind::Shutdown, SafeSqe::shutdown(sock, 1)),
+            FileOp::Close { reset } => {
                 // Nothing names the socket any more (HttpConn waited for its cancel and
                 // shutdown CQEs): dropping it closes it. With `reset`, SEND_ZC notifications
                 // are owed and bytes of ours still queued hold them back (a peer that does
@@ -1376,7 +1185,7 @@ impl Driver<'_> {
                 }
                 return Ok(None);
             }
-            Op::Free => unreachable!("drive frees the connection itself"),
+            op => return Err(format!("{op:?} is not for the ring")),
         };
         Ok(Some(
             sqe.user_data(Token::new(kind, slot, generation).encode()),
@@ -1504,19 +1313,20 @@ fn head_ring(ring: &mut Ring) -> bool {
 
 /// A lazy mapping of the whole of `fd`, when it is the file the cache entry holds (`id`:
 /// same device and inode) and not empty.
-fn map_entry(fd: &OwnedFd, id: Option<ringwork_core::filecache::FileId>) -> EntryMap {
-    let Ok(stx) = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, crate::STATX_MASK) else {
-        return EntryMap::Failed;
-    };
+fn map_entry(
+    fd: &OwnedFd,
+    id: Option<ringwork_core::filecache::FileId>,
+) -> Result<Arc<FileMap>, Mapped> {
+    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, crate::STATX_MASK)
+        .map_err(|_| Mapped::Failed)?;
     let seen = crate::file_id(&stx);
     match id {
         Some(id) if (id.dev, id.ino) == (seen.dev, seen.ino) && stx.stx_size > 0 => {
-            match FileMap::lazy(fd, stx.stx_size as usize) {
-                Ok(m) => EntryMap::Ready(Arc::new(m)),
-                Err(_) => EntryMap::Failed,
-            }
+            FileMap::lazy(fd, stx.stx_size as usize)
+                .map(Arc::new)
+                .map_err(|_| Mapped::Failed)
         }
-        _ => EntryMap::Failed,
+        _ => Err(Mapped::Failed),
     }
 }
 
@@ -1526,18 +1336,6 @@ fn chunk(c: &Conn, buf: BufIx) -> Result<&Lease, String> {
     c.chunks[usize::from(buf.0)]
         .as_ref()
         .ok_or_else(|| "HttpConn sent from a buffer a read is filling".to_string())
-}
-
-/// The open file of connection `slot`: its registered-file slot, or its descriptor.
-fn file_target(fixed_files: bool, slot: Slot, file: Option<&OwnedFd>) -> Target {
-    match (fixed_files, file) {
-        (true, _) => Target::Fixed(slot.0),
-        // HttpConn reads and closes only after a successful open, which gave the fd.
-        (false, file) => Target::Fd(
-            file.expect("the open succeeded before any read or close")
-                .as_raw_fd(),
-        ),
-    }
 }
 
 /// "FEATURE needs Linux X; this kernel is Y", the same words as sys's errors.
