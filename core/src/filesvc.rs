@@ -85,22 +85,8 @@ pub enum FileOp {
         /// Where the file goes.
         into: FileRef,
     },
-    /// [`Op::Read`] from `file`; report with [`FileService::on_read`].
-    Read {
-        /// Which chunk buffer.
-        buf: BufIx,
-        /// File offset.
-        offset: u64,
-        /// Bytes to read.
-        len: u32,
-        /// Position in the buffer.
-        buf_pos: u32,
-        /// The file.
-        file: FileRef,
-        /// Take a chunk buffer from the pool for `buf` first (there is one: the service
-        /// counted it).
-        lease: bool,
-    },
+    /// [`Op::Read`] from a file; report with [`FileService::on_read`].
+    Read(ChunkRead),
     /// A read answered from the bytes the cache keeps: copy them with
     /// [`FileService::read_kept`] (`lease` as for [`FileOp::Read`]).
     ReadKept {
@@ -143,6 +129,24 @@ pub enum FileOp {
     Release(BufIx),
     /// [`Op::Free`]: the connection's chunk buffers went back with it.
     Free,
+}
+
+/// A read of a chunk of a file into a chunk buffer ([`FileOp::Read`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ChunkRead {
+    /// Which chunk buffer.
+    pub buf: BufIx,
+    /// File offset.
+    pub offset: u64,
+    /// Bytes to read.
+    pub len: u32,
+    /// Position in the buffer.
+    pub buf_pos: u32,
+    /// The file.
+    pub file: FileRef,
+    /// Take a chunk buffer from the pool for `buf` first (there is one: the service counted
+    /// it).
+    pub lease: bool,
 }
 
 /// Work of the worker's own, not of one connection.
@@ -462,14 +466,14 @@ impl FileService {
             });
         }
         let file = c.cache.entry().map_or(FileRef::Own, FileRef::Entry);
-        Some(FileOp::Read {
+        Some(FileOp::Read(ChunkRead {
             buf,
             offset,
             len,
             buf_pos,
             file,
             lease,
-        })
+        }))
     }
 
     /// The connection's parked operation, if it may go now: a closing connection's completes

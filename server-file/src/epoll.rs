@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use ringwork_core::errno::RawErrno;
 use ringwork_core::filesvc::{
-    FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
+    ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::shutdown::{Drain, DrainAction};
@@ -418,18 +418,15 @@ fn new_chunk(shared: &Shared) -> AlignedBuf {
 }
 
 /// A read of a chunk of the connection's file: pread(2).
-fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, op: FileOp) {
-    let FileOp::Read {
+fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, read: ChunkRead) {
+    let ChunkRead {
         buf,
         offset,
         len,
         buf_pos,
         file,
         ..
-    } = op
-    else {
-        return;
-    };
+    } = read;
     let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(shared));
     let fd = match file {
         FileRef::Entry(ix) => w.cache_fds[ix.0 as usize].as_ref(),
@@ -638,7 +635,7 @@ fn drive(shared: &Shared, c: &mut Conn, token: Token, turn_start: u64, w: &mut L
             FileOp::Stat => do_stat(shared, c, w),
             // `link_next` is never set: this backend's Config has no link_open_read.
             FileOp::Open { direct, .. } => do_open(shared, c, w, direct),
-            FileOp::Read { .. } => do_read(shared, c, w, op),
+            FileOp::Read(read) => do_read(shared, c, w, read),
             FileOp::ReadKept {
                 buf, buf_pos, len, ..
             } => read_kept(shared, c, w, buf, buf_pos..buf_pos + len),

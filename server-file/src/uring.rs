@@ -95,7 +95,7 @@ use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::filecache::EntryIx;
 use ringwork_core::filesvc::{
-    FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
+    ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::shutdown::{Drain, DrainAction};
@@ -873,13 +873,13 @@ impl Driver<'_> {
                     let Some(read) = self.svc.next(&mut c.fc, token, self.now) else {
                         return Err("an open with link_next and no read".into());
                     };
-                    if let FileOp::Read { buf, lease, .. } = read {
+                    if let FileOp::Read(ChunkRead { buf, lease, .. }) = read {
                         self.lease(slot, buf, lease)?;
                     }
                     self.submit_chain(slot, op, read)?;
                 }
                 op => {
-                    if let FileOp::Read { buf, lease, .. } = op {
+                    if let FileOp::Read(ChunkRead { buf, lease, .. }) = op {
                         self.lease(slot, buf, lease)?;
                     }
                     if let Some(sqe) = self.build_sqe(slot, op)? {
@@ -1022,18 +1022,15 @@ impl Driver<'_> {
     }
 
     /// The READ of a chunk of connection `slot`'s file into the chunk buffer HttpConn names.
-    fn read_sqe(&mut self, slot: Slot, op: FileOp) -> Result<SafeSqe, String> {
-        let FileOp::Read {
+    fn read_sqe(&mut self, slot: Slot, read: ChunkRead) -> Result<SafeSqe, String> {
+        let ChunkRead {
             buf,
             offset,
             len,
             buf_pos,
             file,
             ..
-        } = op
-        else {
-            return Err("not a read".into());
-        };
+        } = read;
         let file = self.file_target(slot, file)?;
         let c = self
             .conns
@@ -1152,7 +1149,7 @@ impl Driver<'_> {
                 (OpKind::Statx, sqe)
             }
             FileOp::Open { direct, into, .. } => (OpKind::Open, self.open_sqe(slot, direct, into)?),
-            op @ FileOp::Read { .. } => (OpKind::Read, self.read_sqe(slot, op)?),
+            FileOp::Read(read) => (OpKind::Read, self.read_sqe(slot, read)?),
             FileOp::CloseFile => {
                 let sqe = if fixed_files {
                     SafeSqe::close_fixed(slot.0)

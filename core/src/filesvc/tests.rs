@@ -143,7 +143,7 @@ impl Sim {
                     let dst = &mut dst[buf_pos as usize..(buf_pos + len) as usize];
                     self.svc.read_kept(&mut c.fc, NOW, buf, dst);
                 }
-                FileOp::Read { buf, .. } => {
+                FileOp::Read(ChunkRead { buf, .. }) => {
                     assert!(c.fc.holds(buf));
                     c.in_flight.push(op);
                 }
@@ -193,9 +193,9 @@ impl Sim {
             FileOp::Open { .. } => {
                 svc.on_open(fc, NOW, Ok(()));
             }
-            FileOp::Read {
+            FileOp::Read(ChunkRead {
                 buf, offset, len, ..
-            } => {
+            }) => {
                 let n = size_of(fc).saturating_sub(offset).min(u64::from(len)) as u32;
                 svc.on_read(fc, NOW, buf, Ok(n), &c.bufs[usize::from(buf.0)]);
             }
@@ -305,11 +305,11 @@ fn a_second_request_for_a_small_file_needs_no_system_call() {
     assert!(
         sim.conns[0].in_flight.iter().any(|op| matches!(
             op,
-            FileOp::Read {
+            FileOp::Read(ChunkRead {
                 file: FileRef::Entry(_),
                 lease: true,
                 ..
-            }
+            })
         )),
         "{:?}",
         sim.conns[0].in_flight
@@ -352,7 +352,7 @@ fn reads_wait_in_order_for_the_one_buffer_and_closing_ones_are_cancelled() {
         sim.conns[i]
             .in_flight
             .iter()
-            .filter(|op| matches!(op, FileOp::Read { .. }))
+            .filter(|op| matches!(op, FileOp::Read(_)))
             .count()
     };
     assert_eq!((reads(&sim, 0), reads(&sim, 1), reads(&sim, 2)), (1, 0, 0));
