@@ -10,6 +10,12 @@
 //! nonblocking syscalls) and what the kernel says back into [`Event`]s. The two backends are
 //! [`uring`] and [`epoll`]; each is written once, for every protocol.
 //!
+//! [`run_engine`] is the same loop for any [`Engine`]: [`run`] gives it a [`StreamEngine`]
+//! (a [`Backend`] with a [`StreamMachine`] per connection); a server whose connections do
+//! more than stream I/O (ringwork-files' stats, opens and reads) brings an engine of its own
+//! per backend and keeps the table, admission, the wait, the stop, the drain and the ticks
+//! from here.
+//!
 //! What the loop does not do: decide. When to receive, what to send, when a buffer goes back
 //! and when a connection is freed are the machine's; the loop performs its operations in the
 //! order it asks for them, and frees the connection at [`Op::Free`].
@@ -20,7 +26,10 @@ pub mod epoll;
 mod serve;
 pub mod uring;
 
+mod stream;
+
 pub use serve::{Crew, Serve, ServeError, WorkerStart};
+pub use stream::StreamEngine;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -29,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use ringwork_core::accept::timeout_until;
 use ringwork_core::buf::BufId;
-use ringwork_core::conn::{ChunkQueues, Event, Op, Starved, StreamMachine};
+use ringwork_core::conn::{Event, Op, StreamMachine};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
@@ -235,15 +244,16 @@ impl fmt::Display for StreamStats {
     }
 }
 
-/// What happened in the kernel since the last wait, as a backend tells the loop.
+/// What happened in the kernel since the last wait, as a backend tells the loop; `C` is what
+/// a completion brings a connection (core's [`Event`] for a [`StreamMachine`]).
 #[derive(Debug)]
-pub enum Happening {
+pub enum Happening<C = Event> {
     /// A connection was accepted (not yet admitted: the loop decides).
     Accepted(OwnedFd),
     /// The stop notice was given.
     Stop,
-    /// Drive connection `Token` with this event first.
-    Drive(Token, Event),
+    /// Drive connection `Token` with this completion first.
+    Drive(Token, C),
     /// A readiness backend saw connection `Token`'s socket become ready: the backend notes
     /// it ([`Backend::ready`]) and the loop drives the connection ([`Backend::pump`]).
     Ready(Token, Readiness),
@@ -360,25 +370,155 @@ pub struct WorkerIo<'a> {
     pub gate: &'a StartGate,
 }
 
-struct Conn<M, C> {
-    machine: M,
-    io: C,
+/// What the loop hands a connection to act on.
+#[derive(Debug)]
+pub enum Input<C> {
+    /// It was just admitted.
+    Opened,
+    /// One of its operations completed.
+    Completion(C),
+    /// A readiness backend saw its socket become ready.
+    Ready(Readiness),
+    /// The stop notice: finish what is in flight, then close.
+    Shutdown,
+    /// The drain's grace period is over: close now.
+    Abort,
+    /// Time passed (every [`Engine::tick_interval`]): its timeouts.
+    Tick,
+    /// What it waited for (receive buffers, a chunk buffer) is there
+    /// ([`Engine::next_wake`]).
+    Wake,
 }
 
-/// Runs one worker on `backend` until its drain has closed every connection; each accepted
-/// connection gets a machine from `new_machine`.
+/// The loop's view of one I/O model together with the connections' state machines: what
+/// [`run_engine`] needs. A stream protocol gets one from [`run`] ([`StreamEngine`]: a
+/// [`Backend`] and a [`StreamMachine`] per connection); a server whose machines do more than
+/// stream I/O (ringwork-files: stats, opens, reads) implements it for each backend.
+///
+/// The loop owns what every server needs and none should write again: the connection table
+/// with generations (a completion for a freed connection is handed back through
+/// [`Engine::stale`]), admission, the wait bounded by the deadlines it owes, the stop, the
+/// drain and the abort, ticks, and the order of everything in a turn. An engine only turns
+/// what its connections ask for into I/O and what the kernel says into their input.
+pub trait Engine {
+    /// A connection: its machine and what the backend keeps for it.
+    type Conn;
+    /// What a completion brings a connection.
+    type Completion;
+
+    /// Starts accepting and listening for the stop notice (after the start gate).
+    fn start(&mut self) -> Result<()>;
+
+    /// Submits what is queued and waits for work, at most `timeout`.
+    fn wait(&mut self, timeout: Option<Duration>, stats: &mut StreamStats) -> Result<()>;
+
+    /// What happened, in order, appended to `out` (`live`: whether a token names a
+    /// connection still).
+    fn harvest(
+        &mut self,
+        live: &dyn Fn(&Token) -> bool,
+        open: usize,
+        now_ms: u64,
+        out: &mut Vec<Happening<Self::Completion>>,
+        stats: &mut StreamStats,
+    ) -> Result<()>;
+
+    /// A new connection on `sock`.
+    fn adopt(&mut self, sock: OwnedFd) -> Self::Conn;
+
+    /// Tells the engine the token of a connection [`Engine::adopt`] made, before its first
+    /// input; false when it cannot take it (it is dropped, which closes its socket).
+    fn register(&mut self, token: Token, conn: &mut Self::Conn) -> bool;
+
+    /// Closes a socket the loop would not admit.
+    fn reject(&mut self, sock: OwnedFd) -> Result<()>;
+
+    /// Gives connection `token` its input and performs what its machine asks for; true once
+    /// it is to be freed (nothing of it is in flight any more).
+    fn drive(
+        &mut self,
+        token: Token,
+        conn: &mut Self::Conn,
+        input: Input<Self::Completion>,
+        stats: &mut StreamStats,
+    ) -> Result<bool>;
+
+    /// A completion for a connection freed since: what it holds goes back.
+    fn stale(&mut self, completion: Self::Completion, stats: &mut StreamStats);
+
+    /// How often connections get [`Input::Tick`] (None: never).
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// After each turn's happenings: the engine's own work (buffers back to the kernel,
+    /// logs, caches); `stopping` once the drain has begun.
+    fn end_of_turn(&mut self, stopping: bool, stats: &mut StreamStats) -> Result<()>;
+
+    /// A connection whose wait is over, to drive with [`Input::Wake`]; asked for again after
+    /// each is driven, until none.
+    fn next_wake(&mut self) -> Option<Token>;
+
+    /// Resumes accepting after a pause, or at capacity once below it.
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()>;
+
+    /// When the accept side next needs the loop awake (a pause's end), on the loop's clock.
+    fn accept_deadline_ms(&self) -> Option<u64>;
+
+    /// Stops accepting (the drain).
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<()>;
+
+    /// Prints what the acceptors have to say (back-off episodes, fallbacks).
+    fn report(&mut self, name: &str);
+
+    /// An acceptor has an accept in flight (being cancelled, in a drain).
+    fn accepting(&self) -> bool;
+
+    /// Something of the worker's own is still in flight: the worker may not end yet.
+    fn busy(&self) -> bool;
+
+    /// Final counters of the engine's own.
+    fn finish(&mut self, stats: &mut StreamStats);
+}
+
+/// What the loop itself needs to know.
+#[derive(Clone, Copy, Debug)]
+pub struct LoopConfig {
+    /// The server's name, in front of every line the loop prints.
+    pub name: &'static str,
+    /// Connections one worker's table holds.
+    pub slots: usize,
+    /// Connections open at once in the whole process ([`Admission`]).
+    pub max_conns: usize,
+    /// Graceful drain: how long connections may finish after the stop notice.
+    pub shutdown_grace: Duration,
+}
+
+/// Runs one worker of a stream protocol on `backend` until its drain has closed every
+/// connection; each accepted connection gets a machine from `new_machine`.
 pub fn run<B: Backend, M: StreamMachine>(
     cfg: &StreamConfig,
-    mut backend: B,
+    backend: B,
     io: WorkerIo<'_>,
-    mut new_machine: impl FnMut() -> M,
+    new_machine: impl FnMut() -> M,
+) -> Result<StreamStats> {
+    let lc = LoopConfig {
+        name: cfg.name,
+        slots: cfg.max_conns,
+        max_conns: cfg.max_conns,
+        shutdown_grace: cfg.shutdown_grace,
+    };
+    run_engine(&lc, StreamEngine::new(cfg, backend, new_machine), io)
+}
+
+/// Runs one worker on `engine` until its drain has closed every connection.
+pub fn run_engine<E: Engine>(
+    cfg: &LoopConfig,
+    mut engine: E,
+    io: WorkerIo<'_>,
 ) -> Result<StreamStats> {
     let mut w = Worker {
-        conns: Slab::new(cfg.max_conns),
-        chunks: ChunkQueues::new(chunk_table_size(cfg)),
-        starved: Starved::new(cfg.max_conns),
-        woken: Vec::with_capacity(cfg.max_conns),
-        events: VecDeque::new(),
+        conns: Slab::new(cfg.slots),
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
         epoch: Instant::now(),
         now_ms: 0,
@@ -391,20 +531,26 @@ pub fn run<B: Backend, M: StreamMachine>(
     if io.gate.arrive().is_err() {
         return Ok(w.stats);
     }
-    backend.start()?;
-    backend.report(w.name);
+    engine.start()?;
+    engine.report(w.name);
+    let tick = engine.tick_interval();
+    let mut last_tick = 0;
     let mut happenings = Vec::new();
     while !w
         .drain
-        .finished(w.conns.len(), backend.accepting(), backend.busy())
+        .finished(w.conns.len(), engine.accepting(), engine.busy())
     {
         let drain_tick = w.drain.stopping().then_some(DRAIN_TICK);
-        let timeout = timeout_until(backend.accept_deadline_ms(), w.now_ms, drain_tick);
-        backend.wait(timeout, &mut w.stats)?;
+        let wake = match (tick, drain_tick) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = timeout_until(engine.accept_deadline_ms(), w.now_ms, wake);
+        engine.wait(timeout, &mut w.stats)?;
         // The clock, once a turn: what follows sees the time the wait ended.
         w.now_ms = w.epoch.elapsed().as_millis() as u64;
         let conns = &w.conns;
-        backend.harvest(
+        engine.harvest(
             &|t| conns.get_checked(t).is_some(),
             w.conns.len(),
             w.now_ms,
@@ -412,46 +558,30 @@ pub fn run<B: Backend, M: StreamMachine>(
             &mut w.stats,
         )?;
         for happening in happenings.drain(..) {
-            w.on_happening(&mut backend, happening, &mut new_machine)?;
+            w.on_happening(&mut engine, happening)?;
         }
-        backend.end_of_batch()?;
-        w.wake_starved(&mut backend)?;
-        backend.poll_accept(w.conns.len(), w.now_ms)?;
-        backend.report(w.name);
+        engine.end_of_turn(w.drain.stopping(), &mut w.stats)?;
+        while let Some(token) = engine.next_wake() {
+            w.drive(&mut engine, token, Input::Wake)?;
+        }
+        engine.poll_accept(w.conns.len(), w.now_ms)?;
+        engine.report(w.name);
         if w.drain.on_tick(w.now_ms) == Some(DrainAction::Abort) {
-            w.each_conn(&mut backend, Event::Abort)?;
+            w.each_conn(&mut engine, || Input::Abort)?;
+        }
+        if let Some(tick) = tick {
+            if w.now_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
+                last_tick = w.now_ms;
+                w.each_conn(&mut engine, || Input::Tick)?;
+            }
         }
     }
-    backend.finish(&mut w.stats);
+    engine.finish(&mut w.stats);
     Ok(w.stats)
 }
 
-/// How many chunks the connections of one worker may hold at once. With whole buffers (and
-/// bundles) each chunk holds a distinct buffer, so their count bounds them exactly.
-/// Incremental consumption puts several slices in one buffer: there the table is a margin,
-/// room for every connection to queue twice its backpressure threshold on top of one chunk
-/// per buffer (a connection whose receive finds it full fails closed, `QueueOverflow`).
-fn chunk_table_size(cfg: &StreamConfig) -> usize {
-    let buffers = usize::from(cfg.buffers);
-    if cfg.uring.incremental {
-        cfg.max_conns
-            .saturating_mul(2 * ringwork_core::conn::DEFAULT_MAX_QUEUED)
-            .saturating_add(buffers)
-    } else {
-        buffers
-    }
-}
-
-struct Worker<'a, M, C> {
-    conns: Slab<Conn<M, C>>,
-    /// The chunks every connection holds (received, not yet sent on).
-    chunks: ChunkQueues,
-    /// Connections whose receive found no buffer, to wake once buffers are back.
-    starved: Starved,
-    /// The connections being woken, reused.
-    woken: Vec<Token>,
-    /// Events a connection's operations produced at once, fed back in order.
-    events: VecDeque<Event>,
+struct Worker<'a, C> {
+    conns: Slab<C>,
     drain: Drain,
     /// The worker's clock: the drain and the acceptors count milliseconds from here.
     epoch: Instant,
@@ -463,52 +593,35 @@ struct Worker<'a, M, C> {
     admission: &'a Admission,
 }
 
-impl<M: StreamMachine, C> Worker<'_, M, C> {
-    fn on_happening<B: Backend<ConnIo = C>>(
+impl<C> Worker<'_, C> {
+    fn on_happening<E: Engine<Conn = C>>(
         &mut self,
-        backend: &mut B,
-        happening: Happening,
-        new_machine: &mut impl FnMut() -> M,
+        engine: &mut E,
+        happening: Happening<E::Completion>,
     ) -> Result<()> {
         match happening {
-            Happening::Accepted(sock) => self.admit(backend, sock, new_machine),
+            Happening::Accepted(sock) => self.admit(engine, sock),
             Happening::Stop => {
                 if self.drain.on_stop(self.now_ms) == Some(DrainAction::BeginDrain) {
-                    backend.stop_accepting(self.now_ms)?;
-                    backend.report(self.name);
-                    self.each_conn(backend, Event::Shutdown)?;
+                    engine.stop_accepting(self.now_ms)?;
+                    engine.report(self.name);
+                    self.each_conn(engine, || Input::Shutdown)?;
                 }
                 Ok(())
             }
-            Happening::Drive(token, event) => self.drive(backend, token, Some(event)),
-            Happening::Ready(token, ready) => {
-                let Some(conn) = self.conns.get_checked_mut(&token) else {
-                    self.stats.stale += 1;
-                    return Ok(());
-                };
-                backend.ready(&mut conn.io, ready);
-                self.drive(backend, token, None)
-            }
+            Happening::Drive(token, c) => self.drive(engine, token, Input::Completion(c)),
+            Happening::Ready(token, ready) => self.drive(engine, token, Input::Ready(ready)),
         }
     }
 
-    fn admit<B: Backend<ConnIo = C>>(
-        &mut self,
-        backend: &mut B,
-        sock: OwnedFd,
-        new_machine: &mut impl FnMut() -> M,
-    ) -> Result<()> {
+    fn admit<E: Engine<Conn = C>>(&mut self, engine: &mut E, sock: OwnedFd) -> Result<()> {
         if self.drain.stopping() || !self.admission.try_admit(self.max_conns) {
             self.stats.rejected += 1;
-            return backend.reject(sock);
+            return engine.reject(sock);
         }
         // Not fatal for the connection: Nagle only delays.
         let _ = crate::net::set_nodelay(&sock);
-        let conn = Conn {
-            machine: new_machine(),
-            io: backend.adopt(sock),
-        };
-        let Some((slot, generation)) = self.conns.insert(conn) else {
+        let Some((slot, generation)) = self.conns.insert(engine.adopt(sock)) else {
             // A full table: the connection is dropped, and its socket closed, at once.
             self.admission.release();
             self.stats.rejected += 1;
@@ -518,126 +631,55 @@ impl<M: StreamMachine, C> Worker<'_, M, C> {
         let registered = self
             .conns
             .get_mut(slot)
-            .is_some_and(|c| backend.register(token, &mut c.io));
+            .is_some_and(|c| engine.register(token, c));
         if !registered {
             self.conns.remove(slot);
             self.admission.release();
             return Ok(());
         }
         self.stats.conns += 1;
-        self.drive(backend, token, Some(Event::Opened))
+        self.drive(engine, token, Input::Opened)
     }
 
-    /// Delivers `event` to every open connection (the stop, the abort: twice a lifetime).
-    fn each_conn<B: Backend<ConnIo = C>>(&mut self, backend: &mut B, event: Event) -> Result<()> {
+    /// Gives every open connection `input` (the stop, the abort, a tick).
+    fn each_conn<E: Engine<Conn = C>>(
+        &mut self,
+        engine: &mut E,
+        input: impl Fn() -> Input<E::Completion>,
+    ) -> Result<()> {
         for i in 0..self.conns.capacity() as u32 {
             let slot = Slot(i);
             if self.conns.get(slot).is_some() {
                 let token = Token::new(OpKind::Recv, slot, self.conns.generation(slot));
-                self.drive(backend, token, Some(event))?;
+                self.drive(engine, token, input())?;
             }
         }
         Ok(())
     }
 
-    /// Feeds `first` (if any) and every event the resulting operations produce at once, and
-    /// what the backend has for the connection while it wants bytes.
-    fn drive<B: Backend<ConnIo = C>>(
+    /// Drives connection `token` (if it is still open) with `input`; frees it when its
+    /// engine says.
+    fn drive<E: Engine<Conn = C>>(
         &mut self,
-        backend: &mut B,
+        engine: &mut E,
         token: Token,
-        first: Option<Event>,
-    ) -> Result<()> {
-        let mut events = std::mem::take(&mut self.events);
-        events.extend(first);
-        let result = loop {
-            let mut fed = Ok(());
-            while let Some(event) = events.pop_front() {
-                fed = self.feed(backend, token, event, &mut events);
-                if fed.is_err() {
-                    break;
-                }
-            }
-            if fed.is_err() {
-                break fed;
-            }
-            let Some(conn) = self.conns.get_checked_mut(&token) else {
-                break Ok(());
-            };
-            match backend.pump(token, &mut conn.io, &mut self.stats) {
-                Some(event) => events.push_back(event),
-                None => break Ok(()),
-            }
-        };
-        events.clear();
-        self.events = events;
-        result
-    }
-
-    /// Feeds one event to connection `token` and performs the operations it asks for.
-    fn feed<B: Backend<ConnIo = C>>(
-        &mut self,
-        backend: &mut B,
-        token: Token,
-        event: Event,
-        events: &mut VecDeque<Event>,
+        input: Input<E::Completion>,
     ) -> Result<()> {
         let Some(conn) = self.conns.get_checked_mut(&token) else {
-            // Freed since (by an earlier piece of the same bundle, or a starved connection
-            // that closed meanwhile): a buffer it was handed goes back.
-            if let Event::Recv { buf, .. } = event {
-                backend.recycle(buf, &mut self.stats);
+            match input {
+                // Freed since (by an earlier completion of the same batch, a piece of the
+                // same bundle): what it brought goes back. A backend counts the completions
+                // it finds stale itself.
+                Input::Completion(c) => engine.stale(c, &mut self.stats),
+                _ => self.stats.stale += 1,
             }
             return Ok(());
         };
-        if let Err(e) = conn.machine.on_event(&mut self.chunks, event) {
-            eprintln!("{}: {e}", self.name);
-            self.stats.refused += 1;
-            if let Event::Recv { buf, .. } = event {
-                backend.recycle(buf, &mut self.stats);
-            }
-            return Ok(());
-        }
-        // Free removes the connection: it is the last operation.
-        while let Some(conn) = self.conns.get_checked_mut(&token) {
-            let Some(op) = conn.machine.poll_op(&mut self.chunks) else {
-                break;
-            };
-            match op {
-                Op::Free => {
-                    self.conns.remove(token.slot);
-                    self.admission.release();
-                }
-                Op::Recycle(buf) => backend.recycle(buf, &mut self.stats),
-                Op::AwaitBuffers => self.starved.wait(token),
-                op => {
-                    if op == Op::Close && std::env::var_os("RINGWORK_DEBUG").is_some() {
-                        if let Some(reason) = conn.machine.close_reason() {
-                            eprintln!("{}: closing a connection: {reason}", self.name);
-                        }
-                    }
-                    backend.perform(token, &mut conn.io, op, events, &mut self.stats)?;
-                }
-            }
+        if engine.drive(token, conn, input, &mut self.stats)? {
+            self.conns.remove(token.slot);
+            self.admission.release();
         }
         Ok(())
-    }
-
-    /// Wakes connections whose receive found no buffer once enough are back.
-    fn wake_starved<B: Backend<ConnIo = C>>(&mut self, backend: &mut B) -> Result<()> {
-        if self.starved.is_empty() {
-            return Ok(());
-        }
-        let mut woken = std::mem::take(&mut self.woken);
-        self.starved.wake(backend.can_rearm(), &mut woken);
-        let mut result = Ok(());
-        for token in woken.drain(..) {
-            if result.is_ok() {
-                result = self.drive(backend, token, Some(Event::BuffersAvailable));
-            }
-        }
-        self.woken = woken;
-        result
     }
 }
 

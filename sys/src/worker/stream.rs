@@ -1,0 +1,239 @@
+//! [`StreamEngine`]: the loop's [`Engine`] for a stream protocol, a [`Backend`] that performs
+//! core's [`Op`]s and a [`StreamMachine`] per connection.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use ringwork_core::conn::{ChunkQueues, Event, Op, Starved, StreamMachine};
+use ringwork_core::token::Token;
+
+use super::{Backend, Engine, Happening, Input, StreamConfig, StreamStats};
+use crate::error::Result;
+
+/// A stream connection: its machine and what the backend keeps for it.
+pub struct StreamConn<M, C> {
+    machine: M,
+    io: C,
+}
+
+/// A [`Backend`] with a [`StreamMachine`] per connection, as the loop drives them: events
+/// in, operations out, in the order the machine asks for them; the connections starved of
+/// receive buffers woken once enough are back.
+pub struct StreamEngine<B, F> {
+    backend: B,
+    new_machine: F,
+    /// The chunks every connection holds (received, not yet sent on).
+    chunks: ChunkQueues,
+    /// Connections whose receive found no buffer, to wake once buffers are back.
+    starved: Starved,
+    /// The connections being woken this turn.
+    woken: VecDeque<Token>,
+    /// Events a connection's operations produced at once, fed back in order.
+    events: VecDeque<Event>,
+    name: &'static str,
+}
+
+impl<B: Backend, F> StreamEngine<B, F> {
+    /// An engine for `backend`, each connection's machine from `new_machine`.
+    pub fn new(cfg: &StreamConfig, backend: B, new_machine: F) -> Self {
+        Self {
+            backend,
+            new_machine,
+            chunks: ChunkQueues::new(chunk_table_size(cfg)),
+            starved: Starved::new(cfg.max_conns),
+            woken: VecDeque::new(),
+            events: VecDeque::new(),
+            name: cfg.name,
+        }
+    }
+}
+
+/// How many chunks the connections of one worker may hold at once. With whole buffers (and
+/// bundles) each chunk holds a distinct buffer, so their count bounds them exactly.
+/// Incremental consumption puts several slices in one buffer: there the table is a margin,
+/// room for every connection to queue twice its backpressure threshold on top of one chunk
+/// per buffer (a connection whose receive finds it full fails closed, `QueueOverflow`).
+fn chunk_table_size(cfg: &StreamConfig) -> usize {
+    let buffers = usize::from(cfg.buffers);
+    if cfg.uring.incremental {
+        cfg.max_conns
+            .saturating_mul(2 * ringwork_core::conn::DEFAULT_MAX_QUEUED)
+            .saturating_add(buffers)
+    } else {
+        buffers
+    }
+}
+
+impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
+    /// Feeds one event to the connection and performs the operations it asks for; true
+    /// once it said [`Op::Free`] (its last).
+    fn feed(
+        &mut self,
+        token: Token,
+        conn: &mut StreamConn<M, B::ConnIo>,
+        event: Event,
+        events: &mut VecDeque<Event>,
+        stats: &mut StreamStats,
+    ) -> Result<bool> {
+        if let Err(e) = conn.machine.on_event(&mut self.chunks, event) {
+            eprintln!("{}: {e}", self.name);
+            stats.refused += 1;
+            if let Event::Recv { buf, .. } = event {
+                self.backend.recycle(buf, stats);
+            }
+            return Ok(false);
+        }
+        while let Some(op) = conn.machine.poll_op(&mut self.chunks) {
+            match op {
+                Op::Free => return Ok(true),
+                Op::Recycle(buf) => self.backend.recycle(buf, stats),
+                Op::AwaitBuffers => self.starved.wait(token),
+                op => {
+                    if op == Op::Close && std::env::var_os("RINGWORK_DEBUG").is_some() {
+                        if let Some(reason) = conn.machine.close_reason() {
+                            eprintln!("{}: closing a connection: {reason}", self.name);
+                        }
+                    }
+                    self.backend
+                        .perform(token, &mut conn.io, op, events, stats)?;
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F> {
+    type Conn = StreamConn<M, B::ConnIo>;
+    type Completion = Event;
+
+    fn start(&mut self) -> Result<()> {
+        self.backend.start()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, stats: &mut StreamStats) -> Result<()> {
+        self.backend.wait(timeout, stats)
+    }
+
+    fn harvest(
+        &mut self,
+        live: &dyn Fn(&Token) -> bool,
+        open: usize,
+        now_ms: u64,
+        out: &mut Vec<Happening<Event>>,
+        stats: &mut StreamStats,
+    ) -> Result<()> {
+        self.backend.harvest(live, open, now_ms, out, stats)
+    }
+
+    fn adopt(&mut self, sock: OwnedFd) -> Self::Conn {
+        StreamConn {
+            machine: (self.new_machine)(),
+            io: self.backend.adopt(sock),
+        }
+    }
+
+    fn register(&mut self, token: Token, conn: &mut Self::Conn) -> bool {
+        self.backend.register(token, &mut conn.io)
+    }
+
+    fn reject(&mut self, sock: OwnedFd) -> Result<()> {
+        self.backend.reject(sock)
+    }
+
+    /// Feeds the input's event (if any) and every event the resulting operations produce
+    /// at once, and what the backend has for the connection while it wants bytes.
+    fn drive(
+        &mut self,
+        token: Token,
+        conn: &mut Self::Conn,
+        input: Input<Event>,
+        stats: &mut StreamStats,
+    ) -> Result<bool> {
+        let first = match input {
+            Input::Opened => Some(Event::Opened),
+            Input::Completion(event) => Some(event),
+            Input::Ready(ready) => {
+                self.backend.ready(&mut conn.io, ready);
+                None
+            }
+            Input::Shutdown => Some(Event::Shutdown),
+            Input::Abort => Some(Event::Abort),
+            Input::Wake => Some(Event::BuffersAvailable),
+            Input::Tick => None,
+        };
+        let mut events = std::mem::take(&mut self.events);
+        events.extend(first);
+        let result = loop {
+            let mut fed = Ok(false);
+            while let Some(event) = events.pop_front() {
+                fed = self.feed(token, conn, event, &mut events, stats);
+                if !matches!(fed, Ok(false)) {
+                    break;
+                }
+            }
+            if !matches!(fed, Ok(false)) {
+                break fed;
+            }
+            match self.backend.pump(token, &mut conn.io, stats) {
+                Some(event) => events.push_back(event),
+                None => break Ok(false),
+            }
+        };
+        // Freed: the buffers of the pieces it was still to be handed go back.
+        for event in events.drain(..) {
+            self.stale(event, stats);
+        }
+        self.events = events;
+        result
+    }
+
+    fn stale(&mut self, event: Event, stats: &mut StreamStats) {
+        if let Event::Recv { buf, .. } = event {
+            self.backend.recycle(buf, stats);
+        }
+    }
+
+    fn end_of_turn(&mut self, _stopping: bool, _stats: &mut StreamStats) -> Result<()> {
+        self.backend.end_of_batch()?;
+        if !self.starved.is_empty() {
+            let mut woken = Vec::new();
+            self.starved.wake(self.backend.can_rearm(), &mut woken);
+            self.woken.extend(woken);
+        }
+        Ok(())
+    }
+
+    fn next_wake(&mut self) -> Option<Token> {
+        self.woken.pop_front()
+    }
+
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
+        self.backend.poll_accept(open, now_ms)
+    }
+
+    fn accept_deadline_ms(&self) -> Option<u64> {
+        self.backend.accept_deadline_ms()
+    }
+
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
+        self.backend.stop_accepting(now_ms)
+    }
+
+    fn report(&mut self, name: &str) {
+        self.backend.report(name);
+    }
+
+    fn accepting(&self) -> bool {
+        self.backend.accepting()
+    }
+
+    fn busy(&self) -> bool {
+        self.backend.busy()
+    }
+
+    fn finish(&mut self, stats: &mut StreamStats) {
+        self.backend.finish(stats);
+    }
+}
