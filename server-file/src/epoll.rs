@@ -1,10 +1,12 @@
-//! The epoll driver: performs HttpConn's operations with nonblocking syscalls.
+//! The epoll engine: performs the file service's operations with nonblocking syscalls, on
+//! the worker loop every Ringwork server shares (`ringwork_sys::worker::run_engine`: the
+//! connection table, admission, the wait, ticks, the stop and the drain are the loop's).
 //!
 //! Sockets are edge-triggered (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET): a receive or send
 //! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close,
 //! and the cancel and shutdown requests) runs synchronously and its completion is fed straight
-//! back. A connection is removed (its socket closed) on HttpConn's `Op::Free`. Timeouts come from
-//! `epoll_wait`'s timeout plus a tick over all connections.
+//! back. A connection is removed (its socket closed) on HttpConn's `Op::Free`. Timeouts come
+//! from the loop's ticks.
 //!
 //! Fairness: a connection answers at most one request per turn of the loop. The receive for
 //! its next request is not performed inline but deferred to the run queue, which is served
@@ -22,10 +24,10 @@
 //! triggering would otherwise wake every wait for the connections still queued) and says so on
 //! stderr, once per episode.
 //!
-//! Stopping (SIGINT/SIGTERM) is the io_uring driver's graceful drain: the acceptor closes the
-//! listener (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those
-//! still open after `--shutdown-grace-ms` get [`HttpConn::abort`], and the worker returns once
-//! none is left.
+//! Stopping (SIGINT/SIGTERM) is the loop's graceful drain: the acceptor closes the listener
+//! (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those still
+//! open after `--shutdown-grace-ms` get [`HttpConn::abort`], and the worker returns once none
+//! is left.
 
 use std::ffi::CStr;
 use std::time::Duration;
@@ -35,19 +37,18 @@ use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, SendSrc, Time, HEAD_ROOM};
-use ringwork_core::shutdown::{Drain, DrainAction};
-use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::accept::Acceptors;
+use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
-use ringwork_sys::worker::WorkerStart;
+use ringwork_sys::worker::{Engine, Happening, Input, Readiness, StreamStats, WorkerStart};
 use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
-use crate::{file_id, file_info, open_flags, Shared};
+use crate::{file_id, file_info, open_flags, Failure, Shared};
 
 /// Page alignment for O_DIRECT buffers.
 const ALIGN: usize = 4096;
@@ -179,113 +180,234 @@ fn listener_key(index: u16) -> UserData {
 /// The stop notice's epoll key.
 const STOP_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
 
-fn conn_token(slot: Slot, generation: Generation) -> Token {
-    Token::new(OpKind::Recv, slot, generation)
-}
-
 /// Runs one worker until SIGINT/SIGTERM.
 pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
-    let (stop, gate) = (start.stop, start.gate);
-    let mut ep = Epoll::new(256).map_err(|e| e.to_string())?;
+    let ep = Epoll::new(256).map_err(|e| e.to_string())?;
     // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
-    ep.add(&stop, STOP_KEY.0, Interest::IN | Interest::ET)
+    ep.add(&start.stop, STOP_KEY.0, Interest::IN | Interest::ET)
         .map_err(|e| e.to_string())?;
-    let mut acceptors = acceptors(shared, &ep, start.listeners)?;
-    let mut conns: Slab<Conn> = Slab::new(shared.max_conns as usize);
-    let mut events: Vec<(u64, Interest)> = Vec::with_capacity(256);
-    let tick = tick_interval(shared);
-    // The worker's clock, read once per turn of the loop (after the wait).
-    let mut now = shared.now();
-    let mut last_tick = now.mono_ms;
-    let mut local = Local::new(shared);
-    let mut run_queue = RunQueue::new();
-    let mut running = RunQueue::new();
-    let mut drain = Drain::new(shared.shutdown_grace.as_millis() as u64);
-    // Accept only once every worker is set up (see `StartGate`).
-    if gate.arrive().is_err() {
-        return Ok(());
+    let acceptors = acceptors(shared, &ep, start.listeners)?;
+    let engine = EpollEngine {
+        shared,
+        ep,
+        acceptors,
+        stop: start.stop,
+        stopped: false,
+        events: Vec::with_capacity(256),
+        run_queue: RunQueue::new(),
+        last_expire: 0,
+        local: Local::new(shared),
+    };
+    crate::serve_worker(shared, engine, start.gate)
+}
+
+/// The epoll engine of one worker: its epoll set and what it keeps beside the connections
+/// (the loop, `ringwork_sys::worker::run_engine`, keeps those).
+struct EpollEngine<'s> {
+    shared: &'s Shared,
+    ep: Epoll,
+    acceptors: Acceptors<EpollAcceptor>,
+    stop: StopNotice,
+    /// The stop notice was passed on to the loop.
+    stopped: bool,
+    /// The last wait's events.
+    events: Vec<(u64, Interest)>,
+    /// Connections whose receive was deferred to the next turn.
+    run_queue: RunQueue,
+    /// When the cache last dropped its inactive entries.
+    last_expire: u64,
+    local: Local,
+}
+
+/// A deferred receive's turn has come (the only completion this engine hands the loop:
+/// everything else is performed at once).
+#[derive(Debug)]
+struct Deferred;
+
+impl Engine for EpollEngine<'_> {
+    type Conn = Conn;
+    type Completion = Deferred;
+    type Error = Failure;
+
+    fn start(&mut self) -> Result<(), Failure> {
+        Ok(())
     }
-    loop {
-        let now_ms = now.mono_ms;
-        if stop.given() && drain.on_stop(now_ms) == Some(DrainAction::BeginDrain) {
-            // Closing the listener refuses new connections.
-            acceptors.stop(&mut ep, now_ms).map_err(|e| e.to_string())?;
-            acceptors.report("ringwork-files");
-            let q = &mut run_queue;
-            each_conn(shared, &mut conns, q, &mut local, HttpConn::on_shutdown);
-        }
-        if drain.finished(conns.len(), false, false) {
-            if let Some(sink) = &shared.access_log {
-                local.log.write_now(sink);
-            }
-            shared.stats.add_service(&local.svc);
-            return Ok(());
-        }
-        if drain.on_tick(now_ms) == Some(DrainAction::Abort) {
-            let q = &mut run_queue;
-            each_conn(shared, &mut conns, q, &mut local, HttpConn::abort);
-        }
-        // With deferred receives queued, epoll_wait only collects what is ready and returns;
-        // never does it wait past the end of an accept pause.
-        let timeout = if run_queue.is_empty() {
-            ringwork_core::accept::timeout_until(acceptors.deadline_ms(), now_ms, Some(tick))
+
+    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<(), Failure> {
+        // With deferred receives queued, epoll_wait only collects what is ready and returns.
+        let timeout = if self.run_queue.is_empty() {
+            timeout
         } else {
             Some(Duration::ZERO)
         };
-        events.clear();
-        events.extend(ep.wait(timeout).map_err(|e| e.to_string())?);
-        now = shared.now();
-        local.now = now;
-        for &(k, flags) in &events {
-            if k == STOP_KEY.0 {
-                continue;
-            }
-            let listener = Token::decode(UserData(k))
-                .ok()
-                .filter(|t| t.kind == OpKind::Accept && t.slot == Slot::WORKER)
-                .and_then(|t| acceptors.0.get_mut(usize::from(t.sub)));
-            if let Some(acceptor) = listener {
-                accept_batch(
-                    shared,
-                    &ep,
-                    acceptor,
-                    &mut conns,
-                    &mut run_queue,
-                    &mut local,
-                    now.mono_ms,
-                )?;
-                continue;
-            }
-            if let Ok(token) = Token::decode(UserData(k)) {
-                on_ready(shared, &mut conns, token, flags, &mut local, &mut run_queue);
+        self.events.clear();
+        self.events.extend(self.ep.wait(timeout)?);
+        Ok(())
+    }
+
+    fn harvest(
+        &mut self,
+        _: &dyn Fn(&Token) -> bool,
+        open: usize,
+        now_ms: u64,
+        out: &mut Vec<Happening<Deferred>>,
+        _: &mut StreamStats,
+    ) -> Result<(), Failure> {
+        // The worker's clock, read once per turn (after the wait).
+        self.local.now = self.shared.now();
+        if self.stop.given() && !self.stopped {
+            self.stopped = true;
+            out.push(Happening::Stop);
+        }
+        for &(key, flags) in &self.events {
+            let token = Token::decode(UserData(key));
+            match token {
+                Ok(t) if t.kind == OpKind::Accept && t.slot == Slot::WORKER => {
+                    if let Some(a) = self.acceptors.0.get_mut(usize::from(t.sub)) {
+                        accept_batch(&self.ep, a, open, now_ms, out)?;
+                    }
+                }
+                Ok(t) if t.slot != Slot::WORKER => {
+                    let gone = flags.intersects(Interest::ERR | Interest::HUP);
+                    let ready = Readiness {
+                        readable: gone || flags.intersects(Interest::IN | Interest::RDHUP),
+                        writable: gone || flags.contains(Interest::OUT),
+                    };
+                    out.push(Happening::Ready(t, ready));
+                }
+                // The stop notice (read above), or not ours.
+                _ => {}
             }
         }
         // The deferred receives, each behind the events just handled.
-        std::mem::swap(&mut running, &mut run_queue);
-        run_deferred(shared, &mut conns, &mut running, &mut run_queue, &mut local);
-        if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
-            last_tick = now.mono_ms;
-            let q = &mut run_queue;
-            each_conn(shared, &mut conns, q, &mut local, |h| h.on_tick(now));
-            local.svc.expire(now.mono_ms);
-            local.worker_ops();
+        out.extend(
+            self.run_queue
+                .drain(..)
+                .map(|token| Happening::Drive(token, Deferred)),
+        );
+        Ok(())
+    }
+
+    fn adopt(&mut self, sock: OwnedFd) -> Conn {
+        let mut conn = Conn::new(self.shared, sock, self.local.now);
+        if self.shared.access_log.is_some() {
+            conn.peer = crate::accesslog::peer_ip(&conn.sock);
         }
-        acceptors
-            .poll(&mut ep, conns.len(), now.mono_ms)
-            .map_err(|e| e.to_string())?;
-        acceptors.report("ringwork-files");
-        if let Some(sink) = &shared.access_log {
+        conn
+    }
+
+    fn register(&mut self, token: Token, c: &mut Conn) -> bool {
+        let interest = Interest::IN | Interest::OUT | Interest::RDHUP | Interest::ET;
+        self.ep.add(&c.sock, token.encode().0, interest).is_ok()
+    }
+
+    fn reject(&mut self, sock: OwnedFd) -> Result<(), Failure> {
+        drop(sock);
+        Ok(())
+    }
+
+    fn drive(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        input: Input<Deferred>,
+        _: &mut StreamStats,
+    ) -> Result<bool, Failure> {
+        let (shared, w) = (self.shared, &mut self.local);
+        let turn_start = c.fc.http().requests();
+        let http = c.fc.http_mut();
+        match input {
+            Input::Opened => {}
+            Input::Ready(ready) => {
+                if ready.readable {
+                    if let Some(max) = c.pending_recv.take() {
+                        do_recv(shared, c, max, w.now);
+                    }
+                }
+                if ready.writable {
+                    if let Some(op) = c.pending_send.take() {
+                        do_send(shared, c, op, w);
+                    }
+                }
+            }
+            // A connection that got an EPOLLIN meanwhile has already received.
+            Input::Completion(Deferred) => match c.pending_recv.take() {
+                Some(max) => do_recv(shared, c, max, w.now),
+                None => return Ok(c.freed),
+            },
+            Input::Shutdown => http.on_shutdown(),
+            Input::Abort => http.abort(),
+            Input::Tick => http.on_tick(w.now),
+            Input::Wake => w.svc.wake(&mut c.fc),
+        }
+        if drive(shared, c, token, turn_start, w) {
+            self.run_queue.push(token);
+        }
+        Ok(c.freed)
+    }
+
+    fn stale(&mut self, _: Deferred, _: &mut StreamStats) {}
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(tick_interval(self.shared))
+    }
+
+    fn end_of_turn(&mut self, _stopping: bool, _: &mut StreamStats) -> Result<(), Failure> {
+        let w = &mut self.local;
+        if let Some(sink) = &self.shared.access_log {
             // The lines so far, in one write, when due.
-            if local.log.due() {
-                local.log.write_now(sink);
+            if w.log.due() {
+                w.log.write_now(sink);
             }
         }
         // Out of descriptors (accept paused): the cached files no request uses give theirs
         // to the connections waiting.
-        let paused = acceptors.deadline_ms().is_some();
-        if paused && local.svc.evict_unused() > 0 {
-            local.worker_ops();
+        if self.acceptors.deadline_ms().is_some() {
+            w.svc.evict_unused();
         }
+        let now = w.now.mono_ms;
+        if now.saturating_sub(self.last_expire) >= tick_interval(self.shared).as_millis() as u64 {
+            self.last_expire = now;
+            w.svc.expire(now);
+        }
+        w.worker_ops();
+        Ok(())
+    }
+
+    fn next_wake(&mut self) -> Option<Token> {
+        self.local.svc.next_waiting()
+    }
+
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<(), Failure> {
+        Ok(self.acceptors.poll(&mut self.ep, open, now_ms)?)
+    }
+
+    fn accept_deadline_ms(&self) -> Option<u64> {
+        self.acceptors.deadline_ms()
+    }
+
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<(), Failure> {
+        // Closing the listener refuses new connections.
+        Ok(self.acceptors.stop(&mut self.ep, now_ms)?)
+    }
+
+    fn report(&mut self, name: &str) {
+        self.acceptors.report(name);
+    }
+
+    fn accepting(&self) -> bool {
+        false
+    }
+
+    fn busy(&self) -> bool {
+        false
+    }
+
+    fn finish(&mut self, _: &mut StreamStats) {
+        if let Some(sink) = &self.shared.access_log {
+            self.local.log.write_now(sink);
+        }
+        self.shared.stats.add_service(&self.local.svc);
     }
 }
 
@@ -309,68 +431,6 @@ fn acceptors(
         })
         .collect::<Result<_, String>>()
         .map(Acceptors)
-}
-
-/// Connection `token`'s socket is ready (`flags`): the receive or send that waited for it
-/// goes, then whatever HttpConn asks next.
-fn on_ready(
-    shared: &Shared,
-    conns: &mut Slab<Conn>,
-    token: Token,
-    flags: Interest,
-    local: &mut Local,
-    run_queue: &mut RunQueue,
-) {
-    // A connection freed (and its slot perhaps reused) since the event was queued.
-    let Some(c) = conns.get_checked_mut(&token) else {
-        return;
-    };
-    let turn_start = c.fc.http().requests();
-    let gone = flags.intersects(Interest::ERR | Interest::HUP);
-    if flags.intersects(Interest::IN | Interest::RDHUP) || gone {
-        if let Some(max) = c.pending_recv.take() {
-            do_recv(shared, c, max, local.now);
-        }
-    }
-    if flags.contains(Interest::OUT) || gone {
-        if let Some(op) = c.pending_send.take() {
-            do_send(shared, c, op, local);
-        }
-    }
-    if drive(shared, c, token, turn_start, local) {
-        run_queue.push(token);
-    }
-    if c.freed {
-        conns.remove(token.slot);
-    }
-}
-
-/// The receives deferred to the run queue (`running`, taken from it this turn). A connection
-/// that got an EPOLLIN meanwhile has already received (its pending_recv is gone); one that was
-/// closed and whose slot was reused fails the generation check.
-fn run_deferred(
-    shared: &Shared,
-    conns: &mut Slab<Conn>,
-    running: &mut RunQueue,
-    run_queue: &mut RunQueue,
-    local: &mut Local,
-) {
-    for token in running.drain(..) {
-        let Some(c) = conns.get_checked_mut(&token) else {
-            continue;
-        };
-        let Some(max) = c.pending_recv.take() else {
-            continue;
-        };
-        let turn_start = c.fc.http().requests();
-        do_recv(shared, c, max, local.now);
-        if drive(shared, c, token, turn_start, local) {
-            run_queue.push(token);
-        }
-        if c.freed {
-            conns.remove(token.slot);
-        }
-    }
 }
 
 /// A stat of the connection's path beneath the root: statx(2).
@@ -449,30 +509,6 @@ fn read_kept(shared: &Shared, c: &mut Conn, w: &mut Local, buf: BufIx, at: std::
     w.svc.read_kept(&mut c.fc, w.now, buf, dst);
 }
 
-/// Calls `f` on every connection, performs what it queued, and frees those it closed.
-fn each_conn(
-    shared: &Shared,
-    conns: &mut Slab<Conn>,
-    run_queue: &mut RunQueue,
-    w: &mut Local,
-    mut f: impl FnMut(&mut HttpConn),
-) {
-    for i in 0..conns.capacity() {
-        let slot = Slot(i as u32);
-        let token = conn_token(slot, conns.generation(slot));
-        if let Some(c) = conns.get_mut(slot) {
-            let turn_start = c.fc.http().requests();
-            f(c.fc.http_mut());
-            if drive(shared, c, token, turn_start, w) {
-                run_queue.push(token);
-            }
-            if c.freed {
-                conns.remove(slot);
-            }
-        }
-    }
-}
-
 /// A tenth of the shortest timeout, between 5 ms and 100 ms.
 pub fn tick_interval(shared: &Shared) -> Duration {
     let shortest = shared.cfg.header_timeout_ms.min(shared.cfg.idle_timeout_ms);
@@ -482,44 +518,21 @@ pub fn tick_interval(shared: &Shared) -> Duration {
 /// Most connections accepted per turn of the loop (see the module docs).
 const ACCEPT_BATCH: usize = 32;
 
+/// Up to [`ACCEPT_BATCH`] connections from `acceptor`'s listener, for the loop to admit
+/// (`open`: the worker's connections before these).
 fn accept_batch(
-    shared: &Shared,
     ep: &Epoll,
     acceptor: &mut EpollAcceptor,
-    conns: &mut Slab<Conn>,
-    run_queue: &mut RunQueue,
-    w: &mut Local,
+    open: usize,
     now_ms: u64,
-) -> Result<(), String> {
-    for _ in 0..ACCEPT_BATCH {
-        // None: nothing waits, or the acceptor paused (out of descriptors or memory).
-        let Some(sock) = acceptor
-            .accept(ep, conns.len(), now_ms)
-            .map_err(|e| e.to_string())?
-        else {
-            return Ok(());
-        };
-        let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let mut conn = Conn::new(shared, sock, w.now);
-        if shared.access_log.is_some() {
-            conn.peer = crate::accesslog::peer_ip(&conn.sock);
-        }
-        // A full table drops the connection (closing its socket).
-        let Some((slot, generation)) = conns.insert(conn) else {
-            continue;
-        };
-        let c = conns.get_mut(slot).expect("just inserted");
-        let token = conn_token(slot, generation);
-        let interest = Interest::IN | Interest::OUT | Interest::RDHUP | Interest::ET;
-        if ep.add(&c.sock, token.encode().0, interest).is_err() {
-            conns.remove(slot);
-            continue;
-        }
-        if drive(shared, c, token, 0, w) {
-            run_queue.push(token);
-        }
-        if c.freed {
-            conns.remove(slot);
+    out: &mut Vec<Happening<Deferred>>,
+) -> Result<(), Failure> {
+    for n in 0..ACCEPT_BATCH {
+        // None: nothing waits, or the acceptor paused (out of descriptors or memory) or is
+        // at capacity.
+        match acceptor.accept(ep, open + n, now_ms)? {
+            Some(sock) => out.push(Happening::Accepted(sock)),
+            None => break,
         }
     }
     Ok(())
@@ -784,7 +797,7 @@ mod tests {
             drive(
                 &shared,
                 &mut c,
-                conn_token(Slot(0), Generation::ZERO),
+                Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
                 0,
                 &mut log
             ),
@@ -799,7 +812,7 @@ mod tests {
             assert!(drive(
                 &shared,
                 &mut c,
-                conn_token(Slot(0), Generation::ZERO),
+                Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
                 turn_start,
                 &mut log
             ));
@@ -813,7 +826,7 @@ mod tests {
         assert!(!drive(
             &shared,
             &mut c,
-            conn_token(Slot(0), Generation::ZERO),
+            Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
             turn_start,
             &mut log
         ));

@@ -24,8 +24,9 @@ use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
 use ringwork_sys::backend::{Backend, BackendRequest};
+use ringwork_sys::driver::StartGate;
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::worker::Crew;
+use ringwork_sys::worker::{run_engine, Admission, Crew, Engine, LoopConfig, WorkerIo};
 use rustix::fd::OwnedFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
@@ -346,6 +347,45 @@ impl Stats {
         Self::add(&self.chunk_waits, s.chunk_waits);
         Self::add(&self.head_waits, s.head_waits);
     }
+}
+
+/// What a worker's engine fails with: a message for stderr.
+#[derive(Debug)]
+struct Failure(String);
+
+impl From<String> for Failure {
+    fn from(s: String) -> Self {
+        Failure(s)
+    }
+}
+
+impl From<ringwork_sys::Error> for Failure {
+    fn from(e: ringwork_sys::Error) -> Self {
+        Failure(e.to_string())
+    }
+}
+
+/// Runs one worker's `engine` (io_uring or epoll) on the worker loop every Ringwork server
+/// shares (`ringwork_sys::worker::run_engine`): the connection table, admission (per
+/// thread: `--max-conns` is per thread), the wait, ticks, the stop and the drain.
+fn serve_worker<E: Engine<Error = Failure>>(
+    shared: &Shared,
+    engine: E,
+    gate: &StartGate,
+) -> Result<(), String> {
+    let slots = shared.max_conns as usize;
+    let cfg = LoopConfig {
+        name: "ringwork-files",
+        slots,
+        max_conns: slots,
+        shutdown_grace: shared.shutdown_grace,
+    };
+    let admission = Admission::default();
+    let io = WorkerIo {
+        admission: &admission,
+        gate,
+    };
+    run_engine(&cfg, engine, io).map(|_| ()).map_err(|e| e.0)
 }
 
 impl Shared {

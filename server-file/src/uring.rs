@@ -1,5 +1,7 @@
-//! The io_uring driver: turns HttpConn's operations into SQEs and its completions back into
-//! events.
+//! The io_uring engine: turns the file service's operations into SQEs and completions back
+//! into its connections' input, on the worker loop every Ringwork server shares
+//! (`ringwork_sys::worker::run_engine`: the connection table, admission, the wait, ticks, the
+//! stop and the drain are the loop's).
 //!
 //! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
 //!   instead when asked (`ringwork_sys::driver::server_ring`). One `io_uring:` line per
@@ -67,12 +69,12 @@
 //!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
 //!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
 //!   short under it fails the send (EFAULT) and closes that connection.
-//! - Time: `driver::Waiter` waits with a timeout (EXT_ARG) that wakes the loop for HttpConn's
-//!   ticks; the clock is read once per batch of completions.
+//! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which wakes it for
+//!   HttpConn's ticks; the clock is read once per batch of completions.
 //! - io-wq: at most `IOWQ_WORKERS` workers of each kind per ring.
 //! - Stopping (SIGINT/SIGTERM, relayed by the main thread as the stop notice, polled on the
-//!   ring): `ringwork_core::shutdown::Drain`, a graceful drain. The acceptor cancels its accept and closes
-//!   the listener once it has ended (new connections are refused); every connection gets
+//!   ring): the loop's graceful drain. The acceptor cancels its accept and closes the
+//!   listener once it has ended (new connections are refused); every connection gets
 //!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
 //!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
 //!   worker returns once every connection is freed and the accept has ended.
@@ -98,13 +100,11 @@ use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
-use ringwork_core::shutdown::{Drain, DrainAction};
-use ringwork_core::slab::Slab;
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::accept::{AcceptMode, Acceptors};
 use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
-use ringwork_sys::worker::WorkerStart;
+use ringwork_sys::worker::{Engine, Happening, Input, StreamStats, WorkerStart};
 use ringwork_sys::{
     Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
     Target,
@@ -112,7 +112,7 @@ use ringwork_sys::{
 
 use crate::accesslog::RingLog;
 use crate::epoll::tick_interval;
-use crate::{file_id, file_info, open_flags, Shared};
+use crate::{file_id, file_info, open_flags, Failure, Shared};
 
 struct Conn {
     /// HttpConn, with its hold on the open-file cache and its chunk buffers as the file
@@ -138,12 +138,11 @@ struct Conn {
     peer: Option<std::net::IpAddr>,
 }
 
-struct Driver<'s> {
+/// The io_uring engine of one worker: its ring and what it keeps beside the connections (the
+/// loop, `ringwork_sys::worker::run_engine`, keeps those).
+struct UringEngine<'s> {
     shared: &'s Shared,
     ring: Ring,
-    /// Boxed: the table is sized for `--max-conns` up front, and an empty slot should cost
-    /// a pointer, not a connection.
-    conns: Slab<Box<Conn>>,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
     /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2).
@@ -156,7 +155,6 @@ struct Driver<'s> {
     acceptors: Acceptors<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
-    drain: Drain,
     waiter: Waiter,
     direct_refused: bool,
     direct_noted: bool,
@@ -178,8 +176,29 @@ struct Driver<'s> {
     /// Memory the connections' operations borrow for a while (statx targets, openat2
     /// arguments, response heads), kept for the next request instead of per connection.
     spare: Spares,
-    /// Tokens being woken, reused.
+    /// Connections whose head receive may go again (buffers are back), to wake.
     woken: Vec<Token>,
+    cqes: Vec<ringwork_sys::Cqe>,
+    /// When the cache last dropped its inactive entries, and the chunk buffers last gave
+    /// their pages back.
+    last_expire: u64,
+    last_trim: u64,
+}
+
+/// A connection's completion, with what it brought back: the memory its operation named,
+/// and the head buffer a receive filled.
+#[derive(Debug)]
+struct Completion {
+    kind: OpKind,
+    /// A SEND_ZC's tracker slot.
+    sub: u16,
+    res: Result<u32, RawErrno>,
+    /// The raw result (a SEND_ZC notification's usage bit).
+    raw: i32,
+    more: bool,
+    notif: bool,
+    mem: Option<OpMemory>,
+    head: Option<Lease>,
 }
 
 /// Operation memory no connection holds, for the next that needs it (boxed as the
@@ -295,16 +314,16 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
             FileSend::Off
         },
     });
-    let mut d = Driver {
+    let now = shared.now();
+    let engine = UringEngine {
         shared,
+        cqes: Vec::with_capacity(ring.cq_entries() as usize),
         ring,
-        conns: Slab::new(slots as usize),
         fixed_files,
         zc_report_usage,
         http_cfg,
         acceptors,
         stop,
-        drain: Drain::new(shared.shutdown_grace.as_millis() as u64),
         waiter,
         direct_refused: false,
         direct_noted: false,
@@ -314,24 +333,15 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         cache_fds: (0..cache_entries).map(|_| None).collect(),
         maps: (0..cache_entries).map(|_| None).collect(),
         head_ring,
-        now: shared.now(),
+        now,
         spare: Spares::default(),
         woken: Vec::new(),
+        last_expire: now.mono_ms,
+        last_trim: now.mono_ms,
     };
-    // Accept only once every worker has its ring: connections accepted here must not take
-    // the descriptors another worker's io_uring_setup needs.
-    if gate.arrive().is_err() {
-        return Ok(());
-    }
-    for a in &mut d.acceptors.0 {
-        a.start(&mut d.ring)
-            .map_err(|e| format!("io_uring submit: {e}"))?;
-    }
-    d.report_accept();
-    d.arm_stop()?;
-    let result = d.run_loop();
-    d.finish();
-    result
+    // Accept only once every worker has its ring (the loop waits at the gate): connections
+    // accepted here must not take the descriptors another worker's io_uring_setup needs.
+    crate::serve_worker(shared, engine, gate)
 }
 
 /// Sends from a mapping of a cached file need a descriptor for the mmap, which a registered
@@ -386,10 +396,184 @@ const STOP_TOKEN: Token = Token::new(
     ringwork_core::token::Generation::ZERO,
 );
 
-impl Driver<'_> {
+impl Engine for UringEngine<'_> {
+    /// Boxed: the table is sized for `--max-conns` up front, and an empty slot should cost
+    /// a pointer, not a connection.
+    type Conn = Box<Conn>;
+    type Completion = Completion;
+    type Error = Failure;
+
+    fn start(&mut self) -> Result<(), Failure> {
+        for a in &mut self.acceptors.0 {
+            a.start(&mut self.ring)?;
+        }
+        self.arm_stop()
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<(), Failure> {
+        match self.waiter.wait(&mut self.ring, timeout) {
+            Err(e) if e.errno() != Some(rustix::io::Errno::INTR) => {
+                Err(format!("io_uring_enter: {e}").into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn harvest(
+        &mut self,
+        live: &dyn Fn(&Token) -> bool,
+        open: usize,
+        now_ms: u64,
+        out: &mut Vec<Happening<Completion>>,
+        _: &mut StreamStats,
+    ) -> Result<(), Failure> {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.waiter.harvest(&mut self.ring, &mut cqes);
+        // One clock reading per batch: timeouts are in milliseconds, dates in seconds.
+        self.now = self.shared.now();
+        let mut result = Ok(());
+        for cqe in cqes.drain(..) {
+            result = self.on_cqe(cqe, live, open, now_ms, out);
+            if result.is_err() {
+                break;
+            }
+        }
+        self.cqes = cqes;
+        result
+    }
+
+    fn adopt(&mut self, sock: OwnedFd) -> Box<Conn> {
+        let peer = self
+            .log
+            .as_ref()
+            .and_then(|_| crate::accesslog::peer_ip(&sock));
+        Box::new(Conn {
+            fc: FileConn::new(HttpConn::new(self.http_cfg, self.now)),
+            sock: Some(sock),
+            recv_buf: None,
+            chunks: [None, None],
+            read_buf: BufIx(0),
+            direct: false,
+            file: None,
+            peer,
+        })
+    }
+
+    fn register(&mut self, _: Token, _: &mut Box<Conn>) -> bool {
+        true
+    }
+
+    fn reject(&mut self, sock: OwnedFd) -> Result<(), Failure> {
+        // Closing it refuses it (the loop admits none while draining or at capacity).
+        drop(sock);
+        Ok(())
+    }
+
+    fn drive(
+        &mut self,
+        token: Token,
+        c: &mut Box<Conn>,
+        input: Input<Completion>,
+        _: &mut StreamStats,
+    ) -> Result<bool, Failure> {
+        let now = self.now;
+        let http = c.fc.http_mut();
+        // The stop, the abort and the ticks are for connections HttpConn has not closed.
+        let open = !http.is_closed();
+        match input {
+            Input::Opened | Input::Ready(_) => {}
+            Input::Completion(done) => self.complete(token, c, done)?,
+            Input::Shutdown if open => http.on_shutdown(),
+            Input::Abort if open => http.abort(),
+            Input::Tick if open => http.on_tick(now),
+            Input::Shutdown | Input::Abort | Input::Tick => return Ok(false),
+            Input::Wake => self.svc.wake(&mut c.fc),
+        }
+        Ok(self.perform(token, c)?)
+    }
+
+    fn stale(&mut self, done: Completion, _: &mut StreamStats) {
+        // Cannot happen while connections are freed only once nothing of them is in
+        // flight; should it, what the completion brought goes back.
+        if let (Some(lease), Some(br)) = (done.head, self.ring.buf_ring(HEAD_GROUP)) {
+            br.recycle(lease);
+        }
+        if let Some(OpMemory::Fixed(lease)) = done.mem {
+            self.buffers().release(lease);
+        }
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        Some(tick_interval(self.shared))
+    }
+
+    fn end_of_turn(&mut self, stopping: bool, _: &mut StreamStats) -> Result<(), Failure> {
+        if self.head_ring {
+            // The head buffers taken since the last turn go back to the kernel; the
+            // receives that found none go again (the file service resubmits them, or
+            // completes them cancelled for a closing connection).
+            self.ring.publish_buffers(HEAD_GROUP)?;
+            self.svc.take_starved(&mut self.woken);
+        }
+        if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
+            // The lines so far, in one write through the ring, when due; all of them once
+            // stopping (the loop then ends after the write's CQE).
+            log.flush(sink, &mut self.ring, stopping)?;
+        }
+        // Out of descriptors (accept paused): cached files held as descriptors (without
+        // registered files) that no request uses give theirs to the connections waiting.
+        if !self.fixed_files && self.acceptors.deadline_ms().is_some() {
+            self.svc.evict_unused();
+        }
+        let now = self.now.mono_ms;
+        if now.saturating_sub(self.last_expire) >= tick_interval(self.shared).as_millis() as u64 {
+            self.last_expire = now;
+            self.svc.expire(now);
+        }
+        self.worker_ops();
+        if now.saturating_sub(self.last_trim) >= TRIM_INTERVAL_MS {
+            self.last_trim = now;
+            self.trim_chunks()?;
+        }
+        Ok(())
+    }
+
+    fn next_wake(&mut self) -> Option<Token> {
+        // Head receives first (their buffers are back), then the reads that waited for a
+        // chunk buffer, in their order, while the pool has one for the next.
+        self.woken.pop().or_else(|| self.svc.next_waiting())
+    }
+
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<(), Failure> {
+        Ok(self.acceptors.poll(&mut self.ring, open, now_ms)?)
+    }
+
+    fn accept_deadline_ms(&self) -> Option<u64> {
+        self.acceptors.deadline_ms()
+    }
+
+    fn stop_accepting(&mut self, now_ms: u64) -> Result<(), Failure> {
+        Ok(self.acceptors.stop(&mut self.ring, now_ms)?)
+    }
+
+    fn report(&mut self, name: &str) {
+        self.acceptors.report(name);
+    }
+
+    fn accepting(&self) -> bool {
+        !self.acceptors.0.iter().all(Acceptor::is_idle)
+    }
+
+    fn busy(&self) -> bool {
+        // The log write's buffer is the ring's until its CQE. The stop notice's poll stays
+        // armed until the notice: it is no connection's, and the ring drops (cancelling it)
+        // when the loop ends.
+        self.log.as_ref().is_some_and(RingLog::busy)
+    }
+
     /// After the loop: the access log's last lines, and the ring's and the file service's
     /// counters.
-    fn finish(&mut self) {
+    fn finish(&mut self, _: &mut StreamStats) {
         let shared = self.shared;
         if let (Some(log), Some(sink)) = (&mut self.log, &shared.access_log) {
             // Lines formatted after the last write was submitted (none, normally: the loop
@@ -403,188 +587,57 @@ impl Driver<'_> {
         crate::Stats::add(&st.busy_retries, rs.busy_retries);
         st.add_service(&self.svc);
     }
+}
 
+impl UringEngine<'_> {
     fn push(&mut self, sqe: SafeSqe) -> Result<(), String> {
         self.ring
             .push_safe(sqe)
             .map_err(|e| format!("io_uring submit: {e}"))
     }
 
-    fn arm_stop(&mut self) -> Result<(), String> {
-        self.stop
-            .arm(&mut self.ring, STOP_TOKEN.encode())
-            .map_err(|e| format!("io_uring submit: {e}"))
+    fn arm_stop(&mut self) -> Result<(), Failure> {
+        Ok(self.stop.arm(&mut self.ring, STOP_TOKEN.encode())?)
     }
 
-    /// Prints what the acceptor has to say (back-off episodes, accept fallbacks) on stderr.
-    fn report_accept(&mut self) {
-        self.acceptors.report("ringwork-files");
-    }
-
-    /// The stop notice's poll completed: if the notice was given, cancel the accept, and let
-    /// every connection finish its response and close.
-    fn on_stop_notice(&mut self) -> Result<(), String> {
-        if !self.stop.given() {
-            // Spurious: poll again.
-            return self.arm_stop();
-        }
-        if self.drain.on_stop(self.now.mono_ms) == Some(DrainAction::BeginDrain) {
-            self.acceptors
-                .stop(&mut self.ring, self.now.mono_ms)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
-            self.report_accept();
-            self.each_open_conn(HttpConn::on_shutdown)?;
-        }
-        Ok(())
-    }
-
-    /// Calls `f` on every connection HttpConn has not closed, then performs what it queued.
-    fn each_open_conn(&mut self, mut f: impl FnMut(&mut HttpConn)) -> Result<(), String> {
-        for i in 0..self.conns.capacity() {
-            let slot = Slot(i as u32);
-            if let Some(c) = self.conns.get_mut(slot) {
-                if !c.fc.http().is_closed() {
-                    f(c.fc.http_mut());
-                    self.drive(slot)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn run_loop(&mut self) -> Result<(), String> {
-        let tick = tick_interval(self.shared);
-        let mut last_tick = self.shared.now().mono_ms;
-        let mut last_trim = last_tick;
-        let mut cqes = Vec::with_capacity(1024);
-        // The stop notice's poll stays armed until the notice: it is no connection's, and
-        // the ring drops (cancelling it) when the loop ends.
-        while !self.drain.finished(
-            self.conns.len(),
-            !self.acceptors.0.iter().all(Acceptor::is_idle),
-            // The log write's buffer is the ring's until its CQE.
-            self.log.as_ref().is_some_and(RingLog::busy),
-        ) {
-            // Never past the end of an accept pause.
-            let deadline = self.acceptors.deadline_ms();
-            let wait = ringwork_core::accept::timeout_until(deadline, self.now.mono_ms, Some(tick));
-            match self.waiter.wait(&mut self.ring, wait) {
-                Ok(()) => {}
-                Err(e) if e.errno() == Some(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(format!("io_uring_enter: {e}")),
-            }
-            self.waiter.harvest(&mut self.ring, &mut cqes);
-            // One clock reading per batch: timeouts are in milliseconds, dates in seconds.
-            self.now = self.shared.now();
-            for cqe in cqes.drain(..) {
-                self.on_cqe(cqe)?;
-            }
-            self.replenish_heads()?;
-            self.acceptors
-                .poll(&mut self.ring, self.conns.len(), self.now.mono_ms)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
-            self.report_accept();
-            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
-                // The lines so far, in one write through the ring, when due; all of them
-                // once stopping (the loop then ends after the write's CQE).
-                log.flush(sink, &mut self.ring, self.drain.stopping())?;
-            }
-            // Out of descriptors (accept paused): cached files held as descriptors (without
-            // registered files) that no request uses give theirs to the connections waiting.
-            if !self.fixed_files && self.acceptors.deadline_ms().is_some() {
-                self.svc.evict_unused();
-            }
-            let now = self.shared.now();
-            if self.drain.on_tick(now.mono_ms) == Some(DrainAction::Abort) {
-                self.each_open_conn(HttpConn::abort)?;
-            }
-            if now.mono_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
-                last_tick = now.mono_ms;
-                self.each_open_conn(|http| http.on_tick(now))?;
-                self.svc.expire(now.mono_ms);
-            }
-            self.worker_ops();
-            self.serve_waiting()?;
-            if now.mono_ms.saturating_sub(last_trim) >= TRIM_INTERVAL_MS {
-                last_trim = now.mono_ms;
-                self.trim_chunks()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands the head buffers taken since the last call back to the kernel, then drives the
-    /// connections whose receive found none (the file service resubmits it, or completes it
-    /// cancelled for a connection that is closing).
-    fn replenish_heads(&mut self) -> Result<(), String> {
-        if !self.head_ring {
-            return Ok(());
-        }
-        self.ring
-            .publish_buffers(HEAD_GROUP)
-            .map_err(|e| format!("publishing head buffers: {e}"))?;
-        let mut woken = std::mem::take(&mut self.woken);
-        self.svc.take_starved(&mut woken);
-        let result = self.wake_all(&mut woken);
-        self.woken = woken;
-        result
-    }
-
-    /// Lets the parked operation of each connection in `tokens` go, and drives it.
-    fn wake_all(&mut self, tokens: &mut Vec<Token>) -> Result<(), String> {
-        for token in tokens.drain(..) {
-            if let Some(c) = self.conns.get_checked_mut(&token) {
-                self.svc.wake(&mut c.fc);
-                self.drive(token.slot)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The reads that waited for a chunk buffer, in their order, while the pool has one for
-    /// the next: once a turn of the loop, after everything that gives buffers back.
-    fn serve_waiting(&mut self) -> Result<(), String> {
-        while let Some(token) = self.svc.next_waiting() {
-            if let Some(c) = self.conns.get_checked_mut(&token) {
-                self.svc.wake(&mut c.fc);
-                self.drive(token.slot)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn on_cqe(&mut self, mut cqe: ringwork_sys::Cqe) -> Result<(), String> {
+    /// One completion: an accept, the stop notice, the log's write, an entry's descriptor or
+    /// close, or a connection's (to drive, with the memory it brought back).
+    fn on_cqe(
+        &mut self,
+        mut cqe: ringwork_sys::Cqe,
+        live: &dyn Fn(&Token) -> bool,
+        open: usize,
+        now_ms: u64,
+        out: &mut Vec<Happening<Completion>>,
+    ) -> Result<(), Failure> {
         let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
         };
         // A head buffer the kernel picked goes back to the ring whatever becomes of it.
-        let head = cqe.take_buffer().map(|sel| {
+        let head = match cqe.take_buffer().map(|sel| {
             self.ring
                 .buf_ring(HEAD_GROUP)
                 .expect("only head receives select buffers")
                 .take(sel)
-        });
-        let head = match head {
+        }) {
             Some(Ok(lease)) => Some(lease),
-            Some(Err(e)) => return Err(format!("a head buffer went astray: {e}")),
+            Some(Err(e)) => return Err(format!("a head buffer went astray: {e}").into()),
             None => None,
         };
         if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
-            let open = self.conns.len();
-            let sock = acceptor
-                .on_cqe(&mut self.ring, &cqe, open, self.now.mono_ms)
-                .map_err(|e| format!("io_uring submit: {e}"))?;
-            if let Some(sock) = sock {
-                if !self.drain.stopping() {
-                    self.new_conn(sock)?;
-                }
-                // Draining: accepted before the cancel took effect; dropping it closes it.
+            if let Some(sock) = acceptor.on_cqe(&mut self.ring, &cqe, open, now_ms)? {
+                out.push(Happening::Accepted(sock));
             }
             return Ok(());
         }
         if token == STOP_TOKEN {
-            return self.on_stop_notice();
+            if self.stop.given() {
+                out.push(Happening::Stop);
+                return Ok(());
+            }
+            // Spurious: poll again.
+            return self.arm_stop();
         }
         if RingLog::owns(&token) {
             if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
@@ -606,47 +659,57 @@ impl Driver<'_> {
             self.svc.on_entry_closed(EntryIx(u32::from(token.sub)));
             return Ok(());
         }
-        self.on_conn_cqe(token, &cqe, head)
+        // The memory the operation named comes back with its last completion.
+        let mem = (!cqe.more())
+            .then(|| self.ring.take_memory(cqe.user_data()))
+            .flatten();
+        let done = Completion {
+            kind: token.kind,
+            sub: token.sub,
+            res: cqe.result(),
+            raw: cqe.res(),
+            more: cqe.more(),
+            notif: cqe.is_notification(),
+            mem,
+            head,
+        };
+        if !live(&token) {
+            self.stale(done, &mut StreamStats::default());
+            return Ok(());
+        }
+        out.push(Happening::Drive(token, done));
+        Ok(())
     }
 
-    /// A completion of one of connection `token`'s operations (`head`: the request-head
-    /// buffer a receive filled), back to its HttpConn with the memory it named.
-    fn on_conn_cqe(
-        &mut self,
-        token: Token,
-        cqe: &ringwork_sys::Cqe,
-        head: Option<Lease>,
-    ) -> Result<(), String> {
+    /// A completion of one of connection `c`'s operations, back to its HttpConn (through the
+    /// file service where it keeps something of it) with the memory it named.
+    fn complete(&mut self, token: Token, c: &mut Conn, done: Completion) -> Result<(), String> {
         let now = self.now;
+        let Completion {
+            kind,
+            sub,
+            res,
+            raw,
+            more,
+            notif,
+            mem,
+            head,
+        } = done;
         // A SEND_ZC's token names the connection, and the send in `sub`.
-        let zc_slot = ZcSlot(u32::from(token.sub));
-        let ud = cqe.user_data();
-        // The memory the operation named comes back with its last completion.
-        let mem = (!cqe.more()).then(|| self.ring.take_memory(ud)).flatten();
-        let Some(c) = self.conns.get_checked_mut(&token) else {
-            // Stale: cannot happen while slots are freed only on HttpConn's Free.
-            if let Some(lease) = head {
-                self.ring
-                    .buf_ring(HEAD_GROUP)
-                    .expect("checked above")
-                    .recycle(lease);
-            }
-            return Ok(());
-        };
-        let res = cqe.result();
+        let zc_slot = ZcSlot(u32::from(sub));
         let http = c.fc.http_mut();
-        match (token.kind, mem) {
-            (OpKind::SendZc, _) if cqe.is_notification() => {
+        match (kind, mem) {
+            (OpKind::SendZc, _) if notif => {
                 let st = &self.shared.stats;
                 crate::Stats::add(&st.zc_notifs, 1);
                 // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
                 // all (always, on loopback).
-                if cqe.res() & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                if raw & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                     crate::Stats::add(&st.zc_copied, 1);
                 }
                 http.on_send_notif(now, zc_slot);
             }
-            (OpKind::SendZc, _) => http.on_send_zc(now, zc_slot, res, cqe.more()),
+            (OpKind::SendZc, _) => http.on_send_zc(now, zc_slot, res, more),
             (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
                 http.on_recv(now, res.map(|n| &buf[..n as usize]));
                 c.recv_buf = Some(buf);
@@ -655,7 +718,6 @@ impl Driver<'_> {
             // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
             (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
                 self.svc.on_recv_nobufs(&mut c.fc, token);
-                return Ok(());
             }
             (OpKind::Recv, None) => match (head, self.ring.buf_ring(HEAD_GROUP)) {
                 (Some(lease), Some(br)) => {
@@ -710,40 +772,12 @@ impl Driver<'_> {
                 ))
             }
         }
-        self.drive(token.slot)
+        Ok(())
     }
 
-    fn new_conn(&mut self, sock: OwnedFd) -> Result<(), String> {
-        let _ = rustix::net::sockopt::set_tcp_nodelay(&sock, true);
-        let peer = self
-            .log
-            .as_ref()
-            .and_then(|_| crate::accesslog::peer_ip(&sock));
-        let conn = Conn {
-            fc: FileConn::new(HttpConn::new(self.http_cfg, self.shared.now())),
-            sock: Some(sock),
-            recv_buf: None,
-            chunks: [None, None],
-            read_buf: BufIx(0),
-            direct: false,
-            file: None,
-            peer,
-        };
-        // A full table (an accept the acceptor's capacity cancel did not stop in time): the
-        // connection is dropped (its socket closed) at once.
-        match self.conns.insert(Box::new(conn)) {
-            Some((slot, _)) => self.drive(slot),
-            None => Ok(()),
-        }
-    }
-
-    /// The lines of what connection `slot` answered since the last call, into the batch.
-    fn collect_log(&mut self, slot: Slot) {
-        if let (Some(log), Some(sink), Some(c)) = (
-            &mut self.log,
-            &self.shared.access_log,
-            self.conns.get_mut(slot),
-        ) {
+    /// The lines of what connection `c` answered since the last call, into the batch.
+    fn collect_log(&mut self, c: &mut Conn) {
+        if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
             crate::accesslog::collect(sink, &mut log.batch, c.peer, c.fc.http_mut());
         }
     }
@@ -789,7 +823,7 @@ impl Driver<'_> {
     }
 
     /// Maps entry `ix`'s file: a plain descriptor at once; a registered slot once
-    /// IORING_OP_FIXED_FD_INSTALL has given it a descriptor ([`Driver::on_installed`]).
+    /// IORING_OP_FIXED_FD_INSTALL has given it a descriptor ([`UringEngine::on_installed`]).
     fn map(&mut self, ix: EntryIx) {
         if let Some(fd) = &self.cache_fds[ix.0 as usize] {
             let map = map_entry(fd, self.svc.file_id(ix));
@@ -826,31 +860,21 @@ impl Driver<'_> {
         self.mapped(ix, map);
     }
 
-    /// Submits an open with its linked read as one chain.
-    fn submit_chain(&mut self, slot: Slot, open: FileOp, read: FileOp) -> Result<(), String> {
-        let first = self.build_sqe(slot, open)?;
-        let second = self.build_sqe(slot, read)?;
-        let (Some(first), Some(second)) = (first, second) else {
-            return Err("an open's linked read was not a read".into());
-        };
-        self.ring
-            .push_safe_chain(vec![first, second], false)
-            .map_err(|e| format!("io_uring submit: {e}"))
-    }
-
-    /// Performs what the file service hands out for connection `slot`: SQEs, a chain for an
-    /// open with its linked read (the service decides what is chained; this only submits
-    /// it), chunk buffers leased and given back, kept bytes copied; frees it at the end.
-    fn drive(&mut self, slot: Slot) -> Result<(), String> {
-        self.collect_log(slot);
-        let token = Token::new(OpKind::Read, slot, self.conns.generation(slot));
-        while let Some(c) = self.conns.get_mut(slot) {
-            let Some(op) = self.svc.next(&mut c.fc, token, self.now) else {
-                break;
-            };
+    /// Performs what the file service hands out for connection `c` (`token`): SQEs, a chain
+    /// for an open with its linked read (the service decides what is chained; this only
+    /// submits it), chunk buffers leased and given back, kept bytes copied. True at its
+    /// Free (its chunk buffers are back in the pool).
+    fn perform(&mut self, token: Token, c: &mut Conn) -> Result<bool, String> {
+        self.collect_log(c);
+        let mut freed = false;
+        while let Some(op) = self.svc.next(&mut c.fc, token, self.now) {
             match op {
                 FileOp::Free => {
-                    self.free(slot);
+                    let buffers = self.buffers();
+                    for lease in c.chunks.iter_mut().filter_map(Option::take) {
+                        buffers.release(lease);
+                    }
+                    freed = true;
                     break;
                 }
                 FileOp::Release(buf) => {
@@ -864,8 +888,14 @@ impl Driver<'_> {
                     len,
                     lease,
                 } => {
-                    self.lease(slot, buf, lease)?;
-                    self.read_kept(slot, buf, buf_pos..buf_pos + len)?;
+                    self.lease(c, buf, lease)?;
+                    let buffers = self
+                        .ring
+                        .fixed_buffers()
+                        .expect("the chunk buffers are set up before the loop");
+                    let dst = &mut buffers.bytes_mut(chunk(c, buf)?)[buf_pos as usize..];
+                    self.svc
+                        .read_kept(&mut c.fc, self.now, buf, &mut dst[..len as usize]);
                 }
                 FileOp::Open {
                     link_next: true, ..
@@ -874,22 +904,29 @@ impl Driver<'_> {
                         return Err("an open with link_next and no read".into());
                     };
                     if let FileOp::Read(ChunkRead { buf, lease, .. }) = read {
-                        self.lease(slot, buf, lease)?;
+                        self.lease(c, buf, lease)?;
                     }
-                    self.submit_chain(slot, op, read)?;
+                    let first = self.build_sqe(token, c, op)?;
+                    let second = self.build_sqe(token, c, read)?;
+                    let (Some(first), Some(second)) = (first, second) else {
+                        return Err("an open's linked read was not a read".into());
+                    };
+                    self.ring
+                        .push_safe_chain(vec![first, second], false)
+                        .map_err(|e| format!("io_uring submit: {e}"))?;
                 }
                 op => {
                     if let FileOp::Read(ChunkRead { buf, lease, .. }) = op {
-                        self.lease(slot, buf, lease)?;
+                        self.lease(c, buf, lease)?;
                     }
-                    if let Some(sqe) = self.build_sqe(slot, op)? {
+                    if let Some(sqe) = self.build_sqe(token, c, op)? {
                         self.push(sqe)?;
                     }
                 }
             }
         }
         self.worker_ops();
-        Ok(())
+        Ok(freed)
     }
 
     fn buffers(&mut self) -> &mut FixedBuffers {
@@ -898,54 +935,17 @@ impl Driver<'_> {
             .expect("the chunk buffers are set up before the loop")
     }
 
-    /// Takes a chunk buffer from the pool for connection `slot`'s buffer `buf` when `lease`
+    /// Takes a chunk buffer from the pool for connection `c`'s buffer `buf` when `lease`
     /// (the file service counted one free).
-    fn lease(&mut self, slot: Slot, buf: BufIx, lease: bool) -> Result<(), String> {
-        if !lease {
-            return Ok(());
-        }
-        let lease = self
-            .buffers()
-            .acquire()
-            .ok_or("the chunk pool is empty where the file service counted one free")?;
-        if let Some(c) = self.conns.get_mut(slot) {
+    fn lease(&mut self, c: &mut Conn, buf: BufIx, lease: bool) -> Result<(), String> {
+        if lease {
+            let lease = self
+                .buffers()
+                .acquire()
+                .ok_or("the chunk pool is empty where the file service counted one free")?;
             c.chunks[usize::from(buf.0)] = Some(lease);
         }
         Ok(())
-    }
-
-    /// Copies the kept bytes of connection `slot`'s cached file into its chunk buffer `buf`
-    /// at `at`, and reports the read.
-    fn read_kept(
-        &mut self,
-        slot: Slot,
-        buf: BufIx,
-        at: std::ops::Range<u32>,
-    ) -> Result<(), String> {
-        let buffers = self
-            .ring
-            .fixed_buffers()
-            .expect("the chunk buffers are set up before the loop");
-        let c = self
-            .conns
-            .get_mut(slot)
-            .ok_or("a read for a freed connection")?;
-        let lease = chunk(c, buf)?;
-        let dst = &mut buffers.bytes_mut(lease)[at.start as usize..at.end as usize];
-        self.svc.read_kept(&mut c.fc, self.now, buf, dst);
-        Ok(())
-    }
-
-    /// Frees connection `slot` (HttpConn said Free: nothing of it is in flight), giving its
-    /// chunk buffers back to the pool.
-    fn free(&mut self, slot: Slot) {
-        let Some(c) = self.conns.remove(slot) else {
-            return;
-        };
-        let buffers = self.buffers();
-        for lease in c.chunks.into_iter().flatten() {
-            buffers.release(lease);
-        }
     }
 
     /// A send of `range` of cache entry `ix`'s file straight from its mapping; or why not:
@@ -980,15 +980,17 @@ impl Driver<'_> {
         Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
     }
 
-    /// The OPENAT2 of connection `slot`'s path beneath the root, `into` the cache entry its
-    /// stat reserved or the connection's own file slot (or a plain descriptor).
-    fn open_sqe(&mut self, slot: Slot, direct: bool, into: FileRef) -> Result<SafeSqe, String> {
+    /// The OPENAT2 of connection `c`'s path beneath the root, `into` the cache entry its
+    /// stat reserved or the connection's own file slot `own` (or a plain descriptor).
+    fn open_sqe(
+        &mut self,
+        c: &mut Conn,
+        own: Slot,
+        direct: bool,
+        into: FileRef,
+    ) -> Result<SafeSqe, String> {
         let (fixed_files, root) = (self.fixed_files, self.shared.root.as_raw_fd());
         crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
-        let c = self
-            .conns
-            .get_mut(slot)
-            .ok_or("an open for a freed connection")?;
         let (mut flags, resolve) = open_flags(direct);
         if fixed_files {
             // A direct descriptor has no close-on-exec bit; the kernel refuses
@@ -1002,27 +1004,28 @@ impl Driver<'_> {
         let args = self.spare.open.pop().unwrap_or_default();
         let file_slot = match into {
             FileRef::Entry(ix) => self.cache_base + ix.0,
-            FileRef::Own => slot.0,
+            FileRef::Own => own.0,
         };
         let file_slot = fixed_files.then_some(file_slot);
         SafeSqe::openat2(root, c.fc.http().path(), how, file_slot, args).map_err(|e| e.to_string())
     }
 
-    /// Where connection `slot`'s `file` is: a registered-file slot or a descriptor.
-    fn file_target(&self, slot: Slot, file: FileRef) -> Result<Target, String> {
+    /// Where connection `c`'s `file` is: a registered-file slot (its own is `own`) or a
+    /// descriptor.
+    fn file_target(&self, c: &Conn, own: Slot, file: FileRef) -> Result<Target, String> {
         let fd = match (self.fixed_files, file) {
             (true, FileRef::Entry(ix)) => return Ok(Target::Fixed(self.cache_base + ix.0)),
-            (true, FileRef::Own) => return Ok(Target::Fixed(slot.0)),
+            (true, FileRef::Own) => return Ok(Target::Fixed(own.0)),
             (false, FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize].as_ref(),
-            (false, FileRef::Own) => self.conns.get(slot).and_then(|c| c.file.as_ref()),
+            (false, FileRef::Own) => c.file.as_ref(),
         };
         // HttpConn reads only after a successful open, which gave the fd.
         fd.map(|fd| Target::Fd(fd.as_raw_fd()))
             .ok_or_else(|| "a read of a file that is not open".to_string())
     }
 
-    /// The READ of a chunk of connection `slot`'s file into the chunk buffer HttpConn names.
-    fn read_sqe(&mut self, slot: Slot, read: ChunkRead) -> Result<SafeSqe, String> {
+    /// The READ of a chunk of connection `c`'s file into the chunk buffer HttpConn names.
+    fn read_sqe(&mut self, c: &mut Conn, own: Slot, read: ChunkRead) -> Result<SafeSqe, String> {
         let ChunkRead {
             buf,
             offset,
@@ -1031,11 +1034,7 @@ impl Driver<'_> {
             file,
             ..
         } = read;
-        let file = self.file_target(slot, file)?;
-        let c = self
-            .conns
-            .get_mut(slot)
-            .ok_or("a read for a freed connection")?;
+        let file = self.file_target(c, own, file)?;
         c.read_buf = buf;
         let lease = c.chunks[usize::from(buf.0)]
             .take()
@@ -1045,11 +1044,7 @@ impl Driver<'_> {
 
     /// The SEND of a response head (copied into memory that goes with the send), of a head
     /// in front of its first chunk (one send for both), or of a chunk.
-    fn send_sqe(&mut self, slot: Slot, sock: Target, src: SendSrc) -> Result<SafeSqe, String> {
-        let c = self
-            .conns
-            .get_mut(slot)
-            .ok_or("a send for a freed connection")?;
+    fn send_sqe(&mut self, c: &Conn, sock: Target, src: SendSrc) -> Result<SafeSqe, String> {
         let sqe = match src {
             SendSrc::Head { start, len } => {
                 // The head is copied out of HttpConn, into memory that goes with the send.
@@ -1069,10 +1064,7 @@ impl Driver<'_> {
                 let from = start
                     .checked_sub(head_len)
                     .ok_or("a head longer than the room in front of its chunk")?;
-                let buffers = self
-                    .ring
-                    .fixed_buffers()
-                    .expect("the chunk buffers are set up before the loop");
+                let buffers = self.buffers();
                 buffers.bytes_mut(lease)[from as usize..start as usize].copy_from_slice(head);
                 self.ring.send_fixed(sock, lease, from, head_len + len)
             }
@@ -1085,15 +1077,15 @@ impl Driver<'_> {
         Ok(sqe.send_flags(SendFlags::NOSIGNAL))
     }
 
-    /// The SQE (user_data set) for `op` of connection `slot`; `None` for an op performed
-    /// here and now (a close of the socket, a send from a file declined).
-    fn build_sqe(&mut self, slot: Slot, op: FileOp) -> Result<Option<SafeSqe>, String> {
-        let fixed_files = self.fixed_files;
+    /// The SQE (user_data set) for `op` of connection `c` (`token`); `None` for an op
+    /// performed here and now (a close of the socket, a send from a file declined).
+    fn build_sqe(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        op: FileOp,
+    ) -> Result<Option<SafeSqe>, String> {
         let root = self.shared.root.as_raw_fd();
-        let generation = self.conns.generation(slot);
-        let Some(c) = self.conns.get_mut(slot) else {
-            return Ok(None);
-        };
         // HttpConn emits nothing after Close, and only Close takes the socket.
         let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
         let (kind, sqe) = match op {
@@ -1107,11 +1099,11 @@ impl Driver<'_> {
                 let (lease, usage) = (chunk(c, buf)?, self.zc_report_usage);
                 let sqe = self.ring.send_zc_fixed(sock, lease, start, len, usage);
                 let sqe = sqe.send_flags(SendFlags::NOSIGNAL);
-                // `sub` names the send, so that its notification finds it (HttpConn's slots are
-                // below ZC_SENDS).
+                // `sub` names the send, so that its notification finds it (HttpConn's slots
+                // are below ZC_SENDS).
                 debug_assert!(zc.0 < ZC_SENDS);
-                let token = Token::new(OpKind::SendZc, slot, generation).with_sub(zc.0 as u16);
-                return Ok(Some(sqe.user_data(token.encode())));
+                let ud = token.with_kind(OpKind::SendZc).with_sub(zc.0 as u16);
+                return Ok(Some(sqe.user_data(ud.encode())));
             }
             FileOp::Recv { max } if self.head_ring => (
                 OpKind::Recv,
@@ -1124,7 +1116,7 @@ impl Driver<'_> {
                     .unwrap_or_else(|| vec![0; self.http_cfg.limits.max_head_bytes + 1]);
                 (OpKind::Recv, SafeSqe::recv(sock, buf, max as usize))
             }
-            FileOp::Send(src) => (OpKind::Send, self.send_sqe(slot, sock, src)?),
+            FileOp::Send(src) => (OpKind::Send, self.send_sqe(c, sock, src)?),
             FileOp::SendFile {
                 file: FileRef::Entry(ix),
                 offset,
@@ -1134,9 +1126,7 @@ impl Driver<'_> {
                 match self.send_from_map(ix, sock, range) {
                     Ok(sqe) => (OpKind::Send, sqe),
                     Err(again) => {
-                        if let Some(c) = self.conns.get_mut(slot) {
-                            c.fc.http_mut().on_file_send_declined(self.now, again);
-                        }
+                        c.fc.http_mut().on_file_send_declined(self.now, again);
                         return Ok(None);
                     }
                 }
@@ -1148,11 +1138,13 @@ impl Driver<'_> {
                     .map_err(|e| e.to_string())?;
                 (OpKind::Statx, sqe)
             }
-            FileOp::Open { direct, into, .. } => (OpKind::Open, self.open_sqe(slot, direct, into)?),
-            FileOp::Read(read) => (OpKind::Read, self.read_sqe(slot, read)?),
+            FileOp::Open { direct, into, .. } => {
+                (OpKind::Open, self.open_sqe(c, token.slot, direct, into)?)
+            }
+            FileOp::Read(read) => (OpKind::Read, self.read_sqe(c, token.slot, read)?),
             FileOp::CloseFile => {
-                let sqe = if fixed_files {
-                    SafeSqe::close_fixed(slot.0)
+                let sqe = if self.fixed_files {
+                    SafeSqe::close_fixed(token.slot.0)
                 } else {
                     // HttpConn closes only after a successful open, which gave the fd.
                     SafeSqe::close(c.file.take().ok_or("a file close with no file open")?)
@@ -1184,9 +1176,7 @@ impl Driver<'_> {
             }
             op => return Err(format!("{op:?} is not for the ring")),
         };
-        Ok(Some(
-            sqe.user_data(Token::new(kind, slot, generation).encode()),
-        ))
+        Ok(Some(sqe.user_data(token.with_kind(kind).encode())))
     }
 }
 

@@ -405,12 +405,18 @@ pub trait Engine {
     type Conn;
     /// What a completion brings a connection.
     type Completion;
+    /// What the engine fails with (the loop's own failures are ringwork-sys errors).
+    type Error: From<crate::error::Error>;
 
     /// Starts accepting and listening for the stop notice (after the start gate).
-    fn start(&mut self) -> Result<()>;
+    fn start(&mut self) -> std::result::Result<(), Self::Error>;
 
     /// Submits what is queued and waits for work, at most `timeout`.
-    fn wait(&mut self, timeout: Option<Duration>, stats: &mut StreamStats) -> Result<()>;
+    fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        stats: &mut StreamStats,
+    ) -> std::result::Result<(), Self::Error>;
 
     /// What happened, in order, appended to `out` (`live`: whether a token names a
     /// connection still).
@@ -421,7 +427,7 @@ pub trait Engine {
         now_ms: u64,
         out: &mut Vec<Happening<Self::Completion>>,
         stats: &mut StreamStats,
-    ) -> Result<()>;
+    ) -> std::result::Result<(), Self::Error>;
 
     /// A new connection on `sock`.
     fn adopt(&mut self, sock: OwnedFd) -> Self::Conn;
@@ -431,7 +437,7 @@ pub trait Engine {
     fn register(&mut self, token: Token, conn: &mut Self::Conn) -> bool;
 
     /// Closes a socket the loop would not admit.
-    fn reject(&mut self, sock: OwnedFd) -> Result<()>;
+    fn reject(&mut self, sock: OwnedFd) -> std::result::Result<(), Self::Error>;
 
     /// Gives connection `token` its input and performs what its machine asks for; true once
     /// it is to be freed (nothing of it is in flight any more).
@@ -441,7 +447,7 @@ pub trait Engine {
         conn: &mut Self::Conn,
         input: Input<Self::Completion>,
         stats: &mut StreamStats,
-    ) -> Result<bool>;
+    ) -> std::result::Result<bool, Self::Error>;
 
     /// A completion for a connection freed since: what it holds goes back.
     fn stale(&mut self, completion: Self::Completion, stats: &mut StreamStats);
@@ -453,20 +459,24 @@ pub trait Engine {
 
     /// After each turn's happenings: the engine's own work (buffers back to the kernel,
     /// logs, caches); `stopping` once the drain has begun.
-    fn end_of_turn(&mut self, stopping: bool, stats: &mut StreamStats) -> Result<()>;
+    fn end_of_turn(
+        &mut self,
+        stopping: bool,
+        stats: &mut StreamStats,
+    ) -> std::result::Result<(), Self::Error>;
 
     /// A connection whose wait is over, to drive with [`Input::Wake`]; asked for again after
     /// each is driven, until none.
     fn next_wake(&mut self) -> Option<Token>;
 
     /// Resumes accepting after a pause, or at capacity once below it.
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()>;
+    fn poll_accept(&mut self, open: usize, now_ms: u64) -> std::result::Result<(), Self::Error>;
 
     /// When the accept side next needs the loop awake (a pause's end), on the loop's clock.
     fn accept_deadline_ms(&self) -> Option<u64>;
 
     /// Stops accepting (the drain).
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<()>;
+    fn stop_accepting(&mut self, now_ms: u64) -> std::result::Result<(), Self::Error>;
 
     /// Prints what the acceptors have to say (back-off episodes, fallbacks).
     fn report(&mut self, name: &str);
@@ -516,7 +526,7 @@ pub fn run_engine<E: Engine>(
     cfg: &LoopConfig,
     mut engine: E,
     io: WorkerIo<'_>,
-) -> Result<StreamStats> {
+) -> std::result::Result<StreamStats, E::Error> {
     let mut w = Worker {
         conns: Slab::new(cfg.slots),
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
@@ -598,7 +608,7 @@ impl<C> Worker<'_, C> {
         &mut self,
         engine: &mut E,
         happening: Happening<E::Completion>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), E::Error> {
         match happening {
             Happening::Accepted(sock) => self.admit(engine, sock),
             Happening::Stop => {
@@ -614,7 +624,11 @@ impl<C> Worker<'_, C> {
         }
     }
 
-    fn admit<E: Engine<Conn = C>>(&mut self, engine: &mut E, sock: OwnedFd) -> Result<()> {
+    fn admit<E: Engine<Conn = C>>(
+        &mut self,
+        engine: &mut E,
+        sock: OwnedFd,
+    ) -> std::result::Result<(), E::Error> {
         if self.drain.stopping() || !self.admission.try_admit(self.max_conns) {
             self.stats.rejected += 1;
             return engine.reject(sock);
@@ -646,7 +660,7 @@ impl<C> Worker<'_, C> {
         &mut self,
         engine: &mut E,
         input: impl Fn() -> Input<E::Completion>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), E::Error> {
         for i in 0..self.conns.capacity() as u32 {
             let slot = Slot(i);
             if self.conns.get(slot).is_some() {
@@ -664,7 +678,7 @@ impl<C> Worker<'_, C> {
         engine: &mut E,
         token: Token,
         input: Input<E::Completion>,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), E::Error> {
         let Some(conn) = self.conns.get_checked_mut(&token) else {
             match input {
                 // Freed since (by an earlier completion of the same batch, a piece of the

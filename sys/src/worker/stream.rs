@@ -107,6 +107,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
 impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F> {
     type Conn = StreamConn<M, B::ConnIo>;
     type Completion = Event;
+    type Error = crate::error::Error;
 
     fn start(&mut self) -> Result<()> {
         self.backend.start()
