@@ -165,6 +165,7 @@ mod tests {
     use super::*;
     use alloc::format;
     use alloc::string::String;
+    use proptest::prelude::*;
 
     const NOW: Time = Time {
         mono_ms: 0,
@@ -500,6 +501,442 @@ mod tests {
         assert_eq!(ops, [Op::Close { reset: false }, Op::Free]);
         for event in happenings.into_iter().chain([HttpEvent::Abort; 2]) {
             assert_eq!(accept(&mut c, event), []);
+        }
+    }
+
+    /// An op in flight in [`Kernel`], and how it will complete.
+    #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+    enum InFlight {
+        /// Completes with the input's next bytes, end of stream, or (`cancelled`)
+        /// ECANCELED; with neither input nor end of stream, it waits for a cancel.
+        Recv {
+            max: u32,
+            cancelled: bool,
+        },
+        Stat(Result<FileInfo, RawErrno>),
+        Open(Result<(), RawErrno>),
+        /// `cancelled`: linked behind an open that fails.
+        Read {
+            buf: BufIx,
+            left: u32,
+            cancelled: bool,
+        },
+        Send {
+            len: u32,
+            file: bool,
+            cancelled: bool,
+        },
+        /// `notified`: its notification came first.
+        SendZc {
+            slot: ZcSlot,
+            len: u32,
+            more: bool,
+            notified: bool,
+        },
+        Notif(ZcSlot),
+        CloseFile,
+        Cancel,
+        Shutdown,
+    }
+
+    /// A simulated kernel and driver: performs every op the connection emits and completes
+    /// them in random order, through [`HttpConn::on_event`], each of which must be
+    /// accepted; between them it sends junk (completions of a random kind, buffer and slot),
+    /// which must be refused, the connection unchanged, unless an op in flight could
+    /// complete so (then it is that op's completion). The file `f` has `size` bytes (`f.gz`
+    /// too), `x` stats as a file and fails to open (a symlink out of the root), `d` is a
+    /// directory without index, the rest is missing.
+    struct Kernel {
+        conn: HttpConn,
+        now: Time,
+        size: u64,
+        dio: Option<Alignment>,
+        input: Vec<u8>,
+        /// The client ends its stream once its requests are sent (else it waits idle).
+        eof: bool,
+        in_flight: Vec<InFlight>,
+        /// The last op polled was an open with `link_next`, whose result is this.
+        linked: Option<Result<(), RawErrno>>,
+        closed: bool,
+        freed: bool,
+        rng: u64,
+    }
+
+    impl Kernel {
+        fn rand(&mut self, n: u64) -> u64 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            self.rng % n.max(1)
+        }
+
+        /// Polls and "submits" every op queued; checks the connection's count in flight.
+        fn submit(&mut self) {
+            while let Some(op) = self.conn.poll_op() {
+                assert!(!self.freed, "{op:?} after Free");
+                assert!(!self.closed || op == Op::Free, "{op:?} after Close");
+                let linked = self.linked.take();
+                let item = match op {
+                    Op::Recv { max } => InFlight::Recv {
+                        max,
+                        cancelled: false,
+                    },
+                    Op::Stat => InFlight::Stat(match self.conn.path() {
+                        b"f\0" | b"f.gz\0" | b"x\0" => Ok(FileInfo {
+                            dio: self.dio,
+                            ..regular(self.size)
+                        }),
+                        b"d\0" | b".\0" => Ok(FileInfo {
+                            kind: FileKind::Directory,
+                            ..regular(0)
+                        }),
+                        _ => Err(RawErrno::NOENT),
+                    }),
+                    Op::Open { direct, link_next } => {
+                        let outside = self.conn.path() == b"x\0";
+                        let res = match outside {
+                            true => Err(RawErrno::XDEV),
+                            false if direct && self.rand(2) == 0 => Err(RawErrno::INVAL),
+                            false => Ok(()),
+                        };
+                        if link_next {
+                            self.linked = Some(res);
+                        }
+                        InFlight::Open(res)
+                    }
+                    Op::Read {
+                        buf, offset, len, ..
+                    } => InFlight::Read {
+                        buf,
+                        left: self.size.saturating_sub(offset).min(u64::from(len)) as u32,
+                        cancelled: linked.is_some_and(|r| r.is_err()),
+                    },
+                    Op::Send(src) => {
+                        let (len, file) = match src {
+                            SendSrc::Head { len, .. } | SendSrc::Buf { len, .. } => (len, false),
+                            SendSrc::HeadAndBuf { len, .. } => {
+                                (len + self.conn.head_bytes().len() as u32, false)
+                            }
+                            SendSrc::File { len, .. } => (len, true),
+                        };
+                        InFlight::Send {
+                            len,
+                            file,
+                            cancelled: false,
+                        }
+                    }
+                    Op::SendZc { slot, len, .. } => {
+                        // A failed send promises no notification.
+                        let more = self.rand(8) != 0;
+                        if more {
+                            self.in_flight.push(InFlight::Notif(slot));
+                        }
+                        InFlight::SendZc {
+                            slot,
+                            len,
+                            more,
+                            notified: false,
+                        }
+                    }
+                    Op::CloseFile => InFlight::CloseFile,
+                    Op::Cancel => {
+                        // It ends the socket op in flight, or misses it (already done).
+                        for op in &mut self.in_flight {
+                            if let InFlight::Recv { cancelled, .. }
+                            | InFlight::Send { cancelled, .. } = op
+                            {
+                                *cancelled = true;
+                            }
+                        }
+                        InFlight::Cancel
+                    }
+                    Op::Shutdown => InFlight::Shutdown,
+                    Op::Close { reset } => {
+                        let notifs = self
+                            .in_flight
+                            .iter()
+                            .all(|i| matches!(i, InFlight::Notif(_)));
+                        assert!(notifs, "Close with {:?} in flight", self.in_flight);
+                        assert_eq!(reset, !self.in_flight.is_empty(), "reset iff owed");
+                        self.closed = true;
+                        continue;
+                    }
+                    Op::Free => {
+                        assert!(self.closed, "Free before Close");
+                        assert_eq!(self.in_flight, [], "Free with ops in flight");
+                        self.freed = true;
+                        continue;
+                    }
+                };
+                assert!(linked.is_none() || matches!(item, InFlight::Read { .. }));
+                self.in_flight.push(item);
+            }
+            // Each op counts one, a SEND_ZC until its result and notification are both in.
+            let mut zc_slots: Vec<ZcSlot> = self
+                .in_flight
+                .iter()
+                .filter_map(|i| match *i {
+                    InFlight::SendZc { slot, .. } | InFlight::Notif(slot) => Some(slot),
+                    _ => None,
+                })
+                .collect();
+            let others = self.in_flight.len() - zc_slots.len();
+            zc_slots.sort();
+            zc_slots.dedup();
+            let owed = (others + zc_slots.len()) as u32;
+            assert_eq!(self.conn.in_flight(), owed, "{:?}", self.in_flight);
+        }
+
+        /// Reports `event`, which must be accepted.
+        fn deliver(&mut self, event: HttpEvent<'_>) {
+            if let Err(e) = self.conn.on_event(self.now, event) {
+                panic!(
+                    "{event:?} refused ({e}) with {:?} in flight",
+                    self.in_flight
+                );
+            }
+            self.submit();
+        }
+
+        /// Can op `i` complete now (a receive with nothing to say waits for a cancel)?
+        fn ready(&self, i: usize) -> bool {
+            match self.in_flight[i] {
+                InFlight::Recv { cancelled, .. } => cancelled || self.eof || !self.input.is_empty(),
+                _ => true,
+            }
+        }
+
+        /// Completes op `i` as the kernel would.
+        fn complete(&mut self, i: usize) {
+            let op = self.in_flight.swap_remove(i);
+            match op {
+                InFlight::Recv {
+                    cancelled: true, ..
+                } if self.rand(2) == 0 => self.deliver(HttpEvent::Recv(Err(RawErrno::CANCELED))),
+                InFlight::Recv { max, .. } if !self.input.is_empty() => {
+                    let n = (1 + self.rand(u64::from(max))).min(self.input.len() as u64);
+                    let bytes: Vec<u8> = self.input.drain(..n as usize).collect();
+                    self.deliver(HttpEvent::Recv(Ok(&bytes)));
+                }
+                InFlight::Recv { cancelled, .. } => self.deliver(HttpEvent::Recv(match self.eof {
+                    true => Ok(&[]),
+                    false => {
+                        assert!(cancelled, "a waiting receive completed");
+                        Err(RawErrno::CANCELED)
+                    }
+                })),
+                InFlight::Stat(res) => self.deliver(HttpEvent::Stat(res)),
+                InFlight::Open(res) => self.deliver(HttpEvent::Open(res)),
+                InFlight::Read {
+                    buf,
+                    cancelled: true,
+                    ..
+                } => self.deliver(HttpEvent::Read {
+                    buf,
+                    res: Err(RawErrno::CANCELED),
+                }),
+                InFlight::Read { buf, left, .. } => {
+                    // Short reads but under O_DIRECT, whose reads stop at a block.
+                    let n = match self.conn.cfg.direct || left == 0 || self.rand(3) != 0 {
+                        true => left,
+                        false => 1 + self.rand(u64::from(left)) as u32,
+                    };
+                    self.deliver(HttpEvent::Read { buf, res: Ok(n) })
+                }
+                InFlight::Send {
+                    cancelled: true, ..
+                } if self.rand(2) == 0 => self.deliver(HttpEvent::Send(Err(RawErrno::CANCELED))),
+                InFlight::Send { file: true, .. } if self.rand(6) == 0 => {
+                    let again = self.rand(3) != 0;
+                    self.deliver(HttpEvent::FileSendDeclined { again })
+                }
+                InFlight::Send { len, .. } => {
+                    let res = match self.rand(40) {
+                        0 => Err(RawErrno::PIPE),
+                        1 => Err(RawErrno::AGAIN),
+                        _ => Ok(1 + self.rand(u64::from(len)) as u32),
+                    };
+                    self.deliver(HttpEvent::Send(res))
+                }
+                InFlight::SendZc {
+                    slot, len, more, ..
+                } => {
+                    let res = match more {
+                        true => Ok(1 + self.rand(u64::from(len)) as u32),
+                        false => Err(RawErrno::PIPE),
+                    };
+                    self.deliver(HttpEvent::SendZc { slot, res, more })
+                }
+                InFlight::Notif(slot) => {
+                    for op in &mut self.in_flight {
+                        if let InFlight::SendZc {
+                            slot: s, notified, ..
+                        } = op
+                        {
+                            *notified |= *s == slot;
+                        }
+                    }
+                    self.deliver(HttpEvent::SendNotif(slot))
+                }
+                InFlight::CloseFile => self.deliver(HttpEvent::FileClosed),
+                InFlight::Cancel => self.deliver(HttpEvent::CancelDone),
+                InFlight::Shutdown => self.deliver(HttpEvent::ShutdownDone),
+            }
+        }
+
+        /// The op in flight that `event` could be the completion of.
+        fn completes(&self, event: &HttpEvent<'_>) -> Option<usize> {
+            self.in_flight.iter().position(|op| match (event, *op) {
+                (HttpEvent::Recv(_), InFlight::Recv { .. })
+                | (HttpEvent::Stat(_), InFlight::Stat(_))
+                | (HttpEvent::Open(_), InFlight::Open(_))
+                | (HttpEvent::Send(_), InFlight::Send { .. })
+                | (HttpEvent::FileSendDeclined { .. }, InFlight::Send { file: true, .. })
+                | (HttpEvent::FileClosed, InFlight::CloseFile)
+                | (HttpEvent::CancelDone, InFlight::Cancel)
+                | (HttpEvent::ShutdownDone, InFlight::Shutdown) => true,
+                (HttpEvent::Read { buf, .. }, InFlight::Read { buf: b, .. }) => *buf == b,
+                (HttpEvent::SendZc { slot, .. }, InFlight::SendZc { slot: s, .. }) => *slot == s,
+                // Before its result too, unless it already came.
+                (HttpEvent::SendNotif(slot), InFlight::Notif(s)) => *slot == s,
+                (
+                    HttpEvent::SendNotif(slot),
+                    InFlight::SendZc {
+                        slot: s, notified, ..
+                    },
+                ) => *slot == s && !notified,
+                _ => false,
+            })
+        }
+
+        /// A completion of a random kind, buffer and slot: refused unchanged, or, when an op
+        /// in flight could complete so, accepted as that op's completion.
+        fn junk(&mut self) {
+            let mut all = completions();
+            let event = all.swap_remove(self.rand(all.len() as u64) as usize);
+            match self.completes(&event) {
+                // What an op in flight would say, said by that op (its result is the
+                // kernel's to choose).
+                Some(i) if matches!(event, HttpEvent::FileSendDeclined { .. }) => {
+                    self.in_flight.swap_remove(i);
+                    self.deliver(event);
+                }
+                Some(i) if self.ready(i) => self.complete(i),
+                // A receive waiting for the client: it has nothing to say yet.
+                Some(_) => {}
+                None => refused(&mut self.conn, event),
+            }
+        }
+
+        /// Runs the connection until it is freed, aborting it at step `abort_at`.
+        fn run(&mut self, junk_per_16: u64, abort_at: Option<usize>) {
+            self.submit();
+            let mut steps = 0;
+            while !self.freed {
+                steps += 1;
+                assert!(steps < 100_000, "no progress: {:?}", self.in_flight);
+                self.now.mono_ms += 1;
+                if abort_at == Some(steps) {
+                    self.deliver(HttpEvent::Abort);
+                    continue;
+                }
+                if self.rand(16) < junk_per_16 {
+                    self.junk();
+                    continue;
+                }
+                if self.rand(64) == 0 {
+                    let event = match self.rand(3) {
+                        0 => HttpEvent::Tick,
+                        1 => HttpEvent::Shutdown,
+                        _ => HttpEvent::Abort,
+                    };
+                    self.deliver(event);
+                    continue;
+                }
+                let ready: Vec<usize> = (0..self.in_flight.len())
+                    .filter(|&i| self.ready(i))
+                    .collect();
+                if ready.is_empty() {
+                    // Waiting for the client: time runs out (a head, an idle keep-alive or a
+                    // drain), or, shut down, the grace period does.
+                    assert!(!self.closed, "closed with {:?} in flight", self.in_flight);
+                    self.now.mono_ms += 100_000;
+                    let event = match self.conn.is_closing() {
+                        true => HttpEvent::Abort,
+                        false => HttpEvent::Tick,
+                    };
+                    self.deliver(event);
+                    continue;
+                }
+                let i = ready[self.rand(ready.len() as u64) as usize];
+                self.complete(i);
+            }
+            // Nothing is owed a freed connection; what is not a completion still goes in.
+            for event in completions() {
+                refused(&mut self.conn, event);
+            }
+            for event in [HttpEvent::Tick, HttpEvent::Shutdown, HttpEvent::Abort] {
+                self.deliver(event);
+            }
+        }
+    }
+
+    fn request() -> impl Strategy<Value = &'static [u8]> {
+        prop::sample::select(vec![
+            &b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+            b"HEAD /f HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /f HTTP/1.1\r\nHost: x\r\nRange: bytes=100-5000\r\n\r\n",
+            b"GET /f HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
+            b"GET /f HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /d HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /d/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"BREW /f HTCPCP/1.0\r\n\r\n",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the order of completions, the config and the junk thrown in, every
+        /// completion of an op in flight is accepted, every other refused unchanged, and
+        /// the connection reaches Free.
+        #[test]
+        fn on_event_accepts_every_possible_event_and_refuses_the_rest(
+            reqs in proptest::collection::vec(request(), 0..5),
+            size in prop_oneof![0u64..100, 0u64..20_000],
+            flags in any::<[bool; 7]>(),
+            junk_per_16 in 0u64..8,
+            abort_at in proptest::option::of(1usize..40),
+            seed in any::<u64>(),
+        ) {
+            let [zerocopy, link_open_read, head_with_body, file_send, direct, precompressed, eof] =
+                flags;
+            let cfg = Config {
+                chunk: 4096,
+                zerocopy,
+                link_open_read,
+                head_with_body,
+                file_send,
+                direct,
+                precompressed,
+                ..Config::default()
+            };
+            let mut kernel = Kernel {
+                conn: HttpConn::new(cfg, NOW),
+                now: NOW,
+                size,
+                dio: direct.then_some(Alignment { mem: 512, offset: 512 }),
+                input: reqs.concat(),
+                eof,
+                in_flight: Vec::new(),
+                linked: None,
+                closed: false,
+                freed: false,
+                rng: seed | 1,
+            };
+            kernel.run(junk_per_16, abort_at);
         }
     }
 }
