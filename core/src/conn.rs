@@ -273,6 +273,14 @@ pub enum ConnError {
         /// What arrived.
         event: EventKind,
     },
+    /// [`HttpConn::on_event`](crate::httpconn::HttpConn::on_event): the event is impossible in
+    /// this phase (a completion of an op not in flight, anything after `Free`).
+    UnexpectedHttp {
+        /// The connection's phase (`Head`, `Respond`, `Closing`, ...).
+        phase: &'static str,
+        /// What arrived (`Recv`, `Read`, `SendNotif`, ...).
+        event: &'static str,
+    },
     /// A send reported more bytes written than it was given.
     SendOverrun {
         /// Bytes reported.
@@ -287,6 +295,9 @@ impl fmt::Display for ConnError {
         match self {
             ConnError::Unexpected { state, event } => {
                 write!(f, "connection in state {state} cannot receive {event:?}")
+            }
+            ConnError::UnexpectedHttp { phase, event } => {
+                write!(f, "HTTP connection in phase {phase} cannot receive {event}")
             }
             ConnError::SendOverrun { sent, len } => {
                 write!(f, "send of {len} bytes reported {sent} written")

@@ -151,6 +151,7 @@ impl HttpConn {
             Ok(r) => debug_assert!(r.recycle.is_none()),
             Err(_) => return self.close(),
         }
+        self.owed.zc_result = None;
         self.send_done(now, res);
     }
 
@@ -158,26 +159,29 @@ impl HttpConn {
     /// the kernel is done with that send's bytes. May free its buffer for the next read, and
     /// lets a closing connection finish.
     pub fn on_send_notif(&mut self, now: Time, slot: ZcSlot) {
-        let Some(zc) = self.zc.as_mut() else {
-            return;
-        };
-        match zc.on_notification(slot) {
-            Ok(Some(buf)) => {
-                let b = usize::from(buf.0 & 1);
-                debug_assert_eq!(self.bufs[b], BufState::Notif);
-                self.bufs[b] = BufState::Free;
-            }
-            Ok(None) => {}
-            // A duplicate or unknown notification: a driver or kernel bug; the tracker is
-            // unchanged, and nothing here depends on it.
-            Err(_) => return,
+        // A duplicate or unknown notification (a driver or kernel bug) changes nothing, and
+        // nothing here depends on it.
+        let _ = self.send_notif(now, slot);
+    }
+
+    /// [`HttpConn::on_send_notif`]; `Err` (nothing changed) when no send in `slot` owes one.
+    pub(super) fn send_notif(&mut self, now: Time, slot: ZcSlot) -> Result<(), ZcError> {
+        let zc = self.zc.as_mut().ok_or(ZcError::UnknownSlot(slot))?;
+        // The tracker refuses a notification it is not owed before it changes anything
+        // (a slot not in flight, a second notification), so it is the check too.
+        if let Some(buf) = zc.on_notification(slot)? {
+            let b = usize::from(buf.0 & 1);
+            debug_assert_eq!(self.bufs[b], BufState::Notif);
+            self.bufs[b] = BufState::Free;
         }
         if self.phase == Phase::Closed {
             // The socket is closed; the last notification frees the connection.
-            return self.free_when_idle();
+            self.free_when_idle();
+        } else {
+            // Reads may proceed into the freed buffer; a closing connection may be done.
+            self.pump(now);
         }
-        // Reads may proceed into the freed buffer; a closing connection may be done.
-        self.pump(now);
+        Ok(())
     }
 
     /// Zero-copy sends whose result or notification is still to come.

@@ -8,6 +8,7 @@ impl HttpConn {
     /// reports on its own).
     pub fn on_cancel_done(&mut self, _now: Time) {
         self.completed();
+        self.owed.cancel = false;
         if self.phase == Phase::Closing {
             self.close();
         }
@@ -17,6 +18,7 @@ impl HttpConn {
     /// connection shows in the receive).
     pub fn on_shutdown_done(&mut self, _now: Time) {
         self.completed();
+        self.owed.shutdown = false;
         if self.phase == Phase::Closing {
             self.close();
         }

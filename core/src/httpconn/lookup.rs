@@ -105,6 +105,7 @@ impl HttpConn {
     /// The stat of [`HttpConn::path`] completed.
     pub fn on_stat(&mut self, now: Time, res: Result<FileInfo, RawErrno>) {
         self.completed();
+        self.owed.stat = false;
         self.last_progress = now.mono_ms;
         let Phase::Stat { index, sibling } = self.phase else {
             // Guard: a stat is only issued in Phase::Stat; a stray one is a driver bug.
@@ -172,6 +173,7 @@ impl HttpConn {
     /// The open completed; `Err(INVAL)` on an O_DIRECT open makes it retry buffered.
     pub fn on_open(&mut self, now: Time, res: Result<(), RawErrno>) {
         self.completed();
+        self.owed.open = false;
         self.last_progress = now.mono_ms;
         let Phase::Open {
             info,

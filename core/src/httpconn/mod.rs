@@ -4,7 +4,11 @@
 //! a read or send completion, the passing of time) and describes what to do next as [`Op`]s,
 //! polled with [`HttpConn::poll_op`]. The io_uring driver turns each op into an SQE and feeds
 //! the CQE back; the epoll driver performs it with a nonblocking syscall (or waits for
-//! readiness) and feeds the result back. Both run exactly these decisions.
+//! readiness) and feeds the result back. Both run exactly these decisions. Each report goes
+//! in as an [`HttpEvent`] through [`HttpConn::on_event`], the checked door: it refuses an
+//! event the connection cannot have been sent (a completion of an op not in flight) with a
+//! [`ConnError`](crate::conn::ConnError), unchanged, as the echo machine does. The `on_*`
+//! method of each event takes it unchecked, guarding a stray report instead.
 //!
 //! A request goes: receive the head → parse (pipelined bytes stay buffered) → [`Op::Stat`] the
 //! path → (a directory: stat `index.html` inside it when the target ends with `/`, else a 301
@@ -38,7 +42,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 
-use crate::buf::{BufId, ZcSlot, ZcTracker};
+use crate::buf::{BufId, ZcError, ZcSlot, ZcTracker};
 use crate::errno::RawErrno;
 use crate::file::{Alignment, Chunk, FileRead, ReadOutcome, ReadReq};
 use crate::http::{
@@ -49,9 +53,12 @@ use crate::http::{
 };
 
 mod body;
+mod events;
 mod lifecycle;
 mod lookup;
 mod plan;
+
+pub use events::HttpEvent;
 
 /// One answered request, as an access log sees it: what nginx's combined format prints
 /// but the client's address and the time, which are the driver's. From
@@ -336,6 +343,39 @@ enum Phase {
     Freed,
 }
 
+impl Phase {
+    /// The phase's name, for [`ConnError::UnexpectedHttp`](crate::conn::ConnError).
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Head { .. } => "Head",
+            Phase::Stat { .. } => "Stat",
+            Phase::Open { .. } => "Open",
+            Phase::OpenFailed { .. } => "OpenFailed",
+            Phase::Respond => "Respond",
+            Phase::CloseFile => "CloseFile",
+            Phase::Drain { .. } => "Drain",
+            Phase::Closing => "Closing",
+            Phase::Closed => "Closed",
+            Phase::Freed => "Freed",
+        }
+    }
+}
+
+/// Completions owed for the ops that no other field follows (the phase does not: an abort
+/// moves a lookup to `Closing` with its stat or open still in flight), so that
+/// [`HttpConn::on_event`] can tell a report of one from a stray. Set by `push`, cleared by
+/// the op's handler.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+struct Owed {
+    stat: bool,
+    open: bool,
+    cancel: bool,
+    shutdown: bool,
+    /// The [`Op::SendZc`] whose result is owed (sends are one at a time; its notification
+    /// is the tracker's to follow).
+    zc_result: Option<ZcSlot>,
+}
+
 /// What a chunk buffer holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum BufState {
@@ -463,7 +503,9 @@ const _: () = assert!(".gz".len() == ContentCoding::Gzip.suffix().len());
 /// Most bytes discarded after an error response before closing anyway.
 const DRAIN_LIMIT: u32 = 64 * 1024;
 
-/// One connection; see the module docs.
+/// One connection; see the module docs. Report to it with [`HttpConn::on_event`], which
+/// refuses an event it cannot have been sent; the `on_*` methods it calls take theirs
+/// unchecked.
 ///
 /// A request from receive to the first read, the driver playing the kernel:
 ///
@@ -541,6 +583,7 @@ pub struct HttpConn {
     pending: u32,
     /// An [`Op::CloseFile`] is queued or in flight.
     file_closing: bool,
+    owed: Owed,
     /// After the response: close instead of reading the next request.
     close_after: bool,
     /// Last time anything completed, for the no-progress timeout while responding.
@@ -585,6 +628,7 @@ impl HttpConn {
             cancel_sent: false,
             pending: 0,
             file_closing: false,
+            owed: Owed::default(),
             close_after: false,
             last_progress: now.mono_ms,
             requests: 0,
@@ -688,6 +732,14 @@ impl HttpConn {
         // Every op reports one completion but these (a SEND_ZC's are the tracker's).
         if !matches!(op, Op::SendZc { .. } | Op::Close { .. } | Op::Free) {
             self.pending += 1;
+        }
+        match op {
+            Op::Stat => self.owed.stat = true,
+            Op::Open { .. } => self.owed.open = true,
+            Op::Cancel => self.owed.cancel = true,
+            Op::Shutdown => self.owed.shutdown = true,
+            Op::SendZc { slot, .. } => self.owed.zc_result = Some(slot),
+            _ => {}
         }
         // Capacity guard: at most a send, a read and one bookkeeping op are queued at once.
         self.ops.push(op);

@@ -657,7 +657,7 @@ fn header_timeout_cancels_the_receive_then_closes() {
     assert!(c.is_freed());
 }
 
-fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
+pub(super) fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
     core::iter::from_fn(|| c.poll_op()).collect()
 }
 
@@ -1208,9 +1208,9 @@ fn a_broken_open_read_chain_answers_and_keeps_the_connection() {
     }
 }
 
-const GET_F: &[u8] = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
+pub(super) const GET_F: &[u8] = b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n";
 
-fn regular(size: u64) -> FileInfo {
+pub(super) fn regular(size: u64) -> FileInfo {
     FileInfo {
         kind: FileKind::Regular,
         size,
