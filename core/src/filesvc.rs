@@ -25,8 +25,10 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 
+use crate::conn::ConnError;
 use crate::errno::RawErrno;
 use crate::filecache::{CacheConfig, CacheRef, CacheStats, EntryIx, FileCache, FileId};
+use crate::httpconn::HttpEvent;
 use crate::httpconn::{BufIx, FileInfo, HttpConn, Op, SendSrc, Time};
 use crate::token::Token;
 
@@ -609,25 +611,35 @@ impl FileService {
     }
 
     /// The stat of the connection's path completed: what it found, with the file's identity.
+    /// Refused (nothing changed) when the connection has no stat in flight.
     pub fn on_stat(
         &mut self,
         c: &mut FileConn,
         now: Time,
         seen: Result<(FileInfo, FileId), RawErrno>,
-    ) {
-        // The cache learns what the path names now: the same file (a hit), a new one
-        // (opened into an entry), or nothing it keeps.
-        self.cache
-            .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
-        c.http.on_stat(now, seen.map(|(info, _)| info));
+    ) -> Result<(), ConnError> {
+        let event = HttpEvent::Stat(seen.map(|(info, _)| info));
+        if c.http.stat_in_flight() {
+            // The cache learns what the path names now (before the connection, which may
+            // go on to another path): the same file (a hit), a new one (opened into an
+            // entry), or nothing it keeps.
+            self.cache
+                .stat_done(&mut c.cache, c.http.path(), seen, now.mono_ms);
+        }
+        c.http.on_event(now, event)
     }
 
     /// The open completed; the file (when `res` is Ok) belongs where the returned
-    /// [`FileRef`] says.
-    pub fn on_open(&mut self, c: &mut FileConn, now: Time, res: Result<(), RawErrno>) -> FileRef {
+    /// [`FileRef`] says. Refused (nothing changed) when the connection has no open in flight.
+    pub fn on_open(
+        &mut self,
+        c: &mut FileConn,
+        now: Time,
+        res: Result<(), RawErrno>,
+    ) -> Result<FileRef, ConnError> {
+        c.http.on_event(now, HttpEvent::Open(res))?;
         let into = self.cache.open_done(&mut c.cache, res.is_ok());
-        c.http.on_open(now, res);
-        into.map_or(FileRef::Own, FileRef::Entry)
+        Ok(into.map_or(FileRef::Own, FileRef::Entry))
     }
 
     /// The read into `buf` completed; `chunk` is the buffer's memory (a small file read
@@ -639,7 +651,8 @@ impl FileService {
         buf: BufIx,
         res: Result<u32, RawErrno>,
         chunk: &[u8],
-    ) {
+    ) -> Result<(), ConnError> {
+        c.http.on_event(now, HttpEvent::Read { buf, res })?;
         let (offset, pos) = c.read_at;
         if let Ok(n) = res {
             let bytes = chunk
@@ -647,7 +660,7 @@ impl FileService {
                 .unwrap_or_default();
             self.cache.read_done(&c.cache, offset, bytes);
         }
-        c.http.on_read(now, buf, res);
+        Ok(())
     }
 
     /// Performs a [`FileOp::ReadKept`]: copies the kept bytes into `dst` (the buffer from the

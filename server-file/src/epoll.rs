@@ -36,7 +36,7 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
 };
-use ringwork_core::httpconn::{BufIx, HttpConn, SendSrc, Time, HEAD_ROOM};
+use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::accept::Acceptors;
 use ringwork_sys::driver::StopNotice;
@@ -441,7 +441,7 @@ fn do_stat(shared: &Shared, c: &mut Conn, w: &mut Local) {
             rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK).map_err(raw)
         });
     let seen = res.map(|s| (file_info(&s), file_id(&s)));
-    w.svc.on_stat(&mut c.fc, w.now, seen);
+    crate::checked(shared, w.svc.on_stat(&mut c.fc, w.now, seen));
 }
 
 /// An open of the connection's path beneath the root (openat2 with RESOLVE_BENEATH), into
@@ -466,9 +466,17 @@ fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
         Err(e) => (None, Err(e)),
     };
     match w.svc.on_open(&mut c.fc, w.now, res) {
-        FileRef::Entry(ix) => w.cache_fds[ix.0 as usize] = fd,
-        FileRef::Own => c.file = fd,
+        Ok(FileRef::Entry(ix)) => w.cache_fds[ix.0 as usize] = fd,
+        Ok(FileRef::Own) => c.file = fd,
+        // Refused: the descriptor it opened is closed.
+        Err(e) => crate::checked(shared, Err(e)),
     }
+}
+
+/// Reports the result of an operation just performed to connection `c`, through its
+/// checked door.
+fn report(shared: &Shared, c: &mut Conn, now: Time, event: HttpEvent<'_>) {
+    crate::checked(shared, c.fc.http_mut().on_event(now, event));
 }
 
 /// A spare chunk buffer of the right size (room in front of each chunk for the response
@@ -499,7 +507,8 @@ fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, read: ChunkRead) {
             .map_err(raw),
         None => Err(RawErrno::BADF),
     };
-    w.svc.on_read(&mut c.fc, w.now, buf, res, b.bytes());
+    let reported = w.svc.on_read(&mut c.fc, w.now, buf, res, b.bytes());
+    crate::checked(shared, reported);
 }
 
 /// A read answered from the cached file's kept bytes.
@@ -552,9 +561,9 @@ fn do_recv(shared: &Shared, c: &mut Conn, max: u32, now: Time) {
         }
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
-            Ok((n, _)) => c.fc.http_mut().on_recv(now, Ok(&buf[..n])),
+            Ok((n, _)) => report(shared, c, now, HttpEvent::Recv(Ok(&buf[..n]))),
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-            Err(e) => c.fc.http_mut().on_recv(now, Err(raw(e))),
+            Err(e) => report(shared, c, now, HttpEvent::Recv(Err(raw(e)))),
         }
     });
 }
@@ -573,7 +582,8 @@ fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
             };
             let Some(fd) = fd else {
                 // Guard: HttpConn sends from the file only while it is open.
-                return c.fc.http_mut().on_file_send_declined(now, false);
+                let declined = HttpEvent::FileSendDeclined { again: false };
+                return report(shared, c, now, declined);
             };
             crate::Stats::add(&shared.stats.file_sends, 1);
             rustix::fs::sendfile(&c.sock, fd, Some(&mut { offset }), len as usize)
@@ -585,9 +595,9 @@ fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
         _ => return,
     };
     match res {
-        Ok(n) => c.fc.http_mut().on_send(now, Ok(n as u32)),
+        Ok(n) => report(shared, c, now, HttpEvent::Send(Ok(n as u32))),
         Err(Errno::AGAIN) => c.pending_send = Some(op),
-        Err(e) => c.fc.http_mut().on_send(now, Err(raw(e))),
+        Err(e) => report(shared, c, now, HttpEvent::Send(Err(raw(e)))),
     }
 }
 
@@ -654,24 +664,23 @@ fn drive(shared: &Shared, c: &mut Conn, token: Token, turn_start: u64, w: &mut L
             } => read_kept(shared, c, w, buf, buf_pos..buf_pos + len),
             FileOp::CloseFile => {
                 c.file = None;
-                c.fc.http_mut().on_file_closed(now);
+                report(shared, c, now, HttpEvent::FileClosed);
             }
             FileOp::Cancel => {
-                let http = c.fc.http_mut();
                 // A deferred receive is cancelled the same way; its run-queue entry then
                 // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
-                    http.on_recv(now, Err(RawErrno::CANCELED));
+                    report(shared, c, now, HttpEvent::Recv(Err(RawErrno::CANCELED)));
                 }
                 if c.pending_send.take().is_some() {
-                    http.on_send(now, Err(RawErrno::CANCELED));
+                    report(shared, c, now, HttpEvent::Send(Err(RawErrno::CANCELED)));
                 }
                 // Synchronous, so the request itself is done too.
-                http.on_cancel_done(now);
+                report(shared, c, now, HttpEvent::CancelDone);
             }
             FileOp::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
-                c.fc.http_mut().on_shutdown_done(now);
+                report(shared, c, now, HttpEvent::ShutdownDone);
             }
             // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
             // connection then closes the socket.

@@ -300,6 +300,9 @@ struct Stats {
     /// io_uring: sends from the file declined because its next page was not in memory
     /// (that chunk was read instead).
     file_cold: AtomicU64,
+    /// Completions a connection refused as impossible in its state (a bug; each is said on
+    /// stderr).
+    refused: AtomicU64,
 }
 
 impl Stats {
@@ -311,7 +314,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -330,6 +333,7 @@ impl Stats {
             get(&self.body_hits),
             get(&self.file_sends),
             get(&self.file_cold),
+            get(&self.refused),
         )
     }
 
@@ -346,6 +350,16 @@ impl Stats {
         Self::add(&self.body_hits, s.body_hits);
         Self::add(&self.chunk_waits, s.chunk_waits);
         Self::add(&self.head_waits, s.head_waits);
+    }
+}
+
+/// What became of a completion reported to a connection through its checked door
+/// (`HttpConn::on_event`): one that cannot happen in its state (a bug, here or in the kernel)
+/// is refused, said on stderr and counted, and the connection goes on unchanged.
+fn checked(shared: &Shared, r: Result<(), ringwork_core::conn::ConnError>) {
+    if let Err(e) = r {
+        eprintln!("ringwork-files: {e}");
+        Stats::add(&shared.stats.refused, 1);
     }
 }
 

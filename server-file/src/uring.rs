@@ -99,7 +99,7 @@ use ringwork_core::filecache::EntryIx;
 use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
-use ringwork_core::httpconn::{BufIx, HttpConn, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
+use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::accept::{AcceptMode, Acceptors};
 use ringwork_sys::backend::RequiredOp;
@@ -698,7 +698,7 @@ impl UringEngine<'_> {
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(sub));
         let http = c.fc.http_mut();
-        match (kind, mem) {
+        let reported = match (kind, mem) {
             (OpKind::SendZc, _) if notif => {
                 let st = &self.shared.stats;
                 crate::Stats::add(&st.zc_notifs, 1);
@@ -707,36 +707,46 @@ impl UringEngine<'_> {
                 if raw & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                     crate::Stats::add(&st.zc_copied, 1);
                 }
-                http.on_send_notif(now, zc_slot);
+                http.on_event(now, HttpEvent::SendNotif(zc_slot))
             }
-            (OpKind::SendZc, _) => http.on_send_zc(now, zc_slot, res, more),
+            (OpKind::SendZc, _) => {
+                let event = HttpEvent::SendZc {
+                    slot: zc_slot,
+                    res,
+                    more,
+                };
+                http.on_event(now, event)
+            }
             (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
-                http.on_recv(now, res.map(|n| &buf[..n as usize]));
+                let r = http.on_event(now, HttpEvent::Recv(res.map(|n| &buf[..n as usize])));
                 c.recv_buf = Some(buf);
+                r
             }
             // The head ring was empty: the receive waits for buffers (HttpConn still counts
             // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
             (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
                 self.svc.on_recv_nobufs(&mut c.fc, token);
+                Ok(())
             }
             (OpKind::Recv, None) => match (head, self.ring.buf_ring(HEAD_GROUP)) {
                 (Some(lease), Some(br)) => {
-                    http.on_recv(now, res.map(|n| br.bytes(&lease, n)));
+                    let r = http.on_event(now, HttpEvent::Recv(res.map(|n| br.bytes(&lease, n))));
                     br.recycle(lease);
+                    r
                 }
                 // End of stream or an error: no buffer was picked.
-                _ => http.on_recv(now, res.map(|_| &[][..])),
+                _ => http.on_event(now, HttpEvent::Recv(res.map(|_| &[][..]))),
             },
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
                     keep(&mut self.spare.head, buf);
                 }
-                http.on_send(now, res);
+                http.on_event(now, HttpEvent::Send(res))
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
                 let seen = res.map(|_| (file_info(target.statx()), file_id(target.statx())));
                 keep(&mut self.spare.stat, target);
-                self.svc.on_stat(&mut c.fc, now, seen);
+                self.svc.on_stat(&mut c.fc, now, seen)
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
                 if c.direct && res == Err(RawErrno::INVAL) && !self.direct_refused {
@@ -744,34 +754,44 @@ impl UringEngine<'_> {
                     println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
                 }
                 // Registered files are in their slot already; descriptors are kept.
-                match self.svc.on_open(&mut c.fc, now, res.map(|_| ())) {
-                    _ if self.fixed_files => {}
-                    FileRef::Entry(ix) => self.cache_fds[ix.0 as usize] = args.take_fd(),
-                    FileRef::Own => c.file = args.take_fd(),
+                let into = self.svc.on_open(&mut c.fc, now, res.map(|_| ()));
+                match into {
+                    Ok(_) if self.fixed_files => {}
+                    Ok(FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize] = args.take_fd(),
+                    Ok(FileRef::Own) => c.file = args.take_fd(),
+                    // Refused: a descriptor it opened is closed with `args`.
+                    Err(_) => {}
                 }
                 keep(&mut self.spare.open, args);
+                into.map(|_| ())
             }
             (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
                 if res == Err(RawErrno::CANCELED) {
                     crate::Stats::add(&self.shared.stats.link_cancels, 1);
                 }
                 let buffers = self.ring.fixed_buffers().ok_or("no chunk buffers")?;
-                self.svc
-                    .on_read(&mut c.fc, now, c.read_buf, res, buffers.bytes(&lease));
-                c.chunks[usize::from(c.read_buf.0)] = Some(lease);
+                let (buf, bytes) = (c.read_buf, buffers.bytes(&lease));
+                let r = self.svc.on_read(&mut c.fc, now, buf, res, bytes);
+                match &mut c.chunks[usize::from(buf.0)] {
+                    slot @ None => *slot = Some(lease),
+                    // Guard: a refused read's buffer cannot be the one held.
+                    Some(_) => buffers.release(lease),
+                }
+                r
             }
             // The descriptor is gone whatever the result (close(2) never leaves it open).
-            (OpKind::Close, _) => http.on_file_closed(now),
+            (OpKind::Close, _) => http.on_event(now, HttpEvent::FileClosed),
             // Whatever their results (the cancelled op reports on its own): HttpConn closes
             // the socket only once these requests that name it are done.
-            (OpKind::Cancel, _) => http.on_cancel_done(now),
-            (OpKind::Shutdown, _) => http.on_shutdown_done(now),
+            (OpKind::Cancel, _) => http.on_event(now, HttpEvent::CancelDone),
+            (OpKind::Shutdown, _) => http.on_event(now, HttpEvent::ShutdownDone),
             (kind, mem) => {
                 return Err(format!(
                     "a {kind:?} completion came back with {mem:?}: memory went astray"
                 ))
             }
-        }
+        };
+        crate::checked(self.shared, reported);
         Ok(())
     }
 

@@ -992,16 +992,23 @@ fn sigterm_drains_downloads_in_flight_and_exits_0() {
             "{backend}: the stalled client got everything"
         );
         assert_eq!(want.len(), BIG);
+        std::thread::sleep(Duration::from_millis(50));
+        let said = server.stdout_lines();
+        let stats = said
+            .iter()
+            .find(|l| l.starts_with("stats:"))
+            .expect("stats");
+        // Every completion of the drain and the abort (cancels, shutdowns, reads finishing
+        // after the close) was one the connections expected.
+        assert_eq!(
+            ringwork_e2e::stat(stats, "refused"),
+            0,
+            "{backend}: {stats}"
+        );
         if extra.contains(&"--zerocopy") {
             // The stalled peer's queued zero-copy data held its notification back: the abort
             // resets that socket so that the kernel drops the data and the notification
             // comes (found by this test: the server used to wait for it forever).
-            std::thread::sleep(Duration::from_millis(50));
-            let said = server.stdout_lines();
-            let stats = said
-                .iter()
-                .find(|l| l.starts_with("stats:"))
-                .expect("stats");
             assert!(ringwork_e2e::stat(stats, "zc_notifs") > 0, "{stats}");
         }
     }

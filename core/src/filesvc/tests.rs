@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::filecache::CacheConfig;
-use crate::httpconn::{Config, FileKind};
+use crate::httpconn::{Config, FileKind, HttpEvent};
 use crate::token::{Generation, OpKind, Slot};
 
 const NOW: Time = Time {
@@ -184,30 +184,31 @@ impl Sim {
                     None => std::string::String::new(),
                 };
                 assert!(bytes.len() <= max as usize);
-                fc.http_mut().on_recv(NOW, Ok(bytes.as_bytes()));
+                report(fc, HttpEvent::Recv(Ok(bytes.as_bytes())));
             }
             FileOp::Stat => {
                 let seen = stat(fc.http().path());
-                svc.on_stat(fc, NOW, seen);
+                svc.on_stat(fc, NOW, seen).expect("a stat in flight");
             }
             FileOp::Open { .. } => {
-                svc.on_open(fc, NOW, Ok(()));
+                svc.on_open(fc, NOW, Ok(())).expect("an open in flight");
             }
             FileOp::Read(ChunkRead {
                 buf, offset, len, ..
             }) => {
                 let n = size_of(fc).saturating_sub(offset).min(u64::from(len)) as u32;
-                svc.on_read(fc, NOW, buf, Ok(n), &c.bufs[usize::from(buf.0)]);
+                svc.on_read(fc, NOW, buf, Ok(n), &c.bufs[usize::from(buf.0)])
+                    .expect("a read in flight");
             }
             FileOp::Send(src) => {
                 let len = match src {
                     SendSrc::Head { len, .. } | SendSrc::Buf { len, .. } => len,
                     other => panic!("{other:?}"),
                 };
-                fc.http_mut().on_send(NOW, Ok(len));
+                report(fc, HttpEvent::Send(Ok(len)));
             }
-            FileOp::SendFile { len, .. } => fc.http_mut().on_send(NOW, Ok(len)),
-            FileOp::CloseFile => fc.http_mut().on_file_closed(NOW),
+            FileOp::SendFile { len, .. } => report(fc, HttpEvent::Send(Ok(len))),
+            FileOp::CloseFile => report(fc, HttpEvent::FileClosed),
             FileOp::Cancel => {
                 // The receive in flight ends cancelled; then the cancel itself.
                 if let Some(k) = c
@@ -216,11 +217,11 @@ impl Sim {
                     .position(|op| matches!(op, FileOp::Recv { .. }))
                 {
                     c.in_flight.remove(k);
-                    fc.http_mut().on_recv(NOW, Err(RawErrno::CANCELED));
+                    report(fc, HttpEvent::Recv(Err(RawErrno::CANCELED)));
                 }
-                fc.http_mut().on_cancel_done(NOW);
+                report(fc, HttpEvent::CancelDone);
             }
-            FileOp::Shutdown => fc.http_mut().on_shutdown_done(NOW),
+            FileOp::Shutdown => report(fc, HttpEvent::ShutdownDone),
             other => panic!("not in flight: {other:?}"),
         }
         self.drive(i);
@@ -273,6 +274,15 @@ impl Sim {
         assert_eq!(self.svc.cache.references(), 0, "cache entries still held");
         assert!(self.svc.waiting.is_empty());
     }
+}
+
+/// Reports a completion through the connection's checked door: the simulated kernel only
+/// completes what was handed out, so it is never refused.
+fn report(fc: &mut FileConn, event: HttpEvent<'_>) {
+    let name = event.name();
+    fc.http_mut()
+        .on_event(NOW, event)
+        .unwrap_or_else(|e| panic!("{name} refused: {e}"));
 }
 
 fn requests(n: usize, paths: &[&'static str]) -> Vec<&'static str> {

@@ -146,6 +146,12 @@ impl HttpConn {
         Ok(())
     }
 
+    /// A stat is in flight: [`HttpEvent::Stat`] would be accepted (for a driver that must
+    /// learn from the result before the connection does, which may change its path).
+    pub fn stat_in_flight(&self) -> bool {
+        self.phase != Phase::Freed && self.owed.stat
+    }
+
     /// A read into `buf` is in flight (an index beyond the two buffers never is).
     fn reading(&self, buf: BufIx) -> bool {
         self.bufs.get(usize::from(buf.0)) == Some(&BufState::Reading)
