@@ -18,6 +18,7 @@ mod fileread;
 mod http;
 mod nginx;
 mod peers;
+mod rng;
 mod sendpath;
 mod stats;
 mod workloads;
