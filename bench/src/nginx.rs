@@ -22,6 +22,7 @@ use ringwork_harness::server::{free_port, START_TIMEOUT};
 
 use crate::compare::{server_cpu, spawn_on_server_cpu, start_server, RunningServer};
 use crate::http;
+use crate::site::Order;
 use crate::stats::{median_index, spread_cell, thousands, Spread};
 
 /// The files served: (name, size).
@@ -395,6 +396,8 @@ pub fn versus(
                 let cfg = http::Config {
                     addr: server.addr(),
                     paths: vec![format!("/{}", FILES[cell.file].0)],
+                    order: Order::Cycle,
+                    sizes: None,
                     conns: cell.conns,
                     duration,
                     warmup,
@@ -481,6 +484,8 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
     let cfg = http::Config {
         addr: server.addr(),
         paths: vec![format!("/{}", FILES[0].0)],
+        order: Order::Cycle,
+        sizes: None,
         conns: idle_conns,
         duration: Duration::ZERO,
         warmup: Duration::ZERO,

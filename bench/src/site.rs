@@ -389,6 +389,7 @@ impl Picker {
     }
 
     /// The path of rank `rank` (0: the most popular) under Zipf; `None` for the other orders.
+    #[cfg(test)]
     pub fn ranked(&self, rank: usize) -> Option<usize> {
         self.zipf.as_ref().map(|(_, r)| r[rank] as usize)
     }
