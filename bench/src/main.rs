@@ -21,6 +21,7 @@ mod peers;
 mod rng;
 mod sendpath;
 mod site;
+mod sitecompare;
 mod stats;
 mod workloads;
 

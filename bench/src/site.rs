@@ -233,36 +233,59 @@ pub fn url_path(rel: &Path) -> String {
     out
 }
 
-/// Every regular file under `dir` (symbolic links are not followed), as URL paths relative
-/// to it with their sizes, sorted by path so that the list is the same whatever order the
-/// file system lists directories in.
-pub fn scan(dir: &Path) -> Result<Vec<SiteFile>, String> {
-    let mut out = Vec::new();
+/// Calls `each` with the path and size of every regular file under `dir`, in no set order
+/// (symbolic links are not followed).
+fn walk(dir: &Path, mut each: impl FnMut(&Path, u64) -> Result<(), String>) -> Result<(), String> {
     let mut pending: Vec<PathBuf> = vec![dir.to_path_buf()];
     while let Some(d) = pending.pop() {
         let entries = std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))?;
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", d.display()))?;
+            let path = entry.path();
+            // DirEntry::metadata does not follow a symbolic link.
             let meta = entry
                 .metadata()
-                .map_err(|e| format!("{}: {e}", entry.path().display()))?;
-            let path = entry.path();
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             if meta.is_dir() {
                 pending.push(path);
             } else if meta.is_file() {
-                let rel = path.strip_prefix(dir).expect("under the root");
-                out.push(SiteFile {
-                    url_path: url_path(rel),
-                    size: meta.len(),
-                });
+                each(&path, meta.len())?;
             }
         }
     }
+    Ok(())
+}
+
+/// Every regular file under `dir` (symbolic links are not followed), as URL paths relative
+/// to it with their sizes, sorted by path so that the list is the same whatever order the
+/// file system lists directories in.
+pub fn scan(dir: &Path) -> Result<Vec<SiteFile>, String> {
+    let mut out = Vec::new();
+    walk(dir, |path, size| {
+        let rel = path.strip_prefix(dir).expect("under the root");
+        out.push(SiteFile {
+            url_path: url_path(rel),
+            size,
+        });
+        Ok(())
+    })?;
     if out.is_empty() {
         return Err(format!("{} has no regular files to request", dir.display()));
     }
     out.sort_by(|a, b| a.url_path.cmp(&b.url_path));
     Ok(out)
+}
+
+/// Reads every regular file under `dir` once, as `cat` to /dev/null would: a warm page cache
+/// for the servers.
+pub fn warm(dir: &Path) -> Result<(), String> {
+    walk(dir, |path, _| {
+        let mut file =
+            std::fs::File::open(path).map_err(|e| format!("warm {}: {e}", path.display()))?;
+        std::io::copy(&mut file, &mut std::io::sink())
+            .map_err(|e| format!("warm {}: {e}", path.display()))?;
+        Ok(())
+    })
 }
 
 /// URL paths from a file, one a line; blank lines and lines starting with `#` are skipped.

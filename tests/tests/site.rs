@@ -4,8 +4,15 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
 
 use ringwork_e2e::{binary, fresh_dir, stat, terminate, Server};
+
+/// The tests here load the same two CPUs: they take turns.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Writes a site of `files` files for `seed` into `dir` with `ringwork-bench site`.
 fn generate(dir: &Path, files: usize, seed: u64) {
@@ -118,6 +125,7 @@ fn hit_ratio(stats: &str) -> f64 {
 /// ranks take about three quarters of the requests) hits far more often.
 #[test]
 fn site_loads_run_without_errors_uniform_and_zipf() {
+    let _turn = one_at_a_time();
     let dir = fresh_dir("ringwork-e2e-site-");
     let site = dir.join("www");
     generate(&site, 300, 1);
@@ -159,6 +167,7 @@ fn site_loads_run_without_errors_uniform_and_zipf() {
 /// mismatches: counted as errors, and the run fails.
 #[test]
 fn responses_that_are_not_the_sites_files_are_errors() {
+    let _turn = one_at_a_time();
     let dir = fresh_dir("ringwork-e2e-site-mismatch-");
     let (site, other) = (dir.join("www"), dir.join("other"));
     generate(&site, 300, 1);
@@ -174,5 +183,75 @@ fn responses_that_are_not_the_sites_files_are_errors() {
         "reported: {}",
         run.output
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `compare --site-only --site DIR`: the site cells on a directory the user names, with
+/// ringwork-files' cache counters, and nginx beside it when it is on PATH (else the report
+/// says why).
+#[test]
+fn compare_site_only_reports_the_site_cells() {
+    let _turn = one_at_a_time();
+    let dir = fresh_dir("ringwork-e2e-site-compare-");
+    let site = dir.join("www");
+    generate(&site, 300, 1);
+    let out_dir = dir.join("report");
+    let out = Command::new(binary("ringwork-bench"))
+        .args(["compare", "--site-only", "--site-rounds", "1"])
+        .args(["--duration", "0.5", "--warmup", "0.2"])
+        .arg("--site")
+        .arg(&site)
+        .arg("--out")
+        .arg(&out_dir)
+        .arg("--server-bin")
+        .arg(binary("ringwork-echo"))
+        .output()
+        .expect("run ringwork-bench compare");
+    assert!(
+        out.status.success(),
+        "compare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(out_dir.join("BENCHMARKS.md")).unwrap();
+    assert!(
+        report.contains("## Site: ringwork-files against nginx"),
+        "{report}"
+    );
+    assert!(report.contains("300 files, median"), "{report}");
+    let rows = |server: &str| -> Vec<Vec<String>> {
+        report
+            .lines()
+            .filter(|l| l.starts_with(&format!("| {server} | site ")))
+            .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+            .collect()
+    };
+    let files = rows("ringwork-files");
+    assert_eq!(files.len(), 2, "uniform and zipf: {report}");
+    for r in &files {
+        // | server | cell | req/s | spread | MB/s | p50 | p99 | CPU | gen CPU | errors |
+        // cache_hits | cache_opened | cache_evicted | body_hits | file_sends |
+        let rps: f64 = r[3].replace(',', "").parse().unwrap();
+        assert!(rps > 0.0, "no requests: {r:?}");
+        assert_eq!(r[10], "0", "errors: {r:?}");
+        let opened: u64 = r[12]
+            .replace(',', "")
+            .parse()
+            .expect("cache_opened counted");
+        assert!(opened > 0, "{r:?}");
+    }
+    let nginx = rows("nginx");
+    if nginx.is_empty() {
+        assert!(
+            report.contains("nginx was not found on PATH")
+                || report.contains("nginx did not start"),
+            "{report}"
+        );
+    } else {
+        assert!(nginx.iter().all(|r| r[10] == "0"), "{nginx:?}");
+        assert!(
+            report.contains("### Site: ringwork-files / nginx"),
+            "{report}"
+        );
+    }
     let _ = std::fs::remove_dir_all(dir);
 }
