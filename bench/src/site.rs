@@ -23,9 +23,9 @@
 //! | 4% (1,200) | images, downloads | `/media/NN/mN.{jpg,png,pdf}` | Pareto, x_m 16 KiB, α 1.1, capped at 1 MiB |
 //! | the rest (2,800) | styles, scripts, icons | `/assets/{css,js,svg}/aN.*` | lognormal, median 5,000 B, σ 1.0 |
 //!
-//! Lognormal sizes are at least 64 bytes. With seed 1 (the default) it yields median 2.9 KB,
-//! p90 11 KB, p99 about 62 KB, about 280 files over 64 KiB, and a dozen at the 1 MiB cap; the
-//! generator prints these for every tree it writes. Extensions only set the Content-Type;
+//! Lognormal sizes are at least 64 bytes. With seed 1 (the default) it yields median 2,967 B,
+//! p90 11,244 B, p99 59,719 B, 277 files over 64 KiB, 15 at the 1 MiB cap, 215.9 MB in all;
+//! the generator prints these for every tree it writes. Extensions only set the Content-Type;
 //! contents are filler text, and no `.gz` or `.br` siblings are written (ringwork-files would
 //! serve them).
 
