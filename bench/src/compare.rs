@@ -148,6 +148,12 @@ pub struct Options {
     /// What the report says about `--peers` (which were measured, which could not be built
     /// or started, and why), when it was given.
     pub peers_note: Option<String>,
+    /// The site cells' directory (`--site`); `None`: the default generated site.
+    pub site: Option<PathBuf>,
+    /// Run only the site cells (`--site-only`).
+    pub site_only: bool,
+    /// Rounds of the site cells.
+    pub site_rounds: u32,
 }
 
 /// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
@@ -293,9 +299,57 @@ pub(crate) fn start_command(command: &str) -> Result<RunningServer, String> {
     Ok(server)
 }
 
+/// The site cells ([`crate::sitecompare`]) with `opts`' durations and site.
+fn site_cells(opts: &Options, files_bin: &Path) -> Result<(String, u64), String> {
+    let source = match &opts.site {
+        Some(dir) => crate::sitecompare::SiteSource::Dir(dir),
+        // A tenth of the files for --quick: the generation and warming take seconds.
+        None => crate::sitecompare::SiteSource::Generated {
+            files: if opts.quick {
+                crate::site::DEFAULT_FILES / 10
+            } else {
+                crate::site::DEFAULT_FILES
+            },
+        },
+    };
+    crate::sitecompare::versus(
+        files_bin,
+        source,
+        opts.duration,
+        opts.warmup,
+        opts.site_rounds,
+    )
+}
+
+/// Writes `report` as BENCHMARKS.md in `opts.out_dir`.
+fn write_report(opts: &Options, report: &str) -> Result<(), String> {
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
+    std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())
+}
+
 /// Runs the comparison and writes the report; returns the rows.
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     pin_generator();
+    if opts.site_only {
+        let files_bin = opts
+            .files_bin
+            .as_deref()
+            .ok_or("--site-only needs ringwork-files")?;
+        let (text, errors) = site_cells(opts, files_bin)?;
+        let report = format!(
+            "# Ringwork site benchmark\n\nProduced by `{}`.\n\nMachine: {}.\n{text}",
+            opts.command_line,
+            machine_line()
+        );
+        write_report(opts, &report)?;
+        if errors > 0 {
+            return Err(format!(
+                "{errors} failed connects or bad responses in the site cells (the report was \
+                 written)"
+            ));
+        }
+        return Ok(Vec::new());
+    }
     let mut servers = Vec::new();
     for b in &opts.backends {
         let s = match &b.server {
@@ -348,7 +402,6 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         }
     }
     drop(servers);
-    std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
     let mut report = report(opts, &rows);
     let mut file_errors = 0;
     if let Some(files_bin) = &opts.files_bin {
@@ -361,9 +414,11 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         let (text, errors) =
             crate::nginx::versus(files_bin, opts.duration, opts.warmup, opts.quick)?;
         report.push_str(&text);
-        file_errors = errors;
+        let (text, site_errors) = site_cells(opts, files_bin)?;
+        report.push_str(&text);
+        file_errors = errors + site_errors;
     }
-    std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())?;
+    write_report(opts, &report)?;
     for (file, svg) in plots(opts, &rows) {
         std::fs::write(opts.out_dir.join(file), svg).map_err(|e| e.to_string())?;
     }
@@ -811,9 +866,22 @@ pub struct Args {
     peers: bool,
     /// Also run the file-heavy (random reads) and mixed (HTTP file serving with
     /// ringwork-files, found next to this binary) workloads, and ringwork-files against
-    /// nginx (when `nginx` is on PATH).
+    /// nginx (when `nginx` is on PATH): one file per cell, then the site cells (every file of
+    /// a site, uniform and Zipf 1).
     #[arg(long)]
     files: bool,
+    /// The site cells serve this directory (every regular file under it; nginx's workers
+    /// must be able to read it) instead of the default generated site (`ringwork-bench
+    /// site`, 30,000 files, 3,000 with --quick, written to a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    site: Option<PathBuf>,
+    /// Run only the site cells (implies --files): no echo, file-heavy, mixed or single-file
+    /// cells.
+    #[arg(long)]
+    site_only: bool,
+    /// Rounds of the site cells [default: 3; 1 with --quick].
+    #[arg(long, value_name = "N")]
+    site_rounds: Option<u32>,
 }
 
 /// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
@@ -831,7 +899,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
             server_bin.display()
         ));
     }
-    let files_bin = if args.files {
+    let files_bin = if args.files || args.site_only {
         let bin = server_bin.with_file_name("ringwork-files");
         if !bin.exists() {
             return Err(format!(
@@ -863,6 +931,9 @@ pub fn run_command(args: Args) -> Result<(), String> {
         files_bin,
         quick,
         peers_note,
+        site: args.site,
+        site_only: args.site_only,
+        site_rounds: args.site_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
         command_line: std::env::args()
             .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
             .collect::<Vec<_>>()
@@ -928,6 +999,9 @@ mod tests {
             files_bin: None,
             quick: false,
             peers_note: None,
+            site: None,
+            site_only: false,
+            site_rounds: 1,
         }
     }
 

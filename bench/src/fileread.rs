@@ -33,6 +33,7 @@ use hdrhistogram::Histogram;
 use ringwork_core::token::UserData;
 use ringwork_sys::{FixedBuffers, Ring, RingParams, SqeFlags, Target};
 
+use crate::rng::Rng;
 use crate::stats::{
     latency_histogram, machine_line, median_index, self_cpu, spread_cell, thousands, Latency,
     Spread,
@@ -272,10 +273,10 @@ pub fn cached_fraction(reads: u64, blocks: u64) -> f64 {
     1.0 - (-(reads as f64) / blocks.max(1) as f64).exp()
 }
 
-/// Seeded xorshift64*: the offset sequence, identical for every engine.
+/// The offset sequence, identical for every engine: [`Rng`] draws over the blocks.
 #[derive(Clone)]
 pub struct Offsets {
-    state: u64,
+    rng: Rng,
     blocks: u64,
     bs: u64,
 }
@@ -284,7 +285,7 @@ impl Offsets {
     /// Offsets of `bs`-byte blocks within `size` bytes.
     pub fn new(seed: u64, size: u64, bs: u32) -> Self {
         Self {
-            state: seed | 1,
+            rng: Rng::new(seed),
             blocks: (size / u64::from(bs)).max(1),
             bs: u64::from(bs),
         }
@@ -293,11 +294,7 @@ impl Offsets {
     /// The next block-aligned offset.
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> u64 {
-        self.state ^= self.state >> 12;
-        self.state ^= self.state << 25;
-        self.state ^= self.state >> 27;
-        let r = self.state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-        (r % self.blocks) * self.bs
+        self.rng.below(self.blocks) * self.bs
     }
 }
 

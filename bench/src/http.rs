@@ -1,9 +1,12 @@
 //! `ringwork-bench http`: a keep-alive HTTP/1.1 load generator for file servers.
 //!
 //! Closed loop: every connection sends one GET, reads the whole response (head, then exactly
-//! Content-Length body bytes), and sends the next, cycling through the given paths. Every
-//! response must be `200` or `206` and its body length must match Content-Length and, per path,
-//! the first length seen; anything else counts as an error and the connection is re-made.
+//! Content-Length body bytes), and sends the next. Each request's path is chosen by an
+//! [`Order`]: in turn per connection, or drawn uniformly or Zipf-distributed (seeded) from the
+//! list, which may be a whole site ([`crate::site`]). Every response must be `200` or `206` and
+//! its body length must match Content-Length and, per path, the file's size when it is known
+//! (`--site`), else the first length seen; anything else counts as an error and the
+//! connection is re-made.
 //!
 //! One thread holds every connection (10,000 and more): nonblocking sockets on edge-triggered
 //! epoll, one shared read buffer, requests formatted once per path. Connections are opened
@@ -29,6 +32,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use ringwork_harness::proc::cpu_time;
 
+use crate::site::{Order, Picker};
 use crate::stats::{
     cpu_us_per, latency_histogram, machine_line, per_sec, self_cpu, thousands, Latency,
 };
@@ -52,8 +56,12 @@ const SPARE_FDS: u64 = 64;
 pub struct Config {
     /// Server address.
     pub addr: SocketAddr,
-    /// Paths to GET, in turn.
+    /// Paths to GET.
     pub paths: Vec<String>,
+    /// Which path each request asks for.
+    pub order: Order,
+    /// Each path's size, when known: a response with another Content-Length is an error.
+    pub sizes: Option<Vec<u64>>,
     /// Connections.
     pub conns: usize,
     /// Measured time.
@@ -79,6 +87,8 @@ pub struct Outcome {
     pub errors: u64,
     /// Of `errors`, connects that failed or had not completed when the run ended.
     pub connect_errors: u64,
+    /// Of `errors`, responses whose length was not the path's size (or first length seen).
+    pub length_errors: u64,
     /// The fewest connections that were up at any moment of the measured window.
     pub conns_held: usize,
     /// Generator CPU during the window.
@@ -106,7 +116,7 @@ impl Outcome {
     /// JSON object text.
     pub fn json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"connect_errors\":{},\"conns_held\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{}}}",
+            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"connect_errors\":{},\"length_errors\":{},\"conns_held\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{}}}",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.rps(),
@@ -114,6 +124,7 @@ impl Outcome {
             self.latency.json(),
             self.errors,
             self.connect_errors,
+            self.length_errors,
             self.conns_held,
             self.client_cpu.as_secs_f64(),
             self.server_us_per_req().map_or("null".into(), |v| format!("{v:.3}")),
@@ -378,7 +389,9 @@ enum State {
 struct Conn {
     sock: Option<OwnedFd>,
     state: State,
-    next_path: usize,
+    /// Its place in the paths, for [`Order::Cycle`].
+    cursor: usize,
+    /// The path of the request out.
     path: usize,
     /// Bytes of the current request sent.
     sent: usize,
@@ -401,8 +414,11 @@ struct Generator<'a> {
     conns: Vec<Conn>,
     /// The request for each path, formatted once.
     requests: Vec<Vec<u8>>,
-    /// Per path, the body length of its first response.
+    /// Per path, the body length expected: its size when given, else that of its first
+    /// response.
     lengths: Vec<Option<u64>>,
+    /// Chooses each request's path.
+    picker: Picker,
     /// Connections to (re)connect, each with the earliest time to do it.
     queue: VecDeque<(Instant, usize)>,
     binder: Option<Binder>,
@@ -442,7 +458,7 @@ impl<'a> Generator<'a> {
                 .map(|i| Conn {
                     sock: None,
                     state: State::Queued,
-                    next_path: i % cfg.paths.len(),
+                    cursor: i % cfg.paths.len(),
                     path: 0,
                     sent: 0,
                     started: now,
@@ -461,7 +477,14 @@ impl<'a> Generator<'a> {
                     .into_bytes()
                 })
                 .collect(),
-            lengths: vec![None; cfg.paths.len()],
+            lengths: match &cfg.sizes {
+                Some(sizes) if sizes.len() == cfg.paths.len() => {
+                    sizes.iter().copied().map(Some).collect()
+                }
+                Some(_) => return Err("one size per path".into()),
+                None => vec![None; cfg.paths.len()],
+            },
+            picker: Picker::new(cfg.paths.len(), cfg.order),
             queue: (0..cfg.conns).map(|i| (now, i)).collect(),
             binder: Binder::new(cfg.addr, cfg.conns),
             connecting: 0,
@@ -571,8 +594,7 @@ impl<'a> Generator<'a> {
     /// Sends connection `i`'s next request.
     fn request(&mut self, i: usize, now: Instant) -> Result<(), Errno> {
         let c = &mut self.conns[i];
-        c.path = c.next_path;
-        c.next_path = (c.next_path + 1) % self.requests.len();
+        c.path = self.picker.next(&mut c.cursor);
         c.sent = 0;
         c.started = now;
         c.resp = Response::default();
@@ -674,6 +696,7 @@ impl<'a> Generator<'a> {
                     let len = c.resp.body_len;
                     let expected = *self.lengths[c.path].get_or_insert(len);
                     if expected != len {
+                        self.out.length_errors += 1;
                         return self.fail(i, now);
                     }
                     if let Some(w) = &self.window {
@@ -815,8 +838,26 @@ pub struct Args {
     #[arg(long, default_value = "http://127.0.0.1:8080/")]
     url: String,
     /// Paths to request in turn, comma-separated [default: the URL's own path].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["paths_file", "site"])]
     paths: Vec<String>,
+    /// A file of URL paths, one a line (`#` comments), requested uniformly at random (or
+    /// by --zipf).
+    #[arg(long, value_name = "FILE", conflicts_with = "site")]
+    paths_file: Option<PathBuf>,
+    /// A directory: every regular file under it, its path relative to DIR as the URL path on
+    /// --url's host, requested uniformly at random (or by --zipf); each response's
+    /// Content-Length must be the file's size (a mismatch is an error). Symbolic links are
+    /// not followed.
+    #[arg(long, value_name = "DIR")]
+    site: Option<PathBuf>,
+    /// Zipf-distributed requests with exponent S (1: the classic web popularity) over a
+    /// ranking of the paths shuffled with --seed, instead of uniform or in turn.
+    #[arg(long, value_name = "S")]
+    zipf: Option<f64>,
+    /// Seed of the random draws and the Zipf ranking: the same seed, paths and connections
+    /// give the same ranking and draws.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
     /// Connections.
     #[arg(long, default_value_t = 50)]
     conns: usize,
@@ -838,13 +879,36 @@ pub struct Args {
 pub fn run_command(args: Args) -> Result<(), String> {
     ringwork_harness::raise_nofile_limit();
     let (addr, url_path) = parse_url(&args.url)?;
-    let paths = if args.paths.is_empty() {
-        vec![url_path]
+    let (paths, sizes) = if let Some(dir) = &args.site {
+        let files = crate::site::scan(dir)?;
+        println!(
+            "# site {}: {}",
+            dir.display(),
+            crate::site::SizeStats::of(files.iter().map(|f| f.size))
+        );
+        files.into_iter().map(|f| (f.url_path, f.size)).unzip()
+    } else if let Some(file) = &args.paths_file {
+        (crate::site::read_paths_file(file)?, Vec::new())
+    } else if args.paths.is_empty() {
+        (vec![url_path], Vec::new())
     } else {
-        args.paths
+        (args.paths, Vec::new())
+    };
+    let order = match args.zipf {
+        Some(exponent) if exponent.is_finite() && exponent >= 0.0 => Order::Zipf {
+            exponent,
+            seed: args.seed,
+        },
+        Some(s) => return Err(format!("--zipf wants a finite exponent >= 0, got {s}")),
+        None if args.site.is_some() || args.paths_file.is_some() => {
+            Order::Uniform { seed: args.seed }
+        }
+        None => Order::Cycle,
     };
     let cfg = Config {
         addr,
+        order,
+        sizes: (!sizes.is_empty()).then_some(sizes),
         paths,
         conns: args.conns,
         duration: Duration::from_secs_f64(args.duration),
@@ -852,9 +916,29 @@ pub fn run_command(args: Args) -> Result<(), String> {
         server_pid: args.server_pid,
     };
     println!("# ringwork-bench http on {}", machine_line());
-    println!("# {}: {} conns, paths {:?}", args.url, cfg.conns, cfg.paths);
+    if cfg.paths.len() <= 10 {
+        println!(
+            "# {}: {} conns, paths {:?} {}",
+            args.url, cfg.conns, cfg.paths, cfg.order
+        );
+    } else {
+        println!(
+            "# {}: {} conns, {} paths {} (seed {})",
+            args.url,
+            cfg.conns,
+            thousands(cfg.paths.len() as f64),
+            cfg.order,
+            args.seed
+        );
+    }
     let out = run(&cfg)?;
     print!("{}", out.table());
+    if cfg.sizes.is_some() {
+        println!(
+            "length mismatches (counted in errors): {}",
+            out.length_errors
+        );
+    }
     if let Some(path) = args.json {
         crate::write_json(&path, &out.json())?;
     }
@@ -1063,6 +1147,8 @@ mod tests {
         let cfg = Config {
             addr: server(&[7u8; 5000], "200 OK"),
             paths: vec!["/a".into(), "/b".into()],
+            order: Order::Cycle,
+            sizes: None,
             conns: 4,
             duration: Duration::from_millis(300),
             warmup: Duration::from_millis(50),
@@ -1076,11 +1162,45 @@ mod tests {
         assert!(out.table().contains("| 0 | 0 | 4 |"), "{}", out.table());
     }
 
+    /// With sizes given (`--site`), a response of another length is an error, counted as a
+    /// length mismatch; drawn orders reach every path.
+    #[test]
+    fn responses_of_another_size_than_the_file_are_errors() {
+        let addr = server(&[7u8; 5000], "200 OK");
+        let cfg = |sizes: Vec<u64>, order| Config {
+            addr,
+            paths: vec!["/a".into(), "/b".into()],
+            order,
+            sizes: Some(sizes),
+            conns: 2,
+            duration: Duration::from_millis(300),
+            warmup: Duration::ZERO,
+            server_pid: None,
+        };
+        let good = run(&cfg(vec![5000, 5000], Order::Uniform { seed: 1 })).unwrap();
+        assert_eq!((good.errors, good.length_errors), (0, 0), "{good:?}");
+        assert!(good.requests > 20, "{good:?}");
+        let zipf = Order::Zipf {
+            exponent: 1.0,
+            seed: 1,
+        };
+        let bad = run(&cfg(vec![5000, 4999], zipf)).unwrap();
+        assert!(bad.length_errors > 0, "{bad:?}");
+        assert!(bad.errors >= bad.length_errors);
+        assert!(bad.requests > 0, "/a still answers: {bad:?}");
+        assert!(
+            run(&cfg(vec![5000], Order::Cycle)).is_err(),
+            "one size per path"
+        );
+    }
+
     #[test]
     fn error_statuses_count_as_errors() {
         let cfg = Config {
             addr: server(b"nope", "404 Not Found"),
             paths: vec!["/missing".into()],
+            order: Order::Cycle,
+            sizes: None,
             conns: 1,
             // Long enough for a first response on a loaded machine (100 ms once saw none).
             duration: Duration::from_millis(1000),
@@ -1103,6 +1223,8 @@ mod tests {
         let cfg = Config {
             addr,
             paths: vec!["/".into()],
+            order: Order::Cycle,
+            sizes: None,
             conns: 2,
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
@@ -1128,6 +1250,8 @@ mod tests {
         let cfg = Config {
             addr,
             paths: vec!["/x".into()],
+            order: Order::Cycle,
+            sizes: None,
             conns: 300,
             duration: Duration::ZERO,
             warmup: Duration::ZERO,

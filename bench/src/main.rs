@@ -18,7 +18,10 @@ mod fileread;
 mod http;
 mod nginx;
 mod peers;
+mod rng;
 mod sendpath;
+mod site;
+mod sitecompare;
 mod stats;
 mod workloads;
 
@@ -53,6 +56,9 @@ enum Command {
     /// READ_FIXED + SEND, linked SPLICE file → pipe → socket, SEND from an mmap, SEND_ZC;
     /// bytes/s and server CPU per byte.
     Sendpath(sendpath::Args),
+    /// Write a reproducible site (tens of thousands of files, heavy-tailed sizes) for
+    /// `http --site` and `compare --files --site`; prints its size statistics.
+    Site(site::Args),
 }
 
 fn main() {
@@ -65,6 +71,7 @@ fn main() {
         Command::Drain(args) => drain::run_command(args),
         Command::Fileread(args) => fileread::run_command(args),
         Command::Sendpath(args) => sendpath::run_command(args),
+        Command::Site(args) => site::run_command(args),
     };
     if let Err(e) = result {
         eprintln!("ringwork-bench: {e}");

@@ -22,6 +22,7 @@ use ringwork_harness::server::{free_port, START_TIMEOUT};
 
 use crate::compare::{server_cpu, spawn_on_server_cpu, start_server, RunningServer};
 use crate::http;
+use crate::site::Order;
 use crate::stats::{median_index, spread_cell, thousands, Spread};
 
 /// The files served: (name, size).
@@ -144,7 +145,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 /// `nginx -v`'s answer, e.g. "nginx/1.22.1".
-fn nginx_version(bin: &Path) -> String {
+pub(crate) fn nginx_version(bin: &Path) -> String {
     Command::new(bin)
         .arg("-v")
         .output()
@@ -155,7 +156,7 @@ fn nginx_version(bin: &Path) -> String {
 }
 
 /// An nginx master and its one worker, stopped (SIGTERM, then SIGKILL) on drop.
-struct Nginx {
+pub(crate) struct Nginx {
     master: RunningServer,
     worker: u32,
 }
@@ -166,7 +167,7 @@ impl Nginx {
 
     /// Writes the config into `dir` and starts nginx serving `root`, pinned like the server
     /// under test; waits until it accepts connections and its worker exists.
-    fn start(bin: &Path, root: &Path, dir: &Path) -> Result<(Nginx, String), String> {
+    pub(crate) fn start(bin: &Path, root: &Path, dir: &Path) -> Result<(Nginx, String), String> {
         let port = free_port()?;
         let conf_text = config(port, root, dir);
         let conf = dir.join("nginx.conf");
@@ -225,13 +226,13 @@ impl Drop for Nginx {
 }
 
 /// A server being measured.
-enum Server {
+pub(crate) enum Server {
     Files(RunningServer),
     Nginx(Nginx),
 }
 
 impl Server {
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         match self {
             Server::Files(s) => s.addr,
             Server::Nginx(n) => n.master.addr,
@@ -239,7 +240,7 @@ impl Server {
     }
 
     /// The process doing the serving: ringwork-files itself, nginx's worker.
-    fn worker(&self) -> u32 {
+    pub(crate) fn worker(&self) -> u32 {
         match self {
             Server::Files(s) => s.pid(),
             Server::Nginx(n) => n.worker,
@@ -256,10 +257,10 @@ impl Server {
 }
 
 /// A temporary root, world-readable (nginx's workers drop root), removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Result<Self, String> {
+    pub(crate) fn new(tag: &str) -> Result<Self, String> {
         use std::os::unix::fs::PermissionsExt;
         let path = std::env::temp_dir().join(format!("ringwork-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
@@ -272,7 +273,7 @@ impl TempDir {
         Ok(Self(path))
     }
 
-    fn www(&self) -> PathBuf {
+    pub(crate) fn www(&self) -> PathBuf {
         self.0.join("www")
     }
 }
@@ -305,14 +306,26 @@ pub fn files_max_conns(conns: usize) -> usize {
     conns + conns / 16 + 16
 }
 
+/// ringwork-files' arguments (besides `--listen` and `--threads`, which [`start_server`]
+/// gives) for serving `root` to `conns` connections: the io_uring backend, defaults otherwise.
+pub(crate) fn files_args(conns: usize, root: &Path) -> Vec<String> {
+    vec![
+        "--backend".into(),
+        "uring".into(),
+        "--max-conns".into(),
+        files_max_conns(conns).to_string(),
+        root.to_string_lossy().into_owned(),
+    ]
+}
+
 /// What the report says when there is no nginx.
 const NOT_FOUND: &str = "**nginx was not found on PATH**, so ringwork-files is measured alone. \
     Install it (`apt-get install -y nginx-light`, or your distribution's nginx package) and run \
     again for the nginx column and the ratios.\n";
 
 /// The two servers' names, in the order they run in every cell.
-const FILES_NAME: &str = "ringwork-files";
-const NGINX_NAME: &str = "nginx";
+pub(crate) const FILES_NAME: &str = "ringwork-files";
+pub(crate) const NGINX_NAME: &str = "nginx";
 
 struct Measured {
     server: &'static str,
@@ -365,13 +378,7 @@ pub fn versus(
     }
     let start = |name: &'static str, conns: usize| -> Result<(Server, Option<String>), String> {
         if name == FILES_NAME {
-            let args = vec![
-                "--backend".into(),
-                "uring".into(),
-                "--max-conns".into(),
-                files_max_conns(conns).to_string(),
-                root.to_string_lossy().into_owned(),
-            ];
+            let args = files_args(conns, &root);
             Ok((Server::Files(start_server(files_bin, &args)?), None))
         } else {
             let bin = nginx_bin.as_deref().expect("only started when it starts");
@@ -395,6 +402,8 @@ pub fn versus(
                 let cfg = http::Config {
                     addr: server.addr(),
                     paths: vec![format!("/{}", FILES[cell.file].0)],
+                    order: Order::Cycle,
+                    sizes: None,
                     conns: cell.conns,
                     duration,
                     warmup,
@@ -462,7 +471,7 @@ struct SectionInput<'a> {
 /// The nginx on PATH, when it starts here. Without one, or with one that cannot start here
 /// (say, unprivileged, so that it cannot write its compiled-in temporary paths),
 /// ringwork-files is measured alone, and the error is what the report says instead.
-fn usable_nginx(root: &Path, dir: &Path) -> Result<PathBuf, String> {
+pub(crate) fn usable_nginx(root: &Path, dir: &Path) -> Result<PathBuf, String> {
     let path_var = std::env::var("PATH").unwrap_or_default();
     let bin = find_on_path("nginx", &path_var).ok_or_else(|| NOT_FOUND.to_string())?;
     match Nginx::start(&bin, root, dir) {
@@ -481,6 +490,8 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
     let cfg = http::Config {
         addr: server.addr(),
         paths: vec![format!("/{}", FILES[0].0)],
+        order: Order::Cycle,
+        sizes: None,
         conns: idle_conns,
         duration: Duration::ZERO,
         warmup: Duration::ZERO,
@@ -508,7 +519,7 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
 }
 
 /// The 1-minute load average: how much other work shared the CPUs.
-fn load_average() -> Option<f64> {
+pub(crate) fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()

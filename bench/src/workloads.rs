@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::compare::start_server;
+use crate::site::Order;
 use crate::stats::thousands;
 use crate::{fileread, http};
 
@@ -75,6 +76,8 @@ pub fn mixed(files_bin: &Path, duration: Duration, warmup: Duration) -> Result<S
         let cfg = http::Config {
             addr: server.addr,
             paths: SITE.iter().map(|(n, _)| format!("/{n}")).collect(),
+            order: Order::Cycle,
+            sizes: None,
             conns: 50,
             duration,
             warmup,
