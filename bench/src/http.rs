@@ -841,17 +841,18 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["paths_file", "site"])]
     paths: Vec<String>,
     /// A file of URL paths, one a line (`#` comments), requested uniformly at random (or
-    /// by --zipf).
+    /// by --zipf) [default: none: the paths of --paths].
     #[arg(long, value_name = "FILE", conflicts_with = "site")]
     paths_file: Option<PathBuf>,
     /// A directory: every regular file under it, its path relative to DIR as the URL path on
     /// --url's host, requested uniformly at random (or by --zipf); each response's
     /// Content-Length must be the file's size (a mismatch is an error). Symbolic links are
-    /// not followed.
+    /// not followed [default: none].
     #[arg(long, value_name = "DIR")]
     site: Option<PathBuf>,
     /// Zipf-distributed requests with exponent S (1: the classic web popularity) over a
-    /// ranking of the paths shuffled with --seed, instead of uniform or in turn.
+    /// ranking of the paths shuffled with --seed, instead of uniform or in turn [default:
+    /// none: uniform over --site or --paths-file, in turn over --paths].
     #[arg(long, value_name = "S")]
     zipf: Option<f64>,
     /// Seed of the random draws and the Zipf ranking: the same seed, paths and connections

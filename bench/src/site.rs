@@ -421,7 +421,8 @@ impl Picker {
 /// `ringwork-bench site`'s options.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Directory to write the site into (created; it must be absent or empty).
+    /// Directory to write the site into (created; it must be absent or empty) [default:
+    /// none: required].
     #[arg(long)]
     out: PathBuf,
     /// Files to write.
