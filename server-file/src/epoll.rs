@@ -41,7 +41,9 @@ use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use ringwork_sys::accept::Acceptors;
 use ringwork_sys::driver::StopNotice;
 use ringwork_sys::epoll::{Epoll, Interest};
-use ringwork_sys::worker::{Engine, Happening, Input, Readiness, StreamStats, WorkerStart};
+use ringwork_sys::worker::{
+    AcceptParts, Engine, Happening, Input, Readiness, StreamStats, WorkerStart,
+};
 use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode};
@@ -228,6 +230,7 @@ impl Engine for EpollEngine<'_> {
     type Conn = Conn;
     type Completion = Deferred;
     type Error = Failure;
+    type Accept = EpollAcceptor;
 
     fn start(&mut self) -> Result<(), Failure> {
         Ok(())
@@ -378,25 +381,12 @@ impl Engine for EpollEngine<'_> {
         self.local.svc.next_waiting()
     }
 
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<(), Failure> {
-        Ok(self.acceptors.poll(&mut self.ep, open, now_ms)?)
+    fn accept(&mut self) -> AcceptParts<'_, EpollAcceptor> {
+        (&mut self.acceptors, &mut self.ep)
     }
 
-    fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors.deadline_ms()
-    }
-
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<(), Failure> {
-        // Closing the listener refuses new connections.
-        Ok(self.acceptors.stop(&mut self.ep, now_ms)?)
-    }
-
-    fn report(&mut self, name: &str) {
-        self.acceptors.report(name);
-    }
-
-    fn accepting(&self) -> bool {
-        false
+    fn acceptors(&self) -> &Acceptors<EpollAcceptor> {
+        &self.acceptors
     }
 
     fn busy(&self) -> bool {

@@ -104,7 +104,7 @@ use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::accept::{AcceptMode, Acceptors};
 use ringwork_sys::backend::RequiredOp;
 use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
-use ringwork_sys::worker::{Engine, Happening, Input, StreamStats, WorkerStart};
+use ringwork_sys::worker::{AcceptParts, Engine, Happening, Input, StreamStats, WorkerStart};
 use ringwork_sys::{
     Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
     Target,
@@ -402,6 +402,7 @@ impl Engine for UringEngine<'_> {
     type Conn = Box<Conn>;
     type Completion = Completion;
     type Error = Failure;
+    type Accept = Acceptor;
 
     fn start(&mut self) -> Result<(), Failure> {
         for a in &mut self.acceptors.0 {
@@ -544,24 +545,12 @@ impl Engine for UringEngine<'_> {
         self.woken.pop().or_else(|| self.svc.next_waiting())
     }
 
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<(), Failure> {
-        Ok(self.acceptors.poll(&mut self.ring, open, now_ms)?)
+    fn accept(&mut self) -> AcceptParts<'_, Acceptor> {
+        (&mut self.acceptors, &mut self.ring)
     }
 
-    fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors.deadline_ms()
-    }
-
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<(), Failure> {
-        Ok(self.acceptors.stop(&mut self.ring, now_ms)?)
-    }
-
-    fn report(&mut self, name: &str) {
-        self.acceptors.report(name);
-    }
-
-    fn accepting(&self) -> bool {
-        !self.acceptors.0.iter().all(Acceptor::is_idle)
+    fn acceptors(&self) -> &Acceptors<Acceptor> {
+        &self.acceptors
     }
 
     fn busy(&self) -> bool {

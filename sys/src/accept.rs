@@ -479,6 +479,8 @@ pub trait AcceptSide {
     fn deadline_ms(&self) -> Option<u64>;
     /// The notices since the last call.
     fn take_notices(&mut self) -> Vec<AcceptNotice>;
+    /// An accept is in flight (being cancelled, in a drain): the worker may not end yet.
+    fn in_flight(&self) -> bool;
 }
 
 impl AcceptSide for Acceptor {
@@ -495,6 +497,9 @@ impl AcceptSide for Acceptor {
     fn take_notices(&mut self) -> Vec<AcceptNotice> {
         self.notices().collect()
     }
+    fn in_flight(&self) -> bool {
+        !self.is_idle()
+    }
 }
 
 impl AcceptSide for EpollAcceptor {
@@ -510,6 +515,10 @@ impl AcceptSide for EpollAcceptor {
     }
     fn take_notices(&mut self) -> Vec<AcceptNotice> {
         self.notices().collect()
+    }
+    fn in_flight(&self) -> bool {
+        // Synchronous: nothing of it is ever in flight.
+        false
     }
 }
 
@@ -542,6 +551,11 @@ impl<A: AcceptSide> Acceptors<A> {
         self.0.iter().fold(None, |d, a| {
             ringwork_core::accept::earliest(d, a.deadline_ms())
         })
+    }
+
+    /// An accept is in flight (being cancelled, in a drain).
+    pub fn accepting(&self) -> bool {
+        self.0.iter().any(A::in_flight)
     }
 
     /// Prints what the acceptors have to say (back-off episodes, fallbacks) on stderr,

@@ -22,7 +22,7 @@ use rustix::fd::OwnedFd;
 use rustix::io::Errno;
 use rustix::net::SendFlags;
 
-use super::{Backend, Happening, Readiness, StreamConfig, StreamStats};
+use super::{AcceptParts, Backend, Happening, Readiness, StreamConfig, StreamStats};
 use crate::accept::{Acceptors, EpollAcceptor};
 use crate::driver::StopNotice;
 use crate::epoll::{Epoll, Interest};
@@ -185,6 +185,7 @@ fn errno(e: Errno) -> RawErrno {
 
 impl Backend for EpollBackend {
     type ConnIo = EpollConn;
+    type Accept = EpollAcceptor;
 
     fn start(&mut self) -> Result<()> {
         self.ep
@@ -355,24 +356,12 @@ impl Backend for EpollBackend {
         Ok(())
     }
 
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
-        self.acceptors.poll(&mut self.ep, open, now_ms)
+    fn accept(&mut self) -> AcceptParts<'_, EpollAcceptor> {
+        (&mut self.acceptors, &mut self.ep)
     }
 
-    fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors.deadline_ms()
-    }
-
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
-        self.acceptors.stop(&mut self.ep, now_ms)
-    }
-
-    fn report(&mut self, name: &str) {
-        self.acceptors.report(name);
-    }
-
-    fn accepting(&self) -> bool {
-        false
+    fn acceptors(&self) -> &Acceptors<EpollAcceptor> {
+        &self.acceptors
     }
 
     fn busy(&self) -> bool {

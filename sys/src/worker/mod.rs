@@ -44,7 +44,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use rustix::fd::OwnedFd;
 
-use crate::accept::AcceptMode;
+use crate::accept::{AcceptMode, AcceptSide, Acceptors};
 use crate::backend::Backend as BackendKind;
 use crate::driver::{StartGate, StopNotice};
 use crate::error::Result;
@@ -339,20 +339,15 @@ pub trait Backend {
     /// After a batch: publishes returned buffers.
     fn end_of_batch(&mut self) -> Result<()>;
 
-    /// Resumes accepting after a pause, or at capacity once below it.
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()>;
+    /// How the backend accepts (its acceptors' kind).
+    type Accept: AcceptSide;
 
-    /// When the accept side next needs the loop awake (a pause's end), on the loop's clock.
-    fn accept_deadline_ms(&self) -> Option<u64>;
+    /// Its acceptors and what they accept through (the ring, the epoll set): the loop polls,
+    /// stops and reports them.
+    fn accept(&mut self) -> AcceptParts<'_, Self::Accept>;
 
-    /// Stops accepting (the drain).
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<()>;
-
-    /// Prints what the acceptors have to say (back-off episodes, fallbacks).
-    fn report(&mut self, name: &str);
-
-    /// An acceptor has an accept in flight (being cancelled, in a drain).
-    fn accepting(&self) -> bool;
+    /// Its acceptors.
+    fn acceptors(&self) -> &Acceptors<Self::Accept>;
 
     /// Something of the worker's own is still in flight (a close, the stop notice's poll, a
     /// SEND_ZC notification owed): the worker may not end yet.
@@ -361,6 +356,9 @@ pub trait Backend {
     /// Final counters of the backend's own (enters, submissions, overflows).
     fn finish(&mut self, stats: &mut StreamStats);
 }
+
+/// A worker's acceptors and what they accept through.
+pub type AcceptParts<'a, A> = (&'a mut Acceptors<A>, &'a mut <A as AcceptSide>::Via);
 
 /// Where a worker gets its connections and its stop from.
 pub struct WorkerIo<'a> {
@@ -469,20 +467,15 @@ pub trait Engine {
     /// each is driven, until none.
     fn next_wake(&mut self) -> Option<Token>;
 
-    /// Resumes accepting after a pause, or at capacity once below it.
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> std::result::Result<(), Self::Error>;
+    /// How the engine accepts (its acceptors' kind).
+    type Accept: AcceptSide;
 
-    /// When the accept side next needs the loop awake (a pause's end), on the loop's clock.
-    fn accept_deadline_ms(&self) -> Option<u64>;
+    /// Its acceptors and what they accept through (the ring, the epoll set): the loop polls,
+    /// stops and reports them.
+    fn accept(&mut self) -> AcceptParts<'_, Self::Accept>;
 
-    /// Stops accepting (the drain).
-    fn stop_accepting(&mut self, now_ms: u64) -> std::result::Result<(), Self::Error>;
-
-    /// Prints what the acceptors have to say (back-off episodes, fallbacks).
-    fn report(&mut self, name: &str);
-
-    /// An acceptor has an accept in flight (being cancelled, in a drain).
-    fn accepting(&self) -> bool;
+    /// Its acceptors.
+    fn acceptors(&self) -> &Acceptors<Self::Accept>;
 
     /// Something of the worker's own is still in flight: the worker may not end yet.
     fn busy(&self) -> bool;
@@ -542,20 +535,20 @@ pub fn run_engine<E: Engine>(
         return Ok(w.stats);
     }
     engine.start()?;
-    engine.report(w.name);
+    engine.accept().0.report(w.name);
     let tick = engine.tick_interval();
     let mut last_tick = 0;
     let mut happenings = Vec::new();
     while !w
         .drain
-        .finished(w.conns.len(), engine.accepting(), engine.busy())
+        .finished(w.conns.len(), engine.acceptors().accepting(), engine.busy())
     {
         let drain_tick = w.drain.stopping().then_some(DRAIN_TICK);
         let wake = match (tick, drain_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = timeout_until(engine.accept_deadline_ms(), w.now_ms, wake);
+        let timeout = timeout_until(engine.acceptors().deadline_ms(), w.now_ms, wake);
         engine.wait(timeout, &mut w.stats)?;
         // The clock, once a turn: what follows sees the time the wait ended.
         w.now_ms = w.epoch.elapsed().as_millis() as u64;
@@ -574,8 +567,9 @@ pub fn run_engine<E: Engine>(
         while let Some(token) = engine.next_wake() {
             w.drive(&mut engine, token, Input::Wake)?;
         }
-        engine.poll_accept(w.conns.len(), w.now_ms)?;
-        engine.report(w.name);
+        let (acceptors, via) = engine.accept();
+        acceptors.poll(via, w.conns.len(), w.now_ms)?;
+        acceptors.report(w.name);
         if w.drain.on_tick(w.now_ms) == Some(DrainAction::Abort) {
             w.each_conn(&mut engine, || Input::Abort)?;
         }
@@ -613,8 +607,9 @@ impl<C> Worker<'_, C> {
             Happening::Accepted(sock) => self.admit(engine, sock),
             Happening::Stop => {
                 if self.drain.on_stop(self.now_ms) == Some(DrainAction::BeginDrain) {
-                    engine.stop_accepting(self.now_ms)?;
-                    engine.report(self.name);
+                    let (acceptors, via) = engine.accept();
+                    acceptors.stop(via, self.now_ms)?;
+                    acceptors.report(self.name);
                     self.each_conn(engine, || Input::Shutdown)?;
                 }
                 Ok(())

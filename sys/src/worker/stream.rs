@@ -8,7 +8,8 @@ use std::time::Duration;
 use ringwork_core::conn::{ChunkQueues, Event, Op, Starved, StreamMachine};
 use ringwork_core::token::Token;
 
-use super::{Backend, Engine, Happening, Input, StreamConfig, StreamStats};
+use super::{AcceptParts, Backend, Engine, Happening, Input, StreamConfig, StreamStats};
+use crate::accept::Acceptors;
 use crate::error::Result;
 
 /// A stream connection: its machine and what the backend keeps for it.
@@ -108,6 +109,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
     type Conn = StreamConn<M, B::ConnIo>;
     type Completion = Event;
     type Error = crate::error::Error;
+    type Accept = B::Accept;
 
     fn start(&mut self) -> Result<()> {
         self.backend.start()
@@ -210,24 +212,12 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         self.woken.pop_front()
     }
 
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
-        self.backend.poll_accept(open, now_ms)
+    fn accept(&mut self) -> AcceptParts<'_, B::Accept> {
+        self.backend.accept()
     }
 
-    fn accept_deadline_ms(&self) -> Option<u64> {
-        self.backend.accept_deadline_ms()
-    }
-
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
-        self.backend.stop_accepting(now_ms)
-    }
-
-    fn report(&mut self, name: &str) {
-        self.backend.report(name);
-    }
-
-    fn accepting(&self) -> bool {
-        self.backend.accepting()
+    fn acceptors(&self) -> &Acceptors<B::Accept> {
+        self.backend.acceptors()
     }
 
     fn busy(&self) -> bool {

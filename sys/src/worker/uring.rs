@@ -23,7 +23,7 @@ use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use rustix::io_uring::{IoringFeatureFlags, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
-use super::{Backend, Happening, StreamConfig, StreamStats};
+use super::{AcceptParts, Backend, Happening, StreamConfig, StreamStats};
 use crate::accept::{Acceptor, Acceptors};
 use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
@@ -416,6 +416,7 @@ fn provide_buffers(ring: &mut Ring, cfg: &StreamConfig, bundle: bool) -> Result<
 
 impl Backend for UringBackend {
     type ConnIo = UringConn;
+    type Accept = Acceptor;
 
     fn start(&mut self) -> Result<()> {
         for a in &mut self.acceptors.0 {
@@ -529,24 +530,12 @@ impl Backend for UringBackend {
         self.ring.publish_buffers(GROUP)
     }
 
-    fn poll_accept(&mut self, open: usize, now_ms: u64) -> Result<()> {
-        self.acceptors.poll(&mut self.ring, open, now_ms)
+    fn accept(&mut self) -> AcceptParts<'_, Acceptor> {
+        (&mut self.acceptors, &mut self.ring)
     }
 
-    fn accept_deadline_ms(&self) -> Option<u64> {
-        self.acceptors.deadline_ms()
-    }
-
-    fn stop_accepting(&mut self, now_ms: u64) -> Result<()> {
-        self.acceptors.stop(&mut self.ring, now_ms)
-    }
-
-    fn report(&mut self, name: &str) {
-        self.acceptors.report(name);
-    }
-
-    fn accepting(&self) -> bool {
-        !self.acceptors.0.iter().all(Acceptor::is_idle)
+    fn acceptors(&self) -> &Acceptors<Acceptor> {
+        &self.acceptors
     }
 
     fn busy(&self) -> bool {
