@@ -10,6 +10,9 @@
 #   e.g. bench/files-ab.sh "" "--disable links" 4 100 3 4
 # FILES_A / FILES_B name other server binaries for A and B (default: this tree's release
 # build), e.g. FILES_A=/tmp/before/ringwork-files bench/files-ab.sh "" "" for a before/after.
+# FILES_SITE=DIR serves that directory instead of one file and requests all of it
+# (`ringwork-bench http --site`; FILE_KIB is then ignored), uniformly or, with FILES_ZIPF=S,
+# Zipf-distributed; e.g. `ringwork-bench site --out /tmp/site` makes one (warm it first).
 # Loopback only; each run bounded by SECONDS (+1 s warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +23,22 @@ root=$(mktemp -d)
 log=$(mktemp)
 pid=
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$root" "$log"' EXIT
-head -c $((kib * 1024)) /dev/urandom >"$root/f.bin"
-cat "$root/f.bin" >/dev/null
+# What the server serves: the temporary root with one file, or the site (never removed).
+serve="$root"
+if [ -n "${FILES_SITE:-}" ]; then
+    serve="$FILES_SITE"
+    load=(--site "$serve" ${FILES_ZIPF:+--zipf "$FILES_ZIPF"})
+    what="site${FILES_ZIPF:+ zipf $FILES_ZIPF}"
+else
+    head -c $((kib * 1024)) /dev/urandom >"$root/f.bin"
+    cat "$root/f.bin" >/dev/null
+    load=()
+    what="${kib}KiB"
+fi
 run() {
     local flags="$1" label="$2" server="$3"
     # shellcheck disable=SC2086 # flags are words on purpose
-    taskset -c 1 "$server" "$root" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
+    taskset -c 1 "$server" "$serve" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
     pid=$!
     local addr=
     for _ in $(seq 50); do
@@ -35,14 +48,16 @@ run() {
     done
     [ -n "$addr" ] || { echo "server did not start: $(cat "$log")" >&2; exit 1; }
     local out
-    out=$(taskset -c 0 "$bin/ringwork-bench" http --url "http://$addr/f.bin" --conns "$conns" \
+    local url="http://$addr/f.bin"
+    [ ${#load[@]} -gt 0 ] && url="http://$addr/"
+    out=$(taskset -c 0 "$bin/ringwork-bench" http --url "$url" "${load[@]}" --conns "$conns" \
         --duration "$secs" --warmup 1 --server-pid "$pid" 2>&1) \
         || echo "ringwork-bench failed: $out" >&2
     local rss
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     kill -TERM "$pid"; wait "$pid" || true
     pid=
-    echo "== $label [$flags] file=${kib}KiB conns=$conns rss_kib=$rss"
+    echo "== $label [$flags] file=$what conns=$conns rss_kib=$rss"
     echo "$out" | grep -E '^\| [0-9]' | head -1
     grep "^stats:" "$log" || true
 }
