@@ -183,6 +183,8 @@ struct UringEngine<'s> {
     /// their pages back.
     last_expire: u64,
     last_trim: u64,
+    /// Connections accepted in the batch being harvested (the loop admits them after it).
+    accepted: usize,
 }
 
 /// A connection's completion, with what it brought back: the memory its operation named,
@@ -338,6 +340,7 @@ pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
         woken: Vec::new(),
         last_expire: now.mono_ms,
         last_trim: now.mono_ms,
+        accepted: 0,
     };
     // Accept only once every worker has its ring (the loop waits at the gate): connections
     // accepted here must not take the descriptors another worker's io_uring_setup needs.
@@ -432,6 +435,7 @@ impl Engine for UringEngine<'_> {
         self.waiter.harvest(&mut self.ring, &mut cqes);
         // One clock reading per batch: timeouts are in milliseconds, dates in seconds.
         self.now = self.shared.now();
+        self.accepted = 0;
         let mut result = Ok(());
         for cqe in cqes.drain(..) {
             result = self.on_cqe(cqe, live, open, now_ms, out);
@@ -615,7 +619,11 @@ impl UringEngine<'_> {
         };
         if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
+            // The connections accepted earlier in this batch count: the acceptor stops at
+            // capacity (the listen backlog holds the rest) instead of the loop refusing them.
+            let open = open + self.accepted;
             if let Some(sock) = acceptor.on_cqe(&mut self.ring, &cqe, open, now_ms)? {
+                self.accepted += 1;
                 out.push(Happening::Accepted(sock));
             }
             return Ok(());
