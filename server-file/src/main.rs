@@ -489,7 +489,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> Result<(), String> {
+/// The thread count, once the values no flag parser checks are in range.
+fn threads(args: &Args) -> Result<usize, String> {
     if args.chunk == 0 || args.chunk > 1 << 24 {
         return Err("--chunk must be between 1 and 16777216 bytes".into());
     }
@@ -502,6 +503,24 @@ fn run(args: Args) -> Result<(), String> {
     if args.buffer_memory == 0 {
         return Err("--buffer-memory must be at least 1 MiB".into());
     }
+    Ok(threads)
+}
+
+/// Each worker's open-file cache.
+fn cache_config(args: &Args, entries: u32) -> CacheConfig {
+    CacheConfig {
+        entries,
+        valid_ms: args.open_file_cache_valid_ms,
+        inactive_ms: args.open_file_cache_inactive_ms,
+        body_budget: args.file_cache_memory as usize * 1024 * 1024,
+        // A kept body is sent the way a first chunk is: it must fit in one.
+        body_max: args.chunk,
+        max_path: Limits::default().max_target_len + "/index.html".len(),
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let threads = threads(&args)?;
     let backend = choose_backend(&args)?;
     let sizing = Sizing::of(&args, backend, threads);
     check_flags(&args, backend)?;
@@ -534,15 +553,7 @@ fn run(args: Args) -> Result<(), String> {
         max_conns: sizing.max_conns,
         chunk_buffers: sizing.chunk_buffers,
         uring: uring_config(&args),
-        cache: CacheConfig {
-            entries: sizing.cache_entries,
-            valid_ms: args.open_file_cache_valid_ms,
-            inactive_ms: args.open_file_cache_inactive_ms,
-            body_budget: args.file_cache_memory as usize * 1024 * 1024,
-            // A kept body is sent the way a first chunk is: it must fit in one.
-            body_max: args.chunk,
-            max_path: Limits::default().max_target_len + "/index.html".len(),
-        },
+        cache: cache_config(&args, sizing.cache_entries),
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
         stats: Stats::default(),
