@@ -351,7 +351,12 @@ impl Engine for EpollEngine<'_> {
 
     fn stale(&mut self, _: Deferred, _: &mut StreamStats) {}
 
-    fn tick_interval(&self) -> Option<Duration> {
+    fn deadline_ms(&self, c: &Conn) -> Option<u64> {
+        c.fc.http().next_deadline_ms()
+    }
+
+    fn wake_interval(&self) -> Option<Duration> {
+        // For the cache's inactive entries and the chunk buffers' trim.
         Some(tick_interval(self.shared))
     }
 

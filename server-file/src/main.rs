@@ -393,6 +393,8 @@ fn serve_worker<E: Engine<Error = Failure>>(
         slots,
         max_conns: slots,
         shutdown_grace: shared.shutdown_grace,
+        // HttpConn's deadlines are on the workers' clock (`Shared::now`).
+        epoch: shared.start,
     };
     let admission = Admission::default();
     let io = WorkerIo {

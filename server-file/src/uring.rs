@@ -508,7 +508,12 @@ impl Engine for UringEngine<'_> {
         }
     }
 
-    fn tick_interval(&self) -> Option<Duration> {
+    fn deadline_ms(&self, c: &Box<Conn>) -> Option<u64> {
+        c.fc.http().next_deadline_ms()
+    }
+
+    fn wake_interval(&self) -> Option<Duration> {
+        // For the cache's inactive entries and the chunk buffers' trim.
         Some(tick_interval(self.shared))
     }
 

@@ -36,10 +36,21 @@ impl HttpConn {
     }
 
     /// Time passed: drop the connection if a head, a keep-alive wait or a response has
-    /// taken too long. Call every so often (a tenth of the shortest timeout is plenty).
+    /// taken too long. Call at [`HttpConn::next_deadline_ms`] (or every so often: a tenth of
+    /// the shortest timeout is plenty).
     pub fn on_tick(&mut self, now: Time) {
-        let t = now.mono_ms;
-        let expired = match self.phase {
+        if self.next_deadline_ms().is_some_and(|d| now.mono_ms >= d) {
+            self.close();
+        }
+    }
+
+    /// When the connection next needs [`HttpConn::on_tick`] (monotonic milliseconds, as
+    /// [`Time::mono_ms`]): the end of the wait for a head (or of a keep-alive wait with
+    /// nothing received), of a response making no progress, or of the discard after an
+    /// error. `None`: no timeout runs (a lookup in flight, closing). It moves with every
+    /// event: ask again after each.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        match self.phase {
             Phase::Head { since } => {
                 // A keep-alive wait with nothing received is idle; anything partial is a head.
                 let limit = if self.rlen == 0 && self.requests > 0 {
@@ -47,14 +58,11 @@ impl HttpConn {
                 } else {
                     self.cfg.header_timeout_ms
                 };
-                t.saturating_sub(since) >= limit
+                Some(since.saturating_add(limit))
             }
-            Phase::Drain { since, .. } => t.saturating_sub(since) >= self.cfg.header_timeout_ms,
-            Phase::Respond => t.saturating_sub(self.last_progress) >= self.cfg.idle_timeout_ms,
-            _ => false,
-        };
-        if expired {
-            self.close();
+            Phase::Drain { since, .. } => Some(since.saturating_add(self.cfg.header_timeout_ms)),
+            Phase::Respond => Some(self.last_progress.saturating_add(self.cfg.idle_timeout_ms)),
+            _ => None,
         }
     }
 

@@ -657,6 +657,51 @@ fn header_timeout_cancels_the_receive_then_closes() {
     assert!(c.is_freed());
 }
 
+/// The deadline is exactly when a tick closes: a millisecond before it nothing happens, at
+/// it the connection closes; for the first head and for a response that stalls.
+#[test]
+fn a_tick_closes_at_the_next_deadline_and_not_before() {
+    let cfg = Config {
+        header_timeout_ms: 100,
+        idle_timeout_ms: 1000,
+        ..Config::default()
+    };
+    let t = |ms| Time {
+        mono_ms: ms,
+        unix_secs: 0,
+    };
+    let mut c = HttpConn::new(cfg, t(5));
+    drain_ops(&mut c);
+    assert_eq!(c.next_deadline_ms(), Some(105), "the first head");
+    c.on_tick(t(104));
+    assert!(drain_ops(&mut c).is_empty());
+    c.on_tick(t(105));
+    assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+
+    let mut c = HttpConn::new(cfg, t(5));
+    drain_ops(&mut c);
+    c.on_recv(t(10), Ok(GET_F));
+    drain_ops(&mut c);
+    assert_eq!(
+        c.next_deadline_ms(),
+        None,
+        "no timeout while the lookup runs"
+    );
+    c.on_stat(t(20), Ok(regular(10)));
+    drain_ops(&mut c);
+    c.on_open(t(30), Ok(()));
+    drain_ops(&mut c);
+    assert_eq!(
+        c.next_deadline_ms(),
+        Some(1030),
+        "a response makes progress or ends"
+    );
+    c.on_tick(t(1029));
+    assert!(drain_ops(&mut c).is_empty());
+    c.on_tick(t(1030));
+    assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+}
+
 pub(super) fn drain_ops(c: &mut HttpConn) -> Vec<Op> {
     core::iter::from_fn(|| c.poll_op()).collect()
 }

@@ -31,17 +31,18 @@ mod stream;
 pub use serve::{Crew, Serve, ServeError, WorkerStart};
 pub use stream::StreamEngine;
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ringwork_core::accept::timeout_until;
+use ringwork_core::accept::{earliest, timeout_until};
 use ringwork_core::buf::BufId;
 use ringwork_core::conn::{Event, Op, StreamMachine};
 use ringwork_core::shutdown::{Drain, DrainAction};
 use ringwork_core::slab::Slab;
-use ringwork_core::token::{OpKind, Slot, Token};
+use ringwork_core::token::{OpKind, Slot, Token, UserData};
 use rustix::fd::OwnedFd;
 
 use crate::accept::{AcceptMode, AcceptSide, Acceptors};
@@ -381,7 +382,7 @@ pub enum Input<C> {
     Shutdown,
     /// The drain's grace period is over: close now.
     Abort,
-    /// Time passed (every [`Engine::tick_interval`]): its timeouts.
+    /// Its deadline ([`Engine::deadline_ms`]) has come: its timeouts.
     Tick,
     /// What it waited for (receive buffers, a chunk buffer) is there
     /// ([`Engine::next_wake`]).
@@ -450,8 +451,18 @@ pub trait Engine {
     /// A completion for a connection freed since: what it holds goes back.
     fn stale(&mut self, completion: Self::Completion, stats: &mut StreamStats);
 
-    /// How often connections get [`Input::Tick`] (None: never).
-    fn tick_interval(&self) -> Option<Duration> {
+    /// When connection `conn` next needs [`Input::Tick`], in milliseconds on the loop's
+    /// clock ([`LoopConfig::epoch`]); asked after each time it is driven. None: no timeout
+    /// runs. The loop wakes for the earliest and ticks only the connections whose deadline
+    /// has come: no scan of every connection.
+    fn deadline_ms(&self, conn: &Self::Conn) -> Option<u64> {
+        let _ = conn;
+        None
+    }
+
+    /// How often the loop wakes at the least, for the engine's own periodic work in
+    /// [`Engine::end_of_turn`] (None: only for what happens and the deadlines).
+    fn wake_interval(&self) -> Option<Duration> {
         None
     }
 
@@ -495,6 +506,8 @@ pub struct LoopConfig {
     pub max_conns: usize,
     /// Graceful drain: how long connections may finish after the stop notice.
     pub shutdown_grace: Duration,
+    /// The loop's clock counts milliseconds from here (the engine's deadlines too).
+    pub epoch: Instant,
 }
 
 /// Runs one worker of a stream protocol on `backend` until its drain has closed every
@@ -510,6 +523,7 @@ pub fn run<B: Backend, M: StreamMachine>(
         slots: cfg.max_conns,
         max_conns: cfg.max_conns,
         shutdown_grace: cfg.shutdown_grace,
+        epoch: Instant::now(),
     };
     run_engine(&lc, StreamEngine::new(cfg, backend, new_machine), io)
 }
@@ -522,9 +536,11 @@ pub fn run_engine<E: Engine>(
 ) -> std::result::Result<StreamStats, E::Error> {
     let mut w = Worker {
         conns: Slab::new(cfg.slots),
+        timers: BinaryHeap::new(),
+        due: Vec::new(),
         drain: Drain::new(cfg.shutdown_grace.as_millis() as u64),
-        epoch: Instant::now(),
-        now_ms: 0,
+        epoch: cfg.epoch,
+        now_ms: cfg.epoch.elapsed().as_millis() as u64,
         stats: StreamStats::default(),
         name: cfg.name,
         max_conns: cfg.max_conns,
@@ -536,19 +552,23 @@ pub fn run_engine<E: Engine>(
     }
     engine.start()?;
     engine.accept().0.report(w.name);
-    let tick = engine.tick_interval();
-    let mut last_tick = 0;
+    let interval = engine.wake_interval();
     let mut happenings = Vec::new();
     while !w
         .drain
         .finished(w.conns.len(), engine.acceptors().accepting(), engine.busy())
     {
         let drain_tick = w.drain.stopping().then_some(DRAIN_TICK);
-        let wake = match (tick, drain_tick) {
+        let wake = match (interval, drain_tick) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = timeout_until(engine.acceptors().deadline_ms(), w.now_ms, wake);
+        // Never past an accept pause's end or the earliest connection deadline.
+        let deadline = earliest(
+            engine.acceptors().deadline_ms(),
+            w.timers.peek().map(|t| t.0 .0),
+        );
+        let timeout = timeout_until(deadline, w.now_ms, wake);
         engine.wait(timeout, &mut w.stats)?;
         // The clock, once a turn: what follows sees the time the wait ended.
         w.now_ms = w.epoch.elapsed().as_millis() as u64;
@@ -573,19 +593,27 @@ pub fn run_engine<E: Engine>(
         if w.drain.on_tick(w.now_ms) == Some(DrainAction::Abort) {
             w.each_conn(&mut engine, || Input::Abort)?;
         }
-        if let Some(tick) = tick {
-            if w.now_ms.saturating_sub(last_tick) >= tick.as_millis() as u64 {
-                last_tick = w.now_ms;
-                w.each_conn(&mut engine, || Input::Tick)?;
-            }
-        }
+        w.expire(&mut engine)?;
     }
     engine.finish(&mut w.stats);
     Ok(w.stats)
 }
 
+/// A connection in the loop's table, with the deadline it is filed under.
+struct Entry<C> {
+    conn: C,
+    /// The earliest deadline in `Worker::timers` for it (a later one is filed when this one
+    /// comes); None: none filed.
+    timer: Option<u64>,
+}
+
 struct Worker<'a, C> {
-    conns: Slab<C>,
+    conns: Slab<Entry<C>>,
+    /// Connection deadlines, earliest first: (milliseconds, the connection's token). One
+    /// that no longer matches its entry's `timer` is stale and skipped.
+    timers: BinaryHeap<Reverse<(u64, u64)>>,
+    /// The connections whose deadline has come, being ticked.
+    due: Vec<Token>,
     drain: Drain,
     /// The worker's clock: the drain and the acceptors count milliseconds from here.
     epoch: Instant,
@@ -630,7 +658,11 @@ impl<C> Worker<'_, C> {
         }
         // Not fatal for the connection: Nagle only delays.
         let _ = crate::net::set_nodelay(&sock);
-        let Some((slot, generation)) = self.conns.insert(engine.adopt(sock)) else {
+        let entry = Entry {
+            conn: engine.adopt(sock),
+            timer: None,
+        };
+        let Some((slot, generation)) = self.conns.insert(entry) else {
             // A full table: the connection is dropped, and its socket closed, at once.
             self.admission.release();
             self.stats.rejected += 1;
@@ -640,7 +672,7 @@ impl<C> Worker<'_, C> {
         let registered = self
             .conns
             .get_mut(slot)
-            .is_some_and(|c| engine.register(token, c));
+            .is_some_and(|e| engine.register(token, &mut e.conn));
         if !registered {
             self.conns.remove(slot);
             self.admission.release();
@@ -674,7 +706,7 @@ impl<C> Worker<'_, C> {
         token: Token,
         input: Input<E::Completion>,
     ) -> std::result::Result<(), E::Error> {
-        let Some(conn) = self.conns.get_checked_mut(&token) else {
+        let Some(entry) = self.conns.get_checked_mut(&token) else {
             match input {
                 // Freed since (by an earlier completion of the same batch, a piece of the
                 // same bundle): what it brought goes back. A backend counts the completions
@@ -684,11 +716,62 @@ impl<C> Worker<'_, C> {
             }
             return Ok(());
         };
-        if engine.drive(token, conn, input, &mut self.stats)? {
+        if engine.drive(token, &mut entry.conn, input, &mut self.stats)? {
             self.conns.remove(token.slot);
             self.admission.release();
+            return Ok(());
+        }
+        // Its deadline may have moved: an earlier one is filed now; a later one when the
+        // filed one comes (so that the heap holds about one per connection).
+        if let Some(d) = engine.deadline_ms(&entry.conn) {
+            // One that has passed without closing it (a machine's own clock a hair behind)
+            // is looked at again a millisecond on, not at once and again.
+            let d = d.max(self.now_ms + 1);
+            if entry.timer.map_or(true, |t| d < t) {
+                entry.timer = Some(d);
+                self.timers.push(Reverse((d, token.encode().0)));
+            }
         }
         Ok(())
+    }
+
+    /// Ticks the connections whose deadline has come; files the later deadline of those
+    /// whose filed one has moved on.
+    fn expire<E: Engine<Conn = C>>(&mut self, engine: &mut E) -> std::result::Result<(), E::Error> {
+        let mut due = std::mem::take(&mut self.due);
+        while let Some(&Reverse((d, ud))) = self.timers.peek() {
+            if d > self.now_ms {
+                break;
+            }
+            self.timers.pop();
+            let Ok(token) = Token::decode(UserData(ud)) else {
+                continue;
+            };
+            let Some(entry) = self.conns.get_checked_mut(&token) else {
+                continue;
+            };
+            if entry.timer != Some(d) {
+                // Superseded by an earlier one, already ticked.
+                continue;
+            }
+            entry.timer = None;
+            match engine.deadline_ms(&entry.conn) {
+                Some(later) if later > self.now_ms => {
+                    entry.timer = Some(later);
+                    self.timers.push(Reverse((later, ud)));
+                }
+                Some(_) => due.push(token),
+                None => {}
+            }
+        }
+        let mut result = Ok(());
+        for token in due.drain(..) {
+            if result.is_ok() {
+                result = self.drive(engine, token, Input::Tick);
+            }
+        }
+        self.due = due;
+        result
     }
 }
 
