@@ -64,7 +64,8 @@ pub struct Cell {
 }
 
 /// The matrix, per the benchmark issue: 64 B, 512 B, 4 KiB x 50 and 500 connections closed
-/// loop, and 10,000 connections open loop at 20,000 msgs/s. `quick` keeps it under two minutes.
+/// loop. `quick` keeps it under two minutes. The 10,000-connection open-loop cell runs apart,
+/// in rounds ([`crate::c10k`]).
 pub fn matrix(quick: bool) -> Vec<Cell> {
     if quick {
         return vec![
@@ -95,11 +96,6 @@ pub fn matrix(quick: bool) -> Vec<Cell> {
             });
         }
     }
-    cells.push(Cell {
-        size: 64,
-        conns: 10_000,
-        rate: Some(20_000.0),
-    });
     cells
 }
 
@@ -154,6 +150,10 @@ pub struct Options {
     pub site_only: bool,
     /// Rounds of the site cells.
     pub site_rounds: u32,
+    /// Rounds of the 10,000-connection open-loop cell.
+    pub c10k_rounds: u32,
+    /// Run only the 10,000-connection open-loop cell (`--c10k-only`).
+    pub c10k_only: bool,
 }
 
 /// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
@@ -327,6 +327,60 @@ fn write_report(opts: &Options, report: &str) -> Result<(), String> {
     std::fs::write(opts.out_dir.join("BENCHMARKS.md"), report).map_err(|e| e.to_string())
 }
 
+/// Starts `b`'s server, pinned; None for a server already running at an address.
+pub(crate) fn start_backend(
+    server_bin: &Path,
+    b: &Backend,
+) -> Result<Option<RunningServer>, String> {
+    Ok(match &b.server {
+        Server::Echo(args) => Some(start_server(server_bin, args)?),
+        Server::Command(command) | Server::Peer(command) => {
+            Some(start_command(command).map_err(|e| format!("{}: {e}", b.name))?)
+        }
+        Server::Address(_) => None,
+    })
+}
+
+/// Runs `cell` against `b` (its server from [`start_backend`]) and prints a line of progress.
+pub(crate) fn measure(
+    b: &Backend,
+    server: Option<&RunningServer>,
+    cell: &Cell,
+    duration: Duration,
+    warmup: Duration,
+) -> Result<echo::Outcome, String> {
+    let addr = match (&b.server, server) {
+        (Server::Address(addr), _) => *addr,
+        (_, Some(s)) => s.addr,
+        // start_backend starts every server that is not at an address.
+        (_, None) => unreachable!("backend {} has no server", b.name),
+    };
+    let cfg = echo::Config {
+        addr,
+        conns: cell.conns,
+        size: cell.size,
+        depth: 1,
+        rate: cell.rate,
+        duration,
+        warmup,
+        threads: 1,
+        server_pid: server.map(RunningServer::pid),
+        count_syscalls: true,
+    };
+    let outcome = echo::run(&cfg).map_err(|e| format!("{} {cell:?}: {e}", b.name))?;
+    eprintln!(
+        "{:>12} {:>5} B x {:>5} {}: {:>9} msgs/s p99 {:>7.0} µs errors {}",
+        b.name,
+        cell.size,
+        cell.conns,
+        cell.rate.map_or("closed".into(), |r| format!("open@{r}")),
+        thousands(outcome.msgs_per_sec()),
+        outcome.latency.p99_us,
+        outcome.errors
+    );
+    Ok(outcome)
+}
+
 /// Runs the comparison and writes the report; returns the rows.
 pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
     pin_generator();
@@ -350,50 +404,40 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         }
         return Ok(Vec::new());
     }
+    let c10k_window = crate::c10k::Window {
+        rounds: opts.c10k_rounds,
+        // --quick keeps the run's own short window: a smoke test of the cell, not a figure.
+        duration: if opts.quick {
+            opts.duration
+        } else {
+            crate::c10k::DURATION
+        },
+        warmup: if opts.quick {
+            opts.warmup
+        } else {
+            crate::c10k::WARMUP
+        },
+    };
+    if opts.c10k_only {
+        let c10k = crate::c10k::run(&opts.server_bin, &opts.backends, c10k_window)?;
+        let report = format!(
+            "# Ringwork echo benchmark: 10,000 connections, open loop\n\nProduced by `{}`.\n\n\
+             Machine: {}.\n{}",
+            opts.command_line,
+            machine_line(),
+            crate::c10k::section(&c10k)
+        );
+        write_report(opts, &report)?;
+        return Ok(c10k.rows());
+    }
     let mut servers = Vec::new();
     for b in &opts.backends {
-        let s = match &b.server {
-            Server::Echo(args) => Some(start_server(&opts.server_bin, args)?),
-            Server::Command(command) | Server::Peer(command) => {
-                Some(start_command(command).map_err(|e| format!("{}: {e}", b.name))?)
-            }
-            Server::Address(_) => None,
-        };
-        servers.push(s);
+        servers.push(start_backend(&opts.server_bin, b)?);
     }
     let mut rows = Vec::new();
     for cell in &opts.cells {
         for (b, s) in opts.backends.iter().zip(&servers) {
-            let addr = match (&b.server, s) {
-                (Server::Address(addr), _) => *addr,
-                (_, Some(s)) => s.addr,
-                // Every other server was started above.
-                (_, None) => unreachable!("backend {} has no server", b.name),
-            };
-            let pid = s.as_ref().map(RunningServer::pid);
-            let cfg = echo::Config {
-                addr,
-                conns: cell.conns,
-                size: cell.size,
-                depth: 1,
-                rate: cell.rate,
-                duration: opts.duration,
-                warmup: opts.warmup,
-                threads: 1,
-                server_pid: pid,
-                count_syscalls: true,
-            };
-            let outcome = echo::run(&cfg).map_err(|e| format!("{} {cell:?}: {e}", b.name))?;
-            eprintln!(
-                "{:>12} {:>5} B x {:>5} {}: {:>9} msgs/s p99 {:>7.0} µs errors {}",
-                b.name,
-                cell.size,
-                cell.conns,
-                cell.rate.map_or("closed".into(), |r| format!("open@{r}")),
-                thousands(outcome.msgs_per_sec()),
-                outcome.latency.p99_us,
-                outcome.errors
-            );
+            let outcome = measure(b, s.as_ref(), cell, opts.duration, opts.warmup)?;
             rows.push(Row {
                 backend: b.name.clone(),
                 cell: *cell,
@@ -402,7 +446,9 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
         }
     }
     drop(servers);
-    let mut report = report(opts, &rows);
+    let c10k = crate::c10k::run(&opts.server_bin, &opts.backends, c10k_window)?;
+    let mut report = report(opts, &rows, Some(&c10k));
+    rows.extend(c10k.rows());
     let mut file_errors = 0;
     if let Some(files_bin) = &opts.files_bin {
         report.push_str(&crate::workloads::file_heavy(opts.duration, opts.quick)?);
@@ -435,8 +481,9 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// The Markdown report.
-pub fn report(opts: &Options, rows: &[Row]) -> String {
+/// The Markdown report: the matrix's rows, then the 10,000-connection cell's rounds when
+/// they ran.
+pub fn report(opts: &Options, rows: &[Row], c10k: Option<&crate::c10k::Section>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Ringwork echo benchmark: io_uring against epoll\n");
     let _ = writeln!(s, "Produced by `{}`.\n", opts.command_line);
@@ -556,6 +603,9 @@ pub fn report(opts: &Options, rows: &[Row]) -> String {
         );
         let _ = writeln!(s, "| --- | ---: | ---: |");
         s.push_str(&ratio_lines);
+    }
+    if let Some(c10k) = c10k {
+        s.push_str(&crate::c10k::section(c10k));
     }
     s.push_str(&others_table(opts, rows));
     let _ = writeln!(
@@ -834,8 +884,8 @@ fn esc(s: &str) -> String {
 /// `ringwork-bench compare`'s options.
 #[derive(clap::Args)]
 pub struct Args {
-    /// A small matrix (three echo cells; with --files, smaller file workloads) that
-    /// finishes in under two minutes.
+    /// A small matrix (three echo cells, one short round of the 10,000-connection cell;
+    /// with --files, smaller file workloads) that finishes in under two minutes.
     #[arg(long)]
     quick: bool,
     /// Measured seconds per cell [default: 5; 2 with --quick].
@@ -882,6 +932,15 @@ pub struct Args {
     /// Rounds of the site cells [default: 3; 1 with --quick].
     #[arg(long, value_name = "N")]
     site_rounds: Option<u32>,
+    /// Rounds of the 10,000-connection open-loop echo cell (64 B at 20,000 msgs/s), the
+    /// backends alternated within each; each round measures 5 s after 1 s of warm-up
+    /// whatever --duration says (--quick: the run's --duration and --warmup) [default: 3; 1
+    /// with --quick].
+    #[arg(long, value_name = "N")]
+    c10k_rounds: Option<u32>,
+    /// Run only the 10,000-connection open-loop echo cell: no other echo, file or site cells.
+    #[arg(long, conflicts_with_all = ["site_only", "files"])]
+    c10k_only: bool,
 }
 
 /// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
@@ -934,6 +993,8 @@ pub fn run_command(args: Args) -> Result<(), String> {
         site: args.site,
         site_only: args.site_only,
         site_rounds: args.site_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        c10k_rounds: args.c10k_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
+        c10k_only: args.c10k_only,
         command_line: std::env::args()
             .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
             .collect::<Vec<_>>()
@@ -1002,6 +1063,8 @@ mod tests {
             site: None,
             site_only: false,
             site_rounds: 1,
+            c10k_rounds: 1,
+            c10k_only: false,
         }
     }
 
@@ -1013,7 +1076,7 @@ mod tests {
             row("uring", 500, 90_000, 450),
             row("epoll", 500, 70_000, 700),
         ];
-        let r = report(&opts(), &rows);
+        let r = report(&opts(), &rows, None);
         assert_eq!(r.lines().filter(|l| l.starts_with("| uring |")).count(), 2);
         assert_eq!(r.lines().filter(|l| l.starts_with("| epoll |")).count(), 2);
         // uring: 500 ms / 100,000 msgs = 5 µs; epoll: 800 ms / 80,000 = 10 µs: ratio 0.50x.
@@ -1092,7 +1155,7 @@ mod tests {
             row("epoll", 50, 80_000, 800),
             row("tokio", 50, 50_000, 1000),
         ];
-        let r = report(&o, &rows);
+        let r = report(&o, &rows, None);
         assert!(r.contains("## uring / other servers"), "{r}");
         // uring 5 µs/msg, tokio 20 µs/msg.
         assert!(
@@ -1100,6 +1163,6 @@ mod tests {
             "{r}"
         );
         assert!(r.contains("tokio: started as `true {port}`"), "{r}");
-        assert!(!report(&opts(), &rows[..2]).contains("other servers"));
+        assert!(!report(&opts(), &rows[..2], None).contains("other servers"));
     }
 }

@@ -32,6 +32,9 @@ use crate::stats::{
 const PERIOD: usize = 65_521;
 /// Largest single read or write.
 const CHUNK: usize = 64 * 1024;
+/// An open-loop send this far behind its scheduled time is counted as late
+/// ([`Outcome::sent_late`]): a tenth of the 10 ms p99 criterion of the 10,000-connection cell.
+pub const LATE: Duration = Duration::from_millis(1);
 
 /// How to load the server.
 #[derive(Clone, Debug)]
@@ -79,6 +82,12 @@ pub struct Outcome {
     pub size: usize,
     /// Server (syscalls, io_uring_enter calls) during the window, when counted.
     pub server_syscalls: Option<(u64, u64)>,
+    /// Open loop: how far each send of the measured window fell behind its scheduled time
+    /// (the clock read just after the send, less the schedule): the generator's own lag,
+    /// which the latency (taken from the schedule) includes. Empty in a closed loop.
+    pub send_lag: Latency,
+    /// Open loop: sends of the measured window more than [`LATE`] behind their schedule.
+    pub sent_late: u64,
 }
 
 impl Outcome {
@@ -99,11 +108,22 @@ impl Outcome {
             .map(|(all, enters)| (all as f64 / msgs, enters as f64 / msgs))
     }
 
+    /// The share of the measured window's open-loop sends that were more than [`LATE`]
+    /// behind their schedule, 0 to 1; None in a closed loop.
+    pub fn late_share(&self) -> Option<f64> {
+        (self.send_lag.count > 0).then(|| self.sent_late as f64 / self.send_lag.count as f64)
+    }
+
+    /// The generator's CPU time over the window as a share of one CPU (1.0: a whole CPU).
+    pub fn client_cpu_share(&self) -> f64 {
+        self.client_cpu.as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
     /// JSON object text.
     pub fn json(&self) -> String {
         let per_msg = self.server_syscalls_per_msg();
         format!(
-            "{{\"msgs\":{},\"secs\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"reconnects\":{},\"client_cpu_s\":{:.3},\"server_cpu_s\":{},\"server_us_per_msg\":{},\"server_syscalls_per_msg\":{},\"server_enters_per_msg\":{}}}",
+            "{{\"msgs\":{},\"secs\":{:.3},\"msgs_per_s\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"reconnects\":{},\"client_cpu_s\":{:.3},\"server_cpu_s\":{},\"server_us_per_msg\":{},\"server_syscalls_per_msg\":{},\"server_enters_per_msg\":{},\"send_lag\":{},\"sent_late\":{}}}",
             self.msgs,
             self.elapsed.as_secs_f64(),
             self.msgs_per_sec(),
@@ -116,6 +136,8 @@ impl Outcome {
             self.server_us_per_msg().map_or("null".into(), |c| format!("{c:.3}")),
             per_msg.map_or("null".into(), |p| format!("{:.4}", p.0)),
             per_msg.map_or("null".into(), |p| format!("{:.4}", p.1)),
+            self.send_lag.json(),
+            self.sent_late,
         )
     }
 
@@ -138,7 +160,22 @@ impl Outcome {
             self.client_cpu.as_secs_f64(),
             self.errors,
             self.reconnects,
-        )
+        ) + &self.lag_line()
+    }
+
+    /// Open loop: the generator's lag behind its schedule, one line; empty in a closed loop.
+    fn lag_line(&self) -> String {
+        match self.late_share() {
+            Some(late) => format!(
+                "\nSend lag (send time less scheduled time): p99 {:.0} µs, max {:.0} µs; {:.2}% of \
+                 sends more than {} ms late.\n",
+                self.send_lag.p99_us,
+                self.send_lag.max_us,
+                late * 100.0,
+                LATE.as_millis()
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -238,6 +275,8 @@ fn connect(addr: SocketAddr, index: usize, phase_seed: usize) -> std::io::Result
 struct ThreadResult {
     msgs: u64,
     hist: Histogram<u64>,
+    /// Open loop: each measured send's lag behind its schedule, in ns.
+    send_lag: Histogram<u64>,
     errors: u64,
     reconnects: u64,
 }
@@ -298,15 +337,27 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
     };
     out.server_syscalls = perf.and_then(|h| h.join().ok().flatten());
     let mut hist = latency_histogram();
+    let mut send_lag = latency_histogram();
     for h in handles {
         let r = h.join().map_err(|_| "load thread panicked")??;
         out.msgs += r.msgs;
         out.errors += r.errors;
         out.reconnects += r.reconnects;
         hist.add(&r.hist).map_err(|e| e.to_string())?;
+        send_lag.add(&r.send_lag).map_err(|e| e.to_string())?;
     }
     out.latency = Latency::from_histogram(&hist);
+    out.send_lag = Latency::from_histogram(&send_lag);
+    out.sent_late = late_count(&send_lag);
     Ok(out)
+}
+
+/// Recorded lags (ns) above [`LATE`].
+fn late_count(send_lag: &Histogram<u64>) -> u64 {
+    let late_ns = LATE.as_nanos() as u64;
+    // count_between is inclusive and works on the histogram's buckets: exact to its 3
+    // significant digits, which is all a share of late sends needs.
+    send_lag.count_between(late_ns + 1, send_lag.high())
 }
 
 /// What every connection of a load thread sends and how its echoes are counted; fixed for
@@ -363,6 +414,7 @@ fn drive(
     let mut result = ThreadResult {
         msgs: 0,
         hist: latency_histogram(),
+        send_lag: latency_histogram(),
         errors: 0,
         reconnects: 0,
     };
@@ -422,6 +474,12 @@ fn drive(
                     c.broken = true;
                     broken.push(i);
                     result.errors += 1;
+                } else if due >= plan.warm_end {
+                    // One clock read per send (tens of ns, against microseconds of syscalls
+                    // per message): how far the generator itself fell behind. A message
+                    // whose send met a full socket buffer counts from the partial write.
+                    let lag = Instant::now().saturating_duration_since(due);
+                    let _ = result.send_lag.record(lag.as_nanos().max(1) as u64);
                 }
             }
         }
@@ -713,6 +771,36 @@ mod tests {
         assert_eq!(out.errors, 0);
         // 2,000/s for 0.5 s is 1,000 messages; allow for edges of the window.
         assert!((800..=1200).contains(&out.msgs), "{} messages", out.msgs);
+        // Every measured send has its lag; the schedule is easy at this rate.
+        assert!(
+            (800..=1200).contains(&out.send_lag.count),
+            "{:?}",
+            out.send_lag
+        );
+        assert!(out.late_share().is_some());
+        assert!(out.table().contains("Send lag"), "{}", out.table());
+    }
+
+    #[test]
+    fn closed_loop_has_no_send_lag() {
+        let out = Outcome::default();
+        assert_eq!(out.late_share(), None);
+        assert!(!out.table().contains("Send lag"));
+    }
+
+    #[test]
+    fn late_sends_are_those_past_a_millisecond() {
+        let mut h = latency_histogram();
+        for us in [10u64, 500, 999, 1_500, 40_000] {
+            h.record(us * 1000).unwrap();
+        }
+        assert_eq!(late_count(&h), 2);
+        let out = Outcome {
+            send_lag: Latency::from_histogram(&h),
+            sent_late: late_count(&h),
+            ..Default::default()
+        };
+        assert_eq!(out.late_share(), Some(0.4));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use clap::{Parser, Subcommand};
 
+mod c10k;
 mod compare;
 mod drain;
 mod echo;

@@ -23,7 +23,7 @@ use ringwork_harness::server::{free_port, START_TIMEOUT};
 use crate::compare::{server_cpu, spawn_on_server_cpu, start_server, RunningServer};
 use crate::http;
 use crate::site::Order;
-use crate::stats::{median_index, spread_cell, thousands, Spread};
+use crate::stats::{load_average, median_index, spread_cell, thousands, Spread};
 
 /// The files served: (name, size).
 pub const FILES: [(&str, usize); 2] = [("small.bin", 4096), ("large.bin", 1 << 20)];
@@ -516,16 +516,6 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
         master_kib: master,
         errors,
     })
-}
-
-/// The 1-minute load average: how much other work shared the CPUs.
-pub(crate) fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// Median requests/s and server CPU per request over a cell's runs, and its median run.

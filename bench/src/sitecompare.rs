@@ -20,11 +20,10 @@ use ringwork_harness::server::stat;
 use crate::compare::{server_cpu, start_server};
 use crate::http;
 use crate::nginx::{
-    files_args, load_average, nginx_version, usable_nginx, Nginx, Server, TempDir, FILES_NAME,
-    NGINX_NAME,
+    files_args, nginx_version, usable_nginx, Nginx, Server, TempDir, FILES_NAME, NGINX_NAME,
 };
 use crate::site::{Order, SizeStats};
-use crate::stats::{median_index, spread_cell, thousands, Spread};
+use crate::stats::{load_average, median_index, spread_cell, thousands, Spread};
 
 /// Keep-alive connections in every site cell.
 pub const SITE_CONNS: usize = 100;

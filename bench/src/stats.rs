@@ -91,6 +91,16 @@ pub fn machine_line() -> String {
     s
 }
 
+/// The 1-minute load average: how much other work shared the CPUs.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The median of repeated measurements and how far they spread.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Spread {
