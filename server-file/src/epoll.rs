@@ -6,7 +6,8 @@
 //! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close,
 //! and the cancel and shutdown requests) runs synchronously and its completion is fed straight
 //! back. A connection is removed (its socket closed) on HttpConn's `Op::Free`. Timeouts come
-//! from the loop's ticks.
+//! from the loop, which ticks a connection when its deadline (`HttpConn::next_deadline_ms`)
+//! comes.
 //!
 //! Fairness: a connection answers at most one request per turn of the loop. The receive for
 //! its next request is not performed inline but deferred to the run queue, which is served

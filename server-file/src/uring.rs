@@ -69,8 +69,9 @@
 //!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
 //!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
 //!   short under it fails the send (EFAULT) and closes that connection.
-//! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which wakes it for
-//!   HttpConn's ticks; the clock is read once per batch of completions.
+//! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which ends at the
+//!   earliest connection deadline (`HttpConn::next_deadline_ms`); the clock is read once per
+//!   batch of completions.
 //! - io-wq: at most `IOWQ_WORKERS` workers of each kind per ring.
 //! - Stopping (SIGINT/SIGTERM, relayed by the main thread as the stop notice, polled on the
 //!   ring): the loop's graceful drain. The acceptor cancels its accept and closes the

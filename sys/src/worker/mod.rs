@@ -13,8 +13,9 @@
 //! [`run_engine`] is the same loop for any [`Engine`]: [`run`] gives it a [`StreamEngine`]
 //! (a [`Backend`] with a [`StreamMachine`] per connection); a server whose connections do
 //! more than stream I/O (ringwork-files' stats, opens and reads) brings an engine of its own
-//! per backend and keeps the table, admission, the wait, the stop, the drain and the ticks
-//! from here.
+//! per backend and keeps the table, admission, the wait, the stop, the drain and the
+//! deadlines from here: each connection is ticked when the deadline its engine reports
+//! ([`Engine::deadline_ms`]) comes, from a heap, never all of them at once.
 //!
 //! What the loop does not do: decide. When to receive, what to send, when a buffer goes back
 //! and when a connection is freed are the machine's; the loop performs its operations in the
