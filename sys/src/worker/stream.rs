@@ -28,8 +28,8 @@ pub struct StreamEngine<B, F> {
     chunks: ChunkQueues,
     /// Connections whose receive found no buffer, to wake once buffers are back.
     starved: Starved,
-    /// The connections being woken this turn.
-    woken: VecDeque<Token>,
+    /// The connections being woken this turn, the next last (the buffer is reused).
+    woken: Vec<Token>,
     /// Events a connection's operations produced at once, fed back in order.
     events: VecDeque<Event>,
     name: &'static str,
@@ -43,7 +43,7 @@ impl<B: Backend, F> StreamEngine<B, F> {
             new_machine,
             chunks: ChunkQueues::new(chunk_table_size(cfg)),
             starved: Starved::new(cfg.max_conns),
-            woken: VecDeque::new(),
+            woken: Vec::new(),
             events: VecDeque::new(),
             name: cfg.name,
         }
@@ -201,15 +201,15 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
     fn end_of_turn(&mut self, _stopping: bool, _stats: &mut StreamStats) -> Result<()> {
         self.backend.end_of_batch()?;
         if !self.starved.is_empty() {
-            let mut woken = Vec::new();
-            self.starved.wake(self.backend.can_rearm(), &mut woken);
-            self.woken.extend(woken);
+            self.starved.wake(self.backend.can_rearm(), &mut self.woken);
+            // Popped from the end: woken in the order the wait gave.
+            self.woken.reverse();
         }
         Ok(())
     }
 
     fn next_wake(&mut self) -> Option<Token> {
-        self.woken.pop_front()
+        self.woken.pop()
     }
 
     fn accept(&mut self) -> AcceptParts<'_, B::Accept> {
