@@ -426,7 +426,7 @@ impl Engine for UringEngine<'_> {
 
     fn harvest(
         &mut self,
-        live: &dyn Fn(&Token) -> bool,
+        _: &dyn Fn(&Token) -> bool,
         open: usize,
         now_ms: u64,
         out: &mut Vec<Happening<Completion>>,
@@ -439,7 +439,7 @@ impl Engine for UringEngine<'_> {
         self.accepted = 0;
         let mut result = Ok(());
         for cqe in cqes.drain(..) {
-            result = self.on_cqe(cqe, live, open, now_ms, out);
+            result = self.on_cqe(cqe, open, now_ms, out);
             if result.is_err() {
                 break;
             }
@@ -604,7 +604,6 @@ impl UringEngine<'_> {
     fn on_cqe(
         &mut self,
         mut cqe: ringwork_sys::Cqe,
-        live: &dyn Fn(&Token) -> bool,
         open: usize,
         now_ms: u64,
         out: &mut Vec<Happening<Completion>>,
@@ -676,10 +675,7 @@ impl UringEngine<'_> {
             mem,
             head,
         };
-        if !live(&token) {
-            self.stale(done, &mut StreamStats::default());
-            return Ok(());
-        }
+        // A completion for a connection freed since comes back through `Engine::stale`.
         out.push(Happening::Drive(token, done));
         Ok(())
     }
