@@ -248,11 +248,6 @@ impl FileConn {
         &mut self.http
     }
 
-    /// The connection's file is cache entry `EntryIx`'s.
-    pub fn entry(&self) -> Option<EntryIx> {
-        self.cache.entry()
-    }
-
     /// Whether chunk buffer `buf` is leased.
     pub fn holds(&self, buf: BufIx) -> bool {
         self.held[usize::from(buf.0)]
