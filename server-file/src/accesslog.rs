@@ -238,12 +238,6 @@ fn unix_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The peer's address of an accepted socket, for its log lines.
-pub fn peer_ip(sock: impl AsFd) -> Option<IpAddr> {
-    let addr = rustix::net::getpeername(sock).ok()??;
-    std::net::SocketAddr::try_from(addr).ok().map(|a| a.ip())
-}
-
 /// One combined-format line after the client's address, newline included.
 fn format_line(out: &mut Vec<u8>, date: &[u8; 26], e: &LogEntry<'_>) {
     out.extend_from_slice(b" - - [");

@@ -1,14 +1,14 @@
 //! ringwork-files: an HTTP/1.1 static file server.
 //!
-//! Every protocol decision is `ringwork_core::httpconn::HttpConn`'s; this binary parses the
-//! command line, binds the listeners (one per thread, SO_REUSEPORT) and runs one of two
-//! drivers that perform the operations HttpConn describes: io_uring ([`uring`]) or epoll
-//! ([`epoll`]).
+//! Every protocol decision is `ringwork_core::httpconn::HttpConn`'s, every file decision
+//! `ringwork_core::filesvc::FileService`'s; this binary parses the command line, binds the
+//! listeners (one per thread, SO_REUSEPORT) and runs a worker per thread on one of the two
+//! file engines of `ringwork_sys::files` (io_uring or epoll), which perform what those
+//! describe. It adds its access log and counters ([`hooks`]).
 #![forbid(unsafe_code)]
 
 mod accesslog;
-mod epoll;
-mod uring;
+mod hooks;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -16,19 +16,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use ringwork_core::file::Alignment;
-use ringwork_core::filecache::{CacheConfig, FileId};
+use ringwork_core::filecache::CacheConfig;
 use ringwork_core::http::Limits;
-use ringwork_core::httpconn::{Config, FileInfo, FileKind, Time};
+use ringwork_core::httpconn::Config;
 use ringwork_sys::backend::{Backend, BackendRequest};
-use ringwork_sys::driver::StartGate;
+use ringwork_sys::driver::ServerRingConfig;
+use ringwork_sys::files::{self, FileBackend, FileStats, FilesConfig, UringSetup};
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::worker::{run_engine, Admission, Crew, Engine, LoopConfig, WorkerIo};
-use rustix::fd::OwnedFd;
-use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
+use ringwork_sys::worker::Crew;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::OFlags;
 
 /// Serve a directory over HTTP/1.1 (GET, HEAD, single ranges, keep-alive).
 #[derive(Parser, Debug, Clone)]
@@ -158,31 +158,6 @@ enum BackendArg {
     Epoll,
 }
 
-/// How the io_uring backend sets up its rings and which of its features it uses.
-#[derive(Clone, Copy, Debug)]
-struct UringConfig {
-    sq_entries: u32,
-    /// SQPOLL, when asked for (and not disabled).
-    sqpoll: Option<ringwork_sys::SqPoll>,
-    /// How completion work reaches the worker (falling back while the kernel refuses).
-    task_run: ringwork_sys::TaskRun,
-    /// Kernel features left unused so that their fallbacks run (`--disable cancel-fd`).
-    legacy: ringwork_sys::LegacyFeatures,
-    features: Features,
-}
-
-impl Default for UringConfig {
-    fn default() -> Self {
-        Self {
-            sq_entries: 1024,
-            sqpoll: None,
-            task_run: ringwork_sys::TaskRun::Defer,
-            legacy: ringwork_sys::LegacyFeatures::default(),
-            features: Features::default(),
-        }
-    }
-}
-
 /// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
 /// kernels where the feature misbehaves: PITFALLS.md, "Kernels differ, and have bugs in the
 /// edges"). The names are ringwork-echo's where
@@ -220,28 +195,6 @@ enum Feature {
     CancelFd,
 }
 
-/// Which io_uring features the backend uses (each probed; `--disable` forces the fallback).
-#[derive(Clone, Copy, Debug)]
-struct Features {
-    multishot_accept: bool,
-    fixed_files: bool,
-    fixed_buffers: bool,
-    links: bool,
-    pbuf_ring: bool,
-}
-
-impl Default for Features {
-    fn default() -> Self {
-        Self {
-            multishot_accept: true,
-            fixed_files: true,
-            fixed_buffers: true,
-            links: true,
-            pbuf_ring: true,
-        }
-    }
-}
-
 /// What every worker thread shares.
 struct Shared {
     root: OwnedFd,
@@ -251,7 +204,7 @@ struct Shared {
     max_conns: u32,
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
     chunk_buffers: u16,
-    uring: UringConfig,
+    uring: UringSetup,
     /// Each worker's open-file cache.
     cache: CacheConfig,
     /// The drain's grace period (`--shutdown-grace-ms`).
@@ -338,6 +291,18 @@ impl Stats {
     }
 
     /// Adds what a worker's file service and its open-file cache counted.
+    fn add_files(&self, st: &FileStats) {
+        Self::add(&self.enters, st.enters);
+        Self::add(&self.cq_overflows, st.cq_overflows);
+        Self::add(&self.busy_retries, st.busy_retries);
+        Self::add(&self.link_cancels, st.link_cancels);
+        Self::add(&self.zc_notifs, st.zc_notifs);
+        Self::add(&self.zc_copied, st.zc_copied);
+        Self::add(&self.file_sends, st.file_sends);
+        Self::add(&self.file_cold, st.file_cold);
+        Self::add(&self.refused, st.refused);
+    }
+
     fn add_service(&self, svc: &ringwork_core::filesvc::FileService) {
         let (c, s) = (svc.cache_stats(), svc.stats());
         Self::add(&self.cache_hits, c.hits);
@@ -353,125 +318,19 @@ impl Stats {
     }
 }
 
-/// What became of a completion reported to a connection through its checked door
-/// (`HttpConn::on_event`): one that cannot happen in its state (a bug, here or in the kernel)
-/// is refused, said on stderr and counted, and the connection goes on unchanged.
-fn checked(shared: &Shared, r: Result<(), ringwork_core::conn::ConnError>) {
-    if let Err(e) = r {
-        eprintln!("ringwork-files: {e}");
-        Stats::add(&shared.stats.refused, 1);
-    }
-}
-
-/// What a worker's engine fails with: a message for stderr.
-#[derive(Debug)]
-struct Failure(String);
-
-impl From<String> for Failure {
-    fn from(s: String) -> Self {
-        Failure(s)
-    }
-}
-
-impl From<ringwork_sys::Error> for Failure {
-    fn from(e: ringwork_sys::Error) -> Self {
-        Failure(e.to_string())
-    }
-}
-
-/// Runs one worker's `engine` (io_uring or epoll) on the worker loop every Ringwork server
-/// shares (`ringwork_sys::worker::run_engine`): the connection table, admission (per
-/// thread: `--max-conns` is per thread), the wait, ticks, the stop and the drain.
-fn serve_worker<E: Engine<Error = Failure>>(
-    shared: &Shared,
-    engine: E,
-    gate: &StartGate,
-) -> Result<(), String> {
-    let slots = shared.max_conns as usize;
-    let cfg = LoopConfig {
-        name: "ringwork-files",
-        slots,
-        max_conns: slots,
-        shutdown_grace: shared.shutdown_grace,
-        // HttpConn's deadlines are on the workers' clock (`Shared::now`).
-        epoch: shared.start,
-    };
-    let admission = Admission::default();
-    let io = WorkerIo {
-        admission: &admission,
-        gate,
-    };
-    run_engine(&cfg, engine, io).map(|_| ()).map_err(|e| e.0)
-}
-
 impl Shared {
-    fn now(&self) -> Time {
-        Time {
-            mono_ms: self.start.elapsed().as_millis() as u64,
-            unix_secs: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
-        }
-    }
-}
-
-/// The statx fields HttpConn needs.
-fn file_info(stx: &Statx) -> FileInfo {
-    let kind = match FileType::from_raw_mode(u32::from(stx.stx_mode)) {
-        FileType::RegularFile => FileKind::Regular,
-        FileType::Directory => FileKind::Directory,
-        _ => FileKind::Other,
-    };
-    let (mem, offset) = (stx.stx_dio_mem_align, stx.stx_dio_offset_align);
-    let dio = (mem != 0 && offset != 0 && mem.is_power_of_two() && offset.is_power_of_two())
-        .then_some(Alignment { mem, offset });
-    FileInfo {
-        kind,
-        size: stx.stx_size,
-        mtime_secs: u64::try_from(stx.stx_mtime.tv_sec).unwrap_or(0),
-        dio,
-    }
-}
-
-/// What both drivers ask statx for: what HttpConn needs, and the inode for the cache.
-const STATX_MASK: StatxFlags = StatxFlags::TYPE
-    .union(StatxFlags::SIZE)
-    .union(StatxFlags::MTIME)
-    .union(StatxFlags::INO)
-    .union(StatxFlags::DIOALIGN);
-
-/// What identifies the file a statx describes, and its version, for the open-file cache.
-fn file_id(stx: &Statx) -> FileId {
-    let t = stx.stx_mtime;
-    FileId {
-        dev: u64::from(stx.stx_dev_major) << 32 | u64::from(stx.stx_dev_minor),
-        ino: stx.stx_ino,
-        mtime_ns: (t.tv_sec as u64)
-            .wrapping_mul(1_000_000_000)
-            .wrapping_add(u64::from(t.tv_nsec)),
-    }
-}
-
-/// The open flags and resolve flags for serving a file: read-only, beneath the root.
-fn open_flags(direct: bool) -> (OFlags, ResolveFlags) {
-    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC;
-    if direct {
-        flags |= OFlags::DIRECT;
-    }
-    (flags, ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
-}
-
-/// Says once per thread whether `--direct` takes effect, so a person knows which path served.
-fn note_direct(said: &mut bool, requested: bool, direct: bool) {
-    if requested && !*said {
-        *said = true;
-        if direct {
-            println!("O_DIRECT in use (statx reports alignments that fit the chunk size)");
-        } else {
-            println!(
-                "O_DIRECT requested but not used: statx reports no usable O_DIRECT alignment \
-                 (STATX_DIOALIGN) for a file, or it does not divide the chunk size; serving buffered"
-            );
+    /// What the file engines serve and how.
+    fn files(&self) -> FilesConfig<'_> {
+        FilesConfig {
+            name: "ringwork-files",
+            root: self.root.as_fd(),
+            http: self.cfg,
+            cache: self.cache,
+            max_conns: self.max_conns,
+            chunk_buffers: self.chunk_buffers,
+            uring: self.uring,
+            shutdown_grace: self.shutdown_grace,
+            epoch: self.start,
         }
     }
 }
@@ -571,9 +430,16 @@ fn run(args: Args) -> Result<(), String> {
 
     let crew = {
         let shared = Arc::clone(&shared);
-        Crew::start("files", listeners.per_thread, move |start| match backend {
-            Backend::Uring => uring::run(&shared, start),
-            Backend::Epoll => epoll::run(&shared, start),
+        let backend = match backend {
+            Backend::Uring => FileBackend::Uring,
+            Backend::Epoll => FileBackend::Epoll,
+        };
+        Crew::start("files", listeners.per_thread, move |start| {
+            // Accept only once every worker has its ring (`serve` waits at the gate):
+            // connections accepted here must not take the descriptors another worker's
+            // io_uring_setup needs.
+            let hooks = hooks::Hooks::new(&shared);
+            files::serve(&shared.files(), backend, hooks, start).map_err(|e| e.to_string())
         })
         .map_err(|e| e.to_string())?
     };
@@ -703,32 +569,32 @@ fn check_flags(args: &Args, backend: Backend) -> Result<(), String> {
 
 /// How the io_uring backend sets up its rings (a disabled feature wins over the flag that
 /// asks for it).
-fn uring_config(args: &Args) -> UringConfig {
+fn uring_config(args: &Args) -> UringSetup {
     let disabled = |f| args.disable.contains(&f);
-    UringConfig {
-        sq_entries: args.sq_entries,
-        sqpoll: args
-            .sqpoll
-            .filter(|_| !disabled(Feature::Sqpoll))
-            .map(|idle_ms| ringwork_sys::SqPoll {
-                idle_ms,
-                cpu: args.sqpoll_cpu,
-            }),
-        task_run: ringwork_sys::TaskRun::allowed(
-            !disabled(Feature::DeferTaskrun),
-            !disabled(Feature::CoopTaskrun),
-        ),
-        legacy: ringwork_sys::LegacyFeatures {
-            no_cancel_fd: disabled(Feature::CancelFd),
-            ..Default::default()
+    UringSetup {
+        ring: ServerRingConfig {
+            sq_entries: args.sq_entries,
+            sqpoll: args
+                .sqpoll
+                .filter(|_| !disabled(Feature::Sqpoll))
+                .map(|idle_ms| ringwork_sys::SqPoll {
+                    idle_ms,
+                    cpu: args.sqpoll_cpu,
+                }),
+            task_run: ringwork_sys::TaskRun::allowed(
+                !disabled(Feature::DeferTaskrun),
+                !disabled(Feature::CoopTaskrun),
+            ),
+            legacy: ringwork_sys::LegacyFeatures {
+                no_cancel_fd: disabled(Feature::CancelFd),
+                ..Default::default()
+            },
         },
-        features: Features {
-            multishot_accept: !disabled(Feature::MultishotAccept),
-            fixed_files: !disabled(Feature::FixedFiles),
-            fixed_buffers: !disabled(Feature::FixedBuffers),
-            links: !disabled(Feature::Links),
-            pbuf_ring: !disabled(Feature::PbufRing),
-        },
+        multishot_accept: !disabled(Feature::MultishotAccept),
+        fixed_files: !disabled(Feature::FixedFiles),
+        fixed_buffers: !disabled(Feature::FixedBuffers),
+        links: !disabled(Feature::Links),
+        pbuf_ring: !disabled(Feature::PbufRing),
     }
 }
 
@@ -763,8 +629,8 @@ fn choose_backend(args: &Args) -> Result<Backend, String> {
         BackendArg::Uring => BackendRequest::Uring,
         BackendArg::Epoll => BackendRequest::Epoll,
     };
-    let chosen =
-        ringwork_sys::backend::choose(request, &uring::REQUIRED).map_err(|e| e.to_string())?;
+    let chosen = ringwork_sys::backend::choose(request, &files::uring::REQUIRED)
+        .map_err(|e| e.to_string())?;
     if let Some(note) = chosen.note() {
         let uring_only = [
             ("--sqpoll", args.sqpoll.is_some()),

@@ -51,6 +51,10 @@ pub enum Error {
         /// The CPU the poller was to be pinned to.
         cpu: Option<u32>,
     },
+    /// A driver's bookkeeping found what cannot happen (memory that came back with the wrong
+    /// completion, an operation its machine cannot have asked for): a bug, reported instead
+    /// of acted on.
+    Broken(String),
 }
 
 impl Error {
@@ -113,6 +117,7 @@ impl fmt::Display for Error {
             ),
             Error::SubmissionQueueFull => f.write_str("submission queue full"),
             Error::InvalidConfig(why) => write!(f, "invalid ring configuration: {why}"),
+            Error::Broken(what) => f.write_str(what),
             Error::UserDataInUse(ud) => write!(
                 f,
                 "user_data {:#x} already names an operation with memory in flight",

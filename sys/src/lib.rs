@@ -3,6 +3,8 @@
 //! - [`worker`]: the worker loop, once for every stream protocol, on io_uring or epoll
 //!   ([`worker::Serve`] runs a whole server; the repository's `examples/src/bin/echo.rs` is
 //!   one in 40 lines, `echo-ring.rs` the same server driven by hand on the ring).
+//! - [`files`]: core's file service (`ringwork_core::filesvc`) performed on the worker loop,
+//!   once per backend: what ringwork-files runs, for any server built on the file service.
 //! - [`backend`]: which backend to run on: io_uring where the kernel lets this process use it,
 //!   epoll where it does not, with the reason.
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
@@ -32,6 +34,7 @@ pub mod backend;
 pub mod driver;
 pub mod epoll;
 pub mod error;
+pub mod files;
 pub mod mmap;
 pub mod net;
 pub mod op;

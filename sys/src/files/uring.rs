@@ -1,6 +1,6 @@
-//! The io_uring engine: turns the file service's operations into SQEs and completions back
-//! into its connections' input, on the worker loop every Ringwork server shares
-//! (`ringwork_sys::worker::run_engine`: the connection table, admission, the wait, ticks, the
+//! The io_uring file engine: turns the file service's operations into SQEs and completions
+//! back into its connections' input, on the worker loop every Ringwork server shares
+//! ([`run_engine`](crate::worker::run_engine): the connection table, admission, the wait, ticks, the
 //! stop and the drain are the loop's).
 //!
 //! - Ring: SINGLE_ISSUER | DEFER_TASKRUN unless refused (logged) or disabled; `--sqpoll`
@@ -102,20 +102,22 @@ use ringwork_core::filesvc::{
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
-use ringwork_sys::accept::{AcceptMode, Acceptors};
-use ringwork_sys::backend::RequiredOp;
-use ringwork_sys::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
-use ringwork_sys::worker::{AcceptParts, Engine, Happening, Input, StreamStats, WorkerStart};
-use ringwork_sys::{
-    Acceptor, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe, StatxTarget,
-    Target,
+
+use super::{
+    broken, file_id, file_info, open_flags, DirectNotes, FileHooks, FileStats, FilesConfig,
+};
+use crate::accept::{AcceptMode, Acceptors};
+use crate::backend::RequiredOp;
+use crate::driver::{self, FeatureLine, StopNotice, Waiter};
+use crate::error::Result;
+use crate::worker::{AcceptParts, Engine, Happening, Input, StreamStats, WorkerStart};
+use crate::{
+    Acceptor, Error, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe,
+    StatxTarget, Target,
 };
 
-use crate::accesslog::RingLog;
-use crate::epoll::tick_interval;
-use crate::{file_id, file_info, open_flags, Failure, Shared};
-
-struct Conn {
+/// One connection: its HttpConn and what the ring holds for it.
+pub struct Conn {
     /// HttpConn, with its hold on the open-file cache and its chunk buffers as the file
     /// service counts them.
     fc: FileConn,
@@ -135,14 +137,16 @@ struct Conn {
     /// Without registered files: the connection's own open file (closed through the ring by
     /// Op::CloseFile).
     file: Option<OwnedFd>,
-    /// The client's address, for the access log (looked up only when there is one).
+    /// The client's address, when the hooks want it.
     peer: Option<std::net::IpAddr>,
 }
 
-/// The io_uring engine of one worker: its ring and what it keeps beside the connections (the
-/// loop, `ringwork_sys::worker::run_engine`, keeps those).
-struct UringEngine<'s> {
-    shared: &'s Shared,
+/// The io_uring file engine of one worker: its ring and what it keeps beside the
+/// connections (the loop keeps those).
+pub struct UringFiles<'a, H> {
+    cfg: FilesConfig<'a>,
+    hooks: H,
+    stats: FileStats,
     ring: Ring,
     /// Files open into registered-file slot N for connection slot N (else plain fds).
     fixed_files: bool,
@@ -150,17 +154,14 @@ struct UringEngine<'s> {
     zc_report_usage: bool,
     /// HttpConn's settings for this ring (`link_open_read` where it can chain).
     http_cfg: ringwork_core::httpconn::Config,
-    /// One per listener (`--listen` may be given more than once), with its accept (tokens of
-    /// kind Accept on `Slot::WORKER`, the listener's index in `sub`); each closes its
-    /// listener once its accept has ended during a drain.
+    /// One per listener, with its accept (tokens of kind Accept on `Slot::WORKER`, the
+    /// listener's index in `sub`); each closes its listener once its accept has ended
+    /// during a drain.
     acceptors: Acceptors<Acceptor>,
     /// The main thread's word that the process is stopping.
     stop: StopNotice,
     waiter: Waiter,
-    direct_refused: bool,
-    direct_noted: bool,
-    /// With `--access-log`: this worker's batch and its write through the ring.
-    log: Option<RingLog>,
+    direct: DirectNotes,
     /// The open-file cache, the chunk-buffer queue and the entries' mappings: what is
     /// decided about files, in core.
     svc: FileService,
@@ -179,7 +180,7 @@ struct UringEngine<'s> {
     spare: Spares,
     /// Connections whose head receive may go again (buffers are back), to wake.
     woken: Vec<Token>,
-    cqes: Vec<ringwork_sys::Cqe>,
+    cqes: Vec<crate::Cqe>,
     /// When the cache last dropped its inactive entries, and the chunk buffers last gave
     /// their pages back.
     last_expire: u64,
@@ -191,11 +192,11 @@ struct UringEngine<'s> {
 /// A connection's completion, with what it brought back: the memory its operation named,
 /// and the head buffer a receive filled.
 #[derive(Debug)]
-struct Completion {
+pub struct Completion {
     kind: OpKind,
     /// A SEND_ZC's tracker slot.
     sub: u16,
-    res: Result<u32, RawErrno>,
+    res: core::result::Result<u32, RawErrno>,
     /// The raw result (a SEND_ZC notification's usage bit).
     raw: i32,
     more: bool,
@@ -238,8 +239,8 @@ const HEAD_GROUP: BufGroup = BufGroup(0);
 const HEAD_BUFFERS: u16 = 1024;
 const HEAD_BUFFER_SIZE: u32 = 2048;
 
-/// What this backend cannot run without; where the kernel lacks one, `--backend auto` runs
-/// on epoll.
+/// What this engine cannot run without; where the kernel lacks one, a server's `--backend
+/// auto` runs on epoll.
 pub const REQUIRED: [RequiredOp; 8] = [
     RequiredOp::new(IoringOp::Accept, "IORING_OP_ACCEPT", "5.5"),
     RequiredOp::new(IoringOp::Openat2, "IORING_OP_OPENAT2", "5.6"),
@@ -251,111 +252,98 @@ pub const REQUIRED: [RequiredOp; 8] = [
     RequiredOp::new(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1"),
 ];
 
-/// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
-    let WorkerStart {
-        listeners,
-        stop,
-        gate,
-        ..
-    } = start;
-    let slots = shared.max_conns;
-    let uc = shared.uring;
-    let (mut ring, note) = driver::server_ring(ServerRingConfig {
-        sq_entries: uc.sq_entries,
-        sqpoll: uc.sqpoll,
-        task_run: uc.task_run,
-        legacy: uc.legacy,
-    })
-    .map_err(|e| format!("cannot set up io_uring: {e}"))?;
-    if let Some(note) = note {
-        println!("{note}");
+impl<'a, H: FileHooks> UringFiles<'a, H> {
+    /// Sets up one worker's ring (its features probed, each refusal said in one line, and
+    /// one `io_uring:` line with the features in use), its acceptors and its file service.
+    pub fn new(cfg: &FilesConfig<'a>, hooks: H, start: WorkerStart<'_>) -> Result<Self> {
+        let WorkerStart {
+            listeners, stop, ..
+        } = start;
+        let slots = cfg.max_conns;
+        let uc = cfg.uring;
+        let (mut ring, note) = driver::server_ring(uc.ring)?;
+        if let Some(note) = note {
+            println!("{note}");
+        }
+        let (acceptors, links) = acceptors_and_links(&mut ring, cfg, listeners)?;
+        let acceptors = Acceptors(acceptors);
+        let zc_report_usage = cfg.http.zerocopy && zc_reports_usage(&mut ring)?;
+        let cache_entries = cfg.cache.entries;
+        let fixed_files = uc.fixed_files && file_table(&mut ring, slots + cache_entries);
+        let fixed = chunk_buffers(&mut ring, cfg)?;
+        let head_ring = uc.pbuf_ring && head_ring(&mut ring);
+        // Opens, stats and cold reads that block run on io-wq threads: capped, so that a
+        // burst of them (10,000 connections missing the cache at once) queues instead of
+        // starting a thread each. Before Linux 5.15 the kernel's own limits stand.
+        let iowq = ring.register_iowq_max_workers(IOWQ_WORKERS, IOWQ_WORKERS);
+        if let Err(e) = &iowq {
+            println!("{e}: io-wq workers not capped");
+        }
+        // A chain is two SQEs: a one-entry SQ cannot hold one.
+        let links = links && fixed_files && ring.sq_entries() >= 2;
+        let file_send = cfg.http.file_send
+            && cache_entries > 0
+            && (!fixed_files || can_install_fds(&mut ring)?);
+        let http_cfg = ringwork_core::httpconn::Config {
+            link_open_read: links,
+            file_send,
+            ..cfg.http
+        };
+        println!(
+            "{}",
+            FeatureLine::new(&ring)
+                .with("multishot_accept", acceptors.multishot())
+                .with("fixed_files", fixed_files)
+                .with("fixed_buffers", fixed)
+                .with("pbuf_ring", head_ring)
+                .with("zerocopy", cfg.http.zerocopy)
+                .with("links", links)
+                .with("file_send", file_send)
+        );
+        let waiter = Waiter::new(&ring, 1, Duration::ZERO);
+        let svc = FileService::new(ServiceConfig {
+            cache: cfg.cache,
+            chunks: usize::from(cfg.chunk_buffers),
+            file_send: if file_send {
+                FileSend::Mapped
+            } else {
+                FileSend::Off
+            },
+        });
+        let now = cfg.now();
+        Ok(Self {
+            cfg: *cfg,
+            hooks,
+            stats: FileStats::default(),
+            cqes: Vec::with_capacity(ring.cq_entries() as usize),
+            ring,
+            fixed_files,
+            zc_report_usage,
+            http_cfg,
+            acceptors,
+            stop,
+            waiter,
+            direct: DirectNotes::default(),
+            svc,
+            cache_base: slots,
+            cache_fds: (0..cache_entries).map(|_| None).collect(),
+            maps: (0..cache_entries).map(|_| None).collect(),
+            head_ring,
+            now,
+            spare: Spares::default(),
+            woken: Vec::new(),
+            last_expire: now.mono_ms,
+            last_trim: now.mono_ms,
+            accepted: 0,
+        })
     }
-    let want = uc.features;
-    let (acceptors, links) = acceptors_and_links(&mut ring, shared, listeners)?;
-    let acceptors = Acceptors(acceptors);
-    let fixed_files = want.fixed_files;
-    let zc_report_usage = shared.cfg.zerocopy && zc_reports_usage(&mut ring)?;
-    let cache_entries = shared.cache.entries;
-    let fixed_files = fixed_files && file_table(&mut ring, slots + cache_entries);
-    let fixed = chunk_buffers(&mut ring, shared)?;
-    let head_ring = want.pbuf_ring && head_ring(&mut ring);
-    // Opens, stats and cold reads that block run on io-wq threads: capped, so that a burst
-    // of them (10,000 connections missing the cache at once) queues instead of starting a
-    // thread each. Before Linux 5.15 the kernel's own limits stand.
-    let iowq = ring.register_iowq_max_workers(IOWQ_WORKERS, IOWQ_WORKERS);
-    if let Err(e) = &iowq {
-        println!("{e}: io-wq workers not capped");
-    }
-    // A chain is two SQEs: a one-entry SQ cannot hold one.
-    let links = links && fixed_files && ring.sq_entries() >= 2;
-    let file_send =
-        shared.cfg.file_send && cache_entries > 0 && (!fixed_files || can_install_fds(&mut ring)?);
-    let http_cfg = ringwork_core::httpconn::Config {
-        link_open_read: links,
-        file_send,
-        ..shared.cfg
-    };
-    println!(
-        "{}",
-        FeatureLine::new(&ring)
-            .with("multishot_accept", acceptors.multishot())
-            .with("fixed_files", fixed_files)
-            .with("fixed_buffers", fixed)
-            .with("pbuf_ring", head_ring)
-            .with("zerocopy", shared.cfg.zerocopy)
-            .with("links", links)
-            .with("file_send", file_send)
-    );
-    let waiter = Waiter::new(&ring, 1, Duration::ZERO);
-    let svc = FileService::new(ServiceConfig {
-        cache: shared.cache,
-        chunks: usize::from(shared.chunk_buffers),
-        file_send: if file_send {
-            FileSend::Mapped
-        } else {
-            FileSend::Off
-        },
-    });
-    let now = shared.now();
-    let engine = UringEngine {
-        shared,
-        cqes: Vec::with_capacity(ring.cq_entries() as usize),
-        ring,
-        fixed_files,
-        zc_report_usage,
-        http_cfg,
-        acceptors,
-        stop,
-        waiter,
-        direct_refused: false,
-        direct_noted: false,
-        log: shared.access_log.as_ref().map(|_| RingLog::default()),
-        svc,
-        cache_base: slots,
-        cache_fds: (0..cache_entries).map(|_| None).collect(),
-        maps: (0..cache_entries).map(|_| None).collect(),
-        head_ring,
-        now,
-        spare: Spares::default(),
-        woken: Vec::new(),
-        last_expire: now.mono_ms,
-        last_trim: now.mono_ms,
-        accepted: 0,
-    };
-    // Accept only once every worker has its ring (the loop waits at the gate): connections
-    // accepted here must not take the descriptors another worker's io_uring_setup needs.
-    crate::serve_worker(shared, engine, gate)
 }
 
 /// Sends from a mapping of a cached file need a descriptor for the mmap, which a registered
 /// slot gives through IORING_OP_FIXED_FD_INSTALL (Linux 6.8); without it, bodies go through
 /// chunk buffers.
-fn can_install_fds(ring: &mut Ring) -> Result<bool, String> {
-    let can = ring
-        .probe()
-        .map_err(|e| e.to_string())?
-        .supports(IoringOp::FixedFdInstall);
+fn can_install_fds(ring: &mut Ring) -> Result<bool> {
+    let can = ring.probe()?.supports(IoringOp::FixedFdInstall);
     if !can {
         println!(
             "{}: file bodies go through chunk buffers",
@@ -367,10 +355,8 @@ fn can_install_fds(ring: &mut Ring) -> Result<bool, String> {
 
 /// SEND_ZC with IORING_SEND_ZC_REPORT_USAGE (Linux 6.2): on 6.0 and 6.1 the flag would fail
 /// every send with EINVAL, so sends go without it there.
-fn zc_reports_usage(ring: &mut Ring) -> Result<bool, String> {
-    let reports = ring
-        .send_zc_reports_usage()
-        .map_err(|e| format!("probing IORING_SEND_ZC_REPORT_USAGE: {e}"))?;
+fn zc_reports_usage(ring: &mut Ring) -> Result<bool> {
+    let reports = ring.send_zc_reports_usage()?;
     if !reports {
         println!(
             "--zerocopy: {}: zc_copied will stay 0",
@@ -400,26 +386,24 @@ const STOP_TOKEN: Token = Token::new(
     ringwork_core::token::Generation::ZERO,
 );
 
-impl Engine for UringEngine<'_> {
+impl<H: FileHooks> Engine for UringFiles<'_, H> {
     /// Boxed: the table is sized for `--max-conns` up front, and an empty slot should cost
     /// a pointer, not a connection.
     type Conn = Box<Conn>;
     type Completion = Completion;
-    type Error = Failure;
+    type Error = Error;
     type Accept = Acceptor;
 
-    fn start(&mut self) -> Result<(), Failure> {
+    fn start(&mut self) -> Result<()> {
         for a in &mut self.acceptors.0 {
             a.start(&mut self.ring)?;
         }
         self.arm_stop()
     }
 
-    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<(), Failure> {
+    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<()> {
         match self.waiter.wait(&mut self.ring, timeout) {
-            Err(e) if e.errno() != Some(rustix::io::Errno::INTR) => {
-                Err(format!("io_uring_enter: {e}").into())
-            }
+            Err(e) if e.errno() != Some(rustix::io::Errno::INTR) => Err(e),
             _ => Ok(()),
         }
     }
@@ -431,11 +415,11 @@ impl Engine for UringEngine<'_> {
         now_ms: u64,
         out: &mut Vec<Happening<Completion>>,
         _: &mut StreamStats,
-    ) -> Result<(), Failure> {
+    ) -> Result<()> {
         let mut cqes = std::mem::take(&mut self.cqes);
         self.waiter.harvest(&mut self.ring, &mut cqes);
         // One clock reading per batch: timeouts are in milliseconds, dates in seconds.
-        self.now = self.shared.now();
+        self.now = self.cfg.now();
         self.accepted = 0;
         let mut result = Ok(());
         for cqe in cqes.drain(..) {
@@ -449,10 +433,11 @@ impl Engine for UringEngine<'_> {
     }
 
     fn adopt(&mut self, sock: OwnedFd) -> Box<Conn> {
-        let peer = self
-            .log
-            .as_ref()
-            .and_then(|_| crate::accesslog::peer_ip(&sock));
+        let peer = if self.hooks.wants_peer() {
+            super::peer_ip(&sock)
+        } else {
+            None
+        };
         Box::new(Conn {
             fc: FileConn::new(HttpConn::new(self.http_cfg, self.now)),
             sock: Some(sock),
@@ -469,7 +454,7 @@ impl Engine for UringEngine<'_> {
         true
     }
 
-    fn reject(&mut self, sock: OwnedFd) -> Result<(), Failure> {
+    fn reject(&mut self, sock: OwnedFd) -> Result<()> {
         // Closing it refuses it (the loop admits none while draining or at capacity).
         drop(sock);
         Ok(())
@@ -481,7 +466,7 @@ impl Engine for UringEngine<'_> {
         c: &mut Box<Conn>,
         input: Input<Completion>,
         _: &mut StreamStats,
-    ) -> Result<bool, Failure> {
+    ) -> Result<bool> {
         let now = self.now;
         let http = c.fc.http_mut();
         // The stop, the abort and the ticks are for connections HttpConn has not closed.
@@ -495,7 +480,7 @@ impl Engine for UringEngine<'_> {
             Input::Shutdown | Input::Abort | Input::Tick => return Ok(false),
             Input::Wake => self.svc.wake(&mut c.fc),
         }
-        Ok(self.perform(token, c)?)
+        self.perform(token, c)
     }
 
     fn stale(&mut self, done: Completion, _: &mut StreamStats) {
@@ -515,10 +500,10 @@ impl Engine for UringEngine<'_> {
 
     fn wake_interval(&self) -> Option<Duration> {
         // For the cache's inactive entries and the chunk buffers' trim.
-        Some(tick_interval(self.shared))
+        Some(self.cfg.tick_interval())
     }
 
-    fn end_of_turn(&mut self, stopping: bool, _: &mut StreamStats) -> Result<(), Failure> {
+    fn end_of_turn(&mut self, stopping: bool, _: &mut StreamStats) -> Result<()> {
         if self.head_ring {
             // The head buffers taken since the last turn go back to the kernel; the
             // receives that found none go again (the file service resubmits them, or
@@ -526,21 +511,19 @@ impl Engine for UringEngine<'_> {
             self.ring.publish_buffers(HEAD_GROUP)?;
             self.svc.take_starved(&mut self.woken);
         }
-        if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
-            // The lines so far, in one write through the ring, when due; all of them once
-            // stopping (the loop then ends after the write's CQE).
-            log.flush(sink, &mut self.ring, stopping)?;
-        }
-        // Out of descriptors (accept paused): cached files held as descriptors (without
-        // registered files) that no request uses give theirs to the connections waiting.
-        if !self.fixed_files && self.acceptors.deadline_ms().is_some() {
-            self.svc.evict_unused();
-        }
+        // The hooks' work (an access log's write through the ring).
+        self.hooks.end_of_turn(Some(&mut self.ring), stopping)?;
+        // Cached files held as descriptors (without registered files) give theirs up when
+        // the acceptor is out of them.
         let now = self.now.mono_ms;
-        if now.saturating_sub(self.last_expire) >= tick_interval(self.shared).as_millis() as u64 {
-            self.last_expire = now;
-            self.svc.expire(now);
-        }
+        let out_of_fds = !self.fixed_files && self.acceptors.deadline_ms().is_some();
+        super::tidy_cache(
+            &mut self.svc,
+            &self.cfg,
+            &mut self.last_expire,
+            now,
+            out_of_fds,
+        );
         self.worker_ops();
         if now.saturating_sub(self.last_trim) >= TRIM_INTERVAL_MS {
             self.last_trim = now;
@@ -564,50 +547,40 @@ impl Engine for UringEngine<'_> {
     }
 
     fn busy(&self) -> bool {
-        // The log write's buffer is the ring's until its CQE. The stop notice's poll stays
-        // armed until the notice: it is no connection's, and the ring drops (cancelling it)
-        // when the loop ends.
-        self.log.as_ref().is_some_and(RingLog::busy)
+        // An operation of the hooks' (a log write) names memory the ring holds until its
+        // CQE. The stop notice's poll stays armed until the notice: it is no connection's,
+        // and the ring drops (cancelling it) when the loop ends.
+        self.hooks.busy()
     }
 
-    /// After the loop: the access log's last lines, and the ring's and the file service's
-    /// counters.
+    /// After the loop: the ring's counters and the file service's, to the hooks.
     fn finish(&mut self, _: &mut StreamStats) {
-        let shared = self.shared;
-        if let (Some(log), Some(sink)) = (&mut self.log, &shared.access_log) {
-            // Lines formatted after the last write was submitted (none, normally: the loop
-            // ends only once the last write's CQE is in).
-            log.batch.write_now(sink);
-        }
         let rs = self.ring.stats();
-        let st = &shared.stats;
-        crate::Stats::add(&st.enters, rs.enters);
-        crate::Stats::add(&st.cq_overflows, rs.overflow_seen);
-        crate::Stats::add(&st.busy_retries, rs.busy_retries);
-        st.add_service(&self.svc);
+        self.stats.enters = rs.enters;
+        self.stats.cq_overflows = rs.overflow_seen;
+        self.stats.busy_retries = rs.busy_retries;
+        self.hooks.finish(&self.stats, &self.svc);
     }
 }
 
-impl UringEngine<'_> {
-    fn push(&mut self, sqe: SafeSqe) -> Result<(), String> {
-        self.ring
-            .push_safe(sqe)
-            .map_err(|e| format!("io_uring submit: {e}"))
+impl<H: FileHooks> UringFiles<'_, H> {
+    fn push(&mut self, sqe: SafeSqe) -> Result<()> {
+        self.ring.push_safe(sqe)
     }
 
-    fn arm_stop(&mut self) -> Result<(), Failure> {
-        Ok(self.stop.arm(&mut self.ring, STOP_TOKEN.encode())?)
+    fn arm_stop(&mut self) -> Result<()> {
+        self.stop.arm(&mut self.ring, STOP_TOKEN.encode())
     }
 
     /// One completion: an accept, the stop notice, the log's write, an entry's descriptor or
     /// close, or a connection's (to drive, with the memory it brought back).
     fn on_cqe(
         &mut self,
-        mut cqe: ringwork_sys::Cqe,
+        mut cqe: crate::Cqe,
         open: usize,
         now_ms: u64,
         out: &mut Vec<Happening<Completion>>,
-    ) -> Result<(), Failure> {
+    ) -> Result<()> {
         let Ok(token) = Token::decode(cqe.user_data()) else {
             return Ok(());
         };
@@ -619,7 +592,7 @@ impl UringEngine<'_> {
                 .take(sel)
         }) {
             Some(Ok(lease)) => Some(lease),
-            Some(Err(e)) => return Err(format!("a head buffer went astray: {e}").into()),
+            Some(Err(e)) => return Err(broken(format!("a head buffer went astray: {e}"))),
             None => None,
         };
         if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
@@ -641,11 +614,8 @@ impl UringEngine<'_> {
             // Spurious: poll again.
             return self.arm_stop();
         }
-        if RingLog::owns(&token) {
-            if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
-                log.on_cqe(sink, &mut self.ring, &cqe)?;
-            }
-            return Ok(());
+        if self.hooks.owns(&token) {
+            return self.hooks.on_cqe(&mut self.ring, &cqe);
         }
         if token.slot == Slot::WORKER && token.kind == OpKind::Open {
             // A cache entry's file got a descriptor, for its mapping.
@@ -682,7 +652,7 @@ impl UringEngine<'_> {
 
     /// A completion of one of connection `c`'s operations, back to its HttpConn (through the
     /// file service where it keeps something of it) with the memory it named.
-    fn complete(&mut self, token: Token, c: &mut Conn, done: Completion) -> Result<(), String> {
+    fn complete(&mut self, token: Token, c: &mut Conn, done: Completion) -> Result<()> {
         let now = self.now;
         let Completion {
             kind,
@@ -699,12 +669,11 @@ impl UringEngine<'_> {
         let http = c.fc.http_mut();
         let reported = match (kind, mem) {
             (OpKind::SendZc, _) if notif => {
-                let st = &self.shared.stats;
-                crate::Stats::add(&st.zc_notifs, 1);
+                self.stats.zc_notifs += 1;
                 // IORING_SEND_ZC_REPORT_USAGE: bit 31 of `res` says the kernel copied after
                 // all (always, on loopback).
                 if raw & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
-                    crate::Stats::add(&st.zc_copied, 1);
+                    self.stats.zc_copied += 1;
                 }
                 http.on_event(now, HttpEvent::SendNotif(zc_slot))
             }
@@ -748,9 +717,8 @@ impl UringEngine<'_> {
                 self.svc.on_stat(&mut c.fc, now, seen)
             }
             (OpKind::Open, Some(OpMemory::Open(mut args))) => {
-                if c.direct && res == Err(RawErrno::INVAL) && !self.direct_refused {
-                    self.direct_refused = true;
-                    println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
+                if c.direct && res == Err(RawErrno::INVAL) {
+                    self.direct.refused();
                 }
                 // Registered files are in their slot already; descriptors are kept.
                 let into = self.svc.on_open(&mut c.fc, now, res.map(|_| ()));
@@ -766,9 +734,12 @@ impl UringEngine<'_> {
             }
             (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
                 if res == Err(RawErrno::CANCELED) {
-                    crate::Stats::add(&self.shared.stats.link_cancels, 1);
+                    self.stats.link_cancels += 1;
                 }
-                let buffers = self.ring.fixed_buffers().ok_or("no chunk buffers")?;
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .ok_or(broken("no chunk buffers"))?;
                 let (buf, bytes) = (c.read_buf, buffers.bytes(&lease));
                 let r = self.svc.on_read(&mut c.fc, now, buf, res, bytes);
                 match &mut c.chunks[usize::from(buf.0)] {
@@ -785,32 +756,22 @@ impl UringEngine<'_> {
             (OpKind::Cancel, _) => http.on_event(now, HttpEvent::CancelDone),
             (OpKind::Shutdown, _) => http.on_event(now, HttpEvent::ShutdownDone),
             (kind, mem) => {
-                return Err(format!(
+                return Err(broken(format!(
                     "a {kind:?} completion came back with {mem:?}: memory went astray"
-                ))
+                )))
             }
         };
-        crate::checked(self.shared, reported);
+        self.stats.checked(self.cfg.name, reported);
         Ok(())
-    }
-
-    /// The lines of what connection `c` answered since the last call, into the batch.
-    fn collect_log(&mut self, c: &mut Conn) {
-        if let (Some(log), Some(sink)) = (&mut self.log, &self.shared.access_log) {
-            crate::accesslog::collect(sink, &mut log.batch, c.peer, c.fc.http_mut());
-        }
     }
 
     /// Gives the pages of the chunk buffers not needed since the last trim back to the system
     /// (unregistered buffers only): a burst's memory does not stay resident once it is over.
     /// The buffers that were in use at the peak and are free now stay, with a few spare.
-    fn trim_chunks(&mut self) -> Result<(), String> {
+    fn trim_chunks(&mut self) -> Result<()> {
         let in_use = self.svc.chunks_in_use();
         let keep = self.svc.take_peak().saturating_sub(in_use) + TRIM_SPARE;
-        self.ring
-            .trim_fixed_buffers(keep)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.ring.trim_fixed_buffers(keep).map(|_| ())
     }
 
     /// Performs the file service's worker-wide work: closes the files of the cache entries
@@ -842,7 +803,7 @@ impl UringEngine<'_> {
     }
 
     /// Maps entry `ix`'s file: a plain descriptor at once; a registered slot once
-    /// IORING_OP_FIXED_FD_INSTALL has given it a descriptor ([`UringEngine::on_installed`]).
+    /// IORING_OP_FIXED_FD_INSTALL has given it a descriptor ([`UringFiles::on_installed`]).
     fn map(&mut self, ix: EntryIx) {
         if let Some(fd) = &self.cache_fds[ix.0 as usize] {
             let map = map_entry(fd, self.svc.file_id(ix));
@@ -857,7 +818,7 @@ impl UringEngine<'_> {
     }
 
     /// What became of entry `ix`'s mapping, to the file service.
-    fn mapped(&mut self, ix: EntryIx, map: Result<Arc<FileMap>, Mapped>) {
+    fn mapped(&mut self, ix: EntryIx, map: core::result::Result<Arc<FileMap>, Mapped>) {
         match map {
             Ok(m) if self.svc.on_mapped(ix, Mapped::Ready) => self.maps[ix.0 as usize] = Some(m),
             Ok(_) => {}
@@ -870,7 +831,12 @@ impl UringEngine<'_> {
     /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`res`, and `fd`, the
     /// descriptor it installed). The descriptor is closed once mapped (the mapping holds the
     /// file). Out of descriptors, the next send from the file tries again.
-    fn on_installed(&mut self, ix: EntryIx, res: Result<u32, RawErrno>, fd: Option<OwnedFd>) {
+    fn on_installed(
+        &mut self,
+        ix: EntryIx,
+        res: core::result::Result<u32, RawErrno>,
+        fd: Option<OwnedFd>,
+    ) {
         let map = match (fd, res) {
             (Some(fd), _) => map_entry(&fd, self.svc.file_id(ix)),
             (None, Err(RawErrno::MFILE | RawErrno::NFILE)) => Err(Mapped::Retry),
@@ -883,8 +849,9 @@ impl UringEngine<'_> {
     /// for an open with its linked read (the service decides what is chained; this only
     /// submits it), chunk buffers leased and given back, kept bytes copied. True at its
     /// Free (its chunk buffers are back in the pool).
-    fn perform(&mut self, token: Token, c: &mut Conn) -> Result<bool, String> {
-        self.collect_log(c);
+    fn perform(&mut self, token: Token, c: &mut Conn) -> Result<bool> {
+        // What the connection answered since the last time (an access log's lines).
+        self.hooks.answered(c.peer, c.fc.http_mut());
         let mut freed = false;
         while let Some(op) = self.svc.next(&mut c.fc, token, self.now) {
             match op {
@@ -920,7 +887,7 @@ impl UringEngine<'_> {
                     link_next: true, ..
                 } => {
                     let Some(read) = self.svc.next(&mut c.fc, token, self.now) else {
-                        return Err("an open with link_next and no read".into());
+                        return Err(broken("an open with link_next and no read"));
                     };
                     if let FileOp::Read(ChunkRead { buf, lease, .. }) = read {
                         self.lease(c, buf, lease)?;
@@ -928,11 +895,9 @@ impl UringEngine<'_> {
                     let first = self.build_sqe(token, c, op)?;
                     let second = self.build_sqe(token, c, read)?;
                     let (Some(first), Some(second)) = (first, second) else {
-                        return Err("an open's linked read was not a read".into());
+                        return Err(broken("an open's linked read was not a read"));
                     };
-                    self.ring
-                        .push_safe_chain(vec![first, second], false)
-                        .map_err(|e| format!("io_uring submit: {e}"))?;
+                    self.ring.push_safe_chain(vec![first, second], false)?;
                 }
                 op => {
                     if let FileOp::Read(ChunkRead { buf, lease, .. }) = op {
@@ -956,12 +921,11 @@ impl UringEngine<'_> {
 
     /// Takes a chunk buffer from the pool for connection `c`'s buffer `buf` when `lease`
     /// (the file service counted one free).
-    fn lease(&mut self, c: &mut Conn, buf: BufIx, lease: bool) -> Result<(), String> {
+    fn lease(&mut self, c: &mut Conn, buf: BufIx, lease: bool) -> Result<()> {
         if lease {
-            let lease = self
-                .buffers()
-                .acquire()
-                .ok_or("the chunk pool is empty where the file service counted one free")?;
+            let lease = self.buffers().acquire().ok_or(broken(
+                "the chunk pool is empty where the file service counted one free",
+            ))?;
             c.chunks[usize::from(buf.0)] = Some(lease);
         }
         Ok(())
@@ -975,7 +939,7 @@ impl UringEngine<'_> {
         ix: EntryIx,
         sock: Target,
         range: std::ops::Range<usize>,
-    ) -> Result<SafeSqe, bool> {
+    ) -> core::result::Result<SafeSqe, bool> {
         let (start, end) = (range.start, range.end);
         let map = &mut self.maps[ix.0 as usize];
         let m = match map {
@@ -992,10 +956,10 @@ impl UringEngine<'_> {
         // thread. A range that starts out of memory goes by a read (io-wq).
         let n = m.resident(start..end);
         if n == 0 {
-            crate::Stats::add(&self.shared.stats.file_cold, 1);
+            self.stats.file_cold += 1;
             return Err(true);
         }
-        crate::Stats::add(&self.shared.stats.file_sends, 1);
+        self.stats.file_sends += 1;
         Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
     }
 
@@ -1007,9 +971,9 @@ impl UringEngine<'_> {
         own: Slot,
         direct: bool,
         into: FileRef,
-    ) -> Result<SafeSqe, String> {
-        let (fixed_files, root) = (self.fixed_files, self.shared.root.as_raw_fd());
-        crate::note_direct(&mut self.direct_noted, self.shared.cfg.direct, direct);
+    ) -> Result<SafeSqe> {
+        let (fixed_files, root) = (self.fixed_files, self.cfg.root.as_raw_fd());
+        self.direct.opening(self.cfg.http.direct, direct);
         let (mut flags, resolve) = open_flags(direct);
         if fixed_files {
             // A direct descriptor has no close-on-exec bit; the kernel refuses
@@ -1026,12 +990,12 @@ impl UringEngine<'_> {
             FileRef::Own => own.0,
         };
         let file_slot = fixed_files.then_some(file_slot);
-        SafeSqe::openat2(root, c.fc.http().path(), how, file_slot, args).map_err(|e| e.to_string())
+        SafeSqe::openat2(root, c.fc.http().path(), how, file_slot, args)
     }
 
     /// Where connection `c`'s `file` is: a registered-file slot (its own is `own`) or a
     /// descriptor.
-    fn file_target(&self, c: &Conn, own: Slot, file: FileRef) -> Result<Target, String> {
+    fn file_target(&self, c: &Conn, own: Slot, file: FileRef) -> Result<Target> {
         let fd = match (self.fixed_files, file) {
             (true, FileRef::Entry(ix)) => return Ok(Target::Fixed(self.cache_base + ix.0)),
             (true, FileRef::Own) => return Ok(Target::Fixed(own.0)),
@@ -1040,11 +1004,11 @@ impl UringEngine<'_> {
         };
         // HttpConn reads only after a successful open, which gave the fd.
         fd.map(|fd| Target::Fd(fd.as_raw_fd()))
-            .ok_or_else(|| "a read of a file that is not open".to_string())
+            .ok_or_else(|| broken("a read of a file that is not open"))
     }
 
     /// The READ of a chunk of connection `c`'s file into the chunk buffer HttpConn names.
-    fn read_sqe(&mut self, c: &mut Conn, own: Slot, read: ChunkRead) -> Result<SafeSqe, String> {
+    fn read_sqe(&mut self, c: &mut Conn, own: Slot, read: ChunkRead) -> Result<SafeSqe> {
         let ChunkRead {
             buf,
             offset,
@@ -1057,13 +1021,13 @@ impl UringEngine<'_> {
         c.read_buf = buf;
         let lease = c.chunks[usize::from(buf.0)]
             .take()
-            .ok_or("HttpConn read into a buffer a read is filling")?;
+            .ok_or_else(|| broken("HttpConn read into a buffer a read is filling"))?;
         Ok(self.ring.read_fixed(file, lease, buf_pos, len, offset))
     }
 
     /// The SEND of a response head (copied into memory that goes with the send), of a head
     /// in front of its first chunk (one send for both), or of a chunk.
-    fn send_sqe(&mut self, c: &Conn, sock: Target, src: SendSrc) -> Result<SafeSqe, String> {
+    fn send_sqe(&mut self, c: &Conn, sock: Target, src: SendSrc) -> Result<SafeSqe> {
         let sqe = match src {
             SendSrc::Head { start, len } => {
                 // The head is copied out of HttpConn, into memory that goes with the send.
@@ -1082,7 +1046,7 @@ impl UringEngine<'_> {
                 let head_len = head.len() as u32;
                 let from = start
                     .checked_sub(head_len)
-                    .ok_or("a head longer than the room in front of its chunk")?;
+                    .ok_or_else(|| broken("a head longer than the room in front of its chunk"))?;
                 let buffers = self.buffers();
                 buffers.bytes_mut(lease)[from as usize..start as usize].copy_from_slice(head);
                 self.ring.send_fixed(sock, lease, from, head_len + len)
@@ -1091,20 +1055,15 @@ impl UringEngine<'_> {
                 let lease = chunk(c, buf)?;
                 self.ring.send_fixed(sock, lease, start, len)
             }
-            SendSrc::File { .. } => return Err("the file service sends files itself".into()),
+            SendSrc::File { .. } => return Err(broken("the file service sends files itself")),
         };
         Ok(sqe.send_flags(SendFlags::NOSIGNAL))
     }
 
     /// The SQE (user_data set) for `op` of connection `c` (`token`); `None` for an op
     /// performed here and now (a close of the socket, a send from a file declined).
-    fn build_sqe(
-        &mut self,
-        token: Token,
-        c: &mut Conn,
-        op: FileOp,
-    ) -> Result<Option<SafeSqe>, String> {
-        let root = self.shared.root.as_raw_fd();
+    fn build_sqe(&mut self, token: Token, c: &mut Conn, op: FileOp) -> Result<Option<SafeSqe>> {
+        let root = self.cfg.root.as_raw_fd();
         // HttpConn emits nothing after Close, and only Close takes the socket.
         let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
         let (kind, sqe) = match op {
@@ -1151,10 +1110,9 @@ impl UringEngine<'_> {
                 }
             }
             FileOp::Stat => {
-                let mask = crate::STATX_MASK;
+                let mask = super::STATX_MASK;
                 let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
-                let sqe = SafeSqe::statx(root, c.fc.http().path(), AtFlags::empty(), mask, target)
-                    .map_err(|e| e.to_string())?;
+                let sqe = SafeSqe::statx(root, c.fc.http().path(), AtFlags::empty(), mask, target)?;
                 (OpKind::Statx, sqe)
             }
             FileOp::Open { direct, into, .. } => {
@@ -1166,12 +1124,16 @@ impl UringEngine<'_> {
                     SafeSqe::close_fixed(token.slot.0)
                 } else {
                     // HttpConn closes only after a successful open, which gave the fd.
-                    SafeSqe::close(c.file.take().ok_or("a file close with no file open")?)
+                    let file = c.file.take();
+                    SafeSqe::close(file.ok_or_else(|| broken("a file close with no file open"))?)
                 };
                 (OpKind::Close, sqe)
             }
             FileOp::Cancel => {
-                let sock = c.sock.as_ref().ok_or("a cancel after the close")?;
+                let sock = c
+                    .sock
+                    .as_ref()
+                    .ok_or_else(|| broken("a cancel after the close"))?;
                 (
                     OpKind::Cancel,
                     driver::cancel_socket_ops(&self.ring, sock.as_fd()),
@@ -1193,7 +1155,7 @@ impl UringEngine<'_> {
                 }
                 return Ok(None);
             }
-            op => return Err(format!("{op:?} is not for the ring")),
+            op => return Err(broken(format!("{op:?} is not for the ring"))),
         };
         Ok(Some(sqe.user_data(token.with_kind(kind).encode())))
     }
@@ -1203,16 +1165,14 @@ impl UringEngine<'_> {
 /// the operations this backend needs; and whether open → read chains can be linked.
 fn acceptors_and_links(
     ring: &mut Ring,
-    shared: &Shared,
+    cfg: &FilesConfig<'_>,
     listeners: Vec<OwnedFd>,
-) -> Result<(Vec<Acceptor>, bool), String> {
-    let want = shared.uring.features;
-    let slots = shared.max_conns;
-    let probe = ring.probe().map_err(|e| e.to_string())?;
+) -> Result<(Vec<Acceptor>, bool)> {
+    let want = cfg.uring;
+    let slots = cfg.max_conns;
+    let probe = ring.probe()?;
     for r in REQUIRED {
-        probe
-            .require(r.op, r.name, r.since)
-            .map_err(|e| e.to_string())?;
+        probe.require(r.op, r.name, r.since)?;
     }
     // At capacity the acceptor stops, and the listen backlog holds new connections.
     // One per listener; `main` keeps their number within a u16.
@@ -1230,10 +1190,8 @@ fn acceptors_and_links(
                 .with_capacity(slots as usize)
         })
         .collect();
-    if shared.cfg.zerocopy {
-        probe
-            .require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")
-            .map_err(|e| e.to_string())?;
+    if cfg.http.zerocopy {
+        probe.require(IoringOp::SendZc, "IORING_OP_SEND_ZC (--zerocopy)", "6.0")?;
     }
     // Linked open → read from the slot the open fills needs the read's fixed file looked
     // up at issue, not at submission (Linux 5.18); 5.19's IORING_OP_SOCKET vouches.
@@ -1252,12 +1210,11 @@ fn acceptors_and_links(
 
 /// One shared pool of chunk buffers per thread, sized by the memory budget: a connection
 /// holds one only while a read fills it or its bytes go out. True when it is registered.
-fn chunk_buffers(ring: &mut Ring, shared: &Shared) -> Result<bool, String> {
-    let want = shared.uring.features;
-    let count = shared.chunk_buffers;
-    let new_buffers =
-        // Room in front of each chunk for the response head (HttpConn's head_with_body).
-        || FixedBuffers::new(count, (shared.cfg.chunk + HEAD_ROOM) as usize).map_err(|e| e.to_string());
+fn chunk_buffers(ring: &mut Ring, cfg: &FilesConfig<'_>) -> Result<bool> {
+    let want = cfg.uring;
+    let count = cfg.chunk_buffers;
+    // Room in front of each chunk for the response head (HttpConn's head_with_body).
+    let new_buffers = || FixedBuffers::new(count, (cfg.http.chunk + HEAD_ROOM) as usize);
     let buffers = new_buffers()?;
     let total = buffers.buf_size() * usize::from(count);
     // The ring owns the chunk buffers either way: registered (READ_FIXED, sends from
@@ -1266,19 +1223,15 @@ fn chunk_buffers(ring: &mut Ring, shared: &Shared) -> Result<bool, String> {
     // would otherwise pin pages per operation (O_DIRECT reads, SEND_ZC). Buffered reads and
     // copying sends cost the same either way (bench/files-ab.sh, docs/PERFORMANCE.md), so
     // without those the buffers stay unregistered and a page is resident once used.
-    let fixed = if !want.fixed_buffers || !(shared.cfg.direct || shared.cfg.zerocopy) {
-        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+    let fixed = if !want.fixed_buffers || !(cfg.http.direct || cfg.http.zerocopy) {
+        ring.adopt_buffers(buffers)?;
         false
-    } else if !ring
-        .probe()
-        .map_err(|e| e.to_string())?
-        .supports(IoringOp::ReadFixed)
-    {
+    } else if !ring.probe()?.supports(IoringOp::ReadFixed) {
         println!(
             "{}: reading with IORING_OP_READ",
             unsupported("IORING_OP_READ_FIXED", "5.1")
         );
-        ring.adopt_buffers(buffers).map_err(|e| e.to_string())?;
+        ring.adopt_buffers(buffers)?;
         false
     } else {
         match ring.register_buffers(buffers) {
@@ -1291,8 +1244,7 @@ fn chunk_buffers(ring: &mut Ring, shared: &Shared) -> Result<bool, String> {
                      reading with IORING_OP_READ instead of READ_FIXED",
                     total / 1024
                 );
-                ring.adopt_buffers(new_buffers()?)
-                    .map_err(|e| e.to_string())?;
+                ring.adopt_buffers(new_buffers()?)?;
                 false
             }
         }
@@ -1322,10 +1274,10 @@ fn head_ring(ring: &mut Ring) -> bool {
 fn map_entry(
     fd: &OwnedFd,
     id: Option<ringwork_core::filecache::FileId>,
-) -> Result<Arc<FileMap>, Mapped> {
-    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, crate::STATX_MASK)
+) -> core::result::Result<Arc<FileMap>, Mapped> {
+    let stx = rustix::fs::statx(fd, "", AtFlags::EMPTY_PATH, super::STATX_MASK)
         .map_err(|_| Mapped::Failed)?;
-    let seen = crate::file_id(&stx);
+    let seen = file_id(&stx);
     match id {
         Some(id) if (id.dev, id.ino) == (seen.dev, seen.ino) && stx.stx_size > 0 => {
             FileMap::lazy(fd, stx.stx_size as usize)
@@ -1338,13 +1290,13 @@ fn map_entry(
 
 /// The lease of chunk buffer `buf`, which a send names (HttpConn never sends from a buffer a
 /// read is filling).
-fn chunk(c: &Conn, buf: BufIx) -> Result<&Lease, String> {
+fn chunk(c: &Conn, buf: BufIx) -> Result<&Lease> {
     c.chunks[usize::from(buf.0)]
         .as_ref()
-        .ok_or_else(|| "HttpConn sent from a buffer a read is filling".to_string())
+        .ok_or_else(|| broken("HttpConn sent from a buffer a read is filling"))
 }
 
-/// "FEATURE needs Linux X; this kernel is Y", the same words as sys's errors.
+/// "FEATURE needs Linux X; this kernel is Y", the same words as the errors.
 fn unsupported(feature: &'static str, since: &'static str) -> String {
-    ringwork_sys::Error::unsupported(feature, since).to_string()
+    Error::unsupported(feature, since).to_string()
 }

@@ -1,6 +1,6 @@
-//! The epoll engine: performs the file service's operations with nonblocking syscalls, on
-//! the worker loop every Ringwork server shares (`ringwork_sys::worker::run_engine`: the
-//! connection table, admission, the wait, ticks, the stop and the drain are the loop's).
+//! The epoll file engine: performs the file service's operations with nonblocking syscalls,
+//! on the worker loop every Ringwork server shares ([`run_engine`](crate::worker::run_engine):
+//! the connection table, admission, the wait, ticks, the stop and the drain are the loop's).
 //!
 //! Sockets are edge-triggered (EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET): a receive or send
 //! that meets EAGAIN waits for the next edge; everything else (statx, openat2, pread, close,
@@ -20,7 +20,7 @@
 //! request was served inline, let clients that reconnect at once keep the loop in accept for
 //! as long as they churned; the closes of the connections they left were not read, piled up
 //! past `--max-conns`, and new connections were reset (found by tests/tests/faults.rs).
-//! Accepting is `ringwork_sys::EpollAcceptor`'s, as in ringwork-echo's epoll driver: out of
+//! Accepting is [`EpollAcceptor`]'s, as in ringwork-echo's epoll driver: out of
 //! descriptors or memory it takes the listener out of the epoll set for a pause (level
 //! triggering would otherwise wake every wait for the connections still queued) and says so on
 //! stderr, once per episode.
@@ -39,19 +39,18 @@ use ringwork_core::filesvc::{
 };
 use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
-use ringwork_sys::accept::Acceptors;
-use ringwork_sys::driver::StopNotice;
-use ringwork_sys::epoll::{Epoll, Interest};
-use ringwork_sys::worker::{
-    AcceptParts, Engine, Happening, Input, Readiness, StreamStats, WorkerStart,
-};
-use ringwork_sys::EpollAcceptor;
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags};
 
-use crate::{file_id, file_info, open_flags, Failure, Shared};
+use super::{file_id, file_info, open_flags, DirectNotes, FileHooks, FileStats, FilesConfig};
+use crate::accept::Acceptors;
+use crate::driver::StopNotice;
+use crate::epoll::{Epoll, Interest};
+use crate::error::Result;
+use crate::worker::{AcceptParts, Engine, Happening, Input, Readiness, StreamStats, WorkerStart};
+use crate::{EpollAcceptor, Error};
 
 /// Page alignment for O_DIRECT buffers.
 const ALIGN: usize = 4096;
@@ -79,7 +78,8 @@ impl AlignedBuf {
     }
 }
 
-struct Conn {
+/// One connection: its HttpConn, its socket and what its operations wait on.
+pub struct Conn {
     /// HttpConn, with its hold on the open-file cache.
     fc: FileConn,
     sock: OwnedFd,
@@ -93,46 +93,48 @@ struct Conn {
     pending_send: Option<FileOp>,
     /// HttpConn said Free: remove the connection (which closes the socket).
     freed: bool,
-    /// The client's address, for the access log (looked up only when there is one).
+    /// The client's address, when the hooks want it.
     peer: Option<std::net::IpAddr>,
 }
 
-/// Whether this thread has said that O_DIRECT is in use (0) or was refused (1).
-#[derive(Default)]
-struct DirectLog(bool, bool);
-
 /// What a worker keeps beside its connections.
-struct Local {
+struct Local<'a> {
+    cfg: FilesConfig<'a>,
+    stats: FileStats,
     /// The worker's clock, read once a turn of the loop (after the wait): every event of the
     /// turn happened "now".
     now: Time,
-    direct: DirectLog,
+    direct: DirectNotes,
     /// The open-file cache: what is decided about files, in core. Entry N's file is in
     /// `cache_fds[N]`.
     svc: FileService,
     cache_fds: Vec<Option<OwnedFd>>,
-    /// With `--access-log`: the lines not yet written.
-    log: crate::accesslog::Batch,
 }
 
-impl Local {
-    fn new(shared: &Shared) -> Self {
+impl<'a> Local<'a> {
+    fn new(cfg: &FilesConfig<'a>) -> Self {
         Self {
-            now: shared.now(),
-            direct: DirectLog::default(),
+            cfg: *cfg,
+            stats: FileStats::default(),
+            now: cfg.now(),
+            direct: DirectNotes::default(),
             svc: FileService::new(ServiceConfig {
-                cache: shared.cache,
+                cache: cfg.cache,
                 // Made as reads need them (no pool to wait for).
                 chunks: usize::MAX,
-                file_send: if shared.cfg.file_send {
+                file_send: if cfg.http.file_send {
                     FileSend::Descriptor
                 } else {
                     FileSend::Off
                 },
             }),
-            cache_fds: (0..shared.cache.entries).map(|_| None).collect(),
-            log: crate::accesslog::Batch::default(),
+            cache_fds: (0..cfg.cache.entries).map(|_| None).collect(),
         }
+    }
+
+    /// Counts and prints a report HttpConn refused.
+    fn checked(&mut self, r: core::result::Result<(), ringwork_core::conn::ConnError>) {
+        self.stats.checked(self.cfg.name, r);
     }
 
     /// Closes the files of the cache entries no request holds any more (close(2) of a
@@ -152,9 +154,9 @@ fn raw(e: Errno) -> RawErrno {
 }
 
 impl Conn {
-    fn new(shared: &Shared, sock: OwnedFd, now: Time) -> Self {
+    fn new(http: ringwork_core::httpconn::Config, sock: OwnedFd, now: Time) -> Self {
         Self {
-            fc: FileConn::new(HttpConn::new(shared.cfg, now)),
+            fc: FileConn::new(HttpConn::new(http, now)),
             sock,
             file: None,
             bufs: [None, None],
@@ -184,30 +186,10 @@ fn listener_key(index: u16) -> UserData {
 const STOP_KEY: UserData = Token::new(OpKind::Read, Slot::WORKER, Generation::ZERO).encode();
 
 /// Runs one worker until SIGINT/SIGTERM.
-pub fn run(shared: &Shared, start: WorkerStart<'_>) -> Result<(), String> {
-    let ep = Epoll::new(256).map_err(|e| e.to_string())?;
-    // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
-    ep.add(&start.stop, STOP_KEY.0, Interest::IN | Interest::ET)
-        .map_err(|e| e.to_string())?;
-    let acceptors = acceptors(shared, &ep, start.listeners)?;
-    let engine = EpollEngine {
-        shared,
-        ep,
-        acceptors,
-        stop: start.stop,
-        stopped: false,
-        events: Vec::with_capacity(256),
-        run_queue: RunQueue::new(),
-        last_expire: 0,
-        local: Local::new(shared),
-    };
-    crate::serve_worker(shared, engine, start.gate)
-}
-
-/// The epoll engine of one worker: its epoll set and what it keeps beside the connections
-/// (the loop, `ringwork_sys::worker::run_engine`, keeps those).
-struct EpollEngine<'s> {
-    shared: &'s Shared,
+/// The epoll file engine of one worker: its epoll set and what it keeps beside the
+/// connections (the loop keeps those).
+pub struct EpollFiles<'a, H> {
+    hooks: H,
     ep: Epoll,
     acceptors: Acceptors<EpollAcceptor>,
     stop: StopNotice,
@@ -219,25 +201,46 @@ struct EpollEngine<'s> {
     run_queue: RunQueue,
     /// When the cache last dropped its inactive entries.
     last_expire: u64,
-    local: Local,
+    local: Local<'a>,
+}
+
+impl<'a, H: FileHooks> EpollFiles<'a, H> {
+    /// Sets up one worker's epoll set, with its acceptors and its file service.
+    pub fn new(cfg: &FilesConfig<'a>, hooks: H, start: WorkerStart<'_>) -> Result<Self> {
+        let ep = Epoll::new(256)?;
+        // The stop notice wakes the wait once (edge-triggered); `given` says what it meant.
+        ep.add(&start.stop, STOP_KEY.0, Interest::IN | Interest::ET)?;
+        let acceptors = acceptors(cfg, &ep, start.listeners)?;
+        Ok(Self {
+            hooks,
+            ep,
+            acceptors,
+            stop: start.stop,
+            stopped: false,
+            events: Vec::with_capacity(256),
+            run_queue: RunQueue::new(),
+            last_expire: 0,
+            local: Local::new(cfg),
+        })
+    }
 }
 
 /// A deferred receive's turn has come (the only completion this engine hands the loop:
 /// everything else is performed at once).
 #[derive(Debug)]
-struct Deferred;
+pub struct Deferred;
 
-impl Engine for EpollEngine<'_> {
+impl<H: FileHooks> Engine for EpollFiles<'_, H> {
     type Conn = Conn;
     type Completion = Deferred;
-    type Error = Failure;
+    type Error = Error;
     type Accept = EpollAcceptor;
 
-    fn start(&mut self) -> Result<(), Failure> {
+    fn start(&mut self) -> Result<()> {
         Ok(())
     }
 
-    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<(), Failure> {
+    fn wait(&mut self, timeout: Option<Duration>, _: &mut StreamStats) -> Result<()> {
         // With deferred receives queued, epoll_wait only collects what is ready and returns.
         let timeout = if self.run_queue.is_empty() {
             timeout
@@ -256,9 +259,9 @@ impl Engine for EpollEngine<'_> {
         now_ms: u64,
         out: &mut Vec<Happening<Deferred>>,
         _: &mut StreamStats,
-    ) -> Result<(), Failure> {
+    ) -> Result<()> {
         // The worker's clock, read once per turn (after the wait).
-        self.local.now = self.shared.now();
+        self.local.now = self.local.cfg.now();
         if self.stop.given() && !self.stopped {
             self.stopped = true;
             out.push(Happening::Stop);
@@ -293,9 +296,9 @@ impl Engine for EpollEngine<'_> {
     }
 
     fn adopt(&mut self, sock: OwnedFd) -> Conn {
-        let mut conn = Conn::new(self.shared, sock, self.local.now);
-        if self.shared.access_log.is_some() {
-            conn.peer = crate::accesslog::peer_ip(&conn.sock);
+        let mut conn = Conn::new(self.local.cfg.http, sock, self.local.now);
+        if self.hooks.wants_peer() {
+            conn.peer = super::peer_ip(&conn.sock);
         }
         conn
     }
@@ -305,7 +308,7 @@ impl Engine for EpollEngine<'_> {
         self.ep.add(&c.sock, token.encode().0, interest).is_ok()
     }
 
-    fn reject(&mut self, sock: OwnedFd) -> Result<(), Failure> {
+    fn reject(&mut self, sock: OwnedFd) -> Result<()> {
         drop(sock);
         Ok(())
     }
@@ -316,8 +319,8 @@ impl Engine for EpollEngine<'_> {
         c: &mut Conn,
         input: Input<Deferred>,
         _: &mut StreamStats,
-    ) -> Result<bool, Failure> {
-        let (shared, w) = (self.shared, &mut self.local);
+    ) -> Result<bool> {
+        let w = &mut self.local;
         let turn_start = c.fc.http().requests();
         let http = c.fc.http_mut();
         match input {
@@ -325,18 +328,18 @@ impl Engine for EpollEngine<'_> {
             Input::Ready(ready) => {
                 if ready.readable {
                     if let Some(max) = c.pending_recv.take() {
-                        do_recv(shared, c, max, w.now);
+                        do_recv(w, c, max);
                     }
                 }
                 if ready.writable {
                     if let Some(op) = c.pending_send.take() {
-                        do_send(shared, c, op, w);
+                        do_send(w, c, op);
                     }
                 }
             }
             // A connection that got an EPOLLIN meanwhile has already received.
             Input::Completion(Deferred) => match c.pending_recv.take() {
-                Some(max) => do_recv(shared, c, max, w.now),
+                Some(max) => do_recv(w, c, max),
                 None => return Ok(c.freed),
             },
             Input::Shutdown => http.on_shutdown(),
@@ -344,7 +347,10 @@ impl Engine for EpollEngine<'_> {
             Input::Tick => http.on_tick(w.now),
             Input::Wake => w.svc.wake(&mut c.fc),
         }
-        if drive(shared, c, token, turn_start, w) {
+        let deferred = drive(c, token, turn_start, w);
+        // What this turn answered, before a Free removes the connection.
+        self.hooks.answered(c.peer, c.fc.http_mut());
+        if deferred {
             self.run_queue.push(token);
         }
         Ok(c.freed)
@@ -358,27 +364,21 @@ impl Engine for EpollEngine<'_> {
 
     fn wake_interval(&self) -> Option<Duration> {
         // For the cache's inactive entries and the chunk buffers' trim.
-        Some(tick_interval(self.shared))
+        Some(self.local.cfg.tick_interval())
     }
 
-    fn end_of_turn(&mut self, _stopping: bool, _: &mut StreamStats) -> Result<(), Failure> {
+    fn end_of_turn(&mut self, stopping: bool, _: &mut StreamStats) -> Result<()> {
+        // The hooks' work (an access log's write, when due).
+        self.hooks.end_of_turn(None, stopping)?;
         let w = &mut self.local;
-        if let Some(sink) = &self.shared.access_log {
-            // The lines so far, in one write, when due.
-            if w.log.due() {
-                w.log.write_now(sink);
-            }
-        }
-        // Out of descriptors (accept paused): the cached files no request uses give theirs
-        // to the connections waiting.
-        if self.acceptors.deadline_ms().is_some() {
-            w.svc.evict_unused();
-        }
-        let now = w.now.mono_ms;
-        if now.saturating_sub(self.last_expire) >= tick_interval(self.shared).as_millis() as u64 {
-            self.last_expire = now;
-            w.svc.expire(now);
-        }
+        let out_of_fds = self.acceptors.deadline_ms().is_some();
+        super::tidy_cache(
+            &mut w.svc,
+            &w.cfg,
+            &mut self.last_expire,
+            w.now.mono_ms,
+            out_of_fds,
+        );
         w.worker_ops();
         Ok(())
     }
@@ -396,14 +396,11 @@ impl Engine for EpollEngine<'_> {
     }
 
     fn busy(&self) -> bool {
-        false
+        self.hooks.busy()
     }
 
     fn finish(&mut self, _: &mut StreamStats) {
-        if let Some(sink) = &self.shared.access_log {
-            self.local.log.write_now(sink);
-        }
-        self.shared.stats.add_service(&self.local.svc);
+        self.hooks.finish(&self.local.stats, &self.local.svc);
     }
 }
 
@@ -411,39 +408,39 @@ impl Engine for EpollEngine<'_> {
 /// turn that stops at ACCEPT_BATCH is woken again for the rest. At capacity an acceptor stops
 /// watching its listener; the listen backlog holds new connections until one closes.
 fn acceptors(
-    shared: &Shared,
+    cfg: &FilesConfig<'_>,
     ep: &Epoll,
     listeners: Vec<OwnedFd>,
-) -> Result<Acceptors<EpollAcceptor>, String> {
+) -> Result<Acceptors<EpollAcceptor>> {
     listeners
         .into_iter()
         .zip(0u16..)
         .map(|(listener, index)| {
             Ok(
-                EpollAcceptor::new(ep, listener, listener_key(index).0, Interest::IN)
-                    .map_err(|e| e.to_string())?
-                    .with_capacity(shared.max_conns as usize),
+                EpollAcceptor::new(ep, listener, listener_key(index).0, Interest::IN)?
+                    .with_capacity(cfg.max_conns as usize),
             )
         })
-        .collect::<Result<_, String>>()
+        .collect::<Result<_>>()
         .map(Acceptors)
 }
 
 /// A stat of the connection's path beneath the root: statx(2).
-fn do_stat(shared: &Shared, c: &mut Conn, w: &mut Local) {
+fn do_stat(c: &mut Conn, w: &mut Local) {
     let res = CStr::from_bytes_with_nul(c.fc.http().path())
         .map_err(|_| RawErrno::INVAL)
         .and_then(|path| {
-            rustix::fs::statx(&shared.root, path, AtFlags::empty(), crate::STATX_MASK).map_err(raw)
+            rustix::fs::statx(w.cfg.root, path, AtFlags::empty(), super::STATX_MASK).map_err(raw)
         });
     let seen = res.map(|s| (file_info(&s), file_id(&s)));
-    crate::checked(shared, w.svc.on_stat(&mut c.fc, w.now, seen));
+    let reported = w.svc.on_stat(&mut c.fc, w.now, seen);
+    w.checked(reported);
 }
 
 /// An open of the connection's path beneath the root (openat2 with RESOLVE_BENEATH), into
 /// the cache entry its stat reserved or the connection's own descriptor.
-fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
-    crate::note_direct(&mut w.direct.0, shared.cfg.direct, direct);
+fn do_open(c: &mut Conn, w: &mut Local, direct: bool) {
+    w.direct.opening(w.cfg.http.direct, direct);
     let (flags, resolve) = open_flags(direct);
     // Nonblocking: should the path have become a FIFO since the stat, the open
     // must not block this thread (pread ignores O_NONBLOCK on regular files).
@@ -451,11 +448,10 @@ fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
     let res = CStr::from_bytes_with_nul(c.fc.http().path())
         .map_err(|_| RawErrno::INVAL)
         .and_then(|path| {
-            rustix::fs::openat2(&shared.root, path, flags, Mode::empty(), resolve).map_err(raw)
+            rustix::fs::openat2(w.cfg.root, path, flags, Mode::empty(), resolve).map_err(raw)
         });
-    if direct && res.as_ref().err() == Some(&RawErrno::INVAL) && !w.direct.1 {
-        w.direct.1 = true;
-        println!("O_DIRECT open refused by the file system (EINVAL): serving buffered");
+    if direct && res.as_ref().err() == Some(&RawErrno::INVAL) {
+        w.direct.refused();
     }
     let (fd, res) = match res {
         Ok(fd) => (Some(fd), Ok(())),
@@ -465,24 +461,25 @@ fn do_open(shared: &Shared, c: &mut Conn, w: &mut Local, direct: bool) {
         Ok(FileRef::Entry(ix)) => w.cache_fds[ix.0 as usize] = fd,
         Ok(FileRef::Own) => c.file = fd,
         // Refused: the descriptor it opened is closed.
-        Err(e) => crate::checked(shared, Err(e)),
+        Err(e) => w.checked(Err(e)),
     }
 }
 
 /// Reports the result of an operation just performed to connection `c`, through its
 /// checked door.
-fn report(shared: &Shared, c: &mut Conn, now: Time, event: HttpEvent<'_>) {
-    crate::checked(shared, c.fc.http_mut().on_event(now, event));
+fn report(w: &mut Local, c: &mut Conn, event: HttpEvent<'_>) {
+    let reported = c.fc.http_mut().on_event(w.now, event);
+    w.checked(reported);
 }
 
 /// A spare chunk buffer of the right size (room in front of each chunk for the response
 /// head: `head_with_body`).
-fn new_chunk(shared: &Shared) -> AlignedBuf {
-    spare_buf((shared.cfg.chunk + HEAD_ROOM) as usize)
+fn new_chunk(cfg: &FilesConfig<'_>) -> AlignedBuf {
+    spare_buf((cfg.http.chunk + HEAD_ROOM) as usize)
 }
 
 /// A read of a chunk of the connection's file: pread(2).
-fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, read: ChunkRead) {
+fn do_read(c: &mut Conn, w: &mut Local, read: ChunkRead) {
     let ChunkRead {
         buf,
         offset,
@@ -491,7 +488,7 @@ fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, read: ChunkRead) {
         file,
         ..
     } = read;
-    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(shared));
+    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(&w.cfg));
     let fd = match file {
         FileRef::Entry(ix) => w.cache_fds[ix.0 as usize].as_ref(),
         FileRef::Own => c.file.as_ref(),
@@ -504,20 +501,14 @@ fn do_read(shared: &Shared, c: &mut Conn, w: &mut Local, read: ChunkRead) {
         None => Err(RawErrno::BADF),
     };
     let reported = w.svc.on_read(&mut c.fc, w.now, buf, res, b.bytes());
-    crate::checked(shared, reported);
+    w.checked(reported);
 }
 
 /// A read answered from the cached file's kept bytes.
-fn read_kept(shared: &Shared, c: &mut Conn, w: &mut Local, buf: BufIx, at: std::ops::Range<u32>) {
-    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(shared));
+fn read_kept(c: &mut Conn, w: &mut Local, buf: BufIx, at: std::ops::Range<u32>) {
+    let b = c.bufs[usize::from(buf.0)].get_or_insert_with(|| new_chunk(&w.cfg));
     let dst = &mut b.bytes_mut()[at.start as usize..at.end as usize];
     w.svc.read_kept(&mut c.fc, w.now, buf, dst);
-}
-
-/// A tenth of the shortest timeout, between 5 ms and 100 ms.
-pub fn tick_interval(shared: &Shared) -> Duration {
-    let shortest = shared.cfg.header_timeout_ms.min(shared.cfg.idle_timeout_ms);
-    Duration::from_millis((shortest / 10).clamp(5, 100))
 }
 
 /// Most connections accepted per turn of the loop (see the module docs).
@@ -531,7 +522,7 @@ fn accept_batch(
     open: usize,
     now_ms: u64,
     out: &mut Vec<Happening<Deferred>>,
-) -> Result<(), Failure> {
+) -> Result<()> {
     for n in 0..ACCEPT_BATCH {
         // None: nothing waits, or the acceptor paused (out of descriptors or memory) or is
         // at capacity.
@@ -549,25 +540,24 @@ thread_local! {
     static RECV: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn do_recv(shared: &Shared, c: &mut Conn, max: u32, now: Time) {
+fn do_recv(w: &mut Local, c: &mut Conn, max: u32) {
     RECV.with(|b| {
         let mut buf = b.borrow_mut();
         if buf.is_empty() {
-            buf.resize(shared.cfg.limits.max_head_bytes + 1, 0);
+            buf.resize(w.cfg.http.limits.max_head_bytes + 1, 0);
         }
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
-            Ok((n, _)) => report(shared, c, now, HttpEvent::Recv(Ok(&buf[..n]))),
+            Ok((n, _)) => report(w, c, HttpEvent::Recv(Ok(&buf[..n]))),
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-            Err(e) => report(shared, c, now, HttpEvent::Recv(Err(raw(e)))),
+            Err(e) => report(w, c, HttpEvent::Recv(Err(raw(e)))),
         }
     });
 }
 
 /// Performs a send of connection `c`'s response: `op` is a [`FileOp::Send`] or a
 /// [`FileOp::SendFile`] (the file of a cached entry is in `cache_fds`).
-fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
-    let now = w.now;
+fn do_send(w: &mut Local, c: &mut Conn, op: FileOp) {
     let res = match op {
         FileOp::SendFile { file, offset, len } => {
             // sendfile(2): page cache to socket, no chunk buffer; a full socket is EAGAIN,
@@ -579,9 +569,9 @@ fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
             let Some(fd) = fd else {
                 // Guard: HttpConn sends from the file only while it is open.
                 let declined = HttpEvent::FileSendDeclined { again: false };
-                return report(shared, c, now, declined);
+                return report(w, c, declined);
             };
-            crate::Stats::add(&shared.stats.file_sends, 1);
+            w.stats.file_sends += 1;
             rustix::fs::sendfile(&c.sock, fd, Some(&mut { offset }), len as usize)
         }
         FileOp::Send(src) => {
@@ -591,9 +581,9 @@ fn do_send(shared: &Shared, c: &mut Conn, op: FileOp, w: &Local) {
         _ => return,
     };
     match res {
-        Ok(n) => report(shared, c, now, HttpEvent::Send(Ok(n as u32))),
+        Ok(n) => report(w, c, HttpEvent::Send(Ok(n as u32))),
         Err(Errno::AGAIN) => c.pending_send = Some(op),
-        Err(e) => report(shared, c, now, HttpEvent::Send(Err(raw(e)))),
+        Err(e) => report(w, c, HttpEvent::Send(Err(raw(e)))),
     }
 }
 
@@ -637,46 +627,45 @@ fn send_bytes<'a>(
 /// queue". It cannot wait for EPOLLIN: the next request may already be in the socket, its
 /// edge consumed while no receive was pending.
 #[must_use]
-fn drive(shared: &Shared, c: &mut Conn, token: Token, turn_start: u64, w: &mut Local) -> bool {
+fn drive(c: &mut Conn, token: Token, turn_start: u64, w: &mut Local) -> bool {
     let mut deferred = false;
     while let Some(op) = w.svc.next(&mut c.fc, token, w.now) {
-        let now = w.now;
         match op {
             FileOp::Recv { max } if c.fc.http().requests() != turn_start => {
                 c.pending_recv = Some(max);
                 deferred = true;
             }
-            FileOp::Recv { max } => do_recv(shared, c, max, now),
-            FileOp::Send(_) | FileOp::SendFile { .. } => do_send(shared, c, op, w),
+            FileOp::Recv { max } => do_recv(w, c, max),
+            FileOp::Send(_) | FileOp::SendFile { .. } => do_send(w, c, op),
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
             FileOp::SendZc(_) => unreachable!("SEND_ZC with the epoll backend"),
-            FileOp::Stat => do_stat(shared, c, w),
+            FileOp::Stat => do_stat(c, w),
             // `link_next` is never set: this backend's Config has no link_open_read.
-            FileOp::Open { direct, .. } => do_open(shared, c, w, direct),
-            FileOp::Read(read) => do_read(shared, c, w, read),
+            FileOp::Open { direct, .. } => do_open(c, w, direct),
+            FileOp::Read(read) => do_read(c, w, read),
             FileOp::ReadKept {
                 buf, buf_pos, len, ..
-            } => read_kept(shared, c, w, buf, buf_pos..buf_pos + len),
+            } => read_kept(c, w, buf, buf_pos..buf_pos + len),
             FileOp::CloseFile => {
                 c.file = None;
-                report(shared, c, now, HttpEvent::FileClosed);
+                report(w, c, HttpEvent::FileClosed);
             }
             FileOp::Cancel => {
                 // A deferred receive is cancelled the same way; its run-queue entry then
                 // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
-                    report(shared, c, now, HttpEvent::Recv(Err(RawErrno::CANCELED)));
+                    report(w, c, HttpEvent::Recv(Err(RawErrno::CANCELED)));
                 }
                 if c.pending_send.take().is_some() {
-                    report(shared, c, now, HttpEvent::Send(Err(RawErrno::CANCELED)));
+                    report(w, c, HttpEvent::Send(Err(RawErrno::CANCELED)));
                 }
                 // Synchronous, so the request itself is done too.
-                report(shared, c, now, HttpEvent::CancelDone);
+                report(w, c, HttpEvent::CancelDone);
             }
             FileOp::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
-                report(shared, c, now, HttpEvent::ShutdownDone);
+                report(w, c, HttpEvent::ShutdownDone);
             }
             // No SEND_ZC here (so never `reset`): Free follows at once, and removing the
             // connection then closes the socket.
@@ -697,10 +686,6 @@ fn drive(shared: &Shared, c: &mut Conn, token: Token, turn_start: u64, w: &mut L
         }
     }
     w.worker_ops();
-    if let Some(sink) = &shared.access_log {
-        // What this turn answered, before a Free removes the connection.
-        crate::accesslog::collect(sink, &mut w.log, c.peer, c.fc.http_mut());
-    }
     deferred && c.pending_recv.is_some()
 }
 
@@ -734,13 +719,14 @@ fn return_buf(buf: AlignedBuf) {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+    use std::os::fd::AsFd;
     use std::os::unix::net::UnixStream;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use ringwork_core::httpconn::Config;
 
     /// A root holding `f` (10 bytes), served with 16 KiB chunks.
-    fn shared() -> (Shared, std::path::PathBuf) {
+    fn root() -> (OwnedFd, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "ringwork-files-epoll-test-{}-{:?}",
             std::process::id(),
@@ -754,17 +740,17 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        let cfg = Config {
-            chunk: 16384,
-            ..Config::default()
-        };
-        let shared = Shared {
-            root,
-            access_log: None,
-            cfg,
-            max_conns: 1,
-            chunk_buffers: 2,
-            uring: crate::UringConfig::default(),
+        (root, dir)
+    }
+
+    fn config(root: &OwnedFd) -> FilesConfig<'_> {
+        FilesConfig {
+            name: "test",
+            root: root.as_fd(),
+            http: Config {
+                chunk: 16384,
+                ..Config::default()
+            },
             cache: ringwork_core::filecache::CacheConfig {
                 entries: 4,
                 valid_ms: 1000,
@@ -773,11 +759,12 @@ mod tests {
                 max_path: 64,
                 inactive_ms: 0,
             },
+            max_conns: 1,
+            chunk_buffers: 2,
+            uring: super::super::UringSetup::default(),
             shutdown_grace: Duration::from_secs(1),
-            start: Instant::now(),
-            stats: crate::Stats::default(),
-        };
-        (shared, dir)
+            epoch: Instant::now(),
+        }
     }
 
     /// The regression behind "49 of 50 connections unread for seconds": a client whose next
@@ -787,54 +774,36 @@ mod tests {
     /// next receive is handed to the run queue instead of being performed inline.
     #[test]
     fn a_buffered_next_request_waits_for_the_next_turn() {
-        let (shared, dir) = shared();
+        let (root, dir) = root();
+        let cfg = config(&root);
         let (server, mut client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
-        let mut c = Conn::new(&shared, OwnedFd::from(server), shared.now());
-        let mut log = Local::new(&shared);
+        let mut c = Conn::new(cfg.http, OwnedFd::from(server), cfg.now());
+        let mut w = Local::new(&cfg);
         let pad = "a".repeat(6000);
         let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");
-        assert!(2 * req.len() > shared.cfg.limits.max_head_bytes + 1);
+        assert!(2 * req.len() > cfg.http.limits.max_head_bytes + 1);
         client.write_all(req.repeat(3).as_bytes()).unwrap();
+        let token = Token::new(OpKind::Recv, Slot(0), Generation::ZERO);
 
         // The accept-time turn: the first receive is inline, the second deferred.
-        assert!(
-            drive(
-                &shared,
-                &mut c,
-                Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
-                0,
-                &mut log
-            ),
-            "next receive deferred"
-        );
+        assert!(drive(&mut c, token, 0, &mut w), "next receive deferred");
         assert_eq!(c.fc.http().requests(), 1, "one request per turn");
         for n in 2..=3 {
             // What the run queue does for this connection on the next turn.
             let max = c.pending_recv.take().expect("deferred receive");
             let turn_start = c.fc.http().requests();
-            do_recv(&shared, &mut c, max, log.now);
-            assert!(drive(
-                &shared,
-                &mut c,
-                Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
-                turn_start,
-                &mut log
-            ));
+            do_recv(&mut w, &mut c, max);
+            assert!(drive(&mut c, token, turn_start, &mut w));
             assert_eq!(c.fc.http().requests(), n, "one request per turn");
         }
         // Nothing more buffered: the deferred receive meets EAGAIN and waits for EPOLLIN.
         let max = c.pending_recv.take().expect("deferred receive");
-        do_recv(&shared, &mut c, max, log.now);
+        do_recv(&mut w, &mut c, max);
         assert_eq!(c.pending_recv, Some(max));
         let turn_start = c.fc.http().requests();
-        assert!(!drive(
-            &shared,
-            &mut c,
-            Token::new(OpKind::Recv, Slot(0), Generation::ZERO),
-            turn_start,
-            &mut log
-        ));
+        assert!(!drive(&mut c, token, turn_start, &mut w));
+        assert_eq!(w.stats.refused, 0);
 
         drop(c);
         let mut out = Vec::new();
