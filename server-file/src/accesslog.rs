@@ -266,18 +266,8 @@ fn format_line(out: &mut Vec<u8>, date: &[u8; 26], e: &LogEntry<'_>) {
     out.extend_from_slice(b"\"\n");
 }
 
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(ringwork_core::http::Decimal::new(n).as_bytes());
 }
 
 fn quoted_or_dash(out: &mut Vec<u8>, v: Option<&[u8]>) {

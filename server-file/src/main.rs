@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ringwork_core::filecache::CacheConfig;
 use ringwork_core::http::Limits;
 use ringwork_core::httpconn::Config;
-use ringwork_sys::backend::{Backend, BackendRequest};
-use ringwork_sys::driver::ServerRingConfig;
+use ringwork_sys::backend::Backend;
+use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
 use ringwork_sys::files::{self, FileBackend, FileStats, FilesConfig, UringSetup};
 use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
@@ -95,37 +95,14 @@ struct Args {
     /// the threads.
     #[arg(long)]
     max_conns: Option<u32>,
-    /// io_uring: submission queue entries per ring, a power of two up to 16384 (the
-    /// completion queue gets four times as many). Connections wait for room when a burst
-    /// fills it; nothing is lost.
-    #[arg(long, default_value_t = 1024)]
-    sq_entries: u32,
-    /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
-    /// ms before the poller sleeps (`--sqpoll` alone: 10 ms; off by default). Without
-    /// DEFER_TASKRUN (the kernel refuses the pair). When the kernel refuses SQPOLL the server
-    /// exits with the reason.
-    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
-    sqpoll: Option<u32>,
-    /// io_uring, with `--sqpoll`: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
-    /// Default: none, and the poller may run on any CPU.
-    #[arg(long, value_name = "CPU", requires = "sqpoll")]
-    sqpoll_cpu: Option<u32>,
     /// io_uring: send file chunks with IORING_OP_SEND_ZC (Linux 6.0) straight from the
     /// registered chunk buffer, with IORING_SEND_ZC_REPORT_USAGE (6.2); a buffer is refilled
     /// only after its notification. Off by default. The `stats:` line at shutdown says how
     /// often the kernel copied anyway (always, on loopback).
     #[arg(long)]
     zerocopy: bool,
-    /// io_uring: turn features off, forcing their fallbacks (comma-separated; default: none,
-    /// every feature the kernel has is used). A disabled feature wins over the flag that asks
-    /// for it (`--sqpoll`, `--zerocopy`).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        value_name = "FEATURE[,FEATURE]"
-    )]
-    disable: Vec<Feature>,
+    #[command(flatten)]
+    ring: RingFlags,
     /// Serve precompressed siblings: `FILE.br` or `FILE.gz` beside FILE, when the request's
     /// Accept-Encoding takes that coding (nginx's gzip_static / brotli_static); every file
     /// answer says `Vary: Accept-Encoding`. No compression on the fly. `false`: never.
@@ -146,53 +123,6 @@ struct Args {
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum BackendArg {
-    /// io_uring where this process may use it, else epoll (one line on stderr says why).
-    Auto,
-    /// io_uring, or exit naming why not: openat2/statx/read/send through the ring.
-    Uring,
-    /// epoll (edge-triggered) with nonblocking syscalls.
-    Epoll,
-}
-
-/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
-/// kernels where the feature misbehaves: PITFALLS.md, "Kernels differ, and have bugs in the
-/// edges"). The names are ringwork-echo's where
-/// they apply.
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Feature {
-    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
-    MultishotAccept,
-    /// Registered files: openat2 into a plain descriptor (O_CLOEXEC), reads and close by fd.
-    FixedFiles,
-    /// Registered buffers (used with --direct or --zerocopy): IORING_OP_READ instead of
-    /// READ_FIXED, SEND_ZC without IORING_RECVSEND_FIXED_BUF.
-    FixedBuffers,
-    /// SQPOLL: no kernel poller even with `--sqpoll`.
-    Sqpoll,
-    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): COOP_TASKRUN instead (or a plain ring with
-    /// `coop-taskrun` disabled too).
-    DeferTaskrun,
-    /// SINGLE_ISSUER | COOP_TASKRUN (Linux 5.19), the fallback from DEFER_TASKRUN: a plain
-    /// ring instead.
-    CoopTaskrun,
-    /// SEND_ZC: plain sends even with `--zerocopy`.
-    SendZc,
-    /// Linked OPENAT2 → first READ chains (IOSQE_IO_LINK): the read is submitted after the
-    /// open's completion instead.
-    Links,
-    /// ringwork-echo's; refused here (ringwork-files receives request heads with plain recv).
-    #[value(hide = true)]
-    MultishotRecv,
-    /// Provided buffer ring for request heads (Linux 5.19): each connection receives into a
-    /// buffer of its own, which it holds while it waits for its next request.
-    PbufRing,
-    /// Cancel by descriptor (IORING_ASYNC_CANCEL_FD, Linux 5.19): a closing connection's
-    /// receive and send are ended by shutdown(2) instead, as on older kernels.
-    CancelFd,
 }
 
 /// What every worker thread shares.
@@ -501,7 +431,7 @@ impl Sizing {
         // io_uring without registered files: every thread's), or as slots of each ring's
         // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
         // connections' slots. Out of descriptors, the cache gives up the files no request uses.
-        let cache_fds = backend == Backend::Epoll || args.disable.contains(&Feature::FixedFiles);
+        let cache_fds = backend == Backend::Epoll || args.ring.disabled(Feature::FixedFiles);
         let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
             (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX))
                 as u32,
@@ -537,70 +467,46 @@ impl Sizing {
     }
 }
 
+/// The io_uring features ringwork-files can `--disable` (it receives request heads with
+/// single-shot IORING_OP_RECV, so not multishot-recv).
+const USES: [Feature; 10] = [
+    Feature::MultishotAccept,
+    Feature::FixedFiles,
+    Feature::FixedBuffers,
+    Feature::Sqpoll,
+    Feature::DeferTaskrun,
+    Feature::CoopTaskrun,
+    Feature::SendZc,
+    Feature::Links,
+    Feature::PbufRing,
+    Feature::CancelFd,
+];
+
 /// Flags that cannot go together, or not on `backend`.
 fn check_flags(args: &Args, backend: Backend) -> Result<(), String> {
-    if !args.sq_entries.is_power_of_two() || args.sq_entries > 16384 {
-        return Err("--sq-entries must be a power of two from 1 to 16384".into());
-    }
-    if backend == Backend::Epoll && args.sqpoll.is_some() {
-        return Err("--sqpoll applies to --backend uring only".into());
-    }
     if backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
     }
-    if backend == Backend::Epoll && !args.disable.is_empty() {
-        return Err("--disable applies to --backend uring only".into());
-    }
-    for (feature, name, why) in [(
-        Feature::MultishotRecv,
-        "multishot-recv",
-        "it receives request heads with single-shot IORING_OP_RECV",
-    )] {
-        if args.disable.contains(&feature) {
-            return Err(format!(
-                "--disable {name}: ringwork-files does not use {name} ({why}); \
-                 features it can disable: multishot-accept, fixed-files, fixed-buffers, \
-                 sqpoll, defer-taskrun, coop-taskrun, send-zc, links, pbuf-ring, cancel-fd"
-            ));
-        }
-    }
-    Ok(())
+    args.ring.check("ringwork-files", backend, &USES)
 }
 
 /// How the io_uring backend sets up its rings (a disabled feature wins over the flag that
 /// asks for it).
 fn uring_config(args: &Args) -> UringSetup {
-    let disabled = |f| args.disable.contains(&f);
+    let on = |f| !args.ring.disabled(f);
     UringSetup {
-        ring: ServerRingConfig {
-            sq_entries: args.sq_entries,
-            sqpoll: args
-                .sqpoll
-                .filter(|_| !disabled(Feature::Sqpoll))
-                .map(|idle_ms| ringwork_sys::SqPoll {
-                    idle_ms,
-                    cpu: args.sqpoll_cpu,
-                }),
-            task_run: ringwork_sys::TaskRun::allowed(
-                !disabled(Feature::DeferTaskrun),
-                !disabled(Feature::CoopTaskrun),
-            ),
-            legacy: ringwork_sys::LegacyFeatures {
-                no_cancel_fd: disabled(Feature::CancelFd),
-                ..Default::default()
-            },
-        },
-        multishot_accept: !disabled(Feature::MultishotAccept),
-        fixed_files: !disabled(Feature::FixedFiles),
-        fixed_buffers: !disabled(Feature::FixedBuffers),
-        links: !disabled(Feature::Links),
-        pbuf_ring: !disabled(Feature::PbufRing),
+        ring: args.ring.ring_config(),
+        multishot_accept: on(Feature::MultishotAccept),
+        fixed_files: on(Feature::FixedFiles),
+        fixed_buffers: on(Feature::FixedBuffers),
+        links: on(Feature::Links),
+        pbuf_ring: on(Feature::PbufRing),
     }
 }
 
 /// What every connection's HttpConn runs with.
 fn http_config(args: &Args, access_log: bool) -> Config {
-    let zerocopy = args.zerocopy && !args.disable.contains(&Feature::SendZc);
+    let zerocopy = args.zerocopy && !args.ring.disabled(Feature::SendZc);
     Config {
         limits: Limits::default(),
         chunk: args.chunk,
@@ -620,29 +526,21 @@ fn http_config(args: &Args, access_log: bool) -> Config {
     }
 }
 
-/// The backend `--backend` asks for, io_uring probed (with what the io_uring backend cannot
-/// do without) unless epoll was named; on `auto`, the fallback is printed with its reason. A
-/// flag only io_uring has is an error on epoll, named or fallen back to.
+/// The backend `--backend` asks for, io_uring probed (with what the io_uring file engine
+/// cannot do without) unless epoll was named; on `auto`, the fallback is printed with its
+/// reason. A flag only io_uring has is an error on epoll, named or fallen back to.
 fn choose_backend(args: &Args) -> Result<Backend, String> {
-    let request = match args.backend {
-        BackendArg::Auto => BackendRequest::Auto,
-        BackendArg::Uring => BackendRequest::Uring,
-        BackendArg::Epoll => BackendRequest::Epoll,
-    };
-    let chosen = ringwork_sys::backend::choose(request, &files::uring::REQUIRED)
-        .map_err(|e| e.to_string())?;
-    if let Some(note) = chosen.note() {
-        let uring_only = [
-            ("--sqpoll", args.sqpoll.is_some()),
-            ("--zerocopy", args.zerocopy),
-            ("--disable", !args.disable.is_empty()),
-        ];
-        if let Some((flag, _)) = uring_only.iter().find(|(_, given)| *given) {
-            return Err(format!("{flag} needs io_uring: {note}"));
-        }
-        eprintln!("ringwork-files: {note}");
-    }
-    Ok(chosen.backend)
+    let uring_only = [
+        ("--sqpoll", args.ring.sqpoll.is_some()),
+        ("--zerocopy", args.zerocopy),
+        ("--disable", !args.ring.disable.is_empty()),
+    ];
+    cli::choose_backend(
+        "ringwork-files",
+        args.backend,
+        &files::uring::REQUIRED,
+        &uring_only,
+    )
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit in force.

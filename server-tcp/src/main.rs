@@ -16,20 +16,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use ringwork_core::conn::{Config, EchoConn};
-use ringwork_sys::backend::{Backend, BackendRequest};
+use ringwork_sys::backend::Backend;
+use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
 use ringwork_sys::worker::{self, Serve, StreamConfig, UringOptions};
-
-/// Which I/O model the workers use.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum BackendArg {
-    /// io_uring where this process may use it, else epoll (one line on stderr says why).
-    Auto,
-    /// io_uring, or exit naming why not: multishot accept, multishot recv from a provided
-    /// buffer ring, send.
-    Uring,
-    /// Edge-triggered epoll with nonblocking accept4/read/send (the benchmark baseline).
-    Epoll,
-}
 
 /// How the io_uring backend accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -38,34 +27,6 @@ enum AcceptMode {
     Auto,
     /// Always single-shot (the fallback path, forced for testing).
     Single,
-}
-
-/// An io_uring feature `--disable` turns off, forcing its fallback path (for tests, and for
-/// kernels where the feature misbehaves: PITFALLS.md, "Kernels differ, and have bugs in the
-/// edges").
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Feature {
-    /// Multishot accept (Linux 5.19): single-shot accept, re-armed after each connection.
-    MultishotAccept,
-    /// Multishot recv (Linux 6.0): single-shot recv from the buffer ring, re-armed after
-    /// each completion.
-    MultishotRecv,
-    /// SEND_ZC: plain sends even with `--zerocopy`.
-    SendZc,
-    /// SQPOLL: no kernel poller even with `--sqpoll`.
-    Sqpoll,
-    /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): COOP_TASKRUN instead (or a plain ring with
-    /// `coop-taskrun` disabled too).
-    DeferTaskrun,
-    /// SINGLE_ISSUER | COOP_TASKRUN (Linux 5.19), the fallback from DEFER_TASKRUN: a plain
-    /// ring instead.
-    CoopTaskrun,
-    /// Provided buffer ring (IORING_REGISTER_PBUF_RING, Linux 5.19): the same receive buffers
-    /// handed back with IORING_OP_PROVIDE_BUFFERS SQEs (Linux 5.7) instead.
-    PbufRing,
-    /// Cancel by descriptor (IORING_ASYNC_CANCEL_FD, Linux 5.19): a closing connection's
-    /// receive and send are ended by shutdown(2) instead, as on older kernels.
-    CancelFd,
 }
 
 /// TCP echo server on io_uring, thread-per-core.
@@ -92,9 +53,6 @@ struct Args {
     /// Most connections open at once in this process; more are closed as soon as accepted.
     #[arg(long, default_value_t = 20_000)]
     max_conns: usize,
-    /// Submission queue entries per ring (the completion queue gets four times as many).
-    #[arg(long, default_value_t = 1024)]
-    sq_entries: u32,
     /// io_uring (epoll ignores it): completions to wait for per io_uring_enter, for at most
     /// `--batch-wait-us`; once that has passed, any one completion ends the wait. 1 waits for
     /// one completion, as a plain loop does. Used only while the load fills half a batch per
@@ -110,17 +68,6 @@ struct Args {
     /// close whatever is still open after this many milliseconds.
     #[arg(long, default_value_t = 3000)]
     shutdown_grace_ms: u64,
-    /// io_uring: kernel-side submission polling (IORING_SETUP_SQPOLL) with this idle time in
-    /// ms before the poller sleeps (`--sqpoll` alone: 10 ms; off by default). Without
-    /// DEFER_TASKRUN (the kernel refuses the pair). When the kernel refuses SQPOLL the server
-    /// exits with the reason: a benchmark asked for it.
-    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "10", require_equals = true)]
-    sqpoll: Option<u32>,
-    /// io_uring, with `--sqpoll`: CPU to pin each SQPOLL poller to (IORING_SETUP_SQ_AFF).
-    /// Default: none, and the poller may run on any CPU (the kernel thread ignores the
-    /// process' affinity mask).
-    #[arg(long, value_name = "CPU", requires = "sqpoll")]
-    sqpoll_cpu: Option<u32>,
     /// io_uring: send with IORING_OP_SEND_ZC (Linux 6.0) and IORING_SEND_ZC_REPORT_USAGE; a
     /// received buffer goes back to the ring only after its notification. Off by default (on
     /// loopback the kernel copies anyway; figures in docs/PERFORMANCE.md).
@@ -138,20 +85,24 @@ struct Args {
     /// `--disable pbuf-ring`.
     #[arg(long)]
     incremental: bool,
-    /// io_uring: turn features off, forcing their fallbacks (comma-separated; default: none,
-    /// every feature the kernel has is used). A disabled feature wins over the flag that asks
-    /// for it (`--zerocopy`, `--sqpoll`).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        value_name = "FEATURE[,FEATURE]"
-    )]
-    disable: Vec<Feature>,
+    #[command(flatten)]
+    ring: RingFlags,
     /// io_uring accept mode (testing aid).
     #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
     accept_mode: AcceptMode,
 }
+
+/// The io_uring features ringwork-echo can `--disable` (it opens no files).
+const USES: [Feature; 8] = [
+    Feature::MultishotAccept,
+    Feature::MultishotRecv,
+    Feature::SendZc,
+    Feature::Sqpoll,
+    Feature::DeferTaskrun,
+    Feature::CoopTaskrun,
+    Feature::PbufRing,
+    Feature::CancelFd,
+];
 
 /// `--batch` default; the measurements behind it: docs/PERFORMANCE.md, "Batched waits".
 const DEFAULT_BATCH: u32 = 16;
@@ -222,12 +173,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 /// What each worker runs with, from the flags (a disabled feature wins over the flag that
 /// asks for it).
 fn stream_config(args: &Args) -> StreamConfig {
-    let disabled = |f| args.disable.contains(&f);
-    let sqpoll = if disabled(Feature::Sqpoll) {
-        None
-    } else {
-        args.sqpoll
-    };
+    let disabled = |f| args.ring.disabled(f);
+    let ring = args.ring.ring_config();
     StreamConfig {
         name: "ringwork-echo",
         buffers: args.buffers,
@@ -235,7 +182,7 @@ fn stream_config(args: &Args) -> StreamConfig {
         max_conns: args.max_conns,
         shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
         uring: UringOptions {
-            sq_entries: args.sq_entries,
+            sq_entries: ring.sq_entries,
             accept: if args.accept_mode == AcceptMode::Single || disabled(Feature::MultishotAccept)
             {
                 ringwork_sys::accept::AcceptMode::Single
@@ -244,20 +191,11 @@ fn stream_config(args: &Args) -> StreamConfig {
             },
             batch: args.batch.max(1),
             batch_wait: std::time::Duration::from_micros(u64::from(args.batch_wait_us)),
-            sqpoll: sqpoll.map(|idle_ms| ringwork_sys::SqPoll {
-                idle_ms,
-                cpu: args.sqpoll_cpu,
-            }),
+            sqpoll: ring.sqpoll,
             zerocopy: args.zerocopy && !disabled(Feature::SendZc),
             multishot_recv: !disabled(Feature::MultishotRecv),
-            task_run: ringwork_sys::TaskRun::allowed(
-                !disabled(Feature::DeferTaskrun),
-                !disabled(Feature::CoopTaskrun),
-            ),
-            legacy: ringwork_sys::LegacyFeatures {
-                no_cancel_fd: disabled(Feature::CancelFd),
-                ..Default::default()
-            },
+            task_run: ring.task_run,
+            legacy: ring.legacy,
             pbuf_ring: !disabled(Feature::PbufRing),
             bundle: args.bundle,
             incremental: args.incremental,
@@ -267,12 +205,11 @@ fn stream_config(args: &Args) -> StreamConfig {
 
 /// Flags that cannot go together, or not on `backend`.
 fn check_combinations(args: &Args, backend: Backend) -> Result<(), String> {
-    let disabled = |f| args.disable.contains(&f);
+    let disabled = |f| args.ring.disabled(f);
     // --batch has a default and epoll ignores it (epoll_wait already returns every ready
-    // event); SQPOLL is something an epoll run cannot give, so asking for it is an error.
-    if backend == Backend::Epoll && args.sqpoll.is_some() {
-        return Err("--sqpoll applies to --backend uring only".into());
-    }
+    // event); SQPOLL is something an epoll run cannot give, so asking for it is an error
+    // (RingFlags::check).
+    args.ring.check("ringwork-echo", backend, &USES)?;
     if args.bundle && disabled(Feature::PbufRing) {
         return Err(
             "--bundle needs the provided buffer ring: drop `pbuf-ring` from --disable \
@@ -294,34 +231,24 @@ fn check_combinations(args: &Args, backend: Backend) -> Result<(), String> {
     if backend == Backend::Epoll && args.zerocopy {
         return Err("--zerocopy applies to --backend uring only".into());
     }
-    if backend == Backend::Epoll && !args.disable.is_empty() {
-        return Err("--disable applies to --backend uring only".into());
-    }
     Ok(())
 }
 
 /// The backend `--backend` asks for, io_uring probed (with what the io_uring backend cannot
 /// do without) unless epoll was named; on `auto`, the fallback is printed with its reason. A
 /// flag only io_uring has is an error on epoll, named or fallen back to.
-fn choose_backend(args: &Args) -> Result<Backend, Box<dyn std::error::Error>> {
-    let request = match args.backend {
-        BackendArg::Auto => BackendRequest::Auto,
-        BackendArg::Uring => BackendRequest::Uring,
-        BackendArg::Epoll => BackendRequest::Epoll,
-    };
-    let chosen = ringwork_sys::backend::choose(request, &worker::uring::REQUIRED)?;
-    if let Some(note) = chosen.note() {
-        let uring_only = [
-            ("--sqpoll", args.sqpoll.is_some()),
-            ("--zerocopy", args.zerocopy),
-            ("--bundle", args.bundle),
-            ("--incremental", args.incremental),
-            ("--disable", !args.disable.is_empty()),
-        ];
-        if let Some((flag, _)) = uring_only.iter().find(|(_, given)| *given) {
-            return Err(format!("{flag} needs io_uring: {note}").into());
-        }
-        eprintln!("ringwork-echo: {note}");
-    }
-    Ok(chosen.backend)
+fn choose_backend(args: &Args) -> Result<Backend, String> {
+    let uring_only = [
+        ("--sqpoll", args.ring.sqpoll.is_some()),
+        ("--zerocopy", args.zerocopy),
+        ("--bundle", args.bundle),
+        ("--incremental", args.incremental),
+        ("--disable", !args.ring.disable.is_empty()),
+    ];
+    cli::choose_backend(
+        "ringwork-echo",
+        args.backend,
+        &worker::uring::REQUIRED,
+        &uring_only,
+    )
 }

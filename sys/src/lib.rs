@@ -5,6 +5,8 @@
 //!   one in 40 lines, `echo-ring.rs` the same server driven by hand on the ring).
 //! - [`files`]: core's file service (`ringwork_core::filesvc`) performed on the worker loop,
 //!   once per backend: what ringwork-files runs, for any server built on the file service.
+//! - `cli` (feature `cli`): `--backend` and the io_uring ring flags every server shares, on
+//!   clap.
 //! - [`backend`]: which backend to run on: io_uring where the kernel lets this process use it,
 //!   epoll where it does not, with the reason.
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
@@ -31,6 +33,8 @@
 
 pub mod accept;
 pub mod backend;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod driver;
 pub mod epoll;
 pub mod error;

@@ -45,8 +45,8 @@ pub use path::{is_directory_request, normalize_path, slash_redirect_location};
 pub use range::{parse_range, RangeResult};
 pub use request::{parse_request, HttpError, Limits, Method, Parsed, Request, MAX_HEADERS};
 pub use response::{
-    error_response, redirect_response, ContentRange, ErrorResponseLen, HeadTooSmall, ResponseHead,
-    Status, ALLOW,
+    error_response, redirect_response, ContentRange, Decimal, ErrorResponseLen, HeadTooSmall,
+    ResponseHead, Status, ALLOW,
 };
 
 /// Strips optional whitespace (SP and HTAB) from both ends.

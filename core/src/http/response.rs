@@ -287,18 +287,8 @@ impl Writer<'_> {
         self.put(value)
     }
 
-    fn num(&mut self, mut n: u64) -> Result<(), HeadTooSmall> {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.put(&digits[i..])
+    fn num(&mut self, n: u64) -> Result<(), HeadTooSmall> {
+        self.put(Decimal::new(n).as_bytes())
     }
 
     fn date(&mut self, unix_secs: u64) -> Result<(), HeadTooSmall> {
@@ -560,5 +550,51 @@ mod tests {
         assert_eq!(header(&hs, "location"), Some("/sub/?q=1"));
         assert_eq!(header(&hs, "connection"), Some("keep-alive"));
         assert_eq!(&out[w.head..w.total], b"301 Moved Permanently\n");
+    }
+}
+
+/// A number's decimal digits, formatted without allocating (for response heads and log
+/// lines).
+#[derive(Clone, Copy, Debug)]
+pub struct Decimal {
+    digits: [u8; 20],
+    start: u8,
+}
+
+impl Decimal {
+    /// The digits of `n`.
+    pub fn new(mut n: u64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self {
+            digits,
+            start: i as u8,
+        }
+    }
+
+    /// The digits, most significant first.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[usize::from(self.start)..]
+    }
+}
+
+#[cfg(test)]
+mod decimal_tests {
+    use super::Decimal;
+
+    #[test]
+    fn formats_every_width() {
+        assert_eq!(Decimal::new(0).as_bytes(), b"0");
+        assert_eq!(Decimal::new(7).as_bytes(), b"7");
+        assert_eq!(Decimal::new(1_000_000).as_bytes(), b"1000000");
+        assert_eq!(Decimal::new(u64::MAX).as_bytes(), b"18446744073709551615");
     }
 }

@@ -16,7 +16,7 @@
 //! keep the loop to itself for seconds while every other connection (and the listener) waited
 //! unread; the io_uring driver is fair by construction (one completion per CQE per turn).
 //! For the same reason the listener is level-triggered and a turn accepts at most
-//! [`ACCEPT_BATCH`] connections: draining the backlog to EAGAIN, while each new connection's
+//! `ACCEPT_BATCH` connections: draining the backlog to EAGAIN, while each new connection's
 //! request was served inline, let clients that reconnect at once keep the loop in accept for
 //! as long as they churned; the closes of the connections they left were not read, piled up
 //! past `--max-conns`, and new connections were reset (found by tests/tests/faults.rs).
