@@ -270,14 +270,7 @@ impl Shared {
 const MAX_LISTEN: usize = 64;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ringwork-files: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit("ringwork-files", run(Args::parse()))
 }
 
 /// The thread count, once the values no flag parser checks are in range.
@@ -530,17 +523,9 @@ fn http_config(args: &Args, access_log: bool) -> Config {
 /// cannot do without) unless epoll was named; on `auto`, the fallback is printed with its
 /// reason. A flag only io_uring has is an error on epoll, named or fallen back to.
 fn choose_backend(args: &Args) -> Result<Backend, String> {
-    let uring_only = [
-        ("--sqpoll", args.ring.sqpoll.is_some()),
-        ("--zerocopy", args.zerocopy),
-        ("--disable", !args.ring.disable.is_empty()),
-    ];
-    cli::choose_backend(
-        "ringwork-files",
-        args.backend,
-        &files::uring::REQUIRED,
-        &uring_only,
-    )
+    let also = [("--zerocopy", args.zerocopy)];
+    let required = &files::uring::REQUIRED;
+    cli::choose_backend("ringwork-files", args.backend, required, &args.ring, &also)
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the limit in force.

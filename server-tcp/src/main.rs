@@ -111,14 +111,7 @@ const DEFAULT_BATCH: u32 = 16;
 const DEFAULT_BATCH_WAIT_US: u32 = 50;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ringwork-echo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    cli::exit("ringwork-echo", run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -238,17 +231,11 @@ fn check_combinations(args: &Args, backend: Backend) -> Result<(), String> {
 /// do without) unless epoll was named; on `auto`, the fallback is printed with its reason. A
 /// flag only io_uring has is an error on epoll, named or fallen back to.
 fn choose_backend(args: &Args) -> Result<Backend, String> {
-    let uring_only = [
-        ("--sqpoll", args.ring.sqpoll.is_some()),
+    let also = [
         ("--zerocopy", args.zerocopy),
         ("--bundle", args.bundle),
         ("--incremental", args.incremental),
-        ("--disable", !args.ring.disable.is_empty()),
     ];
-    cli::choose_backend(
-        "ringwork-echo",
-        args.backend,
-        &worker::uring::REQUIRED,
-        &uring_only,
-    )
+    let required = &worker::uring::REQUIRED;
+    cli::choose_backend("ringwork-echo", args.backend, required, &args.ring, &also)
 }

@@ -186,22 +186,39 @@ impl RingFlags {
 
 /// The backend `--backend` asks for, io_uring probed (with the operations in `required`)
 /// unless epoll was named. On `auto`, the fallback is printed behind `name` with its reason;
-/// a flag only io_uring has (`uring_only`: each flag and whether it was given) is then an
-/// error naming the flag and the reason.
+/// an io_uring flag given (`--sqpoll`, `--disable`, or one of the server's own in `also`:
+/// each flag and whether it was given) is then an error naming the flag and the reason.
 pub fn choose_backend(
     name: &str,
     arg: BackendArg,
     required: &[RequiredOp],
-    uring_only: &[(&str, bool)],
+    ring: &RingFlags,
+    also: &[(&str, bool)],
 ) -> Result<Backend, String> {
     let chosen = backend::choose(arg.request(), required).map_err(|e| e.to_string())?;
     if let Some(note) = chosen.note() {
-        if let Some((flag, _)) = uring_only.iter().find(|(_, given)| *given) {
+        let ring_flags = [
+            ("--sqpoll", ring.sqpoll.is_some()),
+            ("--disable", !ring.disable.is_empty()),
+        ];
+        if let Some((flag, _)) = ring_flags.iter().chain(also).find(|(_, given)| *given) {
             return Err(format!("{flag} needs io_uring: {note}"));
         }
         eprintln!("{name}: {note}");
     }
     Ok(chosen.backend)
+}
+
+/// A server's exit: success, or the error on stderr behind the server's `name` and exit
+/// status 1.
+pub fn exit<E: std::fmt::Display>(name: &str, result: Result<(), E>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[cfg(test)]
