@@ -186,6 +186,8 @@ struct Stats {
     /// Completions a connection refused as impossible in its state (a bug; each is said on
     /// stderr).
     refused: AtomicU64,
+    /// Misses whose stat and open were answered at once from the kernel's lookup cache.
+    inline_lookups: AtomicU64,
 }
 
 impl Stats {
@@ -197,7 +199,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -217,6 +219,7 @@ impl Stats {
             get(&self.file_sends),
             get(&self.file_cold),
             get(&self.refused),
+            get(&self.inline_lookups),
         )
     }
 
@@ -231,6 +234,7 @@ impl Stats {
         Self::add(&self.file_sends, st.file_sends);
         Self::add(&self.file_cold, st.file_cold);
         Self::add(&self.refused, st.refused);
+        Self::add(&self.inline_lookups, st.inline_lookups);
     }
 
     fn add_service(&self, svc: &ringwork_core::filesvc::FileService) {
@@ -421,10 +425,13 @@ impl Sizing {
         let nofile = raise_nofile_limit();
         // Token sub-indexes name cache entries (16 bits); cached files take at most a quarter of
         // what RLIMIT_NOFILE allows. They count against it either way: as descriptors (epoll, or
-        // io_uring without registered files: every thread's), or as slots of each ring's
+        // io_uring without registered files or with inline lookups: every thread's), or as
+        // slots of each ring's
         // registered file table, which the kernel sizes within RLIMIT_NOFILE beside the
         // connections' slots. Out of descriptors, the cache gives up the files no request uses.
-        let cache_fds = backend == Backend::Epoll || args.ring.disabled(Feature::FixedFiles);
+        let cache_fds = backend == Backend::Epoll
+            || args.ring.disabled(Feature::FixedFiles)
+            || !args.ring.disabled(Feature::InlineLookups);
         let cache_entries = args.open_file_cache.min(u32::from(u16::MAX)).min(
             (nofile / 4 / if cache_fds { threads as u64 } else { 1 }).min(u64::from(u16::MAX))
                 as u32,
@@ -462,7 +469,7 @@ impl Sizing {
 
 /// The io_uring features ringwork-files can `--disable` (it receives request heads with
 /// single-shot IORING_OP_RECV, so not multishot-recv).
-const USES: [Feature; 10] = [
+const USES: [Feature; 11] = [
     Feature::MultishotAccept,
     Feature::FixedFiles,
     Feature::FixedBuffers,
@@ -473,6 +480,7 @@ const USES: [Feature; 10] = [
     Feature::Links,
     Feature::PbufRing,
     Feature::CancelFd,
+    Feature::InlineLookups,
 ];
 
 /// Flags that cannot go together, or not on `backend`.
@@ -494,6 +502,7 @@ fn uring_config(args: &Args) -> UringSetup {
         fixed_buffers: on(Feature::FixedBuffers),
         links: on(Feature::Links),
         pbuf_ring: on(Feature::PbufRing),
+        inline_lookups: on(Feature::InlineLookups),
     }
 }
 

@@ -66,6 +66,9 @@ pub enum Feature {
     SendZc,
     /// Linked open → read chains: each read submitted after its open completed.
     Links,
+    /// A miss's stat and open done at once from the kernel's lookup cache (openat2
+    /// RESOLVE_CACHED, Linux 5.12): every miss is stat'ed with IORING_OP_STATX on io-wq.
+    InlineLookups,
     /// SQPOLL: no kernel poller even with `--sqpoll`.
     Sqpoll,
     /// SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1): COOP_TASKRUN instead (or a plain ring with
@@ -92,6 +95,7 @@ impl Feature {
             Feature::FixedBuffers => "fixed-buffers",
             Feature::SendZc => "send-zc",
             Feature::Links => "links",
+            Feature::InlineLookups => "inline-lookups",
             Feature::Sqpoll => "sqpoll",
             Feature::DeferTaskrun => "defer-taskrun",
             Feature::CoopTaskrun => "coop-taskrun",

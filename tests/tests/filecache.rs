@@ -359,3 +359,74 @@ fn rewrite_in_place(path: &Path, bytes: &[u8]) {
     f.write_all(bytes).unwrap();
     f.set_len(bytes.len() as u64).unwrap();
 }
+
+/// A miss is stat'ed and opened at once when its path is in the kernel's lookup cache
+/// (`inline_lookups`), with the same answers as the ring's STATX path: files byte for byte
+/// (small, kept; large, read in chunks), a directory's index and its redirect, a missing
+/// path, a symlink out of the root refused, and a FIFO in the root answered at once (the
+/// nonblocking open never holds the loop). Cached and uncached (`--open-file-cache 0`), with
+/// registered files and with descriptors; with `--disable inline-lookups` none is inline.
+#[test]
+fn misses_are_looked_up_inline_with_the_same_answers() {
+    let dir = fresh_dir("ringwork-inline-lookups-");
+    let small = random_bytes(11, 700);
+    let big = random_bytes(12, 300_000);
+    let index = random_bytes(13, 64);
+    std::fs::write(dir.join("small.bin"), &small).unwrap();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/index.html"), &index).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("out")).unwrap();
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(dir.join("fifo"))
+        .status()
+        .unwrap();
+    assert!(fifo.success(), "mkfifo");
+    let passwd = std::fs::read("/etc/passwd").unwrap();
+    let variants: [(&[&str], bool); 5] = [
+        (&[], true),
+        (&["--open-file-cache", "0"], true),
+        (&["--disable", "fixed-files"], true),
+        (
+            &["--disable", "fixed-files", "--open-file-cache", "0"],
+            true,
+        ),
+        (&["--disable", "inline-lookups"], false),
+    ];
+    for (extra, inline) in variants {
+        let what = format!("{extra:?}");
+        let s = start(&dir, "uring", extra);
+        let mut c = Client::connect(s.addr);
+        for round in 0..3 {
+            let what = format!("{what} round {round}");
+            // The large file's pages out of memory, its path still in the lookup cache: the
+            // file the inline lookup opened reads from the disk like any other.
+            evict_pages(&dir.join("big.bin"));
+            assert_eq!(get_ok(&mut c, "/small.bin", &what), small, "{what}");
+            assert!(get_ok(&mut c, "/big.bin", &what) == big, "{what}: big");
+            assert_eq!(get_ok(&mut c, "/sub/", &what), index, "{what}: index");
+            assert_eq!(c.get("/sub", "").status, 301, "{what}: redirect");
+            assert_eq!(c.get("/missing", "").status, 404, "{what}: missing");
+            let r = c.get("/out", "");
+            assert_ne!(r.status, 200, "{what}: symlink out of the root");
+            assert!(r.body != passwd, "{what}: symlink out of the root");
+            let r = c.get("/fifo", "");
+            assert!(matches!(r.status, 403 | 404), "{what}: fifo {}", r.status);
+            past_the_period();
+        }
+        drop(c);
+        let line = terminate(s);
+        assert_eq!(stat(&line, "refused"), 0, "{what}: {line}");
+        let n = stat(&line, "inline_lookups");
+        assert_eq!(n > 0, inline, "{what}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Drops `path`'s pages from the page cache (written back first, then POSIX_FADV_DONTNEED),
+/// leaving its dentry.
+fn evict_pages(path: &Path) {
+    let f = std::fs::File::open(path).unwrap();
+    f.sync_all().unwrap();
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+}

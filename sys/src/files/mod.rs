@@ -93,6 +93,10 @@ pub struct UringSetup {
     pub links: bool,
     /// Request heads into a provided buffer ring (else a buffer per connection).
     pub pbuf_ring: bool,
+    /// A miss's stat answered at once where the path is in the kernel's lookup cache
+    /// (openat2 RESOLVE_CACHED, Linux 5.12, then statx of the file it opened), instead of
+    /// IORING_OP_STATX on io-wq.
+    pub inline_lookups: bool,
 }
 
 impl Default for UringSetup {
@@ -109,6 +113,7 @@ impl Default for UringSetup {
             fixed_buffers: true,
             links: true,
             pbuf_ring: true,
+            inline_lookups: true,
         }
     }
 }
@@ -135,6 +140,9 @@ pub struct FileStats {
     pub file_cold: u64,
     /// Completions HttpConn refused (a driver bug, printed on stderr as it happened).
     pub refused: u64,
+    /// Misses whose stat (and open) was answered at once from the kernel's lookup cache,
+    /// with no thread hop.
+    pub inline_lookups: u64,
 }
 
 impl FileStats {

@@ -17,17 +17,21 @@
 //!   5.19 or with `--disable multishot-accept`); out of descriptors or memory it pauses (the
 //!   loop's wait never outlasts the pause) and says so on stderr, once per episode.
 //! - Files: what is decided about them is `ringwork_core::filesvc::FileService`'s, which the
-//!   driver asks for each connection's next operation instead of HttpConn: its open-file
+//!   engine asks for each connection's next operation instead of HttpConn: its open-file
 //!   cache answers a fresh entry's stat, open and close at once, and a small file's reads
-//!   from its kept bytes; a path found missing within the period answers ENOENT. Otherwise
-//!   IORING_OP_STATX by path relative to the root, then IORING_OP_OPENAT2 (RESOLVE_BENEATH |
-//!   RESOLVE_NO_MAGICLINKS) straight into the cache entry's registered-file slot (after the connections' slots), or,
-//!   uncached, into slot N for connection slot N, closed with IORING_OP_CLOSE when the response
-//!   is done (HttpConn never opens before the previous close completed, so a slot never holds
-//!   the wrong file). A cache entry's slot is closed (a worker-slot CLOSE) once the entry is
-//!   dropped and no request uses it, and reused only after that CQE. With `--disable
-//!   fixed-files`, or when the table cannot be registered, openat2 returns a plain descriptor
-//!   (O_CLOEXEC) instead.
+//!   from its kept bytes; a path found missing within the period answers ENOENT. A miss is
+//!   looked up inline first: openat2 (RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS |
+//!   RESOLVE_CACHED, nonblocking) and statx of the file it opened, on this thread, where
+//!   every component of the path is in the kernel's lookup cache; the descriptor then serves
+//!   the open the stat leads to (kept as the cache entry's, or the connection's). Otherwise
+//!   IORING_OP_STATX by path relative to the root (on io-wq), then IORING_OP_OPENAT2 straight
+//!   into the cache entry's registered-file slot (after the connections' slots), or,
+//!   uncached, into slot N for connection slot N, closed with IORING_OP_CLOSE when the
+//!   response is done (HttpConn never opens before the previous close completed, so a slot
+//!   never holds the wrong file). A cache entry's slot is closed (a worker-slot CLOSE) once
+//!   the entry is dropped and no request uses it, and reused only after that CQE; a
+//!   descriptor is closed at once. With `--disable fixed-files`, or when the table cannot be
+//!   registered, openat2 returns a plain descriptor (O_CLOEXEC) instead.
 //! - Links: with registered files HttpConn plans the response at stat time and queues the
 //!   open with `link_next`, then the file's first read; both go in as one IOSQE_IO_LINK chain
 //!   (`Ring::push_safe_chain`), so the read needs no round trip through this loop. The
@@ -86,21 +90,25 @@
 //! once nothing of it is in flight. Until then its buffers, statx struct, open_how and path
 //! stay where the kernel was told they are. No count is kept here.
 
+use std::ffi::CStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
-use rustix::fs::AtFlags;
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
 use rustix::io_uring::{open_how, IoringOp, IORING_NOTIF_USAGE_ZC_COPIED};
 use rustix::net::SendFlags;
 
 use ringwork_core::buf::{BufGroup, Lease, ZcSlot};
 use ringwork_core::errno::RawErrno;
-use ringwork_core::filecache::EntryIx;
+use ringwork_core::filecache::{EntryIx, FileId};
 use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
-use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS};
+use ringwork_core::httpconn::{
+    BufIx, FileInfo, FileKind, HttpConn, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS,
+};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
 use super::{
@@ -165,8 +173,14 @@ pub struct UringFiles<'a, H> {
     /// The open-file cache, the chunk-buffer queue and the entries' mappings: what is
     /// decided about files, in core.
     svc: FileService,
-    /// Cache entry N's file: in registered-file slot `cache_base + N` (else in
-    /// `cache_fds[N]`), and its mapping once made.
+    /// A miss's stat tries a synchronous cached-only open first ([`UringFiles::stat_now`]).
+    inline_lookups: bool,
+    /// The file that open found, for the open the stat leads to, and its path.
+    opened: Option<OwnedFd>,
+    opened_path: Vec<u8>,
+    /// Cache entry N's file: in registered-file slot `cache_base + N` or in `cache_fds[N]`
+    /// (without registered files, or opened by [`UringFiles::stat_now`]), and its mapping
+    /// once made.
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
     maps: Vec<Option<Arc<FileMap>>>,
@@ -299,6 +313,7 @@ impl<'a, H: FileHooks> UringFiles<'a, H> {
                 .with("zerocopy", cfg.http.zerocopy)
                 .with("links", links)
                 .with("file_send", file_send)
+                .with("inline_lookups", uc.inline_lookups)
         );
         let waiter = Waiter::new(&ring, 1, Duration::ZERO);
         let svc = FileService::new(ServiceConfig {
@@ -325,6 +340,9 @@ impl<'a, H: FileHooks> UringFiles<'a, H> {
             waiter,
             direct: DirectNotes::default(),
             svc,
+            inline_lookups: uc.inline_lookups,
+            opened: None,
+            opened_path: Vec::new(),
             cache_base: slots,
             cache_fds: (0..cache_entries).map(|_| None).collect(),
             maps: (0..cache_entries).map(|_| None).collect(),
@@ -513,10 +531,11 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
         }
         // The hooks' work (an access log's write through the ring).
         self.hooks.end_of_turn(Some(&mut self.ring), stopping)?;
-        // Cached files held as descriptors (without registered files) give theirs up when
-        // the acceptor is out of them.
+        // Cached files held as descriptors (without registered files, or opened by inline
+        // lookups) give theirs up when the acceptor is out of them.
         let now = self.now.mono_ms;
-        let out_of_fds = !self.fixed_files && self.acceptors.deadline_ms().is_some();
+        let fds = !self.fixed_files || self.inline_lookups;
+        let out_of_fds = fds && self.acceptors.deadline_ms().is_some();
         super::tidy_cache(
             &mut self.svc,
             &self.cfg,
@@ -783,9 +802,8 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 WorkerOp::CloseEntry(ix) => {
                     // Sends in flight hold their own reference; it is unmapped after the last.
                     self.maps[ix.0 as usize] = None;
-                    if !self.fixed_files {
-                        // close(2) of a regular file: at once.
-                        self.cache_fds[ix.0 as usize] = None;
+                    if self.cache_fds[ix.0 as usize].take().is_some() || !self.fixed_files {
+                        // A descriptor: close(2) of a regular file, at once.
                         self.svc.on_entry_closed(ix);
                         continue;
                     }
@@ -854,7 +872,16 @@ impl<H: FileHooks> UringFiles<'_, H> {
         self.hooks.answered(c.peer, c.fc.http_mut());
         let mut freed = false;
         while let Some(op) = self.svc.next(&mut c.fc, token, self.now) {
+            // The file an inline stat opened serves only the open that comes right after it.
+            let opened = self.opened.take();
             match op {
+                FileOp::Open {
+                    direct: false,
+                    link_next,
+                    ..
+                } if opened.is_some() && c.fc.http().path() == self.opened_path.as_slice() => {
+                    self.opened_now(token, c, opened, link_next)?;
+                }
                 FileOp::Free => {
                     let buffers = self.buffers();
                     for lease in c.chunks.iter_mut().filter_map(Option::take) {
@@ -963,6 +990,85 @@ impl<H: FileHooks> UringFiles<'_, H> {
         Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
     }
 
+    /// A miss's stat answered at once, where the path's every component is in the kernel's
+    /// lookup cache: openat2 with RESOLVE_CACHED (Linux 5.12; it fails with EAGAIN rather
+    /// than read the disk) and statx of the file it opened, as nginx opens then fstat()s.
+    /// A regular file stays open for the open the stat leads to ([`UringFiles::opened_now`]).
+    /// `None`: the ring's IORING_OP_STATX answers instead (on io-wq, a thread hop): the
+    /// lookup needs the disk, or the open failed for a reason statx by path may not share
+    /// (a symlink out of the root, permissions).
+    fn stat_now(&mut self, c: &Conn) -> Option<core::result::Result<(FileInfo, FileId), RawErrno>> {
+        if !self.inline_lookups || self.cfg.http.direct {
+            return None;
+        }
+        let path = CStr::from_bytes_with_nul(c.fc.http().path()).ok()?;
+        let (flags, resolve) = open_flags(false);
+        // Nonblocking, as nginx opens: a FIFO must not hold the loop. Cleared again below
+        // for a regular file: on a file system without nowait support, the ring's reads of
+        // an O_NONBLOCK file fail with EAGAIN instead of waiting for the disk (ext4, xfs and
+        // btrfs have it, and there the flag changes nothing).
+        let flags = flags | OFlags::NONBLOCK;
+        let resolve = resolve | ResolveFlags::CACHED;
+        let fd = match rustix::fs::openat2(self.cfg.root, path, flags, Mode::empty(), resolve) {
+            Ok(fd) => fd,
+            Err(e @ (Errno::NOENT | Errno::NOTDIR)) => {
+                self.stats.inline_lookups += 1;
+                return Some(Err(RawErrno(e.raw_os_error())));
+            }
+            Err(Errno::INVAL) => {
+                // RESOLVE_CACHED unknown to this kernel.
+                self.inline_lookups = false;
+                println!(
+                    "{}: every miss is stat'ed on io-wq",
+                    unsupported("openat2 RESOLVE_CACHED", "5.12")
+                );
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let stx = rustix::fs::statx(&fd, "", AtFlags::EMPTY_PATH, super::STATX_MASK).ok()?;
+        let info = file_info(&stx);
+        if info.kind == FileKind::Regular {
+            rustix::fs::fcntl_setfl(&fd, OFlags::empty()).ok()?;
+            self.opened = Some(fd);
+            self.opened_path.clear();
+            self.opened_path.extend_from_slice(path.to_bytes_with_nul());
+        }
+        self.stats.inline_lookups += 1;
+        Some(Ok((info, file_id(&stx))))
+    }
+
+    /// The open after an inline stat ([`UringFiles::stat_now`]), with the file it opened:
+    /// completed at once, the descriptor kept where the file service says; a linked read
+    /// goes on its own.
+    fn opened_now(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        fd: Option<OwnedFd>,
+        link_next: bool,
+    ) -> Result<()> {
+        match self.svc.on_open(&mut c.fc, self.now, Ok(())) {
+            Ok(FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize] = fd,
+            Ok(FileRef::Own) => c.file = fd,
+            // Refused (a bug, said and counted): the descriptor is closed.
+            Err(e) => self.stats.checked(self.cfg.name, Err(e)),
+        }
+        if link_next {
+            let Some(read) = self.svc.next(&mut c.fc, token, self.now) else {
+                return Err(broken("an open with link_next and no read"));
+            };
+            if let FileOp::Read(ChunkRead { buf, lease, .. }) = read {
+                self.lease(c, buf, lease)?;
+            }
+            match self.build_sqe(token, c, read)? {
+                Some(sqe) => self.push(sqe)?,
+                None => return Err(broken("an open's linked read was not a read")),
+            }
+        }
+        Ok(())
+    }
+
     /// The OPENAT2 of connection `c`'s path beneath the root, `into` the cache entry its
     /// stat reserved or the connection's own file slot `own` (or a plain descriptor).
     fn open_sqe(
@@ -996,15 +1102,19 @@ impl<H: FileHooks> UringFiles<'_, H> {
     /// Where connection `c`'s `file` is: a registered-file slot (its own is `own`) or a
     /// descriptor.
     fn file_target(&self, c: &Conn, own: Slot, file: FileRef) -> Result<Target> {
-        let fd = match (self.fixed_files, file) {
-            (true, FileRef::Entry(ix)) => return Ok(Target::Fixed(self.cache_base + ix.0)),
-            (true, FileRef::Own) => return Ok(Target::Fixed(own.0)),
-            (false, FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize].as_ref(),
-            (false, FileRef::Own) => c.file.as_ref(),
+        let fd = match file {
+            FileRef::Entry(ix) => self.cache_fds[ix.0 as usize].as_ref(),
+            FileRef::Own => c.file.as_ref(),
         };
-        // HttpConn reads only after a successful open, which gave the fd.
-        fd.map(|fd| Target::Fd(fd.as_raw_fd()))
-            .ok_or_else(|| broken("a read of a file that is not open"))
+        match (fd, file) {
+            (Some(fd), _) => Ok(Target::Fd(fd.as_raw_fd())),
+            (None, FileRef::Entry(ix)) if self.fixed_files => {
+                Ok(Target::Fixed(self.cache_base + ix.0))
+            }
+            (None, FileRef::Own) if self.fixed_files => Ok(Target::Fixed(own.0)),
+            // HttpConn reads only after a successful open, which gave the fd.
+            (None, _) => Err(broken("a read of a file that is not open")),
+        }
     }
 
     /// The READ of a chunk of connection `c`'s file into the chunk buffer HttpConn names.
@@ -1110,6 +1220,11 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 }
             }
             FileOp::Stat => {
+                if let Some(seen) = self.stat_now(c) {
+                    let reported = self.svc.on_stat(&mut c.fc, self.now, seen);
+                    self.stats.checked(self.cfg.name, reported);
+                    return Ok(None);
+                }
                 let mask = super::STATX_MASK;
                 let target = self.spare.stat.pop().unwrap_or_else(StatxTarget::new);
                 let sqe = SafeSqe::statx(root, c.fc.http().path(), AtFlags::empty(), mask, target)?;
@@ -1120,12 +1235,11 @@ impl<H: FileHooks> UringFiles<'_, H> {
             }
             FileOp::Read(read) => (OpKind::Read, self.read_sqe(c, token.slot, read)?),
             FileOp::CloseFile => {
-                let sqe = if self.fixed_files {
-                    SafeSqe::close_fixed(token.slot.0)
-                } else {
+                let sqe = match c.file.take() {
+                    Some(file) => SafeSqe::close(file),
+                    None if self.fixed_files => SafeSqe::close_fixed(token.slot.0),
                     // HttpConn closes only after a successful open, which gave the fd.
-                    let file = c.file.take();
-                    SafeSqe::close(file.ok_or_else(|| broken("a file close with no file open"))?)
+                    None => return Err(broken("a file close with no file open")),
                 };
                 (OpKind::Close, sqe)
             }
