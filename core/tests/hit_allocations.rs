@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::filesvc::{ChunkRead, FileConn, FileOp, FileSend, FileService, ServiceConfig};
-use ringwork_core::httpconn::{
-    BufIx, Config, FileInfo, FileKind, HttpConn, HttpEvent, SendSrc, Time,
-};
+use ringwork_core::httpconn::{Config, FileInfo, FileKind, HttpConn, HttpEvent, SendSrc, Time};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
 /// Counts every allocation (and reallocation) of the test process.
