@@ -3,7 +3,8 @@
 //! (every operation completed at once, as a fast kernel would), and a counting global
 //! allocator reports the allocations of each request after the first (the miss that fills
 //! the cache). Per-request allocations are per-request malloc/free on the server's hottest
-//! path; the count is printed, and held at or below `MAX_PER_HIT`.
+//! path; the count is printed, and held at or below `MAX_PER_HIT`. (A test of core's machines
+//! that lives in sys: a global allocator is `unsafe`, and all of Ringwork's `unsafe` is here.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
