@@ -154,9 +154,9 @@ fn raw(e: Errno) -> RawErrno {
 }
 
 impl Conn {
-    fn new(http: ringwork_core::httpconn::Config, sock: OwnedFd, now: Time) -> Self {
+    fn new(http: HttpConn, sock: OwnedFd) -> Self {
         Self {
-            fc: FileConn::new(HttpConn::new(http, now)),
+            fc: FileConn::new(http),
             sock,
             file: None,
             bufs: [None, None],
@@ -296,7 +296,8 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
     }
 
     fn adopt(&mut self, sock: OwnedFd) -> Conn {
-        let mut conn = Conn::new(self.local.cfg.http, sock, self.local.now);
+        let http = HttpConn::new(self.local.cfg.http, self.local.now);
+        let mut conn = Conn::new(self.hooks.new_conn(http), sock);
         if self.hooks.wants_peer() {
             conn.peer = super::peer_ip(&conn.sock);
         }
@@ -778,7 +779,8 @@ mod tests {
         let cfg = config(&root);
         let (server, mut client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
-        let mut c = Conn::new(cfg.http, OwnedFd::from(server), cfg.now());
+        let http = HttpConn::new(cfg.http, cfg.now());
+        let mut c = Conn::new(http, OwnedFd::from(server));
         let mut w = Local::new(&cfg);
         let pad = "a".repeat(6000);
         let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");

@@ -163,6 +163,12 @@ pub trait FileHooks {
         false
     }
 
+    /// A new connection's HttpConn, made from the engine's settings: the hooks may add
+    /// what is the server's (response rules, say).
+    fn new_conn(&mut self, http: HttpConn) -> HttpConn {
+        http
+    }
+
     /// The connection (from `peer`) may have answered requests since the last call: its
     /// records are HttpConn's (an access log takes them here). Called after each time the
     /// connection was driven, before it is freed.

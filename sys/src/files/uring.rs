@@ -457,7 +457,7 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
             None
         };
         Box::new(Conn {
-            fc: FileConn::new(HttpConn::new(self.http_cfg, self.now)),
+            fc: FileConn::new(self.hooks.new_conn(HttpConn::new(self.http_cfg, self.now))),
             sock: Some(sock),
             recv_buf: None,
             chunks: [None, None],
