@@ -36,7 +36,8 @@ use rustix::fs::OFlags;
 struct Args {
     /// Address to listen on (port 0 picks a free port and prints it); give it again for more
     /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
-    /// accepts on every address.
+    /// accepts on every address. Not used when systemd passes listening sockets
+    /// (socket activation: LISTEN_PID and LISTEN_FDS), which are served instead.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: Vec<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
@@ -327,12 +328,15 @@ fn run(args: Args) -> Result<(), String> {
     if args.listen.len() > MAX_LISTEN {
         return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
-    let listeners = ringwork_sys::net::reuseport_listeners(
-        &args.listen,
-        threads,
-        SocketMode::for_backend(backend),
-    )
-    .map_err(|e| e.to_string())?;
+    // Sockets passed in by systemd (LISTEN_FDS) take the place of --listen.
+    let mode = SocketMode::for_backend(backend);
+    let listeners = match ringwork_sys::activation::listeners(threads, mode)
+        .map_err(|e| format!("socket activation: {e}"))?
+    {
+        Some(passed) => passed,
+        None => ringwork_sys::net::reuseport_listeners(&args.listen, threads, mode)
+            .map_err(|e| e.to_string())?,
+    };
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let shared = Arc::new(Shared {
         root,

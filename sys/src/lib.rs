@@ -11,6 +11,7 @@
 //!   epoll where it does not, with the reason.
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
 //!   overflow detection, and teardown.
+//! - [`activation`]: listeners passed in by systemd (`LISTEN_FDS`), instead of bound.
 //! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
 //!   and the epoll baseline's event loop primitive.
 //! - [`accept`]: accepting for both servers, through the ring ([`Acceptor`]: multishot with
@@ -32,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod accept;
+pub mod activation;
 pub mod backend;
 #[cfg(feature = "cli")]
 pub mod cli;
