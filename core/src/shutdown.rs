@@ -73,6 +73,14 @@ impl Drain {
         self.phase != Phase::Serving
     }
 
+    /// Whether a connection the kernel accepted now is to be served: while serving, and while
+    /// draining (an accept already in flight when the stop came may still complete, and
+    /// closing what it took would refuse a client the listener had let in); not once the
+    /// drain was cut short.
+    pub fn admits(&self) -> bool {
+        !matches!(self.phase, Phase::Aborted { .. })
+    }
+
     /// A stop request arrived; the first one begins the drain, later ones change nothing.
     pub fn on_stop(&mut self, now_ms: u64) -> Option<DrainAction> {
         match self.phase {
@@ -122,11 +130,17 @@ mod tests {
             !d.finished(0, false, false),
             "a serving worker never finishes"
         );
+        assert!(d.admits());
         assert_eq!(d.on_stop(100), Some(DrainAction::BeginDrain));
+        assert!(
+            d.admits(),
+            "a connection accepted during the drain is served"
+        );
         assert_eq!(d.on_stop(200), None, "a second signal changes nothing");
         assert_eq!(d.deadline_ms(), Some(3100));
         assert_eq!(d.on_tick(3099), None);
         assert_eq!(d.on_tick(3100), Some(DrainAction::Abort));
+        assert!(!d.admits(), "none once the drain is cut short");
         assert_eq!(d.on_tick(9999), None, "abort once");
         assert_eq!(d.phase(), Phase::Aborted { since_ms: 100 });
         assert_eq!(d.deadline_ms(), None);

@@ -27,7 +27,11 @@ fn ringwork_files_serves_on_the_socket_it_is_passed() {
             dir.to_str().unwrap(),
         ];
         let s = Server::start("ringwork-e2e-activate", &args);
-        assert_ne!(s.addr.port(), 9, "{backend}: serving on --listen, not the passed socket");
+        assert_ne!(
+            s.addr.port(),
+            9,
+            "{backend}: serving on --listen, not the passed socket"
+        );
         // Many connections at once, so that both threads' acceptors take some.
         let clients: Vec<_> = (0..16)
             .map(|_| {

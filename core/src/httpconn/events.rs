@@ -497,7 +497,13 @@ mod tests {
         for event in happenings {
             c.on_event(NOW, event).unwrap();
         }
-        // The shutdown closed the idle connection: the receive is cancelled.
+        // Draining, the new connection waits a short while for its first request; then the
+        // tick closes it: the receive is cancelled.
+        let later = Time {
+            mono_ms: NOW.mono_ms + crate::httpconn::DRAIN_HEAD_WAIT_MS,
+            ..NOW
+        };
+        c.on_event(later, HttpEvent::Tick).unwrap();
         assert_eq!(drain_ops(&mut c), [Op::Cancel]);
         for event in happenings.into_iter().chain([HttpEvent::Abort; 2]) {
             assert_eq!(accept(&mut c, event), []);

@@ -58,6 +58,12 @@ impl HttpConn {
                 } else {
                     self.cfg.header_timeout_ms
                 };
+                // Draining, a new connection's first request gets a short while only.
+                let limit = if self.close_after {
+                    limit.min(DRAIN_HEAD_WAIT_MS)
+                } else {
+                    limit
+                };
                 Some(since.saturating_add(limit))
             }
             Phase::Drain { since, .. } => Some(since.saturating_add(self.cfg.header_timeout_ms)),
@@ -68,13 +74,17 @@ impl HttpConn {
 
     /// The server is stopping (a graceful drain): a response in progress (or a request being
     /// looked up) is finished and the connection then closes, as after `Connection: close`
-    /// (send side shut down, the client's end of stream awaited); a connection waiting for a
-    /// request head, idle keep-alive or partial, closes now. Responses not yet begun say
-    /// `Connection: close`. How long the drain may take is the driver's to bound, with
-    /// [`HttpConn::abort`].
+    /// (send side shut down, the client's end of stream awaited); an idle keep-alive
+    /// connection closes now. A connection still waiting for its first request (accepted
+    /// just before the stop, or during it: its client has been let in and is sending) or
+    /// holding part of a head gets that request answered, with `Connection: close`, if it
+    /// comes within [`DRAIN_HEAD_WAIT_MS`] of when the wait began (and the header timeout).
+    /// Responses not yet begun say `Connection: close`. How long the drain may take is the
+    /// driver's to bound, with [`HttpConn::abort`].
     pub fn on_shutdown(&mut self) {
         match self.phase {
-            Phase::Head { .. } => self.close(),
+            Phase::Head { .. } if self.rlen == 0 && self.requests > 0 => self.close(),
+            Phase::Head { .. } => self.close_after = true,
             Phase::Stat { .. }
             | Phase::Open { .. }
             | Phase::OpenFailed { .. }
@@ -198,3 +208,8 @@ impl HttpConn {
         }
     }
 }
+
+/// During a drain, how long a connection waiting for its first request (or holding part of
+/// a head) may take to send it, from when the wait began: a client let in just before or
+/// during the stop is answered; one that sends nothing does not hold the drain.
+pub const DRAIN_HEAD_WAIT_MS: u64 = 1_000;

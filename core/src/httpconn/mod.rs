@@ -55,6 +55,7 @@ use crate::http::{
 mod body;
 mod events;
 mod lifecycle;
+pub use lifecycle::DRAIN_HEAD_WAIT_MS;
 mod lookup;
 mod plan;
 

@@ -123,13 +123,18 @@ impl Sim {
             }
             if self.shutdown_at == Some(steps) {
                 // The server starts draining with `op` in flight.
-                let busy = matches!(
-                    self.conn.phase,
-                    Phase::Stat { .. }
-                        | Phase::Open { .. }
-                        | Phase::OpenFailed { .. }
-                        | Phase::Respond
-                );
+                // Under way: a response, or the request a new connection (or a partial
+                // head) waits for, which a drain still answers.
+                let waiting = matches!(self.conn.phase, Phase::Head { .. })
+                    && (self.conn.requests() == 0 || self.conn.rlen > 0);
+                let busy = waiting
+                    || matches!(
+                        self.conn.phase,
+                        Phase::Stat { .. }
+                            | Phase::Open { .. }
+                            | Phase::OpenFailed { .. }
+                            | Phase::Respond
+                    );
                 self.at_shutdown = Some((self.conn.requests(), busy));
                 self.conn.on_shutdown();
             }
@@ -1421,10 +1426,36 @@ fn shutdown_during_the_lookup_answers_with_connection_close() {
 }
 
 #[test]
-fn shutdown_while_waiting_for_a_head_closes_now() {
+fn shutdown_closes_an_idle_keep_alive_connection_now() {
     let now = Time::default();
-    // Idle (nothing received) and partial heads alike.
-    for partial in [&b""[..], b"GET /f HT"] {
+    let mut c = HttpConn::new(Config::default(), now);
+    let _ = drain_ops(&mut c);
+    c.on_recv(now, Ok(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert_eq!(drain_ops(&mut c), [Op::Stat]);
+    c.on_stat(now, Err(RawErrno::NOENT));
+    let ops = drain_ops(&mut c);
+    let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
+        panic!("{ops:?}")
+    };
+    c.on_send(now, Ok(len));
+    assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
+    assert_eq!(c.requests(), 1);
+    // Waiting for its next request, nothing received: it closes at once.
+    c.on_shutdown();
+    assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+    c.on_recv(now, Err(RawErrno::CANCELED));
+    c.on_cancel_done(now);
+    assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
+}
+
+/// A connection waiting for its first request when the drain begins (accepted just before
+/// the stop, or by the accept in flight during it), or holding part of a head, gets that
+/// request answered with `Connection: close`, if it comes within DRAIN_HEAD_WAIT_MS; one
+/// that sends nothing is closed then.
+#[test]
+fn shutdown_answers_a_first_request_that_comes_soon_and_no_later() {
+    let now = Time::default();
+    for partial in [&b""[..], b"GET /nope HT"] {
         let mut c = HttpConn::new(Config::default(), now);
         let _ = drain_ops(&mut c);
         if !partial.is_empty() {
@@ -1432,12 +1463,45 @@ fn shutdown_while_waiting_for_a_head_closes_now() {
             assert!(matches!(drain_ops(&mut c)[..], [Op::Recv { .. }]));
         }
         c.on_shutdown();
-        assert_eq!(drain_ops(&mut c), [Op::Cancel]);
-        c.on_recv(now, Err(RawErrno::CANCELED));
-        c.on_cancel_done(now);
-        assert_eq!(drain_ops(&mut c), [Op::Close { reset: false }, Op::Free]);
-        assert_eq!(c.requests(), 0);
+        assert_eq!(drain_ops(&mut c), [], "{partial:?}: still waiting");
+        assert_eq!(c.next_deadline_ms(), Some(DRAIN_HEAD_WAIT_MS));
+        c.on_tick(Time {
+            mono_ms: DRAIN_HEAD_WAIT_MS - 1,
+            ..now
+        });
+        assert_eq!(drain_ops(&mut c), []);
+        let rest: &[u8] = if partial.is_empty() {
+            b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        } else {
+            b"TP/1.1\r\nHost: x\r\n\r\n"
+        };
+        c.on_recv(now, Ok(rest));
+        assert_eq!(drain_ops(&mut c), [Op::Stat]);
+        c.on_stat(now, Err(RawErrno::NOENT));
+        let ops = drain_ops(&mut c);
+        let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
+            panic!("{ops:?}")
+        };
+        let head = String::from_utf8_lossy(c.head_bytes()).into_owned();
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        assert!(head.contains("Connection: close"), "{head}");
+        c.on_send(now, Ok(len));
+        assert!(matches!(
+            drain_ops(&mut c)[..],
+            [Op::Shutdown, Op::Recv { .. }]
+        ));
+        assert_eq!(c.requests(), 1);
     }
+    // Nothing comes: closed at the deadline.
+    let mut c = HttpConn::new(Config::default(), now);
+    let _ = drain_ops(&mut c);
+    c.on_shutdown();
+    c.on_tick(Time {
+        mono_ms: DRAIN_HEAD_WAIT_MS,
+        ..now
+    });
+    assert_eq!(drain_ops(&mut c), [Op::Cancel]);
+    assert_eq!(c.requests(), 0);
 }
 
 #[test]

@@ -653,7 +653,9 @@ impl<C> Worker<'_, C> {
         engine: &mut E,
         sock: OwnedFd,
     ) -> std::result::Result<(), E::Error> {
-        if self.drain.stopping() || !self.admission.try_admit(self.max_conns) {
+        // Accepted during the drain (the accept in flight when the stop came): served, and
+        // told at once that the server is stopping.
+        if !self.drain.admits() || !self.admission.try_admit(self.max_conns) {
             self.stats.rejected += 1;
             return engine.reject(sock);
         }
@@ -680,7 +682,11 @@ impl<C> Worker<'_, C> {
             return Ok(());
         }
         self.stats.conns += 1;
-        self.drive(engine, token, Input::Opened)
+        self.drive(engine, token, Input::Opened)?;
+        if self.drain.stopping() {
+            self.drive(engine, token, Input::Shutdown)?;
+        }
+        Ok(())
     }
 
     /// Gives every open connection `input` (the stop, the abort, a tick).
