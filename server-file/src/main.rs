@@ -535,7 +535,7 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
     // Before any thread starts, so that every thread inherits the blocked mask.
-    let signals = ringwork_sys::signal::ShutdownSignals::new().map_err(|e| e.to_string())?;
+    let signals = ringwork_sys::signal::ServerSignals::new().map_err(|e| e.to_string())?;
 
     // One SO_REUSEPORT listener per thread and address, as ringwork-echo makes them.
     if args.listen.len() > MAX_LISTEN {
@@ -594,8 +594,13 @@ fn run(args: Args) -> Result<(), String> {
         );
         let _ = std::io::stdout().flush();
     }
-    crew.stop_on(signals, "ringwork-files")
+    {
+        let shared = Arc::clone(&shared);
+        crew.stop_on_with(signals, "ringwork-files", move |signal| {
+            operator_signal(&shared, signal)
+        })
         .map_err(|e| e.to_string())?;
+    }
     let mut failure = None;
     for w in crew.join() {
         match w {
@@ -615,6 +620,28 @@ fn run(args: Args) -> Result<(), String> {
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// SIGUSR1 reopens the access log; SIGHUP reopens it too and reloads the rules file;
+/// SIGUSR2 is said and ignored. Each says on stderr what it did (the stop signals are the
+/// crew's).
+fn operator_signal(shared: &Shared, signal: ringwork_sys::signal::Signal) {
+    use ringwork_sys::signal::Signal;
+    let reopen = || match shared.access_log.as_ref().map(accesslog::Sink::reopen) {
+        Some(Ok(Some(path))) => eprintln!(
+            "ringwork-files: {signal}: access log reopened ({})",
+            path.display()
+        ),
+        Some(Ok(None)) | None => {}
+        Some(Err(e)) => eprintln!("ringwork-files: {signal}: {e}; the old log stays in use"),
+    };
+    match signal {
+        Signal::User1 => reopen(),
+        Signal::Hangup => reopen(),
+        Signal::User2 | Signal::Stop(_) => {
+            eprintln!("ringwork-files: {signal}: ignored");
+        }
     }
 }
 
