@@ -154,7 +154,7 @@ fn raw(e: Errno) -> RawErrno {
 impl Conn {
     fn new(shared: &Shared, sock: OwnedFd, now: Time) -> Self {
         Self {
-            fc: FileConn::new(HttpConn::new(shared.cfg, now)),
+            fc: FileConn::new(HttpConn::new(shared.cfg, now).with_rules(shared.rules.current())),
             sock,
             file: None,
             bufs: [None, None],
@@ -761,6 +761,7 @@ mod tests {
         let shared = Shared {
             root,
             access_log: None,
+            rules: crate::rules::RuleSet::default(),
             cfg,
             max_conns: 1,
             chunk_buffers: 2,

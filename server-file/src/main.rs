@@ -8,6 +8,7 @@
 
 mod accesslog;
 mod epoll;
+mod rules;
 mod uring;
 
 use std::io::Write;
@@ -143,6 +144,33 @@ struct Args {
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
     #[arg(long, value_name = "PATH|-|off", default_value = "off")]
     access_log: accesslog::Destination,
+    /// Add a header to file responses (200, 206, 304) whose path matches GLOB, as
+    /// `GLOB: Name: value` (`'*.js: Access-Control-Allow-Origin: *'`); give it again for
+    /// more. GLOB is matched against the path from the root (`/assets/app.js`): `*` matches
+    /// any run of characters, `/` included, `?` one. Every matching rule adds its header.
+    /// Default: none.
+    #[arg(long = "header", value_name = "GLOB: NAME: VALUE")]
+    headers: Vec<String>,
+    /// Cache lifetime of file responses whose path matches GLOB, as `GLOB=DURATION`
+    /// (`'*.css=7d'`; units s, m, h, d, w, y; none: seconds): `Cache-Control: max-age` and
+    /// `Expires`. Of the matching rules, the last given wins. Default: none.
+    #[arg(long = "expires", value_name = "GLOB=DURATION")]
+    expires: Vec<String>,
+    /// Answer a 404 or 403 with this file from the root, sent with that status
+    /// (`404=/404.html`); when the page is missing, the plain answer. Default: none.
+    #[arg(long = "error-page", value_name = "CODE=/PATH")]
+    error_pages: Vec<String>,
+    /// Answer a path that names nothing with this file and 200 (a single-page
+    /// application's `/index.html`). Default: none (404).
+    #[arg(long, value_name = "/PATH")]
+    fallback: Option<String>,
+    /// More rules from FILE, one per line: `header GLOB: Name: value`, `expires
+    /// GLOB=DURATION`, `error-page CODE=/PATH`, `fallback /PATH` (`#` comments). Read at start
+    /// and again on SIGHUP (connections accepted after it get the new rules; a file that
+    /// does not parse leaves the old ones). Flags' rules come first and are not reloaded.
+    /// Default: none.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -247,6 +275,8 @@ struct Shared {
     root: OwnedFd,
     /// `--access-log`, unless off.
     access_log: Option<accesslog::Sink>,
+    /// The response rules in force (reloaded on SIGHUP).
+    rules: rules::RuleSet,
     cfg: Config,
     max_conns: u32,
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
@@ -548,8 +578,16 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
+    let rules = rules::RuleSet::load(&rules::RuleFlags {
+        headers: args.headers.clone(),
+        expires: args.expires.clone(),
+        error_pages: args.error_pages.clone(),
+        fallback: args.fallback.clone(),
+        file: args.rules.clone(),
+    })?;
     let shared = Arc::new(Shared {
         root,
+        rules,
         cfg: http_config(&args, access_log.is_some()),
         access_log,
         max_conns: sizing.max_conns,
@@ -638,7 +676,19 @@ fn operator_signal(shared: &Shared, signal: ringwork_sys::signal::Signal) {
     };
     match signal {
         Signal::User1 => reopen(),
-        Signal::Hangup => reopen(),
+        Signal::Hangup => {
+            reopen();
+            match shared.rules.reload() {
+                Ok(Some(file)) => eprintln!(
+                    "ringwork-files: {signal}: rules reloaded from {} (for connections \
+                     accepted from now on)",
+                    file.display()
+                ),
+                Ok(None) => {}
+                Err(e) => eprintln!("ringwork-files: {signal}: {e}; the old rules stay"),
+            }
+        }
+        // Stop signals are the crew's and never come here.
         Signal::User2 | Signal::Stop(_) => {
             eprintln!("ringwork-files: {signal}: ignored");
         }

@@ -454,7 +454,9 @@ impl Engine for UringEngine<'_> {
             .as_ref()
             .and_then(|_| crate::accesslog::peer_ip(&sock));
         Box::new(Conn {
-            fc: FileConn::new(HttpConn::new(self.http_cfg, self.now)),
+            fc: FileConn::new(
+                HttpConn::new(self.http_cfg, self.now).with_rules(self.shared.rules.current()),
+            ),
             sock: Some(sock),
             recv_buf: None,
             chunks: [None, None],

@@ -133,10 +133,35 @@ impl HttpConn {
             }
         }
         let slash = self.req.as_ref().is_some_and(|r| r.slash);
+        let instead = self
+            .req
+            .as_ref()
+            .is_some_and(|r| r.fallback || r.error_page.is_some());
+        let fallback = self
+            .rules
+            .as_ref()
+            .and_then(|r| r.fallback())
+            .filter(|_| !instead && !index)
+            .map(alloc::string::String::from);
         match res {
+            // An error page or the fallback must be a regular file; anything else answers
+            // as the page or fallback were not configured.
+            Ok(info) if instead && info.kind != FileKind::Regular => {
+                self.fail(now, Status::NotFound)
+            }
+            Err(_) if instead => self.fail(now, Status::NotFound),
+            // A path that names nothing: the fallback file, with 200.
+            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG)
+                if fallback.is_some() =>
+            {
+                if let Some(req) = self.req.as_deref_mut() {
+                    req.fallback = true;
+                }
+                self.look_up_instead(fallback.as_deref().unwrap_or_default());
+            }
             // A file asked for as a directory (`/file.txt/`): not found, as nginx answers.
             Ok(info) if info.kind == FileKind::Regular && slash && !index => {
-                self.error(now, Status::NotFound)
+                self.fail(now, Status::NotFound)
             }
             Ok(info) if info.kind == FileKind::Regular => self.open_regular(now, info),
             Ok(info) if info.kind == FileKind::Directory && !index && !slash => {
@@ -159,14 +184,14 @@ impl HttpConn {
                 self.stat_path(true, 0);
             }
             // A directory without index.html, a directory named index.html, a FIFO or device.
-            Ok(_) => self.error(now, Status::Forbidden),
+            Ok(_) => self.fail(now, Status::Forbidden),
             Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) if index => {
-                self.error(now, Status::Forbidden)
+                self.fail(now, Status::Forbidden)
             }
             Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) => {
-                self.error(now, Status::NotFound)
+                self.fail(now, Status::NotFound)
             }
-            Err(_) => self.error(now, Status::Forbidden),
+            Err(_) => self.fail(now, Status::Forbidden),
         }
     }
 
@@ -225,7 +250,7 @@ impl HttpConn {
                     self.phase = Phase::OpenFailed { status };
                 } else {
                     self.read = None;
-                    self.error(now, status);
+                    self.fail(now, status);
                 }
             }
         }
@@ -302,6 +327,8 @@ impl HttpConn {
                 _ => Codings::default(),
             },
             coding: None,
+            fallback: false,
+            error_page: None,
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();

@@ -38,6 +38,7 @@
 //! owns the two chunk buffers, [`BufIx`] 0 and 1, each at least [`Config::chunk`] bytes), read
 //! a clock ([`Time`] comes in with every event), or log.
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
@@ -49,7 +50,7 @@ use crate::http::{
     client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
     normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
     slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, ErrorResponseLen,
-    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
+    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Rules, Status,
 };
 
 mod body;
@@ -436,6 +437,10 @@ struct ReqInfo {
     codings: Codings,
     /// The coding of the sibling being served, whose suffix ends the path.
     coding: Option<ContentCoding>,
+    /// The path named nothing and the rules' fallback file is being looked up instead.
+    fallback: bool,
+    /// The lookup failed with this status and the rules' page for it is being looked up.
+    error_page: Option<Status>,
 }
 
 /// The fixed part of a log entry: status (u16), body bytes (u64), version, flags; then four
@@ -530,6 +535,8 @@ const DRAIN_LIMIT: u32 = 64 * 1024;
 #[derive(Debug)]
 pub struct HttpConn {
     cfg: Config,
+    /// The operator's response rules ([`HttpConn::with_rules`]); `None`: none.
+    rules: Option<Arc<Rules>>,
     phase: Phase,
     ops: ArrayVec<Op, 8>,
     /// Received, not yet consumed bytes: `rbuf[..rlen]`. Empty (unallocated) while nothing
@@ -596,6 +603,7 @@ impl HttpConn {
     pub fn new(cfg: Config, now: Time) -> Self {
         let mut c = Self {
             cfg,
+            rules: None,
             phase: Phase::Head { since: now.mono_ms },
             ops: ArrayVec::new(),
             // Allocated when a request needs them, freed when the connection waits idle.
@@ -635,6 +643,15 @@ impl HttpConn {
         };
         c.want_head(now);
         c
+    }
+
+    /// Answers with `rules` (headers and lifetimes by path, error pages, the fallback
+    /// file): the rules a connection starts with are those it keeps, so a server that
+    /// reloads them gives new connections the new ones. Empty rules change nothing.
+    #[must_use]
+    pub fn with_rules(mut self, rules: Arc<Rules>) -> Self {
+        self.rules = (!rules.is_empty()).then_some(rules);
+        self
     }
 
     /// The next operation to perform, if any. Poll until `None` after every event.

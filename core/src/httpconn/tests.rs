@@ -1585,12 +1585,20 @@ fn a_long_if_none_match_list_with_the_tag_answers_304() {
 /// Drives one request until the stats are done; `siblings` say which paths stat as
 /// regular files of 10 bytes (others: ENOENT). Returns the paths statted and the head.
 fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
-    let now = Time::default();
+    lookup_with(input, siblings, Rules::default())
+}
+
+/// [`lookup`] with response rules.
+fn lookup_with(input: &[u8], siblings: &[&[u8]], rules: Rules) -> (Vec<Vec<u8>>, String) {
+    let now = Time {
+        mono_ms: 0,
+        unix_secs: 1_000_000_000,
+    };
     let cfg = Config {
         precompressed: true,
         ..Config::default()
     };
-    let mut c = HttpConn::new(cfg, now);
+    let mut c = HttpConn::new(cfg, now).with_rules(Arc::new(rules));
     let _ = drain_ops(&mut c);
     c.on_recv(now, Ok(input));
     let mut statted = Vec::new();
@@ -1753,4 +1761,124 @@ fn a_head_that_does_not_parse_is_logged_and_a_cut_response_is_not() {
     let mut n = 0;
     c.drain_log(|_| n += 1);
     assert_eq!(n, 0);
+}
+
+fn rules(lines: &str) -> Rules {
+    let mut r = Rules::default();
+    r.add_file(lines).unwrap();
+    r
+}
+
+#[test]
+fn header_rules_go_on_file_responses_that_match() {
+    let r = rules("header *.txt: X-Kind: text\nheader *: X-Frame-Options: DENY\nexpires /a.*=1h\n");
+    let (_, head) = lookup_with(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"a.txt"],
+        r.clone(),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\nX-Kind: text\r\nX-Frame-Options: DENY\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nCache-Control: max-age=3600\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nExpires: Sun, 09 Sep 2001 02:46:40 GMT\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n") && !head.ends_with("\r\n\r\n\r\n"),
+        "{head}"
+    );
+    // A precompressed sibling matches as its file.
+    let (_, head) = lookup_with(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
+        &[b"a.txt", b"a.txt.gz"],
+        r.clone(),
+    );
+    assert!(
+        head.contains("Content-Encoding: gzip") && head.contains("X-Kind: text"),
+        "{head}"
+    );
+    let (_, head) = lookup_with(
+        b"GET /b.html HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"b.html"],
+        r.clone(),
+    );
+    assert!(
+        !head.contains("X-Kind") && !head.contains("Cache-Control"),
+        "{head}"
+    );
+    assert!(head.contains("X-Frame-Options: DENY"), "{head}");
+    // Not on errors.
+    let (_, head) = lookup_with(b"GET /nope.txt HTTP/1.1\r\nHost: x\r\n\r\n", &[], r);
+    assert!(
+        head.starts_with("HTTP/1.1 404") && !head.contains("X-Kind"),
+        "{head}"
+    );
+}
+
+#[test]
+fn an_error_page_is_sent_with_its_status() {
+    let r = rules("error-page 404=/errors/404.html\n");
+    let (statted, head) = lookup_with(
+        b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"errors/404.html"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"nope"[..], b"errors/404.html"]);
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 10\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Type: text/html"), "{head}");
+    assert!(
+        !head.contains("ETag") && !head.contains("Last-Modified"),
+        "{head}"
+    );
+    // Conditionals and ranges do not apply to it.
+    let (_, head) = lookup_with(
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nIf-None-Match: *\r\n\r\n",
+        &[b"errors/404.html"],
+        r.clone(),
+    );
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 10\r\n"), "{head}");
+    // A missing page: the plain 404, after one look for the page.
+    let (statted, head) = lookup_with(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", &[], r);
+    assert_eq!(statted, [&b"nope"[..], b"errors/404.html"]);
+    assert!(
+        head.starts_with("HTTP/1.1 404") && head.contains("Content-Length: 14"),
+        "{head}"
+    );
+}
+
+#[test]
+fn the_fallback_answers_paths_that_name_nothing_with_200() {
+    let r = rules("fallback /index.html\nerror-page 404=/404.html\nexpires /index.html=0\n");
+    let (statted, head) = lookup_with(
+        b"GET /app/route/42 HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"index.html", b"404.html"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"app/route/42"[..], b"index.html"]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(
+        head.contains("Cache-Control: max-age=0\r\n"),
+        "the fallback's rules: {head}"
+    );
+    // A file that exists is itself.
+    let (statted, _) = lookup_with(
+        b"GET /a.css HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"a.css"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"a.css"[..]]);
+    // No fallback file: the error page.
+    let (statted, head) = lookup_with(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", &[b"404.html"], r);
+    assert_eq!(statted, [&b"x"[..], b"index.html", b"404.html"]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
