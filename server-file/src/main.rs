@@ -67,9 +67,12 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "FILES")]
     open_file_cache: u32,
     /// How long a cached file is served without looking at its path again, in milliseconds:
-    /// a file replaced, deleted or turned into a symlink, or created where a request found
-    /// none, is seen once this has passed (a rewrite in place at once). nginx's
-    /// `open_file_cache_valid`.
+    /// a file replaced, deleted, rewritten in place or turned into a symlink, or created where
+    /// a request found none, is seen once this has passed. Until then a file rewritten in
+    /// place goes out with its old length (its old bytes, when they are kept in memory; else
+    /// the new bytes cut to the old length, or a response that ends early, the connection
+    /// closed, where the file shrank): deploy by writing a new file and renaming it over the
+    /// old one. nginx's `open_file_cache_valid`.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     open_file_cache_valid_ms: u64,
     /// A cached file no request has used for this many milliseconds is closed, so that a
@@ -87,7 +90,7 @@ struct Args {
     /// Drop an idle keep-alive connection after this many milliseconds.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
-    /// On SIGINT/SIGTERM, how long responses in flight may take to finish (new connections are
+    /// On SIGTERM, SIGINT or SIGQUIT, how long responses in flight may take to finish (new connections are
     /// refused at once); connections still open after this are closed, then the server exits.
     #[arg(long, default_value_t = 5_000)]
     shutdown_grace_ms: u64,
@@ -142,6 +145,8 @@ struct Args {
     sendfile: bool,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
+    /// SIGUSR1 (and SIGHUP) reopen the file: rename it, then signal (logrotate's
+    /// `postrotate`).
     #[arg(long, value_name = "PATH|-|off", default_value = "off")]
     access_log: accesslog::Destination,
     /// Add a header to file responses (200, 206, 304) whose path matches GLOB, as
