@@ -73,3 +73,68 @@ fn help_says_what_a_rewrite_in_place_does() {
     assert!(flat.contains("rewritten in place"), "{flat}");
     assert!(flat.contains("old length"), "{flat}");
 }
+
+/// A symlink inside the root that leads out of it: whatever a client asks for beneath it
+/// (a file there, nothing, a directory with or without its slash, a file as a directory)
+/// answers 403, as nginx's `disable_symlinks on` does, so that nothing tells which outside
+/// paths exist or are directories; the same shapes inside the root answer as usual.
+fn scenario_symlink_out(backend: &str) {
+    let dir = fresh_dir(&format!("ringwork-findings-link-{backend}-"));
+    let root = site(&dir);
+    let outside = dir.join("outside");
+    std::fs::create_dir_all(outside.join("dir")).unwrap();
+    std::fs::write(outside.join("x"), b"secret\n").unwrap();
+    std::fs::write(outside.join("dir/index.html"), b"secret\n").unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+    std::os::unix::fs::symlink("../outside/x", root.join("rel")).unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("sub/index.html"), b"in\n").unwrap();
+    let s = Server::start(
+        "ringwork-files",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            backend,
+            root.to_str().unwrap(),
+        ],
+    );
+    let mut c = Client::connect(s.addr);
+    for target in [
+        "/out",
+        "/out/",
+        "/out/x",
+        "/out/x/",
+        "/out/nope",
+        "/out/nope/",
+        "/out/dir",
+        "/out/dir/",
+        "/out/dir/index.html",
+        "/rel",
+        "/rel/",
+    ] {
+        let r = c.get(target, "");
+        assert_eq!(r.status, 403, "{backend} {target}");
+        assert!(!r.body.starts_with(b"secret"), "{backend} {target}");
+    }
+    for (target, status) in [
+        ("/sub", 301),
+        ("/sub/", 200),
+        ("/sub/nope", 404),
+        ("/nope", 404),
+        ("/file.txt/", 404),
+        ("/file.txt", 200),
+    ] {
+        assert_eq!(c.get(target, "").status, status, "{backend} {target}");
+    }
+    drop(c);
+    terminate(s);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn everything_under_a_symlink_out_of_the_root_answers_alike() {
+    for backend in BACKENDS {
+        scenario_symlink_out(backend);
+    }
+}

@@ -21,7 +21,13 @@
 //! open of a FIFO blocks), and the driver stats by path because io_uring's STATX cannot name a
 //! registered file. The open (openat2 with `RESOLVE_BENEATH`) is what enforces the root: a
 //! path the stat resolved outside it (through a symlink) fails to open, and its size is never
-//! sent.
+//! sent. Where a stat's answer would be told without an open (a directory, nothing, a file
+//! asked for as a directory), the path is opened first all the same (a probe, closed at once):
+//! a path that leaves the root answers 403, whatever lies outside.
+//!
+//! An operator's [`Rules`] ([`HttpConn::with_rules`]) add headers to file responses, answer
+//! a 403 or 404 with an error page (looked up as any path, sent with the error's status) and
+//! a path that names nothing with a fallback file.
 //!
 //! Ownership: the connection counts its own operations in flight ([`HttpConn::in_flight`]):
 //! every op it emits reports exactly one completion (cancel and shutdown requests included,
@@ -325,6 +331,11 @@ enum Phase {
         direct: bool,
         planned: bool,
     },
+    /// The stat found something a symlink may have led out of the root to; an open of the
+    /// path (`RESOLVE_BENEATH`) is in flight to tell.
+    Probe { then: Found },
+    /// The probe opened the path beneath the root; its close is in flight.
+    ProbeClose { then: Found },
     /// A planned open failed while its linked read was still to report (ECANCELED): `status`
     /// goes out once it has.
     OpenFailed { status: Status },
@@ -352,6 +363,8 @@ impl Phase {
             Phase::Stat { .. } => "Stat",
             Phase::Open { .. } => "Open",
             Phase::OpenFailed { .. } => "OpenFailed",
+            Phase::Probe { .. } => "Probe",
+            Phase::ProbeClose { .. } => "ProbeClose",
             Phase::Respond => "Respond",
             Phase::CloseFile => "CloseFile",
             Phase::Drain { .. } => "Drain",
@@ -416,6 +429,17 @@ impl<const N: usize> core::ops::Deref for KeptBytes<N> {
             Self::Heap(b) => b,
         }
     }
+}
+
+/// What a stat found that is answered once a probe says the path stays beneath the root.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Found {
+    /// A directory: the slash redirect, or its index.
+    Directory,
+    /// A regular file asked for with a trailing slash: 404.
+    FileAsDirectory,
+    /// Nothing (ENOENT, ENOTDIR): the fallback file, or 404.
+    Nothing,
 }
 
 /// The request being answered.

@@ -1142,6 +1142,7 @@ fn close_waits_for_the_cancel_and_shutdown_completions() {
     );
     assert_eq!(drain_ops(&mut c), [Op::Stat]);
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let ops = drain_ops(&mut c);
     let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
         panic!("{ops:?}")
@@ -1346,10 +1347,12 @@ fn an_idle_connection_holds_no_buffers() {
     assert_eq!(drain_ops(&mut c), [Op::Stat]);
     assert_eq!(c.path(), b"f\0");
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let rest = complete_io(&mut c, &mut bufs, &mut out);
     assert_eq!(rest, [Op::Stat], "the pipelined request, without a receive");
     assert_eq!(c.path(), b"g\0");
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let rest = complete_io(&mut c, &mut bufs, &mut out);
     assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
     assert_eq!(c.heap_bytes(), 0, "idle again");
@@ -1491,6 +1494,24 @@ fn if_modified_since_gives_304() {
     );
 }
 
+/// Answers the open that checks a stat's answer stays beneath the root (and the close of
+/// what it opened).
+fn probe(c: &mut HttpConn, now: Time, res: Result<(), RawErrno>) {
+    assert_eq!(
+        drain_ops(c),
+        [Op::Open {
+            direct: false,
+            link_next: false
+        }],
+        "a probe"
+    );
+    c.on_open(now, res);
+    if res.is_ok() {
+        assert_eq!(drain_ops(c), [Op::CloseFile]);
+        c.on_file_closed(now);
+    }
+}
+
 fn head_of(out: &[u8]) -> String {
     let end = out
         .windows(4)
@@ -1534,6 +1555,7 @@ fn a_long_redirect_target_is_encoded_whole() {
         dio: None,
     };
     c.on_stat(Time::default(), Ok(dir));
+    probe(&mut c, Time::default(), Ok(()));
     let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
     let want = alloc::format!("\r\nLocation: /{}/\r\n", "%C3%A9".repeat(400));
     assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
@@ -1619,7 +1641,17 @@ fn lookup_with(input: &[u8], siblings: &[&[u8]], rules: Rules) -> (Vec<Vec<u8>>,
                 );
             }
             [Op::Open { .. }] => {
+                let p = c.path();
+                if !siblings.contains(&&p[..p.len() - 1]) {
+                    // A probe of a path that names nothing.
+                    c.on_open(now, Err(RawErrno::NOENT));
+                    continue;
+                }
                 c.on_open(now, Ok(()));
+                if let [Op::CloseFile] = drain_ops(&mut c)[..] {
+                    c.on_file_closed(now);
+                    continue;
+                }
                 let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
                 return (statted, head);
             }
@@ -1684,6 +1716,7 @@ fn a_directory_index_has_siblings_too() {
         "the directory itself first"
     );
     c.on_stat(now, Ok(dir));
+    probe(&mut c, now, Ok(()));
     assert_eq!(
         (drain_ops(&mut c), c.path()),
         (vec![Op::Stat], &b"d/index.html.gz\0"[..])
@@ -1881,4 +1914,74 @@ fn the_fallback_answers_paths_that_name_nothing_with_200() {
     let (statted, head) = lookup_with(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", &[b"404.html"], r);
     assert_eq!(statted, [&b"x"[..], b"index.html", b"404.html"]);
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+/// A stat follows symlinks out of the root; the probe's open does not. Whatever lies under
+/// a symlink that leaves the root (a directory, with or without its slash, nothing, a file
+/// asked for as a directory) answers 403, as a file there does; the same paths inside the
+/// root answer as before.
+#[test]
+fn everything_under_a_symlink_out_of_the_root_answers_403() {
+    let now = Time::default();
+    let dir = FileInfo {
+        kind: FileKind::Directory,
+        size: 0,
+        mtime_secs: 0,
+        dio: None,
+    };
+    let cases: [(&[u8], Result<FileInfo, RawErrno>, u16); 4] = [
+        (b"GET /out HTTP/1.1\r\nHost: x\r\n\r\n", Ok(dir), 301),
+        (b"GET /out/dir/ HTTP/1.1\r\nHost: x\r\n\r\n", Ok(dir), 0),
+        (
+            b"GET /out/nope HTTP/1.1\r\nHost: x\r\n\r\n",
+            Err(RawErrno::NOENT),
+            404,
+        ),
+        (
+            b"GET /out/x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            Ok(regular(3)),
+            404,
+        ),
+    ];
+    for (input, stat, inside) in cases {
+        for escapes in [true, false] {
+            let mut c = HttpConn::new(Config::default(), now);
+            let _ = drain_ops(&mut c);
+            c.on_recv(now, Ok(input));
+            assert_eq!(drain_ops(&mut c), [Op::Stat]);
+            c.on_stat(now, stat);
+            let opened = match stat {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            probe(
+                &mut c,
+                now,
+                if escapes { Err(RawErrno::XDEV) } else { opened },
+            );
+            let ops = drain_ops(&mut c);
+            let what = String::from_utf8_lossy(input);
+            if escapes {
+                let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                assert!(head.starts_with("HTTP/1.1 403"), "{what}: {head}");
+            } else if inside == 0 {
+                assert_eq!(ops, [Op::Stat], "{what}: the index next");
+                assert_eq!(c.path(), b"out/dir/index.html\0");
+            } else {
+                let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                let want = alloc::format!("HTTP/1.1 {inside}");
+                assert!(head.starts_with(&want), "{what}: {head}");
+            }
+        }
+    }
+    // The root needs no probe.
+    let mut c = HttpConn::new(Config::default(), now);
+    let _ = drain_ops(&mut c);
+    c.on_recv(now, Ok(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let _ = drain_ops(&mut c);
+    c.on_stat(now, Ok(dir));
+    assert_eq!(
+        (drain_ops(&mut c), c.path()),
+        (vec![Op::Stat], &b"index.html\0"[..])
+    );
 }
