@@ -141,9 +141,9 @@ fn scenario_logrotate(backend: &str) {
         );
         more_responses(&load, 200);
     }
-    // A batch a worker formatted before the reopen may reach the old file up to a flush
-    // (100 ms) later; after that the renamed files are finished.
-    std::thread::sleep(Duration::from_millis(500));
+    // A write in flight at the reopen finishes into the old file; give it (and a loaded
+    // machine) a second, after which the renamed files are finished.
+    std::thread::sleep(Duration::from_secs(1));
     let finished: Vec<usize> = rotated.iter().map(|p| lines_in(p)).collect();
     more_responses(&load, 200);
     let responses = load.finish();
