@@ -230,18 +230,14 @@ impl HttpConn {
                 self.stat_path(true, 0);
             }
             Found::Nothing => {
-                let fallback = self
-                    .rules
-                    .as_ref()
-                    .and_then(|r| r.fallback())
-                    .map(alloc::string::String::from);
-                match fallback {
+                let rules = self.rules.clone();
+                match rules.as_deref().and_then(Rules::fallback) {
                     // A path that names nothing: the fallback file, with 200.
                     Some(fallback) => {
                         if let Some(req) = self.req.as_deref_mut() {
                             req.fallback = true;
                         }
-                        self.look_up_instead(&fallback);
+                        self.look_up_instead(fallback);
                     }
                     None => self.fail(now, Status::NotFound),
                 }

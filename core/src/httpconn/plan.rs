@@ -64,12 +64,14 @@ impl HttpConn {
     /// file and sent with that status, or else the plain error response. A page that is
     /// itself missing (or not a regular file) gets the plain response of the first status.
     pub(super) fn fail(&mut self, now: Time, status: Status) {
-        let page = self.rules.as_ref().and_then(|r| r.error_page(status));
+        // The rules are shared: a clone of the Arc, not of the page's path, lets the lookup
+        // borrow the connection.
+        let rules = self.rules.clone();
+        let page = rules.as_deref().and_then(|r| r.error_page(status));
         match (self.req.as_deref_mut(), page) {
             (Some(req), Some(page)) if req.error_page.is_none() => {
                 req.error_page = Some(status);
-                let page = alloc::string::String::from(page);
-                self.look_up_instead(&page);
+                self.look_up_instead(page);
             }
             (Some(req), _) => {
                 let status = req.error_page.unwrap_or(status);

@@ -1985,3 +1985,42 @@ fn everything_under_a_symlink_out_of_the_root_answers_403() {
         (vec![Op::Stat], &b"index.html\0"[..])
     );
 }
+
+/// An open linked to its first read that fails (a symlink out of the root) answers with
+/// the error page as an unlinked one does, once the cancelled read is back.
+#[test]
+fn a_failed_linked_open_gets_the_error_page() {
+    let now = Time::default();
+    let cfg = Config {
+        link_open_read: true,
+        ..Config::default()
+    };
+    let mut c = HttpConn::new(cfg, now).with_rules(Arc::new(rules("error-page 403=/403.html\n")));
+    let _ = drain_ops(&mut c);
+    c.on_recv(now, Ok(b"GET /link HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert_eq!(drain_ops(&mut c), [Op::Stat]);
+    c.on_stat(now, Ok(regular(10)));
+    let ops = drain_ops(&mut c);
+    let [Op::Open {
+        link_next: true, ..
+    }, Op::Read { buf, .. }] = ops[..]
+    else {
+        panic!("{ops:?}")
+    };
+    c.on_open(now, Err(RawErrno::XDEV));
+    assert_eq!(drain_ops(&mut c), [], "the linked read is still out");
+    c.on_read(now, buf, Err(RawErrno::CANCELED));
+    assert_eq!(
+        (drain_ops(&mut c), c.path()),
+        (vec![Op::Stat], &b"403.html\0"[..])
+    );
+    c.on_stat(now, Ok(regular(7)));
+    let ops = drain_ops(&mut c);
+    assert!(
+        matches!(ops[..], [Op::Open { .. }, Op::Read { .. }]),
+        "{ops:?}"
+    );
+    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 7\r\n"), "{head}");
+}
