@@ -21,11 +21,12 @@
 //! whose head did not parse has `-` for its request line.
 //!
 //! SIGUSR1 (and SIGHUP) reopen a log file ([`Sink::reopen`]): after logrotate renames it,
-//! the path is opened anew and every worker writes its next batch there. Lines formatted
-//! before the reopen and not yet written go to the new file; a write already handed to the
-//! kernel finishes into the old one (its descriptor stays open until the write's CQE), and the
-//! old descriptor is closed once no worker and no write holds it. No line is lost or written
-//! twice. Standard output is not reopened.
+//! the path is opened anew. As nginx's buffered logs do, a worker writes the lines it
+//! formatted before the reopen to the old file first (a batch notes where the reopen fell
+//! when its next line goes in), and then every line after it to the new one; a write already
+//! handed to the kernel finishes into the old file (its descriptor stays open until the
+//! write's CQE), and the old descriptor is closed once no worker and no write holds it. No
+//! line is lost or written twice. Standard output is not reopened.
 //!
 //! A log that cannot be written (a full disk, a closed pipe) is reported once on stderr and
 //! its lines are dropped; serving goes on. So are lines beyond [`MAX_BATCH`] while a write is
@@ -186,6 +187,21 @@ impl Sink {
         }
     }
 
+    /// Whether a reopen came after `held` was seen (one atomic load).
+    fn reopened_since(&self, held: &Option<(u64, Arc<OwnedFd>)>) -> bool {
+        held.as_ref()
+            .is_some_and(|(seen, _)| *seen != self.generation.load(Ordering::Acquire))
+    }
+
+    /// The descriptor `held` names, as it is (the old file after a reopen); the current one
+    /// if none is held yet.
+    fn held(&self, held: &mut Option<(u64, Arc<OwnedFd>)>) -> Arc<OwnedFd> {
+        match held {
+            Some((_, fd)) => Arc::clone(fd),
+            None => self.target(held),
+        }
+    }
+
     /// A write failed: say so once for the whole process, and count the lines lost.
     fn failed(&self, err: impl std::fmt::Display, lines: u64) {
         self.dropped.fetch_add(lines, Ordering::Relaxed);
@@ -209,8 +225,12 @@ pub struct Batch {
     date: Option<(u64, [u8; 26])>,
     /// The last client address formatted, and how it looked.
     peer: Option<(IpAddr, Vec<u8>)>,
-    /// The log's descriptor as last seen, and the reopen generation it belongs to.
+    /// The log's descriptor as last seen, and the reopen generation it belongs to: where
+    /// the batch's lines (those before `split`) go.
     fd: Option<(u64, Arc<OwnedFd>)>,
+    /// A reopen came after this many bytes (and lines) of the batch: those go to `fd`, the
+    /// old file, and the rest to the new one.
+    split: Option<(usize, u64)>,
 }
 
 impl Batch {
@@ -232,6 +252,13 @@ impl Batch {
         };
         if self.since.is_none() {
             self.since = Some(Instant::now());
+        }
+        if self.fd.is_none() {
+            // The file this line belongs to: the one open now.
+            sink.target(&mut self.fd);
+        }
+        if !self.buf.is_empty() && self.split.is_none() && sink.reopened_since(&self.fd) {
+            self.split = Some((self.buf.len(), self.lines));
         }
         match peer {
             Some(ip) => {
@@ -260,25 +287,41 @@ impl Batch {
     /// The epoll backend's flush: one blocking write(2) of the whole batch (a short write is
     /// continued), then the batch is empty. A failure is reported once and drops the batch.
     pub fn write_now(&mut self, sink: &Sink) {
-        let fd = sink.target(&mut self.fd);
-        let mut at = 0;
-        while at < self.buf.len() {
-            match rustix::io::write(&fd, &self.buf[at..]) {
-                Ok(0) => {
-                    sink.failed("a write of no bytes", self.lines);
-                    break;
-                }
-                Ok(n) => at += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    sink.failed(e, self.lines);
-                    break;
-                }
-            }
+        if let Some((len, lines)) = self.split.take() {
+            // The lines before a reopen, to the old file first.
+            let old = sink.held(&mut self.fd);
+            write_all(sink, &old, &self.buf[..len], lines);
+            self.buf.drain(..len);
+            self.lines -= lines;
+            sink.target(&mut self.fd);
         }
+        let fd = sink.held(&mut self.fd);
+        write_all(sink, &fd, &self.buf, self.lines);
+        // The next lines go to the file open now.
+        sink.target(&mut self.fd);
         self.buf.clear();
         self.lines = 0;
         self.since = None;
+    }
+}
+
+/// One blocking write(2) of `bytes` (`lines` lines), a short write continued; a failure is
+/// reported once and drops them.
+fn write_all(sink: &Sink, fd: &OwnedFd, bytes: &[u8], lines: u64) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match rustix::io::write(fd, &bytes[at..]) {
+            Ok(0) => {
+                sink.failed("a write of no bytes", lines);
+                break;
+            }
+            Ok(n) => at += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                sink.failed(e, lines);
+                break;
+            }
+        }
     }
 }
 
@@ -404,11 +447,26 @@ impl RingLog {
         if self.in_flight.is_some() || self.batch.is_empty() || !(now || self.batch.due()) {
             return Ok(());
         }
-        self.batch.since = None;
         let spare = std::mem::take(&mut self.spare);
-        let buf = std::mem::replace(&mut self.batch.buf, spare);
-        let lines = std::mem::take(&mut self.batch.lines);
-        let fd = sink.target(&mut self.batch.fd);
+        let mut buf = std::mem::replace(&mut self.batch.buf, spare);
+        // The file these lines belong to (the old one, when a reopen came since they were
+        // formatted); the lines after go to the file open now.
+        let fd = sink.held(&mut self.batch.fd);
+        sink.target(&mut self.batch.fd);
+        let lines = match self.batch.split.take() {
+            Some((len, lines)) => {
+                // Only the lines before the reopen: the rest stays in the batch for the next
+                // flush (after this write's CQE), to the new file.
+                self.batch.buf.extend_from_slice(&buf[len..]);
+                buf.truncate(len);
+                self.batch.lines -= lines;
+                lines
+            }
+            None => {
+                self.batch.since = None;
+                std::mem::take(&mut self.batch.lines)
+            }
+        };
         self.submit(ring, fd, buf, 0, lines)
     }
 
@@ -569,15 +627,45 @@ mod tests {
         std::fs::rename(&path, dir.join("access.log.1")).unwrap();
         b.push(&sink, None, 0, &entry(b"GET", b"/renamed"));
         b.write_now(&sink);
+        b.push(&sink, None, 0, &entry(b"GET", b"/buffered"));
         assert_eq!(sink.reopen().unwrap(), Some(path.as_path()));
         b.push(&sink, None, 0, &entry(b"GET", b"/after"));
         b.write_now(&sink);
         let old = std::fs::read_to_string(dir.join("access.log.1")).unwrap();
         let new = std::fs::read_to_string(&path).unwrap();
         assert!(old.contains("/before") && old.contains("/renamed"), "{old}");
+        assert!(
+            old.contains("/buffered"),
+            "formatted before the reopen: {old}"
+        );
         assert!(!old.contains("/after"), "{old}");
         assert_eq!(new.lines().count(), 1, "{new}");
         assert!(new.contains("/after"), "{new}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reopen between a batch's last line and its write: the whole batch is the old
+    /// file's, and the next line the new file's.
+    #[test]
+    fn a_batch_formatted_before_a_reopen_goes_to_the_old_file() {
+        let dir = std::env::temp_dir().join(format!("ringwork-reopen2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::open(&Destination::File(path.clone()))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::default();
+        b.push(&sink, None, 0, &entry(b"GET", b"/late"));
+        std::fs::rename(&path, dir.join("old.log")).unwrap();
+        sink.reopen().unwrap();
+        b.write_now(&sink);
+        b.push(&sink, None, 0, &entry(b"GET", b"/next"));
+        b.write_now(&sink);
+        let old = std::fs::read_to_string(dir.join("old.log")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.contains("/late") && !old.contains("/next"), "{old}");
+        assert!(new.contains("/next") && !new.contains("/late"), "{new}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
