@@ -344,6 +344,11 @@ impl FileService {
                 Some(FileOp::Recv { max })
             }
             Op::Stat => {
+                // A stat while the request holds an entry (found by an earlier stat, never
+                // opened by it: an open is followed by its response, then its CloseFile):
+                // the request looks up another path instead (an error page, the fallback
+                // file, after `/file.txt/`'s 404), and its hold on the first ends here.
+                self.cache.forget(&mut c.cache);
                 let path = c.http.path();
                 let Some(answer) = self.cache.stat_from_cache(&mut c.cache, path, now.mono_ms)
                 else {

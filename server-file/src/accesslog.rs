@@ -20,23 +20,33 @@
 //! outside printable ASCII become `\xHH`, so a line is one line whatever was sent. A request
 //! whose head did not parse has `-` for its request line.
 //!
+//! SIGUSR1 (and SIGHUP) reopen a log file ([`Sink::reopen`]): after logrotate renames it,
+//! the path is opened anew. As nginx's buffered logs do, a worker writes the lines it
+//! formatted before the reopen to the old file first (a batch notes where the reopen fell
+//! when its next line goes in), and then every line after it to the new one; a write already
+//! handed to the kernel finishes into the old file (its descriptor stays open until the
+//! write's CQE), and the old descriptor is closed once no worker and no write holds it. No
+//! line is lost or written twice. Standard output is not reopened.
+//!
 //! A log that cannot be written (a full disk, a closed pipe) is reported once on stderr and
 //! its lines are dropped; serving goes on. So are lines beyond [`MAX_BATCH`] while a write is
 //! still in flight: the `stats:` line counts them (`log_dropped`).
 //!
-//! What it deliberately does not do: rotate (reopen on a signal), log requests whose
+//! What it deliberately does not do: rotate (logrotate renames, the server reopens), log
+//! requests whose
 //! response was cut short, or resolve names.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ringwork_core::http::format_log_date;
 use ringwork_core::httpconn::{HttpConn, LogEntry};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 use ringwork_sys::{OpMemory, Ring, SafeSqe, Target};
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{Mode, OFlags};
 
 /// Where `--access-log` sends the lines.
@@ -74,27 +84,39 @@ pub const FLUSH_BYTES: usize = 64 << 10;
 /// comes at least every tick: a tenth of the shortest timeout, at most 100 ms).
 pub const FLUSH_AFTER: Duration = Duration::from_millis(100);
 
-/// The log every worker writes to: the descriptor, and what went wrong with it.
+/// The log every worker writes to: the descriptor (replaced by [`Sink::reopen`]), and what
+/// went wrong with it.
 #[derive(Debug)]
 pub struct Sink {
-    fd: OwnedFd,
-    /// A write failed and that was reported (once per process).
+    /// The file to reopen; `None` for standard output.
+    path: Option<PathBuf>,
+    /// The descriptor new batches go to. Workers keep a clone until they see `generation`
+    /// change, and each write in flight keeps the one it writes to.
+    current: Mutex<Arc<OwnedFd>>,
+    /// Bumped by each reopen, so that a worker looks at `current` only when it changed.
+    generation: AtomicU64,
+    /// A write failed and that was reported (once per process, or per reopen).
     reported: AtomicBool,
     /// Lines dropped: unwritable, or over [`MAX_BATCH`].
     dropped: AtomicU64,
 }
 
+/// Opens a log file for appending, creating it.
+fn open_file(path: &Path) -> Result<OwnedFd, String> {
+    rustix::fs::open(
+        path,
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| format!("--access-log {}: {e}", path.display()))
+}
+
 impl Sink {
     /// Opens `dest` for appending; `None` for [`Destination::Off`].
     pub fn open(dest: &Destination) -> Result<Option<Sink>, String> {
-        let fd = match dest {
+        let (fd, path) = match dest {
             Destination::Off => return Ok(None),
-            Destination::File(path) => rustix::fs::open(
-                path,
-                OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o644),
-            )
-            .map_err(|e| format!("--access-log {}: {e}", path.display()))?,
+            Destination::File(path) => (open_file(path)?, Some(path.clone())),
             Destination::Stdout => {
                 let fd = rustix::io::dup(std::io::stdout())
                     .map_err(|e| format!("--access-log -: {e}"))?;
@@ -111,14 +133,38 @@ impl Sink {
                     rustix::fs::fcntl_setfl(&fd, flags | OFlags::APPEND)
                         .map_err(|e| format!("--access-log -: setting O_APPEND: {e}"))?;
                 }
-                fd
+                (fd, None)
             }
         };
-        Ok(Some(Sink {
-            fd,
+        Ok(Some(Sink::with_fd(fd, path)))
+    }
+
+    fn with_fd(fd: OwnedFd, path: Option<PathBuf>) -> Sink {
+        Sink {
+            path,
+            current: Mutex::new(Arc::new(fd)),
+            generation: AtomicU64::new(0),
             reported: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
-        }))
+        }
+    }
+
+    /// Opens the log's path again (created if logrotate moved it away) and sends the
+    /// workers' next batches there; the old file gets what is already being written to it.
+    /// Returns the path reopened (`None` for standard output, which is kept). On an error
+    /// the old file stays in use.
+    pub fn reopen(&self) -> Result<Option<&Path>, String> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let fd = Arc::new(open_file(path)?);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        *current = fd;
+        // Under the lock: a worker that sees the new generation finds the new descriptor.
+        self.generation.fetch_add(1, Ordering::Release);
+        // A new file may well be writable where the old one was not.
+        self.reported.store(false, Ordering::Relaxed);
+        Ok(Some(path))
     }
 
     /// Lines dropped so far.
@@ -126,8 +172,34 @@ impl Sink {
         self.dropped.load(Ordering::Relaxed)
     }
 
-    fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The descriptor to write to, refreshed in `held` when a reopen replaced it: one atomic
+    /// load when nothing changed.
+    fn target(&self, held: &mut Option<(u64, Arc<OwnedFd>)>) -> Arc<OwnedFd> {
+        // Acquire: pairs with the Release in `reopen`, after the descriptor was replaced.
+        let generation = self.generation.load(Ordering::Acquire);
+        match held {
+            Some((seen, fd)) if *seen == generation => Arc::clone(fd),
+            _ => {
+                let fd = Arc::clone(&self.current.lock().unwrap_or_else(|e| e.into_inner()));
+                *held = Some((generation, Arc::clone(&fd)));
+                fd
+            }
+        }
+    }
+
+    /// Whether a reopen came after `held` was seen (one atomic load).
+    fn reopened_since(&self, held: &Option<(u64, Arc<OwnedFd>)>) -> bool {
+        held.as_ref()
+            .is_some_and(|(seen, _)| *seen != self.generation.load(Ordering::Acquire))
+    }
+
+    /// The descriptor `held` names, as it is (the old file after a reopen); the current one
+    /// if none is held yet.
+    fn held(&self, held: &mut Option<(u64, Arc<OwnedFd>)>) -> Arc<OwnedFd> {
+        match held {
+            Some((_, fd)) => Arc::clone(fd),
+            None => self.target(held),
+        }
     }
 
     /// A write failed: say so once for the whole process, and count the lines lost.
@@ -153,6 +225,12 @@ pub struct Batch {
     date: Option<(u64, [u8; 26])>,
     /// The last client address formatted, and how it looked.
     peer: Option<(IpAddr, Vec<u8>)>,
+    /// The log's descriptor as last seen, and the reopen generation it belongs to: where
+    /// the batch's lines (those before `split`) go.
+    fd: Option<(u64, Arc<OwnedFd>)>,
+    /// A reopen came after this many bytes (and lines) of the batch: those go to `fd`, the
+    /// old file, and the rest to the new one.
+    split: Option<(usize, u64)>,
 }
 
 impl Batch {
@@ -174,6 +252,13 @@ impl Batch {
         };
         if self.since.is_none() {
             self.since = Some(Instant::now());
+        }
+        if self.fd.is_none() {
+            // The file this line belongs to: the one open now.
+            sink.target(&mut self.fd);
+        }
+        if !self.buf.is_empty() && self.split.is_none() && sink.reopened_since(&self.fd) {
+            self.split = Some((self.buf.len(), self.lines));
         }
         match peer {
             Some(ip) => {
@@ -202,24 +287,41 @@ impl Batch {
     /// The epoll backend's flush: one blocking write(2) of the whole batch (a short write is
     /// continued), then the batch is empty. A failure is reported once and drops the batch.
     pub fn write_now(&mut self, sink: &Sink) {
-        let mut at = 0;
-        while at < self.buf.len() {
-            match rustix::io::write(sink.fd(), &self.buf[at..]) {
-                Ok(0) => {
-                    sink.failed("a write of no bytes", self.lines);
-                    break;
-                }
-                Ok(n) => at += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    sink.failed(e, self.lines);
-                    break;
-                }
-            }
+        if let Some((len, lines)) = self.split.take() {
+            // The lines before a reopen, to the old file first.
+            let old = sink.held(&mut self.fd);
+            write_all(sink, &old, &self.buf[..len], lines);
+            self.buf.drain(..len);
+            self.lines -= lines;
+            sink.target(&mut self.fd);
         }
+        let fd = sink.held(&mut self.fd);
+        write_all(sink, &fd, &self.buf, self.lines);
+        // The next lines go to the file open now.
+        sink.target(&mut self.fd);
         self.buf.clear();
         self.lines = 0;
         self.since = None;
+    }
+}
+
+/// One blocking write(2) of `bytes` (`lines` lines), a short write continued; a failure is
+/// reported once and drops them.
+fn write_all(sink: &Sink, fd: &OwnedFd, bytes: &[u8], lines: u64) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match rustix::io::write(fd, &bytes[at..]) {
+            Ok(0) => {
+                sink.failed("a write of no bytes", lines);
+                break;
+            }
+            Ok(n) => at += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                sink.failed(e, lines);
+                break;
+            }
+        }
     }
 }
 
@@ -306,8 +408,9 @@ pub struct RingLog {
     pub batch: Batch,
     /// The buffer of the last write, back from the ring, reused for the next batch.
     spare: Vec<u8>,
-    /// A write is in flight: its lines, and how far into its buffer it started.
-    in_flight: Option<(u64, usize)>,
+    /// A write is in flight: its lines, how far into its buffer it started, and the
+    /// descriptor it writes to (kept open until its CQE, whatever a reopen does meanwhile).
+    in_flight: Option<(u64, usize, Arc<OwnedFd>)>,
 }
 
 impl RingLog {
@@ -328,28 +431,44 @@ impl RingLog {
         if self.in_flight.is_some() || self.batch.is_empty() || !(now || self.batch.due()) {
             return Ok(());
         }
-        self.batch.since = None;
         let spare = std::mem::take(&mut self.spare);
-        let buf = std::mem::replace(&mut self.batch.buf, spare);
-        let lines = std::mem::take(&mut self.batch.lines);
-        self.submit(sink, ring, buf, 0, lines)
+        let mut buf = std::mem::replace(&mut self.batch.buf, spare);
+        // The file these lines belong to (the old one, when a reopen came since they were
+        // formatted); the lines after go to the file open now.
+        let fd = sink.held(&mut self.batch.fd);
+        sink.target(&mut self.batch.fd);
+        let lines = match self.batch.split.take() {
+            Some((len, lines)) => {
+                // Only the lines before the reopen: the rest stays in the batch for the next
+                // flush (after this write's CQE), to the new file.
+                self.batch.buf.extend_from_slice(&buf[len..]);
+                buf.truncate(len);
+                self.batch.lines -= lines;
+                lines
+            }
+            None => {
+                self.batch.since = None;
+                std::mem::take(&mut self.batch.lines)
+            }
+        };
+        self.submit(ring, fd, buf, 0, lines)
     }
 
     fn submit(
         &mut self,
-        sink: &Sink,
         ring: &mut Ring,
+        fd: Arc<OwnedFd>,
         buf: Vec<u8>,
         from: usize,
         lines: u64,
     ) -> Result<(), String> {
         let len = buf.len();
         // Offset -1: at the file position, which O_APPEND puts at the end (see Sink::open).
-        let sqe = SafeSqe::write(Target::Fd(sink.fd().as_raw_fd()), buf, from..len, u64::MAX)
+        let sqe = SafeSqe::write(Target::Fd(fd.as_raw_fd()), buf, from..len, u64::MAX)
             .user_data(WRITE_TOKEN.encode());
         ring.push_safe(sqe)
             .map_err(|e| format!("io_uring submit: {e}"))?;
-        self.in_flight = Some((lines, from));
+        self.in_flight = Some((lines, from, fd));
         Ok(())
     }
 
@@ -361,7 +480,7 @@ impl RingLog {
         ring: &mut Ring,
         cqe: &ringwork_sys::Cqe,
     ) -> Result<(), String> {
-        let Some((lines, from)) = self.in_flight.take() else {
+        let Some((lines, from, fd)) = self.in_flight.take() else {
             return Ok(());
         };
         let Some(OpMemory::Bytes(mut buf)) = ring.take_memory(cqe.user_data()) else {
@@ -370,7 +489,8 @@ impl RingLog {
         };
         match cqe.result() {
             Ok(n) if n > 0 && from + (n as usize) < buf.len() => {
-                return self.submit(sink, ring, buf, from + n as usize, lines);
+                // The rest goes to the same file, reopened or not.
+                return self.submit(ring, fd, buf, from + n as usize, lines);
             }
             Ok(0) => sink.failed("a write of no bytes", lines),
             Ok(_) => {}
@@ -399,11 +519,7 @@ mod tests {
     }
 
     fn sink() -> Sink {
-        Sink {
-            fd: rustix::io::dup(std::io::stderr()).unwrap(),
-            reported: AtomicBool::new(false),
-            dropped: AtomicU64::new(0),
-        }
+        Sink::with_fd(rustix::io::dup(std::io::stderr()).unwrap(), None)
     }
 
     fn line(peer: Option<IpAddr>, e: &LogEntry<'_>) -> String {
@@ -476,6 +592,70 @@ mod tests {
             Ok(Destination::File("/tmp/a.log".into()))
         );
         assert!("".parse::<Destination>().is_err());
+    }
+
+    /// logrotate's rename, then a reopen: the batch written before it is in the renamed
+    /// file, the one after in a new file at the old path, nothing in both.
+    #[test]
+    fn a_reopen_sends_the_next_batch_to_a_new_file() {
+        let dir = std::env::temp_dir().join(format!("ringwork-reopen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::open(&Destination::File(path.clone()))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::default();
+        b.push(&sink, None, 0, &entry(b"GET", b"/before"));
+        b.write_now(&sink);
+        std::fs::rename(&path, dir.join("access.log.1")).unwrap();
+        b.push(&sink, None, 0, &entry(b"GET", b"/renamed"));
+        b.write_now(&sink);
+        b.push(&sink, None, 0, &entry(b"GET", b"/buffered"));
+        assert_eq!(sink.reopen().unwrap(), Some(path.as_path()));
+        b.push(&sink, None, 0, &entry(b"GET", b"/after"));
+        b.write_now(&sink);
+        let old = std::fs::read_to_string(dir.join("access.log.1")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.contains("/before") && old.contains("/renamed"), "{old}");
+        assert!(
+            old.contains("/buffered"),
+            "formatted before the reopen: {old}"
+        );
+        assert!(!old.contains("/after"), "{old}");
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.contains("/after"), "{new}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A reopen between a batch's last line and its write: the whole batch is the old
+    /// file's, and the next line the new file's.
+    #[test]
+    fn a_batch_formatted_before_a_reopen_goes_to_the_old_file() {
+        let dir = std::env::temp_dir().join(format!("ringwork-reopen2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("access.log");
+        let _ = std::fs::remove_file(&path);
+        let sink = Sink::open(&Destination::File(path.clone()))
+            .unwrap()
+            .unwrap();
+        let mut b = Batch::default();
+        b.push(&sink, None, 0, &entry(b"GET", b"/late"));
+        std::fs::rename(&path, dir.join("old.log")).unwrap();
+        sink.reopen().unwrap();
+        b.write_now(&sink);
+        b.push(&sink, None, 0, &entry(b"GET", b"/next"));
+        b.write_now(&sink);
+        let old = std::fs::read_to_string(dir.join("old.log")).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert!(old.contains("/late") && !old.contains("/next"), "{old}");
+        assert!(new.contains("/next") && !new.contains("/late"), "{new}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn standard_output_is_not_reopened() {
+        assert_eq!(sink().reopen(), Ok(None));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What ringwork-files adds to the file engines of `ringwork_sys::files` (which perform the
 //! file service's operations on io_uring or epoll, on the worker loop every Ringwork server
-//! shares): its access log and its counters.
+//! shares): its response rules, its access log and its counters.
 //!
 //! - Access log (`--access-log`): each worker formats the lines of what its connections
 //!   answered into a batch. On io_uring the batch goes out as one IORING_OP_WRITE through
@@ -38,6 +38,11 @@ impl<'s> Hooks<'s> {
 }
 
 impl FileHooks for Hooks<'_> {
+    fn new_conn(&mut self, http: HttpConn) -> HttpConn {
+        // The rules in force when it was accepted (a SIGHUP reload reaches later ones).
+        http.with_rules(self.shared.rules.current())
+    }
+
     fn wants_peer(&self) -> bool {
         self.log.is_some()
     }

@@ -9,6 +9,7 @@
 
 mod accesslog;
 mod hooks;
+mod rules;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -67,9 +68,12 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_name = "FILES")]
     open_file_cache: u32,
     /// How long a cached file is served without looking at its path again, in milliseconds:
-    /// a file replaced, deleted or turned into a symlink, or created where a request found
-    /// none, is seen once this has passed (a rewrite in place at once). nginx's
-    /// `open_file_cache_valid`.
+    /// a file replaced, deleted, rewritten in place or turned into a symlink, or created where
+    /// a request found none, is seen once this has passed. Until then a file rewritten in
+    /// place goes out with its old length (its old bytes, when they are kept in memory; else
+    /// the new bytes cut to the old length, or a response that ends early, the connection
+    /// closed, where the file shrank): deploy by writing a new file and renaming it over the
+    /// old one. nginx's `open_file_cache_valid`.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     open_file_cache_valid_ms: u64,
     /// A cached file no request has used for this many milliseconds is closed, so that a
@@ -87,7 +91,7 @@ struct Args {
     /// Drop an idle keep-alive connection after this many milliseconds.
     #[arg(long, default_value_t = 60_000)]
     idle_timeout_ms: u64,
-    /// On SIGINT/SIGTERM, how long responses in flight may take to finish (new connections are
+    /// On SIGTERM, SIGINT or SIGQUIT, how long responses in flight may take to finish (new connections are
     /// refused at once); connections still open after this are closed, then the server exits.
     #[arg(long, default_value_t = 5_000)]
     shutdown_grace_ms: u64,
@@ -119,8 +123,37 @@ struct Args {
     sendfile: bool,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
+    /// SIGUSR1 (and SIGHUP) reopen the file: rename it, then signal (logrotate's
+    /// `postrotate`).
     #[arg(long, value_name = "PATH|-|off", default_value = "off")]
     access_log: accesslog::Destination,
+    /// Add a header to file responses (200, 206, 304) whose path matches GLOB, as
+    /// `GLOB: Name: value` (`'*.js: Access-Control-Allow-Origin: *'`); give it again for
+    /// more. GLOB is matched against the path from the root (`/assets/app.js`): `*` matches
+    /// any run of characters, `/` included, `?` one. Every matching rule adds its header.
+    /// Default: none.
+    #[arg(long = "header", value_name = "GLOB: NAME: VALUE")]
+    headers: Vec<String>,
+    /// Cache lifetime of file responses whose path matches GLOB, as `GLOB=DURATION`
+    /// (`'*.css=7d'`; units s, m, h, d, w, y; none: seconds): `Cache-Control: max-age` and
+    /// `Expires`. Of the matching rules, the last given wins. Default: none.
+    #[arg(long = "expires", value_name = "GLOB=DURATION")]
+    expires: Vec<String>,
+    /// Answer a 404 or 403 with this file from the root, sent with that status
+    /// (`404=/404.html`); when the page is missing, the plain answer. Default: none.
+    #[arg(long = "error-page", value_name = "CODE=/PATH")]
+    error_pages: Vec<String>,
+    /// Answer a path that names nothing with this file and 200 (a single-page
+    /// application's `/index.html`). Default: none (404).
+    #[arg(long, value_name = "/PATH")]
+    fallback: Option<String>,
+    /// More rules from FILE, one per line: `header GLOB: Name: value`, `expires
+    /// GLOB=DURATION`, `error-page CODE=/PATH`, `fallback /PATH` (`#` comments). Read at start
+    /// and again on SIGHUP (connections accepted after it get the new rules; a file that
+    /// does not parse leaves the old ones). Flags' rules come first and are not reloaded.
+    /// Default: none.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -131,6 +164,8 @@ struct Shared {
     root: OwnedFd,
     /// `--access-log`, unless off.
     access_log: Option<accesslog::Sink>,
+    /// The response rules in force (reloaded on SIGHUP).
+    rules: rules::RuleSet,
     cfg: Config,
     max_conns: u32,
     /// io_uring: chunk buffers in each worker's pool (`--buffer-memory` / `--chunk`).
@@ -322,7 +357,7 @@ fn run(args: Args) -> Result<(), String> {
     )
     .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
     // Before any thread starts, so that every thread inherits the blocked mask.
-    let signals = ringwork_sys::signal::ShutdownSignals::new().map_err(|e| e.to_string())?;
+    let signals = ringwork_sys::signal::ServerSignals::new().map_err(|e| e.to_string())?;
 
     // One SO_REUSEPORT listener per thread and address, as ringwork-echo makes them.
     if args.listen.len() > MAX_LISTEN {
@@ -338,8 +373,16 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?,
     };
     let access_log = accesslog::Sink::open(&args.access_log)?;
+    let rules = rules::RuleSet::load(&rules::RuleFlags {
+        headers: args.headers.clone(),
+        expires: args.expires.clone(),
+        error_pages: args.error_pages.clone(),
+        fallback: args.fallback.clone(),
+        file: args.rules.clone(),
+    })?;
     let shared = Arc::new(Shared {
         root,
+        rules,
         cfg: http_config(&args, access_log.is_some()),
         access_log,
         max_conns: sizing.max_conns,
@@ -391,8 +434,13 @@ fn run(args: Args) -> Result<(), String> {
         );
         let _ = std::io::stdout().flush();
     }
-    crew.stop_on(signals, "ringwork-files")
+    {
+        let shared = Arc::clone(&shared);
+        crew.stop_on_with(signals, "ringwork-files", move |signal| {
+            operator_signal(&shared, signal)
+        })
         .map_err(|e| e.to_string())?;
+    }
     let mut failure = None;
     for w in crew.join() {
         match w {
@@ -412,6 +460,40 @@ fn run(args: Args) -> Result<(), String> {
     match failure {
         None => Ok(()),
         Some(e) => Err(e),
+    }
+}
+
+/// SIGUSR1 reopens the access log; SIGHUP reopens it too and reloads the rules file;
+/// SIGUSR2 is said and ignored. Each says on stderr what it did (the stop signals are the
+/// crew's).
+fn operator_signal(shared: &Shared, signal: ringwork_sys::signal::Signal) {
+    use ringwork_sys::signal::Signal;
+    let reopen = || match shared.access_log.as_ref().map(accesslog::Sink::reopen) {
+        Some(Ok(Some(path))) => eprintln!(
+            "ringwork-files: {signal}: access log reopened ({})",
+            path.display()
+        ),
+        Some(Ok(None)) | None => {}
+        Some(Err(e)) => eprintln!("ringwork-files: {signal}: {e}; the old log stays in use"),
+    };
+    match signal {
+        Signal::User1 => reopen(),
+        Signal::Hangup => {
+            reopen();
+            match shared.rules.reload() {
+                Ok(Some(file)) => eprintln!(
+                    "ringwork-files: {signal}: rules reloaded from {} (for connections \
+                     accepted from now on)",
+                    file.display()
+                ),
+                Ok(None) => {}
+                Err(e) => eprintln!("ringwork-files: {signal}: {e}; the old rules stay"),
+            }
+        }
+        // Stop signals are the crew's and never come here.
+        Signal::User2 | Signal::Stop(_) => {
+            eprintln!("ringwork-files: {signal}: ignored");
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 //! - [`Ring`]: io_uring setup, the shared mappings, batched submission, CQE harvesting with
 //!   overflow detection, and teardown.
 //! - [`activation`]: listeners passed in by systemd (`LISTEN_FDS`), instead of bound.
-//! - [`net`], [`signal`], [`epoll`]: listener setup, shutdown signals through a signalfd,
+//! - [`net`], [`signal`], [`epoll`]: listener setup, operator signals through a signalfd,
 //!   and the epoll baseline's event loop primitive.
 //! - [`accept`]: accepting for both servers, through the ring ([`Acceptor`]: multishot with
 //!   its fallbacks) or epoll ([`EpollAcceptor`]), following core's accept policy

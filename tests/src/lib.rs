@@ -73,6 +73,15 @@ impl Server {
         Self::launch(name, args, Some(nofile))
     }
 
+    /// As [`Server::start`], with its stderr captured for `stderr()`.
+    pub fn start_capturing(name: &str, args: &[&str]) -> Server {
+        let process = ringwork_harness::Server::start(
+            Command::new(binary(name)).args(args).stderr(Stdio::piped()),
+        )
+        .unwrap_or_else(|e| panic!("{name} {e}"));
+        Server { process }
+    }
+
     fn launch(name: &str, args: &[&str], nofile: Option<u64>) -> Server {
         let mut command = match nofile {
             None => Command::new(binary(name)),

@@ -20,10 +20,13 @@
 //!   (`FILE.br`, `FILE.gz`) the client takes, best first.
 //! - [`ResponseHead::write`], [`error_response`] and [`redirect_response`] write responses into
 //!   a caller's buffer.
+//! - [`Rules`]: an operator's response rules (headers and lifetimes by path glob, error pages,
+//!   a fallback file), parsed once and written per response without allocating.
 //!
 //! What it deliberately does not do: read the clock (the current time is an argument), touch
 //! files (the server opens them with openat2 `RESOLVE_BENEATH`, which is the real guard against
-//! escapes; the `..` check here is defence in depth), allocate, decode request bodies (a static
+//! escapes; the `..` check here is defence in depth), allocate (but [`Rules`] while it is
+//! built), decode request bodies (a static
 //! server has no use for them), evaluate `If-Match` or `If-Unmodified-Since` (they make
 //! state-changing requests conditional; GET and HEAD change nothing), or send multi-range
 //! responses (RFC 9110 lets a server ignore those and send the whole representation).
@@ -36,6 +39,7 @@ mod path;
 mod range;
 mod request;
 mod response;
+mod rules;
 
 pub use conditional::{client_is_fresh, if_none_match_matches, if_range_holds, ETag};
 pub use date::{format_http_date, format_log_date, not_modified, parse_http_date, MAX_HTTP_DATE};
@@ -48,6 +52,7 @@ pub use response::{
     error_response, redirect_response, ContentRange, Decimal, ErrorResponseLen, HeadTooSmall,
     ResponseHead, Status, ALLOW,
 };
+pub use rules::{glob_matches, RuleError, Rules};
 
 /// Strips optional whitespace (SP and HTAB) from both ends.
 fn trim_ows(mut v: &[u8]) -> &[u8] {

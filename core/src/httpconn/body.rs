@@ -16,7 +16,7 @@ impl HttpConn {
             (Phase::OpenFailed { status }, _) => {
                 self.bufs[b] = BufState::Free;
                 self.read = None;
-                return self.error(now, status);
+                return self.fail(now, status);
             }
             // The linked read reports before its open (the kernel does not promise the
             // order): cancelled because the open failed, which on_open then reports. The

@@ -31,6 +31,7 @@ impl HttpConn {
         self.file_closing = false;
         match self.phase {
             Phase::CloseFile => self.next_request(now),
+            Phase::ProbeClose { then } => self.on_probe_closed(now, then),
             _ => self.close(),
         }
     }
@@ -88,6 +89,8 @@ impl HttpConn {
             Phase::Stat { .. }
             | Phase::Open { .. }
             | Phase::OpenFailed { .. }
+            | Phase::Probe { .. }
+            | Phase::ProbeClose { .. }
             | Phase::Respond
             | Phase::CloseFile => {
                 self.close_after = true;

@@ -133,18 +133,89 @@ impl HttpConn {
             }
         }
         let slash = self.req.as_ref().is_some_and(|r| r.slash);
+        let instead = self
+            .req
+            .as_ref()
+            .is_some_and(|r| r.fallback || r.error_page.is_some());
         match res {
-            // A file asked for as a directory (`/file.txt/`): not found, as nginx answers.
+            // An error page or the fallback must be a regular file; anything else answers
+            // as the page or fallback were not configured.
+            Ok(info) if instead && info.kind != FileKind::Regular => {
+                self.fail(now, Status::NotFound)
+            }
+            Err(_) if instead => self.fail(now, Status::NotFound),
+            // A file asked for as a directory (`/file.txt/`): not found, as nginx answers,
+            // once the open says the path stays beneath the root.
             Ok(info) if info.kind == FileKind::Regular && slash && !index => {
-                self.error(now, Status::NotFound)
+                self.probe(Found::FileAsDirectory)
             }
             Ok(info) if info.kind == FileKind::Regular => self.open_regular(now, info),
-            Ok(info) if info.kind == FileKind::Directory && !index && !slash => {
+            Ok(info) if info.kind == FileKind::Directory && !index => {
+                if self.path_len == 1 && self.path[0] == b'.' {
+                    // The root itself: nothing to resolve.
+                    self.found(now, Found::Directory)
+                } else {
+                    self.probe(Found::Directory)
+                }
+            }
+            // A directory without index.html, a directory named index.html, a FIFO or device.
+            Ok(_) => self.fail(now, Status::Forbidden),
+            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) if index => {
+                self.fail(now, Status::Forbidden)
+            }
+            Err(RawErrno::NAMETOOLONG) => self.found(now, Found::Nothing),
+            Err(RawErrno::NOENT | RawErrno::NOTDIR) => self.probe(Found::Nothing),
+            Err(_) => self.fail(now, Status::Forbidden),
+        }
+    }
+
+    /// The stat found `then`, following symlinks wherever they lead (a stat cannot be kept
+    /// beneath the root): before answering, an open (`RESOLVE_BENEATH`, as every open here)
+    /// says whether resolving the path leaves the root. Everything under a symlink that
+    /// leaves it is then answered 403, as a file there is (and as nginx's `disable_symlinks
+    /// on` answers), so a client learns nothing of what exists outside. A regular file needs
+    /// no probe: its own open says so.
+    fn probe(&mut self, then: Found) {
+        self.phase = Phase::Probe { then };
+        self.push(Op::Open {
+            direct: false,
+            link_next: false,
+        });
+    }
+
+    /// The probe's open completed.
+    fn on_probe(&mut self, now: Time, then: Found, res: Result<(), RawErrno>) {
+        match res {
+            // Resolution left the root (EXDEV), or met a symlink loop.
+            Err(RawErrno::XDEV | RawErrno::LOOP) => self.fail(now, Status::Forbidden),
+            Err(_) => self.found(now, then),
+            // The path opened beneath the root (a directory, or a file since created): close
+            // it, then answer.
+            Ok(()) => {
+                self.file_open = true;
+                self.file_closing = true;
+                self.phase = Phase::ProbeClose { then };
+                self.push(Op::CloseFile);
+            }
+        }
+    }
+
+    /// The probe's file is closed.
+    pub(super) fn on_probe_closed(&mut self, now: Time, then: Found) {
+        self.found(now, then)
+    }
+
+    /// Answers what the stat found, now known to be beneath the root.
+    fn found(&mut self, now: Time, then: Found) {
+        let slash = self.req.as_ref().is_some_and(|r| r.slash);
+        match then {
+            Found::FileAsDirectory => self.fail(now, Status::NotFound),
+            Found::Directory if !slash => {
                 // `/sub` is a directory: relative links in its index resolve against `/sub/`,
                 // so send the client there first (as every static server does).
                 self.redirect(now)
             }
-            Ok(info) if info.kind == FileKind::Directory && !index => {
+            Found::Directory => {
                 // A directory: its index.html, or nothing (no listings).
                 let mut len = self.path_len;
                 if len == 1 && self.path[0] == b'.' {
@@ -158,15 +229,19 @@ impl HttpConn {
                 self.path[self.path_len] = 0;
                 self.stat_path(true, 0);
             }
-            // A directory without index.html, a directory named index.html, a FIFO or device.
-            Ok(_) => self.error(now, Status::Forbidden),
-            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) if index => {
-                self.error(now, Status::Forbidden)
+            Found::Nothing => {
+                let rules = self.rules.clone();
+                match rules.as_deref().and_then(Rules::fallback) {
+                    // A path that names nothing: the fallback file, with 200.
+                    Some(fallback) => {
+                        if let Some(req) = self.req.as_deref_mut() {
+                            req.fallback = true;
+                        }
+                        self.look_up_instead(fallback);
+                    }
+                    None => self.fail(now, Status::NotFound),
+                }
             }
-            Err(RawErrno::NOENT | RawErrno::NOTDIR | RawErrno::NAMETOOLONG) => {
-                self.error(now, Status::NotFound)
-            }
-            Err(_) => self.error(now, Status::Forbidden),
         }
     }
 
@@ -175,6 +250,9 @@ impl HttpConn {
         self.completed();
         self.owed.open = false;
         self.last_progress = now.mono_ms;
+        if let Phase::Probe { then } = self.phase {
+            return self.on_probe(now, then, res);
+        }
         let Phase::Open {
             info,
             direct,
@@ -225,7 +303,7 @@ impl HttpConn {
                     self.phase = Phase::OpenFailed { status };
                 } else {
                     self.read = None;
-                    self.error(now, status);
+                    self.fail(now, status);
                 }
             }
         }
@@ -302,6 +380,8 @@ impl HttpConn {
                 _ => Codings::default(),
             },
             coding: None,
+            fallback: false,
+            error_page: None,
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();

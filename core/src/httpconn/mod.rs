@@ -21,7 +21,13 @@
 //! open of a FIFO blocks), and the driver stats by path because io_uring's STATX cannot name a
 //! registered file. The open (openat2 with `RESOLVE_BENEATH`) is what enforces the root: a
 //! path the stat resolved outside it (through a symlink) fails to open, and its size is never
-//! sent.
+//! sent. Where a stat's answer would be told without an open (a directory, nothing, a file
+//! asked for as a directory), the path is opened first all the same (a probe, closed at once):
+//! a path that leaves the root answers 403, whatever lies outside.
+//!
+//! An operator's [`Rules`] ([`HttpConn::with_rules`]) add headers to file responses, answer
+//! a 403 or 404 with an error page (looked up as any path, sent with the error's status) and
+//! a path that names nothing with a fallback file.
 //!
 //! Ownership: the connection counts its own operations in flight ([`HttpConn::in_flight`]):
 //! every op it emits reports exactly one completion (cancel and shutdown requests included,
@@ -38,6 +44,7 @@
 //! owns the two chunk buffers, [`BufIx`] 0 and 1, each at least [`Config::chunk`] bytes), read
 //! a clock ([`Time`] comes in with every event), or log.
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use arrayvec::ArrayVec;
@@ -49,7 +56,7 @@ use crate::http::{
     client_is_fresh, content_type, error_response, if_range_holds, is_directory_request,
     normalize_path, parse_range, parse_request, preferred_codings, redirect_response,
     slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, ErrorResponseLen,
-    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Status,
+    HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Rules, Status,
 };
 
 mod body;
@@ -325,6 +332,11 @@ enum Phase {
         direct: bool,
         planned: bool,
     },
+    /// The stat found something a symlink may have led out of the root to; an open of the
+    /// path (`RESOLVE_BENEATH`) is in flight to tell.
+    Probe { then: Found },
+    /// The probe opened the path beneath the root; its close is in flight.
+    ProbeClose { then: Found },
     /// A planned open failed while its linked read was still to report (ECANCELED): `status`
     /// goes out once it has.
     OpenFailed { status: Status },
@@ -352,6 +364,8 @@ impl Phase {
             Phase::Stat { .. } => "Stat",
             Phase::Open { .. } => "Open",
             Phase::OpenFailed { .. } => "OpenFailed",
+            Phase::Probe { .. } => "Probe",
+            Phase::ProbeClose { .. } => "ProbeClose",
             Phase::Respond => "Respond",
             Phase::CloseFile => "CloseFile",
             Phase::Drain { .. } => "Drain",
@@ -418,6 +432,17 @@ impl<const N: usize> core::ops::Deref for KeptBytes<N> {
     }
 }
 
+/// What a stat found that is answered once a probe says the path stays beneath the root.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Found {
+    /// A directory: the slash redirect, or its index.
+    Directory,
+    /// A regular file asked for with a trailing slash: 404.
+    FileAsDirectory,
+    /// Nothing (ENOENT, ENOTDIR): the fallback file, or 404.
+    Nothing,
+}
+
 /// The request being answered.
 #[derive(Clone, Debug, Default)]
 struct ReqInfo {
@@ -437,6 +462,10 @@ struct ReqInfo {
     codings: Codings,
     /// The coding of the sibling being served, whose suffix ends the path.
     coding: Option<ContentCoding>,
+    /// The path named nothing and the rules' fallback file is being looked up instead.
+    fallback: bool,
+    /// The lookup failed with this status and the rules' page for it is being looked up.
+    error_page: Option<Status>,
 }
 
 /// The fixed part of a log entry: status (u16), body bytes (u64), version, flags; then four
@@ -531,6 +560,8 @@ const DRAIN_LIMIT: u32 = 64 * 1024;
 #[derive(Debug)]
 pub struct HttpConn {
     cfg: Config,
+    /// The operator's response rules ([`HttpConn::with_rules`]); `None`: none.
+    rules: Option<Arc<Rules>>,
     phase: Phase,
     ops: ArrayVec<Op, 8>,
     /// Received, not yet consumed bytes: `rbuf[..rlen]`. Empty (unallocated) while nothing
@@ -597,6 +628,7 @@ impl HttpConn {
     pub fn new(cfg: Config, now: Time) -> Self {
         let mut c = Self {
             cfg,
+            rules: None,
             phase: Phase::Head { since: now.mono_ms },
             ops: ArrayVec::new(),
             // Allocated when a request needs them, freed when the connection waits idle.
@@ -636,6 +668,15 @@ impl HttpConn {
         };
         c.want_head(now);
         c
+    }
+
+    /// Answers with `rules` (headers and lifetimes by path, error pages, the fallback
+    /// file): the rules a connection starts with are those it keeps, so a server that
+    /// reloads them gives new connections the new ones. Empty rules change nothing.
+    #[must_use]
+    pub fn with_rules(mut self, rules: Arc<Rules>) -> Self {
+        self.rules = (!rules.is_empty()).then_some(rules);
+        self
     }
 
     /// The next operation to perform, if any. Poll until `None` after every event.

@@ -51,10 +51,51 @@ impl HttpConn {
         len
     }
 
+    /// Makes room for the longest head this connection writes: [`HEAD_CAP`] and what its
+    /// rules add.
     pub(super) fn alloc_head(&mut self) {
-        if self.head.is_empty() {
-            self.head = vec![0; HEAD_CAP];
+        let cap = HEAD_CAP + self.rules.as_ref().map_or(0, |r| r.max_header_bytes());
+        if self.head.len() < cap {
+            self.head.resize(cap, 0);
         }
+    }
+
+    /// A lookup answers `status` (403 or 404): with the rules' page for it, looked up as a
+    /// file and sent with that status, or else the plain error response. A page that is
+    /// itself missing (or not a regular file) gets the plain response of the first status.
+    pub(super) fn fail(&mut self, now: Time, status: Status) {
+        // The rules are shared: a clone of the Arc, not of the page's path, lets the lookup
+        // borrow the connection.
+        let rules = self.rules.clone();
+        let page = rules.as_deref().and_then(|r| r.error_page(status));
+        match (self.req.as_deref_mut(), page) {
+            (Some(req), Some(page)) if req.error_page.is_none() => {
+                req.error_page = Some(status);
+                self.look_up_instead(page);
+            }
+            (Some(req), _) => {
+                let status = req.error_page.unwrap_or(status);
+                self.error(now, status)
+            }
+            (None, _) => self.error(now, status),
+        }
+    }
+
+    /// Stats `rel` (relative to the root) in place of the request's path: an error page or
+    /// the fallback file.
+    pub(super) fn look_up_instead(&mut self, rel: &str) {
+        if let Some(req) = self.req.as_deref_mut() {
+            req.slash = false;
+            req.coding = None;
+        }
+        let need = rel.len() + PATH_ROOM;
+        if self.path.len() < need {
+            self.path.resize(need, 0);
+        }
+        self.path[..rel.len()].copy_from_slice(rel.as_bytes());
+        self.path_len = rel.len();
+        self.path[self.path_len] = 0;
+        self.stat_path(false, 0);
     }
 
     pub(super) fn start_head(&mut self, len: usize) {
@@ -92,6 +133,7 @@ impl HttpConn {
             ..ReqInfo::default()
         });
         self.close_after |= !req.keep_alive;
+        self.alloc_head();
         // A sibling's type is its file's: the path without the coding's suffix.
         let name_len = self.path_len - req.coding.map_or(0, |c| c.suffix().len());
         let path_str = core::str::from_utf8(&self.path[..name_len]).unwrap_or("");
@@ -106,13 +148,23 @@ impl HttpConn {
         let etag = ETag::new(info.mtime_secs, info.size);
         head.etag = Some(etag.as_str());
         let mut body: Option<(u64, u64)> = None;
-        let fresh = client_is_fresh(
-            req.if_none_match.as_deref(),
-            req.if_modified_since.as_deref(),
-            &etag,
-            info.mtime_secs,
-        );
-        if fresh {
+        // An error page is sent whole, with its error's status, and nothing that would let
+        // a cache keep it as the answer.
+        let fresh = req.error_page.is_none()
+            && client_is_fresh(
+                req.if_none_match.as_deref(),
+                req.if_modified_since.as_deref(),
+                &etag,
+                info.mtime_secs,
+            );
+        if let Some(status) = req.error_page {
+            head.status = status;
+            head.last_modified = None;
+            head.etag = None;
+            head.accept_ranges = false;
+            head.content_length = info.size;
+            body = Some((0, info.size));
+        } else if fresh {
             head.status = Status::NotModified;
         } else {
             // An If-Range that does not hold: the file may have changed, send all of it.
@@ -152,11 +204,26 @@ impl HttpConn {
                 }
             }
         }
-        self.alloc_head();
-        let len = match head.write(&mut self.head) {
+        let mut len = match head.write(&mut self.head) {
             Ok(len) => len,
             Err(_) => return false,
         };
+        let rules = self.rules.as_deref().filter(|_| {
+            matches!(
+                head.status,
+                Status::Ok | Status::PartialContent | Status::NotModified
+            )
+        });
+        if let Some(rules) = rules {
+            // Before the blank line that ends the head; alloc_head made room for them.
+            len -= 2;
+            match rules.write_headers(path_str, now.unix_secs, &mut self.head[len..]) {
+                Ok(n) if len + n + 2 <= self.head.len() => len += n,
+                _ => return false,
+            }
+            self.head[len..len + 2].copy_from_slice(b"\r\n");
+            len += 2;
+        }
         self.log_status = head.status.code();
         self.log_body = match body {
             Some((_, len)) if !req.head_only => len,

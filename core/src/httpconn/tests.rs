@@ -1147,6 +1147,7 @@ fn close_waits_for_the_cancel_and_shutdown_completions() {
     );
     assert_eq!(drain_ops(&mut c), [Op::Stat]);
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let ops = drain_ops(&mut c);
     let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
         panic!("{ops:?}")
@@ -1351,10 +1352,12 @@ fn an_idle_connection_holds_no_buffers() {
     assert_eq!(drain_ops(&mut c), [Op::Stat]);
     assert_eq!(c.path(), b"f\0");
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let rest = complete_io(&mut c, &mut bufs, &mut out);
     assert_eq!(rest, [Op::Stat], "the pipelined request, without a receive");
     assert_eq!(c.path(), b"g\0");
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let rest = complete_io(&mut c, &mut bufs, &mut out);
     assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
     assert_eq!(c.heap_bytes(), 0, "idle again");
@@ -1555,6 +1558,24 @@ fn if_modified_since_gives_304() {
     );
 }
 
+/// Answers the open that checks a stat's answer stays beneath the root (and the close of
+/// what it opened).
+fn probe(c: &mut HttpConn, now: Time, res: Result<(), RawErrno>) {
+    assert_eq!(
+        drain_ops(c),
+        [Op::Open {
+            direct: false,
+            link_next: false
+        }],
+        "a probe"
+    );
+    c.on_open(now, res);
+    if res.is_ok() {
+        assert_eq!(drain_ops(c), [Op::CloseFile]);
+        c.on_file_closed(now);
+    }
+}
+
 fn head_of(out: &[u8]) -> String {
     let end = out
         .windows(4)
@@ -1598,6 +1619,7 @@ fn a_long_redirect_target_is_encoded_whole() {
         dio: None,
     };
     c.on_stat(Time::default(), Ok(dir));
+    probe(&mut c, Time::default(), Ok(()));
     let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
     let want = alloc::format!("\r\nLocation: /{}/\r\n", "%C3%A9".repeat(400));
     assert!(head.starts_with("HTTP/1.1 301 "), "{head}");
@@ -1649,12 +1671,20 @@ fn a_long_if_none_match_list_with_the_tag_answers_304() {
 /// Drives one request until the stats are done; `siblings` say which paths stat as
 /// regular files of 10 bytes (others: ENOENT). Returns the paths statted and the head.
 fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
-    let now = Time::default();
+    lookup_with(input, siblings, Rules::default())
+}
+
+/// [`lookup`] with response rules.
+fn lookup_with(input: &[u8], siblings: &[&[u8]], rules: Rules) -> (Vec<Vec<u8>>, String) {
+    let now = Time {
+        mono_ms: 0,
+        unix_secs: 1_000_000_000,
+    };
     let cfg = Config {
         precompressed: true,
         ..Config::default()
     };
-    let mut c = HttpConn::new(cfg, now);
+    let mut c = HttpConn::new(cfg, now).with_rules(Arc::new(rules));
     let _ = drain_ops(&mut c);
     c.on_recv(now, Ok(input));
     let mut statted = Vec::new();
@@ -1675,7 +1705,17 @@ fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
                 );
             }
             [Op::Open { .. }] => {
+                let p = c.path();
+                if !siblings.contains(&&p[..p.len() - 1]) {
+                    // A probe of a path that names nothing.
+                    c.on_open(now, Err(RawErrno::NOENT));
+                    continue;
+                }
                 c.on_open(now, Ok(()));
+                if let [Op::CloseFile] = drain_ops(&mut c)[..] {
+                    c.on_file_closed(now);
+                    continue;
+                }
                 let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
                 return (statted, head);
             }
@@ -1740,6 +1780,7 @@ fn a_directory_index_has_siblings_too() {
         "the directory itself first"
     );
     c.on_stat(now, Ok(dir));
+    probe(&mut c, now, Ok(()));
     assert_eq!(
         (drain_ops(&mut c), c.path()),
         (vec![Op::Stat], &b"d/index.html.gz\0"[..])
@@ -1817,4 +1858,233 @@ fn a_head_that_does_not_parse_is_logged_and_a_cut_response_is_not() {
     let mut n = 0;
     c.drain_log(|_| n += 1);
     assert_eq!(n, 0);
+}
+
+fn rules(lines: &str) -> Rules {
+    let mut r = Rules::default();
+    r.add_file(lines).unwrap();
+    r
+}
+
+#[test]
+fn header_rules_go_on_file_responses_that_match() {
+    let r = rules("header *.txt: X-Kind: text\nheader *: X-Frame-Options: DENY\nexpires /a.*=1h\n");
+    let (_, head) = lookup_with(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"a.txt"],
+        r.clone(),
+    );
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\nX-Kind: text\r\nX-Frame-Options: DENY\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nCache-Control: max-age=3600\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\nExpires: Sun, 09 Sep 2001 02:46:40 GMT\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.ends_with("\r\n\r\n") && !head.ends_with("\r\n\r\n\r\n"),
+        "{head}"
+    );
+    // A precompressed sibling matches as its file.
+    let (_, head) = lookup_with(
+        b"GET /a.txt HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
+        &[b"a.txt", b"a.txt.gz"],
+        r.clone(),
+    );
+    assert!(
+        head.contains("Content-Encoding: gzip") && head.contains("X-Kind: text"),
+        "{head}"
+    );
+    let (_, head) = lookup_with(
+        b"GET /b.html HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"b.html"],
+        r.clone(),
+    );
+    assert!(
+        !head.contains("X-Kind") && !head.contains("Cache-Control"),
+        "{head}"
+    );
+    assert!(head.contains("X-Frame-Options: DENY"), "{head}");
+    // Not on errors.
+    let (_, head) = lookup_with(b"GET /nope.txt HTTP/1.1\r\nHost: x\r\n\r\n", &[], r);
+    assert!(
+        head.starts_with("HTTP/1.1 404") && !head.contains("X-Kind"),
+        "{head}"
+    );
+}
+
+#[test]
+fn an_error_page_is_sent_with_its_status() {
+    let r = rules("error-page 404=/errors/404.html\n");
+    let (statted, head) = lookup_with(
+        b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"errors/404.html"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"nope"[..], b"errors/404.html"]);
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 10\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Type: text/html"), "{head}");
+    assert!(
+        !head.contains("ETag") && !head.contains("Last-Modified"),
+        "{head}"
+    );
+    // Conditionals and ranges do not apply to it.
+    let (_, head) = lookup_with(
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nIf-None-Match: *\r\n\r\n",
+        &[b"errors/404.html"],
+        r.clone(),
+    );
+    assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 10\r\n"), "{head}");
+    // A missing page: the plain 404, after one look for the page.
+    let (statted, head) = lookup_with(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", &[], r);
+    assert_eq!(statted, [&b"nope"[..], b"errors/404.html"]);
+    assert!(
+        head.starts_with("HTTP/1.1 404") && head.contains("Content-Length: 14"),
+        "{head}"
+    );
+}
+
+#[test]
+fn the_fallback_answers_paths_that_name_nothing_with_200() {
+    let r = rules("fallback /index.html\nerror-page 404=/404.html\nexpires /index.html=0\n");
+    let (statted, head) = lookup_with(
+        b"GET /app/route/42 HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"index.html", b"404.html"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"app/route/42"[..], b"index.html"]);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(
+        head.contains("Cache-Control: max-age=0\r\n"),
+        "the fallback's rules: {head}"
+    );
+    // A file that exists is itself.
+    let (statted, _) = lookup_with(
+        b"GET /a.css HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[b"a.css"],
+        r.clone(),
+    );
+    assert_eq!(statted, [&b"a.css"[..]]);
+    // No fallback file: the error page.
+    let (statted, head) = lookup_with(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n", &[b"404.html"], r);
+    assert_eq!(statted, [&b"x"[..], b"index.html", b"404.html"]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+/// A stat follows symlinks out of the root; the probe's open does not. Whatever lies under
+/// a symlink that leaves the root (a directory, with or without its slash, nothing, a file
+/// asked for as a directory) answers 403, as a file there does; the same paths inside the
+/// root answer as before.
+#[test]
+fn everything_under_a_symlink_out_of_the_root_answers_403() {
+    let now = Time::default();
+    let dir = FileInfo {
+        kind: FileKind::Directory,
+        size: 0,
+        mtime_secs: 0,
+        dio: None,
+    };
+    let cases: [(&[u8], Result<FileInfo, RawErrno>, u16); 4] = [
+        (b"GET /out HTTP/1.1\r\nHost: x\r\n\r\n", Ok(dir), 301),
+        (b"GET /out/dir/ HTTP/1.1\r\nHost: x\r\n\r\n", Ok(dir), 0),
+        (
+            b"GET /out/nope HTTP/1.1\r\nHost: x\r\n\r\n",
+            Err(RawErrno::NOENT),
+            404,
+        ),
+        (
+            b"GET /out/x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            Ok(regular(3)),
+            404,
+        ),
+    ];
+    for (input, stat, inside) in cases {
+        for escapes in [true, false] {
+            let mut c = HttpConn::new(Config::default(), now);
+            let _ = drain_ops(&mut c);
+            c.on_recv(now, Ok(input));
+            assert_eq!(drain_ops(&mut c), [Op::Stat]);
+            c.on_stat(now, stat);
+            let opened = match stat {
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            probe(
+                &mut c,
+                now,
+                if escapes { Err(RawErrno::XDEV) } else { opened },
+            );
+            let ops = drain_ops(&mut c);
+            let what = String::from_utf8_lossy(input);
+            if escapes {
+                let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                assert!(head.starts_with("HTTP/1.1 403"), "{what}: {head}");
+            } else if inside == 0 {
+                assert_eq!(ops, [Op::Stat], "{what}: the index next");
+                assert_eq!(c.path(), b"out/dir/index.html\0");
+            } else {
+                let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+                let want = alloc::format!("HTTP/1.1 {inside}");
+                assert!(head.starts_with(&want), "{what}: {head}");
+            }
+        }
+    }
+    // The root needs no probe.
+    let mut c = HttpConn::new(Config::default(), now);
+    let _ = drain_ops(&mut c);
+    c.on_recv(now, Ok(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+    let _ = drain_ops(&mut c);
+    c.on_stat(now, Ok(dir));
+    assert_eq!(
+        (drain_ops(&mut c), c.path()),
+        (vec![Op::Stat], &b"index.html\0"[..])
+    );
+}
+
+/// An open linked to its first read that fails (a symlink out of the root) answers with
+/// the error page as an unlinked one does, once the cancelled read is back.
+#[test]
+fn a_failed_linked_open_gets_the_error_page() {
+    let now = Time::default();
+    let cfg = Config {
+        link_open_read: true,
+        ..Config::default()
+    };
+    let mut c = HttpConn::new(cfg, now).with_rules(Arc::new(rules("error-page 403=/403.html\n")));
+    let _ = drain_ops(&mut c);
+    c.on_recv(now, Ok(b"GET /link HTTP/1.1\r\nHost: x\r\n\r\n"));
+    assert_eq!(drain_ops(&mut c), [Op::Stat]);
+    c.on_stat(now, Ok(regular(10)));
+    let ops = drain_ops(&mut c);
+    let [Op::Open {
+        link_next: true, ..
+    }, Op::Read { buf, .. }] = ops[..]
+    else {
+        panic!("{ops:?}")
+    };
+    c.on_open(now, Err(RawErrno::XDEV));
+    assert_eq!(drain_ops(&mut c), [], "the linked read is still out");
+    c.on_read(now, buf, Err(RawErrno::CANCELED));
+    assert_eq!(
+        (drain_ops(&mut c), c.path()),
+        (vec![Op::Stat], &b"403.html\0"[..])
+    );
+    c.on_stat(now, Ok(regular(7)));
+    let ops = drain_ops(&mut c);
+    assert!(
+        matches!(ops[..], [Op::Open { .. }, Op::Read { .. }]),
+        "{ops:?}"
+    );
+    let head = String::from_utf8(c.head_bytes().to_vec()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Length: 7\r\n"), "{head}");
 }

@@ -1,4 +1,5 @@
-//! A whole stream server in one call: listeners, one worker thread each, SIGINT/SIGTERM, the
+//! A whole stream server in one call: listeners, one worker thread each, the operator's
+//! signals (SIGINT/SIGTERM/SIGQUIT drain; SIGHUP/SIGUSR1/SIGUSR2 are said and ignored), the
 //! drain, the summed counters.
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use crate::backend::Backend;
 use crate::driver::{stop_notices, StartGate, StopNotice, StopSender};
 use crate::error::Error;
 use crate::net::SocketMode;
-use crate::signal::ShutdownSignals;
+use crate::signal::{ServerSignals, Signal};
 
 /// What [`Serve::run`] failed at.
 #[derive(Debug)]
@@ -92,7 +93,7 @@ impl Serve<'_> {
         let threads = self.threads.max(1);
         let name = self.cfg.name;
         // Before any thread starts, so that every thread inherits the blocked mask.
-        let signals = ShutdownSignals::new()?;
+        let signals = ServerSignals::new()?;
         raise_nofile_limit();
         let mode = SocketMode::for_backend(self.backend);
         let listeners = crate::net::reuseport_listeners(self.listen, threads, mode)
@@ -205,17 +206,40 @@ impl<T> Crew<T> {
         self.gate.wait_open()
     }
 
-    /// Relays SIGINT/SIGTERM (blocked in every thread since `signals` was made) as the stop
-    /// notice, from a thread of its own that ends with the process; says so on stderr
-    /// behind `name`.
-    pub fn stop_on(&self, signals: ShutdownSignals, name: &'static str) -> Result<(), ServeError> {
+    /// Relays SIGINT/SIGTERM/SIGQUIT (blocked in every thread since `signals` was made) as the
+    /// stop notice, from a thread of its own that ends with the process; says so on stderr
+    /// behind `name`. SIGHUP, SIGUSR1 and SIGUSR2 are said and ignored: a stream server has
+    /// no log to reopen and nothing to reload.
+    pub fn stop_on(&self, signals: ServerSignals, name: &'static str) -> Result<(), ServeError> {
+        self.stop_on_with(signals, name, move |signal| {
+            eprintln!("{name}: {signal}: ignored (nothing to reopen or reload)");
+        })
+    }
+
+    /// As [`Crew::stop_on`], with `other` called (on the signal thread) for each SIGHUP,
+    /// SIGUSR1 and SIGUSR2, before and during the drain.
+    pub fn stop_on_with(
+        &self,
+        signals: ServerSignals,
+        name: &'static str,
+        mut other: impl FnMut(Signal) + Send + 'static,
+    ) -> Result<(), ServeError> {
         let stop = Arc::clone(&self.stop);
         std::thread::Builder::new()
             .name(format!("{name}-signals"))
             .spawn(move || {
-                if let Ok(signo) = signals.wait() {
-                    eprintln!("{name}: signal {signo}: stopping");
-                    stop.notify();
+                let mut stopping = false;
+                while let Ok(signal) = signals.wait() {
+                    match signal {
+                        Signal::Stop(_) if !stopping => {
+                            eprintln!("{name}: {signal}: stopping");
+                            stopping = true;
+                            stop.notify();
+                        }
+                        // A second stop signal during the drain changes nothing.
+                        Signal::Stop(_) => {}
+                        _ => other(signal),
+                    }
                 }
             })
             .map(drop)
