@@ -1436,6 +1436,7 @@ fn shutdown_closes_an_idle_keep_alive_connection_now() {
     c.on_recv(now, Ok(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n"));
     assert_eq!(drain_ops(&mut c), [Op::Stat]);
     c.on_stat(now, Err(RawErrno::NOENT));
+    probe(&mut c, now, Err(RawErrno::NOENT));
     let ops = drain_ops(&mut c);
     let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
         panic!("{ops:?}")
@@ -1481,6 +1482,7 @@ fn shutdown_answers_a_first_request_that_comes_soon_and_no_later() {
         c.on_recv(now, Ok(rest));
         assert_eq!(drain_ops(&mut c), [Op::Stat]);
         c.on_stat(now, Err(RawErrno::NOENT));
+        probe(&mut c, now, Err(RawErrno::NOENT));
         let ops = drain_ops(&mut c);
         let [Op::Send(SendSrc::Head { len, .. })] = ops[..] else {
             panic!("{ops:?}")
