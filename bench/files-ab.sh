@@ -12,7 +12,8 @@
 # build), e.g. FILES_A=/tmp/before/ringwork-files bench/files-ab.sh "" "" for a before/after.
 # FILES_SITE=DIR serves that directory instead of one file and requests all of it
 # (`ringwork-bench http --site`; FILE_KIB is then ignored), uniformly or, with FILES_ZIPF=S,
-# Zipf-distributed; e.g. `ringwork-bench site --out /tmp/site` makes one (warm it first).
+# Zipf-distributed; e.g. `ringwork-bench site --out /tmp/site` makes one (read into the page
+# cache before every run).
 # Loopback only; each run bounded by SECONDS (+1 s warm-up).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,11 @@ else
 fi
 run() {
     local flags="$1" label="$2" server="$3"
+    # The site's pages back in the page cache before every run (this VM gives them back
+    # between runs), so that neither side of a pair starts colder.
+    if [ -n "${FILES_SITE:-}" ]; then
+        find "$serve" -type f -exec cat {} + >/dev/null
+    fi
     # shellcheck disable=SC2086 # flags are words on purpose
     taskset -c 1 "$server" "$serve" --listen 127.0.0.1:0 --threads 1 $flags >"$log" 2>&1 &
     pid=$!
