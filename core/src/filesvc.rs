@@ -29,7 +29,7 @@ use crate::conn::ConnError;
 use crate::errno::RawErrno;
 use crate::filecache::{CacheConfig, CacheRef, CacheStats, EntryIx, FileCache, FileId};
 use crate::httpconn::HttpEvent;
-use crate::httpconn::{BufIx, FileInfo, HttpConn, Op, SendSrc, Time};
+use crate::httpconn::{BufIx, FileInfo, HttpConn, Op, Scratch, SendSrc, Time};
 use crate::token::Token;
 
 /// How the backend sends file bytes straight from the file ([`SendSrc::File`]).
@@ -269,8 +269,14 @@ pub struct FileService {
     maps: Vec<MapState>,
     /// Mappings to make.
     to_map: Vec<EntryIx>,
+    /// Request buffers idle connections gave up, lent to the next request that comes in.
+    scratch: Vec<Scratch>,
     stats: ServiceStats,
 }
+
+/// Most request-buffer sets a worker keeps for its connections' next requests (each a few
+/// KiB; past this many, what idle connections give up is freed).
+const SCRATCH_KEPT: usize = 256;
 
 fn same(a: &Token, b: &Token) -> bool {
     (a.slot, a.generation) == (b.slot, b.generation)
@@ -288,8 +294,26 @@ impl FileService {
             starved: Vec::new(),
             maps: (0..cfg.cache.entries).map(|_| MapState::None).collect(),
             to_map: Vec::new(),
+            scratch: Vec::new(),
             stats: ServiceStats::default(),
         }
+    }
+
+    /// A receive of connection `c` completed (`res`, its bytes or why not): to its HttpConn,
+    /// lent request buffers from the worker's spares first when bytes came and it holds
+    /// none, so that a request allocates nothing.
+    pub fn on_recv(
+        &mut self,
+        c: &mut FileConn,
+        now: Time,
+        res: Result<&[u8], RawErrno>,
+    ) -> Result<(), ConnError> {
+        if res.is_ok_and(|b| !b.is_empty()) && c.http.wants_scratch() {
+            if let Some(s) = self.scratch.pop() {
+                c.http.lend_scratch(s);
+            }
+        }
+        c.http.on_event(now, HttpEvent::Recv(res))
     }
 
     /// The cache's counters.
@@ -320,6 +344,11 @@ impl FileService {
     /// The next operation of connection `c` (whose token is `token`) that needs the
     /// backend; everything the service can answer is answered on the way.
     pub fn next(&mut self, c: &mut FileConn, token: Token, now: Time) -> Option<FileOp> {
+        if let Some(s) = c.http.take_scratch() {
+            if self.scratch.len() < SCRATCH_KEPT {
+                self.scratch.push(s);
+            }
+        }
         loop {
             if let Some(op) = c.ahead.take() {
                 return Some(op);

@@ -203,11 +203,58 @@ impl HttpConn {
     /// faster and left 0.5 KiB more per idle connection: docs/PERFORMANCE.md.)
     pub(super) fn release_idle_buffers(&mut self) {
         self.rbuf = Vec::new();
-        self.path = Vec::new();
-        self.head = Vec::new();
-        self.target = Vec::new();
+        let scratch = Scratch {
+            path: core::mem::take(&mut self.path),
+            head: core::mem::take(&mut self.head),
+            target: core::mem::take(&mut self.target),
+            req: self.spare_req.take(),
+        };
+        // Kept for the worker to take back; dropped (freed) where it takes none.
+        if scratch.path.capacity() > 0 || scratch.head.capacity() > 0 {
+            self.returned = Some(scratch);
+        }
         self.path_len = 0;
         self.head_len = 0;
+    }
+
+    /// Whether the connection holds no request buffers (a worker may lend it some with
+    /// [`HttpConn::lend_scratch`] before its next request comes in).
+    pub fn wants_scratch(&self) -> bool {
+        self.path.capacity() == 0 && self.head.capacity() == 0
+    }
+
+    /// Request buffers for the next request, from the worker's spares; what the connection
+    /// already holds stays, and the rest of `s` is dropped.
+    pub fn lend_scratch(&mut self, s: Scratch) {
+        if self.path.capacity() == 0 {
+            self.path = s.path;
+        }
+        if self.head.capacity() == 0 {
+            self.head = s.head;
+        }
+        if self.target.capacity() == 0 {
+            self.target = s.target;
+        }
+        if self.spare_req.is_none() {
+            self.spare_req = s.req;
+        }
+    }
+
+    /// The request buffers the connection gave up when it went idle, for the worker to
+    /// lend to the next request of any connection.
+    pub fn take_scratch(&mut self) -> Option<Scratch> {
+        self.returned.take()
+    }
+
+    /// `info` in a box: the spare one when there is one.
+    pub(super) fn boxed_req(&mut self, info: ReqInfo) -> alloc::boxed::Box<ReqInfo> {
+        match self.spare_req.take() {
+            Some(mut b) => {
+                *b = info;
+                b
+            }
+            None => alloc::boxed::Box::new(info),
+        }
     }
 
     /// Issues the next send and read, or finishes the response.

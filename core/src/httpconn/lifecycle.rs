@@ -137,7 +137,9 @@ impl HttpConn {
     }
 
     pub(super) fn next_request(&mut self, now: Time) {
-        self.req = None;
+        if let Some(done) = self.req.take() {
+            self.spare_req = Some(done);
+        }
         if self.close_after {
             if self.requests > 0 && self.rlen == 0 && !self.cancel_sent {
                 // Error responses and `Connection: close` alike: let the client read first.

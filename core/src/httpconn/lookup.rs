@@ -391,7 +391,7 @@ impl HttpConn {
         self.target.clear();
         self.target.extend_from_slice(request.target.as_bytes());
         // The head is consumed whatever the outcome (the caller moves the rest).
-        self.req = Some(alloc::boxed::Box::new(info));
+        self.req = Some(self.boxed_req(info));
         match checked {
             Ok(len) => {
                 if len == 0 {

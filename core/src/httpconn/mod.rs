@@ -443,6 +443,18 @@ enum Found {
     Nothing,
 }
 
+/// One request's working memory (its path, target, response head and request record),
+/// which a connection gives up when it goes idle: a worker keeps these for its connections'
+/// next requests ([`HttpConn::lend_scratch`], [`HttpConn::take_scratch`]), so that a request
+/// allocates nothing, while an idle connection holds none.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    path: Vec<u8>,
+    head: Vec<u8>,
+    target: Vec<u8>,
+    req: Option<alloc::boxed::Box<ReqInfo>>,
+}
+
 /// The request being answered.
 #[derive(Clone, Debug, Default)]
 struct ReqInfo {
@@ -577,6 +589,12 @@ pub struct HttpConn {
     head_sent: u32,
     /// The request being answered (boxed: a connection waiting idle holds none).
     req: Option<alloc::boxed::Box<ReqInfo>>,
+    /// The box of the last request answered, for the next (it goes with the other request
+    /// buffers when the connection goes idle).
+    spare_req: Option<alloc::boxed::Box<ReqInfo>>,
+    /// The request buffers given up when the connection went idle, until the worker takes
+    /// them back ([`HttpConn::take_scratch`]).
+    returned: Option<Scratch>,
     /// The current request's target as received (still percent-encoded): the path the
     /// trailing-slash redirect is made from. Freed, like `path`, while the connection waits
     /// idle.
@@ -640,6 +658,8 @@ impl HttpConn {
             head_len: 0,
             head_sent: 0,
             req: None,
+            spare_req: None,
+            returned: None,
             target: Vec::new(),
             log: Vec::new(),
             log_open: None,

@@ -13,10 +13,11 @@ impl HttpConn {
         }
         // What is kept is dropped by the caller (start_request says it used it all).
         self.close_after = true;
-        self.req = Some(alloc::boxed::Box::new(ReqInfo {
+        let info = ReqInfo {
             head_only,
             ..ReqInfo::default()
-        }));
+        };
+        self.req = Some(self.boxed_req(info));
         self.error(now, e.status());
     }
 

@@ -549,7 +549,10 @@ fn do_recv(w: &mut Local, c: &mut Conn, max: u32) {
         }
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
-            Ok((n, _)) => report(w, c, HttpEvent::Recv(Ok(&buf[..n]))),
+            Ok((n, _)) => {
+                let reported = w.svc.on_recv(&mut c.fc, w.now, Ok(&buf[..n]));
+                w.checked(reported);
+            }
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
             Err(e) => report(w, c, HttpEvent::Recv(Err(raw(e)))),
         }

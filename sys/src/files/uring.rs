@@ -705,7 +705,9 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 http.on_event(now, event)
             }
             (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
-                let r = http.on_event(now, HttpEvent::Recv(res.map(|n| &buf[..n as usize])));
+                let r = self
+                    .svc
+                    .on_recv(&mut c.fc, now, res.map(|n| &buf[..n as usize]));
                 c.recv_buf = Some(buf);
                 r
             }
@@ -717,7 +719,9 @@ impl<H: FileHooks> UringFiles<'_, H> {
             }
             (OpKind::Recv, None) => match (head, self.ring.buf_ring(HEAD_GROUP)) {
                 (Some(lease), Some(br)) => {
-                    let r = http.on_event(now, HttpEvent::Recv(res.map(|n| br.bytes(&lease, n))));
+                    let r = self
+                        .svc
+                        .on_recv(&mut c.fc, now, res.map(|n| br.bytes(&lease, n)));
                     br.recycle(lease);
                     r
                 }
