@@ -51,6 +51,7 @@ use core::fmt;
 
 use crate::buf::BufId;
 use crate::errno::RawErrno;
+pub use crate::protocol::OutBytes;
 use crate::token::{Slot, Token};
 
 /// [`Config::max_queued`]'s default.
@@ -100,8 +101,9 @@ impl fmt::Display for State {
     }
 }
 
-/// Something the driver reports to the connection.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Something the driver reports to the connection. Not `Copy`: an owned send's bytes come
+/// back in [`Event::SendOwnedDone`].
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// The socket was accepted: start receiving.
     Opened,
@@ -142,6 +144,14 @@ pub enum Event {
         /// The send's result.
         res: Result<u32, RawErrno>,
     },
+    /// The one in-flight [`Op::SendOwned`] completed: bytes written (may be short) or an
+    /// errno, and the bytes it named, handed back (the kernel is done with them).
+    SendOwnedDone {
+        /// The send's result.
+        res: Result<u32, RawErrno>,
+        /// The bytes the send named, whole (not only the part it was for).
+        data: OutBytes,
+    },
     /// A [`Op::CancelRecv`] or [`Op::CancelAll`] request's own completion (whatever its result:
     /// the cancelled ops report separately).
     CancelDone,
@@ -164,6 +174,7 @@ impl Event {
             Event::RecvErr { .. } => EventKind::RecvErr,
             Event::BuffersAvailable => EventKind::BuffersAvailable,
             Event::SendDone { .. } => EventKind::SendDone,
+            Event::SendOwnedDone { .. } => EventKind::SendOwnedDone,
             Event::CancelDone => EventKind::CancelDone,
             Event::Closed => EventKind::Closed,
             Event::Shutdown => EventKind::Shutdown,
@@ -182,14 +193,15 @@ pub enum EventKind {
     RecvErr,
     BuffersAvailable,
     SendDone,
+    SendOwnedDone,
     CancelDone,
     Closed,
     Shutdown,
     Abort,
 }
 
-/// An operation for the driver to perform.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// An operation for the driver to perform. Not `Copy`: [`Op::SendOwned`] hands bytes over.
+#[derive(Clone, PartialEq, Eq, Debug)]
 #[must_use = "a connection's operations must be performed, or buffers and sockets leak"]
 pub enum Op {
     /// (Re)arm the multishot recv / register readable interest.
@@ -203,6 +215,15 @@ pub enum Op {
         offset: u32,
         /// Bytes to send.
         len: u32,
+    },
+    /// Send `data[offset..]`, bytes the connection made (or shares): the driver owns them
+    /// until the send's completion, which hands them back ([`Event::SendOwnedDone`]), so
+    /// nothing can touch or free them while the kernel may read them.
+    SendOwned {
+        /// The bytes, whole.
+        data: OutBytes,
+        /// First byte to send.
+        offset: u32,
     },
     /// The connection is done with this buffer (sent, or dropped on close): return it.
     Recycle(BufId),
@@ -237,12 +258,21 @@ pub enum CloseReason {
     QueueOverflow,
     /// The shutdown's grace period ran out ([`Event::Abort`]); queued data was dropped.
     Aborted,
+    /// The protocol asked to close, after what it had written was sent.
+    ProtocolClosed,
+    /// Nothing was received or sent for the idle timeout; queued data was dropped.
+    IdleTimeout,
+    /// The protocol left more unconsumed input than its limit; queued data was dropped.
+    InputTooLarge,
 }
 
 impl CloseReason {
     /// True when data may have been dropped (everything but a clean EOF or shutdown).
     pub fn is_fatal(self) -> bool {
-        !matches!(self, CloseReason::PeerClosed | CloseReason::Shutdown)
+        !matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::ProtocolClosed
+        )
     }
 }
 
@@ -257,6 +287,9 @@ impl fmt::Display for CloseReason {
                 f.write_str("the receive queues of this buffer ring are full")
             }
             CloseReason::Aborted => f.write_str("shutdown grace period over"),
+            CloseReason::ProtocolClosed => f.write_str("the protocol closed the connection"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::InputTooLarge => f.write_str("unconsumed input over the limit"),
         }
     }
 }
@@ -568,6 +601,43 @@ pub trait StreamMachine {
     /// Why the connection is closing, once it is (for a debug log line).
     fn close_reason(&self) -> Option<CloseReason> {
         None
+    }
+
+    /// True when the machine reads what it receives: the loop then calls
+    /// [`StreamMachine::on_received`] for each [`Event::Recv`], with the bytes. False (the
+    /// default): the bytes stay in their buffer, named by id (an echo sends them back as
+    /// they are).
+    const READS_BYTES: bool = false;
+
+    /// An [`Event::Recv`] with its bytes (`bytes` is `buf[offset..offset + len]`), when
+    /// [`StreamMachine::READS_BYTES`]. The bytes can be read only during this call: the
+    /// buffer is the ring's, and goes back at the [`Op::Recycle`] the machine asks for.
+    fn on_received(
+        &mut self,
+        queues: &mut ChunkQueues,
+        event: Event,
+        bytes: &[u8],
+    ) -> Result<(), ConnError> {
+        let _ = bytes;
+        self.on_event(queues, event)
+    }
+
+    /// The time, in milliseconds on the loop's clock, before each time the connection is
+    /// driven (a machine with timeouts keeps it; the default ignores it).
+    fn set_now(&mut self, now_ms: u64) {
+        let _ = now_ms;
+    }
+
+    /// When the machine next needs [`StreamMachine::on_deadline`], on the loop's clock; None
+    /// (the default): never.
+    fn deadline_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// Its deadline has come (the time was given by [`StreamMachine::set_now`] just before);
+    /// poll the operations after it as after an event.
+    fn on_deadline(&mut self, queues: &mut ChunkQueues) {
+        let _ = queues;
     }
 }
 
@@ -1055,7 +1125,7 @@ mod tests {
 
         /// Feeds `ev`, which must be legal, and returns its operations.
         fn step(&mut self, ev: Event) -> Vec<Op> {
-            self.try_step(ev)
+            self.try_step(ev.clone())
                 .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"))
         }
     }
@@ -1639,7 +1709,7 @@ mod tests {
 
         fn deliver(&mut self, c: &mut Fx, ev: Event) {
             let ops = c
-                .try_step(ev)
+                .try_step(ev.clone())
                 .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"));
             for op in ops {
                 self.perform(c, op);
@@ -1676,6 +1746,7 @@ mod tests {
                     self.armed = true;
                     self.recv_cancel = false;
                 }
+                Op::SendOwned { .. } => panic!("echo sends only what it received"),
                 Op::AwaitBuffers => {
                     assert!(self.starved && !self.armed, "waits for buffers it has");
                     assert!(!self.awaiting, "said AwaitBuffers twice");

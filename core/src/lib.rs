@@ -26,6 +26,7 @@ pub mod filecache;
 pub mod filesvc;
 pub mod http;
 pub mod httpconn;
+pub mod protocol;
 pub mod ring;
 pub mod shutdown;
 pub mod slab;

@@ -332,6 +332,10 @@ pub trait Backend {
         stats: &mut StreamStats,
     ) -> Option<Event>;
 
+    /// The bytes of a receive piece the connection holds (`buf[offset..offset + len]`, as
+    /// its [`Event::Recv`] named them), for a machine that reads what it receives.
+    fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8];
+
     /// Gives receive buffer `buf` back (with SEND_ZC, once its last notification is in).
     fn recycle(&mut self, buf: BufId, stats: &mut StreamStats);
 

@@ -28,7 +28,7 @@ use crate::accept::{Acceptor, Acceptors};
 use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use crate::error::{Error, Result};
-use crate::op::SafeSqe;
+use crate::op::{OpMemory, SafeSqe};
 use crate::register::{ProvideMode, PROVIDE_BUFFERS_USER_DATA};
 use crate::ring::{Cqe, Ring, SelectedBuf};
 use crate::sqe::Target;
@@ -277,6 +277,23 @@ impl UringBackend {
                 }
                 Event::SendDone { res: cqe.result() }
             }
+            OpKind::SendOwned => {
+                if let Ok(n) = cqe.result() {
+                    stats.bytes += u64::from(n);
+                }
+                let Some(OpMemory::Out(data)) = self.ring.take_memory(cqe.user_data()) else {
+                    eprintln!(
+                        "{}: an owned send's completion without its bytes",
+                        self.name
+                    );
+                    stats.refused += 1;
+                    return;
+                };
+                Event::SendOwnedDone {
+                    res: cqe.result(),
+                    data,
+                }
+            }
             OpKind::Cancel => Event::CancelDone,
             OpKind::Close => Event::Closed,
             _ => {
@@ -490,6 +507,10 @@ impl Backend for UringBackend {
                 sqe.user_data(ud(OpKind::Recv))
             }
             Op::Send { buf, offset, len } => self.send_sqe(token, fd, buf, offset, len)?,
+            // The ring holds the bytes until the completion, which hands them back.
+            Op::SendOwned { data, offset } => SafeSqe::send_bytes(fd, data, offset as usize)
+                .user_data(ud(OpKind::SendOwned))
+                .send_flags(SendFlags::NOSIGNAL),
             Op::CancelRecv => SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel)),
             Op::CancelAll => {
                 driver::cancel_socket_ops(&self.ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
@@ -507,6 +528,14 @@ impl Backend for UringBackend {
 
     fn pump(&mut self, _: Token, _: &mut UringConn, _: &mut StreamStats) -> Option<Event> {
         None
+    }
+
+    fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8] {
+        let br = self
+            .ring
+            .buf_ring(GROUP)
+            .expect("the group is registered before the loop starts");
+        br.piece_bytes(&self.recv, buf, offset, len)
     }
 
     fn recycle(&mut self, buf: BufId, stats: &mut StreamStats) {
@@ -612,6 +641,10 @@ impl UringBackend {
             // what is in flight): what it filled goes back.
             stats.stale += 1;
             self.return_selected(cqe, stats);
+            if token.kind == OpKind::SendOwned {
+                // The kernel is done with the bytes: dropped.
+                drop(self.ring.take_memory(cqe.user_data()));
+            }
             return Ok(());
         }
         self.on_conn_cqe(token, cqe, out, stats);
