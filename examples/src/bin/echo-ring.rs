@@ -26,8 +26,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::accept::AcceptMode;
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
-use rustix::net::SendFlags;
+use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, SendFlags, Target};
 
 const GROUP: BufGroup = BufGroup(0);
 const BUFFERS: u16 = 256;

@@ -29,7 +29,7 @@ pub mod uring;
 
 mod stream;
 
-pub use serve::{Crew, Serve, ServeError, WorkerStart};
+pub use serve::{Crew, Serve, ServeError, Server, WorkerStart};
 pub use stream::StreamEngine;
 
 use std::cmp::Reverse;
