@@ -1,13 +1,14 @@
 //! The worker loop on both backends, in process, as a user of the crate runs it: `EchoConn`
 //! served byte-exact to concurrent clients, a client that resets mid-stream freeing what it
 //! held (the next clients are served the same), and the stop notice draining to a clean return
-//! whose counters add up.
+//! whose counters add up; a `ProtocolConn` closed by its idle timeout.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ringwork_core::conn::{Config, EchoConn};
+use ringwork_core::protocol::{Limits, Output, Protocol, ProtocolConn};
 use ringwork_sys::backend::Backend;
 use ringwork_sys::driver::{stop_notices, StartGate};
 use ringwork_sys::net::{listener, SocketMode};
@@ -103,4 +104,83 @@ fn the_worker_loop_echoes_and_drains_on_io_uring() {
 #[test]
 fn the_worker_loop_echoes_and_drains_on_epoll() {
     check(Backend::Epoll);
+}
+
+/// Answers each chunk received with "ok\n".
+struct Ack;
+
+impl Protocol for Ack {
+    fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+        out.send_static(b"ok\n");
+        input.len()
+    }
+}
+
+/// A `ProtocolConn` with a 300 ms idle timeout: a client that speaks is answered and kept
+/// while it is active; once silent it is closed (EOF) after the timeout, not before, and
+/// the worker still drains cleanly.
+fn idle_connections_are_closed(backend: Backend) {
+    let listener = listener(
+        "127.0.0.1:0".parse().unwrap(),
+        SocketMode::for_backend(backend),
+    )
+    .unwrap();
+    let addr = ringwork_sys::net::local_addr(&listener).unwrap();
+    let (stop, mut notices) = stop_notices(1).unwrap();
+    let notice = notices.pop().unwrap();
+    let cfg = StreamConfig {
+        name: "idle-test",
+        buffers: 64,
+        max_conns: 64,
+        ..StreamConfig::default()
+    };
+    let limits = Limits {
+        idle_timeout_ms: Some(300),
+        ..Limits::default()
+    };
+    let worker = std::thread::spawn(move || {
+        let (admission, gate) = (Admission::default(), StartGate::new(1));
+        let io = WorkerIo {
+            admission: &admission,
+            gate: &gate,
+        };
+        run_on(backend, &cfg, vec![listener], notice, io, move || {
+            ProtocolConn::new(Ack, limits)
+        })
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let start = Instant::now();
+    // Active for 600 ms, twice the timeout: still served.
+    for _ in 0..6 {
+        s.write_all(b"x").unwrap();
+        let mut ok = [0; 3];
+        s.read_exact(&mut ok).unwrap();
+        assert_eq!(&ok, b"ok\n");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let silent = Instant::now();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("closed by the server");
+    assert!(rest.is_empty());
+    let idle = silent.elapsed();
+    assert!(
+        idle >= Duration::from_millis(150) && idle < Duration::from_secs(3),
+        "{backend:?}: closed after {idle:?} idle ({:?} in all)",
+        start.elapsed()
+    );
+    stop.notify();
+    let stats = worker.join().unwrap().expect("drains");
+    assert_eq!(stats.conns, 1, "{backend:?}: {stats}");
+    assert_eq!(stats.refused, 0, "{backend:?}: {stats}");
+}
+
+#[test]
+fn a_protocol_connection_idle_past_its_timeout_is_closed_on_io_uring() {
+    idle_connections_are_closed(Backend::Uring);
+}
+
+#[test]
+fn a_protocol_connection_idle_past_its_timeout_is_closed_on_epoll() {
+    idle_connections_are_closed(Backend::Epoll);
 }
