@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | [`Op::ArmRecv`] | multishot RECV with BUFFER_SELECT | register readable interest |
 //! | [`Op::Send`] | SEND of `buf[offset..offset + len]` | nonblocking write (wait for writable on EAGAIN) |
+//! | [`Op::SendOwned`] | SEND of `data[offset..]`, the ring holding `data` until the CQE | nonblocking write; `data` held while it waits for writable |
 //! | [`Op::AwaitBuffers`] | remember the connection in a [`Starved`] set | the same |
 //! | [`Op::CancelRecv`] | ASYNC_CANCEL by the recv's user_data | drop readable interest, then deliver `RecvErr { ECANCELED, more: false }` and `CancelDone` |
 //! | [`Op::CancelAll`] | ASYNC_CANCEL with FD \| ALL | as `CancelRecv`, and a write waiting for writable ends with `SendDone { ECANCELED }` |

@@ -4,8 +4,9 @@
 //! where the kernel lacks it). Receives are multishot (single-shot where disabled or missing)
 //! from a provided buffer ring (or PROVIDE_BUFFERS SQEs before Linux 5.19), as whole buffers,
 //! bundles or incremental slices ([`RecvBuffers`] turns a completion into pieces). Sends name
-//! the received buffer (or a slice of it); with SEND_ZC, results and notifications go through
-//! [`ZcTracker`], which says when a sent buffer may go back (the kernel may read it until the
+//! the received buffer (or a slice of it), or bytes the machine handed over
+//! ([`Op::SendOwned`]: the ring holds them until the completion, which hands them back to the
+//! machine); with SEND_ZC, results and notifications go through [`ZcTracker`], which says when a sent buffer may go back (the kernel may read it until the
 //! notification). A closing connection's operations are ended by
 //! [`crate::driver::cancel_socket_ops`], and its socket is closed through the ring.
 //!
