@@ -6,9 +6,10 @@
 //! bundles or incremental slices ([`RecvBuffers`] turns a completion into pieces). Sends name
 //! the received buffer (or a slice of it), or bytes the machine handed over
 //! ([`Op::SendOwned`]: the ring holds them until the completion, which hands them back to the
-//! machine); with SEND_ZC, results and notifications go through [`ZcTracker`], which says when a sent buffer may go back (the kernel may read it until the
-//! notification). A closing connection's operations are ended by
-//! [`crate::driver::cancel_socket_ops`], and its socket is closed through the ring.
+//! machine); with SEND_ZC, results and notifications go through [`ZcTracker`], which says
+//! when a sent buffer may go back (the kernel may read it until the notification). A closing
+//! connection's operations are ended by [`crate::driver::cancel_socket_ops`], and its socket
+//! is closed through the ring.
 //!
 //! No protocol decision is made here: each completion becomes an [`Event`] for the
 //! connection its token names, and each [`Op`] an SQE.
