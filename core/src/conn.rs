@@ -656,6 +656,36 @@ impl StreamMachine for EchoConn {
     }
 }
 
+/// [`Op`] without its owned send, which [`EchoConn`] never asks for: what an EchoConn queues
+/// for [`EchoConn::poll_op`]. A quarter of an `Op`'s size, and a worker's connection table
+/// holds one queue per slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EchoOp {
+    ArmRecv,
+    Send { buf: BufId, offset: u32, len: u32 },
+    Recycle(BufId),
+    AwaitBuffers,
+    CancelRecv,
+    CancelAll,
+    Close,
+    Free,
+}
+
+impl From<EchoOp> for Op {
+    fn from(op: EchoOp) -> Op {
+        match op {
+            EchoOp::ArmRecv => Op::ArmRecv,
+            EchoOp::Send { buf, offset, len } => Op::Send { buf, offset, len },
+            EchoOp::Recycle(buf) => Op::Recycle(buf),
+            EchoOp::AwaitBuffers => Op::AwaitBuffers,
+            EchoOp::CancelRecv => Op::CancelRecv,
+            EchoOp::CancelAll => Op::CancelAll,
+            EchoOp::Close => Op::Close,
+            EchoOp::Free => Op::Free,
+        }
+    }
+}
+
 /// One echo connection. See the module docs. Not `Clone`: its queue lives in a
 /// [`ChunkQueues`] table, which a copy would share.
 ///
@@ -691,7 +721,7 @@ pub struct EchoConn {
     /// other operations.
     dropping: ChunkList,
     /// Operations for [`EchoConn::poll_op`], in order.
-    ops: ArrayVec<Op, MAX_PENDING_OPS>,
+    ops: ArrayVec<EchoOp, MAX_PENDING_OPS>,
     /// A multishot recv is armed (its last event carried `more`).
     recv_armed: bool,
     /// A cancel targeting the armed recv has been issued; cleared when the recv ends.
@@ -794,10 +824,10 @@ impl EchoConn {
         if let Some(chunk) = queues.pop_front(&mut self.dropping) {
             return Some(Op::Recycle(chunk.buf));
         }
-        (!self.ops.is_empty()).then(|| self.ops.remove(0))
+        (!self.ops.is_empty()).then(|| self.ops.remove(0).into())
     }
 
-    fn push(&mut self, op: Op) {
+    fn push(&mut self, op: EchoOp) {
         // Capacity: an event queues at most a recycle, a send, an AwaitBuffers or a recv
         // arm or cancel, a CancelAll and a Close or Free, and the driver polls them all
         // before the next event.
@@ -836,7 +866,7 @@ impl EchoConn {
             (Closing, Event::Recv { buf, len, more, .. }) if self.recv_armed => {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
-                self.push(Op::Recycle(buf));
+                self.push(EchoOp::Recycle(buf));
             }
 
             (Open | Draining | Closing, Event::RecvEof { more }) if self.recv_armed => {
@@ -864,7 +894,7 @@ impl EchoConn {
                 self.close_in_flight = false;
                 self.set_state(Freed);
                 debug_assert!(self.queue.len == 0 && self.dropping.len == 0);
-                self.push(Op::Free);
+                self.push(EchoOp::Free);
             }
 
             (Open, Event::Shutdown) => self.drain(CloseReason::Shutdown),
@@ -895,11 +925,11 @@ impl EchoConn {
         self.bytes_received += u64::from(chunk.len);
         if chunk.len == 0 {
             // Nothing to echo (a driver reports EOF as RecvEof).
-            self.push(Op::Recycle(chunk.buf));
+            self.push(EchoOp::Recycle(chunk.buf));
         } else if !queues.push_back(&mut self.queue, chunk) {
             // Only with a table smaller than the ring can deliver: fail closed rather than
             // drop bytes.
-            self.push(Op::Recycle(chunk.buf));
+            self.push(EchoOp::Recycle(chunk.buf));
             self.fail(queues, CloseReason::QueueOverflow);
         }
     }
@@ -916,7 +946,7 @@ impl EchoConn {
                 if !more && !self.waiting_for_buffers {
                     self.waiting_for_buffers = true;
                     if self.state == State::Open {
-                        self.push(Op::AwaitBuffers);
+                        self.push(EchoOp::AwaitBuffers);
                     }
                 }
             }
@@ -956,7 +986,7 @@ impl EchoConn {
                     // Sent, or (closing) the kernel is done with the buffer and the rest is
                     // dropped.
                     queues.pop_front(&mut self.queue);
-                    self.push(Op::Recycle(head.buf));
+                    self.push(EchoOp::Recycle(head.buf));
                 } else if let Some(rest) = queues.front_mut(&self.queue) {
                     // Short send (resubmit exactly the rest): the reconcile step does.
                     rest.offset += n;
@@ -967,7 +997,7 @@ impl EchoConn {
                 self.send_in_flight = false;
                 if self.state == State::Closing {
                     queues.pop_front(&mut self.queue);
-                    self.push(Op::Recycle(head.buf));
+                    self.push(EchoOp::Recycle(head.buf));
                 } else if !matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
                     self.fail(queues, CloseReason::SendError(e));
                 }
@@ -1006,7 +1036,7 @@ impl EchoConn {
         self.set_state(State::Closing);
         self.drop_queue(queues);
         if self.send_in_flight || (self.recv_armed && !self.recv_cancel_pending) {
-            self.push(Op::CancelAll);
+            self.push(EchoOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -1022,7 +1052,7 @@ impl EchoConn {
         self.set_state(State::Closing);
         self.drop_queue(queues);
         if self.send_in_flight || self.recv_armed {
-            self.push(Op::CancelAll);
+            self.push(EchoOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -1036,7 +1066,7 @@ impl EchoConn {
                 if !self.send_in_flight {
                     if let Some(head) = queues.front(&self.queue) {
                         // One send at a time, exactly the unsent rest.
-                        self.push(Op::Send {
+                        self.push(EchoOp::Send {
                             buf: head.buf,
                             offset: head.offset,
                             len: head.len,
@@ -1055,10 +1085,10 @@ impl EchoConn {
                 // No re-arm while a cancel is in flight: it was submitted before the new recv
                 // and could hit it.
                 if wants_recv && !self.recv_armed && self.cancels_in_flight == 0 {
-                    self.push(Op::ArmRecv);
+                    self.push(EchoOp::ArmRecv);
                     self.recv_armed = true;
                 } else if !wants_recv && self.recv_armed && !self.recv_cancel_pending {
-                    self.push(Op::CancelRecv);
+                    self.push(EchoOp::CancelRecv);
                     self.cancels_in_flight += 1;
                     self.recv_cancel_pending = true;
                 }
@@ -1078,7 +1108,7 @@ impl EchoConn {
             self.queue.len, 0,
             "every chunk recycled or dropped before close"
         );
-        self.push(Op::Close);
+        self.push(EchoOp::Close);
         self.close_in_flight = true;
         self.set_state(State::CloseSent);
     }
@@ -1158,6 +1188,14 @@ mod tests {
         assert_eq!(c.step(Event::Opened), [Op::ArmRecv]);
         assert_eq!(c.state(), State::Open);
         c
+    }
+
+    /// A worker's connection table holds an EchoConn per slot, 20,000 by default: owned sends
+    /// (a larger `Op`) must not grow it.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_echo_connection_stays_168_bytes() {
+        assert!(core::mem::size_of::<EchoConn>() <= 168);
     }
 
     // ---- Idle -------------------------------------------------------------------------------
