@@ -56,6 +56,7 @@ use alloc::vec::Vec;
 use arrayvec::ArrayVec;
 use core::fmt;
 
+use crate::buf::BufId;
 use crate::conn::{
     ChunkQueues, CloseReason, ConnError, Event, EventKind, Op, State, StreamMachine,
 };
@@ -310,7 +311,11 @@ pub struct ProtocolConn<P> {
     input: Vec<u8>,
     /// The protocol is still offered input (until EOF, its close, or a failure).
     input_open: bool,
-    ops: ArrayVec<Op, MAX_PENDING_OPS>,
+    /// Operations for `poll_op`, in order; a `SendOwned`'s bytes wait in `next_send`.
+    ops: ArrayVec<PendingOp, MAX_PENDING_OPS>,
+    /// The bytes (and first byte) of the `SendOwned` in `ops` (one per event at most: a send
+    /// is asked for only when none is in flight).
+    next_send: Option<(OutBytes, u32)>,
     recv_armed: bool,
     recv_cancel_pending: bool,
     waiting_for_buffers: bool,
@@ -324,6 +329,20 @@ pub struct ProtocolConn<P> {
     last_activity_ms: u64,
     bytes_received: u64,
     bytes_sent: u64,
+}
+
+/// [`Op`] with the owned send's bytes kept aside: the queue stays a few bytes per entry (a
+/// worker's connection table holds a connection per slot).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PendingOp {
+    ArmRecv,
+    SendOwned,
+    Recycle(BufId),
+    AwaitBuffers,
+    CancelRecv,
+    CancelAll,
+    Close,
+    Free,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -350,6 +369,7 @@ impl<P: Protocol> ProtocolConn<P> {
             input: Vec::new(),
             input_open: true,
             ops: ArrayVec::new(),
+            next_send: None,
             recv_armed: false,
             recv_cancel_pending: false,
             waiting_for_buffers: false,
@@ -418,7 +438,7 @@ impl<P: Protocol> ProtocolConn<P> {
         self.state = new;
     }
 
-    fn push(&mut self, op: Op) {
+    fn push(&mut self, op: PendingOp) {
         self.ops.push(op);
     }
 
@@ -452,7 +472,7 @@ impl<P: Protocol> ProtocolConn<P> {
                 self.bytes_received += u64::from(len);
                 self.last_activity_ms = self.now_ms;
                 // The bytes are read (or copied) now: the buffer goes back at once.
-                self.push(Op::Recycle(buf));
+                self.push(PendingOp::Recycle(buf));
                 if self.input_open && self.state != Closing {
                     self.offer(bytes);
                 }
@@ -488,7 +508,7 @@ impl<P: Protocol> ProtocolConn<P> {
             (CloseSent, Event::Closed) => {
                 self.close_in_flight = false;
                 self.set_state(Freed);
-                self.push(Op::Free);
+                self.push(PendingOp::Free);
             }
 
             // Input stays open: requests that arrive before the cancel takes effect are
@@ -566,7 +586,7 @@ impl<P: Protocol> ProtocolConn<P> {
                 if !more && !self.waiting_for_buffers {
                     self.waiting_for_buffers = true;
                     if self.state == State::Open {
-                        self.push(Op::AwaitBuffers);
+                        self.push(PendingOp::AwaitBuffers);
                     }
                 }
             }
@@ -652,7 +672,7 @@ impl<P: Protocol> ProtocolConn<P> {
         self.set_state(State::Closing);
         self.drop_output();
         if self.sending.is_some() || (self.recv_armed && !self.recv_cancel_pending) {
-            self.push(Op::CancelAll);
+            self.push(PendingOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -665,7 +685,7 @@ impl<P: Protocol> ProtocolConn<P> {
         self.set_state(State::Closing);
         self.drop_output();
         if self.sending.is_some() || self.recv_armed {
-            self.push(Op::CancelAll);
+            self.push(PendingOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -681,10 +701,8 @@ impl<P: Protocol> ProtocolConn<P> {
                         let offset = core::mem::take(&mut self.out.head_offset);
                         let len = data.len() - offset;
                         self.sending = Some(SendInFlight { offset, len });
-                        self.push(Op::SendOwned {
-                            data,
-                            offset: offset as u32,
-                        });
+                        self.next_send = Some((data, offset as u32));
+                        self.push(PendingOp::SendOwned);
                     }
                 }
                 let queued = self.queued_bytes();
@@ -697,10 +715,10 @@ impl<P: Protocol> ProtocolConn<P> {
                     self.state == State::Open && !self.backpressure && !self.waiting_for_buffers;
                 // No re-arm while a cancel is in flight: it could hit the new receive.
                 if wants_recv && !self.recv_armed && self.cancels_in_flight == 0 {
-                    self.push(Op::ArmRecv);
+                    self.push(PendingOp::ArmRecv);
                     self.recv_armed = true;
                 } else if !wants_recv && self.recv_armed && !self.recv_cancel_pending {
-                    self.push(Op::CancelRecv);
+                    self.push(PendingOp::CancelRecv);
                     self.cancels_in_flight += 1;
                     self.recv_cancel_pending = true;
                 }
@@ -718,7 +736,7 @@ impl<P: Protocol> ProtocolConn<P> {
     }
 
     fn close(&mut self) {
-        self.push(Op::Close);
+        self.push(PendingOp::Close);
         self.close_in_flight = true;
         self.set_state(State::CloseSent);
     }
@@ -743,7 +761,23 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
     }
 
     fn poll_op(&mut self, _queues: &mut ChunkQueues) -> Option<Op> {
-        (!self.ops.is_empty()).then(|| self.ops.remove(0))
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some(match self.ops.remove(0) {
+            PendingOp::ArmRecv => Op::ArmRecv,
+            PendingOp::SendOwned => {
+                // Guard: `next_send` is set with every SendOwned pushed (reconcile).
+                let (data, offset) = self.next_send.take().expect("a send's bytes");
+                Op::SendOwned { data, offset }
+            }
+            PendingOp::Recycle(buf) => Op::Recycle(buf),
+            PendingOp::AwaitBuffers => Op::AwaitBuffers,
+            PendingOp::CancelRecv => Op::CancelRecv,
+            PendingOp::CancelAll => Op::CancelAll,
+            PendingOp::Close => Op::Close,
+            PendingOp::Free => Op::Free,
+        })
     }
 
     fn close_reason(&self) -> Option<CloseReason> {
@@ -771,7 +805,7 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::buf::BufId;
+
     use proptest::prelude::*;
     use std::collections::BTreeSet;
     use std::vec;
@@ -892,6 +926,13 @@ mod tests {
 
     fn sent(n: u32, data: OutBytes) -> Event {
         Event::SendOwnedDone { res: Ok(n), data }
+    }
+
+    /// A worker's connection table holds a connection per slot, 20,000 by default.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_protocol_connection_stays_within_320_bytes() {
+        assert!(core::mem::size_of::<ProtocolConn<Lines>>() - core::mem::size_of::<Lines>() <= 320);
     }
 
     #[test]
