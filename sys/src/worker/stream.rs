@@ -85,17 +85,14 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
             Event::Recv { buf, .. } => Some(buf),
             _ => None,
         };
-        let fed = match (received, &event) {
-            (
-                Some(_),
-                &Event::Recv {
-                    buf, offset, len, ..
-                },
-            ) if M::READS_BYTES => {
+        let fed = match event {
+            Event::Recv {
+                buf, offset, len, ..
+            } if M::READS_BYTES => {
                 let bytes = self.backend.received(buf, offset, len);
                 conn.machine.on_received(&mut self.chunks, event, bytes)
             }
-            _ => conn.machine.on_event(&mut self.chunks, event),
+            event => conn.machine.on_event(&mut self.chunks, event),
         };
         if let Err(e) = fed {
             eprintln!("{}: {e}", self.name);
