@@ -265,6 +265,9 @@ pub enum CloseReason {
     IdleTimeout,
     /// The protocol left more unconsumed input than its limit; queued data was dropped.
     InputTooLarge,
+    /// A partial message was not completed within the message timeout; queued data was
+    /// dropped.
+    MessageTimeout,
 }
 
 impl CloseReason {
@@ -291,6 +294,7 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolClosed => f.write_str("the protocol closed the connection"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::InputTooLarge => f.write_str("unconsumed input over the limit"),
+            CloseReason::MessageTimeout => f.write_str("a partial message timed out"),
         }
     }
 }

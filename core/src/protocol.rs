@@ -43,8 +43,8 @@
 //!   stops receiving, and resumes once the queue is at [`Limits::low_water`] or below.
 //! - **Ends.** The peer's EOF calls [`Protocol::on_eof`], then what is queued is sent and the
 //!   socket closed; [`Output::close`] does the same at the protocol's request. A server
-//!   shutdown stops receiving and flushes; an error, an idle timeout or the abort drops what
-//!   is queued, cancels what is in flight, and closes once every operation has completed.
+//!   shutdown stops receiving and flushes; an error, an idle or message timeout
+//!   ([`Limits`]) or the abort drops what is queued, cancels what is in flight, and closes once every operation has completed.
 //!   [`Op::Free`] comes once, last.
 //!
 //! What it does not do: parse (the protocol does), hold the ring's buffers past one call, or
@@ -146,6 +146,10 @@ pub struct Limits {
     /// Close a connection that received and sent nothing for this long (milliseconds on the
     /// loop's clock); None: never.
     pub idle_timeout_ms: Option<u64>,
+    /// Close a connection whose partial message (bytes the protocol left unconsumed) is not
+    /// whole this long (milliseconds) after the receive that left it, as a request-head
+    /// timeout does against slow senders; None: never.
+    pub message_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -155,6 +159,7 @@ impl Default for Limits {
             low_water: 64 * 1024,
             max_input: 64 * 1024,
             idle_timeout_ms: None,
+            message_timeout_ms: None,
         }
     }
 }
@@ -327,6 +332,9 @@ pub struct ProtocolConn<P> {
     reason: Option<CloseReason>,
     now_ms: u64,
     last_activity_ms: u64,
+    /// When the unconsumed input was left by a receive after which the protocol made
+    /// progress (or by the first receive of a partial message); None without input.
+    partial_since_ms: Option<u64>,
     bytes_received: u64,
     bytes_sent: u64,
 }
@@ -380,6 +388,7 @@ impl<P: Protocol> ProtocolConn<P> {
             reason: None,
             now_ms: 0,
             last_activity_ms: 0,
+            partial_since_ms: None,
             bytes_received: 0,
             bytes_sent: 0,
         }
@@ -432,6 +441,20 @@ impl<P: Protocol> ProtocolConn<P> {
             + u32::from(self.sending.is_some())
             + self.cancels_in_flight
             + u32::from(self.close_in_flight)
+    }
+
+    /// When the idle timeout closes the connection, while it is open or draining.
+    fn idle_deadline(&self) -> Option<u64> {
+        let idle = self.limits.idle_timeout_ms?;
+        matches!(self.state, State::Open | State::Draining)
+            .then(|| self.last_activity_ms.saturating_add(idle))
+    }
+
+    /// When the message timeout closes the connection, while a partial message waits.
+    fn message_deadline(&self) -> Option<u64> {
+        let timeout = self.limits.message_timeout_ms?;
+        let since = self.partial_since_ms.filter(|_| self.input_open)?;
+        matches!(self.state, State::Open | State::Draining).then(|| since.saturating_add(timeout))
     }
 
     fn set_state(&mut self, new: State) {
@@ -530,19 +553,28 @@ impl<P: Protocol> ProtocolConn<P> {
 
     /// Offers received bytes to the protocol (with what it left unconsumed before them).
     fn offer(&mut self, bytes: &[u8]) {
-        if self.input.is_empty() {
+        let used = if self.input.is_empty() {
             // The common case: read in place, copy only what is left.
             let used = self.consume(bytes);
             if used < bytes.len() && self.input_open {
                 self.input.extend_from_slice(&bytes[used..]);
             }
+            used
         } else {
             let mut input = core::mem::take(&mut self.input);
             input.extend_from_slice(bytes);
             let used = self.consume(&input);
             input.drain(..used);
             self.input = input;
-        }
+            used
+        };
+        // A partial message's clock starts when it is first left over; progress (a message
+        // consumed) starts it again for the one left now.
+        self.partial_since_ms = match self.input.is_empty() {
+            true => None,
+            false if used > 0 => Some(self.now_ms),
+            false => self.partial_since_ms.or(Some(self.now_ms)),
+        };
         if self.input.len() > self.limits.max_input {
             self.fail(CloseReason::InputTooLarge);
         } else if self.input.is_empty() && self.input.capacity() > OUT_BUF_CAPACITY {
@@ -789,16 +821,23 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
     }
 
     fn deadline_ms(&self) -> Option<u64> {
-        let idle = self.limits.idle_timeout_ms?;
-        matches!(self.state, State::Open | State::Draining)
-            .then(|| self.last_activity_ms.saturating_add(idle))
+        match (self.idle_deadline(), self.message_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_deadline(&mut self, _queues: &mut ChunkQueues) {
-        if self.deadline_ms().is_some_and(|d| self.now_ms >= d) {
-            self.fail(CloseReason::IdleTimeout);
-            self.reconcile();
-        }
+        let due = |d: Option<u64>| d.is_some_and(|d| self.now_ms >= d);
+        let reason = if due(self.message_deadline()) {
+            CloseReason::MessageTimeout
+        } else if due(self.idle_deadline()) {
+            CloseReason::IdleTimeout
+        } else {
+            return;
+        };
+        self.fail(reason);
+        self.reconcile();
     }
 }
 
@@ -870,6 +909,7 @@ mod tests {
             low_water: 16,
             max_input: 40,
             idle_timeout_ms: Some(100),
+            message_timeout_ms: Some(60),
         }
     }
 
@@ -1146,6 +1186,41 @@ mod tests {
         f.c.on_deadline(&mut f.q);
         assert_eq!(f.ops(), [Op::CancelAll]);
         assert_eq!(f.c.close_reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn a_partial_message_not_completed_in_time_closes_the_connection() {
+        let mut f = open();
+        f.recv(b"ab");
+        assert_eq!(f.c.deadline_ms(), Some(60));
+        // More of the same message: its clock runs on.
+        f.c.set_now(40);
+        f.recv(b"c");
+        assert_eq!(f.c.deadline_ms(), Some(60));
+        f.c.set_now(59);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), []);
+        f.c.set_now(60);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), [Op::CancelAll]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::MessageTimeout));
+    }
+
+    #[test]
+    fn a_message_completed_starts_the_clock_again_for_the_next() {
+        let mut f = open();
+        f.recv(b"ab");
+        f.c.set_now(50);
+        f.recv(b"c\nd");
+        // "d" is a new message, left at 50; the idle timeout (150) comes later.
+        assert_eq!(f.c.deadline_ms(), Some(110));
+        f.c.set_now(80);
+        f.recv(b"\n");
+        assert_eq!(
+            f.c.deadline_ms(),
+            Some(180),
+            "no partial message: only the idle timeout"
+        );
     }
 
     #[test]

@@ -83,6 +83,7 @@ fuzz_target!(|events: Vec<Ev>| {
         low_water: 16,
         max_input: 128,
         idle_timeout_ms: Some(50),
+        message_timeout_ms: Some(30),
     };
     let mut conn = ProtocolConn::new(Lines::default(), limits);
     let mut queues = ChunkQueues::new(0);
