@@ -44,8 +44,8 @@
 //! - **Ends.** The peer's EOF calls [`Protocol::on_eof`], then what is queued is sent and the
 //!   socket closed; [`Output::close`] does the same at the protocol's request. A server
 //!   shutdown stops receiving and flushes; an error, an idle or message timeout
-//!   ([`Limits`]) or the abort drops what is queued, cancels what is in flight, and closes once every operation has completed.
-//!   [`Op::Free`] comes once, last.
+//!   ([`Limits`]) or the abort drops what is queued, cancels what is in flight, and closes
+//!   once every operation has completed. [`Op::Free`] comes once, last.
 //!
 //! What it does not do: parse (the protocol does), hold the ring's buffers past one call, or
 //! read a clock (the loop gives the time, [`StreamMachine::set_now`]).
