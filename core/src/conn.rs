@@ -8,6 +8,7 @@
 //! | --- | --- | --- |
 //! | [`Op::ArmRecv`] | multishot RECV with BUFFER_SELECT | register readable interest |
 //! | [`Op::Send`] | SEND of `buf[offset..offset + len]` | nonblocking write (wait for writable on EAGAIN) |
+//! | [`Op::SendOwned`] | SEND of `data[offset..]`, the ring holding `data` until the CQE | nonblocking write; `data` held while it waits for writable |
 //! | [`Op::AwaitBuffers`] | remember the connection in a [`Starved`] set | the same |
 //! | [`Op::CancelRecv`] | ASYNC_CANCEL by the recv's user_data | drop readable interest, then deliver `RecvErr { ECANCELED, more: false }` and `CancelDone` |
 //! | [`Op::CancelAll`] | ASYNC_CANCEL with FD \| ALL | as `CancelRecv`, and a write waiting for writable ends with `SendDone { ECANCELED }` |
@@ -51,6 +52,7 @@ use core::fmt;
 
 use crate::buf::BufId;
 use crate::errno::RawErrno;
+pub use crate::protocol::OutBytes;
 use crate::token::{Slot, Token};
 
 /// [`Config::max_queued`]'s default.
@@ -100,8 +102,9 @@ impl fmt::Display for State {
     }
 }
 
-/// Something the driver reports to the connection.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// Something the driver reports to the connection. Not `Copy`: an owned send's bytes come
+/// back in [`Event::SendOwnedDone`].
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Event {
     /// The socket was accepted: start receiving.
     Opened,
@@ -142,6 +145,14 @@ pub enum Event {
         /// The send's result.
         res: Result<u32, RawErrno>,
     },
+    /// The one in-flight [`Op::SendOwned`] completed: bytes written (may be short) or an
+    /// errno, and the bytes it named, handed back (the kernel is done with them).
+    SendOwnedDone {
+        /// The send's result.
+        res: Result<u32, RawErrno>,
+        /// The bytes the send named, whole (not only the part it was for).
+        data: OutBytes,
+    },
     /// A [`Op::CancelRecv`] or [`Op::CancelAll`] request's own completion (whatever its result:
     /// the cancelled ops report separately).
     CancelDone,
@@ -164,6 +175,7 @@ impl Event {
             Event::RecvErr { .. } => EventKind::RecvErr,
             Event::BuffersAvailable => EventKind::BuffersAvailable,
             Event::SendDone { .. } => EventKind::SendDone,
+            Event::SendOwnedDone { .. } => EventKind::SendOwnedDone,
             Event::CancelDone => EventKind::CancelDone,
             Event::Closed => EventKind::Closed,
             Event::Shutdown => EventKind::Shutdown,
@@ -182,14 +194,15 @@ pub enum EventKind {
     RecvErr,
     BuffersAvailable,
     SendDone,
+    SendOwnedDone,
     CancelDone,
     Closed,
     Shutdown,
     Abort,
 }
 
-/// An operation for the driver to perform.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// An operation for the driver to perform. Not `Copy`: [`Op::SendOwned`] hands bytes over.
+#[derive(Clone, PartialEq, Eq, Debug)]
 #[must_use = "a connection's operations must be performed, or buffers and sockets leak"]
 pub enum Op {
     /// (Re)arm the multishot recv / register readable interest.
@@ -203,6 +216,15 @@ pub enum Op {
         offset: u32,
         /// Bytes to send.
         len: u32,
+    },
+    /// Send `data[offset..]`, bytes the connection made (or shares): the driver owns them
+    /// until the send's completion, which hands them back ([`Event::SendOwnedDone`]), so
+    /// nothing can touch or free them while the kernel may read them.
+    SendOwned {
+        /// The bytes, whole.
+        data: OutBytes,
+        /// First byte to send.
+        offset: u32,
     },
     /// The connection is done with this buffer (sent, or dropped on close): return it.
     Recycle(BufId),
@@ -237,12 +259,24 @@ pub enum CloseReason {
     QueueOverflow,
     /// The shutdown's grace period ran out ([`Event::Abort`]); queued data was dropped.
     Aborted,
+    /// The protocol asked to close, after what it had written was sent.
+    ProtocolClosed,
+    /// Nothing was received or sent for the idle timeout; queued data was dropped.
+    IdleTimeout,
+    /// The protocol left more unconsumed input than its limit; queued data was dropped.
+    InputTooLarge,
+    /// A partial message was not completed within the message timeout; queued data was
+    /// dropped.
+    MessageTimeout,
 }
 
 impl CloseReason {
     /// True when data may have been dropped (everything but a clean EOF or shutdown).
     pub fn is_fatal(self) -> bool {
-        !matches!(self, CloseReason::PeerClosed | CloseReason::Shutdown)
+        !matches!(
+            self,
+            CloseReason::PeerClosed | CloseReason::Shutdown | CloseReason::ProtocolClosed
+        )
     }
 }
 
@@ -257,6 +291,10 @@ impl fmt::Display for CloseReason {
                 f.write_str("the receive queues of this buffer ring are full")
             }
             CloseReason::Aborted => f.write_str("shutdown grace period over"),
+            CloseReason::ProtocolClosed => f.write_str("the protocol closed the connection"),
+            CloseReason::IdleTimeout => f.write_str("idle timeout"),
+            CloseReason::InputTooLarge => f.write_str("unconsumed input over the limit"),
+            CloseReason::MessageTimeout => f.write_str("a partial message timed out"),
         }
     }
 }
@@ -569,6 +607,43 @@ pub trait StreamMachine {
     fn close_reason(&self) -> Option<CloseReason> {
         None
     }
+
+    /// True when the machine reads what it receives: the loop then calls
+    /// [`StreamMachine::on_received`] for each [`Event::Recv`], with the bytes. False (the
+    /// default): the bytes stay in their buffer, named by id (an echo sends them back as
+    /// they are).
+    const READS_BYTES: bool = false;
+
+    /// An [`Event::Recv`] with its bytes (`bytes` is `buf[offset..offset + len]`), when
+    /// [`StreamMachine::READS_BYTES`]. The bytes can be read only during this call: the
+    /// buffer is the ring's, and goes back at the [`Op::Recycle`] the machine asks for.
+    fn on_received(
+        &mut self,
+        queues: &mut ChunkQueues,
+        event: Event,
+        bytes: &[u8],
+    ) -> Result<(), ConnError> {
+        let _ = bytes;
+        self.on_event(queues, event)
+    }
+
+    /// The time, in milliseconds on the loop's clock, before each time the connection is
+    /// driven (a machine with timeouts keeps it; the default ignores it).
+    fn set_now(&mut self, now_ms: u64) {
+        let _ = now_ms;
+    }
+
+    /// When the machine next needs [`StreamMachine::on_deadline`], on the loop's clock; None
+    /// (the default): never.
+    fn deadline_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// Its deadline has come (the time was given by [`StreamMachine::set_now`] just before);
+    /// poll the operations after it as after an event.
+    fn on_deadline(&mut self, queues: &mut ChunkQueues) {
+        let _ = queues;
+    }
 }
 
 impl StreamMachine for EchoConn {
@@ -582,6 +657,36 @@ impl StreamMachine for EchoConn {
 
     fn close_reason(&self) -> Option<CloseReason> {
         EchoConn::close_reason(self)
+    }
+}
+
+/// [`Op`] without its owned send, which [`EchoConn`] never asks for: what an EchoConn queues
+/// for [`EchoConn::poll_op`]. A quarter of an `Op`'s size, and a worker's connection table
+/// holds one queue per slot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum EchoOp {
+    ArmRecv,
+    Send { buf: BufId, offset: u32, len: u32 },
+    Recycle(BufId),
+    AwaitBuffers,
+    CancelRecv,
+    CancelAll,
+    Close,
+    Free,
+}
+
+impl From<EchoOp> for Op {
+    fn from(op: EchoOp) -> Op {
+        match op {
+            EchoOp::ArmRecv => Op::ArmRecv,
+            EchoOp::Send { buf, offset, len } => Op::Send { buf, offset, len },
+            EchoOp::Recycle(buf) => Op::Recycle(buf),
+            EchoOp::AwaitBuffers => Op::AwaitBuffers,
+            EchoOp::CancelRecv => Op::CancelRecv,
+            EchoOp::CancelAll => Op::CancelAll,
+            EchoOp::Close => Op::Close,
+            EchoOp::Free => Op::Free,
+        }
     }
 }
 
@@ -620,7 +725,7 @@ pub struct EchoConn {
     /// other operations.
     dropping: ChunkList,
     /// Operations for [`EchoConn::poll_op`], in order.
-    ops: ArrayVec<Op, MAX_PENDING_OPS>,
+    ops: ArrayVec<EchoOp, MAX_PENDING_OPS>,
     /// A multishot recv is armed (its last event carried `more`).
     recv_armed: bool,
     /// A cancel targeting the armed recv has been issued; cleared when the recv ends.
@@ -723,10 +828,10 @@ impl EchoConn {
         if let Some(chunk) = queues.pop_front(&mut self.dropping) {
             return Some(Op::Recycle(chunk.buf));
         }
-        (!self.ops.is_empty()).then(|| self.ops.remove(0))
+        (!self.ops.is_empty()).then(|| self.ops.remove(0).into())
     }
 
-    fn push(&mut self, op: Op) {
+    fn push(&mut self, op: EchoOp) {
         // Capacity: an event queues at most a recycle, a send, an AwaitBuffers or a recv
         // arm or cancel, a CancelAll and a Close or Free, and the driver polls them all
         // before the next event.
@@ -765,7 +870,7 @@ impl EchoConn {
             (Closing, Event::Recv { buf, len, more, .. }) if self.recv_armed => {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
-                self.push(Op::Recycle(buf));
+                self.push(EchoOp::Recycle(buf));
             }
 
             (Open | Draining | Closing, Event::RecvEof { more }) if self.recv_armed => {
@@ -793,7 +898,7 @@ impl EchoConn {
                 self.close_in_flight = false;
                 self.set_state(Freed);
                 debug_assert!(self.queue.len == 0 && self.dropping.len == 0);
-                self.push(Op::Free);
+                self.push(EchoOp::Free);
             }
 
             (Open, Event::Shutdown) => self.drain(CloseReason::Shutdown),
@@ -824,11 +929,11 @@ impl EchoConn {
         self.bytes_received += u64::from(chunk.len);
         if chunk.len == 0 {
             // Nothing to echo (a driver reports EOF as RecvEof).
-            self.push(Op::Recycle(chunk.buf));
+            self.push(EchoOp::Recycle(chunk.buf));
         } else if !queues.push_back(&mut self.queue, chunk) {
             // Only with a table smaller than the ring can deliver: fail closed rather than
             // drop bytes.
-            self.push(Op::Recycle(chunk.buf));
+            self.push(EchoOp::Recycle(chunk.buf));
             self.fail(queues, CloseReason::QueueOverflow);
         }
     }
@@ -845,7 +950,7 @@ impl EchoConn {
                 if !more && !self.waiting_for_buffers {
                     self.waiting_for_buffers = true;
                     if self.state == State::Open {
-                        self.push(Op::AwaitBuffers);
+                        self.push(EchoOp::AwaitBuffers);
                     }
                 }
             }
@@ -885,7 +990,7 @@ impl EchoConn {
                     // Sent, or (closing) the kernel is done with the buffer and the rest is
                     // dropped.
                     queues.pop_front(&mut self.queue);
-                    self.push(Op::Recycle(head.buf));
+                    self.push(EchoOp::Recycle(head.buf));
                 } else if let Some(rest) = queues.front_mut(&self.queue) {
                     // Short send (resubmit exactly the rest): the reconcile step does.
                     rest.offset += n;
@@ -896,7 +1001,7 @@ impl EchoConn {
                 self.send_in_flight = false;
                 if self.state == State::Closing {
                     queues.pop_front(&mut self.queue);
-                    self.push(Op::Recycle(head.buf));
+                    self.push(EchoOp::Recycle(head.buf));
                 } else if !matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
                     self.fail(queues, CloseReason::SendError(e));
                 }
@@ -935,7 +1040,7 @@ impl EchoConn {
         self.set_state(State::Closing);
         self.drop_queue(queues);
         if self.send_in_flight || (self.recv_armed && !self.recv_cancel_pending) {
-            self.push(Op::CancelAll);
+            self.push(EchoOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -951,7 +1056,7 @@ impl EchoConn {
         self.set_state(State::Closing);
         self.drop_queue(queues);
         if self.send_in_flight || self.recv_armed {
-            self.push(Op::CancelAll);
+            self.push(EchoOp::CancelAll);
             self.cancels_in_flight += 1;
             self.recv_cancel_pending |= self.recv_armed;
         }
@@ -965,7 +1070,7 @@ impl EchoConn {
                 if !self.send_in_flight {
                     if let Some(head) = queues.front(&self.queue) {
                         // One send at a time, exactly the unsent rest.
-                        self.push(Op::Send {
+                        self.push(EchoOp::Send {
                             buf: head.buf,
                             offset: head.offset,
                             len: head.len,
@@ -984,10 +1089,10 @@ impl EchoConn {
                 // No re-arm while a cancel is in flight: it was submitted before the new recv
                 // and could hit it.
                 if wants_recv && !self.recv_armed && self.cancels_in_flight == 0 {
-                    self.push(Op::ArmRecv);
+                    self.push(EchoOp::ArmRecv);
                     self.recv_armed = true;
                 } else if !wants_recv && self.recv_armed && !self.recv_cancel_pending {
-                    self.push(Op::CancelRecv);
+                    self.push(EchoOp::CancelRecv);
                     self.cancels_in_flight += 1;
                     self.recv_cancel_pending = true;
                 }
@@ -1007,7 +1112,7 @@ impl EchoConn {
             self.queue.len, 0,
             "every chunk recycled or dropped before close"
         );
-        self.push(Op::Close);
+        self.push(EchoOp::Close);
         self.close_in_flight = true;
         self.set_state(State::CloseSent);
     }
@@ -1055,7 +1160,7 @@ mod tests {
 
         /// Feeds `ev`, which must be legal, and returns its operations.
         fn step(&mut self, ev: Event) -> Vec<Op> {
-            self.try_step(ev)
+            self.try_step(ev.clone())
                 .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"))
         }
     }
@@ -1087,6 +1192,14 @@ mod tests {
         assert_eq!(c.step(Event::Opened), [Op::ArmRecv]);
         assert_eq!(c.state(), State::Open);
         c
+    }
+
+    /// A worker's connection table holds an EchoConn per slot, 20,000 by default: owned sends
+    /// (a larger `Op`) must not grow it.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn an_echo_connection_stays_168_bytes() {
+        assert!(core::mem::size_of::<EchoConn>() <= 168);
     }
 
     // ---- Idle -------------------------------------------------------------------------------
@@ -1639,7 +1752,7 @@ mod tests {
 
         fn deliver(&mut self, c: &mut Fx, ev: Event) {
             let ops = c
-                .try_step(ev)
+                .try_step(ev.clone())
                 .unwrap_or_else(|e| panic!("{ev:?} refused: {e}"));
             for op in ops {
                 self.perform(c, op);
@@ -1676,6 +1789,7 @@ mod tests {
                     self.armed = true;
                     self.recv_cancel = false;
                 }
+                Op::SendOwned { .. } => panic!("echo sends only what it received"),
                 Op::AwaitBuffers => {
                     assert!(self.starved && !self.armed, "waits for buffers it has");
                     assert!(!self.awaiting, "said AwaitBuffers twice");

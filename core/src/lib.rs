@@ -6,6 +6,15 @@
 //! completions back in. Because nothing here touches the kernel, every module is driven
 //! directly by proptest, loom and the fuzzers.
 //!
+//! To write a server of your own, start with [`protocol`]: a [`protocol::Protocol`] reads the
+//! bytes a connection receives and writes its answer; [`protocol::ProtocolConn`] is the
+//! connection under it (receive, owned sends, backpressure, half-close, timeouts,
+//! cancel-then-close), and `ringwork_sys::worker::Server` serves it on io_uring or epoll. The
+//! repository's `docs/WRITING.md` ("Writing your own server") goes from there down to the
+//! ring; `examples/src/bin/` has the programs (`uppercase`, `http-hello`, `echo`,
+//! `echo-ring`). A `ProtocolConn` allocates its input and output buffers as it needs them
+//! (and keeps a sent one for the next answer); the tables elsewhere are sized once.
+//!
 //! What this crate deliberately does not do: touch the memory behind SQEs, CQEs or buffers.
 //! It decides *which* slot, *which* buffer and *which* operation; `ringwork-sys` does the
 //! unsafe part.
@@ -26,6 +35,7 @@ pub mod filecache;
 pub mod filesvc;
 pub mod http;
 pub mod httpconn;
+pub mod protocol;
 pub mod ring;
 pub mod shutdown;
 pub mod slab;

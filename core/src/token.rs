@@ -142,6 +142,8 @@ op_kinds! {
     Shutdown = 13,
     /// Anything a caller defines for itself.
     Other = 14,
+    /// Send on a connection from bytes the operation owns (not a provided buffer).
+    SendOwned = 15,
 }
 
 /// Why a `user_data` value is not a Ringwork token.

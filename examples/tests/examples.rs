@@ -1,6 +1,9 @@
 //! Runs each example as a user would and checks what it prints.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn read_file_prints_the_size_and_checksum_std_computes() {
@@ -37,48 +40,67 @@ fn read_file_names_what_went_wrong() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("read-file: "));
 }
 
-/// The echo example serves several clients at once, byte for byte, and frees what they held:
-/// after the clients leave, new ones are served just the same.
-fn echoes_every_byte_to_concurrent_clients(binary: &str) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::TcpStream;
-    /// Killed however the test ends: a server left running would hold cargo's pipes open.
-    struct Running(std::process::Child);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+/// A server example, killed however the test ends (a server left running would hold cargo's
+/// pipes open).
+struct Running {
+    child: std::process::Child,
+    addr: String,
+    /// Kept open so that later lines (the counters at exit) do not meet a closed pipe.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
-    let mut child = Running(
-        Command::new(binary)
-            .arg("127.0.0.1:0")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // Lines before it (the io_uring features line) are skipped; the reader stays open so
-    // that later lines (the counters at exit) do not meet a closed pipe.
-    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+}
+
+/// Starts `binary` on a port the kernel picks, with `backend` (`uring`, `epoll`), and waits
+/// for its "NAME listening on ADDR" line (lines before it, the io_uring features line, are
+/// skipped).
+fn start(binary: &str, backend: &str) -> Running {
+    use std::io::BufRead;
+    let mut child = Command::new(binary)
+        .args(["127.0.0.1:0", backend])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     let addr = loop {
         line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "no listening line"
-        );
-        if let Some(addr) = line.trim().strip_prefix("echo listening on ") {
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("{binary} {backend}: no listening line");
+        }
+        if let Some((_, addr)) = line.trim().split_once(" listening on ") {
             break addr.to_string();
         }
     };
+    Running {
+        child,
+        addr,
+        _stdout: stdout,
+    }
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s
+}
+
+/// The echo examples serve several clients at once, byte for byte, and free what they held:
+/// after the clients leave, new ones are served just the same.
+fn echoes_every_byte_to_concurrent_clients(binary: &str, backend: &str) {
+    let server = start(binary, backend);
     for round in 0..2u8 {
         let clients: Vec<_> = (0..8u8)
             .map(|i| {
-                let addr = addr.clone();
+                let addr = server.addr.clone();
                 std::thread::spawn(move || {
-                    let mut s = TcpStream::connect(&addr).unwrap();
-                    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-                        .unwrap();
+                    let mut s = connect(&addr);
                     // More than the ring's buffers hold at once: buffers must come back.
                     let payload: Vec<u8> = (0..300_000u32).map(|j| (j as u8) ^ i ^ round).collect();
                     let writer = {
@@ -97,16 +119,217 @@ fn echoes_every_byte_to_concurrent_clients(binary: &str) {
             c.join().unwrap();
         }
     }
-    drop(child);
 }
 
 #[test]
-fn echo_echoes_every_byte_to_concurrent_clients() {
-    echoes_every_byte_to_concurrent_clients(env!("CARGO_BIN_EXE_echo"));
+fn echo_echoes_every_byte_to_concurrent_clients_on_io_uring() {
+    echoes_every_byte_to_concurrent_clients(env!("CARGO_BIN_EXE_echo"), "uring");
 }
 
-/// The same server, driven by hand on the ring.
+#[test]
+fn echo_echoes_every_byte_to_concurrent_clients_on_epoll() {
+    echoes_every_byte_to_concurrent_clients(env!("CARGO_BIN_EXE_echo"), "epoll");
+}
+
+/// The same server, driven by hand on the ring (io_uring only).
 #[test]
 fn echo_ring_echoes_every_byte_to_concurrent_clients() {
-    echoes_every_byte_to_concurrent_clients(env!("CARGO_BIN_EXE_echo-ring"));
+    echoes_every_byte_to_concurrent_clients(env!("CARGO_BIN_EXE_echo-ring"), "uring");
+}
+
+/// Lines of varied lengths, `n` bytes or a little more, distinct per `seed`.
+fn lines(n: usize, seed: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u32;
+    while out.len() < n {
+        let len = (i.wrapping_mul(2_654_435_761) >> 26) as usize; // 0..63
+        out.extend((0..len).map(|j| {
+            b"abcdefghijklmnopqrstuvwxyz0123456789 -"[(j + i as usize + seed as usize) % 38]
+        }));
+        out.push(b'\n');
+        i += 1;
+    }
+    out
+}
+
+/// A client that writes 4 MiB of lines without reading for a second (the server's answers
+/// pile up: it must stop reading, then resume), then reads every answer: byte-exact.
+fn uppercase_slow_reader(backend: &str) {
+    let server = start(env!("CARGO_BIN_EXE_uppercase"), backend);
+    let clients: Vec<_> = (0..3u8)
+        .map(|seed| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                let mut s = connect(&addr);
+                let sent = lines(4 << 20, seed);
+                let writer = {
+                    let mut s = s.try_clone().unwrap();
+                    let sent = sent.clone();
+                    std::thread::spawn(move || {
+                        s.write_all(&sent).unwrap();
+                        s.shutdown(std::net::Shutdown::Write).unwrap();
+                    })
+                };
+                std::thread::sleep(Duration::from_secs(1));
+                let mut back = Vec::new();
+                s.read_to_end(&mut back).unwrap();
+                writer.join().unwrap();
+                assert_eq!(back.len(), sent.len(), "client {seed}: answer length");
+                assert!(
+                    back == sent.to_ascii_uppercase(),
+                    "client {seed}: answers differ"
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+#[test]
+fn uppercase_answers_a_client_that_reads_late_byte_for_byte_on_io_uring() {
+    uppercase_slow_reader("uring");
+}
+
+#[test]
+fn uppercase_answers_a_client_that_reads_late_byte_for_byte_on_epoll() {
+    uppercase_slow_reader("epoll");
+}
+
+/// 1,000 connections open at once, each sending a line in two pieces (a partial line is
+/// kept for the rest) and reading its answer, then a second line on each.
+fn thousand_connections(
+    binary: &str,
+    backend: &str,
+    ask: fn(usize, u8) -> Vec<u8>,
+    answer: fn(&[u8]) -> Vec<u8>,
+) {
+    let server = start(binary, backend);
+    let mut conns: Vec<TcpStream> = (0..1000).map(|_| connect(&server.addr)).collect();
+    for round in 0..2u8 {
+        for (i, s) in conns.iter_mut().enumerate() {
+            let q = ask(i, round);
+            let (a, b) = q.split_at(q.len() / 2);
+            s.write_all(a).unwrap();
+            s.flush().unwrap();
+            s.write_all(b).unwrap();
+        }
+        for (i, s) in conns.iter_mut().enumerate() {
+            let want = answer(&ask(i, round));
+            let mut got = vec![0; want.len()];
+            s.read_exact(&mut got).unwrap();
+            assert!(
+                got == want,
+                "connection {i}, round {round}: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+    }
+}
+
+fn numbered_line(i: usize, round: u8) -> Vec<u8> {
+    format!("connection {i} round {round}\n").into_bytes()
+}
+
+#[test]
+fn uppercase_serves_a_thousand_connections_at_once_on_io_uring() {
+    thousand_connections(
+        env!("CARGO_BIN_EXE_uppercase"),
+        "uring",
+        numbered_line,
+        <[u8]>::to_ascii_uppercase,
+    );
+}
+
+#[test]
+fn uppercase_serves_a_thousand_connections_at_once_on_epoll() {
+    thousand_connections(
+        env!("CARGO_BIN_EXE_uppercase"),
+        "epoll",
+        numbered_line,
+        <[u8]>::to_ascii_uppercase,
+    );
+}
+
+const HELLO: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 14\r\n\r\nHello, world!\n";
+
+fn get(i: usize, round: u8) -> Vec<u8> {
+    format!("GET /{i}/{round} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes()
+}
+
+fn hello(_: &[u8]) -> Vec<u8> {
+    HELLO.to_vec()
+}
+
+#[test]
+fn http_hello_serves_a_thousand_keep_alive_connections_at_once_on_io_uring() {
+    thousand_connections(env!("CARGO_BIN_EXE_http-hello"), "uring", get, hello);
+}
+
+#[test]
+fn http_hello_serves_a_thousand_keep_alive_connections_at_once_on_epoll() {
+    thousand_connections(env!("CARGO_BIN_EXE_http-hello"), "epoll", get, hello);
+}
+
+/// Keep-alive, pipelining (answered in order), a client that reads late, `Connection: close`
+/// and a malformed head (answered, then closed).
+fn http_hello_keeps_alive_pipelines_and_closes(backend: &str) {
+    let server = start(env!("CARGO_BIN_EXE_http-hello"), backend);
+    let mut s = connect(&server.addr);
+    for i in 0..100 {
+        s.write_all(&get(i, 0)).unwrap();
+        let mut got = vec![0; HELLO.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, HELLO, "request {i}");
+    }
+    // 20,000 pipelined requests, read after a second: far more answers than a socket holds.
+    let pipelined: Vec<u8> = (0..20_000).flat_map(|i| get(i, 1)).collect();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || s.write_all(&pipelined).unwrap())
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let mut got = vec![0; HELLO.len() * 20_000];
+    s.read_exact(&mut got).unwrap();
+    writer.join().unwrap();
+    assert!(
+        got.chunks(HELLO.len()).all(|r| r == HELLO),
+        "pipelined answers differ"
+    );
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    )
+    .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.starts_with(b"HTTP/1.1 200 OK\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        rest.ends_with(b"Connection: close\r\n\r\nHello, world!\n"),
+        "one answer, then EOF"
+    );
+    let mut bad = connect(&server.addr);
+    bad.write_all(b"NOT HTTP\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    bad.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 400 Bad Request\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+#[test]
+fn http_hello_keeps_alive_pipelines_and_closes_on_io_uring() {
+    http_hello_keeps_alive_pipelines_and_closes("uring");
+}
+
+#[test]
+fn http_hello_keeps_alive_pipelines_and_closes_on_epoll() {
+    http_hello_keeps_alive_pipelines_and_closes("epoll");
 }

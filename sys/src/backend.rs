@@ -40,6 +40,20 @@ pub enum BackendRequest {
     Epoll,
 }
 
+impl std::str::FromStr for BackendRequest {
+    type Err = String;
+
+    /// `auto`, `uring` or `epoll`, as `--backend` spells them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendRequest::Auto),
+            "uring" => Ok(BackendRequest::Uring),
+            "epoll" => Ok(BackendRequest::Epoll),
+            other => Err(format!("backend {other:?}: expected auto, uring or epoll")),
+        }
+    }
+}
+
 /// The backend a server runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {

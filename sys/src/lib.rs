@@ -1,8 +1,13 @@
 //! ringwork-sys: everything in Ringwork that talks to the kernel, on `rustix`.
 //!
+//! Start with [`worker::Server`]: a protocol of your own (a
+//! `ringwork_core::protocol::Protocol`: bytes in, answer out) served on io_uring or epoll in
+//! a few lines. The repository's `docs/WRITING.md` ("Writing your own server") walks from
+//! there down to the ring, and `examples/src/bin/` has the programs it shows (`uppercase`,
+//! `http-hello`, `echo`, and `echo-ring`, an echo server driven by hand on the ring).
+//!
 //! - [`worker`]: the worker loop, once for every stream protocol, on io_uring or epoll
-//!   ([`worker::Serve`] runs a whole server; the repository's `examples/src/bin/echo.rs` is
-//!   one in 40 lines, `echo-ring.rs` the same server driven by hand on the ring).
+//!   ([`worker::Server`] and [`worker::Serve`] run a whole server).
 //! - [`files`]: core's file service (`ringwork_core::filesvc`) performed on the worker loop,
 //!   once per backend: what ringwork-files runs, for any server built on the file service.
 //! - `cli` (feature `cli`): `--backend` and the io_uring ring flags every server shares, on
@@ -62,3 +67,10 @@ pub use ring::{
     QUIESCE_CANCEL_USER_DATA,
 };
 pub use sqe::{Sqe, SqeFlags, Target};
+
+/// The `rustix` this crate is built on: its flag and errno types appear in this crate's API,
+/// and a user reaches them here instead of adding a dependency of the same version.
+pub use rustix;
+pub use rustix::io::Errno;
+pub use rustix::io_uring::IoringOp;
+pub use rustix::net::{RecvFlags, SendFlags};

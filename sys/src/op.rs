@@ -52,6 +52,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use ringwork_core::buf::{BufGroup, Lease};
+pub use ringwork_core::protocol::OutBytes;
 use ringwork_core::token::UserData;
 use rustix::event::PollFlags;
 use rustix::fd::{IntoRawFd, OwnedFd, RawFd};
@@ -82,6 +83,9 @@ pub enum OpMemory {
     Fixed(Lease),
     /// A file mapping sent from: this reference keeps it mapped until the send has ended.
     Mapped(Arc<FileMap>),
+    /// Bytes sent from: owned, `&'static` or shared ([`SafeSqe::send_bytes`]). Their
+    /// memory does not move with the value (a `Vec`'s or an `Arc`'s heap, or static data).
+    Out(OutBytes),
     /// An IORING_OP_FIXED_FD_INSTALL's result: the plain descriptor it installed, adopted
     /// by the ring when the CQE comes (`None` before, or when the install failed), so that
     /// it is closed even if nobody takes it.
@@ -323,6 +327,30 @@ impl SafeSqe {
         let bytes = &buf[range];
         let sqe = Sqe::send(target, bytes.as_ptr(), len_u32(bytes.len()));
         Self::with(sqe, OpMemory::Bytes(buf))
+    }
+
+    /// IORING_OP_SEND of `data[offset..]`: owned bytes, `&'static` bytes or shared
+    /// `Arc<[u8]>` bytes (anything `Into<OutBytes>`); the ring holds them until the
+    /// completion, and [`crate::Ring::take_memory`] hands them back ([`OpMemory::Out`]).
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use ringwork_sys::{op::SafeSqe, sqe::Target};
+    ///
+    /// let sock = Target::Fd(3);
+    /// let page: Arc<[u8]> = Arc::from(&b"shared by every connection"[..]);
+    /// let fixed = SafeSqe::send_bytes(sock, b"HTTP/1.1 200 OK\r\n\r\n".as_slice(), 0);
+    /// let shared = SafeSqe::send_bytes(sock, Arc::clone(&page), 0);
+    /// # let _ = (fixed, shared);
+    /// ```
+    ///
+    /// # Panics
+    /// When `offset` is past the end of `data`.
+    pub fn send_bytes(target: Target, data: impl Into<OutBytes>, offset: usize) -> Self {
+        let data = data.into();
+        let bytes = &data.as_slice()[offset..];
+        let sqe = Sqe::send(target, bytes.as_ptr(), len_u32(bytes.len()));
+        Self::with(sqe, OpMemory::Out(data))
     }
 
     /// IORING_OP_SEND of `map[range]`: the bytes go from the file's mapping (its page cache)

@@ -384,6 +384,28 @@ impl ProvidedBuffers {
         unsafe { core::slice::from_raw_parts(self.buf_ptr(id).add(offset as usize), len as usize) }
     }
 
+    /// The bytes of a receive piece ([`RecvPiece`]: `buf[offset..offset + len]`) the
+    /// application holds through `recv`, whatever the receive mode (whole buffers, bundles,
+    /// incremental slices).
+    ///
+    /// # Panics
+    /// When `recv` holds no piece of `buf`, or the range is outside the buffer.
+    pub fn piece_bytes(&self, recv: &RecvBuffers, buf: BufId, offset: u32, len: u32) -> &[u8] {
+        if let Some(inc) = recv.incremental() {
+            return self.slice(inc, buf, offset, len);
+        }
+        assert!(recv.holds(buf), "no piece of this buffer is held");
+        assert!(
+            u64::from(offset) + u64::from(len) <= u64::from(self.buf_size),
+            "a piece past the end of its buffer"
+        );
+        // SAFETY: in bounds (checked against the buffer size; `holds` says the id is one of
+        // this ring's, leased); the lease proves the kernel handed the buffer to us with a
+        // harvested CQE and that it has not been given back, so the kernel does not write it
+        // while we read.
+        unsafe { core::slice::from_raw_parts(self.buf_ptr(buf).add(offset as usize), len as usize) }
+    }
+
     /// A receive completion's buffers, taken into `recv` (which holds their leases, or with
     /// incremental consumption their slices): `piece` gets one receive piece per buffer, in
     /// order (a bundle spans several). `more` is the CQE's IORING_CQE_F_MORE. Returns how many

@@ -244,6 +244,11 @@ impl RecvBuffers {
         Ok(())
     }
 
+    /// The slices handed out, with incremental consumption (None with whole buffers).
+    pub fn incremental(&self) -> Option<&IncTracker> {
+        self.inc.as_ref()
+    }
+
     /// True when a piece of `buf` is handed out (the holder may send from it).
     pub fn holds(&self, buf: BufId) -> bool {
         match &self.inc {

@@ -26,8 +26,7 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::accept::AcceptMode;
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, Target};
-use rustix::net::SendFlags;
+use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, SendFlags, Target};
 
 const GROUP: BufGroup = BufGroup(0);
 const BUFFERS: u16 = 256;
@@ -120,9 +119,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let Some(op) = conn.machine.poll_op(&mut queues) else {
                     break;
                 };
+                let free = op == Op::Free;
                 if let Some(sqe) = sqe_for(&mut ring, &mut recv, &mut starved, token, conn, op)? {
                     ring.push_safe(sqe)?;
-                } else if op == Op::Free {
+                } else if free {
                     conns.remove(token.slot);
                 }
             }
@@ -151,6 +151,7 @@ fn sqe_for(
             .send_provided(target, GROUP, buf, offset, len)?
             .send_flags(SendFlags::NOSIGNAL)
             .user_data(ud(OpKind::Send)),
+        Op::SendOwned { .. } => unreachable!("EchoConn sends only the bytes it received"),
         Op::Recycle(buf) => {
             let br = ring.buf_ring(GROUP).expect("registered in main");
             br.recycle_recv(recv, buf)?;

@@ -1,41 +1,36 @@
-//! An echo server in a few lines: core's `EchoConn` as the protocol, ringwork-sys' worker
-//! loop for everything else, on io_uring or, where io_uring is refused, epoll.
+//! An echo server in a few lines: core's `EchoConn` as the connection machine, ringwork-sys'
+//! `Server` for everything else, on io_uring or, where io_uring is refused, epoll.
 //!
-//! `cargo run -p ringwork-examples --bin echo -- 127.0.0.1:7879`, then `nc 127.0.0.1 7879`;
-//! Ctrl-C drains and prints the counters.
+//! `cargo run -p ringwork-examples --bin echo -- 127.0.0.1:7879 [auto|uring|epoll]`, then
+//! `nc 127.0.0.1 7879`; Ctrl-C drains and prints the counters.
 //!
-//! A protocol is a `StreamMachine` (events in, operations out); the loop accepts (backing
-//! off when descriptors run out), receives into provided buffers, performs the machine's
-//! sends and cancels, frees connections, and drains on SIGINT/SIGTERM. `echo-ring` shows the
-//! layer below: the ring, safe submission and a buffer ring, driven by hand.
+//! `EchoConn` sends back the provided buffer a receive filled, without copying it: the
+//! fastest echo there is. Any other protocol is a `Protocol` run by `Server::run_protocol`
+//! (see `uppercase`); as one, echo is `out.write(input); input.len()`, one copy per message.
+//! `echo-ring` shows the layer below: the ring, safe submission and a buffer ring, driven by
+//! hand.
 #![forbid(unsafe_code)]
 
 use ringwork_core::conn::{Config, EchoConn};
-use ringwork_sys::backend::{self, BackendRequest};
-use ringwork_sys::worker::{uring::REQUIRED, Serve, StreamConfig};
+use ringwork_sys::worker::{Server, StreamConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().nth(1);
-    let listen = [addr.as_deref().unwrap_or("127.0.0.1:7879").parse()?];
-    let chosen = backend::choose(BackendRequest::Auto, &REQUIRED)?;
-    if let Some(note) = chosen.note() {
-        eprintln!("echo: {note}");
-    }
-    let server = Serve {
-        listen: &listen,
-        threads: 1,
-        backend: chosen.backend,
-        cfg: StreamConfig {
-            name: "echo",
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:7879".into());
+    let backend = args.next().unwrap_or_else(|| "auto".into());
+    let stats = Server::new("echo")
+        .listen(addr.parse()?)
+        .backend(backend.parse()?)
+        .threads(1)
+        .config(StreamConfig {
             buffers: 256,
-            max_conns: 1024,
+            max_conns: 2048,
             ..StreamConfig::default()
-        },
-    };
-    let stats = server.run(
-        || EchoConn::new(Config::default()),
-        |bound| println!("echo listening on {}", bound[0]),
-    )?;
+        })
+        .run(
+            || EchoConn::new(Config::default()),
+            |bound| println!("echo listening on {}", bound[0]),
+        )?;
     println!("stats: {stats}");
     Ok(())
 }

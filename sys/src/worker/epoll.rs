@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use ringwork_core::buf::{BufId, FixedPool, Lease};
-use ringwork_core::conn::{Event, Op};
+use ringwork_core::conn::{Event, Op, OutBytes};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use rustix::fd::OwnedFd;
@@ -53,9 +53,18 @@ pub struct EpollConn {
     /// The socket may have bytes (or EOF) to read: set by EPOLLIN, cleared by EAGAIN.
     readable: bool,
     /// A send that met EAGAIN, retried on EPOLLOUT.
-    pending_send: Option<(BufId, u32, u32)>,
+    pending_send: Option<Pending>,
     /// EPOLLOUT (or an error) came since the pending send last met EAGAIN.
     writable: bool,
+}
+
+/// A send waiting for room in the socket.
+#[derive(Debug)]
+enum Pending {
+    /// `buf[offset..offset + len]` of a pool buffer.
+    Provided(BufId, u32, u32),
+    /// `data[offset..]` of bytes the connection handed over.
+    Owned(OutBytes, u32),
 }
 
 /// The epoll backend: the epoll set, the acceptors, the receive buffer pool.
@@ -100,16 +109,21 @@ impl EpollBackend {
         })
     }
 
-    /// Writes `buf[offset..offset + len]`; None on EAGAIN.
+    /// Writes what `send` names; None on EAGAIN.
     fn try_send(
         &mut self,
         io: &EpollConn,
-        (buf, offset, len): (BufId, u32, u32),
+        send: &Pending,
         stats: &mut StreamStats,
     ) -> Option<Result<u32, RawErrno>> {
         let fd = io.fd.as_ref()?;
-        let start = usize::from(buf.0) * self.buf_size + offset as usize;
-        let bytes = &self.memory[start..start + len as usize];
+        let bytes = match send {
+            &Pending::Provided(buf, offset, len) => {
+                let start = usize::from(buf.0) * self.buf_size + offset as usize;
+                &self.memory[start..start + len as usize]
+            }
+            Pending::Owned(data, offset) => &data.as_slice()[*offset as usize..],
+        };
         loop {
             match rustix::net::send(fd, bytes, SendFlags::NOSIGNAL) {
                 Ok(n) => {
@@ -176,6 +190,14 @@ impl EpollBackend {
                 })
             }
         }
+    }
+}
+
+/// A send's completion, with the bytes it named when they were handed over.
+fn send_done(send: Pending, res: Result<u32, RawErrno>) -> Event {
+    match send {
+        Pending::Provided(..) => Event::SendDone { res },
+        Pending::Owned(data, _) => Event::SendOwnedDone { res, data },
     }
 }
 
@@ -283,10 +305,20 @@ impl Backend for EpollBackend {
     ) -> Result<()> {
         match op {
             Op::ArmRecv => io.armed = true,
-            Op::Send { buf, offset, len } => match self.try_send(io, (buf, offset, len), stats) {
-                Some(res) => events.push_back(Event::SendDone { res }),
-                None => io.pending_send = Some((buf, offset, len)),
-            },
+            Op::Send { buf, offset, len } => {
+                let send = Pending::Provided(buf, offset, len);
+                match self.try_send(io, &send, stats) {
+                    Some(res) => events.push_back(Event::SendDone { res }),
+                    None => io.pending_send = Some(send),
+                }
+            }
+            Op::SendOwned { data, offset } => {
+                let send = Pending::Owned(data, offset);
+                match self.try_send(io, &send, stats) {
+                    Some(res) => events.push_back(send_done(send, res)),
+                    None => io.pending_send = Some(send),
+                }
+            }
             Op::CancelRecv | Op::CancelAll => {
                 // Dropping interest is synchronous: the "recv" ends now.
                 if io.armed {
@@ -298,10 +330,10 @@ impl Backend for EpollBackend {
                 }
                 // A write waiting for EPOLLOUT is abandoned (the kernel has none of it); one
                 // that completed is already queued.
-                if op == Op::CancelAll && io.pending_send.take().is_some() {
-                    events.push_back(Event::SendDone {
-                        res: Err(RawErrno::CANCELED),
-                    });
+                if op == Op::CancelAll {
+                    if let Some(send) = io.pending_send.take() {
+                        events.push_back(send_done(send, Err(RawErrno::CANCELED)));
+                    }
                 }
                 events.push_back(Event::CancelDone);
             }
@@ -328,17 +360,28 @@ impl Backend for EpollBackend {
         io: &mut EpollConn,
         stats: &mut StreamStats,
     ) -> Option<Event> {
-        if let Some(send) = io.pending_send.filter(|_| io.writable) {
-            io.writable = false;
-            if let Some(res) = self.try_send(io, send, stats) {
-                io.pending_send = None;
-                return Some(Event::SendDone { res });
+        if io.writable {
+            if let Some(send) = io.pending_send.take() {
+                io.writable = false;
+                match self.try_send(io, &send, stats) {
+                    Some(res) => return Some(send_done(send, res)),
+                    None => io.pending_send = Some(send),
+                }
             }
         }
         if io.armed && io.readable {
             return self.read_once(io, stats);
         }
         None
+    }
+
+    fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8] {
+        assert!(
+            self.leases[usize::from(buf.0)].is_some(),
+            "the machine reads only buffers it holds"
+        );
+        let start = usize::from(buf.0) * self.buf_size + offset as usize;
+        &self.memory[start..start + len as usize]
     }
 
     fn recycle(&mut self, buf: BufId, _stats: &mut StreamStats) {

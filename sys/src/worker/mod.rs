@@ -29,7 +29,7 @@ pub mod uring;
 
 mod stream;
 
-pub use serve::{Crew, Serve, ServeError, WorkerStart};
+pub use serve::{Crew, Serve, ServeError, Server, WorkerStart};
 pub use stream::StreamEngine;
 
 use std::cmp::Reverse;
@@ -331,6 +331,10 @@ pub trait Backend {
         io: &mut Self::ConnIo,
         stats: &mut StreamStats,
     ) -> Option<Event>;
+
+    /// The bytes of a receive piece the connection holds (`buf[offset..offset + len]`, as
+    /// its [`Event::Recv`] named them), for a machine that reads what it receives.
+    fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8];
 
     /// Gives receive buffer `buf` back (with SEND_ZC, once its last notification is in).
     fn recycle(&mut self, buf: BufId, stats: &mut StreamStats);

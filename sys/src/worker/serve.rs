@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use ringwork_core::conn::StreamMachine;
+use ringwork_core::protocol::{Limits, Protocol, ProtocolConn};
 
 use super::{run_on, Admission, StreamConfig, StreamStats, WorkerIo};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendRequest, UringRefused};
 use crate::driver::{stop_notices, StartGate, StopNotice, StopSender};
 use crate::error::Error;
 use crate::net::SocketMode;
@@ -27,6 +28,8 @@ pub enum ServeError {
     Thread(std::io::Error),
     /// A worker thread panicked.
     Panicked,
+    /// io_uring was asked for by name and refused ([`BackendRequest::Uring`]).
+    Backend(UringRefused),
 }
 
 impl std::fmt::Display for ServeError {
@@ -36,6 +39,7 @@ impl std::fmt::Display for ServeError {
             ServeError::Listen(e) => e.fmt(f),
             ServeError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             ServeError::Panicked => f.write_str("a worker thread panicked"),
+            ServeError::Backend(e) => e.fmt(f),
         }
     }
 }
@@ -132,6 +136,126 @@ impl Serve<'_> {
             Some(e) => Err(e),
             None => Ok(total),
         }
+    }
+}
+
+/// A stream server set up with defaults, for a protocol of your own: the listen addresses,
+/// the threads (one per CPU unless told), the backend (io_uring, or epoll where io_uring is
+/// refused, with one line saying why) and the workers' configuration; [`Server::run_protocol`]
+/// runs a [`Protocol`] per connection, [`Server::run`] any [`StreamMachine`]. Everything
+/// [`Serve`] does comes with it: SO_REUSEPORT listeners per thread, the accept back-off when
+/// descriptors run out, SIGINT/SIGTERM with a graceful drain, the summed counters.
+///
+/// ```no_run
+/// use ringwork_core::protocol::{Output, Protocol};
+/// use ringwork_sys::worker::Server;
+///
+/// /// Answers every chunk of bytes with its length.
+/// struct Count;
+/// impl Protocol for Count {
+///     fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+///         use std::fmt::Write;
+///         let _ = writeln!(out, "{}", input.len());
+///         input.len()
+///     }
+/// }
+///
+/// let stats = Server::new("count")
+///     .listen("127.0.0.1:7000".parse()?)
+///     .threads(2)
+///     .run_protocol(|| Count, |addrs| println!("listening on {addrs:?}"))?;
+/// println!("stats: {stats}"); // after SIGINT or SIGTERM, and the drain
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a server does nothing until it is run"]
+pub struct Server {
+    listen: Vec<SocketAddr>,
+    threads: usize,
+    backend: BackendRequest,
+    cfg: StreamConfig,
+    limits: Limits,
+}
+
+impl Server {
+    /// A server called `name` (in front of every line it prints), with no address yet.
+    pub fn new(name: &'static str) -> Self {
+        Self {
+            listen: Vec::new(),
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
+            backend: BackendRequest::Auto,
+            cfg: StreamConfig {
+                name,
+                ..StreamConfig::default()
+            },
+            limits: Limits::default(),
+        }
+    }
+
+    /// Listens on `addr` too (port 0: the kernel picks one; `listening` is told which).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen.push(addr);
+        self
+    }
+
+    /// Worker threads (at least 1; default: one per CPU this process may run on).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The backend (default [`BackendRequest::Auto`]).
+    pub fn backend(mut self, backend: BackendRequest) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// The workers' configuration (buffers, connection limit, drain, io_uring options); the
+    /// name given to [`Server::new`] is kept.
+    pub fn config(mut self, cfg: StreamConfig) -> Self {
+        self.cfg = StreamConfig {
+            name: self.cfg.name,
+            ..cfg
+        };
+        self
+    }
+
+    /// Each [`ProtocolConn`]'s limits for [`Server::run_protocol`] (water marks, input,
+    /// idle timeout).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Serves a [`ProtocolConn`] per connection, its protocol from `new_protocol`, until
+    /// SIGINT or SIGTERM and the drain; see [`Serve::run`].
+    pub fn run_protocol<P: Protocol + 'static>(
+        self,
+        new_protocol: impl Fn() -> P + Clone + Send + 'static,
+        listening: impl FnOnce(&[SocketAddr]),
+    ) -> Result<StreamStats, ServeError> {
+        let limits = self.limits;
+        self.run(move || ProtocolConn::new(new_protocol(), limits), listening)
+    }
+
+    /// Serves a machine per connection from `new_machine`; see [`Serve::run`].
+    pub fn run<M: StreamMachine>(
+        self,
+        new_machine: impl Fn() -> M + Clone + Send + 'static,
+        listening: impl FnOnce(&[SocketAddr]),
+    ) -> Result<StreamStats, ServeError> {
+        let chosen = crate::backend::choose(self.backend, &super::uring::REQUIRED)
+            .map_err(ServeError::Backend)?;
+        if let Some(note) = chosen.note() {
+            eprintln!("{}: {note}", self.cfg.name);
+        }
+        Serve {
+            listen: &self.listen,
+            threads: self.threads,
+            backend: chosen.backend,
+            cfg: self.cfg,
+        }
+        .run(new_machine, listening)
     }
 }
 

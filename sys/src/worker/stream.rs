@@ -32,6 +32,8 @@ pub struct StreamEngine<B, F> {
     woken: Vec<Token>,
     /// Events a connection's operations produced at once, fed back in order.
     events: VecDeque<Event>,
+    /// The loop's time at the last harvest, handed to each machine driven.
+    now_ms: u64,
     name: &'static str,
 }
 
@@ -45,6 +47,7 @@ impl<B: Backend, F> StreamEngine<B, F> {
             starved: Starved::new(cfg.max_conns),
             woken: Vec::new(),
             events: VecDeque::new(),
+            now_ms: 0,
             name: cfg.name,
         }
     }
@@ -67,8 +70,9 @@ fn chunk_table_size(cfg: &StreamConfig) -> usize {
 }
 
 impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
-    /// Feeds one event to the connection and performs the operations it asks for; true
-    /// once it said [`Op::Free`] (its last).
+    /// Feeds one event to the connection (a receive with its bytes, to a machine that reads
+    /// them) and performs the operations it asks for; true once it said [`Op::Free`] (its
+    /// last).
     fn feed(
         &mut self,
         token: Token,
@@ -77,14 +81,38 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
         events: &mut VecDeque<Event>,
         stats: &mut StreamStats,
     ) -> Result<bool> {
-        if let Err(e) = conn.machine.on_event(&mut self.chunks, event) {
+        let received = match event {
+            Event::Recv { buf, .. } => Some(buf),
+            _ => None,
+        };
+        let fed = match event {
+            Event::Recv {
+                buf, offset, len, ..
+            } if M::READS_BYTES => {
+                let bytes = self.backend.received(buf, offset, len);
+                conn.machine.on_received(&mut self.chunks, event, bytes)
+            }
+            event => conn.machine.on_event(&mut self.chunks, event),
+        };
+        if let Err(e) = fed {
             eprintln!("{}: {e}", self.name);
             stats.refused += 1;
-            if let Event::Recv { buf, .. } = event {
+            if let Some(buf) = received {
                 self.backend.recycle(buf, stats);
             }
             return Ok(false);
         }
+        self.perform_ops(token, conn, events, stats)
+    }
+
+    /// Performs the operations the connection asks for, until none; true at [`Op::Free`].
+    fn perform_ops(
+        &mut self,
+        token: Token,
+        conn: &mut StreamConn<M, B::ConnIo>,
+        events: &mut VecDeque<Event>,
+        stats: &mut StreamStats,
+    ) -> Result<bool> {
         while let Some(op) = conn.machine.poll_op(&mut self.chunks) {
             match op {
                 Op::Free => return Ok(true),
@@ -127,6 +155,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         out: &mut Vec<Happening<Event>>,
         stats: &mut StreamStats,
     ) -> Result<()> {
+        self.now_ms = now_ms;
         self.backend.harvest(live, open, now_ms, out, stats)
     }
 
@@ -154,6 +183,9 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         input: Input<Event>,
         stats: &mut StreamStats,
     ) -> Result<bool> {
+        conn.machine.set_now(self.now_ms);
+        // A tick is the machine's deadline: it acts on it before anything else.
+        let mut deadline = matches!(input, Input::Tick);
         let first = match input {
             Input::Opened => Some(Event::Opened),
             Input::Completion(event) => Some(event),
@@ -170,11 +202,15 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         events.extend(first);
         let result = loop {
             let mut fed = Ok(false);
-            while let Some(event) = events.pop_front() {
-                fed = self.feed(token, conn, event, &mut events, stats);
-                if !matches!(fed, Ok(false)) {
+            if std::mem::take(&mut deadline) {
+                conn.machine.on_deadline(&mut self.chunks);
+                fed = self.perform_ops(token, conn, &mut events, stats);
+            }
+            while matches!(fed, Ok(false)) {
+                let Some(event) = events.pop_front() else {
                     break;
-                }
+                };
+                fed = self.feed(token, conn, event, &mut events, stats);
             }
             if !matches!(fed, Ok(false)) {
                 break fed;
@@ -193,9 +229,14 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
     }
 
     fn stale(&mut self, event: Event, stats: &mut StreamStats) {
+        // An owned send's bytes (the kernel is done with them) are dropped with the event.
         if let Event::Recv { buf, .. } = event {
             self.backend.recycle(buf, stats);
         }
+    }
+
+    fn deadline_ms(&self, conn: &Self::Conn) -> Option<u64> {
+        conn.machine.deadline_ms()
     }
 
     fn end_of_turn(&mut self, _stopping: bool, _stats: &mut StreamStats) -> Result<()> {

@@ -4,10 +4,12 @@
 //! where the kernel lacks it). Receives are multishot (single-shot where disabled or missing)
 //! from a provided buffer ring (or PROVIDE_BUFFERS SQEs before Linux 5.19), as whole buffers,
 //! bundles or incremental slices ([`RecvBuffers`] turns a completion into pieces). Sends name
-//! the received buffer (or a slice of it); with SEND_ZC, results and notifications go through
-//! [`ZcTracker`], which says when a sent buffer may go back (the kernel may read it until the
-//! notification). A closing connection's operations are ended by
-//! [`crate::driver::cancel_socket_ops`], and its socket is closed through the ring.
+//! the received buffer (or a slice of it), or bytes the machine handed over
+//! ([`Op::SendOwned`]: the ring holds them until the completion, which hands them back to the
+//! machine); with SEND_ZC, results and notifications go through [`ZcTracker`], which says
+//! when a sent buffer may go back (the kernel may read it until the notification). A closing
+//! connection's operations are ended by [`crate::driver::cancel_socket_ops`], and its socket
+//! is closed through the ring.
 //!
 //! No protocol decision is made here: each completion becomes an [`Event`] for the
 //! connection its token names, and each [`Op`] an SQE.
@@ -28,7 +30,7 @@ use crate::accept::{Acceptor, Acceptors};
 use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use crate::error::{Error, Result};
-use crate::op::SafeSqe;
+use crate::op::{OpMemory, SafeSqe};
 use crate::register::{ProvideMode, PROVIDE_BUFFERS_USER_DATA};
 use crate::ring::{Cqe, Ring, SelectedBuf};
 use crate::sqe::Target;
@@ -277,6 +279,23 @@ impl UringBackend {
                 }
                 Event::SendDone { res: cqe.result() }
             }
+            OpKind::SendOwned => {
+                if let Ok(n) = cqe.result() {
+                    stats.bytes += u64::from(n);
+                }
+                let Some(OpMemory::Out(data)) = self.ring.take_memory(cqe.user_data()) else {
+                    eprintln!(
+                        "{}: an owned send's completion without its bytes",
+                        self.name
+                    );
+                    stats.refused += 1;
+                    return;
+                };
+                Event::SendOwnedDone {
+                    res: cqe.result(),
+                    data,
+                }
+            }
             OpKind::Cancel => Event::CancelDone,
             OpKind::Close => Event::Closed,
             _ => {
@@ -490,6 +509,10 @@ impl Backend for UringBackend {
                 sqe.user_data(ud(OpKind::Recv))
             }
             Op::Send { buf, offset, len } => self.send_sqe(token, fd, buf, offset, len)?,
+            // The ring holds the bytes until the completion, which hands them back.
+            Op::SendOwned { data, offset } => SafeSqe::send_bytes(fd, data, offset as usize)
+                .user_data(ud(OpKind::SendOwned))
+                .send_flags(SendFlags::NOSIGNAL),
             Op::CancelRecv => SafeSqe::cancel(ud(OpKind::Recv)).user_data(ud(OpKind::Cancel)),
             Op::CancelAll => {
                 driver::cancel_socket_ops(&self.ring, sock.as_fd()).user_data(ud(OpKind::Cancel))
@@ -507,6 +530,14 @@ impl Backend for UringBackend {
 
     fn pump(&mut self, _: Token, _: &mut UringConn, _: &mut StreamStats) -> Option<Event> {
         None
+    }
+
+    fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8] {
+        let br = self
+            .ring
+            .buf_ring(GROUP)
+            .expect("the group is registered before the loop starts");
+        br.piece_bytes(&self.recv, buf, offset, len)
     }
 
     fn recycle(&mut self, buf: BufId, stats: &mut StreamStats) {
@@ -612,6 +643,10 @@ impl UringBackend {
             // what is in flight): what it filled goes back.
             stats.stale += 1;
             self.return_selected(cqe, stats);
+            if token.kind == OpKind::SendOwned {
+                // The kernel is done with the bytes: dropped.
+                drop(self.ring.take_memory(cqe.user_data()));
+            }
             return Ok(());
         }
         self.on_conn_cqe(token, cqe, out, stats);

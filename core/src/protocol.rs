@@ -1,0 +1,1506 @@
+//! A byte-stream connection for a protocol of your own: [`ProtocolConn`] does the I/O side
+//! of a connection (receive, owned sends with their short-send remainder, backpressure,
+//! half-close, idle timeout, cancel-then-close, free), and calls a [`Protocol`] with the
+//! bytes received, which answers by writing to an [`Output`].
+//!
+//! ```
+//! use ringwork_core::protocol::{Output, Protocol};
+//!
+//! /// Upper-cases every line it receives.
+//! struct Upper;
+//!
+//! impl Protocol for Upper {
+//!     fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+//!         let Some(end) = input.iter().position(|&b| b == b'\n') else {
+//!             return 0; // no whole line yet: offered again with more bytes after it
+//!         };
+//!         let line = &input[..=end];
+//!         out.write(&line.to_ascii_uppercase());
+//!         line.len()
+//!     }
+//! }
+//! ```
+//!
+//! `ringwork_sys::worker` runs a `ProtocolConn` per connection on io_uring or epoll
+//! (`Server::run_protocol` there is the whole program).
+//!
+//! How it behaves, each a test below:
+//! - **Input.** A receive's bytes are offered to [`Protocol::on_data`] in order, and it is
+//!   called again while it consumes some and bytes remain (one message per call is fine).
+//!   The receive buffer goes back to the ring at once: what the protocol leaves unconsumed
+//!   (a partial message) is copied into the connection's own input buffer, bounded by
+//!   [`Limits::max_input`] (beyond it the connection fails, [`CloseReason::InputTooLarge`]).
+//!   An idle connection holds no receive buffer.
+//! - **Output.** Bytes written to [`Output`] are copied into an owned buffer (consecutive
+//!   writes share one); [`Output::send_static`], [`Output::send_shared`] and
+//!   [`Output::send_vec`] queue bytes without copying. One send is in flight at a time, and
+//!   the driver owns its bytes until its completion hands them back
+//!   ([`Op::SendOwned`]/[`Event::SendOwnedDone`]), so nothing touches or frees them while
+//!   the kernel may read them. A short send is resubmitted for exactly the rest. A sent owned
+//!   buffer is kept for the next writes, so a request/response protocol allocates nothing
+//!   per message once warm.
+//! - **Backpressure.** With more than [`Limits::high_water`] bytes queued the connection
+//!   stops receiving, and resumes once the queue is at [`Limits::low_water`] or below.
+//! - **Ends.** The peer's EOF calls [`Protocol::on_eof`], then what is queued is sent and the
+//!   socket closed; [`Output::close`] does the same at the protocol's request. A server
+//!   shutdown stops receiving and flushes; an error, an idle or message timeout
+//!   ([`Limits`]) or the abort drops what is queued, cancels what is in flight, and closes
+//!   once every operation has completed. [`Op::Free`] comes once, last.
+//!
+//! What it does not do: parse (the protocol does), hold the ring's buffers past one call, or
+//! read a clock (the loop gives the time, [`StreamMachine::set_now`]).
+
+use alloc::collections::VecDeque;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use arrayvec::ArrayVec;
+use core::fmt;
+
+use crate::buf::BufId;
+use crate::conn::{
+    ChunkQueues, CloseReason, ConnError, Event, EventKind, Op, State, StreamMachine,
+};
+use crate::errno::RawErrno;
+
+/// Bytes to send, owned or shared: what [`Op::SendOwned`] hands the driver.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum OutBytes {
+    /// A buffer the connection made; it comes back with the send's completion.
+    Owned(Vec<u8>),
+    /// Bytes that live for the whole program (a fixed response).
+    Static(&'static [u8]),
+    /// Bytes shared with other connections (a cached page).
+    Shared(Arc<[u8]>),
+}
+
+impl OutBytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            OutBytes::Owned(v) => v,
+            OutBytes::Static(s) => s,
+            OutBytes::Shared(a) => a,
+        }
+    }
+
+    /// How many bytes.
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Vec<u8>> for OutBytes {
+    fn from(v: Vec<u8>) -> Self {
+        OutBytes::Owned(v)
+    }
+}
+
+impl From<&'static [u8]> for OutBytes {
+    fn from(s: &'static [u8]) -> Self {
+        OutBytes::Static(s)
+    }
+}
+
+impl From<&'static str> for OutBytes {
+    fn from(s: &'static str) -> Self {
+        OutBytes::Static(s.as_bytes())
+    }
+}
+
+impl From<Arc<[u8]>> for OutBytes {
+    fn from(a: Arc<[u8]>) -> Self {
+        OutBytes::Shared(a)
+    }
+}
+
+/// A protocol: what to answer to the bytes a connection receives. Runs inside the worker
+/// loop, so it must not block.
+pub trait Protocol {
+    /// `input` is every received byte not yet consumed, in order. Write what to answer to
+    /// `out` and return how many bytes of `input` were consumed (at most `input.len()`);
+    /// the rest is offered again with the next bytes after it. Called again at once while it
+    /// consumes some and bytes remain.
+    fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize;
+
+    /// The peer closed its side (EOF). `input` is what is left unconsumed; anything written
+    /// to `out` is still sent before the socket closes.
+    fn on_eof(&mut self, input: &[u8], out: &mut Output<'_>) {
+        let _ = (input, out);
+    }
+}
+
+/// A [`ProtocolConn`]'s limits, fixed at construction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Limits {
+    /// Stop receiving when more than this many bytes are queued to send.
+    pub high_water: usize,
+    /// Resume receiving once at most this many are (below `high_water`).
+    pub low_water: usize,
+    /// Most unconsumed input held for the protocol; more fails the connection.
+    pub max_input: usize,
+    /// Close a connection that received and sent nothing for this long (milliseconds on the
+    /// loop's clock); None: never.
+    pub idle_timeout_ms: Option<u64>,
+    /// Close a connection whose partial message (bytes the protocol left unconsumed) is not
+    /// whole this long (milliseconds) after the receive that left it, as a request-head
+    /// timeout does against slow senders; None: never.
+    pub message_timeout_ms: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            high_water: 256 * 1024,
+            low_water: 64 * 1024,
+            max_input: 64 * 1024,
+            idle_timeout_ms: None,
+            message_timeout_ms: None,
+        }
+    }
+}
+
+/// Capacity of a new owned output buffer (it grows past it when a write needs more).
+const OUT_BUF_CAPACITY: usize = 4096;
+
+/// Most operations queued after one event: a recycle, a send, an AwaitBuffers or a recv arm
+/// or cancel, a CancelAll and a Close or Free.
+const MAX_PENDING_OPS: usize = 8;
+
+/// What a connection has to send, not yet handed to the driver.
+#[derive(Debug, Default)]
+struct OutQueue {
+    items: VecDeque<OutBytes>,
+    /// Bytes of `items.front()` already sent (a short send's remainder waits there).
+    head_offset: usize,
+    /// A sent owned buffer, emptied, for the next writes.
+    spare: Option<Vec<u8>>,
+    /// The protocol asked to close once this is sent.
+    close: bool,
+}
+
+impl OutQueue {
+    fn bytes(&self) -> usize {
+        self.items.iter().map(OutBytes::len).sum::<usize>() - self.head_offset
+    }
+
+    fn tail_buf(&mut self) -> &mut Vec<u8> {
+        if !matches!(self.items.back(), Some(OutBytes::Owned(_))) {
+            let buf = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(OUT_BUF_CAPACITY));
+            self.items.push_back(OutBytes::Owned(buf));
+        }
+        match self.items.back_mut() {
+            Some(OutBytes::Owned(v)) => v,
+            // Guard: an owned buffer was pushed just above when the back was not one.
+            _ => unreachable!("the back is an owned buffer"),
+        }
+    }
+
+    fn push(&mut self, bytes: OutBytes) {
+        if !bytes.is_empty() {
+            self.items.push_back(bytes);
+        }
+    }
+
+    /// A sent buffer's memory, back: an owned one is kept for the next writes.
+    fn reclaim(&mut self, data: OutBytes) {
+        if let OutBytes::Owned(mut v) = data {
+            if self.spare.is_none() && v.capacity() <= 16 * OUT_BUF_CAPACITY {
+                v.clear();
+                self.spare = Some(v);
+            }
+        }
+    }
+}
+
+/// Where a [`Protocol`] writes its answer. Bytes written are sent in the order written.
+pub struct Output<'a> {
+    q: &'a mut OutQueue,
+}
+
+impl Output<'_> {
+    /// Queues a copy of `bytes`.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            self.q.tail_buf().extend_from_slice(bytes);
+        }
+    }
+
+    /// The owned buffer at the end of what is queued, to write into in place (append only:
+    /// what it holds is queued already).
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        self.q.tail_buf()
+    }
+
+    /// Queues bytes that live for the whole program, without copying them.
+    pub fn send_static(&mut self, bytes: &'static [u8]) {
+        self.q.push(OutBytes::Static(bytes));
+    }
+
+    /// Queues shared bytes, without copying them.
+    pub fn send_shared(&mut self, bytes: Arc<[u8]>) {
+        self.q.push(OutBytes::Shared(bytes));
+    }
+
+    /// Queues a buffer of the protocol's, without copying it.
+    pub fn send_vec(&mut self, bytes: Vec<u8>) {
+        self.q.push(OutBytes::Owned(bytes));
+    }
+
+    /// Bytes queued and not yet handed to the kernel (not counting a send in flight).
+    pub fn queued(&self) -> usize {
+        self.q.bytes()
+    }
+
+    /// Closes the connection once everything written is sent; no more input is offered.
+    pub fn close(&mut self) {
+        self.q.close = true;
+    }
+}
+
+impl fmt::Write for Output<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.write(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// One connection running a [`Protocol`]: a [`StreamMachine`] the worker loop drives. See
+/// the module docs.
+///
+/// ```
+/// use ringwork_core::buf::BufId;
+/// use ringwork_core::conn::{ChunkQueues, Event, Op, StreamMachine};
+/// use ringwork_core::protocol::{Limits, OutBytes, Output, Protocol, ProtocolConn};
+///
+/// struct Hello;
+/// impl Protocol for Hello {
+///     fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+///         out.send_static(b"hello\n");
+///         input.len()
+///     }
+/// }
+///
+/// let mut q = ChunkQueues::new(0); // unused: received bytes are read at once
+/// let mut conn = ProtocolConn::new(Hello, Limits::default());
+/// let mut ops = |c: &mut ProtocolConn<Hello>, q: &mut ChunkQueues| {
+///     std::iter::from_fn(|| c.poll_op(q)).collect::<Vec<_>>()
+/// };
+/// conn.on_event(&mut q, Event::Opened)?;
+/// assert_eq!(ops(&mut conn, &mut q), [Op::ArmRecv]);
+/// let recv = Event::Recv { buf: BufId(7), offset: 0, len: 2, more: true };
+/// conn.on_received(&mut q, recv, b"hi")?;
+/// let data = OutBytes::Static(b"hello\n");
+/// assert_eq!(
+///     ops(&mut conn, &mut q),
+///     [Op::Recycle(BufId(7)), Op::SendOwned { data: data.clone(), offset: 0 }]
+/// );
+/// conn.on_event(&mut q, Event::SendOwnedDone { res: Ok(6), data })?;
+/// assert_eq!(ops(&mut conn, &mut q), []);
+/// # Ok::<(), ringwork_core::conn::ConnError>(())
+/// ```
+#[derive(Debug)]
+pub struct ProtocolConn<P> {
+    state: State,
+    proto: P,
+    limits: Limits,
+    out: OutQueue,
+    /// Received bytes the protocol has not consumed.
+    input: Vec<u8>,
+    /// The protocol is still offered input (until EOF, its close, or a failure).
+    input_open: bool,
+    /// Operations for `poll_op`, in order; a `SendOwned`'s bytes wait in `next_send`.
+    ops: ArrayVec<PendingOp, MAX_PENDING_OPS>,
+    /// The bytes (and first byte) of the `SendOwned` in `ops` (one per event at most: a send
+    /// is asked for only when none is in flight).
+    next_send: Option<(OutBytes, u32)>,
+    recv_armed: bool,
+    recv_cancel_pending: bool,
+    waiting_for_buffers: bool,
+    backpressure: bool,
+    /// The unsent bytes of the send in flight (None: no send in flight).
+    sending: Option<SendInFlight>,
+    cancels_in_flight: u32,
+    close_in_flight: bool,
+    reason: Option<CloseReason>,
+    now_ms: u64,
+    last_activity_ms: u64,
+    /// When the unconsumed input was left by a receive after which the protocol made
+    /// progress (or by the first receive of a partial message); None without input.
+    partial_since_ms: Option<u64>,
+    bytes_received: u64,
+    bytes_sent: u64,
+}
+
+/// [`Op`] with the owned send's bytes kept aside: the queue stays a few bytes per entry (a
+/// worker's connection table holds a connection per slot).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum PendingOp {
+    ArmRecv,
+    SendOwned,
+    Recycle(BufId),
+    AwaitBuffers,
+    CancelRecv,
+    CancelAll,
+    Close,
+    Free,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct SendInFlight {
+    offset: usize,
+    len: usize,
+}
+
+impl<P: Protocol> ProtocolConn<P> {
+    /// A connection in [`State::Idle`] running `proto`.
+    ///
+    /// # Panics
+    /// When `limits.low_water` is not below `limits.high_water`: a caller bug.
+    pub fn new(proto: P, limits: Limits) -> Self {
+        assert!(
+            limits.low_water < limits.high_water,
+            "low_water must be below high_water"
+        );
+        Self {
+            state: State::Idle,
+            proto,
+            limits,
+            out: OutQueue::default(),
+            input: Vec::new(),
+            input_open: true,
+            ops: ArrayVec::new(),
+            next_send: None,
+            recv_armed: false,
+            recv_cancel_pending: false,
+            waiting_for_buffers: false,
+            backpressure: false,
+            sending: None,
+            cancels_in_flight: 0,
+            close_in_flight: false,
+            reason: None,
+            now_ms: 0,
+            last_activity_ms: 0,
+            partial_since_ms: None,
+            bytes_received: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    /// The protocol.
+    pub fn protocol(&self) -> &P {
+        &self.proto
+    }
+
+    /// The protocol, to change.
+    pub fn protocol_mut(&mut self) -> &mut P {
+        &mut self.proto
+    }
+
+    /// Where the connection is in its life.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Why the connection is closing, once it is.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason
+    }
+
+    /// Bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received
+    }
+
+    /// Bytes the kernel reported sent so far.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent
+    }
+
+    /// Bytes queued to send, the unsent rest of a send in flight included.
+    pub fn queued_bytes(&self) -> usize {
+        self.out.bytes() + self.sending.map_or(0, |s| s.len)
+    }
+
+    /// True while receiving is paused because too much output is queued.
+    pub fn backpressure(&self) -> bool {
+        self.backpressure
+    }
+
+    /// Operations issued whose completion has not arrived. [`Op::Free`] comes only after
+    /// this is zero.
+    pub fn in_flight(&self) -> u32 {
+        u32::from(self.recv_armed)
+            + u32::from(self.sending.is_some())
+            + self.cancels_in_flight
+            + u32::from(self.close_in_flight)
+    }
+
+    /// When the idle timeout closes the connection, while it is open or draining.
+    fn idle_deadline(&self) -> Option<u64> {
+        let idle = self.limits.idle_timeout_ms?;
+        matches!(self.state, State::Open | State::Draining)
+            .then(|| self.last_activity_ms.saturating_add(idle))
+    }
+
+    /// When the message timeout closes the connection, while a partial message waits.
+    fn message_deadline(&self) -> Option<u64> {
+        let timeout = self.limits.message_timeout_ms?;
+        let since = self.partial_since_ms.filter(|_| self.input_open)?;
+        matches!(self.state, State::Open | State::Draining).then(|| since.saturating_add(timeout))
+    }
+
+    fn set_state(&mut self, new: State) {
+        self.state = new;
+    }
+
+    fn push(&mut self, op: PendingOp) {
+        self.ops.push(op);
+    }
+
+    fn unexpected(&self, event: EventKind) -> ConnError {
+        ConnError::Unexpected {
+            state: self.state,
+            event,
+        }
+    }
+
+    fn handle(&mut self, ev: Event, bytes: Option<&[u8]>) -> Result<(), ConnError> {
+        use State::*;
+        match (self.state, ev) {
+            (Idle, Event::Opened) => {
+                self.last_activity_ms = self.now_ms;
+                self.set_state(Open);
+            }
+            // Never opened: nothing is in flight, so draining closes at once.
+            (Idle, Event::Shutdown) => self.drain(CloseReason::Shutdown),
+            (Idle, Event::Abort) => self.drain(CloseReason::Aborted),
+            (_, Event::BuffersAvailable) => self.waiting_for_buffers = false,
+
+            (Open | Draining | Closing, ev @ Event::Recv { buf, len, more, .. })
+                if self.recv_armed =>
+            {
+                let Some(bytes) = bytes else {
+                    return Err(self.unexpected(ev.kind()));
+                };
+                debug_assert_eq!(bytes.len(), len as usize);
+                self.recv_event(more);
+                self.bytes_received += u64::from(len);
+                self.last_activity_ms = self.now_ms;
+                // The bytes are read (or copied) now: the buffer goes back at once.
+                self.push(PendingOp::Recycle(buf));
+                if self.input_open && self.state != Closing {
+                    self.offer(bytes);
+                }
+            }
+
+            (Open | Draining | Closing, Event::RecvEof { more }) if self.recv_armed => {
+                self.recv_event(more);
+                if self.input_open && self.state != Closing {
+                    self.input_open = false;
+                    let mut out = Output { q: &mut self.out };
+                    self.proto.on_eof(&self.input, &mut out);
+                    self.input = Vec::new();
+                }
+                if self.state == Open {
+                    self.drain(CloseReason::PeerClosed);
+                }
+            }
+
+            (Open | Draining | Closing, Event::RecvErr { errno, more }) if self.recv_armed => {
+                self.recv_failed(errno, more);
+            }
+
+            (Open | Draining | Closing, Event::SendOwnedDone { res, data })
+                if self.sending.is_some() =>
+            {
+                self.send_done(res, data)?;
+            }
+
+            (Open | Draining | Closing, Event::CancelDone) if self.cancels_in_flight > 0 => {
+                self.cancels_in_flight -= 1;
+            }
+
+            (CloseSent, Event::Closed) => {
+                self.close_in_flight = false;
+                self.set_state(Freed);
+                self.push(PendingOp::Free);
+            }
+
+            // Input stays open: requests that arrive before the cancel takes effect are
+            // answered.
+            (Open, Event::Shutdown) => self.drain(CloseReason::Shutdown),
+            (Draining | Closing | CloseSent | Freed, Event::Shutdown) => {}
+
+            (Open | Draining | Closing, Event::Abort) => self.abort(),
+            // The close is in flight: nothing else is.
+            (CloseSent, Event::Abort) => {}
+
+            // A completion for nothing in flight (a provided-buffer send this machine never
+            // asks for among them), a second Opened, anything after Freed.
+            (_, ev) => return Err(self.unexpected(ev.kind())),
+        }
+        self.reconcile();
+        Ok(())
+    }
+
+    /// Offers received bytes to the protocol (with what it left unconsumed before them).
+    fn offer(&mut self, bytes: &[u8]) {
+        let used = if self.input.is_empty() {
+            // The common case: read in place, copy only what is left.
+            let used = self.consume(bytes);
+            if used < bytes.len() && self.input_open {
+                self.input.extend_from_slice(&bytes[used..]);
+            }
+            used
+        } else {
+            let mut input = core::mem::take(&mut self.input);
+            input.extend_from_slice(bytes);
+            let used = self.consume(&input);
+            input.drain(..used);
+            self.input = input;
+            used
+        };
+        // A partial message's clock starts when it is first left over; progress (a message
+        // consumed) starts it again for the one left now.
+        self.partial_since_ms = match self.input.is_empty() {
+            true => None,
+            false if used > 0 => Some(self.now_ms),
+            false => self.partial_since_ms.or(Some(self.now_ms)),
+        };
+        if self.input.len() > self.limits.max_input {
+            self.fail(CloseReason::InputTooLarge);
+        } else if self.input.is_empty() && self.input.capacity() > OUT_BUF_CAPACITY {
+            // An idle connection keeps no large buffer.
+            self.input = Vec::new();
+        }
+    }
+
+    /// Calls the protocol while it consumes and input remains; how much it consumed.
+    fn consume(&mut self, input: &[u8]) -> usize {
+        let mut used = 0;
+        while used < input.len() && self.input_open {
+            let mut out = Output { q: &mut self.out };
+            let n = self
+                .proto
+                .on_data(&input[used..], &mut out)
+                .min(input.len() - used);
+            if self.out.close {
+                self.input_open = false;
+                if self.state == State::Open {
+                    self.drain(CloseReason::ProtocolClosed);
+                }
+            }
+            if n == 0 {
+                break;
+            }
+            used += n;
+        }
+        if !self.input_open {
+            // Closed by the protocol: nothing more is read.
+            return input.len();
+        }
+        used
+    }
+
+    fn recv_failed(&mut self, errno: RawErrno, more: bool) {
+        let cancelled_by_us = self.recv_cancel_pending;
+        self.recv_event(more);
+        match errno {
+            RawErrno::NOBUFS => {
+                if !more && !self.waiting_for_buffers {
+                    self.waiting_for_buffers = true;
+                    if self.state == State::Open {
+                        self.push(PendingOp::AwaitBuffers);
+                    }
+                }
+            }
+            RawErrno::AGAIN | RawErrno::INTR => {}
+            RawErrno::CANCELED if cancelled_by_us => {}
+            _ if self.state == State::Closing => {}
+            other => self.fail(CloseReason::RecvError(other)),
+        }
+    }
+
+    /// The send in flight completed: reclaim its bytes, or queue the rest of a short send
+    /// first, or fail.
+    fn send_done(&mut self, res: Result<u32, RawErrno>, data: OutBytes) -> Result<(), ConnError> {
+        let Some(sent) = self.sending else {
+            // Guard: the caller's arm checks `sending.is_some()`.
+            unreachable!("a send completion while one is in flight")
+        };
+        match res {
+            Ok(n) if n as usize > sent.len => {
+                return Err(ConnError::SendOverrun {
+                    sent: n,
+                    len: sent.len as u32,
+                })
+            }
+            Ok(n) => {
+                self.sending = None;
+                self.bytes_sent += u64::from(n);
+                if n > 0 {
+                    self.last_activity_ms = self.now_ms;
+                }
+                let n = n as usize;
+                debug_assert_eq!(
+                    data.len(),
+                    sent.offset + sent.len,
+                    "a send's own bytes back"
+                );
+                if self.state == State::Closing || n == sent.len {
+                    self.out.reclaim(data);
+                } else {
+                    // Short send: exactly the rest goes next, before anything queued.
+                    self.out.items.push_front(data);
+                    self.out.head_offset = sent.offset + n;
+                }
+            }
+            Err(e) => {
+                self.sending = None;
+                if self.state == State::Closing {
+                    self.out.reclaim(data);
+                } else if matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
+                    // Nothing was written: sent again.
+                    self.out.items.push_front(data);
+                    self.out.head_offset = sent.offset;
+                } else {
+                    self.out.reclaim(data);
+                    self.fail(CloseReason::SendError(e));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn recv_event(&mut self, more: bool) {
+        if !more {
+            self.recv_armed = false;
+            self.recv_cancel_pending = false;
+        }
+    }
+
+    fn drain(&mut self, reason: CloseReason) {
+        self.reason.get_or_insert(reason);
+        self.set_state(State::Draining);
+    }
+
+    fn drop_output(&mut self) {
+        self.out.items.clear();
+        self.out.head_offset = 0;
+        self.input_open = false;
+        self.input = Vec::new();
+    }
+
+    fn fail(&mut self, reason: CloseReason) {
+        self.reason = Some(reason);
+        self.set_state(State::Closing);
+        self.drop_output();
+        if self.sending.is_some() || (self.recv_armed && !self.recv_cancel_pending) {
+            self.push(PendingOp::CancelAll);
+            self.cancels_in_flight += 1;
+            self.recv_cancel_pending |= self.recv_armed;
+        }
+    }
+
+    fn abort(&mut self) {
+        if !self.reason.is_some_and(CloseReason::is_fatal) {
+            self.reason = Some(CloseReason::Aborted);
+        }
+        self.set_state(State::Closing);
+        self.drop_output();
+        if self.sending.is_some() || self.recv_armed {
+            self.push(PendingOp::CancelAll);
+            self.cancels_in_flight += 1;
+            self.recv_cancel_pending |= self.recv_armed;
+        }
+    }
+
+    /// Derives the operations the state calls for: send the next bytes, arm or cancel the
+    /// receive, close once nothing is left in flight.
+    fn reconcile(&mut self) {
+        match self.state {
+            State::Open | State::Draining => {
+                if self.sending.is_none() {
+                    if let Some(data) = self.out.items.pop_front() {
+                        let offset = core::mem::take(&mut self.out.head_offset);
+                        let len = data.len() - offset;
+                        self.sending = Some(SendInFlight { offset, len });
+                        self.next_send = Some((data, offset as u32));
+                        self.push(PendingOp::SendOwned);
+                    }
+                }
+                let queued = self.queued_bytes();
+                if queued > self.limits.high_water {
+                    self.backpressure = true;
+                } else if queued <= self.limits.low_water {
+                    self.backpressure = false;
+                }
+                let wants_recv =
+                    self.state == State::Open && !self.backpressure && !self.waiting_for_buffers;
+                // No re-arm while a cancel is in flight: it could hit the new receive.
+                if wants_recv && !self.recv_armed && self.cancels_in_flight == 0 {
+                    self.push(PendingOp::ArmRecv);
+                    self.recv_armed = true;
+                } else if !wants_recv && self.recv_armed && !self.recv_cancel_pending {
+                    self.push(PendingOp::CancelRecv);
+                    self.cancels_in_flight += 1;
+                    self.recv_cancel_pending = true;
+                }
+                if self.state == State::Draining
+                    && self.out.items.is_empty()
+                    && self.in_flight() == 0
+                {
+                    self.close();
+                }
+            }
+            // The socket must outlive every operation on it.
+            State::Closing if self.in_flight() == 0 => self.close(),
+            _ => {}
+        }
+    }
+
+    fn close(&mut self) {
+        self.push(PendingOp::Close);
+        self.close_in_flight = true;
+        self.set_state(State::CloseSent);
+    }
+}
+
+impl<P: Protocol> StreamMachine for ProtocolConn<P> {
+    const READS_BYTES: bool = true;
+
+    /// Feeds one event. [`Event::Recv`] must come through [`StreamMachine::on_received`],
+    /// with its bytes (here it is refused, and the buffer stays the caller's).
+    fn on_event(&mut self, _queues: &mut ChunkQueues, event: Event) -> Result<(), ConnError> {
+        self.handle(event, None)
+    }
+
+    fn on_received(
+        &mut self,
+        _queues: &mut ChunkQueues,
+        event: Event,
+        bytes: &[u8],
+    ) -> Result<(), ConnError> {
+        self.handle(event, Some(bytes))
+    }
+
+    fn poll_op(&mut self, _queues: &mut ChunkQueues) -> Option<Op> {
+        if self.ops.is_empty() {
+            return None;
+        }
+        Some(match self.ops.remove(0) {
+            PendingOp::ArmRecv => Op::ArmRecv,
+            PendingOp::SendOwned => {
+                // Guard: `next_send` is set with every SendOwned pushed (reconcile).
+                let (data, offset) = self.next_send.take().expect("a send's bytes");
+                Op::SendOwned { data, offset }
+            }
+            PendingOp::Recycle(buf) => Op::Recycle(buf),
+            PendingOp::AwaitBuffers => Op::AwaitBuffers,
+            PendingOp::CancelRecv => Op::CancelRecv,
+            PendingOp::CancelAll => Op::CancelAll,
+            PendingOp::Close => Op::Close,
+            PendingOp::Free => Op::Free,
+        })
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.reason
+    }
+
+    fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    fn deadline_ms(&self) -> Option<u64> {
+        match (self.idle_deadline(), self.message_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_deadline(&mut self, _queues: &mut ChunkQueues) {
+        let due = |d: Option<u64>| d.is_some_and(|d| self.now_ms >= d);
+        let reason = if due(self.message_deadline()) {
+            CloseReason::MessageTimeout
+        } else if due(self.idle_deadline()) {
+            CloseReason::IdleTimeout
+        } else {
+            return;
+        };
+        self.fail(reason);
+        self.reconcile();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+    use std::vec;
+    use std::vec::Vec;
+
+    const SHARED_TEXT: &[u8] = b"<shared>";
+    const STATIC_TEXT: &[u8] = b"<static>";
+
+    /// A line protocol: each whole line answered (upper-cased; `s…` and `a…` lines first
+    /// send static or shared bytes, `b…` lines add 300 bytes, `close` closes), one line per
+    /// call; at EOF the rest and `EOF`. Records every byte it consumed and queued.
+    #[derive(Default)]
+    struct Lines {
+        seen: Vec<u8>,
+        produced: Vec<u8>,
+    }
+
+    impl Protocol for Lines {
+        fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+            let Some(end) = input.iter().position(|&b| b == b'\n') else {
+                return 0;
+            };
+            let line = &input[..=end];
+            self.seen.extend_from_slice(line);
+            match line.first() {
+                Some(b's') => {
+                    out.send_static(STATIC_TEXT);
+                    self.produced.extend_from_slice(STATIC_TEXT);
+                }
+                Some(b'a') => {
+                    out.send_shared(Arc::from(SHARED_TEXT));
+                    self.produced.extend_from_slice(SHARED_TEXT);
+                }
+                Some(b'b') => {
+                    let big = vec![b'#'; 300];
+                    out.send_vec(big.clone());
+                    self.produced.extend_from_slice(&big);
+                }
+                _ => {}
+            }
+            let upper = line.to_ascii_uppercase();
+            out.write(&upper);
+            self.produced.extend_from_slice(&upper);
+            if line == b"close\n" {
+                out.close();
+            }
+            line.len()
+        }
+
+        fn on_eof(&mut self, input: &[u8], out: &mut Output<'_>) {
+            self.seen.extend_from_slice(input);
+            out.write(input);
+            out.write(b"EOF");
+            self.produced.extend_from_slice(input);
+            self.produced.extend_from_slice(b"EOF");
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            high_water: 64,
+            low_water: 16,
+            max_input: 40,
+            idle_timeout_ms: Some(100),
+            message_timeout_ms: Some(60),
+        }
+    }
+
+    struct Fx {
+        c: ProtocolConn<Lines>,
+        q: ChunkQueues,
+        next_buf: u16,
+    }
+
+    impl Fx {
+        fn new(limits: Limits) -> Self {
+            Self {
+                c: ProtocolConn::new(Lines::default(), limits),
+                q: ChunkQueues::new(0),
+                next_buf: 0,
+            }
+        }
+
+        fn ops(&mut self) -> Vec<Op> {
+            core::iter::from_fn(|| self.c.poll_op(&mut self.q)).collect()
+        }
+
+        fn step(&mut self, ev: Event) -> Vec<Op> {
+            let shown = std::format!("{ev:?}");
+            StreamMachine::on_event(&mut self.c, &mut self.q, ev)
+                .unwrap_or_else(|e| panic!("{shown} refused: {e}"));
+            self.ops()
+        }
+
+        /// Receives `bytes` in a new buffer, the receive still armed.
+        fn recv(&mut self, bytes: &[u8]) -> Vec<Op> {
+            let buf = BufId(self.next_buf);
+            self.next_buf += 1;
+            let ev = Event::Recv {
+                buf,
+                offset: 0,
+                len: bytes.len() as u32,
+                more: true,
+            };
+            self.c.on_received(&mut self.q, ev, bytes).unwrap();
+            self.ops()
+        }
+    }
+
+    fn open() -> Fx {
+        let mut f = Fx::new(limits());
+        assert_eq!(f.step(Event::Opened), [Op::ArmRecv]);
+        f
+    }
+
+    fn owned(bytes: &[u8]) -> OutBytes {
+        OutBytes::Owned(bytes.to_vec())
+    }
+
+    fn sent(n: u32, data: OutBytes) -> Event {
+        Event::SendOwnedDone { res: Ok(n), data }
+    }
+
+    /// A worker's connection table holds a connection per slot, 20,000 by default.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn a_protocol_connection_stays_within_320_bytes() {
+        assert!(core::mem::size_of::<ProtocolConn<Lines>>() - core::mem::size_of::<Lines>() <= 320);
+    }
+
+    #[test]
+    fn a_whole_line_is_answered_and_its_buffer_goes_back_at_once() {
+        let mut f = open();
+        assert_eq!(
+            f.recv(b"hi\n"),
+            [
+                Op::Recycle(BufId(0)),
+                Op::SendOwned {
+                    data: owned(b"HI\n"),
+                    offset: 0
+                }
+            ]
+        );
+        assert_eq!(f.step(sent(3, owned(b"HI\n"))), []);
+        assert_eq!(f.c.bytes_sent(), 3);
+    }
+
+    #[test]
+    fn a_partial_line_is_kept_and_offered_again_with_the_rest() {
+        let mut f = open();
+        assert_eq!(f.recv(b"xy"), [Op::Recycle(BufId(0))]);
+        assert_eq!(
+            f.recv(b"z\nd"),
+            [
+                Op::Recycle(BufId(1)),
+                Op::SendOwned {
+                    data: owned(b"XYZ\n"),
+                    offset: 0
+                }
+            ]
+        );
+        assert_eq!(f.c.protocol().seen, b"xyz\n");
+        assert_eq!(f.c.input, b"d");
+    }
+
+    #[test]
+    fn pipelined_lines_are_all_answered_and_coalesce_into_one_buffer() {
+        let mut f = open();
+        let ops = f.recv(b"x\ny\nz\n");
+        assert_eq!(
+            ops[1],
+            Op::SendOwned {
+                data: owned(b"X\nY\nZ\n"),
+                offset: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_short_send_resubmits_exactly_the_rest_before_newer_output() {
+        let mut f = open();
+        f.recv(b"hello\n");
+        // While the send is in flight, more output queues behind it.
+        assert_eq!(f.recv(b"w\n"), [Op::Recycle(BufId(1))]);
+        assert_eq!(
+            f.step(sent(2, owned(b"HELLO\n"))),
+            [Op::SendOwned {
+                data: owned(b"HELLO\n"),
+                offset: 2
+            }]
+        );
+        assert_eq!(
+            f.step(sent(4, owned(b"HELLO\n"))),
+            [Op::SendOwned {
+                data: owned(b"W\n"),
+                offset: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn a_send_that_reports_more_than_it_was_given_is_refused() {
+        let mut f = open();
+        f.recv(b"q\n");
+        let r = StreamMachine::on_event(&mut f.c, &mut f.q, sent(9, owned(b"Q\n")));
+        assert_eq!(r, Err(ConnError::SendOverrun { sent: 9, len: 2 }));
+    }
+
+    #[test]
+    fn static_and_shared_bytes_are_sent_without_a_copy() {
+        let mut f = open();
+        let ops = f.recv(b"s\n");
+        assert_eq!(
+            ops[1],
+            Op::SendOwned {
+                data: OutBytes::Static(STATIC_TEXT),
+                offset: 0
+            }
+        );
+        assert_eq!(
+            f.step(sent(8, OutBytes::Static(STATIC_TEXT))),
+            [Op::SendOwned {
+                data: owned(b"S\n"),
+                offset: 0
+            }]
+        );
+    }
+
+    #[test]
+    fn backpressure_stops_receiving_above_high_water_and_resumes_at_low_water() {
+        let mut f = open();
+        // 300 bytes, and "B\n" written after them into the same (owned) buffer: above 64,
+        // so the receive is cancelled.
+        let mut big = vec![b'#'; 300];
+        big.extend_from_slice(b"B\n");
+        let big = OutBytes::Owned(big);
+        let ops = f.recv(b"b\n");
+        assert_eq!(
+            ops,
+            [
+                Op::Recycle(BufId(0)),
+                Op::SendOwned {
+                    data: big.clone(),
+                    offset: 0
+                },
+                Op::CancelRecv
+            ]
+        );
+        assert!(f.c.backpressure());
+        f.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        assert_eq!(f.step(Event::CancelDone), []);
+        // 50 left (above 16): still paused.
+        assert_eq!(
+            f.step(sent(252, big.clone())),
+            [Op::SendOwned {
+                data: big.clone(),
+                offset: 252
+            }]
+        );
+        assert!(f.c.backpressure());
+        // 2 left, at most 16: receiving again.
+        assert_eq!(
+            f.step(sent(48, big.clone())),
+            [
+                Op::SendOwned {
+                    data: big,
+                    offset: 300
+                },
+                Op::ArmRecv
+            ]
+        );
+        assert!(!f.c.backpressure());
+    }
+
+    #[test]
+    fn peer_eof_flushes_what_the_protocol_answers_then_closes_and_frees() {
+        let mut f = open();
+        assert_eq!(f.recv(b"tail"), [Op::Recycle(BufId(0))]);
+        assert_eq!(
+            f.step(Event::RecvEof { more: false }),
+            [Op::SendOwned {
+                data: owned(b"tailEOF"),
+                offset: 0
+            }]
+        );
+        assert_eq!(f.step(sent(7, owned(b"tailEOF"))), [Op::Close]);
+        assert_eq!(f.step(Event::Closed), [Op::Free]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::PeerClosed));
+    }
+
+    #[test]
+    fn the_protocols_close_flushes_then_closes_and_reads_nothing_more() {
+        let mut f = open();
+        let ops = f.recv(b"close\nignored\n");
+        assert_eq!(
+            ops,
+            [
+                Op::Recycle(BufId(0)),
+                Op::SendOwned {
+                    data: owned(b"CLOSE\n"),
+                    offset: 0
+                },
+                Op::CancelRecv
+            ]
+        );
+        assert_eq!(f.c.protocol().seen, b"close\n");
+        f.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        assert_eq!(f.step(Event::CancelDone), []);
+        assert_eq!(f.step(sent(6, owned(b"CLOSE\n"))), [Op::Close]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::ProtocolClosed));
+    }
+
+    #[test]
+    fn too_much_unconsumed_input_fails_the_connection() {
+        let mut f = open();
+        let ops = f.recv(&[b'x'; 41]);
+        assert_eq!(ops, [Op::Recycle(BufId(0)), Op::CancelAll]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::InputTooLarge));
+    }
+
+    #[test]
+    fn an_idle_connection_times_out_and_a_busy_one_does_not() {
+        let mut f = open();
+        assert_eq!(f.c.deadline_ms(), Some(100));
+        f.c.set_now(60);
+        f.recv(b"q\n");
+        assert_eq!(f.c.deadline_ms(), Some(160));
+        f.c.set_now(150);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), []);
+        f.step(sent(2, owned(b"Q\n")));
+        f.c.set_now(250);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), [Op::CancelAll]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::IdleTimeout));
+    }
+
+    #[test]
+    fn a_partial_message_not_completed_in_time_closes_the_connection() {
+        let mut f = open();
+        f.recv(b"ab");
+        assert_eq!(f.c.deadline_ms(), Some(60));
+        // More of the same message: its clock runs on.
+        f.c.set_now(40);
+        f.recv(b"c");
+        assert_eq!(f.c.deadline_ms(), Some(60));
+        f.c.set_now(59);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), []);
+        f.c.set_now(60);
+        f.c.on_deadline(&mut f.q);
+        assert_eq!(f.ops(), [Op::CancelAll]);
+        assert_eq!(f.c.close_reason(), Some(CloseReason::MessageTimeout));
+    }
+
+    #[test]
+    fn a_message_completed_starts_the_clock_again_for_the_next() {
+        let mut f = open();
+        f.recv(b"ab");
+        f.c.set_now(50);
+        f.recv(b"c\nd");
+        // "d" is a new message, left at 50; the idle timeout (150) comes later.
+        assert_eq!(f.c.deadline_ms(), Some(110));
+        f.c.set_now(80);
+        f.recv(b"\n");
+        assert_eq!(
+            f.c.deadline_ms(),
+            Some(180),
+            "no partial message: only the idle timeout"
+        );
+    }
+
+    #[test]
+    fn a_receive_without_its_bytes_is_refused() {
+        let mut f = open();
+        let ev = Event::Recv {
+            buf: BufId(0),
+            offset: 0,
+            len: 1,
+            more: true,
+        };
+        assert!(StreamMachine::on_event(&mut f.c, &mut f.q, ev).is_err());
+        assert_eq!(f.ops(), []);
+    }
+
+    // ---- proptest: a simulated kernel --------------------------------------------------
+
+    #[derive(Clone, Debug)]
+    enum Act {
+        Data(Vec<u8>, bool),
+        Eof,
+        RecvErr(RawErrno),
+        Buffers,
+        Send(u8),
+        SendErr(RawErrno),
+        Pending,
+        Shutdown,
+        Abort,
+        Time(u8),
+    }
+
+    fn act() -> impl Strategy<Value = Act> {
+        let line = prop::collection::vec(
+            prop::sample::select(vec![b'a', b's', b'b', b'x', b'\n', b'\n', b'c']),
+            1..24,
+        );
+        prop_oneof![
+            6 => (line, prop::bool::weighted(0.9)).prop_map(|(l, m)| Act::Data(l, m)),
+            1 => Just(Act::Data(b"close\n".to_vec(), true)),
+            1 => Just(Act::Eof),
+            1 => prop::sample::select(vec![RawErrno::NOBUFS, RawErrno::AGAIN, RawErrno(104)])
+                .prop_map(Act::RecvErr),
+            1 => Just(Act::Buffers),
+            6 => any::<u8>().prop_map(Act::Send),
+            1 => prop::sample::select(vec![RawErrno::AGAIN, RawErrno(32)]).prop_map(Act::SendErr),
+            3 => Just(Act::Pending),
+            1 => Just(Act::Shutdown),
+            1 => Just(Act::Abort),
+            1 => any::<u8>().prop_map(Act::Time),
+        ]
+    }
+
+    /// What the kernel has of the connection.
+    #[derive(Default)]
+    struct Kernel {
+        armed: bool,
+        send: Option<(OutBytes, u32)>,
+        /// Completions owed: cancelled receives and sends, cancels' own, the close.
+        owed: std::collections::VecDeque<Event>,
+        held: BTreeSet<u16>,
+        next_buf: u16,
+        eof: bool,
+        out: Vec<u8>,
+        delivered: Vec<u8>,
+        freed: bool,
+        now: u64,
+    }
+
+    impl Kernel {
+        fn feed(&mut self, f: &mut Fx, ev: Event, bytes: Option<&[u8]>) {
+            assert!(!self.freed, "an event after Free");
+            f.c.set_now(self.now);
+            let shown = std::format!("{ev:?}");
+            let r = match bytes {
+                Some(b) => f.c.on_received(&mut f.q, ev, b),
+                None => StreamMachine::on_event(&mut f.c, &mut f.q, ev),
+            };
+            r.unwrap_or_else(|e| panic!("{shown} refused: {e}"));
+            self.perform(f);
+        }
+
+        fn perform(&mut self, f: &mut Fx) {
+            while let Some(op) = f.c.poll_op(&mut f.q) {
+                assert!(!self.freed, "{op:?} after Free");
+                match op {
+                    Op::ArmRecv => {
+                        assert!(!self.armed, "armed twice");
+                        self.armed = true;
+                    }
+                    Op::SendOwned { data, offset } => {
+                        assert!(self.send.is_none(), "two sends in flight");
+                        assert!((offset as usize) < data.len(), "an empty send");
+                        self.send = Some((data, offset));
+                    }
+                    Op::CancelRecv => {
+                        if self.armed && !self.recv_cancel_owed() {
+                            self.owed.push_back(Event::RecvErr {
+                                errno: RawErrno::CANCELED,
+                                more: false,
+                            });
+                        }
+                        self.owed.push_back(Event::CancelDone);
+                    }
+                    Op::CancelAll => {
+                        if self.armed && !self.recv_cancel_owed() {
+                            self.owed.push_back(Event::RecvErr {
+                                errno: RawErrno::CANCELED,
+                                more: false,
+                            });
+                        }
+                        if let Some((data, _)) = self.send.take() {
+                            self.owed.push_back(Event::SendOwnedDone {
+                                res: Err(RawErrno::CANCELED),
+                                data,
+                            });
+                        }
+                        self.owed.push_back(Event::CancelDone);
+                    }
+                    Op::Recycle(buf) => assert!(self.held.remove(&buf.0), "recycled twice"),
+                    Op::AwaitBuffers => {}
+                    Op::Close => {
+                        assert!(
+                            !self.armed && self.send.is_none() && self.owed.is_empty(),
+                            "closed with operations in flight"
+                        );
+                        self.owed.push_back(Event::Closed);
+                    }
+                    Op::Free => {
+                        assert!(self.owed.is_empty() && !self.armed && self.send.is_none());
+                        self.freed = true;
+                    }
+                    Op::Send { .. } => panic!("a provided-buffer send"),
+                }
+            }
+        }
+
+        fn step(&mut self, f: &mut Fx, a: Act) {
+            if self.freed {
+                return;
+            }
+            match a {
+                Act::Data(bytes, more) if self.armed && !self.eof => {
+                    if !more {
+                        self.recv_ended();
+                    }
+                    let buf = BufId(self.next_buf);
+                    self.next_buf += 1;
+                    self.held.insert(buf.0);
+                    self.delivered.extend_from_slice(&bytes);
+                    self.armed = more;
+                    let ev = Event::Recv {
+                        buf,
+                        offset: 0,
+                        len: bytes.len() as u32,
+                        more,
+                    };
+                    self.feed(f, ev, Some(&bytes));
+                }
+                Act::Eof if self.armed && !self.eof => {
+                    self.recv_ended();
+                    self.eof = true;
+                    self.armed = false;
+                    self.feed(f, Event::RecvEof { more: false }, None);
+                }
+                Act::RecvErr(errno) if self.armed && !self.eof => {
+                    self.recv_ended();
+                    self.feed(f, Event::RecvErr { errno, more: false }, None);
+                }
+                Act::Buffers => self.feed(f, Event::BuffersAvailable, None),
+                Act::Send(frac) => self.complete_send(f, frac),
+                Act::SendErr(errno) => {
+                    if let Some((data, _)) = self.send.take() {
+                        self.feed(
+                            f,
+                            Event::SendOwnedDone {
+                                res: Err(errno),
+                                data,
+                            },
+                            None,
+                        );
+                    }
+                }
+                Act::Pending => self.deliver_owed(f),
+                Act::Shutdown => self.feed(f, Event::Shutdown, None),
+                Act::Abort => self.feed(f, Event::Abort, None),
+                Act::Time(ms) => {
+                    self.now += u64::from(ms);
+                    f.c.set_now(self.now);
+                    if f.c.deadline_ms().is_some_and(|d| d <= self.now) {
+                        f.c.on_deadline(&mut f.q);
+                        self.perform(f);
+                    }
+                }
+                _ => {}
+            }
+        }
+
+        /// A cancelled receive's end is owed already (one receive ends once).
+        fn recv_cancel_owed(&self) -> bool {
+            self.owed.iter().any(|e| matches!(e, Event::RecvErr { .. }))
+        }
+
+        /// The receive ended on its own: a cancel on its way finds nothing to cancel.
+        fn recv_ended(&mut self) {
+            self.armed = false;
+            self.owed.retain(|e| !matches!(e, Event::RecvErr { .. }));
+        }
+
+        /// Completes the send in flight with `frac`/255 of what it was for (at least 1).
+        fn complete_send(&mut self, f: &mut Fx, frac: u8) {
+            let Some((data, offset)) = self.send.take() else {
+                return;
+            };
+            let rest = data.len() - offset as usize;
+            let n = (rest * usize::from(frac) / 255).max(1);
+            self.out
+                .extend_from_slice(&data.as_slice()[offset as usize..offset as usize + n]);
+            self.feed(f, sent(n as u32, data), None);
+        }
+
+        fn deliver_owed(&mut self, f: &mut Fx) {
+            if let Some(ev) = self.owed.pop_front() {
+                if matches!(ev, Event::RecvErr { .. }) {
+                    self.armed = false;
+                }
+                self.feed(f, ev, None);
+            }
+        }
+
+        /// Everything completes and the peer closes: the connection must end.
+        fn finish(&mut self, f: &mut Fx) {
+            for _ in 0..10_000 {
+                if self.freed {
+                    return;
+                }
+                if !self.owed.is_empty() {
+                    self.deliver_owed(f);
+                } else if self.send.is_some() {
+                    self.complete_send(f, 255);
+                } else if self.armed && !self.eof {
+                    self.step(f, Act::Eof);
+                } else {
+                    // Waiting for buffers, or an EOF already seen: buffers, then time.
+                    self.feed(f, Event::BuffersAvailable, None);
+                    if !self.armed && self.send.is_none() && self.owed.is_empty() {
+                        self.step(f, Act::Time(255));
+                    }
+                }
+            }
+            panic!("the connection never ended: {:?}", f.c.state());
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the kernel does (short sends, partial receives, errors, cancels racing
+        /// receives, EOF, shutdown, abort, timeouts): every byte sent is the protocol's
+        /// output, in order, all of it on a clean end; the protocol sees the received bytes
+        /// in order; every buffer goes back once; nothing is closed while in flight; Free
+        /// comes once and last.
+        #[test]
+        fn every_byte_out_is_the_protocols_in_order(acts in prop::collection::vec(act(), 1..80)) {
+            let mut f = Fx::new(limits());
+            let mut k = Kernel::default();
+            k.feed(&mut f, Event::Opened, None);
+            for a in acts {
+                k.step(&mut f, a);
+                let produced = &f.c.protocol().produced;
+                prop_assert!(produced.starts_with(&k.out), "sent bytes the protocol did not write");
+            }
+            k.finish(&mut f);
+            prop_assert!(k.freed);
+            prop_assert!(k.held.is_empty(), "buffers never recycled: {:?}", k.held);
+            let p = f.c.protocol();
+            prop_assert!(k.delivered.starts_with(&p.seen), "the protocol saw other bytes");
+            let reason = f.c.close_reason().expect("closed for a reason");
+            if !reason.is_fatal() {
+                prop_assert_eq!(&k.out, &p.produced, "a clean end sends everything ({})", reason);
+            }
+        }
+    }
+}
