@@ -594,17 +594,23 @@ mod tests {
         assert!("".parse::<Destination>().is_err());
     }
 
-    /// logrotate's rename, then a reopen: the batch written before it is in the renamed
-    /// file, the one after in a new file at the old path, nothing in both.
-    #[test]
-    fn a_reopen_sends_the_next_batch_to_a_new_file() {
-        let dir = std::env::temp_dir().join(format!("ringwork-reopen-{}", std::process::id()));
+    /// A fresh directory `$TMPDIR/<prefix>-<pid>` and a log sink on `access.log` in it.
+    fn log_in(prefix: &str) -> (std::path::PathBuf, std::path::PathBuf, Sink) {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("access.log");
         let _ = std::fs::remove_file(&path);
         let sink = Sink::open(&Destination::File(path.clone()))
             .unwrap()
             .unwrap();
+        (dir, path, sink)
+    }
+
+    /// logrotate's rename, then a reopen: the batch written before it is in the renamed
+    /// file, the one after in a new file at the old path, nothing in both.
+    #[test]
+    fn a_reopen_sends_the_next_batch_to_a_new_file() {
+        let (dir, path, sink) = log_in("ringwork-reopen");
         let mut b = Batch::default();
         b.push(&sink, None, 0, &entry(b"GET", b"/before"));
         b.write_now(&sink);
@@ -632,13 +638,7 @@ mod tests {
     /// file's, and the next line the new file's.
     #[test]
     fn a_batch_formatted_before_a_reopen_goes_to_the_old_file() {
-        let dir = std::env::temp_dir().join(format!("ringwork-reopen2-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("access.log");
-        let _ = std::fs::remove_file(&path);
-        let sink = Sink::open(&Destination::File(path.clone()))
-            .unwrap()
-            .unwrap();
+        let (dir, path, sink) = log_in("ringwork-reopen2");
         let mut b = Batch::default();
         b.push(&sink, None, 0, &entry(b"GET", b"/late"));
         std::fs::rename(&path, dir.join("old.log")).unwrap();

@@ -348,30 +348,10 @@ fn run(args: Args) -> Result<(), String> {
     let backend = choose_backend(&args)?;
     let sizing = Sizing::of(&args, backend, threads);
     check_flags(&args, backend)?;
-    let root_path = std::fs::canonicalize(&args.root)
-        .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
-    let root = rustix::fs::open(
-        &root_path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
+    let (root_path, root) = open_root(&args)?;
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = ringwork_sys::signal::ServerSignals::new().map_err(|e| e.to_string())?;
-
-    // One SO_REUSEPORT listener per thread and address, as ringwork-echo makes them.
-    if args.listen.len() > MAX_LISTEN {
-        return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
-    }
-    // Sockets passed in by systemd (LISTEN_FDS) take the place of --listen.
-    let mode = SocketMode::for_backend(backend);
-    let listeners = match ringwork_sys::activation::listeners(threads, mode)
-        .map_err(|e| format!("socket activation: {e}"))?
-    {
-        Some(passed) => passed,
-        None => ringwork_sys::net::reuseport_listeners(&args.listen, threads, mode)
-            .map_err(|e| e.to_string())?,
-    };
+    let listeners = listeners(&args, backend, threads)?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let rules = rules::RuleSet::load(&rules::RuleFlags {
         headers: args.headers.clone(),
@@ -393,7 +373,6 @@ fn run(args: Args) -> Result<(), String> {
         start: Instant::now(),
         stats: Stats::default(),
     });
-
     println!(
         "{} backend, {} thread(s), {}-byte chunks, kernel {}",
         backend.name(),
@@ -401,22 +380,7 @@ fn run(args: Args) -> Result<(), String> {
         args.chunk,
         ringwork_sys::kernel_release()
     );
-
-    let crew = {
-        let shared = Arc::clone(&shared);
-        let backend = match backend {
-            Backend::Uring => FileBackend::Uring,
-            Backend::Epoll => FileBackend::Epoll,
-        };
-        Crew::start("files", listeners.per_thread, move |start| {
-            // Accept only once every worker has its ring (`serve` waits at the gate):
-            // connections accepted here must not take the descriptors another worker's
-            // io_uring_setup needs.
-            let hooks = hooks::Hooks::new(&shared);
-            files::serve(&shared.files(), backend, hooks, start).map_err(|e| e.to_string())
-        })
-        .map_err(|e| e.to_string())?
-    };
+    let crew = start_workers(&shared, backend, listeners.per_thread)?;
     // Every worker set up (or one failed, and says why when joined).
     let serving = crew.wait_open();
     if serving {
@@ -441,14 +405,11 @@ fn run(args: Args) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     }
-    let mut failure = None;
-    for w in crew.join() {
-        match w {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failure = Some(e),
-            Err(_) => failure = Some("a worker thread panicked".into()),
-        }
-    }
+    let failure = crew.join().into_iter().fold(None, |failure, w| match w {
+        Ok(Ok(())) => failure,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some("a worker thread panicked".to_string()),
+    });
     let log_dropped = shared
         .access_log
         .as_ref()
@@ -457,10 +418,61 @@ fn run(args: Args) -> Result<(), String> {
     if serving {
         println!("{} log_dropped={log_dropped}", shared.stats.line());
     }
-    match failure {
-        None => Ok(()),
-        Some(e) => Err(e),
+    failure.map_or(Ok(()), Err)
+}
+
+/// The root directory: its canonical path (for the serving line) and a descriptor every
+/// path is opened beneath.
+fn open_root(args: &Args) -> Result<(PathBuf, OwnedFd), String> {
+    let root_path = std::fs::canonicalize(&args.root)
+        .map_err(|e| format!("cannot serve {}: {e}", args.root.display()))?;
+    let root = rustix::fs::open(
+        &root_path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {} as a directory: {e}", root_path.display()))?;
+    Ok((root_path, root))
+}
+
+/// The listeners: the sockets systemd passed in (LISTEN_FDS), or one SO_REUSEPORT listener
+/// per thread and `--listen` address, as ringwork-echo makes them.
+fn listeners(
+    args: &Args,
+    backend: Backend,
+    threads: usize,
+) -> Result<ringwork_sys::net::Listeners, String> {
+    if args.listen.len() > MAX_LISTEN {
+        return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
     }
+    let mode = SocketMode::for_backend(backend);
+    match ringwork_sys::activation::listeners(threads, mode)
+        .map_err(|e| format!("socket activation: {e}"))?
+    {
+        Some(passed) => Ok(passed),
+        None => ringwork_sys::net::reuseport_listeners(&args.listen, threads, mode)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// One worker thread per listener set, each on the file engine of `backend`.
+fn start_workers(
+    shared: &Arc<Shared>,
+    backend: Backend,
+    per_thread: Vec<Vec<OwnedFd>>,
+) -> Result<Crew<Result<(), String>>, String> {
+    let shared = Arc::clone(shared);
+    let backend = match backend {
+        Backend::Uring => FileBackend::Uring,
+        Backend::Epoll => FileBackend::Epoll,
+    };
+    Crew::start("files", per_thread, move |start| {
+        // Accept only once every worker has its ring (`serve` waits at the gate): connections
+        // accepted here must not take the descriptors another worker's io_uring_setup needs.
+        let hooks = hooks::Hooks::new(&shared);
+        files::serve(&shared.files(), backend, hooks, start).map_err(|e| e.to_string())
+    })
+    .map_err(|e| e.to_string())
 }
 
 /// SIGUSR1 reopens the access log; SIGHUP reopens it too and reloads the rules file;

@@ -705,29 +705,9 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 http.on_event(now, event)
             }
             (OpKind::Recv, Some(OpMemory::Bytes(buf))) => {
-                let r = self
-                    .svc
-                    .on_recv(&mut c.fc, now, res.map(|n| &buf[..n as usize]));
-                c.recv_buf = Some(buf);
-                r
+                self.received(token, c, res, Some(buf), None)
             }
-            // The head ring was empty: the receive waits for buffers (HttpConn still counts
-            // it in flight; PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
-            (OpKind::Recv, None) if res == Err(RawErrno::NOBUFS) => {
-                self.svc.on_recv_nobufs(&mut c.fc, token);
-                Ok(())
-            }
-            (OpKind::Recv, None) => match (head, self.ring.buf_ring(HEAD_GROUP)) {
-                (Some(lease), Some(br)) => {
-                    let r = self
-                        .svc
-                        .on_recv(&mut c.fc, now, res.map(|n| br.bytes(&lease, n)));
-                    br.recycle(lease);
-                    r
-                }
-                // End of stream or an error: no buffer was picked.
-                _ => http.on_event(now, HttpEvent::Recv(res.map(|_| &[][..]))),
-            },
+            (OpKind::Recv, None) => self.received(token, c, res, None, head),
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
                     keep(&mut self.spare.head, buf);
@@ -739,39 +719,8 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 keep(&mut self.spare.stat, target);
                 self.svc.on_stat(&mut c.fc, now, seen)
             }
-            (OpKind::Open, Some(OpMemory::Open(mut args))) => {
-                if c.direct && res == Err(RawErrno::INVAL) {
-                    self.direct.refused();
-                }
-                // Registered files are in their slot already; descriptors are kept.
-                let into = self.svc.on_open(&mut c.fc, now, res.map(|_| ()));
-                match into {
-                    Ok(_) if self.fixed_files => {}
-                    Ok(FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize] = args.take_fd(),
-                    Ok(FileRef::Own) => c.file = args.take_fd(),
-                    // Refused: a descriptor it opened is closed with `args`.
-                    Err(_) => {}
-                }
-                keep(&mut self.spare.open, args);
-                into.map(|_| ())
-            }
-            (OpKind::Read, Some(OpMemory::Fixed(lease))) => {
-                if res == Err(RawErrno::CANCELED) {
-                    self.stats.link_cancels += 1;
-                }
-                let buffers = self
-                    .ring
-                    .fixed_buffers()
-                    .ok_or(broken("no chunk buffers"))?;
-                let (buf, bytes) = (c.read_buf, buffers.bytes(&lease));
-                let r = self.svc.on_read(&mut c.fc, now, buf, res, bytes);
-                match &mut c.chunks[usize::from(buf.0)] {
-                    slot @ None => *slot = Some(lease),
-                    // Guard: a refused read's buffer cannot be the one held.
-                    Some(_) => buffers.release(lease),
-                }
-                r
-            }
+            (OpKind::Open, Some(OpMemory::Open(args))) => self.opened(c, res, args),
+            (OpKind::Read, Some(OpMemory::Fixed(lease))) => self.read_done(c, res, lease)?,
             // The descriptor is gone whatever the result (close(2) never leaves it open).
             (OpKind::Close, _) => http.on_event(now, HttpEvent::FileClosed),
             // Whatever their results (the cancelled op reports on its own): HttpConn closes
@@ -786,6 +735,90 @@ impl<H: FileHooks> UringFiles<'_, H> {
         };
         self.stats.checked(self.cfg.name, reported);
         Ok(())
+    }
+
+    /// A head receive completed: its bytes (in `buf`, the connection's own buffer, or `head`,
+    /// the head ring's) to HttpConn through the file service; ENOBUFS (the head ring was
+    /// empty) parks the receive until buffers are back (HttpConn still counts it in flight;
+    /// PITFALLS.md, "ENOBUFS from a provided buffer ring is not fatal").
+    fn received(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        res: core::result::Result<u32, RawErrno>,
+        buf: Option<Vec<u8>>,
+        head: Option<Lease>,
+    ) -> core::result::Result<(), ringwork_core::conn::ConnError> {
+        let now = self.now;
+        if let Some(buf) = buf {
+            let r = self
+                .svc
+                .on_recv(&mut c.fc, now, res.map(|n| &buf[..n as usize]));
+            c.recv_buf = Some(buf);
+            return r;
+        }
+        if res == Err(RawErrno::NOBUFS) {
+            self.svc.on_recv_nobufs(&mut c.fc, token);
+            return Ok(());
+        }
+        match (head, self.ring.buf_ring(HEAD_GROUP)) {
+            (Some(lease), Some(br)) => {
+                let r = self
+                    .svc
+                    .on_recv(&mut c.fc, now, res.map(|n| br.bytes(&lease, n)));
+                br.recycle(lease);
+                r
+            }
+            // End of stream or an error: no buffer was picked.
+            _ => self.svc.on_recv(&mut c.fc, now, res.map(|_| &[][..])),
+        }
+    }
+
+    /// An OPENAT2 completed: registered files are in their slot already; a descriptor is
+    /// kept where the file service says (or, refused, closed with `args`).
+    fn opened(
+        &mut self,
+        c: &mut Conn,
+        res: core::result::Result<u32, RawErrno>,
+        mut args: Box<OpenArgs>,
+    ) -> core::result::Result<(), ringwork_core::conn::ConnError> {
+        if c.direct && res == Err(RawErrno::INVAL) {
+            self.direct.refused();
+        }
+        let into = self.svc.on_open(&mut c.fc, self.now, res.map(|_| ()));
+        match into {
+            Ok(_) if self.fixed_files => {}
+            Ok(FileRef::Entry(ix)) => self.cache_fds[ix.0 as usize] = args.take_fd(),
+            Ok(FileRef::Own) => c.file = args.take_fd(),
+            Err(_) => {}
+        }
+        keep(&mut self.spare.open, args);
+        into.map(|_| ())
+    }
+
+    /// A READ into chunk buffer `lease` completed: to the file service, the buffer back
+    /// with the connection.
+    fn read_done(
+        &mut self,
+        c: &mut Conn,
+        res: core::result::Result<u32, RawErrno>,
+        lease: Lease,
+    ) -> Result<core::result::Result<(), ringwork_core::conn::ConnError>> {
+        if res == Err(RawErrno::CANCELED) {
+            self.stats.link_cancels += 1;
+        }
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .ok_or(broken("no chunk buffers"))?;
+        let (buf, bytes) = (c.read_buf, buffers.bytes(&lease));
+        let r = self.svc.on_read(&mut c.fc, self.now, buf, res, bytes);
+        match &mut c.chunks[usize::from(buf.0)] {
+            slot @ None => *slot = Some(lease),
+            // Guard: a refused read's buffer cannot be the one held.
+            Some(_) => buffers.release(lease),
+        }
+        Ok(r)
     }
 
     /// Gives the pages of the chunk buffers not needed since the last trim back to the system
