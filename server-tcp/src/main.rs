@@ -1,7 +1,8 @@
 //! ringwork-echo: a TCP echo server, thread-per-core, on io_uring (or the epoll baseline).
 //!
-//! `main` parses flags, opens one SO_REUSEPORT listener per worker thread, starts the workers,
-//! and waits for SIGINT/SIGTERM on a signalfd; it then gives every worker the stop notice
+//! `main` parses flags, opens one SO_REUSEPORT listener per worker thread (or takes the
+//! sockets systemd passes), starts the workers, and waits for SIGTERM, SIGINT or SIGQUIT on a
+//! signalfd (SIGHUP, SIGUSR1 and SIGUSR2 are said and ignored); it then gives every worker the stop notice
 //! (`ringwork_sys::driver::stop_notices`), joins them and prints one `stats:` line summed over
 //! threads. The protocol is `ringwork_core::conn::EchoConn`; each worker is
 //! `ringwork_sys::worker`'s loop on the io_uring or epoll backend (`--backend`), which performs
@@ -35,7 +36,8 @@ enum AcceptMode {
 struct Args {
     /// Address to listen on (port 0 picks a free port and prints it); give it again for more
     /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
-    /// accepts on every address.
+    /// accepts on every address. Not used when systemd passes listening sockets (socket
+    /// activation: LISTEN_PID and LISTEN_FDS), which are served instead.
     #[arg(long, default_value = "127.0.0.1:7878")]
     listen: Vec<SocketAddr>,
     /// Worker threads, each with its own ring and SO_REUSEPORT listener [default: CPUs].
@@ -64,8 +66,9 @@ struct Args {
     /// completion ends it.
     #[arg(long, default_value_t = DEFAULT_BATCH_WAIT_US)]
     batch_wait_us: u32,
-    /// On SIGINT/SIGTERM: stop accepting, let connections send back what they received, and
-    /// close whatever is still open after this many milliseconds.
+    /// On SIGTERM, SIGINT or SIGQUIT: stop accepting, let connections send back what they
+    /// received, and close whatever is still open after this many milliseconds (SIGHUP,
+    /// SIGUSR1 and SIGUSR2 are said on stderr and ignored).
     #[arg(long, default_value_t = 3000)]
     shutdown_grace_ms: u64,
     /// io_uring: send with IORING_OP_SEND_ZC (Linux 6.0) and IORING_SEND_ZC_REPORT_USAGE; a

@@ -1,12 +1,12 @@
-//! Socket activation end to end: ringwork-files started the way systemd starts a socket unit's
-//! service (`LISTEN_PID`, `LISTEN_FDS`, the socket as descriptor 3) serves on that socket
-//! instead of binding `--listen`, on every thread, byte for byte, on both backends; activation
-//! meant for another process is ignored.
+//! Socket activation end to end: ringwork-files and ringwork-echo started the way systemd
+//! starts a socket unit's service (`LISTEN_PID`, `LISTEN_FDS`, the socket as descriptor 3)
+//! serve on that socket instead of binding `--listen`, on every thread, byte for byte, on both
+//! backends; activation meant for another process is ignored.
 
 use std::time::Duration;
 
 use ringwork_e2e::http::Client;
-use ringwork_e2e::{binary, fresh_dir, random_bytes, terminate, Server};
+use ringwork_e2e::{binary, exchange, fresh_dir, random_bytes, terminate, Server};
 
 #[test]
 fn ringwork_files_serves_on_the_socket_it_is_passed() {
@@ -79,4 +79,40 @@ fn activation_meant_for_another_process_is_ignored() {
     drop(c);
     drop(s);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn ringwork_echo_serves_on_the_socket_it_is_passed() {
+    for backend in ["uring", "epoll"] {
+        let echo = binary("ringwork-echo");
+        let args = [
+            echo.to_str().unwrap(),
+            "--threads",
+            "2",
+            "--backend",
+            backend,
+            "--listen",
+            "127.0.0.1:9",
+        ];
+        let s = Server::start("ringwork-e2e-activate", &args);
+        assert_ne!(
+            s.addr.port(),
+            9,
+            "{backend}: serving on --listen, not the passed socket"
+        );
+        let clients: Vec<_> = (0..16u64)
+            .map(|i| {
+                let addr = s.addr;
+                std::thread::spawn(move || {
+                    let payload = random_bytes(i, 100_000);
+                    assert!(exchange(addr, &payload, None) == payload, "echo differs");
+                })
+            })
+            .collect();
+        for c in clients {
+            c.join().expect("a client failed");
+        }
+        let line = terminate(s);
+        assert!(line.starts_with("stats:"), "{backend}: {line}");
+    }
 }

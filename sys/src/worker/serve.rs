@@ -86,7 +86,9 @@ pub struct Serve<'a> {
 
 impl Serve<'_> {
     /// Serves until SIGINT or SIGTERM, then drains (for `cfg.shutdown_grace` at most) and
-    /// returns the workers' summed counters. `listening` is called with the bound addresses
+    /// returns the workers' summed counters. Started by systemd with listening sockets
+    /// (`LISTEN_PID`, `LISTEN_FDS`: [`crate::activation`]), it serves those instead of
+    /// binding `listen`. `listening` is called with the bound addresses
     /// once every worker is set up and accepting. A worker that fails stops the others and
     /// its error is returned once they have drained.
     pub fn run<M: StreamMachine>(
@@ -100,8 +102,12 @@ impl Serve<'_> {
         let signals = ServerSignals::new()?;
         raise_nofile_limit();
         let mode = SocketMode::for_backend(self.backend);
-        let listeners = crate::net::reuseport_listeners(self.listen, threads, mode)
-            .map_err(ServeError::Listen)?;
+        // Sockets passed in by systemd (socket activation) take the place of `listen`.
+        let listeners = match crate::activation::listeners(threads, mode)? {
+            Some(passed) => passed,
+            None => crate::net::reuseport_listeners(self.listen, threads, mode)
+                .map_err(ServeError::Listen)?,
+        };
         let (cfg, backend) = (self.cfg, self.backend);
         let admission = Arc::new(Admission::default());
         let crew = Crew::start(name, listeners.per_thread, move |start| {
