@@ -8,25 +8,30 @@ use std::time::Duration;
 use ringwork_e2e::http::Client;
 use ringwork_e2e::{binary, exchange, fresh_dir, random_bytes, terminate, Server};
 
+/// Server `name` on `backend`, two threads, started through the launcher with a socket
+/// passed in; `--listen 127.0.0.1:9` is given too, and must not be bound.
+fn activated(name: &str, backend: &str, extra: &[&str]) -> Server {
+    let bin = binary(name);
+    let mut args = vec![
+        bin.to_str().unwrap(),
+        "--threads",
+        "2",
+        "--backend",
+        backend,
+        "--listen",
+        "127.0.0.1:9",
+    ];
+    args.extend_from_slice(extra);
+    Server::start("ringwork-e2e-activate", &args)
+}
+
 #[test]
 fn ringwork_files_serves_on_the_socket_it_is_passed() {
     for backend in ["uring", "epoll"] {
         let dir = fresh_dir(&format!("ringwork-activation-{backend}-"));
         let body = random_bytes(21, 50_000);
         std::fs::write(dir.join("f.bin"), &body).unwrap();
-        let files = binary("ringwork-files");
-        let args = [
-            files.to_str().unwrap(),
-            "--threads",
-            "2",
-            "--backend",
-            backend,
-            // Not bound: the passed socket is served instead.
-            "--listen",
-            "127.0.0.1:9",
-            dir.to_str().unwrap(),
-        ];
-        let s = Server::start("ringwork-e2e-activate", &args);
+        let s = activated("ringwork-files", backend, &[dir.to_str().unwrap()]);
         assert_ne!(
             s.addr.port(),
             9,
@@ -84,17 +89,7 @@ fn activation_meant_for_another_process_is_ignored() {
 #[test]
 fn ringwork_echo_serves_on_the_socket_it_is_passed() {
     for backend in ["uring", "epoll"] {
-        let echo = binary("ringwork-echo");
-        let args = [
-            echo.to_str().unwrap(),
-            "--threads",
-            "2",
-            "--backend",
-            backend,
-            "--listen",
-            "127.0.0.1:9",
-        ];
-        let s = Server::start("ringwork-e2e-activate", &args);
+        let s = activated("ringwork-echo", backend, &[]);
         assert_ne!(
             s.addr.port(),
             9,
