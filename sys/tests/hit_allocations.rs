@@ -73,10 +73,9 @@ fn serve(
     }
     while let Some(op) = svc.next(fc, token, NOW) {
         match op {
-            FileOp::Recv { .. } if fed => {
-                *armed = true;
-                return;
-            }
+            // The next receive: it completes in the next call; the ops after it (the
+            // chunk buffer's release) are performed now, as a backend does.
+            FileOp::Recv { .. } if fed => *armed = true,
             FileOp::Recv { .. } => {
                 fed = true;
                 svc.on_recv(fc, NOW, Ok(REQUEST)).unwrap();

@@ -203,16 +203,10 @@ impl HttpConn {
     /// faster and left 0.5 KiB more per idle connection: docs/PERFORMANCE.md.)
     pub(super) fn release_idle_buffers(&mut self) {
         self.rbuf = Vec::new();
-        let scratch = Scratch {
-            path: core::mem::take(&mut self.path),
-            head: core::mem::take(&mut self.head),
-            target: core::mem::take(&mut self.target),
-            req: self.spare_req.take(),
-        };
-        // Kept for the worker to take back; dropped (freed) where it takes none.
-        if scratch.path.capacity() > 0 || scratch.head.capacity() > 0 {
-            self.returned = Some(scratch);
-        }
+        // The request buffers stay where they are until the worker takes them back (in the
+        // same turn: the file service asks after every event), so that a connection costs
+        // no room for them while it holds them.
+        self.idle_scratch = true;
         self.path_len = 0;
         self.head_len = 0;
     }
@@ -243,7 +237,16 @@ impl HttpConn {
     /// The request buffers the connection gave up when it went idle, for the worker to
     /// lend to the next request of any connection.
     pub fn take_scratch(&mut self) -> Option<Scratch> {
-        self.returned.take()
+        if !core::mem::take(&mut self.idle_scratch) {
+            return None;
+        }
+        let scratch = Scratch {
+            path: core::mem::take(&mut self.path),
+            head: core::mem::take(&mut self.head),
+            target: core::mem::take(&mut self.target),
+            req: self.spare_req.take(),
+        };
+        (scratch.path.capacity() > 0 || scratch.head.capacity() > 0).then_some(scratch)
     }
 
     /// `info` in a box: the spare one when there is one.

@@ -11,6 +11,8 @@ impl HttpConn {
         self.last_progress = now.mono_ms;
         match (self.phase, res) {
             (Phase::Head { .. }, Ok(bytes)) if !bytes.is_empty() => {
+                // Bytes came before the worker took the request buffers back: they stay.
+                self.idle_scratch = false;
                 if self.rlen == 0 && self.requests > 0 {
                     // The keep-alive wait is over; the head's own clock starts now.
                     self.phase = Phase::Head { since: now.mono_ms };

@@ -592,9 +592,9 @@ pub struct HttpConn {
     /// The box of the last request answered, for the next (it goes with the other request
     /// buffers when the connection goes idle).
     spare_req: Option<alloc::boxed::Box<ReqInfo>>,
-    /// The request buffers given up when the connection went idle, until the worker takes
-    /// them back ([`HttpConn::take_scratch`]).
-    returned: Option<Scratch>,
+    /// The connection went idle: its request buffers (path, head, target, `spare_req`) are
+    /// the worker's to take back ([`HttpConn::take_scratch`]).
+    idle_scratch: bool,
     /// The current request's target as received (still percent-encoded): the path the
     /// trailing-slash redirect is made from. Freed, like `path`, while the connection waits
     /// idle.
@@ -659,7 +659,7 @@ impl HttpConn {
             head_sent: 0,
             req: None,
             spare_req: None,
-            returned: None,
+            idle_scratch: false,
             target: Vec::new(),
             log: Vec::new(),
             log_open: None,

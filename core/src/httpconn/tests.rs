@@ -1338,6 +1338,9 @@ fn an_idle_connection_holds_no_buffers() {
         matches!(rest[..], [Op::Recv { max }] if max as usize == cfg.limits.max_head_bytes + 1),
         "{rest:?}"
     );
+    // Idle after the response: the request buffers are the worker's to take back (the file
+    // service does at once); then the connection holds none.
+    assert!(c.take_scratch().is_some());
     assert_eq!(c.heap_bytes(), 0, "idle after the response");
     // Half a head is kept; the rest completes it, with the next request pipelined behind.
     c.on_recv(now, Ok(b"GET /f HT"));
@@ -1360,6 +1363,7 @@ fn an_idle_connection_holds_no_buffers() {
     probe(&mut c, now, Err(RawErrno::NOENT));
     let rest = complete_io(&mut c, &mut bufs, &mut out);
     assert!(matches!(rest[..], [Op::Recv { .. }]), "{rest:?}");
+    assert!(c.take_scratch().is_some());
     assert_eq!(c.heap_bytes(), 0, "idle again");
     assert_eq!(
         String::from_utf8_lossy(&out)
