@@ -894,9 +894,11 @@ pub struct Args {
     /// Unmeasured warm-up seconds per cell [default: 1; 0.5 with --quick].
     #[arg(long)]
     warmup: Option<f64>,
-    /// Directory for BENCHMARKS.md and the SVG plots.
-    #[arg(long, default_value = ".")]
-    out: PathBuf,
+    /// Directory for BENCHMARKS.md and the SVG plots [default: .]. Required with --site-only
+    /// and --c10k-only, whose report holds only their cells (in . it would replace the
+    /// repository's whole BENCHMARKS.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// The ringwork-echo binary [default: the one next to this binary].
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -945,6 +947,18 @@ pub struct Args {
 
 /// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
 pub fn run_command(args: Args) -> Result<(), String> {
+    let out_dir = match (args.out.clone(), args.site_only || args.c10k_only) {
+        (Some(dir), _) => dir,
+        (None, false) => PathBuf::from("."),
+        (None, true) => {
+            return Err(
+                "--site-only and --c10k-only write a report of only their cells: \
+                        name its directory with --out DIR (the default, ., would replace \
+                        the whole BENCHMARKS.md)"
+                    .into(),
+            )
+        }
+    };
     ringwork_harness::raise_nofile_limit();
     let server_bin = match args.server_bin {
         Some(p) => p,
@@ -986,7 +1000,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
         cells: matrix(quick),
         duration: Duration::from_secs_f64(args.duration.unwrap_or(if quick { 2.0 } else { 5.0 })),
         warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if quick { 0.5 } else { 1.0 })),
-        out_dir: args.out,
+        out_dir,
         files_bin,
         quick,
         peers_note,

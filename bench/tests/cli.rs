@@ -142,6 +142,32 @@ fn drain_refuses_zero_sizes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 }
 
+/// A partial report (`--site-only`, `--c10k-only`) is never written over the repository's
+/// whole BENCHMARKS.md by default: without `--out` it is refused before anything runs, in
+/// a directory where a BENCHMARKS.md stands to prove it untouched.
+#[test]
+fn partial_compare_runs_need_an_out_directory() {
+    let dir = std::env::temp_dir().join(format!("ringwork-bench-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("BENCHMARKS.md");
+    std::fs::write(&report, "the whole report\n").unwrap();
+    for only in ["--site-only", "--c10k-only"] {
+        let out = bench()
+            .args(["compare", only])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{only} ran without --out");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--out DIR"), "{only}: {err}");
+        assert_eq!(
+            std::fs::read_to_string(&report).unwrap(),
+            "the whole report\n"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn fileread_refuses_zero_rounds() {
     let out = bench()
