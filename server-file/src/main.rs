@@ -25,7 +25,7 @@ use ringwork_core::http::Limits;
 use ringwork_core::httpconn::Config;
 use ringwork_sys::backend::Backend;
 use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
-use ringwork_sys::files::{self, FileBackend, FileStats, FilesConfig, UringSetup};
+use ringwork_sys::files::{self, FileStats, FilesConfig, UringSetup};
 use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
 use rustix::fd::{AsFd, OwnedFd};
@@ -462,10 +462,6 @@ fn start_workers(
     per_thread: Vec<Vec<OwnedFd>>,
 ) -> Result<Crew<Result<(), String>>, String> {
     let shared = Arc::clone(shared);
-    let backend = match backend {
-        Backend::Uring => FileBackend::Uring,
-        Backend::Epoll => FileBackend::Epoll,
-    };
     Crew::start("files", per_thread, move |start| {
         // Accept only once every worker has its ring (`serve` waits at the gate): connections
         // accepted here must not take the descriptors another worker's io_uring_setup needs.

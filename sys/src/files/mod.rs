@@ -26,6 +26,7 @@ use ringwork_core::token::Token;
 use rustix::fd::AsFd;
 use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 
+use crate::backend::Backend;
 use crate::driver::ServerRingConfig;
 use crate::error::Result;
 use crate::ring::{Cqe, LegacyFeatures, Ring, TaskRun};
@@ -200,30 +201,21 @@ pub trait FileHooks {
     fn finish(&mut self, _stats: &FileStats, _svc: &FileService) {}
 }
 
-/// Which backend a file engine runs on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileBackend {
-    /// [`uring`].
-    Uring,
-    /// [`epoll`].
-    Epoll,
-}
-
-/// Runs one worker on `backend` until the stop notice, then drains: sets up its ring or
-/// epoll set, meets the other workers at the start gate, and serves on the one worker loop
+/// Runs one worker on `backend` ([`uring`] or [`epoll`]) until the stop notice, then
+/// drains: sets up its ring or epoll set, meets the other workers at the start gate, and serves on the one worker loop
 /// ([`run_engine`]), each connection's HttpConn made from `cfg.http`.
 pub fn serve<H: FileHooks>(
     cfg: &FilesConfig<'_>,
-    backend: FileBackend,
+    backend: Backend,
     hooks: H,
     start: WorkerStart<'_>,
 ) -> Result<()> {
     match backend {
-        FileBackend::Uring => {
+        Backend::Uring => {
             let gate = start.gate;
             run(cfg, uring::UringFiles::new(cfg, hooks, start)?, gate)
         }
-        FileBackend::Epoll => {
+        Backend::Epoll => {
             let gate = start.gate;
             run(cfg, epoll::EpollFiles::new(cfg, hooks, start)?, gate)
         }
