@@ -992,12 +992,11 @@ fn sigterm_drains_downloads_in_flight_and_exits_0() {
             "{backend}: the stalled client got everything"
         );
         assert_eq!(want.len(), BIG);
-        std::thread::sleep(Duration::from_millis(50));
-        let said = server.stdout_lines();
-        let stats = said
-            .iter()
-            .find(|l| l.starts_with("stats:"))
+        // stdout is read on a thread of its own: wait for the line rather than a fixed while.
+        let stats = server
+            .wait_for_line(Duration::from_secs(5), |l| l.starts_with("stats:"))
             .expect("stats");
+        let stats = stats.as_str();
         // Every completion of the drain and the abort (cancels, shutdowns, reads finishing
         // after the close) was one the connections expected.
         assert_eq!(

@@ -214,9 +214,9 @@ fn scenario_files_signals(backend: &str) {
         "{backend}"
     );
     assert!(said(&s, "SIGQUIT: stopping"), "{backend}");
-    std::thread::sleep(Duration::from_millis(50));
     assert!(
-        s.stdout_lines().iter().any(|l| l.starts_with("stats:")),
+        s.wait_for_line(Duration::from_secs(5), |l| l.starts_with("stats:"))
+            .is_some(),
         "{backend}: SIGQUIT drains and prints the stats line"
     );
     assert_eq!(
