@@ -134,6 +134,19 @@ pub trait Protocol {
     }
 }
 
+/// The echo protocol: every byte received goes back as it is, sent from the receive buffer
+/// it arrived in ([`Output::forward`]), so that an echo copies nothing in user space.
+/// ringwork-echo is `ProtocolConn<Echo>`.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Echo;
+
+impl Protocol for Echo {
+    fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+        out.forward(0..input.len());
+        input.len()
+    }
+}
+
 /// A [`ProtocolConn`]'s limits, fixed at construction.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Limits {
@@ -164,6 +177,11 @@ impl Default for Limits {
     }
 }
 
+/// Most lent sends a connection holds, queued or in flight ([`Output::forward`]): each holds a
+/// buffer of the worker's receive pool, which every connection shares. Beyond it, forwarded
+/// bytes are copied.
+pub const MAX_LENT: u16 = 8;
+
 /// Capacity of a new owned output buffer (it grows past it when a write needs more).
 const OUT_BUF_CAPACITY: usize = 4096;
 
@@ -171,33 +189,67 @@ const OUT_BUF_CAPACITY: usize = 4096;
 /// or cancel, a CancelAll and a Close or Free.
 const MAX_PENDING_OPS: usize = 8;
 
+/// Bytes still in a receive buffer, lent to a send ([`Output::forward`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Lent {
+    buf: BufId,
+    offset: u32,
+    len: u32,
+    /// The last bytes lent from their receive: once they are sent (or dropped), the receive's
+    /// buffer goes back ([`Op::Recycle`]).
+    recycle: bool,
+}
+
+/// One thing queued to send.
+#[derive(Debug)]
+enum OutItem {
+    Bytes(OutBytes),
+    Lent(Lent),
+}
+
+impl OutItem {
+    fn len(&self) -> usize {
+        match self {
+            OutItem::Bytes(b) => b.len(),
+            OutItem::Lent(l) => l.len as usize,
+        }
+    }
+}
+
 /// What a connection has to send, not yet handed to the driver.
 #[derive(Debug, Default)]
 struct OutQueue {
-    items: VecDeque<OutBytes>,
+    items: VecDeque<OutItem>,
     /// Bytes of `items.front()` already sent (a short send's remainder waits there).
     head_offset: usize,
     /// A sent owned buffer, emptied, for the next writes.
     spare: Option<Vec<u8>>,
     /// The protocol asked to close once this is sent.
     close: bool,
+    /// A failure dropped what was queued: `items` holds only the lent bytes whose buffers go
+    /// back ([`Op::Recycle`]), first thing.
+    dropped: bool,
+    /// Bytes were lent since the last receive was offered.
+    lent: bool,
+    /// Lent bytes queued or in flight (each holds a receive buffer of the worker's pool).
+    lent_items: u16,
 }
 
 impl OutQueue {
     fn bytes(&self) -> usize {
-        self.items.iter().map(OutBytes::len).sum::<usize>() - self.head_offset
+        self.items.iter().map(OutItem::len).sum::<usize>() - self.head_offset
     }
 
     fn tail_buf(&mut self) -> &mut Vec<u8> {
-        if !matches!(self.items.back(), Some(OutBytes::Owned(_))) {
+        if !matches!(self.items.back(), Some(OutItem::Bytes(OutBytes::Owned(_)))) {
             let buf = self
                 .spare
                 .take()
                 .unwrap_or_else(|| Vec::with_capacity(OUT_BUF_CAPACITY));
-            self.items.push_back(OutBytes::Owned(buf));
+            self.items.push_back(OutItem::Bytes(OutBytes::Owned(buf)));
         }
         match self.items.back_mut() {
-            Some(OutBytes::Owned(v)) => v,
+            Some(OutItem::Bytes(OutBytes::Owned(v))) => v,
             // Guard: an owned buffer was pushed just above when the back was not one.
             _ => unreachable!("the back is an owned buffer"),
         }
@@ -205,8 +257,35 @@ impl OutQueue {
 
     fn push(&mut self, bytes: OutBytes) {
         if !bytes.is_empty() {
-            self.items.push_back(bytes);
+            self.items.push_back(OutItem::Bytes(bytes));
         }
+    }
+
+    /// Marks the last bytes lent from the receive of `buf[range]` (queued since it arrived:
+    /// unmarked) to recycle it once sent; false when none were lent. A receive is identified
+    /// by its buffer and range: only incrementally consumed buffers hold several receives,
+    /// each in a range of its own.
+    fn recycle_with_last_lent(&mut self, buf: BufId, range: core::ops::Range<u32>) -> bool {
+        if !core::mem::take(&mut self.lent) {
+            return false;
+        }
+        let last = self.items.iter_mut().rev().find_map(|item| match item {
+            OutItem::Lent(l) if l.buf == buf && range.contains(&l.offset) && !l.recycle => Some(l),
+            _ => None,
+        });
+        match last {
+            Some(l) => {
+                l.recycle = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lend(&mut self, lent: Lent) {
+        self.items.push_back(OutItem::Lent(lent));
+        self.lent = true;
+        self.lent_items += 1;
     }
 
     /// A sent buffer's memory, back: an owned one is kept for the next writes.
@@ -223,9 +302,42 @@ impl OutQueue {
 /// Where a [`Protocol`] writes its answer. Bytes written are sent in the order written.
 pub struct Output<'a> {
     q: &'a mut OutQueue,
+    /// The input of this call.
+    input: &'a [u8],
+    /// The receive buffer `input` still lies in, and where it starts there; None when the
+    /// input was copied out of it (bytes left unconsumed by an earlier call, or EOF).
+    lend: Option<(BufId, u32)>,
 }
 
 impl Output<'_> {
+    /// Sends `input[range]` of this call's input as it is. While those bytes are still in the
+    /// receive buffer they arrived in (the common case: a whole message in one receive), the
+    /// send names that buffer and nothing is copied; the buffer then goes back to the ring
+    /// only once it is sent, so forwarded bytes count against the buffer pool as well as
+    /// [`Limits::high_water`]. Otherwise (the bytes were left over from an earlier call and
+    /// kept in the connection's own input, or [`MAX_LENT`] sends already hold receive buffers)
+    /// they are copied, as [`Output::write`] does. An
+    /// echo is `out.forward(0..input.len())`; a proxy forwards a body it has framed.
+    ///
+    /// # Panics
+    /// When `range` is not within the input: a protocol bug.
+    pub fn forward(&mut self, range: core::ops::Range<usize>) {
+        let bytes = &self.input[range.clone()];
+        if bytes.is_empty() {
+            return;
+        }
+        match self.lend {
+            // A receive is at most a buffer's size (u32): its offsets fit.
+            Some((buf, base)) if self.q.lent_items < MAX_LENT => self.q.lend(Lent {
+                buf,
+                offset: base + range.start as u32,
+                len: bytes.len() as u32,
+                recycle: false,
+            }),
+            _ => self.write(bytes),
+        }
+    }
+
     /// Queues a copy of `bytes`.
     pub fn write(&mut self, bytes: &[u8]) {
         if !bytes.is_empty() {
@@ -316,11 +428,11 @@ pub struct ProtocolConn<P> {
     input: Vec<u8>,
     /// The protocol is still offered input (until EOF, its close, or a failure).
     input_open: bool,
-    /// Operations for `poll_op`, in order; a `SendOwned`'s bytes wait in `next_send`.
+    /// Operations for `poll_op`, in order; a send's bytes wait in `next_send`.
     ops: ArrayVec<PendingOp, MAX_PENDING_OPS>,
-    /// The bytes (and first byte) of the `SendOwned` in `ops` (one per event at most: a send
-    /// is asked for only when none is in flight).
-    next_send: Option<(OutBytes, u32)>,
+    /// What the `Send` in `ops` sends, and its first byte (one per event at most: a send is
+    /// asked for only when none is in flight).
+    next_send: Option<(OutItem, u32)>,
     recv_armed: bool,
     recv_cancel_pending: bool,
     waiting_for_buffers: bool,
@@ -344,7 +456,7 @@ pub struct ProtocolConn<P> {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum PendingOp {
     ArmRecv,
-    SendOwned,
+    Send,
     Recycle(BufId),
     AwaitBuffers,
     CancelRecv,
@@ -357,6 +469,8 @@ enum PendingOp {
 struct SendInFlight {
     offset: usize,
     len: usize,
+    /// The send names a receive buffer: these are the bytes it was lent (whole).
+    lent: Option<Lent>,
 }
 
 impl<P: Protocol> ProtocolConn<P> {
@@ -484,9 +598,15 @@ impl<P: Protocol> ProtocolConn<P> {
             (Idle, Event::Abort) => self.drain(CloseReason::Aborted),
             (_, Event::BuffersAvailable) => self.waiting_for_buffers = false,
 
-            (Open | Draining | Closing, ev @ Event::Recv { buf, len, more, .. })
-                if self.recv_armed =>
-            {
+            (
+                Open | Draining | Closing,
+                ev @ Event::Recv {
+                    buf,
+                    offset,
+                    len,
+                    more,
+                },
+            ) if self.recv_armed => {
                 let Some(bytes) = bytes else {
                     return Err(self.unexpected(ev.kind()));
                 };
@@ -494,10 +614,13 @@ impl<P: Protocol> ProtocolConn<P> {
                 self.recv_event(more);
                 self.bytes_received += u64::from(len);
                 self.last_activity_ms = self.now_ms;
-                // The bytes are read (or copied) now: the buffer goes back at once.
-                self.push(PendingOp::Recycle(buf));
                 if self.input_open && self.state != Closing {
-                    self.offer(bytes);
+                    self.offer(bytes, (buf, offset));
+                }
+                // The bytes are read (or copied) now: the buffer goes back at once, or with
+                // the send of the last bytes the protocol forwarded from it.
+                if !self.out.recycle_with_last_lent(buf, offset..offset + len) {
+                    self.push(PendingOp::Recycle(buf));
                 }
             }
 
@@ -505,7 +628,11 @@ impl<P: Protocol> ProtocolConn<P> {
                 self.recv_event(more);
                 if self.input_open && self.state != Closing {
                     self.input_open = false;
-                    let mut out = Output { q: &mut self.out };
+                    let mut out = Output {
+                        q: &mut self.out,
+                        input: &self.input,
+                        lend: None,
+                    };
                     self.proto.on_eof(&self.input, &mut out);
                     self.input = Vec::new();
                 }
@@ -519,9 +646,18 @@ impl<P: Protocol> ProtocolConn<P> {
             }
 
             (Open | Draining | Closing, Event::SendOwnedDone { res, data })
-                if self.sending.is_some() =>
+                if self.sending.is_some_and(|s| s.lent.is_none()) =>
             {
-                self.send_done(res, data)?;
+                self.send_done(res, OutItem::Bytes(data))?;
+            }
+
+            (Open | Draining | Closing, Event::SendDone { res })
+                if self.sending.is_some_and(|s| s.lent.is_some()) =>
+            {
+                let lent = self.sending.and_then(|s| s.lent);
+                // Guard: the arm checks that the send in flight is a lent one.
+                let lent = lent.expect("a lent send in flight");
+                self.send_done(res, OutItem::Lent(lent))?;
             }
 
             (Open | Draining | Closing, Event::CancelDone) if self.cancels_in_flight > 0 => {
@@ -551,11 +687,12 @@ impl<P: Protocol> ProtocolConn<P> {
         Ok(())
     }
 
-    /// Offers received bytes to the protocol (with what it left unconsumed before them).
-    fn offer(&mut self, bytes: &[u8]) {
+    /// Offers received bytes (in `buf` at `offset`) to the protocol, with what it left
+    /// unconsumed before them.
+    fn offer(&mut self, bytes: &[u8], (buf, offset): (BufId, u32)) {
         let used = if self.input.is_empty() {
             // The common case: read in place, copy only what is left.
-            let used = self.consume(bytes);
+            let used = self.consume(bytes, Some((buf, offset)));
             if used < bytes.len() && self.input_open {
                 self.input.extend_from_slice(&bytes[used..]);
             }
@@ -563,7 +700,7 @@ impl<P: Protocol> ProtocolConn<P> {
         } else {
             let mut input = core::mem::take(&mut self.input);
             input.extend_from_slice(bytes);
-            let used = self.consume(&input);
+            let used = self.consume(&input, None);
             input.drain(..used);
             self.input = input;
             used
@@ -583,11 +720,17 @@ impl<P: Protocol> ProtocolConn<P> {
         }
     }
 
-    /// Calls the protocol while it consumes and input remains; how much it consumed.
-    fn consume(&mut self, input: &[u8]) -> usize {
+    /// Calls the protocol while it consumes and input remains; how much it consumed. `lend`:
+    /// the receive buffer `input` lies in, and where it starts there.
+    fn consume(&mut self, input: &[u8], lend: Option<(BufId, u32)>) -> usize {
         let mut used = 0;
         while used < input.len() && self.input_open {
-            let mut out = Output { q: &mut self.out };
+            let mut out = Output {
+                q: &mut self.out,
+                input: &input[used..],
+                // A receive is at most a buffer's size (u32).
+                lend: lend.map(|(buf, at)| (buf, at + used as u32)),
+            };
             let n = self
                 .proto
                 .on_data(&input[used..], &mut out)
@@ -631,7 +774,7 @@ impl<P: Protocol> ProtocolConn<P> {
 
     /// The send in flight completed: reclaim its bytes, or queue the rest of a short send
     /// first, or fail.
-    fn send_done(&mut self, res: Result<u32, RawErrno>, data: OutBytes) -> Result<(), ConnError> {
+    fn send_done(&mut self, res: Result<u32, RawErrno>, data: OutItem) -> Result<(), ConnError> {
         let Some(sent) = self.sending else {
             // Guard: the caller's arm checks `sending.is_some()`.
             unreachable!("a send completion while one is in flight")
@@ -656,7 +799,7 @@ impl<P: Protocol> ProtocolConn<P> {
                     "a send's own bytes back"
                 );
                 if self.state == State::Closing || n == sent.len {
-                    self.out.reclaim(data);
+                    self.reclaim(data);
                 } else {
                     // Short send: exactly the rest goes next, before anything queued.
                     self.out.items.push_front(data);
@@ -666,18 +809,32 @@ impl<P: Protocol> ProtocolConn<P> {
             Err(e) => {
                 self.sending = None;
                 if self.state == State::Closing {
-                    self.out.reclaim(data);
+                    self.reclaim(data);
                 } else if matches!(e, RawErrno::AGAIN | RawErrno::INTR) {
                     // Nothing was written: sent again.
                     self.out.items.push_front(data);
                     self.out.head_offset = sent.offset;
                 } else {
-                    self.out.reclaim(data);
+                    self.reclaim(data);
                     self.fail(CloseReason::SendError(e));
                 }
             }
         }
         Ok(())
+    }
+
+    /// A sent (or dropped) item's memory back: an owned buffer kept for the next writes, a
+    /// lent receive buffer to the ring when its receive lent nothing after it.
+    fn reclaim(&mut self, item: OutItem) {
+        match item {
+            OutItem::Bytes(data) => self.out.reclaim(data),
+            OutItem::Lent(l) => {
+                self.out.lent_items = self.out.lent_items.saturating_sub(1);
+                if l.recycle {
+                    self.push(PendingOp::Recycle(l.buf));
+                }
+            }
+        }
     }
 
     fn recv_event(&mut self, more: bool) {
@@ -693,7 +850,27 @@ impl<P: Protocol> ProtocolConn<P> {
     }
 
     fn drop_output(&mut self) {
-        self.out.items.clear();
+        // Kept: the lent bytes whose buffers go back, for `poll_op` (no allocation here).
+        for _ in 0..self.out.items.len() {
+            let Some(item) = self.out.items.pop_front() else {
+                break;
+            };
+            match item {
+                OutItem::Bytes(data) => self.out.reclaim(data),
+                OutItem::Lent(l) if !l.recycle => {}
+                OutItem::Lent(l) => match self.sending.as_mut() {
+                    // The last bytes lent from a receive whose earlier bytes are in flight:
+                    // the buffer goes back with that send's completion, not before.
+                    Some(SendInFlight { lent: Some(f), .. }) if f.buf == l.buf && !f.recycle => {
+                        f.recycle = true;
+                    }
+                    _ => self.out.items.push_back(OutItem::Lent(l)),
+                },
+            }
+        }
+        self.out.dropped = true;
+        // No more input, so nothing more is lent.
+        self.out.lent_items = 0;
         self.out.head_offset = 0;
         self.input_open = false;
         self.input = Vec::new();
@@ -732,9 +909,13 @@ impl<P: Protocol> ProtocolConn<P> {
                     if let Some(data) = self.out.items.pop_front() {
                         let offset = core::mem::take(&mut self.out.head_offset);
                         let len = data.len() - offset;
-                        self.sending = Some(SendInFlight { offset, len });
+                        let lent = match data {
+                            OutItem::Lent(l) => Some(l),
+                            OutItem::Bytes(_) => None,
+                        };
+                        self.sending = Some(SendInFlight { offset, len, lent });
                         self.next_send = Some((data, offset as u32));
-                        self.push(PendingOp::SendOwned);
+                        self.push(PendingOp::Send);
                     }
                 }
                 let queued = self.queued_bytes();
@@ -793,15 +974,29 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
     }
 
     fn poll_op(&mut self, _queues: &mut ChunkQueues) -> Option<Op> {
+        if self.out.dropped {
+            match self.out.items.pop_front() {
+                Some(OutItem::Lent(l)) => return Some(Op::Recycle(l.buf)),
+                // Guard: a dropped queue keeps only lent bytes.
+                Some(OutItem::Bytes(_)) => unreachable!("a dropped queue holds only lent bytes"),
+                None => self.out.dropped = false,
+            }
+        }
         if self.ops.is_empty() {
             return None;
         }
         Some(match self.ops.remove(0) {
             PendingOp::ArmRecv => Op::ArmRecv,
-            PendingOp::SendOwned => {
-                // Guard: `next_send` is set with every SendOwned pushed (reconcile).
-                let (data, offset) = self.next_send.take().expect("a send's bytes");
-                Op::SendOwned { data, offset }
+            PendingOp::Send => {
+                // Guard: `next_send` is set with every Send pushed (reconcile).
+                match self.next_send.take().expect("a send's bytes") {
+                    (OutItem::Bytes(data), offset) => Op::SendOwned { data, offset },
+                    (OutItem::Lent(l), offset) => Op::Send {
+                        buf: l.buf,
+                        offset: l.offset + offset,
+                        len: l.len - offset,
+                    },
+                }
             }
             PendingOp::Recycle(buf) => Op::Recycle(buf),
             PendingOp::AwaitBuffers => Op::AwaitBuffers,
@@ -854,8 +1049,9 @@ mod tests {
     const STATIC_TEXT: &[u8] = b"<static>";
 
     /// A line protocol: each whole line answered (upper-cased; `s…` and `a…` lines first
-    /// send static or shared bytes, `b…` lines add 300 bytes, `close` closes), one line per
-    /// call; at EOF the rest and `EOF`. Records every byte it consumed and queued.
+    /// send static or shared bytes, `b…` lines add 300 bytes, `f…` lines are forwarded as
+    /// they are, `close` closes), one line per call; at EOF the rest and `EOF`. Records
+    /// every byte it consumed and queued.
     #[derive(Default)]
     struct Lines {
         seen: Vec<u8>,
@@ -869,6 +1065,11 @@ mod tests {
             };
             let line = &input[..=end];
             self.seen.extend_from_slice(line);
+            if line.first() == Some(&b'f') {
+                out.forward(0..line.len());
+                self.produced.extend_from_slice(line);
+                return line.len();
+            }
             match line.first() {
                 Some(b's') => {
                     out.send_static(STATIC_TEXT);
@@ -972,7 +1173,8 @@ mod tests {
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_protocol_connection_stays_within_320_bytes() {
-        assert!(core::mem::size_of::<ProtocolConn<Lines>>() - core::mem::size_of::<Lines>() <= 320);
+        let size = core::mem::size_of::<ProtocolConn<Lines>>() - core::mem::size_of::<Lines>();
+        assert!(size <= 320, "{size} bytes");
     }
 
     #[test]
@@ -1167,7 +1369,7 @@ mod tests {
     fn too_much_unconsumed_input_fails_the_connection() {
         let mut f = open();
         let ops = f.recv(&[b'x'; 41]);
-        assert_eq!(ops, [Op::Recycle(BufId(0)), Op::CancelAll]);
+        assert_eq!(ops, [Op::CancelAll, Op::Recycle(BufId(0))]);
         assert_eq!(f.c.close_reason(), Some(CloseReason::InputTooLarge));
     }
 
@@ -1236,6 +1438,132 @@ mod tests {
         assert_eq!(f.ops(), []);
     }
 
+    fn lent(buf: u16, offset: u32, len: u32) -> Op {
+        Op::Send {
+            buf: BufId(buf),
+            offset,
+            len,
+        }
+    }
+
+    fn lent_sent(n: u32) -> Event {
+        Event::SendDone { res: Ok(n) }
+    }
+
+    #[test]
+    fn forwarded_bytes_are_sent_from_their_receive_buffer_which_goes_back_after() {
+        let mut f = open();
+        assert_eq!(f.recv(b"fwd\n"), [lent(0, 0, 4)]);
+        assert_eq!(f.step(lent_sent(4)), [Op::Recycle(BufId(0))]);
+        assert_eq!(f.c.bytes_sent(), 4);
+    }
+
+    #[test]
+    fn forwarded_pieces_of_one_receive_keep_its_buffer_until_the_last_is_sent() {
+        let mut f = open();
+        // Two forwarded lines and an upper-cased one between them, from one buffer at
+        // offset 0 (its recycle waits for the second forwarded line).
+        assert_eq!(f.recv(b"f1\nx\nf2\n"), [lent(0, 0, 3)]);
+        assert_eq!(
+            f.step(lent_sent(3)),
+            [Op::SendOwned {
+                data: owned(b"X\n"),
+                offset: 0
+            }]
+        );
+        assert_eq!(f.step(sent(2, owned(b"X\n"))), [lent(0, 5, 3)]);
+        assert_eq!(f.step(lent_sent(3)), [Op::Recycle(BufId(0))]);
+    }
+
+    #[test]
+    fn a_short_forwarded_send_resubmits_the_rest_from_the_same_buffer() {
+        let mut f = open();
+        // An incrementally consumed buffer: this receive is a slice at offset 100.
+        let ev = Event::Recv {
+            buf: BufId(9),
+            offset: 100,
+            len: 6,
+            more: true,
+        };
+        f.c.on_received(&mut f.q, ev, b"fabcd\n").unwrap();
+        assert_eq!(f.ops(), [lent(9, 100, 6)]);
+        assert_eq!(f.step(lent_sent(2)), [lent(9, 102, 4)]);
+        assert_eq!(f.step(lent_sent(4)), [Op::Recycle(BufId(9))]);
+        assert_eq!(f.c.bytes_sent(), 6);
+    }
+
+    #[test]
+    fn bytes_left_over_from_an_earlier_receive_are_forwarded_by_copy() {
+        let mut f = open();
+        assert_eq!(f.recv(b"fo"), [Op::Recycle(BufId(0))]);
+        assert_eq!(
+            f.recv(b"o\n"),
+            [
+                Op::Recycle(BufId(1)),
+                Op::SendOwned {
+                    data: owned(b"foo\n"),
+                    offset: 0
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_gives_back_every_buffer_lent_to_queued_sends() {
+        let mut f = open();
+        assert_eq!(f.recv(b"f1\n"), [lent(0, 0, 3)]);
+        assert_eq!(f.recv(b"f2\n"), []);
+        assert_eq!(f.recv(b"f3\n"), []);
+        // Abort: the two queued buffers go back at once, the one in flight after its
+        // cancelled send completes.
+        let ops = f.step(Event::Abort);
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        let mut back: Vec<_> = ops[..2].to_vec();
+        back.sort_by_key(|op| std::format!("{op:?}"));
+        assert_eq!(back, [Op::Recycle(BufId(1)), Op::Recycle(BufId(2))]);
+        assert_eq!(ops[2], Op::CancelAll);
+        f.step(Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        });
+        assert_eq!(
+            f.step(Event::SendDone {
+                res: Err(RawErrno::CANCELED)
+            }),
+            [Op::Recycle(BufId(0))]
+        );
+        assert_eq!(f.step(Event::CancelDone), [Op::Close]);
+    }
+
+    #[test]
+    fn beyond_max_lent_sends_forwarded_bytes_are_copied_and_their_buffer_goes_back() {
+        let mut f = Fx::new(Limits {
+            high_water: 1 << 20,
+            low_water: 1 << 10,
+            ..limits()
+        });
+        f.step(Event::Opened);
+        assert_eq!(f.recv(b"f0\n"), [lent(0, 0, 3)]);
+        for i in 1..MAX_LENT {
+            assert_eq!(f.recv(b"f1\n"), [], "receive {i} lent");
+        }
+        // The ninth: copied, its buffer back at once.
+        assert_eq!(f.recv(b"f9\n"), [Op::Recycle(BufId(MAX_LENT))]);
+        // The first lent send completes: its buffer back, the next lent one sent.
+        assert_eq!(f.step(lent_sent(3)), [Op::Recycle(BufId(0)), lent(1, 0, 3)]);
+        // A lent slot is free again.
+        assert_eq!(f.recv(b"fa\n"), []);
+        assert_eq!(f.c.out.lent_items, MAX_LENT);
+    }
+
+    #[test]
+    fn an_owned_completion_for_a_lent_send_is_refused() {
+        let mut f = open();
+        f.recv(b"f\n");
+        let r = StreamMachine::on_event(&mut f.c, &mut f.q, sent(2, owned(b"f\n")));
+        assert!(r.is_err());
+    }
+
     // ---- proptest: a simulated kernel --------------------------------------------------
 
     #[derive(Clone, Debug)]
@@ -1254,7 +1582,7 @@ mod tests {
 
     fn act() -> impl Strategy<Value = Act> {
         let line = prop::collection::vec(
-            prop::sample::select(vec![b'a', b's', b'b', b'x', b'\n', b'\n', b'c']),
+            prop::sample::select(vec![b'a', b's', b'b', b'x', b'\n', b'\n', b'c', b'f']),
             1..24,
         );
         prop_oneof![
@@ -1273,11 +1601,20 @@ mod tests {
         ]
     }
 
+    /// The send the kernel has in flight.
+    enum KSend {
+        Owned(OutBytes, u32),
+        /// From a receive buffer: its id, first byte, length.
+        Lent(u16, u32, u32),
+    }
+
     /// What the kernel has of the connection.
     #[derive(Default)]
     struct Kernel {
         armed: bool,
-        send: Option<(OutBytes, u32)>,
+        send: Option<KSend>,
+        /// What each buffer the connection holds was filled with.
+        contents: std::collections::BTreeMap<u16, Vec<u8>>,
         /// Completions owed: cancelled receives and sends, cancels' own, the close.
         owed: std::collections::VecDeque<Event>,
         held: BTreeSet<u16>,
@@ -1313,7 +1650,20 @@ mod tests {
                     Op::SendOwned { data, offset } => {
                         assert!(self.send.is_none(), "two sends in flight");
                         assert!((offset as usize) < data.len(), "an empty send");
-                        self.send = Some((data, offset));
+                        self.send = Some(KSend::Owned(data, offset));
+                    }
+                    Op::Send { buf, offset, len } => {
+                        assert!(self.send.is_none(), "two sends in flight");
+                        assert!(len > 0, "an empty send");
+                        let held = self
+                            .contents
+                            .get(&buf.0)
+                            .expect("a send of a buffer not held");
+                        assert!(
+                            (offset + len) as usize <= held.len(),
+                            "a send past the bytes"
+                        );
+                        self.send = Some(KSend::Lent(buf.0, offset, len));
                     }
                     Op::CancelRecv => {
                         if self.armed && !self.recv_cancel_owed() {
@@ -1331,15 +1681,19 @@ mod tests {
                                 more: false,
                             });
                         }
-                        if let Some((data, _)) = self.send.take() {
-                            self.owed.push_back(Event::SendOwnedDone {
-                                res: Err(RawErrno::CANCELED),
-                                data,
-                            });
+                        if let Some(send) = self.send.take() {
+                            self.owed.push_back(send_failed(send, RawErrno::CANCELED));
                         }
                         self.owed.push_back(Event::CancelDone);
                     }
-                    Op::Recycle(buf) => assert!(self.held.remove(&buf.0), "recycled twice"),
+                    Op::Recycle(buf) => {
+                        assert!(self.held.remove(&buf.0), "recycled twice");
+                        self.contents.remove(&buf.0);
+                        assert!(
+                            !matches!(self.send, Some(KSend::Lent(b, ..)) if b == buf.0),
+                            "a buffer recycled while a send reads it"
+                        );
+                    }
                     Op::AwaitBuffers => {}
                     Op::Close => {
                         assert!(
@@ -1352,7 +1706,6 @@ mod tests {
                         assert!(self.owed.is_empty() && !self.armed && self.send.is_none());
                         self.freed = true;
                     }
-                    Op::Send { .. } => panic!("a provided-buffer send"),
                 }
             }
         }
@@ -1369,6 +1722,7 @@ mod tests {
                     let buf = BufId(self.next_buf);
                     self.next_buf += 1;
                     self.held.insert(buf.0);
+                    self.contents.insert(buf.0, bytes.clone());
                     self.delivered.extend_from_slice(&bytes);
                     self.armed = more;
                     let ev = Event::Recv {
@@ -1392,15 +1746,8 @@ mod tests {
                 Act::Buffers => self.feed(f, Event::BuffersAvailable, None),
                 Act::Send(frac) => self.complete_send(f, frac),
                 Act::SendErr(errno) => {
-                    if let Some((data, _)) = self.send.take() {
-                        self.feed(
-                            f,
-                            Event::SendOwnedDone {
-                                res: Err(errno),
-                                data,
-                            },
-                            None,
-                        );
+                    if let Some(send) = self.send.take() {
+                        self.feed(f, send_failed(send, errno), None);
                     }
                 }
                 Act::Pending => self.deliver_owed(f),
@@ -1431,14 +1778,22 @@ mod tests {
 
         /// Completes the send in flight with `frac`/255 of what it was for (at least 1).
         fn complete_send(&mut self, f: &mut Fx, frac: u8) {
-            let Some((data, offset)) = self.send.take() else {
-                return;
-            };
-            let rest = data.len() - offset as usize;
-            let n = (rest * usize::from(frac) / 255).max(1);
-            self.out
-                .extend_from_slice(&data.as_slice()[offset as usize..offset as usize + n]);
-            self.feed(f, sent(n as u32, data), None);
+            let part = |rest: usize| (rest * usize::from(frac) / 255).max(1);
+            match self.send.take() {
+                None => {}
+                Some(KSend::Owned(data, offset)) => {
+                    let n = part(data.len() - offset as usize);
+                    self.out
+                        .extend_from_slice(&data.as_slice()[offset as usize..offset as usize + n]);
+                    self.feed(f, sent(n as u32, data), None);
+                }
+                Some(KSend::Lent(buf, offset, len)) => {
+                    let n = part(len as usize);
+                    let at = offset as usize;
+                    self.out.extend_from_slice(&self.contents[&buf][at..at + n]);
+                    self.feed(f, lent_sent(n as u32), None);
+                }
+            }
         }
 
         fn deliver_owed(&mut self, f: &mut Fx) {
@@ -1471,6 +1826,17 @@ mod tests {
                 }
             }
             panic!("the connection never ended: {:?}", f.c.state());
+        }
+    }
+
+    /// The completion of a failed send.
+    fn send_failed(send: KSend, errno: RawErrno) -> Event {
+        match send {
+            KSend::Owned(data, _) => Event::SendOwnedDone {
+                res: Err(errno),
+                data,
+            },
+            KSend::Lent(..) => Event::SendDone { res: Err(errno) },
         }
     }
 

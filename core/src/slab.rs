@@ -17,9 +17,14 @@ use crate::token::{Generation, Generations, OpKind, Slot, Token};
 /// A fixed-capacity slot table. See the module docs.
 #[derive(Debug, Clone)]
 pub struct Slab<T> {
+    /// Slots used so far (vacant ones are None); reserved for every slot at construction and
+    /// grown in place, so that a slot's memory is touched only once a connection first uses
+    /// it: a table sized for 20,000 connections costs nothing resident until they come.
     entries: Vec<Option<T>>,
-    /// Vacant slots, popped from the end (so slot 0 is used first).
+    /// Vacant slots among `entries`, popped from the end; when none is, the next slot after
+    /// them (so slot 0 is used first).
     free: Vec<Slot>,
+    capacity: usize,
     generations: Generations,
 }
 
@@ -34,18 +39,17 @@ impl<T> Slab<T> {
             capacity <= Slot::MAX_TABLE as usize,
             "slab capacity must fit a token's slot field (2^24 - 1 slots)"
         );
-        let mut entries = Vec::with_capacity(capacity);
-        entries.resize_with(capacity, || None);
         Self {
-            entries,
-            free: (0..capacity as u32).rev().map(Slot).collect(),
+            entries: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            capacity,
             generations: Generations::new(capacity),
         }
     }
 
     /// Number of slots.
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.capacity
     }
 
     /// Occupied slots.
@@ -60,8 +64,20 @@ impl<T> Slab<T> {
 
     /// Stores `value` in a vacant slot; `None` (and `value` dropped) when the table is full.
     pub fn insert(&mut self, value: T) -> Option<(Slot, Generation)> {
-        let slot = self.free.pop()?;
-        self.entries[slot.0 as usize] = Some(value);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.entries[slot.0 as usize] = Some(value);
+                slot
+            }
+            None if self.entries.len() < self.capacity => {
+                // `capacity` fits a slot (checked in `new`); the push stays within what was
+                // reserved, so the table never moves.
+                let slot = Slot(self.entries.len() as u32);
+                self.entries.push(Some(value));
+                slot
+            }
+            None => return None,
+        };
         Some((slot, self.generation(slot)))
     }
 
@@ -108,8 +124,8 @@ impl<T> Slab<T> {
     pub fn remove(&mut self, slot: Slot) -> Option<T> {
         let value = self.entries.get_mut(slot.0 as usize)?.take()?;
         self.generations.retire(slot);
-        // Cannot allocate: `free` was created holding every slot, and a slot is pushed only
-        // when it leaves the table.
+        // Cannot allocate: `free` was reserved for every slot, and a slot is pushed only when
+        // it leaves the table.
         self.free.push(slot);
         Some(value)
     }

@@ -4,7 +4,8 @@
 //! sockets systemd passes), starts the workers, and waits for SIGTERM, SIGINT or SIGQUIT on a
 //! signalfd (SIGHUP, SIGUSR1 and SIGUSR2 are said and ignored); it then gives every worker the stop notice
 //! (`ringwork_sys::driver::stop_notices`), joins them and prints one `stats:` line summed over
-//! threads. The protocol is `ringwork_core::conn::EchoConn`; each worker is
+//! threads. The connection machine is `ringwork_core::protocol::ProtocolConn` running
+//! `Echo`, which sends every received byte back from the buffer it arrived in; each worker is
 //! `ringwork_sys::worker`'s loop on the io_uring or epoll backend (`--backend`), which performs
 //! the machine's operations, accepts, and drains on the stop notice. What is left here is
 //! flags, their checks, and the threads.
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use ringwork_core::conn::{Config, EchoConn};
+use ringwork_core::protocol::{Echo, Limits, ProtocolConn};
 use ringwork_sys::backend::Backend;
 use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
 use ringwork_sys::worker::{self, Serve, StreamConfig, UringOptions};
@@ -150,8 +151,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         backend,
         cfg,
     };
+    let limits = echo_limits(args.buffer_size);
     let total = server.run(
-        || EchoConn::new(Config::default()),
+        move || ProtocolConn::new(Echo, limits),
         // Once every worker is set up: the line means "serving", and the idle fd count and
         // RSS are final. Scripts and tests read the addresses (space-separated) from it.
         |bound| {
@@ -164,6 +166,20 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?;
     println!("stats: {total}");
     Ok(())
+}
+
+/// A connection's limits: receiving pauses while more than 8 buffers' worth of bytes wait to
+/// go back (a client that does not read), and resumes at 4. Echo consumes every byte, so
+/// no input is kept; no idle timeout (an echo client may be quiet for as long as it likes).
+fn echo_limits(buffer_size: u32) -> Limits {
+    let buffer = buffer_size as usize;
+    Limits {
+        high_water: 8 * buffer,
+        low_water: 4 * buffer,
+        max_input: buffer,
+        idle_timeout_ms: None,
+        message_timeout_ms: None,
+    }
 }
 
 /// What each worker runs with, from the flags (a disabled feature wins over the flag that
