@@ -57,9 +57,7 @@ use arrayvec::ArrayVec;
 use core::fmt;
 
 use crate::buf::BufId;
-use crate::conn::{
-    ChunkQueues, CloseReason, ConnError, Event, EventKind, Op, State, StreamMachine,
-};
+use crate::conn::{CloseReason, ConnError, Event, EventKind, Op, State, StreamMachine};
 use crate::errno::RawErrno;
 
 /// Bytes to send, owned or shared: what [`Op::SendOwned`] hands the driver.
@@ -389,7 +387,7 @@ impl fmt::Write for Output<'_> {
 ///
 /// ```
 /// use ringwork_core::buf::BufId;
-/// use ringwork_core::conn::{ChunkQueues, Event, Op, StreamMachine};
+/// use ringwork_core::conn::{Event, Op, StreamMachine};
 /// use ringwork_core::protocol::{Limits, OutBytes, Output, Protocol, ProtocolConn};
 ///
 /// struct Hello;
@@ -400,22 +398,19 @@ impl fmt::Write for Output<'_> {
 ///     }
 /// }
 ///
-/// let mut q = ChunkQueues::new(0); // unused: received bytes are read at once
 /// let mut conn = ProtocolConn::new(Hello, Limits::default());
-/// let mut ops = |c: &mut ProtocolConn<Hello>, q: &mut ChunkQueues| {
-///     std::iter::from_fn(|| c.poll_op(q)).collect::<Vec<_>>()
-/// };
-/// conn.on_event(&mut q, Event::Opened)?;
-/// assert_eq!(ops(&mut conn, &mut q), [Op::ArmRecv]);
+/// let ops = |c: &mut ProtocolConn<Hello>| std::iter::from_fn(|| c.poll_op()).collect::<Vec<_>>();
+/// conn.on_event(Event::Opened)?;
+/// assert_eq!(ops(&mut conn), [Op::ArmRecv]);
 /// let recv = Event::Recv { buf: BufId(7), offset: 0, len: 2, more: true };
-/// conn.on_received(&mut q, recv, b"hi")?;
+/// conn.on_received(recv, b"hi")?;
 /// let data = OutBytes::Static(b"hello\n");
 /// assert_eq!(
-///     ops(&mut conn, &mut q),
+///     ops(&mut conn),
 ///     [Op::Recycle(BufId(7)), Op::SendOwned { data: data.clone(), offset: 0 }]
 /// );
-/// conn.on_event(&mut q, Event::SendOwnedDone { res: Ok(6), data })?;
-/// assert_eq!(ops(&mut conn, &mut q), []);
+/// conn.on_event(Event::SendOwnedDone { res: Ok(6), data })?;
+/// assert_eq!(ops(&mut conn), []);
 /// # Ok::<(), ringwork_core::conn::ConnError>(())
 /// ```
 #[derive(Debug)]
@@ -960,20 +955,15 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
 
     /// Feeds one event. [`Event::Recv`] must come through [`StreamMachine::on_received`],
     /// with its bytes (here it is refused, and the buffer stays the caller's).
-    fn on_event(&mut self, _queues: &mut ChunkQueues, event: Event) -> Result<(), ConnError> {
+    fn on_event(&mut self, event: Event) -> Result<(), ConnError> {
         self.handle(event, None)
     }
 
-    fn on_received(
-        &mut self,
-        _queues: &mut ChunkQueues,
-        event: Event,
-        bytes: &[u8],
-    ) -> Result<(), ConnError> {
+    fn on_received(&mut self, event: Event, bytes: &[u8]) -> Result<(), ConnError> {
         self.handle(event, Some(bytes))
     }
 
-    fn poll_op(&mut self, _queues: &mut ChunkQueues) -> Option<Op> {
+    fn poll_op(&mut self) -> Option<Op> {
         if self.out.dropped {
             match self.out.items.pop_front() {
                 Some(OutItem::Lent(l)) => return Some(Op::Recycle(l.buf)),
@@ -1022,7 +1012,7 @@ impl<P: Protocol> StreamMachine for ProtocolConn<P> {
         }
     }
 
-    fn on_deadline(&mut self, _queues: &mut ChunkQueues) {
+    fn on_deadline(&mut self) {
         let due = |d: Option<u64>| d.is_some_and(|d| self.now_ms >= d);
         let reason = if due(self.message_deadline()) {
             CloseReason::MessageTimeout
@@ -1116,7 +1106,6 @@ mod tests {
 
     struct Fx {
         c: ProtocolConn<Lines>,
-        q: ChunkQueues,
         next_buf: u16,
     }
 
@@ -1124,18 +1113,17 @@ mod tests {
         fn new(limits: Limits) -> Self {
             Self {
                 c: ProtocolConn::new(Lines::default(), limits),
-                q: ChunkQueues::new(0),
                 next_buf: 0,
             }
         }
 
         fn ops(&mut self) -> Vec<Op> {
-            core::iter::from_fn(|| self.c.poll_op(&mut self.q)).collect()
+            core::iter::from_fn(|| self.c.poll_op()).collect()
         }
 
         fn step(&mut self, ev: Event) -> Vec<Op> {
             let shown = std::format!("{ev:?}");
-            StreamMachine::on_event(&mut self.c, &mut self.q, ev)
+            StreamMachine::on_event(&mut self.c, ev)
                 .unwrap_or_else(|e| panic!("{shown} refused: {e}"));
             self.ops()
         }
@@ -1150,7 +1138,7 @@ mod tests {
                 len: bytes.len() as u32,
                 more: true,
             };
-            self.c.on_received(&mut self.q, ev, bytes).unwrap();
+            self.c.on_received(ev, bytes).unwrap();
             self.ops()
         }
     }
@@ -1251,7 +1239,7 @@ mod tests {
     fn a_send_that_reports_more_than_it_was_given_is_refused() {
         let mut f = open();
         f.recv(b"q\n");
-        let r = StreamMachine::on_event(&mut f.c, &mut f.q, sent(9, owned(b"Q\n")));
+        let r = StreamMachine::on_event(&mut f.c, sent(9, owned(b"Q\n")));
         assert_eq!(r, Err(ConnError::SendOverrun { sent: 9, len: 2 }));
     }
 
@@ -1381,11 +1369,11 @@ mod tests {
         f.recv(b"q\n");
         assert_eq!(f.c.deadline_ms(), Some(160));
         f.c.set_now(150);
-        f.c.on_deadline(&mut f.q);
+        f.c.on_deadline();
         assert_eq!(f.ops(), []);
         f.step(sent(2, owned(b"Q\n")));
         f.c.set_now(250);
-        f.c.on_deadline(&mut f.q);
+        f.c.on_deadline();
         assert_eq!(f.ops(), [Op::CancelAll]);
         assert_eq!(f.c.close_reason(), Some(CloseReason::IdleTimeout));
     }
@@ -1400,10 +1388,10 @@ mod tests {
         f.recv(b"c");
         assert_eq!(f.c.deadline_ms(), Some(60));
         f.c.set_now(59);
-        f.c.on_deadline(&mut f.q);
+        f.c.on_deadline();
         assert_eq!(f.ops(), []);
         f.c.set_now(60);
-        f.c.on_deadline(&mut f.q);
+        f.c.on_deadline();
         assert_eq!(f.ops(), [Op::CancelAll]);
         assert_eq!(f.c.close_reason(), Some(CloseReason::MessageTimeout));
     }
@@ -1434,7 +1422,7 @@ mod tests {
             len: 1,
             more: true,
         };
-        assert!(StreamMachine::on_event(&mut f.c, &mut f.q, ev).is_err());
+        assert!(StreamMachine::on_event(&mut f.c, ev).is_err());
         assert_eq!(f.ops(), []);
     }
 
@@ -1485,7 +1473,7 @@ mod tests {
             len: 6,
             more: true,
         };
-        f.c.on_received(&mut f.q, ev, b"fabcd\n").unwrap();
+        f.c.on_received(ev, b"fabcd\n").unwrap();
         assert_eq!(f.ops(), [lent(9, 100, 6)]);
         assert_eq!(f.step(lent_sent(2)), [lent(9, 102, 4)]);
         assert_eq!(f.step(lent_sent(4)), [Op::Recycle(BufId(9))]);
@@ -1560,8 +1548,111 @@ mod tests {
     fn an_owned_completion_for_a_lent_send_is_refused() {
         let mut f = open();
         f.recv(b"f\n");
-        let r = StreamMachine::on_event(&mut f.c, &mut f.q, sent(2, owned(b"f\n")));
+        let r = StreamMachine::on_event(&mut f.c, sent(2, owned(b"f\n")));
         assert!(r.is_err());
+    }
+
+    // ---- Echo: what ringwork-echo relies on ---------------------------------------------
+
+    fn echo_open() -> (ProtocolConn<Echo>, Vec<Op>) {
+        let mut c = ProtocolConn::new(
+            Echo,
+            Limits {
+                high_water: 8,
+                low_water: 4,
+                ..Limits::default()
+            },
+        );
+        c.on_event(Event::Opened).unwrap();
+        let ops = core::iter::from_fn(|| c.poll_op()).collect();
+        (c, ops)
+    }
+
+    fn drive(c: &mut ProtocolConn<Echo>, ev: Event, bytes: Option<&[u8]>) -> Vec<Op> {
+        match bytes {
+            Some(b) => c.on_received(ev, b),
+            None => c.on_event(ev),
+        }
+        .unwrap();
+        core::iter::from_fn(|| c.poll_op()).collect()
+    }
+
+    fn rx(buf: u16, bytes: &[u8], more: bool) -> (Event, &[u8]) {
+        let ev = Event::Recv {
+            buf: BufId(buf),
+            offset: 0,
+            len: bytes.len() as u32,
+            more,
+        };
+        (ev, bytes)
+    }
+
+    #[test]
+    fn echo_rearms_a_multishot_receive_only_once_it_ended() {
+        let (mut c, ops) = echo_open();
+        assert_eq!(ops, [Op::ArmRecv]);
+        let (ev, b) = rx(0, b"ab", true);
+        assert_eq!(drive(&mut c, ev, Some(b)), [lent(0, 0, 2)]);
+        // The multishot ends (no F_MORE) with its last bytes: armed again, once.
+        let (ev, b) = rx(1, b"c", false);
+        assert_eq!(drive(&mut c, ev, Some(b)), [Op::ArmRecv]);
+        assert_eq!(
+            drive(&mut c, lent_sent(2), None),
+            [Op::Recycle(BufId(0)), lent(1, 0, 1)]
+        );
+    }
+
+    #[test]
+    fn echo_waits_for_buffers_after_enobufs_then_rearms() {
+        let (mut c, _) = echo_open();
+        let nobufs = Event::RecvErr {
+            errno: RawErrno::NOBUFS,
+            more: false,
+        };
+        assert_eq!(drive(&mut c, nobufs, None), [Op::AwaitBuffers]);
+        assert_eq!(c.state(), State::Open, "ENOBUFS never closes");
+        assert_eq!(drive(&mut c, Event::BuffersAvailable, None), [Op::ArmRecv]);
+    }
+
+    #[test]
+    fn echo_keeps_receives_that_arrive_after_its_backpressure_cancel_in_order() {
+        let (mut c, _) = echo_open();
+        // 9 bytes queued (> 8): the receive is cancelled.
+        let (ev, b) = rx(0, b"123456789", true);
+        assert_eq!(drive(&mut c, ev, Some(b)), [lent(0, 0, 9), Op::CancelRecv]);
+        // The kernel had more before it saw the cancel: kept, and sent in order.
+        let (ev, b) = rx(1, b"AB", true);
+        assert_eq!(drive(&mut c, ev, Some(b)), []);
+        let cancelled = Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        };
+        assert_eq!(drive(&mut c, cancelled, None), []);
+        // No re-arm while the cancel's own completion is outstanding, even below low water.
+        assert_eq!(
+            drive(&mut c, lent_sent(9), None),
+            [Op::Recycle(BufId(0)), lent(1, 0, 2)]
+        );
+        assert_eq!(drive(&mut c, Event::CancelDone, None), [Op::ArmRecv]);
+    }
+
+    #[test]
+    fn echo_closes_only_after_an_abort_cancelled_everything_in_flight() {
+        let (mut c, _) = echo_open();
+        let (ev, b) = rx(0, b"xy", true);
+        drive(&mut c, ev, Some(b));
+        assert_eq!(drive(&mut c, Event::Abort, None), [Op::CancelAll]);
+        let cancelled = Event::RecvErr {
+            errno: RawErrno::CANCELED,
+            more: false,
+        };
+        assert_eq!(drive(&mut c, cancelled, None), []);
+        let send_cancelled = Event::SendDone {
+            res: Err(RawErrno::CANCELED),
+        };
+        assert_eq!(drive(&mut c, send_cancelled, None), [Op::Recycle(BufId(0))]);
+        assert_eq!(drive(&mut c, Event::CancelDone, None), [Op::Close]);
+        assert_eq!(drive(&mut c, Event::Closed, None), [Op::Free]);
     }
 
     // ---- proptest: a simulated kernel --------------------------------------------------
@@ -1632,15 +1723,15 @@ mod tests {
             f.c.set_now(self.now);
             let shown = std::format!("{ev:?}");
             let r = match bytes {
-                Some(b) => f.c.on_received(&mut f.q, ev, b),
-                None => StreamMachine::on_event(&mut f.c, &mut f.q, ev),
+                Some(b) => f.c.on_received(ev, b),
+                None => StreamMachine::on_event(&mut f.c, ev),
             };
             r.unwrap_or_else(|e| panic!("{shown} refused: {e}"));
             self.perform(f);
         }
 
         fn perform(&mut self, f: &mut Fx) {
-            while let Some(op) = f.c.poll_op(&mut f.q) {
+            while let Some(op) = f.c.poll_op() {
                 assert!(!self.freed, "{op:?} after Free");
                 match op {
                     Op::ArmRecv => {
@@ -1757,7 +1848,7 @@ mod tests {
                     self.now += u64::from(ms);
                     f.c.set_now(self.now);
                     if f.c.deadline_ms().is_some_and(|d| d <= self.now) {
-                        f.c.on_deadline(&mut f.q);
+                        f.c.on_deadline();
                         self.perform(f);
                     }
                 }

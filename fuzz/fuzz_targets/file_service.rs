@@ -20,9 +20,7 @@ use ringwork_core::filecache::{CacheConfig, FileId};
 use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
-use ringwork_core::httpconn::{
-    Config, FileInfo, FileKind, HttpConn, HttpEvent, SendSrc, Time,
-};
+use ringwork_core::httpconn::{Config, FileInfo, FileKind, HttpConn, HttpEvent, SendSrc, Time};
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
 const NOW: Time = Time {
@@ -31,23 +29,29 @@ const NOW: Time = Time {
 };
 
 /// The files of the simulated root: name and size.
-const FILES: [(&str, u64); 4] = [
-    ("a", 10),
-    ("b", 5_000),
-    ("c", 20_000),
-    ("d", 0),
-];
+const FILES: [(&str, u64); 4] = [("a", 10), ("b", 5_000), ("c", 20_000), ("d", 0)];
 
 #[derive(Arbitrary, Debug)]
 enum Step {
     /// Complete the `pick`-th operation in flight; `ok` and `frac` shape its result.
-    Complete { pick: u8, ok: bool, frac: u8 },
+    Complete {
+        pick: u8,
+        ok: bool,
+        frac: u8,
+    },
     /// Complete the `pick`-th worker operation owed (an entry's close, a mapping) as `how`.
-    Worker { pick: u8, how: u8 },
+    Worker {
+        pick: u8,
+        how: u8,
+    },
     /// Head buffers are back: the starved receives go again.
     Heads,
-    Tick { ms: u16 },
-    Abort { conn: u8 },
+    Tick {
+        ms: u16,
+    },
+    Abort {
+        conn: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -95,7 +99,14 @@ fn stat(path: &[u8]) -> Result<(FileInfo, FileId), RawErrno> {
         mtime_secs: 1,
         dio: None,
     };
-    Ok((info, FileId { dev: 1, ino: i as u64 + 1, mtime_ns: 1 }))
+    Ok((
+        info,
+        FileId {
+            dev: 1,
+            ino: i as u64 + 1,
+            mtime_ns: 1,
+        },
+    ))
 }
 
 impl Sim {
@@ -105,10 +116,17 @@ impl Sim {
             return;
         }
         while let Some(op) = self.svc.next(&mut c.fc, token(i), self.now) {
-            assert!(self.svc.chunks_in_use() <= self.chunks, "more buffers leased than the pool has");
+            assert!(
+                self.svc.chunks_in_use() <= self.chunks,
+                "more buffers leased than the pool has"
+            );
             match op {
                 FileOp::Free => {
-                    assert!(c.in_flight.is_empty(), "freed with {:?} in flight", c.in_flight);
+                    assert!(
+                        c.in_flight.is_empty(),
+                        "freed with {:?} in flight",
+                        c.in_flight
+                    );
                     c.freed = true;
                     break;
                 }
@@ -124,7 +142,10 @@ impl Sim {
                 }
                 FileOp::SendFile { file, .. } => {
                     if self.mapped {
-                        assert!(matches!(file, FileRef::Entry(_)), "a mapped send of {file:?}");
+                        assert!(
+                            matches!(file, FileRef::Entry(_)),
+                            "a mapped send of {file:?}"
+                        );
                     }
                     c.in_flight.push(op);
                 }
@@ -146,7 +167,13 @@ impl Sim {
     fn complete(&mut self, i: usize, k: usize, ok: bool, frac: u8) {
         let op = self.conns[i].in_flight.remove(k);
         let now = self.now;
-        let short = |len: u32| if ok { len } else { (len * u32::from(frac) / 255).max(1).min(len) };
+        let short = |len: u32| {
+            if ok {
+                len
+            } else {
+                (len * u32::from(frac) / 255).max(1).min(len)
+            }
+        };
         match op {
             FileOp::Recv { max } => {
                 if !ok && frac < 32 {
@@ -168,7 +195,11 @@ impl Sim {
             }
             FileOp::Stat => {
                 let c = &mut self.conns[i];
-                let seen = if ok { stat(c.fc.http().path()) } else { Err(RawErrno::ACCES) };
+                let seen = if ok {
+                    stat(c.fc.http().path())
+                } else {
+                    Err(RawErrno::ACCES)
+                };
                 if let Err(e) = self.svc.on_stat(&mut c.fc, now, seen) {
                     panic!("stat refused: {e}");
                 }
@@ -180,9 +211,16 @@ impl Sim {
                 }
             }
             FileOp::Read(ChunkRead { buf, len, .. }) => {
-                let res = if ok || frac > 200 { Ok(short(len)) } else { Err(RawErrno::IO) };
+                let res = if ok || frac > 200 {
+                    Ok(short(len))
+                } else {
+                    Err(RawErrno::IO)
+                };
                 let chunk = vec![7u8; 70_000];
-                if let Err(e) = self.svc.on_read(&mut self.conns[i].fc, now, buf, res, &chunk) {
+                if let Err(e) = self
+                    .svc
+                    .on_read(&mut self.conns[i].fc, now, buf, res, &chunk)
+                {
                     panic!("read refused: {e}");
                 }
             }
@@ -191,7 +229,11 @@ impl Sim {
                     SendSrc::Head { len, .. } | SendSrc::Buf { len, .. } => len,
                     SendSrc::HeadAndBuf { len, .. } | SendSrc::File { len, .. } => len,
                 };
-                let res = if ok || frac > 100 { Ok(short(len)) } else { Err(RawErrno::PIPE) };
+                let res = if ok || frac > 100 {
+                    Ok(short(len))
+                } else {
+                    Err(RawErrno::PIPE)
+                };
                 self.report(i, HttpEvent::Send(res));
             }
             FileOp::SendFile { len, .. } => {
@@ -208,7 +250,11 @@ impl Sim {
                 // What it cancels ends first (a receive parked for buffers never reached the
                 // kernel: the service completes it itself).
                 let c = &mut self.conns[i];
-                if let Some(k) = c.in_flight.iter().position(|op| matches!(op, FileOp::Recv { .. })) {
+                if let Some(k) = c
+                    .in_flight
+                    .iter()
+                    .position(|op| matches!(op, FileOp::Recv { .. }))
+                {
                     c.in_flight.remove(k);
                     if !self.starved.contains(&token(i)) {
                         self.report(i, HttpEvent::Recv(Err(RawErrno::CANCELED)));
@@ -242,7 +288,11 @@ impl Sim {
                 continue;
             }
             // The parked receive goes again (or completes cancelled): out of flight here.
-            if let Some(k) = self.conns[i].in_flight.iter().position(|op| matches!(op, FileOp::Recv { .. })) {
+            if let Some(k) = self.conns[i]
+                .in_flight
+                .iter()
+                .position(|op| matches!(op, FileOp::Recv { .. }))
+            {
                 self.conns[i].in_flight.remove(k);
             }
             self.svc.wake(&mut self.conns[i].fc);
@@ -328,7 +378,9 @@ fuzz_target!(|input: Input| {
                     .flat_map(|i| (0..sim.conns[i].in_flight.len()).map(move |k| (i, k)))
                     .collect();
                 if let Some(&(i, k)) = busy.get(usize::from(pick) % busy.len().max(1)) {
-                    if sim.starved.contains(&token(i)) && matches!(sim.conns[i].in_flight[k], FileOp::Recv { .. }) {
+                    if sim.starved.contains(&token(i))
+                        && matches!(sim.conns[i].in_flight[k], FileOp::Recv { .. })
+                    {
                         continue;
                     }
                     sim.complete(i, k, ok, frac);
@@ -381,7 +433,9 @@ fuzz_target!(|input: Input| {
             let k = sim.conns[i]
                 .in_flight
                 .iter()
-                .position(|op| !matches!(op, FileOp::Recv { .. }) || !sim.starved.contains(&token(i)))
+                .position(|op| {
+                    !matches!(op, FileOp::Recv { .. }) || !sim.starved.contains(&token(i))
+                })
                 .unwrap();
             sim.complete(i, k, true, 255);
         }

@@ -8,7 +8,9 @@ use ringwork_core::http::normalize_path;
 
 fuzz_target!(|target: &[u8]| {
     let mut out = [0u8; 8192];
-    let Ok(path) = normalize_path(target, &mut out) else { return };
+    let Ok(path) = normalize_path(target, &mut out) else {
+        return;
+    };
     let path = path.to_owned();
     assert!(!path.starts_with('/'), "absolute: {path:?}");
     for seg in path.split('/') {
@@ -17,11 +19,18 @@ fuzz_target!(|target: &[u8]| {
             assert!(!seg.is_empty(), "empty segment in {path:?}");
         }
     }
-    assert!(!path.bytes().any(|b| b < 0x20 || b == 0x7f), "control byte in {path:?}");
+    assert!(
+        !path.bytes().any(|b| b < 0x20 || b == 0x7f),
+        "control byte in {path:?}"
+    );
     let mut again = [0u8; 8192];
     // Re-encode what decoding produced and a target gives meaning to ('%', '?', '#').
-    let reencoded = path.replace('%', "%25").replace('?', "%3F").replace('#', "%23");
+    let reencoded = path
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
     let slash = format!("/{reencoded}");
-    let twice = normalize_path(slash.as_bytes(), &mut again).expect("a normalised path stays valid");
+    let twice =
+        normalize_path(slash.as_bytes(), &mut again).expect("a normalised path stays valid");
     assert_eq!(twice, path);
 });

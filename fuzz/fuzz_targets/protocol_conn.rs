@@ -12,7 +12,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use ringwork_core::buf::BufId;
-use ringwork_core::conn::{ChunkQueues, Event, Op, OutBytes, StreamMachine};
+use ringwork_core::conn::{Event, Op, OutBytes, StreamMachine};
 use ringwork_core::errno::RawErrno;
 use ringwork_core::protocol::{Limits, Output, Protocol, ProtocolConn};
 
@@ -86,7 +86,6 @@ fuzz_target!(|events: Vec<Ev>| {
         message_timeout_ms: Some(30),
     };
     let mut conn = ProtocolConn::new(Lines::default(), limits);
-    let mut queues = ChunkQueues::new(0);
     let mut held = HashSet::new();
     let mut next_buf = 0u16;
     let mut sending: Option<(OutBytes, u32)> = None;
@@ -104,7 +103,7 @@ fuzz_target!(|events: Vec<Ev>| {
                     len: bytes.len() as u32,
                     more,
                 };
-                let ok = conn.on_received(&mut queues, ev, bytes).is_ok();
+                let ok = conn.on_received(ev, bytes).is_ok();
                 if ok {
                     next_buf = next_buf.wrapping_add(1);
                     assert!(held.insert(buf), "a buffer handed twice");
@@ -118,13 +117,10 @@ fuzz_target!(|events: Vec<Ev>| {
                 let rest = data.len() - offset as usize;
                 let res = if ok { Ok(u32::from(n)) } else { Err(errno(e)) };
                 let accepted = conn
-                    .on_event(
-                        &mut queues,
-                        Event::SendOwnedDone {
-                            res,
-                            data: data.clone(),
-                        },
-                    )
+                    .on_event(Event::SendOwnedDone {
+                        res,
+                        data: data.clone(),
+                    })
                     .is_ok();
                 if accepted {
                     assert!(
@@ -143,7 +139,7 @@ fuzz_target!(|events: Vec<Ev>| {
                 now += u64::from(ms);
                 conn.set_now(now);
                 if conn.deadline_ms().is_some_and(|d| d <= now) {
-                    conn.on_deadline(&mut queues);
+                    conn.on_deadline();
                 }
                 true
             }
@@ -162,11 +158,11 @@ fuzz_target!(|events: Vec<Ev>| {
                     Ev::Abort => Event::Abort,
                     Ev::Recv { .. } | Ev::SendDone { .. } | Ev::Time { .. } => unreachable!(),
                 };
-                conn.on_event(&mut queues, ev).is_ok()
+                conn.on_event(ev).is_ok()
             }
         };
         let _ = accepted;
-        while let Some(op) = conn.poll_op(&mut queues) {
+        while let Some(op) = conn.poll_op() {
             match op {
                 Op::SendOwned { data, offset } => {
                     assert!(sending.is_none(), "two sends in flight");

@@ -11,6 +11,9 @@ fuzz_target!(|raw: u64| {
         assert_eq!(t.encode(), UserData(raw));
         assert!(t.slot.0 < Slot::MAX_TABLE || t.slot == Slot::WORKER);
         let other = Token::decode(t.with_sub(t.sub.wrapping_add(1)).encode()).unwrap();
-        assert_eq!((other.kind, other.slot, other.generation), (t.kind, t.slot, t.generation));
+        assert_eq!(
+            (other.kind, other.slot, other.generation),
+            (t.kind, t.slot, t.generation)
+        );
     }
 });

@@ -1,4 +1,4 @@
-//! The worker loop on both backends, in process, as a user of the crate runs it: `EchoConn`
+//! The worker loop on both backends, in process, as a user of the crate runs it: `ProtocolConn<Echo>`
 //! served byte-exact to concurrent clients, a client that resets mid-stream freeing what it
 //! held (the next clients are served the same), and the stop notice draining to a clean return
 //! whose counters add up; a `ProtocolConn` closed by its idle timeout.
@@ -7,8 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use ringwork_core::conn::{Config, EchoConn};
-use ringwork_core::protocol::{Limits, Output, Protocol, ProtocolConn};
+use ringwork_core::protocol::{Echo, Limits, Output, Protocol, ProtocolConn};
 use ringwork_sys::backend::Backend;
 use ringwork_sys::driver::{stop_notices, StartGate};
 use ringwork_sys::net::{listener, SocketMode};
@@ -68,7 +67,7 @@ fn serve_then_stop(backend: Backend) -> StreamStats {
             gate: &gate,
         };
         run_on(backend, &cfg, vec![listener], notice, io, || {
-            EchoConn::new(Config::default())
+            ProtocolConn::new(Echo, Limits::default())
         })
     });
     resetting_client(addr);

@@ -1,7 +1,7 @@
 //! The checked door: [`HttpEvent`] names everything a driver reports, and
 //! [`HttpConn::on_event`] refuses what the connection cannot have been sent (a completion of
 //! an op it never emitted, or already reported) with [`ConnError`], leaving it untouched, as
-//! [`EchoConn::on_event`](crate::conn::EchoConn::on_event) does. What it accepts goes to the
+//! [`ProtocolConn`](crate::protocol::ProtocolConn) does. What it accepts goes to the
 //! `on_*` handler of the same name, which stays public for drivers that report directly
 //! (those guard a stray report instead of refusing it: it closes the connection, or is
 //! ignored).

@@ -7,10 +7,11 @@
 //!
 //! What it shows, in the order a server needs it: a ring, the shared acceptor (multishot
 //! accept, re-armed when it ends, backing off when descriptors run out), receives into a
-//! provided buffer ring (no buffer per connection), and `EchoConn`, core's echo state machine,
-//! deciding everything else: when to re-arm a receive, what to send, when a buffer goes back,
-//! when a connection may be freed. The loop only maps its operations to safe SQEs and
-//! completions back to events. `ringwork_sys::worker` is this plus zero-copy sends, bundles,
+//! provided buffer ring (no buffer per connection), and `ProtocolConn<Echo>`, core's
+//! connection machine running the echo protocol, deciding everything else: when to re-arm a
+//! receive, what to send (a received buffer itself, or bytes it owns), when a buffer goes
+//! back, when a connection may be freed. The loop only maps its operations to safe SQEs and
+//! completions back to events, and shows the machine each receive's bytes. `ringwork_sys::worker` is this plus zero-copy sends, bundles,
 //! incremental buffers, batching, SQPOLL, an epoll backend, several threads and a graceful
 //! shutdown.
 #![forbid(unsafe_code)]
@@ -21,12 +22,13 @@ use std::time::Instant;
 
 use ringwork_core::accept::timeout_until;
 use ringwork_core::buf::{BufGroup, RecvBuffers, RecvMode};
-use ringwork_core::conn::{ChunkQueues, Config, EchoConn, Event, Op, Starved};
+use ringwork_core::conn::{Event, Op, Starved, StreamMachine};
+use ringwork_core::protocol::{Echo, Limits, ProtocolConn};
 use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::accept::AcceptMode;
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::{driver, Acceptor, Cqe, RingParams, SafeSqe, SendFlags, Target};
+use ringwork_sys::{driver, Acceptor, Cqe, OpMemory, RingParams, SafeSqe, SendFlags, Target};
 
 const GROUP: BufGroup = BufGroup(0);
 const BUFFERS: u16 = 256;
@@ -36,7 +38,7 @@ const MAX_CONNS: usize = 1024;
 struct Conn {
     sock: Option<OwnedFd>,
     fd: RawFd,
-    machine: EchoConn,
+    machine: ProtocolConn<Echo>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -54,7 +56,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut acceptor = Acceptor::new(listener, Slot::WORKER, ring.probe()?, AcceptMode::Multishot);
     ring.register_buf_ring(GROUP, BUFFERS, BUFFER_SIZE)?;
     let mut recv = RecvBuffers::new(BUFFERS, BUFFER_SIZE, RecvMode::Whole);
-    let mut queues = ChunkQueues::new(usize::from(BUFFERS));
     let mut starved = Starved::new(MAX_CONNS);
     let mut conns: Slab<Conn> = Slab::new(MAX_CONNS);
     acceptor.start(&mut ring)?;
@@ -78,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             if acceptor.owns(&token) {
                 if let Some(sock) = acceptor.on_cqe(&mut ring, cqe, conns.len(), now_ms)? {
                     let fd = sock.as_raw_fd();
-                    let machine = EchoConn::new(Config::default());
+                    let machine = ProtocolConn::new(Echo, Limits::default());
                     if let Some((slot, generation)) = conns.insert(Conn {
                         sock: Some(sock),
                         fd,
@@ -112,11 +113,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 continue;
             };
-            if conn.machine.on_event(&mut queues, event).is_err() {
+            let br = ring.buf_ring(GROUP).expect("registered above");
+            let fed = match event {
+                // The machine reads what it received, here and now: the buffer is the ring's.
+                Event::Recv {
+                    buf, offset, len, ..
+                } => {
+                    let bytes = br.piece_bytes(&recv, buf, offset, len);
+                    conn.machine.on_received(event, bytes)
+                }
+                event => conn.machine.on_event(event),
+            };
+            if fed.is_err() {
                 continue; // an event the machine refuses is a bug it reports; carry on
             }
             while let Some(conn) = conns.get_checked_mut(&token) {
-                let Some(op) = conn.machine.poll_op(&mut queues) else {
+                let Some(op) = conn.machine.poll_op() else {
                     break;
                 };
                 let free = op == Op::Free;
@@ -151,7 +163,11 @@ fn sqe_for(
             .send_provided(target, GROUP, buf, offset, len)?
             .send_flags(SendFlags::NOSIGNAL)
             .user_data(ud(OpKind::Send)),
-        Op::SendOwned { .. } => unreachable!("EchoConn sends only the bytes it received"),
+        // Bytes the machine owns (forwarded bytes it had to copy): the ring holds them until
+        // the completion hands them back.
+        Op::SendOwned { data, offset } => SafeSqe::send_bytes(target, data, offset as usize)
+            .send_flags(SendFlags::NOSIGNAL)
+            .user_data(ud(OpKind::SendOwned)),
         Op::Recycle(buf) => {
             let br = ring.buf_ring(GROUP).expect("registered in main");
             br.recycle_recv(recv, buf)?;
@@ -206,6 +222,10 @@ fn completion_events(
         (OpKind::Recv, Ok(_)) => Event::RecvEof { more },
         (OpKind::Recv, Err(errno)) => Event::RecvErr { errno, more },
         (OpKind::Send, res) => Event::SendDone { res },
+        (OpKind::SendOwned, res) => match ring.take_memory(cqe.user_data()) {
+            Some(OpMemory::Out(data)) => Event::SendOwnedDone { res, data },
+            _ => return Ok(()), // cannot happen: every owned send files its bytes
+        },
         (OpKind::Cancel, _) => Event::CancelDone,
         (OpKind::Close, _) => Event::Closed,
         _ => return Ok(()),

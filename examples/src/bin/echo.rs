@@ -1,17 +1,18 @@
-//! An echo server in a few lines: core's `EchoConn` as the connection machine, ringwork-sys'
-//! `Server` for everything else, on io_uring or, where io_uring is refused, epoll.
+//! An echo server in a few lines: core's `Echo` protocol, ringwork-sys' `Server` for
+//! everything else, on io_uring or, where io_uring is refused, epoll.
 //!
 //! `cargo run -p ringwork-examples --bin echo -- 127.0.0.1:7879 [auto|uring|epoll]`, then
 //! `nc 127.0.0.1 7879`; Ctrl-C drains and prints the counters.
 //!
-//! `EchoConn` sends back the provided buffer a receive filled, without copying it: the
-//! fastest echo there is. Any other protocol is a `Protocol` run by `Server::run_protocol`
-//! (see `uppercase`); as one, echo is `out.write(input); input.len()`, one copy per message.
+//! `Echo` is a `Protocol` like any other (see `uppercase`): `out.forward(0..input.len());
+//! input.len()`. `forward` sends the bytes from the provided buffer the receive filled,
+//! without copying them, and the buffer goes back once they are sent: the fastest echo
+//! there is, and what ringwork-echo runs.
 //! `echo-ring` shows the layer below: the ring, safe submission and a buffer ring, driven by
 //! hand.
 #![forbid(unsafe_code)]
 
-use ringwork_core::conn::{Config, EchoConn};
+use ringwork_core::protocol::Echo;
 use ringwork_sys::worker::{Server, StreamConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,10 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_conns: 2048,
             ..StreamConfig::default()
         })
-        .run(
-            || EchoConn::new(Config::default()),
-            |bound| println!("echo listening on {}", bound[0]),
-        )?;
+        .run_protocol(|| Echo, |bound| println!("echo listening on {}", bound[0]))?;
     println!("stats: {stats}");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The worker loop, written once: one thread's connections, driven on io_uring or epoll.
 //!
-//! [`run`] takes a [`StreamMachine`] per connection (core's `EchoConn`, or a protocol of your
+//! [`run`] takes a [`StreamMachine`] per connection (core's `ProtocolConn` running a protocol of your
 //! own) and does everything else: the connection table with generations (a late completion
 //! for a recycled slot is recognised and its buffer goes back), the acceptors with their
 //! back-off, the wait (batched on io_uring) bounded by the next deadline it owes (an accept

@@ -56,7 +56,7 @@ impl From<Error> for ServeError {
 /// thread and address) and runs its connections on its own ring or epoll set.
 ///
 /// ```no_run
-/// use ringwork_core::conn::{Config, EchoConn};
+/// use ringwork_core::protocol::{Echo, Limits, ProtocolConn};
 /// use ringwork_sys::backend::{self, BackendRequest};
 /// use ringwork_sys::worker::{Serve, StreamConfig};
 ///
@@ -68,7 +68,7 @@ impl From<Error> for ServeError {
 ///     backend: chosen.backend,
 ///     cfg: StreamConfig { name: "echo", ..StreamConfig::default() },
 /// }
-/// .run(|| EchoConn::new(Config::default()), |addrs| println!("listening on {addrs:?}"))?;
+/// .run(|| ProtocolConn::new(Echo, Limits::default()), |addrs| println!("on {addrs:?}"))?;
 /// println!("stats: {stats}"); // after SIGINT or SIGTERM, and the drain
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

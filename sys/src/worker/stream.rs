@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use ringwork_core::conn::{ChunkQueues, Event, Op, Starved, StreamMachine};
+use ringwork_core::conn::{Event, Op, Starved, StreamMachine};
 use ringwork_core::token::Token;
 
 use super::{AcceptParts, Backend, Engine, Happening, Input, StreamConfig, StreamStats};
@@ -24,8 +24,6 @@ pub struct StreamConn<M, C> {
 pub struct StreamEngine<B, F> {
     backend: B,
     new_machine: F,
-    /// The chunks every connection holds (received, not yet sent on).
-    chunks: ChunkQueues,
     /// Connections whose receive found no buffer, to wake once buffers are back.
     starved: Starved,
     /// The connections being woken this turn, the next last (the buffer is reused).
@@ -43,29 +41,12 @@ impl<B: Backend, F> StreamEngine<B, F> {
         Self {
             backend,
             new_machine,
-            chunks: ChunkQueues::new(chunk_table_size(cfg)),
             starved: Starved::new(cfg.max_conns),
             woken: Vec::new(),
             events: VecDeque::new(),
             now_ms: 0,
             name: cfg.name,
         }
-    }
-}
-
-/// How many chunks the connections of one worker may hold at once. With whole buffers (and
-/// bundles) each chunk holds a distinct buffer, so their count bounds them exactly.
-/// Incremental consumption puts several slices in one buffer: there the table is a margin,
-/// room for every connection to queue twice its backpressure threshold on top of one chunk
-/// per buffer (a connection whose receive finds it full fails closed, `QueueOverflow`).
-fn chunk_table_size(cfg: &StreamConfig) -> usize {
-    let buffers = usize::from(cfg.buffers);
-    if cfg.uring.incremental {
-        cfg.max_conns
-            .saturating_mul(2 * ringwork_core::conn::DEFAULT_MAX_QUEUED)
-            .saturating_add(buffers)
-    } else {
-        buffers
     }
 }
 
@@ -90,9 +71,9 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
                 buf, offset, len, ..
             } if M::READS_BYTES => {
                 let bytes = self.backend.received(buf, offset, len);
-                conn.machine.on_received(&mut self.chunks, event, bytes)
+                conn.machine.on_received(event, bytes)
             }
-            event => conn.machine.on_event(&mut self.chunks, event),
+            event => conn.machine.on_event(event),
         };
         if let Err(e) = fed {
             eprintln!("{}: {e}", self.name);
@@ -113,7 +94,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
         events: &mut VecDeque<Event>,
         stats: &mut StreamStats,
     ) -> Result<bool> {
-        while let Some(op) = conn.machine.poll_op(&mut self.chunks) {
+        while let Some(op) = conn.machine.poll_op() {
             match op {
                 Op::Free => return Ok(true),
                 Op::Recycle(buf) => self.backend.recycle(buf, stats),
@@ -203,7 +184,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         let result = loop {
             let mut fed = Ok(false);
             if std::mem::take(&mut deadline) {
-                conn.machine.on_deadline(&mut self.chunks);
+                conn.machine.on_deadline();
                 fed = self.perform_ops(token, conn, &mut events, stats);
             }
             while matches!(fed, Ok(false)) {
