@@ -366,6 +366,7 @@ pub(crate) fn measure(
         threads: 1,
         server_pid: server.map(RunningServer::pid),
         count_syscalls: true,
+        lines: false,
     };
     let outcome = echo::run(&cfg).map_err(|e| format!("{} {cell:?}: {e}", b.name))?;
     eprintln!(

@@ -59,6 +59,9 @@ pub struct Config {
     pub server_pid: Option<u32>,
     /// Count the server's syscalls over the measured window with `perf stat`.
     pub count_syscalls: bool,
+    /// A line protocol that upper-cases (`--lines`): every message is `size - 1` lowercase
+    /// letters and a newline, and the answer expected is the same upper-cased.
+    pub lines: bool,
 }
 
 /// What a run measured.
@@ -179,31 +182,74 @@ impl Outcome {
     }
 }
 
-/// The stream's bytes: `PERIOD` pseudo-random bytes, then `CHUNK` more repeating them, so that
-/// any window of up to `CHUNK` bytes is one slice (`Conn::expected`) and the byte at stream
-/// position p is the same whichever slice it is read through (the writer's split and the
-/// reader's differ once messages pile up).
-fn pattern() -> Vec<u8> {
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let mut pat: Vec<u8> = (0..PERIOD)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 32) as u8
+/// What every connection sends and expects back: `period` pseudo-random bytes, then `CHUNK`
+/// more repeating them, so that any window of up to `CHUNK` bytes is one slice
+/// (`Conn::expected`) and the byte at stream position p is the same whichever slice it is
+/// read through (the writer's split and the reader's differ once messages pile up).
+struct Stream {
+    sent: Vec<u8>,
+    /// The answer: `sent` itself for an echo, upper-cased for `--lines`.
+    want: Vec<u8>,
+    /// A prime for an echo, so that connections' windows do not line up with message sizes;
+    /// a multiple of the message size for `--lines`, so that every message ends a line.
+    period: usize,
+    /// Connections start at multiples of this in the pattern: 1, or the message size.
+    phase_step: usize,
+}
+
+impl Stream {
+    fn new(lines: bool, size: usize) -> Result<Self, String> {
+        let (period, phase_step) = if lines {
+            if !(2..=PERIOD).contains(&size) {
+                return Err(format!("--lines needs a --size of 2 to {PERIOD} bytes"));
+            }
+            (PERIOD / size * size, size)
+        } else {
+            (PERIOD, 1)
+        };
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut sent: Vec<u8> = (0..period)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let r = (x >> 32) as u8;
+                match lines {
+                    false => r,
+                    true if (i + 1) % size == 0 => b'\n',
+                    true => b'a' + r % 26,
+                }
+            })
+            .collect();
+        // CHUNK exceeds the period: extend byte by byte, each copying the one a period back.
+        for j in 0..CHUNK {
+            sent.push(sent[j]);
+        }
+        let want = match lines {
+            true => sent.to_ascii_uppercase(),
+            false => sent.clone(),
+        };
+        Ok(Self {
+            sent,
+            want,
+            period,
+            phase_step,
         })
-        .collect();
-    // CHUNK exceeds PERIOD: extend byte by byte, each copying the one PERIOD before it.
-    for j in 0..CHUNK {
-        pat.push(pat[j]);
     }
-    pat
+
+    /// Where connection `seed`'s stream starts.
+    fn phase(&self, seed: usize) -> usize {
+        let slots = self.period / self.phase_step;
+        (seed.wrapping_mul(7919) % slots) * self.phase_step
+    }
 }
 
 struct Conn {
     sock: OwnedFd,
     /// Where this connection's stream starts in the pattern.
     phase: usize,
+    /// The pattern's period ([`Stream::period`]).
+    period: usize,
     /// Stream bytes we want written (messages issued x size).
     target: u64,
     /// Stream bytes written.
@@ -218,7 +264,7 @@ struct Conn {
 impl Conn {
     /// Where stream bytes `pos..pos + len` of this connection sit in the pattern.
     fn expected(&self, pos: u64, len: usize) -> std::ops::Range<usize> {
-        let start = (self.phase + (pos % PERIOD as u64) as usize) % PERIOD;
+        let start = (self.phase + (pos % self.period as u64) as usize) % self.period;
         start..start + len
     }
 
@@ -238,7 +284,12 @@ impl Conn {
     }
 }
 
-fn connect(addr: SocketAddr, index: usize, phase_seed: usize) -> std::io::Result<Conn> {
+fn connect(
+    addr: SocketAddr,
+    index: usize,
+    phase_seed: usize,
+    stream_of: &Stream,
+) -> std::io::Result<Conn> {
     // Past 20,000 connections, spread source addresses over 127.0.0.x (about 28,000 ephemeral
     // ports each). The first 20,000 do not bind: an explicit bind picks its port without
     // knowing the destination, so TIME_WAIT sockets of earlier runs would block ports that
@@ -263,7 +314,8 @@ fn connect(addr: SocketAddr, index: usize, phase_seed: usize) -> std::io::Result
     stream.set_nonblocking(true)?;
     Ok(Conn {
         sock: OwnedFd::from(stream),
-        phase: (phase_seed.wrapping_mul(7919)) % PERIOD,
+        phase: stream_of.phase(phase_seed),
+        period: stream_of.period,
         target: 0,
         sent: 0,
         verified: 0,
@@ -287,12 +339,12 @@ pub fn run(cfg: &Config) -> Result<Outcome, String> {
         return Err("--size must be at least 1".into());
     }
     let threads = cfg.threads.clamp(1, cfg.conns.max(1));
-    let pat = std::sync::Arc::new(pattern());
+    let pat = std::sync::Arc::new(Stream::new(cfg.lines, cfg.size)?);
     // Connect everything before the clock starts; threads wait for t_start.
     let mut per_thread: Vec<Vec<Conn>> = (0..threads).map(|_| Vec::new()).collect();
     for i in 0..cfg.conns {
-        let c =
-            connect(cfg.addr, i, i).map_err(|e| format!("connect #{i} to {}: {e}", cfg.addr))?;
+        let c = connect(cfg.addr, i, i, &pat)
+            .map_err(|e| format!("connect #{i} to {}: {e}", cfg.addr))?;
         per_thread[i % threads].push(c);
     }
     let t_start = Instant::now() + Duration::from_millis(20);
@@ -364,6 +416,9 @@ fn late_count(send_lag: &Histogram<u64>) -> u64 {
 /// the whole run.
 struct Plan<'a> {
     pat: &'a [u8],
+    /// What the server must answer to `pat`.
+    want: &'a [u8],
+    stream: &'a Stream,
     /// Message size in bytes.
     size: u64,
     /// Closed loop: each echoed message is replaced at once (no `--rate`).
@@ -403,7 +458,7 @@ fn watch_all(conns: &[Conn]) -> Result<OwnedFd, String> {
 
 fn drive(
     mut conns: Vec<Conn>,
-    pat: &[u8],
+    pat: &Stream,
     cfg: &Config,
     rate: Option<f64>,
     t_start: Instant,
@@ -422,7 +477,9 @@ fn drive(
     let n = conns.len().max(1);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
     let plan = Plan {
-        pat,
+        pat: &pat.sent,
+        want: &pat.want,
+        stream: pat,
         size: cfg.size as u64,
         closed_loop: interval.is_none(),
         warm_end,
@@ -435,7 +492,7 @@ fn drive(
         let now = Instant::now();
         for c in conns.iter_mut() {
             c.issue_window(cfg.depth.max(1), plan.size, now);
-            if c.flush(pat).is_err() {
+            if c.flush(&pat.sent).is_err() {
                 c.broken = true;
             }
         }
@@ -470,7 +527,7 @@ fn drive(
                 }
                 c.target += plan.size;
                 c.started.push_back(due);
-                if c.flush(pat).is_err() {
+                if c.flush(&pat.sent).is_err() {
                     c.broken = true;
                     broken.push(i);
                     result.errors += 1;
@@ -536,7 +593,7 @@ fn serve_ready(
             Ok(0) => return false,
             Ok(got) => {
                 let range = c.expected(c.verified, got);
-                if buf[..got] != plan.pat[range] {
+                if buf[..got] != plan.want[range] {
                     return false;
                 }
                 let before = c.verified / size;
@@ -581,7 +638,7 @@ fn reconnect(
     plan: &Plan<'_>,
 ) -> Result<bool, String> {
     let _ = epoll::delete(ep, &slot.sock);
-    let Ok(c) = connect(cfg.addr, i, i + 1) else {
+    let Ok(c) = connect(cfg.addr, i, i + 1, plan.stream) else {
         return Ok(false);
     };
     *slot = c;
@@ -633,6 +690,11 @@ pub struct Args {
     /// Write the result as JSON here too (default: the table only).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Load a line protocol that upper-cases each line (examples/uppercase and its tokio
+    /// peer) instead of an echo: each message is `--size - 1` random lowercase letters and a
+    /// newline, and every byte of the answer is checked against it upper-cased.
+    #[arg(long)]
+    lines: bool,
 }
 
 /// `ringwork-bench echo`: one run against a running server, its table on stdout.
@@ -649,6 +711,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
         threads: args.threads,
         server_pid: args.server_pid,
         count_syscalls: args.server_pid.is_some() && args.count_syscalls,
+        lines: args.lines,
     };
     println!("# ringwork-bench echo on {}", machine_line());
     println!(
@@ -679,6 +742,11 @@ mod tests {
 
     /// A tiny blocking echo server on a thread, to check the generator's own accounting.
     fn echo_server() -> SocketAddr {
+        transforming_server(|_| {})
+    }
+
+    /// A blocking server that sends back every read, changed by `change`.
+    fn transforming_server(change: fn(&mut [u8])) -> SocketAddr {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -687,6 +755,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 4096];
                     while let Ok(n) = s.read(&mut buf) {
+                        change(&mut buf[..n]);
                         if n == 0 || s.write_all(&buf[..n]).is_err() {
                             break;
                         }
@@ -710,6 +779,7 @@ mod tests {
             threads: 2,
             server_pid: Some(std::process::id()),
             count_syscalls: false,
+            lines: false,
         };
         let out = run(&cfg).unwrap();
         assert!(out.msgs > 100, "{out:?}");
@@ -735,6 +805,7 @@ mod tests {
             threads: 1,
             server_pid: None,
             count_syscalls: false,
+            lines: false,
         };
         let out = run(&cfg).unwrap();
         // Past the period several times, so reads straddled it.
@@ -744,13 +815,55 @@ mod tests {
 
     #[test]
     fn any_window_of_the_stream_reads_the_same_bytes() {
-        let pat = pattern();
+        let pat = Stream::new(false, 64).unwrap().sent;
         for p in [0usize, PERIOD - 1, PERIOD - 100, 3 * PERIOD - 7] {
             let at = |q: usize| pat[q % PERIOD];
             let start = p % PERIOD;
             let window = &pat[start..start + CHUNK];
             assert!(window.iter().enumerate().all(|(k, b)| *b == at(p + k)));
         }
+    }
+
+    fn lines_against(addr: SocketAddr) -> Outcome {
+        let cfg = Config {
+            addr,
+            conns: 3,
+            size: 40,
+            depth: 2,
+            rate: None,
+            duration: Duration::from_millis(200),
+            warmup: Duration::from_millis(20),
+            threads: 1,
+            server_pid: None,
+            count_syscalls: false,
+            lines: true,
+        };
+        run(&cfg).unwrap()
+    }
+
+    #[test]
+    fn lines_are_checked_upper_cased() {
+        let out = lines_against(transforming_server(|b| b.make_ascii_uppercase()));
+        assert!(out.msgs > 50 && out.errors == 0, "{out:?}");
+        // An echo that does not upper-case is wrong for --lines.
+        let out = lines_against(echo_server());
+        assert!(out.errors >= 1, "{out:?}");
+    }
+
+    #[test]
+    fn every_lines_message_is_lowercase_letters_ending_a_line() {
+        let size = 100;
+        let st = Stream::new(true, size).unwrap();
+        assert_eq!(st.period % size, 0);
+        for seed in [0, 1, 7, 12_345] {
+            let phase = st.phase(seed);
+            for m in 0..(2 * st.period / size) {
+                let at = |k: usize| st.sent[(phase + m * size + k) % st.period];
+                assert_eq!(at(size - 1), b'\n', "seed {seed} message {m}");
+                assert!((0..size - 1).all(|k| at(k).is_ascii_lowercase()));
+            }
+        }
+        assert!(Stream::new(true, 1).is_err());
     }
 
     #[test]
@@ -766,6 +879,7 @@ mod tests {
             threads: 1,
             server_pid: None,
             count_syscalls: false,
+            lines: false,
         };
         let out = run(&cfg).unwrap();
         assert_eq!(out.errors, 0);
@@ -828,6 +942,7 @@ mod tests {
             threads: 1,
             server_pid: None,
             count_syscalls: false,
+            lines: false,
         };
         let out = run(&cfg).unwrap();
         assert!(out.errors >= 1, "a flipped byte must be caught: {out:?}");
