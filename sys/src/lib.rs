@@ -60,7 +60,8 @@ pub use error::{kernel_release, Error, Result};
 pub use mmap::FileMap;
 pub use op::{OpMemory, OpenArgs, SafeSqe, StatxTarget};
 pub use register::{
-    FixedBuffers, IowqWorkers, Probe, ProvideMode, ProvidedBuffers, PROVIDE_BUFFERS_USER_DATA,
+    BufRingHandle, FixedBuffers, IowqWorkers, Probe, ProvideMode, ProvidedBuffers,
+    PROVIDE_BUFFERS_USER_DATA,
 };
 pub use ring::{
     Completions, Cqe, LegacyFeatures, Ring, RingParams, RingStats, SelectedBuf, SqPoll, TaskRun,

@@ -36,9 +36,28 @@ pub const IORING_CQE_F_BUF_MORE: u32 = 1 << 4;
 
 const PAGE: usize = 4096;
 
+/// A provided buffer group registered on one ring ([`Ring::register_buf_ring`],
+/// [`Ring::add_provided_buffers`]): [`Ring::bufs`] turns it into the buffers without an
+/// `Option`, and refuses (panics on) a handle of another ring.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct BufRingHandle {
+    group: BufGroup,
+    ring: u64,
+}
+
+impl BufRingHandle {
+    /// The group's id, as receives select from it ([`crate::SafeSqe::recv_select`]).
+    pub fn group(self) -> BufGroup {
+        self.group
+    }
+}
+
 /// What a ring has registered, in one place so that teardown order is written once.
 #[derive(Default)]
 pub(crate) struct Registered {
+    /// This ring among every ring of the process (numbered at the first registration), so
+    /// that a [`BufRingHandle`] of another ring is caught.
+    ident: Option<u64>,
     buf_rings: Vec<ProvidedBuffers>,
     fixed: Option<FixedBuffers>,
     /// The fixed buffers are registered with the kernel (else adopted: plain reads use them).
@@ -795,13 +814,24 @@ impl Ring {
     }
 
     /// Registers a provided buffer ring of `entries` buffers of `buf_size` bytes as `group`,
-    /// and publishes every buffer to the kernel.
+    /// and publishes every buffer to the kernel. The handle finds it again without an
+    /// `Option` ([`Ring::bufs`]).
+    ///
+    /// ```
+    /// use ringwork_core::buf::BufGroup;
+    /// use ringwork_sys::RingParams;
+    ///
+    /// let mut ring = RingParams::new(8).build()?;
+    /// let bufs = ring.register_buf_ring(BufGroup(0), 16, 4096)?;
+    /// assert_eq!(ring.bufs(bufs).buf_size(), 4096);
+    /// # Ok::<(), ringwork_sys::Error>(())
+    /// ```
     pub fn register_buf_ring(
         &mut self,
         group: BufGroup,
         entries: u16,
         buf_size: u32,
-    ) -> Result<()> {
+    ) -> Result<BufRingHandle> {
         self.add_provided_buffers(group, entries, buf_size, ProvideMode::Ring)
     }
 
@@ -814,7 +844,7 @@ impl Ring {
         entries: u16,
         buf_size: u32,
         mode: ProvideMode,
-    ) -> Result<()> {
+    ) -> Result<BufRingHandle> {
         if self.buf_ring(group).is_some() {
             return Err(Error::InvalidConfig("buffer group already registered"));
         }
@@ -824,7 +854,8 @@ impl Ring {
                 return Err(Error::unsupported("IORING_OP_PROVIDE_BUFFERS", "5.7"));
             }
             self.registered_mut().buf_rings.push(br);
-            return self.publish_buffers(group);
+            self.publish_buffers(group)?;
+            return Ok(self.buf_ring_handle(group));
         };
         let mut reg = io_uring_buf_reg::default();
         reg.ring_addr = io_uring_ptr::new(ring_mem.as_ptr().cast());
@@ -854,7 +885,31 @@ impl Ring {
             },
         })?;
         self.registered_mut().buf_rings.push(br);
-        self.publish_buffers(group)
+        self.publish_buffers(group)?;
+        Ok(self.buf_ring_handle(group))
+    }
+
+    fn buf_ring_handle(&mut self, group: BufGroup) -> BufRingHandle {
+        static NEXT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+        let ring = *self
+            .registered_mut()
+            .ident
+            .get_or_insert_with(|| NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed));
+        BufRingHandle { group, ring }
+    }
+
+    /// The provided buffers `handle` names (registered on this ring, so no `Option`).
+    ///
+    /// # Panics
+    /// When `handle` came from another ring: a caller bug.
+    pub fn bufs(&mut self, handle: BufRingHandle) -> &mut ProvidedBuffers {
+        assert_eq!(
+            self.registered_mut().ident,
+            Some(handle.ring),
+            "a buffer ring handle of another ring"
+        );
+        self.buf_ring(handle.group)
+            .expect("a handle names a registered group (groups are never unregistered)")
     }
 
     /// Hands every buffer recycled into `group` since the last call back to the kernel: ring

@@ -28,7 +28,9 @@ use ringwork_core::slab::Slab;
 use ringwork_core::token::{OpKind, Slot, Token};
 use ringwork_sys::accept::AcceptMode;
 use ringwork_sys::net::SocketMode;
-use ringwork_sys::{driver, Acceptor, Cqe, OpMemory, RingParams, SafeSqe, SendFlags, Target};
+use ringwork_sys::{
+    driver, Acceptor, BufRingHandle, Cqe, OpMemory, RingParams, SafeSqe, SendFlags, Target,
+};
 
 const GROUP: BufGroup = BufGroup(0);
 const BUFFERS: u16 = 256;
@@ -54,7 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut ring = RingParams::new(256).build()?;
     let mut acceptor = Acceptor::new(listener, Slot::WORKER, ring.probe()?, AcceptMode::Multishot);
-    ring.register_buf_ring(GROUP, BUFFERS, BUFFER_SIZE)?;
+    // The handle finds the buffers again, on this ring, without an Option.
+    let bufs = ring.register_buf_ring(GROUP, BUFFERS, BUFFER_SIZE)?;
     let mut recv = RecvBuffers::new(BUFFERS, BUFFER_SIZE, RecvMode::Whole);
     let mut starved = Starved::new(MAX_CONNS);
     let mut conns: Slab<Conn> = Slab::new(MAX_CONNS);
@@ -92,28 +95,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             if conns.get_checked(&token).is_none() {
                 // A late completion of a freed connection: its buffer goes straight back.
-                if let (Some(selected), Some(br)) = (cqe.take_buffer(), ring.buf_ring(GROUP)) {
-                    br.return_recv(&mut recv, selected, cqe.more())?;
+                if let Some(selected) = cqe.take_buffer() {
+                    ring.bufs(bufs)
+                        .return_recv(&mut recv, selected, cqe.more())?;
                 }
                 continue;
             }
-            completion_events(&mut ring, &mut recv, cqe, token, &mut events)?;
+            completion_events(&mut ring, bufs, &mut recv, cqe, token, &mut events)?;
         }
         // Buffers back, and connections that waited for them woken.
         ring.publish_buffers(GROUP)?;
-        let can_rearm = ring.buf_ring(GROUP).is_some_and(|br| br.book().can_rearm());
+        let can_rearm = ring.bufs(bufs).book().can_rearm();
         starved.wake(can_rearm, &mut woken);
         events.extend(woken.drain(..).map(|t| (t, Event::BuffersAvailable)));
         for (token, event) in events.drain(..) {
             let Some(conn) = conns.get_checked_mut(&token) else {
                 // Freed since: a buffer it was handed goes back.
                 if let Event::Recv { buf, .. } = event {
-                    let br = ring.buf_ring(GROUP).expect("registered above");
-                    br.recycle_recv(&mut recv, buf)?;
+                    ring.bufs(bufs).recycle_recv(&mut recv, buf)?;
                 }
                 continue;
             };
-            let br = ring.buf_ring(GROUP).expect("registered above");
+            let br = ring.bufs(bufs);
             let fed = match event {
                 // The machine reads what it received, here and now: the buffer is the ring's.
                 Event::Recv {
@@ -132,7 +135,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     break;
                 };
                 let free = op == Op::Free;
-                if let Some(sqe) = sqe_for(&mut ring, &mut recv, &mut starved, token, conn, op)? {
+                let sqe = sqe_for(&mut ring, bufs, &mut recv, &mut starved, token, conn, op)?;
+                if let Some(sqe) = sqe {
                     ring.push_safe(sqe)?;
                 } else if free {
                     conns.remove(token.slot);
@@ -150,6 +154,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// buffer back to the ring, a wait for buffers) and for `Free`, which the caller does.
 fn sqe_for(
     ring: &mut ringwork_sys::Ring,
+    bufs: BufRingHandle,
     recv: &mut RecvBuffers,
     starved: &mut Starved,
     token: Token,
@@ -169,8 +174,7 @@ fn sqe_for(
             .send_flags(SendFlags::NOSIGNAL)
             .user_data(ud(OpKind::SendOwned)),
         Op::Recycle(buf) => {
-            let br = ring.buf_ring(GROUP).expect("registered in main");
-            br.recycle_recv(recv, buf)?;
+            ring.bufs(bufs).recycle_recv(recv, buf)?;
             return Ok(None);
         }
         Op::AwaitBuffers => {
@@ -194,6 +198,7 @@ fn sqe_for(
 /// The events one connection completion brings (a receive may bring none: a stale buffer).
 fn completion_events(
     ring: &mut ringwork_sys::Ring,
+    bufs: BufRingHandle,
     recv: &mut RecvBuffers,
     cqe: &mut Cqe,
     token: Token,
@@ -202,10 +207,10 @@ fn completion_events(
     let more = cqe.more();
     let event = match (token.kind, cqe.result()) {
         (OpKind::Recv, Ok(n)) if n > 0 => {
-            let (Some(selected), Some(br)) = (cqe.take_buffer(), ring.buf_ring(GROUP)) else {
+            let Some(selected) = cqe.take_buffer() else {
                 return Ok(());
             };
-            br.take_recv(recv, selected, more, |p| {
+            ring.bufs(bufs).take_recv(recv, selected, more, |p| {
                 let (buf, offset, len, more) = (p.buf, p.offset, p.len, p.more);
                 events.push((
                     token,

@@ -1412,7 +1412,7 @@ fn head_ring(ring: &mut Ring) -> bool {
         HEAD_BUFFER_SIZE,
         ProvideMode::Ring,
     ) {
-        Ok(()) => true,
+        Ok(_) => true,
         Err(e) => {
             println!("{e}: receiving request heads into a buffer per connection");
             false

@@ -31,7 +31,7 @@ use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, ServerRingConfig, StopNotice, Waiter};
 use crate::error::{Error, Result};
 use crate::op::{OpMemory, SafeSqe};
-use crate::register::{ProvideMode, PROVIDE_BUFFERS_USER_DATA};
+use crate::register::{BufRingHandle, ProvideMode, PROVIDE_BUFFERS_USER_DATA};
 use crate::ring::{Cqe, Ring, SelectedBuf};
 use crate::sqe::Target;
 
@@ -62,6 +62,8 @@ pub struct UringConn {
 /// ring and the SEND_ZC tracker.
 pub struct UringBackend {
     ring: Ring,
+    /// The receive buffers' group on `ring`.
+    bufs: BufRingHandle,
     /// The provided buffers connections hold: which pieces a completion filled, their
     /// leases, and what goes back to the ring.
     recv: RecvBuffers,
@@ -151,7 +153,7 @@ impl UringBackend {
                 "6.10",
             ));
         }
-        let mode = provide_buffers(&mut ring, cfg, bundle)?;
+        let (mode, bufs) = provide_buffers(&mut ring, cfg, bundle)?;
         println!(
             "{}",
             FeatureLine::new(&ring)
@@ -169,6 +171,7 @@ impl UringBackend {
             (false, _) => RecvMode::Whole,
         };
         Ok(Self {
+            bufs,
             cqes: Vec::with_capacity(ring.cq_entries() as usize),
             ring,
             recv: RecvBuffers::new(cfg.buffers, cfg.buffer_size, recv_mode),
@@ -316,10 +319,7 @@ impl UringBackend {
         out: &mut Vec<Happening>,
         stats: &mut StreamStats,
     ) {
-        let br = self
-            .ring
-            .buf_ring(GROUP)
-            .expect("the group is registered before the loop starts");
+        let br = self.ring.bufs(self.bufs);
         let pieces = &mut self.pieces;
         match br.take_recv(&mut self.recv, selected, more, |p| pieces.push(p)) {
             Ok(count) if count > 1 => stats.bundles += 1,
@@ -346,9 +346,10 @@ impl UringBackend {
     /// an EOF that names a buffer): back to the ring.
     fn return_selected(&mut self, cqe: &mut Cqe, stats: &mut StreamStats) {
         let more = cqe.more();
-        let (Some(selected), Some(br)) = (cqe.take_buffer(), self.ring.buf_ring(GROUP)) else {
+        let Some(selected) = cqe.take_buffer() else {
             return;
         };
+        let br = self.ring.bufs(self.bufs);
         if let Err(e) = br.return_recv(&mut self.recv, selected, more) {
             eprintln!("{}: {e}", self.name);
             stats.refused += 1;
@@ -356,10 +357,7 @@ impl UringBackend {
     }
 
     fn recycle_now(&mut self, buf: BufId, stats: &mut StreamStats) {
-        let br = self
-            .ring
-            .buf_ring(GROUP)
-            .expect("the group is registered before the loop starts");
+        let br = self.ring.bufs(self.bufs);
         // With incremental consumption one slice: the buffer goes back with its last slice,
         // once the kernel has finished with it.
         if let Err(e) = br.recycle_recv(&mut self.recv, buf) {
@@ -407,7 +405,11 @@ impl UringBackend {
 
 /// Registers the receive buffers: a provided buffer ring (incremental when asked), or
 /// PROVIDE_BUFFERS SQEs where the kernel has no rings (before 5.19).
-fn provide_buffers(ring: &mut Ring, cfg: &StreamConfig, bundle: bool) -> Result<ProvideMode> {
+fn provide_buffers(
+    ring: &mut Ring,
+    cfg: &StreamConfig,
+    bundle: bool,
+) -> Result<(ProvideMode, BufRingHandle)> {
     let mode = match (cfg.uring.pbuf_ring, cfg.uring.incremental) {
         (true, true) => ProvideMode::RingIncremental,
         (true, false) => ProvideMode::Ring,
@@ -426,10 +428,11 @@ fn provide_buffers(ring: &mut Ring, cfg: &StreamConfig, bundle: bool) -> Result<
                 // unknown.
                 return Err(e);
             }
-            ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, ProvideMode::Sqe)?;
-            Ok(ProvideMode::Sqe)
+            let bufs =
+                ring.add_provided_buffers(GROUP, cfg.buffers, cfg.buffer_size, ProvideMode::Sqe)?;
+            Ok((ProvideMode::Sqe, bufs))
         }
-        r => r.map(|()| mode),
+        r => r.map(|bufs| (mode, bufs)),
     }
 }
 
@@ -533,10 +536,7 @@ impl Backend for UringBackend {
     }
 
     fn received(&mut self, buf: BufId, offset: u32, len: u32) -> &[u8] {
-        let br = self
-            .ring
-            .buf_ring(GROUP)
-            .expect("the group is registered before the loop starts");
+        let br = self.ring.bufs(self.bufs);
         br.piece_bytes(&self.recv, buf, offset, len)
     }
 
@@ -552,9 +552,7 @@ impl Backend for UringBackend {
     }
 
     fn can_rearm(&mut self) -> bool {
-        self.ring
-            .buf_ring(GROUP)
-            .is_some_and(|br| br.book().can_rearm())
+        self.ring.bufs(self.bufs).book().can_rearm()
     }
 
     fn end_of_batch(&mut self) -> Result<()> {
