@@ -333,3 +333,137 @@ fn http_hello_keeps_alive_pipelines_and_closes_on_io_uring() {
 fn http_hello_keeps_alive_pipelines_and_closes_on_epoll() {
     http_hello_keeps_alive_pipelines_and_closes("epoll");
 }
+
+fn same(q: &[u8]) -> Vec<u8> {
+    q.to_vec()
+}
+
+#[test]
+fn echo_serves_a_thousand_connections_at_once_on_io_uring() {
+    thousand_connections(env!("CARGO_BIN_EXE_echo"), "uring", numbered_line, same);
+}
+
+#[test]
+fn echo_serves_a_thousand_connections_at_once_on_epoll() {
+    thousand_connections(env!("CARGO_BIN_EXE_echo"), "epoll", numbered_line, same);
+}
+
+/// Clients that send without ever reading (their answers fill the socket, then the
+/// server's queue to its high-water mark, and for the echo the receive buffers it may lend)
+/// do not stop the server: 50 other connections are answered byte for byte meanwhile, and
+/// after the silent ones leave, new connections are served as before.
+fn never_reading_clients_stop_no_one(
+    binary: &str,
+    backend: &str,
+    ask: fn(usize, u8) -> Vec<u8>,
+    answer: fn(&[u8]) -> Vec<u8>,
+) {
+    let server = start(binary, backend);
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let s = connect(&server.addr);
+            s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+            s
+        })
+        .collect();
+    let writers: Vec<_> = stalled
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                // Until the kernel stops taking bytes (the write times out) or 64 MiB.
+                let chunk: Vec<u8> = (0..256).flat_map(|r| ask(i, r as u8)).collect();
+                let mut written = 0usize;
+                while written < 64 << 20 && s.write_all(&chunk).is_ok() {
+                    written += chunk.len();
+                }
+                written
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut others: Vec<TcpStream> = (0..50).map(|_| connect(&server.addr)).collect();
+    for round in 0..3u8 {
+        for (i, s) in others.iter_mut().enumerate() {
+            s.write_all(&ask(i, round)).unwrap();
+            let want = answer(&ask(i, round));
+            let mut got = vec![0; want.len()];
+            s.read_exact(&mut got).unwrap();
+            assert!(got == want, "connection {i}, round {round}");
+        }
+    }
+    for w in writers {
+        let written = w.join().unwrap();
+        assert!(written > 0, "a silent client could not even start writing");
+    }
+    drop(stalled);
+    drop(others);
+    fresh_connections_served(&server.addr, ask, answer);
+}
+
+/// Ten fresh connections, one request each, answered.
+fn fresh_connections_served(
+    addr: &str,
+    ask: fn(usize, u8) -> Vec<u8>,
+    answer: fn(&[u8]) -> Vec<u8>,
+) {
+    for i in 0..10 {
+        let mut s = connect(addr);
+        s.write_all(&ask(i, 9)).unwrap();
+        let want = answer(&ask(i, 9));
+        let mut got = vec![0; want.len()];
+        s.read_exact(&mut got).unwrap();
+        assert!(got == want, "fresh connection {i}");
+    }
+}
+
+#[test]
+fn echo_is_not_stopped_by_clients_that_never_read_on_io_uring() {
+    never_reading_clients_stop_no_one(env!("CARGO_BIN_EXE_echo"), "uring", numbered_line, same);
+}
+
+#[test]
+fn echo_is_not_stopped_by_clients_that_never_read_on_epoll() {
+    never_reading_clients_stop_no_one(env!("CARGO_BIN_EXE_echo"), "epoll", numbered_line, same);
+}
+
+#[test]
+fn echo_ring_is_not_stopped_by_clients_that_never_read() {
+    never_reading_clients_stop_no_one(
+        env!("CARGO_BIN_EXE_echo-ring"),
+        "uring",
+        numbered_line,
+        same,
+    );
+}
+
+#[test]
+fn uppercase_is_not_stopped_by_clients_that_never_read_on_io_uring() {
+    never_reading_clients_stop_no_one(
+        env!("CARGO_BIN_EXE_uppercase"),
+        "uring",
+        numbered_line,
+        <[u8]>::to_ascii_uppercase,
+    );
+}
+
+#[test]
+fn uppercase_is_not_stopped_by_clients_that_never_read_on_epoll() {
+    never_reading_clients_stop_no_one(
+        env!("CARGO_BIN_EXE_uppercase"),
+        "epoll",
+        numbered_line,
+        <[u8]>::to_ascii_uppercase,
+    );
+}
+
+#[test]
+fn http_hello_is_not_stopped_by_clients_that_never_read_on_io_uring() {
+    never_reading_clients_stop_no_one(env!("CARGO_BIN_EXE_http-hello"), "uring", get, hello);
+}
+
+#[test]
+fn http_hello_is_not_stopped_by_clients_that_never_read_on_epoll() {
+    never_reading_clients_stop_no_one(env!("CARGO_BIN_EXE_http-hello"), "epoll", get, hello);
+}
