@@ -186,7 +186,7 @@ impl HttpConn {
 
     /// Zero-copy sends whose result or notification is still to come.
     pub fn zc_in_flight(&self) -> usize {
-        self.zc.as_ref().map_or(0, ZcTracker::in_flight)
+        self.zc.as_deref().map_or(0, ZcTracker::in_flight)
     }
 
     /// Appends received bytes to what is kept (allocating the buffer when nothing was).

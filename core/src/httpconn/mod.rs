@@ -621,7 +621,7 @@ pub struct HttpConn {
     file_cold: bool,
     file_in_flight: bool,
     /// With [`Config::zerocopy`]: the SEND_ZCs not finished, and which buffer waits for them.
-    zc: Option<ZcTracker<()>>,
+    zc: Option<alloc::boxed::Box<ZcTracker<()>>>,
     /// The buffer the next read goes into, and the one whose chunk is sent next.
     read_ix: u8,
     send_ix: u8,
@@ -673,7 +673,9 @@ impl HttpConn {
             file_send: false,
             file_cold: false,
             file_in_flight: false,
-            zc: cfg.zerocopy.then(|| ZcTracker::new(2, ZC_SENDS)),
+            zc: cfg
+                .zerocopy
+                .then(|| alloc::boxed::Box::new(ZcTracker::new(2, ZC_SENDS))),
             read_ix: 0,
             send_ix: 0,
             recv_in_flight: false,
