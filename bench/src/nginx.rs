@@ -307,11 +307,15 @@ pub fn files_max_conns(conns: usize) -> usize {
 }
 
 /// ringwork-files' arguments (besides `--listen` and `--threads`, which [`start_server`]
-/// gives) for serving `root` to `conns` connections: the io_uring backend, defaults otherwise.
+/// gives) for serving `root` to `conns` connections: the io_uring backend, as many files kept
+/// open as the reference nginx config's `open_file_cache max=1000` (ringwork-files' default
+/// keeps more), defaults otherwise.
 pub(crate) fn files_args(conns: usize, root: &Path) -> Vec<String> {
     vec![
         "--backend".into(),
         "uring".into(),
+        "--open-file-cache".into(),
+        "1000".into(),
         "--max-conns".into(),
         files_max_conns(conns).to_string(),
         root.to_string_lossy().into_owned(),
@@ -573,7 +577,8 @@ fn section(input: &SectionInput, measured: &[Measured], rss: &[Rss]) -> String {
     let _ = writeln!(
         s,
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend uring \
-         --max-conns N`, N = the cell's connections + 1/16 + 16.\n"
+         --open-file-cache 1000 --max-conns N`, N = the cell's connections + 1/16 + 16 (1,000 \
+         files kept open, as nginx's `open_file_cache max=1000`).\n"
     );
     match &input.nginx {
         Ok((version, conf)) => {

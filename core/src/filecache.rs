@@ -207,7 +207,10 @@ impl FileCache {
             entries: (0..n)
                 .map(|_| Entry {
                     state: State::Free,
-                    path: Vec::with_capacity(cfg.max_path),
+                    // Grown to its first path when first filled, and kept for the next: an
+                    // entry never used costs no path memory, so a cache can be sized for a
+                    // site's working set.
+                    path: Vec::new(),
                     hash: 0,
                     info: blank,
                     id: FileId::default(),
