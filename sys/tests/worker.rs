@@ -66,6 +66,7 @@ fn serve_then_stop(backend: Backend) -> StreamStats {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, || {
             EchoConn::new(Config::default())
@@ -143,6 +144,7 @@ fn idle_connections_are_closed(backend: Backend) {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, move || {
             ProtocolConn::new(Ack, limits)
@@ -223,6 +225,7 @@ fn protocol_lines_round_trip(backend: Backend, uring: UringOptions) {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, || {
             ProtocolConn::new(Upper, Limits::default())

@@ -14,6 +14,7 @@ use crate::token::{Generation, OpKind, Slot};
 
 const NOW: Time = Time {
     mono_ms: 1_000,
+    mono_us: 0,
     unix_secs: 1_700_000_000,
 };
 
