@@ -343,11 +343,11 @@ mod tests {
             Scrape::Metrics { head_only: true }
         );
         assert_eq!(
-            scrape(b"GET / HTTP/1.1\r\n\r\n"),
+            scrape(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n"),
             Scrape::Refuse(Status::NotFound)
         );
         assert_eq!(
-            scrape(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            scrape(b"POST /metrics HTTP/1.1\r\nHost: m\r\n\r\n"),
             Scrape::Refuse(Status::MethodNotAllowed)
         );
         assert_eq!(
