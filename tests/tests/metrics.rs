@@ -323,3 +323,38 @@ fn echo_metrics_count_connections_and_bytes_uring() {
 fn echo_metrics_count_connections_and_bytes_epoll() {
     echo_counts(BACKENDS[1]);
 }
+
+/// Started with a socket passed in (socket activation), the server binds the metrics
+/// address itself and counts what the passed socket serves.
+#[test]
+fn metrics_are_served_beside_socket_activation() {
+    let dir = fresh_dir("ringwork-metrics-activation-");
+    let root = site(&dir);
+    let bin = binary("ringwork-files");
+    let s = Server::start(
+        "ringwork-e2e-activate",
+        &[
+            bin.to_str().unwrap(),
+            "--threads",
+            "2",
+            "--listen",
+            "127.0.0.1:9",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            root.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(
+        s.addr.port(),
+        9,
+        "serving on --listen, not the passed socket"
+    );
+    let maddr = metrics_addr(&s);
+    assert_ne!(maddr, s.addr);
+    let seen = client(s.addr, 3);
+    let m = scrape_until(maddr, FILES, |m| m["connections_open"] == 0);
+    assert_eq!(m["requests_total{code=\"200\"}"], seen.ok);
+    assert_eq!(m["requests_total{code=\"404\"}"], seen.not_found);
+    assert_eq!(m["connections_accepted_total"], 1);
+    terminate(s);
+}

@@ -200,3 +200,107 @@ pub fn render_files(values: &mut [u64], prefix: &str, out: &mut String) {
         values.take(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Board, VALUES};
+    use ringwork_core::filecache::CacheConfig;
+    use ringwork_core::filesvc::{FileSend, ServiceConfig};
+    use std::time::Instant;
+
+    fn service() -> FileService {
+        FileService::new(ServiceConfig {
+            cache: CacheConfig {
+                entries: 1000,
+                valid_ms: 1000,
+                inactive_ms: 60_000,
+                body_budget: 1 << 20,
+                body_max: 65536,
+                max_path: 4096,
+            },
+            chunks: 64,
+            file_send: FileSend::Descriptor,
+        })
+    }
+
+    /// What a file worker publishes comes back under the names it belongs to.
+    #[test]
+    fn file_values_come_back_under_their_names() {
+        let stats = FileStats {
+            bytes_received: 11,
+            bytes_sent: 22,
+            cache_entries: 3,
+            refused: 1,
+            ..FileStats::default()
+        };
+        let mut buf = [0u64; VALUES];
+        let mut v = Values::new(&mut buf);
+        for loop_value in [5, 6, 7] {
+            v.put(loop_value);
+        }
+        put_files(&stats, &service(), &mut v);
+        let mut out = String::new();
+        render_files(&mut buf, "f_", &mut out);
+        for line in [
+            "f_connections_open 5\n",
+            "f_connections_accepted_total 6\n",
+            "f_connections_refused_total 7\n",
+            "f_requests_total{code=\"200\"} 0\n",
+            "f_requests_total{code=\"other\"} 0\n",
+            "f_request_duration_seconds_count 0\n",
+            "f_received_bytes_total 11\n",
+            "f_sent_bytes_total 22\n",
+            "f_refused_events_total 1\n",
+            "f_open_file_cache_entries 3\n",
+        ] {
+            assert!(out.contains(line), "{line:?} in {out}");
+        }
+    }
+
+    /// What a publication and a scrape cost (run in release: `cargo test --release -p
+    /// ringwork-sys --lib publication_cost -- --ignored --nocapture`): a worker publishes at
+    /// most 1,000 times a second, so 1 µs each would be 0.1% of its core.
+    #[test]
+    #[ignore = "a measurement: run in release"]
+    fn publication_cost() {
+        let (stats, svc, board) = (FileStats::default(), service(), Board::new(1));
+        let n = 1_000_000u32;
+        let started = Instant::now();
+        for i in 0..n {
+            let mut buf = [0u64; VALUES];
+            let mut v = Values::new(&mut buf);
+            for loop_value in [u64::from(i), 1, 2] {
+                v.put(loop_value);
+            }
+            put_files(&stats, &svc, &mut v);
+            let len = v.len();
+            board.slot(0).publish(std::hint::black_box(&buf[..len]));
+        }
+        let publish = started.elapsed() / n;
+        let started = Instant::now();
+        let mut out = String::new();
+        for _ in 0..1000 {
+            out.clear();
+            render_files(&mut board.sum(), "ringwork_files_", &mut out);
+        }
+        let scrape = started.elapsed() / 1000;
+        // What every request adds (metrics on or off): its record into the tally.
+        let mut tally = RequestTally::default();
+        let started = Instant::now();
+        for i in 0..n {
+            let answered = ringwork_core::metrics::Answered {
+                status: if i % 8 == 0 { 404 } else { 200 },
+                body_bytes: 4096,
+                latency_us: std::hint::black_box(i % 3000),
+            };
+            tally.record(std::hint::black_box(&answered));
+        }
+        let record = started.elapsed() / n;
+        assert_eq!(tally.requests(), u64::from(n));
+        println!(
+            "publication: {publish:?}; scrape (sum and text): {scrape:?}; a request's record: {record:?}"
+        );
+        assert!(publish.as_micros() < 10, "{publish:?} per publication");
+    }
+}
