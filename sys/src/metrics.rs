@@ -9,7 +9,7 @@
 //! cache lines of its own. What goes in a slot, in which order, is the loop's and its
 //! engine's ([`crate::worker::Engine::publish`]); turning the sums into text is theirs too.
 //!
-//! [`serve`] runs the endpoint on a plain thread with blocking-free std sockets under
+//! [`Endpoint`] runs the endpoint on a plain thread with nonblocking std sockets under
 //! poll(2): off the workers' hot path, scraped once every few seconds, it needs no ring. It
 //! answers `GET /metrics` (and `HEAD`) with the text exposition format, anything else with
 //! 404, 405 or 400, and closes after each answer (HTTP/1.1, `Connection: close`). A request

@@ -1,7 +1,7 @@
 //! What the worker loop publishes for the metrics endpoint ([`crate::metrics`]), in which
 //! order, and how a stream server's sums are written as Prometheus text.
 //!
-//! A worker's values go in a fixed order: the loop's own ([`put_loop`]: connections open,
+//! A worker's values go in a fixed order: the loop's own (`put_loop`: connections open,
 //! accepted, refused), then its engine's ([`Engine::publish`]): a stream server's are
 //! [`put_stream`]'s, the file engines' are `files::live`'s. Whoever writes a part reads it
 //! back in the same order ([`Values::take`]) to render it.
