@@ -111,6 +111,9 @@ pub struct CacheStats {
     pub evicted: u64,
     /// Stats answered "no such file" from a remembered absence.
     pub absent_hits: u64,
+    /// Stats the cache could not answer (neither a fresh entry nor a remembered absence):
+    /// each goes to the kernel.
+    pub misses: u64,
     /// Entries dropped for being unused for the inactive period.
     pub expired: u64,
     /// Hits whose body was in memory (set by the driver's [`FileCache::body`] use).
@@ -764,7 +767,9 @@ impl FileCache {
             return Some(Ok(info));
         }
         // A path that named nothing a moment ago (a precompressed sibling, mostly).
-        self.absent(path, now_ms).then_some(Err(RawErrno::NOENT))
+        let absent = self.absent(path, now_ms);
+        self.stats.misses += u64::from(!absent);
+        absent.then_some(Err(RawErrno::NOENT))
     }
 
     /// What the stat of `path` found: the request holds the entry of the same file (a

@@ -30,6 +30,7 @@ use crate::errno::RawErrno;
 use crate::filecache::{CacheConfig, CacheRef, CacheStats, EntryIx, FileCache, FileId};
 use crate::httpconn::HttpEvent;
 use crate::httpconn::{BufIx, FileInfo, HttpConn, Op, Scratch, SendSrc, Time};
+use crate::metrics::RequestTally;
 use crate::token::Token;
 
 /// How the backend sends file bytes straight from the file ([`SendSrc::File`]).
@@ -272,6 +273,8 @@ pub struct FileService {
     /// Request buffers idle connections gave up, lent to the next request that comes in.
     scratch: Vec<Scratch>,
     stats: ServiceStats,
+    /// The requests its connections answered.
+    tally: RequestTally,
 }
 
 /// Most request-buffer sets a worker keeps for its connections' next requests (each a few
@@ -296,6 +299,7 @@ impl FileService {
             to_map: Vec::new(),
             scratch: Vec::new(),
             stats: ServiceStats::default(),
+            tally: RequestTally::default(),
         }
     }
 
@@ -326,6 +330,18 @@ impl FileService {
         self.stats
     }
 
+    /// The requests its connections answered (by status, body bytes, durations): each
+    /// connection's [`HttpConn::take_answered`], taken by [`FileService::next`].
+    pub fn tally(&self) -> &RequestTally {
+        &self.tally
+    }
+
+    /// Entries in the open-file cache's index (a scan of the cache: for a periodic look,
+    /// not every request).
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+
     /// The file identity the cache holds for entry `ix` (to check a mapping against).
     pub fn file_id(&self, ix: EntryIx) -> Option<FileId> {
         self.cache.file_id(ix)
@@ -350,6 +366,11 @@ impl FileService {
             }
         }
         loop {
+            // A request is answered only by a send's completion, reported before this
+            // call: no event goes untaken (the engines call this after every one).
+            if let Some(answered) = c.http.take_answered() {
+                self.tally.record(&answered);
+            }
             if let Some(op) = c.ahead.take() {
                 return Some(op);
             }

@@ -35,6 +35,7 @@ pub mod filecache;
 pub mod filesvc;
 pub mod http;
 pub mod httpconn;
+pub mod metrics;
 pub mod protocol;
 pub mod ring;
 pub mod shutdown;

@@ -25,6 +25,7 @@ use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
 const NOW: Time = Time {
     mono_ms: 1_000,
+    mono_us: 0,
     unix_secs: 1_700_000_000,
 };
 

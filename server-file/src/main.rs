@@ -26,6 +26,7 @@ use ringwork_core::httpconn::Config;
 use ringwork_sys::backend::Backend;
 use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
 use ringwork_sys::files::{self, FileStats, FilesConfig, UringSetup};
+use ringwork_sys::metrics::{Board, Endpoint};
 use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
 use rustix::fd::{AsFd, OwnedFd};
@@ -159,6 +160,13 @@ struct Args {
     /// Default: none.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Serve live counters (connections, requests by status, bytes, the open-file cache, a
+    /// request duration histogram) in Prometheus' text format at `http://ADDR/metrics`, from
+    /// a thread of their own. Bound by the server itself, under socket activation too (never
+    /// taken from LISTEN_FDS). No authentication: bind it to an address only monitoring
+    /// reaches. Default: off. Metrics: docs/METRICS.md.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -182,6 +190,8 @@ struct Shared {
     shutdown_grace: Duration,
     start: Instant,
     stats: Stats,
+    /// Each worker's counters as published for `--metrics-listen` (None: off).
+    board: Option<Board>,
 }
 
 /// Counters the workers add to, printed as one `stats:` line at shutdown.
@@ -306,6 +316,7 @@ impl Shared {
             uring: self.uring,
             shutdown_grace: self.shutdown_grace,
             epoch: self.start,
+            live: self.board.as_ref(),
         }
     }
 }
@@ -357,6 +368,9 @@ fn run(args: Args) -> Result<(), String> {
     // Before any thread starts, so that every thread inherits the blocked mask.
     let signals = ringwork_sys::signal::ServerSignals::new().map_err(|e| e.to_string())?;
     let listeners = listeners(&args, backend, threads)?;
+    // After the listeners (socket activation's descriptors are taken first); a bad address
+    // fails the start here.
+    let metrics = args.metrics_listen.map(Endpoint::bind).transpose()?;
     let access_log = accesslog::Sink::open(&args.access_log)?;
     let rules = rules::RuleSet::load(&rules::RuleFlags {
         headers: args.headers.clone(),
@@ -377,7 +391,11 @@ fn run(args: Args) -> Result<(), String> {
         shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
         start: Instant::now(),
         stats: Stats::default(),
+        board: metrics.as_ref().map(|_| Board::new(threads)),
     });
+    if let Some(endpoint) = metrics {
+        serve_metrics(endpoint, &shared)?;
+    }
     println!(
         "{} backend, {} thread(s), {}-byte chunks, kernel {}",
         backend.name(),
@@ -424,6 +442,21 @@ fn run(args: Args) -> Result<(), String> {
         println!("{} log_dropped={log_dropped}", shared.stats.line());
     }
     failure.map_or(Ok(()), Err)
+}
+
+/// Says where the metrics are served, then serves them from the workers' published
+/// counters.
+fn serve_metrics(endpoint: Endpoint, shared: &Arc<Shared>) -> Result<(), String> {
+    println!(
+        "ringwork-files: metrics on http://{}/metrics",
+        endpoint.local_addr()
+    );
+    let shared = Arc::clone(shared);
+    endpoint.spawn("ringwork-files", move |out| {
+        if let Some(board) = &shared.board {
+            files::live::render_files(&mut board.sum(), "ringwork_files_", out);
+        }
+    })
 }
 
 /// The root directory: its canonical path (for the serving line) and a descriptor every

@@ -91,6 +91,13 @@ struct Args {
     incremental: bool,
     #[command(flatten)]
     ring: RingFlags,
+    /// Serve live counters (connections, receives, bytes, ENOBUFS waits, the ring's own) in
+    /// Prometheus' text format at `http://ADDR/metrics`, from a thread of their own. Bound
+    /// by the server itself, under socket activation too (never taken from LISTEN_FDS). No
+    /// authentication: bind it to an address only monitoring reaches. Default: off.
+    /// Metrics: docs/METRICS.md.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// io_uring accept mode (testing aid).
     #[arg(long, value_enum, default_value_t = AcceptMode::Auto, hide = true)]
     accept_mode: AcceptMode,
@@ -193,6 +200,7 @@ fn stream_config(args: &Args) -> StreamConfig {
         buffer_size: args.buffer_size,
         max_conns: args.max_conns,
         shutdown_grace: std::time::Duration::from_millis(args.shutdown_grace_ms),
+        metrics_listen: args.metrics_listen,
         uring: UringOptions {
             sq_entries: ring.sq_entries,
             accept: if args.accept_mode == AcceptMode::Single || disabled(Feature::MultishotAccept)

@@ -46,6 +46,7 @@ pub mod driver;
 pub mod epoll;
 pub mod error;
 pub mod files;
+pub mod metrics;
 pub mod mmap;
 pub mod net;
 pub mod op;

@@ -49,6 +49,7 @@ const MAX_PER_HIT: u64 = 0;
 
 const NOW: Time = Time {
     mono_ms: 1_000,
+    mono_us: 0,
     unix_secs: 1_700_000_000,
 };
 

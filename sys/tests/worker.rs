@@ -65,6 +65,7 @@ fn serve_then_stop(backend: Backend) -> StreamStats {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, || {
             ProtocolConn::new(Echo, Limits::default())
@@ -142,6 +143,7 @@ fn idle_connections_are_closed(backend: Backend) {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, move || {
             ProtocolConn::new(Ack, limits)
@@ -222,6 +224,7 @@ fn protocol_lines_round_trip(backend: Backend, uring: UringOptions) {
         let io = WorkerIo {
             admission: &admission,
             gate: &gate,
+            live: None,
         };
         run_on(backend, &cfg, vec![listener], notice, io, || {
             ProtocolConn::new(Upper, Limits::default())

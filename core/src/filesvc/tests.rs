@@ -14,6 +14,7 @@ use crate::token::{Generation, OpKind, Slot};
 
 const NOW: Time = Time {
     mono_ms: 1_000,
+    mono_us: 0,
     unix_secs: 1_700_000_000,
 };
 
@@ -458,5 +459,10 @@ proptest! {
                 prop_assert_eq!(c.fc.http().requests(), n as u64);
             }
         }
+        // The service's tally took every answered request, once: none was replaced before
+        // it was taken, whatever the order.
+        let answered: u64 = sim.conns.iter().map(|c| c.fc.http().requests()).sum();
+        prop_assert_eq!(sim.svc.tally().requests(), answered);
+        prop_assert_eq!(sim.svc.tally().latency.count(), answered);
     }
 }

@@ -175,6 +175,7 @@ mod tests {
 
     const NOW: Time = Time {
         mono_ms: 0,
+        mono_us: 0,
         unix_secs: 0,
     };
 

@@ -120,6 +120,12 @@ impl HttpConn {
     /// The response is out.
     pub(super) fn finish(&mut self, now: Time) {
         self.requests += 1;
+        let since = self.req.as_ref().map_or(now.mono_us, |r| r.since_us);
+        self.answered = Some(Answered {
+            status: self.log_status,
+            body_bytes: self.log_body,
+            latency_us: u32::try_from(now.mono_us.saturating_sub(since)).unwrap_or(u32::MAX),
+        });
         if let Some(start) = self.log_open.take() {
             // The entry is complete: its status and body length go in the fixed part.
             self.log[start..start + 2].copy_from_slice(&self.log_status.to_le_bytes());

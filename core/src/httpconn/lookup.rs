@@ -384,6 +384,7 @@ impl HttpConn {
             coding: None,
             fallback: false,
             error_page: None,
+            since_us: now.mono_us,
         };
         let checked = request.check_servable().and_then(|()| {
             let target = request.target.as_bytes();

@@ -58,6 +58,7 @@ use crate::http::{
     slash_redirect_location, Codings, ContentCoding, ContentRange, ETag, ErrorResponseLen,
     HttpError, Limits, Method, Parsed, RangeResult, ResponseHead, Rules, Status,
 };
+use crate::metrics::Answered;
 
 mod body;
 mod events;
@@ -98,6 +99,9 @@ pub struct BufIx(pub u8);
 pub struct Time {
     /// Monotonic milliseconds (for timeouts).
     pub mono_ms: u64,
+    /// Monotonic microseconds on the same clock (for how long a request took, in
+    /// [`HttpConn::take_answered`]); 0 where the driver does not time requests.
+    pub mono_us: u64,
     /// Wall-clock Unix seconds (for the `Date` header).
     pub unix_secs: u64,
 }
@@ -478,6 +482,8 @@ struct ReqInfo {
     fallback: bool,
     /// The lookup failed with this status and the rules' page for it is being looked up.
     error_page: Option<Status>,
+    /// When its head was complete ([`Time::mono_us`]).
+    since_us: u64,
 }
 
 /// The fixed part of a log entry: status (u16), body bytes (u64), version, flags; then four
@@ -606,6 +612,8 @@ pub struct HttpConn {
     /// The status and body length of the response being sent, for the log.
     log_status: u16,
     log_body: u64,
+    /// The last request answered, until [`HttpConn::take_answered`] takes it.
+    answered: Option<Answered>,
     file_open: bool,
     read: Option<FileRead>,
     bufs: [BufState; 2],
@@ -665,6 +673,7 @@ impl HttpConn {
             log_open: None,
             log_status: 0,
             log_body: 0,
+            answered: None,
             file_open: false,
             read: None,
             bufs: [BufState::Free; 2],
@@ -771,6 +780,16 @@ impl HttpConn {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests
+    }
+
+    /// The request answered last, once (for counters): its status, body bytes and how long
+    /// it took, from the [`Time`] of the event that completed its head to that of the event
+    /// that saw its last byte handed to the kernel. A response is finished only by a send's
+    /// completion (or a SEND_ZC notification), so an event answers at most one request:
+    /// take it after each event, or it is replaced by the next. `None` for a response cut
+    /// short, as [`HttpConn::drain_log`] has none.
+    pub fn take_answered(&mut self) -> Option<Answered> {
+        self.answered.take()
     }
 
     /// With [`Config::access_log`]: calls `f` with every request answered since the last

@@ -15,6 +15,7 @@ impl HttpConn {
         self.close_after = true;
         let info = ReqInfo {
             head_only,
+            since_us: now.mono_us,
             ..ReqInfo::default()
         };
         self.req = Some(self.boxed_req(info));

@@ -642,11 +642,13 @@ fn header_timeout_cancels_the_receive_then_closes() {
     assert!(matches!(c.poll_op(), Some(Op::Recv { .. })));
     c.on_tick(Time {
         mono_ms: 50,
+        mono_us: 0,
         unix_secs: 0,
     });
     assert_eq!(c.poll_op(), None);
     c.on_tick(Time {
         mono_ms: 100,
+        mono_us: 0,
         unix_secs: 0,
     });
     assert_eq!(c.poll_op(), Some(Op::Cancel));
@@ -673,6 +675,7 @@ fn a_tick_closes_at_the_next_deadline_and_not_before() {
     };
     let t = |ms| Time {
         mono_ms: ms,
+        mono_us: 0,
         unix_secs: 0,
     };
     let mut c = HttpConn::new(cfg, t(5));
@@ -1684,6 +1687,7 @@ fn lookup(input: &[u8], siblings: &[&[u8]]) -> (Vec<Vec<u8>>, String) {
 fn lookup_with(input: &[u8], siblings: &[&[u8]], rules: Rules) -> (Vec<Vec<u8>>, String) {
     let now = Time {
         mono_ms: 0,
+        mono_us: 0,
         unix_secs: 1_000_000_000,
     };
     let cfg = Config {

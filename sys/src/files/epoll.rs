@@ -49,6 +49,7 @@ use crate::accept::Acceptors;
 use crate::driver::StopNotice;
 use crate::epoll::{Epoll, Interest};
 use crate::error::Result;
+use crate::worker::live::Values;
 use crate::worker::{AcceptParts, Engine, Happening, Input, Readiness, StreamStats, WorkerStart};
 use crate::{EpollAcceptor, Error};
 
@@ -376,7 +377,7 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
         super::tidy_cache(
             &mut w.svc,
             &w.cfg,
-            &mut self.last_expire,
+            (&mut self.last_expire, &mut w.stats),
             w.now.mono_ms,
             out_of_fds,
         );
@@ -402,6 +403,10 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
 
     fn finish(&mut self, _: &mut StreamStats) {
         self.hooks.finish(&self.local.stats, &self.local.svc);
+    }
+
+    fn publish(&self, _: &StreamStats, out: &mut Values<'_>) {
+        super::live::put_files(&self.local.stats, &self.local.svc, out);
     }
 }
 
@@ -550,6 +555,7 @@ fn do_recv(w: &mut Local, c: &mut Conn, max: u32) {
         let max = (max as usize).min(buf.len());
         match rustix::net::recv(&c.sock, &mut buf[..max], RecvFlags::empty()) {
             Ok((n, _)) => {
+                w.stats.bytes_received += n as u64;
                 let reported = w.svc.on_recv(&mut c.fc, w.now, Ok(&buf[..n]));
                 w.checked(reported);
             }
@@ -585,7 +591,10 @@ fn do_send(w: &mut Local, c: &mut Conn, op: FileOp) {
         _ => return,
     };
     match res {
-        Ok(n) => report(w, c, HttpEvent::Send(Ok(n as u32))),
+        Ok(n) => {
+            w.stats.bytes_sent += n as u64;
+            report(w, c, HttpEvent::Send(Ok(n as u32)));
+        }
         Err(Errno::AGAIN) => c.pending_send = Some(op),
         Err(e) => report(w, c, HttpEvent::Send(Err(raw(e)))),
     }
@@ -768,6 +777,7 @@ mod tests {
             uring: super::super::UringSetup::default(),
             shutdown_grace: Duration::from_secs(1),
             epoch: Instant::now(),
+            live: None,
         }
     }
 

@@ -29,11 +29,13 @@ use rustix::fs::{FileType, OFlags, ResolveFlags, Statx, StatxFlags};
 use crate::backend::Backend;
 use crate::driver::ServerRingConfig;
 use crate::error::Result;
+use crate::metrics::Board;
 use crate::ring::{Cqe, LegacyFeatures, Ring, TaskRun};
 use crate::worker::{run_engine, Admission, Engine, LoopConfig, WorkerIo, WorkerStart};
 use crate::Error;
 
 pub mod epoll;
+pub mod live;
 pub mod uring;
 
 /// What a file engine serves and how: the same for every worker of a server.
@@ -57,13 +59,18 @@ pub struct FilesConfig<'a> {
     pub shutdown_grace: Duration,
     /// The workers' clock starts here (HttpConn's deadlines are on it).
     pub epoch: Instant,
+    /// Where each worker publishes its counters for the metrics endpoint (its slot by its
+    /// index); None: nowhere.
+    pub live: Option<&'a Board>,
 }
 
 impl FilesConfig<'_> {
     /// The time now, on the workers' clock, with the wall clock's seconds (for dates).
     pub fn now(&self) -> Time {
+        let since = self.epoch.elapsed();
         Time {
-            mono_ms: self.epoch.elapsed().as_millis() as u64,
+            mono_ms: since.as_millis() as u64,
+            mono_us: since.as_micros() as u64,
             unix_secs: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -144,6 +151,12 @@ pub struct FileStats {
     /// Misses whose stat (and open) was answered at once from the kernel's lookup cache,
     /// with no thread hop.
     pub inline_lookups: u64,
+    /// Bytes received (request heads, and what a closing connection discards).
+    pub bytes_received: u64,
+    /// Bytes the kernel took from sends (heads and bodies).
+    pub bytes_sent: u64,
+    /// Entries in the open-file cache, as of the last tick.
+    pub cache_entries: u64,
 }
 
 impl FileStats {
@@ -210,15 +223,10 @@ pub fn serve<H: FileHooks>(
     hooks: H,
     start: WorkerStart<'_>,
 ) -> Result<()> {
+    let (gate, live) = (start.gate, cfg.live.map(|b| b.slot(start.index)));
     match backend {
-        Backend::Uring => {
-            let gate = start.gate;
-            run(cfg, uring::UringFiles::new(cfg, hooks, start)?, gate)
-        }
-        Backend::Epoll => {
-            let gate = start.gate;
-            run(cfg, epoll::EpollFiles::new(cfg, hooks, start)?, gate)
-        }
+        Backend::Uring => run(cfg, uring::UringFiles::new(cfg, hooks, start)?, gate, live),
+        Backend::Epoll => run(cfg, epoll::EpollFiles::new(cfg, hooks, start)?, gate, live),
     }
 }
 
@@ -227,6 +235,7 @@ fn run<E: Engine<Error = Error>>(
     cfg: &FilesConfig<'_>,
     engine: E,
     gate: &crate::driver::StartGate,
+    live: Option<&crate::metrics::Slot>,
 ) -> Result<()> {
     let slots = cfg.max_conns as usize;
     let loop_cfg = LoopConfig {
@@ -240,6 +249,7 @@ fn run<E: Engine<Error = Error>>(
     let io = WorkerIo {
         admission: &admission,
         gate,
+        live,
     };
     run_engine(&loop_cfg, engine, io).map(|_| ())
 }
@@ -248,10 +258,12 @@ fn run<E: Engine<Error = Error>>(
 /// entries no request has used for the inactive period are dropped (`last` is when that
 /// last ran); `out_of_fds` (the acceptor paused for lack of descriptors, and cached files
 /// hold descriptors), the files no request uses are closed so that connections get theirs.
+/// The cache's entries are counted then too (`stats.cache_entries`: a scan of the cache, too
+/// much for every turn).
 fn tidy_cache(
     svc: &mut FileService,
     cfg: &FilesConfig<'_>,
-    last: &mut u64,
+    (last, stats): (&mut u64, &mut FileStats),
     now_ms: u64,
     out_of_fds: bool,
 ) {
@@ -261,6 +273,7 @@ fn tidy_cache(
     if now_ms.saturating_sub(*last) >= cfg.tick_interval().as_millis() as u64 {
         *last = now_ms;
         svc.expire(now_ms);
+        stats.cache_entries = svc.cache_len() as u64;
     }
 }
 

@@ -118,6 +118,7 @@ use crate::accept::{AcceptMode, Acceptors};
 use crate::backend::RequiredOp;
 use crate::driver::{self, FeatureLine, StopNotice, Waiter};
 use crate::error::Result;
+use crate::worker::live::Values;
 use crate::worker::{AcceptParts, Engine, Happening, Input, StreamStats, WorkerStart};
 use crate::{
     Acceptor, Error, FileMap, FixedBuffers, OpMemory, OpenArgs, ProvideMode, Ring, SafeSqe,
@@ -539,7 +540,7 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
         super::tidy_cache(
             &mut self.svc,
             &self.cfg,
-            &mut self.last_expire,
+            (&mut self.last_expire, &mut self.stats),
             now,
             out_of_fds,
         );
@@ -574,15 +575,27 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
 
     /// After the loop: the ring's counters and the file service's, to the hooks.
     fn finish(&mut self, _: &mut StreamStats) {
-        let rs = self.ring.stats();
-        self.stats.enters = rs.enters;
-        self.stats.cq_overflows = rs.overflow_seen;
-        self.stats.busy_retries = rs.busy_retries;
+        self.stats = self.stats_now();
         self.hooks.finish(&self.stats, &self.svc);
+    }
+
+    fn publish(&self, _: &StreamStats, out: &mut Values<'_>) {
+        super::live::put_files(&self.stats_now(), &self.svc, out);
     }
 }
 
 impl<H: FileHooks> UringFiles<'_, H> {
+    /// The engine's counters with the ring's.
+    fn stats_now(&self) -> FileStats {
+        let rs = self.ring.stats();
+        FileStats {
+            enters: rs.enters,
+            cq_overflows: rs.overflow_seen,
+            busy_retries: rs.busy_retries,
+            ..self.stats
+        }
+    }
+
     fn push(&mut self, sqe: SafeSqe) -> Result<()> {
         self.ring.push_safe(sqe)
     }
@@ -697,6 +710,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 http.on_event(now, HttpEvent::SendNotif(zc_slot))
             }
             (OpKind::SendZc, _) => {
+                self.stats.bytes_sent += u64::from(res.unwrap_or(0));
                 let event = HttpEvent::SendZc {
                     slot: zc_slot,
                     res,
@@ -712,6 +726,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 if let Some(OpMemory::Bytes(buf)) = mem {
                     keep(&mut self.spare.head, buf);
                 }
+                self.stats.bytes_sent += u64::from(res.unwrap_or(0));
                 http.on_event(now, HttpEvent::Send(res))
             }
             (OpKind::Statx, Some(OpMemory::Statx(target))) => {
@@ -750,6 +765,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
         head: Option<Lease>,
     ) -> core::result::Result<(), ringwork_core::conn::ConnError> {
         let now = self.now;
+        self.stats.bytes_received += u64::from(res.unwrap_or(0));
         if let Some(buf) = buf {
             let r = self
                 .svc

@@ -24,6 +24,7 @@
 //! The loop reads the clock once per turn and passes the time in; nothing in core reads one.
 
 pub mod epoll;
+pub mod live;
 mod serve;
 pub mod uring;
 
@@ -72,6 +73,9 @@ pub struct StreamConfig {
     pub shutdown_grace: Duration,
     /// io_uring's options (epoll has none).
     pub uring: UringOptions,
+    /// Where to serve live counters in Prometheus' text format (`GET /metrics`,
+    /// [`crate::metrics`]); None (the default): nowhere, and the workers publish nothing.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for StreamConfig {
@@ -83,6 +87,7 @@ impl Default for StreamConfig {
             max_conns: 20_000,
             shutdown_grace: Duration::from_secs(3),
             uring: UringOptions::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -196,6 +201,10 @@ pub struct StreamStats {
     pub bundles: u64,
     /// Receive completions into a buffer the kernel has not used up (IORING_CQE_F_BUF_MORE).
     pub buf_more: u64,
+    /// Receives that brought bytes (live metrics only: not on the `stats:` line).
+    pub receives: u64,
+    /// Bytes received (live metrics only: not on the `stats:` line).
+    pub bytes_received: u64,
 }
 
 impl std::ops::AddAssign for StreamStats {
@@ -216,6 +225,8 @@ impl std::ops::AddAssign for StreamStats {
         self.skip_success += o.skip_success;
         self.bundles += o.bundles;
         self.buf_more += o.buf_more;
+        self.receives += o.receives;
+        self.bytes_received += o.bytes_received;
     }
 }
 
@@ -372,6 +383,8 @@ pub struct WorkerIo<'a> {
     pub admission: &'a Admission,
     /// Where every worker meets after set-up, before its first accept.
     pub gate: &'a StartGate,
+    /// Where the worker publishes its counters for the metrics endpoint (None: nowhere).
+    pub live: Option<&'a crate::metrics::Slot>,
 }
 
 /// What the loop hands a connection to act on.
@@ -498,6 +511,13 @@ pub trait Engine {
 
     /// Final counters of the engine's own.
     fn finish(&mut self, stats: &mut StreamStats);
+
+    /// Writes the engine's counters for the metrics endpoint after the loop's own
+    /// ([`live`]); `stats` are the loop's so far. Called at most once a millisecond, at the
+    /// end of a turn: it must not allocate or wait.
+    fn publish(&self, stats: &StreamStats, out: &mut live::Values<'_>) {
+        let _ = (stats, out);
+    }
 }
 
 /// What the loop itself needs to know.
@@ -559,15 +579,17 @@ pub fn run_engine<E: Engine>(
     engine.accept().0.report(w.name);
     let interval = engine.wake_interval();
     let mut happenings = Vec::new();
+    let mut publisher = live::Publisher::new(io.live);
     while !w
         .drain
         .finished(w.conns.len(), engine.acceptors().accepting(), engine.busy())
     {
         let drain_tick = w.drain.stopping().then_some(DRAIN_TICK);
-        let wake = match (interval, drain_tick) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Back soon enough to publish what this turn could not.
+        let wake = [interval, drain_tick, publisher.wake()]
+            .into_iter()
+            .flatten()
+            .min();
         // Never past an accept pause's end or the earliest connection deadline.
         let deadline = earliest(
             engine.acceptors().deadline_ms(),
@@ -599,8 +621,10 @@ pub fn run_engine<E: Engine>(
             w.each_conn(&mut engine, || Input::Abort)?;
         }
         w.expire(&mut engine)?;
+        publisher.turn_ended(w.now_ms, &engine, &w.stats, w.conns.len());
     }
     engine.finish(&mut w.stats);
+    publisher.publish(&engine, &w.stats, w.conns.len());
     Ok(w.stats)
 }
 

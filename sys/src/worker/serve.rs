@@ -14,6 +14,7 @@ use super::{run_on, Admission, StreamConfig, StreamStats, WorkerIo};
 use crate::backend::{Backend, BackendRequest, UringRefused};
 use crate::driver::{stop_notices, StartGate, StopNotice, StopSender};
 use crate::error::Error;
+use crate::metrics::{Board, Endpoint};
 use crate::net::SocketMode;
 use crate::signal::{ServerSignals, Signal};
 
@@ -30,6 +31,8 @@ pub enum ServeError {
     Panicked,
     /// io_uring was asked for by name and refused ([`BackendRequest::Uring`]).
     Backend(UringRefused),
+    /// The metrics endpoint could not be set up ([`StreamConfig::metrics_listen`]).
+    Metrics(String),
 }
 
 impl std::fmt::Display for ServeError {
@@ -40,6 +43,7 @@ impl std::fmt::Display for ServeError {
             ServeError::Thread(e) => write!(f, "cannot start a thread: {e}"),
             ServeError::Panicked => f.write_str("a worker thread panicked"),
             ServeError::Backend(e) => e.fmt(f),
+            ServeError::Metrics(e) => f.write_str(e),
         }
     }
 }
@@ -110,10 +114,18 @@ impl Serve<'_> {
         };
         let (cfg, backend) = (self.cfg, self.backend);
         let admission = Arc::new(Admission::default());
+        let board = Arc::new(Board::new(threads));
+        // After the listeners: a bad address fails the start, before any worker runs.
+        if let Some(addr) = cfg.metrics_listen {
+            serve_metrics(name, addr, &board)?;
+        }
+        let published = Arc::clone(&board);
+        let metrics = cfg.metrics_listen.is_some();
         let crew = Crew::start(name, listeners.per_thread, move |start| {
             let io = WorkerIo {
                 admission: &admission,
                 gate: start.gate,
+                live: metrics.then(|| published.slot(start.index)),
             };
             run_on(
                 backend,
@@ -223,6 +235,13 @@ impl Server {
             name: self.cfg.name,
             ..cfg
         };
+        self
+    }
+
+    /// Serves live counters in Prometheus' text format at `http://ADDR/metrics`
+    /// ([`StreamConfig::metrics_listen`]; default: off).
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.cfg.metrics_listen = Some(addr);
         self
     }
 
@@ -380,6 +399,22 @@ impl<T> Crew<T> {
     pub fn join(self) -> Vec<std::thread::Result<T>> {
         self.workers.into_iter().map(JoinHandle::join).collect()
     }
+}
+
+/// Binds the metrics endpoint at `addr`, says where on standard output, and serves the
+/// stream counters the workers publish on `board`.
+fn serve_metrics(name: &str, addr: SocketAddr, board: &Arc<Board>) -> Result<(), ServeError> {
+    let endpoint = Endpoint::bind(addr).map_err(ServeError::Metrics)?;
+    println!(
+        "{name}: metrics on http://{}/metrics",
+        endpoint.local_addr()
+    );
+    let (board, prefix) = (Arc::clone(board), super::live::prefix(name));
+    endpoint
+        .spawn(name, move |out| {
+            super::live::render_stream(&mut board.sum(), &prefix, out)
+        })
+        .map_err(ServeError::Metrics)
 }
 
 /// Raises RLIMIT_NOFILE's soft limit to the hard limit: each connection is a descriptor.

@@ -63,7 +63,11 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> StreamEngine<B, F> {
         stats: &mut StreamStats,
     ) -> Result<bool> {
         let received = match event {
-            Event::Recv { buf, .. } => Some(buf),
+            Event::Recv { buf, len, .. } => {
+                stats.receives += 1;
+                stats.bytes_received += u64::from(len);
+                Some(buf)
+            }
             _ => None,
         };
         let fed = match event {
@@ -248,5 +252,9 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
 
     fn finish(&mut self, stats: &mut StreamStats) {
         self.backend.finish(stats);
+    }
+
+    fn publish(&self, stats: &StreamStats, out: &mut super::live::Values<'_>) {
+        super::live::put_stream(stats, out);
     }
 }
