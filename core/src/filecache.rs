@@ -199,34 +199,12 @@ impl FileCache {
         } else {
             (2 * n).next_power_of_two()
         };
-        let blank = FileInfo {
-            kind: FileKind::Other,
-            size: 0,
-            mtime_secs: 0,
-            dio: None,
-        };
         Self {
             cfg,
-            entries: (0..n)
-                .map(|_| Entry {
-                    state: State::Free,
-                    // Grown to its first path when first filled, and kept for the next: an
-                    // entry never used costs no path memory, so a cache can be sized for a
-                    // site's working set.
-                    path: Vec::new(),
-                    hash: 0,
-                    info: blank,
-                    id: FileId::default(),
-                    checked_ms: 0,
-                    used_ms: 0,
-                    checking: false,
-                    refs: 0,
-                    prev: NIL,
-                    next: NIL,
-                    body: None,
-                })
-                .collect(),
-            free: (0..n as u32).rev().collect(),
+            // Reserved, and made one by one as the cache first fills ([`FileCache::take_free`]):
+            // a cache sized for a site's working set costs nothing resident until used.
+            entries: Vec::with_capacity(n),
+            free: Vec::with_capacity(n),
             table: vec![0; table_len],
             head: NIL,
             tail: NIL,
@@ -518,7 +496,7 @@ impl FileCache {
                 }
             }
         }
-        let Some(ix) = self.free.pop() else {
+        let Some(ix) = self.take_free() else {
             // Full: make room for a later request by closing the least recently used entry
             // no request holds (its slot is reusable once that close completes).
             let mut cur = self.tail;
@@ -542,6 +520,39 @@ impl FileCache {
         e.id = id;
         e.refs = 1;
         StatOutcome::Open(EntryIx(ix))
+    }
+
+    /// A free entry: one given back, else a new one while fewer than the configured number
+    /// exist.
+    fn take_free(&mut self) -> Option<u32> {
+        if let Some(ix) = self.free.pop() {
+            return Some(ix);
+        }
+        if self.entries.len() >= self.cfg.entries as usize {
+            return None;
+        }
+        self.entries.push(Entry {
+            state: State::Free,
+            // Grown to its first path when first filled, and kept for the next.
+            path: Vec::new(),
+            hash: 0,
+            info: FileInfo {
+                kind: FileKind::Other,
+                size: 0,
+                mtime_secs: 0,
+                dio: None,
+            },
+            id: FileId::default(),
+            checked_ms: 0,
+            used_ms: 0,
+            checking: false,
+            refs: 0,
+            prev: NIL,
+            next: NIL,
+            body: None,
+        });
+        // At most `cfg.entries` (a u32) entries.
+        Some((self.entries.len() - 1) as u32)
     }
 
     /// Puts free entry `ix` in the index for `key` (at table position `slot`), in `state`.
@@ -572,7 +583,7 @@ impl FileCache {
         let (slot, None) = self.find(key, hash) else {
             return;
         };
-        let Some(ix) = self.free.pop() else {
+        let Some(ix) = self.take_free() else {
             return;
         };
         self.occupy(slot, ix, key, hash, State::Absent, now_ms);

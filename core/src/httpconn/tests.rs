@@ -2101,10 +2101,11 @@ fn a_failed_linked_open_gets_the_error_page() {
 
 /// A worker's connection table holds an `HttpConn` per connection, idle ones included: at
 /// 10,000 idle keep-alive connections every byte here is 10 KB of resident memory (the
-/// SEND_ZC tracker, 96 bytes, is boxed: only `--zerocopy` pays for it).
+/// SEND_ZC tracker, 96 bytes, is boxed: only `--zerocopy` pays for it; the last request's
+/// record for the metrics, 24 bytes, is inline).
 #[test]
 #[cfg(target_pointer_width = "64")]
-fn an_http_connection_stays_within_680_bytes() {
+fn an_http_connection_stays_within_704_bytes() {
     let size = core::mem::size_of::<HttpConn>();
-    assert!(size <= 680, "{size} bytes");
+    assert!(size <= 704, "{size} bytes");
 }
