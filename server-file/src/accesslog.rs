@@ -36,6 +36,7 @@
 //! requests whose
 //! response was cut short, or resolve names.
 
+use ringwork_sys::rustix;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

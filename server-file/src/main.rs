@@ -11,6 +11,7 @@ mod accesslog;
 mod hooks;
 mod rules;
 
+use ringwork_sys::rustix;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
