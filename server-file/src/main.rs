@@ -25,7 +25,7 @@ use ringwork_core::http::Limits;
 use ringwork_core::httpconn::Config;
 use ringwork_sys::backend::Backend;
 use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
-use ringwork_sys::files::{self, FileStats, FilesConfig, UringSetup};
+use ringwork_sys::files::{self, FileStats, FilesConfig, UringFileSend, UringSetup};
 use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
 use rustix::fd::{AsFd, OwnedFd};
@@ -121,6 +121,14 @@ struct Args {
     /// `--zerocopy`. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     sendfile: bool,
+    /// io_uring: how `--sendfile` sends from the page cache, of the pages mincore(2) finds
+    /// resident only, either way. `mapping`: IORING_OP_SEND from a shared mapping of the
+    /// cached file (one copy, page cache to socket). `sendfile`: sendfile(2) on the worker
+    /// thread, the socket nonblocking for the call, IORING_OP_POLL_ADD (POLLOUT) when it is
+    /// full (nginx's path: the socket takes page references, no copy on the send side; on
+    /// loopback it measured dearer, docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = FileSendPath::Mapping, value_name = "HOW")]
+    file_send: FileSendPath,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
     /// SIGUSR1 (and SIGHUP) reopen the file: rename it, then signal (logrotate's
@@ -585,6 +593,15 @@ fn check_flags(args: &Args, backend: Backend) -> Result<(), String> {
     args.ring.check("ringwork-files", backend, &USES)
 }
 
+/// `--file-send`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FileSendPath {
+    /// IORING_OP_SEND from a mapping of the cached file.
+    Mapping,
+    /// sendfile(2) on the worker thread.
+    Sendfile,
+}
+
 /// How the io_uring backend sets up its rings (a disabled feature wins over the flag that
 /// asks for it).
 fn uring_config(args: &Args) -> UringSetup {
@@ -597,6 +614,10 @@ fn uring_config(args: &Args) -> UringSetup {
         links: on(Feature::Links),
         pbuf_ring: on(Feature::PbufRing),
         inline_lookups: on(Feature::InlineLookups),
+        file_send: match args.file_send {
+            FileSendPath::Mapping => UringFileSend::Mapping,
+            FileSendPath::Sendfile => UringFileSend::Sendfile,
+        },
     }
 }
 
