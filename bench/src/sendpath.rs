@@ -21,6 +21,13 @@
 //! - `send-zc`: `read-send` with IORING_OP_SEND_ZC from the registered buffer, the buffer
 //!   refilled only after the notification. Loopback delivers to a local socket, where the
 //!   kernel copies zero-copy pages anyway, so this measures the notification's price.
+//! - `copy-send` (ringwork-files' path for a small file whose bytes it keeps in memory):
+//!   the kept bytes copied into the connection's registered buffer, then IORING_OP_SEND
+//!   (two copies: kept bytes → buffer, buffer → socket; the head goes in front of the chunk
+//!   the same way, here a part of the same copy).
+//! - `sendmsg` (the alternative without the copy in user space): IORING_OP_SENDMSG with
+//!   two iovecs over the kept bytes, the first head-sized (`HEAD_PART` bytes, as a response
+//!   head would be), the second the rest of the chunk.
 //! - `sendfile` (nginx's path): synchronous sendfile(2) on the nonblocking socket, called
 //!   from the loop thread, of the prefix of each chunk that mincore(2) (of a lazy mapping,
 //!   never faulted) finds in the page cache; chunk after chunk until the socket is full
@@ -61,6 +68,7 @@ use std::time::{Duration, Instant};
 use ringwork_core::buf::Lease;
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
+use ringwork_sys::op::OutBytes;
 use ringwork_sys::{Cqe, FileMap, FixedBuffers, Ring, RingParams, SafeSqe, Target, TaskRun};
 use rustix::io_uring::IoringOp;
 use rustix::net::SendFlags;
@@ -85,16 +93,22 @@ pub enum Variant {
     SendZc,
     /// sendfile(2) from the loop thread of what mincore finds resident; POLL_ADD on EAGAIN.
     Sendfile,
+    /// Kept bytes copied into a registered buffer, then IORING_OP_SEND.
+    CopySend,
+    /// IORING_OP_SENDMSG with two iovecs over the kept bytes.
+    Sendmsg,
 }
 
 impl Variant {
     /// Every variant, in report order; the first is the baseline of the ratios.
-    pub const ALL: [Variant; 5] = [
+    pub const ALL: [Variant; 7] = [
         Variant::ReadSend,
         Variant::Splice,
         Variant::MmapSend,
         Variant::SendZc,
         Variant::Sendfile,
+        Variant::CopySend,
+        Variant::Sendmsg,
     ];
 
     /// The name used on the command line and in reports.
@@ -105,6 +119,8 @@ impl Variant {
             Variant::MmapSend => "mmap-send",
             Variant::SendZc => "send-zc",
             Variant::Sendfile => "sendfile",
+            Variant::CopySend => "copy-send",
+            Variant::Sendmsg => "sendmsg",
         }
     }
 
@@ -122,11 +138,16 @@ impl Variant {
                 (IoringOp::SendZc, "IORING_OP_SEND_ZC", "6.0"),
             ],
             Variant::Sendfile => &[(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1")],
+            Variant::CopySend => &[(IoringOp::Send, "IORING_OP_SEND", "5.6")],
+            Variant::Sendmsg => &[(IoringOp::Sendmsg, "IORING_OP_SENDMSG", "5.3")],
         }
     }
 
     fn uses_fixed_buffers(self) -> bool {
-        matches!(self, Variant::ReadSend | Variant::SendZc)
+        matches!(
+            self,
+            Variant::ReadSend | Variant::SendZc | Variant::CopySend
+        )
     }
 }
 
@@ -488,6 +509,9 @@ fn decode(ud: UserData) -> (usize, Kind) {
     ((ud.0 >> 3) as usize, kind)
 }
 
+/// `sendmsg`: the first iovec's length, a response head's.
+const HEAD_PART: usize = 256;
+
 /// Most bytes one connection's sendfile(2) calls move before the others get their turn:
 /// ringwork-files' largest send from a file (`FILE_SEND_MAX`).
 const SENDFILE_TURN: usize = 1 << 20;
@@ -516,6 +540,8 @@ struct Server {
     size: u64,
     chunk: u32,
     map: Option<Arc<FileMap>>,
+    /// copy-send, sendmsg: the file's bytes, kept in memory.
+    kept: Option<Arc<[u8]>>,
     conns: Vec<Conn>,
     bytes: u64,
     ops: u64,
@@ -674,6 +700,12 @@ impl Server {
             )),
             _ => None,
         };
+        let kept = match variant {
+            Variant::CopySend | Variant::Sendmsg => Some(Arc::<[u8]>::from(
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            )),
+            _ => None,
+        };
         let mut chunk = cfg.chunk;
         let mut conns = Vec::with_capacity(socks.len());
         for sock in socks {
@@ -718,6 +750,7 @@ impl Server {
             size,
             chunk,
             map,
+            kept,
             conns,
             bytes: 0,
             ops: 0,
@@ -745,14 +778,14 @@ impl Server {
         debug_assert_eq!(self.conns[c].in_flight, 0);
         let sock = Target::Fd(self.conns[c].sock.as_raw_fd());
         match self.variant {
-            Variant::ReadSend | Variant::SendZc => {
+            Variant::ReadSend | Variant::SendZc | Variant::CopySend => {
                 let rest = self.conns[c].pending.clone();
                 if !rest.is_empty() {
                     let lease = self.conns[c]
                         .lease
                         .as_ref()
                         .expect("held between read and send");
-                    let sqe = if self.variant == Variant::ReadSend {
+                    let sqe = if self.variant != Variant::SendZc {
                         self.ring
                             .send_fixed(sock, lease, rest.start, rest.len() as u32)
                     } else {
@@ -763,6 +796,10 @@ impl Server {
                         .send_flags(SendFlags::NOSIGNAL)
                         .user_data(user_data(c, Kind::Send));
                     return self.push(c, sqe);
+                }
+                if more && self.variant == Variant::CopySend {
+                    self.copy_kept(c);
+                    return self.resume(c, more);
                 }
                 if more {
                     let pos = self.conns[c].pos;
@@ -811,6 +848,22 @@ impl Server {
             Variant::Sendfile => {
                 if more {
                     return self.sendfile_until_full(c);
+                }
+            }
+            Variant::Sendmsg => {
+                if more {
+                    let start = self.conns[c].pos as usize;
+                    let end = start + self.next_len(start as u64) as usize;
+                    let kept = self.kept.as_ref().expect("kept for this variant");
+                    let split = (start + HEAD_PART).min(end);
+                    let sqe = SafeSqe::sendmsg2(
+                        sock,
+                        (OutBytes::Shared(Arc::clone(kept)), start..split),
+                        (OutBytes::Shared(Arc::clone(kept)), split..end),
+                    )
+                    .send_flags(SendFlags::NOSIGNAL)
+                    .user_data(user_data(c, Kind::Send));
+                    return self.push(c, sqe);
                 }
             }
             Variant::MmapSend => {
@@ -875,6 +928,24 @@ impl Server {
         self.push(c, sqe)
     }
 
+    /// copy-send: the next chunk of the kept bytes into connection `c`'s buffer, to send.
+    fn copy_kept(&mut self, c: usize) {
+        let pos = self.conns[c].pos;
+        let len = self.next_len(pos);
+        let kept = self.kept.as_ref().expect("kept for this variant");
+        let lease = self.conns[c].lease.as_ref().expect("held between sends");
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("registered for this variant");
+        let start = pos as usize;
+        buffers.bytes_mut(lease)[..len as usize]
+            .copy_from_slice(&kept[start..start + len as usize]);
+        self.conns[c].pending = 0..len;
+        self.ops += 1;
+        self.advance(c, len);
+    }
+
     fn advance(&mut self, c: usize, by: u32) {
         let conn = &mut self.conns[c];
         conn.pos = (conn.pos + u64::from(by)) % self.size;
@@ -911,7 +982,7 @@ impl Server {
                     Err(e) => return Err(fail("read", e)),
                 }
             }
-            (Variant::ReadSend | Variant::SendZc, Kind::Send) => {
+            (Variant::ReadSend | Variant::SendZc | Variant::CopySend, Kind::Send) => {
                 self.ops += 1;
                 if cqe.more() {
                     // SEND_ZC: the notification follows; until then the buffer is the kernel's.
@@ -947,9 +1018,10 @@ impl Server {
             (Variant::Sendfile, Kind::Writable) => {
                 cqe.result().map_err(|e| fail("poll", e))?;
             }
-            (Variant::MmapSend, Kind::Send) => {
+            (Variant::MmapSend | Variant::Sendmsg, Kind::Send) => {
                 self.ops += 1;
-                // The send's reference to the mapping; dropping it is all there is to do.
+                // The send's reference to the mapping or the kept bytes; dropping it is all
+                // there is to do.
                 drop(self.ring.take_memory(cqe.user_data()));
                 let n = cqe.result().map_err(|e| fail("send", e))?;
                 self.bytes += u64::from(n);
@@ -1217,6 +1289,18 @@ mod tests {
         let r = small(Variant::Sendfile);
         assert!(r.bytes > 300_001, "{r:?}");
         assert_eq!(r.iowq_threads, 0, "sendfile runs on the loop thread: {r:?}");
+    }
+
+    #[test]
+    fn copy_send_serves_the_file_byte_exact() {
+        let r = small(Variant::CopySend);
+        assert!(r.bytes > 300_001, "{r:?}");
+    }
+
+    #[test]
+    fn sendmsg_serves_the_file_byte_exact() {
+        let r = small(Variant::Sendmsg);
+        assert!(r.bytes > 300_001, "{r:?}");
     }
 
     #[test]
