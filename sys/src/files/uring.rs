@@ -73,6 +73,14 @@
 //!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
 //!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
 //!   short under it fails the send (EFAULT) and closes that connection.
+//!   With [`UringFileSend::Sendfile`] (`--file-send sendfile`) the same resident prefix goes
+//!   by sendfile(2) on this thread instead (the mapping serves mincore only; the descriptor
+//!   installed from the slot is kept with the entry): the socket is O_NONBLOCK for the call
+//!   only, since the ring's own sends and receives on an O_NONBLOCK socket can fail with
+//!   EAGAIN where io-wq runs them; a full socket waits for IORING_OP_POLL_ADD (POLLOUT),
+//!   whose CQE (kind Send, `sub` [`WRITABLE_SUB`]) is the send's completion; at most one
+//!   sendfile(2) per connection per completion, so that one fast reader does not hold the
+//!   loop. A file cut short under it sends 0 bytes, which closes that connection.
 //! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which ends at the
 //!   earliest connection deadline (`HttpConn::next_deadline_ms`); the clock is read once per
 //!   batch of completions.
@@ -216,8 +224,8 @@ pub struct UringFiles<'a, H> {
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
     maps: Vec<Option<Arc<FileMap>>>,
-    /// Bodies straight from the page cache go by sendfile(2) (else by sends from the
-    /// mapping, which then serves mincore only).
+    /// Bodies straight from the page cache go by sendfile(2), the mapping serving mincore
+    /// only (else by sends from the mapping).
     sendfile: bool,
     /// With registered files and `sendfile`: entry N's descriptor from
     /// IORING_OP_FIXED_FD_INSTALL, kept after its mapping for sendfile(2).
