@@ -78,7 +78,7 @@
 //!   installed from the slot is kept with the entry): the socket is O_NONBLOCK for the call
 //!   only, since the ring's own sends and receives on an O_NONBLOCK socket can fail with
 //!   EAGAIN where io-wq runs them; a full socket waits for IORING_OP_POLL_ADD (POLLOUT),
-//!   whose CQE (kind Send, `sub` [`WRITABLE_SUB`]) is the send's completion; at most one
+//!   whose CQE (kind Send, `sub` `WRITABLE_SUB`) is the send's completion; at most one
 //!   sendfile(2) per connection per completion, so that one fast reader does not hold the
 //!   loop. A file cut short under it sends 0 bytes, which closes that connection.
 //! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which ends at the
@@ -1186,6 +1186,8 @@ impl<H: FileHooks> UringFiles<'_, H> {
             return Sent::Declined(false);
         };
         c.sent_this_turn = true;
+        // The ring's accept gives blocking sockets (no SOCK_NONBLOCK) and nothing sets
+        // other status flags on them: empty flags restore what was there.
         let flags = |f| rustix::fs::fcntl_setfl(sock, f);
         let sent = flags(OFlags::NONBLOCK)
             .and_then(|()| rustix::fs::sendfile(sock, fd, Some(&mut { at.offset }), n));
