@@ -232,6 +232,9 @@ struct Stats {
     refused: AtomicU64,
     /// Misses whose stat and open were answered at once from the kernel's lookup cache.
     inline_lookups: AtomicU64,
+    /// io_uring `--file-send sendfile`: sends from the file that waited for room in the
+    /// socket (IORING_OP_POLL_ADD).
+    file_send_waits: AtomicU64,
 }
 
 impl Stats {
@@ -243,7 +246,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={} file_send_waits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -264,6 +267,7 @@ impl Stats {
             get(&self.file_cold),
             get(&self.refused),
             get(&self.inline_lookups),
+            get(&self.file_send_waits),
         )
     }
 
@@ -279,6 +283,7 @@ impl Stats {
         Self::add(&self.file_cold, st.file_cold);
         Self::add(&self.refused, st.refused);
         Self::add(&self.inline_lookups, st.inline_lookups);
+        Self::add(&self.file_send_waits, st.file_send_waits);
     }
 
     fn add_service(&self, svc: &ringwork_core::filesvc::FileService) {

@@ -302,6 +302,10 @@ fn a_file_replaced_under_a_download_finishes_as_it_began() {
         let line = terminate(s);
         let sends = stat(&line, "file_sends");
         assert_eq!(sends > 0, !extra.contains(&"false"), "{what}: {line}");
+        // The slow reader filled the socket: sendfile(2) waited for POLLOUT, and the body
+        // above is still byte for byte.
+        let waits = stat(&line, "file_send_waits");
+        assert_eq!(waits > 0, extra.contains(&"sendfile"), "{what}: {line}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -163,6 +163,9 @@ pub struct FileStats {
     /// Misses whose stat (and open) was answered at once from the kernel's lookup cache,
     /// with no thread hop.
     pub inline_lookups: u64,
+    /// io_uring with [`UringFileSend::Sendfile`]: sends from a file that waited for room in
+    /// the socket (IORING_OP_POLL_ADD for POLLOUT).
+    pub file_send_waits: u64,
 }
 
 impl FileStats {

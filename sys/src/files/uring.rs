@@ -156,9 +156,6 @@ pub struct Conn {
     file: Option<OwnedFd>,
     /// The client's address, when the hooks want it.
     peer: Option<std::net::IpAddr>,
-    /// `UringFileSend::Sendfile`: the send from a file that waits for room in the socket
-    /// (its POLL_ADD in flight).
-    waiting_send: Option<FileSendAt>,
     /// `UringFileSend::Sendfile`: a sendfile(2) (of up to `FILE_SEND_MAX` bytes) went on
     /// this thread since the connection's last completion; the next waits for POLLOUT
     /// (at once, where the socket has room), so that one fast reader does not hold the loop
@@ -230,6 +227,10 @@ pub struct UringFiles<'a, H> {
     /// With registered files and `sendfile`: entry N's descriptor from
     /// IORING_OP_FIXED_FD_INSTALL, kept after its mapping for sendfile(2).
     send_fds: Vec<Option<OwnedFd>>,
+    /// With `sendfile`: the sends from a file that wait for room in their socket (a
+    /// POLL_ADD in flight), by connection slot. Here, not in `Conn`: an idle connection
+    /// carries nothing for them.
+    waiting_sends: std::collections::HashMap<Slot, FileSendAt>,
     /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
     /// (else into a buffer per connection).
     head_ring: bool,
@@ -398,6 +399,7 @@ impl<'a, H: FileHooks> UringFiles<'a, H> {
             maps: (0..cache_entries).map(|_| None).collect(),
             sendfile: uc.file_send == UringFileSend::Sendfile,
             send_fds: (0..cache_entries).map(|_| None).collect(),
+            waiting_sends: std::collections::HashMap::new(),
             head_ring,
             now,
             spare: Spares::default(),
@@ -517,7 +519,6 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
             direct: false,
             file: None,
             peer,
-            waiting_send: None,
             sent_this_turn: false,
         })
     }
@@ -1123,9 +1124,9 @@ impl<H: FileHooks> UringFiles<'_, H> {
         c: &mut Conn,
         res: core::result::Result<u32, RawErrno>,
     ) -> Result<()> {
-        let at = c
-            .waiting_send
-            .take()
+        let at = self
+            .waiting_sends
+            .remove(&token.slot)
             .ok_or_else(|| broken("a POLLOUT with no send waiting for it"))?;
         let sent = match res {
             Ok(_) => self.sendfile_now(c, at),
@@ -1157,7 +1158,8 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 None
             }
             Sent::Full => {
-                c.waiting_send = Some(at);
+                self.stats.file_send_waits += 1;
+                self.waiting_sends.insert(token.slot, at);
                 let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
                 let ud = token.with_kind(OpKind::Send).with_sub(WRITABLE_SUB);
                 let poll = SafeSqe::poll_add(sock, rustix::event::PollFlags::OUT);
