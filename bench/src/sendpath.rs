@@ -813,38 +813,7 @@ impl Server {
                     return self.push(c, sqe);
                 }
             }
-            Variant::Splice => {
-                let (pipe_r, pipe_w) = {
-                    let (r, w) = self.conns[c].pipe.as_ref().expect("a pipe per connection");
-                    (Target::Fd(r.as_raw_fd()), Target::Fd(w.as_raw_fd()))
-                };
-                let in_pipe = self.conns[c].in_pipe;
-                if in_pipe > 0 {
-                    let sqe = SafeSqe::splice(pipe_r, None, sock, None, in_pipe, SpliceFlags::MOVE)
-                        .user_data(user_data(c, Kind::SpliceOut));
-                    return self.push(c, sqe);
-                }
-                if more {
-                    let pos = self.conns[c].pos;
-                    let len = self.next_len(pos);
-                    let into_pipe = SafeSqe::splice(
-                        self.file(),
-                        Some(pos),
-                        pipe_w,
-                        None,
-                        len,
-                        SpliceFlags::MOVE,
-                    )
-                    .user_data(user_data(c, Kind::SpliceIn));
-                    let out_of_pipe =
-                        SafeSqe::splice(pipe_r, None, sock, None, len, SpliceFlags::MOVE)
-                            .user_data(user_data(c, Kind::SpliceOut));
-                    self.ring
-                        .push_safe_chain(vec![into_pipe, out_of_pipe], false)
-                        .map_err(|e| e.to_string())?;
-                    self.conns[c].in_flight += 2;
-                }
-            }
+            Variant::Splice => return self.resume_splice(c, sock, more),
             Variant::Sendfile => {
                 if more {
                     return self.sendfile_until_full(c);
@@ -852,18 +821,7 @@ impl Server {
             }
             Variant::Sendmsg => {
                 if more {
-                    let start = self.conns[c].pos as usize;
-                    let end = start + self.next_len(start as u64) as usize;
-                    let kept = self.kept.as_ref().expect("kept for this variant");
-                    let split = (start + HEAD_PART).min(end);
-                    let sqe = SafeSqe::sendmsg2(
-                        sock,
-                        (OutBytes::Shared(Arc::clone(kept)), start..split),
-                        (OutBytes::Shared(Arc::clone(kept)), split..end),
-                    )
-                    .send_flags(SendFlags::NOSIGNAL)
-                    .user_data(user_data(c, Kind::Send));
-                    return self.push(c, sqe);
+                    return self.sendmsg_kept(c, sock);
                 }
             }
             Variant::MmapSend => {
@@ -881,6 +839,35 @@ impl Server {
                     return self.push(c, sqe);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// splice: bytes left in the pipe go first; else, when `more`, the next chunk as one
+    /// linked pair, file → pipe → socket.
+    fn resume_splice(&mut self, c: usize, sock: Target, more: bool) -> Result<(), String> {
+        let (pipe_r, pipe_w) = {
+            let (r, w) = self.conns[c].pipe.as_ref().expect("a pipe per connection");
+            (Target::Fd(r.as_raw_fd()), Target::Fd(w.as_raw_fd()))
+        };
+        let in_pipe = self.conns[c].in_pipe;
+        if in_pipe > 0 {
+            let sqe = SafeSqe::splice(pipe_r, None, sock, None, in_pipe, SpliceFlags::MOVE)
+                .user_data(user_data(c, Kind::SpliceOut));
+            return self.push(c, sqe);
+        }
+        if more {
+            let pos = self.conns[c].pos;
+            let len = self.next_len(pos);
+            let into_pipe =
+                SafeSqe::splice(self.file(), Some(pos), pipe_w, None, len, SpliceFlags::MOVE)
+                    .user_data(user_data(c, Kind::SpliceIn));
+            let out_of_pipe = SafeSqe::splice(pipe_r, None, sock, None, len, SpliceFlags::MOVE)
+                .user_data(user_data(c, Kind::SpliceOut));
+            self.ring
+                .push_safe_chain(vec![into_pipe, out_of_pipe], false)
+                .map_err(|e| e.to_string())?;
+            self.conns[c].in_flight += 2;
         }
         Ok(())
     }
@@ -925,6 +912,23 @@ impl Server {
         let sock = Target::Fd(self.conns[c].sock.as_raw_fd());
         let sqe = SafeSqe::poll_add(sock, rustix::event::PollFlags::OUT)
             .user_data(user_data(c, Kind::Writable));
+        self.push(c, sqe)
+    }
+
+    /// sendmsg: the next chunk of the kept bytes in one SENDMSG of two iovecs, a head-sized
+    /// part and the rest.
+    fn sendmsg_kept(&mut self, c: usize, sock: Target) -> Result<(), String> {
+        let start = self.conns[c].pos as usize;
+        let end = start + self.next_len(start as u64) as usize;
+        let kept = self.kept.as_ref().expect("kept for this variant");
+        let split = (start + HEAD_PART).min(end);
+        let sqe = SafeSqe::sendmsg2(
+            sock,
+            (OutBytes::Shared(Arc::clone(kept)), start..split),
+            (OutBytes::Shared(Arc::clone(kept)), split..end),
+        )
+        .send_flags(SendFlags::NOSIGNAL)
+        .user_data(user_data(c, Kind::Send));
         self.push(c, sqe)
     }
 
@@ -1121,6 +1125,13 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
             );
         }
     }
+    s.push_str(&every_run(results));
+    s
+}
+
+/// The Markdown table of every run, in the order they ran.
+fn every_run(results: &[Outcome]) -> String {
+    let mut s = String::new();
     s.push_str("\nEvery run:\n\n");
     s.push_str("| round | file | path | MiB/s | server CPU µs/MiB | µs/request | loop µs/MiB | io-wq µs/MiB | ops/s | longest stall ms |\n");
     s.push_str("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");

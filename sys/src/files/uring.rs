@@ -1106,6 +1106,23 @@ impl<H: FileHooks> UringFiles<'_, H> {
         Ok((m, n))
     }
 
+    /// HttpConn's send from cache entry `at.ix`'s file: from its mapping, or by sendfile(2)
+    /// ([`UringFiles::send_file`]); `None` when reported already (declined, or sent).
+    fn file_send_sqe(&mut self, token: Token, c: &mut Conn, at: FileSendAt) -> Option<SafeSqe> {
+        if self.sendfile {
+            return self.send_file(token, c, at);
+        }
+        let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+        let start = at.offset as usize;
+        match self.send_from_map(at.ix, sock, start..start + at.len as usize) {
+            Ok(sqe) => Some(sqe.user_data(token.with_kind(OpKind::Send).encode())),
+            Err(again) => {
+                c.fc.http_mut().on_file_send_declined(self.now, again);
+                None
+            }
+        }
+    }
+
     /// HttpConn's send from a file by sendfile(2): at once, unless one went already since
     /// the connection was last woken; a full socket waits for POLLOUT. `None`: reported.
     fn send_file(&mut self, token: Token, c: &mut Conn, at: FileSendAt) -> Option<SafeSqe> {
@@ -1424,24 +1441,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 file: FileRef::Entry(ix),
                 offset,
                 len,
-            } if self.sendfile => {
-                let at = FileSendAt { ix, offset, len };
-                return Ok(self.send_file(token, c, at));
-            }
-            FileOp::SendFile {
-                file: FileRef::Entry(ix),
-                offset,
-                len,
-            } => {
-                let range = offset as usize..offset as usize + len as usize;
-                match self.send_from_map(ix, sock, range) {
-                    Ok(sqe) => (OpKind::Send, sqe),
-                    Err(again) => {
-                        c.fc.http_mut().on_file_send_declined(self.now, again);
-                        return Ok(None);
-                    }
-                }
-            }
+            } => return Ok(self.file_send_sqe(token, c, FileSendAt { ix, offset, len })),
             FileOp::Stat => {
                 if let Some(seen) = self.stat_now(c) {
                     let reported = self.svc.on_stat(&mut c.fc, self.now, seen);
