@@ -16,13 +16,33 @@
 //!   splice in io-wq (it cannot splice without blocking), so part of this path's CPU time is
 //!   io-wq workers', counted here with the loop's.
 //! - `mmap-send`: IORING_OP_SEND straight from a read-only shared mapping of the file
-//!   (`ringwork_sys::FileMap`, pre-faulted): one copy, page cache → socket.
+//!   (`ringwork_sys::FileMap`, pre-faulted): one copy, page cache → socket; each send after
+//!   a mincore(2) of its range, as ringwork-files sends from a mapping.
 //! - `send-zc`: `read-send` with IORING_OP_SEND_ZC from the registered buffer, the buffer
 //!   refilled only after the notification. Loopback delivers to a local socket, where the
 //!   kernel copies zero-copy pages anyway, so this measures the notification's price.
+//! - `copy-send` (ringwork-files' path for a small file whose bytes it keeps in memory):
+//!   the kept bytes copied into the connection's registered buffer, then IORING_OP_SEND
+//!   (two copies: kept bytes → buffer, buffer → socket; the head goes in front of the chunk
+//!   the same way, here a part of the same copy).
+//! - `sendmsg` (the alternative without the copy in user space): IORING_OP_SENDMSG with
+//!   two iovecs over the kept bytes, the first head-sized (`HEAD_PART` bytes, as a response
+//!   head would be), the second the rest of the chunk.
+//! - `sendfile` (nginx's path): synchronous sendfile(2) on the nonblocking socket, called
+//!   from the loop thread, of the prefix of each chunk that mincore(2) (of a lazy mapping,
+//!   never faulted) finds in the page cache; chunk after chunk until the socket is full
+//!   (a short count, or EAGAIN), then IORING_OP_POLL_ADD (POLLOUT) on the socket wakes the
+//!   connection. The page cache's pages go into the socket by reference: no copy on the
+//!   send side (on loopback the receiver's copy out of them is charged to this CPU, as for
+//!   every path).
 //!
 //! Every path keeps one chunk (one SQE, or one linked pair) in flight per connection, as a
 //! server that must not reorder a stream does; a short send continues from where it stopped.
+//! `sendfile` has nothing in flight but its poll while the socket is full.
+//!
+//! Each connection's pass over the file counts as one request: with small files (8 KiB,
+//! 16 KiB) the per-operation costs dominate, and the table gives server CPU per request
+//! beside CPU per byte.
 //!
 //! What is measured, over a window after a warm-up, per run: bytes the server's sends
 //! completed, per second; and the server's CPU time per byte: the loop thread's own
@@ -48,6 +68,7 @@ use std::time::{Duration, Instant};
 use ringwork_core::buf::Lease;
 use ringwork_core::errno::RawErrno;
 use ringwork_core::token::UserData;
+use ringwork_sys::op::OutBytes;
 use ringwork_sys::{Cqe, FileMap, FixedBuffers, Ring, RingParams, SafeSqe, Target, TaskRun};
 use rustix::io_uring::IoringOp;
 use rustix::net::SendFlags;
@@ -70,15 +91,24 @@ pub enum Variant {
     MmapSend,
     /// IORING_OP_READ_FIXED, then IORING_OP_SEND_ZC from the registered buffer.
     SendZc,
+    /// sendfile(2) from the loop thread of what mincore finds resident; POLL_ADD on EAGAIN.
+    Sendfile,
+    /// Kept bytes copied into a registered buffer, then IORING_OP_SEND.
+    CopySend,
+    /// IORING_OP_SENDMSG with two iovecs over the kept bytes.
+    Sendmsg,
 }
 
 impl Variant {
     /// Every variant, in report order; the first is the baseline of the ratios.
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 7] = [
         Variant::ReadSend,
         Variant::Splice,
         Variant::MmapSend,
         Variant::SendZc,
+        Variant::Sendfile,
+        Variant::CopySend,
+        Variant::Sendmsg,
     ];
 
     /// The name used on the command line and in reports.
@@ -88,6 +118,9 @@ impl Variant {
             Variant::Splice => "splice",
             Variant::MmapSend => "mmap-send",
             Variant::SendZc => "send-zc",
+            Variant::Sendfile => "sendfile",
+            Variant::CopySend => "copy-send",
+            Variant::Sendmsg => "sendmsg",
         }
     }
 
@@ -104,11 +137,17 @@ impl Variant {
                 (IoringOp::ReadFixed, "IORING_OP_READ_FIXED", "5.1"),
                 (IoringOp::SendZc, "IORING_OP_SEND_ZC", "6.0"),
             ],
+            Variant::Sendfile => &[(IoringOp::PollAdd, "IORING_OP_POLL_ADD", "5.1")],
+            Variant::CopySend => &[(IoringOp::Send, "IORING_OP_SEND", "5.6")],
+            Variant::Sendmsg => &[(IoringOp::Sendmsg, "IORING_OP_SENDMSG", "5.3")],
         }
     }
 
     fn uses_fixed_buffers(self) -> bool {
-        matches!(self, Variant::ReadSend | Variant::SendZc)
+        matches!(
+            self,
+            Variant::ReadSend | Variant::SendZc | Variant::CopySend
+        )
     }
 }
 
@@ -190,6 +229,12 @@ impl Outcome {
         per_mib(self.loop_cpu + self.iowq_cpu, self.bytes)
     }
 
+    /// Server CPU (loop and io-wq) in microseconds per request: per pass over the file.
+    pub fn server_us_per_request(&self) -> f64 {
+        let requests = self.bytes as f64 / self.size.max(1) as f64;
+        (self.loop_cpu + self.iowq_cpu).as_secs_f64() * 1e6 / requests.max(1e-9)
+    }
+
     /// The share of one CPU the server used.
     pub fn server_busy(&self) -> f64 {
         (self.loop_cpu + self.iowq_cpu).as_secs_f64() / self.elapsed.as_secs_f64().max(1e-9)
@@ -198,7 +243,7 @@ impl Outcome {
     /// JSON object text.
     pub fn json(&self) -> String {
         format!(
-            "{{\"variant\":\"{}\",\"size\":{},\"round\":{},\"bytes\":{},\"secs\":{:.3},\"bytes_per_s\":{:.0},\"loop_cpu_us\":{},\"iowq_cpu_us\":{},\"client_cpu_us\":{},\"server_us_per_mib\":{:.1},\"iowq_threads\":{},\"ops\":{},\"longest_gap_us\":{}}}",
+            "{{\"variant\":\"{}\",\"size\":{},\"round\":{},\"bytes\":{},\"secs\":{:.3},\"bytes_per_s\":{:.0},\"loop_cpu_us\":{},\"iowq_cpu_us\":{},\"client_cpu_us\":{},\"server_us_per_mib\":{:.1},\"server_us_per_request\":{:.2},\"iowq_threads\":{},\"ops\":{},\"longest_gap_us\":{}}}",
             self.variant.name(),
             self.size,
             self.round,
@@ -209,6 +254,7 @@ impl Outcome {
             self.iowq_cpu.as_micros(),
             self.client_cpu.as_micros(),
             self.server_us_per_mib(),
+            self.server_us_per_request(),
             self.iowq_threads,
             self.ops,
             self.longest_gap.as_micros()
@@ -260,11 +306,12 @@ pub fn run_all(cfg: &Config, variants: &[Variant]) -> Result<Vec<Outcome>, Strin
                 let r = run_one(cfg, v, *size, path, content, round)
                     .map_err(|e| format!("{} on {size} bytes: {e}", v.name()))?;
                 eprintln!(
-                    "round {round} {:>9} {:>9}: {:>8.1} MiB/s, server {:>6.1} µs/MiB ({:.0}% of a CPU)",
+                    "round {round} {:>9} {:>9}: {:>8.1} MiB/s, server {:>6.1} µs/MiB, {:>7.2} µs/request ({:.0}% of a CPU)",
                     size_label(*size),
                     v.name(),
                     r.bytes_per_sec() / f64::from(1 << 20),
                     r.server_us_per_mib(),
+                    r.server_us_per_request(),
                     r.server_busy() * 100.0
                 );
                 out.push(r);
@@ -443,21 +490,31 @@ enum Kind {
     Send = 1,
     SpliceIn = 2,
     SpliceOut = 3,
+    /// sendfile: the socket has room again (POLLOUT).
+    Writable = 4,
 }
 
 fn user_data(conn: usize, kind: Kind) -> UserData {
-    UserData(((conn as u64) << 2) | kind as u64)
+    UserData(((conn as u64) << 3) | kind as u64)
 }
 
 fn decode(ud: UserData) -> (usize, Kind) {
-    let kind = match ud.0 & 3 {
+    let kind = match ud.0 & 7 {
         0 => Kind::Read,
         1 => Kind::Send,
         2 => Kind::SpliceIn,
-        _ => Kind::SpliceOut,
+        3 => Kind::SpliceOut,
+        _ => Kind::Writable,
     };
-    ((ud.0 >> 2) as usize, kind)
+    ((ud.0 >> 3) as usize, kind)
 }
+
+/// `sendmsg`: the first iovec's length, a response head's.
+const HEAD_PART: usize = 256;
+
+/// Most bytes one connection's sendfile(2) calls move before the others get their turn:
+/// ringwork-files' largest send from a file (`FILE_SEND_MAX`).
+const SENDFILE_TURN: usize = 1 << 20;
 
 /// One connection's state.
 struct Conn {
@@ -483,6 +540,8 @@ struct Server {
     size: u64,
     chunk: u32,
     map: Option<Arc<FileMap>>,
+    /// copy-send, sendmsg: the file's bytes, kept in memory.
+    kept: Option<Arc<[u8]>>,
     conns: Vec<Conn>,
     bytes: u64,
     ops: u64,
@@ -635,11 +694,25 @@ impl Server {
             Variant::MmapSend => Some(Arc::new(
                 FileMap::new(&file, size as usize).map_err(|e| e.to_string())?,
             )),
+            // For mincore only: nothing is faulted in or read through it.
+            Variant::Sendfile => Some(Arc::new(
+                FileMap::lazy(&file, size as usize).map_err(|e| e.to_string())?,
+            )),
+            _ => None,
+        };
+        let kept = match variant {
+            Variant::CopySend | Variant::Sendmsg => Some(Arc::<[u8]>::from(
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            )),
             _ => None,
         };
         let mut chunk = cfg.chunk;
         let mut conns = Vec::with_capacity(socks.len());
         for sock in socks {
+            if variant == Variant::Sendfile {
+                // sendfile(2) must never wait for room in the socket: EAGAIN instead.
+                sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+            }
             let lease = match variant.uses_fixed_buffers() {
                 true => Some(
                     ring.fixed_buffers()
@@ -677,6 +750,7 @@ impl Server {
             size,
             chunk,
             map,
+            kept,
             conns,
             bytes: 0,
             ops: 0,
@@ -704,14 +778,14 @@ impl Server {
         debug_assert_eq!(self.conns[c].in_flight, 0);
         let sock = Target::Fd(self.conns[c].sock.as_raw_fd());
         match self.variant {
-            Variant::ReadSend | Variant::SendZc => {
+            Variant::ReadSend | Variant::SendZc | Variant::CopySend => {
                 let rest = self.conns[c].pending.clone();
                 if !rest.is_empty() {
                     let lease = self.conns[c]
                         .lease
                         .as_ref()
                         .expect("held between read and send");
-                    let sqe = if self.variant == Variant::ReadSend {
+                    let sqe = if self.variant != Variant::SendZc {
                         self.ring
                             .send_fixed(sock, lease, rest.start, rest.len() as u32)
                     } else {
@@ -722,6 +796,10 @@ impl Server {
                         .send_flags(SendFlags::NOSIGNAL)
                         .user_data(user_data(c, Kind::Send));
                     return self.push(c, sqe);
+                }
+                if more && self.variant == Variant::CopySend {
+                    self.copy_kept(c);
+                    return self.resume(c, more);
                 }
                 if more {
                     let pos = self.conns[c].pos;
@@ -735,36 +813,15 @@ impl Server {
                     return self.push(c, sqe);
                 }
             }
-            Variant::Splice => {
-                let (pipe_r, pipe_w) = {
-                    let (r, w) = self.conns[c].pipe.as_ref().expect("a pipe per connection");
-                    (Target::Fd(r.as_raw_fd()), Target::Fd(w.as_raw_fd()))
-                };
-                let in_pipe = self.conns[c].in_pipe;
-                if in_pipe > 0 {
-                    let sqe = SafeSqe::splice(pipe_r, None, sock, None, in_pipe, SpliceFlags::MOVE)
-                        .user_data(user_data(c, Kind::SpliceOut));
-                    return self.push(c, sqe);
-                }
+            Variant::Splice => return self.resume_splice(c, sock, more),
+            Variant::Sendfile => {
                 if more {
-                    let pos = self.conns[c].pos;
-                    let len = self.next_len(pos);
-                    let into_pipe = SafeSqe::splice(
-                        self.file(),
-                        Some(pos),
-                        pipe_w,
-                        None,
-                        len,
-                        SpliceFlags::MOVE,
-                    )
-                    .user_data(user_data(c, Kind::SpliceIn));
-                    let out_of_pipe =
-                        SafeSqe::splice(pipe_r, None, sock, None, len, SpliceFlags::MOVE)
-                            .user_data(user_data(c, Kind::SpliceOut));
-                    self.ring
-                        .push_safe_chain(vec![into_pipe, out_of_pipe], false)
-                        .map_err(|e| e.to_string())?;
-                    self.conns[c].in_flight += 2;
+                    return self.sendfile_until_full(c);
+                }
+            }
+            Variant::Sendmsg => {
+                if more {
+                    return self.sendmsg_kept(c, sock);
                 }
             }
             Variant::MmapSend => {
@@ -773,7 +830,10 @@ impl Server {
                     let len = self.next_len(pos);
                     let map = self.map.as_ref().expect("mapped for this variant");
                     let start = pos as usize;
-                    let sqe = SafeSqe::send_mapped(sock, map, start..start + len as usize)
+                    // As ringwork-files does before each send from a mapping: mincore, so
+                    // that no send waits on the disk (always resident here).
+                    let len = map.resident(start..start + len as usize);
+                    let sqe = SafeSqe::send_mapped(sock, map, start..start + len)
                         .send_flags(SendFlags::NOSIGNAL)
                         .user_data(user_data(c, Kind::Send));
                     return self.push(c, sqe);
@@ -781,6 +841,113 @@ impl Server {
             }
         }
         Ok(())
+    }
+
+    /// splice: bytes left in the pipe go first; else, when `more`, the next chunk as one
+    /// linked pair, file → pipe → socket.
+    fn resume_splice(&mut self, c: usize, sock: Target, more: bool) -> Result<(), String> {
+        let (pipe_r, pipe_w) = {
+            let (r, w) = self.conns[c].pipe.as_ref().expect("a pipe per connection");
+            (Target::Fd(r.as_raw_fd()), Target::Fd(w.as_raw_fd()))
+        };
+        let in_pipe = self.conns[c].in_pipe;
+        if in_pipe > 0 {
+            let sqe = SafeSqe::splice(pipe_r, None, sock, None, in_pipe, SpliceFlags::MOVE)
+                .user_data(user_data(c, Kind::SpliceOut));
+            return self.push(c, sqe);
+        }
+        if more {
+            let pos = self.conns[c].pos;
+            let len = self.next_len(pos);
+            let into_pipe =
+                SafeSqe::splice(self.file(), Some(pos), pipe_w, None, len, SpliceFlags::MOVE)
+                    .user_data(user_data(c, Kind::SpliceIn));
+            let out_of_pipe = SafeSqe::splice(pipe_r, None, sock, None, len, SpliceFlags::MOVE)
+                .user_data(user_data(c, Kind::SpliceOut));
+            self.ring
+                .push_safe_chain(vec![into_pipe, out_of_pipe], false)
+                .map_err(|e| e.to_string())?;
+            self.conns[c].in_flight += 2;
+        }
+        Ok(())
+    }
+
+    /// sendfile(2), chunk after chunk, of the resident prefix of each, until the socket is
+    /// full or [`SENDFILE_TURN`] bytes went; then a POLL_ADD for POLLOUT wakes the
+    /// connection (at once when the socket still has room: the others get their turn, as
+    /// nginx's `sendfile_max_chunk`). A short count means the socket is full (the range was
+    /// resident): no second call to learn it from EAGAIN.
+    fn sendfile_until_full(&mut self, c: usize) -> Result<(), String> {
+        let map = Arc::clone(self.map.as_ref().expect("mapped for this variant"));
+        let mut sent = 0;
+        while sent < SENDFILE_TURN {
+            let pos = self.conns[c].pos;
+            let len = self.next_len(pos) as usize;
+            let start = pos as usize;
+            let resident = map.resident(start..start + len);
+            if resident == 0 {
+                // The bench warms the file before each run; a cold page here would be a
+                // read in this thread.
+                return Err(format!(
+                    "connection {c}: offset {pos} is not in the page cache"
+                ));
+            }
+            let sock = &self.conns[c].sock;
+            match rustix::fs::sendfile(sock, &self.file, Some(&mut { pos }), resident) {
+                Ok(0) => return Err(format!("connection {c}: sendfile sent 0")),
+                Ok(n) => {
+                    self.ops += 1;
+                    self.bytes += n as u64;
+                    self.advance(c, n as u32);
+                    sent += n;
+                    if n == resident {
+                        continue;
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => {}
+                Err(e) => return Err(format!("connection {c}: sendfile: {e}")),
+            }
+            break;
+        }
+        let sock = Target::Fd(self.conns[c].sock.as_raw_fd());
+        let sqe = SafeSqe::poll_add(sock, rustix::event::PollFlags::OUT)
+            .user_data(user_data(c, Kind::Writable));
+        self.push(c, sqe)
+    }
+
+    /// sendmsg: the next chunk of the kept bytes in one SENDMSG of two iovecs, a head-sized
+    /// part and the rest.
+    fn sendmsg_kept(&mut self, c: usize, sock: Target) -> Result<(), String> {
+        let start = self.conns[c].pos as usize;
+        let end = start + self.next_len(start as u64) as usize;
+        let kept = self.kept.as_ref().expect("kept for this variant");
+        let split = (start + HEAD_PART).min(end);
+        let sqe = SafeSqe::sendmsg2(
+            sock,
+            (OutBytes::Shared(Arc::clone(kept)), start..split),
+            (OutBytes::Shared(Arc::clone(kept)), split..end),
+        )
+        .send_flags(SendFlags::NOSIGNAL)
+        .user_data(user_data(c, Kind::Send));
+        self.push(c, sqe)
+    }
+
+    /// copy-send: the next chunk of the kept bytes into connection `c`'s buffer, to send.
+    fn copy_kept(&mut self, c: usize) {
+        let pos = self.conns[c].pos;
+        let len = self.next_len(pos);
+        let kept = self.kept.as_ref().expect("kept for this variant");
+        let lease = self.conns[c].lease.as_ref().expect("held between sends");
+        let buffers = self
+            .ring
+            .fixed_buffers()
+            .expect("registered for this variant");
+        let start = pos as usize;
+        buffers.bytes_mut(lease)[..len as usize]
+            .copy_from_slice(&kept[start..start + len as usize]);
+        self.conns[c].pending = 0..len;
+        self.ops += 1;
+        self.advance(c, len);
     }
 
     fn advance(&mut self, c: usize, by: u32) {
@@ -819,7 +986,7 @@ impl Server {
                     Err(e) => return Err(fail("read", e)),
                 }
             }
-            (Variant::ReadSend | Variant::SendZc, Kind::Send) => {
+            (Variant::ReadSend | Variant::SendZc | Variant::CopySend, Kind::Send) => {
                 self.ops += 1;
                 if cqe.more() {
                     // SEND_ZC: the notification follows; until then the buffer is the kernel's.
@@ -851,9 +1018,14 @@ impl Server {
                 Err(RawErrno::CANCELED) => {}
                 Err(e) => return Err(fail("splice pipe → socket", e)),
             },
-            (Variant::MmapSend, Kind::Send) => {
+            // Room in the socket again: `resume` goes on with sendfile.
+            (Variant::Sendfile, Kind::Writable) => {
+                cqe.result().map_err(|e| fail("poll", e))?;
+            }
+            (Variant::MmapSend | Variant::Sendmsg, Kind::Send) => {
                 self.ops += 1;
-                // The send's reference to the mapping; dropping it is all there is to do.
+                // The send's reference to the mapping or the kept bytes; dropping it is all
+                // there is to do.
                 drop(self.ring.take_memory(cqe.user_data()));
                 let n = cqe.result().map_err(|e| fail("send", e))?;
                 self.bytes += u64::from(n);
@@ -902,17 +1074,21 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
     );
     s.push_str(
         "Medians over rounds. Server CPU = the loop thread + io-wq workers, per MiB sent; \
-         ratios against `read-send` (below 1.00x CPU is cheaper).\n\n",
+         ratios against `read-send` (below 1.00x CPU is cheaper); a request is one pass over \
+         the file; spread is the lowest and highest round.\n\n",
     );
-    s.push_str("| file | path | MiB/s | vs read-send | server CPU µs/MiB | vs read-send | loop µs/MiB | io-wq µs/MiB | server busy | io-wq threads | reader µs/MiB |\n");
-    s.push_str("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| file | path | MiB/s | vs read-send | server CPU µs/MiB | spread | vs read-send | server µs/request | loop µs/MiB | io-wq µs/MiB | server busy | io-wq threads | reader µs/MiB |\n");
+    s.push_str("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for &size in &cfg.sizes {
-        let med = |v: Variant, f: &dyn Fn(&Outcome) -> f64| -> Option<f64> {
-            let xs: Vec<f64> = results
+        let all = |v: Variant, f: &dyn Fn(&Outcome) -> f64| -> Vec<f64> {
+            results
                 .iter()
                 .filter(|r| r.variant == v && r.size == size)
                 .map(f)
-                .collect();
+                .collect()
+        };
+        let med = |v: Variant, f: &dyn Fn(&Outcome) -> f64| -> Option<f64> {
+            let xs = all(v, f);
             (!xs.is_empty()).then(|| median(xs))
         };
         let rate = |r: &Outcome| r.bytes_per_sec() / f64::from(1 << 20);
@@ -925,15 +1101,22 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
                 continue;
             };
             let us = med(v, &cpu).unwrap_or(0.0);
+            let cpus = all(v, &cpu);
+            let (lo, hi) = cpus
+                .iter()
+                .fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} |",
+                "| {} | {} | {} | {} | {:.0} | {:.0}–{:.0} | {} | {:.2} | {:.0} | {:.0} | {:.0}% | {:.0} | {:.0} |",
                 size_label(size),
                 v.name(),
                 thousands(mib_s),
                 ratio(mib_s, base_rate),
                 us,
+                lo,
+                hi,
                 ratio(us, base_cpu),
+                med(v, &|r| r.server_us_per_request()).unwrap_or(0.0),
                 med(v, &|r| per_mib(r.loop_cpu, r.bytes)).unwrap_or(0.0),
                 med(v, &|r| per_mib(r.iowq_cpu, r.bytes)).unwrap_or(0.0),
                 med(v, &|r| r.server_busy() * 100.0).unwrap_or(0.0),
@@ -942,18 +1125,26 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
             );
         }
     }
+    s.push_str(&every_run(results));
+    s
+}
+
+/// The Markdown table of every run, in the order they ran.
+fn every_run(results: &[Outcome]) -> String {
+    let mut s = String::new();
     s.push_str("\nEvery run:\n\n");
-    s.push_str("| round | file | path | MiB/s | server CPU µs/MiB | loop µs/MiB | io-wq µs/MiB | ops/s | longest stall ms |\n");
-    s.push_str("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    s.push_str("| round | file | path | MiB/s | server CPU µs/MiB | µs/request | loop µs/MiB | io-wq µs/MiB | ops/s | longest stall ms |\n");
+    s.push_str("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in results {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.0} | {:.0} | {} | {:.1} |",
             r.round,
             size_label(r.size),
             r.variant.name(),
             thousands(r.bytes_per_sec() / f64::from(1 << 20)),
             r.server_us_per_mib(),
+            r.server_us_per_request(),
             per_mib(r.loop_cpu, r.bytes),
             per_mib(r.iowq_cpu, r.bytes),
             thousands(r.ops as f64 / r.elapsed.as_secs_f64().max(1e-9)),
@@ -967,7 +1158,7 @@ pub fn table(cfg: &Config, results: &[Outcome]) -> String {
 #[derive(clap::Args)]
 pub struct Args {
     /// File sizes (suffixes k, M, G), comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "64k,1M,16M,64M", value_parser = crate::parse_size)]
+    #[arg(long, value_delimiter = ',', default_value = "8k,16k,64k,256k,1M,16M", value_parser = crate::parse_size)]
     sizes: Vec<u64>,
     /// Loopback connections.
     #[arg(long, default_value_t = 8)]
@@ -1105,6 +1296,25 @@ mod tests {
     }
 
     #[test]
+    fn sendfile_serves_the_file_byte_exact() {
+        let r = small(Variant::Sendfile);
+        assert!(r.bytes > 300_001, "{r:?}");
+        assert_eq!(r.iowq_threads, 0, "sendfile runs on the loop thread: {r:?}");
+    }
+
+    #[test]
+    fn copy_send_serves_the_file_byte_exact() {
+        let r = small(Variant::CopySend);
+        assert!(r.bytes > 300_001, "{r:?}");
+    }
+
+    #[test]
+    fn sendmsg_serves_the_file_byte_exact() {
+        let r = small(Variant::Sendmsg);
+        assert!(r.bytes > 300_001, "{r:?}");
+    }
+
+    #[test]
     fn a_misplaced_byte_is_caught() {
         let content: Vec<u8> = (0..100).map(file_byte).collect();
         assert!(check_bytes(&content, 10, &content[10..50]).is_ok());
@@ -1122,7 +1332,13 @@ mod tests {
 
     #[test]
     fn user_data_round_trips() {
-        for kind in [Kind::Read, Kind::Send, Kind::SpliceIn, Kind::SpliceOut] {
+        for kind in [
+            Kind::Read,
+            Kind::Send,
+            Kind::SpliceIn,
+            Kind::SpliceOut,
+            Kind::Writable,
+        ] {
             assert_eq!(decode(user_data(12345, kind)), (12345, kind));
         }
     }

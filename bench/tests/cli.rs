@@ -213,7 +213,15 @@ fn sendpath_runs_every_variant_on_small_files() {
     );
     let table = String::from_utf8_lossy(&out.stdout);
     for size in ["64 KiB", "100001 B"] {
-        for v in ["read-send", "splice", "mmap-send", "send-zc"] {
+        for v in [
+            "read-send",
+            "splice",
+            "mmap-send",
+            "send-zc",
+            "sendfile",
+            "copy-send",
+            "sendmsg",
+        ] {
             assert!(
                 table.contains(&format!("| {size} | {v} |")),
                 "missing {size} {v} row: {table}"
@@ -221,7 +229,7 @@ fn sendpath_runs_every_variant_on_small_files() {
         }
     }
     let json = std::fs::read_to_string(&json).unwrap();
-    assert_eq!(json.matches("\"variant\"").count(), 8, "{json}");
+    assert_eq!(json.matches("\"variant\"").count(), 14, "{json}");
     assert!(!json.contains("\"bytes\":0,"), "a run sent nothing: {json}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -26,7 +26,7 @@ use ringwork_core::http::Limits;
 use ringwork_core::httpconn::Config;
 use ringwork_sys::backend::Backend;
 use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
-use ringwork_sys::files::{self, FileStats, FilesConfig, UringSetup};
+use ringwork_sys::files::{self, FileStats, FilesConfig, UringFileSend, UringSetup};
 use ringwork_sys::metrics::{Board, Endpoint};
 use ringwork_sys::net::SocketMode;
 use ringwork_sys::worker::Crew;
@@ -128,6 +128,14 @@ struct Args {
     /// `--zerocopy`. `false`: never.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     sendfile: bool,
+    /// io_uring: how `--sendfile` sends from the page cache, of the pages mincore(2) finds
+    /// resident only, either way. `mapping`: IORING_OP_SEND from a shared mapping of the
+    /// cached file (one copy, page cache to socket). `sendfile`: sendfile(2) on the worker
+    /// thread, the socket nonblocking for the call, IORING_OP_POLL_ADD (POLLOUT) when it is
+    /// full (nginx's path: the socket takes page references, no copy on the send side; on
+    /// loopback it measured dearer, docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = FileSendPath::Mapping, value_name = "HOW")]
+    file_send: FileSendPath,
     /// Access log in nginx's combined format: a file (appended to), `-` for standard output,
     /// or `off`. Lines are written in batches, once per turn of a worker's loop; times are UTC.
     /// SIGUSR1 (and SIGHUP) reopen the file: rename it, then signal (logrotate's
@@ -240,6 +248,9 @@ struct Stats {
     refused: AtomicU64,
     /// Misses whose stat and open were answered at once from the kernel's lookup cache.
     inline_lookups: AtomicU64,
+    /// io_uring `--file-send sendfile`: sends from the file that waited for room in the
+    /// socket (IORING_OP_POLL_ADD).
+    file_send_waits: AtomicU64,
 }
 
 impl Stats {
@@ -251,7 +262,7 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={} file_send_waits={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -272,6 +283,7 @@ impl Stats {
             get(&self.file_cold),
             get(&self.refused),
             get(&self.inline_lookups),
+            get(&self.file_send_waits),
         )
     }
 
@@ -287,6 +299,7 @@ impl Stats {
         Self::add(&self.file_cold, st.file_cold);
         Self::add(&self.refused, st.refused);
         Self::add(&self.inline_lookups, st.inline_lookups);
+        Self::add(&self.file_send_waits, st.file_send_waits);
     }
 
     fn add_service(&self, svc: &ringwork_core::filesvc::FileService) {
@@ -631,6 +644,15 @@ fn check_flags(args: &Args, backend: Backend) -> Result<(), String> {
     args.ring.check("ringwork-files", backend, &USES)
 }
 
+/// `--file-send`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum FileSendPath {
+    /// IORING_OP_SEND from a mapping of the cached file.
+    Mapping,
+    /// sendfile(2) on the worker thread.
+    Sendfile,
+}
+
 /// How the io_uring backend sets up its rings (a disabled feature wins over the flag that
 /// asks for it).
 fn uring_config(args: &Args) -> UringSetup {
@@ -643,6 +665,10 @@ fn uring_config(args: &Args) -> UringSetup {
         links: on(Feature::Links),
         pbuf_ring: on(Feature::PbufRing),
         inline_lookups: on(Feature::InlineLookups),
+        file_send: match args.file_send {
+            FileSendPath::Mapping => UringFileSend::Mapping,
+            FileSendPath::Sendfile => UringFileSend::Sendfile,
+        },
     }
 }
 

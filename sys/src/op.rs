@@ -86,10 +86,42 @@ pub enum OpMemory {
     /// Bytes sent from: owned, `&'static` or shared ([`SafeSqe::send_bytes`]). Their
     /// memory does not move with the value (a `Vec`'s or an `Arc`'s heap, or static data).
     Out(OutBytes),
+    /// A message of two byte slices sent with one IORING_OP_SENDMSG ([`SafeSqe::sendmsg2`]):
+    /// its `msghdr`, `iovec`s and bytes.
+    Msg(Box<Msg2>),
     /// An IORING_OP_FIXED_FD_INSTALL's result: the plain descriptor it installed, adopted
     /// by the ring when the CQE comes (`None` before, or when the install failed), so that
     /// it is closed even if nobody takes it.
     Installed(Option<OwnedFd>),
+}
+
+/// What an IORING_OP_SENDMSG of two byte slices names: the `msghdr`, the two `iovec`s it
+/// points to, and the bytes they point to. Boxed, so that the kernel's pointers into it stay
+/// put while the send is in flight (the kernel reads the header at submission and the bytes
+/// until the completion).
+pub struct Msg2 {
+    hdr: libc::msghdr,
+    iov: [libc::iovec; 2],
+    parts: [OutBytes; 2],
+}
+
+// SAFETY: the raw pointers in `hdr` and `iov` point into this value's own `iov` and into
+// `parts`' heap or static bytes, which are Send; nothing else is reached through them.
+unsafe impl Send for Msg2 {}
+
+impl core::fmt::Debug for Msg2 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Msg2")
+            .field("lens", &[self.iov[0].iov_len, self.iov[1].iov_len])
+            .finish_non_exhaustive()
+    }
+}
+
+impl Msg2 {
+    /// The two byte slices, for the caller to keep or drop.
+    pub fn into_parts(self) -> [OutBytes; 2] {
+        self.parts
+    }
 }
 
 /// The target of an IORING_OP_STATX: the NUL-terminated path and the `struct statx` the
@@ -363,6 +395,40 @@ impl SafeSqe {
         let ptr = map.range_ptr(&range);
         let sqe = Sqe::send(target, ptr, len_u32(range.len()));
         Self::with(sqe, OpMemory::Mapped(Arc::clone(map)))
+    }
+
+    /// IORING_OP_SENDMSG (Linux 5.3) of `a.0[a.1]` then `b.0[b.1]` in one send (two
+    /// iovecs, no copy into one buffer first); both come back with the completion
+    /// ([`OpMemory::Msg`]).
+    ///
+    /// # Panics
+    /// When a range is out of its bytes' bounds.
+    pub fn sendmsg2(
+        target: Target,
+        a: (OutBytes, core::ops::Range<usize>),
+        b: (OutBytes, core::ops::Range<usize>),
+    ) -> Self {
+        // SAFETY: `msghdr` is integers and pointers; all-zero (null pointers, no control
+        // data, no name) is a valid value, as `{0}` in C.
+        let hdr: libc::msghdr = unsafe { core::mem::zeroed() };
+        let iov = |bytes: &OutBytes, range: core::ops::Range<usize>| {
+            let part = &bytes.as_slice()[range];
+            libc::iovec {
+                iov_base: part.as_ptr().cast_mut().cast(),
+                iov_len: part.len(),
+            }
+        };
+        let mut msg = Box::new(Msg2 {
+            hdr,
+            iov: [iov(&a.0, a.1), iov(&b.0, b.1)],
+            parts: [a.0, b.0],
+        });
+        // The iovecs and the bytes live in the box and in `parts`' heap (or static) memory:
+        // moving the box moves neither.
+        msg.hdr.msg_iov = msg.iov.as_mut_ptr();
+        msg.hdr.msg_iovlen = 2;
+        let sqe = Sqe::sendmsg(target, &msg.hdr);
+        Self::with(sqe, OpMemory::Msg(msg))
     }
 
     /// IORING_OP_SPLICE (Linux 5.7) of up to `len` bytes from `fd_in` to `fd_out`; see

@@ -243,6 +243,12 @@ impl Sqe {
         Self::rw(IoringOp::Send, target, buf.cast_mut().cast(), len, 0)
     }
 
+    /// IORING_OP_SENDMSG (Linux 5.3) of the message `msg` describes (as liburing's
+    /// `io_uring_prep_sendmsg`: `len` 1); `MSG_*` flags with [`Sqe::send_flags`].
+    pub fn sendmsg(target: Target, msg: *const libc::msghdr) -> Self {
+        Self::rw(IoringOp::Sendmsg, target, msg.cast_mut().cast(), 1, 0)
+    }
+
     /// Sets `MSG_*` flags on a send (e.g. MSG_NOSIGNAL, MSG_WAITALL).
     #[must_use]
     pub fn send_flags(mut self, flags: SendFlags) -> Self {

@@ -45,6 +45,7 @@ fn counters(stats: &FileStats, svc: &FileService) -> [u64; COUNTERS.len()] {
         s.head_waits,
         stats.file_sends,
         stats.file_cold,
+        stats.file_send_waits,
         stats.inline_lookups,
         stats.enters,
         stats.cq_overflows,
@@ -57,7 +58,7 @@ fn counters(stats: &FileStats, svc: &FileService) -> [u64; COUNTERS.len()] {
 }
 
 /// Name and help of each plain counter, in the order [`put_files`] writes them.
-pub const COUNTERS: [(&str, &str); 23] = [
+pub const COUNTERS: [(&str, &str); 24] = [
     ("received_bytes_total", "Bytes received from clients (request heads)."),
     (
         "sent_bytes_total",
@@ -114,6 +115,10 @@ pub const COUNTERS: [(&str, &str); 23] = [
     (
         "file_cold_total",
         "Sends from the file declined because the next page was not in memory (io_uring).",
+    ),
+    (
+        "file_send_waits_total",
+        "Sends from the file that waited for room in the socket (io_uring, --file-send sendfile).",
     ),
     (
         "inline_lookups_total",

@@ -105,6 +105,24 @@ pub struct UringSetup {
     /// (openat2 RESOLVE_CACHED, Linux 5.12, then statx of the file it opened), instead of
     /// IORING_OP_STATX on io-wq.
     pub inline_lookups: bool,
+    /// How a body past its first chunk goes straight from a cached file's pages (when
+    /// HttpConn's `file_send` is on).
+    pub file_send: UringFileSend,
+}
+
+/// How the io_uring engine sends a body straight from the page cache: of the pages
+/// mincore(2) finds resident only, either way (the rest is read into chunk buffers on
+/// io-wq), so that the loop never waits on the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UringFileSend {
+    /// IORING_OP_SEND from a shared mapping of the cached file: one copy, page cache to
+    /// socket, in the ring.
+    #[default]
+    Mapping,
+    /// sendfile(2) on this thread (the socket nonblocking for the call), nginx's path: the
+    /// socket takes references to the page cache's pages, no copy on the send side; a full
+    /// socket waits for IORING_OP_POLL_ADD (POLLOUT).
+    Sendfile,
 }
 
 impl Default for UringSetup {
@@ -122,6 +140,7 @@ impl Default for UringSetup {
             links: true,
             pbuf_ring: true,
             inline_lookups: true,
+            file_send: UringFileSend::Mapping,
         }
     }
 }
@@ -157,6 +176,9 @@ pub struct FileStats {
     pub bytes_sent: u64,
     /// Entries in the open-file cache, as of the last tick.
     pub cache_entries: u64,
+    /// io_uring with [`UringFileSend::Sendfile`]: sends from a file that waited for room in
+    /// the socket (IORING_OP_POLL_ADD for POLLOUT).
+    pub file_send_waits: u64,
 }
 
 impl FileStats {

@@ -73,6 +73,14 @@
 //!   mapped. Uncached responses (`--open-file-cache 0`, a full cache) read into chunk
 //!   buffers. A send's `Arc` of the mapping keeps it mapped until the send's CQE; a file cut
 //!   short under it fails the send (EFAULT) and closes that connection.
+//!   With [`UringFileSend::Sendfile`] (`--file-send sendfile`) the same resident prefix goes
+//!   by sendfile(2) on this thread instead (the mapping serves mincore only; the descriptor
+//!   installed from the slot is kept with the entry): the socket is O_NONBLOCK for the call
+//!   only, since the ring's own sends and receives on an O_NONBLOCK socket can fail with
+//!   EAGAIN where io-wq runs them; a full socket waits for IORING_OP_POLL_ADD (POLLOUT),
+//!   whose CQE (kind Send, `sub` `WRITABLE_SUB`) is the send's completion; at most one
+//!   sendfile(2) per connection per completion, so that one fast reader does not hold the
+//!   loop. A file cut short under it sends 0 bytes, which closes that connection.
 //! - Time: `driver::Waiter` waits with the loop's timeout (EXT_ARG), which ends at the
 //!   earliest connection deadline (`HttpConn::next_deadline_ms`); the clock is read once per
 //!   batch of completions.
@@ -113,6 +121,7 @@ use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
 use super::{
     broken, file_id, file_info, open_flags, DirectNotes, FileHooks, FileStats, FilesConfig,
+    UringFileSend,
 };
 use crate::accept::{AcceptMode, Acceptors};
 use crate::backend::RequiredOp;
@@ -148,7 +157,35 @@ pub struct Conn {
     file: Option<OwnedFd>,
     /// The client's address, when the hooks want it.
     peer: Option<std::net::IpAddr>,
+    /// `UringFileSend::Sendfile`: a sendfile(2) (of up to `FILE_SEND_MAX` bytes) went on
+    /// this thread since the connection's last completion; the next waits for POLLOUT
+    /// (at once, where the socket has room), so that one fast reader does not hold the loop
+    /// for a whole file (nginx's `sendfile_max_chunk`).
+    sent_this_turn: bool,
 }
+
+/// A send of `len` bytes at `offset` of cache entry `ix`'s file (HttpConn's
+/// [`FileOp::SendFile`]).
+#[derive(Clone, Copy, Debug)]
+struct FileSendAt {
+    ix: EntryIx,
+    offset: u64,
+    len: u32,
+}
+
+/// What became of a sendfile(2) ([`UringFiles::sendfile_now`]).
+enum Sent {
+    /// The send's result, for HttpConn.
+    Done(core::result::Result<u32, RawErrno>),
+    /// Not sent from the file (HttpConn's `again`).
+    Declined(bool),
+    /// The socket is full: wait for POLLOUT.
+    Full,
+}
+
+/// The sub-index of a connection's POLL_ADD for POLLOUT, under `OpKind::Send`: its
+/// completion is that of the send from a file that waited for it.
+const WRITABLE_SUB: u16 = 1;
 
 /// The io_uring file engine of one worker: its ring and what it keeps beside the
 /// connections (the loop keeps those).
@@ -185,6 +222,16 @@ pub struct UringFiles<'a, H> {
     cache_base: u32,
     cache_fds: Vec<Option<OwnedFd>>,
     maps: Vec<Option<Arc<FileMap>>>,
+    /// Bodies straight from the page cache go by sendfile(2), the mapping serving mincore
+    /// only (else by sends from the mapping).
+    sendfile: bool,
+    /// With registered files and `sendfile`: entry N's descriptor from
+    /// IORING_OP_FIXED_FD_INSTALL, kept after its mapping for sendfile(2).
+    send_fds: Vec<Option<OwnedFd>>,
+    /// With `sendfile`: the sends from a file that wait for room in their socket (a
+    /// POLL_ADD in flight), by connection slot. Here, not in `Conn`: an idle connection
+    /// carries nothing for them.
+    waiting_sends: std::collections::HashMap<Slot, FileSendAt>,
     /// Request heads are received into buffers the kernel picks from the HEAD_GROUP ring
     /// (else into a buffer per connection).
     head_ring: bool,
@@ -314,6 +361,10 @@ impl<'a, H: FileHooks> UringFiles<'a, H> {
                 .with("zerocopy", cfg.http.zerocopy)
                 .with("links", links)
                 .with("file_send", file_send)
+                .with(
+                    "sendfile",
+                    file_send && uc.file_send == UringFileSend::Sendfile
+                )
                 .with("inline_lookups", uc.inline_lookups)
         );
         let waiter = Waiter::new(&ring, 1, Duration::ZERO);
@@ -347,6 +398,9 @@ impl<'a, H: FileHooks> UringFiles<'a, H> {
             cache_base: slots,
             cache_fds: (0..cache_entries).map(|_| None).collect(),
             maps: (0..cache_entries).map(|_| None).collect(),
+            sendfile: uc.file_send == UringFileSend::Sendfile,
+            send_fds: (0..cache_entries).map(|_| None).collect(),
+            waiting_sends: std::collections::HashMap::new(),
             head_ring,
             now,
             spare: Spares::default(),
@@ -466,6 +520,7 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
             direct: false,
             file: None,
             peer,
+            sent_this_turn: false,
         })
     }
 
@@ -696,6 +751,10 @@ impl<H: FileHooks> UringFiles<'_, H> {
             mem,
             head,
         } = done;
+        c.sent_this_turn = false;
+        if (kind, sub) == (OpKind::Send, WRITABLE_SUB) {
+            return self.writable(token, c, res);
+        }
         // A SEND_ZC's token names the connection, and the send in `sub`.
         let zc_slot = ZcSlot(u32::from(sub));
         let http = c.fc.http_mut();
@@ -855,6 +914,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 WorkerOp::CloseEntry(ix) => {
                     // Sends in flight hold their own reference; it is unmapped after the last.
                     self.maps[ix.0 as usize] = None;
+                    self.send_fds[ix.0 as usize] = None;
                     if self.cache_fds[ix.0 as usize].take().is_some() || !self.fixed_files {
                         // A descriptor: close(2) of a regular file, at once.
                         self.svc.on_entry_closed(ix);
@@ -901,7 +961,8 @@ impl<H: FileHooks> UringFiles<'_, H> {
 
     /// The IORING_OP_FIXED_FD_INSTALL of entry `ix`'s slot completed (`res`, and `fd`, the
     /// descriptor it installed). The descriptor is closed once mapped (the mapping holds the
-    /// file). Out of descriptors, the next send from the file tries again.
+    /// file), or kept for sendfile(2) with the entry. Out of descriptors, the next send from
+    /// the file tries again.
     fn on_installed(
         &mut self,
         ix: EntryIx,
@@ -909,7 +970,13 @@ impl<H: FileHooks> UringFiles<'_, H> {
         fd: Option<OwnedFd>,
     ) {
         let map = match (fd, res) {
-            (Some(fd), _) => map_entry(&fd, self.svc.file_id(ix)),
+            (Some(fd), _) => {
+                let map = map_entry(&fd, self.svc.file_id(ix));
+                if self.sendfile && map.is_ok() {
+                    self.send_fds[ix.0 as usize] = Some(fd);
+                }
+                map
+            }
             (None, Err(RawErrno::MFILE | RawErrno::NFILE)) => Err(Mapped::Retry),
             (None, _) => Err(Mapped::Failed),
         };
@@ -1020,6 +1087,19 @@ impl<H: FileHooks> UringFiles<'_, H> {
         sock: Target,
         range: std::ops::Range<usize>,
     ) -> core::result::Result<SafeSqe, bool> {
+        let start = range.start;
+        let (m, n) = self.resident(ix, range)?;
+        self.stats.file_sends += 1;
+        Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
+    }
+
+    /// Entry `ix`'s mapping and how much of `range` (from its start) is in the page cache;
+    /// or why nothing is sent from it, as [`UringFiles::send_from_map`] says.
+    fn resident(
+        &mut self,
+        ix: EntryIx,
+        range: std::ops::Range<usize>,
+    ) -> core::result::Result<(Arc<FileMap>, usize), bool> {
         let (start, end) = (range.start, range.end);
         let map = &mut self.maps[ix.0 as usize];
         let m = match map {
@@ -1039,8 +1119,123 @@ impl<H: FileHooks> UringFiles<'_, H> {
             self.stats.file_cold += 1;
             return Err(true);
         }
-        self.stats.file_sends += 1;
-        Ok(SafeSqe::send_mapped(sock, &m, start..start + n).send_flags(SendFlags::NOSIGNAL))
+        Ok((m, n))
+    }
+
+    /// HttpConn's send from cache entry `at.ix`'s file: from its mapping, or by sendfile(2)
+    /// ([`UringFiles::send_file`]); `None` when reported already (declined, or sent).
+    fn file_send_sqe(&mut self, token: Token, c: &mut Conn, at: FileSendAt) -> Option<SafeSqe> {
+        if self.sendfile {
+            return self.send_file(token, c, at);
+        }
+        let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+        let start = at.offset as usize;
+        match self.send_from_map(at.ix, sock, start..start + at.len as usize) {
+            Ok(sqe) => Some(sqe.user_data(token.with_kind(OpKind::Send).encode())),
+            Err(again) => {
+                c.fc.http_mut().on_file_send_declined(self.now, again);
+                None
+            }
+        }
+    }
+
+    /// HttpConn's send from a file by sendfile(2): at once, unless one went already since
+    /// the connection was last woken; a full socket waits for POLLOUT. `None`: reported.
+    fn send_file(&mut self, token: Token, c: &mut Conn, at: FileSendAt) -> Option<SafeSqe> {
+        let sent = match c.sent_this_turn {
+            true => Sent::Full,
+            false => self.sendfile_now(c, at),
+        };
+        self.report_sent(token, c, at, sent)
+    }
+
+    /// The POLL_ADD (POLLOUT) a send from a file waited for completed (`res`): the send
+    /// goes now, or waits again; a failed or cancelled poll is that send's result.
+    fn writable(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        res: core::result::Result<u32, RawErrno>,
+    ) -> Result<()> {
+        let at = self
+            .waiting_sends
+            .remove(&token.slot)
+            .ok_or_else(|| broken("a POLLOUT with no send waiting for it"))?;
+        let sent = match res {
+            Ok(_) => self.sendfile_now(c, at),
+            Err(e) => Sent::Done(Err(e)),
+        };
+        if let Some(sqe) = self.report_sent(token, c, at, sent) {
+            self.push(sqe)?;
+        }
+        Ok(())
+    }
+
+    /// `sent` to HttpConn; or, the socket full, the POLL_ADD to wait with.
+    fn report_sent(
+        &mut self,
+        token: Token,
+        c: &mut Conn,
+        at: FileSendAt,
+        sent: Sent,
+    ) -> Option<SafeSqe> {
+        let http = c.fc.http_mut();
+        match sent {
+            Sent::Done(res) => {
+                let reported = http.on_event(self.now, HttpEvent::Send(res));
+                self.stats.checked(self.cfg.name, reported);
+                None
+            }
+            Sent::Declined(again) => {
+                http.on_file_send_declined(self.now, again);
+                None
+            }
+            Sent::Full => {
+                self.stats.file_send_waits += 1;
+                self.waiting_sends.insert(token.slot, at);
+                let sock = Target::Fd(c.sock.as_ref().map_or(-1, |s| s.as_raw_fd()));
+                let ud = token.with_kind(OpKind::Send).with_sub(WRITABLE_SUB);
+                let poll = SafeSqe::poll_add(sock, rustix::event::PollFlags::OUT);
+                Some(poll.user_data(ud.encode()))
+            }
+        }
+    }
+
+    /// sendfile(2) of the prefix of `at` in the page cache, on this thread: the socket is
+    /// nonblocking for the call only (the ring's sends and receives on an O_NONBLOCK socket
+    /// could fail with EAGAIN where io-wq runs them), so it never waits for room, and
+    /// mincore(2) first, so it never waits on the disk.
+    fn sendfile_now(&mut self, c: &mut Conn, at: FileSendAt) -> Sent {
+        let start = at.offset as usize;
+        let (_map, n) = match self.resident(at.ix, start..start + at.len as usize) {
+            Ok(found) => found,
+            Err(again) => return Sent::Declined(again),
+        };
+        let ix = at.ix.0 as usize;
+        let (Some(fd), Some(sock)) = (
+            self.cache_fds[ix].as_ref().or(self.send_fds[ix].as_ref()),
+            c.sock.as_ref(),
+        ) else {
+            // Guard: mapped entries keep a descriptor (`send_fds`), and HttpConn sends only
+            // before its Close.
+            return Sent::Declined(false);
+        };
+        c.sent_this_turn = true;
+        // The ring's accept gives blocking sockets (no SOCK_NONBLOCK) and nothing sets
+        // other status flags on them: empty flags restore what was there.
+        let flags = |f| rustix::fs::fcntl_setfl(sock, f);
+        let sent = flags(OFlags::NONBLOCK)
+            .and_then(|()| rustix::fs::sendfile(sock, fd, Some(&mut { at.offset }), n));
+        let restored = flags(OFlags::empty());
+        match (sent, restored) {
+            (Err(Errno::AGAIN), Ok(())) => Sent::Full,
+            (Ok(n), Ok(())) => {
+                self.stats.file_sends += 1;
+                // 0 (the file cut short under the response) closes the connection.
+                Sent::Done(Ok(n as u32))
+            }
+            (Err(e), _) | (_, Err(e)) => Sent::Done(Err(RawErrno(e.raw_os_error()))),
+        }
     }
 
     /// A miss's stat answered at once, where the path's every component is in the kernel's
@@ -1262,16 +1457,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 file: FileRef::Entry(ix),
                 offset,
                 len,
-            } => {
-                let range = offset as usize..offset as usize + len as usize;
-                match self.send_from_map(ix, sock, range) {
-                    Ok(sqe) => (OpKind::Send, sqe),
-                    Err(again) => {
-                        c.fc.http_mut().on_file_send_declined(self.now, again);
-                        return Ok(None);
-                    }
-                }
-            }
+            } => return Ok(self.file_send_sqe(token, c, FileSendAt { ix, offset, len })),
             FileOp::Stat => {
                 if let Some(seen) = self.stat_now(c) {
                     let reported = self.svc.on_stat(&mut c.fc, self.now, seen);
