@@ -134,7 +134,23 @@ pub trait Protocol {
 
 /// The echo protocol: every byte received goes back as it is, sent from the receive buffer
 /// it arrived in ([`Output::forward`]), so that an echo copies nothing in user space.
-/// ringwork-echo is `ProtocolConn<Echo>`.
+/// ringwork-echo is `ProtocolConn<Echo>`; on the worker loop,
+/// `ringwork_sys::worker::Server::new("echo").run_protocol(|| Echo, ..)` is a whole server.
+///
+/// ```
+/// use ringwork_core::buf::BufId;
+/// use ringwork_core::conn::{Event, Op, StreamMachine};
+/// use ringwork_core::protocol::{Echo, Limits, ProtocolConn};
+///
+/// let mut conn = ProtocolConn::new(Echo, Limits::default());
+/// conn.on_event(Event::Opened)?;
+/// assert_eq!(conn.poll_op(), Some(Op::ArmRecv));
+/// let recv = Event::Recv { buf: BufId(3), offset: 0, len: 5, more: true };
+/// conn.on_received(recv, b"hello")?;
+/// // Sent back from buffer 3 itself: no copy.
+/// assert_eq!(conn.poll_op(), Some(Op::Send { buf: BufId(3), offset: 0, len: 5 }));
+/// # Ok::<(), ringwork_core::conn::ConnError>(())
+/// ```
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Echo;
 
@@ -316,6 +332,38 @@ impl Output<'_> {
     /// kept in the connection's own input, or [`MAX_LENT`] sends already hold receive buffers)
     /// they are copied, as [`Output::write`] does. An
     /// echo is `out.forward(0..input.len())`; a proxy forwards a body it has framed.
+    ///
+    /// ```
+    /// use ringwork_core::buf::BufId;
+    /// use ringwork_core::conn::{Event, Op, StreamMachine};
+    /// use ringwork_core::protocol::{Limits, Output, Protocol, ProtocolConn};
+    ///
+    /// /// Frames of a one-byte length and its bytes, sent on without the length.
+    /// struct Unframe;
+    /// impl Protocol for Unframe {
+    ///     fn on_data(&mut self, input: &[u8], out: &mut Output<'_>) -> usize {
+    ///         let Some(&len) = input.first() else { return 0 };
+    ///         let end = 1 + usize::from(len);
+    ///         if input.len() < end {
+    ///             return 0; // the rest of the frame comes later
+    ///         }
+    ///         out.forward(1..end);
+    ///         end
+    ///     }
+    /// }
+    ///
+    /// let mut conn = ProtocolConn::new(Unframe, Limits::default());
+    /// conn.on_event(Event::Opened)?;
+    /// let _arm = conn.poll_op();
+    /// // A 4-byte frame in receive buffer 7: its payload is sent from that buffer.
+    /// let recv = Event::Recv { buf: BufId(7), offset: 0, len: 5, more: true };
+    /// conn.on_received(recv, b"\x04ping")?;
+    /// assert_eq!(conn.poll_op(), Some(Op::Send { buf: BufId(7), offset: 1, len: 4 }));
+    /// // The buffer goes back to the ring once the send is done with it.
+    /// conn.on_event(Event::SendDone { res: Ok(4) })?;
+    /// assert_eq!(conn.poll_op(), Some(Op::Recycle(BufId(7))));
+    /// # Ok::<(), ringwork_core::conn::ConnError>(())
+    /// ```
     ///
     /// # Panics
     /// When `range` is not within the input: a protocol bug.
