@@ -59,6 +59,8 @@ pub struct StderrLog {
     pub lines: Vec<String>,
     /// How many lines it wrote in all.
     pub total: usize,
+    /// Its stderr reached its end (the server, and whatever inherited the pipe, exited).
+    pub ended: bool,
 }
 
 impl StderrLog {
@@ -178,6 +180,7 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().map_err(|e| format!("wait: {e}"))? {
+                self.read_to_the_end(Duration::from_secs(2));
                 return Ok(status.code());
             }
             if Instant::now() >= deadline {
@@ -195,8 +198,6 @@ impl Server {
             Some(0) => {}
             code => return Err(format!("exited with {code:?} after SIGTERM, not 0")),
         }
-        // The stdout reader may not have forwarded the last lines yet.
-        std::thread::sleep(Duration::from_millis(50));
         self.stdout_lines()
             .into_iter()
             .find(|l| l.starts_with("stats:"))
@@ -249,6 +250,30 @@ impl Server {
         let mut lines: Vec<String> = stdout.early.drain(..).collect();
         lines.extend(stdout.lines.try_iter());
         lines
+    }
+
+    /// Once the process has exited: waits (up to `timeout`) until the reading threads have
+    /// passed on everything it wrote, so that its last lines are there to read (they are
+    /// read on threads of their own, which may lag behind its exit).
+    fn read_to_the_end(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        {
+            let mut stdout = self.stdout.lock().expect("stdout lines");
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match stdout.lines.recv_timeout(left) {
+                    Ok(line) => stdout.early.push_back(line),
+                    // Disconnected: the reader met the end; Timeout: give up waiting.
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(log) = self.stderr.as_ref() else {
+            return;
+        };
+        while !log.lock().expect("stderr log").ended && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// What the server wrote on stderr so far.
@@ -326,6 +351,7 @@ fn collect_stderr(stderr: impl Read + Send + 'static) -> Arc<Mutex<StderrLog>> {
                 log.lines.push(line);
             }
         }
+        sink.lock().expect("stderr log").ended = true;
     });
     log
 }

@@ -83,16 +83,18 @@ impl Slot {
             // Pairs with the writer's release fence: see `publish`.
             fence(Ordering::Acquire);
             let after = self.seq.load(Ordering::Relaxed);
-            // A copy takes the worker well under a microsecond; a reader that keeps meeting
-            // one lets the worker run, and after many tries takes what it read (a worker
-            // never stops in the middle of a copy, but a reader must not spin forever).
-            if (before == after && before % 2 == 0) || attempt > 10_000 {
+            if before == after && before % 2 == 0 {
                 break;
             }
-            if attempt > 100 {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
+            // A copy takes the worker well under a microsecond and makes no system call, so
+            // it always ends once the worker runs again; but on a loaded machine the worker
+            // may be preempted mid-copy for milliseconds. The reader spins, then yields, then
+            // sleeps until it does: it never takes a half-written copy (an earlier version
+            // gave up after 10,000 tries and summed torn values under load).
+            match attempt {
+                0..=100 => std::hint::spin_loop(),
+                101..=1_000 => std::thread::yield_now(),
+                _ => std::thread::sleep(Duration::from_micros(100)),
             }
         }
         for (s, c) in sum.iter_mut().zip(copy) {
