@@ -167,3 +167,62 @@ fn pem_der(pem: &[u8]) -> Vec<u8> {
         .unwrap()
         .to_vec()
 }
+
+/// Both versions resume with the loaded configuration (TLS 1.3 by ticket, TLS 1.2 by
+/// ticket or session ID), through core's `TlsSession`, against a rustls client in memory.
+#[test]
+fn a_clients_second_connection_resumes_with_the_loaded_configuration() {
+    use ringwork_core::tls::{Phase, TlsSession};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, HandshakeKind, RootCertStore};
+    use std::sync::Arc;
+
+    let files = files(&dir("resume"), &data("ecdsa.pem"), &data("ecdsa.key"));
+    let config = TlsConfig::load(&files).unwrap();
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(&data("ca.pem")).unwrap())
+        .unwrap();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_config = Arc::new(
+            ClientConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut client = ClientConnection::new(Arc::clone(&client_config), name).unwrap();
+            let mut server = TlsSession::new(config.server_config(), 0, 10_000).unwrap();
+            // Each side's bytes to the other until neither has any.
+            loop {
+                let mut out = Vec::new();
+                while client.wants_write() {
+                    client.write_tls(&mut out).unwrap();
+                }
+                server.receive(&out).unwrap();
+                let records = server.take_records();
+                if out.is_empty() && records.is_none() {
+                    break;
+                }
+                let records = records.unwrap_or_default();
+                let mut rest = &records[..];
+                while !rest.is_empty() {
+                    client.read_tls(&mut rest).unwrap();
+                    client.process_new_packets().unwrap();
+                }
+            }
+            assert_eq!(server.phase(), Phase::Open);
+            kinds.push(client.handshake_kind());
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+            "{version:?}"
+        );
+    }
+}
