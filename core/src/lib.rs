@@ -40,6 +40,8 @@ pub mod protocol;
 pub mod ring;
 pub mod shutdown;
 pub mod slab;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod token;
 
 // Every error type is a `core::error::Error`, so callers can use `?` into `Box<dyn Error>`.
@@ -53,3 +55,5 @@ impl core::error::Error for http::HttpError {}
 impl core::error::Error for http::HeadTooSmall {}
 impl core::error::Error for token::TokenError {}
 impl core::error::Error for buf::RecvError {}
+#[cfg(feature = "tls")]
+impl core::error::Error for tls::TlsError {}

@@ -176,6 +176,22 @@ struct Args {
     /// reaches. Default: off. Metrics: docs/METRICS.md.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// HTTPS: the certificate chain, PEM, the server's certificate first and then each
+    /// intermediate that issued the one before it (RSA, ECDSA or Ed25519 keys). Read and
+    /// checked at start: a missing file, one without a certificate, a chain out of order or a
+    /// key of another certificate stops the server with a line naming the file. TLS listeners
+    /// are not served yet (docs/TLS.md): with the files good, the start stops there.
+    /// Default: none.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key of `--tls-cert`'s first certificate, PEM (PKCS#8, PKCS#1 RSA or
+    /// SEC1 EC). Default: none.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// HTTPS: an address to serve TLS on with `--tls-cert` and `--tls-key`, beside the plain
+    /// `--listen` ones; give it again for more. Default: none.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    tls_listen: Vec<SocketAddr>,
     /// Directory to serve.
     #[arg(default_value = ".")]
     root: PathBuf,
@@ -360,6 +376,27 @@ fn threads(args: &Args) -> Result<usize, String> {
     Ok(threads)
 }
 
+/// `--tls-cert` and `--tls-key`, read and checked. The engines do not serve TLS yet, so
+/// files that pass end the start with a line saying so; files that do not, with the reason.
+fn tls_config(args: &Args) -> Result<(), String> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(());
+    };
+    let files = ringwork_sys::tls::CertFiles {
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    ringwork_sys::tls::TlsConfig::load(&files).map_err(|e| e.to_string())?;
+    if args.tls_listen.is_empty() {
+        return Err("--tls-cert and --tls-key need --tls-listen ADDR to serve on".into());
+    }
+    Err(format!(
+        "{} and {} load, but TLS listeners are not served yet (docs/TLS.md)",
+        cert.display(),
+        key.display()
+    ))
+}
+
 /// Each worker's open-file cache.
 fn cache_config(args: &Args, entries: u32) -> CacheConfig {
     CacheConfig {
@@ -375,6 +412,7 @@ fn cache_config(args: &Args, entries: u32) -> CacheConfig {
 
 fn run(args: Args) -> Result<(), String> {
     let threads = threads(&args)?;
+    tls_config(&args)?;
     let backend = choose_backend(&args)?;
     let sizing = Sizing::of(&args, backend, threads);
     check_flags(&args, backend)?;

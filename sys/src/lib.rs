@@ -23,6 +23,8 @@
 //!   its fallbacks) or epoll ([`EpollAcceptor`]), following core's accept policy
 //!   (`ringwork_core::accept`: the back-off when accepting fails for lack of descriptors or
 //!   memory, the stop at capacity).
+//! - `tls` (feature `tls`): a TLS configuration from PEM files, checked at start and
+//!   reloadable, for `ringwork_core::tls`.
 //! - [`sqe`]: SQE builders, one per opcode Ringwork uses.
 //! - [`register`]: fixed buffers, the registered file table, provided buffer rings, probe,
 //!   io-wq limits.
@@ -54,6 +56,8 @@ pub mod register;
 pub mod ring;
 pub mod signal;
 pub mod sqe;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod worker;
 
 pub use accept::{AcceptMode, AcceptNotice, Acceptor, EpollAcceptor};
