@@ -415,9 +415,7 @@ fn late_count(send_lag: &Histogram<u64>) -> u64 {
 /// What every connection of a load thread sends and how its echoes are counted; fixed for
 /// the whole run.
 struct Plan<'a> {
-    pat: &'a [u8],
-    /// What the server must answer to `pat`.
-    want: &'a [u8],
+    /// What every connection sends, and what it must get back.
     stream: &'a Stream,
     /// Message size in bytes.
     size: u64,
@@ -458,7 +456,7 @@ fn watch_all(conns: &[Conn]) -> Result<OwnedFd, String> {
 
 fn drive(
     mut conns: Vec<Conn>,
-    pat: &Stream,
+    stream: &Stream,
     cfg: &Config,
     rate: Option<f64>,
     t_start: Instant,
@@ -477,9 +475,7 @@ fn drive(
     let n = conns.len().max(1);
     let interval = rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
     let plan = Plan {
-        pat: &pat.sent,
-        want: &pat.want,
-        stream: pat,
+        stream,
         size: cfg.size as u64,
         closed_loop: interval.is_none(),
         warm_end,
@@ -492,7 +488,7 @@ fn drive(
         let now = Instant::now();
         for c in conns.iter_mut() {
             c.issue_window(cfg.depth.max(1), plan.size, now);
-            if c.flush(&pat.sent).is_err() {
+            if c.flush(&stream.sent).is_err() {
                 c.broken = true;
             }
         }
@@ -527,7 +523,7 @@ fn drive(
                 }
                 c.target += plan.size;
                 c.started.push_back(due);
-                if c.flush(&pat.sent).is_err() {
+                if c.flush(&stream.sent).is_err() {
                     c.broken = true;
                     broken.push(i);
                     result.errors += 1;
@@ -584,7 +580,7 @@ fn serve_ready(
     plan: &Plan<'_>,
     result: &mut ThreadResult,
 ) -> bool {
-    if ev_flags.contains(epoll::EventFlags::OUT) && c.flush(plan.pat).is_err() {
+    if ev_flags.contains(epoll::EventFlags::OUT) && c.flush(&plan.stream.sent).is_err() {
         return false;
     }
     let size = plan.size;
@@ -593,7 +589,7 @@ fn serve_ready(
             Ok(0) => return false,
             Ok(got) => {
                 let range = c.expected(c.verified, got);
-                if buf[..got] != plan.want[range] {
+                if buf[..got] != plan.stream.want[range] {
                     return false;
                 }
                 let before = c.verified / size;
@@ -616,7 +612,7 @@ fn serve_ready(
                         c.started.push_back(now);
                     }
                 }
-                if plan.closed_loop && c.flush(plan.pat).is_err() {
+                if plan.closed_loop && c.flush(&plan.stream.sent).is_err() {
                     return false;
                 }
             }
@@ -646,7 +642,7 @@ fn reconnect(
         .map_err(|e| format!("epoll_ctl: {e}"))?;
     if plan.closed_loop {
         slot.issue_window(cfg.depth.max(1), plan.size, Instant::now());
-        let _ = slot.flush(plan.pat);
+        let _ = slot.flush(&plan.stream.sent);
     }
     Ok(true)
 }
