@@ -216,16 +216,20 @@ fn thousand_connections(
             s.write_all(b).unwrap();
         }
         for (i, s) in conns.iter_mut().enumerate() {
-            let want = answer(&ask(i, round));
-            let mut got = vec![0; want.len()];
-            s.read_exact(&mut got).unwrap();
-            assert!(
-                got == want,
-                "connection {i}, round {round}: {:?}",
-                String::from_utf8_lossy(&got)
+            expect_answer(
+                s,
+                &answer(&ask(i, round)),
+                &format!("connection {i}, round {round}"),
             );
         }
     }
+}
+
+/// Reads exactly `want.len()` bytes from `s`: they must be `want`.
+fn expect_answer(s: &mut TcpStream, want: &[u8], what: &str) {
+    let mut got = vec![0; want.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == want, "{what}: {:?}", String::from_utf8_lossy(&got));
 }
 
 fn numbered_line(i: usize, round: u8) -> Vec<u8> {
@@ -387,10 +391,11 @@ fn never_reading_clients_stop_no_one(
     for round in 0..3u8 {
         for (i, s) in others.iter_mut().enumerate() {
             s.write_all(&ask(i, round)).unwrap();
-            let want = answer(&ask(i, round));
-            let mut got = vec![0; want.len()];
-            s.read_exact(&mut got).unwrap();
-            assert!(got == want, "connection {i}, round {round}");
+            expect_answer(
+                s,
+                &answer(&ask(i, round)),
+                &format!("connection {i}, round {round}"),
+            );
         }
     }
     for w in writers {
@@ -411,10 +416,11 @@ fn fresh_connections_served(
     for i in 0..10 {
         let mut s = connect(addr);
         s.write_all(&ask(i, 9)).unwrap();
-        let want = answer(&ask(i, 9));
-        let mut got = vec![0; want.len()];
-        s.read_exact(&mut got).unwrap();
-        assert!(got == want, "fresh connection {i}");
+        expect_answer(
+            &mut s,
+            &answer(&ask(i, 9)),
+            &format!("fresh connection {i}"),
+        );
     }
 }
 
