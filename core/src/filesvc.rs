@@ -130,6 +130,16 @@ pub enum FileOp {
     },
     /// Chunk buffer `BufIx` goes back to the pool: the connection no longer uses it.
     Release(BufIx),
+    /// A TLS connection's send of the head or a chunk buffer (never [`SendSrc::File`]):
+    /// nothing for the kernel; hand the bytes to [`FileService::seal`], which encrypts them.
+    Seal(SendSrc),
+    /// A TLS connection's records to the socket: take them with [`FileConn::take_records`],
+    /// send the buffer from its offset, report [`FileService::on_records_sent`] with it.
+    SendRecords {
+        /// Wait for room in the socket as any send does; false: best effort (MSG_DONTWAIT,
+        /// and a socket with no room ends it), for the last records of a closing session.
+        wait: bool,
+    },
     /// [`Op::Free`]: the connection's chunk buffers went back with it.
     Free,
 }
@@ -195,6 +205,23 @@ pub struct ServiceStats {
     pub head_waits: u64,
 }
 
+/// Most ciphertext one TLS receive asks for: a whole record (16 KiB of plaintext, RFC 8446
+/// section 5.2) with its expansion.
+pub const TLS_RECV_MAX: u32 = 16_384 + 256;
+
+/// Counters of a worker's TLS connections.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct TlsStats {
+    /// Handshakes completed.
+    pub handshakes: u64,
+    /// Sessions that failed: bad records, a failed handshake, a fatal alert from the peer.
+    pub failures: u64,
+    /// Connections the peer ended without a close_notify after the handshake.
+    pub truncated: u64,
+    /// Buffers of records sent (handshake flights, responses, alerts, close_notify).
+    pub record_sends: u64,
+}
+
 /// An operation set aside until the worker can perform it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 enum Parked {
@@ -222,6 +249,9 @@ pub struct FileConn {
     recv_max: u32,
     /// The read in flight: its file offset and position in the buffer.
     read_at: (u64, u32),
+    /// The TLS layer in front of `http`, on a TLS connection.
+    #[cfg(feature = "tls")]
+    tls: Option<alloc::boxed::Box<tls::TlsLink>>,
 }
 
 impl FileConn {
@@ -236,6 +266,8 @@ impl FileConn {
             ahead: None,
             recv_max: 0,
             read_at: (0, 0),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -252,6 +284,46 @@ impl FileConn {
     /// Whether chunk buffer `buf` is leased.
     pub fn holds(&self, buf: BufIx) -> bool {
         self.held[usize::from(buf.0)]
+    }
+
+    /// Whether the connection speaks TLS ([`FileConn::with_tls`]).
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+
+    /// [`FileOp::SendRecords`]: the records to send, as a buffer and the offset of its first
+    /// unsent byte. The buffer goes with the send and comes back through
+    /// [`FileService::on_records_sent`]. `None` when there are none (a bug of the caller).
+    pub fn take_records(&mut self) -> Option<(Vec<u8>, usize)> {
+        #[cfg(feature = "tls")]
+        return self.take_records_tls();
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
+    /// When the connection next needs [`FileConn::on_tick`] (as
+    /// [`HttpConn::next_deadline_ms`], and a TLS handshake's deadline).
+    pub fn deadline_ms(&self) -> Option<u64> {
+        let http = self.http.next_deadline_ms();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls_deadline_ms() {
+            return Some(http.map_or(tls, |h| h.min(tls)));
+        }
+        http
+    }
+
+    /// The clock reached `now`: HttpConn's timeouts ([`HttpConn::on_tick`]), and a TLS
+    /// handshake past its deadline, which closes the connection as a slow head does.
+    pub fn on_tick(&mut self, now: Time) {
+        #[cfg(feature = "tls")]
+        if !self.tls_in_time(now.mono_ms) {
+            self.http.abort();
+            return;
+        }
+        self.http.on_tick(now);
     }
 }
 
@@ -275,6 +347,10 @@ pub struct FileService {
     stats: ServiceStats,
     /// The requests its connections answered.
     tally: RequestTally,
+    tls_stats: TlsStats,
+    /// Buffers TLS records went out in, for the next connection's records.
+    #[cfg(feature = "tls")]
+    spare_records: Vec<Vec<u8>>,
 }
 
 /// Most request-buffer sets a worker keeps for its connections' next requests (each a few
@@ -300,6 +376,9 @@ impl FileService {
             scratch: Vec::new(),
             stats: ServiceStats::default(),
             tally: RequestTally::default(),
+            tls_stats: TlsStats::default(),
+            #[cfg(feature = "tls")]
+            spare_records: Vec::new(),
         }
     }
 
@@ -312,6 +391,10 @@ impl FileService {
         now: Time,
         res: Result<&[u8], RawErrno>,
     ) -> Result<(), ConnError> {
+        #[cfg(feature = "tls")]
+        if c.tls.is_some() {
+            return self.tls_recv(c, now, res);
+        }
         if res.is_ok_and(|b| !b.is_empty()) && c.http.wants_scratch() {
             if let Some(s) = self.scratch.pop() {
                 c.http.lend_scratch(s);
@@ -377,8 +460,24 @@ impl FileService {
             if let Some(op) = self.unpark(c, token, now) {
                 return Some(op);
             }
+            #[cfg(feature = "tls")]
+            match self.tls_step(c, now) {
+                tls::Step::Op(op) => return Some(op),
+                tls::Step::Perform(op) => match self.perform(c, token, now, op) {
+                    Some(op) => return Some(op),
+                    None => continue,
+                },
+                tls::Step::Wait => return self.release_idle(c),
+                tls::Step::Poll => {}
+            }
             let Some(op) = c.http.poll_op() else {
                 return self.release_idle(c);
+            };
+            #[cfg(feature = "tls")]
+            let op = match self.tls_take(c, now, op) {
+                tls::Taken::Perform(op) => op,
+                tls::Taken::Give(op) => return Some(op),
+                tls::Taken::Done => continue,
             };
             if let Some(op) = self.perform(c, token, now, op) {
                 return Some(op);
@@ -537,7 +636,9 @@ impl FileService {
         }
         if c.http.is_closing() {
             match core::mem::take(&mut c.parked) {
-                Parked::Recv(_) => c.http.on_recv(now, Err(RawErrno::CANCELED)),
+                Parked::Recv(_) => {
+                    let _ = self.on_recv(c, now, Err(RawErrno::CANCELED));
+                }
                 Parked::Read(first, second) => {
                     self.waiting.retain(|t| !same(t, &token));
                     for op in [Some(first), second].into_iter().flatten() {
@@ -760,6 +861,54 @@ impl FileService {
         c.go = c.parked != Parked::None;
     }
 
+    /// The TLS counters of this worker's connections.
+    pub fn tls_stats(&self) -> TlsStats {
+        self.tls_stats
+    }
+
+    /// Performs a [`FileOp::Seal`] of connection `c`: encrypts HttpConn's bytes (the head's,
+    /// and a chunk buffer's, whose memory is `chunk`: the whole buffer, or empty for a send of
+    /// the head alone) into records, which [`FileOp::SendRecords`] sends.
+    pub fn seal(&mut self, c: &mut FileConn, now: Time, src: SendSrc, chunk: &[u8]) {
+        #[cfg(feature = "tls")]
+        self.seal_tls(c, now, src, chunk);
+        #[cfg(not(feature = "tls"))]
+        let _ = (c, now, src, chunk);
+    }
+
+    /// A [`FileOp::SendRecords`] of connection `c` completed (`res`) and gave its buffer
+    /// (and offset) back. A nonblocking backend that found the socket full reports
+    /// `Err(AGAIN)` and sends again once it has room, taking the records again with
+    /// [`FileConn::take_records`].
+    pub fn on_records_sent(
+        &mut self,
+        c: &mut FileConn,
+        now: Time,
+        res: Result<u32, RawErrno>,
+        records: (Vec<u8>, usize),
+    ) -> Result<(), ConnError> {
+        #[cfg(feature = "tls")]
+        return self.records_sent_tls(c, now, res, records);
+        #[cfg(not(feature = "tls"))]
+        {
+            let _ = (c, now, res, records);
+            Err(ConnError::UnexpectedHttp {
+                phase: "plain",
+                event: "RecordsSent",
+            })
+        }
+    }
+
+    /// A cancel's completion on connection `c` ([`FileOp::Cancel`]): HttpConn's
+    /// ([`HttpEvent::CancelDone`]), or the TLS layer's own.
+    pub fn on_cancel_done(&mut self, c: &mut FileConn, now: Time) -> Result<(), ConnError> {
+        #[cfg(feature = "tls")]
+        if Self::own_cancel_done(c) {
+            return Ok(());
+        }
+        c.http.on_event(now, HttpEvent::CancelDone)
+    }
+
     /// Drops cache entries unused for the inactive period (their files come from
     /// [`FileService::poll_worker_op`]); how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
@@ -774,3 +923,7 @@ impl FileService {
 
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+mod tls;
+#[cfg(all(test, feature = "tls"))]
+mod tls_tests;

@@ -752,6 +752,11 @@ impl HttpConn {
         matches!(self.phase, Phase::Closing | Phase::Closed | Phase::Freed)
     }
 
+    /// The settings it was made with.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// True once [`Op::Close`] has been emitted (and perhaps [`Op::Free`]).
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Closed | Phase::Freed)
