@@ -29,6 +29,7 @@ use ringwork_sys::cli::{self, BackendArg, Feature, RingFlags};
 use ringwork_sys::files::{self, FileStats, FilesConfig, UringFileSend, UringSetup};
 use ringwork_sys::metrics::{Board, Endpoint};
 use ringwork_sys::net::SocketMode;
+use ringwork_sys::tls::TlsConfig;
 use ringwork_sys::worker::Crew;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::OFlags;
@@ -40,8 +41,9 @@ struct Args {
     /// Address to listen on (port 0 picks a free port and prints it); give it again for more
     /// addresses (IPv4 and IPv6 side by side: an IPv6 listener is IPV6_V6ONLY). Every thread
     /// accepts on every address. Not used when systemd passes listening sockets
-    /// (socket activation: LISTEN_PID and LISTEN_FDS), which are served instead.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// (socket activation: LISTEN_PID and LISTEN_FDS), which are served instead. Default:
+    /// 127.0.0.1:8080, unless `--tls-listen` is given (then only what is asked for).
+    #[arg(long)]
     listen: Vec<SocketAddr>,
     /// Worker threads, each with its own listener (SO_REUSEPORT) and ring (default: one per
     /// CPU).
@@ -179,8 +181,9 @@ struct Args {
     /// HTTPS: the certificate chain, PEM, the server's certificate first and then each
     /// intermediate that issued the one before it (RSA, ECDSA or Ed25519 keys). Read and
     /// checked at start: a missing file, one without a certificate, a chain out of order or a
-    /// key of another certificate stops the server with a line naming the file. TLS listeners
-    /// are not served yet (docs/TLS.md): with the files good, the start stops there.
+    /// key of another certificate stops the server with a line naming the file. SIGHUP reads
+    /// both files again (new handshakes get the new certificate; a bad file keeps the old).
+    /// TLS 1.2 and 1.3, ALPN http/1.1, resumption by tickets and session IDs (docs/TLS.md).
     /// Default: none.
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -189,7 +192,9 @@ struct Args {
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// HTTPS: an address to serve TLS on with `--tls-cert` and `--tls-key`, beside the plain
-    /// `--listen` ones; give it again for more. Default: none.
+    /// `--listen` ones (none unless given); give it again for more. Bodies on TLS
+    /// connections go through chunk buffers (`--file-send` and `--zerocopy` apply to plain
+    /// connections only). Not with socket activation. Default: none.
     #[arg(long, value_name = "ADDR", requires = "tls_cert")]
     tls_listen: Vec<SocketAddr>,
     /// Directory to serve.
@@ -217,6 +222,10 @@ struct Shared {
     stats: Stats,
     /// Each worker's counters as published for `--metrics-listen` (None: off).
     board: Option<Board>,
+    /// `--tls-cert` and `--tls-key` (reloaded on SIGHUP), for the listeners from
+    /// `first_tls_listener` on.
+    tls: Option<TlsConfig>,
+    first_tls_listener: u16,
 }
 
 /// Counters the workers add to, printed as one `stats:` line at shutdown.
@@ -347,6 +356,10 @@ impl Shared {
             shutdown_grace: self.shutdown_grace,
             epoch: self.start,
             live: self.board.as_ref(),
+            tls: self.tls.as_ref().map(|config| files::FilesTls {
+                config,
+                first_listener: self.first_tls_listener,
+            }),
         }
     }
 }
@@ -376,25 +389,21 @@ fn threads(args: &Args) -> Result<usize, String> {
     Ok(threads)
 }
 
-/// `--tls-cert` and `--tls-key`, read and checked. The engines do not serve TLS yet, so
-/// files that pass end the start with a line saying so; files that do not, with the reason.
-fn tls_config(args: &Args) -> Result<(), String> {
+/// `--tls-cert` and `--tls-key`, read and checked: a file that does not pass stops the start
+/// with the reason.
+fn tls_config(args: &Args) -> Result<Option<TlsConfig>, String> {
     let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
-        return Ok(());
+        return Ok(None);
     };
     let files = ringwork_sys::tls::CertFiles {
         cert: cert.clone(),
         key: key.clone(),
     };
-    ringwork_sys::tls::TlsConfig::load(&files).map_err(|e| e.to_string())?;
+    let config = TlsConfig::load(&files).map_err(|e| e.to_string())?;
     if args.tls_listen.is_empty() {
         return Err("--tls-cert and --tls-key need --tls-listen ADDR to serve on".into());
     }
-    Err(format!(
-        "{} and {} load, but TLS listeners are not served yet (docs/TLS.md)",
-        cert.display(),
-        key.display()
-    ))
+    Ok(Some(config))
 }
 
 /// Each worker's open-file cache.
@@ -412,7 +421,7 @@ fn cache_config(args: &Args, entries: u32) -> CacheConfig {
 
 fn run(args: Args) -> Result<(), String> {
     let threads = threads(&args)?;
-    tls_config(&args)?;
+    let tls = tls_config(&args)?;
     let backend = choose_backend(&args)?;
     let sizing = Sizing::of(&args, backend, threads);
     check_flags(&args, backend)?;
@@ -444,6 +453,8 @@ fn run(args: Args) -> Result<(), String> {
         start: Instant::now(),
         stats: Stats::default(),
         board: metrics.as_ref().map(|_| Board::new(threads)),
+        tls,
+        first_tls_listener: listeners.first_tls,
     });
     if let Some(endpoint) = metrics {
         serve_metrics(endpoint, &shared)?;
@@ -461,10 +472,12 @@ fn run(args: Args) -> Result<(), String> {
     if serving {
         // The last line of startup, and exactly this shape: scripts and tests wait for it (one
         // `http://ADDR/` per address, space-separated).
-        let urls: Vec<String> = listeners
-            .bound
-            .iter()
-            .map(|a| format!("http://{a}/"))
+        let first_tls = usize::from(listeners.first_tls);
+        let urls: Vec<String> = (listeners.bound.iter().enumerate())
+            .map(|(i, a)| match i < first_tls {
+                true => format!("http://{a}/"),
+                false => format!("https://{a}/"),
+            })
             .collect();
         println!(
             "ringwork-files serving {}, listening on {}",
@@ -525,24 +538,50 @@ fn open_root(args: &Args) -> Result<(PathBuf, OwnedFd), String> {
     Ok((root_path, root))
 }
 
+/// The server's listeners, and from which one on they speak TLS.
+struct Bound {
+    bound: Vec<SocketAddr>,
+    per_thread: Vec<Vec<OwnedFd>>,
+    /// `--listen`'s come first, then `--tls-listen`'s.
+    first_tls: u16,
+}
+
 /// The listeners: the sockets systemd passed in (LISTEN_FDS), or one SO_REUSEPORT listener
-/// per thread and `--listen` address, as ringwork-echo makes them.
-fn listeners(
-    args: &Args,
-    backend: Backend,
-    threads: usize,
-) -> Result<ringwork_sys::net::Listeners, String> {
-    if args.listen.len() > MAX_LISTEN {
-        return Err(format!("--listen may be given at most {MAX_LISTEN} times"));
+/// per thread and `--listen` and `--tls-listen` address, as ringwork-echo makes them.
+fn listeners(args: &Args, backend: Backend, threads: usize) -> Result<Bound, String> {
+    let mut plain = args.listen.clone();
+    if plain.is_empty() && args.tls_listen.is_empty() {
+        plain.push(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    }
+    let all = [&plain[..], &args.tls_listen[..]].concat();
+    if all.len() > MAX_LISTEN {
+        return Err(format!(
+            "--listen and --tls-listen may name at most {MAX_LISTEN} addresses"
+        ));
     }
     let mode = SocketMode::for_backend(backend);
-    match ringwork_sys::activation::listeners(threads, mode)
-        .map_err(|e| format!("socket activation: {e}"))?
-    {
-        Some(passed) => Ok(passed),
-        None => ringwork_sys::net::reuseport_listeners(&args.listen, threads, mode)
-            .map_err(|e| e.to_string()),
-    }
+    let passed = ringwork_sys::activation::listeners(threads, mode)
+        .map_err(|e| format!("socket activation: {e}"))?;
+    let (listeners, first_tls) = match passed {
+        Some(_) if !args.tls_listen.is_empty() => {
+            return Err(
+                "--tls-listen cannot be served with socket activation (LISTEN_FDS): \
+                        every socket passed in is served as plain HTTP"
+                    .into(),
+            )
+        }
+        Some(passed) => (passed, u16::MAX),
+        None => (
+            ringwork_sys::net::reuseport_listeners(&all, threads, mode)
+                .map_err(|e| e.to_string())?,
+            plain.len() as u16,
+        ),
+    };
+    Ok(Bound {
+        bound: listeners.bound,
+        per_thread: listeners.per_thread,
+        first_tls,
+    })
 }
 
 /// One worker thread per listener set, each on the file engine of `backend`.
@@ -578,6 +617,17 @@ fn operator_signal(shared: &Shared, signal: ringwork_sys::signal::Signal) {
         Signal::User1 => reopen(),
         Signal::Hangup => {
             reopen();
+            if let Some(tls) = &shared.tls {
+                match tls.reload() {
+                    Ok(()) => eprintln!(
+                        "ringwork-files: {signal}: certificate reloaded from {} and {} (for \
+                         handshakes from now on)",
+                        tls.files().cert.display(),
+                        tls.files().key.display()
+                    ),
+                    Err(e) => eprintln!("ringwork-files: {signal}: {e}; the old certificate stays"),
+                }
+            }
             match shared.rules.reload() {
                 Ok(Some(file)) => eprintln!(
                     "ringwork-files: {signal}: rules reloaded from {} (for connections \

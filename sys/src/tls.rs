@@ -136,10 +136,14 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(1024);
         config.ticketer = aws_lc_rs::Ticketer::new().map_err(LoadError::Config)?;
+        let config = Arc::new(config);
+        // Every connection's session is made with it: made once here, it cannot fail there.
+        ringwork_core::tls::TlsSession::new(Arc::clone(&config), 0, 1)
+            .map_err(|e| LoadError::Config(rustls::Error::General(e.to_string())))?;
         Ok(TlsConfig {
             files: files.clone(),
             current,
-            config: Arc::new(config),
+            config,
         })
     }
 

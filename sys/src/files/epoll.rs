@@ -26,8 +26,10 @@
 //! stderr, once per episode.
 //!
 //! Stopping (SIGINT/SIGTERM) is the loop's graceful drain: the acceptor closes the listener
-//! (new connections are refused), every connection gets [`HttpConn::on_shutdown`], those still
-//! open after `--shutdown-grace-ms` get [`HttpConn::abort`], and the worker returns once none
+//! (new connections are refused), every connection gets
+//! [`HttpConn::on_shutdown`](ringwork_core::httpconn::HttpConn::on_shutdown), those still
+//! open after `--shutdown-grace-ms` get
+//! [`HttpConn::abort`](ringwork_core::httpconn::HttpConn::abort), and the worker returns once none
 //! is left.
 
 use std::ffi::CStr;
@@ -37,7 +39,7 @@ use ringwork_core::errno::RawErrno;
 use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, ServiceConfig, WorkerOp,
 };
-use ringwork_core::httpconn::{BufIx, HttpConn, HttpEvent, SendSrc, Time, HEAD_ROOM};
+use ringwork_core::httpconn::{BufIx, HttpEvent, SendSrc, Time, HEAD_ROOM};
 use ringwork_core::token::{Generation, OpKind, Slot, Token, UserData};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, Mode};
@@ -155,9 +157,9 @@ fn raw(e: Errno) -> RawErrno {
 }
 
 impl Conn {
-    fn new(http: HttpConn, sock: OwnedFd) -> Self {
+    fn new(fc: FileConn, sock: OwnedFd) -> Self {
         Self {
-            fc: FileConn::new(http),
+            fc,
             sock,
             file: None,
             bufs: [None, None],
@@ -272,7 +274,7 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
             match token {
                 Ok(t) if t.kind == OpKind::Accept && t.slot == Slot::WORKER => {
                     if let Some(a) = self.acceptors.0.get_mut(usize::from(t.sub)) {
-                        accept_batch(&self.ep, a, open, now_ms, out)?;
+                        accept_batch(&self.ep, (a, t.sub), open, now_ms, out)?;
                     }
                 }
                 Ok(t) if t.slot != Slot::WORKER => {
@@ -296,9 +298,10 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
         Ok(())
     }
 
-    fn adopt(&mut self, sock: OwnedFd) -> Conn {
-        let http = HttpConn::new(self.local.cfg.http, self.local.now);
-        let mut conn = Conn::new(self.hooks.new_conn(http), sock);
+    fn adopt(&mut self, sock: OwnedFd, listener: u16) -> Conn {
+        let (cfg, now) = (&self.local.cfg, self.local.now);
+        let fc = cfg.file_conn(cfg.http, &mut self.hooks, listener, now);
+        let mut conn = Conn::new(fc, sock);
         if self.hooks.wants_peer() {
             conn.peer = super::peer_ip(&conn.sock);
         }
@@ -346,7 +349,7 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
             },
             Input::Shutdown => http.on_shutdown(),
             Input::Abort => http.abort(),
-            Input::Tick => http.on_tick(w.now),
+            Input::Tick => c.fc.on_tick(w.now),
             Input::Wake => w.svc.wake(&mut c.fc),
         }
         let deferred = drive(c, token, turn_start, w);
@@ -361,7 +364,7 @@ impl<H: FileHooks> Engine for EpollFiles<'_, H> {
     fn stale(&mut self, _: Deferred, _: &mut StreamStats) {}
 
     fn deadline_ms(&self, c: &Conn) -> Option<u64> {
-        c.fc.http().next_deadline_ms()
+        c.fc.deadline_ms()
     }
 
     fn wake_interval(&self) -> Option<Duration> {
@@ -524,7 +527,7 @@ const ACCEPT_BATCH: usize = 32;
 /// (`open`: the worker's connections before these).
 fn accept_batch(
     ep: &Epoll,
-    acceptor: &mut EpollAcceptor,
+    (acceptor, index): (&mut EpollAcceptor, u16),
     open: usize,
     now_ms: u64,
     out: &mut Vec<Happening<Deferred>>,
@@ -533,7 +536,7 @@ fn accept_batch(
         // None: nothing waits, or the acceptor paused (out of descriptors or memory) or is
         // at capacity.
         match acceptor.accept(ep, open + n, now_ms)? {
-            Some(sock) => out.push(Happening::Accepted(sock)),
+            Some(sock) => out.push(Happening::Accepted(sock, index)),
             None => break,
         }
     }
@@ -560,7 +563,10 @@ fn do_recv(w: &mut Local, c: &mut Conn, max: u32) {
                 w.checked(reported);
             }
             Err(Errno::AGAIN) => c.pending_recv = Some(max as u32),
-            Err(e) => report(w, c, HttpEvent::Recv(Err(raw(e)))),
+            Err(e) => {
+                let reported = w.svc.on_recv(&mut c.fc, w.now, Err(raw(e)));
+                w.checked(reported);
+            }
         }
     });
 }
@@ -588,6 +594,7 @@ fn do_send(w: &mut Local, c: &mut Conn, op: FileOp) {
             let bytes = send_bytes(&c.fc, &mut c.bufs, src);
             rustix::net::send(&c.sock, bytes, SendFlags::NOSIGNAL)
         }
+        FileOp::SendRecords { .. } => return send_records(w, c, op),
         _ => return,
     };
     match res {
@@ -598,6 +605,53 @@ fn do_send(w: &mut Local, c: &mut Conn, op: FileOp) {
         Err(Errno::AGAIN) => c.pending_send = Some(op),
         Err(e) => report(w, c, HttpEvent::Send(Err(raw(e)))),
     }
+}
+
+/// A TLS connection's records to its socket (nonblocking: a socket with no room waits for
+/// the next EPOLLOUT edge, or for a best-effort send ends it).
+fn send_records(w: &mut Local, c: &mut Conn, op: FileOp) {
+    let Some((buf, at)) = c.fc.take_records() else {
+        return w.checked(Err(ringwork_core::conn::ConnError::UnexpectedHttp {
+            phase: "TLS",
+            event: "SendRecords",
+        }));
+    };
+    let res = match rustix::net::send(&c.sock, &buf[at..], SendFlags::NOSIGNAL) {
+        Ok(n) => {
+            w.stats.bytes_sent += n as u64;
+            Ok(n as u32)
+        }
+        Err(e) => {
+            if e == Errno::AGAIN && op == (FileOp::SendRecords { wait: true }) {
+                c.pending_send = Some(op);
+            }
+            Err(raw(e))
+        }
+    };
+    let reported = w.svc.on_records_sent(&mut c.fc, w.now, res, (buf, at));
+    w.checked(reported);
+}
+
+/// A TLS connection's send of records waiting for room, cancelled.
+fn cancel_records(w: &mut Local, c: &mut Conn) {
+    if let Some(records) = c.fc.take_records() {
+        let reported = w
+            .svc
+            .on_records_sent(&mut c.fc, w.now, Err(RawErrno::CANCELED), records);
+        w.checked(reported);
+    }
+}
+
+/// A TLS connection's send, encrypted into its records from the head and the chunk buffer
+/// it names.
+fn seal(w: &mut Local, c: &mut Conn, src: SendSrc) {
+    let chunk: &[u8] = match src {
+        SendSrc::Buf { buf, .. } | SendSrc::HeadAndBuf { buf, .. } => {
+            filled(&mut c.bufs, buf).bytes()
+        }
+        _ => &[],
+    };
+    w.svc.seal(&mut c.fc, w.now, src, chunk);
 }
 
 /// Chunk buffer `buf`, which a send names (HttpConn sends only from a buffer it read into).
@@ -649,7 +703,10 @@ fn drive(c: &mut Conn, token: Token, turn_start: u64, w: &mut Local) -> bool {
                 deferred = true;
             }
             FileOp::Recv { max } => do_recv(w, c, max),
-            FileOp::Send(_) | FileOp::SendFile { .. } => do_send(w, c, op),
+            FileOp::Send(_) | FileOp::SendFile { .. } | FileOp::SendRecords { .. } => {
+                do_send(w, c, op)
+            }
+            FileOp::Seal(src) => seal(w, c, src),
             // Guard: only Config::zerocopy makes HttpConn emit it, and main refuses
             // --zerocopy with --backend epoll.
             FileOp::SendZc(_) => unreachable!("SEND_ZC with the epoll backend"),
@@ -668,13 +725,17 @@ fn drive(c: &mut Conn, token: Token, turn_start: u64, w: &mut Local) -> bool {
                 // A deferred receive is cancelled the same way; its run-queue entry then
                 // finds no pending_recv and is skipped.
                 if c.pending_recv.take().is_some() {
-                    report(w, c, HttpEvent::Recv(Err(RawErrno::CANCELED)));
+                    let reported = w.svc.on_recv(&mut c.fc, w.now, Err(RawErrno::CANCELED));
+                    w.checked(reported);
                 }
-                if c.pending_send.take().is_some() {
-                    report(w, c, HttpEvent::Send(Err(RawErrno::CANCELED)));
+                match c.pending_send.take() {
+                    Some(FileOp::SendRecords { .. }) => cancel_records(w, c),
+                    Some(_) => report(w, c, HttpEvent::Send(Err(RawErrno::CANCELED))),
+                    None => {}
                 }
                 // Synchronous, so the request itself is done too.
-                report(w, c, HttpEvent::CancelDone);
+                let reported = w.svc.on_cancel_done(&mut c.fc, w.now);
+                w.checked(reported);
             }
             FileOp::Shutdown => {
                 let _ = rustix::net::shutdown(&c.sock, rustix::net::Shutdown::Write);
@@ -778,6 +839,8 @@ mod tests {
             shutdown_grace: Duration::from_secs(1),
             epoch: Instant::now(),
             live: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ringwork_core::conn::ConnError;
 use ringwork_core::file::Alignment;
 use ringwork_core::filecache::{CacheConfig, FileId};
-use ringwork_core::filesvc::FileService;
+use ringwork_core::filesvc::{FileConn, FileService};
 use ringwork_core::httpconn::{Config, FileInfo, FileKind, HttpConn, Time};
 use ringwork_core::token::Token;
 use rustix::fd::AsFd;
@@ -62,6 +62,20 @@ pub struct FilesConfig<'a> {
     /// Where each worker publishes its counters for the metrics endpoint (its slot by its
     /// index); None: nowhere.
     pub live: Option<&'a Board>,
+    /// HTTPS: which listeners speak TLS, and the configuration their sessions get.
+    #[cfg(feature = "tls")]
+    pub tls: Option<FilesTls<'a>>,
+}
+
+/// The TLS listeners of a file engine ([`FilesConfig::tls`]).
+#[cfg(feature = "tls")]
+#[derive(Clone, Copy, Debug)]
+pub struct FilesTls<'a> {
+    /// What every new TLS connection's session is made with (its certificate can be
+    /// replaced while the server runs: [`crate::tls::TlsConfig::reload`]).
+    pub config: &'a crate::tls::TlsConfig,
+    /// A worker's listeners from this index on speak TLS (the plain ones come first).
+    pub first_listener: u16,
 }
 
 impl FilesConfig<'_> {
@@ -75,6 +89,38 @@ impl FilesConfig<'_> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
         }
+    }
+
+    /// A new connection's side of the file service, accepted from listener `listener`:
+    /// its HttpConn (made from `http`, then the hooks'), plain or behind a TLS session. A TLS
+    /// connection's HttpConn sends nothing straight from files or with SEND_ZC: every byte
+    /// it sends is encrypted.
+    pub fn file_conn<H: FileHooks>(
+        &self,
+        http: Config,
+        hooks: &mut H,
+        listener: u16,
+        now: Time,
+    ) -> FileConn {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.filter(|t| listener >= t.first_listener) {
+            let http = Config {
+                file_send: false,
+                zerocopy: false,
+                ..http
+            };
+            let conn = hooks.new_conn(HttpConn::new(http, now));
+            let session = ringwork_core::tls::TlsSession::new(
+                tls.config.server_config(),
+                now.mono_ms,
+                http.header_timeout_ms,
+            )
+            // Guard: `TlsConfig::load` built this configuration and made a session with it.
+            .expect("a session of a checked configuration");
+            return FileConn::with_tls(conn, session).expect("no plaintext sends");
+        }
+        let _ = listener;
+        FileConn::new(hooks.new_conn(HttpConn::new(http, now)))
     }
 
     /// How often the worker does its periodic work (the cache's inactive entries, the chunk

@@ -115,7 +115,7 @@ use ringwork_core::filesvc::{
     ChunkRead, FileConn, FileOp, FileRef, FileSend, FileService, Mapped, ServiceConfig, WorkerOp,
 };
 use ringwork_core::httpconn::{
-    BufIx, FileInfo, FileKind, HttpConn, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS,
+    BufIx, FileInfo, FileKind, HttpEvent, Op, SendSrc, HEAD_ROOM, ZC_SENDS,
 };
 use ringwork_core::token::{Generation, OpKind, Slot, Token};
 
@@ -162,6 +162,8 @@ pub struct Conn {
     /// (at once, where the socket has room), so that one fast reader does not hold the loop
     /// for a whole file (nginx's `sendfile_max_chunk`).
     sent_this_turn: bool,
+    /// TLS: the offset in the records buffer its send in flight went from.
+    records_at: usize,
 }
 
 /// A send of `len` bytes at `offset` of cache entry `ix`'s file (HttpConn's
@@ -186,6 +188,10 @@ enum Sent {
 /// The sub-index of a connection's POLL_ADD for POLLOUT, under `OpKind::Send`: its
 /// completion is that of the send from a file that waited for it.
 const WRITABLE_SUB: u16 = 1;
+
+/// The sub-index of a TLS connection's send of records ([`FileOp::SendRecords`]), under
+/// `OpKind::Send`.
+const RECORDS_SUB: u16 = 2;
 
 /// The io_uring file engine of one worker: its ring and what it keeps beside the
 /// connections (the loop keeps those).
@@ -505,14 +511,15 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
         result
     }
 
-    fn adopt(&mut self, sock: OwnedFd) -> Box<Conn> {
+    fn adopt(&mut self, sock: OwnedFd, listener: u16) -> Box<Conn> {
         let peer = if self.hooks.wants_peer() {
             super::peer_ip(&sock)
         } else {
             None
         };
         Box::new(Conn {
-            fc: FileConn::new(self.hooks.new_conn(HttpConn::new(self.http_cfg, self.now))),
+            fc: (self.cfg).file_conn(self.http_cfg, &mut self.hooks, listener, self.now),
+            records_at: 0,
             sock: Some(sock),
             recv_buf: None,
             chunks: [None, None],
@@ -550,7 +557,7 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
             Input::Completion(done) => self.complete(token, c, done)?,
             Input::Shutdown if open => http.on_shutdown(),
             Input::Abort if open => http.abort(),
-            Input::Tick if open => http.on_tick(now),
+            Input::Tick if open => c.fc.on_tick(now),
             Input::Shutdown | Input::Abort | Input::Tick => return Ok(false),
             Input::Wake => self.svc.wake(&mut c.fc),
         }
@@ -569,7 +576,7 @@ impl<H: FileHooks> Engine for UringFiles<'_, H> {
     }
 
     fn deadline_ms(&self, c: &Box<Conn>) -> Option<u64> {
-        c.fc.http().next_deadline_ms()
+        c.fc.deadline_ms()
     }
 
     fn wake_interval(&self) -> Option<Duration> {
@@ -682,14 +689,16 @@ impl<H: FileHooks> UringFiles<'_, H> {
             Some(Err(e)) => return Err(broken(format!("a head buffer went astray: {e}"))),
             None => None,
         };
-        if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
+        if let Some((i, acceptor)) =
+            (self.acceptors.0.iter_mut().enumerate()).find(|(_, a)| a.owns(&token))
+        {
             // The acceptor re-arms, backs off, or (draining) closes the listener itself.
             // The connections accepted earlier in this batch count: the acceptor stops at
             // capacity (the listen backlog holds the rest) instead of the loop refusing them.
             let open = open + self.accepted;
             if let Some(sock) = acceptor.on_cqe(&mut self.ring, &cqe, open, now_ms)? {
                 self.accepted += 1;
-                out.push(Happening::Accepted(sock));
+                out.push(Happening::Accepted(sock, i as u16));
             }
             return Ok(());
         }
@@ -781,6 +790,11 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 self.received(token, c, res, Some(buf), None)
             }
             (OpKind::Recv, None) => self.received(token, c, res, None, head),
+            (OpKind::Send, Some(OpMemory::Bytes(buf))) if sub == RECORDS_SUB => {
+                self.stats.bytes_sent += u64::from(res.unwrap_or(0));
+                let records = (buf, c.records_at);
+                self.svc.on_records_sent(&mut c.fc, now, res, records)
+            }
             (OpKind::Send, mem) => {
                 if let Some(OpMemory::Bytes(buf)) = mem {
                     keep(&mut self.spare.head, buf);
@@ -799,7 +813,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
             (OpKind::Close, _) => http.on_event(now, HttpEvent::FileClosed),
             // Whatever their results (the cancelled op reports on its own): HttpConn closes
             // the socket only once these requests that name it are done.
-            (OpKind::Cancel, _) => http.on_event(now, HttpEvent::CancelDone),
+            (OpKind::Cancel, _) => self.svc.on_cancel_done(&mut c.fc, now),
             (OpKind::Shutdown, _) => http.on_event(now, HttpEvent::ShutdownDone),
             (kind, mem) => {
                 return Err(broken(format!(
@@ -1015,6 +1029,7 @@ impl<H: FileHooks> UringFiles<'_, H> {
                         self.buffers().release(lease);
                     }
                 }
+                FileOp::Seal(src) => self.seal(c, src)?,
                 FileOp::ReadKept {
                     buf,
                     buf_pos,
@@ -1058,6 +1073,24 @@ impl<H: FileHooks> UringFiles<'_, H> {
         }
         self.worker_ops();
         Ok(freed)
+    }
+
+    /// A TLS connection's send, encrypted into its records from the head and the chunk
+    /// buffer it names.
+    fn seal(&mut self, c: &mut Conn, src: SendSrc) -> Result<()> {
+        let chunk: &[u8] = match src {
+            SendSrc::Buf { buf, .. } | SendSrc::HeadAndBuf { buf, .. } => {
+                let lease = chunk(c, buf)?;
+                let buffers = self
+                    .ring
+                    .fixed_buffers()
+                    .ok_or(broken("no chunk buffers"))?;
+                buffers.bytes(lease)
+            }
+            _ => &[],
+        };
+        self.svc.seal(&mut c.fc, self.now, src, chunk);
+        Ok(())
     }
 
     fn buffers(&mut self) -> &mut FixedBuffers {
@@ -1453,6 +1486,21 @@ impl<H: FileHooks> UringFiles<'_, H> {
                 (OpKind::Recv, SafeSqe::recv(sock, buf, max as usize))
             }
             FileOp::Send(src) => (OpKind::Send, self.send_sqe(c, sock, src)?),
+            FileOp::SendRecords { wait } => {
+                let (buf, at) =
+                    c.fc.take_records()
+                        .ok_or_else(|| broken("a send of records with none"))?;
+                c.records_at = at;
+                let len = buf.len();
+                // Best effort: a socket with no room fails with EAGAIN instead of waiting.
+                let flags = match wait {
+                    true => SendFlags::NOSIGNAL,
+                    false => SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+                };
+                let sqe = SafeSqe::send(sock, buf, at..len).send_flags(flags);
+                let ud = token.with_kind(OpKind::Send).with_sub(RECORDS_SUB);
+                return Ok(Some(sqe.user_data(ud.encode())));
+            }
             FileOp::SendFile {
                 file: FileRef::Entry(ix),
                 offset,

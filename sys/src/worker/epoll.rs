@@ -241,7 +241,7 @@ impl Backend for EpollBackend {
                 // what waits) when the pause ends.
                 (Some(i), _) => {
                     while let Some(fd) = self.acceptors.0[i].accept(&self.ep, open, now_ms)? {
-                        out.push(Happening::Accepted(fd));
+                        out.push(Happening::Accepted(fd, i as u16));
                     }
                 }
                 (None, WAKE_KEY) => {

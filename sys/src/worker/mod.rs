@@ -261,8 +261,9 @@ impl fmt::Display for StreamStats {
 /// a completion brings a connection (core's [`Event`] for a [`StreamMachine`]).
 #[derive(Debug)]
 pub enum Happening<C = Event> {
-    /// A connection was accepted (not yet admitted: the loop decides).
-    Accepted(OwnedFd),
+    /// A connection was accepted (not yet admitted: the loop decides) from listener `u16`
+    /// (its index among the worker's listeners).
+    Accepted(OwnedFd, u16),
     /// The stop notice was given.
     Stop,
     /// Drive connection `Token` with this completion first.
@@ -446,8 +447,9 @@ pub trait Engine {
         stats: &mut StreamStats,
     ) -> std::result::Result<(), Self::Error>;
 
-    /// A new connection on `sock`.
-    fn adopt(&mut self, sock: OwnedFd) -> Self::Conn;
+    /// A new connection on `sock`, accepted from listener `listener` (its index among the
+    /// worker's listeners).
+    fn adopt(&mut self, sock: OwnedFd, listener: u16) -> Self::Conn;
 
     /// Tells the engine the token of a connection [`Engine::adopt`] made, before its first
     /// input; false when it cannot take it (it is dropped, which closes its socket).
@@ -661,7 +663,7 @@ impl<C> Worker<'_, C> {
         happening: Happening<E::Completion>,
     ) -> std::result::Result<(), E::Error> {
         match happening {
-            Happening::Accepted(sock) => self.admit(engine, sock),
+            Happening::Accepted(sock, listener) => self.admit(engine, sock, listener),
             Happening::Stop => {
                 if self.drain.on_stop(self.now_ms) == Some(DrainAction::BeginDrain) {
                     let (acceptors, via) = engine.accept();
@@ -680,6 +682,7 @@ impl<C> Worker<'_, C> {
         &mut self,
         engine: &mut E,
         sock: OwnedFd,
+        listener: u16,
     ) -> std::result::Result<(), E::Error> {
         // Accepted during the drain (the accept in flight when the stop came): served, and
         // told at once that the server is stopping.
@@ -690,7 +693,7 @@ impl<C> Worker<'_, C> {
         // Not fatal for the connection: Nagle only delays.
         let _ = crate::net::set_nodelay(&sock);
         let entry = Entry {
-            conn: engine.adopt(sock),
+            conn: engine.adopt(sock, listener),
             timer: None,
         };
         let Some((slot, generation)) = self.conns.insert(entry) else {

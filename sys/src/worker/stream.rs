@@ -144,7 +144,7 @@ impl<B: Backend, M: StreamMachine, F: FnMut() -> M> Engine for StreamEngine<B, F
         self.backend.harvest(live, open, now_ms, out, stats)
     }
 
-    fn adopt(&mut self, sock: OwnedFd) -> Self::Conn {
+    fn adopt(&mut self, sock: OwnedFd, _listener: u16) -> Self::Conn {
         StreamConn {
             machine: (self.new_machine)(),
             io: self.backend.adopt(sock),

@@ -608,9 +608,11 @@ impl UringBackend {
             stats.stale += 1;
             return Ok(());
         };
-        if let Some(acceptor) = self.acceptors.0.iter_mut().find(|a| a.owns(&token)) {
+        if let Some((i, acceptor)) =
+            (self.acceptors.0.iter_mut().enumerate()).find(|(_, a)| a.owns(&token))
+        {
             if let Some(sock) = acceptor.on_cqe(&mut self.ring, cqe, open, now_ms)? {
-                out.push(Happening::Accepted(sock));
+                out.push(Happening::Accepted(sock, i as u16));
             }
             return Ok(());
         }
