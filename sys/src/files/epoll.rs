@@ -855,8 +855,8 @@ mod tests {
         let cfg = config(&root);
         let (server, mut client) = UnixStream::pair().unwrap();
         server.set_nonblocking(true).unwrap();
-        let http = HttpConn::new(cfg.http, cfg.now());
-        let mut c = Conn::new(http, OwnedFd::from(server));
+        let http = ringwork_core::httpconn::HttpConn::new(cfg.http, cfg.now());
+        let mut c = Conn::new(FileConn::new(http), OwnedFd::from(server));
         let mut w = Local::new(&cfg);
         let pad = "a".repeat(6000);
         let req = format!("GET /f HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n");
