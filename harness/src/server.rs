@@ -297,13 +297,17 @@ impl Drop for Server {
 }
 
 /// The addresses of a `listening on` line (`... listening on ADDR (...)` or
-/// `... listening on http://ADDR/ http://ADDR/ ...`: the addresses lead), in order; `None`
+/// `... listening on http://ADDR/ https://ADDR/ ...`: the addresses lead), in order; `None`
 /// for any other line.
 pub fn listening_addrs(line: &str) -> Option<Vec<SocketAddr>> {
     let rest = line.split("listening on ").nth(1)?;
     Some(
         rest.split_whitespace()
-            .map(|w| w.trim_start_matches("http://").trim_end_matches('/'))
+            .map(|w| {
+                w.trim_start_matches("https://")
+                    .trim_start_matches("http://")
+            })
+            .map(|w| w.trim_end_matches('/'))
             .map_while(|w| w.parse().ok())
             .collect(),
     )
@@ -377,6 +381,13 @@ mod tests {
             Some(vec![
                 "127.0.0.1:1".parse().unwrap(),
                 "[::1]:2".parse().unwrap()
+            ])
+        );
+        assert_eq!(
+            listening_addrs("listening on http://127.0.0.1:1/ https://127.0.0.1:3/"),
+            Some(vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:3".parse().unwrap()
             ])
         );
         assert_eq!(listening_addrs("listening on nothing"), Some(vec![]));

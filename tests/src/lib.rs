@@ -16,6 +16,8 @@ pub use ringwork_harness::{proc, raise_nofile_limit};
 use rustix::event::{poll, PollFd, PollFlags};
 use rustix::time::Timespec;
 
+pub mod pki;
+
 /// The servers' I/O backends (`--backend`); most scenarios run on each.
 pub const BACKENDS: [&str; 2] = ["uring", "epoll"];
 
@@ -448,29 +450,7 @@ pub mod http {
 
         /// Reads one response; `head_only` for HEAD requests (no body despite Content-Length).
         pub fn read(&mut self, head_only: bool) -> std::io::Result<Response> {
-            let mut head = String::new();
-            loop {
-                let mut line = String::new();
-                if self.reader.read_line(&mut line)? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                head.push_str(&line);
-                if line == "\r\n" {
-                    break;
-                }
-            }
-            let status = head[9..12].parse().unwrap();
-            let mut r = Response {
-                status,
-                head,
-                body: Vec::new(),
-            };
-            if !head_only {
-                let len: usize = r.header("Content-Length").map_or(0, |v| v.parse().unwrap());
-                r.body = vec![0; len];
-                self.reader.read_exact(&mut r.body)?;
-            }
-            Ok(r)
+            read_response(&mut self.reader, head_only)
         }
 
         /// A GET of `target` with `extra` header lines (each ending in CRLF).
@@ -478,6 +458,33 @@ pub mod http {
             self.send(format!("GET {target} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").as_bytes());
             self.read(false).unwrap()
         }
+    }
+
+    /// Reads one response from `reader`; `head_only` for HEAD requests.
+    pub fn read_response(reader: &mut impl BufRead, head_only: bool) -> std::io::Result<Response> {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let status = head[9..12].parse().unwrap();
+        let mut r = Response {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        if !head_only {
+            let len: usize = r.header("Content-Length").map_or(0, |v| v.parse().unwrap());
+            r.body = vec![0; len];
+            reader.read_exact(&mut r.body)?;
+        }
+        Ok(r)
     }
 
     /// One request on a fresh connection.

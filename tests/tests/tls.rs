@@ -1,111 +1,13 @@
-//! ringwork-files' `--tls-cert` and `--tls-key`: certificates made here with the `openssl`
+//! ringwork-files' `--tls-cert` and `--tls-key`: certificates made with the `openssl`
 //! command (a CA, an intermediate, leaves with ECDSA, RSA and Ed25519 keys) are read and
 //! checked at start, and each way a file can be wrong stops the start with a line naming the
-//! file and the problem. TLS listeners are not served yet (docs/TLS.md), so good files end
-//! the start with a line saying that.
+//! file and the problem; each key kind with its chain is served. (Serving itself: https.rs.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use ringwork_e2e::{binary, fresh_dir};
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("the openssl command runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A key of `kind` (`ec`, `rsa`, `ed25519`) in `dir/name.key`.
-fn key(dir: &Path, name: &str, kind: &str) {
-    let file = format!("{name}.key");
-    match kind {
-        "ec" => openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "EC",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-out",
-                &file,
-            ],
-        ),
-        "rsa" => openssl(
-            dir,
-            &[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &file,
-            ],
-        ),
-        _ => openssl(dir, &["genpkey", "-algorithm", "ED25519", "-out", &file]),
-    }
-}
-
-/// `dir/name.pem`, for `dir/name.key`, issued by `issuer` (its `.pem` and `.key`), a CA
-/// when `ca`.
-fn cert(dir: &Path, name: &str, issuer: &str, ca: bool) {
-    let ext = if ca {
-        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n"
-    } else {
-        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
-    };
-    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    let (key, csr, pem, ext) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.pem"),
-        format!("{name}.ext"),
-    );
-    let subject = format!("/CN={name}");
-    openssl(
-        dir,
-        &["req", "-new", "-key", &key, "-subj", &subject, "-out", &csr],
-    );
-    let (issuer_pem, issuer_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
-    let mut args = vec![
-        "x509", "-req", "-in", &csr, "-days", "30", "-extfile", &ext, "-out", &pem,
-    ];
-    if issuer == name {
-        args.extend(["-key", &key]);
-    } else {
-        args.extend(["-CA", &issuer_pem, "-CAkey", &issuer_key, "-CAcreateserial"]);
-    }
-    openssl(dir, &args);
-}
-
-/// A CA, an intermediate it issued, and leaves `ec`, `rsa` and `ed25519` the intermediate
-/// issued, each with its key; `NAME-chain.pem` is a leaf then the intermediate.
-fn pki(test: &str) -> PathBuf {
-    let dir = fresh_dir(&format!("ringwork-tls-{test}-"));
-    key(&dir, "ca", "ec");
-    cert(&dir, "ca", "ca", true);
-    key(&dir, "inter", "ec");
-    cert(&dir, "inter", "ca", true);
-    for kind in ["ec", "rsa", "ed25519"] {
-        key(&dir, kind, kind);
-        cert(&dir, kind, "inter", false);
-        let chain = [read(&dir, &format!("{kind}.pem")), read(&dir, "inter.pem")].concat();
-        std::fs::write(dir.join(format!("{kind}-chain.pem")), chain).unwrap();
-    }
-    dir
-}
-
-fn read(dir: &Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap()
-}
+use ringwork_e2e::pki::{client_config, pki, read, TlsClient};
+use ringwork_e2e::{binary, fresh_dir, Server};
 
 /// ringwork-files started with `args` (and a free plain port): it must stop; its stderr.
 fn refused_start(args: &[&str]) -> String {
@@ -137,19 +39,34 @@ fn start(args: &[String]) -> String {
 }
 
 #[test]
-fn every_key_kind_with_its_chain_loads() {
+fn every_key_kind_with_its_chain_is_served() {
     let dir = pki("good");
-    for kind in ["ec", "rsa", "ed25519"] {
-        let err = start(&tls_args(
-            &dir,
-            &format!("{kind}-chain.pem"),
-            &format!("{kind}.key"),
-        ));
-        assert!(
-            err.contains("load, but TLS listeners are not served yet"),
-            "{kind}: {err}"
-        );
+    let root = fresh_dir("ringwork-tls-kinds-root-");
+    std::fs::write(root.join("index.html"), "kinds\n").unwrap();
+    let config = client_config(&dir, None, true);
+    for (i, kind) in ["ec", "rsa", "ed25519"].into_iter().enumerate() {
+        let mut args = tls_args(&dir, &format!("{kind}-chain.pem"), &format!("{kind}.key"));
+        let backend = ringwork_e2e::BACKENDS[i % 2];
+        args.extend([
+            "--backend".into(),
+            backend.into(),
+            root.display().to_string(),
+        ]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = Server::start("ringwork-files", &args);
+        let mut client = TlsClient::connect(server.addrs[0], &config)
+            .unwrap_or_else(|e| panic!("{kind} on {backend}: {e}"));
+        let r = client.get("/", "").unwrap();
+        assert_eq!((r.status, &r.body[..]), (200, &b"kinds\n"[..]), "{kind}");
+        let chain = client.conn().peer_certificates().unwrap();
+        assert_eq!(chain.len(), 2, "{kind}: the leaf and the intermediate");
+        assert_eq!(chain[0].as_ref(), pem_der(&dir, &format!("{kind}.pem")));
     }
+}
+
+/// The DER of the first certificate in PEM file `dir/name`.
+fn pem_der(dir: &Path, name: &str) -> Vec<u8> {
+    ringwork_e2e::pki::cert_der(dir, name).to_vec()
 }
 
 #[test]
@@ -214,7 +131,6 @@ fn each_bad_file_is_named_with_its_problem() {
             err.contains(&expected),
             "{cert} {key}: expected {expected:?} in {err}"
         );
-        assert!(!err.contains("not served yet"), "{cert} {key}: {err}");
     }
 }
 
