@@ -276,6 +276,11 @@ struct Stats {
     /// io_uring `--file-send sendfile`: sends from the file that waited for room in the
     /// socket (IORING_OP_POLL_ADD).
     file_send_waits: AtomicU64,
+    /// TLS handshakes completed, sessions that failed, and connections ended without a
+    /// close_notify.
+    tls_handshakes: AtomicU64,
+    tls_failures: AtomicU64,
+    tls_truncated: AtomicU64,
 }
 
 impl Stats {
@@ -287,7 +292,8 @@ impl Stats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         format!(
             "stats: enters={} cq_overflows={} busy_retries={} link_cancels={} chunk_waits={} head_waits={} zc_notifs={} zc_copied={} \
-             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={} file_send_waits={}",
+             cache_hits={} cache_revalidated={} cache_opened={} cache_invalidated={} cache_evicted={} cache_absent={} cache_expired={} body_hits={} file_sends={} file_cold={} refused={} inline_lookups={} file_send_waits={} \
+             tls_handshakes={} tls_failures={} tls_truncated={}",
             get(&self.enters),
             get(&self.cq_overflows),
             get(&self.busy_retries),
@@ -309,6 +315,9 @@ impl Stats {
             get(&self.refused),
             get(&self.inline_lookups),
             get(&self.file_send_waits),
+            get(&self.tls_handshakes),
+            get(&self.tls_failures),
+            get(&self.tls_truncated),
         )
     }
 
@@ -339,6 +348,10 @@ impl Stats {
         Self::add(&self.body_hits, s.body_hits);
         Self::add(&self.chunk_waits, s.chunk_waits);
         Self::add(&self.head_waits, s.head_waits);
+        let t = svc.tls_stats();
+        Self::add(&self.tls_handshakes, t.handshakes);
+        Self::add(&self.tls_failures, t.failures);
+        Self::add(&self.tls_truncated, t.truncated);
     }
 }
 
@@ -466,6 +479,9 @@ fn run(args: Args) -> Result<(), String> {
         args.chunk,
         ringwork_sys::kernel_release()
     );
+    if shared.tls.is_some() {
+        println!("{}", ringwork_sys::tls::KernelTls::probe().describe());
+    }
     let crew = start_workers(&shared, backend, listeners.per_thread)?;
     // Every worker set up (or one failed, and says why when joined).
     let serving = crew.wait_open();

@@ -287,3 +287,60 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether the kernel can take over a connection's records (kernel TLS, `TCP_ULP` "tls":
+/// `CONFIG_TLS`, Linux 4.13): asked of a fresh TCP socket, which a kernel with the module
+/// refuses as not connected (ENOTCONN) and one without refuses as unknown (ENOENT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelTls {
+    /// The kernel has it.
+    Available,
+    /// The kernel refused the upper-layer protocol with this error (ENOENT: no `CONFIG_TLS`).
+    Missing(rustix::io::Errno),
+}
+
+impl KernelTls {
+    /// Asks the kernel.
+    pub fn probe() -> KernelTls {
+        use rustix::fd::AsRawFd;
+        use rustix::net::{socket, AddressFamily, SocketType};
+        let sock = match socket(AddressFamily::INET, SocketType::STREAM, None) {
+            Ok(sock) => sock,
+            Err(e) => return KernelTls::Missing(e),
+        };
+        let name = b"tls";
+        // SAFETY: `sock` is an open socket for the whole call; the option value is `name`,
+        // 3 readable bytes for the call's duration (the kernel copies the ULP name in).
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_TCP,
+                libc::TCP_ULP,
+                name.as_ptr().cast(),
+                name.len() as libc::socklen_t,
+            )
+        };
+        let errno = rustix::io::Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        );
+        match (r, errno) {
+            (0, _) | (_, rustix::io::Errno::NOTCONN) => KernelTls::Available,
+            (_, e) => KernelTls::Missing(e),
+        }
+    }
+
+    /// One line for the server's start.
+    pub fn describe(self) -> String {
+        match self {
+            KernelTls::Available => {
+                "TLS records are made in user space (the kernel has TLS offload, \
+                 TCP_ULP \"tls\"; handing sessions to it is not built yet)"
+                    .into()
+            }
+            KernelTls::Missing(e) => format!(
+                "TLS records are made in user space (kernel TLS offload unavailable: TCP_ULP \
+                 \"tls\" refused with {e}; it needs CONFIG_TLS, Linux 4.13)"
+            ),
+        }
+    }
+}

@@ -123,6 +123,19 @@ fn curl_gets_every_file_byte_exact_over_tls_1_2_and_1_3() {
             b"GET /index.html HTTP/1.1\r\nHost: x\r\n\r\n",
         );
         assert_eq!(plain.body, b"hello over tls\n");
+        // One handshake per curl run.
+        let stats = ringwork_e2e::terminate(server);
+        let runs = 2 * (SIZES.len() as u64 + 2);
+        assert_eq!(
+            ringwork_e2e::stat(&stats, "tls_handshakes"),
+            runs,
+            "{backend}: {stats}"
+        );
+        assert_eq!(
+            ringwork_e2e::stat(&stats, "tls_failures"),
+            0,
+            "{backend}: {stats}"
+        );
     }
 }
 
@@ -281,6 +294,17 @@ fn garbage_and_plain_http_get_an_alert_and_a_close() {
         );
         drop(stream);
         assert_fds_return(&server, baseline, &format!("{backend}: garbage"));
+        let stats = ringwork_e2e::terminate(server);
+        assert_eq!(
+            ringwork_e2e::stat(&stats, "tls_failures"),
+            2,
+            "{backend}: {stats}"
+        );
+        assert_eq!(
+            ringwork_e2e::stat(&stats, "tls_handshakes"),
+            1,
+            "{backend}: {stats}"
+        );
     }
 }
 

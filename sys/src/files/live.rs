@@ -28,7 +28,7 @@ pub fn put_files(stats: &FileStats, svc: &FileService, out: &mut Values<'_>) {
 
 /// The plain counters, in [`COUNTERS`]' order.
 fn counters(stats: &FileStats, svc: &FileService) -> [u64; COUNTERS.len()] {
-    let (c, s) = (svc.cache_stats(), svc.stats());
+    let (c, s, t) = (svc.cache_stats(), svc.stats(), svc.tls_stats());
     [
         stats.bytes_received,
         stats.bytes_sent,
@@ -54,11 +54,14 @@ fn counters(stats: &FileStats, svc: &FileService) -> [u64; COUNTERS.len()] {
         stats.zc_notifs,
         stats.zc_copied,
         stats.refused,
+        t.handshakes,
+        t.failures,
+        t.truncated,
     ]
 }
 
 /// Name and help of each plain counter, in the order [`put_files`] writes them.
-pub const COUNTERS: [(&str, &str); 24] = [
+pub const COUNTERS: [(&str, &str); 27] = [
     ("received_bytes_total", "Bytes received from clients (request heads)."),
     (
         "sent_bytes_total",
@@ -148,6 +151,15 @@ pub const COUNTERS: [(&str, &str); 24] = [
     (
         "refused_events_total",
         "Completions a connection refused as impossible in its state (a bug; each is said on stderr).",
+    ),
+    ("tls_handshakes_total", "TLS handshakes completed."),
+    (
+        "tls_failures_total",
+        "TLS sessions that failed: records that are not TLS or do not decrypt, a failed handshake, a fatal alert from the client.",
+    ),
+    (
+        "tls_truncated_total",
+        "TLS connections the client ended without a close_notify after the handshake.",
     ),
 ];
 

@@ -226,3 +226,17 @@ fn a_clients_second_connection_resumes_with_the_loaded_configuration() {
         );
     }
 }
+
+/// The probe gets one of the kernel's two answers; this development kernel has no
+/// `CONFIG_TLS`, and where the module is present the socket is refused as unconnected.
+#[test]
+fn the_kernel_tls_probe_names_what_the_kernel_said() {
+    let probe = super::KernelTls::probe();
+    match probe {
+        super::KernelTls::Available => {}
+        super::KernelTls::Missing(e) => assert_eq!(e, rustix::io::Errno::NOENT, "{probe:?}"),
+    }
+    let line = probe.describe();
+    assert!(line.contains("TCP_ULP"), "{line}");
+    println!("{line}");
+}
