@@ -351,6 +351,9 @@ pub struct FileService {
     /// Buffers TLS records went out in, for the next connection's records.
     #[cfg(feature = "tls")]
     spare_records: Vec<Vec<u8>>,
+    /// A TLS response's head and small body, joined to be sealed as one record.
+    #[cfg(feature = "tls")]
+    joined: Vec<u8>,
 }
 
 /// Most request-buffer sets a worker keeps for its connections' next requests (each a few
@@ -379,6 +382,8 @@ impl FileService {
             tls_stats: TlsStats::default(),
             #[cfg(feature = "tls")]
             spare_records: Vec::new(),
+            #[cfg(feature = "tls")]
+            joined: Vec::new(),
         }
     }
 

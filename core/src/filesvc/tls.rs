@@ -36,6 +36,9 @@ use crate::errno::RawErrno;
 use crate::httpconn::{HttpConn, HttpEvent, Op, SendSrc, Time};
 use crate::tls::{PeerEnd, Phase, TlsError, TlsSession};
 
+/// Most plaintext in one TLS record (RFC 8446, section 5.1).
+const RECORD: usize = 16_384;
+
 /// Record buffers a worker keeps for its connections' next sends (an idle connection keeps
 /// none of its own).
 const SPARE_RECORDS: usize = 32;
@@ -352,10 +355,22 @@ impl FileService {
         if let Some(spare) = self.spare_records.pop() {
             link.session.recycle(spare);
         }
-        let sealed = [head, body]
-            .into_iter()
-            .filter(|b| !b.is_empty())
-            .try_for_each(|b| link.session.send(b));
+        let sealed = if !head.is_empty() && !body.is_empty() && head.len() + body.len() <= RECORD {
+            // One record for a head and a small body, as for a plain send of both: a record
+            // each would cost a second encryption and its overhead on the wire.
+            let mut joined = core::mem::take(&mut self.joined);
+            joined.clear();
+            joined.extend_from_slice(head);
+            joined.extend_from_slice(body);
+            let sealed = link.session.send(&joined);
+            self.joined = joined;
+            sealed
+        } else {
+            [head, body]
+                .into_iter()
+                .filter(|b| !b.is_empty())
+                .try_for_each(|b| link.session.send(b))
+        };
         match sealed {
             Ok(()) => link.owed_send = Some(len),
             Err(e) => {

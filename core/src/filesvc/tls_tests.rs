@@ -97,6 +97,8 @@ struct Wire {
     clean_end: bool,
     /// What the client made of the server's records, when it refused them.
     client_error: Option<rustls::Error>,
+    /// Sends HttpConn asked for.
+    seals: usize,
     shutdown: bool,
     closed: bool,
     freed: bool,
@@ -104,6 +106,11 @@ struct Wire {
 
 impl Wire {
     fn new(version: &'static SupportedProtocolVersion) -> Wire {
+        Self::with_head(version, false)
+    }
+
+    /// With HttpConn's `head_with_body`: a response's head and first chunk in one send.
+    fn with_head(version: &'static SupportedProtocolVersion, head_with_body: bool) -> Wire {
         let svc = FileService::new(ServiceConfig {
             cache: CacheConfig {
                 entries: 4,
@@ -119,6 +126,7 @@ impl Wire {
         let cfg = Config {
             chunk: 4_096,
             header_timeout_ms: HEADER_TIMEOUT_MS,
+            head_with_body,
             ..Config::default()
         };
         let http = HttpConn::new(cfg, NOW);
@@ -141,6 +149,7 @@ impl Wire {
             got: Vec::new(),
             clean_end: false,
             client_error: None,
+            seals: 0,
             shutdown: false,
             closed: false,
             freed: false,
@@ -169,6 +178,7 @@ impl Wire {
                         _ => &[],
                     };
                     self.svc.seal(&mut self.fc, NOW, src, chunk);
+                    self.seals += 1;
                 }
                 FileOp::SendRecords { wait } => {
                     assert!(self.send.is_none(), "two sends of records in flight");
@@ -408,6 +418,33 @@ fn a_file_over_tls_arrives_byte_exact_on_both_versions() {
         assert_eq!(w.svc.tls_stats().truncated, 0);
         assert_eq!(w.svc.chunks_in_use(), 0);
     }
+}
+
+/// The TLS record types in `bytes`, whole records only.
+fn record_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([bytes[3], bytes[4]]));
+        types.push(bytes[0]);
+        bytes = &bytes[(5 + len).min(bytes.len())..];
+    }
+    types
+}
+
+#[test]
+fn a_head_and_its_first_chunk_leave_in_one_record() {
+    let mut w = Wire::with_head(&rustls::version::TLS12, true);
+    w.run();
+    let (mark, seals) = (w.sent.len(), w.seals);
+    w.request("GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+    w.run();
+    let got = responses(&w.got);
+    assert!(got.len() == 1 && got[0].1 == the_file());
+    // TLS 1.2: after the handshake, application data only (type 23), a record per send.
+    let types = record_types(&w.sent[mark..]);
+    assert!(types.iter().all(|&t| t == 23), "{types:?}");
+    assert!(w.seals - seals >= 2, "a chunked body: {}", w.seals - seals);
+    assert_eq!(types.len(), w.seals - seals, "records per send");
 }
 
 #[test]
