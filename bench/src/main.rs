@@ -24,6 +24,7 @@ mod sendpath;
 mod site;
 mod sitecompare;
 mod stats;
+mod tls;
 mod workloads;
 
 #[derive(Parser)]

@@ -412,6 +412,8 @@ pub fn versus(
                     duration,
                     warmup,
                     server_pid: Some(server.worker()),
+                    tls: None,
+                    conn_per_request: false,
                 };
                 let out = http::run(&cfg).map_err(|e| format!("{name} {}: {e}", cell.label()))?;
                 eprintln!(
@@ -500,6 +502,8 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
         duration: Duration::ZERO,
         warmup: Duration::ZERO,
         server_pid: None,
+        tls: None,
+        conn_per_request: false,
     };
     let ((idle, master), errors) = http::hold_idle(&cfg, || {
         // Let the server finish with the last responses before reading its memory.

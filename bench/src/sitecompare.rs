@@ -167,6 +167,8 @@ pub fn versus(
                     duration,
                     warmup,
                     server_pid: Some(server.worker()),
+                    tls: None,
+                    conn_per_request: false,
                 };
                 let outcome = http::run(&cfg).map_err(|e| format!("{name} site {order}: {e}"))?;
                 let stats = stop(server);
