@@ -1306,22 +1306,8 @@ pub fn run_command(args: Args) -> Result<(), String> {
             args.seed
         );
     }
-    if let Some(tls) = &cfg.tls {
-        println!(
-            "# TLS, {}{}",
-            if tls.resume {
-                "one shared session store (resumption)"
-            } else {
-                "no session store (full handshakes)"
-            },
-            if cfg.conn_per_request {
-                ", a new connection per request"
-            } else {
-                ""
-            }
-        );
-    } else if cfg.conn_per_request {
-        println!("# a new connection per request");
+    if let Some(line) = connections_line(&cfg) {
+        println!("{line}");
     }
     let out = run(&cfg)?;
     print!("{}", out.table());
@@ -1341,6 +1327,26 @@ pub fn run_command(args: Args) -> Result<(), String> {
         return Err(format!("{} bad responses or connection errors", out.errors));
     }
     Ok(())
+}
+
+/// "# TLS, no session store (full handshakes), a new connection per request": how the
+/// connections are made, when not plain keep-alive.
+fn connections_line(cfg: &Config) -> Option<String> {
+    let per_request = if cfg.conn_per_request {
+        "a new connection per request"
+    } else {
+        "keep-alive"
+    };
+    match &cfg.tls {
+        Some(tls) if tls.resume => Some(format!(
+            "# TLS, one shared session store (resumption), {per_request}"
+        )),
+        Some(_) => Some(format!(
+            "# TLS, no session store (full handshakes), {per_request}"
+        )),
+        None if cfg.conn_per_request => Some(format!("# {per_request}")),
+        None => None,
+    }
 }
 
 /// A URL's scheme.
