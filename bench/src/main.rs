@@ -25,6 +25,7 @@ mod site;
 mod sitecompare;
 mod stats;
 mod tls;
+mod tlscompare;
 mod workloads;
 
 #[derive(Parser)]
