@@ -154,6 +154,8 @@ pub struct Options {
     pub c10k_rounds: u32,
     /// Run only the 10,000-connection open-loop cell (`--c10k-only`).
     pub c10k_only: bool,
+    /// Run only the HTTPS cells (`--files --tls`).
+    pub tls_only: bool,
 }
 
 /// The default backends: ringwork-echo's io_uring and epoll backends, one thread each.
@@ -321,6 +323,33 @@ fn site_cells(opts: &Options, files_bin: &Path) -> Result<(String, u64), String>
     )
 }
 
+/// `--files --tls`: the HTTPS cells alone ([`crate::tlscompare`]), their report written
+/// whatever happened, then an error for ringwork-files not serving HTTPS or for errors.
+fn tls_cells(opts: &Options) -> Result<Vec<Row>, String> {
+    let files_bin = opts.files_bin.as_deref().ok_or("--tls needs --files")?;
+    let found = crate::tlscompare::versus(files_bin, opts.duration, opts.warmup, opts.quick)?;
+    let report = format!(
+        "# Ringwork HTTPS benchmark\n\nProduced by `{}`.\n\nMachine: {}.\n{}",
+        opts.command_line,
+        machine_line(),
+        found.text
+    );
+    write_report(opts, &report)?;
+    if let Some(why) = found.files_missing {
+        return Err(format!(
+            "{why} (nginx was measured alone; the report was written)"
+        ));
+    }
+    if found.errors > 0 {
+        return Err(format!(
+            "{} failed connects, bad responses or TLS failures in the HTTPS cells (the report \
+             was written)",
+            found.errors
+        ));
+    }
+    Ok(Vec::new())
+}
+
 /// Writes `report` as BENCHMARKS.md in `opts.out_dir`.
 fn write_report(opts: &Options, report: &str) -> Result<(), String> {
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| e.to_string())?;
@@ -419,6 +448,9 @@ pub fn run(opts: &Options) -> Result<Vec<Row>, String> {
             crate::c10k::WARMUP
         },
     };
+    if opts.tls_only {
+        return tls_cells(opts);
+    }
     if opts.c10k_only {
         let c10k = crate::c10k::run(&opts.server_bin, &opts.backends, c10k_window)?;
         let report = format!(
@@ -944,16 +976,27 @@ pub struct Args {
     /// Run only the 10,000-connection open-loop echo cell: no other echo, file or site cells.
     #[arg(long, conflicts_with_all = ["site_only", "files"])]
     c10k_only: bool,
+    /// With --files, run only the HTTPS cells: ringwork-files (--tls-listen) against nginx
+    /// (`listen ... ssl`, when on PATH) with a self-signed ECDSA P-256 certificate made by
+    /// the `openssl` command: keep-alive 4 KiB and 1 MiB x 100 connections, and new
+    /// connections per second with full and with resumed handshakes (3 rounds; 1 with
+    /// --quick). Needs --out DIR. Fails (after writing the report) when ringwork-files does
+    /// not serve HTTPS.
+    #[arg(long, requires = "files", conflicts_with = "site_only")]
+    tls: bool,
 }
 
 /// `ringwork-bench compare`: finds the servers, runs the comparison, writes the report.
 pub fn run_command(args: Args) -> Result<(), String> {
-    let out_dir = match (args.out.clone(), args.site_only || args.c10k_only) {
+    let out_dir = match (
+        args.out.clone(),
+        args.site_only || args.c10k_only || args.tls,
+    ) {
         (Some(dir), _) => dir,
         (None, false) => PathBuf::from("."),
         (None, true) => {
             return Err(
-                "--site-only and --c10k-only write a report of only their cells: \
+                "--site-only, --c10k-only and --tls write a report of only their cells: \
                         name its directory with --out DIR (the default, ., would replace \
                         the whole BENCHMARKS.md)"
                     .into(),
@@ -1010,6 +1053,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
         site_rounds: args.site_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
         c10k_rounds: args.c10k_rounds.unwrap_or(if quick { 1 } else { 3 }).max(1),
         c10k_only: args.c10k_only,
+        tls_only: args.tls,
         command_line: std::env::args()
             .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
             .collect::<Vec<_>>()
@@ -1080,6 +1124,7 @@ mod tests {
             site_rounds: 1,
             c10k_rounds: 1,
             c10k_only: false,
+            tls_only: false,
         }
     }
 

@@ -36,6 +36,7 @@ use crate::site::{Order, Picker};
 use crate::stats::{
     cpu_us_per, latency_histogram, machine_line, per_sec, self_cpu, thousands, Latency,
 };
+use crate::tls::{Handshake, TlsClient, TlsOptions, TlsStream, Versions};
 
 /// Connects in flight at once.
 pub const CONNECT_BATCH: usize = 256;
@@ -70,6 +71,11 @@ pub struct Config {
     pub warmup: Duration,
     /// Server process whose CPU time is reported per request.
     pub server_pid: Option<u32>,
+    /// TLS on every connection, or plain HTTP.
+    pub tls: Option<TlsClient>,
+    /// Every request on a connection of its own: connect, (handshake,) one request, close;
+    /// latency is then measured from the connect.
+    pub conn_per_request: bool,
 }
 
 /// What a run measured.
@@ -95,6 +101,16 @@ pub struct Outcome {
     pub client_cpu: Duration,
     /// Server CPU during the window, when its pid was given.
     pub server_cpu: Option<Duration>,
+    /// TLS handshakes completed within the window that were full (no resumption).
+    pub handshakes_full: u64,
+    /// TLS handshakes completed within the window that resumed a session.
+    pub handshakes_resumed: u64,
+    /// Of `errors`, TLS failures: handshakes refused, certificates not trusted, bad records.
+    pub tls_errors: u64,
+    /// The first TLS failure, in rustls' words.
+    pub first_tls_error: Option<String>,
+    /// What the first completed handshake negotiated ([`TlsStream::describe`]).
+    pub tls_session: Option<String>,
 }
 
 impl Outcome {
@@ -113,10 +129,29 @@ impl Outcome {
         cpu_us_per(self.server_cpu, self.requests)
     }
 
+    /// TLS handshakes completed within the window, full and resumed.
+    pub fn handshakes(&self) -> u64 {
+        self.handshakes_full + self.handshakes_resumed
+    }
+
+    /// TLS handshakes per second.
+    pub fn handshakes_per_sec(&self) -> f64 {
+        per_sec(self.handshakes(), self.elapsed)
+    }
+
+    /// Server CPU microseconds per TLS handshake (with the request each one carried, when
+    /// every request has a connection of its own).
+    pub fn server_us_per_handshake(&self) -> Option<f64> {
+        if self.handshakes() == 0 {
+            return None;
+        }
+        cpu_us_per(self.server_cpu, self.handshakes())
+    }
+
     /// JSON object text.
     pub fn json(&self) -> String {
         format!(
-            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"connect_errors\":{},\"length_errors\":{},\"conns_held\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{}}}",
+            "{{\"requests\":{},\"secs\":{:.3},\"rps\":{:.0},\"mb_per_s\":{:.2},\"latency\":{},\"errors\":{},\"connect_errors\":{},\"length_errors\":{},\"conns_held\":{},\"client_cpu_s\":{:.3},\"server_us_per_req\":{},\"handshakes_full\":{},\"handshakes_resumed\":{},\"server_us_per_handshake\":{},\"tls_errors\":{},\"tls\":{}}}",
             self.requests,
             self.elapsed.as_secs_f64(),
             self.rps(),
@@ -128,6 +163,47 @@ impl Outcome {
             self.conns_held,
             self.client_cpu.as_secs_f64(),
             self.server_us_per_req().map_or("null".into(), |v| format!("{v:.3}")),
+            self.handshakes_full,
+            self.handshakes_resumed,
+            self.server_us_per_handshake()
+                .map_or("null".into(), |v| format!("{v:.3}")),
+            self.tls_errors,
+            self.tls_session
+                .as_ref()
+                .map_or("null".into(), |t| format!("\"{}\"", t.replace('"', "'"))),
+        )
+    }
+
+    /// The TLS figures, for a TLS run: what was negotiated, and with `handshake_rate` (a
+    /// connection per request, where the server's CPU goes to handshakes) the handshakes
+    /// and their cost.
+    pub fn tls_table(&self, handshake_rate: bool) -> String {
+        let negotiated = format!(
+            "TLS: {}\n",
+            self.tls_session
+                .as_deref()
+                .unwrap_or("no handshake completed")
+        );
+        let first_error = self
+            .first_tls_error
+            .as_ref()
+            .map_or(String::new(), |e| format!("first TLS error: {e}\n"));
+        if !handshake_rate {
+            return format!("{negotiated}TLS errors: {}\n{first_error}", self.tls_errors);
+        }
+        let resumed_share = self.handshakes_resumed as f64 / self.handshakes().max(1) as f64;
+        format!(
+            "{negotiated}\n\
+             | handshakes/s | full | resumed | resumed share | server CPU µs/handshake | TLS errors |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: |\n\
+             | {} | {} | {} | {:.1}% | {} | {} |\n{first_error}",
+            thousands(self.handshakes_per_sec()),
+            thousands(self.handshakes_full as f64),
+            thousands(self.handshakes_resumed as f64),
+            resumed_share * 100.0,
+            self.server_us_per_handshake()
+                .map_or("-".into(), |v| format!("{v:.1}")),
+            self.tls_errors,
         )
     }
 
@@ -393,12 +469,29 @@ struct Conn {
     cursor: usize,
     /// The path of the request out.
     path: usize,
-    /// Bytes of the current request sent.
+    /// Bytes of the current request sent (plain HTTP; TLS queues it whole).
     sent: usize,
+    /// Where its latency is measured from: the request's send, or the connect with
+    /// [`Config::conn_per_request`].
     started: Instant,
     resp: Response,
     /// Its first connect has succeeded or failed.
     tried: bool,
+    /// The TLS side, while connected with `--tls`.
+    tls: Option<TlsStream>,
+    /// Its TLS handshake has been counted (once per connection).
+    handshake_noted: bool,
+}
+
+/// What a connection's response bytes came to.
+#[derive(Debug, PartialEq)]
+enum Flow {
+    /// More is due.
+    More,
+    /// The response is complete, checked and counted: the connection's next step is due.
+    Done,
+    /// The connection failed, was closed and queued to connect again.
+    Failed,
 }
 
 /// The measured window, once it is set.
@@ -464,6 +557,8 @@ impl<'a> Generator<'a> {
                     started: now,
                     resp: Response::default(),
                     tried: false,
+                    tls: None,
+                    handshake_noted: false,
                 })
                 .collect(),
             requests: cfg
@@ -546,8 +641,15 @@ impl<'a> Generator<'a> {
                 // completed immediately still gets its OUT event.
                 epoll::add(&self.ep, &sock, epoll::EventData::new_u64(i as u64), EVENTS)
                     .map_err(|e| format!("epoll_ctl: {e}"))?;
+                let tls = match &self.cfg.tls {
+                    Some(client) => Some(client.connect()?),
+                    None => None,
+                };
                 let c = &mut self.conns[i];
                 c.sock = Some(sock);
+                c.tls = tls;
+                c.handshake_noted = false;
+                c.started = now;
                 c.state = State::Connecting;
                 self.connecting += 1;
             }
@@ -579,9 +681,38 @@ impl<'a> Generator<'a> {
         let c = &mut self.conns[i];
         // Closing the socket takes it out of the epoll set.
         c.sock = None;
+        c.tls = None;
         c.state = State::Queued;
         self.out.errors += 1;
         self.queue.push_back((now + RETRY_DELAY, i));
+    }
+
+    /// [`Generator::fail`] for a TLS failure, which the outcome also counts apart.
+    fn fail_tls(&mut self, i: usize, why: String) {
+        self.out.tls_errors += 1;
+        self.out.first_tls_error.get_or_insert(why);
+        self.fail(i, Instant::now());
+    }
+
+    /// Closes connection `i`, whose one request was answered ([`Config::conn_per_request`]),
+    /// and queues it to connect again at once.
+    fn reconnect(&mut self, i: usize, now: Instant, tls: Option<&mut TlsStream>) {
+        let c = &mut self.conns[i];
+        if let (Some(t), Some(sock)) = (tls, &c.sock) {
+            t.close(sock);
+        }
+        c.sock = None;
+        c.tls = None;
+        c.state = State::Queued;
+        self.connected -= 1;
+        self.queue.push_back((now, i));
+    }
+
+    /// Whether `now` is within the measured window.
+    fn in_window(&self, now: Instant) -> bool {
+        self.window
+            .as_ref()
+            .is_some_and(|w| now >= w.start && now < w.end)
     }
 
     fn mark_tried(&mut self, i: usize) {
@@ -593,19 +724,47 @@ impl<'a> Generator<'a> {
 
     /// Sends connection `i`'s next request.
     fn request(&mut self, i: usize, now: Instant) -> Result<(), Errno> {
+        // Out for the call, so that the TLS and plain paths share `request_over`; it never
+        // closes the connection.
+        let mut tls = self.conns[i].tls.take();
+        let sent = self.request_over(i, now, tls.as_mut());
+        self.conns[i].tls = tls;
+        sent
+    }
+
+    /// Sends connection `i`'s next request, over `tls` (the connection's own, taken out of
+    /// it by the caller) or plain.
+    fn request_over(
+        &mut self,
+        i: usize,
+        now: Instant,
+        tls: Option<&mut TlsStream>,
+    ) -> Result<(), Errno> {
         let c = &mut self.conns[i];
         c.path = self.picker.next(&mut c.cursor);
         c.sent = 0;
-        c.started = now;
+        if !self.cfg.conn_per_request {
+            c.started = now;
+        }
         c.resp = Response::default();
         c.state = State::Busy;
-        self.flush(i)
+        match (tls, &c.sock) {
+            (Some(t), Some(sock)) => {
+                t.queue(&self.requests[c.path]);
+                t.send(sock)
+            }
+            _ => self.flush(i),
+        }
     }
 
-    /// Sends what is left of connection `i`'s request, as far as the socket takes it.
+    /// Sends what is left of connection `i`'s request (plain) or its TLS records, as far
+    /// as the socket takes them.
     fn flush(&mut self, i: usize) -> Result<(), Errno> {
         let c = &mut self.conns[i];
         let Some(sock) = &c.sock else { return Ok(()) };
+        if let Some(t) = &mut c.tls {
+            return t.send(sock);
+        }
         let req = &self.requests[c.path];
         while c.state == State::Busy && c.sent < req.len() {
             match rustix::net::send(sock, &req[c.sent..], rustix::net::SendFlags::NOSIGNAL) {
@@ -642,6 +801,11 @@ impl<'a> Generator<'a> {
                         self.connecting -= 1;
                         self.connected += 1;
                         self.mark_tried(i);
+                        // TLS: the ClientHello (plain: nothing is out yet).
+                        if self.flush(i).is_err() {
+                            self.fail(i, now);
+                            return;
+                        }
                         if !self.started {
                             // Requests wait for the others: a server busy answering the
                             // first connections may accept the rest slowly, and the connect
@@ -672,51 +836,190 @@ impl<'a> Generator<'a> {
     /// Reads connection `i` until the socket is drained (edge-triggered), completing
     /// responses and sending the next requests.
     fn read(&mut self, i: usize) {
-        loop {
-            let Some(sock) = &self.conns[i].sock else {
-                return;
-            };
-            let n = match rustix::io::read(sock, &mut self.buf) {
-                Ok(0) => return self.fail(i, Instant::now()),
-                Ok(n) => n,
-                Err(Errno::AGAIN) => return,
-                Err(Errno::INTR) => continue,
-                Err(_) => return self.fail(i, Instant::now()),
-            };
-            let c = &mut self.conns[i];
-            if c.state != State::Busy {
-                // Bytes nobody asked for.
-                return self.fail(i, Instant::now());
+        // The shared buffer is out for the call, so that the bytes read can be handed to
+        // methods of the generator.
+        let mut buf = std::mem::take(&mut self.buf);
+        match self.conns[i].tls.take() {
+            None => self.read_plain(i, &mut buf),
+            Some(mut tls) => {
+                self.read_tls(i, &mut tls, &mut buf);
+                // Still this connection's unless it failed or closed meanwhile (a new
+                // connection is only opened from the connect queue, later).
+                if self.conns[i].sock.is_some() {
+                    self.conns[i].tls = Some(tls);
+                }
             }
-            match c.resp.feed(&self.buf[..n]) {
-                Feed::More => {}
-                Feed::Bad => return self.fail(i, Instant::now()),
-                Feed::Complete => {
-                    let now = Instant::now();
-                    let len = c.resp.body_len;
-                    let expected = *self.lengths[c.path].get_or_insert(len);
-                    if expected != len {
-                        self.out.length_errors += 1;
-                        return self.fail(i, now);
-                    }
-                    if let Some(w) = &self.window {
-                        if now >= w.start && now < w.end {
-                            self.out.requests += 1;
-                            self.out.body_bytes += len;
-                            let _ = self
-                                .hist
-                                .record(now.duration_since(c.started).as_nanos().max(1) as u64);
-                        }
-                    }
-                    if self.one_shot {
-                        c.state = State::Idle;
-                        self.idle += 1;
-                    } else if self.request(i, now).is_err() {
-                        return self.fail(i, now);
+        }
+        self.buf = buf;
+    }
+
+    /// Reads one socket read's worth; `None`: nothing more now, or the connection failed.
+    fn read_socket(&mut self, i: usize, buf: &mut [u8]) -> Option<usize> {
+        loop {
+            let sock = self.conns[i].sock.as_ref()?;
+            match rustix::io::read(sock, &mut *buf) {
+                Ok(0) => break,
+                Ok(n) => return Some(n),
+                Err(Errno::AGAIN) => return None,
+                Err(Errno::INTR) => continue,
+                Err(_) => break,
+            }
+        }
+        // The server closed or reset: a response, if one was due, is cut short.
+        self.fail(i, Instant::now());
+        None
+    }
+
+    fn read_plain(&mut self, i: usize, buf: &mut [u8]) {
+        while let Some(n) = self.read_socket(i, buf) {
+            match self.take_response_bytes(i, &buf[..n]) {
+                Flow::More => {}
+                Flow::Failed => return,
+                Flow::Done => {
+                    if !self.after_response(i, None) {
+                        return;
                     }
                 }
             }
         }
+    }
+
+    /// Reads connection `i`'s records, answers its handshake, and takes the plaintext as
+    /// responses. `tls` is the connection's, taken out of it for the call.
+    fn read_tls(&mut self, i: usize, tls: &mut TlsStream, buf: &mut [u8]) {
+        while let Some(n) = self.read_socket(i, buf) {
+            let mut data = &buf[..n];
+            while !data.is_empty() {
+                if let Err(e) = tls.receive(&mut data) {
+                    return self.fail_tls(i, e.to_string());
+                }
+                self.note_handshake(i, tls);
+                // Handshake messages (the client's Finished), and a request queued while
+                // the handshake went on.
+                let Some(sock) = &self.conns[i].sock else {
+                    return;
+                };
+                if let Err(e) = tls.send(sock) {
+                    return self.fail_tls(i, format!("send: {e}"));
+                }
+                if !self.take_plaintext(i, tls) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes the plaintext `tls` has decrypted as response bytes; false when the connection
+    /// is no longer up (failed, or closed after its one request).
+    fn take_plaintext(&mut self, i: usize, tls: &mut TlsStream) -> bool {
+        loop {
+            let flow = match tls.plaintext() {
+                Ok(None) => return true,
+                Ok(Some([])) => {
+                    // close_notify: the server ended the connection, mid-response or
+                    // while none was due.
+                    self.fail(i, Instant::now());
+                    return false;
+                }
+                Ok(Some(bytes)) => {
+                    let len = bytes.len();
+                    let flow = self.take_response_bytes(i, bytes);
+                    tls.consume(len);
+                    flow
+                }
+                Err(e) => {
+                    self.fail_tls(i, e.to_string());
+                    return false;
+                }
+            };
+            match flow {
+                Flow::More => {}
+                Flow::Failed => return false,
+                Flow::Done => {
+                    if !self.after_response(i, Some(tls)) {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts connection `i`'s handshake once it is done: full or resumed, when within the
+    /// window; the first one's parameters for the report.
+    fn note_handshake(&mut self, i: usize, tls: &TlsStream) {
+        if self.conns[i].handshake_noted {
+            return;
+        }
+        let Some(kind) = tls.handshake() else {
+            return;
+        };
+        self.conns[i].handshake_noted = true;
+        if self.out.tls_session.is_none() {
+            self.out.tls_session = Some(tls.describe());
+        }
+        if self.in_window(Instant::now()) {
+            match kind {
+                Handshake::Full => self.out.handshakes_full += 1,
+                Handshake::Resumed => self.out.handshakes_resumed += 1,
+            }
+        }
+    }
+
+    /// Takes bytes of connection `i`'s response: checks and counts it once complete.
+    fn take_response_bytes(&mut self, i: usize, data: &[u8]) -> Flow {
+        let c = &mut self.conns[i];
+        if c.state != State::Busy {
+            // Bytes nobody asked for.
+            self.fail(i, Instant::now());
+            return Flow::Failed;
+        }
+        match c.resp.feed(data) {
+            Feed::More => Flow::More,
+            Feed::Bad => {
+                self.fail(i, Instant::now());
+                Flow::Failed
+            }
+            Feed::Complete => {
+                let now = Instant::now();
+                let len = c.resp.body_len;
+                let expected = *self.lengths[c.path].get_or_insert(len);
+                if expected != len {
+                    self.out.length_errors += 1;
+                    self.fail(i, now);
+                    return Flow::Failed;
+                }
+                let started = c.started;
+                if self.in_window(now) {
+                    self.out.requests += 1;
+                    self.out.body_bytes += len;
+                    let _ = self
+                        .hist
+                        .record(now.duration_since(started).as_nanos().max(1) as u64);
+                }
+                Flow::Done
+            }
+        }
+    }
+
+    /// Connection `i`'s next step after a complete response: idle ([`hold_idle`]), closed
+    /// and queued again ([`Config::conn_per_request`]), or its next request. False when
+    /// the connection is no longer up.
+    fn after_response(&mut self, i: usize, tls: Option<&mut TlsStream>) -> bool {
+        let now = Instant::now();
+        if self.one_shot {
+            self.conns[i].state = State::Idle;
+            self.idle += 1;
+            return true;
+        }
+        if self.cfg.conn_per_request {
+            self.reconnect(i, now, tls);
+            return false;
+        }
+        if self.request_over(i, now, tls).is_err() {
+            self.fail(i, now);
+            return false;
+        }
+        true
     }
 
     /// Ends the connect phase: every connection that is up sends its first request.
@@ -726,6 +1029,9 @@ impl<'a> Generator<'a> {
         for i in 0..self.conns.len() {
             if self.conns[i].state == State::Idle {
                 self.idle -= 1;
+                // Latency from a connect (conn_per_request) counts from now for connections
+                // that waited for the others.
+                self.conns[i].started = now;
                 if self.request(i, now).is_err() {
                     // Counted as up and busy, so that `fail` takes it down once.
                     self.fail(i, now);
@@ -874,12 +1180,78 @@ pub struct Args {
     /// Write the result as JSON here too (default: the table only).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Every request on a connection of its own: connect, (TLS handshake,) one GET, close
+    /// (after a close_notify with TLS), connect again. Latency is then from the connect to
+    /// the response's last byte; with --tls the handshakes per second are reported.
+    #[arg(long)]
+    new_conn_per_request: bool,
+    /// HTTPS: TLS 1.2/1.3 on every connection (rustls on aws-lc-rs, ALPN http/1.1); an
+    /// https:// --url means the same. Needs --tls-ca.
+    #[arg(long)]
+    tls: bool,
+    /// PEM certificates to trust: the server's own certificate when it is self-signed, or
+    /// the CA that issued it (no system roots are loaded).
+    #[arg(long, value_name = "PATH")]
+    tls_ca: Option<PathBuf>,
+    /// The name the server's certificate is checked against, also sent as SNI [default:
+    /// the URL's IP address, checked against the certificate's IP addresses; no SNI].
+    #[arg(long, value_name = "NAME")]
+    tls_server_name: Option<String>,
+    /// One session store shared by every connection, so that new connections resume (TLS
+    /// 1.3 tickets; TLS 1.2 tickets or session IDs) [default: no store, every handshake
+    /// full].
+    #[arg(long)]
+    tls_resume: bool,
+    /// TLS versions offered.
+    #[arg(long, value_enum, default_value_t = Versions::Both)]
+    tls_version: Versions,
+    /// Key exchange groups offered, in order, comma-separated: x25519, x25519mlkem768,
+    /// secp256r1, secp384r1 [default: aws-lc-rs' list: x25519mlkem768, secp384r1, x25519,
+    /// secp256r1].
+    #[arg(long, value_name = "GROUPS", value_delimiter = ',', value_parser = crate::tls::parse_kx)]
+    tls_kx: Vec<String>,
+}
+
+impl Args {
+    /// The TLS options, when the run is TLS (`--tls` or an https:// URL); the TLS flags
+    /// without TLS are refused rather than ignored.
+    fn tls_options(&self, https: bool) -> Result<Option<TlsOptions>, String> {
+        if !(self.tls || https) {
+            let stray = [
+                ("--tls-ca", self.tls_ca.is_some()),
+                ("--tls-server-name", self.tls_server_name.is_some()),
+                ("--tls-resume", self.tls_resume),
+                ("--tls-version", self.tls_version != Versions::Both),
+                ("--tls-kx", !self.tls_kx.is_empty()),
+            ];
+            return match stray.iter().find(|(_, given)| *given) {
+                Some((flag, _)) => Err(format!(
+                    "{flag} needs TLS: add --tls or use an https:// --url"
+                )),
+                None => Ok(None),
+            };
+        }
+        let ca = self.tls_ca.clone().ok_or(
+            "TLS needs --tls-ca PATH: the server's certificate (self-signed) or its CA, PEM",
+        )?;
+        Ok(Some(TlsOptions {
+            ca,
+            server_name: self.tls_server_name.clone(),
+            resume: self.tls_resume,
+            versions: self.tls_version,
+            kx: self.tls_kx.clone(),
+        }))
+    }
 }
 
 /// `ringwork-bench http`: one run against a running server, its table on stdout.
 pub fn run_command(args: Args) -> Result<(), String> {
     ringwork_harness::raise_nofile_limit();
-    let (addr, url_path) = parse_url(&args.url)?;
+    let (scheme, addr, url_path) = parse_url(&args.url)?;
+    let tls = match args.tls_options(scheme == Scheme::Https)? {
+        Some(opts) => Some(TlsClient::new(&opts, addr.ip())?),
+        None => None,
+    };
     let (paths, sizes) = if let Some(dir) = &args.site {
         let files = crate::site::scan(dir)?;
         println!(
@@ -915,6 +1287,8 @@ pub fn run_command(args: Args) -> Result<(), String> {
         duration: Duration::from_secs_f64(args.duration),
         warmup: Duration::from_secs_f64(args.warmup),
         server_pid: args.server_pid,
+        tls,
+        conn_per_request: args.new_conn_per_request,
     };
     println!("# ringwork-bench http on {}", machine_line());
     if cfg.paths.len() <= 10 {
@@ -932,8 +1306,14 @@ pub fn run_command(args: Args) -> Result<(), String> {
             args.seed
         );
     }
+    if let Some(line) = connections_line(&cfg) {
+        println!("{line}");
+    }
     let out = run(&cfg)?;
     print!("{}", out.table());
+    if cfg.tls.is_some() {
+        print!("\n{}", out.tls_table(cfg.conn_per_request));
+    }
     if cfg.sizes.is_some() {
         println!(
             "length mismatches (counted in errors): {}",
@@ -949,12 +1329,45 @@ pub fn run_command(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// `http://HOST:PORT/path` -> (address, path). Only numeric loopback-style addresses: the
-/// benchmark never resolves names.
-fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("--url must start with http://, got {url:?}"))?;
+/// "# TLS, no session store (full handshakes), a new connection per request": how the
+/// connections are made, when not plain keep-alive.
+fn connections_line(cfg: &Config) -> Option<String> {
+    let per_request = if cfg.conn_per_request {
+        "a new connection per request"
+    } else {
+        "keep-alive"
+    };
+    match &cfg.tls {
+        Some(tls) if tls.resume => Some(format!(
+            "# TLS, one shared session store (resumption), {per_request}"
+        )),
+        Some(_) => Some(format!(
+            "# TLS, no session store (full handshakes), {per_request}"
+        )),
+        None if cfg.conn_per_request => Some(format!("# {per_request}")),
+        None => None,
+    }
+}
+
+/// A URL's scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Http,
+    Https,
+}
+
+/// `http://HOST:PORT/path` or `https://...` -> (scheme, address, path). Only numeric
+/// addresses: the benchmark never resolves names.
+fn parse_url(url: &str) -> Result<(Scheme, SocketAddr, String), String> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(format!(
+            "--url must start with http:// or https://, got {url:?}"
+        ));
+    };
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -962,22 +1375,33 @@ fn parse_url(url: &str) -> Result<(SocketAddr, String), String> {
     let addr = host
         .parse()
         .map_err(|e| format!("--url host must be IP:PORT ({host:?}): {e}"))?;
-    Ok((addr, path.to_string()))
+    Ok((scheme, addr, path.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::CertPair;
     use std::io::{Read, Write};
 
     #[test]
     fn urls_parse() {
-        let (a, p) = parse_url("http://127.0.0.1:8080/x/y.html").unwrap();
-        assert_eq!(a.port(), 8080);
+        let (s, a, p) = parse_url("http://127.0.0.1:8080/x/y.html").unwrap();
+        assert_eq!((s, a.port()), (Scheme::Http, 8080));
         assert_eq!(p, "/x/y.html");
-        assert_eq!(parse_url("http://127.0.0.1:80").unwrap().1, "/");
-        assert!(parse_url("https://127.0.0.1:1/").is_err());
+        assert_eq!(parse_url("http://127.0.0.1:80").unwrap().2, "/");
+        let (s, a, p) = parse_url("https://127.0.0.1:8443/small.bin").unwrap();
+        assert_eq!(
+            (s, a.port(), p.as_str()),
+            (Scheme::Https, 8443, "/small.bin")
+        );
+        assert_eq!(parse_url("https://[::1]:443").unwrap().1.port(), 443);
         assert!(parse_url("http://localhost:1/").is_err());
+        assert!(parse_url("ftp://127.0.0.1:1/").is_err());
+        assert!(
+            parse_url("HTTPS://127.0.0.1:1/").is_err(),
+            "schemes are lower case"
+        );
     }
 
     #[test]
@@ -1113,34 +1537,240 @@ mod tests {
         let addr = l.local_addr().unwrap();
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(mut s) = s else { break };
+                let Ok(s) = s else { break };
+                std::thread::spawn(move || answer(s, body, status));
+            }
+        });
+        addr
+    }
+
+    /// Answers every request on `s` with `body` until the client closes.
+    fn answer(mut s: impl Read + Write, body: &[u8], status: &str) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = s.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                buf.drain(..p + 4);
+                // One write: head and body in two small writes would meet Nagle and
+                // delayed ACKs (40 ms per response).
+                let mut resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .into_bytes();
+                resp.extend_from_slice(body);
+                if s.write_all(&resp).and_then(|()| s.flush()).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`server`] over TLS with ringwork-files' own configuration
+    /// (`ringwork_sys::tls::TlsConfig`: TLS 1.2/1.3, ALPN http/1.1, session IDs and
+    /// tickets) and `cert`.
+    fn tls_server(body: &'static [u8], cert: &CertPair) -> SocketAddr {
+        let files = ringwork_sys::tls::CertFiles {
+            cert: cert.cert.clone(),
+            key: cert.key.clone(),
+        };
+        let config = ringwork_sys::tls::TlsConfig::load(&files)
+            .unwrap()
+            .server_config();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { break };
+                let conn = rustls::ServerConnection::new(config.clone()).unwrap();
                 std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while let Ok(n) = s.read(&mut chunk) {
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            buf.drain(..p + 4);
-                            // One write: head and body in two small writes would meet
-                            // Nagle and delayed ACKs (40 ms per response).
-                            let mut resp = format!(
-                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n",
-                                body.len()
-                            )
-                            .into_bytes();
-                            resp.extend_from_slice(body);
-                            if s.write_all(&resp).is_err() {
-                                return;
-                            }
-                        }
-                    }
+                    answer(rustls::StreamOwned::new(conn, s), body, "200 OK")
                 });
             }
         });
         addr
+    }
+
+    fn tls_client(cert: &CertPair, resume: bool, versions: Versions) -> TlsClient {
+        let opts = TlsOptions {
+            ca: cert.cert.clone(),
+            server_name: Some("localhost".into()),
+            resume,
+            versions,
+            kx: Vec::new(),
+        };
+        TlsClient::new(&opts, [127, 0, 0, 1].into()).unwrap()
+    }
+
+    fn tls_config(addr: SocketAddr, tls: TlsClient, conn_per_request: bool) -> Config {
+        Config {
+            addr,
+            paths: vec!["/a".into()],
+            order: Order::Cycle,
+            sizes: None,
+            conns: 4,
+            duration: Duration::from_millis(600),
+            warmup: Duration::from_millis(100),
+            server_pid: Some(std::process::id()),
+            tls: Some(tls),
+            conn_per_request,
+        }
+    }
+
+    /// Keep-alive over TLS: every response checked, its bytes counted; a body that spans
+    /// records (40,000 bytes: three records at least) arrives whole.
+    #[test]
+    fn keep_alive_requests_complete_over_tls() {
+        let (_dir, cert) = crate::tls::tests::test_cert("http-tls");
+        let addr = tls_server(&[7u8; 40_000], &cert);
+        let out = run(&tls_config(
+            addr,
+            tls_client(&cert, false, Versions::Both),
+            false,
+        ))
+        .unwrap();
+        assert_eq!((out.errors, out.tls_errors), (0, 0), "{out:?}");
+        assert!(out.requests > 20, "{out:?}");
+        assert_eq!(out.body_bytes, out.requests * 40_000);
+        assert_eq!(out.conns_held, 4);
+        let session = out.tls_session.as_deref().unwrap();
+        assert!(session.starts_with("TLSv1_3 "), "{session}");
+        assert!(session.ends_with("ALPN http/1.1"), "{session}");
+    }
+
+    /// A connection per request: every handshake full without a session store, resumed
+    /// with one (TLS 1.3 tickets, TLS 1.2 session IDs or tickets).
+    #[test]
+    fn new_connections_handshake_in_full_or_resume() {
+        let (_dir, cert) = crate::tls::tests::test_cert("http-tls-resume");
+        let addr = tls_server(b"hello", &cert);
+        let full = run(&tls_config(
+            addr,
+            tls_client(&cert, false, Versions::Both),
+            true,
+        ))
+        .unwrap();
+        assert_eq!(full.errors, 0, "{full:?}");
+        assert!(full.handshakes_full > 10, "{full:?}");
+        assert_eq!(full.handshakes_resumed, 0, "{full:?}");
+        // One request per handshake, give or take those across the window's edges.
+        assert!(full.requests.abs_diff(full.handshakes()) <= 8, "{full:?}");
+        assert!(full.server_us_per_handshake().is_some());
+        for versions in [Versions::Tls13, Versions::Tls12] {
+            let resumed = run(&tls_config(addr, tls_client(&cert, true, versions), true)).unwrap();
+            assert_eq!(resumed.errors, 0, "{versions:?} {resumed:?}");
+            assert!(
+                resumed.handshakes_resumed > resumed.handshakes_full,
+                "{versions:?} {resumed:?}"
+            );
+            let tls12 = resumed
+                .tls_session
+                .as_deref()
+                .unwrap()
+                .starts_with("TLSv1_2");
+            assert_eq!(tls12, versions == Versions::Tls12, "{resumed:?}");
+        }
+    }
+
+    /// A server whose certificate the client does not trust: TLS errors, counted apart,
+    /// with rustls' reason; no request completes.
+    #[test]
+    fn untrusted_certificates_are_tls_errors() {
+        let (_dir, cert) = crate::tls::tests::test_cert("http-tls-served");
+        let (_other_dir, other) = crate::tls::tests::test_cert("http-tls-other");
+        let addr = tls_server(b"hello", &cert);
+        let mut cfg = tls_config(addr, tls_client(&other, false, Versions::Both), false);
+        cfg.warmup = Duration::ZERO;
+        let out = run(&cfg).unwrap();
+        assert_eq!(out.requests, 0, "{out:?}");
+        assert!(out.tls_errors > 0, "{out:?}");
+        assert!(out.errors >= out.tls_errors);
+        let why = out.first_tls_error.unwrap();
+        assert!(why.contains("invalid peer certificate"), "{why}");
+    }
+
+    /// A plain HTTP server where TLS was expected: its answer to the ClientHello is no TLS
+    /// record, a TLS error rather than a hang.
+    #[test]
+    fn plain_servers_are_tls_errors() {
+        let (_dir, cert) = crate::tls::tests::test_cert("http-tls-plain");
+        // As a plain HTTP server answers bytes that are no request.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { break };
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        let mut cfg = tls_config(addr, tls_client(&cert, false, Versions::Both), false);
+        cfg.warmup = Duration::ZERO;
+        let out = run(&cfg).unwrap();
+        assert_eq!(out.requests, 0, "{out:?}");
+        assert!(out.tls_errors > 0, "{out:?}");
+    }
+
+    /// `http`'s options, parsed as the command line gives them.
+    #[derive(clap::Parser)]
+    struct HttpCli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn args(line: &[&str]) -> Result<Args, clap::Error> {
+        use clap::Parser as _;
+        HttpCli::try_parse_from(std::iter::once("http").chain(line.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn tls_flags_parse_and_need_tls() {
+        let a = args(&[
+            "--tls",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-resume",
+            "--tls-kx",
+            "X25519,secp256r1",
+        ])
+        .unwrap();
+        let o = a.tls_options(false).unwrap().unwrap();
+        assert_eq!(o.ca, PathBuf::from("ca.pem"));
+        assert!(o.resume);
+        assert_eq!(o.kx, ["x25519", "secp256r1"]);
+        assert_eq!(o.versions, Versions::Both);
+        // An https:// URL is TLS without --tls.
+        let a = args(&[
+            "--url",
+            "https://127.0.0.1:1/",
+            "--tls-ca",
+            "ca.pem",
+            "--tls-version",
+            "1.2",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.tls_options(true).unwrap().unwrap().versions,
+            Versions::Tls12
+        );
+        let e = args(&["--tls"]).unwrap().tls_options(false).unwrap_err();
+        assert!(e.contains("--tls-ca"), "{e}");
+        let e = args(&["--tls-resume"])
+            .unwrap()
+            .tls_options(false)
+            .unwrap_err();
+        assert!(e.contains("--tls-resume needs TLS"), "{e}");
+        assert_eq!(args(&[]).unwrap().tls_options(false).unwrap(), None);
+        assert!(args(&["--tls-kx", "ffdhe2048"]).is_err());
+        assert!(args(&["--tls-version", "1.1"]).is_err());
+        assert!(
+            args(&["--new-conn-per-request"])
+                .unwrap()
+                .new_conn_per_request
+        );
     }
 
     #[test]
@@ -1154,6 +1784,8 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::from_millis(50),
             server_pid: Some(std::process::id()),
+            tls: None,
+            conn_per_request: false,
         };
         let out = run(&cfg).unwrap();
         assert_eq!(out.errors, 0);
@@ -1177,6 +1809,8 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
             server_pid: None,
+            tls: None,
+            conn_per_request: false,
         };
         let good = run(&cfg(vec![5000, 5000], Order::Uniform { seed: 1 })).unwrap();
         assert_eq!((good.errors, good.length_errors), (0, 0), "{good:?}");
@@ -1207,6 +1841,8 @@ mod tests {
             duration: Duration::from_millis(1000),
             warmup: Duration::ZERO,
             server_pid: None,
+            tls: None,
+            conn_per_request: false,
         };
         let out = run(&cfg).unwrap();
         assert!(out.errors > 0);
@@ -1230,6 +1866,8 @@ mod tests {
             duration: Duration::from_millis(300),
             warmup: Duration::ZERO,
             server_pid: None,
+            tls: None,
+            conn_per_request: false,
         };
         let t0 = Instant::now();
         let out = run(&cfg).unwrap();
@@ -1257,6 +1895,8 @@ mod tests {
             duration: Duration::ZERO,
             warmup: Duration::ZERO,
             server_pid: None,
+            tls: None,
+            conn_per_request: false,
         };
         let me = std::process::id();
         let fds = || ringwork_harness::proc::fd_targets(me).len();

@@ -24,6 +24,8 @@ mod sendpath;
 mod site;
 mod sitecompare;
 mod stats;
+mod tls;
+mod tlscompare;
 mod workloads;
 
 #[derive(Parser)]

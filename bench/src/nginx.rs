@@ -24,6 +24,7 @@ use crate::compare::{server_cpu, spawn_on_server_cpu, start_server, RunningServe
 use crate::http;
 use crate::site::Order;
 use crate::stats::{load_average, median_index, spread_cell, thousands, Spread};
+use crate::tls::CertPair;
 
 /// The files served: (name, size).
 pub const FILES: [(&str, usize); 2] = [("small.bin", 4096), ("large.bin", 1 << 20)];
@@ -79,8 +80,13 @@ pub fn plan(quick: bool) -> (Vec<Cell>, u32, usize) {
 }
 
 /// The nginx configuration: the team's reference setup, listening on `port`, serving `root`,
-/// with its pid file and error log in `dir`.
-pub fn config(port: u16, root: &Path, dir: &Path) -> String {
+/// with its pid file and error log in `dir`; with `tls`, HTTPS on that port with that
+/// certificate ([`tls_directives`]).
+pub fn config(port: u16, root: &Path, dir: &Path, tls: Option<&CertPair>) -> String {
+    let (ssl, tls_lines) = match tls {
+        Some(pair) => (" ssl", tls_directives(pair)),
+        None => ("", String::new()),
+    };
     format!(
         "worker_processes 1;
 daemon off;
@@ -96,13 +102,29 @@ http {{
   keepalive_requests 1000000;
   open_file_cache max=1000 inactive=60s;
   server {{
-    listen 127.0.0.1:{port} reuseport;
-    root {root};
+    listen 127.0.0.1:{port}{ssl} reuseport;
+{tls_lines}    root {root};
   }}
 }}
 ",
         dir = dir.display(),
         root = root.display(),
+    )
+}
+
+/// The server block's TLS lines: the certificate, TLS 1.2 and 1.3, a shared session cache
+/// (session IDs) and tickets, as an operator enables resumption. `sendfile on` stays in
+/// the http block: without kernel TLS nginx reads and encrypts instead.
+pub fn tls_directives(pair: &CertPair) -> String {
+    format!(
+        "    ssl_certificate {};
+    ssl_certificate_key {};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
+",
+        pair.cert.display(),
+        pair.key.display()
     )
 }
 
@@ -167,9 +189,15 @@ impl Nginx {
 
     /// Writes the config into `dir` and starts nginx serving `root`, pinned like the server
     /// under test; waits until it accepts connections and its worker exists.
-    pub(crate) fn start(bin: &Path, root: &Path, dir: &Path) -> Result<(Nginx, String), String> {
+    /// With `tls`, it serves HTTPS with that certificate instead of plain HTTP.
+    pub(crate) fn start(
+        bin: &Path,
+        root: &Path,
+        dir: &Path,
+        tls: Option<&CertPair>,
+    ) -> Result<(Nginx, String), String> {
         let port = free_port()?;
-        let conf_text = config(port, root, dir);
+        let conf_text = config(port, root, dir, tls);
         let conf = dir.join("nginx.conf");
         std::fs::write(&conf, &conf_text).map_err(|e| format!("write {}: {e}", conf.display()))?;
         let errlog = dir.join("error.log");
@@ -285,7 +313,7 @@ impl Drop for TempDir {
 }
 
 /// Writes [`FILES`] with random content under `root`, world-readable, and reads each once.
-fn make_files(root: &Path) -> Result<(), String> {
+pub(crate) fn make_files(root: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     let mut urandom = std::fs::File::open("/dev/urandom").map_err(|e| e.to_string())?;
     for (name, size) in FILES {
@@ -323,7 +351,8 @@ pub(crate) fn files_args(conns: usize, root: &Path) -> Vec<String> {
 }
 
 /// What the report says when there is no nginx.
-const NOT_FOUND: &str = "**nginx was not found on PATH**, so ringwork-files is measured alone. \
+pub(crate) const NOT_FOUND: &str =
+    "**nginx was not found on PATH**, so ringwork-files is measured alone. \
     Install it (`apt-get install -y nginx-light`, or your distribution's nginx package) and run \
     again for the nginx column and the ratios.\n";
 
@@ -376,7 +405,7 @@ pub fn versus(
     let tmp = TempDir::new("vs-nginx")?;
     let root = tmp.www();
     make_files(&root)?;
-    let nginx_bin = usable_nginx(&root, &tmp.0);
+    let nginx_bin = usable_nginx(&root, &tmp.0, None);
     if let Err(why) = &nginx_bin {
         eprintln!("{}", why.trim());
     }
@@ -386,7 +415,7 @@ pub fn versus(
             Ok((Server::Files(start_server(files_bin, &args)?), None))
         } else {
             let bin = nginx_bin.as_deref().expect("only started when it starts");
-            let (n, conf) = Nginx::start(bin, &root, &tmp.0)?;
+            let (n, conf) = Nginx::start(bin, &root, &tmp.0, None)?;
             Ok((Server::Nginx(n), Some(conf)))
         }
     };
@@ -412,6 +441,8 @@ pub fn versus(
                     duration,
                     warmup,
                     server_pid: Some(server.worker()),
+                    tls: None,
+                    conn_per_request: false,
                 };
                 let out = http::run(&cfg).map_err(|e| format!("{name} {}: {e}", cell.label()))?;
                 eprintln!(
@@ -472,13 +503,18 @@ struct SectionInput<'a> {
     load: (Option<f64>, Option<f64>),
 }
 
-/// The nginx on PATH, when it starts here. Without one, or with one that cannot start here
-/// (say, unprivileged, so that it cannot write its compiled-in temporary paths),
-/// ringwork-files is measured alone, and the error is what the report says instead.
-pub(crate) fn usable_nginx(root: &Path, dir: &Path) -> Result<PathBuf, String> {
+/// The nginx on PATH, when it starts here (serving HTTPS with `tls`). Without one, or with
+/// one that cannot start here (say, unprivileged, so that it cannot write its compiled-in
+/// temporary paths, or built without the ssl module), ringwork-files is measured alone, and
+/// the error is what the report says instead.
+pub(crate) fn usable_nginx(
+    root: &Path,
+    dir: &Path,
+    tls: Option<&CertPair>,
+) -> Result<PathBuf, String> {
     let path_var = std::env::var("PATH").unwrap_or_default();
     let bin = find_on_path("nginx", &path_var).ok_or_else(|| NOT_FOUND.to_string())?;
-    match Nginx::start(&bin, root, dir) {
+    match Nginx::start(&bin, root, dir, tls) {
         Ok(_) => Ok(bin),
         Err(e) => Err(format!(
             "**nginx did not start**, so ringwork-files is measured alone: {e}\n"
@@ -500,6 +536,8 @@ fn idle_rss(name: &'static str, server: &Server, idle_conns: usize) -> Result<Rs
         duration: Duration::ZERO,
         warmup: Duration::ZERO,
         server_pid: None,
+        tls: None,
+        conn_per_request: false,
     };
     let ((idle, master), errors) = http::hold_idle(&cfg, || {
         // Let the server finish with the last responses before reading its memory.
@@ -693,7 +731,7 @@ mod tests {
 
     #[test]
     fn config_is_the_reference_with_this_runs_port_root_and_paths() {
-        let c = config(18_123, Path::new("/tmp/x/www"), Path::new("/tmp/x"));
+        let c = config(18_123, Path::new("/tmp/x/www"), Path::new("/tmp/x"), None);
         for directive in [
             "worker_processes 1;",
             "daemon off;",
@@ -713,8 +751,48 @@ mod tests {
             assert!(c.contains(directive), "missing {directive:?} in\n{c}");
         }
         assert!(!c.contains("ROOT"), "{c}");
+        assert!(!c.contains("ssl"), "plain: {c}");
         assert_eq!(c.matches('{').count(), c.matches('}').count(), "{c}");
         // Every directive line ends its statement or opens/closes a block.
+        for l in c.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            assert!(
+                l.ends_with(';') || l.ends_with('{') || l.ends_with('}'),
+                "{l:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tls_config_is_the_reference_served_over_tls() {
+        let pair = CertPair::in_dir(Path::new("/tmp/x"));
+        let c = config(
+            18_124,
+            Path::new("/tmp/x/www"),
+            Path::new("/tmp/x"),
+            Some(&pair),
+        );
+        let plain = config(18_124, Path::new("/tmp/x/www"), Path::new("/tmp/x"), None);
+        // Every line of the reference config is there, the listen line with `ssl` added.
+        for line in plain.lines() {
+            let want = line.replace(":18124 reuseport", ":18124 ssl reuseport");
+            assert!(c.lines().any(|l| l == want), "missing {want:?} in\n{c}");
+        }
+        let server_block = &c[c.find("server {").unwrap()..];
+        for directive in [
+            "listen 127.0.0.1:18124 ssl reuseport;",
+            "ssl_certificate /tmp/x/cert.pem;",
+            "ssl_certificate_key /tmp/x/key.pem;",
+            "ssl_protocols TLSv1.2 TLSv1.3;",
+            "ssl_session_cache shared:SSL:10m;",
+            "ssl_session_tickets on;",
+        ] {
+            assert!(
+                server_block.contains(directive),
+                "missing {directive:?} in\n{c}"
+            );
+        }
+        assert!(c.contains("sendfile on;"), "{c}");
+        assert_eq!(c.matches('{').count(), c.matches('}').count(), "{c}");
         for l in c.lines().map(str::trim).filter(|l| !l.is_empty()) {
             assert!(
                 l.ends_with(';') || l.ends_with('{') || l.ends_with('}'),
@@ -817,7 +895,7 @@ mod tests {
             master_kib: Some(1000),
             errors: 0,
         }];
-        let conf = config(1, Path::new("/r"), Path::new("/d"));
+        let conf = config(1, Path::new("/r"), Path::new("/d"), None);
         let input = SectionInput {
             cells: &cells,
             rounds: 3,

@@ -92,7 +92,7 @@ fn start(
         let args = files_args(SITE_CONNS, root);
         Ok((Server::Files(start_server(files_bin, &args)?), None))
     } else {
-        let (n, conf) = Nginx::start(nginx_bin, root, dir)?;
+        let (n, conf) = Nginx::start(nginx_bin, root, dir, None)?;
         Ok((Server::Nginx(n), Some(conf)))
     }
 }
@@ -139,7 +139,7 @@ pub fn versus(
     let sizes = SizeStats::of(files.iter().map(|f| f.size));
     crate::site::warm(&root)?;
     let load_before = load_average();
-    let nginx_bin = usable_nginx(&root, &tmp.0);
+    let nginx_bin = usable_nginx(&root, &tmp.0, None);
     if let Err(why) = &nginx_bin {
         eprintln!("site cells: {}", why.trim());
     }
@@ -167,6 +167,8 @@ pub fn versus(
                     duration,
                     warmup,
                     server_pid: Some(server.worker()),
+                    tls: None,
+                    conn_per_request: false,
                 };
                 let outcome = http::run(&cfg).map_err(|e| format!("{name} site {order}: {e}"))?;
                 let stats = stop(server);
@@ -236,7 +238,7 @@ fn of<'a>(runs: &'a [SiteRun], server: &str, cell: usize) -> Vec<&'a SiteRun> {
 
 /// "1.23x (1.10–1.31x)": the ratio of the medians, and the range of the rounds' own ratios
 /// (each round's two runs were next to each other in time); the ratio alone for one round.
-fn ratio_cell(a: &[f64], b: &[f64]) -> String {
+pub(crate) fn ratio_cell(a: &[f64], b: &[f64]) -> String {
     let (Some(ma), Some(mb)) = (Spread::of(a), Spread::of(b)) else {
         return "-".into();
     };

@@ -82,6 +82,8 @@ pub fn mixed(files_bin: &Path, duration: Duration, warmup: Duration) -> Result<S
             duration,
             warmup,
             server_pid: Some(server.pid()),
+            tls: None,
+            conn_per_request: false,
         };
         let out = http::run(&cfg).map_err(|e| format!("http against {backend}: {e}"))?;
         eprintln!(

@@ -142,7 +142,7 @@ fn drain_refuses_zero_sizes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 }
 
-/// A partial report (`--site-only`, `--c10k-only`) is never written over the repository's
+/// A partial report (`--site-only`, `--c10k-only`, `--files --tls`) is never written over the repository's
 /// whole BENCHMARKS.md by default: without `--out` it is refused before anything runs, in
 /// a directory where a BENCHMARKS.md stands to prove it untouched.
 #[test]
@@ -151,15 +151,20 @@ fn partial_compare_runs_need_an_out_directory() {
     std::fs::create_dir_all(&dir).unwrap();
     let report = dir.join("BENCHMARKS.md");
     std::fs::write(&report, "the whole report\n").unwrap();
-    for only in ["--site-only", "--c10k-only"] {
+    for only in [
+        &["--site-only"][..],
+        &["--c10k-only"],
+        &["--files", "--tls"],
+    ] {
         let out = bench()
-            .args(["compare", only])
+            .arg("compare")
+            .args(only)
             .current_dir(&dir)
             .output()
             .unwrap();
-        assert!(!out.status.success(), "{only} ran without --out");
+        assert!(!out.status.success(), "{only:?} ran without --out");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--out DIR"), "{only}: {err}");
+        assert!(err.contains("--out DIR"), "{only:?}: {err}");
         assert_eq!(
             std::fs::read_to_string(&report).unwrap(),
             "the whole report\n"
@@ -239,4 +244,145 @@ fn sendpath_refuses_zero_connections() {
     let out = bench().args(["sendpath", "--conns", "0"]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--conns"));
+}
+
+/// A TLS server on a thread of this process, with the configuration ringwork-files serves
+/// with (`ringwork_sys::tls`) and a certificate `openssl` made: every GET gets `body`.
+fn tls_server(dir: &std::path::Path, body: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("the openssl command, which makes the test certificate (apt-get install openssl)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let files = ringwork_sys::tls::CertFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+    };
+    let config = ringwork_sys::tls::TlsConfig::load(&files)
+        .unwrap()
+        .server_config();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { break };
+            let conn = rustls::ServerConnection::new(config.clone()).unwrap();
+            std::thread::spawn(move || {
+                let mut s = rustls::StreamOwned::new(conn, s);
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 1024]);
+                while let Ok(n @ 1..) = s.read(&mut chunk) {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..p + 4);
+                        let mut resp =
+                            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                                .into_bytes();
+                        resp.extend_from_slice(body);
+                        if s.write_all(&resp).and_then(|()| s.flush()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `http` over TLS from the command line: an https:// URL and --tls-ca, a connection per
+/// request resuming from one session store; the tables and the JSON say what happened.
+#[test]
+fn http_tls_resumes_new_connections() {
+    let dir = std::env::temp_dir().join(format!("ringwork-bench-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let addr = tls_server(&dir, &[5u8; 3000]);
+    let json = dir.join("out.json");
+    let out = bench()
+        .arg("http")
+        .arg("--url")
+        .arg(format!("https://{addr}/x"))
+        .arg("--tls-ca")
+        .arg(dir.join("cert.pem"))
+        .args([
+            "--tls-server-name",
+            "localhost",
+            "--tls-resume",
+            "--new-conn-per-request",
+        ])
+        .args([
+            "--conns",
+            "4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("TLS: TLSv1_3 "), "{stdout}");
+    assert!(
+        stdout.contains("| handshakes/s | full | resumed |"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(&json).unwrap();
+    let field = |name: &str| -> u64 {
+        let at = json.find(&format!("\"{name}\":")).unwrap() + name.len() + 3;
+        json[at..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(field("requests") > 10, "{json}");
+    assert_eq!(field("errors"), 0, "{json}");
+    assert!(
+        field("handshakes_resumed") > field("handshakes_full"),
+        "{json}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn http_tls_needs_a_ca() {
+    let out = bench()
+        .args(["http", "--url", "https://127.0.0.1:1/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--tls-ca"), "{err}");
 }
