@@ -435,6 +435,20 @@ impl Binder {
     }
 }
 
+/// How many local ports a run may hold at once: one per connection; with a new connection
+/// per request, every port it closed stays in TIME_WAIT for a minute, so enough sources for
+/// a minute of 5,000 connections a second.
+fn bound_sockets(cfg: &Config) -> usize {
+    if cfg.conn_per_request {
+        cfg.conns.max(CHURN_PORTS)
+    } else {
+        cfg.conns
+    }
+}
+
+/// Ports for a minute of connections at 5,000 a second ([`bound_sockets`]).
+const CHURN_PORTS: usize = 5_000 * 60;
+
 /// Fails early, with the limit named, when RLIMIT_NOFILE cannot hold `conns` sockets.
 fn check_fd_limit(conns: usize) -> Result<(), String> {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
@@ -581,7 +595,7 @@ impl<'a> Generator<'a> {
             },
             picker: Picker::new(cfg.paths.len(), cfg.order),
             queue: (0..cfg.conns).map(|i| (now, i)).collect(),
-            binder: Binder::new(cfg.addr, cfg.conns),
+            binder: Binder::new(cfg.addr, bound_sockets(cfg)),
             connecting: 0,
             connected: 0,
             idle: 0,
@@ -642,7 +656,7 @@ impl<'a> Generator<'a> {
                 epoll::add(&self.ep, &sock, epoll::EventData::new_u64(i as u64), EVENTS)
                     .map_err(|e| format!("epoll_ctl: {e}"))?;
                 let tls = match &self.cfg.tls {
-                    Some(client) => Some(client.connect()?),
+                    Some(client) => Some(client.connect(i)?),
                     None => None,
                 };
                 let c = &mut self.conns[i];
@@ -1197,9 +1211,9 @@ pub struct Args {
     /// the URL's IP address, checked against the certificate's IP addresses; no SNI].
     #[arg(long, value_name = "NAME")]
     tls_server_name: Option<String>,
-    /// One session store shared by every connection, so that new connections resume (TLS
-    /// 1.3 tickets; TLS 1.2 tickets or session IDs) [default: no store, every handshake
-    /// full].
+    /// Resumption: each connection slot is a client with a session store of its own, so
+    /// that its next connection resumes (TLS 1.3 tickets; TLS 1.2 tickets or session IDs)
+    /// [default: no store, every handshake full].
     #[arg(long)]
     tls_resume: bool,
     /// TLS versions offered.
@@ -1249,7 +1263,7 @@ pub fn run_command(args: Args) -> Result<(), String> {
     ringwork_harness::raise_nofile_limit();
     let (scheme, addr, url_path) = parse_url(&args.url)?;
     let tls = match args.tls_options(scheme == Scheme::Https)? {
-        Some(opts) => Some(TlsClient::new(&opts, addr.ip())?),
+        Some(opts) => Some(TlsClient::new(&opts, addr.ip())?.clients(args.conns)),
         None => None,
     };
     let (paths, sizes) = if let Some(dir) = &args.site {
@@ -1339,7 +1353,7 @@ fn connections_line(cfg: &Config) -> Option<String> {
     };
     match &cfg.tls {
         Some(tls) if tls.resume => Some(format!(
-            "# TLS, one shared session store (resumption), {per_request}"
+            "# TLS, a session store per connection slot (resumption), {per_request}"
         )),
         Some(_) => Some(format!(
             "# TLS, no session store (full handshakes), {per_request}"

@@ -44,8 +44,8 @@ pub const CONNS: usize = 100;
 pub enum Cell {
     /// Keep-alive GETs of one of [`FILES`] (its index), closed loop.
     KeepAlive(usize),
-    /// Every GET of the 4 KiB file on a new connection; handshakes resumed from one shared
-    /// session store, or all full.
+    /// Every GET of the 4 KiB file on a new connection; handshakes resumed (each of the 100
+    /// connection slots a client with its own session store), or all full.
     NewConns {
         /// Resumed handshakes rather than full ones.
         resume: bool,
@@ -156,7 +156,7 @@ impl Setup<'_> {
         cell: Cell,
         window: (Duration, Duration),
     ) -> Result<http::Outcome, String> {
-        let tls = TlsClient::new(&client_options(self.pair, cell), addr.ip())?;
+        let tls = TlsClient::new(&client_options(self.pair, cell), addr.ip())?.clients(CONNS);
         let cfg = http::Config {
             addr,
             paths: vec![format!("/{}", FILES[cell.file()].0)],
