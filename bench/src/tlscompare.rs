@@ -105,9 +105,12 @@ pub fn client_options(pair: &CertPair, cell: Cell) -> TlsOptions {
 }
 
 /// ringwork-files' arguments: those of the plain cells ([`files_args`]) and HTTPS on
-/// `tls_addr` with the certificate.
+/// `tls_addr` with the certificate. `--max-conns` has room for the connections a client
+/// closed and the server has not yet seen closing, beside the 100 open ones: with a new
+/// connection per request, a limit near 100 closes the connections accepted past it (as
+/// nginx does past `worker_connections`, which the reference config sets to 20,000).
 pub fn files_tls_args(root: &Path, tls_addr: SocketAddr, pair: &CertPair) -> Vec<String> {
-    let mut args = files_args(CONNS, root);
+    let mut args = files_args(4 * CONNS, root);
     args.extend([
         "--tls-listen".into(),
         tls_addr.to_string(),
@@ -359,7 +362,7 @@ fn setup_text(input: &SectionInput) -> String {
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend \
          uring --open-file-cache 1000 --max-conns {} --tls-listen 127.0.0.1:PORT --tls-cert \
          {} --tls-key {}`.\n",
-        crate::nginx::files_max_conns(CONNS),
+        crate::nginx::files_max_conns(4 * CONNS),
         input.pair.cert.display(),
         input.pair.key.display(),
     );
@@ -510,7 +513,7 @@ mod tests {
         );
         let line = args.join(" ");
         assert!(
-            line.starts_with(&files_args(CONNS, Path::new("/d/www")).join(" ")),
+            line.starts_with(&files_args(4 * CONNS, Path::new("/d/www")).join(" ")),
             "{line}"
         );
         assert!(
