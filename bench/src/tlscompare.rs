@@ -340,8 +340,8 @@ fn setup_text(input: &SectionInput) -> String {
          {pinning}. Cells: keep-alive GETs of one file over {CONNS} connections, closed loop; \
          and {CONNS} connections that each connect, handshake, GET the 4 KiB file once and \
          close (close_notify first), then connect again: every handshake full (no session \
-         store), or resumed from one session store all connections share (the share that \
-         resumed is shown). {} s measured after {} s warm-up, against a freshly started \
+         store), or resumed (each connection slot a client with a session store of its own; \
+         the share that resumed is shown). {} s measured after {} s warm-up, against a freshly started \
          server every run; the servers alternate run by run, {} round{}, medians shown. \
          Server CPU is the serving process's run time over the window (nginx: its worker), \
          per response; in the new-connection cells each response is one handshake.\n",
