@@ -1204,7 +1204,8 @@ pub struct Args {
     #[arg(long)]
     tls: bool,
     /// PEM certificates to trust: the server's own certificate when it is self-signed, or
-    /// the CA that issued it (no system roots are loaded).
+    /// the CA that issued it (no system roots are loaded) [default: none; required with
+    /// TLS].
     #[arg(long, value_name = "PATH")]
     tls_ca: Option<PathBuf>,
     /// The name the server's certificate is checked against, also sent as SNI [default:
