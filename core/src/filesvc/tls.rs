@@ -78,6 +78,9 @@ pub(super) struct TlsLink {
     held: Option<Op>,
     /// A cancel of the layer's own is in flight (its completion is not HttpConn's).
     cancelling: bool,
+    /// A send of records failed: records were lost, so nothing after them may follow (the
+    /// peer would read a stream with a gap); what the session makes from now on is dropped.
+    broken: bool,
 }
 
 impl core::fmt::Debug for TlsLink {
@@ -137,6 +140,7 @@ impl FileConn {
             unsent: None,
             held: None,
             cancelling: false,
+            broken: false,
         }));
         Some(c)
     }
@@ -189,7 +193,9 @@ impl FileService {
             return Step::Poll;
         }
         if link.flight == Flight::Idle {
-            if link.unsent.is_none() {
+            if link.broken {
+                while link.session.take_records().is_some() {}
+            } else if link.unsent.is_none() {
                 link.unsent = link.session.take_records().map(|b| (b, 0));
             }
             if link.unsent.is_some() {
@@ -204,13 +210,19 @@ impl FileService {
                 return Step::Op(FileOp::SendRecords { wait });
             }
             if let Some(len) = link.owed_send.take() {
-                let reported = http.on_event(now, HttpEvent::Send(Ok(len)));
+                let res = if link.broken {
+                    Err(RawErrno::PIPE)
+                } else {
+                    Ok(len)
+                };
+                let reported = http.on_event(now, HttpEvent::Send(res));
                 debug_assert!(reported.is_ok(), "{reported:?}");
                 return Step::Poll;
             }
         }
         if let Some(op) = link.held {
-            if link.flight == Flight::Idle {
+            // A cancel of the layer's own names the socket: the close waits for it too.
+            if link.flight == Flight::Idle && !link.cancelling {
                 // Shutdown, Close or Free, performed as on a plain connection.
                 link.held = None;
                 return Step::Perform(op);
@@ -428,8 +440,9 @@ impl FileService {
             _ => {}
         }
         // Failed (or a best-effort send found no room): the records are dropped, and with
-        // them any sent after; HttpConn's send, if one is owed, fails.
+        // them any made after; HttpConn's send, if one is owed, fails.
         link.flight = Flight::Idle;
+        link.broken = true;
         while link.session.take_records().is_some() {}
         self.keep_records(buf);
         if let Some(_len) = link.owed_send.take() {

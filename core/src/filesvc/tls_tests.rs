@@ -87,6 +87,10 @@ struct Wire {
     send_cut: usize,
     /// Sends never complete (the client reads nothing) until cancelled.
     stall_sends: bool,
+    /// Cancels stay in flight.
+    hold_cancels: bool,
+    /// The next send of records fails (the peer reset the connection).
+    fail_send: bool,
     /// Other operations in flight.
     others: Vec<FileOp>,
     bufs: [Vec<u8>; 2],
@@ -143,6 +147,8 @@ impl Wire {
             recv_cut: usize::MAX,
             send_cut: usize::MAX,
             stall_sends: false,
+            hold_cancels: false,
+            fail_send: false,
             others: Vec::new(),
             bufs: [vec![0; 8_192], vec![0; 8_192]],
             sent: Vec::new(),
@@ -216,7 +222,10 @@ impl Wire {
 
     /// Completes the operations other than receives and sends, in order.
     fn complete_others(&mut self) -> bool {
-        let ops = core::mem::take(&mut self.others);
+        let (ops, held): (Vec<FileOp>, Vec<FileOp>) = core::mem::take(&mut self.others)
+            .into_iter()
+            .partition(|op| !(self.hold_cancels && *op == FileOp::Cancel));
+        self.others = held;
         let progress = !ops.is_empty();
         for op in ops {
             self.complete(op);
@@ -292,6 +301,13 @@ impl Wire {
         let Some(((buf, at), _wait)) = self.send.take() else {
             return false;
         };
+        if core::mem::take(&mut self.fail_send) {
+            let reset = Err(RawErrno::CONNRESET);
+            self.svc
+                .on_records_sent(&mut self.fc, NOW, reset, (buf, at))
+                .unwrap();
+            return true;
+        }
         let n = (buf.len() - at).min(self.send_cut);
         let mut piece = &buf[at..at + n];
         self.sent.extend_from_slice(piece);
@@ -536,6 +552,66 @@ fn a_flight_the_peer_never_reads_is_cancelled_when_the_connection_closes() {
     w.run();
     assert!(w.freed, "{:?}", w.fc);
     assert!(w.send.is_none());
+}
+
+/// The send the layer cancelled completes on its own before the cancel does: the socket is
+/// closed only after the cancel's completion too (it names the socket's descriptor, which a
+/// new connection could get once closed). Found by the `tls_file_conn` fuzz target.
+#[test]
+fn the_close_waits_for_the_layers_own_cancel() {
+    let mut w = Wire::new(&rustls::version::TLS13);
+    w.stall_sends = true;
+    w.hold_cancels = true;
+    w.client_turn();
+    w.client_eof = true;
+    w.run();
+    assert_eq!(
+        w.others,
+        [FileOp::Cancel],
+        "the layer cancels its stalled flight"
+    );
+    assert!(w.send.is_some() && !w.closed);
+    // The send completes (the peer read after all), the cancel not yet.
+    w.stall_sends = false;
+    assert!(w.complete_send());
+    w.drive();
+    assert!(!w.closed, "closed with the cancel in flight");
+    w.hold_cancels = false;
+    w.run();
+    assert!(w.freed, "{:?}", w.fc);
+}
+
+/// Records lost to a failed send leave a gap no later record may follow: the server's
+/// flight fails, the client's next flight still arrives, and nothing more is sent.
+#[test]
+fn nothing_is_sent_after_a_send_of_records_failed() {
+    let mut w = Wire::new(&rustls::version::TLS12);
+    w.fail_send = true;
+    w.request("GET /f HTTP/1.1\r\nHost: x\r\n\r\n");
+    w.run();
+    assert!(w.sent.is_empty());
+    assert_eq!(w.svc.tls_stats().record_sends, 1);
+    // More from the client (a second ClientHello's worth of bytes) makes no send either.
+    w.to_server
+        .extend_from_slice(&client_hello_of(&rustls::version::TLS12));
+    w.client_eof = true;
+    w.run();
+    assert!(w.freed, "{:?}", w.fc);
+    assert!(
+        w.sent.is_empty(),
+        "{} bytes after the failure",
+        w.sent.len()
+    );
+    assert_eq!(w.svc.tls_stats().record_sends, 1);
+}
+
+fn client_hello_of(version: &'static SupportedProtocolVersion) -> Vec<u8> {
+    let mut c = client(version);
+    let mut out = Vec::new();
+    while c.wants_write() {
+        c.write_tls(&mut out).unwrap();
+    }
+    out
 }
 
 #[test]
