@@ -88,9 +88,10 @@
 //! - Stopping (SIGINT/SIGTERM, relayed by the main thread as the stop notice, polled on the
 //!   ring): the loop's graceful drain. The acceptor cancels its accept and closes the
 //!   listener once it has ended (new connections are refused); every connection gets
-//!   [`HttpConn::on_shutdown`] (responses in flight finish, then the connection closes); after
-//!   `--shutdown-grace-ms` the rest get [`HttpConn::abort`] (their socket ops cancelled). The
-//!   worker returns once every connection is freed and the accept has ended.
+//!   [`HttpConn::on_shutdown`](ringwork_core::httpconn::HttpConn::on_shutdown) (responses
+//!   in flight finish, then the connection closes); after `--shutdown-grace-ms` the rest get
+//!   [`HttpConn::abort`](ringwork_core::httpconn::HttpConn::abort) (their socket ops
+//!   cancelled). The worker returns once every connection is freed and the accept has ended.
 //!
 //! Every completion goes back to HttpConn (cancel and shutdown CQEs included), which counts its
 //! own operations in flight: its `Op::Close { reset }` closes the socket (abortively when
