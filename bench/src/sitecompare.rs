@@ -380,21 +380,31 @@ fn section(input: &SectionInput, runs: &[SiteRun]) -> String {
             ratio_cell(&p99(&f), &p99(&n)),
         );
     }
-    if !ratios.is_empty() {
-        let _ = writeln!(s, "\n### Site: ringwork-files / nginx\n");
-        let _ = writeln!(
-            s,
-            "Ratio of the medians; in parentheses the smallest and largest of the rounds' own \
-             ratios (each round ran the two servers back to back).\n"
-        );
-        let _ = writeln!(
-            s,
-            "| cell | requests/s (above 1: ringwork-files faster) | server CPU per request (below 1: ringwork-files cheaper) | p99 (below 1: ringwork-files lower) |"
-        );
-        let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
-        s.push_str(&ratios);
-    }
+    let p99 = (" p99 (below 1: ringwork-files lower) |", " ---: |");
+    ratio_section(&mut s, "Site", p99, &ratios);
     s
+}
+
+/// The section of ratios ringwork-files / nginx (`title`: "Site", "HTTPS"), with `rows`
+/// under the columns cell, requests/s and server CPU per request, and `extra`'s (its
+/// header and alignment cells, each with a trailing `|`); nothing when there are no rows.
+pub(crate) fn ratio_section(s: &mut String, title: &str, extra: (&str, &str), rows: &str) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n### {title}: ringwork-files / nginx\n");
+    let _ = writeln!(
+        s,
+        "Ratio of the medians; in parentheses the smallest and largest of the rounds' own \
+         ratios (each round ran the two servers back to back).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| cell | requests/s (above 1: ringwork-files faster) | server CPU per request (below 1: ringwork-files cheaper) |{}",
+        extra.0
+    );
+    let _ = writeln!(s, "| --- | ---: | ---: |{}", extra.1);
+    s.push_str(rows);
 }
 
 #[cfg(test)]

@@ -449,20 +449,7 @@ fn section(input: &SectionInput, runs: &[Run]) -> String {
             ratio_cell(&cpu(&f), &cpu(&n)),
         );
     }
-    if !ratios.is_empty() {
-        let _ = writeln!(s, "\n### HTTPS: ringwork-files / nginx\n");
-        let _ = writeln!(
-            s,
-            "Ratio of the medians; in parentheses the smallest and largest of the rounds' own \
-             ratios (each round ran the two servers back to back).\n"
-        );
-        let _ = writeln!(
-            s,
-            "| cell | requests/s (above 1: ringwork-files faster) | server CPU per request (below 1: ringwork-files cheaper) |"
-        );
-        let _ = writeln!(s, "| --- | ---: | ---: |");
-        s.push_str(&ratios);
-    }
+    crate::sitecompare::ratio_section(&mut s, "HTTPS", ("", ""), &ratios);
     s
 }
 
