@@ -279,13 +279,7 @@ fn section(input: &SectionInput, runs: &[SiteRun]) -> String {
         input.rounds,
         if input.rounds == 1 { "" } else { "s" },
     );
-    if let (Some(a), Some(b)) = input.load {
-        let _ = writeln!(
-            s,
-            "Load average (1 min) {a:.2} before these runs and {b:.2} after, on {} CPUs.\n",
-            online_cpus()
-        );
-    }
+    load_line(&mut s, input.load);
     let _ = writeln!(
         s,
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend uring \
@@ -383,6 +377,17 @@ fn section(input: &SectionInput, runs: &[SiteRun]) -> String {
     let p99 = (" p99 (below 1: ringwork-files lower) |", " ---: |");
     ratio_section(&mut s, "Site", p99, &ratios);
     s
+}
+
+/// The load average before and after the runs, as a line of the report (when both were read).
+pub(crate) fn load_line(s: &mut String, load: (Option<f64>, Option<f64>)) {
+    if let (Some(a), Some(b)) = load {
+        let _ = writeln!(
+            s,
+            "Load average (1 min) {a:.2} before these runs and {b:.2} after, on {} CPUs.\n",
+            online_cpus()
+        );
+    }
 }
 
 /// The section of ratios ringwork-files / nginx (`title`: "Site", "HTTPS"), with `rows`

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ringwork_harness::pin::online_cpus;
 use ringwork_harness::server::free_port;
 
 use crate::compare::{server_cpu, start_server};
@@ -341,8 +340,8 @@ fn setup_text(input: &SectionInput) -> String {
          and {CONNS} connections that each connect, handshake, GET the 4 KiB file once and \
          close (close_notify first), then connect again: every handshake full (no session \
          store), or resumed (each connection slot a client with a session store of its own; \
-         the share that resumed is shown). {} s measured after {} s warm-up, against a freshly started \
-         server every run; the servers alternate run by run, {} round{}, medians shown. \
+         the share that resumed is shown). {} s measured after {} s warm-up, against a \
+         freshly started server every run; the servers alternate run by run, {} round{}, medians shown. \
          Server CPU is the serving process's run time over the window (nginx: its worker), \
          per response; in the new-connection cells each response is one handshake.\n",
         input.duration.as_secs_f64(),
@@ -350,13 +349,7 @@ fn setup_text(input: &SectionInput) -> String {
         input.rounds,
         if input.rounds == 1 { "" } else { "s" },
     );
-    if let (Some(a), Some(b)) = input.load {
-        let _ = writeln!(
-            s,
-            "Load average (1 min) {a:.2} before these runs and {b:.2} after, on {} CPUs.\n",
-            online_cpus()
-        );
-    }
+    crate::sitecompare::load_line(&mut s, input.load);
     let _ = writeln!(
         s,
         "ringwork-files: `ringwork-files ROOT --listen 127.0.0.1:0 --threads 1 --backend \
